@@ -1,0 +1,201 @@
+"""From propagated channel ids to pruning groups.
+
+A *group* is a set of layers whose filters must be cut together (a residual
+add ties the convolutions feeding it; a depthwise conv follows its producer).
+Its *channels* are the union-find roots of its producers' filters. Each group
+is prunable or carries the reason it is left alone.
+
+Example:
+    >>> from filterprune.core.graph import Graph, Node, LayerInfo
+    >>> g = Graph()
+    >>> _ = g.add(Node("x", "input", shape=(1, 3, 8, 8)))
+    >>> for i, src in enumerate(["x", "c0"]):
+    ...     _ = g.add(Node(f"c{i}", "conv", [src], shape=(1, 8, 8, 8), layer=f"c{i}",
+    ...               attrs={"in_channels": 3 if i == 0 else 8, "out_channels": 8}))
+    >>> g.outputs = ["c1"]
+    >>> a = analyze(g)
+    >>> [(grp.producers, grp.size, grp.reason) for grp in a.groups]
+    [(['c0'], 8, 'first convolution (prune_first_conv is off)'), (['c1'], 8, 'feeds a model output')]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .graph import Graph
+from .propagation import Propagation, propagate
+from .rules import RULES
+from .unionfind import UnionFind
+
+__all__ = ["AnalysisOptions", "Group", "Analysis", "analyze"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisOptions:
+    """Which producers may be pruned at all (the config's structural switches)."""
+
+    prune_first_conv: bool = False
+    prune_downsample_convs: bool = False
+    prune_linear: bool = True
+    scope_reason: Any = None  # Callable[[str], str | None]: why a layer is out of scope
+
+
+@dataclass
+class Group:
+    """Layers that share one channel mask.
+
+    Attributes:
+        id: Index in :attr:`Analysis.groups`.
+        roots: The group's channels (union-find roots), in a stable order.
+        producers: Layers whose filters create these channels.
+        reason: ``None`` if prunable, else why the group is left whole.
+        blocks: Equal-split constraints, each an array (n_blocks, k) of positions
+            given as indices into ``roots`` (-1 where a position is outside the group).
+    """
+
+    id: int
+    roots: np.ndarray
+    producers: list[str]
+    reason: str | None = None
+    blocks: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.roots.size)
+
+    @property
+    def prunable(self) -> bool:
+        return self.reason is None
+
+
+@dataclass
+class Analysis:
+    """The result of channel analysis on one graph."""
+
+    graph: Graph
+    state: Propagation
+    groups: list[Group]
+    root_group: dict[int, tuple[int, int]]  # root -> (group id, index in group.roots)
+
+    @property
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def layer_roots(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per layer and role, the channel root of every position along that axis."""
+        uf = self.state.uf
+        return {
+            layer: {role: uf.roots(use.ids) for role, use in roles.items()}
+            for layer, roles in self.state.uses.items()
+        }
+
+    def keeps(self, kept: dict[int, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """Boolean keep vectors per layer and role, given kept channels per group id."""
+        lookup_keys = np.fromiter(self.root_group, dtype=np.int64, count=len(self.root_group))
+        lookup_vals = np.array(
+            [bool(kept[g][i]) if g in kept else True for g, i in self.root_group.values()],
+            dtype=bool,
+        )
+        order = np.argsort(lookup_keys)
+        keys, vals = lookup_keys[order], lookup_vals[order]
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for layer, roles in self.layer_roots().items():
+            out[layer] = {}
+            for role, roots in roles.items():
+                pos = np.searchsorted(keys, roots)
+                pos = np.clip(pos, 0, max(len(keys) - 1, 0))
+                hit = (keys[pos] == roots) if len(keys) else np.zeros(roots.shape, bool)
+                out[layer][role] = np.where(hit, vals[pos] if len(keys) else True, True)
+        return out
+
+
+def analyze(graph: Graph, options: AnalysisOptions | None = None) -> Analysis:
+    """Propagate channels through ``graph`` and form pruning groups."""
+    options = options or AnalysisOptions()
+    state = propagate(graph, RULES)
+    uf = state.uf
+    producer_roots = {p: uf.roots(state.uses[p]["out"].ids) for p in state.producers}
+    all_roots = np.unique(np.concatenate(list(producer_roots.values()) or [np.zeros(0, int)]))
+    index = {int(r): i for i, r in enumerate(all_roots)}
+    links = UnionFind()
+    links.new(len(all_roots))
+    for roots in producer_roots.values():
+        for r in roots[1:]:
+            links.union(index[int(roots[0])], index[int(r)])
+    constraints = [uf.roots(c) for c in state.constraints]
+    for c in constraints:  # groups under one equal-split constraint are chosen together
+        members = [index[int(r)] for r in np.unique(c) if int(r) in index]
+        for m in members[1:]:
+            links.union(members[0], m)
+    groups = _build_groups(producer_roots, index, links)
+    root_group = {int(r): (g.id, i) for g in groups for i, r in enumerate(g.roots)}
+    for c in constraints:
+        _attach_constraint(groups, root_group, c)
+    first = _first_layers(graph)
+    for g in groups:
+        g.reason = _reason(g, uf, graph, options, first)
+    return Analysis(graph, state, groups, root_group)
+
+
+def _build_groups(producer_roots, index, links) -> list[Group]:
+    by_comp: dict[int, Group] = {}
+    seen: set[int] = set()
+    for layer, roots in producer_roots.items():
+        comp = links.find(index[int(roots[0])])
+        group = by_comp.get(comp)
+        if group is None:
+            group = by_comp[comp] = Group(len(by_comp), np.zeros(0, np.int64), [])
+        group.producers.append(layer)
+        new = [int(r) for r in dict.fromkeys(roots.tolist()) if int(r) not in seen]
+        seen.update(new)
+        group.roots = np.concatenate([group.roots, np.array(new, dtype=np.int64)])
+    return list(by_comp.values())
+
+
+def _attach_constraint(groups, root_group, constraint: np.ndarray) -> None:
+    gids = {root_group[int(r)][0] for r in np.unique(constraint) if int(r) in root_group}
+    if len(gids) != 1:
+        return  # touches no group (nothing to prune there) or was merged into one above
+    group = groups[gids.pop()]
+    local = np.vectorize(lambda r: root_group.get(int(r), (None, -1))[1], otypes=[np.int64])
+    group.blocks.append(local(constraint))
+
+
+def _first_layers(graph: Graph) -> set[str]:
+    """Layers reached from a model input without passing another conv or linear layer."""
+    free: dict[str, bool] = {}
+    first: set[str] = set()
+    for node in graph:
+        reached = node.op == "input" or any(free.get(i, False) for i in node.inputs)
+        if node.op in ("conv", "linear"):
+            if reached and node.layer:
+                first.add(node.layer)
+            free[node.name] = False
+        else:
+            free[node.name] = reached
+    return first
+
+
+def _reason(group: Group, uf: UnionFind, graph: Graph, options, first: set[str]) -> str | None:
+    for r in group.roots:
+        why = uf.reasons.get(int(r))
+        if why:
+            return why
+    for layer in group.producers:
+        info = graph.layers.get(layer)
+        if layer in first and not options.prune_first_conv:
+            return "first convolution (prune_first_conv is off)"
+        if info and info.stride > 1 and not options.prune_downsample_convs:
+            return f"downsampling convolution {layer} (prune_downsample_convs is off)"
+        if info and info.kind == "linear" and not options.prune_linear:
+            return f"linear layer {layer} (prune_linear is off)"
+        if options.scope_reason is not None:
+            why = options.scope_reason(layer)
+            if why:
+                return f"{layer} {why}"
+    if group.size < 2:
+        return "a single channel"
+    return None

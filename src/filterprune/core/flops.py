@@ -1,0 +1,71 @@
+"""FLOPs and parameter accounting under a set of keep vectors.
+
+FLOPs are counted for convolution and linear layers as ``2 * MACs``; a layer's
+MACs are its (kept) weight elements times the output positions it is applied at.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import Graph, LayerInfo
+
+__all__ = ["kept_elements", "count_params", "count_flops", "layer_flops"]
+
+Keeps = dict[str, dict[str, np.ndarray]]
+
+
+def kept_elements(
+    shape: tuple[int, ...], roles: tuple[str | None, ...], keep: dict[str, np.ndarray], groups: int = 1
+) -> int:
+    """Elements of a tensor left after cutting the axes whose role has a keep vector.
+
+    Example:
+        >>> w = (4, 2, 3, 3)  # conv: out 4, in 4 with groups=2
+        >>> kept_elements(w, ("out", "in", None, None),
+        ...               {"out": np.array([1, 1, 0, 1], bool), "in": np.array([1, 0, 1, 1], bool)}, 2)
+        36
+    """
+    total = 1
+    grouped = groups > 1 and "out" in roles and "in" in roles and "out" in keep and "in" in keep
+    for axis, size in enumerate(shape):
+        role = roles[axis] if axis < len(roles) else None
+        if grouped and role in ("out", "in"):
+            continue
+        vec = keep.get(role) if role else None
+        total *= int(vec.sum()) if vec is not None and vec.size == size else size
+    if grouped:
+        rows = keep["out"].reshape(groups, -1).sum(axis=1)
+        cols = keep["in"].reshape(groups, -1).sum(axis=1)
+        total *= int(np.sum(rows * cols))
+    return total
+
+
+def _layer_params(info: LayerInfo, keep: dict[str, np.ndarray]) -> int:
+    return sum(
+        kept_elements(shape, roles, keep, info.groups) for shape, roles in info.params.values()
+    )
+
+
+def count_params(graph: Graph, keeps: Keeps | None = None) -> int:
+    """Parameters of every layer in ``graph.layers`` (all of them if ``keeps`` is None)."""
+    keeps = keeps or {}
+    return sum(_layer_params(info, keeps.get(name, {})) for name, info in graph.layers.items())
+
+
+def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
+    """FLOPs per conv/linear layer, summed over its calls."""
+    keeps = keeps or {}
+    out: dict[str, int] = {}
+    for node in graph:
+        if node.op not in ("conv", "linear") or node.layer not in graph.layers:
+            continue
+        info = graph.layers[node.layer]
+        shape, roles = info.params[info.weight]
+        elems = kept_elements(shape, roles, keeps.get(node.layer, {}), info.groups)
+        out[node.layer] = out.get(node.layer, 0) + 2 * int(node.attrs.get("positions", 1)) * elems
+    return out
+
+
+def count_flops(graph: Graph, keeps: Keeps | None = None) -> int:
+    return sum(layer_flops(graph, keeps).values())

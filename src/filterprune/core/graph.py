@@ -1,0 +1,107 @@
+"""The framework-free model graph that channel analysis runs on.
+
+A frontend (PyTorch, Keras, ONNX) turns its model into a :class:`Graph`: one
+:class:`Node` per operation, in topological order, each naming the rule that
+describes how channels flow through it (``op``), its tensor inputs, its output
+shape and the layer that owns its weights.
+
+Example:
+    >>> g = Graph()
+    >>> _ = g.add(Node("x", "input", shape=(1, 3, 8, 8)))
+    >>> _ = g.add(Node("conv", "conv", ["x"], shape=(1, 4, 8, 8), layer="conv",
+    ...                attrs={"groups": 1, "in_channels": 3, "out_channels": 4}))
+    >>> g.outputs = ["conv"]
+    >>> [n.name for n in g]
+    ['x', 'conv']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Node", "Graph", "LayerInfo"]
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class Node:
+    """One operation of the model.
+
+    Attributes:
+        name: Unique node name.
+        op: Key of the propagation rule in :mod:`filterprune.core.rules`.
+        inputs: Names of the nodes whose outputs are tensor operands, in order.
+        shape: Output shape with the batch axis; a list of shapes for an op with
+            several outputs; ``None`` for a non-tensor value.
+        layer: Name of the layer owning the weights this op uses, if any.
+        attrs: Rule parameters (axis, groups, target shape, ...).
+        label: Human-readable op name for messages (e.g. ``"torch.roll"``).
+    """
+
+    name: str
+    op: str
+    inputs: list[str] = field(default_factory=list)
+    shape: Any = None
+    layer: str | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass
+class LayerInfo:
+    """Static facts about a weighted layer, for FLOPs/params accounting.
+
+    Attributes:
+        name: Layer name (as the frontend names it, e.g. ``layer1.0.conv1``).
+        kind: ``conv``, ``linear``, ``batchnorm``, ``layernorm``, ``param``...
+        params: Parameter name -> (shape, axis roles); a role is ``"out"``,
+            ``"in"``, ``"channel"`` or ``None`` for an axis that is never cut.
+        groups: Convolution groups (1 otherwise).
+        stride: Largest stride of a convolution (1 otherwise).
+        weight: Name of the main weight (its size times output positions gives MACs).
+    """
+
+    name: str
+    kind: str
+    params: dict[str, tuple[Shape, tuple[str | None, ...]]] = field(default_factory=dict)
+    groups: int = 1
+    stride: int = 1
+    weight: str | None = None
+
+
+class Graph:
+    """A topologically ordered set of :class:`Node` plus layer facts."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.outputs: list[str] = []
+        self.layers: dict[str, LayerInfo] = {}
+
+    def add(self, node: Node) -> Node:
+        """Append ``node``; its inputs must already be in the graph."""
+        if node.name in self.nodes:
+            raise ValueError(f"Duplicate node name {node.name!r}.")
+        for name in node.inputs:
+            if name not in self.nodes:
+                raise ValueError(
+                    f"Node {node.name!r} reads {name!r}, which is not in the graph yet; "
+                    "nodes must be added in topological order."
+                )
+        self.nodes[node.name] = node
+        return node
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes.values())
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __getitem__(self, name: str) -> Node:
+        return self.nodes[name]
+
+    @property
+    def inputs(self) -> list[str]:
+        return [n.name for n in self if n.op == "input"]

@@ -1,0 +1,175 @@
+"""Channel propagation: label every tensor position with a channel-set id.
+
+Each tensor gets an integer array of *ids*, broadcastable to its shape (size 1
+on the axes that carry no channel information). Positions that share a set
+(after union) must be kept or removed together. Rules in
+:mod:`filterprune.core.rules` say how ids flow through each op; this module runs
+them, records which layers read or write which ids, and turns every failure
+into a 'blocked' set with a reason instead of an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .graph import Graph, Node
+from .unionfind import UnionFind
+
+__all__ = ["Propagation", "Param", "LayerUse", "propagate", "RuleError"]
+
+
+class RuleError(Exception):
+    """Raised by a rule that cannot describe a node; the node is then blocked."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A weight tensor read directly by an op (e.g. a layer-scale vector)."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class LayerUse:
+    """Ids along one role of a layer ("out", "in", "channel" or "param:<p>:<axis>")."""
+
+    ids: np.ndarray
+    node: str
+
+
+@dataclass
+class Propagation:
+    """State of one propagation run; rules call its helpers."""
+
+    graph: Graph
+    uf: UnionFind = field(default_factory=UnionFind)
+    values: dict[str, Any] = field(default_factory=dict)
+    uses: dict[str, dict[str, LayerUse]] = field(default_factory=dict)
+    producers: list[str] = field(default_factory=list)
+    constraints: list[np.ndarray] = field(default_factory=list)
+    node_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # -- id creation and blocking -------------------------------------------------
+    def fresh(self, ndim: int, axis: int, n: int) -> np.ndarray:
+        """New ids for ``n`` channels along ``axis`` of an ``ndim``-d tensor."""
+        shape = [1] * ndim
+        shape[axis] = n
+        return self.uf.new(n).reshape(shape)
+
+    def opaque(self, reason: str) -> np.ndarray:
+        """One blocked id for a whole tensor whose channels we cannot follow."""
+        ids = self.uf.new(1).reshape(())
+        self.uf.block(ids, reason)
+        return ids
+
+    def block(self, ids: Any, reason: str) -> None:
+        for arr in _arrays(ids):
+            self.uf.block(arr, reason)
+
+    # -- layer bookkeeping --------------------------------------------------------
+    def use(self, layer: str, role: str, ids: np.ndarray, node: str) -> None:
+        """Record that ``layer``'s ``role`` axis follows ``ids`` (1-d).
+
+        A layer called twice (shared weights) must cut the same channels at both
+        calls, so its ids are united with the earlier ones.
+        """
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        roles = self.uses.setdefault(layer, {})
+        if role in roles:
+            old = roles[role].ids
+            if old.shape != ids.shape:
+                raise RuleError(f"layer {layer!r} is called with different widths")
+            self.uf.union_arrays(old, ids)
+        else:
+            roles[role] = LayerUse(ids, node)
+
+    def produce(self, layer: str, ids: np.ndarray, node: str) -> None:
+        """Record ``layer`` as the source of the filters ``ids``."""
+        self.use(layer, "out", ids, node)
+        if layer not in self.producers:
+            self.producers.append(layer)
+
+    def require_equal_blocks(self, ids: np.ndarray) -> None:
+        """Positions ``ids`` (n_blocks x block_size) must keep equal counts per block."""
+        self.constraints.append(np.asarray(ids, dtype=np.int64))
+
+    def canonical(self, ids: np.ndarray) -> np.ndarray:
+        """Map ids to their roots and drop axes along which they are constant."""
+        return compress(self.uf.roots(ids))
+
+
+def compress(ids: np.ndarray) -> np.ndarray:
+    """Shrink every axis along which ``ids`` is constant to size 1."""
+    for axis in range(ids.ndim):
+        if ids.shape[axis] > 1:
+            first = np.take(ids, [0], axis=axis)
+            if np.array_equal(np.broadcast_to(first, ids.shape), ids):
+                ids = first
+    return ids
+
+
+def _arrays(value: Any) -> list[np.ndarray]:
+    if isinstance(value, np.ndarray):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [a for v in value for a in _arrays(v)]
+    return []
+
+
+def _fits(ids: np.ndarray, shape: Any) -> bool:
+    if shape is None or not isinstance(shape, tuple):
+        return True
+    if ids.ndim > len(shape):
+        return False
+    tail = shape[len(shape) - ids.ndim :]
+    return all(i in (1, s) for i, s in zip(ids.shape, tail, strict=True))
+
+
+def _check(value: Any, shape: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return _fits(value, shape)
+    if isinstance(value, tuple) and isinstance(shape, list):
+        return len(value) == len(shape) and all(
+            _check(v, s) for v, s in zip(value, shape, strict=True)
+        )
+    return True
+
+
+def propagate(graph: Graph, rules: dict[str, Callable[..., Any]]) -> Propagation:
+    """Run every node's rule in order and block what reaches the model outputs."""
+    state = Propagation(graph)
+    for node in graph:
+        ins = [state.values.get(name) for name in node.inputs]
+        state.values[node.name] = _run(state, rules, node, ins)
+    for name in graph.outputs:
+        value = state.values.get(name)
+        if isinstance(value, Param):
+            continue
+        state.block(value, "feeds a model output")
+    return state
+
+
+def _run(state: Propagation, rules: dict[str, Callable[..., Any]], node: Node, ins: list[Any]):
+    rule = rules.get(node.op)
+    what = node.label or node.op
+    if rule is None:
+        reason = f"unsupported op {what}"
+    else:
+        try:
+            out = rule(state, node, ins)
+            if _check(out, node.shape):
+                return out
+            reason = f"{what}: channel layout does not match its output shape"
+        except RuleError as err:
+            reason = f"{what}: {err}"
+    for value in ins:
+        if not isinstance(value, Param):
+            state.block(value, reason)
+    if isinstance(node.shape, list):
+        return tuple(state.opaque(reason) for _ in node.shape)
+    return state.opaque(reason)

@@ -1,0 +1,160 @@
+"""Turn a pruning level (or a FLOPs target) into kept channels per group.
+
+Frontends supply each producer's weight (filters along axis 0) as numpy; this
+module scores channels, picks the kept ones per group or globally, and reports
+the resulting FLOPs and parameter counts. Nothing here touches a framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from .analysis import Analysis, Group
+from .flops import count_flops, count_params
+from .importance import filter_importance, normalize
+from .selection import MAX_GROUP_LEVEL, keep_count, select_group
+
+__all__ = ["Pruner", "Plan"]
+
+Keeps = dict[str, dict[str, np.ndarray]]
+
+
+@dataclass
+class Plan:
+    """Kept channels per prunable group (boolean over ``group.roots``)."""
+
+    level: float
+    kept: dict[int, np.ndarray]
+
+    def to_dict(self, analysis: Analysis) -> dict:
+        """JSON-able form: per group, its producers and the kept channel indices."""
+        return {
+            "version": 1,
+            "level": self.level,
+            "groups": [
+                {
+                    "producers": analysis.groups[gid].producers,
+                    "size": int(keep.size),
+                    "kept": np.flatnonzero(keep).tolist(),
+                }
+                for gid, keep in sorted(self.kept.items())
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping, analysis: Analysis) -> Plan:
+        by_producers = {tuple(g.producers): g for g in analysis.groups}
+        kept: dict[int, np.ndarray] = {}
+        for entry in data.get("groups", []):
+            group = by_producers.get(tuple(entry["producers"]))
+            if group is None or group.size != entry["size"]:
+                raise ConfigError(
+                    f"The saved pruning state names group {entry['producers']} of size "
+                    f"{entry['size']}, which this model does not have. Was the state saved "
+                    "for another model or config?"
+                )
+            keep = np.zeros(group.size, dtype=bool)
+            keep[np.asarray(entry["kept"], dtype=np.int64)] = True
+            kept[group.id] = keep
+        return cls(float(data.get("level", 0.0)), kept)
+
+
+class Pruner:
+    """Scores channels and builds :class:`Plan` objects for one analysed model.
+
+    Args:
+        analysis: Result of :func:`~filterprune.core.analysis.analyze`.
+        importance: ``L1``, ``L2`` or ``geometric_median``.
+        global_ranking: Rank all groups together (the config's ``all_weights``).
+        multiple_of: Round kept counts up to this (per-group mode only).
+    """
+
+    def __init__(self, analysis: Analysis, *, importance: str = "L2",
+                 global_ranking: bool = False, multiple_of: int = 8) -> None:  # fmt: skip
+        self.analysis = analysis
+        self.importance = importance
+        self.global_ranking = global_ranking
+        self.multiple_of = 1 if global_ranking else multiple_of
+        self.full_flops = count_flops(analysis.graph)
+        self.full_params = count_params(analysis.graph)
+
+    # -- scores ----------------------------------------------------------------------------
+    def scores(self, weights: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
+        """Importance of each channel of each prunable group (sum over its producers)."""
+        uf = self.analysis.state.uf
+        out: dict[int, np.ndarray] = {}
+        for group in self.analysis.prunable_groups:
+            total = np.zeros(group.size)
+            lookup = {int(r): i for i, r in enumerate(group.roots)}
+            for layer in group.producers:
+                s = filter_importance(np.asarray(weights[layer], dtype=np.float64), self.importance)
+                if self.global_ranking:
+                    s = normalize(s)
+                roots = uf.roots(self.analysis.state.uses[layer]["out"].ids)
+                np.add.at(total, [lookup[int(r)] for r in roots], s)
+            out[group.id] = total
+        return out
+
+    # -- plans -----------------------------------------------------------------------------
+    def plan(self, level: float, scores: dict[int, np.ndarray]) -> Plan:
+        """Keep channels so that each group (or all together) loses ``level`` of them."""
+        groups = self.analysis.prunable_groups
+        if self.global_ranking:
+            counts = self._global_counts(level, groups, scores)
+        else:
+            counts = {g.id: keep_count(g.size, level, self.multiple_of) for g in groups}
+        kept = {g.id: select_group(g, scores[g.id], counts[g.id]) for g in groups}
+        return Plan(level, kept)
+
+    def _global_counts(self, level, groups: list[Group], scores) -> dict[int, int]:
+        if not groups:
+            return {}
+        gid = np.concatenate([np.full(g.size, g.id) for g in groups])
+        vals = np.concatenate([scores[g.id] for g in groups])
+        floor = {g.id: max(1, int(np.ceil(g.size * (1 - MAX_GROUP_LEVEL)))) for g in groups}
+        counts = {g.id: g.size for g in groups}
+        budget = int(level * vals.size)
+        for i in np.argsort(vals, kind="stable"):
+            if budget <= 0:
+                break
+            g = int(gid[i])
+            if counts[g] > floor[g]:
+                counts[g] -= 1
+                budget -= 1
+        return counts
+
+    def keeps(self, plan: Plan) -> Keeps:
+        return self.analysis.keeps(plan.kept)
+
+    def flops(self, plan: Plan) -> int:
+        return count_flops(self.analysis.graph, self.keeps(plan))
+
+    def params(self, plan: Plan) -> int:
+        return count_params(self.analysis.graph, self.keeps(plan))
+
+    def plan_for_flops(self, removed: float, scores: dict[int, np.ndarray]) -> Plan:
+        """The smallest level whose plan removes at least ``removed`` of the FLOPs."""
+        if removed <= 0:
+            return self.plan(0.0, scores)
+        best = self.plan(MAX_GROUP_LEVEL, scores)
+        reachable = 1.0 - self.flops(best) / max(self.full_flops, 1)
+        if reachable + 1e-9 < removed:
+            raise ConfigError(
+                f"`pruning_flops_target`={removed} cannot be reached: removing at most "
+                f"{MAX_GROUP_LEVEL:.0%} of each prunable group removes {reachable:.4f} of the "
+                f"FLOPs. Set pruning_flops_target <= {reachable:.4f}."
+            )
+        lo, hi = 0.0, MAX_GROUP_LEVEL
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            if 1.0 - self.flops(self.plan(mid, scores)) / self.full_flops >= removed:
+                hi = mid
+            else:
+                lo = mid
+        plan = self.plan(hi, scores)
+        plan.level = removed
+        return plan

@@ -1,0 +1,350 @@
+"""How channels flow through each kind of op: one rule per op kind.
+
+A rule receives the propagation state, the node and the ids of its inputs, and
+returns the ids of its output (a tuple for several outputs). It raises
+:class:`~filterprune.core.propagation.RuleError` when it cannot follow the
+channels; the node's inputs are then kept whole, with the error as the reason.
+Frontends map their ops to these kinds; adding an op is one line in a
+frontend's table, or one rule here for a new kind of channel behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .graph import Node
+from .propagation import Param, Propagation, RuleError, compress
+
+__all__ = ["register_rule", "get_rule", "list_rules", "RULES"]
+
+Rule = Callable[[Propagation, Node, list[Any]], Any]
+RULES: dict[str, Rule] = {}
+
+
+def register_rule(name: str) -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the rule for op kind ``name``; a name is taken once."""
+
+    def wrap(fn: Rule) -> Rule:
+        if name in RULES:
+            raise ValueError(f"A rule named {name!r} is already registered.")
+        RULES[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_rule(name: str) -> Rule:
+    try:
+        return RULES[name]
+    except KeyError:
+        raise KeyError(f"No rule {name!r}. Known rules: {', '.join(sorted(RULES))}.") from None
+
+
+def list_rules() -> list[str]:
+    return sorted(RULES)
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _tensor(s: Propagation, value: Any, node: Node) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, Param):
+        return s.opaque(f"weight {value.name} is read by {node.label or node.op}")
+    raise RuleError("expects a tensor input")
+
+
+def _shape(s: Propagation, node: Node, i: int = 0) -> tuple[int, ...]:
+    shape = s.graph[node.inputs[i]].shape
+    if not isinstance(shape, tuple):
+        raise RuleError("input shape is unknown")
+    return shape
+
+
+def _pad(ids: np.ndarray, ndim: int) -> np.ndarray:
+    return ids.reshape((1,) * (ndim - ids.ndim) + ids.shape)
+
+
+def _varies(ids: np.ndarray, axis: int) -> bool:
+    return ids.shape[axis] > 1
+
+
+def _channels(ids: np.ndarray, ndim: int, axis: int, width: int) -> np.ndarray:
+    """The 1-d ids along ``axis``; channel ids spread over other axes cannot be followed."""
+    ids = _pad(ids, ndim)
+    axis %= ndim
+    if any(_varies(ids, a) for a in range(ndim) if a != axis):
+        raise RuleError("channels are mixed with other axes")
+    line = ids.reshape(-1)
+    if line.size == 1:
+        return np.repeat(line, width)
+    if line.size != width:
+        raise RuleError(f"expected {width} channels, found {line.size}")
+    return line
+
+
+def _place(line: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis % ndim] = line.size
+    return line.reshape(shape)
+
+
+def _full(s: Propagation, ids: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.broadcast_to(s.uf.roots(_pad(ids, len(shape))), shape)
+
+
+# -- sources and pass-through ------------------------------------------------------------
+@register_rule("input")
+def _input(s, node, ins):
+    return s.opaque("model input")
+
+
+@register_rule("param")
+def _param(s, node, ins):
+    return Param(node.attrs.get("target", node.name), tuple(node.shape or ()))
+
+
+@register_rule("noop")
+def _noop(s, node, ins):
+    """A value that is not a tensor (a size, a flag)."""
+    return None
+
+
+@register_rule("identity")
+def _identity(s, node, ins):
+    """Channel-wise ops: activations, pooling, dropout, resize, dtype casts."""
+    return _tensor(s, ins[0], node)
+
+
+@register_rule("stop")
+def _stop(s, node, ins):
+    raise RuleError(node.attrs.get("reason", "mixes channels"))
+
+
+@register_rule("elementwise")
+def _elementwise(s, node, ins):
+    """add/sub/mul/div/max...: operands broadcast, so aligned positions are tied."""
+    arrays = [v for v in ins if isinstance(v, np.ndarray)]
+    if not arrays:
+        raise RuleError("no tensor operand")
+    out = arrays[0]
+    for other in arrays[1:]:
+        s.uf.union_arrays(out, other)
+        out = np.broadcast_arrays(out, other)[0]
+    out = s.canonical(out)
+    for value in ins:
+        if isinstance(value, Param):
+            _follow_param(s, node, value, out)
+    return out
+
+
+def _follow_param(s: Propagation, node: Node, param: Param, ids: np.ndarray) -> None:
+    ndim = max(len(param.shape), ids.ndim)
+    ids = _pad(ids, ndim)
+    shape = (1,) * (ndim - len(param.shape)) + param.shape
+    for axis, size in enumerate(shape):
+        if size > 1 and _varies(ids, axis):
+            line = _channels(ids, ndim, axis, size)
+            s.use(param.name, f"axis{axis - (ndim - len(param.shape))}", line, node.name)
+
+
+# -- weighted layers ---------------------------------------------------------------------
+@register_rule("conv")
+def _conv(s, node, ins):
+    x = _tensor(s, ins[0], node)
+    a = node.attrs
+    ndim, axis = len(node.shape), a.get("channel_axis", 1)
+    cin, cout, groups = a["in_channels"], a["out_channels"], a.get("groups", 1)
+    xin = _channels(x, ndim, axis, cin)
+    layer = node.layer
+    s.use(layer, "in", xin, node.name)
+    if groups == 1:
+        out = s.fresh(ndim, axis % ndim, cout)
+        s.produce(layer, out, node.name)
+        return out
+    if groups == cin and cout % cin == 0:  # depthwise, channel multiplier cout // cin
+        line = np.repeat(xin, cout // cin)
+        s.use(layer, "out", line, node.name)
+        return _place(line, ndim, axis)
+    if cin == cout:  # grouped, in and out channels of a group stay together
+        s.use(layer, "out", xin, node.name)
+        s.require_equal_blocks(xin.reshape(groups, -1))
+        return _place(xin, ndim, axis)
+    s.block(xin, f"grouped convolution {layer} has different input and output widths")
+    out = s.fresh(ndim, axis % ndim, cout)
+    s.produce(layer, out, node.name)
+    s.require_equal_blocks(out.reshape(groups, -1))
+    return out
+
+
+@register_rule("linear")
+def _linear(s, node, ins):
+    x = _tensor(s, ins[0], node)
+    ndim = len(node.shape)
+    xin = _channels(x, ndim, -1, node.attrs["in_features"])
+    s.use(node.layer, "in", xin, node.name)
+    out = s.fresh(ndim, ndim - 1, node.attrs["out_features"])
+    s.produce(node.layer, out, node.name)
+    return out
+
+
+@register_rule("batchnorm")
+def _batchnorm(s, node, ins):
+    """Per-channel affine or statistics: the layer follows its input's channels."""
+    x = _tensor(s, ins[0], node)
+    ndim = len(node.shape)
+    line = _channels(x, ndim, node.attrs.get("channel_axis", 1), node.attrs["num_features"])
+    s.use(node.layer, "channel", line, node.name)
+    return x
+
+
+@register_rule("layernorm")
+def _layernorm(s, node, ins):
+    """Statistics over the last ``normalized_ndim`` axes: their channels must all stay."""
+    x = _tensor(s, ins[0], node)
+    ndim = len(node.shape)
+    ids = _pad(x, ndim)
+    k = node.attrs.get("normalized_ndim", 1)
+    if any(_varies(ids, a) for a in range(ndim - k, ndim)):
+        s.block(ids, f"{node.label or 'LayerNorm'} normalises over these channels")
+    return x
+
+
+@register_rule("groupnorm")
+def _groupnorm(s, node, ins):
+    x = _tensor(s, ins[0], node)
+    s.block(x, f"{node.label or 'GroupNorm'} statistics span channels")
+    return x
+
+
+# -- shape ops ---------------------------------------------------------------------------
+@register_rule("reshape")
+def _reshape(s, node, ins):
+    """view/reshape/flatten. ``fixed_dims``: output axes whose size is a literal in code."""
+    x = _tensor(s, ins[0], node)
+    full = _full(s, x, _shape(s, node)).reshape(node.shape)
+    out = compress(full)
+    varying = [a for a in range(out.ndim) if _varies(out, a)]
+    fixed = [a % len(node.shape) for a in node.attrs.get("fixed_dims", ())]
+    pinned = [a for a in fixed if a in varying]
+    if not pinned:
+        return out
+    if len(pinned) == len(varying):
+        raise RuleError("reshape fixes the channel count in code")
+    for axis in pinned:  # a literal axis cannot shrink: its entries live or die together
+        first = np.take(full, [0], axis=axis)
+        s.uf.union_arrays(np.broadcast_to(first, full.shape), full)
+    return s.canonical(full)
+
+
+@register_rule("permute")
+def _permute(s, node, ins):
+    x = _tensor(s, ins[0], node)
+    perm = node.attrs["perm"]
+    return np.transpose(_pad(x, len(perm)), perm)
+
+
+@register_rule("expand")
+def _expand(s, node, ins):
+    x = _tensor(s, ins[0], node)
+    return compress(np.broadcast_to(_pad(x, len(node.shape)), node.shape))
+
+
+@register_rule("tile")
+def _tile(s, node, ins):
+    x = _tensor(s, ins[0], node)
+    return s.canonical(np.tile(_full(s, x, _shape(s, node)), node.attrs["reps"]))
+
+
+@register_rule("concat")
+def _concat(s, node, ins):
+    ndim = len(node.shape)
+    axis = node.attrs["axis"] % ndim
+    parts = [_pad(_tensor(s, v, node), ndim) for v in ins]
+    if not any(_varies(p, axis) for p in parts):
+        return _elementwise(s, node, parts)
+    target = [max(p.shape[a] for p in parts) for a in range(ndim)]
+    pieces = []
+    for i, p in enumerate(parts):
+        shape = list(target)
+        shape[axis] = _shape(s, node, i)[axis]
+        pieces.append(np.broadcast_to(p, shape))
+    return s.canonical(np.concatenate(pieces, axis=axis))
+
+
+@register_rule("split")
+def _split(s, node, ins):
+    """split/chunk/unbind along ``axis`` into ``sizes``; ``equal``: sizes follow the width."""
+    x = _tensor(s, ins[0], node)
+    in_shape = _shape(s, node)
+    ndim = len(in_shape)
+    axis = node.attrs["axis"] % ndim
+    sizes = list(node.attrs["sizes"])
+    ids = _pad(x, ndim)
+    if _varies(ids, axis):
+        line = _channels(ids, ndim, axis, in_shape[axis])
+        if node.attrs.get("equal") and len(set(sizes)) == 1:
+            s.require_equal_blocks(line.reshape(len(sizes), -1))
+        else:
+            raise RuleError("split sizes are fixed in code")
+    shape = list(ids.shape)
+    shape[axis] = in_shape[axis]
+    full = np.broadcast_to(ids, shape)
+    outs = np.split(full, np.cumsum(sizes)[:-1], axis=axis)
+    if node.attrs.get("squeeze"):
+        outs = [np.squeeze(o, axis=axis) for o in outs]
+    return tuple(compress(o) for o in outs)
+
+
+@register_rule("getitem")
+def _getitem(s, node, ins):
+    """Pick one output of a multi-output op."""
+    value = ins[0]
+    if isinstance(value, np.ndarray):
+        return value  # an opaque id stands for every output
+    if not isinstance(value, tuple):
+        raise RuleError("indexes a value that is not a tuple")
+    return value[node.attrs["index"]]
+
+
+@register_rule("index")
+def _index(s, node, ins):
+    """Basic tensor indexing (slices, ints, None, Ellipsis) that leaves channels whole."""
+    x = _tensor(s, ins[0], node)
+    full = _full(s, x, _shape(s, node))
+    marker = np.arange(full.size).reshape(full.shape)
+    picked = marker[node.attrs["index"]]
+    varying = [a for a in range(full.ndim) if x.ndim > 0 and _varies(_pad(x, full.ndim), a)]
+    for axis in varying:
+        kept = np.unique(np.unravel_index(picked.ravel(), full.shape)[axis])
+        if kept.size != full.shape[axis]:
+            raise RuleError("indexes into channels")
+    return compress(full[node.attrs["index"]])
+
+
+@register_rule("reduce")
+def _reduce(s, node, ins):
+    """mean/sum/amax over ``dims``; reducing over channels mixes them."""
+    x = _tensor(s, ins[0], node)
+    ndim = len(_shape(s, node))
+    ids = _pad(x, ndim)
+    dims = sorted(d % ndim for d in node.attrs["dims"])
+    if any(_varies(ids, d) for d in dims):
+        raise RuleError("reduces over channels")
+    if node.attrs.get("keepdim", False):
+        return ids
+    return ids.reshape([n for a, n in enumerate(ids.shape) if a not in dims])
+
+
+@register_rule("along")
+def _along(s, node, ins):
+    """Ops acting along one axis (softmax, cumsum, roll, pad): fine unless it holds channels."""
+    x = _tensor(s, ins[0], node)
+    ndim = len(node.shape)
+    ids = _pad(x, ndim)
+    for d in node.attrs["dims"]:
+        if _varies(ids, d % ndim):
+            raise RuleError("acts across channels")
+    return ids

@@ -1,0 +1,109 @@
+"""Pruning statistics: what the model lost, per layer, and what was left alone."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .analysis import Analysis
+from .flops import layer_flops
+
+__all__ = ["LayerStat", "PruningStatistics", "collect_statistics"]
+
+
+@dataclass(frozen=True)
+class LayerStat:
+    name: str
+    filters: int
+    kept: int
+
+    @property
+    def level(self) -> float:
+        return 1.0 - self.kept / self.filters if self.filters else 0.0
+
+
+@dataclass
+class PruningStatistics:
+    """Numbers a user checks after each epoch; ``str()`` gives a readable table."""
+
+    full_flops: int
+    current_flops: int
+    full_params: int
+    current_params: int
+    full_filters: int
+    current_filters: int
+    current_level: float
+    target_level: float
+    layers: list[LayerStat] = field(default_factory=list)
+    unpruned: list[tuple[list[str], str]] = field(default_factory=list)
+
+    @property
+    def flops_kept(self) -> float:
+        return self.current_flops / self.full_flops if self.full_flops else 1.0
+
+    @property
+    def params_kept(self) -> float:
+        return self.current_params / self.full_params if self.full_params else 1.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["flops_kept"], out["params_kept"] = self.flops_kept, self.params_kept
+        return out
+
+    def __str__(self) -> str:
+        lines = [
+            "Filter pruning statistics",
+            f"  scheduler level   : {self.current_level:.3f} (target {self.target_level:.3f})",
+            f"  FLOPs             : {self.current_flops / 1e6:,.2f}M of "
+            f"{self.full_flops / 1e6:,.2f}M ({self.flops_kept:.1%} kept)",
+            f"  parameters        : {self.current_params:,} of {self.full_params:,} "
+            f"({self.params_kept:.1%} kept)",
+            f"  filters (prunable): {self.current_filters:,} of {self.full_filters:,}",
+            "",
+            f"  {'layer':<44} {'filters':>8} {'kept':>6} {'level':>6}",
+        ]
+        for s in self.layers:
+            lines.append(f"  {s.name:<44} {s.filters:>8} {s.kept:>6} {s.level:>6.2f}")
+        if self.unpruned:
+            lines += ["", "  left unpruned:"]
+            for producers, reason in self.unpruned:
+                head = ", ".join(producers[:3]) + (" ..." if len(producers) > 3 else "")
+                lines.append(f"    {head}: {reason}")
+        return "\n".join(lines)
+
+
+def collect_statistics(
+    analysis: Analysis,
+    keeps: dict[str, dict[str, np.ndarray]],
+    kept: dict[int, np.ndarray],
+    *,
+    full_flops: int,
+    full_params: int,
+    current_params: int,
+    current_level: float,
+    target_level: float,
+) -> PruningStatistics:
+    layers = []
+    full_filters = current_filters = 0
+    for group in analysis.prunable_groups:
+        keep = kept.get(group.id)
+        full_filters += group.size
+        current_filters += int(keep.sum()) if keep is not None else group.size
+        for layer in group.producers:
+            vec = keeps.get(layer, {}).get("out")
+            n = int(analysis.state.uses[layer]["out"].ids.size)
+            layers.append(LayerStat(layer, n, int(vec.sum()) if vec is not None else n))
+    unpruned = [(g.producers, g.reason or "") for g in analysis.groups if not g.prunable]
+    return PruningStatistics(
+        full_flops=full_flops,
+        current_flops=sum(layer_flops(analysis.graph, keeps).values()),
+        full_params=full_params,
+        current_params=current_params,
+        full_filters=full_filters,
+        current_filters=current_filters,
+        current_level=current_level,
+        target_level=target_level,
+        layers=layers,
+        unpruned=unpruned,
+    )

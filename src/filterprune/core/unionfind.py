@@ -1,0 +1,97 @@
+"""Union-find over integer channel ids, with vectorised root lookup."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["UnionFind"]
+
+
+class UnionFind:
+    """Disjoint sets of channel ids; each set may carry a 'blocked' reason.
+
+    Example:
+        >>> uf = UnionFind()
+        >>> a = uf.new(3)
+        >>> uf.union(int(a[0]), int(a[2]))
+        >>> bool(uf.find(0) == uf.find(2)), bool(uf.find(0) == uf.find(1))
+        (True, False)
+    """
+
+    def __init__(self) -> None:
+        self._parent = np.zeros(1024, dtype=np.int64)
+        self._size = 0
+        self.reasons: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return self._size
+
+    def new(self, n: int) -> np.ndarray:
+        """Create ``n`` fresh singleton sets and return their ids."""
+        start = self._size
+        if start + n > len(self._parent):
+            grown = np.zeros(max(2 * len(self._parent), start + n), dtype=np.int64)
+            grown[:start] = self._parent[:start]
+            self._parent = grown
+        ids = np.arange(start, start + n, dtype=np.int64)
+        self._parent[start : start + n] = ids
+        self._size += n
+        return ids
+
+    def find(self, x: int) -> int:
+        parent = self._parent
+        root = x
+        while parent[root] != root:
+            root = int(parent[root])
+        while parent[x] != root:
+            parent[x], x = root, int(parent[x])
+        return root
+
+    def roots(self, ids: np.ndarray) -> np.ndarray:
+        """Roots of an array of ids (same shape); negative ids stay as they are."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = ids.copy()
+        valid = out >= 0
+        cur = out[valid]
+        while True:
+            nxt = self._parent[cur]
+            if np.array_equal(nxt, cur):
+                break
+            cur = nxt
+        out[valid] = cur
+        return out
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if rb < ra:  # keep the older id as root: deterministic, and reasons stay put
+            ra, rb = rb, ra
+        self._parent[rb] = ra
+        reason = self.reasons.pop(rb, None)
+        if reason is not None and ra not in self.reasons:
+            self.reasons[ra] = reason
+
+    def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Union ``a`` and ``b`` position by position (numpy broadcasting)."""
+        a, b = np.broadcast_arrays(self.roots(a), self.roots(b))
+        pairs = np.stack([a.ravel(), b.ravel()], axis=1)
+        pairs = pairs[(pairs[:, 0] >= 0) & (pairs[:, 1] >= 0) & (pairs[:, 0] != pairs[:, 1])]
+        for x, y in np.unique(pairs, axis=0) if len(pairs) else ():
+            self.union(int(x), int(y))
+
+    def union_all(self, ids: np.ndarray) -> None:
+        """Put every id of ``ids`` in one set."""
+        flat = np.unique(self.roots(np.asarray(ids).ravel()))
+        flat = flat[flat >= 0]
+        for other in flat[1:]:
+            self.union(int(flat[0]), int(other))
+
+    def block(self, ids: np.ndarray, reason: str) -> None:
+        """Mark the sets of ``ids`` as not prunable, keeping the first reason given."""
+        for root in np.unique(self.roots(np.asarray(ids).ravel())):
+            if root >= 0 and int(root) not in self.reasons:
+                self.reasons[int(root)] = reason
+
+    def reason(self, x: int) -> str | None:
+        return self.reasons.get(self.find(x))

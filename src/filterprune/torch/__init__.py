@@ -1,0 +1,103 @@
+"""PyTorch frontend: the NNCF-style workflow with physical removal of pruned filters.
+
+Example:
+    >>> from filterprune import NNCFConfig  # doctest: +SKIP
+    >>> from filterprune.torch import create_compressed_model
+    >>> ctrl, model = create_compressed_model(model, NNCFConfig.from_dict({...}))
+    >>> ctrl.scheduler.epoch_step(); ...; small = ctrl.strip()
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.analysis import AnalysisOptions, analyze
+from ..core.config import Config, FilterPruningParams
+from ..core.scopes import ScopeMatcher
+from ..errors import ConfigError
+from ._init_args import InitArgs, adapt_batchnorm, register_default_init_args
+from .capture import capture
+from .controller import CompressionStage, FilterPruningController
+from .shrink import resize_to_state_dict
+
+__all__ = [
+    "create_compressed_model",
+    "register_default_init_args",
+    "resize_to_state_dict",
+    "FilterPruningController",
+    "CompressionStage",
+]
+
+log = logging.getLogger("filterprune")
+
+
+def _sample(config: Config, model: nn.Module) -> tuple[torch.Tensor, ...]:
+    sizes = config.sample_sizes()
+    if not sizes:
+        raise ConfigError(
+            "`input_info.sample_size` is required to trace the model, e.g. "
+            '{"input_info": {"sample_size": [1, 3, 224, 224]}}. Received: no input_info.'
+        )
+    ref = next(model.parameters(), None)
+    device = ref.device if ref is not None else None
+    return tuple(torch.zeros(s, device=device) for s in sizes)
+
+
+def create_compressed_model(model: nn.Module, config: Config | dict,
+                            compression_state: dict[str, Any] | None = None,
+                            **_: Any) -> tuple[FilterPruningController, nn.Module]:  # fmt: skip
+    """Prepare ``model`` for filter pruning with fine-tuning.
+
+    Args:
+        model: The model to prune; it is modified in place (masked layers) and returned.
+        config: A :class:`~filterprune.Config` (``NNCFConfig``) or a plain dict.
+        compression_state: ``ctrl.get_compression_state()`` from a checkpoint, to resume.
+
+    Returns:
+        ``(compression_ctrl, model)``.
+
+    Raises:
+        ConfigError: For an invalid config or one this frontend cannot run.
+    """
+    if not isinstance(config, Config):
+        config = Config.from_dict(config)
+    names = [a.get("algorithm") for a in config.algorithms()]
+    unsupported = [n for n in names if n != "filter_pruning"]
+    if unsupported:
+        raise ConfigError(
+            f"`compression` algorithm {unsupported[0]!r} is not available in the PyTorch "
+            "frontend yet; this release runs 'filter_pruning'. Remove it from `compression`."
+        )
+    params = FilterPruningParams.from_config(config)
+    if params.interlayer_ranking_type != "unweighted_ranking":
+        raise ConfigError(
+            "`interlayer_ranking_type`='learned_ranking' (LeGR) is not available yet. "
+            "Use 'unweighted_ranking'."
+        )
+    sample = _sample(config, model)
+    graph, _ = capture(model, sample)
+    scopes = ScopeMatcher(params.ignored_scopes, params.target_scopes)
+    options = AnalysisOptions(
+        prune_first_conv=params.prune_first_conv,
+        prune_downsample_convs=params.prune_downsample_convs,
+        prune_linear=params.prune_linear,
+        scope_reason=scopes.reason,
+    )
+    analysis = analyze(graph, options)
+    for group in analysis.groups:
+        if not group.prunable:
+            log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)
+    ctrl = FilterPruningController(model, params, analysis, sample)
+    if compression_state is not None:
+        ctrl.load_state(compression_state)
+        return ctrl, model
+    ctrl.set_pruning_level(params.pruning_init)
+    ctrl.scheduler.current_level = params.pruning_init
+    if config.has_extra_struct(InitArgs) and ctrl.pruning_level > 0:
+        loader = config.get_extra_struct(InitArgs).data_loader
+        adapt_batchnorm(model, loader, params.num_bn_adaptation_samples)
+    return ctrl, model

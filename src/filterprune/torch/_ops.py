@@ -1,0 +1,267 @@
+"""The PyTorch op table: which core rule each module type, function and method uses.
+
+Adding support for an op is one entry here. A module type maps to a builder that
+returns the rule kind, its attributes and the layer facts; functions and tensor
+methods map to a builder that reads their call arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..core.graph import LayerInfo
+
+__all__ = ["MODULE_RULES", "CALL_RULES", "IDENTITY_MODULES"]
+
+Spec = tuple[str, dict[str, Any]]
+
+IDENTITY_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+)  # fmt: skip
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_IN = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def _params(m: nn.Module, roles: dict[str, tuple[str | None, ...]]) -> dict:
+    out = {}
+    for name, p in m.named_parameters(recurse=False):
+        out[name] = (tuple(p.shape), roles.get(name, (None,) * p.dim()))
+    return out
+
+
+def _conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    nk = m.weight.dim() - 2
+    transposed = isinstance(m, _CONV_T)
+    w_roles = ("in", "out") if transposed else ("out", "in")
+    params = _params(m, {"weight": w_roles + (None,) * nk, "bias": ("out",)})
+    spatial = in_shape[2:] if transposed else out_shape[2:]
+    attrs = {
+        "in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups,
+        "channel_axis": 1, "positions": math.prod(spatial),
+    }  # fmt: skip
+    info = LayerInfo(name, "conv", params, groups=m.groups, stride=max(m.stride), weight="weight")
+    if transposed and m.groups != 1:
+        return ("stop", {"reason": "grouped transposed convolution"}), info
+    return ("conv", attrs), info
+
+
+def _linear(m: nn.Linear, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    params = _params(m, {"weight": ("out", "in"), "bias": ("out",)})
+    attrs = {
+        "in_features": m.in_features, "out_features": m.out_features,
+        "positions": math.prod(out_shape[1:-1]),
+    }  # fmt: skip
+    return ("linear", attrs), LayerInfo(name, "linear", params, weight="weight")
+
+
+def _batchnorm(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    params = _params(m, {"weight": ("channel",), "bias": ("channel",)})
+    attrs = {"num_features": m.num_features, "channel_axis": 1}
+    return ("batchnorm", attrs), LayerInfo(name, "batchnorm", params)
+
+
+def _prelu(m: nn.PReLU, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    if m.num_parameters == 1:
+        return ("identity", {}), LayerInfo(name, "activation", _params(m, {}))
+    params = _params(m, {"weight": ("channel",)})
+    spec = ("batchnorm", {"num_features": m.num_parameters, "channel_axis": 1})
+    return spec, LayerInfo(name, "batchnorm", params)
+
+
+def _layernorm(m: nn.LayerNorm, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    spec = ("layernorm", {"normalized_ndim": len(m.normalized_shape)})
+    return spec, LayerInfo(name, "layernorm", _params(m, {}))
+
+
+def _simple(kind: str, **attrs: Any) -> Callable[..., tuple[Spec, LayerInfo]]:
+    def build(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+        return (kind, dict(attrs)), LayerInfo(name, kind, _params(m, {}))
+
+    return build
+
+
+def _softmax(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    dim = m.dim if m.dim is not None else -1
+    return ("along", {"dims": [dim]}), LayerInfo(name, "activation")
+
+
+def _flatten(m: nn.Flatten, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    return ("reshape", {}), LayerInfo(name, "reshape")
+
+
+MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
+    **{t: _conv for t in _CONV + _CONV_T},
+    nn.Linear: _linear,
+    **{t: _batchnorm for t in _BN + _IN},
+    nn.PReLU: _prelu,
+    nn.LayerNorm: _layernorm,
+    nn.GroupNorm: _simple("groupnorm"),
+    nn.Softmax: _softmax,
+    nn.LogSoftmax: _softmax,
+    nn.Flatten: _flatten,
+    **{t: _simple("identity") for t in IDENTITY_MODULES},
+}
+
+# -- functions and tensor methods ------------------------------------------------------------
+Call = Callable[[fx.Node, Any], Spec]
+
+
+def _arg(node: fx.Node, i: int, key: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(key, default)
+
+
+def _identity(node: fx.Node, shapes) -> Spec:
+    return "identity", {}
+
+
+def _elementwise(node: fx.Node, shapes) -> Spec:
+    return "elementwise", {}
+
+
+def _reshape(node: fx.Node, shapes) -> Spec:
+    args = node.args[1:]
+    if len(args) == 1 and isinstance(args[0], (list, tuple)):
+        args = args[0]
+    if "shape" in node.kwargs:
+        args = node.kwargs["shape"]
+    fixed = [i for i, a in enumerate(args) if isinstance(a, int) and a != -1]
+    if node.target in ("view", "reshape", torch.reshape):
+        return "reshape", {"fixed_dims": fixed}
+    return "reshape", {}
+
+
+def _permute(node: fx.Node, shapes) -> Spec:
+    dims = node.args[1:]
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = dims[0]
+    if "dims" in node.kwargs:
+        dims = node.kwargs["dims"]
+    ndim = len(shapes)
+    return "permute", {"perm": [int(d) % ndim for d in dims]}
+
+
+def _transpose(node: fx.Node, shapes) -> Spec:
+    ndim = len(shapes)
+    a, b = int(_arg(node, 1, "dim0")) % ndim, int(_arg(node, 2, "dim1")) % ndim
+    perm = list(range(ndim))
+    perm[a], perm[b] = perm[b], perm[a]
+    return "permute", {"perm": perm}
+
+
+def _cat(node: fx.Node, shapes) -> Spec:
+    return "concat", {"axis": int(_arg(node, 1, "dim", 0))}
+
+
+def _split(node: fx.Node, shapes) -> Spec:
+    dim = int(_arg(node, 2, "dim", 0))
+    return "split", {"axis": dim, "equal": False}
+
+
+def _chunk(node: fx.Node, shapes) -> Spec:
+    return "split", {"axis": int(_arg(node, 2, "dim", 0)), "equal": True}
+
+
+def _unbind(node: fx.Node, shapes) -> Spec:
+    return "split", {"axis": int(_arg(node, 1, "dim", 0)), "equal": False, "squeeze": True}
+
+
+def _reduce(node: fx.Node, shapes) -> Spec:
+    dims = _arg(node, 1, "dim")
+    if dims is None:
+        dims = list(range(len(shapes)))
+    elif isinstance(dims, int):
+        dims = [dims]
+    return "reduce", {"dims": list(dims), "keepdim": bool(_arg(node, 2, "keepdim", False))}
+
+
+def _along_dim(node: fx.Node, shapes) -> Spec:
+    return "along", {"dims": [int(_arg(node, 1, "dim", -1))]}
+
+
+def _roll(node: fx.Node, shapes) -> Spec:
+    dims = _arg(node, 2, "dims")
+    if dims is None:
+        return "stop", {"reason": "roll over a flattened tensor"}
+    return "along", {"dims": [dims] if isinstance(dims, int) else list(dims)}
+
+
+def _pad(node: fx.Node, shapes) -> Spec:
+    pad = _arg(node, 1, "pad")
+    n = len(pad) // 2
+    return "along", {"dims": [len(shapes) - 1 - i for i in range(n) if pad[2 * i] or pad[2 * i + 1]]}
+
+
+def _layer_norm(node: fx.Node, shapes) -> Spec:
+    return "layernorm", {"normalized_ndim": len(_arg(node, 1, "normalized_shape"))}
+
+
+def _expand(node: fx.Node, shapes) -> Spec:
+    return "expand", {}
+
+
+def _repeat(node: fx.Node, shapes) -> Spec:
+    reps = node.args[1:]
+    if len(reps) == 1 and isinstance(reps[0], (list, tuple)):
+        reps = reps[0]
+    if not all(isinstance(r, int) for r in reps):
+        return "stop", {"reason": "repeat with computed sizes"}
+    return "tile", {"reps": list(reps)}
+
+
+_ACT_FUNCS = [
+    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.mish,
+    F.sigmoid, F.tanh, F.hardtanh, F.softplus, F.dropout, F.dropout2d, F.max_pool1d, F.max_pool2d,
+    F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.interpolate, torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg,
+    torch.clamp, operator.neg, F.relu_, torch.relu_, torch.nn.functional.gelu,
+]
+_ACT_METHODS = [
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "neg", "clamp", "clamp_",
+    "contiguous", "clone", "float", "half", "to", "type_as", "detach", "hardswish", "sqrt",
+]  # fmt: skip
+_EW = [
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
+    operator.isub, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
+]
+_EW_METHODS = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum"]
+
+CALL_RULES: dict[Any, Call] = {
+    **{f: _identity for f in _ACT_FUNCS},
+    **{m: _identity for m in _ACT_METHODS},
+    **{f: _elementwise for f in _EW},
+    **{m: _elementwise for m in _EW_METHODS},
+    "view": _reshape, "reshape": _reshape, torch.reshape: _reshape,
+    "flatten": _reshape, torch.flatten: _reshape, "unflatten": _reshape, torch.unflatten: _reshape,
+    "squeeze": _reshape, torch.squeeze: _reshape, "unsqueeze": _reshape, torch.unsqueeze: _reshape,
+    "permute": _permute, torch.permute: _permute,
+    "transpose": _transpose, torch.transpose: _transpose,
+    torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
+    "split": _split, torch.split: _split, "chunk": _chunk, torch.chunk: _chunk,
+    "unbind": _unbind, torch.unbind: _unbind,
+    "mean": _reduce, torch.mean: _reduce, "sum": _reduce, torch.sum: _reduce,
+    "amax": _reduce, torch.amax: _reduce,
+    F.softmax: _along_dim, "softmax": _along_dim, F.log_softmax: _along_dim,
+    "log_softmax": _along_dim, torch.softmax: _along_dim, torch.cumsum: _along_dim,
+    torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm,
+    "expand": _expand, "expand_as": _expand, "repeat": _repeat,
+}  # fmt: skip

@@ -1,0 +1,149 @@
+"""Read a PyTorch model into the core graph with torch.fx.
+
+Why torch.fx: symbolic tracing keeps ``nn.Conv2d``/``nn.Linear``/``nn.BatchNorm``
+as leaf calls named by their module path, so every graph node maps straight back
+to the parameters we mask and cut, and it traces every torchvision classifier.
+Shapes come from one forward pass on a zero input (``ShapeProp``) in eval mode.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from ..core.graph import Graph, LayerInfo, Node
+from ..errors import AnalysisError
+from ._ops import CALL_RULES, MODULE_RULES
+
+__all__ = ["capture"]
+
+
+def _meta_shape(meta: Any) -> Any:
+    if isinstance(meta, TensorMetadata):
+        return tuple(int(d) for d in meta.shape)
+    if isinstance(meta, (list, tuple)) and meta and all(
+        isinstance(m, TensorMetadata) for m in meta
+    ):
+        return [tuple(int(d) for d in m.shape) for m in meta]
+    return None
+
+
+def _operands(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return list(dict.fromkeys(found))
+
+
+def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
+    was_training = model.training
+    model.eval()  # trace the inference path (no stochastic depth, no aux heads)
+    try:
+        try:
+            gm = fx.GraphModule(model, fx.Tracer().trace(model))
+        except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
+            raise AnalysisError(
+                f"torch.fx could not trace {type(model).__name__}: {err}. Make the forward free "
+                "of data-dependent Python control flow, or wrap such code with torch.fx.wrap."
+            ) from err
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example)
+    finally:
+        model.train(was_training)
+    return gm
+
+
+def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[Graph, fx.GraphModule]:
+    """Trace ``model`` on ``example`` inputs and build the core :class:`Graph`."""
+    gm = trace(model, example)
+    graph = Graph()
+    modules = dict(model.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            graph.outputs = [n.name for n in _operands(node) if n.name in graph.nodes]
+            continue
+        graph.add(_convert(node, modules, graph))
+    _add_unseen_params(model, graph)
+    return graph, gm
+
+
+def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph) -> Node:
+    shape = _meta_shape(node.meta.get("tensor_meta"))
+    inputs = [n.name for n in _operands(node) if n.name in graph.nodes]
+    if node.op == "placeholder":
+        return Node(node.name, "input", shape=shape)
+    if node.op == "get_attr":
+        return Node(node.name, "param", shape=shape, attrs={"target": node.target})
+    if shape is None:
+        return Node(node.name, "noop", inputs, label=str(node.target))
+    if node.op == "call_module":
+        return _module_node(node, modules[node.target], inputs, shape, graph)
+    label = getattr(node.target, "__name__", str(node.target))
+    if node.target is operator.getitem:
+        return _getitem(node, inputs, shape, graph)
+    builder = CALL_RULES.get(node.target)
+    if builder is None:
+        return Node(node.name, "stop", inputs, shape, label=label,
+                    attrs={"reason": f"no channel rule for {label}"})  # fmt: skip
+    in_shape = graph[inputs[0]].shape if inputs else None
+    kind, attrs = builder(node, in_shape if isinstance(in_shape, tuple) else ())
+    if kind == "split":
+        attrs["sizes"] = [s[attrs["axis"]] for s in shape]
+    return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
+
+
+def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
+    name = node.target
+    label = type(module).__name__
+    build = MODULE_RULES.get(type(module))
+    if build is None:
+        graph.layers.setdefault(name, LayerInfo(name, "opaque", _plain_params(module)))
+        return Node(node.name, "stop", inputs, shape, layer=name, label=label,
+                    attrs={"reason": f"no channel rule for module {label}"})  # fmt: skip
+    in_shape = graph[inputs[0]].shape if inputs else None
+    (kind, attrs), info = build(module, name, in_shape, shape)
+    if info.params or kind in ("conv", "linear", "batchnorm"):
+        graph.layers.setdefault(name, info)
+    return Node(node.name, kind, inputs[:1], shape, layer=name, attrs=attrs, label=label)
+
+
+def _getitem(node: fx.Node, inputs, shape, graph: Graph) -> Node:
+    src, index = node.args[0], node.args[1]
+    if isinstance(graph[src.name].shape, list) or graph[src.name].op == "stop":
+        if isinstance(index, int):
+            return Node(node.name, "getitem", [src.name], shape, attrs={"index": index})
+    idx = _basic_index(index)
+    if idx is None:
+        return Node(node.name, "stop", inputs, shape, label="getitem",
+                    attrs={"reason": "advanced indexing"})  # fmt: skip
+    return Node(node.name, "index", [src.name], shape, attrs={"index": idx}, label="getitem")
+
+
+def _basic_index(index: Any) -> Any:
+    items = index if isinstance(index, tuple) else (index,)
+    for item in items:
+        if isinstance(item, slice):
+            if any(isinstance(v, fx.Node) for v in (item.start, item.stop, item.step)):
+                return None
+        elif not (item is None or item is Ellipsis or isinstance(item, int)):
+            return None
+    return index
+
+
+def _plain_params(module: nn.Module) -> dict:
+    return {n: (tuple(p.shape), (None,) * p.dim()) for n, p in module.named_parameters()}
+
+
+def _add_unseen_params(model: nn.Module, graph: Graph) -> None:
+    """Count parameters the graph never names (used inside opaque code) as uncut."""
+    owned = {f"{layer}.{p}" if p else layer for layer, info in graph.layers.items()
+             for p in info.params}  # fmt: skip
+    for name, p in model.named_parameters():
+        if name in owned or any(name.startswith(f"{layer}.") for layer in graph.layers
+                                if graph.layers[layer].kind == "opaque"):  # fmt: skip
+            continue
+        graph.layers[name] = LayerInfo(name, "param", {"": (tuple(p.shape), ("axis0",)
+                                       + tuple(f"axis{i}" for i in range(1, p.dim())))})
