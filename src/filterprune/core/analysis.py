@@ -118,19 +118,8 @@ def analyze(graph: Graph, options: AnalysisOptions | None = None) -> Analysis:
     state = propagate(graph, RULES)
     uf = state.uf
     producer_roots = {p: uf.roots(state.uses[p]["out"].ids) for p in state.producers}
-    all_roots = np.unique(np.concatenate(list(producer_roots.values()) or [np.zeros(0, int)]))
-    index = {int(r): i for i, r in enumerate(all_roots)}
-    links = UnionFind()
-    links.new(len(all_roots))
-    for roots in producer_roots.values():
-        for r in roots[1:]:
-            links.union(index[int(roots[0])], index[int(r)])
     constraints = [uf.roots(c) for c in state.constraints]
-    for c in constraints:  # groups under one equal-split constraint are chosen together
-        members = [index[int(r)] for r in np.unique(c) if int(r) in index]
-        for m in members[1:]:
-            links.union(members[0], m)
-    groups = _build_groups(producer_roots, index, links)
+    groups = _build_groups(producer_roots, constraints)
     root_group = {int(r): (g.id, i) for g in groups for i, r in enumerate(g.roots)}
     for c in constraints:
         _attach_constraint(groups, root_group, c)
@@ -140,18 +129,32 @@ def analyze(graph: Graph, options: AnalysisOptions | None = None) -> Analysis:
     return Analysis(graph, state, groups, root_group)
 
 
-def _build_groups(producer_roots, index, links) -> list[Group]:
-    by_comp: dict[int, Group] = {}
-    seen: set[int] = set()
+def _build_groups(producer_roots, constraints) -> list[Group]:
+    """Channels touched by the same producers form a group; constraints join groups."""
+    touched: dict[int, list[str]] = {}
     for layer, roots in producer_roots.items():
-        comp = links.find(index[int(roots[0])])
+        for r in roots.tolist():
+            names = touched.setdefault(r, [])
+            if layer not in names:
+                names.append(layer)
+    keys = list(dict.fromkeys(tuple(v) for v in touched.values()))
+    key_id = {k: i for i, k in enumerate(keys)}
+    links = UnionFind()
+    links.new(len(keys))
+    for c in constraints:  # groups under one equal-split constraint are chosen together
+        members = [key_id[tuple(touched[int(r)])] for r in np.unique(c) if int(r) in touched]
+        for m in members[1:]:
+            links.union(members[0], m)
+    by_comp: dict[int, Group] = {}
+    for r, names in touched.items():
+        comp = links.find(key_id[tuple(names)])
         group = by_comp.get(comp)
         if group is None:
-            group = by_comp[comp] = Group(len(by_comp), np.zeros(0, np.int64), [])
-        group.producers.append(layer)
-        new = [int(r) for r in dict.fromkeys(roots.tolist()) if int(r) not in seen]
-        seen.update(new)
-        group.roots = np.concatenate([group.roots, np.array(new, dtype=np.int64)])
+            group = by_comp[comp] = Group(len(by_comp), [], [])
+        group.roots.append(r)
+        group.producers.extend(n for n in names if n not in group.producers)
+    for group in by_comp.values():
+        group.roots = np.asarray(group.roots, dtype=np.int64)
     return list(by_comp.values())
 
 

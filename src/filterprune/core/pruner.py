@@ -95,7 +95,8 @@ class Pruner:
                 if self.global_ranking:
                     s = normalize(s)
                 roots = uf.roots(self.analysis.state.uses[layer]["out"].ids)
-                np.add.at(total, [lookup[int(r)] for r in roots], s)
+                idx = np.array([lookup.get(int(r), -1) for r in roots])
+                np.add.at(total, idx[idx >= 0], s[idx >= 0])
             out[group.id] = total
         return out
 

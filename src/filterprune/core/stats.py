@@ -91,6 +91,8 @@ def collect_statistics(
         full_filters += group.size
         current_filters += int(keep.sum()) if keep is not None else group.size
         for layer in group.producers:
+            if any(s.name == layer for s in layers):
+                continue
             vec = keeps.get(layer, {}).get("out")
             n = int(analysis.state.uses[layer]["out"].ids.size)
             layers.append(LayerStat(layer, n, int(vec.sum()) if vec is not None else n))

@@ -49,8 +49,16 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule
                 f"torch.fx could not trace {type(model).__name__}: {err}. Make the forward free "
                 "of data-dependent Python control flow, or wrap such code with torch.fx.wrap."
             ) from err
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*example)
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(*example)
+        except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
+            shapes = [tuple(t.shape) for t in example]
+            raise AnalysisError(
+                f"{type(model).__name__} failed on a zero input of shape {shapes} "
+                f"(from `input_info.sample_size`): {err.__cause__ or err}. Give a sample_size "
+                "the model accepts."
+            ) from err
     finally:
         model.train(was_training)
     return gm

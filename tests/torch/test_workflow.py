@@ -1,0 +1,229 @@
+"""The PyTorch workflow of the reference, end to end, on small models."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import SmallNet, assert_strip_equal, make_config
+from torch import nn
+
+from filterprune import ConfigError
+from filterprune.torch import CompressionStage, create_compressed_model, resize_to_state_dict
+
+
+def test_masked_equals_stripped_and_is_smaller(small_net):
+    ctrl, model = create_compressed_model(small_net, make_config())
+    x = torch.randn(2, 3, 32, 32)
+    small = assert_strip_equal(ctrl, model, x)
+    n_small = sum(p.numel() for p in small.parameters())
+    n_full = sum(p.numel() for p in SmallNet().parameters())
+    assert n_small < 0.75 * n_full
+    assert small.fc2.out_features == 10  # the classifier keeps its width
+    assert small.a.out_channels == small.stem.out_channels  # residual add: one group
+    assert small.dw.groups == small.dw.in_channels == small.dw.out_channels
+
+
+def test_state_dict_keys_are_the_original_plus_masks(small_net):
+    before = set(small_net.state_dict())
+    _, model = create_compressed_model(small_net, make_config())
+    after = set(model.state_dict())
+    assert before <= after
+    assert all(k.endswith("_mask") for k in after - before)
+
+
+def test_gradients_of_pruned_filters_are_zero(small_net):
+    ctrl, model = create_compressed_model(small_net, make_config())
+    model.train()
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    mask = model.b.weight_mask.flatten(1)[:, 0]
+    assert (mask == 0).any()
+    grad = model.b.weight.grad
+    assert torch.all(grad[mask == 0] == 0)
+    assert grad[mask == 1].abs().sum() > 0
+    stored = model.b.weight[mask == 0]
+    assert stored.abs().sum() > 0  # the stored weights are kept
+
+
+def test_stripped_model_saves_and_rebuilds_from_state_dict(small_net, tmp_path):
+    ctrl, model = create_compressed_model(small_net, make_config())
+    small = ctrl.strip().eval()
+    torch.save(small.state_dict(), tmp_path / "pruned.pt")
+    rebuilt = resize_to_state_dict(SmallNet(), torch.load(tmp_path / "pruned.pt")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), small(x))
+
+
+def test_strip_without_shrink_keeps_shapes_and_zeros_filters(small_net):
+    ctrl, model = create_compressed_model(small_net, make_config())
+    plain = ctrl.strip(shrink=False).eval()
+    assert plain.b.weight.shape == SmallNet().b.weight.shape
+    assert not hasattr(plain.b, "weight_mask")
+    zero_rows = (plain.b.weight.flatten(1).abs().sum(1) == 0).sum()
+    assert zero_rows > 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model.eval()(x), atol=1e-5, rtol=1e-4)
+
+
+def test_loss_is_zero_and_stage_follows_level(small_net):
+    ctrl, _ = create_compressed_model(
+        small_net, make_config(pruning_init=0.0, pruning_target=0.5, pruning_steps=3)
+    )
+    assert float(ctrl.loss()) == 0.0
+    assert ctrl.compression_stage() == CompressionStage.UNCOMPRESSED
+    ctrl.scheduler.epoch_step()
+    ctrl.scheduler.epoch_step()
+    assert ctrl.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED
+    ctrl.scheduler.epoch_step()
+    assert ctrl.compression_stage() == CompressionStage.FULLY_COMPRESSED
+
+
+def test_schedule_raises_level_each_epoch_then_freezes(small_net):
+    ctrl, _ = create_compressed_model(
+        small_net, make_config(pruning_init=0.1, pruning_target=0.5, pruning_steps=3)
+    )
+    levels = []
+    for _ in range(5):
+        ctrl.scheduler.epoch_step()
+        for _ in range(3):
+            ctrl.scheduler.step()
+        levels.append(round(ctrl.pruning_level, 4))
+    assert levels[0] == pytest.approx(0.1)
+    assert levels[0] < levels[1] < levels[2] == pytest.approx(0.5)
+    assert levels[3:] == [levels[2]] * 2
+    assert ctrl.frozen
+
+
+def test_statistics_report_flops_params_levels_and_reasons(small_net):
+    ctrl, _ = create_compressed_model(small_net, make_config())
+    st = ctrl.statistics()
+    assert st.current_flops < st.full_flops
+    assert st.current_params < st.full_params
+    assert st.current_filters < st.full_filters
+    assert st.target_level == 0.5
+    reasons = dict((tuple(p), r) for p, r in st.unpruned)
+    assert reasons[("stem", "a", "se2")] == "first convolution (prune_first_conv is off)"
+    assert "downsampling" in reasons[("down",)]
+    assert reasons[("fc2",)] == "feeds a model output"
+    text = str(st)
+    assert "FLOPs" in text and "left unpruned" in text and "fc2: feeds a model output" in text
+
+
+def test_structural_switches_open_first_and_downsample_convs(small_net):
+    ctrl, _ = create_compressed_model(
+        small_net, make_config(prune_first_conv=True, prune_downsample_convs=True)
+    )
+    unpruned = {tuple(p) for p, _ in ctrl.statistics().unpruned}
+    assert unpruned == {("fc2",)}
+    assert_strip_equal(ctrl, small_net, torch.randn(2, 3, 32, 32))
+
+
+def test_scopes_exclude_layers_with_reasons(small_net):
+    config = make_config(extra={"ignored_scopes": ["{re}se1$"],
+                                "target_scopes": ["b", "se1", "se2", "fc1"]})
+    ctrl, _ = create_compressed_model(small_net, config)
+    reasons = {tuple(p): r for p, r in ctrl.statistics().unpruned}
+    assert "ignored_scopes" in reasons[("se1",)]
+    assert reasons[("down",)].endswith("not in target_scopes") or "downsampling" in reasons[("down",)]
+    pruned = {s.name for s in ctrl.statistics().layers}
+    assert pruned == {"b", "se2", "fc1"}  # se2 gates b's channels: the two share a group
+
+
+@pytest.mark.parametrize("importance", ["L1", "L2", "geometric_median"])
+def test_each_importance_keeps_the_strongest_filters(importance):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    with torch.no_grad():
+        net[1].weight.mul_(0.01)
+        net[1].weight[[1, 5, 9, 14]] *= 1000  # four clearly dominant filters, far apart
+    config = make_config(pruning_init=0.75, filter_importance=importance, schedule="baseline")
+    config["compression"]["params"]["pruning_target"] = 0.75
+    ctrl, _ = create_compressed_model(net, config)
+    kept = torch.nonzero(net[1].weight_mask[:, 0].flatten()).flatten().tolist()
+    assert len(kept) == 8  # 16 * 0.25 = 4, rounded up to a multiple of 8
+    assert {1, 5, 9, 14} <= set(kept)
+
+
+def test_global_ranking_prunes_unevenly_without_rounding():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Conv2d(3, 20, 3), nn.ReLU(),
+                        nn.Conv2d(20, 20, 3), nn.ReLU(), nn.Conv2d(20, 4, 1))  # fmt: skip
+    with torch.no_grad():
+        net[3].weight[:14] *= 0.01
+    ctrl, _ = create_compressed_model(net, make_config(all_weights=True))
+    kept = {s.name: s.kept for s in ctrl.statistics().layers}
+    assert kept["1"] + kept["3"] == 20
+    assert kept["3"] < kept["1"]
+    assert kept["3"] % 8 != 0 or kept["1"] % 8 != 0
+
+
+@pytest.mark.parametrize("all_weights", [False, True])
+def test_flops_target_is_met(small_net, all_weights):
+    config = make_config(pruning_init=0.3, pruning_flops_target=0.3, all_weights=all_weights,
+                         prune_first_conv=True, prune_downsample_convs=True)  # fmt: skip
+    ctrl, model = create_compressed_model(small_net, config)
+    st = ctrl.statistics()
+    assert 1 - st.flops_kept >= 0.3
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 32, 32))
+
+
+def test_unreachable_flops_target_names_best_value(small_net):
+    with pytest.raises(ConfigError, match=r"cannot be reached.*Set pruning_flops_target <= 0\.\d+"):
+        create_compressed_model(small_net, make_config(pruning_init=0.95, pruning_flops_target=0.95))
+
+
+def test_batchnorm_adaptation_runs_on_registered_loader(small_net):
+    from filterprune.torch import register_default_init_args
+
+    data = torch.utils.data.TensorDataset(torch.randn(64, 3, 32, 32), torch.zeros(64))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    config = make_config(extra={"initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 32}}})
+    config = register_default_init_args(config, loader)
+    before = small_net.bna.running_var.clone()
+    create_compressed_model(small_net, config)
+    assert not torch.allclose(before, small_net.bna.running_var)
+    assert int(small_net.bna.num_batches_tracked) == 2  # 32 samples in batches of 16
+
+
+def test_unknown_op_is_left_unpruned_with_a_reason():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 16, 3)
+            self.c2 = nn.Conv2d(16, 16, 3)
+            self.c3 = nn.Conv2d(16, 4, 3)
+
+        def forward(self, x):
+            x = self.c2(torch.relu(self.c1(x)))
+            x = torch.fft.fft2(x).real  # an op with no channel rule
+            return self.c3(x)
+
+    ctrl, model = create_compressed_model(Odd(), make_config())
+    reasons = {tuple(p): r for p, r in ctrl.statistics().unpruned}
+    assert "fft" in reasons[("c2",)]
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 32, 32))
+
+
+def test_quantization_in_config_is_a_clear_error(small_net):
+    config = make_config()
+    config["compression"] = [config["compression"], {"algorithm": "quantization"}]
+    with pytest.raises(ConfigError, match="'quantization' is not available"):
+        create_compressed_model(small_net, config)
+
+
+def test_set_pruning_level_rejects_out_of_range(small_net):
+    ctrl, _ = create_compressed_model(small_net, make_config())
+    with pytest.raises(ValueError, match=r"`level` must be a float in \[0, 1\). Received: level=1.2"):
+        ctrl.set_pruning_level(1.2)
+
+
+def test_masks_update_when_weights_change(small_net):
+    ctrl, model = create_compressed_model(small_net, make_config())
+    before = model.b.weight_mask.clone()
+    with torch.no_grad():
+        order = np.argsort(model.b.weight.flatten(1).norm(dim=1).numpy())
+        model.b.weight[order[:12]] *= 100  # the weakest filters become the strongest
+    ctrl.set_pruning_level(0.5)
+    assert not torch.equal(before, model.b.weight_mask)
+
+
