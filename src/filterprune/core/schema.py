@@ -246,6 +246,8 @@ CONFIG_SCHEMA: dict[str, Any] = _object(
         **_SCOPING,
     },
     required=["input_info"],
+    # Training scripts keep their own settings (model, batch_size, epochs...) beside ours.
+    additionalProperties=True,
     **{
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "filterprune configuration (NNCF 2.x compatible)",
