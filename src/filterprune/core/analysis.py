@@ -130,32 +130,46 @@ def analyze(graph: Graph, options: AnalysisOptions | None = None) -> Analysis:
 
 
 def _build_groups(producer_roots, constraints) -> list[Group]:
-    """Channels touched by the same producers form a group; constraints join groups."""
-    touched: dict[int, list[str]] = {}
-    for layer, roots in producer_roots.items():
-        for r in roots.tolist():
-            names = touched.setdefault(r, [])
-            if layer not in names:
-                names.append(layer)
-    keys = list(dict.fromkeys(tuple(v) for v in touched.values()))
-    key_id = {k: i for i, k in enumerate(keys)}
+    """Channels touched by the same set of producers form a group; constraints join groups.
+
+    The set of producers touching a channel is summarised by a xor of random 64-bit
+    tags, so grouping is vectorised over all channels at once.
+    """
+    names = list(producer_roots)
+    if not names:
+        return []
+    tags = np.random.default_rng(0).integers(1, 2**62, size=len(names), dtype=np.int64)
+    roots = np.concatenate([producer_roots[n] for n in names])
+    owner = np.concatenate([np.full(producer_roots[n].size, i) for i, n in enumerate(names)])
+    pairs = np.unique(np.stack([roots, owner], axis=1), axis=0)  # one row per (root, layer)
+    uniq, _, inverse = np.unique(pairs[:, 0], return_index=True, return_inverse=True)
+    sig = np.zeros(uniq.size, dtype=np.int64)
+    np.bitwise_xor.at(sig, inverse, tags[pairs[:, 1]])
+    keys, key_of_root = np.unique(sig, return_inverse=True)
     links = UnionFind()
-    links.new(len(keys))
+    links.new(keys.size)
     for c in constraints:  # groups under one equal-split constraint are chosen together
-        members = [key_id[tuple(touched[int(r)])] for r in np.unique(c) if int(r) in touched]
-        for m in members[1:]:
-            links.union(members[0], m)
-    by_comp: dict[int, Group] = {}
-    for r, names in touched.items():
-        comp = links.find(key_id[tuple(names)])
-        group = by_comp.get(comp)
-        if group is None:
-            group = by_comp[comp] = Group(len(by_comp), [], [])
-        group.roots.append(r)
-        group.producers.extend(n for n in names if n not in group.producers)
-    for group in by_comp.values():
-        group.roots = np.asarray(group.roots, dtype=np.int64)
-    return list(by_comp.values())
+        present = np.unique(c)
+        idx = np.searchsorted(uniq, present)
+        idx = idx[(idx < uniq.size) & (uniq[np.minimum(idx, uniq.size - 1)] == present)]
+        links.union_all(key_of_root[idx])
+    comp = links.roots(key_of_root)
+    # channel order: by first appearance in producer order, then position
+    appear = np.unique(roots, return_index=True)[1]
+    order = np.argsort(appear, kind="stable")
+    groups: dict[int, Group] = {}
+    for i in order:
+        c = int(comp[i])
+        if c not in groups:
+            groups[c] = Group(len(groups), [], [])
+        groups[c].roots.append(int(uniq[i]))
+    layer_comp = np.unique(np.stack([comp[inverse], pairs[:, 1]], axis=1), axis=0)
+    for c, layer in layer_comp.tolist():
+        groups[c].producers.append(names[layer])
+    for g in groups.values():
+        g.roots = np.asarray(g.roots, dtype=np.int64)
+        g.producers.sort(key=names.index)
+    return list(groups.values())
 
 
 def _attach_constraint(groups, root_group, constraint: np.ndarray) -> None:

@@ -73,12 +73,31 @@ class UnionFind:
             self.reasons[ra] = reason
 
     def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Union ``a`` and ``b`` position by position (numpy broadcasting)."""
-        a, b = np.broadcast_arrays(self.roots(a), self.roots(b))
-        pairs = np.stack([a.ravel(), b.ravel()], axis=1)
-        pairs = pairs[(pairs[:, 0] >= 0) & (pairs[:, 1] >= 0) & (pairs[:, 0] != pairs[:, 1])]
-        for x, y in np.unique(pairs, axis=0) if len(pairs) else ():
-            self.union(int(x), int(y))
+        """Union ``a`` and ``b`` position by position (numpy broadcasting), vectorised.
+
+        Each pass hooks every higher root onto the lowest root it meets; parents only
+        ever point to smaller ids, so the forest stays acyclic.
+        """
+        a, b = np.broadcast_arrays(np.asarray(a, np.int64), np.asarray(b, np.int64))
+        valid = (a >= 0) & (b >= 0)
+        a, b = a[valid].ravel(), b[valid].ravel()
+        changed = False
+        while a.size:
+            ra, rb = self.roots(a), self.roots(b)
+            differ = ra != rb
+            if not differ.any():
+                break
+            ra, rb = ra[differ], rb[differ]
+            a, b = a[differ], b[differ]
+            np.minimum.at(self._parent, np.maximum(ra, rb), np.minimum(ra, rb))
+            changed = True
+        if changed:
+            self._move_reasons()
+
+    def _move_reasons(self) -> None:
+        for old in [r for r in self.reasons if self._parent[r] != r]:
+            reason = self.reasons.pop(old)
+            self.reasons.setdefault(self.find(old), reason)
 
     def union_all(self, ids: np.ndarray) -> None:
         """Put every id of ``ids`` in one set."""

@@ -23,7 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,9 @@ STD = 0.3530
 """Standard deviation of the Fashion-MNIST training pixels (in [0, 1])."""
 MAX_THREADS = 2
 _CACHE_FORMAT = 1  # bump when SmallCNN or the training recipe changes
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+"""Anything yielding ``(images, labels)`` batches, e.g. a ``DataLoader``."""
 
 
 def limit_threads(max_threads: int = MAX_THREADS) -> int:
@@ -204,7 +207,7 @@ class SmallCNN(nn.Module):
 # --------------------------------------------------------------------------- loops
 
 
-def _progress(iterable: DataLoader, desc: str) -> Iterator:
+def _progress(iterable: Iterable, desc: str) -> Iterator:
     """Wrap ``iterable`` in a tqdm bar on a TTY outside CI; plain iteration otherwise."""
     disable = bool(os.environ.get("CI")) or not sys.stderr.isatty()
     try:
@@ -216,7 +219,7 @@ def _progress(iterable: DataLoader, desc: str) -> Iterator:
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     optimizer: torch.optim.Optimizer,
     *,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
@@ -268,7 +271,7 @@ def train_one_epoch(
     }
 
 
-def evaluate(model: nn.Module, loader: DataLoader) -> float:
+def evaluate(model: nn.Module, loader: Batches) -> float:
     """Return the top-1 accuracy of ``model`` on ``loader`` (in [0, 1]).
 
     The model runs in eval mode under ``torch.inference_mode``; its previous
@@ -419,6 +422,7 @@ def baseline(
     width: int = 32,
     seed: int = 0,
     train_limit: int | None = None,
+    test_limit: int | None = None,
     verbose: bool = True,
 ) -> BaselineResult:
     """Train :class:`SmallCNN` on Fashion-MNIST once and cache it under ``cache_dir``.
@@ -437,6 +441,8 @@ def baseline(
         width: :class:`SmallCNN` width.
         seed: Seed of the weights and of the shuffling.
         train_limit: Train on the first ``train_limit`` images only (all when None).
+        test_limit: Measure the accuracy on the first ``test_limit`` test images only
+            (all when None).
         verbose: Print one line per epoch and where the cache is.
 
     Returns:
@@ -452,6 +458,7 @@ def baseline(
         "width": width,
         "seed": seed,
         "train_limit": train_limit,
+        "test_limit": test_limit,
     }
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     path = Path(cache_dir) / f"smallcnn_w{width}_e{epochs}_{digest}.pt"
@@ -476,7 +483,10 @@ def _train_baseline(model: SmallCNN, config: dict, verbose: bool) -> tuple[float
     torch.manual_seed(config["seed"])
     model.load_state_dict(SmallCNN(width=config["width"]).state_dict())  # seeded init
     train_loader, test_loader = fashion_mnist_loaders(
-        config["batch_size"], train_limit=config["train_limit"], seed=config["seed"]
+        config["batch_size"],
+        train_limit=config["train_limit"],
+        test_limit=config["test_limit"],
+        seed=config["seed"],
     )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
