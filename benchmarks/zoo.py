@@ -18,81 +18,17 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-SIZES = (32, 64, 96, 128, 160, 224, 299, 384, 518)
 FIELDS = ["model", "ok", "input", "flops_kept", "params_kept", "analysis_s", "max_rel_diff",
           "onnx_rel_diff", "unpruned_groups", "reason"]  # fmt: skip
 
 
 def run_one(name: str) -> dict:
-    import numpy as np
-    import onnxruntime as ort
     import torch
-    import torchvision
 
-    from filterprune import NNCFConfig
-    from filterprune.core.analysis import analyze
-    from filterprune.torch import create_compressed_model
-    from filterprune.torch.capture import capture
-    from filterprune.torch.controller import export_onnx
+    from filterprune.testing.zoo import check_model
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None).eval()
-    size = None
-    for s in SIZES:
-        try:
-            with torch.no_grad():
-                ref_shape = model(torch.zeros(1, 3, s, s)).shape
-            size = s
-            break
-        except Exception:  # noqa: BLE001 - too small for this model, try the next size
-            continue
-    sample = (torch.zeros(1, 3, size, size),)
-    t0 = time.perf_counter()
-    graph, _ = capture(model, sample)
-    analyze(graph)
-    analysis_s = time.perf_counter() - t0
-    for m in model.modules():  # real-scale BN statistics for a meaningful comparison
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_var.uniform_(0.5, 1.0)
-            m.running_mean.normal_(0, 0.1)
-    config = NNCFConfig.from_dict({
-        "input_info": {"sample_size": [1, 3, size, size]},
-        "compression": {"algorithm": "filter_pruning", "pruning_init": 0.5,
-                        "params": {"schedule": "baseline", "prune_first_conv": True,
-                                   "prune_downsample_convs": True}},
-    })  # fmt: skip
-    ctrl, model = create_compressed_model(model, config)
-    stats = ctrl.statistics()
-    x = torch.randn(2, 3, size, size)
-    small = ctrl.strip().eval()
-    with torch.no_grad():
-        ref, out = model.eval()(x), small(x)
-    scale = float(ref.abs().max()) or 1.0
-    rel = float((ref - out).abs().max()) / scale
-    path = RESULTS / f".{name}.onnx"
-    try:
-        export_onnx(small, (x,), str(path))
-        x_onnx, ref_onnx = x, out
-    except Exception:  # noqa: BLE001 - the exporter rejects some pool sizes at small inputs
-        x_onnx = torch.randn(2, 3, 224, 224)
-        export_onnx(small, (x_onnx,), str(path))
-        with torch.no_grad():
-            ref_onnx = small(x_onnx)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    onnx_out = sess.run(None, {sess.get_inputs()[0].name: x_onnx.numpy()})[0]
-    path.unlink()
-    scale_onnx = float(ref_onnx.abs().max()) or 1.0
-    onnx_rel = float(np.abs(onnx_out - ref_onnx.numpy()).max()) / scale_onnx
-    width_ok = tuple(out.shape) == (2, *ref_shape[1:])
-    ok = rel <= 1e-4 and onnx_rel <= 1e-4 and width_ok and stats.flops_kept < 1.0
-    reason = "" if ok else f"rel={rel:.1e} onnx={onnx_rel:.1e} width_ok={width_ok}"
-    return {
-        "model": name, "ok": ok, "input": size, "flops_kept": round(stats.flops_kept, 3),
-        "params_kept": round(stats.params_kept, 3), "analysis_s": round(analysis_s, 3),
-        "max_rel_diff": f"{rel:.1e}", "onnx_rel_diff": f"{onnx_rel:.1e}",
-        "unpruned_groups": len(stats.unpruned), "reason": reason,
-    }  # fmt: skip
+    return check_model(name)
 
 
 def main(argv: list[str]) -> None:

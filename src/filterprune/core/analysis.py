@@ -92,24 +92,40 @@ class Analysis:
             for layer, roles in self.state.uses.items()
         }
 
-    def keeps(self, kept: dict[int, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-        """Boolean keep vectors per layer and role, given kept channels per group id."""
-        lookup_keys = np.fromiter(self.root_group, dtype=np.int64, count=len(self.root_group))
-        lookup_vals = np.array(
+    def _kept_table(self, kept: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted channel roots and whether each is kept."""
+        keys = np.fromiter(self.root_group, dtype=np.int64, count=len(self.root_group))
+        vals = np.array(
             [bool(kept[g][i]) if g in kept else True for g, i in self.root_group.values()],
             dtype=bool,
         )
-        order = np.argsort(lookup_keys)
-        keys, vals = lookup_keys[order], lookup_vals[order]
-        out: dict[str, dict[str, np.ndarray]] = {}
-        for layer, roles in self.layer_roots().items():
-            out[layer] = {}
-            for role, roots in roles.items():
-                pos = np.searchsorted(keys, roots)
-                pos = np.clip(pos, 0, max(len(keys) - 1, 0))
-                hit = (keys[pos] == roots) if len(keys) else np.zeros(roots.shape, bool)
-                out[layer][role] = np.where(hit, vals[pos] if len(keys) else True, True)
-        return out
+        order = np.argsort(keys)
+        return keys[order], vals[order]
+
+    def _lookup(self, ids: np.ndarray, table: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        keys, vals = table
+        roots = self.state.uf.roots(np.asarray(ids, dtype=np.int64))
+        if not len(keys):
+            return np.ones(roots.shape, dtype=bool)
+        pos = np.clip(np.searchsorted(keys, roots), 0, len(keys) - 1)
+        return np.where(keys[pos] == roots, vals[pos], True)
+
+    def kept_ids(self, ids: np.ndarray, kept: dict[int, np.ndarray]) -> np.ndarray:
+        """Whether each channel id in ``ids`` is kept, given kept channels per group id.
+
+        Ids outside every group (channels nothing prunes) count as kept. Frontends use
+        it on a node's value (``state.values[name]``) to find the kept extent of each
+        axis, e.g. to rewrite a literal reshape target.
+        """
+        return self._lookup(ids, self._kept_table(kept))
+
+    def keeps(self, kept: dict[int, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """Boolean keep vectors per layer and role, given kept channels per group id."""
+        table = self._kept_table(kept)
+        return {
+            layer: {role: self._lookup(use.ids, table) for role, use in roles.items()}
+            for layer, roles in self.state.uses.items()
+        }
 
 
 def analyze(graph: Graph, options: AnalysisOptions | None = None) -> Analysis:
@@ -214,5 +230,5 @@ def _reason(group: Group, uf: UnionFind, graph: Graph, options, first: set[str])
             if why:
                 return f"{layer} {why}"
     if group.size < 2:
-        return "a single channel"
+        return "its channels are all tied together (one channel class)"
     return None

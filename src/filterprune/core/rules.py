@@ -222,13 +222,20 @@ def _groupnorm(s, node, ins):
 # -- shape ops ---------------------------------------------------------------------------
 @register_rule("reshape")
 def _reshape(s, node, ins):
-    """view/reshape/flatten. ``fixed_dims``: output axes whose size is a literal in code."""
+    """view/reshape/flatten. ``fixed_dims``: output axes whose size is a literal in code.
+
+    ``rewritable``: the frontend rewrites the literal of one axis when the model is cut
+    (a Keras ``Reshape`` rebuilt from its config), so if every axis holding channels is
+    literal, the last of them stays free and the others are pinned.
+    """
     x = _tensor(s, ins[0], node)
     full = _full(s, x, _shape(s, node)).reshape(node.shape)
     out = compress(full)
     varying = [a for a in range(out.ndim) if _varies(out, a)]
     fixed = [a % len(node.shape) for a in node.attrs.get("fixed_dims", ())]
     pinned = [a for a in fixed if a in varying]
+    if node.attrs.get("rewritable") and pinned and len(pinned) == len(varying):
+        pinned = pinned[:-1]
     if not pinned:
         return out
     if len(pinned) == len(varying):
@@ -276,7 +283,10 @@ def _concat(s, node, ins):
 
 @register_rule("split")
 def _split(s, node, ins):
-    """split/chunk/unbind along ``axis`` into ``sizes``; ``equal``: sizes follow the width."""
+    """split/chunk/unbind along ``axis`` into ``sizes``; ``equal``: sizes follow the width.
+
+    ``free``: the frontend rewrites the sizes (ONNX ``Split``), so any channels may go.
+    """
     x = _tensor(s, ins[0], node)
     in_shape = _shape(s, node)
     ndim = len(in_shape)
@@ -286,8 +296,12 @@ def _split(s, node, ins):
     if _varies(ids, axis):
         line = _channels(ids, ndim, axis, in_shape[axis])
         if node.attrs.get("equal") and len(set(sizes)) == 1:
-            s.require_equal_blocks(line.reshape(len(sizes), -1))
-        else:
+            # Equal chunks must stay equal: tie position i of every chunk together, so
+            # whatever is cut, each chunk loses the same positions.
+            rows = line.reshape(len(sizes), -1)
+            for row in rows[1:]:
+                s.uf.union_arrays(rows[0], row)
+        elif not node.attrs.get("free"):
             raise RuleError("split sizes are fixed in code")
     shape = list(ids.shape)
     shape[axis] = in_shape[axis]

@@ -245,6 +245,13 @@ _EW = [
 ]
 _EW_METHODS = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum"]
 
+try:  # torchvision wraps stochastic depth as one traced call: channel-wise in any mode
+    from torchvision.ops import stochastic_depth as _stochastic_depth
+
+    _ACT_FUNCS.append(_stochastic_depth)
+except ImportError:  # torchvision is optional
+    pass
+
 CALL_RULES: dict[Any, Call] = {
     **{f: _identity for f in _ACT_FUNCS},
     **{m: _identity for m in _ACT_METHODS},

@@ -183,6 +183,8 @@ def export_onnx(model: nn.Module, sample, path: str, input_names=None, output_na
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder)
     os.close(fd)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX form
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -190,5 +192,6 @@ def export_onnx(model: nn.Module, sample, path: str, input_names=None, output_na
                               input_names=input_names, output_names=output_names)  # fmt: skip
         os.replace(tmp, path)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         if os.path.exists(tmp):
             os.remove(tmp)

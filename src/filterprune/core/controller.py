@@ -1,0 +1,154 @@
+"""The framework-free half of a filter pruning controller.
+
+A frontend's controller subclasses :class:`PruningControllerBase` and supplies three
+hooks: :meth:`~PruningControllerBase._weights` (each producer's weight, filters on
+axis 0, as numpy), :meth:`~PruningControllerBase._install` (put a plan's masks on the
+model) and, for data-parallel training, :meth:`~PruningControllerBase._sync`. The
+schedule, the choice of filters, statistics and the saved state are the same for
+every framework.
+
+Example:
+    >>> class Dry(PruningControllerBase):  # doctest: +SKIP
+    ...     def _weights(self):
+    ...         return {name: weights[name] for name in self.analysis.state.producers}
+    >>> ctrl = Dry(FilterPruningParams(), analysis)  # doctest: +SKIP
+    >>> ctrl.scheduler.epoch_step(); ctrl.statistics()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .analysis import Analysis
+from .params import FilterPruningParams
+from .pruner import Plan, Pruner
+from .schedule import Scheduler
+from .stats import PruningStatistics, collect_statistics
+
+__all__ = ["CompressionStage", "PruningControllerBase", "STATE_VERSION"]
+
+STATE_VERSION = 1
+
+
+class CompressionStage(enum.IntEnum):
+    """How far the masks in place are from the schedule's target."""
+
+    UNCOMPRESSED = 0
+    PARTIALLY_COMPRESSED = 1
+    FULLY_COMPRESSED = 2
+
+
+class PruningControllerBase:
+    """Schedule, plans, statistics and state of filter pruning on one analysed model.
+
+    Args:
+        params: Resolved ``filter_pruning`` settings.
+        analysis: The model's channel analysis.
+    """
+
+    def __init__(self, params: FilterPruningParams, analysis: Analysis) -> None:
+        self.params = params
+        self.analysis = analysis
+        self.pruner = Pruner(analysis, importance=params.filter_importance,
+                             global_ranking=params.all_weights)  # fmt: skip
+        self.plan = Plan(0.0, {})
+        self.frozen = False
+        self.scheduler = Scheduler(params, self.set_pruning_level, self.freeze)
+
+    # -- frontend hooks --------------------------------------------------------------------
+    def _weights(self) -> dict[str, np.ndarray]:
+        """Each producer layer's weight with its filters on axis 0."""
+        raise NotImplementedError
+
+    def _install(self, plan: Plan) -> None:
+        """Make ``plan`` the masks in place; subclasses update the model, then call this."""
+        self.plan = plan
+
+    def _sync(self, plan: Plan) -> Plan:
+        """The plan every data-parallel worker uses (here: ``plan`` itself)."""
+        return plan
+
+    # -- levels ----------------------------------------------------------------------------
+    @property
+    def pruning_level(self) -> float:
+        """The level of the masks in place (FLOPs fraction under a FLOPs target)."""
+        return self.plan.level
+
+    def set_pruning_level(self, level: float) -> None:
+        """Recompute masks so each prunable group loses ``level`` of its filters.
+
+        Under ``pruning_flops_target``, ``level`` is the fraction of FLOPs to remove.
+
+        Raises:
+            ValueError: If ``level`` is not in [0, 1).
+            ConfigError: If a FLOPs target cannot be reached.
+        """
+        if not 0.0 <= float(level) < 1.0:
+            raise ValueError(f"`level` must be a float in [0, 1). Received: level={level}.")
+        scores = self.pruner.scores(self._weights())
+        if self.params.prune_flops:
+            plan = self.pruner.plan_for_flops(float(level), scores)
+        else:
+            plan = self.pruner.plan(float(level), scores)
+        self._install(self._sync(plan))
+
+    def freeze(self) -> None:
+        """Stop the scheduler from changing masks."""
+        self.frozen = True
+
+    def keeps(self) -> dict[str, dict[str, np.ndarray]]:
+        """Boolean keep vectors per layer and role for the masks in place."""
+        return self.pruner.keeps(self.plan)
+
+    def compression_stage(self) -> CompressionStage:
+        target = self.scheduler.target_level
+        if self.pruning_level <= 0:
+            return CompressionStage.UNCOMPRESSED
+        if self.pruning_level >= target - 1e-9:
+            return CompressionStage.FULLY_COMPRESSED
+        return CompressionStage.PARTIALLY_COMPRESSED
+
+    # -- reporting -------------------------------------------------------------------------
+    def statistics(self, quickly_collected_only: bool = False) -> PruningStatistics:
+        """FLOPs, parameters and filters, full and current, per-layer levels and reasons."""
+        return collect_statistics(
+            self.analysis, self.keeps(), self.plan.kept,
+            full_flops=self.pruner.full_flops, full_params=self.pruner.full_params,
+            current_params=self.pruner.params(self.plan),
+            current_level=self.scheduler.current_level, target_level=self.scheduler.target_level,
+        )  # fmt: skip
+
+    # -- state -----------------------------------------------------------------------------
+    def get_compression_state(self) -> dict[str, Any]:
+        """JSON-able state to save beside the model's weights in a checkpoint."""
+        return {
+            "version": STATE_VERSION,
+            "algorithm": "filter_pruning",
+            "params": self.params.to_dict(),
+            "scheduler": self.scheduler.get_state(),
+            "frozen": self.frozen,
+            "plan": self.plan.to_dict(self.analysis),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_compression_state` output: schedule, frozen flag and masks.
+
+        Raises:
+            ConfigError: If ``state`` is not a filter pruning state, or was saved for
+                another model.
+        """
+        if not isinstance(state, dict) or state.get("algorithm") != "filter_pruning" or (
+            "plan" not in state
+        ):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ConfigError(
+                "`compression_state` must come from get_compression_state() of a filter "
+                f"pruning controller. Received: {got}."
+            )
+        self.scheduler.load_state(state["scheduler"])
+        self.frozen = bool(state.get("frozen", False))
+        self._install(Plan.from_dict(state["plan"], self.analysis))

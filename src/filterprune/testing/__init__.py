@@ -1,0 +1,1 @@
+"""Helpers for testing pruning on generated architectures (used by tests and benchmarks)."""
