@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test data lint clean
+.PHONY: demo demo-keras test test-slow data lint bench-zoo bench-speed clean
 
 $(STAMP): pyproject.toml requirements-test.txt
 	$(PY) -m venv $(VENV)
@@ -18,8 +18,20 @@ data:
 demo: $(STAMP) data
 	$(BIN)/python -m filterprune.examples.fashion_mnist
 
+demo-keras: $(STAMP) data
+	$(BIN)/python -m filterprune.examples.fashion_mnist_keras
+
 test: $(STAMP) data
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --timeout=1200 $(PYTEST_ARGS)
+
+test-slow: $(STAMP) data
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench-zoo: $(STAMP)
+	$(BIN)/python benchmarks/zoo.py
+
+bench-speed: $(STAMP)
+	$(BIN)/python benchmarks/analysis_speed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
