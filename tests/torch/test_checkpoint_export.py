@@ -40,13 +40,14 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     ctrl, model = create_compressed_model(copy.deepcopy(base), _config())
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     _train(ctrl, model, opt, 2, seed=1)
-    torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                "compression_state": ctrl.get_compression_state()}, tmp_path / "ckpt.pt")  # fmt: skip
+    ckpt = {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+            "compression_state": ctrl.get_compression_state()}  # fmt: skip
+    torch.save(ckpt, tmp_path / "ckpt.pt")
     _train(ctrl, model, opt, 2, seed=2)
     # resumed from the checkpoint after epoch 2
     ckpt = torch.load(tmp_path / "ckpt.pt")
-    ctrl2, model2 = create_compressed_model(copy.deepcopy(base), _config(),
-                                            compression_state=ckpt["compression_state"])  # fmt: skip
+    state = ckpt["compression_state"]
+    ctrl2, model2 = create_compressed_model(copy.deepcopy(base), _config(), compression_state=state)
     model2.load_state_dict(ckpt["state_dict"])
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.05)
     opt2.load_state_dict(ckpt["optimizer"])

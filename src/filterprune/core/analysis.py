@@ -14,8 +14,10 @@ Example:
     ...               attrs={"in_channels": 3 if i == 0 else 8, "out_channels": 8}))
     >>> g.outputs = ["c1"]
     >>> a = analyze(g)
-    >>> [(grp.producers, grp.size, grp.reason) for grp in a.groups]
-    [(['c0'], 8, 'first convolution (prune_first_conv is off)'), (['c1'], 8, 'feeds a model output')]
+    >>> for grp in a.groups:
+    ...     print(grp.producers, grp.size, grp.reason)
+    ['c0'] 8 first convolution (prune_first_conv is off)
+    ['c1'] 8 feeds a model output
 """
 
 from __future__ import annotations

@@ -16,14 +16,17 @@ Keeps = dict[str, dict[str, np.ndarray]]
 
 
 def kept_elements(
-    shape: tuple[int, ...], roles: tuple[str | None, ...], keep: dict[str, np.ndarray], groups: int = 1
+    shape: tuple[int, ...],
+    roles: tuple[str | None, ...],
+    keep: dict[str, np.ndarray],
+    groups: int = 1,
 ) -> int:
     """Elements of a tensor left after cutting the axes whose role has a keep vector.
 
     Example:
         >>> w = (4, 2, 3, 3)  # conv: out 4, in 4 with groups=2
-        >>> kept_elements(w, ("out", "in", None, None),
-        ...               {"out": np.array([1, 1, 0, 1], bool), "in": np.array([1, 0, 1, 1], bool)}, 2)
+        >>> keep = {"out": np.array([1, 1, 0, 1], bool), "in": np.array([1, 0, 1, 1], bool)}
+        >>> kept_elements(w, ("out", "in", None, None), keep, 2)
         36
     """
     total = 1

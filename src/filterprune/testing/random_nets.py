@@ -46,7 +46,8 @@ class _Block(nn.Module):
             self.out = c
         elif kind == "depthwise":
             mult = rng.choice([1, 2])
-            self.f = nn.Sequential(nn.Conv2d(c, c * mult, 3, 1, 1, groups=c), nn.BatchNorm2d(c * mult))
+            conv = nn.Conv2d(c, c * mult, 3, 1, 1, groups=c)
+            self.f = nn.Sequential(conv, nn.BatchNorm2d(c * mult))
             self.out = c * mult
         elif kind == "grouped":
             g = 4 if c % 4 == 0 else 2

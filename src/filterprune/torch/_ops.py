@@ -207,7 +207,8 @@ def _roll(node: fx.Node, shapes) -> Spec:
 def _pad(node: fx.Node, shapes) -> Spec:
     pad = _arg(node, 1, "pad")
     n = len(pad) // 2
-    return "along", {"dims": [len(shapes) - 1 - i for i in range(n) if pad[2 * i] or pad[2 * i + 1]]}
+    padded = [i for i in range(n) if pad[2 * i] or pad[2 * i + 1]]
+    return "along", {"dims": [len(shapes) - 1 - i for i in padded]}
 
 
 def _layer_norm(node: fx.Node, shapes) -> Spec:
