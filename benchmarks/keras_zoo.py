@@ -39,7 +39,8 @@ def _build(name: str):
     last = None
     for s in SIZES:
         try:
-            return ctor(weights=None, input_shape=(s, s, 3)), s
+            # logits (no softmax), so the comparison is not flattened by a saturated softmax
+            return ctor(weights=None, input_shape=(s, s, 3), classifier_activation=None), s
         except Exception as err:  # noqa: BLE001 - too small for this model, try the next size
             last = err
     raise RuntimeError(f"no input size in {SIZES} builds {name}: {last}")
@@ -77,7 +78,9 @@ def run_one(name: str) -> dict:
     })  # fmt: skip
     ctrl, model = create_compressed_model(model, config)
     stats = ctrl.statistics()
-    x = rng.uniform(0, 255 if size else 1, (2, size, size, 3)).astype("float32")
+    pixels = any(isinstance(layer, keras.layers.Rescaling) for layer in model.layers)
+    shape = (2, size, size, 3)
+    x = (rng.uniform(0, 255, shape) if pixels else rng.uniform(-1, 1, shape)).astype("float32")
     ref = np.asarray(model(x, training=False))
     small = ctrl.strip()
     out = np.asarray(small(x, training=False))
@@ -148,8 +151,10 @@ def write(rows: list[dict], partial: bool) -> None:
         f"{len(ok)}/{len(rows)} models pass (strip == masked within 1e-4 relative, stripped model "
         "saved as .keras and reloaded without custom objects == stripped, output width "
         f"unchanged, FLOPs removed); {len(over30)} remove more than 30% of FLOPs.",
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}; weights=None, random BN "
-        "statistics, inference mode, batch 2, smallest accepted square input; "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}; weights=None, "
+        "classifier_activation=None (logits), random BN statistics, inference mode, batch 2 "
+        "(pixels in [0, 255] for models that rescale, else [-1, 1]), smallest accepted square "
+        "input; "
         "analysis = graph capture + grouping; seconds = whole subprocess.",
         "",
         "| " + " | ".join(fields) + " |",

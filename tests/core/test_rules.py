@@ -20,8 +20,8 @@ class G:
     def conv(self, name, src, cout, groups=1, hw=4):
         cin = self.g[src].shape[1]
         roles = ("out", "in", None, None)
-        self.g.layers[name] = LayerInfo(name, "conv", {"weight": ((cout, cin // groups, 3, 3), roles)},
-                                        groups=groups, weight="weight")  # fmt: skip
+        params = {"weight": ((cout, cin // groups, 3, 3), roles)}
+        self.g.layers[name] = LayerInfo(name, "conv", params, groups=groups, weight="weight")
         attrs = {"in_channels": cin, "out_channels": cout, "groups": groups, "positions": hw * hw}
         return self.add(Node(name, "conv", [src], (1, cout, hw, hw), layer=name, attrs=attrs))
 
