@@ -18,8 +18,24 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-FIELDS = ["model", "ok", "input", "flops_kept", "params_kept", "analysis_s", "max_rel_diff",
-          "onnx_rel_diff", "unpruned_groups", "reason"]  # fmt: skip
+FIELDS = ["model", "ok", "input", "flops_kept", "flops_kept_x1", "params_kept", "analysis_s",
+          "max_rel_diff", "onnx_rel_diff", "unpruned_groups", "reason"]  # fmt: skip
+PEERS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "peers-zoo.md"
+
+
+def load_peers() -> dict[str, tuple[str, str]]:
+    """model -> (Torch-Pruning MACs kept, NNCF MACs kept) from the shared reference table."""
+    peers: dict[str, tuple[str, str]] = {}
+    if not PEERS.exists():
+        return peers
+    for line in PEERS.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 6 or not cells[1].startswith(("✔", "✘")):
+            continue
+        tp = cells[2] if cells[1] == "✔" else "fail"
+        nncf = cells[5] if cells[4] == "✔" else "fail"
+        peers[cells[0]] = (tp, nncf)
+    return peers
 
 
 def run_one(name: str) -> dict:
@@ -28,7 +44,7 @@ def run_one(name: str) -> dict:
     from filterprune.testing.zoo import check_model
 
     torch.set_num_threads(1)
-    return check_model(name)
+    return check_model(name, unrounded=True)
 
 
 def main(argv: list[str]) -> None:
@@ -67,6 +83,10 @@ def write(rows: list[dict], partial: bool) -> None:
         w.writerows(rows)
     ok = [r for r in rows if r["ok"]]
     over30 = [r for r in ok if r["flops_kept"] <= 0.7]
+    peers = load_peers()
+    fields = FIELDS[:5] + ["TP", "NNCF"] + FIELDS[5:]
+    for r in rows:
+        r["TP"], r["NNCF"] = peers.get(r["model"], ("", ""))
     lines = [
         "# torchvision zoo: filter_pruning level 0.5 (baseline), first/downsample convs on",
         "",
@@ -75,11 +95,15 @@ def write(rows: list[dict], partial: bool) -> None:
         "Random init, eval mode, batch 2, smallest accepted square input; analysis = fx capture "
         "+ grouping, 1 thread.",
         "",
-        "| " + " | ".join(FIELDS) + " |",
-        "|" + "---|" * len(FIELDS),
+        "Peers (TP = Torch-Pruning 1.6.1, NNCF 2.19.0): MACs kept at level 0.5 from "
+        "../shared/reference/peers-zoo.md (NNCF with its defaults: first/downsample convs off).",
+        "flops_kept_x1: the same with `filters_multiple_of` 1 (no rounding to multiples of 8).",
+        "",
+        "| " + " | ".join(fields) + " |",
+        "|" + "---|" * len(fields),
     ]
     for r in rows:
-        lines.append("| " + " | ".join(str(r.get(k, "")) for k in FIELDS) + " |")
+        lines.append("| " + " | ".join(str(r.get(k, "")) for k in fields) + " |")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -229,3 +229,10 @@ def test_masks_update_when_weights_change(small_net):
     assert not torch.equal(before, model.b.weight_mask)
 
 
+
+
+@pytest.mark.parametrize(("multiple", "kept"), [(8, 16), (4, 12), (1, 10)])
+def test_filters_multiple_of_sets_the_rounding(multiple, kept):
+    net = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Conv2d(3, 20, 3), nn.ReLU(), nn.Conv2d(20, 4, 1))
+    ctrl, _ = create_compressed_model(net, make_config(filters_multiple_of=multiple))
+    assert {s.name: s.kept for s in ctrl.statistics().layers}["1"] == kept

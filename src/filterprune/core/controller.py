@@ -54,7 +54,8 @@ class PruningControllerBase:
         self.params = params
         self.analysis = analysis
         self.pruner = Pruner(analysis, importance=params.filter_importance,
-                             global_ranking=params.all_weights)  # fmt: skip
+                             global_ranking=params.all_weights,
+                             multiple_of=params.filters_multiple_of)  # fmt: skip
         self.plan = Plan(0.0, {})
         self.frozen = False
         self.scheduler = Scheduler(params, self.set_pruning_level, self.freeze)

@@ -102,7 +102,7 @@ class LegrParams:
 _FP_PARAM_KEYS = (
     "schedule", "pruning_target", "pruning_flops_target", "num_init_steps", "pruning_steps",
     "filter_importance", "interlayer_ranking_type", "all_weights", "prune_first_conv",
-    "prune_downsample_convs", "prune_batch_norms", "prune_linear",
+    "prune_downsample_convs", "prune_batch_norms", "prune_linear", "filters_multiple_of",
     "save_ranking_coeffs_path", "load_ranking_coeffs_path",
 )
 
@@ -132,6 +132,7 @@ class FilterPruningParams:
     prune_downsample_convs: bool = False
     prune_batch_norms: bool = True
     prune_linear: bool = True
+    filters_multiple_of: int = 8
     legr: LegrParams = field(default_factory=LegrParams)
     save_ranking_coeffs_path: str | None = None
     load_ranking_coeffs_path: str | None = None

@@ -178,6 +178,7 @@ _FILTER_PRUNING_PARAMS = _object(
             True, "filterprune: allow pruning output neurons of Linear/Dense layers "
             "that do not produce a model output."
         ),
+        "filters_multiple_of": _int(1, default=8, maximum=512),
         "legr_params": _LEGR_PARAMS,
         "save_ranking_coeffs_path": {"type": "string"},
         "load_ranking_coeffs_path": {"type": "string"},

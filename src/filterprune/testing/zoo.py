@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +26,12 @@ def smallest_input(model, sizes=SIZES) -> int:
     raise ValueError(f"{type(model).__name__} accepts none of the input sizes {sizes}.")
 
 
-def check_model(name: str, level: float = 0.5, size: int | None = None) -> dict:
-    """Run the zoo checks on torchvision model ``name`` (random init); returns a result row."""
+def check_model(name: str, level: float = 0.5, size: int | None = None,
+                unrounded: bool = False) -> dict:
+    """Run the zoo checks on torchvision model ``name`` (random init); returns a result row.
+
+    With ``unrounded``, also report the FLOPs kept with ``filters_multiple_of`` 1.
+    """
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -58,8 +63,14 @@ def check_model(name: str, level: float = 0.5, size: int | None = None) -> dict:
                         "params": {"schedule": "baseline", "prune_first_conv": True,
                                    "prune_downsample_convs": True}},
     })  # fmt: skip
+    plain = copy.deepcopy(model) if unrounded else None
     ctrl, model = create_compressed_model(model, config)
     stats = ctrl.statistics()
+    row_extra = {}
+    if unrounded:
+        config["compression"]["params"]["filters_multiple_of"] = 1
+        ctrl1, _ = create_compressed_model(plain, config)
+        row_extra["flops_kept_x1"] = round(ctrl1.statistics().flops_kept, 3)
     x = torch.randn(2, 3, size, size)
     small = ctrl.strip().eval()
     with torch.no_grad():
@@ -74,7 +85,7 @@ def check_model(name: str, level: float = 0.5, size: int | None = None) -> dict:
         "model": name, "ok": ok, "input": size, "flops_kept": round(stats.flops_kept, 3),
         "params_kept": round(stats.params_kept, 3), "analysis_s": round(analysis_s, 3),
         "max_rel_diff": f"{rel:.1e}", "onnx_rel_diff": f"{onnx_rel:.1e}",
-        "unpruned_groups": len(stats.unpruned), "reason": reason,
+        "unpruned_groups": len(stats.unpruned), "reason": reason, **row_extra,
     }  # fmt: skip
 
 
