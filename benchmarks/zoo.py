@@ -59,8 +59,9 @@ def main(argv: list[str]) -> None:
     for name in names:
         start = time.time()
         try:
-            proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True,
-                                  text=True, timeout=int(os.environ.get("ZOO_TIMEOUT", 900)))  # fmt: skip
+            cmd = [sys.executable, __file__, "--one", name]
+            limit = int(os.environ.get("ZOO_TIMEOUT", 900))
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if line:
                 row = json.loads(line[-1][7:])
