@@ -1,0 +1,219 @@
+"""``filterprune analyze | prune | report`` for PyTorch models.
+
+MODEL is a torchvision model name (``resnet50``, random init) or ``package.module:factory``,
+a callable returning an ``nn.Module``.
+
+    filterprune analyze resnet50 --input 1,3,224,224 --level 0.5
+    filterprune prune resnet50 --config prune.json --weights resnet50.pt -o pruned.pt
+    filterprune report resnet50 --config prune.json --checkpoint ckpt.pt --plot layers.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core.analysis import AnalysisOptions, analyze
+from ..core.config import Config
+from ..core.pruner import Pruner
+from ..errors import ConfigError
+from .capture import capture
+
+__all__ = ["load_model", "add_analyze", "run_analyze", "add_prune", "run_prune", "add_report",
+           "run_report"]  # fmt: skip
+
+
+def load_model(spec: str) -> nn.Module:
+    """A model from a torchvision name or ``module:factory``."""
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        return factory()
+    import torchvision
+
+    names = torchvision.models.list_models()
+    if spec not in names:
+        raise ConfigError(
+            f"MODEL must be a torchvision model name or 'module:factory'. Received: {spec!r}. "
+            f"Known torchvision names include: {', '.join(names[:8])}, ..."
+        )
+    return torchvision.models.get_model(spec, weights=None)
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        message = f"expected a shape like 1,3,224,224. Received: {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="torchvision model name or module:factory")
+    p.add_argument("--input", type=_shape, default=None, help="sample shape, e.g. 1,3,224,224")
+    p.add_argument("--config", help="JSON config (NNCF format) with a filter_pruning entry")
+
+
+def _config(args: argparse.Namespace, level: float | None = None) -> Config:
+    if args.config:
+        config = Config.from_json(args.config)
+    else:
+        config = Config.from_dict({
+            "input_info": {"sample_size": args.input or [1, 3, 224, 224]},
+            "compression": {"algorithm": "filter_pruning", "pruning_init": level or 0.0,
+                            "params": {"schedule": "baseline",
+                                       "pruning_target": level or 0.5}},
+        })  # fmt: skip
+    if args.input:
+        config["input_info"] = {"sample_size": args.input}
+    return config
+
+
+# -- analyze -------------------------------------------------------------------------------
+def add_analyze(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--level", type=float, default=0.5, help="level for the FLOPs estimate")
+    p.add_argument("--prune-first-conv", action="store_true")
+    p.add_argument("--prune-downsample-convs", action="store_true")
+    p.add_argument("--json", metavar="PATH", help="write the groups as JSON")
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Print the pruning groups of a model, why some are left alone, and a FLOPs estimate."""
+    model = load_model(args.model).eval()
+    config = _config(args)
+    sample = tuple(torch.zeros(s) for s in config.sample_sizes())
+    graph, _ = capture(model, sample)
+    options = AnalysisOptions(prune_first_conv=args.prune_first_conv,
+                              prune_downsample_convs=args.prune_downsample_convs)  # fmt: skip
+    analysis = analyze(graph, options)
+    pruner = Pruner(analysis)
+    modules = dict(model.named_modules())
+    weights = {p: modules[p].weight.detach().numpy() for p in analysis.state.producers}
+    plan = pruner.plan(args.level, pruner.scores(weights))
+    print(f"{'group':>5} {'channels':>8}  {'producers':<44} status")
+    for g in analysis.groups:
+        status = f"prunable, keeps {int(plan.kept[g.id].sum())}" if g.prunable else g.reason
+        more = f" (+{len(g.producers) - 2})" if len(g.producers) > 2 else ""
+        head = ", ".join(g.producers[:2]) + more
+        print(f"{g.id:>5} {g.size:>8}  {head:<44} {status}")
+    full = pruner.full_flops
+    print(f"\n{len(analysis.prunable_groups)} of {len(analysis.groups)} groups prunable; "
+          f"FLOPs {full / 1e9:.3f}G; at level {args.level}: "
+          f"{pruner.flops(plan) / max(full, 1):.3f} of the FLOPs kept")  # fmt: skip
+    if args.json:
+        groups = [{"id": g.id, "size": g.size, "producers": g.producers, "reason": g.reason}
+                  for g in analysis.groups]  # fmt: skip
+        _write(args.json, json.dumps({"groups": groups, "plan": plan.to_dict(analysis)}, indent=2))
+    return 0
+
+
+# -- prune ---------------------------------------------------------------------------------
+def add_prune(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--weights", help="state_dict to load first (torch.save file)")
+    p.add_argument("--level", type=float, default=None, help="level (default: pruning_target)")
+    p.add_argument("-o", "--output", required=True, help="where to save the shrunk state_dict")
+    p.add_argument("--onnx", help="also export the shrunk model to this ONNX file")
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """One-shot pruning (no fine-tuning): mask at the level, strip, save."""
+    from . import create_compressed_model
+    from .controller import export_onnx
+
+    model = load_model(args.model)
+    if args.weights:
+        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    config = _config(args, args.level)
+    ctrl, model = create_compressed_model(model.eval(), config)
+    level = args.level if args.level is not None else ctrl.scheduler.target_level
+    ctrl.set_pruning_level(level)
+    print(ctrl.statistics())
+    small = ctrl.strip().eval()
+    _save_state(small.state_dict(), args.output)
+    print(f"\nwrote {args.output} (rebuild with filterprune.torch.resize_to_state_dict)")
+    if args.onnx:
+        export_onnx(small, ctrl.sample, args.onnx)
+        print(f"wrote {args.onnx}")
+    return 0
+
+
+# -- report --------------------------------------------------------------------------------
+def add_report(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--checkpoint", required=True,
+                   help="torch.save file with 'state_dict' and 'compression_state'")  # fmt: skip
+    p.add_argument("--plot", metavar="PNG", help="bar chart of filters kept per layer")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Statistics of a training checkpoint, optionally as a per-layer chart."""
+    from . import create_compressed_model
+
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "compression_state" not in ckpt:
+        raise ConfigError(
+            f"--checkpoint must hold 'state_dict' and 'compression_state' (as saved in the "
+            f"README's checkpoint example). Received keys: {sorted(ckpt)[:8]}."
+        )
+    ctrl, model = create_compressed_model(load_model(args.model), _config(args),
+                                          compression_state=ckpt["compression_state"])  # fmt: skip
+    model.load_state_dict(ckpt["state_dict"])
+    stats = ctrl.statistics()
+    print(stats)
+    if args.plot:
+        plot_layers(stats, args.plot)
+        print(f"\nwrote {args.plot}")
+    return 0
+
+
+def plot_layers(stats, path: str) -> None:
+    """Horizontal bars: filters per prunable layer, kept part in colour."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ConfigError("--plot needs matplotlib: pip install matplotlib.") from err
+    layers = stats.layers
+    fig, ax = plt.subplots(figsize=(8, 0.25 * len(layers) + 1.5))
+    names = [s.name for s in layers]
+    ax.barh(names, [s.filters for s in layers], color="#dddddd", label="pruned")
+    ax.barh(names, [s.kept for s in layers], color="#3b7dd8", label="kept")
+    ax.invert_yaxis()
+    ax.set_xlabel("filters")
+    ax.set_title(f"FLOPs kept {stats.flops_kept:.2f}, parameters kept {stats.params_kept:.2f}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _save_state(state: dict, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder)
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,57 @@
+"""filterprune analyze | prune | report on a small model."""
+
+import json
+
+import torch
+from conftest import SmallNet, make_config
+
+from filterprune.cli import main
+from filterprune.torch import create_compressed_model, resize_to_state_dict
+
+MODEL = "conftest:SmallNet"
+
+
+def test_analyze_prints_groups_reasons_and_estimate(capsys, tmp_path):
+    out_json = tmp_path / "groups.json"
+    assert main(["analyze", MODEL, "--input", "1,3,32,32", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "first convolution (prune_first_conv is off)" in text
+    assert "of the FLOPs kept" in text
+    data = json.loads(out_json.read_text())
+    assert {tuple(g["producers"]) for g in data["groups"]} >= {("fc2",), ("b", "se2")}
+
+
+def test_prune_writes_a_shrunk_state_dict_and_onnx(tmp_path, capsys):
+    torch.manual_seed(0)
+    weights = tmp_path / "dense.pt"
+    torch.save(SmallNet().state_dict(), weights)
+    config = tmp_path / "prune.json"
+    config.write_text(json.dumps(dict(make_config(prune_first_conv=True))))
+    out = tmp_path / "pruned.pt"
+    args = ["prune", MODEL, "--config", str(config), "--weights", str(weights), "-o", str(out),
+            "--onnx", str(tmp_path / "pruned.onnx")]  # fmt: skip
+    assert main(args) == 0
+    state = torch.load(out)
+    assert state["b.weight"].shape[0] < 24
+    small = resize_to_state_dict(SmallNet(), state).eval()
+    assert small(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert (tmp_path / "pruned.onnx").stat().st_size > 0
+
+
+def test_report_prints_statistics_and_plots(tmp_path, capsys):
+    ctrl, model = create_compressed_model(SmallNet(), make_config(prune_first_conv=True))
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": model.state_dict(),
+                "compression_state": ctrl.get_compression_state()}, ckpt)  # fmt: skip
+    config = tmp_path / "prune.json"
+    config.write_text(json.dumps(dict(make_config(prune_first_conv=True))))
+    png = tmp_path / "layers.png"
+    args = ["report", MODEL, "--config", str(config), "--checkpoint", str(ckpt), "--plot", str(png)]
+    assert main(args) == 0
+    assert "Filter pruning statistics" in capsys.readouterr().out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_model_is_a_clear_error(capsys):
+    assert main(["analyze", "resnet5O"]) == 2
+    assert "torchvision model name or 'module:factory'" in capsys.readouterr().err
