@@ -1,0 +1,173 @@
+"""Weighted ONNX ops as core layers: parameter roles, where each parameter lives.
+
+A builder returns ``(LayerInfo, refs, arrays, attrs)`` or a string: the reason the
+op is left whole. ``refs`` maps each parameter to the (node index, input index)
+holding it, so the rewrite slices exactly what the analysis saw; for a weight
+behind ``DequantizeLinear`` the quantized tensor and per-axis scale and zero
+point are parameters too, with the role of the quantization axis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..core.graph import LayerInfo
+from ._ops import NodeView, positions
+
+__all__ = ["build_layer"]
+
+Ref = tuple[int, int]
+
+
+class _Params:
+    """Collects a layer's parameters: shapes with roles, refs and float values."""
+
+    def __init__(self, b: Any, idx: int, node: Any) -> None:
+        self.b, self.idx, self.node = b, idx, node
+        self.info: dict[str, tuple[tuple[int, ...], tuple[str | None, ...]]] = {}
+        self.refs: dict[str, Ref] = {}
+        self.arrays: dict[str, np.ndarray] = {}
+        self.shared = ""
+
+    def get(self, i: int) -> np.ndarray | None:
+        """The float value of input ``i`` if it is a constant."""
+        name = self.node.input[i] if i < len(self.node.input) else ""
+        return self.b.value(name) if name else None
+
+    def add(self, key: str, i: int, roles: tuple[str | None, ...]) -> np.ndarray | None:
+        """Register input ``i`` as parameter ``key``; None if it is not a constant."""
+        name = self.node.input[i] if i < len(self.node.input) else ""
+        value = self.get(i)
+        if value is None:
+            return None
+        if name in self.b.dq_weights and self.b.readers.get(name, 0) > 1:
+            self.shared = name  # one DequantizeLinear feeding two layers cannot serve both
+        self.arrays[key] = np.asarray(value, dtype=np.float64)
+        if name in self.b.dq_weights:
+            d = self.b.dq_weights[name]
+            dq = self.b.model.graph.node[d]
+            self.refs[key], self.info[key] = (d, 0), (tuple(value.shape), roles)
+            scale = self.b.consts[dq.input[1]]
+            if scale.size > 1:
+                axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % value.ndim
+                for j, part in ((1, "scale"), (2, "zero_point")):
+                    if j < len(dq.input) and dq.input[j]:
+                        self.refs[f"{key}:{part}"] = (d, j)
+                        self.info[f"{key}:{part}"] = ((scale.size,), (roles[axis],))
+        else:
+            self.refs[key], self.info[key] = (self.idx, i), (tuple(value.shape), roles)
+        return self.arrays[key]
+
+
+def _conv(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
+    transposed = p.node.op_type == "ConvTranspose"
+    w = p.get(1)
+    if w is None:
+        return "weights are not constants"
+    nk = w.ndim - 2
+    roles = (("in", "out") if transposed else ("out", "in")) + (None,) * nk
+    p.add("W", 1, roles)
+    groups = int(v.attr("group", 1))
+    if transposed and groups != 1:
+        return "grouped ConvTranspose"
+    cin = w.shape[0] if transposed else w.shape[1] * groups
+    cout = w.shape[1] if transposed else w.shape[0]
+    if len(p.node.input) > 2 and p.node.input[2] and p.add("B", 2, ("out",)) is None:
+        return "bias is not a constant"
+    spatial = v.in_shapes[0] if transposed else v.out_shapes[0]
+    attrs = {"in_channels": cin, "out_channels": cout, "groups": groups, "channel_axis": 1,
+             "positions": positions(spatial, 2)}  # fmt: skip
+    stride = max([int(s) for s in v.attr("strides", [1])] or [1])
+    return LayerInfo(name, "conv", p.info, groups=groups, stride=stride, weight="W"), attrs
+
+
+def _gemm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
+    if v.attr("transA", 0):
+        return "Gemm with transA"
+    w = p.get(1)
+    if w is None or w.ndim != 2:
+        return "weights are not constants"
+    roles = ("out", "in") if v.attr("transB", 0) else ("in", "out")
+    p.add("W", 1, roles)
+    cout = w.shape[roles.index("out")]
+    if len(p.node.input) > 2 and p.node.input[2]:
+        c = p.b.value(p.node.input[2])
+        if c is None:
+            return "Gemm bias C is not a constant"
+        c_roles = tuple("out" if (a == c.ndim - 1 and n == cout and n > 1) else None
+                        for a, n in enumerate(c.shape))  # fmt: skip
+        if c.ndim == 2 and c.shape[0] > 1:
+            return "Gemm bias C varies over rows"
+        p.add("B", 2, c_roles)
+    return _linear_info(p, v, roles, name)
+
+
+def _matmul(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
+    if p.get(0) is not None:
+        return "MatMul with a constant on the left"
+    w = p.get(1)
+    if w is None:
+        return "MatMul of two computed tensors"
+    if w.ndim != 2 or (v.rank or 0) < 2:
+        return "MatMul with a weight that is not 2-D"
+    p.add("W", 1, ("in", "out"))
+    return _linear_info(p, v, ("in", "out"), name)
+
+
+def _linear_info(p: _Params, v: NodeView, roles, name: str):
+    w = p.arrays["W"]
+    attrs = {"in_features": int(w.shape[roles.index("in")]),
+             "out_features": int(w.shape[roles.index("out")]),
+             "positions": positions(v.out_shapes[0][:-1], 1)}  # fmt: skip
+    return LayerInfo(name, "linear", p.info, weight="W"), attrs
+
+
+def _norm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
+    """BatchNormalization, InstanceNormalization, per-channel Q/DQ: one value per channel."""
+    op = p.node.op_type
+    if op == "BatchNormalization":
+        if v.attr("training_mode", 0) or len([o for o in p.node.output if o]) > 1:
+            return "BatchNormalization in training mode"
+        keys = ["scale", "B", "mean", "var"]
+    elif op == "InstanceNormalization":
+        keys = ["scale", "B"]
+    else:
+        keys = ["scale", "zero_point"]
+    vals = {}
+    for i, key in enumerate(keys, start=1):
+        if i < len(p.node.input) and p.node.input[i]:
+            vals[key] = p.add(key, i, ("channel",))
+            if vals[key] is None:
+                return f"{op} {key} is not a constant"
+    if op == "BatchNormalization":
+        eps = float(v.attr("epsilon", 1e-5))
+        shift = vals["B"] - vals["mean"] * vals["scale"] / np.sqrt(vals["var"] + eps)
+    elif op == "InstanceNormalization":
+        shift = vals["B"]
+    else:
+        shift = np.zeros(attrs["num_features"])  # real zero stays zero through Q/DQ
+    p.arrays["shift"] = shift
+    if op == "BatchNormalization":
+        attrs = {"num_features": int(vals["scale"].size), "channel_axis": 1}
+    elif op == "InstanceNormalization":
+        attrs = {"num_features": int(vals["scale"].size), "channel_axis": 1}
+    return LayerInfo(name, "batchnorm", p.info), attrs
+
+
+_BUILDERS = {"Conv": _conv, "ConvTranspose": _conv, "Gemm": _gemm, "MatMul": _matmul,
+             "BatchNormalization": _norm, "InstanceNormalization": _norm,
+             "QuantizeLinear": _norm, "DequantizeLinear": _norm}  # fmt: skip
+
+
+def build_layer(b: Any, idx: int, node: Any, view: NodeView, kind: str, attrs: dict, name: str):
+    """``(LayerInfo, refs, arrays, attrs)`` for a weighted node, or why it stays whole."""
+    p = _Params(b, idx, node)
+    built = _BUILDERS[node.op_type](p, view, attrs, name)
+    if isinstance(built, str):
+        return built
+    if p.shared:
+        return f"parameter {p.shared} is shared with another op"
+    info, attrs = built
+    return info, p.refs, p.arrays, attrs

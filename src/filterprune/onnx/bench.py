@@ -1,0 +1,195 @@
+"""Latency and throughput of several models, measured side by side.
+
+Runs are interleaved (A, B, A, B...) so that load from other processes and
+frequency changes hit every model alike. The first model is the baseline: each
+row reports its speed-up over it, its FLOPs ratio, and how much of the FLOPs
+ratio the speed-up achieves (1.0: latency fell exactly as FLOPs did).
+
+Example:
+    >>> rows = benchmark({"dense": "d.onnx", "pruned": "p.onnx"}, batches=(1, 8))  # doctest: +SKIP
+    >>> print(format_table(rows))
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import ConversionError
+from ..progress import progress
+from ._io import load_model
+
+__all__ = ["BenchRow", "benchmark", "format_table", "model_flops"]
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+@dataclass
+class BenchRow:
+    label: str
+    runtime: str
+    batch: int
+    threads: int
+    runs: int
+    median_ms: float
+    p90_ms: float
+    throughput: float  # samples per second (batch / mean latency)
+    flops: int
+    speedup: float = 1.0  # baseline median / this median
+    flops_ratio: float = 1.0  # baseline FLOPs / this FLOPs
+    of_flops_ratio: float = 1.0  # speedup / flops_ratio
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_flops(model: Any) -> int:
+    """FLOPs per sample of the conv/linear layers (core count for ONNX, OpenVINO's for IR)."""
+    if _is_openvino(model):
+        from .openvino import ov_flops, read_openvino
+
+        return ov_flops(read_openvino(model))
+    from ..core.flops import count_flops
+    from .capture import capture
+
+    return count_flops(capture(load_model(model)).graph)
+
+
+def _is_openvino(model: Any) -> bool:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model).endswith(".xml")
+    return type(model).__module__.startswith("openvino")
+
+
+def _with_batch(proto: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for v in [*out.graph.input, *out.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_value = batch
+    del out.graph.value_info[:]
+    return out
+
+
+class _Runner:
+    """One compiled model at one batch size; ``__call__`` runs it once."""
+
+    def __init__(self, model: Any, runtime: str, batch: int, threads: int) -> None:
+        from .convert import random_inputs
+
+        if runtime == "openvino":
+            import openvino as ov
+
+            from .openvino import read_openvino
+
+            m = read_openvino(model)
+            shapes = {p.get_any_name(): [batch, *list(p.get_partial_shape().to_shape())[1:]]
+                      for p in m.inputs}  # fmt: skip
+            m.reshape(shapes)
+            self.compiled = ov.Core().compile_model(m, "CPU", {
+                "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
+            rng = np.random.default_rng(0)
+            self.feeds = [rng.standard_normal(s).astype(np.float32) for s in shapes.values()]
+            self.request = self.compiled.create_infer_request()
+            self.run = lambda: self.request.infer(self.feeds)
+        elif runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            proto = _with_batch(load_model(model), batch)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            sess = ort.InferenceSession(proto.SerializeToString(), opts,
+                                        providers=["CPUExecutionProvider"])  # fmt: skip
+            feeds = random_inputs(proto, batch)
+            self.run = lambda: sess.run(None, feeds)
+        else:
+            raise ValueError(f"`runtime` must be one of {RUNTIMES}. Received: runtime={runtime!r}.")
+
+    def __call__(self) -> float:
+        t = time.perf_counter()
+        self.run()
+        return time.perf_counter() - t
+
+
+def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
+              batches: Sequence[int] = (1,), threads: int = 1, warmup: int = 5,
+              min_runs: int = 20, seconds: float = 10.0) -> list[BenchRow]:  # fmt: skip
+    """Time every model in ``models`` (label -> ONNX/IR path, proto or openvino.Model).
+
+    Args:
+        runtime: ``onnxruntime`` or ``openvino`` (CPU).
+        batches: Batch sizes; each is timed separately.
+        threads: Intra-op threads of each runtime.
+        warmup: Untimed runs per model first.
+        min_runs: At least this many timed runs per model.
+        seconds: Stop after this long (per batch size) once ``min_runs`` are done.
+
+    Returns:
+        One :class:`BenchRow` per model and batch size, the first model as baseline.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"`runtime` must be one of {RUNTIMES}. Received: runtime={runtime!r}.")
+    if not models:
+        raise ValueError("`models` must name at least one model. Received: models={}.")
+    if any(int(b) < 1 for b in batches) or int(threads) < 1:
+        raise ValueError(f"`batches` and `threads` must be >= 1. Received: {batches}, {threads}.")
+    flops = {label: model_flops(m) for label, m in models.items()}
+    rows: list[BenchRow] = []
+    for batch in batches:
+        try:
+            runners = {label: _Runner(m, runtime, int(batch), int(threads))
+                       for label, m in models.items()}  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - the runtime rejects the model or batch size
+            message = f"{runtime} could not run the models at batch {batch}: {err}"
+            raise ConversionError(message) from err
+        for run in runners.values():
+            for _ in range(warmup):
+                run()
+        times: dict[str, list[float]] = {label: [] for label in runners}
+        start = time.perf_counter()
+        with progress(desc=f"bench batch {batch}") as bar:
+            while len(times[next(iter(times))]) < min_runs or time.perf_counter() - start < seconds:
+                for label, run in runners.items():
+                    times[label].append(run())
+                bar.update(1)
+        rows += _rows(times, flops, runtime, int(batch), int(threads))
+    return rows
+
+
+def _rows(times, flops, runtime, batch, threads) -> list[BenchRow]:
+    out = []
+    for label, t in times.items():
+        ms = np.asarray(t) * 1e3
+        out.append(BenchRow(label, runtime, batch, threads, len(t), float(np.median(ms)),
+                            float(np.percentile(ms, 90)), batch * 1e3 / float(ms.mean()),
+                            flops[label]))  # fmt: skip
+    base = out[0]
+    for row in out:
+        row.speedup = base.median_ms / row.median_ms
+        row.flops_ratio = base.flops / row.flops if row.flops else float("nan")
+        row.of_flops_ratio = row.speedup / row.flops_ratio if row.flops else float("nan")
+    return out
+
+
+def format_table(rows: Sequence[BenchRow]) -> str:
+    """A plain-text table of ``rows``."""
+    head = (f"{'model':<14} {'runtime':<11} {'batch':>5} {'thr':>3} {'median ms':>10} "
+            f"{'p90 ms':>8} {'samples/s':>10} {'speed-up':>8} {'FLOPs x':>8} "
+            f"{'of FLOPs':>8}")  # fmt: skip
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.label[:14]:<14} {r.runtime:<11} {r.batch:>5} {r.threads:>3} "
+                     f"{r.median_ms:>10.2f} {r.p90_ms:>8.2f} {r.throughput:>10.1f} "
+                     f"{r.speedup:>7.2f}x {r.flops_ratio:>7.2f}x "
+                     f"{r.of_flops_ratio:>8.2f}")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""``remove_zero_filters``: the ONNX conversion as one call, checked before it returns."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import ConversionError
+from ._io import load_model
+from .capture import capture
+from .report import ConversionReport, build_report
+from .rewrite import rewrite
+from .zero_filters import find_removable
+
+__all__ = ["remove_zero_filters", "max_rel_diff", "random_inputs"]
+
+_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+       onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
+       onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
+       onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}  # fmt: skip
+
+
+def random_inputs(model: onnx.ModelProto, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """One random feed per graph input; symbolic dimensions become ``batch``."""
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for v in model.graph.input:
+        if v.name in inits:
+            continue
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else batch for d in t.shape.dim]
+        dtype = _NP.get(t.elem_type)
+        if dtype is None:
+            raise ConversionError(
+                f"Input {v.name!r} has element type {t.elem_type}; expected a float, int or "
+                "bool tensor."
+            )
+        if np.issubdtype(dtype, np.floating):
+            feeds[v.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[v.name] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
+def _run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def max_rel_diff(reference: list[np.ndarray], other: list[np.ndarray]) -> float:
+    """max |a - b| / max |a| over all outputs (absolute where the reference is all zero)."""
+    worst = 0.0
+    for a, b in zip(reference, other, strict=True):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.shape != b.shape:
+            return float("inf")
+        scale = float(np.abs(a).max()) if a.size else 0.0
+        diff = float(np.abs(a - b).max()) if a.size else 0.0
+        worst = max(worst, diff / scale if scale > 0 else diff)
+    return worst
+
+
+def _check(new: onnx.ModelProto, old: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(new, full_check=True)
+    except Exception as err:  # noqa: BLE001 - the checker's error types vary by version
+        try:
+            onnx.checker.check_model(old, full_check=True)
+        except Exception:  # noqa: BLE001 - the input itself fails the strict check
+            onnx.checker.check_model(new)
+            return
+        raise ConversionError(f"The rewritten model fails onnx.checker: {err}") from err
+
+
+def remove_zero_filters(
+    model: Any, *, verify: bool = True, tolerance: float = 1e-4
+) -> tuple[onnx.ModelProto, ConversionReport]:
+    """Remove the zero filters of an ONNX model and every channel that depends on them.
+
+    Args:
+        model: A path, bytes or ``onnx.ModelProto`` (not modified).
+        verify: Run both models in onnxruntime on random inputs and fail if the outputs
+            differ by more than ``tolerance`` (relative to the largest output value).
+        tolerance: Allowed relative difference.
+
+    Returns:
+        ``(new_model, report)``; ``new_model`` is an unchanged copy when nothing can go
+        (``report.changed`` is False and ``report.notes`` says why).
+
+    Raises:
+        ConversionError: The input is not a valid ONNX model, or the result failed the
+            checks (a bug: nothing broken is ever returned).
+
+    Example:
+        >>> small, report = remove_zero_filters("masked.onnx")  # doctest: +SKIP
+        >>> print(report)  # doctest: +SKIP
+    """
+    if not isinstance(tolerance, (int, float)) or tolerance < 0:
+        raise ValueError(f"`tolerance` must be a number >= 0. Received: tolerance={tolerance!r}.")
+    t0 = time.perf_counter()
+    proto = load_model(model)
+    t1 = time.perf_counter()
+    cap = capture(proto)
+    decision = find_removable(cap)
+    report = build_report(cap, decision)
+    t2 = time.perf_counter()
+    report.seconds = {"load": t1 - t0, "analyze": t2 - t1}
+    if not report.changed:
+        zeros = sum(s.zero_filters for s in report.layers)
+        found = f"{zeros} zero filters found, none removable" if zeros else "no zero filters found"
+        report.notes.append(f"{found}; the model is unchanged")
+        return proto, report
+    new = rewrite(cap, decision)
+    _check(new, proto)
+    t3 = time.perf_counter()
+    report.seconds["rewrite"] = t3 - t2
+    if verify:
+        feeds = random_inputs(proto)
+        report.max_rel_diff = max_rel_diff(_run_ort(proto, feeds), _run_ort(new, feeds))
+        report.seconds["verify"] = time.perf_counter() - t3
+        if not report.max_rel_diff <= tolerance:
+            raise ConversionError(
+                f"The converted model's outputs differ from the input model's by "
+                f"{report.max_rel_diff:.3g} (relative), more than tolerance={tolerance}. "
+                "Nothing was written; please report this model."
+            )
+    return new, report

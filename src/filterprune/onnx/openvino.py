@@ -1,0 +1,120 @@
+"""OpenVINO IR output, and OpenVINO's own pruning pass for comparison.
+
+Needs the ``openvino`` package (``pip install filterprune[openvino]``).
+
+Example:
+    >>> small, report = remove_zero_filters("masked.onnx")  # doctest: +SKIP
+    >>> save_openvino(small, "pruned.xml")
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import ConversionError
+from ._io import atomic_write, load_model
+
+__all__ = ["save_openvino", "run_openvino", "openvino_pruning_pass", "ov_layers", "ov_flops"]
+
+_WEIGHTED = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
+
+
+def _ov() -> Any:
+    try:
+        import openvino as ov
+    except ImportError as err:
+        raise ConversionError(
+            "OpenVINO output needs the `openvino` package: pip install openvino."
+        ) from err
+    return ov
+
+
+def read_openvino(model: Any) -> Any:
+    """An ``openvino.Model`` from an ONNX ModelProto, an .onnx or an .xml path."""
+    ov = _ov()
+    if isinstance(model, ov.Model):
+        return model
+    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".xml"):
+        return ov.Core().read_model(str(model))
+    proto = load_model(model)
+    with tempfile.TemporaryDirectory() as tmp:  # the converter reads files, not protos
+        path = os.path.join(tmp, "model.onnx")
+        onnx.save(proto, path)
+        return ov.convert_model(path)
+
+
+def save_openvino(model: Any, path: str | os.PathLike, *, compress_to_fp16: bool = False) -> None:
+    """Write ``model`` (ONNX proto/path or ``openvino.Model``) as IR: ``path`` and its .bin.
+
+    Both files are written to temporary names first and renamed into place, the
+    weights before the graph, so a reader never sees a half-written pair.
+    """
+    ov = _ov()
+    target = Path(path)
+    if target.suffix != ".xml":
+        raise ValueError(f"`path` must end in .xml. Received: path={str(path)!r}.")
+    ov_model = read_openvino(model)
+    with tempfile.TemporaryDirectory(dir=target.parent if target.parent.exists() else None) as tmp:
+        xml = os.path.join(tmp, "model.xml")
+        ov.save_model(ov_model, xml, compress_to_fp16=compress_to_fp16)
+        atomic_write(target.with_suffix(".bin"), lambda t: os.replace(xml[:-4] + ".bin", t))
+        atomic_write(target, lambda t: os.replace(xml, t))
+
+
+def run_openvino(model: Any, feeds: dict[str, np.ndarray], threads: int = 1) -> list[np.ndarray]:
+    """Outputs of ``model`` in the OpenVINO CPU runtime, in model output order."""
+    ov = _ov()
+    compiled = ov.Core().compile_model(read_openvino(model), "CPU",
+                                       {"INFERENCE_NUM_THREADS": threads,
+                                        "INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
+    result = compiled(list(feeds.values()))
+    return [np.asarray(result[o]) for o in compiled.outputs]
+
+
+def openvino_pruning_pass(model: Any) -> Any:
+    """OpenVINO's own zero-filter pruning (``apply_pruning_transformation``) on ``model``."""
+    from openvino._offline_transformations import apply_pruning_transformation
+
+    ov_model = read_openvino(model)
+    apply_pruning_transformation(ov_model)
+    return ov_model
+
+
+def _name(op: Any) -> str:
+    name = op.get_friendly_name()
+    return name[: -len("/WithoutBiases")] if name.endswith("/WithoutBiases") else name
+
+
+def ov_layers(ov_model: Any) -> dict[str, tuple[int, int]]:
+    """Weighted op name -> (output channels, FLOPs) of an ``openvino.Model``."""
+    out = {}
+    for op in ov_model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind not in _WEIGHTED:
+            continue
+        w = op.input(1).get_partial_shape()
+        y = op.get_output_partial_shape(0)
+        if not (w.is_static and y.is_static):
+            continue
+        w, y = [int(d) for d in w.to_shape()], [int(d) for d in y.to_shape()]
+        if kind == "MatMul":
+            x = [int(d) for d in op.input(0).get_partial_shape().to_shape()]
+            flops = 2 * int(np.prod(y)) * (x[-1] if x else 1)
+            out[_name(op)] = (y[-1], flops)
+        elif kind == "ConvolutionBackpropData":
+            x = [int(d) for d in op.input(0).get_partial_shape().to_shape()]
+            out[_name(op)] = (y[1], 2 * int(np.prod(w)) * int(np.prod(x[2:])))
+        else:
+            out[_name(op)] = (y[1], 2 * int(np.prod(w)) * int(np.prod(y[2:])))
+    return out
+
+
+def ov_flops(ov_model: Any) -> int:
+    """FLOPs of the Convolution, GroupConvolution and MatMul ops of an ``openvino.Model``."""
+    return sum(f for _, f in ov_layers(ov_model).values())

@@ -1,0 +1,115 @@
+"""What a conversion removed, per layer, and why anything was kept."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..core.flops import count_flops, count_params
+from .capture import Captured
+from .zero_filters import Decision
+
+__all__ = ["LayerReport", "ConversionReport", "build_report"]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One producer layer (Conv, Gemm, MatMul).
+
+    Attributes:
+        name: The ONNX node name.
+        op: The ONNX op type.
+        filters: Output channels before.
+        removed: Output channels removed.
+        zero_filters: Filters whose weights and bias are all zero.
+        kept_zero: Zero filters that stay.
+        reason: Why (the first reason met), empty if none stay.
+    """
+
+    name: str
+    op: str
+    filters: int
+    removed: int
+    zero_filters: int
+    kept_zero: int
+    reason: str = ""
+
+
+@dataclass
+class ConversionReport:
+    """Returned by :func:`filterprune.onnx.remove_zero_filters`; ``str()`` is a table."""
+
+    flops_before: int
+    flops_after: int
+    params_before: int
+    params_after: int
+    layers: list[LayerReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    max_rel_diff: float | None = None
+
+    @property
+    def flops_kept(self) -> float:
+        return self.flops_after / self.flops_before if self.flops_before else 1.0
+
+    @property
+    def removed(self) -> int:
+        return sum(layer.removed for layer in self.layers)
+
+    @property
+    def changed(self) -> bool:
+        return self.removed > 0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["flops_kept"] = self.flops_kept
+        out["removed"] = self.removed
+        return out
+
+    def __str__(self) -> str:
+        lines = [
+            "Zero-filter removal",
+            f"  FLOPs     : {self.flops_after / 1e6:,.2f}M of {self.flops_before / 1e6:,.2f}M "
+            f"({self.flops_kept:.1%} kept)",
+            f"  parameters: {self.params_after:,} of {self.params_before:,}",
+            f"  filters removed: {self.removed:,}",
+        ]
+        if self.max_rel_diff is not None:
+            lines.append(f"  outputs checked: max relative difference {self.max_rel_diff:.2e}")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        lines += ["", f"  {'layer':<48} {'filters':>7} {'removed':>7} {'zero':>5} {'kept0':>5}"]
+        for s in self.layers:
+            lines.append(f"  {s.name[-48:]:<48} {s.filters:>7} {s.removed:>7} "
+                         f"{s.zero_filters:>5} {s.kept_zero:>5}")  # fmt: skip
+        kept = [s for s in self.layers if s.kept_zero]
+        if kept:
+            lines += ["", "  zero filters kept:"]
+            for s in kept:
+                lines.append(f"    {s.name}: {s.kept_zero} kept: {s.reason}")
+        return "\n".join(lines)
+
+
+def build_report(cap: Captured, decision: Decision) -> ConversionReport:
+    graph = cap.graph
+    keeps = decision.keeps()
+    uf = decision.analysis.state.uf
+    layers = []
+    for layer in decision.analysis.state.producers:
+        ids = decision.analysis.state.uses[layer]["out"].ids
+        zero = decision.zero_rows.get(layer, np.zeros(ids.size, dtype=bool))
+        kept = keeps.get(layer, {}).get("out", np.ones(ids.size, dtype=bool))
+        stay = zero & kept
+        reason = ""
+        if stay.any():
+            root = int(uf.roots(ids[np.flatnonzero(stay)[:1]])[0])
+            reason = decision.reasons.get(root, "")
+        op = cap.model.graph.node[cap.layer_node[layer]].op_type if layer in cap.layer_node else ""
+        layers.append(LayerReport(layer, op, int(ids.size), int((~kept).sum()), int(zero.sum()),
+                                  int(stay.sum()), reason))  # fmt: skip
+    return ConversionReport(
+        flops_before=count_flops(graph), flops_after=count_flops(graph, keeps),
+        params_before=count_params(graph), params_after=count_params(graph, keeps),
+        layers=layers, notes=list(cap.notes),
+    )  # fmt: skip

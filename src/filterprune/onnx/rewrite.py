@@ -1,0 +1,247 @@
+"""Apply a decision to an ONNX model: slice initializers, rewrite shape constants.
+
+Every parameter a layer owns is sliced along its roles (the same keep vectors the
+PyTorch frontend uses to shrink modules) and written as a new initializer; the
+old one goes when nothing reads it any more. Ops that carry sizes in constants
+get new ones: Reshape targets, Split sizes, Resize ``sizes``, Expand shapes; a
+depthwise Conv gets its new ``group``. Nothing else in the graph changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..core.weights import slice_weight
+from ..errors import ConversionError
+from .capture import Captured
+from .zero_filters import Decision
+
+__all__ = ["rewrite"]
+
+
+class _Writer:
+    def __init__(self, cap: Captured, decision: Decision) -> None:
+        self.cap, self.decision = cap, decision
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(cap.model)
+        self.nodes = self.model.graph.node
+        self.lookup = decision.lookup()
+        self.names = {i.name for i in self.model.graph.initializer}
+        self.names.update(o for n in self.nodes for o in n.output)
+        self.names.update(i.name for i in self.model.graph.input)
+
+    def original(self, ni: int, ii: int) -> np.ndarray:
+        return self.cap.consts[self.cap.model.graph.node[ni].input[ii]]
+
+    def set_input(self, ni: int, ii: int, value: np.ndarray) -> None:
+        """Point input ``ii`` of node ``ni`` to a new initializer holding ``value``."""
+        node = self.nodes[ni]
+        base = (node.input[ii] if ii < len(node.input) and node.input[ii] else node.output[0])
+        name, k = f"{base}__pruned", 1
+        while name in self.names:
+            name, k = f"{base}__pruned{k}", k + 1
+        self.names.add(name)
+        self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        while len(node.input) <= ii:
+            node.input.append("")
+        node.input[ii] = name
+
+    # -- layers and params --------------------------------------------------------------------
+    def layers(self) -> None:
+        graph = self.cap.graph
+        for layer, keep in self.decision.keeps().items():
+            if all(v.all() for v in keep.values()):
+                continue
+            info = graph.layers.get(layer)
+            if info is None:
+                continue
+            if info.kind == "param":
+                self.param(layer, keep)
+                continue
+            for key, (ni, ii) in self.cap.refs[layer].items():
+                shape, roles = info.params[key]
+                groups = info.groups if key == "W" else 1
+                self.set_input(ni, ii, slice_weight(self.original(ni, ii), roles, keep, groups))
+            if info.kind == "conv" and info.groups > 1:
+                self.regroup(layer, info, keep)
+
+    def regroup(self, layer: str, info: Any, keep: dict[str, np.ndarray]) -> None:
+        node = self.nodes[self.cap.layer_node[layer]]
+        shape, roles = info.params["W"]
+        cin = shape[1] * info.groups
+        if info.groups == cin:  # depthwise: one group per remaining input channel
+            groups = int(keep.get("in", np.ones(cin, bool)).sum())
+            for a in node.attribute:
+                if a.name == "group":
+                    a.i = groups
+
+    def param(self, name: str, keep: dict[str, np.ndarray]) -> None:
+        value = self.cap.consts[name]
+        roles = tuple(f"axis{i}" for i in range(value.ndim))
+        sliced = slice_weight(value, roles, keep)
+        for core in self.cap.graph:
+            if name in core.inputs and core.name in self.cap.node_index:
+                ni = self.cap.node_index[core.name]
+                for ii, inp in enumerate(self.nodes[ni].input):
+                    if inp == name:
+                        self.set_input(ni, ii, sliced)
+
+    # -- shape constants ----------------------------------------------------------------------
+    def new_shape(self, name: str) -> tuple[int, ...] | None:
+        node = self.cap.graph.nodes.get(name)
+        value = self.decision.analysis.state.values.get(name)
+        if node is None or not isinstance(node.shape, tuple) or not isinstance(value, np.ndarray):
+            return None
+        keep = self.lookup(value)
+        keep = keep.reshape((1,) * (len(node.shape) - keep.ndim) + keep.shape)
+        out = list(node.shape)
+        for a in range(keep.ndim):
+            if keep.shape[a] > 1:
+                out[a] = int(keep.any(axis=tuple(b for b in range(keep.ndim) if b != a)).sum())
+        return tuple(out)
+
+    def shapes(self) -> None:
+        for ni, node in enumerate(self.cap.model.graph.node):
+            fix = _SHAPE_FIXES.get(node.op_type)
+            if fix is not None:
+                fix(self, ni, node)
+
+    def _changed(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        old = self.cap.graph.nodes[name].shape if name in self.cap.graph.nodes else None
+        new = self.new_shape(name)
+        if new is None or old == new:
+            return None
+        return old, new
+
+    def reshape(self, ni: int, node: onnx.NodeProto) -> None:
+        changed = self._changed(node.output[0])
+        if changed is None:
+            return
+        if node.input[1] not in self.cap.consts:
+            raise ConversionError(f"Reshape {node.name} has a computed shape but loses channels")
+        entries = [int(e) for e in self.cap.consts[node.input[1]]]
+        for a, (o, n) in enumerate(zip(*changed, strict=True)):
+            if o != n and entries[a] != -1:
+                entries[a] = n
+        self.set_input(ni, 1, np.array(entries, dtype=np.int64))
+
+    def split(self, ni: int, node: onnx.NodeProto) -> None:
+        outs = [o for o in node.output]
+        changes = [self._changed(o) for o in outs]
+        if not any(changes):
+            return
+        rank = len(self.cap.graph.nodes[outs[0]].shape)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % rank
+        sizes = [self.new_shape(o)[axis] for o in outs]
+        target = self.nodes[ni]
+        for a in list(target.attribute):
+            if a.name in ("num_outputs", "split"):
+                target.attribute.remove(a)
+        if self.cap.opset >= 13:
+            self.set_input(ni, 1, np.array(sizes, dtype=np.int64))
+        else:
+            target.attribute.append(onnx.helper.make_attribute("split", sizes))
+
+    def slice_(self, ni: int, node: onnx.NodeProto) -> None:
+        """A Slice read as one piece of a split: move its bounds past removed channels."""
+        core = self.cap.graph.nodes.get(f"{node.name or node.output[0]}#outputs")
+        if core is None or core.op != "split":
+            return
+        axis, (b, e) = core.attrs["axis"], core.attrs["bounds"]
+        value = self.decision.analysis.state.values.get(core.inputs[0])
+        if not isinstance(value, np.ndarray):
+            return
+        rank = len(self.cap.graph.nodes[core.inputs[0]].shape)
+        keep = self.lookup(value)
+        keep = keep.reshape((1,) * (rank - keep.ndim) + keep.shape)
+        if keep.shape[axis] == 1:
+            return
+        line = keep.any(axis=tuple(d for d in range(rank) if d != axis))
+        starts = np.array(self.cap.consts[node.input[1]], dtype=np.int64)
+        ends = np.array(self.cap.consts[node.input[2]], dtype=np.int64)
+        axes = list(range(starts.size))
+        if len(node.input) > 3 and node.input[3]:
+            axes = [int(a) % rank for a in self.cap.consts[node.input[3]]]
+        i = axes.index(axis)
+        starts[i], ends[i] = int(line[:b].sum()), int(line[:e].sum())
+        self.set_input(ni, 1, starts)
+        self.set_input(ni, 2, ends)
+
+    def resize(self, ni: int, node: onnx.NodeProto) -> None:
+        changed = self._changed(node.output[0])
+        if changed is None or len(node.input) < 4 or not node.input[3]:
+            return
+        sizes = [int(s) for s in self.cap.consts[node.input[3]]]
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        axes = axes or list(range(len(sizes)))
+        for i, a in enumerate(axes):
+            sizes[i] = changed[1][a % len(changed[1])]
+        self.set_input(ni, 3, np.array(sizes, dtype=np.int64))
+
+    def expand(self, ni: int, node: onnx.NodeProto) -> None:
+        changed = self._changed(node.output[0])
+        if changed is None:
+            return
+        shape = [int(s) for s in self.cap.consts[node.input[1]]]
+        offset = len(changed[1]) - len(shape)
+        for a, (o, n) in enumerate(zip(*changed, strict=True)):
+            if o != n and a >= offset and shape[a - offset] != 1:
+                shape[a - offset] = n
+        self.set_input(ni, 1, np.array(shape, dtype=np.int64))
+
+    # -- cleanup ------------------------------------------------------------------------------
+    def prune_dead(self) -> None:
+        g = self.model.graph
+        needed = {o.name for o in g.output}
+        keep_nodes = []
+        for node in reversed(list(g.node)):
+            if any(o in needed for o in node.output) or _has_subgraph(node):
+                keep_nodes.append(node)
+                needed.update(i for i in node.input if i)
+                needed.update(_subgraph_inputs(node))
+        if len(keep_nodes) != len(g.node):
+            kept = list(reversed(keep_nodes))
+            del g.node[:]
+            g.node.extend(kept)
+        inits = [i for i in g.initializer if i.name in needed]
+        if len(inits) != len(g.initializer):
+            del g.initializer[:]
+            g.initializer.extend(inits)
+        names = {i.name for i in g.initializer}
+        stale = {i.name for i in self.cap.model.graph.initializer} - names
+        inputs = [i for i in g.input if i.name not in stale]
+        if len(inputs) != len(g.input):
+            del g.input[:]
+            g.input.extend(inputs)
+        del g.value_info[:]
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute)  # fmt: skip
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for a in node.attribute:
+        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in sub.node:
+                names.update(n.input)
+    return names
+
+
+_SHAPE_FIXES = {"Reshape": _Writer.reshape, "Split": _Writer.split, "Resize": _Writer.resize,
+                "Expand": _Writer.expand, "Slice": _Writer.slice_}  # fmt: skip
+
+
+def rewrite(cap: Captured, decision: Decision) -> onnx.ModelProto:
+    """A new model with the channels ``decision`` removes cut out of ``cap.model``."""
+    w = _Writer(cap, decision)
+    w.layers()
+    w.shapes()
+    w.prune_dead()
+    return w.model

@@ -1,0 +1,277 @@
+"""Which channels of an ONNX model can go: zero filters, found and proven irrelevant.
+
+A channel may be removed when its value can never change the model's outputs:
+every layer that reads it (a Conv, Gemm or MatMul input column) either has zero
+weights for it, or receives a value that is provably zero there. Zeros are
+followed forward from zero filters (weights and bias zero) through ops that map
+0 to 0; a BatchNormalization whose shift ``B - mean * scale / sqrt(var + eps)`` is
+not zero, a Sigmoid or an Add of a constant end that proof. Which channels must
+go together, and which cannot go at all (a model output, an unsupported op), is
+the core's channel analysis, shared with the PyTorch and Keras frontends.
+
+Example:
+    >>> decision = find_removable(capture(model))  # doctest: +SKIP
+    >>> decision.plan.kept  # group id -> kept channels  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.analysis import Analysis, AnalysisOptions, analyze
+from ..core.graph import Node
+from ..core.pruner import Plan
+from .capture import Captured
+
+__all__ = ["Decision", "find_removable", "RootLookup"]
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+_OPTIONS = AnalysisOptions(prune_first_conv=True, prune_downsample_convs=True, prune_linear=True)
+
+
+class RootLookup:
+    """Maps channel roots to kept (True) / removed (False); unknown roots are kept."""
+
+    def __init__(self, analysis: Analysis, kept: dict[int, np.ndarray]) -> None:
+        pairs = [(r, bool(kept[g][i])) for r, (g, i) in analysis.root_group.items() if g in kept]
+        self.keys = np.array(sorted(r for r, _ in pairs), dtype=np.int64)
+        lookup = dict(pairs)
+        self.vals = np.array([lookup[int(r)] for r in self.keys], dtype=bool)
+        self.uf = analysis.state.uf
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        roots = self.uf.roots(np.asarray(ids))
+        if not self.keys.size:
+            return np.ones(roots.shape, dtype=bool)
+        pos = np.clip(np.searchsorted(self.keys, roots), 0, self.keys.size - 1)
+        return np.where(self.keys[pos] == roots, self.vals[pos], True)
+
+
+@dataclass
+class Decision:
+    """What goes and what stays, with reasons.
+
+    Attributes:
+        analysis: The core analysis of the captured graph.
+        plan: Kept channels per prunable group.
+        zero_rows: Producer layer -> bool per filter: weights and bias are zero.
+        reasons: Channel root -> why a zero filter on it is kept.
+    """
+
+    analysis: Analysis
+    plan: Plan
+    zero_rows: dict[str, np.ndarray]
+    reasons: dict[int, str] = field(default_factory=dict)
+
+    def lookup(self) -> RootLookup:
+        return RootLookup(self.analysis, self.plan.kept)
+
+    def keeps(self) -> dict[str, dict[str, np.ndarray]]:
+        return self.analysis.keeps(self.plan.kept)
+
+
+# -- zeros, followed forward ---------------------------------------------------------------
+def _weight_nz(cap: Captured, layer: str) -> np.ndarray:
+    """Bool (out, in per group): which weight entries are nonzero."""
+    shape, roles = cap.graph.layers[layer].params["W"]
+    w = cap.arrays[layer]["W"] != 0
+    o, i = roles.index("out"), roles.index("in")
+    w = np.moveaxis(w, (o, i), (0, 1))
+    return w.reshape(w.shape[0], w.shape[1], -1).any(axis=2)
+
+
+def _bias_nz(cap: Captured, layer: str, cout: int) -> np.ndarray:
+    b = cap.arrays[layer].get("B")
+    if b is None:
+        return np.zeros(cout, dtype=bool)
+    return (b.reshape(-1) != 0) if b.size == cout else np.full(cout, bool(np.any(b)))
+
+
+class _Zeros:
+    """Per tensor, the channel roots that may be nonzero somewhere in it."""
+
+    def __init__(self, cap: Captured, analysis: Analysis) -> None:
+        self.cap, self.state = cap, analysis.state
+        self.uf = analysis.state.uf
+        self.nz: dict[str, np.ndarray] = {}
+        self.needed: list[np.ndarray] = []  # roots read with nonzero weights, maybe nonzero
+        self.reader: dict[int, str] = {}
+
+    def all_roots(self, name: str) -> np.ndarray:
+        value = self.state.values.get(name)
+        parts = value if isinstance(value, tuple) else (value,)
+        arrays = [self.uf.roots(p).ravel() for p in parts if isinstance(p, np.ndarray)]
+        return np.unique(np.concatenate(arrays)) if arrays else _EMPTY
+
+    def run(self) -> None:
+        for node in self.cap.graph:
+            self.nz[node.name] = self.node(node)
+
+    def node(self, node: Node) -> np.ndarray:
+        mode = self.cap.zero.get(node.name, "none")
+        ins = [i for i in node.inputs if self.cap.graph[i].op != "param"]
+        uses = self.state.uses.get(node.layer or "", {})
+        if node.op in ("conv", "linear") and "in" in uses and "out" in uses:
+            return self.layer(node)
+        if node.op == "batchnorm" and "channel" in uses:
+            shift = self.cap.arrays[node.layer]["shift"] != 0
+            line = self.uf.roots(self.state.uses[node.layer]["channel"].ids)
+            return np.union1d(self._in(node.inputs[0]), line[shift[: line.size]])
+        if node.op in ("input", "stop", "param") or mode == "none":
+            return self.all_roots(node.name)
+        if mode == "keep":
+            arrays = [self._in(i) for i in ins]
+            return np.unique(np.concatenate(arrays)) if arrays else _EMPTY
+        return self.elementwise(node, mode, ins)
+
+    def _in(self, name: str) -> np.ndarray:
+        return self.nz.get(name, _EMPTY)
+
+    def elementwise(self, node: Node, mode: str, ins: list[str]) -> np.ndarray:
+        params = [i for i in node.inputs if self.cap.graph[i].op == "param"]
+        if not ins:
+            return self.all_roots(node.name)
+        if mode == "all":
+            parts = [self._in(i) for i in ins]
+            for p in params:
+                nz = self._param_nz(p)
+                if nz is None:
+                    return self.all_roots(node.name)
+                parts.append(nz)
+            return np.unique(np.concatenate(parts))
+        if mode == "any":
+            out = self._in(ins[0])
+            for i in ins[1:]:
+                out = np.intersect1d(out, self._in(i))
+            return out
+        if mode == "first" and node.inputs[0] == ins[0]:
+            return self._in(ins[0])
+        return self.all_roots(node.name)
+
+    def _param_nz(self, name: str) -> np.ndarray | None:
+        """Roots where constant ``name`` (a bias added per channel) is nonzero; None: all."""
+        value = self.cap.consts[name] != 0
+        if not value.any():
+            return _EMPTY
+        uses = self.state.uses.get(name, {})
+        if not uses:
+            return None
+        parts = []
+        for role, use in uses.items():
+            axis = int(role[4:])
+            line = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1).any(axis=1)
+            parts.append(self.uf.roots(use.ids)[line])
+        return np.unique(np.concatenate(parts))
+
+    def layer(self, node: Node) -> np.ndarray:
+        layer, cap = node.layer, self.cap
+        uses = self.state.uses[layer]
+        in_roots = self.uf.roots(uses["in"].ids)
+        out_roots = self.uf.roots(uses["out"].ids)
+        w = _weight_nz(cap, layer)
+        cout, cin = out_roots.size, in_roots.size
+        groups = int(node.attrs.get("groups", 1)) if node.op == "conv" else 1
+        cin_g, cout_g = cin // groups, cout // groups
+        in_nz = np.isin(in_roots, self._in(node.inputs[0]))
+        cols = in_nz.reshape(groups, cin_g)[np.arange(cout) // cout_g]
+        out_nz = (w & cols).any(axis=1) | _bias_nz(cap, layer, cout)
+        col_used = w.reshape(groups, cout_g, cin_g).any(axis=1).reshape(cin)
+        needed = np.unique(in_roots[in_nz & col_used])
+        self.needed.append(needed)
+        for r in needed.tolist():
+            self.reader.setdefault(r, layer)
+        return np.unique(out_roots[out_nz])
+
+
+def _zero_rows(cap: Captured, analysis: Analysis) -> dict[str, np.ndarray]:
+    out = {}
+    for layer in analysis.state.producers:
+        if layer in cap.arrays and "W" in cap.arrays[layer]:
+            w = _weight_nz(cap, layer)
+            out[layer] = ~w.any(axis=1) & ~_bias_nz(cap, layer, w.shape[0])
+    return out
+
+
+# -- decisions -----------------------------------------------------------------------------
+def find_removable(cap: Captured) -> Decision:
+    """Analyse ``cap`` and decide, per channel, whether it can be removed."""
+    analysis = analyze(cap.graph, _OPTIONS)
+    zeros = _Zeros(cap, analysis)
+    zeros.run()
+    needed = np.unique(np.concatenate(zeros.needed)) if zeros.needed else _EMPTY
+    kept: dict[int, np.ndarray] = {}
+    reasons: dict[int, str] = {}
+    for g in analysis.prunable_groups:
+        keep = np.isin(g.roots, needed)
+        for r in g.roots[keep].tolist():
+            reasons[r] = f"{zeros.reader[r]} reads it with nonzero weights and it is not " \
+                "provably zero"  # fmt: skip
+        _at_least_one(g.roots, keep, reasons)
+        _balance(g, keep, reasons)
+        kept[g.id] = keep
+    for g in analysis.groups:
+        if not g.prunable:
+            reasons.update({int(r): g.reason or "" for r in g.roots})
+    decision = Decision(analysis, Plan(0.0, kept), _zero_rows(cap, analysis), reasons)
+    _fix_layouts(cap, decision)
+    return decision
+
+
+def _at_least_one(roots: np.ndarray, keep: np.ndarray, reasons: dict[int, str]) -> None:
+    if roots.size and not keep.any():
+        keep[0] = True
+        reasons[int(roots[0])] = "every layer keeps at least one channel"
+
+
+def _balance(group, keep: np.ndarray, reasons: dict[int, str]) -> None:
+    """Grouped convolutions need the same number of channels in every group."""
+    for _ in range(4):
+        changed = False
+        for blocks in group.blocks:
+            if np.any(blocks < 0):
+                keep[:] = True
+                reasons.update({int(r): "grouped convolution spans several groups"
+                                for r in group.roots})  # fmt: skip
+                return
+            counts = keep[blocks].sum(axis=1)
+            for row, n in zip(blocks, counts, strict=True):
+                missing = int(counts.max() - n)
+                for pos in row[~keep[row]][:missing]:
+                    keep[pos] = True
+                    reasons[int(group.roots[pos])] = "grouped convolution keeps equal groups"
+                    changed = True
+        if not changed:
+            return
+
+
+def _fix_layouts(cap: Captured, decision: Decision) -> None:
+    """Keep channels whose removal would leave a tensor that is not a box (after Reshape)."""
+    uf = decision.analysis.state.uf
+    root_group = decision.analysis.root_group
+    for _ in range(8):
+        lookup = decision.lookup()
+        bad: list[np.ndarray] = []
+        for node in cap.graph:
+            value = decision.analysis.state.values.get(node.name)
+            if not isinstance(value, np.ndarray) or value.ndim < 2:
+                continue
+            keep = lookup(value)
+            axes = [a for a in range(keep.ndim) if keep.shape[a] > 1]
+            if len(axes) < 2 or keep.all():
+                continue
+            proj = [keep.any(axis=tuple(b for b in axes if b != a), keepdims=True) for a in axes]
+            box = np.logical_and.reduce(np.broadcast_arrays(*proj))
+            if not np.array_equal(box, keep):
+                bad.append(np.unique(uf.roots(value)))
+                for r in bad[-1].tolist():
+                    decision.reasons[r] = f"{node.label or node.op} {node.name} spreads " \
+                        "channels over several axes"  # fmt: skip
+        if not bad:
+            return
+        for r in np.unique(np.concatenate(bad)).tolist():
+            if r in root_group:
+                gid, pos = root_group[r]
+                if gid in decision.plan.kept:
+                    decision.plan.kept[gid][pos] = True

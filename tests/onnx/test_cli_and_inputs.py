@@ -1,0 +1,186 @@
+"""The command line, bad inputs, atomic output, OpenVINO IR and the benchmark."""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx_helpers import (
+    convert,
+    export,
+    layer,
+    run,
+    seed_torch,  # noqa: F401 - autouse fixture
+    zero,
+)
+from torch import nn
+
+from filterprune.cli import main
+from filterprune.errors import ConversionError
+from filterprune.onnx import remove_zero_filters
+
+
+class Net(nn.Module):
+    def __init__(self, mid=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = mid or nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.conv2(self.mid(self.conv1(x)))
+        return self.fc(torch.relu(y).mean((2, 3)))
+
+
+@pytest.fixture
+def masked(tmp_path):
+    m = Net()
+    zero(m.conv1, [0, 5])
+    zero(m.conv2, [1, 2, 3])
+    return export(m, torch.randn(1, 3, 8, 8), tmp_path / "masked.onnx")
+
+
+def test_convert_cli_writes_smaller_equal_model(masked, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    assert main(["convert", masked, "-o", str(out), "--report", "--report-json",
+                 str(tmp_path / "r.json")]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "/conv1/Conv" in text and "5 filters removed" in text
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run(str(out), x)[0], run(masked, x)[0], rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "r.json").read_text())["removed"] == 5
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_report_says_why_zero_filters_stay(tmp_path, capsys):
+    m = Net(mid=nn.LocalResponseNorm(2))  # LRN: an op the converter does not know
+    zero(m.conv1, [0, 5])
+    zero(m.conv2, [1])
+    path = export(m, torch.randn(1, 3, 8, 8), tmp_path / "m.onnx")
+    new, report = convert(path, torch.zeros(1, 3, 8, 8))
+    s = layer(report, "conv1")
+    assert (s.removed, s.kept_zero, s.reason) == (0, 2, "Pad: acts across channels")
+    assert layer(report, "conv2").removed == 1
+    assert main(["convert", path, "-o", str(tmp_path / "o.onnx"), "--report"]) == 0
+    assert "zero filters kept" in capsys.readouterr().out
+
+
+def test_unsupported_op_keeps_its_channels(masked, tmp_path):
+    m = onnx.load(masked)
+    conv1 = next(n for n in m.graph.node if n.name == "/conv1/Conv")
+    lp = onnx.helper.make_node("LpNormalization", [conv1.output[0]], ["lp"], axis=1)
+    for n in m.graph.node:
+        n.input[:] = ["lp" if i == conv1.output[0] else i for i in n.input]
+    m.graph.node.insert(list(m.graph.node).index(conv1) + 1, lp)
+    path = str(tmp_path / "lp.onnx")
+    onnx.save(m, path)
+    new, report = convert(path, torch.zeros(1, 3, 8, 8))
+    assert layer(report, "conv1").reason == "LpNormalization: unsupported op"
+    assert layer(report, "conv2").removed == 3
+
+
+def test_not_onnx_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf \x00\xff" * 10)
+    out = tmp_path / "out.onnx"
+    assert main(["convert", str(bad), "-o", str(out)]) == 2
+    assert "is not an ONNX model" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["convert", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 2
+    assert "No such ONNX file" in capsys.readouterr().err
+    with pytest.raises(ConversionError, match="is not an ONNX model"):
+        remove_zero_filters(bad.read_bytes())
+    with pytest.raises(TypeError, match="Received: model of type int"):
+        remove_zero_filters(123)
+
+
+def test_no_zero_filters_gives_unchanged_copy(tmp_path, capsys):
+    path = export(Net(), torch.randn(1, 3, 8, 8), tmp_path / "dense.onnx")
+    out = tmp_path / "out.onnx"
+    assert main(["convert", path, "-o", str(out)]) == 0
+    assert "no zero filters found" in capsys.readouterr().out
+    assert onnx.load(str(out)).graph == onnx.load(path).graph
+
+
+def test_failed_check_keeps_old_output(masked, tmp_path, monkeypatch, capsys):
+    import filterprune.onnx.convert as conv
+
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"old")
+    monkeypatch.setattr(conv, "max_rel_diff", lambda a, b: 0.5)
+    assert main(["convert", masked, "-o", str(out)]) == 2
+    assert "differ from the input model's" in capsys.readouterr().err
+    assert out.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masked.onnx", "out.onnx"]
+
+
+def test_dynamic_batch(tmp_path):
+    m = Net()
+    zero(m.conv1, [0, 5])
+    x = torch.randn(2, 3, 8, 8)
+    path = export(m, x, tmp_path / "dyn.onnx", input_names=["x"],
+                  dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    new, report = convert(path, torch.zeros(3, 3, 8, 8))
+    assert layer(report, "conv1").removed == 2
+    assert any("dynamic" in n for n in report.notes)
+
+
+def test_dynamic_spatial_dims_keep_channels_but_stay_correct(tmp_path):
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.conv2(torch.relu(self.conv1(x))).flatten(1)
+
+    m = Flat()
+    zero(m.conv1, [1, 2])
+    path = export(m, torch.randn(1, 3, 8, 8), tmp_path / "dyn.onnx", input_names=["x"],
+                  dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})  # fmt: skip
+    new, report = convert(path, torch.zeros(1, 3, 8, 8))
+    assert layer(report, "conv1").removed == 2  # conv -> relu -> conv needs no shapes
+
+
+def test_openvino_ir(masked, tmp_path, capsys):
+    ov = pytest.importorskip("openvino")
+    xml = tmp_path / "m.xml"
+    assert main(["convert", masked, "--to", "openvino", "-o", str(xml)]) == 0
+    assert xml.exists() and xml.with_suffix(".bin").exists()
+    compiled = ov.Core().compile_model(str(xml), "CPU")
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    out = compiled([x])[compiled.outputs[0]]
+    np.testing.assert_allclose(out, run(masked, x)[0], rtol=1e-4, atol=1e-5)
+    assert main(["convert", masked, "--to", "openvino", "-o", str(tmp_path / "m.onnx")]) == 2
+
+
+def test_openvino_pass_removes_no_more_than_ours(masked):
+    pytest.importorskip("openvino")
+    from filterprune.onnx.openvino import openvino_pruning_pass, ov_layers, read_openvino
+
+    ours, report = remove_zero_filters(masked)
+    theirs = ov_layers(openvino_pruning_pass(masked))
+    mine = ov_layers(read_openvino(ours))
+    assert sum(f for _, f in mine.values()) <= sum(f for _, f in theirs.values())
+
+
+@pytest.mark.parametrize(("runtime", "batches"), [("onnxruntime", [1, 2]), ("openvino", [1])])
+def test_bench_cli(masked, tmp_path, runtime, batches, capsys):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    small = tmp_path / "small.onnx"
+    assert main(["convert", masked, "-o", str(small)]) == 0
+    js = tmp_path / "bench.json"
+    fast = ["--seconds", "0", "--warmup", "1", "--runs", "3"]
+    batch = ",".join(map(str, batches))
+    assert main(["bench", masked, str(small), "--runtime", runtime, "--batch", batch, *fast,
+                 "--json", str(js)]) == 0  # fmt: skip
+    rows = json.loads(js.read_text())
+    assert [(r["label"], r["batch"]) for r in rows] == [
+        (label, b) for b in batches for label in ("masked", "small")]
+    assert rows[1]["flops_ratio"] > 1.0 and "speed-up" in capsys.readouterr().out
+    assert main(["bench", masked, str(tmp_path / "nope.onnx")]) == 2
+    assert os.path.exists(js)

@@ -1,0 +1,297 @@
+"""Each supported op: zero filters go, outputs stay equal, shapes stay consistent."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx_helpers import (
+    convert,
+    export,
+    layer,
+    seed_torch,  # noqa: F401 - autouse fixture
+    weight_shape,
+    zero,
+)
+from torch import nn
+
+
+class Chain(nn.Module):
+    """conv1 -> op(s) -> conv2; ``op`` is the thing under test."""
+
+    def __init__(self, op, c=8, c2=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, c, 3, padding=1)
+        self.op = op
+        self.conv2 = nn.Conv2d(c2 or c, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(self.op(self.conv1(x)))
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+ZERO_PRESERVING = {
+    "relu": nn.ReLU(),
+    "leaky_relu": nn.LeakyReLU(0.1),
+    "tanh": nn.Tanh(),
+    "hardswish": nn.Hardswish(),
+    "maxpool": nn.MaxPool2d(2),
+    "avgpool": nn.AvgPool2d(2),
+    "resize_nearest": Lambda(lambda x: F.interpolate(x, scale_factor=2.0)),
+    "resize_bilinear": Lambda(lambda x: F.interpolate(x, size=(12, 12), mode="bilinear")),
+    "pad_constant": Lambda(lambda x: F.pad(x, (1, 2, 0, 1))),
+    "pad_reflect": Lambda(lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect")),
+    "transpose_twice": Lambda(lambda x: x.permute(0, 2, 3, 1).permute(0, 3, 1, 2)),
+    "clip": Lambda(lambda x: torch.clamp(x, -1.0, 2.0)),
+    "mul_self": Lambda(lambda x: x * x),
+    "add_self": Lambda(lambda x: x + torch.relu(x)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_PRESERVING))
+def test_zero_preserving_op_removes_rows(name, tmp_path):
+    """Only conv1's rows are zero (conv2 still reads them): removal needs zeros to pass."""
+    m = Chain(ZERO_PRESERVING[name])
+    zero(m.conv1, [1, 4, 6])
+    x = torch.randn(1, 3, 8, 8)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "conv1").removed == 3
+    assert weight_shape(new, "conv2") == (4, 5, 3, 3)
+
+
+@pytest.mark.parametrize("fn", [torch.sigmoid, lambda x: x + 1.0, lambda x: torch.clamp(x, 0.5, 2)])
+def test_op_that_makes_zero_nonzero_keeps_channels(fn, tmp_path):
+    m = Chain(Lambda(fn))
+    zero(m.conv1, [1, 4])
+    x = torch.randn(1, 3, 8, 8)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    s = layer(report, "conv1")
+    assert (s.removed, s.kept_zero) == (0, 2) and "not provably zero" in s.reason
+    # once the consumer ignores them too, they go
+    zero(m.conv2, None, [1, 4])
+    new, report = convert(export(m, x, tmp_path / "m2.onnx"), x)
+    assert layer(report, "conv1").removed == 2
+
+
+def test_batchnorm_shift(tmp_path):
+    """A BatchNormalization that is not folded: its shift makes a zero channel nonzero."""
+    bn = nn.BatchNorm2d(8).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.bias.uniform_(-1, 1)
+        bn.weight[2] = 0  # a masked BN: zero scale and bias give a zero shift
+        bn.bias[2] = 0
+    m = Chain(nn.Sequential(nn.ReLU(), bn))  # ReLU between: the exporter cannot fold the BN
+    zero(m.conv1, [2, 5])
+    x = torch.randn(1, 3, 8, 8)
+    path = export(m, x, tmp_path / "m.onnx")
+    new, report = convert(path, x)
+    assert any(n.op_type == "BatchNormalization" for n in new.graph.node)
+    s = layer(report, "conv1")
+    assert (s.removed, s.kept_zero) == (1, 1)  # channel 2 has zero shift, 5 does not
+    assert "not provably zero" in s.reason
+
+
+def test_residual_add_sub_mul_need_equal_masks(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = (nn.Conv2d(3, 8, 3, padding=1) for _ in range(3))
+            self.out = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.out((self.a(x) + self.b(x)) - self.c(x) * torch.relu(self.a(x)))
+
+    m = Net()
+    for conv in (m.a, m.b, m.c):
+        zero(conv, [0, 3])
+    zero(m.b, [5])  # only one producer: channel 5 stays
+    x = torch.randn(1, 3, 8, 8)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert [layer(report, n).removed for n in ("/a/", "/b/", "/c/")] == [2, 2, 2]
+    assert weight_shape(new, "/out/") == (4, 6, 1, 1)
+
+
+def test_concat_then_split(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 6, 1)
+            self.c1, self.c2 = nn.Conv2d(5, 2, 1), nn.Conv2d(9, 2, 1)
+
+        def forward(self, x):
+            y = torch.cat([self.a(x), self.b(x)], dim=1)  # 14 channels
+            p, q = torch.split(y, [5, 9], dim=1)
+            return self.c1(p) + self.c2(q)
+
+    m = Net()
+    zero(m.a, [1, 6])
+    zero(m.b, [0, 5])
+    x = torch.randn(1, 3, 6, 6)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/a/").removed == 2 and layer(report, "/b/").removed == 2
+    assert weight_shape(new, "c1") == (2, 4, 1, 1) and weight_shape(new, "c2") == (2, 6, 1, 1)
+
+
+def test_chunk_exported_as_slice(tmp_path):
+    """torch.chunk becomes Slice ops with computed bounds: the bounds are rewritten."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            r, s = torch.chunk(self.a(x), 2, dim=1)
+            return self.c(r) + self.c(s) + self.c(self.a(x)[:, 2:6])
+
+    m = Net()
+    zero(m.a, [1, 6])
+    x = torch.randn(1, 3, 6, 6)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/a/").removed == 2
+    assert sum(n.op_type == "Slice" for n in new.graph.node) == 3
+
+
+def test_strided_slice_over_channels_keeps_them(tmp_path):
+    m = Chain(Lambda(lambda x: x[:, ::2]), c=8, c2=4)
+    zero(m.conv1, [1, 2])
+    x = torch.randn(1, 3, 6, 6)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    s = layer(report, "conv1")
+    assert (s.removed, s.kept_zero, s.reason) == (0, 2, "Slice: indexes into channels")
+
+
+def test_split_rewrites_sizes(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 12, 1)
+            self.c1, self.c2 = nn.Conv2d(4, 2, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            p, q = torch.split(self.a(x), [4, 8], dim=1)
+            return self.c1(p) + self.c2(q)
+
+    m = Net()
+    zero(m.a, [0, 5, 6, 11])
+    x = torch.randn(1, 3, 6, 6)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/a/").removed == 4
+    assert weight_shape(new, "c1") == (2, 3, 1, 1) and weight_shape(new, "c2") == (2, 5, 1, 1)
+
+
+@pytest.mark.parametrize("flat", ["flatten", "view_size", "reshape_literal"])
+def test_reshape_flatten_into_gemm(flat, tmp_path):
+    fns = {"flatten": lambda x: torch.flatten(x, 1), "view_size": lambda x: x.view(x.size(0), -1),
+           "reshape_literal": lambda x: x.reshape(1, 8 * 4 * 4)}  # fmt: skip
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8 * 16, 10)
+
+        def forward(self, x):
+            return self.fc(fns[flat](F.max_pool2d(torch.relu(self.conv(x)), 2)))
+
+    m = Net()
+    zero(m.conv, [0, 7, 3])
+    x = torch.randn(1, 3, 8, 8)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "conv").removed == 3
+    assert weight_shape(new, "fc") == (10, 5 * 16)
+
+
+def test_global_pool_gemm_inputs_and_zero_columns(tmp_path):
+    """Gemm input columns: channels the Gemm ignores go even with nonzero filters."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.fc1, self.fc2 = nn.Linear(8, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            y = F.adaptive_avg_pool2d(torch.sigmoid(self.conv(x)), 1).flatten(1)
+            return self.fc2(torch.relu(self.fc1(y)))
+
+    m = Net()
+    zero(m.fc1, [2], cols=[1, 6])
+    x = torch.randn(1, 3, 8, 8)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert any(n.op_type == "GlobalAveragePool" for n in new.graph.node)
+    assert layer(report, "conv").removed == 2 and layer(report, "fc1").removed == 1
+    assert weight_shape(new, "fc1") == (5, 6) and weight_shape(new, "fc2") == (3, 5)
+
+
+def test_transpose_and_matmul_weights(tmp_path):
+    """Channels-last Linear: Transpose, then MatMul + Add; MatMul output channels go too."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.l1, self.l2 = nn.Linear(8, 6), nn.Linear(6, 4)
+
+        def forward(self, x):
+            y = self.conv(x).permute(0, 2, 3, 1)
+            return self.l2(torch.relu(self.l1(y))).permute(0, 3, 1, 2)
+
+    m = Net()
+    zero(m.conv, [2, 3])
+    zero(m.l1, [0])
+    x = torch.randn(1, 3, 5, 5)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert any(n.op_type == "MatMul" for n in new.graph.node)
+    assert layer(report, "conv").removed == 2 and layer(report, "l1").removed == 1
+
+
+def test_depthwise_and_grouped_conv(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.g = nn.Conv2d(8, 8, 1, groups=2)
+            self.out = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.g(torch.relu(self.dw(self.a(x))))))
+
+    m = Net()
+    zero(m.a, [0, 1, 5])
+    zero(m.dw, [0, 1, 5])
+    zero(m.g, [0, 1, 5])  # the grouped conv ties its input and output channels
+    x = torch.randn(1, 3, 6, 6)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/a/").removed >= 2
+    dw = next(n for n in new.graph.node if n.name.startswith("/dw/"))
+    assert next(a.i for a in dw.attribute if a.name == "group") == weight_shape(new, "/dw/")[0]
+
+
+def test_conv_transpose(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+            self.out = nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.up(torch.relu(self.a(x)))))
+
+    m = Net()
+    zero(m.a, [1, 2])
+    with torch.no_grad():
+        m.up.weight[:, 4] = 0
+        m.up.bias[4] = 0
+    x = torch.randn(1, 3, 6, 6)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/a/").removed == 2 and layer(report, "/up/").removed == 1
