@@ -16,10 +16,10 @@ data:
 	@bash scripts/ensure_data.sh
 
 demo: $(STAMP) data
-	$(BIN)/python -m filterprune.examples.fashion_mnist
+	PYTHONUNBUFFERED=1 $(BIN)/python -m filterprune.examples.fashion_mnist
 
 demo-keras: $(STAMP) data
-	$(BIN)/python -m filterprune.examples.fashion_mnist_keras
+	PYTHONUNBUFFERED=1 $(BIN)/python -m filterprune.examples.fashion_mnist_keras
 
 test: $(STAMP) data
 	$(BIN)/python -m pytest -q --timeout=1200 $(PYTEST_ARGS)

@@ -81,16 +81,16 @@ def run_one(name: str) -> dict:
     pixels = any(isinstance(layer, keras.layers.Rescaling) for layer in model.layers)
     shape = (2, size, size, 3)
     x = (rng.uniform(0, 255, shape) if pixels else rng.uniform(-1, 1, shape)).astype("float32")
-    ref = np.asarray(model(x, training=False))
+    ref = model(x, training=False).numpy()
     small = ctrl.strip()
-    out = np.asarray(small(x, training=False))
+    out = small(x, training=False).numpy()
     scale = float(np.abs(ref).max()) or 1.0
     rel = float(np.abs(ref - out).max()) / scale
     path = RESULTS / f".{name}.keras"
     small.save(path)
     reloaded = keras.models.load_model(path)  # stock layers only: no custom_objects
     path.unlink()
-    back = np.asarray(reloaded(x, training=False))
+    back = reloaded(x, training=False).numpy()
     reload_rel = float(np.abs(back - out).max()) / (float(np.abs(out).max()) or 1.0)
     width_ok = out.shape == ref.shape
     ok = rel <= 1e-4 and reload_rel <= 1e-5 and width_ok and stats.flops_kept < 1.0
@@ -116,8 +116,9 @@ def main(argv: list[str]) -> None:
     for name in names:
         start = time.time()
         try:
+            timeout = int(os.environ.get("ZOO_TIMEOUT", 900))
             proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True,
-                                  text=True, timeout=int(os.environ.get("ZOO_TIMEOUT", 900)))  # fmt: skip
+                                  text=True, timeout=timeout)  # fmt: skip
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if line:
                 row = json.loads(line[-1][7:])

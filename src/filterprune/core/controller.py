@@ -7,12 +7,15 @@ model) and, for data-parallel training, :meth:`~PruningControllerBase._sync`. Th
 schedule, the choice of filters, statistics and the saved state are the same for
 every framework.
 
-Example:
-    >>> class Dry(PruningControllerBase):  # doctest: +SKIP
-    ...     def _weights(self):
-    ...         return {name: weights[name] for name in self.analysis.state.producers}
-    >>> ctrl = Dry(FilterPruningParams(), analysis)  # doctest: +SKIP
-    >>> ctrl.scheduler.epoch_step(); ctrl.statistics()  # doctest: +SKIP
+Example (a frontend with weights held in a dict)::
+
+    class Dry(PruningControllerBase):
+        def _weights(self):
+            return {name: weights[name] for name in self.analysis.state.producers}
+
+    ctrl = Dry(FilterPruningParams(), analysis)
+    ctrl.scheduler.epoch_step()
+    print(ctrl.statistics())
 """
 
 from __future__ import annotations

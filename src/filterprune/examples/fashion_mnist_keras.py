@@ -1,0 +1,221 @@
+"""End-to-end Keras demo: train a small CNN on Fashion-MNIST, prune it with ``model.fit``
+and the compression callbacks, strip the pruned filters and compare accuracy, FLOPs and
+latency.
+
+    python -m filterprune.examples.fashion_mnist_keras [--epochs 3] [--target 0.4]
+
+The same network and the same JSON config as the PyTorch demo
+(:mod:`filterprune.examples.fashion_mnist`): ``pruning_init`` 0.1 -> ``pruning_target``
+0.4, ``pruning_steps`` shortened to the fine-tuning epochs, ``input_info`` in NCHW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from filterprune import NNCFConfig  # noqa: E402
+from filterprune.datasets import load_fashion_mnist  # noqa: E402
+
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training pixels in [0, 1]
+_CACHE_FORMAT = 2  # bump when small_cnn or the baseline recipe changes
+layers = keras.layers
+
+
+def limit_threads(threads: int = 2) -> None:
+    """Cap TensorFlow's threads (the demo machine is small and shared)."""
+    n = max(1, min(threads, os.cpu_count() or 1))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # the runtime was initialised already
+        pass
+
+
+def dataset(split: str, limit: int | None = None, batch_size: int = 128,
+            shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:  # fmt: skip
+    """Fashion-MNIST as normalised NHWC float batches with int64 labels."""
+    images, labels = load_fashion_mnist(split)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    x = ((images.astype("float32") / 255.0 - MEAN) / STD)[..., None]
+    data = tf.data.Dataset.from_tensor_slices((x, labels))
+    if shuffle:
+        data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size).prefetch(2)
+
+
+def _conv_bn_relu(x: Any, filters: int, name: str, strides: int = 1) -> Any:
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=name)(x)
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)  # PyTorch's 0.1
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def small_cnn(num_classes: int = 10, width: int = 32) -> keras.Model:
+    """The Keras twin of the PyTorch demo's ``SmallCNN``: stride-2 stem conv, conv,
+    max-pool, residual block, head conv, global average pool, dense (about 168k params)."""
+    inp = keras.Input((28, 28, 1), name="image")
+    x = _conv_bn_relu(inp, width, "stem", strides=2)  # the stride in the never-pruned stem
+    x = layers.MaxPooling2D(2, name="pool")(_conv_bn_relu(x, 2 * width, "down"))
+    y = _conv_bn_relu(x, 2 * width, "block_conv1")
+    y = layers.Conv2D(2 * width, 3, padding="same", use_bias=False, name="block_conv2")(y)
+    y = layers.BatchNormalization(momentum=0.9, name="block_bn2")(y)
+    x = layers.ReLU(name="block_relu2")(layers.Add(name="block_add")([y, x]))
+    x = _conv_bn_relu(x, 4 * width, "head")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, layers.Dense(num_classes, name="fc")(x), name="small_cnn")
+
+
+def _compile(model: keras.Model, optimizer: Any) -> keras.Model:
+    model.compile(optimizer=optimizer, metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    return model
+
+
+def evaluate(model: keras.Model, data: tf.data.Dataset) -> float:
+    """Top-1 accuracy of ``model`` on ``data`` (in [0, 1])."""
+    correct = seen = 0
+    run = tf.function(lambda x: model(x, training=False))
+    for x, y in data:
+        correct += int(tf.reduce_sum(tf.cast(tf.argmax(run(x), 1) == y, tf.int32)))
+        seen += int(y.shape[0])
+    return correct / max(seen, 1)
+
+
+def baseline(cache: str, epochs: int, train_limit: int | None) -> tuple[keras.Model, bool]:
+    """Train :func:`small_cnn` once (AdamW, warm-up + cosine decay) and cache its weights."""
+    recipe = {"format": _CACHE_FORMAT, "epochs": epochs, "lr": 3e-3, "wd": 1e-4,
+              "batch": 128, "seed": 0, "train_limit": train_limit}  # fmt: skip
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(cache) / f"keras_smallcnn_e{epochs}_{digest}.weights.h5"
+    keras.utils.set_random_seed(0)
+    model = small_cnn()
+    if path.is_file():
+        model.load_weights(path)
+        return model, True
+    train = dataset("train", train_limit, shuffle=True)
+    steps = epochs * int(train.cardinality())
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps - steps // 4, warmup_target=recipe["lr"], warmup_steps=steps // 4)
+    _compile(model, keras.optimizers.AdamW(schedule, weight_decay=recipe["wd"]))
+    model.fit(train, epochs=epochs, verbose=2, shuffle=False)  # the dataset shuffles
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".weights.h5")
+    os.close(fd)
+    model.save_weights(tmp, overwrite=True)
+    os.replace(tmp, path)
+    return model, False
+
+
+def compare_latency(model_a: keras.Model, model_b: keras.Model, x: np.ndarray,
+                    rounds: int = 50, warmup: int = 5) -> dict[str, float]:  # fmt: skip
+    """Median milliseconds of two models' graph-mode inference, timed interleaved."""
+    fns = [tf.function(lambda t, m=m: m(t, training=False)) for m in (model_a, model_b)]
+    t = tf.constant(x)
+    for _ in range(warmup):
+        for fn in fns:
+            fn(t).numpy()
+    times: list[list[float]] = [[], []]
+    for r in range(rounds):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            fns[i](t).numpy()
+            times[i].append((time.perf_counter() - start) * 1000.0)
+    a, b = statistics.median(times[0]), statistics.median(times[1])
+    return {"a_median_ms": a, "b_median_ms": b, "ratio": b / a}
+
+
+def pruning_config(epochs: int, init: float, target: float) -> NNCFConfig:
+    return NNCFConfig.from_dict({
+        "input_info": {"sample_size": [1, 1, 28, 28]},
+        "compression": {
+            "algorithm": "filter_pruning",
+            "pruning_init": init,
+            "params": {"pruning_target": target, "pruning_steps": max(epochs - 1, 1)},
+        },
+    })  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from filterprune.tensorflow import (
+        create_compressed_model,
+        create_compression_callbacks,
+        register_default_init_args,
+    )
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs while pruning")
+    parser.add_argument("--baseline-epochs", type=int, default=2)
+    parser.add_argument("--init", type=float, default=0.1, help="pruning_init")
+    parser.add_argument("--target", type=float, default=0.4, help="pruning_target")
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--cache", default=".cache")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    limit_threads()
+    test = dataset("test")
+    dense, cached = baseline(args.cache, args.baseline_epochs, args.train_limit)
+    dense_acc = evaluate(dense, test)
+    print(f"baseline: test accuracy {dense_acc:.4f} ({'cached' if cached else 'trained'})")
+
+    model = small_cnn()
+    model.set_weights(dense.get_weights())
+    train = dataset("train", args.train_limit, shuffle=True, seed=1)
+    config = register_default_init_args(pruning_config(args.epochs, args.init, args.target), train)
+    ctrl, model = create_compressed_model(model, config)
+    _compile(model, keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
+    log_dir = str(Path(args.cache) / "keras_compression_log")
+    callbacks = create_compression_callbacks(ctrl, log_dir=log_dir)
+    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(
+        f"epoch {epoch + 1}/{args.epochs}: level {ctrl.pruning_level:.3f}  "
+        f"train loss {logs['loss']:.4f}  test accuracy {evaluate(model, test):.4f}")))
+    model.fit(train, epochs=args.epochs, callbacks=callbacks, verbose=0, shuffle=False)
+    stats = ctrl.statistics()
+    print()
+    print(stats)
+
+    small = ctrl.strip()
+    small_acc = evaluate(small, test)
+    n_dense, n_small = dense.count_params(), small.count_params()
+    lat1 = compare_latency(dense, small, np.random.rand(1, 28, 28, 1).astype("float32"), 200)
+    lat64 = compare_latency(dense, small, np.random.rand(64, 28, 28, 1).astype("float32"), 40)
+    report = {
+        "baseline_accuracy": dense_acc, "pruned_accuracy": small_acc,
+        "pruning_level": ctrl.pruning_level, "flops_kept": stats.flops_kept,
+        "params_kept": n_small / n_dense, "dense_params": n_dense, "pruned_params": n_small,
+        "latency_batch1_ms": [lat1["a_median_ms"], lat1["b_median_ms"]],
+        "latency_batch64_ms": [lat64["a_median_ms"], lat64["b_median_ms"]],
+        "speedup_batch1": 1 / lat1["ratio"], "speedup_batch64": 1 / lat64["ratio"],
+        "seconds": time.perf_counter() - start,
+    }  # fmt: skip
+    print()
+    print("Result (Fashion-MNIST test set, 10,000 images, Keras)")
+    print(f"  accuracy      : dense {dense_acc:.4f} -> pruned and stripped {small_acc:.4f}")
+    print(f"  FLOPs kept    : {stats.flops_kept:.3f} ({stats.current_flops / 1e6:.2f}M "
+          f"of {stats.full_flops / 1e6:.2f}M)")  # fmt: skip
+    print(f"  params kept   : {n_small / n_dense:.3f} ({n_small:,} of {n_dense:,})")
+    for label, lat in (("batch 1", lat1), ("batch 64", lat64)):
+        print(f"  latency {label:<9}: dense {lat['a_median_ms']:.3f} ms -> stripped "
+              f"{lat['b_median_ms']:.3f} ms ({1 / lat['ratio']:.2f}x faster)")  # fmt: skip
+    print(f"  total time    : {report['seconds']:.0f}s")
+    path = Path(args.cache) / "demo-keras-results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

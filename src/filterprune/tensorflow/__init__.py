@@ -1,0 +1,126 @@
+"""TensorFlow 2 / Keras 3 frontend: the NNCF-style workflow for Keras models.
+
+Functional and Sequential ``keras.Model`` s are read into the framework-free core
+graph; masks go on the model in place; ``strip()`` gives a physically smaller model of
+stock Keras layers.
+
+Example:
+    >>> from filterprune import NNCFConfig  # doctest: +SKIP
+    >>> from filterprune.tensorflow import create_compressed_model, create_compression_callbacks
+    >>> ctrl, model = create_compressed_model(model, NNCFConfig.from_dict({...}))
+    >>> model.fit(data, epochs=10, callbacks=create_compression_callbacks(ctrl, log_dir="logs"))
+    >>> small = ctrl.strip(); small.save("pruned.keras")
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+
+from ..core.analysis import AnalysisOptions, analyze
+from ..core.config import Config, FilterPruningParams
+from ..core.scopes import ScopeMatcher
+from ..errors import ConfigError
+from ._init_args import TFInitArgs, adapt_batchnorm, register_default_init_args
+from .callbacks import (
+    CheckpointManagerCallback,
+    CompressionCallback,
+    TFCompressionState,
+    TFCompressionStateLoader,
+    create_compression_callbacks,
+)
+from .capture import capture
+from .controller import CompressionStage, FilterPruningController, reset_traced_functions
+
+__all__ = [
+    "create_compressed_model",
+    "create_compression_callbacks",
+    "register_default_init_args",
+    "TFCompressionState",
+    "TFCompressionStateLoader",
+    "CheckpointManagerCallback",
+    "CompressionCallback",
+    "FilterPruningController",
+    "CompressionStage",
+]
+
+log = logging.getLogger("filterprune")
+
+
+def _params(config: Config) -> FilterPruningParams:
+    names = [a.get("algorithm") for a in config.algorithms()]
+    unsupported = [n for n in names if n != "filter_pruning"]
+    if unsupported:
+        raise ConfigError(
+            f"`compression` algorithm {unsupported[0]!r} is not available in the TensorFlow "
+            "frontend yet; this release runs 'filter_pruning'. Remove it from `compression`."
+        )
+    params = FilterPruningParams.from_config(config)
+    if params.interlayer_ranking_type != "unweighted_ranking":
+        raise ConfigError(
+            "`interlayer_ranking_type`='learned_ranking' (LeGR) is not available yet. "
+            "Use 'unweighted_ranking'."
+        )
+    if not config.sample_sizes():
+        raise ConfigError(
+            "`input_info.sample_size` is required to read the model, e.g. "
+            '{"input_info": {"sample_size": [1, 224, 224, 3]}} (NHWC or NCHW). '
+            "Received: no input_info."
+        )
+    return params
+
+
+def create_compressed_model(model: Any, config: Config | dict,
+                            compression_state: dict[str, Any] | None = None,
+                            **_: Any) -> tuple[FilterPruningController, Any]:  # fmt: skip
+    """Prepare a Keras model for filter pruning with fine-tuning.
+
+    Args:
+        model: A Functional or Sequential ``keras.Model`` (built); it is masked in place
+            and returned.
+        config: A :class:`~filterprune.Config` (``NNCFConfig``) or a plain dict;
+            ``input_info.sample_size`` may be NHWC or NCHW.
+        compression_state: A saved state (``TFCompressionStateLoader().state`` or
+            ``ctrl.get_compression_state()``), to resume.
+
+    Returns:
+        ``(compression_ctrl, model)``.
+
+    Raises:
+        ConfigError: For an invalid config or one this frontend cannot run.
+        AnalysisError: For a subclassed model or an unbuilt Sequential.
+        RuntimeError: If Keras runs on a backend other than TensorFlow.
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "filterprune.tensorflow needs the Keras 'tensorflow' backend. Received: "
+            f"KERAS_BACKEND={keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow."
+        )
+    if not isinstance(config, Config):
+        config = Config.from_dict(config)
+    params = _params(config)
+    cap = capture(model, config.sample_sizes())
+    scopes = ScopeMatcher(params.ignored_scopes, params.target_scopes)
+    options = AnalysisOptions(
+        prune_first_conv=params.prune_first_conv,
+        prune_downsample_convs=params.prune_downsample_convs,
+        prune_linear=params.prune_linear,
+        scope_reason=scopes.reason,
+    )
+    analysis = analyze(cap.graph, options)
+    for group in analysis.groups:
+        if not group.prunable:
+            log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)
+    ctrl = FilterPruningController(model, params, analysis, cap)
+    reset_traced_functions(model)
+    if compression_state is not None:
+        ctrl.load_state(compression_state)
+        return ctrl, model
+    ctrl.set_pruning_level(params.pruning_init)
+    ctrl.scheduler.current_level = params.pruning_init
+    if config.has_extra_struct(TFInitArgs) and ctrl.pruning_level > 0:
+        init = config.get_extra_struct(TFInitArgs)
+        adapt_batchnorm(model, init.dataset, params.num_bn_adaptation_samples, init.batch_size)
+    return ctrl, model

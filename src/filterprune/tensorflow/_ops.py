@@ -1,0 +1,368 @@
+"""The Keras op table: which core rule each layer class and ``keras.ops`` operation uses.
+
+Adding support for a layer is one entry here. A builder receives the layer (or
+operation), the core name of its weights, its input shapes and its output shape, all
+with the batch axis, and returns the :class:`Step` list the capture emits: one step
+for most layers, two for a separable convolution (depthwise, then pointwise) or a
+channels-first ``Flatten`` (transpose, then reshape). Anything without an entry is a
+``stop`` with the reason, so unknown layers are never pruned through.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from keras import layers
+
+from ..core.graph import LayerInfo
+
+__all__ = ["Step", "LAYER_RULES", "IDENTITY_LAYERS", "layer_steps", "op_steps"]
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class Step:
+    """One core node emitted for a Keras call.
+
+    Attributes:
+        kind: Core rule kind.
+        attrs: Rule attributes.
+        info: Facts of the weighted (pseudo) layer this step uses, if any.
+        shape: Output shape, when it differs from the Keras output (an inner step).
+        suffix: Appended to the node and layer names (``"/depthwise"``).
+        variables: Keras variable names this step's layer owns (for masks and cuts).
+    """
+
+    kind: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    info: LayerInfo | None = None
+    shape: Shape | None = None
+    suffix: str = ""
+    variables: tuple[str, ...] = ()
+
+
+def _names(cls_names: str) -> tuple[type, ...]:
+    return tuple(getattr(layers, n) for n in cls_names.split() if hasattr(layers, n))
+
+
+def _var_shapes(layer: Any) -> dict[str, Shape]:
+    return {v.name: tuple(int(d) for d in v.shape) for v in layer.weights}
+
+
+def _axis(layer: Any) -> int:
+    return -1 if getattr(layer, "data_format", "channels_last") == "channels_last" else 1
+
+
+def _spatial(shape: Shape, axis: int) -> Shape:
+    return shape[1:-1] if axis == -1 else shape[2:]
+
+
+def _softmax_tail(layer: Any, axis: int) -> list[Step]:
+    name = getattr(getattr(layer, "activation", None), "__name__", "")
+    return [Step("along", {"dims": [axis]})] if name in ("softmax", "log_softmax") else []
+
+
+# -- weighted layers ---------------------------------------------------------------------
+def _conv(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    axis, rank = _axis(layer), layer.rank
+    transposed = isinstance(layer, _CONV_T)
+    shapes = _var_shapes(layer)
+    cin, cout = ins[0][axis], out[axis]
+    roles = (None,) * rank + (("out", "in") if transposed else ("in", "out"))
+    params = {"kernel": (shapes["kernel"], roles)}
+    if "bias" in shapes:
+        params["bias"] = (shapes["bias"], ("out",))
+    groups = int(getattr(layer, "groups", 1))
+    info = LayerInfo(name, "conv", params, groups=groups, stride=max(layer.strides),
+                     weight="kernel")  # fmt: skip
+    positions = math.prod(_spatial(ins[0] if transposed else out, axis))
+    attrs = {"in_channels": cin, "out_channels": cout, "groups": groups, "channel_axis": axis,
+             "positions": positions}  # fmt: skip
+    return [Step("conv", attrs, info, variables=tuple(params))] + _softmax_tail(layer, axis)
+
+
+def _depthwise(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    axis, rank = _axis(layer), layer.rank
+    shapes = _var_shapes(layer)
+    cin = ins[0][axis]
+    params = {"kernel": (shapes["kernel"], (None,) * rank + ("in", None))}
+    if "bias" in shapes:
+        params["bias"] = (shapes["bias"], ("out",))
+    info = LayerInfo(name, "conv", params, groups=cin, stride=max(layer.strides), weight="kernel")
+    attrs = {"in_channels": cin, "out_channels": out[axis], "groups": cin, "channel_axis": axis,
+             "positions": math.prod(_spatial(out, axis))}  # fmt: skip
+    return [Step("conv", attrs, info, variables=tuple(params))] + _softmax_tail(layer, axis)
+
+
+def _separable(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    axis, rank = _axis(layer), layer.rank
+    shapes = _var_shapes(layer)
+    cin, cout = ins[0][axis], out[axis]
+    mid = cin * layer.depth_multiplier
+    positions = math.prod(_spatial(out, axis))
+    dw_params = {"depthwise_kernel": (shapes["depthwise_kernel"], (None,) * rank + ("in", None))}
+    dw_info = LayerInfo(f"{name}/depthwise", "conv", dw_params, groups=cin,
+                        stride=max(layer.strides), weight="depthwise_kernel")  # fmt: skip
+    mid_shape = list(out)
+    mid_shape[axis] = mid
+    pw_params = {"pointwise_kernel": (shapes["pointwise_kernel"], (None,) * rank + ("in", "out"))}
+    if "bias" in shapes:
+        pw_params["bias"] = (shapes["bias"], ("out",))
+    pw_info = LayerInfo(name, "conv", pw_params, weight="pointwise_kernel")
+    common = {"channel_axis": axis, "positions": positions}
+    return [
+        Step("conv", {"in_channels": cin, "out_channels": mid, "groups": cin, **common}, dw_info,
+             tuple(mid_shape), "/depthwise", ("depthwise_kernel",)),
+        Step("conv", {"in_channels": mid, "out_channels": cout, "groups": 1, **common}, pw_info,
+             variables=tuple(pw_params)),
+    ] + _softmax_tail(layer, axis)  # fmt: skip
+
+
+def _dense(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    shapes = _var_shapes(layer)
+    params = {"kernel": (shapes["kernel"], ("in", "out"))}
+    if "bias" in shapes:
+        params["bias"] = (shapes["bias"], ("out",))
+    attrs = {"in_features": ins[0][-1], "out_features": out[-1],
+             "positions": math.prod(out[1:-1])}  # fmt: skip
+    info = LayerInfo(name, "linear", params, weight="kernel")
+    return [Step("linear", attrs, info, variables=tuple(params))] + _softmax_tail(layer, -1)
+
+
+def _batchnorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    axis = layer.axis if isinstance(layer.axis, int) else list(layer.axis)
+    if isinstance(axis, list):
+        if len(axis) != 1:
+            return [Step("stop", {"reason": "BatchNormalization over several axes"})]
+        axis = axis[0]
+    shapes = _var_shapes(layer)
+    params = {k: (shapes[k], ("channel",)) for k in ("gamma", "beta") if k in shapes}
+    info = LayerInfo(name, "batchnorm", params)
+    attrs = {"num_features": ins[0][axis], "channel_axis": axis}
+    return [Step("batchnorm", attrs, info, variables=tuple(shapes))]
+
+
+def _prelu(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    shape = _var_shapes(layer)["alpha"]
+    if all(d == 1 for d in shape[:-1]):
+        roles = (None,) * (len(shape) - 1) + ("channel",)
+        info = LayerInfo(name, "batchnorm", {"alpha": (shape, roles)})
+        return [Step("batchnorm", {"num_features": shape[-1], "channel_axis": -1}, info,
+                     variables=("alpha",))]  # fmt: skip
+    info = LayerInfo(name, "opaque", {"alpha": (shape, (None,) * len(shape))})
+    return [Step("stop", {"reason": "PReLU with a slope per position (set shared_axes)"}, info)]
+
+
+def _layernorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    ndim = len(ins[0])
+    axes = sorted(a % ndim for a in (layer.axis if isinstance(layer.axis, (list, tuple))
+                                     else [layer.axis]))  # fmt: skip
+    info = LayerInfo(name, "layernorm", {k: (s, (None,) * len(s))
+                                         for k, s in _var_shapes(layer).items()})  # fmt: skip
+    if axes == list(range(ndim - len(axes), ndim)):
+        return [Step("layernorm", {"normalized_ndim": len(axes)}, info)]
+    return [Step("groupnorm", {}, info)]
+
+
+def _groupnorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    info = LayerInfo(name, "groupnorm", {k: (s, (None,) * len(s))
+                                         for k, s in _var_shapes(layer).items()})  # fmt: skip
+    return [Step("groupnorm", {}, info)]
+
+
+# -- channel-free layers -----------------------------------------------------------------
+def _identity(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    return [Step("identity")]
+
+
+def _activation(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    return _softmax_tail(layer, -1) or [Step("identity")]
+
+
+def _softmax(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    return [Step("along", {"dims": list(axis)})]
+
+
+def _unit_norm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    return _softmax(layer, name, ins, out)
+
+
+def _global_pool(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    ndim = len(ins[0])
+    dims = list(range(1, ndim - 1)) if _axis(layer) == -1 else list(range(2, ndim))
+    return [Step("reduce", {"dims": dims, "keepdim": bool(getattr(layer, "keepdims", False))})]
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+
+
+def _constant_free(values: list[Any]) -> bool:
+    """Whether every value is absent or a scalar (not a per-channel constant)."""
+    return all(v is None or np.size(_numpy(v)) <= 1 for v in values)
+
+
+def _rescaling(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    if _constant_free([layer.scale, layer.offset]):
+        return [Step("identity")]
+    return [Step("stop", {"reason": "Rescaling by per-channel constants"})]
+
+
+def _normalization(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    if _constant_free([getattr(layer, k, None) for k in ("mean", "variance")]):
+        return [Step("identity")]
+    return [Step("stop", {"reason": "Normalization by per-channel statistics"})]
+
+
+def _elementwise(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    return [Step("elementwise")]
+
+
+def _concat(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    return [Step("concat", {"axis": int(layer.axis)})]
+
+
+def _reshape(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    fixed = [i + 1 for i, d in enumerate(layer.target_shape) if d != -1]
+    return [Step("reshape", {"fixed_dims": fixed, "rewritable": True})]
+
+
+def _flatten(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    ndim = len(ins[0])
+    if _axis(layer) == 1 and ndim > 2:  # Keras moves channels last before flattening
+        perm = [0, *range(2, ndim), 1]
+        moved = tuple(ins[0][p] for p in perm)
+        return [Step("permute", {"perm": perm}, shape=moved, suffix="/transpose"),
+                Step("reshape")]  # fmt: skip
+    return [Step("reshape")]
+
+
+def _permute(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    return [Step("permute", {"perm": [0, *(int(d) for d in layer.dims)]})]
+
+
+_CONV_T = _names("Conv1DTranspose Conv2DTranspose Conv3DTranspose")
+IDENTITY_LAYERS = _names(
+    "ReLU LeakyReLU ELU Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D "
+    "GaussianNoise GaussianDropout AlphaDropout ActivityRegularization Identity Masking "
+    "MaxPooling1D MaxPooling2D MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D "
+    "UpSampling1D UpSampling2D UpSampling3D ZeroPadding1D ZeroPadding2D ZeroPadding3D "
+    "Cropping1D Cropping2D Cropping3D Resizing CenterCrop RandomCrop RandomFlip RandomRotation "
+    "RandomZoom RandomTranslation RandomContrast RandomBrightness"
+)
+
+LAYER_RULES: dict[type, Callable[..., list[Step]]] = {
+    **{t: _conv for t in _names("Conv1D Conv2D Conv3D") + _CONV_T},
+    **{t: _depthwise for t in _names("DepthwiseConv1D DepthwiseConv2D")},
+    **{t: _separable for t in _names("SeparableConv1D SeparableConv2D")},
+    layers.Dense: _dense,
+    layers.BatchNormalization: _batchnorm,
+    layers.PReLU: _prelu,
+    layers.LayerNormalization: _layernorm,
+    layers.GroupNormalization: _groupnorm,
+    layers.UnitNormalization: _unit_norm,
+    layers.Softmax: _softmax,
+    layers.Activation: _activation,
+    **{t: _global_pool for t in _names(
+        "GlobalAveragePooling1D GlobalAveragePooling2D GlobalAveragePooling3D "
+        "GlobalMaxPooling1D GlobalMaxPooling2D GlobalMaxPooling3D")},
+    **{t: _elementwise for t in _names("Add Subtract Multiply Average Maximum Minimum")},
+    layers.Concatenate: _concat,
+    layers.Reshape: _reshape,
+    layers.Flatten: _flatten,
+    layers.Permute: _permute,
+    layers.Rescaling: _rescaling,
+    layers.Normalization: _normalization,
+    **{t: _identity for t in IDENTITY_LAYERS},
+}  # fmt: skip
+
+
+def _scaled_add(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    """InceptionResNetV2's ``CustomScaleLayer``: ``x + r * scale``."""
+    if _constant_free([layer.scale]):
+        return [Step("elementwise")]
+    return [Step("stop", {"reason": "CustomScaleLayer with a per-channel scale"})]
+
+
+def _application_layers() -> dict[type, Callable[..., list[Step]]]:
+    """Layers that keras.applications define for themselves (absent in other versions)."""
+    try:
+        from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+    except ImportError:
+        return {}
+    return {CustomScaleLayer: _scaled_add}
+
+
+LAYER_RULES.update(_application_layers())
+
+
+def layer_steps(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    """The steps of one layer call; unknown layers stop, with their weights counted whole."""
+    cls = type(layer).__dict__.get("_filterprune_base", type(layer))  # a masked layer's own class
+    build = LAYER_RULES.get(cls)
+    if build is not None:
+        return build(layer, name, ins, out)
+    label = cls.__name__
+    params = {}
+    for i, v in enumerate(layer.weights):
+        params[f"{i}:{v.name}"] = (tuple(int(d) for d in v.shape), (None,) * len(v.shape))
+    info = LayerInfo(name, "opaque", params) if params else None
+    return [Step("stop", {"reason": f"no channel rule for layer {label}"}, info)]
+
+
+# -- keras.ops operations ----------------------------------------------------------------
+_OP_IDENTITY = set(
+    "Relu Relu6 Sigmoid HardSigmoid Silu Swish HardSilu HardSwish Gelu Elu Selu LeakyRelu "
+    "Softplus Softsign Tanh Exp Log Abs Absolute Negative Sqrt Square Clip Cast Mish Erf "
+    "Floor Ceil Round Sign Reciprocal Sin Cos Identity StopGradient".split()
+)
+_OP_ELEMENTWISE = set(
+    "Add Subtract Multiply Divide TrueDivide Maximum Minimum Power FloorDivide Mod".split()
+)
+
+
+def _op_axis_list(axis: Any, ndim: int) -> list[int]:
+    if axis is None:
+        return list(range(ndim))
+    return [int(a) for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
+
+
+def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]:
+    """The steps of one ``keras.ops`` operation (no weights)."""
+    name = type(op).__name__
+    ndim = len(ins[0]) if ins else 0
+    if name in _OP_IDENTITY:
+        return [Step("identity")]
+    if name in _OP_ELEMENTWISE:
+        constants = [a for a in args if not hasattr(a, "_keras_history")]
+        if not _constant_free(constants):
+            return [Step("stop", {"reason": f"keras.ops {name} with a per-channel constant"})]
+        return [Step("elementwise")]
+    if name in ("Softmax", "LogSoftmax"):
+        return [Step("along", {"dims": _op_axis_list(op.axis, ndim)})]
+    if name == "Reshape":
+        fixed = [i for i, d in enumerate(op.newshape) if d != -1 and i > 0]
+        return [Step("reshape", {"fixed_dims": fixed})]
+    if name in ("ExpandDims", "Squeeze"):
+        return [Step("reshape")]
+    if name == "Transpose":
+        perm = list(op.axes) if op.axes is not None else list(range(ndim))[::-1]
+        return [Step("permute", {"perm": perm})]
+    if name == "Concatenate":
+        return [Step("concat", {"axis": int(op.axis)})]
+    if name == "Split":
+        return [Step("split", {"axis": int(op.axis), "sizes": [s[op.axis] for s in out],
+                               "equal": isinstance(op.indices_or_sections, int)})]  # fmt: skip
+    if name in ("Mean", "Sum", "Max", "Min", "Amax", "Amin"):
+        return [Step("reduce", {"dims": _op_axis_list(op.axis, ndim),
+                                "keepdim": bool(getattr(op, "keepdims", False))})]  # fmt: skip
+    if name == "GetItem" and len(args) > 1:
+        key = tuple(args[1]) if isinstance(args[1], list) else args[1]
+        return [Step("index", {"index": key})]
+    return [Step("stop", {"reason": f"no channel rule for keras.ops {name}"})]

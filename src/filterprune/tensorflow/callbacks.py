@@ -1,0 +1,189 @@
+"""Keras callbacks and checkpoint objects of the compression workflow.
+
+Example:
+    >>> callbacks = create_compression_callbacks(ctrl, log_dir="logs")  # doctest: +SKIP
+    >>> checkpoint = tf.train.Checkpoint(model=model,
+    ...                                  compression_state=TFCompressionState(ctrl))
+    >>> callbacks.append(CheckpointManagerCallback(checkpoint, "ckpt"))
+    >>> model.fit(dataset, epochs=10, callbacks=callbacks)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import keras
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+__all__ = [
+    "CompressionCallback",
+    "CheckpointManagerCallback",
+    "TFCompressionState",
+    "TFCompressionStateLoader",
+    "create_compression_callbacks",
+]
+
+
+class CompressionCallback(keras.callbacks.Callback):
+    """Steps the pruning schedule during ``model.fit`` and logs it.
+
+    At the start of each epoch the scheduler moves to that epoch (``epoch_step``), which
+    recomputes the masks; each batch calls ``step()``. The epoch is ``max(epoch, last + 1)``,
+    so ``fit(initial_epoch=...)`` after a resume and repeated ``fit(epochs=1)`` calls both
+    advance the schedule. With ``log_dir``, levels, FLOPs, parameters and per-layer levels
+    go to TensorBoard (``tf.summary``) at every epoch; ``logs`` gain ``pruning_level`` and
+    ``flops_kept``. Events are written with ``tf.summary.write`` in the layout of
+    TensorBoard's scalar and text plugins, so the tensorboard package is not needed.
+
+    Args:
+        ctrl: The compression controller.
+        log_dir: Folder of the TensorBoard event files; ``None`` writes none.
+    """
+
+    def __init__(self, ctrl: Any, log_dir: str | None = None) -> None:
+        super().__init__()
+        self.ctrl = ctrl
+        self.log_dir = log_dir
+        self._writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        scheduler = self.ctrl.scheduler
+        epoch = max(int(epoch), scheduler.current_epoch + 1)
+        scheduler.epoch_step(epoch)
+        if self._writer is not None:
+            self._log(epoch)
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.ctrl.scheduler.step()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["pruning_level"] = float(self.ctrl.pruning_level)
+            logs["flops_kept"] = float(self.ctrl.statistics().flops_kept)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _log(self, epoch: int) -> None:
+        stats = self.ctrl.statistics()
+        scalars = {
+            "pruning_level": self.ctrl.pruning_level,
+            "scheduler_level": stats.current_level,
+            "target_level": stats.target_level,
+            "flops_kept": stats.flops_kept,
+            "params_kept": stats.params_kept,
+            "current_flops": stats.current_flops,
+            "current_params": stats.current_params,
+            "filters_kept": stats.current_filters / max(stats.full_filters, 1),
+        }
+        scalars.update({f"layer_level/{s.name}": s.level for s in stats.layers})
+        with self._writer.as_default(step=epoch):
+            for key, value in scalars.items():
+                tf.summary.write(f"compression/{key}", tf.constant(float(value)),
+                                 metadata=_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR))
+            tf.summary.write("compression/statistics", tf.constant(f"```\n{stats}\n```"),
+                             metadata=_metadata("text", summary_pb2.DATA_CLASS_TENSOR))
+        self._writer.flush()
+
+
+def _metadata(plugin: str, data_class: int) -> Any:
+    """Summary metadata TensorBoard's ``plugin`` reads (``tf.summary.scalar`` and
+    ``tf.summary.text`` need the tensorboard package; the raw write does not)."""
+    data = tf.compat.v1.SummaryMetadata.PluginData(plugin_name=plugin)
+    return tf.compat.v1.SummaryMetadata(plugin_data=data, data_class=data_class)
+
+
+def create_compression_callbacks(ctrl: Any, log_dir: str | None = None) -> list[Any]:
+    """The callbacks that drive pruning in ``model.fit`` (a list, to extend).
+
+    Args:
+        ctrl: The controller from ``create_compressed_model``.
+        log_dir: TensorBoard folder for pruning levels, FLOPs and parameters.
+
+    Returns:
+        ``[CompressionCallback(ctrl, log_dir)]``.
+    """
+    return [CompressionCallback(ctrl, log_dir)]
+
+
+class CheckpointManagerCallback(keras.callbacks.Callback):
+    """Saves a ``tf.train.Checkpoint`` into ``directory`` every epoch (or every N batches).
+
+    Restore the latest with ``checkpoint.restore(tf.train.latest_checkpoint(directory))``.
+
+    Args:
+        checkpoint: The checkpoint (model, optimizer, ``TFCompressionState``...).
+        directory: Folder of the checkpoints.
+        max_to_keep: Checkpoints kept (``None``: all).
+        save_freq: ``"epoch"`` or a number of batches.
+    """
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, directory: str,
+                 max_to_keep: int | None = None,
+                 save_freq: str | int = "epoch") -> None:  # fmt: skip
+        super().__init__()
+        if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
+            raise ValueError(
+                f"`save_freq` must be 'epoch' or a positive int. Received: save_freq={save_freq!r}."
+            )
+        self.manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep)
+        self.save_freq = save_freq
+        self._batches = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._batches += 1
+        if isinstance(self.save_freq, int) and self._batches % self.save_freq == 0:
+            self.manager.save()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.save_freq == "epoch":
+            self.manager.save()
+
+
+class TFCompressionState(tf.train.experimental.PythonState):
+    """The controller's compression state as a ``tf.train.Checkpoint`` entry (JSON).
+
+    Restoring it into a checkpoint that holds a live controller loads the state there.
+    """
+
+    def __init__(self, ctrl: Any) -> None:
+        self.ctrl = ctrl
+
+    def serialize(self) -> str:
+        return json.dumps(self.ctrl.get_compression_state())
+
+    def deserialize(self, string_value: Any) -> None:
+        self.ctrl.load_state(json.loads(_text(string_value)))
+
+
+class TFCompressionStateLoader(tf.train.experimental.PythonState):
+    """Reads a saved compression state back, for ``create_compressed_model(..., state)``.
+
+    Example:
+        >>> checkpoint = tf.train.Checkpoint(compression_state=TFCompressionStateLoader())
+        >>> checkpoint.restore(path).expect_partial()  # doctest: +SKIP
+        >>> state = checkpoint.compression_state.state  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._state: dict | None = None
+
+    @property
+    def state(self) -> dict | None:
+        """The restored state (``None`` before a restore)."""
+        return self._state
+
+    def serialize(self) -> str:
+        return json.dumps(self._state)
+
+    def deserialize(self, string_value: Any) -> None:
+        self._state = json.loads(_text(string_value))
+
+
+def _text(value: Any) -> str:
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,239 @@
+"""Read a Keras 3 Functional or Sequential model into the core graph.
+
+Why the Functional graph: every call of a layer is a Keras ``Node`` that names the
+layer object and its input and output ``KerasTensor`` s, so each core node maps
+straight back to the variables we mask and cut, without tracing any TensorFlow code.
+Nodes are read in reverse depth order (a topological order); nested Functional and
+Sequential models are inlined, their layers named ``outer/inner``. Shapes are the
+static Keras shapes with the batch axis from ``input_info``; where a model leaves
+spatial axes open (``Input((None, None, 3))``) they are computed from the sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+
+from ..core.graph import Graph, Node
+from ..errors import AnalysisError, ConfigError
+from ._ops import Step, layer_steps, op_steps
+
+__all__ = ["Capture", "LayerRef", "capture", "functional_of", "input_shapes"]
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class LayerRef:
+    """The Keras layer behind a core layer name, and which of its variables it owns."""
+
+    layer: Any
+    variables: tuple[str, ...]
+
+
+@dataclass
+class Capture:
+    """The core graph of a Keras model and the links back to the model.
+
+    Attributes:
+        graph: The core graph.
+        refs: Core layer name -> Keras layer and variable names (masks and cuts use it).
+        reshapes: Core node name -> the ``Reshape`` layer it came from (cut rewrites it).
+        nested: ``id`` of a nested model -> the core nodes feeding its inputs (first call).
+        input_shapes: One sample shape per model input, in the model's own layout.
+        layouts: Per input, ``"as given"`` or ``"NCHW->NHWC"`` (how input_info was read).
+    """
+
+    graph: Graph
+    refs: dict[str, LayerRef] = field(default_factory=dict)
+    reshapes: dict[str, Any] = field(default_factory=dict)
+    nested: dict[int, list[str]] = field(default_factory=dict)
+    input_shapes: list[Shape] = field(default_factory=list)
+    layouts: list[str] = field(default_factory=list)
+
+
+def functional_of(model: Any) -> Any:
+    """The Functional graph of ``model`` (a Sequential's inner one).
+
+    Raises:
+        AnalysisError: For a subclassed model, an unbuilt Sequential, or a model that
+            overrides ``call``.
+    """
+    from keras.src.models.functional import Functional
+
+    if isinstance(model, keras.Sequential):
+        inner = getattr(model, "_functional", None)
+        if inner is None:
+            raise AnalysisError(
+                f"Sequential model {model.name!r} is not built, so its input shape is "
+                "unknown. Start it with keras.Input(shape=...) or call model.build(input_shape) "
+                "before create_compressed_model."
+            )
+        return inner
+    if isinstance(model, Functional) and type(model).call is Functional.call:
+        return model
+    raise AnalysisError(
+        f"{type(model).__name__} is a subclassed keras.Model: its call() is Python code that "
+        "filterprune cannot read as a graph. Build the same network with the Functional API "
+        "(keras.Model(inputs, outputs)) or keras.Sequential, load the weights into it, and "
+        "pass that model."
+    )
+
+
+def _fits(shape: Shape, model_shape: tuple) -> bool:
+    return len(shape) == len(model_shape) and all(
+        m is None or int(m) == s for s, m in zip(shape[1:], model_shape[1:], strict=True)
+    )
+
+
+def input_shapes(functional: Any, sizes: list[list[int]]) -> tuple[list[Shape], list[str]]:
+    """Read ``input_info`` sizes in NHWC or NCHW against the model's input shapes.
+
+    Raises:
+        ConfigError: If the counts differ or a size fits the input in neither layout.
+    """
+    inputs = functional.inputs
+    if len(sizes) != len(inputs):
+        raise ConfigError(
+            f"`input_info` must give one sample_size per model input ({len(inputs)}). "
+            f"Received: {len(sizes)} sample sizes."
+        )
+    shapes, layouts = [], []
+    for size, kt in zip(sizes, inputs, strict=True):
+        given = tuple(int(d) for d in size)
+        model_shape = tuple(kt.shape)
+        moved = (given[0], *given[2:], given[1]) if len(given) >= 3 else given
+        if _fits(given, model_shape):
+            shapes.append(given)
+            layouts.append("as given")
+        elif _fits(moved, model_shape):
+            shapes.append(moved)
+            layouts.append("NCHW->NHWC")
+        else:
+            raise ConfigError(
+                f"`input_info.sample_size` must fit the model input {kt.name!r} of shape "
+                f"{model_shape} (batch first), as NHWC or NCHW. Received: {list(given)}."
+            )
+    return shapes, layouts
+
+
+class _Walker:
+    """Emits core nodes for the Keras nodes of one model, recursing into sub-models."""
+
+    def __init__(self, cap: Capture, batch: int) -> None:
+        self.cap = cap
+        self.batch = batch
+        self.tensors: dict[int, str] = {}  # id(KerasTensor) -> core node name
+        self.shapes: dict[int, Shape] = {}
+        self.calls: dict[str, int] = {}
+
+    def unique(self, name: str) -> str:
+        n = self.calls.get(name, 0)
+        self.calls[name] = n + 1
+        return name if n == 0 else f"{name}#{n}"
+
+    def walk(self, functional: Any, prefix: str) -> None:
+        by_depth = functional._nodes_by_depth
+        for depth in sorted(by_depth, reverse=True):
+            for node in by_depth[depth]:
+                if not node.is_input:
+                    self.node(node, prefix)
+
+    def out_shapes(self, node: Any) -> list[Shape]:
+        shapes = [tuple(self.batch if d is None and i == 0 else d for i, d in enumerate(t.shape))
+                  for t in node.outputs]  # fmt: skip
+        if all(d is not None for s in shapes for d in s):
+            return shapes
+        fill = {id(t): keras.KerasTensor(self.shapes[id(t)], dtype=t.dtype)
+                for t in node.input_tensors}  # fmt: skip
+        args, kwargs = node.arguments.fill_in(fill)
+        spec = keras.tree.flatten(node.operation.compute_output_spec(*args, **kwargs))
+        return [tuple(int(d) for d in s.shape) for s in spec]
+
+    def node(self, node: Any, prefix: str) -> None:
+        op = node.operation
+        ins = [self.tensors[id(t)] for t in node.input_tensors]
+        in_shapes = [self.shapes[id(t)] for t in node.input_tensors]
+        outs = self.out_shapes(node)
+        if isinstance(op, keras.Model):
+            inner = _inner_functional(op)
+            if inner is not None:
+                self.cap.nested.setdefault(id(op), ins)
+                self.nested(inner, node, f"{prefix}{op.name}/")
+                return
+        name = f"{prefix}{op.name}"
+        if isinstance(op, keras.Layer):
+            steps = layer_steps(op, name, in_shapes, outs[0]) if len(outs) == 1 else [
+                Step("stop", {"reason": f"{type(op).__name__} has several outputs"})]
+        else:
+            steps = op_steps(op, list(node.arguments.args), in_shapes,
+                             outs[0] if len(outs) == 1 else outs)  # fmt: skip
+        self.emit(node, op, name, steps, ins, outs)
+
+    def nested(self, inner: Any, node: Any, prefix: str) -> None:
+        for src, dst in zip(node.input_tensors, inner.inputs, strict=True):
+            self.tensors[id(dst)] = self.tensors[id(src)]
+            self.shapes[id(dst)] = self.shapes[id(src)]
+        self.walk(inner, prefix)
+        for src, dst in zip(inner.outputs, node.outputs, strict=True):
+            self.tensors[id(dst)] = self.tensors[id(src)]
+            self.shapes[id(dst)] = self.shapes[id(src)]
+
+    def emit(self, node, op, name: str, steps: list[Step], ins: list[str], outs) -> None:
+        graph = self.cap.graph
+        node_name = self.unique(name)
+        label = type(op).__name__
+        current = ins
+        for i, step in enumerate(steps):
+            last = i == len(steps) - 1
+            shape = step.shape if step.shape is not None else (outs[0] if len(outs) == 1 else outs)
+            layer = None
+            if step.info is not None:
+                layer = step.info.name
+                graph.layers.setdefault(layer, step.info)
+                self.cap.refs.setdefault(layer, LayerRef(op, step.variables))
+            core = node_name + ("" if last else step.suffix or f"/{i}")
+            graph.add(Node(core, step.kind, list(current), shape, layer=layer,
+                           attrs=dict(step.attrs), label=label))  # fmt: skip
+            if step.kind == "reshape" and isinstance(op, keras.layers.Reshape):
+                self.cap.reshapes[core] = op
+            current = [core]
+        if len(outs) == 1:
+            self.tensors[id(node.outputs[0])] = current[0]
+            self.shapes[id(node.outputs[0])] = outs[0]
+            return
+        for k, (kt, shape) in enumerate(zip(node.outputs, outs, strict=True)):
+            item = f"{current[0]}:{k}"
+            graph.add(Node(item, "getitem", list(current), shape, attrs={"index": k}))
+            self.tensors[id(kt)] = item
+            self.shapes[id(kt)] = shape
+
+
+def _inner_functional(model: Any) -> Any:
+    try:
+        return functional_of(model)
+    except AnalysisError:
+        return None
+
+
+def capture(model: Any, sizes: list[list[int]]) -> Capture:
+    """Build the core graph of ``model`` with ``input_info`` sample sizes ``sizes``.
+
+    Raises:
+        AnalysisError: For a model that is not Functional or Sequential.
+        ConfigError: If ``sizes`` do not fit the model inputs.
+    """
+    functional = functional_of(model)
+    shapes, layouts = input_shapes(functional, sizes)
+    cap = Capture(Graph(), input_shapes=shapes, layouts=layouts)
+    walker = _Walker(cap, batch=shapes[0][0])
+    for kt, shape in zip(functional.inputs, shapes, strict=True):
+        name = walker.unique(kt._keras_history.operation.name)
+        cap.graph.add(Node(name, "input", shape=shape, label="Input"))
+        walker.tensors[id(kt)] = name
+        walker.shapes[id(kt)] = shape
+    walker.walk(functional, "")
+    cap.graph.outputs = list(dict.fromkeys(walker.tensors[id(t)] for t in functional.outputs))
+    return cap

@@ -1,0 +1,130 @@
+"""Write a Keras model as a frozen GraphDef, a SavedModel, a ``.keras`` file or ONNX.
+
+Every format is written next to its destination first and moved into place, so a
+failed export never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import tensorflow as tf
+
+__all__ = ["FORMATS", "export", "resolve_format", "serving_function"]
+
+log = logging.getLogger("filterprune")
+FORMATS = ("frozen_graph", "saved_model", "keras", "onnx")
+_BY_SUFFIX = {".pb": "frozen_graph", ".keras": "keras", ".onnx": "onnx"}
+
+
+def resolve_format(path: str, save_format: str | None) -> str:
+    """``save_format``, or the one the file suffix names (``.pb``, ``.keras``, ``.onnx``;
+    a path without a suffix is a SavedModel folder).
+
+    Raises:
+        ValueError: For an unknown format, or ``keras`` with a path not ending in ``.keras``.
+    """
+    suffix = os.path.splitext(str(path))[1].lower()
+    if save_format is None:
+        return _BY_SUFFIX.get(suffix, "saved_model" if not suffix else "frozen_graph")
+    if save_format not in FORMATS:
+        raise ValueError(
+            f"`save_format` must be one of {', '.join(map(repr, FORMATS))}. "
+            f"Received: save_format={save_format!r}."
+        )
+    if save_format == "keras" and suffix != ".keras":
+        raise ValueError(
+            "`save_path` must end in '.keras' for save_format='keras' (Keras 3 requires it). "
+            f"Received: save_path={str(path)!r}."
+        )
+    return save_format
+
+
+def serving_function(model: Any) -> tuple[Any, list[tf.TensorSpec]]:
+    """A ``tf.function`` of ``model`` in inference mode and its input signature."""
+    specs = []
+    for i, kt in enumerate(model.inputs):
+        name = kt._keras_history.operation.name if hasattr(kt, "_keras_history") else f"x{i}"
+        specs.append(tf.TensorSpec((None, *kt.shape[1:]), kt.dtype, name=name))
+
+    @tf.function(input_signature=specs)
+    def serve(*xs: tf.Tensor) -> Any:
+        return model(list(xs) if len(xs) > 1 else xs[0], training=False)
+
+    return serve, specs
+
+
+def _frozen_graph(model: Any, path: str) -> None:
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    serve, _ = serving_function(model)
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    graph_def = frozen.graph.as_graph_def()
+    with open(path, "wb") as f:
+        f.write(graph_def.SerializeToString())
+    log.info("frozen graph: inputs %s, outputs %s", [t.name for t in frozen.inputs],
+             [t.name for t in frozen.outputs])  # fmt: skip
+
+
+def _onnx(model: Any, path: str) -> None:
+    try:
+        import tf2onnx
+    except ImportError as err:
+        raise ImportError(
+            "save_format='onnx' needs tf2onnx (`pip install tf2onnx`). Received: it cannot be "
+            f"imported ({err}). Use save_format='saved_model' and convert that instead."
+        ) from err
+    serve, specs = serving_function(model)
+    try:
+        tf2onnx.convert.from_function(serve, input_signature=specs, opset=17, output_path=path)
+    except Exception as err:  # noqa: BLE001 - any converter failure is reported the same way
+        raise RuntimeError(
+            f"tf2onnx {tf2onnx.__version__} could not convert this model under TensorFlow "
+            f"{tf.__version__}: {err}. tf2onnx may not support this TensorFlow version; use "
+            "save_format='saved_model' and convert it with a tf2onnx release that does."
+        ) from err
+
+
+def _write(fmt: str, model: Any, path: str) -> None:
+    if fmt == "frozen_graph":
+        _frozen_graph(model, path)
+    elif fmt == "keras":
+        model.save(path)
+    elif fmt == "onnx":
+        _onnx(model, path)
+    else:
+        model.export(path, format="tf_saved_model", verbose=False)
+
+
+def export(model: Any, save_path: str, save_format: str | None = None) -> str:
+    """Write ``model`` to ``save_path``; returns the format used.
+
+    Args:
+        model: A Functional or Sequential ``keras.Model`` (no masks).
+        save_path: File (``.pb``, ``.keras``, ``.onnx``) or SavedModel folder.
+        save_format: One of :data:`FORMATS`; by default taken from the suffix.
+
+    Raises:
+        ValueError: For an unknown format or a path that does not fit it.
+    """
+    fmt = resolve_format(save_path, save_format)
+    target = os.path.abspath(str(save_path))
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(target)[1]
+    tmp_dir = tempfile.mkdtemp(dir=folder, prefix=".filterprune-")
+    tmp = os.path.join(tmp_dir, "model" + suffix)
+    try:
+        _write(fmt, model, tmp)
+        if os.path.isdir(tmp) and os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return fmt

@@ -1,0 +1,198 @@
+"""Masked Keras layers: pruned filters read as zero while the stored weights are kept.
+
+The Keras 3 counterpart of the PyTorch class swap. Each pruned layer's class becomes a
+subclass (same ``__name__`` and module, so saving and summaries are unchanged) whose
+``call`` reads ``kernel * mask`` in place of the kernel for the duration of the call,
+then runs the layer's own ``call``. Masks are ``tf.Variable`` s outside the layer's
+tracked weights: ``model.weights``, checkpoints and ``.keras`` files hold exactly the
+original variables; traced ``tf.function`` s (``model.fit``) read the current mask
+values, so updating a mask needs no retracing; gradients of pruned entries are zero.
+Masks cover both sides of a layer (its pruned filters and the pruned channels it
+reads), and per-channel layers (BatchNorm) zero their pruned outputs, so the masked
+model computes exactly what the cut model computes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from ..core.analysis import Analysis
+from ..core.graph import LayerInfo
+from ..core.weights import weight_mask
+from .capture import LayerRef
+
+__all__ = [
+    "apply_masks",
+    "base_class",
+    "is_masked",
+    "maskable_layers",
+    "masked_weights",
+    "recreate_masks",
+]
+
+_SWAPPED: dict[type, type] = {}
+_MASKED_KINDS = ("conv", "linear", "batchnorm")
+
+
+def _masked_call(self, *args: Any, **kwargs: Any) -> Any:
+    """``call`` with masked variables; the originals are put back afterwards."""
+    state = self.__dict__
+    saved = {}
+    try:
+        for attr, mask in state.get("_fp_weight_masks", {}).items():
+            saved[attr] = state[attr]
+            dtype = self.compute_dtype
+            state[attr] = ops.cast(saved[attr], dtype) * ops.cast(mask, dtype)
+        out = type(self)._filterprune_base.call(self, *args, **kwargs)
+    finally:
+        state.update(saved)
+    channel = state.get("_fp_channel_mask")
+    if channel is not None:
+        mask, axis = channel
+        shape = [1] * len(out.shape)
+        shape[axis] = -1
+        out = out * ops.reshape(ops.cast(mask, out.dtype), shape)
+    return out
+
+
+def _masked_class(cls: type) -> type:
+    if cls not in _SWAPPED:
+        call = functools.wraps(cls.call)(_masked_call)  # keeps the signature Keras inspects
+        _SWAPPED[cls] = type(cls.__name__, (cls,), {
+            "call": call, "_filterprune_base": cls, "__module__": cls.__module__,
+            "__qualname__": f"Masked{cls.__qualname__}",
+        })  # fmt: skip
+    return _SWAPPED[cls]
+
+
+def is_masked(layer: Any) -> bool:
+    return "_filterprune_base" in type(layer).__dict__
+
+
+def base_class(layer: Any) -> type:
+    """The layer's own class (the masked subclass's parent)."""
+    return type(layer).__dict__.get("_filterprune_base", type(layer))
+
+
+def _attr_of(layer: Any, variable: Any) -> str:
+    for key, value in layer.__dict__.items():
+        if value is variable:
+            return key
+    raise AttributeError(
+        f"Layer {layer.name!r} keeps its variable {variable.name!r} in no attribute; "
+        "filterprune cannot mask it."
+    )
+
+
+def _variable(layer: Any, name: str) -> Any:
+    for v in layer.weights:
+        if v.name == name:
+            return v
+    raise KeyError(f"Layer {layer.name!r} has no variable {name!r}.")
+
+
+def _set(layer: Any, key: str, attr: Any, value: np.ndarray) -> None:
+    """Assign the mask variable ``(layer, key)`` (created at the first call)."""
+    table = layer.__dict__.setdefault(key, {})
+    old = table.get(attr)
+    if old is not None and tuple(old.shape) == value.shape:
+        old.assign(value)
+        return
+    once = tf.VariableAggregation.ONLY_FIRST_REPLICA  # written from the cross-replica context
+    with tf.init_scope():
+        table[attr] = tf.Variable(value, trainable=False, name=f"{layer.name}_{attr}_mask",
+                                  aggregation=once)  # fmt: skip
+
+
+def _swap(layer: Any) -> None:
+    if not is_masked(layer):
+        layer.__dict__.setdefault("_fp_weight_masks", {})
+        layer.__class__ = _masked_class(type(layer))
+
+
+def maskable_layers(analysis: Analysis) -> set[str]:
+    """Core layers that some plan can cut: they are masked from the start.
+
+    A traced ``tf.function`` (``model.fit``'s train step) keeps the ``call`` it traced, so
+    every layer a later plan may cut must read its mask variables from the first trace.
+    """
+    cut_all = {g.id: np.zeros(g.size, bool) for g in analysis.prunable_groups}
+    return {name for name, roles in analysis.keeps(cut_all).items()
+            if any(not v.all() for v in roles.values())}  # fmt: skip
+
+
+def apply_masks(refs: Mapping[str, LayerRef], keeps: Mapping[str, dict[str, np.ndarray]],
+                infos: Mapping[str, LayerInfo], maskable: set[str],
+                bn: bool = True) -> None:  # fmt: skip
+    """Install or update the masks of every maskable conv, dense and per-channel layer.
+
+    Mask shapes depend only on the layer, never on the plan, so after the first call
+    every update is an ``assign`` that running ``tf.function`` s see.
+    """
+    for name, ref in refs.items():
+        info = infos.get(name)
+        if name not in maskable or info is None or info.kind not in _MASKED_KINDS:
+            continue
+        keep = keeps.get(name, {})
+        layer = ref.layer
+        _swap(layer)
+        if info.kind == "batchnorm":
+            vec = keep.get("channel")
+            if vec is not None:
+                _channel_mask(layer, vec if bn else np.ones_like(vec))
+            continue
+        for pname, (shape, roles) in info.params.items():
+            mask = weight_mask(shape, roles, keep, info.groups)
+            attr = _attr_of(layer, _variable(layer, pname))
+            _set(layer, "_fp_weight_masks", attr, mask)
+
+
+def _channel_mask(layer: Any, vec: np.ndarray) -> None:
+    """Zero the pruned outputs of a per-channel layer (BatchNorm, PReLU)."""
+    _set(layer, "_fp_channel_tables", "out", vec.astype(np.float32))
+    layer.__dict__["_fp_channel_mask"] = (layer.__dict__["_fp_channel_tables"]["out"],
+                                          _channel_axis(layer))  # fmt: skip
+
+
+def _channel_axis(layer: Any) -> int:
+    axis = getattr(layer, "axis", -1)
+    return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
+
+
+def masked_weights(layer: Any) -> dict[str, np.ndarray]:
+    """The layer's variables by name with their masks multiplied in (as numpy)."""
+    out = {v.name: np.asarray(v.numpy()) for v in layer.weights}
+    if not is_masked(layer):
+        return out
+    by_attr = {attr: name for name in out
+               for attr in [_attr_of(layer, _variable(layer, name))]}  # fmt: skip
+    for attr, mask in layer.__dict__.get("_fp_weight_masks", {}).items():
+        name = by_attr[attr]
+        out[name] = out[name] * mask.numpy()
+    channel = layer.__dict__.get("_fp_channel_mask")
+    if channel is not None:
+        vec = channel[0].numpy()
+        for key in ("gamma", "beta"):  # BatchNorm: a zero scale and shift give zero outputs
+            if key in out and out[key].shape[-1] == vec.size:
+                out[key] = out[key] * vec
+    return out
+
+
+def recreate_masks(refs: Mapping[str, LayerRef]) -> None:
+    """Create every mask variable again under the current distribution strategy."""
+    for layer in {id(r.layer): r.layer for r in refs.values()}.values():
+        for key in ("_fp_weight_masks", "_fp_channel_tables"):
+            table = layer.__dict__.get(key, {})
+            for attr, old in list(table.items()):
+                value = old.numpy()
+                del table[attr]
+                _set(layer, key, attr, value)
+        if "_fp_channel_mask" in layer.__dict__:
+            axis = layer.__dict__["_fp_channel_mask"][1]
+            layer.__dict__["_fp_channel_mask"] = (layer.__dict__["_fp_channel_tables"]["out"], axis)

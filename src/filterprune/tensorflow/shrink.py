@@ -1,0 +1,164 @@
+"""A plain Keras model from a masked one: pruned filters removed, or zeroed in place.
+
+The model is rebuilt with ``keras.models.clone_model``: every layer is made again from
+its own class and ``get_config()``, with ``filters``/``units`` lowered to the kept
+count (and a ``Reshape`` target rewritten), then given its sliced weights. The result
+holds only stock Keras layers, so it saves and reloads as ``.keras`` without any
+filterprune object. Nested models are rebuilt nested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from ..core.analysis import Analysis
+from ..core.graph import LayerInfo
+from ..core.weights import slice_weight
+from ..errors import AnalysisError
+from .capture import Capture
+from .masks import base_class, is_masked, masked_weights
+
+__all__ = ["strip_model"]
+
+Keeps = Mapping[str, dict[str, np.ndarray]]
+
+
+def _roles(info: LayerInfo, pname: str, shape: tuple[int, ...]) -> tuple[str | None, ...]:
+    if pname in info.params:
+        return info.params[pname][1]
+    if info.kind == "batchnorm" and len(shape) == 1:  # moving statistics follow gamma/beta
+        return ("channel",)
+    return (None,) * len(shape)
+
+
+def _cut_layers(cap: Capture, keeps: Keeps) -> tuple[dict[int, dict], dict[int, dict]]:
+    """Per Keras layer (by id): config overrides and sliced weights by variable name."""
+    overrides: dict[int, dict[str, Any]] = {}
+    weights: dict[int, dict[str, np.ndarray]] = {}
+    for name, ref in cap.refs.items():
+        info = cap.graph.layers.get(name)
+        keep = keeps.get(name, {})
+        if info is None or not keep or all(v.all() for v in keep.values()):
+            continue
+        layer = ref.layer
+        values = weights.setdefault(id(layer), {})
+        current = {v.name: v.numpy() for v in layer.weights}
+        for pname in ref.variables:
+            array = values.get(pname, current[pname])
+            values[pname] = slice_weight(array, _roles(info, pname, array.shape), keep, info.groups)
+        overrides.setdefault(id(layer), {}).update(_config_changes(layer, info, keep))
+    return overrides, weights
+
+
+def _config_changes(layer: Any, info: LayerInfo, keep: dict[str, np.ndarray]) -> dict[str, Any]:
+    config = layer.get_config()
+    changes: dict[str, Any] = {}
+    out = keep.get("out")
+    if out is not None and info.weight != "depthwise_kernel":
+        if "filters" in config:
+            changes["filters"] = int(out.sum())
+        elif "units" in config:
+            changes["units"] = int(out.sum())
+    groups = int(config.get("groups", 1))
+    inp = keep.get("in")
+    if groups > 1 and inp is not None and groups == inp.size:  # depthwise written as groups
+        changes["groups"] = int(inp.sum())
+    return changes
+
+
+def _kept_extent(analysis: Analysis, node: Any, kept: dict[int, np.ndarray]) -> list[int] | None:
+    """Kept size of each axis of a node's output (``None`` if nothing of it is cut)."""
+    ids = analysis.state.values.get(node.name)
+    if not isinstance(ids, np.ndarray) or not isinstance(node.shape, tuple):
+        return None
+    full = np.broadcast_to(analysis.kept_ids(ids, kept), node.shape)
+    if full.all():
+        return None
+    counts = [int(np.any(full, axis=tuple(a for a in range(full.ndim) if a != axis)).sum())
+              for axis in range(full.ndim)]  # fmt: skip
+    if int(np.prod(counts)) != int(full.sum()):
+        raise AnalysisError(
+            f"The kept channels of {node.name!r} do not form a box, so the layer reading "
+            "them cannot be rebuilt smaller. Add the layers around it to ignored_scopes."
+        )
+    return counts
+
+
+def _reshape_targets(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray]) -> dict:
+    """New ``target_shape`` of every ``Reshape`` whose channels were cut."""
+    out: dict[int, dict[str, Any]] = {}
+    for node_name, layer in cap.reshapes.items():
+        counts = _kept_extent(analysis, cap.graph[node_name], kept)
+        if counts is not None:
+            target = [d if d == -1 else counts[i + 1] for i, d in enumerate(layer.target_shape)]
+            out[id(layer)] = {"target_shape": tuple(target)}
+    return out
+
+
+def _nested_inputs(model: Any, cap: Capture, analysis: Analysis, kept) -> Any:
+    """New inputs of a nested model whose input channels were cut (``None``: unchanged)."""
+    names = cap.nested.get(id(model))
+    if names is None:
+        return None
+    tensors, changed = [], False
+    for name, kt in zip(names, model.inputs, strict=True):
+        counts = _kept_extent(analysis, cap.graph[name], kept)
+        shape = list(kt.shape)
+        if counts is not None:
+            changed = True
+            shape = [d if d is None or i == 0 else counts[i] for i, d in enumerate(shape)]
+        tensors.append(keras.Input(batch_shape=tuple(shape), dtype=kt.dtype))
+    if not changed:
+        return None
+    return tensors if len(tensors) > 1 else tensors[0]
+
+
+def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray],
+                keeps: Keeps, shrink: bool = True) -> Any:  # fmt: skip
+    """A new Keras model without masks.
+
+    Args:
+        model: The masked model (left untouched).
+        cap: Its capture.
+        analysis: Its analysis.
+        kept: The plan's kept channels per group id.
+        keeps: The plan's keep vectors per core layer.
+        shrink: Remove pruned filters (smaller layers); ``False`` keeps the shapes and
+            writes the zeros into the weights.
+
+    Returns:
+        A Functional or Sequential ``keras.Model`` of stock Keras layers.
+    """
+    if shrink:
+        overrides, weights = _cut_layers(cap, keeps)
+        for key, change in _reshape_targets(cap, analysis, kept).items():
+            overrides.setdefault(key, {}).update(change)
+    else:
+        overrides, weights = {}, {}
+    pairs: list[tuple[Any, Any]] = []
+
+    def clone(layer: Any) -> Any:
+        if isinstance(layer, keras.Model) and id(layer) in cap.nested:  # rebuilt nested
+            inputs = _nested_inputs(layer, cap, analysis, kept) if shrink else None
+            return keras.models.clone_model(layer, input_tensors=inputs, clone_function=clone)
+        config = layer.get_config()
+        config.update(overrides.get(id(layer), {}))
+        new = base_class(layer).from_config(config)
+        pairs.append((layer, new))
+        return new
+
+    new_model = keras.models.clone_model(model, clone_function=clone)
+    for old, new in pairs:
+        if not isinstance(old, keras.Layer) or not old.weights:
+            continue
+        if not is_masked(old) and id(old) not in weights:
+            new.set_weights(old.get_weights())  # untouched (names may repeat in custom layers)
+            continue
+        values = masked_weights(old)
+        values.update(weights.get(id(old), {}))
+        new.set_weights([values[v.name] for v in old.weights])
+    return new_model

@@ -1,0 +1,72 @@
+"""Shared helpers of the Keras tests: configs, a small Functional ResNet, comparisons."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+layers = keras.layers
+
+from filterprune import NNCFConfig  # noqa: E402
+
+try:  # the machine is small and shared
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+except RuntimeError:  # the runtime was initialised already
+    pass
+
+
+def make_config(sample=(1, 32, 32, 3), **params):
+    init = params.pop("pruning_init", 0.5)
+    extra = params.pop("extra", {})
+    algo = {"algorithm": "filter_pruning", "pruning_init": init, "params": params, **extra}
+    return NNCFConfig.from_dict({"input_info": {"sample_size": list(sample)}, "compression": algo})
+
+
+def randomize_bn(model, seed=0):
+    """Give BatchNorms non-trivial statistics so inference outputs have a real scale."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.0, n).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
+    return model
+
+
+def assert_strip_equal(ctrl, model, x, tol=1e-4, shrink=True):
+    ref = model(x, training=False).numpy()
+    small = ctrl.strip(shrink=shrink)
+    out = small(x, training=False).numpy()
+    assert out.shape == ref.shape
+    scale = max(float(np.abs(ref).max()), 1e-6)
+    assert float(np.abs(ref - out).max()) / scale <= tol
+    return small
+
+
+def small_resnet(name="small_resnet", dropout=0.1):
+    """Residual add, concat, depthwise conv, SE gate, separable conv, flatten -> dense."""
+    inp = keras.Input((32, 32, 3), name="image")
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inp)
+    x = layers.ReLU()(layers.BatchNormalization(name="bn0")(x))
+    y = layers.Conv2D(16, 3, padding="same", use_bias=False, name="a")(x)
+    y = layers.ReLU()(layers.BatchNormalization(name="bna")(y))
+    x = layers.Add(name="residual")([x, y])
+    x = layers.Concatenate(name="cat")([x, layers.Conv2D(24, 1, name="b")(x)])
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    gate = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    gate = layers.Conv2D(8, 1, activation="relu", name="se1")(gate)
+    gate = layers.Conv2D(40, 1, activation="sigmoid", name="se2")(gate)
+    x = layers.Multiply(name="gate")([x, gate])
+    x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="down")(x)
+    x = layers.SeparableConv2D(32, 3, padding="same", name="sep")(x)
+    x = layers.AveragePooling2D(4)(x)
+    x = layers.Dense(64, activation="relu", name="fc1")(layers.Flatten()(x))
+    out = layers.Dense(10, name="fc2")(layers.Dropout(dropout)(x))
+    return keras.Model(inp, out, name=name)

@@ -1,0 +1,132 @@
+"""Checkpoint/resume as in the reference equals an uninterrupted run; exports equal the model."""
+
+import numpy as np
+import pytest
+from keras_helpers import keras, make_config, randomize_bn, small_resnet, tf
+
+from filterprune import ConfigError
+from filterprune.tensorflow import (
+    CheckpointManagerCallback,
+    TFCompressionState,
+    TFCompressionStateLoader,
+    create_compressed_model,
+    create_compression_callbacks,
+)
+
+
+def _config():
+    return make_config(pruning_init=0.1, pruning_target=0.6, pruning_steps=4,
+                       prune_first_conv=True)  # fmt: skip
+
+
+def _fresh():
+    keras.utils.set_random_seed(0)
+    return randomize_bn(small_resnet(dropout=0.0))  # dropout's RNG is not checkpointed
+
+
+def _data(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(16, 32, 32, 3)).astype("float32")
+    return x, rng.normal(size=(16, 10)).astype("float32")
+
+
+def _fit(ctrl, model, data, first, last, extra=()):
+    callbacks = create_compression_callbacks(ctrl) + list(extra)
+    model.fit(*data, batch_size=8, epochs=last, initial_epoch=first, shuffle=False, verbose=0,
+              callbacks=callbacks)  # fmt: skip
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
+    ckpt_dir = str(tmp_path / "ckpt")
+    ctrl, model = create_compressed_model(_fresh(), _config())
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    checkpoint = tf.train.Checkpoint(model=model, compression_state=TFCompressionState(ctrl))
+    _fit(ctrl, model, _data(1), 0, 2, [CheckpointManagerCallback(checkpoint, ckpt_dir)])
+    path = tf.train.latest_checkpoint(ckpt_dir)
+    _fit(ctrl, model, _data(2), 2, 4)
+    # resume, as in the reference
+    checkpoint = tf.train.Checkpoint(compression_state=TFCompressionStateLoader())
+    checkpoint.restore(path).expect_partial()
+    state = checkpoint.compression_state.state
+    ctrl2, model2 = create_compressed_model(_fresh(), _config(), state)
+    model2.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    tf.train.Checkpoint(model=model2).restore(path).expect_partial()
+    assert ctrl2.scheduler.current_epoch == 1
+    _fit(ctrl2, model2, _data(2), 2, 4)
+    assert ctrl2.scheduler.get_state() == ctrl.scheduler.get_state()
+    assert ctrl2.pruning_level == pytest.approx(ctrl.pruning_level)
+    assert ctrl2.plan.to_dict(ctrl2.analysis) == ctrl.plan.to_dict(ctrl.analysis)
+    for a, b in zip(model.weights, model2.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+
+def test_compression_state_restores_into_a_live_controller(tmp_path):
+    ctrl, model = create_compressed_model(_fresh(), _config())
+    ctrl.scheduler.epoch_step()
+    ctrl.scheduler.epoch_step()
+    path = tf.train.Checkpoint(state=TFCompressionState(ctrl)).save(str(tmp_path / "c"))
+    ctrl2, _ = create_compressed_model(_fresh(), _config())
+    tf.train.Checkpoint(state=TFCompressionState(ctrl2)).restore(path)
+    assert ctrl2.scheduler.current_epoch == 1
+    assert ctrl2.plan.to_dict(ctrl2.analysis) == ctrl.plan.to_dict(ctrl.analysis)
+
+
+def test_state_from_another_model_is_rejected():
+    ctrl, _ = create_compressed_model(_fresh(), _config())
+    inp = keras.Input((32, 32, 3))
+    other = keras.Model(inp, keras.layers.Conv2D(4, 3)(keras.layers.Conv2D(4, 3)(inp)))
+    with pytest.raises(ConfigError, match="does not have"):
+        create_compressed_model(other, _config(), ctrl.get_compression_state())
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    ctrl, model = create_compressed_model(_fresh(), make_config(prune_first_conv=True))
+    x = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype("float32")
+    return ctrl, model(x, training=False).numpy(), x
+
+
+def _close(out, ref):
+    np.testing.assert_allclose(out, ref, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+
+@pytest.mark.parametrize("shrink", [False, True])
+def test_frozen_graph_loads_with_compat_v1_and_matches(pruned, tmp_path, shrink):
+    ctrl, ref, x = pruned
+    path = tmp_path / "model.pb"
+    ctrl.export_model(str(path), shrink=shrink)
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(path.read_bytes())
+    assert not any(n.op in ("VarHandleOp", "ReadVariableOp") for n in graph_def.node)
+    with tf.Graph().as_default() as graph:
+        tf.compat.v1.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            out = sess.run("Identity:0", {"image:0": x})
+    _close(out, ref)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pb"]  # no temporary left
+
+
+def test_saved_model_and_keras_formats_match(pruned, tmp_path):
+    ctrl, ref, x = pruned
+    ctrl.export_model(str(tmp_path / "saved"), save_format="saved_model")
+    loaded = tf.saved_model.load(str(tmp_path / "saved"))
+    _close(loaded.serve(tf.constant(x)).numpy(), ref)
+    ctrl.export_model(str(tmp_path / "small.keras"), shrink=True)
+    _close(keras.models.load_model(tmp_path / "small.keras")(x).numpy(), ref)
+
+
+def test_onnx_export_matches(pruned, tmp_path):
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    ctrl, ref, x = pruned
+    ctrl.export_model(str(tmp_path / "model.onnx"), shrink=True)
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    _close(sess.run(None, {sess.get_inputs()[0].name: x})[0], ref)
+
+
+def test_export_rejects_unknown_format_and_bad_suffix(pruned, tmp_path):
+    ctrl, _, _ = pruned
+    with pytest.raises(ValueError, match=r"must be one of .*Received: save_format='h5'"):
+        ctrl.export_model(str(tmp_path / "m.h5"), save_format="h5")
+    with pytest.raises(ValueError, match=r"must end in '.keras'"):
+        ctrl.export_model(str(tmp_path / "m.pb"), save_format="keras")

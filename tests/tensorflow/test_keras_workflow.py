@@ -1,0 +1,179 @@
+"""The Keras workflow of the reference, end to end, on a small Functional ResNet."""
+
+import numpy as np
+import pytest
+from keras_helpers import assert_strip_equal, keras, layers, make_config, small_resnet, tf
+
+from filterprune import AnalysisError, ConfigError
+from filterprune.tensorflow import (
+    CompressionStage,
+    create_compressed_model,
+    create_compression_callbacks,
+    register_default_init_args,
+)
+
+
+def test_masked_equals_stripped_and_is_smaller(resnet, images, tmp_path):
+    n_full = resnet.count_params()
+    ctrl, model = create_compressed_model(resnet, make_config())
+    assert model is resnet
+    small = assert_strip_equal(ctrl, model, images)
+    assert small.count_params() < 0.6 * n_full
+    assert small.get_layer("fc2").units == 10  # the classifier keeps its width
+    assert small.get_layer("a").filters == small.get_layer("stem").filters  # one group
+    assert small.get_layer("sep").filters < 32
+    assert type(small.get_layer("a")) is layers.Conv2D
+    small.save(tmp_path / "pruned.keras")
+    reloaded = keras.models.load_model(tmp_path / "pruned.keras")  # no custom_objects
+    np.testing.assert_allclose(reloaded(images).numpy(), small(images).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_nchw_input_info_reads_the_same_graph(resnet):
+    ctrl, _ = create_compressed_model(resnet, make_config(sample=(1, 3, 32, 32)))
+    assert ctrl.capture.layouts == ["NCHW->NHWC"]
+    assert ctrl.capture.input_shapes == [(1, 32, 32, 3)]
+    with pytest.raises(ConfigError, match=r"must fit the model input 'image'.*Received: \[1, 5"):
+        create_compressed_model(small_resnet("other"), make_config(sample=(1, 5, 32, 32)))
+
+
+def test_weights_and_checkpoint_keys_stay_the_original_ones(resnet):
+    before = [(v.path, tuple(v.shape)) for v in resnet.weights]
+    create_compressed_model(resnet, make_config())
+    assert [(v.path, tuple(v.shape)) for v in resnet.weights] == before
+
+
+def test_gradients_of_pruned_filters_are_zero_and_weights_are_kept(resnet, images):
+    ctrl, model = create_compressed_model(resnet, make_config())
+    keep = ctrl.keeps()["b"]["out"]
+    assert not keep.all()
+    kernel = model.get_layer("b").kernel
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(images, training=True) ** 2)
+    grad = tape.gradient(loss, kernel).numpy()
+    assert np.all(grad[..., ~keep] == 0)
+    assert np.abs(grad[..., keep]).sum() > 0
+    assert np.abs(kernel.numpy()[..., ~keep]).sum() > 0  # stored weights are kept
+
+
+def test_strip_without_shrink_keeps_shapes_and_zeros_filters(resnet, images):
+    ctrl, model = create_compressed_model(resnet, make_config())
+    plain = assert_strip_equal(ctrl, model, images, shrink=False)
+    kernel = plain.get_layer("b").kernel.numpy()
+    assert kernel.shape == model.get_layer("b").kernel.shape
+    assert (np.abs(kernel).sum(axis=(0, 1, 2)) == 0).sum() > 0
+
+
+def test_fit_with_callbacks_advances_schedule_and_logs_to_tensorboard(resnet, tmp_path):
+    config = make_config(pruning_init=0.1, pruning_target=0.5, pruning_steps=3)
+    ctrl, model = create_compressed_model(resnet, config)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 32, 32, 3)), rng.normal(size=(16, 10))
+    levels = []
+    callbacks = create_compression_callbacks(ctrl, log_dir=str(tmp_path / "log"))
+    callbacks.append(keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: levels.append(round(ctrl.pruning_level, 4))))
+    history = model.fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=callbacks)
+    assert levels[0] == pytest.approx(0.1)
+    assert levels[0] < levels[1] < levels[2] == pytest.approx(0.5) == levels[3]
+    assert ctrl.frozen and ctrl.scheduler.current_step == 4 * 2 - 1
+    assert history.history["pruning_level"] == pytest.approx(levels, abs=1e-4)
+    assert history.history["flops_kept"][-1] < history.history["flops_kept"][0] <= 1
+    tags = set()
+    for event_file in (tmp_path / "log").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags |= {v.tag for v in event.summary.value}
+    assert {"compression/pruning_level", "compression/flops_kept", "compression/params_kept",
+            "compression/layer_level/b"} <= tags
+    assert_strip_equal(ctrl, model, x[:2].astype("float32"))
+
+
+def test_loss_is_zero_and_stage_follows_level(resnet):
+    ctrl, _ = create_compressed_model(
+        resnet, make_config(pruning_init=0.0, pruning_target=0.5, pruning_steps=3))
+    assert float(ctrl.loss()) == 0.0
+    assert ctrl.compression_stage() == CompressionStage.UNCOMPRESSED
+    ctrl.scheduler.epoch_step()
+    ctrl.scheduler.epoch_step()
+    assert ctrl.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED
+    ctrl.scheduler.epoch_step()
+    assert ctrl.compression_stage() == CompressionStage.FULLY_COMPRESSED
+
+
+def test_statistics_report_flops_params_levels_and_reasons(resnet):
+    ctrl, _ = create_compressed_model(resnet, make_config())
+    st = ctrl.statistics()
+    assert st.current_flops < st.full_flops and st.current_params < st.full_params
+    assert st.target_level == 0.5
+    reasons = {tuple(p): r for p, r in st.unpruned}
+    assert reasons[("stem", "a", "se2")] == "first convolution (prune_first_conv is off)"
+    assert "downsampling" in reasons[("down",)]
+    assert reasons[("fc2",)] == "feeds a model output"
+    assert "fc2: feeds a model output" in str(st)
+
+
+def test_flops_target_is_met(resnet, images):
+    config = make_config(pruning_init=0.3, pruning_flops_target=0.3, prune_first_conv=True,
+                         prune_downsample_convs=True)
+    ctrl, model = create_compressed_model(resnet, config)
+    assert 1 - ctrl.statistics().flops_kept >= 0.3
+    assert_strip_equal(ctrl, model, images)
+
+
+def test_batchnorm_adaptation_runs_on_registered_dataset(resnet):
+    data = tf.data.Dataset.from_tensor_slices(
+        (np.random.default_rng(0).normal(size=(32, 32, 32, 3)).astype("float32"), np.zeros(32)))
+    config = make_config(extra={"initializer": {"batchnorm_adaptation":
+                                                {"num_bn_adaptation_samples": 16}}})
+    config = register_default_init_args(config, data, batch_size=8)  # unbatched: batched here
+    before = resnet.get_layer("bna").moving_variance.numpy().copy()
+    create_compressed_model(resnet, config)
+    after = resnet.get_layer("bna").moving_variance.numpy()
+    assert not np.allclose(before, after)
+    assert resnet.get_layer("bna").momentum == 0.99  # restored
+
+
+def test_subclassed_model_is_a_clear_error():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = layers.Conv2D(4, 3)
+
+        def call(self, x):
+            return self.conv(x)
+
+    net = Net()
+    net(np.zeros((1, 8, 8, 3), "float32"))
+    with pytest.raises(AnalysisError, match=r"subclassed keras.Model.*Functional API"):
+        create_compressed_model(net, make_config(sample=(1, 8, 8, 3)))
+
+
+def test_unbuilt_sequential_is_a_clear_error():
+    with pytest.raises(AnalysisError, match=r"not built.*keras.Input"):
+        create_compressed_model(keras.Sequential([layers.Conv2D(4, 3)]), make_config())
+
+
+def test_quantization_and_legr_are_clear_errors(resnet):
+    config = make_config()
+    config["compression"] = [config["compression"], {"algorithm": "quantization"}]
+    with pytest.raises(ConfigError, match="'quantization' is not available"):
+        create_compressed_model(resnet, config)
+    with pytest.raises(ConfigError, match="LeGR"):
+        create_compressed_model(resnet, make_config(interlayer_ranking_type="learned_ranking"))
+
+
+def test_scopes_exclude_layers_with_reasons(resnet):
+    config = make_config(extra={"ignored_scopes": ["{re}se1$"],
+                                "target_scopes": ["b", "se1", "se2", "fc1"]})
+    ctrl, _ = create_compressed_model(resnet, config)
+    reasons = {tuple(p): r for p, r in ctrl.statistics().unpruned}
+    assert "ignored_scopes" in reasons[("se1",)]
+    assert {s.name for s in ctrl.statistics().layers} == {"b", "se2", "fc1"}
+
+
+def test_an_already_masked_model_can_be_compressed_again(resnet, images):
+    ctrl, model = create_compressed_model(resnet, make_config())
+    ctrl2, model2 = create_compressed_model(model, make_config(), ctrl.get_compression_state())
+    assert ctrl2.plan.to_dict(ctrl2.analysis) == ctrl.plan.to_dict(ctrl.analysis)
+    assert ctrl2.statistics().unpruned == ctrl.statistics().unpruned
+    assert_strip_equal(ctrl2, model2, images)
