@@ -1,67 +1,6 @@
 import pytest
 import torch
-from torch import nn
-
-from filterprune import NNCFConfig
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give BatchNorms non-trivial statistics so eval outputs have a real scale."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-            if m.weight is not None:
-                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-    return model
-
-
-def make_config(sample=(1, 3, 32, 32), **params):
-    init = params.pop("pruning_init", 0.5)
-    extra = params.pop("extra", {})
-    algo = {"algorithm": "filter_pruning", "pruning_init": init, "params": params, **extra}
-    return NNCFConfig.from_dict({"input_info": {"sample_size": list(sample)}, "compression": algo})
-
-
-def assert_strip_equal(ctrl, model, x, tol=1e-4):
-    model.eval()
-    small = ctrl.strip().eval()
-    with torch.no_grad():
-        ref, out = model(x), small(x)
-    scale = ref.abs().max().clamp_min(1e-6)
-    assert ((ref - out).abs().max() / scale) <= tol
-    return small
-
-
-class SmallNet(nn.Module):
-    """Residual add, concat, depthwise conv, SE gate, flatten -> linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.bn0 = nn.BatchNorm2d(16)
-        self.a = nn.Conv2d(16, 16, 3, padding=1)
-        self.bna = nn.BatchNorm2d(16)
-        self.b = nn.Conv2d(16, 24, 1)
-        self.dw = nn.Conv2d(40, 40, 3, padding=1, groups=40)
-        self.se1 = nn.Conv2d(40, 8, 1)
-        self.se2 = nn.Conv2d(8, 40, 1)
-        self.down = nn.Conv2d(40, 32, 3, stride=2, padding=1)
-        self.fc1 = nn.Linear(32 * 4 * 4, 64)
-        self.fc2 = nn.Linear(64, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.bn0(self.stem(x)))
-        x = x + torch.relu(self.bna(self.a(x)))
-        x = torch.cat([x, self.b(x)], dim=1)
-        x = self.dw(x)
-        gate = torch.sigmoid(self.se2(torch.relu(self.se1(x.mean((2, 3), keepdim=True)))))
-        x = torch.relu(self.down(x * gate))
-        x = nn.functional.adaptive_avg_pool2d(x, 4)
-        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+from torch_helpers import SmallNet, randomize_bn
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import SmallNet, make_config, randomize_bn
+from torch_helpers import SmallNet, make_config, randomize_bn
 
 from filterprune.torch import create_compressed_model
 

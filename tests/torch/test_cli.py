@@ -3,12 +3,12 @@
 import json
 
 import torch
-from conftest import SmallNet, make_config
+from torch_helpers import SmallNet, make_config
 
 from filterprune.cli import main
 from filterprune.torch import create_compressed_model, resize_to_state_dict
 
-MODEL = "conftest:SmallNet"
+MODEL = "torch_helpers:SmallNet"
 
 
 def test_analyze_prints_groups_reasons_and_estimate(capsys, tmp_path):

@@ -18,7 +18,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    from conftest import SmallNet, make_config
+    from torch_helpers import SmallNet, make_config
 
     from filterprune.torch import create_compressed_model
 

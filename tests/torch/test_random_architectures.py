@@ -5,9 +5,9 @@ import os
 import numpy as np
 import onnxruntime as ort
 import torch
-from conftest import make_config, randomize_bn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch_helpers import make_config, randomize_bn
 
 from filterprune.testing.random_nets import BLOCKS, RandomNet
 from filterprune.torch import create_compressed_model

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import SmallNet, assert_strip_equal, make_config
 from torch import nn
+from torch_helpers import SmallNet, assert_strip_equal, make_config
 
 from filterprune import ConfigError
 from filterprune.torch import CompressionStage, create_compressed_model, resize_to_state_dict

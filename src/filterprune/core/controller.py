@@ -26,13 +26,48 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .analysis import Analysis
+from .analysis import Analysis, AnalysisOptions
 from .params import FilterPruningParams
 from .pruner import Plan, Pruner
 from .schedule import Scheduler
+from .scopes import ScopeMatcher
 from .stats import PruningStatistics, collect_statistics
 
-__all__ = ["CompressionStage", "PruningControllerBase", "STATE_VERSION"]
+__all__ = ["CompressionStage", "PruningControllerBase", "STATE_VERSION", "pruning_params",
+           "analysis_options"]
+
+
+def pruning_params(config: Any, frontend: str) -> FilterPruningParams:
+    """The ``filter_pruning`` settings of ``config``, refusing what no frontend runs yet.
+
+    Raises:
+        ConfigError: For another algorithm in ``compression``, or LeGR ranking.
+    """
+    names = [a.get("algorithm") for a in config.algorithms()]
+    unsupported = [n for n in names if n != "filter_pruning"]
+    if unsupported:
+        raise ConfigError(
+            f"`compression` algorithm {unsupported[0]!r} is not available in the {frontend} "
+            "frontend yet; this release runs 'filter_pruning'. Remove it from `compression`."
+        )
+    params = FilterPruningParams.from_config(config)
+    if params.interlayer_ranking_type != "unweighted_ranking":
+        raise ConfigError(
+            "`interlayer_ranking_type`='learned_ranking' (LeGR) is not available yet. "
+            "Use 'unweighted_ranking'."
+        )
+    return params
+
+
+def analysis_options(params: FilterPruningParams) -> AnalysisOptions:
+    """The structural switches and scopes of ``params`` as analysis options."""
+    scopes = ScopeMatcher(params.ignored_scopes, params.target_scopes)
+    return AnalysisOptions(
+        prune_first_conv=params.prune_first_conv,
+        prune_downsample_convs=params.prune_downsample_convs,
+        prune_linear=params.prune_linear,
+        scope_reason=scopes.reason,
+    )
 
 STATE_VERSION = 1
 

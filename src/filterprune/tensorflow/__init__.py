@@ -19,9 +19,9 @@ from typing import Any
 
 import keras
 
-from ..core.analysis import AnalysisOptions, analyze
+from ..core.analysis import analyze
 from ..core.config import Config, FilterPruningParams
-from ..core.scopes import ScopeMatcher
+from ..core.controller import analysis_options, pruning_params
 from ..errors import ConfigError
 from ._init_args import TFInitArgs, adapt_batchnorm, register_default_init_args
 from .callbacks import (
@@ -50,19 +50,7 @@ log = logging.getLogger("filterprune")
 
 
 def _params(config: Config) -> FilterPruningParams:
-    names = [a.get("algorithm") for a in config.algorithms()]
-    unsupported = [n for n in names if n != "filter_pruning"]
-    if unsupported:
-        raise ConfigError(
-            f"`compression` algorithm {unsupported[0]!r} is not available in the TensorFlow "
-            "frontend yet; this release runs 'filter_pruning'. Remove it from `compression`."
-        )
-    params = FilterPruningParams.from_config(config)
-    if params.interlayer_ranking_type != "unweighted_ranking":
-        raise ConfigError(
-            "`interlayer_ranking_type`='learned_ranking' (LeGR) is not available yet. "
-            "Use 'unweighted_ranking'."
-        )
+    params = pruning_params(config, "TensorFlow")
     if not config.sample_sizes():
         raise ConfigError(
             "`input_info.sample_size` is required to read the model, e.g. "
@@ -102,14 +90,7 @@ def create_compressed_model(model: Any, config: Config | dict,
         config = Config.from_dict(config)
     params = _params(config)
     cap = capture(model, config.sample_sizes())
-    scopes = ScopeMatcher(params.ignored_scopes, params.target_scopes)
-    options = AnalysisOptions(
-        prune_first_conv=params.prune_first_conv,
-        prune_downsample_convs=params.prune_downsample_convs,
-        prune_linear=params.prune_linear,
-        scope_reason=scopes.reason,
-    )
-    analysis = analyze(cap.graph, options)
+    analysis = analyze(cap.graph, analysis_options(params))
     for group in analysis.groups:
         if not group.prunable:
             log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)

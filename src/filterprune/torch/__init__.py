@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.analysis import AnalysisOptions, analyze
-from ..core.config import Config, FilterPruningParams
-from ..core.scopes import ScopeMatcher
+from ..core.analysis import analyze
+from ..core.config import Config
+from ..core.controller import analysis_options, pruning_params
 from ..errors import ConfigError
 from ._init_args import InitArgs, adapt_batchnorm, register_default_init_args
 from .capture import capture
@@ -65,29 +65,10 @@ def create_compressed_model(model: nn.Module, config: Config | dict,
     """
     if not isinstance(config, Config):
         config = Config.from_dict(config)
-    names = [a.get("algorithm") for a in config.algorithms()]
-    unsupported = [n for n in names if n != "filter_pruning"]
-    if unsupported:
-        raise ConfigError(
-            f"`compression` algorithm {unsupported[0]!r} is not available in the PyTorch "
-            "frontend yet; this release runs 'filter_pruning'. Remove it from `compression`."
-        )
-    params = FilterPruningParams.from_config(config)
-    if params.interlayer_ranking_type != "unweighted_ranking":
-        raise ConfigError(
-            "`interlayer_ranking_type`='learned_ranking' (LeGR) is not available yet. "
-            "Use 'unweighted_ranking'."
-        )
+    params = pruning_params(config, "PyTorch")
     sample = _sample(config, model)
     graph, _ = capture(model, sample)
-    scopes = ScopeMatcher(params.ignored_scopes, params.target_scopes)
-    options = AnalysisOptions(
-        prune_first_conv=params.prune_first_conv,
-        prune_downsample_convs=params.prune_downsample_convs,
-        prune_linear=params.prune_linear,
-        scope_reason=scopes.reason,
-    )
-    analysis = analyze(graph, options)
+    analysis = analyze(graph, analysis_options(params))
     for group in analysis.groups:
         if not group.prunable:
             log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)
