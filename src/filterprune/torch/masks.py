@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["weight_mask", "apply_masks", "remove_masks", "is_masked"]
+from ..core.weights import weight_mask
+
+__all__ = ["apply_masks", "remove_masks", "is_masked"]
 
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CONV_T_FN = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d,
@@ -80,25 +82,6 @@ def _masked_class(cls: type) -> type:
 
 def is_masked(module: nn.Module) -> bool:
     return hasattr(type(module), "_filterprune_base")
-
-
-def weight_mask(
-    shape: tuple[int, ...], roles: tuple[str | None, ...], keep: dict[str, np.ndarray], groups: int
-) -> np.ndarray:
-    """A float mask broadcastable to a weight of ``shape``: 1 where kept, 0 where cut."""
-    mask = np.ones([s if r in keep else 1 for s, r in zip(shape, roles, strict=False)], np.float32)
-    out_axis = roles.index("out") if "out" in roles else None
-    in_axis = roles.index("in") if "in" in roles else None
-    for axis, role in enumerate(roles):
-        if role in keep and keep[role].size == shape[axis]:
-            view = [1] * mask.ndim
-            view[axis] = shape[axis]
-            mask = mask * keep[role].reshape(view)
-    if groups > 1 and out_axis == 0 and in_axis == 1 and "in" in keep:
-        rows = shape[0]
-        cols = keep["in"].reshape(groups, -1)[np.arange(rows) // (rows // groups)]
-        mask = mask * cols.reshape(cols.shape + (1,) * (mask.ndim - 2))
-    return mask
 
 
 def apply_masks(model: nn.Module, layer_keeps: dict, layer_infos: dict, bn: bool = True) -> None:
