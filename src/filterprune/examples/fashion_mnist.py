@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from filterprune import NNCFConfig
+from filterprune.examples._config import pruning_config
 from filterprune.examples._training import (
     baseline,
     compare_latency,
@@ -28,17 +28,6 @@ from filterprune.examples._training import (
     train_one_epoch,
 )
 from filterprune.torch import create_compressed_model, register_default_init_args
-
-
-def pruning_config(epochs: int, init: float, target: float) -> NNCFConfig:
-    return NNCFConfig.from_dict({
-        "input_info": {"sample_size": [1, 1, 28, 28]},
-        "compression": {
-            "algorithm": "filter_pruning",
-            "pruning_init": init,
-            "params": {"pruning_target": target, "pruning_steps": max(epochs - 1, 1)},
-        },
-    })  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -27,8 +27,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from filterprune import NNCFConfig  # noqa: E402
 from filterprune.datasets import load_fashion_mnist  # noqa: E402
+from filterprune.examples._config import pruning_config
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training pixels in [0, 1]
 _CACHE_FORMAT = 2  # bump when small_cnn or the baseline recipe changes
@@ -136,17 +136,6 @@ def compare_latency(model_a: keras.Model, model_b: keras.Model, x: np.ndarray,
             times[i].append((time.perf_counter() - start) * 1000.0)
     a, b = statistics.median(times[0]), statistics.median(times[1])
     return {"a_median_ms": a, "b_median_ms": b, "ratio": b / a}
-
-
-def pruning_config(epochs: int, init: float, target: float) -> NNCFConfig:
-    return NNCFConfig.from_dict({
-        "input_info": {"sample_size": [1, 1, 28, 28]},
-        "compression": {
-            "algorithm": "filter_pruning",
-            "pruning_init": init,
-            "params": {"pruning_target": target, "pruning_steps": max(epochs - 1, 1)},
-        },
-    })  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .._batches import batch_inputs
 from ..core.config import Config
 from ..progress import progress
 
@@ -40,17 +41,9 @@ def register_default_init_args(config: Config, dataset: Any, batch_size: int | N
     return config
 
 
-def _inputs(batch: Any) -> Any:
-    if isinstance(batch, (list, tuple)):
-        return batch[0]
-    if isinstance(batch, dict):
-        return next(iter(batch.values()))
-    return batch
-
-
 def _batches(dataset: Any, rank: int, batch_size: int | None) -> Any:
     if isinstance(dataset, tf.data.Dataset):
-        spec = _inputs(dataset.element_spec)
+        spec = batch_inputs(dataset.element_spec)
         if getattr(spec, "shape", None) is not None and spec.shape.rank == rank - 1:
             return dataset.batch(batch_size or 1)
     return dataset
@@ -81,7 +74,7 @@ def adapt_batchnorm(model: Any, dataset: Any, num_samples: int, batch_size: int 
             for k, batch in enumerate(_batches(dataset, len(model.inputs[0].shape), batch_size)):
                 for bn in bns:
                     bn.momentum = k / (k + 1)
-                x = _inputs(batch)
+                x = batch_inputs(batch)
                 model(x, training=True)
                 n = int(keras.ops.shape(keras.tree.flatten(x)[0])[0])
                 seen += n

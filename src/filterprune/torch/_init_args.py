@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._batches import batch_inputs
 from ..core.config import Config
 from ..progress import progress
 
@@ -33,14 +34,6 @@ def register_default_init_args(config: Config, train_loader: Any, criterion: Any
     return config
 
 
-def _inputs(batch: Any) -> Any:
-    if isinstance(batch, (list, tuple)):
-        return batch[0]
-    if isinstance(batch, dict):
-        return next(iter(batch.values()))
-    return batch
-
-
 def adapt_batchnorm(model: nn.Module, loader: Any, num_samples: int) -> None:
     """Re-estimate BatchNorm running statistics on ``num_samples`` training samples."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -57,7 +50,7 @@ def adapt_batchnorm(model: nn.Module, loader: Any, num_samples: int) -> None:
     try:
         with torch.no_grad(), progress(total=num_samples, desc="BN adaptation") as bar:
             for batch in loader:
-                x = _inputs(batch).to(device)
+                x = batch_inputs(batch).to(device)
                 model(x)
                 seen += int(x.shape[0])
                 bar.update(int(x.shape[0]))
