@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-keras test test-slow data lint bench-zoo bench-speed clean
+.PHONY: demo demo-keras test test-slow data lint bench-zoo bench-speed bench-deploy clean
 
 $(STAMP): pyproject.toml requirements-test.txt
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench-zoo: $(STAMP)
 
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/analysis_speed.py
+
+bench-deploy: $(STAMP)
+	$(BIN)/python benchmarks/deploy.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

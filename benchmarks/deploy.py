@@ -4,8 +4,8 @@ For each case a torchvision model is pruned with the PyTorch frontend, exported
 with its pruned filters zeroed (``ctrl.export_model``), converted with
 ``filterprune.onnx.remove_zero_filters`` and compared with OpenVINO's own
 pruning pass on the same masked file: filters removed, FLOPs, equal outputs,
-and latency (median, p90, interleaved runs) in ONNX Runtime and OpenVINO, batch
-1 and 8. Also times the converter on a 100 MB+ model (ResNet-152).
+and latency (median, p90, models in turns) in ONNX Runtime and OpenVINO, batch
+1 and 8, 1 and 2 threads. Also times the converter on a 100 MB+ model (ResNet-152).
 
     python benchmarks/deploy.py                # everything (several minutes)
     python benchmarks/deploy.py --quick        # short timings, for a smoke run
@@ -113,16 +113,18 @@ def read_onnx(path: Path):
     return onnx.load(str(path))
 
 
-def bench_case(masked: Path, out: Path, batches, threads: int, seconds: float) -> list[dict]:
+def bench_case(masked: Path, out: Path, batches, threads: list[int], seconds: float) -> list[dict]:
     from filterprune.onnx.bench import benchmark
 
-    rows = benchmark({"dense": str(masked), "ours": str(out / "ours.onnx")},
-                     runtime="onnxruntime", batches=batches, threads=threads,
-                     seconds=seconds, min_runs=10)  # fmt: skip
-    rows += benchmark({"dense": str(masked), "ours": str(out / "ours.xml"),
-                       "openvino-pass": str(out / "ovpass.xml")},
-                      runtime="openvino", batches=batches, threads=threads,
-                      seconds=seconds, min_runs=10)  # fmt: skip
+    rows = []
+    for n in threads:
+        rows += benchmark({"dense": str(masked), "ours": str(out / "ours.onnx")},
+                          runtime="onnxruntime", batches=batches, threads=n,
+                          seconds=seconds, min_runs=10)  # fmt: skip
+        rows += benchmark({"dense": str(masked), "ours": str(out / "ours.xml"),
+                           "openvino-pass": str(out / "ovpass.xml")},
+                          runtime="openvino", batches=batches, threads=n,
+                          seconds=seconds, min_runs=10)  # fmt: skip
     return [r.to_dict() for r in rows]
 
 
@@ -142,12 +144,11 @@ def big_model(tmp: Path) -> dict:
 
 def write_markdown(data: dict) -> str:
     lines = ["# Deploy: zero-filter removal on exported models", "",
-             f"Machine: {data['machine']}. Threads per runtime: {data['threads']}. "
-             "Latency: median of interleaved runs (dense, ours, OpenVINO pass, dense, ...); "
-             "other jobs shared the 2 cores (1-minute load average "
-             f"{data['load_before']:.1f} at the start, {data.get('load_after', float('nan')):.1f} "
-             "at the end), so absolute times are inflated and noisy; ratios come from runs "
-             "measured side by side.", ""]  # fmt: skip
+             f"Machine: {data['machine']}; 1-minute load average {data['load_before']:.1f} "
+             f"at the start, {data.get('load_after', float('nan')):.1f} at the end. "
+             "Latency: median of runs in turns of about a second per model (dense, ours, "
+             "OpenVINO pass, dense, ...), one model loaded at a time; ratios come from "
+             "models measured side by side in one run.", ""]  # fmt: skip
     lines += ["## Conversion", "",
               "| case | torch FLOPs kept | ours FLOPs kept | OV pass FLOPs kept "
               "| filters ours / OV pass "
@@ -167,12 +168,12 @@ def write_markdown(data: dict) -> str:
             f"| {v['openvino_pass_s']:.2f} |"
         )  # fmt: skip
     lines += ["", "## Latency", "",
-              "| case | runtime | batch | model | median ms | p90 ms | samples/s | speed-up "
-              "| FLOPs ratio | speed-up / FLOPs ratio |", "|" + "---|" * 10]  # fmt: skip
+              "| case | runtime | threads | batch | model | median ms | p90 ms | samples/s "
+              "| speed-up | FLOPs ratio | speed-up / FLOPs ratio |", "|" + "---|" * 11]  # fmt: skip
     for c in data["cases"]:
         for r in c["bench"]:
             lines.append(
-                f"| {c['case']} | {r['runtime']} | {r['batch']} | {r['label']} | "
+                f"| {c['case']} | {r['runtime']} | {r['threads']} | {r['batch']} | {r['label']} | "
                 f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['throughput']:.1f} | "
                 f"{r['speedup']:.2f}x | {r['flops_ratio']:.2f}x | {r['of_flops_ratio']:.2f} |"
             )  # fmt: skip
@@ -189,17 +190,18 @@ def write_markdown(data: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short timings")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
     parser.add_argument("--no-big", action="store_true", help="skip the ResNet-152 timing")
     parser.add_argument("cases", nargs="*", help="case names (default: all)")
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(args.threads)
+    threads = [int(t) for t in args.threads.split(",")]
+    torch.set_num_threads(max(threads))
     os.environ.setdefault("FILTERPRUNE_NO_PROGRESS", "1")
-    seconds = 3.0 if args.quick else 30.0
+    seconds = 3.0 if args.quick else 20.0
     data = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "threads": args.threads, "load_before": os.getloadavg()[0], "cases": []}  # fmt: skip
+            "threads": threads, "load_before": os.getloadavg()[0], "cases": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, arch, prune in CASES:
@@ -210,7 +212,7 @@ def main() -> None:
             kept = masked_model(arch, prune, out / "masked.onnx")
             conv = convert_case(out / "masked.onnx", out)
             print(name, json.dumps(conv, indent=1), flush=True)
-            rows = bench_case(out / "masked.onnx", out, (1, 8), args.threads, seconds)
+            rows = bench_case(out / "masked.onnx", out, (1, 8), threads, seconds)
             data["cases"].append({"case": name, "torch_flops_kept": kept, "convert": conv,
                                   "bench": rows})  # fmt: skip
             print(write_markdown(data), flush=True)

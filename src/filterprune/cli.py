@@ -122,13 +122,15 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_ints, default=[1], help="batch sizes, e.g. 1,8")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     p.add_argument("--seconds", type=float, default=10.0, help="time per batch size")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs per model")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs each time a model loads")
     p.add_argument("--runs", type=int, default=20, help="at least this many timed runs")
+    p.add_argument("--turn-seconds", type=float, default=1.0, help="timed seconds per turn")
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
 
 
-@register_subcommand("bench", "latency of a dense and a pruned model, interleaved", _add_bench)
+@register_subcommand("bench", "latency of a dense and a pruned model, side by side", _add_bench)
 def run_bench(args: argparse.Namespace) -> int:
+    from .onnx._io import atomic_write
     from .onnx.bench import benchmark, format_table
 
     paths = [args.dense, *args.pruned]
@@ -140,10 +142,12 @@ def run_bench(args: argparse.Namespace) -> int:
             return _error(f"no such model file: {p!r}.")
     rows = benchmark(dict(zip(labels, paths, strict=True)), runtime=args.runtime,
                      batches=args.batch, threads=args.threads, warmup=args.warmup,
-                     min_runs=args.runs, seconds=args.seconds)  # fmt: skip
+                     min_runs=args.runs, seconds=args.seconds,
+                     turn_seconds=args.turn_seconds)  # fmt: skip
     print(format_table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
+        text = json.dumps([r.to_dict() for r in rows], indent=2)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text), suffix=".json")
     return 0
 
 

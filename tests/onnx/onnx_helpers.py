@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx import helper, numpy_helper
 from torch import nn
 
 from filterprune.onnx import remove_zero_filters
@@ -112,3 +113,15 @@ class TinyNet(nn.Module):
         gate = torch.sigmoid(self.se2(torch.relu(self.se1(x.mean((2, 3), keepdim=True)))))
         x = F.adaptive_avg_pool2d(torch.relu(self.down(x * gate)), 4)
         return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def save_graph(tmp_path, nodes, weights, x_shape, y_shape, opset=17):
+    """Save a graph made with ``onnx.helper``; ``weights`` name -> array become initializers."""
+    inits = [numpy_helper.from_array(w if w.dtype == np.int64 else w.astype(np.float32), name)
+             for name, w in weights.items()]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, x_shape)],
+                              [helper.make_tensor_value_info("y", 1, y_shape)], inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    onnx.save(model, tmp_path / "m.onnx")
+    return str(tmp_path / "m.onnx")

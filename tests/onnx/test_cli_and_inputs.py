@@ -174,7 +174,7 @@ def test_bench_cli(masked, tmp_path, runtime, batches, capsys):
     small = tmp_path / "small.onnx"
     assert main(["convert", masked, "-o", str(small)]) == 0
     js = tmp_path / "bench.json"
-    fast = ["--seconds", "0", "--warmup", "1", "--runs", "3"]
+    fast = ["--seconds", "0", "--warmup", "1", "--runs", "3", "--turn-seconds", "0.01"]
     batch = ",".join(map(str, batches))
     assert main(["bench", masked, str(small), "--runtime", runtime, "--batch", batch, *fast,
                  "--json", str(js)]) == 0  # fmt: skip

@@ -1,12 +1,15 @@
 """Each supported op: zero filters go, outputs stay equal, shapes stay consistent."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx import helper
 from onnx_helpers import (
     convert,
     export,
     layer,
+    save_graph,
     seed_torch,  # noqa: F401 - autouse fixture
     weight_shape,
     zero,
@@ -295,3 +298,38 @@ def test_conv_transpose(tmp_path):
     x = torch.randn(1, 3, 6, 6)
     new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
     assert layer(report, "/a/").removed == 2 and layer(report, "/up/").removed == 1
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_split_sizes_as_attribute_or_input(opset, tmp_path):
+    """Before opset 13 Split sizes are an attribute; from 13 on they are an input."""
+    rng = np.random.default_rng(0)
+    w = {"wa": rng.normal(size=(12, 3, 1, 1)), "ba": rng.normal(size=12),
+         "w1": rng.normal(size=(2, 4, 1, 1)), "w2": rng.normal(size=(2, 8, 1, 1))}  # fmt: skip
+    w["wa"][[0, 5, 6, 11]] = w["ba"][[0, 5, 6, 11]] = 0
+    if opset < 13:
+        split = helper.make_node("Split", ["a"], ["p", "q"], axis=1, split=[4, 8])
+    else:
+        w["sizes"] = np.array([4, 8], dtype=np.int64)
+        split = helper.make_node("Split", ["a", "sizes"], ["p", "q"], axis=1)
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a"), split,
+             helper.make_node("Conv", ["p", "w1"], ["c1"], name="c1"),
+             helper.make_node("Conv", ["q", "w2"], ["c2"], name="c2"),
+             helper.make_node("Add", ["c1", "c2"], ["y"])]  # fmt: skip
+    new, report = convert(save_graph(tmp_path, nodes, w, [1, 3, 6, 6], [1, 2, 6, 6], opset),
+                          np.zeros((1, 3, 6, 6)))  # fmt: skip
+    assert layer(report, "a").removed == 4
+    assert weight_shape(new, "c1") == (2, 3, 1, 1) and weight_shape(new, "c2") == (2, 5, 1, 1)
+
+
+def test_gemm_with_untransposed_weights(tmp_path):
+    """transB=0 keeps output channels in the weight's columns, not its rows."""
+    rng = np.random.default_rng(0)
+    w = {"w1": rng.normal(size=(8, 6)), "b1": rng.normal(size=6), "w2": rng.normal(size=(6, 3))}
+    w["w1"][:, [1, 4]] = w["b1"][[1, 4]] = 0
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], name="fc2", transB=0)]  # fmt: skip
+    new, report = convert(save_graph(tmp_path, nodes, w, [2, 8], [2, 3], 17), np.zeros((2, 8)))
+    assert layer(report, "fc1").removed == 2
+    assert weight_shape(new, "fc1") == (8, 4) and weight_shape(new, "fc2") == (4, 3)

@@ -1,9 +1,12 @@
 """Latency and throughput of several models, measured side by side.
 
-Runs are interleaved (A, B, A, B...) so that load from other processes and
-frequency changes hit every model alike. The first model is the baseline: each
-row reports its speed-up over it, its FLOPs ratio, and how much of the FLOPs
-ratio the speed-up achieves (1.0: latency fell exactly as FLOPs did).
+Models take turns (A, B, A, B...) of about a second each, so that load from
+other processes and frequency changes hit every model alike. Only one model is
+loaded at a time: an idle runtime's worker threads keep spinning for a while
+after each run, and on a small machine they would steal a core from the model
+being timed. The first model is the baseline: each row reports its speed-up over
+it, its FLOPs ratio, and how much of the FLOPs ratio the speed-up achieves
+(1.0: latency fell exactly as FLOPs did).
 
 Example:
     >>> rows = benchmark({"dense": "d.onnx", "pruned": "p.onnx"}, batches=(1, 8))  # doctest: +SKIP
@@ -12,9 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -79,60 +83,74 @@ def _with_batch(proto: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     return out
 
 
-class _Runner:
-    """One compiled model at one batch size; ``__call__`` runs it once."""
+def _prepared(model: Any, runtime: str, batch: int) -> Any:
+    """``model`` read once and fixed to ``batch``: ONNX bytes, or an ``openvino.Model``."""
+    if runtime == "openvino":
+        from .openvino import read_openvino
 
-    def __init__(self, model: Any, runtime: str, batch: int, threads: int) -> None:
-        from .convert import random_inputs
+        m = read_openvino(model)
+        m.reshape({p.get_any_name(): [batch, *list(p.get_partial_shape().to_shape())[1:]]
+                   for p in m.inputs})  # fmt: skip
+        return m
+    return _with_batch(load_model(model), batch).SerializeToString()
 
-        if runtime == "openvino":
-            import openvino as ov
 
-            from .openvino import read_openvino
+def _session(model: Any, runtime: str, batch: int, threads: int) -> Callable[[], Any]:
+    """Load a prepared model; returns a function that runs it once on random inputs."""
+    rng = np.random.default_rng(0)
+    if runtime == "openvino":
+        import openvino as ov
 
-            m = read_openvino(model)
-            shapes = {p.get_any_name(): [batch, *list(p.get_partial_shape().to_shape())[1:]]
-                      for p in m.inputs}  # fmt: skip
-            m.reshape(shapes)
-            self.compiled = ov.Core().compile_model(m, "CPU", {
-                "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
-            rng = np.random.default_rng(0)
-            self.feeds = [rng.standard_normal(s).astype(np.float32) for s in shapes.values()]
-            self.request = self.compiled.create_infer_request()
-            self.run = lambda: self.request.infer(self.feeds)
-        elif runtime == "onnxruntime":
-            import onnxruntime as ort
+        compiled = ov.Core().compile_model(model, "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
+        feeds = [rng.standard_normal(list(p.get_shape())).astype(np.float32)
+                 for p in compiled.inputs]  # fmt: skip
+        request = compiled.create_infer_request()
+        return lambda: request.infer(feeds)
+    import onnxruntime as ort
 
-            proto = _with_batch(load_model(model), batch)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            sess = ort.InferenceSession(proto.SerializeToString(), opts,
-                                        providers=["CPUExecutionProvider"])  # fmt: skip
-            feeds = random_inputs(proto, batch)
-            self.run = lambda: sess.run(None, feeds)
-        else:
-            raise ValueError(f"`runtime` must be one of {RUNTIMES}. Received: runtime={runtime!r}.")
+    from .convert import random_inputs
 
-    def __call__(self) -> float:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    feeds = random_inputs(onnx.load_from_string(model), batch)
+    return lambda: sess.run(None, feeds)
+
+
+def _turn(model: Any, runtime: str, batch: int, threads: int, warmup: int,
+          seconds: float) -> list[float]:  # fmt: skip
+    """Load ``model``, run it ``warmup`` times, then time runs for ``seconds`` (at least one)."""
+    run = _session(model, runtime, batch, threads)
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    start = time.perf_counter()
+    while not times or time.perf_counter() - start < seconds:
         t = time.perf_counter()
-        self.run()
-        return time.perf_counter() - t
+        run()
+        times.append(time.perf_counter() - t)
+    del run
+    gc.collect()  # frees the session and its threads before the next model loads
+    return times
 
 
 def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
-              batches: Sequence[int] = (1,), threads: int = 1, warmup: int = 5,
-              min_runs: int = 20, seconds: float = 10.0) -> list[BenchRow]:  # fmt: skip
+              batches: Sequence[int] = (1,), threads: int = 1, warmup: int = 3,
+              min_runs: int = 20, seconds: float = 10.0,
+              turn_seconds: float = 1.0) -> list[BenchRow]:  # fmt: skip
     """Time every model in ``models`` (label -> ONNX/IR path, proto or openvino.Model).
 
     Args:
         runtime: ``onnxruntime`` or ``openvino`` (CPU).
         batches: Batch sizes; each is timed separately.
         threads: Intra-op threads of each runtime.
-        warmup: Untimed runs per model first.
+        warmup: Untimed runs each time a model is loaded.
         min_runs: At least this many timed runs per model.
         seconds: Stop after this long (per batch size) once ``min_runs`` are done.
+        turn_seconds: Timed seconds per model per turn.
 
     Returns:
         One :class:`BenchRow` per model and batch size, the first model as baseline.
@@ -145,24 +163,24 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
         raise ValueError(f"`batches` and `threads` must be >= 1. Received: {batches}, {threads}.")
     flops = {label: model_flops(m) for label, m in models.items()}
     rows: list[BenchRow] = []
-    for batch in batches:
+    for batch in map(int, batches):
         try:
-            runners = {label: _Runner(m, runtime, int(batch), int(threads))
-                       for label, m in models.items()}  # fmt: skip
+            prepared = {label: _prepared(m, runtime, batch) for label, m in models.items()}
+            for model in prepared.values():  # fail early, before any timing
+                _session(model, runtime, batch, int(threads))()
         except Exception as err:  # noqa: BLE001 - the runtime rejects the model or batch size
             message = f"{runtime} could not run the models at batch {batch}: {err}"
             raise ConversionError(message) from err
-        for run in runners.values():
-            for _ in range(warmup):
-                run()
-        times: dict[str, list[float]] = {label: [] for label in runners}
+        times: dict[str, list[float]] = {label: [] for label in prepared}
         start = time.perf_counter()
         with progress(desc=f"bench batch {batch}") as bar:
-            while len(times[next(iter(times))]) < min_runs or time.perf_counter() - start < seconds:
-                for label, run in runners.items():
-                    times[label].append(run())
+            while (min(map(len, times.values())) < min_runs
+                   or time.perf_counter() - start < seconds):  # fmt: skip
+                for label, model in prepared.items():
+                    times[label] += _turn(model, runtime, batch, int(threads), warmup,
+                                          turn_seconds)  # fmt: skip
                 bar.update(1)
-        rows += _rows(times, flops, runtime, int(batch), int(threads))
+        rows += _rows(times, flops, runtime, batch, int(threads))
     return rows
 
 
