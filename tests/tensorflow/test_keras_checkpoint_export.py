@@ -124,6 +124,29 @@ def test_onnx_export_matches(pruned, tmp_path):
     _close(sess.run(None, {sess.get_inputs()[0].name: x})[0], ref)
 
 
+def test_zero_filter_converter_on_the_keras_onnx_export(pruned, tmp_path):
+    """tf2onnx's channels-last export of the masked model: the converter removes exactly
+    what ``strip()`` removes, and the outputs stay those of the Keras model."""
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from filterprune.onnx import remove_zero_filters
+
+    ctrl, ref, x = pruned
+    ctrl.export_model(str(tmp_path / "masked.onnx"))
+    ctrl.export_model(str(tmp_path / "small.onnx"), shrink=True)
+    converted, report = remove_zero_filters(str(tmp_path / "masked.onnx"))
+    sess = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    _close(sess.run(None, {sess.get_inputs()[0].name: x})[0], ref)
+
+    def sizes(model):
+        return sorted(int(np.prod(i.dims)) for i in model.graph.initializer if len(i.dims) > 1)
+
+    assert sizes(converted) == sizes(onnx.load(str(tmp_path / "small.onnx")))
+    assert report.removed > 0
+
+
 def test_export_rejects_unknown_format_and_bad_suffix(pruned, tmp_path):
     ctrl, _, _ = pruned
     with pytest.raises(ValueError, match=r"must be one of .*Received: save_format='h5'"):

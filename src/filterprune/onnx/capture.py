@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..core.graph import Graph, LayerInfo, Node
+from ._batch import batch_free_target
 from ._ops import OPS, ZERO_CHECKS, NodeView
 
 __all__ = ["Captured", "capture", "opset_of"]
@@ -126,9 +127,11 @@ class _Builder:
         self.graph = self.cap.graph
         self.dq_weights: dict[str, int] = {}  # output of a DequantizeLinear of a constant
         self.readers: dict[str, int] = {}
+        self.producer: dict[str, onnx.NodeProto] = {}
         for n in model.graph.node:
             for i in n.input:
                 self.readers[i] = self.readers.get(i, 0) + 1
+            self.producer.update((o, n) for o in n.output if o)
         self.noops: set[str] = set()
         self.symbolic: set[str] = set()  # tensors with a dynamic dimension past the batch
         self._prefold()
@@ -138,6 +141,7 @@ class _Builder:
         """Fold constants, then infer shapes again with them known (computed Pad widths...)."""
         initial = set(self.consts)
         folded = [n for n in self.model.graph.node if self.fold(n)]
+        folded += [n for n in self.model.graph.node if self._fixed_target(n)]
         if not folded:
             return
         m = onnx.ModelProto()
@@ -230,6 +234,17 @@ class _Builder:
             zero = 0.0 if zp is None else zp.astype(np.float64).reshape(view)
             return (x - zero) * scale.reshape(view)
         return None
+
+    def _fixed_target(self, node: onnx.NodeProto) -> bool:
+        """Read a Reshape target computed from the dynamic batch size as a constant."""
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] in self.consts:
+            return False
+        if self.readers.get(node.input[1]) != 1 or _attrs(node).get("allowzero", 0):
+            return False
+        value = batch_free_target(node, self.producer, self.consts, self.static, self.opset)
+        if value is not None:
+            self.consts[node.input[1]] = value
+        return value is not None
 
     # -- operands ----------------------------------------------------------------------------
     def operand(self, name: str) -> str:

@@ -123,8 +123,17 @@ class _Zeros:
             return self.all_roots(node.name)
         if mode == "keep":
             arrays = [self._in(i) for i in ins]
-            return np.unique(np.concatenate(arrays)) if arrays else _EMPTY
-        return self.elementwise(node, mode, ins)
+            out = np.unique(np.concatenate(arrays)) if arrays else _EMPTY
+        else:
+            out = self.elementwise(node, mode, ins)
+        return np.union1d(out, self._fresh(node))
+
+    def _fresh(self, node: Node) -> np.ndarray:
+        """Roots of ``node``'s output that none of its inputs carries (a reshape to a
+        computed shape starts new ones): nothing is known of their values."""
+        mine = self.all_roots(node.name)
+        theirs = [self.all_roots(i) for i in node.inputs]
+        return np.setdiff1d(mine, np.concatenate(theirs)) if theirs else mine
 
     def _in(self, name: str) -> np.ndarray:
         return self.nz.get(name, _EMPTY)

@@ -1,0 +1,83 @@
+"""Reshape targets computed from a dynamic batch size (exports with a dynamic batch axis)."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+from onnx_helpers import (
+    convert,
+    export,
+    layer,
+    save_graph,
+    seed_torch,  # noqa: F401 - autouse fixture
+    weight_shape,
+    zero,
+)
+from torch import nn
+
+
+def _flatten_chain(tmp_path):
+    """x -> Conv a (2 zero filters) -> Relu -> Reshape(x, [N, 128]) -> MatMul w1
+    (2 zero columns) -> Relu -> MatMul w2; the target is built as tf2onnx's Flatten
+    does: ``Concat(Shape(h)[0:1], [128])``."""
+    rng = np.random.default_rng(0)
+    w = {"wa": rng.normal(size=(8, 3, 3, 3)), "ba": rng.normal(size=8),
+         "w1": rng.normal(size=(128, 6)), "w2": rng.normal(size=(6, 5)),
+         "zero": np.array([0], dtype=np.int64), "one": np.array([1], dtype=np.int64),
+         "rest": np.array([128], dtype=np.int64)}  # fmt: skip
+    w["wa"][[2, 5]] = w["ba"][[2, 5]] = 0
+    w["w1"][:, [1, 4]] = 0
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["h"]),
+             helper.make_node("Shape", ["h"], ["s"]),
+             helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+             helper.make_node("Concat", ["n", "rest"], ["target"], axis=0),
+             helper.make_node("Reshape", ["h", "target"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w1"], ["m1"], name="fc1"),
+             helper.make_node("Relu", ["m1"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "w2"], ["y"], name="fc2")]  # fmt: skip
+    return save_graph(tmp_path, nodes, w, ["N", 3, 4, 4], ["N", 5])
+
+
+def test_computed_flatten_target_is_rewritten(tmp_path):
+    new, report = convert(_flatten_chain(tmp_path), np.zeros((3, 3, 4, 4)))
+    assert layer(report, "a").removed == 2 and layer(report, "fc1").removed == 2
+    assert weight_shape(new, "fc1") == (96, 4) and weight_shape(new, "fc2") == (4, 5)
+    assert not any(n.op_type == "Shape" for n in new.graph.node)  # a constant target now
+
+
+def test_unreadable_target_keeps_channels_and_outputs(tmp_path, monkeypatch):
+    """When the target cannot be read, the flattened channels stay, and what follows the
+    reshape is still judged by its real values (it used to look all-zero)."""
+    module = sys.modules["filterprune.onnx.capture"]  # the package re-exports a function
+    monkeypatch.setattr(module, "batch_free_target", lambda *args: None)
+    new, report = convert(_flatten_chain(tmp_path), np.zeros((3, 3, 4, 4)))
+    assert layer(report, "a").removed == 0 and layer(report, "a").kept_zero == 2
+    assert layer(report, "fc1").removed == 2
+    assert weight_shape(new, "fc1") == (128, 4) and weight_shape(new, "fc2") == (4, 5)
+
+
+@pytest.mark.parametrize("view", ["size0_minus1", "size0_literal"])
+def test_torch_view_with_dynamic_batch(view, tmp_path):
+    """``x.view(x.size(0), -1)`` exports ``Concat(Shape(x)[0], -1)``: the batch entry
+    becomes 0 (copy), as -1 is taken; with a literal width it becomes -1."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8 * 16, 10)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            return self.fc(h.view(h.size(0), -1 if view == "size0_minus1" else 8 * 16))
+
+    m = Net()
+    zero(m.conv, [0, 3, 7])
+    path = export(m, torch.randn(2, 3, 4, 4), tmp_path / "m.onnx", input_names=["x"],
+                  dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    new, report = convert(path, torch.zeros(5, 3, 4, 4))
+    assert layer(report, "conv").removed == 3
+    assert weight_shape(new, "fc") == (10, 5 * 16)
