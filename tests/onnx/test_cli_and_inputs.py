@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import onnx
@@ -184,3 +185,15 @@ def test_bench_cli(masked, tmp_path, runtime, batches, capsys):
     assert rows[1]["flops_ratio"] > 1.0 and "speed-up" in capsys.readouterr().out
     assert main(["bench", masked, str(tmp_path / "nope.onnx")]) == 2
     assert os.path.exists(js)
+
+
+def test_analysis_failure_leaves_the_model_unchanged(masked, monkeypatch):
+    module = sys.modules["filterprune.onnx.convert"]
+
+    def broken(cap):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(module, "find_removable", broken)
+    new, report = remove_zero_filters(masked)
+    assert new.graph == onnx.load(masked).graph and not report.changed
+    assert "analysis failed (ValueError: boom)" in report.notes[0]

@@ -147,6 +147,25 @@ def test_zero_filter_converter_on_the_keras_onnx_export(pruned, tmp_path):
     assert report.removed > 0
 
 
+def test_onnx_export_of_captured_constants_grouped_conv_and_gelu(tmp_path):
+    """A Normalization layer's statistics stay constants (not extra inputs); the grouped
+    convolution Keras compiles with XLA and the exact GELU (Erfc) both convert."""
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 4), name="image")
+    x = keras.layers.Normalization(mean=0.5, variance=2.0)(inp)
+    x = keras.layers.Conv2D(8, 3, groups=2, padding="same")(x)
+    x = keras.layers.Activation("gelu")(x)
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    ctrl, model = create_compressed_model(model, make_config(sample=(1, 16, 16, 4)))
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 4)).astype("float32")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image"]
+    _close(sess.run(None, {"image": x})[0], model(x, training=False).numpy())
+
+
 def test_export_rejects_unknown_format_and_bad_suffix(pruned, tmp_path):
     ctrl, _, _ = pruned
     with pytest.raises(ValueError, match=r"must be one of .*Received: save_format='h5'"):

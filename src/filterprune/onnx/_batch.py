@@ -3,9 +3,10 @@
 Exporters with a dynamic batch often build a Reshape target at run time:
 ``Concat(Shape(x)[0:1], [512])`` (tf2onnx's Flatten) or ``Concat(Shape(x)[0], -1)``.
 Evaluating that small subgraph at two batch sizes shows which entries depend on
-the batch. When only one does, the target can be written as a constant with that
-entry as ``-1`` (or ``0``, copy the input's dimension, when another entry is
-``-1`` already), which the converter can then rewrite like any constant target.
+the batch. When only one does, and it is the batch size itself, the target can be
+written as a constant with that entry as ``-1`` (or ``0``, copy the input's
+dimension, when another entry is ``-1`` already), which the converter can then
+rewrite like any constant target.
 """
 
 from __future__ import annotations
@@ -85,11 +86,13 @@ def batch_free_target(node: onnx.NodeProto, producer: Mapping[str, onnx.NodeProt
     if varying.size == 0:
         return one
     i = int(varying[0])
+    if (one[i], two[i]) != (1, 2):
+        return None  # e.g. batch * height: shapes downstream would read it as the batch
     if -1 not in one.tolist():
         one[i] = -1
         return one
     dims = static.get(node.input[0]) or ()
-    if i < len(dims) and dims[i] is None and (one[i], two[i]) == (1, 2):
+    if i < len(dims) and dims[i] is None:
         one[i] = 0  # Reshape copies the input's (batch) dimension for a 0 entry
         return one
     return None

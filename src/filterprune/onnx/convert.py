@@ -108,8 +108,14 @@ def remove_zero_filters(
     t0 = time.perf_counter()
     proto = load_model(model)
     t1 = time.perf_counter()
-    cap = capture(proto)
-    decision = find_removable(cap)
+    try:
+        cap = capture(proto)
+        decision = find_removable(cap)
+    except Exception as err:  # noqa: BLE001 - a graph the analysis misreads stays as it is
+        report = ConversionReport(0, 0, 0, 0)
+        report.notes.append(f"the analysis failed ({type(err).__name__}: {err}); the model is "
+                            "unchanged. Please report this model.")  # fmt: skip
+        return proto, report
     report = build_report(cap, decision)
     t2 = time.perf_counter()
     report.seconds = {"load": t1 - t0, "analyze": t2 - t1}

@@ -6,13 +6,17 @@ failed export never leaves half a file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
+
+from ._graphdef import prepare_for_onnx
 
 __all__ = ["FORMATS", "export", "resolve_format", "serving_function"]
 
@@ -58,13 +62,31 @@ def serving_function(model: Any) -> tuple[Any, list[tf.TensorSpec]]:
     return serve, specs
 
 
-def _frozen_graph(model: Any, path: str) -> None:
+def _frozen(model: Any) -> Any:
+    """The serving function with every variable and captured tensor as a constant."""
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
 
     serve, _ = serving_function(model)
-    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    with _quiet_tf():
+        return convert_variables_to_constants_v2(serve.get_concrete_function())
+
+
+@contextlib.contextmanager
+def _quiet_tf() -> Iterator[None]:
+    """Hide the deprecation notices that TF1 graph utilities log on every call."""
+    tf_log = tf.get_logger()
+    level = tf_log.level
+    tf_log.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        tf_log.setLevel(level)
+
+
+def _frozen_graph(model: Any, path: str) -> None:
+    frozen = _frozen(model)
     graph_def = frozen.graph.as_graph_def()
     with open(path, "wb") as f:
         f.write(graph_def.SerializeToString())
@@ -74,21 +96,48 @@ def _frozen_graph(model: Any, path: str) -> None:
 
 def _onnx(model: Any, path: str) -> None:
     try:
+        import onnx
         import tf2onnx
     except ImportError as err:
         raise ImportError(
             "save_format='onnx' needs tf2onnx (`pip install tf2onnx`). Received: it cannot be "
             f"imported ({err}). Use save_format='saved_model' and convert that instead."
         ) from err
-    serve, specs = serving_function(model)
+    # Frozen first: from_function would turn tensors the model captures (a Normalization
+    # layer's mean and variance) into extra graph inputs.
+    frozen = _frozen(model)
     try:
-        tf2onnx.convert.from_function(serve, input_signature=specs, opset=17, output_path=path)
+        with _quiet_tf():
+            proto, _ = tf2onnx.convert.from_graph_def(
+                prepare_for_onnx(frozen.graph.as_graph_def()),
+                input_names=[t.name for t in frozen.inputs],
+                output_names=[t.name for t in frozen.outputs], opset=17)  # fmt: skip
     except Exception as err:  # noqa: BLE001 - any converter failure is reported the same way
         raise RuntimeError(
             f"tf2onnx {tf2onnx.__version__} could not convert this model under TensorFlow "
             f"{tf.__version__}: {err}. tf2onnx may not support this TensorFlow version; use "
             "save_format='saved_model' and convert it with a tf2onnx release that does."
         ) from err
+    _plain_input_names(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as err:
+        raise RuntimeError(
+            f"tf2onnx {tf2onnx.__version__} wrote an invalid ONNX model for {model.name!r}: "
+            f"{str(err).splitlines()[0]}. Nothing was written; export a SavedModel instead "
+            "(save_format='saved_model')."
+        ) from err
+    onnx.save(proto, path)
+
+
+def _plain_input_names(proto: Any) -> None:
+    """Inputs named as the Keras inputs (``image``), not as graph tensors (``image:0``)."""
+    for value in proto.graph.input:
+        if not value.name.endswith(":0"):
+            continue
+        old, value.name = value.name, value.name[:-2]
+        for node in proto.graph.node:
+            node.input[:] = [value.name if i == old else i for i in node.input]
 
 
 def _write(fmt: str, model: Any, path: str) -> None:
