@@ -81,3 +81,32 @@ def test_torch_view_with_dynamic_batch(view, tmp_path):
     new, report = convert(path, torch.zeros(5, 3, 4, 4))
     assert layer(report, "conv").removed == 3
     assert weight_shape(new, "fc") == (10, 5 * 16)
+
+
+def test_rows_times_batch_reshape(tmp_path):
+    """tf2onnx's Dense on a 4-D tensor: reshape to (batch * rows, C), MatMul, reshape back.
+    The first dimension there is not the batch; shapes come from evaluating the targets."""
+    rng = np.random.default_rng(0)
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    w = {"wa": rng.normal(size=(8, 3, 1, 1)), "w1": rng.normal(size=(8, 6)),
+         "w2": rng.normal(size=(6, 5)), "lo": i64(0), "hi": i64(3), "c8": i64(8),
+         "c6": i64(6)}  # fmt: skip
+    w["wa"][[0, 7]] = 0
+    w["w1"][:, [1, 4]] = 0
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
+             helper.make_node("Transpose", ["a"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Shape", ["t"], ["s"]),
+             helper.make_node("Slice", ["s", "lo", "hi"], ["lead"]),
+             helper.make_node("ReduceProd", ["lead"], ["rows"], keepdims=1),
+             helper.make_node("Concat", ["rows", "c8"], ["target1"], axis=0),
+             helper.make_node("Reshape", ["t", "target1"], ["r"]),
+             helper.make_node("MatMul", ["r", "w1"], ["m"], name="fc1"),
+             helper.make_node("Concat", ["lead", "c6"], ["target2"], axis=0),
+             helper.make_node("Reshape", ["m", "target2"], ["back"]),
+             helper.make_node("Relu", ["back"], ["h"]),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")]  # fmt: skip
+    new, report = convert(save_graph(tmp_path, nodes, w, ["N", 3, 4, 4], ["N", 4, 4, 5]),
+                          np.zeros((3, 3, 4, 4)))  # fmt: skip
+    assert layer(report, "a").removed == 0 and layer(report, "a").kept_zero == 2
+    assert layer(report, "fc1").removed == 2
+    assert weight_shape(new, "fc1") == (8, 4) and weight_shape(new, "fc2") == (4, 5)

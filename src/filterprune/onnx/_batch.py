@@ -11,20 +11,33 @@ rewrite like any constant target.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 import numpy as np
 import onnx
 
-__all__ = ["batch_free_target"]
+__all__ = ["batch_free_target", "evaluate_at_batch"]
 
 _MAX_NODES = 64  # shape arithmetic is small; anything larger is not what we look for
 
 
-def _evaluate(name: str, producer: Mapping[str, onnx.NodeProto], consts: Mapping[str, Any],
-              static: Mapping[str, Any], opset: int, batch: int) -> np.ndarray | None:  # fmt: skip
-    """The value of ``name`` when every dynamic leading dimension is ``batch``."""
+def evaluate_at_batch(name: str, producer: Mapping[str, onnx.NodeProto],
+                      consts: Mapping[str, Any], static: Mapping[str, Any],
+                      batch_led: Set[str], opset: int,
+                      batch: int) -> np.ndarray | None:  # fmt: skip
+    """The value of ``name`` when the batch size is ``batch``, or None.
+
+    Args:
+        name: A small integer tensor computed from shapes.
+        producer: Tensor name -> the node that computes it.
+        consts: Known constant values by tensor name.
+        static: Inferred shapes by tensor name (``None`` for a dynamic dimension).
+        batch_led: Tensors whose leading dimension is the batch itself; a ``Shape`` of
+            any other tensor with dynamic dimensions cannot be evaluated.
+        opset: The model's default-domain opset.
+        batch: The batch size to evaluate at.
+    """
     from onnx.reference import ReferenceEvaluator
 
     nodes: dict[int, onnx.NodeProto] = {}
@@ -45,6 +58,8 @@ def _evaluate(name: str, producer: Mapping[str, onnx.NodeProto], consts: Mapping
             dims = static.get(node.input[0])
             if dims is None or any(d is None for d in dims[1:]):
                 return None
+            if dims and dims[0] is None and node.input[0] not in batch_led:
+                return None  # e.g. batch * rows after a reshape
             a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
             full = [batch if d is None else int(d) for d in dims]
             feeds[t] = np.array(full[slice(a.get("start", 0), a.get("end"))], dtype=np.int64)
@@ -66,17 +81,14 @@ def _evaluate(name: str, producer: Mapping[str, onnx.NodeProto], consts: Mapping
 
 def batch_free_target(node: onnx.NodeProto, producer: Mapping[str, onnx.NodeProto],
                       consts: Mapping[str, Any], static: Mapping[str, Any],
-                      opset: int) -> np.ndarray | None:  # fmt: skip
+                      batch_led: Set[str], opset: int) -> np.ndarray | None:  # fmt: skip
     """A constant equivalent of Reshape ``node``'s computed target, or None.
 
-    Args:
-        node: A Reshape whose second input is not a constant.
-        producer: Tensor name -> the node that computes it.
-        consts: Known constant values by tensor name.
-        static: Inferred shapes by tensor name (``None`` for a dynamic dimension).
-        opset: The model's default-domain opset.
+    ``node`` is a Reshape whose second input is not a constant; the other arguments
+    are those of :func:`evaluate_at_batch`.
     """
-    probes = [_evaluate(node.input[1], producer, consts, static, opset, b) for b in (1, 2)]
+    probes = [evaluate_at_batch(node.input[1], producer, consts, static, batch_led, opset, b)
+              for b in (1, 2)]  # fmt: skip
     if any(p is None or p.ndim != 1 for p in probes) or probes[0].shape != probes[1].shape:
         return None
     one, two = (p.astype(np.int64) for p in probes)

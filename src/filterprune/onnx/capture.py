@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..core.graph import Graph, LayerInfo, Node
-from ._batch import batch_free_target
+from ._batch import batch_free_target, evaluate_at_batch
 from ._ops import OPS, ZERO_CHECKS, NodeView
 
 __all__ = ["Captured", "capture", "opset_of"]
@@ -93,9 +93,19 @@ def _skeleton(model: onnx.ModelProto, small: int = 4096) -> onnx.ModelProto:
     return out
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple[Any, ...] | None]:
+def _shapes(model: onnx.ModelProto, batch: int | None = None) -> dict[str, Any]:
+    """Inferred shapes by tensor name; with ``batch``, dynamic leading input dims set to it."""
+    skeleton = _skeleton(model)
+    if batch is not None:
+        inits = {i.name for i in model.graph.initializer}
+        for v in skeleton.graph.input:
+            dims = v.type.tensor_type.shape.dim
+            if v.name not in inits and dims and not dims[0].HasField("dim_value"):
+                dims[0].Clear()
+                dims[0].dim_value = batch
+        del skeleton.graph.value_info[:]
     try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except Exception:  # noqa: BLE001 - partial shapes are still useful; unknown ones block
         inferred = model
     g = inferred.graph
@@ -134,6 +144,9 @@ class _Builder:
             self.producer.update((o, n) for o in n.output if o)
         self.noops: set[str] = set()
         self.symbolic: set[str] = set()  # tensors with a dynamic dimension past the batch
+        self._shape_model = model
+        self._at_batch_1: dict[str, Any] | None = None
+        self._batch_led: set[str] | None = None
         self._prefold()
         self._dynamic_inputs()
 
@@ -144,7 +157,7 @@ class _Builder:
         folded += [n for n in self.model.graph.node if self._fixed_target(n)]
         if not folded:
             return
-        m = onnx.ModelProto()
+        self._shape_model = m = onnx.ModelProto()
         m.CopyFrom(self.model)
         keep = [n for n in m.graph.node if not all(o in self.consts for o in n.output if o)]
         del m.graph.node[:]
@@ -163,13 +176,45 @@ class _Builder:
                 self.cap.dynamic.append(v.name)
 
     def shape(self, name: str) -> tuple[int, ...] | None:
-        """Static shape, symbolic dimensions as 1 (``symbolic`` remembers the tensor)."""
+        """Static shape at batch 1, other symbolic dimensions as 1 (``symbolic`` remembers
+        the tensor)."""
         dims = self.static.get(name)
         if dims is None:
             return tuple(self.consts[name].shape) if name in self.consts else None
         if any(d is None for d in dims[1:]):
             self.symbolic.add(name)
+        if dims and dims[0] is None:  # the batch, or a multiple of it (batch * rows)
+            first = (self.at_batch_1().get(name) or (None,))[0]
+            dims = (1 if first is None else first, *dims[1:])
         return tuple(1 if d is None else int(d) for d in dims)
+
+    @property
+    def batch_led(self) -> set[str]:
+        """Tensors whose leading dimension is the batch size itself (1 at batch 1, 2 at 2)."""
+        if self._batch_led is None:
+            one, two = _shapes(self.model, batch=1), _shapes(self.model, batch=2)
+            self._batch_led = {n for n, d in one.items()
+                               if d and d[0] == 1 and (two.get(n) or (None,))[0] == 2}  # fmt: skip
+        return self._batch_led
+
+    def at_batch_1(self) -> dict[str, Any]:
+        """Shapes with the batch size 1, Reshape targets computed from it evaluated."""
+        if self._at_batch_1 is None:
+            m = onnx.ModelProto()
+            m.CopyFrom(self._shape_model)
+            targets = {}
+            for n in m.graph.node:
+                if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] not in self.consts:
+                    value = evaluate_at_batch(n.input[1], self.producer, self.consts, self.static,
+                                              self.batch_led, self.opset, 1)  # fmt: skip
+                    if value is not None:
+                        targets[n.input[1]] = value
+            keep = [n for n in m.graph.node if not any(o in targets for o in n.output)]
+            del m.graph.node[:]
+            m.graph.node.extend(keep)
+            m.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in targets.items())
+            self._at_batch_1 = _shapes(m, batch=1)
+        return self._at_batch_1
 
     # -- constants ---------------------------------------------------------------------------
     def fold(self, node: onnx.NodeProto) -> bool:
@@ -241,7 +286,8 @@ class _Builder:
             return False
         if self.readers.get(node.input[1]) != 1 or _attrs(node).get("allowzero", 0):
             return False
-        value = batch_free_target(node, self.producer, self.consts, self.static, self.opset)
+        value = batch_free_target(node, self.producer, self.consts, self.static,
+                                  self.batch_led, self.opset)  # fmt: skip
         if value is not None:
             self.consts[node.input[1]] = value
         return value is not None
