@@ -110,3 +110,6 @@ def test_rows_times_batch_reshape(tmp_path):
     assert layer(report, "a").removed == 0 and layer(report, "a").kept_zero == 2
     assert layer(report, "fc1").removed == 2
     assert weight_shape(new, "fc1") == (8, 4) and weight_shape(new, "fc2") == (4, 5)
+    # 16 rows per sample (4 x 4) in every layer, the MatMuls included
+    flops = (2 * 16 * (3 * 8 + 8 * 6 + 6 * 5), 2 * 16 * (3 * 8 + 8 * 4 + 4 * 5))
+    assert (report.flops_before, report.flops_after) == flops

@@ -120,7 +120,8 @@ def _linear_info(p: _Params, v: NodeView, roles, name: str):
     w = p.arrays["W"]
     attrs = {"in_features": int(w.shape[roles.index("in")]),
              "out_features": int(w.shape[roles.index("out")]),
-             "positions": positions(v.out_shapes[0][:-1], 1)}  # fmt: skip
+             # per sample: a leading dimension may be batch * rows (a Dense on 4-D input)
+             "positions": max(1, positions(v.out_shapes[0][:-1], 0) // p.b.batch)}  # fmt: skip
     return LayerInfo(name, "linear", p.info, weight="W"), attrs
 
 

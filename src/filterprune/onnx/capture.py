@@ -189,6 +189,15 @@ class _Builder:
         return tuple(1 if d is None else int(d) for d in dims)
 
     @property
+    def batch(self) -> int:
+        """The batch size the graph is analysed at: the first input's leading dimension."""
+        for v in self.model.graph.input:
+            if v.name not in self.consts:
+                dims = self.shape(v.name)
+                return max(1, int(dims[0])) if dims else 1
+        return 1
+
+    @property
     def batch_led(self) -> set[str]:
         """Tensors whose leading dimension is the batch size itself (1 at batch 1, 2 at 2)."""
         if self._batch_led is None:
