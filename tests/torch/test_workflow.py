@@ -236,3 +236,25 @@ def test_filters_multiple_of_sets_the_rounding(multiple, kept):
     net = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Conv2d(3, 20, 3), nn.ReLU(), nn.Conv2d(20, 4, 1))
     ctrl, _ = create_compressed_model(net, make_config(filters_multiple_of=multiple))
     assert {s.name: s.kept for s in ctrl.statistics().layers}["1"] == kept
+
+
+def test_attention_module_flops_are_counted():
+    """nn.MultiheadAttention has no channel rule; its projections still cost FLOPs."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(8, 16)
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.embed(x)
+            return self.head(self.attn(h, h, h, need_weights=False)[0])
+
+    from filterprune.core.flops import count_flops
+    from filterprune.torch.capture import capture
+
+    graph, _ = capture(Net().eval(), (torch.zeros(1, 5, 8),))
+    tokens = 5  # every projection runs once per token
+    assert count_flops(graph) == 2 * tokens * (8 * 16 + 3 * 16 * 16 + 16 * 16 + 16 * 4)

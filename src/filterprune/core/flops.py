@@ -2,6 +2,8 @@
 
 FLOPs are counted for convolution and linear layers as ``2 * MACs``; a layer's
 MACs are its (kept) weight elements times the output positions it is applied at.
+A module the frontend cannot see into (attention) counts its matrices, uncut, at
+the positions the frontend gives it.
 """
 
 from __future__ import annotations
@@ -61,9 +63,14 @@ def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
     keeps = keeps or {}
     out: dict[str, int] = {}
     for node in graph:
-        if node.op not in ("conv", "linear") or node.layer not in graph.layers:
+        info = graph.layers.get(node.layer or "")
+        if info is not None and info.kind == "opaque" and "positions" in node.attrs:
+            # a module without channel rules (attention): its matrices, never cut
+            elems = sum(int(np.prod(shape)) for shape, _ in info.params.values() if len(shape) > 1)
+            out[node.layer] = out.get(node.layer, 0) + 2 * int(node.attrs["positions"]) * elems
             continue
-        info = graph.layers[node.layer]
+        if node.op not in ("conv", "linear") or info is None:
+            continue
         shape, roles = info.params[info.weight]
         elems = kept_elements(shape, roles, keeps.get(node.layer, {}), info.groups)
         out[node.layer] = out.get(node.layer, 0) + 2 * int(node.attrs.get("positions", 1)) * elems

@@ -8,6 +8,7 @@ Shapes come from one forward pass on a zero input (``ShapeProp``) in eval mode.
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -86,6 +87,13 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph) -> Node
     if node.op == "get_attr":
         return Node(node.name, "param", shape=shape, attrs={"target": node.target})
     if shape is None:
+        if node.op == "call_module" and _plain_params(modules[node.target]):
+            # a module returning a tuple with None in it (attention without weights)
+            graph.layers.setdefault(node.target, LayerInfo(
+                node.target, "opaque", _plain_params(modules[node.target])))  # fmt: skip
+            in_shape = graph[inputs[0]].shape if inputs else None
+            return Node(node.name, "noop", inputs, layer=node.target, label=str(node.target),
+                        attrs={"positions": _tokens(in_shape, graph)})  # fmt: skip
         return Node(node.name, "noop", inputs, label=str(node.target))
     if node.op == "call_module":
         return _module_node(node, modules[node.target], inputs, shape, graph)
@@ -109,8 +117,9 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     build = MODULE_RULES.get(type(module))
     if build is None:
         graph.layers.setdefault(name, LayerInfo(name, "opaque", _plain_params(module)))
-        return Node(node.name, "stop", inputs, shape, layer=name, label=label,
-                    attrs={"reason": f"no channel rule for module {label}"})  # fmt: skip
+        attrs = {"reason": f"no channel rule for module {label}",
+                 "positions": _tokens(shape, graph)}  # fmt: skip
+        return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
     in_shape = graph[inputs[0]].shape if inputs else None
     (kind, attrs), info = build(module, name, in_shape, shape)
     if info.params or kind in ("conv", "linear", "batchnorm"):
@@ -139,6 +148,16 @@ def _basic_index(index: Any) -> Any:
         elif not (item is None or item is Ellipsis or isinstance(item, int)):
             return None
     return index
+
+
+def _tokens(shape, graph: Graph) -> int:
+    """Rows per sample an opaque module's matrices apply to (its output without the last
+    axis, over the batch): attention's projections run once per token."""
+    first = shape[0] if isinstance(shape, list) and shape else shape
+    if not isinstance(first, tuple) or len(first) < 2:
+        return 1
+    batch = next((n.shape[0] for n in graph if n.op == "input" and n.shape), 1)
+    return max(1, math.prod(first[:-1]) // max(1, int(batch)))
 
 
 def _plain_params(module: nn.Module) -> dict:
