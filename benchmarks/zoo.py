@@ -4,7 +4,8 @@ One subprocess per model, so a crash or a timeout is one row. Writes
 ``benchmarks/results/zoo.csv`` and ``zoo.md``.
 
     python benchmarks/zoo.py                 # every model
-    python benchmarks/zoo.py resnet18 vgg11  # some
+    python benchmarks/zoo.py resnet18 vgg11  # some (zoo-partial.csv/.md)
+    python benchmarks/zoo.py --merge         # put zoo-partial rows into zoo.csv/.md
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--one"]:
         print("RESULT " + json.dumps(run_one(argv[1])))
         return
+    if argv[:1] == ["--merge"]:
+        merge_partial()
+        return
     import torchvision
 
     names = argv or sorted(torchvision.models.list_models(module=torchvision.models))
@@ -76,10 +80,26 @@ def main(argv: list[str]) -> None:
     write(rows, partial=bool(argv))
 
 
+def _read(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["ok"] = r["ok"] == "True"
+        r["flops_kept"] = float(r["flops_kept"]) if r.get("flops_kept") else ""
+    return rows
+
+
+def merge_partial() -> None:
+    """Put the rows of ``zoo-partial.csv`` (a run of some models) into ``zoo.csv``/``.md``."""
+    rows = {r["model"]: r for r in _read(RESULTS / "zoo.csv")}
+    rows.update((r["model"], r) for r in _read(RESULTS / "zoo-partial.csv"))
+    write([rows[k] for k in sorted(rows)], partial=False)
+
+
 def write(rows: list[dict], partial: bool) -> None:
     stem = "zoo-partial" if partial else "zoo"
     with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     ok = [r for r in rows if r["ok"]]
