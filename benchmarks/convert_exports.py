@@ -93,16 +93,14 @@ def _run_torch(name: str, folder: Path, input_size) -> dict:
     import torchvision
 
     from filterprune import NNCFConfig
+    from filterprune.testing.zoo import real_scale_bn
     from filterprune.torch import create_compressed_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     size = input_size(model)
-    for m in model.modules():  # real-scale BN statistics make the comparison meaningful
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_var.uniform_(0.5, 1.0)
-            m.running_mean.normal_(0, 0.1)
+    real_scale_bn(model)
     config = NNCFConfig.from_dict({
         "input_info": {"sample_size": [1, 3, size, size]},
         "compression": {"algorithm": "filter_pruning", "pruning_init": 0.5, "params": PARAMS}})

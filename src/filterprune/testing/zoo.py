@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["SIZES", "smallest_input", "check_model"]
+__all__ = ["SIZES", "smallest_input", "real_scale_bn", "check_model"]
 
 SIZES = (32, 64, 96, 128, 160, 224, 299, 384, 518)
 
@@ -24,6 +24,17 @@ def smallest_input(model, sizes=SIZES) -> int:
         except Exception:  # noqa: BLE001 - too small for this model: try the next size
             continue
     raise ValueError(f"{type(model).__name__} accepts none of the input sizes {sizes}.")
+
+
+def real_scale_bn(model) -> None:
+    """Give BatchNorms of a random-init model real-scale statistics (fresh ones are 0 and 1,
+    which makes every comparison of outputs too easy)."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_var.uniform_(0.5, 1.0)
+            m.running_mean.normal_(0, 0.1)
 
 
 def check_model(name: str, level: float = 0.5, size: int | None = None,
@@ -53,10 +64,7 @@ def check_model(name: str, level: float = 0.5, size: int | None = None,
     graph, _ = capture(model, sample)
     analyze(graph)
     analysis_s = time.perf_counter() - t0
-    for m in model.modules():  # real-scale BN statistics make the comparison meaningful
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_var.uniform_(0.5, 1.0)
-            m.running_mean.normal_(0, 0.1)
+    real_scale_bn(model)
     config = NNCFConfig.from_dict({
         "input_info": {"sample_size": [1, 3, size, size]},
         "compression": {"algorithm": "filter_pruning", "pruning_init": level,
