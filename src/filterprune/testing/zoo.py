@@ -27,14 +27,16 @@ def smallest_input(model, sizes=SIZES) -> int:
 
 
 def real_scale_bn(model) -> None:
-    """Give BatchNorms of a random-init model real-scale statistics (fresh ones are 0 and 1,
-    which makes every comparison of outputs too easy)."""
+    """Give a random-init model outputs worth comparing: real-scale BatchNorm statistics
+    (fresh ones are 0 and 1) and nonzero weights where init leaves zeros (ViT's head)."""
     import torch
 
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_var.uniform_(0.5, 1.0)
             m.running_mean.normal_(0, 0.1)
+        elif isinstance(m, torch.nn.Linear) and not m.weight.detach().any():
+            torch.nn.init.normal_(m.weight, std=0.02)
 
 
 def check_model(name: str, level: float = 0.5, size: int | None = None,
