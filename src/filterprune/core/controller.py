@@ -21,6 +21,7 @@ Example (a frontend with weights held in a dict)::
 from __future__ import annotations
 
 import enum
+import logging
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ from .pruner import Plan, Pruner
 from .schedule import Scheduler
 from .scopes import ScopeMatcher
 from .stats import PruningStatistics, collect_statistics
+
+log = logging.getLogger("filterprune")
 
 __all__ = ["CompressionStage", "PruningControllerBase", "STATE_VERSION", "pruning_params",
            "analysis_options"]
@@ -110,6 +113,22 @@ class PruningControllerBase:
     def _sync(self, plan: Plan) -> Plan:
         """The plan every data-parallel worker uses (here: ``plan`` itself)."""
         return plan
+
+    def start(self, compression_state: dict[str, Any] | None) -> bool:
+        """Resume from ``compression_state``, or put ``pruning_init`` in place.
+
+        Returns:
+            True when the masks are new (a caller may then adapt BatchNorm statistics).
+        """
+        for group in self.analysis.groups:
+            if not group.prunable:
+                log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)
+        if compression_state is not None:
+            self.load_state(compression_state)
+            return False
+        self.set_pruning_level(self.params.pruning_init)
+        self.scheduler.current_level = self.params.pruning_init
+        return self.pruning_level > 0
 
     # -- levels ----------------------------------------------------------------------------
     @property

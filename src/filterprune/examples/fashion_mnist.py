@@ -9,7 +9,6 @@ with ``pruning_steps`` shortened to the number of fine-tuning epochs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from filterprune.examples._config import pruning_config
+from filterprune.examples._config import demo_arguments, pruning_config
 from filterprune.examples._training import (
     baseline,
     compare_latency,
@@ -31,14 +30,7 @@ from filterprune.torch import create_compressed_model, register_default_init_arg
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs while pruning")
-    parser.add_argument("--baseline-epochs", type=int, default=2)
-    parser.add_argument("--init", type=float, default=0.1, help="pruning_init")
-    parser.add_argument("--target", type=float, default=0.4, help="pruning_target")
-    parser.add_argument("--train-limit", type=int, default=None)
-    parser.add_argument("--cache", default=".cache")
-    args = parser.parse_args(argv)
+    args = demo_arguments(__doc__.split("\n\n")[0], argv)
     start = time.perf_counter()
     limit_threads()
     torch.manual_seed(0)

@@ -11,7 +11,6 @@ The same network and the same JSON config as the PyTorch demo
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -28,7 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from filterprune.datasets import load_fashion_mnist  # noqa: E402
-from filterprune.examples._config import pruning_config
+from filterprune.examples._config import demo_arguments, pruning_config
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training pixels in [0, 1]
 _CACHE_FORMAT = 2  # bump when small_cnn or the baseline recipe changes
@@ -145,14 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         register_default_init_args,
     )
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs while pruning")
-    parser.add_argument("--baseline-epochs", type=int, default=2)
-    parser.add_argument("--init", type=float, default=0.1, help="pruning_init")
-    parser.add_argument("--target", type=float, default=0.4, help="pruning_target")
-    parser.add_argument("--train-limit", type=int, default=None)
-    parser.add_argument("--cache", default=".cache")
-    args = parser.parse_args(argv)
+    args = demo_arguments(__doc__.split("\n\n")[0], argv)
     start = time.perf_counter()
     limit_threads()
     test = dataset("test")

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import keras
@@ -45,8 +44,6 @@ __all__ = [
     "FilterPruningController",
     "CompressionStage",
 ]
-
-log = logging.getLogger("filterprune")
 
 
 def _params(config: Config) -> FilterPruningParams:
@@ -91,17 +88,9 @@ def create_compressed_model(model: Any, config: Config | dict,
     params = _params(config)
     cap = capture(model, config.sample_sizes())
     analysis = analyze(cap.graph, analysis_options(params))
-    for group in analysis.groups:
-        if not group.prunable:
-            log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)
     ctrl = FilterPruningController(model, params, analysis, cap)
     reset_traced_functions(model)
-    if compression_state is not None:
-        ctrl.load_state(compression_state)
-        return ctrl, model
-    ctrl.set_pruning_level(params.pruning_init)
-    ctrl.scheduler.current_level = params.pruning_init
-    if config.has_extra_struct(TFInitArgs) and ctrl.pruning_level > 0:
+    if ctrl.start(compression_state) and config.has_extra_struct(TFInitArgs):
         init = config.get_extra_struct(TFInitArgs)
         adapt_batchnorm(model, init.dataset, params.num_bn_adaptation_samples, init.batch_size)
     return ctrl, model

@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -31,8 +30,6 @@ __all__ = [
     "FilterPruningController",
     "CompressionStage",
 ]
-
-log = logging.getLogger("filterprune")
 
 
 def _sample(config: Config, model: nn.Module) -> tuple[torch.Tensor, ...]:
@@ -69,16 +66,8 @@ def create_compressed_model(model: nn.Module, config: Config | dict,
     sample = _sample(config, model)
     graph, _ = capture(model, sample)
     analysis = analyze(graph, analysis_options(params))
-    for group in analysis.groups:
-        if not group.prunable:
-            log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)
     ctrl = FilterPruningController(model, params, analysis, sample)
-    if compression_state is not None:
-        ctrl.load_state(compression_state)
-        return ctrl, model
-    ctrl.set_pruning_level(params.pruning_init)
-    ctrl.scheduler.current_level = params.pruning_init
-    if config.has_extra_struct(InitArgs) and ctrl.pruning_level > 0:
+    if ctrl.start(compression_state) and config.has_extra_struct(InitArgs):
         loader = config.get_extra_struct(InitArgs).data_loader
         adapt_batchnorm(model, loader, params.num_bn_adaptation_samples)
     return ctrl, model
