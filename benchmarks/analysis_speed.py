@@ -30,7 +30,7 @@ def time_model(name: str, repeats: int = 5) -> tuple[float, float, int]:
     groups = 0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        graph, _ = capture(model, sample)
+        graph = capture(model, sample).graph
         t1 = time.perf_counter()
         groups = len(analyze(graph).groups)
         t2 = time.perf_counter()

@@ -55,3 +55,33 @@ def test_report_prints_statistics_and_plots(tmp_path, capsys):
 def test_unknown_model_is_a_clear_error(capsys):
     assert main(["analyze", "resnet5O"]) == 2
     assert "torchvision model name or 'module:factory'" in capsys.readouterr().err
+
+
+def test_analyze_and_prune_agree_on_groups_and_flops(tmp_path, capsys):
+    # scopes, importance, ranking and rounding all come from the config file in both
+    cfg = dict(make_config(prune_first_conv=True))
+    cfg["compression"]["params"].update(filter_importance="L1", all_weights=True,
+                                        filters_multiple_of=4, pruning_target=0.4)
+    cfg["ignored_scopes"] = ["b"]
+    config = tmp_path / "prune.json"
+    config.write_text(json.dumps(cfg))
+    torch.manual_seed(0)
+    weights = tmp_path / "dense.pt"
+    torch.save(SmallNet().state_dict(), weights)
+    out_json = tmp_path / "analysis.json"
+    assert main(["analyze", MODEL, "--config", str(config), "--weights", str(weights),
+                 "--json", str(out_json)]) == 0  # fmt: skip
+    analysis = json.loads(out_json.read_text())
+    assert main(["prune", MODEL, "--config", str(config), "--weights", str(weights),
+                 "-o", str(tmp_path / "pruned.pt")]) == 0  # fmt: skip
+    model = SmallNet()
+    model.load_state_dict(torch.load(weights))
+    ctrl, _ = create_compressed_model(model.eval(), cfg)
+    ctrl.set_pruning_level(0.4)
+    stats = ctrl.statistics()
+    groups = [{"id": g.id, "size": g.size, "producers": g.producers, "reason": g.reason}
+              for g in ctrl.analysis.groups]  # fmt: skip
+    assert analysis["groups"] == groups
+    assert any(g["reason"] and "ignored_scopes" in g["reason"] for g in groups)
+    assert analysis["statistics"]["current_flops"] == stats.current_flops
+    assert analysis["plan"] == ctrl.plan.to_dict(ctrl.analysis)

@@ -255,6 +255,6 @@ def test_attention_module_flops_are_counted():
     from filterprune.core.flops import count_flops
     from filterprune.torch.capture import capture
 
-    graph, _ = capture(Net().eval(), (torch.zeros(1, 5, 8),))
+    graph = capture(Net().eval(), (torch.zeros(1, 5, 8),)).graph
     tokens = 5  # every projection runs once per token
     assert count_flops(graph) == 2 * tokens * (8 * 16 + 3 * 16 * 16 + 16 * 16 + 16 * 4)

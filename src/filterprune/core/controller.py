@@ -20,7 +20,6 @@ Example (a frontend with weights held in a dict)::
 
 from __future__ import annotations
 
-import enum
 import logging
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .analysis import Analysis, AnalysisOptions
+from .compression import STATE_VERSION, CompressionController, CompressionStage
 from .params import FilterPruningParams
 from .pruner import Plan, Pruner
 from .schedule import Scheduler
@@ -40,19 +40,12 @@ __all__ = ["CompressionStage", "PruningControllerBase", "STATE_VERSION", "prunin
            "analysis_options"]
 
 
-def pruning_params(config: Any, frontend: str) -> FilterPruningParams:
+def pruning_params(config: Any, frontend: str = "") -> FilterPruningParams:
     """The ``filter_pruning`` settings of ``config``, refusing what no frontend runs yet.
 
     Raises:
-        ConfigError: For another algorithm in ``compression``, or LeGR ranking.
+        ConfigError: Without a ``filter_pruning`` entry, or for LeGR ranking.
     """
-    names = [a.get("algorithm") for a in config.algorithms()]
-    unsupported = [n for n in names if n != "filter_pruning"]
-    if unsupported:
-        raise ConfigError(
-            f"`compression` algorithm {unsupported[0]!r} is not available in the {frontend} "
-            "frontend yet; this release runs 'filter_pruning'. Remove it from `compression`."
-        )
     params = FilterPruningParams.from_config(config)
     if params.interlayer_ranking_type != "unweighted_ranking":
         raise ConfigError(
@@ -72,24 +65,15 @@ def analysis_options(params: FilterPruningParams) -> AnalysisOptions:
         scope_reason=scopes.reason,
     )
 
-STATE_VERSION = 1
-
-
-class CompressionStage(enum.IntEnum):
-    """How far the masks in place are from the schedule's target."""
-
-    UNCOMPRESSED = 0
-    PARTIALLY_COMPRESSED = 1
-    FULLY_COMPRESSED = 2
-
-
-class PruningControllerBase:
+class PruningControllerBase(CompressionController):
     """Schedule, plans, statistics and state of filter pruning on one analysed model.
 
     Args:
         params: Resolved ``filter_pruning`` settings.
         analysis: The model's channel analysis.
     """
+
+    name = "filter_pruning"
 
     def __init__(self, params: FilterPruningParams, analysis: Analysis) -> None:
         self.params = params
@@ -129,6 +113,10 @@ class PruningControllerBase:
         self.set_pruning_level(self.params.pruning_init)
         self.scheduler.current_level = self.params.pruning_init
         return self.pruning_level > 0
+
+    @property
+    def bn_adaptation_samples(self) -> int:
+        return self.params.num_bn_adaptation_samples
 
     # -- levels ----------------------------------------------------------------------------
     @property

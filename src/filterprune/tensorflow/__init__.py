@@ -16,13 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
-
-from ..core.analysis import analyze
-from ..core.config import Config, FilterPruningParams
-from ..core.controller import analysis_options, pruning_params
-from ..errors import ConfigError
-from ._init_args import TFInitArgs, adapt_batchnorm, register_default_init_args
+from ..core import workflow
+from ..core.config import Config
+from ._init_args import register_default_init_args
 from .callbacks import (
     CheckpointManagerCallback,
     CompressionCallback,
@@ -30,11 +26,12 @@ from .callbacks import (
     TFCompressionStateLoader,
     create_compression_callbacks,
 )
-from .capture import capture
-from .controller import CompressionStage, FilterPruningController, reset_traced_functions
+from .controller import CompressionStage, FilterPruningController
+from .frontend import KerasFrontend
 
 __all__ = [
     "create_compressed_model",
+    "analyze_model",
     "create_compression_callbacks",
     "register_default_init_args",
     "TFCompressionState",
@@ -43,27 +40,17 @@ __all__ = [
     "CompressionCallback",
     "FilterPruningController",
     "CompressionStage",
+    "KerasFrontend",
 ]
-
-
-def _params(config: Config) -> FilterPruningParams:
-    params = pruning_params(config, "TensorFlow")
-    if not config.sample_sizes():
-        raise ConfigError(
-            "`input_info.sample_size` is required to read the model, e.g. "
-            '{"input_info": {"sample_size": [1, 224, 224, 3]}} (NHWC or NCHW). '
-            "Received: no input_info."
-        )
-    return params
 
 
 def create_compressed_model(model: Any, config: Config | dict,
                             compression_state: dict[str, Any] | None = None,
-                            **_: Any) -> tuple[FilterPruningController, Any]:  # fmt: skip
-    """Prepare a Keras model for filter pruning with fine-tuning.
+                            **_: Any) -> tuple[Any, Any]:  # fmt: skip
+    """Prepare a Keras model for the algorithms of ``config`` (pruning, quantization).
 
     Args:
-        model: A Functional or Sequential ``keras.Model`` (built); it is masked in place
+        model: A Functional or Sequential ``keras.Model`` (built); it is changed in place
             and returned.
         config: A :class:`~filterprune.Config` (``NNCFConfig``) or a plain dict;
             ``input_info.sample_size`` may be NHWC or NCHW.
@@ -71,26 +58,23 @@ def create_compressed_model(model: Any, config: Config | dict,
             ``ctrl.get_compression_state()``), to resume.
 
     Returns:
-        ``(compression_ctrl, model)``.
+        ``(compression_ctrl, model)``: the algorithm's controller, or a
+        :class:`~filterprune.core.compression.CompositeCompressionController` when
+        ``compression`` lists several.
 
     Raises:
         ConfigError: For an invalid config or one this frontend cannot run.
         AnalysisError: For a subclassed model or an unbuilt Sequential.
         RuntimeError: If Keras runs on a backend other than TensorFlow.
     """
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            "filterprune.tensorflow needs the Keras 'tensorflow' backend. Received: "
-            f"KERAS_BACKEND={keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow."
-        )
-    if not isinstance(config, Config):
-        config = Config.from_dict(config)
-    params = _params(config)
-    cap = capture(model, config.sample_sizes())
-    analysis = analyze(cap.graph, analysis_options(params))
-    ctrl = FilterPruningController(model, params, analysis, cap)
-    reset_traced_functions(model)
-    if ctrl.start(compression_state) and config.has_extra_struct(TFInitArgs):
-        init = config.get_extra_struct(TFInitArgs)
-        adapt_batchnorm(model, init.dataset, params.num_bn_adaptation_samples, init.batch_size)
-    return ctrl, model
+    return workflow.create_compressed_model(KerasFrontend(), model, config, compression_state)
+
+
+def analyze_model(model: Any, config: Config | dict, level: float | None = None) -> Any:
+    """What :func:`create_compressed_model` would prune, without changing ``model``.
+
+    The same capture, analysis options, importance and ranking as a real run; the result's
+    ``analysis.groups`` (with reasons), ``plan`` and ``statistics()`` describe the model at
+    ``level`` (default: the config's target).
+    """
+    return workflow.dry_run(KerasFrontend(), model, config, level)

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import numpy as np
 
 from ..core.graph import Graph, Node
+from ..core.workflow import Captured
 from ..errors import AnalysisError, ConfigError
 from ._ops import Step, layer_steps, op_steps
 
@@ -34,11 +36,12 @@ class LayerRef:
 
 
 @dataclass
-class Capture:
+class Capture(Captured):
     """The core graph of a Keras model and the links back to the model.
 
     Attributes:
         graph: The core graph.
+        sample: Zero arrays of ``input_shapes`` (the model's own layout).
         refs: Core layer name -> Keras layer and variable names (masks and cuts use it).
         reshapes: Core node name -> the ``Reshape`` layer it came from (cut rewrites it).
         nested: ``id`` of a nested model -> the core nodes feeding its inputs (first call).
@@ -46,8 +49,6 @@ class Capture:
         layouts: Per input, ``"as given"`` or ``"NCHW->NHWC"`` (how input_info was read).
     """
 
-    graph: Graph
-    refs: dict[str, LayerRef] = field(default_factory=dict)
     reshapes: dict[str, Any] = field(default_factory=dict)
     nested: dict[int, list[str]] = field(default_factory=dict)
     input_shapes: list[Shape] = field(default_factory=list)
@@ -236,4 +237,5 @@ def capture(model: Any, sizes: list[list[int]]) -> Capture:
         walker.shapes[id(kt)] = shape
     walker.walk(functional, "")
     cap.graph.outputs = list(dict.fromkeys(walker.tensors[id(t)] for t in functional.outputs))
+    cap.sample = [np.zeros(shape, "float32") for shape in shapes]
     return cap

@@ -9,17 +9,17 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ..core.analysis import Analysis
+from ..core.analysis import analyze
 from ..core.config import FilterPruningParams
-from ..core.controller import CompressionStage, PruningControllerBase
+from ..core.controller import CompressionStage, PruningControllerBase, analysis_options
 from ..core.pruner import Plan
-from ..core.weights import filters_first
 from .capture import Capture
 from .export import export
 from .masks import apply_masks, maskable_layers, recreate_masks
 from .shrink import strip_model
 
-__all__ = ["FilterPruningController", "CompressionStage", "reset_traced_functions"]
+__all__ = ["FilterPruningController", "CompressionStage", "export_model",
+           "reset_traced_functions"]
 
 log = logging.getLogger("filterprune")
 
@@ -49,23 +49,18 @@ class FilterPruningController(PruningControllerBase):
             :func:`~filterprune.tensorflow.create_compression_callbacks` with ``model.fit``.
     """
 
-    def __init__(self, model: Any, params: FilterPruningParams, analysis: Analysis,
-                 cap: Capture) -> None:  # fmt: skip
+    def __init__(self, model: Any, params: FilterPruningParams, captured: Capture,
+                 frontend: Any) -> None:  # fmt: skip
         self.model = model
-        self.capture = cap
+        self.capture = self.captured = captured
+        self.frontend = frontend
         self._strategy: tf.distribute.Strategy | None = None
-        self.maskable = maskable_layers(analysis)
-        super().__init__(params, analysis)
+        super().__init__(params, analyze(captured.graph, analysis_options(params)))
+        self.maskable = maskable_layers(self.analysis)
 
     # -- hooks -----------------------------------------------------------------------------
     def _weights(self) -> dict[str, np.ndarray]:
-        out = {}
-        for layer in self.analysis.state.producers:
-            info = self.analysis.graph.layers[layer]
-            ref = self.capture.refs[layer]
-            variable = next(v for v in ref.layer.weights if v.name == info.weight)
-            out[layer] = filters_first(np.asarray(variable.numpy()), info.params[info.weight][1])
-        return out
+        return self.frontend.read_weights(self.captured, self.analysis.state.producers)
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)
@@ -104,7 +99,10 @@ class FilterPruningController(PruningControllerBase):
             A new model that computes what the masked model computes and saves to
             ``.keras`` without filterprune objects.
         """
-        return strip_model(self.model, self.capture, self.analysis, self.plan.kept,
+        return self.frontend.strip(self, shrink=shrink)
+
+    def strip_model(self, model: Any, shrink: bool = True, **_: Any) -> Any:
+        return strip_model(model, self.capture, self.analysis, self.plan.kept,
                            self.keeps(), shrink=shrink)  # fmt: skip
 
     def export_model(self, save_path: str, save_format: str | None = None,
@@ -122,6 +120,12 @@ class FilterPruningController(PruningControllerBase):
             ValueError: For an unknown format or a path that does not fit it.
             ImportError: For ``onnx`` without tf2onnx installed.
         """
-        fmt = export(self.strip(shrink=shrink), save_path, save_format)
-        log.info("exported %s to %s", fmt, save_path)
+        export_model(self, save_path, save_format, shrink)
+
+
+def export_model(ctrl: Any, save_path: str, save_format: str | None = None,
+                 shrink: bool = False) -> None:  # fmt: skip
+    """Export ``ctrl``'s stripped model (see :meth:`FilterPruningController.export_model`)."""
+    fmt = export(ctrl.strip(shrink=shrink), save_path, save_format)
+    log.info("exported %s to %s", fmt, save_path)
 

@@ -63,7 +63,7 @@ def check_model(name: str, level: float = 0.5, size: int | None = None,
         ref_shape = tuple(model(torch.zeros(1, 3, size, size)).shape)
     sample = (torch.zeros(1, 3, size, size),)
     t0 = time.perf_counter()
-    graph, _ = capture(model, sample)
+    graph = capture(model, sample).graph
     analyze(graph)
     analysis_s = time.perf_counter() - t0
     real_scale_bn(model)

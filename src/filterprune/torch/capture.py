@@ -17,6 +17,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..core.graph import Graph, LayerInfo, Node
+from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._ops import CALL_RULES, MODULE_RULES
 
@@ -65,8 +66,13 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule
     return gm
 
 
-def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[Graph, fx.GraphModule]:
-    """Trace ``model`` on ``example`` inputs and build the core :class:`Graph`."""
+def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
+    """Trace ``model`` on ``example`` inputs and build the core :class:`Graph`.
+
+    Returns:
+        The graph, ``example`` as ``sample``, ``refs`` from layer names to modules and
+        the traced ``GraphModule`` as ``extra["gm"]``.
+    """
     gm = trace(model, example)
     graph = Graph()
     modules = dict(model.named_modules())
@@ -76,7 +82,8 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[Graph,
             continue
         graph.add(_convert(node, modules, graph))
     _add_unseen_params(model, graph)
-    return graph, gm
+    refs = {name: modules[name] for name in graph.layers if name in modules}
+    return Captured(graph, sample=tuple(example), refs=refs, extra={"gm": gm})
 
 
 def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph) -> Node:

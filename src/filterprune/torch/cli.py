@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.analysis import AnalysisOptions, analyze
 from ..core.config import Config
-from ..core.pruner import Pruner
+from ..core.workflow import dry_run
 from ..errors import ConfigError
-from .capture import capture
+from .frontend import TorchFrontend
 
 __all__ = ["load_model", "add_analyze", "run_analyze", "add_prune", "run_prune", "add_report",
            "run_report"]  # fmt: skip
@@ -79,39 +78,56 @@ def _config(args: argparse.Namespace, level: float | None = None) -> Config:
 # -- analyze -------------------------------------------------------------------------------
 def add_analyze(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--level", type=float, default=0.5, help="level for the FLOPs estimate")
+    p.add_argument("--level", type=float, default=None,
+                   help="level to plan for (default: the config's target)")  # fmt: skip
     p.add_argument("--prune-first-conv", action="store_true")
     p.add_argument("--prune-downsample-convs", action="store_true")
     p.add_argument("--json", metavar="PATH", help="write the groups as JSON")
+    p.add_argument("--weights", help="state_dict to load first (torch.save file); the "
+                   "importance ranking uses it")  # fmt: skip
+
+
+def _with_switches(config: Config, args: argparse.Namespace) -> Config:
+    """``config`` with the command line's structural switches turned on."""
+    switches = {k: True for k in ("prune_first_conv", "prune_downsample_convs")
+                if getattr(args, k, False)}  # fmt: skip
+    if not switches:
+        return config
+    data = json.loads(json.dumps(dict(config)))
+    algos = data["compression"] if isinstance(data["compression"], list) else [data["compression"]]
+    for algo in algos:
+        if algo["algorithm"] == "filter_pruning":
+            algo.setdefault("params", {}).update(switches)
+    return Config.from_dict(data)
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    """Print the pruning groups of a model, why some are left alone, and a FLOPs estimate."""
+    """Print the pruning groups of a model, why some are left alone, and a FLOPs estimate.
+
+    Runs the pipeline ``prune`` runs (same capture, options, importance), without masks.
+    """
     model = load_model(args.model).eval()
-    config = _config(args)
-    sample = tuple(torch.zeros(s) for s in config.sample_sizes())
-    graph, _ = capture(model, sample)
-    options = AnalysisOptions(prune_first_conv=args.prune_first_conv,
-                              prune_downsample_convs=args.prune_downsample_convs)  # fmt: skip
-    analysis = analyze(graph, options)
-    pruner = Pruner(analysis)
-    modules = dict(model.named_modules())
-    weights = {p: modules[p].weight.detach().numpy() for p in analysis.state.producers}
-    plan = pruner.plan(args.level, pruner.scores(weights))
+    if args.weights:
+        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    config = _with_switches(_config(args), args)
+    ctrl = dry_run(TorchFrontend(), model, config, level=args.level)
+    analysis, plan = ctrl.analysis, ctrl.plan
     print(f"{'group':>5} {'channels':>8}  {'producers':<44} status")
     for g in analysis.groups:
         status = f"prunable, keeps {int(plan.kept[g.id].sum())}" if g.prunable else g.reason
         more = f" (+{len(g.producers) - 2})" if len(g.producers) > 2 else ""
         head = ", ".join(g.producers[:2]) + more
         print(f"{g.id:>5} {g.size:>8}  {head:<44} {status}")
-    full = pruner.full_flops
+    stats = ctrl.statistics()
     print(f"\n{len(analysis.prunable_groups)} of {len(analysis.groups)} groups prunable; "
-          f"FLOPs {full / 1e9:.3f}G; at level {args.level}: "
-          f"{pruner.flops(plan) / max(full, 1):.3f} of the FLOPs kept")  # fmt: skip
+          f"FLOPs {stats.full_flops / 1e9:.3f}G; at level {plan.level:g}: "
+          f"{stats.flops_kept:.3f} of the FLOPs kept")  # fmt: skip
     if args.json:
         groups = [{"id": g.id, "size": g.size, "producers": g.producers, "reason": g.reason}
                   for g in analysis.groups]  # fmt: skip
-        _write(args.json, json.dumps({"groups": groups, "plan": plan.to_dict(analysis)}, indent=2))
+        data = {"groups": groups, "plan": plan.to_dict(analysis),
+                "statistics": stats.to_dict()}  # fmt: skip
+        _write(args.json, json.dumps(data, indent=2))
     return 0
 
 

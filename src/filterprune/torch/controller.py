@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..core.analysis import Analysis
+from ..core.analysis import analyze
 from ..core.config import FilterPruningParams
-from ..core.controller import CompressionStage, PruningControllerBase
+from ..core.controller import CompressionStage, PruningControllerBase, analysis_options
 from ..core.pruner import Plan
+from ..core.workflow import Captured
 from .masks import apply_masks, remove_masks
 from .shrink import shrink_model
 
-__all__ = ["FilterPruningController", "CompressionStage"]
+__all__ = ["FilterPruningController", "CompressionStage", "export_model", "export_onnx"]
 
 
 class FilterPruningController(PruningControllerBase):
@@ -27,22 +28,17 @@ class FilterPruningController(PruningControllerBase):
     Created by :func:`filterprune.torch.create_compressed_model`; not built directly.
     """
 
-    def __init__(self, model: nn.Module, params: FilterPruningParams, analysis: Analysis,
-                 sample: tuple[torch.Tensor, ...]) -> None:  # fmt: skip
+    def __init__(self, model: nn.Module, params: FilterPruningParams, captured: Captured,
+                 frontend: Any) -> None:  # fmt: skip
         self.model = model
-        self.sample = sample
+        self.captured = captured
+        self.frontend = frontend
+        self.sample = captured.sample
         self._distributed = False
-        super().__init__(params, analysis)
+        super().__init__(params, analyze(captured.graph, analysis_options(params)))
 
     def _weights(self) -> dict[str, np.ndarray]:
-        modules = dict(self.model.named_modules())
-        out = {}
-        for layer in self.analysis.state.producers:
-            w = modules[layer].weight.detach()
-            if isinstance(modules[layer], nn.modules.conv._ConvTransposeNd):
-                w = w.transpose(0, 1)
-            out[layer] = w.float().cpu().numpy()
-        return out
+        return self.frontend.read_weights(self.captured, self.analysis.state.producers)
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)
@@ -76,7 +72,9 @@ class FilterPruningController(PruningControllerBase):
                 model keeps its shapes and pruned filters are zero.
             do_copy: Work on a deep copy, leaving the training model untouched.
         """
-        model = copy.deepcopy(self.model) if do_copy else self.model
+        return self.frontend.strip(self, do_copy=do_copy, shrink=shrink)
+
+    def strip_model(self, model: nn.Module, shrink: bool = True, **_: Any) -> nn.Module:
         if not shrink:
             remove_masks(model, bake=True)
             return model
@@ -87,12 +85,17 @@ class FilterPruningController(PruningControllerBase):
                      input_names: list[str] | None = None, output_names: list[str] | None = None,
                      shrink: bool = False) -> None:  # fmt: skip
         """Export to ONNX with pruned filters zeroed (``shrink=True``: removed)."""
-        if save_format != "onnx":
-            raise ValueError(
-                f"`save_format` must be 'onnx'. Received: save_format={save_format!r}."
-            )
-        model = self.strip(shrink=shrink).eval()
-        export_onnx(model, self.sample, save_path, input_names, output_names)
+        export_model(self, save_path, save_format, input_names, output_names, shrink)
+
+
+def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
+                 input_names: list[str] | None = None, output_names: list[str] | None = None,
+                 shrink: bool = False) -> None:  # fmt: skip
+    """Export ``ctrl``'s stripped model to ONNX (pruned filters zeroed; ``shrink``: removed)."""
+    if save_format != "onnx":
+        raise ValueError(f"`save_format` must be 'onnx'. Received: save_format={save_format!r}.")
+    model = ctrl.strip(shrink=shrink).eval()
+    export_onnx(model, ctrl.captured.sample, save_path, input_names, output_names)
 
 
 def export_onnx(model: nn.Module, sample, path: str, input_names=None, output_names=None) -> None:

@@ -1,0 +1,194 @@
+"""One workflow for every frontend: ``create_compressed_model`` and its dry run.
+
+A frontend (PyTorch, Keras) implements the small :class:`Frontend` contract: read its
+model into the core graph, read weights, and name one controller class per algorithm.
+Everything else, from the config to the composite controller, happens here once.
+
+Example (a frontend over a hand-built graph; see ``tests/core/test_workflow.py``)::
+
+    class DictFrontend(Frontend):
+        name = "dict"
+        controllers = {"filter_pruning": DictPruningController}
+        def capture(self, model, config):
+            return Captured(graph=model.graph, sample=None)
+        def read_weights(self, captured, layers):
+            return {name: model.weights[name] for name in layers}
+
+    ctrl, model = create_compressed_model(DictFrontend(), model, config)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError
+from .analysis import Analysis, analyze
+from .compression import CompositeCompressionController, CompressionController
+from .config import Config
+from .controller import PruningControllerBase, analysis_options, pruning_params
+from .params import QuantizationParams
+
+__all__ = ["Captured", "Frontend", "create_compressed_model", "dry_run", "DryPruningController"]
+
+log = logging.getLogger("filterprune")
+
+
+@dataclass
+class Captured:
+    """A model read into the core graph, with the links back to it.
+
+    Attributes:
+        graph: The core graph.
+        sample: The example inputs the model was read with (frontend tensors).
+        refs: Core layer name -> the frontend's object for it (module, Keras layer).
+        extra: What else a frontend keeps from capture (its own traced graph, ...).
+    """
+
+    graph: Any
+    sample: Any = None
+    refs: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Frontend:
+    """What a framework provides to the workflow.
+
+    Attributes:
+        name: Shown in messages ("PyTorch", "TensorFlow").
+        controllers: Algorithm name -> controller class, built as
+            ``cls(model, params, captured, frontend)``; ``params`` are the algorithm's
+            resolved settings (``<Params>.from_config(config)``).
+    """
+
+    name: ClassVar[str] = "frontend"
+    controllers: ClassVar[dict[str, type]] = {}
+
+    def check(self, model: Any, config: Config) -> None:
+        """Refuse a model or config this frontend cannot run (raise our errors)."""
+
+    def capture(self, model: Any, config: Config) -> Captured:
+        """Read ``model`` into the core graph on ``config``'s ``input_info``."""
+        raise NotImplementedError
+
+    def read_weights(self, captured: Captured, layers: Iterable[str]) -> dict[str, np.ndarray]:
+        """Each layer's main weight as numpy, filters (output channels) on axis 0."""
+        raise NotImplementedError
+
+    def init_data(self, config: Config) -> Any:
+        """The batches registered by ``register_default_init_args``, or ``None``."""
+        return None
+
+    def adapt_batchnorm(self, model: Any, data: Any, num_samples: int) -> None:
+        """Re-estimate BatchNorm statistics on ``num_samples`` samples of ``data``."""
+
+    def finish(self, model: Any) -> None:
+        """Last step before the model is handed back (drop stale traced functions, ...)."""
+
+    def strip(self, ctrl: CompositeCompressionController, **kwargs: Any) -> Any:
+        """The deployable model of a composite controller."""
+        raise NotImplementedError
+
+    def export_model(self, ctrl: CompositeCompressionController, save_path: str,
+                     *args: Any, **kwargs: Any) -> None:  # fmt: skip
+        """Write a composite controller's model to ``save_path``."""
+        raise NotImplementedError
+
+
+def algorithm_params(config: Config, name: str, frontend: str) -> Any:
+    """The resolved settings of algorithm ``name`` in ``config``."""
+    if name == "filter_pruning":
+        return pruning_params(config, frontend)
+    return {"quantization": QuantizationParams}[name].from_config(config)
+
+
+def _check_algorithms(frontend: Frontend, config: Config) -> list[str]:
+    names = [a["algorithm"] for a in config.algorithms()]
+    if not names:
+        raise ConfigError(
+            "`compression` must name at least one algorithm, e.g. "
+            '{"algorithm": "filter_pruning"}. Received: no compression section.'
+        )
+    for name in names:
+        if name not in frontend.controllers:
+            raise ConfigError(
+                f"`compression` algorithm {name!r} is not available in the {frontend.name} "
+                f"frontend. Available: {sorted(frontend.controllers)}."
+            )
+    return names
+
+
+def create_compressed_model(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
+                            compression_state: dict[str, Any] | None = None,
+                            ) -> tuple[CompressionController, Any]:  # fmt: skip
+    """Wrap ``model`` with the algorithms of ``config`` (the frontends' entry point).
+
+    Steps: validate the config; read the model into the core graph once; build one
+    controller per algorithm (a composite when there are several); resume from
+    ``compression_state`` or put the initial compression in place; on a fresh run,
+    re-estimate BatchNorm statistics if masks changed and let each algorithm
+    initialise from the registered data (quantizer ranges).
+
+    Returns:
+        ``(controller, model)``.
+
+    Raises:
+        ConfigError: For an invalid config, an algorithm the frontend lacks, or a state
+            that does not fit.
+    """
+    config = config if isinstance(config, Config) else Config.from_dict(config)
+    names = _check_algorithms(frontend, config)
+    settings = [algorithm_params(config, n, frontend.name) for n in names]
+    frontend.check(model, config)
+    captured = frontend.capture(model, config)
+    children = [frontend.controllers[n](model, p, captured, frontend)
+                for n, p in zip(names, settings, strict=True)]  # fmt: skip
+    ctrl = children[0] if len(children) == 1 else CompositeCompressionController(
+        children, frontend)  # fmt: skip
+    changed = ctrl.start(compression_state)
+    if compression_state is None:
+        data = frontend.init_data(config)
+        if changed and data is not None:
+            frontend.adapt_batchnorm(model, data, ctrl.bn_adaptation_samples)
+        ctrl.initialize(data)
+    frontend.finish(model)
+    return ctrl, model
+
+
+class DryPruningController(PruningControllerBase):
+    """Filter pruning that decides plans but puts nothing on a model (``analyze``)."""
+
+    def __init__(self, params: Any, analysis: Analysis, weights: dict[str, np.ndarray]) -> None:
+        self._weights_now = weights
+        super().__init__(params, analysis)
+
+    def _weights(self) -> dict[str, np.ndarray]:
+        return self._weights_now
+
+
+def dry_run(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
+            level: float | None = None) -> DryPruningController:  # fmt: skip
+    """The ``filter_pruning`` decisions ``create_compressed_model`` would make, without
+    touching ``model``: same capture, analysis options, importance and ranking.
+
+    Args:
+        level: The level (a FLOPs fraction under ``pruning_flops_target``) to plan for;
+            default: the config's target.
+
+    Returns:
+        A controller whose ``analysis``, ``plan`` and ``statistics()`` describe the result.
+    """
+    config = config if isinstance(config, Config) else Config.from_dict(config)
+    params = pruning_params(config, frontend.name)
+    frontend.check(model, config)
+    captured = frontend.capture(model, config)
+    analysis = analyze(captured.graph, analysis_options(params))
+    weights = frontend.read_weights(captured, analysis.state.producers)
+    ctrl = DryPruningController(params, analysis, weights)
+    ctrl.set_pruning_level(params.target_level if level is None else level)
+    ctrl.scheduler.current_level = ctrl.pruning_level
+    return ctrl

@@ -1,0 +1,67 @@
+"""The Keras 3 side of the core workflow (:class:`filterprune.core.workflow.Frontend`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import keras
+import numpy as np
+
+from ..core.config import Config
+from ..core.weights import filters_first
+from ..core.workflow import Captured, Frontend
+from ..errors import ConfigError
+from ._init_args import TFInitArgs, adapt_batchnorm
+from .capture import capture
+from .controller import FilterPruningController, export_model, reset_traced_functions
+
+__all__ = ["KerasFrontend"]
+
+
+class KerasFrontend(Frontend):
+    """Reads Functional and Sequential ``keras.Model`` s (TensorFlow backend)."""
+
+    name = "TensorFlow"
+    controllers = {"filter_pruning": FilterPruningController}
+
+    def check(self, model: Any, config: Config) -> None:
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                "filterprune.tensorflow needs the Keras 'tensorflow' backend. Received: "
+                f"KERAS_BACKEND={keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow."
+            )
+        if not config.sample_sizes():
+            raise ConfigError(
+                "`input_info.sample_size` is required to read the model, e.g. "
+                '{"input_info": {"sample_size": [1, 224, 224, 3]}} (NHWC or NCHW). '
+                "Received: no input_info."
+            )
+
+    def capture(self, model: Any, config: Config) -> Captured:
+        return capture(model, config.sample_sizes())
+
+    def read_weights(self, captured: Any, layers: Iterable[str]) -> dict[str, np.ndarray]:
+        out = {}
+        for layer in layers:
+            info = captured.graph.layers[layer]
+            variable = next(v for v in captured.refs[layer].layer.weights if v.name == info.weight)
+            out[layer] = filters_first(np.asarray(variable.numpy()), info.params[info.weight][1])
+        return out
+
+    def init_data(self, config: Config) -> Any:
+        if config.has_extra_struct(TFInitArgs):
+            return config.get_extra_struct(TFInitArgs)
+        return None
+
+    def adapt_batchnorm(self, model: Any, data: Any, num_samples: int) -> None:
+        adapt_batchnorm(model, data.dataset, num_samples, data.batch_size)
+
+    def finish(self, model: Any) -> None:
+        reset_traced_functions(model)
+
+    def strip(self, ctrl: Any, **kwargs: Any) -> Any:
+        return ctrl.strip_model(ctrl.model, **kwargs)
+
+    def export_model(self, ctrl: Any, save_path: str, *args: Any, **kwargs: Any) -> None:
+        export_model(ctrl, save_path, *args, **kwargs)
