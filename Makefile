@@ -5,10 +5,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-keras test test-slow data lint bench-zoo bench-speed bench-deploy clean
 
-$(STAMP): pyproject.toml requirements-test.txt
+$(STAMP): pyproject.toml requirements-test.txt constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-test.txt
+	$(BIN)/pip install -q pip==26.3
+	$(BIN)/pip install -q -r requirements-test.txt -c constraints.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -4,7 +4,7 @@ A frontend (PyTorch, Keras) implements the small :class:`Frontend` contract: rea
 model into the core graph, read weights, and name one controller class per algorithm.
 Everything else, from the config to the composite controller, happens here once.
 
-Example (a frontend over a hand-built graph; see ``tests/core/test_workflow.py``)::
+Example (a frontend over a hand-built graph; see ``tests/core/test_compression_workflow.py``)::
 
     class DictFrontend(Frontend):
         name = "dict"
