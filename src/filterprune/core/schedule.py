@@ -239,11 +239,10 @@ class ExponentialWithBiasSchedule(LevelSchedule):
         """The curve exists only for ``init < 5/7 * target`` (see
         :func:`exponential_with_bias_feasible`)."""
         if not exponential_with_bias_feasible(init, target, steps):
-            target_name = target_key.rsplit(".", 1)[-1]
+            init_name, target_name = (k.rsplit(".", 1)[-1] for k in (init_key, target_key))
             raise ConfigError(
                 f"`{init_key}` must be below 5/7 of `{target_key}` for schedule "
-                f"'exponential_with_bias'. Received: pruning_init={init}, "
-                f"{target_name}={target}."
+                f"'exponential_with_bias'. Received: {init_name}={init}, {target_name}={target}."
             )
 
     def level(self, e: float) -> float:
