@@ -111,9 +111,12 @@ def test_schema_is_valid_draft_2020_12():
         algorithm_schema("magnitude_sparsity")
 
 
-def test_schema_enums_match_registries():
-    assert set(SCHEDULES) <= set(list_schedules())
-    assert set(FILTER_IMPORTANCES) <= set(list_importances())
+def test_schema_enums_equal_registries():
+    params = algorithm_schema("filter_pruning")["properties"]["params"]["properties"]
+    assert params["schedule"]["enum"] == list_schedules()
+    assert params["filter_importance"]["enum"] == list_importances()
+    assert list(SCHEDULES) == list_schedules()
+    assert list(FILTER_IMPORTANCES) == list_importances()
 
 
 def test_schema_defaults_match_dataclass_defaults():
@@ -151,7 +154,7 @@ def test_schema_defaults_match_dataclass_defaults():
          r"'exponential_with_bias', 'baseline'\. Received: schedule='exponental'\. "
          r"Did you mean `exponential`\?"),
         (with_pruning({"filter_importance": "L3"}),
-         r"`compression\[0\]\.params\.filter_importance` must be one of 'L2', 'L1', "
+         r"`compression\[0\]\.params\.filter_importance` must be one of 'L1', 'L2', "
          r"'geometric_median'\. Received: filter_importance='L3'\."),
         (with_pruning({"interlayer_ranking_type": "legr"}),
          r"must be one of 'unweighted_ranking', 'learned_ranking'"),
@@ -242,8 +245,10 @@ def test_duplicate_algorithm_is_an_error():
 def test_infeasible_exponential_with_bias_is_rejected_at_creation():
     config = with_pruning({"schedule": "exponential_with_bias", "pruning_target": 0.5},
                           pruning_init=0.4)
-    with pytest.raises(ConfigError, match=r"`compression\[0\]\.pruning_init` must be below 5/7 "
-                       r"of `compression\[0\]\.params\.pruning_target`"):
+    with pytest.raises(ConfigError, match=r"^`compression\[0\]\.pruning_init` must be below 5/7 "
+                       r"of `compression\[0\]\.params\.pruning_target` for schedule "
+                       r"'exponential_with_bias'\. Received: pruning_init=0\.4, "
+                       r"pruning_target=0\.5\.$"):
         Config.from_dict(config)
 
 
@@ -393,7 +398,9 @@ def test_filter_pruning_params_validate_on_construction():
         FilterPruningParams(pruning_target=0.5, pruning_flops_target=0.2)
     with pytest.raises(ConfigError, match=r"`params\.pruning_steps` must be an integer >= 1"):
         FilterPruningParams(pruning_steps=0)
-    with pytest.raises(ConfigError, match=r"`pruning_init` must be below 5/7 of the target"):
+    with pytest.raises(ConfigError, match=r"^`pruning_init` must be below 5/7 of "
+                       r"`params\.pruning_target` for schedule 'exponential_with_bias'\. "
+                       r"Received: pruning_init=0\.4, pruning_target=0\.5\.$"):
         FilterPruningParams(schedule="exponential_with_bias", pruning_init=0.4)
     with pytest.raises(ConfigError, match=r"`legr\.max_pruning` must be a number in \[0, 1\)"):
         LegrParams(max_pruning=1.0)

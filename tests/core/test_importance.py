@@ -107,7 +107,7 @@ def test_invalid_arguments():
         filter_importance(np.ones((2, 2), dtype=bool), "L1")
 
 
-def test_registry():
+def test_registry(registries):
     assert list_importances()[:3] == ["L1", "L2", "geometric_median"]
     name = "test_max_abs"
 

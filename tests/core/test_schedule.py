@@ -99,9 +99,9 @@ def test_exponential_with_bias_edge_cases():
     assert ExponentialWithBiasSchedule(0.2, 0.5, 1).level(0) == 0.5  # one step
     assert ExponentialWithBiasSchedule(0.5, 0.5, 10).level(3) == 0.5  # already there
     assert ExponentialWithBiasSchedule(0.6, 0.5, 10).level(0) == 0.5  # capped
-    with pytest.raises(ConfigError, match=r"`pruning_init` must be below 5/7 of the target for "
-                       r"schedule 'exponential_with_bias'\. Received: pruning_init=0\.4, "
-                       r"target=0\.5\."):
+    with pytest.raises(ConfigError, match=r"^`pruning_init` must be below 5/7 of `pruning_target` "
+                       r"for schedule 'exponential_with_bias'\. Received: pruning_init=0\.4, "
+                       r"pruning_target=0\.5\.$"):
         ExponentialWithBiasSchedule(0.4, 0.5, 10)
 
 
@@ -123,7 +123,7 @@ def test_registry():
         register_schedule("exponential")(ExponentialSchedule)
 
 
-def test_register_custom_schedule():
+def test_register_custom_schedule(registries):
     name = "test_linear_schedule"
 
     @register_schedule(name)

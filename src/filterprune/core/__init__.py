@@ -4,6 +4,9 @@ Only numpy and jsonschema are imported here; frontends (``filterprune.torch`` an
 others) build on these pieces.
 """
 
+from typing import Any
+
+from . import schema
 from .config import (
     Config,
     FilterPruningParams,
@@ -19,7 +22,6 @@ from .importance import (
     register_importance,
 )
 from .schedule import Scheduler, get_schedule, list_schedules, register_schedule
-from .schema import CONFIG_SCHEMA
 from .scopes import ScopeMatcher
 
 __all__ = [
@@ -40,3 +42,11 @@ __all__ = [
     "register_importance",
     "register_schedule",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``CONFIG_SCHEMA``, built on access so it lists the schedules and importances
+    registered now."""
+    if name == "CONFIG_SCHEMA":
+        return schema.config_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,15 +1,21 @@
-"""Turning JSON-schema validation errors into one readable :class:`ConfigError`.
+"""Schema fragments, and JSON-schema validation errors as one readable :class:`ConfigError`.
 
 Messages follow the package template: what was wrong, what is expected, what was received,
 e.g. "`compression[0].params.pruning_target` must be a number in [0, 1). Received:
 pruning_target=1.5."
+
+The settings dataclasses of :mod:`filterprune.core.params` declare each key with
+:func:`setting` (its place in the config and a schema fragment made with :func:`integer`,
+:func:`fraction`, :func:`enum`...) or :func:`nested`; :func:`section_schema` turns such a
+dataclass into the schema of its config section.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jsonschema
@@ -18,11 +24,29 @@ from jsonschema.exceptions import ValidationError, best_match
 from ..errors import ConfigError
 
 __all__ = [
+    "MISSING",
+    "Fragment",
+    "setting",
+    "nested",
+    "field_path",
+    "field_schema",
+    "is_nested",
+    "lookup",
+    "plain",
+    "section_schema",
+    "merge_objects",
+    "SCOPES",
+    "boolean",
+    "integer",
+    "fraction",
+    "enum",
+    "obj",
     "key_path",
     "leaf_name",
     "short_repr",
     "describe",
     "did_you_mean",
+    "one_of",
     "validate",
     "check_finite",
 ]
@@ -37,6 +61,148 @@ _TYPE_WORDS = {
     "null": "null",
 }
 _MAX_REPR = 80
+
+SCOPES: dict[str, Any] = {
+    "type": ["string", "array"],
+    "items": {"type": "string"},
+    "description": "Layer names, dotted-path prefixes, or `{re}`-prefixed regular expressions.",
+}
+
+
+def boolean(description: str = "") -> dict[str, Any]:
+    """``true`` or ``false``."""
+    schema: dict[str, Any] = {"type": "boolean"}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def integer(minimum: int, maximum: int | None = None) -> dict[str, Any]:
+    """An integer in ``[minimum, maximum]`` (no upper bound when ``maximum`` is ``None``)."""
+    schema: dict[str, Any] = {"type": "integer", "minimum": minimum}
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def fraction(description: str = "") -> dict[str, Any]:
+    """A number in [0, 1)."""
+    schema: dict[str, Any] = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def enum(values: Iterable[str]) -> dict[str, Any]:
+    """One of ``values`` (a string)."""
+    return {"type": "string", "enum": list(values)}
+
+
+def obj(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """An object with exactly these keys (a misspelt key is an error, not ignored)."""
+    return {"type": "object", "properties": properties, "additionalProperties": False, **extra}
+
+
+# --- declaring settings ----------------------------------------------------------------
+
+Fragment = dict[str, Any] | Callable[[], dict[str, Any]]
+"""A schema fragment, or a function building one when asked (enums read from registries)."""
+
+MISSING = object()
+"""What :func:`lookup` returns for an absent key."""
+
+
+def setting(path: str, schema: Fragment, default: Any = None) -> Any:
+    """A dataclass field stored at ``path`` (dotted, inside its section) matching ``schema``.
+
+    ``None`` means "not set" (the key is absent from the config); the schema's
+    ``default`` annotation is the field's default unless ``schema`` gives its own.
+    """
+    return dataclasses.field(
+        default=default, metadata={"path": tuple(path.split(".")), "schema": schema}
+    )
+
+
+def nested(path: str, default_factory: Callable[[], Any]) -> Any:
+    """A dataclass field holding another settings dataclass, stored as the object at ``path``.
+
+    The default instance may differ from the class defaults (weights quantize per channel
+    by default, activations do not); keys absent from the config keep its values.
+    """
+    return dataclasses.field(
+        default_factory=default_factory, metadata={"path": tuple(path.split("."))}
+    )
+
+
+def field_path(f: dataclasses.Field) -> tuple[str, ...]:
+    """The keys leading to field ``f`` inside its section."""
+    return f.metadata["path"]
+
+
+def field_schema(f: dataclasses.Field) -> dict[str, Any]:
+    """The schema fragment of a :func:`setting` field, built now."""
+    schema = f.metadata["schema"]
+    return schema() if callable(schema) else schema
+
+
+def is_nested(f: dataclasses.Field) -> bool:
+    """Whether ``f`` was made with :func:`nested`."""
+    return "schema" not in f.metadata
+
+
+def lookup(tree: Mapping[str, Any], path: Iterable[str]) -> Any:
+    """``tree[path[0]][path[1]]...``, or :data:`MISSING` if a key is absent."""
+    value: Any = tree
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return MISSING
+        value = value[key]
+    return value
+
+
+def plain(value: Any) -> Any:
+    """Tuples to lists, recursively, for JSON."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def section_schema(settings: Any) -> dict[str, Any]:
+    """The object schema of the keys declared by a settings dataclass's fields.
+
+    The ``default`` annotations are ``settings``' values, so a nested group's schema shows
+    that group's defaults.
+    """
+    properties: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if is_nested(f):
+            schema = section_schema(value)
+        else:
+            schema = dict(field_schema(f))
+            if value is not None and value != () and "default" not in schema:
+                schema["default"] = plain(value)
+        *parents, leaf = field_path(f)
+        where = properties
+        for key in parents:
+            where = where.setdefault(key, obj({}))["properties"]
+        where[leaf] = schema
+    return obj(properties)
+
+
+def merge_objects(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    """Add the keys of object schema ``other`` missing from ``into``, at every depth."""
+    for key, schema in other["properties"].items():
+        mine = into["properties"].get(key)
+        if mine is not None and mine.get("type") == "object" and "properties" in schema:
+            merge_objects(mine, schema)
+        else:
+            into["properties"].setdefault(key, schema)
+
+
+# --- messages ----------------------------------------------------------------------------
 
 
 def key_path(path: Iterable[Any], root: str = "") -> str:
@@ -138,6 +304,25 @@ def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
     return f" Did you mean `{close[0]}`?" if close else ""
 
 
+def _must_be(key: str, expected: str, name: str, value: Any, hint: str = "") -> str:
+    return f"`{key}` must be {expected}. Received: {name}={short_repr(value)}.{hint}"
+
+
+def one_of(key: str, value: Any, choices: Iterable[Any]) -> ConfigError:
+    """The error for ``value`` not among ``choices`` (as a schema ``enum`` reports it).
+
+    Example:
+        >>> print(one_of("mode", "symetric", ["symmetric", "asymmetric"]))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        `mode` must be one of 'symmetric', 'asymmetric'. Received: mode='symetric'.
+        Did you mean `symmetric`?
+    """
+    choices = list(choices)
+    name = key.rsplit(".", 1)[-1]
+    expected = describe({"enum": choices})
+    return ConfigError(_must_be(key, expected, name, value, did_you_mean(value, choices)))
+
+
 def _unknown_key(error: ValidationError, where: str) -> str:
     allowed = list(error.schema.get("properties", {}))
     unknown = [k for k in error.instance if k not in allowed]
@@ -157,25 +342,15 @@ def _missing_key(error: ValidationError, where: str) -> str:
     return f"`{path}` must be {what}. Received: no `{missing}` key."
 
 
-def _conflict(error: ValidationError, where: str) -> str:
-    keys = list(error.validator_value.get("required", []))
-    paths = " and ".join(f"`{key_path([*error.absolute_path, k], where)}`" for k in keys)
-    received = ", ".join(f"{k}={short_repr(error.instance[k])}" for k in keys)
-    return f"{paths} must not both be set; choose one. Received: {received}."
-
-
 def _message(error: ValidationError, where: str) -> str:
     if error.validator == "additionalProperties":
         return _unknown_key(error, where)
     if error.validator == "required":
         return _missing_key(error, where)
-    if error.validator == "not" and "required" in error.validator_value:
-        return _conflict(error, where)
     path = list(error.absolute_path)
-    name = leaf_name(path) if path else (where or "config")
-    text = f"`{key_path(path, where)}` must be {describe(error.schema)}."
+    name = leaf_name(path) if path else (where.rsplit(".", 1)[-1] or "config")
     hint = did_you_mean(error.instance, error.schema.get("enum", ()))
-    return f"{text} Received: {name}={short_repr(error.instance)}.{hint}"
+    return _must_be(key_path(path, where), describe(error.schema), name, error.instance, hint)
 
 
 def validate(instance: Any, schema: Mapping[str, Any], where: str = "") -> None:

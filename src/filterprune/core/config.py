@@ -1,8 +1,10 @@
 """The configuration object: a ``dict`` in NNCF's ``NNCFConfig`` format, validated once.
 
-:class:`Config` holds the user's JSON. The resolved, fully defaulted settings the
-algorithms read (:class:`FilterPruningParams`, :class:`QuantizationParams`) live in
-:mod:`filterprune.core.params` and are re-exported here.
+:class:`Config` holds the user's JSON and validates it when made with :meth:`Config.from_dict`
+or :meth:`Config.from_json`: the top level against :func:`~filterprune.core.schema.config_schema`,
+each ``compression`` entry with its settings class. The resolved, fully defaulted settings
+the algorithms read (:class:`FilterPruningParams`, :class:`QuantizationParams`) live in
+:mod:`filterprune.core.params` (imported here, never the other way) and are re-exported.
 
 Example:
     >>> config = Config.from_dict({
@@ -27,12 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from . import schema
 from ._jsonc import strip_comments
-from ._validation import check_finite, key_path, short_repr, validate
-from .params import FilterPruningParams, LegrParams, QuantizationParams, QuantizerParams
-from .schedule import exponential_with_bias_feasible
-from .schema import CONFIG_SCHEMA
-from .scopes import compile_pattern, normalize_scopes
+from ._validation import check_finite, short_repr, validate
+from .params import (
+    ALGORITHMS,
+    FilterPruningParams,
+    LegrParams,
+    QuantizationParams,
+    QuantizerParams,
+)
+from .schema import config_schema
+from .scopes import check_scope_patterns
 
 __all__ = [
     "Config",
@@ -52,16 +60,20 @@ class Config(dict):
 
     Attributes:
         init_args: Free-form runtime arguments, e.g. ``{"data_loader": loader}``.
+        validated: Whether :meth:`validate` passed; the algorithms' ``from_config`` then
+            reads the config without checking it again.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.init_args: dict[str, Any] = {}
+        self.validated = False
         self._extra_structs: dict[type, Any] = {}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Config:
         new = type(self)(copy.deepcopy(dict(self), memo))
         new.init_args = dict(self.init_args)  # data loaders are shared, not copied
+        new.validated = self.validated
         new._extra_structs = dict(self._extra_structs)
         return new
 
@@ -116,11 +128,15 @@ class Config(dict):
         Raises:
             ConfigError: Naming the key path, what is expected and what was received.
         """
-        check_finite(dict(self))
-        validate(dict(self), CONFIG_SCHEMA)
+        self.validated = False
+        top = {k: v for k, v in self.items() if k != "compression"}
+        check_finite(top)
+        validate(dict(self), config_schema(with_algorithms=False))
+        check_scope_patterns(top, nested=False)
         self._check_unique_algorithms()
-        self._check_scopes()
-        self._check_schedules()
+        for path, algo in self._algorithms_with_paths():
+            ALGORITHMS[algo["algorithm"]].check_entry(self, algo, path)
+        self.validated = True
 
     def _algorithms_with_paths(self) -> Iterator[tuple[str, dict[str, Any]]]:
         section = self.get("compression")
@@ -139,41 +155,6 @@ class Config(dict):
                     f"algorithm={name!r} at {seen[name]} and {path}."
                 )
             seen[name] = path
-
-    def _scope_lists(self) -> Iterator[tuple[str, Any]]:
-        sections: list[tuple[str, Mapping[str, Any]]] = [("", self)]
-        for path, algo in self._algorithms_with_paths():
-            sections.append((path, algo))
-            for group in ("weights", "activations"):
-                if isinstance(algo.get(group), Mapping):
-                    sections.append((f"{path}.{group}", algo[group]))
-        for path, section in sections:
-            for key in ("ignored_scopes", "target_scopes"):
-                if key in section:
-                    yield key_path([key], path), section[key]
-
-    def _check_scopes(self) -> None:
-        for path, scopes in self._scope_lists():
-            for index, pattern in enumerate(normalize_scopes(scopes)):
-                where = path if isinstance(scopes, str) else f"{path}[{index}]"
-                compile_pattern(pattern, where)
-
-    def _check_schedules(self) -> None:
-        for path, algo in self._algorithms_with_paths():
-            params = algo.get("params", {})
-            if algo["algorithm"] != "filter_pruning":
-                continue
-            if params.get("schedule") != "exponential_with_bias":
-                continue
-            init = algo.get("pruning_init", 0.0)
-            name = "pruning_flops_target" if "pruning_flops_target" in params else "pruning_target"
-            target = params.get(name, 0.5)
-            if not exponential_with_bias_feasible(init, target, params.get("pruning_steps", 100)):
-                raise ConfigError(
-                    f"`{path}.pruning_init` must be below 5/7 of `{path}.params.{name}` for "
-                    f"schedule 'exponential_with_bias'. Received: pruning_init={init}, "
-                    f"{name}={target}."
-                )
 
     def algorithms(self) -> list[dict[str, Any]]:
         """The algorithm dicts of ``compression``, in application order."""
@@ -231,3 +212,10 @@ class Config(dict):
     def get_all_extra_structs(self) -> list[Any]:
         """Every registered extra struct, in registration order."""
         return list(self._extra_structs.values())
+
+
+def __getattr__(name: str) -> Any:
+    """``CONFIG_SCHEMA`` and the other schema names, built on access (see ``schema``)."""
+    if name in schema.__all__:
+        return getattr(schema, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import ConfigError
+from ._validation import one_of
 
 __all__ = [
     "ImportanceFn",
@@ -66,10 +66,7 @@ def get_importance(name: str) -> ImportanceFn:
         ConfigError: If unknown; the message lists the known criteria.
     """
     if name not in _IMPORTANCES:
-        known = ", ".join(repr(n) for n in _IMPORTANCES)
-        raise ConfigError(
-            f"`filter_importance` must be one of {known}. Received: filter_importance={name!r}."
-        )
+        raise one_of("filter_importance", name, _IMPORTANCES)
     return _IMPORTANCES[name]
 
 

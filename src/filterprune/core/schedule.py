@@ -14,11 +14,14 @@ Epoch ``e`` below counts from the end of the warm-up: ``e = epoch - num_init_ste
 
 Levels are capped at the target. During the warm-up the level is 0.
 
+A schedule that cannot run with some settings says so in :meth:`LevelSchedule.check`
+(``exponential_with_bias`` does); the resolved settings call it when they are built.
+
 Example:
     >>> from types import SimpleNamespace
     >>> params = SimpleNamespace(
-    ...     schedule="exponential", pruning_init=0.0, pruning_target=0.5,
-    ...     pruning_flops_target=None, num_init_steps=0, pruning_steps=3)
+    ...     schedule="exponential", pruning_init=0.0, target_level=0.5, prune_flops=False,
+    ...     num_init_steps=0, pruning_steps=3)
     >>> levels = []
     >>> s = Scheduler(params, apply_level=levels.append, freeze=lambda: None)
     >>> for _ in range(3):
@@ -34,6 +37,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import ConfigError
+from ._validation import one_of
 
 __all__ = [
     "LevelSchedule",
@@ -78,8 +82,7 @@ def get_schedule(name: str) -> type[LevelSchedule]:
         ConfigError: If unknown; the message lists the known schedules.
     """
     if name not in _SCHEDULES:
-        known = ", ".join(repr(n) for n in _SCHEDULES)
-        raise ConfigError(f"`schedule` must be one of {known}. Received: schedule={name!r}.")
+        raise one_of("schedule", name, _SCHEDULES)
     return _SCHEDULES[name]
 
 
@@ -145,11 +148,7 @@ def exponential_with_bias_coefficients(
         >>> round(a * math.exp(-k) + b, 6)
         0.375
     """
-    if not exponential_with_bias_feasible(init, target, last_epoch + 1):
-        raise ConfigError(
-            "`pruning_init` must be below 5/7 of the target for schedule "
-            f"'exponential_with_bias'. Received: pruning_init={init}, target={target}."
-        )
+    ExponentialWithBiasSchedule.check(init, target, last_epoch + 1)
     if last_epoch <= 0 or init >= target:
         return 0.0, target, 0.0
     # With y = exp(-k T): (y**(1/8) - 1) = c (y - 1), c = (0.75 target - init) / (target - init).
@@ -170,9 +169,32 @@ class LevelSchedule:
     """
 
     def __init__(self, init: float, target: float, steps: int) -> None:
+        self.check(init, target, steps)
         self.init = float(init)
         self.target = float(target)
         self.steps = int(steps)
+
+    @classmethod
+    def check(
+        cls,
+        init: float,
+        target: float,
+        steps: int,
+        init_key: str = "pruning_init",
+        target_key: str = "pruning_target",
+    ) -> None:
+        """Raise if this schedule cannot run with these settings (default: it always can).
+
+        Args:
+            init: ``pruning_init``.
+            target: The target level.
+            steps: ``pruning_steps``.
+            init_key: Key path of ``init`` in the config, for the message.
+            target_key: Key path of ``target`` in the config, for the message.
+
+        Raises:
+            ConfigError: Naming both keys, what is expected and what was received.
+        """
 
     def level(self, e: float) -> float:
         """Level ``e`` epochs after the warm-up (capped at the target)."""
@@ -205,6 +227,24 @@ class ExponentialWithBiasSchedule(LevelSchedule):
         else:
             self.a, self.b, self.k = 0.0, self.target, 0.0
 
+    @classmethod
+    def check(
+        cls,
+        init: float,
+        target: float,
+        steps: int,
+        init_key: str = "pruning_init",
+        target_key: str = "pruning_target",
+    ) -> None:
+        """The curve exists only for ``init < 5/7 * target`` (see
+        :func:`exponential_with_bias_feasible`)."""
+        if not exponential_with_bias_feasible(init, target, steps):
+            init_name, target_name = (k.rsplit(".", 1)[-1] for k in (init_key, target_key))
+            raise ConfigError(
+                f"`{init_key}` must be below 5/7 of `{target_key}` for schedule "
+                f"'exponential_with_bias'. Received: {init_name}={init}, {target_name}={target}."
+            )
+
     def level(self, e: float) -> float:
         return min(self.a * math.exp(-self.k * e) + self.b, self.target)
 
@@ -226,8 +266,8 @@ class SchedulerParams(Protocol):
 
     schedule: str
     pruning_init: float
-    pruning_target: float | None
-    pruning_flops_target: float | None
+    target_level: float
+    prune_flops: bool
     num_init_steps: int
     pruning_steps: int
 
@@ -243,12 +283,13 @@ class Scheduler:
     so ``freeze`` must be idempotent.
 
     Args:
-        params: Resolved settings (``FilterPruningParams``).
+        params: Resolved settings (``FilterPruningParams``): the schedule, its start
+            (``pruning_init``), its end (``target_level``) and its timing.
         apply_level: Callback that sets masks for a level.
         freeze: Callback that freezes masks.
 
     Raises:
-        ConfigError: For an unknown schedule or an infeasible ``exponential_with_bias``.
+        ConfigError: For an unknown schedule, or settings the schedule cannot run with.
     """
 
     def __init__(
@@ -257,10 +298,9 @@ class Scheduler:
         apply_level: Callable[[float], None],
         freeze: Callable[[], None],
     ) -> None:
-        flops = params.pruning_flops_target
-        self.prune_flops = flops is not None
+        self.prune_flops = bool(params.prune_flops)
         self.initial_level = float(params.pruning_init)
-        self.target_level = float(flops if flops is not None else params.pruning_target or 0.0)
+        self.target_level = float(params.target_level)
         self.num_init_steps = int(params.num_init_steps)
         self.pruning_steps = int(params.pruning_steps)
         self.schedule = get_schedule(params.schedule)(

@@ -20,13 +20,22 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["REGEX_PREFIX", "ScopeMatcher", "compile_pattern", "normalize_scopes"]
+__all__ = [
+    "REGEX_PREFIX",
+    "SCOPE_KEYS",
+    "ScopeMatcher",
+    "check_scope_patterns",
+    "compile_pattern",
+    "normalize_scopes",
+]
 
 REGEX_PREFIX = "{re}"
+SCOPE_KEYS = ("ignored_scopes", "target_scopes")
 _BOUNDARIES = (".", "/")
 
 
@@ -73,6 +82,30 @@ def compile_pattern(pattern: str, key: str = "ignored_scopes") -> re.Pattern[str
             f"`{key}` must be a valid regular expression after `{REGEX_PREFIX}`. "
             f"Received: {leaf}={pattern!r} ({exc})."
         ) from None
+
+
+def check_scope_patterns(section: Mapping[str, Any], where: str = "", nested: bool = True) -> None:
+    """Check every pattern of the scope lists of a config section (and its sub-objects).
+
+    Args:
+        section: A decoded JSON object, e.g. a ``compression`` entry.
+        where: Key path of ``section`` in the config, used in messages.
+        nested: Also check the scope lists of objects inside ``section`` (a ``weights``
+            group of an entry); off for the top level, where training scripts keep their
+            own settings.
+
+    Raises:
+        ConfigError: Naming the first bad pattern by its key path.
+    """
+    for key, value in section.items():
+        path = f"{where}.{key}" if where else key
+        if key in SCOPE_KEYS and isinstance(value, str):
+            compile_pattern(value, path)
+        elif key in SCOPE_KEYS:
+            for index, pattern in enumerate(value):
+                compile_pattern(pattern, f"{path}[{index}]")
+        elif nested and isinstance(value, Mapping):
+            check_scope_patterns(value, path)
 
 
 class _Pattern:
