@@ -7,6 +7,7 @@ import sys
 
 import jsonschema
 import pytest
+from core_fixtures import registries  # noqa: F401 - fixture
 
 from filterprune.core.config import (
     Config,

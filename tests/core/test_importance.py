@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from core_fixtures import registries  # noqa: F401 - fixture
 
 from filterprune.core.importance import (
     filter_importance,

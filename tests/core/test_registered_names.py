@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from core_fixtures import registries  # noqa: F401 - fixture
 
 import filterprune.core
 from filterprune.core import schema

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from core_fixtures import registries  # noqa: F401 - fixture
 
 from filterprune.core.config import FilterPruningParams
 from filterprune.core.schedule import (

@@ -1,4 +1,5 @@
-"""Shared fixtures of the core tests."""
+"""Shared fixtures of the core tests (imported by name: a second conftest.py would clash
+with tests/torch/conftest.py when both folders run in one pytest process)."""
 
 import pytest
 
