@@ -13,6 +13,7 @@ from torch import nn
 
 from filterprune.core import selection
 from filterprune.core.selection import AT_LEAST_ONE, EQUAL_GROUPS, UNBALANCED
+from filterprune.onnx import capture, find_removable, load_model
 
 
 class Grouped(nn.Module):
@@ -63,3 +64,31 @@ def test_group_kept_whole_says_why(tmp_path, monkeypatch):
     assert (s.removed, s.kept_zero, s.reason) == (0, 4, UNBALANCED)
     assert weight_shape(new, "/g/") == (8, 4, 1, 1)
     assert f"/a/Conv: 4 kept: {UNBALANCED}" in str(report)
+
+
+class Spread(Grouped):
+    """Channels 1-4 of the grouped conv's output also reshaped over two axes."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.g(torch.relu(self.a(x))))
+        z = y[:, 1:5].reshape(1, 2, 2, 2, 2).permute(0, 2, 1, 3, 4).reshape(1, -1)
+        return self.out(y).flatten(1)[:, :2] + self.fc(z)
+
+
+def test_layout_fix_keeps_groups_equal(tmp_path):
+    """Zeros 2, 3, 6, 7 leave 2 of 4 in each group; the reshape over two axes then needs
+    1-4 kept, so 6 and 7 stay too (the grouped weight was uneven and slicing it failed)."""
+    m = Spread()
+    zero(m.a, [2, 3, 6, 7])
+    zero(m.g, [2, 3, 6, 7])
+    path = export(m, torch.randn(1, 3, 2, 2), tmp_path / "m.onnx")
+    new, report = convert(path, torch.zeros(1, 3, 2, 2))
+    s = layer(report, "/a/")
+    assert (s.removed, s.kept_zero) == (0, 4) and "spreads channels" in s.reason
+    decision = find_removable(capture(load_model(path)))
+    roots = decision.analysis.state.uf.roots(decision.analysis.state.uses["/a/Conv"]["out"].ids)
+    assert [decision.reasons[int(r)] for r in roots[[6, 7]]] == [EQUAL_GROUPS, EQUAL_GROUPS]

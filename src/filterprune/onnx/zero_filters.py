@@ -218,7 +218,6 @@ def find_removable(cap: Captured) -> Decision:
 def _fix_layouts(cap: Captured, decision: Decision) -> None:
     """Keep channels whose removal would leave a tensor that is not a box (after Reshape)."""
     uf = decision.analysis.state.uf
-    root_group = decision.analysis.root_group
     for _ in range(8):
         lookup = decision.lookup()
         bad: list[np.ndarray] = []
@@ -239,8 +238,20 @@ def _fix_layouts(cap: Captured, decision: Decision) -> None:
                         "channels over several axes"  # fmt: skip
         if not bad:
             return
-        for r in np.unique(np.concatenate(bad)).tolist():
-            if r in root_group:
-                gid, pos = root_group[r]
-                if gid in decision.plan.kept:
-                    decision.plan.kept[gid][pos] = True
+        _keep_roots(decision, np.unique(np.concatenate(bad)).tolist())
+
+
+def _keep_roots(decision: Decision, roots: list[int]) -> None:
+    """Keep channels ``roots``, then whatever their groups' equal splits need on top."""
+    root_group, kept = decision.analysis.root_group, decision.plan.kept
+    touched = set()
+    for r in roots:
+        if r in root_group and root_group[r][0] in kept:
+            gid, pos = root_group[r]
+            kept[gid][pos] = True
+            touched.add(gid)
+    for gid in sorted(touched):
+        group = decision.analysis.groups[gid]
+        chosen = select_required(group, kept[gid])
+        kept[gid] = chosen.keep
+        decision.reasons.update((int(group.roots[p]), why) for p, why in chosen.added.items())
