@@ -3,9 +3,18 @@
 import numpy as np
 import pytest
 
-from filterprune.core.analysis import AnalysisOptions, analyze
+from filterprune.core import selection
+from filterprune.core.analysis import AnalysisOptions, Group, analyze
 from filterprune.core.graph import Graph, LayerInfo, Node
 from filterprune.core.pruner import Plan, Pruner
+from filterprune.core.selection import (
+    AT_LEAST_ONE,
+    EQUAL_GROUPS,
+    UNBALANCED,
+    select,
+    select_group,
+    select_required,
+)
 
 OPEN = AnalysisOptions(prune_first_conv=True, prune_downsample_convs=True)
 
@@ -158,3 +167,77 @@ def test_grouped_conv_keeps_the_same_count_in_every_group():
     kept = pruner.plan(0.5, scores).kept[grp.id]
     assert kept.reshape(4, 4).sum(axis=1).tolist() == [2, 2, 2, 2]
     assert np.flatnonzero(kept).tolist() == [2, 3, 6, 7, 10, 11, 14, 15]
+
+
+def test_kept_lookup_agrees_with_keeps_and_keeps_unknown_ids():
+    b = G()
+    b.conv("c1", "x", 8)
+    b.conv("head", "c1", 4)
+    a = b.analyze("head")
+    grp = next(g for g in a.groups if g.producers == ["c1"])
+    kept = {grp.id: np.array([1, 0, 1, 0, 1, 1, 0, 0], bool)}
+    lookup = a.kept_lookup(kept)
+    ids = a.state.uses["head"]["in"].ids
+    np.testing.assert_array_equal(lookup(ids), a.keeps(kept)["head"]["in"])
+    np.testing.assert_array_equal(lookup(ids), a.kept_ids(ids, kept))
+    assert lookup(a.state.uses["c1"]["in"].ids).all()  # the input's channels: no group
+    assert a.kept_lookup({})(ids).all()  # a group the plan does not name stays
+
+
+def _chain(n):
+    """Blocks of one-channel rows, each tying channel k to k + 1, listed last link first:
+    every pass over them carries a kept channel one link further."""
+    blocks = [np.array([[k + 1], [k]]) for k in reversed(range(n - 1))]
+    return Group(0, np.arange(100, 100 + n), ["c"], blocks=blocks)
+
+
+def test_select_keeps_a_group_whole_with_a_reason_when_blocks_stay_uneven():
+    scores = -np.arange(10, dtype=float)  # channel 0 first
+    chosen = select(_chain(10), scores, 1)  # 9 links need 9 passes; 8 are allowed
+    assert chosen.reason == UNBALANCED
+    assert chosen.keep.all() and chosen.added == {k: UNBALANCED for k in range(1, 10)}
+    assert select_group(_chain(10), scores, 1).all()
+    short = select(_chain(9), -np.arange(9, dtype=float), 1)  # 8 links: balanced in time
+    assert short.reason is None and short.keep.all()
+    assert short.added == {k: EQUAL_GROUPS for k in range(1, 9)}
+
+
+def test_select_says_which_channels_the_blocks_added():
+    b = G()
+    b.conv("c1", "x", 16)
+    b.conv("g", "c1", 16, groups=4)
+    b.conv("head", "g", 4)
+    grp = next(g for g in b.analyze("head").groups if g.prunable)
+    scores = np.arange(16, dtype=float)[::-1].copy()  # top 8 all in blocks 0 and 1
+    chosen = select(grp, scores, 8)
+    assert chosen.reason is None
+    assert np.flatnonzero(chosen.keep).tolist() == [0, 1, 4, 5, 8, 9, 12, 13]
+    assert chosen.added == {8: EQUAL_GROUPS, 9: EQUAL_GROUPS, 12: EQUAL_GROUPS,
+                            13: EQUAL_GROUPS}  # fmt: skip
+    np.testing.assert_array_equal(select_group(grp, scores, 8), chosen.keep)
+
+
+def test_select_required_keeps_one_channel_and_earliest_for_equal_groups():
+    grp = Group(0, np.arange(8), ["c"], blocks=[np.arange(8).reshape(2, 4)])
+    none = select_required(grp, np.zeros(8, bool))
+    assert np.flatnonzero(none.keep).tolist() == [0, 4]
+    assert none.added == {0: AT_LEAST_ONE, 4: EQUAL_GROUPS} and none.reason is None
+    some = select_required(grp, np.isin(np.arange(8), [3, 5, 6, 7]))
+    assert np.flatnonzero(some.keep).tolist() == [0, 1, 3, 5, 6, 7]  # 3 in each half
+    assert some.added == {0: EQUAL_GROUPS, 1: EQUAL_GROUPS}
+
+
+def test_select_required_counts_channels_outside_the_group_as_kept():
+    """-1: a channel no producer makes (a model input's), which nothing removes."""
+    grp = Group(0, np.arange(4), ["c"], blocks=[np.array([[0, -1], [1, 2]]),
+                                               np.array([[3], [-1]])])  # fmt: skip
+    chosen = select_required(grp, np.array([1, 0, 0, 0], bool))
+    assert chosen.keep.tolist() == [True, True, True, True] and chosen.reason is None
+
+
+def test_select_required_keeps_a_group_whole_with_a_reason(monkeypatch):
+    monkeypatch.setattr(selection, "_ROUNDS", 0)  # no pass allowed: uneven blocks stay so
+    grp = Group(0, np.arange(4), ["c"], blocks=[np.arange(4).reshape(2, 2)])
+    chosen = select_required(grp, np.array([1, 1, 1, 0], bool))
+    assert chosen.keep.all() and chosen.reason == UNBALANCED and chosen.added == {3: UNBALANCED}
+    assert select_required(grp, np.array([1, 0, 1, 0], bool)).reason is None  # already even

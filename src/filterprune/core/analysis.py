@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,23 +95,35 @@ class Analysis:
             for layer, roles in self.state.uses.items()
         }
 
-    def _kept_table(self, kept: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Sorted channel roots and whether each is kept."""
+    def kept_lookup(self, kept: dict[int, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        """A function telling, for an array of channel ids, whether each is kept.
+
+        ``kept`` holds kept channels per group id (boolean over ``group.roots``). Ids
+        outside every group, or in a group ``kept`` does not name, count as kept. The
+        table is built once, so call the result as often as needed (a converter asks
+        once per tensor).
+
+        Example:
+            >>> lookup = analysis.kept_lookup(plan.kept)  # doctest: +SKIP
+            >>> lookup(analysis.state.values["conv1"])  # same shape, bool  # doctest: +SKIP
+        """
         keys = np.fromiter(self.root_group, dtype=np.int64, count=len(self.root_group))
         vals = np.array(
             [bool(kept[g][i]) if g in kept else True for g, i in self.root_group.values()],
             dtype=bool,
         )
         order = np.argsort(keys)
-        return keys[order], vals[order]
+        keys, vals = keys[order], vals[order]
+        uf = self.state.uf
 
-    def _lookup(self, ids: np.ndarray, table: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        keys, vals = table
-        roots = self.state.uf.roots(np.asarray(ids, dtype=np.int64))
-        if not len(keys):
-            return np.ones(roots.shape, dtype=bool)
-        pos = np.clip(np.searchsorted(keys, roots), 0, len(keys) - 1)
-        return np.where(keys[pos] == roots, vals[pos], True)
+        def lookup(ids: np.ndarray) -> np.ndarray:
+            roots = uf.roots(np.asarray(ids, dtype=np.int64))
+            if not len(keys):
+                return np.ones(roots.shape, dtype=bool)
+            pos = np.clip(np.searchsorted(keys, roots), 0, len(keys) - 1)
+            return np.where(keys[pos] == roots, vals[pos], True)
+
+        return lookup
 
     def kept_ids(self, ids: np.ndarray, kept: dict[int, np.ndarray]) -> np.ndarray:
         """Whether each channel id in ``ids`` is kept, given kept channels per group id.
@@ -119,13 +132,13 @@ class Analysis:
         it on a node's value (``state.values[name]``) to find the kept extent of each
         axis, e.g. to rewrite a literal reshape target.
         """
-        return self._lookup(ids, self._kept_table(kept))
+        return self.kept_lookup(kept)(ids)
 
     def keeps(self, kept: dict[int, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         """Boolean keep vectors per layer and role, given kept channels per group id."""
-        table = self._kept_table(kept)
+        lookup = self.kept_lookup(kept)
         return {
-            layer: {role: self._lookup(use.ids, table) for role, use in roles.items()}
+            layer: {role: lookup(use.ids) for role, use in roles.items()}
             for layer, roles in self.state.uses.items()
         }
 

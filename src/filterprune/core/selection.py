@@ -1,21 +1,54 @@
 """Choosing which channels of each group to keep.
 
 Given per-channel importance scores, a group keeps its ``n`` most important
-channels. Equal-split constraints (grouped convolutions, ``chunk``) are met by
-choosing the same number of channels in every block.
+channels (:func:`select`, the pruner's choice); given channels that must stay,
+it keeps those (:func:`select_required`, the ONNX converter's choice). Either
+way, equal-split constraints (grouped convolutions) are then met by keeping more
+channels until every block keeps the same number in each of its rows. When that
+cannot be done, the whole group is kept, and :class:`Selection` says why.
+
+Example:
+    >>> from filterprune.core.analysis import Group
+    >>> group = Group(0, np.arange(4), ["conv"], blocks=[np.array([[0, 1], [2, 3]])])
+    >>> chosen = select(group, np.array([4.0, 3.0, 2.0, 1.0]), 2)
+    >>> chosen.keep.tolist(), chosen.added, chosen.reason
+    ([True, False, True, False], {2: 'grouped convolution keeps equal groups'}, None)
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .analysis import Group
 
-__all__ = ["keep_count", "select_group", "MAX_GROUP_LEVEL"]
+__all__ = ["keep_count", "select", "select_group", "select_required", "Selection",
+           "MAX_GROUP_LEVEL", "AT_LEAST_ONE", "EQUAL_GROUPS", "UNBALANCED"]  # fmt: skip
 
 MAX_GROUP_LEVEL = 0.9  # no group loses more than 90% of its filters
+AT_LEAST_ONE = "every layer keeps at least one channel"
+EQUAL_GROUPS = "grouped convolution keeps equal groups"
+UNBALANCED = ("its grouped convolutions cannot keep equal groups with fewer channels, "
+              "so the group is kept whole")  # fmt: skip
+_ROUNDS = 8  # growing one block can unbalance another; give up after this many passes
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The channels one group keeps, and why any beyond those asked for.
+
+    Attributes:
+        keep: Boolean over ``group.roots``.
+        added: Position in ``group.roots`` -> why it is kept although not asked for.
+        reason: Why the whole group is kept (its constraints could not be met with
+            fewer channels); None otherwise.
+    """
+
+    keep: np.ndarray
+    added: dict[int, str] = field(default_factory=dict)
+    reason: str | None = None
 
 
 def keep_count(size: int, level: float, multiple_of: int = 1) -> int:
@@ -54,39 +87,89 @@ def _partition(group: Group) -> np.ndarray | None:
     return first
 
 
+def _row_counts(block: np.ndarray, keep: np.ndarray) -> list[int]:
+    # a position outside the group (-1) belongs to no producer: nothing removes it
+    return [int(np.sum(keep[r[r >= 0]])) + int(np.sum(r < 0)) for r in block]
+
+
 def _balanced(group: Group, keep: np.ndarray) -> bool:
-    for b in group.blocks:
-        counts = [int(np.sum(keep[r[r >= 0]])) + int(np.sum(r < 0)) for r in b]
-        if len(set(counts)) != 1:
-            return False
-    return True
+    return all(len(set(_row_counts(b, keep))) == 1 for b in group.blocks)
 
 
-def select_group(group: Group, scores: np.ndarray, n_keep: int) -> np.ndarray:
-    """Boolean mask over ``group.roots``: the channels kept.
-
-    Falls back to keeping everything if the group's constraints cannot be met.
-    """
-    if not group.blocks:
-        return _top(scores, n_keep)
-    parts = _partition(group)
-    if parts is not None:
-        per_block = max(1, math.ceil(n_keep / parts.shape[0]))
-        keep = np.zeros(group.size, dtype=bool)
-        for row in parts:
-            keep[row[_top(scores[row], per_block)]] = True
-        return keep
-    keep = _top(scores, n_keep)
-    for _ in range(8):  # repair: grow deficient blocks with their best pruned channels
+def _grow(group: Group, keep: np.ndarray, priority: np.ndarray) -> bool:
+    """Keep more channels (highest ``priority`` first) until every block keeps as many in
+    each row; in place. False if the blocks are still uneven after ``_ROUNDS`` passes."""
+    for _ in range(_ROUNDS):
         if _balanced(group, keep):
-            return keep
+            return True
         for b in group.blocks:
-            counts = [int(np.sum(keep[r[r >= 0]])) + int(np.sum(r < 0)) for r in b]
+            counts = _row_counts(b, keep)
             target = max(counts)
             for r, c in zip(b, counts, strict=True):
                 cand = np.unique(r[r >= 0])
                 cand = cand[~keep[cand]]
                 need = target - c
                 if need > 0 and cand.size:
-                    keep[cand[np.argsort(-scores[cand], kind="stable")[:need]]] = True
-    return keep if _balanced(group, keep) else np.ones(group.size, dtype=bool)
+                    keep[cand[np.argsort(-priority[cand], kind="stable")[:need]]] = True
+    return _balanced(group, keep)
+
+
+def _finish(group: Group, asked: np.ndarray, keep: np.ndarray, balanced: bool,
+            added: dict[int, str]) -> Selection:  # fmt: skip
+    """The selection: ``keep`` if ``balanced``, else the whole group, with reasons."""
+    if not balanced:
+        keep = np.ones(group.size, dtype=bool)
+        added.update((int(p), UNBALANCED) for p in np.flatnonzero(~asked))
+        return Selection(keep, added, UNBALANCED)
+    added.update((int(p), EQUAL_GROUPS) for p in np.flatnonzero(keep & ~asked))
+    return Selection(keep, added)
+
+
+def select(group: Group, scores: np.ndarray, n_keep: int) -> Selection:
+    """The ``n_keep`` highest-scoring channels of ``group``, balanced over its blocks.
+
+    Blocks that partition the group cleanly (one grouped convolution) keep
+    ``ceil(n_keep / n_blocks)`` channels each; otherwise the top ``n_keep`` grow
+    until every block is even, or the whole group is kept (``reason`` says so).
+    """
+    top = _top(scores, n_keep)
+    if not group.blocks:
+        return Selection(top)
+    parts = _partition(group)
+    if parts is not None:
+        per_block = max(1, math.ceil(n_keep / parts.shape[0]))
+        keep = np.zeros(group.size, dtype=bool)
+        for row in parts:
+            keep[row[_top(scores[row], per_block)]] = True
+        return _finish(group, top, keep, True, {})
+    keep = top.copy()
+    return _finish(group, top, keep, _grow(group, keep, scores), {})
+
+
+def select_group(group: Group, scores: np.ndarray, n_keep: int) -> np.ndarray:
+    """Boolean mask over ``group.roots``: the channels :func:`select` keeps.
+
+    Falls back to keeping everything if the group's constraints cannot be met;
+    :func:`select` also says why.
+    """
+    return select(group, scores, n_keep).keep
+
+
+def select_required(group: Group, required: np.ndarray) -> Selection:
+    """Keep the ``required`` channels of ``group``, at least one, and what its blocks need.
+
+    Channels added for the blocks are the earliest in ``group.roots`` order. The
+    ONNX converter's choice: a channel is required while some layer may read it.
+
+    Args:
+        group: A prunable group.
+        required: Boolean over ``group.roots``: channels that must stay.
+    """
+    keep = np.array(required, dtype=bool)
+    added: dict[int, str] = {}
+    if keep.size and not keep.any():
+        keep[0] = True
+        added[0] = AT_LEAST_ONE
+    asked = keep.copy()
+    balanced = _grow(group, keep, -np.arange(group.size, dtype=np.float64))
+    return _finish(group, asked, keep, balanced, added)

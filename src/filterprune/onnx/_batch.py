@@ -6,18 +6,24 @@ Evaluating that small subgraph at two batch sizes shows which entries depend on
 the batch. When only one does, and it is the batch size itself, the target can be
 written as a constant with that entry as ``-1`` (or ``0``, copy the input's
 dimension, when another entry is ``-1`` already), which the converter can then
-rewrite like any constant target.
+rewrite like any constant target. :class:`BatchShapes` holds what both need from
+the whole model (which tensors lead with the batch; shapes at batch 1), computed
+on first use since each costs a shape inference.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Set
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-__all__ = ["batch_free_target", "evaluate_at_batch"]
+from ._shapes import Shapes, infer_shapes
+
+__all__ = ["BatchShapes", "batch_free_target", "evaluate_at_batch"]
 
 _MAX_NODES = 64  # shape arithmetic is small; anything larger is not what we look for
 
@@ -108,3 +114,53 @@ def batch_free_target(node: onnx.NodeProto, producer: Mapping[str, onnx.NodeProt
         one[i] = 0  # Reshape copies the input's (batch) dimension for a 0 entry
         return one
     return None
+
+
+class BatchShapes:
+    """A model's shapes read at batch sizes 1 and 2, for the two probes above.
+
+    Args:
+        model: The model as loaded (dynamic batch kept).
+        producer: Tensor name -> the node that computes it.
+        opset: The model's default-domain opset.
+    """
+
+    def __init__(self, model: onnx.ModelProto, producer: Mapping[str, onnx.NodeProto],
+                 opset: int) -> None:  # fmt: skip
+        self.model, self.producer, self.opset = model, producer, opset
+
+    @cached_property
+    def led(self) -> set[str]:
+        """Tensors whose leading dimension is the batch size itself (1 at batch 1, 2 at 2)."""
+        one, two = infer_shapes(self.model, batch=1), infer_shapes(self.model, batch=2)
+        return {n for n, d in one.items()
+                if d and d[0] == 1 and (two.get(n) or (None,))[0] == 2}  # fmt: skip
+
+    def free_target(self, node: onnx.NodeProto, consts: Mapping[str, Any],
+                    static: Shapes) -> np.ndarray | None:  # fmt: skip
+        """:func:`batch_free_target` of Reshape ``node``."""
+        return batch_free_target(node, self.producer, consts, static, self.led, self.opset)
+
+    def at_batch_1(self, shape_model: onnx.ModelProto, consts: Mapping[str, Any],
+                   static: Shapes) -> Shapes:  # fmt: skip
+        """Shapes of ``shape_model`` at batch 1, Reshape targets computed from it evaluated.
+
+        Args:
+            shape_model: The model with its folded constants as initializers.
+            consts: The constants known when it was made.
+            static: Its inferred shapes (``None`` for a dynamic dimension).
+        """
+        m = onnx.ModelProto()
+        m.CopyFrom(shape_model)
+        targets = {}
+        for n in m.graph.node:
+            if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] not in consts:
+                value = evaluate_at_batch(n.input[1], self.producer, consts, static, self.led,
+                                          self.opset, 1)  # fmt: skip
+                if value is not None:
+                    targets[n.input[1]] = value
+        keep = [n for n in m.graph.node if not any(o in targets for o in n.output)]
+        del m.graph.node[:]
+        m.graph.node.extend(keep)
+        m.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in targets.items())
+        return infer_shapes(m, batch=1)

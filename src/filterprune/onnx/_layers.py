@@ -1,7 +1,8 @@
 """Weighted ONNX ops as core layers: parameter roles, where each parameter lives.
 
-A builder returns ``(LayerInfo, refs, arrays, attrs)`` or a string: the reason the
-op is left whole. ``refs`` maps each parameter to the (node index, input index)
+A builder reads the model through :class:`~.facts.ModelFacts` (shapes, constants,
+quantized weights) and returns a :class:`Built` or a string: the reason the op is
+left whole. ``refs`` maps each parameter to the (node index, input index)
 holding it, so the rewrite slices exactly what the analysis saw; for a weight
 behind ``DequantizeLinear`` the quantized tensor and per-axis scale and zero
 point are parameters too, with the role of the quantization axis.
@@ -9,23 +10,41 @@ point are parameters too, with the role of the quantization axis.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import onnx
 
 from ..core.graph import LayerInfo
 from ._ops import NodeView, positions
+from .facts import ModelFacts
 
-__all__ = ["build_layer"]
+__all__ = ["Built", "build_layer"]
 
 Ref = tuple[int, int]
+
+
+class Built(NamedTuple):
+    """A weighted node as a core layer.
+
+    Attributes:
+        info: The layer's parameters with their roles.
+        refs: Parameter -> (ONNX node index, input index) holding it.
+        arrays: Float values for the zero analysis (``W``, ``B``, ``shift``).
+        attrs: The core node's attributes.
+    """
+
+    info: LayerInfo
+    refs: dict[str, Ref]
+    arrays: dict[str, np.ndarray]
+    attrs: dict[str, Any]
 
 
 class _Params:
     """Collects a layer's parameters: shapes with roles, refs and float values."""
 
-    def __init__(self, b: Any, idx: int, node: Any) -> None:
-        self.b, self.idx, self.node = b, idx, node
+    def __init__(self, facts: ModelFacts, idx: int, node: onnx.NodeProto) -> None:
+        self.facts, self.idx, self.node = facts, idx, node
         self.info: dict[str, tuple[tuple[int, ...], tuple[str | None, ...]]] = {}
         self.refs: dict[str, Ref] = {}
         self.arrays: dict[str, np.ndarray] = {}
@@ -34,7 +53,7 @@ class _Params:
     def get(self, i: int) -> np.ndarray | None:
         """The float value of input ``i`` if it is a constant."""
         name = self.node.input[i] if i < len(self.node.input) else ""
-        return self.b.value(name) if name else None
+        return self.facts.value(name) if name else None
 
     def add(self, key: str, i: int, roles: tuple[str | None, ...]) -> np.ndarray | None:
         """Register input ``i`` as parameter ``key``; None if it is not a constant."""
@@ -42,14 +61,14 @@ class _Params:
         value = self.get(i)
         if value is None:
             return None
-        if name in self.b.dq_weights and self.b.readers.get(name, 0) > 1:
+        d = self.facts.dq_node(name)
+        if d is not None and self.facts.readers(name) > 1:
             self.shared = name  # one DequantizeLinear feeding two layers cannot serve both
         self.arrays[key] = np.asarray(value, dtype=np.float64)
-        if name in self.b.dq_weights:
-            d = self.b.dq_weights[name]
-            dq = self.b.model.graph.node[d]
+        if d is not None:
+            dq = self.facts.node(d)
             self.refs[key], self.info[key] = (d, 0), (tuple(value.shape), roles)
-            scale = self.b.consts[dq.input[1]]
+            scale = self.facts.const(dq.input[1])
             if scale.size > 1:
                 axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % value.ndim
                 for j, part in ((1, "scale"), (2, "zero_point")):
@@ -93,7 +112,7 @@ def _gemm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
     p.add("W", 1, roles)
     cout = w.shape[roles.index("out")]
     if len(p.node.input) > 2 and p.node.input[2]:
-        c = p.b.value(p.node.input[2])
+        c = p.facts.value(p.node.input[2])
         if c is None:
             return "Gemm bias C is not a constant"
         c_roles = tuple("out" if (a == c.ndim - 1 and n == cout and n > 1) else None
@@ -121,7 +140,7 @@ def _linear_info(p: _Params, v: NodeView, roles, name: str):
     attrs = {"in_features": int(w.shape[roles.index("in")]),
              "out_features": int(w.shape[roles.index("out")]),
              # per sample: a leading dimension may be batch * rows (a Dense on 4-D input)
-             "positions": max(1, positions(v.out_shapes[0][:-1], 0) // p.b.batch)}  # fmt: skip
+             "positions": max(1, positions(v.out_shapes[0][:-1], 0) // p.facts.batch)}  # fmt: skip
     return LayerInfo(name, "linear", p.info, weight="W"), attrs
 
 
@@ -162,13 +181,23 @@ _BUILDERS = {"Conv": _conv, "ConvTranspose": _conv, "Gemm": _gemm, "MatMul": _ma
              "QuantizeLinear": _norm, "DequantizeLinear": _norm}  # fmt: skip
 
 
-def build_layer(b: Any, idx: int, node: Any, view: NodeView, kind: str, attrs: dict, name: str):
-    """``(LayerInfo, refs, arrays, attrs)`` for a weighted node, or why it stays whole."""
-    p = _Params(b, idx, node)
+def build_layer(facts: ModelFacts, idx: int, node: onnx.NodeProto, view: NodeView,
+                attrs: dict[str, Any], name: str) -> Built | str:  # fmt: skip
+    """Weighted ``node`` (at ``idx``) as layer ``name``, or why it stays whole.
+
+    Args:
+        facts: Shapes and constants of the model.
+        idx: The node's index in graph order.
+        node: A Conv, ConvTranspose, Gemm, MatMul, normalization or per-channel Q/DQ.
+        view: What the op table read about the node.
+        attrs: The core attributes the op table gave it.
+        name: The layer's name (unique in the graph).
+    """
+    p = _Params(facts, idx, node)
     built = _BUILDERS[node.op_type](p, view, attrs, name)
     if isinstance(built, str):
         return built
     if p.shared:
         return f"parameter {p.shared} is shared with another op"
     info, attrs = built
-    return info, p.refs, p.arrays, attrs
+    return Built(info, p.refs, p.arrays, attrs)

@@ -7,7 +7,9 @@ followed forward from zero filters (weights and bias zero) through ops that map
 0 to 0; a BatchNormalization whose shift ``B - mean * scale / sqrt(var + eps)`` is
 not zero, a Sigmoid or an Add of a constant end that proof. Which channels must
 go together, and which cannot go at all (a model output, an unsupported op), is
-the core's channel analysis, shared with the PyTorch and Keras frontends.
+the core's channel analysis, shared with the PyTorch and Keras frontends; what a
+group keeps beyond the channels still read (at least one; equal groups for a
+grouped convolution) is the core's selection, with its reasons.
 
 Example:
     >>> decision = find_removable(capture(model))  # doctest: +SKIP
@@ -16,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,30 +26,13 @@ import numpy as np
 from ..core.analysis import Analysis, AnalysisOptions, analyze
 from ..core.graph import Node
 from ..core.pruner import Plan
+from ..core.selection import select_required
 from .capture import Captured
 
-__all__ = ["Decision", "find_removable", "RootLookup"]
+__all__ = ["Decision", "find_removable"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _OPTIONS = AnalysisOptions(prune_first_conv=True, prune_downsample_convs=True, prune_linear=True)
-
-
-class RootLookup:
-    """Maps channel roots to kept (True) / removed (False); unknown roots are kept."""
-
-    def __init__(self, analysis: Analysis, kept: dict[int, np.ndarray]) -> None:
-        pairs = [(r, bool(kept[g][i])) for r, (g, i) in analysis.root_group.items() if g in kept]
-        self.keys = np.array(sorted(r for r, _ in pairs), dtype=np.int64)
-        lookup = dict(pairs)
-        self.vals = np.array([lookup[int(r)] for r in self.keys], dtype=bool)
-        self.uf = analysis.state.uf
-
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        roots = self.uf.roots(np.asarray(ids))
-        if not self.keys.size:
-            return np.ones(roots.shape, dtype=bool)
-        pos = np.clip(np.searchsorted(self.keys, roots), 0, self.keys.size - 1)
-        return np.where(self.keys[pos] == roots, self.vals[pos], True)
 
 
 @dataclass
@@ -65,8 +51,9 @@ class Decision:
     zero_rows: dict[str, np.ndarray]
     reasons: dict[int, str] = field(default_factory=dict)
 
-    def lookup(self) -> RootLookup:
-        return RootLookup(self.analysis, self.plan.kept)
+    def lookup(self) -> Callable[[np.ndarray], np.ndarray]:
+        """Channel ids -> kept (True) or removed (False); see ``Analysis.kept_lookup``."""
+        return self.analysis.kept_lookup(self.plan.kept)
 
     def keeps(self) -> dict[str, dict[str, np.ndarray]]:
         return self.analysis.keeps(self.plan.kept)
@@ -213,13 +200,13 @@ def find_removable(cap: Captured) -> Decision:
     kept: dict[int, np.ndarray] = {}
     reasons: dict[int, str] = {}
     for g in analysis.prunable_groups:
-        keep = np.isin(g.roots, needed)
-        for r in g.roots[keep].tolist():
+        required = np.isin(g.roots, needed)
+        for r in g.roots[required].tolist():
             reasons[r] = f"{zeros.reader[r]} reads it with nonzero weights and it is not " \
                 "provably zero"  # fmt: skip
-        _at_least_one(g.roots, keep, reasons)
-        _balance(g, keep, reasons)
-        kept[g.id] = keep
+        chosen = select_required(g, required)
+        reasons.update((int(g.roots[pos]), why) for pos, why in chosen.added.items())
+        kept[g.id] = chosen.keep
     for g in analysis.groups:
         if not g.prunable:
             reasons.update({int(r): g.reason or "" for r in g.roots})
@@ -228,37 +215,9 @@ def find_removable(cap: Captured) -> Decision:
     return decision
 
 
-def _at_least_one(roots: np.ndarray, keep: np.ndarray, reasons: dict[int, str]) -> None:
-    if roots.size and not keep.any():
-        keep[0] = True
-        reasons[int(roots[0])] = "every layer keeps at least one channel"
-
-
-def _balance(group, keep: np.ndarray, reasons: dict[int, str]) -> None:
-    """Grouped convolutions need the same number of channels in every group."""
-    for _ in range(4):
-        changed = False
-        for blocks in group.blocks:
-            if np.any(blocks < 0):
-                keep[:] = True
-                reasons.update({int(r): "grouped convolution spans several groups"
-                                for r in group.roots})  # fmt: skip
-                return
-            counts = keep[blocks].sum(axis=1)
-            for row, n in zip(blocks, counts, strict=True):
-                missing = int(counts.max() - n)
-                for pos in row[~keep[row]][:missing]:
-                    keep[pos] = True
-                    reasons[int(group.roots[pos])] = "grouped convolution keeps equal groups"
-                    changed = True
-        if not changed:
-            return
-
-
 def _fix_layouts(cap: Captured, decision: Decision) -> None:
     """Keep channels whose removal would leave a tensor that is not a box (after Reshape)."""
     uf = decision.analysis.state.uf
-    root_group = decision.analysis.root_group
     for _ in range(8):
         lookup = decision.lookup()
         bad: list[np.ndarray] = []
@@ -279,8 +238,20 @@ def _fix_layouts(cap: Captured, decision: Decision) -> None:
                         "channels over several axes"  # fmt: skip
         if not bad:
             return
-        for r in np.unique(np.concatenate(bad)).tolist():
-            if r in root_group:
-                gid, pos = root_group[r]
-                if gid in decision.plan.kept:
-                    decision.plan.kept[gid][pos] = True
+        _keep_roots(decision, np.unique(np.concatenate(bad)).tolist())
+
+
+def _keep_roots(decision: Decision, roots: list[int]) -> None:
+    """Keep channels ``roots``, then whatever their groups' equal splits need on top."""
+    root_group, kept = decision.analysis.root_group, decision.plan.kept
+    touched = set()
+    for r in roots:
+        if r in root_group and root_group[r][0] in kept:
+            gid, pos = root_group[r]
+            kept[gid][pos] = True
+            touched.add(gid)
+    for gid in sorted(touched):
+        group = decision.analysis.groups[gid]
+        chosen = select_required(group, kept[gid])
+        kept[gid] = chosen.keep
+        decision.reasons.update((int(group.roots[p]), why) for p, why in chosen.added.items())

@@ -1,0 +1,66 @@
+"""Tensor shapes of an ONNX model, from ``onnx.shape_inference``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import onnx
+
+__all__ = ["Shapes", "infer_shapes", "opset_of"]
+
+Shapes = dict[str, tuple[Any, ...] | None]  # tensor name -> dims, None for a symbolic one
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset (1 if it names none)."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1
+
+
+def _dims(t: onnx.TypeProto) -> tuple[Any, ...] | None:
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim)
+
+
+def _skeleton(model: onnx.ModelProto, small: int = 4096) -> onnx.ModelProto:
+    """``model`` with large initializers replaced by typed inputs: inference needs their
+    shapes, not their bytes (serialising 100 MB of weights dominated the capture time)."""
+    g = model.graph
+    graph = onnx.GraphProto(name=g.name)
+    graph.node.extend(g.node)
+    graph.output.extend(g.output)
+    graph.value_info.extend(g.value_info)
+    names = {i.name for i in g.input}
+    graph.input.extend(g.input)
+    for init in g.initializer:
+        if math.prod(init.dims) <= small:
+            graph.initializer.append(init)
+        elif init.name not in names:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type,
+                                                                  list(init.dims)))  # fmt: skip
+    out = onnx.ModelProto(ir_version=model.ir_version, graph=graph)
+    out.opset_import.extend(model.opset_import)
+    return out
+
+
+def infer_shapes(model: onnx.ModelProto, batch: int | None = None) -> Shapes:
+    """Inferred shapes by tensor name; with ``batch``, dynamic leading input dims set to it."""
+    skeleton = _skeleton(model)
+    if batch is not None:
+        inits = {i.name for i in model.graph.initializer}
+        for v in skeleton.graph.input:
+            dims = v.type.tensor_type.shape.dim
+            if v.name not in inits and dims and not dims[0].HasField("dim_value"):
+                dims[0].Clear()
+                dims[0].dim_value = batch
+        del skeleton.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+    except Exception:  # noqa: BLE001 - partial shapes are still useful; unknown ones block
+        inferred = model
+    g = inferred.graph
+    return {v.name: _dims(v.type) for v in [*g.input, *g.value_info, *g.output]}

@@ -1,0 +1,278 @@
+"""What is known about an ONNX model before any core node exists: shapes and constants.
+
+:func:`read_facts` infers shapes with ``onnx.shape_inference``, folds small
+constant subgraphs (shape arithmetic, ``Constant`` nodes) with the ONNX reference
+evaluator so that Reshape targets and Split sizes are known, reads Reshape targets
+computed from a dynamic batch size as constants (:mod:`._batch`), and infers the
+shapes again with all of that known. The result, :class:`ModelFacts`, is
+read-only: graph emission (:mod:`.capture`) and the layer builders
+(:mod:`._layers`) only ask it questions.
+
+Example:
+    >>> facts = read_facts(model)  # doctest: +SKIP
+    >>> facts.shape("input"), facts.const("/Constant_output_0")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ._batch import BatchShapes
+from ._shapes import Shapes, infer_shapes, opset_of
+
+__all__ = ["ModelFacts", "read_facts", "attrs_of"]
+
+_NO_FOLD = {"DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
+            "RandomUniformLike", "Multinomial", "Bernoulli"}  # fmt: skip
+
+
+def attrs_of(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes as Python values."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _const_of(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name in ("value_float", "value_int"):
+            return np.array(onnx.helper.get_attribute_value(a))
+        if a.name in ("value_floats", "value_ints"):
+            return np.array(list(onnx.helper.get_attribute_value(a)))
+    return None
+
+
+class ModelFacts:
+    """Shapes, constants and producers of one model; read-only.
+
+    Made by :func:`read_facts`. Shapes are at batch size 1 with other symbolic
+    dimensions read as 1; :meth:`symbolic` tells which tensors had one.
+    """
+
+    def __init__(self, folder: _Folder) -> None:
+        self._model, self._opset = folder.model, folder.opset
+        self._consts = MappingProxyType(folder.consts)
+        self._static = folder.static
+        self._producer, self._readers = folder.producer, folder.readers
+        self._dq = folder.dq_nodes
+        self._batch = folder.batch
+        self._shape_model = folder.shape_model
+        self._consts_at_fold = folder.consts_at_fold
+        inits = {i.name for i in folder.model.graph.initializer}
+        inputs = [v.name for v in folder.model.graph.input if v.name not in inits]
+        self._dynamic = tuple(n for n in inputs if None in (self._static.get(n) or ()))
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The model as given (never modified)."""
+        return self._model
+
+    @property
+    def opset(self) -> int:
+        """The model's default-domain opset."""
+        return self._opset
+
+    @property
+    def consts(self) -> Mapping[str, np.ndarray]:
+        """Initializers, ``Constant`` outputs and folded values by tensor name."""
+        return self._consts
+
+    @property
+    def dynamic(self) -> tuple[str, ...]:
+        """Graph inputs with a symbolic dimension (analysed at size 1)."""
+        return self._dynamic
+
+    @cached_property
+    def batch(self) -> int:
+        """The batch size the graph is analysed at: the first input's leading dimension."""
+        for v in self._model.graph.input:
+            if v.name not in self._consts:
+                dims = self.shape(v.name)
+                return max(1, int(dims[0])) if dims else 1
+        return 1
+
+    @cached_property
+    def _at_batch_1(self) -> Shapes:
+        # consts as they were right after folding: the ones known when shapes were inferred
+        return self._batch.at_batch_1(self._shape_model, self._consts_at_fold, self._static)
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        """Static shape at batch 1, other symbolic dimensions as 1; None if unknown."""
+        dims = self._static.get(name)
+        if dims is None:
+            return tuple(self._consts[name].shape) if name in self._consts else None
+        if dims and dims[0] is None:  # the batch, or a multiple of it (batch * rows)
+            first = (self._at_batch_1.get(name) or (None,))[0]
+            dims = (1 if first is None else first, *dims[1:])
+        return tuple(1 if d is None else int(d) for d in dims)
+
+    def symbolic(self, name: str) -> bool:
+        """Whether tensor ``name`` has a symbolic dimension past the leading one."""
+        dims = self._static.get(name)
+        return dims is not None and any(d is None for d in dims[1:])
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor (as stored), or None."""
+        return self._consts.get(name)
+
+    def folded(self, node: onnx.NodeProto) -> bool:
+        """Whether every output of ``node`` is a known constant."""
+        outs = [o for o in node.output if o]
+        return bool(outs) and all(o in self._consts for o in outs)
+
+    def dq_node(self, name: str) -> int | None:
+        """Index of the DequantizeLinear of constants that computes ``name``, or None."""
+        return self._dq.get(name)
+
+    def value(self, name: str) -> np.ndarray | None:
+        """A constant's float value, dequantized if it is a DequantizeLinear of constants."""
+        if name in self._consts:
+            return self._consts[name]
+        if name not in self._dq:
+            return None
+        node = self._model.graph.node[self._dq[name]]
+        x = self._consts[node.input[0]].astype(np.float64)
+        scale = self._consts[node.input[1]].astype(np.float64)
+        zp = self._consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        axis = int(attrs_of(node).get("axis", 1)) % max(x.ndim, 1)
+        view = [1] * x.ndim
+        if scale.size > 1:
+            view[axis] = scale.size
+        zero = 0.0 if zp is None else zp.astype(np.float64).reshape(view)
+        return (x - zero) * scale.reshape(view)
+
+    def node(self, index: int) -> onnx.NodeProto:
+        """The ONNX node at ``index`` in graph order."""
+        return self._model.graph.node[index]
+
+    def producer(self, name: str) -> onnx.NodeProto | None:
+        """The node that computes tensor ``name`` (None for inputs and initializers)."""
+        return self._producer.get(name)
+
+    def readers(self, name: str) -> int:
+        """How many node inputs read tensor ``name``."""
+        return self._readers.get(name, 0)
+
+
+class _Folder:
+    """The mutable work behind :func:`read_facts`: folds constants, infers shapes."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = self.shape_model = model
+        self.opset = opset_of(model)
+        self.static = infer_shapes(model)
+        self.consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        self.readers: dict[str, int] = {}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        for n in model.graph.node:
+            for i in n.input:
+                self.readers[i] = self.readers.get(i, 0) + 1
+            self.producer.update((o, n) for o in n.output if o)
+        self.batch = BatchShapes(model, self.producer, self.opset)
+        self.dq_nodes: dict[str, int] = {}  # output of a DequantizeLinear of constants
+        self.consts_at_fold: dict[str, np.ndarray] = {}
+
+    def prefold(self) -> None:
+        """Fold constants, then infer shapes again with them known (computed Pad widths...)."""
+        initial = set(self.consts)
+        folded = [n for n in self.model.graph.node if self.fold(n)]
+        folded += [n for n in self.model.graph.node if self.fixed_target(n)]
+        self.consts_at_fold = dict(self.consts)
+        if not folded:
+            return
+        self.shape_model = m = onnx.ModelProto()
+        m.CopyFrom(self.model)
+        keep = [n for n in m.graph.node if not all(o in self.consts for o in n.output if o)]
+        del m.graph.node[:]
+        m.graph.node.extend(keep)
+        for name, value in self.consts.items():
+            if name not in initial and value.dtype != object:
+                m.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        self.static = infer_shapes(m)
+
+    def refold(self) -> None:
+        """Fold again with the new shapes (a Shape of a tensor now known), in graph order;
+        note the DequantizeLinear nodes of constants (quantized weights)."""
+        for idx, node in enumerate(self.model.graph.node):
+            outs = [o for o in node.output if o]
+            if not outs or self.fold(node):
+                continue
+            if node.op_type == "DequantizeLinear" and node.input[0] in self.consts and \
+                    all(i in self.consts for i in node.input[1:] if i):  # fmt: skip
+                self.dq_nodes[outs[0]] = idx
+
+    def fold(self, node: onnx.NodeProto) -> bool:
+        """Evaluate ``node`` if its inputs are known constants; True if it was folded."""
+        if node.output and all(o in self.consts for o in node.output if o):
+            return True
+        if node.op_type == "Constant":
+            value = _const_of(node)
+            if value is not None:
+                self.consts[node.output[0]] = value
+                return True
+            return False
+        if node.op_type in ("Shape", "Size"):
+            return self._fold_shape(node)
+        ins = [i for i in node.input if i]
+        if node.op_type in _NO_FOLD or not ins or node.domain not in ("", "ai.onnx"):
+            return False
+        if not all(i in self.consts for i in ins):
+            return False
+        return self._evaluate(node)
+
+    def _fold_shape(self, node: onnx.NodeProto) -> bool:
+        dims = self.static.get(node.input[0])
+        if dims is None or any(d is None for d in dims):
+            return False
+        if node.op_type == "Size":
+            self.consts[node.output[0]] = np.array(math.prod(dims), np.int64)
+            return True
+        a = attrs_of(node)
+        start, end = a.get("start", 0), a.get("end", len(dims))
+        self.consts[node.output[0]] = np.array(dims[slice(start, end)], dtype=np.int64)
+        return True
+
+    def _evaluate(self, node: onnx.NodeProto) -> bool:
+        from onnx.reference import ReferenceEvaluator
+
+        feeds = {i: self.consts[i] for i in node.input if i}
+        inputs = [onnx.helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None)
+                  for i in feeds]  # fmt: skip
+        outputs = [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+                   for o in node.output if o]  # fmt: skip
+        g = onnx.helper.make_graph([node], "fold", inputs, outputs)
+        m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", self.opset)])
+        try:
+            results = ReferenceEvaluator(m).run(None, feeds)
+        except Exception:  # noqa: BLE001 - anything the evaluator cannot do stays a node
+            return False
+        for name, value in zip([o for o in node.output if o], results, strict=True):
+            self.consts[name] = np.asarray(value)
+        return True
+
+    def fixed_target(self, node: onnx.NodeProto) -> bool:
+        """Read a Reshape target computed from the dynamic batch size as a constant."""
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] in self.consts:
+            return False
+        if self.readers.get(node.input[1]) != 1 or attrs_of(node).get("allowzero", 0):
+            return False
+        value = self.batch.free_target(node, self.consts, self.static)
+        if value is not None:
+            self.consts[node.input[1]] = value
+        return value is not None
+
+
+def read_facts(model: onnx.ModelProto) -> ModelFacts:
+    """Infer shapes and fold constants of ``model`` (a checked ``ModelProto``)."""
+    folder = _Folder(model)
+    folder.prefold()
+    folder.refold()
+    return ModelFacts(folder)
