@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from ..core.graph import Graph, LayerInfo, Node
+from ..core.workflow import Captured as CoreCaptured
 from ._layers import build_layer
 from ._ops import OPS, ZERO_CHECKS, NodeView, Spec
 from ._shapes import opset_of
@@ -28,12 +29,12 @@ _WEIGHTED = ("conv", "linear", "batchnorm")
 
 
 @dataclass
-class Captured:
+class Captured(CoreCaptured):
     """The core graph of an ONNX model plus what the rewrite needs to apply a plan.
 
     Attributes:
-        model: The model the node indices below refer to (not modified here).
         graph: The core graph; node names are ONNX tensor names.
+        model: The model the node indices below refer to (not modified here).
         consts: Initializers, ``Constant`` outputs and folded values by tensor name.
         refs: Layer -> parameter -> (ONNX node index, input index) holding it.
         arrays: Layer -> float arrays for zero analysis (``W``, ``B``, ``shift``).
@@ -44,9 +45,8 @@ class Captured:
         notes: Things the user should know (dynamic shapes, folded subgraphs).
     """
 
-    model: onnx.ModelProto
-    graph: Graph
-    consts: dict[str, np.ndarray]
+    model: onnx.ModelProto | None = None
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
     refs: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     zero: dict[str, str] = field(default_factory=dict)
@@ -62,8 +62,8 @@ class _Emitter:
 
     def __init__(self, facts: ModelFacts) -> None:
         self.facts = facts
-        self.cap = Captured(facts.model, Graph(), dict(facts.consts), dynamic=list(facts.dynamic),
-                            opset=facts.opset)  # fmt: skip
+        self.cap = Captured(Graph(), model=facts.model, consts=dict(facts.consts),
+                            dynamic=list(facts.dynamic), opset=facts.opset)  # fmt: skip
         self.graph = self.cap.graph
         self.noops: set[str] = set()  # outputs of shape arithmetic on computed shapes
 
