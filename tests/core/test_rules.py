@@ -241,3 +241,22 @@ def test_select_required_keeps_a_group_whole_with_a_reason(monkeypatch):
     chosen = select_required(grp, np.array([1, 1, 1, 0], bool))
     assert chosen.keep.all() and chosen.reason == UNBALANCED and chosen.added == {3: UNBALANCED}
     assert select_required(grp, np.array([1, 0, 1, 0], bool)).reason is None  # already even
+
+
+def test_a_group_kept_whole_by_selection_is_listed_with_its_reason(monkeypatch):
+    import filterprune.core.pruner as pruner_module
+    from filterprune.core.selection import Selection
+    from filterprune.core.stats import collect_statistics
+
+    b = G()
+    b.conv("c1", "x", 8)
+    b.conv("head", "c1", 4)
+    a = b.analyze("head")
+    whole = lambda g, s, n: Selection(np.ones(g.size, bool), reason=UNBALANCED)  # noqa: E731
+    monkeypatch.setattr(pruner_module, "select", whole)
+    plan = Pruner(a).plan(0.5, {g.id: np.ones(g.size) for g in a.prunable_groups})
+    assert plan.reasons == {g.id: UNBALANCED for g in a.prunable_groups}
+    stats = collect_statistics(a, a.keeps(plan.kept), plan.kept, full_flops=1, full_params=1,
+                               current_params=1, current_level=0.5, target_level=0.5,
+                               reasons=plan.reasons)  # fmt: skip
+    assert (["c1"], UNBALANCED) in stats.unpruned

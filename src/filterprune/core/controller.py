@@ -166,6 +166,7 @@ class PruningControllerBase(CompressionController):
             full_flops=self.pruner.full_flops, full_params=self.pruner.full_params,
             current_params=self.pruner.params(self.plan),
             current_level=self.scheduler.current_level, target_level=self.scheduler.target_level,
+            reasons=self.plan.reasons,
         )  # fmt: skip
 
     # -- state -----------------------------------------------------------------------------

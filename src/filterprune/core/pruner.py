@@ -8,7 +8,7 @@ the resulting FLOPs and parameter counts. Nothing here touches a framework.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from .analysis import Analysis, Group
 from .flops import count_flops, count_params
 from .importance import filter_importance, normalize
-from .selection import MAX_GROUP_LEVEL, keep_count, select_group
+from .selection import MAX_GROUP_LEVEL, keep_count, select
 
 __all__ = ["Pruner", "Plan"]
 
@@ -29,6 +29,7 @@ class Plan:
 
     level: float
     kept: dict[int, np.ndarray]
+    reasons: dict[int, str] = field(default_factory=dict)  # groups kept whole by selection
 
     def to_dict(self, analysis: Analysis) -> dict:
         """JSON-able form: per group, its producers and the kept channel indices."""
@@ -108,8 +109,9 @@ class Pruner:
             counts = self._global_counts(level, groups, scores)
         else:
             counts = {g.id: keep_count(g.size, level, self.multiple_of) for g in groups}
-        kept = {g.id: select_group(g, scores[g.id], counts[g.id]) for g in groups}
-        return Plan(level, kept)
+        chosen = {g.id: select(g, scores[g.id], counts[g.id]) for g in groups}
+        reasons = {gid: c.reason for gid, c in chosen.items() if c.reason}
+        return Plan(level, {gid: c.keep for gid, c in chosen.items()}, reasons)
 
     def _global_counts(self, level, groups: list[Group], scores) -> dict[int, int]:
         if not groups:

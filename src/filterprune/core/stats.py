@@ -83,6 +83,7 @@ def collect_statistics(
     current_params: int,
     current_level: float,
     target_level: float,
+    reasons: dict[int, str] | None = None,
 ) -> PruningStatistics:
     layers = []
     full_filters = current_filters = 0
@@ -97,6 +98,7 @@ def collect_statistics(
             n = int(analysis.state.uses[layer]["out"].ids.size)
             layers.append(LayerStat(layer, n, int(vec.sum()) if vec is not None else n))
     unpruned = [(g.producers, g.reason or "") for g in analysis.groups if not g.prunable]
+    unpruned += [(analysis.groups[gid].producers, why) for gid, why in (reasons or {}).items()]
     return PruningStatistics(
         full_flops=full_flops,
         current_flops=sum(layer_flops(analysis.graph, keeps).values()),
