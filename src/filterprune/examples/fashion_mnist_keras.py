@@ -25,7 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from filterprune._atomic import atomic_write  # noqa: E402
+from filterprune._atomic import atomic_write, atomic_write_text  # noqa: E402
 from filterprune.datasets import load_fashion_mnist  # noqa: E402
 from filterprune.examples._config import demo_arguments, pruning_config
 
@@ -188,9 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  latency {label:<9}: dense {lat['a_median_ms']:.3f} ms -> stripped "
               f"{lat['b_median_ms']:.3f} ms ({1 / lat['ratio']:.2f}x faster)")  # fmt: skip
     print(f"  total time    : {report['seconds']:.0f}s")
-    path = Path(args.cache) / "demo-keras-results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    atomic_write_text(Path(args.cache) / "demo-keras-results.json", json.dumps(report, indent=2))
     return report
 
 
