@@ -62,8 +62,13 @@ def masked_model(arch: str, prune: dict, path: Path) -> float:
 
 def convert_case(masked: Path, out: Path) -> dict:
     """Ours and OpenVINO's pass on ``masked``: times, FLOPs, per-layer filters, equality."""
-    from filterprune.onnx import max_rel_diff, random_inputs, remove_zero_filters, save_model
-    from filterprune.onnx.convert import _run_ort
+    from filterprune.onnx import (
+        max_rel_diff,
+        random_inputs,
+        remove_zero_filters,
+        run_onnxruntime,
+        save_model,
+    )
     from filterprune.onnx.openvino import (
         openvino_pruning_pass,
         ov_layers,
@@ -85,7 +90,7 @@ def convert_case(masked: Path, out: Path) -> dict:
     pass_l = ov_layers(ov_pass)
     masked_proto = read_onnx(masked)
     feeds = random_inputs(masked_proto)
-    ref = _run_ort(masked_proto, feeds)
+    ref = run_onnxruntime(masked_proto, feeds)
     more = [n for n in dense_l if ours_l.get(n, (0,))[0] < pass_l.get(n, (0,))[0]]
     fewer = [n for n in dense_l if ours_l.get(n, (0,))[0] > pass_l.get(n, (0,))[0]]
     return {
@@ -100,7 +105,7 @@ def convert_case(masked: Path, out: Path) -> dict:
         "layers_ours_removes_more": len(more), "layers_ours_removes_fewer": len(fewer),
         "filters_ours": sum(c for c, _ in ours_l.values()),
         "filters_openvino_pass": sum(c for c, _ in pass_l.values()),
-        "rel_diff_ours_ort": max_rel_diff(ref, _run_ort(ours, feeds)),
+        "rel_diff_ours_ort": max_rel_diff(ref, run_onnxruntime(ours, feeds)),
         "rel_diff_ours_openvino": max_rel_diff(ref, run_openvino(ours, feeds)),
         "rel_diff_openvino_pass": max_rel_diff(ref, run_openvino(ov_pass, feeds)),
         "kept_zero_filters": sum(s.kept_zero for s in report.layers),

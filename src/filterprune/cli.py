@@ -58,6 +58,7 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
 
 @register_subcommand("convert", "remove zero filters; write ONNX or OpenVINO IR", _add_convert)
 def run_convert(args: argparse.Namespace) -> int:
+    from ._atomic import atomic_write_text
     from .onnx import remove_zero_filters, save_model
 
     fmt = args.to or ("openvino" if args.output.endswith(".xml") else "onnx")
@@ -76,7 +77,7 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.report:
         print(report)
     if args.report_json:
-        Path(args.report_json).write_text(json.dumps(report.to_dict(), indent=2))
+        atomic_write_text(args.report_json, json.dumps(report.to_dict(), indent=2))
     kept = report.flops_kept
     print(f"wrote {args.output}: {report.removed} filters removed, FLOPs kept {kept:.3f}"
           + ("" if report.changed else f" ({'; '.join(report.notes[-1:])})"))  # fmt: skip
@@ -85,15 +86,14 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def _write_openvino(model, args: argparse.Namespace, report) -> None:
     from .errors import ConversionError
-    from .onnx import load_model, max_rel_diff, random_inputs
-    from .onnx.convert import _run_ort
+    from .onnx import load_model, max_rel_diff, random_inputs, run_onnxruntime
     from .onnx.openvino import read_openvino, run_openvino, save_openvino
 
     ov_model = read_openvino(model)
     if not args.no_verify:
         original = load_model(args.model)
         feeds = random_inputs(original)
-        diff = max_rel_diff(_run_ort(original, feeds), run_openvino(ov_model, feeds))
+        diff = max_rel_diff(run_onnxruntime(original, feeds), run_openvino(ov_model, feeds))
         report.notes.append(f"OpenVINO outputs vs the input model in onnxruntime: {diff:.2e}")
         if not diff <= args.tolerance:
             raise ConversionError(
@@ -130,7 +130,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 
 @register_subcommand("bench", "latency of a dense and a pruned model, side by side", _add_bench)
 def run_bench(args: argparse.Namespace) -> int:
-    from .onnx._io import atomic_write
+    from ._atomic import atomic_write_text
     from .onnx.bench import benchmark, format_table
 
     paths = [args.dense, *args.pruned]
@@ -147,7 +147,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(format_table(rows))
     if args.json:
         text = json.dumps([r.to_dict() for r in rows], indent=2)
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text), suffix=".json")
+        atomic_write_text(args.json, text)
     return 0
 
 

@@ -56,6 +56,18 @@ def test_convert_cli_writes_smaller_equal_model(masked, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_run_onnxruntime_is_public_and_reads_paths_and_protos(masked):
+    import filterprune.onnx as fo
+
+    assert "run_onnxruntime" in fo.__all__
+    proto = onnx.load(masked)
+    feeds = fo.random_inputs(proto)
+    x = next(iter(feeds.values()))
+    from_path, from_proto = fo.run_onnxruntime(masked, feeds), fo.run_onnxruntime(proto, feeds)
+    np.testing.assert_array_equal(from_path[0], from_proto[0])
+    np.testing.assert_allclose(from_proto[0], run(masked, x)[0], rtol=1e-6)
+
+
 def test_report_says_why_zero_filters_stay(tmp_path, capsys):
     m = Net(mid=nn.LocalResponseNorm(2))  # LRN: an op the converter does not know
     zero(m.conv1, [0, 5])

@@ -115,6 +115,34 @@ def test_saved_model_and_keras_formats_match(pruned, tmp_path):
     _close(keras.models.load_model(tmp_path / "small.keras")(x).numpy(), ref)
 
 
+def test_saved_model_export_refuses_a_folder_with_files(pruned, tmp_path):
+    ctrl, ref, x = pruned
+    target = tmp_path / "saved"
+    (target / "assets").mkdir(parents=True)
+    (target / "assets" / "notes.txt").write_text("not ours")
+    with pytest.raises(FileExistsError, match="`path` must be a new or empty folder"):
+        ctrl.export_model(str(target), save_format="saved_model")
+    assert [p.name for p in target.rglob("*")] == ["assets", "notes.txt"]
+    assert (target / "assets" / "notes.txt").read_text() == "not ours"
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # no temporary left
+    (target / "assets" / "notes.txt").unlink()
+    (target / "assets").rmdir()
+    ctrl.export_model(str(target), save_format="saved_model")  # an empty folder is replaced
+    loaded = tf.saved_model.load(str(target))  # held: its variables die with it
+    _close(loaded.serve(tf.constant(x)).numpy(), ref)
+    with pytest.raises(FileExistsError, match="not empty"):  # nor is an earlier export
+        ctrl.export_model(str(target), save_format="saved_model")
+
+
+def test_file_exports_replace_an_old_file_and_leave_no_temporary(pruned, tmp_path):
+    ctrl, ref, x = pruned
+    path = tmp_path / "small.keras"
+    path.write_text("an older export")
+    ctrl.export_model(str(path), shrink=True)
+    _close(keras.models.load_model(path)(x).numpy(), ref)
+    assert [p.name for p in tmp_path.iterdir()] == ["small.keras"]
+
+
 def test_onnx_export_matches(pruned, tmp_path):
     pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")

@@ -21,7 +21,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from filterprune._atomic import atomic_write
 from filterprune.datasets import load_fashion_mnist
 
 __all__ = [
@@ -430,7 +430,7 @@ def baseline(
     """Train :class:`SmallCNN` on Fashion-MNIST once and cache it under ``cache_dir``.
 
     The cache file name carries a hash of every hyperparameter, so changing one
-    retrains; the file is written atomically (temporary file, then ``os.replace``).
+    retrains; the file is written atomically (a temporary file renamed into place).
     Training uses AdamW with a one-cycle learning-rate schedule, ``torch.manual_seed(seed)``
     and at most two CPU threads.
 
@@ -474,8 +474,9 @@ def baseline(
             print(f"baseline: loaded {path} (test accuracy {payload['accuracy']:.4f})")
         return BaselineResult(model, payload["accuracy"], path, True, payload["train_seconds"])
     accuracy, seconds = _train_baseline(model, config, verbose)
-    _save_atomic({"state_dict": model.state_dict(), "accuracy": accuracy,
-                  "train_seconds": seconds, "config": config}, path)
+    payload = {"state_dict": model.state_dict(), "accuracy": accuracy,
+               "train_seconds": seconds, "config": config}  # fmt: skip
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     if verbose:
         print(f"baseline: saved {path}")
     return BaselineResult(model, accuracy, path, False, seconds)
@@ -512,16 +513,3 @@ def _train_baseline(model: SmallCNN, config: dict, verbose: bool) -> tuple[float
     if verbose:
         print(f"baseline: test accuracy {accuracy:.4f} after {seconds:.1f} s of training")
     return accuracy, seconds
-
-
-def _save_atomic(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise

@@ -10,13 +10,12 @@ with ``pruning_steps`` shortened to the number of fine-tuning epochs.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from filterprune._atomic import atomic_write_text
 from filterprune.examples._config import demo_arguments, pruning_config
 from filterprune.examples._training import (
     baseline,
@@ -92,16 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  latency {label:<17}: dense {lat['a_median_ms']:.3f} ms -> stripped "
               f"{lat['b_median_ms']:.3f} ms ({1 / lat['ratio']:.2f}x faster)")  # fmt: skip
     print(f"  total time    : {report['seconds']:.0f}s")
-    _write_json(Path(args.cache) / "demo-results.json", report)
+    atomic_write_text(Path(args.cache) / "demo-results.json", json.dumps(report, indent=2))
     return report
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from filterprune._atomic import atomic_write, atomic_write_text  # noqa: E402
 from filterprune.datasets import load_fashion_mnist  # noqa: E402
 from filterprune.examples._config import demo_arguments, pruning_config
 
@@ -111,11 +111,7 @@ def baseline(cache: str, epochs: int, train_limit: int | None) -> tuple[keras.Mo
         0.0, decay_steps=steps - steps // 4, warmup_target=recipe["lr"], warmup_steps=steps // 4)
     _compile(model, keras.optimizers.AdamW(schedule, weight_decay=recipe["wd"]))
     model.fit(train, epochs=epochs, verbose=2, shuffle=False)  # the dataset shuffles
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".weights.h5")
-    os.close(fd)
-    model.save_weights(tmp, overwrite=True)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: model.save_weights(tmp, overwrite=True), suffix=".weights.h5")
     return model, False
 
 
@@ -192,9 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  latency {label:<9}: dense {lat['a_median_ms']:.3f} ms -> stripped "
               f"{lat['b_median_ms']:.3f} ms ({1 / lat['ratio']:.2f}x faster)")  # fmt: skip
     print(f"  total time    : {report['seconds']:.0f}s")
-    path = Path(args.cache) / "demo-keras-results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    atomic_write_text(Path(args.cache) / "demo-keras-results.json", json.dumps(report, indent=2))
     return report
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ._io import load_model, save_model
 from .capture import Captured, capture
-from .convert import max_rel_diff, random_inputs, remove_zero_filters
+from .convert import max_rel_diff, random_inputs, remove_zero_filters, run_onnxruntime
 from .report import ConversionReport, LayerReport
 from .zero_filters import Decision, find_removable
 
@@ -22,6 +22,7 @@ __all__ = [
     "find_removable",
     "max_rel_diff",
     "random_inputs",
+    "run_onnxruntime",
     "Captured",
     "Decision",
     "ConversionReport",

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from .._atomic import atomic_write  # re-exported: older imports of onnx._io keep working
 from ..errors import ConversionError
 
 __all__ = ["load_model", "save_model", "atomic_write"]
@@ -66,24 +65,6 @@ def _checked(proto: onnx.ModelProto, what: str) -> onnx.ModelProto:
     except Exception as err:  # noqa: BLE001 - the checker's own error types vary by version
         raise ConversionError(f"{what} is not a valid ONNX model: {err}") from err
     return proto
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place.
-
-    A failure leaves ``path`` untouched (an old file stays, no partial file appears).
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp",
-                               dir=target.parent)  # fmt: skip
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:

@@ -15,7 +15,7 @@ from .report import ConversionReport, build_report
 from .rewrite import rewrite
 from .zero_filters import find_removable
 
-__all__ = ["remove_zero_filters", "max_rel_diff", "random_inputs"]
+__all__ = ["remove_zero_filters", "max_rel_diff", "random_inputs", "run_onnxruntime"]
 
 _NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
        onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
@@ -46,11 +46,22 @@ def random_inputs(model: onnx.ModelProto, batch: int = 1, seed: int = 0) -> dict
     return feeds
 
 
-def _run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run_onnxruntime(
+    model: Any, feeds: dict[str, np.ndarray], threads: int = 1
+) -> list[np.ndarray]:
+    """Outputs of ``model`` in onnxruntime's CPU provider, in model output order.
+
+    Args:
+        model: An ``onnx.ModelProto``, or a path or bytes (read with :func:`load_model`).
+        feeds: Input name -> array, as :func:`random_inputs` makes them.
+        threads: Intra-op threads (1 by default, so results do not depend on the machine).
+    """
     import onnxruntime as ort
 
+    if not isinstance(model, onnx.ModelProto):
+        model = load_model(model)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
@@ -130,7 +141,8 @@ def remove_zero_filters(
     report.seconds["rewrite"] = t3 - t2
     if verify:
         feeds = random_inputs(proto)
-        report.max_rel_diff = max_rel_diff(_run_ort(proto, feeds), _run_ort(new, feeds))
+        before, after = run_onnxruntime(proto, feeds), run_onnxruntime(new, feeds)
+        report.max_rel_diff = max_rel_diff(before, after)
         report.seconds["verify"] = time.perf_counter() - t3
         if not report.max_rel_diff <= tolerance:
             raise ConversionError(

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .._atomic import move_into_place, staging_dir
 from ..errors import ConversionError
-from ._io import atomic_write, load_model
+from ._io import load_model
 
 __all__ = ["save_openvino", "run_openvino", "openvino_pruning_pass", "ov_layers", "ov_flops"]
 
@@ -52,19 +53,19 @@ def read_openvino(model: Any) -> Any:
 def save_openvino(model: Any, path: str | os.PathLike, *, compress_to_fp16: bool = False) -> None:
     """Write ``model`` (ONNX proto/path or ``openvino.Model``) as IR: ``path`` and its .bin.
 
-    Both files are written to temporary names first and renamed into place, the
-    weights before the graph, so a reader never sees a half-written pair.
+    Both files are written to a hidden folder beside ``path`` first and renamed into
+    place, the weights before the graph, so a reader never sees a half-written pair.
     """
     ov = _ov()
     target = Path(path)
     if target.suffix != ".xml":
         raise ValueError(f"`path` must end in .xml. Received: path={str(path)!r}.")
     ov_model = read_openvino(model)
-    with tempfile.TemporaryDirectory(dir=target.parent if target.parent.exists() else None) as tmp:
+    with staging_dir(target) as tmp:
         xml = os.path.join(tmp, "model.xml")
         ov.save_model(ov_model, xml, compress_to_fp16=compress_to_fp16)
-        atomic_write(target.with_suffix(".bin"), lambda t: os.replace(xml[:-4] + ".bin", t))
-        atomic_write(target, lambda t: os.replace(xml, t))
+        move_into_place(xml[:-4] + ".bin", target.with_suffix(".bin"))
+        move_into_place(xml, target)
 
 
 def run_openvino(model: Any, feeds: dict[str, np.ndarray], threads: int = 1) -> list[np.ndarray]:

@@ -1,7 +1,8 @@
 """Write a Keras model as a frozen GraphDef, a SavedModel, a ``.keras`` file or ONNX.
 
 Every format is written next to its destination first and moved into place, so a
-failed export never leaves half a file.
+failed export never leaves half a file; a SavedModel never replaces a folder that has
+files in it.
 """
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
 
+from .._atomic import atomic_dir, atomic_write
 from ._graphdef import prepare_for_onnx
 
 __all__ = ["FORMATS", "export", "resolve_format", "serving_function"]
@@ -161,19 +161,14 @@ def export(model: Any, save_path: str, save_format: str | None = None) -> str:
 
     Raises:
         ValueError: For an unknown format or a path that does not fit it.
+        FileExistsError: For a SavedModel, when ``save_path`` is a file or a folder that
+            is not empty (it is left as it is).
     """
     fmt = resolve_format(save_path, save_format)
     target = os.path.abspath(str(save_path))
-    folder = os.path.dirname(target)
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(target)[1]
-    tmp_dir = tempfile.mkdtemp(dir=folder, prefix=".filterprune-")
-    tmp = os.path.join(tmp_dir, "model" + suffix)
-    try:
-        _write(fmt, model, tmp)
-        if os.path.isdir(tmp) and os.path.isdir(target):
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    if fmt == "saved_model":
+        atomic_dir(target, lambda tmp: _write(fmt, model, tmp))
+    else:
+        suffix = os.path.splitext(target)[1]
+        atomic_write(target, lambda tmp: _write(fmt, model, tmp), suffix=suffix)
     return fmt

@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from .._atomic import atomic_write, atomic_write_text
 from ..core.config import Config
 from ..core.workflow import dry_run
 from ..errors import ConfigError
@@ -127,7 +125,7 @@ def run_analyze(args: argparse.Namespace) -> int:
                   for g in analysis.groups]  # fmt: skip
         data = {"groups": groups, "plan": plan.to_dict(analysis),
                 "statistics": stats.to_dict()}  # fmt: skip
-        _write(args.json, json.dumps(data, indent=2))
+        atomic_write_text(args.json, json.dumps(data, indent=2))
     return 0
 
 
@@ -154,7 +152,7 @@ def run_prune(args: argparse.Namespace) -> int:
     ctrl.set_pruning_level(level)
     print(ctrl.statistics())
     small = ctrl.strip().eval()
-    _save_state(small.state_dict(), args.output)
+    atomic_write(args.output, lambda tmp: torch.save(small.state_dict(), tmp))
     print(f"\nwrote {args.output} (rebuild with filterprune.torch.resize_to_state_dict)")
     if args.onnx:
         export_onnx(small, ctrl.sample, args.onnx)
@@ -210,26 +208,7 @@ def plot_layers(stats, path: str) -> None:
     ax.set_title(f"FLOPs kept {stats.flops_kept:.2f}, parameters kept {stats.params_kept:.2f}")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _save_state(state: dict, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder)
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".png")
+    finally:
+        plt.close(fig)

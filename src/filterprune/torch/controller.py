@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from typing import Any
 
@@ -11,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._atomic import atomic_write
 from ..core.analysis import analyze
 from ..core.config import FilterPruningParams
 from ..core.controller import CompressionStage, PruningControllerBase, analysis_options
@@ -100,19 +99,16 @@ def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
 
 def export_onnx(model: nn.Module, sample, path: str, input_names=None, output_names=None) -> None:
     """Write ``model`` as ONNX atomically (a temp file renamed into place)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder)
-    os.close(fd)
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX form
-    try:
+
+    def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, tuple(sample), tmp, dynamo=False, opset_version=17,
                               input_names=input_names, output_names=output_names)  # fmt: skip
-        os.replace(tmp, path)
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX form
+    try:
+        atomic_write(path, write, suffix=".onnx")
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
+from ..core.graph import LayerInfo
+from ..core.weights import slice_weight
 from ..errors import AnalysisError
 
 __all__ = ["shrink_model", "resize_to_state_dict"]
 
-
-def _index(vec: np.ndarray, device) -> torch.Tensor:
-    return torch.as_tensor(np.flatnonzero(vec), dtype=torch.long, device=device)
+_CUT = ("conv", "linear", "batchnorm", "param")  # layer kinds whose tensors lose channels
 
 
 def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -23,86 +25,85 @@ def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
         module._buffers[name] = value.contiguous()
 
 
-def _shrink_conv(module: nn.Module, name: str, keep: dict[str, np.ndarray]) -> None:
-    w = module.weight.data
-    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
-    out_axis, in_axis = (1, 0) if transposed else (0, 1)
-    cin, cout, groups = module.in_channels, module.out_channels, module.groups
-    k_out = keep.get("out", np.ones(cout, bool))
-    k_in = keep.get("in", np.ones(cin, bool))
-    if groups == 1:
-        w = w.index_select(out_axis, _index(k_out, w.device))
-        w = w.index_select(in_axis, _index(k_in, w.device))
-        new_groups = 1
-    else:
-        block = np.arange(cout) // (cout // groups)
-        per_block = k_in.reshape(groups, -1)
-        cols = [np.flatnonzero(per_block[b]) for b in block[k_out]]
-        if len({c.size for c in cols}) > 1:
-            raise AnalysisError(f"{name}: pruned channels are uneven across its groups")
-        rows = _index(k_out, w.device)
-        col_idx = torch.as_tensor(np.stack(cols), dtype=torch.long, device=w.device)
-        w = w[rows[:, None], col_idx]
-        depthwise = groups == cin
-        new_groups = int(k_in.sum()) if depthwise else groups
-    _replace(module, "weight", w)
-    if module.bias is not None:
-        _replace(module, "bias", module.bias.data[_index(k_out, w.device)])
-    module.in_channels, module.out_channels = int(k_in.sum()), int(k_out.sum())
-    module.groups = new_groups
+def _cut(tensor: torch.Tensor, roles, keep: dict[str, np.ndarray], groups: int) -> torch.Tensor:
+    """``tensor`` cut as :func:`~filterprune.core.weights.slice_weight` cuts it.
+
+    The core slices arrays of positions, so what stays is decided once for every
+    frontend; the tensor is only gathered here, on its device and in its dtype (numpy
+    has no bfloat16). Axes are probed one at a time, except a grouped weight's, where the
+    columns a filter keeps depend on its group; other axes are size 1 in the probe, so it
+    stays small even for a large Linear.
+    """
+    roles = tuple(roles) + (None,) * (tensor.dim() - len(roles))
+    cut = [axis for axis, role in enumerate(roles) if role in keep]
+    for axes in [cut] if groups > 1 else [[axis] for axis in cut]:
+        probe = [n if axis in axes else 1 for axis, n in enumerate(tensor.shape)]
+        kept = slice_weight(np.arange(math.prod(probe)).reshape(probe), roles, keep, groups)
+        if kept.shape != tuple(probe):
+            tensor = _gather(tensor, axes, kept)
+    return tensor
 
 
-def _shrink_linear(module: nn.Linear, name: str, keep: dict[str, np.ndarray]) -> None:
-    w = module.weight.data
-    k_out = keep.get("out", np.ones(module.out_features, bool))
-    k_in = keep.get("in", np.ones(module.in_features, bool))
-    w = w.index_select(0, _index(k_out, w.device)).index_select(1, _index(k_in, w.device))
-    _replace(module, "weight", w)
-    if module.bias is not None:
-        _replace(module, "bias", module.bias.data[_index(k_out, w.device)])
-    module.in_features, module.out_features = int(k_in.sum()), int(k_out.sum())
+def _gather(tensor: torch.Tensor, axes: list[int], kept: np.ndarray) -> torch.Tensor:
+    """The entries of ``tensor`` at probe positions ``kept`` (flat indices over ``axes``)."""
+    front = tuple(range(len(axes)))
+    moved = tensor.movedim(axes, front)
+    rest = moved.shape[len(axes):]
+    index = torch.as_tensor(kept.reshape(-1), dtype=torch.long, device=tensor.device)
+    picked = moved.reshape(-1, *rest)[index]
+    return picked.reshape(*[kept.shape[axis] for axis in axes], *rest).movedim(front, axes)
 
 
-def _shrink_channels(module: nn.Module, name: str, keep: dict[str, np.ndarray]) -> None:
-    vec = keep.get("channel")
-    if vec is None:
+def _tensors(model: nn.Module, name: str, info: LayerInfo, keep: dict[str, np.ndarray]):
+    """``(owner, attribute, roles)`` for every tensor of layer ``name`` that may lose entries.
+
+    Parameters take their roles from ``info``; a 1-D buffer as long as the ``"channel"``
+    keep vector (BatchNorm's running statistics) is cut along it too.
+    """
+    if info.kind == "param":  # a bare parameter: ``name`` is its own dotted name
+        owner_name, _, attr = name.rpartition(".")
+        yield model.get_submodule(owner_name), attr, info.params[""][1]
         return
-    for pname, t in list(module._parameters.items()) + list(module._buffers.items()):
-        if t is not None and t.dim() == 1 and t.numel() == vec.size:
-            _replace(module, pname, t.data[_index(vec, t.device)])
-    for attr in ("num_features", "num_parameters"):
-        if hasattr(module, attr):
-            setattr(module, attr, int(vec.sum()))
+    module = model.get_submodule(name)
+    for pname, (_, roles) in info.params.items():
+        yield module, pname, roles
+    channels = keep.get("channel")
+    if channels is None:
+        return
+    for bname, buf in module._buffers.items():
+        if buf is not None and buf.dim() == 1 and buf.numel() == channels.size:
+            yield module, bname, ("channel",)
 
 
-def _shrink_param(model: nn.Module, name: str, keep: dict[str, np.ndarray]) -> None:
-    owner_name, _, pname = name.rpartition(".")
-    owner = model.get_submodule(owner_name)
-    t = getattr(owner, pname).data
-    for role, vec in keep.items():
-        axis = int(role[4:])
-        if vec.size == t.shape[axis] and not vec.all():
-            t = t.index_select(axis, _index(vec, t.device))
-    _replace(owner, pname, t)
+def _shrink_layer(model: nn.Module, name: str, info: LayerInfo, keep: dict) -> None:
+    for owner, attr, roles in _tensors(model, name, info, keep):
+        tensor = getattr(owner, attr)
+        if tensor is None:
+            continue
+        try:
+            cut = _cut(tensor.data, roles, keep, info.groups)
+        except ValueError as err:
+            raise AnalysisError(f"{name}: cannot cut {attr!r}: {err}") from err
+        if cut.shape != tensor.shape:
+            _replace(owner, attr, cut)
+    if info.kind == "param":
+        return
+    module = model.get_submodule(name)
+    channels = keep.get("channel")
+    for size in ("num_features", "num_parameters"):  # norms without tensors keep no shape
+        if channels is not None and hasattr(module, size):
+            setattr(module, size, int(channels.sum()))
+    _sync_attributes(module)
 
 
 def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.Module:
     """Cut every layer of ``model`` (in place) down to its kept channels."""
-    modules = dict(model.named_modules())
     with torch.no_grad():
         for name, keep in layer_keeps.items():
-            if all(v.all() for v in keep.values()):
-                continue
             info = layer_infos.get(name)
-            kind = info.kind if info else None
-            if kind == "conv":
-                _shrink_conv(modules[name], name, keep)
-            elif kind == "linear":
-                _shrink_linear(modules[name], name, keep)
-            elif kind == "batchnorm":
-                _shrink_channels(modules[name], name, keep)
-            elif kind == "param":
-                _shrink_param(model, name, keep)
+            if info is None or info.kind not in _CUT or all(v.all() for v in keep.values()):
+                continue
+            _shrink_layer(model, name, info, keep)
     return model
 
 

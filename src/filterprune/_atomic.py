@@ -1,0 +1,169 @@
+"""Atomic file and folder output: write beside the target, then rename into place.
+
+Every writer in the package goes through these functions, so a crash or an error
+midway never leaves half a file where a reader looks, and an old file stays intact
+until the new one is complete. Temporary names are hidden (``.name.XXXX.tmp``) and
+live in the target's folder, so the final rename never crosses file systems.
+
+Example:
+    >>> atomic_write_text("report.json", "{}")  # doctest: +SKIP
+    >>> atomic_write("m.onnx", lambda tmp: onnx.save(proto, tmp), suffix=".onnx")  # doctest: +SKIP
+    >>> atomic_dir("saved_model", lambda tmp: model.export(tmp))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_dir",
+    "move_into_place",
+    "staging_dir",
+]
+
+PathLike = str | os.PathLike
+
+
+def atomic_write(path: PathLike, write_fn: Callable[[str], None], suffix: str = "") -> None:
+    """Call ``write_fn(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    Args:
+        path: The file to write; its folder is created when missing.
+        write_fn: Writes the content to the path it is given (an existing, empty file).
+        suffix: Ending of the temporary name, for writers that infer the format from
+            it (``".keras"``, ``".png"``); ``".tmp"`` when empty.
+
+    The file ends up with the mode a new file gets (``0o666`` less the umask). On any
+    failure the temporary file is removed and ``path`` is left as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp",
+                               dir=target.parent)  # fmt: skip
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        move_into_place(tmp, target)
+    finally:
+        _remove(tmp)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding=encoding))
+
+
+def atomic_dir(path: PathLike, write_fn: Callable[[str], None]) -> None:
+    """Call ``write_fn(tmp)`` on a new empty folder beside ``path``, then rename it to ``path``.
+
+    For outputs that are folders (a TensorFlow SavedModel). An existing empty folder
+    at ``path`` is replaced; anything else there is refused, never deleted.
+
+    Raises:
+        FileExistsError: ``path`` is a file or a folder that is not empty (checked
+            before writing and again just before the rename).
+    """
+    target = Path(path)
+    _check_free(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with staging_dir(target) as tmp:
+        write_fn(tmp)
+        for folder, _, files in os.walk(tmp):
+            for name in files:
+                _fsync(os.path.join(folder, name))
+        _check_free(target)
+        move_into_place(tmp, target)
+
+
+def move_into_place(src: PathLike, dst: PathLike) -> None:
+    """Rename the finished file or folder ``src`` to ``dst`` (same file system), durably.
+
+    ``src`` is flushed to disk and given the mode a new file or folder gets under the
+    current umask before the rename; the folder holding ``dst`` is flushed after it.
+    """
+    src = os.fspath(src)
+    is_dir = os.path.isdir(src)
+    if not is_dir:
+        _fsync(src)
+    os.chmod(src, (0o777 if is_dir else 0o666) & ~_umask())
+    os.replace(src, dst)
+    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+
+
+@contextlib.contextmanager
+def staging_dir(near: PathLike) -> Iterator[str]:
+    """A new hidden folder beside ``near`` (``.name.XXXX.tmp``), removed with its content on exit.
+
+    For writers that produce several files at once (an OpenVINO ``.xml`` and its
+    ``.bin``): write them here, then :func:`move_into_place` each one.
+    """
+    target = Path(near)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
+
+
+def _check_free(target: Path) -> None:
+    if target.is_dir() and not target.is_symlink():
+        if next(target.iterdir(), None) is None:
+            return
+        raise FileExistsError(
+            f"`path` must be a new or empty folder; it is not overwritten. Received: "
+            f"path={str(target)!r}, a folder that is not empty. Remove it or choose another path."
+        )
+    if target.exists() or target.is_symlink():
+        raise FileExistsError(
+            f"`path` must be a new or empty folder. Received: path={str(target)!r}, which "
+            "exists and is not a folder."
+        )
+
+
+def _remove(tmp: str) -> None:
+    """Delete our own temporary file or folder if it is still there."""
+    if os.path.isdir(tmp) and not os.path.islink(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: str) -> None:
+    # Makes the rename itself durable; some systems cannot open or sync a folder.
+    with contextlib.suppress(OSError):
+        _fsync(folder)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: read by setting, then restore at once
+    os.umask(mask)
+    return mask

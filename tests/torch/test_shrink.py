@@ -1,0 +1,102 @@
+"""Shrinking cuts every tensor through ``core.weights.slice_weight``: grouped convs too."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch_helpers import assert_strip_equal, make_config, randomize_bn
+
+from filterprune import AnalysisError
+from filterprune.core.graph import LayerInfo
+from filterprune.torch import create_compressed_model
+from filterprune.torch.shrink import shrink_model
+
+# Per group of four stem channels two are weak, at different offsets in each group.
+WEAK = [0, 1, 6, 7, 8, 11, 13, 14]
+KEPT = [2, 3, 4, 5, 9, 10, 12, 15]
+
+
+class GroupedNet(nn.Module):
+    """A grouped conv (groups=4, in == out) sharing the stem's channels, then a
+    depthwise conv with channel multiplier 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.g = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 32, 1)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.dw = nn.Conv2d(32, 64, 3, padding=1, groups=32)
+        self.bn3 = nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = torch.relu(self.bn1(self.g(x)))
+        x = torch.relu(self.bn2(self.c2(x)))
+        x = torch.relu(self.bn3(self.dw(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture
+def grouped_net():
+    torch.manual_seed(0)
+    net = randomize_bn(GroupedNet(), seed=1).eval()
+    with torch.no_grad():
+        net.stem.weight[WEAK] *= 0.01
+    return net
+
+
+def test_grouped_conv_with_uneven_offsets_shrinks_to_the_masked_model(grouped_net):
+    original = {k: v.clone() for k, v in grouped_net.state_dict().items()}
+    config = make_config(pruning_init=0.5, prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(grouped_net, config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 32, 32))
+
+    assert torch.equal(small.stem.weight, original["stem.weight"][KEPT])
+    g = small.g
+    assert (g.in_channels, g.out_channels, g.groups) == (8, 8, 4)
+    # a kept filter of group b reads the kept channels of block b, at their offsets there
+    cols = [[k % 4 for k in KEPT if k // 4 == o // 4] for o in KEPT]
+    expected = torch.stack([original["g.weight"][o, c] for o, c in zip(KEPT, cols, strict=True)])
+    assert torch.equal(g.weight, expected)
+    assert torch.equal(g.bias, original["g.bias"][KEPT])
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        assert torch.equal(getattr(small.bn1, key), original[f"bn1.{key}"][KEPT]), key
+    assert small.bn1.num_features == 8
+
+    dw = small.dw
+    assert dw.groups == dw.in_channels == small.c2.out_channels < 32
+    assert dw.out_channels == 2 * dw.in_channels == small.bn3.num_features
+    assert small.fc.in_features == dw.out_channels
+
+
+def _grouped_layer(dtype):
+    conv = nn.Conv2d(8, 8, 1, groups=2, bias=False).to(dtype)
+    info = LayerInfo("0", "conv", {"weight": ((8, 4, 1, 1), ("out", "in", None, None))},
+                     groups=2, weight="weight")  # fmt: skip
+    return nn.Sequential(conv), {"0": info}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_shrink_keeps_dtype_and_picks_the_core_slice(dtype):
+    model, infos = _grouped_layer(dtype)
+    weight = model[0].weight.detach().clone()
+    keep = np.array([1, 0, 0, 1, 0, 1, 1, 0], bool)  # two per group, different offsets
+    shrink_model(model, {"0": {"out": keep, "in": keep}}, infos)
+    w = model[0].weight
+    assert w.dtype == dtype and w.shape == (4, 2, 1, 1)
+    assert (model[0].in_channels, model[0].out_channels, model[0].groups) == (4, 4, 2)
+    expected = weight[[0, 3, 5, 6]][:, [0, 3]]  # block 0 keeps offsets 0, 3; block 1: 1, 2
+    expected[2:] = weight[[5, 6]][:, [1, 2]]
+    assert torch.equal(w.detach(), expected)
+
+
+def test_uneven_counts_per_group_are_an_analysis_error():
+    model, infos = _grouped_layer(torch.float32)
+    keep_in = np.array([1, 1, 1, 0, 1, 0, 0, 0], bool)  # block 0 keeps 3, block 1 keeps 1
+    keep_out = np.ones(8, bool)
+    with pytest.raises(AnalysisError, match=r"^0: cannot cut 'weight': .*same number of input"):
+        shrink_model(model, {"0": {"out": keep_out, "in": keep_in}}, infos)
