@@ -73,3 +73,109 @@ def test_unused_patterns():
 
 def test_repr():
     assert repr(ScopeMatcher("a", ["b"])) == "ScopeMatcher(ignored=['a'], target=['b'])"
+
+
+# --- NNCF scopes and unmatched patterns (issue 13, item 4) -------------------------------
+
+from filterprune.core.scopes import check_unmatched, nncf_scope_name  # noqa: E402
+
+LAYERS = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.0.downsample.0", "fc"]
+
+
+@pytest.mark.parametrize(
+    ("scope", "name"),
+    [
+        ("ResNet/NNCFConv2d[conv1]/conv2d_0", "conv1"),
+        ("ResNet/Sequential[layer1]/BasicBlock[0]/NNCFConv2d[conv1]/conv2d_0", "layer1.0.conv1"),
+        ("ResNet/Sequential[layer1]", "layer1"),
+        ("Model/NNCFLinear[fc]", "fc"),
+        ("layer1.0.conv1", None),
+        ("ResNet/__add___0", None),
+    ],
+)
+def test_nncf_scopes_are_read_as_module_paths(scope, name):
+    assert nncf_scope_name(scope) == name
+
+
+def test_nncf_scopes_match_the_modules_they_name():
+    matcher = ScopeMatcher(ignored=["ResNet/Sequential[layer1]/BasicBlock[0]/NNCFConv2d[conv1]/"
+                                    "conv2d_0", "ResNet/NNCFLinear[fc]/linear_0"])
+    assert [n for n in LAYERS if not matcher.allows(n)] == ["layer1.0.conv1", "fc"]
+    assert matcher.reason("fc") == "in ignored_scopes ('ResNet/NNCFLinear[fc]/linear_0')"
+    block = ScopeMatcher(ignored="ResNet/Sequential[layer1]")  # a prefix, like a plain name
+    assert [n for n in LAYERS if not block.allows(n)] == LAYERS[1:4]
+
+
+@pytest.mark.parametrize(
+    ("regex", "matched"),
+    [
+        (r"{re}.*NNCFConv2d\[conv1\].*", ["conv1", "layer1.0.conv1"]),
+        (r"{re}ResNet/Sequential\[layer1\]/.*", LAYERS[1:4]),
+        (r"{re}.*Sequential\[downsample\].*", ["layer1.0.downsample.0"]),
+        (r"{re}ResNet/NNCFConv2d\[conv1\]/conv2d_0", ["conv1"]),  # NNCF: model class first
+        (r"{re}.*NNCFConv2d\[conv1\]/conv2d_0", ["conv1", "layer1.0.conv1"]),
+        (r"{re}^ResNet/NNCFConv2d\[conv1\]/conv2d_0$", ["conv1"]),
+    ],
+)
+def test_nncf_regexes_are_searched_in_the_module_path(regex, matched):
+    assert [n for n in LAYERS if not ScopeMatcher(ignored=regex).allows(n)] == matched
+
+
+def test_unmatched_plain_scope_is_an_error_with_close_names():
+    config = {"ignored_scopes": ["fc", "layer1.0.conv3"]}
+    with pytest.raises(ConfigError, match=(
+        r"^`ignored_scopes\[1\]` must match a layer of the model\. Received: "
+        r"ignored_scopes\[1\]='layer1\.0\.conv3', which matches none\. Close layer names: "
+        r"'layer1\.0\.conv[12]', 'layer1\.0\.conv[12]'.*Set `validate_scopes` to false")):
+        check_unmatched(config, LAYERS)
+
+
+def test_unmatched_nncf_scope_says_how_it_was_read():
+    config = {"compression": [{"algorithm": "filter_pruning",
+                               "target_scopes": ["ResNet/NNCFConv2d[conv9]/conv2d_0"]}]}
+    with pytest.raises(ConfigError, match=(
+        r"^`compression\[0\]\.target_scopes\[0\]` must match a layer .* \(read as layer "
+        r"'conv9'\), which matches none\. Close layer names: 'conv1'")):
+        check_unmatched(config, LAYERS)
+
+
+def test_search_style_regex_is_reported_with_the_full_match_hint():
+    # `{re}downsample` would match by re.search (NNCF) but is a full match here: the silent
+    # case, caught and explained
+    config = {"compression": {"algorithm": "filter_pruning", "ignored_scopes": "{re}downsample"}}
+    with pytest.raises(ConfigError, match=(
+        r"^`compression\.ignored_scopes` must match .* As a substring search it would match 1 "
+        r"layer\(s\), e\.g\. 'layer1\.0\.downsample\.0', but a `\{re\}` pattern must match the "
+        r"whole name: write '\{re\}\.\*downsample\.\*'")):
+        check_unmatched(config, LAYERS)
+
+
+def test_nested_group_scopes_are_checked_with_their_key_path():
+    config = {"compression": [{"algorithm": "quantization",
+                               "weights": {"ignored_scopes": ["fc2"]}}]}
+    with pytest.raises(ConfigError, match=r"^`compression\[0\]\.weights\.ignored_scopes\[0\]`"):
+        check_unmatched(config, LAYERS)
+
+
+def test_validate_scopes_false_turns_errors_into_warnings(caplog):
+    config = {"validate_scopes": False, "ignored_scopes": ["conv9"],
+              "compression": {"algorithm": "filter_pruning", "target_scopes": ["fc"]}}
+    with caplog.at_level("WARNING", logger="filterprune"):
+        warned = check_unmatched(config, LAYERS)
+    assert len(warned) == 1 and "`ignored_scopes[0]`" in warned[0]
+    assert "conv9" in caplog.text
+    # an entry's own key wins for that entry's patterns
+    config["compression"] = {"algorithm": "filter_pruning", "validate_scopes": True,
+                             "target_scopes": ["fc9"]}
+    with pytest.raises(ConfigError, match=r"`compression\.target_scopes\[0\]`"):
+        check_unmatched(config, LAYERS)
+    config = {"ignored_scopes": ["conv9"],
+              "compression": {"algorithm": "filter_pruning", "validate_scopes": False}}
+    with pytest.raises(ConfigError, match=r"`ignored_scopes\[0\]`"):  # top-level stays strict
+        check_unmatched(config, LAYERS)
+
+
+def test_matching_patterns_pass():
+    config = {"ignored_scopes": ["layer1", "{re}.*conv2", "Model/NNCFLinear[fc]/linear_0"],
+              "compression": {"algorithm": "filter_pruning", "target_scopes": "conv1"}}
+    assert check_unmatched(config, LAYERS) == []

@@ -21,10 +21,12 @@ Example:
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError
+from ._validation import short_repr
+from .state import STATE_VERSION, check_state_header
 
 __all__ = [
     "CompressionStage",
@@ -34,9 +36,6 @@ __all__ = [
     "CompositeStatistics",
     "STATE_VERSION",
 ]
-
-STATE_VERSION = 1
-
 
 class CompressionStage(enum.IntEnum):
     """How far the compression in place is from its target."""
@@ -76,6 +75,8 @@ class CompressionController:
 
     name = "none"
     scheduler: Any = _NoSchedule()
+    #: Key path of this controller's state in messages (a composite sets its children's).
+    state_where = "compression_state"
 
     # -- workflow hooks --------------------------------------------------------------------
     def start(self, compression_state: dict[str, Any] | None) -> bool:
@@ -84,8 +85,12 @@ class CompressionController:
         Returns:
             True when the model's function changed so that BatchNorm statistics should be
             re-estimated before :meth:`initialize`.
+
+        Raises:
+            ConfigError: If the state is not this algorithm's, or of another version.
         """
         if compression_state is not None:
+            check_state_header(compression_state, self.name, self.state_where)
             self.load_state(compression_state)
         return False
 
@@ -254,22 +259,40 @@ class CompositeCompressionController(CompressionController):
             c.load_state(s)
 
     def _split_state(self, state: dict[str, Any] | None) -> list[dict[str, Any] | None]:
+        """Each child's part of ``state``, checked: header, one part per child, none extra."""
         if state is None:
             return [None] * len(self.child_ctrls)
-        children = state.get("children") if isinstance(state, dict) else None
+        check_state_header(state, self.name, self.state_where)
+        children = state.get("children")
         if not isinstance(children, list):
             raise ConfigError(
-                "`compression_state` must come from get_compression_state() of a controller "
-                f"running {self._names()}. Received: a state without 'children'."
+                f"`{self.state_where}.children` must be a list of the states of "
+                f"{self._names()}. Received: children={short_repr(children)}."
             )
-        by_name = {s.get("algorithm"): s for s in children if isinstance(s, dict)}
-        missing = [n for n in self._names() if n not in by_name]
-        if missing:
+        found: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        for i, child in enumerate(children):
+            where = f"{self.state_where}.children[{i}]"
+            name = child.get("algorithm") if isinstance(child, Mapping) else None
+            if not isinstance(name, str):
+                got = f"algorithm={short_repr(name)}" if name is not None else short_repr(child)
+                raise ConfigError(f"`{where}` must be the state of one of {self._names()}. "
+                                  f"Received: {got}.")  # fmt: skip
+            check_state_header(child, name, where)
+            if name in found:
+                raise ConfigError(f"`{where}` must be the only state of {name!r}. Received: "
+                                  f"a second one (first at {found[name][0]}).")  # fmt: skip
+            found[name] = (where, child)
+        missing = [n for n in self._names() if n not in found]
+        extra = [n for n in found if n not in self._names()]
+        if missing or extra:
             raise ConfigError(
-                f"`compression_state` has no state for {missing}. It holds "
-                f"{sorted(map(str, by_name))}; the config runs {self._names()}."
+                f"`{self.state_where}.children` must hold one state per algorithm of the "
+                f"config, {self._names()}. Received: no state for {missing}; states of "
+                f"algorithms the config does not run: {extra}."
             )
-        return [by_name[n] for n in self._names()]
+        for c in self.child_ctrls:
+            c.state_where = found[c.name][0]
+        return [found[n][1] for n in self._names()]
 
     def strip_model(self, model: Any, **kwargs: Any) -> Any:
         for c in self.child_ctrls:

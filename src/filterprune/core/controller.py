@@ -32,6 +32,7 @@ from .params import FilterPruningParams
 from .pruner import Plan, Pruner
 from .schedule import Scheduler
 from .scopes import ScopeMatcher
+from .state import check_pruning_state
 from .stats import PruningStatistics, collect_statistics
 
 log = logging.getLogger("filterprune")
@@ -64,6 +65,15 @@ def analysis_options(params: FilterPruningParams) -> AnalysisOptions:
         prune_linear=params.prune_linear,
         scope_reason=scopes.reason,
     )
+
+def _why_whole(analysis: Analysis) -> str:
+    """The distinct reasons groups are left whole, most common first (for one log line)."""
+    reasons = [g.reason for g in analysis.groups if g.reason]
+    if not reasons:
+        return "the model has no layer with filters"
+    kinds = sorted(set(reasons), key=lambda r: -reasons.count(r))
+    return "; ".join(kinds[:3]) + (f"; and {len(kinds) - 3} more" if len(kinds) > 3 else "")
+
 
 class PruningControllerBase(CompressionController):
     """Schedule, plans, statistics and state of filter pruning on one analysed model.
@@ -107,6 +117,9 @@ class PruningControllerBase(CompressionController):
         for group in self.analysis.groups:
             if not group.prunable:
                 log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)
+        if not self.analysis.prunable_groups:
+            log.warning("filter_pruning: nothing can be pruned, every group is left whole (%s); "
+                        "the model stays UNCOMPRESSED.", _why_whole(self.analysis))  # fmt: skip
         if compression_state is not None:
             self.load_state(compression_state)
             return False
@@ -151,8 +164,10 @@ class PruningControllerBase(CompressionController):
         return self.pruner.keeps(self.plan)
 
     def compression_stage(self) -> CompressionStage:
+        """``UNCOMPRESSED`` while no filter is pruned (also when nothing can be: see the log),
+        ``FULLY_COMPRESSED`` at the target level, else ``PARTIALLY_COMPRESSED``."""
         target = self.scheduler.target_level
-        if self.pruning_level <= 0:
+        if self.pruning_level <= 0 or all(keep.all() for keep in self.plan.kept.values()):
             return CompressionStage.UNCOMPRESSED
         if self.pruning_level >= target - 1e-9:
             return CompressionStage.FULLY_COMPRESSED
@@ -184,18 +199,15 @@ class PruningControllerBase(CompressionController):
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_compression_state` output: schedule, frozen flag and masks.
 
+        The state is checked first (:func:`~filterprune.core.state.check_pruning_state`);
+        nothing changes unless it passes.
+
         Raises:
-            ConfigError: If ``state`` is not a filter pruning state, or was saved for
-                another model.
+            ConfigError: If ``state`` is not a filter pruning state of this version, breaks
+                its schema, was saved for another model, or prunes a layer this config
+                leaves whole.
         """
-        if not isinstance(state, dict) or state.get("algorithm") != "filter_pruning" or (
-            "plan" not in state
-        ):
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ConfigError(
-                "`compression_state` must come from get_compression_state() of a filter "
-                f"pruning controller. Received: {got}."
-            )
+        plan = check_pruning_state(state, self.analysis, self.state_where)
         self.scheduler.load_state(state["scheduler"])
         self.frozen = bool(state.get("frozen", False))
-        self._install(Plan.from_dict(state["plan"], self.analysis))
+        self._install(Plan.from_dict(plan, self.analysis))

@@ -304,6 +304,10 @@ def _shared_initializer() -> dict[str, Any]:
 
 
 _BN_SAMPLES = "initializer.batchnorm_adaptation.num_bn_adaptation_samples"
+_VALIDATE_SCOPES = boolean(
+    "A scope pattern of this entry that matches no layer is an error (true, the default, "
+    "from the top-level key) or a warning (false)."
+)
 
 
 # --- filter pruning --------------------------------------------------------------------
@@ -393,6 +397,7 @@ class FilterPruningParams(Settings):
     )
     ignored_scopes: tuple[str, ...] = setting("ignored_scopes", SCOPES, ())
     target_scopes: tuple[str, ...] = setting("target_scopes", SCOPES, ())
+    validate_scopes: bool | None = setting("validate_scopes", _VALIDATE_SCOPES)
     num_bn_adaptation_samples: int = setting(_BN_SAMPLES, integer(0), 2000)
 
     def _resolve(self) -> None:
@@ -400,7 +405,7 @@ class FilterPruningParams(Settings):
             object.__setattr__(self, "pruning_target", 0.5)
 
     def check(self, where: str = "") -> None:
-        """Only one target; a schedule that can reach the target from ``pruning_init``."""
+        """Only one target, not below ``pruning_init``; a schedule that can reach it."""
         if self.pruning_target is not None and self.pruning_flops_target is not None:
             raise ConfigError(
                 f"`{self.key('pruning_target', where)}` and "
@@ -409,6 +414,12 @@ class FilterPruningParams(Settings):
                 f"pruning_flops_target={self.pruning_flops_target}."
             )
         target = "pruning_flops_target" if self.prune_flops else "pruning_target"
+        if self.pruning_init > self.target_level:
+            raise ConfigError(
+                f"`{self.key(target, where)}` must be at least `{self.key('pruning_init', where)}`"
+                f": the schedule only prunes more over time. Received: {target}="
+                f"{self.target_level}, pruning_init={self.pruning_init}."
+            )
         get_schedule(self.schedule).check(
             self.pruning_init, self.target_level, self.pruning_steps,
             self.key("pruning_init", where), self.key(target, where),
@@ -478,6 +489,7 @@ class QuantizationParams(Settings):
     max_percentile: float = setting("initializer.range.params.max_percentile", _PERCENT, 99.9)
     ignored_scopes: tuple[str, ...] = setting("ignored_scopes", SCOPES, ())
     target_scopes: tuple[str, ...] = setting("target_scopes", SCOPES, ())
+    validate_scopes: bool | None = setting("validate_scopes", _VALIDATE_SCOPES)
     export_to_onnx_standard_ops: bool = setting(
         "export_to_onnx_standard_ops", boolean("Accepted; QDQ pairs are always written."), False
     )

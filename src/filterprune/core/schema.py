@@ -98,6 +98,12 @@ def config_schema(with_algorithms: bool = True) -> dict[str, Any]:
             "disable_shape_matching": {"type": "boolean"},
             "ignored_scopes": SCOPES,
             "target_scopes": SCOPES,
+            "validate_scopes": {
+                "type": "boolean",
+                "default": True,
+                "description": "A scope pattern that matches no layer is an error (true) or "
+                "a warning (false).",
+            },
         },
         required=["input_info"],
         # Training scripts keep their own settings (model, batch_size, epochs...) beside ours.

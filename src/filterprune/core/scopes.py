@@ -4,8 +4,19 @@ A pattern is one of:
 
 * ``"{re}<regex>"``: a regular expression that must match the **whole** layer name
   (``re.fullmatch``). NNCF used ``re.search``; write ``{re}.*conv.*`` for a substring match.
+  ``re.search`` is never used: a regex written for a substring search (``{re}conv``) matches
+  nothing, and :func:`check_unmatched` reports it with that hint.
+* an NNCF scope (``ResNet/Sequential[layer1]/NNCFConv2d[conv1]/conv2d_0``): read as the module
+  path its bracketed names spell (``layer1.conv1``); a ``{re}`` pattern written for such scopes
+  (one with ``\\[``) is searched, as NNCF did, in the layer's path written the same way
+  (``[layer1]/[conv1]``): type names are dropped, a leading model class becomes ``^`` and a
+  trailing op name (``/conv2d_0``) becomes ``$``.
 * anything else: the exact layer name, or a prefix ending at a path boundary (``.`` or ``/``),
   so ``layer1`` matches ``layer1`` and ``layer1.0.conv1`` but not ``layer10.conv1``.
+
+Patterns that match no layer of the model are an error (:func:`check_unmatched`, run by the
+workflow once the layer names are known), or a warning under ``"validate_scopes": false``
+(at the top of the config, or in one ``compression`` entry for that entry's patterns).
 
 Example:
     >>> m = ScopeMatcher(ignored=["{re}.*downsample.*"], target=["layer1", "layer2"])
@@ -19,8 +30,10 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import ConfigError
@@ -30,9 +43,14 @@ __all__ = [
     "SCOPE_KEYS",
     "ScopeMatcher",
     "check_scope_patterns",
+    "check_unmatched",
     "compile_pattern",
+    "iter_scope_patterns",
+    "nncf_scope_name",
     "normalize_scopes",
 ]
+
+log = logging.getLogger("filterprune")
 
 REGEX_PREFIX = "{re}"
 SCOPE_KEYS = ("ignored_scopes", "target_scopes")
@@ -84,43 +102,165 @@ def compile_pattern(pattern: str, key: str = "ignored_scopes") -> re.Pattern[str
         ) from None
 
 
+def iter_scope_patterns(section: Mapping[str, Any], where: str = "",
+                        nested: bool = True) -> Iterator[tuple[str, Any]]:  # fmt: skip
+    """Every pattern of the scope lists of a config section, with its key path.
+
+    Args:
+        section: A decoded JSON object, e.g. a ``compression`` entry.
+        where: Key path of ``section`` in the config.
+        nested: Also walk the objects inside ``section`` (a ``weights`` group of an entry);
+            off for the top level, where training scripts keep their own settings.
+
+    Yields:
+        ``(key path, pattern)``, e.g. ``("compression[0].ignored_scopes[1]", "fc")``.
+    """
+    for key, value in section.items():
+        path = f"{where}.{key}" if where else key
+        if key in SCOPE_KEYS and isinstance(value, str):
+            yield path, value
+        elif key in SCOPE_KEYS and isinstance(value, list | tuple):
+            yield from ((f"{path}[{i}]", pattern) for i, pattern in enumerate(value))
+        elif nested and isinstance(value, Mapping):
+            yield from iter_scope_patterns(value, path)
+
+
 def check_scope_patterns(section: Mapping[str, Any], where: str = "", nested: bool = True) -> None:
     """Check every pattern of the scope lists of a config section (and its sub-objects).
 
     Args:
         section: A decoded JSON object, e.g. a ``compression`` entry.
         where: Key path of ``section`` in the config, used in messages.
-        nested: Also check the scope lists of objects inside ``section`` (a ``weights``
-            group of an entry); off for the top level, where training scripts keep their
-            own settings.
+        nested: See :func:`iter_scope_patterns`.
 
     Raises:
         ConfigError: Naming the first bad pattern by its key path.
     """
-    for key, value in section.items():
-        path = f"{where}.{key}" if where else key
-        if key in SCOPE_KEYS and isinstance(value, str):
-            compile_pattern(value, path)
-        elif key in SCOPE_KEYS:
-            for index, pattern in enumerate(value):
-                compile_pattern(pattern, f"{path}[{index}]")
-        elif nested and isinstance(value, Mapping):
-            check_scope_patterns(value, path)
+    for path, pattern in iter_scope_patterns(section, where, nested):
+        compile_pattern(pattern, path)
+
+
+def nncf_scope_name(pattern: str) -> str | None:
+    """The module path an NNCF scope names, or ``None`` for a pattern in another syntax.
+
+    Example:
+        >>> nncf_scope_name("ResNet/Sequential[layer1]/BasicBlock[0]/NNCFConv2d[conv1]/conv2d_0")
+        'layer1.0.conv1'
+        >>> nncf_scope_name("layer1.0.conv1") is None
+        True
+    """
+    if _NNCF_SCOPE.fullmatch(pattern) is None:
+        return None
+    return ".".join(_NNCF_PART.findall(pattern))
+
+
+def _nncf_regex(body: str) -> re.Pattern[str] | None:
+    """A ``{re}`` body written for NNCF scopes, rewritten for :func:`_nncf_path`."""
+    if "\\[" not in body:
+        return None
+    # NNCF scopes start with the model's class and end with an op name: anchors here
+    body = _TYPE_BEFORE_BRACKET.sub("", body)
+    body = _MODEL_CLASS.sub("^", body, count=1)
+    body = _TRAILING_OP.sub("$", body, count=1)
+    try:
+        return re.compile(body)
+    except re.error:
+        return None
+
+
+def _nncf_path(name: str) -> str:
+    """``layer1.0.conv1`` -> ``[layer1]/[0]/[conv1]`` (an NNCF scope without type names)."""
+    return "/".join(f"[{part}]" for part in name.split("."))
+
+
+_NNCF_PART = re.compile(r"\[([^/\[\]]+)\]")
+_NNCF_SCOPE = re.compile(r"[^/\[\]]+(?:/[^/\[\]]*\[[^/\[\]]+\])+(?:/[^/\[\]]+)?")
+_TYPE_BEFORE_BRACKET = re.compile(r"[A-Za-z_]\w*(?=\\\[)")
+_MODEL_CLASS = re.compile(r"^\^?[A-Za-z_]\w*/")
+_TRAILING_OP = re.compile(r"/[A-Za-z_]\w*_\d+\$?$")
 
 
 class _Pattern:
-    """One compiled scope pattern."""
+    """One compiled scope pattern.
+
+    Attributes:
+        text: The pattern as written.
+        name: The layer name or prefix a plain pattern stands for (an NNCF scope's module
+            path), ``None`` for a regex.
+    """
 
     def __init__(self, text: str, key: str) -> None:
         self.text = text
         self.regex = compile_pattern(text, key)
+        self.nncf = None if self.regex is None else _nncf_regex(self.regex.pattern)
+        self.name = None if self.regex is not None else nncf_scope_name(text) or text
 
     def matches(self, name: str) -> bool:
+        if self.nncf is not None:
+            return self.nncf.search(_nncf_path(name)) is not None
         if self.regex is not None:
             return self.regex.fullmatch(name) is not None
-        if name == self.text:
+        if name == self.name:
             return True
-        return any(name.startswith(self.text + sep) for sep in _BOUNDARIES)
+        return any(name.startswith(self.name + sep) for sep in _BOUNDARIES)
+
+    def unmatched(self, key: str, names: list[str]) -> str:
+        """The message for this pattern (at config key ``key``) matching none of ``names``."""
+        leaf = key.rsplit(".", 1)[-1]
+        read = f" (read as layer {self.name!r})" if self.name not in (None, self.text) else ""
+        text = (f"`{key}` must match a layer of the model. Received: {leaf}={self.text!r}"
+                f"{read}, which matches none.")  # fmt: skip
+        if self.regex is not None and self.nncf is None:
+            found = [n for n in names if self.regex.search(n)]
+            if found:
+                return (f"{text} As a substring search it would match {len(found)} layer(s), "
+                        f"e.g. {found[0]!r}, but a `{REGEX_PREFIX}` pattern must match the whole "
+                        f"name: write '{REGEX_PREFIX}.*{self.regex.pattern}.*'.")  # fmt: skip
+        probe = self.name if self.name is not None else self.regex.pattern
+        close = difflib.get_close_matches(probe, names, n=3, cutoff=0.5)
+        return f"{text} Close layer names: {', '.join(map(repr, close)) or 'none'}."
+
+
+def check_unmatched(config: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """Report the scope patterns of ``config`` that match none of the layer ``names``.
+
+    A pattern that matches nothing protects nothing: a misspelt ``ignored_scopes`` entry
+    would let the layer it meant be pruned. Each pattern is reported with its key path and
+    the closest layer names. ``"validate_scopes": false`` (top level, or in a
+    ``compression`` entry for that entry's patterns) turns the error into a warning.
+
+    Args:
+        config: The validated config (top-level scopes and every ``compression`` entry).
+        names: Every layer and op name of the captured model.
+
+    Returns:
+        The messages of the unmatched patterns that were only logged as warnings.
+
+    Raises:
+        ConfigError: For the first unmatched pattern where ``validate_scopes`` is on.
+    """
+    names = list(dict.fromkeys(names))
+    strict_top = config.get("validate_scopes", True) is not False
+    section = config.get("compression")
+    entries = [section] if isinstance(section, Mapping) else list(section or [])
+    wheres = ["compression"] if isinstance(section, Mapping) else [
+        f"compression[{i}]" for i in range(len(entries))]  # fmt: skip
+    sections = [(dict(config), "", False, strict_top)]
+    for where, entry in zip(wheres, entries, strict=True):
+        strict = entry.get("validate_scopes", strict_top) is not False
+        sections.append((entry, where, True, strict))
+    warned = []
+    for section_dict, where, nested, strict in sections:
+        for path, text in iter_scope_patterns(section_dict, where, nested):
+            pattern = _Pattern(text, path)
+            if any(pattern.matches(n) for n in names):
+                continue
+            message = pattern.unmatched(path, names)
+            if strict:
+                raise ConfigError(f"{message} Set `validate_scopes` to false to only warn.")
+            log.warning("%s", message)
+            warned.append(message)
+    return warned
 
 
 class ScopeMatcher:

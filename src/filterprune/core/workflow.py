@@ -32,6 +32,7 @@ from .compression import CompositeCompressionController, CompressionController
 from .config import Config
 from .controller import PruningControllerBase, analysis_options, pruning_params
 from .params import QuantizationParams
+from .scopes import check_unmatched
 
 __all__ = ["Captured", "Frontend", "create_compressed_model", "dry_run", "DryPruningController"]
 
@@ -106,6 +107,13 @@ def algorithm_params(config: Config, name: str, frontend: str) -> Any:
     return {"quantization": QuantizationParams}[name].from_config(config)
 
 
+def layer_names(graph: Any) -> list[str]:
+    """Every name a scope pattern may refer to: the graph's layers, then its ops."""
+    names = list(graph.layers)
+    names.extend(node.layer or node.name for node in graph)
+    return list(dict.fromkeys(names))
+
+
 def _check_algorithms(frontend: Frontend, config: Config) -> list[str]:
     names = [a["algorithm"] for a in config.algorithms()]
     if not names:
@@ -145,6 +153,7 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
     settings = [algorithm_params(config, n, frontend.name) for n in names]
     frontend.check(model, config)
     captured = frontend.capture(model, config)
+    check_unmatched(config, layer_names(captured.graph))
     children = [frontend.controllers[n](model, p, captured, frontend)
                 for n, p in zip(names, settings, strict=True)]  # fmt: skip
     ctrl = children[0] if len(children) == 1 else CompositeCompressionController(
@@ -186,6 +195,7 @@ def dry_run(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
     params = pruning_params(config, frontend.name)
     frontend.check(model, config)
     captured = frontend.capture(model, config)
+    check_unmatched(config, layer_names(captured.graph))
     analysis = analyze(captured.graph, analysis_options(params))
     weights = frontend.read_weights(captured, analysis.state.producers)
     ctrl = DryPruningController(params, analysis, weights)

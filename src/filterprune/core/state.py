@@ -1,0 +1,177 @@
+"""Checks of saved compression states: a state is data from a file, checked before use.
+
+A state from :meth:`~filterprune.core.compression.CompressionController.get_compression_state`
+is a JSON-able dict ``{"version": 1, "algorithm": ..., ...}``; a composite controller's
+holds its children's under ``children``. Before any part of a state is used its header
+(type, version, algorithm) and its body (the schema of the algorithm's state) are checked,
+and a filter pruning state is compared with the model it is loaded into, so a truncated,
+edited or foreign state gives one :class:`~filterprune.errors.ConfigError` that names the key
+path and what differs, never a raw ``KeyError`` or a silent mismatch.
+
+Example:
+    >>> check_state_header({"version": 1, "algorithm": "filter_pruning"}, "filter_pruning")
+    >>> newer = {"version": 9, "algorithm": "filter_pruning"}
+    >>> check_state_header(newer, "filter_pruning")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    filterprune.errors.ConfigError: `compression_state.version` must be 1: ... version=9.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigError
+from ._validation import boolean, fraction, integer, obj, short_repr, validate
+
+__all__ = ["STATE_VERSION", "check_state_header", "check_pruning_state", "PRUNING_STATE"]
+
+STATE_VERSION = 1
+_SHOWN = 5  # groups listed in a message before "and N more"
+
+_PLAN_GROUP = obj(
+    {
+        "producers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "size": integer(1),
+        "kept": {"type": "array", "items": integer(0), "uniqueItems": True},
+    },
+    required=["producers", "size", "kept"],
+)
+
+PRUNING_STATE = obj(
+    {
+        "version": {"const": STATE_VERSION},
+        "algorithm": {"const": "filter_pruning"},
+        "params": {"type": "object"},
+        "scheduler": obj(
+            {
+                "current_epoch": integer(-1),
+                "current_step": integer(-1),
+                "current_level": fraction(),
+                "frozen": boolean(),
+            },
+            required=["current_epoch", "current_step", "current_level", "frozen"],
+        ),
+        "frozen": boolean(),
+        "plan": obj(
+            {
+                "version": {"const": 1},
+                "level": fraction(),
+                "groups": {"type": "array", "items": _PLAN_GROUP},
+            },
+            required=["level", "groups"],
+        ),
+    },
+    required=["version", "algorithm", "scheduler", "plan"],
+)
+"""The schema of a filter pruning state (``get_compression_state`` of its controller)."""
+
+
+def check_state_header(state: Any, algorithm: str, where: str = "compression_state") -> None:
+    """Check that ``state`` is a dict of this version saved by an ``algorithm`` controller.
+
+    Args:
+        state: The state as loaded.
+        algorithm: The ``algorithm`` the state must name (``"composite"`` for several).
+        where: Key path of ``state`` in messages (a composite child's includes its index).
+
+    Raises:
+        ConfigError: Naming what is missing or different.
+    """
+    leaf = where.rsplit(".", 1)[-1]
+    if not isinstance(state, Mapping):
+        raise ConfigError(
+            f"`{where}` must be a dict from get_compression_state(). "
+            f"Received: {leaf}={short_repr(state)}."
+        )
+    if "version" not in state:
+        raise ConfigError(
+            f"`{where}.version` must be set to {STATE_VERSION}. Received: no `version` key "
+            f"(keys: {sorted(map(str, state))})."
+        )
+    version = state["version"]
+    if isinstance(version, bool) or version != STATE_VERSION:
+        raise ConfigError(
+            f"`{where}.version` must be {STATE_VERSION}: this filterprune reads states of "
+            f"version {STATE_VERSION} only. Received: version={short_repr(version)}."
+        )
+    if state.get("algorithm") != algorithm:
+        got = short_repr(state["algorithm"]) if "algorithm" in state else "no `algorithm` key"
+        raise ConfigError(
+            f"`{where}.algorithm` must be {algorithm!r}: the config runs {algorithm}. "
+            f"Received: algorithm={got}."
+        )
+
+
+def check_pruning_state(state: Any, analysis: Any, where: str = "compression_state") -> dict:
+    """Check a filter pruning state against its schema and the model's groups.
+
+    Args:
+        state: The state as loaded.
+        analysis: The model's :class:`~filterprune.core.analysis.Analysis` under the
+            current config.
+        where: Key path of ``state`` in messages.
+
+    Returns:
+        The state's ``plan`` without the groups this config leaves whole (all their
+        channels are kept), ready for :meth:`~filterprune.core.pruner.Plan.from_dict`.
+
+    Raises:
+        ConfigError: For a bad header or schema, a channel index out of range, groups the
+            model does not have (another model), or pruned layers the config now leaves
+            whole (naming each layer and why).
+    """
+    check_state_header(state, "filter_pruning", where)
+    validate(state, PRUNING_STATE, where)
+    groups = state["plan"]["groups"]
+    for i, group in enumerate(groups):
+        wrong = [k for k in group["kept"] if k >= group["size"]]
+        if wrong:
+            raise ConfigError(
+                f"`{where}.plan.groups[{i}].kept` must hold channel indices below "
+                f"size={group['size']}. Received: kept has {short_repr(wrong)}."
+            )
+    by_producers = {tuple(g.producers): g for g in analysis.groups}
+    _check_same_model(groups, by_producers, analysis, where)
+    _check_still_prunable(groups, by_producers, where)
+    kept = [g for g in groups if by_producers[tuple(g["producers"])].prunable]
+    return {**state["plan"], "groups": kept}
+
+
+def _describe(groups: list[tuple[list[str], int]]) -> str:
+    shown = ", ".join(f"{names} (size {size})" for names, size in groups[:_SHOWN])
+    more = len(groups) - _SHOWN
+    return shown + (f" and {more} more" if more > 0 else "") if groups else "none"
+
+
+def _check_same_model(groups: list[dict], by_producers: dict, analysis: Any, where: str) -> None:
+    """Every saved group must be one of the model's, with the same number of channels."""
+    foreign = []
+    for g in groups:
+        here = by_producers.get(tuple(g["producers"]))
+        if here is None or here.size != g["size"]:
+            foreign.append((g["producers"], g["size"]))
+    if not foreign:
+        return
+    saved = {tuple(g["producers"]) for g in groups}
+    absent = [(g.producers, g.size) for g in analysis.prunable_groups
+              if tuple(g.producers) not in saved]  # fmt: skip
+    raise ConfigError(
+        f"`{where}.plan.groups` must be groups of this model: was the state saved for another "
+        f"model? Received: groups this model does not have: {_describe(foreign)}; this "
+        f"model's prunable groups the state lacks: {_describe(absent)}."
+    )
+
+
+def _check_still_prunable(groups: list[dict], by_producers: dict, where: str) -> None:
+    """A pruned group the config now leaves whole would be pruned once, then restored."""
+    for i, g in enumerate(groups):
+        here = by_producers[tuple(g["producers"])]
+        if here.prunable or len(g["kept"]) == g["size"]:
+            continue
+        raise ConfigError(
+            f"`{where}.plan.groups[{i}]` prunes {', '.join(g['producers'])} ({len(g['kept'])} "
+            f"of {g['size']} filters kept), which this config leaves whole: {here.reason}. "
+            "Resume with the config the state was saved with, or start a new run."
+        )
