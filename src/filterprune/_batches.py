@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-__all__ = ["batch_inputs"]
+from .errors import ConfigError
+
+__all__ = ["batch_inputs", "check_not_empty", "nonempty_batches", "adaptation_failed"]
 
 
 def batch_inputs(batch: Any) -> Any:
@@ -15,3 +19,61 @@ def batch_inputs(batch: Any) -> Any:
     if isinstance(batch, dict):
         return next(iter(batch.values()))
     return batch
+
+
+def check_not_empty(data: Any, key: str) -> None:
+    """Refuse ``data`` at registration when its length says it holds no batch.
+
+    Raises:
+        ConfigError: If ``len(data)`` is 0 (data without a length is checked when read).
+    """
+    try:
+        size = len(data)
+    except TypeError:  # a generator, an iterable dataset: checked on first use
+        return
+    if size == 0:
+        raise ConfigError(
+            f"`{key}` must hold at least one batch for BatchNorm adaptation and range "
+            f"initialisation. Received: {type(data).__name__} of length 0."
+        )
+
+
+def nonempty_batches(data: Iterable[Any], key: str) -> Iterator[Any]:
+    """The batches of ``data``, after checking that there is a first one.
+
+    Call it before changing anything the batches are for: an empty or already exhausted
+    loader is refused while the model is still as it was.
+
+    Raises:
+        ConfigError: If ``data`` yields no batch (or fails to start).
+    """
+    try:
+        batches = iter(data)
+        first = next(batches)
+    except StopIteration:
+        raise ConfigError(
+            f"`{key}` must yield at least one batch for BatchNorm adaptation. Received: an "
+            "empty or already exhausted loader. Nothing was changed; register a loader that "
+            "can be iterated again (a DataLoader, not a generator that was used up)."
+        ) from None
+    except Exception as err:  # noqa: BLE001 - whatever the loader raises, said in our words
+        raise ConfigError(
+            f"`{key}` must yield batches for BatchNorm adaptation. Received: a loader that "
+            f"failed on its first batch: {type(err).__name__}: {err}. Nothing was changed."
+        ) from err
+    return itertools.chain([first], batches)
+
+
+def adaptation_failed(err: BaseException, key: str, index: int, samples: int | None) -> ConfigError:
+    """The error for batch ``index`` (0-based; of ``samples`` samples) failing in BatchNorm
+    adaptation, raised after the statistics were restored."""
+    hint = ""
+    if samples == 1:
+        hint = (" A BatchNorm cannot estimate statistics from one sample in training mode: "
+                "use batches of 2 or more samples (e.g. drop_last=True).")  # fmt: skip
+    size = f" ({samples} sample{'s' if samples != 1 else ''})" if samples is not None else ""
+    return ConfigError(
+        f"`{key}` must yield batches the model runs on in training mode. Received: batch "
+        f"{index + 1}{size} failed in BatchNorm adaptation: {type(err).__name__}: {err}. Every "
+        f"BatchNorm's statistics and momentum were restored.{hint}"
+    )

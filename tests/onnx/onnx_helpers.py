@@ -75,7 +75,8 @@ def weight_shape(model: onnx.ModelProto, node_part: str) -> tuple[int, ...]:
 def make_config(sample=(1, 3, 32, 32), level=0.5):
     from filterprune import NNCFConfig
 
-    params = {"schedule": "baseline", "prune_first_conv": True, "prune_downsample_convs": True}
+    params = {"schedule": "baseline", "pruning_target": level, "prune_first_conv": True,
+              "prune_downsample_convs": True}
     algo = {"algorithm": "filter_pruning", "pruning_init": level, "params": params}
     return NNCFConfig.from_dict({"input_info": {"sample_size": list(sample)}, "compression": algo})
 

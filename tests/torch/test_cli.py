@@ -59,7 +59,7 @@ def test_unknown_model_is_a_clear_error(capsys):
 
 def test_analyze_and_prune_agree_on_groups_and_flops(tmp_path, capsys):
     # scopes, importance, ranking and rounding all come from the config file in both
-    cfg = dict(make_config(prune_first_conv=True))
+    cfg = dict(make_config(prune_first_conv=True, pruning_init=0.4))
     cfg["compression"]["params"].update(filter_importance="L1", all_weights=True,
                                         filters_multiple_of=4, pruning_target=0.4)
     cfg["ignored_scopes"] = ["b"]

@@ -24,8 +24,8 @@ EXAMPLES = int(os.environ.get("FILTERPRUNE_RANDOM_NETS", "12"))
 def test_random_net_shrinks_exactly(tmp_path, kinds, seed, flatten, level, all_weights):
     torch.manual_seed(seed)
     net = randomize_bn(RandomNet(kinds, seed=seed, flatten_head=flatten), seed).eval()
-    config = make_config((1, 3, 16, 16), pruning_init=level, schedule="baseline",
-                         all_weights=all_weights, prune_first_conv=True,
+    config = make_config((1, 3, 16, 16), pruning_init=level, pruning_target=level,
+                         schedule="baseline", all_weights=all_weights, prune_first_conv=True,
                          prune_downsample_convs=True)  # fmt: skip
     ctrl, model = create_compressed_model(net, config)
     x = torch.randn(2, 3, 16, 16)

@@ -136,8 +136,8 @@ def test_each_importance_keeps_the_strongest_filters(importance):
     with torch.no_grad():
         net[1].weight.mul_(0.01)
         net[1].weight[[1, 5, 9, 14]] *= 1000  # four clearly dominant filters, far apart
-    config = make_config(pruning_init=0.75, filter_importance=importance, schedule="baseline")
-    config["compression"]["params"]["pruning_target"] = 0.75
+    config = make_config(pruning_init=0.75, filter_importance=importance, schedule="baseline",
+                         pruning_target=0.75)
     ctrl, _ = create_compressed_model(net, config)
     kept = torch.nonzero(net[1].weight_mask[:, 0].flatten()).flatten().tolist()
     assert len(kept) == 8  # 16 * 0.25 = 4, rounded up to a multiple of 8

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .._batches import batch_inputs
+from .._batches import adaptation_failed, batch_inputs, check_not_empty, nonempty_batches
 from ..core.config import Config
 from ..progress import progress
 
@@ -36,7 +36,15 @@ def register_default_init_args(config: Config, dataset: Any, batch_size: int | N
 
     Returns:
         ``config``.
+
+    Raises:
+        ConfigError: If ``dataset`` has length 0 (a dataset of unknown length is checked
+            when BatchNorm adaptation reads it, before any statistic changes).
     """
+    if not isinstance(dataset, tf.data.Dataset):  # a Dataset of unknown size has no len()
+        check_not_empty(dataset, "dataset")
+    elif int(dataset.cardinality()) == 0:
+        check_not_empty([], "dataset")
     config.register_extra_structs([TFInitArgs(dataset, batch_size)])
     return config
 
@@ -59,28 +67,43 @@ def adapt_batchnorm(model: Any, dataset: Any, num_samples: int, batch_size: int 
     """Re-estimate BatchNorm moving statistics on ``num_samples`` training samples.
 
     The statistics are reset and averaged over the batches seen (momentum
-    ``k / (k + 1)`` at batch ``k``), as PyTorch's cumulative moving average does.
+    ``k / (k + 1)`` at batch ``k``), as PyTorch's cumulative moving average does. All or
+    nothing: an empty dataset is refused before any statistic changes, and when a batch
+    fails midway every BatchNorm gets its statistics and momentum back.
+
+    Raises:
+        ConfigError: If ``dataset`` yields no batch, or a batch fails in the model (the
+            message names the batch and the cause).
     """
     bns = batchnorm_layers(model)
     if not bns or num_samples <= 0:
         return
-    saved = [(bn, bn.momentum) for bn in bns]
+    batches = nonempty_batches(_batches(dataset, len(model.inputs[0].shape), batch_size),
+                               "dataset")  # fmt: skip
+    saved = [(bn, bn.momentum, bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in bns]
     for bn in bns:
         bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, "float32"))
         bn.moving_variance.assign(np.ones(bn.moving_variance.shape, "float32"))
-    seen = 0
+    seen, done, size = 0, 0, None  # samples and batches run; the size of the batch running
     try:
         with progress(total=num_samples, desc="BN adaptation") as bar:
-            for k, batch in enumerate(_batches(dataset, len(model.inputs[0].shape), batch_size)):
+            for batch in batches:
                 for bn in bns:
-                    bn.momentum = k / (k + 1)
+                    bn.momentum = done / (done + 1)
                 x = batch_inputs(batch)
+                size = int(keras.ops.shape(keras.tree.flatten(x)[0])[0])
                 model(x, training=True)
-                n = int(keras.ops.shape(keras.tree.flatten(x)[0])[0])
-                seen += n
-                bar.update(n)
+                bar.update(size)
+                seen, done, size = seen + size, done + 1, None
                 if seen >= num_samples:
                     break
+    except BaseException as err:
+        for bn, _, mean, variance in saved:
+            bn.moving_mean.assign(mean)
+            bn.moving_variance.assign(variance)
+        if isinstance(err, Exception):
+            raise adaptation_failed(err, "dataset", done, size) from err
+        raise
     finally:
-        for bn, momentum in saved:
+        for bn, momentum, _, _ in saved:
             bn.momentum = momentum

@@ -70,7 +70,8 @@ def check_model(name: str, level: float = 0.5, size: int | None = None,
     config = NNCFConfig.from_dict({
         "input_info": {"sample_size": [1, 3, size, size]},
         "compression": {"algorithm": "filter_pruning", "pruning_init": level,
-                        "params": {"schedule": "baseline", "prune_first_conv": True,
+                        "params": {"schedule": "baseline", "pruning_target": level,
+                                   "prune_first_conv": True,
                                    "prune_downsample_convs": True}},
     })  # fmt: skip
     plain = copy.deepcopy(model) if unrounded else None

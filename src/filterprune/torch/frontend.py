@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core._validation import one_of
 from ..core.config import Config
 from ..core.workflow import Captured, Frontend
 from ..errors import ConfigError
@@ -20,17 +22,99 @@ from .controller import FilterPruningController, export_model
 __all__ = ["TorchFrontend", "sample_inputs"]
 
 
-def sample_inputs(config: Config, model: nn.Module) -> tuple[torch.Tensor, ...]:
-    """Zero tensors of ``input_info``'s shapes on the model's device."""
-    sizes = config.sample_sizes()
-    if not sizes:
+_DTYPES = {
+    "float": torch.float32, "float32": torch.float32, "half": torch.float16,
+    "float16": torch.float16, "bfloat16": torch.bfloat16, "double": torch.float64,
+    "float64": torch.float64, "long": torch.int64, "int64": torch.int64, "int": torch.int32,
+    "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool,
+}  # fmt: skip
+_SEED = 0  # "random" inputs are the same on every run
+
+
+def sample_inputs(config: Config, model: nn.Module) -> tuple[Any, ...]:
+    """Example inputs from ``input_info``, on the model's device, as ``forward``'s arguments.
+
+    Each entry gives a tensor of ``sample_size`` with ``type`` (``"float"`` by default,
+    or ``"half"``, ``"long"``, ``"int"``, ``"bool"``... as NNCF names them), filled per
+    ``filler``: ``"zeros"`` (default), ``"ones"`` or ``"random"`` (uniform in [0, 1) for
+    floats, 0 or 1 for integers; seeded, so the same on every run). Entries with a
+    ``keyword`` go to the ``forward`` argument of that name; the others are passed by
+    position first. An argument skipped between them takes its default value.
+
+    Raises:
+        ConfigError: Without ``input_info``, for an unknown ``type``, or a ``keyword`` that
+            names no argument of ``forward``, one already given by position, or leaves an
+            argument without a value.
+    """
+    infos = config.input_infos()
+    if not infos:
         raise ConfigError(
             "`input_info.sample_size` is required to trace the model, e.g. "
             '{"input_info": {"sample_size": [1, 3, 224, 224]}}. Received: no input_info.'
         )
     ref = next(model.parameters(), None)
     device = ref.device if ref is not None else None
-    return tuple(torch.zeros(s, device=device) for s in sizes)
+    single = isinstance(config.get("input_info"), dict)
+    where = ["input_info" if single else f"input_info[{i}]" for i in range(len(infos))]
+    generator = torch.Generator().manual_seed(_SEED)
+    tensors = [_sample(info, key, generator).to(device)
+               for info, key in zip(infos, where, strict=True)]  # fmt: skip
+    if not any("keyword" in info for info in infos):
+        return tuple(tensors)
+    return _as_arguments(model, infos, tensors, where)
+
+
+def _sample(info: dict[str, Any], where: str, generator: torch.Generator) -> torch.Tensor:
+    name = info.get("type", "float")
+    if name not in _DTYPES:
+        raise one_of(f"{where}.type", name, _DTYPES)
+    dtype, size = _DTYPES[name], [int(d) for d in info["sample_size"]]
+    filler = info.get("filler", "zeros")
+    if filler == "ones":
+        return torch.ones(size, dtype=dtype)
+    if filler != "random":
+        return torch.zeros(size, dtype=dtype)
+    if dtype.is_floating_point:
+        return torch.rand(size, generator=generator).to(dtype)
+    return torch.randint(0, 2, size, generator=generator).to(dtype)
+
+
+def _as_arguments(model: nn.Module, infos: list[dict[str, Any]], tensors: list[torch.Tensor],
+                  where: list[str]) -> tuple[Any, ...]:  # fmt: skip
+    """Positional entries first, keyword entries at their argument's position."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p for p in inspect.signature(model.forward).parameters.values() if p.kind in kinds]
+    names = [p.name for p in params]
+    given: dict[int, tuple[str, torch.Tensor]] = {}
+    for info, tensor, key in zip(infos, tensors, where, strict=True):
+        if "keyword" not in info:
+            given[len(given)] = (key, tensor)
+    signature = f"{type(model).__name__}.forward({', '.join(names)})"
+    for info, tensor, key in zip(infos, tensors, where, strict=True):
+        word = info.get("keyword")
+        if word is None:
+            continue
+        if word not in names or params[names.index(word)].kind == kinds[0]:
+            raise ConfigError(f"`{key}.keyword` must name an argument of {signature}. "
+                              f"Received: keyword={word!r}.")  # fmt: skip
+        if names.index(word) in given:
+            raise ConfigError(
+                f"`{key}.keyword` must name an argument not given by position. Received: "
+                f"keyword={word!r}, which {given[names.index(word)][0]} fills already."
+            )
+        given[names.index(word)] = (key, tensor)
+    args = []
+    for pos in range(max(given) + 1):
+        if pos in given:
+            args.append(given[pos][1])
+        elif params[pos].default is not inspect.Parameter.empty:
+            args.append(params[pos].default)
+        else:
+            raise ConfigError(
+                f"`input_info` must give argument {names[pos]!r} of {signature}: the ones "
+                f"after it are given. Received: no entry for {names[pos]!r}."
+            )
+    return tuple(args)
 
 
 class TorchFrontend(Frontend):

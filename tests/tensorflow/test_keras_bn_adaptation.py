@@ -1,0 +1,89 @@
+"""Keras BatchNorm adaptation is all or nothing (issue 13, item 3)."""
+
+import numpy as np
+import pytest
+from keras_helpers import layers, make_config, tf
+
+from filterprune.errors import ConfigError
+from filterprune.tensorflow import create_compressed_model, register_default_init_args
+from filterprune.tensorflow._init_args import adapt_batchnorm
+
+
+def _bn_state(model):
+    return {layer.name: (layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy(),
+                         layer.momentum)
+            for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, layers.BatchNormalization)}  # fmt: skip
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(
+        np.array_equal(a[k][0], b[k][0]) and np.array_equal(a[k][1], b[k][1])
+        and a[k][2] == b[k][2] for k in a
+    )  # fmt: skip
+
+
+def _images(*sizes):
+    rng = np.random.default_rng(0)
+    return [rng.normal(size=(n, 32, 32, 3)).astype("float32") for n in sizes]
+
+
+@pytest.mark.parametrize("empty", ["list", "iterator", "dataset"])
+def test_an_empty_dataset_is_refused_before_any_statistic_changes(resnet, empty):
+    data = {"list": [], "iterator": iter([]),
+            "dataset": tf.data.Dataset.from_tensor_slices(_images(4)[0]).take(0).batch(2)}[empty]
+    before = _bn_state(resnet)
+    with pytest.raises(ConfigError, match=r"^`dataset` must yield at least one batch for "
+                       r"BatchNorm adaptation\. Received: an empty or already exhausted loader"):
+        adapt_batchnorm(resnet, data, 100, None)
+    assert _same(before, _bn_state(resnet))
+
+
+def test_an_empty_dataset_is_refused_at_registration():
+    empty = tf.data.Dataset.from_tensor_slices(_images(4)[0]).take(0)
+    with pytest.raises(ConfigError, match=r"^`dataset` must hold at least one batch"):
+        register_default_init_args(make_config(), empty)
+    with pytest.raises(ConfigError, match=r"Received: list of length 0\."):
+        register_default_init_args(make_config(), [])
+
+
+def test_an_exhausted_iterator_is_refused_in_create_compressed_model(resnet):
+    batches = iter(_images(4, 4))
+    list(batches)
+    config = register_default_init_args(make_config(), batches)
+    before = _bn_state(resnet)
+    with pytest.raises(ConfigError, match="empty or already exhausted"):
+        create_compressed_model(resnet, config)
+    assert _same(before, _bn_state(resnet))
+
+
+def test_a_failing_batch_midway_restores_every_statistic(resnet):
+    bad = np.zeros((4, 16, 16, 3), "float32")  # the wrong image size, third in line
+    before = _bn_state(resnet)
+    with pytest.raises(ConfigError, match=(
+        r"^`dataset` must yield batches the model runs on in training mode\. Received: batch 3 "
+        r"\(4 samples\) failed in BatchNorm adaptation: .*Every BatchNorm's statistics and "
+        r"momentum were restored\.")):
+        adapt_batchnorm(resnet, [*_images(4, 4), bad], 100, None)
+    assert _same(before, _bn_state(resnet))
+
+
+def test_a_failing_dataset_midway_restores_every_statistic(resnet):
+    def flaky():
+        yield from _images(4, 4)
+        raise OSError("disk read error")
+
+    before = _bn_state(resnet)
+    with pytest.raises(ConfigError, match=r"batch 3 failed in BatchNorm adaptation: OSError"):
+        adapt_batchnorm(resnet, flaky(), 100, None)
+    assert _same(before, _bn_state(resnet))
+
+
+def test_a_good_dataset_still_adapts(resnet):
+    before = _bn_state(resnet)
+    adapt_batchnorm(resnet, _images(4, 4, 4), 8, None)
+    after = _bn_state(resnet)
+    assert not np.array_equal(before["bna"][0], after["bna"][0])
+    assert after["bna"][2] == 0.99
+
+

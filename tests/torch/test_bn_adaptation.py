@@ -1,0 +1,127 @@
+"""BatchNorm adaptation is all or nothing (issue 13, item 3)."""
+
+import pytest
+import torch
+from torch import nn
+from torch_helpers import SmallNet, make_config, randomize_bn
+
+from filterprune.errors import ConfigError
+from filterprune.torch import create_compressed_model, register_default_init_args
+from filterprune.torch._init_args import adapt_batchnorm
+
+
+def _bn_state(model):
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    return {name: (tuple(getattr(m, k).clone() for k in stats), m.momentum)
+            for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)}  # fmt: skip
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(
+        a[k][1] == b[k][1] and all(torch.equal(x, y) for x, y in zip(a[k][0], b[k][0], strict=True))
+        for k in a
+    )
+
+
+def _net():
+    torch.manual_seed(0)
+    net = randomize_bn(SmallNet())
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.num_batches_tracked.fill_(123)
+            m.momentum = 0.3
+    return net
+
+
+def _batches(*sizes):
+    return [(torch.randn(n, 3, 32, 32), torch.zeros(n)) for n in sizes]
+
+
+@pytest.mark.parametrize("loader", [[], iter([]), torch.utils.data.DataLoader([])],
+                         ids=["empty list", "exhausted iterator", "empty DataLoader"])
+def test_an_empty_loader_is_refused_before_any_statistic_changes(loader):
+    net = _net()
+    before = _bn_state(net)
+    with pytest.raises(ConfigError, match=r"^`data_loader` must yield at least one batch for "
+                       r"BatchNorm adaptation\. Received: an empty or already exhausted loader\. "
+                       r"Nothing was changed"):
+        adapt_batchnorm(net, loader, 100)
+    assert _same(before, _bn_state(net))
+
+
+def test_an_exhausted_generator_is_refused_in_create_compressed_model():
+    gen = (b for b in _batches(4, 4))
+    list(gen)  # used up by an earlier epoch
+    config = register_default_init_args(make_config(), gen)
+    net = _net()
+    before = _bn_state(net)
+    with pytest.raises(ConfigError, match="empty or already exhausted"):
+        create_compressed_model(net, config)
+    assert _same(before, _bn_state(net))
+
+
+def test_a_loader_of_length_zero_is_refused_at_registration():
+    with pytest.raises(ConfigError, match=r"^`data_loader` must hold at least one batch.*"
+                       r"Received: list of length 0\."):
+        register_default_init_args(make_config(), [])
+
+
+class WithHead(nn.Module):
+    """SmallNet's BatchNorms, then a BatchNorm1d over features: one sample is one value."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = _net()
+        self.bn = nn.BatchNorm1d(10)
+
+    def forward(self, x):
+        return self.bn(self.body(x))
+
+
+def test_a_one_sample_batch_midway_restores_every_statistic():
+    net = WithHead().eval()
+    before = _bn_state(net)
+    with pytest.raises(ConfigError, match=(
+        r"^`data_loader` must yield batches the model runs on in training mode\. Received: "
+        r"batch 3 \(1 sample\) failed in BatchNorm adaptation: ValueError: Expected more than "
+        r"1 value per channel.*Every BatchNorm's statistics and momentum were restored\. A "
+        r"BatchNorm cannot estimate statistics from one sample")) as info:
+        adapt_batchnorm(net, _batches(4, 4, 1, 4), 100)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert _same(before, _bn_state(net))
+    assert not net.training  # the mode is restored too
+
+
+def test_a_failing_loader_midway_restores_every_statistic():
+    def flaky():
+        yield from _batches(4, 4)
+        raise OSError("disk read error")
+
+    net = _net()
+    before = _bn_state(net)
+    with pytest.raises(ConfigError, match=r"batch 3 failed in BatchNorm adaptation: OSError: "
+                       r"disk read error"):
+        adapt_batchnorm(net, flaky(), 100)
+    assert _same(before, _bn_state(net))
+
+
+def test_an_interrupt_midway_restores_and_is_not_wrapped():
+    class Stop(nn.Module):
+        def forward(self, x):
+            raise KeyboardInterrupt
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), Stop())
+    before = _bn_state(net)
+    with pytest.raises(KeyboardInterrupt):
+        adapt_batchnorm(net, _batches(4), 100)
+    assert _same(before, _bn_state(net))
+
+
+def test_a_good_loader_still_adapts():
+    net = _net()
+    before = _bn_state(net)
+    adapt_batchnorm(net, _batches(4, 4, 4), 8)
+    after = _bn_state(net)
+    assert not torch.equal(before["bna"][0][0], after["bna"][0][0])
+    assert int(net.bna.num_batches_tracked) == 2 and net.bna.momentum == 0.3

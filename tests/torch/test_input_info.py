@@ -1,0 +1,92 @@
+"""`input_info.type`, `filler` and `keyword` shape the example inputs (issue 13, item 5)."""
+
+import pytest
+import torch
+from torch import nn
+
+from filterprune import NNCFConfig
+from filterprune.errors import ConfigError
+from filterprune.torch import create_compressed_model
+from filterprune.torch.frontend import sample_inputs
+
+
+def _config(input_info):
+    algo = {"algorithm": "filter_pruning", "params": {"prune_first_conv": True}}
+    return NNCFConfig.from_dict({"input_info": input_info, "compression": algo})
+
+
+class Tokens(nn.Module):
+    """Token ids in (an integer input), a mask passed by keyword, a conv over the embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(4, 16)
+        self.conv = nn.Conv1d(16, 16, 3, padding=1)
+        self.head = nn.Conv1d(16, 4, 1)
+
+    def forward(self, ids, scale=None, mask=None):
+        x = self.emb(ids).transpose(1, 2) * mask.unsqueeze(1)
+        return self.head(torch.relu(self.conv(x)))
+
+
+def test_type_gives_the_dtype_and_an_integer_model_traces():
+    config = _config([{"sample_size": [2, 8], "type": "long"},
+                      {"sample_size": [2, 8], "keyword": "mask", "filler": "ones"}])
+    ctrl, _ = create_compressed_model(Tokens(), config)  # a float zero input fails in emb
+    ids, scale, mask = ctrl.captured.sample
+    assert ids.dtype == torch.int64 and scale is None
+    assert mask.dtype == torch.float32 and bool((mask == 1).all())
+    assert ctrl.statistics().full_filters == 16
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [("float", torch.float32), ("half", torch.float16), ("bfloat16", torch.bfloat16),
+     ("double", torch.float64), ("int", torch.int32), ("bool", torch.bool)],
+)
+def test_type_names(name, dtype):
+    (x,) = sample_inputs(_config({"sample_size": [1, 3], "type": name}), nn.Linear(3, 2))
+    assert x.dtype == dtype and x.shape == (1, 3)
+
+
+def test_fillers_and_seeded_random():
+    net = nn.Linear(3, 2)
+    zeros, ones, rand = (sample_inputs(_config([{"sample_size": [2, 3], "filler": f}]), net)[0]
+                         for f in ("zeros", "ones", "random"))  # fmt: skip
+    assert not zeros.any() and bool((ones == 1).all())
+    assert 0 <= float(rand.min()) and float(rand.max()) < 1 and rand.std() > 0
+    again = sample_inputs(_config([{"sample_size": [2, 3], "filler": "random"}]), net)[0]
+    assert torch.equal(rand, again)
+    ints = sample_inputs(_config({"sample_size": [64], "type": "long", "filler": "random"}), net)
+    assert set(ints[0].tolist()) == {0, 1}
+
+
+def test_unknown_type_is_refused_with_the_choices():
+    with pytest.raises(ConfigError, match=r"^`input_info\[1\]\.type` must be one of 'float'.*"
+                       r"Received: type='lng'\. Did you mean `long`\?"):
+        sample_inputs(_config([{"sample_size": [1, 3]}, {"sample_size": [1, 3], "type": "lng"}]),
+                      nn.Linear(3, 2))
+
+
+@pytest.mark.parametrize(
+    ("infos", "message"),
+    [
+        ([{"sample_size": [2, 8], "type": "long"}, {"sample_size": [2, 8], "keyword": "masks"}],
+         r"^`input_info\[1\]\.keyword` must name an argument of Tokens\.forward\(ids, scale, "
+         r"mask\)\. Received: keyword='masks'\."),
+        ([{"sample_size": [2, 8], "type": "long"}, {"sample_size": [2, 8], "keyword": "ids"}],
+         r"^`input_info\[1\]\.keyword` must name an argument not given by position\. Received: "
+         r"keyword='ids', which input_info\[0\] fills already\."),
+        ([{"sample_size": [2, 8], "keyword": "mask"}],
+         r"^`input_info` must give argument 'ids' of Tokens\.forward\(ids, scale, mask\)"),
+    ],
+)
+def test_bad_keywords_are_refused(infos, message):
+    with pytest.raises(ConfigError, match=message):
+        sample_inputs(_config(infos), Tokens())
+
+
+def test_without_the_new_keys_inputs_are_float_zeros_by_position():
+    xs = sample_inputs(_config([{"sample_size": [1, 3]}, {"sample_size": [2, 5]}]), Tokens())
+    assert [tuple(x.shape) for x in xs] == [(1, 3), (2, 5)]
+    assert all(x.dtype == torch.float32 and not x.any() for x in xs)
