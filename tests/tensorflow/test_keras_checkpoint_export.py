@@ -200,3 +200,22 @@ def test_export_rejects_unknown_format_and_bad_suffix(pruned, tmp_path):
         ctrl.export_model(str(tmp_path / "m.h5"), save_format="h5")
     with pytest.raises(ValueError, match=r"must end in '.keras'"):
         ctrl.export_model(str(tmp_path / "m.pb"), save_format="keras")
+
+
+@pytest.mark.parametrize(
+    ("name", "save_format", "what"),
+    [("m.tflite", None, "a TensorFlow Lite file"), ("m.h5", None, "a Keras HDF5 file"),
+     ("m.hdf5", "frozen_graph", "a Keras HDF5 file"), ("m.graph", None, "the suffix '.graph'")],
+)
+def test_export_refuses_a_suffix_naming_another_format(pruned, tmp_path, name, save_format, what):
+    # these used to write a frozen GraphDef under a name promising another format
+    ctrl, _, _ = pruned
+    with pytest.raises(ValueError, match=(
+        rf"^`save_path` must end in \.pb \(frozen GraphDef\), \.keras or \.onnx, or have no "
+        rf"suffix \(a SavedModel folder\)\. Received: save_path='.*{name}', which names {what}: "
+        rf"not a format export_model writes\. Supported formats: 'frozen_graph', "
+        rf"'saved_model', 'keras', 'onnx'\.")):
+        ctrl.export_model(str(tmp_path / name), save_format=save_format)
+    assert list(tmp_path.iterdir()) == []
+    ctrl.export_model(str(tmp_path / "m.graph"), save_format="frozen_graph")  # said explicitly
+    assert (tmp_path / "m.graph").stat().st_size > 0

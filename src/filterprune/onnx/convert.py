@@ -67,11 +67,15 @@ def run_onnxruntime(
 
 
 def max_rel_diff(reference: list[np.ndarray], other: list[np.ndarray]) -> float:
-    """max |a - b| / max |a| over all outputs (absolute where the reference is all zero)."""
+    """max |a - b| / max |a| over all outputs (absolute where the reference is all zero).
+
+    ``inf`` when shapes differ or any output holds NaN or infinity: such outputs cannot be
+    compared, so they must fail a check rather than count as equal.
+    """
     worst = 0.0
     for a, b in zip(reference, other, strict=True):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        if a.shape != b.shape:
+        if a.shape != b.shape or not (np.isfinite(a).all() and np.isfinite(b).all()):
             return float("inf")
         scale = float(np.abs(a).max()) if a.size else 0.0
         diff = float(np.abs(a - b).max()) if a.size else 0.0
@@ -147,7 +151,8 @@ def remove_zero_filters(
         if not report.max_rel_diff <= tolerance:
             raise ConversionError(
                 f"The converted model's outputs differ from the input model's by "
-                f"{report.max_rel_diff:.3g} (relative), more than tolerance={tolerance}. "
-                "Nothing was written; please report this model."
+                f"{report.max_rel_diff:.3g} (relative), more than tolerance={tolerance} "
+                "(inf: an output is NaN or infinite, or shapes differ). Nothing was written; "
+                "please report this model."
             )
     return new, report

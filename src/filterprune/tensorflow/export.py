@@ -25,21 +25,35 @@ FORMATS = ("frozen_graph", "saved_model", "keras", "onnx")
 _BY_SUFFIX = {".pb": "frozen_graph", ".keras": "keras", ".onnx": "onnx"}
 
 
+_OTHER_FORMATS = {".tflite": "TensorFlow Lite", ".h5": "Keras HDF5", ".hdf5": "Keras HDF5"}
+
+
 def resolve_format(path: str, save_format: str | None) -> str:
     """``save_format``, or the one the file suffix names (``.pb``, ``.keras``, ``.onnx``;
     a path without a suffix is a SavedModel folder).
 
     Raises:
-        ValueError: For an unknown format, or ``keras`` with a path not ending in ``.keras``.
+        ValueError: For an unknown format, a suffix that names none of :data:`FORMATS`
+            (``.tflite``, ``.h5``: a file named so would not hold what its name says), or
+            ``keras`` with a path not ending in ``.keras``.
     """
     suffix = os.path.splitext(str(path))[1].lower()
-    if save_format is None:
-        return _BY_SUFFIX.get(suffix, "saved_model" if not suffix else "frozen_graph")
-    if save_format not in FORMATS:
+    if save_format is not None and save_format not in FORMATS:
         raise ValueError(
             f"`save_format` must be one of {', '.join(map(repr, FORMATS))}. "
             f"Received: save_format={save_format!r}."
         )
+    if suffix in _OTHER_FORMATS or (save_format is None and suffix and suffix not in _BY_SUFFIX):
+        kind = _OTHER_FORMATS.get(suffix)
+        what = f"a {kind} file" if kind else f"the suffix {suffix!r}"
+        raise ValueError(
+            "`save_path` must end in .pb (frozen GraphDef), .keras or .onnx, or have no "
+            f"suffix (a SavedModel folder). Received: save_path={str(path)!r}, which names "
+            f"{what}: not a format export_model writes. Supported formats: "
+            f"{', '.join(map(repr, FORMATS))}."
+        )
+    if save_format is None:
+        return _BY_SUFFIX.get(suffix, "saved_model")
     if save_format == "keras" and suffix != ".keras":
         raise ValueError(
             "`save_path` must end in '.keras' for save_format='keras' (Keras 3 requires it). "
