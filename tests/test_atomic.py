@@ -1,17 +1,23 @@
 """The package's atomic writer: old files survive failures, no temporaries are left."""
 
 import os
+import signal
 import stat
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from filterprune._atomic import (
+    _HOST,
     atomic_dir,
     atomic_write,
     atomic_write_bytes,
     atomic_write_text,
     move_into_place,
+    remove_stale,
     staging_dir,
 )
 
@@ -177,3 +183,94 @@ def test_staging_files_move_into_place_and_the_folder_goes(tmp_path, umask):
         move_into_place(Path(tmp, "m.xml"), target)
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.bin", "model.xml"]
     assert _mode(target.with_suffix(".bin")) == 0o644
+
+
+# --- leftovers of killed writers (issue 13, item 9) ---------------------------------------
+
+pytestmark_posix = pytest.mark.skipif(os.name != "posix", reason="process checks are POSIX")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _killed_writer(tmp_path, call: str) -> None:
+    """Run a writer in a child process and kill -9 it while its temporary exists."""
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from filterprune._atomic import atomic_write, atomic_dir, staging_dir
+        def slow(tmp):
+            p = Path(tmp)
+            (p / "saved_model.pb" if p.is_dir() else p).write_bytes(b"x" * 1000)
+            print("writing", flush=True)
+            time.sleep(60)
+        {call}
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytestmark_posix
+@pytest.mark.parametrize(
+    ("call", "target", "rewrite"),
+    [
+        ("atomic_write('m.onnx', slow, suffix='.onnx')", "m.onnx",
+         lambda t: atomic_write_text(t, "new")),
+        ("atomic_dir('saved', slow)", "saved", lambda t: atomic_dir(t, lambda tmp: None)),
+        ("with staging_dir('ir/m.xml') as d: slow(d)", "ir/m.xml",
+         lambda t: atomic_write_text(t, "<net/>")),
+    ],
+    ids=["file", "folder", "staging"],
+)
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path, call, target, rewrite):
+    _killed_writer(tmp_path, call)
+    folder = (tmp_path / target).parent
+    left = [p.name for p in folder.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".{Path(target).name}.")  # the defect
+    rewrite(tmp_path / target)
+    assert [p.name for p in folder.iterdir()] == [Path(target).name]
+
+
+@pytestmark_posix
+def test_only_temporaries_of_dead_processes_of_this_host_are_removed(tmp_path):
+    target = tmp_path / "m.onnx"
+    dead, alive = _dead_pid(), os.getppid()
+    names = {
+        f".m.onnx.{dead}-{_HOST}.abcd_123.onnx": False,  # ours, dead: removed
+        f".m.onnx.{dead}-{_HOST}.abcd_124.tmp": False,
+        f".m.onnx.{alive}-{_HOST}.abcd_125.onnx": True,  # a running writer
+        f".m.onnx.{os.getpid()}-{_HOST}.abcd_126.onnx": True,  # this process (a thread)
+        f".m.onnx.{dead}-000000.abcd_127.onnx": True,  # another host on a shared folder
+        ".m.onnx.abcd_128.onnx": True,  # not a name made here
+        f".other.onnx.{dead}-{_HOST}.abcd_129.onnx": True,  # another target
+        "notes.txt": True,
+    }
+    for name in names:
+        (tmp_path / name).write_text("x")
+    removed = remove_stale(target)
+    assert sorted(removed) == sorted(n for n, kept in names.items() if not kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, k in names.items() if k)
+
+
+def test_temporary_names_carry_the_process_and_host(tmp_path):
+    seen = []
+    atomic_write(tmp_path / "a.txt", lambda tmp: seen.append(Path(tmp).name))
+    assert seen[0].startswith(f".a.txt.{os.getpid()}-{_HOST}.")
+
+
+@pytest.mark.parametrize("mask", [0o077, 0o002])
+def test_folder_and_staged_file_modes_follow_the_umask(tmp_path, umask, mask):
+    umask(mask)
+    atomic_dir(tmp_path / "saved", lambda tmp: (Path(tmp) / "f").write_text("x"))
+    assert _mode(tmp_path / "saved") == 0o777 & ~mask
+    with staging_dir(tmp_path / "m.xml") as tmp:
+        Path(tmp, "m.xml").write_text("<net/>")
+        move_into_place(Path(tmp, "m.xml"), tmp_path / "m.xml")
+    assert _mode(tmp_path / "m.xml") == 0o666 & ~mask

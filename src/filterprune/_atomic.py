@@ -2,8 +2,14 @@
 
 Every writer in the package goes through these functions, so a crash or an error
 midway never leaves half a file where a reader looks, and an old file stays intact
-until the new one is complete. Temporary names are hidden (``.name.XXXX.tmp``) and
-live in the target's folder, so the final rename never crosses file systems.
+until the new one is complete. Temporary names are hidden and live in the target's
+folder, so the final rename never crosses file systems.
+
+A process killed midway (``kill -9``, a power cut) cannot remove its temporary, so the
+name says who made it: ``.name.<pid>-<host>.XXXXXXXX<suffix>``. The next write to the same
+target removes the temporaries of processes of this host that no longer run
+(:func:`remove_stale`); those of running processes, and of other hosts sharing the folder,
+are left alone.
 
 Example:
     >>> atomic_write_text("report.json", "{}")  # doctest: +SKIP
@@ -14,8 +20,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,10 +36,14 @@ __all__ = [
     "atomic_write_text",
     "atomic_dir",
     "move_into_place",
+    "remove_stale",
     "staging_dir",
 ]
 
 PathLike = str | os.PathLike
+log = logging.getLogger("filterprune")
+# Tells this host's temporaries from those of others writing to a shared folder.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
 def atomic_write(path: PathLike, write_fn: Callable[[str], None], suffix: str = "") -> None:
@@ -46,7 +60,8 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], None], suffix: str = 
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp",
+    remove_stale(target)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=suffix or ".tmp",
                                dir=target.parent)  # fmt: skip
     os.close(fd)
     try:
@@ -105,18 +120,69 @@ def move_into_place(src: PathLike, dst: PathLike) -> None:
 
 @contextlib.contextmanager
 def staging_dir(near: PathLike) -> Iterator[str]:
-    """A new hidden folder beside ``near`` (``.name.XXXX.tmp``), removed with its content on exit.
+    """A new hidden folder beside ``near`` (see the module notes), removed with its content on
+    exit.
 
     For writers that produce several files at once (an OpenVINO ``.xml`` and its
     ``.bin``): write them here, then :func:`move_into_place` each one.
     """
     target = Path(near)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale(target)
+    tmp = tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
     try:
         yield tmp
     finally:
         _remove(tmp)
+
+
+def remove_stale(target: PathLike) -> list[str]:
+    """Remove the temporaries that killed writers left beside ``target``.
+
+    Only names this module makes for ``target`` are considered, and only those of
+    processes of this host that no longer run (checked on POSIX; elsewhere nothing is
+    removed).
+
+    Returns:
+        The names removed.
+    """
+    target = Path(target)
+    pattern = re.compile(
+        rf"\.{re.escape(target.name)}\.(\d+)-({_HOST})\.[a-z0-9_]{{8}}(?:\.\w+)?"
+    )
+    try:
+        entries = os.listdir(target.parent)
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        found = pattern.fullmatch(entry)
+        if found is None or not _gone(int(found.group(1))):
+            continue
+        _remove(os.path.join(target.parent, entry))
+        removed.append(entry)
+    if removed:
+        log.info("removed %d temporary file(s) left by killed writers of %s: %s",
+                 len(removed), target, ", ".join(removed))  # fmt: skip
+    return removed
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}-{_HOST}."
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` no longer runs (never claimed for ourselves or off POSIX,
+    where ``os.kill`` would signal or end the process)."""
+    if os.name != "posix" or pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # running, under another user
+        return False
+    return False
 
 
 def _check_free(target: Path) -> None:
