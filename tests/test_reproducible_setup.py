@@ -1,0 +1,87 @@
+"""`make test` runs on pinned versions and compares runtimes at an explicit precision
+(issue 13, item 10): checks over the repository's own files."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(requirement: str) -> str:
+    """The normalised distribution name of a requirement line (PEP 503)."""
+    name = re.split(r"[<>=!~\[; ]", requirement.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.split("#")[0].strip() for line in path.read_text().splitlines()
+            if line.split("#")[0].strip()]  # fmt: skip
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in _lines(ROOT / "constraints.txt"):
+        assert "==" in line, f"constraints.txt must pin exact versions: {line!r}"
+        name, version = line.split("==")
+        pins[_name(name)] = version
+    return pins
+
+
+def test_make_installs_with_the_constraints_file():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"pip install .*-r requirements-test\.txt -c constraints\.txt", makefile)
+
+
+def test_every_test_requirement_is_pinned_and_agrees_with_its_pin():
+    pins = _pins()
+    for line in _lines(ROOT / "requirements-test.txt"):
+        name = _name(line)
+        assert name in pins, f"{name} is not pinned in constraints.txt"
+        if "==" in line:
+            assert line.split("==")[1] == pins[name], f"{name}: two different pins"
+
+
+def test_pyproject_extras_and_test_requirements_name_the_same_packages():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_name(r) for r in project["dependencies"]}
+    for extra in project["optional-dependencies"].values():
+        declared |= {_name(r) for r in extra}
+    required = {_name(line) for line in _lines(ROOT / "requirements-test.txt")}
+    assert declared == required, (
+        f"only in pyproject: {sorted(declared - required)}; "
+        f"only in requirements-test.txt: {sorted(required - declared)}"
+    )
+    assert declared <= set(_pins())
+
+
+def _calls(name: str) -> list[tuple[str, str]]:
+    """Every call ``name(...)`` in the package, tests and benchmarks, with its arguments."""
+    found = []
+    for folder in ("src", "tests", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text()
+            for match in re.finditer(rf"\b{name}\(", text):
+                depth, end = 0, match.end() - 1
+                for end in range(match.end() - 1, len(text)):
+                    depth += {"(": 1, ")": -1}.get(text[end], 0)
+                    if depth == 0:
+                        break
+                found.append((str(path.relative_to(ROOT)), text[match.start():end + 1]))
+    return found
+
+
+def test_every_openvino_compile_sets_f32():
+    # OpenVINO picks bf16 by itself on CPUs that have it, and results then differ
+    calls = _calls("compile_model")
+    assert calls  # the check looks at something
+    assert [p for p, args in calls if '"INFERENCE_PRECISION_HINT": "f32"' not in args] == []
+
+
+def test_every_onnxruntime_session_runs_on_the_cpu_provider():
+    # The CPU provider runs a float32 model in float32; others (CUDA, TensorRT) may not
+    calls = [(p, a) for p, a in _calls("InferenceSession") if "import" not in a]
+    assert calls
+    assert [p for p, args in calls if 'providers=["CPUExecutionProvider"]' not in args] == []
