@@ -1,7 +1,11 @@
 """`input_info.type`, `filler` and `keyword` shape the example inputs (issue 13, item 5)."""
 
+import re
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from filterprune import NNCFConfig
@@ -90,3 +94,24 @@ def test_without_the_new_keys_inputs_are_float_zeros_by_position():
     xs = sample_inputs(_config([{"sample_size": [1, 3]}, {"sample_size": [2, 5]}]), Tokens())
     assert [tuple(x.shape) for x in xs] == [(1, 3), (2, 5)]
     assert all(x.dtype == torch.float32 and not x.any() for x in xs)
+
+
+INFO_VALUES = st.sampled_from([None, "", "float", "long", "half", "bool", "int8", "zeros",
+                               "ones", "random", "ids", "scale", "mask", "self", "x", 3, 0.5,
+                               [], {}])  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(entries=st.lists(st.fixed_dictionaries(
+    {"sample_size": st.lists(st.integers(1, 3), min_size=1, max_size=3)},
+    optional={"type": INFO_VALUES, "filler": INFO_VALUES, "keyword": INFO_VALUES}),
+    min_size=1, max_size=3))  # fmt: skip
+def test_fuzzed_input_info_gives_inputs_or_our_error(entries):
+    try:
+        config = NNCFConfig.from_dict({"input_info": entries,
+                                       "compression": {"algorithm": "filter_pruning"}})
+        xs = sample_inputs(config, Tokens())
+    except ConfigError as err:
+        assert re.search(r"`input_info[^`]*`", str(err)), str(err)
+        return
+    assert len(xs) >= len(entries)
