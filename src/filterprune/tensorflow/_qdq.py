@@ -5,8 +5,9 @@ into ``QuantizeLinear``/``DequantizeLinear`` with a uint8 zero point, but it has
 rule for ``FakeQuantWithMinMaxVarsPerChannel`` and refuses ``narrow_range=True``,
 which symmetric weights use. The same grid is TensorFlow's
 ``QuantizeAndDequantizeV4`` (signed, narrow range, zero point 0, ``axis`` for per
-channel), which tf2onnx writes as int8 QDQ pairs, per channel along ``axis``. So every
-symmetric narrow-range fake quant is rewritten into it; its ranges become constants.
+channel), which tf2onnx writes as int8 (uint8 when unsigned) QDQ pairs along ``axis``.
+So every per-channel or narrow-range fake quant whose grid has zero point 0 is
+rewritten into it; asymmetric per-channel ranges have no such form and are refused.
 """
 
 from __future__ import annotations
@@ -45,6 +46,24 @@ def _const(graph_def: Any, name: str, value: np.ndarray) -> str:
     return name
 
 
+def _grid(node: Any, low: np.ndarray, high: np.ndarray) -> str | None:
+    """``"signed"`` or ``"unsigned"`` when ``[low, high]`` is an integer grid with zero
+    point 0 (what ``QuantizeAndDequantizeV4`` expresses), else ``None``."""
+    narrow = node.attr["narrow_range"].b
+    if np.all(low == 0) and not narrow:
+        return "unsigned"
+    bits = node.attr["num_bits"].i
+    qmax = (1 << (bits - 1)) - 1
+    qmin = -qmax if narrow else -qmax - 1
+    return "signed" if np.allclose(low * qmax, high * qmin, rtol=1e-5, atol=0) else None
+
+
+def _rewritten(node: Any) -> bool:
+    """Fake quants tf2onnx cannot convert as they are: per channel, or narrow range."""
+    return node.op in _FAKE_QUANT and (node.op.endswith("PerChannel")
+                                       or node.attr["narrow_range"].b)  # fmt: skip
+
+
 def check_onnx_quantizers(graph_def: Any) -> None:
     """Refuse fake quants that ONNX QDQ pairs cannot express.
 
@@ -61,41 +80,40 @@ def check_onnx_quantizers(graph_def: Any) -> None:
                 f"ONNX export needs 8-bit quantizers (QuantizeLinear is int8/uint8). "
                 f"Received: num_bits={bits} at {node.name!r}."
             )
-        narrow = node.attr["narrow_range"].b
-        if narrow or node.op.endswith("PerChannel"):
-            low = _const_value(graph_def, node.input[1])
-            high = _const_value(graph_def, node.input[2])
-            if not (narrow and np.allclose(low, -high, rtol=1e-6, atol=0)):
-                raise ValueError(
-                    "ONNX export writes per-channel quantizers as symmetric int8 (zero point "
-                    "0), so weights must use mode 'symmetric'. Received: an asymmetric "
-                    f"range at {node.name!r}."
-                )
+        if _rewritten(node) and _grid(node, _const_value(graph_def, node.input[1]),
+                                      _const_value(graph_def, node.input[2])) is None:
+            raise ValueError(
+                "ONNX export writes per-channel quantizers with zero point 0, so they must "
+                "use mode 'symmetric'. Received: an asymmetric range at "
+                f"{node.name!r}."
+            )
 
 
 def weight_qdq(graph_def: Any, graph: Any) -> Any:
-    """A copy of ``graph_def`` with symmetric narrow-range fake quants as
+    """A copy of ``graph_def`` with per-channel and narrow-range fake quants as
     ``QuantizeAndDequantizeV4`` (``graph``: the frozen function's graph, for ranks)."""
     check_onnx_quantizers(graph_def)
     out = tf.compat.v1.GraphDef()
     out.CopyFrom(graph_def)
     for node in list(out.node):
-        if node.op not in _FAKE_QUANT or not node.attr["narrow_range"].b:
+        if not _rewritten(node):
             continue
-        per_channel = node.op.endswith("PerChannel")
+        low = _const_value(out, node.input[1]).astype("float32")
         high = _const_value(out, node.input[2]).astype("float32")
+        signed = _grid(node, low, high) == "signed"
         rank = graph.get_operation_by_name(node.name).inputs[0].shape.rank
-        bits = node.attr["num_bits"].i
+        attrs = {"num_bits": node.attr["num_bits"].i, "narrow": node.attr["narrow_range"].b,
+                 "axis": rank - 1 if node.op.endswith("PerChannel") else -1}  # fmt: skip
         node.op = "QuantizeAndDequantizeV4"
         for key in list(node.attr):
             del node.attr[key]
         node.attr["T"].type = tf.float32.as_datatype_enum
-        node.attr["signed_input"].b = True
-        node.attr["num_bits"].i = bits
+        node.attr["signed_input"].b = signed
+        node.attr["num_bits"].i = attrs["num_bits"]
         node.attr["range_given"].b = True
-        node.attr["narrow_range"].b = True
-        node.attr["axis"].i = rank - 1 if per_channel else -1
+        node.attr["narrow_range"].b = attrs["narrow"]
+        node.attr["axis"].i = attrs["axis"]
         node.attr["round_mode"].s = b"HALF_TO_EVEN"
-        node.input[1] = _const(out, f"{node.name}/qdq_min", -high)
+        node.input[1] = _const(out, f"{node.name}/qdq_min", low)
         node.input[2] = _const(out, f"{node.name}/qdq_max", high)
     return out

@@ -43,6 +43,8 @@ __all__ = [
     "recreate_masks",
     "set_input_transform",
     "set_weight_transform",
+    "transform_inputs",
+    "weight_mask_of",
 ]
 
 _SWAPPED: dict[type, type] = {}
@@ -54,7 +56,7 @@ def _masked_call(self, *args: Any, **kwargs: Any) -> Any:
     original variables are put back afterwards."""
     state = self.__dict__
     if state.get("_fp_input_transforms"):
-        args, kwargs = _transform_inputs(state["_fp_input_transforms"], args, kwargs)
+        args, kwargs = transform_inputs(state["_fp_input_transforms"], args, kwargs)
     saved = {}
     try:
         for attr, value in _call_weights(self).items():
@@ -89,13 +91,13 @@ def _call_weights(layer: Any) -> dict[str, Any]:
     return out
 
 
-def _transform_inputs(table: Mapping[int, Any], args: tuple, kwargs: dict) -> tuple:
+def transform_inputs(table: Mapping[int, Any], args: tuple, kwargs: dict) -> tuple:
     """Apply ``table[i]`` to the ``i``-th tensor among the call's arguments (the order of
     the Keras node's ``input_tensors``: ``args`` then ``kwargs``, flattened)."""
     flat = keras.tree.flatten((args, kwargs))
     index = 0
     for pos, leaf in enumerate(flat):
-        if not tf.is_tensor(leaf):
+        if not (tf.is_tensor(leaf) or isinstance(leaf, keras.KerasTensor)):
             continue
         if index in table:
             flat[pos] = table[index](leaf)
@@ -229,6 +231,13 @@ def _channel_mask(layer: Any, vec: np.ndarray) -> None:
 def _channel_axis(layer: Any) -> int:
     axis = getattr(layer, "axis", -1)
     return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
+
+
+def weight_mask_of(layer: Any, variable: str) -> np.ndarray | None:
+    """The mask of ``layer``'s variable ``variable`` (``None`` if it has none)."""
+    attr = _attr_of(layer, _variable(layer, variable))
+    mask = layer.__dict__.get("_fp_weight_masks", {}).get(attr)
+    return None if mask is None else np.asarray(mask.numpy())
 
 
 def masked_weights(layer: Any) -> dict[str, np.ndarray]:
