@@ -1,6 +1,12 @@
 """8-bit quantization-aware training in Keras, alone and after filter pruning (the reference
 "Filter Pruning + QAT" config): training, checkpoint/resume, strip, frozen graph, ONNX."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from keras_helpers import keras, layers, randomize_bn, small_resnet, tf
@@ -301,6 +307,9 @@ def test_onnx_export_refuses_what_qdq_cannot_express(tmp_path):
 def test_activation_ranges_without_data_are_a_clear_error():
     with pytest.raises(ConfigError, match="num_init_samples.*must be 0 when no data"):
         create_compressed_model(_fresh(), _config(QUANT, register=False))
+    first_batch = {**QUANT, "initializer": {"range": {"num_init_samples": 0}}}
+    with pytest.raises(ConfigError, match=r"must be positive in the Keras.*num_init_samples=0"):
+        create_compressed_model(_fresh(), _config(first_batch))
 
 
 def _sequential():
@@ -346,3 +355,56 @@ def test_sequential_matmul_and_nested_models_strip_equal(build, shape, counts):
     assert isinstance(small, keras.Sequential) == isinstance(model, keras.Sequential)
     assert sum(isinstance(lay, QuantizedWeights) for lay in small._flatten_layers()) == counts[0]
     _close(small(x[:4]).numpy(), model(x[:4], training=False).numpy())
+
+
+_MIRRORED = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from test_keras_quantization import PRUNE, QUANT, _config, _data
+    from keras_helpers import keras, randomize_bn, small_resnet
+    from filterprune.tensorflow import create_compressed_model, create_compression_callbacks
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():  # (clear_session, which _fresh calls, must not run in a scope)
+        keras.utils.set_random_seed(0)
+        model = randomize_bn(small_resnet(dropout=0.0))
+        ctrl, model = create_compressed_model(model, _config(PRUNE, QUANT))
+        ctrl.distributed()
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    x, y = _data(1, 32)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    model.fit(data, epochs=2, verbose=0, callbacks=create_compression_callbacks(ctrl))
+    quant = ctrl.get("quantization")
+    ref = model(x[:4], training=False).numpy()
+    print("RESULT " + json.dumps({
+        "ranges": {k: [v.numpy().ravel().tolist() for v in q.high.values]
+                   for k, q in quant.quantizers.items()},
+        "initialized": quant.statistics().ranges_initialized,
+        "strip_error": float(np.abs(ctrl.strip()(x[:4]).numpy() - ref).max()),
+    }))
+    """
+)
+
+
+def test_quantizer_ranges_are_identical_on_every_replica(tmp_path):
+    """distributed() makes the range variables again under MirroredStrategy (a subprocess:
+    two logical CPU devices must be set before TensorFlow initialises)."""
+    script = tmp_path / "mirrored.py"
+    script.write_text(_MIRRORED)
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, str(script), here], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][7:])
+    assert result["initialized"] and len(result["ranges"]) == 22
+    for key, replicas in result["ranges"].items():
+        assert len(replicas) == 2 and replicas[0] == replicas[1], key
+    assert result["strip_error"] < 1e-4

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from ..core.quant_controller import QuantizationControllerBase
 from ..core.quantization import QuantizerSpec, QuantizerState
+from ..errors import ConfigError
 from ._init_args import sample_batches
 from .capture import Capture
 from .controller import export_model, reset_traced_functions
@@ -188,9 +189,18 @@ class QuantizationController(QuantizationControllerBase):
         passing values through (the float model, masks applied).
 
         Raises:
-            ConfigError: If activation ranges need data and none was registered.
+            ConfigError: If activation ranges need data and none was registered, or for
+                ``num_init_samples: 0`` (ranges from the first training batch), which a
+                traced ``model.fit`` step cannot set here.
         """
         self._refresh_weights()
+        if self.params.num_init_samples == 0 and self.activation_specs:
+            raise ConfigError(
+                "`initializer.range.num_init_samples` must be positive in the Keras frontend: "
+                "activation ranges come from the dataset registered with "
+                "register_default_init_args, not from the first training batch. "
+                "Received: num_init_samples=0."
+            )
         if not self.check_init_data(data):
             return
         acts = {s.key: self.quantizers[s.key] for s in self.activation_specs}
