@@ -1,25 +1,26 @@
 """8-bit quantization-aware training in Keras, alone and after filter pruning (the reference
 "Filter Pruning + QAT" config): training, checkpoint/resume, strip, frozen graph, ONNX."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
-from keras_helpers import keras, layers, randomize_bn, small_resnet, tf
+from keras_helpers import (
+    fit_epochs,
+    keras,
+    layers,
+    randomize_bn,
+    regression_data,
+    run_on_two_cpus,
+    small_resnet,
+    tf,
+    train_and_resume,
+)
 
 from filterprune import ConfigError, NNCFConfig
 from filterprune.core.compression import CompressionStage
 from filterprune.core.params import QuantizationParams
 from filterprune.tensorflow import (
-    CheckpointManagerCallback,
-    TFCompressionState,
-    TFCompressionStateLoader,
     create_compressed_model,
-    create_compression_callbacks,
     register_default_init_args,
 )
 from filterprune.tensorflow.fake_quant import FakeQuant, QuantizedWeights
@@ -30,17 +31,11 @@ PRUNE = {"algorithm": "filter_pruning", "pruning_init": 0.1,
 QUANT = {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 16}}}
 
 
-def _data(seed, n=16):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 32, 32, 3)).astype("float32")
-    return x, rng.normal(size=(n, 10)).astype("float32")
-
-
 def _config(*algos, register=True, **top):
     config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 32, 32, 3]},
                                    "compression": list(algos), **top})  # fmt: skip
     if register:
-        dataset = tf.data.Dataset.from_tensor_slices(_data(0)[0]).batch(8)
+        dataset = tf.data.Dataset.from_tensor_slices(regression_data(0)[0]).batch(8)
         config = register_default_init_args(config, dataset)
     return config
 
@@ -50,12 +45,6 @@ def _fresh():
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     return randomize_bn(small_resnet(dropout=0.0))  # dropout's RNG is not checkpointed
-
-
-def _fit(ctrl, model, data, first, last, extra=()):
-    callbacks = create_compression_callbacks(ctrl) + list(extra)
-    return model.fit(*data, batch_size=8, epochs=last, initial_epoch=first, shuffle=False,
-                     verbose=0, callbacks=callbacks)  # fmt: skip
 
 
 def _close(out, ref, tol=1e-4):
@@ -69,8 +58,8 @@ def trained(tmp_path_factory):
     ctrl, model = create_compressed_model(_fresh(), _config({**PRUNE, "pruning_init": 0.5},
                                                             QUANT))  # fmt: skip
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    history = _fit(ctrl, model, _data(1), 0, 2)
-    x = _data(3, 4)[0]
+    history = fit_epochs(ctrl, model, regression_data(1), 0, 2)
+    x = regression_data(3, 4)[0]
     return ctrl, model, x, model(x, training=False).numpy(), history
 
 
@@ -130,7 +119,7 @@ def test_activation_ranges_leave_pruned_channels_out():
     high = _quant(ctrl).quantizers[spec.key].state.range()[1]
     ref_ctrl, ref_model = create_compressed_model(_fresh(), _config(prune))
     probe = keras.Model(ref_model.inputs, ref_model.get_layer("a").input)
-    x = _data(0)[0]
+    x = regression_data(0)[0]
     live, every = [], []
     for batch in (x[:8], x[8:]):
         act = probe(batch, training=False).numpy()
@@ -143,25 +132,13 @@ def test_activation_ranges_leave_pruned_channels_out():
 
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
-    ckpt_dir = str(tmp_path / "ckpt")
-    ctrl, model = create_compressed_model(_fresh(), _config(PRUNE, QUANT))
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    checkpoint = tf.train.Checkpoint(model=model, compression_state=TFCompressionState(ctrl))
-    _fit(ctrl, model, _data(1), 0, 2, [CheckpointManagerCallback(checkpoint, ckpt_dir)])
-    path = tf.train.latest_checkpoint(ckpt_dir)
-    _fit(ctrl, model, _data(2), 2, 4)
-    # resume, as in the reference
-    checkpoint = tf.train.Checkpoint(compression_state=TFCompressionStateLoader())
-    checkpoint.restore(path).expect_partial()
-    state = checkpoint.compression_state.state
-    ctrl2, model2 = create_compressed_model(_fresh(), _config(PRUNE, QUANT), state)
-    model2.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    tf.train.Checkpoint(model=model2).restore(path).expect_partial()
-    _fit(ctrl2, model2, _data(2), 2, 4)
+    (ctrl, model), (ctrl2, model2) = train_and_resume(_fresh, _config(PRUNE, QUANT),
+                                                      str(tmp_path / "ckpt"))  # fmt: skip
+    fit_epochs(ctrl2, model2, regression_data(2), 2, 4)
     assert ctrl2.get_compression_state() == ctrl.get_compression_state()
     for a, b in zip(model.weights, model2.weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
-    x = _data(3, 4)[0]
+    x = regression_data(3, 4)[0]
     _close(model2(x, training=False).numpy(), model(x, training=False).numpy(), 1e-5)
 
 
@@ -244,8 +221,8 @@ def test_quantization_alone_trains_strips_and_restores_its_state(tmp_path):
     ctrl, model = create_compressed_model(_fresh(), _config(QUANT))
     assert ctrl.name == "quantization"
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    _fit(ctrl, model, _data(1), 0, 1)
-    x = _data(3, 4)[0]
+    fit_epochs(ctrl, model, regression_data(1), 0, 1)
+    x = regression_data(3, 4)[0]
     ref = model(x, training=False).numpy()
     _close(ctrl.strip()(x).numpy(), ref)
     state = ctrl.get_compression_state()
@@ -276,7 +253,7 @@ def test_asymmetric_activations_strip_and_export(tmp_path):
     states = _quant(ctrl).quantizer_states()
     points = [int(states[s.key].zero_point) for s in _quant(ctrl).activation_specs]
     assert any(p not in (0, -128) for p in points)  # a zero point inside the range
-    x = _data(3, 4)[0]
+    x = regression_data(3, 4)[0]
     ref = model(x, training=False).numpy()
     _close(ctrl.strip()(x).numpy(), ref)
     ctrl.export_model(str(tmp_path / "m.onnx"), shrink=True)
@@ -357,28 +334,18 @@ def test_sequential_matmul_and_nested_models_strip_equal(build, shape, counts):
     _close(small(x[:4]).numpy(), model(x[:4], training=False).numpy())
 
 
-_MIRRORED = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.path.insert(0, sys.argv[1])
-    import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from test_keras_quantization import PRUNE, QUANT, _config, _data
-    from keras_helpers import keras, randomize_bn, small_resnet
+_MIRRORED = """
+    from test_keras_quantization import PRUNE, QUANT, _config
+    from keras_helpers import keras, randomize_bn, regression_data, small_resnet
     from filterprune.tensorflow import create_compressed_model, create_compression_callbacks
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():  # (clear_session, which _fresh calls, must not run in a scope)
         keras.utils.set_random_seed(0)
         model = randomize_bn(small_resnet(dropout=0.0))
         ctrl, model = create_compressed_model(model, _config(PRUNE, QUANT))
         ctrl.distributed()
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    x, y = _data(1, 32)
+    x, y = regression_data(1, 32)
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     model.fit(data, epochs=2, verbose=0, callbacks=create_compression_callbacks(ctrl))
     quant = ctrl.get("quantization")
@@ -390,20 +357,12 @@ _MIRRORED = textwrap.dedent(
         "strip_error": float(np.abs(ctrl.strip()(x[:4]).numpy() - ref).max()),
     }))
     """
-)
 
 
 def test_quantizer_ranges_are_identical_on_every_replica(tmp_path):
     """distributed() makes the range variables again under MirroredStrategy (a subprocess:
     two logical CPU devices must be set before TensorFlow initialises)."""
-    script = tmp_path / "mirrored.py"
-    script.write_text(_MIRRORED)
-    here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.run([sys.executable, str(script), here], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, proc.stderr[-3000:]
-    result = json.loads(lines[-1][7:])
+    result = run_on_two_cpus(_MIRRORED, tmp_path)
     assert result["initialized"] and len(result["ranges"]) == 22
     for key, replicas in result["ranges"].items():
         assert len(replicas) == 2 and replicas[0] == replicas[1], key
