@@ -21,6 +21,7 @@ from filterprune.core.compression import CompressionStage
 from filterprune.core.params import QuantizationParams
 from filterprune.tensorflow import (
     create_compressed_model,
+    create_compression_callbacks,
     register_default_init_args,
 )
 from filterprune.tensorflow.fake_quant import FakeQuant, QuantizedWeights
@@ -221,7 +222,9 @@ def test_quantization_alone_trains_strips_and_restores_its_state(tmp_path):
     ctrl, model = create_compressed_model(_fresh(), _config(QUANT))
     assert ctrl.name == "quantization"
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    fit_epochs(ctrl, model, regression_data(1), 0, 1)
+    logs = create_compression_callbacks(ctrl, log_dir=str(tmp_path / "logs"))
+    model.fit(*regression_data(1), batch_size=8, epochs=1, verbose=0, callbacks=logs)
+    assert list((tmp_path / "logs").iterdir())  # the statistics text, no pruning scalars
     x = regression_data(3, 4)[0]
     ref = model(x, training=False).numpy()
     _close(ctrl.strip()(x).numpy(), ref)

@@ -27,15 +27,17 @@ __all__ = [
 
 
 class CompressionCallback(keras.callbacks.Callback):
-    """Steps the pruning schedule during ``model.fit`` and logs it.
+    """Steps the compression schedule during ``model.fit`` and logs it.
 
     At the start of each epoch the scheduler moves to that epoch (``epoch_step``), which
-    recomputes the masks; each batch calls ``step()``. The epoch is ``max(epoch, last + 1)``,
-    so ``fit(initial_epoch=...)`` after a resume and repeated ``fit(epochs=1)`` calls both
-    advance the schedule. With ``log_dir``, levels, FLOPs, parameters and per-layer levels
-    go to TensorBoard (``tf.summary``) at every epoch; ``logs`` gain ``pruning_level`` and
-    ``flops_kept``. Events are written with ``tf.summary.write`` in the layout of
-    TensorBoard's scalar and text plugins, so the tensorboard package is not needed.
+    recomputes the pruning masks and the weight quantizers' ranges; each batch calls
+    ``step()``. The epoch is ``max(epoch, last + 1)``, so ``fit(initial_epoch=...)`` after
+    a resume and repeated ``fit(epochs=1)`` calls both advance the schedule. With
+    ``log_dir``, levels, FLOPs, parameters and per-layer levels go to TensorBoard
+    (``tf.summary``) at every epoch; ``logs`` gain ``pruning_level`` and ``flops_kept``
+    when filter pruning runs. Events are written with ``tf.summary.write``
+    in the layout of TensorBoard's scalar and text plugins, so the tensorboard package is
+    not needed.
 
     Args:
         ctrl: The compression controller.

@@ -44,8 +44,8 @@ class _Quantizer:
     """One fake-quant op of the training model: its range variables and its switch.
 
     Called on a tensor it returns the tensor fake-quantized on ``[low, high]``, or the
-    tensor itself while the range is unset, or (while ``collector`` is set, in eager
-    calls) the tensor itself after adding it to the collector.
+    tensor itself while the range is unset or ``paused`` is set, or (while ``collector``
+    is set, in eager calls) the tensor itself after adding it to the collector.
     """
 
     def __init__(self, spec: QuantizerSpec) -> None:
@@ -53,6 +53,7 @@ class _Quantizer:
         self.axis = spec.channel_axis if spec.settings.per_channel else None
         self.state = QuantizerState.empty(spec.settings, spec.num_channels)
         self.collector: Any = None
+        self.paused = False
         self._make_variables(np.zeros(self.state.scale.shape, "float32"),
                              np.ones(self.state.scale.shape, "float32"))  # fmt: skip
 
@@ -81,7 +82,7 @@ class _Quantizer:
         if self.collector is not None:
             self.collector.update(np.asarray(x))
             return x
-        if not self.enabled:
+        if self.paused or not self.enabled:
             return x
         return fake_quant(x, self.low, self.high, self.spec.settings.bits, False, self.axis)
 
@@ -204,22 +205,17 @@ class QuantizationController(QuantizationControllerBase):
         if not self.check_init_data(data):
             return
         acts = {s.key: self.quantizers[s.key] for s in self.activation_specs}
-        weights = [q for q in self.quantizers.values() if q.spec.kind == "weight"]
-        kept = {id(q): q.state for q in weights}
-        for q in weights:  # the float model while collecting
-            q.state = QuantizerState.empty(q.spec.settings, q.spec.num_channels)
-        for q in acts.values():
-            q.collector = self.range_collector(q.spec)
+        collectors = {key: self.range_collector(q.spec) for key, q in acts.items()}
+        for key, q in self.quantizers.items():  # the float model while collecting
+            q.paused = True
+            q.collector = collectors.get(key)
         try:
             for x in sample_batches(self.model, data.dataset, self.params.num_init_samples,
                                     data.batch_size, "Quantizer ranges"):  # fmt: skip
                 self.model(x, training=False)
         finally:
-            for q in weights:
-                q.state = kept[id(q)]
-            collectors = {key: q.collector for key, q in acts.items()}
-            for q in acts.values():
-                q.collector = None
+            for q in self.quantizers.values():
+                q.paused, q.collector = False, None
         self.set_quantizer_states(self.collected_states(collectors))
 
     # -- training --------------------------------------------------------------------------
