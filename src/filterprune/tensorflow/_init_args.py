@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from .._batches import batch_inputs
 from ..core.config import Config
 from ..progress import progress
 
-__all__ = ["TFInitArgs", "register_default_init_args", "adapt_batchnorm"]
+__all__ = ["TFInitArgs", "register_default_init_args", "adapt_batchnorm", "sample_batches"]
 
 
 @dataclass
@@ -55,6 +56,21 @@ def batchnorm_layers(model: Any) -> list[Any]:
             if isinstance(layer, keras.layers.BatchNormalization)]  # fmt: skip
 
 
+def sample_batches(model: Any, dataset: Any, num_samples: int, batch_size: int | None,
+                   desc: str) -> Iterator[Any]:  # fmt: skip
+    """The input batches of ``dataset`` until ``num_samples`` samples were yielded."""
+    seen = 0
+    with progress(total=num_samples, desc=desc) as bar:
+        for batch in _batches(dataset, len(model.inputs[0].shape), batch_size):
+            x = batch_inputs(batch)
+            yield x
+            n = int(keras.ops.shape(keras.tree.flatten(x)[0])[0])
+            seen += n
+            bar.update(n)
+            if seen >= num_samples:
+                break
+
+
 def adapt_batchnorm(model: Any, dataset: Any, num_samples: int, batch_size: int | None) -> None:
     """Re-estimate BatchNorm moving statistics on ``num_samples`` training samples.
 
@@ -68,19 +84,12 @@ def adapt_batchnorm(model: Any, dataset: Any, num_samples: int, batch_size: int 
     for bn in bns:
         bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, "float32"))
         bn.moving_variance.assign(np.ones(bn.moving_variance.shape, "float32"))
-    seen = 0
     try:
-        with progress(total=num_samples, desc="BN adaptation") as bar:
-            for k, batch in enumerate(_batches(dataset, len(model.inputs[0].shape), batch_size)):
-                for bn in bns:
-                    bn.momentum = k / (k + 1)
-                x = batch_inputs(batch)
-                model(x, training=True)
-                n = int(keras.ops.shape(keras.tree.flatten(x)[0])[0])
-                seen += n
-                bar.update(n)
-                if seen >= num_samples:
-                    break
+        batches = sample_batches(model, dataset, num_samples, batch_size, "BN adaptation")
+        for k, x in enumerate(batches):
+            for bn in bns:
+                bn.momentum = k / (k + 1)
+            model(x, training=True)
     finally:
         for bn, momentum in saved:
             bn.momentum = momentum
