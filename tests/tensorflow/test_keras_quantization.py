@@ -18,7 +18,6 @@ from keras_helpers import (
 
 from filterprune import ConfigError, NNCFConfig
 from filterprune.core.compression import CompressionStage
-from filterprune.core.params import QuantizationParams
 from filterprune.tensorflow import (
     create_compressed_model,
     create_compression_callbacks,
@@ -264,10 +263,8 @@ def test_asymmetric_activations_strip_and_export(tmp_path):
         ctrl, model)  # fmt: skip
 
 
-@pytest.mark.xfail("preset" not in QuantizationParams.__dataclass_fields__, strict=True,
-                   reason="QuantizationParams does not read the top-level `preset` yet")
 def test_preset_mixed_makes_activations_asymmetric():
-    ctrl, _ = create_compressed_model(_fresh(), _config(QUANT, preset="mixed"))
+    ctrl, _ = create_compressed_model(_fresh(), _config({**QUANT, "preset": "mixed"}))
     assert {s.settings.mode for s in ctrl.specs if s.kind == "activation"} == {"asymmetric"}
     assert {s.settings.mode for s in ctrl.specs if s.kind == "weight"} == {"symmetric"}
 
