@@ -33,8 +33,8 @@ def check_not_empty(data: Any, key: str) -> None:
         return
     if size == 0:
         raise ConfigError(
-            f"`{key}` must hold at least one batch for BatchNorm adaptation and range "
-            f"initialisation. Received: {type(data).__name__} of length 0."
+            f"`{key}` must hold at least one batch for initialisation (BatchNorm adaptation, "
+            f"quantizer ranges). Received: {type(data).__name__} of length 0."
         )
 
 
@@ -52,13 +52,14 @@ def nonempty_batches(data: Iterable[Any], key: str) -> Iterator[Any]:
         first = next(batches)
     except StopIteration:
         raise ConfigError(
-            f"`{key}` must yield at least one batch for BatchNorm adaptation. Received: an "
-            "empty or already exhausted loader. Nothing was changed; register a loader that "
-            "can be iterated again (a DataLoader, not a generator that was used up)."
+            f"`{key}` must yield at least one batch for initialisation (BatchNorm adaptation, "
+            "quantizer ranges). Received: an empty or already exhausted loader. Nothing was "
+            "changed; register a loader that can be iterated again (a DataLoader, not a "
+            "generator that was used up)."
         ) from None
     except Exception as err:  # noqa: BLE001 - whatever the loader raises, said in our words
         raise ConfigError(
-            f"`{key}` must yield batches for BatchNorm adaptation. Received: a loader that "
+            f"`{key}` must yield batches for initialisation. Received: a loader that "
             f"failed on its first batch: {type(err).__name__}: {err}. Nothing was changed."
         ) from err
     return itertools.chain([first], batches)

@@ -70,3 +70,81 @@ def small_resnet(name="small_resnet", dropout=0.1):
     x = layers.Dense(64, activation="relu", name="fc1")(layers.Flatten()(x))
     out = layers.Dense(10, name="fc2")(layers.Dropout(dropout)(x))
     return keras.Model(inp, out, name=name)
+
+
+def regression_data(seed, n=16):
+    """``n`` random 32x32 RGB images and 10 regression targets."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 32, 32, 3)).astype("float32")
+    return x, rng.normal(size=(n, 10)).astype("float32")
+
+
+def fit_epochs(ctrl, model, data, first, last, extra=()):
+    """``model.fit`` over epochs ``first``..``last`` with the compression callbacks."""
+    from filterprune.tensorflow import create_compression_callbacks
+
+    callbacks = create_compression_callbacks(ctrl) + list(extra)
+    return model.fit(*data, batch_size=8, epochs=last, initial_epoch=first, shuffle=False,
+                     verbose=0, callbacks=callbacks)  # fmt: skip
+
+
+def train_and_resume(build, config, ckpt_dir):
+    """Four epochs with a checkpoint after the second, then the reference's resume from it.
+
+    Returns:
+        ``(ctrl, model)`` trained without a break, and ``(ctrl, model)`` resumed from the
+        checkpoint (a fresh ``build()``, epochs 2-4 still to run).
+    """
+    from filterprune.tensorflow import (
+        CheckpointManagerCallback,
+        TFCompressionState,
+        TFCompressionStateLoader,
+        create_compressed_model,
+    )
+
+    ctrl, model = create_compressed_model(build(), config)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    checkpoint = tf.train.Checkpoint(model=model, compression_state=TFCompressionState(ctrl))
+    fit_epochs(ctrl, model, regression_data(1), 0, 2,
+               [CheckpointManagerCallback(checkpoint, ckpt_dir)])  # fmt: skip
+    path = tf.train.latest_checkpoint(ckpt_dir)
+    fit_epochs(ctrl, model, regression_data(2), 2, 4)
+    # resume, as in the reference
+    checkpoint = tf.train.Checkpoint(compression_state=TFCompressionStateLoader())
+    checkpoint.restore(path).expect_partial()
+    state = checkpoint.compression_state.state
+    ctrl2, model2 = create_compressed_model(build(), config, state)
+    model2.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    tf.train.Checkpoint(model=model2).restore(path).expect_partial()
+    return (ctrl, model), (ctrl2, model2)
+
+
+_TWO_CPUS = """
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+"""
+
+
+def run_on_two_cpus(body, tmp_path):
+    """Run ``body`` in a subprocess that has ``strategy``, a MirroredStrategy over two
+    logical CPU devices (they must be set before TensorFlow initialises, which this
+    process has done); returns the JSON it prints after ``RESULT ``."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "mirrored.py"
+    script.write_text(_TWO_CPUS + textwrap.dedent(body))
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, str(script), here], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][7:])

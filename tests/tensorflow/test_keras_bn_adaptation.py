@@ -34,7 +34,8 @@ def test_an_empty_dataset_is_refused_before_any_statistic_changes(resnet, empty)
             "dataset": tf.data.Dataset.from_tensor_slices(_images(4)[0]).take(0).batch(2)}[empty]
     before = _bn_state(resnet)
     with pytest.raises(ConfigError, match=r"^`dataset` must yield at least one batch for "
-                       r"BatchNorm adaptation\. Received: an empty or already exhausted loader"):
+                       r"initialisation \(BatchNorm adaptation, quantizer ranges\)\. "
+                       r"Received: an empty or already exhausted loader"):
         adapt_batchnorm(resnet, data, 100, None)
     assert _same(before, _bn_state(resnet))
 

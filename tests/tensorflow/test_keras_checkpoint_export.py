@@ -2,15 +2,21 @@
 
 import numpy as np
 import pytest
-from keras_helpers import keras, make_config, randomize_bn, small_resnet, tf
+from keras_helpers import (
+    fit_epochs,
+    keras,
+    make_config,
+    randomize_bn,
+    regression_data,
+    small_resnet,
+    tf,
+    train_and_resume,
+)
 
 from filterprune import ConfigError
 from filterprune.tensorflow import (
-    CheckpointManagerCallback,
     TFCompressionState,
-    TFCompressionStateLoader,
     create_compressed_model,
-    create_compression_callbacks,
 )
 
 
@@ -24,35 +30,10 @@ def _fresh():
     return randomize_bn(small_resnet(dropout=0.0))  # dropout's RNG is not checkpointed
 
 
-def _data(seed):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(16, 32, 32, 3)).astype("float32")
-    return x, rng.normal(size=(16, 10)).astype("float32")
-
-
-def _fit(ctrl, model, data, first, last, extra=()):
-    callbacks = create_compression_callbacks(ctrl) + list(extra)
-    model.fit(*data, batch_size=8, epochs=last, initial_epoch=first, shuffle=False, verbose=0,
-              callbacks=callbacks)  # fmt: skip
-
-
 def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
-    ckpt_dir = str(tmp_path / "ckpt")
-    ctrl, model = create_compressed_model(_fresh(), _config())
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    checkpoint = tf.train.Checkpoint(model=model, compression_state=TFCompressionState(ctrl))
-    _fit(ctrl, model, _data(1), 0, 2, [CheckpointManagerCallback(checkpoint, ckpt_dir)])
-    path = tf.train.latest_checkpoint(ckpt_dir)
-    _fit(ctrl, model, _data(2), 2, 4)
-    # resume, as in the reference
-    checkpoint = tf.train.Checkpoint(compression_state=TFCompressionStateLoader())
-    checkpoint.restore(path).expect_partial()
-    state = checkpoint.compression_state.state
-    ctrl2, model2 = create_compressed_model(_fresh(), _config(), state)
-    model2.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    tf.train.Checkpoint(model=model2).restore(path).expect_partial()
+    (ctrl, model), (ctrl2, model2) = train_and_resume(_fresh, _config(), str(tmp_path / "ckpt"))
     assert ctrl2.scheduler.current_epoch == 1
-    _fit(ctrl2, model2, _data(2), 2, 4)
+    fit_epochs(ctrl2, model2, regression_data(2), 2, 4)
     assert ctrl2.scheduler.get_state() == ctrl.scheduler.get_state()
     assert ctrl2.pruning_level == pytest.approx(ctrl.pruning_level)
     assert ctrl2.plan.to_dict(ctrl2.analysis) == ctrl.plan.to_dict(ctrl.analysis)

@@ -4,30 +4,16 @@ Runs in a subprocess: two logical CPU devices must be configured before TensorFl
 initialises, which the other tests of the session have done already.
 """
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
 pytest.importorskip("tensorflow")
 
-_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.path.insert(0, sys.argv[1])
-    import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_helpers import run_on_two_cpus  # noqa: E402
+
+_SCRIPT = """
     from keras_helpers import keras, make_config, randomize_bn, small_resnet
     from filterprune.tensorflow import create_compressed_model, create_compression_callbacks
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         keras.utils.set_random_seed(0)
         model = randomize_bn(small_resnet(dropout=0.0))
@@ -54,18 +40,10 @@ _SCRIPT = textwrap.dedent(
         "kernel_replicas": [v.numpy().ravel().tolist() for v in kernel.value.values],
     }))
     """
-)
 
 
 def test_masks_identical_on_every_replica(tmp_path):
-    here = os.path.dirname(os.path.abspath(__file__))
-    script = tmp_path / "mirrored.py"
-    script.write_text(_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), here], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, proc.stderr[-3000:]
-    result = json.loads(lines[-1][7:])
+    result = run_on_two_cpus(_SCRIPT, tmp_path)
     assert result["replicas"] == 2
     assert result["level"] == pytest.approx(0.5)
     masks = result["masks"]

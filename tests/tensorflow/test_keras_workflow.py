@@ -153,11 +153,8 @@ def test_unbuilt_sequential_is_a_clear_error():
         create_compressed_model(keras.Sequential([layers.Conv2D(4, 3)]), make_config())
 
 
-def test_quantization_and_legr_are_clear_errors(resnet):
-    config = make_config()
-    config["compression"] = [config["compression"], {"algorithm": "quantization"}]
-    with pytest.raises(ConfigError, match="'quantization' is not available"):
-        create_compressed_model(resnet, config)
+def test_legr_is_a_clear_error(resnet):
+    # quantization beside pruning is tested in test_keras_quantization.py
     with pytest.raises(ConfigError, match="LeGR"):
         create_compressed_model(resnet, make_config(interlayer_ranking_type="learned_ranking"))
 

@@ -44,7 +44,8 @@ def test_an_empty_loader_is_refused_before_any_statistic_changes(loader):
     net = _net()
     before = _bn_state(net)
     with pytest.raises(ConfigError, match=r"^`data_loader` must yield at least one batch for "
-                       r"BatchNorm adaptation\. Received: an empty or already exhausted loader\. "
+                       r"initialisation \(BatchNorm adaptation, quantizer ranges\)\. "
+                       r"Received: an empty or already exhausted loader\. "
                        r"Nothing was changed"):
         adapt_batchnorm(net, loader, 100)
     assert _same(before, _bn_state(net))

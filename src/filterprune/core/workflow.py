@@ -31,7 +31,7 @@ from .analysis import Analysis, analyze
 from .compression import CompositeCompressionController, CompressionController
 from .config import Config
 from .controller import PruningControllerBase, analysis_options, pruning_params
-from .params import QuantizationParams
+from .params import ALGORITHMS
 from .scopes import check_unmatched
 
 __all__ = ["Captured", "Frontend", "create_compressed_model", "dry_run", "DryPruningController"]
@@ -104,7 +104,7 @@ def algorithm_params(config: Config, name: str, frontend: str) -> Any:
     """The resolved settings of algorithm ``name`` in ``config``."""
     if name == "filter_pruning":
         return pruning_params(config, frontend)
-    return {"quantization": QuantizationParams}[name].from_config(config)
+    return ALGORITHMS[name].from_config(config)
 
 
 def layer_names(graph: Any) -> list[str]:

@@ -1,12 +1,15 @@
-"""End-to-end Keras demo: train a small CNN on Fashion-MNIST, prune it with ``model.fit``
-and the compression callbacks, strip the pruned filters and compare accuracy, FLOPs and
-latency.
+"""End-to-end Keras demo: train a small CNN on Fashion-MNIST, prune it and train it for
+8-bit inference with ``model.fit`` and the compression callbacks, strip the pruned filters
+and compare accuracy (FP32 baseline, pruned FP32, pruned INT8), FLOPs and latency.
 
     python -m filterprune.examples.fashion_mnist_keras [--epochs 3] [--target 0.4]
 
 The same network and the same JSON config as the PyTorch demo
-(:mod:`filterprune.examples.fashion_mnist`): ``pruning_init`` 0.1 -> ``pruning_target``
-0.4, ``pruning_steps`` shortened to the fine-tuning epochs, ``input_info`` in NCHW.
+(:mod:`filterprune.examples.fashion_mnist`), with ``quantization`` after
+``filter_pruning`` as in the reference "Filter Pruning + QAT" config: ``pruning_init``
+0.1 -> ``pruning_target`` 0.4, ``pruning_steps`` shortened to the fine-tuning epochs,
+``input_info`` in NCHW. Pruned FP32 is the trained model with its quantizers left out;
+pruned INT8 is the same model with them, in Keras and as int8 ONNX in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -133,13 +136,60 @@ def compare_latency(model_a: keras.Model, model_b: keras.Model, x: np.ndarray,
     return {"a_median_ms": a, "b_median_ms": b, "ratio": b / a}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def reference_config(epochs: int, init: float, target: float) -> Any:
+    """The demo's pruning config with ``quantization`` after it (8-bit defaults)."""
+    config = pruning_config(epochs, init, target)
+    algos = config.algorithms()
+    if not any(a["algorithm"] == "quantization" for a in algos):
+        config["compression"] = [*algos, {"algorithm": "quantization"}]
+    return config
+
+
+def onnx_accuracy(ctrl: Any, data: tf.data.Dataset, folder: str) -> tuple[float, int] | None:
+    """Accuracy of the exported int8 ONNX model in ONNX Runtime, and the file's size
+    (``None`` without tf2onnx or onnxruntime)."""
+    try:
+        import onnxruntime as ort
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        return None
+    path = Path(folder) / "keras_pruned_int8.onnx"
+    ctrl.export_model(str(path), shrink=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    correct = seen = 0
+    for x, y in data:
+        logits = sess.run(None, {name: x.numpy()})[0]
+        correct += int((logits.argmax(1) == y.numpy()).sum())
+        seen += int(y.shape[0])
+    return correct / max(seen, 1), path.stat().st_size
+
+
+def _train(args: Any, dense: keras.Model, test: tf.data.Dataset) -> tuple[Any, Any]:
+    """Prune and quantize a copy of ``dense`` with ``model.fit`` and the callbacks."""
     from filterprune.tensorflow import (
         create_compressed_model,
         create_compression_callbacks,
         register_default_init_args,
     )
 
+    model = small_cnn()
+    model.set_weights(dense.get_weights())
+    train = dataset("train", args.train_limit, shuffle=True, seed=1)
+    config = reference_config(args.epochs, args.init, args.target)
+    ctrl, model = create_compressed_model(model, register_default_init_args(config, train))
+    _compile(model, keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
+    log_dir = str(Path(args.cache) / "keras_compression_log")
+    callbacks = create_compression_callbacks(ctrl, log_dir=log_dir)
+    pruning = ctrl.get("filter_pruning")
+    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(
+        f"epoch {epoch + 1}/{args.epochs}: level {pruning.pruning_level:.3f}  "
+        f"train loss {logs['loss']:.4f}  test accuracy (INT8) {evaluate(model, test):.4f}")))
+    model.fit(train, epochs=args.epochs, callbacks=callbacks, verbose=0, shuffle=False)
+    return ctrl, pruning
+
+
+def main(argv: list[str] | None = None) -> dict:
     args = demo_arguments(__doc__.split("\n\n")[0], argv)
     start = time.perf_counter()
     limit_threads()
@@ -148,48 +198,51 @@ def main(argv: list[str] | None = None) -> dict:
     dense_acc = evaluate(dense, test)
     print(f"baseline: test accuracy {dense_acc:.4f} ({'cached' if cached else 'trained'})")
 
-    model = small_cnn()
-    model.set_weights(dense.get_weights())
-    train = dataset("train", args.train_limit, shuffle=True, seed=1)
-    config = register_default_init_args(pruning_config(args.epochs, args.init, args.target), train)
-    ctrl, model = create_compressed_model(model, config)
-    _compile(model, keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
-    log_dir = str(Path(args.cache) / "keras_compression_log")
-    callbacks = create_compression_callbacks(ctrl, log_dir=log_dir)
-    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(
-        f"epoch {epoch + 1}/{args.epochs}: level {ctrl.pruning_level:.3f}  "
-        f"train loss {logs['loss']:.4f}  test accuracy {evaluate(model, test):.4f}")))
-    model.fit(train, epochs=args.epochs, callbacks=callbacks, verbose=0, shuffle=False)
+    ctrl, pruning = _train(args, dense, test)
     stats = ctrl.statistics()
     print()
     print(stats)
 
-    small = ctrl.strip()
-    small_acc = evaluate(small, test)
+    small = pruning.strip()  # pruned FP32: the trained weights, quantizers left out
+    small_int8 = ctrl.strip()
+    small_acc, int8_acc = evaluate(small, test), evaluate(small_int8, test)
+    onnx = onnx_accuracy(ctrl, test, args.cache)
     n_dense, n_small = dense.count_params(), small.count_params()
     lat1 = compare_latency(dense, small, np.random.rand(1, 28, 28, 1).astype("float32"), 200)
     lat64 = compare_latency(dense, small, np.random.rand(64, 28, 28, 1).astype("float32"), 40)
     report = {
         "baseline_accuracy": dense_acc, "pruned_accuracy": small_acc,
-        "pruning_level": ctrl.pruning_level, "flops_kept": stats.flops_kept,
+        "pruned_int8_accuracy": int8_acc,
+        "pruned_int8_onnxruntime_accuracy": onnx[0] if onnx else None,
+        "pruned_int8_onnx_bytes": onnx[1] if onnx else None,
+        "pruning_level": pruning.pruning_level, "flops_kept": stats.flops_kept,
         "params_kept": n_small / n_dense, "dense_params": n_dense, "pruned_params": n_small,
         "latency_batch1_ms": [lat1["a_median_ms"], lat1["b_median_ms"]],
         "latency_batch64_ms": [lat64["a_median_ms"], lat64["b_median_ms"]],
         "speedup_batch1": 1 / lat1["ratio"], "speedup_batch64": 1 / lat64["ratio"],
         "seconds": time.perf_counter() - start,
     }  # fmt: skip
-    print()
-    print("Result (Fashion-MNIST test set, 10,000 images, Keras)")
-    print(f"  accuracy      : dense {dense_acc:.4f} -> pruned and stripped {small_acc:.4f}")
-    print(f"  FLOPs kept    : {stats.flops_kept:.3f} ({stats.current_flops / 1e6:.2f}M "
-          f"of {stats.full_flops / 1e6:.2f}M)")  # fmt: skip
-    print(f"  params kept   : {n_small / n_dense:.3f} ({n_small:,} of {n_dense:,})")
-    for label, lat in (("batch 1", lat1), ("batch 64", lat64)):
-        print(f"  latency {label:<9}: dense {lat['a_median_ms']:.3f} ms -> stripped "
-              f"{lat['b_median_ms']:.3f} ms ({1 / lat['ratio']:.2f}x faster)")  # fmt: skip
-    print(f"  total time    : {report['seconds']:.0f}s")
+    _print_report(report, stats)
     atomic_write_text(Path(args.cache) / "demo-keras-results.json", json.dumps(report, indent=2))
     return report
+
+
+def _print_report(report: dict, stats: Any) -> None:
+    onnx = report["pruned_int8_onnxruntime_accuracy"]
+    print()
+    print("Result (Fashion-MNIST test set, 10,000 images, Keras)")
+    print(f"  accuracy      : FP32 baseline {report['baseline_accuracy']:.4f} | pruned FP32 "
+          f"{report['pruned_accuracy']:.4f} | pruned INT8 {report['pruned_int8_accuracy']:.4f}"
+          + (f" (ONNX Runtime int8 {onnx:.4f})" if onnx is not None else ""))  # fmt: skip
+    print(f"  FLOPs kept    : {stats.flops_kept:.3f} ({stats.current_flops / 1e6:.2f}M "
+          f"of {stats.full_flops / 1e6:.2f}M)")  # fmt: skip
+    print(f"  params kept   : {report['params_kept']:.3f} ({report['pruned_params']:,} of "
+          f"{report['dense_params']:,})")  # fmt: skip
+    for label, key in (("batch 1", "latency_batch1_ms"), ("batch 64", "latency_batch64_ms")):
+        dense_ms, small_ms = report[key]
+        print(f"  latency {label:<9}: dense {dense_ms:.3f} ms -> stripped FP32 {small_ms:.3f} ms "
+              f"({dense_ms / small_ms:.2f}x faster)")  # fmt: skip
+    print(f"  total time    : {report['seconds']:.0f}s")
 
 
 if __name__ == "__main__":

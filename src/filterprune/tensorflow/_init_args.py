@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +15,7 @@ from .._batches import adaptation_failed, batch_inputs, check_not_empty, nonempt
 from ..core.config import Config
 from ..progress import progress
 
-__all__ = ["TFInitArgs", "register_default_init_args", "adapt_batchnorm"]
+__all__ = ["TFInitArgs", "register_default_init_args", "adapt_batchnorm", "sample_batches"]
 
 
 @dataclass
@@ -39,7 +41,7 @@ def register_default_init_args(config: Config, dataset: Any, batch_size: int | N
 
     Raises:
         ConfigError: If ``dataset`` has length 0 (a dataset of unknown length is checked
-            when BatchNorm adaptation reads it, before any statistic changes).
+            when it is read, before any statistic changes).
     """
     if not isinstance(dataset, tf.data.Dataset):  # a Dataset of unknown size has no len()
         check_not_empty(dataset, "dataset")
@@ -63,6 +65,31 @@ def batchnorm_layers(model: Any) -> list[Any]:
             if isinstance(layer, keras.layers.BatchNormalization)]  # fmt: skip
 
 
+def sample_batches(model: Any, dataset: Any, num_samples: int, batch_size: int | None,
+                   desc: str) -> Iterator[Any]:  # fmt: skip
+    """The input batches of ``dataset`` until ``num_samples`` samples were yielded.
+
+    Raises:
+        ConfigError: On the first ``next()``, if ``dataset`` yields no batch.
+    """
+    seen = 0
+    batches = nonempty_batches(_batches(dataset, len(model.inputs[0].shape), batch_size),
+                               "dataset")  # fmt: skip
+    with progress(total=num_samples, desc=desc) as bar:
+        for batch in batches:
+            x = batch_inputs(batch)
+            yield x
+            n = _size(x)
+            seen += n
+            bar.update(n)
+            if seen >= num_samples:
+                break
+
+
+def _size(x: Any) -> int:
+    return int(keras.ops.shape(keras.tree.flatten(x)[0])[0])
+
+
 def adapt_batchnorm(model: Any, dataset: Any, num_samples: int, batch_size: int | None) -> None:
     """Re-estimate BatchNorm moving statistics on ``num_samples`` training samples.
 
@@ -78,25 +105,20 @@ def adapt_batchnorm(model: Any, dataset: Any, num_samples: int, batch_size: int 
     bns = batchnorm_layers(model)
     if not bns or num_samples <= 0:
         return
-    batches = nonempty_batches(_batches(dataset, len(model.inputs[0].shape), batch_size),
-                               "dataset")  # fmt: skip
+    batches = sample_batches(model, dataset, num_samples, batch_size, "BN adaptation")
+    first = next(batches)  # an empty dataset is refused here, while nothing has changed
     saved = [(bn, bn.momentum, bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in bns]
     for bn in bns:
         bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, "float32"))
         bn.moving_variance.assign(np.ones(bn.moving_variance.shape, "float32"))
-    seen, done, size = 0, 0, None  # samples and batches run; the size of the batch running
+    done, size = 0, None  # batches run; the size of the batch running
     try:
-        with progress(total=num_samples, desc="BN adaptation") as bar:
-            for batch in batches:
-                for bn in bns:
-                    bn.momentum = done / (done + 1)
-                x = batch_inputs(batch)
-                size = int(keras.ops.shape(keras.tree.flatten(x)[0])[0])
-                model(x, training=True)
-                bar.update(size)
-                seen, done, size = seen + size, done + 1, None
-                if seen >= num_samples:
-                    break
+        for x in itertools.chain([first], batches):
+            for bn in bns:
+                bn.momentum = done / (done + 1)
+            size = _size(x)
+            model(x, training=True)
+            done, size = done + 1, None
     except BaseException as err:
         for bn, _, mean, variance in saved:
             bn.moving_mean.assign(mean)
@@ -105,5 +127,6 @@ def adapt_batchnorm(model: Any, dataset: Any, num_samples: int, batch_size: int 
             raise adaptation_failed(err, "dataset", done, size) from err
         raise
     finally:
+        batches.close()
         for bn, momentum, _, _ in saved:
             bn.momentum = momentum

@@ -27,15 +27,17 @@ __all__ = [
 
 
 class CompressionCallback(keras.callbacks.Callback):
-    """Steps the pruning schedule during ``model.fit`` and logs it.
+    """Steps the compression schedule during ``model.fit`` and logs it.
 
     At the start of each epoch the scheduler moves to that epoch (``epoch_step``), which
-    recomputes the masks; each batch calls ``step()``. The epoch is ``max(epoch, last + 1)``,
-    so ``fit(initial_epoch=...)`` after a resume and repeated ``fit(epochs=1)`` calls both
-    advance the schedule. With ``log_dir``, levels, FLOPs, parameters and per-layer levels
-    go to TensorBoard (``tf.summary``) at every epoch; ``logs`` gain ``pruning_level`` and
-    ``flops_kept``. Events are written with ``tf.summary.write`` in the layout of
-    TensorBoard's scalar and text plugins, so the tensorboard package is not needed.
+    recomputes the pruning masks and the weight quantizers' ranges; each batch calls
+    ``step()``. The epoch is ``max(epoch, last + 1)``, so ``fit(initial_epoch=...)`` after
+    a resume and repeated ``fit(epochs=1)`` calls both advance the schedule. With
+    ``log_dir``, levels, FLOPs, parameters and per-layer levels go to TensorBoard
+    (``tf.summary``) at every epoch; ``logs`` gain ``pruning_level`` and ``flops_kept``
+    when filter pruning runs. Events are written with ``tf.summary.write``
+    in the layout of TensorBoard's scalar and text plugins, so the tensorboard package is
+    not needed.
 
     Args:
         ctrl: The compression controller.
@@ -59,9 +61,10 @@ class CompressionCallback(keras.callbacks.Callback):
         self.ctrl.scheduler.step()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None:
-            logs["pruning_level"] = float(self.ctrl.pruning_level)
-            logs["flops_kept"] = float(self.ctrl.statistics().flops_kept)
+        pruning = _pruning(self.ctrl)
+        if logs is not None and pruning is not None:
+            logs["pruning_level"] = float(pruning.pruning_level)
+            logs["flops_kept"] = float(pruning.statistics().flops_kept)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._writer is not None:
@@ -69,17 +72,8 @@ class CompressionCallback(keras.callbacks.Callback):
 
     def _log(self, epoch: int) -> None:
         stats = self.ctrl.statistics()
-        scalars = {
-            "pruning_level": self.ctrl.pruning_level,
-            "scheduler_level": stats.current_level,
-            "target_level": stats.target_level,
-            "flops_kept": stats.flops_kept,
-            "params_kept": stats.params_kept,
-            "current_flops": stats.current_flops,
-            "current_params": stats.current_params,
-            "filters_kept": stats.current_filters / max(stats.full_filters, 1),
-        }
-        scalars.update({f"layer_level/{s.name}": s.level for s in stats.layers})
+        pruning = _pruning(self.ctrl)
+        scalars = _pruning_scalars(pruning) if pruning is not None else {}
         with self._writer.as_default(step=epoch):
             for key, value in scalars.items():
                 tf.summary.write(f"compression/{key}", tf.constant(float(value)),
@@ -87,6 +81,32 @@ class CompressionCallback(keras.callbacks.Callback):
             tf.summary.write("compression/statistics", tf.constant(f"```\n{stats}\n```"),
                              metadata=_metadata("text", summary_pb2.DATA_CLASS_TENSOR))
         self._writer.flush()
+
+
+def _pruning(ctrl: Any) -> Any:
+    """The filter pruning controller of ``ctrl`` (itself or a child), or ``None``."""
+    if ctrl.name == "filter_pruning":
+        return ctrl
+    for child in getattr(ctrl, "child_ctrls", []):
+        if child.name == "filter_pruning":
+            return child
+    return None
+
+
+def _pruning_scalars(pruning: Any) -> dict[str, float]:
+    stats = pruning.statistics()
+    scalars = {
+        "pruning_level": pruning.pruning_level,
+        "scheduler_level": stats.current_level,
+        "target_level": stats.target_level,
+        "flops_kept": stats.flops_kept,
+        "params_kept": stats.params_kept,
+        "current_flops": stats.current_flops,
+        "current_params": stats.current_params,
+        "filters_kept": stats.current_filters / max(stats.full_filters, 1),
+    }
+    scalars.update({f"layer_level/{s.name}": s.level for s in stats.layers})
+    return scalars
 
 
 def _metadata(plugin: str, data_class: int) -> Any:

@@ -47,12 +47,15 @@ class Capture(Captured):
         nested: ``id`` of a nested model -> the core nodes feeding its inputs (first call).
         input_shapes: One sample shape per model input, in the model's own layout.
         layouts: Per input, ``"as given"`` or ``"NCHW->NHWC"`` (how input_info was read).
+        calls: Core node name -> the Keras layer or ``keras.ops`` operation it came from and
+            the core names of that call's tensor inputs (quantizers go on those inputs).
     """
 
     reshapes: dict[str, Any] = field(default_factory=dict)
     nested: dict[int, list[str]] = field(default_factory=dict)
     input_shapes: list[Shape] = field(default_factory=list)
     layouts: list[str] = field(default_factory=list)
+    calls: dict[str, tuple[Any, list[str]]] = field(default_factory=dict)
 
 
 def functional_of(model: Any) -> Any:
@@ -198,6 +201,7 @@ class _Walker:
             core = node_name + ("" if last else step.suffix or f"/{i}")
             graph.add(Node(core, step.kind, list(current), shape, layer=layer,
                            attrs=dict(step.attrs), label=label))  # fmt: skip
+            self.cap.calls[core] = (op, ins)
             if step.kind == "reshape" and isinstance(op, keras.layers.Reshape):
                 self.cap.reshapes[core] = op
             current = [core]

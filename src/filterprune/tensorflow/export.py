@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from .._atomic import atomic_dir, atomic_write
 from ._graphdef import prepare_for_onnx
+from ._qdq import weight_qdq
 
 __all__ = ["FORMATS", "export", "resolve_format", "serving_function"]
 
@@ -120,10 +121,11 @@ def _onnx(model: Any, path: str) -> None:
     # Frozen first: from_function would turn tensors the model captures (a Normalization
     # layer's mean and variance) into extra graph inputs.
     frozen = _frozen(model)
+    graph_def = weight_qdq(prepare_for_onnx(frozen.graph.as_graph_def()), frozen.graph)
     try:
         with _quiet_tf():
             proto, _ = tf2onnx.convert.from_graph_def(
-                prepare_for_onnx(frozen.graph.as_graph_def()),
+                graph_def,
                 input_names=[t.name for t in frozen.inputs],
                 output_names=[t.name for t in frozen.outputs], opset=17)  # fmt: skip
     except Exception as err:  # noqa: BLE001 - any converter failure is reported the same way

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ._init_args import TFInitArgs, adapt_batchnorm
 from .capture import capture
 from .controller import FilterPruningController, export_model, reset_traced_functions
+from .quantization import QuantizationController
 
 __all__ = ["KerasFrontend"]
 
@@ -23,7 +24,8 @@ class KerasFrontend(Frontend):
     """Reads Functional and Sequential ``keras.Model`` s (TensorFlow backend)."""
 
     name = "TensorFlow"
-    controllers = {"filter_pruning": FilterPruningController}
+    controllers = {"filter_pruning": FilterPruningController,
+                   "quantization": QuantizationController}
 
     def check(self, model: Any, config: Config) -> None:
         if keras.backend.backend() != "tensorflow":

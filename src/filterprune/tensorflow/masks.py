@@ -10,6 +10,12 @@ values, so updating a mask needs no retracing; gradients of pruned entries are z
 Masks cover both sides of a layer (its pruned filters and the pruned channels it
 reads), and per-channel layers (BatchNorm) zero their pruned outputs, so the masked
 model computes exactly what the cut model computes.
+
+Other algorithms use the same swapped ``call``: a *weight transform* runs on a weight
+after its mask (quantization fake-quantizes the masked kernel, so pruned filters stay
+exactly zero) and an *input transform* runs on one tensor input before the layer (or
+``keras.ops`` operation) sees it. Like masks, transforms must be in place before the
+first trace: a ``tf.function`` keeps the ``call`` it traced.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
@@ -34,6 +41,10 @@ __all__ = [
     "maskable_layers",
     "masked_weights",
     "recreate_masks",
+    "set_input_transform",
+    "set_weight_transform",
+    "transform_inputs",
+    "weight_mask_of",
 ]
 
 _SWAPPED: dict[type, type] = {}
@@ -41,14 +52,16 @@ _MASKED_KINDS = ("conv", "linear", "batchnorm")
 
 
 def _masked_call(self, *args: Any, **kwargs: Any) -> Any:
-    """``call`` with masked variables; the originals are put back afterwards."""
+    """``call`` with transformed inputs and masked (then transformed) variables; the
+    original variables are put back afterwards."""
     state = self.__dict__
+    if state.get("_fp_input_transforms"):
+        args, kwargs = transform_inputs(state["_fp_input_transforms"], args, kwargs)
     saved = {}
     try:
-        for attr, mask in state.get("_fp_weight_masks", {}).items():
+        for attr, value in _call_weights(self).items():
             saved[attr] = state[attr]
-            dtype = self.compute_dtype
-            state[attr] = ops.cast(saved[attr], dtype) * ops.cast(mask, dtype)
+            state[attr] = value
         out = type(self)._filterprune_base.call(self, *args, **kwargs)
     finally:
         state.update(saved)
@@ -59,6 +72,37 @@ def _masked_call(self, *args: Any, **kwargs: Any) -> Any:
         shape[axis] = -1
         out = out * ops.reshape(ops.cast(mask, out.dtype), shape)
     return out
+
+
+def _call_weights(layer: Any) -> dict[str, Any]:
+    """The value each masked or transformed weight attribute has during ``call``."""
+    state = layer.__dict__
+    masks = state.get("_fp_weight_masks", {})
+    transforms = state.get("_fp_weight_transforms", {})
+    out = {}
+    for attr in [*masks, *(a for a in transforms if a not in masks)]:
+        value = state[attr]
+        if attr in masks:
+            dtype = layer.compute_dtype
+            value = ops.cast(value, dtype) * ops.cast(masks[attr], dtype)
+        if attr in transforms:
+            value = transforms[attr](value)
+        out[attr] = value
+    return out
+
+
+def transform_inputs(table: Mapping[int, Any], args: tuple, kwargs: dict) -> tuple:
+    """Apply ``table[i]`` to the ``i``-th tensor among the call's arguments (the order of
+    the Keras node's ``input_tensors``: ``args`` then ``kwargs``, flattened)."""
+    flat = keras.tree.flatten((args, kwargs))
+    index = 0
+    for pos, leaf in enumerate(flat):
+        if not (tf.is_tensor(leaf) or isinstance(leaf, keras.KerasTensor)):
+            continue
+        if index in table:
+            flat[pos] = table[index](leaf)
+        index += 1
+    return keras.tree.pack_sequence_as((args, kwargs), flat)
 
 
 def _masked_class(cls: type) -> type:
@@ -112,8 +156,32 @@ def _set(layer: Any, key: str, attr: Any, value: np.ndarray) -> None:
 
 def _swap(layer: Any) -> None:
     if not is_masked(layer):
-        layer.__dict__.setdefault("_fp_weight_masks", {})
         layer.__class__ = _masked_class(type(layer))
+
+
+def set_weight_transform(layer: Any, variable: str, transform: Any) -> None:
+    """Make ``layer``'s call read ``transform(masked value)`` for its variable ``variable``.
+
+    Args:
+        layer: A Keras layer (its class is swapped if it is not yet).
+        variable: The variable's name (``"kernel"``).
+        transform: A function of the (masked) weight tensor.
+    """
+    attr = _attr_of(layer, _variable(layer, variable))
+    _swap(layer)
+    layer.__dict__.setdefault("_fp_weight_transforms", {})[attr] = transform
+
+
+def set_input_transform(operation: Any, index: int, transform: Any) -> None:
+    """Make ``operation``'s call see ``transform(x)`` for its ``index``-th tensor input.
+
+    Args:
+        operation: A Keras layer or ``keras.ops`` operation of a Functional graph.
+        index: Position among the call's tensor inputs (the Keras node's order).
+        transform: A function of the input tensor.
+    """
+    _swap(operation)
+    operation.__dict__.setdefault("_fp_input_transforms", {})[index] = transform
 
 
 def maskable_layers(analysis: Analysis) -> set[str]:
@@ -163,6 +231,13 @@ def _channel_mask(layer: Any, vec: np.ndarray) -> None:
 def _channel_axis(layer: Any) -> int:
     axis = getattr(layer, "axis", -1)
     return int(axis[0] if isinstance(axis, (list, tuple)) else axis)
+
+
+def weight_mask_of(layer: Any, variable: str) -> np.ndarray | None:
+    """The mask of ``layer``'s variable ``variable`` (``None`` if it has none)."""
+    attr = _attr_of(layer, _variable(layer, variable))
+    mask = layer.__dict__.get("_fp_weight_masks", {}).get(attr)
+    return None if mask is None else np.asarray(mask.numpy())
 
 
 def masked_weights(layer: Any) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from ..errors import AnalysisError
 from .capture import Capture
 from .masks import base_class, is_masked, masked_weights
 
-__all__ = ["strip_model"]
+__all__ = ["copy_weights", "strip_model"]
 
 Keeps = Mapping[str, dict[str, np.ndarray]]
 
@@ -152,13 +152,25 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
         return new
 
     new_model = keras.models.clone_model(model, clone_function=clone)
+    copy_weights(pairs, weights)
+    return new_model
+
+
+def copy_weights(pairs: list[tuple[Any, Any]],
+                 cut: Mapping[int, dict[str, np.ndarray]] | None = None) -> None:  # fmt: skip
+    """Give each rebuilt layer its old layer's weights, masks multiplied in.
+
+    Args:
+        pairs: ``(old layer, new layer)``; the new one is built.
+        cut: Sliced weights by variable name, per old layer id (they replace the old).
+    """
+    cut = cut or {}
     for old, new in pairs:
         if not isinstance(old, keras.Layer) or not old.weights:
             continue
-        if not is_masked(old) and id(old) not in weights:
+        if not is_masked(old) and id(old) not in cut:
             new.set_weights(old.get_weights())  # untouched (names may repeat in custom layers)
             continue
         values = masked_weights(old)
-        values.update(weights.get(id(old), {}))
+        values.update(cut.get(id(old), {}))
         new.set_weights([values[v.name] for v in old.weights])
-    return new_model

@@ -1,0 +1,119 @@
+"""Frozen-graph rewrite that lets tf2onnx write weight quantizers as QDQ pairs.
+
+tf2onnx converts ``FakeQuantWithMinMaxVars`` with ``narrow_range=False`` (activations)
+into ``QuantizeLinear``/``DequantizeLinear`` with a uint8 zero point, but it has no
+rule for ``FakeQuantWithMinMaxVarsPerChannel`` and refuses ``narrow_range=True``,
+which symmetric weights use. The same grid is TensorFlow's
+``QuantizeAndDequantizeV4`` (signed, narrow range, zero point 0, ``axis`` for per
+channel), which tf2onnx writes as int8 (uint8 when unsigned) QDQ pairs along ``axis``.
+So every per-channel or narrow-range fake quant whose grid has zero point 0 is
+rewritten into it; asymmetric per-channel ranges have no such form and are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["check_onnx_quantizers", "weight_qdq"]
+
+_FAKE_QUANT = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel")
+
+
+def _const_value(graph_def: Any, name: str) -> np.ndarray:
+    """The value of the constant ``name`` (through ``Identity`` nodes)."""
+    nodes = {n.name: n for n in graph_def.node}
+    node = nodes[name.split(":")[0].lstrip("^")]
+    while node.op == "Identity":
+        node = nodes[node.input[0].split(":")[0]]
+    if node.op != "Const":
+        raise ValueError(
+            f"The range of fake quant {name!r} must be a constant in the frozen graph. "
+            f"Received: a {node.op} node."
+        )
+    return tf.make_ndarray(node.attr["value"].tensor)
+
+
+def _const(graph_def: Any, name: str, value: np.ndarray) -> str:
+    node = graph_def.node.add(name=name, op="Const")
+    node.attr["dtype"].type = tf.float32.as_datatype_enum
+    tensor = node.attr["value"].tensor
+    tensor.dtype = tf.float32.as_datatype_enum
+    tensor.tensor_shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
+    tensor.tensor_content = np.ascontiguousarray(value, "float32").tobytes()  # tf2onnx reads it
+    return name
+
+
+def _grid(node: Any, low: np.ndarray, high: np.ndarray) -> str | None:
+    """``"signed"`` or ``"unsigned"`` when ``[low, high]`` is an integer grid with zero
+    point 0 (what ``QuantizeAndDequantizeV4`` expresses), else ``None``."""
+    narrow = node.attr["narrow_range"].b
+    if np.all(low == 0) and not narrow:
+        return "unsigned"
+    bits = node.attr["num_bits"].i
+    qmax = (1 << (bits - 1)) - 1
+    qmin = -qmax if narrow else -qmax - 1
+    return "signed" if np.allclose(low * qmax, high * qmin, rtol=1e-5, atol=0) else None
+
+
+def _rewritten(node: Any) -> bool:
+    """Fake quants tf2onnx cannot convert as they are: per channel, or narrow range."""
+    return node.op in _FAKE_QUANT and (node.op.endswith("PerChannel")
+                                       or node.attr["narrow_range"].b)  # fmt: skip
+
+
+def check_onnx_quantizers(graph_def: Any) -> None:
+    """Refuse fake quants that ONNX QDQ pairs cannot express.
+
+    Raises:
+        ValueError: For a quantizer of other than 8 bits, or an asymmetric range on a
+            narrow grid or per channel.
+    """
+    for node in graph_def.node:
+        if node.op not in _FAKE_QUANT:
+            continue
+        bits = node.attr["num_bits"].i
+        if bits != 8:
+            raise ValueError(
+                f"ONNX export needs 8-bit quantizers (QuantizeLinear is int8/uint8). "
+                f"Received: num_bits={bits} at {node.name!r}."
+            )
+        if _rewritten(node) and _grid(node, _const_value(graph_def, node.input[1]),
+                                      _const_value(graph_def, node.input[2])) is None:
+            raise ValueError(
+                "ONNX export writes per-channel quantizers with zero point 0, so they must "
+                "use mode 'symmetric'. Received: an asymmetric range at "
+                f"{node.name!r}."
+            )
+
+
+def weight_qdq(graph_def: Any, graph: Any) -> Any:
+    """A copy of ``graph_def`` with per-channel and narrow-range fake quants as
+    ``QuantizeAndDequantizeV4`` (``graph``: the frozen function's graph, for ranks)."""
+    check_onnx_quantizers(graph_def)
+    out = tf.compat.v1.GraphDef()
+    out.CopyFrom(graph_def)
+    for node in list(out.node):
+        if not _rewritten(node):
+            continue
+        low = _const_value(out, node.input[1]).astype("float32")
+        high = _const_value(out, node.input[2]).astype("float32")
+        signed = _grid(node, low, high) == "signed"
+        rank = graph.get_operation_by_name(node.name).inputs[0].shape.rank
+        attrs = {"num_bits": node.attr["num_bits"].i, "narrow": node.attr["narrow_range"].b,
+                 "axis": rank - 1 if node.op.endswith("PerChannel") else -1}  # fmt: skip
+        node.op = "QuantizeAndDequantizeV4"
+        for key in list(node.attr):
+            del node.attr[key]
+        node.attr["T"].type = tf.float32.as_datatype_enum
+        node.attr["signed_input"].b = signed
+        node.attr["num_bits"].i = attrs["num_bits"]
+        node.attr["range_given"].b = True
+        node.attr["narrow_range"].b = attrs["narrow"]
+        node.attr["axis"].i = attrs["axis"]
+        node.attr["round_mode"].s = b"HALF_TO_EVEN"
+        node.input[1] = _const(out, f"{node.name}/qdq_min", low)
+        node.input[2] = _const(out, f"{node.name}/qdq_max", high)
+    return out

@@ -1,0 +1,369 @@
+"""8-bit quantization-aware training in Keras, alone and after filter pruning (the reference
+"Filter Pruning + QAT" config): training, checkpoint/resume, strip, frozen graph, ONNX."""
+
+
+import numpy as np
+import pytest
+from keras_helpers import (
+    fit_epochs,
+    keras,
+    layers,
+    randomize_bn,
+    regression_data,
+    run_on_two_cpus,
+    small_resnet,
+    tf,
+    train_and_resume,
+)
+
+from filterprune import ConfigError, NNCFConfig
+from filterprune.core.compression import CompressionStage
+from filterprune.tensorflow import (
+    create_compressed_model,
+    create_compression_callbacks,
+    register_default_init_args,
+)
+from filterprune.tensorflow.fake_quant import FakeQuant, QuantizedWeights
+from filterprune.tensorflow.masks import _call_weights
+
+PRUNE = {"algorithm": "filter_pruning", "pruning_init": 0.1,
+         "params": {"pruning_target": 0.6, "pruning_steps": 4, "prune_first_conv": True}}
+QUANT = {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 16}}}
+
+
+def _config(*algos, register=True, **top):
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 32, 32, 3]},
+                                   "compression": list(algos), **top})  # fmt: skip
+    if register:
+        dataset = tf.data.Dataset.from_tensor_slices(regression_data(0)[0]).batch(8)
+        config = register_default_init_args(config, dataset)
+    return config
+
+
+def _fresh():
+    # names restart as in a new process: quantizer keys name unnamed layers (re_lu_3)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    return randomize_bn(small_resnet(dropout=0.0))  # dropout's RNG is not checkpointed
+
+
+def _close(out, ref, tol=1e-4):
+    np.testing.assert_allclose(out, ref, atol=tol * max(1.0, float(np.abs(ref).max())))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The reference config after two epochs of ``model.fit`` with the callbacks (half the
+    filters of each group pruned from the start)."""
+    ctrl, model = create_compressed_model(_fresh(), _config({**PRUNE, "pruning_init": 0.5},
+                                                            QUANT))  # fmt: skip
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    history = fit_epochs(ctrl, model, regression_data(1), 0, 2)
+    x = regression_data(3, 4)[0]
+    return ctrl, model, x, model(x, training=False).numpy(), history
+
+
+def _quant(ctrl):
+    return ctrl.get("quantization")
+
+
+def test_reference_config_trains_with_both_algorithms(trained):
+    ctrl, model, _, _, history = trained
+    assert [c.name for c in ctrl.child_ctrls] == ["filter_pruning", "quantization"]
+    stats = ctrl.statistics()
+    assert stats.quantization.ranges_initialized
+    assert stats.quantization.num_weight_quantizers == 11  # every conv and dense
+    assert stats.quantization.num_activation_quantizers == 11
+    assert stats.flops_kept < 1.0 and "Quantization statistics" in str(stats)
+    assert float(ctrl.loss()) == 0.0
+    assert _quant(ctrl).compression_stage() == CompressionStage.FULLY_COMPRESSED
+    assert ctrl.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED  # pruning ramps
+    assert history.history["pruning_level"][-1] == pytest.approx(ctrl.get(
+        "filter_pruning").pruning_level)  # fmt: skip
+    assert len(model.weights) == len(_fresh().weights)  # ranges are not model weights
+
+
+def test_pruned_filters_stay_exactly_zero_and_kept_ones_on_the_grid(trained):
+    ctrl, model, _, _, _ = trained
+    quant = _quant(ctrl)
+    for layer_name in ("stem", "a", "down", "fc1"):
+        layer = model.get_layer(layer_name)
+        kernel = _call_weights(layer)["kernel" if "kernel" in layer.__dict__ else "_kernel"]
+        kernel = kernel.numpy()
+        mask = next(iter(layer.__dict__["_fp_weight_masks"].values())).numpy()
+        mask = np.broadcast_to(mask, kernel.shape)
+        assert (mask == 0).any(), layer_name
+        assert np.all(kernel[mask == 0] == 0.0)
+        scale = quant.quantizers[f"weight:{layer_name}"].state.scale
+        steps = kernel / scale
+        np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+
+
+def test_weight_ranges_follow_the_weights_at_each_epoch():
+    ctrl, model = create_compressed_model(_fresh(), _config(QUANT))
+    fc1 = model.get_layer("fc1")
+    before = ctrl.quantizers["weight:fc1"].state.scale.copy()
+    fc1.kernel.assign(fc1.kernel.numpy() * 2.0)
+    ctrl.scheduler.epoch_step()
+    np.testing.assert_allclose(ctrl.quantizers["weight:fc1"].state.scale, before * 2, rtol=1e-5)
+
+
+def test_activation_ranges_leave_pruned_channels_out():
+    """A 90th percentile over the tensor ``a`` reads (half of ``stem``'s filters pruned) is taken
+    on the kept channels; with the zero channels in, it would be far lower."""
+    prune = {**PRUNE, "pruning_init": 0.5}
+    quant = {**QUANT, "initializer": {"range": {"num_init_samples": 16, "type": "percentile",
+                                                "params": {"max_percentile": 90}}}}  # fmt: skip
+    ctrl, model = create_compressed_model(_fresh(), _config(prune, quant))
+    spec = next(s for s in _quant(ctrl).activation_specs if "a" in s.consumers)
+    high = _quant(ctrl).quantizers[spec.key].state.range()[1]
+    ref_ctrl, ref_model = create_compressed_model(_fresh(), _config(prune))
+    probe = keras.Model(ref_model.inputs, ref_model.get_layer("a").input)
+    x = regression_data(0)[0]
+    live, every = [], []
+    for batch in (x[:8], x[8:]):
+        act = probe(batch, training=False).numpy()
+        kept = act.reshape(-1, act.shape[-1])[:, np.abs(act).reshape(-1, act.shape[-1]).max(0) > 0]
+        assert 0 < kept.shape[1] < act.shape[-1]
+        live.append(np.percentile(kept, 90))
+        every.append(np.percentile(act, 90))
+    assert float(high) == pytest.approx(np.mean(live), rel=1e-4)
+    assert np.mean(every) < 0.9 * np.mean(live)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
+    (ctrl, model), (ctrl2, model2) = train_and_resume(_fresh, _config(PRUNE, QUANT),
+                                                      str(tmp_path / "ckpt"))  # fmt: skip
+    fit_epochs(ctrl2, model2, regression_data(2), 2, 4)
+    assert ctrl2.get_compression_state() == ctrl.get_compression_state()
+    for a, b in zip(model.weights, model2.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    x = regression_data(3, 4)[0]
+    _close(model2(x, training=False).numpy(), model(x, training=False).numpy(), 1e-5)
+
+
+def test_strip_is_smaller_equal_and_saves_as_keras(trained, tmp_path):
+    ctrl, _, x, ref, _ = trained
+    small, full = ctrl.strip(), ctrl.strip(shrink=False)
+    assert small.count_params() < full.count_params()
+    for stripped in (small, full):
+        _close(stripped(x, training=False).numpy(), ref)
+        for layer in stripped.layers:
+            inner = layer.layer if isinstance(layer, QuantizedWeights) else layer
+            assert type(inner).__module__.startswith("keras.") or isinstance(inner, FakeQuant)
+    kept = small.get_layer("stem").layer.filters
+    assert kept < full.get_layer("stem").layer.filters
+    low, high = small.get_layer("stem").ranges()["kernel"]
+    assert low.shape == high.shape == (kept,)  # per-channel ranges cut to the kept filters
+    assert sum(isinstance(lay, FakeQuant) for lay in small.layers) == 11
+    small.save(tmp_path / "small.keras")
+    _close(keras.models.load_model(tmp_path / "small.keras")(x).numpy(), ref)
+
+
+def test_frozen_graph_has_fake_quant_ops_and_matches(trained, tmp_path):
+    ctrl, _, x, ref, _ = trained
+    path = tmp_path / "model.pb"
+    ctrl.export_model(str(path), shrink=True)
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(path.read_bytes())
+    ops = [n.op for n in graph_def.node]
+    assert ops.count("FakeQuantWithMinMaxVars") >= 11
+    assert ops.count("FakeQuantWithMinMaxVarsPerChannel") == 9
+    with tf.Graph().as_default() as graph:
+        tf.compat.v1.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            out = sess.run("Identity:0", {"image:0": x})
+    _close(out, ref)
+
+
+def _onnx_step_bound(ctrl, model):
+    """How far the output moves if every input of ``fc2`` moves one quantization step."""
+    quant = _quant(ctrl) if hasattr(ctrl, "child_ctrls") else ctrl
+    spec = next(s for s in quant.specs if s.kind == "activation" and "fc2" in s.consumers)
+    kernel = model.get_layer("fc2").kernel.numpy()
+    return float(quant.quantizers[spec.key].state.scale) * float(np.abs(kernel).sum(0).max())
+
+
+def _run_onnx(path, x, optimized=None):
+    ort = pytest.importorskip("onnxruntime")
+    options = ort.SessionOptions()
+    if optimized is not None:
+        options.optimized_model_filepath = str(optimized)
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_onnx_export_has_qdq_pairs_that_onnxruntime_runs_as_int8(trained, tmp_path):
+    pytest.importorskip("tf2onnx")
+    import onnx
+
+    ctrl, model, x, ref, _ = trained
+    ctrl.export_model(str(tmp_path / "model.onnx"), shrink=True)
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    nodes = list(proto.graph.node)
+    quants = [n for n in nodes if n.op_type == "QuantizeLinear"]
+    dequants = [n for n in nodes if n.op_type == "DequantizeLinear"]
+    assert len(quants) == len(dequants) >= 15
+    inits = {i.name: i for i in proto.graph.initializer}
+    per_channel = [n for n in dequants if len(inits[n.input[1]].dims) == 1
+                   and inits[n.input[1]].dims[0] > 1]  # fmt: skip
+    assert len(per_channel) >= 8  # the conv and dense weights
+    for node in per_channel:
+        assert inits[node.input[2]].data_type == onnx.TensorProto.INT8
+        assert {a.name for a in node.attribute} == {"axis"}
+    out = _run_onnx(tmp_path / "model.onnx", x, tmp_path / "optimized.onnx")
+    assert float(np.abs(out - ref).max()) <= _onnx_step_bound(ctrl, model)
+    optimized = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert "QLinearConv" in optimized  # ONNX Runtime runs the convolutions in int8
+
+
+def test_quantization_alone_trains_strips_and_restores_its_state(tmp_path):
+    ctrl, model = create_compressed_model(_fresh(), _config(QUANT))
+    assert ctrl.name == "quantization"
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    logs = create_compression_callbacks(ctrl, log_dir=str(tmp_path / "logs"))
+    model.fit(*regression_data(1), batch_size=8, epochs=1, verbose=0, callbacks=logs)
+    assert list((tmp_path / "logs").iterdir())  # the statistics text, no pruning scalars
+    x = regression_data(3, 4)[0]
+    ref = model(x, training=False).numpy()
+    _close(ctrl.strip()(x).numpy(), ref)
+    state = ctrl.get_compression_state()
+    assert state["scheduler"] == {"current_epoch": 0}
+    again, model2 = create_compressed_model(_fresh(), _config(QUANT, register=False), state)
+    model2.set_weights(model.get_weights())
+    _close(model2(x, training=False).numpy(), ref, 1e-6)
+    ctrl.export_model(str(tmp_path / "q.onnx"))
+    assert float(np.abs(_run_onnx(tmp_path / "q.onnx", x) - ref).max()) <= _onnx_step_bound(
+        ctrl, model)  # fmt: skip
+
+
+def test_scopes_keep_layers_in_float():
+    ignored = {**QUANT, "ignored_scopes": ["fc2"]}
+    ctrl, _ = create_compressed_model(_fresh(), _config(ignored))
+    keys = {s.key for s in ctrl.specs}
+    assert "weight:fc2" not in keys and "weight:fc1" in keys
+    assert not any("fc2" in s.consumers for s in ctrl.specs)
+    target = {**QUANT, "weights": {"target_scopes": ["{re}^(stem|a)$"]}}
+    ctrl, _ = create_compressed_model(_fresh(), _config(target))
+    assert {s.key for s in ctrl.specs if s.kind == "weight"} == {"weight:stem", "weight:a"}
+
+
+def test_asymmetric_activations_strip_and_export(tmp_path):
+    pytest.importorskip("tf2onnx")
+    quant = {**QUANT, "activations": {"mode": "asymmetric"}}
+    ctrl, model = create_compressed_model(_fresh(), _config(PRUNE, quant))
+    states = _quant(ctrl).quantizer_states()
+    points = [int(states[s.key].zero_point) for s in _quant(ctrl).activation_specs]
+    assert any(p not in (0, -128) for p in points)  # a zero point inside the range
+    x = regression_data(3, 4)[0]
+    ref = model(x, training=False).numpy()
+    _close(ctrl.strip()(x).numpy(), ref)
+    ctrl.export_model(str(tmp_path / "m.onnx"), shrink=True)
+    assert float(np.abs(_run_onnx(tmp_path / "m.onnx", x) - ref).max()) <= _onnx_step_bound(
+        ctrl, model)  # fmt: skip
+
+
+def test_preset_mixed_makes_activations_asymmetric():
+    ctrl, _ = create_compressed_model(_fresh(), _config({**QUANT, "preset": "mixed"}))
+    assert {s.settings.mode for s in ctrl.specs if s.kind == "activation"} == {"asymmetric"}
+    assert {s.settings.mode for s in ctrl.specs if s.kind == "weight"} == {"symmetric"}
+
+
+def test_onnx_export_refuses_what_qdq_cannot_express(tmp_path):
+    four = {**QUANT, "weights": {"bits": 4}}
+    ctrl, _ = create_compressed_model(_fresh(), _config(four))
+    with pytest.raises(ValueError, match=r"needs 8-bit quantizers.*Received: num_bits=4"):
+        ctrl.export_model(str(tmp_path / "m.onnx"))
+    asym = {**QUANT, "weights": {"mode": "asymmetric"}}
+    ctrl, _ = create_compressed_model(_fresh(), _config(asym))
+    with pytest.raises(ValueError, match=r"mode 'symmetric'.*asymmetric range"):
+        ctrl.export_model(str(tmp_path / "m.onnx"))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_activation_ranges_without_data_are_a_clear_error():
+    with pytest.raises(ConfigError, match="num_init_samples.*must be 0 when no data"):
+        create_compressed_model(_fresh(), _config(QUANT, register=False))
+    first_batch = {**QUANT, "initializer": {"range": {"num_init_samples": 0}}}
+    with pytest.raises(ConfigError, match=r"must be positive in the Keras.*num_init_samples=0"):
+        create_compressed_model(_fresh(), _config(first_batch))
+
+
+def _sequential():
+    return keras.Sequential([
+        keras.Input((12, 12, 3)), layers.Conv2D(16, 3, name="c1"), layers.BatchNormalization(),
+        layers.ReLU(), layers.Conv2D(16, 3, name="c2"), layers.ReLU(), layers.Flatten(),
+        layers.Dense(4, name="fc"),
+    ])  # fmt: skip
+
+
+def _attention():
+    inp = keras.Input((6, 8), name="tokens")
+    q, k = layers.Dense(8, name="q")(inp), layers.Dense(8, name="k")(inp)
+    scores = keras.ops.matmul(q, keras.ops.transpose(k, (0, 2, 1)))
+    return keras.Model(inp, layers.Dense(3, name="head")(layers.Flatten()(scores)))
+
+
+def _nested():
+    block = keras.Sequential([keras.Input((8, 8, 16)), layers.Conv2D(16, 3, padding="same",
+                              name="ic"), layers.ReLU()], name="block")  # fmt: skip
+    inp = keras.Input((8, 8, 3))
+    x = block(layers.Conv2D(16, 3, padding="same", name="c0")(inp))
+    return keras.Model(inp, layers.Dense(2, name="fc")(layers.GlobalAveragePooling2D()(x)))
+
+
+@pytest.mark.parametrize(("build", "shape", "counts"), [
+    (_sequential, (12, 12, 3), (3, 3)),
+    (_attention, (6, 8), (3, 4)),  # both operands of the matmul
+    (_nested, (8, 8, 3), (3, 3)),
+])  # fmt: skip
+def test_sequential_matmul_and_nested_models_strip_equal(build, shape, counts):
+    keras.utils.set_random_seed(0)
+    model = randomize_bn(build())
+    x = np.random.default_rng(0).normal(size=(16, *shape)).astype("float32")
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, *shape]},
+                                   "compression": [{**PRUNE, "pruning_init": 0.5}, QUANT]})
+    config = register_default_init_args(config, tf.data.Dataset.from_tensor_slices(x).batch(8))
+    ctrl, model = create_compressed_model(model, config)
+    stats = ctrl.statistics().quantization
+    assert (stats.num_weight_quantizers, stats.num_activation_quantizers) == counts
+    assert stats.ranges_initialized
+    small = ctrl.strip()
+    assert isinstance(small, keras.Sequential) == isinstance(model, keras.Sequential)
+    assert sum(isinstance(lay, QuantizedWeights) for lay in small._flatten_layers()) == counts[0]
+    _close(small(x[:4]).numpy(), model(x[:4], training=False).numpy())
+
+
+_MIRRORED = """
+    from test_keras_quantization import PRUNE, QUANT, _config
+    from keras_helpers import keras, randomize_bn, regression_data, small_resnet
+    from filterprune.tensorflow import create_compressed_model, create_compression_callbacks
+
+    with strategy.scope():  # (clear_session, which _fresh calls, must not run in a scope)
+        keras.utils.set_random_seed(0)
+        model = randomize_bn(small_resnet(dropout=0.0))
+        ctrl, model = create_compressed_model(model, _config(PRUNE, QUANT))
+        ctrl.distributed()
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    x, y = regression_data(1, 32)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    model.fit(data, epochs=2, verbose=0, callbacks=create_compression_callbacks(ctrl))
+    quant = ctrl.get("quantization")
+    ref = model(x[:4], training=False).numpy()
+    print("RESULT " + json.dumps({
+        "ranges": {k: [v.numpy().ravel().tolist() for v in q.high.values]
+                   for k, q in quant.quantizers.items()},
+        "initialized": quant.statistics().ranges_initialized,
+        "strip_error": float(np.abs(ctrl.strip()(x[:4]).numpy() - ref).max()),
+    }))
+    """
+
+
+def test_quantizer_ranges_are_identical_on_every_replica(tmp_path):
+    """distributed() makes the range variables again under MirroredStrategy (a subprocess:
+    two logical CPU devices must be set before TensorFlow initialises)."""
+    result = run_on_two_cpus(_MIRRORED, tmp_path)
+    assert result["initialized"] and len(result["ranges"]) == 22
+    for key, replicas in result["ranges"].items():
+        assert len(replicas) == 2 and replicas[0] == replicas[1], key
+    assert result["strip_error"] < 1e-4
