@@ -135,18 +135,21 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
                             ) -> tuple[CompressionController, Any]:  # fmt: skip
     """Wrap ``model`` with the algorithms of ``config`` (the frontends' entry point).
 
-    Steps: validate the config; read the model into the core graph once; build one
-    controller per algorithm (a composite when there are several); resume from
-    ``compression_state`` or put the initial compression in place; on a fresh run,
-    re-estimate BatchNorm statistics if masks changed and let each algorithm
-    initialise from the registered data (quantizer ranges).
+    Steps: validate the config; read the model into the core graph once; check that
+    every scope pattern matches a layer (:func:`~filterprune.core.scopes.check_unmatched`);
+    build one controller per algorithm (a composite when there are several); resume from
+    ``compression_state`` (checked first: :mod:`filterprune.core.state`) or put the
+    initial compression in place; on a fresh run, re-estimate BatchNorm statistics if
+    masks changed and let each algorithm initialise from the registered data (quantizer
+    ranges).
 
     Returns:
         ``(controller, model)``.
 
     Raises:
-        ConfigError: For an invalid config, an algorithm the frontend lacks, or a state
-            that does not fit.
+        ConfigError: For an invalid config, a scope that matches no layer (unless
+            ``validate_scopes`` is false), an algorithm the frontend lacks, or a state that
+            does not fit (the message names the key and what differs).
     """
     config = config if isinstance(config, Config) else Config.from_dict(config)
     names = _check_algorithms(frontend, config)
