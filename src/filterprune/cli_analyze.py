@@ -194,9 +194,10 @@ def format_summary(data: dict[str, Any], header: str) -> str:
             names = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
             lines.append(f"  group {g['id']} ({names}, {share[str(g['id'])]:.1%} of the "
                          f"FLOPs): {why}")  # fmt: skip
-    what = "FLOPs removed" if data["flops_target"] else "level (filters removed per group)"
-    lines += ["", f"What each level leaves ({what}):", f"  {'level':>5}  {'FLOPs kept':>10}  "
-              f"{'params kept':>11}"]  # fmt: skip
+    what = ("the fraction of the FLOPs removed" if data["flops_target"]
+            else "the fraction of filters removed from each prunable group")  # fmt: skip
+    lines += ["", f"What each level leaves (level = {what}):",
+              f"  {'level':>5}  {'FLOPs kept':>10}  {'params kept':>11}"]
     for row in data["levels"]:
         if row["flops_kept"] is None:
             lines.append(f"  {row['level']:>5.1f}  {'unreachable':>10}")

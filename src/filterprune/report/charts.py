@@ -64,33 +64,41 @@ def levels_chart(levels: Sequence[dict[str, Any]], chosen: float | None, axis_la
     return _png(fig) if fig is not None else None
 
 
-def layer_share_chart(shares: Sequence[tuple[str, float, bool]], top: int = 24,
+def layer_share_chart(shares: Sequence[tuple[str, float, bool]], top: int = 60,
                       ax: Any = None) -> bytes | None:  # fmt: skip
-    """Each layer's share of the model's FLOPs; prunable layers in colour."""
+    """Each layer's share of the model's FLOPs, in model order; prunable layers in colour.
+
+    Beyond ``top`` layers, the largest ``top`` are shown and the rest summed in one bar.
+    """
     plt = _pyplot()
-    ordered = sorted(shares, key=lambda s: -s[1])
-    shown = list(ordered[:top])
-    rest = ordered[top:]
+    largest = {s[0] for s in sorted(shares, key=lambda s: -s[1])[:top]}
+    shown = [s for s in shares if s[0] in largest]
+    rest = [s for s in shares if s[0] not in largest]
     if rest:
         shown.append((f"{len(rest)} other layers", sum(s[1] for s in rest), False))
     fig = None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 0.28 * len(shown) + 1.5))
+        fig, ax = plt.subplots(figsize=(7, _bars_height(len(shown))))
     names = [s[0] for s in shown]
-    ax.barh(names, [100 * s[1] for s in shown], color=[BLUE if s[2] else GREY for s in shown])
+    ax.barh(range(len(shown)), [100 * s[1] for s in shown],
+            color=[BLUE if s[2] else GREY for s in shown])  # fmt: skip
+    ax.set_yticks(range(len(shown)), names)
     ax.invert_yaxis()
     ax.set_xlabel("% of the model's FLOPs (blue: pruning can shrink it, grey: kept whole)")
     ax.set_title("Each layer's share of the FLOPs")
-    ax.tick_params(axis="y", labelsize=8)
+    ax.tick_params(axis="y", labelsize=7 if len(shown) > 30 else 8)
     return _png(fig) if fig is not None else None
+
+
+def _bars_height(rows: int) -> float:
+    return max(4.5, 0.17 * rows + 1.5)
 
 
 def analysis_chart(levels: Sequence[dict[str, Any]], chosen: float | None, axis_label: str,
                    shares: Sequence[tuple[str, float, bool]]) -> bytes:  # fmt: skip
     """``analyze --plot``: the level sweep beside each layer's FLOPs share."""
     plt = _pyplot()
-    rows = min(len(shares), 25)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, max(4.5, 0.28 * rows + 1.5)),
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, _bars_height(min(len(shares), 61))),
                                       gridspec_kw={"width_ratios": [1, 1.2]})  # fmt: skip
     levels_chart(levels, chosen, axis_label, ax=left)
     layer_share_chart(shares, ax=right)
@@ -112,6 +120,14 @@ def filters_kept_chart(layers: Sequence[tuple[str, int, int]], title: str) -> by
     return _png(fig)
 
 
+def _epoch_axis(ax: Any, label: str = "epoch") -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3)
+
+
 def training_chart(history: Sequence[dict[str, Any]]) -> bytes:
     """Accuracy (train, validation) and training loss per epoch."""
     plt = _pyplot()
@@ -130,8 +146,7 @@ def training_chart(history: Sequence[dict[str, Any]]) -> bytes:
                      label="validation")  # fmt: skip
     loss_ax.set_title("Loss")
     for ax in (acc_ax, loss_ax):
-        ax.set_xlabel("epoch (0: before fine-tuning)")
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax, "epoch (0: before fine-tuning)")
         ax.legend()
     return _png(fig)
 
@@ -147,8 +162,7 @@ def pruning_chart(history: Sequence[dict[str, Any]]) -> bytes:
     ax.plot(epochs, [h["params_kept"] for h in rows], "^--", color="#5aa469",
             label="parameters kept")  # fmt: skip
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_title("Pruning per epoch")
-    ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     return _png(fig)

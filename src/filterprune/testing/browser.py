@@ -155,13 +155,14 @@ def _launch(binary: str, profile: str) -> tuple[subprocess.Popen, _Pipe]:
 
 
 def open_page(path: str | os.PathLike, *, screenshot: str | os.PathLike | None = None,
-              width: int = 1100, timeout: float = 60.0,
+              width: int = 1100, max_height: int | None = None, timeout: float = 60.0,
               binary: str | None = None) -> PageResult:  # fmt: skip
     """Load ``path`` in headless Chromium; collect its text, images and errors.
 
     Args:
-        screenshot: Also save a PNG of the whole page here.
+        screenshot: Also save a PNG of the page here.
         width: Viewport width in CSS pixels.
+        max_height: Cut the screenshot at this height (default: the whole page).
 
     Raises:
         FileNotFoundError: Chromium is not installed.
@@ -186,7 +187,8 @@ def open_page(path: str | os.PathLike, *, screenshot: str | os.PathLike | None =
                             session=session)["result"]["value"]  # fmt: skip
             result = PageResult(**json.loads(raw))
             if screenshot is not None:
-                _screenshot(pipe, session, result.height, width, screenshot)
+                height = min(result.height, max_height or result.height)
+                _screenshot(pipe, session, height, width, screenshot)
             time.sleep(0.2)  # late console messages
             pipe.events += _drain(pipe)
             result.errors = _errors(pipe.events)
@@ -213,8 +215,9 @@ def _drain(pipe: _Pipe) -> list[dict[str, Any]]:
 def _screenshot(pipe: _Pipe, session: str, height: int, width: int, path: Any) -> None:
     pipe.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": int(height),
               "deviceScaleFactor": 1, "mobile": False}, session=session)  # fmt: skip
-    shot = pipe.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
-                     session=session)  # fmt: skip
+    clip = {"x": 0, "y": 0, "width": width, "height": int(height), "scale": 1}
+    shot = pipe.send("Page.captureScreenshot", {"format": "png", "clip": clip,
+                     "captureBeyondViewport": True}, session=session)  # fmt: skip
     Path(path).write_bytes(base64.b64decode(shot["data"]))
 
 
