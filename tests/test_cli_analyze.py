@@ -184,4 +184,6 @@ def test_crafted_model_file_runs_nothing(tmp_path, capsys):
     assert main(["analyze", str(evil), *SMALL]) == 2
     assert main(["report", TINY, "--checkpoint", str(evil)]) == 2
     assert "add --trusted" in capsys.readouterr().err
-    assert not marker.exists()
+    assert main(["prune", TINY, *SMALL, "--weights", str(evil), "-o", str(tmp_path / "o.pt")]) == 2
+    assert "add --trusted" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "o.pt").exists()
