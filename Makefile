@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-keras test test-slow data lint bench-zoo bench-speed bench-deploy clean
+.PHONY: demo demo-keras test test-slow data chromium lint bench-zoo bench-speed bench-deploy clean
 
 $(STAMP): pyproject.toml requirements-test.txt constraints.txt
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml requirements-test.txt constraints.txt
 data:
 	@bash scripts/ensure_data.sh
 
+chromium:
+	@bash scripts/ensure_chromium.sh
+
 demo: $(STAMP) data
 	PYTHONUNBUFFERED=1 $(BIN)/python -m filterprune.examples.fashion_mnist
 
@@ -23,7 +26,7 @@ demo-keras: $(STAMP) data
 
 # TensorFlow's tests run in their own process: TF and torch's compiler stack (triton)
 # crash when loaded into one interpreter.
-test: $(STAMP) data
+test: $(STAMP) data chromium
 	$(BIN)/python -m pytest -q --timeout=1200 --ignore=tests/tensorflow $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -q --timeout=1200 tests/tensorflow $(PYTEST_ARGS)
 

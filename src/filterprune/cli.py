@@ -1,22 +1,28 @@
-"""The ``filterprune`` command line.
+"""The ``filterprune`` command line (also ``python -m filterprune``).
 
 Each subcommand is a pair of functions registered in :data:`SUBCOMMANDS`: one adds
 its arguments to an ``argparse`` sub-parser, one runs it and returns the exit code.
-Adding a subcommand (``analyze``, ``prune``, ``report``) is one more pair.
 
+    filterprune analyze torchvision:resnet50 --plot resnet50.png
+    filterprune prune resnet18 --data images/ --config prune.json --epochs 10 --out runs/r18
+    filterprune report runs/r18
     filterprune convert model.onnx -o model_pruned.onnx --report
-    filterprune convert model.onnx --to openvino -o model.xml
     filterprune bench dense.onnx pruned.onnx --runtime openvino --batch 1,8 --threads 2
+
+Exit codes: 0 success, 2 bad usage (an argument, file or config to fix: the message
+names it and the fix), 1 a run that failed for another reason, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .cli_common import RunFailed, check_output_path, non_negative, non_negative_int, positive_int
 from .errors import FilterPruneError
 
 __all__ = ["main", "register_subcommand", "SUBCOMMANDS"]
@@ -38,9 +44,9 @@ def register_subcommand(name: str, help_text: str, add: Adder) -> Callable[[Runn
     return wrap
 
 
-def _error(message: str) -> int:
+def _error(message: str, code: int = 2) -> int:
     print(f"filterprune: error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
 # -- convert -------------------------------------------------------------------------------
@@ -52,8 +58,13 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", action="store_true", help="print what was removed and kept")
     p.add_argument("--report-json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the output equality check")
-    p.add_argument("--tolerance", type=float, default=1e-4,
+    p.add_argument("--tolerance", type=non_negative, default=1e-4,
                    help="allowed relative output difference (default 1e-4)")  # fmt: skip
+    p.epilog = """examples:
+  filterprune convert masked.onnx -o pruned.onnx --report     # remove zero filters
+  filterprune convert masked.onnx --to openvino -o pruned.xml # ... as OpenVINO IR
+  filterprune convert masked.onnx -o pruned.onnx --report-json report.json
+"""
 
 
 @register_subcommand("convert", "remove zero filters; write ONNX or OpenVINO IR", _add_convert)
@@ -68,6 +79,8 @@ def run_convert(args: argparse.Namespace) -> int:
         return _error("an .xml output is OpenVINO IR: add --to openvino or use an .onnx name.")
     if Path(args.output).resolve() == Path(args.model).resolve():
         return _error("the output must not overwrite the input model.")
+    check_output_path("-o", args.output)
+    check_output_path("--report-json", args.report_json)
     model, report = remove_zero_filters(args.model, verify=not args.no_verify,
                                         tolerance=args.tolerance)  # fmt: skip
     if fmt == "onnx":
@@ -120,12 +133,21 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("pruned", nargs="+", help="model(s) to compare with it")
     p.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime")
     p.add_argument("--batch", type=_ints, default=[1], help="batch sizes, e.g. 1,8")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
-    p.add_argument("--seconds", type=float, default=10.0, help="time per batch size")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs each time a model loads")
-    p.add_argument("--runs", type=int, default=20, help="at least this many timed runs")
-    p.add_argument("--turn-seconds", type=float, default=1.0, help="timed seconds per turn")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="intra-op threads (default 1)")  # fmt: skip
+    p.add_argument("--seconds", type=non_negative, default=10.0, help="time per batch size")
+    p.add_argument("--warmup", type=non_negative_int, default=3,
+                   help="untimed runs each time a model loads")  # fmt: skip
+    p.add_argument("--runs", type=positive_int, default=20,
+                   help="at least this many timed runs")  # fmt: skip
+    p.add_argument("--turn-seconds", type=non_negative, default=1.0,
+                   help="timed seconds per turn")  # fmt: skip
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
+    p.epilog = """examples:
+  filterprune bench dense.onnx pruned.onnx                    # onnxruntime, batch 1, 1 thread
+  filterprune bench dense.xml pruned.xml --runtime openvino --batch 1,8 --threads 2
+  filterprune bench dense.onnx a.onnx b.onnx --seconds 30 --json bench.json
+"""
 
 
 @register_subcommand("bench", "latency of a dense and a pruned model, side by side", _add_bench)
@@ -140,6 +162,7 @@ def run_bench(args: argparse.Namespace) -> int:
     for p in paths:
         if not Path(p).is_file():
             return _error(f"no such model file: {p!r}.")
+    check_output_path("--json", args.json)
     rows = benchmark(dict(zip(labels, paths, strict=True)), runtime=args.runtime,
                      batches=args.batch, threads=args.threads, warmup=args.warmup,
                      min_runs=args.runs, seconds=args.seconds,
@@ -151,44 +174,71 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- analyze, prune, report (PyTorch models) ---------------------------------------------
+# -- analyze, prune, report ---------------------------------------------------------------
 def _register_model_commands() -> None:
-    """Add the PyTorch subcommands when torch is installed (the others need only ONNX)."""
+    """Add ``analyze``, ``prune`` and ``report``; they import torch or TensorFlow only when
+    they run, and only the one the model needs."""
     if "analyze" in SUBCOMMANDS:
         return
-    try:
-        from .torch import cli as torch_cli
-    except ImportError:
-        return
-    register_subcommand("analyze", "pruning groups of a model and why any are left alone",
-                        torch_cli.add_analyze)(torch_cli.run_analyze)  # fmt: skip
-    register_subcommand("prune", "one-shot prune a model and save the shrunk weights",
-                        torch_cli.add_prune)(torch_cli.run_prune)  # fmt: skip
-    register_subcommand("report", "statistics of a training checkpoint (and a plot)",
-                        torch_cli.add_report)(torch_cli.run_report)  # fmt: skip
+    from . import cli_analyze, cli_prune
+
+    register_subcommand("analyze", "what pruning would do to a model: groups, reasons, "
+                        "FLOPs per level", cli_analyze.add_analyze)(cli_analyze.run_analyze)
+    register_subcommand("prune", "fine-tune while pruning (or prune at once) and write the "
+                        "pruned model", cli_prune.add_prune)(cli_prune.run_prune)
+    register_subcommand("report", "HTML and Markdown report of a run (or a checkpoint's "
+                        "statistics)", cli_prune.add_report)(cli_prune.run_report)
 
 
 # -- entry point ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="filterprune", description="Filter pruning: remove zero filters from exported "
-        "models (convert) and measure the speed-up (bench).")  # fmt: skip
+        prog="filterprune", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Filter pruning from the shell: analyze a model, prune it while "
+        "fine-tuning, report on the run, remove zero filters from ONNX exports (convert) "
+        "and measure the speed-up (bench).",
+        epilog="\n\n".join(__doc__.split("\n\n")[2:4]))  # fmt: skip
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the Python traceback of an error (for bug reports)")
     _register_model_commands()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, add, run) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         add(p)
         p.set_defaults(run=run)
     return parser
 
 
+# Errors the user fixes by changing an argument, a file or a config: exit code 2.
+_USAGE = (FilterPruneError, ValueError, TypeError, FileNotFoundError, IsADirectoryError,
+          NotADirectoryError, FileExistsError)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 bad input or failure)."""
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit code (0 ok, 2 bad usage, 1 failure)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or argparse's own usage error (code 2)
+        return int(done.code or 0) if not isinstance(done.code, str) else 2
     try:
         return int(args.run(args))
-    except (FilterPruneError, ValueError, TypeError, OSError) as err:
+    except KeyboardInterrupt:
+        return _error("interrupted." + (" Continue with --resume." if args.command == "prune"
+                                        else ""), 130)  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - every error ends as one sentence and an exit code
+        if args.traceback or os.environ.get("FILTERPRUNE_TRACEBACK"):
+            raise
+        if isinstance(err, RunFailed) or not isinstance(err, _USAGE):
+            return _error(f"{_describe(err)} (add --traceback for details)"
+                          if not isinstance(err, RunFailed) else str(err), 1)  # fmt: skip
         return _error(str(err))
+
+
+def _describe(err: BaseException) -> str:
+    """A one-line account of an unexpected error."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 if __name__ == "__main__":

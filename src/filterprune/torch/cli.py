@@ -1,9 +1,9 @@
-"""``filterprune analyze | prune | report`` for PyTorch models.
+"""The PyTorch halves of ``filterprune prune -o`` (one shot) and ``report --checkpoint``.
 
-MODEL is a torchvision model name (``resnet50``, random init) or ``package.module:factory``,
-a callable returning an ``nn.Module``.
+The arguments live in :mod:`filterprune.cli_prune`; the fine-tuning run in
+:mod:`filterprune.torch.finetune`. Every file is read with ``torch.load(...,
+weights_only=True)`` unless the user passes ``--trusted``.
 
-    filterprune analyze resnet50 --input 1,3,224,224 --level 0.5
     filterprune prune resnet50 --config prune.json --weights resnet50.pt -o pruned.pt
     filterprune report resnet50 --config prune.json --checkpoint ckpt.pt --plot layers.png
 """
@@ -11,204 +11,81 @@ a callable returning an ``nn.Module``.
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
+from typing import Any
 
 import torch
 from torch import nn
 
-from .._atomic import atomic_write, atomic_write_text
-from ..core.config import Config
-from ..core.workflow import dry_run
-from ..errors import ConfigError
-from .frontend import TorchFrontend
+from .._atomic import atomic_write, atomic_write_bytes
+from ..cli_analyze import dtype_error
+from ..cli_common import UsageError, load_config, pruning_child, quiet_capture
+from ..cli_models import load_torch_model, load_weights, parse_spec, torch_load
+from ..errors import AnalysisError
 
-__all__ = ["load_model", "add_analyze", "run_analyze", "add_prune", "run_prune", "add_report",
-           "run_report"]  # fmt: skip
-
-
-def load_model(spec: str) -> nn.Module:
-    """A model from a torchvision name or ``module:factory``."""
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        factory = getattr(importlib.import_module(module_name), attr)
-        return factory()
-    import torchvision
-
-    names = torchvision.models.list_models()
-    if spec not in names:
-        raise ConfigError(
-            f"MODEL must be a torchvision model name or 'module:factory'. Received: {spec!r}. "
-            f"Known torchvision names include: {', '.join(names[:8])}, ..."
-        )
-    return torchvision.models.get_model(spec, weights=None)
+__all__ = ["load_model", "run_one_shot", "run_checkpoint_report", "compress_quietly"]
 
 
-def _shape(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        message = f"expected a shape like 1,3,224,224. Received: {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
+def load_model(spec: str, *, trusted: bool = False, weights: str | None = None) -> nn.Module:
+    """A model from a MODEL spec (see :mod:`filterprune.cli_models`), with ``weights``."""
+    model = load_torch_model(parse_spec(spec), trusted=trusted)
+    if weights:
+        load_weights(model, weights, trusted=trusted)
+    return model
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="torchvision model name or module:factory")
-    p.add_argument("--input", type=_shape, default=None, help="sample shape, e.g. 1,3,224,224")
-    p.add_argument("--config", help="JSON config (NNCF format) with a filter_pruning entry")
-
-
-def _config(args: argparse.Namespace, level: float | None = None) -> Config:
-    if args.config:
-        config = Config.from_json(args.config)
-    else:
-        config = Config.from_dict({
-            "input_info": {"sample_size": args.input or [1, 3, 224, 224]},
-            "compression": {"algorithm": "filter_pruning", "pruning_init": level or 0.0,
-                            "params": {"schedule": "baseline",
-                                       "pruning_target": level or 0.5}},
-        })  # fmt: skip
-    if args.input:
-        config["input_info"] = {"sample_size": args.input}
-    return config
-
-
-# -- analyze -------------------------------------------------------------------------------
-def add_analyze(p: argparse.ArgumentParser) -> None:
-    _common(p)
-    p.add_argument("--level", type=float, default=None,
-                   help="level to plan for (default: the config's target)")  # fmt: skip
-    p.add_argument("--prune-first-conv", action="store_true")
-    p.add_argument("--prune-downsample-convs", action="store_true")
-    p.add_argument("--json", metavar="PATH", help="write the groups as JSON")
-    p.add_argument("--weights", help="state_dict to load first (torch.save file); the "
-                   "importance ranking uses it")  # fmt: skip
-
-
-def _with_switches(config: Config, args: argparse.Namespace) -> Config:
-    """``config`` with the command line's structural switches turned on."""
-    switches = {k: True for k in ("prune_first_conv", "prune_downsample_convs")
-                if getattr(args, k, False)}  # fmt: skip
-    if not switches:
-        return config
-    data = json.loads(json.dumps(dict(config)))
-    algos = data["compression"] if isinstance(data["compression"], list) else [data["compression"]]
-    for algo in algos:
-        if algo["algorithm"] == "filter_pruning":
-            algo.setdefault("params", {}).update(switches)
-    return Config.from_dict(data)
-
-
-def run_analyze(args: argparse.Namespace) -> int:
-    """Print the pruning groups of a model, why some are left alone, and a FLOPs estimate.
-
-    Runs the pipeline ``prune`` runs (same capture, options, importance), without masks.
-    """
-    model = load_model(args.model).eval()
-    if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
-    config = _with_switches(_config(args), args)
-    ctrl = dry_run(TorchFrontend(), model, config, level=args.level)
-    analysis, plan = ctrl.analysis, ctrl.plan
-    print(f"{'group':>5} {'channels':>8}  {'producers':<44} status")
-    for g in analysis.groups:
-        status = f"prunable, keeps {int(plan.kept[g.id].sum())}" if g.prunable else g.reason
-        more = f" (+{len(g.producers) - 2})" if len(g.producers) > 2 else ""
-        head = ", ".join(g.producers[:2]) + more
-        print(f"{g.id:>5} {g.size:>8}  {head:<44} {status}")
-    stats = ctrl.statistics()
-    print(f"\n{len(analysis.prunable_groups)} of {len(analysis.groups)} groups prunable; "
-          f"FLOPs {stats.full_flops / 1e9:.3f}G; at level {plan.level:g}: "
-          f"{stats.flops_kept:.3f} of the FLOPs kept")  # fmt: skip
-    if args.json:
-        groups = [{"id": g.id, "size": g.size, "producers": g.producers, "reason": g.reason}
-                  for g in analysis.groups]  # fmt: skip
-        data = {"groups": groups, "plan": plan.to_dict(analysis),
-                "statistics": stats.to_dict()}  # fmt: skip
-        atomic_write_text(args.json, json.dumps(data, indent=2))
-    return 0
-
-
-# -- prune ---------------------------------------------------------------------------------
-def add_prune(p: argparse.ArgumentParser) -> None:
-    _common(p)
-    p.add_argument("--weights", help="state_dict to load first (torch.save file)")
-    p.add_argument("--level", type=float, default=None, help="level (default: pruning_target)")
-    p.add_argument("-o", "--output", required=True, help="where to save the shrunk state_dict")
-    p.add_argument("--onnx", help="also export the shrunk model to this ONNX file")
-
-
-def run_prune(args: argparse.Namespace) -> int:
-    """One-shot pruning (no fine-tuning): mask at the level, strip, save."""
+def compress_quietly(model: nn.Module, config: Any, state: Any = None) -> tuple[Any, nn.Module]:
+    """``create_compressed_model`` without tracing's own printout; dtype errors named."""
     from . import create_compressed_model
+
+    try:
+        with quiet_capture():
+            return create_compressed_model(model, config, compression_state=state)
+    except AnalysisError as err:
+        raise dtype_error(err, "") or err from err.__cause__
+
+
+def run_one_shot(args: argparse.Namespace) -> int:
+    """One-shot pruning (no fine-tuning): mask at the level, strip, save."""
     from .controller import export_onnx
 
-    model = load_model(args.model)
-    if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
-    config = _config(args, args.level)
-    ctrl, model = create_compressed_model(model.eval(), config)
-    level = args.level if args.level is not None else ctrl.scheduler.target_level
-    ctrl.set_pruning_level(level)
+    model = load_model(args.model, trusted=args.trusted, weights=args.weights).eval()
+    config = load_config(args.config, args.input, [1, 3, 224, 224], args.level)
+    ctrl, model = compress_quietly(model, config)
+    pruning = pruning_child(ctrl)
+    if pruning is not None:
+        level = args.level if args.level is not None else pruning.scheduler.target_level
+        pruning.set_pruning_level(level)
     print(ctrl.statistics())
     small = ctrl.strip().eval()
     atomic_write(args.output, lambda tmp: torch.save(small.state_dict(), tmp))
     print(f"\nwrote {args.output} (rebuild with filterprune.torch.resize_to_state_dict)")
     if args.onnx:
-        export_onnx(small, ctrl.sample, args.onnx)
+        export_onnx(small, ctrl.captured.sample, args.onnx)
         print(f"wrote {args.onnx}")
     return 0
 
 
-# -- report --------------------------------------------------------------------------------
-def add_report(p: argparse.ArgumentParser) -> None:
-    _common(p)
-    p.add_argument("--checkpoint", required=True,
-                   help="torch.save file with 'state_dict' and 'compression_state'")  # fmt: skip
-    p.add_argument("--plot", metavar="PNG", help="bar chart of filters kept per layer")
-
-
-def run_report(args: argparse.Namespace) -> int:
+def run_checkpoint_report(args: argparse.Namespace) -> int:
     """Statistics of a training checkpoint, optionally as a per-layer chart."""
-    from . import create_compressed_model
-
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "compression_state" not in ckpt:
-        raise ConfigError(
-            f"--checkpoint must hold 'state_dict' and 'compression_state' (as saved in the "
-            f"README's checkpoint example). Received keys: {sorted(ckpt)[:8]}."
-        )
-    ctrl, model = create_compressed_model(load_model(args.model), _config(args),
-                                          compression_state=ckpt["compression_state"])  # fmt: skip
+    ckpt = torch_load(args.checkpoint, trusted=args.trusted, what="--checkpoint")
+    if not isinstance(ckpt, dict) or "compression_state" not in ckpt or "state_dict" not in ckpt:
+        got = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UsageError(
+            f"--checkpoint {args.checkpoint} must hold 'state_dict' and 'compression_state' "
+            f"(as saved in the README's checkpoint example). Received: {got}.")
+    model = load_model(args.target, trusted=args.trusted)
+    config = load_config(args.config, args.input, [1, 3, 224, 224])
+    ctrl, model = compress_quietly(model, config, ckpt["compression_state"])
     model.load_state_dict(ckpt["state_dict"])
     stats = ctrl.statistics()
     print(stats)
-    if args.plot:
-        plot_layers(stats, args.plot)
+    pruning = pruning_child(ctrl)
+    if args.plot and pruning is not None:
+        from ..report.charts import filters_kept_chart
+
+        stats = pruning.statistics()
+        title = f"FLOPs kept {stats.flops_kept:.2f}, parameters kept {stats.params_kept:.2f}"
+        layers = [(s.name, s.filters, s.kept) for s in stats.layers]
+        atomic_write_bytes(args.plot, filters_kept_chart(layers, title))
         print(f"\nwrote {args.plot}")
     return 0
-
-
-def plot_layers(stats, path: str) -> None:
-    """Horizontal bars: filters per prunable layer, kept part in colour."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ConfigError("--plot needs matplotlib: pip install matplotlib.") from err
-    layers = stats.layers
-    fig, ax = plt.subplots(figsize=(8, 0.25 * len(layers) + 1.5))
-    names = [s.name for s in layers]
-    ax.barh(names, [s.filters for s in layers], color="#dddddd", label="pruned")
-    ax.barh(names, [s.kept for s in layers], color="#3b7dd8", label="kept")
-    ax.invert_yaxis()
-    ax.set_xlabel("filters")
-    ax.set_title(f"FLOPs kept {stats.flops_kept:.2f}, parameters kept {stats.params_kept:.2f}")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".png")
-    finally:
-        plt.close(fig)

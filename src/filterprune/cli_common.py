@@ -1,0 +1,164 @@
+"""What every ``filterprune`` subcommand shares: its errors, argument types and helpers.
+
+Exit codes: 0 when a command succeeds, 2 for bad usage (an argument, file or config the
+user can fix; the message names it and the fix), 1 when a run fails for another reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import FilterPruneError
+
+__all__ = ["UsageError", "RunFailed", "shape_arg", "level_arg", "positive_int", "non_negative",
+           "check_output_path", "quiet_capture", "pruning_child", "default_config"]  # fmt: skip
+
+
+class UsageError(FilterPruneError, ValueError):
+    """A command-line argument or input file the user can fix (exit code 2)."""
+
+
+class RunFailed(FilterPruneError, RuntimeError):
+    """A run that started but could not finish (exit code 1)."""
+
+
+def shape_arg(text: str) -> list[int]:
+    """``"1,3,224,224"`` -> ``[1, 3, 224, 224]`` (argparse type)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) < 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a shape of positive integers like 1,3,224,224. Received: {text!r}")
+    return values
+
+
+def level_arg(text: str) -> float:
+    """A pruning level: a number in [0, 1) (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            "expected a number in [0, 1): the fraction of filters (or of the FLOPs, with "
+            f"pruning_flops_target) to remove. Received: {text!r}")
+    return value
+
+
+def _number(text: str, kind: type, low: float, what: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or value != value:
+        raise argparse.ArgumentTypeError(f"expected {what}. Received: {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    return _number(text, int, 1, "an integer >= 1")
+
+
+def non_negative(text: str) -> float:
+    """A number >= 0 (argparse type)."""
+    return _number(text, float, 0.0, "a number >= 0")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (argparse type)."""
+    return _number(text, int, 0, "an integer >= 0")
+
+
+def check_output_path(option: str, path: str | None) -> None:
+    """Refuse an output path whose folder cannot hold it, before any work is done.
+
+    A missing folder is fine (the writers create it); a folder that is a file, or an
+    output that is an existing folder, is a usage error naming the option.
+    """
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"`{option}` must be a file path. Received: {option} {path}, which "
+                         "is a folder. Name a file inside it.")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"`{option}` must be in a folder. Received: {option} {path}, "
+                                 f"but {parent} is a file. Choose another path.")
+            return
+
+
+@contextlib.contextmanager
+def quiet_capture() -> Iterator[None]:
+    """Hide what tracing prints on its own (torch.fx's ShapeProp prints a traceback
+    before re-raising): our error message says what failed and how to fix it."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+
+
+def pruning_child(ctrl: Any) -> Any:
+    """The filter pruning controller of ``ctrl`` (itself, or a composite's child), or None."""
+    if hasattr(ctrl, "child_ctrls"):
+        try:
+            return ctrl.get("filter_pruning")
+        except KeyError:
+            return None
+    return ctrl if getattr(ctrl, "name", None) == "filter_pruning" else None
+
+
+def default_config(sample_size: list[int], level: float | None, epochs: int | None = None,
+                   ) -> dict[str, Any]:  # fmt: skip
+    """The config a command uses without ``--config``: filter pruning to ``level``
+    (0.5 by default), at once or, for a training run of ``epochs``, over the epochs."""
+    target = 0.5 if level is None else level
+    if epochs is None:
+        algo = {"algorithm": "filter_pruning", "pruning_init": target,
+                "params": {"schedule": "baseline", "pruning_target": target}}  # fmt: skip
+    else:
+        algo = {"algorithm": "filter_pruning", "pruning_init": 0.0,
+                "params": {"schedule": "exponential", "pruning_target": target,
+                           "pruning_steps": max(1, epochs - 1)}}  # fmt: skip
+    return {"input_info": {"sample_size": list(sample_size)}, "compression": algo}
+
+
+def with_switches(config: dict[str, Any], switches: dict[str, bool]) -> dict[str, Any]:
+    """A copy of ``config`` with the given ``filter_pruning`` params set (the command
+    line's ``--prune-first-conv`` and ``--prune-downsample-convs``)."""
+    data = json.loads(json.dumps(dict(config)))
+    on = {k: True for k, v in switches.items() if v}
+    if on:
+        section = data.get("compression", [])
+        for algo in section if isinstance(section, list) else [section]:
+            if algo.get("algorithm") == "filter_pruning":
+                algo.setdefault("params", {}).update(on)
+    return data
+
+
+def load_config(path: str | None, sample_size: list[int] | None, fallback: list[int],
+                level: float | None = None, epochs: int | None = None) -> Any:  # fmt: skip
+    """The validated config of ``--config`` (or the default one) with ``--input-size``.
+
+    Args:
+        path: The ``--config`` file, or None for :func:`default_config`.
+        sample_size: ``--input-size``; overrides the config's ``input_info``.
+        fallback: The sample size when neither gives one (from the model or data).
+    """
+    from .core.config import Config
+
+    if path:
+        config = Config.from_json(path)
+        if sample_size or "input_info" not in config:
+            config["input_info"] = {"sample_size": sample_size or fallback}
+        return config
+    return Config.from_dict(default_config(sample_size or fallback, level, epochs))

@@ -1,0 +1,286 @@
+"""MODEL arguments of the command line: which model a spec names, and loading it safely.
+
+A spec is one of:
+
+- ``torchvision:resnet50`` or a bare torchvision name (``resnet50``): random init;
+- ``timm:NAME``: a timm model (needs ``pip install timm``), random init;
+- ``package.module:factory`` or ``path/to/file.py:factory``: a callable returning an
+  ``nn.Module`` (this imports and runs that code: it is the user's own);
+- ``model.keras``: a Keras 3 file, read with ``safe_mode`` (no Lambda code);
+- ``model.onnx``: an ONNX file (``analyze`` only);
+- ``model.pt``/``.pth``: a pickled full model, read only with ``--trusted``, because
+  unpickling runs code stored in the file.
+
+Weights files (``--weights``) and checkpoints are read with ``torch.load(...,
+weights_only=True)``: tensors and plain containers only, never code.
+
+Only this module's torch functions import torch, so ``analyze model.keras`` never does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cli_common import UsageError
+
+__all__ = ["ModelSpec", "parse_spec", "load_torch_model", "load_weights", "torch_load",
+           "load_keras_model", "check_torch_model"]  # fmt: skip
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin")
+_TRUST_HINT = ("Unpickling runs code stored in the file. If you trust the file, add --trusted; "
+               "otherwise save a state_dict (torch.save(model.state_dict(), path)) and pass "
+               "the architecture as MODEL with --weights path.")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed MODEL argument.
+
+    Attributes:
+        kind: ``torchvision``, ``timm``, ``factory``, ``pickle``, ``keras`` or ``onnx``.
+        text: The argument as given.
+        name: The model name, ``module:factory`` or file path.
+    """
+
+    kind: str
+    text: str
+    name: str
+
+    @property
+    def framework(self) -> str:
+        return {"keras": "keras", "onnx": "onnx"}.get(self.kind, "torch")
+
+
+def parse_spec(text: str) -> ModelSpec:
+    """Classify a MODEL argument (nothing is loaded or imported).
+
+    Raises:
+        UsageError: For an empty spec or a model file that does not exist.
+    """
+    if not text.strip():
+        raise UsageError("MODEL must name a model, e.g. torchvision:resnet50. Received: ''.")
+    lower = text.lower()
+    for suffix, kind in ((".keras", "keras"), (".onnx", "onnx"), *[(s, "pickle")
+                                                                  for s in PICKLE_SUFFIXES]):
+        if lower.endswith(suffix):
+            if not Path(text).is_file():
+                raise UsageError(f"MODEL file not found: {text}. Check the path.")
+            return ModelSpec(kind, text, text)
+    for prefix in ("torchvision", "timm"):
+        if lower.startswith(prefix + ":"):
+            return ModelSpec(prefix, text, text.split(":", 1)[1])
+    if ":" in text:
+        return ModelSpec("factory", text, text)
+    return ModelSpec("torchvision", text, text)
+
+
+# -- torch models --------------------------------------------------------------------------
+def load_torch_model(spec: ModelSpec, *, trusted: bool = False, num_classes: int | None = None,
+                     ) -> Any:  # fmt: skip
+    """Build the ``nn.Module`` a torch spec names, checked by :func:`check_torch_model`.
+
+    Args:
+        num_classes: For torchvision and timm names: the classifier's size (default:
+            the model's own). Ignored by factories and pickles.
+    """
+    builders = {"torchvision": _torchvision, "timm": _timm, "factory": _factory,
+                "pickle": lambda s, n: _pickled(s, trusted)}  # fmt: skip
+    if spec.kind not in builders:
+        raise UsageError(f"MODEL {spec.text} is a {spec.kind} file; this command needs a "
+                         "PyTorch model (torchvision:NAME, timm:NAME, module:factory).")
+    model = builders[spec.kind](spec, num_classes)
+    check_torch_model(model, spec.text)
+    return model
+
+
+def _torchvision(spec: ModelSpec, num_classes: int | None) -> Any:
+    import torchvision
+
+    names = torchvision.models.list_models()
+    if spec.name not in names:
+        close = [n for n in names if spec.name.lower()[:4] in n] or names[:8]
+        raise UsageError(
+            f"MODEL must be a torchvision model name or 'module:factory'. Received: "
+            f"{spec.text!r}. Known torchvision names include: {', '.join(close[:8])}, ...")
+    extra = {"num_classes": num_classes} if num_classes else {}
+    return torchvision.models.get_model(spec.name, weights=None, **extra)
+
+
+def _timm(spec: ModelSpec, num_classes: int | None) -> Any:
+    try:
+        timm = importlib.import_module("timm")
+    except ImportError:
+        raise UsageError(f"MODEL {spec.text} needs the timm package, which is not installed. "
+                         "Install it with `pip install timm`.") from None
+    if spec.name not in timm.list_models():
+        close = timm.list_models(f"*{spec.name[:4]}*")[:8]
+        raise UsageError(f"MODEL must name a timm model. Received: {spec.text!r}. "
+                         f"Similar timm names: {', '.join(close) or 'none'}.")
+    extra = {"num_classes": num_classes} if num_classes else {}
+    return timm.create_model(spec.name, pretrained=False, **extra)
+
+
+def _factory(spec: ModelSpec, num_classes: int | None) -> Any:
+    source, _, attr = spec.text.rpartition(":")
+    if not source or not attr:
+        raise UsageError(f"MODEL must be 'module:factory' with both parts. Received: "
+                         f"{spec.text!r}.")
+    module = _import(source, spec.text)
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise UsageError(f"MODEL {spec.text}: module {source!r} has no callable {attr!r}. "
+                         "Name a function or class that returns an nn.Module.")
+    try:
+        return factory()
+    except Exception as err:  # noqa: BLE001 - the user's code: report it in one sentence
+        raise UsageError(f"MODEL {spec.text}: calling {attr}() failed with "
+                         f"{type(err).__name__}: {err}. The factory must take no "
+                         "arguments and return an nn.Module.") from err
+
+
+def _import(source: str, text: str) -> Any:
+    """The module ``source`` names: a dotted module name or a ``.py`` file path."""
+    try:
+        if source.endswith(".py"):
+            path = Path(source)
+            if not path.is_file():
+                raise UsageError(f"MODEL {text}: no such file {source}.")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules.setdefault(path.stem, module)
+            spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(source)
+    except UsageError:
+        raise
+    except ModuleNotFoundError as err:
+        raise UsageError(f"MODEL {text}: cannot import {source!r} ({err}). Put its folder on "
+                         "PYTHONPATH, install its package, or give a .py file path.") from err
+    except Exception as err:  # noqa: BLE001 - importing user code may fail in any way
+        raise UsageError(f"MODEL {text}: importing {source!r} failed with "
+                         f"{type(err).__name__}: {err}.") from err
+
+
+def _pickled(spec: ModelSpec, trusted: bool) -> Any:
+    if not trusted:
+        data = torch_load(spec.text, trusted=False, what="MODEL")
+        kind = "a state_dict" if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise UsageError(
+            f"MODEL {spec.text} holds {kind}, not a model. Give the architecture as MODEL "
+            f"(torchvision:NAME, module:factory) and this file as --weights {spec.text}.")
+    return torch_load(spec.text, trusted=True, what="MODEL")
+
+
+def check_torch_model(model: Any, what: str) -> None:
+    """Refuse what the torch commands cannot read, naming the cause and the fix.
+
+    Raises:
+        UsageError: Not an ``nn.Module``; parameters on the meta device; parameters that
+            are not float32 (fp16, bf16, float64).
+    """
+    import torch
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"MODEL {what} must give a torch.nn.Module. Received: an object of "
+                         f"type {type(model).__name__}.")
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise UsageError(
+            f"MODEL {what} has parameters on the meta device (shapes without data). "
+            "Materialise them in the factory (model.to_empty(device='cpu'), then load "
+            "weights) before handing the model over.")
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in model.parameters()
+                     if t.is_floating_point() and t.dtype != torch.float32})  # fmt: skip
+    if dtypes:
+        raise UsageError(
+            f"MODEL {what} has {'/'.join(dtypes)} parameters; filterprune reads float32 "
+            "models (the dtype is the problem, not the input size). Return model.float() "
+            "from the factory; mixed precision is applied during training on a GPU.")
+
+
+# -- weights -------------------------------------------------------------------------------
+def torch_load(path: str, *, trusted: bool = False, what: str = "--weights") -> Any:
+    """``torch.load`` on CPU; ``weights_only`` unless ``trusted``. Errors name the file.
+
+    Raises:
+        UsageError: Missing, truncated or foreign file, or one that needs unpickling
+            code without ``trusted``.
+    """
+    import pickle
+
+    import torch
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{what} file not found: {path}. Check the path.")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as err:
+        if not trusted and "weights_only" in str(err).lower().replace(" ", "_"):
+            raise UsageError(f"{what} {path} holds objects beyond tensors and plain "
+                             f"containers. {_TRUST_HINT}") from None
+        raise UsageError(f"{what} {path} is not a readable torch.save file ({err}).") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise UsageError(
+            f"{what} {path} could not be read: it is truncated or not a torch.save file "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}).") from None
+
+
+def _state_dict_of(data: Any, path: str) -> dict[str, Any]:
+    import torch
+    from torch import nn
+
+    if isinstance(data, nn.Module):
+        return data.state_dict()
+    if isinstance(data, dict):
+        if data and all(isinstance(v, torch.Tensor) for v in data.values()):
+            return data
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = data.get(key)
+            if isinstance(inner, (dict, nn.Module)):
+                return _state_dict_of(inner, path)
+    got = f"keys {sorted(map(str, data))[:8]}" if isinstance(data, dict) else type(data).__name__
+    raise UsageError(f"--weights {path} must hold a state_dict (parameter name -> tensor), "
+                     f"or a dict with one under 'state_dict'. Received: {got}.")
+
+
+def load_weights(model: Any, path: str, *, trusted: bool = False) -> None:
+    """Load the state_dict in ``path`` into ``model``, naming what does not fit."""
+    state = _state_dict_of(torch_load(path, trusted=trusted), path)
+    own = model.state_dict()
+    if all(k.startswith("module.") for k in state) and not any(k.startswith("module.")
+                                                               for k in own):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from DDP
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{label} {keys[:4]}{' ...' if len(keys) > 4 else ''}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("other shape", shapes))
+                 if keys]  # fmt: skip
+        raise UsageError(f"--weights {path} does not fit the model: {'; '.join(parts)}. "
+                         "Check that MODEL builds the architecture the weights were saved "
+                         "from.")
+    model.load_state_dict(state)
+
+
+# -- Keras ---------------------------------------------------------------------------------
+def load_keras_model(spec: ModelSpec, trusted: bool = False) -> Any:
+    """Read a ``.keras`` file; Lambda layers (code) only with ``trusted``."""
+    try:
+        import keras
+    except ImportError:
+        raise UsageError(f"MODEL {spec.text} is a Keras file; reading it needs TensorFlow "
+                         "and Keras: pip install tensorflow-cpu.") from None
+    try:
+        return keras.saving.load_model(spec.text, compile=False, safe_mode=not trusted)
+    except Exception as err:  # noqa: BLE001 - Keras raises many types for bad files
+        hint = f" {_TRUST_HINT}" if "safe_mode" in str(err) else ""
+        raise UsageError(f"MODEL {spec.text} could not be read as a Keras model "
+                         f"({type(err).__name__}: {str(err).splitlines()[0]}).{hint}") from None

@@ -1,0 +1,189 @@
+"""``filterprune analyze``: every MODEL form, the printed analysis, and clear errors."""
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+import torchvision
+
+from cli_helpers import TINY, TokenNet, crafted_checkpoint, tiny_cnn
+from filterprune.cli import main
+
+SMALL = ["--input-size", "1,3,16,16"]
+
+
+def test_analyze_prints_groups_reasons_and_levels(capsys, tmp_path):
+    out_json, png = tmp_path / "a.json", tmp_path / "plots" / "a.png"
+    assert main(["analyze", "torchvision:resnet18", "--input-size", "1,3,64,64",
+                 "--json", str(out_json), "--plot", str(png)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "MODEL torchvision:resnet18 (PyTorch), input 1x3x64x64" in text
+    assert "What is left whole, and why:" in text
+    assert "first convolution (prune_first_conv is off)" in text
+    assert "What each level leaves" in text and "of the FLOPs kept" in text
+    data = json.loads(out_json.read_text())
+    assert [row["level"] for row in data["levels"]] == [round(0.1 * i, 1) for i in range(1, 10)]
+    kept = [row["flops_kept"] for row in data["levels"]]
+    assert kept == sorted(kept, reverse=True) and kept[-1] < 0.5
+    shares = data["group_flops_share"]
+    assert set(shares) == {str(g["id"]) for g in data["groups"]}
+    assert all(0.0 <= s <= 1.0 for s in shares.values()) and max(shares.values()) > 0.1
+    assert abs(sum(data["layer_flops_share"].values()) - 1.0) < 1e-6
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bare_torchvision_names_still_work(capsys):
+    assert main(["analyze", "resnet18", "--input", "1,3,32,32"]) == 0
+    bare = capsys.readouterr().out
+    assert main(["analyze", "torchvision:resnet18", "--input", "1,3,32,32"]) == 0
+    assert capsys.readouterr().out.replace("torchvision:", "") == bare
+
+
+def test_analyze_an_onnx_file(tmp_path, capsys):
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(tiny_cnn().eval(), (torch.zeros(1, 3, 16, 16),), str(path), dynamo=False)
+    assert main(["analyze", str(path), "--json", str(tmp_path / "o.json")]) == 0
+    text = capsys.readouterr().out
+    assert "(ONNX), input 1x3x16x16" in text and "prunable, keeps" in text
+    assert main(["analyze", str(path), "--input-size", "1,3,8,8"]) == 2
+    assert "does not apply to ONNX files" in capsys.readouterr().err
+
+
+def test_level_out_of_range_is_bad_usage(capsys):
+    assert main(["analyze", TINY, *SMALL, "--level", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--level" in err and "expected a number in [0, 1)" in err and "'1.5'" in err
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("no_such_module_xyz:build", "cannot import 'no_such_module_xyz'"),
+    ("cli_helpers:missing", "has no callable 'missing'"),
+    ("cli_helpers:not_a_model", "must give a torch.nn.Module. Received: an object of type int"),
+    ("cli_helpers:broken_factory", "calling broken_factory() failed with RuntimeError"),
+    ("cli_helpers:half_model", "has float16 parameters"),
+    ("cli_helpers:bf16_model", "has bfloat16 parameters"),
+    ("cli_helpers:meta_model", "on the meta device"),
+    ("cli_helpers:TokenNet", "its input dtype does not fit"),
+    ("torchvision:resnet5O", "Known torchvision names include"),
+])  # fmt: skip
+def test_bad_models_get_one_sentence(spec, message, capsys):
+    assert main(["analyze", spec, *SMALL]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_dtype_is_named_not_the_sample_size(capsys):
+    assert main(["analyze", "cli_helpers:half_model", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "dtype is the problem" in err and "sample_size" not in err
+    assert isinstance(TokenNet(), torch.nn.Module)
+
+
+def test_capture_failure_prints_no_shapeprop_traceback(capfd):
+    assert main(["analyze", TINY, "--input-size", "1,3"]) == 2
+    captured = capfd.readouterr()
+    assert "failed on a zero input of shape" in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert "ShapeProp" not in captured.err + captured.out
+
+
+def test_output_paths_are_checked_before_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["analyze", TINY, *SMALL, "--json", str(blocker / "a.json")]) == 2
+    assert f"but {blocker} is a file" in capsys.readouterr().err
+    assert main(["analyze", TINY, *SMALL, "--plot", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    deep = tmp_path / "new" / "dir" / "a.json"
+    assert main(["analyze", TINY, *SMALL, "--json", str(deep)]) == 0
+    assert json.loads(deep.read_text())["groups"]
+    assert [p.name for p in deep.parent.iterdir()] == ["a.json"]
+
+
+def test_timm_missing_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    assert main(["analyze", "timm:resnet18", *SMALL]) == 2
+    assert "needs the timm package" in capsys.readouterr().err
+
+
+def test_timm_models_are_built_by_name(monkeypatch, capsys):
+    made = []
+
+    def create_model(name, pretrained=False, **kwargs):
+        made.append((name, pretrained, kwargs))
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+
+    fake = types.SimpleNamespace(create_model=create_model,
+                                 list_models=lambda pattern="*": ["resnet18", "resnet34"])
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    assert main(["analyze", "timm:resnet18", "--input-size", "1,3,32,32"]) == 0
+    assert made == [("resnet18", False, {})]
+    assert main(["analyze", "timm:resnet9000", *SMALL]) == 2
+    assert "Similar timm names" in capsys.readouterr().err
+
+
+def test_real_timm_model_if_installed(capsys):
+    pytest.importorskip("timm", reason="timm is a test dependency on another branch")
+    assert main(["analyze", "timm:resnet18", "--input-size", "1,3,32,32"]) == 0
+    assert "prunable, keeps" in capsys.readouterr().out
+
+
+def test_factory_from_a_file_path(tmp_path, capsys):
+    source = tmp_path / "my_models.py"
+    source.write_text("from cli_helpers import tiny_cnn\n\ndef build():\n    return tiny_cnn()\n")
+    assert main(["analyze", f"{source}:build", *SMALL]) == 0
+    assert "prunable, keeps" in capsys.readouterr().out
+
+
+def test_weights_are_read_weights_only(tmp_path, capsys):
+    good = tmp_path / "w.pt"
+    torch.save(tiny_cnn().state_dict(), good)
+    assert main(["analyze", TINY, *SMALL, "--weights", str(good)]) == 0
+    capsys.readouterr()
+    marker = tmp_path / "pwned"
+    evil = crafted_checkpoint(tmp_path / "evil.pt", marker)
+    assert main(["analyze", TINY, *SMALL, "--weights", str(evil)]) == 2
+    assert "add --trusted" in capsys.readouterr().err
+    assert not marker.exists()  # nothing in the file ran
+
+
+def test_truncated_and_foreign_weights(tmp_path, capsys):
+    good = tmp_path / "w.pt"
+    torch.save(tiny_cnn().state_dict(), good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert main(["analyze", TINY, *SMALL, "--weights", str(cut)]) == 2
+    assert f"--weights {cut} could not be read: it is truncated" in capsys.readouterr().err
+    other = tmp_path / "other.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), other)
+    assert main(["analyze", TINY, *SMALL, "--weights", str(other)]) == 2
+    assert "does not fit the model: missing" in capsys.readouterr().err
+    assert main(["analyze", TINY, *SMALL, "--weights", str(tmp_path / "nope.pt")]) == 2
+    assert "--weights file not found" in capsys.readouterr().err
+
+
+def test_pickled_model_needs_trusted(tmp_path, capsys):
+    path = tmp_path / "full.pt"
+    torch.save(tiny_cnn(), path)
+    assert main(["analyze", str(path), *SMALL]) == 2
+    assert "add --trusted" in capsys.readouterr().err
+    assert main(["analyze", str(path), *SMALL, "--trusted"]) == 0
+    assert "prunable, keeps" in capsys.readouterr().out
+    weights = tmp_path / "sd.pt"
+    torch.save(tiny_cnn().state_dict(), weights)
+    assert main(["analyze", str(weights), *SMALL]) == 2
+    assert "holds a state_dict, not a model" in capsys.readouterr().err
+
+
+def test_crafted_model_file_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = crafted_checkpoint(tmp_path / "evil.pt", marker)
+    assert main(["analyze", str(evil), *SMALL]) == 2
+    assert main(["report", TINY, "--checkpoint", str(evil)]) == 2
+    assert "add --trusted" in capsys.readouterr().err
+    assert main(["prune", TINY, *SMALL, "--weights", str(evil), "-o", str(tmp_path / "o.pt")]) == 2
+    assert "add --trusted" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "o.pt").exists()

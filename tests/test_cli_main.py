@@ -1,0 +1,89 @@
+"""The command line as a whole: help with examples, exit codes, ``python -m filterprune``."""
+
+import subprocess
+import sys
+
+import pytest
+
+import filterprune.cli as cli
+from filterprune.cli import main
+
+COMMANDS = ["analyze", "prune", "report", "convert", "bench"]
+
+
+def test_python_m_filterprune_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "filterprune", "--help"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0
+    for name in COMMANDS:
+        assert name in done.stdout
+    assert "Exit codes: 0 success, 2 bad usage" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "filterprune", "bench", "a.onnx", "b.onnx",
+                          "--runs", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "expected an integer >= 1" in bad.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(command, capsys):
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and f"filterprune {command} " in text.split("examples:")[1]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["bench", "a.onnx", "b.onnx", "--runs", "0"], "argument --runs: expected an integer >= 1"),
+    (["bench", "a.onnx", "b.onnx", "--threads", "0"], "argument --threads: expected an integer"),
+    (["bench", "a.onnx", "b.onnx", "--seconds", "-1"], "argument --seconds: expected a number"),
+    (["bench", "a.onnx", "b.onnx", "--batch", "0"], "expected integers >= 1"),
+    (["convert", "m.onnx", "-o", "o.onnx", "--tolerance", "-1"], "expected a number >= 0"),
+    (["analyze", "resnet18", "--input-size", "1,3,x"], "expected a shape of positive integers"),
+    (["analyze", "resnet18", "--level", "-0.1"], "expected a number in [0, 1)"),
+    (["prune", "resnet18", "--optimizer", "adam"], "invalid choice: 'adam'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "the following arguments are required: COMMAND"),
+])  # fmt: skip
+def test_bad_arguments_exit_2(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_failures_exit_1_without_a_traceback(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("CUDA error: out of memory\nmore detail")
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "convert", (*cli.SUBCOMMANDS["convert"][:2], broken))
+    assert main(["convert", "m.onnx", "-o", "o.onnx"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("filterprune: error: RuntimeError: CUDA error: out of memory "
+                   "(add --traceback for details)\n")  # fmt: skip
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["--traceback", "convert", "m.onnx", "-o", "o.onnx"])
+
+    def read_only(args):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "convert", (*cli.SUBCOMMANDS["convert"][:2], read_only))
+    assert main(["convert", "m.onnx", "-o", "o.onnx"]) == 1
+    assert "PermissionError: read-only file system" in capsys.readouterr().err
+
+
+def test_output_path_under_a_file_names_the_option(tmp_path, capsys):
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    assert main(["convert", str(model), "-o", str(blocker / "o.onnx")]) == 2
+    assert f"`-o` must be in a folder. Received: -o {blocker}/o.onnx, but {blocker} is a file" \
+        in capsys.readouterr().err  # fmt: skip
+    assert main(["bench", str(model), str(model), "--json", str(blocker / "b.json")]) == 2
+    assert "`--json` must be in a folder" in capsys.readouterr().err
+
+
+def test_prune_without_model_or_resume(capsys):
+    assert main(["prune"]) == 2
+    assert "MODEL is required (or --resume RUN_DIR)" in capsys.readouterr().err
+
+
+def test_report_options_of_checkpoints_need_checkpoint(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--plot", "x.png"]) == 2
+    assert "go with --checkpoint" in capsys.readouterr().err

@@ -1,0 +1,225 @@
+"""``filterprune prune --data ... --out RUN_DIR`` and ``filterprune report RUN_DIR``."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from cli_helpers import RUN_ARGS, TINY, tiny_cnn, write_image_folder
+from filterprune.cli import main
+from filterprune.core.compression import CompositeCompressionController, CompressionController
+from filterprune.testing.browser import find_chromium, open_page
+from filterprune.torch import resize_to_state_dict
+
+OUTPUTS = ["checkpoint.pt", "dense.onnx", "history.json", "model.onnx", "model_stripped.pt",
+           "model_zeroed.onnx", "report.html", "report.md", "report_files", "run.json",
+           "summary.json"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "prune.json"
+    path.write_text(json.dumps({
+        "input_info": {"sample_size": [1, 3, 16, 16]},
+        "compression": {"algorithm": "filter_pruning", "pruning_init": 0.2,
+                        "params": {"schedule": "exponential", "pruning_target": 0.5,
+                                   "pruning_steps": 2, "filters_multiple_of": 1}}}))  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(images, config_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["prune", TINY, "--data", str(images), "--config", str(config_file),
+                 "--epochs", "2", "--out", str(out), *RUN_ARGS]) == 0  # fmt: skip
+    return out
+
+
+def test_run_writes_models_history_summary_and_report(run_dir):
+    assert sorted(p.name for p in run_dir.iterdir()) == OUTPUTS
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["level"] for h in history] == pytest.approx([0.0, 0.2, 0.5])
+    assert history[2]["flops_kept"] < history[1]["flops_kept"] < 1.0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["params"][1] < summary["params"][0]
+    assert summary["flops"][1] < summary["flops"][0]
+    assert summary["onnx_bytes"][1] < summary["onnx_bytes"][0]
+    assert summary["latency"]["threads"] == 1 and summary["latency"]["after_ms"] > 0
+    assert summary["accuracy"][0] == history[0]["val_accuracy"]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "done" and run["classes"] == ["blue", "green", "red"]
+
+
+def test_stripped_model_loads_and_matches_the_converted_onnx(run_dir):
+    state = torch.load(run_dir / "model_stripped.pt", weights_only=True)
+    model = resize_to_state_dict(tiny_cnn(), state).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ours = model(x).numpy()
+    session = ort.InferenceSession(str(run_dir / "model.onnx"))
+    name = session.get_inputs()[0].name
+    theirs = np.concatenate([session.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(2)])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "resize_to_state_dict" in summary["load"] and "tiny_cnn" in summary["load"]
+
+
+def test_report_page_renders_in_chromium(run_dir, tmp_path):
+    binary = find_chromium()
+    if binary is None:
+        pytest.fail("Chromium is not installed: run `make chromium` (apt-get install chromium); "
+                    ".ci/run installs it.")  # fmt: skip
+    assert main(["report", str(run_dir)]) == 0
+    page = open_page(run_dir / "report.html", binary=binary)
+    assert page.errors == []
+    assert page.title.startswith("filterprune: cli_helpers:tiny_cnn pruned on")
+    for heading in ("Before and after", "Training", "Filters kept per layer", "Config",
+                    "How to load the result"):  # fmt: skip
+        assert heading in page.text
+    assert "latency (onnxruntime, CPU, batch 1, 1 thread; median)" in page.text
+    assert len(page.images) == 3 and page.images_loaded
+    assert all(i["width"] >= 300 for i in page.images)
+    html = (run_dir / "report.html").read_text()
+    assert "src=\"data:image/png;base64," in html and "http" not in html.replace(
+        "http-equiv", "")  # self-contained: nothing to fetch
+
+
+def test_report_markdown_points_at_its_charts(run_dir):
+    text = (run_dir / "report.md").read_text()
+    links = [line.split("](")[1].rstrip(")") for line in text.splitlines()
+             if line.startswith("![")]  # fmt: skip
+    assert links == ["report_files/training.png", "report_files/pruning.png",
+                     "report_files/layers.png"]  # fmt: skip
+    assert all((run_dir / link).read_bytes()[:4] == b"\x89PNG" for link in links)
+    assert "| accuracy (validation) |" in text
+
+
+def test_interrupted_run_resumes_to_the_same_result(run_dir, images, config_file, tmp_path,
+                                                    monkeypatch):  # fmt: skip
+    import filterprune.torch.finetune as finetune
+
+    # the arguments of the run_dir fixture: that run is the uninterrupted one
+    args = ["--data", str(images), "--config", str(config_file), "--epochs", "2", *RUN_ARGS]
+    real_epoch = finetune._Loop.epoch
+
+    def stop_in_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(finetune._Loop, "epoch", stop_in_epoch_2)
+    cut = tmp_path / "cut"
+    assert main(["prune", TINY, *args, "--out", str(cut)]) == 130
+    assert torch.load(cut / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not (cut / "summary.json").exists()
+    monkeypatch.setattr(finetune._Loop, "epoch", real_epoch)
+    assert main(["report", str(cut)]) == 0  # a report of the epochs so far
+    assert "in progress: 1 of 2 epochs done" in (cut / "report.md").read_text()
+    assert main(["prune", "--resume", str(cut)]) == 0
+    whole = torch.load(run_dir / "model_stripped.pt", weights_only=True)
+    resumed = torch.load(cut / "model_stripped.pt", weights_only=True)
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    history = json.loads((cut / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert main(["prune", "--resume", str(cut)]) == 0  # done: nothing to do
+
+
+class _Counter(CompressionController):
+    """A second algorithm, as a composite controller holds it (e.g. quantization)."""
+
+    name = "counter"
+
+
+def test_composite_controllers_are_run_and_reported(images, config_file, tmp_path,
+                                                     monkeypatch):  # fmt: skip
+    import filterprune.torch as ftorch
+    from filterprune.torch.frontend import TorchFrontend
+
+    real = ftorch.create_compressed_model
+
+    def composite(model, config, compression_state=None):
+        child_state = compression_state["children"][0] if compression_state else None
+        ctrl, model = real(model, config, compression_state=child_state)
+        return CompositeCompressionController([ctrl, _Counter()], TorchFrontend()), model
+
+    monkeypatch.setattr(ftorch, "create_compressed_model", composite)
+    out = tmp_path / "both"
+    assert main(["prune", TINY, "--data", str(images), "--config", str(config_file),
+                 "--epochs", "1", "--out", str(out), *RUN_ARGS]) == 0  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithms"] == ["filter_pruning", "counter"]
+    assert summary["layers"] and summary["flops"][1] < summary["flops"][0]
+    assert "filter_pruning, counter" in (out / "report.md").read_text()
+
+
+def test_fashion_mnist_run(tmp_path, capsys):
+    model = "filterprune.examples._training:SmallCNN"
+    assert main(["prune", model, "--data", "fashion-mnist", "--epochs", "1", "--out",
+                 str(tmp_path / "fm"), "--train-limit", "256", "--val-limit", "128",
+                 "--bench-seconds", "0", "--level", "0.3"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "no --config: pruning 0.3 of the filters over 1 epochs" in text
+    assert "256 training and 128 validation images, 10 classes" in text
+    assert "epoch 1/1: loss" in text and "FLOPs kept" in text
+    assert (tmp_path / "fm" / "report.html").is_file()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--data", "{images}", "--epochs", "1"], "missing --out"),
+    (["--data", "{tmp}/none", "--epochs", "1", "--out", "{tmp}/r"], "is not a folder"),
+    (["--data", "{tmp}", "--epochs", "1", "--out", "{tmp}/r"], "must hold train/ and val/"),
+    (["--data", "{images}", "--epochs", "1", "--out", "{tmp}"], "already exists and is not empty"),
+    (["--data", "{images}", "--epochs", "0", "--out", "{tmp}/r"], "expected an integer >= 1"),
+    (["--data", "fashion-mnist", "--epochs", "1", "--out", "{tmp}/r", "--input-size", "1,3,8,8"],
+     "the input size must be 1,1,28,28"),
+    (["--data", "{images}", "--epochs", "1", "--out", "{tmp}/r", "-o", "x.pt"], "-o/--onnx belong"),
+    ([], "prune needs --data DIR --epochs N --out RUN_DIR"),
+])  # fmt: skip
+def test_run_usage_errors(extra, message, images, tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("not ours")
+    args = [a.format(images=images, tmp=tmp_path) for a in extra]
+    assert main(["prune", TINY, *args, *RUN_ARGS]) == 2
+    assert message in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "not ours"
+
+
+def test_more_usage_errors(images, tmp_path, capsys, monkeypatch):
+    run = ["--data", str(images), "--epochs", "1", "--out", str(tmp_path / "r"), *RUN_ARGS]
+    assert main(["prune", "cli_helpers:two_outputs", *run]) == 2
+    assert "must give one logit per class: shape (batch, >= 3)" in capsys.readouterr().err
+    assert main(["prune", "--resume", str(tmp_path / "r"), TINY]) == 2
+    assert "drop cli_helpers:tiny_cnn" in capsys.readouterr().err
+    assert main(["prune", "--resume", str(tmp_path)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a run folder: run.json is missing" in capsys.readouterr().err
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"x")
+    assert main(["prune", str(onnx_file), *run]) == 2
+    assert "prune fine-tunes PyTorch models" in capsys.readouterr().err
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    assert main(["prune", TINY, *run, "--log", "tensorboard"]) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="mixed precision runs only where CUDA is present")  # fmt: skip
+def test_cuda_run_uses_mixed_precision(images, config_file, tmp_path, capsys):
+    args = [a for a in RUN_ARGS if a not in ("--device", "cpu")]
+    assert main(["prune", TINY, "--data", str(images), "--config", str(config_file),
+                 "--epochs", "1", "--out", str(tmp_path / "gpu"), *args]) == 0  # fmt: skip
+    assert "training on cuda (bfloat16 mixed precision)" in capsys.readouterr().out
