@@ -86,6 +86,14 @@ def _shrink_param(model: nn.Module, name: str, keep: dict[str, np.ndarray]) -> N
     _replace(owner, pname, t)
 
 
+def _cut_quantizers(module: nn.Module, keep: dict[str, np.ndarray]) -> None:
+    """Per-channel quantizers attached to a layer keep the scales of its kept channels."""
+    for child in module.children():
+        role = getattr(child, "channel_role", None)
+        if role in keep:
+            child.select_channels(np.flatnonzero(keep[role]))
+
+
 def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.Module:
     """Cut every layer of ``model`` (in place) down to its kept channels."""
     modules = dict(model.named_modules())
@@ -99,6 +107,8 @@ def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.M
                 _shrink_conv(modules[name], name, keep)
             elif kind == "linear":
                 _shrink_linear(modules[name], name, keep)
+            if kind in ("conv", "linear"):
+                _cut_quantizers(modules[name], keep)
             elif kind == "batchnorm":
                 _shrink_channels(modules[name], name, keep)
             elif kind == "param":
