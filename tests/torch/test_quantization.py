@@ -14,6 +14,7 @@ from filterprune import ConfigError, NNCFConfig
 from filterprune.core.compression import CompressionStage
 from filterprune.torch import create_compressed_model, register_default_init_args
 from filterprune.torch.fake_quant import FakeQuantize
+from filterprune.torch.fold import fold_batchnorms
 from filterprune.torch.masks import _m
 from filterprune.torch.quantization import QuantizationController
 
@@ -232,12 +233,13 @@ def _onnx_weight_quantizers(path):
     return g, found
 
 
-@pytest.mark.parametrize("net", [SmallNet, ResBlockNet])
-def test_export_writes_qdq_pairs_that_onnxruntime_runs(tmp_path, net):
+@pytest.mark.parametrize(("net", "shrink"), [(SmallNet, False), (ResBlockNet, False),
+                                             (ResBlockNet, True)])  # fmt: skip
+def test_export_writes_qdq_pairs_that_onnxruntime_runs(tmp_path, net, shrink):
     ctrl, model = create_compressed_model(_net(net), _config())
     _train(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.02), 2, seed=3)
     path = tmp_path / "m.onnx"
-    ctrl.export_model(str(path))
+    ctrl.export_model(str(path), shrink=shrink)
     graph, weights = _onnx_weight_quantizers(path)
     ops = [n.op_type for n in graph.node]
     assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") >= 2 * len(weights)
@@ -246,7 +248,7 @@ def test_export_writes_qdq_pairs_that_onnxruntime_runs(tmp_path, net):
     for w, scale, axis in weights:  # per output channel; pruned filters are zero
         assert axis == 0 and scale.shape == (w.shape[0],) and (scale > 0).all()
         zeroed += int((np.abs(w.reshape(w.shape[0], -1)).max(1) == 0).sum())
-    assert zeroed > 0
+    assert (zeroed == 0) if shrink else (zeroed > 0)
     x = torch.randn(16, 3, 32, 32)
     with torch.no_grad():
         ref = model.eval()(x).numpy()
@@ -323,3 +325,27 @@ def test_export_of_fewer_bits_is_refused(tmp_path):
     ctrl, _ = create_compressed_model(_net(), _config(quant, pruning=False))
     with pytest.raises(ConfigError, match="`bits` must be 8 to export.*bits=4"):
         ctrl.export_model(str(tmp_path / "m.onnx"))
+
+
+def test_batchnorm_folding_keeps_outputs_and_lets_onnxruntime_run_int8(tmp_path):
+    ctrl, model = create_compressed_model(_net(ResBlockNet), _config())
+    _train(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.02), 2, seed=3)
+    small = ctrl.strip().eval()
+    folded = fold_batchnorms(copy.deepcopy(small), ctrl.captured.graph)
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.bn2, nn.Identity)
+    assert isinstance(folded.bn2.output_quantizer, FakeQuantize)  # the add's operand
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = small(x), folded(x)
+    step = float(ref.abs().max()) / 127
+    assert (out - ref).abs().max() <= step
+    assert ((out - ref).abs() <= 1e-5 * float(ref.abs().max())).float().mean() >= 0.9
+    path, opt_path = tmp_path / "m.onnx", tmp_path / "opt.onnx"
+    ctrl.export_model(str(path))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(opt_path)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(opt_path)).graph.node]
+    assert "BatchNormalization" not in ops
+    assert ops.count("QLinearConv") == 2  # conv1, conv2; the stem's ReLU also feeds the add

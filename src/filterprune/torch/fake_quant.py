@@ -50,10 +50,10 @@ def follow_range(w: torch.Tensor, spec: QuantizerSpec, signed: bool) -> tuple[to
     :func:`~filterprune.core.quantization.tensor_range`: channels that are all zero are
     left out of a per-tensor range and get a safe scale when per channel.
     """
-    w = w.detach().double()
+    w = w.detach()
     rows = w.movedim(spec.channel_axis, 0).flatten(1) if spec.channel_axis is not None else (
         w.reshape(1, -1))  # fmt: skip
-    low, high = rows.amin(1), rows.amax(1)
+    low, high = rows.amin(1).double(), rows.amax(1).double()  # extremes are exact in any dtype
     if not spec.settings.per_channel:
         live = (rows != 0).any(1)
         low = torch.where(live, low, math.inf).amin().clamp(max=0)
