@@ -1,6 +1,7 @@
 """8-bit QAT in PyTorch, alone and after filter pruning: the reference workflow end to end."""
 
 import copy
+import json
 
 import numpy as np
 import onnx
@@ -162,7 +163,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 def test_compression_state_alone_restores_quantizers():
     ctrl, model = create_compressed_model(_net(), _config(pruning=False))
-    state = ctrl.get_compression_state()
+    state = json.loads(json.dumps(ctrl.get_compression_state()))
     ctrl2, model2 = create_compressed_model(_net(), _config(pruning=False, data=False),
                                             compression_state=state)  # fmt: skip
     for key, q in ctrl.quantizers.items():
@@ -349,3 +350,39 @@ def test_batchnorm_folding_keeps_outputs_and_lets_onnxruntime_run_int8(tmp_path)
     ops = [n.op_type for n in onnx.load(str(opt_path)).graph.node]
     assert "BatchNormalization" not in ops
     assert ops.count("QLinearConv") == 2  # conv1, conv2; the stem's ReLU also feeds the add
+
+
+def test_mixed_preset_makes_activations_asymmetric(monkeypatch):
+    from filterprune.core.params import QuantizationParams
+
+    resolve = QuantizationParams.from_config
+
+    def with_preset(config):  # `preset` is read with getattr until the config key lands
+        params = resolve(config)
+        object.__setattr__(params, "preset", "mixed")
+        return params
+
+    monkeypatch.setattr(QuantizationParams, "from_config", staticmethod(with_preset))
+    ctrl, model = create_compressed_model(_net(), _config(pruning=False))
+    modes = {q.key.split(":")[0]: q.mode for q in ctrl.statistics().quantizers}
+    assert modes == {"weight": "symmetric", "activation": "asymmetric"}
+    assert int(model.stem.input_quantizer.zero_point) != 0
+
+
+def test_per_channel_activation_scales_are_cut_with_the_layer_that_reads_them():
+    ctrl, model = create_compressed_model(_net(), _config({"activations": {"per_channel": True}}))
+    _train(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.02), 2, seed=3)
+    q = model.fc1.input_quantizer
+    assert q.axis == 1 and q.scale.shape == (512,)
+    model.eval()
+    small = ctrl.strip().eval()
+    for m in small.modules():
+        q = m._modules.get("input_quantizer")
+        if q is not None and q.axis is not None:
+            width = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+            assert q.scale.shape == (width,)
+    assert small.a.in_channels < model.a.in_channels  # the stem lost filters
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(small(x), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
