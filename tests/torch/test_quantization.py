@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
-from torch_helpers import SmallNet, randomize_bn
+from torch_helpers import SmallNet, checkpoint_and_resume, randomize_bn, train_steps
 
 from filterprune import ConfigError, NNCFConfig
 from filterprune.core.compression import CompressionStage
@@ -63,17 +63,8 @@ def _config(quant=None, pruning=True, data=True):
 
 
 def _train(ctrl, model, opt, epochs, seed):
-    g = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        ctrl.scheduler.epoch_step()
-        for _ in range(3):
-            ctrl.scheduler.step()
-            x = torch.randn(8, 3, 32, 32, generator=g)
-            loss = model(x).square().mean() + ctrl.loss()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    train_steps(ctrl, model, opt, epochs, seed)
 
 
 def _net(cls=SmallNet, seed=0):
@@ -135,22 +126,9 @@ def _quantizer_states(model):
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    base = _net()
-    ctrl, model = create_compressed_model(copy.deepcopy(base), _config())
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    _train(ctrl, model, opt, 2, seed=1)
-    ckpt = {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-            "compression_state": ctrl.get_compression_state()}  # fmt: skip
-    torch.save(ckpt, tmp_path / "ckpt.pt")
-    _train(ctrl, model, opt, 2, seed=2)
-    ckpt = torch.load(tmp_path / "ckpt.pt")
-    # a fresh model without registered data: the state carries the ranges
-    state = ckpt["compression_state"]
-    ctrl2, model2 = create_compressed_model(copy.deepcopy(base), _config(data=False),
-                                            compression_state=state)  # fmt: skip
-    model2.load_state_dict(ckpt["state_dict"])
-    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
-    opt2.load_state_dict(ckpt["optimizer"])
+    # the resumed model has no registered data: the state carries the ranges
+    (ctrl, model), (ctrl2, model2, opt2) = checkpoint_and_resume(
+        _net(), _config(), _config(data=False), tmp_path / "ckpt.pt", lr=0.05, momentum=0.9)
     _train(ctrl2, model2, opt2, 2, seed=2)
     for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=k)
