@@ -285,8 +285,12 @@ def test_missing_data_is_a_clear_error_and_zero_samples_fall_back():
     quant = {"initializer": {"range": {"num_init_samples": 0}}}
     ctrl, model = create_compressed_model(_net(), _config(quant, pruning=False, data=False))
     assert ctrl.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED  # weights only
-    model.eval()(torch.randn(2, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        first = model.eval()(x)  # ranges from this batch, used on it already
+        torch.testing.assert_close(first, model(x))
     assert ctrl.statistics().ranges_initialized
+    assert float(model.stem.input_quantizer.scale) == pytest.approx(float(x.abs().max()) / 127)
 
 
 def test_percentile_ranges_are_narrower_than_min_max():

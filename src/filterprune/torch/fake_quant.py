@@ -189,14 +189,13 @@ class FakeQuantize(nn.Module):
             return x
         if not self.enabled:
             return x
-        scale, zero_point = self.scale, self.zero_point
         if self.follows_weight:
-            scale, zero_point = self.follow(x)
-        elif not self.initialized:
+            return self._fake_quantize(x, *self.follow(x))
+        if not self.initialized:
             if not self.lazy:
                 return x
             self._init_from(x)
-        return self._fake_quantize(x, scale, zero_point)
+        return self._fake_quantize(x, self.scale, self.zero_point)
 
     def _init_from(self, x: torch.Tensor) -> None:
         rc = RangeCollector("min_max", self.axis is not None, self.spec.channel_axis)
