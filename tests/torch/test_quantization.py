@@ -368,3 +368,29 @@ def test_per_channel_activation_scales_are_cut_with_the_layer_that_reads_them():
     with torch.no_grad():
         ref = model(x)
         torch.testing.assert_close(small(x), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+class SharedConvNet(nn.Module):
+    """One conv applied to two different tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.s1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.s2 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.s1(x))) + self.c(torch.sigmoid(self.s2(x)) * 4 - 2)
+
+
+def test_a_layer_reading_two_tensors_shares_one_input_range():
+    ctrl, model = create_compressed_model(_net(SharedConvNet), _config(pruning=False))
+    keys = {q.key for q in ctrl.statistics().quantizers}
+    assert {"activation:relu", "activation:sub"} <= keys and "weight:c" in keys
+    q = model.c.input_quantizer
+    assert ctrl.quantizers["activation:relu"] is ctrl.quantizers["activation:sub"] is q
+    assert len(model.c._forward_pre_hooks) == 1
+    assert q.quant_min == -128  # the range covers the signed second input too
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ctrl.strip().eval()(x), model.eval()(x))
