@@ -41,8 +41,10 @@ __all__ = [
     "QuantizationStatistics",
     "settings_for",
     "place_quantizers",
+    "quantized_inputs",
     "quant_limits",
     "quant_params",
+    "tensor_range",
     "collect_quantization_statistics",
 ]
 
