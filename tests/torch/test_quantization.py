@@ -339,9 +339,10 @@ def test_mixed_preset_makes_activations_asymmetric(monkeypatch):
 
     resolve = QuantizationParams.from_config
 
-    def with_preset(config):  # `preset` is read with getattr until the config key lands
+    def with_preset(config):  # `preset` and an unset `mode` until those config keys land
         params = resolve(config)
         object.__setattr__(params, "preset", "mixed")
+        object.__setattr__(params.activations, "mode", None)
         return params
 
     monkeypatch.setattr(QuantizationParams, "from_config", staticmethod(with_preset))

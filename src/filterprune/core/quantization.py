@@ -79,13 +79,16 @@ class QuantizerSettings:
 def settings_for(params: Any) -> tuple[QuantizerSettings, QuantizerSettings]:
     """``(weights, activations)`` settings of resolved ``quantization`` params.
 
-    ``preset: "mixed"`` makes activations asymmetric (weights stay symmetric).
+    A group without a ``mode`` takes its preset's: symmetric, except activations under
+    ``preset: "mixed"`` (asymmetric).
     """
     w, a = params.weights, params.activations
-    act_mode = "asymmetric" if getattr(params, "preset", None) == "mixed" else a.mode
+    mixed = getattr(params, "preset", None) == "mixed"
     return (
-        QuantizerSettings(w.bits, w.mode, getattr(w, "signed", None), w.per_channel),
-        QuantizerSettings(a.bits, act_mode, getattr(a, "signed", None), a.per_channel),
+        QuantizerSettings(w.bits, w.mode or "symmetric", getattr(w, "signed", None),
+                          w.per_channel),  # fmt: skip
+        QuantizerSettings(a.bits, a.mode or ("asymmetric" if mixed else "symmetric"),
+                          getattr(a, "signed", None), a.per_channel),  # fmt: skip
     )
 
 
