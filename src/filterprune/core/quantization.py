@@ -22,13 +22,13 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
 from .graph import Graph, LayerInfo, Node
 from .scopes import ScopeMatcher
 
@@ -41,10 +41,14 @@ __all__ = [
     "QuantizationStatistics",
     "settings_for",
     "place_quantizers",
+    "quantized_inputs",
     "quant_limits",
     "quant_params",
+    "tensor_range",
     "collect_quantization_statistics",
 ]
+
+log = logging.getLogger("filterprune")
 
 LAYER_KINDS = ("conv", "linear")
 _MATMUL_LABELS = {"matmul", "bmm", "__matmul__"}
@@ -75,13 +79,16 @@ class QuantizerSettings:
 def settings_for(params: Any) -> tuple[QuantizerSettings, QuantizerSettings]:
     """``(weights, activations)`` settings of resolved ``quantization`` params.
 
-    ``preset: "mixed"`` makes activations asymmetric (weights stay symmetric).
+    A group without a ``mode`` takes its preset's: symmetric, except activations under
+    ``preset: "mixed"`` (asymmetric).
     """
     w, a = params.weights, params.activations
-    act_mode = "asymmetric" if getattr(params, "preset", None) == "mixed" else a.mode
+    mixed = getattr(params, "preset", None) == "mixed"
     return (
-        QuantizerSettings(w.bits, w.mode, getattr(w, "signed", None), w.per_channel),
-        QuantizerSettings(a.bits, act_mode, getattr(a, "signed", None), a.per_channel),
+        QuantizerSettings(w.bits, w.mode or "symmetric", getattr(w, "signed", None),
+                          w.per_channel),  # fmt: skip
+        QuantizerSettings(a.bits, a.mode or ("asymmetric" if mixed else "symmetric"),
+                          getattr(a, "signed", None), a.per_channel),  # fmt: skip
     )
 
 
@@ -170,11 +177,9 @@ def _activation_spec(graph: Graph, tensor: str, consumers: list[str],
         axis = _axis_of(graph, graph[name], len(shape)) if shape else None
         if axis is not None:
             break
-    if settings.per_channel and axis is None:
-        raise ConfigError(
-            "`activations.per_channel` must be false where the channel axis is unknown. "
-            f"Received: per_channel=True for the tensor {tensor!r} read by {consumers}."
-        )
+    if settings.per_channel and axis is None:  # an add of two functional results, say
+        log.info("activation:%s is quantized per tensor: its channel axis is unknown", tensor)
+        settings = _per_tensor(settings)
     return QuantizerSpec("activation", tensor, settings, tuple(consumers), axis,
                          int(shape[axis]) if axis is not None else None)  # fmt: skip
 

@@ -1,7 +1,5 @@
 """Quantizer placement, range math, statistics and state in the core (numpy only)."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -106,17 +104,24 @@ def test_placement_scopes_per_group():
     assert [k for k in specs if k.startswith("activation:")] == ["activation:flat"]
 
 
-def test_per_channel_activations_need_a_channel_axis():
-    with pytest.raises(ConfigError, match=r"`activations.per_channel` must be false .*'scale'"):
-        place_quantizers(_net(), _params(activations={"per_channel": True}))
+def test_per_channel_activations_fall_back_to_per_tensor_without_a_channel_axis():
+    specs = _by_key(place_quantizers(_net(), _params(activations={"per_channel": True})))
+    assert specs["activation:relu"].settings.per_channel
+    assert specs["activation:relu"].num_channels == 8
+    assert not specs["activation:scale"].settings.per_channel
 
 
 def test_mixed_preset_makes_activations_asymmetric():
-    params = dataclasses.replace(_params())
-    object.__setattr__(params, "preset", "mixed")  # read with getattr until the key lands
+    params = _params()
+    # `preset` and an unset `mode` are read with getattr / `or` until those keys land
+    object.__setattr__(params, "preset", "mixed")
+    assert settings_for(params)[1].mode == "symmetric"  # a mode that is given wins
+    for group in (params.weights, params.activations):
+        object.__setattr__(group, "mode", None)
     w, a = settings_for(params)
     assert (w.mode, a.mode) == ("symmetric", "asymmetric")
-    assert settings_for(_params())[1].mode == "symmetric"
+    object.__setattr__(params, "preset", "performance")
+    assert settings_for(params)[1].mode == "symmetric"
     assert settings_for(_params(activations={"mode": "asymmetric"}))[1].mode == "asymmetric"
 
 
