@@ -1,7 +1,8 @@
 """Masked layers: pruned filters read as zero while the stored weights are kept.
 
-Each pruned module's class is swapped for a subclass whose forward multiplies
-the weight by a mask buffer (``weight_mask``), so ``state_dict`` keeps its keys
+Each pruned module's class is swapped for a subclass whose forward reads the weight
+through a mask buffer (``weight_mask``: pruned entries read as exactly 0, even NaN ones,
+as in the shrunk model), so ``state_dict`` keeps its keys
 (plus the masks), any optimizer works, gradients of pruned entries are zero, and
 ``torch.compile`` sees plain tensor math. Masks cover both sides of a layer:
 its own pruned filters (rows) and the pruned channels it reads (columns), which
@@ -29,13 +30,19 @@ _CONV_T_FN = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv
               nn.ConvTranspose3d: F.conv_transpose3d}  # fmt: skip
 
 
+def _keep(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``value`` where ``mask`` is non-zero, else exactly 0: unlike ``value * mask``, a NaN
+    or infinity in a pruned entry reads as 0, as it does once the entry is removed."""
+    return torch.where(mask != 0, value, torch.zeros((), dtype=value.dtype, device=value.device))
+
+
 def masked_param(module: nn.Module, name: str) -> torch.Tensor | None:
     """Parameter ``name`` of ``module`` with its mask applied (before any quantizer)."""
     p = getattr(module, name, None)
     if p is None:
         return None
     mask = module._buffers.get(f"{name}_mask")
-    return p if mask is None else p * mask
+    return p if mask is None else _keep(p, mask)
 
 
 def _m(module: nn.Module, name: str) -> torch.Tensor | None:
@@ -72,7 +79,7 @@ class _MaskedChannels:
         mask = self._buffers.get("channel_mask")
         if mask is None:
             return out
-        return out * mask.view((1, -1) + (1,) * (out.dim() - 2))
+        return _keep(out, mask.view((1, -1) + (1,) * (out.dim() - 2)))
 
 
 _SWAPPED: dict[tuple[type, str], type] = {}
@@ -151,20 +158,47 @@ def _set_buffer(module: nn.Module, name: str, value: np.ndarray | None) -> None:
 
 
 def remove_masks(model: nn.Module, bake: bool) -> None:
-    """Restore plain module classes; with ``bake`` the masked weights are written in."""
+    """Restore plain module classes; with ``bake`` the masked weights are written in.
+
+    Baking gives every layer what its masked forward read: a pruned entry becomes exactly
+    0 (NaN included), a pruned BatchNorm channel gets statistics 0 and 1, and a parameter
+    shared by several layers (tied weights) is untied, each layer getting its own masked
+    copy, since one tensor cannot hold two layers' masks.
+    """
+    shared = _shared_parameters(model)
     for module in model.modules():
         if not is_masked(module):
             continue
         with torch.no_grad():
             for key in [k for k in module._buffers if k.endswith("_mask")]:
                 mask = module._buffers.pop(key)
-                pname = key[: -len("_mask")]
-                if bake and pname != "channel":
-                    getattr(module, pname).mul_(mask)
-                elif bake:
-                    for p in ("weight", "bias"):
-                        if getattr(module, p, None) is not None:
-                            getattr(module, p).mul_(mask)
+                if bake:
+                    _bake(module, key[: -len("_mask")], mask, shared)
         # a layer whose weight is quantized keeps the forward that applies the quantizer
         base = type(module)._filterprune_base
         module.__class__ = quantized_class(module) if _has_quantizer(module) else base
+
+
+def _shared_parameters(model: nn.Module) -> set[int]:
+    """Ids of the parameters that more than one (layer, name) uses."""
+    users: dict[int, int] = {}
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None:
+                users[id(p)] = users.get(id(p), 0) + 1
+    return {pid for pid, count in users.items() if count > 1}
+
+
+def _bake(module: nn.Module, name: str, mask: torch.Tensor, shared: set[int]) -> None:
+    names = ("weight", "bias") if name == "channel" else (name,)
+    for pname in names:
+        p = getattr(module, pname, None)
+        if p is None:
+            continue
+        if id(p) in shared:
+            setattr(module, pname, nn.Parameter(_keep(p, mask), requires_grad=p.requires_grad))
+        else:
+            p.copy_(_keep(p, mask))
+    if name == "channel" and getattr(module, "running_var", None) is not None:
+        module.running_mean.copy_(_keep(module.running_mean, mask))
+        module.running_var.copy_(torch.where(mask != 0, module.running_var, 1.0))
