@@ -32,6 +32,7 @@ from .params import FilterPruningParams
 from .pruner import Plan, Pruner
 from .schedule import Scheduler
 from .scopes import ScopeMatcher
+from .signals import importance_source, unsupported
 from .stats import PruningStatistics, collect_statistics
 
 log = logging.getLogger("filterprune")
@@ -90,6 +91,17 @@ class PruningControllerBase(CompressionController):
         """Each producer layer's weight with its filters on axis 0."""
         raise NotImplementedError
 
+    def _signal(self, source: str) -> dict[str, np.ndarray]:
+        """Per producer, the ``(filters, 1)`` signal a ``taylor``/``bn_scale`` importance
+        scores (:mod:`~filterprune.core.signals`); frontends that have it override this."""
+        frontend = getattr(getattr(self, "frontend", None), "name", None)
+        where = f"the {frontend} frontend" if frontend else "a dry run (analyze)"
+        raise unsupported(self.params.filter_importance, where)
+
+    def _importance_inputs(self) -> dict[str, np.ndarray]:
+        source = importance_source(self.params.filter_importance)
+        return self._weights() if source == "weight" else self._signal(source)
+
     def _install(self, plan: Plan) -> None:
         """Make ``plan`` the masks in place; subclasses update the model, then call this."""
         self.plan = plan
@@ -135,7 +147,7 @@ class PruningControllerBase(CompressionController):
         """
         if not 0.0 <= float(level) < 1.0:
             raise ValueError(f"`level` must be a float in [0, 1). Received: level={level}.")
-        scores = self.pruner.scores(self._weights())
+        scores = self.pruner.scores(self._importance_inputs())
         if self.params.prune_flops:
             plan = self.pruner.plan_for_flops(float(level), scores)
         else:

@@ -17,6 +17,7 @@ from ..core.pruner import Plan
 from ..core.workflow import Captured
 from .masks import apply_masks, remove_masks
 from .shrink import shrink_model
+from .signals import torch_signal
 
 __all__ = ["FilterPruningController", "CompressionStage", "export_model", "export_onnx"]
 
@@ -38,6 +39,9 @@ class FilterPruningController(PruningControllerBase):
 
     def _weights(self) -> dict[str, np.ndarray]:
         return self.frontend.read_weights(self.captured, self.analysis.state.producers)
+
+    def _signal(self, source: str) -> dict[str, np.ndarray]:
+        return torch_signal(self, source)  # taylor: gradient hooks; bn_scale: BN gammas
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)

@@ -1,0 +1,36 @@
+"""``bn_scale`` on Keras reads the BatchNorm gammas; ``taylor`` is refused clearly."""
+
+import numpy as np
+import pytest
+from keras_helpers import keras, layers, make_config
+
+from filterprune.errors import ConfigError
+from filterprune.tensorflow import create_compressed_model
+
+
+def conv_bn_net():
+    inp = keras.Input((16, 16, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inp)
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="mid")(x)
+    x = layers.ReLU()(layers.BatchNormalization(name="bn")(x))
+    x = layers.Conv2D(4, 1, name="head")(x)
+    return keras.Model(inp, layers.GlobalAveragePooling2D()(x))
+
+
+def test_bn_scale_keeps_the_largest_gammas():
+    keras.utils.set_random_seed(0)
+    model = conv_bn_net()
+    gamma = np.random.default_rng(3).permutation(np.linspace(0.1, 1.6, 16)).astype("float32")
+    model.get_layer("bn").gamma.assign(gamma)
+    config = make_config((1, 16, 16, 3), filter_importance="bn_scale", schedule="baseline")
+    ctrl, _ = create_compressed_model(model, config)
+    kept = np.flatnonzero(ctrl.keeps()["mid"]["out"])
+    assert kept.tolist() == np.sort(np.argsort(-gamma)[:8]).tolist()
+
+
+def test_taylor_is_refused():
+    config = make_config((1, 16, 16, 3), filter_importance="taylor", schedule="baseline")
+    with pytest.raises(ConfigError, match=r"^`filter_importance` must be one the TensorFlow "
+                       r"frontend can compute; 'taylor' needs gradients accumulated over "
+                       r"training steps.* Received: filter_importance='taylor'\.$"):
+        create_compressed_model(conv_bn_net(), config)
