@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ._init_args import InitArgs, adapt_batchnorm
 from .capture import capture
 from .controller import FilterPruningController, export_model
+from .distillation import KnowledgeDistillationController
 
 __all__ = ["TorchFrontend", "sample_inputs"]
 
@@ -66,3 +67,6 @@ class TorchFrontend(Frontend):
 
     def export_model(self, ctrl: Any, save_path: str, *args: Any, **kwargs: Any) -> None:
         export_model(ctrl, save_path, *args, **kwargs)
+
+
+TorchFrontend.controllers["knowledge_distillation"] = KnowledgeDistillationController
