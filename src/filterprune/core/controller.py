@@ -66,6 +66,10 @@ def analysis_options(params: FilterPruningParams) -> AnalysisOptions:
         scope_reason=scopes.reason,
     )
 
+def _same_kept(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 class PruningControllerBase(CompressionController):
     """Schedule, plans, statistics and state of filter pruning on one analysed model.
 
@@ -84,6 +88,8 @@ class PruningControllerBase(CompressionController):
                              multiple_of=params.filters_multiple_of)  # fmt: skip
         self.plan = Plan(0.0, {})
         self.frozen = False
+        self.init_data: Any = None  # the registered batches (set by the workflow)
+        self._starting = False
         self.scheduler = Scheduler(params, self.set_pruning_level, self.freeze)
 
     # -- frontend hooks --------------------------------------------------------------------
@@ -119,10 +125,19 @@ class PruningControllerBase(CompressionController):
         for group in self.analysis.groups:
             if not group.prunable:
                 log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)
+        if self.params.bn_adaptation_after_mask_change and self.init_data is None:
+            raise ConfigError(
+                "`params.bn_adaptation_after_mask_change` needs training data: register it with "
+                "register_default_init_args(config, data) first. Received: no registered data."
+            )
         if compression_state is not None:
             self.load_state(compression_state)
             return False
-        self.set_pruning_level(self.params.pruning_init)
+        self._starting = True  # the workflow re-estimates BatchNorm after start itself
+        try:
+            self.set_pruning_level(self.params.pruning_init)
+        finally:
+            self._starting = False
         self.scheduler.current_level = self.params.pruning_init
         return self.pruning_level > 0
 
@@ -152,7 +167,15 @@ class PruningControllerBase(CompressionController):
             plan = self.pruner.plan_for_flops(float(level), scores)
         else:
             plan = self.pruner.plan(float(level), scores)
+        before = self.plan.kept
         self._install(self._sync(plan))
+        if self.params.bn_adaptation_after_mask_change and not self._starting and (
+                not _same_kept(before, self.plan.kept)):  # fmt: skip
+            self._adapt_batchnorm()
+
+    def _adapt_batchnorm(self) -> None:
+        """Re-estimate BatchNorm statistics for the masks just put in place."""
+        self.frontend.adapt_batchnorm(self.model, self.init_data, self.bn_adaptation_samples)
 
     def freeze(self) -> None:
         """Stop the scheduler from changing masks."""

@@ -384,6 +384,12 @@ class FilterPruningParams(Settings):
         True,
     )  # fmt: skip
     filters_multiple_of: int = setting("params.filters_multiple_of", integer(1, 512), 8)
+    bn_adaptation_after_mask_change: bool = setting(
+        "params.bn_adaptation_after_mask_change",
+        boolean("filterprune: re-estimate BatchNorm statistics on the registered data "
+                "after each mask change."),
+        False,
+    )  # fmt: skip
     legr: LegrParams = nested("params.legr_params", LegrParams)
     save_ranking_coeffs_path: str | None = setting(
         "params.save_ranking_coeffs_path", {"type": "string"}

@@ -149,9 +149,11 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
                 for n, p in zip(names, settings, strict=True)]  # fmt: skip
     ctrl = children[0] if len(children) == 1 else CompositeCompressionController(
         children, frontend)  # fmt: skip
+    data = frontend.init_data(config)
+    for child in children:
+        child.init_data = data  # what BatchNorm re-estimation after a mask change reads
     changed = ctrl.start(compression_state)
     if compression_state is None:
-        data = frontend.init_data(config)
         if changed and data is not None:
             frontend.adapt_batchnorm(model, data, ctrl.bn_adaptation_samples)
         ctrl.initialize(data)
