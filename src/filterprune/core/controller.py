@@ -79,6 +79,7 @@ class PruningControllerBase(CompressionController):
     """
 
     name = "filter_pruning"
+    supports_shrink_when_frozen = False  # frontends that cut the training model set True
 
     def __init__(self, params: FilterPruningParams, analysis: Analysis) -> None:
         self.params = params
@@ -125,6 +126,11 @@ class PruningControllerBase(CompressionController):
         for group in self.analysis.groups:
             if not group.prunable:
                 log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)
+        if self.params.shrink_when_frozen and not self.supports_shrink_when_frozen:
+            raise ConfigError(
+                "`params.shrink_when_frozen` must be false here: only the PyTorch frontend "
+                "cuts the training model. Received: shrink_when_frozen=True."
+            )
         if self.params.bn_adaptation_after_mask_change and self.init_data is None:
             raise ConfigError(
                 "`params.bn_adaptation_after_mask_change` needs training data: register it with "

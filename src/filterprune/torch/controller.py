@@ -17,12 +17,13 @@ from ..core.pruner import Plan
 from ..core.workflow import Captured
 from .masks import apply_masks, remove_masks
 from .shrink import shrink_model
+from .shrink_frozen import ShrinkWhenFrozen
 from .signals import torch_signal
 
 __all__ = ["FilterPruningController", "CompressionStage", "export_model", "export_onnx"]
 
 
-class FilterPruningController(PruningControllerBase):
+class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
     """Drives masks on a PyTorch model: schedule, importance, statistics, export, strip.
 
     Created by :func:`filterprune.torch.create_compressed_model`; not built directly.
@@ -78,6 +79,8 @@ class FilterPruningController(PruningControllerBase):
         return self.frontend.strip(self, do_copy=do_copy, shrink=shrink)
 
     def strip_model(self, model: nn.Module, shrink: bool = True, **_: Any) -> nn.Module:
+        if self.shrunk:  # cut already (shrink_when_frozen)
+            return model
         if not shrink:
             remove_masks(model, bake=True)
             return model

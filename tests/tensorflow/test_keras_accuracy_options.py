@@ -1,4 +1,5 @@
-"""``bn_scale`` on Keras reads the BatchNorm gammas; ``taylor`` is refused clearly."""
+"""Keras: ``bn_scale`` reads the BatchNorm gammas; ``taylor`` and ``shrink_when_frozen`` are
+refused clearly."""
 
 import numpy as np
 import pytest
@@ -33,4 +34,12 @@ def test_taylor_is_refused():
     with pytest.raises(ConfigError, match=r"^`filter_importance` must be one the TensorFlow "
                        r"frontend can compute; 'taylor' needs gradients accumulated over "
                        r"training steps.* Received: filter_importance='taylor'\.$"):
+        create_compressed_model(conv_bn_net(), config)
+
+
+def test_shrink_when_frozen_is_refused():
+    config = make_config((1, 16, 16, 3), shrink_when_frozen=True, schedule="baseline")
+    with pytest.raises(ConfigError, match=r"^`params\.shrink_when_frozen` must be false here: "
+                       r"only the PyTorch frontend cuts the training model\. "
+                       r"Received: shrink_when_frozen=True\.$"):
         create_compressed_model(conv_bn_net(), config)
