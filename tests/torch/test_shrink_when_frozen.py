@@ -4,8 +4,7 @@ import copy
 
 import pytest
 import torch
-from torch import nn
-from torch_helpers import make_config, randomize_bn
+from torch_helpers import make_config, randomize_bn, train_steps
 
 from filterprune.errors import ConfigError
 from filterprune.testing.cifar_nets import ResNet20
@@ -23,20 +22,10 @@ def net():
     return randomize_bn(ResNet20())
 
 
-def train(model, ctrl, optimizer, steps=2):
-    model.train()
-    for _ in range(steps):
-        x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
-        loss = nn.functional.cross_entropy(model(x), y) + ctrl.loss()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-
 def test_shrink_in_place_keeps_outputs_and_cuts_optimizer_state():
     ctrl, model = create_compressed_model(net(), config())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    train(model, ctrl, optimizer)
+    train_steps(model, ctrl, optimizer)
     model.eval()
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
@@ -57,13 +46,13 @@ def cut_and_trained():
     dense_params = sum(p.numel() for p in model.parameters())
     for _ in range(4):
         ctrl.scheduler.epoch_step()
-        train(model, ctrl, optimizer)
+        train_steps(model, ctrl, optimizer)
     assert ctrl.shrunk and ctrl.frozen
     kept = sum(p.numel() for p in model.parameters())
     assert kept < 0.8 * dense_params  # inner convs only: about 0.64 kept
     assert model.layers[8].conv1.weight.shape[0] < 64
     before = copy.deepcopy(model.state_dict())
-    train(model, ctrl, optimizer, 1)
+    train_steps(model, ctrl, optimizer, 1)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.endswith("conv1.weight") for k in changed)  # the new parameters train
     small = ctrl.strip().eval()

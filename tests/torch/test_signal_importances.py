@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch_helpers import make_config, randomize_bn
+from torch_helpers import make_config, randomize_bn, train_steps
 
 from filterprune.errors import ConfigError
 from filterprune.testing.cifar_nets import ResNet20
@@ -47,14 +47,9 @@ def test_bn_scale_without_batchnorm_is_refused():
         create_compressed_model(net, config("bn_scale", pruning_init=0.5))
 
 
-def train_steps(model, ctrl, steps=3):
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # gradients only; weights stay
-    for _ in range(steps):
-        x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
-        loss = nn.functional.cross_entropy(model(x), y) + ctrl.loss()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+def gradients_only(model, ctrl, steps=3):
+    """Training steps at learning rate 0: gradients flow, weights stay."""
+    train_steps(model, ctrl, torch.optim.SGD(model.parameters(), lr=0.0), steps)
 
 
 def test_taylor_prunes_filters_without_gradient_first():
@@ -67,7 +62,7 @@ def test_taylor_prunes_filters_without_gradient_first():
         model.layers[1].bn1.weight[silent] = 0.0
     ctrl, model = create_compressed_model(model, config("taylor", pruning_init=0.0))
     model.train()
-    train_steps(model, ctrl)
+    gradients_only(model, ctrl)
     ctrl.set_pruning_level(0.5)
     assert sorted(set(range(16)) - set(kept_out(ctrl, "layers.1.conv1").tolist())) == silent
     totals = ctrl.taylor.totals["layers.1.conv1"]
@@ -84,9 +79,9 @@ def test_taylor_before_any_step_uses_l1():
 def test_taylor_scores_accumulate_and_strip_drops_hooks():
     ctrl, model = create_compressed_model(resnet(), config("taylor", pruning_init=0.0))
     model.train()
-    train_steps(model, ctrl, 1)
+    gradients_only(model, ctrl, 1)
     once = ctrl.taylor.totals["layers.0.conv1"].clone()
-    train_steps(model, ctrl, 2)
+    gradients_only(model, ctrl, 2)
     assert torch.all(ctrl.taylor.totals["layers.0.conv1"] >= once)
     assert not torch.equal(ctrl.taylor.totals["layers.0.conv1"], once)
     small = ctrl.strip()
