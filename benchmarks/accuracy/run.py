@@ -1,7 +1,7 @@
 """Accuracy vs FLOPs on Fashion-MNIST: a resumable grid, one row appended per finished run.
 
     python benchmarks/accuracy/run.py                  # the issue's full budget, in order
-    python benchmarks/accuracy/run.py --smoke          # 2+1 epochs on 10k images: a check
+    python benchmarks/accuracy/run.py --smoke          # 2+3 epochs on 5k images: a check
     python benchmarks/accuracy/run.py --report         # results.md and plots from the rows
 
 Rows go to ``results.jsonl`` (one JSON object per line, appended as each run ends); a
@@ -53,7 +53,8 @@ def _selected(args, contender: str, model: str, target: float, seed: int) -> boo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="2 baseline + 1 fine-tune epoch, 10k")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 baseline + 3 fine-tune epochs on 5k images, 2k test images")
     parser.add_argument("--only", nargs="*", default=None, help="contenders to run")
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--targets", nargs="*", type=float, default=None)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         write_report(RESULTS, HERE)
         return
-    budget = Budget(2, 1, 10000, 10000) if args.smoke else Budget()
+    budget = Budget(2, 3, 5000, 2000) if args.smoke else Budget()
     data, skip, bases = splits(budget), done(budget), {}
     for contender, model, target, seed in grid():
         if not _selected(args, contender, model, target, seed) or (
