@@ -74,3 +74,13 @@ def test_accuracy_aware_loop_finds_the_level_and_restores_weights():
     loop.run(model, train_epoch_fn=train, validate_fn=validate)
     assert 0.55 - 0.025 <= loop.best_level <= 0.55 and ctrl.pruning_level == loop.best_level
     assert len(epochs) <= 40
+
+
+def test_knowledge_distillation_is_refused():
+    from filterprune import NNCFConfig
+
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 16, 16, 3]},
+                                   "compression": [{"algorithm": "knowledge_distillation"}]})
+    with pytest.raises(ConfigError, match=r"^`compression` algorithm 'knowledge_distillation' is "
+                       r"not available in the TensorFlow frontend\. Available: \["):
+        create_compressed_model(conv_bn_net(), config)
