@@ -164,6 +164,9 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
                 for n, p in zip(names, settings, strict=True)]  # fmt: skip
     ctrl = children[0] if len(children) == 1 else CompositeCompressionController(
         children, frontend)  # fmt: skip
+    data = frontend.init_data(config)
+    for child in children:
+        child.init_data = data  # what BatchNorm re-estimation after a mask change reads
     changed = ctrl.start(compression_state)
     if compression_state is None:
         if changed and data is not None:
