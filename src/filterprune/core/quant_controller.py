@@ -71,6 +71,16 @@ class QuantizationControllerBase(CompressionController):
     def activation_specs(self) -> list[QuantizerSpec]:
         return [s for s in self.specs if s.kind == "activation"]
 
+    @classmethod
+    def check_data(cls, params: Any, data: Any) -> None:
+        """Refuse, before the model is touched, ranges that need data when none is there.
+
+        Raises:
+            ConfigError: If ``num_init_samples`` asks for data and ``data`` is None.
+        """
+        if data is None and params.num_init_samples > 0:
+            raise missing_data_error(params.num_init_samples)
+
     def check_init_data(self, data: Any) -> bool:
         """Whether activation ranges are to be collected from ``data`` now.
 

@@ -31,8 +31,7 @@ from .analysis import Analysis, analyze
 from .compression import CompositeCompressionController, CompressionController
 from .config import Config
 from .controller import PruningControllerBase, analysis_options, pruning_params
-from .params import ALGORITHMS, QuantizationParams
-from .quant_controller import missing_data_error
+from .params import ALGORITHMS
 from .scopes import check_unmatched
 
 __all__ = ["Captured", "Frontend", "create_compressed_model", "dry_run", "DryPruningController"]
@@ -157,7 +156,11 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
     settings = [algorithm_params(config, n, frontend.name) for n in names]
     frontend.check(model, config)
     data = frontend.init_data(config) if compression_state is None else None
-    _check_data(settings, data, compression_state)
+    if compression_state is None:
+        for name, params in zip(names, settings, strict=True):
+            check = getattr(frontend.controllers[name], "check_data", None)
+            if check is not None:  # refuse before the model is touched
+                check(params, data)
     captured = frontend.capture(model, config)
     check_unmatched(config, layer_names(captured.graph))
     children = [frontend.controllers[n](model, p, captured, frontend)
@@ -174,15 +177,6 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
         ctrl.initialize(data)
     frontend.finish(model)
     return ctrl, model
-
-
-def _check_data(settings: list[Any], data: Any, state: dict[str, Any] | None) -> None:
-    """Refuse before the model is touched when an algorithm needs data none registered."""
-    if state is not None or data is not None:
-        return
-    for params in settings:
-        if isinstance(params, QuantizationParams) and params.num_init_samples > 0:
-            raise missing_data_error(params.num_init_samples)
 
 
 class DryPruningController(PruningControllerBase):

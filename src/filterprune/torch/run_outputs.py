@@ -96,7 +96,8 @@ def load_snippet(settings: dict[str, Any], classes: int) -> str:
             "state = torch.load('model_stripped.pt', weights_only=True)\n"
             "model = resize_to_state_dict(model, state).eval()\n\n"
             "# or, without torch:\nimport onnxruntime\n"
-            "session = onnxruntime.InferenceSession('model.onnx')")
+            "session = onnxruntime.InferenceSession(\n"
+            '    "model.onnx", providers=["CPUExecutionProvider"])')
 
 
 def finish(folder: Path, run: dict[str, Any], ctrl: Any, model: nn.Module, data: Data,
