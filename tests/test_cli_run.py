@@ -64,7 +64,7 @@ def test_stripped_model_loads_and_matches_the_converted_onnx(run_dir):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         ours = model(x).numpy()
-    session = ort.InferenceSession(str(run_dir / "model.onnx"))
+    session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     theirs = np.concatenate([session.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(2)])
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)

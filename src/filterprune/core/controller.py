@@ -71,7 +71,7 @@ def _why_whole(analysis: Analysis) -> str:
     reasons = [g.reason for g in analysis.groups if g.reason]
     if not reasons:
         return "the model has no layer with filters"
-    kinds = sorted(set(reasons), key=lambda r: -reasons.count(r))
+    kinds = sorted(dict.fromkeys(reasons), key=lambda r: -reasons.count(r))  # ties: model order
     return "; ".join(kinds[:3]) + (f"; and {len(kinds) - 3} more" if len(kinds) > 3 else "")
 
 
