@@ -108,7 +108,8 @@ def test_from_dict_copies_and_keeps_input_untouched():
 def test_schema_is_valid_draft_2020_12():
     jsonschema.Draft202012Validator.check_schema(CONFIG_SCHEMA)
     assert algorithm_schema("filter_pruning") == FILTER_PRUNING_SCHEMA
-    with pytest.raises(KeyError, match="Known algorithms: 'filter_pruning', 'quantization'"):
+    with pytest.raises(KeyError, match="Known algorithms: 'filter_pruning', 'quantization', "
+                       "'knowledge_distillation'"):
         algorithm_schema("magnitude_sparsity")
 
 
@@ -156,7 +157,7 @@ def test_schema_defaults_match_dataclass_defaults():
          r"Did you mean `exponential`\?"),
         (with_pruning({"filter_importance": "L3"}),
          r"`compression\[0\]\.params\.filter_importance` must be one of 'L1', 'L2', "
-         r"'geometric_median'\. Received: filter_importance='L3'\."),
+         r"'geometric_median', 'taylor', 'bn_scale'\. Received: filter_importance='L3'\."),
         (with_pruning({"interlayer_ranking_type": "legr"}),
          r"must be one of 'unweighted_ranking', 'learned_ranking'"),
         (with_pruning({"pruning_steps": 0}),
@@ -179,7 +180,8 @@ def test_schema_defaults_match_dataclass_defaults():
          r"`compression\[0\]\.ignored_scopes` must be a string or a list of strings\. "
          r"Received: ignored_scopes=5\."),
         ({**BASE, "compression": [{"algorithm": "filter_prune"}]},
-         r"`compression\[0\]\.algorithm` must be one of 'filter_pruning', 'quantization'\. "
+         r"`compression\[0\]\.algorithm` must be one of 'filter_pruning', 'quantization', "
+         r"'knowledge_distillation'\. "
          r"Received: algorithm='filter_prune'\. Did you mean `filter_pruning`\?"),
         ({**BASE, "compression": [{"params": {}}]},
          r"`compression\[0\]\.algorithm` must be set to one of .*Received: no `algorithm` key\."),

@@ -280,8 +280,12 @@ def test_asymmetric_activations():
 
 
 def test_missing_data_is_a_clear_error_and_zero_samples_fall_back():
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.raises(ConfigError, match="register_default_init_args.*num_init_samples=16"):
-        create_compressed_model(_net(), _config(pruning=False, data=False))
+        create_compressed_model(net, _config(data=False))
+    after = net.state_dict()  # refused before anything was put on the model
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
     quant = {"initializer": {"range": {"num_init_samples": 0}}}
     ctrl, model = create_compressed_model(_net(), _config(quant, pruning=False, data=False))
     assert ctrl.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED  # weights only

@@ -106,3 +106,14 @@ def checkpoint_and_resume(base, config, resume_config, path, **sgd):
     opt2 = torch.optim.SGD(model2.parameters(), **sgd)
     opt2.load_state_dict(ckpt["optimizer"])
     return (ctrl, model), (ctrl2, model2, opt2)
+
+
+def classify_steps(model, ctrl, optimizer, steps=2, size=(1, 28, 28)):
+    """``steps`` training steps on random 10-class batches, with ``ctrl.loss()`` added."""
+    model.train()
+    for _ in range(steps):
+        x, y = torch.randn(8, *size), torch.randint(0, 10, (8,))
+        loss = nn.functional.cross_entropy(model(x), y) + ctrl.loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()

@@ -14,6 +14,7 @@ from .config import (
     QuantizationParams,
     QuantizerParams,
 )
+from .distillation import KnowledgeDistillationParams  # registers knowledge_distillation
 from .importance import (
     filter_importance,
     get_importance,
@@ -28,6 +29,7 @@ __all__ = [
     "CONFIG_SCHEMA",
     "Config",
     "FilterPruningParams",
+    "KnowledgeDistillationParams",
     "LegrParams",
     "QuantizationParams",
     "QuantizerParams",

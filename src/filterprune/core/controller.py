@@ -32,6 +32,7 @@ from .params import FilterPruningParams
 from .pruner import Plan, Pruner
 from .schedule import Scheduler
 from .scopes import ScopeMatcher
+from .signals import importance_source, unsupported
 from .state import check_pruning_state
 from .stats import PruningStatistics, collect_statistics
 
@@ -75,6 +76,10 @@ def _why_whole(analysis: Analysis) -> str:
     return "; ".join(kinds[:3]) + (f"; and {len(kinds) - 3} more" if len(kinds) > 3 else "")
 
 
+def _same_kept(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 class PruningControllerBase(CompressionController):
     """Schedule, plans, statistics and state of filter pruning on one analysed model.
 
@@ -84,6 +89,7 @@ class PruningControllerBase(CompressionController):
     """
 
     name = "filter_pruning"
+    supports_shrink_when_frozen = False  # frontends that cut the training model set True
 
     def __init__(self, params: FilterPruningParams, analysis: Analysis) -> None:
         self.params = params
@@ -93,12 +99,25 @@ class PruningControllerBase(CompressionController):
                              multiple_of=params.filters_multiple_of)  # fmt: skip
         self.plan = Plan(0.0, {})
         self.frozen = False
+        self.init_data: Any = None  # the registered batches (set by the workflow)
+        self._starting = False
         self.scheduler = Scheduler(params, self.set_pruning_level, self.freeze)
 
     # -- frontend hooks --------------------------------------------------------------------
     def _weights(self) -> dict[str, np.ndarray]:
         """Each producer layer's weight with its filters on axis 0."""
         raise NotImplementedError
+
+    def _signal(self, source: str) -> dict[str, np.ndarray]:
+        """Per producer, the ``(filters, 1)`` signal a ``taylor``/``bn_scale`` importance
+        scores (:mod:`~filterprune.core.signals`); frontends that have it override this."""
+        frontend = getattr(getattr(self, "frontend", None), "name", None)
+        where = f"the {frontend} frontend" if frontend else "a dry run (analyze)"
+        raise unsupported(self.params.filter_importance, where)
+
+    def _importance_inputs(self) -> dict[str, np.ndarray]:
+        source = importance_source(self.params.filter_importance)
+        return self._weights() if source == "weight" else self._signal(source)
 
     def _install(self, plan: Plan) -> None:
         """Make ``plan`` the masks in place; subclasses update the model, then call this."""
@@ -120,10 +139,24 @@ class PruningControllerBase(CompressionController):
         if not self.analysis.prunable_groups:
             log.warning("filter_pruning: nothing can be pruned, every group is left whole (%s); "
                         "the model stays UNCOMPRESSED.", _why_whole(self.analysis))  # fmt: skip
+        if self.params.shrink_when_frozen and not self.supports_shrink_when_frozen:
+            raise ConfigError(
+                "`params.shrink_when_frozen` must be false here: only the PyTorch frontend "
+                "cuts the training model. Received: shrink_when_frozen=True."
+            )
+        if self.params.bn_adaptation_after_mask_change and self.init_data is None:
+            raise ConfigError(
+                "`params.bn_adaptation_after_mask_change` needs training data: register it with "
+                "register_default_init_args(config, data) first. Received: no registered data."
+            )
         if compression_state is not None:
             self.load_state(compression_state)
             return False
-        self.set_pruning_level(self.params.pruning_init)
+        self._starting = True  # the workflow re-estimates BatchNorm after start itself
+        try:
+            self.set_pruning_level(self.params.pruning_init)
+        finally:
+            self._starting = False
         self.scheduler.current_level = self.params.pruning_init
         return self.pruning_level > 0
 
@@ -148,12 +181,20 @@ class PruningControllerBase(CompressionController):
         """
         if not 0.0 <= float(level) < 1.0:
             raise ValueError(f"`level` must be a float in [0, 1). Received: level={level}.")
-        scores = self.pruner.scores(self._weights())
+        scores = self.pruner.scores(self._importance_inputs())
         if self.params.prune_flops:
             plan = self.pruner.plan_for_flops(float(level), scores)
         else:
             plan = self.pruner.plan(float(level), scores)
+        before = self.plan.kept
         self._install(self._sync(plan))
+        if self.params.bn_adaptation_after_mask_change and not self._starting and (
+                not _same_kept(before, self.plan.kept)):  # fmt: skip
+            self._adapt_batchnorm()
+
+    def _adapt_batchnorm(self) -> None:
+        """Re-estimate BatchNorm statistics for the masks just put in place."""
+        self.frontend.adapt_batchnorm(self.model, self.init_data, self.bn_adaptation_samples)
 
     def freeze(self) -> None:
         """Stop the scheduler from changing masks."""

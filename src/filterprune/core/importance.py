@@ -5,6 +5,9 @@
 * ``geometric_median`` (FPGM, He et al. 2019): the sum of Euclidean distances from a
   filter to every other filter of the same tensor. Filters near the geometric median
   (small sums) are the most replaceable, so they score lowest.
+* ``taylor`` and ``bn_scale``: score a signal the frontend reads instead of the weight
+  (accumulated gradient x weight; the following BatchNorm's scale), handed over as one
+  value per filter; see :mod:`filterprune.core.signals`.
 
 Scores are ``float64``. Higher means more important.
 
@@ -31,6 +34,8 @@ __all__ = [
     "l1_importance",
     "l2_importance",
     "geometric_median_importance",
+    "taylor_importance",
+    "bn_scale_importance",
     "normalize",
 ]
 
@@ -107,6 +112,18 @@ def geometric_median_importance(filters: np.ndarray) -> np.ndarray:
         d2[np.arange(rows.shape[0]), np.arange(start, start + rows.shape[0])] = 0.0
         scores[start : start + block] = np.sqrt(d2).sum(axis=1)
     return scores
+
+
+@register_importance("taylor")
+def taylor_importance(filters: np.ndarray) -> np.ndarray:
+    """First-order Taylor: the frontend's accumulated ``(sum g*w)^2`` per filter, summed."""
+    return filters.sum(axis=1)
+
+
+@register_importance("bn_scale")
+def bn_scale_importance(filters: np.ndarray) -> np.ndarray:
+    """``|gamma|`` of the BatchNorm after the layer (the frontend hands ``gamma`` over)."""
+    return np.abs(filters).sum(axis=1)
 
 
 def _as_filters(weight: np.ndarray, axis: int) -> np.ndarray:

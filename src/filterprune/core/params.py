@@ -388,6 +388,19 @@ class FilterPruningParams(Settings):
         True,
     )  # fmt: skip
     filters_multiple_of: int = setting("params.filters_multiple_of", integer(1, 512), 8)
+    shrink_when_frozen: bool = setting(
+        "params.shrink_when_frozen",
+        boolean("filterprune (PyTorch): once the masks freeze, cut the pruned channels out "
+                "of the training model in place, so the rest of fine-tuning runs at pruned "
+                "cost."),
+        False,
+    )  # fmt: skip
+    bn_adaptation_after_mask_change: bool = setting(
+        "params.bn_adaptation_after_mask_change",
+        boolean("filterprune: re-estimate BatchNorm statistics on the registered data "
+                "after each mask change."),
+        False,
+    )  # fmt: skip
     legr: LegrParams = nested("params.legr_params", LegrParams)
     save_ranking_coeffs_path: str | None = setting(
         "params.save_ranking_coeffs_path", {"type": "string"}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
+from .allocation import allocate_for_flops
 from .analysis import Analysis, Group
 from .flops import count_flops, count_params
 from .importance import filter_importance, normalize
@@ -136,11 +137,22 @@ class Pruner:
     def flops(self, plan: Plan) -> int:
         return count_flops(self.analysis.graph, self.keeps(plan))
 
+    def analysis_flops(self, kept: dict[int, np.ndarray]) -> int:
+        """FLOPs with ``kept`` channels per group id (groups not named stay whole)."""
+        return count_flops(self.analysis.graph, self.analysis.keeps(kept))
+
     def params(self, plan: Plan) -> int:
         return count_params(self.analysis.graph, self.keeps(plan))
 
     def plan_for_flops(self, removed: float, scores: dict[int, np.ndarray]) -> Plan:
-        """The smallest level whose plan removes at least ``removed`` of the FLOPs."""
+        """A plan removing at least ``removed`` of the FLOPs.
+
+        Per group with ``multiple_of`` > 1, groups take their own levels (blocks of
+        ``multiple_of`` filters, least important first across groups;
+        :mod:`~filterprune.core.allocation`), so the result lands in
+        ``[removed, removed + 0.02]`` where the blocks allow. Otherwise (global ranking,
+        or no rounding): the smallest uniform level that removes at least ``removed``.
+        """
         if removed <= 0:
             return self.plan(0.0, scores)
         best = self.plan(MAX_GROUP_LEVEL, scores)
@@ -151,6 +163,9 @@ class Pruner:
                 f"{MAX_GROUP_LEVEL:.0%} of each prunable group removes {reachable:.4f} of the "
                 f"FLOPs. Set pruning_flops_target <= {reachable:.4f}."
             )
+        if not self.global_ranking and self.multiple_of > 1:
+            kept, reasons = allocate_for_flops(self, removed, scores)
+            return Plan(removed, kept, reasons)
         lo, hi = 0.0, MAX_GROUP_LEVEL
         for _ in range(20):
             mid = (lo + hi) / 2

@@ -84,13 +84,7 @@ class QuantizationControllerBase(CompressionController):
         if n == 0 or not self.activation_specs:
             return False
         if data is None:
-            raise ConfigError(
-                "`initializer.range.num_init_samples` must be 0 when no data is registered: "
-                "activation ranges are computed from data. Call "
-                "register_default_init_args(config, train_loader) before "
-                "create_compressed_model, or set num_init_samples to 0 to take them from the "
-                f"first batch the model sees. Received: num_init_samples={n}, no data."
-            )
+            raise missing_data_error(n)
         return True
 
     def range_collector(self, spec: QuantizerSpec) -> RangeCollector:
@@ -167,3 +161,14 @@ class QuantizationControllerBase(CompressionController):
                 f"unexpected {extra}."
             )
         self.set_quantizer_states({k: QuantizerState.from_dict(saved[k]) for k in keys})
+
+
+def missing_data_error(num_init_samples: int) -> ConfigError:
+    """The error for activation ranges that need data when none is registered."""
+    return ConfigError(
+        "`initializer.range.num_init_samples` must be 0 when no data is registered: "
+        "activation ranges are computed from data. Call "
+        "register_default_init_args(config, train_loader) before "
+        "create_compressed_model, or set num_init_samples to 0 to take them from the "
+        f"first batch the model sees. Received: num_init_samples={num_init_samples}, no data."
+    )

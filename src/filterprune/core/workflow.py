@@ -31,7 +31,8 @@ from .analysis import Analysis, analyze
 from .compression import CompositeCompressionController, CompressionController
 from .config import Config
 from .controller import PruningControllerBase, analysis_options, pruning_params
-from .params import ALGORITHMS
+from .params import ALGORITHMS, QuantizationParams
+from .quant_controller import missing_data_error
 from .scopes import check_unmatched
 
 __all__ = ["Captured", "Frontend", "create_compressed_model", "dry_run", "DryPruningController"]
@@ -155,20 +156,33 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
     names = _check_algorithms(frontend, config)
     settings = [algorithm_params(config, n, frontend.name) for n in names]
     frontend.check(model, config)
+    data = frontend.init_data(config) if compression_state is None else None
+    _check_data(settings, data, compression_state)
     captured = frontend.capture(model, config)
     check_unmatched(config, layer_names(captured.graph))
     children = [frontend.controllers[n](model, p, captured, frontend)
                 for n, p in zip(names, settings, strict=True)]  # fmt: skip
     ctrl = children[0] if len(children) == 1 else CompositeCompressionController(
         children, frontend)  # fmt: skip
+    data = frontend.init_data(config)
+    for child in children:
+        child.init_data = data  # what BatchNorm re-estimation after a mask change reads
     changed = ctrl.start(compression_state)
     if compression_state is None:
-        data = frontend.init_data(config)
         if changed and data is not None:
             frontend.adapt_batchnorm(model, data, ctrl.bn_adaptation_samples)
         ctrl.initialize(data)
     frontend.finish(model)
     return ctrl, model
+
+
+def _check_data(settings: list[Any], data: Any, state: dict[str, Any] | None) -> None:
+    """Refuse before the model is touched when an algorithm needs data none registered."""
+    if state is not None or data is not None:
+        return
+    for params in settings:
+        if isinstance(params, QuantizationParams) and params.num_init_samples > 0:
+            raise missing_data_error(params.num_init_samples)
 
 
 class DryPruningController(PruningControllerBase):

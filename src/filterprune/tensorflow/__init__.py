@@ -19,6 +19,7 @@ from typing import Any
 from ..core import workflow
 from ..core.config import Config
 from ._init_args import register_default_init_args
+from .accuracy_aware import create_accuracy_aware_training_loop
 from .callbacks import (
     CheckpointManagerCallback,
     CompressionCallback,
@@ -34,6 +35,7 @@ __all__ = [
     "analyze_model",
     "create_compression_callbacks",
     "register_default_init_args",
+    "create_accuracy_aware_training_loop",
     "TFCompressionState",
     "TFCompressionStateLoader",
     "CheckpointManagerCallback",

@@ -17,6 +17,7 @@ from .capture import Capture
 from .export import export
 from .masks import apply_masks, maskable_layers, recreate_masks
 from .shrink import strip_model
+from .signals import keras_signal
 
 __all__ = ["FilterPruningController", "CompressionStage", "export_model",
            "reset_traced_functions"]
@@ -61,6 +62,9 @@ class FilterPruningController(PruningControllerBase):
     # -- hooks -----------------------------------------------------------------------------
     def _weights(self) -> dict[str, np.ndarray]:
         return self.frontend.read_weights(self.captured, self.analysis.state.producers)
+
+    def _signal(self, source: str) -> dict[str, np.ndarray]:
+        return keras_signal(self, source)  # bn_scale: BN gammas; taylor: refused
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)

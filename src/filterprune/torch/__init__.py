@@ -17,6 +17,7 @@ from ..core import workflow
 from ..core.compression import CompositeCompressionController
 from ..core.config import Config
 from ._init_args import register_default_init_args
+from .accuracy_aware import create_accuracy_aware_training_loop
 from .controller import CompressionStage, FilterPruningController
 from .frontend import TorchFrontend
 from .shrink import resize_to_state_dict
@@ -25,6 +26,7 @@ __all__ = [
     "create_compressed_model",
     "analyze_model",
     "register_default_init_args",
+    "create_accuracy_aware_training_loop",
     "resize_to_state_dict",
     "FilterPruningController",
     "CompositeCompressionController",

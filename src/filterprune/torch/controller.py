@@ -18,11 +18,13 @@ from ..core.workflow import Captured
 from .fold import fold_batchnorms
 from .masks import apply_masks, remove_masks
 from .shrink import shrink_model
+from .shrink_frozen import ShrinkWhenFrozen
+from .signals import torch_signal
 
 __all__ = ["FilterPruningController", "CompressionStage", "export_model", "export_onnx"]
 
 
-class FilterPruningController(PruningControllerBase):
+class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
     """Drives masks on a PyTorch model: schedule, importance, statistics, export, strip.
 
     Created by :func:`filterprune.torch.create_compressed_model`; not built directly.
@@ -39,6 +41,9 @@ class FilterPruningController(PruningControllerBase):
 
     def _weights(self) -> dict[str, np.ndarray]:
         return self.frontend.read_weights(self.captured, self.analysis.state.producers)
+
+    def _signal(self, source: str) -> dict[str, np.ndarray]:
+        return torch_signal(self, source)  # taylor: gradient hooks; bn_scale: BN gammas
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)
@@ -75,6 +80,8 @@ class FilterPruningController(PruningControllerBase):
         return self.frontend.strip(self, do_copy=do_copy, shrink=shrink)
 
     def strip_model(self, model: nn.Module, shrink: bool = True, **_: Any) -> nn.Module:
+        if self.shrunk:  # cut already (shrink_when_frozen)
+            return model
         if not shrink:
             remove_masks(model, bake=True)
             return model

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ._init_args import InitArgs, adapt_batchnorm
 from .capture import capture
 from .controller import FilterPruningController, export_model
+from .distillation import KnowledgeDistillationController
 from .quantization import QuantizationController
 
 __all__ = ["TorchFrontend", "sample_inputs"]
@@ -123,7 +124,8 @@ class TorchFrontend(Frontend):
 
     name = "PyTorch"
     controllers = {"filter_pruning": FilterPruningController,
-                   "quantization": QuantizationController}  # fmt: skip
+                   "quantization": QuantizationController,
+                   "knowledge_distillation": KnowledgeDistillationController}  # fmt: skip
 
     def capture(self, model: nn.Module, config: Config) -> Captured:
         return capture(model, sample_inputs(config, model))
@@ -152,3 +154,5 @@ class TorchFrontend(Frontend):
 
     def export_model(self, ctrl: Any, save_path: str, *args: Any, **kwargs: Any) -> None:
         export_model(ctrl, save_path, *args, **kwargs)
+
+

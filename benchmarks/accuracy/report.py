@@ -1,0 +1,79 @@
+"""``results.md`` and one accuracy-vs-FLOPs plot per model and budget, from ``results.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from contenders import OURS, PEERS
+
+HEADER = """# Accuracy benchmark results (Fashion-MNIST)
+
+Produced by `benchmarks/accuracy/run.py`; every number below is measured (rows of
+`results.jsonl`). Budget `full` is the issue's (6 baseline + 4 fine-tuning epochs on 55k
+images); `smoke-...` rows are reduced checks (epochs, training and test images in the
+tag) and say nothing about the full-budget ranking. FLOPs and parameters are counted by
+one forward-hook counter on the physically pruned model. `ours-best` is the committed
+candidate recipe (`fmnist_recipe.json`: Taylor importance, BN re-estimation after each mask
+change, shrink when frozen, softmax distillation at T=4); it has not been shown to be the
+best of ours: compare its rows with `ours-default`'s before calling it that.
+"""
+
+
+def _fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} (n={len(values)})"
+
+
+def write_report(results: Path, out: Path) -> None:
+    rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()] \
+        if results.exists() else []  # fmt: skip
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["budget"], r["model"], r["target"], r["contender"])].append(r)
+    lines = [HEADER, "| budget | model | FLOPs removed (target) | contender | test accuracy "
+             "| baseline | FLOPs kept | params kept | fine-tune s |", "|---" * 9 + "|"]
+    for (budget, model, target, contender), rs in sorted(groups.items()):
+        lines.append(
+            f"| {budget} | {model} | {target} | {contender} | {_fmt([r['test'] for r in rs])} "
+            f"| {rs[0]['baseline_test']:.4f} | {_fmt([r['flops_kept'] for r in rs])} "
+            f"| {_fmt([r['params_kept'] for r in rs])} "
+            f"| {statistics.mean(r['finetune_seconds'] for r in rs):.0f} |")  # fmt: skip
+    budgets = sorted({k[0] for k in groups})
+    lines += ["", f"Budgets with rows: {', '.join(budgets) or 'none'}"
+              + ("" if "full" in budgets else "; the full budget has no row yet") + "."]
+    measured = {k[3] for k in groups}
+    missing = [c for c in (*OURS, *PEERS) if c not in measured]
+    lines += ["", "Not measured (no row yet): " + (", ".join(
+        f"{c} ({PEERS[c]})" if c in PEERS else c for c in missing) or "none") + "."]  # fmt: skip
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    _plots(groups, out)
+
+
+def _plots(groups, out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    by_plot = defaultdict(lambda: defaultdict(list))
+    for (budget, model, _, contender), rs in groups.items():
+        for r in rs:
+            by_plot[(budget, model)][contender].append((r["flops_kept"], r["test"]))
+    for (budget, model), series in by_plot.items():
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for contender, points in sorted(series.items()):
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, "o-", label=contender)
+        ax.set_xlabel("FLOPs kept")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{model} ({budget})")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"plot-{model}-{budget}.png", dpi=100)
+        plt.close(fig)

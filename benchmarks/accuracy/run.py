@@ -1,0 +1,97 @@
+"""Accuracy vs FLOPs on Fashion-MNIST: a resumable grid, one row appended per finished run.
+
+    python benchmarks/accuracy/run.py                  # the issue's full budget, in order
+    python benchmarks/accuracy/run.py --smoke          # 2+3 epochs on 5k images: a check
+    python benchmarks/accuracy/run.py --report         # results.md and plots from the rows
+
+Rows go to ``results.jsonl`` (one JSON object per line, appended as each run ends); a
+row already there (same contender, model, target, seed and budget) is skipped, so an
+interrupted grid resumes where it stopped. Contenders that cannot run here (a peer
+without its venv) are reported as not measured, never estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from contenders import OURS, PEERS, NotMeasured, run_contender  # noqa: E402
+from harness import Budget, baseline, count_flops, evaluate, loader, splits  # noqa: E402
+from report import write_report  # noqa: E402
+
+RESULTS = HERE / "results.jsonl"
+ALL = (*OURS, *PEERS)
+
+
+def grid() -> list[tuple[str, str, float, int]]:
+    """``(contender, model, target, seed)`` in the issue's order of priority."""
+    rows = [(c, "resnet20", 0.5, s) for s in (0, 1) for c in ALL]
+    rows += [(c, "resnet20", t, 0) for t in (0.3, 0.7) for c in ("ours-best", "tp-iterative")]
+    rows += [(c, "mobilenetv2", 0.5, 0) for c in ("ours-best", "tp-iterative")]
+    return rows
+
+
+def done(budget: Budget) -> set[tuple]:
+    if not RESULTS.exists():
+        return set()
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    return {(r["contender"], r["model"], r["target"], r["seed"]) for r in rows
+            if r["budget"] == budget.tag}  # fmt: skip
+
+
+def _selected(args, contender: str, model: str, target: float, seed: int) -> bool:
+    wanted = ((args.only, contender), (args.models, model), (args.targets, target),
+              (args.seeds, seed))  # fmt: skip
+    return all(not chosen or value in chosen for chosen, value in wanted)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 baseline + 3 fine-tune epochs on 5k images, 2k test images")
+    parser.add_argument("--only", nargs="*", default=None, help="contenders to run")
+    parser.add_argument("--models", nargs="*", default=None)
+    parser.add_argument("--targets", nargs="*", type=float, default=None)
+    parser.add_argument("--seeds", nargs="*", type=int, default=None)
+    parser.add_argument("--report", action="store_true", help="only write results.md and plots")
+    args = parser.parse_args(argv)
+    if args.report:
+        write_report(RESULTS, HERE)
+        return
+    budget = Budget(2, 3, 5000, 2000) if args.smoke else Budget()
+    data, skip, bases = splits(budget), done(budget), {}
+    for contender, model, target, seed in grid():
+        if not _selected(args, contender, model, target, seed) or (
+                (contender, model, target, seed) in skip):  # fmt: skip
+            continue
+        if model not in bases:
+            bases[model] = baseline(model, budget, data)
+            dense = bases[model]
+            flops, params = count_flops(dense)
+            bases[model + ":row"] = {"test": evaluate(dense, loader(data["test"], budget, None)),
+                                     "flops": flops, "params": params}  # fmt: skip
+        try:
+            row = run_contender(contender, bases[model], target, seed, budget, data)
+        except NotMeasured as err:
+            print(f"not measured: {err}")
+            continue
+        base = bases[model + ":row"]
+        flops, params = row.pop("flops_params")
+        row = {"contender": contender, "model": model, "target": target, "seed": seed,
+               "budget": budget.tag, "baseline_test": base["test"], **row,
+               "flops_kept": flops / base["flops"], "params_kept": params / base["params"],
+               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row))
+    write_report(RESULTS, HERE)
+
+
+if __name__ == "__main__":
+    main()

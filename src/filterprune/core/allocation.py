@@ -1,0 +1,137 @@
+"""Per-group levels under a FLOPs target: the least important blocks of filters go first.
+
+With ``filters_multiple_of`` rounding, one uniform level can only keep multiples of the
+block size in every group at once, so the FLOPs removed jump (a 16/32/64-wide net goes
+from 0.67 to 0.25 of its FLOPs with nothing between). Here each group keeps its own
+count instead: blocks of ``multiple_of`` channels (a group's lowest-scoring channels
+first) are removed across all groups in order of their mean importance, normalised per
+group so groups of different scale compare, until the target is met. A group whose
+next block would overshoot the target by more than ``tolerance`` stops there while the
+others go on; when no group can land inside the window, the block that overshoots least
+is taken.
+
+Example (see ``tests/torch/test_flops_allocation.py`` for a ResNet-20)::
+
+    plan = allocate_for_flops(pruner, 0.5, scores)   # 0.50 <= removed <= 0.52 when possible
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from .analysis import Group
+from .importance import normalize
+from .selection import MAX_GROUP_LEVEL, Selection, keep_count, select
+
+__all__ = ["allocate_for_flops", "keep_steps", "TOLERANCE"]
+
+TOLERANCE = 0.02  # a FLOPs target is met within [target, target + TOLERANCE] when possible
+
+
+def keep_steps(size: int, multiple_of: int) -> list[int]:
+    """Kept counts a group of ``size`` may take, largest first: whole, then multiples of
+    ``multiple_of`` down to the count at the largest level allowed.
+
+    Example:
+        >>> keep_steps(16, 8), keep_steps(20, 8), keep_steps(4, 8)
+        ([16, 8], [20, 16, 8], [4])
+    """
+    floor = keep_count(size, MAX_GROUP_LEVEL, multiple_of)
+    steps = [size]
+    count = (size - 1) // multiple_of * multiple_of
+    while count >= floor and count > 0:
+        steps.append(count)
+        count -= multiple_of
+    return steps
+
+
+@dataclass
+class _GroupSteps:
+    group: Group
+    scores: np.ndarray
+    steps: list[int]
+    block_scores: list[float]  # mean normalised score of the channels step k+1 removes
+    at: int = 0  # index into steps of the count in place
+
+    @classmethod
+    def build(cls, group: Group, scores: np.ndarray, multiple_of: int) -> _GroupSteps:
+        steps = keep_steps(group.size, multiple_of)
+        ascending = np.sort(normalize(scores))
+        blocks = [float(ascending[group.size - a : group.size - b].mean())
+                  for a, b in zip(steps, steps[1:], strict=False)]  # fmt: skip
+        return cls(group, scores, steps, blocks)
+
+    def next_score(self) -> float | None:
+        return self.block_scores[self.at] if self.at < len(self.block_scores) else None
+
+
+class _Allocation:
+    """Kept counts per group and the FLOPs removed by the resulting selections."""
+
+    def __init__(self, pruner, scores: dict[int, np.ndarray]) -> None:
+        self.pruner = pruner
+        self.groups = {g.id: _GroupSteps.build(g, scores[g.id], pruner.multiple_of)
+                       for g in pruner.analysis.prunable_groups}  # fmt: skip
+        self.chosen: dict[int, Selection] = {gid: self._select(gid) for gid in self.groups}
+
+    def _select(self, gid: int, at: int | None = None) -> Selection:
+        gs = self.groups[gid]
+        return select(gs.group, gs.scores, gs.steps[gs.at if at is None else at])
+
+    def removed_if(self, gid: int) -> tuple[float, Selection]:
+        """FLOPs fraction removed if group ``gid`` takes its next step, and its selection."""
+        gs = self.groups[gid]
+        trial = self._select(gid, gs.at + 1)
+        kept = {g: c.keep for g, c in self.chosen.items()}
+        kept[gid] = trial.keep
+        flops = self.pruner.analysis_flops(kept)
+        return 1.0 - flops / max(self.pruner.full_flops, 1), trial
+
+    def take(self, gid: int, selection: Selection) -> None:
+        self.groups[gid].at += 1
+        self.chosen[gid] = selection
+
+
+def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
+                       tolerance: float = TOLERANCE):  # fmt: skip
+    """Kept channels per group removing at least ``removed`` of the FLOPs.
+
+    Args:
+        pruner: A :class:`~filterprune.core.pruner.Pruner` (its analysis, FLOPs and
+            ``multiple_of``).
+        removed: Fraction of FLOPs to remove.
+        scores: Channel importance per group id.
+        tolerance: How far above ``removed`` the result may land before other groups'
+            blocks are tried instead of the least important one.
+
+    Returns:
+        ``(kept, reasons)``: boolean keep vector and selection reason per group id.
+    """
+    alloc = _Allocation(pruner, scores)
+    heap = [(gs.next_score(), gid) for gid, gs in alloc.groups.items()
+            if gs.next_score() is not None]  # fmt: skip
+    heapq.heapify(heap)
+    too_coarse: list[int] = []  # groups whose next block overshoots the window
+    reached = removed <= 0
+    while heap and not reached:
+        _, gid = heapq.heappop(heap)
+        frac, trial = alloc.removed_if(gid)
+        if frac > removed + tolerance:
+            too_coarse.append(gid)  # removing more elsewhere only makes it overshoot more
+            continue
+        alloc.take(gid, trial)
+        reached = frac >= removed
+        score = alloc.groups[gid].next_score()
+        if score is not None:
+            heapq.heappush(heap, (score, gid))
+    if not reached and too_coarse:
+        # nothing lands inside the window: the block that overshoots least
+        trials = [(*alloc.removed_if(gid), gid) for gid in too_coarse]
+        _, trial, gid = min(trials, key=lambda t: t[0])
+        alloc.take(gid, trial)
+    kept = {gid: c.keep for gid, c in alloc.chosen.items()}
+    reasons = {gid: c.reason for gid, c in alloc.chosen.items() if c.reason}
+    return kept, reasons

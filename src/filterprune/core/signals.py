@@ -1,0 +1,95 @@
+"""Importances that read more than the weight: what each needs from a frontend.
+
+``L1``, ``L2`` and ``geometric_median`` score filters from the weight alone. Two
+criteria need a signal the model holds elsewhere:
+
+* ``taylor`` (first-order Taylor, Molchanov et al. 2019): ``(sum over a filter of
+  gradient x weight)^2``, accumulated over training steps. The frontend hooks the
+  gradients and hands the per-filter sums over as a ``(filters, 1)`` matrix.
+* ``bn_scale`` (network slimming, Liu et al. 2017): ``|gamma|`` of the BatchNorm right
+  after the layer; the frontend hands ``gamma`` over as ``(filters, 1)``.
+
+A frontend that cannot provide a signal refuses with :func:`unsupported`.
+
+Example:
+    >>> importance_source("L2"), importance_source("taylor"), importance_source("bn_scale")
+    ('weight', 'gradient', 'bn_scale')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import ConfigError
+from .graph import Graph
+
+__all__ = ["SOURCES", "importance_source", "following_batchnorm", "batchnorm_scales",
+           "unsupported", "missing_batchnorm"]  # fmt: skip
+
+SOURCES = {"taylor": "gradient", "bn_scale": "bn_scale"}
+"""Importance name -> the signal it scores (criteria not listed score the weight)."""
+
+_NEEDS = {"gradient": "gradients accumulated over training steps",
+          "bn_scale": "the BatchNorm scale after each pruned layer"}  # fmt: skip
+
+
+def importance_source(name: str) -> str:
+    """``"weight"``, ``"gradient"`` or ``"bn_scale"``: what importance ``name`` scores."""
+    return SOURCES.get(name, "weight")
+
+
+_SCALES = ("weight", "gamma")  # the scale parameter's name: PyTorch, Keras
+
+
+def following_batchnorm(graph: Graph, layer: str) -> tuple[str, str] | None:
+    """``(batchnorm layer, scale parameter)`` of the BatchNorm reading ``layer``'s output
+    directly, if there is one with a scale."""
+    calls = {n.name for n in graph if n.layer == layer and n.op in ("conv", "linear")}
+    for node in graph:
+        if node.op != "batchnorm" or not node.inputs or node.inputs[0] not in calls:
+            continue
+        info = graph.layers.get(node.layer or "")
+        scale = next((p for p in _SCALES if info and p in info.params), None)
+        if info is not None and info.kind == "batchnorm" and scale is not None:
+            return info.name, scale
+    return None
+
+
+def batchnorm_scales(graph: Graph, layers: list[str],
+                     read: Callable[[str, str], np.ndarray]) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per layer, the following BatchNorm's scale as ``(filters, 1)``.
+
+    Args:
+        read: ``(batchnorm layer, parameter name) -> values`` from the frontend's model.
+
+    Raises:
+        ConfigError: If some layer has no BatchNorm with a scale right after it.
+    """
+    found = {name: following_batchnorm(graph, name) for name in layers}
+    missing = [name for name, bn in found.items() if bn is None]
+    if missing:
+        raise missing_batchnorm(missing)
+    return {name: np.asarray(read(*bn), dtype=np.float64).reshape(-1, 1)
+            for name, bn in found.items()}  # fmt: skip
+
+
+def unsupported(importance: str, where: str) -> ConfigError:
+    """The error for an importance whose signal ``where`` (a frontend) cannot provide."""
+    need = _NEEDS[importance_source(importance)]
+    return ConfigError(
+        f"`filter_importance` must be one {where} can compute; {importance!r} needs {need}, "
+        f"which {where} does not provide. Use 'L1', 'L2' or 'geometric_median'. "
+        f"Received: filter_importance={importance!r}."
+    )
+
+
+def missing_batchnorm(layers: list[str]) -> ConfigError:
+    """The error for ``bn_scale`` on producers with no BatchNorm right after them."""
+    shown = ", ".join(layers[:5]) + (", ..." if len(layers) > 5 else "")
+    return ConfigError(
+        "`filter_importance`='bn_scale' needs a BatchNorm with a scale right after every "
+        f"pruned layer; {len(layers)} have none ({shown}). Exclude them with "
+        "`ignored_scopes` or use another importance. Received: filter_importance='bn_scale'."
+    )

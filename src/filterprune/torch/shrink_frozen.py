@@ -1,0 +1,116 @@
+"""``params.shrink_when_frozen``: once the masks freeze, fine-tune the physically smaller model.
+
+When the schedule freezes the masks, the pruned channels are cut out of the training
+model *in place*: the model object the user holds stays the same, its layers get
+smaller weights (new ``nn.Parameter`` objects). An optimizer holds the old parameters,
+so the user registers it once::
+
+    ctrl, model = create_compressed_model(model, config)   # shrink_when_frozen: true
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ctrl.register_optimizer(optimizer)   # composite: ctrl.get("filter_pruning")
+
+At the cut, every registered optimizer's parameter groups are rebound to the new
+parameters and their per-parameter state (momentum, Adam moments) is cut the same way,
+so training continues without a restart. ``ctrl.shrunk`` tells the cut happened. Saved
+states remember it: resuming cuts the new model at once, so a shrunk ``state_dict``
+loads. Not for a model wrapped in ``DistributedDataParallel`` (the wrapper keeps the old
+parameters).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ..core.controller import PruningControllerBase
+from ..errors import ConfigError
+from .masks import remove_masks
+from .shrink import _CUT, _cut, _tensors, shrink_model
+
+__all__ = ["ShrinkWhenFrozen", "shrink_in_place"]
+
+log = logging.getLogger("filterprune")
+
+
+def _parameter_cuts(model: torch.nn.Module, keeps: dict, layers: dict) -> list[tuple]:
+    """``(owner, attribute, old parameter, roles, keep, groups)`` for every parameter
+    the shrink will replace."""
+    cuts = []
+    for name, keep in keeps.items():
+        info = layers.get(name)
+        if info is None or info.kind not in _CUT or all(v.all() for v in keep.values()):
+            continue
+        for owner, attr, roles in _tensors(model, name, info, keep):
+            old = owner._parameters.get(attr) if attr in owner._parameters else None
+            if old is not None:
+                cuts.append((owner, attr, old, roles, keep, info.groups))
+    return cuts
+
+
+def _rebind(optimizer: torch.optim.Optimizer, swaps: dict[int, tuple]) -> None:
+    for group in optimizer.param_groups:
+        group["params"] = [swaps[id(p)][0] if id(p) in swaps else p for p in group["params"]]
+    for new, old, roles, keep, groups in swaps.values():
+        state = optimizer.state.pop(old, None)
+        if state is None:
+            continue
+        optimizer.state[new] = {
+            k: _cut(v, roles, keep, groups) if torch.is_tensor(v) and v.shape == old.shape else v
+            for k, v in state.items()
+        }
+
+
+def shrink_in_place(model: torch.nn.Module, keeps: dict, layers: dict,
+                    optimizers: list[torch.optim.Optimizer]) -> None:  # fmt: skip
+    """Cut ``model``'s pruned channels in place and rebind ``optimizers`` to the new
+    parameters (their state cut alike)."""
+    cuts = _parameter_cuts(model, keeps, layers)
+    remove_masks(model, bake=False)
+    shrink_model(model, keeps, layers)
+    swaps = {id(old): (getattr(owner, attr), old, roles, keep, groups)
+             for owner, attr, old, roles, keep, groups in cuts
+             if getattr(owner, attr) is not old}  # fmt: skip
+    for optimizer in optimizers:
+        _rebind(optimizer, swaps)
+
+
+class ShrinkWhenFrozen(PruningControllerBase):
+    """The PyTorch controller's side of ``shrink_when_frozen`` (mixed in before the base)."""
+
+    supports_shrink_when_frozen = True
+    shrunk = False
+
+    def register_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Have ``optimizer`` follow the model when it is cut (``shrink_when_frozen``)."""
+        self.__dict__.setdefault("optimizers", []).append(optimizer)
+
+    def freeze(self) -> None:
+        super().freeze()
+        if self.params.shrink_when_frozen and not self.shrunk:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        optimizers = self.__dict__.get("optimizers", [])
+        if not optimizers:
+            log.warning("shrink_when_frozen: no optimizer registered with ctrl."
+                        "register_optimizer(); rebuild yours from model.parameters()")
+        shrink_in_place(self.model, self.keeps(), self.analysis.graph.layers, optimizers)
+        self.shrunk = True
+
+    def set_pruning_level(self, level: float) -> None:
+        if self.shrunk:
+            raise ConfigError(
+                "`level` cannot change after shrink_when_frozen cut the model: the pruned "
+                f"channels are gone. Received: level={level}."
+            )
+        super().set_pruning_level(level)
+
+    def get_compression_state(self) -> dict[str, Any]:
+        return {**super().get_compression_state(), "shrunk": self.shrunk}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        if isinstance(state, dict) and state.get("shrunk") and not self.shrunk:
+            self._shrink()

@@ -1,0 +1,86 @@
+"""Keras: ``bn_scale`` reads the BatchNorm gammas; ``taylor`` and ``shrink_when_frozen`` are
+refused clearly."""
+
+import numpy as np
+import pytest
+from keras_helpers import keras, layers, make_config
+
+from filterprune.errors import ConfigError
+from filterprune.tensorflow import create_compressed_model
+
+
+def conv_bn_net():
+    inp = keras.Input((16, 16, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inp)
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="mid")(x)
+    x = layers.ReLU()(layers.BatchNormalization(name="bn")(x))
+    x = layers.Conv2D(4, 1, name="head")(x)
+    return keras.Model(inp, layers.GlobalAveragePooling2D()(x))
+
+
+def test_bn_scale_keeps_the_largest_gammas():
+    keras.utils.set_random_seed(0)
+    model = conv_bn_net()
+    gamma = np.random.default_rng(3).permutation(np.linspace(0.1, 1.6, 16)).astype("float32")
+    model.get_layer("bn").gamma.assign(gamma)
+    config = make_config((1, 16, 16, 3), filter_importance="bn_scale", schedule="baseline")
+    ctrl, _ = create_compressed_model(model, config)
+    kept = np.flatnonzero(ctrl.keeps()["mid"]["out"])
+    assert kept.tolist() == np.sort(np.argsort(-gamma)[:8]).tolist()
+
+
+def test_taylor_is_refused():
+    config = make_config((1, 16, 16, 3), filter_importance="taylor", schedule="baseline")
+    with pytest.raises(ConfigError, match=r"^`filter_importance` must be one the TensorFlow "
+                       r"frontend can compute; 'taylor' needs gradients accumulated over "
+                       r"training steps.* Received: filter_importance='taylor'\.$"):
+        create_compressed_model(conv_bn_net(), config)
+
+
+def test_shrink_when_frozen_is_refused():
+    config = make_config((1, 16, 16, 3), shrink_when_frozen=True, schedule="baseline")
+    with pytest.raises(ConfigError, match=r"^`params\.shrink_when_frozen` must be false here: "
+                       r"only the PyTorch frontend cuts the training model\. "
+                       r"Received: shrink_when_frozen=True\.$"):
+        create_compressed_model(conv_bn_net(), config)
+
+
+def test_accuracy_aware_loop_finds_the_level_and_restores_weights():
+    from filterprune import NNCFConfig
+    from filterprune.tensorflow import create_accuracy_aware_training_loop
+
+    keras.utils.set_random_seed(0)
+    config = NNCFConfig.from_dict({
+        "input_info": {"sample_size": [1, 16, 16, 3]},
+        "compression": {"algorithm": "filter_pruning", "pruning_init": 0.1,
+                        "params": {"schedule": "baseline", "pruning_target": 0.1,
+                                   "filters_multiple_of": 1}},
+        "accuracy_aware_training": {"params": {"maximal_absolute_accuracy_degradation": 0.05,
+                                               "initial_training_phase_epochs": 1,
+                                               "patience_epochs": 1,
+                                               "maximal_total_epochs": 40}},
+    })  # fmt: skip
+    ctrl, model = create_compressed_model(conv_bn_net(), config)
+    loop = create_accuracy_aware_training_loop(config, ctrl)
+    epochs = []
+
+    def train(ctrl, model, epoch, optimizer, lr_scheduler):
+        epochs.append(epoch)
+        model.get_layer("head").kernel.assign_add(np.full((1, 1, 16, 4), 0.01, "float32"))
+
+    def validate(model, epoch):
+        return 0.9 if ctrl.pruning_level <= 0.55 else 0.2
+
+    loop.run(model, train_epoch_fn=train, validate_fn=validate)
+    assert 0.55 - 0.025 <= loop.best_level <= 0.55 and ctrl.pruning_level == loop.best_level
+    assert len(epochs) <= 40
+
+
+def test_knowledge_distillation_is_refused():
+    from filterprune import NNCFConfig
+
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 16, 16, 3]},
+                                   "compression": [{"algorithm": "knowledge_distillation"}]})
+    with pytest.raises(ConfigError, match=r"^`compression` algorithm 'knowledge_distillation' is "
+                       r"not available in the TensorFlow frontend\. Available: \["):
+        create_compressed_model(conv_bn_net(), config)

@@ -1,0 +1,108 @@
+"""Accuracy-aware training finds the largest level within the allowed accuracy drop."""
+
+import pytest
+import torch
+from torch import nn
+
+from filterprune import NNCFConfig
+from filterprune.errors import ConfigError
+from filterprune.torch import create_accuracy_aware_training_loop, create_compressed_model
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 8, 1), nn.Flatten(), nn.LazyLinear(4))  # fmt: skip
+
+
+def config(aat, **params):
+    return NNCFConfig.from_dict({
+        "input_info": {"sample_size": [1, 1, 12, 12]},
+        "compression": {"algorithm": "filter_pruning", "pruning_init": 0.1,
+                        "params": {"schedule": "exponential", "pruning_target": 0.3,
+                                   "pruning_steps": 2, "filters_multiple_of": 1, **params}},
+        "accuracy_aware_training": {"mode": "adaptive_compression_level", "params": aat},
+    })  # fmt: skip
+
+
+class Harness:
+    """Accuracy falls off a cliff above level 0.62; training perturbs the weights."""
+
+    def __init__(self, ctrl, cliff=0.62):
+        self.ctrl, self.cliff, self.epochs = ctrl, cliff, 0
+
+    def train(self, ctrl, model, epoch, optimizer, lr_scheduler):
+        assert optimizer is not None and epoch == self.epochs
+        self.epochs += 1
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01)
+
+    def validate(self, model, epoch):
+        return 0.9 if self.ctrl.pruning_level <= self.cliff else 0.5
+
+
+def run(aat, **params):
+    model = net()
+    model(torch.zeros(1, 1, 12, 12))
+    ctrl, model = create_compressed_model(model, config(aat, **params))
+    loop = create_accuracy_aware_training_loop(config(aat, **params), ctrl)
+    harness = Harness(ctrl)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model = loop.run(model, train_epoch_fn=harness.train, validate_fn=harness.validate,
+                     configure_optimizers_fn=lambda: (optimizer, None))  # fmt: skip
+    return loop, ctrl, model, harness
+
+
+def test_finds_the_largest_level_within_the_bound():
+    aat = {"maximal_absolute_accuracy_degradation": 0.05, "initial_training_phase_epochs": 2,
+           "patience_epochs": 1, "maximal_total_epochs": 50}  # fmt: skip
+    loop, ctrl, _, harness = run(aat)
+    assert loop.uncompressed_accuracy == 0.9 and loop.minimal_accuracy == pytest.approx(0.85)
+    assert 0.62 - 0.025 <= loop.best_level <= 0.62
+    assert ctrl.pruning_level == pytest.approx(loop.best_level)
+    assert harness.epochs <= 50
+    levels = [level for _, level, _ in loop.history]
+    assert max(levels) > 0.62  # it tried beyond the cliff and came back
+
+
+def test_best_weights_are_restored():
+    aat = {"maximal_relative_accuracy_degradation": 1.0, "initial_training_phase_epochs": 1,
+           "patience_epochs": 2, "maximal_total_epochs": 30}  # fmt: skip
+    loop, ctrl, model, harness = run(aat)
+    # every failed level was fine-tuned twice more; the result is the best level's weights
+    failed = sum(1 for _, _, acc in loop.history if acc < loop.minimal_accuracy)
+    assert failed > 0
+    first = next(model.parameters())
+    shift = float((first - net()[0].weight).mean().detach())
+    assert shift == pytest.approx(0.01 * round(shift / 0.01), abs=1e-5)
+    assert shift < 0.01 * harness.epochs - 1e-6  # not every epoch's change survived
+
+
+def test_budget_is_respected():
+    aat = {"maximal_absolute_accuracy_degradation": 0.05, "initial_training_phase_epochs": 3,
+           "patience_epochs": 3, "maximal_total_epochs": 6}  # fmt: skip
+    _, _, _, harness = run(aat)
+    assert harness.epochs <= 6
+
+
+def test_config_errors():
+    model = net()
+    model(torch.zeros(1, 1, 12, 12))
+    ctrl, _ = create_compressed_model(model, config({}))
+    with pytest.raises(ConfigError, match=r"must not both be set; choose one"):
+        create_accuracy_aware_training_loop(config({
+            "maximal_absolute_accuracy_degradation": 1, "maximal_relative_accuracy_degradation": 1
+        }), ctrl)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^`accuracy_aware_training\.params\.patience_epochs` "
+                       r"must be an integer >= 1\. Received: patience_epochs=0\.$"):
+        create_accuracy_aware_training_loop(config({"patience_epochs": 0}), ctrl)
+    with pytest.raises(ConfigError, match=r"^`accuracy_aware_training` must be an object"):
+        create_accuracy_aware_training_loop({"input_info": {}}, ctrl)
+    with pytest.raises(ConfigError, match=r"^`params\.shrink_when_frozen` must be false with "
+                       r"accuracy-aware training"):
+        model = net()
+        model(torch.zeros(1, 1, 12, 12))
+        shrinking, _ = create_compressed_model(model, config({}, shrink_when_frozen=True))
+        create_accuracy_aware_training_loop(config({}), shrinking)

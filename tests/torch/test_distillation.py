@@ -1,0 +1,116 @@
+"""``knowledge_distillation`` in the ``compression`` list: the dense model teaches."""
+
+import copy
+
+import pytest
+import torch
+from torch_helpers import randomize_bn
+
+from filterprune import NNCFConfig
+from filterprune.core.distillation import KnowledgeDistillationParams
+from filterprune.errors import ConfigError
+from filterprune.testing.cifar_nets import ResNet20
+from filterprune.torch import create_compressed_model
+from filterprune.torch.masks import is_masked
+
+
+def config(kd, pruning=True):
+    entries = [{"algorithm": "filter_pruning", "pruning_init": 0.5,
+                "params": {"schedule": "baseline"}}] if pruning else []  # fmt: skip
+    entries.append({"algorithm": "knowledge_distillation", **kd})
+    return NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 28, 28]},
+                                 "compression": entries})  # fmt: skip
+
+
+def net():
+    torch.manual_seed(0)
+    return randomize_bn(ResNet20())
+
+
+def kl_by_hand(student, teacher, t):
+    p_t = torch.softmax(teacher / t, dim=1)
+    return (p_t * (p_t.log() - torch.log_softmax(student / t, dim=1))).sum(1).mean() * t * t
+
+
+@pytest.mark.parametrize("kind", ["softmax", "mse"])
+def test_loss_is_distance_to_the_dense_teacher(kind):
+    model = net()
+    dense = copy.deepcopy(model).eval()
+    ctrl, model = create_compressed_model(model, config({"type": kind, "temperature": 3.0,
+                                                          "scale": 2.0}))  # fmt: skip
+    x = torch.randn(4, 1, 28, 28)
+    model.train()
+    out = model(x)
+    loss = ctrl.loss()  # pruning's zero + distillation's term
+    with torch.no_grad():
+        ref = dense(x)
+    expected = kl_by_hand(out, ref, 3.0) if kind == "softmax" else ((out - ref) ** 2).mean()
+    torch.testing.assert_close(loss, 2.0 * expected, rtol=1e-4, atol=1e-6)
+    assert loss.item() > 0  # pruning changed the student
+    loss.backward()
+    assert model.fc.weight.grad is not None
+    assert all(p.grad is None for p in ctrl.get("knowledge_distillation").teacher.parameters())
+
+
+def test_no_term_without_a_training_forward():
+    ctrl, model = create_compressed_model(net(), config({"type": "mse"}))
+    assert ctrl.loss().item() == 0.0
+    model.eval()
+    model(torch.randn(2, 1, 28, 28))
+    assert ctrl.loss().item() == 0.0
+    model.train()
+    model(torch.randn(2, 1, 28, 28))
+    assert ctrl.loss().item() > 0.0
+    assert ctrl.loss().item() == 0.0  # each forward's term is taken once
+
+
+def test_unpruned_student_matches_teacher():
+    ctrl, model = create_compressed_model(net(), config({"type": "softmax"}, pruning=False))
+    model.train()
+    model(torch.randn(4, 1, 28, 28))
+    # train-mode BN uses batch statistics, the teacher its running ones: a small gap only
+    assert ctrl.loss().item() < 1.0
+    assert ctrl.name == "knowledge_distillation"
+
+
+def test_strip_drops_the_tap_and_training_reduces_the_gap():
+    ctrl, model = create_compressed_model(net(), config({"type": "mse"}))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(16, 1, 28, 28)
+    model.train()
+    losses = []
+    for _ in range(5):
+        model(x)
+        loss = ctrl.loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    small = ctrl.strip()
+    assert not small._forward_hooks and model._forward_hooks  # the training model keeps it
+    state = ctrl.get_compression_state()
+    assert [c["algorithm"] for c in state["children"]] == ["filter_pruning",
+                                                           "knowledge_distillation"]
+    resumed, _ = create_compressed_model(net(), config({"type": "mse"}), state)
+    assert resumed.get("knowledge_distillation").params.type == "mse"
+
+
+def test_settings_in_code_and_schema():
+    params = KnowledgeDistillationParams(type="mse", scale=0.5)
+    assert params.to_algorithm_dict() == {"algorithm": "knowledge_distillation", "type": "mse",
+                                          "temperature": 1.0, "scale": 0.5}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"`compression\[1\]\.temperature` must be a number > 0\. "
+                       r"Received: temperature=0\."):
+        config({"type": "softmax", "temperature": 0})
+    with pytest.raises(ConfigError, match=r"`compression\[1\]\.type` must be one of 'softmax', "
+                       r"'mse'\. Received: type='kl'\."):
+        config({"type": "kl"})
+
+
+def test_teacher_is_the_dense_model_not_the_student():
+    ctrl, model = create_compressed_model(net(), config({"type": "mse"}))
+    teacher = ctrl.get("knowledge_distillation").teacher
+    assert teacher is not model and not teacher.training
+    assert any(is_masked(m) for m in model.modules())
+    assert not any(is_masked(m) for m in teacher.modules())

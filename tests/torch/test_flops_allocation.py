@@ -1,0 +1,76 @@
+"""A FLOPs target removes between the target and the target + 0.02 of the FLOPs, with
+the multiple-of-8 rounding on, by letting groups take different levels."""
+
+import numpy as np
+import pytest
+import torch
+from torch_helpers import assert_strip_equal, make_config, randomize_bn
+
+from filterprune.core.allocation import keep_steps
+from filterprune.testing.cifar_nets import MobileNetV2Small, ResNet20
+from filterprune.torch import create_compressed_model
+
+
+def compressed(model, level, **params):
+    torch.manual_seed(0)
+    randomize_bn(model)
+    params = {"pruning_flops_target": level, "schedule": "baseline", "prune_first_conv": True,
+              "prune_downsample_convs": True, **params}
+    return create_compressed_model(model, make_config((1, 1, 28, 28), pruning_init=level, **params))
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_resnet20_flops_target_lands_in_window(target):
+    ctrl, model = compressed(ResNet20(), target)
+    removed = 1 - ctrl.statistics().flops_kept
+    assert target <= removed <= target + 0.02
+    kept = [s.kept for s in ctrl.statistics().layers if s.kept < s.filters]
+    assert all(k % 8 == 0 for k in kept)
+    assert_strip_equal(ctrl, model, torch.randn(2, 1, 28, 28))
+
+
+def test_resnet20_targets_give_different_models():
+    """The old uniform level jumped from 0.67 to 0.25 kept: 0.5 and 0.7 gave one model."""
+    kept = [compressed(ResNet20(), t)[0].statistics().flops_kept for t in (0.5, 0.7)]
+    assert kept[0] - kept[1] > 0.15
+
+
+def test_groups_take_different_levels():
+    ctrl, _ = compressed(ResNet20(), 0.5)
+    levels = {round(s.level, 3) for s in ctrl.statistics().layers if s.kept < s.filters}
+    assert len(levels) > 1
+
+
+def test_least_important_blocks_go_first():
+    """A group with 24 tiny filters of 32 loses them before the others lose any block
+    (scores are normalised per group, so only relative importance counts)."""
+    model = ResNet20()
+    with torch.no_grad():
+        model.layers[4].conv1.weight[:24].mul_(1e-3)
+    ctrl, _ = compressed(model, 0.3, filter_importance="L2")
+    by_name = {s.name: s for s in ctrl.statistics().layers}
+    weak = by_name["layers.4.conv1"]
+    assert weak.kept == 8  # down to its floor: 32 * 0.1 rounded up to 8
+    others = [by_name[f"layers.{i}.conv1"] for i in (3, 5)]
+    assert all(o.kept > weak.kept for o in others)
+
+
+def test_mobilenet_flops_target_lands_in_window():
+    ctrl, model = compressed(MobileNetV2Small(), 0.5)
+    assert 0.5 <= 1 - ctrl.statistics().flops_kept <= 0.52
+    assert_strip_equal(ctrl, model, torch.randn(2, 1, 28, 28))
+
+
+def test_pruning_target_stays_uniform():
+    torch.manual_seed(0)
+    ctrl, _ = create_compressed_model(ResNet20(), make_config((1, 1, 28, 28), pruning_init=0.5,
+                                                              schedule="baseline"))  # fmt: skip
+    ratios = {s.kept / s.filters for s in ctrl.statistics().layers if s.kept < s.filters}
+    assert ratios == {0.5}
+
+
+def test_keep_steps():
+    assert keep_steps(64, 8) == [64, 56, 48, 40, 32, 24, 16, 8]
+    assert keep_steps(16, 8) == [16, 8]
+    assert keep_steps(10, 1)[-1] == 1 and len(keep_steps(10, 1)) == 10
+    assert np.all(np.diff(keep_steps(100, 8)) < 0)

@@ -1,0 +1,87 @@
+"""``params.shrink_when_frozen``: fine-tuning goes on in the physically smaller model."""
+
+import copy
+
+import pytest
+import torch
+from torch_helpers import classify_steps, make_config, randomize_bn
+
+from filterprune.errors import ConfigError
+from filterprune.testing.cifar_nets import ResNet20
+from filterprune.torch import create_compressed_model
+from filterprune.torch.shrink_frozen import shrink_in_place
+
+
+def config(**params):
+    params = {"schedule": "exponential", "pruning_steps": 2, "pruning_target": 0.5, **params}
+    return make_config((1, 1, 28, 28), pruning_init=0.1, **params)
+
+
+def net():
+    torch.manual_seed(0)
+    return randomize_bn(ResNet20())
+
+
+def test_shrink_in_place_keeps_outputs_and_cuts_optimizer_state():
+    ctrl, model = create_compressed_model(net(), config())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    classify_steps(model, ctrl, optimizer)
+    model.eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        ref = model(x)
+    shrink_in_place(model, ctrl.keeps(), ctrl.analysis.graph.layers, [optimizer])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-5)
+    params = list(model.parameters())
+    assert [id(p) for p in optimizer.param_groups[0]["params"]] == [id(p) for p in params]
+    for p in params:
+        assert optimizer.state[p]["momentum_buffer"].shape == p.shape
+
+
+def cut_and_trained():
+    ctrl, model = create_compressed_model(net(), config(shrink_when_frozen=True))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ctrl.register_optimizer(optimizer)
+    dense_params = sum(p.numel() for p in model.parameters())
+    for _ in range(4):
+        ctrl.scheduler.epoch_step()
+        classify_steps(model, ctrl, optimizer)
+    assert ctrl.shrunk and ctrl.frozen
+    kept = sum(p.numel() for p in model.parameters())
+    assert kept < 0.8 * dense_params  # inner convs only: about 0.64 kept
+    assert model.layers[8].conv1.weight.shape[0] < 64
+    before = copy.deepcopy(model.state_dict())
+    classify_steps(model, ctrl, optimizer, 1)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.endswith("conv1.weight") for k in changed)  # the new parameters train
+    small = ctrl.strip().eval()
+    x = torch.randn(2, 1, 28, 28)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
+    return ctrl, model
+
+
+def test_training_continues_on_the_cut_model():
+    cut_and_trained()
+
+
+def test_resume_cuts_the_new_model_so_a_shrunk_state_dict_loads():
+    ctrl, model = cut_and_trained()
+    state, weights = ctrl.get_compression_state(), model.state_dict()
+    assert state["shrunk"] is True
+    resumed, fresh = create_compressed_model(net(), config(shrink_when_frozen=True), state)
+    assert resumed.shrunk
+    fresh.load_state_dict(weights)
+    x = torch.randn(2, 1, 28, 28)
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_level_cannot_change_after_the_cut():
+    ctrl, _ = cut_and_trained()
+    with pytest.raises(ConfigError, match=r"^`level` cannot change after shrink_when_frozen "
+                       r"cut the model: the pruned channels are gone\. Received: level=0\.3\.$"):
+        ctrl.set_pruning_level(0.3)

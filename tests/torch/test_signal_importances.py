@@ -1,0 +1,97 @@
+"""The ``taylor`` and ``bn_scale`` importances on PyTorch models, set from the config."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch_helpers import classify_steps, make_config, randomize_bn
+
+from filterprune.errors import ConfigError
+from filterprune.testing.cifar_nets import ResNet20
+from filterprune.torch import analyze_model, create_compressed_model
+
+
+def resnet(seed=0):
+    torch.manual_seed(seed)
+    return randomize_bn(ResNet20())
+
+
+def kept_out(ctrl, layer):
+    return np.flatnonzero(ctrl.keeps()[layer]["out"])
+
+
+def config(importance, **params):
+    return make_config((1, 1, 28, 28), filter_importance=importance, schedule="baseline",
+                       **params)  # fmt: skip
+
+
+def test_bn_scale_keeps_the_largest_gammas():
+    model = resnet()
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(1))
+    gamma = torch.linspace(0.1, 1.6, 16)[order]
+    with torch.no_grad():
+        model.layers[0].bn1.weight.copy_(gamma)
+    ctrl, _ = create_compressed_model(model, config("bn_scale", pruning_init=0.5))
+    expected = np.sort(np.argsort(-gamma.numpy())[:8])
+    assert kept_out(ctrl, "layers.0.conv1").tolist() == expected.tolist()
+    # L2 chooses by the weight and keeps other filters
+    l2, _ = create_compressed_model(resnet(), config("L2", pruning_init=0.5))
+    assert kept_out(l2, "layers.0.conv1").tolist() != expected.tolist()
+
+
+def test_bn_scale_without_batchnorm_is_refused():
+    net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),
+                        nn.Conv2d(16, 4, 1))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^`filter_importance`='bn_scale' needs a BatchNorm .*"
+                       r"1 have none \(2\)\..*Received: filter_importance='bn_scale'\.$"):
+        create_compressed_model(net, config("bn_scale", pruning_init=0.5))
+
+
+def gradients_only(model, ctrl, steps=3):
+    """Training steps at learning rate 0: gradients flow, weights stay."""
+    classify_steps(model, ctrl, torch.optim.SGD(model.parameters(), lr=0.0), steps)
+
+
+def test_taylor_prunes_filters_without_gradient_first():
+    """Filters silenced by a zero BN scale get no gradient: Taylor drops them although
+    their weights are the largest (which L1 would keep)."""
+    model = resnet()
+    silent = [0, 3, 5, 6, 9, 10, 12, 15]
+    with torch.no_grad():
+        model.layers[1].conv1.weight[silent] *= 10.0
+        model.layers[1].bn1.weight[silent] = 0.0
+    ctrl, model = create_compressed_model(model, config("taylor", pruning_init=0.0))
+    model.train()
+    gradients_only(model, ctrl)
+    ctrl.set_pruning_level(0.5)
+    assert sorted(set(range(16)) - set(kept_out(ctrl, "layers.1.conv1").tolist())) == silent
+    totals = ctrl.taylor.totals["layers.1.conv1"]
+    assert torch.all(totals[silent] == 0) and torch.all(totals[[1, 2, 4]] > 0)
+
+
+def test_taylor_before_any_step_uses_l1():
+    model = resnet()
+    ctrl, _ = create_compressed_model(model, config("taylor", pruning_init=0.5))
+    l1, _ = create_compressed_model(resnet(), config("L1", pruning_init=0.5))
+    assert kept_out(ctrl, "layers.1.conv1").tolist() == kept_out(l1, "layers.1.conv1").tolist()
+
+
+def test_taylor_scores_accumulate_and_strip_drops_hooks():
+    ctrl, model = create_compressed_model(resnet(), config("taylor", pruning_init=0.0))
+    model.train()
+    gradients_only(model, ctrl, 1)
+    once = ctrl.taylor.totals["layers.0.conv1"].clone()
+    gradients_only(model, ctrl, 2)
+    assert torch.all(ctrl.taylor.totals["layers.0.conv1"] >= once)
+    assert not torch.equal(ctrl.taylor.totals["layers.0.conv1"], once)
+    small = ctrl.strip()
+    small(torch.randn(2, 1, 28, 28)).sum().backward()  # the copy carries no hooks
+
+
+@pytest.mark.parametrize("importance", ["taylor", "bn_scale"])
+def test_dry_run_refuses_signal_importances(importance):
+    message = (r"^`filter_importance` must be one a dry run \(analyze\) can compute; "
+               rf"'{importance}' needs .*Use 'L1', 'L2' or 'geometric_median'\. "
+               rf"Received: filter_importance='{importance}'\.$")
+    with pytest.raises(ConfigError, match=message):
+        analyze_model(resnet(), config(importance))
