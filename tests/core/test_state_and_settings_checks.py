@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 import pytest
-from core_fixtures import PRUNE, DictFrontend, Net, _config
+from core_fixtures import PRUNE, DictFrontend, Net, Pruning, _config
 
 from filterprune.core.compression import CompressionStage
 from filterprune.core.config import FilterPruningParams
@@ -162,6 +162,21 @@ def test_a_single_algorithm_config_refuses_a_composite_state():
         _resume(ctrl.get_compression_state())
 
 
+def test_keys_a_frontend_controller_adds_are_allowed_for_it_only():
+    class Shrinking(Pruning):
+        def get_compression_state(self):
+            return {**super().get_compression_state(), "shrunk": False}
+
+    class ShrinkingFrontend(DictFrontend):
+        controllers = {**DictFrontend.controllers, "filter_pruning": Shrinking}
+
+    ctrl, _ = create_compressed_model(ShrinkingFrontend(), Net(), _config(PRUNE))
+    state = ctrl.get_compression_state()
+    create_compressed_model(ShrinkingFrontend(), Net(), _config(PRUNE), state)
+    with pytest.raises(ConfigError, match=r"^Unknown key `compression_state\.shrunk`"):
+        _resume(state)  # the plain controller writes no such key
+
+
 def test_a_valid_state_still_round_trips():
     state = _saved()
     ctrl, model = _resume(state)
@@ -241,9 +256,10 @@ def test_nothing_prunable_is_not_fully_compressed(caplog):
         ctrl, _ = create_compressed_model(DictFrontend(), Net(), config)
     assert ctrl.pruning_level == 0.5
     assert ctrl.compression_stage() == CompressionStage.UNCOMPRESSED
-    assert "nothing can be pruned, every group is left whole (c1 in ignored_scopes" in caplog.text
+    assert ("nothing can be pruned, every group is left whole (c1 in ignored_scopes ('c1'); "
+            "feeds a model output)") in caplog.text
     # the composite agrees with its child
     both = _config(PRUNE, {"algorithm": "quantization"})
     both["ignored_scopes"] = ["c1", "c2"]
-    ctrl, _ = create_compressed_model(DictFrontend(), Net(), both)
+    ctrl, _ = create_compressed_model(DictFrontend(data="d"), Net(), both)
     assert ctrl.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED  # quant done only

@@ -248,7 +248,8 @@ class PruningControllerBase(CompressionController):
                 its schema, was saved for another model, or prunes a layer this config
                 leaves whole.
         """
-        plan = check_pruning_state(state, self.analysis, self.state_where)
+        own = self.get_compression_state()  # a frontend's controller may add keys
+        plan = check_pruning_state(state, self.analysis, self.state_where, own)
         self.scheduler.load_state(state["scheduler"])
         self.frozen = bool(state.get("frozen", False))
         self._install(Plan.from_dict(plan, self.analysis))

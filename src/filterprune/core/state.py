@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ConfigError
@@ -105,7 +105,8 @@ def check_state_header(state: Any, algorithm: str, where: str = "compression_sta
         )
 
 
-def check_pruning_state(state: Any, analysis: Any, where: str = "compression_state") -> dict:
+def check_pruning_state(state: Any, analysis: Any, where: str = "compression_state",
+                        extra_keys: Iterable[str] = ()) -> dict:  # fmt: skip
     """Check a filter pruning state against its schema and the model's groups.
 
     Args:
@@ -113,6 +114,8 @@ def check_pruning_state(state: Any, analysis: Any, where: str = "compression_sta
         analysis: The model's :class:`~filterprune.core.analysis.Analysis` under the
             current config.
         where: Key path of ``state`` in messages.
+        extra_keys: Keys a frontend's controller adds to the state (``shrunk``); allowed,
+            and checked by that controller.
 
     Returns:
         The state's ``plan`` without the groups this config leaves whole (all their
@@ -124,7 +127,11 @@ def check_pruning_state(state: Any, analysis: Any, where: str = "compression_sta
             whole (naming each layer and why).
     """
     check_state_header(state, "filter_pruning", where)
-    validate(state, PRUNING_STATE, where)
+    schema = PRUNING_STATE
+    extra = [k for k in extra_keys if k not in schema["properties"]]
+    if extra:
+        schema = {**schema, "properties": {**schema["properties"], **dict.fromkeys(extra, {})}}
+    validate(state, schema, where)
     groups = state["plan"]["groups"]
     for i, group in enumerate(groups):
         wrong = [k for k in group["kept"] if k >= group["size"]]
