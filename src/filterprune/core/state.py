@@ -54,7 +54,6 @@ PRUNING_STATE = obj(
             required=["current_epoch", "current_step", "current_level", "frozen"],
         ),
         "frozen": boolean(),
-        "shrunk": boolean(),  # shrink_when_frozen cut the training model
         "plan": obj(
             {
                 "version": {"const": 1},
