@@ -141,12 +141,18 @@ def _elementwise(s, node, ins):
 
 
 def _follow_param(s: Propagation, node: Node, param: Param, ids: np.ndarray) -> None:
+    """Cut a weight read by an elementwise op along the channels it meets. A tensor the
+    frontend has no layer for (a buffer, a constant made in forward) cannot be cut: the
+    channels it meets stay."""
     ndim = max(len(param.shape), ids.ndim)
     ids = _pad(ids, ndim)
     shape = (1,) * (ndim - len(param.shape)) + param.shape
     for axis, size in enumerate(shape):
         if size > 1 and _varies(ids, axis):
             line = _channels(ids, ndim, axis, size)
+            if param.name not in s.graph.layers:
+                s.block(line, f"{node.label or node.op} reads {param.name}, which cannot be cut")
+                continue
             s.use(param.name, f"axis{axis - (ndim - len(param.shape))}", line, node.name)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,7 +19,8 @@ from torch import fx, nn
 
 from ..core.graph import LayerInfo
 
-__all__ = ["MODULE_RULES", "CALL_RULES", "IDENTITY_MODULES"]
+__all__ = ["MODULE_RULES", "CALL_RULES", "IDENTITY_MODULES", "FUNCTIONAL", "Functional",
+           "module_rule"]
 
 Spec = tuple[str, dict[str, Any]]
 
@@ -119,6 +121,74 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     **{t: _simple("identity") for t in IDENTITY_MODULES},
 }
 
+
+
+def module_rule(module: nn.Module) -> tuple[type[nn.Module], Callable] | None:
+    """The torch layer class ``module`` derives from and its builder (a subclass such as
+    timm's ``BatchNormAct2d`` is built as its ``nn.BatchNorm2d``), or ``None``."""
+    for cls in type(module).__mro__:
+        if cls in MODULE_RULES:
+            return cls, MODULE_RULES[cls]
+    return None
+
+
+# -- functions that compute a layer from parameters passed in ---------------------------------
+@dataclass(frozen=True)
+class Functional:
+    """Where a function's input and parameters sit, and the layers whose forward it is.
+
+    Attributes:
+        forms: Module classes whose forward is this function (``F.conv2d``: the convs).
+        data: ``(position, keyword)`` of the activation argument.
+        params: Parameter attribute of the layer -> ``(position, keyword)`` of the argument
+            that passes it (``"weight": (1, "weight")``).
+        per_channel: The layer only scales or normalises channels (BatchNorm, PReLU), so
+            masks may wrap any forward of it; a conv or linear layer needs its own forward.
+    """
+
+    forms: tuple[type[nn.Module], ...]
+    data: tuple[int, str] = (0, "input")
+    params: dict[str, tuple[int, str]] = field(default_factory=dict)
+    per_channel: bool = False
+
+
+_WB = {"weight": (1, "weight"), "bias": (2, "bias")}
+_NORM_WB = {"weight": (2, "weight"), "bias": (3, "bias")}
+_STATS_FIRST = {"running_mean": (1, "running_mean"), "running_var": (2, "running_var"),
+                "weight": (3, "weight"), "bias": (4, "bias")}  # fmt: skip
+_WEIGHTS_FIRST = {"weight": (1, "weight"), "bias": (2, "bias"), "running_mean": (3, "running_mean"),
+                  "running_var": (4, "running_var")}  # fmt: skip
+_aten = torch.ops.aten
+
+FUNCTIONAL: dict[Any, Functional] = {
+    **{f: Functional(_CONV, params=_WB) for f in (F.conv1d, F.conv2d, F.conv3d)},
+    **{f: Functional(_CONV_T, params=_WB)
+       for f in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)},
+    F.linear: Functional((nn.Linear,), params=_WB),
+    F.batch_norm: Functional(_BN, params=_STATS_FIRST, per_channel=True),
+    F.instance_norm: Functional(_IN, params=_STATS_FIRST, per_channel=True),
+    F.layer_norm: Functional((nn.LayerNorm,), params=_NORM_WB, per_channel=True),
+    F.group_norm: Functional((nn.GroupNorm,), params=_NORM_WB, per_channel=True),
+    F.prelu: Functional((nn.PReLU,), params={"weight": (1, "weight")}, per_channel=True),
+    F.embedding: Functional((nn.Embedding,), params={"weight": (1, "weight")}),
+    # the same layers as torch.export records them (ATen overloads, their argument order)
+    **{op: Functional(_CONV, params=_WB) for op in (
+        _aten.conv1d.default, _aten.conv2d.default, _aten.conv3d.default,
+        _aten.conv1d.padding, _aten.conv2d.padding, _aten.conv3d.padding)},
+    **{op: Functional(_CONV_T, params=_WB) for op in (
+        _aten.conv_transpose1d.default, _aten.conv_transpose2d.input,
+        _aten.conv_transpose3d.input)},
+    _aten.linear.default: Functional((nn.Linear,), params=_WB),
+    _aten.batch_norm.default: Functional(_BN, params=_WEIGHTS_FIRST, per_channel=True),
+    _aten.instance_norm.default: Functional(_IN, params=_WEIGHTS_FIRST, per_channel=True),
+    _aten.layer_norm.default: Functional((nn.LayerNorm,), params=_NORM_WB, per_channel=True),
+    _aten.group_norm.default: Functional((nn.GroupNorm,), params=_NORM_WB, per_channel=True),
+    _aten.prelu.default: Functional((nn.PReLU,), params={"weight": (1, "weight")},
+                                    per_channel=True),
+    _aten.embedding.default: Functional((nn.Embedding,), data=(1, "indices"),
+                                        params={"weight": (0, "weight")}),
+}  # fmt: skip
+
 # -- functions and tensor methods ------------------------------------------------------------
 Call = Callable[[fx.Node, Any], Spec]
 
@@ -146,7 +216,15 @@ def _reshape(node: fx.Node, shapes) -> Spec:
     fixed = [i for i, a in enumerate(args) if isinstance(a, int) and a != -1]
     if node.target in ("view", "reshape", torch.reshape):
         return "reshape", {"fixed_dims": fixed}
+    if node.target in ("unflatten", torch.unflatten):
+        return "reshape", {"fixed_dims": _unflatten_fixed(node, len(shapes))}
     return "reshape", {}
+
+
+def _unflatten_fixed(node: fx.Node, ndim: int) -> list[int]:
+    """Output axes of ``unflatten(dim, sizes)`` whose size is a literal in code."""
+    dim, sizes = int(_arg(node, 1, "dim")) % max(ndim, 1), _arg(node, 2, "sizes")
+    return [dim + i for i, a in enumerate(sizes) if isinstance(a, int) and a != -1]
 
 
 def _permute(node: fx.Node, shapes) -> Spec:
@@ -215,6 +293,10 @@ def _layer_norm(node: fx.Node, shapes) -> Spec:
     return "layernorm", {"normalized_ndim": len(_arg(node, 1, "normalized_shape"))}
 
 
+def _group_norm(node: fx.Node, shapes) -> Spec:
+    return "groupnorm", {}
+
+
 def _expand(node: fx.Node, shapes) -> Spec:
     return "expand", {}
 
@@ -270,6 +352,6 @@ CALL_RULES: dict[Any, Call] = {
     "amax": _reduce, torch.amax: _reduce,
     F.softmax: _along_dim, "softmax": _along_dim, F.log_softmax: _along_dim,
     "log_softmax": _along_dim, torch.softmax: _along_dim, torch.cumsum: _along_dim,
-    torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm,
+    torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm, F.group_norm: _group_norm,
     "expand": _expand, "expand_as": _expand, "repeat": _repeat,
 }  # fmt: skip
