@@ -38,11 +38,14 @@ def smallest_input(model, sizes=SIZES) -> int:
 def nondegenerate(model, seed: int = 0):
     """Give every parameter and normalisation statistic of ``model`` a value that counts.
 
-    Running statistics get a real scale (fresh ones are 0 and 1). A parameter whose
-    entries are all equal (zeros, ones, a 1e-6 layer scale, a constant prior bias) or
-    all tiny is redrawn around its value: matrices and kernels as a normal draw scaled by
-    their fan-in, vectors and scalars uniformly within half their scale (taken as 1 for
-    values near zero). Seeded, so a model gets the same values on every run.
+    Every trainable floating-point parameter is redrawn (seeded): a matrix or kernel as a
+    normal draw scaled by its fan-in, so that each branch of the model contributes at the
+    scale of the others (timm's ViTs draw weights with std 0.02 and tokens near zero, so
+    the output hardly depends on the blocks); a per-channel vector or a scalar uniformly
+    around its mean, within half its scale (at least 1), so zero gammas, 1e-6
+    layer scales and zero biases get values that count while a prior bias keeps its sign.
+    Running statistics get a real scale (fresh ones are 0 and 1). Frozen parameters
+    (``requires_grad=False``, fixed by design) are left alone.
 
     Returns:
         ``model``.
@@ -57,24 +60,20 @@ def nondegenerate(model, seed: int = 0):
                 mean.copy_(torch.randn(mean.shape, generator=g) * 0.1)
                 var.copy_(torch.rand(var.shape, generator=g) * 0.5 + 0.5)
         for p in model.parameters():
-            if p.numel() and p.is_floating_point() and _degenerate(p):
+            if p.numel() and p.is_floating_point() and p.requires_grad:
                 p.copy_(_redraw(p, g).to(p.dtype))
     return model
-
-
-def _degenerate(p) -> bool:
-    flat = p.detach().reshape(-1).float()
-    return bool(flat.min() == flat.max()) or float(flat.abs().max()) < 1e-4
 
 
 def _redraw(p, g):
     import torch
 
-    if p.dim() >= 2:
-        fan_in = max(1, p[0].numel())
+    sizes = [n for n in p.shape if n > 1]
+    if len(sizes) >= 2:  # a matrix or kernel (not a (C, 1, 1) scale)
+        fan_in = max(1, p.numel() // sizes[0])
         return torch.randn(p.shape, generator=g) / fan_in**0.5
-    c = float(p.detach().reshape(-1)[0])
-    scale = abs(c) if abs(c) >= 1e-2 else 1.0
+    c = float(p.detach().float().mean())
+    scale = max(abs(c), 1.0)
     return c + scale * (torch.rand(p.shape, generator=g) - 0.5)
 
 
@@ -120,12 +119,16 @@ def check_timm(name: str, level: float = 0.5, size: int | None = None) -> dict:
     """Run the zoo checks on timm model ``name`` (``pretrained=False``)."""
     import timm
 
+    cfg = timm.get_pretrained_cfg(name)
+    native = getattr(cfg, "input_size", None) or (3, 224, 224)
+    sizes = tuple(sorted({*SIZES, native[-1]}))  # some accept their own size only (256)
     return check_module(lambda: timm.create_model(name, pretrained=False), name, level=level,
-                        size=size)  # fmt: skip
+                        size=size, sizes=sizes)  # fmt: skip
 
 
 def check_module(build: Callable[[], Any], name: str, level: float = 0.5,
-                 size: int | None = None, unrounded: bool = False, onnx: bool = True) -> dict:
+                 size: int | None = None, unrounded: bool = False, onnx: bool = True,
+                 sizes: tuple[int, ...] = SIZES) -> dict:  # fmt: skip
     """Prune ``build()`` at ``level`` (first and downsampling convs allowed) and check it.
 
     Checks: the stripped model equals the masked one (1e-4 relative, every output, on
@@ -144,7 +147,7 @@ def check_module(build: Callable[[], Any], name: str, level: float = 0.5,
 
     torch.manual_seed(0)
     model = build().eval()
-    size = size or smallest_input(model)
+    size = size or smallest_input(model, sizes)
     sample = (torch.zeros(1, 3, size, size),)
     t0 = time.perf_counter()
     captured = capture(model, sample)

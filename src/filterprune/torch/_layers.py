@@ -20,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from ..core.graph import Graph, LayerInfo, Node
 from ._ops import FUNCTIONAL, Functional, module_rule
 
-__all__ = ["functional_node", "plain_params", "owner_of", "module_path", "COMPUTED"]
+__all__ = ["functional_node", "plain_params", "owner_of", "module_path", "split_sizes",
+           "COMPUTED"]
 
 COMPUTED = "<computed>"  # an argument that is a tensor computed in forward, not a parameter
 
@@ -105,6 +107,14 @@ def functional_node(node: fx.Node, label: str, shape: Any, graph: Graph,
                 layer=parts.layer, attrs=parts.attrs, label=label)  # fmt: skip
 
 
+def split_sizes(attrs: dict[str, Any], shapes: list[tuple[int, ...]]) -> list[int]:
+    """Sizes of a split's pieces along its axis (1 each for ``unbind``, whose pieces lose
+    the axis)."""
+    if attrs.get("squeeze"):
+        return [1] * len(shapes)
+    return [s[attrs["axis"]] for s in shapes]
+
+
 def arg_of(node: fx.Node, where: tuple[int, str]) -> Any:
     """The argument at ``(position, keyword)`` of a call."""
     position, keyword = where
@@ -164,7 +174,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         why = f"{label} reads parameters of {type(module).__name__} {owner}: no channel rule"
         return _opaque(why, owner, modules, graph_layers, positions)
     cls, build = found
-    if weighted and type(module).forward is not cls.forward:
+    if weighted and not _same_forward(module, cls, in_shape):
         why = (f"{type(module).__name__} {owner} runs its own forward around {label}; "
                "masks follow only the forward of its torch class")  # fmt: skip
         return _opaque(why, owner, modules, graph_layers, positions)
@@ -172,6 +182,32 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
     if info.params or kind in ("conv", "linear", "batchnorm"):
         graph_layers.setdefault(owner, info)
     return Parts(kind, dict(attrs), layer=owner)
+
+
+def _same_forward(module: nn.Module, cls: type[nn.Module], in_shape: Any) -> bool:
+    """Whether ``module`` computes what the forward of its torch class ``cls`` computes.
+
+    Masks replace a conv or linear layer's forward with the torch class's one, so a
+    subclass with its own forward is only cut where both agree: checked on a random
+    input (timm's ``Linear`` agrees; a ``Conv2dSame`` that pads, or a weight-standardising
+    conv, does not).
+    """
+    if type(module).forward is cls.forward:
+        return True
+    if not isinstance(in_shape, tuple):
+        return False
+    ref = next(module.parameters())
+    x = torch.randn(in_shape, generator=torch.Generator().manual_seed(0)).to(ref)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            own, base = type(module).forward(module, x), cls.forward(module, x)
+    except Exception:  # noqa: BLE001 - a forward that fails on a plain tensor: not the same
+        return False
+    finally:
+        module.train(was_training)
+    return isinstance(own, torch.Tensor) and own.shape == base.shape and torch.equal(own, base)
 
 
 def _without_params(spec: Functional, label: str, call) -> Parts:

@@ -27,7 +27,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
-from ._layers import COMPUTED, functional_node, plain_params
+from ._layers import COMPUTED, functional_node, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, MODULE_RULES
 
 __all__ = ["capture", "capture_fx"]
@@ -178,7 +178,7 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
     in_shape = graph[inputs[0]].shape if inputs else None
     kind, attrs = builder(node, in_shape if isinstance(in_shape, tuple) else ())
     if kind == "split":
-        attrs["sizes"] = [s[attrs["axis"]] for s in shape]
+        attrs["sizes"] = split_sizes(attrs, shape)
     return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
 
 

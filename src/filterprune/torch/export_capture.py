@@ -15,6 +15,7 @@ it runs on the sample; ``graph.notes`` lists each such place.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import operator
 import warnings
@@ -28,7 +29,7 @@ from ..core.graph import Graph, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._aten import ATEN_RULES
-from ._layers import COMPUTED, functional_node
+from ._layers import COMPUTED, functional_node, split_sizes
 from ._ops import FUNCTIONAL
 from .capture import add_unseen_params
 
@@ -39,12 +40,13 @@ _TENSOR_INPUTS = ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """torch.export logs every guard and specialisation; the notes say what matters."""
+    """torch.export logs every guard and specialisation, and prints the graph of a failed
+    attempt; the notes say what matters."""
     logger = logging.getLogger("torch")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -86,7 +88,7 @@ def _draft_notes(program: Any) -> list[str]:
     report = getattr(program, "_report", None)
     if report is None:
         return []
-    files = getattr(report, "str_to_filename", {}) or {}
+    files = _file_names(report)
     notes = []
     for failure in report.failures:
         data = failure.data if isinstance(failure.data, dict) else {}
@@ -97,6 +99,17 @@ def _draft_notes(program: Any) -> list[str]:
         taken = f", taken as {data['result']}" if "result" in data else ""
         notes.append(f"{kind} at {where}{code}: specialised to the sample input{taken}")
     return notes
+
+
+def _file_names(report: Any) -> dict[int, str]:
+    """File id -> name for the report's stacks: a file interned before this export (by an
+    earlier one in the process) is only in torch's table."""
+    names = dict(getattr(report, "str_to_filename", {}) or {})
+    try:
+        from torch._logging.structured import INTERN_TABLE
+    except ImportError:  # a torch without the table: ids stay unnamed
+        return names
+    return {**{i: name for name, i in INTERN_TABLE.items()}, **names}
 
 
 def capture_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
@@ -195,7 +208,7 @@ class _Builder:
         in_shape = self.graph[inputs[0]].shape if inputs else None
         kind, attrs = build(node, in_shape if isinstance(in_shape, tuple) else ())
         if kind == "split":
-            attrs["sizes"] = [s[attrs["axis"]] for s in shape]
+            attrs["sizes"] = split_sizes(attrs, shape)
         return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
 
     def _getitem(self, node: fx.Node, inputs: list[str], shape: Any) -> Node:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -87,5 +88,5 @@ def _legacy(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> N
 
 
 def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()  # no terminal colours
     return f"{type(err).__name__}: {text[0][:200] if text else ''}"
