@@ -101,3 +101,25 @@ def test_converter_reads_both_exporters(tmp_path, exporter):
     with torch.no_grad():
         ref = ctrl.strip().eval()(x).numpy()
     np.testing.assert_allclose(_run(tmp_path / "small.onnx", x), ref, atol=1e-4 * np.abs(ref).max())
+
+
+def test_an_invalid_optimised_graph_is_exported_again_unoptimised(tmp_path, caplog, monkeypatch):
+    import onnx
+
+    checked = []
+    real = onnx.checker.check_model
+
+    def first_fails(path, **kwargs):
+        checked.append(path)
+        if len(checked) == 1:
+            raise onnx.checker.ValidationError("input 'mul_2_min_1' is not output of any node")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(onnx.checker, "check_model", first_fails)
+    net, x = SmallNet().eval(), torch.randn(1, 3, 32, 32)
+    with caplog.at_level(logging.INFO, logger="filterprune"):
+        assert export_onnx(net, (x,), str(tmp_path / "m.onnx")) == "dynamo"
+    assert len(checked) == 2
+    assert "optimised ONNX graph is invalid (ValidationError: input 'mul_2_min_1'" in caplog.text
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(tmp_path / "m.onnx", x), net(x), atol=1e-4)

@@ -116,25 +116,34 @@ def check_model(name: str, level: float = 0.5, size: int | None = None,
 
 
 def check_timm(name: str, level: float = 0.5, size: int | None = None) -> dict:
-    """Run the zoo checks on timm model ``name`` (``pretrained=False``)."""
+    """Run the zoo checks on timm model ``name`` (``pretrained=False``).
+
+    Args:
+        size: Input side; default: the model's own (its pretrained config), where its
+            windows, strides and token grids are what the architecture is made for (at
+            32 px a CNN ends on a 1x1 map and windowed attention pads 1x1 maps to 7x7).
+    """
     import timm
 
-    cfg = timm.get_pretrained_cfg(name)
-    native = getattr(cfg, "input_size", None) or (3, 224, 224)
-    sizes = tuple(sorted({*SIZES, native[-1]}))  # some accept their own size only (256)
+    if size is None:
+        cfg = timm.get_pretrained_cfg(name)
+        size = (getattr(cfg, "input_size", None) or (3, 224, 224))[-1]
     return check_module(lambda: timm.create_model(name, pretrained=False), name, level=level,
-                        size=size, sizes=sizes)  # fmt: skip
+                        size=size)  # fmt: skip
 
 
 def check_module(build: Callable[[], Any], name: str, level: float = 0.5,
                  size: int | None = None, unrounded: bool = False, onnx: bool = True,
-                 sizes: tuple[int, ...] = SIZES) -> dict:  # fmt: skip
+                 detector: bool = False) -> dict:  # fmt: skip
     """Prune ``build()`` at ``level`` (first and downsampling convs allowed) and check it.
 
     Checks: the stripped model equals the masked one (1e-4 relative, every output, on
     non-degenerate parameters), ONNX Runtime equals the stripped model, the output shape
     stays, and FLOPs went down. With ``unrounded``, also report the FLOPs kept with
-    ``filters_multiple_of`` 1.
+    ``filters_multiple_of`` 1. A ``detector``'s outputs (boxes after score thresholds and
+    NMS) may differ in number from the unpruned model's, so its output shapes are compared
+    with the masked model's, and so is the output of every conv and linear layer whose
+    shape the cut leaves (the heads' tensors before post-processing).
 
     Returns:
         A result row: ``ok``, ``flops_kept``, ``capture`` (torch.fx or torch.export),
@@ -147,16 +156,17 @@ def check_module(build: Callable[[], Any], name: str, level: float = 0.5,
 
     torch.manual_seed(0)
     model = build().eval()
-    size = size or smallest_input(model, sizes)
+    size = size or smallest_input(model)
     sample = (torch.zeros(1, 3, size, size),)
     t0 = time.perf_counter()
     captured = capture(model, sample)
     analyze(captured.graph)
     analysis_s = time.perf_counter() - t0
     nondegenerate(model)
+    specialised = sum("specialised to the sample" in note for note in captured.graph.notes)
     row = {"model": name, "input": size, "capture": captured.extra["capture"],
-           "analysis_s": round(analysis_s, 3)}  # fmt: skip
-    row.update(_prune_and_compare(model, size, level, unrounded, onnx))
+           "analysis_s": round(analysis_s, 3), "specialised": specialised}  # fmt: skip
+    row.update(_prune_and_compare(model, size, level, unrounded, onnx, detector))
     return row
 
 
@@ -172,7 +182,8 @@ def _config(size: int, level: float, multiple: int | None = None):
     })  # fmt: skip
 
 
-def _prune_and_compare(model, size: int, level: float, unrounded: bool, onnx: bool) -> dict:
+def _prune_and_compare(model, size: int, level: float, unrounded: bool, onnx: bool,
+                       detector: bool) -> dict:  # fmt: skip
     import torch
 
     from filterprune.torch import create_compressed_model
@@ -191,7 +202,10 @@ def _prune_and_compare(model, size: int, level: float, unrounded: bool, onnx: bo
     small = ctrl.strip().eval()
     with torch.no_grad():
         ref, out = model.eval()(x), small(x)
-    rel = relative_diff(ref, out)
+    if detector:
+        ref_shapes = [t.shape[1:] for t in flat_tensors(ref)]
+        row.update(_layer_diff(model, small, x))
+    rel = max(relative_diff(ref, out), float(row.get("layer_rel_diff", 0)))
     shape_ok = [t.shape[1:] for t in flat_tensors(out)] == ref_shapes
     onnx_rel, exporter = _onnx_diff(small, x, out) if onnx else (0.0, "")
     problems = [what for what, bad in [
@@ -207,6 +221,31 @@ def _prune_and_compare(model, size: int, level: float, unrounded: bool, onnx: bo
         "top_reason": _top_reason(stats),
     })  # fmt: skip
     return row
+
+
+def _layer_diff(model, small, x) -> dict:
+    """The largest relative difference between the masked and stripped outputs of every
+    conv and linear layer whose output shape the cut leaves, and how many there are."""
+    import torch
+
+    def outputs(net) -> dict[str, list]:
+        found: dict[str, list] = {}
+        hooks = [m.register_forward_hook(lambda mod, args, out, n=n: found.setdefault(n, [])
+                                         .append(out.detach().clone()))
+                 for n, m in net.named_modules()
+                 if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear))]  # fmt: skip
+        try:
+            with torch.no_grad():
+                net(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return found
+
+    ref, got = outputs(model), outputs(small)
+    same = [n for n in ref if n in got and [t.shape for t in ref[n]] == [t.shape for t in got[n]]]
+    worst = max((relative_diff(ref[n], got[n]) for n in same), default=0.0)
+    return {"layers_compared": len(same), "layer_rel_diff": f"{worst:.1e}"}
 
 
 def _top_reason(stats) -> str:

@@ -275,6 +275,18 @@ def _along_dim(node: fx.Node, shapes) -> Spec:
     return "along", {"dims": [int(_arg(node, 1, "dim", -1))]}
 
 
+def _norm(node: fx.Node, shapes) -> Spec:
+    """``x.norm(p, dim, keepdim)``: a reduction over ``dim`` (every axis without one)."""
+    dims = _arg(node, 2, "dim")
+    dims = list(range(len(shapes))) if dims is None else [dims] if isinstance(dims, int) else dims
+    return "reduce", {"dims": list(dims), "keepdim": bool(_arg(node, 3, "keepdim", False))}
+
+
+def _normalize(node: fx.Node, shapes) -> Spec:
+    """``F.normalize(x, p, dim)``: each position divided by a norm along ``dim``."""
+    return "along", {"dims": [int(_arg(node, 2, "dim", 1))]}
+
+
 def _roll(node: fx.Node, shapes) -> Spec:
     dims = _arg(node, 2, "dims")
     if dims is None:
@@ -349,7 +361,8 @@ CALL_RULES: dict[Any, Call] = {
     "split": _split, torch.split: _split, "chunk": _chunk, torch.chunk: _chunk,
     "unbind": _unbind, torch.unbind: _unbind,
     "mean": _reduce, torch.mean: _reduce, "sum": _reduce, torch.sum: _reduce,
-    "amax": _reduce, torch.amax: _reduce,
+    "amax": _reduce, torch.amax: _reduce, "norm": _norm, torch.norm: _norm,
+    F.normalize: _normalize,
     F.softmax: _along_dim, "softmax": _along_dim, F.log_softmax: _along_dim,
     "log_softmax": _along_dim, torch.softmax: _along_dim, torch.cumsum: _along_dim,
     torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm, F.group_norm: _group_norm,

@@ -2,9 +2,10 @@
 
 The current exporter (``torch.onnx.export(..., dynamo=True)``, which needs ``onnxscript``)
 captures with torch.export and handles what the deprecated TorchScript exporter refuses
-(``AdaptiveAvgPool2d(4)`` on a 7x7 map). Where it fails (an op it has no translation
-for), the TorchScript exporter writes the file; a log message says which one ran, and
-``exporter=`` forces one.
+(``AdaptiveAvgPool2d(4)`` on a 7x7 map). Every file it writes is checked; one its graph
+optimiser broke is written again without the optimiser. Where it fails (an op it has no
+translation for), the TorchScript exporter writes the file; a log message says which one
+ran, and ``exporter=`` forces one.
 """
 
 from __future__ import annotations
@@ -74,11 +75,24 @@ def _write(path: str, write, name: str) -> str:
 
 
 def _dynamo(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> None:
-    quiet = io.StringIO()  # the exporter prints its progress
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(quiet):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, tmp, dynamo=True, external_data=False, verbose=False,
-                          **names)  # fmt: skip
+    """The current exporter. Its graph optimiser has written graphs that read a value no
+    node makes (timm's gemma4_vit); such a file is written again without the optimiser."""
+    import onnx
+
+    for optimize in (True, False):
+        quiet = io.StringIO()  # the exporter prints its progress
+        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(quiet):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, args, tmp, dynamo=True, external_data=False, verbose=False,
+                              optimize=optimize, **names)  # fmt: skip
+        try:
+            onnx.checker.check_model(tmp, full_check=True)
+            return
+        except onnx.checker.ValidationError as err:
+            if not optimize:
+                raise
+            log.info("The optimised ONNX graph is invalid (%s); exporting it unoptimised.",
+                     _short(err))  # fmt: skip
 
 
 def _legacy(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> None:
