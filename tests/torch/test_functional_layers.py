@@ -185,3 +185,41 @@ def test_timm_style_model_prunes_and_strips_equal():
     ctrl, model = create_compressed_model(net, make_config((1, 3, 16, 16)))
     assert ctrl.statistics().flops_kept < 0.6
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+
+
+class LayerScale(nn.Module):
+    """timm's LayerScale2d (``gamma.view(1, -1, 1, 1)``), or with the view's size written
+    out (poolformer's Scale keeps ``shape=(C, 1, 1)``)."""
+
+    def __init__(self, c, literal):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((c,), 1e-5))
+        self.shape = (1, c, 1, 1) if literal else (1, -1, 1, 1)
+
+    def forward(self, x):
+        return x * self.gamma.view(self.shape)
+
+
+class Scaled(nn.Module):
+    def __init__(self, literal):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 8, 1)
+        self.scale = LayerScale(16, literal)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.scale(self.a(x))))
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_a_weight_viewed_with_size_one_axes_is_cut_with_its_channels(capture):
+    assert _groups(capture, Scaled(literal=False))[("a",)] == (16, None)
+    reason = "view: reshape fixes the size of weight scale.gamma in code"
+    assert _groups(capture, Scaled(literal=True))[("a",)][1] == reason
+
+
+def test_a_viewed_layer_scale_strips_equal():
+    torch.manual_seed(0)
+    config = make_config((1, 3, 16, 16), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(Scaled(literal=False)), config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+    assert small.scale.gamma.shape == (8,)

@@ -114,7 +114,10 @@ def _noop(s, node, ins):
 
 @register_rule("identity")
 def _identity(s, node, ins):
-    """Channel-wise ops: activations, pooling, dropout, resize, dtype casts."""
+    """Channel-wise ops: activations, pooling, dropout, resize, dtype casts (a weight
+    through one is still cut as that weight)."""
+    if isinstance(ins[0], Param) and node.shape == ins[0].shape:
+        return ins[0]
     return _tensor(s, ins[0], node)
 
 
@@ -153,7 +156,8 @@ def _follow_param(s: Propagation, node: Node, param: Param, ids: np.ndarray) -> 
             if param.name not in s.graph.layers:
                 s.block(line, f"{node.label or node.op} reads {param.name}, which cannot be cut")
                 continue
-            s.use(param.name, f"axis{axis - (ndim - len(param.shape))}", line, node.name)
+            source = param.source_axis(axis - (ndim - len(param.shape)))
+            s.use(param.name, f"axis{source}", line, node.name)
 
 
 # -- weighted layers ---------------------------------------------------------------------
@@ -234,6 +238,8 @@ def _reshape(s, node, ins):
     (a Keras ``Reshape`` rebuilt from its config), so if every axis holding channels is
     literal, the last of them stays free and the others are pinned.
     """
+    if isinstance(ins[0], Param):
+        return _reshape_param(ins[0], node)
     x = _tensor(s, ins[0], node)
     full = _full(s, x, _shape(s, node)).reshape(node.shape)
     out = compress(full)
@@ -250,6 +256,24 @@ def _reshape(s, node, ins):
         first = np.take(full, [0], axis=axis)
         s.uf.union_arrays(np.broadcast_to(first, full.shape), full)
     return s.canonical(full)
+
+
+def _reshape_param(param: Param, node: Node) -> Param:
+    """A weight viewed with size-1 axes added or dropped (``gamma.view(1, -1, 1, 1)``)
+    stays that weight; a view that moves its entries, or fixes its size in code, does not."""
+    if not isinstance(node.shape, tuple):
+        raise RuleError("output shape is unknown")
+    src = [i for i, n in enumerate(param.shape) if n > 1]
+    dst = [i for i, n in enumerate(node.shape) if n > 1]
+    if [param.shape[i] for i in src] != [node.shape[i] for i in dst]:
+        raise RuleError(f"reshape moves the entries of weight {param.name}")
+    fixed = {a % len(node.shape) for a in node.attrs.get("fixed_dims", ())}
+    if fixed & set(dst):
+        raise RuleError(f"reshape fixes the size of weight {param.name} in code")
+    axes: list[int | None] = [None] * len(node.shape)
+    for i, j in zip(src, dst, strict=True):
+        axes[j] = param.source_axis(i)
+    return Param(param.name, tuple(node.shape), tuple(axes))
 
 
 @register_rule("permute")

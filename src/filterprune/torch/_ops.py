@@ -337,8 +337,10 @@ _ACT_METHODS = [
 _EW = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
     operator.isub, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
+    operator.pow, torch.pow,
 ]
-_EW_METHODS = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum"]
+_EW_METHODS = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum",
+               "pow"]  # fmt: skip
 
 try:  # torchvision wraps stochastic depth as one traced call: channel-wise in any mode
     from torchvision.ops import stochastic_depth as _stochastic_depth
