@@ -213,12 +213,41 @@ def _reshape(node: fx.Node, shapes) -> Spec:
         args = args[0]
     if "shape" in node.kwargs:
         args = node.kwargs["shape"]
-    fixed = [i for i, a in enumerate(args) if isinstance(a, int) and a != -1]
+    fixed = [i for i, a in enumerate(args) if isinstance(a, int) and a != -1
+             or isinstance(a, fx.Node) and _foreign_size(a, node.args[0])]  # fmt: skip
     if node.target in ("view", "reshape", torch.reshape):
         return "reshape", {"fixed_dims": fixed}
     if node.target in ("unflatten", torch.unflatten):
         return "reshape", {"fixed_dims": _unflatten_fixed(node, len(shapes))}
     return "reshape", {}
+
+
+_REARRANGE = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "contiguous",
+              "clone", "squeeze", "unsqueeze", torch.reshape, torch.flatten, torch.permute,
+              torch.transpose, torch.squeeze, torch.unsqueeze}  # fmt: skip
+
+
+def _foreign_size(size: fx.Node, tensor: Any) -> bool:
+    """Whether a size computed in forward reads the shape of another tensor than
+    ``tensor`` (or one ``tensor`` only rearranges): ``C`` of ``B, N, C = x.shape`` used to
+    reshape an attention output, whose width does not follow ``x``'s when ``x`` is cut."""
+    own = set()
+    while isinstance(tensor, fx.Node):
+        own.add(tensor)
+        rearranges = tensor.op in ("call_method", "call_function") and tensor.target in _REARRANGE
+        tensor = tensor.args[0] if rearranges and tensor.args else None
+    sources, stack = set(), [size]
+    while stack:
+        n = stack.pop()
+        if n.op == "call_function" and n.target is getattr and n.args[1:] == ("shape",):
+            sources.add(n.args[0])
+        elif n.op == "call_method" and n.target in ("size", "dim"):
+            sources.add(n.args[0])
+        elif n.op in ("call_function", "call_method"):
+            fx.node.map_arg((n.args, n.kwargs), lambda a: stack.append(a) or a)
+        else:  # a placeholder, an attribute or a module output: not a size we can follow
+            return True
+    return not sources <= own
 
 
 def _unflatten_fixed(node: fx.Node, ndim: int) -> list[int]:
