@@ -311,6 +311,18 @@ def _concat(s, node, ins):
     return s.canonical(np.concatenate(pieces, axis=axis))
 
 
+@register_rule("stack")
+def _stack(s, node, ins):
+    """Tensors stacked along a new ``axis``: each keeps its channels at its index there."""
+    ndim = len(node.shape)
+    axis = node.attrs["axis"] % ndim
+    parts = []
+    for i, value in enumerate(ins):
+        shape = list(_shape(s, node, i))
+        parts.append(np.broadcast_to(_pad(_tensor(s, value, node), len(shape)), shape))
+    return s.canonical(np.stack(parts, axis=axis))
+
+
 @register_rule("split")
 def _split(s, node, ins):
     """split/chunk/unbind along ``axis`` into ``sizes``; ``equal``: sizes follow the width.
@@ -370,13 +382,25 @@ def _index(s, node, ins):
 
 @register_rule("reduce")
 def _reduce(s, node, ins):
-    """mean/sum/amax over ``dims``; reducing over channels mixes them."""
+    """mean/sum/amax over ``dims``; reducing over channels mixes them.
+
+    A reduction over an axis that stacks tensors whose channels lie on another axis
+    (``torch.stack(paths, 1).sum(1)``) adds those tensors: their channels are tied
+    position by position, as for an elementwise add.
+    """
     x = _tensor(s, ins[0], node)
-    ndim = len(_shape(s, node))
+    shape = _shape(s, node)
+    ndim = len(shape)
     ids = _pad(x, ndim)
     dims = sorted(d % ndim for d in node.attrs["dims"])
-    if any(_varies(ids, d) for d in dims):
-        raise RuleError("reduces over channels")
+    varying = [d for d in dims if _varies(ids, d)]
+    if varying:
+        if not any(_varies(ids, a) for a in range(ndim) if a not in dims):
+            raise RuleError("reduces over channels")
+        full = _full(s, ids, shape)
+        for axis in varying:
+            s.uf.union_arrays(np.broadcast_to(np.take(full, [0], axis=axis), full.shape), full)
+        ids = s.canonical(full)
     if node.attrs.get("keepdim", False):
         return ids
     return ids.reshape([n for a, n in enumerate(ids.shape) if a not in dims])

@@ -82,6 +82,10 @@ def _cat(node: fx.Node, shape) -> Spec:
     return "concat", {"axis": int(named_args(node).get("dim", 0))}
 
 
+def _stack(node: fx.Node, shape) -> Spec:
+    return "stack", {"axis": int(named_args(node).get("dim", 0))}
+
+
 def _split(node: fx.Node, shape) -> Spec:
     args = named_args(node)
     equal = node.target is aten.chunk.default
@@ -223,6 +227,7 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("transpose.int", "swapaxes.default"), _swap),
     (_ops("t.default"), _t),
     (_ops("cat.default", "concat.default", "concatenate.default"), _cat),
+    (_ops("stack.default"), _stack),
     (_ops("split.Tensor", "split_with_sizes.default", "chunk.default"), _split),
     (_ops("unbind.int"), _unbind),
     (_ops("mean.dim", "mean.default", "sum.dim_IntList", "sum.default", "amax.default",

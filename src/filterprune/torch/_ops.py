@@ -278,6 +278,10 @@ def _cat(node: fx.Node, shapes) -> Spec:
     return "concat", {"axis": int(_arg(node, 1, "dim", 0))}
 
 
+def _stack(node: fx.Node, shapes) -> Spec:
+    return "stack", {"axis": int(_arg(node, 1, "dim", 0))}
+
+
 def _split(node: fx.Node, shapes) -> Spec:
     dim = int(_arg(node, 2, "dim", 0))
     return "split", {"axis": dim, "equal": False}
@@ -388,7 +392,7 @@ CALL_RULES: dict[Any, Call] = {
     "squeeze": _reshape, torch.squeeze: _reshape, "unsqueeze": _reshape, torch.unsqueeze: _reshape,
     "permute": _permute, torch.permute: _permute,
     "transpose": _transpose, torch.transpose: _transpose,
-    torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
+    torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat, torch.stack: _stack,
     "split": _split, torch.split: _split, "chunk": _chunk, torch.chunk: _chunk,
     "unbind": _unbind, torch.unbind: _unbind,
     "mean": _reduce, torch.mean: _reduce, "sum": _reduce, torch.sum: _reduce,
