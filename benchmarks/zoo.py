@@ -10,18 +10,17 @@ One subprocess per model, so a crash or a timeout is one row. Writes
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from _isolated import RESULTS, markdown_table, one_model_main, read_csv, run_all, write_csv
+
 FIELDS = ["model", "ok", "input", "flops_kept", "flops_kept_x1", "params_kept", "analysis_s",
-          "max_rel_diff", "onnx_rel_diff", "unpruned_groups", "reason"]  # fmt: skip
-PEERS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "peers-zoo.md"
+          "capture", "exporter", "max_rel_diff", "onnx_rel_diff", "unpruned_groups",
+          "reason"]  # fmt: skip
+PEERS = Path(os.environ.get("PEERS_ZOO", Path(__file__).resolve().parents[2] / "shared"
+                           / "reference" / "peers-zoo.md"))  # fmt: skip
 
 
 def load_peers() -> dict[str, tuple[str, str]]:
@@ -40,17 +39,13 @@ def load_peers() -> dict[str, tuple[str, str]]:
 
 
 def run_one(name: str) -> dict:
-    import torch
-
     from filterprune.testing.zoo import check_model
 
-    torch.set_num_threads(1)
     return check_model(name, unrounded=True)
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--one"]:
-        print("RESULT " + json.dumps(run_one(argv[1])))
+    if one_model_main(argv, run_one):
         return
     if argv[:1] == ["--merge"]:
         merge_partial()
@@ -59,49 +54,19 @@ def main(argv: list[str]) -> None:
 
     names = argv or sorted(torchvision.models.list_models(module=torchvision.models))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in names:
-        start = time.time()
-        try:
-            cmd = [sys.executable, __file__, "--one", name]
-            limit = int(os.environ.get("ZOO_TIMEOUT", 900))
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if line:
-                row = json.loads(line[-1][7:])
-            else:
-                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                row = {"model": name, "ok": False, "reason": tail[:160]}
-        except subprocess.TimeoutExpired:
-            row = {"model": name, "ok": False, "reason": "timeout"}
-        rows.append(row)
-        print(f"{name:24} {'ok' if row['ok'] else 'FAIL'} {row.get('flops_kept', '')} "
-              f"{time.time() - start:.0f}s {row.get('reason', '')}", flush=True)  # fmt: skip
-    write(rows, partial=bool(argv))
-
-
-def _read(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["ok"] = r["ok"] == "True"
-        r["flops_kept"] = float(r["flops_kept"]) if r.get("flops_kept") else ""
-    return rows
+    write(run_all(__file__, names), partial=bool(argv))
 
 
 def merge_partial() -> None:
     """Put the rows of ``zoo-partial.csv`` (a run of some models) into ``zoo.csv``/``.md``."""
-    rows = {r["model"]: r for r in _read(RESULTS / "zoo.csv")}
-    rows.update((r["model"], r) for r in _read(RESULTS / "zoo-partial.csv"))
+    rows = {r["model"]: r for r in read_csv(RESULTS / "zoo.csv")}
+    rows.update((r["model"], r) for r in read_csv(RESULTS / "zoo-partial.csv"))
     write([rows[k] for k in sorted(rows)], partial=False)
 
 
 def write(rows: list[dict], partial: bool) -> None:
     stem = "zoo-partial" if partial else "zoo"
-    with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(RESULTS / f"{stem}.csv", rows, FIELDS)
     ok = [r for r in rows if r["ok"]]
     over30 = [r for r in ok if r["flops_kept"] <= 0.7]
     peers = load_peers()
@@ -113,18 +78,17 @@ def write(rows: list[dict], partial: bool) -> None:
         "",
         f"{len(ok)}/{len(rows)} models pass (strip == masked within 1e-4 relative, ONNX Runtime "
         f"== stripped, classifier width unchanged); {len(over30)} remove more than 30% of FLOPs.",
-        "Random init, eval mode, batch 2, smallest accepted square input; analysis = fx capture "
-        "+ grouping, 1 thread.",
+        "Random init made non-degenerate (`filterprune.testing.zoo.nondegenerate`: every "
+        "constant parameter redrawn, real-scale BatchNorm statistics), eval mode, batch 2, "
+        "smallest accepted square input; analysis = capture + grouping, 1 thread; capture: "
+        "torch.fx or the torch.export fallback; exporter: the ONNX exporter that wrote the file.",
         "",
         "Peers (TP = Torch-Pruning 1.6.1, NNCF 2.19.0): MACs kept at level 0.5 from "
         "../shared/reference/peers-zoo.md (NNCF with its defaults: first/downsample convs off).",
         "flops_kept_x1: the same with `filters_multiple_of` 1 (no rounding to multiples of 8).",
         "",
-        "| " + " | ".join(fields) + " |",
-        "|" + "---|" * len(fields),
+        *markdown_table(rows, fields),
     ]
-    for r in rows:
-        lines.append("| " + " | ".join(str(r.get(k, "")) for k in fields) + " |")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -260,3 +260,29 @@ def test_a_group_kept_whole_by_selection_is_listed_with_its_reason(monkeypatch):
                                current_params=1, current_level=0.5, target_level=0.5,
                                reasons=plan.reasons)  # fmt: skip
     assert (["c1"], UNBALANCED) in stats.unpruned
+
+
+def test_stacked_paths_summed_over_the_stack_axis_are_tied_like_an_add():
+    """Selective kernels: torch.stack(paths, 1).sum(1) adds the paths position by position."""
+    b = G()
+    b.conv("p0", "x", 8)
+    b.conv("p1", "x", 8)
+    b.op("st", "stack", ["p0", "p1"], (1, 2, 8, 4, 4), axis=1)
+    b.op("sum", "reduce", ["st"], (1, 8, 4, 4), dims=[1], keepdim=False)
+    a = b.analyze(b.conv("head", "sum", 4))
+    groups = {tuple(g.producers): (g.size, g.reason) for g in a.groups}
+    assert groups[("p0", "p1")] == (8, None)
+    keep = [True, False] * 4
+    keeps = _plan(a, {"p0": keep})
+    for layer in ("p0", "p1"):
+        assert keeps[layer]["out"].tolist() == keep
+    assert keeps["head"]["in"].tolist() == keep
+
+
+def test_a_reduction_over_the_only_channel_axis_still_blocks():
+    b = G()
+    b.conv("c", "x", 8)
+    b.op("m", "reduce", ["c"], (1, 1, 4, 4), dims=[1], keepdim=True)
+    a = b.analyze(b.conv("head", "m", 4))
+    assert {tuple(g.producers): g.reason for g in a.groups}[("c",)] == (
+        "reduce: reduces over channels")

@@ -73,12 +73,17 @@ class LayerInfo:
 
 
 class Graph:
-    """A topologically ordered set of :class:`Node` plus layer facts."""
+    """A topologically ordered set of :class:`Node` plus layer facts.
+
+    ``notes`` hold what the frontend's capture wants a user to know (which capture ran,
+    data-dependent branches taken as they ran on the sample); statistics list them.
+    """
 
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.outputs: list[str] = []
         self.layers: dict[str, LayerInfo] = {}
+        self.notes: list[str] = []
 
     def add(self, node: Node) -> Node:
         """Append ``node``; its inputs must already be in the graph."""

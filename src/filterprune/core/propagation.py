@@ -28,10 +28,20 @@ class RuleError(Exception):
 
 @dataclass(frozen=True)
 class Param:
-    """A weight tensor read directly by an op (e.g. a layer-scale vector)."""
+    """A weight tensor read directly by an op (e.g. a layer-scale vector).
+
+    ``axes``: for a weight reshaped on its way (``gamma.view(1, -1, 1, 1)``), the axis of
+    the stored weight each axis comes from (``None`` for an inserted size-1 axis);
+    ``None`` when the shape is the stored one.
+    """
 
     name: str
     shape: tuple[int, ...]
+    axes: tuple[int | None, ...] | None = None
+
+    def source_axis(self, axis: int) -> int | None:
+        """The stored weight's axis behind ``axis`` of this view of it."""
+        return axis if self.axes is None else self.axes[axis]
 
 
 @dataclass

@@ -114,7 +114,10 @@ def _noop(s, node, ins):
 
 @register_rule("identity")
 def _identity(s, node, ins):
-    """Channel-wise ops: activations, pooling, dropout, resize, dtype casts."""
+    """Channel-wise ops: activations, pooling, dropout, resize, dtype casts (a weight
+    through one is still cut as that weight)."""
+    if isinstance(ins[0], Param) and node.shape == ins[0].shape:
+        return ins[0]
     return _tensor(s, ins[0], node)
 
 
@@ -141,13 +144,20 @@ def _elementwise(s, node, ins):
 
 
 def _follow_param(s: Propagation, node: Node, param: Param, ids: np.ndarray) -> None:
+    """Cut a weight read by an elementwise op along the channels it meets. A tensor the
+    frontend has no layer for (a buffer, a constant made in forward) cannot be cut: the
+    channels it meets stay."""
     ndim = max(len(param.shape), ids.ndim)
     ids = _pad(ids, ndim)
     shape = (1,) * (ndim - len(param.shape)) + param.shape
     for axis, size in enumerate(shape):
         if size > 1 and _varies(ids, axis):
             line = _channels(ids, ndim, axis, size)
-            s.use(param.name, f"axis{axis - (ndim - len(param.shape))}", line, node.name)
+            if param.name not in s.graph.layers:
+                s.block(line, f"{node.label or node.op} reads {param.name}, which cannot be cut")
+                continue
+            source = param.source_axis(axis - (ndim - len(param.shape)))
+            s.use(param.name, f"axis{source}", line, node.name)
 
 
 # -- weighted layers ---------------------------------------------------------------------
@@ -228,6 +238,8 @@ def _reshape(s, node, ins):
     (a Keras ``Reshape`` rebuilt from its config), so if every axis holding channels is
     literal, the last of them stays free and the others are pinned.
     """
+    if isinstance(ins[0], Param):
+        return _reshape_param(ins[0], node)
     x = _tensor(s, ins[0], node)
     full = _full(s, x, _shape(s, node)).reshape(node.shape)
     out = compress(full)
@@ -244,6 +256,24 @@ def _reshape(s, node, ins):
         first = np.take(full, [0], axis=axis)
         s.uf.union_arrays(np.broadcast_to(first, full.shape), full)
     return s.canonical(full)
+
+
+def _reshape_param(param: Param, node: Node) -> Param:
+    """A weight viewed with size-1 axes added or dropped (``gamma.view(1, -1, 1, 1)``)
+    stays that weight; a view that moves its entries, or fixes its size in code, does not."""
+    if not isinstance(node.shape, tuple):
+        raise RuleError("output shape is unknown")
+    src = [i for i, n in enumerate(param.shape) if n > 1]
+    dst = [i for i, n in enumerate(node.shape) if n > 1]
+    if [param.shape[i] for i in src] != [node.shape[i] for i in dst]:
+        raise RuleError(f"reshape moves the entries of weight {param.name}")
+    fixed = {a % len(node.shape) for a in node.attrs.get("fixed_dims", ())}
+    if fixed & set(dst):
+        raise RuleError(f"reshape fixes the size of weight {param.name} in code")
+    axes: list[int | None] = [None] * len(node.shape)
+    for i, j in zip(src, dst, strict=True):
+        axes[j] = param.source_axis(i)
+    return Param(param.name, tuple(node.shape), tuple(axes))
 
 
 @register_rule("permute")
@@ -279,6 +309,18 @@ def _concat(s, node, ins):
         shape[axis] = _shape(s, node, i)[axis]
         pieces.append(np.broadcast_to(p, shape))
     return s.canonical(np.concatenate(pieces, axis=axis))
+
+
+@register_rule("stack")
+def _stack(s, node, ins):
+    """Tensors stacked along a new ``axis``: each keeps its channels at its index there."""
+    ndim = len(node.shape)
+    axis = node.attrs["axis"] % ndim
+    parts = []
+    for i, value in enumerate(ins):
+        shape = list(_shape(s, node, i))
+        parts.append(np.broadcast_to(_pad(_tensor(s, value, node), len(shape)), shape))
+    return s.canonical(np.stack(parts, axis=axis))
 
 
 @register_rule("split")
@@ -340,13 +382,25 @@ def _index(s, node, ins):
 
 @register_rule("reduce")
 def _reduce(s, node, ins):
-    """mean/sum/amax over ``dims``; reducing over channels mixes them."""
+    """mean/sum/amax over ``dims``; reducing over channels mixes them.
+
+    A reduction over an axis that stacks tensors whose channels lie on another axis
+    (``torch.stack(paths, 1).sum(1)``) adds those tensors: their channels are tied
+    position by position, as for an elementwise add.
+    """
     x = _tensor(s, ins[0], node)
-    ndim = len(_shape(s, node))
+    shape = _shape(s, node)
+    ndim = len(shape)
     ids = _pad(x, ndim)
     dims = sorted(d % ndim for d in node.attrs["dims"])
-    if any(_varies(ids, d) for d in dims):
-        raise RuleError("reduces over channels")
+    varying = [d for d in dims if _varies(ids, d)]
+    if varying:
+        if not any(_varies(ids, a) for a in range(ndim) if a not in dims):
+            raise RuleError("reduces over channels")
+        full = _full(s, ids, shape)
+        for axis in varying:
+            s.uf.union_arrays(np.broadcast_to(np.take(full, [0], axis=axis), full.shape), full)
+        ids = s.canonical(full)
     if node.attrs.get("keepdim", False):
         return ids
     return ids.reshape([n for a, n in enumerate(ids.shape) if a not in dims])

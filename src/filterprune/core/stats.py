@@ -37,6 +37,7 @@ class PruningStatistics:
     target_level: float
     layers: list[LayerStat] = field(default_factory=list)
     unpruned: list[tuple[list[str], str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def flops_kept(self) -> float:
@@ -70,6 +71,8 @@ class PruningStatistics:
             for producers, reason in self.unpruned:
                 head = ", ".join(producers[:3]) + (" ..." if len(producers) > 3 else "")
                 lines.append(f"    {head}: {reason}")
+        if self.notes:
+            lines += ["", "  capture:"] + [f"    {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -110,4 +113,5 @@ def collect_statistics(
         target_level=target_level,
         layers=layers,
         unpruned=unpruned,
+        notes=list(analysis.graph.notes),
     )

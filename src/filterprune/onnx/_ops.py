@@ -96,7 +96,10 @@ def _split(v: NodeView) -> Spec:
 
 
 def _reshape(v: NodeView) -> Spec:
-    if v.opset >= 14 and v.attr("allowzero", 0):
+    # allowzero (the current torch exporter sets it for every view) only changes what a
+    # 0 in the target means
+    target = v.const(1)
+    if v.opset >= 14 and v.attr("allowzero", 0) and (target is None or not np.all(target)):
         return _stop("Reshape with allowzero")
     if v.const(1) is None:  # a computed shape cannot be rewritten: channels must stay
         out = v.out_shapes[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,7 +19,8 @@ from torch import fx, nn
 
 from ..core.graph import LayerInfo
 
-__all__ = ["MODULE_RULES", "CALL_RULES", "IDENTITY_MODULES"]
+__all__ = ["MODULE_RULES", "CALL_RULES", "IDENTITY_MODULES", "FUNCTIONAL", "Functional",
+           "module_rule"]
 
 Spec = tuple[str, dict[str, Any]]
 
@@ -119,6 +121,74 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     **{t: _simple("identity") for t in IDENTITY_MODULES},
 }
 
+
+
+def module_rule(module: nn.Module) -> tuple[type[nn.Module], Callable] | None:
+    """The torch layer class ``module`` derives from and its builder (a subclass such as
+    timm's ``BatchNormAct2d`` is built as its ``nn.BatchNorm2d``), or ``None``."""
+    for cls in type(module).__mro__:
+        if cls in MODULE_RULES:
+            return cls, MODULE_RULES[cls]
+    return None
+
+
+# -- functions that compute a layer from parameters passed in ---------------------------------
+@dataclass(frozen=True)
+class Functional:
+    """Where a function's input and parameters sit, and the layers whose forward it is.
+
+    Attributes:
+        forms: Module classes whose forward is this function (``F.conv2d``: the convs).
+        data: ``(position, keyword)`` of the activation argument.
+        params: Parameter attribute of the layer -> ``(position, keyword)`` of the argument
+            that passes it (``"weight": (1, "weight")``).
+        per_channel: The layer only scales or normalises channels (BatchNorm, PReLU), so
+            masks may wrap any forward of it; a conv or linear layer needs its own forward.
+    """
+
+    forms: tuple[type[nn.Module], ...]
+    data: tuple[int, str] = (0, "input")
+    params: dict[str, tuple[int, str]] = field(default_factory=dict)
+    per_channel: bool = False
+
+
+_WB = {"weight": (1, "weight"), "bias": (2, "bias")}
+_NORM_WB = {"weight": (2, "weight"), "bias": (3, "bias")}
+_STATS_FIRST = {"running_mean": (1, "running_mean"), "running_var": (2, "running_var"),
+                "weight": (3, "weight"), "bias": (4, "bias")}  # fmt: skip
+_WEIGHTS_FIRST = {"weight": (1, "weight"), "bias": (2, "bias"), "running_mean": (3, "running_mean"),
+                  "running_var": (4, "running_var")}  # fmt: skip
+_aten = torch.ops.aten
+
+FUNCTIONAL: dict[Any, Functional] = {
+    **{f: Functional(_CONV, params=_WB) for f in (F.conv1d, F.conv2d, F.conv3d)},
+    **{f: Functional(_CONV_T, params=_WB)
+       for f in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)},
+    F.linear: Functional((nn.Linear,), params=_WB),
+    F.batch_norm: Functional(_BN, params=_STATS_FIRST, per_channel=True),
+    F.instance_norm: Functional(_IN, params=_STATS_FIRST, per_channel=True),
+    F.layer_norm: Functional((nn.LayerNorm,), params=_NORM_WB, per_channel=True),
+    F.group_norm: Functional((nn.GroupNorm,), params=_NORM_WB, per_channel=True),
+    F.prelu: Functional((nn.PReLU,), params={"weight": (1, "weight")}, per_channel=True),
+    F.embedding: Functional((nn.Embedding,), params={"weight": (1, "weight")}),
+    # the same layers as torch.export records them (ATen overloads, their argument order)
+    **{op: Functional(_CONV, params=_WB) for op in (
+        _aten.conv1d.default, _aten.conv2d.default, _aten.conv3d.default,
+        _aten.conv1d.padding, _aten.conv2d.padding, _aten.conv3d.padding)},
+    **{op: Functional(_CONV_T, params=_WB) for op in (
+        _aten.conv_transpose1d.default, _aten.conv_transpose2d.input,
+        _aten.conv_transpose3d.input)},
+    _aten.linear.default: Functional((nn.Linear,), params=_WB),
+    _aten.batch_norm.default: Functional(_BN, params=_WEIGHTS_FIRST, per_channel=True),
+    _aten.instance_norm.default: Functional(_IN, params=_WEIGHTS_FIRST, per_channel=True),
+    _aten.layer_norm.default: Functional((nn.LayerNorm,), params=_NORM_WB, per_channel=True),
+    _aten.group_norm.default: Functional((nn.GroupNorm,), params=_NORM_WB, per_channel=True),
+    _aten.prelu.default: Functional((nn.PReLU,), params={"weight": (1, "weight")},
+                                    per_channel=True),
+    _aten.embedding.default: Functional((nn.Embedding,), data=(1, "indices"),
+                                        params={"weight": (0, "weight")}),
+}  # fmt: skip
+
 # -- functions and tensor methods ------------------------------------------------------------
 Call = Callable[[fx.Node, Any], Spec]
 
@@ -143,10 +213,47 @@ def _reshape(node: fx.Node, shapes) -> Spec:
         args = args[0]
     if "shape" in node.kwargs:
         args = node.kwargs["shape"]
-    fixed = [i for i, a in enumerate(args) if isinstance(a, int) and a != -1]
+    fixed = [i for i, a in enumerate(args) if isinstance(a, int) and a != -1
+             or isinstance(a, fx.Node) and _foreign_size(a, node.args[0])]  # fmt: skip
     if node.target in ("view", "reshape", torch.reshape):
         return "reshape", {"fixed_dims": fixed}
+    if node.target in ("unflatten", torch.unflatten):
+        return "reshape", {"fixed_dims": _unflatten_fixed(node, len(shapes))}
     return "reshape", {}
+
+
+_REARRANGE = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "contiguous",
+              "clone", "squeeze", "unsqueeze", torch.reshape, torch.flatten, torch.permute,
+              torch.transpose, torch.squeeze, torch.unsqueeze}  # fmt: skip
+
+
+def _foreign_size(size: fx.Node, tensor: Any) -> bool:
+    """Whether a size computed in forward reads the shape of another tensor than
+    ``tensor`` (or one ``tensor`` only rearranges): ``C`` of ``B, N, C = x.shape`` used to
+    reshape an attention output, whose width does not follow ``x``'s when ``x`` is cut."""
+    own = set()
+    while isinstance(tensor, fx.Node):
+        own.add(tensor)
+        rearranges = tensor.op in ("call_method", "call_function") and tensor.target in _REARRANGE
+        tensor = tensor.args[0] if rearranges and tensor.args else None
+    sources, stack = set(), [size]
+    while stack:
+        n = stack.pop()
+        if n.op == "call_function" and n.target is getattr and n.args[1:] == ("shape",):
+            sources.add(n.args[0])
+        elif n.op == "call_method" and n.target in ("size", "dim"):
+            sources.add(n.args[0])
+        elif n.op in ("call_function", "call_method"):
+            fx.node.map_arg((n.args, n.kwargs), lambda a: stack.append(a) or a)
+        else:  # a placeholder, an attribute or a module output: not a size we can follow
+            return True
+    return not sources <= own
+
+
+def _unflatten_fixed(node: fx.Node, ndim: int) -> list[int]:
+    """Output axes of ``unflatten(dim, sizes)`` whose size is a literal in code."""
+    dim, sizes = int(_arg(node, 1, "dim")) % max(ndim, 1), _arg(node, 2, "sizes")
+    return [dim + i for i, a in enumerate(sizes) if isinstance(a, int) and a != -1]
 
 
 def _permute(node: fx.Node, shapes) -> Spec:
@@ -169,6 +276,10 @@ def _transpose(node: fx.Node, shapes) -> Spec:
 
 def _cat(node: fx.Node, shapes) -> Spec:
     return "concat", {"axis": int(_arg(node, 1, "dim", 0))}
+
+
+def _stack(node: fx.Node, shapes) -> Spec:
+    return "stack", {"axis": int(_arg(node, 1, "dim", 0))}
 
 
 def _split(node: fx.Node, shapes) -> Spec:
@@ -197,6 +308,18 @@ def _along_dim(node: fx.Node, shapes) -> Spec:
     return "along", {"dims": [int(_arg(node, 1, "dim", -1))]}
 
 
+def _norm(node: fx.Node, shapes) -> Spec:
+    """``x.norm(p, dim, keepdim)``: a reduction over ``dim`` (every axis without one)."""
+    dims = _arg(node, 2, "dim")
+    dims = list(range(len(shapes))) if dims is None else [dims] if isinstance(dims, int) else dims
+    return "reduce", {"dims": list(dims), "keepdim": bool(_arg(node, 3, "keepdim", False))}
+
+
+def _normalize(node: fx.Node, shapes) -> Spec:
+    """``F.normalize(x, p, dim)``: each position divided by a norm along ``dim``."""
+    return "along", {"dims": [int(_arg(node, 2, "dim", 1))]}
+
+
 def _roll(node: fx.Node, shapes) -> Spec:
     dims = _arg(node, 2, "dims")
     if dims is None:
@@ -213,6 +336,10 @@ def _pad(node: fx.Node, shapes) -> Spec:
 
 def _layer_norm(node: fx.Node, shapes) -> Spec:
     return "layernorm", {"normalized_ndim": len(_arg(node, 1, "normalized_shape"))}
+
+
+def _group_norm(node: fx.Node, shapes) -> Spec:
+    return "groupnorm", {}
 
 
 def _expand(node: fx.Node, shapes) -> Spec:
@@ -243,8 +370,10 @@ _ACT_METHODS = [
 _EW = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
     operator.isub, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
+    operator.pow, torch.pow,
 ]
-_EW_METHODS = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum"]
+_EW_METHODS = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum",
+               "pow"]  # fmt: skip
 
 try:  # torchvision wraps stochastic depth as one traced call: channel-wise in any mode
     from torchvision.ops import stochastic_depth as _stochastic_depth
@@ -263,13 +392,14 @@ CALL_RULES: dict[Any, Call] = {
     "squeeze": _reshape, torch.squeeze: _reshape, "unsqueeze": _reshape, torch.unsqueeze: _reshape,
     "permute": _permute, torch.permute: _permute,
     "transpose": _transpose, torch.transpose: _transpose,
-    torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
+    torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat, torch.stack: _stack,
     "split": _split, torch.split: _split, "chunk": _chunk, torch.chunk: _chunk,
     "unbind": _unbind, torch.unbind: _unbind,
     "mean": _reduce, torch.mean: _reduce, "sum": _reduce, torch.sum: _reduce,
-    "amax": _reduce, torch.amax: _reduce,
+    "amax": _reduce, torch.amax: _reduce, "norm": _norm, torch.norm: _norm,
+    F.normalize: _normalize,
     F.softmax: _along_dim, "softmax": _along_dim, F.log_softmax: _along_dim,
     "log_softmax": _along_dim, torch.softmax: _along_dim, torch.cumsum: _along_dim,
-    torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm,
+    torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm, F.group_norm: _group_norm,
     "expand": _expand, "expand_as": _expand, "repeat": _repeat,
 }  # fmt: skip

@@ -1,9 +1,17 @@
-"""Read a PyTorch model into the core graph with torch.fx.
+"""Read a PyTorch model into the core graph: torch.fx first, torch.export where fx fails.
 
-Why torch.fx: symbolic tracing keeps ``nn.Conv2d``/``nn.Linear``/``nn.BatchNorm``
+Why torch.fx first: symbolic tracing keeps ``nn.Conv2d``/``nn.Linear``/``nn.BatchNorm``
 as leaf calls named by their module path, so every graph node maps straight back
 to the parameters we mask and cut, and it traces every torchvision classifier.
 Shapes come from one forward pass on a zero input (``ShapeProp``) in eval mode.
+
+Where fx cannot trace (data-dependent control flow, iterating a tensor), the model is
+captured with ``torch.export`` (non-strict) instead: see :mod:`.export_capture`. Both
+give one core graph with the same layer names, so rules, groups and plans do not care
+which capture made it; ``graph.notes`` says which one ran.
+
+Functions that compute a layer from parameters (``F.batch_norm`` in timm's
+``BatchNormAct2d``) are read as that layer (:mod:`._layers`).
 """
 
 from __future__ import annotations
@@ -19,9 +27,14 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
-from ._ops import CALL_RULES, MODULE_RULES
+from ._layers import COMPUTED, functional_node, plain_params, split_sizes
+from ._ops import CALL_RULES, FUNCTIONAL, MODULE_RULES
 
-__all__ = ["capture"]
+__all__ = ["capture", "capture_fx"]
+
+
+class _TraceError(AnalysisError):
+    """torch.fx could not trace the model (another capture may)."""
 
 
 def _meta_shape(meta: Any) -> Any:
@@ -47,7 +60,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule
         try:
             gm = fx.GraphModule(model, fx.Tracer().trace(model))
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
-            raise AnalysisError(
+            raise _TraceError(
                 f"torch.fx could not trace {type(model).__name__}: {err}. Make the forward free "
                 "of data-dependent Python control flow, or wrap such code with torch.fx.wrap."
             ) from err
@@ -56,7 +69,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule
                 ShapeProp(gm).propagate(*example)
         except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
             shapes = [tuple(t.shape) for t in example]
-            raise AnalysisError(
+            raise _TraceError(
                 f"{type(model).__name__} failed on a zero input of shape {shapes} "
                 f"(from `input_info.sample_size`): {err.__cause__ or err}. Give a sample_size "
                 "the model accepts."
@@ -67,26 +80,75 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule
 
 
 def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
-    """Trace ``model`` on ``example`` inputs and build the core :class:`Graph`.
+    """Read ``model`` on ``example`` inputs into the core :class:`Graph`.
+
+    torch.fx first; where it fails, torch.export (non-strict), whose data-dependent
+    branches are taken as they run on ``example`` (listed in ``graph.notes``).
 
     Returns:
-        The graph, ``example`` as ``sample``, ``refs`` from layer names to modules and
-        the traced ``GraphModule`` as ``extra["gm"]``.
+        The graph, ``example`` as ``sample``, ``refs`` from layer names to modules and in
+        ``extra``: ``"capture"`` (``"torch.fx"`` or ``"torch.export"``) and the traced
+        ``GraphModule`` (``"gm"``) or ``ExportedProgram`` (``"program"``).
+
+    Raises:
+        AnalysisError: When neither capture can read the model, or it fails on ``example``.
     """
+    try:
+        return capture_fx(model, example)
+    except _TraceError as fx_error:
+        _check_runs(model, example)
+        from .export_capture import capture_export
+
+        try:
+            captured = capture_export(model, example)
+        except AnalysisError as err:
+            raise AnalysisError(f"{fx_error} torch.export failed too: {err}") from err
+        captured.graph.notes.insert(0, f"torch.fx could not trace it ({_first_line(fx_error)}); "
+                                       "captured with torch.export")  # fmt: skip
+        return captured
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).split(". Make the forward")[0].splitlines()[0][:200]
+
+
+def _check_runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> None:
+    """Refuse an input the model itself fails on, before trying another capture."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*example)
+    except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
+        shapes = [tuple(t.shape) for t in example]
+        raise AnalysisError(
+            f"{type(model).__name__} failed on a zero input of shape {shapes} (from "
+            f"`input_info.sample_size`): {err}. Give a sample_size the model accepts."
+        ) from err
+    finally:
+        model.train(was_training)
+
+
+def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
+    """Trace ``model`` with torch.fx on ``example`` inputs and build the core graph."""
     gm = trace(model, example)
     graph = Graph()
     modules = dict(model.named_modules())
+    tensors = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     for node in gm.graph.nodes:
         if node.op == "output":
             graph.outputs = [n.name for n in _operands(node) if n.name in graph.nodes]
             continue
-        graph.add(_convert(node, modules, graph))
-    _add_unseen_params(model, graph)
+        graph.add(_convert(node, modules, graph, tensors))
+    add_unseen_params(model, graph)
+    graph.notes.append("captured with torch.fx")
     refs = {name: modules[name] for name in graph.layers if name in modules}
-    return Captured(graph, sample=tuple(example), refs=refs, extra={"gm": gm})
+    return Captured(graph, sample=tuple(example), refs=refs,
+                    extra={"gm": gm, "capture": "torch.fx"})  # fmt: skip
 
 
-def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph) -> Node:
+def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
+             tensors: set[str]) -> Node:  # fmt: skip
     shape = _meta_shape(node.meta.get("tensor_meta"))
     inputs = [n.name for n in _operands(node) if n.name in graph.nodes]
     if node.op == "placeholder":
@@ -94,10 +156,10 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph) -> Node
     if node.op == "get_attr":
         return Node(node.name, "param", shape=shape, attrs={"target": node.target})
     if shape is None:
-        if node.op == "call_module" and _plain_params(modules[node.target]):
+        if node.op == "call_module" and plain_params(modules[node.target]):
             # a module returning a tuple with None in it (attention without weights)
             graph.layers.setdefault(node.target, LayerInfo(
-                node.target, "opaque", _plain_params(modules[node.target])))  # fmt: skip
+                node.target, "opaque", plain_params(modules[node.target])))  # fmt: skip
             in_shape = graph[inputs[0]].shape if inputs else None
             return Node(node.name, "noop", inputs, layer=node.target, label=str(node.target),
                         attrs={"positions": _tokens(in_shape, graph)})  # fmt: skip
@@ -107,6 +169,8 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph) -> Node
     label = getattr(node.target, "__name__", str(node.target))
     if node.target is operator.getitem:
         return _getitem(node, inputs, shape, graph)
+    if node.op == "call_function" and node.target in FUNCTIONAL:
+        return _functional(node, label, shape, modules, graph, tensors)
     builder = CALL_RULES.get(node.target)
     if builder is None:
         return Node(node.name, "stop", inputs, shape, label=label,
@@ -114,7 +178,7 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph) -> Node
     in_shape = graph[inputs[0]].shape if inputs else None
     kind, attrs = builder(node, in_shape if isinstance(in_shape, tuple) else ())
     if kind == "split":
-        attrs["sizes"] = [s[attrs["axis"]] for s in shape]
+        attrs["sizes"] = split_sizes(attrs, shape)
     return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
 
 
@@ -123,7 +187,7 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     label = type(module).__name__
     build = MODULE_RULES.get(type(module))
     if build is None:
-        graph.layers.setdefault(name, LayerInfo(name, "opaque", _plain_params(module)))
+        graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
         attrs = {"reason": f"no channel rule for module {label}",
                  "positions": _tokens(shape, graph)}  # fmt: skip
         return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
@@ -132,6 +196,16 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     if info.params or kind in ("conv", "linear", "batchnorm"):
         graph.layers.setdefault(name, info)
     return Node(node.name, kind, inputs[:1], shape, layer=name, attrs=attrs, label=label)
+
+
+def _functional(node: fx.Node, label: str, shape, modules, graph: Graph, tensors) -> Node:
+    """A function computing a layer from parameters (``F.batch_norm`` on ``bn.weight``)."""
+
+    def resolve(value: fx.Node) -> str:
+        is_tensor = value.op == "get_attr" and value.target in tensors
+        return value.target if is_tensor else COMPUTED
+
+    return functional_node(node, label, shape, graph, modules, resolve, CALL_RULES.get(node.target))
 
 
 def _getitem(node: fx.Node, inputs, shape, graph: Graph) -> Node:
@@ -167,11 +241,7 @@ def _tokens(shape, graph: Graph) -> int:
     return max(1, math.prod(first[:-1]) // max(1, int(batch)))
 
 
-def _plain_params(module: nn.Module) -> dict:
-    return {n: (tuple(p.shape), (None,) * p.dim()) for n, p in module.named_parameters()}
-
-
-def _add_unseen_params(model: nn.Module, graph: Graph) -> None:
+def add_unseen_params(model: nn.Module, graph: Graph) -> None:
     """Count parameters the graph never names (used inside opaque code) as uncut."""
     owned = {f"{layer}.{p}" if p else layer for layer, info in graph.layers.items()
              for p in info.params}  # fmt: skip

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._atomic import atomic_write
 from ..core.analysis import analyze
 from ..core.config import FilterPruningParams
 from ..core.controller import CompressionStage, PruningControllerBase, analysis_options
 from ..core.pruner import Plan
 from ..core.workflow import Captured
+from . import onnx_export
 from .fold import fold_batchnorms
 from .masks import apply_masks, remove_masks
 from .shrink import shrink_model
@@ -109,18 +108,7 @@ def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
     export_onnx(model, ctrl.captured.sample, save_path, input_names, output_names)
 
 
-def export_onnx(model: nn.Module, sample, path: str, input_names=None, output_names=None) -> None:
-    """Write ``model`` as ONNX atomically (a temp file renamed into place)."""
-
-    def write(tmp: str) -> None:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, tuple(sample), tmp, dynamo=False, opset_version=17,
-                              input_names=input_names, output_names=output_names)  # fmt: skip
-
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX form
-    try:
-        atomic_write(path, write, suffix=".onnx")
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+def export_onnx(model: nn.Module, sample, path: str, input_names=None, output_names=None,
+                **kwargs: Any) -> str:  # fmt: skip
+    """Write ``model`` as ONNX atomically; see :func:`filterprune.torch.onnx_export.export_onnx`."""
+    return onnx_export.export_onnx(model, sample, path, input_names, output_names, **kwargs)

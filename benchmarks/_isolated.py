@@ -1,0 +1,77 @@
+"""What the zoo benchmarks share: one subprocess per model, result tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def one_model_main(argv: list[str], run_one: Callable[[str], dict]) -> bool:
+    """Handle ``--one NAME`` (the subprocess side): print the row. True if handled."""
+    if argv[:1] != ["--one"]:
+        return False
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("ZOO_THREADS", 1)))
+    print("RESULT " + json.dumps(run_one(argv[1])), flush=True)
+    return True
+
+
+def run_isolated(script: str, name: str) -> dict:
+    """Run ``script --one name`` in a subprocess; a crash or a timeout is one failed row."""
+    limit = int(os.environ.get("ZOO_TIMEOUT", 900))
+    try:
+        proc = subprocess.run([sys.executable, script, "--one", name], capture_output=True,
+                              text=True, timeout=limit)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"model": name, "ok": False, "reason": f"timeout ({limit}s)"}
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if line:
+        return json.loads(line[-1][7:])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"model": name, "ok": False, "reason": tail[:200]}
+
+
+def run_all(script: str, names: Iterable[str], extra: Callable[[str], dict] | None = None):
+    """Every model in its own subprocess, printing one line per model as it ends."""
+    rows = []
+    for name in names:
+        start = time.time()
+        row = {**(extra(name) if extra else {}), **run_isolated(script, name)}
+        rows.append(row)
+        print(f"{name:36} {'ok' if row.get('ok') else 'FAIL'} {row.get('flops_kept', '')} "
+              f"{time.time() - start:.0f}s {row.get('reason', '')}", flush=True)  # fmt: skip
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows as written by :func:`write_csv` (``ok`` a bool, ``flops_kept`` a float)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["ok"] = r["ok"] == "True"
+        r["flops_kept"] = float(r["flops_kept"]) if r.get("flops_kept") else ""
+    return rows
+
+
+def markdown_table(rows: list[dict], fields: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    for r in rows:
+        cells = [str(r.get(k, "")).replace("|", "/") for k in fields]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

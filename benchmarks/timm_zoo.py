@@ -1,0 +1,104 @@
+"""Prune one model of every timm architecture family: create, strip, compare, export.
+
+A family is a timm model module (``resnet``, ``efficientnet``, ``vision_transformer``...);
+its representative is its smallest model by parameter count (``test_*`` models left
+out), listed in ``results/timm_families.json``. Random init (``pretrained=False``, no
+weights are downloaded), made non-degenerate before comparing. One subprocess per
+model. Writes ``benchmarks/results/timm_zoo.csv`` and ``timm_zoo.md``.
+
+    python benchmarks/timm_zoo.py                   # every family
+    python benchmarks/timm_zoo.py efficientnet_b0   # some models (timm_zoo-partial)
+    python benchmarks/timm_zoo.py --merge           # put the partial rows into timm_zoo
+    python benchmarks/timm_zoo.py --families        # rebuild timm_families.json (slow)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from _isolated import RESULTS, markdown_table, one_model_main, read_csv, run_all, write_csv
+
+FAMILIES = RESULTS / "timm_families.json"
+FIELDS = ["family", "model", "ok", "cut", "input", "flops_kept", "params_kept", "analysis_s",
+          "capture", "exporter", "max_rel_diff", "onnx_rel_diff", "unpruned_groups", "reason",
+          "top_reason"]  # fmt: skip
+
+
+def build_families() -> dict[str, str]:
+    """Family -> its smallest model by parameter count (built on the meta device)."""
+    import timm
+    import torch
+    from timm.models._registry import _model_to_module
+
+    sizes: dict[str, list[tuple[int, str]]] = {}
+    for name in timm.list_models():
+        if name.startswith("test_"):
+            continue
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+        count = sum(p.numel() for p in model.parameters())
+        sizes.setdefault(_model_to_module[name], []).append((count, name))
+    return {family: min(found)[1] for family, found in sorted(sizes.items())}
+
+
+def families() -> dict[str, str]:
+    if not FAMILIES.exists():
+        FAMILIES.write_text(json.dumps(build_families(), indent=1) + "\n")
+    return json.loads(FAMILIES.read_text())
+
+
+def run_one(name: str) -> dict:
+    from filterprune.testing.zoo import check_timm
+
+    return check_timm(name)
+
+
+def main(argv: list[str]) -> None:
+    if one_model_main(argv, run_one):
+        return
+    if argv[:1] == ["--families"]:
+        FAMILIES.write_text(json.dumps(build_families(), indent=1) + "\n")
+        return
+    if argv[:1] == ["--merge"]:
+        rows = {r["model"]: r for r in read_csv(RESULTS / "timm_zoo.csv")}
+        rows.update((r["model"], r) for r in read_csv(RESULTS / "timm_zoo-partial.csv"))
+        write(sorted(rows.values(), key=lambda r: r["family"]), partial=False)
+        return
+    family_of = {model: family for family, model in families().items()}
+    names = argv or list(family_of)
+    rows = run_all(__file__, names, extra=lambda n: {"family": family_of.get(n, "")})
+    write(rows, partial=bool(argv))
+
+
+def write(rows: list[dict], partial: bool) -> None:
+    for r in rows:
+        r["cut"] = bool(r["ok"]) and r.get("flops_kept") != "" and float(r["flops_kept"]) < 0.9
+    stem = "timm_zoo-partial" if partial else "timm_zoo"
+    write_csv(RESULTS / f"{stem}.csv", rows, FIELDS)
+    ok = [r for r in rows if r["ok"]]
+    cut = [r for r in rows if r["cut"]]
+    export = [r for r in rows if r.get("capture") == "torch.export"]
+    lines = [
+        "# timm: one model per architecture family, filter_pruning level 0.5 (baseline), "
+        "first/downsample convs on",
+        "",
+        f"{len(cut)}/{len(rows)} families ({len(cut) / max(1, len(rows)):.0%}) prune and cut "
+        f"more than 10% of FLOPs (`cut`); {len(ok)}/{len(rows)} pass the checks (strip == "
+        "masked within 1e-4 relative on every output, ONNX Runtime == stripped, output shape "
+        f"unchanged, some FLOPs cut); {len(export)} captured with the torch.export fallback.",
+        "",
+        "timm 1.0.31, `pretrained=False`, random init made non-degenerate "
+        "(`filterprune.testing.zoo.nondegenerate`), eval mode, batch 2, smallest accepted "
+        "square input. Representative: the family's smallest model by parameters "
+        "(`timm_families.json`). analysis = capture + grouping, 1 thread. exporter: the ONNX "
+        "exporter that wrote the file (dynamo: the current one). top_reason: the most frequent "
+        "reason a group stays whole.",
+        "",
+        *markdown_table(rows, FIELDS),
+    ]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

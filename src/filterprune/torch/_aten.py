@@ -1,0 +1,249 @@
+"""The ATen op table: which core rule each op of a torch.export graph uses.
+
+torch.export records ATen overloads (``aten.view.default``) with positional arguments;
+builders read them by the names in the op's schema, so one builder serves every
+overload. Layers (``aten.conv2d``, ``aten.batch_norm``) are in
+:data:`filterprune.torch._ops.FUNCTIONAL`; anything missing here stops the channels
+that reach it, with its name as the reason. Adding an op is one entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import fx
+
+__all__ = ["ATEN_RULES", "named_args"]
+
+Spec = tuple[str, dict[str, Any]]
+aten = torch.ops.aten
+
+
+def named_args(node: fx.Node) -> dict[str, Any]:
+    """The node's arguments by their names in the op's schema."""
+    schema = getattr(node.target, "_schema", None)
+    names = [a.name for a in schema.arguments] if schema is not None else []
+    return {**dict(zip(names, node.args, strict=False)), **node.kwargs}
+
+
+def _dim(value: Any, ndim: int) -> int:
+    return int(value) % max(ndim, 1)
+
+
+def _identity(node: fx.Node, shape) -> Spec:
+    return "identity", {}
+
+
+def _elementwise(node: fx.Node, shape) -> Spec:
+    return "elementwise", {}
+
+
+def _reshape(node: fx.Node, shape) -> Spec:
+    """Sizes in an exported graph are literals whatever the code computed them from, so
+    every size but ``-1`` counts as fixed in code (safe: channels there stay)."""
+    args = named_args(node)
+    size = args.get("size", args.get("shape"))
+    if size is None:  # reshape_as / view_as: the other tensor's (static) shape
+        out = node.meta["val"].shape
+        return "reshape", {"fixed_dims": list(range(len(out)))}
+    return "reshape", {"fixed_dims": [i for i, a in enumerate(size) if a != -1]}
+
+
+def _free_reshape(node: fx.Node, shape) -> Spec:
+    return "reshape", {}
+
+
+def _unflatten(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    dim = _dim(args["dim"], len(shape))
+    return "reshape", {"fixed_dims": [dim + i for i, a in enumerate(args["sizes"]) if a != -1]}
+
+
+def _permute(node: fx.Node, shape) -> Spec:
+    return "permute", {"perm": [_dim(d, len(shape)) for d in named_args(node)["dims"]]}
+
+
+def _swap(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    keys = ("dim0", "dim1") if "dim0" in args else ("axis0", "axis1")
+    a, b = (_dim(args[k], len(shape)) for k in keys)
+    perm = list(range(len(shape)))
+    perm[a], perm[b] = perm[b], perm[a]
+    return "permute", {"perm": perm}
+
+
+def _t(node: fx.Node, shape) -> Spec:
+    return "permute", {"perm": [1, 0] if len(shape) == 2 else [0]}
+
+
+def _cat(node: fx.Node, shape) -> Spec:
+    return "concat", {"axis": int(named_args(node).get("dim", 0))}
+
+
+def _stack(node: fx.Node, shape) -> Spec:
+    return "stack", {"axis": int(named_args(node).get("dim", 0))}
+
+
+def _split(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    equal = node.target is aten.chunk.default
+    return "split", {"axis": int(args.get("dim", 0)), "equal": equal}
+
+
+def _unbind(node: fx.Node, shape) -> Spec:
+    return "split", {"axis": int(named_args(node).get("dim", 0)), "equal": False,
+                     "squeeze": True}  # fmt: skip
+
+
+def _reduce(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    dims = args.get("dim")
+    if dims is None or dims == []:
+        dims = list(range(len(shape)))
+    elif isinstance(dims, int):
+        dims = [dims]
+    return "reduce", {"dims": list(dims), "keepdim": bool(args.get("keepdim", False))}
+
+
+def _along(node: fx.Node, shape) -> Spec:
+    return "along", {"dims": [int(named_args(node).get("dim", -1))]}
+
+
+def _roll(node: fx.Node, shape) -> Spec:
+    dims = named_args(node).get("dims")
+    if not dims:
+        return "stop", {"reason": "roll over a flattened tensor"}
+    return "along", {"dims": [dims] if isinstance(dims, int) else list(dims)}
+
+
+def _pad(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    pad = args.get("pad", args.get("padding"))
+    padded = [i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]]
+    return "along", {"dims": [len(shape) - 1 - i for i in padded]}
+
+
+def _expand(node: fx.Node, shape) -> Spec:
+    return "expand", {}
+
+
+def _repeat(node: fx.Node, shape) -> Spec:
+    return "tile", {"reps": list(named_args(node)["repeats"])}
+
+
+def _slice(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    dim = _dim(args.get("dim", 0), len(shape))
+    if node.target is aten.narrow.default:
+        start = int(args["start"])
+        cut = slice(start, start + int(args["length"]))
+    else:
+        cut = slice(args.get("start"), args.get("end"), args.get("step", 1))
+    return "index", {"index": (slice(None),) * dim + (cut,)}
+
+
+def _select(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    dim = _dim(args["dim"], len(shape))
+    return "index", {"index": (slice(None),) * dim + (int(args["index"]),)}
+
+
+def _layer_norm(node: fx.Node, shape) -> Spec:
+    return "layernorm", {"normalized_ndim": len(named_args(node)["normalized_shape"])}
+
+
+def _group_norm(node: fx.Node, shape) -> Spec:
+    return "groupnorm", {}
+
+
+def _ops(*names: str) -> list[Any]:
+    """The overloads ``"relu.default"`` ... that this torch build has."""
+    found = []
+    for name in names:
+        packet, _, overload = name.partition(".")
+        op = getattr(getattr(aten, packet, None), overload or "default", None)
+        if op is not None:
+            found.append(op)
+    return found
+
+
+_IDENTITY = _ops(
+    "relu.default", "relu_.default", "relu6.default", "gelu.default", "gelu_.default",
+    "silu.default", "silu_.default", "hardswish.default", "hardswish_.default",
+    "hardsigmoid.default", "hardsigmoid_.default", "sigmoid.default", "sigmoid_.default",
+    "tanh.default", "tanh_.default", "leaky_relu.default", "leaky_relu_.default",
+    "elu.default", "elu_.default", "selu.default", "celu.default", "mish.default",
+    "mish_.default", "softplus.default", "hardtanh.default", "hardtanh_.default",
+    "clamp.default", "clamp_.default", "clamp.Tensor", "clamp_min.default", "clamp_max.default",
+    "exp.default", "abs.default", "neg.default", "sqrt.default", "rsqrt.default", "log.default",
+    "erf.default", "sign.default", "reciprocal.default", "square.default", "sin.default",
+    "cos.default", "pow.Tensor_Scalar", "logical_not.default", "bitwise_not.default",
+    "isnan.default", "dropout.default", "dropout_.default", "feature_dropout.default",
+    "alpha_dropout.default", "native_dropout.default",
+    "max_pool1d.default", "max_pool2d.default", "max_pool3d.default",
+    "max_pool2d_with_indices.default", "avg_pool1d.default", "avg_pool2d.default",
+    "avg_pool3d.default", "adaptive_avg_pool1d.default", "adaptive_avg_pool2d.default",
+    "adaptive_avg_pool3d.default", "adaptive_max_pool1d.default", "adaptive_max_pool2d.default",
+    "upsample_nearest1d.vec", "upsample_nearest2d.vec", "upsample_nearest3d.vec",
+    "upsample_bilinear2d.vec", "upsample_bicubic2d.vec", "upsample_linear1d.vec",
+    "upsample_trilinear3d.vec", "_upsample_nearest_exact2d.vec",
+    "_upsample_bilinear2d_aa.vec", "_upsample_bicubic2d_aa.vec",
+    "contiguous.default", "clone.default", "detach.default", "detach_.default",
+    "alias.default", "to.dtype", "to.device", "to.dtype_layout", "_to_copy.default",
+    "type_as.default", "lift_fresh_copy.default", "float.default",
+    "add.Scalar", "sub.Scalar", "mul.Scalar", "div.Scalar", "rsub.Scalar", "add_.Scalar",
+    "mul_.Scalar", "ge.Scalar", "gt.Scalar", "le.Scalar", "lt.Scalar", "eq.Scalar",
+    "ne.Scalar", "remainder.Scalar", "floor_divide.Scalar", "masked_fill.Scalar",
+    "fill_.Scalar", "zeros_like.default", "ones_like.default", "full_like.default",
+    "empty_like.default", "rand_like.default", "randn_like.default",
+)  # fmt: skip
+_ELEMENTWISE = _ops(
+    "add.Tensor", "add_.Tensor", "sub.Tensor", "sub_.Tensor", "mul.Tensor", "mul_.Tensor",
+    "div.Tensor", "div_.Tensor", "div.Tensor_mode", "rsub.Tensor", "maximum.default",
+    "minimum.default", "pow.Tensor_Tensor", "where.self", "masked_fill.Tensor",
+    "masked_fill_.Scalar", "addcmul.default", "lerp.Scalar", "eq.Tensor", "ne.Tensor",
+    "gt.Tensor", "ge.Tensor", "lt.Tensor", "le.Tensor", "logical_and.default",
+    "logical_or.default", "bitwise_and.Tensor", "bitwise_or.Tensor", "__and__.Tensor",
+    "__or__.Tensor", "remainder.Tensor", "floor_divide.default", "copy_.default",
+    "atan2.default",
+)  # fmt: skip
+
+
+def _table(pairs: list[tuple[list[Any], Callable[..., Spec]]]) -> dict[Any, Callable]:
+    return {op: build for ops, build in pairs for op in ops}
+
+
+ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
+    (_IDENTITY, _identity),
+    (_ELEMENTWISE, _elementwise),
+    (_ops("view.default", "reshape.default", "_unsafe_view.default", "view_as.default",
+          "reshape_as.default"), _reshape),
+    (_ops("flatten.using_ints", "squeeze.default", "squeeze.dim", "squeeze.dims",
+          "unsqueeze.default"), _free_reshape),
+    (_ops("unflatten.int"), _unflatten),
+    (_ops("permute.default"), _permute),
+    (_ops("transpose.int", "swapaxes.default"), _swap),
+    (_ops("t.default"), _t),
+    (_ops("cat.default", "concat.default", "concatenate.default"), _cat),
+    (_ops("stack.default"), _stack),
+    (_ops("split.Tensor", "split_with_sizes.default", "chunk.default"), _split),
+    (_ops("unbind.int"), _unbind),
+    (_ops("mean.dim", "mean.default", "sum.dim_IntList", "sum.default", "amax.default",
+          "amin.default", "max.dim", "min.dim", "var.correction", "std.correction",
+          "var_mean.correction", "logsumexp.default", "linalg_vector_norm.default",
+          "norm.ScalarOpt_dim"), _reduce),
+    (_ops("softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default",
+          "cumsum.default"), _along),
+    (_ops("roll.default"), _roll),
+    (_ops("pad.default", "constant_pad_nd.default", "reflection_pad1d.default",
+          "reflection_pad2d.default", "replication_pad1d.default",
+          "replication_pad2d.default"), _pad),
+    (_ops("expand.default", "expand_as.default"), _expand),
+    (_ops("repeat.default"), _repeat),
+    (_ops("slice.Tensor", "narrow.default"), _slice),
+    (_ops("select.int"), _select),
+    (_ops("layer_norm.default"), _layer_norm),
+    (_ops("group_norm.default"), _group_norm),
+])  # fmt: skip

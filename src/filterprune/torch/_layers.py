@@ -1,0 +1,220 @@
+"""Functions that compute a layer from parameters passed in, read as that layer.
+
+``F.batch_norm(x, bn.running_mean, ..., bn.weight, bn.bias)`` inside timm's
+``BatchNormAct2d``, or ``aten.conv2d(x, conv.weight, conv.bias)`` as torch.export
+records every convolution, use the same parameters as the module forms
+``nn.BatchNorm2d`` and ``nn.Conv2d``, so they get the same rule, keyed to the module
+that owns those parameters (the layer name is the module path, as for a module call).
+Both captures (torch.fx and torch.export) go through :func:`functional_parts`.
+
+A layer is only cut where the masks can follow it: the masks wrap the owning module's
+forward, so a convolution or linear layer must run the forward of its torch class
+(a ``Conv2dSame`` that pads in its own forward stays whole, with the reason); a
+per-channel layer (BatchNorm, PReLU) may run any forward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from ..core.graph import Graph, LayerInfo, Node
+from ._ops import FUNCTIONAL, Functional, module_rule
+
+__all__ = ["functional_node", "plain_params", "owner_of", "module_path", "split_sizes",
+           "COMPUTED"]
+
+COMPUTED = "<computed>"  # an argument that is a tensor computed in forward, not a parameter
+
+
+@dataclass
+class Parts:
+    """What a capture needs to emit one node: the rule, its attributes, the layer."""
+
+    kind: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None
+    info: LayerInfo | None = None
+
+
+def plain_params(module: nn.Module) -> dict:
+    """Every parameter of ``module`` with no axis that can be cut."""
+    return {n: (tuple(p.shape), (None,) * p.dim()) for n, p in module.named_parameters()}
+
+
+def owner_of(name: str) -> tuple[str, str]:
+    """``("blocks.0.bn", "weight")`` for the parameter ``blocks.0.bn.weight``."""
+    owner, _, attr = name.rpartition(".")
+    return owner, attr
+
+
+def _positions(spec: Functional, shape: Any) -> int | None:
+    """Output positions per sample a conv or linear weight is applied at (``None``: an
+    embedding, which multiplies nothing)."""
+    if nn.Embedding in spec.forms:
+        return None
+    if not isinstance(shape, tuple) or len(shape) < 2:
+        return 1
+    return math.prod(shape[1:-1] if nn.Linear in spec.forms else shape[2:])
+
+
+def _opaque(reason: str, context: str | None, modules: dict[str, nn.Module], graph_layers: dict,
+            positions: int | None) -> Parts:  # fmt: skip
+    """A stop that still counts the parameters (and, for a conv or linear op, the FLOPs)
+    of the module it runs in."""
+    module = modules.get(context or "")
+    if not context or module is None or not plain_params(module):
+        return Parts("stop", {"reason": reason})
+    graph_layers.setdefault(context, LayerInfo(context, "opaque", plain_params(module)))
+    attrs: dict[str, Any] = {"reason": reason}
+    if positions is not None:
+        attrs["positions"] = positions
+    return Parts("stop", attrs, layer=context)
+
+
+def functional_node(node: fx.Node, label: str, shape: Any, graph: Graph,
+                    modules: dict[str, nn.Module], resolve: Callable[[fx.Node], str],
+                    rule: Callable | None) -> Node:  # fmt: skip
+    """The core node of a function call that computes a layer (``node.target`` is in
+    :data:`~filterprune.torch._ops.FUNCTIONAL`), in an fx or an exported graph.
+
+    Args:
+        resolve: The dotted name of the parameter or buffer a graph value is, or
+            :data:`COMPUTED`.
+        rule: The capture's call rule for ``node.target`` (used without parameters).
+    """
+    spec = FUNCTIONAL[node.target]
+    data = arg_of(node, spec.data)
+    if not isinstance(data, fx.Node) or data.name not in graph.nodes:
+        data = None
+    params = {}
+    for slot, where in spec.params.items():
+        value = arg_of(node, where)
+        if isinstance(value, fx.Node):
+            params[slot] = resolve(value)
+    in_shape = graph[data.name].shape if data is not None else None
+    parts = _parts(
+        spec, label, params, modules, in_shape, shape,
+        call=(lambda: rule(node, in_shape or ())) if rule else None,
+        context=module_path(node), graph_layers=graph.layers,
+    )  # fmt: skip
+    return Node(node.name, parts.kind, [data.name] if data is not None else [], shape,
+                layer=parts.layer, attrs=parts.attrs, label=label)  # fmt: skip
+
+
+def split_sizes(attrs: dict[str, Any], shapes: list[tuple[int, ...]]) -> list[int]:
+    """Sizes of a split's pieces along its axis (1 each for ``unbind``, whose pieces lose
+    the axis)."""
+    if attrs.get("squeeze"):
+        return [1] * len(shapes)
+    return [s[attrs["axis"]] for s in shapes]
+
+
+def arg_of(node: fx.Node, where: tuple[int, str]) -> Any:
+    """The argument at ``(position, keyword)`` of a call."""
+    position, keyword = where
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(keyword)
+
+
+def module_path(node: Any) -> str | None:
+    """Path of the innermost module a traced or exported op ran in (its metadata)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return path.removeprefix("L['self'].") if isinstance(path, str) else None
+
+
+def _parts(spec: Functional, label: str, params: dict[str, str],
+                     modules: dict[str, nn.Module], in_shape: Any, out_shape: Any,
+                     call: Callable[[], tuple[str, dict]] | None, context: str | None,
+                     graph_layers: dict) -> Parts:  # fmt: skip
+    """The node parts of a function call that computes a layer.
+
+    Args:
+        spec: The function's entry in :data:`~filterprune.torch._ops.FUNCTIONAL`.
+        label: The function's name, for reasons.
+        params: Parameter slot -> the dotted name of the parameter or buffer passed there,
+            or :data:`COMPUTED`; slots passed ``None`` are left out.
+        modules: ``model.named_modules()``.
+        in_shape, out_shape: Shapes of the activation and of the result.
+        call: Builds the rule from the call's own arguments, for a layer without
+            parameters (``F.layer_norm`` without affine); ``None`` where there is none.
+        context: Path of the module the call runs in (for the FLOPs of a stopped layer).
+        graph_layers: The graph's layer table; the layer's facts are added to it.
+    """
+    weighted = not spec.per_channel
+    positions = _positions(spec, out_shape) if weighted else None
+    computed = [slot for slot, name in params.items() if name == COMPUTED]
+    if computed:
+        why = f"{label} reads a {computed[0]} computed in forward, not a parameter"
+        return _opaque(why, context, modules, graph_layers, positions)
+    if not params:
+        return _without_params(spec, label, call)
+    owners = {owner_of(name)[0] for name in params.values()}
+    named = all(owner_of(name)[1] == slot for slot, name in params.items())
+    owner = owners.pop()
+    module = modules.get(owner)
+    found = module_rule(module) if module is not None else None
+    if owners or not named or module is None:
+        why = f"{label} reads parameters that are not one layer's ({', '.join(params.values())})"
+        return _opaque(why, context, modules, graph_layers, positions)
+    if found is None or found[0] not in spec.forms:
+        if call is not None and not weighted:  # LayerNorm, GroupNorm: nothing to cut or mask
+            kind, attrs = call()
+            graph_layers.setdefault(owner, LayerInfo(owner, kind, plain_params(module)))
+            return Parts(kind, attrs, layer=owner)
+        why = f"{label} reads parameters of {type(module).__name__} {owner}: no channel rule"
+        return _opaque(why, owner, modules, graph_layers, positions)
+    cls, build = found
+    if weighted and not _same_forward(module, cls, in_shape):
+        why = (f"{type(module).__name__} {owner} runs its own forward around {label}; "
+               "masks follow only the forward of its torch class")  # fmt: skip
+        return _opaque(why, owner, modules, graph_layers, positions)
+    (kind, attrs), info = build(module, owner, in_shape, out_shape)
+    if info.params or kind in ("conv", "linear", "batchnorm"):
+        graph_layers.setdefault(owner, info)
+    return Parts(kind, dict(attrs), layer=owner)
+
+
+def _same_forward(module: nn.Module, cls: type[nn.Module], in_shape: Any) -> bool:
+    """Whether ``module`` computes what the forward of its torch class ``cls`` computes.
+
+    Masks replace a conv or linear layer's forward with the torch class's one, so a
+    subclass with its own forward is only cut where both agree: checked on a random
+    input (timm's ``Linear`` agrees; a ``Conv2dSame`` that pads, or a weight-standardising
+    conv, does not).
+    """
+    if type(module).forward is cls.forward:
+        return True
+    if not isinstance(in_shape, tuple):
+        return False
+    ref = next(module.parameters())
+    x = torch.randn(in_shape, generator=torch.Generator().manual_seed(0)).to(ref)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            own, base = type(module).forward(module, x), cls.forward(module, x)
+    except Exception:  # noqa: BLE001 - a forward that fails on a plain tensor: not the same
+        return False
+    finally:
+        module.train(was_training)
+    return isinstance(own, torch.Tensor) and own.shape == base.shape and torch.equal(own, base)
+
+
+def _without_params(spec: Functional, label: str, call) -> Parts:
+    """A layer function called without parameters: normalisation over its own axes."""
+    if call is not None:
+        kind, attrs = call()
+        return Parts(kind, attrs)
+    if spec.per_channel:  # batch or instance statistics of each channel on its own
+        return Parts("identity")
+    return Parts("stop", {"reason": f"{label} without a weight"})

@@ -1,0 +1,224 @@
+"""Read a PyTorch model into the core graph with torch.export (non-strict).
+
+For models torch.fx cannot trace: data-dependent control flow, iterating a tensor
+(``list(x.chunk(2, 1))`` in YOLOv8's C2f), Python math on sizes. torch.export records
+ATen ops with static shapes, and parameters and buffers as graph inputs named by the
+graph signature, so each op maps back to the parameters it reads: a layer
+(``aten.conv2d`` on ``blocks.0.conv.weight``) is keyed to the module owning them,
+``blocks.0.conv``, the name fx gives its module call. The rules, groups and plans
+are the same as for an fx capture.
+
+Where export meets a data-dependent branch, ``torch.export.draft_export`` takes it as
+it runs on the sample; ``graph.notes`` lists each such place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import operator
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from ..core.graph import Graph, Node
+from ..core.workflow import Captured
+from ..errors import AnalysisError
+from ._aten import ATEN_RULES
+from ._layers import COMPUTED, functional_node, split_sizes
+from ._ops import FUNCTIONAL
+from .capture import add_unseen_params
+
+__all__ = ["capture_export", "export_program"]
+
+_TENSOR_INPUTS = ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch.export logs every guard and specialisation, and prints the graph of a failed
+    attempt; the notes say what matters."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_program(model: nn.Module, example: tuple[torch.Tensor, ...]):
+    """``(ExportedProgram, notes)``: torch.export (non-strict) of ``model`` in eval mode;
+    where it fails, ``draft_export``, with a note per data-dependent place it specialised.
+
+    Raises:
+        AnalysisError: When neither can capture the model.
+    """
+    was_training = model.training
+    model.eval()  # the inference path, as fx captures it
+    try:
+        with _quiet():
+            try:
+                return torch.export.export(model, tuple(example), strict=False), []
+            except Exception as err:  # noqa: BLE001 - any failure: try the lenient capture
+                first = err
+            try:
+                program = torch.export.draft_export(model, tuple(example))
+            except Exception as err:  # noqa: BLE001 - reported with the first failure
+                raise AnalysisError(f"torch.export could not capture {type(model).__name__}: "
+                                    f"{_first_line(first)}") from err  # fmt: skip
+        return program, _draft_notes(program)
+    finally:
+        model.train(was_training)
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _draft_notes(program: Any) -> list[str]:
+    """One note per place draft_export specialised (a data-dependent branch, ...)."""
+    report = getattr(program, "_report", None)
+    if report is None:
+        return []
+    files = _file_names(report)
+    notes = []
+    for failure in report.failures:
+        data = failure.data if isinstance(failure.data, dict) else {}
+        frame = (data.get("user_stack") or [{}])[-1]
+        where = f"{files.get(frame.get('filename'), '?')}:{frame.get('line', '?')}"
+        code = f" ({frame['loc']})" if frame.get("loc") else ""
+        kind = failure.failure_type.name.lower().replace("_", " ")
+        taken = f", taken as {data['result']}" if "result" in data else ""
+        notes.append(f"{kind} at {where}{code}: specialised to the sample input{taken}")
+    return notes
+
+
+def _file_names(report: Any) -> dict[int, str]:
+    """File id -> name for the report's stacks: a file interned before this export (by an
+    earlier one in the process) is only in torch's table."""
+    names = dict(getattr(report, "str_to_filename", {}) or {})
+    try:
+        from torch._logging.structured import INTERN_TABLE
+    except ImportError:  # a torch without the table: ids stay unnamed
+        return names
+    return {**{i: name for name, i in INTERN_TABLE.items()}, **names}
+
+
+def capture_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
+    """Capture ``model`` with torch.export on ``example`` and build the core graph.
+
+    Returns:
+        A :class:`~filterprune.core.workflow.Captured` like the fx capture's, with the
+        ``ExportedProgram`` as ``extra["program"]``.
+    """
+    program, notes = export_program(model, example)
+    builder = _Builder(model, program)
+    for node in program.graph.nodes:
+        builder.add(node)
+    add_unseen_params(model, builder.graph)
+    graph = builder.graph
+    graph.notes.append("captured with torch.export (non-strict)"
+                       + (", data-dependent branches as they ran on input_info" if notes else ""))
+    graph.notes.extend(notes)
+    modules = builder.modules
+    refs = {name: modules[name] for name in graph.layers if name in modules}
+    return Captured(graph, sample=tuple(example), refs=refs,
+                    extra={"program": program, "capture": "torch.export"})  # fmt: skip
+
+
+def _shape(value: Any) -> Any:
+    """Static shape of a fake tensor; a list for several; ``None`` for the rest or for a
+    size only known at run time (data-dependent)."""
+    if isinstance(value, torch.Tensor):
+        dims = tuple(value.shape)
+        return tuple(int(d) for d in dims) if all(isinstance(d, int) for d in dims) else None
+    if isinstance(value, (list, tuple)) and value and all(map(torch.is_tensor, value)):
+        shapes = [_shape(v) for v in value]
+        return shapes if all(s is not None for s in shapes) else None
+    return None
+
+
+def _holds_tensors(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensors(v) for v in value)
+    return isinstance(value, torch.Tensor)
+
+
+class _Builder:
+    """Adds one core node per node of an exported graph."""
+
+    def __init__(self, model: nn.Module, program: Any) -> None:
+        self.graph = Graph()
+        self.modules = dict(model.named_modules())
+        self.tensors: dict[str, str] = {}  # placeholder -> parameter, buffer or constant name
+        self.user_outputs: list[str] = []
+        for spec in program.graph_signature.input_specs:
+            if spec.kind.name in _TENSOR_INPUTS and spec.target is not None:
+                self.tensors[spec.arg.name] = spec.target
+        for spec in program.graph_signature.output_specs:
+            if spec.kind.name == "USER_OUTPUT" and hasattr(spec.arg, "name"):
+                self.user_outputs.append(spec.arg.name)
+
+    def add(self, node: fx.Node) -> None:
+        if node.op == "output":
+            self.graph.outputs = [n for n in self.user_outputs if n in self.graph.nodes]
+            return
+        self.graph.add(self._convert(node))
+
+    def _inputs(self, node: fx.Node) -> list[str]:
+        found: list[fx.Node] = []
+        fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+        return [n.name for n in dict.fromkeys(found) if n.name in self.graph.nodes]
+
+    def _convert(self, node: fx.Node) -> Node:
+        shape = _shape(node.meta.get("val"))
+        inputs = self._inputs(node)
+        label = str(node.target).removeprefix("aten.").removesuffix(".default")
+        if node.op == "placeholder":
+            if node.name in self.tensors:
+                return Node(node.name, "param", shape=shape,
+                            attrs={"target": self.tensors[node.name]})  # fmt: skip
+            return Node(node.name, "input", shape=shape)
+        if node.op != "call_function":
+            return Node(node.name, "stop", inputs, shape, label=label,
+                        attrs={"reason": f"no channel rule for {node.op} {label}"})  # fmt: skip
+        if shape is None and not _holds_tensors(node.meta.get("val")):
+            return Node(node.name, "noop", inputs, label=label)  # sizes, asserts, flags
+        if shape is None:
+            return Node(node.name, "stop", inputs, label=label,
+                        attrs={"reason": f"{label}: a size known only at run time"})  # fmt: skip
+        if node.target is operator.getitem:
+            return self._getitem(node, inputs, shape)
+        if node.target in FUNCTIONAL:
+            return self._functional(node, label, shape)
+        build = ATEN_RULES.get(node.target)
+        if build is None:
+            if not inputs:  # a tensor made in forward (zeros, arange): a constant
+                return Node(node.name, "param", shape=shape, attrs={"target": node.name})
+            return Node(node.name, "stop", inputs, shape, label=label,
+                        attrs={"reason": f"no channel rule for {label}"})  # fmt: skip
+        in_shape = self.graph[inputs[0]].shape if inputs else None
+        kind, attrs = build(node, in_shape if isinstance(in_shape, tuple) else ())
+        if kind == "split":
+            attrs["sizes"] = split_sizes(attrs, shape)
+        return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
+
+    def _getitem(self, node: fx.Node, inputs: list[str], shape: Any) -> Node:
+        index = node.args[1]
+        if isinstance(index, int) and isinstance(self.graph[inputs[0]].shape, list):
+            return Node(node.name, "getitem", inputs[:1], shape, attrs={"index": index})
+        return Node(node.name, "stop", inputs, shape, label="getitem",
+                    attrs={"reason": "indexes a value that is not a tuple of tensors"})  # fmt: skip
+
+    def _functional(self, node: fx.Node, label: str, shape: Any) -> Node:
+        return functional_node(node, label, shape, self.graph, self.modules,
+                               lambda value: self.tensors.get(value.name, COMPUTED),
+                               ATEN_RULES.get(node.target))  # fmt: skip

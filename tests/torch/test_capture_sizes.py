@@ -1,0 +1,54 @@
+"""Sizes computed in forward: free when they follow the tensor they reshape, fixed when
+they come from another tensor's shape."""
+
+import torch
+from torch import nn
+from torch_helpers import assert_strip_equal, make_config
+
+from filterprune.core.analysis import AnalysisOptions, analyze
+from filterprune.testing.zoo import nondegenerate
+from filterprune.torch import create_compressed_model
+from filterprune.torch.capture import capture_fx
+
+
+class Mixer(nn.Module):
+    """NextViT's E_MHSA pattern: ``b, n, c = t.shape`` read from the block input, then the
+    attention's own result reshaped with that ``c``; a cut of the block input would leave
+    ``c`` smaller than that result. An MLP beside it stays free."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.q, self.proj = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        batch, channels, h, w = x.shape
+        x = x.view(batch, channels, h * w).view(batch, channels, h, w)  # its own sizes: free
+        t = x.flatten(2).transpose(1, 2)
+        b, n, c = t.shape
+        heads = self.q(t).reshape(b, n, 2, 8)
+        t = t + self.proj(heads.reshape(b, n, c))  # c: t's width, not q's
+        t = t + self.fc2(torch.relu(self.fc1(t)))
+        return self.head(t.transpose(1, 2).reshape(batch, channels, h, w))
+
+
+def test_a_size_read_from_another_tensor_is_fixed_one_read_from_itself_is_free():
+    graph = capture_fx(Mixer().eval(), (torch.zeros(1, 3, 8, 8),)).graph
+    fixed = {n.name: n.attrs["fixed_dims"] for n in graph if n.op == "reshape" and n.attrs}
+    assert fixed == {"view": [], "view_1": [], "reshape": [0, 1, 2, 3], "reshape_1": [0, 1, 2],
+                     "reshape_2": [0, 1, 2, 3]}  # fmt: skip
+    options = AnalysisOptions(prune_first_conv=True)
+    groups = {tuple(g.producers): g.reason for g in analyze(graph, options).groups}
+    assert groups[("stem", "proj", "fc2")] == "reshape: reshape fixes the channel count in code"
+    assert groups[("fc1",)] is None
+
+
+def test_a_model_reshaping_with_foreign_sizes_strips_equal():
+    torch.manual_seed(0)
+    config = make_config((1, 3, 8, 8), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(Mixer()), config)
+    assert ctrl.statistics().flops_kept < 0.9
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))

@@ -1,0 +1,121 @@
+"""Capture that does not give up: torch.export where torch.fx cannot trace."""
+
+import random
+
+import pytest
+import torch
+from torch import nn
+from torch_helpers import assert_strip_equal, make_config
+
+from filterprune.core.analysis import AnalysisOptions, analyze
+from filterprune.errors import AnalysisError
+from filterprune.testing.random_nets import BLOCKS, RandomNet
+from filterprune.testing.zoo import nondegenerate
+from filterprune.torch import create_compressed_model
+from filterprune.torch.capture import capture, capture_fx
+from filterprune.torch.export_capture import capture_export
+
+OPTIONS = AnalysisOptions(prune_first_conv=True, prune_downsample_convs=True)
+
+
+def cbs(cin, cout, k=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+                         nn.BatchNorm2d(cout), nn.SiLU())  # fmt: skip
+
+
+class Split(nn.Module):
+    """YOLOv8's C2f pattern: iterating a chunk, which torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.cv1, self.m, self.cv2 = cbs(3, 32), cbs(16, 16, 3), cbs(48, 24)
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.append(self.m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class Branchy(nn.Module):
+    """A data-dependent branch: taken as it runs on the sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = cbs(3, 16), cbs(16, 16, 3), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if x.mean() > -1:  # true on the sample (zeros) and on most inputs
+            y = self.b(y)
+        return self.head(y)
+
+
+def _groups(cap):
+    return {tuple(g.producers): (g.size, g.reason) for g in analyze(cap.graph, OPTIONS).groups}
+
+
+def test_fx_failure_falls_back_to_torch_export():
+    with pytest.raises(AnalysisError, match="torch.fx could not trace Split"):
+        capture_fx(Split().eval(), (torch.zeros(1, 3, 16, 16),))
+    cap = capture(Split().eval(), (torch.zeros(1, 3, 16, 16),))
+    assert cap.extra["capture"] == "torch.export"
+    assert cap.graph.notes[0].startswith("torch.fx could not trace it (")
+    assert "captured with torch.export (non-strict)" in cap.graph.notes
+    groups = _groups(cap)
+    # the chunk halves lose equal positions; the conv on the second half is free
+    assert groups[("cv1.0",)] == (16, None)
+    assert groups[("m.0",)] == (16, None)
+    assert groups[("cv2.0",)] == (24, "feeds a model output")
+
+
+def test_export_captured_model_prunes_and_strips_equal():
+    torch.manual_seed(0)
+    net = nondegenerate(Split())
+    ctrl, model = create_compressed_model(net, make_config((1, 3, 16, 16)))
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    assert ctrl.statistics().flops_kept < 0.8
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+
+
+def test_data_dependent_branch_is_taken_and_said_in_statistics():
+    torch.manual_seed(0)
+    net = nondegenerate(Branchy())
+    ctrl, model = create_compressed_model(net, make_config((1, 3, 16, 16)))
+    notes = ctrl.captured.graph.notes
+    assert any("data-dependent branches as they ran on input_info" in n for n in notes), notes
+    assert any("test_export_capture.py" in n and "if x.mean() > -1" in n for n in notes), notes
+    text = str(ctrl.statistics())
+    assert "capture:" in text and "specialised to the sample input" in text
+    assert "b.0" in ctrl.analysis.state.producers  # the branch as it ran
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fx_and_export_captures_give_the_same_groups(seed):
+    """One core graph either way (without channel shuffles: an exported view has literal
+    sizes only, so export keeps the channels a shuffle's view reads)."""
+    rng = random.Random(seed)
+    kinds = [rng.choice([b for b in BLOCKS if b != "shuffle"]) for _ in range(6)]
+    net = RandomNet(kinds, seed=seed, flatten_head=bool(seed % 2)).eval()
+    sample = (torch.zeros(1, 3, 16, 16),)
+    assert _groups(capture_fx(net, sample)) == _groups(capture_export(net, sample)), kinds
+
+
+def test_export_failure_reports_both_captures():
+    class Opaque(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return torch.from_numpy(self.conv(x).detach().numpy() * 2)
+
+    both = "torch.fx could not trace Opaque.*torch.export failed too: torch.export could not"
+    with pytest.raises(AnalysisError, match=both):
+        capture(Opaque().eval(), (torch.zeros(1, 3, 8, 8),))
+
+
+def test_a_model_that_fails_on_the_sample_is_refused_with_its_input():
+    shape = r"\[\(1, 5, 16, 16\)\]"
+    with pytest.raises(AnalysisError, match=rf"Split failed on a zero input of shape {shape}"):
+        capture(Split().eval(), (torch.zeros(1, 5, 16, 16),))

@@ -1,0 +1,225 @@
+"""Functions that compute a layer from a model's parameters get the layer's rule.
+
+Every model here is read by both captures (torch.fx and torch.export): the groups must
+be the same, and so must the outcome.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_helpers import assert_strip_equal, make_config
+
+from filterprune.core.analysis import AnalysisOptions, analyze
+from filterprune.testing.zoo import nondegenerate
+from filterprune.torch import create_compressed_model
+from filterprune.torch.capture import capture_fx
+from filterprune.torch.export_capture import capture_export
+
+CAPTURES = [capture_fx, capture_export]
+OPTIONS = AnalysisOptions(prune_first_conv=True, prune_downsample_convs=True)
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: a BatchNorm2d whose forward calls F.batch_norm, then an act."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         False, 0.0, self.eps)  # fmt: skip
+        return self.act(x)
+
+
+class PlainConv(nn.Conv2d):
+    """A conv subclass from outside torch.nn: fx traces into it (F.conv2d on its weight)."""
+
+
+class PaddedConv(nn.Conv2d):
+    """Pads in its own forward (timm's Conv2dSame): masks cannot follow it."""
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)
+
+
+class StandardizedConv(nn.Conv2d):
+    """Standardises its weight in forward (timm's StdConv2d): the weight is computed."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, padding=1)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    def forward(self, x):
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias)
+        return x.permute(0, 3, 1, 2)
+
+
+class Net(nn.Module):
+    def __init__(self, middle: nn.Module | None = None):
+        super().__init__()
+        self.stem = PlainConv(3, 16, 3, padding=1)
+        self.bn = BatchNormAct(16)
+        self.mid = middle or PlainConv(16, 16, 3, padding=1)
+        self.bn2 = BatchNormAct(16)
+        self.expand = nn.Conv2d(16, 32, 1)
+        self.act = nn.PReLU(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.bn2(self.mid(self.bn(self.stem(x))))
+        x = F.prelu(self.expand(x), self.act.weight)  # a functional PReLU on a module's weight
+        return F.linear(x.mean((2, 3)), self.fc.weight, self.fc.bias)
+
+
+def _groups(capture, model, shape=(1, 3, 16, 16)):
+    analysis = analyze(capture(model.eval(), (torch.zeros(shape),)).graph, OPTIONS)
+    return {tuple(g.producers): (g.size, g.reason) for g in analysis.groups}
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_functional_batchnorm_conv_prelu_linear_are_layers(capture):
+    cap = capture(Net().eval(), (torch.zeros(1, 3, 16, 16),))
+    kinds = {name: info.kind for name, info in cap.graph.layers.items()}
+    assert kinds == {"stem": "conv", "bn": "batchnorm", "mid": "conv", "bn2": "batchnorm",
+                     "expand": "conv", "act": "batchnorm", "fc": "linear"}  # fmt: skip
+    groups = _groups(capture, Net())
+    assert groups == {("stem",): (16, None), ("mid",): (16, None), ("expand",): (32, None),
+                      ("fc",): (10, "feeds a model output")}  # fmt: skip
+
+
+def test_both_captures_give_the_same_groups():
+    for middle in (None, PaddedConv(16, 16, 3), StandardizedConv(16, 16, 3),
+                   nn.Sequential(nn.Conv2d(16, 16, 1), LayerNorm2d(16))):  # fmt: skip
+        torch.manual_seed(0)
+        net = Net(middle)
+        assert _groups(capture_fx, net) == _groups(capture_export, net), middle
+
+
+@pytest.mark.parametrize(
+    ("middle", "reason"),
+    [
+        (PaddedConv(16, 16, 3), "PaddedConv mid runs its own forward around conv2d; masks "
+                                "follow only the forward of its torch class"),
+        (StandardizedConv(16, 16, 3), "conv2d reads a weight computed in forward, not a parameter"),
+    ],
+)  # fmt: skip
+def test_a_layer_masks_cannot_follow_stays_whole_with_the_reason(middle, reason):
+    torch.manual_seed(0)
+    assert _groups(capture_fx, Net(middle))[("stem",)] == (16, f"conv2d: {reason}")
+    net = nondegenerate(Net(middle))
+    ctrl, model = create_compressed_model(net, make_config((1, 3, 16, 16)))
+    assert (["stem"], f"conv2d: {reason}") in ctrl.statistics().unpruned
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+
+
+def test_same_forward_subclass_is_cut():
+    """A subclass whose own forward computes what its torch class computes is cut."""
+
+    class MyLinear(nn.Linear):
+        def forward(self, x):
+            return F.linear(x, self.weight, self.bias)
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = MyLinear(8, 32), MyLinear(32, 4)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    groups = _groups(capture_fx, Head(), (1, 8))
+    assert groups == {("a",): (32, None), ("b",): (4, "feeds a model output")}
+
+
+def test_layer_norm_with_parameters_is_a_layer_whose_channels_stay():
+    net = nn.Sequential(nn.Conv2d(3, 16, 1), LayerNorm2d(16), nn.Conv2d(16, 8, 1))
+    cap = capture_fx(net.eval(), (torch.zeros(1, 3, 8, 8),))
+    assert cap.graph.layers["1"].kind == "layernorm"
+    reason = "layer_norm normalises over these channels"
+    assert _groups(capture_fx, net, (1, 3, 8, 8))[("0",)] == (16, reason)
+
+
+def test_a_parameter_read_by_two_ops_ties_them():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+            self.shared = PlainConv(8, 16, 1)
+            self.head = nn.Conv2d(32, 4, 1)
+
+        def forward(self, x):
+            y1 = F.conv2d(self.a(x), self.shared.weight, self.shared.bias)
+            y2 = self.shared(self.b(x))
+            return self.head(torch.cat([y1, y2], 1))
+
+    for capture in CAPTURES:
+        groups = _groups(capture, Twice())
+        assert groups[("a", "b")] == (8, None), groups  # both feed the shared weight's columns
+        assert groups[("shared",)] == (16, None)
+
+
+def test_embedding_weight_is_counted_and_stays():
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 16)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.fc(F.embedding(x, self.embed.weight))
+
+    cap = capture_fx(Tokens().eval(), (torch.zeros(1, 5, dtype=torch.long),))
+    assert cap.graph.layers["embed"].kind == "opaque"
+    reasons = {n.attrs.get("reason") for n in cap.graph if n.op == "stop"}
+    assert "embedding reads parameters of Embedding embed: no channel rule" in reasons
+
+
+def test_timm_style_model_prunes_and_strips_equal():
+    torch.manual_seed(0)
+    net = nondegenerate(Net())
+    ctrl, model = create_compressed_model(net, make_config((1, 3, 16, 16)))
+    assert ctrl.statistics().flops_kept < 0.6
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+
+
+class LayerScale(nn.Module):
+    """timm's LayerScale2d (``gamma.view(1, -1, 1, 1)``), or with the view's size written
+    out (poolformer's Scale keeps ``shape=(C, 1, 1)``)."""
+
+    def __init__(self, c, literal):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((c,), 1e-5))
+        self.shape = (1, c, 1, 1) if literal else (1, -1, 1, 1)
+
+    def forward(self, x):
+        return x * self.gamma.view(self.shape)
+
+
+class Scaled(nn.Module):
+    def __init__(self, literal):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 8, 1)
+        self.scale = LayerScale(16, literal)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.scale(self.a(x))))
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_a_weight_viewed_with_size_one_axes_is_cut_with_its_channels(capture):
+    assert _groups(capture, Scaled(literal=False))[("a",)] == (16, None)
+    reason = "view: reshape fixes the size of weight scale.gamma in code"
+    assert _groups(capture, Scaled(literal=True))[("a",)][1] == reason
+
+
+def test_a_viewed_layer_scale_strips_equal():
+    torch.manual_seed(0)
+    config = make_config((1, 3, 16, 16), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(Scaled(literal=False)), config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+    assert small.scale.gamma.shape == (8,)

@@ -1,0 +1,125 @@
+"""ONNX export: the current exporter by default, the TorchScript one as fallback."""
+
+import logging
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+from torch_helpers import SmallNet, make_config, randomize_bn
+
+from filterprune.onnx import remove_zero_filters, save_model
+from filterprune.torch import create_compressed_model, onnx_export
+from filterprune.torch.onnx_export import export_onnx
+
+
+def _run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+def _pool_net():
+    """AdaptiveAvgPool2d(4) on a 7x7 map: the TorchScript exporter refuses it."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(4)).eval()
+
+
+def test_current_exporter_is_the_default_and_exports_what_torchscript_refuses(tmp_path, caplog):
+    net, x = _pool_net(), torch.randn(1, 3, 7, 7)
+    with caplog.at_level(logging.INFO, logger="filterprune"):
+        used = export_onnx(net, (x,), str(tmp_path / "m.onnx"))
+    assert used == "dynamo"
+    assert "with the dynamo ONNX exporter" in caplog.text
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(tmp_path / "m.onnx", x), net(x), atol=1e-5)
+    with pytest.raises(Exception, match="adaptive_avg_pool2d"):
+        export_onnx(net, (x,), str(tmp_path / "t.onnx"), exporter="torchscript")
+    assert not (tmp_path / "t.onnx").exists()
+
+
+def test_falls_back_to_torchscript_with_a_message(tmp_path, caplog, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no translation for my_op")
+
+    monkeypatch.setattr(onnx_export, "_dynamo", broken)
+    net = SmallNet().eval()
+    x = torch.randn(1, 3, 32, 32)
+    with caplog.at_level(logging.INFO, logger="filterprune"):
+        used = export_onnx(net, (x,), str(tmp_path / "m.onnx"))
+    assert used == "torchscript"
+    assert "(dynamo=True) failed (RuntimeError: no translation for my_op)" in caplog.text
+    assert "with the torchscript ONNX exporter" in caplog.text
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(tmp_path / "m.onnx", x), net(x), atol=1e-4)
+    with pytest.raises(RuntimeError, match="no translation for my_op"):
+        export_onnx(net, (x,), str(tmp_path / "d.onnx"), exporter="dynamo")
+
+
+def test_unknown_exporter_is_refused(tmp_path):
+    expected = r"\['auto', 'dynamo', 'torchscript'\]. Received: exporter='onnx'."
+    with pytest.raises(ValueError, match=rf"`exporter` must be one of {expected}"):
+        export_onnx(SmallNet(), (torch.zeros(1, 3, 32, 32),), str(tmp_path / "m.onnx"),
+                    exporter="onnx")  # fmt: skip
+
+
+def test_fake_quantized_model_exports_with_its_quantize_dequantize_pairs(tmp_path):
+    """Quantization-aware models (fake-quant ops) export with the current exporter, which
+    writes them as QuantizeLinear/DequantizeLinear pairs (weights included)."""
+    import onnx
+
+    class FakeQuant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(16, 32, 3)
+
+        def forward(self, x):
+            scale, zero = torch.full((32,), 0.02), torch.zeros(32, dtype=torch.int32)
+            w = torch.fake_quantize_per_channel_affine(self.conv.weight, scale, zero, 0, -128, 127)
+            x = torch.fake_quantize_per_tensor_affine(x, 0.05, 0, -128, 127)
+            return nn.functional.conv2d(x, w, self.conv.bias)
+
+    net, x = FakeQuant().eval(), torch.randn(1, 16, 8, 8)
+    assert export_onnx(net, (x,), str(tmp_path / "q.onnx")) == "dynamo"
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
+    assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 2, ops
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(tmp_path / "q.onnx", x), net(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_converter_reads_both_exporters(tmp_path, exporter):
+    """Masked export (pruned filters zero) -> zero-filter removal finds every cut filter."""
+    torch.manual_seed(0)
+    ctrl, _ = create_compressed_model(randomize_bn(SmallNet()), make_config())
+    path = str(tmp_path / "masked.onnx")
+    assert export_onnx(ctrl.strip(shrink=False).eval(), ctrl.captured.sample, path,
+                       exporter=exporter) == exporter  # fmt: skip
+    small, report = remove_zero_filters(path)
+    save_model(small, str(tmp_path / "small.onnx"))
+    assert report.flops_kept == pytest.approx(ctrl.statistics().flops_kept, rel=1e-6)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = ctrl.strip().eval()(x).numpy()
+    np.testing.assert_allclose(_run(tmp_path / "small.onnx", x), ref, atol=1e-4 * np.abs(ref).max())
+
+
+def test_an_invalid_optimised_graph_is_exported_again_unoptimised(tmp_path, caplog, monkeypatch):
+    import onnx
+
+    checked = []
+    real = onnx.checker.check_model
+
+    def first_fails(path, **kwargs):
+        checked.append(path)
+        if len(checked) == 1:
+            raise onnx.checker.ValidationError("input 'mul_2_min_1' is not output of any node")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(onnx.checker, "check_model", first_fails)
+    net, x = SmallNet().eval(), torch.randn(1, 3, 32, 32)
+    with caplog.at_level(logging.INFO, logger="filterprune"):
+        assert export_onnx(net, (x,), str(tmp_path / "m.onnx")) == "dynamo"
+    assert len(checked) == 2
+    assert "optimised ONNX graph is invalid (ValidationError: input 'mul_2_min_1'" in caplog.text
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(tmp_path / "m.onnx", x), net(x), atol=1e-4)
