@@ -1,4 +1,5 @@
-"""Time graph capture + channel grouping at 224x224, one thread (median of 5 runs).
+"""Time graph capture + channel grouping at 224x224, one thread (median of 5 runs), with
+torch.fx (the default) and with the torch.export capture (the fallback where fx fails).
 
     python benchmarks/analysis_speed.py [model ...]
 
@@ -18,12 +19,13 @@ import torch
 import torchvision
 
 from filterprune.core.analysis import analyze
-from filterprune.torch.capture import capture
+from filterprune.torch.capture import capture_fx
+from filterprune.torch.export_capture import capture_export
 
 PEERS = {"resnet50": (0.70, 2.18), "densenet201": (42.45, 14.89), "efficientnet_b7": (2.92, 23.46)}
 
 
-def time_model(name: str, repeats: int = 5) -> tuple[float, float, int]:
+def time_model(name: str, capture=capture_fx, repeats: int = 5) -> tuple[float, float, int]:
     model = torchvision.models.get_model(name, weights=None).eval()
     sample = (torch.zeros(1, 3, 224, 224),)
     capture_s, total_s = [], []
@@ -43,15 +45,21 @@ def main(names: list[str]) -> None:
     torch.set_num_threads(1)
     names = names or list(PEERS)
     lines = [
-        "# Analysis speed (fx capture + shape pass + grouping), 224x224, 1 thread, median of 5",
+        "# Analysis speed (capture + shape pass + grouping), 224x224, 1 thread, median of 5",
         "",
-        "| model | capture s | capture + grouping s | groups | Torch-Pruning s | NNCF s |",
-        "|---|---|---|---|---|---|",
+        "fx: torch.fx capture (the default); export: the torch.export capture (the fallback "
+        "where fx cannot trace), on the same model.",
+        "",
+        "| model | fx capture s | fx capture + grouping s | export capture s | "
+        "export capture + grouping s | groups (fx / export) | Torch-Pruning s | NNCF s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         cap, total, groups = time_model(name)
+        ecap, etotal, egroups = time_model(name, capture_export)
         tp, nncf = PEERS.get(name, ("", ""))
-        lines.append(f"| {name} | {cap:.2f} | {total:.2f} | {groups} | {tp} | {nncf} |")
+        lines.append(f"| {name} | {cap:.2f} | {total:.2f} | {ecap:.2f} | {etotal:.2f} | "
+                     f"{groups} / {egroups} | {tp} | {nncf} |")  # fmt: skip
         print(lines[-1], flush=True)
     out = Path(__file__).parent / "results" / "analysis_speed.md"
     out.parent.mkdir(parents=True, exist_ok=True)
