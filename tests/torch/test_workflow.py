@@ -206,10 +206,10 @@ def test_unknown_op_is_left_unpruned_with_a_reason():
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 32, 32))
 
 
-def test_quantization_in_config_is_a_clear_error(small_net):
+def test_quantization_without_init_data_is_a_clear_error(small_net):
     config = make_config()
     config["compression"] = [config["compression"], {"algorithm": "quantization"}]
-    with pytest.raises(ConfigError, match="'quantization' is not available"):
+    with pytest.raises(ConfigError, match="Call register_default_init_args.*no data"):
         create_compressed_model(small_net, config)
 
 

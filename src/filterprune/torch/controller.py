@@ -15,6 +15,7 @@ from ..core.config import FilterPruningParams
 from ..core.controller import CompressionStage, PruningControllerBase, analysis_options
 from ..core.pruner import Plan
 from ..core.workflow import Captured
+from .fold import fold_batchnorms
 from .masks import apply_masks, remove_masks
 from .shrink import shrink_model
 
@@ -90,10 +91,14 @@ class FilterPruningController(PruningControllerBase):
 def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
                  input_names: list[str] | None = None, output_names: list[str] | None = None,
                  shrink: bool = False) -> None:  # fmt: skip
-    """Export ``ctrl``'s stripped model to ONNX (pruned filters zeroed; ``shrink``: removed)."""
+    """Export ``ctrl``'s stripped model to ONNX (pruned filters zeroed; ``shrink``: removed).
+
+    BatchNorms after per-channel quantized convs are folded into them, so that ONNX
+    Runtime runs those convs as int8.
+    """
     if save_format != "onnx":
         raise ValueError(f"`save_format` must be 'onnx'. Received: save_format={save_format!r}.")
-    model = ctrl.strip(shrink=shrink).eval()
+    model = fold_batchnorms(ctrl.strip(shrink=shrink).eval(), ctrl.captured.graph)
     export_onnx(model, ctrl.captured.sample, save_path, input_names, output_names)
 
 

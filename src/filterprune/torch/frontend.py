@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ._init_args import InitArgs, adapt_batchnorm
 from .capture import capture
 from .controller import FilterPruningController, export_model
+from .quantization import QuantizationController
 
 __all__ = ["TorchFrontend", "sample_inputs"]
 
@@ -37,7 +38,8 @@ class TorchFrontend(Frontend):
     """Reads ``nn.Module`` s with torch.fx; one controller class per algorithm."""
 
     name = "PyTorch"
-    controllers = {"filter_pruning": FilterPruningController}
+    controllers = {"filter_pruning": FilterPruningController,
+                   "quantization": QuantizationController}  # fmt: skip
 
     def capture(self, model: nn.Module, config: Config) -> Captured:
         return capture(model, sample_inputs(config, model))

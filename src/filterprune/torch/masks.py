@@ -6,6 +6,10 @@ the weight by a mask buffer (``weight_mask``), so ``state_dict`` keeps its keys
 ``torch.compile`` sees plain tensor math. Masks cover both sides of a layer:
 its own pruned filters (rows) and the pruned channels it reads (columns), which
 makes the masked model compute exactly what the shrunk model computes.
+
+A parameter may also carry a quantizer, a child module named ``<param>_quantizer``
+(see :func:`add_weight_quantizer`): it applies after the mask, so pruned filters stay
+exactly zero in the quantized weight.
 """
 
 from __future__ import annotations
@@ -17,19 +21,27 @@ from torch import nn
 
 from ..core.weights import weight_mask
 
-__all__ = ["apply_masks", "remove_masks", "is_masked"]
+__all__ = ["apply_masks", "remove_masks", "is_masked", "add_weight_quantizer", "masked_param",
+           "quantized_class"]
 
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CONV_T_FN = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d,
               nn.ConvTranspose3d: F.conv_transpose3d}  # fmt: skip
 
 
-def _m(module: nn.Module, name: str) -> torch.Tensor | None:
+def masked_param(module: nn.Module, name: str) -> torch.Tensor | None:
+    """Parameter ``name`` of ``module`` with its mask applied (before any quantizer)."""
     p = getattr(module, name, None)
     if p is None:
         return None
     mask = module._buffers.get(f"{name}_mask")
     return p if mask is None else p * mask
+
+
+def _m(module: nn.Module, name: str) -> torch.Tensor | None:
+    p = masked_param(module, name)
+    quantizer = module._modules.get(f"{name}_quantizer")
+    return p if quantizer is None or p is None else quantizer(p)
 
 
 class _MaskedConv:
@@ -63,11 +75,12 @@ class _MaskedChannels:
         return out * mask.view((1, -1) + (1,) * (out.dim() - 2))
 
 
-_SWAPPED: dict[type, type] = {}
+_SWAPPED: dict[tuple[type, str], type] = {}
 
 
-def _masked_class(cls: type) -> type:
-    if cls not in _SWAPPED:
+def _masked_class(cls: type, prefix: str = "Masked") -> type:
+    """The swapped class of ``cls``; ``prefix`` only names it (same forward)."""
+    if (cls, prefix) not in _SWAPPED:
         if issubclass(cls, _CONV_T):
             mixin = _MaskedConvT
         elif issubclass(cls, nn.modules.conv._ConvNd):
@@ -76,8 +89,26 @@ def _masked_class(cls: type) -> type:
             mixin = _MaskedLinear
         else:
             mixin = _MaskedChannels
-        _SWAPPED[cls] = type(f"Masked{cls.__name__}", (mixin, cls), {"_filterprune_base": cls})
-    return _SWAPPED[cls]
+        _SWAPPED[cls, prefix] = type(f"{prefix}{cls.__name__}", (mixin, cls),
+                                     {"_filterprune_base": cls})  # fmt: skip
+    return _SWAPPED[cls, prefix]
+
+
+def quantized_class(module: nn.Module) -> type:
+    """The class a layer with a weight quantizer (and maybe masks) runs as."""
+    return _masked_class(getattr(type(module), "_filterprune_base", type(module)), "Quantized")
+
+
+def add_weight_quantizer(module: nn.Module, quantizer: nn.Module) -> None:
+    """Quantize ``module``'s weight after its mask with ``quantizer`` (a child module
+    ``weight_quantizer``, so ``state_dict`` keeps the layer's keys and adds its own)."""
+    module.add_module("weight_quantizer", quantizer)
+    if not is_masked(module):
+        module.__class__ = quantized_class(module)
+
+
+def _has_quantizer(module: nn.Module) -> bool:
+    return any(f"{name}_quantizer" in module._modules for name in module._parameters)
 
 
 def is_masked(module: nn.Module) -> bool:
@@ -134,4 +165,6 @@ def remove_masks(model: nn.Module, bake: bool) -> None:
                     for p in ("weight", "bias"):
                         if getattr(module, p, None) is not None:
                             getattr(module, p).mul_(mask)
-        module.__class__ = type(module)._filterprune_base
+        # a layer whose weight is quantized keeps the forward that applies the quantizer
+        base = type(module)._filterprune_base
+        module.__class__ = quantized_class(module) if _has_quantizer(module) else base

@@ -96,6 +96,14 @@ def _shrink_layer(model: nn.Module, name: str, info: LayerInfo, keep: dict) -> N
     _sync_attributes(module)
 
 
+def _cut_quantizers(module: nn.Module, keep: dict[str, np.ndarray]) -> None:
+    """Per-channel quantizers attached to a layer keep the scales of its kept channels."""
+    for child in module.children():
+        role = getattr(child, "channel_role", None)
+        if role in keep:
+            child.select_channels(np.flatnonzero(keep[role]))
+
+
 def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.Module:
     """Cut every layer of ``model`` (in place) down to its kept channels."""
     with torch.no_grad():
@@ -104,6 +112,8 @@ def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.M
             if info is None or info.kind not in _CUT or all(v.all() for v in keep.values()):
                 continue
             _shrink_layer(model, name, info, keep)
+            if info.kind in ("conv", "linear"):
+                _cut_quantizers(model.get_submodule(name), keep)
     return model
 
 

@@ -1,0 +1,235 @@
+"""The fake-quant module and the hooks that put it on a model's tensors.
+
+:class:`FakeQuantize` rounds with ``torch.fake_quantize_per_tensor_affine`` /
+``torch.fake_quantize_per_channel_affine`` (straight-through gradients inside the range),
+which ``torch.onnx.export`` writes as QuantizeLinear/DequantizeLinear pairs.
+
+A weight quantizer follows its weight: every forward takes the range from the (masked)
+weight, so the scales never lag the optimizer and a pruned filter gets a safe scale of its
+own. An activation quantizer keeps the range set from data (or, with
+``num_init_samples: 0``, from the first batch it sees).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.quantization import (
+    QuantizerSpec,
+    QuantizerState,
+    RangeCollector,
+    quant_limits,
+    quant_params,
+)
+from ..errors import ConfigError
+
+__all__ = ["FakeQuantize", "QuantizeInput", "QuantizeOutput", "follow_range"]
+
+_ONNX_RANGES = ((0, 255), (-128, 127))
+_TINY = 1e-12
+
+
+def _fill_dead(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-width channels take the widest live range, or [-1, 1] (as the core does)."""
+    dead = (high - low) <= _TINY
+    any_live = (~dead).any()
+    fill_low = torch.where(any_live, torch.where(dead, math.inf, low).amin(), -1.0)
+    fill_high = torch.where(any_live, torch.where(dead, -math.inf, high).amax(), 1.0)
+    return torch.where(dead, fill_low, low), torch.where(dead, fill_high, high)
+
+
+def follow_range(w: torch.Tensor, spec: QuantizerSpec, signed: bool) -> tuple[torch.Tensor, ...]:
+    """``(scale, zero_point)`` of a weight's min/max range, in torch (no host sync).
+
+    The same math as :func:`filterprune.core.quantization.quant_params` over
+    :func:`~filterprune.core.quantization.tensor_range`: channels that are all zero are
+    left out of a per-tensor range and get a safe scale when per channel.
+    """
+    w = w.detach()
+    rows = w.movedim(spec.channel_axis, 0).flatten(1) if spec.channel_axis is not None else (
+        w.reshape(1, -1))  # fmt: skip
+    low, high = rows.amin(1).double(), rows.amax(1).double()  # extremes are exact in any dtype
+    if not spec.settings.per_channel:
+        live = (rows != 0).any(1)
+        low = torch.where(live, low, math.inf).amin().clamp(max=0)
+        high = torch.where(live, high, -math.inf).amax().clamp(min=0)
+    low, high = _fill_dead(low.clamp(max=0).reshape(-1), high.clamp(min=0).reshape(-1))
+    qmin, qmax = quant_limits(spec.settings.bits, signed)
+    if spec.settings.mode == "symmetric":
+        scale = (torch.maximum(-low, high) if signed else high) / qmax
+        zero_point = torch.zeros_like(scale)
+    else:
+        scale = (high - low) / (qmax - qmin)
+        zero_point = (qmin + torch.round(-low / scale)).clamp(qmin, qmax)
+    scale = torch.where(scale > _TINY, scale, 1.0)
+    shape = scale.shape if spec.settings.per_channel else ()
+    return scale.float().reshape(shape), zero_point.int().reshape(shape)
+
+
+class FakeQuantize(nn.Module):
+    """Quantize-dequantize of one tensor, as placed by the core.
+
+    Args:
+        spec: The core's :class:`~filterprune.core.quantization.QuantizerSpec`.
+        lazy: Activations only: take the range from the first batch seen.
+
+    Attributes:
+        scale, zero_point: Buffers (0-d per tensor, 1-d per channel).
+        quant_min, quant_max: The integer range.
+        initialized: False while the quantizer passes values through.
+        collector: A core ``RangeCollector`` while ranges are being collected: the
+            quantizer then records its input and passes it through.
+        frozen: A weight quantizer stops following its weight (stripped models).
+    """
+
+    def __init__(self, spec: QuantizerSpec, lazy: bool = False) -> None:
+        super().__init__()
+        self.spec = spec
+        state = QuantizerState.empty(spec.settings, spec.num_channels)
+        self.register_buffer("scale", torch.from_numpy(state.scale))
+        self.register_buffer("zero_point", torch.from_numpy(state.zero_point))
+        self.quant_min, self.quant_max = state.quant_min, state.quant_max
+        self.initialized = False
+        self.lazy = lazy
+        self.frozen = False
+        # python values drive forward (no host sync); the buffer carries them in state_dict
+        self.register_buffer("meta", torch.zeros(4, dtype=torch.int32))
+        self._meta_written: tuple = ()
+        self._write_meta()
+        self.collector: RangeCollector | None = None
+
+    @property
+    def follows_weight(self) -> bool:
+        return self.spec.kind == "weight" and not self.frozen
+
+    @property
+    def axis(self) -> int | None:
+        return self.spec.channel_axis if self.spec.settings.per_channel else None
+
+    @property
+    def channel_role(self) -> str | None:
+        """The keep vector of the owning layer that cuts a per-channel scale."""
+        if self.axis is None:
+            return None
+        return "out" if self.spec.kind == "weight" else "in"
+
+    def extra_repr(self) -> str:
+        return f"{self.spec.key}, bits={self.spec.settings.bits}, range=({self.quant_min}, " \
+               f"{self.quant_max}), per_channel={self.axis is not None}"  # fmt: skip
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> QuantizerState:
+        return QuantizerState(self.scale.detach().cpu().numpy().copy(),
+                              self.zero_point.detach().cpu().numpy().copy(),
+                              self.quant_min, self.quant_max, self.initialized)  # fmt: skip
+
+    def set_state(self, state: QuantizerState) -> None:
+        with torch.no_grad():
+            for name, value in (("scale", state.scale), ("zero_point", state.zero_point)):
+                old = getattr(self, name)
+                setattr(self, name, torch.as_tensor(value, device=old.device).to(old.dtype))
+        self.quant_min, self.quant_max = state.quant_min, state.quant_max
+        self.initialized = state.initialized
+        self._write_meta()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("scale", "zero_point"):  # a stripped model's scales may be cut
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        qmin, qmax, initialized, frozen = self.meta.tolist()
+        self.quant_min, self.quant_max = qmin, qmax
+        self.initialized, self.frozen = bool(initialized), bool(frozen)
+
+    def _write_meta(self) -> None:
+        """Mirror the integer range and flags into the ``meta`` buffer (for state_dict)."""
+        values = (self.quant_min, self.quant_max, int(self.initialized), int(self.frozen))
+        if values != self._meta_written:
+            self.meta.copy_(torch.tensor(values, dtype=torch.int32))
+            self._meta_written = values
+
+    def select_channels(self, index: np.ndarray) -> None:
+        """Keep the per-channel scales of channels ``index`` (the layer was cut)."""
+        if self.axis is None:
+            return
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.scale.device)
+        self.scale = self.scale.index_select(0, idx).contiguous()
+        self.zero_point = self.zero_point.index_select(0, idx).contiguous()
+
+    # -- forward ---------------------------------------------------------------------------
+    def follow(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set the range from weight ``w``; returns the new ``(scale, zero_point)``."""
+        signed = self.spec.settings.signed is not False
+        scale, zero_point = follow_range(w, self.spec, signed)
+        with torch.no_grad():
+            self.scale.copy_(scale)
+            self.zero_point.copy_(zero_point)
+        self.quant_min, self.quant_max = quant_limits(self.spec.settings.bits, signed)
+        self.initialized = True
+        self._write_meta()
+        return scale, zero_point
+
+    def freeze(self, w: torch.Tensor) -> None:
+        """Fix a weight quantizer's range on weight ``w`` (it stops following)."""
+        self.follow(w)
+        self.frozen = True
+        self._write_meta()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.collector is not None:
+            self.collector.update(x.detach().float().cpu().numpy())
+            return x
+        scale, zero_point = self.scale, self.zero_point
+        if self.follows_weight:
+            scale, zero_point = self.follow(x)
+        elif not self.initialized:
+            if not self.lazy:
+                return x
+            self._init_from(x)
+        return self._fake_quantize(x, scale, zero_point)
+
+    def _init_from(self, x: torch.Tensor) -> None:
+        rc = RangeCollector("min_max", self.axis is not None, self.spec.channel_axis)
+        rc.update(x.detach().float().cpu().numpy())
+        got = rc.range()
+        if got is not None:
+            self.set_state(quant_params(*got, self.spec.settings))
+
+    def _fake_quantize(self, x, scale, zero_point) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export() and (self.quant_min, self.quant_max) not in _ONNX_RANGES:
+            raise ConfigError(
+                "`bits` must be 8 to export QuantizeLinear/DequantizeLinear pairs to ONNX. "
+                f"Received: bits={self.spec.settings.bits} for {self.spec.key}."
+            )
+        qmin, qmax = self.quant_min, self.quant_max
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+        return torch.fake_quantize_per_channel_affine(x, scale, zero_point, self.axis, qmin, qmax)
+
+
+class QuantizeInput:
+    """Forward pre-hook: the layer reads its first input through ``quantizer``."""
+
+    def __init__(self, quantizer: FakeQuantize) -> None:
+        self.quantizer = quantizer
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple | None:
+        if not args or not isinstance(args[0], torch.Tensor):
+            return None
+        return (self.quantizer(args[0]), *args[1:])
+
+
+class QuantizeOutput:
+    """Forward hook: the module's output tensor goes through ``quantizer``."""
+
+    def __init__(self, quantizer: FakeQuantize) -> None:
+        self.quantizer = quantizer
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        return self.quantizer(output) if isinstance(output, torch.Tensor) else None

@@ -1,0 +1,90 @@
+"""Fold BatchNorm into the quantized conv before it, for export.
+
+ONNX Runtime runs a QDQ conv as int8 only when a QuantizeLinear follows it; a
+BatchNormalization in between keeps it in float, and ONNX Runtime cannot fold that
+BatchNorm itself once the conv's weight comes out of a DequantizeLinear. Folding in torch
+first is exact in eval mode for per-channel weights: ``Q(w * f)`` with the scale times
+``|f|`` is ``f * Q(w)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core.graph import Graph
+from .fake_quant import FakeQuantize
+
+__all__ = ["fold_batchnorms"]
+
+
+def _pairs(graph: Graph) -> list[tuple[str, str]]:
+    """``(conv layer, batchnorm layer)`` where the conv's only reader is the BatchNorm and
+    each layer is called once."""
+    readers: dict[str, list[str]] = {}
+    calls: dict[str | None, int] = {}
+    for node in graph:
+        calls[node.layer] = calls.get(node.layer, 0) + 1
+        for name in node.inputs:
+            readers.setdefault(name, []).append(node.name)
+    out = []
+    for node in graph:
+        info = graph.layers.get(node.layer) if node.layer else None
+        if info is None or info.kind != "conv" or node.name in graph.outputs:
+            continue
+        after = readers.get(node.name, [])
+        if len(after) != 1 or graph[after[0]].op != "batchnorm":
+            continue
+        bn = graph[after[0]].layer
+        if bn is not None and calls[node.layer] == 1 and calls[bn] == 1:
+            out.append((node.layer, bn))
+    return out
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    q = conv._modules.get("weight_quantizer")
+    return (
+        isinstance(q, FakeQuantize) and q.axis is not None and q.frozen
+        and isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_var is not None
+        and not isinstance(conv, nn.modules.conv._ConvTransposeNd)
+        and "input_quantizer" not in bn._modules and not conv._forward_hooks
+        and not any(k.endswith("_mask") for k in [*conv._buffers, *bn._buffers])
+    )  # fmt: skip
+
+
+def _fold(conv: nn.Module, bn: nn.Module) -> None:
+    f = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        f = f * bn.weight
+    shift = -bn.running_mean * f + (bn.bias if bn.bias is not None else 0.0)
+    if conv.bias is not None:
+        shift = shift + conv.bias * f
+    view = (-1,) + (1,) * (conv.weight.dim() - 1)
+    conv.weight = nn.Parameter(conv.weight * f.view(view))
+    conv.bias = nn.Parameter(shift)
+    conv.weight_quantizer.freeze(conv.weight)
+
+
+def _replace_with_identity(model: nn.Module, name: str, bn: nn.Module) -> None:
+    """An ``nn.Identity`` in the BatchNorm's place, keeping its hooks and quantizers."""
+    ident = nn.Identity()
+    ident._forward_hooks.update(bn._forward_hooks)
+    ident._forward_pre_hooks.update(bn._forward_pre_hooks)
+    for child, module in bn.named_children():
+        ident.add_module(child, module)
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, ident)
+
+
+def fold_batchnorms(model: nn.Module, graph: Graph) -> nn.Module:
+    """Fold each eval-mode BatchNorm into the per-channel quantized conv that alone feeds
+    it (``model`` in place, stripped: frozen quantizers, no masks)."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for conv_name, bn_name in _pairs(graph):
+            conv, bn = modules.get(conv_name), modules.get(bn_name)
+            if conv is None or bn is None or not _foldable(conv, bn):
+                continue
+            _fold(conv, bn)
+            _replace_with_identity(model, bn_name, bn)
+    return model

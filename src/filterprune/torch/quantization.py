@@ -1,0 +1,214 @@
+"""The compression controller for PyTorch quantization-aware training (8-bit by default).
+
+Quantizers go where the core places them (:mod:`filterprune.core.quantization`):
+
+* weights: a :class:`~filterprune.torch.fake_quant.FakeQuantize` child ``weight_quantizer``
+  of each conv/linear layer, applied after the pruning mask (:mod:`filterprune.torch.masks`),
+  so pruned filters stay exactly zero;
+* activations: a tensor made by a module called once in the traced graph is quantized
+  where it is made (forward hook, child ``output_quantizer``); any other tensor (the model
+  input, a functional op's result, a shared module's output) at the input of the
+  conv/linear layers that read it (forward pre-hook, child ``input_quantizer``).
+
+The user's model object is kept; ``state_dict`` gains the quantizers' buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from .._batches import batch_inputs
+from ..core.params import QuantizationParams
+from ..core.quant_controller import QuantizationControllerBase
+from ..core.quantization import QuantizerSpec, QuantizerState
+from ..core.workflow import Captured
+from ..progress import progress
+from .controller import export_model
+from .fake_quant import FakeQuantize, QuantizeInput, QuantizeOutput
+from .masks import add_weight_quantizer, masked_param, quantized_class
+
+__all__ = ["QuantizationController", "install_quantizers"]
+
+log = logging.getLogger("filterprune")
+
+
+class QuantizationController(QuantizationControllerBase):
+    """Fake-quant on a PyTorch model: range initialisation, statistics, state, strip.
+
+    Created by :func:`filterprune.torch.create_compressed_model` for
+    ``{"algorithm": "quantization"}``; not built directly.
+    """
+
+    def __init__(self, model: nn.Module, params: QuantizationParams, captured: Captured,
+                 frontend: Any) -> None:  # fmt: skip
+        self.model = model
+        self.captured = captured
+        self.frontend = frontend
+        super().__init__(params, captured.graph)
+        lazy = params.num_init_samples == 0
+        self.quantizers, self.specs = install_quantizers(model, captured, self.specs, lazy)
+
+    # -- workflow hooks --------------------------------------------------------------------
+    def start(self, compression_state: dict[str, Any] | None) -> bool:
+        """Restore quantizer state, or set weight ranges from the (masked) weights.
+
+        Returns:
+            True on a fresh run with quantized weights (BatchNorm statistics may then be
+            re-estimated).
+        """
+        if compression_state is not None:
+            self.load_state(compression_state)
+            return False
+        for spec in self.specs:
+            if spec.kind == "weight":
+                layer = self.captured.refs[spec.target]
+                self.quantizers[spec.key].follow(masked_param(layer, "weight"))
+        return any(s.kind == "weight" for s in self.specs)
+
+    def initialize(self, data: Any) -> None:
+        """Activation ranges from ``num_init_samples`` samples of the registered loader.
+
+        The model runs in eval mode with activation quantizers recording instead of
+        rounding; channels that are all zero (pruned) are left out of the ranges.
+
+        Raises:
+            ConfigError: If ranges need data and none was registered.
+        """
+        if not self.check_init_data(data):
+            return
+        collectors, shared = {}, {}
+        for spec in self.activation_specs:
+            q = self.quantizers[spec.key]
+            collectors[spec.key] = shared.setdefault(id(q), self.range_collector(spec))
+            q.collector = collectors[spec.key]
+        try:
+            self._run(data, self.params.num_init_samples)
+        finally:
+            for spec in self.activation_specs:
+                self.quantizers[spec.key].collector = None
+        self.set_quantizer_states(self.collected_states(collectors))
+
+    def _run(self, data: Any, num_samples: int) -> None:
+        was_training = self.model.training
+        ref = next(self.model.parameters(), None)
+        device = ref.device if ref is not None else None
+        self.model.eval()
+        seen = 0
+        try:
+            with torch.no_grad(), progress(total=num_samples, desc="Quantizer ranges") as bar:
+                for batch in data:
+                    x = batch_inputs(batch).to(device)
+                    self.model(x)
+                    seen += int(x.shape[0])
+                    bar.update(int(x.shape[0]))
+                    if seen >= num_samples:
+                        break
+        finally:
+            self.model.train(was_training)
+
+    # -- core hooks ------------------------------------------------------------------------
+    def quantizer_states(self) -> dict[str, QuantizerState]:
+        return {s.key: self.quantizers[s.key].state() for s in self.specs}
+
+    def set_quantizer_states(self, states: dict[str, QuantizerState]) -> None:
+        for key, state in states.items():
+            self.quantizers[key].set_state(state)
+
+    # -- training --------------------------------------------------------------------------
+    def loss(self) -> torch.Tensor:
+        """Quantization adds no regulariser: a zero tensor on the model's device."""
+        ref = next(self.model.parameters(), None)
+        return torch.zeros((), device=ref.device if ref is not None else None)
+
+    # -- output ----------------------------------------------------------------------------
+    def strip_model(self, model: nn.Module, **_: Any) -> nn.Module:
+        """Freeze the weight quantizers of ``model`` (a copy) on its current weights; the
+        result is plain layers plus fake-quant modules, equal to the model in eval mode."""
+        for module in model.modules():
+            q = module._modules.get("weight_quantizer")
+            if isinstance(q, FakeQuantize):
+                q.freeze(masked_param(module, "weight"))
+                module.__class__ = quantized_class(module)
+            if isinstance(module, FakeQuantize):
+                module.collector = None
+        return model
+
+    def strip(self, do_copy: bool = True, **kwargs: Any) -> nn.Module:
+        """The deployable model: layers with frozen fake-quant weights, activation
+        quantizers in place (``do_copy=False`` works on the training model)."""
+        return self.frontend.strip(self, do_copy=do_copy, **kwargs)
+
+    def export_model(self, save_path: str, save_format: str = "onnx",
+                     input_names: list[str] | None = None,
+                     output_names: list[str] | None = None) -> None:  # fmt: skip
+        """Export to ONNX with QuantizeLinear/DequantizeLinear pairs."""
+        export_model(self, save_path, save_format, input_names, output_names)
+
+
+def install_quantizers(
+    model: nn.Module, captured: Captured, specs: list[QuantizerSpec], lazy: bool
+) -> tuple[dict[str, FakeQuantize], list[QuantizerSpec]]:
+    """Put a fake-quant module on ``model`` for every spec it can carry.
+
+    Returns:
+        The quantizers by spec key (two keys may share one module when a layer reads two
+        tensors) and the specs placed; a tensor that no module makes or reads is left in
+        float (logged).
+    """
+    gm: fx.GraphModule = captured.extra["gm"]
+    nodes = {n.name: n for n in gm.graph.nodes}
+    calls: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    modules = dict(model.named_modules())
+    quantizers, placed, hooked = {}, [], {}
+    for spec in specs:
+        if spec.kind == "weight":
+            q = _weight_quantizer(captured.refs.get(spec.target), spec)
+        else:
+            node = nodes[spec.target]
+            unique = node.op == "call_module" and calls[node.target] == 1 and node.target
+            if unique and not spec.settings.per_channel:
+                q = FakeQuantize(spec, lazy)
+                modules[node.target].add_module("output_quantizer", q)
+                modules[node.target].register_forward_hook(QuantizeOutput(q))
+            else:
+                readers = [modules[nodes[c].target] for c in spec.consumers
+                           if nodes[c].op == "call_module"]  # fmt: skip
+                q = _input_quantizer(readers, spec, lazy, hooked)
+        if q is None:
+            log.info("left in float: %s (no module makes or reads it)", spec.key)
+            continue
+        quantizers[spec.key] = q
+        placed.append(spec)
+    return quantizers, placed
+
+
+def _weight_quantizer(layer: nn.Module | None, spec: QuantizerSpec) -> FakeQuantize | None:
+    if layer is None or not isinstance(getattr(layer, "weight", None), torch.Tensor):
+        return None
+    q = FakeQuantize(spec)
+    add_weight_quantizer(layer, q)
+    return q
+
+
+def _input_quantizer(readers: list[nn.Module], spec: QuantizerSpec, lazy: bool,
+                     hooked: dict[int, FakeQuantize]) -> FakeQuantize | None:  # fmt: skip
+    """One quantizer for the input of every reader; a reader already hooked for another
+    tensor (a layer called twice) shares its quantizer, whose range then covers both."""
+    if not readers:
+        return None
+    q = next((hooked[id(r)] for r in readers if id(r) in hooked), None)
+    if q is None:
+        q = FakeQuantize(spec, lazy)
+        readers[0].add_module("input_quantizer", q)  # the one owner: state_dict and cuts
+    for r in readers:
+        if id(r) not in hooked:
+            hooked[id(r)] = q
+            r.register_forward_pre_hook(QuantizeInput(q))
+    return q

@@ -1,0 +1,351 @@
+"""8-bit QAT in PyTorch, alone and after filter pruning: the reference workflow end to end."""
+
+import copy
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+from torch_helpers import SmallNet, randomize_bn
+
+from filterprune import ConfigError, NNCFConfig
+from filterprune.core.compression import CompressionStage
+from filterprune.torch import create_compressed_model, register_default_init_args
+from filterprune.torch.fake_quant import FakeQuantize
+from filterprune.torch.fold import fold_batchnorms
+from filterprune.torch.masks import _m
+from filterprune.torch.quantization import QuantizationController
+
+SAMPLE = [1, 3, 32, 32]
+
+
+class ResBlockNet(nn.Module):
+    """conv -> bn -> relu -> [conv -> bn -> relu -> conv -> bn] + skip -> relu -> pool -> fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.conv1 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.act(self.bn0(self.stem(x)))
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        x = self.act(x + y)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _loader(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 3, 32, 32, generator=g), torch.zeros(8)) for _ in range(n)]
+
+
+def _config(quant=None, pruning=True, data=True):
+    algos = []
+    if pruning:
+        algos.append({"algorithm": "filter_pruning", "pruning_init": 0.1,
+                      "params": {"pruning_target": 0.6, "pruning_steps": 4,
+                                 "prune_first_conv": True, "filters_multiple_of": 4}})  # fmt: skip
+    algos.append({"algorithm": "quantization",
+                  "initializer": {"range": {"num_init_samples": 16},
+                                  "batchnorm_adaptation": {"num_bn_adaptation_samples": 16}},
+                  **(quant or {})})  # fmt: skip
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": SAMPLE}, "compression": algos})
+    return register_default_init_args(config, _loader()) if data else config
+
+
+def _train(ctrl, model, opt, epochs, seed):
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        ctrl.scheduler.epoch_step()
+        for _ in range(3):
+            ctrl.scheduler.step()
+            x = torch.randn(8, 3, 32, 32, generator=g)
+            loss = model(x).square().mean() + ctrl.loss()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def _net(cls=SmallNet, seed=0):
+    torch.manual_seed(seed)
+    return randomize_bn(cls())
+
+
+def _pruned_rows(model):
+    """(layer, quantized weight, kept-row mask) of every conv/linear with pruned filters."""
+    out = []
+    for name, m in model.named_modules():
+        mask = m._buffers.get("weight_mask")
+        if mask is not None and "weight_quantizer" in m._modules:
+            kept = mask.flatten(1).amax(1) > 0 if mask.shape[0] > 1 else None
+            if kept is not None and not kept.all():
+                out.append((name, _m(m, "weight").detach(), kept))
+    return out
+
+
+def test_reference_config_trains_with_both_algorithms():
+    ctrl, model = create_compressed_model(_net(), _config())
+    assert [c.name for c in ctrl.child_ctrls] == ["filter_pruning", "quantization"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    _train(ctrl, model, opt, 2, seed=1)
+    loss = ctrl.loss()
+    assert isinstance(loss, torch.Tensor) and float(loss) == 0.0
+    stats = ctrl.statistics()
+    q = stats.quantization
+    assert q.num_weight_quantizers == 9 and q.num_activation_quantizers == 9
+    assert q.ranges_initialized and q.weight_bits == q.activation_bits == 8
+    assert stats.filter_pruning.flops_kept < 1.0
+    text = str(stats)
+    assert "Filter pruning statistics" in text and "Quantization statistics" in text
+    assert "weight:stem" in text and "activation:x" in text
+    assert ctrl.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED
+    assert ctrl.child_ctrls[1].compression_stage() == CompressionStage.FULLY_COMPRESSED
+    rows = _pruned_rows(model)
+    assert rows, "the schedule pruned nothing"
+    for name, w, kept in rows:  # pruned filters stay exactly zero after quantization
+        assert torch.count_nonzero(w[~kept]) == 0, name
+        assert torch.count_nonzero(w[kept]) > 0, name
+
+
+def test_weights_per_channel_symmetric_and_gradients_straight_through():
+    ctrl, model = create_compressed_model(_net(), _config())
+    q = model.stem.weight_quantizer
+    assert q.scale.shape == (model.stem.out_channels,) and (q.quant_min, q.quant_max) == (-128, 127)
+    assert torch.count_nonzero(q.zero_point) == 0
+    model.train()
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    grad = model.stem.weight.grad
+    kept = model.stem.weight_mask.flatten(1).amax(1) > 0
+    assert grad[kept].abs().sum() > 0 and torch.count_nonzero(grad[~kept]) == 0
+    assert isinstance(ctrl.get("quantization"), QuantizationController)
+
+
+def _quantizer_states(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "quantizer" in k}
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    base = _net()
+    ctrl, model = create_compressed_model(copy.deepcopy(base), _config())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(ctrl, model, opt, 2, seed=1)
+    ckpt = {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+            "compression_state": ctrl.get_compression_state()}  # fmt: skip
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    _train(ctrl, model, opt, 2, seed=2)
+    ckpt = torch.load(tmp_path / "ckpt.pt")
+    # a fresh model without registered data: the state carries the ranges
+    state = ckpt["compression_state"]
+    ctrl2, model2 = create_compressed_model(copy.deepcopy(base), _config(data=False),
+                                            compression_state=state)  # fmt: skip
+    model2.load_state_dict(ckpt["state_dict"])
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
+    opt2.load_state_dict(ckpt["optimizer"])
+    _train(ctrl2, model2, opt2, 2, seed=2)
+    for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=k)
+    s1, s2 = ctrl.get_compression_state(), ctrl2.get_compression_state()
+    assert s1 == s2
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), model2.eval()(x), rtol=1e-6, atol=1e-6)
+
+
+def test_compression_state_alone_restores_quantizers():
+    ctrl, model = create_compressed_model(_net(), _config(pruning=False))
+    state = ctrl.get_compression_state()
+    ctrl2, model2 = create_compressed_model(_net(), _config(pruning=False, data=False),
+                                            compression_state=state)  # fmt: skip
+    for key, q in ctrl.quantizers.items():
+        q2 = ctrl2.quantizers[key]
+        assert torch.equal(q.scale, q2.scale) and torch.equal(q.zero_point, q2.zero_point)
+        assert (q.quant_min, q.quant_max, q.initialized) == (q2.quant_min, q2.quant_max, True)
+
+
+def test_state_dict_carries_quantizer_ranges():
+    ctrl, model = create_compressed_model(_net(), _config(pruning=False))
+    ctrl2, model2 = create_compressed_model(
+        _net(), _config(pruning=False, data=False,
+                        quant={"initializer": {"range": {"num_init_samples": 0}}}))
+    assert not ctrl2.statistics().ranges_initialized
+    model2.load_state_dict(model.state_dict())
+    relu = model2.a.input_quantizer
+    assert relu.initialized and (relu.quant_min, relu.quant_max) == (0, 255)
+    assert ctrl2.statistics().ranges_initialized
+
+
+@pytest.mark.parametrize("shrink", [True, False])
+@pytest.mark.parametrize("net", [SmallNet, ResBlockNet])
+def test_strip_equals_compressed_model_in_eval(shrink, net):
+    ctrl, model = create_compressed_model(_net(net), _config())
+    _train(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.02), 2, seed=3)
+    model.eval()
+    small = ctrl.strip(shrink=shrink).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = model(x), small(x)
+    assert ref.abs().max() > 1e-2
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    quantizers = [m for m in small.modules() if isinstance(m, FakeQuantize)]
+    assert quantizers and not any(m._buffers.get("weight_mask") is not None
+                                  for m in small.modules())  # fmt: skip
+    for m in small.modules():
+        q = m._modules.get("weight_quantizer")
+        if q is not None:
+            assert q.frozen and type(m).__name__.startswith("Quantized")
+            assert q.scale.shape == (m.weight.shape[0],)
+    if shrink:
+        assert small.stem.out_channels < model.stem.out_channels
+
+
+def test_strip_when_quantization_comes_first():
+    config = _config()
+    config["compression"] = config["compression"][::-1]
+    ctrl, model = create_compressed_model(_net(), config)
+    assert [c.name for c in ctrl.child_ctrls] == ["quantization", "filter_pruning"]
+    small = ctrl.strip().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model.eval()(x), rtol=1e-5, atol=1e-6)
+    assert small.stem.weight_quantizer.scale.shape == (small.stem.out_channels,)
+
+
+def _onnx_weight_quantizers(path):
+    g = onnx.load(str(path)).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    consts = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t)
+              for n in g.node if n.op_type == "Constant"}  # fmt: skip
+    values = {**inits, **consts}
+    found = []
+    for n in g.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] in inits:
+            axis = next((a.i for a in n.attribute if a.name == "axis"), None)
+            found.append((inits[n.input[0]], values[n.input[1]], axis))
+    return g, found
+
+
+@pytest.mark.parametrize(("net", "shrink"), [(SmallNet, False), (ResBlockNet, False),
+                                             (ResBlockNet, True)])  # fmt: skip
+def test_export_writes_qdq_pairs_that_onnxruntime_runs(tmp_path, net, shrink):
+    ctrl, model = create_compressed_model(_net(net), _config())
+    _train(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.02), 2, seed=3)
+    path = tmp_path / "m.onnx"
+    ctrl.export_model(str(path), shrink=shrink)
+    graph, weights = _onnx_weight_quantizers(path)
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") >= 2 * len(weights)
+    assert len(weights) == ctrl.statistics().quantization.num_weight_quantizers
+    zeroed = 0
+    for w, scale, axis in weights:  # per output channel; pruned filters are zero
+        assert axis == 0 and scale.shape == (w.shape[0],) and (scale > 0).all()
+        zeroed += int((np.abs(w.reshape(w.shape[0], -1)).max(1) == 0).sum())
+    assert (zeroed == 0) if shrink else (zeroed > 0)
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    xs = np.split(x.numpy(), 16)
+    out = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: xi})[0] for xi in xs])
+    step = np.abs(ref).max() / 127  # about one quantization step of the output
+    assert np.abs(out - ref).max() <= step
+    assert (np.abs(out - ref) <= step / 10).mean() >= 0.9  # most match closely
+
+
+def test_quantization_alone():
+    ctrl, model = create_compressed_model(_net(ResBlockNet), _config(pruning=False))
+    assert isinstance(ctrl, QuantizationController)
+    stats = ctrl.statistics()
+    # the add's operands: bn2's output (a hook on bn2) and the stem's relu (shared module:
+    # quantized at conv1's input, which is the same quantizer)
+    assert {q.key for q in stats.quantizers if q.key.startswith("activation")} == {
+        "activation:x", "activation:act", "activation:relu", "activation:bn2",
+        "activation:flatten"}  # fmt: skip
+    assert isinstance(model.bn2.output_quantizer, FakeQuantize)
+    assert ctrl.compression_stage() == CompressionStage.FULLY_COMPRESSED
+    assert float(ctrl.loss()) == 0.0
+    small = ctrl.strip().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model.eval()(x))
+
+
+def test_ignored_scopes_are_respected():
+    quant = {"ignored_scopes": ["fc2", "{re}se.*"]}
+    ctrl, model = create_compressed_model(_net(), _config(quant, pruning=False))
+    for name in ("fc2", "se1", "se2"):
+        layer = model.get_submodule(name)
+        assert "weight_quantizer" not in layer._modules and "input_quantizer" not in layer._modules
+        assert type(layer) in (nn.Linear, nn.Conv2d)
+    assert "weight_quantizer" in model.fc1._modules
+    keys = {q.key for q in ctrl.statistics().quantizers}
+    assert "weight:fc2" not in keys and "weight:fc1" in keys
+
+
+def test_asymmetric_activations():
+    quant = {"activations": {"mode": "asymmetric"}}
+    ctrl, model = create_compressed_model(_net(), _config(quant, pruning=False))
+    inp = model.stem.input_quantizer  # the signed network input
+    assert (inp.quant_min, inp.quant_max) == (-128, 127) and int(inp.zero_point) != 0
+    stats = ctrl.statistics()
+    assert {q.mode for q in stats.quantizers if q.key.startswith("activation")} == {"asymmetric"}
+    assert {q.mode for q in stats.quantizers if q.key.startswith("weight")} == {"symmetric"}
+
+
+def test_missing_data_is_a_clear_error_and_zero_samples_fall_back():
+    with pytest.raises(ConfigError, match="register_default_init_args.*num_init_samples=16"):
+        create_compressed_model(_net(), _config(pruning=False, data=False))
+    quant = {"initializer": {"range": {"num_init_samples": 0}}}
+    ctrl, model = create_compressed_model(_net(), _config(quant, pruning=False, data=False))
+    assert ctrl.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED  # weights only
+    model.eval()(torch.randn(2, 3, 32, 32))
+    assert ctrl.statistics().ranges_initialized
+
+
+def test_percentile_ranges_are_narrower_than_min_max():
+    ranges = {}
+    for kind in ("min_max", "percentile"):
+        quant = {"initializer": {"range": {"num_init_samples": 32, "type": kind}}}
+        ctrl, _ = create_compressed_model(_net(), _config(quant, pruning=False))
+        ranges[kind] = {q.key: q.high for q in ctrl.statistics().quantizers}
+    key = "activation:x"
+    assert ranges["percentile"][key] < ranges["min_max"][key]
+
+
+def test_export_of_fewer_bits_is_refused(tmp_path):
+    quant = {"weights": {"bits": 4}}
+    ctrl, _ = create_compressed_model(_net(), _config(quant, pruning=False))
+    with pytest.raises(ConfigError, match="`bits` must be 8 to export.*bits=4"):
+        ctrl.export_model(str(tmp_path / "m.onnx"))
+
+
+def test_batchnorm_folding_keeps_outputs_and_lets_onnxruntime_run_int8(tmp_path):
+    ctrl, model = create_compressed_model(_net(ResBlockNet), _config())
+    _train(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.02), 2, seed=3)
+    small = ctrl.strip().eval()
+    folded = fold_batchnorms(copy.deepcopy(small), ctrl.captured.graph)
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.bn2, nn.Identity)
+    assert isinstance(folded.bn2.output_quantizer, FakeQuantize)  # the add's operand
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = small(x), folded(x)
+    step = float(ref.abs().max()) / 127
+    assert (out - ref).abs().max() <= step
+    assert ((out - ref).abs() <= 1e-5 * float(ref.abs().max())).float().mean() >= 0.9
+    path, opt_path = tmp_path / "m.onnx", tmp_path / "opt.onnx"
+    ctrl.export_model(str(path))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(opt_path)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(opt_path)).graph.node]
+    assert "BatchNormalization" not in ops
+    assert ops.count("QLinearConv") == 2  # conv1, conv2; the stem's ReLU also feeds the add
