@@ -106,9 +106,11 @@ def test_placement_scopes_per_group():
     assert [k for k in specs if k.startswith("activation:")] == ["activation:flat"]
 
 
-def test_per_channel_activations_need_a_channel_axis():
-    with pytest.raises(ConfigError, match=r"`activations.per_channel` must be false .*'scale'"):
-        place_quantizers(_net(), _params(activations={"per_channel": True}))
+def test_per_channel_activations_fall_back_to_per_tensor_without_a_channel_axis():
+    specs = _by_key(place_quantizers(_net(), _params(activations={"per_channel": True})))
+    assert specs["activation:relu"].settings.per_channel
+    assert specs["activation:relu"].num_channels == 8
+    assert not specs["activation:scale"].settings.per_channel
 
 
 def test_mixed_preset_makes_activations_asymmetric():

@@ -1,27 +1,14 @@
 """Checkpoint/resume equals an uninterrupted run; exported ONNX equals the model."""
 
-import copy
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch_helpers import SmallNet, make_config, randomize_bn
+from torch_helpers import SmallNet, checkpoint_and_resume, make_config, randomize_bn
+from torch_helpers import train_steps as _train
 
 from filterprune.torch import create_compressed_model
-
-
-def _train(ctrl, model, opt, epochs, seed):
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        ctrl.scheduler.epoch_step()
-        for _ in range(3):
-            ctrl.scheduler.step()
-            x = torch.randn(8, 3, 32, 32, generator=g)
-            loss = model(x).square().mean() + ctrl.loss()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
 
 
 def _config():
@@ -36,21 +23,9 @@ def _masks(model):
 def test_resume_equals_uninterrupted_run(tmp_path):
     torch.manual_seed(0)
     base = randomize_bn(SmallNet())
-    # uninterrupted: 4 epochs
-    ctrl, model = create_compressed_model(copy.deepcopy(base), _config())
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    _train(ctrl, model, opt, 2, seed=1)
-    ckpt = {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-            "compression_state": ctrl.get_compression_state()}  # fmt: skip
-    torch.save(ckpt, tmp_path / "ckpt.pt")
-    _train(ctrl, model, opt, 2, seed=2)
-    # resumed from the checkpoint after epoch 2
-    ckpt = torch.load(tmp_path / "ckpt.pt")
-    state = ckpt["compression_state"]
-    ctrl2, model2 = create_compressed_model(copy.deepcopy(base), _config(), compression_state=state)
-    model2.load_state_dict(ckpt["state_dict"])
-    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05)
-    opt2.load_state_dict(ckpt["optimizer"])
+    # uninterrupted: 4 epochs; resumed from the checkpoint after epoch 2
+    (ctrl, model), (ctrl2, model2, opt2) = checkpoint_and_resume(
+        base, _config(), _config(), tmp_path / "ckpt.pt", lr=0.05)
     assert ctrl2.scheduler.current_epoch == 1
     _train(ctrl2, model2, opt2, 2, seed=2)
     assert ctrl2.pruning_level == pytest.approx(ctrl.pruning_level)

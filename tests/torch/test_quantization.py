@@ -1,6 +1,7 @@
 """8-bit QAT in PyTorch, alone and after filter pruning: the reference workflow end to end."""
 
 import copy
+import json
 
 import numpy as np
 import onnx
@@ -8,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
-from torch_helpers import SmallNet, randomize_bn
+from torch_helpers import SmallNet, checkpoint_and_resume, randomize_bn, train_steps
 
 from filterprune import ConfigError, NNCFConfig
 from filterprune.core.compression import CompressionStage
@@ -62,17 +63,8 @@ def _config(quant=None, pruning=True, data=True):
 
 
 def _train(ctrl, model, opt, epochs, seed):
-    g = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        ctrl.scheduler.epoch_step()
-        for _ in range(3):
-            ctrl.scheduler.step()
-            x = torch.randn(8, 3, 32, 32, generator=g)
-            loss = model(x).square().mean() + ctrl.loss()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    train_steps(ctrl, model, opt, epochs, seed)
 
 
 def _net(cls=SmallNet, seed=0):
@@ -134,22 +126,9 @@ def _quantizer_states(model):
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    base = _net()
-    ctrl, model = create_compressed_model(copy.deepcopy(base), _config())
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    _train(ctrl, model, opt, 2, seed=1)
-    ckpt = {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-            "compression_state": ctrl.get_compression_state()}  # fmt: skip
-    torch.save(ckpt, tmp_path / "ckpt.pt")
-    _train(ctrl, model, opt, 2, seed=2)
-    ckpt = torch.load(tmp_path / "ckpt.pt")
-    # a fresh model without registered data: the state carries the ranges
-    state = ckpt["compression_state"]
-    ctrl2, model2 = create_compressed_model(copy.deepcopy(base), _config(data=False),
-                                            compression_state=state)  # fmt: skip
-    model2.load_state_dict(ckpt["state_dict"])
-    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
-    opt2.load_state_dict(ckpt["optimizer"])
+    # the resumed model has no registered data: the state carries the ranges
+    (ctrl, model), (ctrl2, model2, opt2) = checkpoint_and_resume(
+        _net(), _config(), _config(data=False), tmp_path / "ckpt.pt", lr=0.05, momentum=0.9)
     _train(ctrl2, model2, opt2, 2, seed=2)
     for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=k)
@@ -162,7 +141,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 def test_compression_state_alone_restores_quantizers():
     ctrl, model = create_compressed_model(_net(), _config(pruning=False))
-    state = ctrl.get_compression_state()
+    state = json.loads(json.dumps(ctrl.get_compression_state()))
     ctrl2, model2 = create_compressed_model(_net(), _config(pruning=False, data=False),
                                             compression_state=state)  # fmt: skip
     for key, q in ctrl.quantizers.items():
@@ -349,3 +328,39 @@ def test_batchnorm_folding_keeps_outputs_and_lets_onnxruntime_run_int8(tmp_path)
     ops = [n.op_type for n in onnx.load(str(opt_path)).graph.node]
     assert "BatchNormalization" not in ops
     assert ops.count("QLinearConv") == 2  # conv1, conv2; the stem's ReLU also feeds the add
+
+
+def test_mixed_preset_makes_activations_asymmetric(monkeypatch):
+    from filterprune.core.params import QuantizationParams
+
+    resolve = QuantizationParams.from_config
+
+    def with_preset(config):  # `preset` is read with getattr until the config key lands
+        params = resolve(config)
+        object.__setattr__(params, "preset", "mixed")
+        return params
+
+    monkeypatch.setattr(QuantizationParams, "from_config", staticmethod(with_preset))
+    ctrl, model = create_compressed_model(_net(), _config(pruning=False))
+    modes = {q.key.split(":")[0]: q.mode for q in ctrl.statistics().quantizers}
+    assert modes == {"weight": "symmetric", "activation": "asymmetric"}
+    assert int(model.stem.input_quantizer.zero_point) != 0
+
+
+def test_per_channel_activation_scales_are_cut_with_the_layer_that_reads_them():
+    ctrl, model = create_compressed_model(_net(), _config({"activations": {"per_channel": True}}))
+    _train(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.02), 2, seed=3)
+    q = model.fc1.input_quantizer
+    assert q.axis == 1 and q.scale.shape == (512,)
+    model.eval()
+    small = ctrl.strip().eval()
+    for m in small.modules():
+        q = m._modules.get("input_quantizer")
+        if q is not None and q.axis is not None:
+            width = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+            assert q.scale.shape == (width,)
+    assert small.a.in_channels < model.a.in_channels  # the stem lost filters
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(small(x), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))

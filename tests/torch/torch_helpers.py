@@ -1,9 +1,12 @@
 """Models and checks shared by the PyTorch tests."""
 
+import copy
+
 import torch
 from torch import nn
 
 from filterprune import NNCFConfig
+from filterprune.torch import create_compressed_model
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -63,3 +66,43 @@ class SmallNet(nn.Module):
         x = torch.relu(self.down(x * gate))
         x = nn.functional.adaptive_avg_pool2d(x, 4)
         return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def train_steps(ctrl, model, opt, epochs, seed, steps=3):
+    """``epochs`` epochs of ``steps`` steps on seeded random batches; the loss includes
+    ``ctrl.loss()`` and the scheduler is stepped as a user would."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        ctrl.scheduler.epoch_step()
+        for _ in range(steps):
+            ctrl.scheduler.step()
+            x = torch.randn(8, 3, 32, 32, generator=g)
+            loss = model(x).square().mean() + ctrl.loss()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def checkpoint_and_resume(base, config, resume_config, path, **sgd):
+    """Run the reference checkpoint flow on copies of ``base``.
+
+    Uninterrupted: 2 epochs, checkpoint to ``path``, 2 more epochs. Resumed: a fresh copy
+    built with ``resume_config`` and the saved compression state, weights and optimizer.
+
+    Returns:
+        ``(ctrl, model)`` after 4 epochs and ``(ctrl2, model2, opt2)`` ready to train the
+        last 2 epochs (``train_steps(..., seed=2)``).
+    """
+    ctrl, model = create_compressed_model(copy.deepcopy(base), config)
+    opt = torch.optim.SGD(model.parameters(), **sgd)
+    train_steps(ctrl, model, opt, 2, seed=1)
+    torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                "compression_state": ctrl.get_compression_state()}, path)  # fmt: skip
+    train_steps(ctrl, model, opt, 2, seed=2)
+    ckpt = torch.load(path)
+    ctrl2, model2 = create_compressed_model(copy.deepcopy(base), resume_config,
+                                            compression_state=ckpt["compression_state"])
+    model2.load_state_dict(ckpt["state_dict"])
+    opt2 = torch.optim.SGD(model2.parameters(), **sgd)
+    opt2.load_state_dict(ckpt["optimizer"])
+    return (ctrl, model), (ctrl2, model2, opt2)

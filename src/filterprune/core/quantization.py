@@ -22,13 +22,13 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
 from .graph import Graph, LayerInfo, Node
 from .scopes import ScopeMatcher
 
@@ -45,6 +45,8 @@ __all__ = [
     "quant_params",
     "collect_quantization_statistics",
 ]
+
+log = logging.getLogger("filterprune")
 
 LAYER_KINDS = ("conv", "linear")
 _MATMUL_LABELS = {"matmul", "bmm", "__matmul__"}
@@ -170,11 +172,9 @@ def _activation_spec(graph: Graph, tensor: str, consumers: list[str],
         axis = _axis_of(graph, graph[name], len(shape)) if shape else None
         if axis is not None:
             break
-    if settings.per_channel and axis is None:
-        raise ConfigError(
-            "`activations.per_channel` must be false where the channel axis is unknown. "
-            f"Received: per_channel=True for the tensor {tensor!r} read by {consumers}."
-        )
+    if settings.per_channel and axis is None:  # an add of two functional results, say
+        log.info("activation:%s is quantized per tensor: its channel axis is unknown", tensor)
+        settings = _per_tensor(settings)
     return QuantizerSpec("activation", tensor, settings, tuple(consumers), axis,
                          int(shape[axis]) if axis is not None else None)  # fmt: skip
 

@@ -85,6 +85,7 @@ class FakeQuantize(nn.Module):
         collector: A core ``RangeCollector`` while ranges are being collected: the
             quantizer then records its input and passes it through.
         frozen: A weight quantizer stops following its weight (stripped models).
+        enabled: False passes values through (to compare with float).
     """
 
     def __init__(self, spec: QuantizerSpec, lazy: bool = False) -> None:
@@ -97,6 +98,7 @@ class FakeQuantize(nn.Module):
         self.initialized = False
         self.lazy = lazy
         self.frozen = False
+        self.enabled = True
         # python values drive forward (no host sync); the buffer carries them in state_dict
         self.register_buffer("meta", torch.zeros(4, dtype=torch.int32))
         self._meta_written: tuple = ()
@@ -184,6 +186,8 @@ class FakeQuantize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.collector is not None:
             self.collector.update(x.detach().float().cpu().numpy())
+            return x
+        if not self.enabled:
             return x
         scale, zero_point = self.scale, self.zero_point
         if self.follows_weight:

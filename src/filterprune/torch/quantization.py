@@ -31,7 +31,7 @@ from .controller import export_model
 from .fake_quant import FakeQuantize, QuantizeInput, QuantizeOutput
 from .masks import add_weight_quantizer, masked_param, quantized_class
 
-__all__ = ["QuantizationController", "install_quantizers"]
+__all__ = ["QuantizationController", "install_quantizers", "set_quantizers_enabled"]
 
 log = logging.getLogger("filterprune")
 
@@ -212,3 +212,12 @@ def _input_quantizer(readers: list[nn.Module], spec: QuantizerSpec, lazy: bool,
             hooked[id(r)] = q
             r.register_forward_pre_hook(QuantizeInput(q))
     return q
+
+
+def set_quantizers_enabled(model: nn.Module, enabled: bool) -> nn.Module:
+    """Turn every fake-quant module of ``model`` on or off (off: the float model with the
+    same weights, e.g. to measure what rounding costs). Returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, FakeQuantize):
+            module.enabled = enabled
+    return model
