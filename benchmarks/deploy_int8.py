@@ -20,6 +20,7 @@ its FLOPs ratio.
     python benchmarks/deploy_int8.py              # everything (about 15 minutes)
     python benchmarks/deploy_int8.py --quick      # short timings, for a smoke run
     python benchmarks/deploy_int8.py mobilenet_v2 --threads 1
+    python benchmarks/deploy_int8.py --workdir .cache/int8   # keep the models for a rerun
 
 Writes ``benchmarks/results/deploy_int8.md`` and ``deploy_int8.json`` (rows of an
 earlier run for other models or threads are kept, so a run may be split).
@@ -126,6 +127,19 @@ def check_models(out: Path) -> dict:
     return checks
 
 
+def prepared(out: Path) -> tuple[dict, dict]:
+    """Models and checks in ``out``: made there, or read back from an earlier run."""
+    saved = out / "prepared.json"
+    if saved.exists():
+        data = json.loads(saved.read_text())
+        return data["info"], data["checks"]
+    out.mkdir(parents=True, exist_ok=True)
+    info = make_models(out.name, out)
+    checks = check_models(out)
+    saved.write_text(json.dumps({"info": info, "checks": checks}))
+    return info, checks
+
+
 def bench(out: Path, threads: list[int], seconds: float) -> list[dict]:
     from filterprune.onnx.bench import benchmark
 
@@ -228,6 +242,7 @@ def main() -> None:
     parser.add_argument("archs", nargs="*", default=list(ARCHS), help="models (default: all)")
     parser.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
     parser.add_argument("--quick", action="store_true", help="short timings, nothing written")
+    parser.add_argument("--workdir", help="keep the models here and reuse them on a rerun")
     args = parser.parse_args()
     import torch
 
@@ -241,13 +256,12 @@ def main() -> None:
     data.setdefault("archs", {})
     for arch in args.archs:
         with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp)
-            load_before = os.getloadavg()[0]
-            info = make_models(arch, out)
-            checks = check_models(out)
+            out = Path(args.workdir or tmp) / arch
+            info, checks = prepared(out)
             print(arch, json.dumps({"info": info, "checks": checks}, indent=1), flush=True)
+            load_before, when = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M")
             rows = bench(out, threads, seconds)
-            data["archs"][arch] = {"when": time.strftime("%Y-%m-%d %H:%M"), "info": info,
+            data["archs"][arch] = {"when": when, "info": info,
                                    "checks": checks, "rows": rows, "goals": goals(rows),
                                    "load_before": load_before,
                                    "load_after": os.getloadavg()[0]}  # fmt: skip
