@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-keras test test-slow data chromium lint bench-zoo bench-speed bench-deploy clean
+.PHONY: demo demo-keras test test-slow data chromium lint bench-zoo bench-speed bench-deploy bench-int8 clean
 
 $(STAMP): pyproject.toml requirements-test.txt constraints.txt
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-speed: $(STAMP)
 
 bench-deploy: $(STAMP)
 	$(BIN)/python benchmarks/deploy.py
+
+bench-int8: $(STAMP)
+	$(BIN)/python benchmarks/deploy_int8.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -65,19 +65,32 @@ class _Params:
         if d is not None and self.facts.readers(name) > 1:
             self.shared = name  # one DequantizeLinear feeding two layers cannot serve both
         self.arrays[key] = np.asarray(value, dtype=np.float64)
-        if d is not None:
-            dq = self.facts.node(d)
-            self.refs[key], self.info[key] = (d, 0), (tuple(value.shape), roles)
-            scale = self.facts.const(dq.input[1])
-            if scale.size > 1:
-                axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % value.ndim
-                for j, part in ((1, "scale"), (2, "zero_point")):
-                    if j < len(dq.input) and dq.input[j]:
-                        self.refs[f"{key}:{part}"] = (d, j)
-                        self.info[f"{key}:{part}"] = ((scale.size,), (roles[axis],))
-        else:
-            self.refs[key], self.info[key] = (self.idx, i), (tuple(value.shape), roles)
+        self.info[key] = (tuple(value.shape), roles)
+        if d is None:
+            self.refs[key] = (self.idx, i)
+            return self.arrays[key]
+        # a quantized weight: int8 -> DQ, or float -> Q -> DQ (sliced as float, Q kept)
+        source = self.facts.node(d).input[0]
+        q = self.facts.q_node(source)
+        if q is not None and self.facts.readers(source) > 1:
+            self.shared = source
+        self.refs[key] = (d, 0) if q is None else (q, 0)
+        self._axis_params(key, d, "", roles)
+        if q is not None:
+            self._axis_params(key, q, "q_", roles)
         return self.arrays[key]
+
+    def _axis_params(self, key: str, idx: int, tag: str, roles: tuple[str | None, ...]) -> None:
+        """The per-axis scale and zero point of Q/DQ node ``idx`` as parameters of ``key``."""
+        node = self.facts.node(idx)
+        scale = self.facts.const(node.input[1])
+        if scale.size <= 1:
+            return
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % len(roles)
+        for j, part in ((1, "scale"), (2, "zero_point")):
+            if j < len(node.input) and node.input[j]:
+                self.refs[f"{key}:{tag}{part}"] = (idx, j)
+                self.info[f"{key}:{tag}{part}"] = ((scale.size,), (roles[axis],))
 
 
 def _conv(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
@@ -166,8 +179,9 @@ def _norm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
         shift = vals["B"] - vals["mean"] * vals["scale"] / np.sqrt(vals["var"] + eps)
     elif op == "InstanceNormalization":
         shift = vals["B"]
-    else:
-        shift = np.zeros(attrs["num_features"])  # real zero stays zero through Q/DQ
+    else:  # a real zero stays zero through a Q/DQ pair with one zero point (see facts)
+        kept = np.broadcast_to(p.facts.keeps_zero(p.node), (attrs["num_features"],))
+        shift = (~kept).astype(np.float64)
     p.arrays["shift"] = shift
     if op == "BatchNormalization":
         attrs = {"num_features": int(vals["scale"].size), "channel_axis": 1}

@@ -115,6 +115,7 @@ def _session(model: Any, runtime: str, batch: int, threads: int) -> Callable[[],
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # the default, stated
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     feeds = random_inputs(onnx.load_from_string(model), batch)
     return lambda: sess.run(None, feeds)

@@ -26,6 +26,7 @@ __all__ = ["Captured", "capture", "opset_of"]
 
 _SHAPE_KINDS = {"reshape", "split", "index", "tile", "expand"}
 _WEIGHTED = ("conv", "linear", "batchnorm")
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 @dataclass
@@ -115,6 +116,8 @@ class _Emitter:
         mode = spec.zero if spec else "none"
         if mode in ZERO_CHECKS:
             mode = "keep" if ZERO_CHECKS[mode](view) else "none"
+        if kind == "identity" and node.op_type in _QDQ and not self.facts.keeps_zero(node).all():
+            mode = "none"  # a per-tensor Q/DQ whose zero points do not match
         self.emit(idx, node, inputs, (kind, attrs), layer, mode)
 
     def emit(self, idx: int, node: onnx.NodeProto, inputs: list[str], spec: Spec,

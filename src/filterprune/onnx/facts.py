@@ -62,7 +62,8 @@ class ModelFacts:
         self._consts = MappingProxyType(folder.consts)
         self._static = folder.static
         self._producer, self._readers = folder.producer, folder.readers
-        self._dq = folder.dq_nodes
+        self._dq, self._q = folder.dq_nodes, folder.q_nodes
+        self._consumers = folder.consumers
         self._batch = folder.batch
         self._shape_model = folder.shape_model
         self._consts_at_fold = folder.consts_at_fold
@@ -132,6 +133,44 @@ class ModelFacts:
         """Index of the DequantizeLinear of constants that computes ``name``, or None."""
         return self._dq.get(name)
 
+    def q_node(self, name: str) -> int | None:
+        """Index of the QuantizeLinear of constants (a float weight) that computes ``name``."""
+        return self._q.get(name)
+
+    def zero_point(self, node: onnx.NodeProto) -> np.ndarray:
+        """The zero point of a Q/DQ node as int64 (0 when it has none), or a float NaN array
+        when it is computed."""
+        name = node.input[2] if len(node.input) > 2 else ""
+        if not name:
+            return np.zeros((), np.int64)
+        value = self._consts.get(name)
+        return np.full((), np.nan) if value is None else value.astype(np.int64)
+
+    def keeps_zero(self, node: onnx.NodeProto) -> np.ndarray:
+        """Where (per element of its scale) a Q/DQ node of activations passes a real zero on.
+
+        ``QuantizeLinear`` turns 0 into its zero point ``z`` (``round(0 / s) + z``), which
+        means zero only to a ``DequantizeLinear`` with that same zero point: a Q keeps
+        zeros where its scale is nonzero and every reader is a DQ; a DQ where its zero
+        point equals that of the Q feeding it (``(z - z') * s'`` is 0 only if ``z' == z``).
+        """
+        scale = self._consts.get(node.input[1]) if len(node.input) > 1 else None
+        if scale is None:
+            return np.zeros((), bool)
+        if node.op_type == "QuantizeLinear":
+            readers = self._consumers.get(node.output[0], [])
+            only_dq = bool(readers) and all(r.op_type == "DequantizeLinear" for r in readers)
+            return (scale != 0) & only_dq
+        source = self._producer.get(node.input[0])
+        if source is None or source.op_type != "QuantizeLinear":
+            return np.zeros(scale.shape, bool)
+        theirs, mine = self.zero_point(source), self.zero_point(node)
+        try:
+            same = np.broadcast_to(theirs == mine, np.broadcast_shapes(theirs.shape, mine.shape))
+        except ValueError:  # zero points of different lengths: nothing is known
+            return np.zeros(scale.shape, bool)
+        return np.broadcast_to(same, scale.shape) if same.size < scale.size else same
+
     def value(self, name: str) -> np.ndarray | None:
         """A constant's float value, dequantized if it is a DequantizeLinear of constants."""
         if name in self._consts:
@@ -177,7 +216,12 @@ class _Folder:
                 self.readers[i] = self.readers.get(i, 0) + 1
             self.producer.update((o, n) for o in n.output if o)
         self.batch = BatchShapes(model, self.producer, self.opset)
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in model.graph.node:
+            for i in dict.fromkeys(n.input):
+                self.consumers.setdefault(i, []).append(n)
         self.dq_nodes: dict[str, int] = {}  # output of a DequantizeLinear of constants
+        self.q_nodes: dict[str, int] = {}  # output of a QuantizeLinear of constants
         self.consts_at_fold: dict[str, np.ndarray] = {}
 
     def prefold(self) -> None:
@@ -203,7 +247,11 @@ class _Folder:
         note the DequantizeLinear nodes of constants (quantized weights)."""
         for idx, node in enumerate(self.model.graph.node):
             outs = [o for o in node.output if o]
-            if not outs or self.fold(node):
+            if not outs:
+                continue
+            if self.fold(node):
+                if node.op_type == "QuantizeLinear":
+                    self.q_nodes[outs[0]] = idx  # a float weight quantized in the graph
                 continue
             if node.op_type == "DequantizeLinear" and node.input[0] in self.consts and \
                     all(i in self.consts for i in node.input[1:] if i):  # fmt: skip

@@ -21,7 +21,8 @@ from .._atomic import move_into_place, staging_dir
 from ..errors import ConversionError
 from ._io import load_model
 
-__all__ = ["save_openvino", "run_openvino", "openvino_pruning_pass", "ov_layers", "ov_flops"]
+__all__ = ["save_openvino", "run_openvino", "check_openvino", "openvino_pruning_pass",
+           "ov_layers", "ov_flops"]
 
 _WEIGHTED = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
 
@@ -76,6 +77,30 @@ def run_openvino(model: Any, feeds: dict[str, np.ndarray], threads: int = 1) -> 
                                         "INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
     result = compiled(list(feeds.values()))
     return [np.asarray(result[o]) for o in compiled.outputs]
+
+
+def check_openvino(original: Any, ov_model: Any, tolerance: float) -> str:
+    """Compare a converted model in OpenVINO with the input model; returns a note.
+
+    A float model is compared with onnxruntime's run of the input model. A quantized
+    one (QuantizeLinear nodes) with OpenVINO's own run of it: the two runtimes round
+    int8 layers differently (ONNX Runtime also leaves some of them in float), so only
+    the same runtime on both models tells whether the conversion changed anything.
+
+    Raises:
+        ConversionError: The outputs differ by more than ``tolerance`` (relative), or
+            more than one output quantization step for a quantized model.
+    """
+    from .convert import compare_outputs, random_inputs, run_onnxruntime
+
+    proto = load_model(original)
+    feeds = random_inputs(proto)
+    quantized = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    ref = run_openvino(proto, feeds) if quantized else run_onnxruntime(proto, feeds)
+    diff, note = compare_outputs(proto, ref, run_openvino(ov_model, feeds), tolerance,
+                                 what="OpenVINO model")  # fmt: skip
+    where = "in OpenVINO" if quantized else "in onnxruntime"
+    return note or f"OpenVINO outputs vs the input model {where}: {diff:.2e}"
 
 
 def openvino_pruning_pass(model: Any) -> Any:

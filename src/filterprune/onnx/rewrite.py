@@ -9,6 +9,7 @@ depthwise Conv gets its new ``group``. Nothing else in the graph changes.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -33,19 +34,26 @@ class _Writer:
         self.names = {i.name for i in self.model.graph.initializer}
         self.names.update(o for n in self.nodes for o in n.output)
         self.names.update(i.name for i in self.model.graph.input)
+        self.written: dict[tuple, str] = {}  # (old name, dtype, shape, digest) -> new name
 
     def original(self, ni: int, ii: int) -> np.ndarray:
         return self.cap.consts[self.cap.model.graph.node[ni].input[ii]]
 
     def set_input(self, ni: int, ii: int, value: np.ndarray) -> None:
-        """Point input ``ii`` of node ``ni`` to a new initializer holding ``value``."""
+        """Point input ``ii`` of node ``ni`` to a new initializer holding ``value``; one cut
+        of a tensor read twice (a scale both Q and DQ read) is written once."""
         node = self.nodes[ni]
         base = (node.input[ii] if ii < len(node.input) and node.input[ii] else node.output[0])
-        name, k = f"{base}__pruned", 1
-        while name in self.names:
-            name, k = f"{base}__pruned{k}", k + 1
-        self.names.add(name)
-        self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        value = np.asarray(value)
+        key = (base, value.dtype.str, value.shape, hashlib.sha1(value.tobytes()).hexdigest())
+        name = self.written.get(key)
+        if name is None:
+            name, k = f"{base}__pruned", 1
+            while name in self.names:
+                name, k = f"{base}__pruned{k}", k + 1
+            self.names.add(name)
+            self.written[key] = name
+            self.model.graph.initializer.append(numpy_helper.from_array(value, name))
         while len(node.input) <= ii:
             node.input.append("")
         node.input[ii] = name

@@ -1,0 +1,340 @@
+"""Quantized (QDQ) models: zero filters removed with their per-channel scales and zero
+points, outputs unchanged, still int8 in ONNX Runtime and OpenVINO.
+
+Producers: the PyTorch frontend (filter pruning + quantization, float weights ->
+QuantizeLinear -> DequantizeLinear), ONNX Runtime's ``quantize_static`` (int8 weights ->
+DequantizeLinear, int32 biases), and hand-made graphs for the zero-point rules.
+"""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, numpy_helper
+from onnx_helpers import (
+    TinyNet,
+    layer,
+    make_config,
+    randomize_bn,
+    run,
+    seed_torch,  # noqa: F401 - autouse fixture
+)
+from torch import nn
+
+from filterprune import NNCFConfig
+from filterprune.cli import main
+from filterprune.errors import ConversionError
+from filterprune.onnx import max_rel_diff, remove_zero_filters
+from filterprune.onnx.convert import _output_steps, _verify
+from filterprune.onnx.int8 import ORT_INT8, int8_layers, onnxruntime_ops
+from filterprune.onnx.report import ConversionReport
+from filterprune.torch import create_compressed_model, register_default_init_args
+
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+class QNet(nn.Module):
+    """Stem, residual block, depthwise + pointwise convs, linear head (all with BN)."""
+
+    def __init__(self):
+        super().__init__()
+
+        def cbr(cin, cout, k=3, groups=1, relu=True):
+            layers = [nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
+                      nn.BatchNorm2d(cout)]  # fmt: skip
+            return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
+
+        self.stem = cbr(3, 16)
+        self.a1, self.a2 = cbr(16, 16), cbr(16, 16, relu=False)
+        self.dw, self.pw = cbr(16, 16, groups=16), cbr(16, 24, k=1)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.a2(self.a1(x)))
+        x = self.pw(self.dw(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _qat_config():
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 16, 16, generator=g), torch.zeros(4)) for _ in range(2)]
+    prune = {"algorithm": "filter_pruning", "pruning_init": 0.5,
+             "params": {"schedule": "baseline", "prune_first_conv": True,
+                        "prune_downsample_convs": True}}  # fmt: skip
+    quant = {"algorithm": "quantization",
+             "initializer": {"range": {"num_init_samples": 8},
+                             "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}}  # fmt: skip
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 16, 16]},
+                                   "compression": [prune, quant]})  # fmt: skip
+    return register_default_init_args(config, batches)
+
+
+@pytest.fixture(scope="module")
+def qat(tmp_path_factory):
+    """A pruned + quantized QNet exported by the PyTorch frontend, and its conversion."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(randomize_bn(QNet()), _qat_config())
+    path = str(tmp_path_factory.mktemp("qat") / "m.onnx")
+    ctrl.export_model(path)
+    new, report = remove_zero_filters(path)
+    return path, new, report
+
+
+def _inits(model):
+    """Initializers by name, and what Identity nodes pass on of them (shared zero points)."""
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Identity" and n.input[0] in values:
+            values[n.output[0]] = values[n.input[0]]
+    return values
+
+
+def _weight_quantizers(model):
+    """(op, weight, scale, zero point, axis) of each Q/DQ node whose tensor is a weight."""
+    values = _inits(model)
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type not in QDQ or n.input[0] not in values and n.input[0] not in made_by:
+            continue
+        source = n.input[0]
+        if n.op_type == "DequantizeLinear" and source in made_by:
+            q = made_by[source]
+            if q.op_type != "QuantizeLinear" or q.input[0] not in values:
+                continue
+            source = q.input[0]
+        if source not in values:
+            continue
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        zp = values[n.input[2]] if len(n.input) > 2 else None
+        out.append((n.op_type, values[source], values[n.input[1]], zp, axis))
+    return out
+
+
+def _compare(a_path, b_model, shape, seed=1):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    ref, out = run(a_path, x)[0], run(b_model, x)[0]
+    return float(np.abs(ref - out).max() / np.abs(ref).max())
+
+
+# -- the PyTorch frontend's QAT export ---------------------------------------------------------
+def test_qat_export_converts_with_cut_scales(qat):
+    path, new, report = qat
+    onnx.checker.check_model(new, full_check=True)
+    assert report.removed > 0 and report.flops_kept < 0.6
+    assert not [s for s in report.layers if s.kept_zero]
+    before, after = _weight_quantizers(onnx.load(path)), _weight_quantizers(new)
+    assert len(after) == len(before) >= 2 * 6  # Q and DQ of every conv and the linear
+    for op, w, scale, zp, axis in after:  # float weights still go through Q then DQ
+        assert w.dtype == np.float32 and axis == 0
+        assert scale.shape == zp.shape == (w.shape[0],), op
+    assert {op for op, *_ in after} == set(QDQ)
+    kept = {s.name: s.filters - s.removed for s in report.layers}
+    values, made_by = _inits(new), {o: n for n in new.graph.node for o in n.output}
+    convs = [n for n in new.graph.node if n.op_type == "Conv" and n.name in kept]
+    assert len(convs) == 4  # stem, a1, a2, pw (the depthwise conv follows its input)
+    for conv in convs:
+        dq = made_by[conv.input[1]]
+        q = made_by[dq.input[0]]
+        rows = kept[conv.name]
+        assert values[q.input[0]].shape[0] == rows < 24
+        for node in (q, dq):
+            assert values[node.input[1]].shape == values[node.input[2]].shape == (rows,)
+
+
+def test_qat_export_equal_outputs_and_int8_in_onnxruntime(qat):
+    path, new, report = qat
+    assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-5
+    assert _compare(path, new, (1, 3, 16, 16)) <= 1e-5
+    old_ops, new_ops = onnxruntime_ops(path), onnxruntime_ops(new)
+    assert new_ops["QLinearConv"] >= 4
+    assert {k: new_ops[k] for k in ORT_INT8} == {k: old_ops[k] for k in ORT_INT8}
+
+
+def test_qat_export_to_openvino_runs_int8(qat, tmp_path):
+    pytest.importorskip("openvino")
+    from filterprune.onnx.openvino import ov_flops, read_openvino, run_openvino
+
+    path, _, _ = qat
+    xml = tmp_path / "small.xml"
+    assert main(["convert", path, "--to", "openvino", "-o", str(xml)]) == 0
+    layers = int8_layers(str(xml), runtimes=("openvino",))["openvino"]
+    assert layers["int8"] >= 5 and layers["float"] == 0
+    x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    ref, out = run_openvino(path, {"x": x}), run_openvino(str(xml), {"x": x})
+    assert max_rel_diff(ref, out) <= 1e-5  # the same int8 arithmetic in OpenVINO
+    assert ov_flops(read_openvino(str(xml))) < 0.6 * ov_flops(read_openvino(path))
+
+
+# -- ONNX Runtime's quantize_static as the producer ------------------------------------------
+def test_onnxruntime_quantize_static_per_channel(tmp_path):
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, name):
+            rng = np.random.default_rng(0)
+            self.items = iter([{name: rng.standard_normal((1, 3, 32, 32)).astype(np.float32)}
+                               for _ in range(4)])  # fmt: skip
+
+        def get_next(self):
+            return next(self.items, None)
+
+    ctrl, _ = create_compressed_model(randomize_bn(TinyNet()), make_config())
+    masked, qdq = tmp_path / "masked.onnx", tmp_path / "qdq.onnx"
+    ctrl.export_model(str(masked))
+    name = onnx.load(str(masked)).graph.input[0].name
+    quantize_static(str(masked), str(qdq), Reader(name), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8)  # fmt: skip
+    new, report = remove_zero_filters(str(qdq))
+    onnx.checker.check_model(new, full_check=True)
+    assert report.flops_kept == pytest.approx(ctrl.statistics().flops_kept, rel=1e-6)
+    assert layer(report, "stem").removed == 8 and not [s for s in report.layers if s.kept_zero]
+    values = _inits(new)
+    for n in new.graph.node:  # int8 weights and int32 biases: scales cut to the rows left
+        if n.op_type == "DequantizeLinear" and values.get(n.input[0]) is not None:
+            q, scale = values[n.input[0]], values[n.input[1]]
+            if scale.size > 1:
+                assert q.dtype in (np.int8, np.int32) and scale.shape == (q.shape[0],)
+    assert report.max_rel_diff == 0.0  # integer kernels: nothing else changes
+    assert _compare(str(qdq), new, (1, 3, 32, 32)) == 0.0
+    old_ops, new_ops = onnxruntime_ops(str(qdq)), onnxruntime_ops(new)
+    assert new_ops["QLinearConv"] == old_ops["QLinearConv"] >= 6 and new_ops["QGemm"] == 2
+
+
+# -- zero points: a pruned channel is zero only where Q and DQ agree -------------------------
+def _qdq_graph(tmp_path, q_zp, dq_zp, act_zps=(0, 0), per_channel_act=False):
+    """x -> conv1 (float W -> Q -> DQ, filters 1 and 2 zero) -> Relu -> Q -> DQ -> conv2."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w1[[1, 2]] = 0
+    w2 = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    c = 4 if per_channel_act else 1
+    act, shape = ({"axis": 1}, (4,)) if per_channel_act else ({}, ())
+    weights = {
+        "w1": w1, "s1": np.full(4, 0.02, np.float32), "w2": w2,
+        "qz1": np.array(q_zp, np.int8), "dz1": np.array(dq_zp, np.int8),
+        "as": np.full(c, 0.05, np.float32).reshape(shape),
+        "aqz": np.full(c, act_zps[0], np.uint8).reshape(shape),
+        "adz": np.full(c, act_zps[1], np.uint8).reshape(shape),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", ["w1", "s1", "qz1"], ["w1q"], axis=0),
+        helper.make_node("DequantizeLinear", ["w1q", "s1", "dz1"], ["w1d"], axis=0),
+        helper.make_node("Conv", ["x", "w1d"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("QuantizeLinear", ["r1", "as", "aqz"], ["r1q"], **act),
+        helper.make_node("DequantizeLinear", ["r1q", "as", "adz"], ["r1d"], **act),
+        helper.make_node("Conv", ["r1d", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", 1, [1, 2, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = str(tmp_path / "z.onnx")
+    onnx.save(model, path)
+    return path
+
+
+def _removed(path):
+    new, report = remove_zero_filters(path)
+    onnx.checker.check_model(new, full_check=True)
+    assert _compare(path, new, (1, 3, 8, 8)) <= 1e-6
+    return layer(report, "c1").removed, new
+
+
+def test_weight_zero_needs_the_same_zero_point_in_q_and_dq(tmp_path):
+    same = [0, 5, -3, 0]
+    removed, new = _removed(_qdq_graph(tmp_path, same, same))
+    assert removed == 2  # Q(0) = z, DQ(z) = 0: both zero filters go
+    cut = [w for op, w, *_ in _weight_quantizers(new)]
+    assert [w.shape for w in cut] == [(2, 3, 3, 3)] * 2
+    zps = [zp.tolist() for *_, zp, _ in _weight_quantizers(new)]
+    assert zps == [[0, 0], [0, 0]]  # the kept filters' zero points, in Q and in DQ
+    # filter 1 quantizes to 5 but dequantizes with 4: (5 - 4) * s is not zero
+    removed, _ = _removed(_qdq_graph(tmp_path, same, [0, 4, -3, 0]))
+    assert removed == 1
+
+
+def test_int8_weight_zero_is_where_it_equals_the_zero_point(tmp_path):
+    path = _qdq_graph(tmp_path, [0, 0, 0, 0], [0, 0, 0, 0])
+    model = onnx.load(path)
+    q = np.random.default_rng(0).integers(-50, 50, (4, 3, 3, 3)).astype(np.int8)
+    zp = np.array([0, 7, 0, 0], np.int8)
+    q[1], q[2] = 7, 0  # filter 1: all at its zero point (zero); filter 2: zero codes, zp 0
+    zp[2] = 3  # ... but dequantized with zero point 3: (0 - 3) * s, not zero
+    drop = [i for i in model.graph.initializer if i.name in ("w1", "qz1", "dz1")]
+    for i in drop:
+        model.graph.initializer.remove(i)
+    model.graph.initializer.extend([numpy_helper.from_array(q, "w1q"),
+                                    numpy_helper.from_array(zp, "dz1")])  # fmt: skip
+    model.graph.node.remove(model.graph.node[0])
+    onnx.save(model, path)
+    removed, new = _removed(path)
+    assert removed == 1
+    dq = next(n for n in new.graph.node if n.op_type == "DequantizeLinear")
+    assert _inits(new)[dq.input[2]].tolist() == [0, 3, 0]
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_activation_zero_needs_matching_zero_points(tmp_path, per_channel):
+    same = [0, 0, 0, 0]
+    path = _qdq_graph(tmp_path, same, same, (3, 3), per_channel)
+    assert _removed(path)[0] == 2  # Q(0) = 3, DQ(3) = 0
+    path = _qdq_graph(tmp_path, same, same, (3, 0), per_channel)
+    assert _removed(path)[0] == 0  # DQ(3) with zero point 0 is 3 * s: conv2 reads it
+    if per_channel:
+        model = onnx.load(path)
+        zps = {"aqz": [3, 3, 3, 3], "adz": [3, 0, 3, 3]}  # only channel 1 mismatches
+        for init in model.graph.initializer:
+            if init.name in zps:
+                init.CopyFrom(numpy_helper.from_array(np.array(zps[init.name], np.uint8),
+                                                      init.name))  # fmt: skip
+        onnx.save(model, path)
+        removed, new = _removed(path)
+        assert removed == 1
+        act = [n for n in new.graph.node if n.op_type in QDQ and n.input[0].startswith("r1")]
+        assert [_inits(new)[n.input[1]].shape for n in act] == [(3,), (3,)]
+
+
+# -- the check: one output quantization step at most -----------------------------------------
+def _shifted(shift):
+    """x (+ shift) -> Q -> DQ (scale 0.1) -> y."""
+    nodes = [helper.make_node("Add", ["x", "shift"], ["xs"]),
+             helper.make_node("QuantizeLinear", ["xs", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]  # fmt: skip
+    inits = [numpy_helper.from_array(np.array(shift, np.float32), "shift"),
+             numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z")]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [4, 64])],
+                              [helper.make_tensor_value_info("y", 1, [4, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_check_allows_one_output_step_in_quantized_models():
+    old = _shifted(0.0)
+    assert _output_steps(old, [np.ones((4, 64))]) == [pytest.approx(0.1)]
+    report = ConversionReport(0, 0, 0, 0)
+    _verify(old, _shifted(0.04), 1e-4, report)  # some values round up
+    assert report.max_rel_diff > 1e-4 and "one quantization step" in report.notes[0]
+    with pytest.raises(ConversionError, match="differ from the input model's by .*tolerance"):
+        _verify(old, _shifted(0.25), 1e-4, ConversionReport(0, 0, 0, 0))
+
+
+def test_float_models_get_no_step(tmp_path):
+    path = _qdq_graph(tmp_path, [0] * 4, [0] * 4)
+    model = onnx.load(path)
+    assert _output_steps(model, [np.full((1, 2, 8, 8), 254.0)]) == [pytest.approx(2.0)]
+    fp32 = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", 1, [2])], [helper.make_tensor_value_info("y", 1, [2])]))
+    assert _output_steps(fp32, [np.ones(2)]) is None
