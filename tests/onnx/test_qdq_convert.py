@@ -56,7 +56,7 @@ class QNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def _qat_config():
+def _qat_config(activations=None):
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 3, 16, 16, generator=g), torch.zeros(4)) for _ in range(2)]
     prune = {"algorithm": "filter_pruning", "pruning_init": 0.5,
@@ -65,6 +65,8 @@ def _qat_config():
     quant = {"algorithm": "quantization",
              "initializer": {"range": {"num_init_samples": 8},
                              "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}}  # fmt: skip
+    if activations:
+        quant["activations"] = activations
     config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 16, 16]},
                                    "compression": [prune, quant]})  # fmt: skip
     return register_default_init_args(config, batches)
@@ -165,6 +167,31 @@ def test_qat_export_to_openvino_runs_int8(qat, tmp_path):
     ref, out = run_openvino(path, {"x": x}), run_openvino(str(xml), {"x": x})
     assert max_rel_diff(ref, out) <= 1e-5  # the same int8 arithmetic in OpenVINO
     assert ov_flops(read_openvino(str(xml))) < 0.6 * ov_flops(read_openvino(path))
+
+
+def test_qat_export_with_per_channel_activations(qat, tmp_path):
+    torch.manual_seed(0)
+    config = _qat_config(activations={"per_channel": True})
+    ctrl, _ = create_compressed_model(randomize_bn(QNet()), config)
+    path = str(tmp_path / "m.onnx")
+    ctrl.export_model(path)
+    new, report = remove_zero_filters(path)
+    onnx.checker.check_model(new, full_check=True)
+    assert report.removed == qat[2].removed and report.max_rel_diff <= 1e-5
+    values = _inits(new)
+    made_by = {o: n for n in new.graph.node for o in n.output}
+    cins = []
+    for conv in (n for n in new.graph.node if n.op_type == "Conv"):
+        dq = made_by[conv.input[0]]  # the activation's DequantizeLinear, axis 1
+        if dq.op_type != "DequantizeLinear" or values[dq.input[1]].size == 1:
+            continue
+        q = made_by[dq.input[0]]
+        w = values[made_by[made_by[conv.input[1]].input[0]].input[0]]
+        cin = w.shape[1] * next(a.i for a in conv.attribute if a.name == "group")
+        for node in (q, dq):
+            assert values[node.input[1]].shape == values[node.input[2]].shape == (cin,)
+        cins.append(cin)
+    assert len(cins) >= 3 and any(3 < c < 16 for c in cins)  # cut along with the filters
 
 
 # -- ONNX Runtime's quantize_static as the producer ------------------------------------------
