@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -25,8 +26,10 @@ import numpy as np
 from ..errors import ConfigError
 from .graph import Graph
 
+log = logging.getLogger("filterprune")
+
 __all__ = ["SOURCES", "importance_source", "following_batchnorm", "batchnorm_scales",
-           "unsupported", "missing_batchnorm"]  # fmt: skip
+           "taylor_scores", "unsupported", "missing_batchnorm"]  # fmt: skip
 
 SOURCES = {"taylor": "gradient", "bn_scale": "bn_scale"}
 """Importance name -> the signal it scores (criteria not listed score the weight)."""
@@ -73,6 +76,27 @@ def batchnorm_scales(graph: Graph, layers: list[str],
         raise missing_batchnorm(missing)
     return {name: np.asarray(read(*bn), dtype=np.float64).reshape(-1, 1)
             for name, bn in found.items()}  # fmt: skip
+
+
+def taylor_scores(
+    totals: dict[str, np.ndarray | None], weights: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """The accumulated Taylor totals, or the weights' L1 norms while some layer has none.
+
+    Before the first backward pass (the masks put in place at creation) there are no
+    gradients yet; the L1 norm stands in for every layer, so ``pruning_init`` > 0 still
+    picks sensible filters.
+
+    Args:
+        totals: Layer -> its ``(filters, 1)`` totals, or ``None`` before any backward pass.
+        weights: Reads each producer's weight, filters on axis 0 (called only when needed).
+    """
+    if all(t is not None for t in totals.values()):
+        return totals
+    log.info("taylor importance: no gradients yet, the weights' L1 norm stands in")
+    read = weights()
+    return {name: np.abs(read[name]).reshape(read[name].shape[0], -1).sum(1)[:, None]
+            for name in totals}  # fmt: skip
 
 
 def unsupported(importance: str, where: str) -> ConfigError:

@@ -13,11 +13,12 @@ from ..core.analysis import analyze
 from ..core.config import FilterPruningParams
 from ..core.controller import CompressionStage, PruningControllerBase, analysis_options
 from ..core.pruner import Plan
+from ..core.signals import importance_source
 from .capture import Capture
 from .export import export
 from .masks import apply_masks, maskable_layers, recreate_masks
 from .shrink import strip_model
-from .signals import keras_signal
+from .signals import TaylorAccumulator, keras_signal, ranked_layers
 
 __all__ = ["FilterPruningController", "CompressionStage", "export_model",
            "reset_traced_functions"]
@@ -46,6 +47,8 @@ class FilterPruningController(PruningControllerBase):
 
     Attributes:
         model: The masked model (the same object the user passed in).
+        taylor: With ``filter_importance: taylor``, the gradient taps' per-filter totals
+            (:class:`~filterprune.tensorflow.signals.TaylorAccumulator`); else ``None``.
         scheduler: Call ``epoch_step()`` each epoch, or use
             :func:`~filterprune.tensorflow.create_compression_callbacks` with ``model.fit``.
     """
@@ -58,13 +61,16 @@ class FilterPruningController(PruningControllerBase):
         self._strategy: tf.distribute.Strategy | None = None
         super().__init__(params, analyze(captured.graph, analysis_options(params)))
         self.maskable = maskable_layers(self.analysis)
+        self.taylor = None
+        if importance_source(params.filter_importance) == "gradient":  # before any trace
+            self.taylor = TaylorAccumulator(captured, ranked_layers(self))
 
     # -- hooks -----------------------------------------------------------------------------
     def _weights(self) -> dict[str, np.ndarray]:
         return self.frontend.read_weights(self.captured, self.analysis.state.producers)
 
     def _signal(self, source: str) -> dict[str, np.ndarray]:
-        return keras_signal(self, source)  # bn_scale: BN gammas; taylor: refused
+        return keras_signal(self, source)  # taylor: gradient taps; bn_scale: BN gammas
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)
@@ -80,11 +86,14 @@ class FilterPruningController(PruningControllerBase):
 
         The mask variables are created again as mirrored variables of that strategy and
         are always written from the cross-replica context, so every replica reads the
-        same masks (they are computed once, from the replicated weights).
+        same masks (they are computed once, from the replicated weights). Taylor totals
+        are made again alike and gather the first replica's gradients.
         """
         self._strategy = tf.distribute.get_strategy()
         with self._strategy.scope():
             recreate_masks(self.capture.refs)
+            if self.taylor is not None:
+                self.taylor.recreate()
         reset_traced_functions(self.model)
 
     def loss(self) -> tf.Tensor:

@@ -13,9 +13,11 @@ model computes exactly what the cut model computes.
 
 Other algorithms use the same swapped ``call``: a *weight transform* runs on a weight
 after its mask (quantization fake-quantizes the masked kernel, so pruned filters stay
-exactly zero) and an *input transform* runs on one tensor input before the layer (or
-``keras.ops`` operation) sees it. Like masks, transforms must be in place before the
-first trace: a ``tf.function`` keeps the ``call`` it traced.
+exactly zero), a *weight tap* sees the masked weight before any transform (the
+``taylor`` importance reads its gradient there) and an *input transform* runs on one
+tensor input before the layer (or ``keras.ops`` operation) sees it. Like masks,
+transforms and taps must be in place before the first trace: a ``tf.function`` keeps
+the ``call`` it traced.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "masked_weights",
     "recreate_masks",
     "set_input_transform",
+    "set_weight_tap",
     "set_weight_transform",
     "transform_inputs",
     "weight_mask_of",
@@ -78,13 +81,16 @@ def _call_weights(layer: Any) -> dict[str, Any]:
     """The value each masked or transformed weight attribute has during ``call``."""
     state = layer.__dict__
     masks = state.get("_fp_weight_masks", {})
+    taps = state.get("_fp_weight_taps", {})
     transforms = state.get("_fp_weight_transforms", {})
     out = {}
-    for attr in [*masks, *(a for a in transforms if a not in masks)]:
+    for attr in dict.fromkeys([*masks, *taps, *transforms]):
         value = state[attr]
         if attr in masks:
             dtype = layer.compute_dtype
             value = ops.cast(value, dtype) * ops.cast(masks[attr], dtype)
+        if attr in taps:
+            value = taps[attr](value)
         if attr in transforms:
             value = transforms[attr](value)
         out[attr] = value
@@ -170,6 +176,20 @@ def set_weight_transform(layer: Any, variable: str, transform: Any) -> None:
     attr = _attr_of(layer, _variable(layer, variable))
     _swap(layer)
     layer.__dict__.setdefault("_fp_weight_transforms", {})[attr] = transform
+
+
+def set_weight_tap(layer: Any, variable: str, tap: Any) -> None:
+    """Make ``layer``'s call read ``tap(masked value)`` for its variable ``variable``,
+    before any weight transform; ``tap`` returns its input (it exists for its gradient).
+
+    Args:
+        layer: A Keras layer (its class is swapped if it is not yet).
+        variable: The variable's name (``"kernel"``).
+        tap: An identity function of the (masked) weight tensor.
+    """
+    attr = _attr_of(layer, _variable(layer, variable))
+    _swap(layer)
+    layer.__dict__.setdefault("_fp_weight_taps", {})[attr] = tap
 
 
 def set_input_transform(operation: Any, index: int, transform: Any) -> None:

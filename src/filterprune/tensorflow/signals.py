@@ -1,23 +1,104 @@
-"""Keras signals for the ``bn_scale`` importance (``taylor`` is PyTorch-only for now:
-the Keras frontend refuses it with a clear message)."""
+"""Keras signals for the ``taylor`` and ``bn_scale`` importances.
+
+:class:`TaylorAccumulator` puts a *weight tap* (see :mod:`~filterprune.tensorflow.masks`)
+on each producer's main weight: an identity whose gradient function adds
+``(sum over a filter of gradient x weight)^2`` to a per-filter total (Molchanov et al.
+2019), the Keras counterpart of the PyTorch gradient hook. The tap sits on the masked
+weight, so pruned filters read zero there and stop gaining, as in PyTorch. The totals
+are non-trainable ``tf.Variable`` s created with the controller, before ``model.fit``
+traces its step, so every traced step adds to them; a ``tf.GradientTape`` loop works
+the same way. Before any gradient has reached them the weights' L1 norm stands in.
+
+``bn_scale`` reads the ``gamma`` of the ``BatchNormalization`` right after each pruned
+layer.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
-from ..core.signals import batchnorm_scales, unsupported
+from ..core.signals import batchnorm_scales, taylor_scores
+from .masks import set_weight_tap
 
-__all__ = ["keras_signal"]
+__all__ = ["TaylorAccumulator", "keras_signal", "ranked_layers"]
+
+
+class TaylorAccumulator:
+    """Per-filter ``(sum g*w)^2`` of each tapped layer, summed over backward passes.
+
+    Args:
+        captured: The model's capture (layer refs and the core graph's layer infos).
+        layers: Core names of the layers whose main weight is tapped.
+
+    Attributes:
+        totals: Layer -> ``tf.Variable`` of its per-filter totals.
+        passes: Layer -> ``tf.Variable`` counting the backward passes that reached it.
+    """
+
+    def __init__(self, captured: Any, layers: list[str]) -> None:
+        self.totals: dict[str, tf.Variable] = {}
+        self.passes: dict[str, tf.Variable] = {}
+        for name in layers:
+            info = captured.graph.layers[name]
+            shape, roles = info.params[info.weight]
+            axis = roles.index("out")
+            self._make_variables(name, np.zeros(shape[axis], "float32"), 0)
+            others = [a for a in range(len(shape)) if a != axis]
+            set_weight_tap(captured.refs[name].layer, info.weight, self._tap(name, others))
+
+    def _make_variables(self, name: str, total: np.ndarray, passes: int) -> None:
+        once = tf.VariableAggregation.ONLY_FIRST_REPLICA  # one replica's gradients, as masks
+        safe = name.replace("/", "_")
+        with tf.init_scope():
+            self.totals[name] = tf.Variable(total, trainable=False, aggregation=once,
+                                            name=f"{safe}_taylor")  # fmt: skip
+            self.passes[name] = tf.Variable(passes, trainable=False, dtype=tf.int64,
+                                            aggregation=once, name=f"{safe}_taylor_passes")
+
+    def _tap(self, name: str, others: list[int]) -> Any:
+        @tf.custom_gradient
+        def tap(weight: Any) -> Any:
+            weight = tf.convert_to_tensor(weight)
+
+            def gradient(upstream: Any) -> Any:
+                per_filter = tf.reduce_sum(tf.cast(upstream * weight, tf.float32), axis=others)
+                updates = [self.totals[name].assign_add(tf.square(per_filter)),
+                           self.passes[name].assign_add(1)]  # fmt: skip
+                with tf.control_dependencies(updates):
+                    return tf.identity(upstream)
+
+            return tf.identity(weight), gradient
+
+        return tap
+
+    def scores(self, name: str) -> np.ndarray | None:
+        """The totals of layer ``name`` as ``(filters, 1)``; None before any backward pass."""
+        if int(self.passes[name].numpy()) == 0:
+            return None
+        return self.totals[name].numpy().astype(np.float64)[:, None]
+
+    def recreate(self) -> None:
+        """Make the variables again (under the current distribution strategy)."""
+        for name in list(self.totals):
+            self._make_variables(name, self.totals[name].numpy(),
+                                 int(self.passes[name].numpy()))  # fmt: skip
+
+
+def ranked_layers(ctrl: Any) -> list[str]:
+    """The producer layers whose filters ``ctrl`` ranks."""
+    return [name for g in ctrl.analysis.prunable_groups for name in g.producers]
 
 
 def keras_signal(ctrl: Any, source: str) -> dict[str, np.ndarray]:
     """Per producer layer of ``ctrl``, the ``(filters, 1)`` signal ``source`` names."""
-    if source != "bn_scale":
-        raise unsupported(ctrl.params.filter_importance, "the TensorFlow frontend")
+    layers = ranked_layers(ctrl)
+    if source == "gradient":
+        acc = ctrl.taylor
+        return taylor_scores({name: acc.scores(name) for name in layers}, ctrl._weights)
     refs = ctrl.captured.refs
-    layers = [name for g in ctrl.analysis.prunable_groups for name in g.producers]
 
     def read(bn: str, param: str) -> np.ndarray:
         variable = next(v for v in refs[bn].layer.weights if v.name == param)

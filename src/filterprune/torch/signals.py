@@ -9,18 +9,15 @@ weight's L1 norm stands in, so ``pruning_init`` > 0 still picks sensible filters
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..core.signals import batchnorm_scales
+from ..core.signals import batchnorm_scales, taylor_scores
 
 __all__ = ["TaylorAccumulator", "torch_signal"]
-
-log = logging.getLogger("filterprune")
 
 
 def _filter_axis(module: nn.Module) -> int:
@@ -69,13 +66,7 @@ def _taylor(ctrl: Any, layers: list[str]) -> dict[str, np.ndarray]:
     acc = getattr(ctrl, "taylor", None)
     if acc is None:
         acc = ctrl.taylor = TaylorAccumulator({name: refs[name] for name in layers})
-    scores = {name: acc.scores(name) for name in layers}
-    if any(s is None for s in scores.values()):
-        log.info("taylor importance: no gradients yet, the weights' L1 norm stands in")
-        weights = ctrl._weights()
-        return {name: np.abs(weights[name]).reshape(weights[name].shape[0], -1).sum(1)[:, None]
-                for name in layers}  # fmt: skip
-    return scores
+    return taylor_scores({name: acc.scores(name) for name in layers}, ctrl._weights)
 
 
 def torch_signal(ctrl: Any, source: str) -> dict[str, np.ndarray]:
