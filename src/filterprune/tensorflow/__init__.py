@@ -49,7 +49,8 @@ __all__ = [
 def create_compressed_model(model: Any, config: Config | dict,
                             compression_state: dict[str, Any] | None = None,
                             **_: Any) -> tuple[Any, Any]:  # fmt: skip
-    """Prepare a Keras model for the algorithms of ``config`` (pruning, quantization).
+    """Prepare a Keras model for the algorithms of ``config`` (pruning, quantization,
+    knowledge distillation).
 
     Args:
         model: A Functional or Sequential ``keras.Model`` (built); it is changed in place

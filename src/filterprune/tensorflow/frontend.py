@@ -15,7 +15,9 @@ from ..errors import ConfigError
 from ._init_args import TFInitArgs, adapt_batchnorm
 from .capture import capture
 from .controller import FilterPruningController, export_model, reset_traced_functions
+from .distillation import KnowledgeDistillationController
 from .quantization import QuantizationController
+from .shrink import plain_copy
 
 __all__ = ["KerasFrontend"]
 
@@ -25,7 +27,8 @@ class KerasFrontend(Frontend):
 
     name = "TensorFlow"
     controllers = {"filter_pruning": FilterPruningController,
-                   "quantization": QuantizationController}
+                   "quantization": QuantizationController,
+                   "knowledge_distillation": KnowledgeDistillationController}  # fmt: skip
 
     def check(self, model: Any, config: Config) -> None:
         if keras.backend.backend() != "tensorflow":
@@ -63,7 +66,9 @@ class KerasFrontend(Frontend):
         reset_traced_functions(model)
 
     def strip(self, ctrl: Any, **kwargs: Any) -> Any:
-        return ctrl.strip_model(ctrl.model, **kwargs)
+        model = ctrl.strip_model(ctrl.model, **kwargs)
+        # never the training model itself (knowledge distillation alone rebuilds nothing)
+        return plain_copy(model) if model is ctrl.model else model
 
     def export_model(self, ctrl: Any, save_path: str, *args: Any, **kwargs: Any) -> None:
         export_model(ctrl, save_path, *args, **kwargs)

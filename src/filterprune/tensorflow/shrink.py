@@ -22,7 +22,7 @@ from ..errors import AnalysisError
 from .capture import Capture
 from .masks import base_class, is_masked, masked_weights
 
-__all__ = ["copy_weights", "strip_model"]
+__all__ = ["copy_weights", "plain_copy", "strip_model"]
 
 Keeps = Mapping[str, dict[str, np.ndarray]]
 
@@ -174,3 +174,20 @@ def copy_weights(pairs: list[tuple[Any, Any]],
         values = masked_weights(old)
         values.update(cut.get(id(old), {}))
         new.set_weights([values[v.name] for v in old.weights])
+
+
+def plain_copy(model: Any) -> Any:
+    """A new model of stock layers computing what ``model`` computes, masks multiplied in
+    (no transforms, taps or recording hooks: those live on the training model only)."""
+    pairs: list[tuple[Any, Any]] = []
+
+    def clone(layer: Any) -> Any:
+        if isinstance(layer, keras.Model):  # rebuilt nested, its layers one by one
+            return keras.models.clone_model(layer, clone_function=clone)
+        new = base_class(layer).from_config(layer.get_config())
+        pairs.append((layer, new))
+        return new
+
+    new_model = keras.models.clone_model(model, clone_function=clone)
+    copy_weights(pairs)
+    return new_model
