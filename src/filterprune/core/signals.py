@@ -5,7 +5,10 @@ criteria need a signal the model holds elsewhere:
 
 * ``taylor`` (first-order Taylor, Molchanov et al. 2019): ``(sum over a filter of
   gradient x weight)^2``, accumulated over training steps. The frontend hooks the
-  gradients and hands the per-filter sums over as a ``(filters, 1)`` matrix.
+  gradients and hands the per-filter sums over as a ``(filters, 1)`` matrix. A layer
+  whose output goes straight into a BatchNorm in training mode is scale invariant: its
+  ``sum g*w`` is zero up to rounding, so the ranking there is noise (Molchanov et al.
+  score the BatchNorm's scale and shift instead).
 * ``bn_scale`` (network slimming, Liu et al. 2017): ``|gamma|`` of the BatchNorm right
   after the layer; the frontend hands ``gamma`` over as ``(filters, 1)``.
 
