@@ -53,3 +53,61 @@ def test_masks_identical_on_every_replica(tmp_path):
         assert replicas[0] == replicas[1], name
     first, second = result["kernel_replicas"]
     assert first == second  # the replicas trained in lockstep
+
+
+_SIGNALS = """
+    from keras_helpers import NNCFConfig, keras, layers
+    from filterprune.tensorflow import create_compressed_model, create_compression_callbacks
+
+    def net():  # no BatchNorm: a replica's outputs equal the single-device ones
+        inp = keras.Input((16, 16, 3))
+        x = layers.Conv2D(8, 3, activation="relu", name="c1")(inp)
+        x = layers.Conv2D(16, 3, activation="relu", name="c2")(x)
+        x = layers.Conv2D(16, 3, name="c3")(x)
+        return keras.Model(inp, layers.Dense(10, name="fc")(layers.GlobalAveragePooling2D()(x)))
+
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        config = NNCFConfig.from_dict({
+            "input_info": {"sample_size": [1, 16, 16, 3]},
+            "compression": [
+                {"algorithm": "filter_pruning", "pruning_init": 0.0,
+                 "params": {"pruning_target": 0.5, "pruning_steps": 2,
+                            "filter_importance": "taylor"}},
+                {"algorithm": "knowledge_distillation", "type": "mse", "scale": 100.0}]})
+        ctrl, model = create_compressed_model(net(), config)
+        ctrl.distributed()
+        model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 16, 16, 3)).astype("float32")
+    y = rng.normal(size=(32, 10)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    history = model.fit(data, epochs=3, verbose=0, callbacks=create_compression_callbacks(ctrl))
+    teacher = ctrl.get("knowledge_distillation").teacher
+    task, kd = [], []
+    for i in range(0, 32, 8):  # the last epoch's steps, by hand on one device
+        out = model(x[i:i + 8], training=True).numpy()
+        task.append(np.mean((out - y[i:i + 8]) ** 2))
+        kd.append(np.mean((out - teacher(x[i:i + 8], training=False).numpy()) ** 2))
+    taylor = ctrl.get("filter_pruning").taylor
+    print("RESULT " + json.dumps({
+        "level": ctrl.get("filter_pruning").pruning_level,
+        "passes": {k: [int(v.numpy()) for v in p.values] for k, p in taylor.passes.items()},
+        "totals": {k: [v.numpy().tolist() for v in t.values] for k, t in taylor.totals.items()},
+        "loss": history.history["loss"][-1], "task": float(np.mean(task)),
+        "kd": float(np.mean(kd)),
+    }))
+    """
+
+
+def test_taylor_and_distillation_under_mirrored_strategy(tmp_path):
+    """Taylor totals are mirrored and identical on both replicas; ``fit`` reports the task
+    loss plus the distillation term counted once, as on one device."""
+    result = run_on_two_cpus(_SIGNALS, tmp_path)
+    assert result["level"] == pytest.approx(0.5)
+    for name, passes in result["passes"].items():
+        assert passes[0] == passes[1] == 12, name  # 4 batches x 3 epochs
+        first, second = result["totals"][name]
+        assert first == second and max(first) > 0, name
+    assert 100.0 * result["kd"] > 0.2 * result["task"]  # a term the check can see
+    assert result["loss"] == pytest.approx(result["task"] + 100.0 * result["kd"], rel=1e-4)

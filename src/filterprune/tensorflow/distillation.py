@@ -12,7 +12,9 @@ floating tensor pair counts. Each recorded call's term is taken once: a second
 ``model.fit`` needs no change: the tapped model's ``compute_loss`` (which ``fit``'s
 train step calls, and so does a custom ``train_step`` that calls ``self.compute_loss``)
 adds ``ctrl.loss()`` to the compiled loss, and the ``loss`` that ``fit`` reports includes
-it. In a ``tf.GradientTape`` loop add it yourself.
+it. In a ``tf.GradientTape`` loop add it yourself. Under ``tf.distribute`` call
+``ctrl.distributed()`` inside ``strategy.scope()``; ``fit`` then scales the term per
+replica as it scales its own losses (a loop of your own scales it like its task loss).
 
 Example::
 
@@ -89,6 +91,13 @@ def distillation_loss(student: Any, teacher: Any, kind: str, temperature: float)
     return total
 
 
+def _per_replica(value: tf.Tensor) -> tf.Tensor:
+    """``value`` scaled as Keras scales the losses of ``fit`` under ``tf.distribute``: each
+    replica's part, so that gradients summed over the replicas count the term once."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value / replicas if replicas > 1 else value
+
+
 def _install_tap(model: Any, tap: _Tap, loss: Any) -> None:
     """Record ``model``'s training calls and add ``loss()`` to its ``compute_loss``."""
     call, compute_loss = model.call, model.compute_loss  # bound: the class's own
@@ -103,7 +112,7 @@ def _install_tap(model: Any, tap: _Tap, loss: Any) -> None:
     @functools.wraps(compute_loss)
     def distilled_loss(*args: Any, **kwargs: Any) -> Any:
         total = compute_loss(*args, **kwargs)
-        return total + tf.cast(loss(), total.dtype)
+        return total + tf.cast(_per_replica(loss()), total.dtype)
 
     model.__dict__["call"] = tapped_call  # not tracked: no variable, no checkpoint entry
     model.__dict__["compute_loss"] = distilled_loss
