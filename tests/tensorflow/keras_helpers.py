@@ -27,6 +27,37 @@ def make_config(sample=(1, 32, 32, 3), **params):
     return NNCFConfig.from_dict({"input_info": {"sample_size": list(sample)}, "compression": algo})
 
 
+def compression_config(*algos, register=True, sample=(1, 32, 32, 3), **top):
+    """A config running ``algos`` in order; ``register``: with 16 random init images."""
+    from filterprune.tensorflow import register_default_init_args
+
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": list(sample)},
+                                   "compression": list(algos), **top})  # fmt: skip
+    if register:
+        dataset = tf.data.Dataset.from_tensor_slices(regression_data(0)[0]).batch(8)
+        config = register_default_init_args(config, dataset)
+    return config
+
+
+def conv_bn_net():
+    """stem conv -> mid conv (16 filters) -> BatchNorm "bn" -> ReLU -> head, 16x16 input."""
+    inp = keras.Input((16, 16, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inp)
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="mid")(x)
+    x = layers.ReLU()(layers.BatchNormalization(name="bn")(x))
+    x = layers.Conv2D(4, 1, name="head")(x)
+    return keras.Model(inp, layers.GlobalAveragePooling2D()(x))
+
+
+def regression_batches(side, seed=0, n=32, batch=8):
+    """``(x, y, dataset)``: ``n`` random ``side`` x ``side`` RGB images, 10 targets each,
+    and the pairs batched."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, side, side, 3)).astype("float32")
+    y = rng.normal(size=(n, 10)).astype("float32")
+    return x, y, tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
 def randomize_bn(model, seed=0):
     """Give BatchNorms non-trivial statistics so inference outputs have a real scale."""
     rng = np.random.default_rng(seed)

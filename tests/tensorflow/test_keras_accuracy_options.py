@@ -2,19 +2,10 @@
 
 import numpy as np
 import pytest
-from keras_helpers import keras, layers, make_config
+from keras_helpers import conv_bn_net, keras, make_config
 
 from filterprune.errors import ConfigError
 from filterprune.tensorflow import create_compressed_model
-
-
-def conv_bn_net():
-    inp = keras.Input((16, 16, 3))
-    x = layers.Conv2D(8, 3, padding="same", name="stem")(inp)
-    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="mid")(x)
-    x = layers.ReLU()(layers.BatchNormalization(name="bn")(x))
-    x = layers.Conv2D(4, 1, name="head")(x)
-    return keras.Model(inp, layers.GlobalAveragePooling2D()(x))
 
 
 def test_shrink_when_frozen_is_refused():

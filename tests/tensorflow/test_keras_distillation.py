@@ -4,7 +4,15 @@ quantization."""
 
 import numpy as np
 import pytest
-from keras_helpers import keras, layers, randomize_bn, regression_data, small_resnet, tf
+from keras_helpers import (
+    compression_config,
+    keras,
+    layers,
+    randomize_bn,
+    regression_data,
+    small_resnet,
+    tf,
+)
 
 from filterprune import NNCFConfig
 from filterprune.tensorflow import (
@@ -12,7 +20,6 @@ from filterprune.tensorflow import (
     TFCompressionStateLoader,
     create_compressed_model,
     create_compression_callbacks,
-    register_default_init_args,
 )
 from filterprune.tensorflow.masks import is_masked
 
@@ -21,13 +28,8 @@ QUANT = {"algorithm": "quantization", "initializer": {"range": {"num_init_sample
 
 
 def config(kd, *others, register=False):
-    entries = [*others, {"algorithm": "knowledge_distillation", **kd}]
-    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 32, 32, 3]},
-                                   "compression": entries})  # fmt: skip
-    if register:
-        dataset = tf.data.Dataset.from_tensor_slices(regression_data(0)[0]).batch(8)
-        config = register_default_init_args(config, dataset)
-    return config
+    kd = {"algorithm": "knowledge_distillation", **kd}
+    return compression_config(*others, kd, register=register)
 
 
 def net():

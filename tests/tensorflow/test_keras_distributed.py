@@ -11,7 +11,7 @@ pytest.importorskip("tensorflow")
 from keras_helpers import run_on_two_cpus  # noqa: E402
 
 _SCRIPT = """
-    from keras_helpers import keras, make_config, randomize_bn, small_resnet
+    from keras_helpers import keras, make_config, randomize_bn, regression_batches, small_resnet
     from filterprune.tensorflow import create_compressed_model, create_compression_callbacks
 
     with strategy.scope():
@@ -22,10 +22,7 @@ _SCRIPT = """
         ctrl, model = create_compressed_model(model, config)
         ctrl.distributed()
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 32, 32, 3)).astype("float32")
-    y = rng.normal(size=(32, 10)).astype("float32")
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    x, y, data = regression_batches(32)
     model.fit(data, epochs=3, verbose=0, callbacks=create_compression_callbacks(ctrl))
     masks = {}
     for layer in model._flatten_layers(include_self=False, recursive=True):
@@ -56,7 +53,7 @@ def test_masks_identical_on_every_replica(tmp_path):
 
 
 _SIGNALS = """
-    from keras_helpers import NNCFConfig, keras, layers
+    from keras_helpers import NNCFConfig, keras, layers, regression_batches
     from filterprune.tensorflow import create_compressed_model, create_compression_callbacks
 
     def net():  # no BatchNorm: a replica's outputs equal the single-device ones
@@ -78,10 +75,7 @@ _SIGNALS = """
         ctrl, model = create_compressed_model(net(), config)
         ctrl.distributed()
         model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 16, 16, 3)).astype("float32")
-    y = rng.normal(size=(32, 10)).astype("float32")
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    x, y, data = regression_batches(16)
     history = model.fit(data, epochs=3, verbose=0, callbacks=create_compression_callbacks(ctrl))
     teacher = ctrl.get("knowledge_distillation").teacher
     task, kd = [], []

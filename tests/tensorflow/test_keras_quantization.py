@@ -5,6 +5,7 @@
 import numpy as np
 import pytest
 from keras_helpers import (
+    compression_config,
     fit_epochs,
     keras,
     layers,
@@ -31,13 +32,7 @@ PRUNE = {"algorithm": "filter_pruning", "pruning_init": 0.1,
 QUANT = {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 16}}}
 
 
-def _config(*algos, register=True, **top):
-    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 32, 32, 3]},
-                                   "compression": list(algos), **top})  # fmt: skip
-    if register:
-        dataset = tf.data.Dataset.from_tensor_slices(regression_data(0)[0]).batch(8)
-        config = register_default_init_args(config, dataset)
-    return config
+_config = compression_config
 
 
 def _fresh():

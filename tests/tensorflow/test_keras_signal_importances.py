@@ -7,21 +7,12 @@ BatchNorm is scale invariant, so its per-filter ``sum g*w`` is zero up to roundi
 
 import numpy as np
 import pytest
-from keras_helpers import keras, layers, make_config, tf
+from keras_helpers import conv_bn_net, keras, layers, make_config, tf
 
 from filterprune.tensorflow import analyze_model, create_compressed_model
 
 SILENT = [0, 3, 5, 6, 9, 10, 12, 15]
 LIVE = sorted(set(range(16)) - set(SILENT))
-
-
-def conv_bn_net():
-    inp = keras.Input((16, 16, 3))
-    x = layers.Conv2D(8, 3, padding="same", name="stem")(inp)
-    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="mid")(x)
-    x = layers.ReLU()(layers.BatchNormalization(name="bn")(x))
-    x = layers.Conv2D(4, 1, name="head")(x)
-    return keras.Model(inp, layers.GlobalAveragePooling2D()(x))
 
 
 def plain_net(seed=0):
