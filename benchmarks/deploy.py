@@ -225,8 +225,10 @@ def main() -> None:
             data["big"] = big_model(tmp)
     data["load_after"] = os.getloadavg()[0]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "deploy.json").write_text(json.dumps(data, indent=2))
-    (RESULTS / "deploy.md").write_text(write_markdown(data))
+    from filterprune._atomic import atomic_write_text
+
+    atomic_write_text(RESULTS / "deploy.json", json.dumps(data, indent=2))
+    atomic_write_text(RESULTS / "deploy.md", write_markdown(data))
     print(write_markdown(data))
 
 

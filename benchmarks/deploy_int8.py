@@ -267,9 +267,11 @@ def main() -> None:
                                    "load_after": os.getloadavg()[0]}  # fmt: skip
         print(write_markdown(data), flush=True)
     if not args.quick:
+        from filterprune._atomic import atomic_write_text
+
         RESULTS.mkdir(exist_ok=True)
-        json_path.write_text(json.dumps(data, indent=2))
-        (RESULTS / "deploy_int8.md").write_text(write_markdown(data))
+        atomic_write_text(json_path, json.dumps(data, indent=2))
+        atomic_write_text(RESULTS / "deploy_int8.md", write_markdown(data))
 
 
 if __name__ == "__main__":

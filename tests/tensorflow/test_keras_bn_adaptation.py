@@ -88,3 +88,26 @@ def test_a_good_dataset_still_adapts(resnet):
     assert after["bna"][2] == 0.99
 
 
+
+
+def test_a_failure_inside_create_compressed_model_leaves_the_model_as_given(resnet):
+    """Masks, quantizer transforms and statistics put on before the failure are taken off."""
+
+    def flaky():
+        yield from _images(4, 4)
+        raise OSError("disk read error")
+
+    x = _images(2)[0]
+    ref = resnet(x, training=False).numpy()
+    layer_types = [type(layer) for layer in resnet._flatten_layers(recursive=True)]
+    before = _bn_state(resnet)
+    config = make_config()
+    config["compression"] = [config["compression"], {"algorithm": "quantization"}]
+    config = register_default_init_args(config, flaky())
+    with pytest.raises(ConfigError, match="disk read error"):
+        create_compressed_model(resnet, config)
+    assert [type(layer) for layer in resnet._flatten_layers(recursive=True)] == layer_types
+    assert _same(before, _bn_state(resnet))
+    assert not any(key.startswith("_fp_") for layer in resnet._flatten_layers(recursive=True)
+                   for key in layer.__dict__)  # fmt: skip
+    np.testing.assert_array_equal(resnet(x, training=False).numpy(), ref)

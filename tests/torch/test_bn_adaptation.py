@@ -126,3 +126,30 @@ def test_a_good_loader_still_adapts():
     after = _bn_state(net)
     assert not torch.equal(before["bna"][0][0], after["bna"][0][0])
     assert int(net.bna.num_batches_tracked) == 2 and net.bna.momentum == 0.3
+
+
+def test_a_failure_inside_create_compressed_model_leaves_the_model_as_given():
+    """Masks, quantizers, hooks and statistics put on before the failure are taken off."""
+
+    def flaky():
+        yield from _batches(4, 4)
+        raise OSError("disk read error")
+
+    net = _net().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = net(x)
+    classes = [type(m) for m in net.modules()]
+    keys = list(net.state_dict())
+    before = _bn_state(net)
+    config = make_config(pruning_init=0.5)
+    config["compression"] = [config["compression"], {"algorithm": "quantization"}]
+    config = register_default_init_args(config, flaky())
+    with pytest.raises(ConfigError, match="disk read error"):
+        create_compressed_model(net, config)
+    assert [type(m) for m in net.modules()] == classes
+    assert list(net.state_dict()) == keys
+    assert _same(before, _bn_state(net))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    with torch.no_grad():
+        assert torch.equal(net(x), ref)

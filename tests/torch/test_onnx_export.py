@@ -82,6 +82,7 @@ def test_fake_quantized_model_exports_with_its_quantize_dequantize_pairs(tmp_pat
     assert export_onnx(net, (x,), str(tmp_path / "q.onnx")) == "dynamo"
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
     assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 2, ops
+    x = torch.randn(4, 16, 8, 8)  # the batch axis stays free with fake-quant ops too
     with torch.no_grad():
         np.testing.assert_allclose(_run(tmp_path / "q.onnx", x), net(x), atol=1e-4)
 
@@ -97,7 +98,7 @@ def test_converter_reads_both_exporters(tmp_path, exporter):
     small, report = remove_zero_filters(path)
     save_model(small, str(tmp_path / "small.onnx"))
     assert report.flops_kept == pytest.approx(ctrl.statistics().flops_kept, rel=1e-6)
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(3, 3, 32, 32)  # exported with batch 1: the batch axis stays free
     with torch.no_grad():
         ref = ctrl.strip().eval()(x).numpy()
     np.testing.assert_allclose(_run(tmp_path / "small.onnx", x), ref, atol=1e-4 * np.abs(ref).max())
@@ -123,3 +124,36 @@ def test_an_invalid_optimised_graph_is_exported_again_unoptimised(tmp_path, capl
     assert "optimised ONNX graph is invalid (ValidationError: input 'mul_2_min_1'" in caplog.text
     with torch.no_grad():
         np.testing.assert_allclose(_run(tmp_path / "m.onnx", x), net(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_exported_file_runs_at_any_batch_size(tmp_path, exporter):
+    """A file exported from a 1-sample example runs at batch 5 (flatten -> linear)."""
+    torch.manual_seed(0)
+    net, path = randomize_bn(SmallNet()).eval(), tmp_path / "m.onnx"
+    export_onnx(net, (torch.zeros(1, 3, 32, 32),), str(path), exporter=exporter)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert not isinstance(sess.get_inputs()[0].shape[0], int)
+    assert not isinstance(sess.get_outputs()[0].shape[0], int)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    np.testing.assert_allclose(_run(path, x), ref, atol=1e-4 * np.abs(ref).max())
+
+
+class FixedBatch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).reshape(1, -1))  # the batch size is fixed in code
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_a_model_that_fixes_its_batch_exports_with_the_example_batch(tmp_path, exporter, caplog):
+    net, x = FixedBatch().eval(), torch.randn(1, 3, 8, 8)
+    with caplog.at_level(logging.INFO, logger="filterprune"):
+        export_onnx(net, (x,), str(tmp_path / "m.onnx"), exporter=exporter)
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(tmp_path / "m.onnx", x), net(x), atol=1e-5)

@@ -51,6 +51,14 @@ __all__ = [
 ]
 
 
+INPUT_TYPES = {
+    "float": "float32", "float32": "float32", "half": "float16", "float16": "float16",
+    "bfloat16": "bfloat16", "double": "float64", "float64": "float64", "long": "int64",
+    "int64": "int64", "int": "int32", "int32": "int32", "uint8": "uint8", "bool": "bool",
+}  # fmt: skip
+"""``input_info.type`` names (the old system's, and NumPy's) -> NumPy dtype names."""
+
+
 class Config(dict):
     """A validated configuration dict (alias ``NNCFConfig``).
 
@@ -168,6 +176,12 @@ class Config(dict):
         """``input_info`` as a list of dicts (one per model input)."""
         info = self.get("input_info", [])
         return [info] if isinstance(info, Mapping) else list(info)
+
+    def input_info_keys(self) -> list[str]:
+        """The key path of each ``input_info`` entry, for messages (``input_info[1]``)."""
+        if isinstance(self.get("input_info"), Mapping):
+            return ["input_info"]
+        return [f"input_info[{i}]" for i in range(len(self.input_infos()))]
 
     def sample_sizes(self) -> list[list[int]]:
         """The ``sample_size`` of every model input, e.g. ``[[1, 3, 224, 224]]``."""

@@ -90,6 +90,14 @@ class Frontend:
     def finish(self, model: Any) -> None:
         """Last step before the model is handed back (drop stale traced functions, ...)."""
 
+    def snapshot(self, model: Any) -> Any:
+        """What :meth:`restore` needs to put ``model`` back as it is now."""
+        return None
+
+    def restore(self, model: Any, snapshot: Any) -> None:
+        """Undo what a failed ``create_compressed_model`` did to ``model`` (masks,
+        quantizers, hooks, statistics), from :meth:`snapshot`'s result."""
+
     def strip(self, ctrl: CompositeCompressionController, **kwargs: Any) -> Any:
         """The deployable model of a composite controller."""
         raise NotImplementedError
@@ -163,6 +171,20 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
                 check(params, data)
     captured = frontend.capture(model, config)
     check_unmatched(config, layer_names(captured.graph))
+    before = frontend.snapshot(model)
+    try:
+        ctrl = _start(frontend, model, names, settings, captured, config, compression_state)
+    except BaseException:
+        frontend.restore(model, before)  # the user's model comes back as it was given
+        raise
+    frontend.finish(model)
+    return ctrl, model
+
+
+def _start(frontend: Frontend, model: Any, names: list[str], settings: list[Any],
+           captured: Captured, config: Config, compression_state: dict[str, Any] | None,
+           ) -> CompressionController:  # fmt: skip
+    """Build the controllers and put the initial (or resumed) compression on ``model``."""
     children = [frontend.controllers[n](model, p, captured, frontend)
                 for n, p in zip(names, settings, strict=True)]  # fmt: skip
     ctrl = children[0] if len(children) == 1 else CompositeCompressionController(
@@ -175,8 +197,7 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
         if changed and data is not None:
             frontend.adapt_batchnorm(model, data, ctrl.bn_adaptation_samples)
         ctrl.initialize(data)
-    frontend.finish(model)
-    return ctrl, model
+    return ctrl
 
 
 class DryPruningController(PruningControllerBase):

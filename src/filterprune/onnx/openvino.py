@@ -118,9 +118,10 @@ def _name(op: Any) -> str:
 
 
 def ov_layers(ov_model: Any) -> dict[str, tuple[int, int]]:
-    """Weighted op name -> (output channels, FLOPs) of an ``openvino.Model``."""
+    """Weighted op name -> (output channels, FLOPs) of an ``openvino.Model`` (at batch 1
+    where the batch axis is free)."""
     out = {}
-    for op in ov_model.get_ordered_ops():
+    for op in _at_batch_one(ov_model).get_ordered_ops():
         kind = op.get_type_name()
         if kind not in _WEIGHTED:
             continue
@@ -139,6 +140,20 @@ def ov_layers(ov_model: Any) -> dict[str, tuple[int, int]]:
         else:
             out[_name(op)] = (y[1], 2 * int(np.prod(w)) * int(np.prod(y[2:])))
     return out
+
+
+def _at_batch_one(ov_model: Any) -> Any:
+    """A copy with free leading axes of the inputs set to 1, or the model itself."""
+    shapes = {}
+    for port in ov_model.inputs:
+        shape = port.get_partial_shape()
+        if shape.rank.is_static and len(shape) and shape[0].is_dynamic:
+            shapes[port.get_any_name()] = [1, *(shape[i] for i in range(1, len(shape)))]
+    if not shapes:
+        return ov_model
+    model = ov_model.clone()
+    model.reshape(shapes)
+    return model
 
 
 def ov_flops(ov_model: Any) -> int:

@@ -41,7 +41,8 @@ class Capture(Captured):
 
     Attributes:
         graph: The core graph.
-        sample: Zero arrays of ``input_shapes`` (the model's own layout).
+        sample: Arrays of ``input_shapes`` (the model's own layout), zeros here; the
+            frontend fills them as ``input_info.filler`` says.
         refs: Core layer name -> Keras layer and variable names (masks and cuts use it).
         reshapes: Core node name -> the ``Reshape`` layer it came from (cut rewrites it).
         nested: ``id`` of a nested model -> the core nodes feeding its inputs (first call).

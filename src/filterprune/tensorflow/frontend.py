@@ -13,7 +13,9 @@ from ..core.weights import filters_first
 from ..core.workflow import Captured, Frontend
 from ..errors import ConfigError
 from ._init_args import TFInitArgs, adapt_batchnorm
-from .capture import capture
+from ._inputs import ordered_infos, samples
+from ._snapshot import restore, snapshot
+from .capture import capture, functional_of
 from .controller import FilterPruningController, export_model, reset_traced_functions
 from .distillation import KnowledgeDistillationController
 from .quantization import QuantizationController
@@ -44,7 +46,10 @@ class KerasFrontend(Frontend):
             )
 
     def capture(self, model: Any, config: Config) -> Captured:
-        return capture(model, config.sample_sizes())
+        infos = [info for _, info in ordered_infos(functional_of(model), config)]
+        captured = capture(model, [info["sample_size"] for info in infos])
+        captured.sample = samples(functional_of(model), infos, captured.input_shapes)
+        return captured
 
     def read_weights(self, captured: Any, layers: Iterable[str]) -> dict[str, np.ndarray]:
         out = {}
@@ -61,6 +66,12 @@ class KerasFrontend(Frontend):
 
     def adapt_batchnorm(self, model: Any, data: Any, num_samples: int) -> None:
         adapt_batchnorm(model, data.dataset, num_samples, data.batch_size)
+
+    def snapshot(self, model: Any) -> Any:
+        return snapshot(model)
+
+    def restore(self, model: Any, snapshot: Any) -> None:
+        restore(model, snapshot)
 
     def finish(self, model: Any) -> None:
         reset_traced_functions(model)

@@ -73,8 +73,14 @@ def _masked_call(self, *args: Any, **kwargs: Any) -> Any:
         mask, axis = channel
         shape = [1] * len(out.shape)
         shape[axis] = -1
-        out = out * ops.reshape(ops.cast(mask, out.dtype), shape)
+        out = _masked(out, ops.reshape(mask, shape))
     return out
+
+
+def _masked(value: Any, mask: Any) -> Any:
+    """``value`` where ``mask`` is non-zero, else exactly 0: unlike ``value * mask``, a NaN
+    or inf in a pruned entry reads as 0, as it does in the cut model."""
+    return ops.where(ops.not_equal(mask, 0), value, ops.zeros((), dtype=value.dtype))
 
 
 def _call_weights(layer: Any) -> dict[str, Any]:
@@ -88,7 +94,7 @@ def _call_weights(layer: Any) -> dict[str, Any]:
         value = state[attr]
         if attr in masks:
             dtype = layer.compute_dtype
-            value = ops.cast(value, dtype) * ops.cast(masks[attr], dtype)
+            value = _masked(ops.cast(value, dtype), masks[attr])
         if attr in taps:
             value = taps[attr](value)
         if attr in transforms:
@@ -269,13 +275,15 @@ def masked_weights(layer: Any) -> dict[str, np.ndarray]:
                for attr in [_attr_of(layer, _variable(layer, name))]}  # fmt: skip
     for attr, mask in layer.__dict__.get("_fp_weight_masks", {}).items():
         name = by_attr[attr]
-        out[name] = out[name] * mask.numpy()
+        out[name] = np.where(mask.numpy() != 0, out[name], 0).astype(out[name].dtype)
     channel = layer.__dict__.get("_fp_channel_mask")
     if channel is not None:
         vec = channel[0].numpy()
-        for key in ("gamma", "beta"):  # BatchNorm: a zero scale and shift give zero outputs
+        # BatchNorm: zero scale and shift give zero outputs, and neutral statistics keep
+        # a NaN or inf of a pruned channel out of them
+        for key, fill in (("gamma", 0), ("beta", 0), ("moving_mean", 0), ("moving_variance", 1)):
             if key in out and out[key].shape[-1] == vec.size:
-                out[key] = out[key] * vec
+                out[key] = np.where(vec != 0, out[key], fill).astype(out[key].dtype)
     return out
 
 

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from ..core._validation import one_of
-from ..core.config import Config
+from ..core.config import INPUT_TYPES, Config
 from ..core.workflow import Captured, Frontend
 from ..errors import ConfigError
 from ._init_args import InitArgs, adapt_batchnorm
+from ._snapshot import restore, snapshot
 from .capture import capture
 from .controller import FilterPruningController, export_model
 from .distillation import KnowledgeDistillationController
@@ -24,12 +25,6 @@ from .quantization import QuantizationController
 __all__ = ["TorchFrontend", "sample_inputs"]
 
 
-_DTYPES = {
-    "float": torch.float32, "float32": torch.float32, "half": torch.float16,
-    "float16": torch.float16, "bfloat16": torch.bfloat16, "double": torch.float64,
-    "float64": torch.float64, "long": torch.int64, "int64": torch.int64, "int": torch.int32,
-    "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool,
-}  # fmt: skip
 _SEED = 0  # "random" inputs are the same on every run
 
 
@@ -56,8 +51,7 @@ def sample_inputs(config: Config, model: nn.Module) -> tuple[Any, ...]:
         )
     ref = next(model.parameters(), None)
     device = ref.device if ref is not None else None
-    single = isinstance(config.get("input_info"), dict)
-    where = ["input_info" if single else f"input_info[{i}]" for i in range(len(infos))]
+    where = config.input_info_keys()
     generator = torch.Generator().manual_seed(_SEED)
     tensors = [_sample(info, key, generator).to(device)
                for info, key in zip(infos, where, strict=True)]  # fmt: skip
@@ -68,9 +62,9 @@ def sample_inputs(config: Config, model: nn.Module) -> tuple[Any, ...]:
 
 def _sample(info: dict[str, Any], where: str, generator: torch.Generator) -> torch.Tensor:
     name = info.get("type", "float")
-    if name not in _DTYPES:
-        raise one_of(f"{where}.type", name, _DTYPES)
-    dtype, size = _DTYPES[name], [int(d) for d in info["sample_size"]]
+    if name not in INPUT_TYPES:
+        raise one_of(f"{where}.type", name, INPUT_TYPES)
+    dtype, size = getattr(torch, INPUT_TYPES[name]), [int(d) for d in info["sample_size"]]
     filler = info.get("filler", "zeros")
     if filler == "ones":
         return torch.ones(size, dtype=dtype)
@@ -147,6 +141,12 @@ class TorchFrontend(Frontend):
 
     def adapt_batchnorm(self, model: nn.Module, data: Any, num_samples: int) -> None:
         adapt_batchnorm(model, data, num_samples)
+
+    def snapshot(self, model: nn.Module) -> Any:
+        return snapshot(model)
+
+    def restore(self, model: nn.Module, snapshot: Any) -> None:
+        restore(snapshot)
 
     def strip(self, ctrl: Any, do_copy: bool = True, **kwargs: Any) -> nn.Module:
         model = copy.deepcopy(ctrl.model) if do_copy else ctrl.model

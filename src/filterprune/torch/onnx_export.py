@@ -6,6 +6,11 @@ captures with torch.export and handles what the deprecated TorchScript exporter 
 optimiser broke is written again without the optimiser. Where it fails (an op it has no
 translation for), the TorchScript exporter writes the file; a log message says which one
 ran, and ``exporter=`` forces one.
+
+The batch axis of every input and output is left free, so a file exported with a
+1-sample example runs at any batch size; a model whose code fixes its batch size (the
+capture cannot leave it free) is exported with the example's batch, and a log message
+says so.
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX form
     try:
         if exporter == "torchscript":
-            return _write(path, lambda tmp: _legacy(model, args, tmp, names), "torchscript")
+            return _write(path, lambda tmp: _legacy_any_batch(model, args, tmp, names),
+                          "torchscript")
         try:
             return _write(path, lambda tmp: _dynamo(model, args, tmp, names), "dynamo")
         except Exception as err:  # noqa: BLE001 - any failure of the new exporter falls back
@@ -63,7 +69,8 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
                 raise
             log.warning("The current ONNX exporter (dynamo=True) failed (%s); exporting with "
                         "the TorchScript exporter instead.", _short(err))  # fmt: skip
-            return _write(path, lambda tmp: _legacy(model, args, tmp, names), "torchscript")
+            return _write(path, lambda tmp: _legacy_any_batch(model, args, tmp, names),
+                          "torchscript")
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
@@ -74,9 +81,48 @@ def _write(path: str, write, name: str) -> str:
     return name
 
 
+_FAKE_QUANT_OPS = ("fake_quantize_per_tensor_affine_cachemask",
+                   "fake_quantize_per_channel_affine_cachemask",
+                   "_fake_quantize_per_tensor_affine_cachemask_tensor_qparams")  # fmt: skip
+_shape_kernels: list[Any] = []  # the library object must live as long as the process
+
+
+def _fake_quant_shapes() -> None:
+    """Give the fake-quant ops a shape-only (Meta) kernel where PyTorch has none.
+
+    torch.export runs ops on shape-only tensors; with a free batch axis it cannot fall
+    back to running an op without such a kernel, and fake-quant (every QAT model) has
+    none. Each returns its input's shape and a boolean mask of that shape.
+    """
+    if _shape_kernels:
+        return
+    lib = torch.library.Library("aten", "IMPL")
+    for op in _FAKE_QUANT_OPS:
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{op}", "Meta"):
+            lib.impl(op, _fake_quant_meta, "Meta")
+    _shape_kernels.append(lib)
+
+
+def _fake_quant_meta(x: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
+
+
 def _dynamo(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> None:
-    """The current exporter. Its graph optimiser has written graphs that read a value no
-    node makes (timm's gemma4_vit); such a file is written again without the optimiser."""
+    """The current exporter, with a free batch axis where the model allows one."""
+    _fake_quant_shapes()
+    free = tuple({0: torch.export.Dim.DYNAMIC} if _batched(a) else None for a in args)
+    try:
+        _dynamo_once(model, args, tmp, names, free)
+    except Exception as err:  # noqa: BLE001 - the model fixes its batch size somewhere
+        log.info("The batch axis cannot be left free (%s); exporting with the example's "
+                 "batch size.", _short(err))  # fmt: skip
+        _dynamo_once(model, args, tmp, names, None)
+
+
+def _dynamo_once(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
+                 dynamic: tuple | None) -> None:  # fmt: skip
+    """Its graph optimiser has written graphs that read a value no node makes (timm's
+    gemma4_vit); such a file is written again without the optimiser."""
     import onnx
 
     for optimize in (True, False):
@@ -84,7 +130,7 @@ def _dynamo(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> N
         with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(quiet):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, args, tmp, dynamo=True, external_data=False, verbose=False,
-                              optimize=optimize, **names)  # fmt: skip
+                              optimize=optimize, dynamic_shapes=dynamic, **names)  # fmt: skip
         try:
             onnx.checker.check_model(tmp, full_check=True)
             return
@@ -95,10 +141,34 @@ def _dynamo(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> N
                      _short(err))  # fmt: skip
 
 
-def _legacy(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> None:
+def _batched(arg: Any) -> bool:
+    return isinstance(arg, torch.Tensor) and arg.dim() > 0
+
+
+def _legacy_any_batch(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> None:
+    """The TorchScript exporter with named free batch axes, or the example's batch where
+    the traced graph does not run at another batch size."""
+    inputs = names["input_names"] or [f"input_{i}" for i in range(len(args))]
+    with torch.no_grad():
+        outputs = model(*args)
+    count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
+    outs = names["output_names"] or [f"output_{i}" for i in range(count)]
+    axes = {n: {0: "batch"} for n, a in zip(inputs, args, strict=False) if _batched(a)}
+    axes.update({n: {0: "batch"} for n in outs})
+    try:
+        _legacy(model, args, tmp, {"input_names": inputs, "output_names": outs}, axes)
+    except Exception as err:  # noqa: BLE001 - e.g. nested outputs the names do not fit
+        log.info("The batch axis cannot be left free (%s); exporting with the example's "
+                 "batch size.", _short(err))  # fmt: skip
+        _legacy(model, args, tmp, names)
+
+
+def _legacy(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
+            axes: dict[str, Any] | None = None) -> None:  # fmt: skip
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, tmp, dynamo=False, opset_version=LEGACY_OPSET, **names)
+        torch.onnx.export(model, args, tmp, dynamo=False, opset_version=LEGACY_OPSET,
+                          dynamic_axes=axes, **names)  # fmt: skip
 
 
 def _short(err: Exception) -> str:

@@ -1,0 +1,47 @@
+"""Put a model back as it was when ``create_compressed_model`` fails halfway.
+
+Compression changes a model in few ways: module classes are swapped, buffers (masks,
+quantizer state) and child modules (quantizers) are added, hooks are registered and
+statistics change. A snapshot keeps each module's class, training flag, the entries of
+its parameter, buffer, child and hook tables, and a copy of every buffer's value
+(parameters are left untouched until training starts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["restore", "snapshot"]
+
+_TABLES = ("_parameters", "_modules", "_forward_hooks", "_forward_pre_hooks")
+
+
+def snapshot(model: nn.Module) -> list[tuple[Any, ...]]:
+    """Each module with what :func:`restore` needs."""
+    out = []
+    for module in model.modules():
+        tables = {name: dict(getattr(module, name)) for name in _TABLES}
+        buffers = {k: (b, None if b is None else b.detach().clone())
+                   for k, b in module._buffers.items()}  # fmt: skip
+        out.append((module, type(module), module.training, tables, buffers))
+    return out
+
+
+def restore(snap: list[tuple[Any, ...]]) -> None:
+    """Give every module of ``snap`` its class, tables and buffer values back."""
+    with torch.no_grad():
+        for module, cls, training, tables, buffers in snap:
+            module.__class__ = cls
+            module.training = training
+            for name, entries in tables.items():
+                table = getattr(module, name)
+                table.clear()
+                table.update(entries)
+            module._buffers.clear()
+            for key, (buffer, value) in buffers.items():
+                if buffer is not None:
+                    buffer.copy_(value)
+                module._buffers[key] = buffer

@@ -1,0 +1,89 @@
+"""Keras `input_info`: keywords pick the input, `type` must be the input's dtype, `filler`
+makes the sample; NaN in a pruned filter stays out of the masked model (issue 13)."""
+
+import numpy as np
+import pytest
+from keras_helpers import keras, layers, randomize_bn
+
+from filterprune import ConfigError, NNCFConfig
+from filterprune.tensorflow import create_compressed_model
+
+
+def two_inputs():
+    """An image and a side vector of other shapes, so a swapped entry cannot fit."""
+    image = keras.Input((8, 8, 3), name="image")
+    side = keras.Input((5,), name="side")
+    x = layers.Conv2D(8, 3, padding="same", name="conv")(image)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Concatenate()([x, layers.Dense(4, name="proj")(side)])
+    return keras.Model([image, side], layers.Dense(3, name="head")(x))
+
+
+def config(infos, **params):
+    algo = {"algorithm": "filter_pruning", "pruning_init": 0.5, "params": params}
+    return NNCFConfig.from_dict({"input_info": infos, "compression": algo})
+
+
+def test_keyword_entries_feed_the_input_of_that_name():
+    infos = [{"sample_size": [2, 5], "keyword": "side"}, {"sample_size": [2, 8, 8, 3]}]
+    ctrl, _ = create_compressed_model(two_inputs(), config(infos))
+    assert ctrl.capture.input_shapes == [(2, 8, 8, 3), (2, 5)]
+    with pytest.raises(ConfigError, match=r"must fit the model input 'image'"):
+        create_compressed_model(two_inputs(), config([{"sample_size": [2, 5]}, infos[1]]))
+
+
+@pytest.mark.parametrize("infos, match", [
+    ([{"sample_size": [2, 5], "keyword": "sid"}, {"sample_size": [2, 8, 8, 3]}],
+     r"`input_info\[0\].keyword` must name an input of the model: 'image', 'side'. "
+     r"Received: keyword='sid'"),
+    ([{"sample_size": [2, 5], "keyword": "side"}, {"sample_size": [2, 5], "keyword": "side"}],
+     r"`input_info\[1\].keyword` must name an input no other entry names.*input_info\[0\]"),
+    ([{"sample_size": [2, 8, 8, 3], "type": "long"}, {"sample_size": [2, 5]}],
+     r"`input_info\[0\].type` must be the dtype of model input 'image' \(float32\).*type='long'"),
+    ([{"sample_size": [2, 8, 8, 3], "type": "flaot"}, {"sample_size": [2, 5]}],
+     r"`input_info\[0\].type` must be one of .*Did you mean `float`"),
+])  # fmt: skip
+def test_bad_keyword_or_type_is_a_clear_error(infos, match):
+    with pytest.raises(ConfigError, match=match):
+        create_compressed_model(two_inputs(), config(infos))
+
+
+def test_type_and_filler_make_the_sample():
+    infos = [{"sample_size": [2, 8, 8, 3], "type": "float", "filler": "random"},
+             {"sample_size": [2, 5], "filler": "ones"}]  # fmt: skip
+    first, _ = create_compressed_model(two_inputs(), config(infos))
+    again, _ = create_compressed_model(two_inputs(), config(infos))
+    image, side = first.capture.sample
+    assert image.dtype == np.float32 and 0 < image.min() and image.max() < 1
+    np.testing.assert_array_equal(image, again.capture.sample[0])  # seeded
+    np.testing.assert_array_equal(side, np.ones((2, 5), "float32"))
+
+
+def chain():
+    inp = keras.Input((8, 8, 3))
+    x = layers.Conv2D(16, 3, padding="same", name="c1")(inp)
+    x = layers.ReLU()(layers.BatchNormalization(name="bn")(x))
+    return keras.Model(inp, layers.Conv2D(4, 1, name="head")(x))
+
+
+@pytest.mark.parametrize("where", ["kernel", "bias", "bn"])
+def test_nan_in_a_pruned_filter_stays_out_of_the_masked_model(where):
+    keras.utils.set_random_seed(0)
+    model = randomize_bn(chain())
+    conv = model.get_layer("c1")
+    conv.kernel.assign(conv.kernel.numpy() * np.r_[1e-3, np.ones(15)].astype("float32"))
+    settings = {"prune_first_conv": True, "filter_importance": "L1"}
+    ctrl, model = create_compressed_model(model, config({"sample_size": [1, 8, 8, 3]}, **settings))
+    assert not ctrl.keeps()["c1"]["out"][0]
+    bn = model.get_layer("bn")
+    target = {"kernel": conv.kernel, "bias": conv.bias, "bn": bn.moving_variance}[where]
+    value = target.numpy()
+    value[..., 0] = np.nan
+    target.assign(value)
+    x = np.random.default_rng(0).random((2, 8, 8, 3)).astype("float32")
+    ref = model(x, training=False).numpy()
+    assert np.isfinite(ref).all()  # was NaN: 0 * NaN
+    for shrink in (False, True):
+        out = ctrl.strip(shrink=shrink)(x, training=False).numpy()
+        assert np.isfinite(out).all()
+        assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
