@@ -53,13 +53,14 @@ def gradients_only(model, ctrl, steps=3):
 
 
 def test_taylor_prunes_filters_without_gradient_first():
-    """Filters silenced by a zero BN scale get no gradient: Taylor drops them although
-    their weights are the largest (which L1 would keep)."""
+    """Channels silenced by a zero BN scale and shift score zero: Taylor drops them
+    although their weights are the largest (which L1 would keep)."""
     model = resnet()
     silent = [0, 3, 5, 6, 9, 10, 12, 15]
     with torch.no_grad():
         model.layers[1].conv1.weight[silent] *= 10.0
         model.layers[1].bn1.weight[silent] = 0.0
+        model.layers[1].bn1.bias[silent] = 0.0
     ctrl, model = create_compressed_model(model, config("taylor", pruning_init=0.0))
     model.train()
     gradients_only(model, ctrl)

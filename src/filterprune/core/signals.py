@@ -3,12 +3,15 @@
 ``L1``, ``L2`` and ``geometric_median`` score filters from the weight alone. Two
 criteria need a signal the model holds elsewhere:
 
-* ``taylor`` (first-order Taylor, Molchanov et al. 2019): ``(sum over a filter of
-  gradient x weight)^2``, accumulated over training steps. The frontend hooks the
-  gradients and hands the per-filter sums over as a ``(filters, 1)`` matrix. A layer
-  whose output goes straight into a BatchNorm in training mode is scale invariant: its
-  ``sum g*w`` is zero up to rounding, so the ranking there is noise (Molchanov et al.
-  score the BatchNorm's scale and shift instead).
+* ``taylor`` (first-order Taylor, Molchanov et al. 2019): a per-filter score summed
+  over training steps; the frontend hooks the gradients and hands the totals over as a
+  ``(filters, 1)`` matrix. Each step adds ``(sum over a filter of gradient x weight)^2``,
+  except where :func:`taylor_batchnorm` finds a BatchNorm right after the layer: there
+  it adds ``(g_gamma * gamma + g_beta * beta)^2`` per channel (the BatchNorm's scale and
+  shift with their gradients), as the paper does. Why: in training mode a BatchNorm
+  makes its input's scale irrelevant, so the layer's ``sum g*w`` is zero up to
+  rounding and would rank noise; the BatchNorm's term is the first-order change of the
+  loss when the channel's output is zeroed (``sum dL/dz * z`` over the batch).
 * ``bn_scale`` (network slimming, Liu et al. 2017): ``|gamma|`` of the BatchNorm right
   after the layer; the frontend hands ``gamma`` over as ``(filters, 1)``.
 
@@ -32,7 +35,7 @@ from .graph import Graph
 log = logging.getLogger("filterprune")
 
 __all__ = ["SOURCES", "importance_source", "following_batchnorm", "batchnorm_scales",
-           "taylor_scores", "unsupported", "missing_batchnorm"]  # fmt: skip
+           "taylor_batchnorm", "taylor_scores", "unsupported", "missing_batchnorm"]  # fmt: skip
 
 SOURCES = {"taylor": "gradient", "bn_scale": "bn_scale"}
 """Importance name -> the signal it scores (criteria not listed score the weight)."""
@@ -47,12 +50,18 @@ def importance_source(name: str) -> str:
 
 
 _SCALES = ("weight", "gamma")  # the scale parameter's name: PyTorch, Keras
+_SHIFTS = ("bias", "beta")  # the shift parameter's name: PyTorch, Keras
+
+
+def _calls(graph: Graph, layer: str) -> set[str]:
+    """The graph nodes where ``layer`` runs as a conv or linear."""
+    return {n.name for n in graph if n.layer == layer and n.op in ("conv", "linear")}
 
 
 def following_batchnorm(graph: Graph, layer: str) -> tuple[str, str] | None:
     """``(batchnorm layer, scale parameter)`` of the BatchNorm reading ``layer``'s output
     directly, if there is one with a scale."""
-    calls = {n.name for n in graph if n.layer == layer and n.op in ("conv", "linear")}
+    calls = _calls(graph, layer)
     for node in graph:
         if node.op != "batchnorm" or not node.inputs or node.inputs[0] not in calls:
             continue
@@ -61,6 +70,27 @@ def following_batchnorm(graph: Graph, layer: str) -> tuple[str, str] | None:
         if info is not None and info.kind == "batchnorm" and scale is not None:
             return info.name, scale
     return None
+
+
+def taylor_batchnorm(graph: Graph, layer: str) -> tuple[str, list[str]] | None:
+    """The BatchNorm whose parameters' gradients give ``layer``'s ``taylor`` score.
+
+    Returns:
+        ``(batchnorm layer, [scale, shift])`` (no shift where it has none) when the
+        BatchNorm right after ``layer`` is the only reader of its output; else ``None``
+        and the weight's ``sum g*w`` scores the filters (where the output also goes
+        elsewhere, the filters' scale matters there).
+    """
+    found = following_batchnorm(graph, layer)
+    if found is None:
+        return None
+    bn, scale = found
+    calls = _calls(graph, layer)
+    readers = {(n.op, n.layer) for n in graph if calls.intersection(n.inputs)}
+    if readers != {("batchnorm", bn)} or calls.intersection(graph.outputs):
+        return None
+    shift = [p for p in _SHIFTS if p in graph.layers[bn].params]
+    return bn, [scale, *shift[:1]]
 
 
 def batchnorm_scales(graph: Graph, layers: list[str],

@@ -2,20 +2,26 @@
 
 :class:`TaylorAccumulator` hooks each producer's weight: every backward pass adds
 ``(sum over a filter of gradient x weight)^2`` to a per-filter total (Molchanov et al.
-2019). Masked filters get zero gradient, so once pruned they stop gaining. Before any
-backward pass (the masks put in place at creation) the totals are empty and the
-weight's L1 norm stands in, so ``pruning_init`` > 0 still picks sensible filters.
+2019). A producer with a trainable BatchNorm right after it (see
+:func:`~filterprune.core.signals.taylor_batchnorm`) is scored on that BatchNorm instead:
+one hook on its scale and shift adds ``(g_gamma * gamma + g_beta * beta)^2`` per channel.
+Masked filters (and masked BatchNorm channels) get zero gradient, so once pruned they
+stop gaining. Before any backward pass (the masks put in place at creation) the totals
+are empty and the weight's L1 norm stands in, so ``pruning_init`` > 0 still picks
+sensible filters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.graph import register_multi_grad_hook
 
-from ..core.signals import batchnorm_scales, taylor_scores
+from ..core.signals import batchnorm_scales, taylor_batchnorm, taylor_scores
 
 __all__ = ["TaylorAccumulator", "torch_signal"]
 
@@ -25,27 +31,49 @@ def _filter_axis(module: nn.Module) -> int:
 
 
 class TaylorAccumulator:
-    """Per-filter ``(sum g*w)^2`` of each hooked layer, summed over backward passes.
+    """Per-filter Taylor scores of each hooked layer, summed over backward passes.
 
     Args:
-        modules: Layer name -> module whose ``weight`` is hooked.
+        modules: Layer name -> module whose ``weight`` is hooked: ``(sum g*w)^2``.
+        batchnorms: Layer name -> the BatchNorm parameters (scale, then shift) hooked in
+            place of that layer's weight: ``(sum over them of g*p)^2`` per channel.
     """
 
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
+    def __init__(self, modules: dict[str, nn.Module],
+                 batchnorms: dict[str, list[nn.Parameter]] | None = None) -> None:  # fmt: skip
         self.totals: dict[str, torch.Tensor] = {}
-        self._handles = [m.weight.register_hook(self._hook(name, m)) for name, m in modules.items()]
+        self._handles = []
+        batchnorms = batchnorms or {}
+        for name, module in modules.items():
+            if name in batchnorms:
+                params = batchnorms[name]
+                hook = register_multi_grad_hook(params, self._params_hook(name, params))
+            else:
+                hook = module.weight.register_hook(self._weight_hook(name, module))
+            self._handles.append(hook)
 
-    def _hook(self, name: str, module: nn.Module):
+    def _add(self, name: str, per_filter: torch.Tensor) -> None:
+        score = per_filter.float().pow(2)
+        if name in self.totals:
+            self.totals[name] += score
+        else:
+            self.totals[name] = score.clone()
+
+    def _weight_hook(self, name: str, module: nn.Module):
         axis = _filter_axis(module)
 
         def add(grad: torch.Tensor) -> None:
             with torch.no_grad():
-                per_filter = (grad * module.weight).transpose(0, axis).flatten(1).sum(1)
-                score = per_filter.float().pow(2)
-                if name in self.totals:
-                    self.totals[name] += score
-                else:
-                    self.totals[name] = score.clone()
+                self._add(name, (grad * module.weight).transpose(0, axis).flatten(1).sum(1))
+
+        return add
+
+    def _params_hook(self, name: str, params: list[nn.Parameter]):
+        def add(grads: Sequence[torch.Tensor | None]) -> None:
+            with torch.no_grad():
+                terms = [g * p for g, p in zip(grads, params, strict=True) if g is not None]
+                if terms:  # a pass that reached neither parameter adds nothing
+                    self._add(name, torch.stack(terms).sum(0))
 
         return add
 
@@ -61,11 +89,26 @@ class TaylorAccumulator:
         self._handles = []
 
 
+def _batchnorm_params(ctrl: Any, layers: list[str]) -> dict[str, list[nn.Parameter]]:
+    """Per producer scored on its BatchNorm, that BatchNorm's scale and shift (trainable
+    ones only: a frozen BatchNorm gets no gradient)."""
+    out = {}
+    for name in layers:
+        found = taylor_batchnorm(ctrl.analysis.graph, name)
+        if found is None:
+            continue
+        params = [getattr(ctrl.captured.refs[found[0]], p, None) for p in found[1]]
+        if all(isinstance(p, nn.Parameter) and p.requires_grad for p in params):
+            out[name] = params
+    return out
+
+
 def _taylor(ctrl: Any, layers: list[str]) -> dict[str, np.ndarray]:
     refs = ctrl.captured.refs
     acc = getattr(ctrl, "taylor", None)
     if acc is None:
-        acc = ctrl.taylor = TaylorAccumulator({name: refs[name] for name in layers})
+        acc = ctrl.taylor = TaylorAccumulator({name: refs[name] for name in layers},
+                                              _batchnorm_params(ctrl, layers))  # fmt: skip
     return taylor_scores({name: acc.scores(name) for name in layers}, ctrl._weights)
 
 

@@ -1,0 +1,48 @@
+"""Which BatchNorm scores a layer under ``taylor`` (:func:`taylor_batchnorm`)."""
+
+import pytest
+
+from filterprune.core.graph import Graph, LayerInfo, Node
+from filterprune.core.signals import taylor_batchnorm
+
+
+def graph(bn_params=("weight", "bias"), also=None, bn_input="conv"):
+    """x -> conv -> bn -> relu (the output); ``also`` adds a second reader of conv's
+    output: ``"add"`` (conv + bn) or ``"output"`` (conv is a model output too)."""
+    g = Graph()
+    g.add(Node("x", "input", shape=(1, 3, 8, 8)))
+    roles = ("out", "in", None, None)
+    g.layers["conv"] = LayerInfo("conv", "conv", {"weight": ((4, 3, 3, 3), roles)}, weight="weight")
+    g.add(Node("conv", "conv", ["x"], (1, 4, 8, 8), layer="conv",
+               attrs={"groups": 1, "in_channels": 3, "out_channels": 4}))  # fmt: skip
+    g.layers["bn"] = LayerInfo("bn", "batchnorm", {p: ((4,), ("channel",)) for p in bn_params})
+    g.add(Node("bn", "batchnorm", [bn_input], (1, 4, 8, 8), layer="bn",
+               attrs={"channel_axis": 1}))  # fmt: skip
+    g.add(Node("relu", "elementwise", ["bn"], (1, 4, 8, 8)))
+    g.outputs = ["relu"]
+    if also == "add":
+        g.add(Node("sum", "add", ["conv", "relu"], (1, 4, 8, 8)))
+        g.outputs = ["sum"]
+    elif also == "output":
+        g.outputs.append("conv")
+    return g
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    (("weight", "bias"), ["weight", "bias"]),  # PyTorch names
+    (("gamma", "beta"), ["gamma", "beta"]),  # Keras names
+    (("gamma",), ["gamma"]),  # Keras, center=False: no shift
+])  # fmt: skip
+def test_batchnorm_right_after_scores(params, expected):
+    assert taylor_batchnorm(graph(params), "conv") == ("bn", expected)
+
+
+@pytest.mark.parametrize("also", ["add", "output"])
+def test_other_readers_leave_the_weight_scoring(also):
+    """The output also goes elsewhere, where the filter's scale matters."""
+    assert taylor_batchnorm(graph(also=also), "conv") is None
+
+
+def test_no_batchnorm_or_no_scale_leaves_the_weight_scoring():
+    assert taylor_batchnorm(graph(bn_params=("beta",)), "conv") is None  # scale=False
+    assert taylor_batchnorm(graph(bn_input="x"), "conv") is None  # the BatchNorm reads x

@@ -1,0 +1,140 @@
+"""PyTorch: ``taylor`` scores a conv followed by a BatchNorm on the BatchNorm's scale and
+shift, ``(g_gamma * gamma + g_beta * beta)^2`` per channel, summed over steps; a conv
+without one keeps ``(sum over a filter of g * w)^2``."""
+
+import numpy as np
+import torch
+from torch import nn
+from torch_helpers import make_config
+
+from filterprune.torch import create_compressed_model
+
+SILENT = [0, 3, 5, 6, 9, 10, 12, 15]
+LIVE = sorted(set(range(16)) - set(SILENT))
+
+
+class Net(nn.Module):
+    """stem conv -> mid conv (16 filters) -> BatchNorm ``bn`` -> ReLU -> head conv -> mean."""
+
+    def __init__(self, bn: bool) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16) if bn else nn.Identity()
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.mid(self.stem(x))))).mean(dim=(2, 3))
+
+
+def net(seed=0, bn=True):
+    torch.manual_seed(seed)
+    model = Net(bn)
+    if bn:
+        with torch.no_grad():
+            model.bn.weight.uniform_(0.5, 1.5)
+            model.bn.bias.normal_(0.0, 0.3)
+    return model
+
+
+def batches(steps=2):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 3, 12, 12, generator=g), torch.randn(8, 4, generator=g))
+            for _ in range(steps)]  # fmt: skip
+
+
+def loss(model, x, y):
+    return ((model(x) - y) ** 2).mean()
+
+
+def train_mode(model, frozen_bn):
+    model.train()
+    if frozen_bn:  # inference-mode BatchNorm with fixed parameters: an affine map
+        model.bn.eval().requires_grad_(False)
+
+
+def taylor(model, frozen_bn=False):
+    """A controller whose Taylor totals saw two training-mode MSE steps."""
+    ctrl, model = create_compressed_model(model, make_config((1, 3, 12, 12), pruning_init=0.0,
+                                          filter_importance="taylor", schedule="baseline"))
+    train_mode(model, frozen_bn)
+    for x, y in batches():
+        model.zero_grad()
+        (loss(model, x, y) + ctrl.loss()).backward()
+    return ctrl
+
+
+def by_hand(model, on_batchnorm=True, frozen_bn=False):
+    """The Taylor totals of ``mid`` from plain autograd, in float64."""
+    train_mode(model, frozen_bn)
+    conv, bn = model.mid, model.bn
+    total = np.zeros(16)
+    for x, y in batches():
+        model.zero_grad()
+        loss(model, x, y).backward()
+        if on_batchnorm:
+            per_filter = bn.weight.grad * bn.weight + bn.bias.grad * bn.bias
+        else:
+            per_filter = (conv.weight.grad * conv.weight).sum(dim=(1, 2, 3))
+        total += per_filter.detach().double().numpy() ** 2
+    return total
+
+
+def kept(ctrl):
+    return np.flatnonzero(ctrl.keeps()["mid"]["out"]).tolist()
+
+
+def test_scores_are_the_batchnorm_terms_by_hand():
+    expected = by_hand(net())
+    ctrl = taylor(net())
+    np.testing.assert_allclose(ctrl.taylor.scores("mid")[:, 0], expected, rtol=1e-4,
+                               atol=1e-6 * expected.max())  # fmt: skip
+    ctrl.set_pruning_level(0.5)
+    assert kept(ctrl) == np.sort(np.argsort(-expected)[:8]).tolist()
+
+
+def test_scaling_a_filter_changes_nothing():
+    """A training-mode BatchNorm undoes a filter's scale: its score (and the ranking) stay,
+    where the weight's ``sum g*w`` is rounding noise that scaling reshuffles."""
+    scaled = net()
+    with torch.no_grad():
+        scaled.mid.weight[[2, 7, 11]] *= 10.0
+    plain, big = taylor(net()), taylor(scaled)
+    np.testing.assert_allclose(big.taylor.scores("mid"), plain.taylor.scores("mid"), rtol=1e-3)
+    plain.set_pruning_level(0.5)
+    big.set_pruning_level(0.5)
+    assert kept(big) == kept(plain)
+
+
+def test_channels_silenced_after_the_batchnorm_go_first():
+    """Zero scale and shift: the channel's output is 0 whatever the conv does, so it
+    scores 0 although its filter is the largest (which L1 keeps)."""
+    model = net()
+    with torch.no_grad():
+        model.mid.weight[SILENT] *= 10.0
+        model.bn.weight[SILENT] = 0.0
+        model.bn.bias[SILENT] = 0.0
+    l1, _ = create_compressed_model(net(), make_config((1, 3, 12, 12), filter_importance="L1",
+                                                       schedule="baseline"))
+    ctrl = taylor(model)
+    totals = ctrl.taylor.scores("mid")[:, 0]
+    assert np.all(totals[SILENT] == 0) and totals[LIVE].min() > 0
+    ctrl.set_pruning_level(0.5)
+    assert kept(ctrl) == LIVE and kept(l1) != LIVE
+
+
+def test_without_batchnorm_the_weight_scores():
+    model = net(bn=False)
+    expected = by_hand(net(bn=False), on_batchnorm=False)
+    np.testing.assert_allclose(taylor(model).taylor.scores("mid")[:, 0], expected, rtol=1e-4,
+                               atol=1e-6 * expected.max())  # fmt: skip
+
+
+def test_a_frozen_batchnorm_leaves_the_weight_scoring():
+    """No gradient reaches a frozen BatchNorm's parameters: the weight's hook scores (in
+    inference mode the BatchNorm is affine, so ``sum g*w`` is no noise)."""
+    model = net()
+    model.bn.requires_grad_(False)  # before the controller looks
+    expected = by_hand(net(), on_batchnorm=False, frozen_bn=True)
+    np.testing.assert_allclose(taylor(model, frozen_bn=True).taylor.scores("mid")[:, 0], expected,
+                               rtol=1e-4, atol=1e-6 * expected.max())  # fmt: skip
