@@ -47,6 +47,11 @@ def loss(model, x, y):
     return ((model(x) - y) ** 2).mean()
 
 
+def config(importance, init):
+    return make_config((1, 3, 12, 12), filter_importance=importance, schedule="baseline",
+                       pruning_init=init)  # fmt: skip
+
+
 def train_mode(model, frozen_bn):
     model.train()
     if frozen_bn:  # inference-mode BatchNorm with fixed parameters: an affine map
@@ -55,8 +60,7 @@ def train_mode(model, frozen_bn):
 
 def taylor(model, frozen_bn=False):
     """A controller whose Taylor totals saw two training-mode MSE steps."""
-    ctrl, model = create_compressed_model(model, make_config((1, 3, 12, 12), pruning_init=0.0,
-                                          filter_importance="taylor", schedule="baseline"))
+    ctrl, model = create_compressed_model(model, config("taylor", 0.0))
     train_mode(model, frozen_bn)
     for x, y in batches():
         model.zero_grad()
@@ -114,8 +118,7 @@ def test_channels_silenced_after_the_batchnorm_go_first():
         model.mid.weight[SILENT] *= 10.0
         model.bn.weight[SILENT] = 0.0
         model.bn.bias[SILENT] = 0.0
-    l1, _ = create_compressed_model(net(), make_config((1, 3, 12, 12), filter_importance="L1",
-                                                       schedule="baseline"))
+    l1, _ = create_compressed_model(net(), config("L1", 0.5))
     ctrl = taylor(model)
     totals = ctrl.taylor.scores("mid")[:, 0]
     assert np.all(totals[SILENT] == 0) and totals[LIVE].min() > 0
