@@ -1,8 +1,8 @@
 """Keras: the ``taylor`` importance accumulates gradient x weight through weight taps;
 ``bn_scale`` reads the BatchNorm gammas.
 
-The Taylor tests use a net without BatchNorm: a conv followed by a training-mode
-BatchNorm is scale invariant, so its per-filter ``sum g*w`` is zero up to rounding.
+The Taylor tests here use a net without BatchNorm, where the weight's ``sum g*w``
+scores; ``test_keras_taylor_batchnorm`` covers a conv followed by a BatchNorm.
 """
 
 import numpy as np

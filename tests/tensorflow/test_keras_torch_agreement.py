@@ -106,7 +106,7 @@ out = {}
 for importance, settings in json.loads(sys.argv[2]).items():
     ctrl, model = create_compressed_model(net(), NNCFConfig.from_dict(settings))
     if importance == "taylor":
-        model.eval()  # BatchNorm as an affine map (see keras_kept)
+        model.train()  # mid and mid2 are scored on their BatchNorms
         for _ in range(2):
             loss = ((model(x) - y) ** 2).mean() + ctrl.loss()
             model.zero_grad()
@@ -133,11 +133,11 @@ def torch_kept(tmp_path, w):
 def keras_kept(w, importance):
     ctrl, model = create_compressed_model(keras_net(w), NNCFConfig.from_dict(settings(importance)))
     if importance == "taylor":
-        # inference-mode BatchNorm: in training mode a conv before it is scale invariant,
-        # its sum g*w is rounding noise and the two frameworks' noise differs
+        # training-mode BatchNorms: mid and mid2 are scored on their gamma and beta (their
+        # own sum g*w would be rounding noise, which differs between the frameworks)
         for _ in range(2):
             with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(tf.square(model(w["x"], training=False) - w["y"]))
+                loss = tf.reduce_mean(tf.square(model(w["x"], training=True) - w["y"]))
                 loss += ctrl.loss()
             tape.gradient(loss, model.trainable_weights)
         ctrl.set_pruning_level(0.5)

@@ -84,22 +84,22 @@ def _masked(value: Any, mask: Any) -> Any:
 
 
 def _call_weights(layer: Any) -> dict[str, Any]:
-    """The value each masked or transformed weight attribute has during ``call``."""
+    """The value each masked, tapped or transformed weight attribute has during ``call``."""
     state = layer.__dict__
     masks = state.get("_fp_weight_masks", {})
     taps = state.get("_fp_weight_taps", {})
     transforms = state.get("_fp_weight_transforms", {})
     out = {}
-    for attr in dict.fromkeys([*masks, *taps, *transforms]):
+    for attr in dict.fromkeys([*masks, *(a for attrs in taps for a in attrs), *transforms]):
         value = state[attr]
         if attr in masks:
             dtype = layer.compute_dtype
             value = _masked(ops.cast(value, dtype), masks[attr])
-        if attr in taps:
-            value = taps[attr](value)
-        if attr in transforms:
-            value = transforms[attr](value)
         out[attr] = value
+    for attrs, tap in taps.items():  # after the masks, before any transform
+        out.update(zip(attrs, tap(*(out[a] for a in attrs)), strict=True))
+    for attr, transform in transforms.items():
+        out[attr] = transform(out[attr])
     return out
 
 
@@ -184,18 +184,19 @@ def set_weight_transform(layer: Any, variable: str, transform: Any) -> None:
     layer.__dict__.setdefault("_fp_weight_transforms", {})[attr] = transform
 
 
-def set_weight_tap(layer: Any, variable: str, tap: Any) -> None:
-    """Make ``layer``'s call read ``tap(masked value)`` for its variable ``variable``,
-    before any weight transform; ``tap`` returns its input (it exists for its gradient).
+def set_weight_tap(layer: Any, variables: tuple[str, ...], tap: Any) -> None:
+    """Make ``layer``'s call read ``tap(*masked values)`` for its ``variables``, before any
+    weight transform; ``tap`` returns its inputs as a list (it exists for its gradient:
+    one gradient function then sees all their gradients of a step).
 
     Args:
         layer: A Keras layer (its class is swapped if it is not yet).
-        variable: The variable's name (``"kernel"``).
-        tap: An identity function of the (masked) weight tensor.
+        variables: The variables' names (``("kernel",)``, ``("gamma", "beta")``).
+        tap: An identity function of the (masked) weight values, as positional arguments.
     """
-    attr = _attr_of(layer, _variable(layer, variable))
+    attrs = tuple(_attr_of(layer, _variable(layer, name)) for name in variables)
     _swap(layer)
-    layer.__dict__.setdefault("_fp_weight_taps", {})[attr] = tap
+    layer.__dict__.setdefault("_fp_weight_taps", {})[attrs] = tap
 
 
 def set_input_transform(operation: Any, index: int, transform: Any) -> None:

@@ -3,11 +3,15 @@
 :class:`TaylorAccumulator` puts a *weight tap* (see :mod:`~filterprune.tensorflow.masks`)
 on each producer's main weight: an identity whose gradient function adds
 ``(sum over a filter of gradient x weight)^2`` to a per-filter total (Molchanov et al.
-2019), the Keras counterpart of the PyTorch gradient hook. The tap sits on the masked
-weight, so pruned filters read zero there and stop gaining, as in PyTorch. The totals
-are non-trainable ``tf.Variable`` s created with the controller, before ``model.fit``
-traces its step, so every traced step adds to them; a ``tf.GradientTape`` loop works
-the same way. Before any gradient has reached them the weights' L1 norm stands in.
+2019), the Keras counterpart of the PyTorch gradient hook. A producer with a trainable
+BatchNorm right after it (see :func:`~filterprune.core.signals.taylor_batchnorm`) is
+scored there instead: one tap on the BatchNorm's ``gamma`` and ``beta`` adds
+``(g_gamma * gamma + g_beta * beta)^2`` per channel. The taps sit on the masked weight
+and BatchNorms zero their pruned channels, so pruned filters stop gaining, as in
+PyTorch. The totals are non-trainable ``tf.Variable`` s created with the controller,
+before ``model.fit`` traces its step, so every traced step adds to them; a
+``tf.GradientTape`` loop works the same way. Before any gradient has reached them the
+weights' L1 norm stands in.
 
 ``bn_scale`` reads the ``gamma`` of the ``BatchNormalization`` right after each pruned
 layer.
@@ -20,18 +24,34 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ..core.signals import batchnorm_scales, taylor_scores
+from ..core.signals import batchnorm_scales, taylor_batchnorm, taylor_scores
 from .masks import set_weight_tap
 
 __all__ = ["TaylorAccumulator", "keras_signal", "ranked_layers"]
 
 
+def _tap_target(captured: Any, name: str) -> tuple[Any, list[str], list[list[int]], int]:
+    """``(keras layer, variable names, axes summed per variable, filters)`` of the tap
+    that scores producer ``name``: its following trainable BatchNorm, else its weight."""
+    found = taylor_batchnorm(captured.graph, name)
+    if found is not None:
+        bn = captured.refs[found[0]].layer
+        tapped = [v for v in bn.weights if v.name in found[1]]
+        if bn.trainable and len(tapped) == len(found[1]) and all(v.trainable for v in tapped):
+            return bn, found[1], [[] for _ in found[1]], int(tapped[0].shape[0])
+    info = captured.graph.layers[name]
+    shape, roles = info.params[info.weight]
+    axis = roles.index("out")
+    others = [a for a in range(len(shape)) if a != axis]
+    return captured.refs[name].layer, [info.weight], [others], shape[axis]
+
+
 class TaylorAccumulator:
-    """Per-filter ``(sum g*w)^2`` of each tapped layer, summed over backward passes.
+    """Per-filter Taylor scores of each tapped layer, summed over backward passes.
 
     Args:
         captured: The model's capture (layer refs and the core graph's layer infos).
-        layers: Core names of the layers whose main weight is tapped.
+        layers: Core names of the producers scored (their weight or BatchNorm is tapped).
 
     Attributes:
         totals: Layer -> ``tf.Variable`` of its per-filter totals.
@@ -42,12 +62,9 @@ class TaylorAccumulator:
         self.totals: dict[str, tf.Variable] = {}
         self.passes: dict[str, tf.Variable] = {}
         for name in layers:
-            info = captured.graph.layers[name]
-            shape, roles = info.params[info.weight]
-            axis = roles.index("out")
-            self._make_variables(name, np.zeros(shape[axis], "float32"), 0)
-            others = [a for a in range(len(shape)) if a != axis]
-            set_weight_tap(captured.refs[name].layer, info.weight, self._tap(name, others))
+            layer, variables, axes, filters = _tap_target(captured, name)
+            self._make_variables(name, np.zeros(filters, "float32"), 0)
+            set_weight_tap(layer, tuple(variables), self._tap(name, axes))
 
     def _make_variables(self, name: str, total: np.ndarray, passes: int) -> None:
         once = tf.VariableAggregation.ONLY_FIRST_REPLICA  # one replica's gradients, as masks
@@ -58,19 +75,27 @@ class TaylorAccumulator:
             self.passes[name] = tf.Variable(passes, trainable=False, dtype=tf.int64,
                                             aggregation=once, name=f"{safe}_taylor_passes")
 
-    def _tap(self, name: str, others: list[int]) -> Any:
-        @tf.custom_gradient
-        def tap(weight: Any) -> Any:
-            weight = tf.convert_to_tensor(weight)
+    def _tap(self, name: str, axes: list[list[int]]) -> Any:
+        """Identity of the tapped values; its gradient adds ``(sum of g*w)^2`` per filter,
+        summing each value over its ``axes`` and the values together."""
 
-            def gradient(upstream: Any) -> Any:
-                per_filter = tf.reduce_sum(tf.cast(upstream * weight, tf.float32), axis=others)
+        @tf.custom_gradient
+        def identity(*weights: Any) -> Any:
+            def gradient(*upstream: Any) -> Any:
+                per_filter = tf.add_n([
+                    tf.reduce_sum(tf.cast(g * w, tf.float32), axis=axis)
+                    for g, w, axis in zip(upstream, weights, axes, strict=True)
+                ])  # fmt: skip
                 updates = [self.totals[name].assign_add(tf.square(per_filter)),
                            self.passes[name].assign_add(1)]  # fmt: skip
                 with tf.control_dependencies(updates):
-                    return tf.identity(upstream)
+                    return [tf.identity(g) for g in upstream]
 
-            return tf.identity(weight), gradient
+            return [tf.identity(w) for w in weights], gradient
+
+        def tap(*values: Any) -> list[Any]:
+            # tensors in: a variable read inside the custom gradient would need its own
+            return identity(*(tf.convert_to_tensor(v) for v in values))
 
         return tap
 
