@@ -6,12 +6,13 @@ criteria need a signal the model holds elsewhere:
 * ``taylor`` (first-order Taylor, Molchanov et al. 2019): a per-filter score summed
   over training steps; the frontend hooks the gradients and hands the totals over as a
   ``(filters, 1)`` matrix. Each step adds ``(sum over a filter of gradient x weight)^2``,
-  except where :func:`taylor_batchnorm` finds a BatchNorm right after the layer: there
-  it adds ``(g_gamma * gamma + g_beta * beta)^2`` per channel (the BatchNorm's scale and
-  shift with their gradients), as the paper does. Why: in training mode a BatchNorm
-  makes its input's scale irrelevant, so the layer's ``sum g*w`` is zero up to
-  rounding and would rank noise; the BatchNorm's term is the first-order change of the
-  loss when the channel's output is zeroed (``sum dL/dz * z`` over the batch).
+  except where a trainable BatchNorm is the only reader of the layer's output
+  (:func:`taylor_batchnorm`): there it adds ``(g_gamma * gamma + g_beta * beta)^2``
+  per channel (the BatchNorm's scale and shift with their gradients), as the paper
+  does. Why: in training mode a BatchNorm makes its input's scale irrelevant, so the
+  layer's ``sum g*w`` is zero up to rounding and would rank noise; the BatchNorm's
+  term is the first-order change of the loss when the channel's output is zeroed
+  (``sum dL/dz * z`` over the batch).
 * ``bn_scale`` (network slimming, Liu et al. 2017): ``|gamma|`` of the BatchNorm right
   after the layer; the frontend hands ``gamma`` over as ``(filters, 1)``.
 
