@@ -6,6 +6,8 @@ QuantizeLinear -> DequantizeLinear), ONNX Runtime's ``quantize_static`` (int8 we
 DequantizeLinear, int32 biases), and hand-made graphs for the zero-point rules.
 """
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -24,7 +26,7 @@ from torch import nn
 from filterprune import NNCFConfig
 from filterprune.cli import main
 from filterprune.errors import ConversionError
-from filterprune.onnx import max_rel_diff, remove_zero_filters
+from filterprune.onnx import max_rel_diff, remove_zero_filters, store_int8_weights
 from filterprune.onnx.convert import _output_steps, _verify
 from filterprune.onnx.int8 import ORT_INT8, int8_layers, onnxruntime_ops
 from filterprune.onnx.report import ConversionReport
@@ -127,22 +129,60 @@ def test_qat_export_converts_with_cut_scales(qat):
     assert report.removed > 0 and report.flops_kept < 0.6
     assert not [s for s in report.layers if s.kept_zero]
     before, after = _weight_quantizers(onnx.load(path)), _weight_quantizers(new)
-    assert len(after) == len(before) >= 2 * 6  # Q and DQ of every conv and the linear
-    for op, w, scale, zp, axis in after:  # float weights still go through Q then DQ
-        assert w.dtype == np.float32 and axis == 0
-        assert scale.shape == zp.shape == (w.shape[0],), op
-    assert {op for op, *_ in after} == set(QDQ)
+    assert {op for op, *_ in before} == set(QDQ)  # exported: float weight -> Q -> DQ
+    assert len(after) == len(before) // 2 >= 6  # converted: int8 weight -> DQ
+    for op, w, scale, zp, axis in after:
+        assert op == "DequantizeLinear" and w.dtype == np.int8 and axis == 0
+        assert scale.shape == zp.shape == (w.shape[0],)
     kept = {s.name: s.filters - s.removed for s in report.layers}
     values, made_by = _inits(new), {o: n for n in new.graph.node for o in n.output}
     convs = [n for n in new.graph.node if n.op_type == "Conv" and n.name in kept]
     assert len(convs) == 4  # stem, a1, a2, pw (the depthwise conv follows its input)
     for conv in convs:
         dq = made_by[conv.input[1]]
-        q = made_by[dq.input[0]]
         rows = kept[conv.name]
-        assert values[q.input[0]].shape[0] == rows < 24
-        for node in (q, dq):
-            assert values[node.input[1]].shape == values[node.input[2]].shape == (rows,)
+        assert values[dq.input[0]].shape[0] == rows < 24
+        assert values[dq.input[1]].shape == values[dq.input[2]].shape == (rows,)
+
+
+def test_int8_weights_are_what_the_runtime_computes(qat, tmp_path):
+    """QuantizeLinear of constants computed here gives ONNX Runtime's own numbers, in a
+    quarter of the bytes."""
+    path, new, report = qat
+    assert "quantized weights stored as 8-bit integers" in " ".join(report.notes)
+    folded, count = store_int8_weights(onnx.load(path))
+    assert count >= 6 and not [n for n in folded.graph.node if n.op_type == "QuantizeLinear"
+                               and n.input[0] in _inits(folded)]  # fmt: skip
+    onnx.checker.check_model(folded, full_check=True)
+    x = np.random.default_rng(3).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(run(path, x)[0], run(folded, x)[0])
+    small = tmp_path / "folded.onnx"
+    onnx.save(folded, str(small))
+    weights = sum(numpy_helper.to_array(t).nbytes for t in onnx.load(path).graph.initializer)
+    saved = Path(path).stat().st_size - small.stat().st_size
+    assert saved > 0.6 * weights  # float32 -> 8 bits: three quarters of the weights' bytes
+
+
+def test_int8_weights_leave_other_quantizers_alone():
+    """Q of a run-time tensor, or of a weight without a zero point, stays a node."""
+    w = numpy_helper.from_array(np.array([[0.3, -1.26], [2.0, 0.049]], np.float32), "w")
+    s = numpy_helper.from_array(np.array([0.01, 0.1], np.float32), "s")
+    z = numpy_helper.from_array(np.array([0, 0], np.int8), "z")
+    nodes = [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"], axis=0),
+             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"], axis=0),
+             helper.make_node("QuantizeLinear", ["x", "s1"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s1"], ["xd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"])]  # fmt: skip
+    s1 = numpy_helper.from_array(np.array(0.05, np.float32), "s1")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 2])],
+                              [helper.make_tensor_value_info("y", 1, [1, 2])], [w, s, z, s1])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    folded, count = store_int8_weights(model)
+    assert count == 1
+    assert [n.op_type for n in folded.graph.node] == [*QDQ[1:], *QDQ, "MatMul"]
+    wq = numpy_helper.to_array(next(t for t in folded.graph.initializer if t.name == "wq"))
+    np.testing.assert_array_equal(wq, [[30, -126], [20, 0]])  # per row, rounded half to even
+    assert "w" not in {t.name for t in folded.graph.initializer}
 
 
 def test_qat_export_equal_outputs_and_int8_in_onnxruntime(qat):
@@ -186,7 +226,7 @@ def test_qat_export_with_per_channel_activations(qat, tmp_path):
         if dq.op_type != "DequantizeLinear" or values[dq.input[1]].size == 1:
             continue
         q = made_by[dq.input[0]]
-        w = values[made_by[made_by[conv.input[1]].input[0]].input[0]]
+        w = values[made_by[conv.input[1]].input[0]]  # int8 weight -> DequantizeLinear
         cin = w.shape[1] * next(a.i for a in conv.attribute if a.name == "group")
         for node in (q, dq):
             assert values[node.input[1]].shape == values[node.input[2]].shape == (cin,)
@@ -283,10 +323,11 @@ def test_weight_zero_needs_the_same_zero_point_in_q_and_dq(tmp_path):
     same = [0, 5, -3, 0]
     removed, new = _removed(_qdq_graph(tmp_path, same, same))
     assert removed == 2  # Q(0) = z, DQ(z) = 0: both zero filters go
-    cut = [w for op, w, *_ in _weight_quantizers(new)]
-    assert [w.shape for w in cut] == [(2, 3, 3, 3)] * 2
+    cut = [(op, w) for op, w, *_ in _weight_quantizers(new)]  # Q is computed: int8 -> DQ
+    assert [(op, w.shape, w.dtype) for op, w in cut] == [("DequantizeLinear", (2, 3, 3, 3),
+                                                          np.int8)]  # fmt: skip
     zps = [zp.tolist() for *_, zp, _ in _weight_quantizers(new)]
-    assert zps == [[0, 0], [0, 0]]  # the kept filters' zero points, in Q and in DQ
+    assert zps == [[0, 0]]  # the kept filters' zero points
     # filter 1 quantizes to 5 but dequantizes with 4: (5 - 4) * s is not zero
     removed, _ = _removed(_qdq_graph(tmp_path, same, [0, 4, -3, 0]))
     assert removed == 1

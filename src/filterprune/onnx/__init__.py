@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._io import load_model, save_model
 from .capture import Captured, capture
 from .convert import max_rel_diff, random_inputs, remove_zero_filters, run_onnxruntime
+from .int8_weights import store_int8_weights
 from .report import ConversionReport, LayerReport
 from .zero_filters import Decision, find_removable
 
@@ -23,6 +24,7 @@ __all__ = [
     "max_rel_diff",
     "random_inputs",
     "run_onnxruntime",
+    "store_int8_weights",
     "Captured",
     "Decision",
     "ConversionReport",
