@@ -210,3 +210,22 @@ def test_analysis_failure_leaves_the_model_unchanged(masked, monkeypatch):
     new, report = remove_zero_filters(masked)
     assert new.graph == onnx.load(masked).graph and not report.changed
     assert "analysis failed (ValueError: boom)" in report.notes[0]
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_bench_runs_a_free_batch_export_at_each_batch(tmp_path, runtime):
+    """``export_model`` files leave the batch axis free: bench sets it per batch size."""
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    from filterprune.onnx.bench import benchmark
+    from filterprune.torch.onnx_export import export_onnx
+
+    m = Net()
+    zero(m.conv1, [0, 5])
+    path = str(tmp_path / "free.onnx")
+    export_onnx(m.eval(), (torch.randn(1, 3, 8, 8),), path)
+    assert not isinstance(onnx.load(path).graph.input[0].type.tensor_type.shape.dim[0].dim_value
+                          or None, int)  # fmt: skip
+    rows = benchmark({"free": path}, runtime=runtime, batches=(1, 3), warmup=1, seconds=0,
+                     min_runs=2)  # fmt: skip
+    assert [(r.batch, r.runs >= 2) for r in rows] == [(1, True), (3, True)]

@@ -86,11 +86,17 @@ def _with_batch(proto: onnx.ModelProto, batch: int) -> onnx.ModelProto:
 def _prepared(model: Any, runtime: str, batch: int) -> Any:
     """``model`` read once and fixed to ``batch``: ONNX bytes, or an ``openvino.Model``."""
     if runtime == "openvino":
+        import openvino as ov
+
         from .openvino import read_openvino
 
         m = read_openvino(model)
-        m.reshape({p.get_any_name(): [batch, *list(p.get_partial_shape().to_shape())[1:]]
-                   for p in m.inputs})  # fmt: skip
+        shapes = {}
+        for port in m.inputs:  # the batch axis set, the others as the model has them
+            shape = port.get_partial_shape()
+            shapes[port.get_any_name()] = ov.PartialShape(
+                [ov.Dimension(batch), *(shape[i] for i in range(1, len(shape)))])
+        m.reshape(shapes)
         return m
     return _with_batch(load_model(model), batch).SerializeToString()
 
