@@ -4,8 +4,11 @@ For each frontend, the demo's network, baseline and fine-tuning (``make demo``,
 ``make demo-keras``) give three models:
 
 * baseline FP32: the demo's cached baseline, exported to ONNX as it is;
-* pruned FP32: a run with only ``filter_pruning`` in the ``compression`` list;
-* pruned INT8: the demo's config, ``filter_pruning`` then ``quantization`` in one list.
+* pruned FP32: a run of the demo's config without its ``quantization`` entry (Keras:
+  ``filter_pruning`` alone; PyTorch: ``filter_pruning`` and ``knowledge_distillation``, so
+  that the two rows differ by quantization only);
+* pruned INT8: the demo's config, ``filter_pruning`` then ``quantization`` in one list
+  (PyTorch: with ``knowledge_distillation`` between them).
 
 Each model's accuracy on the 10,000 test images is measured in its framework, on the
 exported ONNX file in ONNX Runtime and, for the pruned ones, on the file that
@@ -90,14 +93,16 @@ def without_quantization(config):
 
 
 # -- the frontends -------------------------------------------------------------------------
-def run_torch(args: argparse.Namespace, folder: Path) -> dict:
-    """Baseline, pruned FP32 and pruned INT8 with the PyTorch demo's code."""
+def run_torch(argv: list[str], folder: Path) -> dict:
+    """Baseline, pruned FP32 and pruned INT8 with the PyTorch demo's code and defaults."""
     import torch
 
     from filterprune.examples import fashion_mnist as demo
+    from filterprune.examples._config import demo_arguments
     from filterprune.examples._training import evaluate, fashion_mnist_loaders
     from filterprune.torch.onnx_export import export_onnx
 
+    args = demo_arguments("", argv, **demo.DEFAULTS)
     dense = demo.load_baseline(args)
     train_loader, test_loader = fashion_mnist_loaders(train_limit=args.train_limit)
     images = test_loader.dataset.tensors[0].numpy()
@@ -115,16 +120,19 @@ def run_torch(args: argparse.Namespace, folder: Path) -> dict:
         rows.append(onnx_row(variant, evaluate(ctrl.strip().eval(), test_loader), path, images,
                              labels, flops_kept=ctrl.statistics().flops_kept,
                              train_seconds=seconds))  # fmt: skip
-    return {"rows": rows, "config": _algorithms(config)}
+    return {"rows": rows, "config": _algorithms(config), "threads": torch.get_num_threads(),
+            **_settings(args)}
 
 
-def run_keras(args: argparse.Namespace, folder: Path) -> dict:
-    """Baseline, pruned FP32 and pruned INT8 with the Keras demo's code."""
+def run_keras(argv: list[str], folder: Path) -> dict:
+    """Baseline, pruned FP32 and pruned INT8 with the Keras demo's code and defaults."""
     import numpy as np
 
     from filterprune.examples import fashion_mnist_keras as demo
+    from filterprune.examples._config import demo_arguments
     from filterprune.tensorflow.export import export
 
+    args = demo_arguments("", argv)
     demo.limit_threads()
     test = demo.dataset("test")
     images = np.concatenate([x.numpy() for x, _ in test])
@@ -143,21 +151,23 @@ def run_keras(args: argparse.Namespace, folder: Path) -> dict:
         rows.append(onnx_row(variant, demo.evaluate(ctrl.strip(shrink=True), test), path,
                              images, labels, flops_kept=ctrl.statistics().flops_kept,
                              train_seconds=seconds))  # fmt: skip
-    return {"rows": rows, "config": _algorithms(config)}
+    return {"rows": rows, "config": _algorithms(config), "threads": 2,  # demo.limit_threads
+            **_settings(args)}
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    return {"epochs": args.epochs, "baseline_epochs": args.baseline_epochs,
+            "train_limit": args.train_limit}  # fmt: skip
 
 
 def run_frontend(frontend: str, args: argparse.Namespace) -> dict:
     """Measure one frontend in this process; returns its rows and settings."""
-    from filterprune.examples._config import demo_arguments
-
-    demo_args = demo_arguments("", args.demo_argv)
     load_before, start = os.getloadavg()[0], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         run = run_torch if frontend == "torch" else run_keras
-        part = run(demo_args, Path(tmp))
+        part = run(args.demo_argv, Path(tmp))
     cpu = os.times()
-    return {**part, "epochs": demo_args.epochs, "baseline_epochs": demo_args.baseline_epochs,
-            "train_limit": demo_args.train_limit, "when": time.strftime("%Y-%m-%d %H:%M"),
+    return {**part, "when": time.strftime("%Y-%m-%d %H:%M"),
             "seconds": time.perf_counter() - start, "cpu_seconds": cpu.user + cpu.system,
             "load_before": load_before, "load_after": os.getloadavg()[0]}  # fmt: skip
 
@@ -197,12 +207,20 @@ def write_markdown(data: dict) -> str:
            "as QuantizeLinear/DequantizeLinear pairs that ONNX Runtime runs as int8. Accuracy is",
            "top-1 on the 10,000 test images: in the framework (the stripped model), of the",
            "exported ONNX file in ONNX Runtime, and of the file `filterprune convert` made from",
-           "it (zero filters removed). Sizes are the ONNX files' bytes.", ""]  # fmt: skip
+           "it (zero filters removed). Sizes are the ONNX files' bytes; the INT8 files keep",
+           "float weights under QuantizeLinear/DequantizeLinear (ONNX Runtime quantizes them",
+           "when it loads the model), so they are not smaller than the FP32 ones. Pruned FP32",
+           "is a separate run of the same config without its `quantization` entry, so the two",
+           "pruned rows differ by quantization only. The PyTorch recipe cuts the training",
+           "model once its masks freeze (`shrink_when_frozen`), so its export is already small",
+           "and `filterprune convert` finds nothing left to remove; the Keras export keeps",
+           "zeroed filters until the conversion.", ""]  # fmt: skip
     for frontend, part in _parts(data):
         train = part["train_limit"] or 60000
         out.append(f"- {frontend} ({part['when']}): baseline {part['baseline_epochs']} epochs, "
                    f"fine-tuning {part['epochs']} epochs per pruned model, {train:,} training "
-                   f"images; run {part['seconds']:.0f} s wall, {part['cpu_seconds']:.0f} s CPU; "
+                   f"images, {part.get('threads', '?')} threads; run {part['seconds']:.0f} s "
+                   f"wall, {part['cpu_seconds']:.0f} s CPU; "
                    f"load average {part['load_before']:.1f} before, {part['load_after']:.1f} "
                    f"after. Config: `{json.dumps(part['config'])}`")  # fmt: skip
     out += ["", f"Machine: {data['machine']}.", "",

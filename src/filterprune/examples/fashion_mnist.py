@@ -104,7 +104,7 @@ def load_baseline(args: argparse.Namespace):
     limit_threads()
     base = baseline(args.cache, epochs=args.baseline_epochs, train_limit=args.train_limit)
     origin = "shipped" if base.shipped else "cached" if base.from_cache else "trained"
-    print(f"baseline: {origin}, {base.path}")
+    print(f"baseline: {origin}")
     return base.model.eval()
 
 
