@@ -219,7 +219,7 @@ def write_markdown(data: dict) -> str:
         train = part["train_limit"] or 60000
         out.append(f"- {frontend} ({part['when']}): baseline {part['baseline_epochs']} epochs, "
                    f"fine-tuning {part['epochs']} epochs per pruned model, {train:,} training "
-                   f"images, {part.get('threads', '?')} threads; run {part['seconds']:.0f} s "
+                   f"images, threads {part.get('threads', '?')}; run {part['seconds']:.0f} s "
                    f"wall, {part['cpu_seconds']:.0f} s CPU; "
                    f"load average {part['load_before']:.1f} before, {part['load_after']:.1f} "
                    f"after. Config: `{json.dumps(part['config'])}`")  # fmt: skip
