@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-keras test test-slow data chromium lint bench-zoo bench-speed bench-deploy bench-int8 clean
+.PHONY: demo demo-keras test test-slow data chromium lint bench-zoo bench-speed bench-deploy bench-int8 bench-fmnist-int8 clean
 
 $(STAMP): pyproject.toml requirements-test.txt constraints.txt
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-deploy: $(STAMP)
 
 bench-int8: $(STAMP)
 	$(BIN)/python benchmarks/deploy_int8.py
+
+bench-fmnist-int8: $(STAMP) data
+	$(BIN)/python benchmarks/fmnist_int8.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

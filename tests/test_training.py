@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.fx
 
+from filterprune.examples import _training
+from filterprune.examples._config import demo_arguments
 from filterprune.examples._training import (
     SmallCNN,
     baseline,
@@ -117,3 +119,38 @@ def test_baseline_trains_once_then_reuses_the_cache(tmp_path):
     other = baseline(tmp_path, **options, lr=1e-3)  # a changed hyperparameter retrains
     assert not other.from_cache
     assert other.path != first.path
+
+
+def test_a_shipped_baseline_stands_in_for_a_missing_cache(tmp_path, monkeypatch):
+    options = {"epochs": 1, "width": 8, "train_limit": 256, "test_limit": 256, "verbose": False}
+    trained = baseline(tmp_path / "cache", **options)
+    payload = torch.load(trained.path, weights_only=True)
+    payload["state_dict"] = {k: v.half() if v.is_floating_point() else v
+                             for k, v in payload["state_dict"].items()}
+    shipped_dir = tmp_path / "shipped"
+    shipped_dir.mkdir()
+    torch.save(payload, shipped_dir / trained.path.name)
+    monkeypatch.setattr(_training, "SHIPPED", shipped_dir)
+    loaded = baseline(tmp_path / "empty", **options)
+    assert loaded.shipped and loaded.from_cache
+    assert loaded.path == shipped_dir / trained.path.name
+    assert not (tmp_path / "empty").exists()  # nothing trained, nothing cached
+    for key, value in loaded.model.state_dict().items():
+        assert value.dtype == trained.model.state_dict()[key].dtype  # float32 again
+        torch.testing.assert_close(value, payload["state_dict"][key].to(value.dtype))
+    assert not baseline(tmp_path / "cache", **options).shipped  # the cache comes first
+
+
+def test_the_demo_loads_its_shipped_baseline_without_training(tmp_path, monkeypatch):
+    def no_training(*_args):
+        raise AssertionError("the demo's baseline was trained, not loaded")
+
+    monkeypatch.setattr(_training, "_train_baseline", no_training)
+    args = demo_arguments("", [])
+    base = baseline(tmp_path, epochs=args.baseline_epochs, train_limit=args.train_limit,
+                    verbose=False)
+    assert base.shipped
+    assert base.path.parent == _training.SHIPPED
+    assert base.path.stat().st_size < 400_000  # half precision
+    assert 0.89 <= base.accuracy <= 0.92
+    assert sorted(p.name for p in _training.SHIPPED.iterdir()) == [base.path.name]

@@ -1,15 +1,21 @@
-"""End-to-end demo: train a small CNN on Fashion-MNIST, prune and quantize it (8-bit QAT)
-while fine-tuning, strip the pruned filters and compare accuracy, FLOPs and latency.
+"""End-to-end demo: load (or train) a small CNN on Fashion-MNIST, prune it to half its
+FLOPs and quantize it (8-bit QAT) while fine-tuning, strip the pruned filters and compare
+accuracy (FP32 baseline, pruned FP32, pruned INT8), FLOPs and latency.
 
-    python -m filterprune.examples.fashion_mnist [--epochs 3] [--target 0.4]
+    python -m filterprune.examples.fashion_mnist [--epochs 3] [--flops-target 0.5]
 
-Uses the reference config: ``filter_pruning`` (the seed's pruning_init 0.1 ->
-pruning_target 0.4, ``pruning_steps`` shortened to the fine-tuning epochs) followed by
-``{"algorithm": "quantization"}`` with its defaults.
+The baseline (2 epochs) ships with the package (``scripts/train_demo_baseline.py`` trained
+it); other ``--baseline-epochs`` or ``--train-limit`` train one and cache it. The config
+lists ``filter_pruning`` (``pruning_flops_target`` 0.5: the masks are chosen once, at the
+start, and the model is cut at once with ``shrink_when_frozen``, so fine-tuning runs at
+pruned cost), ``knowledge_distillation`` from the dense model, and
+``{"algorithm": "quantization"}`` with its defaults, as in the reference "Filter Pruning +
+QAT" config. Fine-tuning: AdamW, learning rate 1e-3 with cosine decay.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -34,27 +40,73 @@ from filterprune.examples._training import (
 from filterprune.torch import create_compressed_model, register_default_init_args
 from filterprune.torch.quantization import set_quantizers_enabled
 
+DEFAULTS = {"epochs": 3, "init": 0.0, "flops_target": 0.5}
+"""The demo's command-line defaults (the others are the shared ones)."""
+RECIPE = {"schedule": "baseline", "filter_importance": "geometric_median",
+          "bn_adaptation_after_mask_change": True, "shrink_when_frozen": True}
+"""Pruning params on top of the shared config: one cut at the start, then fine-tuning."""
+DISTILLATION = {"algorithm": "knowledge_distillation", "type": "softmax", "temperature": 4.0,
+                "scale": 1.0}
+LR = 1e-3
 
-def demo_config(epochs: int, init: float, target: float) -> NNCFConfig:
-    """The seed's pruning settings, then 8-bit quantization with defaults."""
-    config = pruning_config(epochs, init, target)
+
+def demo_config(args: argparse.Namespace) -> NNCFConfig:
+    """The demo's recipe: pruning to ``--flops-target`` (or ``--target``), distillation from
+    the dense model, then 8-bit quantization with defaults.
+
+    The masks are chosen at once and the model is cut (``shrink_when_frozen``), so every
+    fine-tuning epoch runs at pruned cost and distillation recovers the accuracy.
+    """
+    config = pruning_config(args.epochs, args.init, args.target, args.flops_target)
+    pruning = {**config["compression"], "params": {
+        **config["compression"]["params"], **RECIPE}}  # fmt: skip
     return NNCFConfig.from_dict({**config, "compression": [
-        config["compression"], {"algorithm": "quantization"}]})  # fmt: skip
+        pruning, DISTILLATION, {"algorithm": "quantization"}]})  # fmt: skip
 
 
-def fine_tune(ctrl, model, train_loader, test_loader, epochs: int) -> None:
-    """Train with pruning and QAT for ``epochs`` epochs, reporting each one."""
-    pruning = ctrl.get("filter_pruning")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+def _pruning(ctrl):
+    return ctrl.get("filter_pruning") if hasattr(ctrl, "child_ctrls") else ctrl
+
+
+def fine_tune(ctrl, model, train_loader, test_loader, epochs: int, lr: float = LR) -> None:
+    """Train under ``ctrl`` for ``epochs`` epochs (AdamW, cosine decay per step), reporting
+    each one."""
+    pruning = _pruning(ctrl)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    pruning.register_optimizer(optimizer)  # followed when shrink_when_frozen cuts the model
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(train_loader))
+
+    def on_step(*_) -> None:
+        ctrl.scheduler.step()
+        decay.step()
+
     for epoch in range(epochs):
         ctrl.scheduler.epoch_step()
         result = train_one_epoch(model, train_loader, optimizer, desc=f"fine-tune {epoch + 1}",
-                                 extra_loss=lambda _m: ctrl.loss(),
-                                 on_step=lambda *_: ctrl.scheduler.step())  # fmt: skip
+                                 extra_loss=lambda _m: ctrl.loss(), on_step=on_step)  # fmt: skip
         acc = evaluate(model, test_loader)
         print(f"epoch {epoch + 1}/{epochs}: level {pruning.pruning_level:.3f}  "
-              f"train loss {result['loss']:.4f}  test accuracy (int8) {acc:.4f}  "
-              f"({result['seconds']:.0f}s)")  # fmt: skip
+              f"train loss {result['loss']:.4f}  test accuracy {acc:.4f}  "
+              f"({result['seconds']:.0f}s)", flush=True)  # fmt: skip
+
+
+def compress(dense, config: NNCFConfig, train_loader, test_loader, epochs: int):
+    """Fine-tune a copy of ``dense`` under ``config``; returns the controller."""
+    config = register_default_init_args(config, train_loader)
+    ctrl, model = create_compressed_model(copy.deepcopy(dense).train(), config)
+    fine_tune(ctrl, model, train_loader, test_loader, epochs)
+    return ctrl
+
+
+def load_baseline(args: argparse.Namespace):
+    """The dense baseline: shipped with the package for the default settings, cached under
+    ``--cache`` or trained (see :func:`~filterprune.examples._training.baseline`)."""
+    limit_threads()
+    base = baseline(args.cache, epochs=args.baseline_epochs, train_limit=args.train_limit,
+                    test_limit=args.test_limit)  # fmt: skip
+    origin = "shipped" if base.shipped else "cached" if base.from_cache else "trained"
+    print(f"baseline: {origin}")
+    return base.model.eval()
 
 
 def onnx_accuracy(ctrl, test_loader) -> float | None:
@@ -79,24 +131,16 @@ def onnx_accuracy(ctrl, test_loader) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = demo_arguments(__doc__.split("\n\n")[0], argv)
+    args = demo_arguments(__doc__.split("\n\n")[0], argv, **DEFAULTS)
     start = time.perf_counter()
-    limit_threads()
     torch.manual_seed(0)
-
-    base = baseline(args.cache, epochs=args.baseline_epochs, train_limit=args.train_limit)
-    train_loader, test_loader = fashion_mnist_loaders(train_limit=args.train_limit)
-    dense = base.model.eval()
+    dense = load_baseline(args)
+    train_loader, test_loader = fashion_mnist_loaders(train_limit=args.train_limit,
+                                                      test_limit=args.test_limit)  # fmt: skip
     dense_acc = evaluate(dense, test_loader)
-    print(f"baseline: test accuracy {dense_acc:.4f} "
-          f"({'cached' if base.from_cache else 'trained'}, {base.path})")  # fmt: skip
+    print(f"baseline: test accuracy {dense_acc:.4f}")
 
-    model = type(dense)()
-    model.load_state_dict(dense.state_dict())
-    config = register_default_init_args(demo_config(args.epochs, args.init, args.target),
-                                        train_loader)  # fmt: skip
-    ctrl, model = create_compressed_model(model, config)
-    fine_tune(ctrl, model, train_loader, test_loader, args.epochs)
+    ctrl = compress(dense, demo_config(args), train_loader, test_loader, args.epochs)
     stats = ctrl.statistics()
     print()
     print(stats)
@@ -107,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "pruned_int8": evaluate(small, test_loader),
                 "pruned_int8_onnxruntime": onnx_accuracy(ctrl, test_loader)}  # fmt: skip
     report = _report(ctrl, dense, fp32, accuracy, stats)
-    report["seconds"] = time.perf_counter() - start
+    report.update(test_images=len(test_loader.dataset), seconds=time.perf_counter() - start)
     _print_report(report, stats)
     atomic_write_text(Path(args.cache) / "demo-results.json", json.dumps(report, indent=2))
     return report
@@ -120,7 +164,7 @@ def _report(ctrl, dense, small, accuracy: dict, stats) -> dict:
     lat64 = compare_latency(dense, small, torch.randn(64, 1, 28, 28), rounds=40)
     return {
         **{f"accuracy_{k}": v for k, v in accuracy.items()},
-        "pruning_level": ctrl.get("filter_pruning").pruning_level,
+        "pruning_level": _pruning(ctrl).pruning_level,
         "flops_kept": stats.flops_kept,
         "params_kept": n_small / n_dense,
         "dense_params": n_dense,
@@ -135,7 +179,7 @@ def _report(ctrl, dense, small, accuracy: dict, stats) -> dict:
 
 def _print_report(report: dict, stats) -> None:
     print()
-    print("Result (Fashion-MNIST test set, 10,000 images)")
+    print(f"Result (Fashion-MNIST test set, {report['test_images']:,} images)")
     ort_acc = report["accuracy_pruned_int8_onnxruntime"]
     print(f"  accuracy      : baseline FP32 {report['accuracy_baseline_fp32']:.4f} | "
           f"pruned FP32 {report['accuracy_pruned_fp32']:.4f} | "

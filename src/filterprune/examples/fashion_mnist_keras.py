@@ -136,9 +136,10 @@ def compare_latency(model_a: keras.Model, model_b: keras.Model, x: np.ndarray,
     return {"a_median_ms": a, "b_median_ms": b, "ratio": b / a}
 
 
-def reference_config(epochs: int, init: float, target: float) -> Any:
+def reference_config(epochs: int, init: float, target: float,
+                     flops_target: float | None = None) -> Any:  # fmt: skip
     """The demo's pruning config with ``quantization`` after it (8-bit defaults)."""
-    config = pruning_config(epochs, init, target)
+    config = pruning_config(epochs, init, target, flops_target)
     algos = config.algorithms()
     if not any(a["algorithm"] == "quantization" for a in algos):
         config["compression"] = [*algos, {"algorithm": "quantization"}]
@@ -165,8 +166,14 @@ def onnx_accuracy(ctrl: Any, data: tf.data.Dataset, folder: str) -> tuple[float,
     return correct / max(seen, 1), path.stat().st_size
 
 
-def _train(args: Any, dense: keras.Model, test: tf.data.Dataset) -> tuple[Any, Any]:
-    """Prune and quantize a copy of ``dense`` with ``model.fit`` and the callbacks."""
+def train_compressed(args: Any, dense: keras.Model, test: tf.data.Dataset,
+                     config: Any = None) -> tuple[Any, Any]:  # fmt: skip
+    """Fine-tune a copy of ``dense`` under ``config`` (the reference config by default:
+    pruning then quantization) with ``model.fit`` and the callbacks.
+
+    Returns:
+        ``(controller, its filter_pruning controller)``.
+    """
     from filterprune.tensorflow import (
         create_compressed_model,
         create_compression_callbacks,
@@ -176,15 +183,18 @@ def _train(args: Any, dense: keras.Model, test: tf.data.Dataset) -> tuple[Any, A
     model = small_cnn()
     model.set_weights(dense.get_weights())
     train = dataset("train", args.train_limit, shuffle=True, seed=1)
-    config = reference_config(args.epochs, args.init, args.target)
+    if config is None:
+        config = reference_config(args.epochs, args.init, args.target, args.flops_target)
     ctrl, model = create_compressed_model(model, register_default_init_args(config, train))
     _compile(model, keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
     log_dir = str(Path(args.cache) / "keras_compression_log")
     callbacks = create_compression_callbacks(ctrl, log_dir=log_dir)
-    pruning = ctrl.get("filter_pruning")
+    pruning = ctrl.get("filter_pruning") if hasattr(ctrl, "child_ctrls") else ctrl
+    precision = "INT8" if any(a["algorithm"] == "quantization" for a in config.algorithms()) \
+        else "FP32"  # fmt: skip
     callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(
-        f"epoch {epoch + 1}/{args.epochs}: level {pruning.pruning_level:.3f}  "
-        f"train loss {logs['loss']:.4f}  test accuracy (INT8) {evaluate(model, test):.4f}")))
+        f"epoch {epoch + 1}/{args.epochs}: level {pruning.pruning_level:.3f}  train loss "
+        f"{logs['loss']:.4f}  test accuracy ({precision}) {evaluate(model, test):.4f}")))
     model.fit(train, epochs=args.epochs, callbacks=callbacks, verbose=0, shuffle=False)
     return ctrl, pruning
 
@@ -193,12 +203,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = demo_arguments(__doc__.split("\n\n")[0], argv)
     start = time.perf_counter()
     limit_threads()
-    test = dataset("test")
+    test = dataset("test", args.test_limit)
     dense, cached = baseline(args.cache, args.baseline_epochs, args.train_limit)
     dense_acc = evaluate(dense, test)
     print(f"baseline: test accuracy {dense_acc:.4f} ({'cached' if cached else 'trained'})")
 
-    ctrl, pruning = _train(args, dense, test)
+    ctrl, pruning = train_compressed(args, dense, test)
     stats = ctrl.statistics()
     print()
     print(stats)
@@ -220,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         "latency_batch1_ms": [lat1["a_median_ms"], lat1["b_median_ms"]],
         "latency_batch64_ms": [lat64["a_median_ms"], lat64["b_median_ms"]],
         "speedup_batch1": 1 / lat1["ratio"], "speedup_batch64": 1 / lat64["ratio"],
+        "test_images": sum(int(y.shape[0]) for _, y in test),
         "seconds": time.perf_counter() - start,
     }  # fmt: skip
     _print_report(report, stats)
@@ -230,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _print_report(report: dict, stats: Any) -> None:
     onnx = report["pruned_int8_onnxruntime_accuracy"]
     print()
-    print("Result (Fashion-MNIST test set, 10,000 images, Keras)")
+    print(f"Result (Fashion-MNIST test set, {report['test_images']:,} images, Keras)")
     print(f"  accuracy      : FP32 baseline {report['baseline_accuracy']:.4f} | pruned FP32 "
           f"{report['pruned_accuracy']:.4f} | pruned INT8 {report['pruned_int8_accuracy']:.4f}"
           + (f" (ONNX Runtime int8 {onnx:.4f})" if onnx is not None else ""))  # fmt: skip
