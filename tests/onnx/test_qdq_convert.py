@@ -408,3 +408,17 @@ def test_float_models_get_no_step(tmp_path):
         [helper.make_node("Relu", ["x"], ["y"])], "g",
         [helper.make_tensor_value_info("x", 1, [2])], [helper.make_tensor_value_info("y", 1, [2])]))
     assert _output_steps(fp32, [np.ones(2)]) is None
+
+
+def test_a_quantized_model_without_zero_filters_still_gets_int8_weights(tmp_path):
+    torch.manual_seed(0)
+    config = _qat_config()
+    config["compression"] = config["compression"][1:]  # quantization alone: nothing to cut
+    ctrl, _ = create_compressed_model(randomize_bn(QNet()), config)
+    path = str(tmp_path / "dense_int8.onnx")
+    ctrl.export_model(path)
+    new, report = remove_zero_filters(path)
+    assert not report.changed and report.max_rel_diff is not None
+    assert report.notes[-1].endswith("quantized weights stored as 8-bit integers")
+    assert {w.dtype for op, w, *_ in _weight_quantizers(new)} == {np.dtype("int8")}
+    assert _compare(path, new, (2, 3, 16, 16)) == 0.0

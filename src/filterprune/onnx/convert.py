@@ -142,12 +142,14 @@ def remove_zero_filters(
     report = build_report(cap, decision)
     t2 = time.perf_counter()
     report.seconds = {"load": t1 - t0, "analyze": t2 - t1}
+    new, stored = store_int8_weights(rewrite(cap, decision) if report.changed else proto)
     if not report.changed:
         zeros = sum(s.zero_filters for s in report.layers)
         found = f"{zeros} zero filters found, none removable" if zeros else "no zero filters found"
-        report.notes.append(f"{found}; the model is unchanged")
-        return proto, report
-    new, stored = store_int8_weights(rewrite(cap, decision))
+        if not stored:
+            report.notes.append(f"{found}; the model is unchanged")
+            return proto, report
+        report.notes.append(found)
     if stored:
         report.notes.append(f"{stored} quantized weights stored as 8-bit integers")
     _check(new, proto)
