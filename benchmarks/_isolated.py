@@ -1,8 +1,14 @@
-"""What the zoo benchmarks share: one subprocess per model, result tables."""
+"""What the zoo benchmarks share: one subprocess per model, result tables.
+
+A run is resumable: each finished row goes at once into ``results/<stem>.progress.json``
+(written atomically), and a run started again skips the models found there. The progress
+file is removed once the final tables are written; delete it to start over.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -10,6 +16,8 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from filterprune._atomic import atomic_write, atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -40,23 +48,48 @@ def run_isolated(script: str, name: str) -> dict:
     return {"model": name, "ok": False, "reason": tail[:200]}
 
 
-def run_all(script: str, names: Iterable[str], extra: Callable[[str], dict] | None = None):
-    """Every model in its own subprocess, printing one line per model as it ends."""
+def run_all(script: str, names: Iterable[str], extra: Callable[[str], dict] | None = None,
+            progress: Path | None = None,
+            on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Every model in its own subprocess, printing one line per model as it ends.
+
+    Args:
+        progress: Where the rows finished so far are kept (JSON); models already there
+            are not run again, so a killed run goes on where it stopped.
+        on_row: Called with the rows so far after each model (to rewrite the tables).
+    """
+    done = {r["model"]: r for r in json.loads(progress.read_text())} if (
+        progress and progress.exists()) else {}  # fmt: skip
     rows = []
     for name in names:
+        if name in done:
+            rows.append(done[name])
+            continue
         start = time.time()
         row = {**(extra(name) if extra else {}), **run_isolated(script, name)}
         rows.append(row)
+        done[name] = row
+        if progress:
+            atomic_write_text(progress, json.dumps(list(done.values()), indent=0) + "\n")
+        if on_row:
+            on_row(rows)
         print(f"{name:36} {'ok' if row.get('ok') else 'FAIL'} {row.get('flops_kept', '')} "
               f"{time.time() - start:.0f}s {row.get('reason', '')}", flush=True)  # fmt: skip
     return rows
 
 
+def finish(progress: Path) -> None:
+    """Remove the progress file once the complete tables are written."""
+    progress.unlink(missing_ok=True)
+
+
 def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    """Write ``rows`` to ``path`` atomically (only ``fields``, in that order)."""
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text.getvalue(), newline=""))
 
 
 def read_csv(path: Path) -> list[dict]:

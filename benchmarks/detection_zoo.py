@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import sys
 
-from _isolated import RESULTS, markdown_table, one_model_main, run_all, write_csv
+from _isolated import RESULTS, finish, markdown_table, one_model_main, run_all, write_csv
+
+from filterprune._atomic import atomic_write_text
 
 DETECTION = ["fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
              "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn",
@@ -65,13 +67,19 @@ def main(argv: list[str]) -> None:
     if one_model_main(argv, run_one):
         return
     names = argv or DETECTION + SEGMENTATION + YOLO
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write(run_all(__file__, names), partial=bool(argv))
+    partial = bool(argv)
+    progress = RESULTS / f"{stem(partial)}.progress.json"
+    rows = run_all(__file__, names, progress=progress, on_row=lambda rows: write(rows, partial))
+    write(rows, partial)
+    finish(progress)
+
+
+def stem(partial: bool) -> str:
+    return "detection_zoo-partial" if partial else "detection_zoo"
 
 
 def write(rows: list[dict], partial: bool) -> None:
-    stem = "detection_zoo-partial" if partial else "detection_zoo"
-    write_csv(RESULTS / f"{stem}.csv", rows, FIELDS)
+    write_csv(RESULTS / f"{stem(partial)}.csv", rows, FIELDS)
     lines = [
         "# Detection and segmentation: filter_pruning level 0.5 (baseline), first/downsample "
         "convs on",
@@ -95,7 +103,7 @@ def write(rows: list[dict], partial: bool) -> None:
         "",
         *markdown_table(rows, FIELDS),
     ]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / f"{stem(partial)}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ model. Writes ``benchmarks/results/timm_zoo.csv`` and ``timm_zoo.md``.
     python benchmarks/timm_zoo.py efficientnet_b0   # some models (timm_zoo-partial)
     python benchmarks/timm_zoo.py --merge           # put the partial rows into timm_zoo
     python benchmarks/timm_zoo.py --families        # rebuild timm_families.json (slow)
+
+Tables are rewritten after every model; a killed run started again goes on where it
+stopped (``timm_zoo.progress.json``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import json
 import sys
 
-from _isolated import RESULTS, markdown_table, one_model_main, read_csv, run_all, write_csv
+from _isolated import RESULTS, finish, markdown_table, one_model_main, read_csv, run_all, write_csv
+
+from filterprune._atomic import atomic_write_text
 
 FAMILIES = RESULTS / "timm_families.json"
 FIELDS = ["family", "model", "ok", "cut", "input", "flops_kept", "params_kept", "analysis_s",
@@ -44,7 +49,7 @@ def build_families() -> dict[str, str]:
 
 def families() -> dict[str, str]:
     if not FAMILIES.exists():
-        FAMILIES.write_text(json.dumps(build_families(), indent=1) + "\n")
+        atomic_write_text(FAMILIES, json.dumps(build_families(), indent=1) + "\n")
     return json.loads(FAMILIES.read_text())
 
 
@@ -58,7 +63,7 @@ def main(argv: list[str]) -> None:
     if one_model_main(argv, run_one):
         return
     if argv[:1] == ["--families"]:
-        FAMILIES.write_text(json.dumps(build_families(), indent=1) + "\n")
+        atomic_write_text(FAMILIES, json.dumps(build_families(), indent=1) + "\n")
         return
     if argv[:1] == ["--merge"]:
         rows = {r["model"]: r for r in read_csv(RESULTS / "timm_zoo.csv")}
@@ -67,15 +72,22 @@ def main(argv: list[str]) -> None:
         return
     family_of = {model: family for family, model in families().items()}
     names = argv or list(family_of)
-    rows = run_all(__file__, names, extra=lambda n: {"family": family_of.get(n, "")})
-    write(rows, partial=bool(argv))
+    partial = bool(argv)
+    progress = RESULTS / f"{stem(partial)}.progress.json"
+    rows = run_all(__file__, names, extra=lambda n: {"family": family_of.get(n, "")},
+                   progress=progress, on_row=lambda rows: write(rows, partial))  # fmt: skip
+    write(rows, partial)
+    finish(progress)
+
+
+def stem(partial: bool) -> str:
+    return "timm_zoo-partial" if partial else "timm_zoo"
 
 
 def write(rows: list[dict], partial: bool) -> None:
     for r in rows:
         r["cut"] = bool(r["ok"]) and r.get("flops_kept") != "" and float(r["flops_kept"]) < 0.9
-    stem = "timm_zoo-partial" if partial else "timm_zoo"
-    write_csv(RESULTS / f"{stem}.csv", rows, FIELDS)
+    write_csv(RESULTS / f"{stem(partial)}.csv", rows, FIELDS)
     ok = [r for r in rows if r["ok"]]
     cut = [r for r in rows if r["cut"]]
     export = [r for r in rows if r.get("capture") == "torch.export"]
@@ -97,7 +109,7 @@ def write(rows: list[dict], partial: bool) -> None:
         "",
         *markdown_table(rows, FIELDS),
     ]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / f"{stem(partial)}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
