@@ -8,13 +8,23 @@ Writes ``benchmarks/results/detection_zoo.csv`` and ``detection_zoo.md``.
 
     python benchmarks/detection_zoo.py                 # every model
     python benchmarks/detection_zoo.py ssd300_vgg16    # some (detection_zoo-partial)
+    python benchmarks/detection_zoo.py --merge         # put the partial rows into detection_zoo
 """
 
 from __future__ import annotations
 
 import sys
 
-from _isolated import RESULTS, finish, markdown_table, one_model_main, run_all, write_csv
+from _isolated import (
+    FLOAT64_NOTE,
+    RESULTS,
+    finish,
+    markdown_table,
+    one_model_main,
+    read_csv,
+    run_all,
+    write_csv,
+)
 
 from filterprune._atomic import atomic_write_text
 
@@ -28,7 +38,7 @@ SEGMENTATION = ["fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv
 YOLO = ["yolov8n_style"]
 FIELDS = ["model", "task", "ok", "input", "capture", "specialised", "flops_kept", "params_kept",
           "analysis_s", "max_rel_diff", "layer_rel_diff", "layers_compared", "onnx_rel_diff",
-          "exporter", "unpruned_groups", "reason", "top_reason"]  # fmt: skip
+          "exporter", "unpruned_groups", "reason", "top_reason", "float64"]  # fmt: skip
 SIZE = {"detection": 320, "segmentation": 128, "yolo": 320}
 
 
@@ -66,6 +76,12 @@ def run_one(name: str) -> dict:
 def main(argv: list[str]) -> None:
     if one_model_main(argv, run_one):
         return
+    if argv[:1] == ["--merge"]:
+        rows = {r["model"]: r for r in read_csv(RESULTS / "detection_zoo.csv")}
+        rows.update((r["model"], r) for r in read_csv(RESULTS / "detection_zoo-partial.csv"))
+        order = DETECTION + SEGMENTATION + YOLO
+        write(sorted(rows.values(), key=lambda r: order.index(r["model"])), partial=False)
+        return
     names = argv or DETECTION + SEGMENTATION + YOLO
     partial = bool(argv)
     progress = RESULTS / f"{stem(partial)}.progress.json"
@@ -100,6 +116,8 @@ def write(rows: list[dict], partial: bool) -> None:
         "FLOPs cut. capture: torch.export where fx cannot trace (post-processing, "
         "list(chunk)); specialised: data-dependent places taken as they ran on the sample. "
         "top_reason: the most frequent reason a group stays whole.",
+        "",
+        FLOAT64_NOTE,
         "",
         *markdown_table(rows, FIELDS),
     ]

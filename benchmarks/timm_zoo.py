@@ -20,14 +20,23 @@ from __future__ import annotations
 import json
 import sys
 
-from _isolated import RESULTS, finish, markdown_table, one_model_main, read_csv, run_all, write_csv
+from _isolated import (
+    FLOAT64_NOTE,
+    RESULTS,
+    finish,
+    markdown_table,
+    one_model_main,
+    read_csv,
+    run_all,
+    write_csv,
+)
 
 from filterprune._atomic import atomic_write_text
 
 FAMILIES = RESULTS / "timm_families.json"
 FIELDS = ["family", "model", "ok", "cut", "input", "flops_kept", "params_kept", "analysis_s",
           "capture", "exporter", "max_rel_diff", "onnx_rel_diff", "unpruned_groups", "reason",
-          "top_reason"]  # fmt: skip
+          "top_reason", "float64"]  # fmt: skip
 
 
 def build_families() -> dict[str, str]:
@@ -106,6 +115,8 @@ def write(rows: list[dict], partial: bool) -> None:
         "(`timm_families.json`). analysis = capture + grouping, 1 thread. exporter: the ONNX "
         "exporter that wrote the file (dynamo: the current one). top_reason: the most frequent "
         "reason a group stays whole.",
+        "",
+        FLOAT64_NOTE,
         "",
         *markdown_table(rows, FIELDS),
     ]

@@ -14,15 +14,31 @@ import os
 import sys
 from pathlib import Path
 
-from _isolated import RESULTS, finish, markdown_table, one_model_main, read_csv, run_all, write_csv
+from _isolated import (
+    FLOAT64_NOTE,
+    RESULTS,
+    finish,
+    markdown_table,
+    one_model_main,
+    read_csv,
+    run_all,
+    write_csv,
+)
 
 from filterprune._atomic import atomic_write_text
 
 FIELDS = ["model", "ok", "input", "flops_kept", "flops_kept_x1", "params_kept", "analysis_s",
           "capture", "exporter", "max_rel_diff", "onnx_rel_diff", "unpruned_groups",
-          "reason"]  # fmt: skip
-PEERS = Path(os.environ.get("PEERS_ZOO", Path(__file__).resolve().parents[2] / "shared"
-                           / "reference" / "peers-zoo.md"))  # fmt: skip
+          "reason", "float64"]  # fmt: skip
+
+
+def _peers_path() -> Path:
+    """``shared/reference/peers-zoo.md`` beside the checkout (main or a worktree under it)."""
+    found = [p / "shared" / "reference" / "peers-zoo.md" for p in Path(__file__).resolve().parents]
+    return next((p for p in found if p.exists()), found[2])
+
+
+PEERS = Path(os.environ.get("PEERS_ZOO", _peers_path()))
 
 # Why the table once said exactly 0.0 for three ConvNeXt models (measured on convnext_tiny).
 CONVNEXT = [
@@ -110,6 +126,8 @@ def write(rows: list[dict], partial: bool) -> None:
         "flops_kept_x1: the same with `filters_multiple_of` 1 (no rounding to multiples of 8).",
         "",
         *CONVNEXT,
+        "",
+        FLOAT64_NOTE,
         "",
         *markdown_table(rows, fields),
     ]
