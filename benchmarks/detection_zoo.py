@@ -36,10 +36,14 @@ DETECTION = ["fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_l
 SEGMENTATION = ["fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
                 "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]  # fmt: skip
 YOLO = ["yolov8n_style"]
-FIELDS = ["model", "task", "ok", "input", "capture", "specialised", "flops_kept", "params_kept",
-          "analysis_s", "max_rel_diff", "layer_rel_diff", "layers_compared", "onnx_rel_diff",
-          "exporter", "unpruned_groups", "reason", "top_reason", "float64"]  # fmt: skip
+FIELDS = ["model", "task", "part", "ok", "input", "capture", "specialised", "flops_kept",
+          "params_kept", "analysis_s", "max_rel_diff", "layer_rel_diff", "layers_compared",
+          "onnx_rel_diff", "exporter", "unpruned_groups", "reason", "top_reason",
+          "float64"]  # fmt: skip
 SIZE = {"detection": 320, "segmentation": 128, "yolo": 320}
+# Post-processing that torch.export cannot capture even as a draft (top-k on sizes known
+# only at run time): backbone, FPN and head pruned, compared on the head's tensors.
+HEAD_TENSORS = {"retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn"}
 
 
 def task(name: str) -> str:
@@ -68,9 +72,14 @@ def run_one(name: str) -> dict:
     from filterprune.testing.zoo import check_module
 
     kind = task(name)
+    if name in HEAD_TENSORS:
+        from filterprune.testing.detectors import HeadTensors
+
+        row = check_module(lambda: HeadTensors(build(name)), name, size=SIZE[kind])
+        return {"task": kind, "part": "backbone+FPN+head (tensors before post-processing)", **row}
     row = check_module(lambda: build(name), name, size=SIZE[kind], onnx=kind != "detection",
                        detector=kind == "detection")  # fmt: skip
-    return {"task": kind, **row}
+    return {"task": kind, "part": "whole model", **row}
 
 
 def main(argv: list[str]) -> None:
@@ -115,7 +124,12 @@ def write(rows: list[dict], partial: bool) -> None:
         "(`layers_compared`, detectors), ONNX Runtime == stripped (segmentation, YOLO), some "
         "FLOPs cut. capture: torch.export where fx cannot trace (post-processing, "
         "list(chunk)); specialised: data-dependent places taken as they ran on the sample. "
-        "top_reason: the most frequent reason a group stays whole.",
+        "top_reason: the most frequent reason a group stays whole. part: what was pruned and "
+        "compared; RetinaNet and FCOS post-process with top-k on sizes known only at run time, "
+        "which neither capture reads (not even `torch.export.draft_export`), so their backbone, "
+        "FPN and head are pruned (`filterprune.testing.detectors.HeadTensors`, fed the "
+        "normalised image batch) and compared on the head's outputs, also through ONNX; the "
+        "post-processing reads those tensors, whose shapes stay.",
         "",
         FLOAT64_NOTE,
         "",

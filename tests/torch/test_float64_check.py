@@ -50,3 +50,26 @@ def test_no_float64_verdict_where_the_model_runs_only_in_float32():
 
     x = torch.randn(2, 3, 8, 8)
     assert _float64_check(Float32Only(), Float32Only(), x, None) == {}
+
+
+class DeadBranch(nn.Module):
+    """A conv whose output the model drops, like a box head's rows that NMS drops."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        nn.init.constant_(self.conv.weight, scale)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x):
+        self.conv(x)
+        return (x + 1e4) - 1e4
+
+
+def test_a_detector_compares_its_layers_in_float64_too():
+    x = torch.randn(2, 3, 8, 8)
+    masked, wrong = DeadBranch(1.0), DeadBranch(1.001)  # the outputs agree, a layer does not
+    assert _float64_check(masked, wrong, x, None)["strip_ok"]
+    found = _float64_check(masked, wrong, x, None, detector=True)
+    assert not found["strip_ok"], found
+    assert _float64_check(masked, DeadBranch(1.0), x, None, detector=True)["strip_ok"]
