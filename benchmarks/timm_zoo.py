@@ -136,6 +136,10 @@ WHY = {
     "and multiplies the other half by it, and LayerNorm ties the stream: no group is free",
     "mobilenetv5_base": "fx cannot trace it; in the torch.export graph every reshape size is "
     "a literal, so the reshapes of its attention and norms fix their channels (safe, not cut)",
+    "nf_regnet_b0": "its ScaledStdConv2d standardise each filter over all of its input "
+    "channels in forward: a cut input channel would change every filter's statistics, so no "
+    "conv's input is cut (only a few outputs feeding nothing else)",
+    "levit_128s": "LinearNorm ends in `reshape_as`, which has no channel rule under torch.fx",
     "deepseek_vit_412m": "not measured: over the 420 s per model on one shared core "
     "(412M parameters)",
     "gemma4_vit_167m": "not measured: over the 420 s per model on one shared core",
