@@ -84,9 +84,20 @@ def run_all(script: str, names: Iterable[str], extra: Callable[[str], dict] | No
     return rows
 
 
-def finish(progress: Path) -> None:
-    """Remove the progress file once the complete tables are written."""
+def run_tables(script: str, names: list[str], stem: str, write: Callable[[list[dict]], None],
+               extra: Callable[[str], dict] | None = None) -> None:
+    """Run ``names`` (resuming from ``<stem>.progress.json``), rewriting the tables with
+    ``write(rows)`` after each model; the progress file goes once they are complete."""
+    progress = RESULTS / f"{stem}.progress.json"
+    write(run_all(script, names, extra=extra, progress=progress, on_row=write))
     progress.unlink(missing_ok=True)
+
+
+def merged_rows(stem: str) -> list[dict]:
+    """The rows of ``<stem>.csv`` with those of ``<stem>-partial.csv`` put in (by model)."""
+    rows = {r["model"]: r for r in read_csv(RESULTS / f"{stem}.csv")}
+    rows.update((r["model"], r) for r in read_csv(RESULTS / f"{stem}-partial.csv"))
+    return list(rows.values())
 
 
 def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:

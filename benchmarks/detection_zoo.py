@@ -18,11 +18,10 @@ import sys
 from _isolated import (
     FLOAT64_NOTE,
     RESULTS,
-    finish,
     markdown_table,
+    merged_rows,
     one_model_main,
-    read_csv,
-    run_all,
+    run_tables,
     write_csv,
 )
 
@@ -92,18 +91,13 @@ def run_one(name: str) -> dict:
 def main(argv: list[str]) -> None:
     if one_model_main(argv, run_one):
         return
+    order = DETECTION + SEGMENTATION + YOLO
     if argv[:1] == ["--merge"]:
-        rows = {r["model"]: r for r in read_csv(RESULTS / "detection_zoo.csv")}
-        rows.update((r["model"], r) for r in read_csv(RESULTS / "detection_zoo-partial.csv"))
-        order = DETECTION + SEGMENTATION + YOLO
-        write(sorted(rows.values(), key=lambda r: order.index(r["model"])), partial=False)
+        rows = merged_rows("detection_zoo")
+        write(sorted(rows, key=lambda r: order.index(r["model"])), partial=False)
         return
-    names = argv or DETECTION + SEGMENTATION + YOLO
     partial = bool(argv)
-    progress = RESULTS / f"{stem(partial)}.progress.json"
-    rows = run_all(__file__, names, progress=progress, on_row=lambda rows: write(rows, partial))
-    write(rows, partial)
-    finish(progress)
+    run_tables(__file__, argv or order, stem(partial), lambda rows: write(rows, partial))
 
 
 def stem(partial: bool) -> str:

@@ -23,11 +23,10 @@ import sys
 from _isolated import (
     FLOAT64_NOTE,
     RESULTS,
-    finish,
     markdown_table,
+    merged_rows,
     one_model_main,
-    read_csv,
-    run_all,
+    run_tables,
     write_csv,
 )
 
@@ -75,18 +74,12 @@ def main(argv: list[str]) -> None:
         atomic_write_text(FAMILIES, json.dumps(build_families(), indent=1) + "\n")
         return
     if argv[:1] == ["--merge"]:
-        rows = {r["model"]: r for r in read_csv(RESULTS / "timm_zoo.csv")}
-        rows.update((r["model"], r) for r in read_csv(RESULTS / "timm_zoo-partial.csv"))
-        write(sorted(rows.values(), key=lambda r: r["family"]), partial=False)
+        write(sorted(merged_rows("timm_zoo"), key=lambda r: r["family"]), partial=False)
         return
     family_of = {model: family for family, model in families().items()}
-    names = argv or list(family_of)
     partial = bool(argv)
-    progress = RESULTS / f"{stem(partial)}.progress.json"
-    rows = run_all(__file__, names, extra=lambda n: {"family": family_of.get(n, "")},
-                   progress=progress, on_row=lambda rows: write(rows, partial))  # fmt: skip
-    write(rows, partial)
-    finish(progress)
+    run_tables(__file__, argv or list(family_of), stem(partial), lambda rows: write(rows, partial),
+               extra=lambda n: {"family": family_of.get(n, "")})  # fmt: skip
 
 
 def stem(partial: bool) -> str:

@@ -17,11 +17,10 @@ from pathlib import Path
 from _isolated import (
     FLOAT64_NOTE,
     RESULTS,
-    finish,
     markdown_table,
+    merged_rows,
     one_model_main,
-    read_csv,
-    run_all,
+    run_tables,
     write_csv,
 )
 
@@ -87,10 +86,7 @@ def main(argv: list[str]) -> None:
 
     names = argv or sorted(torchvision.models.list_models(module=torchvision.models))
     partial = bool(argv)
-    progress = RESULTS / f"{stem(partial)}.progress.json"
-    rows = run_all(__file__, names, progress=progress, on_row=lambda rows: write(rows, partial))
-    write(rows, partial)
-    finish(progress)
+    run_tables(__file__, names, stem(partial), lambda rows: write(rows, partial))
 
 
 def stem(partial: bool) -> str:
@@ -99,9 +95,7 @@ def stem(partial: bool) -> str:
 
 def merge_partial() -> None:
     """Put the rows of ``zoo-partial.csv`` (a run of some models) into ``zoo.csv``/``.md``."""
-    rows = {r["model"]: r for r in read_csv(RESULTS / "zoo.csv")}
-    rows.update((r["model"], r) for r in read_csv(RESULTS / "zoo-partial.csv"))
-    write([rows[k] for k in sorted(rows)], partial=False)
+    write(sorted(merged_rows("zoo"), key=lambda r: r["model"]), partial=False)
 
 
 def write(rows: list[dict], partial: bool) -> None:
