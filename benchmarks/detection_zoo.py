@@ -77,15 +77,21 @@ def run_one(name: str) -> dict:
         from filterprune.testing.detectors import HeadTensors
 
         row = check_module(lambda: HeadTensors(build(name)), name, size=SIZE[kind])
-        return {"task": kind, "part": "backbone+FPN+head (tensors before post-processing)", **row}
-    part, make = "whole model", build
+        return {"task": kind, "part": part_of(name), **row}
+    make = build
     if name in MASKS_UNPASTED:
         from filterprune.testing.detectors import masks_unpasted
 
-        part, make = "whole model, masks not pasted", lambda n: masks_unpasted(build(n))
+        make = lambda n: masks_unpasted(build(n))  # noqa: E731
     row = check_module(lambda: make(name), name, size=SIZE[kind], onnx=kind != "detection",
                        detector=kind == "detection")  # fmt: skip
-    return {"task": kind, "part": part, **row}
+    return {"task": kind, "part": part_of(name), **row}
+
+
+def part_of(name: str) -> str:
+    if name in HEAD_TENSORS:
+        return "backbone+FPN+head (tensors before post-processing)"
+    return "whole model, masks not pasted" if name in MASKS_UNPASTED else "whole model"
 
 
 def main(argv: list[str]) -> None:
@@ -105,6 +111,8 @@ def stem(partial: bool) -> str:
 
 
 def write(rows: list[dict], partial: bool) -> None:
+    for r in rows:  # failed rows say neither
+        r["task"], r["part"] = task(r["model"]), part_of(r["model"])
     write_csv(RESULTS / f"{stem(partial)}.csv", rows, FIELDS)
     lines = [
         "# Detection and segmentation: filter_pruning level 0.5 (baseline), first/downsample "
@@ -112,7 +120,7 @@ def write(rows: list[dict], partial: bool) -> None:
         "",
     ]
     for kind in ("detection", "segmentation", "yolo"):
-        part = [r for r in rows if r.get("task", task(r["model"])) == kind]
+        part = [r for r in rows if r["task"] == kind]
         ok = [r for r in part if r.get("ok")]
         lines.append(f"- {kind}: {len(ok)}/{len(part)} pass")
     lines += [
@@ -133,7 +141,10 @@ def write(rows: list[dict], partial: bool) -> None:
         "post-processing reads those tensors, whose shapes stay. Mask R-CNN: pasting masks "
         "into the image loops over boxes of run-time sizes, which torch.export cannot capture "
         "either; it has no weights, so masks stay the mask head's 28x28 map per box "
-        "(`filterprune.testing.detectors.masks_unpasted`) and are compared so.",
+        "(`filterprune.testing.detectors.masks_unpasted`) and are compared so. "
+        "maskrcnn_resnet50_fpn_v2 still fails: torch.fx cannot trace it and torch.export "
+        "(draft) fails on it too, even with the masks unpasted (not looked into further: "
+        "left whole, its error in `reason`).",
         "",
         FLOAT64_NOTE,
         "",
