@@ -18,8 +18,13 @@ MODELS = {  # name: (build, input side)
 }
 
 
-@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
-@pytest.mark.parametrize("name", MODELS)
+# The TorchScript exporter has no antialiased bicubic resize (test_vit resamples its
+# position embedding to the input size): the current exporter only, there.
+CASES = [(name, exporter) for name in MODELS for exporter in ("dynamo", "torchscript")
+         if (name, exporter) != ("test_vit", "torchscript")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "exporter"), CASES)
 def test_converter_reads_both_exporters_on_real_models(name, exporter):
     build, size = MODELS[name]
     row = check_convert(build(), size, exporter=exporter)

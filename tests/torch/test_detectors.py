@@ -1,15 +1,14 @@
-"""Detectors whose post-processing no capture reads: one-stage ones pruned up to their
-head, Mask R-CNN with its masks left unpasted."""
+"""One-stage detectors whose post-processing no capture reads: prune up to the head."""
 
 import copy
 
 import pytest
 import torch
-from torchvision.models.detection import FCOS, MaskRCNN, RetinaNet
+from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from filterprune.testing.detectors import HeadTensors, masks_unpasted
+from filterprune.testing.detectors import HeadTensors
 from filterprune.testing.zoo import _config, check_module, nondegenerate, relative_diff
 from filterprune.torch import create_compressed_model
 
@@ -22,13 +21,6 @@ def _detector(kind):
                                    returned_layers=[2, 3, 4],
                                    extra_blocks=LastLevelP6P7(256, 256))  # fmt: skip
     return kind(backbone, num_classes=3, min_size=SIZE, max_size=SIZE, score_thresh=0.0).eval()
-
-
-def _mask_rcnn():
-    torch.manual_seed(0)
-    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
-    return MaskRCNN(backbone, num_classes=3, min_size=SIZE, max_size=SIZE,
-                    box_score_thresh=0.0).eval()  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", [RetinaNet, FCOS])
@@ -51,13 +43,3 @@ def test_the_detector_runs_on_the_pruned_parts_as_on_the_masked_ones():
     assert ref[0]["boxes"].shape[0] > 0
     assert relative_diff(ref, out) <= 1e-4
 
-
-def test_mask_rcnn_prunes_with_its_masks_unpasted():
-    model = masks_unpasted(_mask_rcnn())
-    with torch.no_grad():
-        masks = model(torch.rand(1, 3, SIZE, SIZE))[0]["masks"]
-    assert masks.shape[1:] == (1, 28, 28)  # the mask head's map per box, not pasted
-    row = check_module(lambda: masks_unpasted(_mask_rcnn()), "MaskRCNN", size=SIZE, onnx=False,
-                       detector=True)  # fmt: skip
-    assert row["ok"], row
-    assert row["capture"] == "torch.export" and row["flops_kept"] < 0.8, row
