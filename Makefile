@@ -3,7 +3,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-keras test test-slow data chromium lint bench-zoo bench-speed bench-deploy bench-int8 bench-fmnist-int8 clean
+.PHONY: demo demo-keras test test-slow data chromium lint bench-zoo bench-timm bench-detection \
+	bench-speed bench-deploy bench-int8 bench-fmnist-int8 clean
 
 $(STAMP): pyproject.toml requirements-test.txt constraints.txt
 	$(PY) -m venv $(VENV)
@@ -35,6 +36,12 @@ test-slow: $(STAMP) data
 
 bench-zoo: $(STAMP)
 	$(BIN)/python benchmarks/zoo.py
+
+bench-timm: $(STAMP)
+	$(BIN)/python benchmarks/timm_zoo.py
+
+bench-detection: $(STAMP)
+	$(BIN)/python benchmarks/detection_zoo.py
 
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/analysis_speed.py

@@ -4,7 +4,9 @@ Each model (random init) is pruned at level 0.5 (first and downsampling convs
 allowed), exported masked with ``ctrl.export_model(...)``, converted, and compared
 with the shrunk export (``shrink=True``): the weight shape of every
 Conv/Gemm/MatMul, the outputs, and the FLOPs. Keras exports go through tf2onnx
-with a dynamic batch; PyTorch exports have a fixed one.
+with a dynamic batch; PyTorch exports have a fixed one, written with the current
+exporter (``dynamo``, what ``export_model`` uses) or the TorchScript one (``--exporter``):
+the converter must read both.
 
 One subprocess per model. Writes ``benchmarks/results/{keras,torch}_convert.md`` and
 ``.json``; a run of some models updates their rows.
@@ -12,6 +14,7 @@ One subprocess per model. Writes ``benchmarks/results/{keras,torch}_convert.md``
     python benchmarks/convert_exports.py keras                 # the keras.applications set
     python benchmarks/convert_exports.py torch                 # every torchvision classifier
     python benchmarks/convert_exports.py torch resnet18 vit_b_16
+    python benchmarks/convert_exports.py torch --exporter torchscript resnet18
 """
 
 from __future__ import annotations
@@ -24,18 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from filterprune._atomic import atomic_write_text
+
 RESULTS = Path(__file__).parent / "results"
 KERAS_MODELS = ["ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "EfficientNetV2B0",
                 "InceptionV3", "InceptionResNetV2", "MobileNet", "MobileNetV2",
                 "MobileNetV3Small", "NASNetMobile", "ResNet50", "VGG16", "Xception"]  # fmt: skip
-WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 PARAMS = {"schedule": "baseline", "prune_first_conv": True, "prune_downsample_convs": True}
-
-
-def weight_shapes(model) -> list[tuple[int, ...]]:
-    inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type in WEIGHTED and len(n.input) > 1]
-    return sorted(inits[n.input[1]] for n in nodes if n.input[1] in inits)
 
 
 def compare(masked: Path, small: Path, ref, x, ctrl) -> dict:
@@ -45,6 +43,7 @@ def compare(masked: Path, small: Path, ref, x, ctrl) -> dict:
     import onnxruntime as ort
 
     from filterprune.onnx import remove_zero_filters
+    from filterprune.testing.convert import weight_shapes
 
     t = time.perf_counter()
     converted, report = remove_zero_filters(str(masked))
@@ -79,51 +78,42 @@ def run_keras(name: str, folder: Path) -> dict:
     return {"model": name, "input": size, **row}
 
 
-def run_torch(name: str, folder: Path) -> dict:
+def run_torch(name: str, exporter: str) -> dict:
     from filterprune.testing.zoo import smallest_input
 
     try:
-        return _run_torch(name, folder, smallest_input)
+        return _run_torch(name, exporter, smallest_input)
     except Exception:  # noqa: BLE001 - the exporter rejects some pool sizes at small inputs
-        return _run_torch(name, folder, lambda model: 224)
+        return _run_torch(name, exporter, lambda model: 224)
 
 
-def _run_torch(name: str, folder: Path, input_size) -> dict:
+def _run_torch(name: str, exporter: str, input_size) -> dict:
     import torch
     import torchvision
 
-    from filterprune import NNCFConfig
-    from filterprune.testing.zoo import real_scale_bn
-    from filterprune.torch import create_compressed_model
+    from filterprune.testing.convert import check_convert
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     size = input_size(model)
-    real_scale_bn(model)
-    config = NNCFConfig.from_dict({
-        "input_info": {"sample_size": [1, 3, size, size]},
-        "compression": {"algorithm": "filter_pruning", "pruning_init": 0.5, "params": PARAMS}})
-    ctrl, model = create_compressed_model(model, config)
-    ctrl.export_model(str(folder / "masked.onnx"))
-    ctrl.export_model(str(folder / "small.onnx"), shrink=True)
-    x = torch.randn(1, 3, size, size)
-    with torch.no_grad():
-        ref = model.eval()(x).numpy()
-    row = compare(folder / "masked.onnx", folder / "small.onnx", ref, x.numpy(), ctrl)
-    return {"model": name, "input": size, **row}
+    return {"model": name, "input": size, **check_convert(model, size, exporter)}
 
 
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["--one"]:
-        run = run_keras if args[1] == "keras" else run_torch
-        with tempfile.TemporaryDirectory() as tmp:
-            print("RESULT " + json.dumps(run(args[2], Path(tmp))), flush=True)
+        if args[1] == "keras":
+            with tempfile.TemporaryDirectory() as tmp:
+                row = run_keras(args[2], Path(tmp))
+        else:
+            row = run_torch(args[2], args[3])
+        print("RESULT " + json.dumps(row), flush=True)
         return
     if not args or args[0] not in ("keras", "torch"):
-        sys.exit("usage: convert_exports.py keras|torch [MODEL ...]")
-    frontend, names = args[0], args[1:]
+        sys.exit("usage: convert_exports.py keras|torch [--exporter NAME] [MODEL ...]")
+    frontend, names, exporter = args[0], args[1:], "dynamo"
+    if names[:1] == ["--exporter"]:
+        exporter, names = names[1], names[2:]
     if not names and frontend == "keras":
         names = KERAS_MODELS
     elif not names:
@@ -133,7 +123,7 @@ def main() -> None:
     rows = []
     for name in names:
         try:
-            proc = subprocess.run([sys.executable, __file__, "--one", frontend, name],
+            proc = subprocess.run([sys.executable, __file__, "--one", frontend, name, exporter],
                                   capture_output=True, text=True, timeout=900,
                                   cwd=Path(__file__).parent)  # fmt: skip
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -141,39 +131,60 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             lines, error = [], "timed out after 900 s"
         row = json.loads(lines[-1][7:]) if lines else {"model": name, "error": error}
+        if frontend == "torch":
+            row.setdefault("exporter", exporter)
         print(row, flush=True)
         rows.append(row)
     write(frontend, rows)
 
 
+def _key(row: dict, frontend: str) -> tuple[str, str]:
+    if frontend == "torch":  # rows written before the exporter was recorded: TorchScript
+        row.setdefault("exporter", "torchscript")
+    return row["model"], row.get("exporter", "")
+
+
 def write(frontend: str, new_rows: list[dict]) -> None:
     """Merge ``new_rows`` into the saved rows of ``frontend`` and write the table."""
     saved = RESULTS / f"{frontend}_convert.json"
-    rows = {r["model"]: r for r in (json.loads(saved.read_text()) if saved.exists() else [])}
-    rows.update((r["model"], r) for r in new_rows)
+    rows = {_key(r, frontend): r
+            for r in (json.loads(saved.read_text()) if saved.exists() else [])}
+    rows.update((_key(r, frontend), r) for r in new_rows)
     rows = [rows[k] for k in sorted(rows)]
-    RESULTS.mkdir(exist_ok=True)
-    saved.write_text(json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(saved, json.dumps(rows, indent=1) + "\n")
+    text = "\n".join(markdown(frontend, rows)) + "\n"
+    atomic_write_text(RESULTS / f"{frontend}_convert.md", text)
+
+
+def markdown(frontend: str, rows: list[dict]) -> list[str]:
     how = ("keras.applications, exported with tf2onnx, dynamic batch" if frontend == "keras"
-           else "torchvision, exported with torch.onnx (opset 17), batch 1")  # fmt: skip
-    same = sum(1 for r in rows if r.get("same_weights"))
+           else "torchvision, exported with torch.onnx, batch 1: the current exporter "
+                "(`dynamo`, what `export_model` uses) or the TorchScript one (`torchscript`, "
+                "opset 17; rows measured before `export_model` moved to the current one)")
+    counts = []
+    for exporter in sorted({r.get("exporter", "") for r in rows}):
+        part = [r for r in rows if r.get("exporter", "") == exporter]
+        same = sum(1 for r in part if r.get("same_weights"))
+        counts.append(f"**{same} of {len(part)}**" + (f" ({exporter})" if exporter else ""))
     lines = [f"# Zero-filter converter on {frontend} exports", "",
              f"{how}; random init, level 0.5 (first and downsampling convs allowed), exported "
              "masked with `ctrl.export_model(...)` and converted. *same weights*: every "
              "Conv/Gemm/MatMul weight has the shape it has in the shrunk export "
              "(`shrink=True`). FLOPs: the converter's count of the ONNX graph, and the "
-             f"frontend's count. **{same} of {len(rows)}** have the same weights.", "",
-             "| model | input | same weights | max rel diff | FLOPs kept (ONNX) | FLOPs kept "
-             "(frontend) | zero filters kept | converter s |", "|" + "---|" * 8]  # fmt: skip
+             f"frontend's count. {', '.join(counts)} have the same weights.", "",
+             "| model | exporter | input | same weights | max rel diff | FLOPs kept (ONNX) "
+             "| FLOPs kept (frontend) | zero filters kept | converter s |",
+             "|" + "---|" * 9]  # fmt: skip
     for r in rows:
+        exporter = r.get("exporter", "")
         if "error" in r:
-            lines.append(f"| {r['model']} | | error: {r['error'][:120]} | | | | | |")
+            lines.append(f"| {r['model']} | {exporter} | | error: {r['error'][:120]} | | | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['input']} | {'yes' if r['same_weights'] else 'NO'} "
+        lines.append(f"| {r['model']} | {exporter} | {r['input']} | "
+                     f"{'yes' if r['same_weights'] else 'NO'} "
                      f"| {r['rel_diff']:.1e} | {r['flops_kept']:.3f} "
                      f"| {r['strip_flops_kept']:.3f} | {r['kept_zero']} | {r['seconds']:.1f} |")
-    (RESULTS / f"{frontend}_convert.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":

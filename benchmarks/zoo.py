@@ -14,13 +14,45 @@ import os
 import sys
 from pathlib import Path
 
-from _isolated import RESULTS, markdown_table, one_model_main, read_csv, run_all, write_csv
+from _isolated import (
+    FLOAT64_NOTE,
+    RESULTS,
+    markdown_table,
+    merged_rows,
+    one_model_main,
+    run_tables,
+    write_csv,
+)
+
+from filterprune._atomic import atomic_write_text
 
 FIELDS = ["model", "ok", "input", "flops_kept", "flops_kept_x1", "params_kept", "analysis_s",
           "capture", "exporter", "max_rel_diff", "onnx_rel_diff", "unpruned_groups",
-          "reason"]  # fmt: skip
-PEERS = Path(os.environ.get("PEERS_ZOO", Path(__file__).resolve().parents[2] / "shared"
-                           / "reference" / "peers-zoo.md"))  # fmt: skip
+          "reason", "float64"]  # fmt: skip
+
+
+def _peers_path() -> Path:
+    """``shared/reference/peers-zoo.md`` beside the checkout (main or a worktree under it)."""
+    found = [p / "shared" / "reference" / "peers-zoo.md" for p in Path(__file__).resolve().parents]
+    return next((p for p in found if p.exists()), found[2])
+
+
+PEERS = Path(os.environ.get("PEERS_ZOO", _peers_path()))
+
+# Why the table once said exactly 0.0 for three ConvNeXt models (measured on convnext_tiny).
+CONVNEXT = [
+    "ConvNeXt: with torchvision's own init, convnext_tiny/small/base reported a max_rel_diff "
+    "of exactly 0.0. Every ConvNeXt block multiplies its branch by a layer scale of 1e-6 "
+    "before adding it to the residual stream, and every cut lies inside a branch (the stream's "
+    "channels stay whole: LayerNorm normalises over them; only the 4x MLP hidden channels, "
+    "`block.3`/`block.5`, are cut). The stripped model's rounding differences, about 1e-7 of "
+    "the branch, were scaled to about 1e-13 of the stream, below float32 resolution, so they "
+    "vanished: a wrong cut in a branch would have vanished the same way. With the layer "
+    "scales redrawn by `nondegenerate` (around 1e-6 +- 0.5) the branches count and the "
+    "difference is ordinary rounding, nonzero: 7.7e-07 / 7.3e-07 / 9.4e-07 / 9.5e-07 for "
+    "tiny / small / base / large (convnext_tiny gives 0.0e+00 on the same run with the plain "
+    "init).",
+]
 
 
 def load_peers() -> dict[str, tuple[str, str]]:
@@ -53,20 +85,21 @@ def main(argv: list[str]) -> None:
     import torchvision
 
     names = argv or sorted(torchvision.models.list_models(module=torchvision.models))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write(run_all(__file__, names), partial=bool(argv))
+    partial = bool(argv)
+    run_tables(__file__, names, stem(partial), lambda rows: write(rows, partial))
+
+
+def stem(partial: bool) -> str:
+    return "zoo-partial" if partial else "zoo"
 
 
 def merge_partial() -> None:
     """Put the rows of ``zoo-partial.csv`` (a run of some models) into ``zoo.csv``/``.md``."""
-    rows = {r["model"]: r for r in read_csv(RESULTS / "zoo.csv")}
-    rows.update((r["model"], r) for r in read_csv(RESULTS / "zoo-partial.csv"))
-    write([rows[k] for k in sorted(rows)], partial=False)
+    write(sorted(merged_rows("zoo"), key=lambda r: r["model"]), partial=False)
 
 
 def write(rows: list[dict], partial: bool) -> None:
-    stem = "zoo-partial" if partial else "zoo"
-    write_csv(RESULTS / f"{stem}.csv", rows, FIELDS)
+    write_csv(RESULTS / f"{stem(partial)}.csv", rows, FIELDS)
     ok = [r for r in rows if r["ok"]]
     over30 = [r for r in ok if r["flops_kept"] <= 0.7]
     peers = load_peers()
@@ -87,9 +120,13 @@ def write(rows: list[dict], partial: bool) -> None:
         "../shared/reference/peers-zoo.md (NNCF with its defaults: first/downsample convs off).",
         "flops_kept_x1: the same with `filters_multiple_of` 1 (no rounding to multiples of 8).",
         "",
+        *CONVNEXT,
+        "",
+        FLOAT64_NOTE,
+        "",
         *markdown_table(rows, fields),
     ]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / f"{stem(partial)}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
