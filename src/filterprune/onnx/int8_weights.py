@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .rewrite import subgraph_inputs
+
 __all__ = ["store_int8_weights"]
 
 _RANGES = {np.dtype("int8"): (-128, 127), np.dtype("uint8"): (0, 255)}
@@ -70,18 +72,11 @@ def _computed(node: onnx.NodeProto, inits: dict) -> np.ndarray | None:
 
 def _drop_unused(graph: onnx.GraphProto) -> None:
     """Remove initializers that no node, subgraph or graph output reads any more."""
-    used = {o.name for o in graph.output} | _read_by(graph.node)
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        used |= subgraph_inputs(node)
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
 
-
-def _read_by(nodes) -> set[str]:
-    """Every tensor name the nodes read, in their subgraphs too."""
-    used = set()
-    for node in nodes:
-        used.update(node.input)
-        for attr in node.attribute:
-            for sub in [attr.g, *attr.graphs]:
-                used |= _read_by(sub.node)
-    return used

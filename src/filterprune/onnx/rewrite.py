@@ -210,7 +210,7 @@ class _Writer:
             if any(o in needed for o in node.output) or _has_subgraph(node):
                 keep_nodes.append(node)
                 needed.update(i for i in node.input if i)
-                needed.update(_subgraph_inputs(node))
+                needed.update(subgraph_inputs(node))
         if len(keep_nodes) != len(g.node):
             kept = list(reversed(keep_nodes))
             del g.node[:]
@@ -233,12 +233,14 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
                for a in node.attribute)  # fmt: skip
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name the node's subgraphs read, nested subgraphs included."""
     names: set[str] = set()
     for a in node.attribute:
         for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
             for n in sub.node:
                 names.update(n.input)
+                names |= subgraph_inputs(n)
     return names
 
 
