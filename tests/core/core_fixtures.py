@@ -14,6 +14,7 @@ from filterprune.core.compression import CompressionController, CompressionStage
 from filterprune.core.controller import PruningControllerBase, analysis_options
 from filterprune.core.graph import Graph, LayerInfo, Node
 from filterprune.core.workflow import Captured, Frontend
+from filterprune.errors import ConfigError
 
 
 @pytest.fixture
@@ -82,6 +83,9 @@ class Counter(CompressionController):
         return {**super().get_compression_state(), "initialized": self.initialized}
 
     def load_state(self, state):
+        if "initialized" not in state:  # as a real controller checks its own keys
+            raise ConfigError(f"`{self.state_where}.initialized` must be set. "
+                              f"Received: keys {sorted(state)}.")  # fmt: skip
         self.initialized = state["initialized"]
 
 
