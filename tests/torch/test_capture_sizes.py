@@ -52,3 +52,49 @@ def test_a_model_reshaping_with_foreign_sizes_strips_equal():
     ctrl, model = create_compressed_model(nondegenerate(Mixer()), config)
     assert ctrl.statistics().flops_kept < 0.9
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+
+
+class LinearNorm(nn.Module):
+    """LeViT's pattern: BatchNorm1d over the tokens flattened into the batch, put back
+    with ``reshape_as``."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.linear, self.bn = nn.Linear(cin, cout), nn.BatchNorm1d(cout)
+
+    def forward(self, x):
+        x = self.linear(x)
+        return self.bn(x.flatten(0, 1)).reshape_as(x)
+
+
+class Tokens(nn.Module):
+    """``reshape_as`` inside a block (free), and ``view_as`` onto another tensor, which
+    ties the viewed output to that tensor's channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.ln1, self.ln2 = LinearNorm(16, 32), LinearNorm(32, 16)
+        self.mix, self.head = nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2)
+        t = t + self.ln2(torch.relu(self.ln1(t)))
+        side = self.mix(t).view_as(t)
+        return self.head(torch.relu(side)).mean(1) + t.mean((1, 2))[:, None]
+
+
+def test_reshape_as_follows_the_other_tensor():
+    graph = capture_fx(Tokens().eval(), (torch.zeros(1, 3, 8, 8),)).graph
+    groups = {tuple(g.producers): g.reason for g in analyze(graph, AnalysisOptions(
+        prune_first_conv=True)).groups}  # fmt: skip
+    assert groups[("ln1.linear",)] is None
+    assert ("stem", "ln2.linear", "mix") in groups
+
+
+def test_reshape_as_models_strip_equal():
+    torch.manual_seed(0)
+    config = make_config((1, 3, 8, 8), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(Tokens()), config)
+    assert ctrl.statistics().flops_kept < 0.8
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))

@@ -258,6 +258,16 @@ def _reshape(s, node, ins):
     return s.canonical(full)
 
 
+@register_rule("reshape_as")
+def _reshape_as(s, node, ins):
+    """``x.reshape_as(y)``/``view_as``: sizes read from ``y`` at run time, so a cut must
+    leave the output and ``y`` the same shape: the two are tied entry by entry."""
+    out = _reshape(s, node, ins[:1])
+    if len(ins) < 2 or not isinstance(ins[1], np.ndarray) or not isinstance(out, np.ndarray):
+        raise RuleError("reshape_as reads its sizes from a tensor whose channels are not followed")
+    return _elementwise(s, node, [out, ins[1]])
+
+
 def _reshape_param(param: Param, node: Node) -> Param:
     """A weight viewed with size-1 axes added or dropped (``gamma.view(1, -1, 1, 1)``)
     stays that weight; a view that moves its entries, or fixes its size in code, does not."""

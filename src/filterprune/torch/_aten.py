@@ -45,10 +45,11 @@ def _reshape(node: fx.Node, shape) -> Spec:
     every size but ``-1`` counts as fixed in code (safe: channels there stay)."""
     args = named_args(node)
     size = args.get("size", args.get("shape"))
-    if size is None:  # reshape_as / view_as: the other tensor's (static) shape
-        out = node.meta["val"].shape
-        return "reshape", {"fixed_dims": list(range(len(out)))}
     return "reshape", {"fixed_dims": [i for i, a in enumerate(size) if a != -1]}
+
+
+def _reshape_as(node: fx.Node, shape) -> Spec:
+    return "reshape_as", {}
 
 
 def _free_reshape(node: fx.Node, shape) -> Spec:
@@ -218,8 +219,8 @@ def _table(pairs: list[tuple[list[Any], Callable[..., Spec]]]) -> dict[Any, Call
 ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_IDENTITY, _identity),
     (_ELEMENTWISE, _elementwise),
-    (_ops("view.default", "reshape.default", "_unsafe_view.default", "view_as.default",
-          "reshape_as.default"), _reshape),
+    (_ops("view.default", "reshape.default", "_unsafe_view.default"), _reshape),
+    (_ops("view_as.default", "reshape_as.default"), _reshape_as),
     (_ops("flatten.using_ints", "squeeze.default", "squeeze.dim", "squeeze.dims",
           "unsqueeze.default"), _free_reshape),
     (_ops("unflatten.int"), _unflatten),

@@ -256,6 +256,10 @@ def _unflatten_fixed(node: fx.Node, ndim: int) -> list[int]:
     return [dim + i for i, a in enumerate(sizes) if isinstance(a, int) and a != -1]
 
 
+def _reshape_as(node: fx.Node, shapes) -> Spec:
+    return "reshape_as", {}
+
+
 def _permute(node: fx.Node, shapes) -> Spec:
     dims = node.args[1:]
     if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
@@ -388,6 +392,7 @@ CALL_RULES: dict[Any, Call] = {
     **{f: _elementwise for f in _EW},
     **{m: _elementwise for m in _EW_METHODS},
     "view": _reshape, "reshape": _reshape, torch.reshape: _reshape,
+    "view_as": _reshape_as, "reshape_as": _reshape_as,
     "flatten": _reshape, torch.flatten: _reshape, "unflatten": _reshape, torch.unflatten: _reshape,
     "squeeze": _reshape, torch.squeeze: _reshape, "unsqueeze": _reshape, torch.unsqueeze: _reshape,
     "permute": _permute, torch.permute: _permute,
