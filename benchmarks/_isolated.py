@@ -51,7 +51,7 @@ def run_isolated(script: str, name: str) -> dict:
     if line:
         return json.loads(line[-1][7:])
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"model": name, "ok": False, "reason": tail[:200]}
+    return {"model": name, "ok": False, "reason": tail[:500]}
 
 
 def run_all(script: str, names: Iterable[str], extra: Callable[[str], dict] | None = None,

@@ -102,10 +102,17 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
         try:
             captured = capture_export(model, example)
         except AnalysisError as err:
-            raise AnalysisError(f"{fx_error} torch.export failed too: {err}") from err
+            raise AnalysisError(
+                f"{_first_sentence(fx_error)} torch.export failed too: {err}") from err
         captured.graph.notes.insert(0, f"torch.fx could not trace it ({_first_line(fx_error)}); "
                                        "captured with torch.export")  # fmt: skip
         return captured
+
+
+def _first_sentence(err: Exception) -> str:
+    """The cause of an fx failure without the tracer's advice, so the export's fits beside it."""
+    text = str(err).splitlines()[0]
+    return text.split(". ")[0].rstrip(".") + "."
 
 
 def _first_line(err: Exception) -> str:

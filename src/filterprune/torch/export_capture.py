@@ -72,7 +72,8 @@ def export_program(model: nn.Module, example: tuple[torch.Tensor, ...]):
                 program = torch.export.draft_export(model, tuple(example))
             except Exception as err:  # noqa: BLE001 - reported with the first failure
                 raise AnalysisError(f"torch.export could not capture {type(model).__name__}: "
-                                    f"{_first_line(first)}") from err  # fmt: skip
+                                    f"{_first_line(first)}; draft_export: {_first_line(err)}"
+                                    ) from err  # fmt: skip
         return program, _draft_notes(program)
     finally:
         model.train(was_training)
