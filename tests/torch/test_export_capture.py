@@ -121,3 +121,26 @@ def test_a_model_that_fails_on_the_sample_is_refused_with_its_input():
     shape = r"\[\(1, 5, 16, 16\)\]"
     with pytest.raises(AnalysisError, match=rf"Split failed on a zero input of shape {shape}"):
         capture(Split().eval(), (torch.zeros(1, 5, 16, 16),))
+
+
+class CachesOnFirstCall(nn.Module):
+    """Caches a value on its first call, as torchvision's ``MultiScaleRoIAlign`` caches its
+    scales, then iterates a tensor, so fx fails after the cache is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.scale = nn.Conv2d(3, 8, 3, padding=1), None
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.scale is None:
+            self.scale = y.shape[-1] / x.shape[-1]
+        return torch.stack([row * self.scale for row in y])
+
+
+def test_a_failed_fx_trace_leaves_no_proxy_in_the_model():
+    model = CachesOnFirstCall().eval()
+    captured = capture(model, (torch.zeros(1, 3, 8, 8),))
+    assert captured.extra["capture"] == "torch.export"
+    assert model.scale == 1.0
+    assert model(torch.ones(2, 3, 8, 8)).shape == (2, 8, 8, 8)

@@ -56,10 +56,12 @@ def _operands(node: fx.Node) -> list[fx.Node]:
 def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
     was_training = model.training
     model.eval()  # trace the inference path (no stochastic depth, no aux heads)
+    attributes = {m: dict(vars(m)) for m in model.modules()}
     try:
         try:
             gm = fx.GraphModule(model, fx.Tracer().trace(model))
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
+            _restore_attributes(attributes)
             raise _TraceError(
                 f"torch.fx could not trace {type(model).__name__}: {err}. Make the forward free "
                 "of data-dependent Python control flow, or wrap such code with torch.fx.wrap."
@@ -134,6 +136,17 @@ def _check_runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> None:
         ) from err
     finally:
         model.train(was_training)
+
+
+def _restore_attributes(saved: dict[nn.Module, dict[str, Any]]) -> None:
+    """Put back what a failed trace set on modules: a module that caches values from its
+    first call (torchvision's ``MultiScaleRoIAlign`` keeps its scales) would otherwise
+    keep proxies, and the model would fail when run for real."""
+    for module, before in saved.items():
+        now = vars(module)
+        for key in [k for k in now if k not in before]:
+            del now[key]
+        now.update((k, v) for k, v in before.items() if now.get(k) is not v)
 
 
 def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
