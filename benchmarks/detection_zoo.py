@@ -43,8 +43,12 @@ SIZE = {"detection": 320, "segmentation": 128, "yolo": 320}
 # Post-processing that torch.export cannot capture even as a draft (top-k on sizes known
 # only at run time): backbone, FPN and head pruned, compared on the head's tensors.
 HEAD_TENSORS = {"retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn"}
+# Neither capture reads the whole model (torch.export stops on a guard in NMS, its draft in
+# PyTorch's own assertion pass): every layer pruned and compared up to the heads' tensors,
+# the region heads run on fixed proposals.
+RCNN_TENSORS = {"maskrcnn_resnet50_fpn_v2"}
 # Pasting masks into the image loops over boxes of run-time sizes: masks stay 28x28 per box.
-MASKS_UNPASTED = {"maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"}
+MASKS_UNPASTED = {"maskrcnn_resnet50_fpn"}
 
 
 def task(name: str) -> str:
@@ -78,6 +82,12 @@ def run_one(name: str) -> dict:
 
         row = check_module(lambda: HeadTensors(build(name)), name, size=SIZE[kind])
         return {"task": kind, "part": part_of(name), **row}
+    if name in RCNN_TENSORS:
+        from filterprune.testing.detectors import RCNNTensors
+
+        row = check_module(lambda: RCNNTensors(build(name), SIZE[kind]), name, size=SIZE[kind],
+                           onnx=False)  # fmt: skip
+        return {"task": kind, "part": part_of(name), **row}
     make = build
     if name in MASKS_UNPASTED:
         from filterprune.testing.detectors import masks_unpasted
@@ -91,6 +101,8 @@ def run_one(name: str) -> dict:
 def part_of(name: str) -> str:
     if name in HEAD_TENSORS:
         return "backbone+FPN+head (tensors before post-processing)"
+    if name in RCNN_TENSORS:
+        return "backbone+FPN+RPN head+region heads on fixed proposals (tensors)"
     return "whole model, masks not pasted" if name in MASKS_UNPASTED else "whole model"
 
 
@@ -142,9 +154,14 @@ def write(rows: list[dict], partial: bool) -> None:
         "into the image loops over boxes of run-time sizes, which torch.export cannot capture "
         "either; it has no weights, so masks stay the mask head's 28x28 map per box "
         "(`filterprune.testing.detectors.masks_unpasted`) and are compared so. "
-        "maskrcnn_resnet50_fpn_v2 still fails: torch.fx cannot trace it and torch.export "
-        "(draft) fails on it too, even with the masks unpasted (not looked into further: "
-        "left whole, its error in `reason`).",
+        "maskrcnn_resnet50_fpn_v2: torch.fx cannot trace it, torch.export stops on a "
+        "data-dependent guard in NMS (`4*u1 > 4000`, the size switch of `batched_nms`) and "
+        "its draft on an assertion of PyTorch's own runtime-assert pass, so its backbone, "
+        "FPN, RPN head and region heads (box, mask) are pruned through "
+        "`filterprune.testing.detectors.RCNNTensors`, the region heads run on a fixed grid "
+        "of 16 proposals per image, and compared on every tensor they return; every layer "
+        "that reads the feature pyramid is on that path, so the whole detector runs on the "
+        "pruned modules (`tests/torch/test_detectors.py` checks a small Mask R-CNN so).",
         "",
         FLOAT64_NOTE,
         "",

@@ -8,7 +8,7 @@ from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from filterprune.testing.detectors import HeadTensors
+from filterprune.testing.detectors import HeadTensors, RCNNTensors
 from filterprune.testing.zoo import _config, check_module, nondegenerate, relative_diff
 from filterprune.torch import create_compressed_model
 
@@ -43,3 +43,29 @@ def test_the_detector_runs_on_the_pruned_parts_as_on_the_masked_ones():
     assert ref[0]["boxes"].shape[0] > 0
     assert relative_diff(ref, out) <= 1e-4
 
+
+
+def _mask_rcnn():
+    from torchvision.models.detection import MaskRCNN
+
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    return MaskRCNN(backbone, num_classes=3, min_size=SIZE, max_size=SIZE,
+                    box_score_thresh=0.0).eval()  # fmt: skip
+
+
+def test_a_two_stage_detector_prunes_through_its_region_heads_on_fixed_proposals():
+    detector = nondegenerate(_mask_rcnn())
+    ctrl, masked = create_compressed_model(RCNNTensors(detector, SIZE), _config(SIZE, 0.5))
+    assert ctrl.statistics().flops_kept < 0.6
+    small = ctrl.strip().eval()
+    images = [torch.rand(3, SIZE, SIZE)]
+    with torch.no_grad():
+        assert relative_diff(masked(images[0][None]), small(images[0][None])) <= 1e-4
+    pruned = copy.deepcopy(detector)  # the whole detector, on the pruned parts
+    pruned.backbone, pruned.rpn.head, pruned.roi_heads = (small.backbone, small.rpn_head,
+                                                          small.roi_heads)  # fmt: skip
+    with torch.no_grad():
+        ref, out = detector.eval()(images), pruned.eval()(images)
+    assert ref[0]["boxes"].shape[0] > 0 and ref[0]["masks"].shape[0] > 0
+    assert relative_diff(ref, out) <= 1e-4
