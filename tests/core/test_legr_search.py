@@ -9,7 +9,7 @@ import pytest
 from core_fixtures import DictFrontend, Net, Pruning
 
 from filterprune.core.allocation import allocate_for_filters, allocate_for_flops
-from filterprune.core.legr import check_search_inputs, reward_of, search_coeffs
+from filterprune.core.legr import reward_of, search_coeffs, search_inputs
 from filterprune.core.legr_coeffs import load_coeffs, save_coeffs
 from filterprune.core.params import LegrParams
 from filterprune.core.workflow import create_compressed_model, dry_run
@@ -109,9 +109,14 @@ def test_reward_of_reads_numbers_and_first_items():
 
 
 def test_missing_search_inputs_are_named():
-    with pytest.raises(ConfigError, match=r"^`validate_fn` and `val_loader` must be registered "
-                       r".*call reg\(\).*Received: val_loader=None\.$"):
-        check_search_inputs({"validate_fn": print, "val_loader": None}, "reg()")
+    class Args:
+        validate_fn, val_data, train_steps_fn = print, None, None
+
+    with pytest.raises(ConfigError, match=r"^`validate_fn` and `val_data` must be registered "
+                       r".*call reg\(\).*Received: val_data=None\.$"):
+        search_inputs(Args(), "val_data", "reg()")
+    with pytest.raises(ConfigError, match=r"Received: validate_fn=None, val_data=None\.$"):
+        search_inputs(None, "val_data", "reg()")
 
 
 # -- the transform in plans ------------------------------------------------------------------

@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import ConfigError
 from .legr_coeffs import load_coeffs, save_coeffs
 
-__all__ = ["search_coeffs", "reward_of", "learn_ranking", "check_search_inputs"]
+__all__ = ["search_coeffs", "reward_of", "learn_ranking", "search_inputs", "run_candidate"]
 
 log = logging.getLogger("filterprune")
 
@@ -73,26 +73,43 @@ def reward_of(value: Any, source: str = "validate_fn") -> float:
     return -math.inf if math.isnan(number) else number
 
 
-def check_search_inputs(inputs: dict[str, Any], register: str) -> None:
-    """Refuse a LeGR search without its validation data and function.
+def search_inputs(args: Any, val_key: str, register: str) -> Any:
+    """The registered validation data, after checking that a LeGR search has what it needs.
 
     Args:
-        inputs: The registered values by argument name (``validate_fn``, the validation
-            data), ``None`` where not registered.
+        args: What the frontend's ``register_default_init_args`` registered (``None`` if
+            nothing), with ``validate_fn``, ``train_steps_fn`` and ``val_key``.
+        val_key: The name of the validation data argument (``val_loader``, ...).
         register: How the frontend's ``register_default_init_args`` call looks.
 
     Raises:
         ConfigError: Naming each argument that is missing and how to register it.
     """
+    inputs = {"validate_fn": getattr(args, "validate_fn", None),
+              val_key: getattr(args, val_key, None)}  # fmt: skip
     missing = [name for name, value in inputs.items() if value is None]
     if missing:
         got = ", ".join(f"{name}=None" for name in missing)
         raise ConfigError(
-            f"`{'` and `'.join(inputs)}` must be registered for "
+            f"`validate_fn` and `{val_key}` must be registered for "
             "`interlayer_ranking_type`='learned_ranking' (LeGR scores each candidate ranking "
             f"on the validation data): call {register}, or set "
             f"`params.load_ranking_coeffs_path`. Received: {got}."
         )
+    if args.train_steps_fn is None:
+        log.info("LeGR: no train_steps_fn registered: candidates are validated as pruned, "
+                 "without fine-tuning steps.")  # fmt: skip
+    return inputs[val_key]
+
+
+def run_candidate(ctrl: Any, plan: Any, args: Any, optimizer: Any, train_data: Any,
+                  val_data: Any) -> float:  # fmt: skip
+    """Put ``plan``'s masks on the model, fine-tune it with ``args.train_steps_fn`` (if any)
+    and return ``args.validate_fn``'s score; undoing it all is the caller's part."""
+    ctrl._install(plan)
+    if args.train_steps_fn is not None:
+        args.train_steps_fn(train_data, ctrl.model, optimizer, ctrl, ctrl.params.legr.train_steps)
+    return reward_of(args.validate_fn(ctrl.model, val_data))
 
 
 def _as_candidate(keys: Sequence[Hashable], alpha: np.ndarray, kappa: np.ndarray) -> Candidate:

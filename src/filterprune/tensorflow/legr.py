@@ -15,21 +15,18 @@ attributes are put back as they were. Optimizer variables first made during the 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
 import numpy as np
 
-from ..core.legr import check_search_inputs, reward_of
+from ..core.legr import run_candidate, search_inputs
 from ..core.pruner import Plan
 from ._snapshot import restore, snapshot
 from .controller import reset_traced_functions
 
 __all__ = ["ranking_trials"]
-
-log = logging.getLogger("filterprune")
 
 _REGISTER = "register_default_init_args(config, dataset, val_dataset=..., validate_fn=...)"
 
@@ -71,26 +68,20 @@ def ranking_trials(ctrl: Any) -> Iterator[Callable[[Plan], float]]:
         ConfigError: If ``validate_fn`` or ``val_dataset`` was not registered.
     """
     args = ctrl.registered_args
-    check_search_inputs({"validate_fn": getattr(args, "validate_fn", None),
-                         "val_dataset": getattr(args, "val_dataset", None)}, _REGISTER)  # fmt: skip
-    model, legr = ctrl.model, ctrl.params.legr
+    val_dataset = search_inputs(args, "val_dataset", _REGISTER)
+    model = ctrl.model
     optimizer, optimizers = _optimizers(model, args.legr_train_optimizer)
-    if args.train_steps_fn is None:
-        log.info("LeGR: no train_steps_fn registered: candidates are validated as pruned, "
-                 "without fine-tuning steps.")  # fmt: skip
     layers, undo = snapshot(model), _Undo(model, optimizers)
     before = (ctrl.plan, ctrl.scheduler.get_state(), ctrl.frozen)
     masked = []  # set once the first trial made the masks
 
     def trial(plan: Plan) -> float:
         try:
-            ctrl._install(plan)
             if not masked:  # functions traced before the masks existed would not read them
+                ctrl._install(plan)
                 reset_traced_functions(model)
                 masked.append(True)
-            if args.train_steps_fn is not None:
-                args.train_steps_fn(args.dataset, model, optimizer, ctrl, legr.train_steps)
-            return reward_of(args.validate_fn(model, args.val_dataset))
+            return run_candidate(ctrl, plan, args, optimizer, args.dataset, val_dataset)
         finally:
             undo()
             ctrl.scheduler.load_state(before[1])

@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from ..core.legr import check_search_inputs, reward_of
+from ..core.legr import run_candidate, search_inputs
 from ..core.pruner import Plan
 from ._snapshot import restore, snapshot
 
 __all__ = ["ranking_trials"]
-
-log = logging.getLogger("filterprune")
 
 _REGISTER = "register_default_init_args(config, train_loader, val_loader=..., validate_fn=...)"
 
@@ -68,26 +65,18 @@ def ranking_trials(ctrl: Any) -> Iterator[Callable[[Plan], float]]:
         ConfigError: If ``validate_fn`` or ``val_loader`` was not registered.
     """
     args = ctrl.registered_args
-    check_search_inputs({"validate_fn": getattr(args, "validate_fn", None),
-                         "val_loader": getattr(args, "val_loader", None)}, _REGISTER)  # fmt: skip
-    model, legr = ctrl.model, ctrl.params.legr
+    val_loader = search_inputs(args, "val_loader", _REGISTER)
     optimizer = args.legr_train_optimizer
     if optimizer is None:
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    if args.train_steps_fn is None:
-        log.info("LeGR: no train_steps_fn registered: candidates are validated as pruned, "
-                 "without fine-tuning steps.")  # fmt: skip
+        optimizer = torch.optim.SGD(ctrl.model.parameters(), lr=1e-3, momentum=0.9)
     undo = _Undo(ctrl, optimizer)
 
     def trial(plan: Plan) -> float:
-        torch.manual_seed(legr.random_seed)
+        torch.manual_seed(ctrl.params.legr.random_seed)  # every candidate sees the same batches
         try:
-            ctrl._install(plan)
-            if args.train_steps_fn is not None:
-                args.train_steps_fn(args.data_loader, model, optimizer, ctrl, legr.train_steps)
-            return reward_of(args.validate_fn(model, args.val_loader))
+            return run_candidate(ctrl, plan, args, optimizer, args.data_loader, val_loader)
         finally:
             undo()
 
-    with torch.random.fork_rng(devices=_cuda_devices(model)):
+    with torch.random.fork_rng(devices=_cuda_devices(ctrl.model)):
         yield trial
