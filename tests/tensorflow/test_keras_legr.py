@@ -88,7 +88,7 @@ def test_the_reward_drives_the_ranking_and_the_flops_target_holds():
 
 def test_search_leaves_model_and_optimizer_as_they_were(tmp_path):
     model = chain()
-    model.fit(data(4, seed=3), verbose=0, shuffle=False)  # the optimizer has momentum when the search starts
+    model.fit(data(4, seed=3), verbose=0, shuffle=False)  # momentum before the search
     before = values(model)
     slots = {v.path: np.array(v.numpy()) for v in model.optimizer.variables}
     path = tmp_path / "coeffs.json"
