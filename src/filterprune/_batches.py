@@ -8,7 +8,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["batch_inputs", "check_not_empty", "nonempty_batches", "adaptation_failed"]
+__all__ = ["batch_inputs", "check_not_empty", "check_callable", "nonempty_batches",
+           "adaptation_failed"]  # fmt: skip
 
 
 def batch_inputs(batch: Any) -> Any:
@@ -21,7 +22,9 @@ def batch_inputs(batch: Any) -> Any:
     return batch
 
 
-def check_not_empty(data: Any, key: str) -> None:
+def check_not_empty(data: Any, key: str,
+                    purpose: str = "initialisation (BatchNorm adaptation, quantizer ranges)",
+                    ) -> None:  # fmt: skip
     """Refuse ``data`` at registration when its length says it holds no batch.
 
     Raises:
@@ -33,9 +36,20 @@ def check_not_empty(data: Any, key: str) -> None:
         return
     if size == 0:
         raise ConfigError(
-            f"`{key}` must hold at least one batch for initialisation (BatchNorm adaptation, "
-            f"quantizer ranges). Received: {type(data).__name__} of length 0."
+            f"`{key}` must hold at least one batch for {purpose}. "
+            f"Received: {type(data).__name__} of length 0."
         )
+
+
+def check_callable(**functions: Any) -> None:
+    """Refuse at registration a function argument that cannot be called (``None`` is fine).
+
+    Raises:
+        TypeError: Naming the argument.
+    """
+    for key, fn in functions.items():
+        if fn is not None and not callable(fn):
+            raise TypeError(f"`{key}` must be callable. Received: {key}={fn!r:.80}.")
 
 
 def nonempty_batches(data: Iterable[Any], key: str) -> Iterator[Any]:

@@ -153,12 +153,6 @@ def test_unbuilt_sequential_is_a_clear_error():
         create_compressed_model(keras.Sequential([layers.Conv2D(4, 3)]), make_config())
 
 
-def test_legr_is_a_clear_error(resnet):
-    # quantization beside pruning is tested in test_keras_quantization.py
-    with pytest.raises(ConfigError, match="LeGR"):
-        create_compressed_model(resnet, make_config(interlayer_ranking_type="learned_ranking"))
-
-
 def test_scopes_exclude_layers_with_reasons(resnet):
     config = make_config(extra={"ignored_scopes": ["{re}se1$"],
                                 "target_scopes": ["b", "se1", "se2", "fc1"]})

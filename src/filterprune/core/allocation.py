@@ -10,6 +10,11 @@ next block would overshoot the target by more than ``tolerance`` stops there whi
 others go on; when no group can land inside the window, the block that overshoots least
 is taken.
 
+With LeGR coefficients (:mod:`~filterprune.core.legr_coeffs`), a group's normalised
+scores become ``alpha * score + kappa`` before blocks are compared across groups, and
+:func:`allocate_for_filters` does the same for a share of all prunable filters (the
+``pruning_target`` levels under ``learned_ranking``).
+
 Example (see ``tests/torch/test_flops_allocation.py`` for a ResNet-20)::
 
     plan = allocate_for_flops(pruner, 0.5, scores)   # 0.50 <= removed <= 0.52 when possible
@@ -18,6 +23,7 @@ Example (see ``tests/torch/test_flops_allocation.py`` for a ResNet-20)::
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,9 +32,11 @@ from .analysis import Group
 from .importance import normalize
 from .selection import MAX_GROUP_LEVEL, Selection, keep_count, select
 
-__all__ = ["allocate_for_flops", "keep_steps", "TOLERANCE"]
+__all__ = ["allocate_for_flops", "allocate_for_filters", "keep_steps", "TOLERANCE"]
 
 TOLERANCE = 0.02  # a FLOPs target is met within [target, target + TOLERANCE] when possible
+Coeffs = dict[int, tuple[float, float]]  # group id -> (alpha, kappa) of a learned ranking
+Kept = dict[int, np.ndarray]
 
 
 def keep_steps(size: int, multiple_of: int) -> list[int]:
@@ -57,9 +65,11 @@ class _GroupSteps:
     at: int = 0  # index into steps of the count in place
 
     @classmethod
-    def build(cls, group: Group, scores: np.ndarray, multiple_of: int) -> _GroupSteps:
+    def build(cls, group: Group, scores: np.ndarray, multiple_of: int,
+              coeff: tuple[float, float] = (1.0, 0.0)) -> _GroupSteps:  # fmt: skip
         steps = keep_steps(group.size, multiple_of)
-        ascending = np.sort(normalize(scores))
+        alpha, kappa = coeff
+        ascending = np.sort(alpha * normalize(scores) + kappa)  # alpha > 0: same order
         blocks = [float(ascending[group.size - a : group.size - b].mean())
                   for a, b in zip(steps, steps[1:], strict=False)]  # fmt: skip
         return cls(group, scores, steps, blocks)
@@ -69,11 +79,14 @@ class _GroupSteps:
 
 
 class _Allocation:
-    """Kept counts per group and the FLOPs removed by the resulting selections."""
+    """Kept counts per group and the share removed (``measure``) by the resulting selections."""
 
-    def __init__(self, pruner, scores: dict[int, np.ndarray]) -> None:
-        self.pruner = pruner
-        self.groups = {g.id: _GroupSteps.build(g, scores[g.id], pruner.multiple_of)
+    def __init__(self, pruner, scores: dict[int, np.ndarray], measure: Callable[[Kept], float],
+                 coeffs: Coeffs | None) -> None:  # fmt: skip
+        self.measure = measure
+        coeffs = coeffs or {}
+        self.groups = {g.id: _GroupSteps.build(g, scores[g.id], pruner.multiple_of,
+                                               coeffs.get(g.id, (1.0, 0.0)))
                        for g in pruner.analysis.prunable_groups}  # fmt: skip
         self.chosen: dict[int, Selection] = {gid: self._select(gid) for gid in self.groups}
 
@@ -82,13 +95,12 @@ class _Allocation:
         return select(gs.group, gs.scores, gs.steps[gs.at if at is None else at])
 
     def removed_if(self, gid: int) -> tuple[float, Selection]:
-        """FLOPs fraction removed if group ``gid`` takes its next step, and its selection."""
+        """Share removed if group ``gid`` takes its next step, and its selection."""
         gs = self.groups[gid]
         trial = self._select(gid, gs.at + 1)
         kept = {g: c.keep for g, c in self.chosen.items()}
         kept[gid] = trial.keep
-        flops = self.pruner.analysis_flops(kept)
-        return 1.0 - flops / max(self.pruner.full_flops, 1), trial
+        return self.measure(kept), trial
 
     def take(self, gid: int, selection: Selection) -> None:
         self.groups[gid].at += 1
@@ -96,7 +108,7 @@ class _Allocation:
 
 
 def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
-                       tolerance: float = TOLERANCE):  # fmt: skip
+                       tolerance: float = TOLERANCE, coeffs: Coeffs | None = None):  # fmt: skip
     """Kept channels per group removing at least ``removed`` of the FLOPs.
 
     Args:
@@ -106,11 +118,37 @@ def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
         scores: Channel importance per group id.
         tolerance: How far above ``removed`` the result may land before other groups'
             blocks are tried instead of the least important one.
+        coeffs: LeGR ``(alpha, kappa)`` per group id applied to the normalised scores
+            when blocks of different groups are compared; none: the identity.
 
     Returns:
         ``(kept, reasons)``: boolean keep vector and selection reason per group id.
     """
-    alloc = _Allocation(pruner, scores)
+
+    def flops_removed(kept: Kept) -> float:
+        return 1.0 - pruner.analysis_flops(kept) / max(pruner.full_flops, 1)
+
+    return _allocate(_Allocation(pruner, scores, flops_removed, coeffs), removed, tolerance)
+
+
+def allocate_for_filters(pruner, removed: float, scores: dict[int, np.ndarray],
+                         coeffs: Coeffs | None = None, tolerance: float = TOLERANCE):  # fmt: skip
+    """Kept channels per group removing at least ``removed`` of all prunable filters,
+    blocks of the least important (transformed) scores first across groups.
+
+    Args and returns as :func:`allocate_for_flops`, with ``removed`` a share of the
+    prunable groups' channels.
+    """
+    total = sum(g.size for g in pruner.analysis.prunable_groups)
+
+    def filters_removed(kept: Kept) -> float:
+        return 1.0 - sum(int(k.sum()) for k in kept.values()) / max(total, 1)
+
+    return _allocate(_Allocation(pruner, scores, filters_removed, coeffs), removed, tolerance)
+
+
+def _allocate(alloc: _Allocation, removed: float, tolerance: float):
+    """Take blocks, lowest block score first, until ``alloc.measure`` reaches ``removed``."""
     heap = [(gs.next_score(), gid) for gid, gs in alloc.groups.items()
             if gs.next_score() is not None]  # fmt: skip
     heapq.heapify(heap)

@@ -20,7 +20,9 @@ Example (a frontend with weights held in a dict)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,8 @@ import numpy as np
 from ..errors import ConfigError
 from .analysis import Analysis, AnalysisOptions
 from .compression import STATE_VERSION, CompressionController, CompressionStage
+from .legr import learn_ranking
+from .legr_coeffs import Coeffs, coeffs_from_json, coeffs_to_json, identity, load_coeffs
 from .params import FilterPruningParams
 from .pruner import Plan, Pruner
 from .schedule import Scheduler
@@ -43,18 +47,12 @@ __all__ = ["CompressionStage", "PruningControllerBase", "STATE_VERSION", "prunin
 
 
 def pruning_params(config: Any, frontend: str = "") -> FilterPruningParams:
-    """The ``filter_pruning`` settings of ``config``, refusing what no frontend runs yet.
+    """The ``filter_pruning`` settings of ``config``.
 
     Raises:
-        ConfigError: Without a ``filter_pruning`` entry, or for LeGR ranking.
+        ConfigError: Without a ``filter_pruning`` entry, or for an invalid setting.
     """
-    params = FilterPruningParams.from_config(config)
-    if params.interlayer_ranking_type != "unweighted_ranking":
-        raise ConfigError(
-            "`interlayer_ranking_type`='learned_ranking' (LeGR) is not available yet. "
-            "Use 'unweighted_ranking'."
-        )
-    return params
+    return FilterPruningParams.from_config(config)
 
 
 def analysis_options(params: FilterPruningParams) -> AnalysisOptions:
@@ -100,6 +98,8 @@ class PruningControllerBase(CompressionController):
         self.plan = Plan(0.0, {})
         self.frozen = False
         self.init_data: Any = None  # the registered batches (set by the workflow)
+        self.registered_args: Any = None  # all that register_default_init_args registered (idem)
+        self.ranking_coeffs: Coeffs | None = None  # LeGR (alpha, kappa) per group id
         self._starting = False
         self.scheduler = Scheduler(params, self.set_pruning_level, self.freeze)
 
@@ -127,6 +127,28 @@ class PruningControllerBase(CompressionController):
         """The plan every data-parallel worker uses (here: ``plan`` itself)."""
         return plan
 
+    @contextlib.contextmanager
+    def _ranking_trials(self) -> Iterator[Callable[[Plan], float]]:
+        """Yield ``trial(plan) -> reward`` for the LeGR search: put ``plan``'s masks on the
+        model, fine-tune, validate, then restore the model exactly; frontends override."""
+        raise ConfigError(
+            "`params.interlayer_ranking_type`='learned_ranking' needs a LeGR search, which "
+            "this frontend cannot run: give `params.load_ranking_coeffs_path`. Received: "
+            "load_ranking_coeffs_path=None."
+        )
+        yield  # pragma: no cover  (a generator, for contextmanager)
+
+    @property
+    def learned_ranking(self) -> bool:
+        return self.params.interlayer_ranking_type == "learned_ranking"
+
+    def ranking_without_search(self) -> None:
+        """LeGR coefficients for a dry run: loaded when a file is given, else the identity."""
+        if not self.learned_ranking:
+            return
+        path = self.params.load_ranking_coeffs_path
+        self.ranking_coeffs = load_coeffs(path, self.analysis) if path else identity(self.analysis)
+
     def start(self, compression_state: dict[str, Any] | None) -> bool:
         """Resume from ``compression_state``, or put ``pruning_init`` in place.
 
@@ -152,6 +174,8 @@ class PruningControllerBase(CompressionController):
         if compression_state is not None:
             self.load_state(compression_state)
             return False
+        if self.learned_ranking:
+            self.ranking_coeffs = learn_ranking(self)
         self._starting = True  # the workflow re-estimates BatchNorm after start itself
         try:
             self.set_pruning_level(self.params.pruning_init)
@@ -183,9 +207,9 @@ class PruningControllerBase(CompressionController):
             raise ValueError(f"`level` must be a float in [0, 1). Received: level={level}.")
         scores = self.pruner.scores(self._importance_inputs())
         if self.params.prune_flops:
-            plan = self.pruner.plan_for_flops(float(level), scores)
+            plan = self.pruner.plan_for_flops(float(level), scores, self.ranking_coeffs)
         else:
-            plan = self.pruner.plan(float(level), scores)
+            plan = self.pruner.plan(float(level), scores, self.ranking_coeffs)
         before = self.plan.kept
         self._install(self._sync(plan))
         if self.params.bn_adaptation_after_mask_change and not self._starting and (
@@ -227,8 +251,9 @@ class PruningControllerBase(CompressionController):
 
     # -- state -----------------------------------------------------------------------------
     def get_compression_state(self) -> dict[str, Any]:
-        """JSON-able state to save beside the model's weights in a checkpoint."""
-        return {
+        """JSON-able state to save beside the model's weights in a checkpoint (with
+        ``ranking_coeffs`` under LeGR, so a resume does not search again)."""
+        state = {
             "version": STATE_VERSION,
             "algorithm": "filter_pruning",
             "params": self.params.to_dict(),
@@ -236,20 +261,39 @@ class PruningControllerBase(CompressionController):
             "frozen": self.frozen,
             "plan": self.plan.to_dict(self.analysis),
         }
+        if self.ranking_coeffs is not None:
+            state["ranking_coeffs"] = coeffs_to_json(self.ranking_coeffs, self.analysis)
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`get_compression_state` output: schedule, frozen flag and masks.
+        """Restore :meth:`get_compression_state` output: schedule, frozen flag, masks and,
+        under LeGR, the ranking coefficients.
 
         The state is checked first (:func:`~filterprune.core.state.check_pruning_state`);
         nothing changes unless it passes.
 
         Raises:
             ConfigError: If ``state`` is not a filter pruning state of this version, breaks
-                its schema, was saved for another model, or prunes a layer this config
-                leaves whole.
+                its schema, was saved for another model, prunes a layer this config
+                leaves whole, or lacks the coefficients ``learned_ranking`` needs.
         """
         own = self.get_compression_state()  # a frontend's controller may add keys
         plan = check_pruning_state(state, self.analysis, self.state_where, own)
+        coeffs = self._state_coeffs(state)
         self.scheduler.load_state(state["scheduler"])
         self.frozen = bool(state.get("frozen", False))
+        self.ranking_coeffs = coeffs
         self._install(Plan.from_dict(plan, self.analysis))
+
+    def _state_coeffs(self, state: dict[str, Any]) -> Coeffs | None:
+        """The checked ``ranking_coeffs`` of ``state`` under LeGR (ignored otherwise)."""
+        if not self.learned_ranking:
+            return None
+        where = f"{self.state_where}.ranking_coeffs"
+        if "ranking_coeffs" not in state:
+            raise ConfigError(
+                f"`{where}` must be set to resume `interlayer_ranking_type`='learned_ranking': "
+                "the state was saved without LeGR coefficients. Resume with the config it was "
+                "saved with, or start a new run. Received: no `ranking_coeffs` key."
+            )
+        return coeffs_from_json(state["ranking_coeffs"], self.analysis, where)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
-from .allocation import allocate_for_flops
+from .allocation import Coeffs, allocate_for_filters, allocate_for_flops
 from .analysis import Analysis, Group
 from .flops import count_flops, count_params
 from .importance import filter_importance, normalize
@@ -103,8 +103,15 @@ class Pruner:
         return out
 
     # -- plans -----------------------------------------------------------------------------
-    def plan(self, level: float, scores: dict[int, np.ndarray]) -> Plan:
-        """Keep channels so that each group (or all together) loses ``level`` of them."""
+    def plan(self, level: float, scores: dict[int, np.ndarray],
+             coeffs: Coeffs | None = None) -> Plan:  # fmt: skip
+        """Keep channels so that each group (or all together) loses ``level`` of them.
+
+        With LeGR ``coeffs`` (``(alpha, kappa)`` per group id), ``level`` of all prunable
+        filters go instead, the lowest transformed scores first across groups.
+        """
+        if coeffs is not None:
+            return Plan(level, *allocate_for_filters(self, level, scores, coeffs))
         groups = self.analysis.prunable_groups
         if self.global_ranking:
             counts = self._global_counts(level, groups, scores)
@@ -144,28 +151,33 @@ class Pruner:
     def params(self, plan: Plan) -> int:
         return count_params(self.analysis.graph, self.keeps(plan))
 
-    def plan_for_flops(self, removed: float, scores: dict[int, np.ndarray]) -> Plan:
+    def reachable_flops(self, scores: dict[int, np.ndarray]) -> float:
+        """The largest FLOPs fraction a plan can remove (each group at its largest level)."""
+        best = self.plan(MAX_GROUP_LEVEL, scores)
+        return 1.0 - self.flops(best) / max(self.full_flops, 1)
+
+    def plan_for_flops(self, removed: float, scores: dict[int, np.ndarray],
+                       coeffs: Coeffs | None = None) -> Plan:  # fmt: skip
         """A plan removing at least ``removed`` of the FLOPs.
 
-        Per group with ``multiple_of`` > 1, groups take their own levels (blocks of
-        ``multiple_of`` filters, least important first across groups;
-        :mod:`~filterprune.core.allocation`), so the result lands in
-        ``[removed, removed + 0.02]`` where the blocks allow. Otherwise (global ranking,
-        or no rounding): the smallest uniform level that removes at least ``removed``.
+        Per group with ``multiple_of`` > 1, or with LeGR ``coeffs`` (``(alpha, kappa)`` per
+        group id), groups take their own levels (blocks of ``multiple_of`` filters, least
+        important first across groups; :mod:`~filterprune.core.allocation`), so the
+        result lands in ``[removed, removed + 0.02]`` where the blocks allow. Otherwise
+        (global ranking, or no rounding): the smallest uniform level that removes at
+        least ``removed``.
         """
         if removed <= 0:
-            return self.plan(0.0, scores)
-        best = self.plan(MAX_GROUP_LEVEL, scores)
-        reachable = 1.0 - self.flops(best) / max(self.full_flops, 1)
+            return self.plan(0.0, scores, coeffs)
+        reachable = self.reachable_flops(scores)
         if reachable + 1e-9 < removed:
             raise ConfigError(
                 f"`pruning_flops_target`={removed} cannot be reached: removing at most "
                 f"{MAX_GROUP_LEVEL:.0%} of each prunable group removes {reachable:.4f} of the "
                 f"FLOPs. Set pruning_flops_target <= {reachable:.4f}."
             )
-        if not self.global_ranking and self.multiple_of > 1:
-            kept, reasons = allocate_for_flops(self, removed, scores)
-            return Plan(removed, kept, reasons)
+        if coeffs is not None or (not self.global_ranking and self.multiple_of > 1):
+            return Plan(removed, *allocate_for_flops(self, removed, scores, coeffs=coeffs))
         lo, hi = 0.0, MAX_GROUP_LEVEL
         for _ in range(20):
             mid = (lo + hi) / 2

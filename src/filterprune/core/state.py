@@ -62,6 +62,8 @@ PRUNING_STATE = obj(
             },
             required=["level", "groups"],
         ),
+        # LeGR: {group name: [alpha, kappa]}, checked against the model by the controller
+        "ranking_coeffs": {"type": "object"},
     },
     required=["version", "algorithm", "scheduler", "plan"],
 )

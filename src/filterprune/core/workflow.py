@@ -84,6 +84,11 @@ class Frontend:
         """The batches registered by ``register_default_init_args``, or ``None``."""
         return None
 
+    def registered_args(self, config: Config) -> Any:
+        """Everything ``register_default_init_args`` registered (the frontend's own record:
+        validation data and functions for the LeGR search, ...), or ``None``."""
+        return None
+
     def adapt_batchnorm(self, model: Any, data: Any, num_samples: int) -> None:
         """Re-estimate BatchNorm statistics on ``num_samples`` samples of ``data``."""
 
@@ -189,9 +194,10 @@ def _start(frontend: Frontend, model: Any, names: list[str], settings: list[Any]
                 for n, p in zip(names, settings, strict=True)]  # fmt: skip
     ctrl = children[0] if len(children) == 1 else CompositeCompressionController(
         children, frontend)  # fmt: skip
-    data = frontend.init_data(config)
+    data, args = frontend.init_data(config), frontend.registered_args(config)
     for child in children:
         child.init_data = data  # what BatchNorm re-estimation after a mask change reads
+        child.registered_args = args  # what a LeGR search reads
     changed = ctrl.start(compression_state)
     if compression_state is None:
         if changed and data is not None:
@@ -231,6 +237,7 @@ def dry_run(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
     analysis = analyze(captured.graph, analysis_options(params))
     weights = frontend.read_weights(captured, analysis.state.producers)
     ctrl = DryPruningController(params, analysis, weights)
+    ctrl.ranking_without_search()  # a dry run never trains: loaded or identity coefficients
     ctrl.set_pruning_level(params.target_level if level is None else level)
     ctrl.scheduler.current_level = ctrl.pruning_level
     return ctrl

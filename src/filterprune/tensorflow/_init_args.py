@@ -1,4 +1,5 @@
-"""Data the algorithms need at creation: the dataset for BatchNorm adaptation."""
+"""Data the algorithms need at creation: the dataset for BatchNorm adaptation, and the
+validation data and functions of a LeGR search."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .._batches import adaptation_failed, batch_inputs, check_not_empty, nonempty_batches
+from .._batches import (
+    adaptation_failed,
+    batch_inputs,
+    check_callable,
+    check_not_empty,
+    nonempty_batches,
+)
 from ..core.config import Config
 from ..progress import progress
 
@@ -24,30 +31,56 @@ class TFInitArgs:
 
     dataset: Any
     batch_size: int | None = None
+    val_dataset: Any = None
+    validate_fn: Any = None
+    train_steps_fn: Any = None
+    legr_train_optimizer: Any = None
 
 
-def register_default_init_args(config: Config, dataset: Any, batch_size: int | None = None,
+def _check_not_empty(dataset: Any, key: str, *purpose: str) -> None:
+    if not isinstance(dataset, tf.data.Dataset):  # a Dataset of unknown size has no len()
+        check_not_empty(dataset, key, *purpose)
+    elif int(dataset.cardinality()) == 0:
+        check_not_empty([], key, *purpose)
+
+
+def register_default_init_args(config: Config, dataset: Any, batch_size: int | None = None, *,
+                               val_dataset: Any = None, validate_fn: Any = None,
+                               train_steps_fn: Any = None, legr_train_optimizer: Any = None,
                                **_: Any) -> Config:  # fmt: skip
-    """Attach ``dataset`` to ``config`` for initialisation (BatchNorm adaptation).
+    """Attach ``dataset`` (and LeGR's search inputs) to ``config`` for initialisation.
 
     Args:
-        config: The config (returned, with the dataset registered).
+        config: The config (returned, with the arguments registered).
         dataset: A ``tf.data.Dataset`` (or any iterable) of inputs or ``(inputs, targets)``
-            pairs, batched or not, in the model's own layout.
+            pairs, batched or not, in the model's own layout: BatchNorm adaptation reads it,
+            and ``train_steps_fn`` trains on it.
         batch_size: Batch size used when ``dataset`` yields single samples.
+        val_dataset: Validation data of the LeGR search (``learned_ranking``).
+        validate_fn: ``validate_fn(model, val_dataset)`` -> a score, higher is better (or a
+            tuple or list whose first item is the score, as ``model.evaluate`` returns
+            with a metric first): each LeGR candidate's reward.
+        train_steps_fn: ``train_steps_fn(dataset, model, optimizer, compression_ctrl,
+            train_steps)``: fine-tunes a LeGR candidate for ``legr_params.train_steps``
+            steps before it is validated; without it candidates are validated as pruned.
+        legr_train_optimizer: The optimizer ``train_steps_fn`` gets; default: the
+            model's compiled optimizer, else SGD with learning rate 1e-3 and momentum 0.9.
+            Its variables are put back after each candidate.
 
     Returns:
         ``config``.
 
     Raises:
-        ConfigError: If ``dataset`` has length 0 (a dataset of unknown length is checked
-            when it is read, before any statistic changes).
+        ConfigError: If ``dataset`` or ``val_dataset`` has length 0 (a dataset of unknown
+            length is checked when it is read, before any statistic changes).
+        TypeError: If ``validate_fn`` or ``train_steps_fn`` is given but not callable.
     """
-    if not isinstance(dataset, tf.data.Dataset):  # a Dataset of unknown size has no len()
-        check_not_empty(dataset, "dataset")
-    elif int(dataset.cardinality()) == 0:
-        check_not_empty([], "dataset")
-    config.register_extra_structs([TFInitArgs(dataset, batch_size)])
+    _check_not_empty(dataset, "dataset")
+    if val_dataset is not None:
+        _check_not_empty(val_dataset, "val_dataset", "the LeGR search")
+    check_callable(validate_fn=validate_fn, train_steps_fn=train_steps_fn)
+    config.register_extra_structs([TFInitArgs(dataset, batch_size, val_dataset, validate_fn,
+                                              train_steps_fn, legr_train_optimizer)])
     return config
 
 

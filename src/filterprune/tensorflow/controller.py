@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,11 @@ class FilterPruningController(PruningControllerBase):
 
     def _signal(self, source: str) -> dict[str, np.ndarray]:
         return keras_signal(self, source)  # taylor: gradient taps; bn_scale: BN gammas
+
+    def _ranking_trials(self) -> contextlib.AbstractContextManager[Callable[[Plan], float]]:
+        from .legr import ranking_trials  # legr imports this module
+
+        return ranking_trials(self)  # LeGR: prune, fine-tune, validate, undo
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)

@@ -64,6 +64,9 @@ class KerasFrontend(Frontend):
             return config.get_extra_struct(TFInitArgs)
         return None
 
+    def registered_args(self, config: Config) -> Any:
+        return self.init_data(config)  # TFInitArgs: the dataset and LeGR's search inputs
+
     def adapt_batchnorm(self, model: Any, data: Any, num_samples: int) -> None:
         adapt_batchnorm(model, data.dataset, num_samples, data.batch_size)
 

@@ -1,4 +1,5 @@
-"""Data the algorithms need at creation: the loader for BatchNorm adaptation."""
+"""Data the algorithms need at creation: the loader for BatchNorm adaptation, and the
+validation data and functions of a LeGR search."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._batches import adaptation_failed, batch_inputs, check_not_empty, nonempty_batches
+from .._batches import (
+    adaptation_failed,
+    batch_inputs,
+    check_callable,
+    check_not_empty,
+    nonempty_batches,  # fmt: skip
+)
 from ..core.config import Config
 from ..progress import progress
 
@@ -22,20 +29,45 @@ class InitArgs:
     data_loader: Any
     criterion: Any = None
     device: str | None = None
+    val_loader: Any = None
+    validate_fn: Any = None
+    train_steps_fn: Any = None
+    legr_train_optimizer: Any = None
 
 
 def register_default_init_args(config: Config, train_loader: Any, criterion: Any = None,
-                               device: str | None = None, **_: Any) -> Config:  # fmt: skip
-    """Attach ``train_loader`` to ``config`` for initialisation (BN adaptation).
+                               device: str | None = None, *, val_loader: Any = None,
+                               validate_fn: Any = None, train_steps_fn: Any = None,
+                               legr_train_optimizer: Any = None, **_: Any) -> Config:  # fmt: skip
+    """Attach ``train_loader`` (and LeGR's search inputs) to ``config`` for initialisation.
 
-    Batches may be tensors or ``(inputs, targets)`` pairs. Returns ``config``.
+    Args:
+        config: The config (returned, with the arguments registered).
+        train_loader: Batches for BatchNorm adaptation and quantizer ranges, and the data
+            ``train_steps_fn`` trains on; tensors or ``(inputs, targets)`` pairs.
+        criterion: Kept for the old signature.
+        device: Kept for the old signature.
+        val_loader: Validation data of the LeGR search (``learned_ranking``).
+        validate_fn: ``validate_fn(model, val_loader)`` -> a score, higher is better (or a
+            tuple whose first item is the score): each LeGR candidate's reward.
+        train_steps_fn: ``train_steps_fn(train_loader, model, optimizer, compression_ctrl,
+            train_steps)``: fine-tunes a LeGR candidate for ``legr_params.train_steps`` steps
+            before it is validated; without it candidates are validated as pruned.
+        legr_train_optimizer: The optimizer ``train_steps_fn`` gets; default: SGD with
+            learning rate 1e-3 and momentum 0.9 over the model's parameters. Its state is
+            put back after each candidate.
 
     Raises:
-        ConfigError: If ``train_loader`` has length 0 (one without a length is checked
-            when BatchNorm adaptation reads it, before any statistic changes).
+        ConfigError: If ``train_loader`` or ``val_loader`` has length 0 (one without a length
+            is checked when it is read).
+        TypeError: If ``validate_fn`` or ``train_steps_fn`` is given but not callable.
     """
     check_not_empty(train_loader, "data_loader")
-    config.register_extra_structs([InitArgs(train_loader, criterion, device)])
+    if val_loader is not None:
+        check_not_empty(val_loader, "val_loader", "the LeGR search")
+    check_callable(validate_fn=validate_fn, train_steps_fn=train_steps_fn)
+    config.register_extra_structs([InitArgs(train_loader, criterion, device, val_loader,
+                                            validate_fn, train_steps_fn, legr_train_optimizer)])
     return config
 
 

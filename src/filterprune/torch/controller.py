@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ from ..core.pruner import Plan
 from ..core.workflow import Captured
 from . import onnx_export
 from .fold import fold_batchnorms
+from .legr import ranking_trials
 from .masks import apply_masks, remove_masks
 from .shrink import shrink_model
 from .shrink_frozen import ShrinkWhenFrozen
@@ -43,6 +46,9 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
 
     def _signal(self, source: str) -> dict[str, np.ndarray]:
         return torch_signal(self, source)  # taylor: gradient hooks; bn_scale: BN gammas
+
+    def _ranking_trials(self) -> contextlib.AbstractContextManager[Callable[[Plan], float]]:
+        return ranking_trials(self)  # LeGR: prune, fine-tune, validate, undo
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)

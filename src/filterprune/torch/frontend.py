@@ -139,6 +139,9 @@ class TorchFrontend(Frontend):
             return config.get_extra_struct(InitArgs).data_loader
         return None
 
+    def registered_args(self, config: Config) -> Any:
+        return config.get_extra_struct(InitArgs) if config.has_extra_struct(InitArgs) else None
+
     def adapt_batchnorm(self, model: nn.Module, data: Any, num_samples: int) -> None:
         adapt_batchnorm(model, data, num_samples)
 
