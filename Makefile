@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-keras test test-slow data chromium lint bench-zoo bench-timm bench-detection \
-	bench-speed bench-deploy bench-int8 bench-fmnist-int8 clean
+	bench-speed bench-deploy bench-int8 bench-fmnist-int8 bench-accuracy-peers-setup clean
 
 $(STAMP): pyproject.toml requirements-test.txt constraints.txt
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-int8: $(STAMP)
 
 bench-fmnist-int8: $(STAMP) data
 	$(BIN)/python benchmarks/fmnist_int8.py
+
+# One venv per peer of the accuracy benchmark (.venv-peers/, about 5.5 GB each).
+bench-accuracy-peers-setup:
+	bash benchmarks/accuracy/peers/setup.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -2,37 +2,64 @@
 
 ``ours-default``: the seed's defaults (geometric median, exponential schedule) with the
 FLOPs target; ``ours-best``: the committed recipe (``fmnist_recipe.json``, the target
-substituted). The peers (NNCF, Torch-Pruning, Model Optimizer) each need their own venv
-from the package index; they are listed so the grid and the results file name them, and
-:func:`run_contender` refuses them with :class:`NotMeasured` where their venv is absent.
+substituted). They run in this interpreter.
+
+The peers run in their own venvs (``.venv-peers/<venv>/``, made by
+``benchmarks/accuracy/peers/setup.sh`` with exact pins): :func:`run_peer` starts
+``peers/run_<venv>.py`` with that venv's python on the cached baseline and reads back the
+one ``RESULT {json}`` line it prints (the protocol is in ``peers/peer_common.py``). Every peer
+gets the same data, data order, optimizer, learning-rate schedule and FLOPs counter as
+ours. A peer whose venv is missing is refused with :class:`NotMeasured`, naming the setup
+command; a peer that fails raises :class:`PeerFailed`.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import time
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
-from harness import Budget, count_flops, evaluate, loader, sgd, train_epoch
+from harness import Budget, baseline_path, default_entries, finetune, loader, measure
 
 from filterprune import NNCFConfig
 from filterprune.torch import create_compressed_model, register_default_init_args
 
-RECIPE = Path(__file__).parent / "fmnist_recipe.json"
+sys.path.insert(0, str(Path(__file__).parent / "peers"))
+from peer_common import RESULT_PREFIX, runner_argv  # noqa: E402  (the runners' half of the protocol)
+
+HERE = Path(__file__).parent
+RECIPE = HERE / "fmnist_recipe.json"
+PEER_DIR = HERE / "peers"
+VENVS = HERE.parents[1] / ".venv-peers"
+SETUP = "bash benchmarks/accuracy/peers/setup.sh"
 PEERS = {
-    "nncf-group": "nncf==2.19 (filter pruning, per group)",
-    "nncf-global": "nncf==2.19 (filter pruning, all_weights)",
+    "nncf-group": "nncf==2.19.0 (filter pruning, per group)",
+    "nncf-global": "nncf==2.19.0 (filter pruning, all_weights)",
     "tp-oneshot": "torch-pruning==1.6.1 (magnitude, one-shot)",
     "tp-iterative": "torch-pruning==1.6.1 (magnitude, iterative)",
-    "modelopt-fastnas": "nvidia-modelopt (FastNAS pruning)",
+    "modelopt-fastnas": "nvidia-modelopt==0.47.0 (FastNAS pruning)",
+}
+# contender: (venv under VENVS, runner under PEER_DIR, extra environment)
+PEER_RUNS = {
+    "nncf-group": ("nncf", "run_nncf.py", {"NNCF_TORCH_LEGACY_TRACING": "1"}),
+    "nncf-global": ("nncf", "run_nncf.py", {"NNCF_TORCH_LEGACY_TRACING": "1"}),
+    "tp-oneshot": ("torch-pruning", "run_torch_pruning.py", {}),
+    "tp-iterative": ("torch-pruning", "run_torch_pruning.py", {}),
+    "modelopt-fastnas": ("modelopt", "run_modelopt.py", {}),
 }
 OURS = ("ours-default", "ours-best")
 
 
 class NotMeasured(RuntimeError):
     """A contender that cannot run in this environment."""
+
+
+class PeerFailed(RuntimeError):
+    """A peer's runner ended without a result."""
 
 
 def recipe(target: float) -> list[dict]:
@@ -44,14 +71,6 @@ def recipe(target: float) -> list[dict]:
     return entries
 
 
-def default_entries(target: float) -> list[dict]:
-    return [{"algorithm": "filter_pruning", "pruning_init": 0.0,
-             "params": {"schedule": "exponential", "pruning_flops_target": target,
-                        "pruning_steps": 2, "filter_importance": "geometric_median",
-                        "prune_first_conv": True, "prune_downsample_convs": True},
-             "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 2048}}}]
-
-
 def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -> dict:
     """Prune and fine-tune with our library; the row's numbers."""
     entries = recipe(target) if name == "ours-best" else default_entries(target)
@@ -61,27 +80,69 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
             bn["num_bn_adaptation_samples"] = budget.bn_samples
     config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 28, 28]},
                                    "compression": entries})  # fmt: skip
-    train = loader(data["train"], budget, seed=seed)
     config = register_default_init_args(config, loader(data["train"], budget, seed=seed + 100))
     torch.manual_seed(seed)
     ctrl, model = create_compressed_model(copy.deepcopy(dense), config)
-    opt, sched = sgd(model, 0.01, budget.finetune_epochs * len(train))
     pruning = ctrl.get("filter_pruning") if hasattr(ctrl, "get") else ctrl
-    pruning.register_optimizer(opt)
-    gen = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for _ in range(budget.finetune_epochs):
+
+    def on_epoch(epoch, opt, sched):
+        if epoch == 0:
+            pruning.register_optimizer(opt)
         ctrl.scheduler.epoch_step()
-        train_epoch(model, train, opt, sched, gen, extra_loss=ctrl.loss,
-                    on_step=ctrl.scheduler.step)  # fmt: skip
-    seconds = time.perf_counter() - start
-    small = ctrl.strip()
-    return {"val": evaluate(small, loader(data["val"], budget, None)),
-            "test": evaluate(small, loader(data["test"], budget, None)),
-            "finetune_seconds": round(seconds, 1), "flops_params": count_flops(small)}
+        return opt, sched
+
+    seconds = finetune(model, data, budget, seed, extra_loss=ctrl.loss,
+                       on_step=ctrl.scheduler.step, on_epoch=on_epoch)  # fmt: skip
+    return measure(ctrl.strip(), data, budget, seconds)
 
 
-def run_contender(name: str, dense, target: float, seed: int, budget: Budget, data) -> dict:
+def peer_command(name: str, model: str, target: float, seed: int, budget: Budget,
+                 venvs: Path = VENVS) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    """The command line and environment that run peer ``name`` in its venv.
+
+    Raises:
+        NotMeasured: If the peer's venv is not installed.
+    """
+    venv, runner, env = PEER_RUNS[name]
+    if not (venvs / venv / ".installed").exists():
+        raise NotMeasured(f"{name}: needs {PEERS[name]} in {venvs / venv}, which is not "
+                          f"installed; run `{SETUP} {venv}`")  # fmt: skip
+    argv = runner_argv(name, model, target, seed, budget, baseline_path(model, budget))
+    # Without PYTHONPATH: the peer venv must not import this interpreter's packages.
+    inherited = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return [str(venvs / venv / "bin" / "python"), str(PEER_DIR / runner), *argv], \
+        {**inherited, **env}  # fmt: skip
+
+
+def run_peer(name: str, model: str, target: float, seed: int, budget: Budget,
+             venvs: Path = VENVS, log=print) -> dict:  # fmt: skip
+    """Run peer ``name`` in its venv on the cached baseline; its ``RESULT`` line as a dict.
+
+    Raises:
+        NotMeasured: If the peer's venv is not installed.
+        PeerFailed: If the runner exits with an error or prints no ``RESULT`` line.
+    """
+    command, env = peer_command(name, model, target, seed, budget, venvs)
+    result, tail = None, []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=env) as proc:  # fmt: skip
+        for line in proc.stdout:
+            if line.startswith(RESULT_PREFIX):
+                result = json.loads(line[len(RESULT_PREFIX):])
+            else:
+                log(f"  [{name}] {line.rstrip()}")
+                tail = (tail + [line.rstrip()])[-20:]
+    if proc.returncode or result is None:
+        missing = "" if result else " and printed no RESULT line"
+        raise PeerFailed(f"{name}: the runner exited with code {proc.returncode}{missing}; "
+                         "its last output:\n" + "\n".join(tail))  # fmt: skip
+    result["flops_params"] = tuple(result["flops_params"])
+    return result
+
+
+def run_contender(name: str, model: str, dense, target: float, seed: int, budget: Budget,
+                  data) -> dict:  # fmt: skip
+    """The row's numbers for one contender (``dense``: the baseline of ``model``)."""
     if name in OURS:
         return run_ours(name, dense, target, seed, budget, data)
-    raise NotMeasured(f"{name}: needs its own venv with {PEERS[name]}; not set up here")
+    return run_peer(name, model, target, seed, budget)

@@ -43,6 +43,16 @@ class Budget:
                                     f"-n{self.train_limit}-t{self.test_limit}")  # fmt: skip
 
 
+def default_entries(target: float, bn_samples: int = 2048) -> list[dict]:
+    """``ours-default``'s compression entries (the NNCF config format), which the NNCF
+    peers run too: geometric median, exponential schedule to ``target`` in two steps."""
+    return [{"algorithm": "filter_pruning", "pruning_init": 0.0,
+             "params": {"schedule": "exponential", "pruning_flops_target": target,
+                        "pruning_steps": 2, "filter_importance": "geometric_median",
+                        "prune_first_conv": True, "prune_downsample_convs": True},
+             "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": bn_samples}}}]
+
+
 def _tensors(split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = load_fashion_mnist(split)
     x = torch.from_numpy(images).float().div_(255.0).sub_(MEAN).div_(STD).unsqueeze(1)
@@ -109,6 +119,33 @@ def train_epoch(model, data_loader, opt, sched, gen, extra_loss=None, on_step=No
     return total / max(count, 1)
 
 
+def finetune(model, data, budget: Budget, seed: int, extra_loss=None, on_step=None,
+             on_epoch=None) -> float:  # fmt: skip
+    """The fine-tuning every contender gets; the seconds it took.
+
+    ``on_epoch(epoch, opt, sched)`` runs at the start of each epoch and returns the
+    optimizer and scheduler to go on with (new ones where it replaced parameters).
+    """
+    train = loader(data["train"], budget, seed=seed)
+    opt, sched = sgd(model, 0.01, budget.finetune_epochs * len(train))
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for epoch in range(budget.finetune_epochs):
+        if on_epoch is not None:
+            opt, sched = on_epoch(epoch, opt, sched)
+        train_epoch(model, train, opt, sched, gen, extra_loss=extra_loss, on_step=on_step)
+    return time.perf_counter() - start
+
+
+def measure(model, data, budget: Budget, seconds: float, **notes) -> dict:
+    """The row's numbers for the final (pruned) model, plus ``notes`` (which may replace
+    one, such as ``flops_params``)."""
+    return {"val": evaluate(model, loader(data["val"], budget, None)),
+            "test": evaluate(model, loader(data["test"], budget, None)),
+            "finetune_seconds": round(seconds, 1), "flops_params": count_flops(model),
+            **notes}  # fmt: skip
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data_loader: DataLoader) -> float:
     model.eval()
@@ -138,11 +175,59 @@ def count_flops(model: nn.Module, size=(1, 1, 28, 28)) -> tuple[int, int]:
     return flops[0], sum(p.numel() for p in model.parameters())
 
 
+def count_live_flops(model: nn.Module, probe: torch.Tensor) -> tuple[int, int]:
+    """:func:`count_flops` of the model that removing its dead channels would leave: for
+    a tool that only zeroes (masks) the filters it prunes.
+
+    A Conv/Linear output channel is dead when its weights are all zero. An input channel is
+    dead when it is zero for every image of ``probe``, where every BatchNorm output channel
+    that is not all zero is made positive (``|x| + 1``) on the way, so that no ReLU kills
+    it: only the channels whose filter and BatchNorm weight and bias were zeroed stay dead,
+    as masking tools leave them. Parameters count the live part of each Conv, Linear and
+    BatchNorm. Convs must be dense or depthwise.
+    """
+    flops, params = [0], [0]
+
+    def live(tensor: torch.Tensor) -> torch.Tensor:  # per channel (dim 1)
+        return tensor.transpose(0, 1).reshape(tensor.shape[1], -1).abs().amax(1) > 0
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.BatchNorm2d):
+            used = live(output)
+            params[0] += 2 * int(used.sum())
+            return (output.abs() + 1) * used[None, :, None, None]
+        used_in, used_out = live(inputs[0]), module.weight.flatten(1).abs().amax(1) > 0
+        if isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1:
+            used_in = used_out = used_in & used_out  # depthwise: channel c reads only c
+        elif isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise ValueError(f"`groups` must be 1 or in_channels. Received: groups="
+                             f"{module.groups} (in_channels={module.in_channels}).")
+        per_out = 1 if used_in is used_out else int(used_in.sum())
+        per_out *= math.prod(getattr(module, "kernel_size", (1,)))
+        kept = int(used_out.sum())
+        flops[0] += 2 * kept * math.prod(output.shape[2:]) * per_out  # one image
+        params[0] += kept * per_out + (kept if module.bias is not None else 0)
+
+    kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    model.eval()
+    with torch.no_grad():
+        model(probe)
+    for h in handles:
+        h.remove()
+    return flops[0], params[0]
+
+
+def baseline_path(name: str, budget: Budget) -> Path:
+    """Where the baseline of ``name`` for ``budget`` is cached (its state dict)."""
+    key = hashlib.sha1(f"{name}-{budget.baseline_epochs}-{budget.train_limit}".encode())
+    return CACHE / f"{name}-{key.hexdigest()[:10]}.pt"
+
+
 def baseline(name: str, budget: Budget, data: dict, log=print) -> nn.Module:
     """The model's baseline, trained once per budget and cached (lr 0.1 cosine)."""
     CACHE.mkdir(exist_ok=True)
-    key = hashlib.sha1(f"{name}-{budget.baseline_epochs}-{budget.train_limit}".encode())
-    path = CACHE / f"{name}-{key.hexdigest()[:10]}.pt"
+    path = baseline_path(name, budget)
     torch.manual_seed(0)
     model = MODELS[name]()
     if path.exists():

@@ -19,6 +19,22 @@ one forward-hook counter on the physically pruned model. `ours-best` is the comm
 candidate recipe (`fmnist_recipe.json`: Taylor importance, BN re-estimation after each mask
 change, shrink when frozen, softmax distillation at T=4); it has not been shown to be the
 best of ours: compare its rows with `ours-default`'s before calling it that.
+
+The peers run in their own venvs (`benchmarks/accuracy/peers/`, exact pins, torch 2.14.1)
+with the same baseline, data, data order, optimizer, learning-rate schedule and
+fine-tuning loop as ours. How each reaches the target and how its FLOPs are counted:
+
+- `nncf-*`: `ours-default`'s entries run by NNCF (`nncf-global` with `all_weights`). NNCF
+  only zeroes pruned filters (it cuts them when exporting to OpenVINO IR), so these rows
+  count the model that removing its zeroed channels would leave (the same counter, on
+  live channels only); NNCF's own count is in each row's `flops_kept_nncf`. NNCF keeps a
+  multiple of 8 filters per group, so the per-group (uniform) level jumps: on ResNet-20 a
+  target of 0.5 removes about 75% of the FLOPs. Read these rows by FLOPs kept.
+- `tp-*`: the per-layer channel ratio is found by bisection so that the kept FLOPs lie
+  within 0.02 of `1 - target`; `tp-iterative` prunes in two steps, at the start of the
+  first two fine-tuning epochs, and restarts the optimizer's momentum after each.
+- `modelopt-fastnas`: channel counts in multiples of 8 (FastNAS's default of 32 leaves
+  ResNet-20 nothing to prune), candidates scored on 1,000 validation images.
 """
 
 

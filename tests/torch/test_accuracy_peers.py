@@ -1,0 +1,144 @@
+"""The accuracy benchmark's peer plumbing, without the peers' venvs: the runner protocol
+(with a fake runner), the refusal of a missing venv, the pins, and the FLOPs counter for
+tools that only zero the filters they prune."""
+
+import dataclasses
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from filterprune import NNCFConfig
+from filterprune.testing.cifar_nets import MobileNetV2Small, ResNet20
+from filterprune.torch import create_compressed_model, register_default_init_args
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks" / "accuracy"
+sys.path.insert(0, str(BENCH))
+
+import contenders  # noqa: E402
+import harness  # noqa: E402
+import peer_common  # noqa: E402
+
+BUDGET = harness.Budget(1, 2, 1000, 500)
+
+FAKE_RUNNER = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {peers!r})
+    import dataclasses, peer_common
+    args = peer_common.parse_args()
+    print("a log line")
+    if args.seed == 13:
+        sys.exit(3)
+    peer_common.emit({{"val": 0.5, "test": 0.25, "finetune_seconds": 1.0,
+                      "flops_params": [10, 2], "budget": dataclasses.asdict(args.budget),
+                      "argv": [args.contender, args.model, args.target, args.seed,
+                               str(args.baseline)], "env": os.environ.get("FAKE_PEER"),
+                      "pythonpath": os.environ.get("PYTHONPATH")}})
+""")
+
+
+@pytest.fixture
+def fake_peer(tmp_path, monkeypatch):
+    """``tp-oneshot`` mapped to a fake runner in a fake venv (this interpreter)."""
+    venv = tmp_path / "venvs" / "fake"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    (venv / ".installed").touch()
+    runner = tmp_path / "fake_runner.py"
+    runner.write_text(FAKE_RUNNER.format(peers=str(BENCH / "peers")))
+    monkeypatch.setitem(contenders.PEER_RUNS, "tp-oneshot",
+                        ("fake", str(runner), {"FAKE_PEER": "yes"}))  # fmt: skip
+    monkeypatch.setenv("PYTHONPATH", "/nowhere")
+    return tmp_path / "venvs"
+
+
+def test_runner_arguments_round_trip():
+    argv = peer_common.runner_argv("nncf-global", "mobilenetv2", 0.3, 7, BUDGET, Path("/b.pt"))
+    args = peer_common.parse_args(argv)
+    assert (args.contender, args.model, args.target, args.seed) == ("nncf-global",
+                                                                    "mobilenetv2", 0.3, 7)
+    assert args.budget == BUDGET and args.baseline == Path("/b.pt")
+
+
+def test_run_peer_passes_the_protocol_through_a_fake_runner(fake_peer):
+    logged = []
+    row = contenders.run_peer("tp-oneshot", "resnet20", 0.5, 1, BUDGET, venvs=fake_peer,
+                              log=logged.append)  # fmt: skip
+    assert row["flops_params"] == (10, 2) and (row["val"], row["test"]) == (0.5, 0.25)
+    assert row["argv"] == ["tp-oneshot", "resnet20", 0.5, 1,
+                           str(harness.baseline_path("resnet20", BUDGET))]  # fmt: skip
+    assert row["budget"] == dataclasses.asdict(BUDGET)
+    assert row["env"] == "yes" and row["pythonpath"] is None  # the peer's own packages only
+    assert logged == ["  [tp-oneshot] a log line"]
+
+
+def test_run_peer_reports_a_runner_that_fails(fake_peer):
+    with pytest.raises(contenders.PeerFailed,
+                       match=r"tp-oneshot: the runner exited with code 3 and printed no "
+                             r"RESULT line; its last output:\na log line"):  # fmt: skip
+        contenders.run_peer("tp-oneshot", "resnet20", 0.5, 13, BUDGET, venvs=fake_peer,
+                            log=lambda _: None)  # fmt: skip
+
+
+def test_a_peer_without_its_venv_is_not_measured_and_names_the_setup(tmp_path):
+    with pytest.raises(contenders.NotMeasured,
+                       match=r"tp-iterative: needs torch-pruning==1\.6\.1 .* not installed; "
+                             r"run `bash benchmarks/accuracy/peers/setup\.sh torch-pruning`"):
+        contenders.run_peer("tp-iterative", "resnet20", 0.5, 0, BUDGET, venvs=tmp_path)
+
+
+def test_every_peer_venv_is_pinned_to_the_projects_torch():
+    torch_pins = {line for line in (ROOT / "constraints.txt").read_text().splitlines()
+                  if line.startswith(("torch==", "torchvision=="))}  # fmt: skip
+    assert len(torch_pins) == 2
+    venvs = {venv for venv, _, _ in contenders.PEER_RUNS.values()}
+    for venv in venvs:
+        lines = [line for line in (BENCH / "peers" / f"requirements-{venv}.txt")
+                 .read_text().splitlines() if line and not line.startswith("#")]  # fmt: skip
+        assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[^=\s]+", line) for line in lines), venv
+        assert torch_pins <= set(lines), venv
+    for name, (_, runner, _) in contenders.PEER_RUNS.items():
+        assert (BENCH / "peers" / runner).exists(), name
+
+
+def _masked_and_pruned(cls):
+    """The same pruned model twice: filters zeroed in place, and physically removed."""
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
+    config = register_default_init_args(NNCFConfig.from_dict({
+        "input_info": {"sample_size": [1, 1, 28, 28]},
+        "compression": [{"algorithm": "filter_pruning", "pruning_init": 0.5,
+                         "params": {"schedule": "baseline", "pruning_flops_target": 0.5,
+                                    "prune_first_conv": True,
+                                    "prune_downsample_convs": True}}]}),
+        torch.utils.data.DataLoader(data, batch_size=16))  # fmt: skip
+    ctrl, _ = create_compressed_model(cls(), config)
+    ctrl.scheduler.epoch_step()
+    return ctrl.strip(shrink=False), ctrl.strip()
+
+
+@pytest.mark.parametrize("cls", [ResNet20, MobileNetV2Small])
+def test_live_count_of_a_zeroed_model_is_the_count_of_the_cut_one(cls):
+    zeroed, cut = _masked_and_pruned(cls)
+    probe = torch.randn(16, 1, 28, 28)
+    assert torch.allclose(zeroed.eval()(probe), cut.eval()(probe), atol=1e-4)
+    flops, params = harness.count_flops(cut)
+    assert harness.count_flops(zeroed)[0] > 1.8 * flops  # the plain count sees no pruning
+    assert harness.count_live_flops(zeroed, probe) == (flops, params)
+    assert harness.count_live_flops(cut, probe) == (flops, params)
+    dense = cls()  # nothing dead: ReLU-dead channels of a random net are not pruning
+    assert harness.count_live_flops(dense, probe) == harness.count_flops(dense)
+
+
+def test_live_count_refuses_grouped_convs():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2))
+    with pytest.raises(ValueError, match=r"`groups` must be 1 or in_channels\. "
+                                         r"Received: groups=2 \(in_channels=4\)\."):
+        harness.count_live_flops(model, torch.randn(2, 4, 8, 8))
