@@ -51,7 +51,7 @@ PEER_RUNS = {
     "tp-iterative": ("torch-pruning", "run_torch_pruning.py", {}),
     "modelopt-fastnas": ("modelopt", "run_modelopt.py", {}),
 }
-OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd")
+OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-m1")
 
 
 class NotMeasured(RuntimeError):
@@ -71,12 +71,14 @@ def recipe(target: float) -> list[dict]:
     return entries
 
 
-def oneshot_entries(target: float, distill: bool) -> list[dict]:
+def oneshot_entries(target: float, distill: bool, multiple_of: int = 8) -> list[dict]:
     """Masks chosen once before fine-tuning (the ``baseline`` schedule) by L2 magnitude, BN
-    re-estimated, the model shrunk at once; with ``distill``, softmax distillation at T=4."""
+    re-estimated, the model shrunk at once; with ``distill``, softmax distillation at T=4;
+    ``multiple_of``: the kept counts' rounding (8, the default, or 1: none)."""
     params = {"schedule": "baseline", "pruning_flops_target": target, "filter_importance": "L2",
               "prune_first_conv": True, "prune_downsample_convs": True,
-              "bn_adaptation_after_mask_change": True, "shrink_when_frozen": True}  # fmt: skip
+              "bn_adaptation_after_mask_change": True, "shrink_when_frozen": True,
+              "filters_multiple_of": multiple_of}  # fmt: skip
     entries = [{"algorithm": "filter_pruning", "pruning_init": 0.0, "params": params,
                 "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 2048}}}]
     if distill:
@@ -89,7 +91,8 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
     """Prune and fine-tune with our library; the row's numbers."""
     entries = {"ours-best": lambda: recipe(target), "ours-default": lambda: default_entries(target),
                "ours-oneshot": lambda: oneshot_entries(target, distill=False),
-               "ours-oneshot-kd": lambda: oneshot_entries(target, distill=True)}[name]()
+               "ours-oneshot-kd": lambda: oneshot_entries(target, distill=True),
+               "ours-oneshot-m1": lambda: oneshot_entries(target, False, multiple_of=1)}[name]()
     for e in entries:
         if e["algorithm"] == "filter_pruning":
             bn = e["initializer"]["batchnorm_adaptation"]
