@@ -51,7 +51,8 @@ PEER_RUNS = {
     "tp-iterative": ("torch-pruning", "run_torch_pruning.py", {}),
     "modelopt-fastnas": ("modelopt", "run_modelopt.py", {}),
 }
-OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-m1")
+OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-m1",
+        "ours-oneshot-kd-m1")
 
 
 class NotMeasured(RuntimeError):
@@ -74,7 +75,8 @@ def recipe(target: float) -> list[dict]:
 def oneshot_entries(target: float, distill: bool, multiple_of: int = 8) -> list[dict]:
     """Masks chosen once before fine-tuning (the ``baseline`` schedule) by L2 magnitude, BN
     re-estimated, the model shrunk at once; with ``distill``, softmax distillation at T=4;
-    ``multiple_of``: the kept counts' rounding (8, the default, or 1: none)."""
+    ``multiple_of``: the kept counts' rounding (8, the default, or 1: none, and then the
+    FLOPs target is met by one uniform level, the smallest that removes enough)."""
     params = {"schedule": "baseline", "pruning_flops_target": target, "filter_importance": "L2",
               "prune_first_conv": True, "prune_downsample_convs": True,
               "bn_adaptation_after_mask_change": True, "shrink_when_frozen": True,
@@ -92,7 +94,9 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
     entries = {"ours-best": lambda: recipe(target), "ours-default": lambda: default_entries(target),
                "ours-oneshot": lambda: oneshot_entries(target, distill=False),
                "ours-oneshot-kd": lambda: oneshot_entries(target, distill=True),
-               "ours-oneshot-m1": lambda: oneshot_entries(target, False, multiple_of=1)}[name]()
+               "ours-oneshot-m1": lambda: oneshot_entries(target, False, multiple_of=1),
+               "ours-oneshot-kd-m1": lambda: oneshot_entries(target, True, multiple_of=1),
+               }[name]()  # fmt: skip
     for e in entries:
         if e["algorithm"] == "filter_pruning":
             bn = e["initializer"]["batchnorm_adaptation"]
