@@ -19,6 +19,10 @@ one forward-hook counter on the physically pruned model. `ours-best` is the comm
 candidate recipe (`fmnist_recipe.json`: Taylor importance, BN re-estimation after each mask
 change, shrink when frozen, softmax distillation at T=4); it has not been shown to be the
 best of ours: compare its rows with `ours-default`'s before calling it that.
+`ours-oneshot*` (`contenders.oneshot_entries`): masks chosen once before fine-tuning by L2
+magnitude, BN re-estimated, the model shrunk at once; `-kd`: with softmax distillation at
+T=4; `-m1`: no rounding of kept counts, so the FLOPs target is met by one uniform level
+(the smallest that removes enough).
 
 The peers run in their own venvs (`benchmarks/accuracy/peers/`, exact pins, torch 2.14.1)
 with the same baseline, data, data order, optimizer, learning-rate schedule and
