@@ -1,6 +1,7 @@
 """Sizes computed in forward: free when they follow the tensor they reshape, fixed when
 they come from another tensor's shape."""
 
+import pytest
 import torch
 from torch import nn
 from torch_helpers import assert_strip_equal, make_config
@@ -9,6 +10,7 @@ from filterprune.core.analysis import AnalysisOptions, analyze
 from filterprune.testing.zoo import nondegenerate
 from filterprune.torch import create_compressed_model
 from filterprune.torch.capture import capture_fx
+from filterprune.torch.export_capture import capture_export
 
 
 class Mixer(nn.Module):
@@ -84,8 +86,9 @@ class Tokens(nn.Module):
         return self.head(torch.relu(side)).mean(1) + t.mean((1, 2))[:, None]
 
 
-def test_reshape_as_follows_the_other_tensor():
-    graph = capture_fx(Tokens().eval(), (torch.zeros(1, 3, 8, 8),)).graph
+@pytest.mark.parametrize("capture", [capture_fx, capture_export])
+def test_reshape_as_follows_the_other_tensor(capture):
+    graph = capture(Tokens().eval(), (torch.zeros(1, 3, 8, 8),)).graph
     groups = {tuple(g.producers): g.reason for g in analyze(graph, AnalysisOptions(
         prune_first_conv=True)).groups}  # fmt: skip
     assert groups[("ln1.linear",)] is None
