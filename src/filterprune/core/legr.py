@@ -105,11 +105,18 @@ def search_inputs(args: Any, val_key: str, register: str) -> Any:
 def run_candidate(ctrl: Any, plan: Any, args: Any, optimizer: Any, train_data: Any,
                   val_data: Any) -> float:  # fmt: skip
     """Put ``plan``'s masks on the model, fine-tune it with ``args.train_steps_fn`` (if any)
-    and return ``args.validate_fn``'s score; undoing it all is the caller's part."""
-    ctrl._install(plan)
-    if args.train_steps_fn is not None:
-        args.train_steps_fn(train_data, ctrl.model, optimizer, ctrl, ctrl.params.legr.train_steps)
-    return reward_of(args.validate_fn(ctrl.model, val_data))
+    and return ``args.validate_fn``'s score. The controller's schedule, frozen flag and plan
+    are put back here; the model and optimizer are the caller's part (framework state)."""
+    schedule = (ctrl.scheduler.get_state(), ctrl.frozen, ctrl.plan)
+    try:
+        ctrl._install(plan)
+        if args.train_steps_fn is not None:
+            args.train_steps_fn(train_data, ctrl.model, optimizer, ctrl,
+                                ctrl.params.legr.train_steps)  # fmt: skip
+        return reward_of(args.validate_fn(ctrl.model, val_data))
+    finally:
+        ctrl.scheduler.load_state(schedule[0])
+        ctrl.frozen, ctrl.plan = schedule[1], schedule[2]
 
 
 def _as_candidate(keys: Sequence[Hashable], alpha: np.ndarray, kappa: np.ndarray) -> Candidate:

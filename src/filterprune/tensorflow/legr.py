@@ -72,23 +72,21 @@ def ranking_trials(ctrl: Any) -> Iterator[Callable[[Plan], float]]:
     model = ctrl.model
     optimizer, optimizers = _optimizers(model, args.legr_train_optimizer)
     layers, undo = snapshot(model), _Undo(model, optimizers)
-    before = (ctrl.plan, ctrl.scheduler.get_state(), ctrl.frozen)
     masked = []  # set once the first trial made the masks
 
     def trial(plan: Plan) -> float:
         try:
             if not masked:  # functions traced before the masks existed would not read them
+                before = ctrl.plan
                 ctrl._install(plan)
+                ctrl.plan = before  # run_candidate installs it again and puts `before` back
                 reset_traced_functions(model)
                 masked.append(True)
             return run_candidate(ctrl, plan, args, optimizer, args.dataset, val_dataset)
         finally:
             undo()
-            ctrl.scheduler.load_state(before[1])
-            ctrl.frozen = before[2]
 
     try:
         yield trial
     finally:
         restore(model, layers)  # classes and attributes as before; drops traced functions
-        ctrl.plan = before[0]

@@ -38,7 +38,6 @@ class _Undo:
         self.params = [(p, p.detach().clone(), None if p.grad is None else p.grad.clone())
                        for p in ctrl.model.parameters()]  # fmt: skip
         self.optimizer_state = copy.deepcopy(optimizer.state_dict())
-        self.schedule = (ctrl.scheduler.get_state(), ctrl.frozen, ctrl.plan)
 
     def __call__(self) -> None:
         restore(self.modules)
@@ -48,9 +47,6 @@ class _Undo:
                 p.grad = None if grad is None else grad.clone()
         # a copy: loading keeps the tensors it is given, and steps change them in place
         self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
-        state, frozen, plan = self.schedule
-        self.ctrl.scheduler.load_state(state)
-        self.ctrl.frozen, self.ctrl.plan = frozen, plan
 
 
 def _cuda_devices(model: torch.nn.Module) -> list[int]:
