@@ -52,7 +52,7 @@ PEER_RUNS = {
     "modelopt-fastnas": ("modelopt", "run_modelopt.py", {}),
 }
 OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-m1",
-        "ours-oneshot-kd-m1")
+        "ours-oneshot-kd-m1", "ours-oneshot-m1-inner")
 
 
 class NotMeasured(RuntimeError):
@@ -72,17 +72,22 @@ def recipe(target: float) -> list[dict]:
     return entries
 
 
-def oneshot_entries(target: float, distill: bool, multiple_of: int = 8) -> list[dict]:
+def oneshot_entries(target: float, distill: bool, multiple_of: int = 8,
+                    stream: bool = True) -> list[dict]:  # fmt: skip
     """Masks chosen once before fine-tuning (the ``baseline`` schedule) by L2 magnitude, BN
     re-estimated, the model shrunk at once; with ``distill``, softmax distillation at T=4;
     ``multiple_of``: the kept counts' rounding (8, the default, or 1: none, and then the
-    FLOPs target is met by one uniform level, the smallest that removes enough)."""
+    FLOPs target is met by one uniform level, the smallest that removes enough);
+    ``stream=False``: the residual stream (the groups holding the first conv and the 1x1
+    shortcut convs) stays whole, only the blocks' inner channels are cut."""
     params = {"schedule": "baseline", "pruning_flops_target": target, "filter_importance": "L2",
-              "prune_first_conv": True, "prune_downsample_convs": True,
+              "prune_first_conv": stream, "prune_downsample_convs": True,
               "bn_adaptation_after_mask_change": True, "shrink_when_frozen": True,
               "filters_multiple_of": multiple_of}  # fmt: skip
     entries = [{"algorithm": "filter_pruning", "pruning_init": 0.0, "params": params,
                 "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 2048}}}]
+    if not stream:
+        entries[0]["ignored_scopes"] = ["{re}.*shortcut.*"]
     if distill:
         entries.append({"algorithm": "knowledge_distillation", "type": "softmax",
                         "temperature": 4.0, "scale": 1.0})  # fmt: skip
@@ -96,6 +101,7 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
                "ours-oneshot-kd": lambda: oneshot_entries(target, distill=True),
                "ours-oneshot-m1": lambda: oneshot_entries(target, False, multiple_of=1),
                "ours-oneshot-kd-m1": lambda: oneshot_entries(target, True, multiple_of=1),
+               "ours-oneshot-m1-inner": lambda: oneshot_entries(target, False, 1, stream=False),
                }[name]()  # fmt: skip
     for e in entries:
         if e["algorithm"] == "filter_pruning":

@@ -74,3 +74,14 @@ def test_keep_steps():
     assert keep_steps(16, 8) == [16, 8]
     assert keep_steps(10, 1)[-1] == 1 and len(keep_steps(10, 1)) == 10
     assert np.all(np.diff(keep_steps(100, 8)) < 0)
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_no_rounding_lands_in_window(target):
+    """Without rounding, one uniform level moves every group of a width at once (0.5 on
+    ResNet-20 removed 0.527); the level just short of the target is topped up channel by
+    channel, least important first, so the target holds."""
+    ctrl, model = compressed(ResNet20(), target, filters_multiple_of=1)
+    removed = 1 - ctrl.statistics().flops_kept
+    assert target <= removed <= target + 0.02
+    assert_strip_equal(ctrl, model, torch.randn(2, 1, 28, 28))

@@ -82,12 +82,15 @@ class _Allocation:
     """Kept counts per group and the share removed (``measure``) by the resulting selections."""
 
     def __init__(self, pruner, scores: dict[int, np.ndarray], measure: Callable[[Kept], float],
-                 coeffs: Coeffs | None) -> None:  # fmt: skip
+                 coeffs: Coeffs | None, start: dict[int, int] | None = None) -> None:  # fmt: skip
         self.measure = measure
         coeffs = coeffs or {}
         self.groups = {g.id: _GroupSteps.build(g, scores[g.id], pruner.multiple_of,
                                                coeffs.get(g.id, (1.0, 0.0)))
                        for g in pruner.analysis.prunable_groups}  # fmt: skip
+        for gid, count in (start or {}).items():  # the largest step keeping at least count
+            steps = self.groups[gid].steps
+            self.groups[gid].at = max(i for i, c in enumerate(steps) if c >= count or i == 0)
         self.chosen: dict[int, Selection] = {gid: self._select(gid) for gid in self.groups}
 
     def _select(self, gid: int, at: int | None = None) -> Selection:
@@ -108,7 +111,8 @@ class _Allocation:
 
 
 def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
-                       tolerance: float = TOLERANCE, coeffs: Coeffs | None = None):  # fmt: skip
+                       tolerance: float = TOLERANCE, coeffs: Coeffs | None = None,
+                       start: dict[int, int] | None = None):  # fmt: skip
     """Kept channels per group removing at least ``removed`` of the FLOPs.
 
     Args:
@@ -120,6 +124,8 @@ def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
             blocks are tried instead of the least important one.
         coeffs: LeGR ``(alpha, kappa)`` per group id applied to the normalised scores
             when blocks of different groups are compared; none: the identity.
+        start: Kept count per group id to start from (a uniform level just short of
+            the target, say); none: every group whole.
 
     Returns:
         ``(kept, reasons)``: boolean keep vector and selection reason per group id.
@@ -128,7 +134,8 @@ def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
     def flops_removed(kept: Kept) -> float:
         return 1.0 - pruner.analysis_flops(kept) / max(pruner.full_flops, 1)
 
-    return _allocate(_Allocation(pruner, scores, flops_removed, coeffs), removed, tolerance)
+    alloc = _Allocation(pruner, scores, flops_removed, coeffs, start)
+    return _allocate(alloc, removed, tolerance)
 
 
 def allocate_for_filters(pruner, removed: float, scores: dict[int, np.ndarray],

@@ -1,0 +1,52 @@
+"""Fine-tuning wall time of ours (shrunk when the masks freeze) against a peer, side by side.
+
+Machines are noisy, so the contenders alternate in one run (ours, peer, ours, peer, ...)
+on the same baseline, data order and threads, and the script prints each run's seconds
+and the ratio of the medians. Each run is the benchmark's fine-tuning (full training
+set) for ``--epochs`` epochs; the peer runs in its own venv as in ``run.py``.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/accuracy/walltime.py \\
+        --ours ours-oneshot-m1 --peer tp-oneshot --epochs 1 --reps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+import torch
+from contenders import ALL, run_contender
+from harness import Budget, baseline, splits
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ours", default="ours-oneshot-m1", choices=ALL)
+    parser.add_argument("--peer", default="tp-oneshot", choices=ALL)
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args(argv)
+    budget = Budget(finetune_epochs=args.epochs)  # the full budget's baseline, fewer epochs
+    data = splits(budget)
+    dense = baseline(args.model, budget, data)
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(f"{args.model}, target {args.target}, {args.epochs} fine-tuning epoch(s) on "
+          f"{len(data['train'])} images, float32 on CPU, OMP_NUM_THREADS={threads}, "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    seconds: dict[str, list[float]] = {args.ours: [], args.peer: []}
+    for rep in range(args.reps):
+        for name in (args.ours, args.peer):
+            row = run_contender(name, args.model, dense, args.target, 0, budget, data)
+            seconds[name].append(row["finetune_seconds"])
+            print(f"rep {rep + 1} {name}: {row['finetune_seconds']:.1f} s "
+                  f"(FLOPs {row['flops_params'][0]:,})", flush=True)  # fmt: skip
+    ours, peer = (statistics.median(seconds[n]) for n in (args.ours, args.peer))
+    print(f"median {args.ours} {ours:.1f} s, {args.peer} {peer:.1f} s: "
+          f"ratio {ours / peer:.3f} (below 1: ours faster)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
