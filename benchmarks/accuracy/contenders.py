@@ -20,10 +20,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
-from harness import Budget, baseline_path, default_entries, finetune, loader, measure
+from harness import Budget, baseline_path, default_entries, evaluate, finetune, loader, measure
 
 from filterprune import NNCFConfig
 from filterprune.torch import create_compressed_model, register_default_init_args
@@ -51,8 +52,9 @@ PEER_RUNS = {
     "tp-iterative": ("torch-pruning", "run_torch_pruning.py", {}),
     "modelopt-fastnas": ("modelopt", "run_modelopt.py", {}),
 }
-OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-m1",
-        "ours-oneshot-kd-m1", "ours-oneshot-m1-inner")
+# ours-best is one-shot, L2, no rounding: what "ours-oneshot-m1" would be, so no such name
+OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-kd-m1",
+        "ours-oneshot-m1-inner", "ours-legr")
 
 
 class NotMeasured(RuntimeError):
@@ -94,14 +96,42 @@ def oneshot_entries(target: float, distill: bool, multiple_of: int = 8,
     return entries
 
 
+def legr_entries(target: float, generations: int = 60, train_steps: int = 20) -> list[dict]:
+    """``ours-oneshot-m1`` with the groups' levels from a LeGR search: each candidate is
+    pruned to ``target``, trained ``train_steps`` steps (lr 0.01) and scored on 1,000
+    validation images; the search's seconds are the row's ``init_seconds``."""
+    entries = oneshot_entries(target, distill=False, multiple_of=1)
+    entries[0]["params"].update(
+        interlayer_ranking_type="learned_ranking",
+        legr_params={"generations": generations, "train_steps": train_steps,
+                     "max_pruning": target, "population_size": 16, "num_samples": 4})
+    return entries
+
+
+def _legr_args(budget: Budget, data, seed: int) -> dict:
+    """The LeGR search's inputs for :func:`register_default_init_args`."""
+    val = torch.utils.data.TensorDataset(*data["val"][:1000])
+
+    def train_steps(train_loader, model, optimizer, ctrl, steps):
+        model.train()
+        for _, (x, y) in zip(range(steps), train_loader, strict=False):
+            loss = torch.nn.functional.cross_entropy(model(x), y) + ctrl.loss()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    return {"val_loader": loader(val, budget, None), "validate_fn": evaluate,
+            "train_steps_fn": train_steps}  # fmt: skip
+
+
 def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -> dict:
     """Prune and fine-tune with our library; the row's numbers."""
     entries = {"ours-best": lambda: recipe(target), "ours-default": lambda: default_entries(target),
                "ours-oneshot": lambda: oneshot_entries(target, distill=False),
                "ours-oneshot-kd": lambda: oneshot_entries(target, distill=True),
-               "ours-oneshot-m1": lambda: oneshot_entries(target, False, multiple_of=1),
                "ours-oneshot-kd-m1": lambda: oneshot_entries(target, True, multiple_of=1),
                "ours-oneshot-m1-inner": lambda: oneshot_entries(target, False, 1, stream=False),
+               "ours-legr": lambda: legr_entries(target),
                }[name]()  # fmt: skip
     for e in entries:
         if e["algorithm"] == "filter_pruning":
@@ -109,9 +139,17 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
             bn["num_bn_adaptation_samples"] = budget.bn_samples
     config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 28, 28]},
                                    "compression": entries})  # fmt: skip
-    config = register_default_init_args(config, loader(data["train"], budget, seed=seed + 100))
+    model = copy.deepcopy(dense)
+    legr = {}
+    if name == "ours-legr":
+        legr = _legr_args(budget, data, seed)
+        legr["legr_train_optimizer"] = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    config = register_default_init_args(config, loader(data["train"], budget, seed=seed + 100),
+                                        **legr)  # fmt: skip
     torch.manual_seed(seed)
-    ctrl, model = create_compressed_model(copy.deepcopy(dense), config)
+    start = time.perf_counter()
+    ctrl, model = create_compressed_model(model, config)
+    init_seconds = time.perf_counter() - start
     pruning = ctrl.get("filter_pruning") if hasattr(ctrl, "get") else ctrl
 
     def on_epoch(epoch, opt, sched):
@@ -122,7 +160,7 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
 
     seconds = finetune(model, data, budget, seed, extra_loss=ctrl.loss,
                        on_step=ctrl.scheduler.step, on_epoch=on_epoch)  # fmt: skip
-    return measure(ctrl.strip(), data, budget, seconds)
+    return measure(ctrl.strip(), data, budget, seconds, init_seconds=round(init_seconds, 1))
 
 
 def peer_command(name: str, model: str, target: float, seed: int, budget: Budget,

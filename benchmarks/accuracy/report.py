@@ -15,14 +15,27 @@ Produced by `benchmarks/accuracy/run.py`; every number below is measured (rows o
 `results.jsonl`). Budget `full` is the issue's (6 baseline + 4 fine-tuning epochs on 55k
 images); `smoke-...` rows are reduced checks (epochs, training and test images in the
 tag) and say nothing about the full-budget ranking. FLOPs and parameters are counted by
-one forward-hook counter on the physically pruned model. `ours-best` is the committed
-candidate recipe (`fmnist_recipe.json`: Taylor importance, BN re-estimation after each mask
-change, shrink when frozen, softmax distillation at T=4); it has not been shown to be the
-best of ours: compare its rows with `ours-default`'s before calling it that.
-`ours-oneshot*` (`contenders.oneshot_entries`): masks chosen once before fine-tuning by L2
-magnitude, BN re-estimated, the model shrunk at once; `-kd`: with softmax distillation at
-T=4; `-m1`: no rounding of kept counts, so the FLOPs target is met by one uniform level
-(the smallest that removes enough).
+one forward-hook counter on the physically pruned model.
+
+Ours (`benchmarks/accuracy/contenders.py`):
+
+- `ours-default`: the seed's defaults (geometric median, exponential schedule, two steps,
+  kept counts in multiples of 8).
+- `ours-best`: the committed recipe `fmnist_recipe.json`: masks chosen once before
+  fine-tuning by L2 magnitude, no rounding of kept counts (one uniform level, the one just
+  short of the target topped up channel by channel, least important first), BatchNorm
+  re-estimated, the model shrunk at once so all of fine-tuning runs at pruned cost.
+- `ours-oneshot`: the same with kept counts in multiples of 8 (groups take their own
+  levels); `-kd`: plus softmax distillation from the dense model at T=4; `-kd-m1`:
+  `ours-best` plus that distillation; `-m1-inner`: no rounding and the residual stream whole (the
+  first conv and the 1x1 shortcut convs in `ignored_scopes`), only the blocks' inner
+  channels cut; `ours-legr`: `ours-best` with levels from a LeGR search (60 candidates, each
+  trained 20 steps and scored on 1,000 validation images; the search's seconds are the
+  row's `init_seconds`, not in its fine-tune seconds).
+- Rows measured before the top-up: `-m1-level` (the smallest uniform level that removes
+  enough: 0.527 removed at a 0.5 target) and `ours-taylor-kd-2step` (the recipe committed
+  before: Taylor importance, two steps, BN re-estimation after each mask change, shrink
+  when frozen, softmax distillation at T=4).
 
 The peers run in their own venvs (`benchmarks/accuracy/peers/`, exact pins, torch 2.14.1)
 with the same baseline, data, data order, optimizer, learning-rate schedule and

@@ -38,9 +38,11 @@ CHECK = Budget(1, 2, 1000, 500)
 
 def grid() -> list[tuple[str, str, float, int]]:
     """``(contender, model, target, seed)`` in the issue's order of priority."""
-    rows = [(c, "resnet20", 0.5, s) for s in (0, 1) for c in ALL]
-    rows += [(c, "resnet20", t, 0) for t in (0.3, 0.7) for c in ("ours-best", "tp-iterative")]
-    rows += [(c, "mobilenetv2", 0.5, 0) for c in ("ours-best", "tp-iterative")]
+    main = ("ours-default", "ours-best", *PEERS)
+    rows = [(c, "resnet20", 0.5, s) for s in (0, 1) for c in main]
+    rows += [(c, "resnet20", t, 0) for t in (0.3, 0.7) for c in ("ours-best", "tp-oneshot")]
+    rows += [(c, "mobilenetv2", 0.5, 0) for c in main]
+    rows += [(c, "resnet20", 0.5, 0) for c in OURS if c not in main]  # variants of ours
     return rows
 
 
