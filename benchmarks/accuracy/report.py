@@ -94,19 +94,29 @@ def _plots(groups, out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    by_plot = defaultdict(lambda: defaultdict(list))
+    by_plot = defaultdict(dict)
     for (budget, model, _, contender), rs in groups.items():
-        for r in rs:
-            by_plot[(budget, model)][contender].append((r["flops_kept"], r["test"]))
+        by_plot[(budget, model)].setdefault(contender, []).append(rs)
+    colours = plt.get_cmap("tab20").colors
     for (budget, model), series in by_plot.items():
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for contender, points in sorted(series.items()):
-            xs, ys = zip(*sorted(points), strict=True)
-            ax.plot(xs, ys, "o-", label=contender)
-        ax.set_xlabel("FLOPs kept")
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for i, (contender, runs) in enumerate(sorted(series.items())):
+            # one point per target: mean over seeds, the seeds' spread as an error bar
+            pts = sorted((statistics.mean(r["flops_kept"] for r in rs),
+                          statistics.mean(r["test"] for r in rs),
+                          statistics.stdev(r["test"] for r in rs) if len(rs) > 1 else 0.0)
+                         for rs in runs)  # fmt: skip
+            xs, ys, err = zip(*pts, strict=True)
+            peer = contender in PEERS
+            ax.errorbar(xs, ys, yerr=err, fmt="s--" if peer else "o-", capsize=3,
+                        color=colours[i % len(colours)], label=contender)  # fmt: skip
+        base = next(iter(next(iter(series.values()))))[0]["baseline_test"]
+        ax.axhline(base, color="grey", linestyle=":", label="dense baseline")
+        ax.set_xlabel("FLOPs kept (lower: smaller model)")
         ax.set_ylabel("test accuracy")
-        ax.set_title(f"{model} ({budget})")
-        ax.legend()
+        ax.set_title(f"{model} ({budget}): ours solid, peers dashed")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
         fig.tight_layout()
         fig.savefig(out / f"plot-{model}-{budget}.png", dpi=100)
         plt.close(fig)

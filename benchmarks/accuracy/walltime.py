@@ -6,7 +6,7 @@ and the ratio of the medians. Each run is the benchmark's fine-tuning (full trai
 set) for ``--epochs`` epochs; the peer runs in its own venv as in ``run.py``.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/accuracy/walltime.py \\
-        --ours ours-oneshot-m1 --peer tp-oneshot --epochs 1 --reps 2
+        --ours ours-best --peer tp-oneshot --epochs 1 --reps 2
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import os
 import statistics
 
 import torch
-from contenders import ALL, run_contender
+from contenders import OURS, PEERS, run_contender
 from harness import Budget, baseline, splits
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ours", default="ours-oneshot-m1", choices=ALL)
-    parser.add_argument("--peer", default="tp-oneshot", choices=ALL)
+    parser.add_argument("--ours", default="ours-best", choices=OURS)
+    parser.add_argument("--peer", default="tp-oneshot", choices=sorted(PEERS))
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, default=1)
