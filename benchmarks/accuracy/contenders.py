@@ -79,7 +79,7 @@ def oneshot_entries(target: float, distill: bool, multiple_of: int = 8,
     """Masks chosen once before fine-tuning (the ``baseline`` schedule) by L2 magnitude, BN
     re-estimated, the model shrunk at once; with ``distill``, softmax distillation at T=4;
     ``multiple_of``: the kept counts' rounding (8, the default, or 1: none, and then the
-    FLOPs target is met by one uniform level, the smallest that removes enough);
+    FLOPs target is met by the uniform level just short of it, topped up channel by channel);
     ``stream=False``: the residual stream (the groups holding the first conv and the 1x1
     shortcut convs) stays whole, only the blocks' inner channels are cut."""
     params = {"schedule": "baseline", "pruning_flops_target": target, "filter_importance": "L2",
@@ -97,9 +97,10 @@ def oneshot_entries(target: float, distill: bool, multiple_of: int = 8,
 
 
 def legr_entries(target: float, generations: int = 60, train_steps: int = 20) -> list[dict]:
-    """``ours-oneshot-m1`` with the groups' levels from a LeGR search: each candidate is
-    pruned to ``target``, trained ``train_steps`` steps (lr 0.01) and scored on 1,000
-    validation images; the search's seconds are the row's ``init_seconds``."""
+    """``ours-best``'s pruning (one-shot, L2, no rounding) with the groups' levels from a
+    LeGR search: each candidate is pruned to ``target``, trained ``train_steps`` steps
+    (lr 0.01) and scored on 1,000 validation images; the search's seconds are the row's
+    ``init_seconds``."""
     entries = oneshot_entries(target, distill=False, multiple_of=1)
     entries[0]["params"].update(
         interlayer_ranking_type="learned_ranking",
