@@ -35,6 +35,9 @@ class Recorder:
     def freeze(self):
         self.events.append((self.scheduler.current_epoch, "freeze", None))
 
+    def settle(self):
+        self.events.append((self.scheduler.current_epoch, "settle", None))
+
 
 def make(**kwargs):
     rec = Recorder()
@@ -189,6 +192,15 @@ def test_scheduler_baseline():
     assert levels == [0.0, 0.0, 0.4, 0.4]
     assert [ev for ev in rec.events if ev[0] >= 2] == [
         (2, "apply", 0.4), (2, "freeze", None), (3, "freeze", None)]
+
+
+def test_settle_ends_every_epoch_step_after_the_freeze():
+    rec = Recorder()
+    rec.scheduler = Scheduler(FilterPruningParams(schedule="baseline", pruning_target=0.4),
+                              rec.apply, rec.freeze, settle=rec.settle)  # fmt: skip
+    run_levels(rec.scheduler, 2)
+    assert rec.events == [(0, "apply", 0.4), (0, "freeze", None), (0, "settle", None),
+                          (1, "freeze", None), (1, "settle", None)]  # fmt: skip
 
 
 def test_scheduler_exponential_with_bias():

@@ -15,11 +15,11 @@ def loader():
     return torch.utils.data.DataLoader(data, batch_size=16)
 
 
-def config(**params):
+def config(pruning_init=0.1, **params):
     params = {"schedule": "exponential", "pruning_steps": 2, "pruning_target": 0.5,
               "extra": {"initializer": {"batchnorm_adaptation":
                                         {"num_bn_adaptation_samples": 16}}}, **params}  # fmt: skip
-    return make_config((1, 1, 28, 28), pruning_init=0.1, **params)
+    return make_config((1, 1, 28, 28), pruning_init=pruning_init, **params)
 
 
 @pytest.mark.parametrize("on", [True, False])
@@ -52,3 +52,35 @@ def test_needs_registered_data():
                        r"register_default_init_args\(config, data\) first\. "
                        r"Received: no registered data\.$"):
         create_compressed_model(ResNet20(), config(bn_adaptation_after_mask_change=True))
+
+
+def test_statistics_are_reestimated_on_the_cut_model(monkeypatch):
+    """With ``shrink_when_frozen`` the re-estimation waits for the cut: the statistics are
+    those of the masked model (kept channels) at the pruned model's cost."""
+    widths = []
+    real = torch_frontend.adapt_batchnorm
+    monkeypatch.setattr(torch_frontend, "adapt_batchnorm",
+                        lambda *a: (widths.append(a[0].layers[8].conv1.weight.shape[0]),
+                                    real(*a)))  # fmt: skip
+
+    def cut_at_once(shrink):
+        torch.manual_seed(0)
+        cfg = config(schedule="baseline", pruning_init=0.0, shrink_when_frozen=shrink,
+                     bn_adaptation_after_mask_change=True)  # fmt: skip
+        ctrl, model = create_compressed_model(randomize_bn(ResNet20()),
+                                              register_default_init_args(cfg, loader()))
+        ctrl.register_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+        ctrl.scheduler.epoch_step()
+        return ctrl, model
+
+    masked_ctrl, _ = cut_at_once(False)
+    assert widths == [64]  # the masked model, at the mask change
+    cut_ctrl, cut = cut_at_once(True)
+    assert cut_ctrl.shrunk and widths[1:] == [cut.layers[8].conv1.weight.shape[0]]
+    assert widths[1] < 64
+    stripped = masked_ctrl.strip().state_dict()
+    stats = {k: v for k, v in cut.state_dict().items()
+             if k.endswith(("running_mean", "running_var"))}  # fmt: skip
+    assert len(stats) == 42  # 21 BatchNorms
+    for key, value in stats.items():
+        torch.testing.assert_close(value, stripped[key], rtol=1e-4, atol=1e-5)

@@ -101,7 +101,10 @@ class PruningControllerBase(CompressionController):
         self.registered_args: Any = None  # all that register_default_init_args registered (idem)
         self.ranking_coeffs: Coeffs | None = None  # LeGR (alpha, kappa) per group id
         self._starting = False
-        self.scheduler = Scheduler(params, self.set_pruning_level, self.freeze)
+        self._deferring = False  # inside a scheduler step: BatchNorm waits for its end
+        self._bn_stale = False
+        self.scheduler = Scheduler(params, self._scheduled_level, self.freeze,
+                                   settle=self._settle)  # fmt: skip
 
     # -- frontend hooks --------------------------------------------------------------------
     def _weights(self) -> dict[str, np.ndarray]:
@@ -214,6 +217,25 @@ class PruningControllerBase(CompressionController):
         self._install(self._sync(plan))
         if self.params.bn_adaptation_after_mask_change and not self._starting and (
                 not _same_kept(before, self.plan.kept)):  # fmt: skip
+            if self._deferring:
+                self._bn_stale = True
+            else:
+                self._adapt_batchnorm()
+
+    def _scheduled_level(self, level: float) -> None:
+        """The scheduler's ``set_pruning_level``: BatchNorm is re-estimated once the epoch
+        step ends (:meth:`_settle`), after a freeze that may cut the model, so the statistics
+        are the same and cost the pruned model's forward passes."""
+        self._deferring = True
+        try:
+            self.set_pruning_level(level)
+        finally:
+            self._deferring = False
+
+    def _settle(self) -> None:
+        """End of a scheduler epoch step: re-estimate BatchNorm if the masks changed."""
+        if self._bn_stale:
+            self._bn_stale = False
             self._adapt_batchnorm()
 
     def _adapt_batchnorm(self) -> None:

@@ -398,7 +398,7 @@ class FilterPruningParams(Settings):
     bn_adaptation_after_mask_change: bool = setting(
         "params.bn_adaptation_after_mask_change",
         boolean("filterprune: re-estimate BatchNorm statistics on the registered data "
-                "after each mask change."),
+                "after each mask change (after the cut, with shrink_when_frozen)."),
         False,
     )  # fmt: skip
     legr: LegrParams = nested("params.legr_params", LegrParams)

@@ -287,6 +287,8 @@ class Scheduler:
             (``pruning_init``), its end (``target_level``) and its timing.
         apply_level: Callback that sets masks for a level.
         freeze: Callback that freezes masks.
+        settle: Optional callback run at the end of every :meth:`epoch_step` (after
+            ``apply_level`` and ``freeze``), for work that should see the frozen model.
 
     Raises:
         ConfigError: For an unknown schedule, or settings the schedule cannot run with.
@@ -297,6 +299,7 @@ class Scheduler:
         params: SchedulerParams,
         apply_level: Callable[[float], None],
         freeze: Callable[[], None],
+        settle: Callable[[], None] | None = None,
     ) -> None:
         self.prune_flops = bool(params.prune_flops)
         self.initial_level = float(params.pruning_init)
@@ -309,6 +312,7 @@ class Scheduler:
         self.freeze_epoch = self.num_init_steps + self.schedule.freeze_offset
         self._apply_level = apply_level
         self._freeze = freeze
+        self._settle = settle
         self.current_epoch = -1
         self.current_step = -1
         self.current_level = self.initial_level
@@ -332,6 +336,8 @@ class Scheduler:
         if self.current_epoch >= self.freeze_epoch:
             self._freeze()
             self.frozen = True
+        if self._settle is not None:
+            self._settle()
 
     def step(self, next_step: int | None = None) -> None:
         """Advance the iteration counter; pruning does nothing per iteration."""
