@@ -52,6 +52,9 @@ PEER_RUNS = {
     "tp-iterative": ("torch-pruning", "run_torch_pruning.py", {}),
     "modelopt-fastnas": ("modelopt", "run_modelopt.py", {}),
 }
+# Not a contender: the dense baseline given the same fine-tuning, nothing pruned. It shows how
+# much of every row's gain over the baseline is the extra training, not the pruning.
+REFERENCE = {"dense-finetune": "the dense baseline fine-tuned with the same budget, unpruned"}
 # ours-best is one-shot, L2, no rounding: what "ours-oneshot-m1" would be, so no such name
 OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-kd-m1",
         "ours-oneshot-m1-inner", "ours-legr")
@@ -211,6 +214,9 @@ def run_peer(name: str, model: str, target: float, seed: int, budget: Budget,
 def run_contender(name: str, model: str, dense, target: float, seed: int, budget: Budget,
                   data) -> dict:  # fmt: skip
     """The row's numbers for one contender (``dense``: the baseline of ``model``)."""
+    if name in REFERENCE:
+        tuned = copy.deepcopy(dense)
+        return measure(tuned, data, budget, finetune(tuned, data, budget, seed))
     if name in OURS:
         return run_ours(name, dense, target, seed, budget, data)
     return run_peer(name, model, target, seed, budget)

@@ -24,12 +24,12 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from contenders import OURS, PEERS, NotMeasured, PeerFailed, run_contender  # noqa: E402
+from contenders import OURS, PEERS, REFERENCE, NotMeasured, PeerFailed, run_contender  # noqa: E402
 from harness import Budget, baseline, count_flops, evaluate, loader, splits  # noqa: E402
 from report import write_report  # noqa: E402
 
 RESULTS = HERE / "results.jsonl"
-ALL = (*OURS, *PEERS)
+ALL = (*OURS, *PEERS, *REFERENCE)
 SMOKE = Budget(2, 3, 5000, 2000)
 # Two fine-tuning epochs, not one: the two-step schedules (ours, NNCF, tp-iterative) reach
 # the target only at the start of the second epoch, so one epoch would check no pruning.
@@ -43,6 +43,9 @@ def grid() -> list[tuple[str, str, float, int]]:
     rows += [(c, "resnet20", t, 0) for t in (0.3, 0.7) for c in ("ours-best", "tp-oneshot")]
     rows += [(c, "mobilenetv2", 0.5, 0) for c in main]
     rows += [(c, "resnet20", 0.5, 0) for c in OURS if c not in main]  # variants of ours
+    rows += [(c, m, 0.0, 0) for m in ("resnet20", "mobilenetv2") for c in REFERENCE]
+    rows += [(c, "mobilenetv2", 0.5, 1) for c in ("ours-best", "tp-oneshot")]  # second seeds
+    rows += [(c, "resnet20", t, 1) for t in (0.3, 0.7) for c in ("ours-best", "tp-oneshot")]
     return rows
 
 

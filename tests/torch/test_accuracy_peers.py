@@ -3,6 +3,7 @@
 tools that only zero the filters they prune."""
 
 import dataclasses
+import json
 import re
 import sys
 import textwrap
@@ -142,3 +143,27 @@ def test_live_count_refuses_grouped_convs():
     with pytest.raises(ValueError, match=r"`groups` must be 1 or in_channels\. "
                                          r"Received: groups=2 \(in_channels=4\)\."):
         harness.count_live_flops(model, torch.randn(2, 4, 8, 8))
+
+
+def test_dense_finetune_reference_trains_a_copy_and_is_reported(tmp_path):
+    torch.manual_seed(0)
+    dense = ResNet20()
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    x, y = torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,))
+    data = {k: torch.utils.data.TensorDataset(x, y) for k in ("train", "val", "test")}
+    budget = harness.Budget(1, 1, 256, 256)
+    row = contenders.run_contender("dense-finetune", "resnet20", dense, 0.0, 0, budget, data)
+    assert row["flops_params"] == harness.count_flops(dense)  # nothing pruned
+    assert all(torch.equal(v, before[k]) for k, v in dense.state_dict().items())
+    assert 0.0 <= row["test"] <= 1.0 and row["finetune_seconds"] > 0
+    import report  # noqa: PLC0415  (the benchmark's module, on sys.path above)
+
+    results = tmp_path / "results.jsonl"
+    flops, params = row.pop("flops_params")
+    results.write_text(json.dumps({"contender": "dense-finetune", "model": "resnet20",
+                                   "target": 0.0, "seed": 0, "budget": "t", "baseline_test": 0.1,
+                                   "flops_kept": 1.0, "params_kept": 1.0, **row}) + "\n")
+    report.write_report(results, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "| t | resnet20 | 0.0 | dense-finetune |" in text
+    assert "dense-finetune" not in text.split("Not measured")[1]
