@@ -117,7 +117,8 @@ def _plots(groups, out: Path) -> None:
                 continue
             peer = contender in PEERS
             ax.errorbar(xs, ys, yerr=err, fmt="s--" if peer else "o-", capsize=3,
-                        color=colours[i % len(colours)], label=contender)  # fmt: skip
+                        color=colours[(2 * i) % 20 + (i // 10) % 2],  # ten hues, then pale
+                        label=contender)  # fmt: skip
         base = next(iter(next(iter(series.values()))))[0]["baseline_test"]
         ax.axhline(base, color="grey", linestyle=":", label="dense baseline")
         ax.set_xlabel("FLOPs kept (lower: smaller model)")

@@ -3,7 +3,8 @@
 Machines are noisy, so the contenders alternate in one run (ours, peer, ours, peer, ...)
 on the same baseline, data order and threads, and the script prints each run's seconds
 and the ratio of the medians. Each run is the benchmark's fine-tuning (full training
-set) for ``--epochs`` epochs; the peer runs in its own venv as in ``run.py``.
+set) for ``--epochs`` epochs in a fresh process: ours in this venv (``--child``), the peer
+in its own venv as in ``run.py``, so neither inherits the other's heap or the baseline's.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/accuracy/walltime.py \\
         --ours ours-best --peer tp-oneshot --epochs 1 --reps 2
@@ -12,8 +13,11 @@ set) for ``--epochs`` epochs; the peer runs in its own venv as in ``run.py``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 
 import torch
 from contenders import OURS, PEERS, run_contender
@@ -28,10 +32,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # run this contender once, print row
     args = parser.parse_args(argv)
     budget = Budget(finetune_epochs=args.epochs)  # the full budget's baseline, fewer epochs
     data = splits(budget)
     dense = baseline(args.model, budget, data)
+    if args.child:
+        row = run_contender(args.child, args.model, dense, args.target, 0, budget, data)
+        print("ROW " + json.dumps({"finetune_seconds": row["finetune_seconds"],
+                                   "flops": row["flops_params"][0]}))  # fmt: skip
+        return
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     print(f"{args.model}, target {args.target}, {args.epochs} fine-tuning epoch(s) on "
           f"{len(data['train'])} images, float32 on CPU, OMP_NUM_THREADS={threads}, "
@@ -39,13 +49,29 @@ def main(argv: list[str] | None = None) -> None:
     seconds: dict[str, list[float]] = {args.ours: [], args.peer: []}
     for rep in range(args.reps):
         for name in (args.ours, args.peer):
-            row = run_contender(name, args.model, dense, args.target, 0, budget, data)
+            if name in OURS:
+                row = _ours_in_child(name, args)
+            else:
+                row = run_contender(name, args.model, dense, args.target, 0, budget, data)
+                row["flops"] = row["flops_params"][0]
             seconds[name].append(row["finetune_seconds"])
             print(f"rep {rep + 1} {name}: {row['finetune_seconds']:.1f} s "
-                  f"(FLOPs {row['flops_params'][0]:,})", flush=True)  # fmt: skip
+                  f"(FLOPs {row['flops']:,})", flush=True)  # fmt: skip
     ours, peer = (statistics.median(seconds[n]) for n in (args.ours, args.peer))
     print(f"median {args.ours} {ours:.1f} s, {args.peer} {peer:.1f} s: "
           f"ratio {ours / peer:.3f} (below 1: ours faster)")  # fmt: skip
+
+
+def _ours_in_child(name: str, args: argparse.Namespace) -> dict:
+    """Run ``name`` once in a fresh interpreter of this venv; its seconds and FLOPs."""
+    command = [sys.executable, __file__, "--child", name, "--model", args.model,
+               "--target", str(args.target), "--epochs", str(args.epochs)]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    rows = [line[4:] for line in out.stdout.splitlines() if line.startswith("ROW ")]
+    if out.returncode or not rows:
+        raise SystemExit(f"{name} failed in its process (exit {out.returncode}):\n"
+                         + out.stderr[-2000:])  # fmt: skip
+    return json.loads(rows[-1])
 
 
 if __name__ == "__main__":
