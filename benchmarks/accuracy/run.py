@@ -45,6 +45,7 @@ def grid() -> list[tuple[str, str, float, int]]:
     rows += [(c, "resnet20", 0.5, 0) for c in OURS if c not in main]  # variants of ours
     rows += [(c, m, 0.0, 0) for m in ("resnet20", "mobilenetv2") for c in REFERENCE]
     rows += [(c, "mobilenetv2", 0.5, 1) for c in ("ours-best", "tp-oneshot")]  # second seeds
+    rows += [("ours-oneshot-kd-m1", "resnet20", 0.5, 1)]  # ours-best + distillation
     rows += [(c, "resnet20", t, 1) for t in (0.3, 0.7) for c in ("ours-best", "tp-oneshot")]
     return rows
 
