@@ -29,7 +29,6 @@ from harness import Budget, baseline, count_flops, evaluate, loader, splits  # n
 from report import write_report  # noqa: E402
 
 RESULTS = HERE / "results.jsonl"
-ALL = (*OURS, *PEERS, *REFERENCE)
 SMOKE = Budget(2, 3, 5000, 2000)
 # Two fine-tuning epochs, not one: the two-step schedules (ours, NNCF, tp-iterative) reach
 # the target only at the start of the second epoch, so one epoch would check no pruning.

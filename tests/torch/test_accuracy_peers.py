@@ -159,7 +159,7 @@ def test_dense_finetune_reference_trains_a_copy_and_is_reported(tmp_path):
     import report  # noqa: PLC0415  (the benchmark's module, on sys.path above)
 
     results = tmp_path / "results.jsonl"
-    flops, params = row.pop("flops_params")
+    row.pop("flops_params")
     results.write_text(json.dumps({"contender": "dense-finetune", "model": "resnet20",
                                    "target": 0.0, "seed": 0, "budget": "t", "baseline_test": 0.1,
                                    "flops_kept": 1.0, "params_kept": 1.0, **row}) + "\n")
