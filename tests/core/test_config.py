@@ -157,7 +157,8 @@ def test_schema_defaults_match_dataclass_defaults():
          r"Did you mean `exponential`\?"),
         (with_pruning({"filter_importance": "L3"}),
          r"`compression\[0\]\.params\.filter_importance` must be one of 'L1', 'L2', "
-         r"'geometric_median', 'taylor', 'bn_scale'\. Received: filter_importance='L3'\."),
+         r"'geometric_median', 'taylor', 'bn_scale', 'coupled_L2'\. "
+         r"Received: filter_importance='L3'\."),
         (with_pruning({"interlayer_ranking_type": "legr"}),
          r"must be one of 'unweighted_ranking', 'learned_ranking'"),
         (with_pruning({"pruning_steps": 0}),

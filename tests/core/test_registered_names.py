@@ -108,7 +108,7 @@ def test_controller_uses_registered_importance_and_schedule(custom, tmp_path):
 def test_unknown_name_lists_registered_ones(custom, tmp_path):
     with pytest.raises(ConfigError, match=(
         r"^`compression\[0\]\.params\.filter_importance` must be one of 'L1', 'L2', "
-        rf"'geometric_median', 'taylor', 'bn_scale', '{IMPORTANCE}'\. "
+        rf"'geometric_median', 'taylor', 'bn_scale', 'coupled_L2', '{IMPORTANCE}'\. "
         r"Received: filter_importance='test_smalest_first'"
         rf"\. Did you mean `{IMPORTANCE}`\? \(in config file '.*config\.json'\)$"
     )):  # fmt: skip

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                 reason="needs torch")  # fmt: skip
 
 PRUNED = ("mid", "mid2")
-IMPORTANCES = ("L1", "L2", "geometric_median", "bn_scale", "taylor")
+IMPORTANCES = ("L1", "L2", "geometric_median", "bn_scale", "taylor", "coupled_L2")
 
 
 def settings(importance):

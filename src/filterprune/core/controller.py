@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import ConfigError
 from .analysis import Analysis, AnalysisOptions
 from .compression import STATE_VERSION, CompressionController, CompressionStage
+from .coupled import coupled_layers, coupled_scores
 from .legr import learn_ranking
 from .legr_coeffs import Coeffs, coeffs_from_json, coeffs_to_json, identity, load_coeffs
 from .params import FilterPruningParams
@@ -122,6 +123,16 @@ class PruningControllerBase(CompressionController):
         source = importance_source(self.params.filter_importance)
         return self._weights() if source == "weight" else self._signal(source)
 
+    def _scores(self) -> dict[int, np.ndarray]:
+        """Each prunable group's channel scores under ``filter_importance``."""
+        if importance_source(self.params.filter_importance) == "params":
+            frontend = getattr(self, "frontend", None)
+            if frontend is None:
+                raise unsupported(self.params.filter_importance, "a dry run (analyze)")
+            layers = coupled_layers(self.analysis)
+            return coupled_scores(self.analysis, frontend.read_params(self.captured, layers))
+        return self.pruner.scores(self._importance_inputs())
+
     def _install(self, plan: Plan) -> None:
         """Make ``plan`` the masks in place; subclasses update the model, then call this."""
         self.plan = plan
@@ -208,7 +219,7 @@ class PruningControllerBase(CompressionController):
         """
         if not 0.0 <= float(level) < 1.0:
             raise ValueError(f"`level` must be a float in [0, 1). Received: level={level}.")
-        scores = self.pruner.scores(self._importance_inputs())
+        scores = self._scores()
         if self.params.prune_flops:
             plan = self.pruner.plan_for_flops(float(level), scores, self.ranking_coeffs)
         else:

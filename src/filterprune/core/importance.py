@@ -8,6 +8,10 @@
 * ``taylor`` and ``bn_scale``: score a signal the frontend reads instead of the weight
   (accumulated gradient x weight; the following BatchNorm's scale), handed over as one
   value per filter; see :mod:`filterprune.core.signals`.
+* ``coupled_L2``: the sums of squares of every slice that goes with a channel (its
+  filters, norm parameters and readers' input columns), each relative to its tensor's
+  mean, averaged over those tensors; scored per group by :mod:`filterprune.core.coupled`.
+  Its function here, the squared L2 norm, is one tensor's raw share.
 
 Scores are ``float64``. Higher means more important.
 
@@ -36,6 +40,7 @@ __all__ = [
     "geometric_median_importance",
     "taylor_importance",
     "bn_scale_importance",
+    "coupled_l2_importance",
     "normalize",
 ]
 
@@ -124,6 +129,12 @@ def taylor_importance(filters: np.ndarray) -> np.ndarray:
 def bn_scale_importance(filters: np.ndarray) -> np.ndarray:
     """``|gamma|`` of the BatchNorm after the layer (the frontend hands ``gamma`` over)."""
     return np.abs(filters).sum(axis=1)
+
+
+@register_importance("coupled_L2")
+def coupled_l2_importance(filters: np.ndarray) -> np.ndarray:
+    """Sum of squares of each row: one tensor's share of the ``coupled_L2`` score."""
+    return np.square(filters).sum(axis=1)
 
 
 def _as_filters(weight: np.ndarray, axis: int) -> np.ndarray:

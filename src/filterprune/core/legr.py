@@ -210,7 +210,7 @@ def learn_ranking(ctrl: Any) -> dict[int, tuple[float, float]]:
     elif not groups:
         coeffs = {}  # nothing to rank; the controller warns that nothing is pruned
     else:
-        scores = ctrl.pruner.scores(ctrl._importance_inputs())  # the weights stay as they are
+        scores = ctrl._scores()  # the weights stay as they are
         level = _search_level(ctrl.pruner, scores, params.legr.max_pruning)
         with ctrl._ranking_trials() as trial:
             coeffs = search_coeffs(

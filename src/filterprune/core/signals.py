@@ -1,6 +1,6 @@
 """Importances that read more than the weight: what each needs from a frontend.
 
-``L1``, ``L2`` and ``geometric_median`` score filters from the weight alone. Two
+``L1``, ``L2`` and ``geometric_median`` score filters from the weight alone. Three
 criteria need a signal the model holds elsewhere:
 
 * ``taylor`` (first-order Taylor, Molchanov et al. 2019): a per-filter score summed
@@ -15,12 +15,16 @@ criteria need a signal the model holds elsewhere:
   (``sum dL/dz * z`` over the batch).
 * ``bn_scale`` (network slimming, Liu et al. 2017): ``|gamma|`` of the BatchNorm right
   after the layer; the frontend hands ``gamma`` over as ``(filters, 1)``.
+* ``coupled_L2`` (group magnitude, Fang et al. 2023): every parameter that holds the
+  group's channels (producers' filters, norm scales and shifts, readers' input columns),
+  scored per group by :func:`~filterprune.core.coupled.coupled_scores`; the frontend
+  hands the parameters over as stored.
 
 A frontend that cannot provide a signal refuses with :func:`unsupported`.
 
 Example:
-    >>> importance_source("L2"), importance_source("taylor"), importance_source("bn_scale")
-    ('weight', 'gradient', 'bn_scale')
+    >>> importance_source("L2"), importance_source("taylor"), importance_source("coupled_L2")
+    ('weight', 'gradient', 'params')
 """
 
 from __future__ import annotations
@@ -38,11 +42,12 @@ log = logging.getLogger("filterprune")
 __all__ = ["SOURCES", "importance_source", "following_batchnorm", "batchnorm_scales",
            "taylor_batchnorm", "taylor_scores", "unsupported", "missing_batchnorm"]  # fmt: skip
 
-SOURCES = {"taylor": "gradient", "bn_scale": "bn_scale"}
+SOURCES = {"taylor": "gradient", "bn_scale": "bn_scale", "coupled_L2": "params"}
 """Importance name -> the signal it scores (criteria not listed score the weight)."""
 
 _NEEDS = {"gradient": "gradients accumulated over training steps",
-          "bn_scale": "the BatchNorm scale after each pruned layer"}  # fmt: skip
+          "bn_scale": "the BatchNorm scale after each pruned layer",
+          "params": "every parameter that holds the pruned channels"}  # fmt: skip
 
 
 def importance_source(name: str) -> str:

@@ -80,6 +80,12 @@ class Frontend:
         """Each layer's main weight as numpy, filters (output channels) on axis 0."""
         raise NotImplementedError
 
+    def read_params(self, captured: Captured,
+                    layers: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+        """Each layer's parameters as numpy, as stored, by their names in
+        ``graph.layers[layer].params`` (what ``coupled_L2`` scores)."""
+        raise NotImplementedError
+
     def init_data(self, config: Config) -> Any:
         """The batches registered by ``register_default_init_args``, or ``None``."""
         return None

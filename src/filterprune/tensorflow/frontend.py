@@ -59,6 +59,15 @@ class KerasFrontend(Frontend):
             out[layer] = filters_first(np.asarray(variable.numpy()), info.params[info.weight][1])
         return out
 
+    def read_params(self, captured: Any,
+                    layers: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+        out = {}
+        for layer in layers:
+            ref, names = captured.refs.get(layer), captured.graph.layers[layer].params
+            weights = ref.layer.weights if ref is not None else []
+            out[layer] = {v.name: np.asarray(v.numpy()) for v in weights if v.name in names}
+        return out
+
     def init_data(self, config: Config) -> Any:
         if config.has_extra_struct(TFInitArgs):
             return config.get_extra_struct(TFInitArgs)

@@ -134,6 +134,17 @@ class TorchFrontend(Frontend):
             out[layer] = w.float().cpu().numpy()
         return out
 
+    def read_params(self, captured: Captured,
+                    layers: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+        out = {}
+        for layer in layers:
+            module = captured.refs.get(layer)  # a bare parameter has no module: not read
+            names = captured.graph.layers[layer].params if module is not None else {}
+            tensors = {p: getattr(module, p, None) for p in names}
+            out[layer] = {p: t.detach().float().cpu().numpy() for p, t in tensors.items()
+                          if isinstance(t, torch.Tensor)}  # fmt: skip
+        return out
+
     def init_data(self, config: Config) -> Any:
         if config.has_extra_struct(InitArgs):
             return config.get_extra_struct(InitArgs).data_loader
