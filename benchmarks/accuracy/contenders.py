@@ -57,7 +57,7 @@ PEER_RUNS = {
 REFERENCE = {"dense-finetune": "the dense baseline fine-tuned with the same budget, unpruned"}
 # ours-best is one-shot, L2, no rounding: what "ours-oneshot-m1" would be, so no such name
 OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-kd-m1",
-        "ours-oneshot-m1-inner", "ours-legr")
+        "ours-oneshot-m1-inner", "ours-legr", "ours-coupled")
 
 
 class NotMeasured(RuntimeError):
@@ -74,6 +74,13 @@ def recipe(target: float) -> list[dict]:
     for entry in entries:
         if entry["algorithm"] == "filter_pruning":
             entry["params"]["pruning_flops_target"] = target
+    return entries
+
+
+def coupled_entries(target: float) -> list[dict]:
+    """``ours-best`` with channels scored by ``coupled_L2`` instead of the filters' L2."""
+    entries = recipe(target)
+    entries[0]["params"]["filter_importance"] = "coupled_L2"
     return entries
 
 
@@ -136,9 +143,10 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
                "ours-oneshot-kd-m1": lambda: oneshot_entries(target, True, multiple_of=1),
                "ours-oneshot-m1-inner": lambda: oneshot_entries(target, False, 1, stream=False),
                "ours-legr": lambda: legr_entries(target),
+               "ours-coupled": lambda: coupled_entries(target),
                }[name]()  # fmt: skip
     for e in entries:
-        if e["algorithm"] == "filter_pruning":
+        if e["algorithm"] == "filter_pruning" and "initializer" in e:
             bn = e["initializer"]["batchnorm_adaptation"]
             bn["num_bn_adaptation_samples"] = budget.bn_samples
     config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 28, 28]},

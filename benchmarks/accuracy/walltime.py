@@ -1,10 +1,12 @@
 """Fine-tuning wall time of ours (shrunk when the masks freeze) against a peer, side by side.
 
 Machines are noisy, so the contenders alternate in one run (ours, peer, ours, peer, ...)
-on the same baseline, data order and threads, and the script prints each run's seconds
-and the ratio of the medians. Each run is the benchmark's fine-tuning (full training
-set) for ``--epochs`` epochs in a fresh process: ours in this venv (``--child``), the peer
-in its own venv as in ``run.py``, so neither inherits the other's heap or the baseline's.
+on the same baseline, data order and threads, and the script prints each run's seconds,
+the ratio of the medians and the median of the per-rep ratios (each rep's two runs are
+neighbours in time, so a load that drifts over the run cancels in their ratio). Each run
+is the benchmark's fine-tuning (full training set) for ``--epochs`` epochs in a fresh
+process: ours in this venv (``--child``), the peer in its own venv as in ``run.py``, so
+neither inherits the other's heap or the baseline's.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/accuracy/walltime.py \\
         --ours ours-best --peer tp-oneshot --epochs 1 --reps 2
@@ -58,8 +60,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"rep {rep + 1} {name}: {row['finetune_seconds']:.1f} s "
                   f"(FLOPs {row['flops']:,})", flush=True)  # fmt: skip
     ours, peer = (statistics.median(seconds[n]) for n in (args.ours, args.peer))
+    pairs = [a / b for a, b in zip(seconds[args.ours], seconds[args.peer], strict=True)]
+    shown = ", ".join(f"{r:.3f}" for r in pairs)
     print(f"median {args.ours} {ours:.1f} s, {args.peer} {peer:.1f} s: "
-          f"ratio {ours / peer:.3f} (below 1: ours faster)")  # fmt: skip
+          f"ratio {ours / peer:.3f} (below 1: ours faster); per-rep ratios {shown}, "
+          f"median {statistics.median(pairs):.3f}")  # fmt: skip
 
 
 def _ours_in_child(name: str, args: argparse.Namespace) -> dict:
