@@ -55,9 +55,9 @@ PEER_RUNS = {
 # Not a contender: the dense baseline given the same fine-tuning, nothing pruned. It shows how
 # much of every row's gain over the baseline is the extra training, not the pruning.
 REFERENCE = {"dense-finetune": "the dense baseline fine-tuned with the same budget, unpruned"}
-# ours-best is one-shot, L2, no rounding: what "ours-oneshot-m1" would be, so no such name
+# ours-l2 is one-shot, L2, no rounding: what "ours-oneshot-m1" would be, so no such name
 OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-kd-m1",
-        "ours-oneshot-m1-inner", "ours-legr", "ours-coupled")
+        "ours-oneshot-m1-inner", "ours-legr", "ours-l2")
 
 
 class NotMeasured(RuntimeError):
@@ -77,10 +77,11 @@ def recipe(target: float) -> list[dict]:
     return entries
 
 
-def coupled_entries(target: float) -> list[dict]:
-    """``ours-best`` with channels scored by ``coupled_L2`` instead of the filters' L2."""
+def l2_entries(target: float) -> list[dict]:
+    """``ours-best`` with channels scored by their filters' L2 norm (``ours-best`` until
+    ``coupled_L2`` did better)."""
     entries = recipe(target)
-    entries[0]["params"]["filter_importance"] = "coupled_L2"
+    entries[0]["params"]["filter_importance"] = "L2"
     return entries
 
 
@@ -107,7 +108,7 @@ def oneshot_entries(target: float, distill: bool, multiple_of: int = 8,
 
 
 def legr_entries(target: float, generations: int = 60, train_steps: int = 20) -> list[dict]:
-    """``ours-best``'s pruning (one-shot, L2, no rounding) with the groups' levels from a
+    """``ours-l2``'s pruning (one-shot, L2, no rounding) with the groups' levels from a
     LeGR search: each candidate is pruned to ``target``, trained ``train_steps`` steps
     (lr 0.01) and scored on 1,000 validation images; the search's seconds are the row's
     ``init_seconds``."""
@@ -143,7 +144,7 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
                "ours-oneshot-kd-m1": lambda: oneshot_entries(target, True, multiple_of=1),
                "ours-oneshot-m1-inner": lambda: oneshot_entries(target, False, 1, stream=False),
                "ours-legr": lambda: legr_entries(target),
-               "ours-coupled": lambda: coupled_entries(target),
+               "ours-l2": lambda: l2_entries(target),
                }[name]()  # fmt: skip
     for e in entries:
         if e["algorithm"] == "filter_pruning" and "initializer" in e:

@@ -22,21 +22,23 @@ Ours (`benchmarks/accuracy/contenders.py`):
 - `ours-default`: the seed's defaults (geometric median, exponential schedule, two steps,
   kept counts in multiples of 8).
 - `ours-best`: the committed recipe `fmnist_recipe.json`: masks chosen once before
-  fine-tuning by L2 magnitude, no rounding of kept counts (one uniform level, the one just
-  short of the target topped up channel by channel, least important first), the model
-  shrunk at once so all of fine-tuning runs at pruned cost. Rows finished before
-  2026-12-02 10:00 also re-estimated BatchNorm at the cut (2,048 images); the recipe
-  dropped it because training-mode BatchNorm normalizes by the batch and four epochs of
-  running averages forget the start: rerun without it, seed 0 at 50% ended at the same
-  validation and test accuracy (0.9302, 0.9251).
-- `ours-coupled`: `ours-best` with `filter_importance: coupled_L2` (a channel scored by
-  its filters, the scale and shift of its BatchNorm and its readers' input columns, each
-  tensor's share relative to that tensor's mean).
-- `ours-oneshot`: the same with kept counts in multiples of 8 (groups take their own
+  fine-tuning by `coupled_L2` (a channel scored by its filters, the scale and shift of
+  its BatchNorm and its readers' input columns, each tensor's share relative to that
+  tensor's mean), no rounding of kept counts (one uniform level, the one just short of
+  the target topped up channel by channel, least important first), the model shrunk at
+  once so all of fine-tuning runs at pruned cost. Its rows were run as `ours-coupled`
+  and renamed when it became the recipe (`renamed_from` in `results.jsonl`).
+- `ours-l2`: the same scored by the filters' L2 norm, the recipe before (its rows were
+  `ours-best`'s). Rows finished before 2026-12-02 10:00 also re-estimated BatchNorm at
+  the cut (2,048 images); the recipe dropped it because training-mode BatchNorm
+  normalizes by the batch and four epochs of running averages forget the start: rerun
+  without it, seed 0 at 50% ended at the same validation and test accuracy (0.9302,
+  0.9251).
+- `ours-oneshot`: `ours-l2` with kept counts in multiples of 8 (groups take their own
   levels); `-kd`: plus softmax distillation from the dense model at T=4; `-kd-m1`:
-  `ours-best` plus that distillation; `-m1-inner`: no rounding and the residual stream whole (the
+  `ours-l2` plus that distillation; `-m1-inner`: no rounding and the residual stream whole (the
   first conv and the 1x1 shortcut convs in `ignored_scopes`), only the blocks' inner
-  channels cut; `ours-legr`: `ours-best` with levels from a LeGR search (60 candidates, each
+  channels cut; `ours-legr`: `ours-l2` with levels from a LeGR search (60 candidates, each
   trained 20 steps and scored on 1,000 validation images; the search's seconds are the
   row's `init_seconds`, not in its fine-tune seconds).
 - Rows measured before the top-up: `-m1-level` (the smallest uniform level that removes
@@ -116,9 +118,11 @@ def _plots(groups, out: Path) -> None:
     for (budget, model, _, contender), rs in groups.items():
         by_plot[(budget, model)].setdefault(contender, []).append(rs)
     colours = plt.get_cmap("tab20").colors
+    main = ("ours-best", "ours-l2", "ours-default", *PEERS)  # strong hues; variants pale
     for (budget, model), series in by_plot.items():
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        for i, (contender, runs) in enumerate(sorted(series.items())):
+        order = sorted(series.items(), key=lambda item: (item[0] not in main, item[0]))
+        for i, (contender, runs) in enumerate(order):
             # one point per target: mean over seeds, the seeds' spread as an error bar
             pts = sorted((statistics.mean(r["flops_kept"] for r in rs),
                           statistics.mean(r["test"] for r in rs),

@@ -51,9 +51,7 @@ def grid() -> list[tuple[str, str, float, int]]:
     rows += [(c, "mobilenetv2", 0.5, 1) for c in ("ours-best", "tp-oneshot")]  # second seeds
     rows += [("ours-oneshot-kd-m1", "resnet20", 0.5, 1)]  # ours-best + distillation
     rows += [(c, "resnet20", t, 1) for t in (0.3, 0.7) for c in ("ours-best", "tp-oneshot")]
-    rows += [("ours-best", "resnet20", TP_STEP_70, s) for s in (0, 1)]
-    rows += [("ours-coupled", "resnet20", t, s) for t in (TP_STEP_70, 0.3, 0.5) for s in (0, 1)]
-    rows += [("ours-coupled", "mobilenetv2", 0.5, s) for s in (0, 1)]
+    rows += [(c, "resnet20", TP_STEP_70, s) for s in (0, 1) for c in ("ours-best", "ours-l2")]
     return list(dict.fromkeys(rows))  # once each, where two lines name the same row
 
 
