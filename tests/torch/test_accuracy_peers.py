@@ -1,6 +1,6 @@
 """The accuracy benchmark's peer plumbing, without the peers' venvs: the runner protocol
 (with a fake runner), the refusal of a missing venv, the pins, and the FLOPs counter for
-tools that only zero the filters they prune."""
+tools that only zero the filters they prune, and the wall-time script's report."""
 
 import dataclasses
 import json
@@ -167,3 +167,29 @@ def test_dense_finetune_reference_trains_a_copy_and_is_reported(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "| t | resnet20 | 0.0 | dense-finetune |" in text
     assert "dense-finetune" not in text.split("Not measured")[1]
+
+
+def test_walltime_alternates_and_reports_per_rep_ratios(monkeypatch, capsys):
+    import walltime
+
+    order = []
+    seconds = {"ours-best": iter([10.0, 12.0, 9.0]), "tp-oneshot": iter([8.0, 13.0, 10.0])}
+
+    def ours(name, args):
+        order.append(name)
+        return {"finetune_seconds": next(seconds[name]), "flops": 5}
+
+    def peer(name, *_):
+        order.append(name)
+        return {"finetune_seconds": next(seconds[name]), "flops_params": (6, 1)}
+
+    monkeypatch.setattr(walltime, "splits", lambda budget: {"train": []})
+    monkeypatch.setattr(walltime, "baseline", lambda *_: None)
+    monkeypatch.setattr(walltime, "_ours_in_child", ours)
+    monkeypatch.setattr(walltime, "run_contender", peer)
+    walltime.main(["--reps", "3"])
+    assert order == ["ours-best", "tp-oneshot"] * 3
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    # medians 10 and 10, but per rep 1.25, 0.923 and 0.9, whose median is 0.923
+    assert last == ("median ours-best 10.0 s, tp-oneshot 10.0 s: ratio 1.000 (below 1: ours "
+                    "faster); per-rep ratios 1.250, 0.923, 0.900, median 0.923")  # fmt: skip
