@@ -6,11 +6,21 @@ import torch
 from torch import nn
 from torch_helpers import assert_strip_equal, make_config, randomize_bn
 
+from filterprune.core.workflow import Frontend, dry_run
 from filterprune.errors import ConfigError
+from filterprune.onnx.dry_run import OnnxFrontend
 from filterprune.testing.cifar_nets import ResNet20
 from filterprune.torch import analyze_model, create_compressed_model
+from filterprune.torch.frontend import TorchFrontend
 
 SILENT = [0, 3, 5, 6]
+
+
+class Bare(TorchFrontend):
+    """A frontend that reads weights but not every parameter (the contract's default)."""
+
+    name = "bare"
+    read_params = Frontend.read_params
 
 
 def chain(seed=0):
@@ -74,10 +84,32 @@ def test_resnet_masked_equals_stripped_under_a_flops_target():
     assert_strip_equal(ctrl, model, torch.randn(2, 1, 28, 28))
 
 
-def test_a_dry_run_refuses_it():
+def test_a_dry_run_plans_what_the_real_run_installs():
+    dry = analyze_model(chain(), config("coupled_L2", init=0.5))
+    ctrl, _ = create_compressed_model(chain(), config("coupled_L2", init=0.5))
+    assert dry.plan.to_dict(dry.analysis) == ctrl.plan.to_dict(ctrl.analysis)
+
+
+def test_an_exported_onnx_file_is_scored_alike(tmp_path):
+    """The ONNX dry run reads the same tensors from the file and keeps the same channels."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3),
+                        nn.ReLU(), nn.Conv2d(6, 5, 1))  # fmt: skip
+    torch.manual_seed(0)
+    for p in net.parameters():
+        p.data.normal_()
+    path = tmp_path / "chain.onnx"
+    torch.onnx.export(net.eval(), (torch.randn(1, 3, 14, 14),), str(path))
+    onnx_ctrl = dry_run(OnnxFrontend(), str(path), config("coupled_L2", init=0.5))
+    torch_ctrl = analyze_model(net, config("coupled_L2", init=0.5))
+    kept = [sorted(np.flatnonzero(k).tolist() for k in c.plan.kept.values())
+            for c in (onnx_ctrl, torch_ctrl)]  # fmt: skip
+    assert kept[0] == kept[1] and len(kept[0]) == 2
+
+
+def test_a_frontend_that_cannot_read_parameters_refuses_it():
     with pytest.raises(ConfigError, match=r"'coupled_L2' needs every parameter that holds the "
-                       r"pruned channels, which a dry run \(analyze\) does not provide"):
-        analyze_model(chain(), config("coupled_L2", init=0.5))
+                       r"pruned channels, which the bare frontend does not provide"):
+        dry_run(Bare(), chain(), config("coupled_L2", init=0.5))
 
 
 def test_a_flattened_reader_counts_once_per_channel():

@@ -123,14 +123,19 @@ class PruningControllerBase(CompressionController):
         source = importance_source(self.params.filter_importance)
         return self._weights() if source == "weight" else self._signal(source)
 
+    def _params(self, layers: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """``layers``' parameters as stored (what ``coupled_L2`` scores), read by the
+        frontend; a controller without one refuses."""
+        frontend = getattr(self, "frontend", None)
+        if frontend is None:
+            raise unsupported(self.params.filter_importance, "this controller")
+        return frontend.read_params(self.captured, layers)
+
     def _scores(self) -> dict[int, np.ndarray]:
         """Each prunable group's channel scores under ``filter_importance``."""
         if importance_source(self.params.filter_importance) == "params":
-            frontend = getattr(self, "frontend", None)
-            if frontend is None:
-                raise unsupported(self.params.filter_importance, "a dry run (analyze)")
             layers = coupled_layers(self.analysis)
-            return coupled_scores(self.analysis, frontend.read_params(self.captured, layers))
+            return coupled_scores(self.analysis, self._params(layers))
         return self.pruner.scores(self._importance_inputs())
 
     def _install(self, plan: Plan) -> None:

@@ -20,7 +20,7 @@ Example (a frontend over a hand-built graph; see ``tests/core/test_compression_w
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -33,6 +33,7 @@ from .config import Config
 from .controller import PruningControllerBase, analysis_options, pruning_params
 from .params import ALGORITHMS
 from .scopes import check_unmatched
+from .signals import unsupported
 
 __all__ = ["Captured", "Frontend", "create_compressed_model", "dry_run", "DryPruningController"]
 
@@ -83,8 +84,12 @@ class Frontend:
     def read_params(self, captured: Captured,
                     layers: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
         """Each layer's parameters as numpy, as stored, by their names in
-        ``graph.layers[layer].params`` (what ``coupled_L2`` scores)."""
-        raise NotImplementedError
+        ``graph.layers[layer].params`` (what ``coupled_L2`` scores).
+
+        Raises:
+            ConfigError: Where the frontend cannot read them (the default).
+        """
+        raise unsupported("coupled_L2", f"the {self.name} frontend")
 
     def init_data(self, config: Config) -> Any:
         """The batches registered by ``register_default_init_args``, or ``None``."""
@@ -215,12 +220,19 @@ def _start(frontend: Frontend, model: Any, names: list[str], settings: list[Any]
 class DryPruningController(PruningControllerBase):
     """Filter pruning that decides plans but puts nothing on a model (``analyze``)."""
 
-    def __init__(self, params: Any, analysis: Analysis, weights: dict[str, np.ndarray]) -> None:
+    def __init__(self, params: Any, analysis: Analysis, weights: dict[str, np.ndarray],
+                 read_params: Callable[[list[str]], dict] | None = None) -> None:  # fmt: skip
         self._weights_now = weights
+        self._read_params = read_params
         super().__init__(params, analysis)
 
     def _weights(self) -> dict[str, np.ndarray]:
         return self._weights_now
+
+    def _params(self, layers: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        if self._read_params is None:
+            return super()._params(layers)
+        return self._read_params(layers)
 
 
 def dry_run(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
@@ -242,7 +254,8 @@ def dry_run(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
     check_unmatched(config, layer_names(captured.graph))
     analysis = analyze(captured.graph, analysis_options(params))
     weights = frontend.read_weights(captured, analysis.state.producers)
-    ctrl = DryPruningController(params, analysis, weights)
+    ctrl = DryPruningController(params, analysis, weights,
+                                lambda layers: frontend.read_params(captured, layers))
     ctrl.ranking_without_search()  # a dry run never trains: loaded or identity coefficients
     ctrl.set_pruning_level(params.target_level if level is None else level)
     ctrl.scheduler.current_level = ctrl.pruning_level

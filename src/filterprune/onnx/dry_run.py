@@ -41,6 +41,10 @@ class OnnxFrontend(Frontend):
             out[layer] = np.moveaxis(weight, roles.index("out"), 0)
         return out
 
+    def read_params(self, captured: Captured,
+                    layers: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+        return {layer: captured.arrays.get(layer, {}) for layer in layers}
+
 
 def input_shape(model: Any) -> list[int]:
     """The first input's shape, with 1 for a symbolic (dynamic) dimension."""
