@@ -57,7 +57,7 @@ PEER_RUNS = {
 REFERENCE = {"dense-finetune": "the dense baseline fine-tuned with the same budget, unpruned"}
 # ours-l2 is one-shot, L2, no rounding: what "ours-oneshot-m1" would be, so no such name
 OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-kd-m1",
-        "ours-oneshot-m1-inner", "ours-legr", "ours-l2")
+        "ours-oneshot-m1-inner", "ours-legr", "ours-l2", "ours-best-kd")
 
 
 class NotMeasured(RuntimeError):
@@ -85,6 +85,12 @@ def l2_entries(target: float) -> list[dict]:
     return entries
 
 
+def distilled(entries: list[dict]) -> list[dict]:
+    """``entries`` plus softmax distillation from the dense model at T=4."""
+    return [*entries, {"algorithm": "knowledge_distillation", "type": "softmax",
+                       "temperature": 4.0, "scale": 1.0}]  # fmt: skip
+
+
 def oneshot_entries(target: float, distill: bool, multiple_of: int = 8,
                     stream: bool = True) -> list[dict]:  # fmt: skip
     """Masks chosen once before fine-tuning (the ``baseline`` schedule) by L2 magnitude, BN
@@ -101,10 +107,7 @@ def oneshot_entries(target: float, distill: bool, multiple_of: int = 8,
                 "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 2048}}}]
     if not stream:
         entries[0]["ignored_scopes"] = ["{re}.*shortcut.*"]
-    if distill:
-        entries.append({"algorithm": "knowledge_distillation", "type": "softmax",
-                        "temperature": 4.0, "scale": 1.0})  # fmt: skip
-    return entries
+    return distilled(entries) if distill else entries
 
 
 def legr_entries(target: float, generations: int = 60, train_steps: int = 20) -> list[dict]:
@@ -145,6 +148,7 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
                "ours-oneshot-m1-inner": lambda: oneshot_entries(target, False, 1, stream=False),
                "ours-legr": lambda: legr_entries(target),
                "ours-l2": lambda: l2_entries(target),
+               "ours-best-kd": lambda: distilled(recipe(target)),
                }[name]()  # fmt: skip
     for e in entries:
         if e["algorithm"] == "filter_pruning" and "initializer" in e:

@@ -34,6 +34,8 @@ Ours (`benchmarks/accuracy/contenders.py`):
   normalizes by the batch and four epochs of running averages forget the start: rerun
   without it, seed 0 at 50% ended at the same validation and test accuracy (0.9302,
   0.9251).
+- `ours-best-kd`: `ours-best` plus softmax distillation from the dense model at T=4
+  (scale 1).
 - `ours-oneshot`: `ours-l2` with kept counts in multiples of 8 (groups take their own
   levels); `-kd`: plus softmax distillation from the dense model at T=4; `-kd-m1`:
   `ours-l2` plus that distillation; `-m1-inner`: no rounding and the residual stream whole (the
