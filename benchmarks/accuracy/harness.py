@@ -224,6 +224,15 @@ def baseline_path(name: str, budget: Budget) -> Path:
     return CACHE / f"{name}-{key.hexdigest()[:10]}.pt"
 
 
+def baseline_id(model: nn.Module) -> str:
+    """A fingerprint of ``model``'s state (names and exact values)."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
 def baseline(name: str, budget: Budget, data: dict, log=print) -> nn.Module:
     """The model's baseline, trained once per budget and cached (lr 0.1 cosine)."""
     CACHE.mkdir(exist_ok=True)

@@ -7,7 +7,10 @@
 
 Rows go to ``results.jsonl`` (one JSON object per line, appended as each run ends); a
 row already there (same contender, model, target, seed and budget) is skipped, so an
-interrupted grid resumes where it stopped. The peers run in their own venvs, made once by
+interrupted grid resumes where it stopped. Each model's baseline is trained once where
+the grid runs and cached; its accuracy depends on the CPU's float kernels, so rows are only
+added to a file whose rows share that baseline (elsewhere, ``--results my.jsonl`` starts a
+grid of your own). The peers run in their own venvs, made once by
 ``bash benchmarks/accuracy/peers/setup.sh`` (``make bench-accuracy-peers-setup``); a peer
 without its venv is reported as not measured, never estimated, and one that fails is
 reported and skipped (the run then exits with status 1, after the rest of the grid).
@@ -25,7 +28,16 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from contenders import OURS, PEERS, REFERENCE, NotMeasured, PeerFailed, run_contender  # noqa: E402
-from harness import Budget, baseline, count_flops, evaluate, loader, splits  # noqa: E402
+from harness import (  # noqa: E402
+    Budget,
+    baseline,
+    baseline_id,
+    baseline_path,
+    count_flops,
+    evaluate,
+    loader,
+    splits,
+)
 from report import write_report  # noqa: E402
 
 RESULTS = HERE / "results.jsonl"
@@ -61,12 +73,38 @@ def grid() -> list[tuple[str, str, float, int]]:
     return list(dict.fromkeys(rows))  # once each, where two lines name the same row
 
 
-def done(budget: Budget) -> set[tuple]:
-    if not RESULTS.exists():
-        return set()
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+def read_rows(results: Path) -> list[dict]:
+    if not results.exists():
+        return []
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+
+
+def done(rows: list[dict], budget: Budget) -> set[tuple]:
     return {(r["contender"], r["model"], r["target"], r["seed"]) for r in rows
             if r["budget"] == budget.tag}  # fmt: skip
+
+
+def check_baseline(rows: list[dict], results: Path, model: str, budget: Budget, test: float,
+                   ident: str) -> None:  # fmt: skip
+    """Refuse to add rows measured on another baseline of ``model`` to ``results``.
+
+    The baseline is trained where the grid runs, and float kernels differ between CPUs
+    (instruction sets, summation order), so a baseline retrained on another machine is
+    another model: its rows do not compare with the file's. Rows written before rows
+    carried ``baseline_id`` are matched by the baseline's test accuracy.
+    """
+    for r in rows:
+        if r["model"] != model or r["budget"] != budget.tag:
+            continue
+        same = (r["baseline_id"] == ident if "baseline_id" in r
+                else abs(r["baseline_test"] - test) < 5e-5)  # fmt: skip
+        if not same:
+            raise SystemExit(
+                f"{results}: its {model} rows ({budget.tag} budget) were measured on another "
+                f"baseline (test {r['baseline_test']:.4f}); the one here scores {test:.4f} "
+                f"({baseline_path(model, budget)}). A baseline trained on another machine "
+                "differs, and rows on two baselines do not compare. Pass --results NEW.jsonl "
+                "to start a grid of your own (its results.md and plots go beside it).")
 
 
 def _selected(args, contender: str, model: str, target: float, seed: int) -> bool:
@@ -87,12 +125,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", nargs="*", type=float, default=None)
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--report", action="store_true", help="only write results.md and plots")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="rows file (results.md and plots are written beside it); "
+                             "default: the committed grid's")  # fmt: skip
     args = parser.parse_args(argv)
+    results = args.results
     if args.report:
-        write_report(RESULTS, HERE)
+        write_report(results, results.parent)
         return
     budget = SMOKE if args.smoke else CHECK if args.check else Budget()
-    data, skip, bases, failed = splits(budget), done(budget), {}, []
+    results.parent.mkdir(parents=True, exist_ok=True)  # before the first run, not after it
+    rows = read_rows(results)
+    data, skip, bases, failed = splits(budget), done(rows, budget), {}, []
     for contender, model, target, seed in grid():
         if not _selected(args, contender, model, target, seed) or (
                 (contender, model, target, seed) in skip):  # fmt: skip
@@ -101,8 +145,10 @@ def main(argv: list[str] | None = None) -> None:
             bases[model] = baseline(model, budget, data)
             dense = bases[model]
             flops, params = count_flops(dense)
-            bases[model + ":row"] = {"test": evaluate(dense, loader(data["test"], budget, None)),
-                                     "flops": flops, "params": params}  # fmt: skip
+            test, ident = evaluate(dense, loader(data["test"], budget, None)), baseline_id(dense)
+            check_baseline(rows, results, model, budget, test, ident)
+            bases[model + ":row"] = {"test": test, "id": ident, "flops": flops,
+                                     "params": params}  # fmt: skip
         try:
             row = run_contender(contender, model, bases[model], target, seed, budget, data)
         except NotMeasured as err:
@@ -115,13 +161,15 @@ def main(argv: list[str] | None = None) -> None:
         base = bases[model + ":row"]
         flops, params = row.pop("flops_params")
         row = {"contender": contender, "model": model, "target": target, "seed": seed,
-               "budget": budget.tag, "baseline_test": base["test"], **row,
+               "budget": budget.tag, "baseline_test": base["test"],
+               "baseline_id": base["id"], **row,
                "flops_kept": flops / base["flops"], "params_kept": params / base["params"],
                "finished": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
-        with RESULTS.open("a") as f:
+        with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        rows.append(row)
         print(json.dumps(row))
-    write_report(RESULTS, HERE)
+    write_report(results, results.parent)
     if failed:
         sys.exit(f"failed (no row): {', '.join(failed)}")
 

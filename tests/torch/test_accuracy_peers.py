@@ -193,3 +193,41 @@ def test_walltime_alternates_and_reports_per_rep_ratios(monkeypatch, capsys):
     # medians 10 and 10, but per rep 1.25, 0.923 and 0.9, whose median is 0.923
     assert last == ("median ours-best 10.0 s, tp-oneshot 10.0 s: ratio 1.000 (below 1: ours "
                     "faster); per-rep ratios 1.250, 0.923, 0.900, median 0.923")  # fmt: skip
+
+
+def test_grid_resumes_and_refuses_rows_of_another_baseline(tmp_path, monkeypatch):
+    import run  # noqa: PLC0415  (the benchmark's module, on sys.path above)
+
+    monkeypatch.setattr(harness, "CACHE", tmp_path / "cache")
+    results = tmp_path / "mine" / "rows.jsonl"  # a folder run.py makes
+    argv = ["--check", "--only", "dense-finetune", "--models", "resnet20", "--seeds", "0",
+            "--results", str(results)]  # fmt: skip
+    run.main(argv)
+    (row,) = run.read_rows(results)
+    dense = harness.baseline("resnet20", run.CHECK, {})  # the cached one: no data needed
+    assert row["baseline_id"] == harness.baseline_id(dense)
+    assert (results.parent / "results.md").exists()
+    run.main(argv)  # the row is there: nothing runs, nothing is added
+    assert run.read_rows(results) == [row]
+
+    # the same row made on another baseline (as if trained on another machine)
+    other = {**row, "seed": 7, "baseline_id": "0123456789ab"}
+    results.write_text(json.dumps(other) + "\n")
+    with pytest.raises(SystemExit, match="another baseline.*--results NEW.jsonl"):
+        run.main(argv)
+    assert run.read_rows(results) == [other]  # nothing appended
+
+
+def test_rows_without_a_baseline_id_are_matched_by_its_accuracy():
+    import run  # noqa: PLC0415
+
+    legacy = {"model": "resnet20", "budget": "full", "baseline_test": 0.9243}
+    run.check_baseline([legacy], Path("r.jsonl"), "resnet20", harness.Budget(), 0.9243, "x")
+    run.check_baseline([legacy], Path("r.jsonl"), "mobilenetv2", harness.Budget(), 0.5, "x")
+    with pytest.raises(SystemExit, match="test 0.9243.*scores 0.9270"):
+        run.check_baseline([legacy], Path("r.jsonl"), "resnet20", harness.Budget(), 0.9270, "x")
+    dense = ResNet20()
+    ident = harness.baseline_id(dense)
+    with torch.no_grad():
+        dense.fc.bias[0] += 1e-7
+    assert harness.baseline_id(dense) != ident
