@@ -83,9 +83,15 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} (n={len(values)})"
 
 
+def read_rows(results: Path) -> list[dict]:
+    """The rows of ``results`` (none when the file does not exist yet)."""
+    if not results.exists():
+        return []
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+
+
 def write_report(results: Path, out: Path) -> None:
-    rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()] \
-        if results.exists() else []  # fmt: skip
+    rows = read_rows(results)
     groups = defaultdict(list)
     for r in rows:
         groups[(r["budget"], r["model"], r["target"], r["contender"])].append(r)

@@ -38,7 +38,7 @@ from harness import (  # noqa: E402
     loader,
     splits,
 )
-from report import write_report  # noqa: E402
+from report import read_rows, write_report  # noqa: E402
 
 RESULTS = HERE / "results.jsonl"
 SMOKE = Budget(2, 3, 5000, 2000)
@@ -71,12 +71,6 @@ def grid() -> list[tuple[str, str, float, int]]:
     rows += [("ours-best-kd", "resnet20", t, s) for t in (0.3, 0.5) for s in (0, 1)]
     rows += [("modelopt-fastnas", "mobilenetv2", 0.5, 1)]  # led MobileNetV2 on seed 0
     return list(dict.fromkeys(rows))  # once each, where two lines name the same row
-
-
-def read_rows(results: Path) -> list[dict]:
-    if not results.exists():
-        return []
-    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
 
 
 def done(rows: list[dict], budget: Budget) -> set[tuple]:
@@ -167,7 +161,6 @@ def main(argv: list[str] | None = None) -> None:
                "finished": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        rows.append(row)
         print(json.dumps(row))
     write_report(results, results.parent)
     if failed:
