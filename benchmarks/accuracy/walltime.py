@@ -3,7 +3,9 @@
 Machines are noisy, so the contenders alternate in one run (ours, peer, ours, peer, ...)
 on the same baseline, data order and threads, and the script prints each run's seconds,
 the ratio of the medians and the median of the per-rep ratios (each rep's two runs are
-neighbours in time, so a load that drifts over the run cancels in their ratio). Each run
+neighbours in time, so a load that drifts over the run cancels in their ratio), then
+their geometric mean with a 95% interval: ours is called slower or faster only where the
+whole interval is on one side of 1. Each run
 is the benchmark's fine-tuning (full training set) for ``--epochs`` epochs in a fresh
 process: ours in this venv (``--child``), the peer in its own venv as in ``run.py``, so
 neither inherits the other's heap or the baseline's.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -24,6 +27,7 @@ import sys
 import torch
 from contenders import OURS, PEERS, run_contender
 from harness import Budget, baseline, splits
+from paired import interval, verdict
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,6 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"median {args.ours} {ours:.1f} s, {args.peer} {peer:.1f} s: "
           f"ratio {ours / peer:.3f} (below 1: ours faster); per-rep ratios {shown}, "
           f"median {statistics.median(pairs):.3f}")  # fmt: skip
+    # On log ratios, so 0.9 and 1.111 weigh alike; back on the ratio scale to print.
+    mean, half = interval([math.log(r) for r in pairs])
+    if math.isnan(half):
+        print(f"per-rep ratio {math.exp(mean):.3f}: one rep, no interval")
+        return
+    word = {"ahead": "slower", "behind": "faster"}.get(verdict(mean, half), "level")
+    print(f"geometric mean of the per-rep ratios {math.exp(mean):.3f}, 95% interval "
+          f"{math.exp(mean - half):.3f} to {math.exp(mean + half):.3f}: ours {word}"
+          + (" within the reps' spread" if word == "level" else ""))  # fmt: skip
 
 
 def _ours_in_child(name: str, args: argparse.Namespace) -> dict:

@@ -189,10 +189,74 @@ def test_walltime_alternates_and_reports_per_rep_ratios(monkeypatch, capsys):
     monkeypatch.setattr(walltime, "run_contender", peer)
     walltime.main(["--reps", "3"])
     assert order == ["ours-best", "tp-oneshot"] * 3
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    medians, spread = capsys.readouterr().out.strip().splitlines()[-2:]
     # medians 10 and 10, but per rep 1.25, 0.923 and 0.9, whose median is 0.923
-    assert last == ("median ours-best 10.0 s, tp-oneshot 10.0 s: ratio 1.000 (below 1: ours "
-                    "faster); per-rep ratios 1.250, 0.923, 0.900, median 0.923")  # fmt: skip
+    assert medians == ("median ours-best 10.0 s, tp-oneshot 10.0 s: ratio 1.000 (below 1: "
+                       "ours faster); per-rep ratios 1.250, 0.923, 0.900, "
+                       "median 0.923")  # fmt: skip
+    # geometric mean (1.25 * 0.923 * 0.9) ** (1/3) = 1.013; three reps this far apart
+    # decide nothing
+    assert spread.startswith("geometric mean of the per-rep ratios 1.013, 95% interval 0.")
+    assert spread.endswith(": ours level within the reps' spread")
+
+
+def test_walltime_says_slower_only_when_every_rep_agrees(monkeypatch, capsys):
+    import walltime
+
+    seconds = {"ours-best": iter([10.5, 10.4, 10.6, 10.5]), "tp-oneshot": iter([10.0] * 4)}
+    monkeypatch.setattr(walltime, "splits", lambda budget: {"train": []})
+    monkeypatch.setattr(walltime, "baseline", lambda *_: None)
+    monkeypatch.setattr(walltime, "_ours_in_child",
+                        lambda name, args: {"finetune_seconds": next(seconds[name]), "flops": 5})
+    monkeypatch.setattr(walltime, "run_contender",
+                        lambda name, *_: {"finetune_seconds": next(seconds[name]),
+                                          "flops_params": (6, 1)})  # fmt: skip
+    walltime.main(["--reps", "4"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("geometric mean of the per-rep ratios 1.050, 95% interval 1.0")
+    assert last.endswith(": ours slower")
+
+
+def test_paired_interval_matches_the_t_table_and_gives_verdicts():
+    import math
+
+    import paired
+
+    # t quantiles: the table, then the expansion (exact values 2.2010, 2.0860, 2.0003)
+    assert paired.t975(1) == 12.706 and paired.t975(4) == 2.776
+    for df, exact in ((11, 2.2010), (20, 2.0860), (60, 2.0003)):
+        assert abs(paired.t975(df) - exact) < 2e-4
+    with pytest.raises(ValueError, match="`df` must be at least 1"):
+        paired.t975(0)
+    mean, half = paired.interval([1.0, 2.0, 3.0])  # sd 1: half = 4.303 / sqrt(3)
+    assert mean == 2.0 and abs(half - 4.303 / math.sqrt(3)) < 1e-12
+    assert paired.verdict(mean, half) == "within seed noise"
+    assert paired.verdict(3.0, 1.0) == "ahead" and paired.verdict(-3.0, 1.0) == "behind"
+    assert math.isnan(paired.interval([0.5])[1])
+    assert paired.verdict(0.5, math.nan) == "one seed: no interval"
+
+
+def test_paired_table_pairs_by_seed_at_one_target():
+    import paired
+
+    def row(contender, seed, test, target=0.5, kept=0.5):
+        return {"budget": "full", "model": "m", "target": target, "contender": contender,
+                "seed": seed, "test": test, "flops_kept": kept}  # fmt: skip
+
+    rows = [row("ours-best", 0, 0.930), row("ours-best", 1, 0.920), row("ours-best", 2, 0.925),
+            row("tp", 0, 0.929), row("tp", 1, 0.919), row("tp", 3, 0.999),  # seed 3: unpaired
+            row("tp", 0, 0.5, target=0.3, kept=0.7),  # another target and FLOPs: not paired
+            row("nncf", 1, 0.921),
+            # a peer's step at 0.7 keeps what ours kept at 0.68: paired across targets
+            row("ours-best", 0, 0.900, target=0.68, kept=0.3173),
+            row("tp", 0, 0.910, target=0.7, kept=0.3174)]  # fmt: skip
+    lines = paired.paired_table(rows, "ours-best", ["tp", "nncf", "absent"])
+    assert len(lines) == 5  # header, rule, tp and nncf at 0.5, tp at 0.68
+    # +0.10 on seeds 0 and 1 each: zero spread, a zero-width interval above zero
+    assert lines[2] == "| full | m | 0.5 | tp | 2 | +0.10, +0.10 | +0.10 ± 0.00 | ahead |"
+    assert lines[3] == "| full | m | 0.5 | nncf | 1 | -0.10 | -0.10 | one seed: no interval |"
+    assert lines[4] == ("| full | m | 0.68 | tp at 0.7 (same FLOPs kept) | 1 | -1.00 | -1.00 "
+                        "| one seed: no interval |")  # fmt: skip
 
 
 def test_grid_resumes_and_refuses_rows_of_another_baseline(tmp_path, monkeypatch):
