@@ -35,6 +35,9 @@ PRUNE_EXAMPLES = """examples:
   filterprune prune mypkg.models:build --weights best.pt --data fashion-mnist --epochs 2 \\
       --out runs/fm --optimizer sgd --lr 0.01
   filterprune prune --resume runs/r18             # continue an interrupted run
+  # a config with accuracy_aware_training searches the level (--epochs caps the search)
+  filterprune prune mypkg.models:build --weights best.pt --data images/ --config aa.json \
+      --epochs 20 --out runs/aa
   # one shot, no training: mask at the level, strip, save
   filterprune prune resnet50 --config prune.json --weights w.pt -o pruned.pt --onnx pruned.onnx
 
@@ -144,6 +147,10 @@ def _new_run(args: argparse.Namespace) -> int:
                          "installed: pip install tensorboard (or drop --log).")  # fmt: skip
     fallback = [1, 1, 28, 28] if args.data == "fashion-mnist" else [1, 3, 224, 224]
     config = load_config(args.config, args.input, fallback, args.level, epochs=args.epochs)
+    if "accuracy_aware_training" in config:
+        from .core.accuracy_aware import check_config
+
+        check_config(config)
     if args.weights and not Path(args.weights).is_file():
         raise UsageError(f"--weights file not found: {args.weights}. Check the path.")
     settings = {k: getattr(args, k) for k in (

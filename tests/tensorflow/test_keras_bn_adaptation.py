@@ -111,3 +111,33 @@ def test_a_failure_inside_create_compressed_model_leaves_the_model_as_given(resn
     assert not any(key.startswith("_fp_") for layer in resnet._flatten_layers(recursive=True)
                    for key in layer.__dict__)  # fmt: skip
     np.testing.assert_array_equal(resnet(x, training=False).numpy(), ref)
+
+
+def test_pruned_channels_keep_their_statistics_in_adaptation_and_fit():
+    """As in PyTorch: a pruned channel's moving statistics stay as they were (its input is
+    zero), so the model at level 0 again divides no channel by sqrt(epsilon)."""
+    from keras_helpers import conv_bn_net, keras, randomize_bn
+
+    keras.utils.set_random_seed(0)
+    net = randomize_bn(conv_bn_net())
+    before = _bn_state(net)["bn"]
+    x = np.random.default_rng(2).normal(size=(16, 16, 16, 3)).astype("float32")
+    config = register_default_init_args(
+        make_config((1, 16, 16, 3), pruning_init=0.5, filters_multiple_of=1), [x[:8], x[8:]])
+    ctrl, model = create_compressed_model(net, config)
+    bn = model.get_layer("bn")
+    pruned = bn.__dict__["_fp_channel_mask"][0].numpy() == 0
+    assert 0 < pruned.sum() < pruned.size
+
+    def check():
+        now = _bn_state(model)["bn"]
+        for i in (0, 1):
+            np.testing.assert_array_equal(now[i][pruned], before[i][pruned])
+            assert not np.array_equal(now[i][~pruned], before[i][~pruned])
+
+    check()  # adapted at creation
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    model.fit(x, np.zeros((16, 4), "float32"), batch_size=8, epochs=1, verbose=0)
+    check()
+    ctrl.set_pruning_level(0.0)
+    assert bn.moving_variance.numpy()[pruned].min() >= 0.5

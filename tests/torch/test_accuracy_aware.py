@@ -43,12 +43,12 @@ class Harness:
         return 0.9 if self.ctrl.pruning_level <= self.cliff else 0.5
 
 
-def run(aat, **params):
+def run(aat, cliff=0.62, **params):
     model = net()
     model(torch.zeros(1, 1, 12, 12))
     ctrl, model = create_compressed_model(model, config(aat, **params))
     loop = create_accuracy_aware_training_loop(config(aat, **params), ctrl)
-    harness = Harness(ctrl)
+    harness = Harness(ctrl, cliff)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     model = loop.run(model, train_epoch_fn=harness.train, validate_fn=harness.validate,
                      configure_optimizers_fn=lambda: (optimizer, None))  # fmt: skip
@@ -106,3 +106,14 @@ def test_config_errors():
         model(torch.zeros(1, 1, 12, 12))
         shrinking, _ = create_compressed_model(model, config({}, shrink_when_frozen=True))
         create_accuracy_aware_training_loop(config({}), shrinking)
+
+
+def test_a_step_equal_to_the_minimal_one_is_still_taken():
+    """0.3, 0.4 hold, 0.5 and 0.45 do not: (0.45 - 0.4) / 2 is 0.02499... in floating
+    point, which is the minimal step 0.025, so 0.425 is tried (and holds)."""
+    aat = {"maximal_absolute_accuracy_degradation": 0.05, "initial_training_phase_epochs": 2,
+           "patience_epochs": 1, "maximal_total_epochs": 50}  # fmt: skip
+    loop, *_ = run(aat, cliff=0.43)
+    tried = [round(level, 4) for _, level, _ in loop.history]
+    assert list(dict.fromkeys(tried)) == [0.3, 0.4, 0.5, 0.45, 0.425]
+    assert loop.best_level == pytest.approx(0.425)

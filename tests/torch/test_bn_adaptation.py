@@ -1,5 +1,7 @@
 """BatchNorm adaptation is all or nothing (issue 13, item 3)."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -153,3 +155,51 @@ def test_a_failure_inside_create_compressed_model_leaves_the_model_as_given():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
     with torch.no_grad():
         assert torch.equal(net(x), ref)
+
+
+def test_pruned_channels_keep_their_statistics_so_a_lower_level_is_sound():
+    """BN adaptation and training leave a pruned channel's running statistics as they were
+    (its input is zero: they would go to 0 and 0); at level 0 again the model computes what
+    the dense model computes with the adapted statistics of the live channels."""
+    net = _net()
+    dense = copy.deepcopy(net).eval()
+    before = _bn_state(net)
+    config = register_default_init_args(make_config(pruning_init=0.5, filters_multiple_of=1,
+                                                    prune_first_conv=True),
+                                        _batches(16, 16))  # fmt: skip
+    ctrl, model = create_compressed_model(net, config)
+    bns = {n: m for n, m in model.named_modules()
+           if isinstance(m, nn.BatchNorm2d) and (m.channel_mask == 0).any()}  # fmt: skip
+    assert len(bns) >= 2
+
+    def check(changed_live):
+        for name, m in bns.items():
+            pruned = m.channel_mask == 0
+            for i, key in enumerate(("running_mean", "running_var")):
+                now, old = getattr(m, key), before[name][0][i]
+                assert torch.equal(now[pruned], old[pruned]), (name, key)
+                assert not torch.equal(now[~pruned], old[~pruned]) or not changed_live
+
+    check(changed_live=True)  # adapted at creation on the two batches
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model.train()
+    for x, _ in _batches(8, 8):
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+    check(changed_live=True)
+    was_pruned = {name: m.channel_mask == 0 for name, m in bns.items()}
+    ctrl.set_pruning_level(0.0)
+    for name, m in bns.items():  # live again with their variances, not sqrt(eps)
+        assert (m.channel_mask != 0).all() and m.running_var[was_pruned[name]].min() >= 0.5
+    # the dense model given the same statistics computes the same at level 0
+    for name, m in dense.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            src = model.get_submodule(name)
+            m.running_mean.copy_(src.running_mean)
+            m.running_var.copy_(src.running_var)
+    dense.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.endswith("_mask")})  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), dense(x))

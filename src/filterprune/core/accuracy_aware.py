@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ._validation import enum, integer, section_schema, setting, validate
 from .params import Settings
 
-__all__ = ["AccuracyAwareParams", "AdaptiveCompressionLevelLoop"]
+__all__ = ["AccuracyAwareParams", "AdaptiveCompressionLevelLoop", "check_config"]
 
 log = logging.getLogger("filterprune")
 
@@ -109,6 +109,36 @@ class AccuracyAwareParams(Settings):
         return uncompressed * (1.0 - self.maximal_relative_accuracy_degradation / 100.0)
 
 
+def check_config(config: Any) -> AccuracyAwareParams:
+    """The ``accuracy_aware_training`` section of ``config`` (a :class:`Config`), checked
+    with its ``compression`` list before anything trains.
+
+    Raises:
+        ConfigError: If the section is invalid, no ``filter_pruning`` is configured, or it
+            sets ``shrink_when_frozen``.
+    """
+    params = AccuracyAwareParams.from_config(config)
+    algos = config.algorithms()
+    pruning = [a for a in algos if a.get("algorithm") == "filter_pruning"]
+    _check_pruning([a.get("algorithm") for a in algos],
+                   bool(pruning) and bool(pruning[0].get("params", {}).get("shrink_when_frozen")))
+    return params
+
+
+def _check_pruning(algorithms: list[str], shrink_when_frozen: bool) -> None:
+    if "filter_pruning" not in algorithms:
+        raise ConfigError(
+            "`compression` must contain 'filter_pruning' for accuracy-aware training. "
+            f"Received: algorithms={algorithms}."
+        )
+    if shrink_when_frozen:
+        raise ConfigError(
+            "`params.shrink_when_frozen` must be false with accuracy-aware training: the "
+            "search changes the level after the masks freeze. Received: "
+            "shrink_when_frozen=True."
+        )
+
+
 @dataclass
 class _Best:
     level: float = -1.0
@@ -145,18 +175,9 @@ class AdaptiveCompressionLevelLoop:
     def __post_init__(self) -> None:
         children = getattr(self.ctrl, "child_ctrls", [self.ctrl])
         pruning = [c for c in children if c.name == "filter_pruning"]
-        if not pruning:
-            raise ConfigError(
-                "`compression` must contain 'filter_pruning' for accuracy-aware training. "
-                f"Received: algorithms={[c.name for c in children]}."
-            )
+        _check_pruning([c.name for c in children],
+                       bool(pruning) and pruning[0].params.shrink_when_frozen)  # fmt: skip
         self.pruning = pruning[0]
-        if self.pruning.params.shrink_when_frozen:
-            raise ConfigError(
-                "`params.shrink_when_frozen` must be false with accuracy-aware training: the "
-                "search changes the level after the masks freeze. Received: "
-                "shrink_when_frozen=True."
-            )
         self.epoch = 0
 
     # -- the loop --------------------------------------------------------------------------
@@ -230,8 +251,9 @@ class AdaptiveCompressionLevelLoop:
                 step = (bad - good) / 2
             nxt = level + step if bad is None else (level - step if good is None else good + step)
             nxt = min(max(nxt, 0.0), 0.99)
-            if step < self.params.minimal_compression_rate_step or self._out_of_epochs() or (
-                    nxt == level):  # fmt: skip
+            # with a tolerance: (0.45 - 0.4) / 2 is 0.02499..., and 0.025 is still a step
+            below_minimal = step < self.params.minimal_compression_rate_step - 1e-9
+            if below_minimal or self._out_of_epochs() or nxt == level:
                 return best if best.weights is not None else self._fallback(model)
             if self._move_to(model, nxt, best):
                 level = nxt

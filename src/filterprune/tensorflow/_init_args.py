@@ -21,6 +21,7 @@ from .._batches import (
 )
 from ..core.config import Config
 from ..progress import progress
+from .masks import pruned_channels
 
 __all__ = ["TFInitArgs", "register_default_init_args", "adapt_batchnorm", "sample_batches"]
 
@@ -163,3 +164,8 @@ def adapt_batchnorm(model: Any, dataset: Any, num_samples: int, batch_size: int 
         batches.close()
         for bn, momentum, _, _ in saved:
             bn.momentum = momentum
+    for bn, _, mean, variance in saved:  # pruned channels keep theirs, as in training
+        pruned = pruned_channels(bn)
+        if pruned is not None:
+            bn.moving_mean.assign(np.where(pruned, mean, bn.moving_mean.numpy()))
+            bn.moving_variance.assign(np.where(pruned, variance, bn.moving_variance.numpy()))

@@ -42,6 +42,7 @@ __all__ = [
     "is_masked",
     "maskable_layers",
     "masked_weights",
+    "pruned_channels",
     "recreate_masks",
     "set_input_transform",
     "set_weight_tap",
@@ -60,6 +61,10 @@ def _masked_call(self, *args: Any, **kwargs: Any) -> Any:
     state = self.__dict__
     if state.get("_fp_input_transforms"):
         args, kwargs = transform_inputs(state["_fp_input_transforms"], args, kwargs)
+    channel = state.get("_fp_channel_mask")
+    training = kwargs.get("training", args[1] if len(args) > 1 else None)
+    # a symbolic `training` keeps Keras' own update (only a Python True is read here)
+    statistics = _statistics(self) if channel is not None and training is True else []
     saved = {}
     try:
         for attr, value in _call_weights(self).items():
@@ -68,13 +73,29 @@ def _masked_call(self, *args: Any, **kwargs: Any) -> Any:
         out = type(self)._filterprune_base.call(self, *args, **kwargs)
     finally:
         state.update(saved)
-    channel = state.get("_fp_channel_mask")
     if channel is not None:
         mask, axis = channel
+        for variable, old in statistics:  # a pruned channel keeps its statistics
+            variable.assign(ops.where(ops.not_equal(mask, 0), variable, old))
         shape = [1] * len(out.shape)
         shape[axis] = -1
         out = _masked(out, ops.reshape(mask, shape))
     return out
+
+
+def _statistics(layer: Any) -> list[tuple[Any, Any]]:
+    """``(variable, value now)`` of a BatchNorm's moving statistics. Training drives a
+    pruned channel's to 0 and 0 (its input is zero), and a channel that comes back at a
+    lower level (accuracy-aware training) would then be divided by ``sqrt(epsilon)``."""
+    variables = (getattr(layer, "moving_mean", None), getattr(layer, "moving_variance", None))
+    # tf.identity: a copy of the value now (converting the variable would follow it)
+    return [(v, tf.identity(v.value)) for v in variables if v is not None]
+
+
+def pruned_channels(layer: Any) -> np.ndarray | None:
+    """Booleans, true where ``layer``'s channel mask prunes (``None`` without a mask)."""
+    channel = layer.__dict__.get("_fp_channel_mask")
+    return None if channel is None else np.asarray(channel[0].numpy()) == 0
 
 
 def _masked(value: Any, mask: Any) -> Any:

@@ -18,6 +18,7 @@ from .._batches import (
 )
 from ..core.config import Config
 from ..progress import progress
+from .masks import pruned_statistics, restore_pruned_statistics
 
 __all__ = ["InitArgs", "register_default_init_args", "adapt_batchnorm"]
 
@@ -87,6 +88,7 @@ def adapt_batchnorm(model: nn.Module, loader: Any, num_samples: int) -> None:
     batches = nonempty_batches(loader, "data_loader")
     saved = [(m, m.momentum, {k: b.clone() for k, b in m._buffers.items() if b is not None})
              for m in bns]  # fmt: skip
+    pruned = [(m, pruned_statistics(m)) for m in bns]  # before the reset
     was_training = model.training
     device = next(model.parameters()).device
     for m in bns:
@@ -116,3 +118,5 @@ def adapt_batchnorm(model: nn.Module, loader: Any, num_samples: int) -> None:
         for m, momentum, _ in saved:
             m.momentum = momentum
         model.train(was_training)
+    for m, statistics in pruned:  # pruned channels keep theirs, as in training
+        restore_pruned_statistics(m, statistics)

@@ -13,7 +13,8 @@ A run folder holds everything a run needs to continue and to be reported on::
     report.html/.md   ``filterprune report RUN_DIR``
 
 Every file is written atomically; ``--resume RUN_DIR`` continues after the last complete
-epoch with the same data order, learning rate and masks as an uninterrupted run.
+epoch with the same data order, learning rate and masks as an uninterrupted run. A config
+with ``accuracy_aware_training`` searches the level instead (:mod:`.finetune_aa`).
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def resume_run(run_dir: str, epochs: int | None) -> Path:
     total, to train longer)."""
     folder = Path(run_dir)
     run = read_run(run_dir)
+    if "accuracy_aware_training" in run["config"]:
+        raise UsageError(f"{run_dir} is an accuracy-aware run: its level search keeps no "
+                         "checkpoint, so it cannot be resumed. Start it again with a new "
+                         "--out folder.")  # fmt: skip
     ckpt = None
     if (folder / CHECKPOINT).is_file():
         ckpt = torch_load(str(folder / CHECKPOINT), what="checkpoint")
@@ -190,11 +195,14 @@ def _optimizer(settings: dict[str, Any], model: nn.Module, steps: int):
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
 
 
-def _compress(model: nn.Module, config: Config, data: Data, state: Any):
+def _compress(model: nn.Module, config: Config, data: Data, state: Any, device: torch.device):
     from . import register_default_init_args
     from .cli import compress_quietly
+    from .finetune_aa import legr_init_args
 
-    return compress_quietly(model, register_default_init_args(config, data.train), state)
+    config = register_default_init_args(config, data.train, val_loader=data.val,
+                                        **legr_init_args(device))  # fmt: skip
+    return compress_quietly(model, config, state)
 
 
 def _prepare(run: dict[str, Any]) -> tuple[Data, torch.device, nn.Module]:
@@ -217,8 +225,8 @@ def _train(folder: Path, run: dict[str, Any], ckpt: dict[str, Any] | None, data:
     else:
         history = ckpt["history"]
     model.to(device)
-    ctrl, model = _compress(model, config, data,
-                            ckpt["compression_state"] if ckpt else None)  # fmt: skip
+    ctrl, model = _compress(model, config, data, ckpt["compression_state"] if ckpt else None,
+                            device)  # fmt: skip
     if ckpt:
         model.load_state_dict(ckpt["state_dict"])
     steps = settings["epochs"] * len(data.train)
@@ -232,9 +240,14 @@ def _train(folder: Path, run: dict[str, Any], ckpt: dict[str, Any] | None, data:
           f"{len(data.train.dataset)} training and {len(data.val.dataset)} validation images, "
           f"{len(data.classes)} classes")  # fmt: skip
     loop = _Loop(folder, settings, data, device, ctrl, model, optimizer, schedule, amp)
-    start = ckpt["epoch"] + 1 if ckpt else 1
-    loop.run(history, start)
-    finish(folder, run, ctrl, model, data, device, history)
+    notes = []
+    if "accuracy_aware_training" in config:
+        from .finetune_aa import run_accuracy_aware
+
+        notes = run_accuracy_aware(loop, config, history)
+    else:
+        loop.run(history, ckpt["epoch"] + 1 if ckpt else 1)
+    finish(folder, run, ctrl, model, data, device, history, notes)
 
 
 class _Loop:

@@ -23,7 +23,7 @@ from torch import nn
 from ..core.weights import weight_mask
 
 __all__ = ["apply_masks", "remove_masks", "is_masked", "add_weight_quantizer", "masked_param",
-           "quantized_class"]
+           "quantized_class", "pruned_statistics", "restore_pruned_statistics"]
 
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CONV_T_FN = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d,
@@ -72,14 +72,41 @@ class _MaskedLinear:
 
 
 class _MaskedChannels:
-    """Per-channel layers (BatchNorm, PReLU): the output of a pruned channel is zero."""
+    """Per-channel layers (BatchNorm, PReLU): the output of a pruned channel is zero, and a
+    BatchNorm keeps the running statistics a pruned channel had when it was pruned (its
+    input is zero, which would drive them to 0 and 0, and a channel that comes back at a
+    lower level, as in accuracy-aware training, would be divided by ``sqrt(eps)``)."""
 
     def forward(self, x):
-        out = super().forward(x)
         mask = self._buffers.get("channel_mask")
         if mask is None:
-            return out
+            return super().forward(x)
+        saved = pruned_statistics(self) if self.training else {}
+        out = super().forward(x)
+        restore_pruned_statistics(self, saved)
         return _keep(out, mask.view((1, -1) + (1,) * (out.dim() - 2)))
+
+
+def pruned_statistics(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of a masked BatchNorm's running statistics (``{}`` for a layer without them or
+    without a channel mask)."""
+    if module._buffers.get("channel_mask") is None:
+        return {}
+    return {k: b.clone() for k in ("running_mean", "running_var")
+            if (b := module._buffers.get(k)) is not None}  # fmt: skip
+
+
+def restore_pruned_statistics(module: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put ``saved`` back in the pruned channels of ``module`` (the live ones keep theirs)."""
+    if not saved:
+        return
+    live = module._buffers["channel_mask"] != 0
+    with torch.no_grad():
+        for key, old in saved.items():
+            # through .data: training-mode BatchNorm saves the running statistics for its
+            # backward without reading them, and a tracked write would fail that backward
+            buffer = module._buffers[key].data
+            buffer.copy_(torch.where(live, buffer, old))
 
 
 _SWAPPED: dict[tuple[type, str], type] = {}

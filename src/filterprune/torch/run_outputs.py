@@ -101,11 +101,13 @@ def load_snippet(settings: dict[str, Any], classes: int) -> str:
 
 
 def finish(folder: Path, run: dict[str, Any], ctrl: Any, model: nn.Module, data: Data,
-           device: torch.device, history: list[dict[str, Any]]) -> None:  # fmt: skip
-    """Write the pruned model in every form, measure it, and write the report."""
+           device: torch.device, history: list[dict[str, Any]],
+           notes: list[str] | None = None) -> None:  # fmt: skip
+    """Write the pruned model in every form, measure it, and write the report (``notes``:
+    lines for the summary)."""
     from ..report import write_report
 
-    notes: list[str] = []
+    notes = list(notes or [])
     settings = run["settings"]
     small = ctrl.strip().eval()
     accuracy = evaluate(small, OnDevice(data.val, device))
