@@ -89,15 +89,20 @@ def test_accuracy_aware_run_finds_the_level_below_the_cliff(images, tmp_path, ca
 
 
 def test_accuracy_aware_bound_is_relative_to_the_dense_model(images, tmp_path, capsys):
-    search = {**SEARCH, "params": {**SEARCH["params"], "maximal_total_epochs": 2}}
+    """Also: every epoch is validated and reported, the initial phase's (two here) too."""
+    search = {**SEARCH, "params": {**SEARCH["params"], "maximal_total_epochs": 3,
+                                   "initial_training_phase_epochs": 2}}  # fmt: skip
     cfg = write_config(tmp_path, accuracy_aware_training=search)
     out = tmp_path / "aa"
     assert main(["prune", TINY, "--data", str(images), "--config", str(cfg), "--epochs", "5",
                  "--out", str(out), *RUN_ARGS]) == 0  # fmt: skip
-    assert "at most 2 epochs (--epochs 5, maximal_total_epochs 2)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "at most 3 epochs (--epochs 5, maximal_total_epochs 3)" in text
+    assert "epoch 1/3: loss" in text and "epoch 2/3: loss" in text
     history = json.loads((out / "history.json").read_text())
     dense = history[0]["val_accuracy"]
-    assert 1 <= len(history) - 1 <= 2
+    assert 2 <= len(history) - 1 <= 3
+    assert all(isinstance(h["val_accuracy"], float) for h in history)
     note = json.loads((out / "summary.json").read_text())["notes"][0]
     assert f"uncompressed val acc {dense:.4f}, bound {dense - 0.05:.4f}" in note
 

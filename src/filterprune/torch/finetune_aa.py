@@ -75,20 +75,20 @@ def run_accuracy_aware(loop: Any, config: Any, history: list[dict[str, Any]]) ->
             loop.net, OnDevice(loop.data.train, loop.device), optimizer,
             extra_loss=lambda _m: ctrl.loss(), on_step=lambda *_: lr_scheduler.step(),
             desc=f"epoch {epoch + 1}/{cap} level {now['level']:.3f}")
-        history.append({"epoch": epoch + 1, "train_loss": result["loss"],
-                        "train_accuracy": result["accuracy"], "val_accuracy": None, **now,
-                        "lr": optimizer.param_groups[0]["lr"], "seconds": result["seconds"]})
+        row = {"epoch": epoch + 1, "train_loss": result["loss"],
+               "train_accuracy": result["accuracy"],
+               "val_accuracy": evaluate(loop.net, OnDevice(loop.data.val, loop.device)),
+               **now, "lr": optimizer.param_groups[0]["lr"], "seconds": result["seconds"]}
+        history.append(row)
+        print(_epoch_line(row, cap), flush=True)
+        loop._log(row)
         _write_json(Path(loop.folder) / HISTORY, history)
 
     def validate(model, epoch):
-        accuracy = evaluate(loop.net, OnDevice(loop.data.val, loop.device))
-        row = history[-1]
-        if row["epoch"] == epoch and row["val_accuracy"] is None:
-            row["val_accuracy"] = accuracy
-            print(_epoch_line(row, cap), flush=True)
-            loop._log(row)
-            _write_json(Path(loop.folder) / HISTORY, history)
-        return accuracy
+        row = history[-1]  # the epoch just trained, unless the level moved since
+        if row["epoch"] == epoch and row["level"] == loop._pruning_now()["level"]:
+            return row["val_accuracy"]
+        return evaluate(loop.net, OnDevice(loop.data.val, loop.device))
 
     print(f"accuracy-aware: searching the level for at most {cap} epochs (--epochs "
           f"{loop.settings['epochs']}, maximal_total_epochs {allowed})")
@@ -104,4 +104,3 @@ def run_accuracy_aware(loop: Any, config: Any, history: list[dict[str, Any]]) ->
             f"bound {search.minimal_accuracy:.4f}; best level {search.best_level:.3f} at "
             f"{search.best_accuracy:.4f} after {search.epoch} epochs (level: val acc of "
             f"each validation: {tries})"]
-
