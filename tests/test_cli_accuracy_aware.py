@@ -38,22 +38,16 @@ def test_accuracy_aware_run_finds_the_level_below_the_cliff(images, tmp_path, ca
                                                             monkeypatch):  # fmt: skip
     """Validation says 0.9 up to level 0.47 and 0.5 above: the run must end between
     0.445 and 0.47 (the last step 0.025), with that level in every output."""
-    import filterprune.torch.finetune_aa as finetune_aa
+    import filterprune.torch.finetune as finetune
 
-    real_create, real_evaluate = (finetune_aa.create_accuracy_aware_training_loop,
-                                  finetune_aa.evaluate)  # fmt: skip
+    real = finetune._Loop.validate
     calls = []
 
-    def create(config, ctrl):
-        create.ctrl = ctrl
-        return real_create(config, ctrl)
+    def cliff(loop):
+        calls.append(real(loop))  # the real evaluation runs too
+        return 0.9 if loop.ctrl.pruning_level <= 0.47 else 0.5
 
-    def cliff(model, loader):
-        calls.append(real_evaluate(model, loader))  # the real evaluation runs too
-        return 0.9 if create.ctrl.pruning_level <= 0.47 else 0.5
-
-    monkeypatch.setattr(finetune_aa, "create_accuracy_aware_training_loop", create)
-    monkeypatch.setattr(finetune_aa, "evaluate", cliff)
+    monkeypatch.setattr(finetune._Loop, "validate", cliff)
     out = tmp_path / "aa"
     search = {**SEARCH, "params": {**SEARCH["params"], "uncompressed_model_accuracy": 0.9}}
     cfg = write_config(tmp_path, accuracy_aware_training=search)

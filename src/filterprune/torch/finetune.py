@@ -198,11 +198,29 @@ def _optimizer(settings: dict[str, Any], model: nn.Module, steps: int):
 def _compress(model: nn.Module, config: Config, data: Data, state: Any, device: torch.device):
     from . import register_default_init_args
     from .cli import compress_quietly
-    from .finetune_aa import legr_init_args
 
     config = register_default_init_args(config, data.train, val_loader=data.val,
-                                        **legr_init_args(device))  # fmt: skip
+                                        **_legr_args(device))  # fmt: skip
     return compress_quietly(model, config, state)
+
+
+def _legr_args(device: torch.device) -> dict[str, Any]:
+    """``validate_fn`` and ``train_steps_fn`` of a LeGR search (only ``learned_ranking``
+    reads them): the run's top-1 accuracy and cross-entropy, on ``device``."""
+
+    def validate(model: nn.Module, loader: Any) -> float:
+        return evaluate(model, OnDevice(loader, device))
+
+    def train_steps(loader: Any, model: nn.Module, optimizer: Any, ctrl: Any,
+                    steps: int) -> None:  # fmt: skip
+        model.train()
+        for _, (images, labels) in zip(range(steps), OnDevice(loader, device), strict=False):
+            loss = nn.functional.cross_entropy(model(images), labels) + ctrl.loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return {"validate_fn": validate, "train_steps_fn": train_steps}
 
 
 def _prepare(run: dict[str, Any]) -> tuple[Data, torch.device, nn.Module]:
@@ -274,9 +292,13 @@ class _Loop:
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         self.ctrl.scheduler.epoch_step()
+        return self.train(epoch, self.settings["epochs"])
+
+    def train(self, epoch: int, total: int) -> dict[str, Any]:
+        """Epoch ``epoch`` of ``total`` with the optimizer and schedule in place, then
+        validation; the history row."""
         self.data.shuffle_for(epoch)
         now = self._pruning_now()
-        total = self.settings["epochs"]
         desc = f"epoch {epoch}/{total}"
         if now["level"] is not None:
             desc += f" level {now['level']:.2f} FLOPs {now['flops_kept']:.2f}"
@@ -284,18 +306,25 @@ class _Loop:
         result = train_one_epoch(self.net, OnDevice(self.data.train, self.device),
                                  self.optimizer, extra_loss=lambda _m: self.ctrl.loss(),
                                  on_step=self._step, desc=desc)  # fmt: skip
-        accuracy = evaluate(self.net, OnDevice(self.data.val, self.device))
         return {"epoch": epoch, "train_loss": result["loss"],
-                "train_accuracy": result["accuracy"], "val_accuracy": accuracy, **now,
+                "train_accuracy": result["accuracy"], "val_accuracy": self.validate(), **now,
                 "lr": lr, "seconds": result["seconds"]}  # fmt: skip
+
+    def validate(self) -> float:
+        return evaluate(self.net, OnDevice(self.data.val, self.device))
+
+    def record(self, row: dict[str, Any], history: list[dict[str, Any]], total: int) -> None:
+        history.append(row)
+        print(_epoch_line(row, total), flush=True)
+        self._log(row)
 
     def run(self, history: list[dict[str, Any]], start: int) -> None:
         for epoch in range(start, self.settings["epochs"] + 1):
-            row = self.epoch(epoch)
-            history.append(row)
-            print(_epoch_line(row, self.settings["epochs"]), flush=True)
-            self._log(row)
+            self.record(self.epoch(epoch), history, self.settings["epochs"])
             self._save(epoch, history)
+        self.close()
+
+    def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
 
