@@ -82,6 +82,22 @@ def test_accuracy_aware_run_finds_the_level_below_the_cliff(images, tmp_path, ca
     assert "accuracy-aware run" in capsys.readouterr().err
 
 
+def test_an_interrupted_accuracy_aware_run_says_to_start_again(images, tmp_path, capsys,
+                                                               monkeypatch):  # fmt: skip
+    import filterprune.torch.finetune as finetune
+
+    def interrupt(loop):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune._Loop, "validate", interrupt)
+    cfg = write_config(tmp_path, accuracy_aware_training=SEARCH)
+    assert main(["prune", TINY, "--data", str(images), "--config", str(cfg), "--epochs", "3",
+                 "--out", str(tmp_path / "aa"), *RUN_ARGS]) == 130  # fmt: skip
+    err = capsys.readouterr().err
+    assert "keeps no checkpoint: start it again with a new --out folder" in err
+    assert "--resume" not in err
+
+
 def test_accuracy_aware_bound_is_relative_to_the_dense_model(images, tmp_path, capsys):
     """Also: every epoch is validated and reported, the initial phase's (two here) too."""
     search = {**SEARCH, "params": {**SEARCH["params"], "maximal_total_epochs": 3,

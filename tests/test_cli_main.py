@@ -67,6 +67,17 @@ def test_failures_exit_1_without_a_traceback(monkeypatch, capsys):
     assert "PermissionError: read-only file system" in capsys.readouterr().err
 
 
+def test_an_interrupted_one_shot_prune_offers_no_resume(monkeypatch, tmp_path, capsys):
+    import filterprune.torch.cli as torch_cli
+
+    def interrupt(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch_cli, "run_one_shot", interrupt)
+    assert main(["prune", "resnet18", "-o", str(tmp_path / "o.pt")]) == 130
+    assert capsys.readouterr().err == "filterprune: error: interrupted.\n"
+
+
 def test_output_path_under_a_file_names_the_option(tmp_path, capsys):
     blocker = tmp_path / "f"
     blocker.write_text("x")

@@ -103,7 +103,7 @@ def test_report_markdown_points_at_its_charts(run_dir):
 
 
 def test_interrupted_run_resumes_to_the_same_result(run_dir, images, config_file, tmp_path,
-                                                    monkeypatch):  # fmt: skip
+                                                    monkeypatch, capsys):  # fmt: skip
     import filterprune.torch.finetune as finetune
 
     # the arguments of the run_dir fixture: that run is the uninterrupted one
@@ -118,6 +118,7 @@ def test_interrupted_run_resumes_to_the_same_result(run_dir, images, config_file
     monkeypatch.setattr(finetune._Loop, "epoch", stop_in_epoch_2)
     cut = tmp_path / "cut"
     assert main(["prune", TINY, *args, "--out", str(cut)]) == 130
+    assert f"interrupted. Continue with --resume {cut}." in capsys.readouterr().err
     assert torch.load(cut / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not (cut / "summary.json").exists()
     monkeypatch.setattr(finetune._Loop, "epoch", real_epoch)

@@ -57,7 +57,7 @@ PEER_RUNS = {
 REFERENCE = {"dense-finetune": "the dense baseline fine-tuned with the same budget, unpruned"}
 # ours-l2 is one-shot, L2, no rounding: what "ours-oneshot-m1" would be, so no such name
 OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-kd-m1",
-        "ours-oneshot-m1-inner", "ours-legr", "ours-l2", "ours-best-kd")
+        "ours-oneshot-m1-inner", "ours-legr", "ours-l2", "ours-best-kd", "ours-best-cl")
 
 
 class NotMeasured(RuntimeError):
@@ -82,6 +82,14 @@ def l2_entries(target: float) -> list[dict]:
     ``coupled_L2`` did better)."""
     entries = recipe(target)
     entries[0]["params"]["filter_importance"] = "L2"
+    return entries
+
+
+def channels_last(entries: list[dict]) -> list[dict]:
+    """``entries`` with the cut model laid out channels last (``shrunk_memory_format``)."""
+    for entry in entries:
+        if entry["algorithm"] == "filter_pruning":
+            entry["params"]["shrunk_memory_format"] = "channels_last"
     return entries
 
 
@@ -149,6 +157,7 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
                "ours-legr": lambda: legr_entries(target),
                "ours-l2": lambda: l2_entries(target),
                "ours-best-kd": lambda: distilled(recipe(target)),
+               "ours-best-cl": lambda: channels_last(recipe(target)),
                }[name]()  # fmt: skip
     for e in entries:
         if e["algorithm"] == "filter_pruning" and "initializer" in e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from filterprune.testing.cifar_nets import MobileNetV2Small, ResNet20
 MEAN, STD = 0.2860, 0.3530
 VAL_SIZE = 5000
 CACHE = Path(__file__).parent / "cache"
+# ``walltime.py --layout``: fine-tune every contender's model in this memory layout
+LAYOUT = "FILTERPRUNE_BENCH_LAYOUT"
 MODELS = {"resnet20": ResNet20, "mobilenetv2": MobileNetV2Small}
 
 
@@ -133,6 +136,8 @@ def finetune(model, data, budget: Budget, seed: int, extra_loss=None, on_step=No
     for epoch in range(budget.finetune_epochs):
         if on_epoch is not None:
             opt, sched = on_epoch(epoch, opt, sched)
+        if os.environ.get(LAYOUT) == "channels_last":  # a control: every contender alike
+            model.to(memory_format=torch.channels_last)  # parameters stay, only strides
         train_epoch(model, train, opt, sched, gen, extra_loss=extra_loss, on_step=on_step)
     return time.perf_counter() - start
 

@@ -37,6 +37,9 @@ Ours (`benchmarks/accuracy/contenders.py`):
   0.9251).
 - `ours-best-kd`: `ours-best` plus softmax distillation from the dense model at T=4
   (scale 1).
+- `ours-best-cl`: `ours-best` with the cut model laid out channels last
+  (`shrunk_memory_format`), which trains its convs faster on this CPU; the same numbers
+  up to float rounding.
 - `ours-oneshot`: `ours-l2` with kept counts in multiples of 8 (groups take their own
   levels); `-kd`: plus softmax distillation from the dense model at T=4; `-kd-m1`:
   `ours-l2` plus that distillation; `-m1-inner`: no rounding and the residual stream whole (the

@@ -70,6 +70,8 @@ def grid() -> list[tuple[str, str, float, int]]:
              for c in ("ours-best", "tp-oneshot")]  # fmt: skip
     rows += [("ours-best-kd", "resnet20", t, s) for t in (0.3, 0.5) for s in (0, 1)]
     rows += [("modelopt-fastnas", "mobilenetv2", 0.5, 1)]  # led MobileNetV2 on seed 0
+    # the layout alone: same accuracy? (run here on this machine's baseline: layout/)
+    rows += [("ours-best-cl", "resnet20", 0.5, s) for s in (0, 1)]
     return list(dict.fromkeys(rows))  # once each, where two lines name the same row
 
 

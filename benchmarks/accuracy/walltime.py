@@ -12,6 +12,9 @@ neither inherits the other's heap or the baseline's.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/accuracy/walltime.py \\
         --ours ours-best --peer tp-oneshot --epochs 1 --reps 2
+
+``--layout channels_last`` fine-tunes both contenders' models channels last: a control
+that shows what the memory layout alone is worth, apart from the pruning.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import sys
 
 import torch
 from contenders import OURS, PEERS, run_contender
-from harness import Budget, baseline, splits
+from harness import LAYOUT, Budget, baseline, splits
 from paired import interval, verdict
 
 
@@ -38,8 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--layout", choices=("as-run", "channels_last"), default="as-run",
+                        help="channels_last: every contender's model is fine-tuned channels "
+                             "last (a control: what the layout alone is worth)")  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)  # run this contender once, print row
     args = parser.parse_args(argv)
+    if args.layout == "channels_last":  # read by harness.finetune, here and in the children
+        os.environ[LAYOUT] = args.layout
     budget = Budget(finetune_epochs=args.epochs)  # the full budget's baseline, fewer epochs
     data = splits(budget)
     dense = baseline(args.model, budget, data)
@@ -51,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     print(f"{args.model}, target {args.target}, {args.epochs} fine-tuning epoch(s) on "
           f"{len(data['train'])} images, float32 on CPU, OMP_NUM_THREADS={threads}, "
-          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"torch threads {torch.get_num_threads()}, layout {args.layout}")  # fmt: skip
     seconds: dict[str, list[float]] = {args.ours: [], args.peer: []}
     for rep in range(args.reps):
         for name in (args.ours, args.peer):

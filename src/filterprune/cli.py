@@ -214,8 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except KeyboardInterrupt:
-        return _error("interrupted." + (" Continue with --resume." if args.command == "prune"
-                                        else ""), 130)  # fmt: skip
+        return _error("interrupted." + getattr(args, "interrupt_hint", ""), 130)
     except Exception as err:  # noqa: BLE001 - every error ends as one sentence and an exit code
         if args.traceback or os.environ.get("FILTERPRUNE_TRACEBACK"):
             raise

@@ -122,6 +122,7 @@ def _resume(args: argparse.Namespace) -> int:
                          f"{extra} (only --epochs may change).")  # fmt: skip
     from .torch.finetune import resume_run
 
+    args.interrupt_hint = f" Continue with --resume {args.resume}."  # read by cli.main
     resume_run(args.resume, args.epochs)
     return 0
 
@@ -163,6 +164,9 @@ def _new_run(args: argparse.Namespace) -> int:
               f"of the filters over {args.epochs} epochs (exponential schedule)")
     from .torch.finetune import start_run
 
+    args.interrupt_hint = (f" Continue with --resume {args.out}." if "accuracy_aware_training"
+                           not in config else " An accuracy-aware run keeps no checkpoint: "
+                           "start it again with a new --out folder.")  # fmt: skip
     start_run(settings, config, args.out)
     return 0
 

@@ -313,6 +313,7 @@ _VALIDATE_SCOPES = boolean(
 # --- filter pruning --------------------------------------------------------------------
 
 INTERLAYER_RANKING_TYPES = ("unweighted_ranking", "learned_ranking")
+MEMORY_FORMATS = ("preserve", "channels_last")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -395,6 +396,14 @@ class FilterPruningParams(Settings):
                 "cost."),
         False,
     )  # fmt: skip
+    shrunk_memory_format: str = setting(
+        "params.shrunk_memory_format",
+        {**enum(MEMORY_FORMATS),
+         "description": "filterprune (PyTorch, with shrink_when_frozen): the memory layout of "
+                        "the cut model; channels_last trains convs faster on CPUs (oneDNN). "
+                        "preserve keeps each tensor's own."},
+        "preserve",
+    )  # fmt: skip
     bn_adaptation_after_mask_change: bool = setting(
         "params.bn_adaptation_after_mask_change",
         boolean("filterprune: re-estimate BatchNorm statistics on the registered data "
@@ -432,6 +441,13 @@ class FilterPruningParams(Settings):
                 f"`{self.key(target, where)}` must be at least `{self.key('pruning_init', where)}`"
                 f": the schedule only prunes more over time. Received: {target}="
                 f"{self.target_level}, pruning_init={self.pruning_init}."
+            )
+        if self.shrunk_memory_format != "preserve" and not self.shrink_when_frozen:
+            raise ConfigError(
+                f"`{self.key('shrunk_memory_format', where)}` applies when the model is cut: "
+                f"set `{self.key('shrink_when_frozen', where)}` to true, or leave the layout "
+                f"as it is (preserve). Received: shrunk_memory_format="
+                f"{self.shrunk_memory_format!r}, shrink_when_frozen=False."
             )
         get_schedule(self.schedule).check(
             self.pruning_init, self.target_level, self.pruning_steps,

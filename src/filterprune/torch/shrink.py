@@ -20,9 +20,18 @@ _CUT = ("conv", "linear", "batchnorm", "param")  # layer kinds whose tensors los
 def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
     if name in module._parameters:
         old = module._parameters[name]
-        module._parameters[name] = nn.Parameter(value.contiguous(), old.requires_grad)
+        module._parameters[name] = nn.Parameter(_laid_out(value, old), old.requires_grad)
     else:
-        module._buffers[name] = value.contiguous()
+        module._buffers[name] = _laid_out(value, module._buffers[name])
+
+
+def _laid_out(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``value`` contiguous in ``like``'s memory format (a channels-last model stays so)."""
+    for layout, dims in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if like.dim() == dims and not like.is_contiguous() \
+                and like.is_contiguous(memory_format=layout):  # fmt: skip
+            return value.contiguous(memory_format=layout)
+    return value.contiguous()
 
 
 def _cut(tensor: torch.Tensor, roles, keep: dict[str, np.ndarray], groups: int) -> torch.Tensor:

@@ -13,12 +13,15 @@ At the cut, every registered optimizer's parameter groups are rebound to the new
 parameters and their per-parameter state (momentum, Adam moments) is cut the same way,
 so training continues without a restart. ``ctrl.shrunk`` tells the cut happened. Saved
 states remember it: resuming cuts the new model at once, so a shrunk ``state_dict``
-loads. Not for a model wrapped in ``DistributedDataParallel`` (the wrapper keeps the old
-parameters).
+loads. ``params.shrunk_memory_format: "channels_last"`` lays the cut model out channels
+last (its convs train faster on CPUs); a model whose forward cannot run so stays
+contiguous, with a warning. Not for a model wrapped in ``DistributedDataParallel`` (the
+wrapper keeps the old parameters).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -76,6 +79,33 @@ def shrink_in_place(model: torch.nn.Module, keeps: dict, layers: dict,
         _rebind(optimizer, swaps)
 
 
+def _to_channels_last(model: torch.nn.Module, sample: Any,
+                      optimizers: list[torch.optim.Optimizer]) -> str | None:  # fmt: skip
+    """Put ``model``'s 4-D tensors (and the optimizers' state for them) in the
+    channels_last layout; ``None``, or why the model was left contiguous.
+
+    A forward that views an activation as if it were contiguous breaks in that layout,
+    so a copy of the model runs ``sample`` once (eval, no grad) before the layout is kept;
+    a copy, so quantizers that take their range from their first input keep theirs.
+    """
+    model.to(memory_format=torch.channels_last)
+    if sample is not None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        try:
+            with torch.no_grad():
+                copy.deepcopy(model).eval()(*[t.to(device) if torch.is_tensor(t) else t
+                                              for t in sample])  # fmt: skip
+        except Exception as err:  # noqa: BLE001  (any failure: the layout is not kept)
+            model.to(memory_format=torch.contiguous_format)
+            return f"{type(err).__name__}: {err}"
+    for optimizer in optimizers:
+        for state in optimizer.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.dim() == 4:
+                    state[key] = value.contiguous(memory_format=torch.channels_last)
+    return None
+
+
 class ShrinkWhenFrozen(PruningControllerBase):
     """The PyTorch controller's side of ``shrink_when_frozen`` (mixed in before the base)."""
 
@@ -98,6 +128,11 @@ class ShrinkWhenFrozen(PruningControllerBase):
                         "register_optimizer(); rebuild yours from model.parameters()")
         shrink_in_place(self.model, self.keeps(), self.analysis.graph.layers, optimizers)
         self.shrunk = True
+        if self.params.shrunk_memory_format == "channels_last":
+            failure = _to_channels_last(self.model, self.sample, optimizers)
+            if failure:
+                log.warning("shrunk_memory_format: the cut model's forward fails in the "
+                            "channels_last layout, so it stays contiguous (%s)", failure)
 
     def set_pruning_level(self, level: float) -> None:
         if self.shrunk:
