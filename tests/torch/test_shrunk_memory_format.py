@@ -80,9 +80,12 @@ def test_resume_lays_the_cut_model_out_channels_last_again():
 
 
 def test_preserve_keeps_a_channels_last_model_so_through_the_cut():
-    _, model, _ = run(net().to(memory_format=CL), config())
+    _, model, optimizer = run(net().to(memory_format=CL), config())
     _, plain, _ = run(net(), config())
     assert channels_last(model)
+    for p in model.parameters():  # the cut momentum follows its parameter's layout
+        if p.dim() == 4:
+            assert optimizer.state[p]["momentum_buffer"].is_contiguous(memory_format=CL)
     torch.testing.assert_close(*outputs(model, plain), rtol=1e-2, atol=1e-2)
 
 

@@ -30,7 +30,7 @@ import torch
 from ..core.controller import PruningControllerBase
 from ..errors import ConfigError
 from .masks import remove_masks
-from .shrink import _CUT, _cut, _tensors, shrink_model
+from .shrink import _CUT, _cut, _laid_out, _tensors, shrink_model
 
 __all__ = ["ShrinkWhenFrozen", "shrink_in_place"]
 
@@ -77,6 +77,17 @@ def shrink_in_place(model: torch.nn.Module, keeps: dict, layers: dict,
              if getattr(owner, attr) is not old}  # fmt: skip
     for optimizer in optimizers:
         _rebind(optimizer, swaps)
+    _state_like_parameters(optimizers)
+
+
+def _state_like_parameters(optimizers: list[torch.optim.Optimizer]) -> None:
+    """Lay each per-parameter state tensor (momentum, Adam moments) out like its
+    parameter, so an update adds tensors of one layout (no copy every step)."""
+    for optimizer in optimizers:
+        for param, state in optimizer.state.items():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    state[key] = _laid_out(value, param)
 
 
 def _to_channels_last(model: torch.nn.Module, sample: Any,
@@ -98,11 +109,7 @@ def _to_channels_last(model: torch.nn.Module, sample: Any,
         except Exception as err:  # noqa: BLE001  (any failure: the layout is not kept)
             model.to(memory_format=torch.contiguous_format)
             return f"{type(err).__name__}: {err}"
-    for optimizer in optimizers:
-        for state in optimizer.state.values():
-            for key, value in state.items():
-                if torch.is_tensor(value) and value.dim() == 4:
-                    state[key] = value.contiguous(memory_format=torch.channels_last)
+    _state_like_parameters(optimizers)
     return None
 
 
