@@ -57,7 +57,8 @@ PEER_RUNS = {
 REFERENCE = {"dense-finetune": "the dense baseline fine-tuned with the same budget, unpruned"}
 # ours-l2 is one-shot, L2, no rounding: what "ours-oneshot-m1" would be, so no such name
 OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-kd-m1",
-        "ours-oneshot-m1-inner", "ours-legr", "ours-l2", "ours-best-kd", "ours-best-cl")
+        "ours-oneshot-m1-inner", "ours-legr", "ours-l2", "ours-best-kd", "ours-best-cl",
+        "ours-best-cl-refit")
 
 
 class NotMeasured(RuntimeError):
@@ -90,6 +91,15 @@ def channels_last(entries: list[dict]) -> list[dict]:
     for entry in entries:
         if entry["algorithm"] == "filter_pruning":
             entry["params"]["shrunk_memory_format"] = "channels_last"
+    return entries
+
+
+def refit(entries: list[dict]) -> list[dict]:
+    """``entries`` with the kept weights refit by least squares at the cut
+    (``reconstruction_after_mask_change``, 512 registered images)."""
+    for entry in entries:
+        if entry["algorithm"] == "filter_pruning":
+            entry["params"]["reconstruction_after_mask_change"] = True
     return entries
 
 
@@ -158,6 +168,7 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
                "ours-l2": lambda: l2_entries(target),
                "ours-best-kd": lambda: distilled(recipe(target)),
                "ours-best-cl": lambda: channels_last(recipe(target)),
+               "ours-best-cl-refit": lambda: refit(channels_last(recipe(target))),
                }[name]()  # fmt: skip
     for e in entries:
         if e["algorithm"] == "filter_pruning" and "initializer" in e:

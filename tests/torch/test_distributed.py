@@ -1,4 +1,5 @@
-"""distributed(): under torch.distributed every rank ends up with rank 0's masks."""
+"""distributed(): under torch.distributed every rank ends up with rank 0's masks, and
+with rank 0's weights after a refit."""
 
 import os
 import socket
@@ -50,3 +51,42 @@ def test_masks_identical_on_every_rank(tmp_path):
     assert any((v == 0).any() for v in m0.values())
     for k in m0:
         assert torch.equal(m0[k], m1[k]), k
+
+
+def _refit_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    from torch_helpers import SmallNet, make_config
+
+    from filterprune.torch import create_compressed_model, register_default_init_args
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        config = make_config(pruning_init=0.0, pruning_target=0.5, schedule="baseline",
+                             prune_first_conv=True, reconstruction_after_mask_change=True,
+                             num_reconstruction_samples=8)  # fmt: skip
+        data = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(rank))
+        config = register_default_init_args(config, [(data, None)])  # each rank its own
+        ctrl, model = create_compressed_model(SmallNet(), config)
+        ctrl.distributed()
+        torch.nn.parallel.DistributedDataParallel(model)
+        ctrl.scheduler.epoch_step()  # cut and refit on the rank's batch, then rank 0's weights
+        torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_refit_weights_identical_on_every_rank(tmp_path):
+    mp.spawn(_refit_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    s0, s1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    fresh = make_small_state()
+    assert any(not torch.equal(s0[k], fresh[k]) for k in fresh)  # the refit changed weights
+    for k in s0:
+        assert torch.equal(s0[k], s1[k]), k
+
+
+def make_small_state() -> dict:
+    from torch_helpers import SmallNet
+
+    torch.manual_seed(0)
+    return SmallNet().state_dict()

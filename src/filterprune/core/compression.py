@@ -255,8 +255,19 @@ class CompositeCompressionController(CompressionController):
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        for c, s in zip(self.child_ctrls, self._split_state(state), strict=True):
-            c.load_state(s)
+        """Each child's part, in order; when a child refuses its part, the children loaded
+        before it get their own states back, so a refused state changes nothing."""
+        parts = self._split_state(state)
+        loaded: list[tuple[CompressionController, dict[str, Any]]] = []
+        try:
+            for c, s in zip(self.child_ctrls, parts, strict=True):
+                own = c.get_compression_state()
+                c.load_state(s)
+                loaded.append((c, own))
+        except BaseException:
+            for c, own in reversed(loaded):
+                c.load_state(own)
+            raise
 
     def _split_state(self, state: dict[str, Any] | None) -> list[dict[str, Any] | None]:
         """Each child's part of ``state``, checked: header, one part per child, none extra."""

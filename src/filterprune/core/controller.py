@@ -79,6 +79,17 @@ def _same_kept(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def _only_removes(old: dict[int, np.ndarray], new: dict[int, np.ndarray]) -> bool:
+    """Whether ``new`` removes channels and brings none back (a group missing from ``old``
+    is whole). A refit after a channel comes back would match a model without it."""
+    removes = revives = False
+    for gid, keep in new.items():
+        before = old.get(gid, np.ones_like(keep))
+        removes |= bool(np.any(before & ~keep))
+        revives |= bool(np.any(keep & ~before))
+    return removes and not revives
+
+
 class PruningControllerBase(CompressionController):
     """Schedule, plans, statistics and state of filter pruning on one analysed model.
 
@@ -89,6 +100,7 @@ class PruningControllerBase(CompressionController):
 
     name = "filter_pruning"
     supports_shrink_when_frozen = False  # frontends that cut the training model set True
+    supports_reconstruction = False  # frontends that refit weights after a mask change set True
 
     def __init__(self, params: FilterPruningParams, analysis: Analysis) -> None:
         self.params = params
@@ -104,6 +116,7 @@ class PruningControllerBase(CompressionController):
         self._starting = False
         self._deferring = False  # inside a scheduler step: BatchNorm waits for its end
         self._bn_stale = False
+        self._recording: Any = None  # outputs before a mask change, refit at the step's end
         self.scheduler = Scheduler(params, self._scheduled_level, self.freeze,
                                    settle=self._settle)  # fmt: skip
 
@@ -185,11 +198,18 @@ class PruningControllerBase(CompressionController):
                 "`params.shrink_when_frozen` must be false here: only the PyTorch frontend "
                 "cuts the training model. Received: shrink_when_frozen=True."
             )
-        if self.params.bn_adaptation_after_mask_change and self.init_data is None:
+        if self.params.reconstruction_after_mask_change and not self.supports_reconstruction:
             raise ConfigError(
-                "`params.bn_adaptation_after_mask_change` needs training data: register it with "
-                "register_default_init_args(config, data) first. Received: no registered data."
+                "`params.reconstruction_after_mask_change` must be false here: only the PyTorch "
+                "frontend refits weights. Received: reconstruction_after_mask_change=True."
             )
+        for key in ("bn_adaptation_after_mask_change", "reconstruction_after_mask_change"):
+            if getattr(self.params, key) and self.init_data is None:
+                raise ConfigError(
+                    f"`params.{key}` needs training data: register it with "
+                    "register_default_init_args(config, data) first. Received: no registered "
+                    "data."
+                )
         if compression_state is not None:
             self.load_state(compression_state)
             return False
@@ -229,10 +249,19 @@ class PruningControllerBase(CompressionController):
             plan = self.pruner.plan_for_flops(float(level), scores, self.ranking_coeffs)
         else:
             plan = self.pruner.plan(float(level), scores, self.ranking_coeffs)
-        before = self.plan.kept
-        self._install(self._sync(plan))
-        if self.params.bn_adaptation_after_mask_change and not self._starting and (
-                not _same_kept(before, self.plan.kept)):  # fmt: skip
+        plan = self._sync(plan)
+        changed = not _same_kept(self.plan.kept, plan.kept)
+        recording = None
+        if self.params.reconstruction_after_mask_change and self._recording is None and (
+                _only_removes(self.plan.kept, plan.kept)):  # fmt: skip
+            recording = self._record()  # what the refit matches
+        self._install(plan)
+        if recording is not None:
+            if self._deferring:
+                self._recording = recording
+            else:
+                self._refit(recording)
+        if self.params.bn_adaptation_after_mask_change and not self._starting and changed:
             if self._deferring:
                 self._bn_stale = True
             else:
@@ -249,10 +278,23 @@ class PruningControllerBase(CompressionController):
             self._deferring = False
 
     def _settle(self) -> None:
-        """End of a scheduler epoch step: re-estimate BatchNorm if the masks changed."""
+        """End of a scheduler epoch step: refit weights and re-estimate BatchNorm if the
+        masks changed."""
+        if self._recording is not None:
+            recording, self._recording = self._recording, None
+            self._refit(recording)
         if self._bn_stale:
             self._bn_stale = False
             self._adapt_batchnorm()
+
+    def _record(self) -> Any:
+        """The layers' outputs on the registered data now, before the masks change, for
+        ``reconstruction_after_mask_change``."""
+        raise NotImplementedError
+
+    def _refit(self, recording: Any) -> None:
+        """Refit the kept weights so each layer's outputs match those in ``recording``."""
+        raise NotImplementedError
 
     def _adapt_batchnorm(self) -> None:
         """Re-estimate BatchNorm statistics for the masks just put in place."""

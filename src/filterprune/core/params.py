@@ -410,6 +410,15 @@ class FilterPruningParams(Settings):
                 "after each mask change (after the cut, with shrink_when_frozen)."),
         False,
     )  # fmt: skip
+    reconstruction_after_mask_change: bool = setting(
+        "params.reconstruction_after_mask_change",
+        boolean("filterprune (PyTorch): after each mask change, refit the kept weights of every "
+                "conv and linear layer by least squares, layer by layer on the registered "
+                "data, so its outputs match the model's before the change (before "
+                "BatchNorm re-estimation)."),
+        False,
+    )  # fmt: skip
+    num_reconstruction_samples: int = setting("params.num_reconstruction_samples", integer(1), 512)
     legr: LegrParams = nested("params.legr_params", LegrParams)
     save_ranking_coeffs_path: str | None = setting(
         "params.save_ranking_coeffs_path", {"type": "string"}

@@ -19,6 +19,7 @@ from . import onnx_export
 from .fold import fold_batchnorms
 from .legr import ranking_trials
 from .masks import apply_masks, remove_masks
+from .reconstruct import Recording, reconstruct, record
 from .shrink import shrink_model
 from .shrink_frozen import ShrinkWhenFrozen
 from .signals import torch_signal
@@ -49,6 +50,21 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
 
     def _ranking_trials(self) -> contextlib.AbstractContextManager[Callable[[Plan], float]]:
         return ranking_trials(self)  # LeGR: prune, fine-tune, validate, undo
+
+    supports_reconstruction = True
+
+    def _record(self) -> Recording:
+        return record(self.model, self.init_data, self.params.num_reconstruction_samples)
+
+    def _refit(self, recording: Recording) -> None:
+        reconstruct(self.model, recording, self.keeps())
+        dist = torch.distributed
+        if self._distributed and dist.is_available() and dist.is_initialized():
+            with torch.no_grad():  # each rank refit on its own batches: rank 0's weights
+                for p in self.model.parameters():
+                    flat = p.detach().contiguous()
+                    dist.broadcast(flat, src=0)
+                    p.copy_(flat)
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)
