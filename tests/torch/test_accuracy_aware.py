@@ -6,7 +6,11 @@ from torch import nn
 
 from filterprune import NNCFConfig
 from filterprune.errors import ConfigError
-from filterprune.torch import create_accuracy_aware_training_loop, create_compressed_model
+from filterprune.torch import (
+    create_accuracy_aware_training_loop,
+    create_compressed_model,
+    register_default_init_args,
+)
 
 
 def net():
@@ -106,6 +110,14 @@ def test_config_errors():
         model(torch.zeros(1, 1, 12, 12))
         shrinking, _ = create_compressed_model(model, config({}, shrink_when_frozen=True))
         create_accuracy_aware_training_loop(config({}), shrinking)
+    refit = config({}, reconstruction_after_mask_change=True)
+    data = [(torch.randn(4, 1, 12, 12), None)]
+    refitting, _ = create_compressed_model(net(), register_default_init_args(refit, data))
+    with pytest.raises(ConfigError, match=r"^`params\.reconstruction_after_mask_change` must be "
+                       r"false with accuracy-aware training: when the search lowers the level, "
+                       r"channels come back beside layers refit to do without them\. "
+                       r"Received: reconstruction_after_mask_change=True\.$"):
+        create_accuracy_aware_training_loop(refit, refitting)
 
 
 def test_a_step_equal_to_the_minimal_one_is_still_taken():

@@ -1,5 +1,6 @@
 """``params.reconstruction_after_mask_change``: kept weights refit by least squares."""
 
+import contextlib
 import copy
 import logging
 
@@ -257,3 +258,68 @@ def test_patches_at_sampled_positions_equal_an_unfold(kernel, stride, dilation, 
     want = torch.gather(cols, 2, take[:, None].expand(3, cols.shape[1], 6))
     got = _patches(conv, x, take, width)
     assert torch.equal(got, want.transpose(1, 2).reshape(-1, cols.shape[1]))
+
+
+def test_a_failed_refit_leaves_the_masks_as_they_were(monkeypatch):
+    import filterprune.torch.controller as torch_controller
+
+    dense = HalfCopies()
+    x = next(iter(loader(seed=7)))[0]
+    ctrl, model = prune(copy.deepcopy(dense), (1, 3, 8, 8), loader(), init=0.0,
+                        pruning_target=0.5)  # fmt: skip
+
+    def fail(*_):
+        raise ConfigError("refused")
+
+    monkeypatch.setattr(torch_controller, "reconstruct", fail)
+    with pytest.raises(ConfigError, match="^refused$"):
+        ctrl.set_pruning_level(0.5)
+    assert ctrl.pruning_level == 0.0
+    assert all(v.all() for roles in ctrl.keeps().values() for v in roles.values())
+    assert relative_error(model, dense, x) == 0.0
+
+
+def test_tied_and_underdetermined_layers_are_left(caplog):
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(),
+                          nn.Linear(4, 40), nn.ReLU(), nn.Linear(40, 3))  # fmt: skip
+    dense[2].weight = dense[0].weight  # tied
+    model = copy.deepcopy(dense)
+    keeps = {"4": {"out": np.array([True] * 30 + [False] * 10)},
+             "6": {"in": np.array([True] * 30 + [False] * 10)}}  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="filterprune.torch.reconstruct"):
+        recording = record(dense, [torch.randn(20, 4)], 20)
+        errors = reconstruct(model, recording, keeps)
+    assert "leaves 0 as it is: its weights are shared with another layer" in caplog.text
+    assert "leaves 2 as it is: its weights are shared with another layer" in caplog.text
+    assert ("leaves 6 as it is: 20 samples for 31 weights per output; raise "
+            "num_reconstruction_samples") in caplog.text
+    assert list(recording.targets) == ["4", "6"] and list(errors) == ["4"]
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_lazy_quantizer_ranges_are_left_to_the_first_training_batch(monkeypatch, guarded):
+    from filterprune import NNCFConfig
+
+    if not guarded:  # the check below fails without the guard
+        monkeypatch.setattr(reconstruct_module, "_lazy_ranges_untouched",
+                            lambda m: contextlib.nullcontext())  # fmt: skip
+    pruning = {"algorithm": "filter_pruning", "pruning_init": 0.0,
+               "params": {"schedule": "baseline", "pruning_flops_target": 0.5,
+                          "filters_multiple_of": 1, "reconstruction_after_mask_change": True,
+                          "num_reconstruction_samples": 16},
+               "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}}
+    quantization = {"algorithm": "quantization",  # ranges: the first batch; no BN pass
+                    "initializer": {"range": {"num_init_samples": 0},
+                                    "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}}
+    cfg = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 28, 28]},
+                                "compression": [pruning, quantization]})  # fmt: skip
+    data = [(torch.randn(16, 1, 28, 28), None)]
+    ctrl, model = create_compressed_model(randomize_bn(ResNet20()),
+                                          register_default_init_args(cfg, data))  # fmt: skip
+    ctrl.scheduler.epoch_step()  # the cut and the refit
+    quantizers = [q for k, q in ctrl.get("quantization").quantizers.items()
+                  if k.startswith("activation")]  # fmt: skip
+    assert len(quantizers) > 3
+    assert any(q.initialized for q in quantizers) != guarded
+    assert all(q.enabled for q in quantizers)

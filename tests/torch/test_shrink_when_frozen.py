@@ -85,3 +85,42 @@ def test_level_cannot_change_after_the_cut():
     with pytest.raises(ConfigError, match=r"^`level` cannot change after shrink_when_frozen "
                        r"cut the model: the pruned channels are gone\. Received: level=0\.3\.$"):
         ctrl.set_pruning_level(0.3)
+
+
+def test_a_refused_composite_state_leaves_the_cut_model_as_it_was():
+    """A composite rolls back the children before the one that refuses; a cut pruning
+    child takes its own state back without masking its narrow layers again."""
+    from filterprune import NNCFConfig
+    from filterprune.torch import register_default_init_args
+
+    torch.manual_seed(0)
+    model = randomize_bn(ResNet20())
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 28, 28]}, "compression": [
+        {"algorithm": "filter_pruning", "pruning_init": 0.0,
+         "params": {"schedule": "baseline", "pruning_flops_target": 0.5,
+                    "filters_multiple_of": 1, "shrink_when_frozen": True}},
+        {"algorithm": "quantization"}]})  # fmt: skip
+    data = [(torch.randn(8, 1, 28, 28), None)]
+    ctrl, model = create_compressed_model(model, register_default_init_args(config, data))
+    ctrl.scheduler.epoch_step()  # the cut
+    assert ctrl.child_ctrls[0].shrunk
+    x = torch.randn(4, 1, 28, 28)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    state = ctrl.get_compression_state()
+    bad = copy.deepcopy(state)
+    bad["children"][1] = {k: v for k, v in bad["children"][1].items()
+                          if k in ("algorithm", "version")}  # fmt: skip
+    with pytest.raises(ConfigError):
+        ctrl.load_state(bad)
+    ctrl.load_state(copy.deepcopy(state))  # its own state: taken
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    assert ctrl.get_compression_state() == state
+    other = copy.deepcopy(state)
+    other["children"][0]["shrunk"] = False
+    with pytest.raises(ConfigError, match=r"must hold the masks this model was cut to"):
+        ctrl.load_state(other)
+    with torch.no_grad():
+        assert torch.equal(model(x), before)

@@ -115,28 +115,36 @@ def check_config(config: Any) -> AccuracyAwareParams:
 
     Raises:
         ConfigError: If the section is invalid, no ``filter_pruning`` is configured, or it
-            sets ``shrink_when_frozen``.
+            sets ``shrink_when_frozen`` or ``reconstruction_after_mask_change``.
     """
     params = AccuracyAwareParams.from_config(config)
     algos = config.algorithms()
     pruning = [a for a in algos if a.get("algorithm") == "filter_pruning"]
     _check_pruning([a.get("algorithm") for a in algos],
-                   bool(pruning) and bool(pruning[0].get("params", {}).get("shrink_when_frozen")))
+                   pruning[0].get("params", {}) if pruning else {})  # fmt: skip
     return params
 
 
-def _check_pruning(algorithms: list[str], shrink_when_frozen: bool) -> None:
+# keys the search cannot work with, and why
+_NOT_WITH_SEARCH = {
+    "shrink_when_frozen": "the search changes the level after the masks freeze",
+    "reconstruction_after_mask_change": "when the search lowers the level, channels come "
+                                        "back beside layers refit to do without them",
+}
+
+
+def _check_pruning(algorithms: list[str], params: Any) -> None:
+    """``params``: the ``filter_pruning`` params (a dict or resolved settings)."""
     if "filter_pruning" not in algorithms:
         raise ConfigError(
             "`compression` must contain 'filter_pruning' for accuracy-aware training. "
             f"Received: algorithms={algorithms}."
         )
-    if shrink_when_frozen:
-        raise ConfigError(
-            "`params.shrink_when_frozen` must be false with accuracy-aware training: the "
-            "search changes the level after the masks freeze. Received: "
-            "shrink_when_frozen=True."
-        )
+    for key, why in _NOT_WITH_SEARCH.items():
+        on = params.get(key) if isinstance(params, dict) else getattr(params, key)
+        if on:
+            raise ConfigError(f"`params.{key}` must be false with accuracy-aware training: "
+                              f"{why}. Received: {key}=True.")  # fmt: skip
 
 
 @dataclass
@@ -175,8 +183,7 @@ class AdaptiveCompressionLevelLoop:
     def __post_init__(self) -> None:
         children = getattr(self.ctrl, "child_ctrls", [self.ctrl])
         pruning = [c for c in children if c.name == "filter_pruning"]
-        _check_pruning([c.name for c in children],
-                       bool(pruning) and pruning[0].params.shrink_when_frozen)  # fmt: skip
+        _check_pruning([c.name for c in children], pruning[0].params if pruning else {})
         self.pruning = pruning[0]
         self.epoch = 0
 

@@ -255,12 +255,17 @@ class PruningControllerBase(CompressionController):
         if self.params.reconstruction_after_mask_change and self._recording is None and (
                 _only_removes(self.plan.kept, plan.kept)):  # fmt: skip
             recording = self._record()  # what the refit matches
+        previous = self.plan
         self._install(plan)
         if recording is not None:
             if self._deferring:
                 self._recording = recording
             else:
-                self._refit(recording)
+                try:
+                    self._refit(recording)
+                except BaseException:
+                    self._install(previous)  # a refused refit leaves the masks as they were
+                    raise
         if self.params.bn_adaptation_after_mask_change and not self._starting and changed:
             if self._deferring:
                 self._bn_stale = True

@@ -15,12 +15,16 @@ outputs match.
 
 Layers the refit cannot express are left as they are, with a log line: grouped and
 depthwise convs (each output sees only its own group), convs other than 2-D or with
-non-zero padding modes, and layers the forward calls more than once.
+string or non-zero padding modes, layers the forward calls more than once or not on every
+batch, layers sharing their weights, and layers with more weights per output than
+``MAX_FAN_IN`` or than the samples give equations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,8 @@ from torch import nn
 from .._batches import batch_inputs, nonempty_batches
 from ..core.config import ConfigError
 from ..progress import progress
+from .fake_quant import FakeQuantize
+from .masks import _shared_parameters
 
 __all__ = ["Recording", "record", "reconstruct"]
 
@@ -40,6 +46,8 @@ log = logging.getLogger(__name__)
 RIDGE = 1e-3  # times the mean diagonal of X^T X: keeps the solve well posed
 POSITIONS = 16  # output positions sampled per image for a conv
 LINEAR_ROWS = 1024  # rows sampled per batch for a linear layer (tokens, say)
+MAX_FAN_IN = 8192  # a wider layer's normal equations would take gigabytes: left as it is
+_OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError)
 
 
 class _Reached(Exception):
@@ -68,7 +76,7 @@ def record(model: nn.Module, data: Any, num_samples: int, seed: int = 0) -> Reco
     was = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _lazy_ranges_untouched(model):
             rec = Recording(_take(data, num_samples, next(model.parameters()).device))
             layers = _layers(model)
             calls: dict[str, int] = {}
@@ -90,8 +98,8 @@ def record(model: nn.Module, data: Any, num_samples: int, seed: int = 0) -> Reco
             finally:
                 for h in hooks:
                     h.remove()
-    except ConfigError:
-        raise  # an empty loader
+    except (ConfigError, *_OUT_OF_MEMORY):
+        raise  # an empty loader; memory
     except Exception as err:
         raise _failed(err, "Nothing was changed.") from err
     finally:
@@ -130,7 +138,8 @@ def reconstruct(model: nn.Module, recording: Recording,
     model.eval()
     errors: dict[str, tuple[float, float]] = {}
     try:
-        with torch.no_grad(), progress(total=len(layers), desc="Reconstruction") as bar:
+        with torch.no_grad(), _lazy_ranges_untouched(model), \
+                progress(total=len(layers), desc="Reconstruction") as bar:
             for name, layer in layers:
                 error = _refit(model, name, layer, recording, keeps.get(name, {}))
                 if error is not None:
@@ -141,6 +150,8 @@ def reconstruct(model: nn.Module, recording: Recording,
             for name, m in layers:
                 for p, old in zip(_weights(m), saved[name], strict=True):
                     p.copy_(old)
+        if isinstance(err, _OUT_OF_MEMORY):
+            raise  # not the data's fault
         raise _failed(err, "Every layer's weights were restored.") from err
     finally:
         model.train(was)
@@ -151,6 +162,21 @@ def reconstruct(model: nn.Module, recording: Recording,
                  "%.4f -> %.4f", len(errors), sum(len(x) for x in recording.inputs), before,
                  after)  # fmt: skip
     return errors
+
+
+@contextlib.contextmanager
+def _lazy_ranges_untouched(model: nn.Module) -> Iterator[None]:
+    """Activation quantizers that take their range from the first batch they see pass
+    values through meanwhile, so that batch stays the first training one."""
+    waiting = [m for m in model.modules()
+               if isinstance(m, FakeQuantize) and m.lazy and not m.initialized and m.enabled]
+    for m in waiting:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m in waiting:
+            m.enabled = True
 
 
 def _failed(err: Exception, outcome: str) -> ConfigError:
@@ -191,9 +217,12 @@ def _why_not(layer: nn.Module) -> str | None:
 def _layers(model: nn.Module) -> dict[str, nn.Module]:
     """The conv and linear layers a refit can express, by name (the others are logged)."""
     layers = {}
+    shared = _shared_parameters(model)
     for name, m in model.named_modules():
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
             why = _why_not(m)
+            if why is None and any(id(p) in shared for p in _weights(m)):
+                why = "its weights are shared with another layer"
             if why is None:
                 layers[name] = m
             else:
@@ -293,8 +322,14 @@ def _refit(model: nn.Module, name: str, layer: nn.Module, recording: Recording,
         return None
     spread = int(np.prod(layer.kernel_size)) if conv else 1  # columns per input channel
     fan = (cols[0][:, None] * spread + torch.arange(spread)).reshape(-1)
+    unknowns = len(fan) + (layer.bias is not None)
+    if unknowns > MAX_FAN_IN:
+        log.info("reconstruction leaves %s as it is: %d weights per output is more than %d",
+                 name, unknowns, MAX_FAN_IN)  # fmt: skip
+        return None
     gram = cross = None
     err_before = norm = 0.0
+    samples = 0
     old = _matrix(layer)[rows[0]][:, _with_bias(layer, fan)]
     for x, (positions, y) in zip(recording.inputs, targets, strict=True):
         xin = _input_of(model, layer, x)
@@ -303,10 +338,15 @@ def _refit(model: nn.Module, name: str, layer: nn.Module, recording: Recording,
         if layer.bias is not None:
             a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], 1)
         b = y.index_select(1, rows[1].to(y.device)).double()
+        samples += len(a)
         gram = a.T @ a if gram is None else gram + a.T @ a
         cross = a.T @ b if cross is None else cross + a.T @ b
         err_before += float(((a @ old.T.to(a) - b) ** 2).sum())
         norm += float((b**2).sum())
+    if samples < unknowns:
+        log.info("reconstruction leaves %s as it is: %d samples for %d weights per output; "
+                 "raise num_reconstruction_samples", name, samples, unknowns)  # fmt: skip
+        return None
     scale = float(gram.diagonal().mean())
     if scale == 0.0 or norm == 0.0:
         return None

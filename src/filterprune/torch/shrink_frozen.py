@@ -27,7 +27,9 @@ from typing import Any
 
 import torch
 
-from ..core.controller import PruningControllerBase
+from ..core.controller import PruningControllerBase, _same_kept
+from ..core.pruner import Plan
+from ..core.state import check_pruning_state
 from ..errors import ConfigError
 from .masks import remove_masks
 from .shrink import _CUT, _cut, _laid_out, _tensors, shrink_model
@@ -153,6 +155,24 @@ class ShrinkWhenFrozen(PruningControllerBase):
         return {**super().get_compression_state(), "shrunk": self.shrunk}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        if self.shrunk:
+            self._load_on_cut(state)
+            return
         super().load_state(state)
         if isinstance(state, dict) and state.get("shrunk") and not self.shrunk:
             self._shrink()
+
+    def _load_on_cut(self, state: dict[str, Any]) -> None:
+        """A cut model keeps the channels it was cut to: it takes a state with those masks
+        (its own, as a composite's rollback loads it) without masking its layers again."""
+        plan = check_pruning_state(state, self.analysis, self.state_where,
+                                   self.get_compression_state())  # fmt: skip
+        if not (state.get("shrunk") and _same_kept(Plan.from_dict(plan, self.analysis).kept,
+                                                   self.plan.kept)):  # fmt: skip
+            raise ConfigError(
+                f"`{self.state_where}` must hold the masks this model was cut to: "
+                "shrink_when_frozen already removed the other channels. Load the state into "
+                "a model that is not cut yet. Received: a state with other masks, or not cut."
+            )
+        self.scheduler.load_state(state["scheduler"])
+        self.frozen = bool(state.get("frozen", False))
