@@ -302,7 +302,7 @@ def test_lazy_quantizer_ranges_are_left_to_the_first_training_batch(monkeypatch,
     from filterprune import NNCFConfig
 
     if not guarded:  # the check below fails without the guard
-        monkeypatch.setattr(reconstruct_module, "_lazy_ranges_untouched",
+        monkeypatch.setattr(reconstruct_module, "lazy_ranges_paused",
                             lambda m: contextlib.nullcontext())  # fmt: skip
     pruning = {"algorithm": "filter_pruning", "pruning_init": 0.0,
                "params": {"schedule": "baseline", "pruning_flops_target": 0.5,

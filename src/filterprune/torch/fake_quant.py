@@ -12,7 +12,9 @@ own. An activation quantizer keeps the range set from data (or, with
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ from ..core.quantization import (
 )
 from ..errors import ConfigError
 
-__all__ = ["FakeQuantize", "QuantizeInput", "QuantizeOutput", "follow_range"]
+__all__ = ["FakeQuantize", "QuantizeInput", "QuantizeOutput", "follow_range", "lazy_ranges_paused"]
 
 _ONNX_RANGES = ((0, 255), (-128, 127))
 _TINY = 1e-12
@@ -236,3 +238,19 @@ class QuantizeOutput:
 
     def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
         return self.quantizer(output) if isinstance(output, torch.Tensor) else None
+
+
+@contextlib.contextmanager
+def lazy_ranges_paused(model: nn.Module) -> Iterator[None]:
+    """Activation quantizers that take their range from the first batch they see pass
+    values through meanwhile, so a forward that is not training (a layout check, the
+    refit's recording) leaves that batch to be the first training one."""
+    waiting = [m for m in model.modules()
+               if isinstance(m, FakeQuantize) and m.lazy and not m.initialized and m.enabled]
+    for m in waiting:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m in waiting:
+            m.enabled = True

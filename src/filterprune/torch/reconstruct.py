@@ -22,9 +22,7 @@ batch, layers sharing their weights, and layers with more weights per output tha
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +34,7 @@ from torch import nn
 from .._batches import batch_inputs, nonempty_batches
 from ..core.config import ConfigError
 from ..progress import progress
-from .fake_quant import FakeQuantize
+from .fake_quant import lazy_ranges_paused
 from .masks import _shared_parameters
 
 __all__ = ["Recording", "record", "reconstruct"]
@@ -76,7 +74,7 @@ def record(model: nn.Module, data: Any, num_samples: int, seed: int = 0) -> Reco
     was = model.training
     model.eval()
     try:
-        with torch.no_grad(), _lazy_ranges_untouched(model):
+        with torch.no_grad(), lazy_ranges_paused(model):
             rec = Recording(_take(data, num_samples, next(model.parameters()).device))
             layers = _layers(model)
             calls: dict[str, int] = {}
@@ -138,7 +136,7 @@ def reconstruct(model: nn.Module, recording: Recording,
     model.eval()
     errors: dict[str, tuple[float, float]] = {}
     try:
-        with torch.no_grad(), _lazy_ranges_untouched(model), \
+        with torch.no_grad(), lazy_ranges_paused(model), \
                 progress(total=len(layers), desc="Reconstruction") as bar:
             for name, layer in layers:
                 error = _refit(model, name, layer, recording, keeps.get(name, {}))
@@ -162,21 +160,6 @@ def reconstruct(model: nn.Module, recording: Recording,
                  "%.4f -> %.4f", len(errors), sum(len(x) for x in recording.inputs), before,
                  after)  # fmt: skip
     return errors
-
-
-@contextlib.contextmanager
-def _lazy_ranges_untouched(model: nn.Module) -> Iterator[None]:
-    """Activation quantizers that take their range from the first batch they see pass
-    values through meanwhile, so that batch stays the first training one."""
-    waiting = [m for m in model.modules()
-               if isinstance(m, FakeQuantize) and m.lazy and not m.initialized and m.enabled]
-    for m in waiting:
-        m.enabled = False
-    try:
-        yield
-    finally:
-        for m in waiting:
-            m.enabled = True
 
 
 def _failed(err: Exception, outcome: str) -> ConfigError:

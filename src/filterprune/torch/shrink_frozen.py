@@ -21,7 +21,6 @@ wrapper keeps the old parameters).
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
@@ -31,6 +30,7 @@ from ..core.controller import PruningControllerBase, _same_kept
 from ..core.pruner import Plan
 from ..core.state import check_pruning_state
 from ..errors import ConfigError
+from .fake_quant import lazy_ranges_paused
 from .masks import remove_masks
 from .shrink import _CUT, _cut, _laid_out, _tensors, shrink_model
 
@@ -98,19 +98,21 @@ def _to_channels_last(model: torch.nn.Module, sample: Any,
     channels_last layout; ``None``, or why the model was left contiguous.
 
     A forward that views an activation as if it were contiguous breaks in that layout,
-    so a copy of the model runs ``sample`` once (eval, no grad) before the layout is kept;
-    a copy, so quantizers that take their range from their first input keep theirs.
+    so the model runs ``sample`` once (eval, no grad) before the layout is kept, with
+    quantizers that take their range from their first input paused.
     """
     model.to(memory_format=torch.channels_last)
     if sample is not None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        was = model.training
         try:
-            with torch.no_grad():
-                copy.deepcopy(model).eval()(*[t.to(device) if torch.is_tensor(t) else t
-                                              for t in sample])  # fmt: skip
+            with torch.no_grad(), lazy_ranges_paused(model):
+                model.eval()(*[t.to(device) if torch.is_tensor(t) else t for t in sample])
         except Exception as err:  # noqa: BLE001  (any failure: the layout is not kept)
             model.to(memory_format=torch.contiguous_format)
             return f"{type(err).__name__}: {err}"
+        finally:
+            model.train(was)
     _state_like_parameters(optimizers)
     return None
 
