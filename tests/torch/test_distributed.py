@@ -1,10 +1,12 @@
 """distributed(): under torch.distributed every rank ends up with rank 0's masks, and
-with rank 0's weights after a refit."""
+with rank 0's weights after a refit; a refit that fails on one rank fails on all."""
 
+import datetime
 import os
 import socket
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -53,22 +55,33 @@ def test_masks_identical_on_every_rank(tmp_path):
         assert torch.equal(m0[k], m1[k]), k
 
 
-def _refit_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _join(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # a rank left waiting in a collective fails after the timeout instead of hanging CI
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))  # fmt: skip
+
+
+def _refit_ctrl(rank: int):
     from torch_helpers import SmallNet, make_config
 
     from filterprune.torch import create_compressed_model, register_default_init_args
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    config = make_config(pruning_init=0.0, pruning_target=0.5, schedule="baseline",
+                         prune_first_conv=True, reconstruction_after_mask_change=True,
+                         num_reconstruction_samples=8)  # fmt: skip
+    data = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(rank))
+    config = register_default_init_args(config, [(data, None)])  # each rank its own
+    ctrl, model = create_compressed_model(SmallNet(), config)
+    ctrl.distributed()
+    return ctrl, model
+
+
+def _refit_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    _join(rank, world, port)
     try:
-        torch.manual_seed(0)
-        config = make_config(pruning_init=0.0, pruning_target=0.5, schedule="baseline",
-                             prune_first_conv=True, reconstruction_after_mask_change=True,
-                             num_reconstruction_samples=8)  # fmt: skip
-        data = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(rank))
-        config = register_default_init_args(config, [(data, None)])  # each rank its own
-        ctrl, model = create_compressed_model(SmallNet(), config)
-        ctrl.distributed()
+        ctrl, model = _refit_ctrl(rank)
         torch.nn.parallel.DistributedDataParallel(model)
         ctrl.scheduler.epoch_step()  # cut and refit on the rank's batch, then rank 0's weights
         torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
@@ -83,6 +96,43 @@ def test_refit_weights_identical_on_every_rank(tmp_path):
     assert any(not torch.equal(s0[k], fresh[k]) for k in fresh)  # the refit changed weights
     for k in s0:
         assert torch.equal(s0[k], s1[k]), k
+
+
+def _failing_refit_worker(rank: int, world: int, port: int, out_dir: str, step: str) -> None:
+    import filterprune.torch.controller as controller
+    from filterprune.core.config import ConfigError
+
+    _join(rank, world, port)
+    try:
+        ctrl, model = _refit_ctrl(rank)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        if rank == 1:
+            def broken(*args, **kwargs):
+                raise ConfigError("this rank's data failed")
+            setattr(controller, step, broken)
+        try:
+            ctrl.scheduler.epoch_step()
+            outcome = "no error"
+        except ConfigError as err:
+            outcome = str(err)
+        except Exception as err:  # e.g. a collective that timed out
+            outcome = f"{type(err).__name__}: {err}"
+        after = model.state_dict()
+        torch.save({"outcome": outcome, "same": all(torch.equal(before[k], after[k])
+                                                    for k in before)},  # fmt: skip
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("step", ["record", "reconstruct"])
+def test_refit_failing_on_one_rank_fails_on_every_rank(tmp_path, step):
+    mp.spawn(_failing_refit_worker, args=(2, _free_port(), str(tmp_path), step), nprocs=2,
+             join=True)  # fmt: skip
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert r1["outcome"] == "this rank's data failed"
+    assert "failed on rank(s) [1]" in r0["outcome"], r0["outcome"]
+    assert r0["same"] and r1["same"]  # weights and masks as before, on both ranks
 
 
 def make_small_state() -> dict:

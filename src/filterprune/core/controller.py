@@ -117,6 +117,7 @@ class PruningControllerBase(CompressionController):
         self._deferring = False  # inside a scheduler step: BatchNorm waits for its end
         self._bn_stale = False
         self._recording: Any = None  # outputs before a mask change, refit at the step's end
+        self._before_change: Plan | None = None  # the masks to put back if that refit fails
         self.scheduler = Scheduler(params, self._scheduled_level, self.freeze,
                                    settle=self._settle)  # fmt: skip
 
@@ -259,13 +260,9 @@ class PruningControllerBase(CompressionController):
         self._install(plan)
         if recording is not None:
             if self._deferring:
-                self._recording = recording
+                self._recording, self._before_change = recording, previous
             else:
-                try:
-                    self._refit(recording)
-                except BaseException:
-                    self._install(previous)  # a refused refit leaves the masks as they were
-                    raise
+                self._refit_or_undo(recording, previous)
         if self.params.bn_adaptation_after_mask_change and not self._starting and changed:
             if self._deferring:
                 self._bn_stale = True
@@ -285,12 +282,27 @@ class PruningControllerBase(CompressionController):
     def _settle(self) -> None:
         """End of a scheduler epoch step: refit weights and re-estimate BatchNorm if the
         masks changed."""
-        if self._recording is not None:
-            recording, self._recording = self._recording, None
-            self._refit(recording)
+        self._refit_pending()
         if self._bn_stale:
             self._bn_stale = False
             self._adapt_batchnorm()
+
+    def _refit_pending(self) -> None:
+        """Refit the change this epoch step made, if it was recorded. Frontends that cut
+        the model at a freeze call this before cutting, so a failure can still put the
+        masks back."""
+        if self._recording is not None:
+            recording, previous = self._recording, self._before_change
+            self._recording = self._before_change = None
+            self._refit_or_undo(recording, previous)
+
+    def _refit_or_undo(self, recording: Any, previous: Plan) -> None:
+        try:
+            self._refit(recording)
+        except BaseException:
+            self._install(previous)  # a refused refit leaves the masks as they were
+            self._bn_stale = False  # and so needs no BatchNorm pass
+            raise
 
     def _record(self) -> Any:
         """The layers' outputs on the registered data now, before the masks change, for

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..core.analysis import analyze
-from ..core.config import FilterPruningParams
+from ..core.config import ConfigError, FilterPruningParams
 from ..core.controller import CompressionStage, PruningControllerBase, analysis_options
 from ..core.pruner import Plan
 from ..core.workflow import Captured
@@ -54,17 +54,58 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
     supports_reconstruction = True
 
     def _record(self) -> Recording:
-        return record(self.model, self.init_data, self.params.num_reconstruction_samples)
+        return self._on_every_rank(
+            "record", lambda: record(self.model, self.init_data,
+                                     self.params.num_reconstruction_samples))  # fmt: skip
 
     def _refit(self, recording: Recording) -> None:
-        reconstruct(self.model, recording, self.keeps())
+        if not self._ddp():
+            reconstruct(self.model, recording, self.keeps())
+            return
+        params = list(self.model.parameters())
+        before = [p.detach().clone() for p in params]
+        try:
+            self._on_every_rank("refit", lambda: reconstruct(self.model, recording, self.keeps()))
+        except ConfigError:
+            with torch.no_grad():  # a rank whose own refit worked undoes it as well
+                for p, old in zip(params, before, strict=True):
+                    p.copy_(old)
+            raise
+        with torch.no_grad():  # each rank refit on its own batches: rank 0's weights
+            for p in params:
+                flat = p.detach().contiguous()
+                torch.distributed.broadcast(flat, src=0)
+                p.copy_(flat)
+
+    def _ddp(self) -> bool:
         dist = torch.distributed
-        if self._distributed and dist.is_available() and dist.is_initialized():
-            with torch.no_grad():  # each rank refit on its own batches: rank 0's weights
-                for p in self.model.parameters():
-                    flat = p.detach().contiguous()
-                    dist.broadcast(flat, src=0)
-                    p.copy_(flat)
+        return self._distributed and dist.is_available() and dist.is_initialized()
+
+    def _on_every_rank(self, step: str, work: Callable[[], Any]) -> Any:
+        """``work()``, then under DDP the ranks agree on whether it failed anywhere, so a
+        rank whose ``step`` failed raises its error and the others raise too, instead of
+        waiting for it in the next collective."""
+        if not self._ddp():
+            return work()
+        dist = torch.distributed
+        error: BaseException | None = None
+        try:
+            result = work()
+        except Exception as err:  # memory errors too: the other ranks must not wait
+            error = err
+        ref = next(self.model.parameters())
+        failed = torch.zeros(dist.get_world_size(), device=ref.device)
+        failed[dist.get_rank()] = float(error is not None)
+        dist.all_reduce(failed)
+        if error is not None:
+            raise error
+        ranks = [int(r) for r in torch.nonzero(failed).flatten()]
+        if ranks:
+            raise ConfigError(
+                f"`reconstruction_after_mask_change`: the {step} failed on rank(s) {ranks} "
+                "(see their error). This rank's weights and masks were left as they were; "
+                "every rank raises this error.")
+        return result
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)
@@ -73,11 +114,10 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
 
     def _sync(self, plan: Plan) -> Plan:
         """Under DDP every rank takes rank 0's plan, so masks are identical everywhere."""
-        dist = torch.distributed
-        if not (self._distributed and dist.is_available() and dist.is_initialized()):
+        if not self._ddp():
             return plan
         box = [plan.to_dict(self.analysis)]
-        dist.broadcast_object_list(box, src=0)
+        torch.distributed.broadcast_object_list(box, src=0)
         return Plan.from_dict(box[0], self.analysis)
 
     def distributed(self) -> None:

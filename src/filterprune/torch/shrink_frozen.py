@@ -128,8 +128,11 @@ class ShrinkWhenFrozen(PruningControllerBase):
         self.__dict__.setdefault("optimizers", []).append(optimizer)
 
     def freeze(self) -> None:
+        cut = self.params.shrink_when_frozen and not self.shrunk
+        if cut:
+            self._refit_pending()  # on the masked model: a failure can put the masks back
         super().freeze()
-        if self.params.shrink_when_frozen and not self.shrunk:
+        if cut:
             self._shrink()
 
     def _shrink(self) -> None:
