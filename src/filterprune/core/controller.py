@@ -201,8 +201,8 @@ class PruningControllerBase(CompressionController):
             )
         if self.params.reconstruction_after_mask_change and not self.supports_reconstruction:
             raise ConfigError(
-                "`params.reconstruction_after_mask_change` must be false here: only the PyTorch "
-                "frontend refits weights. Received: reconstruction_after_mask_change=True."
+                "`params.reconstruction_after_mask_change` must be false here: this frontend "
+                "does not refit weights. Received: reconstruction_after_mask_change=True."
             )
         for key in ("bn_adaptation_after_mask_change", "reconstruction_after_mask_change"):
             if getattr(self.params, key) and self.init_data is None:

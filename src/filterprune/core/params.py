@@ -412,7 +412,7 @@ class FilterPruningParams(Settings):
     )  # fmt: skip
     reconstruction_after_mask_change: bool = setting(
         "params.reconstruction_after_mask_change",
-        boolean("filterprune (PyTorch): after each mask change, refit the kept weights of every "
+        boolean("filterprune: after each mask change, refit the kept weights of every "
                 "conv and linear layer by least squares, layer by layer on the registered "
                 "data, so its outputs match the model's before the change (before "
                 "BatchNorm re-estimation)."),

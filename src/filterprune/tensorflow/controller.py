@@ -15,9 +15,11 @@ from ..core.config import FilterPruningParams
 from ..core.controller import CompressionStage, PruningControllerBase, analysis_options
 from ..core.pruner import Plan
 from ..core.signals import importance_source
+from ._init_args import sample_batches
 from .capture import Capture
 from .export import export
 from .masks import apply_masks, maskable_layers, recreate_masks
+from .reconstruct import Recording, reconstruct, record
 from .shrink import strip_model
 from .signals import TaylorAccumulator, keras_signal, ranked_layers
 
@@ -77,6 +79,17 @@ class FilterPruningController(PruningControllerBase):
         from .legr import ranking_trials  # legr imports this module
 
         return ranking_trials(self)  # LeGR: prune, fine-tune, validate, undo
+
+    supports_reconstruction = True
+
+    def _record(self) -> Recording:
+        data = self.init_data
+        batches = sample_batches(self.model, data.dataset, self.params.num_reconstruction_samples,
+                                 data.batch_size, "Recording")  # fmt: skip
+        return record(self.model, self.capture.refs, self.analysis.graph.layers, batches)
+
+    def _refit(self, recording: Recording) -> None:
+        reconstruct(self.model, recording, self.capture.refs, self.keeps())
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)

@@ -33,6 +33,7 @@ from torch import nn
 
 from .._batches import batch_inputs, nonempty_batches
 from ..core.config import ConfigError
+from ..core.reconstruction import LINEAR_ROWS, MAX_FAN_IN, POSITIONS, RIDGE
 from ..progress import progress
 from .fake_quant import lazy_ranges_paused
 from .masks import _shared_parameters
@@ -41,10 +42,6 @@ __all__ = ["Recording", "record", "reconstruct"]
 
 log = logging.getLogger(__name__)
 
-RIDGE = 1e-3  # times the mean diagonal of X^T X: keeps the solve well posed
-POSITIONS = 16  # output positions sampled per image for a conv
-LINEAR_ROWS = 1024  # rows sampled per batch for a linear layer (tokens, say)
-MAX_FAN_IN = 8192  # a wider layer's normal equations would take gigabytes: left as it is
 _OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError)
 
 
