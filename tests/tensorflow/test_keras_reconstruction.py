@@ -104,6 +104,16 @@ def test_layers_it_cannot_express_are_left_with_a_reason(caplog):
         assert np.array_equal(model.get_layer(name).kernel.numpy(), kernel)
 
 
+def test_catching_an_unmasked_layer_leaves_its_class():
+    from filterprune.tensorflow.reconstruct import _input_of
+
+    dense = half_copies()
+    fc = dense.get_layer("fc")
+    got = _input_of(dense, fc, images(n=2))
+    assert got.shape == (2, 6)
+    assert type(fc) is layers.Dense and "_fp_input_transforms" not in fc.__dict__
+
+
 def test_refit_brings_a_resnet_closer_to_the_dense_model(resnet, images):
     rng = np.random.default_rng(2)
     for v in resnet.weights:  # no zero bias hides a wrong refit

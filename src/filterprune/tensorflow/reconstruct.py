@@ -29,7 +29,7 @@ from ..core.graph import LayerInfo
 from ..core.reconstruction import LINEAR_ROWS, MAX_FAN_IN, POSITIONS, ridge_solve
 from ..progress import progress
 from .capture import LayerRef
-from .masks import masked_weights, set_input_transform
+from .masks import base_class, is_masked, masked_weights, set_input_transform
 
 __all__ = ["Recording", "record", "reconstruct"]
 
@@ -138,6 +138,8 @@ def _failed(err: Exception, outcome: str) -> ConfigError:
 
 def _why_not(layer: Any) -> str | None:
     """Why ``layer`` cannot be refit here, or ``None`` when it can."""
+    if getattr(layer, "lora_enabled", False):
+        return "LoRA-enabled: its kernel is a sum, not one variable"
     if isinstance(layer, keras.layers.Dense):
         return None
     if not isinstance(layer, keras.layers.Conv2D):
@@ -182,7 +184,7 @@ class _catching:
     def __enter__(self) -> _catching:
         for name, layer in self.layers.items():
             before = layer.__dict__.get("_fp_input_transforms", {}).get(0)
-            self.saved[name] = (layer, before)
+            self.saved[name] = (layer, before, is_masked(layer))
 
             def catch(x, name=name, before=before):
                 x = before(x) if before is not None else x
@@ -193,12 +195,15 @@ class _catching:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for layer, before in self.saved.values():
+        for layer, before, swapped in self.saved.values():
             table = layer.__dict__["_fp_input_transforms"]
             if before is None:
                 table.pop(0, None)
             else:
                 table[0] = before
+            if not swapped:  # a layer without masks gets its own class back
+                del layer.__dict__["_fp_input_transforms"]
+                layer.__class__ = base_class(layer)
 
 
 def _variables(layer: Any) -> list[Any]:
