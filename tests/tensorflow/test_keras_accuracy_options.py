@@ -1,4 +1,5 @@
-"""Keras: ``shrink_when_frozen`` is refused clearly; the accuracy-aware loop runs."""
+"""Keras: ``shrink_when_frozen`` is refused clearly (and a refit where a frontend has none);
+the accuracy-aware loop runs."""
 
 import numpy as np
 import pytest
@@ -13,6 +14,18 @@ def test_shrink_when_frozen_is_refused():
     with pytest.raises(ConfigError, match=r"^`params\.shrink_when_frozen` must be false here: "
                        r"only the PyTorch frontend cuts the training model\. "
                        r"Received: shrink_when_frozen=True\.$"):
+        create_compressed_model(conv_bn_net(), config)
+
+
+def test_a_frontend_without_a_refit_refuses_the_key(monkeypatch):
+    """The core's guard for frontends that do not set ``supports_reconstruction``."""
+    from filterprune.tensorflow.controller import FilterPruningController
+
+    monkeypatch.setattr(FilterPruningController, "supports_reconstruction", False)
+    config = make_config((1, 16, 16, 3), reconstruction_after_mask_change=True)
+    with pytest.raises(ConfigError, match=r"^`params\.reconstruction_after_mask_change` must be "
+                       r"false here: this frontend does not refit weights\. "
+                       r"Received: reconstruction_after_mask_change=True\.$"):
         create_compressed_model(conv_bn_net(), config)
 
 

@@ -1,5 +1,6 @@
 """What the frontends' weight refits (``params.reconstruction_after_mask_change``) share:
-how many samples they take and how they solve. See :mod:`filterprune.torch.reconstruct`."""
+how many samples they take and the ridge (PyTorch solves in torch on the model's device,
+Keras with :func:`ridge_solve`). See :mod:`filterprune.torch.reconstruct`."""
 
 from __future__ import annotations
 
