@@ -23,6 +23,9 @@ class _Silent:
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:
         pass
 
+    def reset(self, total: int | None = None) -> None:
+        pass
+
 
 @contextmanager
 def progress(total: int | None = None, desc: str = "", **kwargs: Any):

@@ -130,25 +130,61 @@ def test_refit_brings_a_resnet_closer_to_the_dense_model(resnet, images):
     assert errors[True] < 0.8 * errors[False], errors
 
 
-def test_a_failing_batch_changes_nothing(monkeypatch):
+def test_a_failing_refit_changes_nothing(monkeypatch):
     dense = half_copies()
     ctrl, model = prune(copy_of(dense), images(), init=0.0, pruning_target=0.5)
     before = [v.numpy() for v in model.weights]
-    calls = []
-    real = reconstruct_module._input_of
+    refit, done = reconstruct_module._refit, []
 
-    def fail_second(*args):
-        calls.append(1)
-        if len(calls) > 4:  # after conv1 was refit
+    def fail_after_conv1(name, *args):
+        if done:  # conv1 was refit
             raise ValueError("bad batch")
-        return real(*args)
+        done.append(name)
+        return refit(name, *args)
 
-    monkeypatch.setattr(reconstruct_module, "_input_of", fail_second)
+    monkeypatch.setattr(reconstruct_module, "_refit", fail_after_conv1)
     with pytest.raises(ConfigError, match="a batch failed in weight reconstruction: "
                        "ValueError: bad batch. Every layer's weights were restored"):
         ctrl.set_pruning_level(0.5)
-    assert ctrl.pruning_level == 0.0
+    assert done == ["conv1"] and ctrl.pruning_level == 0.0
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.weights, strict=True))
+
+
+def _refit_resnet(resnet, monkeypatch, one_pass_bytes, fixed_batch=None):
+    rng = np.random.default_rng(2)
+    for v in resnet.weights:  # no zero bias hides a wrong refit
+        if v.name == "bias":
+            v.assign(rng.normal(0, 0.1, v.shape).astype("float32"))
+    model = copy_of(resnet)
+    if fixed_batch:  # a model that runs only batches of one size
+        check = layers.Lambda(lambda t: t if t.shape[0] in (None, fixed_batch) else 1 / 0)
+        model = keras.Model(model.inputs[0], model(check(model.inputs[0])))
+    data = tf.data.Dataset.from_tensor_slices(
+        np.random.default_rng(3).normal(size=(48, 32, 32, 3)).astype("float32")).batch(16)
+    ctrl, _ = prune(model, np.zeros((16, 32, 32, 3), "float32"), side=32, init=0.0,
+                    pruning_target=0.5, reconstruction_after_mask_change=False)  # fmt: skip
+    recording = record(model, ctrl.capture.refs, ctrl.analysis.graph.layers, iter(data))
+    ctrl.set_pruning_level(0.5)
+    monkeypatch.setattr(reconstruct_module, "ONE_PASS_BYTES", one_pass_bytes)
+    errors = reconstruct(model, recording, ctrl.capture.refs, ctrl.keeps())
+    return errors, [v.numpy() for v in model.weights]
+
+
+def test_one_joined_pass_refits_as_layer_by_layer_passes(resnet, monkeypatch, caplog):
+    """All batches joined, each layer solved as its input is handed over, equals one pass
+    per layer; a model that refuses the joined batch is refit layer by layer."""
+    layered, by_layer = _refit_resnet(copy_of(resnet), monkeypatch, 0)
+    joined, in_one = _refit_resnet(copy_of(resnet), monkeypatch, 2**30)
+    with caplog.at_level(logging.INFO, logger="filterprune.tensorflow.reconstruct"):
+        fallback, refused = _refit_resnet(copy_of(resnet), monkeypatch, 2**30, fixed_batch=16)
+    assert "fails on all 48 samples in one batch (ZeroDivisionError" in caplog.text
+    nested = [name.split("/")[-1] for name in fallback]  # the model sits in a wrapper
+    assert list(joined) == list(layered) == nested and len(joined) >= 5
+    for name in joined:
+        np.testing.assert_allclose(joined[name], layered[name], rtol=1e-4, atol=1e-7)
+    for a, b, c in zip(in_one, by_layer, refused, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+        np.testing.assert_array_equal(b, c)
 
 
 def test_needs_registered_data():
@@ -168,6 +204,30 @@ def test_record_and_reconstruct_directly():
     errors = reconstruct(model, recording, ctrl.capture.refs, ctrl.keeps())
     assert errors["conv1"] == (0.0, 0.0)  # its kept outputs are as they were
     assert errors["conv2"][1] < 0.1 * errors["conv2"][0]
+
+
+def test_a_wide_conv_gets_enough_positions_from_few_images(caplog):
+    """conv2 keeps 289 weights per output; 16 images at 16 positions each (the floor)
+    would give 256 rows and leave it. Positions per image grow with the fan-in, up to
+    every one of the 64 there are."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv1")(inp)
+    x = layers.Conv2D(8, 3, padding="same", name="conv2")(x)
+    dense = keras.Model(inp, layers.Dense(5, name="fc")(layers.GlobalAveragePooling2D()(x)))
+    data = tf.data.Dataset.from_tensor_slices(images(16)).batch(8)
+    ctrl, model = prune(copy_of(dense), images(16), init=0.0, pruning_target=0.5,
+                        reconstruction_after_mask_change=False,
+                        extra={"ignored_scopes": ["conv2"]})  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="filterprune.tensorflow.reconstruct"):
+        recording = record(model, ctrl.capture.refs, ctrl.analysis.graph.layers, iter(data))
+        ctrl.set_pruning_level(0.5)
+        assert ctrl.keeps()["conv2"]["in"].sum() == 32
+        errors = reconstruct(model, recording, ctrl.capture.refs, ctrl.keeps())
+    assert recording.targets["conv2"][0][0].shape == (8, 64)
+    assert "leaves conv2" not in caplog.text
+    before, after = errors["conv2"]
+    assert after < 0.5 * before
 
 
 def test_with_quantization_the_refit_matches_what_quantized_layers_see():

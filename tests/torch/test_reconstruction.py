@@ -242,25 +242,85 @@ def test_a_failing_batch_changes_nothing(monkeypatch):
     before = copy.deepcopy(model.state_dict())
     keeps = {"conv1": {"out": np.array([True] * 4 + [False] * 4)},
              "conv2": {"in": np.array([True] * 4 + [False] * 4)}}  # fmt: skip
-    real = reconstruct_module._input_of
 
-    def input_of(net, layer, x):
-        if layer is model.fc:
-            raise RuntimeError("fc cannot run")
-        return real(net, layer, x)
+    def cannot_run(_m, _args):
+        raise RuntimeError("fc cannot run")
 
-    monkeypatch.setattr(reconstruct_module, "_input_of", input_of)
+    model.fc.register_forward_pre_hook(cannot_run)  # before the refit's own hooks
     refit = reconstruct_module._refit
     done = []
     monkeypatch.setattr(reconstruct_module, "_refit",
-                        lambda *a: done.append(a[1]) or refit(*a))  # fmt: skip
+                        lambda *a: done.append(a[0]) or refit(*a))  # fmt: skip
     with pytest.raises(ConfigError, match=r"^`data_loader` must yield batches the model runs "
                        r"on\. Received: a batch failed in weight reconstruction: RuntimeError: "
                        r"fc cannot run\. Every layer's weights were restored\.$"):
         reconstruct(model, record(dense, bad[:1], 16), keeps)
-    assert done == ["conv1", "conv2", "fc"]
+    # the joined pass fails at fc, then so does the pass layer by layer
+    assert done == ["conv1", "conv2", "conv1", "conv2", "fc"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def _refit_resnet(monkeypatch, one_pass_bytes, fixed_batch=None):
+    torch.manual_seed(0)
+    dense = randomize_bn(ResNet20())
+    model = copy.deepcopy(dense)
+    if fixed_batch:  # a model that runs only batches of one size
+        model.register_forward_pre_hook(
+            lambda _m, args: None if len(args[0]) == fixed_batch else 1 / 0)
+    data = [torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(i))
+            for i in range(3)]  # fmt: skip
+    recording = record(dense, data, 48)
+    ctrl, _ = create_compressed_model(model, make_config(
+        (1, 1, 28, 28), pruning_init=0.5, schedule="baseline", filters_multiple_of=1,
+        prune_first_conv=True, prune_downsample_convs=True))  # fmt: skip
+    monkeypatch.setattr(reconstruct_module, "ONE_PASS_BYTES", one_pass_bytes)
+    errors = reconstruct(model, recording, ctrl.keeps())
+    return errors, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_one_joined_pass_refits_as_layer_by_layer_passes(monkeypatch, caplog):
+    """All batches joined, each layer solved in its forward pre-hook, equals one pass per
+    layer; a model that refuses the joined batch is refit layer by layer."""
+    layered, by_layer = _refit_resnet(monkeypatch, 0)
+    joined, in_one = _refit_resnet(monkeypatch, 2**30)
+    with caplog.at_level(logging.INFO, logger="filterprune.torch.reconstruct"):
+        fallback, refused = _refit_resnet(monkeypatch, 2**30, fixed_batch=16)
+    assert "fails on all 48 samples in one batch (ZeroDivisionError" in caplog.text
+    assert list(joined) == list(layered) == list(fallback) and len(joined) == 22
+    for name in joined:
+        np.testing.assert_allclose(joined[name], layered[name], rtol=1e-4, atol=1e-7)
+    for key, value in by_layer.items():
+        torch.testing.assert_close(in_one[key], value, rtol=1e-3, atol=1e-5)
+        assert torch.equal(refused[key], value), key
+
+
+class Chunked(nn.Module):
+    """Runs its layers on chunks of 16 samples: joined batches reach them in pieces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = HalfCopies()
+
+    def forward(self, x):
+        return torch.cat([self.net(part) for part in x.split(16)])
+
+
+def test_a_model_that_splits_the_joined_batch_is_refit_layer_by_layer(monkeypatch, caplog):
+    dense = Chunked()
+    keeps = {"net.conv1": {"out": np.array([True] * 4 + [False] * 4)},
+             "net.conv2": {"in": np.array([True] * 4 + [False] * 4)}}  # fmt: skip
+    weights = {}
+    for one_pass in (2**30, 0):
+        model = copy.deepcopy(dense)
+        monkeypatch.setattr(reconstruct_module, "ONE_PASS_BYTES", one_pass)
+        with caplog.at_level(logging.INFO, logger="filterprune.torch.reconstruct"):
+            errors = reconstruct(model, record(dense, loader(n=48), 48), keeps)
+        assert errors["net.conv2"][1] < 1e-3 < errors["net.conv2"][0]
+        weights[one_pass] = model.state_dict()
+    assert "net.conv1 is not called once on the whole batch" in caplog.text
+    for key, value in weights[0].items():
+        assert torch.equal(weights[2**30][key], value), key
 
 
 def test_a_removed_constant_channel_moves_into_the_bias():
@@ -338,6 +398,28 @@ def test_tied_and_underdetermined_layers_are_left(caplog):
     assert ("leaves 6 as it is: 20 samples for 31 weights per output; raise "
             "num_reconstruction_samples") in caplog.text
     assert list(recording.targets) == ["4", "6"] and list(errors) == ["4"]
+
+
+def test_a_wide_conv_gets_enough_positions_from_few_images(caplog):
+    """conv2 has 289 kept weights per output; 16 images at 16 positions each (the floor)
+    would give 256 rows and leave it. Positions per image grow with the fan-in, up to
+    every one of the 64 there are."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(64, 8, 3, padding=1))  # fmt: skip
+    model = copy.deepcopy(dense)
+    half = np.arange(64) % 2 == 0
+    keeps = {"0": {"out": half}, "2": {"in": half}}
+    with caplog.at_level(logging.INFO, logger="filterprune.torch.reconstruct"):
+        recording = record(dense, [torch.randn(16, 3, 8, 8)], 16)
+        with torch.no_grad():
+            model[0].weight[~torch.as_tensor(half)] = 0.0
+            model[0].bias[~torch.as_tensor(half)] = 0.0
+        errors = reconstruct(model, recording, keeps)
+    assert recording.targets["2"][0][0].shape == (16, 64)
+    assert "leaves 2" not in caplog.text
+    before, after = errors["2"]
+    assert after < 0.5 * before
 
 
 @pytest.mark.parametrize("guarded", [True, False])

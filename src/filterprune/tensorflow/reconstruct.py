@@ -5,8 +5,9 @@ registered dataset runs through the model once and each ``Conv2D`` and ``Dense``
 input is caught at sampled output positions (:func:`record`); the layer's outputs there
 before its activation (masked kernel and bias) are what the refit matches. After the
 change, each layer in the order the model runs them gets new kernel and bias values on
-the channels it keeps, solved on the inputs it now receives (:func:`reconstruct`). The
-masks stay as they are: a pruned entry keeps its stored value and reads as zero.
+the channels it keeps, solved on the inputs it now receives (:func:`reconstruct`), in one
+forward pass over the joined batches where it fits. The masks stay as they are: a pruned
+entry keeps its stored value and reads as zero.
 
 Layers the refit cannot express are left as they are, with a log line: grouped convs,
 convs other than ``Conv2D`` (depthwise, separable, transposed, 1-D, 3-D), channels-first
@@ -26,8 +27,18 @@ import numpy as np
 
 from ..core.config import ConfigError
 from ..core.graph import LayerInfo
-from ..core.reconstruction import LINEAR_ROWS, MAX_FAN_IN, POSITIONS, ridge_solve
+from ..core.reconstruction import (
+    LINEAR_ROWS,
+    MAX_FAN_IN,
+    ONE_PASS_BYTES,
+    NormalEquations,
+    held_out,
+    positions_per_image,
+    ridge_solve,
+    solve_checked,
+)
 from ..progress import progress
+from ._init_args import _size
 from .capture import LayerRef
 from .masks import base_class, is_masked, masked_weights, set_input_transform
 
@@ -48,6 +59,7 @@ class Recording:
     inputs: list[Any]
     targets: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     widths: dict[str, int] = field(default_factory=dict)
+    peak_bytes: int = 0  # the largest refit layer input, per sample
 
 
 def record(model: Any, refs: Mapping[str, LayerRef], infos: Mapping[str, LayerInfo],
@@ -63,6 +75,7 @@ def record(model: Any, refs: Mapping[str, LayerRef], infos: Mapping[str, LayerIn
     rec = Recording([])
     try:
         rec.inputs.extend(batches)
+        images = sum(_size(x) for x in rec.inputs)
         calls: dict[str, list[np.ndarray]] = {}
         with _catching(layers, lambda name, x: calls.setdefault(name, []).append(x)):
             repeated: dict[str, int] = {}
@@ -72,11 +85,12 @@ def record(model: Any, refs: Mapping[str, LayerRef], infos: Mapping[str, LayerIn
                 repeated.update((n, len(c)) for n, c in calls.items() if len(c) > 1)
                 for name, (got,) in ((n, c) for n, c in calls.items() if len(c) == 1):
                     layer = layers[name]
-                    at = _positions(layer, got, rng)
+                    at = _positions(layer, got, images, rng)
                     kernel, bias = _matrix(layer)
                     rec.targets.setdefault(name, []).append((at, _inputs_at(layer, got, at)
                                                              @ kernel + bias))  # fmt: skip
                     rec.widths[name] = got.shape[-1]
+                    rec.peak_bytes = max(rec.peak_bytes, got.nbytes // len(got))
     except (ConfigError, MemoryError):
         raise  # an empty dataset; memory
     except Exception as err:
@@ -110,15 +124,18 @@ def reconstruct(model: Any, recording: Recording, refs: Mapping[str, LayerRef],
     errors: dict[str, tuple[float, float]] = {}
     try:
         with progress(total=len(layers), desc="Reconstruction") as bar:
-            for name, layer in layers.items():
-                error = _refit(model, name, layer, recording, keeps.get(name, {}))
-                if error is not None:
-                    errors[name] = error
-                bar.update(1)
+            if not _in_one_pass(model, layers, recording, keeps, errors, bar.update):
+                _restore(layers, saved)
+                errors.clear()
+                bar.reset()
+                for name, layer in layers.items():
+                    inputs = (_input_of(model, layer, x) for x in recording.inputs)
+                    error = _refit(name, layer, recording, keeps.get(name, {}), inputs)
+                    if error is not None:
+                        errors[name] = error
+                    bar.update(1)
     except Exception as err:
-        for name, m in layers.items():
-            for v, old in zip(_variables(m), saved[name], strict=True):
-                v.assign(old)
+        _restore(layers, saved)
         if isinstance(err, MemoryError):
             raise  # not the data's fault
         raise _failed(err, "Every layer's weights were restored.") from err
@@ -127,6 +144,62 @@ def reconstruct(model: Any, recording: Recording, refs: Mapping[str, LayerRef],
                  len(errors), np.mean([b for b, _ in errors.values()]),
                  np.mean([a for _, a in errors.values()]))  # fmt: skip
     return errors
+
+
+def _restore(layers: Mapping[str, Any], saved: Mapping[str, list[np.ndarray]]) -> None:
+    for name, m in layers.items():
+        for v, old in zip(_variables(m), saved[name], strict=True):
+            v.assign(old)
+
+
+def _in_one_pass(model: Any, layers: Mapping[str, Any], recording: Recording,
+                 keeps: Mapping[str, dict[str, np.ndarray]], errors: dict, step: Any) -> bool:
+    """Refit every layer in one forward pass over all recorded batches joined: each layer
+    is solved from the input it is handed, and the pass goes on through the refit kernel,
+    so each layer sees its predecessors' refits, at the cost of one forward instead of
+    one per layer (see :func:`filterprune.torch.reconstruct._in_one_pass`).
+
+    Returns:
+        ``False`` when the joined batch would take more than ``ONE_PASS_BYTES`` of
+        activations or the model fails on it; the caller then refits layer by layer.
+    """
+    sizes = [_size(x) for x in recording.inputs]
+    if sum(sizes) * recording.peak_bytes * 4 > ONE_PASS_BYTES:  # a few activations alive
+        return False
+    failed: list[Exception] = []  # Keras re-raises errors from a call as new exceptions
+    solved: set[str] = set()
+
+    def solve(name: str, x: np.ndarray) -> None:
+        if name in solved or len(x) != sum(sizes):  # the forward splits the batch itself
+            raise RuntimeError(f"{name} is not called once on the whole batch")
+        solved.add(name)
+        try:
+            inputs = np.split(x, np.cumsum(sizes)[:-1])
+            error = _refit(name, layers[name], recording, keeps.get(name, {}), iter(inputs))
+        except Exception as err:
+            failed.append(err)
+            raise
+        if error is not None:
+            errors[name] = error
+        step(1)
+
+    joined = keras.tree.map_structure(lambda *parts: np.concatenate(parts), *recording.inputs)
+    try:
+        with _catching(layers, solve):
+            model(joined, training=False)
+    except MemoryError:
+        return False
+    except Exception as err:
+        if failed:
+            raise failed[0] from None
+        log.info("reconstruction refits layer by layer: the model fails on all %d samples "
+                 "in one batch (%s: %s)", sum(sizes), type(err).__name__, err)  # fmt: skip
+        return False
+    if len(solved) < len(layers):
+        log.info("reconstruction refits layer by layer: %d layers did not run on all %d "
+                 "samples in one batch", len(layers) - len(solved), sum(sizes))  # fmt: skip
+        return False
+    return True
 
 
 def _failed(err: Exception, outcome: str) -> ConfigError:
@@ -218,14 +291,17 @@ def _matrix(layer: Any) -> tuple[np.ndarray, np.ndarray]:
     return kernel.reshape(-1, kernel.shape[-1]).astype(np.float64), bias.astype(np.float64)
 
 
-def _positions(layer: Any, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Sampled output positions: ``(n, p)`` flat spatial indices for a conv, row indices
-    of the flattened input for a dense layer."""
+def _positions(layer: Any, x: np.ndarray, images: int, rng: np.random.Generator) -> np.ndarray:
+    """Sampled output positions: ``(n, p)`` flat spatial indices for a conv (``p`` from
+    its fan-in and the ``images`` recorded), row indices of the flattened input for a
+    dense layer."""
     if isinstance(layer, keras.layers.Dense):
         count = x.size // x.shape[-1]
         return rng.permutation(count)[:LINEAR_ROWS]
     (oh, ow), _ = _geometry(layer, x.shape)
-    return rng.integers(0, oh * ow, (x.shape[0], min(POSITIONS, oh * ow)))
+    unknowns = int(np.prod(layer.kernel.shape[:-1])) + (layer.bias is not None)
+    per_image = positions_per_image(unknowns, images, oh * ow)
+    return rng.integers(0, oh * ow, (x.shape[0], per_image))
 
 
 def _geometry(layer: Any, shape: tuple) -> tuple[tuple[int, int], list[tuple[int, int]]]:
@@ -276,10 +352,10 @@ def _input_of(model: Any, layer: Any, x: Any) -> np.ndarray:
     return box[0]
 
 
-def _refit(model: Any, name: str, layer: Any, recording: Recording,
-           keep: dict[str, np.ndarray]) -> tuple[float, float] | None:  # fmt: skip
-    """Solve one layer; its relative output error before and after, or ``None`` if it
-    was left."""
+def _refit(name: str, layer: Any, recording: Recording, keep: dict[str, np.ndarray],
+           inputs: Iterator[np.ndarray]) -> tuple[float, float] | None:  # fmt: skip
+    """Solve one layer from its ``inputs`` on each recorded batch; its relative output
+    error before and after, or ``None`` if it was left."""
     outs = keep.get("out")
     width = recording.widths[name]
     rows = np.flatnonzero(np.ones(layer.kernel.shape[-1], bool) if outs is None else outs)
@@ -292,33 +368,33 @@ def _refit(model: Any, name: str, layer: Any, recording: Recording,
                  name, unknowns, MAX_FAN_IN)  # fmt: skip
         return None
     kernel, bias = _matrix(layer)
-    old = np.concatenate([kernel[fan][:, rows], bias[None, rows]])
-    gram = cross = None
-    err_before = norm = 0.0
-    samples = 0
-    for x, (at, y) in zip(recording.inputs, recording.targets[name], strict=True):
-        a = _inputs_at(layer, _input_of(model, layer, x), at)[:, fan]
-        a = np.concatenate([a, np.ones((len(a), 1))], 1)
+    with_bias = layer.bias is not None
+    old = kernel[fan][:, rows]
+    old = np.concatenate([old, bias[None, rows]]) if with_bias else old
+    fit, held = NormalEquations(old), NormalEquations(old)
+    seen = 0  # images (conv) or rows (dense) before this batch: the held-out split
+    conv = not isinstance(layer, keras.layers.Dense)
+    for x, (at, y) in zip(inputs, recording.targets[name], strict=True):
+        a = _inputs_at(layer, x, at)[:, fan]
+        if with_bias:
+            a = np.concatenate([a, np.ones((len(a), 1))], 1)
         b = y[:, rows]
-        samples += len(a)
-        gram = a.T @ a if gram is None else gram + a.T @ a
-        cross = a.T @ b if cross is None else cross + a.T @ b
-        err_before += float(((a @ old - b) ** 2).sum())
-        norm += float((b**2).sum())
-    if samples < unknowns:
+        units = np.repeat(np.arange(len(at)), at.shape[1]) if conv else np.arange(len(a))
+        out = held_out(units, seen)
+        seen += len(at) if conv else len(a)
+        fit.add(a[~out], b[~out])
+        held.add(a[out], b[out])
+    if fit.rows + held.rows < unknowns:
         log.info("reconstruction leaves %s as it is: %d samples for %d weights per output; "
-                 "raise num_reconstruction_samples", name, samples, unknowns)  # fmt: skip
+                 "raise num_reconstruction_samples", name, fit.rows + held.rows, unknowns)
         return None
-    if layer.bias is None:  # no bias to fit: drop its column
-        gram, cross, old = gram[:-1, :-1], cross[:-1], old[:-1]
-    solved = ridge_solve(gram, cross)
-    if solved is None or norm == 0.0:
+    result = solve_checked(fit, held, ridge_solve)
+    if result is None:
         return None
-    err_after = float((solved * (gram @ solved)).sum() - 2 * (solved * cross).sum()) + norm
-    if err_after >= err_before:  # the refit would not help (data too few, say): keep it
-        return err_before / norm, err_before / norm
-    _write(layer, rows, fan, solved)
-    return err_before / norm, max(err_after, 0.0) / norm
+    solved, before, after = result
+    if solved is not None:
+        _write(layer, rows, fan, solved)
+    return before, after
 
 
 def _write(layer: Any, rows: np.ndarray, fan: np.ndarray, solved: np.ndarray) -> None:

@@ -9,6 +9,13 @@ model's output, for a one-shot cut), given the inputs it now receives
 up. BatchNorm statistics stay those of the model before the change, which the refit
 outputs match.
 
+The recorded batches run joined in one forward pass, each layer solved as its input
+arrives; when that would hold more than ``ONE_PASS_BYTES`` of activations or the model
+refuses the joined batch, each layer runs the model up to it instead. A conv is sampled
+at enough output positions per image for two rows per weight (at least 16, at most all).
+Every 8th image is held out of a trial fit, and the refit is written only if that fit
+predicts them better than the layer's weights do.
+
     {"algorithm": "filter_pruning",
      "params": {"schedule": "baseline", "pruning_flops_target": 0.5,
                 "reconstruction_after_mask_change": true}}
@@ -23,6 +30,7 @@ batch, layers sharing their weights, and layers with more weights per output tha
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +41,16 @@ from torch import nn
 
 from .._batches import batch_inputs, nonempty_batches
 from ..core.config import ConfigError
-from ..core.reconstruction import LINEAR_ROWS, MAX_FAN_IN, POSITIONS, RIDGE
+from ..core.reconstruction import (
+    LINEAR_ROWS,
+    MAX_FAN_IN,
+    ONE_PASS_BYTES,
+    RIDGE,
+    NormalEquations,
+    held_out,
+    positions_per_image,
+    solve_checked,
+)
 from ..progress import progress
 from .fake_quant import lazy_ranges_paused
 from .masks import _shared_parameters
@@ -58,6 +75,7 @@ class Recording:
     inputs: list[torch.Tensor]
     widths: dict[str, int] = field(default_factory=dict)
     targets: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    peak_bytes: int = 0  # the largest refit layer output, per sample
 
 
 def record(model: nn.Module, data: Any, num_samples: int, seed: int = 0) -> Recording:
@@ -73,14 +91,16 @@ def record(model: nn.Module, data: Any, num_samples: int, seed: int = 0) -> Reco
     try:
         with torch.no_grad(), lazy_ranges_paused(model):
             rec = Recording(_take(data, num_samples, next(model.parameters()).device))
+            images = sum(len(x) for x in rec.inputs)
             layers = _layers(model)
             calls: dict[str, int] = {}
 
             def keep(layer, args, out, name):
                 calls[name] = calls.get(name, 0) + 1
-                rows = _positions(layer, out, generator)
+                rows = _positions(layer, out, images, generator)
                 rec.targets.setdefault(name, []).append((rows, _at(layer, out, rows)))
                 rec.widths[name] = layer.weight.shape[1]
+                rec.peak_bytes = max(rec.peak_bytes, out.numel() * out.element_size() // len(out))
 
             hooks = [m.register_forward_hook(lambda m, a, o, n=n: keep(m, a, o, n))
                      for n, m in layers.items()]  # fmt: skip
@@ -135,16 +155,19 @@ def reconstruct(model: nn.Module, recording: Recording,
     try:
         with torch.no_grad(), lazy_ranges_paused(model), \
                 progress(total=len(layers), desc="Reconstruction") as bar:
-            for name, layer in layers:
-                error = _refit(model, name, layer, recording, keeps.get(name, {}))
-                if error is not None:
-                    errors[name] = error
-                bar.update(1)
+            done = _in_one_pass(model, layers, recording, keeps, errors, bar.update)
+            if not done:  # too large for one pass, or the model refused the joined batch
+                _restore(layers, saved)
+                errors.clear()
+                bar.reset()
+                for name, layer in layers:
+                    inputs = (_input_of(model, layer, x) for x in recording.inputs)
+                    error = _refit(name, layer, recording, keeps.get(name, {}), inputs)
+                    if error is not None:
+                        errors[name] = error
+                    bar.update(1)
     except Exception as err:
-        with torch.no_grad():
-            for name, m in layers:
-                for p, old in zip(_weights(m), saved[name], strict=True):
-                    p.copy_(old)
+        _restore(layers, saved)
         if isinstance(err, _OUT_OF_MEMORY):
             raise  # not the data's fault
         raise _failed(err, "Every layer's weights were restored.") from err
@@ -157,6 +180,69 @@ def reconstruct(model: nn.Module, recording: Recording,
                  "%.4f -> %.4f", len(errors), sum(len(x) for x in recording.inputs), before,
                  after)  # fmt: skip
     return errors
+
+
+def _restore(layers: list[tuple[str, nn.Module]], saved: dict[str, list[torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for name, m in layers:
+            for p, old in zip(_weights(m), saved[name], strict=True):
+                p.copy_(old)
+
+
+class _RefitFailed(Exception):
+    """A refit inside the one joined pass failed (not the model): no second try."""
+
+
+def _in_one_pass(model: nn.Module, layers: list[tuple[str, nn.Module]], recording: Recording,
+                 keeps: dict[str, dict[str, np.ndarray]], errors: dict, step: Any) -> bool:
+    """Refit every layer in one forward pass over all recorded batches joined: a layer's
+    hook solves it from the input it gets, and the pass goes on through the refit weights,
+    so each layer sees its predecessors' refits, as in the per-layer passes, at the cost
+    of one forward instead of one per layer.
+
+    Returns:
+        ``False``, having changed nothing it did not also record in ``errors``, when the
+        joined batch would take more than ``ONE_PASS_BYTES`` of activations or the model
+        fails on it (a fixed batch size, say); the caller then refits layer by layer.
+    """
+    images = sum(len(x) for x in recording.inputs)
+    if images * recording.peak_bytes * 4 > ONE_PASS_BYTES:  # a few activations alive at once
+        return False
+    sizes = [len(x) for x in recording.inputs]
+    solved: set[str] = set()
+
+    def solve(name, layer, args):
+        if name in solved or len(args[0]) != images:  # the forward splits the batch itself
+            raise RuntimeError(f"{name} is not called once on the whole batch")
+        solved.add(name)
+        try:
+            inputs = args[0].split(sizes)
+            error = _refit(name, layer, recording, keeps.get(name, {}), iter(inputs))
+        except Exception as err:
+            raise _RefitFailed() from err
+        if error is not None:
+            errors[name] = error
+        step(1)
+
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: solve(n, m, a)) for n, m in layers]
+    try:
+        model(torch.cat(recording.inputs))
+    except _RefitFailed as err:
+        raise err.__cause__ from None
+    except _OUT_OF_MEMORY:
+        return False
+    except Exception as err:
+        log.info("reconstruction refits layer by layer: the model fails on all %d samples "
+                 "in one batch (%s: %s)", images, type(err).__name__, err)  # fmt: skip
+        return False
+    finally:
+        for h in hooks:
+            h.remove()
+    if len(solved) < len(layers):
+        log.info("reconstruction refits layer by layer: %d layers did not run on all %d "
+                 "samples in one batch", len(layers) - len(solved), images)  # fmt: skip
+        return False
+    return True
 
 
 def _failed(err: Exception, outcome: str) -> ConfigError:
@@ -210,15 +296,18 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def _positions(layer: nn.Module, out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Sampled output positions: ``(n, p)`` flat spatial indices for a conv, row indices
-    of the flattened output for a linear layer."""
+def _positions(layer: nn.Module, out: torch.Tensor, images: int,
+               generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """Sampled output positions: ``(n, p)`` flat spatial indices for a conv (``p`` from
+    the layer's fan-in and the ``images`` recorded), row indices of the flattened output
+    for a linear layer."""
     if isinstance(layer, nn.Linear):
         count = out.numel() // out.shape[-1]
         return torch.randperm(count, generator=generator)[:LINEAR_ROWS].to(out.device)
     n, spatial = out.shape[0], out[0, 0].numel()
-    take = torch.randint(0, spatial, (n, min(POSITIONS, spatial)), generator=generator)
-    return take.to(out.device)
+    unknowns = layer.weight[0].numel() + (layer.bias is not None)
+    per_image = positions_per_image(unknowns, images, spatial)
+    return torch.randint(0, spatial, (n, per_image), generator=generator).to(out.device)
 
 
 def _at(layer: nn.Module, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -289,10 +378,11 @@ def _kept(vector: np.ndarray | None, width: int, ref_width: int,
     return None
 
 
-def _refit(model: nn.Module, name: str, layer: nn.Module, recording: Recording,
-           keep: dict[str, np.ndarray]) -> tuple[float, float] | None:  # fmt: skip
-    """Solve one layer; its relative output error before and after, or ``None`` if it
-    was left (widths that fit no keep vector, or nothing to fit)."""
+def _refit(name: str, layer: nn.Module, recording: Recording, keep: dict[str, np.ndarray],
+           inputs: Iterator[torch.Tensor]) -> tuple[float, float] | None:  # fmt: skip
+    """Solve one layer from its ``inputs`` on each recorded batch; its relative output
+    error before and after, or ``None`` if it was left (widths that fit no keep vector,
+    or nothing to fit)."""
     conv = isinstance(layer, nn.Conv2d)
     targets = recording.targets[name]
     rows = _kept(keep.get("out"), layer.weight.shape[0], targets[0][1].shape[1])
@@ -307,36 +397,41 @@ def _refit(model: nn.Module, name: str, layer: nn.Module, recording: Recording,
         log.info("reconstruction leaves %s as it is: %d weights per output is more than %d",
                  name, unknowns, MAX_FAN_IN)  # fmt: skip
         return None
-    gram = cross = None
-    err_before = norm = 0.0
-    samples = 0
-    old = _matrix(layer)[rows[0]][:, _with_bias(layer, fan)]
-    for x, (positions, y) in zip(recording.inputs, targets, strict=True):
-        xin = _input_of(model, layer, x)
+    old = _matrix(layer)[rows[0]][:, _with_bias(layer, fan)].T
+    fit, held = NormalEquations(old), NormalEquations(old)
+    seen = 0  # images (conv) or rows (linear) before this batch: the held-out split
+    for xin, (positions, y) in zip(inputs, targets, strict=True):
         xin = xin.index_select(1 if conv else xin.dim() - 1, cols[0].to(xin.device))
         a = _inputs_at(layer, xin.float(), positions).double()
         if layer.bias is not None:
             a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], 1)
         b = y.index_select(1, rows[1].to(y.device)).double()
-        samples += len(a)
-        gram = a.T @ a if gram is None else gram + a.T @ a
-        cross = a.T @ b if cross is None else cross + a.T @ b
-        err_before += float(((a @ old.T.to(a) - b) ** 2).sum())
-        norm += float((b**2).sum())
-    if samples < unknowns:
+        units = (torch.arange(len(positions)).repeat_interleave(positions.shape[1]) if conv
+                 else torch.arange(len(a)))  # fmt: skip
+        out = held_out(units, seen).to(a.device)
+        seen += len(positions) if conv else len(a)
+        fit.add(a[~out], b[~out])
+        held.add(a[out], b[out])
+    if fit.rows + held.rows < unknowns:
         log.info("reconstruction leaves %s as it is: %d samples for %d weights per output; "
-                 "raise num_reconstruction_samples", name, samples, unknowns)  # fmt: skip
+                 "raise num_reconstruction_samples", name, fit.rows + held.rows, unknowns)
         return None
+    result = solve_checked(fit, held, _ridge)
+    if result is None:
+        return None
+    solved, before, after = result
+    if solved is not None:
+        _write(layer, rows[0], fan, solved.T)
+    return before, after
+
+
+def _ridge(gram: torch.Tensor, cross: torch.Tensor) -> torch.Tensor | None:
+    """``W`` minimising ``|XW - Y|^2 + ridge |W|^2`` (``None`` when ``X`` is all zero)."""
     scale = float(gram.diagonal().mean())
-    if scale == 0.0 or norm == 0.0:
+    if scale == 0.0:
         return None
     eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-    solved = torch.linalg.solve(gram + RIDGE * scale * eye, cross)  # (fan_in[+1], rows)
-    err_after = float((solved * (gram @ solved)).sum() - 2 * (solved * cross).sum()) + norm
-    if err_after >= err_before:  # the refit would not help (data too few, say): keep it
-        return err_before / norm, err_before / norm
-    _write(layer, rows[0], fan, solved.T)
-    return err_before / norm, max(err_after, 0.0) / norm
+    return torch.linalg.solve(gram + RIDGE * scale * eye, cross)
 
 
 def _matrix(layer: nn.Module) -> torch.Tensor:
