@@ -23,6 +23,9 @@ from filterprune.testing.cifar_nets import MobileNetV2Small, ResNet20
 MEAN, STD = 0.2860, 0.3530
 VAL_SIZE = 5000
 CACHE = Path(__file__).parent / "cache"
+# Baselines trained once and committed, so every machine fine-tunes the same model: float
+# kernels differ between CPUs, and a baseline retrained elsewhere is another model.
+SHIPPED = Path(__file__).parent / "baselines"
 # ``walltime.py --layout``: fine-tune every contender's model in this memory layout
 LAYOUT = "FILTERPRUNE_BENCH_LAYOUT"
 MODELS = {"resnet20": ResNet20, "mobilenetv2": MobileNetV2Small}
@@ -224,9 +227,11 @@ def count_live_flops(model: nn.Module, probe: torch.Tensor) -> tuple[int, int]:
 
 
 def baseline_path(name: str, budget: Budget) -> Path:
-    """Where the baseline of ``name`` for ``budget`` is cached (its state dict)."""
+    """Where the baseline of ``name`` for ``budget`` is (its state dict): the one the repo
+    ships, else the one trained here and cached."""
     key = hashlib.sha1(f"{name}-{budget.baseline_epochs}-{budget.train_limit}".encode())
-    return CACHE / f"{name}-{key.hexdigest()[:10]}.pt"
+    file = f"{name}-{key.hexdigest()[:10]}.pt"
+    return SHIPPED / file if (SHIPPED / file).exists() else CACHE / file
 
 
 def baseline_id(model: nn.Module) -> str:
