@@ -102,7 +102,7 @@ def _write_openvino(model, args: argparse.Namespace, report) -> None:
 
     ov_model = read_openvino(model)
     if not args.no_verify:
-        report.notes.append(check_openvino(args.model, ov_model, args.tolerance))
+        report.notes.append(check_openvino(args.model, ov_model, args.tolerance, model))
     save_openvino(ov_model, args.output)
 
 

@@ -42,7 +42,9 @@ def zero(layer: nn.Module, rows, cols=None) -> None:
 
 def run(model: onnx.ModelProto | str, x: np.ndarray) -> list[np.ndarray]:
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()  # unfused Q/DQ: int8 kernels differ by CPU (run_onnxruntime)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from filterprune import NNCFConfig
 from filterprune.cli import main
 from filterprune.errors import ConversionError
-from filterprune.onnx import max_rel_diff, remove_zero_filters, store_int8_weights
+from filterprune.onnx import max_rel_diff, remove_zero_filters, run_onnxruntime, store_int8_weights
 from filterprune.onnx.convert import _output_steps, _verify
 from filterprune.onnx.int8 import ORT_INT8, int8_layers, onnxruntime_ops
 from filterprune.onnx.report import ConversionReport
@@ -204,8 +204,11 @@ def test_qat_export_to_openvino_runs_int8(qat, tmp_path):
     layers = int8_layers(str(xml), runtimes=("openvino",))["openvino"]
     assert layers["int8"] >= 5 and layers["float"] == 0
     x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    ref, out = run_openvino(path, {"x": x}), run_openvino(str(xml), {"x": x})
-    assert max_rel_diff(ref, out) <= 1e-5  # the same int8 arithmetic in OpenVINO
+    new = qat[1]
+    # the cut computes what the masked model did (onnxruntime, Q/DQ unfused); OpenVINO's
+    # int8 kernels approximate on CPUs without VNNI, so it is compared on one layout only
+    assert max_rel_diff(run_onnxruntime(path, {"x": x}), run_onnxruntime(new, {"x": x})) <= 1e-5
+    assert max_rel_diff(run_openvino(new, {"x": x}), run_openvino(str(xml), {"x": x})) <= 1e-5
     assert ov_flops(read_openvino(str(xml))) < 0.6 * ov_flops(read_openvino(path))
 
 

@@ -64,6 +64,11 @@ def run_onnxruntime(
         model = load_model(model)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    # Basic optimizations only: no fusion of QuantizeLinear/DequantizeLinear pairs into int8
+    # kernels. On x86 CPUs without VNNI those add pairs of u8 x s8 products in 16 bits with
+    # saturation, so a model's result would depend on the CPU and on where its zero
+    # channels sat; unfused, the runtime computes the arithmetic the model defines.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
