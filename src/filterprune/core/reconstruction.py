@@ -21,7 +21,7 @@ ROWS_PER_UNKNOWN = 2  # a conv's positions per image grow until its rows reach t
 LINEAR_ROWS = 1024  # rows sampled per batch for a linear layer (tokens, say)
 MAX_FAN_IN = 8192  # a wider layer's normal equations would take gigabytes: left as it is
 ONE_PASS_BYTES = 2**30  # activations up to this size: every layer refit in one joined pass
-HELD_OUT = 8  # every 8th sampled row is kept out of the fit that decides whether to refit
+HELD_OUT = 8  # every 8th image (row, for linear layers) is kept out of the deciding fit
 
 
 def positions_per_image(unknowns: int, images: int, spatial: int) -> int:
