@@ -4,14 +4,13 @@ import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 from onnx import helper, numpy_helper
 from torch import nn
 
-from filterprune.onnx import remove_zero_filters
+from filterprune.onnx import remove_zero_filters, run_onnxruntime
 
 
 @pytest.fixture(autouse=True)
@@ -41,11 +40,8 @@ def zero(layer: nn.Module, rows, cols=None) -> None:
 
 
 def run(model: onnx.ModelProto | str, x: np.ndarray) -> list[np.ndarray]:
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    opts = ort.SessionOptions()  # unfused Q/DQ: int8 kernels differ by CPU (run_onnxruntime)
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(model)
+    return run_onnxruntime(proto, {proto.graph.input[0].name: x})  # Q/DQ unfused
 
 
 def convert(path: str, x: torch.Tensor, tol: float = 1e-4):

@@ -187,10 +187,12 @@ def _run_onnx(path, x, optimized=None):
         fused = ort.SessionOptions()
         fused.optimized_model_filepath = str(optimized)
         ort.InferenceSession(str(path), fused, providers=["CPUExecutionProvider"])
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    import onnx
+
+    from filterprune.onnx import run_onnxruntime
+
+    proto = onnx.load(str(path))
+    return run_onnxruntime(proto, {proto.graph.input[0].name: x})[0]
 
 
 def test_onnx_export_has_qdq_pairs_that_onnxruntime_runs_as_int8(trained, tmp_path):
