@@ -16,6 +16,7 @@ from filterprune.core.quantization import (
     quant_limits,
     quant_params,
     settings_for,
+    used_limits,
 )
 from filterprune.errors import ConfigError
 
@@ -150,6 +151,36 @@ def test_asymmetric_holds_zero_exactly():
     assert low == pytest.approx(-1.0, abs=step) and high == pytest.approx(3.0, abs=step)
     pos = quant_params(0.5, 3.0, QuantizerSettings(mode="asymmetric"))  # widened to hold 0
     assert (pos.quant_min, pos.zero_point) == (0, 0) and pos.scale == pytest.approx(3.0 / 255)
+
+
+def test_half_range_spreads_the_range_over_half_the_integers():
+    half = QuantizerSettings(half_range=True)
+    assert used_limits(half, True) == (-64, 63) and used_limits(half, False) == (0, 127)
+    assert used_limits(QuantizerSettings(), True) == (-128, 127)
+    s = quant_params(-0.5, 1.26, half)
+    assert (s.quant_min, s.quant_max) == (-128, 127)  # the clamp stays the full range
+    assert s.scale == pytest.approx(0.02)  # 1.26 -> 63
+    u = quant_params(0.0, 1.27, half)
+    assert u.scale == pytest.approx(0.01) and u.quant_max == 255  # 1.27 -> 127
+    a = quant_params(-1.0, 3.0, QuantizerSettings(mode="asymmetric", half_range=True))
+    assert a.scale == pytest.approx(4.0 / 127)
+    ints = np.round(np.array([-1.0, 3.0]) / a.scale) + a.zero_point
+    assert ints.min() >= -64 and ints.max() <= 63
+
+
+@pytest.mark.parametrize("fix, halves", [("enable", [True] * 4),
+                                         ("first_layer_only", [True, False, False, False]),
+                                         ("disable", [False] * 4)])  # fmt: skip
+def test_overflow_fix_halves_weight_ranges(fix, halves):
+    specs = place_quantizers(_net(), _params(overflow_fix=fix))
+    assert [s.settings.half_range for s in specs if s.kind == "weight"] == halves
+    assert not any(s.settings.half_range for s in specs if s.kind == "activation")
+
+
+def test_overflow_fix_defaults_to_disable_and_rejects_other_values():
+    assert _params().overflow_fix == "disable"
+    with pytest.raises(ConfigError, match="overflow_fix"):
+        _params(overflow_fix="on")
 
 
 def test_dead_channels_get_a_safe_scale_and_do_not_poison():

@@ -219,6 +219,24 @@ def test_onnx_export_has_qdq_pairs_that_onnxruntime_runs_as_int8(trained, tmp_pa
     assert "QLinearConv" in optimized  # ONNX Runtime runs the convolutions in int8
 
 
+def _weight_peaks(proto):
+    from filterprune.onnx import weight_integers
+
+    return [int(np.abs(v).max()) for v in weight_integers(proto).values() if v.size > 1]
+
+
+@pytest.mark.parametrize("fix", ["enable", "disable", None])
+def test_overflow_fix_sets_exported_weight_integers(fix, tmp_path):
+    pytest.importorskip("tf2onnx")
+    import onnx
+
+    quant = QUANT if fix is None else {**QUANT, "overflow_fix": fix}  # None: the default
+    ctrl, _ = create_compressed_model(_fresh(), _config(PRUNE, quant))
+    ctrl.export_model(str(tmp_path / "model.onnx"), shrink=True)
+    peaks = _weight_peaks(onnx.load(str(tmp_path / "model.onnx")))
+    assert len(peaks) >= 8 and set(peaks) == {63 if fix == "enable" else 127}
+
+
 def test_quantization_alone_trains_strips_and_restores_its_state(tmp_path):
     ctrl, model = create_compressed_model(_fresh(), _config(QUANT))
     assert ctrl.name == "quantization"

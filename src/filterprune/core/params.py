@@ -480,6 +480,7 @@ class FilterPruningParams(Settings):
 QUANTIZATION_MODES = ("symmetric", "asymmetric")
 PRESETS = ("performance", "mixed")
 RANGE_INIT_TYPES = ("min_max", "mean_min_max", "percentile")
+OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
 _PERCENT = {"type": "number", "minimum": 0, "maximum": 100}
 _PRESET_MODES = {"performance": ("symmetric", "symmetric"), "mixed": ("symmetric", "asymmetric")}
 
@@ -510,7 +511,10 @@ class QuantizationParams(Settings):
 
     Weights: 8-bit symmetric per output channel; activations: 8-bit per tensor, symmetric
     under ``preset="performance"`` (the default) and asymmetric under ``"mixed"`` unless
-    their ``mode`` is given. Scopes are merged: top level, algorithm level, then the group's.
+    their ``mode`` is given. ``overflow_fix`` (``enable`` or ``first_layer_only``;
+    ``disable``, the default) sets weight ranges so the weights use half of
+    their integer range (see :class:`~filterprune.core.quantization.QuantizerSettings`).
+    Scopes are merged: top level, algorithm level, then the group's.
 
     Raises:
         ConfigError: On construction, for any invalid value or combination.
@@ -521,6 +525,8 @@ class QuantizationParams(Settings):
     weights: QuantizerParams = nested("weights", lambda: QuantizerParams(per_channel=True))
     activations: QuantizerParams = nested("activations", QuantizerParams)
     preset: str = setting("preset", enum(PRESETS), "performance")
+    # int8 kernels without VNNI add pairs of u8 x s8 products in 16 bits, which saturate
+    overflow_fix: str = setting("overflow_fix", enum(OVERFLOW_FIXES), "disable")
     num_init_samples: int = setting("initializer.range.num_init_samples", integer(0), 256)
     range_type: str = setting("initializer.range.type", enum(RANGE_INIT_TYPES), "mean_min_max")
     min_percentile: float = setting("initializer.range.params.min_percentile", _PERCENT, 0.1)

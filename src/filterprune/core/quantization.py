@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ __all__ = [
     "place_quantizers",
     "quantized_inputs",
     "quant_limits",
+    "used_limits",
     "quant_params",
     "tensor_range",
     "collect_quantization_statistics",
@@ -68,12 +69,18 @@ class QuantizerSettings:
         signed: Integer range with negatives; ``None`` decides from the range (a
             tensor with negative values is signed).
         per_channel: One scale per channel instead of one per tensor.
+        half_range: The range is set so the values use half the integers (-64..63 or
+            0..127 at 8 bits); the clamp stays the full range. x86 int8 kernels without
+            VNNI add pairs of u8 x s8 products in 16 bits, which saturate beyond that
+            (2 * 255 * 64 fits, 2 * 255 * 128 does not), so a weight quantized this way
+            gives the same result on every CPU. ``overflow_fix`` sets it on weights.
     """
 
     bits: int = 8
     mode: str = "symmetric"
     signed: bool | None = None
     per_channel: bool = False
+    half_range: bool = False
 
 
 def settings_for(params: Any) -> tuple[QuantizerSettings, QuantizerSettings]:
@@ -155,7 +162,7 @@ def _weight_spec(info: LayerInfo, settings: QuantizerSettings) -> QuantizerSpec 
 
 
 def _per_tensor(settings: QuantizerSettings) -> QuantizerSettings:
-    return QuantizerSettings(settings.bits, settings.mode, settings.signed, False)
+    return replace(settings, per_channel=False)
 
 
 def _axis_of(graph: Graph, node: Node, rank: int) -> int | None:
@@ -187,6 +194,9 @@ def _activation_spec(graph: Graph, tensor: str, consumers: list[str],
 def place_quantizers(graph: Graph, params: Any) -> list[QuantizerSpec]:
     """Weight and activation quantizers for ``graph`` under ``quantization`` params.
 
+    ``overflow_fix`` gives weight quantizers ``half_range``: every one (``enable``), the
+    first in graph order (``first_layer_only``) or none (``disable``).
+
     Scopes apply per group: a layer in the weights' ignored scopes keeps a float weight;
     a tensor gets an activation quantizer when at least one consumer that needs it is
     allowed by the activations' scopes (a layer by its name, a functional op by its
@@ -196,6 +206,7 @@ def place_quantizers(graph: Graph, params: Any) -> list[QuantizerSpec]:
         Weight quantizers in layer order, then activation quantizers in graph order.
     """
     w_settings, a_settings = settings_for(params)
+    fix = params.overflow_fix
     w_scope = ScopeMatcher(params.weights.ignored_scopes, params.weights.target_scopes)
     a_scope = ScopeMatcher(params.activations.ignored_scopes, params.activations.target_scopes)
     weights: dict[str, QuantizerSpec] = {}
@@ -203,8 +214,8 @@ def place_quantizers(graph: Graph, params: Any) -> list[QuantizerSpec]:
     for node in graph:
         info = _layer(graph, node)
         if info is not None and info.name not in weights and w_scope.allows(info.name):
-            spec = _weight_spec(info, w_settings if w_settings.per_channel
-                                else _per_tensor(w_settings))  # fmt: skip
+            half = fix == "enable" or (fix == "first_layer_only" and not weights)
+            spec = _weight_spec(info, replace(w_settings, half_range=half))
             if spec is not None:
                 weights[info.name] = spec
         if not a_scope.allows(node.layer or node.name):
@@ -223,6 +234,13 @@ def place_quantizers(graph: Graph, params: Any) -> list[QuantizerSpec]:
 def quant_limits(bits: int, signed: bool) -> tuple[int, int]:
     """The integer range of ``bits``: ``(-2**(b-1), 2**(b-1)-1)`` or ``(0, 2**b-1)``."""
     return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+
+
+def used_limits(settings: QuantizerSettings, signed: bool) -> tuple[int, int]:
+    """The integers a range is spread over: :func:`quant_limits`, halved with
+    ``half_range`` (``(-64, 63)`` or ``(0, 127)`` at 8 bits)."""
+    qmin, qmax = quant_limits(settings.bits, signed)
+    return (qmin >> 1, qmax >> 1) if settings.half_range else (qmin, qmax)
 
 
 @dataclass
@@ -289,7 +307,8 @@ def quant_params(low: Any, high: Any, settings: QuantizerSettings,
     The range is widened to hold 0, so zero (padding, ReLU, a pruned channel) is exact.
     Symmetric signed maps ``max(|low|, high)`` to ``2**(b-1)-1`` (the most negative integer
     is then never produced from values in range); symmetric unsigned maps ``high`` to
-    ``2**b-1``; asymmetric spreads ``[low, high]`` over every integer.
+    ``2**b-1``; asymmetric spreads ``[low, high]`` over every integer. With
+    ``half_range`` the same holds for half the integers (:func:`used_limits`).
 
     Args:
         low, high: Range ends, scalars or one per channel.
@@ -306,12 +325,13 @@ def quant_params(low: Any, high: Any, settings: QuantizerSettings,
     if signed is None:
         signed = settings.signed if settings.signed is not None else bool((low < 0).any())
     qmin, qmax = quant_limits(settings.bits, signed)
+    lo, hi = used_limits(settings, signed)
     if settings.mode == "symmetric":
-        scale = (np.maximum(-low, high) if signed else high) / qmax
+        scale = (np.maximum(-low, high) if signed else high) / hi
         zero_point = np.zeros_like(scale)
     else:
-        scale = (high - low) / (qmax - qmin)
-        zero_point = np.clip(qmin + np.round(-low / scale), qmin, qmax)
+        scale = (high - low) / (hi - lo)
+        zero_point = np.clip(lo + np.round(-low / scale), lo, hi)
     # an unsigned symmetric range over negatives only: every value rounds to 0 anyway
     scale = np.where(scale > _TINY, scale, 1.0)
     shape = () if not settings.per_channel else scale.shape

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ._io import load_model, save_model
 from .capture import Captured, capture
 from .convert import max_rel_diff, random_inputs, remove_zero_filters, run_onnxruntime
-from .int8_weights import store_int8_weights
+from .int8_weights import store_int8_weights, weight_integers
 from .report import ConversionReport, LayerReport
 from .zero_filters import Decision, find_removable
 
@@ -25,6 +25,7 @@ __all__ = [
     "random_inputs",
     "run_onnxruntime",
     "store_int8_weights",
+    "weight_integers",
     "Captured",
     "Decision",
     "ConversionReport",

@@ -11,7 +11,7 @@ import onnx
 from ..errors import ConversionError
 from ._io import load_model
 from .capture import capture
-from .int8_weights import store_int8_weights
+from .int8_weights import store_int8_weights, weight_integers
 from .report import ConversionReport, build_report
 from .rewrite import rewrite
 from .zero_filters import find_removable
@@ -49,7 +49,7 @@ def random_inputs(model: onnx.ModelProto, batch: int = 1, seed: int = 0) -> dict
 
 
 def run_onnxruntime(
-    model: Any, feeds: dict[str, np.ndarray], threads: int = 1
+    model: Any, feeds: dict[str, np.ndarray], threads: int = 1, fused: bool = False
 ) -> list[np.ndarray]:
     """Outputs of ``model`` in onnxruntime's CPU provider, in model output order.
 
@@ -57,6 +57,8 @@ def run_onnxruntime(
         model: An ``onnx.ModelProto``, or a path or bytes (read with :func:`load_model`).
         feeds: Input name -> array, as :func:`random_inputs` makes them.
         threads: Intra-op threads (1 by default, so results do not depend on the machine).
+        fused: Every optimization, Q/DQ pairs fused into int8 kernels (what a
+            deployment runs); by default the arithmetic the model defines.
     """
     import onnxruntime as ort
 
@@ -69,6 +71,8 @@ def run_onnxruntime(
     # saturation, so a model's result would depend on the CPU and on where its zero
     # channels sat; unfused, the runtime computes the arithmetic the model defines.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if fused:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
@@ -155,6 +159,9 @@ def remove_zero_filters(
             report.notes.append(f"{found}; the model is unchanged")
             return proto, report
         report.notes.append(found)
+    wide = _saturating(new)
+    if wide:
+        report.notes.append(wide)
     if stored:
         report.notes.append(f"{stored} quantized weights stored as 8-bit integers")
     _check(new, proto)
@@ -164,6 +171,17 @@ def remove_zero_filters(
         _verify(proto, new, tolerance, report)
         report.seconds["verify"] = time.perf_counter() - t3
     return new, report
+
+
+def _saturating(model: onnx.ModelProto) -> str:
+    """A warning when weights use integers beyond -64..63: x86 int8 kernels without VNNI
+    add pairs of u8 x s8 products in 16 bits, which saturate beyond that."""
+    wide = sum(v.dtype == np.int8 and int(np.abs(v.astype(np.int32)).max(initial=0)) > 64
+               for v in weight_integers(model).values())  # fmt: skip
+    if not wide:
+        return ""
+    return (f"{wide} int8 weights use integers beyond -64..63, which x86 int8 kernels "
+            "without VNNI may saturate (quantization `overflow_fix` keeps them within)")
 
 
 def _max_abs(a: np.ndarray, b: Any) -> float:

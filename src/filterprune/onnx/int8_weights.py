@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from .rewrite import subgraph_inputs
 
-__all__ = ["store_int8_weights"]
+__all__ = ["store_int8_weights", "weight_integers"]
 
 _RANGES = {np.dtype("int8"): (-128, 127), np.dtype("uint8"): (0, 255)}
 
@@ -45,6 +45,24 @@ def store_int8_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         graph.node.extend(keep)
         _drop_unused(graph)
     return out, count
+
+
+def weight_integers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The 8-bit integers of each constant a DequantizeLinear reads (the quantized
+    weights), by that DequantizeLinear's output, QuantizeLinear of constants computed.
+
+    Without VNNI, x86 int8 kernels add pairs of u8 x s8 products in 16 bits, which
+    saturate unless the weights stay within -64..63 (``overflow_fix``).
+    """
+    stored, _ = store_int8_weights(model)
+    inits = {t.name: t for t in stored.graph.initializer}
+    out = {}
+    for node in stored.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            value = numpy_helper.to_array(inits[node.input[0]])
+            if value.dtype in _RANGES:
+                out[node.output[0]] = value
+    return out
 
 
 def _computed(node: onnx.NodeProto, inits: dict) -> np.ndarray | None:

@@ -27,6 +27,7 @@ from ..core.quantization import (
     RangeCollector,
     quant_limits,
     quant_params,
+    used_limits,
 )
 from ..errors import ConfigError
 
@@ -61,7 +62,7 @@ def follow_range(w: torch.Tensor, spec: QuantizerSpec, signed: bool) -> tuple[to
         low = torch.where(live, low, math.inf).amin().clamp(max=0)
         high = torch.where(live, high, -math.inf).amax().clamp(min=0)
     low, high = _fill_dead(low.clamp(max=0).reshape(-1), high.clamp(min=0).reshape(-1))
-    qmin, qmax = quant_limits(spec.settings.bits, signed)
+    qmin, qmax = used_limits(spec.settings, signed)
     if spec.settings.mode == "symmetric":
         scale = (torch.maximum(-low, high) if signed else high) / qmax
         zero_point = torch.zeros_like(scale)
