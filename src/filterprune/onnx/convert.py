@@ -70,9 +70,8 @@ def run_onnxruntime(
     # kernels. On x86 CPUs without VNNI those add pairs of u8 x s8 products in 16 bits with
     # saturation, so a model's result would depend on the CPU and on where its zero
     # channels sat; unfused, the runtime computes the arithmetic the model defines.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    if fused:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_ENABLE_ALL if fused else level.ORT_ENABLE_BASIC
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
@@ -174,13 +173,13 @@ def remove_zero_filters(
 
 
 def _saturating(model: onnx.ModelProto) -> str:
-    """A warning when weights use integers beyond -64..63: x86 int8 kernels without VNNI
-    add pairs of u8 x s8 products in 16 bits, which saturate beyond that."""
+    """A warning when int8 weights go beyond +-64: x86 int8 kernels without VNNI add
+    pairs of u8 x s8 products in 16 bits, which saturate beyond that (2 * 255 * 64 fits)."""
     wide = sum(v.dtype == np.int8 and int(np.abs(v.astype(np.int32)).max(initial=0)) > 64
                for v in weight_integers(model).values())  # fmt: skip
     if not wide:
         return ""
-    return (f"{wide} int8 weights use integers beyond -64..63, which x86 int8 kernels "
+    return (f"{wide} int8 weights use integers beyond +-64, which x86 int8 kernels "
             "without VNNI may saturate (quantization `overflow_fix` keeps them within)")
 
 
