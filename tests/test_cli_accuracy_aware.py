@@ -78,24 +78,53 @@ def test_accuracy_aware_run_finds_the_level_below_the_cliff(images, tmp_path, ca
         np.testing.assert_allclose(model(x).numpy(),
                                    session.run(None, {session.get_inputs()[0].name: x.numpy()})[0],
                                    rtol=1e-4, atol=1e-5)  # fmt: skip
-    assert main(["prune", "--resume", str(out)]) == 2
-    assert "accuracy-aware run" in capsys.readouterr().err
+    assert main(["prune", "--resume", str(out)]) == 0  # the search ended: nothing to do
+    assert "nothing to resume" in capsys.readouterr().out
 
 
-def test_an_interrupted_accuracy_aware_run_says_to_start_again(images, tmp_path, capsys,
-                                                               monkeypatch):  # fmt: skip
+def test_an_interrupted_search_resumes_to_the_same_result(images, tmp_path, capsys,
+                                                          monkeypatch):  # fmt: skip
+    """Stopped in its third epoch (the second of two at level 0.5, after 0.3 and 0.4 held),
+    then resumed: the same epochs, levels, validations and weights as the run that was
+    not stopped, which went on to 0.45 and 0.475."""
     import filterprune.torch.finetune as finetune
 
-    def interrupt(loop):
-        raise KeyboardInterrupt
+    def cliff(loop):  # the real weights decide only the last digits
+        return (0.9 if loop.ctrl.pruning_level <= 0.47 else 0.5) + real_validate(loop) / 1000
 
-    monkeypatch.setattr(finetune._Loop, "validate", interrupt)
-    cfg = write_config(tmp_path, accuracy_aware_training=SEARCH)
-    assert main(["prune", TINY, "--data", str(images), "--config", str(cfg), "--epochs", "3",
-                 "--out", str(tmp_path / "aa"), *RUN_ARGS]) == 130  # fmt: skip
-    err = capsys.readouterr().err
-    assert "keeps no checkpoint: start it again with a new --out folder" in err
-    assert "--resume" not in err
+    real_validate, real_train = finetune._Loop.validate, finetune._Loop.train
+    trained = []
+
+    def stop_at_third(loop, epoch, total):
+        trained.append(epoch)
+        if len(trained) == 3:
+            raise KeyboardInterrupt
+        return real_train(loop, epoch, total)
+
+    monkeypatch.setattr(finetune._Loop, "validate", cliff)
+    search = {**SEARCH, "params": {**SEARCH["params"], "uncompressed_model_accuracy": 0.9,
+                                   "patience_epochs": 2}}  # fmt: skip
+    cfg = write_config(tmp_path, accuracy_aware_training=search)
+    args = ["--data", str(images), "--config", str(cfg), "--epochs", "12", *RUN_ARGS]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["prune", TINY, *args, "--out", str(whole)]) == 0
+    monkeypatch.setattr(finetune._Loop, "train", stop_at_third)
+    assert main(["prune", TINY, *args, "--out", str(cut)]) == 130
+    assert f"Continue with --resume {cut}" in capsys.readouterr().err
+    assert torch.load(cut / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(finetune._Loop, "train", real_train)
+    assert main(["prune", "--resume", str(cut)]) == 0
+    assert "resuming" in capsys.readouterr().out
+    done, resumed = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
+    assert resumed["level"] == done["level"] and resumed["notes"] == done["notes"]
+    keys = ("epoch", "level", "val_accuracy", "train_loss")
+    rows = [[{k: r[k] for k in keys} for r in json.loads((d / "history.json").read_text())]
+            for d in (whole, cut)]  # fmt: skip
+    assert rows[0] == rows[1] and len(rows[0]) > 4
+    assert [round(r["level"], 3) for r in rows[0][1:4]] == [0.3, 0.5, 0.5]
+    assert len({r["level"] for r in rows[0][3:]}) >= 2  # the level moved after the stop
+    a, b = (torch.load(d / "model_stripped.pt", weights_only=True) for d in (whole, cut))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_accuracy_aware_bound_is_relative_to_the_dense_model(images, tmp_path, capsys):

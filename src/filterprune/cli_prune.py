@@ -164,9 +164,7 @@ def _new_run(args: argparse.Namespace) -> int:
               f"of the filters over {args.epochs} epochs (exponential schedule)")
     from .torch.finetune import start_run
 
-    args.interrupt_hint = (f" Continue with --resume {args.out}." if "accuracy_aware_training"
-                           not in config else " An accuracy-aware run keeps no checkpoint: "
-                           "start it again with a new --out folder.")  # fmt: skip
+    args.interrupt_hint = f" Continue with --resume {args.out}."  # read by cli.main
     start_run(settings, config, args.out)
     return 0
 

@@ -1,5 +1,8 @@
 """Accuracy-aware training finds the largest level within the allowed accuracy drop."""
 
+import copy
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -129,3 +132,90 @@ def test_a_step_equal_to_the_minimal_one_is_still_taken():
     tried = [round(level, 4) for _, level, _ in loop.history]
     assert list(dict.fromkeys(tried)) == [0.3, 0.4, 0.5, 0.45, 0.425]
     assert loop.best_level == pytest.approx(0.425)
+
+
+class Trainer(Harness):
+    """Training that depends on the weights and the level, and a validation that depends
+    on the weights: a resume that restored any of them wrongly ends elsewhere."""
+
+    def __init__(self, ctrl, start=0):
+        super().__init__(ctrl)
+        self.epochs = start
+
+    def train(self, ctrl, model, epoch, optimizer, lr_scheduler):
+        super().train(ctrl, model, epoch, optimizer, lr_scheduler)
+        torch.manual_seed(epoch)
+        x = torch.randn(8, 1, 12, 12)
+        loss = model(x).square().mean() + ctrl.pruning_level
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def validate(self, model, epoch):
+        torch.manual_seed(100)
+        with torch.no_grad():
+            wiggle = float(model(torch.randn(4, 1, 12, 12)).mean()) % 0.01
+        return super().validate(model, epoch) + wiggle
+
+
+def test_resume_after_any_epoch_equals_the_uninterrupted_search():
+    aat = {"maximal_absolute_accuracy_degradation": 0.05, "initial_training_phase_epochs": 2,
+           "patience_epochs": 2, "maximal_total_epochs": 12}  # fmt: skip
+    cfg = config(aat)
+
+    def start(state=None):
+        model = net()
+        model(torch.zeros(1, 1, 12, 12))
+        ctrl, model = create_compressed_model(model, cfg, compression_state=state)
+        return ctrl, model
+
+    def optimizers(model, saved=None):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if saved is not None:
+            opt.load_state_dict(saved)
+        return opt
+
+    ctrl, model = start()
+    opts, saved = [], []
+
+    def configure():
+        opts.append(optimizers(model))
+        return opts[-1], None
+
+    def save(loop):
+        saved.append({"loop": copy.deepcopy(loop.get_state()), "model": _copy(model),
+                      "ctrl": copy.deepcopy(ctrl.get_compression_state()),
+                      "opt": copy.deepcopy(opts[-1].state_dict())})  # fmt: skip
+
+    loop = create_accuracy_aware_training_loop(cfg, ctrl)
+    trainer = Trainer(ctrl)
+    loop.run(model, trainer.train, trainer.validate, configure, epoch_end_fn=save)
+    assert len(saved) == trainer.epochs and loop.history[-1][0] == trainer.epochs
+    levels = {round(level, 4) for _, level, _ in loop.history}
+    assert len(levels) >= 4  # several moves, up and down, to resume across
+    whole = _copy(model)
+    for k in range(len(saved)):
+        ck = saved[k]
+        ctrl2, model2 = start(ck["ctrl"])
+        model2.load_state_dict(ck["model"])
+        pending = [ck["opt"]]
+
+        def configure2(model2=model2, pending=pending):
+            return optimizers(model2, pending.pop() if pending else None), None
+
+        loop2 = create_accuracy_aware_training_loop(cfg, ctrl2)
+        state = dict(ck["loop"])
+        weights = state.pop("best_weights")
+        loop2.load_state({**json.loads(json.dumps(state)), "best_weights": weights})  # JSON-able
+        trainer2 = Trainer(ctrl2, start=k + 1)
+        loop2.run(model2, trainer2.train, trainer2.validate, configure2)
+        assert loop2.history == loop.history, k
+        assert (loop2.best_level, loop2.best_accuracy) == (loop.best_level, loop.best_accuracy)
+        assert ctrl2.pruning_level == ctrl.pruning_level
+        got = model2.state_dict()
+        for name, value in whole.items():
+            assert torch.equal(got[name], value), (k, name)
+
+
+def _copy(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

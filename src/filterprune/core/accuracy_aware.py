@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
@@ -156,8 +156,27 @@ class _Best:
 
 
 @dataclass
+class _Position:
+    """Where the search stands: the level in place, the best passing (``good``) and the
+    lowest failing (``bad``) level so far, the step, and the next validation's number
+    at this level (0 before the first)."""
+
+    level: float = 0.0
+    good: float | None = None
+    bad: float | None = None
+    step: float = 0.0
+    attempt: int = 0
+
+
+@dataclass
 class AdaptiveCompressionLevelLoop:
     """Finds the largest pruning level within the allowed accuracy drop (see the module).
+
+    A run can be continued after any trained epoch: ``run``'s ``epoch_end_fn(loop)`` is
+    the place to save :meth:`get_state` beside the model's weights, the controller's
+    compression state and the optimizer's; to continue, restore those three, call
+    :meth:`load_state` and ``run`` again (``configure_optimizers_fn`` is called once at
+    the start, where the saved optimizer state can be loaded into what it makes).
 
     Args:
         params: The resolved section.
@@ -168,6 +187,7 @@ class AdaptiveCompressionLevelLoop:
         history: ``(epoch, level, accuracy)`` of every validation.
         uncompressed_accuracy, minimal_accuracy: The baseline and the bound.
         best_level, best_accuracy: The result, after :meth:`run`.
+        epoch: Epochs trained so far.
     """
 
     params: AccuracyAwareParams
@@ -186,10 +206,15 @@ class AdaptiveCompressionLevelLoop:
         _check_pruning([c.name for c in children], pruning[0].params if pruning else {})
         self.pruning = pruning[0]
         self.epoch = 0
+        self._best = _Best()
+        self._at: _Position | None = None  # set when the search starts
+        self._continued = False  # load_state() was called
+        self._epoch_end: Callable[[Any], None] = lambda _loop: None
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, model: Any, train_epoch_fn: Callable, validate_fn: Callable,
-            configure_optimizers_fn: Callable | None = None) -> Any:  # fmt: skip
+            configure_optimizers_fn: Callable | None = None,
+            epoch_end_fn: Callable[[Any], None] | None = None) -> Any:  # fmt: skip
         """Train and search; return ``model`` with the best weights and masks found.
 
         Args:
@@ -197,23 +222,60 @@ class AdaptiveCompressionLevelLoop:
             validate_fn: ``(model, epoch=) -> accuracy`` (higher is better).
             configure_optimizers_fn: ``() -> (optimizer, lr_scheduler)``, called at the
                 start and after every level change (the weights may have been restored).
+            epoch_end_fn: ``(loop) -> None`` after every trained epoch: where to save a
+                checkpoint (see the class).
         """
         self._train_fn, self._validate_fn = train_epoch_fn, validate_fn
         self._configure = configure_optimizers_fn or (lambda: (None, None))
+        self._epoch_end = epoch_end_fn or (lambda _loop: None)
         self._optimizers = self._configure()
-        self.uncompressed_accuracy = self._uncompressed(model)
-        self.minimal_accuracy = self.params.minimal_accuracy(self.uncompressed_accuracy)
+        if not self._continued:  # a new search
+            self._at, self._best = None, _Best()
+            self.uncompressed_accuracy = self._uncompressed(model)
+            self.minimal_accuracy = self.params.minimal_accuracy(self.uncompressed_accuracy)
         log.info("accuracy-aware: uncompressed %.4f, minimal %.4f", self.uncompressed_accuracy,
                  self.minimal_accuracy)  # fmt: skip
-        for _ in range(self.params.initial_training_phase_epochs):
+        for _ in range(self.epoch, self.params.initial_training_phase_epochs):
             self.ctrl.scheduler.epoch_step()
             self._train_one(model)
+        if self._at is None:  # the search starts at the level the schedule reached
+            self._at = _Position(level=self.pruning.pruning_level,
+                                 step=self.params.initial_compression_rate_step)
         best = self._search(model)
         self.ctrl.load_state(best.state)
         self.restore(model, best.weights)
         self.best_level, self.best_accuracy = best.level, best.accuracy
+        self._continued = False
         return model
 
+    # -- continuing ------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """The search's state after the last trained epoch. ``best_weights`` is the
+        frontend's copy of the best weights so far (``None`` before a level passed); the
+        rest is JSON-able."""
+        best = self._best
+        return {"epoch": self.epoch, "history": [list(h) for h in self.history],
+                "uncompressed_accuracy": self.uncompressed_accuracy,
+                "minimal_accuracy": self.minimal_accuracy,
+                "position": asdict(self._at) if self._at is not None else None,
+                "best": {"level": best.level, "accuracy": best.accuracy,
+                         "compression_state": best.state},
+                "best_weights": best.weights}  # fmt: skip
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state`` (:meth:`get_state`) at the next ``run``."""
+        self._continued = True
+        self.epoch = int(state["epoch"])
+        self.history = [(int(e), float(lv), float(a)) for e, lv, a in state["history"]]
+        self.uncompressed_accuracy = float(state["uncompressed_accuracy"])
+        self.minimal_accuracy = float(state["minimal_accuracy"])
+        at = state["position"]
+        self._at = _Position(**at) if at is not None else None
+        best = state["best"]
+        self._best = _Best(best["level"], best["accuracy"], state["best_weights"],
+                           best["compression_state"])  # fmt: skip
+
+    # -- steps -----------------------------------------------------------------------------
     def _uncompressed(self, model: Any) -> float:
         if self.params.uncompressed_model_accuracy is not None:
             return self.params.uncompressed_model_accuracy
@@ -228,47 +290,53 @@ class AdaptiveCompressionLevelLoop:
         self._train_fn(self.ctrl, model, epoch=self.epoch, optimizer=optimizer,
                        lr_scheduler=lr_scheduler)  # fmt: skip
         self.epoch += 1
+        self._epoch_end(self)
 
-    def _passes(self, model: Any, level: float) -> tuple[bool, float]:
+    def _passes(self, model: Any) -> tuple[bool, float]:
         """Validate, fine-tuning up to ``patience_epochs`` while below the bound."""
-        for attempt in range(self.params.patience_epochs + 1):
+        at = self._at
+        while True:
             accuracy = float(self._validate_fn(model, epoch=self.epoch))
-            self.history.append((self.epoch, level, accuracy))
+            self.history.append((self.epoch, at.level, accuracy))
             if accuracy >= self.minimal_accuracy:
                 return True, accuracy
-            if attempt == self.params.patience_epochs or self._out_of_epochs():
-                break
+            if at.attempt >= self.params.patience_epochs or self._out_of_epochs():
+                return False, accuracy
+            at.attempt += 1  # before training: a checkpoint after it resumes here
             self._train_one(model)
-        return False, accuracy
 
     def _out_of_epochs(self) -> bool:
         return self.epoch >= self.params.maximal_total_epochs
 
     def _search(self, model: Any) -> _Best:
-        best = _Best()
-        good, bad = None, None
-        step, level = self.params.initial_compression_rate_step, self.pruning.pruning_level
+        at = self._at
         while True:
-            ok, accuracy = self._passes(model, level)
-            if ok and level > best.level:
-                best = _Best(level, accuracy, self.snapshot(model),
-                             self.ctrl.get_compression_state())  # fmt: skip
-            good, bad = (level, bad) if ok else (good, level)
-            if good is not None and bad is not None:
-                step = (bad - good) / 2
-            nxt = level + step if bad is None else (level - step if good is None else good + step)
+            ok, accuracy = self._passes(model)
+            at.attempt = 0  # the next validation is a level's first (or this one's again)
+            if ok and at.level > self._best.level:
+                self._best = _Best(at.level, accuracy, self.snapshot(model),
+                                   self.ctrl.get_compression_state())  # fmt: skip
+            at.good, at.bad = (at.level, at.bad) if ok else (at.good, at.level)
+            if at.good is not None and at.bad is not None:
+                at.step = (at.bad - at.good) / 2
+            if at.bad is None:
+                nxt = at.level + at.step
+            else:
+                nxt = at.level - at.step if at.good is None else at.good + at.step
             nxt = min(max(nxt, 0.0), 0.99)
             # with a tolerance: (0.45 - 0.4) / 2 is 0.02499..., and 0.025 is still a step
-            below_minimal = step < self.params.minimal_compression_rate_step - 1e-9
-            if below_minimal or self._out_of_epochs() or nxt == level:
+            below_minimal = at.step < self.params.minimal_compression_rate_step - 1e-9
+            if below_minimal or self._out_of_epochs() or nxt == at.level:
+                best = self._best
                 return best if best.weights is not None else self._fallback(model)
-            if self._move_to(model, nxt, best):
-                level = nxt
+            if self._move_to(model, nxt):
+                at.level = nxt
             else:  # unreachable (a FLOPs target): as bad as a level that failed
-                bad = nxt
+                at.bad = nxt
 
-    def _move_to(self, model: Any, level: float, best: _Best) -> bool:
+    def _move_to(self, model: Any, level: float) -> bool:
         """Put ``level`` in place, from the best weights so far when going down."""
+        best = self._best
         if best.weights is not None and level < self.pruning.pruning_level:
             self.ctrl.load_state(best.state)
             self.restore(model, best.weights)

@@ -122,10 +122,6 @@ def resume_run(run_dir: str, epochs: int | None) -> Path:
     total, to train longer)."""
     folder = Path(run_dir)
     run = read_run(run_dir)
-    if "accuracy_aware_training" in run["config"]:
-        raise UsageError(f"{run_dir} is an accuracy-aware run: its level search keeps no "
-                         "checkpoint, so it cannot be resumed. Start it again with a new "
-                         "--out folder.")  # fmt: skip
     ckpt = None
     if (folder / CHECKPOINT).is_file():
         ckpt = torch_load(str(folder / CHECKPOINT), what="checkpoint")
@@ -135,7 +131,8 @@ def resume_run(run_dir: str, epochs: int | None) -> Path:
             raise UsageError(f"--epochs {epochs} is below the {done} epochs {run_dir} already "
                              f"trained. Give --epochs {done} or more.")
         run["settings"]["epochs"] = epochs
-    if done >= run["settings"]["epochs"] and (folder / "summary.json").is_file():
+    searched = "accuracy_aware_training" in run["config"]  # may end before --epochs
+    if (done >= run["settings"]["epochs"] or searched) and (folder / "summary.json").is_file():
         print(f"{run_dir}: all {done} epochs are done; nothing to resume. "
               f"See `filterprune report {run_dir}`.")
         return folder
@@ -249,7 +246,8 @@ def _train(folder: Path, run: dict[str, Any], ckpt: dict[str, Any] | None, data:
         model.load_state_dict(ckpt["state_dict"])
     steps = settings["epochs"] * len(data.train)
     optimizer, schedule = _optimizer(settings, model, steps)
-    if ckpt:
+    searched = "accuracy_aware_training" in config
+    if ckpt and not searched:  # the search makes its optimizers (and loads this into one)
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["lr_schedule"])
         schedule.T_max = max(1, steps)  # a longer --epochs on resume stretches the cosine
@@ -259,10 +257,10 @@ def _train(folder: Path, run: dict[str, Any], ckpt: dict[str, Any] | None, data:
           f"{len(data.classes)} classes")  # fmt: skip
     loop = _Loop(folder, settings, data, device, ctrl, model, optimizer, schedule, amp)
     notes = []
-    if "accuracy_aware_training" in config:
+    if searched:
         from .finetune_aa import run_accuracy_aware
 
-        notes = run_accuracy_aware(loop, config, history)
+        notes = run_accuracy_aware(loop, config, history, ckpt)
     else:
         loop.run(history, ckpt["epoch"] + 1 if ckpt else 1)
     finish(folder, run, ctrl, model, data, device, history, notes)
@@ -337,11 +335,12 @@ class _Loop:
                 self.writer.add_scalar(key, row[key], row["epoch"])
         self.writer.flush()
 
-    def _save(self, epoch: int, history: list[dict[str, Any]]) -> None:
+    def _save(self, epoch: int, history: list[dict[str, Any]], **extra: Any) -> None:
         state = {"epoch": epoch, "state_dict": self.model.state_dict(),
                  "compression_state": self.ctrl.get_compression_state(),
                  "optimizer": self.optimizer.state_dict(),
-                 "lr_schedule": self.schedule.state_dict(), "history": history}  # fmt: skip
+                 "lr_schedule": self.schedule.state_dict(), "history": history,
+                 **extra}  # fmt: skip
         atomic_write(self.folder / CHECKPOINT, lambda tmp: torch.save(state, tmp))
         _write_json(self.folder / HISTORY, history)
 

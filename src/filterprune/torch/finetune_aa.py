@@ -5,9 +5,10 @@ With ``accuracy_aware_training`` in the config, the level is searched by
 caps the epochs the search may train (with the section's ``maximal_total_epochs``), every
 level change gets a fresh optimizer whose cosine spans the epochs that level may train,
 and validation is on the run's validation split; the bound is relative to the dense
-model's validation accuracy (epoch 0) unless ``uncompressed_model_accuracy`` is set. The
-search keeps no checkpoint, so such a run cannot be resumed; ``history.json`` is written
-after every epoch.
+model's validation accuracy (epoch 0) unless ``uncompressed_model_accuracy`` is set.
+``checkpoint.pt`` is written after every epoch with the search's state (its position, the
+best level's weights and masks so far) beside the run's, so ``--resume`` continues the
+search where it stopped.
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ import dataclasses
 from typing import Any
 
 from .accuracy_aware import create_accuracy_aware_training_loop
-from .finetune import HISTORY, _optimizer, _write_json
+from .finetune import _optimizer
 
 __all__ = ["run_accuracy_aware"]
 
 
-def run_accuracy_aware(loop: Any, config: Any, history: list[dict[str, Any]]) -> list[str]:
-    """Search the level with the run's ``loop`` (``finetune._Loop``); returns notes for the
-    summary. The model ends with the best level's masks and weights."""
+def run_accuracy_aware(loop: Any, config: Any, history: list[dict[str, Any]],
+                       ckpt: dict[str, Any] | None = None) -> list[str]:  # fmt: skip
+    """Search the level with the run's ``loop`` (``finetune._Loop``), from ``ckpt`` when
+    it continues one; returns notes for the summary. The model ends with the best level's
+    masks and weights."""
     search = create_accuracy_aware_training_loop(config, loop.ctrl)
+    if ckpt is not None:
+        search.load_state(ckpt["search"])
     allowed, given = (search.params.maximal_total_epochs,
                       search.params.uncompressed_model_accuracy)  # fmt: skip
     cap = min(allowed, loop.settings["epochs"])
@@ -36,15 +41,22 @@ def run_accuracy_aware(loop: Any, config: Any, history: list[dict[str, Any]]) ->
     p = search.params
     steps = len(loop.data.train)
     spans = iter([p.initial_training_phase_epochs + p.patience_epochs])
+    saved = [] if ckpt is None else [(ckpt["optimizer"], ckpt["lr_schedule"])]
 
     def configure():  # the loop trains with what this puts in place
         loop.optimizer, loop.schedule = _optimizer(loop.settings, loop.model,
                                                    next(spans, p.patience_epochs) * steps)
+        if saved:  # continuing: the first call makes the optimizer the checkpoint has
+            optimizer, schedule = saved.pop()
+            loop.optimizer.load_state_dict(optimizer)
+            loop.schedule.load_state_dict(schedule)
         return loop.optimizer, loop.schedule
 
     def train_epoch(ctrl, model, epoch, optimizer, lr_scheduler):
         loop.record(loop.train(epoch + 1, cap), history, cap)
-        _write_json(loop.folder / HISTORY, history)
+
+    def save(search):
+        loop._save(search.epoch, history, search=search.get_state())
 
     def validate(model, epoch):
         row = history[-1]  # the epoch just trained, unless the level moved since
@@ -61,7 +73,7 @@ def run_accuracy_aware(loop: Any, config: Any, history: list[dict[str, Any]]) ->
               "level. Give --weights of a trained model.")
     try:
         search.run(loop.model, train_epoch_fn=train_epoch, validate_fn=validate,
-                   configure_optimizers_fn=configure)
+                   configure_optimizers_fn=configure, epoch_end_fn=save)
     finally:
         loop.close()
     tries = ", ".join(f"{level:.3f}: {acc:.4f}" for _, level, acc in search.history)
