@@ -278,6 +278,23 @@ def test_int8_kernels_give_the_cut_what_the_masked_model_gave(qat):
     assert max_rel_diff(*fused) <= 1e-5
 
 
+@pytest.mark.parametrize("fix", ["enable", "disable"])
+def test_openvino_check_runs_the_masked_model_when_its_weights_fit(fix, tmp_path):
+    """Within +-64 OpenVINO runs the masked and the cut file alike, so the IR is checked
+    against the masked file; wider weights are checked against the converted file."""
+    pytest.importorskip("openvino")
+    from filterprune.onnx.openvino import check_openvino, read_openvino
+
+    torch.manual_seed(0)
+    ctrl, _ = create_compressed_model(randomize_bn(QNet()), _qat_config(overflow_fix=fix))
+    path = str(tmp_path / "m.onnx")
+    ctrl.export_model(path)
+    new, _ = remove_zero_filters(path)
+    note = check_openvino(path, read_openvino(new), 1e-4, new)
+    against = "in OpenVINO:" if fix == "enable" else "converted, in OpenVINO (int8 weights"
+    assert note.startswith(f"OpenVINO outputs vs the input model {against}"), note
+
+
 # -- ONNX Runtime's quantize_static as the producer ------------------------------------------
 def test_onnxruntime_quantize_static_per_channel(tmp_path):
     from onnxruntime.quantization import (

@@ -11,7 +11,7 @@ import onnx
 from ..errors import ConversionError
 from ._io import load_model
 from .capture import capture
-from .int8_weights import store_int8_weights, weight_integers
+from .int8_weights import store_int8_weights, wide_int8_weights
 from .report import ConversionReport, build_report
 from .rewrite import rewrite
 from .zero_filters import find_removable
@@ -175,8 +175,7 @@ def remove_zero_filters(
 def _saturating(model: onnx.ModelProto) -> str:
     """A warning when int8 weights go beyond +-64: x86 int8 kernels without VNNI add
     pairs of u8 x s8 products in 16 bits, which saturate beyond that (2 * 255 * 64 fits)."""
-    wide = sum(v.dtype == np.int8 and int(np.abs(v.astype(np.int32)).max(initial=0)) > 64
-               for v in weight_integers(model).values())  # fmt: skip
+    wide = wide_int8_weights(model)
     if not wide:
         return ""
     return (f"{wide} int8 weights use integers beyond +-64, which x86 int8 kernels "

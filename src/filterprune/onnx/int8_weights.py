@@ -65,6 +65,13 @@ def weight_integers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
+def wide_int8_weights(model: onnx.ModelProto) -> int:
+    """How many int8 weights use integers beyond +-64, where the pair sums of x86 int8
+    kernels without VNNI may saturate (2 * 255 * 64 fits in 16 bits)."""
+    return sum(v.dtype == np.int8 and int(np.abs(v.astype(np.int32)).max(initial=0)) > 64
+               for v in weight_integers(model).values())  # fmt: skip
+
+
 def _computed(node: onnx.NodeProto, inits: dict) -> np.ndarray | None:
     """The output of a QuantizeLinear whose inputs are all initializers, else ``None``."""
     if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx"):
