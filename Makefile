@@ -4,7 +4,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-keras test test-slow data chromium lint bench-zoo bench-timm bench-detection \
-	bench-speed bench-deploy bench-int8 bench-fmnist-int8 bench-accuracy-peers-setup clean
+	bench-speed bench-deploy bench-int8 bench-fmnist-int8 bench-keras-overflow \
+	bench-accuracy-peers-setup clean
 
 $(STAMP): pyproject.toml requirements-test.txt constraints.txt
 	$(PY) -m venv $(VENV)
@@ -54,6 +55,9 @@ bench-int8: $(STAMP)
 
 bench-fmnist-int8: $(STAMP) data
 	$(BIN)/python benchmarks/fmnist_int8.py
+
+bench-keras-overflow: $(STAMP) data
+	$(BIN)/python benchmarks/keras_overflow_seeds.py
 
 # One venv per peer of the accuracy benchmark (.venv-peers/, about 5.5 GB each).
 bench-accuracy-peers-setup:
