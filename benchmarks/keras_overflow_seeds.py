@@ -106,6 +106,15 @@ def write(rows: list[dict], out: Path) -> None:
         gap = (f"{100 * (cells[2] - cells[1]):+.2f}" if None not in cells[1:] else "-")
         lines.append(f"| {s} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells)
                      + f" | {gap} |")
+    both = [s for s in seeds if all((r, s) in acc for r in RUNS)]
+    if both:
+        def mean_gap(a: str, b: str) -> str:
+            return f"{100 * sum(acc[a, s] - acc[b, s] for s in both) / len(both):+.2f}"
+
+        lines += ["", f"Mean over the {len(both)} seeds with all three runs, in points: "
+                  f"INT8 `disable` - FP32 {mean_gap('disable', 'fp32')}, INT8 `enable` - "
+                  f"FP32 {mean_gap('enable', 'fp32')}, `enable` - `disable` "
+                  f"{mean_gap('enable', 'disable')}."]  # fmt: skip
     lines += ["", "The INT8 models evaluated again (same weights): weight ranges refreshed "
               "over all and over half the integers, weight quantizers off, every quantizer "
               "off.", "", "| run | seed | QAT | full range | half range | float weights "
