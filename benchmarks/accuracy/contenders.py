@@ -58,7 +58,7 @@ REFERENCE = {"dense-finetune": "the dense baseline fine-tuned with the same budg
 # ours-l2 is one-shot, L2, no rounding: what "ours-oneshot-m1" would be, so no such name
 OURS = ("ours-default", "ours-best", "ours-oneshot", "ours-oneshot-kd", "ours-oneshot-kd-m1",
         "ours-oneshot-m1-inner", "ours-legr", "ours-l2", "ours-best-kd", "ours-best-cl",
-        "ours-best-cl-refit")
+        "ours-best-cl-refit", "ours-best-cl-refit-kd")
 
 
 class NotMeasured(RuntimeError):
@@ -169,6 +169,7 @@ def run_ours(name: str, dense, target: float, seed: int, budget: Budget, data) -
                "ours-best-kd": lambda: distilled(recipe(target)),
                "ours-best-cl": lambda: channels_last(recipe(target)),
                "ours-best-cl-refit": lambda: refit(channels_last(recipe(target))),
+               "ours-best-cl-refit-kd": lambda: distilled(refit(channels_last(recipe(target)))),
                }[name]()  # fmt: skip
     for e in entries:
         if e["algorithm"] == "filter_pruning" and "initializer" in e:
