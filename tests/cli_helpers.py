@@ -26,6 +26,13 @@ def tiny_cnn() -> nn.Module:
     return model
 
 
+def tiny_cnn_dropout() -> nn.Module:
+    """``tiny_cnn`` with dropout before its classifier: training draws random numbers."""
+    model = tiny_cnn()
+    model.fc = nn.Sequential(nn.Dropout(0.5), model.fc)
+    return model
+
+
 def two_outputs() -> nn.Module:
     model = tiny_cnn()
     model.fc = nn.Linear(model.fc.in_features, 2)

@@ -134,6 +134,30 @@ def test_interrupted_run_resumes_to_the_same_result(run_dir, images, config_file
     assert main(["prune", "--resume", str(cut)]) == 0  # done: nothing to do
 
 
+def test_a_model_with_dropout_resumes_to_the_same_result(images, config_file, tmp_path,
+                                                        monkeypatch):  # fmt: skip
+    import filterprune.torch.finetune as finetune
+
+    args = ["cli_helpers:tiny_cnn_dropout", "--data", str(images), "--config",
+            str(config_file), "--epochs", "2", *RUN_ARGS]  # fmt: skip
+    assert main(["prune", *args, "--out", str(tmp_path / "whole")]) == 0
+    real_epoch = finetune._Loop.epoch
+
+    def stop_in_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(finetune._Loop, "epoch", stop_in_epoch_2)
+    assert main(["prune", *args, "--out", str(tmp_path / "cut")]) == 130
+    monkeypatch.setattr(finetune._Loop, "epoch", real_epoch)
+    torch.randn(1000)  # a fresh process would not continue the first one's random stream
+    assert main(["prune", "--resume", str(tmp_path / "cut")]) == 0
+    whole = torch.load(tmp_path / "whole" / "model_stripped.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "cut" / "model_stripped.pt", weights_only=True)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 class _Counter(CompressionController):
     """A second algorithm, as a composite controller holds it (e.g. quantization)."""
 

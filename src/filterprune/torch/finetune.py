@@ -13,8 +13,9 @@ A run folder holds everything a run needs to continue and to be reported on::
     report.html/.md   ``filterprune report RUN_DIR``
 
 Every file is written atomically; ``--resume RUN_DIR`` continues after the last complete
-epoch with the same data order, learning rate and masks as an uninterrupted run. A config
-with ``accuracy_aware_training`` searches the level instead (:mod:`.finetune_aa`).
+epoch with the same data order, dropout draws, learning rate and masks as an uninterrupted
+run. A config with ``accuracy_aware_training`` searches the level instead
+(:mod:`.finetune_aa`).
 """
 
 from __future__ import annotations
@@ -296,6 +297,9 @@ class _Loop:
         """Epoch ``epoch`` of ``total`` with the optimizer and schedule in place, then
         validation; the history row."""
         self.data.shuffle_for(epoch)
+        # dropout and drop-path draw from the global generator: seeded by the epoch, a
+        # resumed run draws what an uninterrupted one would have
+        torch.manual_seed(self.settings["seed"] * 1000003 + 500009 + epoch)
         now = self._pruning_now()
         desc = f"epoch {epoch}/{total}"
         if now["level"] is not None:
