@@ -43,6 +43,9 @@ Ours (`benchmarks/accuracy/contenders.py`):
 - `ours-best-cl-refit`: `ours-best-cl` with the kept weights refit at the cut by least
   squares to the dense model's layer outputs (`reconstruction_after_mask_change`, 512
   training images): 0.92 validation accuracy before fine-tuning instead of 0.10.
+- `ours-best-cl-refit-kd`: `ours-best-cl-refit` plus softmax distillation from the dense
+  model at T=4 (scale 1): does a teacher add to a cut that starts at the baseline's
+  accuracy?
 - `ours-oneshot`: `ours-l2` with kept counts in multiples of 8 (groups take their own
   levels); `-kd`: plus softmax distillation from the dense model at T=4; `-kd-m1`:
   `ours-l2` plus that distillation; `-m1-inner`: no rounding and the residual stream whole (the
@@ -87,8 +90,9 @@ PAIRED = """## Ours-best against each peer, seed by seed
 
 A seed fixes the data order and augmentation, the same for every contender, so the
 difference on one seed cancels what the seed alone moves. Below: `ours-best` (and
-`ours-best-cl-refit`, where it ran) minus the peer in test-accuracy points on each seed
-both ran at that target, their mean with a 95% Student-t interval, and the verdict:
+`ours-best-cl-refit` and `ours-best-cl-refit-kd`, where they ran) minus the peer in
+test-accuracy points on each seed both ran at that target, their mean with a 95%
+Student-t interval, and the verdict:
 *ahead* or *behind* where the whole interval is on one side of zero, else *within seed
 noise* (`benchmarks/accuracy/paired.py`). A peer
 is compared at the same target, and also at another target where both kept the same
@@ -123,9 +127,11 @@ def write_report(results: Path, out: Path) -> None:
             f"| {_fmt([r['params_kept'] for r in rs])} "
             f"| {statistics.mean(r['finetune_seconds'] for r in rs):.0f} |")  # fmt: skip
     lines += ["", PAIRED]
-    for ours in ("ours-best", "ours-best-cl-refit"):  # the recipe, and its refit variant
-        table = paired_table(rows, ours, list(PEERS))
-        if ours == "ours-best" or len(table) > 2:
+    # the recipe, its refit variant, and that with a teacher (also against it without one)
+    for ours, others in (("ours-best", [*PEERS]), ("ours-best-cl-refit", [*PEERS]),
+                         ("ours-best-cl-refit-kd", [*PEERS, "ours-best-cl-refit"])):
+        table = paired_table(rows, ours, others)
+        if len(table) > 2:  # a header only: no pair ran
             lines += ["", f"`{ours}` minus the peer:", "", *table]
     budgets = sorted({k[0] for k in groups})
     lines += ["", f"Budgets with rows: {', '.join(budgets) or 'none'}"
