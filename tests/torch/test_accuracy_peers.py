@@ -259,6 +259,27 @@ def test_paired_table_pairs_by_seed_at_one_target():
                         "| one seed: no interval |")  # fmt: skip
 
 
+def test_report_pairs_the_distilled_refit_with_peers_and_with_the_refit(tmp_path):
+    import report  # noqa: PLC0415  (the benchmark's module, on sys.path above)
+
+    def row(contender, seed, test):
+        return {"budget": "full", "model": "m", "target": 0.5, "contender": contender,
+                "seed": seed, "test": test, "flops_kept": 0.5, "params_kept": 0.5,
+                "baseline_test": 0.9, "finetune_seconds": 1.0}  # fmt: skip
+
+    tests = {"ours-best-cl-refit-kd": (0.93, 0.92), "ours-best-cl-refit": (0.92, 0.92),
+             "tp-oneshot": (0.91, 0.90)}  # fmt: skip
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(row(c, s, t)) + "\n"
+                               for c, ts in tests.items() for s, t in enumerate(ts)))  # fmt: skip
+    report.write_report(results, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    kd = text.split("`ours-best-cl-refit-kd` minus the peer:")[1]
+    assert "| full | m | 0.5 | tp-oneshot | 2 | +2.00, +2.00 |" in kd
+    assert "| full | m | 0.5 | ours-best-cl-refit | 2 | +1.00, +0.00 |" in kd
+    assert "`ours-best` minus the peer:" not in text  # no ours-best rows: no empty table
+
+
 def test_grid_resumes_and_refuses_rows_of_another_baseline(tmp_path, monkeypatch):
     import run  # noqa: PLC0415  (the benchmark's module, on sys.path above)
 
