@@ -16,7 +16,9 @@ Produced by `benchmarks/accuracy/run.py`; every number below is measured (rows o
 `results.jsonl`). Budget `full` is the issue's (6 baseline + 4 fine-tuning epochs on 55k
 images); `smoke-...` rows are reduced checks (epochs, training and test images in the
 tag) and say nothing about the full-budget ranking. FLOPs and parameters are counted by
-one forward-hook counter on the physically pruned model.
+one forward-hook counter on the physically pruned model. `fine-tune s` is the wall time
+as measured, under whatever else the machine ran then: compare it only between rows run
+side by side (`benchmarks/accuracy/walltime.py` measures it that way).
 
 Ours (`benchmarks/accuracy/contenders.py`):
 
@@ -91,8 +93,8 @@ PAIRED = """## Ours-best against each peer, seed by seed
 A seed fixes the data order and augmentation, the same for every contender, so the
 difference on one seed cancels what the seed alone moves. Below: `ours-best` (and
 `ours-best-cl-refit` and `ours-best-cl-refit-kd`, where they ran) minus the peer in
-test-accuracy points on each seed both ran at that target, their mean with a 95%
-Student-t interval, and the verdict:
+test-accuracy points on each seed both ran at that target (`ours-best-cl-refit-kd` also
+minus `ours-best-cl-refit`), their mean with a 95% Student-t interval, and the verdict:
 *ahead* or *behind* where the whole interval is on one side of zero, else *within seed
 noise* (`benchmarks/accuracy/paired.py`). A peer
 is compared at the same target, and also at another target where both kept the same

@@ -7,10 +7,11 @@
 
 Rows go to ``results.jsonl`` (one JSON object per line, appended as each run ends); a
 row already there (same contender, model, target, seed and budget) is skipped, so an
-interrupted grid resumes where it stopped. Each model's baseline is trained once where
-the grid runs and cached; its accuracy depends on the CPU's float kernels, so rows are only
-added to a file whose rows share that baseline (elsewhere, ``--results my.jsonl`` starts a
-grid of your own). The peers run in their own venvs, made once by
+interrupted grid resumes where it stopped. Each model's full-budget baseline is shipped
+(``baselines/``); another budget's is trained once where the grid runs and cached. A
+baseline's accuracy depends on the CPU's float kernels, so rows are only added to a file
+whose rows share that baseline (elsewhere, ``--results my.jsonl`` starts a grid of your
+own). The peers run in their own venvs, made once by
 ``bash benchmarks/accuracy/peers/setup.sh`` (``make bench-accuracy-peers-setup``); a peer
 without its venv is reported as not measured, never estimated, and one that fails is
 reported and skipped (the run then exits with status 1, after the rest of the grid).
