@@ -39,6 +39,9 @@ def test_every_command_has_help_with_examples(command, capsys):
     (["analyze", "resnet18", "--input-size", "1,3,x"], "expected a shape of positive integers"),
     (["analyze", "resnet18", "--level", "-0.1"], "expected a number in [0, 1)"),
     (["prune", "resnet18", "--optimizer", "adam"], "invalid choice: 'adam'"),
+    (["prune", "resnet18", "--seed", "4294967296"],
+     "argument --seed: expected an integer in [0, 4294967295]. Received: '4294967296'"),
+    (["prune", "resnet18", "--seed", "-1"], "argument --seed: expected an integer in [0, "),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "the following arguments are required: COMMAND"),
 ])  # fmt: skip

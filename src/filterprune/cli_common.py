@@ -78,6 +78,16 @@ def non_negative_int(text: str) -> int:
     return _number(text, int, 0, "an integer >= 0")
 
 
+def seed_arg(text: str) -> int:
+    """A random seed: an integer in [0, 2**32) (argparse type). Per-epoch seeds are derived
+    from it, and torch's generators refuse seeds past 64 bits."""
+    value = _number(text, int, 0, "an integer in [0, 4294967295]")
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [0, 4294967295]. Received: {text!r}")
+    return value
+
+
 def check_output_path(option: str, path: str | None) -> None:
     """Refuse an output path whose folder cannot hold it, before any work is done.
 

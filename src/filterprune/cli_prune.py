@@ -22,6 +22,7 @@ from .cli_common import (
     non_negative,
     non_negative_int,
     positive_int,
+    seed_arg,
     shape_arg,
 )
 from .cli_models import parse_spec
@@ -67,7 +68,7 @@ def add_prune(p: argparse.ArgumentParser) -> None:
     run.add_argument("--workers", type=non_negative_int, default=0, help="data loader workers")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="auto: cuda when present (then with bfloat16 mixed precision)")
-    run.add_argument("--seed", type=non_negative_int, default=0)
+    run.add_argument("--seed", type=seed_arg, default=0)
     run.add_argument("--train-limit", type=positive_int, help="use the first N training images")
     run.add_argument("--val-limit", type=positive_int, help="use the first N validation images")
     run.add_argument("--log", choices=("none", "tensorboard"), default="none",
