@@ -86,6 +86,9 @@ def grid() -> list[tuple[str, str, float, int]]:
     # the second model on a shipped baseline (shipped/), four paired seeds at 50%
     rows += [(c, "mobilenetv2", 0.5, s) for s in range(4)
              for c in ("ours-best-cl-refit", "tp-oneshot")]  # fmt: skip
+    # and the 70% pair on the shipped ResNet-20, ours at Torch-Pruning's step (same widths)
+    rows += [(c, "resnet20", t, s) for s in range(4)
+             for c, t in (("ours-best-cl-refit", TP_STEP_70), ("tp-oneshot", 0.7))]  # fmt: skip
     return list(dict.fromkeys(rows))  # once each, where two lines name the same row
 
 
