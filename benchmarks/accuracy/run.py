@@ -89,6 +89,7 @@ def grid() -> list[tuple[str, str, float, int]]:
     # and the 70% pair on the shipped ResNet-20, ours at Torch-Pruning's step (same widths)
     rows += [(c, "resnet20", t, s) for s in range(4)
              for c, t in (("ours-best-cl-refit", TP_STEP_70), ("tp-oneshot", 0.7))]  # fmt: skip
+    rows += [("ours-best-cl", "resnet20", TP_STEP_70, s) for s in range(4)]  # without the refit
     return list(dict.fromkeys(rows))  # once each, where two lines name the same row
 
 
