@@ -92,9 +92,9 @@ PAIRED = """## Ours-best against each peer, seed by seed
 
 A seed fixes the data order and augmentation, the same for every contender, so the
 difference on one seed cancels what the seed alone moves. Below: `ours-best` (and
-`ours-best-cl-refit` and `ours-best-cl-refit-kd`, where they ran) minus the peer in
-test-accuracy points on each seed both ran at that target (`ours-best-cl-refit-kd` also
-minus `ours-best-cl-refit`), their mean with a 95% Student-t interval, and the verdict:
+`ours-best-cl`, `ours-best-cl-refit` and `ours-best-cl-refit-kd`, where they ran) minus the
+peer in test-accuracy points on each seed both ran at that target (each variant also
+minus the one it adds to), their mean with a 95% Student-t interval, and the verdict:
 *ahead* or *behind* where the whole interval is on one side of zero, else *within seed
 noise* (`benchmarks/accuracy/paired.py`). A peer
 is compared at the same target, and also at another target where both kept the same
@@ -129,8 +129,9 @@ def write_report(results: Path, out: Path) -> None:
             f"| {_fmt([r['params_kept'] for r in rs])} "
             f"| {statistics.mean(r['finetune_seconds'] for r in rs):.0f} |")  # fmt: skip
     lines += ["", PAIRED]
-    # the recipe, its refit variant, and that with a teacher (also against it without one)
-    for ours, others in (("ours-best", [*PEERS]), ("ours-best-cl-refit", [*PEERS]),
+    # the recipe, its variants, and the refit with a teacher (also against it without one)
+    for ours, others in (("ours-best", [*PEERS]), ("ours-best-cl", [*PEERS]),
+                         ("ours-best-cl-refit", [*PEERS, "ours-best-cl"]),
                          ("ours-best-cl-refit-kd", [*PEERS, "ours-best-cl-refit"])):
         table = paired_table(rows, ours, others)
         if len(table) > 2:  # a header only: no pair ran
