@@ -53,12 +53,12 @@ def level_arg(text: str) -> float:
     return value
 
 
-def _number(text: str, kind: type, low: float, what: str) -> Any:
+def _number(text: str, kind: type, low: float, what: str, high: float | None = None) -> Any:
     try:
         value = kind(text)
     except ValueError:
         value = None
-    if value is None or value < low or value != value:
+    if value is None or value < low or value != value or (high is not None and value > high):
         raise argparse.ArgumentTypeError(f"expected {what}. Received: {text!r}")
     return value
 
@@ -81,11 +81,7 @@ def non_negative_int(text: str) -> int:
 def seed_arg(text: str) -> int:
     """A random seed: an integer in [0, 2**32) (argparse type). Per-epoch seeds are derived
     from it, and torch's generators refuse seeds past 64 bits."""
-    value = _number(text, int, 0, "an integer in [0, 4294967295]")
-    if value >= 2**32:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer in [0, 4294967295]. Received: {text!r}")
-    return value
+    return _number(text, int, 0, "an integer in [0, 4294967295]", high=2**32 - 1)
 
 
 def check_output_path(option: str, path: str | None) -> None:
