@@ -4,11 +4,11 @@ For each frontend, the demo's network, baseline and fine-tuning (``make demo``,
 ``make demo-keras``) give three models:
 
 * baseline FP32: the demo's cached baseline, exported to ONNX as it is;
-* pruned FP32: a run of the demo's config without its ``quantization`` entry (Keras:
-  ``filter_pruning`` alone; PyTorch: ``filter_pruning`` and ``knowledge_distillation``, so
-  that the two rows differ by quantization only);
-* pruned INT8: the demo's config, ``filter_pruning`` then ``quantization`` in one list
-  (PyTorch: with ``knowledge_distillation`` between them).
+* pruned FP32: a run of the demo's config without its ``quantization`` entry
+  (``filter_pruning`` and ``knowledge_distillation``, so that the two rows differ by
+  quantization only);
+* pruned INT8: the demo's config, ``filter_pruning``, ``knowledge_distillation`` and
+  ``quantization`` in one list.
 
 Each model's accuracy on the 10,000 test images is measured in its framework, on the
 exported ONNX file in ONNX Runtime and, for the pruned ones, on the file that
@@ -132,7 +132,7 @@ def run_keras(argv: list[str], folder: Path) -> dict:
     from filterprune.examples._config import demo_arguments
     from filterprune.tensorflow.export import export
 
-    args = demo_arguments("", argv)
+    args = demo_arguments("", argv, **demo.DEFAULTS)
     demo.limit_threads()
     test = demo.dataset("test")
     images = np.concatenate([x.numpy() for x, _ in test])
@@ -141,7 +141,7 @@ def run_keras(argv: list[str], folder: Path) -> dict:
     export(dense, str(folder / "keras_dense.onnx"))
     rows = [onnx_row("baseline FP32", demo.evaluate(dense, test), folder / "keras_dense.onnx",
                      images, labels)]  # fmt: skip
-    config = demo.reference_config(args.epochs, args.init, args.target, args.flops_target)
+    config = demo.demo_config(args)
     for variant, cfg in (("pruned FP32", without_quantization(config)), ("pruned INT8", config)):
         start = time.perf_counter()
         ctrl, _ = demo.train_compressed(args, dense, test, cfg)

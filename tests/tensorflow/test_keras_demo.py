@@ -27,10 +27,10 @@ def test_keras_demo_prints_fp32_baseline_pruned_fp32_and_pruned_int8(tmp_path, c
 
 
 def test_train_compressed_takes_a_pruning_only_config(tmp_path, capsys):
-    args = demo_arguments("", [*SMALL, "--epochs", "1", "--cache", str(tmp_path)])
+    args = demo_arguments("", [*SMALL, "--epochs", "1", "--cache", str(tmp_path)], **demo.DEFAULTS)
     dense, _ = demo.baseline(args.cache, args.baseline_epochs, args.train_limit)
     test = demo.dataset("test", args.test_limit)
-    config = demo.reference_config(args.epochs, args.init, args.target)
+    config = demo.demo_config(args)
     config["compression"] = config["compression"][:1]
     ctrl, pruning = demo.train_compressed(args, dense, test, config)
     assert pruning is ctrl  # one algorithm: the pruning controller itself

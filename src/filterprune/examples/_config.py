@@ -1,4 +1,5 @@
-"""The demos' command line and pruning config (the seed's settings, shortened to the run)."""
+"""The demos' command line and config: pruning (the seed's settings, shortened to the run),
+and the recipe both demos fine-tune with."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ import argparse
 
 from filterprune import NNCFConfig
 
-__all__ = ["demo_arguments", "pruning_config"]
+__all__ = ["DEFAULTS", "DISTILLATION", "RECIPE", "demo_arguments", "demo_config",
+           "pruning_config"]
+
+DEFAULTS = {"epochs": 3, "init": 0.0, "flops_target": 0.5}
+"""The demos' command-line defaults (the others are :func:`demo_arguments`' own)."""
+RECIPE = {"schedule": "baseline", "filter_importance": "geometric_median",
+          "bn_adaptation_after_mask_change": True}
+"""Pruning params on top of :func:`pruning_config`: one cut at the start, then fine-tuning."""
+DISTILLATION = {"algorithm": "knowledge_distillation", "type": "softmax", "temperature": 4.0,
+                "scale": 1.0}
+LR = 1e-3
+"""The fine-tuning learning rate (AdamW, weight decay 1e-4, cosine decay per step)."""
 
 
 def demo_arguments(description: str, argv: list[str] | None, **defaults) -> argparse.Namespace:
@@ -45,3 +57,14 @@ def pruning_config(epochs: int, init: float, target: float,
             "params": {**goal, "pruning_steps": max(epochs - 1, 1)},
         },
     })  # fmt: skip
+
+
+def demo_config(args: argparse.Namespace, **params) -> NNCFConfig:
+    """The demos' recipe: pruning to ``--flops-target`` (or ``--target``) with :data:`RECIPE`
+    and ``params``, distillation from the dense model, then 8-bit quantization with its
+    defaults, as in the reference "Filter Pruning + QAT" config."""
+    config = pruning_config(args.epochs, args.init, args.target, args.flops_target)
+    pruning = {**config["compression"], "params": {
+        **config["compression"]["params"], **RECIPE, **params}}  # fmt: skip
+    return NNCFConfig.from_dict({**config, "compression": [
+        pruning, DISTILLATION, {"algorithm": "quantization"}]})  # fmt: skip

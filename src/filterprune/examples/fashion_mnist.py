@@ -28,7 +28,8 @@ import torch
 
 from filterprune import NNCFConfig
 from filterprune._atomic import atomic_write_text
-from filterprune.examples._config import demo_arguments, pruning_config
+from filterprune.examples._config import DEFAULTS, LR, demo_arguments
+from filterprune.examples._config import demo_config as _recipe_config
 from filterprune.examples._training import (
     baseline,
     compare_latency,
@@ -40,28 +41,12 @@ from filterprune.examples._training import (
 from filterprune.torch import create_compressed_model, register_default_init_args
 from filterprune.torch.quantization import set_quantizers_enabled
 
-DEFAULTS = {"epochs": 3, "init": 0.0, "flops_target": 0.5}
-"""The demo's command-line defaults (the others are the shared ones)."""
-RECIPE = {"schedule": "baseline", "filter_importance": "geometric_median",
-          "bn_adaptation_after_mask_change": True, "shrink_when_frozen": True}
-"""Pruning params on top of the shared config: one cut at the start, then fine-tuning."""
-DISTILLATION = {"algorithm": "knowledge_distillation", "type": "softmax", "temperature": 4.0,
-                "scale": 1.0}
-LR = 1e-3
-
 
 def demo_config(args: argparse.Namespace) -> NNCFConfig:
-    """The demo's recipe: pruning to ``--flops-target`` (or ``--target``), distillation from
-    the dense model, then 8-bit quantization with defaults.
-
-    The masks are chosen at once and the model is cut (``shrink_when_frozen``), so every
-    fine-tuning epoch runs at pruned cost and distillation recovers the accuracy.
-    """
-    config = pruning_config(args.epochs, args.init, args.target, args.flops_target)
-    pruning = {**config["compression"], "params": {
-        **config["compression"]["params"], **RECIPE}}  # fmt: skip
-    return NNCFConfig.from_dict({**config, "compression": [
-        pruning, DISTILLATION, {"algorithm": "quantization"}]})  # fmt: skip
+    """The demos' recipe (:func:`~filterprune.examples._config.demo_config`) with
+    ``shrink_when_frozen``: the masks are chosen at once and the model is cut, so every
+    fine-tuning epoch runs at pruned cost and distillation recovers the accuracy."""
+    return _recipe_config(args, shrink_when_frozen=True)
 
 
 def _pruning(ctrl):

@@ -1,16 +1,19 @@
-"""End-to-end Keras demo: train a small CNN on Fashion-MNIST, prune it and train it for
-8-bit inference with ``model.fit`` and the compression callbacks, strip the pruned filters
-and compare accuracy (FP32 baseline, pruned FP32, pruned INT8), FLOPs and latency.
+"""End-to-end Keras demo: train a small CNN on Fashion-MNIST, prune it to half its FLOPs
+and train it for 8-bit inference with ``model.fit`` and the compression callbacks, strip
+the pruned filters and compare accuracy (FP32 baseline, pruned FP32, pruned INT8), FLOPs and
+latency.
 
-    python -m filterprune.examples.fashion_mnist_keras [--epochs 3] [--target 0.4]
+    python -m filterprune.examples.fashion_mnist_keras [--epochs 3] [--flops-target 0.5]
 
 The same network and the same JSON config as the PyTorch demo
-(:mod:`filterprune.examples.fashion_mnist`), with ``quantization`` after
-``filter_pruning`` as in the reference "Filter Pruning + QAT" config: ``pruning_init``
-0.1 -> ``pruning_target`` 0.4, ``pruning_steps`` shortened to the fine-tuning epochs,
-``input_info`` in NCHW. Pruned FP32 is the trained model with its quantizers left out;
-pruned INT8 is the same model with them, in Keras and as int8 ONNX in ONNX Runtime.
-"""
+(:mod:`filterprune.examples.fashion_mnist`, :func:`~filterprune.examples._config.demo_config`):
+``filter_pruning`` to ``pruning_flops_target`` 0.5 (the masks chosen once, at the start,
+BatchNorm statistics re-estimated), ``knowledge_distillation`` from the dense model and
+``quantization`` with its defaults, ``input_info`` in NCHW. Keras has no
+``shrink_when_frozen``: the model trains masked and :meth:`strip` cuts it at the end.
+Fine-tuning: AdamW, learning rate 1e-3 with cosine decay per step. Pruned FP32 is the
+trained model with its quantizers left out; pruned INT8 is the same model with them, in
+Keras and as int8 ONNX in ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ import tensorflow as tf  # noqa: E402
 
 from filterprune._atomic import atomic_write, atomic_write_text  # noqa: E402
 from filterprune.datasets import load_fashion_mnist  # noqa: E402
-from filterprune.examples._config import demo_arguments, pruning_config
+from filterprune.examples._config import DEFAULTS, LR, demo_arguments
+from filterprune.examples._config import demo_config as _recipe_config
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training pixels in [0, 1]
 _CACHE_FORMAT = 2  # bump when small_cnn or the baseline recipe changes
@@ -136,14 +140,10 @@ def compare_latency(model_a: keras.Model, model_b: keras.Model, x: np.ndarray,
     return {"a_median_ms": a, "b_median_ms": b, "ratio": b / a}
 
 
-def reference_config(epochs: int, init: float, target: float,
-                     flops_target: float | None = None) -> Any:  # fmt: skip
-    """The demo's pruning config with ``quantization`` after it (8-bit defaults)."""
-    config = pruning_config(epochs, init, target, flops_target)
-    algos = config.algorithms()
-    if not any(a["algorithm"] == "quantization" for a in algos):
-        config["compression"] = [*algos, {"algorithm": "quantization"}]
-    return config
+def demo_config(args: Any) -> Any:
+    """The demos' recipe (:func:`~filterprune.examples._config.demo_config`): pruning to
+    ``--flops-target``, distillation, then 8-bit quantization."""
+    return _recipe_config(args)
 
 
 def onnx_accuracy(ctrl: Any, data: tf.data.Dataset, folder: str) -> tuple[float, int] | None:
@@ -168,8 +168,8 @@ def onnx_accuracy(ctrl: Any, data: tf.data.Dataset, folder: str) -> tuple[float,
 
 def train_compressed(args: Any, dense: keras.Model, test: tf.data.Dataset,
                      config: Any = None) -> tuple[Any, Any]:  # fmt: skip
-    """Fine-tune a copy of ``dense`` under ``config`` (the reference config by default:
-    pruning then quantization) with ``model.fit`` and the callbacks.
+    """Fine-tune a copy of ``dense`` under ``config`` (:func:`demo_config` by default) with
+    ``model.fit`` and the callbacks: AdamW at :data:`LR`, cosine decay per step.
 
     Returns:
         ``(controller, its filter_pruning controller)``.
@@ -184,9 +184,10 @@ def train_compressed(args: Any, dense: keras.Model, test: tf.data.Dataset,
     model.set_weights(dense.get_weights())
     train = dataset("train", args.train_limit, shuffle=True, seed=1)
     if config is None:
-        config = reference_config(args.epochs, args.init, args.target, args.flops_target)
+        config = demo_config(args)
     ctrl, model = create_compressed_model(model, register_default_init_args(config, train))
-    _compile(model, keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
+    decay = keras.optimizers.schedules.CosineDecay(LR, args.epochs * int(train.cardinality()))
+    _compile(model, keras.optimizers.AdamW(decay, weight_decay=1e-4))
     log_dir = str(Path(args.cache) / "keras_compression_log")
     callbacks = create_compression_callbacks(ctrl, log_dir=log_dir)
     pruning = ctrl.get("filter_pruning") if hasattr(ctrl, "child_ctrls") else ctrl
@@ -200,7 +201,7 @@ def train_compressed(args: Any, dense: keras.Model, test: tf.data.Dataset,
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = demo_arguments(__doc__.split("\n\n")[0], argv)
+    args = demo_arguments(__doc__.split("\n\n")[0], argv, **DEFAULTS)
     start = time.perf_counter()
     limit_threads()
     test = dataset("test", args.test_limit)
