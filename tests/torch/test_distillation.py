@@ -64,6 +64,15 @@ def test_no_term_without_a_training_forward():
     assert ctrl.loss().item() == 0.0  # each forward's term is taken once
 
 
+def test_statistics_print_the_settings_beside_pruning():
+    ctrl, _ = create_compressed_model(net(), config({"type": "mse", "temperature": 2.0}))
+    stats = ctrl.statistics()
+    assert stats.knowledge_distillation == {"type": "mse", "temperature": 2.0, "scale": 1.0}
+    text = str(stats)
+    assert "Filter pruning statistics" in text
+    assert "Knowledge distillation statistics\n  type        : mse\n  temperature : 2.0" in text
+
+
 def test_unpruned_student_matches_teacher():
     ctrl, model = create_compressed_model(net(), config({"type": "softmax"}, pruning=False))
     model.train()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ._validation import enum, setting
 from .params import ALGORITHMS, Settings
 
-__all__ = ["KnowledgeDistillationParams", "KD_TYPES"]
+__all__ = ["KnowledgeDistillationParams", "KD_TYPES", "DistillationStatistics"]
 
 KD_TYPES = ("softmax", "mse")
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
@@ -44,3 +44,13 @@ class KnowledgeDistillationParams(Settings):
 
 
 ALGORITHMS[KnowledgeDistillationParams.ALGORITHM] = KnowledgeDistillationParams
+
+
+class DistillationStatistics(dict):
+    """The distillation settings (``type``, ``temperature``, ``scale``) as a dict that
+    prints like the other algorithms' statistics."""
+
+    def __str__(self) -> str:
+        lines = ["Knowledge distillation statistics"]
+        lines += [f"  {key:<12}: {value}" for key, value in self.items()]
+        return "\n".join(lines)

@@ -41,7 +41,7 @@ import keras
 import tensorflow as tf
 
 from ..core.compression import CompressionController, CompressionStage
-from ..core.distillation import KnowledgeDistillationParams
+from ..core.distillation import DistillationStatistics, KnowledgeDistillationParams
 from .controller import export_model, reset_traced_functions
 from .shrink import plain_copy
 
@@ -166,8 +166,8 @@ class KnowledgeDistillationController(CompressionController):
         return CompressionStage.FULLY_COMPRESSED
 
     def statistics(self, quickly_collected_only: bool = False) -> dict[str, Any]:
-        return {"type": self.params.type, "temperature": self.params.temperature,
-                "scale": self.params.scale}  # fmt: skip
+        return DistillationStatistics(type=self.params.type, temperature=self.params.temperature,
+                                      scale=self.params.scale)  # fmt: skip
 
     # -- output ----------------------------------------------------------------------------
     def strip(self, **kwargs: Any) -> Any:

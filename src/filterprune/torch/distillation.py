@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.compression import CompressionController, CompressionStage
-from ..core.distillation import KnowledgeDistillationParams
+from ..core.distillation import DistillationStatistics, KnowledgeDistillationParams
 
 __all__ = ["KnowledgeDistillationController", "distillation_loss"]
 
@@ -126,8 +126,8 @@ class KnowledgeDistillationController(CompressionController):
         return CompressionStage.FULLY_COMPRESSED
 
     def statistics(self, quickly_collected_only: bool = False) -> dict[str, Any]:
-        return {"type": self.params.type, "temperature": self.params.temperature,
-                "scale": self.params.scale}  # fmt: skip
+        return DistillationStatistics(type=self.params.type, temperature=self.params.temperature,
+                                      scale=self.params.scale)  # fmt: skip
 
     def strip_model(self, model: nn.Module, **_: Any) -> nn.Module:
         """Drop the forward tap from the copy being deployed."""
