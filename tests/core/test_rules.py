@@ -217,6 +217,16 @@ def test_select_says_which_channels_the_blocks_added():
     np.testing.assert_array_equal(select_group(grp, scores, 8), chosen.keep)
 
 
+def test_select_grows_blocks_by_positions_when_a_channel_fills_several():
+    # a shuffle before a grouped conv: each channel fills 4 positions of its row
+    shuffled = np.repeat(np.arange(8), 4).reshape(4, 8)  # row r: channels 2r, 2r + 1
+    halves = np.arange(8).reshape(2, 4)
+    grp = Group(0, np.arange(8), ["g"], blocks=[shuffled, halves])
+    chosen = select(grp, np.array([8, 1, 7, 2, 6, 3, 5, 4], dtype=float), 3)
+    assert chosen.reason is None
+    assert np.flatnonzero(chosen.keep).tolist() == [0, 2, 4, 6]  # one more, not all
+
+
 def test_select_required_keeps_one_channel_and_earliest_for_equal_groups():
     grp = Group(0, np.arange(8), ["c"], blocks=[np.arange(8).reshape(2, 4)])
     none = select_required(grp, np.zeros(8, bool))

@@ -1,5 +1,5 @@
-"""Sizes computed in forward: free when they follow the tensor they reshape, fixed when
-they come from another tensor's shape."""
+"""Sizes computed in forward: free when they follow the tensor they reshape, tied to the
+axis they were read from when they size a reshape axis directly, fixed otherwise."""
 
 import pytest
 import torch
@@ -37,14 +37,18 @@ class Mixer(nn.Module):
         return self.head(t.transpose(1, 2).reshape(batch, channels, h, w))
 
 
-def test_a_size_read_from_another_tensor_is_fixed_one_read_from_itself_is_free():
+def test_a_read_size_is_tied_to_its_axis_one_computed_from_the_tensor_itself_is_free():
     graph = capture_fx(Mixer().eval(), (torch.zeros(1, 3, 8, 8),)).graph
-    fixed = {n.name: n.attrs["fixed_dims"] for n in graph if n.op == "reshape" and n.attrs}
-    assert fixed == {"view": [], "view_1": [], "reshape": [0, 1, 2, 3], "reshape_1": [0, 1, 2],
-                     "reshape_2": [0, 1, 2, 3]}  # fmt: skip
+    sizes = {n.name: (n.attrs["fixed_dims"], [t[0] for t in n.attrs.get("tied_dims", [])])
+             for n in graph if n.op == "reshape" and n.attrs}  # fmt: skip
+    assert sizes == {"view": ([], [0, 1]), "view_1": ([], [0, 1, 2, 3]),
+                     "reshape": ([2, 3], [0, 1]), "reshape_1": ([], [0, 1, 2]),
+                     "reshape_2": ([], [0, 1, 2, 3])}  # fmt: skip
     options = AnalysisOptions(prune_first_conv=True)
     groups = {tuple(g.producers): g.reason for g in analyze(graph, options).groups}
-    assert groups[("stem", "proj", "fc2")] == "reshape: reshape fixes the channel count in code"
+    assert groups[("stem", "proj", "fc2")] == ("reshape sizes an axis by a channel count read "
+                                               "in forward that its input's channels do not "
+                                               "follow")  # fmt: skip
     assert groups[("fc1",)] is None
 
 

@@ -63,6 +63,8 @@ class Propagation:
     producers: list[str] = field(default_factory=list)
     constraints: list[np.ndarray] = field(default_factory=list)
     node_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)
+    sizes: list[tuple[np.ndarray, list[int], str]] = field(default_factory=list)
 
     # -- id creation and blocking -------------------------------------------------
     def fresh(self, ndim: int, axis: int, n: int) -> np.ndarray:
@@ -80,6 +82,24 @@ class Propagation:
     def block(self, ids: Any, reason: str) -> None:
         for arr in _arrays(ids):
             self.uf.block(arr, reason)
+
+    def hold_layer(self, layer: str, reason: str) -> None:
+        """Keep every channel set ``layer`` reads or writes whole (an op without a rule
+        reads its weights), whether its other calls come before or after."""
+        self.held.setdefault(layer, reason)
+
+    def read_size(self, ids: np.ndarray, dims: list[int], reason: str) -> None:
+        """A size read along ``dims`` of a tensor with ``ids``: its channels there stay
+        whole. Checked once every union is made, since an axis that varies now may not
+        after (the paths of ``torch.stack(paths, 1)`` are tied by a later sum)."""
+        self.sizes.append((ids, dims, reason))
+
+    def hold_param(self, name: str, reason: str) -> None:
+        """:meth:`hold_layer` for the layer that owns parameter ``name``."""
+        layer = name
+        while layer not in self.graph.layers and "." in layer:
+            layer = layer.rsplit(".", 1)[0]
+        self.hold_layer(layer, reason)
 
     # -- layer bookkeeping --------------------------------------------------------
     def use(self, layer: str, role: str, ids: np.ndarray, node: str) -> None:
@@ -161,6 +181,13 @@ def propagate(graph: Graph, rules: dict[str, Callable[..., Any]]) -> Propagation
         if isinstance(value, Param):
             continue
         state.block(value, "feeds a model output")
+    for ids, dims, reason in state.sizes:
+        roots = compress(state.uf.roots(ids))
+        if any(roots.shape[d] > 1 for d in dims):
+            state.block(roots, reason)
+    for layer, reason in state.held.items():
+        for use in state.uses.get(layer, {}).values():
+            state.block(use.ids, reason)
     return state
 
 
@@ -178,8 +205,12 @@ def _run(state: Propagation, rules: dict[str, Callable[..., Any]], node: Node, i
         except RuleError as err:
             reason = f"{what}: {err}"
     for value in ins:
-        if not isinstance(value, Param):
+        if isinstance(value, Param):
+            state.hold_param(value.name, reason)
+        else:
             state.block(value, reason)
+    if node.layer and node.op == "stop":  # an op without a rule reads this layer's weights
+        state.hold_layer(node.layer, reason)
     if isinstance(node.shape, list):
         return tuple(state.opaque(reason) for _ in node.shape)
     return state.opaque(reason)

@@ -52,7 +52,9 @@ def _tensor(s: Propagation, value: Any, node: Node) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, Param):
-        return s.opaque(f"weight {value.name} is read by {node.label or node.op}")
+        reason = f"weight {value.name} is read by {node.label or node.op}"
+        s.hold_param(value.name, reason)
+        return s.opaque(reason)
     raise RuleError("expects a tensor input")
 
 
@@ -109,6 +111,22 @@ def _param(s, node, ins):
 @register_rule("noop")
 def _noop(s, node, ins):
     """A value that is not a tensor (a size, a flag)."""
+    return None
+
+
+@register_rule("size")
+def _size(s, node, ins):
+    """A tensor's size along ``dims`` read in forward and used as a number (a scale, a
+    branch, a new tensor's shape): channels on those axes stay whole, since a cut would
+    change the number. Sizes that only reshape are the reshape's ``tied_dims``."""
+    reason = node.attrs.get("reason", "its size is read in forward")
+    value = ins[0] if ins else None
+    if isinstance(value, Param):
+        s.hold_param(value.name, reason)
+    elif isinstance(value, np.ndarray):
+        shape = _shape(s, node)
+        dims = [d % len(shape) for d in node.attrs.get("dims", range(len(shape)))]
+        s.read_size(_pad(value, len(shape)), dims, reason)
     return None
 
 
@@ -237,25 +255,62 @@ def _reshape(s, node, ins):
     ``rewritable``: the frontend rewrites the literal of one axis when the model is cut
     (a Keras ``Reshape`` rebuilt from its config), so if every axis holding channels is
     literal, the last of them stays free and the others are pinned.
+    ``tied_dims``: ``[axis, input, source_axis]``: the size of output ``axis`` is read
+    in forward from ``source_axis`` of the node's ``input`` (``B, C, H, W = x.shape``).
+    Channels on both are tied one to one, so a cut shrinks both the same; where that
+    cannot hold, the source's channels stay whole and the axis counts as literal.
     """
     if isinstance(ins[0], Param):
         return _reshape_param(ins[0], node)
     x = _tensor(s, ins[0], node)
     full = _full(s, x, _shape(s, node)).reshape(node.shape)
-    out = compress(full)
-    varying = [a for a in range(out.ndim) if _varies(out, a)]
     fixed = [a % len(node.shape) for a in node.attrs.get("fixed_dims", ())]
+    for axis, source, source_axis in node.attrs.get("tied_dims", ()):
+        if not _tie(s, node, full, axis % len(node.shape), ins[source], source, source_axis):
+            fixed.append(axis % len(node.shape))
+    out = compress(s.uf.roots(full))
+    varying = [a for a in range(out.ndim) if _varies(out, a)]
     pinned = [a for a in fixed if a in varying]
     if node.attrs.get("rewritable") and pinned and len(pinned) == len(varying):
         pinned = pinned[:-1]
     if not pinned:
         return out
-    if len(pinned) == len(varying):
-        raise RuleError("reshape fixes the channel count in code")
+    if len(pinned) == len(varying):  # the input stays whole; a tied size's source with it
+        reason = f"{node.label or node.op}: reshape fixes the channel count in code"
+        s.block(x, reason)
+        return s.opaque(reason)
     for axis in pinned:  # a literal axis cannot shrink: its entries live or die together
         first = np.take(full, [0], axis=axis)
         s.uf.union_arrays(np.broadcast_to(first, full.shape), full)
     return s.canonical(full)
+
+
+def _tie(s: Propagation, node: Node, full: np.ndarray, axis: int, value: Any, source: int,
+         source_axis: int) -> bool:  # fmt: skip
+    """Tie output ``axis`` of a reshape to the axis of ``value`` its size was read from;
+    ``False`` where the size is not a cut channel count that can follow (then literal)."""
+    shape = _shape(s, node, source)
+    source_axis %= len(shape)
+    if isinstance(value, Param):
+        s.hold_param(value.name, f"{node.label or 'reshape'} reads the size of {value.name}")
+        return False
+    if not isinstance(value, np.ndarray):
+        return False
+    src = _full(s, value, shape)
+    out, read = compress(s.uf.roots(full)), compress(src)
+    if not _varies(read, source_axis):
+        return False
+    others = [a for a in range(out.ndim) if a != axis and _varies(out, a)]
+    read_others = [a for a in range(read.ndim) if a != source_axis and _varies(read, a)]
+    if others or read_others or not _varies(out, axis) \
+            or full.shape[axis] != src.shape[source_axis]:  # fmt: skip
+        s.block(src, f"{node.label or 'reshape'} sizes an axis by a channel count read in "
+                     "forward that its input's channels do not follow")  # fmt: skip
+        return False
+    line, source_line = out.reshape(-1), s.uf.roots(read.reshape(-1))
+    if not np.array_equal(np.sort(line), np.sort(source_line)):  # else a cut shrinks both alike
+        s.uf.union_arrays(line, source_line)
+    return True
 
 
 @register_rule("reshape_as")

@@ -106,11 +106,15 @@ def _grow(group: Group, keep: np.ndarray, priority: np.ndarray) -> bool:
             counts = _row_counts(b, keep)
             target = max(counts)
             for r, c in zip(b, counts, strict=True):
-                cand = np.unique(r[r >= 0])
-                cand = cand[~keep[cand]]
-                need = target - c
-                if need > 0 and cand.size:
-                    keep[cand[np.argsort(-priority[cand], kind="stable")[:need]]] = True
+                # a channel may fill several positions of a row (a shuffle before a
+                # grouped conv): count positions, not channels
+                cand, times = np.unique(r[r >= 0], return_counts=True)
+                cand, times = cand[~keep[cand]], times[~keep[cand]]
+                for i in np.argsort(-priority[cand], kind="stable"):
+                    if c >= target:
+                        break
+                    keep[cand[i]] = True
+                    c += int(times[i])
     return _balanced(group, keep)
 
 

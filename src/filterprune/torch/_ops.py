@@ -208,46 +208,20 @@ def _elementwise(node: fx.Node, shapes) -> Spec:
 
 
 def _reshape(node: fx.Node, shapes) -> Spec:
+    """Literal sizes are ``fixed_dims``; so is a size computed in forward, unless the
+    capture ties it to the axis it was read from (:mod:`._sizes`)."""
     args = node.args[1:]
     if len(args) == 1 and isinstance(args[0], (list, tuple)):
         args = args[0]
     if "shape" in node.kwargs:
         args = node.kwargs["shape"]
-    fixed = [i for i, a in enumerate(args) if isinstance(a, int) and a != -1
-             or isinstance(a, fx.Node) and _foreign_size(a, node.args[0])]  # fmt: skip
+    fixed = [i for i, a in enumerate(args)
+             if isinstance(a, int) and a != -1 or isinstance(a, fx.Node)]  # fmt: skip
     if node.target in ("view", "reshape", torch.reshape):
         return "reshape", {"fixed_dims": fixed}
     if node.target in ("unflatten", torch.unflatten):
         return "reshape", {"fixed_dims": _unflatten_fixed(node, len(shapes))}
     return "reshape", {}
-
-
-_REARRANGE = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "contiguous",
-              "clone", "squeeze", "unsqueeze", torch.reshape, torch.flatten, torch.permute,
-              torch.transpose, torch.squeeze, torch.unsqueeze}  # fmt: skip
-
-
-def _foreign_size(size: fx.Node, tensor: Any) -> bool:
-    """Whether a size computed in forward reads the shape of another tensor than
-    ``tensor`` (or one ``tensor`` only rearranges): ``C`` of ``B, N, C = x.shape`` used to
-    reshape an attention output, whose width does not follow ``x``'s when ``x`` is cut."""
-    own = set()
-    while isinstance(tensor, fx.Node):
-        own.add(tensor)
-        rearranges = tensor.op in ("call_method", "call_function") and tensor.target in _REARRANGE
-        tensor = tensor.args[0] if rearranges and tensor.args else None
-    sources, stack = set(), [size]
-    while stack:
-        n = stack.pop()
-        if n.op == "call_function" and n.target is getattr and n.args[1:] == ("shape",):
-            sources.add(n.args[0])
-        elif n.op == "call_method" and n.target in ("size", "dim"):
-            sources.add(n.args[0])
-        elif n.op in ("call_function", "call_method"):
-            fx.node.map_arg((n.args, n.kwargs), lambda a: stack.append(a) or a)
-        else:  # a placeholder, an attribute or a module output: not a size we can follow
-            return True
-    return not sources <= own
 
 
 def _unflatten_fixed(node: fx.Node, ndim: int) -> list[int]:
@@ -339,7 +313,12 @@ def _pad(node: fx.Node, shapes) -> Spec:
 
 
 def _layer_norm(node: fx.Node, shapes) -> Spec:
-    return "layernorm", {"normalized_ndim": len(_arg(node, 1, "normalized_shape"))}
+    normalized = _arg(node, 1, "normalized_shape")
+    if isinstance(normalized, int):
+        normalized = [normalized]
+    if not isinstance(normalized, (list, tuple)):  # read from a shape: counted from its axes
+        return "stop", {"reason": "layer_norm over a shape computed in forward"}
+    return "layernorm", {"normalized_ndim": len(normalized)}
 
 
 def _group_norm(node: fx.Node, shapes) -> Spec:
@@ -374,10 +353,11 @@ _ACT_METHODS = [
 _EW = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
     operator.isub, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
-    operator.pow, torch.pow,
+    operator.pow, torch.pow, operator.gt, operator.ge, operator.lt, operator.le, operator.eq,
+    operator.ne, torch.gt, torch.ge, torch.lt, torch.le, torch.eq, torch.ne, torch.where,
 ]
 _EW_METHODS = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum",
-               "pow"]  # fmt: skip
+               "pow", "gt", "ge", "lt", "le", "eq", "ne", "where"]  # fmt: skip
 
 try:  # torchvision wraps stochastic depth as one traced call: channel-wise in any mode
     from torchvision.ops import stochastic_depth as _stochastic_depth

@@ -29,6 +29,7 @@ from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._layers import COMPUTED, functional_node, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, MODULE_RULES
+from ._sizes import SizeReads
 
 __all__ = ["capture", "capture_fx"]
 
@@ -155,16 +156,51 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     graph = Graph()
     modules = dict(model.named_modules())
     tensors = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    sizes = SizeReads.of(gm.graph)
     for node in gm.graph.nodes:
         if node.op == "output":
             graph.outputs = [n.name for n in _operands(node) if n.name in graph.nodes]
             continue
-        graph.add(_convert(node, modules, graph, tensors))
+        if node in sizes.numbers:
+            graph.add(_size_node(node, sizes, graph))
+            continue
+        converted = _convert(node, modules, graph, tensors)
+        if converted.op == "reshape":
+            _tie(converted, sizes.ties.get(node, []), sizes.free.get(node, set()), graph)
+        graph.add(converted)
     add_unseen_params(model, graph)
     graph.notes.append("captured with torch.fx")
     refs = {name: modules[name] for name in graph.layers if name in modules}
     return Captured(graph, sample=tuple(example), refs=refs,
                     extra={"gm": gm, "capture": "torch.fx"})  # fmt: skip
+
+
+def _size_node(node: fx.Node, sizes: SizeReads, graph: Graph) -> Node:
+    """A size read used as a number: its channels stay whole (core rule ``size``)."""
+    tensor, axes = sizes.reads[node]
+    uses = ", ".join(sorted({str(getattr(u.target, "__name__", u.target)) for u in node.users}))
+    reason = f"{tensor.name}'s size along axis {', '.join(map(str, axes))} is read in forward " \
+             f"and used as a number ({uses})"  # fmt: skip
+    inputs = [tensor.name] if tensor.name in graph.nodes else []
+    return Node(node.name, "size", inputs, attrs={"dims": list(axes), "reason": reason},
+                label="size")  # fmt: skip
+
+
+def _tie(node: Node, ties: list[tuple[int, fx.Node, int]], free: set[int],
+         graph: Graph) -> None:  # fmt: skip
+    """Tie a reshape's axes sized by reads to the axes read (core ``tied_dims``); ``free``
+    axes follow the element count."""
+    if not ties and not free:
+        return
+    fixed, tied = set(node.attrs.get("fixed_dims", ())) - free, []
+    for axis, tensor, read_axis in ties:
+        if tensor.name not in graph.nodes:
+            continue
+        if tensor.name not in node.inputs:
+            node.inputs.append(tensor.name)
+        tied.append([axis, node.inputs.index(tensor.name), read_axis])
+        fixed.discard(axis)
+    node.attrs = {**node.attrs, "fixed_dims": sorted(fixed), "tied_dims": tied}
 
 
 def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
@@ -196,7 +232,11 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return Node(node.name, "stop", inputs, shape, label=label,
                     attrs={"reason": f"no channel rule for {label}"})  # fmt: skip
     in_shape = graph[inputs[0]].shape if inputs else None
-    kind, attrs = builder(node, in_shape if isinstance(in_shape, tuple) else ())
+    try:
+        kind, attrs = builder(node, in_shape if isinstance(in_shape, tuple) else ())
+    except (TypeError, ValueError):  # an axis or size computed in forward, not a literal
+        return Node(node.name, "stop", inputs, shape, label=label,
+                    attrs={"reason": f"{label} with arguments computed in forward"})  # fmt: skip
     if kind == "split":
         attrs["sizes"] = split_sizes(attrs, shape)
     return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
@@ -213,6 +253,11 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
         return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
     in_shape = graph[inputs[0]].shape if inputs else None
     (kind, attrs), info = build(module, name, in_shape, shape)
+    if info.weight is not None and info.weight not in info.params:  # nn.utils.weight_norm
+        graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
+        attrs = {"reason": f"{label} {name} computes its weight from other parameters",
+                 "positions": _tokens(shape, graph)}  # fmt: skip
+        return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
     if info.params or kind in ("conv", "linear", "batchnorm"):
         graph.layers.setdefault(name, info)
     return Node(node.name, kind, inputs[:1], shape, layer=name, attrs=attrs, label=label)

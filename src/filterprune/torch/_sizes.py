@@ -1,0 +1,165 @@
+"""Sizes read in forward (``B, C, H, W = x.shape``, ``x.size(1)``) in a torch.fx graph.
+
+A channel count read at run time follows the cut: after :meth:`strip` it is smaller.
+Where it only sizes a reshape axis, that axis is tied to the one it was read from (the
+core ``reshape`` rule's ``tied_dims``); anywhere else (a scale, a branch, a new tensor's
+shape, arithmetic) the read becomes a core ``size`` node, which keeps those channels
+whole. Reads of axes without channels (batch, spatial) cost nothing either way.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+__all__ = ["SizeReads", "RESHAPES"]
+
+RESHAPES = {"view", "reshape", torch.reshape}
+"""Calls whose size arguments may be tied to the axes they were read from."""
+
+
+@dataclass
+class SizeReads:
+    """The size reads of one fx graph.
+
+    Attributes:
+        reads: The node holding a read value -> ``(tensor node, axes read)``.
+        ties: A reshape node -> ``[(output axis, tensor node, axis read)]``.
+        numbers: Read value nodes used other than as a reshape's size argument.
+        free: A reshape node -> output axes whose size is computed from sizes of the
+            reshaped tensor itself (``x.view(n, g, c // g, h, w)``): the reshape keeps
+            the element count, so such an axis follows the cut like a ``-1``.
+    """
+
+    reads: dict[fx.Node, tuple[fx.Node, tuple[int, ...]]] = field(default_factory=dict)
+    ties: dict[fx.Node, list[tuple[int, fx.Node, int]]] = field(default_factory=dict)
+    numbers: set[fx.Node] = field(default_factory=set)
+    free: dict[fx.Node, set[int]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, graph: fx.Graph) -> SizeReads:
+        found = cls()
+        for node in graph.nodes:
+            found._read(node)
+        direct: dict[fx.Node, set[fx.Node]] = {}
+        sized: dict[fx.Node, set[fx.Node]] = {}  # a size node -> reshapes it sizes freely
+        for node in graph.nodes:
+            if node.op not in ("call_method", "call_function") or node.target not in RESHAPES:
+                continue
+            for axis, arg in enumerate(reshape_sizes(node)):
+                read = found.reads.get(arg) if isinstance(arg, fx.Node) else None
+                if read is not None and len(read[1]) == 1:
+                    found.ties.setdefault(node, []).append((axis, read[0], read[1][0]))
+                    direct.setdefault(arg, set()).add(node)
+                elif isinstance(arg, fx.Node) and not foreign_size(arg, node.args[0]):
+                    found.free.setdefault(node, set()).add(axis)
+                    sized.setdefault(arg, set()).add(node)
+        for value in found.reads:
+            unpacked = {u for u in value.users if u in found.reads}  # ``b, c = x.shape[:2]``
+            rest = set(value.users) - direct.get(value, set()) - unpacked
+            if not all(_sizes_freely(u, value, sized) for u in rest):
+                found.numbers.add(value)
+        return found
+
+    def _read(self, node: fx.Node) -> None:
+        if node.target is operator.getitem and node.args[0] in self.reads \
+                and isinstance(node.args[1], int):  # fmt: skip
+            tensor, axes = self.reads[node.args[0]]
+            if -len(axes) <= node.args[1] < len(axes):
+                self.reads[node] = (tensor, (axes[node.args[1]],))
+            return
+        whole = _whole_shape_of(node)
+        if whole is not None:
+            ndim = _ndim(whole)
+            for user in node.users:
+                index = user.args[1] if user.target is operator.getitem else None
+                axes = _axes(index, ndim)
+                if axes is None:  # the whole shape is used: every axis is read
+                    self.reads[node] = (whole, tuple(range(ndim)))
+                else:
+                    self.reads[user] = (whole, axes)
+            return
+        if node.op == "call_method" and node.target == "size":
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            if isinstance(dim, int):
+                self.reads[node] = (node.args[0], (dim % max(_ndim(node.args[0]), 1),))
+        elif node.op in ("call_method", "call_function") and node.target in ("numel", torch.numel):
+            self.reads[node] = (node.args[0], tuple(range(_ndim(node.args[0]))))
+
+
+_REARRANGE = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "contiguous",
+              "clone", "squeeze", "unsqueeze", torch.reshape, torch.flatten, torch.permute,
+              torch.transpose, torch.squeeze, torch.unsqueeze}  # fmt: skip
+
+
+def foreign_size(size: fx.Node, tensor: Any) -> bool:
+    """Whether a size computed in forward reads the shape of another tensor than
+    ``tensor`` (or one ``tensor`` only rearranges): ``C`` of ``B, N, C = x.shape`` used to
+    reshape an attention output, whose width does not follow ``x``'s when ``x`` is cut."""
+    own = set()
+    while isinstance(tensor, fx.Node):
+        own.add(tensor)
+        rearranges = tensor.op in ("call_method", "call_function") and tensor.target in _REARRANGE
+        tensor = tensor.args[0] if rearranges and tensor.args else None
+    sources, stack = set(), [size]
+    while stack:
+        n = stack.pop()
+        if n.op == "call_function" and n.target is getattr and n.args[1:] == ("shape",):
+            sources.add(n.args[0])
+        elif n.op == "call_method" and n.target in ("size", "dim"):
+            sources.add(n.args[0])
+        elif n.op in ("call_function", "call_method"):
+            fx.node.map_arg((n.args, n.kwargs), lambda a: stack.append(a) or a)
+        else:  # a placeholder, an attribute or a module output: not a size we can follow
+            return True
+    return not sources <= own
+
+
+def _sizes_freely(node: fx.Node, value: fx.Node, sized: dict[fx.Node, set[fx.Node]]) -> bool:
+    """Whether ``value`` reaches ``node`` only to size free axes of reshapes of its own
+    tensor (through integer arithmetic), nothing else."""
+    if node in sized.get(value, set()):
+        return True
+    if "tensor_meta" in node.meta or node.op not in ("call_function", "call_method"):
+        return False
+    return bool(node.users) and all(_sizes_freely(u, node, sized) for u in node.users)
+
+
+def reshape_sizes(node: fx.Node) -> list[Any]:
+    """The size arguments of ``view``/``reshape``, one per output axis."""
+    args = list(node.args[1:])
+    if len(args) == 1 and isinstance(args[0], (list, tuple)):
+        args = list(args[0])
+    if "shape" in node.kwargs:
+        args = list(node.kwargs["shape"])
+    return args
+
+
+def _whole_shape_of(node: fx.Node) -> fx.Node | None:
+    """The tensor whose whole shape ``node`` is (``x.shape``, ``x.size()``), else None."""
+    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
+        return node.args[0]
+    if node.op == "call_method" and node.target == "size" and len(node.args) == 1 \
+            and "dim" not in node.kwargs:  # fmt: skip
+        return node.args[0]
+    return None
+
+
+def _ndim(node: Any) -> int:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return len(shape) if shape is not None else 0
+
+
+def _axes(index: Any, ndim: int) -> tuple[int, ...] | None:
+    """The axes ``shape[index]`` reads, or None for an index we do not follow."""
+    if isinstance(index, int) and ndim:
+        return (index % ndim,)
+    bounds = (index.start, index.stop, index.step) if isinstance(index, slice) else (0.5,)
+    if all(isinstance(v, (int, type(None))) for v in bounds):
+        return tuple(range(ndim))[index]
+    return None

@@ -1,0 +1,154 @@
+"""Sizes read in forward: a channel count read at run time follows the cut.
+
+Where it only sizes a reshape, the reshaped axis is tied to the axis it was read from and
+both are cut alike; where it is used as a number (a scale, a new tensor's shape), the
+channels stay whole. Every model is compared masked against stripped with every
+parameter and BatchNorm statistic redrawn (no branch hidden by a zero or a 1e-6).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_helpers import assert_strip_equal, make_config
+
+from filterprune.testing.zoo import nondegenerate
+from filterprune.torch import create_compressed_model
+
+
+def cbr(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU())  # fmt: skip
+
+
+class SELayer(nn.Module):
+    """The common squeeze-excitation layer: sizes read from ``x`` reshape the gate."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(c, c // 4, bias=False), nn.ReLU(),
+                                nn.Linear(c // 4, c, bias=False), nn.Sigmoid())  # fmt: skip
+
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        y = self.pool(x).view(b, c)
+        return x * self.fc(y).view(b, c, 1, 1).expand_as(x)
+
+
+class Head(nn.Module):
+    """``body`` between two conv blocks and a classifier."""
+
+    def __init__(self, body, width=32):
+        super().__init__()
+        self.a, self.b, self.body = cbr(3, 16), cbr(16, width), body
+        self.c, self.fc = cbr(width, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.c(self.body(self.b(self.a(x)))).mean((2, 3)))
+
+
+class TokenMix(nn.Module):
+    """A Linear over tokens, reshaped back with the input's ``C``: another tensor's size."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(32, 32)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return self.lin(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ScaleByWidth(nn.Module):
+    def forward(self, x):
+        return x * x.shape[1] ** -0.5
+
+
+class LayerNormByShape(nn.Module):
+    def forward(self, x):
+        return F.layer_norm(x, x.shape[1:])
+
+
+class Gate(nn.Module):
+    """Comparisons and ``where`` are elementwise."""
+
+    def forward(self, x):
+        return torch.where(x > 0, x, 0.1 * x) * (x < 3).float()
+
+
+class Resize(nn.Module):
+    """Batch and spatial sizes read in forward: no channels there, nothing held."""
+
+    def forward(self, x):
+        y = F.interpolate(F.max_pool2d(x, 2), size=x.shape[2:])
+        return y.view(y.size(0), -1).view_as(x)
+
+
+def prune(model, size=16):
+    nondegenerate(model)
+    config = make_config((1, 3, size, size), prune_first_conv=True, prune_downsample_convs=True)
+    ctrl, model = create_compressed_model(model, config)
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, size, size), tol=1e-5)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    return ctrl, held
+
+
+def test_squeeze_excitation_with_sizes_read_from_its_input_is_cut():
+    _, held = prune(Head(SELayer(32)))
+    assert "b.0" not in held and "body.fc.0" not in held and "body.fc.2" not in held
+
+
+def test_a_reshape_sized_by_another_tensor_ties_both_groups():
+    ctrl, held = prune(Head(TokenMix()))
+    assert "b.0" not in held and "body.lin" not in held
+    plan = ctrl.strip()
+    assert plan.b[0].out_channels == plan.body.lin.out_features < 32
+
+
+def test_a_width_used_as_a_number_keeps_its_channels_whole():
+    _, held = prune(Head(ScaleByWidth()))
+    assert "read in forward and used as a number" in held["b.0"]
+    assert "a.0" not in held and "c.0" not in held
+
+
+def test_layer_norm_over_a_shape_read_in_forward_keeps_its_channels_whole():
+    _, held = prune(Head(LayerNormByShape()))
+    assert "b.0" in held and "a.0" not in held
+
+
+def test_comparisons_and_where_are_elementwise():
+    _, held = prune(Head(Gate()))
+    assert "b.0" not in held
+
+
+def test_batch_and_spatial_sizes_hold_nothing():
+    _, held = prune(Head(Resize()))
+    assert "b.0" not in held
+
+
+class TiedAutoencoder(nn.Module):
+    """The decoder runs ``conv_transpose2d`` on the encoder convs' own weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc1, self.enc2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.head = nn.Sequential(cbr(3, 8), nn.Conv2d(8, 4, 1))
+
+    def forward(self, x):
+        h = F.relu(self.enc2(F.relu(self.enc1(x))))
+        d = F.relu(F.conv_transpose2d(h, self.enc2.weight, padding=1))
+        return self.head(F.conv_transpose2d(d, self.enc1.weight, padding=1))
+
+
+def test_a_weight_read_by_an_op_without_a_rule_keeps_every_group_it_cuts_whole():
+    # enc2's weight is cut along enc2's filters and along enc1's: both must stay
+    ctrl, held = prune(TiedAutoencoder())
+    assert "enc1" in held and "enc2" in held
+    assert "head.0.0" not in held
+
+
+def test_a_weight_normed_conv_is_left_whole():
+    net = Head(nn.utils.weight_norm(nn.Conv2d(32, 32, 3, padding=1)))
+    _, held = prune(net)
+    assert "body computes its weight from other parameters" in held["b.0"]
+    assert "a.0" not in held and "c.0" not in held
