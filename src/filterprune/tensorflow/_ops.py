@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from keras import layers
+from keras import activations, layers
 
 from ..core.graph import LayerInfo
 
@@ -62,9 +62,25 @@ def _spatial(shape: Shape, axis: int) -> Shape:
     return shape[1:-1] if axis == -1 else shape[2:]
 
 
+_ELEMENTWISE = [getattr(activations, n) for n in (
+    "celu elu exponential gelu hard_shrink hard_sigmoid hard_silu hard_tanh leaky_relu linear "
+    "log_sigmoid mish relu relu6 selu sigmoid silu soft_shrink softplus softsign sparse_plus "
+    "sparse_sigmoid squareplus tanh tanh_shrink threshold").split() if hasattr(activations, n)]
+_ALONG_AXIS = [activations.softmax, activations.log_softmax]
+
+
 def _softmax_tail(layer: Any, axis: int) -> list[Step]:
-    name = getattr(getattr(layer, "activation", None), "__name__", "")
-    return [Step("along", {"dims": [axis]})] if name in ("softmax", "log_softmax") else []
+    """The step of a layer's ``activation``: none for Keras' elementwise ones, ``along`` the
+    channels for softmax; any other (``glu`` halves the axis, ``sparsemax``, a function of
+    the user's) is not known to act on each channel alone, so it stops."""
+    fn = getattr(layer, "activation", None)
+    if fn is None or any(fn is f for f in _ELEMENTWISE):
+        return []
+    if any(fn is f for f in _ALONG_AXIS):
+        return [Step("along", {"dims": [axis]})]
+    label = getattr(fn, "__name__", type(fn).__name__)
+    return [Step("stop", {"reason": f"activation {label} is not known to act on each channel "
+                                    "alone"})]  # fmt: skip
 
 
 # -- weighted layers ---------------------------------------------------------------------
@@ -306,24 +322,27 @@ def layer_steps(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Ste
     """The steps of one layer call; unknown layers stop, with their weights counted whole."""
     cls = type(layer).__dict__.get("_filterprune_base", type(layer))  # a masked layer's own class
     build = LAYER_RULES.get(cls)
-    if build is not None:
+    lora = getattr(layer, "lora_enabled", False)  # its kernel is a sum of three variables
+    if build is not None and not lora:
         return build(layer, name, ins, out)
     label = cls.__name__
     params = {}
     for i, v in enumerate(layer.weights):
         params[f"{i}:{v.name}"] = (tuple(int(d) for d in v.shape), (None,) * len(v.shape))
     info = LayerInfo(name, "opaque", params) if params else None
-    return [Step("stop", {"reason": f"no channel rule for layer {label}"}, info)]
+    reason = f"{label} has LoRA enabled" if lora else f"no channel rule for layer {label}"
+    return [Step("stop", {"reason": reason}, info)]
 
 
 # -- keras.ops operations ----------------------------------------------------------------
 _OP_IDENTITY = set(
     "Relu Relu6 Sigmoid HardSigmoid Silu Swish HardSilu HardSwish Gelu Elu Selu LeakyRelu "
     "Softplus Softsign Tanh Exp Log Abs Absolute Negative Sqrt Square Clip Cast Mish Erf "
-    "Floor Ceil Round Sign Reciprocal Sin Cos Identity StopGradient".split()
+    "Floor Ceil Round Sign Reciprocal Sin Cos Identity StopGradient LogicalNot".split()
 )
 _OP_ELEMENTWISE = set(
-    "Add Subtract Multiply Divide TrueDivide Maximum Minimum Power FloorDivide Mod".split()
+    "Add Subtract Multiply Divide TrueDivide Maximum Minimum Power FloorDivide Mod Where "
+    "Greater GreaterEqual Less LessEqual Equal NotEqual LogicalAnd LogicalOr".split()
 )
 
 
@@ -356,6 +375,8 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
         return [Step("permute", {"perm": perm})]
     if name == "Concatenate":
         return [Step("concat", {"axis": int(op.axis)})]
+    if name == "Stack":
+        return [Step("stack", {"axis": int(op.axis)})]
     if name == "Split":
         return [Step("split", {"axis": int(op.axis), "sizes": [s[op.axis] for s in out],
                                "equal": isinstance(op.indices_or_sections, int)})]  # fmt: skip

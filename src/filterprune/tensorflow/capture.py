@@ -133,6 +133,7 @@ class _Walker:
         self.tensors: dict[int, str] = {}  # id(KerasTensor) -> core node name
         self.shapes: dict[int, Shape] = {}
         self.calls: dict[str, int] = {}
+        self.layer_names: dict[tuple[int, int], str] = {}  # (id(layer), step) -> core layer
 
     def unique(self, name: str) -> str:
         n = self.calls.get(name, 0)
@@ -196,7 +197,9 @@ class _Walker:
             shape = step.shape if step.shape is not None else (outs[0] if len(outs) == 1 else outs)
             layer = None
             if step.info is not None:
-                layer = step.info.name
+                # one Keras layer is one core layer, also when called from inside a nested
+                # model and outside it (its calls then share their cut)
+                layer = self.layer_names.setdefault((id(op), i), step.info.name)
                 graph.layers.setdefault(layer, step.info)
                 self.cap.refs.setdefault(layer, LayerRef(op, step.variables))
             core = node_name + ("" if last else step.suffix or f"/{i}")

@@ -151,7 +151,8 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
         pairs.append((layer, new))
         return new
 
-    new_model = keras.models.clone_model(model, clone_function=clone)
+    with _own_code():
+        new_model = keras.models.clone_model(model, clone_function=clone)
     copy_weights(pairs, weights)
     return new_model
 
@@ -188,6 +189,16 @@ def plain_copy(model: Any) -> Any:
         pairs.append((layer, new))
         return new
 
-    new_model = keras.models.clone_model(model, clone_function=clone)
+    with _own_code():
+        new_model = keras.models.clone_model(model, clone_function=clone)
     copy_weights(pairs)
     return new_model
+
+
+def _own_code() -> Any:
+    """Rebuild layers that hold Python code (a ``Lambda``, a lambda activation): they come
+    from the caller's model in memory, so Keras' safe mode, which guards loading a file,
+    does not apply. Saving and reloading the result still needs ``safe_mode=False``."""
+    from keras.src.saving.serialization_lib import SafeModeScope  # pinned Keras
+
+    return SafeModeScope(False)
