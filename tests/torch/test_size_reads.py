@@ -59,6 +59,26 @@ class TokenMix(nn.Module):
         return self.lin(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, c, h, w)
 
 
+class ViewAsShape(nn.Module):
+    """``y.view(x.shape)``: one whole shape read from another tensor sizes every axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        return self.conv(x).flatten(2).view(x.shape)
+
+
+class GroupsReadToo(nn.Module):
+    """A shuffle whose group count is computed from the width too: both axes would move."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        g = c // 8
+        return x.view(b, g, c // g, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
 class ScaleByWidth(nn.Module):
     def forward(self, x):
         return x * x.shape[1] ** -0.5
@@ -105,6 +125,18 @@ def test_a_reshape_sized_by_another_tensor_ties_both_groups():
     assert plan.b[0].out_channels == plan.body.lin.out_features < 32
 
 
+def test_a_view_to_another_tensors_whole_shape_ties_every_axis():
+    ctrl, held = prune(Head(ViewAsShape()))
+    assert "b.0" not in held and "body.conv" not in held
+    small = ctrl.strip()
+    assert small.b[0].out_channels == small.body.conv.out_channels < 32
+
+
+def test_a_reshape_with_two_computed_channel_axes_keeps_them_whole():
+    _, held = prune(Head(GroupsReadToo()))  # strip == masked, and the widths stay
+    assert "b.0" in held
+
+
 def test_a_width_used_as_a_number_keeps_its_channels_whole():
     _, held = prune(Head(ScaleByWidth()))
     assert "read in forward and used as a number" in held["b.0"]
@@ -113,7 +145,8 @@ def test_a_width_used_as_a_number_keeps_its_channels_whole():
 
 def test_layer_norm_over_a_shape_read_in_forward_keeps_its_channels_whole():
     _, held = prune(Head(LayerNormByShape()))
-    assert "b.0" in held and "a.0" not in held
+    assert held["b.0"] == "layer_norm: layer_norm over a shape computed in forward"
+    assert "a.0" not in held
 
 
 def test_comparisons_and_where_are_elementwise():
@@ -143,7 +176,8 @@ class TiedAutoencoder(nn.Module):
 def test_a_weight_read_by_an_op_without_a_rule_keeps_every_group_it_cuts_whole():
     # enc2's weight is cut along enc2's filters and along enc1's: both must stay
     ctrl, held = prune(TiedAutoencoder())
-    assert "enc1" in held and "enc2" in held
+    assert "reads parameters of Conv2d enc2" in held["enc2"]
+    assert "reads parameters of Conv2d enc" in held["enc1"]
     assert "head.0.0" not in held
 
 

@@ -95,7 +95,8 @@ class Propagation:
         self.sizes.append((ids, dims, reason))
 
     def hold_param(self, name: str, reason: str) -> None:
-        """:meth:`hold_layer` for the layer that owns parameter ``name``."""
+        """:meth:`hold_layer` for parameter ``name``'s layer: the longest dotted prefix
+        of ``name`` that is a layer of the graph (``enc.weight`` -> ``enc``)."""
         layer = name
         while layer not in self.graph.layers and "." in layer:
             layer = layer.rsplit(".", 1)[0]

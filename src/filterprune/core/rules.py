@@ -257,8 +257,9 @@ def _reshape(s, node, ins):
     literal, the last of them stays free and the others are pinned.
     ``tied_dims``: ``[axis, input, source_axis]``: the size of output ``axis`` is read
     in forward from ``source_axis`` of the node's ``input`` (``B, C, H, W = x.shape``).
-    Channels on both are tied one to one, so a cut shrinks both the same; where that
-    cannot hold, the source's channels stay whole and the axis counts as literal.
+    Channels on both are tied one to one, so a cut shrinks both the same. Where the
+    source axis holds no channels, the axis is treated as literal (its size cannot
+    change); where only one side holds them, the source's channels stay whole too.
     """
     if isinstance(ins[0], Param):
         return _reshape_param(ins[0], node)
@@ -308,7 +309,9 @@ def _tie(s: Propagation, node: Node, full: np.ndarray, axis: int, value: Any, so
                      "forward that its input's channels do not follow")  # fmt: skip
         return False
     line, source_line = out.reshape(-1), s.uf.roots(read.reshape(-1))
-    if not np.array_equal(np.sort(line), np.sort(source_line)):  # else a cut shrinks both alike
+    # the same channels in another order (a shuffle's ``view(b, c, h, w)``) shrink alike
+    # already; a union position by position would tie each cycle of the order together
+    if not np.array_equal(np.sort(line), np.sort(source_line)):
         s.uf.union_arrays(line, source_line)
     return True
 

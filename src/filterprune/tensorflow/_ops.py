@@ -69,6 +69,21 @@ _ELEMENTWISE = [getattr(activations, n) for n in (
 _ALONG_AXIS = [activations.softmax, activations.log_softmax]
 
 
+def _per_channel(fn: Callable) -> bool:
+    """Whether ``fn`` maps each entry on its own, tried on a random tensor: its output has
+    the input's shape and a slice of channels (on axis 1 and on the last axis: channels
+    first or last) comes out the same alone as with the others."""
+    x = np.random.default_rng(0).normal(size=(3, 5, 4, 6)).astype("float32")
+    try:
+        y = np.asarray(fn(x))
+        parts = np.asarray(fn(x[:, 1:3])), np.asarray(fn(x[..., 2:5]))
+    except Exception:  # noqa: BLE001 - a function that fails on a plain array: not known
+        return False
+    return y.shape == x.shape and all(np.allclose(a, b, rtol=1e-6, atol=1e-6, equal_nan=True)
+                                      for a, b in zip(parts, (y[:, 1:3], y[..., 2:5]),
+                                                      strict=True))  # fmt: skip
+
+
 def _softmax_tail(layer: Any, axis: int) -> list[Step]:
     """The step of a layer's ``activation``: none for Keras' elementwise ones, ``along`` the
     channels for softmax; any other (``glu`` halves the axis, ``sparsemax``, a function of
@@ -78,6 +93,8 @@ def _softmax_tail(layer: Any, axis: int) -> list[Step]:
         return []
     if any(fn is f for f in _ALONG_AXIS):
         return [Step("along", {"dims": [axis]})]
+    if _per_channel(fn):  # tf.nn.relu, keras.ops.silu, a function of the user's
+        return []
     label = getattr(fn, "__name__", type(fn).__name__)
     return [Step("stop", {"reason": f"activation {label} is not known to act on each channel "
                                     "alone"})]  # fmt: skip

@@ -217,6 +217,9 @@ def _reshape(node: fx.Node, shapes) -> Spec:
         args = node.kwargs["shape"]
     fixed = [i for i, a in enumerate(args)
              if isinstance(a, int) and a != -1 or isinstance(a, fx.Node)]  # fmt: skip
+    meta = node.meta.get("tensor_meta")
+    if len(args) == 1 and isinstance(args[0], fx.Node) and meta is not None:
+        fixed = list(range(len(meta.shape)))  # one computed shape (``x.shape``): every axis
     if node.target in ("view", "reshape", torch.reshape):
         return "reshape", {"fixed_dims": fixed}
     if node.target in ("unflatten", torch.unflatten):

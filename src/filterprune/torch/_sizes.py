@@ -50,13 +50,24 @@ class SizeReads:
         for node in graph.nodes:
             if node.op not in ("call_method", "call_function") or node.target not in RESHAPES:
                 continue
-            for axis, arg in enumerate(reshape_sizes(node)):
+            sizes = reshape_sizes(node)
+            whole = found.reads.get(sizes[0]) if len(sizes) == 1 else None
+            if whole is not None and len(whole[1]) == _ndim(node) > 1:  # ``y.view(x.shape)``
+                found.ties[node] = [(axis, whole[0], axis) for axis in whole[1]]
+                direct.setdefault(sizes[0], set()).add(node)
+                continue
+            free = {}
+            for axis, arg in enumerate(sizes):
                 read = found.reads.get(arg) if isinstance(arg, fx.Node) else None
                 if read is not None and len(read[1]) == 1:
                     found.ties.setdefault(node, []).append((axis, read[0], read[1][0]))
                     direct.setdefault(arg, set()).add(node)
                 elif isinstance(arg, fx.Node) and not foreign_size(arg, node.args[0]):
-                    found.free.setdefault(node, set()).add(axis)
+                    free[axis] = arg
+            if len(free) == 1:  # two computed axes (``view(b, g, c // g)`` with ``g`` read
+                # too) would both move with a cut: the reshape keeps the count, not the layout
+                found.free[node] = set(free)
+                for arg in free.values():
                     sized.setdefault(arg, set()).add(node)
         for value in found.reads:
             unpacked = {u for u in value.users if u in found.reads}  # ``b, c = x.shape[:2]``
@@ -85,8 +96,9 @@ class SizeReads:
             return
         if node.op == "call_method" and node.target == "size":
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-            if isinstance(dim, int):
-                self.reads[node] = (node.args[0], (dim % max(_ndim(node.args[0]), 1),))
+            ndim = _ndim(node.args[0])
+            if isinstance(dim, int) and (ndim or dim >= 0):
+                self.reads[node] = (node.args[0], (dim % ndim if ndim else dim,))
         elif node.op in ("call_method", "call_function") and node.target in ("numel", torch.numel):
             self.reads[node] = (node.args[0], tuple(range(_ndim(node.args[0]))))
 

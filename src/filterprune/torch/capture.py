@@ -234,7 +234,11 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
     in_shape = graph[inputs[0]].shape if inputs else None
     try:
         kind, attrs = builder(node, in_shape if isinstance(in_shape, tuple) else ())
-    except (TypeError, ValueError):  # an axis or size computed in forward, not a literal
+    except (TypeError, ValueError):
+        computed = any(isinstance(a, fx.Node) for a in [*node.args[1:], *node.kwargs.values()])
+        if not computed:
+            raise
+        # an axis or size computed in forward (``torch.cat(xs, dim=x.dim() - 3)``)
         return Node(node.name, "stop", inputs, shape, label=label,
                     attrs={"reason": f"{label} with arguments computed in forward"})  # fmt: skip
     if kind == "split":
