@@ -319,7 +319,7 @@ def _layer_norm(node: fx.Node, shapes) -> Spec:
     normalized = _arg(node, 1, "normalized_shape")
     if isinstance(normalized, int):
         normalized = [normalized]
-    if not isinstance(normalized, (list, tuple)):  # read from a shape: counted from its axes
+    if not isinstance(normalized, (list, tuple)):  # a shape read in forward: its length unknown
         return "stop", {"reason": "layer_norm over a shape computed in forward"}
     return "layernorm", {"normalized_ndim": len(normalized)}
 
