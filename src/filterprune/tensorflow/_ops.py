@@ -84,10 +84,10 @@ def _per_channel(fn: Callable) -> bool:
                                                       strict=True))  # fmt: skip
 
 
-def _softmax_tail(layer: Any, axis: int) -> list[Step]:
-    """The step of a layer's ``activation``: none for Keras' elementwise ones, ``along`` the
-    channels for softmax; any other (``glu`` halves the axis, ``sparsemax``, a function of
-    the user's) is not known to act on each channel alone, so it stops."""
+def _activation_steps(layer: Any, axis: int) -> list[Step]:
+    """The step of a layer's ``activation``: none for Keras' elementwise ones or one that
+    :func:`_per_channel` finds maps each channel alone (``tf.nn.relu``), ``along`` the
+    channels for softmax; any other (``glu`` halves the axis, ``sparsemax``) stops."""
     fn = getattr(layer, "activation", None)
     if fn is None or any(fn is f for f in _ELEMENTWISE):
         return []
@@ -116,7 +116,7 @@ def _conv(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
     positions = math.prod(_spatial(ins[0] if transposed else out, axis))
     attrs = {"in_channels": cin, "out_channels": cout, "groups": groups, "channel_axis": axis,
              "positions": positions}  # fmt: skip
-    return [Step("conv", attrs, info, variables=tuple(params))] + _softmax_tail(layer, axis)
+    return [Step("conv", attrs, info, variables=tuple(params))] + _activation_steps(layer, axis)
 
 
 def _depthwise(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
@@ -129,7 +129,7 @@ def _depthwise(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step
     info = LayerInfo(name, "conv", params, groups=cin, stride=max(layer.strides), weight="kernel")
     attrs = {"in_channels": cin, "out_channels": out[axis], "groups": cin, "channel_axis": axis,
              "positions": math.prod(_spatial(out, axis))}  # fmt: skip
-    return [Step("conv", attrs, info, variables=tuple(params))] + _softmax_tail(layer, axis)
+    return [Step("conv", attrs, info, variables=tuple(params))] + _activation_steps(layer, axis)
 
 
 def _separable(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
@@ -153,7 +153,7 @@ def _separable(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step
              tuple(mid_shape), "/depthwise", ("depthwise_kernel",)),
         Step("conv", {"in_channels": mid, "out_channels": cout, "groups": 1, **common}, pw_info,
              variables=tuple(pw_params)),
-    ] + _softmax_tail(layer, axis)  # fmt: skip
+    ] + _activation_steps(layer, axis)  # fmt: skip
 
 
 def _dense(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
@@ -164,7 +164,7 @@ def _dense(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
     attrs = {"in_features": ins[0][-1], "out_features": out[-1],
              "positions": math.prod(out[1:-1])}  # fmt: skip
     info = LayerInfo(name, "linear", params, weight="kernel")
-    return [Step("linear", attrs, info, variables=tuple(params))] + _softmax_tail(layer, -1)
+    return [Step("linear", attrs, info, variables=tuple(params))] + _activation_steps(layer, -1)
 
 
 def _batchnorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
@@ -214,7 +214,7 @@ def _identity(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]
 
 
 def _activation(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
-    return _softmax_tail(layer, -1) or [Step("identity")]
+    return _activation_steps(layer, -1) or [Step("identity")]
 
 
 def _softmax(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:

@@ -166,7 +166,7 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
             continue
         converted = _convert(node, modules, graph, tensors)
         if converted.op == "reshape":
-            _tie(converted, sizes.ties.get(node, []), sizes.free.get(node, set()), graph)
+            _size_attrs(converted, sizes.ties.get(node, []), sizes.free.get(node, set()), graph)
         graph.add(converted)
     add_unseen_params(model, graph)
     graph.notes.append("captured with torch.fx")
@@ -186,10 +186,11 @@ def _size_node(node: fx.Node, sizes: SizeReads, graph: Graph) -> Node:
                 label="size")  # fmt: skip
 
 
-def _tie(node: Node, ties: list[tuple[int, fx.Node, int]], free: set[int],
-         graph: Graph) -> None:  # fmt: skip
-    """Tie a reshape's axes sized by reads to the axes read (core ``tied_dims``); ``free``
-    axes follow the element count."""
+def _size_attrs(node: Node, ties: list[tuple[int, fx.Node, int]], free: set[int],
+                graph: Graph) -> None:  # fmt: skip
+    """Set a reshape's sizes read in forward: axes tied to the axes read (core
+    ``tied_dims``, the tensors read added as inputs); ``free`` axes follow the element
+    count; the rest stay ``fixed_dims``."""
     if not ties and not free:
         return
     fixed, tied = set(node.attrs.get("fixed_dims", ())) - free, []
