@@ -296,3 +296,30 @@ def test_a_reduction_over_the_only_channel_axis_still_blocks():
     a = b.analyze(b.conv("head", "m", 4))
     assert {tuple(g.producers): g.reason for g in a.groups}[("c",)] == (
         "reduce: reduces over channels")
+
+
+def _group_norm(b, rewritable):
+    b.conv("c1", "x", 16)
+    b.g.layers["gn"] = LayerInfo("gn", "batchnorm", {"weight": ((16,), ("channel",))})
+    b.add(Node("gn", "groupnorm", ["c1"], (1, 16, 4, 4), layer="gn",
+               attrs={"groups": 4, "channel_axis": 1, "rewritable": rewritable}))  # fmt: skip
+    b.conv("head", "gn", 4)
+    return b.analyze("head")
+
+
+def test_group_norm_ties_each_group_and_rounds_in_filters():
+    a = _group_norm(G(), rewritable=True)
+    grp = next(g for g in a.groups if g.prunable)
+    assert grp.size == 4 and grp.width == 4  # four groups of four filters
+    # multiples of 8 filters are multiples of 2 groups: half of 16 filters is 2 groups
+    assert selection.unit_multiple(grp, 8) == 2
+    plan = Pruner(a).plan(0.5, {grp.id: np.arange(4.0)})
+    k = a.keeps(plan.kept)
+    np.testing.assert_array_equal(k["c1"]["out"], np.repeat([0, 0, 1, 1], 4).astype(bool))
+    np.testing.assert_array_equal(k["gn"]["channel"], k["c1"]["out"])
+
+
+def test_group_norm_with_a_fixed_count_keeps_its_channels():
+    a = _group_norm(G(), rewritable=False)
+    grp = next(g for g in a.groups if "c1" in g.producers)
+    assert not grp.prunable and "group count is fixed in code" in grp.reason

@@ -1,11 +1,13 @@
 """Keras models at the edges of the channel analysis: a layer shared by an outer and a nested
-model, activations that act across channels, LoRA, Python code in the model, comparisons.
+model, activations that act across channels, LoRA, Python code in the model, comparisons,
+GroupNormalization.
 
 Every weight (biases, LoRA factors, BatchNorm statistics) is redrawn before comparing, so
 no branch hides behind a zero.
 """
 
 import numpy as np
+import pytest
 from keras_helpers import assert_strip_equal, keras, layers, make_config, randomize_bn
 
 from filterprune.tensorflow import create_compressed_model
@@ -91,3 +93,53 @@ def test_comparisons_where_and_stack_follow_channels():
     x = ops.sum(ops.stack([x, b], axis=1), axis=1)
     _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
     assert "a" not in held and "c" not in held
+
+
+SPATIAL_OPS = {
+    "pad": lambda x: ops.pad(x, [[0, 0], [1, 1], [2, 0], [0, 0]], mode="reflect"),
+    "resize": lambda x: ops.image.resize(x, (20, 24)),
+    "pools": lambda x: ops.max_pool(ops.average_pool(x, 2, 2), 3, 1, padding="same"),
+    "adaptive pool": lambda x: layers.AdaptiveAveragePooling2D((8, 8))(x),
+    "flip, roll, cumsum": lambda x: ops.cumsum(ops.roll(ops.flip(x, axis=1), 3, axis=2), axis=1),
+    "moveaxis, swapaxes": lambda x: ops.moveaxis(ops.swapaxes(ops.moveaxis(x, 3, 1), 1, 2), 2, 3),
+    "tile": lambda x: ops.tile(x, [1, 1, 1, 2]),
+    "std": lambda x: x * ops.std(x, axis=(1, 2), keepdims=True) + ops.log1p(ops.abs(x)),
+}
+
+
+@pytest.mark.parametrize("fn", SPATIAL_OPS.values(), ids=SPATIAL_OPS)
+def test_ops_that_keep_each_channel_apart_are_cut_through(fn):
+    inp = keras.Input((32, 32, 3))
+    x = fn(conv(16, "a")(inp))
+    _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
+    assert "a" not in held and "c" not in held
+
+
+def test_a_pad_or_cumsum_across_the_channels_keeps_them_whole():
+    inp = keras.Input((32, 32, 3))
+    x = ops.pad(conv(16, "a")(inp), [[0, 0], [0, 0], [0, 0], [0, 2]])
+    y = ops.cumsum(conv(18, "b")(inp), axis=-1)
+    z = ops.reshape(ops.cumsum(conv(18, "d")(inp)), (-1, 32, 32, 18))  # over the flattened
+    _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x + y + z))))
+    assert "acts across channels" in held["a"] and "acts across channels" in held["b"]
+    assert "flattened" in held["d"]
+
+
+def test_group_normalization_is_cut_by_whole_groups(tmp_path):
+    inp = keras.Input((32, 32, 3))
+    x = layers.GroupNormalization(groups=4, name="g1")(conv(32, "c1")(inp))
+    y = layers.GroupNormalization(groups=8, name="g2")(conv(32, "c2")(layers.ReLU()(x)))
+    x = layers.Add()([x, layers.ReLU()(y)])
+    plain = layers.GroupNormalization(groups=16, center=False, scale=False, name="g3")
+    z = plain(conv(16, "c3")(x))
+    one = layers.GroupNormalization(groups=1, name="one")(conv(16, "c4")(layers.ReLU()(z)))
+    ctrl, small, held = prune(keras.Model(inp, head(one)))
+    assert "c1" not in held and "c3" not in held
+    assert "statistics span channels" in held["c4"]
+    assert small.get_layer("c1").filters == 16  # g1's groups of 8 go whole
+    assert small.get_layer("g1").groups == 2 and small.get_layer("g2").groups == 4
+    assert small.get_layer("g3").groups == small.get_layer("c3").filters == 8
+    small.save(tmp_path / "m.keras")
+    x = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype("float32")
+    back = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(back(x).numpy(), small(x).numpy(), rtol=1e-6, atol=1e-6)

@@ -30,7 +30,7 @@ import numpy as np
 
 from .analysis import Group
 from .importance import normalize
-from .selection import MAX_GROUP_LEVEL, Selection, keep_count, select
+from .selection import MAX_GROUP_LEVEL, Selection, keep_count, select, unit_multiple
 
 __all__ = ["allocate_for_flops", "allocate_for_filters", "keep_steps", "TOLERANCE"]
 
@@ -67,7 +67,7 @@ class _GroupSteps:
     @classmethod
     def build(cls, group: Group, scores: np.ndarray, multiple_of: int,
               coeff: tuple[float, float] = (1.0, 0.0)) -> _GroupSteps:  # fmt: skip
-        steps = keep_steps(group.size, multiple_of)
+        steps = keep_steps(group.size, unit_multiple(group, multiple_of))
         alpha, kappa = coeff
         ascending = np.sort(alpha * normalize(scores) + kappa)  # alpha > 0: same order
         blocks = [float(ascending[group.size - a : group.size - b].mean())

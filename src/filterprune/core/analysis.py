@@ -57,6 +57,9 @@ class Group:
         reason: ``None`` if prunable, else why the group is left whole.
         blocks: Equal-split constraints, each an array (n_blocks, k) of positions
             given as indices into ``roots`` (-1 where a position is outside the group).
+        width: Filters of a producer each channel stands for (the greatest common
+            divisor over channels and producers): more than 1 where filters are tied
+            within one layer, e.g. by a GroupNorm, whose groups are cut whole.
     """
 
     id: int
@@ -64,6 +67,7 @@ class Group:
     producers: list[str]
     reason: str | None = None
     blocks: list[np.ndarray] = field(default_factory=list)
+    width: int = 1
 
     @property
     def size(self) -> int:
@@ -151,6 +155,7 @@ def analyze(graph: Graph, options: AnalysisOptions | None = None) -> Analysis:
     producer_roots = {p: uf.roots(state.uses[p]["out"].ids) for p in state.producers}
     constraints = [uf.roots(c) for c in state.constraints]
     groups = _build_groups(producer_roots, constraints)
+    _set_widths(groups, producer_roots)
     root_group = {int(r): (g.id, i) for g in groups for i, r in enumerate(g.roots)}
     for c in constraints:
         _attach_constraint(groups, root_group, c)
@@ -201,6 +206,15 @@ def _build_groups(producer_roots, constraints) -> list[Group]:
         g.roots = np.asarray(g.roots, dtype=np.int64)
         g.producers.sort(key=names.index)
     return list(groups.values())
+
+
+def _set_widths(groups: list[Group], producer_roots: dict[str, np.ndarray]) -> None:
+    for g in groups:
+        counts = []
+        for p in g.producers:
+            roots = producer_roots[p]
+            counts.append(np.unique(roots[np.isin(roots, g.roots)], return_counts=True)[1])
+        g.width = int(np.gcd.reduce(np.concatenate(counts))) if counts else 1
 
 
 def _attach_constraint(groups, root_group, constraint: np.ndarray) -> None:

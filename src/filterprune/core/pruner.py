@@ -17,7 +17,7 @@ from .allocation import TOLERANCE, Coeffs, allocate_for_filters, allocate_for_fl
 from .analysis import Analysis, Group
 from .flops import count_flops, count_params
 from .importance import filter_importance, normalize
-from .selection import MAX_GROUP_LEVEL, keep_count, select
+from .selection import MAX_GROUP_LEVEL, keep_count, select, unit_multiple
 
 __all__ = ["Pruner", "Plan"]
 
@@ -99,7 +99,9 @@ class Pruner:
                 roots = uf.roots(self.analysis.state.uses[layer]["out"].ids)
                 idx = np.array([lookup.get(int(r), -1) for r in roots])
                 np.add.at(total, idx[idx >= 0], s[idx >= 0])
-            out[group.id] = total
+            # ranked across groups per filter: a channel standing for several (a GroupNorm
+            # group) is not worth more for it
+            out[group.id] = total / group.width if self.global_ranking else total
         return out
 
     # -- plans -----------------------------------------------------------------------------
@@ -116,7 +118,8 @@ class Pruner:
         if self.global_ranking:
             counts = self._global_counts(level, groups, scores)
         else:
-            counts = {g.id: keep_count(g.size, level, self.multiple_of) for g in groups}
+            counts = {g.id: keep_count(g.size, level, unit_multiple(g, self.multiple_of))
+                      for g in groups}  # fmt: skip
         chosen = {g.id: select(g, scores[g.id], counts[g.id]) for g in groups}
         reasons = {gid: c.reason for gid, c in chosen.items() if c.reason}
         return Plan(level, {gid: c.keep for gid, c in chosen.items()}, reasons)
@@ -126,16 +129,17 @@ class Pruner:
             return {}
         gid = np.concatenate([np.full(g.size, g.id) for g in groups])
         vals = np.concatenate([scores[g.id] for g in groups])
+        width = {g.id: g.width for g in groups}  # filters per channel: the level counts filters
         floor = {g.id: max(1, int(np.ceil(g.size * (1 - MAX_GROUP_LEVEL)))) for g in groups}
         counts = {g.id: g.size for g in groups}
-        budget = int(level * vals.size)
+        budget = int(level * sum(g.size * g.width for g in groups))
         for i in np.argsort(vals, kind="stable"):
             if budget <= 0:
                 break
             g = int(gid[i])
             if counts[g] > floor[g]:
                 counts[g] -= 1
-                budget -= 1
+                budget -= width[g]
         return counts
 
     def keeps(self, plan: Plan) -> Keeps:

@@ -242,9 +242,28 @@ def _layernorm(s, node, ins):
 
 @register_rule("groupnorm")
 def _groupnorm(s, node, ins):
+    """Statistics over each of ``groups`` blocks of consecutive channels.
+
+    With ``rewritable`` (the frontend lowers the layer's group count when the model is
+    cut), whole groups may go: a group's channels are tied, so they are cut together; a
+    pruned group is zero throughout and normalises to zero, so the rest never see it.
+    Otherwise (one group, or a count fixed in code) its channels stay whole.
+    """
     x = _tensor(s, ins[0], node)
-    s.block(x, f"{node.label or 'GroupNorm'} statistics span channels")
-    return x
+    groups = int(node.attrs.get("groups", 1))
+    if groups <= 1 or not node.attrs.get("rewritable"):
+        why = "statistics span channels" if groups <= 1 else "group count is fixed in code"
+        s.block(x, f"{node.label or 'GroupNorm'}: {why}")
+        return x
+    ndim = len(node.shape)
+    axis = node.attrs.get("channel_axis", 1)
+    line = _channels(x, ndim, axis, node.shape[axis])
+    rows = line.reshape(groups, -1)
+    for column in rows.T[1:]:
+        s.uf.union_arrays(rows[:, 0], column)
+    if node.layer:
+        s.use(node.layer, "channel", line, node.name)
+    return s.canonical(_place(line, ndim, axis))
 
 
 # -- shape ops ---------------------------------------------------------------------------
@@ -264,6 +283,8 @@ def _reshape(s, node, ins):
     if isinstance(ins[0], Param):
         return _reshape_param(ins[0], node)
     x = _tensor(s, ins[0], node)
+    if np.prod(_shape(s, node)) != np.prod(node.shape):  # a batch size unknown to the capture
+        raise RuleError("reshape sizes do not match its input's")
     full = _full(s, x, _shape(s, node)).reshape(node.shape)
     fixed = [a % len(node.shape) for a in node.attrs.get("fixed_dims", ())]
     for axis, source, source_axis in node.attrs.get("tied_dims", ()):

@@ -24,8 +24,9 @@ import numpy as np
 
 from .analysis import Group
 
-__all__ = ["keep_count", "select", "select_group", "select_required", "Selection",
-           "MAX_GROUP_LEVEL", "AT_LEAST_ONE", "EQUAL_GROUPS", "UNBALANCED"]  # fmt: skip
+__all__ = ["keep_count", "unit_multiple", "select", "select_group", "select_required",
+           "Selection", "MAX_GROUP_LEVEL", "AT_LEAST_ONE", "EQUAL_GROUPS",
+           "UNBALANCED"]  # fmt: skip
 
 MAX_GROUP_LEVEL = 0.9  # no group loses more than 90% of its filters
 AT_LEAST_ONE = "every layer keeps at least one channel"
@@ -60,6 +61,12 @@ def keep_count(size: int, level: float, multiple_of: int = 1) -> int:
     """
     remaining = math.ceil(round(size * (1.0 - level), 6) / multiple_of) * multiple_of
     return int(min(size, max(1, remaining)))
+
+
+def unit_multiple(group: Group, multiple_of: int) -> int:
+    """``multiple_of`` filters counted in ``group``'s channels, each of which stands for
+    ``group.width`` filters: a GroupNorm group of 8 is already a multiple of 8."""
+    return multiple_of // math.gcd(multiple_of, group.width)
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:

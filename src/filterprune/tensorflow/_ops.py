@@ -203,9 +203,12 @@ def _layernorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step
 
 
 def _groupnorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
-    info = LayerInfo(name, "groupnorm", {k: (s, (None,) * len(s))
-                                         for k, s in _var_shapes(layer).items()})  # fmt: skip
-    return [Step("groupnorm", {}, info)]
+    """Whole groups may go; the cut lowers ``groups`` in the rebuilt layer's config."""
+    shapes = _var_shapes(layer)
+    params = {k: (shapes[k], ("channel",)) for k in ("gamma", "beta") if k in shapes}
+    info = LayerInfo(name, "batchnorm", params)
+    attrs = {"groups": int(layer.groups), "channel_axis": int(layer.axis), "rewritable": True}
+    return [Step("groupnorm", attrs, info, variables=tuple(shapes))]
 
 
 # -- channel-free layers -----------------------------------------------------------------
@@ -285,6 +288,8 @@ IDENTITY_LAYERS = _names(
     "ReLU LeakyReLU ELU Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D "
     "GaussianNoise GaussianDropout AlphaDropout ActivityRegularization Identity Masking "
     "MaxPooling1D MaxPooling2D MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D "
+    "AdaptiveAveragePooling1D AdaptiveAveragePooling2D AdaptiveAveragePooling3D "
+    "AdaptiveMaxPooling1D AdaptiveMaxPooling2D AdaptiveMaxPooling3D "
     "UpSampling1D UpSampling2D UpSampling3D ZeroPadding1D ZeroPadding2D ZeroPadding3D "
     "Cropping1D Cropping2D Cropping3D Resizing CenterCrop RandomCrop RandomFlip RandomRotation "
     "RandomZoom RandomTranslation RandomContrast RandomBrightness"
@@ -355,18 +360,34 @@ def layer_steps(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Ste
 _OP_IDENTITY = set(
     "Relu Relu6 Sigmoid HardSigmoid Silu Swish HardSilu HardSwish Gelu Elu Selu LeakyRelu "
     "Softplus Softsign Tanh Exp Log Abs Absolute Negative Sqrt Square Clip Cast Mish Erf "
-    "Floor Ceil Round Sign Reciprocal Sin Cos Identity StopGradient LogicalNot".split()
-)
+    "Floor Ceil Round Sign Reciprocal Sin Cos Identity StopGradient LogicalNot "
+    "Celu HardShrink HardTanh LogSigmoid SoftShrink SparsePlus SparseSigmoid Squareplus "
+    "TanhShrink Threshold Cbrt Cosh Sinh Tan Arctan Arcsinh Exp2 Expm1 Log1p Log2 Log10 "
+    "Rsqrt Erfc Trunc Fabs NanToNum Copy Isnan Isinf Isfinite Signbit "
+    "MaxPool AveragePool Resize".split()
+)  # each channel on its own: per-entry maps, and pooling or resizing over space
 _OP_ELEMENTWISE = set(
     "Add Subtract Multiply Divide TrueDivide Maximum Minimum Power FloorDivide Mod Where "
-    "Greater GreaterEqual Less LessEqual Equal NotEqual LogicalAnd LogicalOr".split()
+    "Greater GreaterEqual Less LessEqual Equal NotEqual LogicalAnd LogicalOr LogicalXor "
+    "Arctan2 Hypot Logaddexp Logaddexp2 Fmax Fmin Fmod Heaviside DivideNoNan".split()
 )
+_OP_ALONG = set("Flip Roll Cumsum Cumprod Sort Normalize Sparsemax".split())  # op.axis
 
 
 def _op_axis_list(axis: Any, ndim: int) -> list[int]:
     if axis is None:
         return list(range(ndim))
     return [int(a) for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
+
+
+def _moved(source: Any, destination: Any, ndim: int) -> list[int]:
+    """The input axis at each output axis of ``moveaxis(source, destination)``."""
+    source = [int(a) % ndim for a in np.atleast_1d(source)]
+    destination = [int(a) % ndim for a in np.atleast_1d(destination)]
+    perm = [a for a in range(ndim) if a not in source]
+    for dest, src in sorted(zip(destination, source, strict=True)):
+        perm.insert(dest, src)
+    return perm
 
 
 def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]:
@@ -382,6 +403,22 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
         return [Step("elementwise")]
     if name in ("Softmax", "LogSoftmax"):
         return [Step("along", {"dims": _op_axis_list(op.axis, ndim)})]
+    if name in _OP_ALONG:
+        axis = op.axis
+        if axis is None and name in ("Cumsum", "Cumprod", "Sort"):
+            return [Step("stop", {"reason": f"keras.ops {name} over the flattened tensor"})]
+        return [Step("along", {"dims": _op_axis_list(axis, ndim)})]  # no axis (flip): all
+    if name == "Pad":
+        widths = np.broadcast_to(np.asarray(op.pad_width), (ndim, 2))
+        return [Step("along", {"dims": [a for a in range(ndim) if widths[a].any()]})]
+    if name == "Swapaxes":
+        perm = list(range(ndim))
+        perm[int(op.axis1)], perm[int(op.axis2)] = perm[int(op.axis2)], perm[int(op.axis1)]
+        return [Step("permute", {"perm": perm})]
+    if name == "Moveaxis":
+        return [Step("permute", {"perm": _moved(op.source, op.destination, ndim)})]
+    if name == "Tile":
+        return [Step("tile", {"reps": [int(r) for r in np.atleast_1d(op.repeats)]})]
     if name == "Reshape":
         fixed = [i for i, d in enumerate(op.newshape) if d != -1 and i > 0]
         return [Step("reshape", {"fixed_dims": fixed})]
@@ -397,7 +434,7 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
     if name == "Split":
         return [Step("split", {"axis": int(op.axis), "sizes": [s[op.axis] for s in out],
                                "equal": isinstance(op.indices_or_sections, int)})]  # fmt: skip
-    if name in ("Mean", "Sum", "Max", "Min", "Amax", "Amin"):
+    if name in ("Mean", "Sum", "Max", "Min", "Amax", "Amin", "Var", "Std", "Prod"):
         return [Step("reduce", {"dims": _op_axis_list(op.axis, ndim),
                                 "keepdim": bool(getattr(op, "keepdims", False))})]  # fmt: skip
     if name == "GetItem" and len(args) > 1:

@@ -65,10 +65,21 @@ def _config_changes(layer: Any, info: LayerInfo, keep: dict[str, np.ndarray]) ->
         elif "units" in config:
             changes["units"] = int(out.sum())
     groups = int(config.get("groups", 1))
+    channels = keep.get("channel")
+    if isinstance(layer, keras.layers.GroupNormalization) and channels is not None:
+        changes["groups"] = _groups_left(layer.name, channels, groups)
     inp = keep.get("in")
     if groups > 1 and inp is not None and groups == inp.size:  # depthwise written as groups
         changes["groups"] = int(inp.sum())
     return changes
+
+
+def _groups_left(name: str, channels: np.ndarray, groups: int) -> int:
+    """A GroupNormalization's groups after a cut, which removes whole groups."""
+    width, kept = channels.size // groups, int(channels.sum())
+    if kept % width:
+        raise AnalysisError(f"{name}: {kept} channels kept are not whole groups of {width}.")
+    return kept // width
 
 
 def _kept_extent(analysis: Analysis, node: Any, kept: dict[int, np.ndarray]) -> list[int] | None:

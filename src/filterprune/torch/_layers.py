@@ -157,6 +157,8 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         why = f"{label} reads a {computed[0]} computed in forward, not a parameter"
         return _opaque(why, context, modules, graph_layers, positions)
     if not params:
+        if _own_norm(spec, context, modules):
+            return _parts_of(modules[context], context, in_shape, out_shape, graph_layers)
         return _without_params(spec, label, call)
     owners = {owner_of(name)[0] for name in params.values()}
     named = all(owner_of(name)[1] == slot for slot, name in params.items())
@@ -179,9 +181,26 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
                "masks follow only the forward of its torch class")  # fmt: skip
         return _opaque(why, owner, modules, graph_layers, positions)
     (kind, attrs), info = build(module, owner, in_shape, out_shape)
-    if info.params or kind in ("conv", "linear", "batchnorm"):
+    if kind == "groupnorm" and context != owner:  # another module's code passes the count
+        attrs = {**attrs, "rewritable": False}
+    if info.params or info.kind in ("conv", "linear", "batchnorm"):
         graph_layers.setdefault(owner, info)
     return Parts(kind, dict(attrs), layer=owner)
+
+
+def _own_norm(spec: Functional, context: str | None, modules: dict[str, nn.Module]) -> bool:
+    """Whether a call without parameters is the forward of a GroupNorm without affine
+    parameters (torch.export records it so): that module is the layer, its count cut."""
+    module = modules.get(context or "")
+    return nn.GroupNorm in spec.forms and isinstance(module, nn.GroupNorm)
+
+
+def _parts_of(module: nn.Module, name: str, in_shape: Any, out_shape: Any,
+              graph_layers: dict) -> Parts:  # fmt: skip
+    found = module_rule(module)
+    (kind, attrs), info = found[1](module, name, in_shape, out_shape)
+    graph_layers.setdefault(name, info)
+    return Parts(kind, dict(attrs), layer=name)
 
 
 def _same_forward(module: nn.Module, cls: type[nn.Module], in_shape: Any) -> bool:

@@ -92,6 +92,47 @@ def _layernorm(m: nn.LayerNorm, name: str, in_shape, out_shape) -> tuple[Spec, L
     return spec, LayerInfo(name, "layernorm", _params(m, {}))
 
 
+def _groupnorm(m: nn.GroupNorm, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    """Whole groups may go where the forward reads ``num_groups`` from the module, so the
+    cut lowers it (a count written in the forward's code stays whole)."""
+    params = _params(m, {"weight": ("channel",), "bias": ("channel",)})
+    attrs = {"groups": m.num_groups, "channel_axis": 1,
+             "rewritable": _reads_num_groups(m, in_shape)}  # fmt: skip
+    return ("groupnorm", attrs), LayerInfo(name, "batchnorm", params)
+
+
+def _reads_num_groups(m: nn.GroupNorm, in_shape) -> bool:
+    """Whether ``m``'s forward uses its ``num_groups``: on a random input, in eval mode and
+    from one seed (a forward with dropout draws alike), it gives the same output twice
+    and another when the attribute says one group (``nn.GroupNorm`` and timm's do)."""
+    if type(m).forward is nn.GroupNorm.forward:
+        return True
+    if m.num_groups <= 1 or not isinstance(in_shape, tuple):
+        return False
+    ref = next(m.parameters(), None)
+    x = torch.randn(in_shape, generator=torch.Generator().manual_seed(0))
+    if ref is not None:
+        x = x.to(ref)
+    groups, training = m.num_groups, m.training
+
+    def run(count: int) -> Any:
+        m.num_groups = count
+        torch.manual_seed(0)
+        return type(m).forward(m, x)  # no hooks: the forward alone
+
+    try:
+        m.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            own, again, one = run(groups), run(groups), run(1)
+    except Exception:  # noqa: BLE001 - a forward that fails on a plain tensor: not known
+        return False
+    finally:
+        m.num_groups = groups
+        m.train(training)
+    return all(isinstance(t, torch.Tensor) for t in (own, again, one)) \
+        and torch.equal(own, again) and not torch.allclose(own, one)  # fmt: skip
+
+
 def _simple(kind: str, **attrs: Any) -> Callable[..., tuple[Spec, LayerInfo]]:
     def build(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
         return (kind, dict(attrs)), LayerInfo(name, kind, _params(m, {}))
@@ -114,7 +155,7 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     **{t: _batchnorm for t in _BN + _IN},
     nn.PReLU: _prelu,
     nn.LayerNorm: _layernorm,
-    nn.GroupNorm: _simple("groupnorm"),
+    nn.GroupNorm: _groupnorm,
     nn.Softmax: _softmax,
     nn.LogSoftmax: _softmax,
     nn.Flatten: _flatten,

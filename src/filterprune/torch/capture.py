@@ -263,7 +263,7 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
         attrs = {"reason": f"{label} {name} computes its weight from other parameters",
                  "positions": _tokens(shape, graph)}  # fmt: skip
         return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
-    if info.params or kind in ("conv", "linear", "batchnorm"):
+    if info.params or info.kind in ("conv", "linear", "batchnorm"):
         graph.layers.setdefault(name, info)
     return Node(node.name, kind, inputs[:1], shape, layer=name, attrs=attrs, label=label)
 

@@ -102,6 +102,8 @@ def _shrink_layer(model: nn.Module, name: str, info: LayerInfo, keep: dict) -> N
     for size in ("num_features", "num_parameters"):  # norms without tensors keep no shape
         if channels is not None and hasattr(module, size):
             setattr(module, size, int(channels.sum()))
+    if channels is not None and isinstance(module, nn.GroupNorm) and module.weight is None:
+        _regroup(module, int(channels.sum()))
     _sync_attributes(module)
 
 
@@ -129,7 +131,9 @@ def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.M
 def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Reshape ``model``'s layers to the shapes saved in a shrunk ``state_dict``.
 
-    Lets a user rebuild a pruned model from its architecture and saved weights:
+    Lets a user rebuild a pruned model from its architecture and saved weights. A layer
+    that saves no tensor (a ``GroupNorm`` without affine parameters) keeps its sizes: save
+    the whole module, or set them by hand.
 
     Example:
         >>> model = torchvision.models.resnet18()  # doctest: +SKIP
@@ -168,3 +172,14 @@ def _sync_attributes(module: nn.Module) -> None:
             module.num_features = ref.shape[0]
     elif isinstance(module, nn.PReLU):
         module.num_parameters = module.weight.numel()
+    elif isinstance(module, nn.GroupNorm) and module.weight is not None:
+        _regroup(module, module.weight.shape[0])
+
+
+def _regroup(module: nn.GroupNorm, channels: int) -> None:
+    """A GroupNorm cut by whole groups: as many groups as are left, each as wide."""
+    width = module.num_channels // module.num_groups
+    if channels % width:
+        raise AnalysisError(f"GroupNorm: {channels} channels kept are not whole groups of "
+                            f"{width}.")  # fmt: skip
+    module.num_channels, module.num_groups = channels, channels // width

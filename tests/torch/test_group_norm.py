@@ -1,0 +1,144 @@
+"""GroupNorm is cut by whole groups, and its group count lowered to match.
+
+A group's statistics span its channels, so a cut inside a group would change them: the
+channels of one group are tied and go together. Where the group count is written in the
+forward's code (not read from the module), nothing there is cut. Every model is compared
+masked against stripped with every parameter redrawn.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_helpers import assert_strip_equal, make_config
+
+import filterprune.torch.capture as capture_module
+from filterprune.testing.zoo import nondegenerate
+from filterprune.torch import create_compressed_model
+
+
+class ReadsCount(nn.GroupNorm):
+    """timm's form: its own forward, reading ``self.num_groups``."""
+
+    def forward(self, x):
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class FixedCount(nn.GroupNorm):
+    """A forward that writes the group count in code: a cut could not lower it."""
+
+    def forward(self, x):
+        return F.group_norm(x, 4, self.weight, self.bias, self.eps)
+
+
+class Net(nn.Module):
+    """GroupNorms of 4, 8 and 32 groups (one channel each), across a residual add."""
+
+    def __init__(self, norm=nn.GroupNorm, affine=True):
+        super().__init__()
+        self.c1, self.g1 = nn.Conv2d(3, 32, 3, padding=1), norm(4, 32, affine=affine)
+        self.c2, self.g2 = nn.Conv2d(32, 32, 3, padding=1), norm(8, 32)
+        self.c3, self.g3 = nn.Conv2d(32, 32, 3, padding=1), norm(32, 32)
+        self.head = nn.Conv2d(32, 5, 1)
+
+    def forward(self, x):
+        x = F.silu(self.g1(self.c1(x)))
+        y = F.relu(self.g2(self.c2(x))) + x
+        return self.head(F.relu(self.g3(self.c3(y))))
+
+
+class Borrowed(nn.Module):
+    """Another module's code calls ``F.group_norm`` with the norm's weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.gn = nn.Conv2d(3, 32, 3, padding=1), nn.GroupNorm(4, 32)
+        self.head = nn.Conv2d(32, 5, 1)
+
+    def forward(self, x):
+        return self.head(F.group_norm(self.c1(x), 4, self.gn.weight, self.gn.bias))
+
+
+class OneGroup(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.gn = nn.Conv2d(3, 32, 3, padding=1), nn.GroupNorm(1, 32)
+        self.head = nn.Conv2d(32, 5, 1)
+
+    def forward(self, x):
+        return self.head(self.gn(self.c1(x)))
+
+
+def prune(model, **params):
+    nondegenerate(model)
+    config = make_config((1, 3, 16, 16), prune_first_conv=True, **params)
+    ctrl, model = create_compressed_model(model, config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    return small, held
+
+
+@pytest.mark.parametrize("norm", [nn.GroupNorm, ReadsCount])
+def test_whole_groups_are_cut_and_the_group_count_follows(norm):
+    small, held = prune(Net(norm), filters_multiple_of=1)
+    assert "c1" not in held and "c3" not in held
+    # c1 and c2 are tied by the add; g1's groups of 8 channels are the coarsest
+    assert small.c1.out_channels == small.c2.out_channels == 16
+    assert (small.g1.num_groups, small.g1.num_channels) == (2, 16)
+    assert (small.g2.num_groups, small.g2.num_channels) == (4, 16)
+    assert (small.g3.num_groups, small.g3.num_channels) == (16, 16)
+
+
+def test_a_group_of_eight_channels_counts_as_eight_filters_for_rounding():
+    small, _ = prune(Net(), filters_multiple_of=8)  # the default rounding
+    assert small.c1.out_channels == 16 and small.c3.out_channels == 16
+
+
+def test_a_groupnorm_without_affine_is_cut_too():
+    small, _ = prune(Net(affine=False), filters_multiple_of=1)
+    assert (small.g1.num_groups, small.g1.num_channels) == (2, 16)
+
+
+@pytest.mark.parametrize("build", [lambda: Net(FixedCount), Borrowed, OneGroup])
+def test_a_group_count_fixed_in_code_or_one_group_keeps_the_channels(build):
+    small, held = prune(build())
+    assert "statistics span channels" in held["c1"] or "count is fixed in code" in held["c1"]
+    assert small.c1.out_channels == 32
+
+
+def test_the_torch_export_capture_cuts_groups_alike(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise capture_module._TraceError("torch.fx refused")
+
+    monkeypatch.setattr(capture_module, "capture_fx", refuse)
+    small, _ = prune(Net(), filters_multiple_of=1)
+    assert (small.g1.num_groups, small.g1.num_channels) == (2, 16)
+
+
+class DropsAfter(nn.GroupNorm):
+    """A fixed count and dropout: two training-mode runs would differ anyway."""
+
+    def forward(self, x):
+        return F.dropout(F.group_norm(x, 4, self.weight, self.bias, self.eps), 0.5, self.training)
+
+
+def test_a_random_forward_does_not_pass_for_reading_the_count():
+    model = Net()
+    model.g2 = DropsAfter(8, 32)
+    small, held = prune(model.train())
+    assert "count is fixed in code" in held["c2"] and small.g2.num_groups == 8
+
+
+def test_the_torch_export_capture_cuts_a_groupnorm_without_affine(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise capture_module._TraceError("torch.fx refused")
+
+    monkeypatch.setattr(capture_module, "capture_fx", refuse)
+    small, _ = prune(Net(affine=False), filters_multiple_of=1)
+    assert (small.g1.num_groups, small.g1.num_channels) == (2, 16)
+
+
+def test_global_ranking_counts_the_filters_a_group_stands_for():
+    small, _ = prune(Net(), all_weights=True, filters_multiple_of=1)
+    kept = small.c1.out_channels + small.c3.out_channels  # of 64 filters, 32 go
+    assert small.c1.out_channels < 32 and 32 - 8 < kept <= 32  # a group of 8 may overshoot
