@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["weight_mask", "slice_weight", "filters_first"]
+from ..errors import AnalysisError
+
+__all__ = ["weight_mask", "slice_weight", "filters_first", "groups_left"]
 
 Roles = tuple[str | None, ...]
 
@@ -116,3 +118,16 @@ def filters_first(array: np.ndarray, roles: Roles) -> np.ndarray:
     if "out" not in roles:
         raise ValueError(f"A producer's weight must have an 'out' axis. Received roles: {roles}.")
     return np.moveaxis(array, roles.index("out"), 0)
+
+
+def groups_left(name: str, kept: int, channels: int, groups: int) -> int:
+    """The group count of a norm over ``groups`` groups of ``channels`` once ``kept``
+    channels stay: the cut removes whole groups, each as wide as before.
+
+    Raises:
+        AnalysisError: If ``kept`` is not a whole number of groups.
+    """
+    width = channels // groups
+    if kept % width:
+        raise AnalysisError(f"{name}: {kept} channels kept are not whole groups of {width}.")
+    return kept // width

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.analysis import Analysis
 from ..core.graph import LayerInfo
-from ..core.weights import slice_weight
+from ..core.weights import groups_left, slice_weight
 from ..errors import AnalysisError
 from .capture import Capture
 from .masks import base_class, is_masked, masked_weights
@@ -67,19 +67,11 @@ def _config_changes(layer: Any, info: LayerInfo, keep: dict[str, np.ndarray]) ->
     groups = int(config.get("groups", 1))
     channels = keep.get("channel")
     if isinstance(layer, keras.layers.GroupNormalization) and channels is not None:
-        changes["groups"] = _groups_left(layer.name, channels, groups)
+        changes["groups"] = groups_left(layer.name, int(channels.sum()), channels.size, groups)
     inp = keep.get("in")
     if groups > 1 and inp is not None and groups == inp.size:  # depthwise written as groups
         changes["groups"] = int(inp.sum())
     return changes
-
-
-def _groups_left(name: str, channels: np.ndarray, groups: int) -> int:
-    """A GroupNormalization's groups after a cut, which removes whole groups."""
-    width, kept = channels.size // groups, int(channels.sum())
-    if kept % width:
-        raise AnalysisError(f"{name}: {kept} channels kept are not whole groups of {width}.")
-    return kept // width
 
 
 def _kept_extent(analysis: Analysis, node: Any, kept: dict[int, np.ndarray]) -> list[int] | None:

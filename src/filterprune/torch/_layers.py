@@ -24,7 +24,7 @@ import torch
 from torch import fx, nn
 
 from ..core.graph import Graph, LayerInfo, Node
-from ._ops import FUNCTIONAL, Functional, module_rule
+from ._ops import FUNCTIONAL, Functional, module_rule, probe_forwards
 
 __all__ = ["functional_node", "plain_params", "owner_of", "module_path", "split_sizes",
            "COMPUTED"]
@@ -158,7 +158,9 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         return _opaque(why, context, modules, graph_layers, positions)
     if not params:
         if _own_norm(spec, context, modules):
-            return _parts_of(modules[context], context, in_shape, out_shape, graph_layers)
+            build = module_rule(modules[context])[1]
+            return _built(build, modules[context], context, in_shape, out_shape, context,
+                          graph_layers)  # fmt: skip
         return _without_params(spec, label, call)
     owners = {owner_of(name)[0] for name in params.values()}
     named = all(owner_of(name)[1] == slot for slot, name in params.items())
@@ -180,6 +182,12 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         why = (f"{type(module).__name__} {owner} runs its own forward around {label}; "
                "masks follow only the forward of its torch class")  # fmt: skip
         return _opaque(why, owner, modules, graph_layers, positions)
+    return _built(build, module, owner, in_shape, out_shape, context, graph_layers)
+
+
+def _built(build: Callable, module: nn.Module, owner: str, in_shape: Any, out_shape: Any,
+           context: str | None, graph_layers: dict) -> Parts:  # fmt: skip
+    """The parts of ``module``'s rule, its facts added to the layer table."""
     (kind, attrs), info = build(module, owner, in_shape, out_shape)
     if kind == "groupnorm" and context != owner:  # another module's code passes the count
         attrs = {**attrs, "rewritable": False}
@@ -195,14 +203,6 @@ def _own_norm(spec: Functional, context: str | None, modules: dict[str, nn.Modul
     return nn.GroupNorm in spec.forms and isinstance(module, nn.GroupNorm)
 
 
-def _parts_of(module: nn.Module, name: str, in_shape: Any, out_shape: Any,
-              graph_layers: dict) -> Parts:  # fmt: skip
-    found = module_rule(module)
-    (kind, attrs), info = found[1](module, name, in_shape, out_shape)
-    graph_layers.setdefault(name, info)
-    return Parts(kind, dict(attrs), layer=name)
-
-
 def _same_forward(module: nn.Module, cls: type[nn.Module], in_shape: Any) -> bool:
     """Whether ``module`` computes what the forward of its torch class ``cls`` computes.
 
@@ -213,19 +213,10 @@ def _same_forward(module: nn.Module, cls: type[nn.Module], in_shape: Any) -> boo
     """
     if type(module).forward is cls.forward:
         return True
-    if not isinstance(in_shape, tuple):
+    outs = probe_forwards(module, in_shape, type(module).forward, cls.forward)
+    if outs is None:
         return False
-    ref = next(module.parameters())
-    x = torch.randn(in_shape, generator=torch.Generator().manual_seed(0)).to(ref)
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            own, base = type(module).forward(module, x), cls.forward(module, x)
-    except Exception:  # noqa: BLE001 - a forward that fails on a plain tensor: not the same
-        return False
-    finally:
-        module.train(was_training)
+    own, base = outs
     return isinstance(own, torch.Tensor) and own.shape == base.shape and torch.equal(own, base)
 
 

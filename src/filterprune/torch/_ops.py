@@ -20,7 +20,7 @@ from torch import fx, nn
 from ..core.graph import LayerInfo
 
 __all__ = ["MODULE_RULES", "CALL_RULES", "IDENTITY_MODULES", "FUNCTIONAL", "Functional",
-           "module_rule"]
+           "module_rule", "probe_forwards"]
 
 Spec = tuple[str, dict[str, Any]]
 
@@ -92,6 +92,35 @@ def _layernorm(m: nn.LayerNorm, name: str, in_shape, out_shape) -> tuple[Spec, L
     return spec, LayerInfo(name, "layernorm", _params(m, {}))
 
 
+Forward = Callable[[nn.Module, torch.Tensor], Any]
+
+
+def probe_forwards(module: nn.Module, in_shape: Any, *forwards: Forward) -> list[Any] | None:
+    """Each of ``forwards(module, x)`` on one random input of ``in_shape``, in eval mode,
+    without gradients and each from the same seed (a dropout draws alike), leaving the
+    caller's random state and training flag as they were; ``None`` where one fails."""
+    if not isinstance(in_shape, tuple):
+        return None
+    ref = next(module.parameters(), None)
+    x = torch.randn(in_shape, generator=torch.Generator().manual_seed(0))
+    if ref is not None:
+        x = x.to(ref)
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    training = module.training
+    module.eval()
+    outs = []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            for forward in forwards:
+                torch.manual_seed(0)
+                outs.append(forward(module, x))
+    except Exception:  # noqa: BLE001 - a forward that fails on a plain tensor: not known
+        return None
+    finally:
+        module.train(training)
+    return outs
+
+
 def _groupnorm(m: nn.GroupNorm, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
     """Whole groups may go where the forward reads ``num_groups`` from the module, so the
     cut lowers it (a count written in the forward's code stays whole)."""
@@ -102,35 +131,29 @@ def _groupnorm(m: nn.GroupNorm, name: str, in_shape, out_shape) -> tuple[Spec, L
 
 
 def _reads_num_groups(m: nn.GroupNorm, in_shape) -> bool:
-    """Whether ``m``'s forward uses its ``num_groups``: on a random input, in eval mode and
-    from one seed (a forward with dropout draws alike), it gives the same output twice
-    and another when the attribute says one group (``nn.GroupNorm`` and timm's do)."""
+    """Whether ``m``'s forward uses its ``num_groups``: it gives the same output twice and
+    another when the attribute says one group (``nn.GroupNorm`` and timm's do)."""
     if type(m).forward is nn.GroupNorm.forward:
         return True
-    if m.num_groups <= 1 or not isinstance(in_shape, tuple):
+    if m.num_groups <= 1:
         return False
-    ref = next(m.parameters(), None)
-    x = torch.randn(in_shape, generator=torch.Generator().manual_seed(0))
-    if ref is not None:
-        x = x.to(ref)
-    groups, training = m.num_groups, m.training
+    groups = m.num_groups
 
-    def run(count: int) -> Any:
-        m.num_groups = count
-        torch.manual_seed(0)
-        return type(m).forward(m, x)  # no hooks: the forward alone
+    def at(count: int) -> Forward:
+        def run(module: nn.Module, x: torch.Tensor) -> Any:
+            module.num_groups = count
+            return type(module).forward(module, x)
+
+        return run
 
     try:
-        m.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            own, again, one = run(groups), run(groups), run(1)
-    except Exception:  # noqa: BLE001 - a forward that fails on a plain tensor: not known
-        return False
+        outs = probe_forwards(m, in_shape, at(groups), at(groups), at(1))
     finally:
         m.num_groups = groups
-        m.train(training)
-    return all(isinstance(t, torch.Tensor) for t in (own, again, one)) \
-        and torch.equal(own, again) and not torch.allclose(own, one)  # fmt: skip
+    if outs is None or not all(isinstance(t, torch.Tensor) for t in outs):
+        return False
+    own, again, one = outs
+    return torch.equal(own, again) and not torch.allclose(own, one)
 
 
 def _simple(kind: str, **attrs: Any) -> Callable[..., tuple[Spec, LayerInfo]]:

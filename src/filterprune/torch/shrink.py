@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..core.graph import LayerInfo
-from ..core.weights import slice_weight
+from ..core.weights import groups_left, slice_weight
 from ..errors import AnalysisError
 
 __all__ = ["shrink_model", "resize_to_state_dict"]
@@ -178,8 +178,5 @@ def _sync_attributes(module: nn.Module) -> None:
 
 def _regroup(module: nn.GroupNorm, channels: int) -> None:
     """A GroupNorm cut by whole groups: as many groups as are left, each as wide."""
-    width = module.num_channels // module.num_groups
-    if channels % width:
-        raise AnalysisError(f"GroupNorm: {channels} channels kept are not whole groups of "
-                            f"{width}.")  # fmt: skip
-    module.num_channels, module.num_groups = channels, channels // width
+    groups = groups_left("GroupNorm", channels, module.num_channels, module.num_groups)
+    module.num_channels, module.num_groups = channels, groups
