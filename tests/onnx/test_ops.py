@@ -333,3 +333,37 @@ def test_gemm_with_untransposed_weights(tmp_path):
     new, report = convert(save_graph(tmp_path, nodes, w, [2, 8], [2, 3], 17), np.zeros((2, 8)))
     assert layer(report, "fc1").removed == 2
     assert weight_shape(new, "fc1") == (8, 4) and weight_shape(new, "fc2") == (4, 3)
+
+
+def test_pixel_shuffle_removes_whole_blocks(tmp_path):
+    """torch's pixel_shuffle exports as DepthToSpace in CRD order: output channel c is
+    conv1 filters 4c..4c+3, which go together; a partial block stays."""
+    m = Chain(nn.PixelShuffle(2), c=16, c2=4)
+    zero(m.conv1, [4, 5, 6, 7, 8])
+    x = torch.randn(1, 3, 8, 8)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert any(n.op_type == "DepthToSpace" for n in new.graph.node)
+    assert layer(report, "conv1").removed == 4
+    assert weight_shape(new, "conv1") == (12, 3, 3, 3)
+    assert weight_shape(new, "conv2") == (4, 3, 3, 3)
+
+
+@pytest.mark.parametrize("op", ["DepthToSpace", "SpaceToDepth"])
+def test_depth_to_space_in_dcr_order_and_space_to_depth(op, tmp_path):
+    """DCR order: output channel c is input channels c, c+C, c+2C, c+3C (C = 2 here);
+    SpaceToDepth writes input channel c at c, c+C, c+2C, c+3C of its output."""
+    rng = np.random.default_rng(0)
+    up = op == "DepthToSpace"
+    c1, c2 = (8, 2) if up else (2, 8)
+    w = {"w1": rng.normal(size=(c1, 3, 3, 3)), "b1": rng.normal(size=c1),
+         "w2": rng.normal(size=(4, c2, 3, 3))}  # fmt: skip
+    gone = [1, 3, 5, 7] if up else [1]
+    w["w1"][gone] = w["b1"][gone] = 0
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="conv1", pads=[1] * 4),
+             helper.make_node(op, ["a"], ["s"], blocksize=2, **({"mode": "DCR"} if up else {})),
+             helper.make_node("Conv", ["s", "w2"], ["y"], name="conv2", pads=[1] * 4)]  # fmt: skip
+    side, out = (4, 8) if up else (8, 4)
+    path = save_graph(tmp_path, nodes, w, [1, 3, side, side], [1, 4, out, out])
+    new, report = convert(path, np.zeros((1, 3, side, side)))
+    assert layer(report, "conv1").removed == len(gone)
+    assert weight_shape(new, "conv2") == ((4, 1, 3, 3) if up else (4, 4, 3, 3))

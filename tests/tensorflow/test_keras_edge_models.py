@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from keras_helpers import assert_strip_equal, keras, layers, make_config, randomize_bn
 
+from filterprune.core.finite import NONFINITE
 from filterprune.tensorflow import create_compressed_model
 
 ops = keras.ops
@@ -143,3 +144,54 @@ def test_group_normalization_is_cut_by_whole_groups(tmp_path):
     x = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype("float32")
     back = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(back(x).numpy(), small(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_a_division_by_a_pruned_channel_keeps_its_group_whole(eps):
+    """A pruned channel's spatial norm is zero: without ``eps`` the masked model would
+    divide 0 by 0 (NaN, and NaN through the next conv's zeroed weights)."""
+    inp = keras.Input((32, 32, 3))
+    y = layers.BatchNormalization()(conv(16, "c1", use_bias=False)(inp))
+    y = y / (ops.sqrt(ops.sum(ops.square(y), axis=(1, 2), keepdims=True)) + eps)
+    y = layers.BatchNormalization()(conv(16, "c2")(layers.ReLU()(y)))
+    ctrl, small, held = prune(keras.Model(inp, head(y)))
+    assert "c2" not in held and small.get_layer("c2").filters < 16
+    if eps:
+        assert "c1" not in held and small.get_layer("c1").filters < 16
+    else:
+        assert held["c1"] == NONFINITE and small.get_layer("c1").filters == 16
+
+
+
+def test_a_dry_run_holds_a_non_finite_cut_and_leaves_the_model_as_it_was():
+    from filterprune.core.workflow import dry_run
+    from filterprune.tensorflow.frontend import KerasFrontend
+
+    inp = keras.Input((32, 32, 3))
+    y = layers.BatchNormalization()(conv(16, "c1", use_bias=False)(inp))
+    y = y / ops.sqrt(ops.sum(ops.square(y), axis=(1, 2), keepdims=True))
+    model = redrawn(keras.Model(inp, head(layers.ReLU()(y))))
+    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
+    ref, n_weights = model(x).numpy(), len(model.weights)
+    classes = [type(layer) for layer in model.layers]
+    dry = dry_run(KerasFrontend(), model, make_config(prune_first_conv=True))
+    held = {p: r for producers, r in dry.statistics().unpruned for p in producers}
+    assert held["c1"] == NONFINITE
+    assert [type(layer) for layer in model.layers] == classes and len(model.weights) == n_weights
+    np.testing.assert_array_equal(model(x).numpy(), ref)
+
+
+@pytest.mark.parametrize("up", [True, False], ids=["depth_to_space", "space_to_depth"])
+def test_depth_to_space_and_back_are_cut_through(up):
+    """tf.nn's order: output channel c of depth_to_space is input channels c, c+C, ...;
+    space_to_depth writes input channel c at c, c+C, ... of its output."""
+    inp = keras.Input((32, 32, 3))
+    y = layers.BatchNormalization()(conv(32 if up else 16, "c1")(inp))
+    y = ops.depth_to_space(y, 2) if up else ops.space_to_depth(y, 2)
+    y = layers.BatchNormalization()(conv(16, "c2")(layers.ReLU()(y)))
+    ctrl, small, held = prune(keras.Model(inp, head(y)))
+    assert "c1" not in held and "c2" not in held
+    c1 = small.get_layer("c1").filters
+    assert c1 < (32 if up else 16)
+    assert small.get_layer("c2").kernel.shape[2] == (c1 // 4 if up else c1 * 4)
+

@@ -6,6 +6,7 @@ channels stay whole. Every model is compared masked against stripped with every
 parameter and BatchNorm statistic redrawn (no branch hidden by a zero or a 1e-6).
 """
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -186,3 +187,16 @@ def test_a_weight_normed_conv_is_left_whole():
     _, held = prune(net)
     assert "body computes its weight from other parameters" in held["b.0"]
     assert "a.0" not in held and "c.0" not in held
+
+
+@pytest.mark.parametrize("norm", [nn.utils.weight_norm, nn.utils.spectral_norm])
+def test_a_weight_normed_model_strips_after_a_training_step(norm):
+    """The hook-computed weight is a non-leaf tensor after a step, which deepcopy refuses."""
+    net = Head(norm(nn.Conv2d(32, 32, 3, padding=1)))
+    ctrl, _ = prune(net)
+    net.train()
+    net(torch.randn(2, 3, 16, 16)).sum().backward()
+    x = torch.randn(2, 3, 16, 16)
+    small = ctrl.strip().eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), net.eval()(x), rtol=1e-4, atol=1e-5)

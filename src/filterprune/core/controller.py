@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from .analysis import Analysis, AnalysisOptions
 from .compression import STATE_VERSION, CompressionController, CompressionStage
 from .coupled import coupled_layers, coupled_scores
+from .finite import Probe, hold_nonfinite
 from .legr import learn_ranking
 from .legr_coeffs import Coeffs, coeffs_from_json, coeffs_to_json, identity, load_coeffs
 from .params import FilterPruningParams
@@ -156,6 +157,16 @@ class PruningControllerBase(CompressionController):
         """Make ``plan`` the masks in place; subclasses update the model, then call this."""
         self.plan = plan
 
+    def _cut_probe(self) -> contextlib.AbstractContextManager[Probe | None]:
+        """The frontend's probe (:meth:`~filterprune.core.workflow.Frontend.cut_probe`)
+        on this controller's model; here none."""
+        return contextlib.nullcontext(None)
+
+    def _hold_nonfinite(self) -> None:
+        """Keep whole the groups whose cut makes the model non-finite (:mod:`.finite`)."""
+        with self._cut_probe() as finite:
+            hold_nonfinite(self.analysis, finite)
+
     def _sync(self, plan: Plan) -> Plan:
         """The plan every data-parallel worker uses (here: ``plan`` itself)."""
         return plan
@@ -188,12 +199,6 @@ class PruningControllerBase(CompressionController):
         Returns:
             True when the masks are new (a caller may then adapt BatchNorm statistics).
         """
-        for group in self.analysis.groups:
-            if not group.prunable:
-                log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)
-        if not self.analysis.prunable_groups:
-            log.warning("filter_pruning: nothing can be pruned, every group is left whole (%s); "
-                        "the model stays UNCOMPRESSED.", _why_whole(self.analysis))  # fmt: skip
         if self.params.shrink_when_frozen and not self.supports_shrink_when_frozen:
             raise ConfigError(
                 "`params.shrink_when_frozen` must be false here: only the PyTorch frontend "
@@ -211,6 +216,13 @@ class PruningControllerBase(CompressionController):
                     "register_default_init_args(config, data) first. Received: no registered "
                     "data."
                 )
+        self._hold_nonfinite()  # after the checks above: it runs the model
+        for group in self.analysis.groups:
+            if not group.prunable:
+                log.info("left unpruned: %s: %s", ", ".join(group.producers), group.reason)
+        if not self.analysis.prunable_groups:
+            log.warning("filter_pruning: nothing can be pruned, every group is left whole (%s); "
+                        "the model stays UNCOMPRESSED.", _why_whole(self.analysis))  # fmt: skip
         if compression_state is not None:
             self.load_state(compression_state)
             return False

@@ -266,6 +266,42 @@ def _groupnorm(s, node, ins):
     return s.canonical(_place(line, ndim, axis))
 
 
+@register_rule("pixel_shuffle")
+def _pixel_shuffle(s, node, ins):
+    """Depth to space by ``factor`` (``r``; ``n = r ** spatial axes`` channels per patch):
+    output channel ``c`` is input channels ``c*n`` to ``c*n + n - 1`` (with ``strided``,
+    ONNX's DCR order: ``c``, ``c + C``, ... ``c + (n-1)*C``) spread over a patch, so those
+    are tied and go together. ``inverse`` (space to depth): each input channel becomes
+    ``n`` output channels (consecutive; ``strided``: ``C`` apart), all read as that
+    channel. The op reads its channel count from its input, so a cut needs no rewrite."""
+    x = _tensor(s, ins[0], node)
+    in_shape = _shape(s, node)
+    ndim, axis = len(in_shape), node.attrs.get("channel_axis", 1)
+    per = int(node.attrs["factor"]) ** (ndim - 2)
+    strided = bool(node.attrs.get("strided"))
+    line = _channels(x, ndim, axis, in_shape[axis])
+    if node.attrs.get("inverse"):
+        out = np.tile(line, per) if strided else np.repeat(line, per)
+        return s.canonical(_place(out, ndim, axis))
+    rows = line.reshape(per, -1).T if strided else line.reshape(-1, per)
+    for column in rows.T[1:]:
+        s.uf.union_arrays(rows[:, 0], column)
+    return s.canonical(_place(rows[:, 0].copy(), ndim, axis))
+
+
+@register_rule("channel_shuffle")
+def _channel_shuffle(s, node, ins):
+    """Channels read as ``groups`` rows, written by columns. Channel ``j`` of every row is
+    tied, so a cut keeps the rows equal and the shuffle of the rest the same."""
+    x = _tensor(s, ins[0], node)
+    ndim, axis = len(node.shape), node.attrs.get("channel_axis", 1)
+    line = _channels(x, ndim, axis, node.shape[axis])
+    rows = line.reshape(int(node.attrs["groups"]), -1)
+    for row in rows[1:]:
+        s.uf.union_arrays(rows[0], row)
+    return s.canonical(_place(rows.T.reshape(-1), ndim, axis))
+
+
 # -- shape ops ---------------------------------------------------------------------------
 @register_rule("reshape")
 def _reshape(s, node, ins):

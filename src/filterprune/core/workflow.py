@@ -19,6 +19,7 @@ Example (a frontend over a hand-built graph; see ``tests/core/test_compression_w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from .analysis import Analysis, analyze
 from .compression import CompositeCompressionController, CompressionController
 from .config import Config
 from .controller import PruningControllerBase, analysis_options, pruning_params
+from .finite import Probe, hold_nonfinite
 from .params import ALGORITHMS
 from .scopes import check_unmatched
 from .signals import unsupported
@@ -102,6 +104,15 @@ class Frontend:
 
     def adapt_batchnorm(self, model: Any, data: Any, num_samples: int) -> None:
         """Re-estimate BatchNorm statistics on ``num_samples`` samples of ``data``."""
+
+    def cut_probe(self, model: Any, captured: Captured, analysis: Analysis,
+                  params: Any) -> contextlib.AbstractContextManager[Probe | None]:  # fmt: skip
+        """Yield ``finite(groups)``: whether ``model``'s output and gradients stay finite on
+        a random input with :func:`~filterprune.core.finite.probe_cut` of ``groups`` masked
+        (``params``: the pruning settings); ``None`` where the frontend cannot run the
+        model (the default) or the uncut model is not finite. On exit ``model`` is as it
+        was (``dry_run`` relies on it)."""
+        return contextlib.nullcontext(None)
 
     def finish(self, model: Any) -> None:
         """Last step before the model is handed back (drop stale traced functions, ...)."""
@@ -253,6 +264,9 @@ def dry_run(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
     captured = frontend.capture(model, config)
     check_unmatched(config, layer_names(captured.graph))
     analysis = analyze(captured.graph, analysis_options(params))
+    # the groups create_compressed_model keeps whole for a non-finite cut
+    with frontend.cut_probe(model, captured, analysis, params) as finite:
+        hold_nonfinite(analysis, finite)
     weights = frontend.read_weights(captured, analysis.state.producers)
     ctrl = DryPruningController(params, analysis, weights,
                                 lambda layers: frontend.read_params(captured, layers))

@@ -221,6 +221,13 @@ def _resize(v: NodeView) -> Spec:
     return "identity", {}
 
 
+def _depth_space(v: NodeView) -> Spec:
+    inverse = v.node.op_type == "SpaceToDepth"  # always DCR order
+    strided = inverse or v.attr("mode", b"DCR") in (b"DCR", "DCR")
+    return "pixel_shuffle", {"factor": int(v.attr("blocksize")), "inverse": inverse,
+                             "strided": strided}  # fmt: skip
+
+
 def positions(shape: Any, start: int) -> int:
     """Output positions per sample: the product of ``shape[start:]`` (1 if unknown)."""
     return int(math.prod(shape[start:])) if isinstance(shape, tuple) else 1
@@ -282,6 +289,8 @@ OPS: dict[str, OpSpec] = {
     "LogSoftmax": OpSpec(_softmax, zero="none"),
     "Hardmax": OpSpec(_softmax, zero="none"),
     "CumSum": OpSpec(_cumsum),
+    "DepthToSpace": OpSpec(_depth_space),
+    "SpaceToDepth": OpSpec(_depth_space),
     "Pad": OpSpec(_pad, zero="pad"),
     "Shape": OpSpec("noop", ()),
     "Size": OpSpec("noop", ()),

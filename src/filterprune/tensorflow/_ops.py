@@ -419,6 +419,11 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
         return [Step("permute", {"perm": _moved(op.source, op.destination, ndim)})]
     if name == "Tile":
         return [Step("tile", {"reps": [int(r) for r in np.atleast_1d(op.repeats)]})]
+    if name in ("DepthToSpace", "SpaceToDepth"):  # the depth order of tf.nn (DCR)
+        axis = -1 if op.data_format == "channels_last" else 1
+        return [Step("pixel_shuffle", {"factor": int(op.block_size), "strided": True,
+                                       "inverse": name == "SpaceToDepth",
+                                       "channel_axis": axis})]  # fmt: skip
     if name == "Reshape":
         fixed = [i for i, d in enumerate(op.newshape) if d != -1 and i > 0]
         return [Step("reshape", {"fixed_dims": fixed})]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ import tensorflow as tf
 from ..core.analysis import analyze
 from ..core.config import FilterPruningParams
 from ..core.controller import CompressionStage, PruningControllerBase, analysis_options
+from ..core.finite import Probe
 from ..core.pruner import Plan
 from ..core.signals import importance_source
 from ._init_args import sample_batches
@@ -90,6 +91,14 @@ class FilterPruningController(PruningControllerBase):
 
     def _refit(self, recording: Recording) -> None:
         reconstruct(self.model, recording, self.capture.refs, self.keeps())
+
+    @contextlib.contextmanager
+    def _cut_probe(self) -> Iterator[Probe | None]:
+        # the probe's backward passes must not count as Taylor importance
+        kept = self.taylor.kept() if self.taylor is not None else contextlib.nullcontext()
+        with kept, self.frontend.cut_probe(self.model, self.captured, self.analysis,
+                                           self.params) as finite:  # fmt: skip
+            yield finite
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
 import keras
 import numpy as np
 
+from ..core.analysis import Analysis
 from ..core.config import Config
+from ..core.finite import Probe
+from ..core.params import FilterPruningParams
 from ..core.weights import filters_first
 from ..core.workflow import Captured, Frontend
 from ..errors import ConfigError
@@ -18,6 +22,7 @@ from ._snapshot import restore, snapshot
 from .capture import capture, functional_of
 from .controller import FilterPruningController, export_model, reset_traced_functions
 from .distillation import KnowledgeDistillationController
+from .finite import cut_probe
 from .quantization import QuantizationController
 from .shrink import plain_copy
 
@@ -78,6 +83,11 @@ class KerasFrontend(Frontend):
 
     def adapt_batchnorm(self, model: Any, data: Any, num_samples: int) -> None:
         adapt_batchnorm(model, data.dataset, num_samples, data.batch_size)
+
+    def cut_probe(self, model: Any, captured: Captured, analysis: Analysis,
+                  params: FilterPruningParams,
+                  ) -> contextlib.AbstractContextManager[Probe | None]:  # fmt: skip
+        return cut_probe(model, captured, analysis, params)
 
     def snapshot(self, model: Any) -> Any:
         return snapshot(model)

@@ -19,6 +19,8 @@ layer.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -104,6 +106,19 @@ class TaylorAccumulator:
         if int(self.passes[name].numpy()) == 0:
             return None
         return self.totals[name].numpy().astype(np.float64)[:, None]
+
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[None]:
+        """Totals and passes put back as they are now on exit: backward passes meanwhile
+        (a probe's) are not training."""
+        before = {name: (total.numpy(), int(self.passes[name].numpy()))
+                  for name, total in self.totals.items()}  # fmt: skip
+        try:
+            yield
+        finally:
+            for name, (total, passes) in before.items():
+                self.totals[name].assign(total)
+                self.passes[name].assign(passes)
 
     def recreate(self) -> None:
         """Make the variables again (under the current distribution strategy)."""

@@ -94,13 +94,22 @@ def flat_tensors(value: Any) -> list:
 
 def relative_diff(ref: Any, out: Any) -> float:
     """Largest difference over every output tensor, relative to that tensor's largest
-    value; ``inf`` where the outputs differ in number or shape."""
+    value; ``inf`` where the outputs differ in number or shape, or in where they are not
+    finite (a NaN in either counts as a difference)."""
     refs, outs = flat_tensors(ref), flat_tensors(out)
     if len(refs) != len(outs) or any(a.shape != b.shape for a, b in zip(refs, outs, strict=True)):
         return float("inf")
     worst = 0.0
     for a, b in zip(refs, outs, strict=True):
         if a.numel() and a.is_floating_point():
+            finite = a.isfinite()
+            if not bool((finite == b.isfinite()).all()):  # NaN would compare as no difference
+                return float("inf")
+            if not bool((a[~finite] == b[~finite]).all()):  # infinities of other signs
+                return float("inf")
+            a, b = a[finite], b[finite]
+            if not a.numel():
+                continue
             scale = float(a.abs().max()) or 1.0
             worst = max(worst, float((a - b).abs().max()) / scale)
         elif a.numel() and not bool((a == b).all()):
@@ -221,6 +230,9 @@ def _prune_and_compare(model, size: int, level: float, unrounded: bool, onnx: bo
         (f"ONNX != stripped (rel {onnx_rel:.1e})",
          onnx_rel > TOLERANCE and not f64.get("onnx_ok")),
         ("output shape changed", not shape_ok),
+        ("masked model's output not finite", not all(bool(t.isfinite().all())
+                                                     for t in flat_tensors(ref)
+                                                     if t.is_floating_point())),
         ("nothing pruned", stats.flops_kept >= 1.0),
     ] if bad]  # fmt: skip
     row.update({

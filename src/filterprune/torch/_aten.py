@@ -159,6 +159,17 @@ def _group_norm(node: fx.Node, shape) -> Spec:
     return "groupnorm", {}
 
 
+def _pixel_shuffle(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    inverse = "downscale_factor" in args
+    factor = args["downscale_factor" if inverse else "upscale_factor"]
+    return "pixel_shuffle", {"factor": int(factor), "inverse": inverse}
+
+
+def _channel_shuffle(node: fx.Node, shape) -> Spec:
+    return "channel_shuffle", {"groups": int(named_args(node)["groups"])}
+
+
 def _ops(*names: str) -> list[Any]:
     """The overloads ``"relu.default"`` ... that this torch build has."""
     found = []
@@ -247,4 +258,6 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("select.int"), _select),
     (_ops("layer_norm.default"), _layer_norm),
     (_ops("group_norm.default"), _group_norm),
+    (_ops("pixel_shuffle.default", "pixel_unshuffle.default"), _pixel_shuffle),
+    (_ops("channel_shuffle.default", "native_channel_shuffle.default"), _channel_shuffle),
 ])  # fmt: skip

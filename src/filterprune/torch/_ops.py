@@ -87,6 +87,18 @@ def _prelu(m: nn.PReLU, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo
     return spec, LayerInfo(name, "batchnorm", params)
 
 
+def _pixel_shuffle(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    inverse = isinstance(m, nn.PixelUnshuffle)
+    factor = m.downscale_factor if inverse else m.upscale_factor
+    spec = ("pixel_shuffle", {"factor": factor, "inverse": inverse})
+    return spec, LayerInfo(name, "activation", {})
+
+
+def _channel_shuffle(m: nn.ChannelShuffle, name: str, in_shape,
+                     out_shape) -> tuple[Spec, LayerInfo]:  # fmt: skip
+    return ("channel_shuffle", {"groups": m.groups}), LayerInfo(name, "activation", {})
+
+
 def _layernorm(m: nn.LayerNorm, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
     spec = ("layernorm", {"normalized_ndim": len(m.normalized_shape)})
     return spec, LayerInfo(name, "layernorm", _params(m, {}))
@@ -182,9 +194,11 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     nn.Softmax: _softmax,
     nn.LogSoftmax: _softmax,
     nn.Flatten: _flatten,
+    nn.PixelShuffle: _pixel_shuffle,
+    nn.PixelUnshuffle: _pixel_shuffle,
+    nn.ChannelShuffle: _channel_shuffle,
     **{t: _simple("identity") for t in IDENTITY_MODULES},
 }
-
 
 
 def module_rule(module: nn.Module) -> tuple[type[nn.Module], Callable] | None:
@@ -313,7 +327,9 @@ def _permute(node: fx.Node, shapes) -> Spec:
 
 def _transpose(node: fx.Node, shapes) -> Spec:
     ndim = len(shapes)
-    a, b = int(_arg(node, 1, "dim0")) % ndim, int(_arg(node, 2, "dim1")) % ndim
+    a = _arg(node, 1, "dim0", node.kwargs.get("axis0"))  # swapaxes names them axis0, axis1
+    b = _arg(node, 2, "dim1", node.kwargs.get("axis1"))
+    a, b = int(a) % ndim, int(b) % ndim
     perm = list(range(ndim))
     perm[a], perm[b] = perm[b], perm[a]
     return "permute", {"perm": perm}
@@ -340,24 +356,79 @@ def _unbind(node: fx.Node, shapes) -> Spec:
     return "split", {"axis": int(_arg(node, 1, "dim", 0)), "equal": False, "squeeze": True}
 
 
-def _reduce(node: fx.Node, shapes) -> Spec:
-    dims = _arg(node, 1, "dim")
-    if dims is None:
-        dims = list(range(len(shapes)))
-    elif isinstance(dims, int):
-        dims = [dims]
-    return "reduce", {"dims": list(dims), "keepdim": bool(_arg(node, 2, "keepdim", False))}
+def _reduce_at(dim_at: int, keepdim_at: int) -> Call:
+    """A reduction over ``dim`` (every axis without one) whose ``dim`` and ``keepdim``
+    are positional arguments ``dim_at`` and ``keepdim_at``."""
+
+    def build(node: fx.Node, shapes) -> Spec:
+        dims = _arg(node, dim_at, "dim")
+        if dims is None:
+            dims = list(range(len(shapes)))
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        return "reduce", {"dims": dims, "keepdim": bool(_arg(node, keepdim_at, "keepdim", False))}
+
+    return build
+
+
+_reduce = _reduce_at(1, 2)  # ``x.mean(dim, keepdim)``
+_norm = _reduce_at(2, 3)  # ``x.norm(p, dim, keepdim)``
+_var_std = _reduce_at(1, 3)  # ``x.var(dim, unbiased, keepdim)``
+
+
+def _flip(node: fx.Node, shapes) -> Spec:
+    dims = _arg(node, 1, "dims")
+    if len(node.args) > 2:  # ``x.flip(2, 3)``
+        dims = list(node.args[1:])
+    return "along", {"dims": [dims] if isinstance(dims, int) else list(dims)}
+
+
+def _movedim(node: fx.Node, shapes) -> Spec:
+    ndim = len(shapes)
+    src, dst = _arg(node, 1, "source"), _arg(node, 2, "destination")
+    src = [src] if isinstance(src, int) else list(src)
+    dst = [dst] if isinstance(dst, int) else list(dst)
+    src, dst = [int(d) % ndim for d in src], [int(d) % ndim for d in dst]
+    rest = iter(d for d in range(ndim) if d not in src)
+    moved = dict(zip(dst, src, strict=True))
+    return "permute", {"perm": [moved[i] if i in moved else next(rest) for i in range(ndim)]}
+
+
+def _t(node: fx.Node, shapes) -> Spec:
+    return "permute", {"perm": list(range(len(shapes)))[::-1]}
+
+
+def _narrow(node: fx.Node, shapes) -> Spec:
+    dim = int(_arg(node, 1, "dim")) % len(shapes)
+    start, length = int(_arg(node, 2, "start")), int(_arg(node, 3, "length"))
+    if start < 0:
+        start += shapes[dim]
+    return "index", {"index": (slice(None),) * dim + (slice(start, start + length),)}
+
+
+def _tile(node: fx.Node, shapes) -> Spec:
+    reps = _arg(node, 1, "dims")
+    if len(node.args) > 2 or isinstance(reps, int):  # ``x.tile(1, 2)``
+        reps = list(node.args[1:])
+    if not all(isinstance(r, int) for r in reps):
+        return "stop", {"reason": "tile with computed sizes"}
+    return "tile", {"reps": list(reps)}
+
+
+def _pixel_shuffle_call(node: fx.Node, shapes) -> Spec:
+    inverse = node.target in (F.pixel_unshuffle, torch.pixel_unshuffle)
+    factor = _arg(node, 1, "downscale_factor" if inverse else "upscale_factor")
+    return "pixel_shuffle", {"factor": int(factor), "inverse": inverse}
+
+
+def _channel_shuffle_call(node: fx.Node, shapes) -> Spec:
+    return "channel_shuffle", {"groups": int(_arg(node, 1, "groups"))}
 
 
 def _along_dim(node: fx.Node, shapes) -> Spec:
-    return "along", {"dims": [int(_arg(node, 1, "dim", -1))]}
-
-
-def _norm(node: fx.Node, shapes) -> Spec:
-    """``x.norm(p, dim, keepdim)``: a reduction over ``dim`` (every axis without one)."""
-    dims = _arg(node, 2, "dim")
-    dims = list(range(len(shapes))) if dims is None else [dims] if isinstance(dims, int) else dims
-    return "reduce", {"dims": list(dims), "keepdim": bool(_arg(node, 3, "keepdim", False))}
+    dim = _arg(node, 1, "dim", -1)
+    if dim is None:  # softmax without dim: torch picks one by rank
+        return "stop", {"reason": "softmax without a dim"}
+    return "along", {"dims": [int(dim)]}
 
 
 def _normalize(node: fx.Node, shapes) -> Spec:
@@ -412,19 +483,36 @@ _ACT_FUNCS = [
     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
     F.interpolate, torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg,
     torch.clamp, operator.neg, F.relu_, torch.relu_, torch.nn.functional.gelu,
+    F.selu, F.celu, F.softsign, F.logsigmoid, F.hardshrink, F.softshrink, F.tanhshrink,
+    F.threshold, F.rrelu, F.dropout1d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+    F.lp_pool1d, F.lp_pool2d, F.adaptive_max_pool3d, torch.sqrt, torch.rsqrt, torch.log,
+    torch.log1p, torch.log2, torch.expm1, torch.square, torch.reciprocal, torch.sign,
+    torch.sin, torch.cos, torch.erf, torch.floor, torch.ceil, torch.round, torch.clip,
+    torch.clamp_min, torch.clamp_max, torch.nan_to_num, torch.logit, torch.atan, operator.abs,
 ]
 _ACT_METHODS = [
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "neg", "clamp", "clamp_",
     "contiguous", "clone", "float", "half", "to", "type_as", "detach", "hardswish", "sqrt",
+    "sqrt_", "rsqrt", "log", "log1p", "log2", "expm1", "exp_", "tanh_", "abs_", "neg_",
+    "square", "reciprocal", "sign", "sin", "cos", "erf", "floor", "ceil", "round", "clip",
+    "clip_", "clamp_min", "clamp_max", "nan_to_num", "logit", "double", "bfloat16", "cpu",
+    "cuda", "requires_grad_",
 ]  # fmt: skip
 _EW = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
     operator.isub, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
     operator.pow, torch.pow, operator.gt, operator.ge, operator.lt, operator.le, operator.eq,
     operator.ne, torch.gt, torch.ge, torch.lt, torch.le, torch.eq, torch.ne, torch.where,
+    torch.true_divide, torch.floor_divide, operator.floordiv, torch.remainder, operator.mod,
+    torch.fmod, torch.atan2, torch.hypot, torch.fmax, torch.fmin, torch.lerp, torch.addcmul,
+    torch.addcdiv, torch.logical_and, torch.logical_or, torch.logical_xor, operator.and_,
+    operator.or_, torch.logaddexp, torch.copysign, torch.masked_fill,
 ]
 _EW_METHODS = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum",
-               "pow", "gt", "ge", "lt", "le", "eq", "ne", "where"]  # fmt: skip
+               "pow", "gt", "ge", "lt", "le", "eq", "ne", "where", "true_divide", "floor_divide",
+               "remainder", "fmod", "atan2", "hypot", "fmax", "fmin", "lerp", "addcmul",
+               "addcdiv", "masked_fill", "masked_fill_", "logical_and", "logical_or",
+               "copysign"]  # fmt: skip
 
 try:  # torchvision wraps stochastic depth as one traced call: channel-wise in any mode
     from torchvision.ops import stochastic_depth as _stochastic_depth
@@ -454,4 +542,16 @@ CALL_RULES: dict[Any, Call] = {
     "log_softmax": _along_dim, torch.softmax: _along_dim, torch.cumsum: _along_dim,
     torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm, F.group_norm: _group_norm,
     "expand": _expand, "expand_as": _expand, "repeat": _repeat,
+    "amin": _reduce, torch.amin: _reduce, "prod": _reduce, torch.prod: _reduce,
+    "logsumexp": _reduce, torch.logsumexp: _reduce, "var": _var_std, torch.var: _var_std,
+    "std": _var_std, torch.std: _var_std, "flip": _flip, torch.flip: _flip,
+    "cumsum": _along_dim, "cumprod": _along_dim, torch.cumprod: _along_dim,
+    torch.logcumsumexp: _along_dim, F.softmin: _along_dim, "roll": _roll,
+    "movedim": _movedim, torch.movedim: _movedim, "moveaxis": _movedim, torch.moveaxis: _movedim,
+    "swapaxes": _transpose, torch.swapaxes: _transpose, "swapdims": _transpose,
+    torch.swapdims: _transpose, "t": _t, torch.t: _t, "narrow": _narrow, torch.narrow: _narrow,
+    "tile": _tile, torch.tile: _tile,
+    F.pixel_shuffle: _pixel_shuffle_call, torch.pixel_shuffle: _pixel_shuffle_call,
+    F.pixel_unshuffle: _pixel_shuffle_call, torch.pixel_unshuffle: _pixel_shuffle_call,
+    F.channel_shuffle: _channel_shuffle_call, torch.channel_shuffle: _channel_shuffle_call,
 }  # fmt: skip

@@ -235,13 +235,13 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
     in_shape = graph[inputs[0]].shape if inputs else None
     try:
         kind, attrs = builder(node, in_shape if isinstance(in_shape, tuple) else ())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError, IndexError):
         computed = any(isinstance(a, fx.Node) for a in [*node.args[1:], *node.kwargs.values()])
-        if not computed:
-            raise
-        # an axis or size computed in forward (``torch.cat(xs, dim=x.dim() - 3)``)
+        # an axis or size computed in forward (``torch.cat(xs, dim=x.dim() - 3)``), or a
+        # call form the rule does not read: its channels stay whole
+        why = "computed in forward" if computed else "in a form this rule does not read"
         return Node(node.name, "stop", inputs, shape, label=label,
-                    attrs={"reason": f"{label} with arguments computed in forward"})  # fmt: skip
+                    attrs={"reason": f"{label} with arguments {why}"})  # fmt: skip
     if kind == "split":
         attrs["sizes"] = split_sizes(attrs, shape)
     return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)

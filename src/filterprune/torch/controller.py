@@ -13,6 +13,7 @@ from torch import nn
 from ..core.analysis import analyze
 from ..core.config import ConfigError, FilterPruningParams
 from ..core.controller import CompressionStage, PruningControllerBase, analysis_options
+from ..core.finite import Probe
 from ..core.pruner import Plan
 from ..core.workflow import Captured
 from . import onnx_export
@@ -106,6 +107,9 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
                 "(see their error). This rank's weights and masks were left as they were; "
                 "every rank raises this error.")
         return result
+
+    def _cut_probe(self) -> contextlib.AbstractContextManager[Probe | None]:
+        return self.frontend.cut_probe(self.model, self.captured, self.analysis, self.params)
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)

@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 
 from ..core.compression import CompressionController, CompressionStage
 from ..core.distillation import DistillationStatistics, KnowledgeDistillationParams
+from ._copy import copy_model
 
 __all__ = ["KnowledgeDistillationController", "distillation_loss"]
 
@@ -94,7 +94,7 @@ class KnowledgeDistillationController(CompressionController):
     def __init__(self, model: nn.Module, params: KnowledgeDistillationParams, captured: Any,
                  frontend: Any) -> None:  # fmt: skip
         self.model, self.params, self.captured, self.frontend = model, params, captured, frontend
-        self.teacher = copy.deepcopy(model).eval()
+        self.teacher = copy_model(model).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self._tap = _Tap()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import inspect
 from collections.abc import Iterable
 from typing import Any
@@ -12,14 +12,19 @@ import torch
 from torch import nn
 
 from ..core._validation import one_of
+from ..core.analysis import Analysis
 from ..core.config import INPUT_TYPES, Config
+from ..core.finite import Probe
+from ..core.params import FilterPruningParams
 from ..core.workflow import Captured, Frontend
 from ..errors import ConfigError
+from ._copy import copy_model
 from ._init_args import InitArgs, adapt_batchnorm
 from ._snapshot import restore, snapshot
 from .capture import capture
 from .controller import FilterPruningController, export_model
 from .distillation import KnowledgeDistillationController
+from .finite import cut_probe
 from .quantization import QuantizationController
 
 __all__ = ["TorchFrontend", "sample_inputs"]
@@ -156,6 +161,11 @@ class TorchFrontend(Frontend):
     def adapt_batchnorm(self, model: nn.Module, data: Any, num_samples: int) -> None:
         adapt_batchnorm(model, data, num_samples)
 
+    def cut_probe(self, model: nn.Module, captured: Captured, analysis: Analysis,
+                  params: FilterPruningParams,
+                  ) -> contextlib.AbstractContextManager[Probe | None]:  # fmt: skip
+        return cut_probe(model, captured.sample, analysis, params)
+
     def snapshot(self, model: nn.Module) -> Any:
         return snapshot(model)
 
@@ -163,7 +173,7 @@ class TorchFrontend(Frontend):
         restore(snapshot)
 
     def strip(self, ctrl: Any, do_copy: bool = True, **kwargs: Any) -> nn.Module:
-        model = copy.deepcopy(ctrl.model) if do_copy else ctrl.model
+        model = copy_model(ctrl.model) if do_copy else ctrl.model
         return ctrl.strip_model(model, **kwargs)
 
     def export_model(self, ctrl: Any, save_path: str, *args: Any, **kwargs: Any) -> None:

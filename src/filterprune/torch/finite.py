@@ -1,0 +1,101 @@
+"""The PyTorch side of the finite-cut probe (:mod:`filterprune.core.finite`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ..core.analysis import Analysis, Group
+from ..core.finite import SKIPPED, Probe, probe_cut, verdict
+from ..core.params import FilterPruningParams
+from ._copy import detach_computed_weights
+from ._snapshot import restore, snapshot
+from .fake_quant import lazy_ranges_paused
+from .masks import apply_masks
+
+__all__ = ["cut_probe"]
+
+log = logging.getLogger("filterprune")
+Checked = tuple[bool, bool] | None  # (forward finite, gradients finite); None: it failed
+
+
+@contextlib.contextmanager
+def cut_probe(model: nn.Module, sample: Any, analysis: Analysis,
+              params: FilterPruningParams) -> Iterator[Probe | None]:  # fmt: skip
+    """``finite(groups)`` on ``model``: the probe's cut of ``groups`` masked, the float
+    outputs and the parameters' gradients checked (:func:`~filterprune.core.finite.verdict`)
+    on the first of a few seeded inputs of ``sample``'s shapes on which the uncut model is
+    finite. Afterwards the model is as it was (classes, buffers, hooks)."""
+    before = snapshot(model)
+    try:
+        with lazy_ranges_paused(model):  # the first training batch still sets their ranges
+            inputs, uncut = _finite_inputs(model, sample)
+            if inputs is None:
+                log.info(SKIPPED)
+                yield None
+                return
+            layers, bn = analysis.graph.layers, params.prune_batch_norms
+
+            def finite(groups: Sequence[Group]) -> bool:
+                apply_masks(model, analysis.keeps(probe_cut(groups)), layers, bn=bn)
+                return verdict(uncut, _finite(model, inputs))
+
+            yield finite
+    finally:
+        restore(before)
+        detach_computed_weights(model)  # left with gradients by the probe's backward
+
+
+def _finite_inputs(model: nn.Module, sample: Any) -> tuple[Any, Checked]:
+    """The first input on which the uncut model's output is finite, and its check: float
+    tensors drawn normal, then uniform in [0, 1), then the example input itself (integer
+    tensors drawn 0 or 1 first: an all-zero token input can leave a channel dead)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def normal(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor) or t.dtype == torch.bool:
+            return t
+        if t.is_floating_point():
+            return torch.randn(t.shape, generator=generator).to(t)
+        return torch.randint(0, 2, t.shape, generator=generator).to(t)
+
+    def uniform(t: Any) -> Any:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return torch.rand(t.shape, generator=generator).to(t)
+        return t
+
+    for inputs in (pytree.tree_map(normal, sample), pytree.tree_map(uniform, sample), sample):
+        checked = _finite(model, inputs)
+        if checked is not None and checked[0]:
+            return inputs, checked
+    return None, None
+
+
+def _finite(model: nn.Module, inputs: Any) -> Checked:
+    """Whether the float outputs of ``model(*inputs)`` and the gradients of their sum are
+    finite, in eval mode and with the caller's random state kept (``.grad`` is not
+    written); ``None`` where the forward fails."""
+    training = model.training
+    params = [p for p in model.parameters() if p.requires_grad]
+    devices = [p.device.index or 0 for p in params[:1] if p.device.type == "cuda"]
+    model.eval()
+    try:
+        with torch.enable_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            leaves = [t for t in pytree.tree_leaves(model(*inputs))
+                      if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
+            forward = all(bool(torch.isfinite(t).all()) for t in leaves)
+            total = sum((t.sum() for t in leaves if t.requires_grad), torch.zeros(()))
+            found = torch.autograd.grad(total.float(), params, allow_unused=True) if (
+                forward and total.requires_grad) else []  # fmt: skip
+    except Exception:  # noqa: BLE001 - a model that needs more than its example input
+        return None
+    finally:
+        model.train(training)
+    return forward, all(bool(torch.isfinite(g).all()) for g in found if g is not None)

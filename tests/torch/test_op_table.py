@@ -1,0 +1,140 @@
+"""Functions and tensor methods that act on each channel alone are cut through; along
+the channel axis they keep the channels whole. Pixel and channel shuffles are cut through
+with the channels they move together tied. Each case sits between two conv-BN stages;
+every parameter and statistic is redrawn before comparing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_helpers import assert_strip_equal, make_config
+
+from filterprune.testing.zoo import nondegenerate
+from filterprune.torch import create_compressed_model
+
+
+class Between(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.a, self.bna = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.b, self.bnb = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.head, self.fn = nn.Linear(16, 5), fn
+
+    def forward(self, x):
+        y = self.fn(self.bna(self.a(x)))
+        return self.head(torch.relu(self.bnb(self.b(y))).mean((2, 3)))
+
+
+APART = {
+    "log1p, erf, square": lambda y: torch.log1p(y.square()) + torch.erf(y),
+    "rsqrt of a variance": lambda y: y * torch.rsqrt(y.var((2, 3), keepdim=True) + 1e-5),
+    "std (unbiased given)": lambda y: y / (y.std((2, 3), True, True) + 1e-5),
+    "flip": lambda y: y.flip(2, 3) + torch.flip(y, [3]),
+    "movedim": lambda y: torch.movedim(y, 1, -1).relu().movedim(-1, 1),
+    "swapaxes": lambda y: y.swapaxes(1, 3).sigmoid().swapaxes(1, 3),
+    "narrow (spatial)": lambda y: F.pad(y.narrow(2, 1, 14), (0, 0, 1, 1)),
+    "tile": lambda y: y.tile((1, 1, 2, 1))[:, :, :16],
+    "amin, logsumexp": lambda y: y - y.amin((2, 3), keepdim=True) + y.logsumexp(3, keepdim=True),
+    "prod": lambda y: y * y.abs().add(1).log().prod(2, keepdim=True),
+    "cumsum": lambda y: y.sigmoid().cumsum(3),
+    "addcmul, lerp": lambda y: torch.addcmul(y, y, y.sigmoid(), value=0.5) + torch.lerp(
+        y, y.relu(), 0.3),
+    "masked_fill, atan2": lambda y: y.masked_fill(y > 1, 1.0) + torch.atan2(y, y.abs() + 1),
+    "activations": lambda y: F.selu(y) + F.celu(y) + F.softsign(y) + F.logsigmoid(y)
+    + F.hardshrink(y) + F.tanhshrink(y) + F.threshold(y, 0.1, 0.0),
+    "rounding": lambda y: torch.floor(y * 4) / 4 + y.round() + y.sign() + y.clip(-1, 1)
+    + y.clamp_min(0) + torch.reciprocal(y.abs() + 1),
+}
+ACROSS = {
+    "flip (channels)": lambda y: y.flip(1),
+    "cumsum (channels)": lambda y: y.cumsum(1),
+    "softmin (channels)": lambda y: F.softmin(y, dim=1) * y,
+    "narrow (channels)": lambda y: torch.cat([y.narrow(1, 0, 8), y.narrow(1, 8, 8) * 2], 1),
+}
+
+
+def prune(fn, model=None):
+    model = nondegenerate(model or Between(fn))
+    config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(model, config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    return small, held
+
+
+@pytest.mark.parametrize("fn", APART.values(), ids=APART.keys())
+def test_ops_that_keep_each_channel_apart_are_cut_through(fn):
+    small, held = prune(fn)
+    assert "a" not in held and small.a.out_channels == 8
+
+
+@pytest.mark.parametrize("fn", ACROSS.values(), ids=ACROSS.keys())
+def test_ops_across_the_channels_keep_them_whole(fn):
+    small, held = prune(fn)
+    assert "a" in held and small.a.out_channels == 16 and small.b.out_channels == 8
+
+
+def cbr(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU())  # fmt: skip
+
+
+class Rearranged(nn.Module):
+    """``a`` -> ``up`` -> a channel rearrangement -> ``b``. ``kind``: ``shuffle``
+    (depth to space by 2), ``unshuffle`` (space to depth by 2) or ``channels`` (channel
+    shuffle in 4 groups); ``module``: as its ``nn`` module, else as a function;
+    ``export``: iterate a chunk, which torch.fx cannot trace (torch.export captures)."""
+
+    def __init__(self, kind, module, export=False):
+        super().__init__()
+        c = {"shuffle": 32, "unshuffle": 8, "channels": 16}[kind]
+        self.a, self.up = cbr(3, 8), nn.Conv2d(8, c, 3, padding=1)
+        self.b = cbr({"shuffle": 8, "unshuffle": 32, "channels": 16}[kind], 16)
+        self.head, self.kind, self.export = nn.Linear(16, 5), kind, export
+        mods = {"shuffle": nn.PixelShuffle(2), "unshuffle": nn.PixelUnshuffle(2),
+                "channels": nn.ChannelShuffle(4)}  # fmt: skip
+        self.op = mods[kind] if module else None
+
+    def forward(self, x):
+        y = self.up(self.a(x))
+        if self.export:
+            y = list(y.chunk(1, 1))[0]
+        if self.op is not None:
+            y = self.op(y)
+        elif self.kind == "shuffle":
+            y = F.pixel_shuffle(y, 2)
+        elif self.kind == "unshuffle":
+            y = F.pixel_unshuffle(y, 2)
+        else:
+            y = F.channel_shuffle(y, 4)
+        return self.head(self.b(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("module", [True, False], ids=["module", "function"])
+@pytest.mark.parametrize("kind", ["shuffle", "unshuffle", "channels"])
+def test_pixel_and_channel_shuffles_are_cut_through(kind, module, export):
+    small, held = prune(lambda y: y, Rearranged(kind, module, export))
+    assert not held.keys() & {"up", "b.0"}
+    per = {"shuffle": 4, "unshuffle": 1, "channels": 1}[kind]
+    rows = {"shuffle": 1, "unshuffle": 4, "channels": 1}[kind]
+    assert small.up.out_channels < {"shuffle": 32, "unshuffle": 8, "channels": 16}[kind]
+    assert small.up.out_channels * rows == small.b[0].in_channels * per
+
+
+ODD_FORMS = {
+    "tile (varargs)": lambda y: y.tile(1, 1, 2, 1)[:, :, :16],
+    "swapaxes (keywords)": lambda y: torch.swapaxes(y, axis0=1, axis1=3).relu().swapaxes(1, 3),
+    "std (keywords)": lambda y: y / (torch.std(y, dim=(2, 3), correction=0, keepdim=True) + 1),
+}
+
+
+@pytest.mark.parametrize("fn", ODD_FORMS.values(), ids=ODD_FORMS.keys())
+def test_other_call_forms_are_read(fn):
+    small, held = prune(fn)
+    assert "a" not in held and small.a.out_channels == 8
+
+
+def test_a_call_form_a_rule_cannot_read_keeps_the_channels_whole():
+    small, held = prune(lambda y: F.softmin(y) * y)  # no dim: torch picks one by rank
+    assert "a" in held and small.a.out_channels == 16
