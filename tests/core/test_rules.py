@@ -369,3 +369,16 @@ def test_channel_shuffle_ties_one_column_of_every_row():
     k = a.keeps(Pruner(a, multiple_of=1).plan(0.5, {grp.id: np.arange(4.0)}).kept)
     np.testing.assert_array_equal(k["c1"]["out"], np.tile([0, 0, 1, 1], 2).astype(bool))
     np.testing.assert_array_equal(k["head"]["in"], np.repeat([0, 0, 1, 1], 2).astype(bool))
+
+
+def test_glu_ties_the_two_halves_of_its_axis():
+    b = G()
+    b.conv("c1", "x", 8)
+    b.add(Node("glu", "glu", ["c1"], (1, 4, 4, 4), attrs={"axis": 1}))
+    b.conv("head", "glu", 4)
+    a = b.analyze("head")
+    grp = next(g for g in a.groups if "c1" in g.producers)
+    assert grp.size == 4 and grp.width == 2
+    k = a.keeps(Pruner(a, multiple_of=1).plan(0.5, {grp.id: np.arange(4.0)}).kept)
+    np.testing.assert_array_equal(k["c1"]["out"], np.tile([0, 0, 1, 1], 2).astype(bool))
+    np.testing.assert_array_equal(k["head"]["in"], np.array([0, 0, 1, 1], bool))

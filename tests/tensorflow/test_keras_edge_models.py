@@ -195,3 +195,32 @@ def test_depth_to_space_and_back_are_cut_through(up):
     assert c1 < (32 if up else 16)
     assert small.get_layer("c2").kernel.shape[2] == (c1 // 4 if up else c1 * 4)
 
+
+
+def test_a_glu_over_the_channels_ties_its_halves():
+    inp = keras.Input((32, 32, 3))
+    y = ops.glu(layers.BatchNormalization()(conv(32, "c1")(inp)), axis=-1)
+    y = layers.BatchNormalization()(conv(16, "c2")(y))
+    ctrl, small, held = prune(keras.Model(inp, head(y)))
+    assert "c1" not in held and "c2" not in held
+    c1 = small.get_layer("c1").filters
+    assert c1 < 32 and small.get_layer("c2").kernel.shape[2] == c1 // 2
+
+
+def test_stacked_convs_interleaved_by_a_reshape_are_cut_alike():
+    """stack then Reshape interleaves the channels (a0 b0 a1 b1 ...): a and b must lose
+    the same channels, or the next conv's columns pair the wrong ones."""
+    inp = keras.Input((32, 32, 3))
+    a, b = conv(16, "a")(inp), conv(16, "b")(inp)
+    y = layers.Reshape((32, 32, 32))(ops.stack([a, b], axis=-1))
+    ctrl, small, held = prune(keras.Model(inp, head(conv(16, "c")(y))))
+    assert "a" not in held and small.get_layer("a").filters < 16
+
+
+
+def test_normalize_over_the_channels_is_cut_through():
+    """A zero channel adds nothing to a p-norm, so the kept channels normalise alike."""
+    inp = keras.Input((32, 32, 3))
+    y = ops.normalize(layers.BatchNormalization()(conv(16, "c1")(inp)), axis=-1)
+    ctrl, small, held = prune(keras.Model(inp, head(conv(16, "c2")(y))))
+    assert "c1" not in held and small.get_layer("c1").filters < 16

@@ -138,3 +138,66 @@ def test_other_call_forms_are_read(fn):
 def test_a_call_form_a_rule_cannot_read_keeps_the_channels_whole():
     small, held = prune(lambda y: F.softmin(y) * y)  # no dim: torch picks one by rank
     assert "a" in held and small.a.out_channels == 16
+
+
+class Gated(nn.Module):
+    """A conv of 32 filters gated to 16 channels by a GLU along ``dim`` (1: channels,
+    -1: width, whose halves are then the two halves of the image)."""
+
+    def __init__(self, dim, module):
+        super().__init__()
+        self.a, self.up = cbr(3, 8), nn.Conv2d(8, 32 if dim == 1 else 16, 3, padding=1)
+        self.glu = nn.GLU(dim) if module else (lambda y: F.glu(y, dim))
+        self.b, self.head = cbr(16, 16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.b(self.glu(self.up(self.a(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("module", [True, False], ids=["module", "function"])
+@pytest.mark.parametrize("dim", [1, -1], ids=["channels", "width"])
+def test_a_glu_ties_its_halves(dim, module):
+    small, held = prune(lambda y: y, Gated(dim, module))
+    assert "up" not in held and "a.0" not in held
+    if dim == 1:  # channel c gates with channel c + 16: the conv keeps both halves alike
+        assert small.up.out_channels == 2 * small.b[0].in_channels < 32
+    else:
+        assert small.up.out_channels == small.b[0].in_channels < 16
+
+
+class TwoBranch(nn.Module):
+    """Convs ``a`` and ``b`` combined by ``fn(a, b)``, then ``c``; ``export``: iterate a
+    chunk first, so torch.export captures."""
+
+    def __init__(self, fn, export=False):
+        super().__init__()
+        self.a, self.b = cbr(3, 16), cbr(3, 16)
+        self.c, self.head, self.fn, self.export = cbr(16, 16), nn.Linear(16, 5), fn, export
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        if self.export:
+            a = list(a.chunk(1, 1))[0]
+        return self.head(self.c(self.fn(a, b)).mean((2, 3)))
+
+
+OPERANDS = {
+    "clamp (tensor min)": lambda a, b: torch.clamp(a, min=b),
+    "clip (tensor max)": lambda a, b: a.clip(max=b + 1),
+    "clamp_min (tensor)": lambda a, b: a.clamp_min(b),
+    "masked_fill (mask of b)": lambda a, b: a.masked_fill(b > 0.5, 0.0),
+    "expand_as": lambda a, b: torch.sigmoid(a[:, :1]).expand_as(b),
+}
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("fn", OPERANDS.values(), ids=OPERANDS.keys())
+def test_a_second_tensor_operand_is_tied_to_the_first(fn, export):
+    """A tensor bound or mask is an operand: its channels go with the input's."""
+    prune(None, TwoBranch(fn, export))  # stripped equals masked
+
+
+def test_normalize_over_the_channels_is_cut_through():
+    """A zero channel adds nothing to a p-norm, so the kept channels normalise alike."""
+    small, held = prune(lambda y: F.normalize(y, dim=1))
+    assert "a" not in held and small.a.out_channels == 8

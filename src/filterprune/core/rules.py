@@ -289,6 +289,17 @@ def _pixel_shuffle(s, node, ins):
     return s.canonical(_place(rows[:, 0].copy(), ndim, axis))
 
 
+@register_rule("glu")
+def _glu(s, node, ins):
+    """``a * sigmoid(b)`` of the two halves ``a``, ``b`` along ``axis``: the halves are
+    multiplied position by position, so they are tied as an elementwise product's
+    operands are (along the channel axis, channel ``c`` goes with channel ``c + C/2``)."""
+    x = _tensor(s, ins[0], node)
+    shape = _shape(s, node)
+    halves = np.split(_full(s, x, shape), 2, axis=node.attrs["axis"] % len(shape))
+    return _elementwise(s, node, [s.canonical(h) for h in halves])
+
+
 @register_rule("channel_shuffle")
 def _channel_shuffle(s, node, ins):
     """Channels read as ``groups`` rows, written by columns. Channel ``j`` of every row is
@@ -438,14 +449,20 @@ def _concat(s, node, ins):
 
 @register_rule("stack")
 def _stack(s, node, ins):
-    """Tensors stacked along a new ``axis``: each keeps its channels at its index there."""
+    """Tensors stacked along a new ``axis``, each at its index there. Stacking needs
+    equal shapes, and what follows may read the stack in any order (a reshape that
+    interleaves the parts' channels), so the parts are tied position by position, as an
+    add's operands are."""
     ndim = len(node.shape)
     axis = node.attrs["axis"] % ndim
     parts = []
     for i, value in enumerate(ins):
         shape = list(_shape(s, node, i))
         parts.append(np.broadcast_to(_pad(_tensor(s, value, node), len(shape)), shape))
-    return s.canonical(np.stack(parts, axis=axis))
+    for part in parts[1:]:
+        if part.shape == parts[0].shape:
+            s.uf.union_arrays(parts[0], part)
+    return s.canonical(np.stack([s.uf.roots(p) for p in parts], axis=axis))
 
 
 @register_rule("split")

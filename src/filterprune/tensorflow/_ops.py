@@ -364,14 +364,15 @@ _OP_IDENTITY = set(
     "Celu HardShrink HardTanh LogSigmoid SoftShrink SparsePlus SparseSigmoid Squareplus "
     "TanhShrink Threshold Cbrt Cosh Sinh Tan Arctan Arcsinh Exp2 Expm1 Log1p Log2 Log10 "
     "Rsqrt Erfc Trunc Fabs NanToNum Copy Isnan Isinf Isfinite Signbit "
-    "MaxPool AveragePool Resize".split()
-)  # each channel on its own: per-entry maps, and pooling or resizing over space
+    "MaxPool AveragePool Resize Normalize".split()
+)  # each channel on its own: per-entry maps, pooling or resizing over space, and p-norm
+# scaling (a zero channel adds nothing to the norm, along any axis)
 _OP_ELEMENTWISE = set(
     "Add Subtract Multiply Divide TrueDivide Maximum Minimum Power FloorDivide Mod Where "
     "Greater GreaterEqual Less LessEqual Equal NotEqual LogicalAnd LogicalOr LogicalXor "
     "Arctan2 Hypot Logaddexp Logaddexp2 Fmax Fmin Fmod Heaviside DivideNoNan".split()
 )
-_OP_ALONG = set("Flip Roll Cumsum Cumprod Sort Normalize Sparsemax".split())  # op.axis
+_OP_ALONG = set("Flip Roll Cumsum Cumprod Sort Sparsemax".split())  # op.axis
 
 
 def _op_axis_list(axis: Any, ndim: int) -> list[int]:
@@ -419,6 +420,8 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
         return [Step("permute", {"perm": _moved(op.source, op.destination, ndim)})]
     if name == "Tile":
         return [Step("tile", {"reps": [int(r) for r in np.atleast_1d(op.repeats)]})]
+    if name == "Glu":
+        return [Step("glu", {"axis": int(op.axis)})]
     if name in ("DepthToSpace", "SpaceToDepth"):  # the depth order of tf.nn (DCR)
         axis = -1 if op.data_format == "channels_last" else 1
         return [Step("pixel_shuffle", {"factor": int(op.block_size), "strided": True,

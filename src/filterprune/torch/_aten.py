@@ -112,6 +112,22 @@ def _along(node: fx.Node, shape) -> Spec:
     return "along", {"dims": [int(named_args(node).get("dim", -1))]}
 
 
+def _flip(node: fx.Node, shape) -> Spec:
+    return "along", {"dims": [_dim(d, len(shape)) for d in named_args(node)["dims"]]}
+
+
+def _movedim(node: fx.Node, shape) -> Spec:
+    args, ndim = named_args(node), len(shape)
+    src, dst = _dim(args["source"], ndim), _dim(args["destination"], ndim)
+    perm = [d for d in range(ndim) if d != src]
+    perm.insert(dst, src)
+    return "permute", {"perm": perm}
+
+
+def _tile(node: fx.Node, shape) -> Spec:
+    return "tile", {"reps": list(named_args(node)["dims"])}
+
+
 def _roll(node: fx.Node, shape) -> Spec:
     dims = named_args(node).get("dims")
     if not dims:
@@ -166,6 +182,10 @@ def _pixel_shuffle(node: fx.Node, shape) -> Spec:
     return "pixel_shuffle", {"factor": int(factor), "inverse": inverse}
 
 
+def _glu(node: fx.Node, shape) -> Spec:
+    return "glu", {"axis": int(named_args(node).get("dim", -1))}
+
+
 def _channel_shuffle(node: fx.Node, shape) -> Spec:
     return "channel_shuffle", {"groups": int(named_args(node)["groups"])}
 
@@ -188,8 +208,10 @@ _IDENTITY = _ops(
     "tanh.default", "tanh_.default", "leaky_relu.default", "leaky_relu_.default",
     "elu.default", "elu_.default", "selu.default", "celu.default", "mish.default",
     "mish_.default", "softplus.default", "hardtanh.default", "hardtanh_.default",
-    "clamp.default", "clamp_.default", "clamp.Tensor", "clamp_min.default", "clamp_max.default",
+    "clamp.default", "clamp_.default", "clamp_min.default", "clamp_max.default",
     "exp.default", "abs.default", "neg.default", "sqrt.default", "rsqrt.default", "log.default",
+    "log1p.default", "log2.default", "expm1.default", "floor.default", "ceil.default",
+    "round.default", "nan_to_num.default", "logit.default", "atan.default",
     "erf.default", "sign.default", "reciprocal.default", "square.default", "sin.default",
     "cos.default", "pow.Tensor_Scalar", "logical_not.default", "bitwise_not.default",
     "isnan.default", "dropout.default", "dropout_.default", "feature_dropout.default",
@@ -207,9 +229,9 @@ _IDENTITY = _ops(
     "type_as.default", "lift_fresh_copy.default", "float.default",
     "add.Scalar", "sub.Scalar", "mul.Scalar", "div.Scalar", "rsub.Scalar", "add_.Scalar",
     "mul_.Scalar", "ge.Scalar", "gt.Scalar", "le.Scalar", "lt.Scalar", "eq.Scalar",
-    "ne.Scalar", "remainder.Scalar", "floor_divide.Scalar", "masked_fill.Scalar",
-    "fill_.Scalar", "zeros_like.default", "ones_like.default", "full_like.default",
-    "empty_like.default", "rand_like.default", "randn_like.default",
+    "ne.Scalar", "remainder.Scalar", "floor_divide.Scalar", "fill_.Scalar",
+    "zeros_like.default", "ones_like.default", "full_like.default", "empty_like.default",
+    "rand_like.default", "randn_like.default",
 )  # fmt: skip
 _ELEMENTWISE = _ops(
     "add.Tensor", "add_.Tensor", "sub.Tensor", "sub_.Tensor", "mul.Tensor", "mul_.Tensor",
@@ -219,7 +241,10 @@ _ELEMENTWISE = _ops(
     "gt.Tensor", "ge.Tensor", "lt.Tensor", "le.Tensor", "logical_and.default",
     "logical_or.default", "bitwise_and.Tensor", "bitwise_or.Tensor", "__and__.Tensor",
     "__or__.Tensor", "remainder.Tensor", "floor_divide.default", "copy_.default",
-    "atan2.default",
+    "atan2.default", "masked_fill.Scalar", "clamp.Tensor", "clamp_min.Tensor",
+    "clamp_max.Tensor", "clip.Tensor", "expand_as.default", "lerp.Tensor", "where.ScalarOther",
+    "where.ScalarSelf", "fmax.default", "fmin.default", "hypot.default", "logaddexp.default",
+    "addcdiv.default", "logical_xor.default",
 )  # fmt: skip
 
 
@@ -245,14 +270,18 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("mean.dim", "mean.default", "sum.dim_IntList", "sum.default", "amax.default",
           "amin.default", "max.dim", "min.dim", "var.correction", "std.correction",
           "var_mean.correction", "logsumexp.default", "linalg_vector_norm.default",
+          "var.dim", "std.dim", "prod.dim_int",
           "norm.ScalarOpt_dim"), _reduce),
     (_ops("softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default",
-          "cumsum.default"), _along),
+          "cumsum.default", "cumprod.default", "logcumsumexp.default"), _along),
     (_ops("roll.default"), _roll),
+    (_ops("flip.default"), _flip),
+    (_ops("movedim.int"), _movedim),
+    (_ops("tile.default"), _tile),
     (_ops("pad.default", "constant_pad_nd.default", "reflection_pad1d.default",
           "reflection_pad2d.default", "replication_pad1d.default",
           "replication_pad2d.default"), _pad),
-    (_ops("expand.default", "expand_as.default"), _expand),
+    (_ops("expand.default"), _expand),
     (_ops("repeat.default"), _repeat),
     (_ops("slice.Tensor", "narrow.default"), _slice),
     (_ops("select.int"), _select),
@@ -260,4 +289,5 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("group_norm.default"), _group_norm),
     (_ops("pixel_shuffle.default", "pixel_unshuffle.default"), _pixel_shuffle),
     (_ops("channel_shuffle.default", "native_channel_shuffle.default"), _channel_shuffle),
+    (_ops("glu.default"), _glu),
 ])  # fmt: skip

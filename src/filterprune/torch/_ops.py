@@ -99,6 +99,10 @@ def _channel_shuffle(m: nn.ChannelShuffle, name: str, in_shape,
     return ("channel_shuffle", {"groups": m.groups}), LayerInfo(name, "activation", {})
 
 
+def _glu_module(m: nn.GLU, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    return ("glu", {"axis": m.dim}), LayerInfo(name, "activation", {})
+
+
 def _layernorm(m: nn.LayerNorm, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
     spec = ("layernorm", {"normalized_ndim": len(m.normalized_shape)})
     return spec, LayerInfo(name, "layernorm", _params(m, {}))
@@ -197,6 +201,7 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     nn.PixelShuffle: _pixel_shuffle,
     nn.PixelUnshuffle: _pixel_shuffle,
     nn.ChannelShuffle: _channel_shuffle,
+    nn.GLU: _glu_module,
     **{t: _simple("identity") for t in IDENTITY_MODULES},
 }
 
@@ -283,6 +288,13 @@ def _identity(node: fx.Node, shapes) -> Spec:
 
 def _elementwise(node: fx.Node, shapes) -> Spec:
     return "elementwise", {}
+
+
+def _clamp(node: fx.Node, shapes) -> Spec:
+    """``clamp(x, min, max)``: channel-wise with number bounds; a tensor bound is an
+    operand, tied position by position as an elementwise op's."""
+    bounds = [*node.args[1:], *node.kwargs.values()]
+    return ("elementwise" if any(isinstance(b, fx.Node) for b in bounds) else "identity"), {}
 
 
 def _reshape(node: fx.Node, shapes) -> Spec:
@@ -420,6 +432,10 @@ def _pixel_shuffle_call(node: fx.Node, shapes) -> Spec:
     return "pixel_shuffle", {"factor": int(factor), "inverse": inverse}
 
 
+def _glu(node: fx.Node, shapes) -> Spec:
+    return "glu", {"axis": int(_arg(node, 1, "dim", -1))}
+
+
 def _channel_shuffle_call(node: fx.Node, shapes) -> Spec:
     return "channel_shuffle", {"groups": int(_arg(node, 1, "groups"))}
 
@@ -429,11 +445,6 @@ def _along_dim(node: fx.Node, shapes) -> Spec:
     if dim is None:  # softmax without dim: torch picks one by rank
         return "stop", {"reason": "softmax without a dim"}
     return "along", {"dims": [int(dim)]}
-
-
-def _normalize(node: fx.Node, shapes) -> Spec:
-    """``F.normalize(x, p, dim)``: each position divided by a norm along ``dim``."""
-    return "along", {"dims": [int(_arg(node, 2, "dim", 1))]}
 
 
 def _roll(node: fx.Node, shapes) -> Spec:
@@ -482,20 +493,20 @@ _ACT_FUNCS = [
     F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
     F.interpolate, torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg,
-    torch.clamp, operator.neg, F.relu_, torch.relu_, torch.nn.functional.gelu,
+    operator.neg, F.relu_, torch.relu_, torch.nn.functional.gelu,
     F.selu, F.celu, F.softsign, F.logsigmoid, F.hardshrink, F.softshrink, F.tanhshrink,
     F.threshold, F.rrelu, F.dropout1d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
     F.lp_pool1d, F.lp_pool2d, F.adaptive_max_pool3d, torch.sqrt, torch.rsqrt, torch.log,
     torch.log1p, torch.log2, torch.expm1, torch.square, torch.reciprocal, torch.sign,
-    torch.sin, torch.cos, torch.erf, torch.floor, torch.ceil, torch.round, torch.clip,
-    torch.clamp_min, torch.clamp_max, torch.nan_to_num, torch.logit, torch.atan, operator.abs,
+    torch.sin, torch.cos, torch.erf, torch.floor, torch.ceil, torch.round,
+    torch.nan_to_num, torch.logit, torch.atan, operator.abs,
 ]
 _ACT_METHODS = [
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "neg", "clamp", "clamp_",
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "neg",
     "contiguous", "clone", "float", "half", "to", "type_as", "detach", "hardswish", "sqrt",
     "sqrt_", "rsqrt", "log", "log1p", "log2", "expm1", "exp_", "tanh_", "abs_", "neg_",
-    "square", "reciprocal", "sign", "sin", "cos", "erf", "floor", "ceil", "round", "clip",
-    "clip_", "clamp_min", "clamp_max", "nan_to_num", "logit", "double", "bfloat16", "cpu",
+    "square", "reciprocal", "sign", "sin", "cos", "erf", "floor", "ceil", "round",
+    "nan_to_num", "logit", "double", "bfloat16", "cpu",
     "cuda", "requires_grad_",
 ]  # fmt: skip
 _EW = [
@@ -537,11 +548,11 @@ CALL_RULES: dict[Any, Call] = {
     "unbind": _unbind, torch.unbind: _unbind,
     "mean": _reduce, torch.mean: _reduce, "sum": _reduce, torch.sum: _reduce,
     "amax": _reduce, torch.amax: _reduce, "norm": _norm, torch.norm: _norm,
-    F.normalize: _normalize,
+    F.normalize: _identity,  # a zero channel adds nothing to a p-norm: any dim is channel-wise
     F.softmax: _along_dim, "softmax": _along_dim, F.log_softmax: _along_dim,
     "log_softmax": _along_dim, torch.softmax: _along_dim, torch.cumsum: _along_dim,
     torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm, F.group_norm: _group_norm,
-    "expand": _expand, "expand_as": _expand, "repeat": _repeat,
+    "expand": _expand, "expand_as": _elementwise, "repeat": _repeat,
     "amin": _reduce, torch.amin: _reduce, "prod": _reduce, torch.prod: _reduce,
     "logsumexp": _reduce, torch.logsumexp: _reduce, "var": _var_std, torch.var: _var_std,
     "std": _var_std, torch.std: _var_std, "flip": _flip, torch.flip: _flip,
@@ -551,7 +562,10 @@ CALL_RULES: dict[Any, Call] = {
     "swapaxes": _transpose, torch.swapaxes: _transpose, "swapdims": _transpose,
     torch.swapdims: _transpose, "t": _t, torch.t: _t, "narrow": _narrow, torch.narrow: _narrow,
     "tile": _tile, torch.tile: _tile,
+    **{f: _clamp for f in (torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, "clamp",
+                           "clamp_", "clip", "clip_", "clamp_min", "clamp_max")},
     F.pixel_shuffle: _pixel_shuffle_call, torch.pixel_shuffle: _pixel_shuffle_call,
     F.pixel_unshuffle: _pixel_shuffle_call, torch.pixel_unshuffle: _pixel_shuffle_call,
     F.channel_shuffle: _channel_shuffle_call, torch.channel_shuffle: _channel_shuffle_call,
+    F.glu: _glu,
 }  # fmt: skip
