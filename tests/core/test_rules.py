@@ -382,3 +382,15 @@ def test_glu_ties_the_two_halves_of_its_axis():
     k = a.keeps(Pruner(a, multiple_of=1).plan(0.5, {grp.id: np.arange(4.0)}).kept)
     np.testing.assert_array_equal(k["c1"]["out"], np.tile([0, 0, 1, 1], 2).astype(bool))
     np.testing.assert_array_equal(k["head"]["in"], np.array([0, 0, 1, 1], bool))
+
+
+def test_a_group_no_wider_than_the_multiple_says_why_it_stays_whole():
+    b = G()
+    b.conv("c1", "x", 8)
+    b.conv("c2", "c1", 16)
+    b.conv("head", "c2", 4)
+    a = b.analyze("head")
+    narrow = selection.too_narrow(a.prunable_groups, 8)
+    assert [a.groups[gid].producers for gid in narrow] == [["c1"]]
+    assert "filters_multiple_of=8" in next(iter(narrow.values()))
+    assert selection.too_narrow(a.prunable_groups, 1) == {}

@@ -38,6 +38,7 @@ from .params import FilterPruningParams
 from .pruner import Plan, Pruner
 from .schedule import Scheduler
 from .scopes import ScopeMatcher
+from .selection import too_narrow
 from .signals import importance_source, unsupported
 from .state import check_pruning_state
 from .stats import PruningStatistics, collect_statistics
@@ -355,7 +356,8 @@ class PruningControllerBase(CompressionController):
             full_flops=self.pruner.full_flops, full_params=self.pruner.full_params,
             current_params=self.pruner.params(self.plan),
             current_level=self.scheduler.current_level, target_level=self.scheduler.target_level,
-            reasons=self.plan.reasons,
+            reasons={**too_narrow(self.analysis.prunable_groups, self.pruner.multiple_of),
+                     **self.plan.reasons},
         )  # fmt: skip
 
     # -- state -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 
 from .analysis import Group
 
-__all__ = ["keep_count", "unit_multiple", "select", "select_group", "select_required",
+__all__ = ["keep_count", "unit_multiple", "too_narrow", "select", "select_group", "select_required",
            "Selection", "MAX_GROUP_LEVEL", "AT_LEAST_ONE", "EQUAL_GROUPS",
            "UNBALANCED"]  # fmt: skip
 
@@ -67,6 +67,14 @@ def unit_multiple(group: Group, multiple_of: int) -> int:
     """``multiple_of`` filters counted in ``group``'s channels, each of which stands for
     ``group.width`` filters: a GroupNorm group of 8 is already a multiple of 8."""
     return multiple_of // math.gcd(multiple_of, group.width)
+
+
+def too_narrow(groups: list[Group], multiple_of: int) -> dict[int, str]:
+    """Why each group that rounding to ``multiple_of`` filters keeps whole at every level
+    is left whole: it has no more filters than one multiple."""
+    return {g.id: (f"{g.size * g.width} filters, no more than filters_multiple_of="
+                   f"{multiple_of}: rounding up keeps them all")
+            for g in groups if multiple_of > 1 and unit_multiple(g, multiple_of) >= g.size}
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
