@@ -201,3 +201,14 @@ def test_normalize_over_the_channels_is_cut_through():
     """A zero channel adds nothing to a p-norm, so the kept channels normalise alike."""
     small, held = prune(lambda y: F.normalize(y, dim=1))
     assert "a" not in held and small.a.out_channels == 8
+
+
+def test_a_softmax_over_stacked_branches_is_cut_through():
+    """SKNet's selection: branches stacked, weighted by a softmax over the branch axis and
+    summed. The stacked branches are tied, so the softmax acts within each channel."""
+    small, held = prune(None, TwoBranch(lambda a, b: _select(torch.stack([a, b], 1))))
+    assert "a.0" not in held and small.a[0].out_channels < 16
+
+
+def _select(u):
+    return (u * u.mean((3, 4), keepdim=True).softmax(1)).sum(1)
