@@ -325,63 +325,52 @@ def test_group_norm_with_a_fixed_count_keeps_its_channels():
     assert not grp.prunable and "group count is fixed in code" in grp.reason
 
 
-@pytest.mark.parametrize("strided", [False, True])
-def test_depth_to_space_ties_the_channels_of_each_output_channel(strided):
+def _half_through(kind, filters, shape, **attrs):
+    """``c1`` (``filters``) -> one ``kind`` op of output ``shape`` -> ``head``, c1's group
+    cut to its last half: the group and the keep vectors."""
     b = G()
-    b.conv("c1", "x", 16)
-    b.add(Node("ps", "pixel_shuffle", ["c1"], (1, 4, 8, 8),
-               attrs={"factor": 2, "strided": strided}))  # fmt: skip
-    b.conv("head", "ps", 4)
+    b.conv("c1", "x", filters)
+    b.add(Node("op", kind, ["c1"], shape, attrs=attrs))
+    b.conv("head", "op", 4)
     a = b.analyze("head")
     grp = next(g for g in a.groups if "c1" in g.producers)
+    plan = Pruner(a, multiple_of=1).plan(0.5, {grp.id: np.arange(float(grp.size))})
+    return grp, a.keeps(plan.kept)
+
+
+HALF = np.array([0, 0, 1, 1], bool)  # the last two of four channels kept
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_depth_to_space_ties_the_channels_of_each_output_channel(strided):
+    grp, k = _half_through("pixel_shuffle", 16, (1, 4, 8, 8), factor=2, strided=strided)
     assert grp.size == 4 and grp.width == 4
-    k = a.keeps(Pruner(a, multiple_of=1).plan(0.5, {grp.id: np.arange(4.0)}).kept)
-    kept = np.array([0, 0, 1, 1], bool)  # output channels 2 and 3
-    np.testing.assert_array_equal(k["head"]["in"], kept)
-    spread = np.tile(kept, 4) if strided else np.repeat(kept, 4)
+    np.testing.assert_array_equal(k["head"]["in"], HALF)  # output channels 2 and 3
+    spread = np.tile(HALF, 4) if strided else np.repeat(HALF, 4)
     np.testing.assert_array_equal(k["c1"]["out"], spread)
 
 
 @pytest.mark.parametrize("strided", [False, True])
 def test_space_to_depth_reads_each_channel_as_its_copies(strided):
-    b = G()
-    b.conv("c1", "x", 4)
-    b.add(Node("su", "pixel_shuffle", ["c1"], (1, 16, 2, 2),
-               attrs={"factor": 2, "inverse": True, "strided": strided}))  # fmt: skip
-    b.conv("head", "su", 4)
-    a = b.analyze("head")
-    grp = next(g for g in a.groups if "c1" in g.producers)
-    k = a.keeps(Pruner(a, multiple_of=1).plan(0.5, {grp.id: np.arange(4.0)}).kept)
-    kept = np.array([0, 0, 1, 1], bool)
-    np.testing.assert_array_equal(k["c1"]["out"], kept)
-    spread = np.tile(kept, 4) if strided else np.repeat(kept, 4)
+    grp, k = _half_through("pixel_shuffle", 4, (1, 16, 2, 2), factor=2, inverse=True,
+                           strided=strided)  # fmt: skip
+    np.testing.assert_array_equal(k["c1"]["out"], HALF)
+    spread = np.tile(HALF, 4) if strided else np.repeat(HALF, 4)
     np.testing.assert_array_equal(k["head"]["in"], spread)
 
 
 def test_channel_shuffle_ties_one_column_of_every_row():
-    b = G()
-    b.conv("c1", "x", 8)
-    b.add(Node("cs", "channel_shuffle", ["c1"], (1, 8, 4, 4), attrs={"groups": 2}))
-    b.conv("head", "cs", 4)
-    a = b.analyze("head")
-    grp = next(g for g in a.groups if "c1" in g.producers)
+    grp, k = _half_through("channel_shuffle", 8, (1, 8, 4, 4), groups=2)
     assert grp.size == 4  # channel j of both rows of 4 go together
-    k = a.keeps(Pruner(a, multiple_of=1).plan(0.5, {grp.id: np.arange(4.0)}).kept)
-    np.testing.assert_array_equal(k["c1"]["out"], np.tile([0, 0, 1, 1], 2).astype(bool))
-    np.testing.assert_array_equal(k["head"]["in"], np.repeat([0, 0, 1, 1], 2).astype(bool))
+    np.testing.assert_array_equal(k["c1"]["out"], np.tile(HALF, 2))
+    np.testing.assert_array_equal(k["head"]["in"], np.repeat(HALF, 2))
 
 
 def test_glu_ties_the_two_halves_of_its_axis():
-    b = G()
-    b.conv("c1", "x", 8)
-    b.add(Node("glu", "glu", ["c1"], (1, 4, 4, 4), attrs={"axis": 1}))
-    b.conv("head", "glu", 4)
-    a = b.analyze("head")
-    grp = next(g for g in a.groups if "c1" in g.producers)
+    grp, k = _half_through("glu", 8, (1, 4, 4, 4), axis=1)
     assert grp.size == 4 and grp.width == 2
-    k = a.keeps(Pruner(a, multiple_of=1).plan(0.5, {grp.id: np.arange(4.0)}).kept)
-    np.testing.assert_array_equal(k["c1"]["out"], np.tile([0, 0, 1, 1], 2).astype(bool))
-    np.testing.assert_array_equal(k["head"]["in"], np.array([0, 0, 1, 1], bool))
+    np.testing.assert_array_equal(k["c1"]["out"], np.tile(HALF, 2))
+    np.testing.assert_array_equal(k["head"]["in"], HALF)
 
 
 def test_a_group_no_wider_than_the_multiple_says_why_it_stays_whole():
