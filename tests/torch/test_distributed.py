@@ -1,6 +1,14 @@
 """distributed(): under torch.distributed every rank ends up with rank 0's masks, and
-with rank 0's weights after a refit; a refit that fails on one rank fails on all."""
+with rank 0's weights after a refit; a refit that fails on one rank fails on all.
 
+Each worker runs its body inside ``_in_group``: the body's results are on disk before the
+ranks leave the group together, and the worker then exits at once. CI once saw rank 0
+abort ("terminate called without an active exception") while the ranks shut down; gloo
+leaves threads running after ``destroy_process_group``, and the interpreter's teardown
+is where such threads can abort a process.
+"""
+
+import contextlib
 import datetime
 import os
 import socket
@@ -20,14 +28,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _in_group(rank: int, world: int, port: int):
+    """Join the group; after the body, wait for every rank, leave, and exit the process.
+
+    The exit skips the interpreter's teardown, where threads the group left behind can
+    abort the process; a body that raises leaves as usual, so spawn reports its error.
+    """
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # a rank left waiting in a collective fails after the timeout instead of hanging CI
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))  # fmt: skip
+    try:
+        yield
+        dist.barrier()  # no rank leaves while another is still in a collective
+    finally:
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from torch_helpers import SmallNet, make_config
 
     from filterprune.torch import create_compressed_model
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with _in_group(rank, world, port):
         torch.manual_seed(rank)  # different weights per rank: local masks would differ
         config = make_config(pruning_init=0.0, pruning_target=0.5, pruning_steps=2,
                              prune_first_conv=True)  # fmt: skip
@@ -42,8 +69,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         masks = {k: v for k, v in model.state_dict().items() if k.endswith("_mask")}
         torch.save(masks, os.path.join(out_dir, f"rank{rank}.pt"))
         ddp(torch.randn(2, 3, 32, 32)).sum().backward()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_masks_identical_on_every_rank(tmp_path):
@@ -53,13 +78,6 @@ def test_masks_identical_on_every_rank(tmp_path):
     assert any((v == 0).any() for v in m0.values())
     for k in m0:
         assert torch.equal(m0[k], m1[k]), k
-
-
-def _join(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    # a rank left waiting in a collective fails after the timeout instead of hanging CI
-    dist.init_process_group("gloo", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=30))  # fmt: skip
 
 
 def _refit_ctrl(rank: int):
@@ -79,14 +97,11 @@ def _refit_ctrl(rank: int):
 
 
 def _refit_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    _join(rank, world, port)
-    try:
+    with _in_group(rank, world, port):
         ctrl, model = _refit_ctrl(rank)
         torch.nn.parallel.DistributedDataParallel(model)
         ctrl.scheduler.epoch_step()  # cut and refit on the rank's batch, then rank 0's weights
         torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_refit_weights_identical_on_every_rank(tmp_path):
@@ -102,8 +117,7 @@ def _failing_refit_worker(rank: int, world: int, port: int, out_dir: str, step: 
     import filterprune.torch.controller as controller
     from filterprune.core.config import ConfigError
 
-    _join(rank, world, port)
-    try:
+    with _in_group(rank, world, port):
         ctrl, model = _refit_ctrl(rank)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         if rank == 1:
@@ -121,8 +135,6 @@ def _failing_refit_worker(rank: int, world: int, port: int, out_dir: str, step: 
         torch.save({"outcome": outcome, "same": all(torch.equal(before[k], after[k])
                                                     for k in before)},  # fmt: skip
                    os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("step", ["record", "reconstruct"])
