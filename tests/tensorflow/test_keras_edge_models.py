@@ -105,6 +105,8 @@ SPATIAL_OPS = {
     "moveaxis, swapaxes": lambda x: ops.moveaxis(ops.swapaxes(ops.moveaxis(x, 3, 1), 1, 2), 2, 3),
     "tile": lambda x: ops.tile(x, [1, 1, 1, 2]),
     "std": lambda x: x * ops.std(x, axis=(1, 2), keepdims=True) + ops.log1p(ops.abs(x)),
+    "layer norm over height and width": lambda x: layers.LayerNormalization(axis=(1, 2))(x),
+    "normalize over the height": lambda x: ops.normalize(ops.sigmoid(x), axis=1),
 }
 
 
@@ -124,6 +126,13 @@ def test_a_pad_or_cumsum_across_the_channels_keeps_them_whole():
     _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x + y + z))))
     assert "acts across channels" in held["a"] and "acts across channels" in held["b"]
     assert "flattened" in held["d"]
+
+
+def test_a_layer_norm_over_the_channels_keeps_them_whole():
+    inp = keras.Input((32, 32, 3))
+    x = layers.LayerNormalization(axis=(2, 3), name="ln")(conv(16, "a")(inp))
+    _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
+    assert "normalises over these channels" in held["a"] and "c" not in held
 
 
 def test_group_normalization_is_cut_by_whole_groups(tmp_path):
@@ -218,9 +227,9 @@ def test_stacked_convs_interleaved_by_a_reshape_are_cut_alike():
 
 
 
-def test_normalize_over_the_channels_is_cut_through():
-    """A zero channel adds nothing to a p-norm, so the kept channels normalise alike."""
+def test_normalize_over_the_channels_keeps_them_whole():
+    """A pruned channel is 0.5 after the sigmoid and counts in the masked model's norm."""
     inp = keras.Input((32, 32, 3))
-    y = ops.normalize(layers.BatchNormalization()(conv(16, "c1")(inp)), axis=-1)
+    y = ops.normalize(ops.sigmoid(conv(16, "c1")(inp)), axis=-1)
     ctrl, small, held = prune(keras.Model(inp, head(conv(16, "c2")(y))))
-    assert "c1" not in held and small.get_layer("c1").filters < 16
+    assert "acts across channels" in held["c1"] and small.get_layer("c1").filters == 16

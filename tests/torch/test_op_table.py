@@ -42,6 +42,11 @@ APART = {
     "masked_fill, atan2": lambda y: y.masked_fill(y > 1, 1.0) + torch.atan2(y, y.abs() + 1),
     "activations": lambda y: F.selu(y) + F.celu(y) + F.softsign(y) + F.logsigmoid(y)
     + F.hardshrink(y) + F.tanhshrink(y) + F.threshold(y, 0.1, 0.0),
+    "normalize over the height": lambda y: F.normalize(y.sigmoid(), dim=2),
+    "crop at bounds computed in forward": lambda y: F.pad(
+        y[:, :, : y.size(2) - 1, ..., : y.shape[-1] - 2], (1, 1, 0, 1)),
+    "pad to a skip's size (U-Net)": lambda y: y + _pad_to(
+        F.interpolate(F.max_pool2d(y, 2), scale_factor=2.0)[:, :, :-1, :-1], y),
     "rounding": lambda y: torch.floor(y * 4) / 4 + y.round() + y.sign() + y.clip(-1, 1)
     + y.clamp_min(0) + torch.reciprocal(y.abs() + 1),
 }
@@ -50,7 +55,17 @@ ACROSS = {
     "cumsum (channels)": lambda y: y.cumsum(1),
     "softmin (channels)": lambda y: F.softmin(y, dim=1) * y,
     "narrow (channels)": lambda y: torch.cat([y.narrow(1, 0, 8), y.narrow(1, 8, 8) * 2], 1),
+    # the masked model's pruned channels are 0.5 there, and would count in the norm
+    "normalize over the channels": lambda y: F.normalize(y.sigmoid(), dim=1),
+    "slice channels at a computed bound": lambda y: torch.cat(
+        [y[:, : y.shape[1] // 2], y[:, y.shape[1] // 2 :] * 2], 1),
 }
+
+
+def _pad_to(z, like):
+    """Pad ``z`` to ``like``'s height and width with amounts read in forward."""
+    dy, dx = like.size()[2] - z.size()[2], like.size()[3] - z.size()[3]
+    return F.pad(z, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
 
 
 def prune(fn, model=None):
@@ -197,10 +212,24 @@ def test_a_second_tensor_operand_is_tied_to_the_first(fn, export):
     prune(None, TwoBranch(fn, export))  # stripped equals masked
 
 
-def test_normalize_over_the_channels_is_cut_through():
-    """A zero channel adds nothing to a p-norm, so the kept channels normalise alike."""
-    small, held = prune(lambda y: F.normalize(y, dim=1))
-    assert "a" not in held and small.a.out_channels == 8
+class ConvLSTM(nn.Module):
+    """An OCR-style head: conv columns read by an LSTM, which returns ``out, (h, c)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bna = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.rnn, self.head = nn.LSTM(16, 8), nn.Linear(8, 5)
+
+    def forward(self, x):
+        columns = self.bna(self.a(x)).mean(2).permute(2, 0, 1)  # width, batch, channels
+        out, (h, c) = self.rnn(columns)
+        return self.head(out[-1] + h[-1])
+
+
+def test_a_module_returning_a_nested_value_keeps_its_inputs_whole():
+    small, held = prune(None, ConvLSTM())  # strip == masked, and the LSTM reads 16 still
+    assert held["a"] == "LSTM: no channel rule for module LSTM"
+    assert small.a.out_channels == 16
 
 
 def test_a_softmax_over_stacked_branches_is_cut_through():

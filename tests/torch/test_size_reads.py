@@ -175,12 +175,32 @@ class TiedAutoencoder(nn.Module):
         return self.head(F.conv_transpose2d(d, self.enc1.weight, padding=1))
 
 
+class TiedWithOwnBias(nn.Module):
+    """The decoder reads the encoder's weight and a bias of the model's own."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.mid = nn.Conv2d(3, 16, 3, stride=2, padding=1), cbr(16, 16)
+        self.bias = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x):
+        h = self.mid(F.relu(self.enc(x)))
+        return F.conv_transpose2d(h, self.enc.weight, self.bias, stride=2, padding=1,
+                                  output_padding=1)  # fmt: skip
+
+
 def test_a_weight_read_by_an_op_without_a_rule_keeps_every_group_it_cuts_whole():
     # enc2's weight is cut along enc2's filters and along enc1's: both must stay
     ctrl, held = prune(TiedAutoencoder())
     assert "reads parameters of Conv2d enc2" in held["enc2"]
     assert "reads parameters of Conv2d enc" in held["enc1"]
     assert "head.0.0" not in held
+
+
+def test_a_weight_read_with_another_modules_bias_keeps_its_layer_whole():
+    """One call reads enc's weight and the model's own bias: enc stays whole too."""
+    _, held = prune(TiedWithOwnBias())  # the stripped decoder would read 16 rows of 8
+    assert "reads parameters that are not one layer's (enc.weight, bias)" in held["enc"]
 
 
 def test_a_weight_normed_conv_is_left_whole():

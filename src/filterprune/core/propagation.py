@@ -212,6 +212,8 @@ def _run(state: Propagation, rules: dict[str, Callable[..., Any]], node: Node, i
             state.block(value, reason)
     if node.layer and node.op == "stop":  # an op without a rule reads this layer's weights
         state.hold_layer(node.layer, reason)
+    for layer in node.attrs.get("reads_layers", ()) if node.op == "stop" else ():
+        state.hold_layer(layer, reason)  # and these layers' weights too
     if isinstance(node.shape, list):
         return tuple(state.opaque(reason) for _ in node.shape)
     return state.opaque(reason)

@@ -230,12 +230,14 @@ def _batchnorm(s, node, ins):
 
 @register_rule("layernorm")
 def _layernorm(s, node, ins):
-    """Statistics over the last ``normalized_ndim`` axes: their channels must all stay."""
+    """Statistics over ``axes`` (default: the last ``normalized_ndim``): channels on
+    those axes must all stay; channels on any other axis are normalised apart."""
     x = _tensor(s, ins[0], node)
     ndim = len(node.shape)
     ids = _pad(x, ndim)
     k = node.attrs.get("normalized_ndim", 1)
-    if any(_varies(ids, a) for a in range(ndim - k, ndim)):
+    axes = node.attrs.get("axes", range(ndim - k, ndim))
+    if any(_varies(ids, a % ndim) for a in axes):
         s.block(ids, f"{node.label or 'LayerNorm'} normalises over these channels")
     return x
 
@@ -509,12 +511,18 @@ def _getitem(s, node, ins):
 
 @register_rule("index")
 def _index(s, node, ins):
-    """Basic tensor indexing (slices, ints, None, Ellipsis) that leaves channels whole."""
+    """Basic tensor indexing (slices, ints, None, Ellipsis) that leaves channels whole.
+
+    ``computed_axes``: axes sliced at bounds computed in forward (the index holds the
+    length they took); channels there stay whole, as the bounds would not follow a cut.
+    """
     x = _tensor(s, ins[0], node)
     full = _full(s, x, _shape(s, node))
     marker = np.arange(full.size).reshape(full.shape)
     picked = marker[node.attrs["index"]]
     varying = [a for a in range(full.ndim) if x.ndim > 0 and _varies(_pad(x, full.ndim), a)]
+    if any(a in varying for a in node.attrs.get("computed_axes", ())):
+        raise RuleError("slices channels at bounds computed in forward")
     for axis in varying:
         kept = np.unique(np.unravel_index(picked.ravel(), full.shape)[axis])
         if kept.size != full.shape[axis]:

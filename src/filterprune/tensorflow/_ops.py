@@ -197,9 +197,7 @@ def _layernorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step
                                      else [layer.axis]))  # fmt: skip
     info = LayerInfo(name, "layernorm", {k: (s, (None,) * len(s))
                                          for k, s in _var_shapes(layer).items()})  # fmt: skip
-    if axes == list(range(ndim - len(axes), ndim)):
-        return [Step("layernorm", {"normalized_ndim": len(axes)}, info)]
-    return [Step("groupnorm", {}, info)]
+    return [Step("layernorm", {"axes": axes}, info)]
 
 
 def _groupnorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
@@ -364,15 +362,16 @@ _OP_IDENTITY = set(
     "Celu HardShrink HardTanh LogSigmoid SoftShrink SparsePlus SparseSigmoid Squareplus "
     "TanhShrink Threshold Cbrt Cosh Sinh Tan Arctan Arcsinh Exp2 Expm1 Log1p Log2 Log10 "
     "Rsqrt Erfc Trunc Fabs NanToNum Copy Isnan Isinf Isfinite Signbit "
-    "MaxPool AveragePool Resize Normalize".split()
-)  # each channel on its own: per-entry maps, pooling or resizing over space, and p-norm
-# scaling (a zero channel adds nothing to the norm, along any axis)
+    "MaxPool AveragePool Resize".split()
+)  # each channel on its own: per-entry maps, pooling or resizing over space
 _OP_ELEMENTWISE = set(
     "Add Subtract Multiply Divide TrueDivide Maximum Minimum Power FloorDivide Mod Where "
     "Greater GreaterEqual Less LessEqual Equal NotEqual LogicalAnd LogicalOr LogicalXor "
     "Arctan2 Hypot Logaddexp Logaddexp2 Fmax Fmin Fmod Heaviside DivideNoNan".split()
 )
-_OP_ALONG = set("Flip Roll Cumsum Cumprod Sort Sparsemax".split())  # op.axis
+# op.axis; Normalize's p-norm spans its axis: a pruned channel there need not reach it
+# as zero (a sigmoid or an added constant on the way), and the stripped model's omits it
+_OP_ALONG = set("Flip Roll Cumsum Cumprod Sort Sparsemax Normalize".split())
 
 
 def _op_axis_list(axis: Any, ndim: int) -> list[int]:

@@ -64,14 +64,17 @@ def _positions(spec: Functional, shape: Any) -> int | None:
 
 
 def _opaque(reason: str, context: str | None, modules: dict[str, nn.Module], graph_layers: dict,
-            positions: int | None) -> Parts:  # fmt: skip
+            positions: int | None, reads: list[str] | None = None) -> Parts:  # fmt: skip
     """A stop that still counts the parameters (and, for a conv or linear op, the FLOPs)
-    of the module it runs in."""
+    of the module it runs in; ``reads``: other layers whose weights it reads (core
+    ``reads_layers``: they stay whole too)."""
     module = modules.get(context or "")
-    if not context or module is None or not plain_params(module):
-        return Parts("stop", {"reason": reason})
-    graph_layers.setdefault(context, LayerInfo(context, "opaque", plain_params(module)))
     attrs: dict[str, Any] = {"reason": reason}
+    if reads:
+        attrs["reads_layers"] = reads
+    if not context or module is None or not plain_params(module):
+        return Parts("stop", attrs)
+    graph_layers.setdefault(context, LayerInfo(context, "opaque", plain_params(module)))
     if positions is not None:
         attrs["positions"] = positions
     return Parts("stop", attrs, layer=context)
@@ -169,7 +172,8 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
     found = module_rule(module) if module is not None else None
     if owners or not named or module is None:
         why = f"{label} reads parameters that are not one layer's ({', '.join(params.values())})"
-        return _opaque(why, context, modules, graph_layers, positions)
+        reads = sorted({owner_of(name)[0] for name in params.values()} - {context or ""})
+        return _opaque(why, context, modules, graph_layers, positions, reads)
     if found is None or found[0] not in spec.forms:
         if call is not None and not weighted:  # LayerNorm, GroupNorm: nothing to cut or mask
             kind, attrs = call()

@@ -447,6 +447,12 @@ def _along_dim(node: fx.Node, shapes) -> Spec:
     return "along", {"dims": [int(dim)]}
 
 
+def _normalize(node: fx.Node, shapes) -> Spec:
+    """The p-norm along ``dim`` spans it: a pruned channel there need not reach it as zero
+    (a sigmoid or an added constant on the way), and the stripped model's norm omits it."""
+    return "along", {"dims": [int(_arg(node, 2, "dim", 1))]}
+
+
 def _roll(node: fx.Node, shapes) -> Spec:
     dims = _arg(node, 2, "dims")
     if dims is None:
@@ -548,7 +554,7 @@ CALL_RULES: dict[Any, Call] = {
     "unbind": _unbind, torch.unbind: _unbind,
     "mean": _reduce, torch.mean: _reduce, "sum": _reduce, torch.sum: _reduce,
     "amax": _reduce, torch.amax: _reduce, "norm": _norm, torch.norm: _norm,
-    F.normalize: _identity,  # a zero channel adds nothing to a p-norm: any dim is channel-wise
+    F.normalize: _normalize,
     F.softmax: _along_dim, "softmax": _along_dim, F.log_softmax: _along_dim,
     "log_softmax": _along_dim, torch.softmax: _along_dim, torch.cumsum: _along_dim,
     torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm, F.group_norm: _group_norm,

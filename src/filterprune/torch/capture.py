@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from typing import Any
 
 import torch
@@ -109,6 +110,12 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
                 f"{_first_sentence(fx_error)} torch.export failed too: {err}") from err
         captured.graph.notes.insert(0, f"torch.fx could not trace it ({_first_line(fx_error)}); "
                                        "captured with torch.export")  # fmt: skip
+        warnings.warn(
+            f"{_first_line(fx_error)}; captured with torch.export, which fixes Python "
+            "branches on sizes to the sample input's: a forward that branches on a channel "
+            "count (`if x.shape[1] > 8`) takes the sample's branch in the analysis, and may "
+            "take another once cut. Compare ctrl.strip() with the masked model on your "
+            "inputs.", stacklevel=3)  # fmt: skip
         return captured
 
 
@@ -212,14 +219,20 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return Node(node.name, "input", shape=shape)
     if node.op == "get_attr":
         return Node(node.name, "param", shape=shape, attrs={"target": node.target})
+    if shape is None and node.op == "call_module":
+        # a module returning a tuple with None in it (attention without weights) or a
+        # nested one (an LSTM's ``out, (h, c)``): no rule reads it, so its inputs stay whole
+        module = modules[node.target]
+        label = type(module).__name__
+        layer = None
+        if plain_params(module):
+            layer = node.target
+            graph.layers.setdefault(layer, LayerInfo(layer, "opaque", plain_params(module)))
+        in_shape = graph[inputs[0]].shape if inputs else None
+        attrs = {"reason": f"no channel rule for module {label}",
+                 "positions": _tokens(in_shape, graph)}  # fmt: skip
+        return Node(node.name, "stop", inputs, layer=layer, label=label, attrs=attrs)
     if shape is None:
-        if node.op == "call_module" and plain_params(modules[node.target]):
-            # a module returning a tuple with None in it (attention without weights)
-            graph.layers.setdefault(node.target, LayerInfo(
-                node.target, "opaque", plain_params(modules[node.target])))  # fmt: skip
-            in_shape = graph[inputs[0]].shape if inputs else None
-            return Node(node.name, "noop", inputs, layer=node.target, label=str(node.target),
-                        attrs={"positions": _tokens(in_shape, graph)})  # fmt: skip
         return Node(node.name, "noop", inputs, label=str(node.target))
     if node.op == "call_module":
         return _module_node(node, modules[node.target], inputs, shape, graph)
@@ -283,22 +296,41 @@ def _getitem(node: fx.Node, inputs, shape, graph: Graph) -> Node:
     if isinstance(graph[src.name].shape, list) or graph[src.name].op == "stop":
         if isinstance(index, int):
             return Node(node.name, "getitem", [src.name], shape, attrs={"index": index})
-    idx = _basic_index(index)
-    if idx is None:
+    basic = _basic_index(index, graph[src.name].shape, shape)
+    if basic is None:
         return Node(node.name, "stop", inputs, shape, label="getitem",
                     attrs={"reason": "advanced indexing"})  # fmt: skip
-    return Node(node.name, "index", [src.name], shape, attrs={"index": idx}, label="getitem")
+    idx, computed = basic
+    attrs = {"index": idx, "computed_axes": computed} if computed else {"index": idx}
+    return Node(node.name, "index", [src.name], shape, attrs=attrs, label="getitem")
 
 
-def _basic_index(index: Any) -> Any:
+def _basic_index(index: Any, in_shape, out_shape) -> tuple[Any, list[int]] | None:
+    """Slices, ints, None and Ellipsis; None for any other (advanced) index.
+
+    A slice whose bounds are computed in forward (``y[..., : y.shape[-1] - 1]``) becomes
+    one of the length it took on the traced input, and its axis is listed: the core rule
+    keeps channels whole there, as the bounds would not follow a cut.
+    """
     items = index if isinstance(index, tuple) else (index,)
-    for item in items:
-        if isinstance(item, slice):
-            if any(isinstance(v, fx.Node) for v in (item.start, item.stop, item.step)):
-                return None
-        elif not (item is None or item is Ellipsis or isinstance(item, int)):
-            return None
-    return index
+    if not all(it is None or it is Ellipsis or isinstance(it, (int, slice)) for it in items):
+        return None
+    computed = [i for i, it in enumerate(items) if isinstance(it, slice)
+                and any(isinstance(v, fx.Node) for v in (it.start, it.stop, it.step))]  # fmt: skip
+    if not computed:
+        return index, []
+    if not (isinstance(in_shape, tuple) and isinstance(out_shape, tuple)):
+        return None
+    spans = [len(in_shape) - sum(it is not None and it is not Ellipsis for it in items)
+             if it is Ellipsis else 1 for it in items]  # fmt: skip
+    new, axes, in_axis, out_axis = list(items), [], 0, 0
+    for i, it in enumerate(items):
+        if i in computed:
+            new[i] = slice(0, out_shape[out_axis])
+            axes.append(in_axis)
+        in_axis += 0 if it is None else spans[i]
+        out_axis += 0 if isinstance(it, int) else spans[i]
+    return (tuple(new) if isinstance(index, tuple) else new[0]), axes
 
 
 def _tokens(shape, graph: Graph) -> int:
