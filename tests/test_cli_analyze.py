@@ -48,7 +48,36 @@ def test_analyze_an_onnx_file(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "(ONNX), input 1x3x16x16" in text and "prunable, keeps" in text
     assert main(["analyze", str(path), "--input-size", "1,3,8,8"]) == 2
-    assert "does not apply to ONNX files" in capsys.readouterr().err
+    assert "dimension 2 is fixed at 16, the shape given has 8" in capsys.readouterr().err
+
+
+class Crop(torch.nn.Module):
+    """Crops by amounts read from sizes: an export with dynamic axes computes the bounds."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.head = torch.nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        y = torch.nn.functional.pad(y[:, :, : y.size(2) - 1, : y.size(3) - 2], (1, 1, 0, 1))
+        return self.head(torch.relu(self.b(y)))
+
+
+def test_input_size_sets_an_onnx_files_dynamic_dimensions(tmp_path, capsys):
+    path = tmp_path / "dynamic.onnx"
+    torch.onnx.export(Crop().eval(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})  # fmt: skip
+    flags = ["--prune-first-conv", "--level", "0.5"]
+    assert main(["analyze", str(path), *flags]) == 0  # dynamic: read at size 1
+    assert "Slice bounds are not constants" in capsys.readouterr().out
+    assert main(["analyze", str(path), "--input-size", "1,3,32,48", *flags]) == 0
+    text = capsys.readouterr().out
+    assert "(ONNX), input 1x3x32x48" in text and "Slice" not in text
+    assert "/a/Conv" not in text.split("left whole, and why:")[1]
+    assert main(["analyze", str(path), "--input-size", "1,4,32,32"]) == 2
+    assert "input 'x' is ?x3x?x?: dimension 1 is fixed at 3" in capsys.readouterr().err
 
 
 def test_level_out_of_range_is_bad_usage(capsys):

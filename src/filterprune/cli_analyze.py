@@ -67,12 +67,16 @@ def _open(spec: ModelSpec, args: argparse.Namespace) -> tuple[Any, Any, list[int
         raise UsageError(f"--weights applies to PyTorch models. Received: MODEL {spec.text}, "
                          "which holds its own weights.")
     if spec.framework == "onnx":
-        if args.input:
-            raise UsageError(f"--input-size does not apply to ONNX files: {spec.text} fixes "
-                             "its input shape. Drop --input-size.")
-        from .onnx.dry_run import OnnxFrontend, input_shape
+        from .onnx.dry_run import OnnxFrontend, input_shape, with_input_shape
 
-        return spec.text, OnnxFrontend(), input_shape(spec.text)
+        if not args.input:
+            return spec.text, OnnxFrontend(), input_shape(spec.text)
+        try:  # sets the file's dynamic dimensions (a fixed one must match)
+            return with_input_shape(spec.text, args.input), OnnxFrontend(), args.input
+        except ValueError as err:
+            raise UsageError(f"--input-size {','.join(map(str, args.input))} does not fit "
+                             f"{spec.text}: {err} Give a shape that keeps the file's fixed "
+                             "dimensions, or drop --input-size.") from err
     if spec.framework == "keras":
         model = load_keras_model(spec, trusted=args.trusted)
         from .tensorflow.frontend import KerasFrontend

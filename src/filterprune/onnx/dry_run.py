@@ -15,13 +15,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import onnx
 
 from ..core.config import Config
 from ..core.workflow import Frontend
 from ._io import load_model
 from .capture import Captured, capture
 
-__all__ = ["OnnxFrontend", "input_shape"]
+__all__ = ["OnnxFrontend", "input_shape", "with_input_shape"]
 
 
 class OnnxFrontend(Frontend):
@@ -48,10 +49,47 @@ class OnnxFrontend(Frontend):
 
 def input_shape(model: Any) -> list[int]:
     """The first input's shape, with 1 for a symbolic (dynamic) dimension."""
+    return [d or 1 for d in _first_input_dims(load_model(model))]
+
+
+def with_input_shape(model: Any, shape: list[int]) -> onnx.ModelProto:
+    """A copy of ``model`` whose first input has ``shape``: its dynamic dimensions set,
+    so that sizes, FLOPs and shape-dependent ops are read at that size.
+
+    Raises:
+        ValueError: ``shape`` has another rank, or differs on a dimension the file fixes.
+    """
     proto = load_model(model)
+    dims = _first_input_dims(proto)
+    name = next(v.name for v in _graph_inputs(proto))
+    if len(dims) != len(shape):
+        raise ValueError(f"input {name!r} has {len(dims)} dimensions "
+                         f"({_show(dims)}); the shape given has {len(shape)}.")  # fmt: skip
+    clash = [i for i, (d, n) in enumerate(zip(dims, shape, strict=True)) if d and d != n]
+    if clash:
+        raise ValueError(f"input {name!r} is {_show(dims)}: dimension {clash[0]} is fixed at "
+                         f"{dims[clash[0]]}, the shape given has {shape[clash[0]]}.")  # fmt: skip
+    for d, n in zip(next(_graph_inputs(proto)).type.tensor_type.shape.dim, shape, strict=True):
+        if not d.HasField("dim_value"):
+            d.Clear()
+            d.dim_value = int(n)
+    del proto.graph.value_info[:]  # inferred at the symbolic size; inferred again at this one
+    return proto
+
+
+def _graph_inputs(proto: onnx.ModelProto) -> Iterable[Any]:
     inits = {i.name for i in proto.graph.initializer}
-    for value in proto.graph.input:
-        if value.name not in inits:
-            dims = value.type.tensor_type.shape.dim
-            return [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
-    return []
+    return (v for v in proto.graph.input if v.name not in inits)
+
+
+def _first_input_dims(proto: onnx.ModelProto) -> list[int | None]:
+    """The first input's dimensions, None where symbolic."""
+    value = next(iter(_graph_inputs(proto)), None)
+    if value is None:
+        return []
+    return [d.dim_value if d.HasField("dim_value") else None
+            for d in value.type.tensor_type.shape.dim]  # fmt: skip
+
+
+def _show(dims: list[int | None]) -> str:
+    return "x".join("?" if d is None else str(d) for d in dims)
