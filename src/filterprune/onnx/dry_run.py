@@ -49,7 +49,8 @@ class OnnxFrontend(Frontend):
 
 def input_shape(model: Any) -> list[int]:
     """The first input's shape, with 1 for a symbolic (dynamic) dimension."""
-    return [d or 1 for d in _first_input_dims(load_model(model))]
+    value = _first_input(load_model(model))
+    return [d or 1 for d in _dims(value)] if value is not None else []
 
 
 def with_input_shape(model: Any, shape: list[int]) -> onnx.ModelProto:
@@ -60,16 +61,19 @@ def with_input_shape(model: Any, shape: list[int]) -> onnx.ModelProto:
         ValueError: ``shape`` has another rank, or differs on a dimension the file fixes.
     """
     proto = load_model(model)
-    dims = _first_input_dims(proto)
-    name = next(v.name for v in _graph_inputs(proto))
+    value = _first_input(proto)
+    if value is None:
+        raise ValueError("it has no graph input to give a shape.")
+    dims = _dims(value)
     if len(dims) != len(shape):
-        raise ValueError(f"input {name!r} has {len(dims)} dimensions "
+        raise ValueError(f"input {value.name!r} has {len(dims)} dimensions "
                          f"({_show(dims)}); the shape given has {len(shape)}.")  # fmt: skip
     clash = [i for i, (d, n) in enumerate(zip(dims, shape, strict=True)) if d and d != n]
     if clash:
-        raise ValueError(f"input {name!r} is {_show(dims)}: dimension {clash[0]} is fixed at "
-                         f"{dims[clash[0]]}, the shape given has {shape[clash[0]]}.")  # fmt: skip
-    for d, n in zip(next(_graph_inputs(proto)).type.tensor_type.shape.dim, shape, strict=True):
+        raise ValueError(f"input {value.name!r} is {_show(dims)}: dimension {clash[0]} is "
+                         f"fixed at {dims[clash[0]]}, the shape given has "
+                         f"{shape[clash[0]]}.")  # fmt: skip
+    for d, n in zip(value.type.tensor_type.shape.dim, shape, strict=True):
         if not d.HasField("dim_value"):
             d.Clear()
             d.dim_value = int(n)
@@ -77,16 +81,14 @@ def with_input_shape(model: Any, shape: list[int]) -> onnx.ModelProto:
     return proto
 
 
-def _graph_inputs(proto: onnx.ModelProto) -> Iterable[Any]:
+def _first_input(proto: onnx.ModelProto) -> Any:
+    """The first graph input that is not an initializer, or None."""
     inits = {i.name for i in proto.graph.initializer}
-    return (v for v in proto.graph.input if v.name not in inits)
+    return next((v for v in proto.graph.input if v.name not in inits), None)
 
 
-def _first_input_dims(proto: onnx.ModelProto) -> list[int | None]:
-    """The first input's dimensions, None where symbolic."""
-    value = next(iter(_graph_inputs(proto)), None)
-    if value is None:
-        return []
+def _dims(value: Any) -> list[int | None]:
+    """A graph input's dimensions, None where symbolic."""
     return [d.dim_value if d.HasField("dim_value") else None
             for d in value.type.tensor_type.shape.dim]  # fmt: skip
 

@@ -221,17 +221,10 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return Node(node.name, "param", shape=shape, attrs={"target": node.target})
     if shape is None and node.op == "call_module":
         # a module returning a tuple with None in it (attention without weights) or a
-        # nested one (an LSTM's ``out, (h, c)``): no rule reads it, so its inputs stay whole
-        module = modules[node.target]
-        label = type(module).__name__
-        layer = None
-        if plain_params(module):
-            layer = node.target
-            graph.layers.setdefault(layer, LayerInfo(layer, "opaque", plain_params(module)))
+        # nested one (an LSTM's ``out, (h, c)``): no rule reads it, so its inputs stay
+        # whole; its matrices count once per input token
         in_shape = graph[inputs[0]].shape if inputs else None
-        attrs = {"reason": f"no channel rule for module {label}",
-                 "positions": _tokens(in_shape, graph)}  # fmt: skip
-        return Node(node.name, "stop", inputs, layer=layer, label=label, attrs=attrs)
+        return _no_rule(node, modules[node.target], inputs, None, in_shape, graph)
     if shape is None:
         return Node(node.name, "noop", inputs, label=str(node.target))
     if node.op == "call_module":
@@ -265,10 +258,7 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     label = type(module).__name__
     build = MODULE_RULES.get(type(module))
     if build is None:
-        graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
-        attrs = {"reason": f"no channel rule for module {label}",
-                 "positions": _tokens(shape, graph)}  # fmt: skip
-        return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
+        return _no_rule(node, module, inputs, shape, shape, graph)
     in_shape = graph[inputs[0]].shape if inputs else None
     (kind, attrs), info = build(module, name, in_shape, shape)
     if info.weight is not None and info.weight not in info.params:  # nn.utils.weight_norm
@@ -279,6 +269,17 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     if info.params or info.kind in ("conv", "linear", "batchnorm"):
         graph.layers.setdefault(name, info)
     return Node(node.name, kind, inputs[:1], shape, layer=name, attrs=attrs, label=label)
+
+
+def _no_rule(node: fx.Node, module: nn.Module, inputs: list[str], shape: Any, tokens_of: Any,
+             graph: Graph) -> Node:  # fmt: skip
+    """A module no rule reads: a stop whose inputs stay whole, its parameters counted
+    (its matrices once per token of ``tokens_of``, :func:`_tokens`)."""
+    name, label = node.target, type(module).__name__
+    graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
+    attrs = {"reason": f"no channel rule for module {label}",
+             "positions": _tokens(tokens_of, graph)}  # fmt: skip
+    return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
 
 
 def _functional(node: fx.Node, label: str, shape, modules, graph: Graph, tensors) -> Node:
