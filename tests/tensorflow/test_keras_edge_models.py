@@ -227,6 +227,15 @@ def test_stacked_convs_interleaved_by_a_reshape_are_cut_alike():
 
 
 
+def test_a_one_channel_gate_over_the_channels_leaves_them_free():
+    inp = keras.Input((32, 32, 3))
+    x = layers.BatchNormalization()(conv(16, "a")(inp))
+    gate = ops.sigmoid(layers.Conv2D(1, 7, padding="same", name="sp")(x))
+    ctrl, small, held = prune(keras.Model(inp, head(conv(16, "c")(x * gate))))
+    assert "a" not in held and small.get_layer("a").filters < 16
+    assert "broadcast over another operand's channels" in held["sp"]
+
+
 def test_normalize_over_the_channels_keeps_them_whole():
     """A pruned channel is 0.5 after the sigmoid and counts in the masked model's norm."""
     inp = keras.Input((32, 32, 3))

@@ -212,6 +212,25 @@ def test_a_second_tensor_operand_is_tied_to_the_first(fn, export):
     prune(None, TwoBranch(fn, export))  # stripped equals masked
 
 
+class SpatialGate(nn.Module):
+    """Spatial attention: a one-channel map gates every channel (and is added to them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sp = nn.Conv2d(16, 1, 7, padding=3)
+
+    def forward(self, y):
+        gate = torch.sigmoid(self.sp(y))
+        return y * gate + gate
+
+
+def test_a_one_channel_gate_over_the_channels_leaves_them_free():
+    """Every channel reads the gate's one channel alike: they are not tied to it."""
+    small, held = prune(SpatialGate())
+    assert "a" not in held and small.a.out_channels == 8
+    assert held["fn.sp"] == "mul: broadcast over another operand's channels"
+
+
 class ConvLSTM(nn.Module):
     """An OCR-style head: conv columns read by an LSTM, which returns ``out, (h, c)``."""
 

@@ -146,10 +146,20 @@ def _stop(s, node, ins):
 
 @register_rule("elementwise")
 def _elementwise(s, node, ins):
-    """add/sub/mul/div/max...: operands broadcast, so aligned positions are tied."""
+    """add/sub/mul/div/max...: operands broadcast, so aligned positions are tied.
+
+    An operand one wide along an axis where another's channels vary (a one-channel gate
+    over a feature map, ``x * sigmoid(conv_1(x))``) meets every one of those channels
+    alike: it is not tied to them, and its channel stays whole.
+    """
     arrays = [v for v in ins if isinstance(v, np.ndarray)]
     if not arrays:
         raise RuleError("no tensor operand")
+    spread = _spread(s, node, ins)
+    if spread and len(spread) < len(arrays):
+        for ids in spread:
+            s.block(ids, f"{node.label or node.op}: broadcast over another operand's channels")
+        arrays = [a for a in arrays if all(a is not b for b in spread)]
     out = arrays[0]
     for other in arrays[1:]:
         s.uf.union_arrays(out, other)
@@ -159,6 +169,34 @@ def _elementwise(s, node, ins):
         if isinstance(value, Param):
             _follow_param(s, node, value, out)
     return out
+
+
+def _spread(s: Propagation, node: Node, ins: list) -> list[np.ndarray]:
+    """The operands of an elementwise ``node`` whose tensor is one wide along an axis on
+    which another operand's channels vary (read from the operands' own shapes: ids one
+    wide may stand for channels all tied together)."""
+    if len(ins) != len(node.inputs):
+        return []
+    found = [(v, s.graph[name].shape) for v, name in zip(ins, node.inputs, strict=True)
+             if isinstance(v, np.ndarray)]  # fmt: skip
+    out = node.shape
+    if not isinstance(out, tuple) or not all(_broadcasts(shape, out) for _, shape in found):
+        return []  # not a broadcast (``view_as`` reads only the other's shape)
+    ndim = len(out)
+    spread = []
+    for ids, shape in found:
+        wide = (1,) * (ndim - len(shape)) + shape
+        one = [a for a in range(ndim) if wide[a] == 1]
+        if any(o is not ids and _varies(_pad(o, ndim), a) for o, _ in found for a in one):
+            spread.append(ids)
+    return spread
+
+
+def _broadcasts(shape: Any, out: tuple[int, ...]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``out``."""
+    if not isinstance(shape, tuple) or len(shape) > len(out):
+        return False
+    return all(d in (1, o) for d, o in zip(shape[::-1], out[::-1], strict=False))
 
 
 def _follow_param(s: Propagation, node: Node, param: Param, ids: np.ndarray) -> None:
