@@ -217,6 +217,19 @@ def test_select_says_which_channels_the_blocks_added():
     np.testing.assert_array_equal(select_group(grp, scores, 8), chosen.keep)
 
 
+@pytest.mark.parametrize("first", [2, 4])
+def test_two_grouped_convs_in_a_row_keep_as_many_in_each_cell_of_both(first):
+    b = G()
+    b.conv("c1", "x", 8)
+    b.conv("g1", "c1", 8, groups=first)
+    b.conv("g2", "g1", 8, groups=6 - first)
+    b.conv("head", "g2", 4)
+    grp = next(g for g in b.analyze("head").groups if g.prunable)
+    chosen = select(grp, np.array([8, 7, 6, 5, 4, 3, 2, 1], dtype=float), 4)
+    assert chosen.reason is None
+    assert np.flatnonzero(chosen.keep).tolist() == [0, 2, 4, 6]  # one per pair
+
+
 def test_select_grows_blocks_by_positions_when_a_channel_fills_several():
     # a shuffle before a grouped conv: each channel fills 4 positions of its row
     shuffled = np.repeat(np.arange(8), 4).reshape(4, 8)  # row r: channels 2r, 2r + 1

@@ -367,3 +367,27 @@ def test_depth_to_space_in_dcr_order_and_space_to_depth(op, tmp_path):
     new, report = convert(path, np.zeros((1, 3, side, side)))
     assert layer(report, "conv1").removed == len(gone)
     assert weight_shape(new, "conv2") == ((4, 1, 3, 3) if up else (4, 4, 3, 3))
+
+
+class Warp(nn.Module):
+    """conv1's features sampled at the positions a two-channel conv gives."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.flow = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 2, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        grid = torch.tanh(self.flow(x)).permute(0, 2, 3, 1)
+        return self.conv2(F.grid_sample(self.conv1(x), grid, align_corners=False))
+
+
+def test_grid_sample_removes_rows_and_keeps_the_coordinates(tmp_path):
+    m = Warp()
+    zero(m.conv1, [1, 4, 6])
+    zero(m.flow, [0])  # a zero coordinate is still a coordinate
+    x = torch.randn(1, 3, 8, 8)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "conv1").removed == 3
+    assert weight_shape(new, "conv2") == (4, 5, 3, 3)
+    assert weight_shape(new, "flow") == (2, 3, 3, 3)

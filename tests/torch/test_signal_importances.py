@@ -1,5 +1,7 @@
 """The ``taylor`` and ``bn_scale`` importances on PyTorch models, set from the config."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch_helpers import classify_steps, make_config, randomize_bn
 from filterprune.errors import ConfigError
 from filterprune.testing.cifar_nets import ResNet20
 from filterprune.torch import analyze_model, create_compressed_model
+from filterprune.torch.signals import TaylorAccumulator
 
 
 def resnet(seed=0):
@@ -96,3 +99,25 @@ def test_dry_run_refuses_signal_importances(importance):
                rf"Received: filter_importance='{importance}'\.$")
     with pytest.raises(ConfigError, match=message):
         analyze_model(resnet(), config(importance))
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(3, 6, 3), nn.ConvTranspose2d(3, 6, 3),
+                                   nn.Linear(5, 6)],
+                         ids=["conv", "conv_transpose", "linear"])  # fmt: skip
+def test_taylor_of_a_computed_weight_equals_that_of_the_plain_weight(layer):
+    """A weight-normed layer's weight is computed in each forward: its score is read from
+    the output, and equals the score of the plain layer with the same weight."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        layer.bias.normal_()
+    normed = nn.utils.parametrizations.weight_norm(copy.deepcopy(layer))
+    x = torch.randn(4, 3, 7, 7) if not isinstance(layer, nn.Linear) else torch.randn(4, 2, 5)
+    scores = []
+    for module in (layer, normed):
+        acc = TaylorAccumulator({"l": module})
+        for _ in range(2):
+            (module(x).sin() * torch.linspace(0.5, 1.5, module(x).shape[-1])).sum().backward()
+        scores.append(acc.scores("l"))
+        acc.remove()
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-4)
+    assert scores[0].shape == (6, 1) and scores[0].min() > 0

@@ -203,11 +203,12 @@ def test_a_weight_read_with_another_modules_bias_keeps_its_layer_whole():
     assert "reads parameters that are not one layer's (enc.weight, bias)" in held["enc"]
 
 
-def test_a_weight_normed_conv_is_left_whole():
+def test_a_weight_normed_conv_is_cut_and_stripped_to_a_plain_conv():
     net = Head(nn.utils.weight_norm(nn.Conv2d(32, 32, 3, padding=1)))
-    _, held = prune(net)
-    assert "body computes its weight from other parameters" in held["b.0"]
-    assert "a.0" not in held and "c.0" not in held
+    ctrl, held = prune(net)  # stripped equals masked
+    assert not held.keys() & {"a.0", "b.0", "body", "c.0"}
+    body = ctrl.strip().body
+    assert body.out_channels < 32 and not hasattr(body, "weight_g")
 
 
 @pytest.mark.parametrize("norm", [nn.utils.weight_norm, nn.utils.spectral_norm])

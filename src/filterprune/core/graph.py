@@ -60,7 +60,8 @@ class LayerInfo:
         params: Parameter name -> (shape, axis roles); a role is ``"out"``,
             ``"in"``, ``"channel"`` or ``None`` for an axis that is never cut.
         groups: Convolution groups (1 otherwise).
-        stride: Largest stride of a convolution (1 otherwise).
+        stride: Largest stride of a convolution that downsamples (1 otherwise, and for a
+            transposed convolution, whose stride upsamples).
         weight: Name of the main weight (its size times output positions gives MACs).
     """
 

@@ -247,8 +247,16 @@ def _conv(s, node, ins):
 
 @register_rule("linear")
 def _linear(s, node, ins):
+    """Features along the last axis. Applied along another axis than the channels (an
+    MLP-Mixer's token mixing), it maps each channel alone; a tensor carries one set of
+    channels to cut, so those stay whole and the layer's own outputs are cut."""
     x = _tensor(s, ins[0], node)
     ndim = len(node.shape)
+    ids = _pad(x, ndim)
+    if any(_varies(ids, a) for a in range(ndim - 1)):
+        reason = f"{node.label or node.op}: applied along another axis than these channels"
+        s.block(ids, reason)
+        x = s.opaque(reason)
     xin = _channels(x, ndim, -1, node.attrs["in_features"])
     s.use(node.layer, "in", xin, node.name)
     out = s.fresh(ndim, ndim - 1, node.attrs["out_features"])
@@ -592,6 +600,21 @@ def _reduce(s, node, ins):
     if node.attrs.get("keepdim", False):
         return ids
     return ids.reshape([n for a, n in enumerate(ids.shape) if a not in dims])
+
+
+@register_rule("sample")
+def _sample(s, node, ins):
+    """Each channel read at positions another operand gives (``grid_sample``): the
+    channels pass through; the positions' own channels (their coordinates) stay whole."""
+    x = _tensor(s, ins[0], node)
+    ndim = len(node.shape)
+    axis = node.attrs.get("channel_axis", 1) % ndim
+    line = _channels(x, ndim, axis, _shape(s, node)[axis])
+    for value in ins[1:]:
+        _tensor(s, value, node)  # a weight is held whole
+        if isinstance(value, np.ndarray):
+            s.block(value, f"{node.label or node.op}: sampling coordinates")
+    return _place(line, ndim, axis)
 
 
 @register_rule("along")

@@ -86,8 +86,11 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def _partition(group: Group) -> np.ndarray | None:
-    """The blocks as a clean partition of the group's channels, if they form one."""
-    first = None
+    """The cells of the blocks' common refinement (channels that share a block in every
+    constraint), if each constraint cleanly partitions the group's channels and the cells
+    are equal: then as many kept in each cell keeps as many in each block (two grouped
+    convolutions in a row with 2 and 4 groups: 4 cells)."""
+    label = np.zeros(group.size, dtype=np.int64)
     for b in group.blocks:
         rows = [np.unique(r[r >= 0]) for r in b]
         if len({r.size for r in rows}) != 1:
@@ -95,11 +98,12 @@ def _partition(group: Group) -> np.ndarray | None:
         stacked = np.stack(rows)
         if np.unique(stacked).size != stacked.size or stacked.size != group.size:
             return None
-        if first is None:
-            first = stacked
-        elif not np.array_equal(np.sort(first, axis=1), np.sort(stacked, axis=1)):
-            return None
-    return first
+        which = np.empty(group.size, dtype=np.int64)
+        for i, row in enumerate(stacked):
+            which[row] = i
+        label = np.unique(label * len(rows) + which, return_inverse=True)[1]
+    cells = [np.flatnonzero(label == c) for c in range(int(label.max()) + 1)]
+    return np.stack(cells) if len({c.size for c in cells}) == 1 else None
 
 
 def _row_counts(block: np.ndarray, keep: np.ndarray) -> list[int]:
@@ -147,9 +151,10 @@ def _finish(group: Group, asked: np.ndarray, keep: np.ndarray, balanced: bool,
 def select(group: Group, scores: np.ndarray, n_keep: int) -> Selection:
     """The ``n_keep`` highest-scoring channels of ``group``, balanced over its blocks.
 
-    Blocks that partition the group cleanly (one grouped convolution) keep
-    ``ceil(n_keep / n_blocks)`` channels each; otherwise the top ``n_keep`` grow
-    until every block is even, or the whole group is kept (``reason`` says so).
+    Blocks that partition the group cleanly (grouped convolutions) keep
+    ``ceil(n_keep / n_cells)`` channels in each cell of their common refinement;
+    otherwise the top ``n_keep`` grow until every block is even, or the whole group is
+    kept (``reason`` says so).
     """
     top = _top(scores, n_keep)
     if not group.blocks:

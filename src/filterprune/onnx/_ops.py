@@ -250,6 +250,7 @@ OPS: dict[str, OpSpec] = {
     **{op: OpSpec("identity", zero="none") for op in _NONZERO_ID},
     "Clip": OpSpec("identity", zero="clip"),
     "Resize": OpSpec(_resize),
+    "GridSample": OpSpec("sample", None),
     "QuantizeLinear": OpSpec(_qdq),
     "DequantizeLinear": OpSpec(_qdq),
     "Add": OpSpec("elementwise", None, "all"),

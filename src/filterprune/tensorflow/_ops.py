@@ -36,6 +36,8 @@ class Step:
         shape: Output shape, when it differs from the Keras output (an inner step).
         suffix: Appended to the node and layer names (``"/depthwise"``).
         variables: Keras variable names this step's layer owns (for masks and cuts).
+        constants: Shapes of the constant operands of a ``keras.ops`` call (each a core
+            ``param`` no layer owns: the channels it varies along stay whole).
     """
 
     kind: str
@@ -44,6 +46,7 @@ class Step:
     shape: Shape | None = None
     suffix: str = ""
     variables: tuple[str, ...] = ()
+    constants: tuple[tuple[int, ...], ...] = ()
 
 
 def _names(cls_names: str) -> tuple[type, ...]:
@@ -111,8 +114,8 @@ def _conv(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
     if "bias" in shapes:
         params["bias"] = (shapes["bias"], ("out",))
     groups = int(getattr(layer, "groups", 1))
-    info = LayerInfo(name, "conv", params, groups=groups, stride=max(layer.strides),
-                     weight="kernel")  # fmt: skip
+    stride = 1 if transposed else max(layer.strides)  # a transposed conv's upsamples
+    info = LayerInfo(name, "conv", params, groups=groups, stride=stride, weight="kernel")
     positions = math.prod(_spatial(ins[0] if transposed else out, axis))
     attrs = {"in_channels": cin, "out_channels": cout, "groups": groups, "channel_axis": axis,
              "positions": positions}  # fmt: skip
@@ -249,7 +252,9 @@ def _rescaling(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step
 
 
 def _normalization(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
-    if _constant_free([getattr(layer, k, None) for k in ("mean", "variance")]):
+    given = [layer.input_mean, layer.input_variance]  # stats passed in, rebuilt by a strip
+    stats = given if given[0] is not None else [layer.mean, layer.variance]
+    if _constant_free(stats):
         return [Step("identity")]
     return [Step("stop", {"reason": "Normalization by per-channel statistics"})]
 
@@ -362,8 +367,9 @@ _OP_IDENTITY = set(
     "Celu HardShrink HardTanh LogSigmoid SoftShrink SparsePlus SparseSigmoid Squareplus "
     "TanhShrink Threshold Cbrt Cosh Sinh Tan Arctan Arcsinh Exp2 Expm1 Log1p Log2 Log10 "
     "Rsqrt Erfc Trunc Fabs NanToNum Copy Isnan Isinf Isfinite Signbit "
-    "MaxPool AveragePool Resize".split()
-)  # each channel on its own: per-entry maps, pooling or resizing over space
+    "MaxPool AveragePool Resize ZerosLike OnesLike FullLike EmptyLike".split()
+)  # each channel on its own: per-entry maps, pooling or resizing over space, new tensors
+# of the input's shape
 _OP_ELEMENTWISE = set(
     "Add Subtract Multiply Divide TrueDivide Maximum Minimum Power FloorDivide Mod Where "
     "Greater GreaterEqual Less LessEqual Equal NotEqual LogicalAnd LogicalOr LogicalXor "
@@ -397,10 +403,9 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
     if name in _OP_IDENTITY:
         return [Step("identity")]
     if name in _OP_ELEMENTWISE:
-        constants = [a for a in args if not hasattr(a, "_keras_history")]
-        if not _constant_free(constants):
-            return [Step("stop", {"reason": f"keras.ops {name} with a per-channel constant"})]
-        return [Step("elementwise")]
+        constants = [np.shape(_numpy(a)) for a in args
+                     if a is not None and not hasattr(a, "_keras_history")]  # fmt: skip
+        return [Step("elementwise", constants=tuple(c for c in constants if np.prod(c) > 1))]
     if name in ("Softmax", "LogSoftmax"):
         return [Step("along", {"dims": _op_axis_list(op.axis, ndim)})]
     if name in _OP_ALONG:
@@ -408,6 +413,9 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
         if axis is None and name in ("Cumsum", "Cumprod", "Sort"):
             return [Step("stop", {"reason": f"keras.ops {name} over the flattened tensor"})]
         return [Step("along", {"dims": _op_axis_list(axis, ndim)})]  # no axis (flip): all
+    if name in ("Repeat", "Take") and op.axis is not None and not any(
+            hasattr(a, "_keras_history") for a in args[1:]):  # fmt: skip
+        return [Step("along", {"dims": [int(op.axis)]})]  # constant repeats or indices
     if name == "Pad":
         widths = np.broadcast_to(np.asarray(op.pad_width), (ndim, 2))
         return [Step("along", {"dims": [a for a in range(ndim) if widths[a].any()]})]

@@ -203,6 +203,10 @@ class _Walker:
                 graph.layers.setdefault(layer, step.info)
                 self.cap.refs.setdefault(layer, LayerRef(op, step.variables))
             core = node_name + ("" if last else step.suffix or f"/{i}")
+            for k, const in enumerate(step.constants):
+                graph.add(Node(f"{core}/constant{k}", "param", [], const,
+                               attrs={"target": f"{core}'s constant"}))  # fmt: skip
+                current = [*current, f"{core}/constant{k}"]
             graph.add(Node(core, step.kind, list(current), shape, layer=layer,
                            attrs=dict(step.attrs), label=label))  # fmt: skip
             self.cap.calls[core] = (op, ins)

@@ -1,28 +1,52 @@
-"""Copying a model whose weights are computed by forward pre-hooks.
+"""Weights computed from other parameters: ``weight_norm``, ``spectral_norm`` (forward
+pre-hooks) and ``torch.nn.utils.parametrize`` (a property).
 
-``nn.utils.weight_norm`` and ``spectral_norm`` set ``module.weight`` in a hook before each
-forward; after a forward with gradients it is a non-leaf tensor, which ``copy.deepcopy``
-refuses. Recomputing it without gradients first (eval mode, so spectral norm's power
-iteration does not step) gives the same values as a plain tensor.
+After a forward with gradients a hook-computed ``module.weight`` is a non-leaf tensor,
+which ``copy.deepcopy`` refuses. Recomputing it without gradients first (eval mode, so
+spectral norm's power iteration does not step) gives the same values as a plain tensor.
+
+A pruned layer's weight is masked as it is computed, so masked and stripped models agree
+once the strip writes the computed weight in as a plain parameter (:func:`bake_weights`):
+a cut of the parameters it is computed from would change the norm it is divided by.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-__all__ = ["detach_computed_weights", "copy_model"]
+from .masks import _masked_class
+
+__all__ = ["detach_computed_weights", "copy_model", "computed_weights", "bake_weights"]
+
+_HOOKS = (WeightNorm, SpectralNorm)
+
+
+def _hooks(module: nn.Module) -> list:
+    return [h for h in module._forward_pre_hooks.values() if isinstance(h, _HOOKS)]
+
+
+def computed_weights(module: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Each attribute of ``module`` computed from parameters -> the parameters of
+    ``module`` itself it is computed from (none for a parametrization, whose parameters
+    sit in a child module)."""
+    out = {h.name: tuple(n for n in module._parameters if n.startswith(f"{h.name}_"))
+           for h in _hooks(module)}  # fmt: skip
+    if parametrize.is_parametrized(module):
+        out.update({name: () for name in module.parametrizations})
+    return out
 
 
 def detach_computed_weights(model: nn.Module) -> None:
     """Recompute every hook-computed weight of ``model`` without gradients."""
     for module in model.modules():
-        hooks = [h for h in module._forward_pre_hooks.values()
-                 if isinstance(h, (WeightNorm, SpectralNorm))]  # fmt: skip
+        hooks = _hooks(module)
         if not hooks:
             continue
         training = module.training
@@ -39,3 +63,56 @@ def copy_model(model: nn.Module) -> nn.Module:
     """``copy.deepcopy(model)``, also after a training step of a weight-normed model."""
     detach_computed_weights(model)
     return copy.deepcopy(model)
+
+
+def bake_weights(modules: Iterable[nn.Module]) -> dict[nn.Parameter, list[nn.Parameter]]:
+    """Write each computed weight of ``modules`` in as a plain parameter with its current
+    value (computed in eval mode: no power-iteration step). A module swapped for a masked
+    class keeps that swap, over the class the parametrization leaves.
+
+    Returns:
+        Each new parameter -> the parameters it was computed from (for optimizers).
+    """
+    baked = {}
+    for module in modules:
+        computed = computed_weights(module)
+        if not computed:
+            continue
+        before = {name: _sources(module, name) for name in computed}
+        swapped = getattr(type(module), "_filterprune_base", None)
+        if swapped is not None:
+            masked_class, module.__class__ = type(module), swapped
+        training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                for key, hook in list(module._forward_pre_hooks.items()):
+                    if isinstance(hook, _HOOKS):
+                        hook.remove(module)
+                        del module._forward_pre_hooks[key]
+                if parametrize.is_parametrized(module):
+                    _unparametrize(module)
+        finally:
+            module.train(training)
+        if swapped is not None:  # the same forward over the plain class
+            prefix = masked_class.__name__[: -len(swapped.__name__)]
+            module.__class__ = _masked_class(type(module), prefix)
+        baked.update({module._parameters[name]: sources for name, sources in before.items()})
+    return baked
+
+
+def _sources(module: nn.Module, name: str) -> list[nn.Parameter]:
+    if parametrize.is_parametrized(module, name):
+        return list(module.parametrizations[name].parameters())
+    return [module._parameters[n] for n in computed_weights(module)[name]]
+
+
+def _unparametrize(module: nn.Module) -> None:
+    """``remove_parametrizations(leave_parametrized=True)`` for every tensor, leaving the
+    class alone: a deep copy shares its parametrized class with the original, whose
+    properties ``remove_parametrizations`` deletes."""
+    values = {name: getattr(module, name) for name in module.parametrizations}
+    delattr(module, "parametrizations")
+    module.__class__ = module.__class__.__bases__[0]
+    for name, value in values.items():
+        module.register_parameter(name, nn.Parameter(value.detach().clone()))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..core.graph import LayerInfo
+from ._copy import computed_weights
 
 __all__ = ["MODULE_RULES", "CALL_RULES", "IDENTITY_MODULES", "FUNCTIONAL", "Functional",
            "module_rule", "probe_forwards"]
@@ -42,10 +43,20 @@ _IN = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
 def _params(m: nn.Module, roles: dict[str, tuple[str | None, ...]]) -> dict:
+    """Parameter name -> (shape, roles). A weight computed from other parameters
+    (``weight_norm``, ``spectral_norm``, a parametrization) is listed as the weight, and
+    the parameters it is computed from are not: a strip writes it in (:mod:`._copy`)."""
+    computed = computed_weights(m)
+    sources = {n for names in computed.values() for n in names}
     out = {}
     for name, p in m.named_parameters(recurse=False):
-        out[name] = (tuple(p.shape), roles.get(name, (None,) * p.dim()))
-    return out
+        if name not in sources:
+            out[name] = (tuple(p.shape), roles.get(name, (None,) * p.dim()))
+    for name in computed:
+        value = getattr(m, name)
+        out[name] = (tuple(value.shape), roles.get(name, (None,) * value.dim()))
+    ordered = {n: out[n] for n in roles if n in out}  # the weight first, as declared
+    return {**ordered, **{n: v for n, v in out.items() if n not in ordered}}
 
 
 def _conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
@@ -58,9 +69,10 @@ def _conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo
         "in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups,
         "channel_axis": 1, "positions": math.prod(spatial),
     }  # fmt: skip
-    info = LayerInfo(name, "conv", params, groups=m.groups, stride=max(m.stride), weight="weight")
+    stride = 1 if transposed else max(m.stride)  # a transposed conv's stride upsamples
+    info = LayerInfo(name, "conv", params, groups=m.groups, stride=stride, weight="weight")
     if transposed and m.groups != 1:
-        return ("stop", {"reason": "grouped transposed convolution"}), info
+        return ("stop", {"reason": f"grouped transposed convolution {name}"}), info
     return ("conv", attrs), info
 
 
@@ -467,6 +479,10 @@ def _pad(node: fx.Node, shapes) -> Spec:
     return "along", {"dims": [len(shapes) - 1 - i for i in padded]}
 
 
+def _grid_sample(node: fx.Node, shapes) -> Spec:
+    return "sample", {}
+
+
 def _layer_norm(node: fx.Node, shapes) -> Spec:
     normalized = _arg(node, 1, "normalized_shape")
     if isinstance(normalized, int):
@@ -506,6 +522,9 @@ _ACT_FUNCS = [
     torch.log1p, torch.log2, torch.expm1, torch.square, torch.reciprocal, torch.sign,
     torch.sin, torch.cos, torch.erf, torch.floor, torch.ceil, torch.round,
     torch.nan_to_num, torch.logit, torch.atan, operator.abs,
+    # a new tensor of the input's shape: its channels are the input's
+    torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like,
+    torch.randn_like,
 ]
 _ACT_METHODS = [
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "neg",
@@ -573,5 +592,5 @@ CALL_RULES: dict[Any, Call] = {
     F.pixel_shuffle: _pixel_shuffle_call, torch.pixel_shuffle: _pixel_shuffle_call,
     F.pixel_unshuffle: _pixel_shuffle_call, torch.pixel_unshuffle: _pixel_shuffle_call,
     F.channel_shuffle: _channel_shuffle_call, torch.channel_shuffle: _channel_shuffle_call,
-    F.glu: _glu,
+    F.glu: _glu, F.grid_sample: _grid_sample,
 }  # fmt: skip

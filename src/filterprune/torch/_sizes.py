@@ -33,12 +33,15 @@ class SizeReads:
         free: A reshape node -> output axes whose size is computed from sizes of the
             reshaped tensor itself (``x.view(n, g, c // g, h, w)``): the reshape keeps
             the element count, so such an axis follows the cut like a ``-1``.
+        even_splits: Splits into ``k`` equal pieces of whatever width the tensor has
+            (``torch.split(x, x.shape[1] // k, 1)``), like ``chunk``.
     """
 
     reads: dict[fx.Node, tuple[fx.Node, tuple[int, ...]]] = field(default_factory=dict)
     ties: dict[fx.Node, list[tuple[int, fx.Node, int]]] = field(default_factory=dict)
     numbers: set[fx.Node] = field(default_factory=set)
     free: dict[fx.Node, set[int]] = field(default_factory=dict)
+    even_splits: set[fx.Node] = field(default_factory=set)
 
     @classmethod
     def of(cls, graph: fx.Graph) -> SizeReads:
@@ -69,6 +72,11 @@ class SizeReads:
                 found.free[node] = set(free)
                 for arg in free.values():
                     sized.setdefault(arg, set()).add(node)
+        for node in graph.nodes:
+            size = _even_split_size(node, found.reads)
+            if size is not None:
+                found.even_splits.add(node)
+                sized.setdefault(size, set()).add(node)
         for value in found.reads:
             unpacked = {u for u in value.users if u in found.reads}  # ``b, c = x.shape[:2]``
             rest = set(value.users) - direct.get(value, set()) - unpacked
@@ -101,6 +109,24 @@ class SizeReads:
                 self.reads[node] = (node.args[0], (dim % ndim if ndim else dim,))
         elif node.op in ("call_method", "call_function") and node.target in ("numel", torch.numel):
             self.reads[node] = (node.args[0], tuple(range(_ndim(node.args[0]))))
+
+
+def _even_split_size(node: fx.Node, reads: dict) -> fx.Node | None:
+    """The size node of ``x.split(x.shape[d] // k, d)``: a width read from the split
+    tensor itself along the split axis, divided by a number in code."""
+    if node.op not in ("call_method", "call_function") or node.target not in ("split",
+                                                                              torch.split):
+        return None
+    size = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    if not (isinstance(size, fx.Node) and size.target is operator.floordiv
+            and isinstance(size.args[1], int) and isinstance(dim, int)):  # fmt: skip
+        return None
+    read = reads.get(size.args[0])
+    ndim = _ndim(node.args[0])
+    if read is None or read[0] is not node.args[0] or not ndim or read[1] != (dim % ndim,):
+        return None
+    return size
 
 
 _REARRANGE = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "contiguous",

@@ -29,7 +29,7 @@ from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._layers import COMPUTED, functional_node, plain_params, split_sizes
-from ._ops import CALL_RULES, FUNCTIONAL, MODULE_RULES
+from ._ops import CALL_RULES, FUNCTIONAL, module_rule
 from ._sizes import SizeReads
 
 __all__ = ["capture", "capture_fx"]
@@ -174,6 +174,8 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
         converted = _convert(node, modules, graph, tensors)
         if converted.op == "reshape":
             _size_attrs(converted, sizes.ties.get(node, []), sizes.free.get(node, set()), graph)
+        if converted.op == "split" and node in sizes.even_splits:
+            converted.attrs = {**converted.attrs, "equal": True}
         graph.add(converted)
     add_unseen_params(model, graph)
     graph.notes.append("captured with torch.fx")
@@ -256,14 +258,14 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
 def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     name = node.target
     label = type(module).__name__
-    build = MODULE_RULES.get(type(module))
-    if build is None:
+    found = module_rule(module)  # a parametrized layer's class derives from the layer's
+    if found is None or type(module).forward is not found[0].forward:
         return _no_rule(node, module, inputs, shape, shape, graph)
     in_shape = graph[inputs[0]].shape if inputs else None
-    (kind, attrs), info = build(module, name, in_shape, shape)
-    if info.weight is not None and info.weight not in info.params:  # nn.utils.weight_norm
+    (kind, attrs), info = found[1](module, name, in_shape, shape)
+    if info.weight is not None and info.weight not in info.params:  # a weight buffer
         graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
-        attrs = {"reason": f"{label} {name} computes its weight from other parameters",
+        attrs = {"reason": f"{label} {name} has no weight parameter",
                  "positions": _tokens(shape, graph)}  # fmt: skip
         return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
     if info.params or info.kind in ("conv", "linear", "batchnorm"):

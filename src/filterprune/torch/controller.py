@@ -17,9 +17,10 @@ from ..core.finite import Probe
 from ..core.pruner import Plan
 from ..core.workflow import Captured
 from . import onnx_export
+from ._copy import bake_weights
 from .fold import fold_batchnorms
 from .legr import ranking_trials
-from .masks import apply_masks, remove_masks
+from .masks import apply_masks, is_masked, remove_masks
 from .reconstruct import Recording, reconstruct, record
 from .shrink import shrink_model
 from .shrink_frozen import ShrinkWhenFrozen
@@ -147,6 +148,7 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
     def strip_model(self, model: nn.Module, shrink: bool = True, **_: Any) -> nn.Module:
         if self.shrunk:  # cut already (shrink_when_frozen)
             return model
+        bake_weights(m for m in model.modules() if is_masked(m))  # weight_norm: written in
         if not shrink:
             remove_masks(model, bake=True)
             return model

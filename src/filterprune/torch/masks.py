@@ -61,7 +61,7 @@ class _MaskedConvT:
         nk = self.weight.dim() - 2
         pad = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size,
                                    nk, self.dilation)  # fmt: skip
-        fn = _CONV_T_FN[type(self).__mro__[2]]
+        fn = next(_CONV_T_FN[c] for c in type(self).__mro__ if c in _CONV_T_FN)
         return fn(x, _m(self, "weight"), _m(self, "bias"), self.stride, self.padding, pad,
                   self.groups, self.dilation)  # fmt: skip
 

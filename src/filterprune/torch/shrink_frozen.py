@@ -30,8 +30,9 @@ from ..core.controller import PruningControllerBase, _same_kept
 from ..core.pruner import Plan
 from ..core.state import check_pruning_state
 from ..errors import ConfigError
+from ._copy import bake_weights
 from .fake_quant import lazy_ranges_paused
-from .masks import remove_masks
+from .masks import is_masked, remove_masks
 from .shrink import _CUT, _cut, _laid_out, _tensors, shrink_model
 
 __all__ = ["ShrinkWhenFrozen", "shrink_in_place"]
@@ -70,7 +71,11 @@ def _rebind(optimizer: torch.optim.Optimizer, swaps: dict[int, tuple]) -> None:
 def shrink_in_place(model: torch.nn.Module, keeps: dict, layers: dict,
                     optimizers: list[torch.optim.Optimizer]) -> None:  # fmt: skip
     """Cut ``model``'s pruned channels in place and rebind ``optimizers`` to the new
-    parameters (their state cut alike)."""
+    parameters (their state cut alike). A weight computed from other parameters
+    (``weight_norm``) is written in first; it replaces them and starts without state."""
+    baked = bake_weights([m for m in model.modules() if is_masked(m)])
+    for optimizer in optimizers:
+        _replace_sources(optimizer, baked)
     cuts = _parameter_cuts(model, keeps, layers)
     remove_masks(model, bake=False)
     shrink_model(model, keeps, layers)
@@ -80,6 +85,22 @@ def shrink_in_place(model: torch.nn.Module, keeps: dict, layers: dict,
     for optimizer in optimizers:
         _rebind(optimizer, swaps)
     _state_like_parameters(optimizers)
+
+
+def _replace_sources(optimizer: torch.optim.Optimizer, baked: dict) -> None:
+    """Put each baked weight where the first parameter it was computed from was."""
+    new_of = {id(old): new for new, olds in baked.items() for old in olds}
+    for group in optimizer.param_groups:
+        params = []
+        for p in group["params"]:
+            new = new_of.get(id(p))
+            if new is None:
+                params.append(p)
+                continue
+            optimizer.state.pop(p, None)
+            if all(q is not new for q in params):
+                params.append(new)
+        group["params"] = params
 
 
 def _state_like_parameters(optimizers: list[torch.optim.Optimizer]) -> None:
@@ -142,6 +163,8 @@ class ShrinkWhenFrozen(PruningControllerBase):
                         "register_optimizer(); rebuild yours from model.parameters()")
         shrink_in_place(self.model, self.keeps(), self.analysis.graph.layers, optimizers)
         self.shrunk = True
+        if getattr(self, "taylor", None) is not None:  # scores are of no use once cut
+            self.taylor.remove()
         if self.params.shrunk_memory_format == "channels_last":
             failure = _to_channels_last(self.model, self.sample, optimizers)
             if failure:

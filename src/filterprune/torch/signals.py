@@ -22,6 +22,7 @@ from torch import nn
 from torch.autograd.graph import register_multi_grad_hook
 
 from ..core.signals import batchnorm_scales, taylor_batchnorm, taylor_scores
+from .masks import masked_param
 
 __all__ = ["TaylorAccumulator", "torch_signal"]
 
@@ -48,8 +49,10 @@ class TaylorAccumulator:
             if name in batchnorms:
                 params = batchnorms[name]
                 hook = register_multi_grad_hook(params, self._params_hook(name, params))
-            else:
+            elif isinstance(module._parameters.get("weight"), nn.Parameter):
                 hook = module.weight.register_hook(self._weight_hook(name, module))
+            else:  # computed in each forward (weight_norm): no tensor to hook beforehand
+                hook = module.register_forward_hook(self._output_hook(name, module))
             self._handles.append(hook)
 
     def _add(self, name: str, per_filter: torch.Tensor) -> None:
@@ -67,6 +70,27 @@ class TaylorAccumulator:
                 self._add(name, (grad * module.weight).transpose(0, axis).flatten(1).sum(1))
 
         return add
+
+    def _output_hook(self, name: str, module: nn.Module):
+        """The same sum from the layer's output ``y = w * x + b``, linear in each filter's
+        weight: ``sum over w of g_w * w`` is ``sum over y of g_y * (y - b)``."""
+        axis = -1 if isinstance(module, nn.Linear) else 1
+
+        def forward(layer: nn.Module, inputs: Any, out: torch.Tensor) -> None:
+            if not out.requires_grad:
+                return
+            bias = masked_param(layer, "bias")
+            shape = [1] * out.dim()
+            shape[axis] = -1
+            part = out.detach() - (0 if bias is None else bias.detach().view(shape))
+
+            def add(grad: torch.Tensor) -> None:
+                with torch.no_grad():
+                    self._add(name, (grad * part).transpose(0, axis).flatten(1).sum(1))
+
+            out.register_hook(add)
+
+        return forward
 
     def _params_hook(self, name: str, params: list[nn.Parameter]):
         def add(grads: Sequence[torch.Tensor | None]) -> None:

@@ -1,0 +1,129 @@
+"""Layers whose weight is computed from other parameters: ``weight_norm`` and
+``spectral_norm``, as forward pre-hooks and as parametrizations. They are pruned like
+plain layers; the strip writes the computed weight in, so the stripped model computes
+what the masked one does (with 8-bit weights too), and the ONNX export holds plain
+weights that ``convert`` cuts."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+from torch_helpers import assert_strip_equal, classify_steps
+
+from filterprune import NNCFConfig
+from filterprune.onnx import remove_zero_filters, run_onnxruntime
+from filterprune.testing.zoo import nondegenerate
+from filterprune.torch import create_compressed_model, register_default_init_args
+from filterprune.torch.shrink_frozen import shrink_in_place
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm")
+
+WRAPS = {
+    "weight_norm": nn.utils.weight_norm,
+    "spectral_norm": nn.utils.spectral_norm,
+    "parametrized weight_norm": nn.utils.parametrizations.weight_norm,
+    "parametrized spectral_norm": nn.utils.parametrizations.spectral_norm,
+}
+
+
+class Net(nn.Module):
+    """A discriminator-like net: normed convs, a BatchNorm, a normed transposed conv and
+    a normed linear head."""
+
+    def __init__(self, wrap):
+        super().__init__()
+        self.a = wrap(nn.Conv2d(3, 16, 3, padding=1))
+        self.bn = nn.BatchNorm2d(16)
+        self.b = wrap(nn.Conv2d(16, 16, 3, stride=2, padding=1))
+        self.up = wrap(nn.ConvTranspose2d(16, 16, 2, stride=2))
+        self.c = wrap(nn.Conv2d(16, 16, 3, padding=1))
+        self.head = wrap(nn.Linear(16, 10))
+
+    def forward(self, x):
+        y = nn.functional.leaky_relu(self.bn(self.a(x)), 0.2)
+        y = nn.functional.leaky_relu(self.up(nn.functional.leaky_relu(self.b(y), 0.2)), 0.2)
+        return self.head(nn.functional.leaky_relu(self.c(y) + y, 0.2).mean((2, 3)))
+
+
+def net(kind, seed=0):
+    torch.manual_seed(seed)
+    model = nondegenerate(Net(WRAPS[kind]))
+    model.eval()(torch.randn(2, 3, 16, 16))  # legacy hooks compute the weight once more
+    return model
+
+
+def config(quantize=False, **params):
+    params = {"prune_first_conv": True, "prune_downsample_convs": True,
+              "filters_multiple_of": 1, **params}  # fmt: skip
+    algos = [{"algorithm": "filter_pruning", "pruning_init": 0.5, "params": params}]
+    if quantize:
+        algos.append({"algorithm": "quantization",
+                      "initializer": {"range": {"num_init_samples": 8}}})  # fmt: skip
+    loader = [(torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)) for _ in range(2)]
+    return register_default_init_args(NNCFConfig.from_dict(
+        {"input_info": {"sample_size": [1, 3, 16, 16]}, "compression": algos}), loader)
+
+
+@pytest.mark.parametrize("quantize", [False, True], ids=["float", "int8"])
+@pytest.mark.parametrize("kind", WRAPS)
+def test_normed_layers_are_pruned_and_stripped_to_plain_layers(kind, quantize):
+    ctrl, model = create_compressed_model(net(kind), config(quantize))
+    held = {p for producers, _ in ctrl.statistics().unpruned for p in producers}
+    assert not held & {"a", "b", "up", "c"}
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        before = model.eval()(x)
+    small = assert_strip_equal(ctrl, model, x, tol=1e-5)
+    assert small.a.out_channels == 8 and small.up.out_channels == 8
+    assert type(small.a.weight) is nn.Parameter and not hasattr(small.a, "weight_g")
+    with torch.no_grad():  # the strip works on a copy: the model is as it was
+        torch.testing.assert_close(model(x), before)
+        model.train()(x)
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "parametrized spectral_norm"])
+def test_export_holds_plain_weights_that_convert_removes(kind, tmp_path):
+    ctrl, model = create_compressed_model(net(kind), config())
+    path = str(tmp_path / "m.onnx")
+    ctrl.export_model(path)
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    name = onnx.load(path).graph.input[0].name
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_onnxruntime(path, {name: x})[0], ref, rtol=1e-4, atol=1e-5)
+    new, report = remove_zero_filters(path)
+    assert sum(layer.removed for layer in report.layers) >= 8 + 8 + 8 + 8
+
+
+def test_taylor_scores_normed_layers_and_training_goes_on_after_a_shrink():
+    ctrl, model = create_compressed_model(
+        net("parametrized weight_norm"),
+        config(filter_importance="taylor", schedule="exponential", pruning_steps=1,
+               pruning_target=0.5, shrink_when_frozen=True),
+    )  # fmt: skip
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ctrl.register_optimizer(optimizer)
+    for _ in range(3):
+        ctrl.scheduler.epoch_step()
+        classify_steps(model, ctrl, optimizer, size=(3, 16, 16))
+    assert ctrl.shrunk and ctrl.taylor.totals["b"].shape == (16,)
+    assert model.b.weight.shape[0] < 16 and not hasattr(model.b, "parametrizations")
+    params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert params == {id(p) for p in model.parameters()}
+    before = model.b.weight.detach().clone()
+    classify_steps(model, ctrl, optimizer, 1, size=(3, 16, 16))
+    assert not torch.equal(model.b.weight, before)  # the written-in weight trains
+
+
+def test_shrink_in_place_keeps_outputs_of_a_weight_normed_model():
+    ctrl, model = create_compressed_model(net("weight_norm"), config())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    shrink_in_place(model, ctrl.keeps(), ctrl.analysis.graph.layers, [optimizer])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-5)
+    assert [id(p) for p in optimizer.param_groups[0]["params"]] == \
+        [id(p) for p in model.parameters()]  # fmt: skip
