@@ -102,7 +102,11 @@ def _write_openvino(model, args: argparse.Namespace, report) -> None:
 
     ov_model = read_openvino(model)
     if not args.no_verify:
-        report.notes.append(check_openvino(args.model, ov_model, args.tolerance, model))
+        note, warning = check_openvino(args.model, ov_model, args.tolerance, model)
+        report.notes.append(note)
+        if warning:
+            report.notes.append(f"warning: {warning}")
+            print(f"filterprune: warning: {warning}", file=sys.stderr)
     save_openvino(ov_model, args.output)
 
 

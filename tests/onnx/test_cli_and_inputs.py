@@ -141,6 +141,29 @@ def test_dynamic_batch(tmp_path):
     assert any("dynamic" in n for n in report.notes)
 
 
+class OneSample(nn.Module):
+    def forward(self, x):
+        return x.reshape(1, 3, 64)  # exported with a literal 1: two samples cannot run
+
+
+def test_checks_run_two_samples_of_a_free_batch_and_one_where_the_graph_holds_one(tmp_path):
+    """A runtime may run one sample on other kernels than several, so a free batch is
+    checked with two; a graph fixed to one sample inside is checked with one."""
+    from filterprune.onnx.convert import reference_run
+
+    x = torch.randn(1, 3, 8, 8)
+    free = export(Net(), x, tmp_path / "free.onnx", input_names=["x"],
+                  dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    feeds, outputs = reference_run(onnx.load(free))
+    assert feeds["x"].shape == (2, 3, 8, 8) and outputs[0].shape == (2, 4)
+    held = export(OneSample(), x, tmp_path / "one.onnx", input_names=["x"],
+                  dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    feeds, outputs = reference_run(onnx.load(held))
+    assert feeds["x"].shape == (1, 3, 8, 8) and outputs[0].shape == (1, 3, 64)
+    fixed = export(Net(), x, tmp_path / "fixed.onnx", input_names=["x"])
+    assert reference_run(onnx.load(fixed))[0]["x"].shape == (1, 3, 8, 8)
+
+
 def test_dynamic_spatial_dims_keep_channels_but_stay_correct(tmp_path):
     class Flat(nn.Module):
         def __init__(self):
@@ -229,3 +252,21 @@ def test_bench_runs_a_free_batch_export_at_each_batch(tmp_path, runtime):
     rows = benchmark({"free": path}, runtime=runtime, batches=(1, 3), warmup=1, seconds=0,
                      min_runs=2)  # fmt: skip
     assert [(r.batch, r.runs >= 2) for r in rows] == [(1, True), (3, True)]
+
+
+def test_an_openvino_failure_is_a_conversion_error_that_says_what_to_do(masked, monkeypatch):
+    pytest.importorskip("openvino")
+    import filterprune.onnx.openvino as fov
+
+    class Core:
+        def compile_model(self, *args):
+            raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\n"
+                               "[ReshapeTransformation] shape [1,10,1] is incompatible\n")
+
+    real = fov._ov()
+    fake = type("ov", (), {"Core": Core, "Model": real.Model, "convert_model": real.convert_model})
+    monkeypatch.setattr(fov, "_ov", lambda: fake)
+    with pytest.raises(ConversionError, match=r"^OpenVINO could not compile the model "
+                       r"\(\[ReshapeTransformation\] shape \[1,10,1\] is incompatible\)\. "
+                       r"This is OpenVINO's limit, not the cut: write ONNX instead"):
+        fov.run_openvino(masked, {"input.1": np.zeros((1, 3, 8, 8), np.float32)})

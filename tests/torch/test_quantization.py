@@ -14,7 +14,11 @@ from torch_helpers import SmallNet, checkpoint_and_resume, randomize_bn, train_s
 from filterprune import ConfigError, NNCFConfig
 from filterprune.core.compression import CompressionStage
 from filterprune.onnx import run_onnxruntime
-from filterprune.torch import create_compressed_model, register_default_init_args
+from filterprune.torch import (
+    create_compressed_model,
+    register_default_init_args,
+    resize_to_state_dict,
+)
 from filterprune.torch.fake_quant import FakeQuantize
 from filterprune.torch.fold import fold_batchnorms
 from filterprune.torch.masks import _m
@@ -185,6 +189,16 @@ def test_strip_equals_compressed_model_in_eval(shrink, net):
             assert q.scale.shape == (m.weight.shape[0],)
     if shrink:
         assert small.stem.out_channels < model.stem.out_channels
+
+
+def test_a_quantized_strip_state_dict_is_refused_by_resize_and_changes_nothing():
+    ctrl, _ = create_compressed_model(_net(), _config())
+    fresh = _net(seed=1)
+    before = copy.deepcopy(fresh.state_dict())
+    with pytest.raises(ValueError, match=r"^`state_dict` must be a plain model's: it holds "
+                       r"quantizer state \(.*_quantizer\..*\).*The model is unchanged\.$"):
+        resize_to_state_dict(fresh, ctrl.strip().state_dict())
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
 
 
 def test_strip_when_quantization_comes_first():

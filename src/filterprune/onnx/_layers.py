@@ -22,6 +22,7 @@ from .facts import ModelFacts
 __all__ = ["Built", "build_layer"]
 
 Ref = tuple[int, int]
+Roles = tuple[str | None, ...]
 
 
 class Built(NamedTuple):
@@ -51,16 +52,27 @@ class _Params:
         self.shared = ""
 
     def get(self, i: int) -> np.ndarray | None:
-        """The float value of input ``i`` if it is a constant."""
+        """The float value of input ``i`` if it is a constant (or a layout view of a
+        quantized one: :meth:`ModelFacts.weight_view`)."""
         name = self.node.input[i] if i < len(self.node.input) else ""
-        return self.facts.value(name) if name else None
+        value = self.facts.value(name) if name else None
+        view = self.facts.weight_view(name) if name and value is None else None
+        return _viewed(self.facts.value(view[0]), view[1]) if view else value
 
     def add(self, key: str, i: int, roles: tuple[str | None, ...]) -> np.ndarray | None:
-        """Register input ``i`` as parameter ``key``; None if it is not a constant."""
+        """Register input ``i`` as parameter ``key``; None if it is not a constant. A
+        layout view of a quantized weight registers that weight, its roles moved back
+        through the view (the view's ops need no change once it is cut)."""
         name = self.node.input[i] if i < len(self.node.input) else ""
         value = self.get(i)
         if value is None:
             return None
+        view = self.facts.weight_view(name) if self.facts.value(name) is None else None
+        if view is not None:
+            roles = _roles_before(roles, view[1])
+            if roles is None:
+                return None
+            name, value = view[0], self.facts.value(view[0])
         d = self.facts.dq_node(name)
         if d is not None and self.facts.readers(name) > 1:
             self.shared = name  # one DequantizeLinear feeding two layers cannot serve both
@@ -111,7 +123,7 @@ def _conv(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
     spatial = v.in_shapes[0] if transposed else v.out_shapes[0]
     attrs = {"in_channels": cin, "out_channels": cout, "groups": groups, "channel_axis": 1,
              "positions": positions(spatial, 2)}  # fmt: skip
-    stride = max([int(s) for s in v.attr("strides", [1])] or [1])
+    stride = 1 if transposed else max([int(s) for s in v.attr("strides", [1])] or [1])
     return LayerInfo(name, "conv", p.info, groups=groups, stride=stride, weight="W"), attrs
 
 
@@ -133,7 +145,7 @@ def _gemm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
         if c.ndim == 2 and c.shape[0] > 1:
             return "Gemm bias C varies over rows"
         p.add("B", 2, c_roles)
-    return _linear_info(p, v, roles, name)
+    return _linear_info(p, v, name)
 
 
 def _matmul(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
@@ -145,11 +157,45 @@ def _matmul(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
     if w.ndim != 2 or (v.rank or 0) < 2:
         return "MatMul with a weight that is not 2-D"
     p.add("W", 1, ("in", "out"))
-    return _linear_info(p, v, ("in", "out"), name)
+    return _linear_info(p, v, name)
 
 
-def _linear_info(p: _Params, v: NodeView, roles, name: str):
+def _viewed(value: np.ndarray, steps: list[tuple[str, tuple[int, ...]]]) -> np.ndarray:
+    """``value`` through the layout ``steps`` of :meth:`ModelFacts.weight_view`."""
+    for op, arg in steps:
+        if op == "Transpose":
+            value = np.transpose(value, arg)
+        elif op == "Unsqueeze":
+            value = np.expand_dims(value, tuple(a % (value.ndim + len(arg)) for a in arg))
+        elif op == "Squeeze":
+            value = np.squeeze(value, tuple(a % value.ndim for a in arg))
+    return value
+
+
+def _roles_before(roles: Roles, steps: list[tuple[str, tuple[int, ...]]]) -> Roles | None:
+    """The axis roles of a viewed tensor before layout ``steps``; None if an axis with a
+    role is one a step adds."""
+    for op, arg in reversed(steps):
+        if op == "Transpose":
+            before: list[str | None] = [None] * len(roles)
+            for out_axis, in_axis in enumerate(arg):
+                before[in_axis] = roles[out_axis]
+            roles = tuple(before)
+        elif op == "Unsqueeze":
+            added = {a % len(roles) for a in arg}
+            if any(roles[a] for a in added):
+                return None
+            roles = tuple(r for a, r in enumerate(roles) if a not in added)
+        elif op == "Squeeze":
+            rank = len(roles) + len(arg)
+            dropped, rest = {a % rank for a in arg}, iter(roles)
+            roles = tuple(None if a in dropped else next(rest) for a in range(rank))
+    return roles
+
+
+def _linear_info(p: _Params, v: NodeView, name: str):
     w = p.arrays["W"]
+    roles = p.info["W"][1]  # the stored weight's (a layout view's may differ)
     attrs = {"in_features": int(w.shape[roles.index("in")]),
              "out_features": int(w.shape[roles.index("out")]),
              # per sample: a leading dimension may be batch * rows (a Dense on 4-D input)

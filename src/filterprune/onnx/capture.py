@@ -180,7 +180,9 @@ class _Emitter:
 
 
 def capture(model: onnx.ModelProto) -> Captured:
-    """Build the core graph of ``model`` (a checked ``ModelProto``)."""
+    """Build the core graph of ``model`` (a checked ``ModelProto``; a quantized weight
+    read by several layers is first given one copy per layer, :func:`own_weights`)."""
+    model = own_weights(model)
     e = _Emitter(read_facts(model))
     for v in model.graph.input:
         if v.name not in e.facts.consts:
@@ -195,3 +197,60 @@ def capture(model: onnx.ModelProto) -> Captured:
             "(FLOPs too); channels that a reshape of a dynamic shape touches are kept"
         )
     return e.cap
+
+
+def own_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` where each DequantizeLinear of a constant weight (with the QuantizeLinear
+    of a float one before it) that several nodes read is copied once per extra reader: a
+    layer called twice then has a quantized weight of its own to cut, as a float weight
+    read twice already is. The same arithmetic; ``model`` itself if nothing is shared."""
+    graph = model.graph
+    consts = {i.name for i in graph.initializer}
+    consts.update(o for n in graph.node if n.op_type == "Constant" for o in n.output)
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in graph.node:
+        for k, name in enumerate(n.input):
+            readers.setdefault(name, []).append((n, k))
+
+    def chain(dq: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        source = producer.get(dq.input[0])
+        if dq.input[0] in consts:
+            return [dq]
+        if source is not None and source.op_type == "QuantizeLinear" \
+                and source.input[0] in consts and len(readers[dq.input[0]]) == 1:  # fmt: skip
+            return [source, dq]
+        return None
+
+    shared = [(n, c) for n in graph.node if n.op_type == "DequantizeLinear"
+              and len(readers.get(n.output[0], [])) > 1 and (c := chain(n))]  # fmt: skip
+    if not shared:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = list(out.graph.node)
+    index = {id(n): i for i, n in enumerate(model.graph.node)}
+    names = {o for n in model.graph.node for o in n.output} | consts
+    inserts: dict[int, list[onnx.NodeProto]] = {}
+    for dq, nodes_of in shared:
+        for copy_no, (reader, k) in enumerate(readers[dq.output[0]][1:], start=1):
+            renamed = {}
+            for original in nodes_of:
+                clone = onnx.NodeProto()
+                clone.CopyFrom(original)
+                clone.name = f"{original.name}__copy{copy_no}" if original.name else ""
+                for j, name in enumerate(clone.input):
+                    clone.input[j] = renamed.get(name, name)
+                new = f"{original.output[0]}__copy{copy_no}"
+                while new in names:
+                    new += "_"
+                names.add(new)
+                renamed[original.output[0]] = new
+                clone.output[0] = new
+                inserts.setdefault(index[id(dq)], []).append(clone)
+            nodes[index[id(reader)]].input[k] = renamed[dq.output[0]]
+    del out.graph.node[:]
+    for i, node in enumerate(nodes):
+        out.graph.node.append(node)
+        out.graph.node.extend(inserts.get(i, []))
+    return out

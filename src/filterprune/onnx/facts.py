@@ -34,6 +34,9 @@ _NO_FOLD = {"DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLi
             "RandomUniformLike", "Multinomial", "Bernoulli"}  # fmt: skip
 
 
+_VIEWS = ("Transpose", "Unsqueeze", "Squeeze", "Identity")
+
+
 def attrs_of(node: onnx.NodeProto) -> dict[str, Any]:
     """A node's attributes as Python values."""
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -170,6 +173,33 @@ class ModelFacts:
         except ValueError:  # zero points of different lengths: nothing is known
             return np.zeros(scale.shape, bool)
         return np.broadcast_to(same, scale.shape) if same.size < scale.size else same
+
+    def weight_view(self, name: str) -> tuple[str, list[tuple[str, tuple[int, ...]]]] | None:
+        """``(dq, steps)`` when ``name`` is a DequantizeLinear output ``dq`` of constants
+        seen through layout ops (Transpose, Unsqueeze, Squeeze, Identity: how exporters
+        lay out a quantized weight), each with constant arguments and read once; the steps
+        in order from ``dq``. None otherwise."""
+        steps: list[tuple[str, tuple[int, ...]]] = []
+        while name not in self._dq:
+            node = self._producer.get(name)
+            if node is None or node.op_type not in _VIEWS or self.readers(node.input[0]) != 1:
+                return None
+            a = attrs_of(node)
+            if node.op_type == "Transpose":
+                rank = len(self.shape(node.input[0]) or ())
+                arg = tuple(int(x) for x in a.get("perm", range(rank)[::-1]))
+            elif node.op_type in ("Unsqueeze", "Squeeze"):
+                axes = a.get("axes")
+                if axes is None and len(node.input) > 1 and node.input[1]:
+                    axes = self._consts.get(node.input[1])
+                if axes is None:  # a Squeeze of every size-1 axis: not followed
+                    return None
+                arg = tuple(int(x) for x in np.ravel(axes))
+            else:
+                arg = ()
+            steps.insert(0, (node.op_type, arg))
+            name = node.input[0]
+        return (name, steps) if steps else None
 
     def value(self, name: str) -> np.ndarray | None:
         """A constant's float value, dequantized if it is a DequantizeLinear of constants."""

@@ -79,8 +79,8 @@ class _Writer:
 
     def regroup(self, layer: str, info: Any, keep: dict[str, np.ndarray]) -> None:
         node = self.nodes[self.cap.layer_node[layer]]
-        shape, roles = info.params["W"]
-        cin = shape[1] * info.groups
+        shape, roles = info.params["W"]  # the stored weight's layout (roles say which axis)
+        cin = shape[roles.index("in")] * info.groups
         if info.groups == cin:  # depthwise: one group per remaining input channel
             groups = int(keep.get("in", np.ones(cin, bool)).sum())
             for a in node.attribute:

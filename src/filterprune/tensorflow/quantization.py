@@ -128,9 +128,10 @@ class QuantizationController(QuantizationControllerBase):
         self.scheduler = _EpochRefresh(self._refresh_weights)
         self.table = StripTable()
         self.specs = [s for s in self.specs if self._placeable(s)]
-        self.quantizers = {s.key: _Quantizer(s) for s in self.specs}
+        self.quantizers = {}
+        claimed: dict[tuple[int, int], _Quantizer] = {}  # (id(op), input) -> its quantizer
         for spec in self.specs:
-            self._install(spec)
+            self._install(spec, claimed)
 
     # -- placement -------------------------------------------------------------------------
     def _inputs(self, spec: QuantizerSpec) -> list[tuple[Any, int]]:
@@ -148,15 +149,28 @@ class QuantizationController(QuantizationControllerBase):
                  ", ".join(spec.consumers))  # fmt: skip
         return False
 
-    def _install(self, spec: QuantizerSpec) -> None:
-        quantizer = self.quantizers[spec.key]
+    def _install(self, spec: QuantizerSpec, claimed: dict) -> None:
+        """Put ``spec``'s quantizer on the model. A layer called on several tensors has
+        one input transform: a tensor read by a call that already quantizes another one
+        shares that quantizer, whose range then covers both (as in PyTorch)."""
+        inputs = self._inputs(spec) if spec.kind != "weight" else []
+        shared = next((claimed[id(op), i] for op, i in inputs if (id(op), i) in claimed), None)
+        quantizer = self.quantizers[spec.key] = shared or _Quantizer(spec)
+        if shared is not None:
+            for op, index in inputs:
+                if (id(op), index) not in claimed:
+                    claimed[id(op), index] = quantizer
+                    set_input_transform(op, index, quantizer)
+                    self.table.add_input(op, index, quantizer.spec)
+            return
         if spec.kind == "weight":
             ref = self.captured.refs[spec.target]
             variable = self.captured.graph.layers[spec.target].weight
             set_weight_transform(ref.layer, variable, quantizer)
             self.table.add_weight(ref.layer, variable, spec)
             return
-        for op, index in self._inputs(spec):
+        for op, index in inputs:
+            claimed[id(op), index] = quantizer
             set_input_transform(op, index, quantizer)
             self.table.add_input(op, index, spec)
 
@@ -168,6 +182,8 @@ class QuantizationController(QuantizationControllerBase):
         switched = False
         for key, state in states.items():
             quantizer = self.quantizers[key]
+            if quantizer.spec.key != key and quantizer.spec.key in states:
+                continue  # shared: set under its own key
             switched |= quantizer.enabled != state.initialized
             quantizer.set(state)
         if switched:  # a function traced before would keep the pass-through
@@ -204,11 +220,12 @@ class QuantizationController(QuantizationControllerBase):
             )
         if not self.check_init_data(data):
             return
-        acts = {s.key: self.quantizers[s.key] for s in self.activation_specs}
+        # one collector per quantizer: a shared one is collected under its own key
+        acts = {q.spec.key: q for q in (self.quantizers[s.key] for s in self.activation_specs)}
         collectors = {key: self.range_collector(q.spec) for key, q in acts.items()}
-        for key, q in self.quantizers.items():  # the float model while collecting
+        for q in self.quantizers.values():  # the float model while collecting
             q.paused = True
-            q.collector = collectors.get(key)
+            q.collector = collectors.get(q.spec.key)
         try:
             for x in sample_batches(self.model, data.dataset, self.params.num_init_samples,
                                     data.batch_size, "Quantizer ranges"):  # fmt: skip

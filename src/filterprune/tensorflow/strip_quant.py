@@ -57,15 +57,18 @@ def _nested(op: Any) -> Any:
         return None
 
 
-def operation_paths(model: Any, prefix: str = "") -> dict[int, str]:
-    """``id`` of every operation of ``model`` (nested models included) -> its path."""
-    out: dict[int, str] = {}
+def operation_paths(model: Any, prefix: str = "") -> dict[int, list[str]]:
+    """``id`` of every operation of ``model`` (nested models included) -> its paths (a
+    layer called inside a nested model and outside it has two: the rebuild makes two
+    layers of it, each quantized as the one layer was)."""
+    out: dict[int, list[str]] = {}
     for op in functional_of(model).operations:
         if isinstance(op, keras.layers.InputLayer):
             continue
-        out[id(op)] = prefix + op.name
+        out.setdefault(id(op), []).append(prefix + op.name)
         if _nested(op) is not None:
-            out.update(operation_paths(op, f"{prefix}{op.name}/"))
+            for key, paths in operation_paths(op, f"{prefix}{op.name}/").items():
+                out.setdefault(key, []).extend(paths)
     return out
 
 
@@ -80,10 +83,10 @@ class _Rebuild:
                  states: Mapping[str, QuantizerState]) -> None:  # fmt: skip
         paths = operation_paths(training)
         live = {k for k, s in states.items() if s.initialized}  # unset ones pass through
-        self.weights = {paths[k]: [e for e in v if e[2].key in live]
-                        for k, v in table.weights.items()}  # fmt: skip
-        self.inputs = {paths[k]: {i: s for i, s in v.items() if s.key in live}
-                       for k, v in table.inputs.items()}  # fmt: skip
+        self.weights = {path: [e for e in v if e[2].key in live]
+                        for k, v in table.weights.items() for path in paths[k]}  # fmt: skip
+        self.inputs = {path: {i: s for i, s in v.items() if s.key in live}
+                       for k, v in table.inputs.items() for path in paths[k]}  # fmt: skip
         self.states = states
         self.pairs: list[tuple[Any, Any]] = []
         self.paths: dict[int, str] = {}  # id(new operation) -> path

@@ -139,6 +139,7 @@ def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
         >>> model = torchvision.models.resnet18()  # doctest: +SKIP
         >>> resize_to_state_dict(model, torch.load("pruned.pt"))  # doctest: +SKIP
     """
+    _check_keys(model, state_dict)
     modules = dict(model.named_modules())
     with torch.no_grad():
         for key, value in state_dict.items():
@@ -151,6 +152,29 @@ def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
             _sync_attributes(module)
     model.load_state_dict(state_dict)
     return model
+
+
+def _check_keys(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse a ``state_dict`` whose keys are not ``model``'s before anything is resized."""
+    own = set(model.state_dict())
+    unexpected = [k for k in state_dict if k not in own]
+    missing = [k for k in own if k not in state_dict]
+    if not unexpected and not missing:
+        return
+    if any("_quantizer." in k for k in unexpected):
+        raise ValueError(
+            "`state_dict` must be a plain model's: it holds quantizer state "
+            f"({next(k for k in unexpected if '_quantizer.' in k)}), so it was saved from a "
+            "quantized strip, which a plain architecture cannot load. Save the training "
+            "checkpoint (state_dict and compression_state) and rebuild with "
+            "create_compressed_model(model, config, compression_state=...), or deploy the "
+            "ONNX export. The model is unchanged."
+        )
+    raise ValueError(
+        f"`state_dict` must have the keys of {type(model).__name__}'s state_dict. Received: "
+        f"{len(unexpected)} unexpected ({', '.join(unexpected[:3]) or 'none'}) and "
+        f"{len(missing)} missing ({', '.join(missing[:3]) or 'none'}). The model is unchanged."
+    )
 
 
 def _sync_attributes(module: nn.Module) -> None:
