@@ -230,6 +230,21 @@ def test_two_grouped_convs_in_a_row_keep_as_many_in_each_cell_of_both(first):
     assert np.flatnonzero(chosen.keep).tolist() == [0, 2, 4, 6]  # one per pair
 
 
+def test_grouped_convs_with_unequal_cells_keep_the_same_fraction_of_each():
+    """3 then 2 groups over 12 channels: cells of 4, 2, 2 and 4 channels."""
+    b = G()
+    b.conv("c1", "x", 12)
+    b.conv("g1", "c1", 12, groups=3)
+    b.conv("g2", "g1", 12, groups=2)
+    b.conv("head", "g2", 4)
+    grp = next(g for g in b.analyze("head").groups if g.prunable)
+    chosen = select(grp, np.arange(12, dtype=float)[::-1].copy(), 6)
+    kept = chosen.keep.reshape(-1)
+    assert chosen.reason is None and kept.sum() == 6
+    assert kept.reshape(3, 4).sum(1).tolist() == [2, 2, 2]
+    assert kept.reshape(2, 6).sum(1).tolist() == [3, 3]
+
+
 def test_select_grows_blocks_by_positions_when_a_channel_fills_several():
     # a shuffle before a grouped conv: each channel fills 4 positions of its row
     shuffled = np.repeat(np.arange(8), 4).reshape(4, 8)  # row r: channels 2r, 2r + 1

@@ -11,6 +11,7 @@ import pytest
 from keras_helpers import assert_strip_equal, keras, layers, make_config, randomize_bn
 
 from filterprune.core.finite import NONFINITE
+from filterprune.errors import AnalysisError
 from filterprune.tensorflow import create_compressed_model
 
 ops = keras.ops
@@ -168,6 +169,30 @@ def test_a_strided_transposed_conv_upsamples_and_is_pruned_by_default():
     held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
     assert "up" not in held and small.get_layer("up").filters == 8
     assert held["c"].startswith("downsampling convolution c")
+
+
+@pytest.mark.parametrize("axis", [-1, None])
+def test_an_adapted_normalization_strips_with_its_statistics(axis):
+    """Its statistics are weights the rebuilt layer must read (``finalize_state``)."""
+    inp = keras.Input((32, 32, 3))
+    features = conv(16, "a")
+    norm = layers.Normalization(axis=axis, name="norm")
+    model = redrawn(keras.Model(inp, head(conv(16, "c")(norm(features(inp))))))
+    x = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype("float32")
+    norm.adapt(np.asarray(keras.Model(inp, features(inp))(x)))
+    ctrl, model = create_compressed_model(model, make_config(prune_first_conv=True))
+    small = assert_strip_equal(ctrl, model, x[:2], tol=1e-5)
+    assert float(np.abs(np.asarray(small.get_layer("norm").mean)).max()) > 0
+
+
+def test_an_op_keras_cannot_rebuild_is_a_clear_error_at_strip():
+    inp = keras.Input((32, 32, 3))
+    x = ops.repeat(conv(16, "a")(inp), np.array([2] * 16 + [0] * 16), axis=1)
+    ctrl, _ = create_compressed_model(redrawn(keras.Model(inp, head(conv(16, "c")(x)))),
+                                      make_config(prune_first_conv=True))  # fmt: skip
+    with pytest.raises(AnalysisError, match=r"^Repeat '.*' cannot be rebuilt: Keras has no "
+                       r"config for it .*Wrap the call in a Layer subclass"):
+        ctrl.strip()
 
 
 def test_a_layer_norm_over_the_channels_keeps_them_whole():

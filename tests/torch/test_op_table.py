@@ -278,6 +278,13 @@ def test_a_linear_along_the_tokens_is_cut_and_keeps_the_channels_whole():
     assert held["a"] == "Linear: applied along another axis than these channels"
 
 
+def test_a_conv_after_a_linear_along_the_width_is_still_cut():
+    """The conv reads the Linear's outputs as positions: they stay, its filters go."""
+    small, held = prune(nn.Linear(16, 16))  # along the width of (N, C, H, 16)
+    assert held["fn"] == "Conv2d: applied along another axis than these channels"
+    assert small.b.out_channels == 8
+
+
 def test_grouped_convs_in_a_row_with_other_group_counts_are_cut():
     grouped = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.ReLU(),
                             nn.Conv2d(16, 16, 1, groups=4))  # fmt: skip

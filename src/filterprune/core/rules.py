@@ -217,13 +217,27 @@ def _follow_param(s: Propagation, node: Node, param: Param, ids: np.ndarray) -> 
 
 
 # -- weighted layers ---------------------------------------------------------------------
+def _read_along(s: Propagation, x: np.ndarray, ndim: int, axis: int, width: int,
+                node: Node) -> np.ndarray:  # fmt: skip
+    """The 1-d ids a conv or linear layer reads along its ``axis``. Channels on another
+    axis (a Linear along the tokens, or a conv after a Linear along the width) are
+    positions to it: a tensor carries one set of channels to cut, so those stay whole
+    and the layer's own outputs are still cut."""
+    ids = _pad(x, ndim)
+    if any(_varies(ids, a) for a in range(ndim) if a != axis % ndim):
+        reason = f"{node.label or node.op}: applied along another axis than these channels"
+        s.block(ids, reason)
+        return np.repeat(s.opaque(reason).reshape(-1), width)
+    return _channels(x, ndim, axis, width)
+
+
 @register_rule("conv")
 def _conv(s, node, ins):
     x = _tensor(s, ins[0], node)
     a = node.attrs
     ndim, axis = len(node.shape), a.get("channel_axis", 1)
     cin, cout, groups = a["in_channels"], a["out_channels"], a.get("groups", 1)
-    xin = _channels(x, ndim, axis, cin)
+    xin = _read_along(s, x, ndim, axis, cin, node)
     layer = node.layer
     s.use(layer, "in", xin, node.name)
     if groups == 1:
@@ -252,12 +266,7 @@ def _linear(s, node, ins):
     channels to cut, so those stay whole and the layer's own outputs are cut."""
     x = _tensor(s, ins[0], node)
     ndim = len(node.shape)
-    ids = _pad(x, ndim)
-    if any(_varies(ids, a) for a in range(ndim - 1)):
-        reason = f"{node.label or node.op}: applied along another axis than these channels"
-        s.block(ids, reason)
-        x = s.opaque(reason)
-    xin = _channels(x, ndim, -1, node.attrs["in_features"])
+    xin = _read_along(s, x, ndim, -1, node.attrs["in_features"], node)
     s.use(node.layer, "in", xin, node.name)
     out = s.fresh(ndim, ndim - 1, node.attrs["out_features"])
     s.produce(node.layer, out, node.name)

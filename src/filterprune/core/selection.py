@@ -85,11 +85,11 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
     return keep
 
 
-def _partition(group: Group) -> np.ndarray | None:
+def _cells(group: Group) -> list[np.ndarray] | None:
     """The cells of the blocks' common refinement (channels that share a block in every
-    constraint), if each constraint cleanly partitions the group's channels and the cells
-    are equal: then as many kept in each cell keeps as many in each block (two grouped
-    convolutions in a row with 2 and 4 groups: 4 cells)."""
+    constraint), if each constraint cleanly partitions the group's channels (grouped
+    convolutions in a row with 2 and 4 groups: 4 cells; with 3 and 2: cells of 4, 2, 2, 4
+    channels)."""
     label = np.zeros(group.size, dtype=np.int64)
     for b in group.blocks:
         rows = [np.unique(r[r >= 0]) for r in b]
@@ -102,8 +102,7 @@ def _partition(group: Group) -> np.ndarray | None:
         for i, row in enumerate(stacked):
             which[row] = i
         label = np.unique(label * len(rows) + which, return_inverse=True)[1]
-    cells = [np.flatnonzero(label == c) for c in range(int(label.max()) + 1)]
-    return np.stack(cells) if len({c.size for c in cells}) == 1 else None
+    return [np.flatnonzero(label == c) for c in range(int(label.max()) + 1)]
 
 
 def _row_counts(block: np.ndarray, keep: np.ndarray) -> list[int]:
@@ -151,20 +150,23 @@ def _finish(group: Group, asked: np.ndarray, keep: np.ndarray, balanced: bool,
 def select(group: Group, scores: np.ndarray, n_keep: int) -> Selection:
     """The ``n_keep`` highest-scoring channels of ``group``, balanced over its blocks.
 
-    Blocks that partition the group cleanly (grouped convolutions) keep
-    ``ceil(n_keep / n_cells)`` channels in each cell of their common refinement;
+    Blocks that partition the group cleanly (grouped convolutions) keep the same
+    fraction of each cell of their common refinement, at least ``n_keep`` in all;
     otherwise the top ``n_keep`` grow until every block is even, or the whole group is
     kept (``reason`` says so).
     """
     top = _top(scores, n_keep)
     if not group.blocks:
         return Selection(top)
-    parts = _partition(group)
-    if parts is not None:
-        per_block = max(1, math.ceil(n_keep / parts.shape[0]))
+    cells = _cells(group)
+    if cells is not None:
+        # the same fraction of every cell: each block, a union of cells as large as the
+        # other blocks of its constraint, then keeps as many as they do
+        unit = math.gcd(*(c.size for c in cells))
+        share = max(1, math.ceil(n_keep * unit / group.size))
         keep = np.zeros(group.size, dtype=bool)
-        for row in parts:
-            keep[row[_top(scores[row], per_block)]] = True
+        for cell in cells:
+            keep[cell[_top(scores[cell], cell.size // unit * share)]] = True
         return _finish(group, top, keep, True, {})
     keep = top.copy()
     return _finish(group, top, keep, _grow(group, keep, scores), {})

@@ -149,7 +149,7 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
         if isinstance(layer, keras.Model) and id(layer) in cap.nested:  # rebuilt nested
             inputs = _nested_inputs(layer, cap, analysis, kept) if shrink else None
             return keras.models.clone_model(layer, input_tensors=inputs, clone_function=clone)
-        config = layer.get_config()
+        config = config_of(layer)
         config.update(overrides.get(id(layer), {}))
         new = base_class(layer).from_config(config)
         pairs.append((layer, new))
@@ -175,10 +175,29 @@ def copy_weights(pairs: list[tuple[Any, Any]],
             continue
         if not is_masked(old) and id(old) not in cut:
             new.set_weights(old.get_weights())  # untouched (names may repeat in custom layers)
-            continue
-        values = masked_weights(old)
-        values.update(cut.get(id(old), {}))
-        new.set_weights([values[v.name] for v in old.weights])
+        else:
+            values = masked_weights(old)
+            values.update(cut.get(id(old), {}))
+            new.set_weights([values[v.name] for v in old.weights])
+        if hasattr(new, "finalize_state"):  # an adapted Normalization reads its statistics
+            new.finalize_state()
+
+
+def config_of(operation: Any) -> dict[str, Any]:
+    """``operation.get_config()``, or an error that says how to make it rebuildable.
+
+    Raises:
+        AnalysisError: A ``keras.ops`` call whose arguments Keras cannot put in a config
+            (a numpy array of repeats).
+    """
+    try:
+        return operation.get_config()
+    except NotImplementedError as err:
+        raise AnalysisError(
+            f"{type(operation).__name__} {operation.name!r} cannot be rebuilt: Keras has no "
+            "config for it (a keras.ops call with an array argument has none). Wrap the call "
+            "in a Layer subclass with get_config(). The model is unchanged."
+        ) from err
 
 
 def plain_copy(model: Any) -> Any:
@@ -189,7 +208,7 @@ def plain_copy(model: Any) -> Any:
     def clone(layer: Any) -> Any:
         if isinstance(layer, keras.Model):  # rebuilt nested, its layers one by one
             return keras.models.clone_model(layer, clone_function=clone)
-        new = base_class(layer).from_config(layer.get_config())
+        new = base_class(layer).from_config(config_of(layer))
         pairs.append((layer, new))
         return new
 
