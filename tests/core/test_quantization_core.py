@@ -213,8 +213,17 @@ def test_range_types_over_batches():
         rc = RangeCollector(kind, min_percentile=0, max_percentile=100)
         for b in batches:
             rc.update(b)
+            rc.end_batch()
         got[kind] = tuple(float(v) for v in rc.range())
     assert got == {"min_max": (-3, 4), "mean_min_max": (-2, 3), "percentile": (-2, 3)}
+    # two tensors of one batch (a layer called twice): one range over both, then averaged
+    rc = RangeCollector("mean_min_max")
+    for big, small in ((np.array([-10.0, 10.0]), np.array([-1.0, 1.0])),
+                       (np.array([-30.0, 30.0]), np.array([-1.0, 1.0]))):  # fmt: skip
+        rc.update(big)
+        rc.update(small)
+        rc.end_batch()
+    assert tuple(float(v) for v in rc.range()) == (-20.0, 20.0)
     assert RangeCollector().range() is None
     with pytest.raises(ValueError, match="`channel_axis` must be given"):
         RangeCollector(per_channel=True)

@@ -385,6 +385,9 @@ def test_a_layer_called_twice_shares_its_quantizers_and_strips_equal():
     sh_inputs = [q for k, q in quant.quantizers.items()
                  if k.startswith("activation") and "sh" in q.spec.consumers[0]]
     assert len({id(q) for q in sh_inputs}) == 1 and len(sh_inputs) == 2
+    high = float(np.max(sh_inputs[0].state.range()[1]))
+    stem = keras.Model(model.inputs, model.get_layer("stem").output)
+    assert high >= 0.9 * float(np.abs(np.asarray(stem(x))).max()) > 1  # not tanh's range
     ref = model(x[:4], training=False).numpy()
     for shrink in (True, False):
         small = ctrl.strip(shrink=shrink)

@@ -364,13 +364,26 @@ class RangeCollector:
         self.batches = 0
         self._low: np.ndarray | None = None
         self._high: np.ndarray | None = None
+        self._pending: tuple[np.ndarray, np.ndarray] | None = None
 
     def update(self, x: np.ndarray) -> None:
-        """Add one batch (any shape; the channel axis as given)."""
+        """Add a tensor of the current batch (any shape; the channel axis as given).
+        Tensors met in one batch (a layer called twice shares one quantizer) count as
+        one range over them all, once :meth:`end_batch` closes the batch."""
         rows = self._rows(np.asarray(x, np.float32))
         low, high = self._batch_range(rows)
         if low is None:
             return
+        if self._pending is not None:
+            low = np.minimum(self._pending[0], low)
+            high = np.maximum(self._pending[1], high)
+        self._pending = low, high
+
+    def end_batch(self) -> None:
+        """Close the current batch: its range joins the running range."""
+        if self._pending is None:
+            return
+        (low, high), self._pending = self._pending, None
         if self._low is None:
             self._low, self._high = low, high
         elif self.range_type == "min_max":
@@ -381,6 +394,7 @@ class RangeCollector:
 
     def range(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(low, high)``, 0-d or per channel; ``None`` before any live batch."""
+        self.end_batch()
         if self._low is None:
             return None
         if self.range_type == "min_max":

@@ -230,6 +230,8 @@ class QuantizationController(QuantizationControllerBase):
             for x in sample_batches(self.model, data.dataset, self.params.num_init_samples,
                                     data.batch_size, "Quantizer ranges"):  # fmt: skip
                 self.model(x, training=False)
+                for collector in collectors.values():
+                    collector.end_batch()
         finally:
             for q in self.quantizers.values():
                 q.paused, q.collector = False, None

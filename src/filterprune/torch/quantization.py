@@ -86,13 +86,14 @@ class QuantizationController(QuantizationControllerBase):
             collectors[spec.key] = shared.setdefault(id(q), self.range_collector(spec))
             q.collector = collectors[spec.key]
         try:
-            self._run(data, self.params.num_init_samples)
+            self._run(data, self.params.num_init_samples,
+                      after=lambda: [rc.end_batch() for rc in shared.values()])  # fmt: skip
         finally:
             for spec in self.activation_specs:
                 self.quantizers[spec.key].collector = None
         self.set_quantizer_states(self.collected_states(collectors))
 
-    def _run(self, data: Any, num_samples: int) -> None:
+    def _run(self, data: Any, num_samples: int, after: Any = None) -> None:
         was_training = self.model.training
         ref = next(self.model.parameters(), None)
         device = ref.device if ref is not None else None
@@ -103,6 +104,8 @@ class QuantizationController(QuantizationControllerBase):
                 for batch in data:
                     x = batch_inputs(batch).to(device)
                     self.model(x)
+                    if after is not None:
+                        after()
                     seen += int(x.shape[0])
                     bar.update(int(x.shape[0]))
                     if seen >= num_samples:
