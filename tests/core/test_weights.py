@@ -57,7 +57,7 @@ def test_grouped_conv_cut_and_mask(layout):
 def test_uneven_groups_are_rejected():
     w = np.ones((4, 2, 1))
     keep = {"out": np.ones(4, bool), "in": np.array([1, 1, 1, 0], bool)}
-    with pytest.raises(ValueError, match="same number of input channels in every group"):
+    with pytest.raises(ValueError, match="same number of channels in every group"):
         slice_weight(w, ("out", "in", None), keep, groups=2)
 
 

@@ -292,6 +292,27 @@ def test_grouped_convs_in_a_row_with_other_group_counts_are_cut():
     assert "a" not in held and small.a.out_channels == 8 and small.fn[2].groups == 4
 
 
+class GroupedUp(nn.Module):
+    def __init__(self, cout, groups):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(16, cout, 4, 2, 1, groups=groups)
+        self.down = nn.Conv2d(cout, 16, 3, stride=2, padding=1)
+
+    def forward(self, y):
+        return self.down(torch.relu(self.up(y)))
+
+
+@pytest.mark.parametrize(("cout", "groups", "cut"), [(16, 4, 8), (16, 16, 8), (32, 16, 16),
+                                                     (32, 4, 16)])  # fmt: skip
+def test_grouped_and_depthwise_transposed_convs_are_cut(cout, groups, cut):
+    """Weight (in, out/groups, k, k): each group keeps as many inputs as outputs (with
+    in == out), a depthwise one loses whole channels; 32 from 16 in 4 groups keeps its
+    inputs (different widths) and cuts its outputs by group."""
+    small, held = prune(GroupedUp(cout, groups))
+    assert small.fn.up.out_channels == cut and small.fn.down.in_channels == cut
+    assert (small.a.out_channels == 8) == (cout == 16 or groups == 16)
+
+
 def test_a_strided_transposed_conv_upsamples_and_is_pruned_by_default():
     """Not a downsampling conv: ``prune_downsample_convs`` (off here) does not hold it."""
     up = nn.Sequential(nn.ConvTranspose2d(16, 16, 2, stride=2), nn.ReLU(), nn.MaxPool2d(2))

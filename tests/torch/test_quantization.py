@@ -201,6 +201,32 @@ def test_a_quantized_strip_state_dict_is_refused_by_resize_and_changes_nothing()
     assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
 
 
+class GroupedUpNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.up = nn.ConvTranspose2d(16, 16, 4, 2, 1, groups=4)
+        self.head = nn.Conv2d(16, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.up(torch.relu(self.bn(self.stem(x))))))
+
+
+def test_a_grouped_transposed_conv_gets_a_per_tensor_weight_quantizer_and_strips_equal():
+    """Its weight's out axis holds out/groups entries, one per filter of each group: no
+    axis holds every filter, so one scale serves the weight."""
+    config = _config()
+    config["compression"][0]["pruning_init"] = 0.5
+    ctrl, model = create_compressed_model(_net(GroupedUpNet), config)
+    assert ctrl.get("quantization").quantizers["weight:up"].scale.numel() == 1
+    model.eval()
+    small = ctrl.strip().eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-6)
+    assert small.up.out_channels < 16 and small.up.groups == 4
+
+
 def test_strip_when_quantization_comes_first():
     config = _config()
     config["compression"] = config["compression"][::-1]

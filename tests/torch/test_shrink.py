@@ -98,5 +98,5 @@ def test_uneven_counts_per_group_are_an_analysis_error():
     model, infos = _grouped_layer(torch.float32)
     keep_in = np.array([1, 1, 1, 0, 1, 0, 0, 0], bool)  # block 0 keeps 3, block 1 keeps 1
     keep_out = np.ones(8, bool)
-    with pytest.raises(AnalysisError, match=r"^0: cannot cut 'weight': .*same number of input"):
+    with pytest.raises(AnalysisError, match=r"^0: cannot cut 'weight': .*same number of channels"):
         shrink_model(model, {"0": {"out": keep_out, "in": keep_in}}, infos)

@@ -63,6 +63,8 @@ class LayerInfo:
         stride: Largest stride of a convolution that downsamples (1 otherwise, and for a
             transposed convolution, whose stride upsamples).
         weight: Name of the main weight (its size times output positions gives MACs).
+        transposed: A transposed convolution: with groups, its weight's ``"out"`` axis
+            holds ``out/groups`` entries (one per output channel of a group).
     """
 
     name: str
@@ -71,6 +73,7 @@ class LayerInfo:
     groups: int = 1
     stride: int = 1
     weight: str | None = None
+    transposed: bool = False
 
 
 class Graph:

@@ -154,7 +154,8 @@ def _weight_spec(info: LayerInfo, settings: QuantizerSettings) -> QuantizerSpec 
     if info.weight is None or info.weight not in info.params:
         return None
     shape, roles = info.params[info.weight]
-    if "out" not in roles:
+    if "out" not in roles or info.transposed and info.groups > 1:
+        # a grouped transposed conv's "out" axis is per group: no axis holds every filter
         return QuantizerSpec("weight", info.name, _per_tensor(settings))
     axis = roles.index("out")
     return QuantizerSpec("weight", info.name, settings, channel_axis=axis,

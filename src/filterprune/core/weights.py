@@ -29,19 +29,23 @@ Roles = tuple[str | None, ...]
 
 
 def _grouped(shape: tuple[int, ...], roles: Roles, keep: dict[str, np.ndarray], groups: int):
-    """``(out_axis, in_axis)`` when the weight is grouped and both sides are cut, else None."""
-    if groups <= 1 or "out" not in roles or "in" not in roles or "in" not in keep:
+    """``(full_axis, part_axis, part_role)`` when the weight is grouped and its per-group
+    side is cut, else None. A conv's ``"in"`` axis holds ``in/groups`` columns; a
+    transposed conv's ``"out"`` axis holds ``out/groups`` (its ``"in"`` axis is full)."""
+    if groups <= 1 or "out" not in roles or "in" not in roles:
         return None
-    in_axis = roles.index("in")
-    if keep["in"].size != shape[in_axis] * groups:
-        return None
-    return roles.index("out"), in_axis
+    for part, full in (("in", "out"), ("out", "in")):
+        axis = roles.index(part)
+        if part in keep and keep[part].size == shape[axis] * groups != shape[axis]:
+            return roles.index(full), axis, part
+    return None
 
 
-def _group_columns(keep: dict[str, np.ndarray], n_out: int, groups: int) -> np.ndarray:
-    """(n_out, in/groups) bool: the input columns each filter keeps."""
-    block = np.arange(n_out) // (n_out // groups)
-    return keep["in"].reshape(groups, -1)[block]
+def _group_columns(keep: dict[str, np.ndarray], n_full: int, groups: int,
+                   part: str = "in") -> np.ndarray:  # fmt: skip
+    """(n_full, part/groups) bool: the per-group entries each full-side row keeps."""
+    block = np.arange(n_full) // (n_full // groups)
+    return keep[part].reshape(groups, -1)[block]
 
 
 def weight_mask(
@@ -68,12 +72,12 @@ def weight_mask(
             mask = mask * vec.reshape(view)
     grouped = _grouped(shape, roles, keep, groups)
     if grouped is not None:
-        out_axis, in_axis = grouped
-        cols = _group_columns(keep, shape[out_axis], groups).astype(np.float32)
-        if out_axis > in_axis:
+        full_axis, part_axis, part = grouped
+        cols = _group_columns(keep, shape[full_axis], groups, part).astype(np.float32)
+        if full_axis > part_axis:
             cols = cols.T
         view = [1] * mask.ndim
-        view[min(out_axis, in_axis)], view[max(out_axis, in_axis)] = cols.shape
+        view[min(full_axis, part_axis)], view[max(full_axis, part_axis)] = cols.shape
         mask = mask * cols.reshape(view)
     return mask
 
@@ -96,21 +100,22 @@ def slice_weight(
             array = np.take(array, np.flatnonzero(vec), axis=axis)
     if grouped is None:
         return array
-    out_axis, in_axis = grouped
-    n_out = keep["out"].size if "out" in keep else array.shape[out_axis]
-    cols = _group_columns(keep, n_out, groups)
-    if "out" in keep:
-        cols = cols[keep["out"]]
+    full_axis, part_axis, part = grouped
+    full = "out" if part == "in" else "in"
+    n_full = keep[full].size if full in keep else array.shape[full_axis]
+    cols = _group_columns(keep, n_full, groups, part)
+    if full in keep:
+        cols = cols[keep[full]]
     per_row = [np.flatnonzero(c) for c in cols]
     if len({c.size for c in per_row}) > 1:
         raise ValueError(
-            "A grouped weight must keep the same number of input channels in every group. "
-            f"Received: kept per filter {sorted({c.size for c in per_row})}."
+            "A grouped weight must keep the same number of channels in every group. "
+            f"Received: kept per row {sorted({c.size for c in per_row})}."
         )
-    moved = np.moveaxis(array, (out_axis, in_axis), (0, 1))
+    moved = np.moveaxis(array, (full_axis, part_axis), (0, 1))
     idx = np.stack(per_row) if per_row else np.zeros((0, 0), np.int64)
     picked = moved[np.arange(moved.shape[0])[:, None], idx]
-    return np.moveaxis(picked, (0, 1), (out_axis, in_axis))
+    return np.moveaxis(picked, (0, 1), (full_axis, part_axis))
 
 
 def filters_first(array: np.ndarray, roles: Roles) -> np.ndarray:

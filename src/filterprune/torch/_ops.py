@@ -70,9 +70,8 @@ def _conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo
         "channel_axis": 1, "positions": math.prod(spatial),
     }  # fmt: skip
     stride = 1 if transposed else max(m.stride)  # a transposed conv's stride upsamples
-    info = LayerInfo(name, "conv", params, groups=m.groups, stride=stride, weight="weight")
-    if transposed and m.groups != 1:
-        return ("stop", {"reason": f"grouped transposed convolution {name}"}), info
+    info = LayerInfo(name, "conv", params, groups=m.groups, stride=stride, weight="weight",
+                     transposed=transposed)  # fmt: skip
     return ("conv", attrs), info
 
 

@@ -134,8 +134,9 @@ class TorchFrontend(Frontend):
         for layer in layers:
             module = captured.refs[layer]
             w = module.weight.detach()
-            if isinstance(module, nn.modules.conv._ConvTransposeNd):
-                w = w.transpose(0, 1)
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):  # (in, out/g, ...)
+                g = module.groups  # filters first: (out, in/g, ...), group by group
+                w = w.unflatten(0, (g, -1)).transpose(1, 2).flatten(0, 1)
             out[layer] = w.float().cpu().numpy()
         return out
 

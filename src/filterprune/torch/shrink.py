@@ -178,16 +178,18 @@ def _check_keys(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
 
 
 def _sync_attributes(module: nn.Module) -> None:
-    if isinstance(module, nn.modules.conv._ConvNd):
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):  # weight (in, out/groups, ...)
         w = module.weight
-        transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
-        out_c = w.shape[1] * module.groups if transposed else w.shape[0]
-        per_group_in = w.shape[0] if transposed else w.shape[1]
-        if module.groups > 1 and module.groups == module.in_channels and per_group_in == 1:
+        if module.groups > 1 and module.groups == module.in_channels:
+            module.groups = w.shape[0]  # depthwise: one group per remaining channel
+        module.in_channels, module.out_channels = w.shape[0], w.shape[1] * module.groups
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        w = module.weight
+        if module.groups > 1 and module.groups == module.in_channels and w.shape[1] == 1:
             mult = module.out_channels // module.in_channels
-            module.groups = out_c // mult  # depthwise: one group per remaining channel
-        module.out_channels = out_c
-        module.in_channels = per_group_in * module.groups if not transposed else w.shape[0]
+            module.groups = w.shape[0] // mult  # depthwise: one group per remaining channel
+        module.out_channels = w.shape[0]
+        module.in_channels = w.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
     elif isinstance(module, nn.modules.batchnorm._NormBase):

@@ -49,9 +49,11 @@ class TaylorAccumulator:
             if name in batchnorms:
                 params = batchnorms[name]
                 hook = register_multi_grad_hook(params, self._params_hook(name, params))
-            elif isinstance(module._parameters.get("weight"), nn.Parameter):
+            elif isinstance(module._parameters.get("weight"), nn.Parameter) and (
+                    _filter_axis(module) == 0 or getattr(module, "groups", 1) == 1):  # fmt: skip
                 hook = module.weight.register_hook(self._weight_hook(name, module))
-            else:  # computed in each forward (weight_norm): no tensor to hook beforehand
+            else:  # computed in each forward (weight_norm), or out/groups per row (a
+                # grouped transposed conv): read from the output
                 hook = module.register_forward_hook(self._output_hook(name, module))
             self._handles.append(hook)
 
