@@ -121,3 +121,21 @@ def test_taylor_of_a_computed_weight_equals_that_of_the_plain_weight(layer):
         acc.remove()
     np.testing.assert_allclose(scores[1], scores[0], rtol=1e-4)
     assert scores[0].shape == (6, 1) and scores[0].min() > 0
+
+
+def test_taylor_of_a_grouped_transposed_conv_scores_each_of_its_filters():
+    """Weight (in, out/groups, k, k): filter f is column f % (out/groups) of its group's
+    rows; its score is read from the output and equals the one from the weight's grad."""
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose2d(4, 6, 3, groups=2)
+    acc = TaylorAccumulator({"l": layer})
+    x = torch.randn(3, 4, 5, 5)
+    (layer(x).sin() * torch.linspace(0.5, 1.5, 7)).sum().backward()
+    rows, cols = layer.weight.shape[0] // 2, layer.weight.shape[1]
+    g_w = (layer.weight.grad * layer.weight).sum((2, 3))  # (in, out/groups)
+    by_weight = [g_w[f // cols * rows:(f // cols + 1) * rows, f % cols].sum() ** 2
+                 for f in range(6)]  # fmt: skip
+    bias_part = layer.bias.grad * layer.bias  # y - b leaves the bias out
+    assert bias_part.abs().max() > 0
+    np.testing.assert_allclose(acc.scores("l")[:, 0], torch.stack(by_weight).detach().numpy(),
+                               rtol=1e-4)  # fmt: skip
