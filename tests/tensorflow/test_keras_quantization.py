@@ -419,8 +419,16 @@ def _depthwise():
     return keras.Model(inp, layers.Conv2D(4, 1, name="head")(x))
 
 
+def _group_norm():
+    inp = keras.Input((16, 16, 3))
+    x = layers.GroupNormalization(groups=4, name="gn")(layers.Conv2D(16, 3, name="a")(inp))
+    x = layers.Conv2D(16, 3, activation="relu", name="b")(layers.ReLU()(x))
+    return keras.Model(inp, layers.Conv2D(4, 1, name="head")(x))
+
+
 @pytest.mark.parametrize(("build", "shape", "removed"), [
     (_conv1d, (32, 3), 8), (_transposed, (16, 16, 3), 8), (_depthwise, (16, 16, 3), 16),
+    (_group_norm, (16, 16, 3), 16),  # tf2onnx writes the statistics out: reduce, subtract
 ])  # fmt: skip
 def test_convert_cuts_an_int8_export_as_much_as_a_float_one(build, shape, removed, tmp_path):
     """tf2onnx lays these quantized weights out after their DequantizeLinear (Transpose,

@@ -187,9 +187,20 @@ def _spread(s: Propagation, node: Node, ins: list) -> list[np.ndarray]:
     for ids, shape in found:
         wide = (1,) * (ndim - len(shape)) + shape
         one = [a for a in range(ndim) if wide[a] == 1]
-        if any(o is not ids and _varies(_pad(o, ndim), a) for o, _ in found for a in one):
+        if any(o is not ids and _varies(_pad(o, ndim), a) and not _same_classes(s, ids, o)
+               for o, _ in found for a in one):  # fmt: skip
             spread.append(ids)
     return spread
+
+
+def _same_classes(s: Propagation, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` broadcast over ``b`` meets only channels tied to its own already
+    (a GroupNorm's mean, reduced over each group's channels, subtracted from them)."""
+    try:
+        ra, rb = np.broadcast_arrays(s.uf.roots(a), s.uf.roots(b))
+    except ValueError:  # ids that do not line up: not known to be tied
+        return False
+    return bool(np.array_equal(ra, rb))
 
 
 def _broadcasts(shape: Any, out: tuple[int, ...]) -> bool:
