@@ -156,13 +156,6 @@ class QuantizationController(QuantizationControllerBase):
         inputs = self._inputs(spec) if spec.kind != "weight" else []
         shared = next((claimed[id(op), i] for op, i in inputs if (id(op), i) in claimed), None)
         quantizer = self.quantizers[spec.key] = shared or _Quantizer(spec)
-        if shared is not None:
-            for op, index in inputs:
-                if (id(op), index) not in claimed:
-                    claimed[id(op), index] = quantizer
-                    set_input_transform(op, index, quantizer)
-                    self.table.add_input(op, index, quantizer.spec)
-            return
         if spec.kind == "weight":
             ref = self.captured.refs[spec.target]
             variable = self.captured.graph.layers[spec.target].weight
@@ -170,9 +163,10 @@ class QuantizationController(QuantizationControllerBase):
             self.table.add_weight(ref.layer, variable, spec)
             return
         for op, index in inputs:
-            claimed[id(op), index] = quantizer
-            set_input_transform(op, index, quantizer)
-            self.table.add_input(op, index, spec)
+            if (id(op), index) not in claimed:
+                claimed[id(op), index] = quantizer
+                set_input_transform(op, index, quantizer)
+                self.table.add_input(op, index, quantizer.spec)
 
     # -- core hooks ------------------------------------------------------------------------
     def quantizer_states(self) -> dict[str, QuantizerState]:
