@@ -276,7 +276,8 @@ def compare_outputs(model: onnx.ModelProto, before: list[np.ndarray],
 
 def _verify(old: onnx.ModelProto, new: onnx.ModelProto, tolerance: float,
             report: ConversionReport) -> None:  # fmt: skip
-    """Run both models in onnxruntime on one random input; see :func:`compare_outputs`."""
+    """Run both models in onnxruntime on the same random input (:func:`reference_run`);
+    see :func:`compare_outputs`."""
     feeds, before = reference_run(old)
     after = run_onnxruntime(new, feeds)
     report.max_rel_diff, note = compare_outputs(old, before, after, tolerance)
