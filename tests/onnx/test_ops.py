@@ -1,10 +1,11 @@
 """Each supported op: zero filters go, outputs stay equal, shapes stay consistent."""
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import helper
+from onnx import helper, numpy_helper
 from onnx_helpers import (
     convert,
     export,
@@ -15,6 +16,8 @@ from onnx_helpers import (
     zero,
 )
 from torch import nn
+
+from filterprune.onnx import capture, load_model
 
 
 class Chain(nn.Module):
@@ -298,6 +301,72 @@ def test_conv_transpose(tmp_path):
     x = torch.randn(1, 3, 6, 6)
     new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
     assert layer(report, "/a/").removed == 2 and layer(report, "/up/").removed == 1
+
+
+class _UpNet(nn.Module):
+    def __init__(self, groups, cout):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, cout, 2, stride=2, groups=groups)
+        self.out = nn.Conv2d(cout, 2, 1)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.up(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize(("groups", "cout"), [(4, 16), (2, 6)])
+def test_grouped_conv_transpose_loses_a_filter_per_group(groups, cout, tmp_path):
+    """A grouped ConvTranspose's weight is (in, out/groups, ...): the zero filter at the
+    same place in every group goes, and the group count stays."""
+    m, per = _UpNet(groups, cout), cout // groups
+    with torch.no_grad():
+        m.up.weight.view(groups, 8 // groups, per, 2, 2)[:, :, 0] = 0
+        m.up.bias[::per] = 0
+    x = torch.randn(2, 3, 6, 6)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/up/").removed == groups
+    assert weight_shape(new, "/up/") == (8, per - 1, 2, 2)
+    up = next(n for n in new.graph.node if n.op_type == "ConvTranspose")
+    assert next(a.i for a in up.attribute if a.name == "group") == groups
+
+
+@pytest.mark.parametrize("cout", [8, 16])
+def test_depthwise_conv_transpose_follows_its_input(cout, tmp_path):
+    """Zero input channels of a depthwise ConvTranspose (multiplier 1 or 2) go with the
+    filters that read only them, and the group count drops to the channels left."""
+    m, mult = _UpNet(8, cout), cout // 8
+    zero(m.a, [1, 2])
+    with torch.no_grad():
+        m.up.bias[mult : 3 * mult] = 0
+    x = torch.randn(2, 3, 6, 6)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/a/").removed == 2
+    assert weight_shape(new, "/up/") == (6, mult, 2, 2)
+    up = next(n for n in new.graph.node if n.op_type == "ConvTranspose")
+    assert next(a.i for a in up.attribute if a.name == "group") == 6
+
+
+def test_grouped_conv_transpose_with_scales_per_group_filter_is_kept(tmp_path):
+    """Weight scales along out/groups serve one filter in every group: left whole, with
+    the reason."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 2, 2, 2))
+    w[:, 0] = 0
+    weights = {"w": np.round(w * 20).astype(np.int8), "s": np.full(2, 0.05, np.float32),
+               "z": np.zeros(2, np.int8)}  # fmt: skip
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wd"], axis=1),
+             helper.make_node("ConvTranspose", ["x", "wd"], ["y"], name="up", group=2,
+                              strides=[2, 2])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 4, 3, 3])],
+                              [helper.make_tensor_value_info("y", 1, [1, 4, 6, 6])],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    _, report = convert(str(tmp_path / "m.onnx"), np.zeros((1, 4, 3, 3)))
+    assert report.removed == 0
+    reasons = [n.attrs.get("reason", "") for n in capture(load_model(model)).graph]
+    assert any("weight scales per filter of a group" in r for r in reasons), reasons
 
 
 @pytest.mark.parametrize("opset", [11, 13])

@@ -114,17 +114,21 @@ def _conv(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
     roles = (("in", "out") if transposed else ("out", "in")) + (None,) * nk
     p.add("W", 1, roles)
     groups = int(v.attr("group", 1))
-    if transposed and groups != 1:
-        return "grouped ConvTranspose"
+    # a conv's weight is (out, in/groups, ...), a transposed conv's (in, out/groups, ...)
     cin = w.shape[0] if transposed else w.shape[1] * groups
-    cout = w.shape[1] if transposed else w.shape[0]
+    cout = w.shape[1] * groups if transposed else w.shape[0]
+    if any(k.startswith("W:") and r == ("out",) and size != (cout,)
+           for k, (size, r) in p.info.items()):  # fmt: skip
+        return "weight scales per filter of a group (each serves one filter in every group)"
     if len(p.node.input) > 2 and p.node.input[2] and p.add("B", 2, ("out",)) is None:
         return "bias is not a constant"
     spatial = v.in_shapes[0] if transposed else v.out_shapes[0]
     attrs = {"in_channels": cin, "out_channels": cout, "groups": groups, "channel_axis": 1,
              "positions": positions(spatial, 2)}  # fmt: skip
     stride = 1 if transposed else max([int(s) for s in v.attr("strides", [1])] or [1])
-    return LayerInfo(name, "conv", p.info, groups=groups, stride=stride, weight="W"), attrs
+    info = LayerInfo(name, "conv", p.info, groups=groups, stride=stride, weight="W",
+                     transposed=transposed)  # fmt: skip
+    return info, attrs
 
 
 def _gemm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):

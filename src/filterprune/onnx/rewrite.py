@@ -80,7 +80,7 @@ class _Writer:
     def regroup(self, layer: str, info: Any, keep: dict[str, np.ndarray]) -> None:
         node = self.nodes[self.cap.layer_node[layer]]
         shape, roles = info.params["W"]  # the stored weight's layout (roles say which axis)
-        cin = shape[roles.index("in")] * info.groups
+        cin = shape[roles.index("in")] * (1 if info.transposed else info.groups)
         if info.groups == cin:  # depthwise: one group per remaining input channel
             groups = int(keep.get("in", np.ones(cin, bool)).sum())
             for a in node.attribute:

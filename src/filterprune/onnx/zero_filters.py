@@ -62,11 +62,16 @@ class Decision:
 # -- zeros, followed forward ---------------------------------------------------------------
 def _weight_nz(cap: Captured, layer: str) -> np.ndarray:
     """Bool (out, in per group): which weight entries are nonzero."""
-    shape, roles = cap.graph.layers[layer].params["W"]
+    info = cap.graph.layers[layer]
+    shape, roles = info.params["W"]
     w = cap.arrays[layer]["W"] != 0
     o, i = roles.index("out"), roles.index("in")
     w = np.moveaxis(w, (o, i), (0, 1))
-    return w.reshape(w.shape[0], w.shape[1], -1).any(axis=2)
+    w = w.reshape(w.shape[0], w.shape[1], -1).any(axis=2)
+    if info.transposed and info.groups > 1:  # (out/groups, in) -> (out, in/groups)
+        g = info.groups
+        w = w.reshape(w.shape[0], g, -1).swapaxes(0, 1).reshape(-1, w.shape[1] // g)
+    return w
 
 
 def _bias_nz(cap: Captured, layer: str, cout: int) -> np.ndarray:
