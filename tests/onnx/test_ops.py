@@ -303,6 +303,53 @@ def test_conv_transpose(tmp_path):
     assert layer(report, "/a/").removed == 2 and layer(report, "/up/").removed == 1
 
 
+class _Gated(nn.Module):
+    """A feature map and a one-channel map broadcast over it (a spatial gate, or added)."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.a, self.g, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 1, 3, padding=1), \
+            nn.Conv2d(16, 4, 3, padding=1)
+        self.op = op
+
+    def forward(self, x):
+        y, g = torch.relu(self.a(x)), self.g(x)
+        return self.b(y * torch.sigmoid(g) if self.op == "mul" else y + g)
+
+
+@pytest.mark.parametrize(("op", "removed"), [("mul", 3), ("add", 0)])
+def test_a_one_channel_operand_meets_every_channel(op, removed, tmp_path):
+    """Times a spatial gate a zero channel stays zero; plus a one-channel map it does not
+    (both failed the output check before: zeros were matched by channel id)."""
+    m = _Gated(op)
+    zero(m.a, [1, 2, 5])
+    x = torch.randn(2, 3, 8, 8)
+    _, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/a/").removed == removed
+
+
+def test_einsum_passes_the_channels_it_keeps(tmp_path):
+    """Einsum: channels pass where the output keeps their index (a zero there is not
+    tracked through it, so it is kept with the reason)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+            self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            return self.b(torch.einsum("bchw,c->bchw", y, self.gamma) * y)
+
+    m = Net()
+    zero(m.a, [1, 2])
+    zero(m.b, None, [1, 2])  # nothing reads the zero channels
+    x = torch.randn(2, 3, 6, 6)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/a/").removed == 2 and weight_shape(new, "/b/") == (4, 6, 1, 1)
+
+
 class _UpNet(nn.Module):
     def __init__(self, groups, cout):
         super().__init__()

@@ -52,6 +52,11 @@ APART = {
     "split in halves of the width read": lambda y: _gated(torch.split(y, y.shape[1] // 2, 1)),
     "rounding": lambda y: torch.floor(y * 4) / 4 + y.round() + y.sign() + y.clip(-1, 1)
     + y.clamp_min(0) + torch.reciprocal(y.abs() + 1),
+    "einsum: a product": lambda y: torch.einsum("bchw,bchw->bchw", y, y.sigmoid()),
+    "einsum: a gate per channel": lambda y: torch.einsum("bchw,bc->bchw", y, y.mean((2, 3))),
+    "einsum: a spatial sum": lambda y: y * torch.einsum("bchw->bc", y)[:, :, None, None],
+    "einsum: ellipsis": lambda y: torch.einsum("b...hw->bhw...", y).relu().permute(0, 3, 1, 2),
+    "einsum: implicit output": lambda y: torch.einsum("hcbw", y.permute(2, 1, 0, 3).sigmoid()),
 }
 ACROSS = {
     "flip (channels)": lambda y: y.flip(1),
@@ -64,6 +69,8 @@ ACROSS = {
         y.split(y.size(1) - 4, 1)[::-1], 1),
     "slice channels at a computed bound": lambda y: torch.cat(
         [y[:, : y.shape[1] // 2], y[:, y.shape[1] // 2 :] * 2], 1),
+    "einsum over the channels": lambda y: y * torch.einsum("bchw,bchw->bhw", y, y)[:, None],
+    "einsum mixing the channels": lambda y: torch.einsum("bchw,bdhw->bchw", y, y.sigmoid()),
 }
 
 
@@ -258,6 +265,39 @@ def test_grid_sample_passes_the_channels_and_keeps_the_coordinates_whole():
     assert "a" not in held and small.a.out_channels == 8
     assert held["fn.flow"] == "grid_sample: sampling coordinates"
     assert small.fn.flow.out_channels == 2
+
+
+class EinsumWeights(nn.Module):
+    """A scale per channel, then a channel mix, both written as ``einsum``."""
+
+    def __init__(self):
+        super().__init__()
+        self.gamma, self.mix = nn.Parameter(torch.rand(16) + 0.5), nn.Parameter(torch.randn(16, 16))
+
+    def forward(self, y):
+        y = torch.einsum("bchw,c->bchw", y, self.gamma)
+        return y + torch.einsum("bchw,dc->bdhw", y.sigmoid(), self.mix)
+
+
+def test_einsum_cuts_a_weight_it_keeps_and_holds_one_it_sums_over():
+    small, held = prune(EinsumWeights())
+    assert held["a"] == "einsum: sums over these channels"
+    assert small.fn.gamma.shape == (16,) and small.b.out_channels == 8
+    small, held = prune(EinsumWeights(), _Scaled())  # the scale alone: cut with its channels
+    assert "a" not in held and small.fn.gamma.shape == (8,)
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bna = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.fn = EinsumWeights()
+        self.b, self.bnb = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = torch.einsum("bchw,c->bchw", self.bna(self.a(x)), self.fn.gamma)
+        return self.head(torch.relu(self.bnb(self.b(y))).mean((2, 3)))
 
 
 class TokenMixing(nn.Module):

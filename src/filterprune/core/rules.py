@@ -18,7 +18,7 @@ import numpy as np
 from .graph import Node
 from .propagation import Param, Propagation, RuleError, compress
 
-__all__ = ["register_rule", "get_rule", "list_rules", "RULES"]
+__all__ = ["register_rule", "get_rule", "list_rules", "RULES", "einsum_subscripts"]
 
 Rule = Callable[[Propagation, Node, list[Any]], Any]
 RULES: dict[str, Rule] = {}
@@ -145,17 +145,19 @@ def _stop(s, node, ins):
 
 
 @register_rule("elementwise")
-def _elementwise(s, node, ins):
+def _elementwise(s, node, ins, shapes=None):
     """add/sub/mul/div/max...: operands broadcast, so aligned positions are tied.
 
     An operand one wide along an axis where another's channels vary (a one-channel gate
     over a feature map, ``x * sigmoid(conv_1(x))``) meets every one of those channels
-    alike: it is not tied to them, and its channel stays whole.
+    alike: it is not tied to them, and its channel stays whole. ``shapes``: the
+    operands' shapes where they are not the graph's (an ``einsum``'s, laid out as its
+    output).
     """
     arrays = [v for v in ins if isinstance(v, np.ndarray)]
     if not arrays:
         raise RuleError("no tensor operand")
-    spread = _spread(s, node, ins)
+    spread = _spread(s, node, ins, shapes)
     if spread and len(spread) < len(arrays):
         for ids in spread:
             s.block(ids, f"{node.label or node.op}: broadcast over another operand's channels")
@@ -171,13 +173,14 @@ def _elementwise(s, node, ins):
     return out
 
 
-def _spread(s: Propagation, node: Node, ins: list) -> list[np.ndarray]:
+def _spread(s: Propagation, node: Node, ins: list, shapes: list | None = None) -> list[np.ndarray]:
     """The operands of an elementwise ``node`` whose tensor is one wide along an axis on
     which another operand's channels vary (read from the operands' own shapes: ids one
     wide may stand for channels all tied together)."""
-    if len(ins) != len(node.inputs):
+    if shapes is None and len(ins) != len(node.inputs):
         return []
-    found = [(v, s.graph[name].shape) for v, name in zip(ins, node.inputs, strict=True)
+    shapes = shapes or [s.graph[name].shape for name in node.inputs]
+    found = [(v, shape) for v, shape in zip(ins, shapes, strict=True)
              if isinstance(v, np.ndarray)]  # fmt: skip
     out = node.shape
     if not isinstance(out, tuple) or not all(_broadcasts(shape, out) for _, shape in found):
@@ -225,6 +228,75 @@ def _follow_param(s: Propagation, node: Node, param: Param, ids: np.ndarray) -> 
                 continue
             source = param.source_axis(axis - (ndim - len(param.shape)))
             s.use(param.name, f"axis{source}", line, node.name)
+
+
+def einsum_subscripts(equation: str, ranks: list[int]) -> tuple[list[str], str]:
+    """Each operand's subscripts and the output's, ``...`` spelled out in letters of
+    their own, and the output made explicit (the indices met once, sorted) if not given.
+
+    Example:
+        >>> einsum_subscripts("...c,c", [4, 1])
+        (['ΑΒΓc', 'c'], 'ΑΒΓ')
+    """
+    lhs, arrow, rhs = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise RuleError(f"einsum '{equation}' names {len(terms)} operands, {len(ranks)} given")
+    dots = max([r - len(t) + 3 for t, r in zip(terms, ranks, strict=True) if "..." in t] or [0])
+    ell = "".join(chr(0x391 + i) for i in range(dots))  # Greek capitals: never einsum indices
+    subs = []
+    for t, r in zip(terms, ranks, strict=True):
+        if "..." in t:
+            t = t.replace("...", ell[dots - (r - len(t) + 3) :])
+        if len(t) != r:
+            raise RuleError(f"einsum '{equation}': subscripts {t!r} for a rank-{r} operand")
+        subs.append(t)
+    if arrow:
+        return subs, rhs.replace("...", ell)
+    once = [c for c in sorted(set("".join(subs))) if "".join(subs).count(c) == 1 and c not in ell]
+    return subs, ell + "".join(once)
+
+
+@register_rule("einsum")
+def _einsum(s, node, ins):
+    """``einsum``: an index the output keeps passes its channels, and operands that share
+    it are tied there (as an elementwise product); an index summed over mixes the
+    channels along it, so those stay whole, and a weight summed over is held.
+    ``operands``: the input each operand is (an operand may appear twice)."""
+    names = node.attrs.get("operands", node.inputs)
+    if any(n not in node.inputs for n in names):
+        raise RuleError("an einsum operand is not a tensor of the graph")
+    values = [ins[node.inputs.index(n)] for n in names]
+    shapes = [s.graph[n].shape for n in names]
+    if not all(isinstance(shape, tuple) for shape in shapes):
+        raise RuleError("input shape is unknown")
+    subs, out = einsum_subscripts(node.attrs["equation"], [len(shape) for shape in shapes])
+    if any(len(set(t)) < len(t) for t in [*subs, out]):
+        raise RuleError("einsum with a repeated index (a diagonal)")
+    where = node.label or node.op
+    placed, placed_shapes = [], []
+    for value, sub, shape in zip(values, subs, shapes, strict=True):
+        summed = [a for a, c in enumerate(sub) if c not in out and shape[a] > 1]
+        placed_shapes.append(tuple(shape[sub.index(c)] if c in sub else 1 for c in out))
+        if isinstance(value, Param):
+            if summed:
+                s.hold_param(value.name, f"weight {value.name} is summed over by {where}")
+                placed.append(s.opaque(f"{where} sums over weight {value.name}"))
+                continue
+            axes = tuple(value.source_axis(sub.index(c)) if c in sub else None for c in out)
+            placed.append(Param(value.name, placed_shapes[-1], axes))
+            continue
+        ids = _pad(_tensor(s, value, node), len(sub))
+        if any(_varies(ids, a) for a in summed):
+            s.block(ids, f"{where}: sums over these channels")
+            placed.append(s.opaque(f"{where}: sums over channels"))
+            continue
+        ids = ids[tuple(slice(None) if c in out else 0 for c in sub)]
+        kept = [c for c in sub if c in out]
+        ids = np.transpose(ids, sorted(range(len(kept)), key=lambda a: out.index(kept[a])))
+        placed.append(ids.reshape([ids.shape[sorted(kept, key=out.index).index(c)]
+                                   if c in kept else 1 for c in out]))  # fmt: skip
+    return _elementwise(s, node, placed, placed_shapes)
 
 
 # -- weighted layers ---------------------------------------------------------------------

@@ -107,6 +107,11 @@ def _reshape(v: NodeView) -> Spec:
     return "reshape", {}
 
 
+def _einsum(v: NodeView) -> Spec:
+    equation = v.attr("equation", "")
+    return "einsum", {"equation": equation.decode() if isinstance(equation, bytes) else equation}
+
+
 def _transpose(v: NodeView) -> Spec:
     perm = v.attr("perm")
     if perm is None:
@@ -279,6 +284,7 @@ OPS: dict[str, OpSpec] = {
     "Squeeze": OpSpec("reshape"),
     "Unsqueeze": OpSpec("reshape"),
     "Transpose": OpSpec(_transpose),
+    "Einsum": OpSpec(_einsum, None, "none"),
     "Expand": OpSpec("expand"),
     "Tile": OpSpec(_tile),
     "Slice": OpSpec(_slice),

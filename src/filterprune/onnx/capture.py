@@ -111,8 +111,8 @@ class _Emitter:
         layer = None
         if kind in _WEIGHTED:
             layer, kind, attrs = self.layer(idx, node, view, kind, attrs)
-        if kind == "elementwise":
-            inputs = [self.operand(n) for n in names]  # keep operand order (PRelu, Div)
+        if kind in ("elementwise", "einsum"):  # keep operand order (PRelu, Div, Einsum)
+            inputs = [self.operand(n) for n in names]
         mode = spec.zero if spec else "none"
         if mode in ZERO_CHECKS:
             mode = "keep" if ZERO_CHECKS[mode](view) else "none"

@@ -134,22 +134,37 @@ class _Zeros:
         params = [i for i in node.inputs if self.cap.graph[i].op == "param"]
         if not ins:
             return self.all_roots(node.name)
-        if mode == "all":
-            parts = [self._in(i) for i in ins]
-            for p in params:
+        if mode in ("all", "any"):
+            lined = self._lined_up(node, ins)
+            if lined is None:
+                return self.all_roots(node.name)
+            out, masks = lined
+            if mode == "any":  # a product: zero where any operand is
+                return np.unique(out[np.logical_and.reduce(masks)])
+            for p in params:  # a sum: zero where all operands are
                 nz = self._param_nz(p)
                 if nz is None:
                     return self.all_roots(node.name)
-                parts.append(nz)
-            return np.unique(np.concatenate(parts))
-        if mode == "any":
-            out = self._in(ins[0])
-            for i in ins[1:]:
-                out = np.intersect1d(out, self._in(i))
-            return out
+                masks.append(np.isin(out, nz))
+            return np.unique(out[np.logical_or.reduce(masks)])
         if mode == "first" and node.inputs[0] == ins[0]:
             return self._in(ins[0])
         return self.all_roots(node.name)
+
+    def _lined_up(self, node: Node, ins: list[str]) -> tuple[np.ndarray, list] | None:
+        """The output's roots at each position (broadcast), and per operand where it may
+        be nonzero there: an operand one wide along the channels (a spatial gate) meets
+        every channel. None if the ids do not line up."""
+        arrays = [self.state.values.get(n) for n in (node.name, *ins)]
+        if not all(isinstance(a, np.ndarray) for a in arrays):
+            return None
+        ndim = max(a.ndim for a in arrays)
+        try:
+            out, *parts = np.broadcast_arrays(
+                *(self.uf.roots(a).reshape((1,) * (ndim - a.ndim) + a.shape) for a in arrays))
+        except ValueError:
+            return None
+        return out, [np.isin(r, self._in(i)) for r, i in zip(parts, ins, strict=True)]
 
     def _param_nz(self, name: str) -> np.ndarray | None:
         """Roots where constant ``name`` (a bias added per channel) is nonzero; None: all."""

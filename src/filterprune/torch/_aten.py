@@ -248,6 +248,11 @@ _ELEMENTWISE = _ops(
 )  # fmt: skip
 
 
+def _einsum(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    return "einsum", {"equation": args["equation"], "operands": [t.name for t in args["tensors"]]}
+
+
 def _table(pairs: list[tuple[list[Any], Callable[..., Spec]]]) -> dict[Any, Callable]:
     return {op: build for ops, build in pairs for op in ops}
 
@@ -290,4 +295,5 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("pixel_shuffle.default", "pixel_unshuffle.default"), _pixel_shuffle),
     (_ops("channel_shuffle.default", "native_channel_shuffle.default"), _channel_shuffle),
     (_ops("glu.default"), _glu),
+    (_ops("einsum.default"), _einsum),
 ])  # fmt: skip

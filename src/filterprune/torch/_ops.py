@@ -482,6 +482,15 @@ def _grid_sample(node: fx.Node, shapes) -> Spec:
     return "sample", {}
 
 
+def _einsum(node: fx.Node, shapes) -> Spec:
+    operands = node.args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = operands[0]
+    if not isinstance(node.args[0], str) or not all(isinstance(o, fx.Node) for o in operands):
+        raise ValueError("einsum in a form this rule does not read")
+    return "einsum", {"equation": node.args[0], "operands": [o.name for o in operands]}
+
+
 def _layer_norm(node: fx.Node, shapes) -> Spec:
     normalized = _arg(node, 1, "normalized_shape")
     if isinstance(normalized, int):
@@ -591,5 +600,5 @@ CALL_RULES: dict[Any, Call] = {
     F.pixel_shuffle: _pixel_shuffle_call, torch.pixel_shuffle: _pixel_shuffle_call,
     F.pixel_unshuffle: _pixel_shuffle_call, torch.pixel_unshuffle: _pixel_shuffle_call,
     F.channel_shuffle: _channel_shuffle_call, torch.channel_shuffle: _channel_shuffle_call,
-    F.glu: _glu, F.grid_sample: _grid_sample,
+    F.glu: _glu, F.grid_sample: _grid_sample, torch.einsum: _einsum,
 }  # fmt: skip
