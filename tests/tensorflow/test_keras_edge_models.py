@@ -114,6 +114,8 @@ SPATIAL_OPS = {
     "repeat, take along the height": lambda x: ops.take(
         ops.repeat(x, 2, axis=1), np.arange(63, -1, -2), axis=1),
     "normalization by scalars": lambda x: layers.Normalization(mean=0.3, variance=2.0)(x),
+    "einsum keeping the channels": lambda x: ops.einsum(
+        "bhwc,bc->bhwc", x, ops.mean(x, axis=(1, 2))) + ops.einsum("bhwc,bhwc->bhwc", x, x),
 }
 
 
@@ -145,6 +147,16 @@ def test_per_channel_constants_keep_their_channels_whole():
     assert held["a"].startswith("Multiply reads multiply") and "cannot be cut" in held["a"]
     assert held["b"] == "Normalization: Normalization by per-channel statistics"
     assert held["d"] == "Repeat: acts across channels"
+
+
+def test_an_einsum_over_the_channels_keeps_them_whole():
+    inp = keras.Input((32, 32, 3))
+    x, y = conv(16, "a")(inp), conv(16, "b")(inp)
+    mixed = ops.einsum("bhwc,bhwd->bhwd", x, y)  # sums over a's channels, b's pass
+    const = ops.einsum("bhwc,c->bhwc", conv(16, "d")(inp), np.ones(16, "float32"))
+    _, small, held = prune(keras.Model(inp, head(conv(16, "c")(mixed) + conv(16, "e")(const))))
+    assert held["a"] == "Einsum: sums over these channels" and "b" not in held
+    assert held["d"] == "Einsum: keras.ops einsum with a constant operand"
 
 
 def test_a_dense_along_the_tokens_is_cut_and_keeps_the_channels_whole():

@@ -452,6 +452,10 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
     if name in ("Mean", "Sum", "Max", "Min", "Amax", "Amin", "Var", "Std", "Prod"):
         return [Step("reduce", {"dims": _op_axis_list(op.axis, ndim),
                                 "keepdim": bool(getattr(op, "keepdims", False))})]  # fmt: skip
+    if name == "Einsum":
+        if not all(hasattr(a, "_keras_history") for a in args):
+            return [Step("stop", {"reason": "keras.ops einsum with a constant operand"})]
+        return [Step("einsum", {"equation": op.subscripts})]
     if name == "GetItem" and len(args) > 1:
         key = tuple(args[1]) if isinstance(args[1], list) else args[1]
         return [Step("index", {"index": key})]
