@@ -350,6 +350,15 @@ def test_einsum_passes_the_channels_it_keeps(tmp_path):
     assert layer(report, "/a/").removed == 2 and weight_shape(new, "/b/") == (4, 6, 1, 1)
 
 
+def test_grouped_conv_that_widens_loses_zero_inputs_by_group(tmp_path):
+    m = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, groups=2), nn.ReLU(),
+                      nn.Conv2d(16, 2, 1))  # fmt: skip
+    zero(m[0], [0, 4])  # one input of each group
+    x = torch.randn(2, 3, 6, 6)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert report.removed == 2 and weight_shape(new, "/2/") == (16, 3, 3, 3)
+
+
 class _UpNet(nn.Module):
     def __init__(self, groups, cout):
         super().__init__()

@@ -170,6 +170,16 @@ def test_a_dense_along_the_tokens_is_cut_and_keeps_the_channels_whole():
     assert held["patch"] == "Dense: applied along another axis than these channels"
 
 
+def test_a_grouped_conv_that_widens_cuts_its_inputs_and_outputs_by_group():
+    inp = keras.Input((32, 32, 3))
+    x = layers.BatchNormalization()(conv(16, "a")(inp))
+    x = layers.BatchNormalization()(conv(32, "g", groups=2)(x))
+    _, small, held = prune(keras.Model(inp, head(x)))
+    assert "a" not in held and "g" not in held
+    assert small.get_layer("a").filters == 8
+    assert (small.get_layer("g").filters, small.get_layer("g").groups) == (16, 2)
+
+
 def test_a_strided_transposed_conv_upsamples_and_is_pruned_by_default():
     inp = keras.Input((32, 32, 3))
     x = layers.Conv2DTranspose(16, 2, strides=2, name="up")(conv(16, "a")(inp))

@@ -325,6 +325,18 @@ def test_a_conv_after_a_linear_along_the_width_is_still_cut():
     assert small.b.out_channels == 8
 
 
+@pytest.mark.parametrize(("cin", "cout", "groups"), [(16, 32, 4), (16, 8, 4), (16, 24, 2)])
+def test_grouped_convs_that_widen_or_narrow_cut_each_side_by_group(cin, cout, groups):
+    """The inputs of each group are cut alike, and so are the outputs, each on its own."""
+    grouped = nn.Sequential(nn.Conv2d(16, cin, 1), nn.ReLU(),
+                            nn.Conv2d(cin, cout, 3, padding=1, groups=groups), nn.ReLU(),
+                            nn.Conv2d(cout, 16, 1))  # fmt: skip
+    small, held = prune(grouped)
+    assert "a" not in held and small.a.out_channels == 8
+    assert (small.fn[2].in_channels, small.fn[2].out_channels) == (cin // 2, cout // 2)
+    assert small.fn[2].groups == groups
+
+
 def test_grouped_convs_in_a_row_with_other_group_counts_are_cut():
     grouped = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.ReLU(),
                             nn.Conv2d(16, 16, 1, groups=4))  # fmt: skip
@@ -346,11 +358,11 @@ class GroupedUp(nn.Module):
                                                      (32, 4, 16)])  # fmt: skip
 def test_grouped_and_depthwise_transposed_convs_are_cut(cout, groups, cut):
     """Weight (in, out/groups, k, k): each group keeps as many inputs as outputs (with
-    in == out), a depthwise one loses whole channels; 32 from 16 in 4 groups keeps its
-    inputs (different widths) and cuts its outputs by group."""
+    in == out), a depthwise one loses whole channels; 32 from 16 in 4 groups cuts its
+    inputs and its outputs, each side by group."""
     small, held = prune(GroupedUp(cout, groups))
     assert small.fn.up.out_channels == cut and small.fn.down.in_channels == cut
-    assert (small.a.out_channels == 8) == (cout == 16 or groups == 16)
+    assert small.a.out_channels == 8 and small.fn.up.groups == min(groups, 8)
 
 
 def test_a_strided_transposed_conv_upsamples_and_is_pruned_by_default():
