@@ -71,6 +71,53 @@ def test_an_activation_not_known_to_act_channel_by_channel_keeps_its_channels():
     assert "c1" not in held and "c4" not in held
 
 
+@keras.saving.register_keras_serializable(package="filterprune_tests")
+def softmax_axis2(t):
+    return ops.softmax(t, axis=2)
+
+
+def _sequence_model(activation, name="c1"):
+    inp = keras.Input((32, 3))
+    x = layers.Conv1D(16, 3, padding="same", name=name, activation=activation)(inp)
+    x = layers.Dense(16, name="d", activation=activation)(x)
+    return keras.Model(inp, layers.Conv1D(4, 1, name="head")(x))
+
+
+def test_an_activation_over_the_channels_of_a_sequence_keeps_them_whole():
+    """The activation is tried at the layer's own rank, sliced along its channels (axis
+    2 of a Conv1D's or Dense's output): 0.21 relative off once cut before."""
+    config = make_config(sample=(1, 32, 3), prune_first_conv=True)
+    ctrl, model = create_compressed_model(redrawn(_sequence_model(softmax_axis2)), config)
+    x = np.random.default_rng(1).normal(size=(2, 32, 3)).astype("float32")
+    assert_strip_equal(ctrl, model, x, tol=1e-5)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "activation softmax_axis2 is not known" in held["c1"]
+    assert "activation softmax_axis2 is not known" in held["d"]
+
+
+def test_a_lambda_activation_strips():
+    config = make_config(sample=(1, 32, 3), prune_first_conv=True)
+    ctrl, model = create_compressed_model(redrawn(_sequence_model(lambda t: t * 0.5)), config)
+    x = np.random.default_rng(1).normal(size=(2, 32, 3)).astype("float32")
+    small = assert_strip_equal(ctrl, model, x, tol=1e-5)
+    assert small.get_layer("c1").filters == 8
+
+
+def test_a_prelu_with_a_slope_per_position_and_a_channels_first_softmax_are_cut():
+    inp = keras.Input((32, 32, 3))
+    x = layers.PReLU(name="p")(conv(16, "a")(inp))  # alpha (32, 32, 16)
+    _, small, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
+    assert "a" not in held and small.get_layer("p").get_weights()[0].shape == (32, 32, 8)
+    inp = keras.Input((4, 20))
+    kw = {"padding": "same", "data_format": "channels_first"}
+    x = layers.Conv1D(16, 3, name="a", activation="softmax", **kw)(inp)  # over the length
+    model = keras.Model(inp, layers.Conv1D(4, 1, name="head", **kw)(layers.Conv1D(16, 3, **kw)(x)))
+    config = make_config(sample=(1, 4, 20), prune_first_conv=True)
+    ctrl, model = create_compressed_model(redrawn(model), config)
+    small = assert_strip_equal(ctrl, model, np.ones((2, 4, 20), "float32"), tol=1e-5)
+    assert small.get_layer("a").filters == 8
+
+
 def test_a_lora_layer_is_left_whole():
     inp = keras.Input((32, 32, 3))
     x = conv(16, "c2")(conv(16, "c1")(inp))

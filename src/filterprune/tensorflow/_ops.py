@@ -72,31 +72,35 @@ _ELEMENTWISE = [getattr(activations, n) for n in (
 _ALONG_AXIS = [activations.softmax, activations.log_softmax]
 
 
-def _per_channel(fn: Callable) -> bool:
-    """Whether ``fn`` maps each entry on its own, tried on a random tensor: its output has
-    the input's shape and a slice of channels (on axis 1 and on the last axis: channels
-    first or last) comes out the same alone as with the others."""
-    x = np.random.default_rng(0).normal(size=(3, 5, 4, 6)).astype("float32")
+def _per_channel(fn: Callable, shape: Shape, axis: int) -> bool:
+    """Whether ``fn`` maps each channel on its own, tried on a random tensor of the
+    layer's output ``shape`` (batch 2): its output has that shape, and a slice of the
+    channels along ``axis`` comes out the same alone as with the others."""
+    shape = (2, *shape[1:])
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    part = [slice(None)] * len(shape)
+    part[axis] = slice(1, min(3, shape[axis]))
+    part = tuple(part)
     try:
-        y = np.asarray(fn(x))
-        parts = np.asarray(fn(x[:, 1:3])), np.asarray(fn(x[..., 2:5]))
+        y, alone = np.asarray(fn(x)), np.asarray(fn(x[part]))
     except Exception:  # noqa: BLE001 - a function that fails on a plain array: not known
         return False
-    return y.shape == x.shape and all(np.allclose(a, b, rtol=1e-6, atol=1e-6, equal_nan=True)
-                                      for a, b in zip(parts, (y[:, 1:3], y[..., 2:5]),
-                                                      strict=True))  # fmt: skip
+    return y.shape == x.shape and np.allclose(alone, y[part], rtol=1e-6, atol=1e-6,
+                                              equal_nan=True)  # fmt: skip
 
 
-def _activation_steps(layer: Any, axis: int) -> list[Step]:
-    """The step of a layer's ``activation``: none for Keras' elementwise ones or one that
-    :func:`_per_channel` finds maps each channel alone (``tf.nn.relu``), ``along`` the
-    channels for softmax; any other (``glu`` halves the axis, ``sparsemax``) stops."""
+def _activation_steps(layer: Any, axis: int, out: Shape) -> list[Step]:
+    """The step of a layer's ``activation`` on its output (of shape ``out``, channels on
+    ``axis``): none for Keras' elementwise ones or one that :func:`_per_channel` finds
+    maps each channel alone (``tf.nn.relu``), ``along`` the last axis for softmax (the
+    channels, unless channels first); any other (``glu`` halves the axis, ``sparsemax``)
+    stops."""
     fn = getattr(layer, "activation", None)
     if fn is None or any(fn is f for f in _ELEMENTWISE):
         return []
     if any(fn is f for f in _ALONG_AXIS):
-        return [Step("along", {"dims": [axis]})]
-    if _per_channel(fn):  # tf.nn.relu, keras.ops.silu, a function of the user's
+        return [Step("along", {"dims": [len(out) - 1]})]
+    if _per_channel(fn, out, axis % len(out)):  # tf.nn.relu, keras.ops.silu, the user's own
         return []
     label = getattr(fn, "__name__", type(fn).__name__)
     return [Step("stop", {"reason": f"activation {label} is not known to act on each channel "
@@ -119,7 +123,8 @@ def _conv(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
     positions = math.prod(_spatial(ins[0] if transposed else out, axis))
     attrs = {"in_channels": cin, "out_channels": cout, "groups": groups, "channel_axis": axis,
              "positions": positions}  # fmt: skip
-    return [Step("conv", attrs, info, variables=tuple(params))] + _activation_steps(layer, axis)
+    steps = [Step("conv", attrs, info, variables=tuple(params))]
+    return steps + _activation_steps(layer, axis, out)
 
 
 def _depthwise(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
@@ -132,7 +137,8 @@ def _depthwise(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step
     info = LayerInfo(name, "conv", params, groups=cin, stride=max(layer.strides), weight="kernel")
     attrs = {"in_channels": cin, "out_channels": out[axis], "groups": cin, "channel_axis": axis,
              "positions": math.prod(_spatial(out, axis))}  # fmt: skip
-    return [Step("conv", attrs, info, variables=tuple(params))] + _activation_steps(layer, axis)
+    steps = [Step("conv", attrs, info, variables=tuple(params))]
+    return steps + _activation_steps(layer, axis, out)
 
 
 def _separable(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
@@ -156,7 +162,7 @@ def _separable(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step
              tuple(mid_shape), "/depthwise", ("depthwise_kernel",)),
         Step("conv", {"in_channels": mid, "out_channels": cout, "groups": 1, **common}, pw_info,
              variables=tuple(pw_params)),
-    ] + _activation_steps(layer, axis)  # fmt: skip
+    ] + _activation_steps(layer, axis, out)  # fmt: skip
 
 
 def _dense(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
@@ -167,7 +173,8 @@ def _dense(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
     attrs = {"in_features": ins[0][-1], "out_features": out[-1],
              "positions": math.prod(out[1:-1])}  # fmt: skip
     info = LayerInfo(name, "linear", params, weight="kernel")
-    return [Step("linear", attrs, info, variables=tuple(params))] + _activation_steps(layer, -1)
+    steps = [Step("linear", attrs, info, variables=tuple(params))]
+    return steps + _activation_steps(layer, -1, out)
 
 
 def _batchnorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
@@ -184,14 +191,14 @@ def _batchnorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step
 
 
 def _prelu(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
-    shape = _var_shapes(layer)["alpha"]
-    if all(d == 1 for d in shape[:-1]):
+    shape = _var_shapes(layer)["alpha"]  # the input's shape less the batch, shared axes 1
+    if shape[-1] == ins[0][-1]:  # channels last: a slope per channel (and position, unshared)
         roles = (None,) * (len(shape) - 1) + ("channel",)
         info = LayerInfo(name, "batchnorm", {"alpha": (shape, roles)})
         return [Step("batchnorm", {"num_features": shape[-1], "channel_axis": -1}, info,
                      variables=("alpha",))]  # fmt: skip
     info = LayerInfo(name, "opaque", {"alpha": (shape, (None,) * len(shape))})
-    return [Step("stop", {"reason": "PReLU with a slope per position (set shared_axes)"}, info)]
+    return [Step("stop", {"reason": "PReLU whose slope's last axis is not the channels"}, info)]
 
 
 def _layernorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
@@ -218,7 +225,7 @@ def _identity(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]
 
 
 def _activation(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
-    return _activation_steps(layer, -1) or [Step("identity")]
+    return _activation_steps(layer, -1, out) or [Step("identity")]
 
 
 def _softmax(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:

@@ -191,13 +191,16 @@ def config_of(operation: Any) -> dict[str, Any]:
             (a numpy array of repeats).
     """
     try:
-        return operation.get_config()
+        config = operation.get_config()
     except NotImplementedError as err:
         raise AnalysisError(
             f"{type(operation).__name__} {operation.name!r} cannot be rebuilt: Keras has no "
             "config for it (a keras.ops call with an array argument has none). Wrap the call "
             "in a Layer subclass with get_config(). The model is unchanged."
         ) from err
+    if callable(getattr(operation, "activation", None)) and "activation" in config:
+        config["activation"] = operation.activation  # a lambda has no name to find it by
+    return config
 
 
 def plain_copy(model: Any) -> Any:
