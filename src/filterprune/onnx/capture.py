@@ -20,7 +20,7 @@ from ..core.workflow import Captured as CoreCaptured
 from ._layers import build_layer
 from ._ops import OPS, ZERO_CHECKS, NodeView, Spec
 from ._shapes import opset_of
-from .facts import ModelFacts, attrs_of, read_facts
+from .facts import ModelFacts, attrs_of, has_subgraph, read_facts, subgraph_inputs
 
 __all__ = ["Captured", "capture", "opset_of"]
 
@@ -67,6 +67,7 @@ class _Emitter:
                             dynamic=list(facts.dynamic), opset=facts.opset)  # fmt: skip
         self.graph = self.cap.graph
         self.noops: set[str] = set()  # outputs of shape arithmetic on computed shapes
+        self.sizes: dict[str, dict[str, set[int]]] = {}  # value -> tensor -> axes it reads
 
     # -- operands ----------------------------------------------------------------------------
     def operand(self, name: str) -> str:
@@ -88,11 +89,15 @@ class _Emitter:
     # -- nodes -------------------------------------------------------------------------------
     def add_node(self, idx: int, node: onnx.NodeProto) -> None:
         outs = [o for o in node.output if o]
+        self.track_sizes(node)
         if not outs or self.facts.folded(node) or self.facts.dq_node(outs[0]) is not None:
             return  # a constant, or a quantized weight (part of the layer that reads it)
         spec = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         picks = range(len(node.input)) if spec is None or spec.tensors is None else spec.tensors
         names = [node.input[i] for i in picks if i < len(node.input) and node.input[i]]
+        if has_subgraph(node):  # an If or Loop body reading outer tensors: they stay whole
+            names += sorted(n for n in subgraph_inputs(node) - set(names) if n in self.graph.nodes)
+        self.sizes_as_values(node, names)
         shape_math = bool(names) and all(n in self.noops for n in names)
         if (spec is not None and spec.build == "noop") or shape_math:
             self.noops.update(outs)
@@ -161,6 +166,57 @@ class _Emitter:
                 self.graph.add(Node(o, "getitem", [multi], shapes[i], attrs={"index": i}))
                 self.cap.zero[o] = "keep"
         self.cap.zero[multi] = mode
+
+    # -- sizes -------------------------------------------------------------------------------
+    def track_sizes(self, node: onnx.NodeProto) -> None:
+        """Record which tensors' sizes, on which axes, each value is computed from (a
+        ``Shape``, and what is computed from it, folded to a constant or not)."""
+        if node.op_type in ("Shape", "Size") and node.input:
+            attrs = attrs_of(node)
+            axes = range(len(self.facts.shape(node.input[0]) or ()))
+            if node.op_type == "Shape":
+                axes = axes[slice(attrs.get("start", 0), attrs.get("end"))]
+            for o in node.output:
+                self.sizes[o] = {node.input[0]: set(axes)}
+            return
+        spec = OPS.get(node.op_type)
+        if node.op_type == "ConstantOfShape":
+            return  # its values are its attribute's, whatever the shape
+        values = node.input if spec is None or spec.tensors is None else \
+            [node.input[i] for i in spec.tensors if i < len(node.input)]  # not a target shape
+        found: dict[str, set[int]] = {}
+        for name in values:
+            for tensor, axes in self.sizes.get(name, {}).items():
+                found.setdefault(tensor, set()).update(axes)
+        if not found:
+            return
+        index = self.facts.const(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type == "Gather" and index is not None and len(found) == 1:
+            ((tensor, axes),) = found.items()  # a Shape's entries picked by a constant index
+            picked = sorted(axes)
+            found = {tensor: {picked[int(i)] for i in np.ravel(index)
+                              if -len(picked) <= i < len(picked)}}  # fmt: skip
+        for o in node.output:
+            self.sizes[o] = found
+
+    def sizes_as_values(self, node: onnx.NodeProto, names: list[str]) -> None:
+        """A size met by a real tensor in one op (``x / C``) is a value that a cut would
+        change: the axes it reads stay whole. Sizes that only shape other tensors (a
+        Reshape's target) are no tensor operand, and size arithmetic meets no real tensor."""
+        real = [n for n in names if n not in self.noops and n not in self.sizes
+                and self.facts.const(n) is None]  # fmt: skip
+        if not real:
+            return
+        for name in names:
+            for tensor, axes in self.sizes.get(name, {}).items():
+                if tensor in self.graph.nodes and axes:
+                    self.graph.add(Node(f"{node.name or node.output[0]}#size:{tensor}", "size",
+                                        [tensor], self.facts.shape(tensor),
+                                        attrs={"dims": sorted(axes),
+                                               "reason": f"{node.op_type} reads its size as a "
+                                                         "value"}))  # fmt: skip
+        for o in node.output:  # held once: what it computes is data, not a size
+            self.sizes.pop(o, None)
 
     # -- layers ------------------------------------------------------------------------------
     def layer(self, idx: int, node: onnx.NodeProto, view: NodeView, kind: str,

@@ -28,7 +28,7 @@ from onnx import numpy_helper
 from ._batch import BatchShapes
 from ._shapes import Shapes, infer_shapes, opset_of
 
-__all__ = ["ModelFacts", "read_facts", "attrs_of"]
+__all__ = ["ModelFacts", "read_facts", "attrs_of", "has_subgraph", "subgraph_inputs"]
 
 _NO_FOLD = {"DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
             "RandomUniformLike", "Multinomial", "Bernoulli"}  # fmt: skip
@@ -302,7 +302,7 @@ class _Folder:
         ins = [i for i in node.input if i]
         if node.op_type in _NO_FOLD or not ins or node.domain not in ("", "ai.onnx"):
             return False
-        if not all(i in self.consts for i in ins):
+        if not all(i in self.consts for i in [*ins, *subgraph_inputs(node)]):
             return False
         return self._evaluate(node)
 
@@ -354,3 +354,24 @@ def read_facts(model: onnx.ModelProto) -> ModelFacts:
     folder.prefold()
     folder.refold()
     return ModelFacts(folder)
+
+
+def has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute)  # fmt: skip
+
+
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Every outer tensor name the node's subgraphs read (an If or Loop body reads the
+    graph around it by name), nested subgraphs included."""
+    names: set[str] = set()
+    for a in node.attribute:
+        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            defined = {v.name for v in sub.input} | {i.name for i in sub.initializer}
+            read: set[str] = set()
+            for n in sub.node:
+                read.update(n.input)
+                read |= subgraph_inputs(n)
+                defined.update(n.output)
+            names |= read - defined - {""}
+    return names

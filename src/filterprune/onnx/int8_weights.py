@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .rewrite import subgraph_inputs
+from .facts import subgraph_inputs
 
 __all__ = ["store_int8_weights", "weight_integers"]
 

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from ..core.weights import slice_weight
 from ..errors import ConversionError
 from .capture import Captured
+from .facts import has_subgraph, subgraph_inputs
 from .zero_filters import Decision
 
 __all__ = ["rewrite"]
@@ -207,7 +208,7 @@ class _Writer:
         needed = {o.name for o in g.output}
         keep_nodes = []
         for node in reversed(list(g.node)):
-            if any(o in needed for o in node.output) or _has_subgraph(node):
+            if any(o in needed for o in node.output) or has_subgraph(node):
                 keep_nodes.append(node)
                 needed.update(i for i in node.input if i)
                 needed.update(subgraph_inputs(node))
@@ -226,22 +227,6 @@ class _Writer:
             del g.input[:]
             g.input.extend(inputs)
         del g.value_info[:]
-
-
-def _has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for a in node.attribute)  # fmt: skip
-
-
-def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    """Every tensor name the node's subgraphs read, nested subgraphs included."""
-    names: set[str] = set()
-    for a in node.attribute:
-        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for n in sub.node:
-                names.update(n.input)
-                names |= subgraph_inputs(n)
-    return names
 
 
 _SHAPE_FIXES = {"Reshape": _Writer.reshape, "Split": _Writer.split, "Resize": _Writer.resize,
