@@ -401,3 +401,18 @@ def test_a_softmax_over_stacked_branches_is_cut_through():
 
 def _select(u):
     return (u * u.mean((3, 4), keepdim=True).softmax(1)).sum(1)
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_a_layer_with_a_forward_hook_of_its_own_is_left_whole(where):
+    """torch.fx records the call without its hooks: a hook rolling the channels was cut
+    through (0.27 relative off); a pre-hook scaling 16 channels crashed the stripped model."""
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    if where == "after":
+        conv.register_forward_hook(lambda m, args, out: torch.roll(out, 1, 1))
+    else:
+        scale = torch.linspace(0.5, 2.0, 16).view(1, -1, 1, 1)
+        conv.register_forward_pre_hook(lambda m, args: (args[0] * scale,))
+    small, held = prune(conv)
+    assert held["fn"] == "Conv2d fn has a forward hook, which the trace does not see"
+    assert small.fn.out_channels == 16 and small.a.out_channels == 16

@@ -102,6 +102,7 @@ def collect_statistics(
             layers.append(LayerStat(layer, n, int(vec.sum()) if vec is not None else n))
     unpruned = [(g.producers, g.reason or "") for g in analysis.groups if not g.prunable]
     unpruned += [(analysis.groups[gid].producers, why) for gid, why in (reasons or {}).items()]
+    unpruned += _whole_layers(analysis.graph)
     return PruningStatistics(
         full_flops=full_flops,
         current_flops=sum(layer_flops(analysis.graph, keeps).values()),
@@ -115,3 +116,15 @@ def collect_statistics(
         unpruned=unpruned,
         notes=list(analysis.graph.notes),
     )
+
+
+def _whole_layers(graph) -> list[tuple[list[str], str]]:
+    """Weighted layers an op without a rule reads (an LSTM, a hooked conv): whole, with
+    the stop's reason (they are no group's producers, so groups do not list them)."""
+    out: dict[str, str] = {}
+    for node in graph:
+        info = graph.layers.get(node.layer or "")
+        if node.op == "stop" and info is not None and info.kind == "opaque" and any(
+                len(shape) >= 2 for shape, _ in info.params.values()):  # fmt: skip
+            out.setdefault(node.layer, node.attrs.get("reason", "no channel rule"))
+    return [([layer], reason) for layer, reason in out.items()]

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
@@ -255,11 +257,24 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
     return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
 
 
+_NORM_HOOKS = (WeightNorm, SpectralNorm)
+
+
+def _user_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward hooks of the caller's: torch.fx records the call
+    without them, so what they compute is not seen (weight norms and this package's own
+    hooks are known)."""
+    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    return any(not isinstance(h, _NORM_HOOKS) and not
+               (getattr(h, "__module__", None) or type(h).__module__).startswith("filterprune")
+               for h in hooks)  # fmt: skip
+
+
 def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     name = node.target
     label = type(module).__name__
     found = module_rule(module)  # a parametrized layer's class derives from the layer's
-    if found is None or type(module).forward is not found[0].forward:
+    if found is None or type(module).forward is not found[0].forward or _user_hooks(module):
         return _no_rule(node, module, inputs, shape, shape, graph)
     in_shape = graph[inputs[0]].shape if inputs else None
     (kind, attrs), info = found[1](module, name, in_shape, shape)
@@ -279,7 +294,9 @@ def _no_rule(node: fx.Node, module: nn.Module, inputs: list[str], shape: Any, to
     (its matrices once per token of ``tokens_of``, :func:`_tokens`)."""
     name, label = node.target, type(module).__name__
     graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
-    attrs = {"reason": f"no channel rule for module {label}",
+    reason = f"{label} {name} has a forward hook, which the trace does not see" \
+        if _user_hooks(module) else f"no channel rule for module {label}"
+    attrs = {"reason": reason,
              "positions": _tokens(tokens_of, graph)}  # fmt: skip
     return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
 
