@@ -227,6 +227,36 @@ def test_a_grouped_transposed_conv_gets_a_per_tensor_weight_quantizer_and_strips
     assert small.up.out_channels < 16 and small.up.groups == 4
 
 
+class UntraceableNet(GroupedUpNet):
+    """Iterates a chunk, which torch.fx cannot trace: captured with torch.export."""
+
+    def forward(self, x):
+        y = list(torch.relu(self.bn(self.stem(x))).chunk(1, 1))[0]
+        return self.head(torch.relu(self.up(y)))
+
+
+def test_a_model_captured_with_torch_export_is_quantized(tmp_path):
+    """Quantizers go on the layers (a bare KeyError 'gm' before): the strip and the
+    ONNX file compute what the model does."""
+    config = _config()
+    config["compression"][0]["pruning_init"] = 0.5
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        ctrl, model = create_compressed_model(_net(UntraceableNet), config)
+    quantizers = ctrl.get("quantization").quantizers
+    assert {"weight:stem", "weight:up", "weight:head"} <= set(quantizers)
+    assert sum(k.startswith("activation:") for k in quantizers) >= 3
+    model.eval()
+    small = ctrl.strip().eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(small(x), ref, rtol=1e-5, atol=1e-6)
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    out = run_onnxruntime(proto, {proto.graph.input[0].name: x.numpy()})[0]
+    assert np.abs(out - ref.numpy()).max() <= 1e-4 * np.abs(ref.numpy()).max()
+
+
 def test_strip_when_quantization_comes_first():
     config = _config()
     config["compression"] = config["compression"][::-1]

@@ -162,7 +162,9 @@ def install_quantizers(
         tensors) and the specs placed; a tensor that no module makes or reads is left in
         float (logged).
     """
-    gm: fx.GraphModule = captured.extra["gm"]
+    gm: fx.GraphModule | None = captured.extra.get("gm")
+    if gm is None:  # captured with torch.export: no module per node, only per layer
+        return _install_on_layers(captured, specs, lazy)
     nodes = {n.name: n for n in gm.graph.nodes}
     calls: dict[str, int] = {}
     for n in gm.graph.nodes:
@@ -186,6 +188,29 @@ def install_quantizers(
                 q = _input_quantizer(readers, spec, lazy, hooked)
         if q is None:
             log.info("left in float: %s (no module makes or reads it)", spec.key)
+            continue
+        quantizers[spec.key] = q
+        placed.append(spec)
+    return quantizers, placed
+
+
+def _install_on_layers(
+    captured: Captured, specs: list[QuantizerSpec], lazy: bool
+) -> tuple[dict[str, FakeQuantize], list[QuantizerSpec]]:
+    """:func:`install_quantizers` for a graph whose nodes name no module: each activation
+    is quantized as the input of the layers that read it (a tensor no layer reads, a
+    model output, stays float)."""
+    quantizers, placed, hooked = {}, [], {}
+    for spec in specs:
+        if spec.kind == "weight":
+            q = _weight_quantizer(captured.refs.get(spec.target), spec)
+        else:
+            layers = [captured.graph[c].layer for c in spec.consumers if c in captured.graph.nodes]
+            readers = list({id(m): m for m in (captured.refs.get(n) for n in layers if n)
+                            if m is not None}.values())  # fmt: skip
+            q = _input_quantizer(readers, spec, lazy, hooked)
+        if q is None:
+            log.info("left in float: %s (no layer reads it)", spec.key)
             continue
         quantizers[spec.key] = q
         placed.append(spec)
