@@ -20,8 +20,8 @@ from torch import fx, nn
 from ..core.graph import LayerInfo
 from ._copy import computed_weights
 
-__all__ = ["MODULE_RULES", "CALL_RULES", "IDENTITY_MODULES", "FUNCTIONAL", "Functional",
-           "module_rule", "probe_forwards"]
+__all__ = ["MODULE_RULES", "CALL_RULES", "IDENTITY_MODULES", "LEAF_MODULES", "FUNCTIONAL",
+           "Functional", "module_rule", "probe_forwards"]
 
 Spec = tuple[str, dict[str, Any]]
 
@@ -88,6 +88,13 @@ def _batchnorm(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, Laye
     params = _params(m, {"weight": ("channel",), "bias": ("channel",)})
     attrs = {"num_features": m.num_features, "channel_axis": 1}
     return ("batchnorm", attrs), LayerInfo(name, "batchnorm", params)
+
+
+def _frozen_batchnorm(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    """torchvision's FrozenBatchNorm2d (detection backbones): statistics and affine terms
+    are buffers, cut along the channels with the layer (see :func:`.shrink._tensors`)."""
+    attrs = {"num_features": m.running_mean.numel(), "channel_axis": 1}
+    return ("batchnorm", attrs), LayerInfo(name, "batchnorm", {})
 
 
 def _prelu(m: nn.PReLU, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
@@ -215,6 +222,15 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     nn.GLU: _glu_module,
     **{t: _simple("identity") for t in IDENTITY_MODULES},
 }
+LEAF_MODULES: tuple[type[nn.Module], ...] = ()  # traced as one call, outside torch.nn
+
+try:  # torchvision is optional
+    from torchvision.ops import FrozenBatchNorm2d
+
+    MODULE_RULES[FrozenBatchNorm2d] = _frozen_batchnorm
+    LEAF_MODULES += (FrozenBatchNorm2d,)
+except ImportError:
+    pass
 
 
 def module_rule(module: nn.Module) -> tuple[type[nn.Module], Callable] | None:

@@ -31,7 +31,7 @@ from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._layers import COMPUTED, functional_node, plain_params, split_sizes
-from ._ops import CALL_RULES, FUNCTIONAL, module_rule
+from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, module_rule
 from ._sizes import SizeReads
 
 __all__ = ["capture", "capture_fx"]
@@ -57,13 +57,20 @@ def _operands(node: fx.Node) -> list[fx.Node]:
     return list(dict.fromkeys(found))
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with the layers of other packages that have a rule as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return type(m) in LEAF_MODULES or super().is_leaf_module(m, module_qualified_name)
+
+
 def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
     was_training = model.training
     model.eval()  # trace the inference path (no stochastic depth, no aux heads)
     attributes = {m: dict(vars(m)) for m in model.modules()}
     try:
         try:
-            gm = fx.GraphModule(model, fx.Tracer().trace(model))
+            gm = fx.GraphModule(model, _Tracer().trace(model))
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
             _restore_attributes(attributes)
             raise _TraceError(
