@@ -257,6 +257,22 @@ def test_a_model_captured_with_torch_export_is_quantized(tmp_path):
     assert np.abs(out - ref.numpy()).max() <= 1e-4 * np.abs(ref.numpy()).max()
 
 
+def test_export_before_ranges_are_set_is_refused(tmp_path):
+    """With ranges from the first batch, an export before any batch wrote placeholder
+    scales (0.09 relative off the model once it ran a batch)."""
+    config = _config({"initializer": {"range": {"num_init_samples": 0}}}, data=False)
+    ctrl, model = create_compressed_model(_net(), config)
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ConfigError, match="have no range yet .*Nothing was written"):
+        ctrl.export_model(str(path))
+    assert not path.exists()
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(2, *SAMPLE[1:]))
+    ctrl.export_model(str(path))
+    assert path.exists()
+
+
 def test_strip_when_quantization_comes_first():
     config = _config()
     config["compression"] = config["compression"][::-1]

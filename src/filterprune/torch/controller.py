@@ -18,13 +18,14 @@ from ..core.pruner import Plan
 from ..core.workflow import Captured
 from . import onnx_export
 from ._copy import bake_weights
+from .fake_quant import FakeQuantize
 from .fold import fold_batchnorms
 from .legr import ranking_trials
 from .masks import apply_masks, is_masked, remove_masks
 from .reconstruct import Recording, reconstruct, record
 from .shrink import shrink_model
 from .shrink_frozen import ShrinkWhenFrozen
-from .signals import torch_signal
+from .signals import taylor_accumulator, torch_signal
 
 __all__ = ["FilterPruningController", "CompressionStage", "export_model", "export_onnx"]
 
@@ -49,6 +50,17 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
 
     def _signal(self, source: str) -> dict[str, np.ndarray]:
         return torch_signal(self, source)  # taylor: gradient hooks; bn_scale: BN gammas
+
+    def _taylor_state(self) -> dict[str, Any] | None:
+        acc = getattr(self, "taylor", None)
+        return None if acc is None else acc.state()
+
+    def _load_taylor(self, saved: dict[str, tuple[list[float], int]] | None) -> None:
+        if self.shrunk:
+            return  # a cut model ranks no more (its hooks are gone)
+        acc = taylor_accumulator(self)  # hooked now: the next backward pass counts
+        if saved is not None:
+            acc.load(saved)
 
     def _ranking_trials(self) -> contextlib.AbstractContextManager[Callable[[Plan], float]]:
         return ranking_trials(self)  # LeGR: prune, fine-tune, validate, undo
@@ -172,8 +184,24 @@ def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
     """
     if save_format != "onnx":
         raise ValueError(f"`save_format` must be 'onnx'. Received: save_format={save_format!r}.")
+    _check_ranges_set(ctrl.model)
     model = fold_batchnorms(ctrl.strip(shrink=shrink).eval(), ctrl.captured.graph)
     export_onnx(model, ctrl.captured.sample, save_path, input_names, output_names)
+
+
+def _check_ranges_set(model: nn.Module) -> None:
+    """Refuse to export activation quantizers whose range is not set yet: the file would
+    hold a placeholder scale, and the model would take another from its first batch."""
+    waiting = [m.spec.key for m in model.modules() if isinstance(m, FakeQuantize)
+               and m.enabled and not m.follows_weight and not m.initialized]  # fmt: skip
+    if waiting:
+        raise ConfigError(
+            f"{len(waiting)} activation quantizers have no range yet ({', '.join(waiting[:3])}"
+            f"{', ...' if len(waiting) > 3 else ''}): with `initializer.range.num_init_samples`"
+            " 0 they take it from the first batch the model sees. Run a batch through the "
+            "model (a training step or an evaluation) before export_model, or give init data "
+            "with register_default_init_args. Nothing was written."
+        )
 
 
 def export_onnx(model: nn.Module, sample, path: str, input_names=None, output_names=None,
