@@ -416,3 +416,23 @@ def test_a_layer_with_a_forward_hook_of_its_own_is_left_whole(where):
     small, held = prune(conv)
     assert held["fn"] == "Conv2d fn has a forward hook, which the trace does not see"
     assert small.fn.out_channels == 16 and small.a.out_channels == 16
+
+
+class IndexedScale(nn.Module):
+    """A scale per channel broadcast by indexing, and one indexed into (held)."""
+
+    def __init__(self, pick=False):
+        super().__init__()
+        self.b, self.pick = nn.Parameter(torch.rand(16) + 0.5), pick
+
+    def forward(self, y):
+        if self.pick:
+            return y * torch.cat([self.b[:8], self.b[8:] * 2])[:, None, None]
+        return y * self.b[None, :, None, None] + self.b[..., None, None]
+
+
+def test_a_weight_broadcast_by_indexing_is_cut_like_a_view_of_it():
+    small, held = prune(IndexedScale())
+    assert "a" not in held and small.fn.b.shape == (8,)
+    small, held = prune(IndexedScale(pick=True))
+    assert "a" in held and small.fn.b.shape == (16,)

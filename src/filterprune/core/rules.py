@@ -654,6 +654,11 @@ def _index(s, node, ins):
     ``computed_axes``: axes sliced at bounds computed in forward (the index holds the
     length they took); channels there stay whole, as the bounds would not follow a cut.
     """
+    index = node.attrs["index"]
+    parts = index if isinstance(index, tuple) else (index,)
+    if isinstance(ins[0], Param) and all(p is None or p is Ellipsis or p == slice(None)
+                                         for p in parts):  # fmt: skip
+        return _reshape_param(ins[0], node)  # ``b[None, :, None, None]``: a view of it
     x = _tensor(s, ins[0], node)
     full = _full(s, x, _shape(s, node))
     marker = np.arange(full.size).reshape(full.shape)
