@@ -7,6 +7,7 @@ from torch import nn
 from torch_helpers import SmallNet, assert_strip_equal, make_config
 
 from filterprune import ConfigError
+from filterprune.errors import AnalysisError
 from filterprune.torch import CompressionStage, create_compressed_model, resize_to_state_dict
 
 
@@ -259,3 +260,11 @@ def test_attention_module_flops_are_counted():
     graph = capture(Net().eval(), (torch.zeros(1, 5, 8),)).graph
     tokens = 5  # every projection runs once per token
     assert count_flops(graph) == 2 * tokens * (8 * 16 + 3 * 16 * 16 + 16 * 16 + 16 * 4)
+
+
+def test_a_scripted_submodule_is_refused_clearly():
+    """Before: "'OrderedDictWrapper' object has no attribute 'clear'" from the rollback."""
+    block = torch.jit.script(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()))
+    model = nn.Sequential(block, nn.Conv2d(16, 4, 1))
+    with pytest.raises(AnalysisError, match="Module '0' is a TorchScript module"):
+        create_compressed_model(model, make_config((1, 3, 16, 16)))

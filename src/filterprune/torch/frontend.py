@@ -17,7 +17,7 @@ from ..core.config import INPUT_TYPES, Config
 from ..core.finite import Probe
 from ..core.params import FilterPruningParams
 from ..core.workflow import Captured, Frontend
-from ..errors import ConfigError
+from ..errors import AnalysisError, ConfigError
 from ._copy import copy_model
 from ._init_args import InitArgs, adapt_batchnorm
 from ._snapshot import restore, snapshot
@@ -125,6 +125,16 @@ class TorchFrontend(Frontend):
     controllers = {"filter_pruning": FilterPruningController,
                    "quantization": QuantizationController,
                    "knowledge_distillation": KnowledgeDistillationController}  # fmt: skip
+
+    def check(self, model: nn.Module, config: Config) -> None:
+        scripted = [n or type(model).__name__ for n, m in model.named_modules()
+                    if isinstance(m, torch.jit.ScriptModule)]  # fmt: skip
+        if scripted:
+            raise AnalysisError(
+                f"Module {scripted[0]!r} is a TorchScript module (torch.jit.script or trace): "
+                "its layers cannot be masked or cut. Compress the plain nn.Module, then "
+                "script the model ctrl.strip() returns. The model is unchanged."
+            )
 
     def capture(self, model: nn.Module, config: Config) -> Captured:
         return capture(model, sample_inputs(config, model))
