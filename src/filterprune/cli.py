@@ -77,8 +77,9 @@ def run_convert(args: argparse.Namespace) -> int:
         return _error(f"--to openvino writes an .xml file. Received: -o {args.output}.")
     if fmt == "onnx" and args.output.endswith(".xml"):
         return _error("an .xml output is OpenVINO IR: add --to openvino or use an .onnx name.")
-    if Path(args.output).resolve() == Path(args.model).resolve():
-        return _error("the output must not overwrite the input model.")
+    clash = _convert_path_clash(args)
+    if clash:
+        return _error(clash)
     check_output_path("-o", args.output)
     check_output_path("--report-json", args.report_json)
     model, report = remove_zero_filters(args.model, verify=not args.no_verify,
@@ -95,6 +96,27 @@ def run_convert(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {report.removed} filters removed, FLOPs kept {kept:.3f}"
           + ("" if report.changed else f" ({'; '.join(report.notes[-1:])})"))  # fmt: skip
     return 0
+
+
+def _convert_path_clash(args: argparse.Namespace) -> str:
+    """Why the output paths would overwrite the input or each other ('' if they do not):
+    checked before any work, so a typo never costs the model."""
+    model, output = Path(args.model).resolve(), Path(args.output).resolve()
+    # OpenVINO IR is two files: the .xml and its .bin
+    written = {output, output.with_suffix(".bin")} if output.suffix == ".xml" else {output}
+    if model in written:
+        return (f"the output must not overwrite the input model. Received: -o {args.output} "
+                f"and model {args.model}; name another output file.")
+    if not args.report_json:
+        return ""
+    report = Path(args.report_json).resolve()
+    if report == model:
+        return (f"--report-json must not overwrite the input model. Received: --report-json "
+                f"{args.report_json} and model {args.model}; name a .json file.")
+    if report in written:
+        return (f"--report-json must not overwrite the output. Received: --report-json "
+                f"{args.report_json} and -o {args.output}; name a .json file.")
+    return ""
 
 
 def _write_openvino(model, args: argparse.Namespace, report) -> None:

@@ -31,7 +31,9 @@ class Built(NamedTuple):
     Attributes:
         info: The layer's parameters with their roles.
         refs: Parameter -> (ONNX node index, input index) holding it.
-        arrays: Float values for the zero analysis (``W``, ``B``, ``shift``).
+        arrays: Float values for the zero analysis (``W``, ``B``; a per-channel layer's
+            ``shift``, its output for a zero input, and a normalization's ``mult``, the
+            factor of its input: where 0, the output is ``shift`` whatever comes in).
         attrs: The core node's attributes.
     """
 
@@ -200,10 +202,13 @@ def _roles_before(roles: Roles, steps: list[tuple[str, tuple[int, ...]]]) -> Rol
 def _linear_info(p: _Params, v: NodeView, name: str):
     w = p.arrays["W"]
     roles = p.info["W"][1]  # the stored weight's (a layout view's may differ)
+    out = v.out_shapes[0] if v.out_shapes else None
+    if not isinstance(out, tuple) or not out or out[-1] != w.shape[roles.index("out")]:
+        return "output shape is unknown"  # after an op shape inference does not know
     attrs = {"in_features": int(w.shape[roles.index("in")]),
              "out_features": int(w.shape[roles.index("out")]),
              # per sample: a leading dimension may be batch * rows (a Dense on 4-D input)
-             "positions": max(1, positions(v.out_shapes[0][:-1], 0) // p.facts.batch)}  # fmt: skip
+             "positions": max(1, positions(out[:-1], 0) // p.facts.batch)}  # fmt: skip
     return LayerInfo(name, "linear", p.info, weight="W"), attrs
 
 
@@ -226,8 +231,10 @@ def _norm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
                 return f"{op} {key} is not a constant"
     if op == "BatchNormalization":
         eps = float(v.attr("epsilon", 1e-5))
-        shift = vals["B"] - vals["mean"] * vals["scale"] / np.sqrt(vals["var"] + eps)
+        p.arrays["mult"] = vals["scale"] / np.sqrt(vals["var"] + eps)
+        shift = vals["B"] - vals["mean"] * p.arrays["mult"]
     elif op == "InstanceNormalization":
+        p.arrays["mult"] = vals["scale"]
         shift = vals["B"]
     else:  # a real zero stays zero through a Q/DQ pair with one zero point (see facts)
         kept = np.broadcast_to(p.facts.keeps_zero(p.node), (attrs["num_features"],))

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OPS", "ZERO_CHECKS", "OpSpec", "NodeView", "Spec", "positions"]
+__all__ = ["OPS", "ZERO_CHECKS", "OpSpec", "NodeView", "Spec", "positions", "foreign_ops",
+           "FOREIGN_FIX"]
 
 Spec = tuple[str, dict[str, Any]]
 
@@ -313,3 +314,23 @@ def _clip_keeps_zero(v: NodeView) -> bool:
 
 # Zero modes decided per node: "keep" if the check passes, else "none".
 ZERO_CHECKS: dict[str, Callable[[NodeView], bool]] = {"pad": _pad_zero, "clip": _clip_keeps_zero}
+
+
+# Ops that hold a layer's weights in a form the op table does not read: the quantized
+# operator format (QOperator) and onnxruntime's optimized files (com.microsoft fusions).
+_QOPERATOR = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+FOREIGN_FIX = ("re-quantize the float model in QDQ format (onnxruntime "
+               "quantize_static(quant_format=QuantFormat.QDQ)), or convert the float model "
+               "before onnxruntime's graph optimizations")  # fmt: skip
+
+
+def foreign_ops(model: Any) -> list[str]:
+    """The quantized-operator and com.microsoft op types in ``model`` (sorted, the domain
+    prefixed when not the default one): layers in them are not analysed."""
+    found = set()
+    for node in model.graph.node:
+        if node.domain == "com.microsoft":
+            found.add(f"{node.domain}.{node.op_type}")
+        elif node.op_type in _QOPERATOR:
+            found.add(node.op_type)
+    return sorted(found)

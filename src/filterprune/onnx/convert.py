@@ -10,6 +10,8 @@ import onnx
 
 from ..errors import ConversionError
 from ._io import load_model
+from ._ops import FOREIGN_FIX, foreign_ops
+from ._shapes import opset_of
 from .capture import capture
 from .int8_weights import store_int8_weights, wide_int8_weights
 from .report import ConversionReport, build_report
@@ -163,8 +165,9 @@ def remove_zero_filters(
     t0 = time.perf_counter()
     proto = load_model(model)
     t1 = time.perf_counter()
+    standard, contrib = _standard_qdq(proto)
     try:
-        cap = capture(proto)
+        cap = capture(standard)
         decision = find_removable(cap)
     except Exception as err:  # noqa: BLE001 - a graph the analysis misreads stays as it is
         report = ConversionReport(0, 0, 0, 0)
@@ -174,10 +177,14 @@ def remove_zero_filters(
     report = build_report(cap, decision)
     t2 = time.perf_counter()
     report.seconds = {"load": t1 - t0, "analyze": t2 - t1}
-    new, stored = store_int8_weights(rewrite(cap, decision) if report.changed else proto)
+    new, stored = store_int8_weights(rewrite(cap, decision) if report.changed else standard)
+    _restore_domain(new, contrib)
     if not report.changed:
         zeros = sum(s.zero_filters for s in report.layers)
         found = f"{zeros} zero filters found, none removable" if zeros else "no zero filters found"
+        foreign = foreign_ops(standard)
+        if foreign:  # the zeros may be inside them: say how to get a file it reads
+            found += f" outside the unsupported ops {', '.join(foreign)}: {FOREIGN_FIX}"
         if not stored:
             report.notes.append(f"{found}; the model is unchanged")
             return proto, report
@@ -194,6 +201,51 @@ def remove_zero_filters(
         _verify(proto, new, tolerance, report)
         report.seconds["verify"] = time.perf_counter() - t3
     return new, report
+
+
+_CONTRIB = "com.microsoft"
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+_EIGHT_BIT = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+
+
+def _standard_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
+    """``model`` with its com.microsoft QuantizeLinear/DequantizeLinear nodes of 8-bit
+    integers in the default domain (quantize_static's ``UseQDQContribOps`` writes them;
+    the arithmetic is the standard ops' from opset 13 on), and the first output of each
+    node moved, to move them back after the rewrite. Shape inference and the op table
+    know only the standard ops."""
+    nodes = [n for n in model.graph.node if n.domain == _CONTRIB and n.op_type in _QDQ]
+    if not nodes or opset_of(model) < 13:
+        return model, set()
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    if not all(_eight_bit(n, types) for n in nodes):
+        return model, set()
+    moved = {n.output[0] for n in nodes}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for n in out.graph.node:
+        if n.output and n.output[0] in moved and n.op_type in _QDQ:
+            n.domain = ""
+    return out, moved
+
+
+def _eight_bit(node: onnx.NodeProto, types: dict[str, int]) -> bool:
+    """Whether Q/DQ ``node`` works on 8-bit integers, or a DQ on int32 (its zero point's
+    type, or its quantized constant's): types the standard ops take at opset 13; a Q
+    without a zero point makes uint8."""
+    names = [node.input[2]] if len(node.input) > 2 and node.input[2] else []
+    allowed = _EIGHT_BIT
+    if node.op_type == "DequantizeLinear":
+        names.append(node.input[0])
+        allowed = (*_EIGHT_BIT, onnx.TensorProto.INT32)  # a quantized bias
+    return all(types[n] in allowed for n in names if n in types)
+
+
+def _restore_domain(model: onnx.ModelProto, moved: set[str]) -> None:
+    """Put the Q/DQ nodes :func:`_standard_qdq` moved back in the com.microsoft domain."""
+    for n in model.graph.node:
+        if n.output and n.output[0] in moved and n.op_type in _QDQ:
+            n.domain = _CONTRIB
 
 
 def _saturating(model: onnx.ModelProto) -> str:

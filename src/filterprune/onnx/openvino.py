@@ -22,6 +22,7 @@ import onnx
 from .._atomic import move_into_place, staging_dir
 from ..errors import ConversionError
 from ._io import load_model
+from ._ops import FOREIGN_FIX, foreign_ops
 from .int8_weights import wide_int8_weights
 
 __all__ = ["save_openvino", "run_openvino", "check_openvino", "openvino_pruning_pass",
@@ -51,22 +52,34 @@ def read_openvino(model: Any) -> Any:
     with tempfile.TemporaryDirectory() as tmp:  # the converter reads files, not protos
         path = os.path.join(tmp, "model.onnx")
         onnx.save(proto, path)
-        with _openvino_errors("read"):
+        ops = foreign_ops(proto)
+        fix = (f"The model holds {', '.join(ops)} (quantized-operator format or onnxruntime "
+               f"optimizations): {FOREIGN_FIX}." if ops else "")  # fmt: skip
+        with _openvino_errors("read", fix):
             return ov.convert_model(path)
 
 
+def _is_openvino_error(err: Exception) -> bool:
+    # the frontend's OpConversionFailure and GeneralFailure are not RuntimeErrors
+    return isinstance(err, RuntimeError) or type(err).__module__.startswith("openvino")
+
+
 @contextlib.contextmanager
-def _openvino_errors(step: str) -> Iterator[None]:
-    """OpenVINO's own failures as a :class:`ConversionError` that says what to do."""
+def _openvino_errors(step: str, fix: str = "") -> Iterator[None]:
+    """OpenVINO's own failures as a :class:`ConversionError` that says what to do
+    (``fix`` when the model itself is the cause)."""
     try:
         yield
-    except RuntimeError as err:
+    except Exception as err:
+        if not _is_openvino_error(err):
+            raise
         lines = [ln for ln in str(err).splitlines() if ln.strip()]
         detail = next((ln for ln in reversed(lines) if "Exception from" not in ln), "")
+        advice = fix or ("This is OpenVINO's limit, not the cut: write ONNX instead "
+                         "(-o model.onnx) and run it in onnxruntime, or try another OpenVINO "
+                         "version.")  # fmt: skip
         raise ConversionError(
-            f"OpenVINO could not {step} the model ({detail.strip()[:300]}). This is "
-            "OpenVINO's limit, not the cut: write ONNX instead (-o model.onnx) and run it "
-            "in onnxruntime, or try another OpenVINO version."
+            f"OpenVINO could not {step} the model ({detail.strip()[:300]}). {advice}"
         ) from err
 
 

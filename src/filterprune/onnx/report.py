@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..core.flops import count_flops, count_params
+from ._ops import FOREIGN_FIX, foreign_ops
 from .capture import Captured
 from .zero_filters import Decision
 
@@ -111,5 +112,15 @@ def build_report(cap: Captured, decision: Decision) -> ConversionReport:
     return ConversionReport(
         flops_before=count_flops(graph), flops_after=count_flops(graph, keeps),
         params_before=count_params(graph), params_after=count_params(graph, keeps),
-        layers=layers, notes=list(cap.notes),
+        layers=layers, notes=[*cap.notes, *_foreign_note(cap)],
     )  # fmt: skip
+
+
+def _foreign_note(cap: Captured) -> list[str]:
+    """Why a quantized-operator or onnxruntime-optimized file shows no layers: its
+    weighted ops hold their weights in forms the converter does not read."""
+    ops = foreign_ops(cap.model) if cap.model is not None else []
+    if not ops:
+        return []
+    return [f"unsupported ops {', '.join(ops)} (quantized-operator format or onnxruntime "
+            f"optimizations): their layers are not analysed or cut; {FOREIGN_FIX}"]

@@ -138,14 +138,25 @@ class _Writer:
                 entries[a] = n
         self.set_input(ni, 1, np.array(entries, dtype=np.int64))
 
+    def piece_size(self, name: str, axis: int) -> int:
+        """A split piece's new size along ``axis``. A piece one channel wide carries its
+        channel on an axis of size 1, which :meth:`new_shape` cannot tell from an axis
+        without channels: a piece whose every channel goes is empty along ``axis``."""
+        shape = self.new_shape(name)
+        value = self.decision.analysis.state.values.get(name)
+        if shape is None or not isinstance(value, np.ndarray):
+            return int(self.cap.graph.nodes[name].shape[axis])
+        if 0 not in shape and value.size and not self.lookup(value).any():
+            return 0
+        return shape[axis]
+
     def split(self, ni: int, node: onnx.NodeProto) -> None:
         outs = [o for o in node.output]
-        changes = [self._changed(o) for o in outs]
-        if not any(changes):
-            return
         rank = len(self.cap.graph.nodes[outs[0]].shape)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % rank
-        sizes = [self.new_shape(o)[axis] for o in outs]
+        sizes = [self.piece_size(o, axis) for o in outs]
+        if sizes == [self.cap.graph.nodes[o].shape[axis] for o in outs]:
+            return
         target = self.nodes[ni]
         for a in list(target.attribute):
             if a.name in ("num_outputs", "split"):

@@ -5,11 +5,13 @@ every layer that reads it (a Conv, Gemm or MatMul input column) either has zero
 weights for it, or receives a value that is provably zero there. Zeros are
 followed forward from zero filters (weights and bias zero) through ops that map
 0 to 0; a BatchNormalization whose shift ``B - mean * scale / sqrt(var + eps)`` is
-not zero, a Sigmoid or an Add of a constant end that proof. Which channels must
+not zero, a Sigmoid or an Add of a constant end that proof, and one whose scale and
+shift are both zero starts one (network slimming before BN folding). Which channels must
 go together, and which cannot go at all (a model output, an unsupported op), is
 the core's channel analysis, shared with the PyTorch and Keras frontends; what a
 group keeps beyond the channels still read (at least one; equal groups for a
-grouped convolution) is the core's selection, with its reasons.
+grouped convolution) is the core's selection, with its reasons; on top, every tensor an
+op reads keeps one channel (no op is given an empty tensor).
 
 Example:
     >>> decision = find_removable(capture(model))  # doctest: +SKIP
@@ -26,7 +28,7 @@ import numpy as np
 from ..core.analysis import Analysis, AnalysisOptions, analyze
 from ..core.graph import Node
 from ..core.pruner import Plan
-from ..core.selection import select_required
+from ..core.selection import AT_LEAST_ONE, select_required
 from .capture import Captured
 
 __all__ = ["Decision", "find_removable"]
@@ -42,7 +44,8 @@ class Decision:
     Attributes:
         analysis: The core analysis of the captured graph.
         plan: Kept channels per prunable group.
-        zero_rows: Producer layer -> bool per filter: weights and bias are zero.
+        zero_rows: Producer layer -> bool per filter: weights and bias are zero, or the
+            BatchNormalization that alone reads it zeroes its output (gamma and beta 0).
         reasons: Channel root -> why a zero filter on it is kept.
     """
 
@@ -90,6 +93,8 @@ class _Zeros:
         self.nz: dict[str, np.ndarray] = {}
         self.needed: list[np.ndarray] = []  # roots read with nonzero weights, maybe nonzero
         self.reader: dict[int, str] = {}
+        self.killed: dict[str, np.ndarray] = {}  # producer -> filters a BN after it zeroes
+        self.tied: dict[int, str] = {}  # root -> grouped conv tying its input and output
 
     def all_roots(self, name: str) -> np.ndarray:
         value = self.state.values.get(name)
@@ -108,9 +113,7 @@ class _Zeros:
         if node.op in ("conv", "linear") and "in" in uses and "out" in uses:
             return self.layer(node)
         if node.op == "batchnorm" and "channel" in uses:
-            shift = self.cap.arrays[node.layer]["shift"] != 0
-            line = self.uf.roots(self.state.uses[node.layer]["channel"].ids)
-            return np.union1d(self._in(node.inputs[0]), line[shift[: line.size]])
+            return self.per_channel(node)
         if node.op in ("input", "stop", "param") or mode == "none":
             return self.all_roots(node.name)
         if mode == "keep":
@@ -119,6 +122,33 @@ class _Zeros:
         else:
             out = self.elementwise(node, mode, ins)
         return np.union1d(out, self._fresh(node))
+
+    def per_channel(self, node: Node) -> np.ndarray:
+        """A per-channel layer: zero where its shift is, for a zero input, or whatever the
+        input where its multiplier is zero too (a BN with gamma and beta zero: network
+        slimming before BN folding)."""
+        arrays = self.cap.arrays[node.layer]
+        line = self.uf.roots(self.state.uses[node.layer]["channel"].ids)
+        shift = arrays["shift"][: line.size] != 0
+        out = np.union1d(self._in(node.inputs[0]), line[shift])
+        mult = arrays.get("mult")
+        if mult is None:
+            return out
+        killed = (mult[: line.size] == 0) & ~shift
+        dead = np.setdiff1d(line[killed], line[~killed])  # a root at a live channel stays
+        self.note_killed(node, dead)
+        return np.setdiff1d(out, dead)
+
+    def note_killed(self, node: Node, dead: np.ndarray) -> None:
+        """Filters of the layer feeding ``node`` alone whose output ``node`` zeroes: zero
+        filters in effect (the report counts them)."""
+        source = self.cap.graph[node.inputs[0]]
+        if not dead.size or source.layer not in self.state.producers:
+            return
+        if sum(source.name in n.inputs for n in self.cap.graph) != 1:
+            return  # another op reads the filter's output as it is
+        out_roots = self.uf.roots(self.state.uses[source.layer]["out"].ids)
+        self.killed[source.layer] = np.isin(out_roots, dead)
 
     def _fresh(self, node: Node) -> np.ndarray:
         """Roots of ``node``'s output that none of its inputs carries (a reshape to a
@@ -194,6 +224,9 @@ class _Zeros:
         cols = in_nz.reshape(groups, cin_g)[np.arange(cout) // cout_g]
         out_nz = (w & cols).any(axis=1) | _bias_nz(cap, layer, cout)
         col_used = w.reshape(groups, cout_g, cin_g).any(axis=1).reshape(cin)
+        if groups > 1 and cin_g > 1:  # not depthwise: output i is not made from input i
+            for r in np.intersect1d(in_roots, out_roots).tolist():
+                self.tied.setdefault(r, layer)
         needed = np.unique(in_roots[in_nz & col_used])
         self.needed.append(needed)
         for r in needed.tolist():
@@ -201,12 +234,14 @@ class _Zeros:
         return np.unique(out_roots[out_nz])
 
 
-def _zero_rows(cap: Captured, analysis: Analysis) -> dict[str, np.ndarray]:
+def _zero_rows(cap: Captured, analysis: Analysis, zeros: _Zeros) -> dict[str, np.ndarray]:
     out = {}
     for layer in analysis.state.producers:
         if layer in cap.arrays and "W" in cap.arrays[layer]:
             w = _weight_nz(cap, layer)
             out[layer] = ~w.any(axis=1) & ~_bias_nz(cap, layer, w.shape[0])
+            if layer in zeros.killed and zeros.killed[layer].size == out[layer].size:
+                out[layer] |= zeros.killed[layer]
     return out
 
 
@@ -222,17 +257,63 @@ def find_removable(cap: Captured) -> Decision:
     for g in analysis.prunable_groups:
         required = np.isin(g.roots, needed)
         for r in g.roots[required].tolist():
-            reasons[r] = f"{zeros.reader[r]} reads it with nonzero weights and it is not " \
-                "provably zero"  # fmt: skip
+            reasons[r] = _needed_reason(zeros, r)
         chosen = select_required(g, required)
         reasons.update((int(g.roots[pos]), why) for pos, why in chosen.added.items())
         kept[g.id] = chosen.keep
     for g in analysis.groups:
         if not g.prunable:
             reasons.update({int(r): g.reason or "" for r in g.roots})
-    decision = Decision(analysis, Plan(0.0, kept), _zero_rows(cap, analysis), reasons)
+    decision = Decision(analysis, Plan(0.0, kept), _zero_rows(cap, analysis, zeros), reasons)
+    _keep_read_tensors(cap, decision)
     _fix_layouts(cap, decision)
     return decision
+
+
+def _needed_reason(zeros: _Zeros, root: int) -> str:
+    reader, tie = zeros.reader[root], zeros.tied.get(root)
+    if tie is None or tie == reader:
+        return f"{reader} reads it with nonzero weights and it is not provably zero"
+    # the core cuts input and output channel i of such a conv together; output i sums
+    # the group's other inputs, so it is not zero when input i is
+    return (f"grouped Conv {tie} (as many outputs as inputs) ties each input channel to "
+            f"its output channel at the same position, and {reader} reads that output with "
+            "nonzero weights")
+
+
+def _live(cap: Captured) -> list[Node]:
+    """The core nodes the model's outputs depend on (the rewrite drops the others)."""
+    graph = cap.graph
+    needed = set(graph.outputs)
+    live = []
+    for node in reversed(list(graph)):
+        if node.name in needed:
+            live.append(node)
+            needed.update(node.inputs)
+    return live[::-1]
+
+
+def _keep_read_tensors(cap: Captured, decision: Decision) -> None:
+    """Keep one channel of every tensor a live op reads that would lose them all: an op
+    given an empty tensor (a Conv of a 1-channel Slice of a zero filter) runs in
+    onnxruntime but not in every runtime (OpenVINO refuses it)."""
+    values, uf = decision.analysis.state.values, decision.analysis.state.uf
+    lookup = decision.lookup()
+    for node in _live(cap):
+        for name in node.inputs:
+            value = values.get(name)
+            if not isinstance(value, np.ndarray) or not value.size or lookup(value).any():
+                continue
+            root = int(uf.roots(value).ravel()[0])
+            decision.reasons[root] = (f"{node.label or node.op} {_onnx_name(cap, node)} would "
+                                      f"read an empty {name} ({AT_LEAST_ONE})")  # fmt: skip
+            _keep_roots(decision, [root])
+            lookup = decision.lookup()
+
+
+def _onnx_name(cap: Captured, node: Node) -> str:
+    idx = cap.node_index.get(node.name)
+    return (cap.model.graph.node[idx].name or node.name) if idx is not None else node.name
 
 
 def _fix_layouts(cap: Captured, decision: Decision) -> None:

@@ -1,0 +1,254 @@
+"""Fixes to ``filterprune convert``: output paths, one-channel pieces, empty reads,
+com.microsoft Q/DQ, quantized-operator files, BN-zeroed channels, grouped-conv reasons."""
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, numpy_helper
+from onnx_helpers import (
+    convert,
+    export,
+    layer,
+    seed_torch,  # noqa: F401 - autouse fixture
+    zero,
+)
+from torch import nn
+
+from filterprune.cli import main
+from filterprune.errors import ConversionError
+from filterprune.onnx import remove_zero_filters
+
+X = torch.randn(1, 3, 8, 8)
+
+
+class Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        zero(self.c1, [0, 5])
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.c1(x)))
+
+
+def _empty_dims(model: onnx.ModelProto) -> list[str]:
+    return [i.name for i in model.graph.initializer if 0 in i.dims]
+
+
+# -- 1: --report-json never overwrites the model or the output --------------------------------
+@pytest.mark.parametrize("clash", ["model", "output"])
+def test_report_json_refuses_the_model_and_the_output(tmp_path, capsys, clash):
+    model = export(Plain(), X, tmp_path / "m.onnx")
+    digest = hashlib.sha1((tmp_path / "m.onnx").read_bytes()).hexdigest()
+    out = str(tmp_path / "small.onnx")
+    report = model if clash == "model" else out
+    assert main(["convert", model, "-o", out, "--report-json", report]) == 2
+    err = capsys.readouterr().err
+    assert "--report-json" in err and report in err and (model if clash == "model" else out) in err
+    assert hashlib.sha1((tmp_path / "m.onnx").read_bytes()).hexdigest() == digest
+    assert not (tmp_path / "small.onnx").exists()
+
+
+def test_openvino_bin_must_not_overwrite_the_model(tmp_path, capsys):
+    model = export(Plain(), X, tmp_path / "m.bin")
+    assert main(["convert", model, "--to", "openvino", "-o", str(tmp_path / "m.xml")]) == 2
+    assert "must not overwrite the input model" in capsys.readouterr().err
+
+
+# -- 2: Split pieces one channel wide --------------------------------------------------------
+class Unbind(nn.Module):
+    """torch.unbind over channels, half the pieces unused: no zero filters at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(torch.stack(list(torch.unbind(torch.relu(self.c1(x)), 1))[:6], 1))
+
+
+class UnreadPiece(nn.Module):
+    """Pieces [5, 1, 6]; the middle one is never read."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(11, 4, 3, padding=1)
+
+    def forward(self, x):
+        a, _, c = torch.split(torch.relu(self.c1(x)), [5, 1, 6], 1)
+        return self.c2(torch.cat([a, c], 1))
+
+
+@pytest.mark.parametrize(("net", "removed"), [(Unbind, 6), (UnreadPiece, 1)])
+def test_split_pieces_of_one_channel(tmp_path, net, removed):
+    new, report = convert(export(net(), X, tmp_path / "m.onnx"), X)
+    assert layer(report, "c1").removed == removed
+    split = next(n for n in new.graph.node if n.op_type == "Split")
+    sizes = {i.name: numpy_helper.to_array(i) for i in new.graph.initializer}[split.input[1]]
+    assert sizes.sum() == 12 - removed
+
+
+# -- 3: no op reads an empty tensor ----------------------------------------------------------
+class SliceOne(nn.Module):
+    """y[:, 0:1] is one zero filter, read by its own conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 12, 3, padding=1)
+        self.ca, self.cb = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(11, 4, 3, padding=1)
+        zero(self.c1, [0, 5])
+
+    def forward(self, x):
+        y = torch.relu(self.c1(x))
+        return self.ca(y[:, 0:1]) + self.cb(y[:, 1:])
+
+
+class SplitOne(SliceOne):
+    def forward(self, x):
+        a, b = torch.split(torch.relu(self.c1(x)), [1, 11], 1)
+        return self.ca(a) + self.cb(b)
+
+
+@pytest.mark.parametrize("net", [SliceOne, SplitOne])
+def test_a_read_tensor_keeps_one_channel(tmp_path, net):
+    new, report = convert(export(net(), X, tmp_path / "m.onnx"), X)
+    s = layer(report, "c1")
+    assert (s.removed, s.kept_zero) == (1, 1)
+    assert "/ca/Conv would read an empty" in s.reason and "at least one channel" in s.reason
+    assert _empty_dims(new) == []
+
+
+# -- 4: com.microsoft QuantizeLinear / DequantizeLinear --------------------------------------
+def _qdq_nodes(x, y, scale, zp, domain, dtype):
+    inits = [numpy_helper.from_array(np.array(scale, np.float32), f"{x}_s"),
+             numpy_helper.from_array(np.array(zp, dtype), f"{x}_z")]  # fmt: skip
+    nodes = [helper.make_node("QuantizeLinear", [x, f"{x}_s", f"{x}_z"], [f"{x}_q"], domain=domain),
+             helper.make_node("DequantizeLinear", [f"{x}_q", f"{x}_s", f"{x}_z"], [y],
+                              domain=domain)]  # fmt: skip
+    return nodes, inits
+
+
+def _contrib_model(tmp_path, dtype=np.uint8, y_shape=(1, 2), tail=True):
+    """x -> Gemm (rows 1, 3 zero) -> Relu -> contrib Q/DQ -> Gemm -> Relu -> y."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((6, 4)).astype(np.float32)
+    w1[[1, 3]] = 0
+    w2 = rng.standard_normal((2, 6)).astype(np.float32)
+    qdq, inits = _qdq_nodes("r", "d", 0.05, 0, "com.microsoft", dtype)
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+             helper.make_node("Relu", ["h"], ["r"]), *qdq,
+             helper.make_node("Gemm", ["d", "w2"], ["g" if tail else "y"], transB=1)]
+    nodes += [helper.make_node("Relu", ["g"], ["y"])] if tail else []
+    inits += [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 4])],
+                              [helper.make_tensor_value_info("y", 1, y_shape)], inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    return str(tmp_path / "m.onnx")
+
+
+def test_contrib_qdq_reads_as_the_standard_ops(tmp_path):
+    path = _contrib_model(tmp_path)
+    new, report = remove_zero_filters(path)
+    assert report.removed == 2 and report.max_rel_diff is not None
+    domains = {n.op_type: n.domain for n in new.graph.node if n.op_type.endswith("Linear")}
+    assert domains == {"QuantizeLinear": "com.microsoft", "DequantizeLinear": "com.microsoft"}
+
+
+@pytest.mark.parametrize(("y_shape", "tail"), [((1, 2), True), (("n", "k"), False)])
+def test_unknown_shapes_after_contrib_ops_are_a_reason_not_a_failure(tmp_path, y_shape, tail):
+    # 16-bit: no standard op at opset 17; the last Gemm's shape is unknown, or symbolic
+    path = _contrib_model(tmp_path, np.uint16, y_shape, tail)
+    _, report = remove_zero_filters(path)
+    assert not [n for n in report.notes if "analysis failed" in n], report.notes
+    assert layer(report, "h").kept_zero == 2 and "com.microsoft.QuantizeLinear" in str(report)
+
+
+# -- 5: quantized-operator and onnxruntime-optimized files -----------------------------------
+def _qlinear_model(tmp_path):
+    """One QLinearConv: its weights live inside the op."""
+    w = np.ones((4, 3, 1, 1), np.int8)
+    w[1] = 0
+    consts = {"xs": np.float32(0.1), "xz": np.uint8(0), "ws": np.float32(0.1), "wz": np.int8(0),
+              "ys": np.float32(0.1), "yz": np.uint8(0), "w": w, "s": np.float32(0.1),
+              "z": np.uint8(0)}  # fmt: skip
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"],
+                              ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", 1, [1, 4, 4, 4])],
+                              [numpy_helper.from_array(np.asarray(v), k)
+                               for k, v in consts.items()])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "q.onnx")
+    return str(tmp_path / "q.onnx")
+
+
+def test_quantized_operator_files_say_what_to_do(tmp_path, capsys):
+    path = _qlinear_model(tmp_path)
+    _, report = remove_zero_filters(path)
+    text = str(report)
+    assert "unsupported ops QLinearConv" in text and "QuantFormat.QDQ" in text
+    assert main(["convert", path, "-o", str(tmp_path / "o.onnx")]) == 0
+    assert "QLinearConv" in capsys.readouterr().out
+
+
+def test_openvino_failure_on_unsupported_ops_says_what_to_do(tmp_path):
+    pytest.importorskip("openvino")
+    from filterprune.onnx.openvino import read_openvino
+
+    model = onnx.load(_qlinear_model(tmp_path))
+    model.graph.node[1].domain = "com.microsoft"  # no such op there: conversion fails
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with pytest.raises(ConversionError, match="QuantFormat.QDQ"):
+        read_openvino(model)
+
+
+# -- 6: BatchNormalization with gamma = beta = 0 (network slimming, not folded) --------------
+class Slim(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 4, 3, padding=1)
+        with torch.no_grad():
+            self.b1.running_mean.uniform_(-0.5, 0.5)
+            self.b1.bias.uniform_(-0.5, 0.5)
+            self.b1.weight[[1, 5]] = 0
+            self.b1.bias[[1, 5]] = 0
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.b1(self.c1(x))))
+
+
+def test_batchnorm_with_zero_scale_and_shift_zeroes_its_channels(tmp_path):
+    path = export(Slim(), X, tmp_path / "m.onnx", do_constant_folding=False)
+    assert "BatchNormalization" in {n.op_type for n in onnx.load(path).graph.node}
+    _, report = convert(path, X)
+    s = layer(report, "c1")
+    assert (s.removed, s.zero_filters, s.kept_zero) == (2, 2, 0)
+
+
+# -- 7: the reason for zeros before a grouped conv that ties in and out channels -------------
+class Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.g, self.h = nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.Conv2d(8, 3, 1)
+        zero(self.c1, [0, 4])
+
+    def forward(self, x):
+        return self.h(torch.relu(self.g(torch.relu(self.c1(x)))))
+
+
+def test_grouped_conv_tie_is_the_reason(tmp_path):
+    _, report = convert(export(Grouped(), X, tmp_path / "m.onnx"), X)
+    s = layer(report, "c1")
+    assert s.kept_zero == 2
+    assert s.reason.startswith("grouped Conv /g/Conv") and "/h/Conv reads that output" in s.reason
