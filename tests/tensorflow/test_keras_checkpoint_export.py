@@ -175,6 +175,19 @@ def test_onnx_export_of_captured_constants_grouped_conv_and_gelu(tmp_path):
     _close(sess.run(None, {"image": x})[0], model(x, training=False).numpy())
 
 
+def test_an_onnx_file_onnxruntime_would_refuse_is_not_written(tmp_path):
+    """tf2onnx writes negative pads for a strided Conv2DTranspose with output_padding;
+    the export refuses it, naming what to do, where it wrote the file before."""
+    pytest.importorskip("tf2onnx")
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2DTranspose(8, 3, strides=2, output_padding=1, name="t")(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(4, 1)(keras.layers.Conv2D(8, 3)(x)))
+    ctrl, _ = create_compressed_model(model, make_config(sample=(1, 8, 8, 3)))
+    with pytest.raises(RuntimeError, match="pads must not contain negative values.*saved_model"):
+        ctrl.export_model(str(tmp_path / "m.onnx"))
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_export_rejects_unknown_format_and_bad_suffix(pruned, tmp_path):
     ctrl, _, _ = pruned
     with pytest.raises(ValueError, match=r"must be one of .*Received: save_format='h5'"):

@@ -135,9 +135,9 @@ def _onnx(model: Any, path: str) -> None:
             "save_format='saved_model' and convert it with a tf2onnx release that does."
         ) from err
     _plain_input_names(proto)
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as err:
+    try:  # the full check infers shapes too: tf2onnx writes negative ConvTranspose pads
+        onnx.checker.check_model(proto, full_check=True)  # that ONNX Runtime refuses
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise RuntimeError(
             f"tf2onnx {tf2onnx.__version__} wrote an invalid ONNX model for {model.name!r}: "
             f"{str(err).splitlines()[0]}. Nothing was written; export a SavedModel instead "
