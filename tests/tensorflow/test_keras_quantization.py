@@ -492,3 +492,28 @@ def test_quantizer_ranges_are_identical_on_every_replica(tmp_path):
     for key, replicas in result["ranges"].items():
         assert len(replicas) == 2 and replicas[0] == replicas[1], key
     assert result["strip_error"] < 1e-4
+
+
+def test_a_nested_sequential_beside_an_add_strips_and_reloads(tmp_path):
+    """A nested model's input feeds a nested Sequential and an Add: the quantizer of that
+    input was one layer in both, and the saved file failed to load ("'c1_quant' expected
+    2 variables, but received 0")."""
+    keras.utils.set_random_seed(0)
+    inner = keras.Input((8, 8, 8))
+    seq = keras.Sequential([keras.Input((8, 8, 8)), keras.layers.Conv2D(8, 3, padding="same")])
+    y = keras.layers.Add()([seq(inner), inner])
+    mid = keras.Model(inner, keras.layers.Conv2D(8, 3, padding="same")(y), name="mid")
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(4, 1)(mid(x)))
+    data = np.random.default_rng(1).normal(size=(16, 8, 8, 3)).astype("float32")
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 8, 8, 3]},
+                                   "compression": [{**PRUNE, "pruning_init": 0.5}, QUANT]})
+    config = register_default_init_args(config, tf.data.Dataset.from_tensor_slices(data).batch(8))
+    ctrl, model = create_compressed_model(model, config)
+    small = ctrl.strip()
+    small.save(tmp_path / "m.keras")
+    back = keras.models.load_model(tmp_path / "m.keras")
+    ref = model(data[:4], training=False).numpy()
+    np.testing.assert_allclose(small(data[:4]).numpy(), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(back(data[:4]).numpy(), small(data[:4]).numpy())

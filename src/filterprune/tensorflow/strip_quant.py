@@ -106,7 +106,7 @@ class _Rebuild:
         for layer in model.layers:
             spec = self.inputs.get(prefix + layer.name, {}).get(0)
             if spec is not None:
-                layers.append(self.fake_quant(spec))
+                layers.append(self.fake_quant(spec, shared=False))
             layers.append(self.layer(layer, prefix))
         return keras.Sequential(layers, name=model.name)
 
@@ -136,14 +136,18 @@ class _Rebuild:
             ranges[variable] = (low, high)
         return QuantizedWeights(new, specs, ranges)
 
-    def fake_quant(self, spec: QuantizerSpec) -> Any:
-        if spec.key not in self.fake_quants:
-            low, high = self.states[spec.key].range()
-            axis = spec.channel_axis if spec.settings.per_channel else None
-            self.fake_quants[spec.key] = FakeQuant(
-                spec.settings.bits, False, axis, low, high,
-                name=_safe(f"{spec.target}_quant"))  # fmt: skip
-        return self.fake_quants[spec.key]
+    def fake_quant(self, spec: QuantizerSpec, shared: bool = True) -> Any:
+        """The layer quantizing ``spec``'s tensor; ``shared=False``: a new one with the same
+        range (a Sequential owns its layers: one also called outside it would not reload)."""
+        if spec.key in self.fake_quants and shared:
+            return self.fake_quants[spec.key]
+        low, high = self.states[spec.key].range()
+        axis = spec.channel_axis if spec.settings.per_channel else None
+        layer = FakeQuant(spec.settings.bits, False, axis, low, high,
+                          name=_safe(f"{spec.target}_quant"))  # fmt: skip
+        if shared:
+            self.fake_quants[spec.key] = layer
+        return layer
 
     def _quantize(self, spec: QuantizerSpec, x: Any) -> Any:
         key = (spec.key, id(x))
