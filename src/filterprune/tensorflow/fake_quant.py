@@ -83,8 +83,11 @@ class FakeQuant(keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         shape = () if self.axis is None else (int(input_shape[self.axis]),)
-        self.min = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="min")
-        self.max = self.add_weight(shape=shape, initializer="ones", trainable=False, name="max")
+        # float32 under mixed_float16 too: a range rounded to float16 moves the grid
+        self.min = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="min",
+                                   autocast=False)  # fmt: skip
+        self.max = self.add_weight(shape=shape, initializer="ones", trainable=False, name="max",
+                                   autocast=False)  # fmt: skip
         low, high = self._init
         if low is not None:
             self.min.assign(np.broadcast_to(np.asarray(low, "float32"), shape))
@@ -120,6 +123,7 @@ class QuantizedWeights(keras.layers.Wrapper):
                  ranges: dict[str, tuple[Any, Any]] | None = None,
                  **kwargs: Any) -> None:  # fmt: skip
         kwargs.setdefault("name", layer.name)
+        kwargs.setdefault("dtype", layer.dtype_policy)  # mixed_float16 computes in float16
         super().__init__(layer, **kwargs)
         self.quantized = [dict(w) for w in weights]
         self._init = dict(ranges or {})
@@ -132,9 +136,9 @@ class QuantizedWeights(keras.layers.Wrapper):
             variable = _variable(self.layer, name)
             shape = () if axis is None else (int(variable.shape[axis]),)
             low = self.add_weight(shape=shape, initializer="zeros", trainable=False,
-                                  name=f"{name}_min")  # fmt: skip
+                                  name=f"{name}_min", autocast=False)  # fmt: skip
             high = self.add_weight(shape=shape, initializer="ones", trainable=False,
-                                   name=f"{name}_max")  # fmt: skip
+                                   name=f"{name}_max", autocast=False)  # fmt: skip
             if name in self._init:
                 low.assign(np.broadcast_to(np.asarray(self._init[name][0], "float32"), shape))
                 high.assign(np.broadcast_to(np.asarray(self._init[name][1], "float32"), shape))
@@ -148,7 +152,10 @@ class QuantizedWeights(keras.layers.Wrapper):
                 attr = _attr_of(self.layer, _variable(self.layer, spec["name"]))
                 low, high = self._ranges[spec["name"]]
                 saved[attr] = state[attr]
-                state[attr] = fake_quant(saved[attr], low, high, spec["num_bits"],
+                # in the compute dtype first, as the training model reads it (float16 under
+                # mixed_float16: the grid is then laid on the rounded weight)
+                weight = keras.ops.cast(saved[attr], self.layer.compute_dtype)
+                state[attr] = fake_quant(weight, low, high, spec["num_bits"],
                                          spec["narrow_range"], spec["axis"])  # fmt: skip
             return self.layer.call(inputs, *args, **kwargs)
         finally:

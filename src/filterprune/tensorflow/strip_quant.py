@@ -106,7 +106,7 @@ class _Rebuild:
         for layer in model.layers:
             spec = self.inputs.get(prefix + layer.name, {}).get(0)
             if spec is not None:
-                layers.append(self.fake_quant(spec, shared=False))
+                layers.append(self.fake_quant(spec, layer.dtype_policy, shared=False))
             layers.append(self.layer(layer, prefix))
         return keras.Sequential(layers, name=model.name)
 
@@ -136,29 +136,33 @@ class _Rebuild:
             ranges[variable] = (low, high)
         return QuantizedWeights(new, specs, ranges)
 
-    def fake_quant(self, spec: QuantizerSpec, shared: bool = True) -> Any:
-        """The layer quantizing ``spec``'s tensor; ``shared=False``: a new one with the same
-        range (a Sequential owns its layers: one also called outside it would not reload)."""
+    def fake_quant(self, spec: QuantizerSpec, policy: Any, shared: bool = True) -> Any:
+        """The layer quantizing ``spec``'s tensor for a reader of dtype ``policy`` (the
+        training model quantizes what the reader casts its input to: float16 under
+        mixed_float16); ``shared=False``: a new one with the same range (a Sequential owns
+        its layers: one also called outside it would not reload)."""
         if spec.key in self.fake_quants and shared:
             return self.fake_quants[spec.key]
         low, high = self.states[spec.key].range()
         axis = spec.channel_axis if spec.settings.per_channel else None
         layer = FakeQuant(spec.settings.bits, False, axis, low, high,
-                          name=_safe(f"{spec.target}_quant"))  # fmt: skip
+                          name=_safe(f"{spec.target}_quant"), dtype=policy)  # fmt: skip
         if shared:
             self.fake_quants[spec.key] = layer
         return layer
 
-    def _quantize(self, spec: QuantizerSpec, x: Any) -> Any:
+    def _quantize(self, spec: QuantizerSpec, x: Any, policy: Any) -> Any:
         key = (spec.key, id(x))
         if key not in self.quantized:
-            self.quantized[key] = self.fake_quant(spec)(x)
+            self.quantized[key] = self.fake_quant(spec, policy)(x)
         return self.quantized[key]
 
     def call(self, op: Any, *args: Any, **kwargs: Any) -> Any:
         specs = self.inputs.get(self.paths.get(id(op), ""), {})
         if specs:
-            table = {i: (lambda x, s=s: self._quantize(s, x)) for i, s in specs.items()}
+            policy = getattr(op, "dtype_policy", None)  # a keras.ops call has none
+            table = {i: (lambda x, s=s: self._quantize(s, x, policy))
+                     for i, s in specs.items()}  # fmt: skip
             args, kwargs = transform_inputs(table, args, kwargs)
         return op(*args, **kwargs)
 
