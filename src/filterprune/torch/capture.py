@@ -186,6 +186,7 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
         if converted.op == "split" and node in sizes.even_splits:
             converted.attrs = {**converted.attrs, "equal": True}
         graph.add(converted)
+    _hold_training_reads(model, gm, graph)
     add_unseen_params(model, graph)
     graph.notes.append("captured with torch.fx")
     refs = {name: modules[name] for name in graph.layers if name in modules}
@@ -368,6 +369,53 @@ def _tokens(shape, graph: Graph) -> int:
         return 1
     batch = next((n.shape[0] for n in graph if n.op == "input" and n.shape), 1)
     return max(1, math.prod(first[:-1]) // max(1, int(batch)))
+
+
+def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph) -> None:
+    """Modules only the training forward calls (GoogLeNet's and Inception's aux heads):
+    the graph is traced in eval mode, so the channels they read would be cut under them.
+    Traced once more in train mode, the layers whose outputs reach such a module stay
+    whole. A model that cannot be traced in train mode is left as it was."""
+    called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    idle = [name for name, m in model.named_modules()
+            if any(True for _ in m.parameters(recurse=False))
+            and not any(t == name or t.startswith(f"{name}.") or name.startswith(f"{t}.")
+                        for t in called | used)]  # fmt: skip
+    if not idle:
+        return
+    was_training, attributes = model.training, {m: dict(vars(m)) for m in model.modules()}
+    model.train()
+    try:
+        train = _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - e.g. a detector that needs targets to train
+        _restore_attributes(attributes)
+        return
+    finally:
+        model.train(was_training)
+    for node in train.nodes:
+        if node.op == "call_module" and node.target not in called:
+            sources = _called_before(node, called)
+            inputs = [n.name for n in gm.graph.nodes
+                      if n.op == "call_module" and n.target in sources]  # fmt: skip
+            if inputs:
+                graph.add(Node(f"{node.name}#training", "stop", inputs, label=node.target,
+                               attrs={"reason": "runs only in training and reads these channels"}))
+
+
+def _called_before(node: fx.Node, called: set[str]) -> set[str]:
+    """The targets of the nearest modules in ``called`` whose outputs reach ``node``."""
+    found, seen, todo = set(), set(), list(node.all_input_nodes)
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "call_module" and n.target in called:
+            found.add(n.target)
+        else:
+            todo.extend(n.all_input_nodes)
+    return found
 
 
 def add_unseen_params(model: nn.Module, graph: Graph) -> None:
