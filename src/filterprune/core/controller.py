@@ -38,9 +38,9 @@ from .params import FilterPruningParams
 from .pruner import Plan, Pruner
 from .schedule import Scheduler
 from .scopes import ScopeMatcher
-from .selection import too_narrow
+from .selection import MAX_GROUP_LEVEL, too_narrow
 from .signals import importance_source, unsupported
-from .state import check_pruning_state
+from .state import auto_renamed, check_pruning_state, check_same_schedule, check_taylor_state
 from .stats import PruningStatistics, collect_statistics
 
 log = logging.getLogger("filterprune")
@@ -139,6 +139,17 @@ class PruningControllerBase(CompressionController):
         source = importance_source(self.params.filter_importance)
         return self._weights() if source == "weight" else self._signal(source)
 
+    def _taylor_state(self) -> dict[str, Any] | None:
+        """The Taylor totals so far, JSON-able: ``{"totals": {layer: [float, ...]},
+        "passes": {layer: int}}`` (layers a backward pass reached); ``None`` where the
+        importance is not ``taylor``. Frontends with a Taylor signal override this."""
+        return None
+
+    def _load_taylor(self, saved: dict[str, tuple[list[float], int]] | None) -> None:
+        """Put saved Taylor totals in place (layer -> ``(totals, passes)``), so the next
+        plan ranks filters as the saved run would have; ``None``: a state saved without
+        them (the totals start afresh). Frontends with a Taylor signal override this."""
+
     def _params(self, layers: list[str]) -> dict[str, dict[str, np.ndarray]]:
         """``layers``' parameters as stored (what ``coupled_L2`` scores), read by the
         frontend; a controller without one refuses."""
@@ -224,6 +235,8 @@ class PruningControllerBase(CompressionController):
         if not self.analysis.prunable_groups:
             log.warning("filter_pruning: nothing can be pruned, every group is left whole (%s); "
                         "the model stays UNCOMPRESSED.", _why_whole(self.analysis))  # fmt: skip
+        if self.params.prune_flops:
+            self._check_flops_target()
         if compression_state is not None:
             self.load_state(compression_state)
             return False
@@ -236,6 +249,24 @@ class PruningControllerBase(CompressionController):
             self._starting = False
         self.scheduler.current_level = self.params.pruning_init
         return self.pruning_level > 0
+
+    def _check_flops_target(self) -> None:
+        """Refuse a ``pruning_flops_target`` this model cannot reach, at creation rather
+        than at the epoch whose scheduled level first passes what can be removed."""
+        if not self.analysis.prunable_groups:
+            return  # nothing is pruned (logged above): every level keeps all the FLOPs
+        target = float(self.params.pruning_flops_target)
+        removable = self.pruner.reachable_flops(self._scores())
+        if removable + 1e-9 >= target:
+            return
+        raise ConfigError(
+            f"`{self.params.key('pruning_flops_target')}`={target} cannot be reached on this "
+            f"model: with at most {MAX_GROUP_LEVEL:.0%} of each prunable group's filters "
+            f"removed, at most {removable:.4f} of the FLOPs go, so the smallest fraction of "
+            f"the FLOPs that can remain is {1 - removable:.4f}. Set pruning_flops_target <= "
+            f"{removable:.4f}, or let more layers be pruned (prune_first_conv, "
+            f"prune_downsample_convs, ignored_scopes). Received: pruning_flops_target={target}."
+        )
 
     @property
     def bn_adaptation_samples(self) -> int:
@@ -374,27 +405,46 @@ class PruningControllerBase(CompressionController):
         }
         if self.ranking_coeffs is not None:
             state["ranking_coeffs"] = coeffs_to_json(self.ranking_coeffs, self.analysis)
+        taylor = self._taylor_state()
+        if taylor is not None:
+            state["taylor"] = taylor
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`get_compression_state` output: schedule, frozen flag, masks and,
-        under LeGR, the ranking coefficients.
+        """Restore :meth:`get_compression_state` output: schedule, frozen flag, masks,
+        under LeGR the ranking coefficients and under ``taylor`` the accumulated totals.
 
-        The state is checked first (:func:`~filterprune.core.state.check_pruning_state`);
-        nothing changes unless it passes.
+        The state is checked first (:func:`~filterprune.core.state.check_pruning_state`,
+        :func:`~filterprune.core.state.check_same_schedule`); nothing changes unless it
+        passes.
 
         Raises:
             ConfigError: If ``state`` is not a filter pruning state of this version, breaks
-                its schema, was saved for another model, prunes a layer this config
-                leaves whole, or lacks the coefficients ``learned_ranking`` needs.
+                its schema, was saved for another model or under another schedule, prunes
+                a layer this config leaves whole, or lacks the coefficients
+                ``learned_ranking`` needs.
         """
+        state = auto_renamed(state, self.analysis)  # a Keras model built twice: other names
         own = self.get_compression_state()  # a frontend's controller may add keys
         plan = check_pruning_state(state, self.analysis, self.state_where, own)
+        check_same_schedule(state, self.params, self.state_where)
         coeffs = self._state_coeffs(state)
+        taylor = self._state_taylor(state)
         self.scheduler.load_state(state["scheduler"])
         self.frozen = bool(state.get("frozen", False))
         self.ranking_coeffs = coeffs
         self._install(Plan.from_dict(plan, self.analysis))
+        if importance_source(self.params.filter_importance) == "gradient":
+            self._load_taylor(taylor)
+
+    def _state_taylor(self, state: dict[str, Any]) -> dict[str, tuple[list[float], int]] | None:
+        """The checked Taylor totals of ``state`` under ``taylor`` (ignored otherwise)."""
+        if importance_source(self.params.filter_importance) != "gradient":
+            return None
+        uses = self.analysis.state.uses
+        filters = {name: int(uses[name]["out"].ids.size)
+                   for g in self.analysis.prunable_groups for name in g.producers}  # fmt: skip
+        return check_taylor_state(state, filters, self.state_where)
 
     def _state_coeffs(self, state: dict[str, Any]) -> Coeffs | None:
         """The checked ``ranking_coeffs`` of ``state`` under LeGR (ignored otherwise)."""

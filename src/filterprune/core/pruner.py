@@ -178,9 +178,10 @@ class Pruner:
         reachable = self.reachable_flops(scores)
         if reachable + 1e-9 < removed:
             raise ConfigError(
-                f"`pruning_flops_target`={removed} cannot be reached: removing at most "
-                f"{MAX_GROUP_LEVEL:.0%} of each prunable group removes {reachable:.4f} of the "
-                f"FLOPs. Set pruning_flops_target <= {reachable:.4f}."
+                f"A FLOPs level of {removed} (`pruning_flops_target`, or a level the schedule "
+                f"passes on the way) cannot be reached: removing at most {MAX_GROUP_LEVEL:.0%} "
+                f"of each prunable group removes {reachable:.4f} of the FLOPs. Set "
+                f"pruning_flops_target <= {reachable:.4f}."
             )
         if coeffs is not None or (not self.global_ranking and self.multiple_of > 1):
             return Plan(removed, *allocate_for_flops(self, removed, scores, coeffs=coeffs))

@@ -12,6 +12,7 @@ framework.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, fields
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from .quantization import (
     quant_params,
     tensor_range,
 )
+from .state import auto_numbered_renames
 
 __all__ = ["QuantizationControllerBase"]
 
@@ -143,14 +145,17 @@ class QuantizationControllerBase(CompressionController):
             "algorithm": self.name,
             "params": self.params.to_dict(),
             "quantizers": {k: s.to_dict() for k, s in self.quantizer_states().items()},
+            # what each quantizer was made with: a resume under other settings is refused
+            "settings": {s.key: asdict(s.settings) for s in self.specs},
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_compression_state` output.
 
         Raises:
-            ConfigError: If ``state`` is not a quantization state, or its quantizers are
-                not the ones placed on this model.
+            ConfigError: If ``state`` is not a quantization state, its quantizers are not
+                the ones placed on this model, or one was saved with other settings (bits,
+                mode, signedness, per channel, overflow fix) than the config gives it.
         """
         if not isinstance(state, dict) or state.get("algorithm") != self.name or (
             not isinstance(state.get("quantizers"), dict)
@@ -160,17 +165,98 @@ class QuantizationControllerBase(CompressionController):
                 "`compression_state` must come from get_compression_state() of a "
                 f"quantization controller. Received: {got}."
             )
-        saved = state["quantizers"]
-        keys = [s.key for s in self.specs]
-        if set(saved) != set(keys):
-            missing = sorted(set(keys) - set(saved))[:3]
-            extra = sorted(set(saved) - set(keys))[:3]
-            raise ConfigError(
-                "`compression_state` must hold the quantizers placed on this model (same "
-                f"model and quantization settings). Received: missing {missing}, "
-                f"unexpected {extra}."
-            )
-        self.set_quantizer_states({k: QuantizerState.from_dict(saved[k]) for k in keys})
+        renames = self._renames(list(state["quantizers"]))
+        saved = {renames[k]: v for k, v in state["quantizers"].items()}
+        settings = _saved_settings(state, renames)
+        for spec in self.specs:
+            _check_settings(spec, saved[spec.key], settings.get(spec.key), self.state_where)
+        self.set_quantizer_states({s.key: QuantizerState.from_dict(saved[s.key])
+                                   for s in self.specs})  # fmt: skip
+
+    def _renames(self, saved: list[str]) -> dict[str, str]:
+        """Saved quantizer key -> this model's: the same keys, or keys that differ only by
+        Keras' auto-numbering of unnamed layers, paired in graph order.
+
+        Raises:
+            ConfigError: If the saved quantizers are not the ones placed on this model.
+        """
+        own = [s.key for s in self.specs]
+        if set(saved) == set(own):
+            return {k: k for k in saved}
+        renames = auto_numbered_renames(saved, own)
+        if renames is not None:
+            log.info("quantization: the state's layer names differ from this model's only "
+                     "by auto-numbering (a model built twice); matched in graph order")
+            return renames
+        missing = sorted(set(own) - set(saved))[:3]
+        extra = sorted(set(saved) - set(own))[:3]
+        raise ConfigError(
+            f"`{self.state_where}.quantizers` must hold the quantizers placed on this model "
+            "(same model and quantization settings). A Keras model built twice in one "
+            "process gets other auto-generated layer names (dropout_1 for dropout): call "
+            "keras.backend.clear_session() before building it again, or give its layers "
+            f"names. Received: missing {missing}, unexpected {extra}."
+        )
+
+
+def _saved_settings(state: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    """Each quantizer's saved settings under this model's keys (none in older states)."""
+    settings = state.get("settings")
+    if not isinstance(settings, dict):
+        return {}
+    return {renames.get(k, k): v for k, v in settings.items()}
+
+
+def _config_key(kind: str, setting: str) -> str:
+    """The ``quantization`` key a quantizer's ``setting`` comes from."""
+    if setting == "half_range":
+        return "overflow_fix"
+    return f"{'weights' if kind == 'weight' else 'activations'}.{setting}"
+
+
+def _check_settings(spec: QuantizerSpec, saved_state: dict[str, Any], saved: Any,
+                    where: str) -> None:  # fmt: skip
+    """Refuse a saved quantizer made with other settings than ``spec``'s: its scales and
+    integer range would be read under the new ones. States saved without settings are
+    compared on what their ranges show (bits, granularity, a configured sign)."""
+    if isinstance(saved, dict):
+        differ = [(f.name, saved.get(f.name), getattr(spec.settings, f.name))
+                  for f in fields(spec.settings)
+                  if f.name in saved and saved[f.name] != getattr(spec.settings, f.name)]
+    else:
+        differ = _inferred_differences(spec, saved_state)
+    if not differ:
+        return
+    name, was, now = differ[0]
+    key = _config_key(spec.kind, name)
+    if name == "half_range":
+        back = "set `overflow_fix` as it was when the state was saved"
+    elif was is None:
+        back = f"leave `{key}` unset, as when the state was saved"
+    else:
+        back = f"set `{key}` back to {was!r}"
+    raise ConfigError(
+        f"`{where}.quantizers[{spec.key!r}]` was saved with {name}={was!r}, but this config "
+        f"makes it with {name}={now!r} (from `{key}`): its saved scales and integer range "
+        f"do not apply. To resume, {back}; or start a new run without compression_state. "
+        f"Received: saved {name}={was!r}, configured {name}={now!r}."
+    )
+
+
+def _inferred_differences(spec: QuantizerSpec, saved: dict[str, Any]) -> list[tuple]:
+    """What a saved quantizer's range shows about its settings, where ``spec`` differs."""
+    qmin, qmax = int(saved["quant_min"]), int(saved["quant_max"])
+    bits = (qmax - qmin + 1).bit_length() - 1
+    per_channel = np.ndim(saved["scale"]) == 1
+    own = spec.settings
+    out = []
+    if bits != own.bits:
+        out.append(("bits", bits, own.bits))
+    if per_channel != (own.per_channel and bool(spec.num_channels)):
+        out.append(("per_channel", per_channel, own.per_channel))
+    if own.signed is not None and (qmin < 0) != own.signed:
+        out.append(("signed", qmin < 0, own.signed))
+    return out
 
 
 def missing_data_error(num_init_samples: int) -> ConfigError:

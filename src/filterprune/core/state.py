@@ -19,13 +19,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError
 from ._validation import boolean, fraction, integer, obj, short_repr, validate
 
-__all__ = ["STATE_VERSION", "check_state_header", "check_pruning_state", "PRUNING_STATE"]
+__all__ = ["STATE_VERSION", "check_state_header", "check_pruning_state", "check_same_schedule",
+           "check_taylor_state", "auto_numbered_renames", "auto_renamed", "PRUNING_STATE",
+           "SCHEDULE_KEYS"]
 
 STATE_VERSION = 1
 _SHOWN = 5  # groups listed in a message before "and N more"
@@ -64,6 +67,15 @@ PRUNING_STATE = obj(
         ),
         # LeGR: {group name: [alpha, kappa]}, checked against the model by the controller
         "ranking_coeffs": {"type": "object"},
+        # taylor importance: per producer, the per-filter totals and backward passes so far
+        "taylor": obj(
+            {
+                "totals": {"type": "object", "additionalProperties": {
+                    "type": "array", "items": {"type": "number", "minimum": 0}}},
+                "passes": {"type": "object", "additionalProperties": integer(0)},
+            },
+            required=["totals", "passes"],
+        ),
     },
     required=["version", "algorithm", "scheduler", "plan"],
 )
@@ -146,6 +158,144 @@ def check_pruning_state(state: Any, analysis: Any, where: str = "compression_sta
     _check_still_prunable(groups, by_producers, where)
     kept = [g for g in groups if by_producers[tuple(g["producers"])].prunable]
     return {**state["plan"], "groups": kept}
+
+
+SCHEDULE_KEYS = ("pruning_init", "schedule", "pruning_target", "pruning_flops_target",
+                 "num_init_steps", "pruning_steps")
+"""The settings that decide the level at each epoch: a resume must keep them."""
+
+
+def check_same_schedule(state: Mapping[str, Any], params: Any,
+                        where: str = "compression_state") -> None:  # fmt: skip
+    """Refuse a state saved under another schedule: the resumed levels would differ from
+    the saved run's, and a lower one would bring pruned channels back.
+
+    States saved without ``params`` (older ones), or without one of these keys, are not
+    compared on what they lack.
+
+    Raises:
+        ConfigError: Naming the first key whose saved value differs from the config's.
+    """
+    saved = state.get("params")
+    if not isinstance(saved, Mapping):
+        return
+    configured = params.to_dict()
+    for key in SCHEDULE_KEYS:
+        if key not in saved or saved[key] == configured[key]:
+            continue
+        raise ConfigError(
+            f"`{params.key(key)}` must be {short_repr(saved[key])}, as when the state was "
+            f"saved: a resumed run follows the schedule it started (a lower level would "
+            f"bring pruned channels back). Set {key}={short_repr(saved[key])} to resume, or "
+            f"start a new run without compression_state for the new schedule. Received: "
+            f"`{where}.params.{key}`={short_repr(saved[key])}, configured "
+            f"{key}={short_repr(configured[key])}."
+        )
+
+
+def check_taylor_state(state: Mapping[str, Any], filters: Mapping[str, int],
+                       where: str = "compression_state") -> dict[str, tuple[list, int]] | None:
+    """The saved Taylor totals, checked against the producers ranked now.
+
+    Args:
+        state: A filter pruning state that passed :func:`check_pruning_state`.
+        filters: Each ranked producer's number of filters.
+
+    Returns:
+        Layer -> ``(totals, passes)``; ``None`` for a state saved without totals (older
+        ones, or another importance).
+
+    Raises:
+        ConfigError: For totals of layers this model does not rank, or of another length.
+    """
+    saved = state.get("taylor")
+    if saved is None:
+        return None
+    totals, passes = saved["totals"], saved["passes"]
+    foreign = sorted(set(totals) - set(filters))
+    if foreign or set(passes) != set(totals):
+        raise ConfigError(
+            f"`{where}.taylor` must hold totals of the layers this model ranks, with their "
+            "passes. Was the state saved for another model? Received: totals of layers it "
+            f"does not rank: {foreign[:_SHOWN]}; layers with totals and passes: "
+            f"{sorted(totals)[:_SHOWN]} and {sorted(passes)[:_SHOWN]}."
+        )
+    for name, values in totals.items():
+        if len(values) != filters[name]:
+            raise ConfigError(
+                f"`{where}.taylor.totals[{name!r}]` must hold one total per filter "
+                f"({filters[name]}). Received: {len(values)} values."
+            )
+    return {name: (values, int(passes[name])) for name, values in totals.items()}
+
+
+_AUTO_NUMBER = re.compile(r"_\d+$")  # Keras: "conv2d_3" is the 4th unnamed Conv2D made
+
+
+def _stem(name: str) -> str:
+    """``name`` without Keras' auto-numbering on each path part (``kind:`` prefix kept)."""
+    return "/".join(_AUTO_NUMBER.sub("", part) for part in name.split("/"))
+
+
+def auto_numbered_renames(saved: Sequence[str], own: Sequence[str]) -> dict[str, str] | None:
+    """Saved name -> own name, where the two lists differ only by auto-numbering.
+
+    Keras numbers the layers it names itself per process: a model built a second time
+    has ``dropout_1`` where the first had ``dropout``. Both lists must name the same
+    things in the same order (graph order), pair by pair with equal stems, and a name
+    found in both must pair with itself.
+
+    Returns:
+        The renames (every saved name), or ``None`` when the lists do not pair up so.
+    """
+    if len(saved) != len(own) or len(set(saved)) != len(saved) or not all(
+            isinstance(name, str) for name in [*saved, *own]):  # fmt: skip
+        return None
+    both = set(saved) & set(own)
+    for old, new in zip(saved, own, strict=True):
+        if _stem(old) != _stem(new) or (old != new and (old in both or new in both)):
+            return None
+    return dict(zip(saved, own, strict=True))
+
+
+def auto_renamed(state: Any, analysis: Any) -> Any:
+    """A filter pruning ``state`` with its layer names made this model's, where they differ
+    only by Keras' auto-numbering (the model built again in the same process): its groups
+    pair up with the model's prunable ones in order, name by name. Otherwise ``state``
+    itself (the checks then say what differs)."""
+    try:
+        groups = state["plan"]["groups"]
+        if not all(isinstance(g, Mapping) and isinstance(g["producers"], list) for g in groups):
+            return state
+        saved = [name for g in groups for name in g["producers"]]
+    except (KeyError, TypeError):
+        return state  # malformed: the schema check names what is wrong
+    if not all(isinstance(name, str) for name in saved):
+        return state
+    prunable = analysis.prunable_groups
+    own = [name for g in prunable for name in g.producers]
+    if set(saved) <= set(own) or [len(g["producers"]) for g in groups] != [
+            len(g.producers) for g in prunable]:  # fmt: skip
+        return state
+    renames = auto_numbered_renames(saved, own)
+    if renames is None:
+        return state
+
+    def rename(name: str) -> str:
+        return renames.get(name, name)
+
+    plan = {**state["plan"], "groups": [{**g, "producers": [rename(n) for n in g["producers"]]}
+                                        for g in groups]}  # fmt: skip
+    out = {**state, "plan": plan}
+    taylor = state.get("taylor")
+    if isinstance(taylor, Mapping):
+        out["taylor"] = {k: {rename(n): v for n, v in part.items()} if isinstance(part, Mapping)
+                         else part for k, part in taylor.items()}  # fmt: skip
+    coeffs = state.get("ranking_coeffs")
+    if isinstance(coeffs, Mapping):  # keys: a group's producers joined by ", "
+        out["ranking_coeffs"] = {", ".join(map(rename, k.split(", "))) if isinstance(k, str)
+                                 else k: v for k, v in coeffs.items()}  # fmt: skip
+    return out
 
 
 def _describe(groups: list[tuple[list[str], int]]) -> str:

@@ -76,6 +76,13 @@ class FilterPruningController(PruningControllerBase):
     def _signal(self, source: str) -> dict[str, np.ndarray]:
         return keras_signal(self, source)  # taylor: gradient taps; bn_scale: BN gammas
 
+    def _taylor_state(self) -> dict[str, Any] | None:
+        return None if self.taylor is None else self.taylor.state()
+
+    def _load_taylor(self, saved: dict[str, tuple[list[float], int]] | None) -> None:
+        if self.taylor is not None and saved is not None:
+            self.taylor.load(saved)
+
     def _ranking_trials(self) -> contextlib.AbstractContextManager[Callable[[Plan], float]]:
         from .legr import ranking_trials  # legr imports this module
 

@@ -11,7 +11,8 @@ and BatchNorms zero their pruned channels, so pruned filters stop gaining, as in
 PyTorch. The totals are non-trainable ``tf.Variable`` s created with the controller,
 before ``model.fit`` traces its step, so every traced step adds to them; a
 ``tf.GradientTape`` loop works the same way. Before any gradient has reached them the
-weights' L1 norm stands in.
+weights' L1 norm stands in. They travel in the compression state (:meth:`~TaylorAccumulator.state`,
+:meth:`~TaylorAccumulator.load`), so a resumed run ranks as the uninterrupted one.
 
 ``bn_scale`` reads the ``gamma`` of the ``BatchNormalization`` right after each pruned
 layer.
@@ -106,6 +107,23 @@ class TaylorAccumulator:
         if int(self.passes[name].numpy()) == 0:
             return None
         return self.totals[name].numpy().astype(np.float64)[:, None]
+
+    def state(self) -> dict[str, Any]:
+        """The totals and passes of the layers a backward pass reached, JSON-able (float32
+        values as exact floats)."""
+        reached = [name for name, n in self.passes.items() if int(n.numpy()) > 0]
+        return {"totals": {name: self.totals[name].numpy().tolist() for name in reached},
+                "passes": {name: int(self.passes[name].numpy()) for name in reached}}  # fmt: skip
+
+    def load(self, saved: dict[str, tuple[list[float], int]]) -> None:
+        """Replace the totals with ``saved`` (layer -> ``(totals, passes)``); layers not in
+        it start afresh, as before their first backward pass. The variables stay (a traced
+        step keeps adding to them)."""
+        for name, total in self.totals.items():
+            values, passes = saved.get(name, (None, 0))
+            total.assign(np.zeros(total.shape, "float32") if values is None
+                         else np.asarray(values, "float32"))  # fmt: skip
+            self.passes[name].assign(passes)
 
     @contextlib.contextmanager
     def kept(self) -> Iterator[None]:

@@ -8,7 +8,8 @@ one hook on its scale and shift adds ``(g_gamma * gamma + g_beta * beta)^2`` per
 Masked filters (and masked BatchNorm channels) get zero gradient, so once pruned they
 stop gaining. Before any backward pass (the masks put in place at creation) the totals
 are empty and the weight's L1 norm stands in, so ``pruning_init`` > 0 still picks
-sensible filters.
+sensible filters. The totals travel in the compression state (:meth:`~TaylorAccumulator.state`,
+:meth:`~TaylorAccumulator.load`), so a resumed run ranks as the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.autograd.graph import register_multi_grad_hook
 from ..core.signals import batchnorm_scales, taylor_batchnorm, taylor_scores
 from .masks import masked_param
 
-__all__ = ["TaylorAccumulator", "torch_signal"]
+__all__ = ["TaylorAccumulator", "taylor_accumulator", "torch_signal"]
 
 
 def _filter_axis(module: nn.Module) -> int:
@@ -43,6 +44,7 @@ class TaylorAccumulator:
     def __init__(self, modules: dict[str, nn.Module],
                  batchnorms: dict[str, list[nn.Parameter]] | None = None) -> None:  # fmt: skip
         self.totals: dict[str, torch.Tensor] = {}
+        self.passes: dict[str, int] = {}  # backward passes that reached each layer
         self._handles = []
         batchnorms = batchnorms or {}
         for name, module in modules.items():
@@ -60,9 +62,12 @@ class TaylorAccumulator:
     def _add(self, name: str, per_filter: torch.Tensor) -> None:
         score = per_filter.float().pow(2)
         if name in self.totals:
+            if self.totals[name].device != score.device:  # loaded from a state: on the CPU
+                self.totals[name] = self.totals[name].to(score.device)
             self.totals[name] += score
         else:
             self.totals[name] = score.clone()
+        self.passes[name] = self.passes.get(name, 0) + 1
 
     def _weight_hook(self, name: str, module: nn.Module):
         axis = _filter_axis(module)
@@ -108,6 +113,18 @@ class TaylorAccumulator:
         total = self.totals.get(name)
         return None if total is None else total.detach().cpu().double().numpy()[:, None]
 
+    def state(self) -> dict[str, Any]:
+        """The totals and passes so far, JSON-able (float32 values as exact floats)."""
+        return {"totals": {n: t.detach().cpu().tolist() for n, t in self.totals.items()},
+                "passes": {n: self.passes.get(n, 0) for n in self.totals}}  # fmt: skip
+
+    def load(self, saved: dict[str, tuple[list[float], int]]) -> None:
+        """Replace the totals with ``saved`` (layer -> ``(totals, passes)``); layers not in
+        it start afresh, as before their first backward pass."""
+        self.totals = {name: torch.tensor(values, dtype=torch.float32)
+                       for name, (values, _) in saved.items()}  # fmt: skip
+        self.passes = {name: passes for name, (_, passes) in saved.items()}
+
     def remove(self) -> None:
         """Detach the hooks."""
         for handle in self._handles:
@@ -129,18 +146,29 @@ def _batchnorm_params(ctrl: Any, layers: list[str]) -> dict[str, list[nn.Paramet
     return out
 
 
-def _taylor(ctrl: Any, layers: list[str]) -> dict[str, np.ndarray]:
-    refs = ctrl.captured.refs
+def ranked_layers(ctrl: Any) -> list[str]:
+    """The producer layers whose filters ``ctrl`` ranks."""
+    return [name for g in ctrl.analysis.prunable_groups for name in g.producers]
+
+
+def taylor_accumulator(ctrl: Any) -> TaylorAccumulator:
+    """``ctrl.taylor``, made (hooks on) at its first use."""
     acc = getattr(ctrl, "taylor", None)
     if acc is None:
+        refs, layers = ctrl.captured.refs, ranked_layers(ctrl)
         acc = ctrl.taylor = TaylorAccumulator({name: refs[name] for name in layers},
                                               _batchnorm_params(ctrl, layers))  # fmt: skip
+    return acc
+
+
+def _taylor(ctrl: Any, layers: list[str]) -> dict[str, np.ndarray]:
+    acc = taylor_accumulator(ctrl)
     return taylor_scores({name: acc.scores(name) for name in layers}, ctrl._weights)
 
 
 def torch_signal(ctrl: Any, source: str) -> dict[str, np.ndarray]:
     """Per producer layer of ``ctrl``, the ``(filters, 1)`` signal ``source`` names."""
-    layers = [name for g in ctrl.analysis.prunable_groups for name in g.producers]
+    layers = ranked_layers(ctrl)
     if source == "gradient":
         return _taylor(ctrl, layers)
     refs = ctrl.captured.refs
