@@ -123,6 +123,32 @@ def test_config_errors():
         create_accuracy_aware_training_loop(refit, refitting)
 
 
+def test_budgets_that_cannot_be_met_and_bad_accuracies_are_errors():
+    """Three initial epochs ran under a budget of one; a NaN accuracy ended the search at
+    level 0 and a tuple gave a bare TypeError."""
+    model = net()
+    model(torch.zeros(1, 1, 12, 12))
+    ctrl, model = create_compressed_model(model, config({}))
+    with pytest.raises(ConfigError, match=r"initial_training_phase_epochs` must not exceed "
+                       r"`accuracy_aware_training\.params\.maximal_total_epochs"):
+        create_accuracy_aware_training_loop(config({"initial_training_phase_epochs": 3,
+                                                    "maximal_total_epochs": 1}), ctrl)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"minimal_compression_rate_step` must not exceed"):
+        create_accuracy_aware_training_loop(config({"minimal_compression_rate_step": 0.5,
+                                                    "initial_compression_rate_step": 0.1}), ctrl)
+    short = config({"maximal_total_epochs": 2, "initial_training_phase_epochs": 0})
+    for bad in (float("nan"), None, "high"):
+        loop = create_accuracy_aware_training_loop(short, ctrl)
+        with pytest.raises(ValueError, match="`validate_fn` must return the accuracy as a finite"):
+            loop.run(model, train_epoch_fn=lambda *a: None,
+                     validate_fn=lambda m, epoch, bad=bad: bad)  # fmt: skip
+    harness = Harness(ctrl)
+    loop = create_accuracy_aware_training_loop(short, ctrl)
+    loop.run(model, train_epoch_fn=harness.train, validate_fn=lambda m, epoch: (0.9, "top-5"),
+             configure_optimizers_fn=lambda: (torch.optim.SGD(model.parameters(), 0.1), None))
+    assert loop.best_accuracy == 0.9
+
+
 def test_a_step_equal_to_the_minimal_one_is_still_taken():
     """0.3, 0.4 hold, 0.5 and 0.45 do not: (0.45 - 0.4) / 2 is 0.02499... in floating
     point, which is the minimal step 0.025, so 0.425 is tried (and holds)."""

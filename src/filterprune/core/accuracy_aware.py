@@ -27,6 +27,7 @@ and restore the model's weights.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -72,7 +73,15 @@ class AccuracyAwareParams(Settings):
             object.__setattr__(self, "maximal_relative_accuracy_degradation", 1.0)
 
     def check(self, where: str = "") -> None:
-        """One kind of bound only."""
+        """One kind of bound only; epochs and steps that can be met."""
+        pairs = (("initial_training_phase_epochs", "maximal_total_epochs"),
+                 ("minimal_compression_rate_step", "initial_compression_rate_step"))  # fmt: skip
+        for low, high in pairs:
+            if getattr(self, low) > getattr(self, high):
+                raise ConfigError(
+                    f"`{self.key(low, where)}` must not exceed `{self.key(high, where)}`. "
+                    f"Received: {low}={getattr(self, low)}, {high}={getattr(self, high)}."
+                )
         rel, absolute = (self.maximal_relative_accuracy_degradation,
                          self.maximal_absolute_accuracy_degradation)  # fmt: skip
         if rel is not None and absolute is not None:
@@ -107,6 +116,21 @@ class AccuracyAwareParams(Settings):
         if self.maximal_absolute_accuracy_degradation is not None:
             return uncompressed - self.maximal_absolute_accuracy_degradation
         return uncompressed * (1.0 - self.maximal_relative_accuracy_degradation / 100.0)
+
+
+def _score(value: Any) -> float:
+    """``validate_fn``'s accuracy: a number, or the first item of a tuple (as for LeGR)."""
+    first = value[0] if isinstance(value, (tuple, list)) and value else value
+    try:
+        score = float(first)
+    except (TypeError, ValueError):
+        score = math.nan
+    if not math.isfinite(score):
+        raise ValueError(
+            "`validate_fn` must return the accuracy as a finite number (or a tuple whose "
+            f"first item is). Received: {value!r}."
+        )
+    return score
 
 
 def check_config(config: Any) -> AccuracyAwareParams:
@@ -281,7 +305,7 @@ class AdaptiveCompressionLevelLoop:
             return self.params.uncompressed_model_accuracy
         state = self.ctrl.get_compression_state()
         self.pruning.set_pruning_level(0.0)
-        accuracy = float(self._validate_fn(model, epoch=self.epoch))
+        accuracy = _score(self._validate_fn(model, epoch=self.epoch))
         self.ctrl.load_state(state)
         return accuracy
 
@@ -296,7 +320,7 @@ class AdaptiveCompressionLevelLoop:
         """Validate, fine-tuning up to ``patience_epochs`` while below the bound."""
         at = self._at
         while True:
-            accuracy = float(self._validate_fn(model, epoch=self.epoch))
+            accuracy = _score(self._validate_fn(model, epoch=self.epoch))
             self.history.append((self.epoch, at.level, accuracy))
             if accuracy >= self.minimal_accuracy:
                 return True, accuracy
@@ -351,5 +375,5 @@ class AdaptiveCompressionLevelLoop:
     def _fallback(self, model: Any) -> _Best:
         """No level met the bound within the budget: the uncompressed masks."""
         self.pruning.set_pruning_level(0.0)
-        accuracy = float(self._validate_fn(model, epoch=self.epoch))
+        accuracy = _score(self._validate_fn(model, epoch=self.epoch))
         return _Best(0.0, accuracy, self.snapshot(model), self.ctrl.get_compression_state())
