@@ -118,6 +118,16 @@ def test_a_prelu_with_a_slope_per_position_and_a_channels_first_softmax_are_cut(
     assert small.get_layer("a").filters == 8
 
 
+def test_a_repeat_vector_passes_the_features():
+    inp = keras.Input((8,))
+    x = layers.RepeatVector(4)(layers.Dense(16, name="a")(inp))
+    model = keras.Model(inp, layers.Dense(4, name="head")(layers.Dense(16, name="b")(x)))
+    config = make_config(sample=(1, 8), prune_first_conv=True)
+    ctrl, model = create_compressed_model(redrawn(model), config)
+    small = assert_strip_equal(ctrl, model, np.ones((2, 8), "float32"), tol=1e-5)
+    assert small.get_layer("a").units == 8
+
+
 def test_a_lora_layer_is_left_whole():
     inp = keras.Input((32, 32, 3))
     x = conv(16, "c2")(conv(16, "c1")(inp))

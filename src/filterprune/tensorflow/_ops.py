@@ -305,6 +305,11 @@ IDENTITY_LAYERS = _names(
     "RandomZoom RandomTranslation RandomContrast RandomBrightness"
 )
 
+def _repeat_vector(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    """``(N, F)`` -> ``(N, n, F)``: the features copied along a new axis."""
+    return [Step("expand")]
+
+
 LAYER_RULES: dict[type, Callable[..., list[Step]]] = {
     **{t: _conv for t in _names("Conv1D Conv2D Conv3D") + _CONV_T},
     **{t: _depthwise for t in _names("DepthwiseConv1D DepthwiseConv2D")},
@@ -327,6 +332,7 @@ LAYER_RULES: dict[type, Callable[..., list[Step]]] = {
     layers.Permute: _permute,
     layers.Rescaling: _rescaling,
     layers.Normalization: _normalization,
+    layers.RepeatVector: _repeat_vector,
     **{t: _identity for t in IDENTITY_LAYERS},
 }  # fmt: skip
 
