@@ -115,3 +115,10 @@ def test_fuzzed_input_info_gives_inputs_or_our_error(entries):
         assert re.search(r"`input_info[^`]*`", str(err)), str(err)
         return
     assert len(xs) >= len(entries)
+
+
+def test_more_entries_than_forward_takes_are_refused():
+    """Accepted before, then a bare TypeError at export."""
+    with pytest.raises(ConfigError, match=r"^`input_info` must have at most one entry per "
+                       r"argument of Linear\.forward \(input\)\. Received: 2 entries\."):
+        sample_inputs(_config([{"sample_size": [1, 3]}, {"sample_size": [1, 3]}]), nn.Linear(3, 2))

@@ -61,8 +61,27 @@ def sample_inputs(config: Config, model: nn.Module) -> tuple[Any, ...]:
     tensors = [_sample(info, key, generator).to(device)
                for info, key in zip(infos, where, strict=True)]  # fmt: skip
     if not any("keyword" in info for info in infos):
+        _check_count(model, len(tensors))
         return tuple(tensors)
     return _as_arguments(model, infos, tensors, where)
+
+
+def _check_count(model: nn.Module, given: int) -> None:
+    """Refuse more ``input_info`` entries than ``forward`` takes by position (the extra
+    ones failed only at export, as a bare TypeError)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a forward without a signature: not checked
+        return
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if given > len(positional):
+        raise ConfigError(
+            f"`input_info` must have at most one entry per argument of "
+            f"{type(model).__name__}.forward ({', '.join(p.name for p in positional)}). "
+            f"Received: {given} entries. Remove the extra ones, or give each a `keyword`."
+        )
 
 
 def _sample(info: dict[str, Any], where: str, generator: torch.Generator) -> torch.Tensor:
