@@ -274,3 +274,16 @@ def test_folder_and_staged_file_modes_follow_the_umask(tmp_path, umask, mask):
         Path(tmp, "m.xml").write_text("<net/>")
         move_into_place(Path(tmp, "m.xml"), tmp_path / "m.xml")
     assert _mode(tmp_path / "m.xml") == 0o666 & ~mask
+
+
+def test_a_target_that_cannot_be_written_is_named_before_any_work(tmp_path):
+    """The error named a hidden temporary file; a folder as target was an exporter failure."""
+    from filterprune._atomic import check_writable
+
+    with pytest.raises(IsADirectoryError, match=f"Cannot write {tmp_path}: it is a folder"):
+        check_writable(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match=f"Cannot write {blocker}/m.onnx: .*Choose a folder"):
+        atomic_write(blocker / "m.onnx", lambda tmp: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

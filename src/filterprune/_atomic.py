@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -35,6 +36,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_dir",
+    "check_writable",
     "move_into_place",
     "remove_stale",
     "staging_dir",
@@ -59,16 +61,38 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], None], suffix: str = 
     failure the temporary file is removed and ``path`` is left as it was.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(target)
-    fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=suffix or ".tmp",
-                               dir=target.parent)  # fmt: skip
-    os.close(fd)
+    tmp = _reserve(target, suffix or ".tmp")
     try:
         write_fn(tmp)
         move_into_place(tmp, target)
     finally:
         _remove(tmp)
+
+
+def check_writable(path: PathLike) -> None:
+    """Raise the error :func:`atomic_write` would meet creating ``path``, before any work.
+
+    Raises:
+        OSError: ``path`` is a folder, or its folder cannot be made or written to; the
+            message names ``path`` (not a temporary name).
+    """
+    _remove(_reserve(Path(path), ".tmp"))
+
+
+def _reserve(target: Path, suffix: str) -> str:
+    """An empty temporary file beside ``target`` (its folder made when missing)."""
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"Cannot write {target}: it is a folder. Give "
+                                "a file name")  # fmt: skip
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=suffix, dir=target.parent)
+    except OSError as err:
+        raise type(err)(err.errno, f"Cannot write {target}: {err.strerror}. Choose a folder "
+                        "you can write to") from err  # fmt: skip
+    os.close(fd)
+    return tmp
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._atomic import atomic_write
+from .._atomic import atomic_write, check_writable
 
 __all__ = ["export_onnx", "EXPORTERS"]
 
@@ -54,6 +54,7 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
     if exporter not in EXPORTERS:
         raise ValueError(f"`exporter` must be one of {list(EXPORTERS)}. "
                          f"Received: exporter={exporter!r}.")  # fmt: skip
+    check_writable(path)  # before any export: an I/O error is not the exporter's
     args = tuple(sample)
     names = {"input_names": input_names, "output_names": output_names}
     fastpath = torch.backends.mha.get_fastpath_enabled()
