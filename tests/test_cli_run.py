@@ -248,3 +248,9 @@ def test_cuda_run_uses_mixed_precision(images, config_file, tmp_path, capsys):
     assert main(["prune", TINY, "--data", str(images), "--config", str(config_file),
                  "--epochs", "1", "--out", str(tmp_path / "gpu"), *args]) == 0  # fmt: skip
     assert "training on cuda (bfloat16 mixed precision)" in capsys.readouterr().out
+
+
+def test_a_slowdown_reads_as_slower():
+    from filterprune.report.page import _speed
+
+    assert _speed(2.0, 1.6) == "1.25x faster" and _speed(1.0, 1.1) == "1.10x slower"

@@ -278,8 +278,8 @@ def test_from_json_reads_comments_and_trailing_commas(tmp_path):
 
 def test_from_json_missing_file(tmp_path):
     missing = tmp_path / "nope.json"
-    with pytest.raises(ConfigError, match=r"`path` must name an existing JSON file\. "
-                       r"Received: path='.*nope\.json'\."):
+    with pytest.raises(ConfigError, match=r"`path` \(the CLI's --config\) must name an existing "
+                       r"JSON file\. Received: path='.*nope\.json'\."):
         Config.from_json(missing)
 
 

@@ -114,7 +114,8 @@ class Config(dict):
             text = path.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             raise ConfigError(
-                f"`path` must name an existing JSON file. Received: path='{path}'."
+                "`path` (the CLI's --config) must name an existing JSON file. "
+                f"Received: path='{path}'."
             ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"Config file '{path}' cannot be read: {exc}.") from None
