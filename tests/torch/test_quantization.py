@@ -356,6 +356,12 @@ def test_ignored_scopes_are_respected():
     assert "weight:fc2" not in keys and "weight:fc1" in keys
 
 
+def test_scopes_that_leave_out_every_layer_are_logged(caplog):
+    with caplog.at_level("WARNING", logger="filterprune"):
+        create_compressed_model(_net(), _config({"ignored_scopes": ["{re}.*"]}, pruning=False))
+    assert "no quantizer placed" in caplog.text and "stays in float" in caplog.text
+
+
 def test_asymmetric_activations():
     quant = {"activations": {"mode": "asymmetric"}}
     ctrl, model = create_compressed_model(_net(), _config(quant, pruning=False))

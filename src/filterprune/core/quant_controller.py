@@ -54,6 +54,9 @@ class QuantizationControllerBase(CompressionController):
     def __init__(self, params: Any, graph: Graph) -> None:
         self.params = params
         self.specs: list[QuantizerSpec] = place_quantizers(graph, params)
+        if not self.specs:
+            log.warning("quantization: no quantizer placed (ignored_scopes or target_scopes "
+                        "leave out every layer); the model stays in float.")  # fmt: skip
 
     # -- frontend hooks --------------------------------------------------------------------
     def quantizer_states(self) -> dict[str, QuantizerState]:
