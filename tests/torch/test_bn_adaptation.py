@@ -203,3 +203,35 @@ def test_pruned_channels_keep_their_statistics_so_a_lower_level_is_sound():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), dense(x))
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(1, 8, 3, padding=1)
+        self.bn, self.head = nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, image, depth):
+        return self.head(torch.relu(self.bn(self.a(image) + self.b(depth))))
+
+
+def test_a_model_of_two_inputs_takes_them_from_the_batch_s_inputs():
+    """``((image, depth), y)`` batches: BN adaptation and quantizer ranges called
+    ``.to()`` on the tuple before."""
+    from filterprune import NNCFConfig
+
+    g = torch.Generator().manual_seed(0)
+    data = [((torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)),
+             torch.zeros(4)) for _ in range(2)]  # fmt: skip
+    prune = {"algorithm": "filter_pruning", "pruning_init": 0.5,
+             "params": {"prune_first_conv": True},
+             "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 8}}}
+    quant = {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 8}}}
+    config = NNCFConfig.from_dict({"input_info": [{"sample_size": [1, 3, 8, 8]},
+                                                  {"sample_size": [1, 1, 8, 8]}],
+                                   "compression": [prune, quant]})  # fmt: skip
+    model = _TwoInputs()
+    before = model.bn.running_mean.clone()
+    ctrl, model = create_compressed_model(model, register_default_init_args(config, data))
+    assert not torch.equal(model.bn.running_mean, before)
+    assert ctrl.statistics().quantization.ranges_initialized

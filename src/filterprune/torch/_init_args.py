@@ -20,7 +20,7 @@ from ..core.config import Config
 from ..progress import progress
 from .masks import pruned_statistics, restore_pruned_statistics
 
-__all__ = ["InitArgs", "register_default_init_args", "adapt_batchnorm"]
+__all__ = ["InitArgs", "register_default_init_args", "adapt_batchnorm", "model_inputs"]
 
 
 @dataclass
@@ -45,7 +45,8 @@ def register_default_init_args(config: Config, train_loader: Any, criterion: Any
     Args:
         config: The config (returned, with the arguments registered).
         train_loader: Batches for BatchNorm adaptation and quantizer ranges, and the data
-            ``train_steps_fn`` trains on; tensors or ``(inputs, targets)`` pairs.
+            ``train_steps_fn`` trains on; tensors or ``(inputs, targets)`` pairs, with
+            ``inputs`` a tuple for a model of several inputs (``((image, depth), y)``).
         criterion: Kept for the old signature.
         device: Kept for the old signature.
         val_loader: Validation data of the LeGR search (``learned_ranking``).
@@ -70,6 +71,14 @@ def register_default_init_args(config: Config, train_loader: Any, criterion: Any
     config.register_extra_structs([InitArgs(train_loader, criterion, device, val_loader,
                                             validate_fn, train_steps_fn, legr_train_optimizer)])
     return config
+
+
+def model_inputs(batch: Any, device: Any) -> tuple[torch.Tensor, ...]:
+    """``forward``'s positional inputs in ``batch``, on ``device``: the inputs of an
+    ``(inputs, targets)`` batch (:func:`batch_inputs`), several when they are a tuple
+    or list (``((image, depth), target)`` for a model with two inputs)."""
+    x = batch_inputs(batch)
+    return tuple(t.to(device) for t in (x if isinstance(x, (list, tuple)) else (x,)))
 
 
 def adapt_batchnorm(model: nn.Module, loader: Any, num_samples: int) -> None:
@@ -99,9 +108,9 @@ def adapt_batchnorm(model: nn.Module, loader: Any, num_samples: int) -> None:
     try:
         with torch.no_grad(), progress(total=num_samples, desc="BN adaptation") as bar:
             for batch in batches:
-                x = batch_inputs(batch).to(device)
-                size = int(x.shape[0]) if x.dim() else 1
-                model(x)
+                inputs = model_inputs(batch, device)
+                size = int(inputs[0].shape[0]) if inputs[0].dim() else 1
+                model(*inputs)
                 bar.update(size)
                 seen, done, size = seen + size, done + 1, None
                 if seen >= num_samples:

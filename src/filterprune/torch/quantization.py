@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .._batches import batch_inputs
 from ..core.params import QuantizationParams
 from ..core.quant_controller import QuantizationControllerBase
 from ..core.quantization import QuantizerSpec, QuantizerState
 from ..core.workflow import Captured
 from ..progress import progress
+from ._init_args import model_inputs
 from .controller import export_model
 from .fake_quant import FakeQuantize, QuantizeInput, QuantizeOutput
 from .masks import add_weight_quantizer, masked_param, quantized_class
@@ -102,12 +102,12 @@ class QuantizationController(QuantizationControllerBase):
         try:
             with torch.no_grad(), progress(total=num_samples, desc="Quantizer ranges") as bar:
                 for batch in data:
-                    x = batch_inputs(batch).to(device)
-                    self.model(x)
+                    inputs = model_inputs(batch, device)
+                    self.model(*inputs)
                     if after is not None:
                         after()
-                    seen += int(x.shape[0])
-                    bar.update(int(x.shape[0]))
+                    seen += int(inputs[0].shape[0])
+                    bar.update(int(inputs[0].shape[0]))
                     if seen >= num_samples:
                         break
         finally:
