@@ -172,6 +172,15 @@ def test_older_quantization_state_is_checked_on_its_ranges():
                                 compression_state=state)  # fmt: skip
 
 
+def test_older_state_with_overflow_fix_still_loads():
+    """Half-range weights (-64..63) are 8-bit weights, not 7-bit ones."""
+    quant = {**QUANT, "overflow_fix": "enable"}
+    ctrl, _ = create_compressed_model(_base(), _config(quant))
+    state = ctrl.get_compression_state()
+    del state["children"][1]["settings"]
+    create_compressed_model(_base(), _config(quant), compression_state=state)
+
+
 def test_auto_numbered_renames():
     from filterprune.core.state import auto_numbered_renames
 
