@@ -298,3 +298,12 @@ def test_what_a_training_only_head_reads_stays_whole():
     with torch.no_grad():
         for got, ref in zip(small.train()(x), model.train()(x), strict=True):
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_sample_size_the_model_refuses_prints_no_traceback(capfd):
+    """torch.fx's ShapeProp printed its traceback before our one-sentence error."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 14 * 14, 4))
+    with pytest.raises(AnalysisError, match="failed on a zero input of shape"):
+        create_compressed_model(model, make_config((1, 3, 32, 32)))
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out

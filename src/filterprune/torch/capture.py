@@ -16,6 +16,8 @@ Functions that compute a layer from parameters (``F.batch_norm`` in timm's
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import operator
 import warnings
@@ -77,8 +79,8 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule
                 f"torch.fx could not trace {type(model).__name__}: {err}. Make the forward free "
                 "of data-dependent Python control flow, or wrap such code with torch.fx.wrap."
             ) from err
-        try:
-            with torch.no_grad():
+        try:  # ShapeProp prints the traceback of a failing node: our error says it once
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 ShapeProp(gm).propagate(*example)
         except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
             shapes = [tuple(t.shape) for t in example]
