@@ -112,3 +112,49 @@ def test_rows_times_batch_reshape(tmp_path):
     # 16 rows per sample (4 x 4) in every layer, the MatMuls included
     flops = (2 * 16 * (3 * 8 + 8 * 6 + 6 * 5), 2 * 16 * (3 * 8 + 8 * 4 + 4 * 5))
     assert (report.flops_before, report.flops_after) == flops
+
+
+class _Upsampled(nn.Module):
+    """An FPN step: a coarse map resized to a finer one's size read in forward."""
+
+    def __init__(self, lat_in=32):
+        super().__init__()
+        self.hi, self.lo = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 32, 3, 2, 1)
+        self.lat, self.head = nn.Conv2d(32, 16, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        h, low = torch.relu(self.hi(x)), torch.relu(self.lo(x))
+        return self.head(h + nn.functional.interpolate(self.lat(low), size=h.shape[-2:]))
+
+
+def test_resize_sizes_read_from_its_input_follow_the_cut(tmp_path):
+    """``F.interpolate(size=h.shape[-2:])`` with a free batch exports Resize sizes
+    ``Concat(Shape(x)[0:2], [h, w])``: the channel entry is the input's own, so the
+    zero filters before it go (held before: "Resize sizes are not constants")."""
+    m = _Upsampled()
+    zero(m.hi, [0, 3])
+    zero(m.lat, [0, 3])
+    path = export(m, torch.randn(2, 3, 8, 8), tmp_path / "m.onnx", input_names=["x"],
+                  dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    new, report = convert(path, torch.zeros(3, 3, 8, 8))
+    assert layer(report, "/hi/").removed == 2 and layer(report, "/lat/").removed == 2
+    assert weight_shape(new, "/head/") == (4, 14, 1, 1)
+
+
+def test_resize_sizes_with_a_written_channel_count_keep_the_channels(tmp_path):
+    """Sizes ``Concat(Shape(x)[0:1], [8, 6, 6])``: the 8 would not follow a cut."""
+    rng = np.random.default_rng(0)
+    w = {"wa": rng.normal(size=(8, 3, 1, 1)), "wb": rng.normal(size=(2, 8, 1, 1)),
+         "zero": np.array([0], dtype=np.int64), "one": np.array([1], dtype=np.int64),
+         "rest": np.array([8, 6, 6], dtype=np.int64), "roi": np.zeros(0),
+         "scales": np.zeros(0)}  # fmt: skip
+    w["wa"][[2, 5]] = 0
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
+             helper.make_node("Shape", ["a"], ["s"]),
+             helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+             helper.make_node("Concat", ["n", "rest"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["a", "roi", "scales", "sizes"], ["r"]),
+             helper.make_node("Conv", ["r", "wb"], ["y"], name="b")]  # fmt: skip
+    path = save_graph(tmp_path, nodes, w, ["N", 3, 4, 4], ["N", 2, 6, 6])
+    _, report = convert(path, torch.zeros(2, 3, 4, 4))
+    assert report.removed == 0

@@ -113,6 +113,8 @@ class _Emitter:
             kind, attrs = "stop", {"reason": "unsupported op"}  # the label names it
         else:
             kind, attrs = spec.build(view) if callable(spec.build) else (spec.build, {})
+        if node.op_type == "Resize" and kind == "stop" and self.facts.sizes_follow_channels(node):
+            kind, attrs = "identity", {}  # computed sizes that follow the cut channels
         layer = None
         if kind in _WEIGHTED:
             layer, kind, attrs = self.layer(idx, node, view, kind, attrs)

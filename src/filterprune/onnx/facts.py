@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ._batch import BatchShapes
+from ._batch import BatchShapes, evaluate_at_batch
 from ._shapes import Shapes, infer_shapes, opset_of
 
 __all__ = ["ModelFacts", "read_facts", "attrs_of", "has_subgraph", "subgraph_inputs"]
@@ -107,6 +107,24 @@ class ModelFacts:
     def _at_batch_1(self) -> Shapes:
         # consts as they were right after folding: the ones known when shapes were inferred
         return self._batch.at_batch_1(self._shape_model, self._consts_at_fold, self._static)
+
+    def sizes_follow_channels(self, node: onnx.NodeProto) -> bool:
+        """Whether Resize ``node``'s computed ``sizes`` take their channel entry from its
+        own input's shape and no other entry does (``Concat(Shape(x)[0:2], [h, w])``, as
+        ``F.interpolate(size=...)`` exports with a free batch): once channels are cut, the
+        sizes follow. Found by evaluating them with that channel count one larger."""
+        x, name = node.input[0], node.input[3]
+        dims = self._static.get(x)
+        if not dims or len(dims) < 2 or dims[1] is None or attrs_of(node).get("axes"):
+            return False
+        wider = {**self._static, x: (dims[0], dims[1] + 1, *dims[2:])}
+        probes = [evaluate_at_batch(name, self._producer, self._consts, static,
+                                    self._batch.led, self._opset, 1)
+                  for static in (self._static, wider)]  # fmt: skip
+        if any(p is None or p.shape != (len(dims),) for p in probes):
+            return False
+        moved = np.flatnonzero(probes[0] != probes[1]).tolist()
+        return moved == [1] and int(probes[1][1]) == int(probes[0][1]) + 1
 
     def shape(self, name: str) -> tuple[int, ...] | None:
         """Static shape at batch 1, other symbolic dimensions as 1; None if unknown."""

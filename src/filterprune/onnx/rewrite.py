@@ -193,8 +193,8 @@ class _Writer:
 
     def resize(self, ni: int, node: onnx.NodeProto) -> None:
         changed = self._changed(node.output[0])
-        if changed is None or len(node.input) < 4 or not node.input[3]:
-            return
+        if changed is None or len(node.input) < 4 or node.input[3] not in self.cap.consts:
+            return  # no sizes, or computed ones that follow the input (sizes_follow_channels)
         sizes = [int(s) for s in self.cap.consts[node.input[3]]]
         axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
         axes = axes or list(range(len(sizes)))
