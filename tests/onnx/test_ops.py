@@ -359,6 +359,27 @@ def test_grouped_conv_that_widens_loses_zero_inputs_by_group(tmp_path):
     assert report.removed == 2 and weight_shape(new, "/2/") == (16, 3, 3, 3)
 
 
+@pytest.mark.parametrize(("other", "removed"), [(0.1, 3), (None, 0)])
+def test_where_is_zero_where_both_branches_are(other, removed, tmp_path):
+    """``where(h > 0, h, 0.1 * h)`` (a leaky ReLU) keeps a zero channel zero; with 1.0 as
+    the other branch it does not (held before either way: "Greater: unsupported op")."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(torch.where(h > 0, h, other * h if other else torch.ones_like(h)))
+
+    m = Net()
+    zero(m.a, [1, 2, 5])
+    x = torch.randn(2, 3, 6, 6)
+    _, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/a/").removed == removed
+
+
 class _UpNet(nn.Module):
     def __init__(self, groups, cout):
         super().__init__()

@@ -9,6 +9,7 @@ provably zero channel passes through the op:
 - ``none``: the op may turn zero into something else (Sigmoid, Softmax);
 - ``all`` / ``any`` / ``first``: elementwise ops; the output is zero where all
   operands are (Add), where any is (Mul), where the first is (Div, PRelu);
+- ``branches``: Where, zero where both values are, whatever the condition;
 - ``layer``: decided from the layer's weights (Conv, Gemm, BatchNormalization).
 """
 
@@ -269,7 +270,9 @@ OPS: dict[str, OpSpec] = {
     "Div": OpSpec("elementwise", None, "first"),
     "PRelu": OpSpec("elementwise", None, "first"),
     "Pow": OpSpec("elementwise", None, "none"),
-    "Where": OpSpec("elementwise", None, "none"),
+    "Where": OpSpec("elementwise", None, "branches"),
+    **{op: OpSpec("elementwise", None, "none") for op in (
+        "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "And", "Or", "Xor")},
     "BatchNormalization": OpSpec("batchnorm", zero="layer"),
     "InstanceNormalization": OpSpec("batchnorm", zero="layer"),
     "LayerNormalization": OpSpec(_layernorm, zero="none"),

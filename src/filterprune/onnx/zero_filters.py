@@ -162,6 +162,9 @@ class _Zeros:
 
     def elementwise(self, node: Node, mode: str, ins: list[str]) -> np.ndarray:
         params = [i for i in node.inputs if self.cap.graph[i].op == "param"]
+        if mode == "branches":  # Where: zero where both branches are, whatever the condition
+            mode, ins = "all", [i for i in node.inputs[1:] if self.cap.graph[i].op != "param"]
+            params = [i for i in node.inputs[1:] if self.cap.graph[i].op == "param"]
         if not ins:
             return self.all_roots(node.name)
         if mode in ("all", "any"):
