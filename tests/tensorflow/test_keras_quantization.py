@@ -334,6 +334,14 @@ def _nested():
     return keras.Model(inp, layers.Dense(2, name="fc")(layers.GlobalAveragePooling2D()(x)))
 
 
+def _pruned_and_quantized(model, data, batch=8):
+    """Pruning at level 0.5 and 8-bit quantization, initialised on ``data``."""
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, *data.shape[1:]]},
+                                   "compression": [{**PRUNE, "pruning_init": 0.5}, QUANT]})
+    data = tf.data.Dataset.from_tensor_slices(data).batch(batch)
+    return create_compressed_model(model, register_default_init_args(config, data))
+
+
 @pytest.mark.parametrize(("build", "shape", "counts"), [
     (_sequential, (12, 12, 3), (3, 3)),
     (_attention, (6, 8), (3, 4)),  # both operands of the matmul
@@ -343,10 +351,7 @@ def test_sequential_matmul_and_nested_models_strip_equal(build, shape, counts):
     keras.utils.set_random_seed(0)
     model = randomize_bn(build())
     x = np.random.default_rng(0).normal(size=(16, *shape)).astype("float32")
-    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, *shape]},
-                                   "compression": [{**PRUNE, "pruning_init": 0.5}, QUANT]})
-    config = register_default_init_args(config, tf.data.Dataset.from_tensor_slices(x).batch(8))
-    ctrl, model = create_compressed_model(model, config)
+    ctrl, model = _pruned_and_quantized(model, x)
     stats = ctrl.statistics().quantization
     assert (stats.num_weight_quantizers, stats.num_activation_quantizers) == counts
     assert stats.ranges_initialized
@@ -376,10 +381,7 @@ def test_a_layer_called_twice_shares_its_quantizers_and_strips_equal():
     for v in model.weights:
         v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
     x = rng.normal(size=(16, 8, 8, 3)).astype("float32")
-    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 8, 8, 3]},
-                                   "compression": [{**PRUNE, "pruning_init": 0.5}, QUANT]})
-    config = register_default_init_args(config, tf.data.Dataset.from_tensor_slices(x).batch(8))
-    ctrl, model = create_compressed_model(model, config)
+    ctrl, model = _pruned_and_quantized(model, x)
     quant = _quant(ctrl)
     assert quant.statistics().ranges_initialized
     sh_inputs = [q for k, q in quant.quantizers.items()
@@ -507,10 +509,7 @@ def test_a_nested_sequential_beside_an_add_strips_and_reloads(tmp_path):
     x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inp)
     model = keras.Model(inp, keras.layers.Conv2D(4, 1)(mid(x)))
     data = np.random.default_rng(1).normal(size=(16, 8, 8, 3)).astype("float32")
-    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 8, 8, 3]},
-                                   "compression": [{**PRUNE, "pruning_init": 0.5}, QUANT]})
-    config = register_default_init_args(config, tf.data.Dataset.from_tensor_slices(data).batch(8))
-    ctrl, model = create_compressed_model(model, config)
+    ctrl, model = _pruned_and_quantized(model, data)
     small = ctrl.strip()
     small.save(tmp_path / "m.keras")
     back = keras.models.load_model(tmp_path / "m.keras")
@@ -536,10 +535,7 @@ def test_mixed_float16_strips_equal_and_reloads(tmp_path):
     for v in model.weights:
         v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
     data = rng.normal(size=(8, 8, 8, 3)).astype("float32")
-    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 8, 8, 3]},
-                                   "compression": [{**PRUNE, "pruning_init": 0.5}, QUANT]})
-    config = register_default_init_args(config, tf.data.Dataset.from_tensor_slices(data).batch(4))
-    ctrl, model = create_compressed_model(model, config)
+    ctrl, model = _pruned_and_quantized(model, data, batch=4)
     small = ctrl.strip()
     ref = np.asarray(model(data, training=False), "float32")
     np.testing.assert_array_equal(np.asarray(small(data), "float32"), ref)
