@@ -163,29 +163,19 @@ def install_quantizers(
         float (logged).
     """
     gm: fx.GraphModule | None = captured.extra.get("gm")
-    if gm is None:  # captured with torch.export: no module per node, only per layer
-        return _install_on_layers(captured, specs, lazy)
-    nodes = {n.name: n for n in gm.graph.nodes}
-    calls: dict[str, int] = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            calls[n.target] = calls.get(n.target, 0) + 1
-    modules = dict(model.named_modules())
+    sites = _FxSites(model, gm) if gm is not None else _LayerSites(captured)
     quantizers, placed, hooked = {}, [], {}
     for spec in specs:
         if spec.kind == "weight":
             q = _weight_quantizer(captured.refs.get(spec.target), spec)
         else:
-            node = nodes[spec.target]
-            unique = node.op == "call_module" and calls[node.target] == 1 and node.target
-            if unique and not spec.settings.per_channel:
+            maker = sites.maker(spec) if not spec.settings.per_channel else None
+            if maker is not None:
                 q = FakeQuantize(spec, lazy)
-                modules[node.target].add_module("output_quantizer", q)
-                modules[node.target].register_forward_hook(QuantizeOutput(q))
+                maker.add_module("output_quantizer", q)
+                maker.register_forward_hook(QuantizeOutput(q))
             else:
-                readers = [modules[nodes[c].target] for c in spec.consumers
-                           if nodes[c].op == "call_module"]  # fmt: skip
-                q = _input_quantizer(readers, spec, lazy, hooked)
+                q = _input_quantizer(sites.readers(spec), spec, lazy, hooked)
         if q is None:
             log.info("left in float: %s (no module makes or reads it)", spec.key)
             continue
@@ -194,27 +184,44 @@ def install_quantizers(
     return quantizers, placed
 
 
-def _install_on_layers(
-    captured: Captured, specs: list[QuantizerSpec], lazy: bool
-) -> tuple[dict[str, FakeQuantize], list[QuantizerSpec]]:
-    """:func:`install_quantizers` for a graph whose nodes name no module: each activation
-    is quantized as the input of the layers that read it (a tensor no layer reads, a
+class _FxSites:
+    """Where a tensor of a torch.fx graph can be quantized: the module that alone makes
+    it (called once), or the modules that read it."""
+
+    def __init__(self, model: nn.Module, gm: fx.GraphModule) -> None:
+        self.nodes = {n.name: n for n in gm.graph.nodes}
+        self.calls: dict[str, int] = {}
+        for n in gm.graph.nodes:
+            if n.op == "call_module":
+                self.calls[n.target] = self.calls.get(n.target, 0) + 1
+        self.modules = dict(model.named_modules())
+
+    def maker(self, spec: QuantizerSpec) -> nn.Module | None:
+        node = self.nodes[spec.target]
+        once = node.op == "call_module" and self.calls[node.target] == 1 and node.target
+        return self.modules[node.target] if once else None
+
+    def readers(self, spec: QuantizerSpec) -> list[nn.Module]:
+        return [self.modules[self.nodes[c].target] for c in spec.consumers
+                if self.nodes[c].op == "call_module"]  # fmt: skip
+
+
+class _LayerSites:
+    """The same for a graph captured with torch.export, whose nodes name no module: a
+    tensor is quantized as the input of the layers that read it (one no layer reads, a
     model output, stays float)."""
-    quantizers, placed, hooked = {}, [], {}
-    for spec in specs:
-        if spec.kind == "weight":
-            q = _weight_quantizer(captured.refs.get(spec.target), spec)
-        else:
-            layers = [captured.graph[c].layer for c in spec.consumers if c in captured.graph.nodes]
-            readers = list({id(m): m for m in (captured.refs.get(n) for n in layers if n)
-                            if m is not None}.values())  # fmt: skip
-            q = _input_quantizer(readers, spec, lazy, hooked)
-        if q is None:
-            log.info("left in float: %s (no layer reads it)", spec.key)
-            continue
-        quantizers[spec.key] = q
-        placed.append(spec)
-    return quantizers, placed
+
+    def __init__(self, captured: Captured) -> None:
+        self.captured = captured
+
+    def maker(self, spec: QuantizerSpec) -> None:
+        return None
+
+    def readers(self, spec: QuantizerSpec) -> list[nn.Module]:
+        graph, refs = self.captured.graph, self.captured.refs
+        layers = [graph[c].layer for c in spec.consumers if c in graph.nodes]
+        found = (refs.get(n) for n in layers if n)
+        return list({id(m): m for m in found if m is not None}.values())
 
 
 def _weight_quantizer(layer: nn.Module | None, spec: QuantizerSpec) -> FakeQuantize | None:
