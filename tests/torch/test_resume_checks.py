@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from torch import nn
+from torch_helpers import train_steps
 
 from filterprune import ConfigError, NNCFConfig
 from filterprune.torch import create_compressed_model
@@ -43,17 +44,8 @@ def _config(*extra, pruning_init=0.1, **params):
 
 
 def _train(ctrl, model, opt, epochs, seed):
-    g = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        ctrl.scheduler.epoch_step()
-        for _ in range(2):
-            ctrl.scheduler.step()
-            x = torch.randn(4, 3, 12, 12, generator=g)
-            loss = model(x).square().mean() + ctrl.loss()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    train_steps(ctrl, model, opt, epochs, seed, steps=2, shape=(4, 3, 12, 12))
 
 
 def _resume_pair(config):

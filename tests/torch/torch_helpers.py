@@ -68,15 +68,15 @@ class SmallNet(nn.Module):
         return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
 
 
-def train_steps(ctrl, model, opt, epochs, seed, steps=3):
-    """``epochs`` epochs of ``steps`` steps on seeded random batches; the loss includes
-    ``ctrl.loss()`` and the scheduler is stepped as a user would."""
+def train_steps(ctrl, model, opt, epochs, seed, steps=3, shape=(8, 3, 32, 32)):
+    """``epochs`` epochs of ``steps`` steps on seeded random batches of ``shape``; the loss
+    includes ``ctrl.loss()`` and the scheduler is stepped as a user would."""
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         ctrl.scheduler.epoch_step()
         for _ in range(steps):
             ctrl.scheduler.step()
-            x = torch.randn(8, 3, 32, 32, generator=g)
+            x = torch.randn(*shape, generator=g)
             loss = model(x).square().mean() + ctrl.loss()
             opt.zero_grad()
             loss.backward()
