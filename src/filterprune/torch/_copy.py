@@ -23,13 +23,14 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from .masks import _masked_class
 
-__all__ = ["detach_computed_weights", "copy_model", "computed_weights", "bake_weights"]
+__all__ = ["detach_computed_weights", "copy_model", "computed_weights", "bake_weights",
+           "NORM_HOOKS"]
 
-_HOOKS = (WeightNorm, SpectralNorm)
+NORM_HOOKS = (WeightNorm, SpectralNorm)  # the legacy weight-norm forward pre-hooks
 
 
 def _hooks(module: nn.Module) -> list:
-    return [h for h in module._forward_pre_hooks.values() if isinstance(h, _HOOKS)]
+    return [h for h in module._forward_pre_hooks.values() if isinstance(h, NORM_HOOKS)]
 
 
 def computed_weights(module: nn.Module) -> dict[str, tuple[str, ...]]:
@@ -87,7 +88,7 @@ def bake_weights(modules: Iterable[nn.Module]) -> dict[nn.Parameter, list[nn.Par
         try:
             with torch.no_grad():
                 for key, hook in list(module._forward_pre_hooks.items()):
-                    if isinstance(hook, _HOOKS):
+                    if isinstance(hook, NORM_HOOKS):
                         hook.remove(module)
                         del module._forward_pre_hooks[key]
                 if parametrize.is_parametrized(module):

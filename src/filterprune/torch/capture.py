@@ -26,12 +26,11 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
-from torch.nn.utils.spectral_norm import SpectralNorm
-from torch.nn.utils.weight_norm import WeightNorm
 
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
+from ._copy import NORM_HOOKS
 from ._layers import COMPUTED, functional_node, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, module_rule
 from ._sizes import SizeReads
@@ -267,15 +266,12 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
     return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
 
 
-_NORM_HOOKS = (WeightNorm, SpectralNorm)
-
-
 def _user_hooks(module: nn.Module) -> bool:
     """Whether ``module`` has forward hooks of the caller's: torch.fx records the call
     without them, so what they compute is not seen (weight norms and this package's own
     hooks are known)."""
     hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
-    return any(not isinstance(h, _NORM_HOOKS) and not
+    return any(not isinstance(h, NORM_HOOKS) and not
                (getattr(h, "__module__", None) or type(h).__module__).startswith("filterprune")
                for h in hooks)  # fmt: skip
 

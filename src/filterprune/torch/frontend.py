@@ -66,6 +66,15 @@ def sample_inputs(config: Config, model: nn.Module) -> tuple[Any, ...]:
     return _as_arguments(model, infos, tensors, where)
 
 
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _positional(model: nn.Module) -> list[inspect.Parameter]:
+    """The arguments ``forward`` takes by position."""
+    params = inspect.signature(model.forward).parameters.values()
+    return [p for p in params if p.kind in _POSITIONAL]
+
+
 def _check_count(model: nn.Module, given: int) -> None:
     """Refuse more ``input_info`` entries than ``forward`` takes by position (the extra
     ones failed only at export, as a bare TypeError)."""
@@ -75,7 +84,7 @@ def _check_count(model: nn.Module, given: int) -> None:
         return
     if any(p.kind is p.VAR_POSITIONAL for p in params):
         return
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = _positional(model)
     if given > len(positional):
         raise ConfigError(
             f"`input_info` must have at most one entry per argument of "
@@ -102,8 +111,7 @@ def _sample(info: dict[str, Any], where: str, generator: torch.Generator) -> tor
 def _as_arguments(model: nn.Module, infos: list[dict[str, Any]], tensors: list[torch.Tensor],
                   where: list[str]) -> tuple[Any, ...]:  # fmt: skip
     """Positional entries first, keyword entries at their argument's position."""
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    params = [p for p in inspect.signature(model.forward).parameters.values() if p.kind in kinds]
+    params = _positional(model)
     names = [p.name for p in params]
     given: dict[int, tuple[str, torch.Tensor]] = {}
     for info, tensor, key in zip(infos, tensors, where, strict=True):
@@ -114,7 +122,7 @@ def _as_arguments(model: nn.Module, infos: list[dict[str, Any]], tensors: list[t
         word = info.get("keyword")
         if word is None:
             continue
-        if word not in names or params[names.index(word)].kind == kinds[0]:
+        if word not in names or params[names.index(word)].kind == _POSITIONAL[0]:
             raise ConfigError(f"`{key}.keyword` must name an argument of {signature}. "
                               f"Received: keyword={word!r}.")  # fmt: skip
         if names.index(word) in given:
