@@ -10,7 +10,7 @@ import onnx
 
 from ..errors import ConversionError
 from ._io import load_model
-from ._ops import FOREIGN_FIX, foreign_ops
+from ._ops import foreign_ops
 from ._shapes import opset_of
 from .capture import capture
 from .int8_weights import store_int8_weights, wide_int8_weights
@@ -183,8 +183,8 @@ def remove_zero_filters(
         zeros = sum(s.zero_filters for s in report.layers)
         found = f"{zeros} zero filters found, none removable" if zeros else "no zero filters found"
         foreign = foreign_ops(standard)
-        if foreign:  # the zeros may be inside them: say how to get a file it reads
-            found += f" outside the unsupported ops {', '.join(foreign)}: {FOREIGN_FIX}"
+        if foreign:  # the zeros may be inside them (the report's note says what to do)
+            found += f" outside the unsupported ops {', '.join(foreign)} (see the note above)"
         if not stored:
             report.notes.append(f"{found}; the model is unchanged")
             return proto, report
