@@ -184,7 +184,8 @@ def remove_zero_filters(
         found = f"{zeros} zero filters found, none removable" if zeros else "no zero filters found"
         foreign = foreign_ops(standard)
         if foreign:  # the zeros may be inside them (the report's note says what to do)
-            found += f" outside the unsupported ops {', '.join(foreign)} (the report's notes say what to do)"
+            found += (f" outside the unsupported ops {', '.join(foreign)} (the report's notes "
+                      "say what to do)")
         if not stored:
             report.notes.append(f"{found}; the model is unchanged")
             return proto, report
