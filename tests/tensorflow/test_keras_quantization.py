@@ -155,6 +155,25 @@ def test_strip_is_smaller_equal_and_saves_as_keras(trained, tmp_path):
     _close(keras.models.load_model(tmp_path / "small.keras")(x).numpy(), ref)
 
 
+def test_a_stripped_quantized_model_is_not_compressed_again(trained):
+    from filterprune import AnalysisError
+
+    ctrl, _, x, ref, _ = trained
+    small = ctrl.strip()
+    with pytest.raises(AnalysisError, match="stripped model"):
+        create_compressed_model(small, _config(PRUNE, QUANT))
+    _close(small(x, training=False).numpy(), ref)
+
+
+def test_init_args_registered_on_a_plain_dict_config():
+    dataset = tf.data.Dataset.from_tensor_slices(regression_data(0)[0]).batch(8)
+    plain = {"input_info": {"sample_size": [1, 32, 32, 3]}, "compression": [PRUNE, QUANT]}
+    config = register_default_init_args(plain, dataset)
+    ctrl, _ = create_compressed_model(_fresh(), config)
+    stats = _quant(ctrl).statistics()
+    assert stats.num_initialized == stats.num_quantizers > 0  # ranges from the dataset
+
+
 def test_frozen_graph_has_fake_quant_ops_and_matches(trained, tmp_path):
     ctrl, _, x, ref, _ = trained
     path = tmp_path / "model.pb"

@@ -71,3 +71,11 @@ def test_exported_onnx_matches_the_model(small_net, tmp_path, shrink):
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(out, ref, atol=1e-4 * max(1.0, np.abs(ref).max()))
     assert not list(tmp_path.glob("*.tmp*")) and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.xml", "model"])
+def test_export_refuses_a_path_that_is_not_onnx(small_net, tmp_path, name):
+    ctrl, _ = create_compressed_model(small_net, make_config(prune_first_conv=True))
+    with pytest.raises(ValueError, match=r"writes ONNX.*ending in \.onnx"):
+        ctrl.export_model(str(tmp_path / name))
+    assert not list(tmp_path.iterdir())

@@ -307,3 +307,35 @@ def test_a_sample_size_the_model_refuses_prints_no_traceback(capfd):
         create_compressed_model(model, make_config((1, 3, 32, 32)))
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err + captured.out
+
+
+def test_ignored_scope_on_a_layer_without_filters_warns(small_net, caplog):
+    config = make_config(prune_first_conv=True, extra={"ignored_scopes": ["{re}.*bn.*"]})
+    create_compressed_model(small_net, config)
+    assert "matches only layers without filters" in caplog.text
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_compressing_a_compressed_model_is_refused(small_net, quantize):
+    pruning = {"algorithm": "filter_pruning", "pruning_init": 0.5}
+    quantization = {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}}
+    config = {"input_info": {"sample_size": [1, 3, 32, 32]},
+              "compression": [pruning, quantization] if quantize else [pruning]}
+    _, model = create_compressed_model(small_net, config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(AnalysisError, match="compressed before"):
+        create_compressed_model(model, config)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_init_args_registered_on_a_plain_dict_config(small_net):
+    from filterprune.torch import register_default_init_args
+
+    loader = [(torch.randn(4, 3, 32, 32), torch.zeros(4)) for _ in range(2)]
+    plain = {"input_info": {"sample_size": [1, 3, 32, 32]},
+             "compression": [{"algorithm": "filter_pruning"}, {"algorithm": "quantization"}]}
+    ctrl, _ = create_compressed_model(small_net, register_default_init_args(plain, loader))
+    stats = ctrl.get("quantization").statistics()
+    assert stats.num_initialized == stats.num_quantizers > 0  # ranges from the loader

@@ -37,7 +37,7 @@ from .legr_coeffs import Coeffs, coeffs_from_json, coeffs_to_json, identity, loa
 from .params import FilterPruningParams
 from .pruner import Plan, Pruner
 from .schedule import Scheduler
-from .scopes import ScopeMatcher
+from .scopes import ScopeMatcher, warn_filterless
 from .selection import MAX_GROUP_LEVEL, too_narrow
 from .signals import importance_source, unsupported
 from .state import auto_renamed, check_pruning_state, check_same_schedule, check_taylor_state
@@ -107,6 +107,8 @@ class PruningControllerBase(CompressionController):
     def __init__(self, params: FilterPruningParams, analysis: Analysis) -> None:
         self.params = params
         self.analysis = analysis
+        warn_filterless(params.ignored_scopes, [*analysis.graph.layers, *(
+            n.layer or n.name for n in analysis.graph)], analysis.state.producers)
         self.pruner = Pruner(analysis, importance=params.filter_importance,
                              global_ranking=params.all_weights,
                              multiple_of=params.filters_multiple_of)  # fmt: skip

@@ -48,6 +48,7 @@ __all__ = [
     "iter_scope_patterns",
     "nncf_scope_name",
     "normalize_scopes",
+    "warn_filterless",
 ]
 
 log = logging.getLogger("filterprune")
@@ -260,6 +261,32 @@ def check_unmatched(config: Mapping[str, Any], names: Iterable[str]) -> list[str
                 raise ConfigError(f"{message} Set `validate_scopes` to false to only warn.")
             log.warning("%s", message)
             warned.append(message)
+    return warned
+
+
+def warn_filterless(ignored: Iterable[str], names: Iterable[str],
+                    producers: Iterable[str]) -> list[str]:  # fmt: skip
+    """Warn about ``ignored_scopes`` patterns of filter pruning that match only layers
+    without filters (a BatchNorm, an activation): pruning keeps whole only the layers
+    that make channels, so the filters feeding such a layer are still pruned.
+
+    Returns:
+        The warnings logged.
+    """
+    names, producers = list(dict.fromkeys(names)), set(producers)
+    warned = []
+    for text in normalize_scopes(ignored):
+        pattern = _Pattern(text, "ignored_scopes")
+        hits = [n for n in names if pattern.matches(n)]
+        if not hits or any(n in producers for n in hits):
+            continue
+        shown = ", ".join(hits[:3]) + (", ..." if len(hits) > 3 else "")
+        message = (f"filter_pruning `ignored_scopes` entry {text!r} matches only layers "
+                   f"without filters ({shown}), so it keeps nothing whole: the filters that "
+                   "feed them are still pruned. Name the convolution or linear layer that "
+                   "makes those channels.")  # fmt: skip
+        log.warning("%s", message)
+        warned.append(message)
     return warned
 
 

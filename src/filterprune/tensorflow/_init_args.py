@@ -52,7 +52,8 @@ def register_default_init_args(config: Config, dataset: Any, batch_size: int | N
     """Attach ``dataset`` (and LeGR's search inputs) to ``config`` for initialisation.
 
     Args:
-        config: The config (returned, with the arguments registered).
+        config: The config (returned, with the arguments registered); a plain dict is
+            read into a new :class:`~filterprune.Config`, so use the one returned.
         dataset: A ``tf.data.Dataset`` (or any iterable) of inputs or ``(inputs, targets)``
             pairs, batched or not, in the model's own layout: BatchNorm adaptation reads it,
             and ``train_steps_fn`` trains on it.
@@ -80,6 +81,7 @@ def register_default_init_args(config: Config, dataset: Any, batch_size: int | N
     if val_dataset is not None:
         _check_not_empty(val_dataset, "val_dataset", "the LeGR search")
     check_callable(validate_fn=validate_fn, train_steps_fn=train_steps_fn)
+    config = config if isinstance(config, Config) else Config.from_dict(config)
     config.register_extra_structs([TFInitArgs(dataset, batch_size, val_dataset, validate_fn,
                                               train_steps_fn, legr_train_optimizer)])
     return config

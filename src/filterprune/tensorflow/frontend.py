@@ -15,13 +15,14 @@ from ..core.finite import Probe
 from ..core.params import FilterPruningParams
 from ..core.weights import filters_first
 from ..core.workflow import Captured, Frontend
-from ..errors import ConfigError
+from ..errors import AnalysisError, ConfigError
 from ._init_args import TFInitArgs, adapt_batchnorm
 from ._inputs import ordered_infos, samples
 from ._snapshot import restore, snapshot
 from .capture import capture, functional_of
 from .controller import FilterPruningController, export_model, reset_traced_functions
 from .distillation import KnowledgeDistillationController
+from .fake_quant import FakeQuant, QuantizedWeights
 from .finite import cut_probe
 from .quantization import QuantizationController
 from .shrink import plain_copy
@@ -48,6 +49,15 @@ class KerasFrontend(Frontend):
                 "`input_info.sample_size` is required to read the model, e.g. "
                 '{"input_info": {"sample_size": [1, 224, 224, 3]}} (NHWC or NCHW). '
                 "Received: no input_info."
+            )
+        layers = model._flatten_layers(include_self=True, recursive=True)
+        done = [layer.name for layer in layers if isinstance(layer, (FakeQuant, QuantizedWeights))]
+        if done:  # (a training model's masks and quantizers are read through, not these)
+            raise AnalysisError(
+                f"Layer {done[0]!r} is a quantizer of a stripped model (ctrl.strip()): its "
+                "layers are frozen for deployment and cannot be compressed again. Pass the "
+                "model as it was before create_compressed_model, or the training model "
+                "create_compressed_model returned. The model is unchanged."
             )
 
     def capture(self, model: Any, config: Config) -> Captured:

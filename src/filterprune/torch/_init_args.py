@@ -43,7 +43,8 @@ def register_default_init_args(config: Config, train_loader: Any, criterion: Any
     """Attach ``train_loader`` (and LeGR's search inputs) to ``config`` for initialisation.
 
     Args:
-        config: The config (returned, with the arguments registered).
+        config: The config (returned, with the arguments registered); a plain dict is
+            read into a new :class:`~filterprune.Config`, so use the one returned.
         train_loader: Batches for BatchNorm adaptation and quantizer ranges, and the data
             ``train_steps_fn`` trains on; tensors or ``(inputs, targets)`` pairs, with
             ``inputs`` a tuple for a model of several inputs (``((image, depth), y)``).
@@ -68,6 +69,7 @@ def register_default_init_args(config: Config, train_loader: Any, criterion: Any
     if val_loader is not None:
         check_not_empty(val_loader, "val_loader", "the LeGR search")
     check_callable(validate_fn=validate_fn, train_steps_fn=train_steps_fn)
+    config = config if isinstance(config, Config) else Config.from_dict(config)
     config.register_extra_structs([InitArgs(train_loader, criterion, device, val_loader,
                                             validate_fn, train_steps_fn, legr_train_optimizer)])
     return config

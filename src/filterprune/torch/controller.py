@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -184,6 +185,13 @@ def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
     """
     if save_format != "onnx":
         raise ValueError(f"`save_format` must be 'onnx'. Received: save_format={save_format!r}.")
+    suffix = os.path.splitext(str(save_path))[1]
+    if suffix.lower() != ".onnx":  # a .pt or .xml holding ONNX would mislead its reader
+        raise ValueError(
+            f"export_model writes ONNX; `save_path` {str(save_path)!r} ends in "
+            f"{suffix or 'no suffix'}. Give a path ending in .onnx (for OpenVINO IR, run "
+            "`filterprune convert` on it; for a PyTorch file, torch.save(ctrl.strip(), ...))."
+        )
     _check_ranges_set(ctrl.model)
     model = fold_batchnorms(ctrl.strip(shrink=shrink).eval(), ctrl.captured.graph)
     export_onnx(model, ctrl.captured.sample, save_path, input_names, output_names)

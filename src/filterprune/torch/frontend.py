@@ -24,7 +24,9 @@ from ._snapshot import restore, snapshot
 from .capture import capture
 from .controller import FilterPruningController, export_model
 from .distillation import KnowledgeDistillationController
+from .fake_quant import FakeQuantize
 from .finite import cut_probe
+from .masks import is_masked
 from .quantization import QuantizationController
 
 __all__ = ["TorchFrontend", "sample_inputs"]
@@ -161,6 +163,16 @@ class TorchFrontend(Frontend):
                 f"Module {scripted[0]!r} is a TorchScript module (torch.jit.script or trace): "
                 "its layers cannot be masked or cut. Compress the plain nn.Module, then "
                 "script the model ctrl.strip() returns. The model is unchanged."
+            )
+        done = [n or type(model).__name__ for n, m in model.named_modules()
+                if is_masked(m) or isinstance(m, FakeQuantize)]  # fmt: skip
+        if done:  # its masks would be read as ops of the model, and nothing found to prune
+            raise AnalysisError(
+                f"Module {done[0]!r} already carries filterprune masks or quantizers: the "
+                "model was compressed before. Pass the model as it was before "
+                "create_compressed_model (keep a copy.deepcopy), or to resume a run, build a "
+                "fresh model and pass compression_state=ctrl.get_compression_state(). The "
+                "model is unchanged."
             )
 
     def capture(self, model: nn.Module, config: Config) -> Captured:
