@@ -204,6 +204,10 @@ def test_schema_defaults_match_dataclass_defaults():
          r"'mean_min_max', 'percentile'\."),
         ({**BASE, "compression": [{"algorithm": "quantization", "pruning_init": 0.1}]},
          r"Unknown key `compression\[0\]\.pruning_init`"),
+        (with_pruning({"zero_grad": True}),
+         r"Unknown key `compression\[0\]\.params\.zero_grad`\..* always get zero gradients"),
+        ({**BASE, "compression": [{"algorithm": "quantization", "scope_overrides": {}}]},
+         r"Unknown key `compression\[0\]\.scope_overrides`\..* leave layers in float with"),
     ],
 )
 def test_invalid_config_messages(config, message):

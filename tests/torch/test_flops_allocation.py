@@ -85,3 +85,27 @@ def test_no_rounding_lands_in_window(target):
     removed = 1 - ctrl.statistics().flops_kept
     assert target <= removed <= target + 0.02
     assert_strip_equal(ctrl, model, torch.randn(2, 1, 28, 28))
+
+
+class _OneGroup(torch.nn.Module):
+    """One prunable group of 32 filters: in blocks of 8 the FLOPs removed jump from 0.494
+    (16 kept) to 0.741 (8 kept), so a target of 0.5 cannot land in its window."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.b = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.c = torch.nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        return self.c(torch.softmax(self.b(self.a(x)), 1))  # b's group is held
+
+
+def test_a_target_the_blocks_pass_is_said_once(caplog):
+    torch.manual_seed(0)
+    params = {"pruning_flops_target": 0.5, "prune_first_conv": True, "pruning_steps": 2}
+    ctrl, _ = create_compressed_model(_OneGroup(), make_config(pruning_init=0.0, **params))
+    for _ in range(4):
+        ctrl.scheduler.epoch_step()
+    assert 1 - ctrl.statistics().flops_kept == pytest.approx(0.741, abs=1e-3)
+    assert caplog.text.count("`pruning_flops_target` 0.5 is passed: 0.741") == 1

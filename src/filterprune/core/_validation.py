@@ -323,6 +323,18 @@ def one_of(key: str, value: Any, choices: Iterable[Any]) -> ConfigError:
     return ConfigError(_must_be(key, expected, name, value, did_you_mean(value, choices)))
 
 
+# NNCF keys with no counterpart here, and what to do with them instead
+_NNCF_ONLY = {
+    "zero_grad": " Pruned filters always get zero gradients here (their weights are masked): "
+                 "drop the key.",
+    "scope_overrides": " Per-scope quantizer settings are not supported: the `weights` and "
+                       "`activations` settings apply to every quantizer; leave layers in "
+                       "float with `ignored_scopes`.",
+    "compression_lr_multiplier": " Compression adds no trainable parameters to scale: drop "
+                                 "the key.",
+}
+
+
 def _unknown_key(error: ValidationError, where: str) -> str:
     allowed = list(error.schema.get("properties", {}))
     unknown = [k for k in error.instance if k not in allowed]
@@ -330,7 +342,7 @@ def _unknown_key(error: ValidationError, where: str) -> str:
     path = key_path([*error.absolute_path, key], where)
     return (
         f"Unknown key `{path}`. Allowed keys: {', '.join(sorted(allowed))}."
-        + did_you_mean(key, allowed)
+        + (_NNCF_ONLY.get(key) or did_you_mean(key, allowed))
     )
 
 

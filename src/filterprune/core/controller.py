@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .allocation import TOLERANCE
 from .analysis import Analysis, AnalysisOptions
 from .compression import STATE_VERSION, CompressionController, CompressionStage
 from .coupled import coupled_layers, coupled_scores
@@ -120,6 +121,7 @@ class PruningControllerBase(CompressionController):
         self._starting = False
         self._deferring = False  # inside a scheduler step: BatchNorm waits for its end
         self._bn_stale = False
+        self._overshoot_said = False
         self._recording: Any = None  # outputs before a mask change, refit at the step's end
         self._before_change: Plan | None = None  # the masks to put back if that refit fails
         self.scheduler = Scheduler(params, self._scheduled_level, self.freeze,
@@ -297,6 +299,7 @@ class PruningControllerBase(CompressionController):
         else:
             plan = self.pruner.plan(float(level), scores, self.ranking_coeffs)
         plan = self._sync(plan)
+        self._warn_overshoot(float(level), plan)
         changed = not _same_kept(self.plan.kept, plan.kept)
         recording = None
         if self.params.reconstruction_after_mask_change and self._recording is None and (
@@ -314,6 +317,21 @@ class PruningControllerBase(CompressionController):
                 self._bn_stale = True
             else:
                 self._adapt_batchnorm()
+
+    def _warn_overshoot(self, level: float, plan: Plan) -> None:
+        """Say once when the FLOPs target is passed by more than the window: a user asking
+        for half should hear that the filter blocks only allow three quarters."""
+        if not self.params.prune_flops or level < self.params.target_level - 1e-9:
+            return
+        removed = 1.0 - self.pruner.flops(plan) / self.pruner.full_flops
+        if removed <= level + TOLERANCE or self._overshoot_said:
+            return
+        self._overshoot_said = True
+        log.warning(
+            "filter_pruning: `pruning_flops_target` %.3g is passed: %.3f of the FLOPs are "
+            "removed, the least the prunable groups allow with filters kept in multiples of "
+            "%d. Lower `filters_multiple_of` for finer steps, or lower the target.",
+            level, removed, self.params.filters_multiple_of)
 
     def _scheduled_level(self, level: float) -> None:
         """The scheduler's ``set_pruning_level``: BatchNorm is re-estimated once the epoch

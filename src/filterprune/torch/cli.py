@@ -55,6 +55,7 @@ def run_one_shot(args: argparse.Namespace) -> int:
     if pruning is not None:
         level = args.level if args.level is not None else pruning.scheduler.target_level
         pruning.set_pruning_level(level)
+        pruning.scheduler.current_level = pruning.pruning_level  # what statistics show
     print(ctrl.statistics())
     small = ctrl.strip().eval()
     atomic_write(args.output, lambda tmp: torch.save(small.state_dict(), tmp))
