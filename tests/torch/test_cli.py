@@ -88,3 +88,13 @@ def test_analyze_and_prune_agree_on_groups_and_flops(tmp_path, capsys):
     assert any(g["reason"] and "ignored_scopes" in g["reason"] for g in groups)
     assert analysis["statistics"]["current_flops"] == stats.current_flops
     assert analysis["plan"] == ctrl.plan.to_dict(ctrl.analysis)
+
+
+def test_one_shot_with_quantization_says_to_fine_tune(tmp_path, capsys):
+    config = tmp_path / "q.json"
+    config.write_text(json.dumps({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [
+        {"algorithm": "filter_pruning"}, {"algorithm": "quantization"}]}))
+    out = tmp_path / "pruned.pt"
+    assert main(["prune", MODEL, "--config", str(config), "-o", str(out)]) == 2
+    assert "one-shot pruning (-o, no training) cannot quantize" in capsys.readouterr().err
+    assert not out.exists()

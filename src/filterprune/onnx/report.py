@@ -80,10 +80,12 @@ class ConversionReport:
             lines.append(f"  outputs checked: max relative difference {self.max_rel_diff:.2e}")
         for note in self.notes:
             lines.append(f"  note: {note}")
-        lines += ["", f"  {'layer':<48} {'filters':>7} {'removed':>7} {'zero':>5} {'kept0':>5}"]
+        lines += ["", "  zero: filters found all zero; zero kept: of those, the ones left in "
+                  "(why: below)",
+                  f"  {'layer':<48} {'filters':>7} {'removed':>7} {'zero':>5} {'zero kept':>9}"]
         for s in self.layers:
             lines.append(f"  {s.name[-48:]:<48} {s.filters:>7} {s.removed:>7} "
-                         f"{s.zero_filters:>5} {s.kept_zero:>5}")  # fmt: skip
+                         f"{s.zero_filters:>5} {s.kept_zero:>9}")  # fmt: skip
         kept = [s for s in self.layers if s.kept_zero]
         if kept:
             lines += ["", "  zero filters kept:"]

@@ -50,6 +50,12 @@ def run_one_shot(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, trusted=args.trusted, weights=args.weights).eval()
     config = load_config(args.config, args.input, [1, 3, 224, 224], args.level)
+    if "quantization" in [a["algorithm"] for a in config.algorithms()]:
+        raise UsageError(
+            f"--config {args.config}: one-shot pruning (-o, no training) cannot quantize: "
+            "activation ranges need data. Fine-tune with --data DIR --epochs N --out RUN_DIR, "
+            "or drop the quantization entry."
+        )
     ctrl, model = compress_quietly(model, config)
     pruning = pruning_child(ctrl)
     if pruning is not None:
