@@ -223,3 +223,26 @@ def test_a_viewed_layer_scale_strips_equal():
     ctrl, model = create_compressed_model(nondegenerate(Scaled(literal=False)), config)
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
     assert small.scale.gamma.shape == (8,)
+
+
+class ModelLevelWeight(nn.Module):
+    """``F.conv2d`` on a parameter of the model itself: no layer to mask, listed whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(16, 3, 3, 3))
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.c2(F.relu(F.conv2d(x, self.w, padding=1)))))
+
+
+def test_a_model_level_weight_is_listed_whole_with_the_reason():
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(ModelLevelWeight(), make_config((1, 3, 16, 16),
+                                                                          prune_first_conv=True))
+    stats = ctrl.statistics()
+    assert (["w"], "conv2d reads parameters that are not one layer's (w)") in stats.unpruned
+    assert [(s.name, s.kept) for s in stats.layers] == [("c2", 8)]
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))

@@ -102,7 +102,7 @@ def collect_statistics(
             layers.append(LayerStat(layer, n, int(vec.sum()) if vec is not None else n))
     unpruned = [(g.producers, g.reason or "") for g in analysis.groups if not g.prunable]
     unpruned += [(analysis.groups[gid].producers, why) for gid, why in (reasons or {}).items()]
-    unpruned += _whole_layers(analysis.graph)
+    unpruned += _whole_layers(analysis.graph, {p for g in analysis.groups for p in g.producers})
     return PruningStatistics(
         full_flops=full_flops,
         current_flops=sum(layer_flops(analysis.graph, keeps).values()),
@@ -118,13 +118,19 @@ def collect_statistics(
     )
 
 
-def _whole_layers(graph) -> list[tuple[list[str], str]]:
-    """Weighted layers an op without a rule reads (an LSTM, a hooked conv): whole, with
-    the stop's reason (they are no group's producers, so groups do not list them)."""
+def _whole_layers(graph, producers: set[str]) -> list[tuple[list[str], str]]:
+    """Weighted layers an op without a rule runs in or reads (an LSTM, a hooked conv, a
+    model's own parameter passed to ``F.conv2d``): whole, with the stop's reason (they are
+    no group's ``producers``, so groups do not list them)."""
     out: dict[str, str] = {}
     for node in graph:
+        if node.op != "stop":
+            continue
         info = graph.layers.get(node.layer or "")
-        if node.op == "stop" and info is not None and info.kind == "opaque" and any(
-                len(shape) >= 2 for shape, _ in info.params.values()):  # fmt: skip
-            out.setdefault(node.layer, node.attrs.get("reason", "no channel rule"))
+        runs_in = [node.layer] if info is not None and info.kind == "opaque" else []
+        for layer in [*runs_in, *node.attrs.get("reads_layers", ())]:
+            info = graph.layers.get(layer)
+            if layer not in producers and info is not None and any(
+                    len(shape) >= 2 for shape, _ in info.params.values()):  # fmt: skip
+                out.setdefault(layer, node.attrs.get("reason", "no channel rule"))
     return [([layer], reason) for layer, reason in out.items()]

@@ -172,7 +172,8 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
     found = module_rule(module) if module is not None else None
     if owners or not named or module is None:
         why = f"{label} reads parameters that are not one layer's ({', '.join(params.values())})"
-        reads = sorted({owner_of(name)[0] for name in params.values()} - {context or ""})
+        # a parameter of the model itself (owner "") is its own layer in the graph
+        reads = sorted({owner_of(name)[0] or name for name in params.values()} - {context or ""})
         return _opaque(why, context, modules, graph_layers, positions, reads)
     if found is None or found[0] not in spec.forms:
         if call is not None and not weighted:  # LayerNorm, GroupNorm: nothing to cut or mask
