@@ -246,3 +246,26 @@ def test_a_model_level_weight_is_listed_whole_with_the_reason():
     assert (["w"], "conv2d reads parameters that are not one layer's (w)") in stats.unpruned
     assert [(s.name, s.kept) for s in stats.layers] == [("c2", 8)]
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+
+
+class Deformable(nn.Module):
+    def __init__(self):
+        from torchvision.ops import DeformConv2d
+
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.off = nn.Conv2d(16, 18, 3, padding=1)
+        self.d = DeformConv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        return self.head(F.relu(self.d(y, self.off(y))))
+
+
+def test_a_deformable_convs_own_filters_are_listed_whole():
+    ctrl, _ = create_compressed_model(Deformable(), make_config((1, 3, 16, 16),
+                                                                prune_first_conv=True))
+    whole = dict((tuple(p), r) for p, r in ctrl.statistics().unpruned)
+    assert whole[("d.weight",)] == "no channel rule for torchvision.deform_conv2d"
+    assert {("c1",), ("off",)} <= whole.keys()

@@ -120,15 +120,16 @@ def collect_statistics(
 
 def _whole_layers(graph, producers: set[str]) -> list[tuple[list[str], str]]:
     """Weighted layers an op without a rule runs in or reads (an LSTM, a hooked conv, a
-    model's own parameter passed to ``F.conv2d``): whole, with the stop's reason (they are
-    no group's ``producers``, so groups do not list them)."""
+    model's own parameter passed to ``F.conv2d``, a deformable conv's weight): whole, with
+    the stop's reason (they are no group's ``producers``, so groups do not list them)."""
     out: dict[str, str] = {}
     for node in graph:
         if node.op != "stop":
             continue
         info = graph.layers.get(node.layer or "")
         runs_in = [node.layer] if info is not None and info.kind == "opaque" else []
-        for layer in [*runs_in, *node.attrs.get("reads_layers", ())]:
+        params = [graph[i].attrs.get("target") for i in node.inputs if graph[i].op == "param"]
+        for layer in [*runs_in, *node.attrs.get("reads_layers", ()), *params]:
             info = graph.layers.get(layer)
             if layer not in producers and info is not None and any(
                     len(shape) >= 2 for shape, _ in info.params.values()):  # fmt: skip
