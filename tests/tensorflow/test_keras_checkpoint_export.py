@@ -133,6 +133,31 @@ def test_onnx_export_matches(pruned, tmp_path):
     _close(sess.run(None, {sess.get_inputs()[0].name: x})[0], ref)
 
 
+@pytest.mark.parametrize("kind", ["dict", "list"])
+def test_onnx_outputs_are_named_as_the_model_names_them(tmp_path, kind):
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(16, 3, activation="relu", name="stem")(inp)
+    scores = keras.layers.Conv2D(4, 1, name="cls")(x)
+    boxes = keras.layers.Conv2D(2, 1, name="box")(x)
+    # the dict's keys in an order sorting changes: the graph holds them sorted
+    outputs = {"scores": scores, "boxes": boxes} if kind == "dict" else [scores, boxes]
+    model = keras.Model(inp, outputs)
+    ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3),
+                                                             prune_first_conv=True))
+    ctrl.export_model(str(tmp_path / "m.onnx"), shrink=True)
+    x = np.random.default_rng(0).normal(size=(1, 16, 16, 3)).astype("float32")
+    ref = model(x, training=False)
+    ref = ref if kind == "dict" else dict(zip(["cls", "box"], ref, strict=True))
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    assert sorted(names) == sorted(ref)
+    for name, out in zip(names, sess.run(None, {"image": x}), strict=True):
+        _close(out, np.asarray(ref[name]))
+
+
 def test_zero_filter_converter_on_the_keras_onnx_export(pruned, tmp_path):
     """tf2onnx's channels-last export of the masked model: the converter removes exactly
     what ``strip()`` removes, and the outputs stay those of the Keras model."""

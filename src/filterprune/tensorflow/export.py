@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import keras
 import tensorflow as tf
 
 from .._atomic import atomic_dir, atomic_write
@@ -84,8 +85,11 @@ def _frozen(model: Any) -> Any:
     )
 
     serve, _ = serving_function(model)
+    concrete = serve.get_concrete_function()
     with _quiet_tf():
-        return convert_variables_to_constants_v2(serve.get_concrete_function())
+        frozen = convert_variables_to_constants_v2(concrete)
+    frozen.output_structure = concrete.structured_outputs  # freezing flattens it
+    return frozen
 
 
 @contextlib.contextmanager
@@ -135,6 +139,7 @@ def _onnx(model: Any, path: str) -> None:
             "save_format='saved_model' and convert it with a tf2onnx release that does."
         ) from err
     _plain_input_names(proto)
+    _name_outputs(proto, _output_names(model, frozen))
     try:  # the full check infers shapes too: tf2onnx writes negative ConvTranspose pads
         onnx.checker.check_model(proto, full_check=True)  # that ONNX Runtime refuses
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
@@ -154,6 +159,39 @@ def _plain_input_names(proto: Any) -> None:
         old, value.name = value.name, value.name[:-2]
         for node in proto.graph.node:
             node.input[:] = [value.name if i == old else i for i in node.input]
+
+
+def _output_names(model: Any, frozen: Any) -> list[str]:
+    """Names for the outputs, in the order the graph has them: a dict's keys (flattened in
+    sorted order, not the order the model was built with), else the Keras output names."""
+    paths = [p for p, _ in keras.tree.flatten_with_path(frozen.output_structure)]
+    keras_names = list(getattr(model, "output_names", None) or [])
+    names = []
+    for i, path in enumerate(paths):
+        if path and all(isinstance(p, str) for p in path):
+            names.append("/".join(path))
+        elif len(path) <= 1 and len(keras_names) == len(paths):
+            names.append(keras_names[i])
+        else:
+            names.append("output_" + "_".join(map(str, path or (i,))))
+    return names
+
+
+def _name_outputs(proto: Any, names: list[str]) -> None:
+    """Graph outputs named ``names`` (tf2onnx names them ``Identity:0``), where the names
+    are distinct and free in the graph."""
+    taken = {v.name for v in proto.graph.input} | {i.name for i in proto.graph.initializer}
+    taken |= {o for node in proto.graph.node for o in node.output}
+    olds = [v.name for v in proto.graph.output]
+    if len(names) != len(olds) or len(set(names)) != len(names) or set(names) & (taken - set(
+            olds)):  # fmt: skip
+        return
+    renamed = dict(zip(olds, names, strict=True))
+    for value in proto.graph.output:
+        value.name = renamed[value.name]
+    for node in proto.graph.node:
+        node.output[:] = [renamed.get(o, o) for o in node.output]
+        node.input[:] = [renamed.get(i, i) for i in node.input]
 
 
 def _write(fmt: str, model: Any, path: str) -> None:
