@@ -157,3 +157,28 @@ def test_a_model_that_fixes_its_batch_exports_with_the_example_batch(tmp_path, e
         export_onnx(net, (x,), str(tmp_path / "m.onnx"), exporter=exporter)
     with torch.no_grad():
         np.testing.assert_allclose(_run(tmp_path / "m.onnx", x), net(x), atol=1e-5)
+
+
+class _DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.cls, self.box = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.stem(x).relu()
+        return {"scores": self.cls(y), "aux": {"boxes": self.box(y)}}
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_dict_outputs_are_named_by_their_keys(tmp_path, exporter):
+    torch.manual_seed(0)
+    model, x = _DictOut().eval(), torch.randn(1, 3, 16, 16)
+    export_onnx(model, (x,), str(tmp_path / "m.onnx"), exporter=exporter)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    assert names == ["scores", "aux/boxes"]
+    with torch.no_grad():
+        ref = model(x)
+    scores, boxes = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(scores, ref["scores"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(boxes, ref["aux"]["boxes"].numpy(), atol=1e-5)

@@ -56,7 +56,7 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
                          f"Received: exporter={exporter!r}.")  # fmt: skip
     check_writable(path)  # before any export: an I/O error is not the exporter's
     args = tuple(sample)
-    names = {"input_names": input_names, "output_names": output_names}
+    names = {"input_names": input_names, "output_names": output_names or _keyed_names(model, args)}
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX form
     try:
@@ -74,6 +74,21 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
                           "torchscript")
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _keyed_names(model: nn.Module, args: tuple) -> list[str] | None:
+    """Output names from the keys of a dict the model returns (``scores``, ``aux/boxes``),
+    in the order both exporters flatten it; ``None`` (the exporter's names) otherwise."""
+    from torch.utils._pytree import MappingKey, tree_flatten_with_path
+
+    with torch.no_grad():
+        leaves, _ = tree_flatten_with_path(model(*args))
+    if not any(isinstance(k, MappingKey) for path, _ in leaves for k in path) or not all(
+            isinstance(leaf, torch.Tensor) for _, leaf in leaves):  # fmt: skip
+        return None
+    names = ["/".join(str(k.key if isinstance(k, MappingKey) else getattr(k, "idx", k))
+                      for k in path) for path, _ in leaves]  # fmt: skip
+    return names if len(set(names)) == len(names) else None
 
 
 def _write(path: str, write, name: str) -> str:
