@@ -24,7 +24,15 @@ from .cli_common import (
     shape_arg,
     with_switches,
 )
-from .cli_models import ModelSpec, load_keras_model, load_torch_model, load_weights, parse_spec
+from .cli_models import (
+    ModelSpec,
+    build_factory,
+    is_keras_model,
+    load_keras_model,
+    load_torch_model,
+    load_weights,
+    parse_spec,
+)
 
 __all__ = ["add_analyze", "run_analyze", "summarize", "MODEL_HELP"]
 
@@ -77,15 +85,19 @@ def _open(spec: ModelSpec, args: argparse.Namespace) -> tuple[Any, Any, list[int
             raise UsageError(f"--input-size {','.join(map(str, args.input))} does not fit "
                              f"{spec.text}: {err} Give a shape that keeps the file's fixed "
                              "dimensions, or drop --input-size.") from err
-    if spec.framework == "keras":
-        model = load_keras_model(spec, trusted=args.trusted)
+    built = build_factory(spec) if spec.kind == "factory" else None
+    if spec.framework == "keras" or is_keras_model(built):
+        if built is not None and args.weights:
+            raise UsageError(f"--weights applies to PyTorch models. Received: MODEL "
+                             f"{spec.text}, which gives a Keras model.")  # fmt: skip
+        model = built if built is not None else load_keras_model(spec, trusted=args.trusted)
         from .tensorflow.frontend import KerasFrontend
 
         shape = [1] + [int(d or 1) for d in model.inputs[0].shape[1:]]
         return model, KerasFrontend(), shape
     from .torch.frontend import TorchFrontend
 
-    model = load_torch_model(spec, trusted=args.trusted)
+    model = load_torch_model(spec, trusted=args.trusted, built=built)
     if args.weights:
         load_weights(model, args.weights, trusted=args.trusted)
     return model.eval(), TorchFrontend(), [1, 3, 224, 224]

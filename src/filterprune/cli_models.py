@@ -81,21 +81,33 @@ def parse_spec(text: str) -> ModelSpec:
 
 # -- torch models --------------------------------------------------------------------------
 def load_torch_model(spec: ModelSpec, *, trusted: bool = False, num_classes: int | None = None,
-                     ) -> Any:  # fmt: skip
+                     built: Any = None) -> Any:  # fmt: skip
     """Build the ``nn.Module`` a torch spec names, checked by :func:`check_torch_model`.
 
     Args:
         num_classes: For torchvision and timm names: the classifier's size (default:
             the model's own). Ignored by factories and pickles.
+        built: What the spec's factory already returned (:func:`build_factory`).
     """
     builders = {"torchvision": _torchvision, "timm": _timm, "factory": _factory,
                 "pickle": lambda s, n: _pickled(s, trusted)}  # fmt: skip
     if spec.kind not in builders:
         raise UsageError(f"MODEL {spec.text} is a {spec.kind} file; this command needs a "
                          "PyTorch model (torchvision:NAME, timm:NAME, module:factory).")
-    model = builders[spec.kind](spec, num_classes)
+    model = built if built is not None else builders[spec.kind](spec, num_classes)
     check_torch_model(model, spec.text)
     return model
+
+
+def build_factory(spec: ModelSpec) -> Any:
+    """What a ``module:factory`` or ``file.py:factory`` spec returns, unchecked."""
+    return _factory(spec, None)
+
+
+def is_keras_model(obj: Any) -> bool:
+    """Whether ``obj`` is a Keras model (without importing Keras for a torch one)."""
+    keras = sys.modules.get("keras")
+    return keras is not None and isinstance(obj, keras.Model)
 
 
 def _torchvision(spec: ModelSpec, num_classes: int | None) -> Any:
@@ -271,6 +283,41 @@ def load_weights(model: Any, path: str, *, trusted: bool = False) -> None:
 
 
 # -- Keras ---------------------------------------------------------------------------------
+def _custom_hint(path: str) -> str:
+    """What to do when a ``.keras`` file names classes or functions of the user's own code,
+    which this process has not imported (Keras' own message names neither)."""
+    import json
+    import zipfile
+
+    found: list[str] = []
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, dict):
+            module = obj.get("module") or ""
+            if obj.get("class_name") == "function" and ">" in str(obj.get("config")):
+                found.append(str(obj["config"]))  # a registered function: package>name
+            elif "class_name" in obj and module and module.split(".")[0] not in (
+                    "keras", "builtins", "tensorflow"):  # fmt: skip
+                found.append(f"{obj.get('registered_name') or obj['class_name']} from {module}")
+            for value in obj.values():
+                walk(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                walk(value)
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            walk(json.loads(archive.read("config.json")))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return ""
+    if not found:
+        return ""
+    names = ", ".join(dict.fromkeys(map(str, found)))
+    return (f" It holds objects of your own code ({names}), which Keras builds only once "
+            "their module is imported: give MODEL as file.py:factory (or module:factory) "
+            "whose factory imports them and returns keras.saving.load_model(...).")
+
+
 def load_keras_model(spec: ModelSpec, trusted: bool = False) -> Any:
     """Read a ``.keras`` file; Lambda layers (code) only with ``trusted``."""
     try:
@@ -281,6 +328,6 @@ def load_keras_model(spec: ModelSpec, trusted: bool = False) -> Any:
     try:
         return keras.saving.load_model(spec.text, compile=False, safe_mode=not trusted)
     except Exception as err:  # noqa: BLE001 - Keras raises many types for bad files
-        hint = f" {_TRUST_HINT}" if "safe_mode" in str(err) else ""
+        hint = f" {_TRUST_HINT}" if "safe_mode" in str(err) else _custom_hint(spec.text)
         raise UsageError(f"MODEL {spec.text} could not be read as a Keras model "
                          f"({type(err).__name__}: {str(err).splitlines()[0]}).{hint}") from None

@@ -34,3 +34,36 @@ def test_keras_lambda_layers_need_trusted(tmp_path, capsys):
     assert f"MODEL {path} could not be read as a Keras model" in err and "--trusted" in err
     assert main(["analyze", str(path), "--weights", "w.pt"]) == 2
     assert "--weights applies to PyTorch models" in capsys.readouterr().err
+
+
+_LOADER = '''
+import keras
+
+
+@keras.saving.register_keras_serializable(package="mine")
+def swishy(x):
+    return x * keras.ops.sigmoid(x)
+
+
+def load():
+    return keras.saving.load_model({path!r})
+'''
+
+
+def test_a_file_with_custom_objects_names_them_and_loads_through_a_factory(tmp_path, capsys):
+    @keras.saving.register_keras_serializable(package="mine")
+    def swishy(x):
+        return x * keras.ops.sigmoid(x)
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, activation=swishy)(inputs)
+    path = tmp_path / "custom.keras"
+    keras.Model(inputs, keras.layers.Conv2D(2, 1)(x)).save(path)
+    del keras.saving.get_custom_objects()["mine>swishy"]  # as in a process that never saw it
+    assert main(["analyze", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "objects of your own code (mine>swishy)" in err and "file.py:factory" in err
+    loader = tmp_path / "loader.py"
+    loader.write_text(_LOADER.format(path=str(path)))
+    assert main(["analyze", f"{loader}:load"]) == 0
+    assert "(TensorFlow), input 1x8x8x3" in capsys.readouterr().out
