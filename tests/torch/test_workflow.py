@@ -339,3 +339,41 @@ def test_init_args_registered_on_a_plain_dict_config(small_net):
     ctrl, _ = create_compressed_model(small_net, register_default_init_args(plain, loader))
     stats = ctrl.get("quantization").statistics()
     assert stats.num_initialized == stats.num_quantizers > 0  # ranges from the loader
+
+
+def _raised_level(small_net):
+    config = make_config(prune_first_conv=True, pruning_init=0.2, pruning_target=0.6,
+                         pruning_steps=2, filters_multiple_of=1)  # fmt: skip
+    ctrl, model = create_compressed_model(small_net, config)
+    return ctrl, model, config
+
+
+def test_averaged_masks_are_not_loaded(small_net):
+    import copy
+
+    ctrl, model, _ = _raised_level(small_net)
+    ema = copy.deepcopy(model)  # an EMA as timm keeps one: every state_dict entry lerped
+    for _ in range(3):
+        ctrl.scheduler.epoch_step()
+    with torch.no_grad():
+        for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+            if e.is_floating_point():
+                e.lerp_(m, 0.1)
+    averaged = [k for k, v in ema.state_dict().items() if k.endswith("_mask")
+                and not bool(((v == 0) | (v == 1)).all())]  # fmt: skip
+    assert averaged  # the level rose, so some masks are now 0.9
+    with pytest.warns(UserWarning, match="masks are not 0/1"):
+        model.load_state_dict(ema.state_dict())
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 32, 32), tol=1e-5)
+
+
+def test_masks_of_another_level_are_refused(small_net):
+    import copy
+
+    fresh = copy.deepcopy(small_net)
+    ctrl, model, config = _raised_level(small_net)
+    for _ in range(3):
+        ctrl.scheduler.epoch_step()
+    _, model2 = create_compressed_model(fresh, config)
+    with pytest.raises(ConfigError, match="saved at another pruning level"):
+        model2.load_state_dict(model.state_dict())

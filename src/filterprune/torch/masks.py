@@ -15,12 +15,15 @@ exactly zero in the quantized weight.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core.weights import weight_mask
+from ..errors import ConfigError
 
 __all__ = ["apply_masks", "remove_masks", "is_masked", "add_weight_quantizer", "masked_param",
            "quantized_class", "pruned_statistics", "restore_pruned_statistics"]
@@ -51,12 +54,44 @@ def _m(module: nn.Module, name: str) -> torch.Tensor | None:
     return p if quantizer is None or p is None else quantizer(p)
 
 
-class _MaskedConv:
+class _MaskState:
+    """Loading a ``state_dict`` keeps the masks the controller put in place: averaged masks
+    (an EMA or ``AveragedModel`` of the training model) are not 0/1 and would keep pruned
+    filters running; other 0/1 masks mean another pruning level, which only the saved
+    compression state can bring back."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name, mask in self._buffers.items():
+            key = prefix + name
+            if name.endswith("_mask") and mask is not None and key in state_dict:
+                state_dict[key] = _loaded_mask(key, state_dict[key], mask)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _loaded_mask(key: str, loaded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    loaded = loaded.detach()
+    if loaded.shape != mask.shape or torch.equal(loaded.to(mask), mask):
+        return loaded  # a shape error is load_state_dict's own to report
+    if not bool(((loaded == 0) | (loaded == 1)).all()):
+        warnings.warn(
+            "The state_dict's pruning masks are not 0/1 (averaged, as by an EMA or "
+            "AveragedModel): the model keeps its own masks; only the weights were loaded.",
+            stacklevel=4)  # fmt: skip
+        return mask.clone()
+    raise ConfigError(
+        f"`{key}` in the state_dict prunes other channels than this model does: it was saved "
+        "at another pruning level. Create the model with create_compressed_model(model, "
+        "config, compression_state=<the state saved with it>) before load_state_dict, or "
+        "load only the weights: drop the keys ending in '_mask' and pass strict=False."
+    )
+
+
+class _MaskedConv(_MaskState):
     def forward(self, x):
         return self._conv_forward(x, _m(self, "weight"), _m(self, "bias"))
 
 
-class _MaskedConvT:
+class _MaskedConvT(_MaskState):
     def forward(self, x, output_size=None):
         nk = self.weight.dim() - 2
         pad = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size,
@@ -66,12 +101,12 @@ class _MaskedConvT:
                   self.groups, self.dilation)  # fmt: skip
 
 
-class _MaskedLinear:
+class _MaskedLinear(_MaskState):
     def forward(self, x):
         return F.linear(x, _m(self, "weight"), _m(self, "bias"))
 
 
-class _MaskedChannels:
+class _MaskedChannels(_MaskState):
     """Per-channel layers (BatchNorm, PReLU): the output of a pruned channel is zero, and a
     BatchNorm keeps the running statistics a pruned channel had when it was pruned (its
     input is zero, which would drive them to 0 and 0, and a channel that comes back at a
