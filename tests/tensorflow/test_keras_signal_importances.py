@@ -139,6 +139,19 @@ def test_taylor_totals_accumulate_and_pruned_filters_gain_nothing():
     assert np.all(again[pruned] == 0)  # masked: zero gradient
 
 
+def test_a_non_finite_gradient_adds_nothing_to_the_taylor_totals():
+    ctrl, model = create_compressed_model(plain_net(), config("taylor", 0.5))
+    x, y = data()
+    for scale in (1.0, float("inf")):  # inf: an overflowing mixed-precision step
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True) - y)) * scale
+        tape.gradient(loss, model.trainable_variables)
+        if scale == 1.0:
+            once = ctrl.taylor.totals["mid"].numpy().copy()
+    assert np.all(np.isfinite(once)) and once.max() > 0
+    np.testing.assert_array_equal(ctrl.taylor.totals["mid"].numpy(), once)
+
+
 def test_taylor_strip_has_no_taps():
     ctrl, model = create_compressed_model(silenced_net(), config("taylor", 0.5))
     small = ctrl.strip()

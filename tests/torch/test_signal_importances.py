@@ -92,6 +92,17 @@ def test_taylor_scores_accumulate_and_strip_drops_hooks():
     small(torch.randn(2, 1, 28, 28)).sum().backward()  # the copy carries no hooks
 
 
+def test_a_non_finite_backward_adds_nothing_to_the_taylor_totals():
+    ctrl, model = create_compressed_model(resnet(), config("taylor", pruning_init=0.0))
+    model.train()
+    gradients_only(model, ctrl, 1)
+    before = {k: v.clone() for k, v in ctrl.taylor.totals.items()}
+    # what a mixed-precision step that overflows (and its GradScaler skips) sends back
+    (model(torch.randn(2, 1, 28, 28)).sum() * float("inf")).backward()
+    for name, total in ctrl.taylor.totals.items():
+        assert torch.equal(total, before[name]), name
+
+
 @pytest.mark.parametrize("importance", ["taylor", "bn_scale"])
 def test_dry_run_refuses_signal_importances(importance):
     message = (r"^`filter_importance` must be one a dry run \(analyze\) can compute; "

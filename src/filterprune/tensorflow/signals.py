@@ -89,7 +89,9 @@ class TaylorAccumulator:
                     tf.reduce_sum(tf.cast(g * w, tf.float32), axis=axis)
                     for g, w, axis in zip(upstream, weights, axes, strict=True)
                 ])  # fmt: skip
-                updates = [self.totals[name].assign_add(tf.square(per_filter)),
+                score = tf.square(per_filter)  # a skipped mixed-precision step adds nothing
+                score = tf.where(tf.reduce_all(tf.math.is_finite(score)), score, 0.0)
+                updates = [self.totals[name].assign_add(score),
                            self.passes[name].assign_add(1)]  # fmt: skip
                 with tf.control_dependencies(updates):
                     return [tf.identity(g) for g in upstream]

@@ -61,6 +61,9 @@ class TaylorAccumulator:
 
     def _add(self, name: str, per_filter: torch.Tensor) -> None:
         score = per_filter.float().pow(2)
+        # a pass with an inf or NaN (a step a mixed-precision GradScaler skips) adds
+        # nothing: it would leave the totals non-finite for good (no sync: a GPU runs on)
+        score = torch.where(torch.isfinite(score).all(), score, torch.zeros_like(score))
         if name in self.totals:
             if self.totals[name].device != score.device:  # loaded from a state: on the CPU
                 self.totals[name] = self.totals[name].to(score.device)
