@@ -191,6 +191,17 @@ def test_strip_equals_compressed_model_in_eval(shrink, net):
         assert small.stem.out_channels < model.stem.out_channels
 
 
+def test_a_model_moved_to_float64_strips_equal():
+    ctrl, model = create_compressed_model(_net(), _config())
+    model.to(torch.float64).eval()
+    small = ctrl.strip().eval()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        ref, out = model(x), small(x)
+    assert out.dtype == torch.float64 and ref.abs().max() > 1e-2
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
 def test_a_quantized_strip_state_dict_is_refused_by_resize_and_changes_nothing():
     ctrl, _ = create_compressed_model(_net(), _config())
     fresh = _net(seed=1)

@@ -214,6 +214,8 @@ class FakeQuantize(nn.Module):
                 f"Received: bits={self.spec.settings.bits} for {self.spec.key}."
             )
         qmin, qmax = self.quant_min, self.quant_max
+        if scale.dtype == torch.float64:  # a model moved to float64: the ops take float32
+            scale = scale.float()
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
         return torch.fake_quantize_per_channel_affine(x, scale, zero_point, self.axis, qmin, qmax)
