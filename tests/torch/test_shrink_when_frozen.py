@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from torch_helpers import classify_steps, make_config, randomize_bn
+from torch_helpers import SmallNet, classify_steps, make_config, randomize_bn
 
 from filterprune.errors import ConfigError
 from filterprune.testing.cifar_nets import ResNet20
@@ -82,9 +82,22 @@ def test_resume_cuts_the_new_model_so_a_shrunk_state_dict_loads():
 
 def test_level_cannot_change_after_the_cut():
     ctrl, _ = cut_and_trained()
-    with pytest.raises(ConfigError, match=r"^`level` cannot change after shrink_when_frozen "
-                       r"cut the model: the pruned channels are gone\. Received: level=0\.3\.$"):
+    with pytest.raises(ConfigError, match=r"^`level` cannot change once the model is cut \(by "
+                       r"shrink_when_frozen, or strip\(do_copy=False\)\): the pruned channels "
+                       r"are gone\. Received: level=0\.3\.$"):
         ctrl.set_pruning_level(0.3)
+    ctrl.set_pruning_level(ctrl.pruning_level)  # the level it was cut at: nothing to do
+
+
+def test_the_schedule_stops_at_a_strip_in_place():
+    ctrl, model = create_compressed_model(
+        randomize_bn(SmallNet()), make_config(pruning_init=0.2, pruning_target=0.5,
+                                              pruning_steps=3, prune_first_conv=True))
+    ctrl.scheduler.epoch_step()
+    small = ctrl.strip(do_copy=False)
+    assert small is model and ctrl.get_compression_state()["shrunk"]
+    with pytest.raises(ConfigError, match="cannot change once the model is cut"):
+        ctrl.scheduler.epoch_step()
 
 
 def test_a_refused_composite_state_leaves_the_cut_model_as_it_was():

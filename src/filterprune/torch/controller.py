@@ -166,7 +166,10 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
             remove_masks(model, bake=True)
             return model
         remove_masks(model, bake=False)
-        return shrink_model(model, self.keeps(), self.analysis.graph.layers)
+        small = shrink_model(model, self.keeps(), self.analysis.graph.layers)
+        if model is self.model:  # strip(do_copy=False): the training model is cut now
+            self.shrunk = True
+        return small
 
     def export_model(self, save_path: str, save_format: str = "onnx",
                      input_names: list[str] | None = None, output_names: list[str] | None = None,

@@ -172,10 +172,13 @@ class ShrinkWhenFrozen(PruningControllerBase):
                             "channels_last layout, so it stays contiguous (%s)", failure)
 
     def set_pruning_level(self, level: float) -> None:
+        if self.shrunk and abs(float(level) - self.pruning_level) < 1e-9:
+            return  # the level the model was cut at
         if self.shrunk:
             raise ConfigError(
-                "`level` cannot change after shrink_when_frozen cut the model: the pruned "
-                f"channels are gone. Received: level={level}."
+                "`level` cannot change once the model is cut (by shrink_when_frozen, or "
+                "strip(do_copy=False)): the pruned channels are gone. Received: "
+                f"level={float(level):.4g}."
             )
         super().set_pruning_level(level)
 
