@@ -377,3 +377,27 @@ def test_masks_of_another_level_are_refused(small_net):
     _, model2 = create_compressed_model(fresh, config)
     with pytest.raises(ConfigError, match="saved at another pruning level"):
         model2.load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_whole_models_pickle_with_pruning_and_quantization(small_net, tmp_path, strip):
+    import io
+
+    from filterprune.torch import register_default_init_args
+
+    loader = [(torch.randn(4, 3, 32, 32), torch.zeros(4)) for _ in range(2)]
+    config = register_default_init_args(
+        {"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [
+            {"algorithm": "filter_pruning", "params": {"prune_first_conv": True}},
+            {"algorithm": "quantization"}]}, loader)
+    ctrl, model = create_compressed_model(small_net, config)
+    saved = ctrl.strip().eval() if strip else model.eval()
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), saved(x))
+    assert [type(m).__name__ for m in loaded.modules()] == [
+        type(m).__name__ for m in saved.modules()]

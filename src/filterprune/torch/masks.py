@@ -60,12 +60,26 @@ class _MaskState:
     filters running; other 0/1 masks mean another pruning level, which only the saved
     compression state can bring back."""
 
+    def __reduce_ex__(self, protocol):
+        # the swapped class is made at run time, so pickle cannot find it by name: rebuild
+        # it from the layer's own class (torch.save of a whole model, multiprocessing)
+        cls = type(self)
+        return _unpickle_swapped, (cls._filterprune_base, cls._filterprune_prefix), \
+            self.__getstate__()  # fmt: skip
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, mask in self._buffers.items():
             key = prefix + name
             if name.endswith("_mask") and mask is not None and key in state_dict:
                 state_dict[key] = _loaded_mask(key, state_dict[key], mask)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _unpickle_swapped(base: type, prefix: str) -> nn.Module:
+    """An empty instance of the swapped class of ``base`` (pickle then sets its state)."""
+    module = base.__new__(base)
+    module.__class__ = _masked_class(base, prefix)
+    return module
 
 
 def _loaded_mask(key: str, loaded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -159,7 +173,7 @@ def _masked_class(cls: type, prefix: str = "Masked") -> type:
         else:
             mixin = _MaskedChannels
         _SWAPPED[cls, prefix] = type(f"{prefix}{cls.__name__}", (mixin, cls),
-                                     {"_filterprune_base": cls})  # fmt: skip
+                                     {"_filterprune_base": cls, "_filterprune_prefix": prefix})
     return _SWAPPED[cls, prefix]
 
 
