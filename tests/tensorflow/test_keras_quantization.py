@@ -155,6 +155,27 @@ def test_strip_is_smaller_equal_and_saves_as_keras(trained, tmp_path):
     _close(keras.models.load_model(tmp_path / "small.keras")(x).numpy(), ref)
 
 
+@pytest.mark.parametrize("reader", ["conv", "transpose", "depthwise", "dense"])
+def test_per_channel_activation_ranges_are_cut_with_the_channels(reader):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="c1")(inp)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="c2")(x)
+    out = {"conv": lambda t: layers.Conv2D(4, 1, name="c3")(t),
+           "transpose": lambda t: layers.Conv2DTranspose(4, 2, strides=2, name="c3")(t),
+           "depthwise": lambda t: layers.Conv2D(4, 1)(layers.DepthwiseConv2D(3, name="c3")(t)),
+           "dense": lambda t: layers.Dense(4, name="c3")(t)}[reader](x)
+    model = randomize_bn(keras.Model(inp, out))
+    quant = {**QUANT, "activations": {"per_channel": True}}
+    x = np.random.default_rng(1).normal(size=(8, 8, 8, 3)).astype("float32")
+    config = _config({**PRUNE, "pruning_init": 0.5}, quant, register=False, sample=(1, 8, 8, 3))
+    config = register_default_init_args(config, tf.data.Dataset.from_tensor_slices(x).batch(4))
+    ctrl, model = create_compressed_model(model, config)
+    small = ctrl.strip()
+    assert small.get_layer("c2").layer.filters < 16
+    _close(small(x, training=False).numpy(), model(x, training=False).numpy())
+
+
 def test_a_stripped_quantized_model_is_not_compressed_again(trained):
     from filterprune import AnalysisError
 
