@@ -155,7 +155,7 @@ def test_strip_is_smaller_equal_and_saves_as_keras(trained, tmp_path):
     _close(keras.models.load_model(tmp_path / "small.keras")(x).numpy(), ref)
 
 
-@pytest.mark.parametrize("reader", ["conv", "transpose", "depthwise", "dense"])
+@pytest.mark.parametrize("reader", ["conv", "transpose", "depthwise", "dense", "add"])
 def test_per_channel_activation_ranges_are_cut_with_the_channels(reader):
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3))
@@ -164,7 +164,9 @@ def test_per_channel_activation_ranges_are_cut_with_the_channels(reader):
     out = {"conv": lambda t: layers.Conv2D(4, 1, name="c3")(t),
            "transpose": lambda t: layers.Conv2DTranspose(4, 2, strides=2, name="c3")(t),
            "depthwise": lambda t: layers.Conv2D(4, 1)(layers.DepthwiseConv2D(3, name="c3")(t)),
-           "dense": lambda t: layers.Dense(4, name="c3")(t)}[reader](x)
+           "dense": lambda t: layers.Dense(4, name="c3")(t),
+           "add": lambda t: layers.Conv2D(4, 1)(layers.Add()([t, layers.Conv2D(
+               16, 1, name="c3")(t)]))}[reader](x)
     model = randomize_bn(keras.Model(inp, out))
     quant = {**QUANT, "activations": {"per_channel": True}}
     x = np.random.default_rng(1).normal(size=(8, 8, 8, 3)).astype("float32")

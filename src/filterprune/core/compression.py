@@ -306,9 +306,20 @@ class CompositeCompressionController(CompressionController):
         return [found[n][1] for n in self._names()]
 
     def strip_model(self, model: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("kept_channels", self._kept_channels)
         for c in self.child_ctrls:
             model = c.strip_model(model, **kwargs)
         return model
+
+    def _kept_channels(self, node: str, axis: int) -> Any:
+        """What a pruning child keeps of a tensor (``None``: none cuts it), for the children
+        that strip per-channel state of tensors (quantizer ranges)."""
+        for c in self.child_ctrls:
+            kept = getattr(c, "kept_channels", None)
+            found = kept(node, axis) if kept is not None else None
+            if found is not None:
+                return found
+        return None
 
     def strip(self, **kwargs: Any) -> Any:
         """The deployable model: every child's training parts made plain, in list order

@@ -389,6 +389,17 @@ class PruningControllerBase(CompressionController):
         """Boolean keep vectors per layer and role for the masks in place."""
         return self.pruner.keeps(self.plan)
 
+    def kept_channels(self, node: str, axis: int) -> np.ndarray | None:
+        """Which entries along ``axis`` of graph node ``node``'s output the masks in place
+        keep (what a per-channel activation quantizer of that tensor is cut to); ``None``
+        for a node without a followed tensor."""
+        ids = self.analysis.state.values.get(node)
+        shape = self.analysis.graph[node].shape if node in self.analysis.graph.nodes else None
+        if not isinstance(ids, np.ndarray) or not isinstance(shape, tuple):
+            return None
+        full = np.broadcast_to(self.analysis.kept_ids(ids, self.plan.kept), shape)
+        return np.moveaxis(full, axis, 0).reshape(shape[axis], -1).any(axis=1)
+
     def compression_stage(self) -> CompressionStage:
         """``UNCOMPRESSED`` while no filter is pruned (also when nothing can be: see the log),
         ``FULLY_COMPRESSED`` at the target level, else ``PARTIALLY_COMPRESSED``."""

@@ -261,8 +261,9 @@ class QuantizationController(QuantizationControllerBase):
         """
         return self.frontend.strip(self, shrink=shrink)
 
-    def strip_model(self, model: Any, **_: Any) -> Any:
-        return strip_quantized(model, self.model, self.table, self.quantizer_states())
+    def strip_model(self, model: Any, kept_channels: Any = None, **_: Any) -> Any:
+        return strip_quantized(model, self.model, self.table, self.quantizer_states(),
+                               kept_channels)  # fmt: skip
 
     def export_model(self, save_path: str, save_format: str | None = None,
                      shrink: bool = False) -> None:  # fmt: skip

@@ -57,21 +57,17 @@ def _nested(op: Any) -> Any:
         return None
 
 
-def operation_paths(model: Any, prefix: str = "", ops: dict[str, Any] | None = None,
-                    ) -> dict[int, list[str]]:  # fmt: skip
+def operation_paths(model: Any, prefix: str = "") -> dict[int, list[str]]:
     """``id`` of every operation of ``model`` (nested models included) -> its paths (a
     layer called inside a nested model and outside it has two: the rebuild makes two
-    layers of it, each quantized as the one layer was); ``ops``: filled with path ->
-    operation."""
+    layers of it, each quantized as the one layer was)."""
     out: dict[int, list[str]] = {}
     for op in functional_of(model).operations:
         if isinstance(op, keras.layers.InputLayer):
             continue
         out.setdefault(id(op), []).append(prefix + op.name)
-        if ops is not None:
-            ops[prefix + op.name] = op
         if _nested(op) is not None:
-            for key, paths in operation_paths(op, f"{prefix}{op.name}/", ops).items():
+            for key, paths in operation_paths(op, f"{prefix}{op.name}/").items():
                 out.setdefault(key, []).extend(paths)
     return out
 
@@ -83,10 +79,10 @@ def _safe(name: str) -> str:
 class _Rebuild:
     """Clones a model, adding the quantizers of a :class:`StripTable` by path."""
 
-    def __init__(self, training: Any, table: StripTable,
-                 states: Mapping[str, QuantizerState]) -> None:  # fmt: skip
-        self.trained: dict[str, Any] = {}  # path -> the training model's operation
-        paths = operation_paths(training, ops=self.trained)
+    def __init__(self, training: Any, table: StripTable, states: Mapping[str, QuantizerState],
+                 kept_channels: Any = None) -> None:  # fmt: skip
+        paths = operation_paths(training)
+        self.kept_channels = kept_channels  # (node, axis) -> kept entries, from pruning
         live = {k for k, s in states.items() if s.initialized}  # unset ones pass through
         self.weights = {path: [e for e in v if e[2].key in live]
                         for k, v in table.weights.items() for path in paths[k]}  # fmt: skip
@@ -142,33 +138,43 @@ class _Rebuild:
         return QuantizedWeights(new, specs, ranges)
 
     def fake_quant(self, spec: QuantizerSpec, policy: Any, shared: bool = True,
-                   reader: Any = None, channels: int | None = None) -> Any:  # fmt: skip
+                   channels: int | None = None) -> Any:  # fmt: skip
         """The layer quantizing ``spec``'s tensor for a reader of dtype ``policy`` (the
         training model quantizes what the reader casts its input to: float16 under
         mixed_float16); ``shared=False``: a new one with the same range (a Sequential owns
         its layers: one also called outside it would not reload). Per-channel ranges of a
-        tensor that lost channels (``channels`` left) keep those ``reader`` still reads."""
+        tensor that lost channels (``channels`` left) keep those of the kept ones."""
         if spec.key in self.fake_quants and shared:
             return self.fake_quants[spec.key]
         low, high = self.states[spec.key].range()
         axis = spec.channel_axis if spec.settings.per_channel else None
         if axis is not None and channels is not None and channels != np.size(low):
-            keep = _read_channels(reader, int(np.size(low)), channels, spec.key)
-            low, high = np.asarray(low)[keep], np.asarray(high)[keep]
+            low, high = self._cut(spec, axis, channels, low, high)
         layer = FakeQuant(spec.settings.bits, False, axis, low, high,
                           name=_safe(f"{spec.target}_quant"), dtype=policy)  # fmt: skip
         if shared:
             self.fake_quants[spec.key] = layer
         return layer
 
-    def _quantize(self, spec: QuantizerSpec, x: Any, policy: Any, reader: Any) -> Any:
+    def _cut(self, spec: QuantizerSpec, axis: int, channels: int, low: Any, high: Any) -> Any:
+        """Per-channel ranges of a tensor pruning cut, kept for its kept channels."""
+        keep = None if self.kept_channels is None else self.kept_channels(spec.target, axis)
+        if keep is None or int(keep.sum()) != channels or keep.size != np.size(low):
+            raise AnalysisError(
+                f"The per-channel ranges of {spec.key} cover {np.size(low)} channels, but the "
+                f"stripped model's tensor has {channels} and the pruning plan does not say "
+                "which are left: strip with shrink=False, or quantize activations per tensor "
+                "(`activations.per_channel`: false)."
+            )
+        return np.asarray(low)[keep], np.asarray(high)[keep]
+
+    def _quantize(self, spec: QuantizerSpec, x: Any, policy: Any) -> Any:
         key = (spec.key, id(x))
         if key not in self.quantized:
             channels = None
             if spec.settings.per_channel and spec.channel_axis is not None:
                 channels = x.shape[spec.channel_axis]
-            self.quantized[key] = self.fake_quant(spec, policy, reader=reader,
-                                                  channels=channels)(x)  # fmt: skip
+            self.quantized[key] = self.fake_quant(spec, policy, channels=channels)(x)
         return self.quantized[key]
 
     def call(self, op: Any, *args: Any, **kwargs: Any) -> Any:
@@ -176,36 +182,10 @@ class _Rebuild:
         specs = self.inputs.get(path, {})
         if specs:
             policy = getattr(op, "dtype_policy", None)  # a keras.ops call has none
-            reader = self.trained.get(path)
-            table = {i: (lambda x, s=s: self._quantize(s, x, policy, reader))
+            table = {i: (lambda x, s=s: self._quantize(s, x, policy))
                      for i, s in specs.items()}  # fmt: skip
             args, kwargs = transform_inputs(table, args, kwargs)
         return op(*args, **kwargs)
-
-
-def _read_channels(reader: Any, full: int, size: int, key: str) -> np.ndarray:
-    """Indices of the ``size`` of ``full`` input channels that ``reader`` (a training-model
-    layer with a masked kernel) still reads: where a per-channel input quantizer's ranges
-    are cut to."""
-    kernel = getattr(reader, "kernel", None) if reader is not None else None
-    mask = weight_mask_of(reader, "kernel") if kernel is not None else None
-    if mask is not None:
-        if isinstance(reader, keras.layers.Dense):
-            axis = 0
-        elif "Transpose" in base_class(reader).__name__:  # kernel (..., out, in)
-            axis = mask.ndim - 1
-        else:
-            axis = mask.ndim - 2
-        if mask.shape[axis] == full:
-            live = np.moveaxis(mask, axis, 0).reshape(full, -1).any(axis=1)
-            if int(live.sum()) == size:
-                return np.flatnonzero(live)
-    raise AnalysisError(
-        f"The per-channel ranges of {key} cover {full} channels, but the stripped model's "
-        f"tensor has {size} and the layer reading it shows no mask to tell which: strip "
-        "with shrink=False, or quantize activations per tensor (`activations.per_channel`: "
-        "false)."
-    )
 
 
 def _kept(trained: Any, variable: str, axis: int, size: int) -> np.ndarray:
@@ -226,7 +206,8 @@ def _kept(trained: Any, variable: str, axis: int, size: int) -> np.ndarray:
 
 
 def strip_quantized(model: Any, training: Any, table: StripTable,
-                    states: Mapping[str, QuantizerState]) -> Any:  # fmt: skip
+                    states: Mapping[str, QuantizerState], kept_channels: Any = None,
+                    ) -> Any:  # fmt: skip
     """A new model computing what ``training`` computes in inference mode.
 
     Args:
@@ -235,12 +216,14 @@ def strip_quantized(model: Any, training: Any, table: StripTable,
         training: The quantized training model (the quantizers' table refers to it).
         table: Where the quantizers sit.
         states: Each quantizer's state; uninitialised ones are left out.
+        kept_channels: ``(graph node, axis)`` -> the entries pruning keeps of that tensor
+            (per-channel activation ranges of a cut tensor follow it).
 
     Returns:
         A Functional or Sequential ``keras.Model`` of stock layers plus
         :class:`~.fake_quant.FakeQuant` and :class:`~.fake_quant.QuantizedWeights`.
     """
-    rebuild = _Rebuild(training, table, states)
+    rebuild = _Rebuild(training, table, states, kept_channels)
     new_model = rebuild.model(model, "")
     copy_weights(rebuild.pairs)
     return new_model
