@@ -245,3 +245,25 @@ def test_resume_after_any_epoch_equals_the_uninterrupted_search():
 
 def _copy(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_train_epoch_that_steps_the_schedule_does_not_move_the_level():
+    model = net()
+    model(torch.zeros(1, 1, 12, 12))
+    aat = {"maximal_absolute_accuracy_degradation": 0.05, "initial_training_phase_epochs": 2,
+           "patience_epochs": 1, "maximal_total_epochs": 8}
+    ctrl, model = create_compressed_model(model, config(aat))
+    loop = create_accuracy_aware_training_loop(config(aat), ctrl)
+    seen = []
+
+    def train(ctrl, model, epoch, optimizer, lr_scheduler):
+        before = ctrl.pruning_level
+        ctrl.scheduler.epoch_step()  # as Keras's compression callbacks do in fit
+        seen.append((before, ctrl.pruning_level))
+
+    model = loop.run(model, train_epoch_fn=train,
+                     validate_fn=lambda m, epoch: 0.9 if ctrl.pruning_level <= 0.45 else 0.5)
+    assert all(a == b for a, b in seen)
+    assert loop.best_level == pytest.approx(ctrl.pruning_level)
+    assert 0.4 < loop.best_level <= 0.45
+    assert not ctrl.scheduler.held  # the user's schedule steps again after the loop

@@ -259,13 +259,19 @@ class AdaptiveCompressionLevelLoop:
             self.minimal_accuracy = self.params.minimal_accuracy(self.uncompressed_accuracy)
         log.info("accuracy-aware: uncompressed %.4f, minimal %.4f", self.uncompressed_accuracy,
                  self.minimal_accuracy)  # fmt: skip
-        for _ in range(self.epoch, self.params.initial_training_phase_epochs):
-            self.ctrl.scheduler.epoch_step()
-            self._train_one(model)
-        if self._at is None:  # the search starts at the level the schedule reached
-            self._at = _Position(level=self.pruning.pruning_level,
-                                 step=self.params.initial_compression_rate_step)
-        best = self._search(model)
+        # the loop sets the level: a train_epoch_fn that steps the schedule (Keras's
+        # compression callbacks in fit) must not move it
+        self.pruning.scheduler.held = True
+        try:
+            for _ in range(self.epoch, self.params.initial_training_phase_epochs):
+                self._schedule_epoch()
+                self._train_one(model)
+            if self._at is None:  # the search starts at the level the schedule reached
+                self._at = _Position(level=self.pruning.pruning_level,
+                                     step=self.params.initial_compression_rate_step)
+            best = self._search(model)
+        finally:
+            self.pruning.scheduler.held = False
         self.ctrl.load_state(best.state)
         self.restore(model, best.weights)
         self.best_level, self.best_accuracy = best.level, best.accuracy
@@ -308,6 +314,14 @@ class AdaptiveCompressionLevelLoop:
         accuracy = _score(self._validate_fn(model, epoch=self.epoch))
         self.ctrl.load_state(state)
         return accuracy
+
+    def _schedule_epoch(self) -> None:
+        """The schedule's next epoch, stepped by the loop alone."""
+        self.pruning.scheduler.held = False
+        try:
+            self.ctrl.scheduler.epoch_step()
+        finally:
+            self.pruning.scheduler.held = True
 
     def _train_one(self, model: Any) -> None:
         optimizer, lr_scheduler = self._optimizers

@@ -317,6 +317,7 @@ class Scheduler:
         self.current_step = -1
         self.current_level = self.initial_level
         self.frozen = False
+        self.held = False  # set by a loop that sets the level itself (accuracy-aware)
 
     def level_at(self, epoch: int) -> float:
         """The scheduled level for ``epoch`` (0 during the warm-up)."""
@@ -325,7 +326,10 @@ class Scheduler:
         return self.schedule.level(epoch - self.num_init_steps)
 
     def epoch_step(self, next_epoch: int | None = None) -> None:
-        """Advance to ``next_epoch`` (default: the next one) and update the masks."""
+        """Advance to ``next_epoch`` (default: the next one) and update the masks;
+        nothing while :attr:`held` (the training loop's callbacks step it too)."""
+        if self.held:
+            return
         self.current_epoch = self.current_epoch + 1 if next_epoch is None else int(next_epoch)
         if not self.frozen:
             level = self.level_at(self.current_epoch)
