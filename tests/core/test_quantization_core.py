@@ -142,6 +142,19 @@ def test_symmetric_signed_and_unsigned():
     assert forced.quant_min == -128 and forced.scale == pytest.approx(0.02)
 
 
+def test_unsigned_asked_of_negative_values_falls_back_to_signed(caplog):
+    from filterprune.core.quantization import QuantizerSpec, warn_signed
+
+    unsigned = QuantizerSettings(signed=False)
+    assert quant_params(0.0, 2.55, unsigned).quant_min == 0  # what was asked, where it fits
+    s = quant_params(-0.5, 2.54, unsigned)  # 0 would clip every negative value to 0
+    assert (s.quant_min, s.quant_max) == (-128, 127) and s.scale == pytest.approx(0.02)
+    spec = QuantizerSpec("activation", "relu6_neg", unsigned)
+    warn_signed(spec, s)
+    warn_signed(spec, s)
+    assert caplog.text.count("`activations.signed` is false, but activation:relu6_neg") == 1
+
+
 def test_asymmetric_holds_zero_exactly():
     st = quant_params(-1.0, 3.0, QuantizerSettings(mode="asymmetric"))
     assert (st.quant_min, st.quant_max) == (-128, 127)

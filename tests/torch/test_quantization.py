@@ -202,6 +202,21 @@ def test_a_model_moved_to_float64_strips_equal():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("group", ["weights", "activations"])
+def test_signed_false_over_negative_values_quantizes_signed(group, caplog):
+    ctrl, model = create_compressed_model(_net(), _config({group: {"signed": False}}))
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)  # the input quantizer sees negatives too
+    with torch.no_grad():
+        out = model(x)
+        for q in model.modules():
+            if isinstance(q, FakeQuantize):
+                q.enabled = False
+        ref = model(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 0.05  # 0.74 when clipped
+    assert f"`{group}.signed` is false, but" in caplog.text
+
+
 def test_a_quantized_strip_state_dict_is_refused_by_resize_and_changes_nothing():
     ctrl, _ = create_compressed_model(_net(), _config())
     fresh = _net(seed=1)

@@ -29,6 +29,7 @@ from .quantization import (
     place_quantizers,
     quant_params,
     tensor_range,
+    warn_signed,
 )
 from .state import auto_numbered_renames
 
@@ -118,13 +119,17 @@ class QuantizationControllerBase(CompressionController):
                 log.warning("quantizer %s saw no non-zero value; its range is not set", key)
                 continue
             out[key] = quant_params(*got, specs[key].settings)
+            warn_signed(specs[key], out[key])
         return out
 
     @staticmethod
     def weight_state(spec: QuantizerSpec, weight: np.ndarray) -> QuantizerState:
-        """The min/max state of a weight (signed unless ``signed: false``)."""
-        signed = spec.settings.signed if spec.settings.signed is not None else True
-        return quant_params(*tensor_range(weight, spec), spec.settings, signed)
+        """The min/max state of a weight (signed unless ``signed: false`` and no weight is
+        negative)."""
+        signed = None if spec.settings.signed is False else True
+        state = quant_params(*tensor_range(weight, spec), spec.settings, signed)
+        warn_signed(spec, state)
+        return state
 
     # -- reporting -------------------------------------------------------------------------
     def compression_stage(self) -> CompressionStage:
@@ -257,8 +262,8 @@ def _inferred_differences(spec: QuantizerSpec, saved: dict[str, Any]) -> list[tu
         out.append(("bits", bits, own.bits))
     if per_channel != (own.per_channel and bool(spec.num_channels)):
         out.append(("per_channel", per_channel, own.per_channel))
-    if own.signed is not None and (qmin < 0) != own.signed:
-        out.append(("signed", qmin < 0, own.signed))
+    if own.signed and qmin >= 0:  # (signed: false falls back to signed over negatives)
+        out.append(("signed", False, own.signed))
     return out
 
 

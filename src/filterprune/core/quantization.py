@@ -67,7 +67,8 @@ class QuantizerSettings:
         bits: Bit width (2-8).
         mode: ``"symmetric"`` (zero point 0) or ``"asymmetric"``.
         signed: Integer range with negatives; ``None`` decides from the range (a
-            tensor with negative values is signed).
+            tensor with negative values is signed); ``False`` over negative values falls
+            back to signed, as in NNCF.
         per_channel: One scale per channel instead of one per tensor.
         half_range: The range is set so the values use half the integers (-64..63 or
             0..127 at 8 bits); the clamp stays the full range. x86 int8 kernels without
@@ -301,6 +302,19 @@ def _fill_dead(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.where(dead, low[~dead].min(), low), np.where(dead, high[~dead].max(), high)
 
 
+_SIGN_WARNED: set[str] = set()
+
+
+def warn_signed(spec: QuantizerSpec, state: QuantizerState) -> None:
+    """Say once per quantizer that ``signed: false`` met negative values (quantized signed
+    instead: unsigned would clip every negative value to 0)."""
+    if spec.settings.signed is False and state.signed and spec.key not in _SIGN_WARNED:
+        _SIGN_WARNED.add(spec.key)
+        group = "weights" if spec.kind == "weight" else "activations"
+        log.warning("quantization: `%s.signed` is false, but %s has negative values: it is "
+                    "quantized signed (unsigned would clip them to 0).", group, spec.key)
+
+
 def quant_params(low: Any, high: Any, settings: QuantizerSettings,
                  signed: bool | None = None) -> QuantizerState:  # fmt: skip
     """``(scale, zero_point)`` covering ``[low, high]`` (per channel or per tensor).
@@ -314,8 +328,9 @@ def quant_params(low: Any, high: Any, settings: QuantizerSettings,
     Args:
         low, high: Range ends, scalars or one per channel.
         settings: Bits and mode.
-        signed: Overrides ``settings.signed``; when both are ``None``, signed when
-            ``low < 0``.
+        signed: Overrides ``settings.signed``; when it is ``None``, signed when
+            ``settings.signed`` is true or ``low < 0`` (``signed: false`` cannot hold
+            negatives: the range falls back to signed, :func:`warn_signed` says so).
 
     Returns:
         An initialised :class:`QuantizerState`.
@@ -323,8 +338,8 @@ def quant_params(low: Any, high: Any, settings: QuantizerSettings,
     low = np.minimum(np.asarray(low, np.float64), 0.0)
     high = np.maximum(np.asarray(high, np.float64), 0.0)
     low, high = _fill_dead(low.reshape(-1), high.reshape(-1))
-    if signed is None:
-        signed = settings.signed if settings.signed is not None else bool((low < 0).any())
+    if signed is None:  # unsigned asked of a tensor with negatives: signed, as NNCF did
+        signed = bool(settings.signed) or bool((low < 0).any())
     qmin, qmax = quant_limits(settings.bits, signed)
     lo, hi = used_limits(settings, signed)
     if settings.mode == "symmetric":

@@ -28,6 +28,7 @@ from ..core.quantization import (
     quant_limits,
     quant_params,
     used_limits,
+    warn_signed,
 )
 from ..errors import ConfigError
 
@@ -107,6 +108,7 @@ class FakeQuantize(nn.Module):
         self._meta_written: tuple = ()
         self._write_meta()
         self.collector: RangeCollector | None = None
+        self._signed: bool | None = None  # a weight's integer range, once decided
 
     @property
     def follows_weight(self) -> bool:
@@ -170,12 +172,17 @@ class FakeQuantize(nn.Module):
     # -- forward ---------------------------------------------------------------------------
     def follow(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Set the range from weight ``w``; returns the new ``(scale, zero_point)``."""
-        signed = self.spec.settings.signed is not False
+        signed = self._signed
+        if signed is None:  # decided once (no host sync per step): see quant_params
+            signed = self.spec.settings.signed is not False or bool((w < 0).any())
+            self._signed = signed
         scale, zero_point = follow_range(w, self.spec, signed)
         with torch.no_grad():
             self.scale.copy_(scale)
             self.zero_point.copy_(zero_point)
         self.quant_min, self.quant_max = quant_limits(self.spec.settings.bits, signed)
+        if not self.initialized:
+            warn_signed(self.spec, self.state())
         self.initialized = True
         self._write_meta()
         return scale, zero_point
