@@ -137,3 +137,37 @@ def test_a_refused_composite_state_leaves_the_cut_model_as_it_was():
         ctrl.load_state(other)
     with torch.no_grad():
         assert torch.equal(model(x), before)
+
+
+def test_a_computed_weight_keeps_the_model_masked(caplog):
+    torch.manual_seed(0)
+    model = randomize_bn(SmallNet())
+    torch.nn.utils.parametrizations.spectral_norm(model.b)
+    config = make_config(pruning_init=0.2, pruning_target=0.5, pruning_steps=1,
+                         prune_first_conv=True, shrink_when_frozen=True)  # fmt: skip
+    ctrl, model = create_compressed_model(model, config)
+    for _ in range(3):
+        ctrl.scheduler.epoch_step()
+    assert ctrl.frozen and not ctrl.shrunk
+    assert torch.nn.utils.parametrize.is_parametrized(model.b)  # trains on with its norm
+    assert "b computes its weight (spectral_norm" in caplog.text
+
+
+def test_a_composite_controller_hands_the_optimizer_on():
+    torch.manual_seed(0)
+    pruning = {"algorithm": "filter_pruning", "pruning_init": 0.2, "params": {
+        "pruning_target": 0.5, "pruning_steps": 1, "prune_first_conv": True,
+        "shrink_when_frozen": True}}
+    quantization = {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}}
+    config = {"input_info": {"sample_size": [1, 3, 32, 32]},
+              "compression": [pruning, quantization]}
+    ctrl, model = create_compressed_model(randomize_bn(SmallNet()), config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ctrl.register_optimizer(optimizer)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    for _ in range(3):
+        ctrl.scheduler.epoch_step()
+    assert ctrl.get("filter_pruning").shrunk
+    params = {id(p) for p in model.parameters()}
+    assert all(id(p) in params for g in optimizer.param_groups for p in g["params"])

@@ -311,6 +311,17 @@ class CompositeCompressionController(CompressionController):
             model = c.strip_model(model, **kwargs)
         return model
 
+    def register_optimizer(self, optimizer: Any) -> None:
+        """Hand ``optimizer`` to every child that follows one (``shrink_when_frozen``)."""
+        takers = [c for c in self.child_ctrls if hasattr(c, "register_optimizer")]
+        if not takers:
+            raise AttributeError(
+                "register_optimizer: no algorithm of this controller takes an optimizer "
+                f"(algorithms: {[c.name for c in self.child_ctrls]})."
+            )
+        for c in takers:
+            c.register_optimizer(optimizer)
+
     def _kept_channels(self, node: str, axis: int) -> Any:
         """What a pruning child keeps of a tensor (``None``: none cuts it), for the children
         that strip per-channel state of tensors (quantizer ranges)."""

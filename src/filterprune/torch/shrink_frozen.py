@@ -7,7 +7,7 @@ so the user registers it once::
 
     ctrl, model = create_compressed_model(model, config)   # shrink_when_frozen: true
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    ctrl.register_optimizer(optimizer)   # composite: ctrl.get("filter_pruning")
+    ctrl.register_optimizer(optimizer)
 
 At the cut, every registered optimizer's parameter groups are rebound to the new
 parameters and their per-parameter state (momentum, Adam moments) is cut the same way,
@@ -30,7 +30,7 @@ from ..core.controller import PruningControllerBase, _same_kept
 from ..core.pruner import Plan
 from ..core.state import check_pruning_state
 from ..errors import ConfigError
-from ._copy import bake_weights
+from ._copy import bake_weights, computed_weights
 from .fake_quant import lazy_ranges_paused
 from .masks import is_masked, remove_masks
 from .shrink import _CUT, _cut, _laid_out, _tensors, shrink_model
@@ -149,12 +149,30 @@ class ShrinkWhenFrozen(PruningControllerBase):
         self.__dict__.setdefault("optimizers", []).append(optimizer)
 
     def freeze(self) -> None:
-        cut = self.params.shrink_when_frozen and not self.shrunk
+        cut = self.params.shrink_when_frozen and not self.shrunk and self._cuttable()
         if cut:
             self._refit_pending()  # on the masked model: a failure can put the masks back
         super().freeze()
         if cut:
             self._shrink()
+
+    def _cuttable(self) -> bool:
+        """Whether the cut keeps training what the masked model trains: not when nothing
+        is pruned, nor when a pruned layer computes its weight (spectral_norm, weight_norm,
+        a parametrization), which the cut would write in as a plain weight (said once)."""
+        if all(keep.all() for keep in self.plan.kept.values()):
+            return False
+        computed = [n for n, m in self.model.named_modules()
+                    if is_masked(m) and computed_weights(m)]  # fmt: skip
+        if computed and not getattr(self, "_said_computed", False):
+            self._said_computed = True
+            log.warning(
+                "shrink_when_frozen: %s compute%s its weight (spectral_norm, weight_norm or a "
+                "parametrization), which the cut would replace by a plain weight, so "
+                "training would go on without it. The model stays masked; ctrl.strip() "
+                "cuts it for deployment.", ", ".join(computed[:3]) + (
+                    ", ..." if len(computed) > 3 else ""), "s" if len(computed) == 1 else "")
+        return not computed
 
     def _shrink(self) -> None:
         optimizers = self.__dict__.get("optimizers", [])
