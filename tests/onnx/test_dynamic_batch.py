@@ -158,3 +158,25 @@ def test_resize_sizes_with_a_written_channel_count_keep_the_channels(tmp_path):
     path = save_graph(tmp_path, nodes, w, ["N", 3, 4, 4], ["N", 2, 6, 6])
     _, report = convert(path, torch.zeros(2, 3, 4, 4))
     assert report.removed == 0
+
+
+def test_expand_to_a_computed_shape_keeps_the_channels(tmp_path):
+    """``gate.expand_as(h)`` with a free batch: Expand to ``Concat(Shape(x)[0:1],
+    [8, 4, 4])``, whose 8 would not follow a cut (a bare KeyError before)."""
+    rng = np.random.default_rng(0)
+    w = {"wa": rng.normal(size=(8, 3, 1, 1)), "wb": rng.normal(size=(2, 8, 1, 1)),
+         "zero": np.array([0], dtype=np.int64), "one": np.array([1], dtype=np.int64),
+         "rest": np.array([8, 4, 4], dtype=np.int64)}  # fmt: skip
+    w["wa"][[2, 5]] = 0
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
+             helper.make_node("ReduceMean", ["a"], ["g"], axes=[2, 3], keepdims=1),
+             helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+             helper.make_node("Concat", ["n", "rest"], ["shape"], axis=0),
+             helper.make_node("Expand", ["g", "shape"], ["e"]),
+             helper.make_node("Mul", ["a", "e"], ["m"]),
+             helper.make_node("Conv", ["m", "wb"], ["y"], name="b")]  # fmt: skip
+    path = save_graph(tmp_path, nodes, w, ["N", 3, 4, 4], ["N", 2, 4, 4])
+    _, report = convert(path, torch.zeros(2, 3, 4, 4))
+    assert report.removed == 0
+    assert "its shape is computed in the file" in str(report)

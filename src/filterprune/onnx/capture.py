@@ -115,6 +115,10 @@ class _Emitter:
             kind, attrs = spec.build(view) if callable(spec.build) else (spec.build, {})
         if node.op_type == "Resize" and kind == "stop" and self.facts.sizes_follow_channels(node):
             kind, attrs = "identity", {}  # computed sizes that follow the cut channels
+        if node.op_type == "Expand" and kind != "stop" and f.const(node.input[1]) is None:
+            # a shape computed in the file (Concat(Shape(x)[0], [16, 32, 32]) for a free
+            # batch) may hold the channel count as a number the rewrite cannot reach
+            kind, attrs = "stop", {"reason": "its shape is computed in the file"}
         layer = None
         if kind in _WEIGHTED:
             layer, kind, attrs = self.layer(idx, node, view, kind, attrs)
