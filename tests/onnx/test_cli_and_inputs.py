@@ -235,6 +235,18 @@ def test_analysis_failure_leaves_the_model_unchanged(masked, monkeypatch):
     assert "analysis failed (ValueError: boom)" in report.notes[0]
 
 
+def test_rewrite_failure_leaves_the_model_unchanged(masked, monkeypatch):
+    module = sys.modules["filterprune.onnx.convert"]
+
+    def broken(cap, decision):
+        raise KeyError("val_9")
+
+    monkeypatch.setattr(module, "rewrite", broken)
+    new, report = remove_zero_filters(masked)
+    assert new.graph == onnx.load(masked).graph and not report.changed
+    assert "rewrite failed (KeyError: 'val_9')" in report.notes[0]
+
+
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_bench_runs_a_free_batch_export_at_each_batch(tmp_path, runtime):
     """``export_model`` files leave the batch axis free: bench sets it per batch size."""

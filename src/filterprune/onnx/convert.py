@@ -177,7 +177,14 @@ def remove_zero_filters(
     report = build_report(cap, decision)
     t2 = time.perf_counter()
     report.seconds = {"load": t1 - t0, "analyze": t2 - t1}
-    new, stored = store_int8_weights(rewrite(cap, decision) if report.changed else standard)
+    try:
+        rewritten = rewrite(cap, decision) if report.changed else standard
+    except Exception as err:  # noqa: BLE001 - as for the analysis: the model stays as it is
+        report = ConversionReport(0, 0, 0, 0)
+        report.notes.append(f"the rewrite failed ({type(err).__name__}: {err}); the model is "
+                            "unchanged. Please report this model.")  # fmt: skip
+        return proto, report
+    new, stored = store_int8_weights(rewritten)
     _restore_domain(new, contrib)
     if not report.changed:
         zeros = sum(s.zero_filters for s in report.layers)
