@@ -122,14 +122,14 @@ def _convert_path_clash(args: argparse.Namespace) -> str:
 def _write_openvino(model, args: argparse.Namespace, report) -> None:
     from .onnx.openvino import check_openvino, read_openvino, save_openvino
 
-    ov_model = read_openvino(model)
-    if not args.no_verify:
-        note, warning = check_openvino(args.model, ov_model, args.tolerance, model)
+    def check(xml: str) -> None:  # the IR as written, read back
+        note, warning = check_openvino(args.model, xml, args.tolerance, model)
         report.notes.append(note)
         if warning:
             report.notes.append(f"warning: {warning}")
             print(f"filterprune: warning: {warning}", file=sys.stderr)
-    save_openvino(ov_model, args.output)
+
+    save_openvino(read_openvino(model), args.output, check=None if args.no_verify else check)
 
 
 # -- bench ---------------------------------------------------------------------------------

@@ -245,6 +245,25 @@ def test_int8_weights_leave_other_quantizers_alone():
     assert "w" not in {t.name for t in folded.graph.initializer}
 
 
+@pytest.mark.parametrize("op, zero_point", [("ConvTranspose", 3), ("ConvTranspose", 0),
+                                             ("Conv", 3)])
+def test_int8_weights_of_a_transposed_conv_with_zero_points_stay_float(op, zero_point):
+    """OpenVINO runs a ConvTranspose of stored int8 weights with non-zero zero points
+    wrongly (0.4 relative off), and the QuantizeLinear of float weights right."""
+    w = numpy_helper.from_array(np.full((2, 2, 1, 1), 0.5, np.float32), "w")
+    s = numpy_helper.from_array(np.array([0.01, 0.1], np.float32), "s")
+    z = numpy_helper.from_array(np.array([zero_point, 0], np.int8), "z")
+    axis = 1 if op == "ConvTranspose" else 0  # the filters' axis
+    nodes = [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"], axis=axis),
+             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"], axis=axis),
+             helper.make_node(op, ["x", "wd"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 2, 2, 2])],
+                              [helper.make_tensor_value_info("y", 1, [1, 2, 2, 2])], [w, s, z])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    _, count = store_int8_weights(model)
+    assert count == (0 if op == "ConvTranspose" and zero_point else 1)
+
+
 def test_qat_export_equal_outputs_and_int8_in_onnxruntime(qat):
     path, new, report = qat
     assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-5

@@ -83,11 +83,14 @@ def _openvino_errors(step: str, fix: str = "") -> Iterator[None]:
         ) from err
 
 
-def save_openvino(model: Any, path: str | os.PathLike, *, compress_to_fp16: bool = False) -> None:
+def save_openvino(model: Any, path: str | os.PathLike, *, compress_to_fp16: bool = False,
+                  check: Any = None) -> None:  # fmt: skip
     """Write ``model`` (ONNX proto/path or ``openvino.Model``) as IR: ``path`` and its .bin.
 
     Both files are written to a hidden folder beside ``path`` first and renamed into
     place, the weights before the graph, so a reader never sees a half-written pair.
+    ``check(xml)`` runs on the written IR before that (saving transforms the model: it
+    stores quantized weights as integers), and nothing is written if it raises.
     """
     ov = _ov()
     target = Path(path)
@@ -97,6 +100,8 @@ def save_openvino(model: Any, path: str | os.PathLike, *, compress_to_fp16: bool
     with staging_dir(target) as tmp:
         xml = os.path.join(tmp, "model.xml")
         ov.save_model(ov_model, xml, compress_to_fp16=compress_to_fp16)
+        if check is not None:
+            check(xml)
         move_into_place(xml[:-4] + ".bin", target.with_suffix(".bin"))
         move_into_place(xml, target)
 
