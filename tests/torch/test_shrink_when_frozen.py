@@ -171,3 +171,38 @@ def test_a_composite_controller_hands_the_optimizer_on():
     assert ctrl.get("filter_pruning").shrunk
     params = {id(p) for p in model.parameters()}
     assert all(id(p) in params for g in optimizer.param_groups for p in g["params"])
+
+
+def _frozen_config():
+    return make_config(pruning_init=0.2, pruning_target=0.5, pruning_steps=1,
+                       prune_first_conv=True, shrink_when_frozen=True)  # fmt: skip
+
+
+def test_an_optimizer_of_the_uncut_model_is_refused_once_it_is_cut():
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(randomize_bn(SmallNet()), _frozen_config())
+    for _ in range(3):
+        ctrl.scheduler.epoch_step()
+    state = ctrl.get_compression_state()
+    fresh = randomize_bn(SmallNet())
+    before = torch.optim.SGD(fresh.parameters(), lr=0.1)  # made before the resumed cut
+    ctrl2, model2 = create_compressed_model(fresh, _frozen_config(), compression_state=state)
+    assert ctrl2.shrunk
+    with pytest.raises(ConfigError, match="would train nothing"):
+        ctrl2.register_optimizer(before)
+    ctrl2.register_optimizer(torch.optim.SGD(model2.parameters(), lr=0.1))  # made after: fine
+
+
+def test_a_factored_optimizer_state_keeps_the_model_masked(caplog):
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(randomize_bn(SmallNet()), _frozen_config())
+    optimizer = torch.optim.Adafactor(model.parameters(), lr=0.01)
+    ctrl.register_optimizer(optimizer)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    for _ in range(3):
+        ctrl.scheduler.epoch_step()
+    assert ctrl.frozen and not ctrl.shrunk
+    assert "Adafactor's state 'row_var'" in caplog.text
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()  # trains on, masked

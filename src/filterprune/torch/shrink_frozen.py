@@ -145,7 +145,21 @@ class ShrinkWhenFrozen(PruningControllerBase):
     shrunk = False
 
     def register_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Have ``optimizer`` follow the model when it is cut (``shrink_when_frozen``)."""
+        """Have ``optimizer`` follow the model when it is cut (``shrink_when_frozen``).
+
+        Raises:
+            ConfigError: The model is cut already (a resumed run) and ``optimizer`` holds
+                parameters it no longer has: it would train nothing.
+        """
+        if self.shrunk:
+            live = {id(p) for p in self.model.parameters()}
+            if any(id(p) not in live for g in optimizer.param_groups for p in g["params"]):
+                raise ConfigError(
+                    "The model was cut (shrink_when_frozen) before this optimizer was "
+                    "registered, and the optimizer holds the parameters it had before: it "
+                    "would train nothing. Create the optimizer after create_compressed_model, "
+                    "from model.parameters(), then load its saved state."
+                )
         self.__dict__.setdefault("optimizers", []).append(optimizer)
 
     def freeze(self) -> None:
@@ -172,7 +186,27 @@ class ShrinkWhenFrozen(PruningControllerBase):
                 "training would go on without it. The model stays masked; ctrl.strip() "
                 "cuts it for deployment.", ", ".join(computed[:3]) + (
                     ", ..." if len(computed) > 3 else ""), "s" if len(computed) == 1 else "")
-        return not computed
+        odd = self._uncuttable_state()
+        if odd and not getattr(self, "_said_state", False):
+            self._said_state = True
+            log.warning("shrink_when_frozen: %s does not follow its parameter's shape, so it "
+                        "cannot be cut with it. The model stays masked; ctrl.strip() cuts it "
+                        "for deployment.", odd)  # fmt: skip
+        return not computed and not odd
+
+    def _uncuttable_state(self) -> str:
+        """A registered optimizer's state of a parameter the cut replaces that is shaped
+        otherwise than it (a factored second moment, as Adafactor keeps), or ''."""
+        cut = {id(old) for _, _, old, *_ in _parameter_cuts(
+            self.model, self.keeps(), self.analysis.graph.layers)}  # fmt: skip
+        for optimizer in self.__dict__.get("optimizers", []):
+            for param, state in optimizer.state.items():
+                for key, value in state.items():
+                    if id(param) in cut and torch.is_tensor(value) and value.dim() > 0 and (
+                            value.shape != param.shape):  # fmt: skip
+                        return (f"{type(optimizer).__name__}'s state {key!r} "
+                                f"{tuple(value.shape)} of a {tuple(param.shape)} parameter")
+        return ""
 
     def _shrink(self) -> None:
         optimizers = self.__dict__.get("optimizers", [])
