@@ -60,6 +60,18 @@ def test_state_from_another_model_is_rejected():
         create_compressed_model(other, _config(), ctrl.get_compression_state())
 
 
+def test_saving_the_training_model_whole_says_what_the_file_lacks(tmp_path, caplog):
+    ctrl, model = create_compressed_model(_fresh(), make_config(prune_first_conv=True))
+    model.save(tmp_path / "a.keras")
+    model.save(tmp_path / "b.keras")
+    assert caplog.text.count("without its masks and quantizers") == 1
+    x = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype("float32")
+    dense = keras.models.load_model(tmp_path / "a.keras")
+    assert not np.allclose(dense(x, training=False), model(x, training=False), atol=1e-4)
+    ctrl.strip().save(tmp_path / "small.keras")  # a plain model: nothing to say
+    assert caplog.text.count("without its masks and quantizers") == 1
+
+
 @pytest.fixture(scope="module")
 def pruned():
     ctrl, model = create_compressed_model(_fresh(), make_config(prune_first_conv=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,6 +29,8 @@ from .quantization import QuantizationController
 from .shrink import plain_copy
 
 __all__ = ["KerasFrontend"]
+
+log = logging.getLogger("filterprune")
 
 
 class KerasFrontend(Frontend):
@@ -107,6 +110,7 @@ class KerasFrontend(Frontend):
 
     def finish(self, model: Any) -> None:
         reset_traced_functions(model)
+        _say_on_save(model)
 
     def strip(self, ctrl: Any, **kwargs: Any) -> Any:
         model = ctrl.strip_model(ctrl.model, **kwargs)
@@ -115,3 +119,25 @@ class KerasFrontend(Frontend):
 
     def export_model(self, ctrl: Any, save_path: str, *args: Any, **kwargs: Any) -> None:
         export_model(ctrl, save_path, *args, **kwargs)
+
+
+def _say_on_save(model: Any) -> None:
+    """Warn once when the training model is saved whole (``model.save``, a
+    ``ModelCheckpoint``): masks and quantizers are not in the file by design, so loading
+    it gives the dense model."""
+    if "save" in model.__dict__:
+        return
+    own_save = model.save
+
+    def save(*args: Any, **kwargs: Any) -> Any:
+        if not model.__dict__.get("_fp_save_said"):
+            object.__setattr__(model, "_fp_save_said", True)
+            log.warning(
+                "model.save writes the compressed model's weights without its masks and "
+                "quantizers: loading the file gives the dense model. To resume, save "
+                "ctrl.get_compression_state() too and pass it to create_compressed_model; to "
+                "deploy, use ctrl.export_model(...) or ctrl.strip().save(...)."
+            )
+        return own_save(*args, **kwargs)
+
+    object.__setattr__(model, "save", save)
