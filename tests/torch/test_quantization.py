@@ -217,6 +217,13 @@ def test_signed_false_over_negative_values_quantizes_signed(group, caplog):
     assert f"`{group}.signed` is false, but" in caplog.text
 
 
+def test_a_precision_initializer_is_said_to_be_ignored(caplog):
+    quant = {"initializer": {"range": {"num_init_samples": 16},
+                             "precision": {"bitwidth_per_scope": [[4, "stem"]]}}}
+    create_compressed_model(_net(), _config(quant))
+    assert "`compression[1].initializer.precision` is accepted for NNCF" in caplog.text
+
+
 def test_a_quantized_strip_state_dict_is_refused_by_resize_and_changes_nothing():
     ctrl, _ = create_compressed_model(_net(), _config())
     fresh = _net(seed=1)

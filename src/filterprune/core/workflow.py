@@ -149,6 +149,17 @@ def layer_names(graph: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _say_ignored(config: Config) -> None:
+    """Warn about keys kept for NNCF configs that change nothing here."""
+    for i, entry in enumerate(config.algorithms()):
+        initializer = entry.get("initializer")
+        if isinstance(initializer, Mapping) and "precision" in initializer:
+            log.warning(
+                "`compression[%d].initializer.precision` is accepted for NNCF configs but not "
+                "applied: there is no mixed-precision search, and every quantizer takes "
+                "`weights.bits` / `activations.bits` (bitwidth_per_scope included).", i)
+
+
 def _check_algorithms(frontend: Frontend, config: Config) -> list[str]:
     names = [a["algorithm"] for a in config.algorithms()]
     if not names:
@@ -188,6 +199,7 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
     """
     config = config if isinstance(config, Config) else Config.from_dict(config)
     names = _check_algorithms(frontend, config)
+    _say_ignored(config)
     settings = [algorithm_params(config, n, frontend.name) for n in names]
     frontend.check(model, config)
     data = frontend.init_data(config) if compression_state is None else None
