@@ -178,6 +178,12 @@ def test_per_channel_activation_ranges_are_cut_with_the_channels(reader):
     _close(small(x, training=False).numpy(), model(x, training=False).numpy())
 
 
+def test_asymmetric_per_channel_weights_are_said_at_creation(caplog):
+    create_compressed_model(_fresh(), _config({**QUANT, "weights": {"mode": "asymmetric"}}))
+    assert "per channel with mode 'asymmetric'" in caplog.text
+    assert "ONNX export needs them symmetric" in caplog.text
+
+
 def test_a_stripped_quantized_model_is_not_compressed_again(trained):
     from filterprune import AnalysisError
 

@@ -84,8 +84,9 @@ def check_onnx_quantizers(graph_def: Any) -> None:
                                       _const_value(graph_def, node.input[2])) is None:
             raise ValueError(
                 "ONNX export writes per-channel quantizers with zero point 0, so they must "
-                "use mode 'symmetric'. Received: an asymmetric range at "
-                f"{node.name!r}."
+                "use mode 'symmetric' (`weights.mode` / `activations.mode` with "
+                "per_channel). Received: an asymmetric range at "
+                f"{node.name!r}. Nothing was written; export .keras or a SavedModel instead."
             )
 
 

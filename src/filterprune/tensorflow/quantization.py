@@ -128,6 +128,13 @@ class QuantizationController(QuantizationControllerBase):
         self.scheduler = _EpochRefresh(self._refresh_weights)
         self.table = StripTable()
         self.specs = [s for s in self.specs if self._placeable(s)]
+        asymmetric = [s.key for s in self.specs if s.settings.per_channel
+                      and s.settings.mode == "asymmetric"]  # fmt: skip
+        if asymmetric:  # said now, not after training, when export_model refuses
+            log.warning("quantization: %s quantizer%s per channel with mode 'asymmetric' "
+                        "(%s): they train, strip and save as .keras or SavedModel, but ONNX "
+                        "export needs them symmetric.", len(asymmetric),
+                        "s" if len(asymmetric) > 1 else "", ", ".join(asymmetric[:3]))
         self.quantizers = {}
         claimed: dict[tuple[int, int], _Quantizer] = {}  # (id(op), input) -> its quantizer
         for spec in self.specs:
