@@ -182,3 +182,29 @@ def test_dict_outputs_are_named_by_their_keys(tmp_path, exporter):
     scores, boxes = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(scores, ref["scores"].numpy(), atol=1e-5)
     np.testing.assert_allclose(boxes, ref["aux"]["boxes"].numpy(), atol=1e-5)
+
+
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 16, 1)
+        self.out = nn.Conv2d(16, 3, 1)
+
+    def forward(self, x):
+        h = self.b(torch.relu(self.a(x)))
+        return self.out(h * torch.sigmoid(self.fc(self.pool(h))))
+
+
+def test_a_channels_last_model_exports_as_a_contiguous_one(tmp_path):
+    """channels_last exports global pooling as strided gathers, which convert cannot cut
+    through (8 of 24 zero filters removed before)."""
+    removed = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+        ctrl, _ = create_compressed_model(_Attention().to(memory_format=layout), config)
+        path = str(tmp_path / f"{layout}.onnx")
+        ctrl.export_model(path)
+        removed.append(remove_zero_filters(path)[1].removed)
+    assert removed[0] == removed[1] > 0

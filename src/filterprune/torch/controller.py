@@ -197,6 +197,8 @@ def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
         )
     _check_ranges_set(ctrl.model)
     model = fold_batchnorms(ctrl.strip(shrink=shrink).eval(), ctrl.captured.graph)
+    # a channels_last model exports its pooling as strided gathers that convert cannot cut
+    model = model.to(memory_format=torch.contiguous_format)
     export_onnx(model, ctrl.captured.sample, save_path, input_names, output_names)
 
 
