@@ -269,3 +269,27 @@ def test_a_deformable_convs_own_filters_are_listed_whole():
     whole = dict((tuple(p), r) for p, r in ctrl.statistics().unpruned)
     assert whole[("d.weight",)] == "no channel rule for torchvision.deform_conv2d"
     assert {("c1",), ("off",)} <= whole.keys()
+
+
+class PointMax(nn.Module):
+    """PointNet's pooling: the max over the points, with sort/topk/kthvalue beside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv1d(3, 16, 1), nn.Conv1d(16, 16, 1), nn.Linear(16, 4)
+
+    def forward(self, x):
+        y = self.b(self.a(x).relu())
+        pooled = torch.max(y, 2)[0] + y.sort(2)[0][..., -1] + y.topk(2, dim=2)[0].mean(2)
+        return self.head(pooled + y.kthvalue(2, 2)[0])
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_values_over_the_points_are_cut_through(capture):
+    graph = capture(PointMax(), (torch.randn(1, 3, 10),)).graph
+    groups = {tuple(g.producers): g.reason for g in analyze(graph, OPTIONS).groups}
+    assert groups[("a",)] is None and groups[("b",)] is None
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(PointMax()), make_config(
+        (1, 3, 10), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 10), tol=1e-5)

@@ -57,6 +57,13 @@ APART = {
     "einsum: a spatial sum": lambda y: y * torch.einsum("bchw->bc", y)[:, :, None, None],
     "einsum: ellipsis": lambda y: torch.einsum("b...hw->bhw...", y).relu().permute(0, 3, 1, 2),
     "einsum: implicit output": lambda y: torch.einsum("hcbw", y.permute(2, 1, 0, 3).sigmoid()),
+    # values (and indices) over a spatial axis: PointNet's max over its points
+    "max over the height": lambda y: y + torch.max(y, 2, keepdim=True)[0] + y.min(3).values[
+        ..., None] + y.max(dim=2, keepdim=True).indices.float(),
+    "median, kthvalue, argmax": lambda y: y - y.median(3, keepdim=True)[0] + y.kthvalue(
+        2, 2, keepdim=True)[0] * y.argmax(3, keepdim=True).float(),
+    "sort, topk, cummax": lambda y: y.sort(2)[0] + F.pad(y.topk(3, dim=3)[0], (0, 13))
+    + y.cummax(3)[0] - torch.max(y, y.flip(3)),
 }
 ACROSS = {
     "flip (channels)": lambda y: y.flip(1),
@@ -71,6 +78,9 @@ ACROSS = {
         [y[:, : y.shape[1] // 2], y[:, y.shape[1] // 2 :] * 2], 1),
     "einsum over the channels": lambda y: y * torch.einsum("bchw,bchw->bhw", y, y)[:, None],
     "einsum mixing the channels": lambda y: torch.einsum("bchw,bdhw->bchw", y, y.sigmoid()),
+    "max over the channels": lambda y: y * torch.max(y, 1, keepdim=True)[0],
+    "sort over the channels": lambda y: y.sort(1).values,
+    "topk over the channels": lambda y: torch.cat([y.topk(8, 1)[0], y[:, 8:]], 1),
 }
 
 

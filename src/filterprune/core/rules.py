@@ -694,9 +694,15 @@ def _reduce(s, node, ins):
         for axis in varying:
             s.uf.union_arrays(np.broadcast_to(np.take(full, [0], axis=axis), full.shape), full)
         ids = s.canonical(full)
-    if node.attrs.get("keepdim", False):
-        return ids
-    return ids.reshape([n for a, n in enumerate(ids.shape) if a not in dims])
+    if not node.attrs.get("keepdim", False):
+        ids = ids.reshape([n for a, n in enumerate(ids.shape) if a not in dims])
+    return _each_output(node, ids)
+
+
+def _each_output(node, ids: np.ndarray) -> Any:
+    """``ids`` for each output of an op that returns several tensors of one layout
+    (``max(x, dim)``: values and indices; ``sort``, ``topk``)."""
+    return tuple(ids for _ in node.shape) if isinstance(node.shape, list) else ids
 
 
 @register_rule("sample")
@@ -716,11 +722,12 @@ def _sample(s, node, ins):
 
 @register_rule("along")
 def _along(s, node, ins):
-    """Ops acting along one axis (softmax, cumsum, roll, pad): fine unless it holds channels."""
+    """Ops acting along one axis (softmax, cumsum, roll, pad, sort): fine unless it holds
+    channels."""
     x = _tensor(s, ins[0], node)
-    ndim = len(node.shape)
+    ndim = len(node.shape[0] if isinstance(node.shape, list) else node.shape)
     ids = _pad(x, ndim)
     for d in node.attrs["dims"]:
         if _varies(ids, d % ndim):
             raise RuleError("acts across channels")
-    return ids
+    return _each_output(node, ids)

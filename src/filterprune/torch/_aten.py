@@ -108,6 +108,12 @@ def _reduce(node: fx.Node, shape) -> Spec:
     return "reduce", {"dims": list(dims), "keepdim": bool(args.get("keepdim", False))}
 
 
+def _kthvalue(node: fx.Node, shape) -> Spec:
+    args = named_args(node)  # over the last axis by default
+    return "reduce", {"dims": [int(args.get("dim", -1))], "keepdim": bool(args.get("keepdim",
+                                                                                  False))}
+
+
 def _along(node: fx.Node, shape) -> Spec:
     return "along", {"dims": [int(named_args(node).get("dim", -1))]}
 
@@ -276,7 +282,11 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
           "amin.default", "max.dim", "min.dim", "var.correction", "std.correction",
           "var_mean.correction", "logsumexp.default", "linalg_vector_norm.default",
           "var.dim", "std.dim", "prod.dim_int",
-          "norm.ScalarOpt_dim"), _reduce),
+          "norm.ScalarOpt_dim", "median.dim", "nanmedian.dim", "argmax.default",
+          "argmin.default"), _reduce),
+    (_ops("kthvalue.default"), _kthvalue),
+    (_ops("sort.default", "sort.stable", "topk.default", "cummax.default", "cummin.default"),
+     _along),
     (_ops("softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default",
           "cumsum.default", "cumprod.default", "logcumsumexp.default"), _along),
     (_ops("roll.default"), _roll),

@@ -409,6 +409,30 @@ def _reduce_at(dim_at: int, keepdim_at: int) -> Call:
     return build
 
 
+def _max_min(node: fx.Node, shapes) -> Spec:
+    """``torch.max(x, dim)``: values and indices of a reduction over ``dim``;
+    ``torch.max(x, y)``: elementwise; ``torch.max(x)``: over every axis."""
+    other = _arg(node, 1, "dim", node.kwargs.get("other"))
+    if isinstance(other, fx.Node):
+        return "elementwise", {}
+    return _reduce(node, shapes)
+
+
+def _along_at(dim_at: int) -> Call:
+    """An op along ``dim`` (default -1, the last axis), positional argument ``dim_at``:
+    ``sort``, ``topk``, ``cummax``; fine where that axis holds no channels."""
+
+    def build(node: fx.Node, shapes) -> Spec:
+        return "along", {"dims": [int(_arg(node, dim_at, "dim", -1))]}
+
+    return build
+
+
+def _kthvalue(node: fx.Node, shapes) -> Spec:
+    dim = int(_arg(node, 2, "dim", -1))  # over the last axis by default, not every axis
+    return "reduce", {"dims": [dim], "keepdim": bool(_arg(node, 3, "keepdim", False))}
+
+
 _reduce = _reduce_at(1, 2)  # ``x.mean(dim, keepdim)``
 _norm = _reduce_at(2, 3)  # ``x.norm(p, dim, keepdim)``
 _var_std = _reduce_at(1, 3)  # ``x.var(dim, unbiased, keepdim)``
@@ -597,6 +621,14 @@ CALL_RULES: dict[Any, Call] = {
     "unbind": _unbind, torch.unbind: _unbind,
     "mean": _reduce, torch.mean: _reduce, "sum": _reduce, torch.sum: _reduce,
     "amax": _reduce, torch.amax: _reduce, "norm": _norm, torch.norm: _norm,
+    "max": _max_min, torch.max: _max_min, "min": _max_min, torch.min: _max_min,
+    "median": _reduce, torch.median: _reduce, "nanmedian": _reduce, torch.nanmedian: _reduce,
+    "argmax": _reduce, torch.argmax: _reduce, "argmin": _reduce, torch.argmin: _reduce,
+    "kthvalue": _kthvalue, torch.kthvalue: _kthvalue,
+    "sort": _along_at(1), torch.sort: _along_at(1), "argsort": _along_at(1),
+    torch.argsort: _along_at(1), "topk": _along_at(2), torch.topk: _along_at(2),
+    "cummax": _along_at(1), torch.cummax: _along_at(1), "cummin": _along_at(1),
+    torch.cummin: _along_at(1),
     F.normalize: _normalize,
     F.softmax: _along_dim, "softmax": _along_dim, F.log_softmax: _along_dim,
     "log_softmax": _along_dim, torch.softmax: _along_dim, torch.cumsum: _along_dim,

@@ -224,6 +224,9 @@ def _size_attrs(node: Node, ties: list[tuple[int, fx.Node, int]], free: set[int]
     node.attrs = {**node.attrs, "fixed_dims": sorted(fixed), "tied_dims": tied}
 
 
+_TUPLE_FIELDS = {"values": 0, "indices": 1}  # of max/min/sort/topk results
+
+
 def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
              tensors: set[str]) -> Node:  # fmt: skip
     shape = _meta_shape(node.meta.get("tensor_meta"))
@@ -245,6 +248,10 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
     label = getattr(node.target, "__name__", str(node.target))
     if node.target is operator.getitem:
         return _getitem(node, inputs, shape, graph)
+    if node.target is getattr and node.args[1] in _TUPLE_FIELDS and isinstance(
+            graph[node.args[0].name].shape, list):  # fmt: skip
+        index = _TUPLE_FIELDS[node.args[1]]  # ``x.max(2).values``: a field of the result
+        return Node(node.name, "getitem", inputs[:1], shape, attrs={"index": index})
     if node.op == "call_function" and node.target in FUNCTIONAL:
         return _functional(node, label, shape, modules, graph, tensors)
     builder = CALL_RULES.get(node.target)
