@@ -401,3 +401,24 @@ def test_whole_models_pickle_with_pruning_and_quantization(small_net, tmp_path, 
         assert torch.equal(loaded(x), saved(x))
     assert [type(m).__name__ for m in loaded.modules()] == [
         type(m).__name__ for m in saved.modules()]
+
+
+def test_resizing_a_parametrized_model_says_to_remove_its_parametrizations(small_net):
+    from torch.nn.utils import parametrizations, parametrize
+
+    def built():
+        torch.manual_seed(0)
+        model = SmallNet()
+        parametrizations.spectral_norm(model.b)
+        return model
+
+    ctrl, _ = create_compressed_model(built(), make_config(prune_first_conv=True))
+    state = ctrl.strip().state_dict()
+    with pytest.raises(ValueError, match="remove_parametrizations"):
+        resize_to_state_dict(built(), state)
+    plain = built()
+    parametrize.remove_parametrizations(plain.b, "weight")
+    small = resize_to_state_dict(plain, state).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), ctrl.strip().eval()(x))

@@ -170,10 +170,17 @@ def _check_keys(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
             "create_compressed_model(model, config, compression_state=...), or deploy the "
             "ONNX export. The model is unchanged."
         )
+    computed = [k for k in missing if ".parametrizations." in k or k.endswith(
+        ("weight_orig", "weight_g", "weight_v", "weight_u"))]  # fmt: skip
+    hint = (" MODEL computes weights (spectral_norm, weight_norm or a parametrization, e.g. "
+            f"{computed[0]}), which strip() writes in as plain weights: remove them from "
+            "MODEL first (torch.nn.utils.parametrize.remove_parametrizations, "
+            "remove_weight_norm, remove_spectral_norm).") if computed else ""
     raise ValueError(
         f"`state_dict` must have the keys of {type(model).__name__}'s state_dict. Received: "
         f"{len(unexpected)} unexpected ({', '.join(unexpected[:3]) or 'none'}) and "
-        f"{len(missing)} missing ({', '.join(missing[:3]) or 'none'}). The model is unchanged."
+        f"{len(missing)} missing ({', '.join(missing[:3]) or 'none'}).{hint} The model is "
+        "unchanged."
     )
 
 
