@@ -122,3 +122,15 @@ def test_more_entries_than_forward_takes_are_refused():
     with pytest.raises(ConfigError, match=r"^`input_info` must have at most one entry per "
                        r"argument of Linear\.forward \(input\)\. Received: 2 entries\."):
         sample_inputs(_config([{"sample_size": [1, 3]}, {"sample_size": [1, 3]}]), nn.Linear(3, 2))
+
+
+def test_a_float64_model_is_told_to_set_the_input_type():
+    from filterprune.errors import AnalysisError
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).double()
+    config = {"input_info": {"sample_size": [1, 3, 16, 16]},
+              "compression": [{"algorithm": "filter_pruning"}]}
+    with pytest.raises(AnalysisError, match=r"set `input_info.type` to 'float64'"):
+        create_compressed_model(model, config)
+    config["input_info"]["type"] = "float64"
+    create_compressed_model(model, config)

@@ -148,9 +148,16 @@ def _check_runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> None:
             model(*example)
     except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
         shapes = [tuple(t.shape) for t in example]
+        given = {t.dtype for t in example if torch.is_tensor(t) and t.is_floating_point()}
+        own = {p.dtype for p in model.parameters() if p.is_floating_point()}
+        fix = "Give a sample_size the model accepts."
+        if given and own and not given & own:  # a float64 or bfloat16 model, float32 input
+            kind = str(sorted(own, key=str)[0]).removeprefix("torch.")
+            fix = (f"The model's parameters are {kind}: set `input_info.type` to {kind!r} "
+                   "(or give a sample_size the model accepts).")
         raise AnalysisError(
             f"{type(model).__name__} failed on a zero input of shape {shapes} (from "
-            f"`input_info.sample_size`): {err}. Give a sample_size the model accepts."
+            f"`input_info.sample_size`): {err}. {fix}"
         ) from err
     finally:
         model.train(was_training)
