@@ -271,3 +271,13 @@ def test_load_state_missing_keys():
                        r"current_step, current_level, frozen\. Received: state keys="
                        r"\['current_epoch'\]\."):
         scheduler.load_state({"current_epoch": 3})
+
+
+@pytest.mark.parametrize("bad", [-5, 2.7, True, "3"])
+def test_a_next_epoch_that_is_not_an_epoch_is_refused(bad):
+    scheduler, rec = make(pruning_init=0.1, pruning_target=0.4, pruning_steps=5)
+    with pytest.raises(ValueError, match="`next_epoch` must be an integer >= 0"):
+        scheduler.epoch_step(bad)
+    assert rec.events == [] and scheduler.current_epoch == -1
+    scheduler.epoch_step(3.0)  # a float holding an integer is an epoch
+    assert scheduler.current_epoch == 3

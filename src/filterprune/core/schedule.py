@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -328,6 +329,11 @@ class Scheduler:
     def epoch_step(self, next_epoch: int | None = None) -> None:
         """Advance to ``next_epoch`` (default: the next one) and update the masks;
         nothing while :attr:`held` (the training loop's callbacks step it too)."""
+        if next_epoch is not None and not (
+                isinstance(next_epoch, numbers.Real) and not isinstance(next_epoch, bool)
+                and float(next_epoch).is_integer() and next_epoch >= 0):  # fmt: skip
+            raise ValueError(f"`next_epoch` must be an integer >= 0 (or None for the next "
+                             f"epoch). Received: next_epoch={next_epoch!r}.")
         if self.held:
             return
         self.current_epoch = self.current_epoch + 1 if next_epoch is None else int(next_epoch)
