@@ -150,8 +150,9 @@ def test_unsigned_asked_of_negative_values_falls_back_to_signed(caplog):
     s = quant_params(-0.5, 2.54, unsigned)  # 0 would clip every negative value to 0
     assert (s.quant_min, s.quant_max) == (-128, 127) and s.scale == pytest.approx(0.02)
     spec = QuantizerSpec("activation", "relu6_neg", unsigned)
-    warn_signed(spec, s)
-    warn_signed(spec, s)
+    said = set()
+    warn_signed(spec, s, said)
+    warn_signed(spec, s, said)
     assert caplog.text.count("`activations.signed` is false, but activation:relu6_neg") == 1
 
 

@@ -55,6 +55,7 @@ class QuantizationControllerBase(CompressionController):
     def __init__(self, params: Any, graph: Graph) -> None:
         self.params = params
         self.specs: list[QuantizerSpec] = place_quantizers(graph, params)
+        self._sign_said: set[str] = set()  # quantizers said to fall back to signed
         if not self.specs:
             log.warning("quantization: no quantizer placed (ignored_scopes or target_scopes "
                         "leave out every layer); the model stays in float.")  # fmt: skip
@@ -119,16 +120,15 @@ class QuantizationControllerBase(CompressionController):
                 log.warning("quantizer %s saw no non-zero value; its range is not set", key)
                 continue
             out[key] = quant_params(*got, specs[key].settings)
-            warn_signed(specs[key], out[key])
+            warn_signed(specs[key], out[key], self._sign_said)
         return out
 
-    @staticmethod
-    def weight_state(spec: QuantizerSpec, weight: np.ndarray) -> QuantizerState:
+    def weight_state(self, spec: QuantizerSpec, weight: np.ndarray) -> QuantizerState:
         """The min/max state of a weight (signed unless ``signed: false`` and no weight is
         negative)."""
         signed = None if spec.settings.signed is False else True
         state = quant_params(*tensor_range(weight, spec), spec.settings, signed)
-        warn_signed(spec, state)
+        warn_signed(spec, state, self._sign_said)
         return state
 
     # -- reporting -------------------------------------------------------------------------

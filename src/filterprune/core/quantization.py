@@ -302,17 +302,19 @@ def _fill_dead(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.where(dead, low[~dead].min(), low), np.where(dead, high[~dead].max(), high)
 
 
-_SIGN_WARNED: set[str] = set()
-
-
-def warn_signed(spec: QuantizerSpec, state: QuantizerState) -> None:
-    """Say once per quantizer that ``signed: false`` met negative values (quantized signed
-    instead: unsigned would clip every negative value to 0)."""
-    if spec.settings.signed is False and state.signed and spec.key not in _SIGN_WARNED:
-        _SIGN_WARNED.add(spec.key)
-        group = "weights" if spec.kind == "weight" else "activations"
-        log.warning("quantization: `%s.signed` is false, but %s has negative values: it is "
-                    "quantized signed (unsigned would clip them to 0).", group, spec.key)
+def warn_signed(spec: QuantizerSpec, state: QuantizerState, said: set[str] | None = None,
+                ) -> None:  # fmt: skip
+    """Say that ``signed: false`` met negative values (quantized signed instead: unsigned
+    would clip every negative value to 0); once per key in ``said``, where given."""
+    if spec.settings.signed is not False or not state.signed:
+        return
+    if said is not None:
+        if spec.key in said:
+            return
+        said.add(spec.key)
+    group = "weights" if spec.kind == "weight" else "activations"
+    log.warning("quantization: `%s.signed` is false, but %s has negative values: it is "
+                "quantized signed (unsigned would clip them to 0).", group, spec.key)
 
 
 def quant_params(low: Any, high: Any, settings: QuantizerSettings,
