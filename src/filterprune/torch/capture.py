@@ -255,8 +255,9 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
     label = getattr(node.target, "__name__", str(node.target))
     if node.target is operator.getitem:
         return _getitem(node, inputs, shape, graph)
-    if node.target is getattr and node.args[1] in _TUPLE_FIELDS and isinstance(
-            graph[node.args[0].name].shape, list):  # fmt: skip
+    src = node.args[0] if node.target is getattr else None
+    if isinstance(src, fx.Node) and src.name in graph.nodes and isinstance(
+            graph[src.name].shape, list) and node.args[1] in _TUPLE_FIELDS:  # fmt: skip
         index = _TUPLE_FIELDS[node.args[1]]  # ``x.max(2).values``: a field of the result
         return Node(node.name, "getitem", inputs[:1], shape, attrs={"index": index})
     if node.op == "call_function" and node.target in FUNCTIONAL:
