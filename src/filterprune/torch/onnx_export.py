@@ -81,8 +81,12 @@ def _keyed_names(model: nn.Module, args: tuple) -> list[str] | None:
     in the order both exporters flatten it; ``None`` (the exporter's names) otherwise."""
     from torch.utils._pytree import MappingKey, tree_flatten_with_path
 
-    with torch.no_grad():
-        leaves, _ = tree_flatten_with_path(model(*args))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            leaves, _ = tree_flatten_with_path(model.eval()(*args))
+    finally:
+        model.train(was_training)
     if not any(isinstance(k, MappingKey) for path, _ in leaves for k in path) or not all(
             isinstance(leaf, torch.Tensor) for _, leaf in leaves):  # fmt: skip
         return None

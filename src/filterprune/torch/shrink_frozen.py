@@ -143,6 +143,7 @@ class ShrinkWhenFrozen(PruningControllerBase):
 
     supports_shrink_when_frozen = True
     shrunk = False
+    _said_computed = _said_state = False  # why the cut was skipped, said once
 
     def register_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Have ``optimizer`` follow the model when it is cut (``shrink_when_frozen``).
@@ -178,7 +179,7 @@ class ShrinkWhenFrozen(PruningControllerBase):
             return False
         computed = [n for n, m in self.model.named_modules()
                     if is_masked(m) and computed_weights(m)]  # fmt: skip
-        if computed and not getattr(self, "_said_computed", False):
+        if computed and not self._said_computed:
             self._said_computed = True
             log.warning(
                 "shrink_when_frozen: %s compute%s its weight (spectral_norm, weight_norm or a "
@@ -187,7 +188,7 @@ class ShrinkWhenFrozen(PruningControllerBase):
                 "cuts it for deployment.", ", ".join(computed[:3]) + (
                     ", ..." if len(computed) > 3 else ""), "s" if len(computed) == 1 else "")
         odd = self._uncuttable_state()
-        if odd and not getattr(self, "_said_state", False):
+        if odd and not self._said_state:
             self._said_state = True
             log.warning("shrink_when_frozen: %s does not follow its parameter's shape, so it "
                         "cannot be cut with it. The model stays masked; ctrl.strip() cuts it "
