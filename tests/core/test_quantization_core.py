@@ -143,6 +143,7 @@ def test_symmetric_signed_and_unsigned():
 
 
 def test_unsigned_asked_of_negative_values_falls_back_to_signed(caplog):
+    caplog.set_level("WARNING", logger="filterprune")  # a CLI test may raise it
     from filterprune.core.quantization import QuantizerSpec, warn_signed
 
     unsigned = QuantizerSettings(signed=False)

@@ -204,6 +204,7 @@ def test_a_model_moved_to_float64_strips_equal():
 
 @pytest.mark.parametrize("group", ["weights", "activations"])
 def test_signed_false_over_negative_values_quantizes_signed(group, caplog):
+    caplog.set_level("WARNING", logger="filterprune")  # a CLI test may raise it
     ctrl, model = create_compressed_model(_net(), _config({group: {"signed": False}}))
     model.eval()
     x = torch.randn(4, 3, 32, 32)  # the input quantizer sees negatives too
@@ -218,6 +219,7 @@ def test_signed_false_over_negative_values_quantizes_signed(group, caplog):
 
 
 def test_a_precision_initializer_is_said_to_be_ignored(caplog):
+    caplog.set_level("WARNING", logger="filterprune")  # a CLI test may raise it
     quant = {"initializer": {"range": {"num_init_samples": 16},
                              "precision": {"bitwidth_per_scope": [[4, "stem"]]}}}
     create_compressed_model(_net(), _config(quant))

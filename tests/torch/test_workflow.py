@@ -310,6 +310,7 @@ def test_a_sample_size_the_model_refuses_prints_no_traceback(capfd):
 
 
 def test_ignored_scope_on_a_layer_without_filters_warns(small_net, caplog):
+    caplog.set_level("WARNING", logger="filterprune")  # a CLI test may raise it
     config = make_config(prune_first_conv=True, extra={"ignored_scopes": ["{re}.*bn.*"]})
     create_compressed_model(small_net, config)
     assert "matches only layers without filters" in caplog.text

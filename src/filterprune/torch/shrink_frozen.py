@@ -181,12 +181,13 @@ class ShrinkWhenFrozen(PruningControllerBase):
                     if is_masked(m) and computed_weights(m)]  # fmt: skip
         if computed and not self._said_computed:
             self._said_computed = True
+            names = ", ".join(computed[:3]) + (", ..." if len(computed) > 3 else "")
+            verb = "computes its weight" if len(computed) == 1 else "compute their weights"
             log.warning(
-                "shrink_when_frozen: %s compute%s its weight (spectral_norm, weight_norm or a "
-                "parametrization), which the cut would replace by a plain weight, so "
-                "training would go on without it. The model stays masked; ctrl.strip() "
-                "cuts it for deployment.", ", ".join(computed[:3]) + (
-                    ", ..." if len(computed) > 3 else ""), "s" if len(computed) == 1 else "")
+                "shrink_when_frozen: %s %s (spectral_norm, weight_norm or a parametrization), "
+                "which the cut would replace by plain weights, so training would go on "
+                "without them. The model stays masked; ctrl.strip() cuts it for deployment.",
+                names, verb)  # fmt: skip
         odd = self._uncuttable_state()
         if odd and not self._said_state:
             self._said_state = True
