@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -124,20 +125,18 @@ class KerasFrontend(Frontend):
 def _say_on_save(model: Any) -> None:
     """Warn once when the training model is saved whole (``model.save``, a
     ``ModelCheckpoint``): masks and quantizers are not in the file by design, so loading
-    it gives the dense model."""
-    if "save" in model.__dict__:
-        return
-    own_save = model.save
+    it gives the dense model. Bound to the model, so a copy of it says so for itself."""
+    if "save" not in model.__dict__:
+        object.__setattr__(model, "save", types.MethodType(_save_saying, model))
 
-    def save(*args: Any, **kwargs: Any) -> Any:
-        if not model.__dict__.get("_fp_save_said"):
-            object.__setattr__(model, "_fp_save_said", True)
-            log.warning(
-                "model.save writes the compressed model's weights without its masks and "
-                "quantizers: loading the file gives the dense model. To resume, save "
-                "ctrl.get_compression_state() too and pass it to create_compressed_model; to "
-                "deploy, use ctrl.export_model(...) or ctrl.strip().save(...)."
-            )
-        return own_save(*args, **kwargs)
 
-    object.__setattr__(model, "save", save)
+def _save_saying(model: Any, *args: Any, **kwargs: Any) -> Any:
+    if not model.__dict__.get("_fp_save_said"):
+        object.__setattr__(model, "_fp_save_said", True)
+        log.warning(
+            "model.save writes the compressed model's weights without its masks and "
+            "quantizers: loading the file gives the dense model. To resume, save "
+            "ctrl.get_compression_state() too and pass it to create_compressed_model; to "
+            "deploy, use ctrl.export_model(...) or ctrl.strip().save(...)."
+        )
+    return type(model).save(model, *args, **kwargs)
