@@ -149,9 +149,7 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
         if isinstance(layer, keras.Model) and id(layer) in cap.nested:  # rebuilt nested
             inputs = _nested_inputs(layer, cap, analysis, kept) if shrink else None
             return keras.models.clone_model(layer, input_tensors=inputs, clone_function=clone)
-        config = config_of(layer)
-        config.update(overrides.get(id(layer), {}))
-        new = base_class(layer).from_config(config)
+        new = rebuilt(layer, overrides.get(id(layer), {}))
         pairs.append((layer, new))
         return new
 
@@ -203,6 +201,22 @@ def config_of(operation: Any) -> dict[str, Any]:
     return config
 
 
+def rebuilt(operation: Any, changes: dict[str, Any] | None = None) -> Any:
+    """A new layer of ``operation``'s own class and config, with ``changes`` (cut sizes)
+    made to it (no weights yet)."""
+    config = {**config_of(operation), **(changes or {})}
+    cls = base_class(operation)
+    if isinstance(operation, keras.layers.Lambda):
+        # its live functions: rebuilt from bytecode they lose the module names they read
+        config.update(function=operation.function, arguments=operation.arguments)
+        if "output_shape" in config:
+            config["output_shape"] = operation._output_shape
+        if "mask" in config:
+            config["mask"] = operation.mask
+        return cls(**config)
+    return cls.from_config(config)
+
+
 def plain_copy(model: Any) -> Any:
     """A new model of stock layers computing what ``model`` computes, masks multiplied in
     (no transforms, taps or recording hooks: those live on the training model only)."""
@@ -211,7 +225,7 @@ def plain_copy(model: Any) -> Any:
     def clone(layer: Any) -> Any:
         if isinstance(layer, keras.Model):  # rebuilt nested, its layers one by one
             return keras.models.clone_model(layer, clone_function=clone)
-        new = base_class(layer).from_config(config_of(layer))
+        new = rebuilt(layer)
         pairs.append((layer, new))
         return new
 

@@ -23,8 +23,8 @@ from ..core.quantization import QuantizerSpec, QuantizerState
 from ..errors import AnalysisError
 from .capture import functional_of
 from .fake_quant import FakeQuant, QuantizedWeights
-from .masks import _variable, base_class, transform_inputs, weight_mask_of
-from .shrink import config_of, copy_weights
+from .masks import _variable, transform_inputs, weight_mask_of
+from .shrink import copy_weights, rebuilt
 
 __all__ = ["StripTable", "strip_quantized"]
 
@@ -116,7 +116,7 @@ class _Rebuild:
         if _nested(op) is not None:
             new = self.model(op, path + "/")
         else:
-            new = base_class(op).from_config(config_of(op))
+            new = rebuilt(op)
             self.pairs.append((op, new))
             if self.weights.get(path):
                 new = self._wrap(new, op, self.weights[path])
