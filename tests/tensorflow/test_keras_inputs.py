@@ -87,3 +87,25 @@ def test_nan_in_a_pruned_filter_stays_out_of_the_masked_model(where):
         out = ctrl.strip(shrink=shrink)(x, training=False).numpy()
         assert np.isfinite(out).all()
         assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("with_targets", [False, True])
+def test_a_dataset_of_dicts_keyed_by_input_names_feeds_every_input(with_targets):
+    import tensorflow as tf
+
+    from filterprune.tensorflow import register_default_init_args
+
+    rng = np.random.default_rng(0)
+    inputs = {"image": rng.normal(size=(8, 8, 8, 3)).astype("float32"),
+              "side": rng.normal(size=(8, 5)).astype("float32")}
+    data = (inputs, np.zeros((8, 3), "float32")) if with_targets else inputs
+    dataset = tf.data.Dataset.from_tensor_slices(data).batch(4)
+    infos = [{"sample_size": [1, 8, 8, 3]}, {"sample_size": [1, 5]}]
+    compression = [{"algorithm": "filter_pruning", "pruning_init": 0.5},
+                   {"algorithm": "quantization",
+                    "initializer": {"range": {"num_init_samples": 8}}}]
+    config = register_default_init_args(
+        NNCFConfig.from_dict({"input_info": infos, "compression": compression}), dataset)
+    ctrl, _ = create_compressed_model(two_inputs(), config)
+    stats = ctrl.get("quantization").statistics()
+    assert stats.num_initialized == stats.num_quantizers > 0

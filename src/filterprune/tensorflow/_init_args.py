@@ -111,15 +111,26 @@ def sample_batches(model: Any, dataset: Any, num_samples: int, batch_size: int |
     seen = 0
     batches = nonempty_batches(_batches(dataset, len(model.inputs[0].shape), batch_size),
                                "dataset")  # fmt: skip
+    names = [t._keras_history.operation.name for t in model.inputs
+             if hasattr(t, "_keras_history")]  # fmt: skip
     with progress(total=num_samples, desc=desc) as bar:
         for batch in batches:
-            x = batch_inputs(batch)
+            x = _inputs_of(batch, names)
             yield x
             n = _size(x)
             seen += n
             bar.update(n)
             if seen >= num_samples:
                 break
+
+
+def _inputs_of(batch: Any, names: list[str]) -> Any:
+    """The model's inputs in ``batch``: a dict keyed by its input names (alone, or first
+    of ``(inputs, targets)``) is the inputs, all of them; else :func:`batch_inputs`."""
+    for part in (batch, batch[0] if isinstance(batch, (list, tuple)) and batch else None):
+        if isinstance(part, dict) and names and set(names) <= set(part):
+            return {name: part[name] for name in names}
+    return batch_inputs(batch)
 
 
 def _size(x: Any) -> int:
