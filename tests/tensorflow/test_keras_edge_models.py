@@ -176,7 +176,28 @@ SPATIAL_OPS = {
     "normalization by scalars": lambda x: layers.Normalization(mean=0.3, variance=2.0)(x),
     "einsum keeping the channels": lambda x: ops.einsum(
         "bhwc,bc->bhwc", x, ops.mean(x, axis=(1, 2))) + ops.einsum("bhwc,bhwc->bhwc", x, x),
+    # instance statistics (AdaIN) and values over positions (PointNet)
+    "moments, logsumexp over height and width": lambda x: (x - ops.moments(
+        x, axes=(1, 2), keepdims=True)[0]) + ops.logsumexp(x, axis=(1, 2), keepdims=True),
+    "argmax, argsort over the height": lambda x: x * ops.cast(ops.argmax(
+        x, axis=1, keepdims=True), "float32") + ops.cast(ops.argsort(x, axis=1), "float32"),
+    "top_k over the height": lambda x: ops.moveaxis(ops.top_k(ops.moveaxis(x, 1, -1), 32)[0],
+                                                    -1, 1),
 }
+CHANNEL_OPS = {
+    "argmax over the channels": lambda x: x * ops.cast(ops.argmax(x, axis=-1, keepdims=True),
+                                                       "float32"),
+    "moments over the channels": lambda x: x - ops.moments(x, axes=-1, keepdims=True)[0],
+    "top_k over the channels": lambda x: ops.concatenate([ops.top_k(x, 8)[0], x[..., :8]], -1),
+}
+
+
+@pytest.mark.parametrize("fn", CHANNEL_OPS.values(), ids=CHANNEL_OPS)
+def test_the_same_ops_over_the_channels_keep_them_whole(fn):
+    inp = keras.Input((32, 32, 3))
+    x = fn(conv(16, "a")(inp))
+    _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
+    assert "a" in held and "c" not in held
 
 
 @pytest.mark.parametrize("fn", SPATIAL_OPS.values(), ids=SPATIAL_OPS)

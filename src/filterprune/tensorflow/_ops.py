@@ -390,7 +390,7 @@ _OP_ELEMENTWISE = set(
 )
 # op.axis; Normalize's p-norm spans its axis: a pruned channel there need not reach it
 # as zero (a sigmoid or an added constant on the way), and the stripped model's omits it
-_OP_ALONG = set("Flip Roll Cumsum Cumprod Sort Sparsemax Normalize".split())
+_OP_ALONG = set("Flip Roll Cumsum Cumprod Sort Argsort Sparsemax Normalize".split())
 
 
 def _op_axis_list(axis: Any, ndim: int) -> list[int]:
@@ -462,9 +462,13 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
     if name == "Split":
         return [Step("split", {"axis": int(op.axis), "sizes": [s[op.axis] for s in out],
                                "equal": isinstance(op.indices_or_sections, int)})]  # fmt: skip
-    if name in ("Mean", "Sum", "Max", "Min", "Amax", "Amin", "Var", "Std", "Prod"):
-        return [Step("reduce", {"dims": _op_axis_list(op.axis, ndim),
+    if name in ("Mean", "Sum", "Max", "Min", "Amax", "Amin", "Var", "Std", "Prod", "Argmax",
+                "Argmin", "Logsumexp", "Moments"):  # Moments: mean and variance
+        axis = op.axes if name == "Moments" else op.axis
+        return [Step("reduce", {"dims": _op_axis_list(axis, ndim),
                                 "keepdim": bool(getattr(op, "keepdims", False))})]  # fmt: skip
+    if name == "TopK":  # values and indices, along the last axis
+        return [Step("along", {"dims": [-1]})]
     if name == "Einsum":
         if not all(hasattr(a, "_keras_history") for a in args):
             return [Step("stop", {"reason": "keras.ops einsum with a constant operand"})]
