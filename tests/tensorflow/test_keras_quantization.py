@@ -185,6 +185,22 @@ def test_asymmetric_per_channel_weights_are_said_at_creation(caplog):
     assert "ONNX export needs them symmetric" in caplog.text
 
 
+def test_per_channel_activation_ranges_of_a_sequential_are_cut_too():
+    keras.utils.set_random_seed(0)
+    model = randomize_bn(keras.Sequential([
+        keras.Input((8, 8, 3)), layers.Conv2D(8, 3, padding="same", name="c1"),
+        layers.Conv2D(16, 3, padding="same", activation="relu", name="c2"),
+        layers.Conv2D(4, 1, name="c3")]))  # fmt: skip
+    x = np.random.default_rng(1).normal(size=(8, 8, 8, 3)).astype("float32")
+    quant = {**QUANT, "activations": {"per_channel": True}}
+    config = _config({**PRUNE, "pruning_init": 0.5}, quant, register=False, sample=(1, 8, 8, 3))
+    config = register_default_init_args(config, tf.data.Dataset.from_tensor_slices(x).batch(4))
+    ctrl, model = create_compressed_model(model, config)
+    small = ctrl.strip()
+    assert small.get_layer("c2").layer.filters < 16
+    _close(small(x, training=False).numpy(), model(x, training=False).numpy())
+
+
 def test_a_stripped_quantized_model_is_not_compressed_again(trained):
     from filterprune import AnalysisError
 

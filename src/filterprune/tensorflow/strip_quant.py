@@ -107,7 +107,11 @@ class _Rebuild:
         for layer in model.layers:
             spec = self.inputs.get(prefix + layer.name, {}).get(0)
             if spec is not None:
-                layers.append(self.fake_quant(spec, layer.dtype_policy, shared=False))
+                channels = None  # what the (maybe cut) layer reads there
+                if spec.settings.per_channel and spec.channel_axis is not None:
+                    channels = layer.input.shape[spec.channel_axis]
+                layers.append(self.fake_quant(spec, layer.dtype_policy, shared=False,
+                                              channels=channels))  # fmt: skip
             layers.append(self.layer(layer, prefix))
         return keras.Sequential(layers, name=model.name)
 
