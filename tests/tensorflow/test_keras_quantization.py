@@ -201,6 +201,15 @@ def test_per_channel_activation_ranges_of_a_sequential_are_cut_too():
     _close(small(x, training=False).numpy(), model(x, training=False).numpy())
 
 
+def test_quantization_listed_first_strips_equal_and_says_why_nothing_is_cut(caplog):
+    caplog.set_level("WARNING", logger="filterprune")
+    ctrl, model = create_compressed_model(_fresh(), _config(QUANT, {**PRUNE, "pruning_init": 0.5}))
+    x = regression_data(3, 4)[0]
+    small = ctrl.strip()
+    _close(small(x, training=False).numpy(), model(x, training=False).numpy())
+    assert "List filter_pruning first in `compression` to cut them" in caplog.text
+
+
 def test_a_stripped_quantized_model_is_not_compressed_again(trained):
     from filterprune import AnalysisError
 

@@ -192,6 +192,8 @@ def test_an_optimizer_of_the_uncut_model_is_refused_once_it_is_cut():
     with pytest.raises(ConfigError, match="would train nothing"):
         ctrl2.register_optimizer(before)
     ctrl2.register_optimizer(torch.optim.SGD(model2.parameters(), lr=0.1))  # made after: fine
+    extra = torch.nn.Parameter(torch.ones(1))  # a learnable loss weight, not the model's
+    ctrl2.register_optimizer(torch.optim.SGD([*model2.parameters(), extra], lr=0.1))
 
 
 def test_a_factored_optimizer_state_keeps_the_model_masked(caplog):

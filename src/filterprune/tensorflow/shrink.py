@@ -10,6 +10,7 @@ filterprune object. Nested models are rebuilt nested.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,8 @@ from .capture import Capture
 from .masks import base_class, is_masked, masked_weights
 
 __all__ = ["copy_weights", "plain_copy", "strip_model"]
+
+log = logging.getLogger("filterprune")
 
 Keeps = Mapping[str, dict[str, np.ndarray]]
 
@@ -156,6 +159,12 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
     with _own_code():
         new_model = keras.models.clone_model(model, clone_function=clone)
     copy_weights(pairs, weights)
+    if overrides and not any(id(old) in overrides for old, _ in pairs):
+        # the layers are another model's (quantization listed first rebuilt them)
+        log.warning("filter_pruning: the stripped model keeps its pruned channels as zeros "
+                    "(not cut): the model it strips was rebuilt by an algorithm listed "
+                    "before filter_pruning. List filter_pruning first in `compression` to "
+                    "cut them.")  # fmt: skip
     return new_model
 
 

@@ -87,10 +87,11 @@ def _loaded_mask(key: str, loaded: torch.Tensor, mask: torch.Tensor) -> torch.Te
     if loaded.shape != mask.shape or torch.equal(loaded.to(mask), mask):
         return loaded  # a shape error is load_state_dict's own to report
     if not bool(((loaded == 0) | (loaded == 1)).all()):
-        warnings.warn(
+        warnings.warn(  # said once: every masked layer of the state_dict would repeat it
             "The state_dict's pruning masks are not 0/1 (averaged, as by an EMA or "
-            "AveragedModel): the model keeps its own masks; only the weights were loaded.",
-            stacklevel=4)  # fmt: skip
+            "AveragedModel): the model keeps its own masks; only the weights were loaded. "
+            "(A state saved at another pruning level loads into a model made with "
+            "create_compressed_model(..., compression_state=...).)", stacklevel=2)
         return mask.clone()
     raise ConfigError(
         f"`{key}` in the state_dict prunes other channels than this model does: it was saved "

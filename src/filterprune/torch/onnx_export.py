@@ -87,6 +87,7 @@ def _keyed_names(model: nn.Module, args: tuple) -> list[str] | None:
             leaves, _ = tree_flatten_with_path(model.eval()(*args))
     finally:
         model.train(was_training)
+    leaves = [(path, leaf) for path, leaf in leaves if leaf is not None]  # not exported
     if not any(isinstance(k, MappingKey) for path, _ in leaves for k in path) or not all(
             isinstance(leaf, torch.Tensor) for _, leaf in leaves):  # fmt: skip
         return None

@@ -22,6 +22,7 @@ wrapper keeps the old parameters).
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 import torch
@@ -69,10 +70,14 @@ def _rebind(optimizer: torch.optim.Optimizer, swaps: dict[int, tuple]) -> None:
 
 
 def shrink_in_place(model: torch.nn.Module, keeps: dict, layers: dict,
-                    optimizers: list[torch.optim.Optimizer]) -> None:  # fmt: skip
+                    optimizers: list[torch.optim.Optimizer]) -> list[torch.Tensor]:  # fmt: skip
     """Cut ``model``'s pruned channels in place and rebind ``optimizers`` to the new
     parameters (their state cut alike). A weight computed from other parameters
-    (``weight_norm``) is written in first; it replaces them and starts without state."""
+    (``weight_norm``) is written in first; it replaces them and starts without state.
+
+    Returns:
+        The parameters the cut replaced.
+    """
     baked = bake_weights([m for m in model.modules() if is_masked(m)])
     for optimizer in optimizers:
         _replace_sources(optimizer, baked)
@@ -85,6 +90,7 @@ def shrink_in_place(model: torch.nn.Module, keeps: dict, layers: dict,
     for optimizer in optimizers:
         _rebind(optimizer, swaps)
     _state_like_parameters(optimizers)
+    return [old for _, old, *_ in swaps.values()]
 
 
 def _replace_sources(optimizer: torch.optim.Optimizer, baked: dict) -> None:
@@ -153,8 +159,9 @@ class ShrinkWhenFrozen(PruningControllerBase):
                 parameters it no longer has: it would train nothing.
         """
         if self.shrunk:
-            live = {id(p) for p in self.model.parameters()}
-            if any(id(p) not in live for g in optimizer.param_groups for p in g["params"]):
+            replaced = getattr(self, "_replaced", {})
+            if any(replaced.get(id(p), lambda: None)() is p
+                   for g in optimizer.param_groups for p in g["params"]):  # fmt: skip
                 raise ConfigError(
                     "The model was cut (shrink_when_frozen) before this optimizer was "
                     "registered, and the optimizer holds the parameters it had before: it "
@@ -210,12 +217,15 @@ class ShrinkWhenFrozen(PruningControllerBase):
                                 f"{tuple(value.shape)} of a {tuple(param.shape)} parameter")
         return ""
 
-    def _shrink(self) -> None:
+    def _shrink(self, resumed: bool = False) -> None:
         optimizers = self.__dict__.get("optimizers", [])
-        if not optimizers:
+        if not optimizers and not resumed:  # (a resumed run registers its optimizer after)
             log.warning("shrink_when_frozen: no optimizer registered with ctrl."
                         "register_optimizer(); rebuild yours from model.parameters()")
-        shrink_in_place(self.model, self.keeps(), self.analysis.graph.layers, optimizers)
+        replaced = shrink_in_place(self.model, self.keeps(), self.analysis.graph.layers,
+                                   optimizers)  # fmt: skip
+        # what a stale optimizer would hold (by identity: tensors compare elementwise)
+        self._replaced = {id(p): weakref.ref(p) for p in replaced}
         self.shrunk = True
         if getattr(self, "taylor", None) is not None:  # scores are of no use once cut
             self.taylor.remove()
@@ -245,7 +255,7 @@ class ShrinkWhenFrozen(PruningControllerBase):
             return
         super().load_state(state)
         if isinstance(state, dict) and state.get("shrunk") and not self.shrunk:
-            self._shrink()
+            self._shrink(resumed=True)
 
     def _load_on_cut(self, state: dict[str, Any]) -> None:
         """A cut model keeps the channels it was cut to: it takes a state with those masks
