@@ -108,8 +108,8 @@ class PruningControllerBase(CompressionController):
     def __init__(self, params: FilterPruningParams, analysis: Analysis) -> None:
         self.params = params
         self.analysis = analysis
-        warn_filterless(params.ignored_scopes, [*analysis.graph.layers, *(
-            n.layer or n.name for n in analysis.graph)], analysis.state.producers)
+        warn_filterless(params.ignored_scopes, analysis.graph.scope_names(),
+                        analysis.state.producers)  # fmt: skip
         self.pruner = Pruner(analysis, importance=params.filter_importance,
                              global_ranking=params.all_weights,
                              multiple_of=params.filters_multiple_of)  # fmt: skip

@@ -114,3 +114,8 @@ class Graph:
     @property
     def inputs(self) -> list[str]:
         return [n.name for n in self if n.op == "input"]
+
+    def scope_names(self) -> list[str]:
+        """Every name a scope pattern may refer to: the layers, then the ops."""
+        names = [*self.layers, *(node.layer or node.name for node in self)]
+        return list(dict.fromkeys(names))

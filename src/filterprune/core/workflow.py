@@ -142,13 +142,6 @@ def algorithm_params(config: Config, name: str, frontend: str) -> Any:
     return ALGORITHMS[name].from_config(config)
 
 
-def layer_names(graph: Any) -> list[str]:
-    """Every name a scope pattern may refer to: the graph's layers, then its ops."""
-    names = list(graph.layers)
-    names.extend(node.layer or node.name for node in graph)
-    return list(dict.fromkeys(names))
-
-
 def _say_ignored(config: Config) -> None:
     """Warn about keys kept for NNCF configs that change nothing here."""
     for i, entry in enumerate(config.algorithms()):
@@ -209,7 +202,7 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
             if check is not None:  # refuse before the model is touched
                 check(params, data)
     captured = frontend.capture(model, config)
-    check_unmatched(config, layer_names(captured.graph))
+    check_unmatched(config, captured.graph.scope_names())
     before = frontend.snapshot(model)
     try:
         ctrl = _start(frontend, model, names, settings, captured, config, compression_state)
@@ -274,7 +267,7 @@ def dry_run(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
     params = pruning_params(config, frontend.name)
     frontend.check(model, config)
     captured = frontend.capture(model, config)
-    check_unmatched(config, layer_names(captured.graph))
+    check_unmatched(config, captured.graph.scope_names())
     analysis = analyze(captured.graph, analysis_options(params))
     # the groups create_compressed_model keeps whole for a non-finite cut
     with frontend.cut_probe(model, captured, analysis, params) as finite:
