@@ -184,6 +184,30 @@ def test_dict_outputs_are_named_by_their_keys(tmp_path, exporter):
     np.testing.assert_allclose(boxes, ref["aux"]["boxes"].numpy(), atol=1e-5)
 
 
+
+class _WithCount(_DictOut):
+    def forward(self, x):
+        return {**super().forward(x), "count": 3, "kind": "boxes"}
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_outputs_other_than_tensors_are_left_out_with_a_warning(tmp_path, exporter, caplog):
+    """An int or string returned beside the tensors made both exporters fail."""
+    caplog.set_level("WARNING", logger="filterprune")
+    torch.manual_seed(0)
+    model, x = _WithCount().eval(), torch.randn(2, 3, 16, 16)
+    export_onnx(model, (x[:1],), str(tmp_path / "m.onnx"), exporter=exporter)
+    assert "returns values that are not tensors (count, kind)" in caplog.text
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["scores", "aux/boxes"]
+    with torch.no_grad():
+        ref = model(x)
+    scores, boxes = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})  # batch 2: free
+    np.testing.assert_allclose(scores, ref["scores"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(boxes, ref["aux"]["boxes"].numpy(), atol=1e-5)
+    assert model(x)["count"] == 3  # the hook is gone
+
+
 class _Attention(nn.Module):
     def __init__(self):
         super().__init__()

@@ -56,30 +56,32 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
                          f"Received: exporter={exporter!r}.")  # fmt: skip
     check_writable(path)  # before any export: an I/O error is not the exporter's
     args = tuple(sample)
-    names = {"input_names": input_names, "output_names": output_names or _keyed_names(model, args)}
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX form
-    try:
-        if exporter == "torchscript":
-            return _write(path, lambda tmp: _legacy_any_batch(model, args, tmp, names),
-                          "torchscript")
+    leaves = _output_leaves(model, args)
+    names = {"input_names": input_names, "output_names": output_names or _keyed_names(leaves)}
+    with _tensor_outputs(model, leaves):
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX form
         try:
-            return _write(path, lambda tmp: _dynamo(model, args, tmp, names), "dynamo")
-        except Exception as err:  # noqa: BLE001 - any failure of the new exporter falls back
-            if exporter == "dynamo":
-                raise
-            log.warning("The current ONNX exporter (dynamo=True) failed (%s); exporting with "
-                        "the TorchScript exporter instead.", _short(err))  # fmt: skip
-            return _write(path, lambda tmp: _legacy_any_batch(model, args, tmp, names),
-                          "torchscript")
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+            if exporter == "torchscript":
+                return _write(path, lambda tmp: _legacy_any_batch(model, args, tmp, names),
+                              "torchscript")
+            try:
+                return _write(path, lambda tmp: _dynamo(model, args, tmp, names), "dynamo")
+            except Exception as err:  # noqa: BLE001 - any failure of the new exporter falls back
+                if exporter == "dynamo":
+                    raise
+                log.warning("The current ONNX exporter (dynamo=True) failed (%s); exporting with "
+                            "the TorchScript exporter instead.", _short(err))  # fmt: skip
+                return _write(path, lambda tmp: _legacy_any_batch(model, args, tmp, names),
+                              "torchscript")
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def _keyed_names(model: nn.Module, args: tuple) -> list[str] | None:
-    """Output names from the keys of a dict the model returns (``scores``, ``aux/boxes``),
-    in the order both exporters flatten it; ``None`` (the exporter's names) otherwise."""
-    from torch.utils._pytree import MappingKey, tree_flatten_with_path
+def _output_leaves(model: nn.Module, args: tuple) -> list[tuple[tuple, Any]]:
+    """The ``(path, value)`` leaves of what ``model`` returns on ``args``, in the order both
+    exporters flatten them, ``None`` left out (neither exports it)."""
+    from torch.utils._pytree import tree_flatten_with_path
 
     was_training = model.training
     try:
@@ -87,12 +89,51 @@ def _keyed_names(model: nn.Module, args: tuple) -> list[str] | None:
             leaves, _ = tree_flatten_with_path(model.eval()(*args))
     finally:
         model.train(was_training)
-    leaves = [(path, leaf) for path, leaf in leaves if leaf is not None]  # not exported
-    if not any(isinstance(k, MappingKey) for path, _ in leaves for k in path) or not all(
-            isinstance(leaf, torch.Tensor) for _, leaf in leaves):  # fmt: skip
+    return [(path, leaf) for path, leaf in leaves if leaf is not None]
+
+
+def _path_name(path: tuple) -> str:
+    from torch.utils._pytree import MappingKey
+
+    return "/".join(str(k.key if isinstance(k, MappingKey) else getattr(k, "idx", k))
+                    for k in path)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _tensor_outputs(model: nn.Module, leaves: list[tuple[tuple, Any]]):
+    """A context in which ``model`` returns only its tensor outputs, as a flat tuple, where
+    it returns other values too (said with their names): an ONNX graph has no other
+    outputs, and an int or string beside them made both exporters fail. A forward hook
+    does it, so the inputs keep their names."""
+    from torch.utils._pytree import tree_leaves
+
+    other = [_path_name(path) or "output" for path, leaf in leaves
+             if not isinstance(leaf, torch.Tensor)]  # fmt: skip
+    if not other:
+        yield
+        return
+    log.warning("The model returns values that are not tensors (%s); the ONNX file has only "
+                "its tensor outputs.", ", ".join(other))  # fmt: skip
+
+    def tensors_only(module, inputs, out):
+        return tuple(t for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+
+    handle = model.register_forward_hook(tensors_only)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _keyed_names(leaves: list[tuple[tuple, Any]]) -> list[str] | None:
+    """Output names from the keys of a dict the model returns (``scores``, ``aux/boxes``);
+    ``None`` (the exporter's names) otherwise."""
+    from torch.utils._pytree import MappingKey
+
+    leaves = [(path, leaf) for path, leaf in leaves if isinstance(leaf, torch.Tensor)]
+    if not any(isinstance(k, MappingKey) for path, _ in leaves for k in path):
         return None
-    names = ["/".join(str(k.key if isinstance(k, MappingKey) else getattr(k, "idx", k))
-                      for k in path) for path, _ in leaves]  # fmt: skip
+    names = [_path_name(path) for path, _ in leaves]
     return names if len(set(names)) == len(names) else None
 
 
