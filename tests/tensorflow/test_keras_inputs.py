@@ -109,3 +109,41 @@ def test_a_dataset_of_dicts_keyed_by_input_names_feeds_every_input(with_targets)
     ctrl, _ = create_compressed_model(two_inputs(), config)
     stats = ctrl.get("quantization").statistics()
     assert stats.num_initialized == stats.num_quantizers > 0
+
+
+def _dict_model():
+    """Dict inputs with keys not in sorted order, through a nested model that takes a
+    dict too (its input channels are cut)."""
+    zeta, alpha = keras.Input((8, 8, 8), name="zeta"), keras.Input((8, 8, 8), name="alpha")
+    inner = keras.Model({"zeta": zeta, "alpha": alpha},
+                        layers.Conv2D(4, 1, name="inner_conv")(layers.Add()([zeta, alpha])))  # fmt: skip
+    rgb, depth = keras.Input((8, 8, 3), name="rgb"), keras.Input((8, 8, 1), name="depth")
+    a = layers.Conv2D(8, 3, padding="same", name="ca")(rgb)
+    b = layers.Conv2D(8, 3, padding="same", name="cb")(depth)
+    return keras.Model({"rgb": rgb, "depth": depth}, inner({"zeta": a, "alpha": b}))
+
+
+def test_dict_inputs_strip_and_export_in_the_model_order(tmp_path):
+    """The nested dict model's strip and the ONNX export of unsorted keys failed with
+    Keras's structure errors."""
+    import onnx
+
+    from filterprune.onnx import run_onnxruntime
+
+    keras.utils.set_random_seed(0)
+    model = randomize_bn(_dict_model())
+    infos = [{"sample_size": [1, 8, 8, 3], "keyword": "rgb"},
+             {"sample_size": [1, 8, 8, 1], "keyword": "depth"}]  # fmt: skip
+    ctrl, masked = create_compressed_model(model, config(infos, prune_first_conv=True,
+                                                         filters_multiple_of=1))  # fmt: skip
+    rng = np.random.default_rng(1)
+    feeds = {"rgb": rng.normal(size=(2, 8, 8, 3)).astype("float32"),
+             "depth": rng.normal(size=(2, 8, 8, 1)).astype("float32")}  # fmt: skip
+    ref = masked(feeds, training=False).numpy()
+    small = ctrl.strip()
+    assert small.get_layer("ca").filters == 4
+    np.testing.assert_allclose(small(feeds, training=False).numpy(), ref, atol=1e-5)
+    ctrl.export_model(str(tmp_path / "m.onnx"), shrink=True)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    out = run_onnxruntime(proto, {i.name: feeds[i.name] for i in proto.graph.input})[0]
+    np.testing.assert_allclose(out, ref, atol=1e-5)

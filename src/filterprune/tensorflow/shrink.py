@@ -121,6 +121,9 @@ def _nested_inputs(model: Any, cap: Capture, analysis: Analysis, kept) -> Any:
         tensors.append(keras.Input(batch_shape=tuple(shape), dtype=kt.dtype))
     if not changed:
         return None
+    struct = getattr(model, "_inputs_struct", None)  # clone_model wants the model's nesting
+    if struct is not None and len(tensors) > 1:
+        return keras.tree.pack_sequence_as(struct, tensors)
     return tensors if len(tensors) > 1 else tensors[0]
 
 
