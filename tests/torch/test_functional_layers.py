@@ -225,6 +225,35 @@ def test_a_viewed_layer_scale_strips_equal():
     assert small.scale.gamma.shape == (8,)
 
 
+
+class BufferScaled(nn.Module):
+    """A per-channel constant kept as a buffer (a fixed gain, a frozen calibration)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 8, 1)
+        self.register_buffer("gain", torch.rand(1, 16, 1, 1) + 0.5)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)) * self.gain)
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_a_per_channel_buffer_is_cut_with_its_channels(capture):
+    """It was held ("mul reads gain, which cannot be cut")."""
+    assert _groups(capture, BufferScaled())[("a",)] == (16, None)
+
+
+def test_a_per_channel_buffer_strips_equal_and_is_no_parameter():
+    torch.manual_seed(0)
+    config = make_config((1, 3, 16, 16), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(BufferScaled()), config)
+    weights = sum(p.numel() for p in model.parameters())
+    assert ctrl.statistics().full_params == weights  # the buffer's 16 values are not counted
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+    assert small.gain.shape == (1, 8, 1, 1) and small.a.out_channels == 8
+
+
 class ModelLevelWeight(nn.Module):
     """``F.conv2d`` on a parameter of the model itself: no layer to mask, listed whole."""
 

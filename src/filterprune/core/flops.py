@@ -53,9 +53,11 @@ def _layer_params(info: LayerInfo, keep: dict[str, np.ndarray]) -> int:
 
 
 def count_params(graph: Graph, keeps: Keeps | None = None) -> int:
-    """Parameters of every layer in ``graph.layers`` (all of them if ``keeps`` is None)."""
+    """Parameters of every layer in ``graph.layers`` (all of them if ``keeps`` is None);
+    a ``buffer`` layer (a constant cut with the channels) is not a parameter."""
     keeps = keeps or {}
-    return sum(_layer_params(info, keeps.get(name, {})) for name, info in graph.layers.items())
+    return sum(_layer_params(info, keeps.get(name, {})) for name, info in graph.layers.items()
+               if info.kind != "buffer")  # fmt: skip
 
 
 def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:

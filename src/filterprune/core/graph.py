@@ -56,7 +56,8 @@ class LayerInfo:
 
     Attributes:
         name: Layer name (as the frontend names it, e.g. ``layer1.0.conv1``).
-        kind: ``conv``, ``linear``, ``batchnorm``, ``layernorm``, ``param``...
+        kind: ``conv``, ``linear``, ``batchnorm``, ``layernorm``, ``param``, ``buffer`` (a
+            tensor cut like a parameter, not counted as one)...
         params: Parameter name -> (shape, axis roles); a role is ``"out"``,
             ``"in"``, ``"channel"`` or ``None`` for an axis that is never cut.
         groups: Convolution groups (1 otherwise).

@@ -52,6 +52,21 @@ def _meta_shape(meta: Any) -> Any:
     return None
 
 
+def _is_record(node: fx.Node) -> bool:
+    """A record built only to be returned (a dataclass, a namedtuple: a call of a class,
+    which torch.fx records as a node)."""
+    return node.op == "call_function" and isinstance(node.target, type) and all(
+        u.op == "output" or _is_record(u) for u in node.users)  # fmt: skip
+
+
+def _returned(node: fx.Node) -> list[fx.Node]:
+    """The nodes ``node`` (the output) returns, through the records built to return them."""
+    found = []
+    for n in _operands(node):
+        found += _returned(n) if _is_record(n) else [n]
+    return found
+
+
 def _operands(node: fx.Node) -> list[fx.Node]:
     found: list[fx.Node] = []
     fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
@@ -183,7 +198,7 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     sizes = SizeReads.of(gm.graph)
     for node in gm.graph.nodes:
         if node.op == "output":
-            graph.outputs = [n.name for n in _operands(node) if n.name in graph.nodes]
+            graph.outputs = [n.name for n in _returned(node) if n.name in graph.nodes]
             continue
         if node in sizes.numbers:
             graph.add(_size_node(node, sizes, graph))
@@ -242,6 +257,8 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return Node(node.name, "input", shape=shape)
     if node.op == "get_attr":
         return Node(node.name, "param", shape=shape, attrs={"target": node.target})
+    if _is_record(node):  # its tensors are the model's outputs
+        return Node(node.name, "noop", inputs, label=getattr(node.target, "__name__", "record"))
     if shape is None and node.op == "call_module":
         # a module returning a tuple with None in it (attention without weights) or a
         # nested one (an LSTM's ``out, (h, c)``): no rule reads it, so its inputs stay
@@ -432,12 +449,19 @@ def _called_before(node: fx.Node, called: set[str]) -> set[str]:
 
 
 def add_unseen_params(model: nn.Module, graph: Graph) -> None:
-    """Count parameters the graph never names (used inside opaque code) as uncut."""
+    """Give every parameter no layer owns a bare ``param`` layer: cut where the graph
+    reads it (a layer scale), counted as uncut where only opaque code does. So do the
+    buffers the graph reads itself (a per-channel constant kept as a buffer)."""
     owned = {f"{layer}.{p}" if p else layer for layer, info in graph.layers.items()
              for p in info.params}  # fmt: skip
-    for name, p in model.named_parameters():
+    read = {n.attrs.get("target") for n in graph if n.op == "param"}
+    # a layer's own buffers (a functional BatchNorm's statistics) are cut with the layer
+    buffers = [(n, b) for n, b in model.named_buffers() if n in read and b.is_floating_point()
+               and n.rpartition(".")[0] not in graph.layers]  # fmt: skip
+    kinds = {name: "buffer" for name, _ in buffers}  # cut like a parameter, not counted
+    for name, p in [*model.named_parameters(), *buffers]:
         if name in owned or any(name.startswith(f"{layer}.") for layer in graph.layers
                                 if graph.layers[layer].kind == "opaque"):  # fmt: skip
             continue
-        graph.layers[name] = LayerInfo(name, "param", {"": (tuple(p.shape), ("axis0",)
-                                       + tuple(f"axis{i}" for i in range(1, p.dim())))})
+        roles = tuple(f"axis{i}" for i in range(p.dim()))
+        graph.layers[name] = LayerInfo(name, kinds.get(name, "param"), {"": (tuple(p.shape), roles)})

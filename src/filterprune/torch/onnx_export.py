@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_write, check_writable
+from ._tree import leaves, path_name
 
 __all__ = ["export_onnx", "EXPORTERS"]
 
@@ -56,9 +57,9 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
                          f"Received: exporter={exporter!r}.")  # fmt: skip
     check_writable(path)  # before any export: an I/O error is not the exporter's
     args = tuple(sample)
-    leaves = _output_leaves(model, args)
-    names = {"input_names": input_names, "output_names": output_names or _keyed_names(leaves)}
-    with _tensor_outputs(model, leaves):
+    found, opaque = _outputs(model, args)
+    names = {"input_names": input_names, "output_names": output_names or _keyed_names(found)}
+    with _tensor_outputs(model, found, opaque):
         fastpath = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX form
         try:
@@ -78,45 +79,38 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
             torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def _output_leaves(model: nn.Module, args: tuple) -> list[tuple[tuple, Any]]:
-    """The ``(path, value)`` leaves of what ``model`` returns on ``args``, in the order both
-    exporters flatten them, ``None`` left out (neither exports it)."""
-    from torch.utils._pytree import tree_flatten_with_path
+def _outputs(model: nn.Module, args: tuple) -> tuple[list[tuple[tuple, Any]], bool]:
+    """The ``(path, value)`` leaves of what ``model`` returns on ``args`` (:func:`leaves`),
+    and whether torch's own flattening leaves other values than tensors in it."""
+    from torch.utils._pytree import tree_leaves
 
     was_training = model.training
     try:
         with torch.no_grad():
-            leaves, _ = tree_flatten_with_path(model.eval()(*args))
+            out = model.eval()(*args)
     finally:
         model.train(was_training)
-    return [(path, leaf) for path, leaf in leaves if leaf is not None]
-
-
-def _path_name(path: tuple) -> str:
-    from torch.utils._pytree import MappingKey
-
-    return "/".join(str(k.key if isinstance(k, MappingKey) else getattr(k, "idx", k))
-                    for k in path)  # fmt: skip
+    return list(leaves(out)), any(not isinstance(t, torch.Tensor) for t in tree_leaves(out))
 
 
 @contextlib.contextmanager
-def _tensor_outputs(model: nn.Module, leaves: list[tuple[tuple, Any]]):
-    """A context in which ``model`` returns only its tensor outputs, as a flat tuple, where
-    it returns other values too (said with their names): an ONNX graph has no other
-    outputs, and an int or string beside them made both exporters fail. A forward hook
-    does it, so the inputs keep their names."""
-    from torch.utils._pytree import tree_leaves
-
-    other = [_path_name(path) or "output" for path, leaf in leaves
+def _tensor_outputs(model: nn.Module, leaves_: list[tuple[tuple, Any]], opaque: bool):
+    """A context in which ``model`` returns its tensor outputs as a flat tuple, where it
+    returns other values too (said with their names: an ONNX graph has no other outputs,
+    and an int or a string beside them made both exporters fail), or a structure the
+    exporters do not flatten (a dataclass, a dict subclass: exported with no outputs
+    before). A forward hook does it, so the inputs keep their names."""
+    other = [path_name(path) or "output" for path, leaf in leaves_
              if not isinstance(leaf, torch.Tensor)]  # fmt: skip
-    if not other:
+    if not other and not opaque:
         yield
         return
-    log.warning("The model returns values that are not tensors (%s); the ONNX file has only "
-                "its tensor outputs.", ", ".join(other))  # fmt: skip
+    if other:
+        log.warning("The model returns values that are not tensors (%s); the ONNX file has "
+                    "only its tensor outputs.", ", ".join(other))  # fmt: skip
 
     def tensors_only(module, inputs, out):
-        return tuple(t for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return tuple(t for _, t in leaves(out) if isinstance(t, torch.Tensor))
 
     handle = model.register_forward_hook(tensors_only)
     try:
@@ -125,15 +119,13 @@ def _tensor_outputs(model: nn.Module, leaves: list[tuple[tuple, Any]]):
         handle.remove()
 
 
-def _keyed_names(leaves: list[tuple[tuple, Any]]) -> list[str] | None:
-    """Output names from the keys of a dict the model returns (``scores``, ``aux/boxes``);
-    ``None`` (the exporter's names) otherwise."""
-    from torch.utils._pytree import MappingKey
-
-    leaves = [(path, leaf) for path, leaf in leaves if isinstance(leaf, torch.Tensor)]
-    if not any(isinstance(k, MappingKey) for path, _ in leaves for k in path):
+def _keyed_names(leaves_: list[tuple[tuple, Any]]) -> list[str] | None:
+    """Output names from the keys of a dict (or the fields of a dataclass) the model
+    returns (``scores``, ``aux/boxes``); ``None`` (the exporter's names) otherwise."""
+    paths = [path for path, leaf in leaves_ if isinstance(leaf, torch.Tensor)]
+    if not any(isinstance(k, str) for path in paths for k in path):
         return None
-    names = [_path_name(path) for path, _ in leaves]
+    names = [path_name(path) for path in paths]
     return names if len(set(names)) == len(names) else None
 
 
