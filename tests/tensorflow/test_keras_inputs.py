@@ -115,8 +115,8 @@ def _dict_model():
     """Dict inputs with keys not in sorted order, through a nested model that takes a
     dict too (its input channels are cut)."""
     zeta, alpha = keras.Input((8, 8, 8), name="zeta"), keras.Input((8, 8, 8), name="alpha")
-    inner = keras.Model({"zeta": zeta, "alpha": alpha},
-                        layers.Conv2D(4, 1, name="inner_conv")(layers.Add()([zeta, alpha])))  # fmt: skip
+    summed = layers.Add()([zeta, alpha])
+    inner = keras.Model({"zeta": zeta, "alpha": alpha}, layers.Conv2D(4, 1)(summed))
     rgb, depth = keras.Input((8, 8, 3), name="rgb"), keras.Input((8, 8, 1), name="depth")
     a = layers.Conv2D(8, 3, padding="same", name="ca")(rgb)
     b = layers.Conv2D(8, 3, padding="same", name="cb")(depth)

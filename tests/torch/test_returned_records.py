@@ -57,9 +57,9 @@ def test_a_returned_record_keeps_its_layers_and_exports_its_tensors(kind, tmp_pa
     """A dataclass's layers were cut (logits 5 -> 3) and its ONNX file had no outputs; a
     dict subclass's file had none either."""
     torch.manual_seed(0)
-    ctrl, model = create_compressed_model(nondegenerate(Net(kind)),
-                                          make_config((1, 3, 16, 16), prune_first_conv=True))  # fmt: skip
-    held = dict((tuple(names), why) for names, why in ctrl.statistics().unpruned)
+    config = make_config((1, 3, 16, 16), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(Net(kind)), config)
+    held = {tuple(names): why for names, why in ctrl.statistics().unpruned}
     assert held[("head",)] == held[("aux",)] == "feeds a model output"
     model.eval()
     x = torch.randn(2, 3, 16, 16)

@@ -464,4 +464,5 @@ def add_unseen_params(model: nn.Module, graph: Graph) -> None:
                                 if graph.layers[layer].kind == "opaque"):  # fmt: skip
             continue
         roles = tuple(f"axis{i}" for i in range(p.dim()))
-        graph.layers[name] = LayerInfo(name, kinds.get(name, "param"), {"": (tuple(p.shape), roles)})
+        kind = kinds.get(name, "param")
+        graph.layers[name] = LayerInfo(name, kind, {"": (tuple(p.shape), roles)})
