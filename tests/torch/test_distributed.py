@@ -152,3 +152,45 @@ def make_small_state() -> dict:
 
     torch.manual_seed(0)
     return SmallNet().state_dict()
+
+
+def _created_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Each rank starts from its own weights and initialises quantizer ranges on its own
+    data (rank 0's non-negative): distributed() must leave every rank with rank 0's."""
+    from torch_helpers import SmallNet
+
+    from filterprune import NNCFConfig
+    from filterprune.torch import create_compressed_model, register_default_init_args
+
+    with _in_group(rank, world, port):
+        torch.manual_seed(rank)
+        data = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(rank))
+        data = data.abs() if rank == 0 else data
+        config = NNCFConfig.from_dict({
+            "input_info": {"sample_size": [1, 3, 32, 32]},
+            "compression": [{"algorithm": "filter_pruning", "pruning_init": 0.5,
+                             "params": {"prune_first_conv": True}},
+                            {"algorithm": "quantization",
+                             "initializer": {"range": {"num_init_samples": 8}}}]})  # fmt: skip
+        config = register_default_init_args(config, [(data, None)])
+        ctrl, model = create_compressed_model(SmallNet(), config)
+        ctrl.distributed()
+        torch.nn.parallel.DistributedDataParallel(model)  # copies rank 0's weights and buffers
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+        model.eval()
+        with torch.no_grad():
+            out, stripped = model(x), ctrl.strip().eval()(x)
+        torch.save({"state": ctrl.get_compression_state(), "out": out, "stripped": stripped},
+                   os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
+
+
+def test_distributed_takes_rank0s_masks_and_quantizer_ranges_at_once(tmp_path):
+    """Before: rank 1 kept its own plan until the first epoch_step (its strip was 0.25
+    relative off its masked model), and its own integer range under rank 0's scale (its
+    outputs 10% off rank 0's on the same input)."""
+    mp.spawn(_created_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert r0["state"] == r1["state"]
+    assert torch.equal(r0["out"], r1["out"])
+    for r in (r0, r1):
+        assert (r["out"] - r["stripped"]).abs().max() <= 1e-4 * r["out"].abs().max()

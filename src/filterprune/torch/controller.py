@@ -139,8 +139,11 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
         return Plan.from_dict(box[0], self.analysis)
 
     def distributed(self) -> None:
-        """Call under DDP (torchrun) before training: masks are then taken from rank 0."""
+        """Call under DDP (torchrun) before training: masks are then taken from rank 0,
+        the current ones at once (each rank planned them from its own weights)."""
         self._distributed = True
+        if self._ddp() and not self.shrunk:
+            self._install(self._sync(self.plan))
 
     def loss(self) -> torch.Tensor:
         """Filter pruning adds no regulariser: a zero tensor on the model's device."""
@@ -221,3 +224,4 @@ def export_onnx(model: nn.Module, sample, path: str, input_names=None, output_na
                 **kwargs: Any) -> str:  # fmt: skip
     """Write ``model`` as ONNX atomically; see :func:`filterprune.torch.onnx_export.export_onnx`."""
     return onnx_export.export_onnx(model, sample, path, input_names, output_names, **kwargs)
+

@@ -113,6 +113,21 @@ class QuantizationController(QuantizationControllerBase):
         finally:
             self.model.train(was_training)
 
+    def distributed(self) -> None:
+        """Call under DDP (torchrun) before training: every rank takes rank 0's quantizer
+        ranges (each rank initialised them on its own data; DDP copies the buffers but
+        not the integer range each quantizer keeps, so the ranks computed apart)."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        box = [self.quantizer_states()]
+        dist.broadcast_object_list(box, src=0)
+        self.set_quantizer_states(box[0])
+        if any(q.lazy and not q.initialized for q in self.quantizers.values()):
+            log.warning("quantization: ranges set at the first batch "
+                        "(`initializer.range.num_init_samples` 0) differ between ranks under "
+                        "DDP; initialise them from data before distributed() instead.")  # fmt: skip
+
     # -- core hooks ------------------------------------------------------------------------
     def quantizer_states(self) -> dict[str, QuantizerState]:
         return {s.key: self.quantizers[s.key].state() for s in self.specs}
