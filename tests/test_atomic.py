@@ -49,6 +49,43 @@ def test_write_replaces_the_file_and_leaves_nothing_else(tmp_path):
     assert target.read_bytes() == b"\x00\x01"
 
 
+
+@pytest.mark.parametrize("how", ["atomic_write", "move_into_place"])
+def test_a_pipe_is_written_into_not_replaced(tmp_path, how):
+    """``-o /dev/null`` or a FIFO became a regular file (as root: the machine's /dev/null)."""
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = {}
+
+    def read():
+        with open(fifo, "rb") as f:
+            got["data"] = f.read()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if how == "atomic_write":
+        atomic_write_bytes(fifo, b"report")
+    else:
+        done = tmp_path / "done"
+        done.write_bytes(b"report")
+        move_into_place(done, fifo)
+        assert not done.exists()
+    reader.join(timeout=10)
+    assert got["data"] == b"report"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_a_symlink_stays_a_link_and_its_file_is_replaced(tmp_path):
+    (tmp_path / "v1.onnx").write_text("old")
+    (tmp_path / "latest.onnx").symlink_to("v1.onnx")
+    atomic_write_text(tmp_path / "latest.onnx", "new")
+    assert (tmp_path / "latest.onnx").is_symlink()
+    assert (tmp_path / "v1.onnx").read_text() == "new"
+
+
 def test_temporary_is_hidden_beside_the_target_with_the_suffix(tmp_path):
     seen = []
 

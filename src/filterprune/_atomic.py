@@ -5,6 +5,9 @@ midway never leaves half a file where a reader looks, and an old file stays inta
 until the new one is complete. Temporary names are hidden and live in the target's
 folder, so the final rename never crosses file systems.
 
+A target that is neither a file nor a folder (``/dev/null``, a pipe, a FIFO) is written
+into, not replaced; a symlink stays a link and the file it points to is replaced.
+
 A process killed midway (``kill -9``, a power cut) cannot remove its temporary, so the
 name says who made it: ``.name.<pid>-<host>.XXXXXXXX<suffix>``. The next write to the same
 target removes the temporaries of processes of this host that no longer run
@@ -61,12 +64,29 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], None], suffix: str = 
     failure the temporary file is removed and ``path`` is left as it was.
     """
     target = Path(path)
+    if _special(target):  # /dev/null, a pipe, a FIFO: written as it is, never replaced
+        write_fn(os.fspath(target))
+        return
+    target = _resolved(target)
     tmp = _reserve(target, suffix or ".tmp")
     try:
         write_fn(tmp)
         move_into_place(tmp, target)
     finally:
         _remove(tmp)
+
+
+def _resolved(target: Path) -> Path:
+    """A symlink's target (so the link stays a link, as ``cp`` leaves it), else ``target``."""
+    if not target.is_symlink():
+        return target
+    real = Path(os.path.realpath(target))
+    return real if real.parent.is_dir() else target
+
+
+def _special(target: Path) -> bool:
+    """Whether ``target`` exists and is neither a file nor a folder (a device, a pipe)."""
+    return target.exists() and not target.is_file() and not target.is_dir()
 
 
 def check_writable(path: PathLike) -> None:
@@ -76,7 +96,9 @@ def check_writable(path: PathLike) -> None:
         OSError: ``path`` is a folder, or its folder cannot be made or written to; the
             message names ``path`` (not a temporary name).
     """
-    _remove(_reserve(Path(path), ".tmp"))
+    target = Path(path)
+    if not _special(target):
+        _remove(_reserve(_resolved(target), ".tmp"))
 
 
 def _reserve(target: Path, suffix: str) -> str:
@@ -134,6 +156,11 @@ def move_into_place(src: PathLike, dst: PathLike) -> None:
     current umask before the rename; the folder holding ``dst`` is flushed after it.
     """
     src = os.fspath(src)
+    if _special(Path(dst)):  # copied into it (see atomic_write)
+        with open(src, "rb") as f, open(dst, "wb") as out:
+            shutil.copyfileobj(f, out)
+        _remove(src)
+        return
     is_dir = os.path.isdir(src)
     if not is_dir:
         _fsync(src)
