@@ -412,3 +412,15 @@ def test_normalize_over_the_channels_keeps_them_whole():
     y = ops.normalize(ops.sigmoid(conv(16, "c1")(inp)), axis=-1)
     ctrl, small, held = prune(keras.Model(inp, head(conv(16, "c2")(y))))
     assert "acts across channels" in held["c1"] and small.get_layer("c1").filters == 16
+
+
+def test_a_layer_whose_output_spec_keeps_none_is_read_from_a_run():
+    """``EinsumDense(output_shape=(None, None, 16))``: Keras's output spec keeps the Nones
+    it was given, and the capture failed with a bare TypeError."""
+    inp = keras.Input((8, 8, 3))
+    x = layers.Conv2D(16, 3, padding="same", name="conv")(inp)
+    x = layers.EinsumDense("bhwc,cd->bhwd", output_shape=(None, None, 16), name="ed")(x)
+    model = keras.Model(inp, layers.Conv2D(4, 1)(x))
+    ctrl, _ = create_compressed_model(model, make_config((1, 8, 8, 3)))
+    held = {tuple(k): v for k, v in ctrl.statistics().unpruned}
+    assert held[("conv",)] == "EinsumDense: no channel rule for layer EinsumDense"
