@@ -145,3 +145,48 @@ def test_a_failed_fx_trace_leaves_no_proxy_in_the_model():
     assert captured.extra["capture"] == "torch.export"
     assert model.scale == 1.0
     assert model(torch.ones(2, 3, 8, 8)).shape == (2, 8, 8, 8)
+
+
+class Sampled(nn.Module):
+    """A spatial transformer whose grid torch.fx cannot trace (``expand`` of a size)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = cbs(3, 16, 3), cbs(16, 16, 3), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        theta = torch.tensor([[[0.9, 0.1, 0.0], [0.0, 1.1, 0.05]]]).expand(y.shape[0], -1, -1)
+        grid = nn.functional.affine_grid(theta, list(y.shape), align_corners=False)
+        y = nn.functional.grid_sample(y, grid, align_corners=False)
+        return self.head(self.b(torch.relu(y.clamp_(-3, 3))))
+
+
+def test_grid_sample_passes_channels_under_torch_export():
+    """It was held under torch.export ("no channel rule for grid_sampler"), as were
+    ``torch.clamp_`` and ``F.hardtanh_`` under torch.fx."""
+    torch.manual_seed(0)
+    config = make_config((1, 3, 16, 16), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(Sampled()), config)
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+    assert small.a[0].out_channels == 8
+
+
+class InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = cbs(3, 16, 3), cbs(16, 16, 3), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = torch.clamp_(self.a(x), -2, 2)
+        return self.head(nn.functional.hardtanh_(self.b(y)))
+
+
+def test_in_place_clamp_and_hardtanh_pass_channels_under_torch_fx():
+    torch.manual_seed(0)
+    config = make_config((1, 3, 16, 16), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(InPlace()), config)
+    assert ctrl.captured.extra["capture"] == "torch.fx"
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+    assert small.a[0].out_channels == small.b[0].out_channels == 8

@@ -192,6 +192,10 @@ def _glu(node: fx.Node, shape) -> Spec:
     return "glu", {"axis": int(named_args(node).get("dim", -1))}
 
 
+def _grid_sample(node: fx.Node, shape) -> Spec:
+    return "sample", {}
+
+
 def _channel_shuffle(node: fx.Node, shape) -> Spec:
     return "channel_shuffle", {"groups": int(named_args(node)["groups"])}
 
@@ -305,5 +309,7 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("pixel_shuffle.default", "pixel_unshuffle.default"), _pixel_shuffle),
     (_ops("channel_shuffle.default", "native_channel_shuffle.default"), _channel_shuffle),
     (_ops("glu.default"), _glu),
+    (_ops("grid_sampler.default", "grid_sampler_2d.default", "grid_sampler_3d.default"),
+     _grid_sample),
     (_ops("einsum.default"), _einsum),
 ])  # fmt: skip

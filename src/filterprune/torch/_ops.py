@@ -559,7 +559,8 @@ def _repeat(node: fx.Node, shapes) -> Spec:
 
 _ACT_FUNCS = [
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.mish,
-    F.sigmoid, F.tanh, F.hardtanh, F.softplus, F.dropout, F.dropout2d, F.max_pool1d, F.max_pool2d,
+    F.sigmoid, F.tanh, F.hardtanh, F.hardtanh_, F.softplus, F.dropout, F.dropout2d, F.max_pool1d,
+    F.max_pool2d,
     F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
     F.interpolate, torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg,
@@ -644,7 +645,8 @@ CALL_RULES: dict[Any, Call] = {
     torch.swapdims: _transpose, "t": _t, torch.t: _t, "narrow": _narrow, torch.narrow: _narrow,
     "tile": _tile, torch.tile: _tile,
     **{f: _clamp for f in (torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, "clamp",
-                           "clamp_", "clip", "clip_", "clamp_min", "clamp_max")},
+                           "clamp_", "clip", "clip_", "clamp_min", "clamp_max", torch.clamp_,
+                           torch.clip_)},
     F.pixel_shuffle: _pixel_shuffle_call, torch.pixel_shuffle: _pixel_shuffle_call,
     F.pixel_unshuffle: _pixel_shuffle_call, torch.pixel_unshuffle: _pixel_shuffle_call,
     F.channel_shuffle: _channel_shuffle_call, torch.channel_shuffle: _channel_shuffle_call,
