@@ -423,3 +423,21 @@ def test_resizing_a_parametrized_model_says_to_remove_its_parametrizations(small
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(small(x), ctrl.strip().eval()(x))
+
+
+def test_entries_asking_for_different_bn_adaptation_counts_are_told(caplog):
+    """A 0 in the pruning entry alone was silently overridden by the quantization
+    entry's default 2000."""
+    from filterprune import NNCFConfig
+
+    caplog.set_level("WARNING", logger="filterprune")
+    none = {"batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}
+    config = NNCFConfig.from_dict({
+        "input_info": {"sample_size": [1, 3, 32, 32]},
+        "compression": [{"algorithm": "filter_pruning", "pruning_init": 0.5, "initializer": none},
+                        {"algorithm": "quantization",
+                         "initializer": {"range": {"num_init_samples": 0}}}]})  # fmt: skip
+    ctrl, _ = create_compressed_model(SmallNet(), config)
+    assert ctrl.bn_adaptation_samples == 2000
+    assert "different BatchNorm adaptation sample counts (filter_pruning 0, quantization " \
+           "2000): it runs once, with 2000" in caplog.text  # fmt: skip

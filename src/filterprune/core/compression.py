@@ -21,12 +21,15 @@ Example:
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError
 from ._validation import short_repr
 from .state import STATE_VERSION, check_state_header
+
+log = logging.getLogger("filterprune")
 
 __all__ = [
     "CompressionStage",
@@ -222,7 +225,18 @@ class CompositeCompressionController(CompressionController):
 
     @property
     def bn_adaptation_samples(self) -> int:
-        return max(c.bn_adaptation_samples for c in self.child_ctrls)
+        """BatchNorm adaptation runs once, with the most samples any entry asks for; entries
+        that ask for different counts are told (a 0 in one entry alone disables nothing)."""
+        counts = {c.name: c.bn_adaptation_samples for c in self.child_ctrls}
+        if len(set(counts.values())) > 1 and not getattr(self, "_bn_said", False):
+            self._bn_said = True
+            shown = ", ".join(f"{name} {n}" for name, n in counts.items())
+            log.warning("The compression entries ask for different BatchNorm adaptation "
+                        "sample counts (%s): it runs once, with %d. Set "
+                        "`initializer.batchnorm_adaptation.num_bn_adaptation_samples` alike in "
+                        "every entry (0 in all of them to skip it).",
+                        shown, max(counts.values()))  # fmt: skip
+        return max(counts.values())
 
     def loss(self) -> Any:
         total = self.child_ctrls[0].loss()
