@@ -527,3 +527,18 @@ def test_a_layer_reading_two_tensors_shares_one_input_range():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ctrl.strip().eval()(x), model.eval()(x))
+
+
+def test_nncf_keys_without_effect_and_a_near_miss_are_said(caplog):
+    """Accepted, changed nothing, and said nothing: ``target_device``, ``log_dir``, LeGR
+    keys under unweighted ranking; a top-level ``ignored_scope`` was silently unread."""
+    caplog.set_level("WARNING", logger="filterprune")
+    config = _config({})
+    config.update(target_device="VPU", log_dir="runs", ignored_scope=["stem"])
+    config["compression"][0]["params"]["save_ranking_coeffs_path"] = "coeffs.json"
+    create_compressed_model(_net(), config)
+    for said in ("`target_device` is accepted for NNCF configs but not applied",
+                 "`log_dir` is accepted", "`ignored_scope` is not read. Did you mean "
+                 "`ignored_scopes`?", "`compression[0].params.save_ranking_coeffs_path` is "
+                 "not applied: it needs `params.interlayer_ranking_type` 'learned_ranking'"):
+        assert said in caplog.text  # fmt: skip

@@ -34,6 +34,7 @@ from .config import Config
 from .controller import PruningControllerBase, analysis_options, pruning_params
 from .finite import Probe, hold_nonfinite
 from .params import ALGORITHMS
+from .schema import config_schema
 from .scopes import check_unmatched
 from .signals import unsupported
 
@@ -142,8 +143,32 @@ def algorithm_params(config: Config, name: str, frontend: str) -> Any:
     return ALGORITHMS[name].from_config(config)
 
 
+# Top-level keys of NNCF configs that change nothing here, and why.
+_NOT_APPLIED = {
+    "target_device": "quantizers follow the `quantization` entry's settings, whatever the "
+                     "device",
+    "log_dir": "nothing is logged to files; statistics() gives the numbers",
+    "disable_shape_matching": "the model is captured from its code, not matched by shapes",
+    "export_to_onnx_standard_ops": "ONNX files always use standard QuantizeLinear/"
+                                   "DequantizeLinear",
+}  # fmt: skip
+
+
 def _say_ignored(config: Config) -> None:
-    """Warn about keys kept for NNCF configs that change nothing here."""
+    """Warn about keys kept for NNCF configs that change nothing here, and about an
+    unknown top-level key that is a near miss of a known one (the top level accepts
+    training scripts' own keys, so it is not refused)."""
+    import difflib
+
+    for key, why in _NOT_APPLIED.items():
+        if key in config and not (key == "target_device" and config[key] == "ANY"):
+            log.warning("`%s` is accepted for NNCF configs but not applied: %s.", key, why)
+    known = set(config_schema(with_algorithms=False)["properties"])
+    for key in config:
+        close = difflib.get_close_matches(str(key), known - {key}, n=1, cutoff=0.85)
+        if key not in known and close:
+            log.warning("Unknown top-level key `%s` is not read. Did you mean `%s`?", key,
+                        close[0])  # fmt: skip
     for i, entry in enumerate(config.algorithms()):
         initializer = entry.get("initializer")
         if isinstance(initializer, Mapping) and "precision" in initializer:
@@ -151,6 +176,13 @@ def _say_ignored(config: Config) -> None:
                 "`compression[%d].initializer.precision` is accepted for NNCF configs but not "
                 "applied: there is no mixed-precision search, and every quantizer takes "
                 "`weights.bits` / `activations.bits` (bitwidth_per_scope included).", i)
+        params = entry.get("params")
+        if entry.get("algorithm") == "filter_pruning" and isinstance(params, Mapping) and \
+                params.get("interlayer_ranking_type", "unweighted_ranking") != "learned_ranking":
+            for key in ("legr_params", "save_ranking_coeffs_path", "load_ranking_coeffs_path"):
+                if key in params:
+                    log.warning("`compression[%d].params.%s` is not applied: it needs "
+                                "`params.interlayer_ranking_type` 'learned_ranking'.", i, key)
 
 
 def _check_algorithms(frontend: Frontend, config: Config) -> list[str]:
