@@ -190,3 +190,23 @@ def test_in_place_clamp_and_hardtanh_pass_channels_under_torch_fx():
     assert ctrl.captured.extra["capture"] == "torch.fx"
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
     assert small.a[0].out_channels == small.b[0].out_channels == 8
+
+
+class EitherBranch(nn.Module):
+    """A branch on a value of the input: the sample runs ``b``, other inputs run ``c``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = cbs(3, 16), cbs(16, 16, 3), cbs(16, 16, 3)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.head(self.b(y) if x.mean() > -1 else self.c(y))
+
+
+def test_layers_the_samples_branch_never_runs_are_named():
+    """``c`` was named nowhere, and the stripped model failed on inputs that run it."""
+    with pytest.warns(UserWarning, match=r"c.0, c.1 never ran on the sample input"):
+        ctrl, _ = create_compressed_model(EitherBranch(), make_config((1, 3, 16, 16)))
+    assert any("c.0, c.1 never ran" in n for n in ctrl.statistics().notes)
