@@ -424,3 +424,24 @@ def test_a_layer_whose_output_spec_keeps_none_is_read_from_a_run():
     ctrl, _ = create_compressed_model(model, make_config((1, 8, 8, 3)))
     held = {tuple(k): v for k, v in ctrl.statistics().unpruned}
     assert held[("conv",)] == "EinsumDense: no channel rule for layer EinsumDense"
+
+
+class _NoKwargs(layers.Layer):
+    """A custom layer whose __init__ takes no **kwargs: its config cannot rebuild it."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+
+def test_a_layer_its_config_cannot_rebuild_is_said_at_creation(caplog):
+    """strip() and export_model failed only after training, with Keras's own error."""
+    caplog.set_level("WARNING", logger="filterprune")
+    inp = keras.Input((8, 8, 3))
+    x = _NoKwargs(2.0)(layers.Conv2D(8, 3, padding="same")(inp))
+    create_compressed_model(keras.Model(inp, layers.Conv2D(4, 1)(x)), make_config((1, 8, 8, 3)))
+    assert "these cannot be: __no_kwargs (_NoKwargs: Error when deserializing" in caplog.text
+    assert "Give their __init__ **kwargs passed to super().__init__()" in caplog.text

@@ -68,6 +68,7 @@ class KerasFrontend(Frontend):
         infos = [info for _, info in ordered_infos(functional_of(model), config)]
         captured = capture(model, [info["sample_size"] for info in infos])
         captured.sample = samples(functional_of(model), infos, captured.input_shapes)
+        _say_unrebuildable(functional_of(model))
         return captured
 
     def read_weights(self, captured: Any, layers: Iterable[str]) -> dict[str, np.ndarray]:
@@ -140,3 +141,26 @@ def _save_saying(model: Any, *args: Any, **kwargs: Any) -> Any:
             "deploy, use ctrl.export_model(...) or ctrl.strip().save(...)."
         )
     return type(model).save(model, *args, **kwargs)
+
+
+def _say_unrebuildable(model: Any) -> None:
+    """Warn now about layers their own config cannot rebuild: ``strip()`` and
+    ``export_model`` rebuild every layer, and would fail with Keras's error after training."""
+    from .capture import _inner_functional
+    from .shrink import rebuilt
+
+    failed = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.InputLayer) or (
+                isinstance(layer, keras.Model) and _inner_functional(layer) is not None):
+            continue  # a nested functional model is rebuilt layer by layer
+        try:
+            rebuilt(layer)
+        except Exception as err:  # noqa: BLE001 - any failure is the one strip() would meet
+            why = (str(err).splitlines() or [""])[0][:120]
+            failed.append(f"{layer.name} ({type(layer).__name__}: {why})")
+    if failed:
+        log.warning("strip() and export_model rebuild every layer from its config, and these "
+                    "cannot be: %s. Give their __init__ **kwargs passed to super().__init__(), "
+                    "and a get_config() that returns every argument __init__ needs.",
+                    "; ".join(failed))  # fmt: skip
