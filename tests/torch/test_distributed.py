@@ -194,3 +194,28 @@ def test_distributed_takes_rank0s_masks_and_quantizer_ranges_at_once(tmp_path):
     assert torch.equal(r0["out"], r1["out"])
     for r in (r0, r1):
         assert (r["out"] - r["stripped"]).abs().max() <= 1e-4 * r["out"].abs().max()
+
+
+def _taylor_sum_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import numpy as np
+
+    from filterprune.torch.signals import _summed_over_ranks
+
+    with _in_group(rank, world, port):
+        scores = {"a": np.full((3, 1), rank + 1.0), "b": None if rank else np.ones((2, 1)),
+                  "c": None}  # fmt: skip
+        weights = {"a": np.zeros((3, 4)), "b": np.zeros((2, 4)), "c": np.zeros((1, 4))}
+        out = _summed_over_ranks(scores, lambda: weights, torch.device("cpu"))
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_taylor_totals_are_summed_over_ranks(tmp_path):
+    """Ranking read rank 0's gradients only (each rank's hooks see its own data)."""
+    import numpy as np
+
+    mp.spawn(_taylor_sum_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for r in range(2):
+        out = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+        np.testing.assert_array_equal(out["a"], np.full((3, 1), 3.0))
+        np.testing.assert_array_equal(out["b"], np.ones((2, 1)))  # rank 1 had none yet
+        assert out["c"] is None

@@ -166,7 +166,34 @@ def taylor_accumulator(ctrl: Any) -> TaylorAccumulator:
 
 def _taylor(ctrl: Any, layers: list[str]) -> dict[str, np.ndarray]:
     acc = taylor_accumulator(ctrl)
-    return taylor_scores({name: acc.scores(name) for name in layers}, ctrl._weights)
+    scores = {name: acc.scores(name) for name in layers}
+    if ctrl._ddp():  # every rank's gradients count (each saw its own data before all-reduce)
+        device = next(ctrl.model.parameters()).device  # NCCL reduces on the GPU only
+        scores = _summed_over_ranks(scores, ctrl._weights, device)
+    return taylor_scores(scores, ctrl._weights)
+
+
+def _summed_over_ranks(scores: dict[str, np.ndarray | None], weights: Any,
+                       device: torch.device) -> dict[str, np.ndarray | None]:  # fmt: skip
+    """``scores`` summed over the data-parallel ranks, in one collective (a layer without
+    totals on some rank counts zeros there; without totals on every rank it stays None)."""
+    dist = torch.distributed
+    sizes = {n: len(w) for n, w in weights().items() if n in scores}
+    flat = torch.zeros(sum(sizes.values()) + len(sizes), dtype=torch.float64)
+    at = 0
+    for name, size in sizes.items():
+        if scores[name] is not None:
+            flat[at:at + size] = torch.from_numpy(scores[name][:, 0])
+            flat[at + size] = 1.0  # this rank has totals
+        at += size + 1
+    flat = flat.to(device)
+    dist.all_reduce(flat)
+    flat = flat.cpu()
+    out, at = {}, 0
+    for name, size in sizes.items():
+        out[name] = flat[at:at + size].numpy()[:, None] if flat[at + size] > 0 else None
+        at += size + 1
+    return {**scores, **out}
 
 
 def torch_signal(ctrl: Any, source: str) -> dict[str, np.ndarray]:
