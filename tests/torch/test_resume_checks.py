@@ -113,6 +113,20 @@ def test_changed_schedule_is_refused(key, value):
         create_compressed_model(_base(), _config(**{key: value}), compression_state=state)
 
 
+
+@pytest.mark.parametrize("key, value", [("all_weights", True), ("filters_multiple_of", 4),
+                                        ("filter_importance", "L1"),
+                                        ("prune_batch_norms", False)])  # fmt: skip
+def test_changed_channel_choice_is_refused(key, value):
+    """A changed all_weights brought 3 pruned filters back at the next level; a changed
+    prune_batch_norms failed in load_state_dict with a bare size mismatch."""
+    ctrl, _ = create_compressed_model(_base(), _config())
+    ctrl.scheduler.epoch_step()
+    state = ctrl.get_compression_state()
+    saved = state["params"][key]
+    with pytest.raises(ConfigError, match=rf"`params.{key}` must be {saved!r}.*keeps choosing"):
+        create_compressed_model(_base(), _config(**{key: value}), compression_state=state)
+
 def test_changed_flops_target_is_refused():
     ctrl, _ = create_compressed_model(_base(), _config(pruning_target=None,
                                                        pruning_flops_target=0.3))  # fmt: skip

@@ -163,12 +163,15 @@ def check_pruning_state(state: Any, analysis: Any, where: str = "compression_sta
 SCHEDULE_KEYS = ("pruning_init", "schedule", "pruning_target", "pruning_flops_target",
                  "num_init_steps", "pruning_steps")
 """The settings that decide the level at each epoch: a resume must keep them."""
+PLAN_KEYS = ("filter_importance", "all_weights", "filters_multiple_of", "prune_batch_norms")
+"""The settings that decide which channels a level removes: a resume must keep them too."""
 
 
 def check_same_schedule(state: Mapping[str, Any], params: Any,
                         where: str = "compression_state") -> None:  # fmt: skip
-    """Refuse a state saved under another schedule: the resumed levels would differ from
-    the saved run's, and a lower one would bring pruned channels back.
+    """Refuse a state saved under another schedule, or another way of choosing channels:
+    the resumed levels or choices would differ from the saved run's, and could bring
+    pruned channels back.
 
     States saved without ``params`` (older ones), or without one of these keys, are not
     compared on what they lack.
@@ -180,14 +183,16 @@ def check_same_schedule(state: Mapping[str, Any], params: Any,
     if not isinstance(saved, Mapping):
         return
     configured = params.to_dict()
-    for key in SCHEDULE_KEYS:
-        if key not in saved or saved[key] == configured[key]:
+    for key in (*SCHEDULE_KEYS, *PLAN_KEYS):
+        if key not in saved or key not in configured or saved[key] == configured[key]:
             continue
+        why = "follows the schedule it started (a lower level would bring pruned channels " \
+              "back)" if key in SCHEDULE_KEYS else "keeps choosing channels as it started " \
+              "(another choice at the next level would bring pruned channels back)"  # fmt: skip
         raise ConfigError(
             f"`{params.key(key)}` must be {short_repr(saved[key])}, as when the state was "
-            f"saved: a resumed run follows the schedule it started (a lower level would "
-            f"bring pruned channels back). Set {key}={short_repr(saved[key])} to resume, or "
-            f"start a new run without compression_state for the new schedule. Received: "
+            f"saved: a resumed run {why}. Set {key}={short_repr(saved[key])} to resume, or "
+            f"start a new run without compression_state for the new setting. Received: "
             f"`{where}.params.{key}`={short_repr(saved[key])}, configured "
             f"{key}={short_repr(configured[key])}."
         )
