@@ -294,7 +294,7 @@ def test_a_group_kept_whole_by_selection_is_listed_with_its_reason(monkeypatch):
     monkeypatch.setattr(pruner_module, "select", whole)
     plan = Pruner(a).plan(0.5, {g.id: np.ones(g.size) for g in a.prunable_groups})
     assert plan.reasons == {g.id: UNBALANCED for g in a.prunable_groups}
-    stats = collect_statistics(a, a.keeps(plan.kept), plan.kept, full_flops=1, full_params=1,
+    stats = collect_statistics(a, a.keeps(plan.kept), full_flops=1, full_params=1,
                                current_params=1, current_level=0.5, target_level=0.5,
                                reasons=plan.reasons)  # fmt: skip
     assert (["c1"], UNBALANCED) in stats.unpruned

@@ -441,3 +441,24 @@ def test_entries_asking_for_different_bn_adaptation_counts_are_told(caplog):
     assert ctrl.bn_adaptation_samples == 2000
     assert "different BatchNorm adaptation sample counts (filter_pruning 0, quantization " \
            "2000): it runs once, with 2000" in caplog.text  # fmt: skip
+
+
+class _TwoIntoOne(nn.Module):
+    """Two convs adding into one stream: one group of 16 channel units, 32 filters."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.a(x) + self.b(x)))
+
+
+def test_filter_counts_are_the_layers_filters():
+    """They counted channel units of groups: 8 of 16 here, where 16 of 32 filters are kept."""
+    config = make_config(prune_first_conv=True, filters_multiple_of=1)
+    ctrl, _ = create_compressed_model(_TwoIntoOne(), config)
+    stats, small = ctrl.statistics(), ctrl.strip()
+    assert stats.full_filters == 32
+    assert stats.current_filters == small.a.out_channels + small.b.out_channels == 16

@@ -414,7 +414,7 @@ class PruningControllerBase(CompressionController):
     def statistics(self, quickly_collected_only: bool = False) -> PruningStatistics:
         """FLOPs, parameters and filters, full and current, per-layer levels and reasons."""
         return collect_statistics(
-            self.analysis, self.keeps(), self.plan.kept,
+            self.analysis, self.keeps(),
             full_flops=self.pruner.full_flops, full_params=self.pruner.full_params,
             current_params=self.pruner.params(self.plan),
             current_level=self.scheduler.current_level, target_level=self.scheduler.target_level,

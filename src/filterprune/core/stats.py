@@ -79,7 +79,6 @@ class PruningStatistics:
 def collect_statistics(
     analysis: Analysis,
     keeps: dict[str, dict[str, np.ndarray]],
-    kept: dict[int, np.ndarray],
     *,
     full_flops: int,
     full_params: int,
@@ -89,17 +88,16 @@ def collect_statistics(
     reasons: dict[int, str] | None = None,
 ) -> PruningStatistics:
     layers = []
-    full_filters = current_filters = 0
     for group in analysis.prunable_groups:
-        keep = kept.get(group.id)
-        full_filters += group.size
-        current_filters += int(keep.sum()) if keep is not None else group.size
         for layer in group.producers:
             if any(s.name == layer for s in layers):
                 continue
             vec = keeps.get(layer, {}).get("out")
             n = int(analysis.state.uses[layer]["out"].ids.size)
             layers.append(LayerStat(layer, n, int(vec.sum()) if vec is not None else n))
+    # filters of the layers, not channel units of the groups (a group coupling channels
+    # in pairs, or several layers adding into one stream, is not one filter per unit)
+    full_filters, current_filters = sum(s.filters for s in layers), sum(s.kept for s in layers)
     unpruned = [(g.producers, g.reason or "") for g in analysis.groups if not g.prunable]
     unpruned += [(analysis.groups[gid].producers, why) for gid, why in (reasons or {}).items()]
     unpruned += _whole_layers(analysis.graph, {p for g in analysis.groups for p in g.producers})
