@@ -366,6 +366,25 @@ def test_openvino_check_runs_the_masked_model_when_its_weights_fit(fix, tmp_path
     assert warning is None or fix == "disable"
 
 
+
+def test_openvino_running_the_input_model_itself_off_is_blamed_on_openvino(tmp_path, monkeypatch):
+    """OpenVINO 2026.4 runs onnxruntime's per-channel MatMul QDQ files 0.97 off, cut or not;
+    the error blamed the conversion ("please report this model")."""
+    pytest.importorskip("openvino")
+    import filterprune.onnx.openvino as fov
+    from filterprune.errors import ConversionError
+
+    torch.manual_seed(0)
+    ctrl, _ = create_compressed_model(randomize_bn(QNet()), _qat_config(overflow_fix="enable"))
+    path = str(tmp_path / "m.onnx")
+    ctrl.export_model(path)
+    new, _ = remove_zero_filters(path)
+    run = fov.run_openvino
+    monkeypatch.setattr(fov, "run_openvino", lambda m, feeds, **k: [2 * y for y in run(m, feeds)])
+    with pytest.raises(ConversionError, match=r"OpenVINO runs the input model itself 1 "
+                       r"\(relative\) off onnxruntime, before any cut"):  # fmt: skip
+        fov.check_openvino(path, fov.read_openvino(new), 1e-4, new)
+
 # -- ONNX Runtime's quantize_static as the producer ------------------------------------------
 def test_onnxruntime_quantize_static_per_channel(tmp_path):
     from onnxruntime.quantization import (
