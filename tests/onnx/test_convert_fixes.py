@@ -252,3 +252,13 @@ def test_grouped_conv_tie_is_the_reason(tmp_path):
     s = layer(report, "c1")
     assert s.kept_zero == 2
     assert s.reason.startswith("grouped Conv /g/Conv") and "/h/Conv reads that output" in s.reason
+
+
+def test_contrib_qdq_files_are_told_to_use_the_standard_ops():
+    """They were told to re-quantize in QDQ format, which they already are."""
+    from filterprune.onnx._ops import foreign_fix
+
+    fix = foreign_fix(["com.microsoft.DequantizeLinear", "com.microsoft.QuantizeLinear"])
+    assert fix.startswith("quantize with the standard Q/DQ ops") and "QDQ format" not in fix
+    assert "graph optimizations" in foreign_fix(["com.microsoft.Gelu"])
+    assert "QuantFormat.QDQ" in foreign_fix(["com.microsoft.QLinearConv"])

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["OPS", "ZERO_CHECKS", "OpSpec", "NodeView", "Spec", "positions", "foreign_ops",
-           "FOREIGN_FIX"]
+           "foreign_fix"]
 
 Spec = tuple[str, dict[str, Any]]
 
@@ -322,9 +322,21 @@ ZERO_CHECKS: dict[str, Callable[[NodeView], bool]] = {"pad": _pad_zero, "clip": 
 # Ops that hold a layer's weights in a form the op table does not read: the quantized
 # operator format (QOperator) and onnxruntime's optimized files (com.microsoft fusions).
 _QOPERATOR = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
-FOREIGN_FIX = ("re-quantize the float model in QDQ format (onnxruntime "
-               "quantize_static(quant_format=QuantFormat.QDQ)), or convert the float model "
-               "before onnxruntime's graph optimizations")  # fmt: skip
+_QDQ_TYPES = ("QuantizeLinear", "DequantizeLinear")
+def foreign_fix(ops: list[str]) -> str:
+    """What to do about the ``ops`` of :func:`foreign_ops`, for the kinds found."""
+    types = {op.rsplit(".", 1)[-1]: "." in op for op in ops}  # op type -> com.microsoft
+    fixes = []
+    if any(t in _QOPERATOR for t in types):
+        fixes.append("re-quantize the float model in QDQ format (onnxruntime "
+                     "quantize_static(quant_format=QuantFormat.QDQ))")
+    if any(ms and t in _QDQ_TYPES for t, ms in types.items()):
+        fixes.append("quantize with the standard Q/DQ ops (quantize_static with "
+                     "extra_options={'UseQDQContribOps': False}; opset 21 for 16-bit "
+                     "activations; int4 weights exist only as com.microsoft ops)")
+    if any(ms and t not in _QOPERATOR + _QDQ_TYPES for t, ms in types.items()):
+        fixes.append("convert the float model before onnxruntime's graph optimizations")
+    return "; or ".join(fixes)
 
 
 def foreign_ops(model: Any) -> list[str]:

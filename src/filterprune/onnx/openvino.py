@@ -22,7 +22,7 @@ import onnx
 from .._atomic import move_into_place, staging_dir
 from ..errors import ConversionError
 from ._io import load_model
-from ._ops import FOREIGN_FIX, foreign_ops
+from ._ops import foreign_fix, foreign_ops
 from .int8_weights import wide_int8_weights
 
 __all__ = ["save_openvino", "run_openvino", "check_openvino", "openvino_pruning_pass",
@@ -54,7 +54,7 @@ def read_openvino(model: Any) -> Any:
         onnx.save(proto, path)
         ops = foreign_ops(proto)
         fix = (f"The model holds {', '.join(ops)} (quantized-operator format or onnxruntime "
-               f"optimizations): {FOREIGN_FIX}." if ops else "")  # fmt: skip
+               f"optimizations): {foreign_fix(ops)}." if ops else "")  # fmt: skip
         with _openvino_errors("read", fix):
             return ov.convert_model(path)
 

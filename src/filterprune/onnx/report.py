@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..core.flops import count_flops, count_params
-from ._ops import FOREIGN_FIX, foreign_ops
+from ._ops import foreign_fix, foreign_ops
 from .capture import Captured
 from .zero_filters import Decision
 
@@ -125,4 +125,4 @@ def _foreign_note(cap: Captured) -> list[str]:
     if not ops:
         return []
     return [f"unsupported ops {', '.join(ops)} (quantized-operator format or onnxruntime "
-            f"optimizations): their layers are not analysed or cut; {FOREIGN_FIX}"]
+            f"optimizations): their layers are not analysed or cut; {foreign_fix(ops)}"]
