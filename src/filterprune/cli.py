@@ -73,6 +73,10 @@ def run_convert(args: argparse.Namespace) -> int:
     from .onnx import remove_zero_filters, save_model
 
     fmt = args.to or ("openvino" if args.output.endswith(".xml") else "onnx")
+    plain = not os.path.exists(args.output) or os.path.isfile(args.output)  # not /dev/null
+    if args.to is None and plain and not args.output.endswith((".onnx", ".xml")):
+        return _error(f"-o must end in .onnx or .xml (OpenVINO IR), or give --to. Received: "
+                      f"-o {args.output}.")  # fmt: skip
     if fmt == "openvino" and not args.output.endswith(".xml"):
         return _error(f"--to openvino writes an .xml file. Received: -o {args.output}.")
     if fmt == "onnx" and args.output.endswith(".xml"):

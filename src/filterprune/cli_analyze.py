@@ -34,10 +34,13 @@ from .cli_models import (
     parse_spec,
 )
 
-__all__ = ["add_analyze", "run_analyze", "summarize", "MODEL_HELP"]
+__all__ = ["add_analyze", "run_analyze", "summarize", "MODEL_HELP", "TORCH_MODEL_HELP"]
 
 MODEL_HELP = ("torchvision:NAME (or a bare torchvision name), timm:NAME, module:factory, "
               "file.py:factory, a .keras or .onnx file, or a pickled .pt model with --trusted")
+TORCH_MODEL_HELP = ("a PyTorch model: torchvision:NAME (or a bare torchvision name), timm:NAME, "
+                    "module:factory, file.py:factory, or a pickled .pt model with --trusted "
+                    "(`analyze` reads .keras and .onnx files too; `convert` cuts .onnx files)")
 EXAMPLES = """examples:
   filterprune analyze torchvision:resnet50 --input-size 1,3,224,224
   filterprune analyze resnet18 --level 0.3 --plot resnet18.png --json resnet18.json
@@ -61,8 +64,10 @@ def add_analyze(p: argparse.ArgumentParser) -> None:
                    "weights-only); the importance ranking uses it")  # fmt: skip
     p.add_argument("--trusted", action="store_true", help="allow a pickled full model or "
                    "checkpoint (unpickling runs code from the file)")  # fmt: skip
-    p.add_argument("--prune-first-conv", action="store_true")
-    p.add_argument("--prune-downsample-convs", action="store_true")
+    p.add_argument("--prune-first-conv", action="store_true",
+                   help="let the first conv be pruned (params.prune_first_conv)")
+    p.add_argument("--prune-downsample-convs", action="store_true",
+                   help="let strided convs be pruned (params.prune_downsample_convs)")
     p.add_argument("--json", metavar="PATH", help="write the groups, plan and sweep as JSON")
     p.add_argument("--plot", metavar="PNG", help="chart: FLOPs kept vs level, and each "
                    "layer's share of the FLOPs")  # fmt: skip

@@ -13,7 +13,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
-from .cli_analyze import MODEL_HELP
+from .cli_analyze import TORCH_MODEL_HELP
 from .cli_common import (
     UsageError,
     check_output_path,
@@ -37,7 +37,7 @@ PRUNE_EXAMPLES = """examples:
       --out runs/fm --optimizer sgd --lr 0.01
   filterprune prune --resume runs/r18             # continue an interrupted run
   # a config with accuracy_aware_training searches the level (--epochs caps the search)
-  filterprune prune mypkg.models:build --weights best.pt --data images/ --config aa.json \
+  filterprune prune mypkg.models:build --weights best.pt --data images/ --config aa.json \\
       --epochs 20 --out runs/aa
   # one shot, no training: mask at the level, strip, save
   filterprune prune resnet50 --config prune.json --weights w.pt -o pruned.pt --onnx pruned.onnx
@@ -53,7 +53,7 @@ REPORT_EXAMPLES = """examples:
 
 
 def add_prune(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("model", nargs="?", metavar="MODEL", help=TORCH_MODEL_HELP)
     run = p.add_argument_group("fine-tuning run")
     run.add_argument("--data", metavar="DIR", help="ImageFolder root with train/ and val/, "
                      "or 'fashion-mnist'")  # fmt: skip
@@ -177,8 +177,10 @@ def add_report(p: argparse.ArgumentParser) -> None:
     legacy = p.add_argument_group("statistics of a training checkpoint")
     legacy.add_argument("--checkpoint", metavar="PT", help="torch.save file with 'state_dict' "
                         "and 'compression_state' (read weights-only)")  # fmt: skip
-    legacy.add_argument("--config", metavar="JSON")
-    legacy.add_argument("--input-size", "--input", dest="input", type=shape_arg, metavar="SHAPE")
+    legacy.add_argument("--config", metavar="JSON", help="the config the checkpoint was "
+                        "trained with")  # fmt: skip
+    legacy.add_argument("--input-size", "--input", dest="input", type=shape_arg, metavar="SHAPE",
+                        help="sample shape, e.g. 1,3,224,224 (without --config)")  # fmt: skip
     legacy.add_argument("--plot", metavar="PNG", help="bar chart of filters kept per layer")
     legacy.add_argument("--trusted", action="store_true", help="allow a checkpoint that needs "
                         "full unpickling (runs code from the file)")  # fmt: skip

@@ -194,6 +194,14 @@ def test_openvino_ir(masked, tmp_path, capsys):
     assert main(["convert", masked, "--to", "openvino", "-o", str(tmp_path / "m.onnx")]) == 2
 
 
+
+def test_an_output_name_of_neither_format_is_refused(masked, tmp_path, capsys):
+    """``-o m.txt`` wrote ONNX without a word; --to onnx still names any file."""
+    assert main(["convert", masked, "-o", str(tmp_path / "m.txt")]) == 2
+    assert "-o must end in .onnx or .xml (OpenVINO IR), or give --to" in capsys.readouterr().err
+    assert not (tmp_path / "m.txt").exists()
+    assert main(["convert", masked, "--to", "onnx", "-o", str(tmp_path / "m.bin")]) == 0
+
 def test_openvino_pass_removes_no_more_than_ours(masked):
     pytest.importorskip("openvino")
     from filterprune.onnx.openvino import openvino_pruning_pass, ov_layers, read_openvino

@@ -254,6 +254,50 @@ def test_a_per_channel_buffer_strips_equal_and_is_no_parameter():
     assert small.gain.shape == (1, 8, 1, 1) and small.a.out_channels == 8
 
 
+
+class _Gain(nn.Module):
+    def __init__(self, gain, kind):
+        super().__init__()
+        if kind == "parameter":
+            self.g = gain
+        else:
+            self.register_buffer("g", gain, persistent=kind != "non-persistent")
+
+    def forward(self, x):
+        return x * self.g
+
+
+class SharedGain(nn.Module):
+    """One gain tensor registered in two modules, read after two convs."""
+
+    def __init__(self, kind):
+        super().__init__()
+        gain = torch.rand(1, 16, 1, 1) + 0.5
+        gain = nn.Parameter(gain) if kind == "parameter" else gain
+        self.a, self.b, self.c = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 1), nn.Conv2d(16, 8, 1)
+        self.s1, self.s2 = _Gain(gain, kind), _Gain(gain, kind)
+
+    def forward(self, x):
+        return self.c(self.s2(torch.relu(self.b(self.s1(torch.relu(self.a(x)))))))
+
+
+@pytest.mark.parametrize("kind", ["parameter", "buffer"])
+def test_a_tensor_shared_by_two_modules_is_cut_under_both_names(kind):
+    """The cut reached one name only: the stripped model failed (8 vs 16 channels)."""
+    torch.manual_seed(0)
+    config = make_config((1, 3, 16, 16), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(SharedGain(kind)), config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+    assert small.s1.g is small.s2.g and small.s1.g.shape == (1, 8, 1, 1)
+
+
+def test_a_buffer_left_out_of_the_state_dict_stays_whole():
+    """resize_to_state_dict could not resize it, so the reloaded model failed."""
+    ctrl, _ = create_compressed_model(SharedGain("non-persistent"), make_config((1, 3, 16, 16)))
+    held = {tuple(k): v for k, v in ctrl.statistics().unpruned}
+    assert held[("a",)] == "mul reads s1.g, which cannot be cut"
+
+
 class ModelLevelWeight(nn.Module):
     """``F.conv2d`` on a parameter of the model itself: no layer to mask, listed whole."""
 

@@ -227,7 +227,9 @@ class CompositeCompressionController(CompressionController):
     def bn_adaptation_samples(self) -> int:
         """BatchNorm adaptation runs once, with the most samples any entry asks for; entries
         that ask for different counts are told (a 0 in one entry alone disables nothing)."""
-        counts = {c.name: c.bn_adaptation_samples for c in self.child_ctrls}
+        base = CompressionController.bn_adaptation_samples
+        counts = {c.name: c.bn_adaptation_samples for c in self.child_ctrls
+                  if type(c).bn_adaptation_samples is not base} or {"": 0}  # with a setting
         if len(set(counts.values())) > 1 and not getattr(self, "_bn_said", False):
             self._bn_said = True
             shown = ", ".join(f"{name} {n}" for name, n in counts.items())

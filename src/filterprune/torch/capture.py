@@ -451,13 +451,15 @@ def _called_before(node: fx.Node, called: set[str]) -> set[str]:
 def add_unseen_params(model: nn.Module, graph: Graph) -> None:
     """Give every parameter no layer owns a bare ``param`` layer: cut where the graph
     reads it (a layer scale), counted as uncut where only opaque code does. So do the
-    buffers the graph reads itself (a per-channel constant kept as a buffer)."""
+    buffers the graph reads itself (a per-channel constant kept as a buffer), if saved
+    in the state_dict (``resize_to_state_dict`` resizes from it)."""
     owned = {f"{layer}.{p}" if p else layer for layer, info in graph.layers.items()
              for p in info.params}  # fmt: skip
     read = {n.attrs.get("target") for n in graph if n.op == "param"}
+    saved = set(model.state_dict(keep_vars=True))
     # a layer's own buffers (a functional BatchNorm's statistics) are cut with the layer
     buffers = [(n, b) for n, b in model.named_buffers() if n in read and b.is_floating_point()
-               and n.rpartition(".")[0] not in graph.layers]  # fmt: skip
+               and n in saved and n.rpartition(".")[0] not in graph.layers]  # fmt: skip
     kinds = {name: "buffer" for name, _ in buffers}  # cut like a parameter, not counted
     for name, p in [*model.named_parameters(), *buffers]:
         if name in owned or any(name.startswith(f"{layer}.") for layer in graph.layers

@@ -25,6 +25,16 @@ def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
         module._buffers[name] = _laid_out(value, module._buffers[name])
 
 
+def _share(model: nn.Module, old: torch.Tensor, new: torch.Tensor) -> None:
+    """Put ``new`` wherever ``model`` still holds ``old`` (a tensor registered in several
+    modules), so they keep sharing one tensor."""
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for key, value in table.items():
+                if value is old:
+                    table[key] = new
+
+
 def _laid_out(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``value`` contiguous in ``like``'s memory format (a channels-last model stays so)."""
     for layout, dims in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
@@ -95,6 +105,8 @@ def _shrink_layer(model: nn.Module, name: str, info: LayerInfo, keep: dict) -> N
             raise AnalysisError(f"{name}: cannot cut {attr!r}: {err}") from err
         if cut.shape != tensor.shape:
             _replace(owner, attr, cut)
+            if info.kind in ("param", "buffer"):  # one tensor under several names: all of them
+                _share(model, tensor, getattr(owner, attr))
     if info.kind in ("param", "buffer"):
         return
     module = model.get_submodule(name)
