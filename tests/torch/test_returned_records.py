@@ -75,3 +75,45 @@ def test_a_returned_record_keeps_its_layers_and_exports_its_tensors(kind, tmp_pa
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     for a, b in zip(ref, got, strict=True):
         np.testing.assert_allclose(b, a.numpy(), atol=1e-5)
+
+
+class Boxes:
+    """A class registered with torch's pytree (as detection libraries register theirs)."""
+
+    def __init__(self, xy, wh):
+        self.xy, self.wh = xy, wh
+
+
+def _with_keys(b):
+    key = torch.utils._pytree.GetAttrKey
+    return [(key("xy"), b.xy), (key("wh"), b.wh)], None
+
+
+torch.utils._pytree.register_pytree_node(Boxes, lambda b: ([b.xy, b.wh], None),
+                                         lambda c, _: Boxes(*c), flatten_with_keys_fn=_with_keys)
+
+
+class BoxNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.c(x)
+        return {"scores": y.mean((2, 3)), "boxes": Boxes(y, 2 * y)}
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_a_registered_pytree_class_exports_its_tensors(exporter, tmp_path):
+    """The TorchScript exporter refused it; a first fix dropped its tensors."""
+    from filterprune.torch.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model, x = BoxNet().eval(), torch.randn(1, 3, 8, 8)
+    export_onnx(model, (x,), str(tmp_path / "m.onnx"), exporter=exporter)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["scores", "boxes/xy", "boxes/wh"]
+    with torch.no_grad():
+        ref = model(x)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(got[2], ref["boxes"].wh.numpy(), atol=1e-5)

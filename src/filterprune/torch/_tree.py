@@ -8,6 +8,8 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from torch.utils import _pytree as pytree
+
 __all__ = ["leaves", "path_name"]
 
 
@@ -28,8 +30,20 @@ def leaves(obj: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for field in dataclasses.fields(obj):
             yield from leaves(getattr(obj, field.name), (*path, field.name))
+    elif type(obj) in pytree.SUPPORTED_NODES:  # a class the user registered with torch
+        children, _ = pytree.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)
+        for keys, item in children:
+            yield from leaves(item, (*path, *(_key(k) for k in keys)))
     else:
         yield path, obj
+
+
+def _key(entry: Any) -> Any:
+    """A torch pytree key entry as a plain key: a field name, a mapping key, an index."""
+    for attr in ("name", "key", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return str(entry)
 
 
 def path_name(path: tuple) -> str:

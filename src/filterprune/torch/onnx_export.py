@@ -81,16 +81,25 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
 
 def _outputs(model: nn.Module, args: tuple) -> tuple[list[tuple[tuple, Any]], bool]:
     """The ``(path, value)`` leaves of what ``model`` returns on ``args`` (:func:`leaves`),
-    and whether torch's own flattening leaves other values than tensors in it."""
-    from torch.utils._pytree import tree_leaves
-
+    and whether it is built of other containers than both exporters take (tuples, lists,
+    dicts with string keys)."""
     was_training = model.training
     try:
         with torch.no_grad():
             out = model.eval()(*args)
     finally:
         model.train(was_training)
-    return list(leaves(out)), any(not isinstance(t, torch.Tensor) for t in tree_leaves(out))
+    return list(leaves(out)), not _plain(out)
+
+
+def _plain(out: Any) -> bool:
+    if out is None or isinstance(out, torch.Tensor):
+        return True
+    if type(out) in (tuple, list):
+        return all(_plain(o) for o in out)
+    if type(out) is dict:
+        return all(isinstance(k, str) and _plain(v) for k, v in out.items())
+    return False
 
 
 @contextlib.contextmanager
@@ -100,7 +109,7 @@ def _tensor_outputs(model: nn.Module, leaves_: list[tuple[tuple, Any]], opaque: 
     and an int or a string beside them made both exporters fail), or a structure the
     exporters do not flatten (a dataclass, a dict subclass: exported with no outputs
     before). A forward hook does it, so the inputs keep their names."""
-    other = [path_name(path) or "output" for path, leaf in leaves_
+    other = ["output" + "".join(f"[{k!r}]" for k in path) for path, leaf in leaves_
              if not isinstance(leaf, torch.Tensor)]  # fmt: skip
     if not other and not opaque:
         yield
