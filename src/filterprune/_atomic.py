@@ -6,7 +6,10 @@ until the new one is complete. Temporary names are hidden and live in the target
 folder, so the final rename never crosses file systems.
 
 A target that is neither a file nor a folder (``/dev/null``, a pipe, a FIFO) is written
-into, not replaced; a symlink stays a link and the file it points to is replaced.
+into, not replaced: ``write_fn`` then gets that name, which a writer must not extend
+with a suffix of its own (none here does). A symlink into an existing folder stays a
+link and the file it points to is replaced; a link into a missing folder is replaced by
+the file.
 
 A process killed midway (``kill -9``, a power cut) cannot remove its temporary, so the
 name says who made it: ``.name.<pid>-<host>.XXXXXXXX<suffix>``. The next write to the same
@@ -165,6 +168,9 @@ def move_into_place(src: PathLike, dst: PathLike) -> None:
     if not is_dir:
         _fsync(src)
     os.chmod(src, (0o777 if is_dir else 0o666) & ~_umask())
+    real = _resolved(Path(dst))
+    if real.parent.resolve() == Path(src).parent.resolve():  # a link within the folder
+        dst = real  # replaced where it points (the rename must stay on one file system)
     os.replace(src, dst)
     _fsync_dir(os.path.dirname(os.path.abspath(dst)))
 

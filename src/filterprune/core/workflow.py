@@ -165,7 +165,7 @@ def _say_ignored(config: Config) -> None:
             log.warning("`%s` is accepted for NNCF configs but not applied: %s.", key, why)
     known = set(config_schema(with_algorithms=False)["properties"])
     for key in config:
-        close = difflib.get_close_matches(str(key), known - {key}, n=1, cutoff=0.85)
+        close = difflib.get_close_matches(str(key), known - {key}, n=1, cutoff=0.9)
         if key not in known and close:
             log.warning("Unknown top-level key `%s` is not read. Did you mean `%s`?", key,
                         close[0])  # fmt: skip

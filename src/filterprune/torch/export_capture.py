@@ -103,9 +103,9 @@ def _draft_notes(program: Any) -> list[str]:
 
 
 def _say_idle(model: nn.Module, graph: Any) -> None:
-    """Name the layers the sample's branches never ran: what they read is not seen, so
-    its channels may be cut under them (the stripped model then fails on inputs that
-    take their branch)."""
+    """Name the layers the captured forward never ran: what they read is not seen, so its
+    channels may be cut under them (the stripped model then fails on inputs that take
+    their branch)."""
     used = {i for n in graph for i in n.inputs}  # every parameter is a placeholder, read or not
     read = {n.attrs.get("target") for n in graph if n.op == "param" and n.name in used}
     called = {k for k, info in graph.layers.items() if info.kind not in ("param", "buffer")}
@@ -115,10 +115,10 @@ def _say_idle(model: nn.Module, graph: Any) -> None:
     if not idle:
         return
     shown = ", ".join(idle[:8]) + (", ..." if len(idle) > 8 else "")
-    text = (f"{shown} never ran on the sample input (a data-dependent branch took another "
-            "path): the channels they read are not seen and may be cut under them. Add "
-            "the layers feeding them to ignored_scopes, or give an input_info sample that "
-            "runs them")  # fmt: skip
+    text = (f"{shown} did not run in the captured (eval-mode) forward on the sample input "
+            "(another branch of a data-dependent choice, or training-only code): the channels "
+            "they read are not seen and may be cut under them. Add the layers feeding them "
+            "to ignored_scopes, or give an input_info sample that runs them")  # fmt: skip
     graph.notes.append(text)
     warnings.warn(text, stacklevel=3)
 

@@ -169,16 +169,17 @@ def _taylor(ctrl: Any, layers: list[str]) -> dict[str, np.ndarray]:
     scores = {name: acc.scores(name) for name in layers}
     if ctrl._ddp():  # every rank's gradients count (each saw its own data before all-reduce)
         device = next(ctrl.model.parameters()).device  # NCCL reduces on the GPU only
-        scores = _summed_over_ranks(scores, ctrl._weights, device)
+        sizes = {n: int(ctrl.analysis.state.uses[n]["out"].ids.size) for n in layers}
+        scores = _summed_over_ranks(scores, sizes, device)
     return taylor_scores(scores, ctrl._weights)
 
 
-def _summed_over_ranks(scores: dict[str, np.ndarray | None], weights: Any,
+def _summed_over_ranks(scores: dict[str, np.ndarray | None], sizes: dict[str, int],
                        device: torch.device) -> dict[str, np.ndarray | None]:  # fmt: skip
-    """``scores`` summed over the data-parallel ranks, in one collective (a layer without
-    totals on some rank counts zeros there; without totals on every rank it stays None)."""
+    """``scores`` (``sizes``: each layer's filters) summed over the data-parallel ranks, in
+    one collective (a layer without totals on some rank counts zeros there; without
+    totals on every rank it stays None)."""
     dist = torch.distributed
-    sizes = {n: len(w) for n, w in weights().items() if n in scores}
     flat = torch.zeros(sum(sizes.values()) + len(sizes), dtype=torch.float64)
     at = 0
     for name, size in sizes.items():
