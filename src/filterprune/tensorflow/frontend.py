@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import types
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -155,7 +156,9 @@ def _say_unrebuildable(model: Any) -> None:
                 isinstance(layer, keras.Model) and _inner_functional(layer) is not None):
             continue  # a nested functional model is rebuilt layer by layer
         try:
-            rebuilt(layer)
+            with warnings.catch_warnings():  # Keras's notes on rebuilding a Lambda: at strip
+                warnings.simplefilter("ignore")
+                rebuilt(layer)
         except Exception as err:  # noqa: BLE001 - any failure is the one strip() would meet
             why = (str(err).splitlines() or [""])[0][:120]
             failed.append(f"{layer.name} ({type(layer).__name__}: {why})")
