@@ -134,3 +134,15 @@ def test_a_float64_model_is_told_to_set_the_input_type():
         create_compressed_model(model, config)
     config["input_info"]["type"] = "float64"
     create_compressed_model(model, config)
+
+
+class _KeywordOnly(nn.Module):
+    def forward(self, *, image):
+        return image
+
+
+def test_a_keyword_only_argument_is_refused_with_what_to_do():
+    """It was refused as if forward had no such argument ("forward()")."""
+    with pytest.raises(ConfigError, match=r"keyword='image', a keyword-only argument \(after "
+                       r"`\*`\); remove the `\*`"):  # fmt: skip
+        sample_inputs(_config([{"sample_size": [1, 3], "keyword": "image"}]), _KeywordOnly())

@@ -77,6 +77,14 @@ def _positional(model: nn.Module) -> list[inspect.Parameter]:
     return [p for p in params if p.kind in _POSITIONAL]
 
 
+def _keyword_only(model: nn.Module) -> set[str]:
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
 def _check_count(model: nn.Module, given: int) -> None:
     """Refuse more ``input_info`` entries than ``forward`` takes by position (the extra
     ones failed only at export, as a bare TypeError)."""
@@ -124,6 +132,12 @@ def _as_arguments(model: nn.Module, infos: list[dict[str, Any]], tensors: list[t
         word = info.get("keyword")
         if word is None:
             continue
+        if word in _keyword_only(model):
+            raise ConfigError(
+                f"`{key}.keyword` must name an argument {type(model).__name__}.forward takes "
+                f"by position: the model is run with positional inputs. Received: "
+                f"keyword={word!r}, a keyword-only argument (after `*`); remove the `*` or "
+                "wrap the model in a module whose forward passes it on.")  # fmt: skip
         if word not in names or params[names.index(word)].kind == _POSITIONAL[0]:
             raise ConfigError(f"`{key}.keyword` must name an argument of {signature}. "
                               f"Received: keyword={word!r}.")  # fmt: skip
