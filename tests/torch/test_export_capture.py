@@ -210,3 +210,20 @@ def test_layers_the_samples_branch_never_runs_are_named():
     with pytest.warns(UserWarning, match=r"c.0, c.1 did not run in the captured"):
         ctrl, _ = create_compressed_model(EitherBranch(), make_config((1, 3, 16, 16)))
     assert any("c.0, c.1 did not run" in n for n in ctrl.statistics().notes)
+
+
+class PlainList(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = cbs(3, 16, 3), nn.Conv2d(16, 4, 1)
+        self.blocks = [cbs(16, 16, 3)]  # not registered
+        self.stages = [self.stem]  # a reference to a registered one: fine
+
+    def forward(self, x):
+        return self.head(self.blocks[0](self.stem(x)))
+
+
+def test_layers_in_a_plain_list_are_named():
+    """They were read as foreign tensors ("lifted_tensor_0"), and export failed."""
+    with pytest.warns(UserWarning, match=r"^blocks holds layers in a plain list or dict"):
+        capture(PlainList().eval(), (torch.zeros(1, 3, 8, 8),))

@@ -108,6 +108,27 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule
     return gm
 
 
+def _say_unregistered(model: nn.Module) -> None:
+    """Warn about layers kept in a plain list, tuple or dict attribute: they are no
+    submodules (not in ``parameters()``, ``state_dict()`` or ``.to()``), so they cannot be
+    masked, and the layers around them read as foreign tensors."""
+    found, internal = [], set(vars(nn.Module()))  # _modules, _parameters...: torch's own
+    registered = {id(m) for m in model.modules()}  # a list of references to them is fine
+    for name, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if attr in internal:
+                continue
+            items = value.values() if isinstance(value, dict) else value \
+                if isinstance(value, (list, tuple)) else ()  # fmt: skip
+            if any(isinstance(v, nn.Module) and id(v) not in registered for v in items):
+                found.append(f"{name}.{attr}" if name else attr)
+    if found:
+        warnings.warn(
+            f"{', '.join(found[:5])} holds layers in a plain list or dict: they are not "
+            "registered submodules (not trained by an optimizer over model.parameters(), "
+            "not saved, not pruned). Use nn.ModuleList / nn.ModuleDict.", stacklevel=3)
+
+
 def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     """Read ``model`` on ``example`` inputs into the core :class:`Graph`.
 
@@ -122,6 +143,7 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     Raises:
         AnalysisError: When neither capture can read the model, or it fails on ``example``.
     """
+    _say_unregistered(model)
     try:
         return capture_fx(model, example)
     except _TraceError as fx_error:
