@@ -101,3 +101,14 @@ def test_prune_without_model_or_resume(capsys):
 def test_report_options_of_checkpoints_need_checkpoint(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--plot", "x.png"]) == 2
     assert "go with --checkpoint" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`filterprune ... | head` ended with a BrokenPipeError message and exit code 1."""
+    command = [sys.executable, "-m", "filterprune", "analyze", "torchvision:resnet18",
+               "--input-size", "1,3,32,32"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the table is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141  # 128 + SIGPIPE, as shell tools end
+    assert "BrokenPipe" not in err and "Traceback" not in err

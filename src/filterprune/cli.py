@@ -245,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except KeyboardInterrupt:
         return _error("interrupted." + getattr(args, "interrupt_hint", ""), 130)
+    except BrokenPipeError:  # the reader left (`| head`): no traceback, as a shell tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141  # 128 + SIGPIPE
     except Exception as err:  # noqa: BLE001 - every error ends as one sentence and an exit code
         if args.traceback or os.environ.get("FILTERPRUNE_TRACEBACK"):
             raise
