@@ -234,6 +234,20 @@ def test_export_rejects_unknown_format_and_bad_suffix(pruned, tmp_path):
         ctrl.export_model(str(tmp_path / "m.pb"), save_format="keras")
 
 
+
+@pytest.mark.parametrize(("name", "save_format", "match"), [
+    ("m.keras", "frozen_graph", r"end in '\.pb'\. Received: .*whose suffix names 'keras'"),
+    ("m2.pb", "saved_model", r"no suffix \(a SavedModel folder\)\. Received"),
+    ("sm2", "onnx", r"end in '\.onnx'\. Received: .*whose suffix names 'saved_model'"),
+])  # fmt: skip
+def test_export_refuses_a_suffix_naming_another_format_than_given(pruned, tmp_path, name,
+                                                                  save_format, match):  # fmt: skip
+    """A GraphDef was written into m.keras, a folder named m2.pb, ONNX into sm2."""
+    ctrl, _, _ = pruned
+    with pytest.raises(ValueError, match=match):
+        ctrl.export_model(str(tmp_path / name), save_format=save_format)
+    assert list(tmp_path.iterdir()) == []
+
 @pytest.mark.parametrize(
     ("name", "save_format", "what"),
     [("m.tflite", None, "a TensorFlow Lite file"), ("m.h5", None, "a Keras HDF5 file"),

@@ -61,6 +61,14 @@ def resolve_format(path: str, save_format: str | None) -> str:
             "`save_path` must end in '.keras' for save_format='keras' (Keras 3 requires it). "
             f"Received: save_path={str(path)!r}."
         )
+    named = _BY_SUFFIX.get(suffix, "saved_model" if not suffix else None)
+    if named is not None and named != save_format:  # m.keras holding a GraphDef, m.pb a folder
+        wanted = {v: k for k, v in _BY_SUFFIX.items()}.get(save_format)
+        raise ValueError(
+            f"`save_path` must fit save_format={save_format!r}: "
+            + (f"end in {wanted!r}" if wanted else "no suffix (a SavedModel folder)")
+            + f". Received: save_path={str(path)!r}, whose suffix names {named!r}."
+        )
     return save_format
 
 
