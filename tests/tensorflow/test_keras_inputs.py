@@ -147,3 +147,15 @@ def test_dict_inputs_strip_and_export_in_the_model_order(tmp_path):
     proto = onnx.load(str(tmp_path / "m.onnx"))
     out = run_onnxruntime(proto, {i.name: feeds[i.name] for i in proto.graph.input})[0]
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_dict_inputs_without_keywords_are_told_their_order():
+    """Entries without a keyword follow the inputs in sorted key order; the error did not
+    say so."""
+    rgb, depth = keras.Input((8, 8, 3), name="rgb"), keras.Input((8, 8, 1), name="depth")
+    x = layers.Concatenate()([layers.Conv2D(4, 1)(rgb), layers.Conv2D(4, 1)(depth)])
+    model = keras.Model({"rgb": rgb, "depth": depth}, layers.Conv2D(2, 1)(x))
+    with pytest.raises(ConfigError, match=r"sorted key order \('depth', 'rgb'\); give each "
+                       r"entry the `keyword` of its input"):  # fmt: skip
+        create_compressed_model(model, config([{"sample_size": [1, 8, 8, 3]},
+                                               {"sample_size": [1, 8, 8, 1]}]))  # fmt: skip

@@ -106,6 +106,11 @@ def input_shapes(functional: Any, sizes: list[list[int]]) -> tuple[list[Shape], 
             f"Received: {len(sizes)} sample sizes."
         )
     shapes, layouts = [], []
+    order = ""
+    if isinstance(getattr(functional, "_inputs_struct", None), dict) and len(inputs) > 1:
+        order = (" The model takes a dict: entries without a `keyword` follow its inputs in "
+                 f"sorted key order ({', '.join(repr(t.name) for t in inputs)}); give each "
+                 "entry the `keyword` of its input.")  # fmt: skip
     for size, kt in zip(sizes, inputs, strict=True):
         given = tuple(int(d) for d in size)
         model_shape = tuple(kt.shape)
@@ -119,7 +124,7 @@ def input_shapes(functional: Any, sizes: list[list[int]]) -> tuple[list[Shape], 
         else:
             raise ConfigError(
                 f"`input_info.sample_size` must fit the model input {kt.name!r} of shape "
-                f"{model_shape} (batch first), as NHWC or NCHW. Received: {list(given)}."
+                f"{model_shape} (batch first), as NHWC or NCHW. Received: {list(given)}.{order}"
             )
     return shapes, layouts
 
