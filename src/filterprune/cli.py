@@ -111,6 +111,9 @@ def _convert_path_clash(args: argparse.Namespace) -> str:
     if model in written:
         return (f"the output must not overwrite the input model. Received: -o {args.output} "
                 f"and model {args.model}; name another output file.")
+    folder = next((p for p in sorted(written) if p.is_dir()), None)
+    if folder is not None:  # the IR's .bin beside the .xml: said before any work
+        return f"Cannot write {folder}: it is a folder. Give another -o name."
     if not args.report_json:
         return ""
     report = Path(args.report_json).resolve()

@@ -290,3 +290,10 @@ def test_an_openvino_failure_is_a_conversion_error_that_says_what_to_do(masked, 
                        r"\(\[ReshapeTransformation\] shape \[1,10,1\] is incompatible\)\. "
                        r"This is OpenVINO's limit, not the cut: write ONNX instead"):
         fov.run_openvino(masked, {"input.1": np.zeros((1, 3, 8, 8), np.float32)})
+
+
+def test_a_folder_where_the_ir_bin_goes_is_named(masked, tmp_path, capsys):
+    """The error quoted the temporary name (.o.xml.<pid>...tmp/model.bin) after the work."""
+    (tmp_path / "o.bin").mkdir()
+    assert main(["convert", masked, "-o", str(tmp_path / "o.xml")]) == 2
+    assert f"Cannot write {tmp_path / 'o.bin'}: it is a folder" in capsys.readouterr().err
