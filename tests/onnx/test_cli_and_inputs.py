@@ -110,6 +110,23 @@ def test_not_onnx_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
         remove_zero_filters(123)
 
 
+
+def test_a_missing_external_data_file_is_named(tmp_path):
+    """It was called "not an ONNX model: it could not be parsed"."""
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    x, y = (helper.make_tensor_value_info(n, 1, s) for n, s in (("x", [1, 3, 8, 8]),
+                                                                ("y", [1, 4, 6, 6])))  # fmt: skip
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data",
+              size_threshold=0)  # fmt: skip
+    (tmp_path / "m.data").unlink()
+    with pytest.raises(ConversionError, match=r"keeps weights in external data files, and one "
+                       r"is missing .*m\.data.*Put the data files beside the model"):  # fmt: skip
+        remove_zero_filters(str(tmp_path / "m.onnx"))
+
 def test_no_zero_filters_gives_unchanged_copy(tmp_path, capsys):
     path = export(Net(), torch.randn(1, 3, 8, 8), tmp_path / "dense.onnx")
     out = tmp_path / "out.onnx"

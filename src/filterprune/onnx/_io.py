@@ -40,6 +40,11 @@ def load_model(model: Any) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(path))
     except Exception as err:  # noqa: BLE001 - protobuf raises several types for bad bytes
+        if "should be stored in" in str(err):  # parsed; a file of its external data is missing
+            raise ConversionError(
+                f"{str(path)!r} keeps weights in external data files, and one is missing "
+                f"({err}). Put the data files beside the model, as when it was saved."
+            ) from err
         raise ConversionError(
             f"{str(path)!r} is not an ONNX model: it could not be parsed ({err}). "
             "Expected a file written by onnx.save or torch.onnx.export."
