@@ -133,3 +133,24 @@ def test_every_operand_of_a_weighted_op_left_whole_stays_whole(case, tmp_path):
     feeds = {"x": _RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)}
     assert np.array_equal(run_onnxruntime(new, feeds)[0],
                           run_onnxruntime(onnx.load(path), feeds)[0])  # fmt: skip
+
+
+def test_a_layer_after_an_op_of_unknown_shape_is_a_row_of_the_report(tmp_path):
+    """Its zero filters were not counted, and it was named nowhere."""
+    weights = {**_weights(), "w3": _RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)}
+    weights["w2"][[1, 3]] = 0
+    nodes = [_conv("x", "w1", "y1"),
+             helper.make_node("MyAct", ["y1"], ["y2"], domain="my.plugins"),
+             helper.make_node("Conv", ["y2", "w2"], ["y3"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["y3", "w3"], ["y"])]  # fmt: skip
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
+    graph = helper.make_graph(nodes, "g", [_x()], [out],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("my.plugins", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    _, report = remove_zero_filters(model, verify=False)
+    row = next(row for row in report.layers if row.name == "c2")
+    assert (row.zero_filters, row.kept_zero) == (2, 2)
+    assert row.reason == "Conv: output shape is unknown"
+    assert "4 zero filters found" in " ".join(report.notes)

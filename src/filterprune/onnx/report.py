@@ -111,11 +111,37 @@ def build_report(cap: Captured, decision: Decision) -> ConversionReport:
         op = cap.model.graph.node[cap.layer_node[layer]].op_type if layer in cap.layer_node else ""
         layers.append(LayerReport(layer, op, int(ids.size), int((~kept).sum()), int(zero.sum()),
                                   int(stay.sum()), reason))  # fmt: skip
+    layers += _whole_layers(cap, set(decision.analysis.state.producers))
     return ConversionReport(
         flops_before=count_flops(graph), flops_after=count_flops(graph, keeps),
         params_before=count_params(graph), params_after=count_params(graph, keeps),
         layers=layers, notes=[*cap.notes, *_foreign_note(cap)],
     )  # fmt: skip
+
+
+def _whole_layers(cap: Captured, producers: set[str]) -> list[LayerReport]:
+    """Rows for the layers whose node stays whole (an output shape the file does not
+    give), which feed no group: their zero filters stay, with the node's reason."""
+    rows = []
+    reasons = {n.layer: n.attrs.get("reason", "") for n in cap.graph
+               if n.layer and n.op == "stop"}  # fmt: skip
+    for layer, info in cap.graph.layers.items():
+        if layer in producers or layer not in reasons or "W" not in info.params:
+            continue
+        w = cap.arrays.get(layer, {}).get("W")
+        roles = info.params["W"][1]
+        if w is None or "out" not in roles:
+            continue
+        out = roles.index("out")
+        zero = ~np.moveaxis(w, out, 0).reshape(w.shape[out], -1).any(axis=1)
+        bias = cap.arrays[layer].get("B")
+        if bias is not None and bias.size == zero.size:  # a constant output is no zero filter
+            zero &= bias.reshape(-1) == 0
+        op = cap.model.graph.node[cap.layer_node[layer]].op_type if layer in cap.layer_node else ""
+        why = f"{op}: {reasons[layer] or 'left whole'}" if zero.any() else ""
+        rows.append(LayerReport(layer, op, int(w.shape[out]), 0, int(zero.sum()),
+                                int(zero.sum()), why))  # fmt: skip
+    return rows
 
 
 def _foreign_note(cap: Captured) -> list[str]:
