@@ -169,6 +169,16 @@ def test_changed_quantizer_settings_are_refused(group, setting, value, saved):
     create_compressed_model(_base(), _config(QUANT), compression_state=state)  # unchanged: loads
 
 
+
+def test_changed_quantization_scopes_are_named_on_resume():
+    """The message spoke only of a Keras model built twice."""
+    ctrl, _ = create_compressed_model(_base(), _config(QUANT))
+    state = ctrl.get_compression_state()
+    scoped = {**QUANT, "ignored_scopes": ["conv3"]}
+    with pytest.raises(ConfigError, match=r"with the `ignored_scopes` / `target_scopes` of the "
+                       r"quantization entry as when the state was saved"):  # fmt: skip
+        create_compressed_model(_base(), _config(scoped), compression_state=state)
+
 def test_older_quantization_state_is_checked_on_its_ranges():
     ctrl, _ = create_compressed_model(_base(), _config(QUANT))
     state = ctrl.get_compression_state()

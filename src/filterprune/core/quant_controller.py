@@ -199,11 +199,13 @@ class QuantizationControllerBase(CompressionController):
         missing = sorted(set(own) - set(saved))[:3]
         extra = sorted(set(saved) - set(own))[:3]
         raise ConfigError(
-            f"`{self.state_where}.quantizers` must hold the quantizers placed on this model "
-            "(same model and quantization settings). A Keras model built twice in one "
-            "process gets other auto-generated layer names (dropout_1 for dropout): call "
-            "keras.backend.clear_session() before building it again, or give its layers "
-            f"names. Received: missing {missing}, unexpected {extra}."
+            f"`{self.state_where}.quantizers` must hold the quantizers placed on this model: "
+            "the same model, with the `ignored_scopes` / `target_scopes` of the quantization "
+            "entry as when the state was saved (other scopes place other quantizers). With "
+            "Keras, a model built twice in one process also gets other auto-generated layer "
+            "names (dropout_1 for dropout): call keras.backend.clear_session() before "
+            f"building it again, or name its layers. Received: missing {missing}, unexpected "
+            f"{extra}."
         )
 
 
