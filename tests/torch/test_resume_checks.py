@@ -207,3 +207,12 @@ def test_auto_numbered_renames():
     assert auto_numbered_renames(saved, own[:2]) is None
     assert auto_numbered_renames(["a", "a_1"], ["a_1", "a_2"]) is None  # a_1 is in both
     assert auto_numbered_renames(["relu"], ["add_1"]) is None
+
+
+def test_a_composite_state_for_a_single_entry_says_what_it_holds():
+    ctrl, _ = create_compressed_model(_base(), _config(QUANT))
+    state = ctrl.get_compression_state()
+    with pytest.raises(ConfigError, match=r"Received: algorithm='composite' \(it holds "
+                       r"filter_pruning, quantization: give the config the same `compression` "
+                       r"entries, in that order\)"):  # fmt: skip
+        create_compressed_model(_base(), _config(), compression_state=state)

@@ -112,9 +112,15 @@ def check_state_header(state: Any, algorithm: str, where: str = "compression_sta
         )
     if state.get("algorithm") != algorithm:
         got = short_repr(state["algorithm"]) if "algorithm" in state else "no `algorithm` key"
+        children = state.get("children")
+        held = ""
+        if isinstance(children, list):  # a composite state: say what it holds
+            names = [c.get("algorithm") for c in children if isinstance(c, Mapping)]
+            held = (f" (it holds {', '.join(map(str, names))}: give the config the same "
+                    "`compression` entries, in that order)")  # fmt: skip
         raise ConfigError(
             f"`{where}.algorithm` must be {algorithm!r}: the config runs {algorithm}. "
-            f"Received: algorithm={got}."
+            f"Received: algorithm={got}{held}."
         )
 
 
