@@ -6,11 +6,10 @@ import dataclasses
 import typing
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
-from torch_helpers import make_config
+from torch_helpers import make_config, run_onnx
 
 from filterprune.testing.zoo import nondegenerate
 from filterprune.torch import create_compressed_model
@@ -70,9 +69,8 @@ def test_a_returned_record_keeps_its_layers_and_exports_its_tensors(kind, tmp_pa
         for a, b in zip(ref, _tensors(small(x)), strict=True):
             assert (a - b).abs().max() <= 1e-5 * a.abs().max()
     ctrl.export_model(str(tmp_path / "m.onnx"))
-    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in sess.get_outputs()] == ["logits", "feat"]
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    names, got = run_onnx(tmp_path / "m.onnx", x)
+    assert names == ["logits", "feat"]
     for a, b in zip(ref, got, strict=True):
         np.testing.assert_allclose(b, a.numpy(), atol=1e-5)
 
@@ -111,9 +109,8 @@ def test_a_registered_pytree_class_exports_its_tensors(exporter, tmp_path):
     torch.manual_seed(0)
     model, x = BoxNet().eval(), torch.randn(1, 3, 8, 8)
     export_onnx(model, (x,), str(tmp_path / "m.onnx"), exporter=exporter)
-    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in sess.get_outputs()] == ["scores", "boxes/xy", "boxes/wh"]
+    names, got = run_onnx(tmp_path / "m.onnx", x)
+    assert names == ["scores", "boxes/xy", "boxes/wh"]
     with torch.no_grad():
         ref = model(x)
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(got[2], ref["boxes"].wh.numpy(), atol=1e-5)

@@ -23,6 +23,15 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def run_onnx(path, x: torch.Tensor) -> tuple[list[str], list]:
+    """The output names of the ONNX file at ``path`` and its outputs on ``x`` (onnxruntime)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return names, sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+
+
 def make_config(sample=(1, 3, 32, 32), **params):
     init = params.pop("pruning_init", 0.5)
     extra = params.pop("extra", {})

@@ -295,12 +295,13 @@ def describe(schema: Mapping[str, Any]) -> str:
     return " or ".join(words) if words else "valid"
 
 
-def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
-    """`` Did you mean `x`?`` for the closest choice, or an empty string."""
+def did_you_mean(value: Any, choices: Iterable[Any], cutoff: float = 0.6) -> str:
+    """`` Did you mean `x`?`` for the closest choice (similarity ``cutoff`` or more), or an
+    empty string."""
     if not isinstance(value, str):
         return ""
     strings = [c for c in choices if isinstance(c, str)]
-    close = difflib.get_close_matches(value, strings, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(value, strings, n=1, cutoff=cutoff)
     return f" Did you mean `{close[0]}`?" if close else ""
 
 

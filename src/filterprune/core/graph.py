@@ -21,9 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Node", "Graph", "LayerInfo"]
+__all__ = ["Node", "Graph", "LayerInfo", "BARE_KINDS"]
 
 Shape = tuple[int, ...]
+# Layer kinds of one tensor a frontend cuts by its own dotted name (a layer scale, a buffer).
+BARE_KINDS = ("param", "buffer")
 
 
 @dataclass

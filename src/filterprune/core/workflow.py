@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ConfigError
+from ._validation import did_you_mean
 from .analysis import Analysis, analyze
 from .compression import CompositeCompressionController, CompressionController
 from .config import Config
@@ -158,17 +159,14 @@ def _say_ignored(config: Config) -> None:
     """Warn about keys kept for NNCF configs that change nothing here, and about an
     unknown top-level key that is a near miss of a known one (the top level accepts
     training scripts' own keys, so it is not refused)."""
-    import difflib
-
     for key, why in _NOT_APPLIED.items():
         if key in config and not (key == "target_device" and config[key] == "ANY"):
             log.warning("`%s` is accepted for NNCF configs but not applied: %s.", key, why)
     known = set(config_schema(with_algorithms=False)["properties"])
     for key in config:
-        close = difflib.get_close_matches(str(key), known - {key}, n=1, cutoff=0.9)
-        if key not in known and close:
-            log.warning("Unknown top-level key `%s` is not read. Did you mean `%s`?", key,
-                        close[0])  # fmt: skip
+        hint = "" if key in known else did_you_mean(key, known, cutoff=0.9)
+        if hint:  # only near misses: other keys are the training script's own
+            log.warning("Unknown top-level key `%s` is not read.%s", key, hint)
     for i, entry in enumerate(config.algorithms()):
         initializer = entry.get("initializer")
         if isinstance(initializer, Mapping) and "precision" in initializer:

@@ -323,6 +323,8 @@ ZERO_CHECKS: dict[str, Callable[[NodeView], bool]] = {"pad": _pad_zero, "clip": 
 # operator format (QOperator) and onnxruntime's optimized files (com.microsoft fusions).
 _QOPERATOR = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
 _QDQ_TYPES = ("QuantizeLinear", "DequantizeLinear")
+
+
 def foreign_fix(ops: list[str]) -> str:
     """What to do about the ``ops`` of :func:`foreign_ops`, for the kinds found."""
     types = {op.rsplit(".", 1)[-1]: "." in op for op in ops}  # op type -> com.microsoft

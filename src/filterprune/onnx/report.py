@@ -108,7 +108,7 @@ def build_report(cap: Captured, decision: Decision) -> ConversionReport:
         if stay.any():
             root = int(uf.roots(ids[np.flatnonzero(stay)[:1]])[0])
             reason = decision.reasons.get(root, "")
-        op = cap.model.graph.node[cap.layer_node[layer]].op_type if layer in cap.layer_node else ""
+        op = _op_type(cap, layer)
         layers.append(LayerReport(layer, op, int(ids.size), int((~kept).sum()), int(zero.sum()),
                                   int(stay.sum()), reason))  # fmt: skip
     layers += _whole_layers(cap, set(decision.analysis.state.producers))
@@ -117,6 +117,10 @@ def build_report(cap: Captured, decision: Decision) -> ConversionReport:
         params_before=count_params(graph), params_after=count_params(graph, keeps),
         layers=layers, notes=[*cap.notes, *_foreign_note(cap)],
     )  # fmt: skip
+
+
+def _op_type(cap: Captured, layer: str) -> str:
+    return cap.model.graph.node[cap.layer_node[layer]].op_type if layer in cap.layer_node else ""
 
 
 def _whole_layers(cap: Captured, producers: set[str]) -> list[LayerReport]:
@@ -137,7 +141,7 @@ def _whole_layers(cap: Captured, producers: set[str]) -> list[LayerReport]:
         bias = cap.arrays[layer].get("B")
         if bias is not None and bias.size == zero.size:  # a constant output is no zero filter
             zero &= bias.reshape(-1) == 0
-        op = cap.model.graph.node[cap.layer_node[layer]].op_type if layer in cap.layer_node else ""
+        op = _op_type(cap, layer)
         why = f"{op}: {reasons[layer] or 'left whole'}" if zero.any() else ""
         rows.append(LayerReport(layer, op, int(w.shape[out]), 0, int(zero.sum()),
                                 int(zero.sum()), why))  # fmt: skip

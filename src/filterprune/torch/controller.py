@@ -224,4 +224,3 @@ def export_onnx(model: nn.Module, sample, path: str, input_names=None, output_na
                 **kwargs: Any) -> str:  # fmt: skip
     """Write ``model`` as ONNX atomically; see :func:`filterprune.torch.onnx_export.export_onnx`."""
     return onnx_export.export_onnx(model, sample, path, input_names, output_names, **kwargs)
-

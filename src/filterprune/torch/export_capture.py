@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..core.graph import Graph, Node
+from ..core.graph import BARE_KINDS, Graph, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._aten import ATEN_RULES
@@ -108,7 +108,7 @@ def _say_idle(model: nn.Module, graph: Any) -> None:
     their branch)."""
     used = {i for n in graph for i in n.inputs}  # every parameter is a placeholder, read or not
     read = {n.attrs.get("target") for n in graph if n.op == "param" and n.name in used}
-    called = {k for k, info in graph.layers.items() if info.kind not in ("param", "buffer")}
+    called = {k for k, info in graph.layers.items() if info.kind not in BARE_KINDS}
     idle = [name for name, m in model.named_modules()
             if name not in called and any(True for _ in m.parameters(recurse=False))
             and not any(f"{name}.{p}" in read for p, _ in m.named_parameters(recurse=False))]

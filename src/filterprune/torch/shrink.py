@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.graph import LayerInfo
+from ..core.graph import BARE_KINDS, LayerInfo
 from ..core.weights import groups_left, slice_weight
 from ..errors import AnalysisError
 
 __all__ = ["shrink_model", "resize_to_state_dict"]
 
-_CUT = ("conv", "linear", "batchnorm", "param", "buffer")  # layer kinds whose tensors lose channels
+_CUT = ("conv", "linear", "batchnorm", *BARE_KINDS)  # layer kinds whose tensors lose channels
 
 
 def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -79,7 +79,7 @@ def _tensors(model: nn.Module, name: str, info: LayerInfo, keep: dict[str, np.nd
     Parameters take their roles from ``info``; a 1-D buffer as long as the ``"channel"``
     keep vector (BatchNorm's running statistics) is cut along it too.
     """
-    if info.kind in ("param", "buffer"):  # a bare tensor: ``name`` is its own dotted name
+    if info.kind in BARE_KINDS:  # a bare tensor: ``name`` is its own dotted name
         owner_name, _, attr = name.rpartition(".")
         yield model.get_submodule(owner_name), attr, info.params[""][1]
         return
@@ -105,9 +105,9 @@ def _shrink_layer(model: nn.Module, name: str, info: LayerInfo, keep: dict) -> N
             raise AnalysisError(f"{name}: cannot cut {attr!r}: {err}") from err
         if cut.shape != tensor.shape:
             _replace(owner, attr, cut)
-            if info.kind in ("param", "buffer"):  # one tensor under several names: all of them
+            if info.kind in BARE_KINDS:  # one tensor under several names: all of them
                 _share(model, tensor, getattr(owner, attr))
-    if info.kind in ("param", "buffer"):
+    if info.kind in BARE_KINDS:
         return
     module = model.get_submodule(name)
     channels = keep.get("channel")
