@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import numpy as np
 
 from ..core._validation import one_of
 from ..core.config import INPUT_TYPES, Config
 from ..errors import ConfigError
 
-__all__ = ["ordered_infos", "samples"]
+__all__ = ["ordered_infos", "samples", "as_model_inputs"]
 
 _SEED = 0  # "random" samples are the same on every run
 
@@ -92,3 +93,13 @@ def samples(functional: Any, infos: list[dict[str, Any]], shapes: list[tuple]) -
             values = np.full(shape, 1 if filler == "ones" else 0)
         out.append(values.astype(dtype))
     return out
+
+
+def as_model_inputs(model: Any, tensors: list) -> Any:
+    """``tensors`` (in ``model.inputs`` order) as ``model`` takes them: in its input
+    structure (a dict by its keys, as Keras refuses a list for unsorted keys), or the one
+    tensor alone."""
+    if len(tensors) == 1:
+        return tensors[0]
+    struct = getattr(model, "_inputs_struct", None)
+    return list(tensors) if struct is None else keras.tree.pack_sequence_as(struct, tensors)

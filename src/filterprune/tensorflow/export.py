@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from .._atomic import atomic_dir, atomic_write
 from ._graphdef import prepare_for_onnx
+from ._inputs import as_model_inputs
 from ._qdq import weight_qdq
 
 __all__ = ["FORMATS", "export", "resolve_format", "serving_function"]
@@ -79,13 +80,9 @@ def serving_function(model: Any) -> tuple[Any, list[tf.TensorSpec]]:
         name = kt._keras_history.operation.name if hasattr(kt, "_keras_history") else f"x{i}"
         specs.append(tf.TensorSpec((None, *kt.shape[1:]), kt.dtype, name=name))
 
-    struct = getattr(model, "_inputs_struct", None)  # a dict's keys in the model's order
-
     @tf.function(input_signature=specs)
     def serve(*xs: tf.Tensor) -> Any:
-        if struct is not None and len(xs) > 1:
-            return model(keras.tree.pack_sequence_as(struct, list(xs)), training=False)
-        return model(list(xs) if len(xs) > 1 else xs[0], training=False)
+        return model(as_model_inputs(model, list(xs)), training=False)
 
     return serve, specs
 

@@ -21,6 +21,7 @@ from ..core.analysis import Analysis
 from ..core.graph import LayerInfo
 from ..core.weights import groups_left, slice_weight
 from ..errors import AnalysisError
+from ._inputs import as_model_inputs
 from .capture import Capture
 from .masks import base_class, is_masked, masked_weights
 
@@ -121,10 +122,7 @@ def _nested_inputs(model: Any, cap: Capture, analysis: Analysis, kept) -> Any:
         tensors.append(keras.Input(batch_shape=tuple(shape), dtype=kt.dtype))
     if not changed:
         return None
-    struct = getattr(model, "_inputs_struct", None)  # clone_model wants the model's nesting
-    if struct is not None and len(tensors) > 1:
-        return keras.tree.pack_sequence_as(struct, tensors)
-    return tensors if len(tensors) > 1 else tensors[0]
+    return as_model_inputs(model, tensors)  # clone_model wants the model's nesting
 
 
 def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray],
