@@ -69,13 +69,13 @@ def test_run_onnxruntime_is_public_and_reads_paths_and_protos(masked):
 
 
 def test_report_says_why_zero_filters_stay(tmp_path, capsys):
-    m = Net(mid=nn.LocalResponseNorm(2))  # LRN: an op the converter does not know
+    m = Net(mid=nn.LocalResponseNorm(2))  # LRN: exported as an average over nearby channels
     zero(m.conv1, [0, 5])
     zero(m.conv2, [1])
     path = export(m, torch.randn(1, 3, 8, 8), tmp_path / "m.onnx")
     new, report = convert(path, torch.zeros(1, 3, 8, 8))
     s = layer(report, "conv1")
-    assert (s.removed, s.kept_zero, s.reason) == (0, 2, "Pad: acts across channels")
+    assert (s.removed, s.kept_zero, s.reason) == (0, 2, "AveragePool: acts across channels")
     assert layer(report, "conv2").removed == 1
     assert main(["convert", path, "-o", str(tmp_path / "o.onnx"), "--report"]) == 0
     assert "zero filters kept" in capsys.readouterr().out

@@ -537,3 +537,28 @@ def test_grid_sample_removes_rows_and_keeps_the_coordinates(tmp_path):
     assert layer(report, "conv1").removed == 3
     assert weight_shape(new, "conv2") == (4, 5, 3, 3)
     assert weight_shape(new, "flow") == (2, 3, 3, 3)
+
+
+def test_a_constant_pad_of_the_channels_keeps_only_the_ones_it_adds(tmp_path):
+    """Option-A shortcut: the stream's zero channels go through the pad; a zero filter of
+    ``b`` where the pad adds a channel stays, as the pad's widths are constants."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, 2, 1)
+            self.c = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            return self.c(self.b(y) + F.pad(y[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4)))
+
+    m = Net()
+    zero(m.a, [1, 5])
+    zero(m.b, [0, 5, 9])  # 5 and 9 meet a's 1 and 5; 0 meets a channel the pad adds
+    x = torch.randn(1, 3, 8, 8)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/a/").removed == 2
+    s = layer(report, "/b/")
+    assert (s.removed, s.kept_zero) == (2, 1) and "channels it adds" in s.reason
+    assert weight_shape(new, "/c/") == (4, 14, 1, 1)

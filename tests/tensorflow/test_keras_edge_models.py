@@ -189,6 +189,13 @@ CHANNEL_OPS = {
                                                        "float32"),
     "moments over the channels": lambda x: x - ops.moments(x, axes=-1, keepdims=True)[0],
     "top_k over the channels": lambda x: ops.concatenate([ops.top_k(x, 8)[0], x[..., :8]], -1),
+    "max_pool over the channels": lambda x: ops.moveaxis(ops.max_pool(
+        ops.moveaxis(x, 3, 2), (1, 3), 1, padding="same"), 2, 3),
+    "MaxPooling1D over the channels": lambda x: layers.Reshape((32, 32, 16))(layers.Permute(
+        (2, 1))(layers.MaxPooling1D(3, 1, "same")(layers.Permute((2, 1))(layers.Reshape(
+            (1024, 16))(x))))),
+    "reflect pad of the channels": lambda x: ops.pad(x, [[0, 0], [0, 0], [0, 0], [1, 1]],
+                                                     mode="reflect")[..., 1:-1] * 2,
 }
 
 
@@ -208,14 +215,21 @@ def test_ops_that_keep_each_channel_apart_are_cut_through(fn):
     assert "a" not in held and "c" not in held
 
 
-def test_a_pad_or_cumsum_across_the_channels_keeps_them_whole():
+def test_a_cumsum_across_the_channels_keeps_them_whole():
     inp = keras.Input((32, 32, 3))
-    x = ops.pad(conv(16, "a")(inp), [[0, 0], [0, 0], [0, 0], [0, 2]])
     y = ops.cumsum(conv(18, "b")(inp), axis=-1)
     z = ops.reshape(ops.cumsum(conv(18, "d")(inp)), (-1, 32, 32, 18))  # over the flattened
-    _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x + y + z))))
-    assert "acts across channels" in held["a"] and "acts across channels" in held["b"]
-    assert "flattened" in held["d"]
+    _, _, held = prune(keras.Model(inp, head(conv(16, "c")(y + z))))
+    assert "acts across channels" in held["b"] and "flattened" in held["d"]
+
+
+def test_a_constant_pad_of_the_channels_keeps_only_the_ones_it_adds():
+    inp = keras.Input((32, 32, 3))
+    x = ops.pad(conv(16, "a")(inp), [[0, 0], [0, 0], [0, 0], [1, 2]]) + conv(19, "e")(inp)
+    _, small, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
+    assert "a" not in held and small.get_layer("a").filters < 16
+    assert small.get_layer("e").filters == small.get_layer("a").filters + 3
+    assert "channels it adds" in held["e"]
 
 
 def test_per_channel_constants_keep_their_channels_whole():

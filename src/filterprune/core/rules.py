@@ -720,9 +720,39 @@ def _sample(s, node, ins):
     return _place(line, ndim, axis)
 
 
+@register_rule("pad")
+def _pad_rule(s, node, ins):
+    """Padding by ``widths`` (a ``(before, after)`` pair per axis, ``None`` where computed
+    in forward). Constant padding of an axis holding channels adds channels around them
+    (option-A shortcuts: ``F.pad(x, (0, 0, 0, 0, p, p))``); their count is written in
+    code, so the added ones stay whole. Other modes copy channels into the new
+    positions, and a negative width crops them."""
+    x = _tensor(s, ins[0], node)
+    ndim = len(node.shape)
+    ids = _pad(x, ndim)
+    for axis, (before, after) in enumerate(node.attrs["widths"]):
+        if (before, after) == (0, 0) or not _varies(ids, axis):
+            continue
+        if before is None or after is None:
+            raise RuleError("pads channels by widths computed in forward")
+        if node.attrs.get("mode", "constant") != "constant" or before < 0 or after < 0:
+            raise RuleError("pads across channels")
+        added = s.fresh(ndim, axis, before + after)
+        s.block(added, f"{node.label or node.op}: channels it adds (their count is fixed)")
+        parts = (added.take(range(before), axis), ids,
+                 added.take(range(before, before + after), axis))  # fmt: skip
+        shape = list(ids.shape)
+        pieces = []
+        for part in parts:
+            shape[axis] = part.shape[axis]
+            pieces.append(np.broadcast_to(part, shape))
+        ids = np.concatenate(pieces, axis=axis)
+    return ids
+
+
 @register_rule("along")
 def _along(s, node, ins):
-    """Ops acting along one axis (softmax, cumsum, roll, pad, sort): fine unless it holds
+    """Ops acting along one axis (softmax, cumsum, roll, sort): fine unless it holds
     channels."""
     x = _tensor(s, ins[0], node)
     ndim = len(node.shape[0] if isinstance(node.shape, list) else node.shape)

@@ -159,7 +159,10 @@ def _pad(v: NodeView) -> Spec:
     axes = list(range(v.rank))
     if v.const(3) is not None:
         axes = [int(a) % v.rank for a in v.const(3)]
-    return "along", {"dims": [a for a, b, e in zip(axes, pads[0], pads[1], strict=True) if b or e]}
+    widths = [(0, 0)] * v.rank
+    for a, b, e in zip(axes, pads[0], pads[1], strict=True):
+        widths[a] = (int(b), int(e))
+    return "pad", {"widths": widths, "mode": v.attr("mode", b"constant").decode()}
 
 
 def _pad_zero(v: NodeView) -> bool:
@@ -222,10 +225,15 @@ def _layernorm(v: NodeView) -> Spec:
     return "layernorm", {"normalized_ndim": rank - _axis(v, -1)}
 
 
+def _spatial(v: NodeView) -> Spec:
+    """Pooling or resizing over every axis after the channels: channels there stay whole."""
+    return "along", {"dims": list(range(2, v.rank or 0))}
+
+
 def _resize(v: NodeView) -> Spec:
     if v.opset >= 11 and len(v.node.input) > 3 and v.node.input[3] and v.const(3) is None:
         return _stop("Resize sizes are not constants")
-    return "identity", {}
+    return _spatial(v)
 
 
 def _depth_space(v: NodeView) -> Spec:
@@ -242,11 +250,12 @@ def positions(shape: Any, start: int) -> int:
 
 _KEEP_ID = [
     "Relu", "LeakyRelu", "Tanh", "HardSwish", "Elu", "Selu", "Celu", "Softsign", "Erf", "Abs",
-    "Neg", "Sqrt", "Sin", "Identity", "Dropout", "Cast", "MaxPool", "AveragePool", "LpPool",
-    "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "Upsample", "Mish", "Gelu", "Floor",
-    "Ceil", "Round", "Sign", "ThresholdedRelu", "Relu6", "CastLike", "Asin", "Atan", "Sinh",
-    "Tan", "Asinh", "Atanh",
+    "Neg", "Sqrt", "Sin", "Identity", "Dropout", "Cast", "Mish", "Gelu", "Floor", "Ceil",
+    "Round", "Sign", "ThresholdedRelu", "Relu6", "CastLike", "Asin", "Atan", "Sinh", "Tan",
+    "Asinh", "Atanh",
 ]  # fmt: skip
+_SPATIAL = ["MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+            "GlobalLpPool", "Upsample"]  # fmt: skip
 _NONZERO_ID = [
     "Sigmoid", "HardSigmoid", "Softplus", "Exp", "Cos", "Reciprocal", "Log", "Not", "Cosh",
     "Acos", "IsNaN", "IsInf", "Shrink",
@@ -254,6 +263,7 @@ _NONZERO_ID = [
 
 OPS: dict[str, OpSpec] = {
     **{op: OpSpec("identity") for op in _KEEP_ID},
+    **{op: OpSpec(_spatial) for op in _SPATIAL},
     **{op: OpSpec("identity", zero="none") for op in _NONZERO_ID},
     "Clip": OpSpec("identity", zero="clip"),
     "Resize": OpSpec(_resize),

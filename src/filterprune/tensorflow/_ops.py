@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import keras
 import numpy as np
 from keras import activations, layers
 
@@ -224,6 +225,16 @@ def _identity(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]
     return [Step("identity")]
 
 
+def _spatial_step(data_format: str | None, ndim: int) -> Step:
+    """An op over the axes between the batch and the channels: channels there stay whole."""
+    last = (data_format or keras.config.image_data_format()) == "channels_last"
+    return Step("along", {"dims": list(range(1, ndim - 1) if last else range(2, ndim))})
+
+
+def _spatial_layer(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    return [_spatial_step(getattr(layer, "data_format", None), len(ins[0]))]
+
+
 def _activation(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
     return _activation_steps(layer, -1, out) or [Step("identity")]
 
@@ -297,12 +308,16 @@ _CONV_T = _names("Conv1DTranspose Conv2DTranspose Conv3DTranspose")
 IDENTITY_LAYERS = _names(
     "ReLU LeakyReLU ELU Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D "
     "GaussianNoise GaussianDropout AlphaDropout ActivityRegularization Identity Masking "
+    "RandomContrast RandomBrightness"
+)
+# pooling, resizing, padding, cropping: over the axes besides the batch and channels
+SPATIAL_LAYERS = _names(
     "MaxPooling1D MaxPooling2D MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D "
     "AdaptiveAveragePooling1D AdaptiveAveragePooling2D AdaptiveAveragePooling3D "
     "AdaptiveMaxPooling1D AdaptiveMaxPooling2D AdaptiveMaxPooling3D "
     "UpSampling1D UpSampling2D UpSampling3D ZeroPadding1D ZeroPadding2D ZeroPadding3D "
     "Cropping1D Cropping2D Cropping3D Resizing CenterCrop RandomCrop RandomFlip RandomRotation "
-    "RandomZoom RandomTranslation RandomContrast RandomBrightness"
+    "RandomZoom RandomTranslation"
 )
 
 def _repeat_vector(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
@@ -334,6 +349,7 @@ LAYER_RULES: dict[type, Callable[..., list[Step]]] = {
     layers.Normalization: _normalization,
     layers.RepeatVector: _repeat_vector,
     **{t: _identity for t in IDENTITY_LAYERS},
+    **{t: _spatial_layer for t in SPATIAL_LAYERS},
 }  # fmt: skip
 
 
@@ -380,9 +396,8 @@ _OP_IDENTITY = set(
     "Celu HardShrink HardTanh LogSigmoid SoftShrink SparsePlus SparseSigmoid Squareplus "
     "TanhShrink Threshold Cbrt Cosh Sinh Tan Arctan Arcsinh Exp2 Expm1 Log1p Log2 Log10 "
     "Rsqrt Erfc Trunc Fabs NanToNum Copy Isnan Isinf Isfinite Signbit "
-    "MaxPool AveragePool Resize ZerosLike OnesLike FullLike EmptyLike".split()
-)  # each channel on its own: per-entry maps, pooling or resizing over space, new tensors
-# of the input's shape
+    "ZerosLike OnesLike FullLike EmptyLike".split()
+)  # each channel on its own: per-entry maps, new tensors of the input's shape
 _OP_ELEMENTWISE = set(
     "Add Subtract Multiply Divide TrueDivide Maximum Minimum Power FloorDivide Mod Where "
     "Greater GreaterEqual Less LessEqual Equal NotEqual LogicalAnd LogicalOr LogicalXor "
@@ -415,6 +430,8 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
     ndim = len(ins[0]) if ins else 0
     if name in _OP_IDENTITY:
         return [Step("identity")]
+    if name in ("MaxPool", "AveragePool", "Resize"):
+        return [_spatial_step(getattr(op, "data_format", None), ndim)]
     if name in _OP_ELEMENTWISE:
         constants = [np.shape(_numpy(a)) for a in args
                      if a is not None and not hasattr(a, "_keras_history")]  # fmt: skip
@@ -430,8 +447,8 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
             hasattr(a, "_keras_history") for a in args[1:]):  # fmt: skip
         return [Step("along", {"dims": [int(op.axis)]})]  # constant repeats or indices
     if name == "Pad":
-        widths = np.broadcast_to(np.asarray(op.pad_width), (ndim, 2))
-        return [Step("along", {"dims": [a for a in range(ndim) if widths[a].any()]})]
+        widths = np.broadcast_to(np.asarray(op.pad_width), (ndim, 2)).tolist()
+        return [Step("pad", {"widths": widths, "mode": op.mode})]
     if name == "Swapaxes":
         perm = list(range(ndim))
         perm[int(op.axis1)], perm[int(op.axis2)] = perm[int(op.axis2)], perm[int(op.axis1)]

@@ -9,11 +9,14 @@ that reach it, with its name as the reason. Adding an op is one entry.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import fx
+
+from ._ops import pad_spec, spatial_spec
 
 __all__ = ["ATEN_RULES", "named_args"]
 
@@ -144,8 +147,9 @@ def _roll(node: fx.Node, shape) -> Spec:
 def _pad(node: fx.Node, shape) -> Spec:
     args = named_args(node)
     pad = args.get("pad", args.get("padding"))
-    padded = [i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]]
-    return "along", {"dims": [len(shape) - 1 - i for i in padded]}
+    name = node.target.name()
+    mode = args.get("mode", "constant") if "constant" in name or name == "aten::pad" else name
+    return pad_spec(pad, len(shape), mode)
 
 
 def _expand(node: fx.Node, shape) -> Spec:
@@ -226,14 +230,6 @@ _IDENTITY = _ops(
     "cos.default", "pow.Tensor_Scalar", "logical_not.default", "bitwise_not.default",
     "isnan.default", "dropout.default", "dropout_.default", "feature_dropout.default",
     "alpha_dropout.default", "native_dropout.default",
-    "max_pool1d.default", "max_pool2d.default", "max_pool3d.default",
-    "max_pool2d_with_indices.default", "avg_pool1d.default", "avg_pool2d.default",
-    "avg_pool3d.default", "adaptive_avg_pool1d.default", "adaptive_avg_pool2d.default",
-    "adaptive_avg_pool3d.default", "adaptive_max_pool1d.default", "adaptive_max_pool2d.default",
-    "upsample_nearest1d.vec", "upsample_nearest2d.vec", "upsample_nearest3d.vec",
-    "upsample_bilinear2d.vec", "upsample_bicubic2d.vec", "upsample_linear1d.vec",
-    "upsample_trilinear3d.vec", "_upsample_nearest_exact2d.vec",
-    "_upsample_bilinear2d_aa.vec", "_upsample_bicubic2d_aa.vec",
     "contiguous.default", "clone.default", "detach.default", "detach_.default",
     "alias.default", "to.dtype", "to.device", "to.dtype_layout", "_to_copy.default",
     "type_as.default", "lift_fresh_copy.default", "float.default",
@@ -258,6 +254,25 @@ _ELEMENTWISE = _ops(
 )  # fmt: skip
 
 
+# pooling and resizing over the last 1, 2 or 3 axes, the count in the name
+_SPATIAL = _ops(
+    "max_pool1d.default", "max_pool2d.default", "max_pool3d.default",
+    "max_pool2d_with_indices.default", "max_pool3d_with_indices.default", "avg_pool1d.default",
+    "avg_pool2d.default", "avg_pool3d.default", "adaptive_avg_pool1d.default",
+    "adaptive_avg_pool2d.default", "adaptive_avg_pool3d.default", "adaptive_max_pool1d.default",
+    "adaptive_max_pool2d.default", "adaptive_max_pool3d.default", "upsample_nearest1d.vec",
+    "upsample_nearest2d.vec", "upsample_nearest3d.vec", "upsample_bilinear2d.vec",
+    "upsample_bicubic2d.vec", "upsample_linear1d.vec", "upsample_trilinear3d.vec",
+    "_upsample_nearest_exact1d.vec", "_upsample_nearest_exact2d.vec",
+    "_upsample_nearest_exact3d.vec", "_upsample_bilinear2d_aa.vec", "_upsample_bicubic2d_aa.vec",
+)  # fmt: skip
+
+
+def _spatial(node: fx.Node, shape) -> Spec:
+    axes = int(re.search(r"(\d)d", node.target.name()).group(1))
+    return spatial_spec(axes, len(shape[0] if isinstance(shape, list) else shape))
+
+
 def _einsum(node: fx.Node, shape) -> Spec:
     args = named_args(node)
     return "einsum", {"equation": args["equation"], "operands": [t.name for t in args["tensors"]]}
@@ -269,6 +284,7 @@ def _table(pairs: list[tuple[list[Any], Callable[..., Spec]]]) -> dict[Any, Call
 
 ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_IDENTITY, _identity),
+    (_SPATIAL, _spatial),
     (_ELEMENTWISE, _elementwise),
     (_ops("view.default", "reshape.default", "_unsafe_view.default"), _reshape),
     (_ops("view_as.default", "reshape_as.default"), _reshape_as),

@@ -29,12 +29,21 @@ IDENTITY_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
     nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )  # fmt: skip
+# ops over the last 1, 2 or 3 axes (``None``: every axis after the channels)
+SPATIAL_MODULES: dict[type[nn.Module], int | None] = {
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2,
+    nn.AvgPool3d: 3, nn.LPPool1d: 1, nn.LPPool2d: 2, nn.AdaptiveAvgPool1d: 1,
+    nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3, nn.AdaptiveMaxPool1d: 1,
+    nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3, nn.Upsample: None,
+}  # fmt: skip
+_PAD = {nn.ZeroPad1d: "constant", nn.ZeroPad2d: "constant", nn.ZeroPad3d: "constant",
+        nn.ConstantPad1d: "constant", nn.ConstantPad2d: "constant", nn.ConstantPad3d: "constant",
+        nn.ReflectionPad1d: "reflect", nn.ReflectionPad2d: "reflect",
+        nn.ReflectionPad3d: "reflect", nn.ReplicationPad1d: "replicate",
+        nn.ReplicationPad2d: "replicate", nn.ReplicationPad3d: "replicate",
+        nn.CircularPad1d: "circular", nn.CircularPad2d: "circular",
+        nn.CircularPad3d: "circular"}  # fmt: skip
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -202,6 +211,22 @@ def _softmax(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerI
     return ("along", {"dims": [dim]}), LayerInfo(name, "activation")
 
 
+def spatial_spec(axes: int | None, ndim: int) -> Spec:
+    """A pooling or resizing op over its last ``axes`` axes (``None``: all after the
+    channels at 1): it mixes positions there, so channels there stay whole."""
+    return "along", {"dims": list(range(-(ndim - 2 if axes is None else axes), 0))}
+
+
+def _spatial_module(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    axes = next(SPATIAL_MODULES[c] for c in type(m).__mro__ if c in SPATIAL_MODULES)
+    return spatial_spec(axes, len(in_shape)), LayerInfo(name, "activation")
+
+
+def _pad_module(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    mode = next(_PAD[c] for c in type(m).__mro__ if c in _PAD)
+    return pad_spec(list(m.padding), len(out_shape), mode), LayerInfo(name, "activation")
+
+
 def _flatten(m: nn.Flatten, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
     return ("reshape", {}), LayerInfo(name, "reshape")
 
@@ -221,6 +246,8 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     nn.ChannelShuffle: _channel_shuffle,
     nn.GLU: _glu_module,
     **{t: _simple("identity") for t in IDENTITY_MODULES},
+    **{t: _pad_module for t in _PAD},
+    **{t: _spatial_module for t in SPATIAL_MODULES},
 }
 LEAF_MODULES: tuple[type[nn.Module], ...] = ()  # traced as one call, outside torch.nn
 
@@ -512,10 +539,17 @@ def _roll(node: fx.Node, shapes) -> Spec:
 
 
 def _pad(node: fx.Node, shapes) -> Spec:
-    pad = _arg(node, 1, "pad")
-    n = len(pad) // 2
-    padded = [i for i in range(n) if pad[2 * i] or pad[2 * i + 1]]
-    return "along", {"dims": [len(shapes) - 1 - i for i in padded]}
+    return pad_spec(_arg(node, 1, "pad"), len(shapes), _arg(node, 2, "mode", "constant"))
+
+
+def pad_spec(pad: Any, ndim: int, mode: str) -> Spec:
+    """The ``pad`` rule for torch's widths (pairs from the last axis back); a width
+    computed in forward is ``None``."""
+    pad = [w if isinstance(w, int) else None for w in pad]
+    widths = [(0, 0)] * ndim
+    for i in range(len(pad) // 2):
+        widths[ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
+    return "pad", {"widths": widths, "mode": mode}
 
 
 def _grid_sample(node: fx.Node, shapes) -> Spec:
@@ -559,15 +593,12 @@ def _repeat(node: fx.Node, shapes) -> Spec:
 
 _ACT_FUNCS = [
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.mish,
-    F.sigmoid, F.tanh, F.hardtanh, F.hardtanh_, F.softplus, F.dropout, F.dropout2d, F.max_pool1d,
-    F.max_pool2d,
-    F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    F.interpolate, torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg,
+    F.sigmoid, F.tanh, F.hardtanh, F.hardtanh_, F.softplus, F.dropout, F.dropout2d,
+    torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg,
     operator.neg, F.relu_, torch.relu_, torch.nn.functional.gelu,
     F.selu, F.celu, F.softsign, F.logsigmoid, F.hardshrink, F.softshrink, F.tanhshrink,
     F.threshold, F.rrelu, F.dropout1d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
-    F.lp_pool1d, F.lp_pool2d, F.adaptive_max_pool3d, torch.sqrt, torch.rsqrt, torch.log,
+    torch.sqrt, torch.rsqrt, torch.log,
     torch.log1p, torch.log2, torch.expm1, torch.square, torch.reciprocal, torch.sign,
     torch.sin, torch.cos, torch.erf, torch.floor, torch.ceil, torch.round,
     torch.nan_to_num, torch.logit, torch.atan, operator.abs,
@@ -583,6 +614,21 @@ _ACT_METHODS = [
     "nan_to_num", "logit", "double", "bfloat16", "cpu",
     "cuda", "requires_grad_",
 ]  # fmt: skip
+_SPATIAL_FUNCS = {
+    F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2,
+    F.avg_pool3d: 3, F.lp_pool1d: 1, F.lp_pool2d: 2, F.adaptive_avg_pool1d: 1,
+    F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3, F.adaptive_max_pool1d: 1,
+    F.adaptive_max_pool2d: 2, F.adaptive_max_pool3d: 3, F.interpolate: None,
+}  # fmt: skip
+
+
+def _spatial(axes: int | None) -> Call:
+    def spec(node: fx.Node, shapes) -> Spec:
+        return spatial_spec(axes, len(shapes[0] if isinstance(shapes, list) else shapes))
+
+    return spec
+
+
 _EW = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
     operator.isub, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
@@ -608,6 +654,7 @@ except ImportError:  # torchvision is optional
 
 CALL_RULES: dict[Any, Call] = {
     **{f: _identity for f in _ACT_FUNCS},
+    **{f: _spatial(axes) for f, axes in _SPATIAL_FUNCS.items()},
     **{m: _identity for m in _ACT_METHODS},
     **{f: _elementwise for f in _EW},
     **{m: _elementwise for m in _EW_METHODS},

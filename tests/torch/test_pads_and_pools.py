@@ -1,0 +1,128 @@
+"""Pads and pools on the axis holding channels. A constant pad there adds channels around
+them (option-A shortcuts of CIFAR ResNets): the ones it adds stay whole, the others are
+cut through. A pool or a pad of another kind there mixes channels: they stay whole.
+Every parameter and statistic is redrawn before comparing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_helpers import assert_strip_equal, make_config
+
+from filterprune.testing.zoo import nondegenerate
+from filterprune.torch import create_compressed_model
+
+
+def prune(model, shape=(2, 3, 16, 16)):
+    config = make_config((1, *shape[1:]), prune_first_conv=True, prune_downsample_convs=True,
+                         filters_multiple_of=1)  # fmt: skip
+    ctrl, model = create_compressed_model(nondegenerate(model), config)
+    small = assert_strip_equal(ctrl, model, torch.randn(*shape), tol=1e-5)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    return small, held
+
+
+class Block(nn.Module):
+    """A basic block whose shortcut, where the width doubles, subsamples and pads zero
+    channels on both sides (``module``: as ``nn.ConstantPad3d``, which pads a 4-d
+    tensor's last three axes)."""
+
+    def __init__(self, cin, cout, module):
+        super().__init__()
+        self.stride = 1 if cin == cout else 2
+        self.c1 = nn.Conv2d(cin, cout, 3, self.stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        p = (cout - cin) // 2
+        self.pad = nn.ConstantPad3d((0, 0, 0, 0, p, p), 0.0) if module else None
+        self.widths = (0, 0, 0, 0, p, p)
+
+    def forward(self, x):
+        out = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+        if self.stride == 1:
+            return torch.relu(out + x)
+        x = x[:, :, ::2, ::2]
+        return torch.relu(out + (self.pad(x) if self.pad else F.pad(x, self.widths)))
+
+
+class OptionA(nn.Module):
+    def __init__(self, module=False, export=False):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.blocks = nn.Sequential(*(Block(a, b, module) for a, b in ((8, 8), (8, 16), (16, 32))))
+        self.fc, self.export = nn.Linear(32, 10), export
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        if self.export:  # torch.fx cannot iterate a chunk: torch.export captures
+            x = list(x.chunk(1, 1))[0]
+        return self.fc(self.blocks(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("module", [False, True], ids=["function", "module"])
+def test_option_a_shortcuts_cut_the_residual_stream(module, export):
+    small, held = prune(OptionA(module, export))
+    stem, b1, b2 = small.stem.out_channels, small.blocks[1], small.blocks[2]
+    assert stem < 8 and "stem" not in held
+    # each stage's stream: the one before it, and the channels its pad adds, kept whole
+    assert b1.c2.out_channels == stem + 8 and b2.c2.out_channels == b1.c2.out_channels + 16
+    assert "channels it adds" in held["blocks.1.c2"]
+
+
+class ChannelsAsSpace(nn.Module):
+    """``a`` -> ``fn`` -> ``b``: ``fn`` pools or pads where the channels are."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.a, self.b, self.fn = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1), fn
+
+    def forward(self, x):
+        return self.b(self.fn(self.a(x)))
+
+
+def _channels_last_pool(y):
+    n, c, h, w = y.shape
+    z = F.avg_pool1d(y.permute(0, 2, 3, 1).reshape(n, h * w, c), 3, 1, 1)
+    return z.reshape(n, h, w, c).permute(0, 3, 1, 2)
+
+
+class PoolLast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.MaxPool1d(3, 1, 1)
+
+    def forward(self, y):
+        return self.pool(y.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(y.shape)
+
+
+MIXING = {
+    "avg_pool1d over channels last": _channels_last_pool,
+    "MaxPool1d over channels last": PoolLast(),
+    "max_pool3d over the channels": lambda y: F.max_pool3d(
+        y.unsqueeze(1), (3, 1, 1), 1, (1, 0, 0)).squeeze(1),
+    "interpolate over channels last": lambda y: F.interpolate(
+        y.transpose(1, 3), size=(16, 16), mode="bilinear").transpose(1, 3),
+    "pad cropping channels": lambda y: F.pad(y, (0, 0, 0, 0, -2, 2)),
+    "replicate pad of channels": lambda y: F.pad(y.unsqueeze(1), (0, 0, 0, 0, 1, 1),
+                                                 mode="replicate")[:, 0, 1:-1] * 2,
+}
+
+
+@pytest.mark.parametrize("fn", MIXING.values(), ids=MIXING.keys())
+def test_pools_and_pads_mixing_channels_keep_them_whole(fn):
+    small, held = prune(ChannelsAsSpace(fn))
+    assert "a" in held and small.a.out_channels == 16
+
+
+def test_a_pad_of_features_cuts_the_layer_before_it():
+    class Features(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.pad, self.fc2 = nn.Linear(8, 16), nn.ZeroPad1d((2, 2)), nn.Linear(20, 4)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.pad(self.fc1(x))))
+
+    small, held = prune(Features(), shape=(2, 8))
+    assert small.fc1.out_features == 8 and small.fc2.in_features == 12
