@@ -327,11 +327,14 @@ class PruningControllerBase(CompressionController):
         if removed <= level + TOLERANCE or self._overshoot_said:
             return
         self._overshoot_said = True
-        log.warning(
-            "filter_pruning: `pruning_flops_target` %.3g is passed: %.3f of the FLOPs are "
-            "removed, the least the prunable groups allow with filters kept in multiples of "
-            "%d. Lower `filters_multiple_of` for finer steps, or lower the target.",
-            level, removed, self.params.filters_multiple_of)
+        multiple = self.pruner.multiple_of
+        steps = (f"with filters kept in multiples of {multiple}. Lower `filters_multiple_of` "
+                 "for finer steps, or lower the target" if multiple > 1 else
+                 "in their steps (a grouped convolution keeps equal counts per group, so its "
+                 "channels go in blocks). Lower the target, or leave such layers whole "
+                 "(`ignored_scopes`)")  # fmt: skip
+        log.warning("filter_pruning: `pruning_flops_target` %.3g is passed: %.3f of the FLOPs "
+                    "are removed, the least the prunable groups allow %s.", level, removed, steps)
 
     def _scheduled_level(self, level: float) -> None:
         """The scheduler's ``set_pruning_level``: BatchNorm is re-estimated once the epoch

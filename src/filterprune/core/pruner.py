@@ -169,9 +169,9 @@ class Pruner:
         important first across groups; :mod:`~filterprune.core.allocation`), so the
         result lands in ``[removed, removed + 0.02]`` where the blocks allow. Otherwise
         (global ranking, or no rounding): the smallest uniform level that removes at
-        least ``removed``; without global ranking, where that level overshoots the
-        window, the level just short of it with the least important channels across
-        groups removed on top until the target is met.
+        least ``removed``; where that level overshoots the window, the level just short
+        of it with the least important channels across groups removed on top until the
+        target is met.
         """
         if removed <= 0:
             return self.plan(0.0, scores, coeffs)
@@ -194,10 +194,11 @@ class Pruner:
                 lo = mid
         plan = self.plan(hi, scores)
         plan.level = removed
-        if self.global_ranking or 1.0 - self.flops(plan) / self.full_flops <= removed + TOLERANCE:
+        if 1.0 - self.flops(plan) / self.full_flops <= removed + TOLERANCE:
             return plan
-        # One level steps past the window (every group of a width moves at once): from the
-        # level just short of it, single channels go, the least important first.
+        # One level steps past the window (every group of a width moves at once; globally, a
+        # group that keeps equal counts per block moves by a block): from the level just
+        # short of it, single channels go, the least important first.
         short = self.plan(lo, scores)
         start = {gid: int(keep.sum()) for gid, keep in short.kept.items()}
         return Plan(removed, *allocate_for_flops(self, removed, scores, start=start))
