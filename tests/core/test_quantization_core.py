@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from filterprune.core import quantization
 from filterprune.core.compression import CompressionStage
 from filterprune.core.graph import Graph, LayerInfo, Node
 from filterprune.core.params import QuantizationParams
@@ -224,13 +225,14 @@ def test_per_tensor_range_leaves_out_dead_channels():
 def test_range_types_over_batches():
     batches = [np.array([-1.0, 2.0]), np.array([-3.0, 4.0])]
     got = {}
-    for kind in ("min_max", "mean_min_max", "percentile"):
+    for kind in ("min_max", "mean_min_max", "percentile", "mean_percentile"):
         rc = RangeCollector(kind, min_percentile=0, max_percentile=100)
         for b in batches:
             rc.update(b)
             rc.end_batch()
         got[kind] = tuple(float(v) for v in rc.range())
-    assert got == {"min_max": (-3, 4), "mean_min_max": (-2, 3), "percentile": (-2, 3)}
+    assert got == {"min_max": (-3, 4), "mean_min_max": (-2, 3), "percentile": (-3, 4),
+                   "mean_percentile": (-2, 3)}  # fmt: skip
     # two tensors of one batch (a layer called twice): one range over both, then averaged
     rc = RangeCollector("mean_min_max")
     for big, small in ((np.array([-10.0, 10.0]), np.array([-1.0, 1.0])),
@@ -315,3 +317,27 @@ def test_collected_states_from_collectors():
     assert list(states) == [spec.key]  # a tensor never seen stays uninitialised
     assert states[spec.key].quant_min == 0  # ReLU output: unsigned
     assert isinstance(spec, QuantizerSpec)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_percentiles_are_taken_over_all_values_whatever_the_batch_size(per_channel, monkeypatch):
+    """As NNCF's ``percentile``: the batch size does not narrow the range (a mean of each
+    batch's percentiles, ``mean_percentile``, does). Past the sample size, every other
+    value is dropped and later batches are read at twice the stride: an even sample."""
+    x = np.random.default_rng(0).standard_t(3, (16, 4, 6, 6)).astype(np.float32)
+    exact = np.percentile(np.moveaxis(x, 1, 0).reshape(4, -1), [1, 99], axis=1)
+    if not per_channel:
+        exact = np.percentile(x, [1, 99])
+    for size in (1, 4, 16):
+        rc = RangeCollector("percentile", per_channel, 1, min_percentile=1, max_percentile=99)
+        for i in range(0, 16, size):
+            rc.update(x[i : i + size])
+            rc.end_batch()
+        np.testing.assert_allclose(rc.range(), exact, rtol=1e-6)
+    monkeypatch.setattr(quantization, "_PERCENTILE_SAMPLE", 2000)  # of 2,304 values
+    rc = RangeCollector("percentile", per_channel, 1, min_percentile=1, max_percentile=99)
+    u = np.random.default_rng(1).uniform(-1, 1, x.shape).astype(np.float32)
+    for i in range(16):
+        rc.update(u[i : i + 1])
+    assert rc._values.count <= 2000 and rc._values.stride == 2
+    np.testing.assert_allclose(np.abs(rc.range()), 0.98, rtol=0.06)  # of 288 values a channel

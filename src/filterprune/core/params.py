@@ -479,7 +479,7 @@ class FilterPruningParams(Settings):
 
 QUANTIZATION_MODES = ("symmetric", "asymmetric")
 PRESETS = ("performance", "mixed")
-RANGE_INIT_TYPES = ("min_max", "mean_min_max", "percentile")
+RANGE_INIT_TYPES = ("min_max", "mean_min_max", "percentile", "mean_percentile")
 OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
 _PERCENT = {"type": "number", "minimum": 0, "maximum": 100}
 _PRESET_MODES = {"performance": ("symmetric", "symmetric"), "mixed": ("symmetric", "asymmetric")}

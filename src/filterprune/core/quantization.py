@@ -7,7 +7,8 @@ tensor that an int8 runtime reads as int8: the inputs of conv/linear/matmul, and
 operands of a residual add (without them ONNX Runtime runs the conv before the add, and
 the add itself, in float).
 
-Ranges come from :class:`RangeCollector` (``min_max``, ``mean_min_max``, ``percentile``)
+Ranges come from :class:`RangeCollector` (``min_max``, ``mean_min_max``, ``percentile``,
+``mean_percentile``)
 and become ``(scale, zero_point)`` with :func:`quant_params`. A channel whose range is
 zero, such as a pruned filter, is left out of per-tensor ranges and gets a safe positive
 scale of its own.
@@ -54,8 +55,8 @@ log = logging.getLogger("filterprune")
 LAYER_KINDS = ("conv", "linear")
 _MATMUL_LABELS = {"matmul", "bmm", "__matmul__"}
 _ADD_LABELS = {"add", "iadd", "add_", "__add__", "__iadd__"}
-# above this many values a batch's percentile is taken on an even subsample
-_PERCENTILE_SAMPLE = 1 << 20
+# above this many values percentiles are taken on an even subsample
+_PERCENTILE_SAMPLE = 1 << 22
 _TINY = 1e-12
 
 
@@ -362,11 +363,13 @@ class RangeCollector:
 
     Args:
         range_type: ``min_max`` (extremes over all batches), ``mean_min_max`` (mean of
-            each batch's extremes) or ``percentile`` (mean of each batch's percentiles).
+            each batch's extremes), ``percentile`` (percentiles of all values seen, so
+            the batch size does not change them) or ``mean_percentile`` (mean of each
+            batch's percentiles).
         per_channel: One range per channel along ``channel_axis``.
         channel_axis: The channel axis; where given, channels that are all zero in a
             batch (pruned) are left out of a per-tensor range.
-        min_percentile, max_percentile: Percentiles in [0, 100] for ``percentile``.
+        min_percentile, max_percentile: Percentiles in [0, 100] for the percentile types.
     """
 
     def __init__(self, range_type: str = "min_max", per_channel: bool = False,
@@ -379,19 +382,23 @@ class RangeCollector:
         self.per_channel = per_channel
         self.channel_axis = channel_axis
         self.percentiles = (min_percentile, max_percentile)
-        self.batches = 0
+        self.batches = 0  # live batches
         self._low: np.ndarray | None = None
         self._high: np.ndarray | None = None
         self._pending: tuple[np.ndarray, np.ndarray] | None = None
+        self._values = _Values()
 
     def update(self, x: np.ndarray) -> None:
         """Add a tensor of the current batch (any shape; the channel axis as given).
         Tensors met in one batch (a layer called twice shares one quantizer) count as
         one range over them all, once :meth:`end_batch` closes the batch."""
-        rows = self._rows(np.asarray(x, np.float32))
-        low, high = self._batch_range(rows)
-        if low is None:
+        rows = self._live(self._rows(np.asarray(x, np.float32)))
+        if rows is None:
             return
+        if self.range_type == "percentile":
+            self._values.add(rows)
+            return
+        low, high = self._batch_range(rows)
         if self._pending is not None:
             low = np.minimum(self._pending[0], low)
             high = np.maximum(self._pending[1], high)
@@ -412,6 +419,8 @@ class RangeCollector:
 
     def range(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(low, high)``, 0-d or per channel; ``None`` before any live batch."""
+        if self.range_type == "percentile":
+            return self._percentiles(self._values.all()) if self._values.parts else None
         self.end_batch()
         if self._low is None:
             return None
@@ -424,22 +433,52 @@ class RangeCollector:
             return x.reshape(1, -1)
         return np.moveaxis(x, self.channel_axis, 0).reshape(x.shape[self.channel_axis], -1)
 
-    def _batch_range(self, rows: np.ndarray) -> tuple[Any, Any]:
+    def _live(self, rows: np.ndarray) -> np.ndarray | None:
+        """One row per channel, or one row of the live channels' values per tensor."""
         if rows.size == 0:
-            return None, None
+            return None
         if not self.per_channel:
             live = rows[(rows != 0).any(axis=1)] if self.channel_axis is not None else rows
             if live.size == 0:
-                return None, None
+                return None
             rows = live.reshape(1, -1)
-        if self.range_type == "percentile":
-            if rows.shape[1] > _PERCENTILE_SAMPLE:
-                rows = rows[:, :: -(-rows.shape[1] // _PERCENTILE_SAMPLE)]
-            low, high = np.percentile(rows, self.percentiles, axis=1)
-        else:
-            low, high = rows.min(axis=1), rows.max(axis=1)
+        return rows
+
+    def _batch_range(self, rows: np.ndarray) -> tuple[Any, Any]:
+        if self.range_type == "mean_percentile":
+            return self._percentiles(rows[:, :: -(-rows.size // _PERCENTILE_SAMPLE)])
+        low, high = rows.min(axis=1), rows.max(axis=1)
+        return self._shaped(low, high)
+
+    def _percentiles(self, rows: np.ndarray) -> tuple[Any, Any]:
+        low, high = np.percentile(rows, self.percentiles, axis=1)
+        return self._shaped(low, high)
+
+    def _shaped(self, low: np.ndarray, high: np.ndarray) -> tuple[Any, Any]:
         low, high = low.astype(np.float64), high.astype(np.float64)
         return (low, high) if self.per_channel else (low[0], high[0])
+
+
+class _Values:
+    """Values of every batch, one row per channel: past ``_PERCENTILE_SAMPLE`` in all,
+    every other one is dropped and later batches are taken at the doubled stride, so the
+    kept ones stay an even sample of all of them."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.count = 0
+        self.stride = 1
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = rows[:, :: self.stride]
+        self.parts.append(rows)
+        self.count += rows.size
+        while self.count > _PERCENTILE_SAMPLE and self.parts[0].shape[1] > 1:
+            kept = self.all()[:, ::2]
+            self.parts, self.count, self.stride = [kept], kept.size, self.stride * 2
+
+    def all(self) -> np.ndarray:
+        return np.concatenate(self.parts, axis=1)
 
 
 def tensor_range(x: np.ndarray, spec: QuantizerSpec) -> tuple[np.ndarray, np.ndarray]:
