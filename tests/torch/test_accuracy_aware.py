@@ -24,11 +24,12 @@ def net():
 
 
 def config(aat, **params):
+    params = {"schedule": "exponential", "pruning_target": 0.3, "pruning_steps": 2,
+              "filters_multiple_of": 1, **params}  # fmt: skip
     return NNCFConfig.from_dict({
         "input_info": {"sample_size": [1, 1, 12, 12]},
         "compression": {"algorithm": "filter_pruning", "pruning_init": 0.1,
-                        "params": {"schedule": "exponential", "pruning_target": 0.3,
-                                   "pruning_steps": 2, "filters_multiple_of": 1, **params}},
+                        "params": {k: v for k, v in params.items() if v is not None}},
         "accuracy_aware_training": {"mode": "adaptive_compression_level", "params": aat},
     })  # fmt: skip
 
@@ -267,3 +268,43 @@ def test_a_train_epoch_that_steps_the_schedule_does_not_move_the_level():
     assert loop.best_level == pytest.approx(ctrl.pruning_level)
     assert 0.4 < loop.best_level <= 0.45
     assert not ctrl.scheduler.held  # the user's schedule steps again after the loop
+
+
+def test_the_search_keeps_the_batchnorm_statistics_of_its_masks():
+    """Measuring the uncompressed accuracy re-estimates BatchNorm at level 0; the masks
+    were put back but not the statistics, so the search's first level (and the model
+    returned, were it the best) ran with level 0's."""
+    data = [(torch.randn(8, 1, 12, 12, generator=torch.Generator().manual_seed(i)) * 2 + 1,
+             torch.zeros(8, dtype=torch.long)) for i in range(4)]  # fmt: skip
+    aat = {"maximal_absolute_accuracy_degradation": 0.05, "initial_training_phase_epochs": 0,
+           "patience_epochs": 1, "maximal_total_epochs": 4}  # fmt: skip
+    cfg = register_default_init_args(config(aat, bn_adaptation_after_mask_change=True), data)
+    model = net()
+    model(torch.zeros(1, 1, 12, 12))
+    ctrl, model = create_compressed_model(model, cfg)
+    at_creation = model[4].running_mean.clone()  # adapted to the masks at level 0.1
+    seen = []
+
+    def validate(m, epoch):
+        seen.append(model[4].running_mean.clone())
+        return 0.9 if ctrl.pruning_level <= 0.1 else 0.5
+
+    loop = create_accuracy_aware_training_loop(cfg, ctrl)
+    model = loop.run(model, train_epoch_fn=lambda *a, **k: None, validate_fn=validate)
+    assert not torch.equal(seen[0], at_creation)  # level 0's own statistics
+    torch.testing.assert_close(seen[1], at_creation)
+    assert loop.best_level == pytest.approx(0.1)
+    torch.testing.assert_close(model[4].running_mean, at_creation)
+
+
+def test_an_unreachable_level_is_not_validated_again_and_no_level_is_said(caplog):
+    """Under a FLOPs target every unreachable next level re-ran the last validation."""
+    caplog.set_level("WARNING", logger="filterprune")
+    aat = {"maximal_absolute_accuracy_degradation": 0.05, "initial_training_phase_epochs": 0,
+           "patience_epochs": 1, "maximal_total_epochs": 50}  # fmt: skip
+    loop, *_ = run(aat, cliff=1.0, pruning_flops_target=0.3, pruning_target=None)
+    levels = [level for _, level, _ in loop.history]
+    assert len(levels) == len(set(levels)) and loop.best_level == max(levels)
+    loop, *_ = run(aat, cliff=0.0)  # no level above 0 holds
+    assert loop.best_level == 0.0
+    assert "no pruning level above 0 kept the accuracy" in caplog.text

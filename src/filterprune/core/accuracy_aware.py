@@ -275,6 +275,13 @@ class AdaptiveCompressionLevelLoop:
         self.ctrl.load_state(best.state)
         self.restore(model, best.weights)
         self.best_level, self.best_accuracy = best.level, best.accuracy
+        if best.level <= 0:
+            log.warning(
+                "accuracy-aware: no pruning level above 0 kept the accuracy at the minimal "
+                "%.4f within %d epochs; the model is returned uncompressed (accuracy %.4f). "
+                "Allow a larger drop (`maximal_relative_accuracy_degradation` or "
+                "`maximal_absolute_accuracy_degradation`), or more `patience_epochs` or "
+                "`maximal_total_epochs`.", self.minimal_accuracy, self.epoch, best.accuracy)
         self._continued = False
         return model
 
@@ -309,10 +316,11 @@ class AdaptiveCompressionLevelLoop:
     def _uncompressed(self, model: Any) -> float:
         if self.params.uncompressed_model_accuracy is not None:
             return self.params.uncompressed_model_accuracy
-        state = self.ctrl.get_compression_state()
+        state, weights = self.ctrl.get_compression_state(), self.snapshot(model)
         self.pruning.set_pruning_level(0.0)
         accuracy = _score(self._validate_fn(model, epoch=self.epoch))
         self.ctrl.load_state(state)
+        self.restore(model, weights)  # the BatchNorm statistics of these masks, not level 0's
         return accuracy
 
     def _schedule_epoch(self) -> None:
@@ -350,27 +358,28 @@ class AdaptiveCompressionLevelLoop:
         at = self._at
         while True:
             ok, accuracy = self._passes(model)
-            at.attempt = 0  # the next validation is a level's first (or this one's again)
+            at.attempt = 0  # the next validation is a level's first
             if ok and at.level > self._best.level:
                 self._best = _Best(at.level, accuracy, self.snapshot(model),
                                    self.ctrl.get_compression_state())  # fmt: skip
             at.good, at.bad = (at.level, at.bad) if ok else (at.good, at.level)
-            if at.good is not None and at.bad is not None:
-                at.step = (at.bad - at.good) / 2
-            if at.bad is None:
-                nxt = at.level + at.step
-            else:
-                nxt = at.level - at.step if at.good is None else at.good + at.step
-            nxt = min(max(nxt, 0.0), 0.99)
-            # with a tolerance: (0.45 - 0.4) / 2 is 0.02499..., and 0.025 is still a step
-            below_minimal = at.step < self.params.minimal_compression_rate_step - 1e-9
-            if below_minimal or self._out_of_epochs() or nxt == at.level:
-                best = self._best
-                return best if best.weights is not None else self._fallback(model)
-            if self._move_to(model, nxt):
-                at.level = nxt
-            else:  # unreachable (a FLOPs target): as bad as a level that failed
-                at.bad = nxt
+            while True:  # to the next level that can be put in place
+                if at.good is not None and at.bad is not None:
+                    at.step = (at.bad - at.good) / 2
+                if at.bad is None:
+                    nxt = at.level + at.step
+                else:
+                    nxt = at.level - at.step if at.good is None else at.good + at.step
+                nxt = min(max(nxt, 0.0), 0.99)
+                # with a tolerance: (0.45 - 0.4) / 2 is 0.02499..., and 0.025 is still a step
+                below_minimal = at.step < self.params.minimal_compression_rate_step - 1e-9
+                if below_minimal or self._out_of_epochs() or nxt == at.level:
+                    best = self._best
+                    return best if best.weights is not None else self._fallback(model)
+                if self._move_to(model, nxt):
+                    at.level = nxt
+                    break
+                at.bad = nxt  # unreachable (a FLOPs target): as bad as a level that failed
 
     def _move_to(self, model: Any, level: float) -> bool:
         """Put ``level`` in place, from the best weights so far when going down."""
