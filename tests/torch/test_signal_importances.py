@@ -150,3 +150,22 @@ def test_taylor_of_a_grouped_transposed_conv_scores_each_of_its_filters():
     assert bias_part.abs().max() > 0
     np.testing.assert_allclose(acc.scores("l")[:, 0], torch.stack(by_weight).detach().numpy(),
                                rtol=1e-4)  # fmt: skip
+
+
+def test_taylor_scores_a_frozen_layer_from_its_output(caplog):
+    """A frozen conv (transfer learning) failed to build: its weight takes no gradient
+    hook. Its output's gradient gives the same sum. A layer no gradient reaches (here
+    every layer while the stem's input takes none) says so."""
+    caplog.set_level("WARNING", logger="filterprune")
+    model = resnet()
+    model.layers[1].conv1.requires_grad_(False)
+    model.layers[1].bn1.requires_grad_(False)  # no trainable BatchNorm to score it on
+    ctrl, model = create_compressed_model(model, config("taylor", pruning_init=0.0))
+    model.train()
+    gradients_only(model, ctrl)
+    totals = ctrl.taylor.totals["layers.1.conv1"]
+    assert totals.shape == (16,) and torch.all(totals > 0)
+    assert "no gradient has reached" not in caplog.text
+    ctrl.taylor.totals.pop("layers.2.conv1")  # as if no backward pass reached it
+    ctrl.set_pruning_level(0.5)
+    assert "no gradient has reached layers.2.conv1, so every layer" in caplog.text

@@ -117,6 +117,13 @@ def batchnorm_scales(graph: Graph, layers: list[str],
             for name, bn in found.items()}  # fmt: skip
 
 
+_SAID: set[tuple[str, ...]] = set()
+
+
+def _names(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def taylor_scores(
     totals: dict[str, np.ndarray | None], weights: Callable[[], dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
@@ -132,7 +139,15 @@ def taylor_scores(
     """
     if all(t is not None for t in totals.values()):
         return totals
-    log.info("taylor importance: no gradients yet, the weights' L1 norm stands in")
+    missing = tuple(name for name, t in totals.items() if t is None)
+    if len(missing) == len(totals):
+        log.info("taylor importance: no gradients yet, the weights' L1 norm stands in")
+    elif missing not in _SAID:  # said once: the ranking runs at every level change
+        _SAID.add(missing)
+        log.warning(
+            "taylor importance: no gradient has reached %s, so every layer is ranked by the "
+            "L1 norm of its weights. Each prunable layer must take part in the loss with its "
+            "weight trainable, or be left out (`ignored_scopes`).", _names(missing))
     read = weights()
     return {name: np.abs(read[name]).reshape(read[name].shape[0], -1).sum(1)[:, None]
             for name in totals}  # fmt: skip

@@ -28,6 +28,10 @@ from .masks import masked_param
 __all__ = ["TaylorAccumulator", "taylor_accumulator", "torch_signal"]
 
 
+def _trainable(weight: Any) -> bool:
+    return isinstance(weight, nn.Parameter) and weight.requires_grad
+
+
 def _filter_axis(module: nn.Module) -> int:
     return 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
 
@@ -51,11 +55,11 @@ class TaylorAccumulator:
             if name in batchnorms:
                 params = batchnorms[name]
                 hook = register_multi_grad_hook(params, self._params_hook(name, params))
-            elif isinstance(module._parameters.get("weight"), nn.Parameter) and (
+            elif _trainable(module._parameters.get("weight")) and (
                     _filter_axis(module) == 0 or getattr(module, "groups", 1) == 1):  # fmt: skip
                 hook = module.weight.register_hook(self._weight_hook(name, module))
-            else:  # computed in each forward (weight_norm), or out/groups per row (a
-                # grouped transposed conv): read from the output
+            else:  # computed in each forward (weight_norm), frozen, or out/groups per row
+                # (a grouped transposed conv): read from the output
                 hook = module.register_forward_hook(self._output_hook(name, module))
             self._handles.append(hook)
 
