@@ -213,3 +213,18 @@ def test_sequential_student():
     out = model(x, training=True).numpy().astype(np.float64)
     np.testing.assert_allclose(float(ctrl.loss()), kl_by_hand(out, dense, 4.0), rtol=1e-4)
     assert isinstance(ctrl.strip(), keras.Sequential)
+
+
+@pytest.mark.parametrize("units", [1, None])
+def test_softmax_over_one_class_or_the_batch_is_refused(units):
+    """A single logit's softmax is constant (the term was 0), and an output of shape
+    ``(N,)`` took the softmax over the batch."""
+    keras.backend.clear_session()
+    inp = keras.Input((32, 32, 3))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(8, 3, name="c")(inp))
+    out = layers.Dense(1, name="fc")(x)
+    model = keras.Model(inp, out if units else layers.Reshape(())(out))
+    ctrl, model = create_compressed_model(model, config({"type": "softmax"}))
+    model(images(), training=True)
+    with pytest.raises(ValueError, match=r"class axis \(axis -1\) of 2 or more .* \"mse\""):
+        ctrl.loss()

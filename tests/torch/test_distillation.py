@@ -123,3 +123,83 @@ def test_teacher_is_the_dense_model_not_the_student():
     assert teacher is not model and not teacher.training
     assert any(is_masked(m) for m in model.modules())
     assert not any(is_masked(m) for m in teacher.modules())
+
+
+def test_a_teacher_listed_after_quantization_is_the_float_model():
+    """The teacher was copied after the quantizers went in: fake-quantized at ranges its
+    own first batch set."""
+    entries = [{"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}},
+               {"algorithm": "knowledge_distillation", "type": "mse"}]  # fmt: skip
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 28, 28]},
+                                   "compression": entries})  # fmt: skip
+    model = net()
+    dense = copy.deepcopy(model).eval()
+    ctrl, model = create_compressed_model(model, config)
+    teacher = ctrl.get("knowledge_distillation").teacher
+    x = torch.randn(4, 1, 28, 28) * 50
+    with torch.no_grad():
+        assert torch.equal(teacher(x), dense(x))
+
+
+class _Heads(torch.nn.Module):
+    """A segmentation head ``(N, 5, H, W)``; in training mode, an auxiliary head too."""
+
+    def __init__(self, classes=5, aux=False):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU())
+        self.head, self.aux = torch.nn.Conv2d(8, classes, 1), torch.nn.Conv2d(8, 3, 1)
+        self.with_aux = aux
+
+    def forward(self, x):
+        y = self.body(x)
+        if self.with_aux and self.training:
+            return self.head(y), self.aux(y)
+        return self.head(y)
+
+
+class _Cropped(_Heads):
+    def forward(self, x):
+        y = super().forward(x)
+        return y[:, :2] if self.training else y
+
+
+def _kd(model, kind="softmax", x=None):
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 6, 6]}, "compression": [
+        {"algorithm": "knowledge_distillation", "type": kind, "temperature": 2.0}]})
+    ctrl, model = create_compressed_model(model, config)
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.5)  # the student moves off the teacher
+    model.train()
+    out = model(torch.randn(3, 1, 6, 6) if x is None else x)
+    return ctrl, out
+
+
+def test_softmax_distillation_is_over_the_class_axis():
+    """Over axis 1, per pixel, as ``F.cross_entropy``; it was over the width."""
+    x = torch.randn(3, 1, 6, 6)
+    ctrl, out = _kd(_Heads(), x=x)  # the only entry: ctrl is distillation's
+    with torch.no_grad():
+        ref = ctrl.teacher(x)
+    flat = lambda t: t.movedim(1, -1).reshape(-1, 5)  # noqa: E731 - one row a pixel
+    torch.testing.assert_close(ctrl.loss(), kl_by_hand(flat(out), flat(ref), 2.0), rtol=1e-4,
+                               atol=1e-7)  # fmt: skip
+
+
+def test_outputs_without_classes_or_pairs_are_refused_and_aux_heads_left_out():
+    ctrl, _ = _kd(_Heads(classes=1))
+    with pytest.raises(ValueError, match=r"class axis \(axis 1\) of 2 or more .* shape "
+                       r"\(3, 1, 6, 6\).* \"type\": \"mse\""):
+        ctrl.loss()
+    ctrl, out = _kd(_Heads(aux=True))  # the eval-mode teacher returns no auxiliary head
+    assert len(out) == 2
+    assert ctrl.loss() > 0
+    ctrl, _ = _kd(_Cropped(), "mse")
+    with pytest.raises(ValueError, match=r"training mode .* eval mode .* do not match"):
+        ctrl.loss()
+
+
+def test_the_teacher_follows_the_students_dtype():
+    ctrl, model = create_compressed_model(net(), config({"type": "mse"}))
+    model.double().train()
+    model(torch.randn(2, 1, 28, 28, dtype=torch.float64))
+    assert ctrl.loss().dtype == torch.float64

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from ._validation import enum, setting
 from .params import ALGORITHMS, Settings
 
-__all__ = ["KnowledgeDistillationParams", "KD_TYPES", "DistillationStatistics"]
+__all__ = ["KnowledgeDistillationParams", "KD_TYPES", "DistillationStatistics", "check_pairs",
+           "check_classes"]
 
 KD_TYPES = ("softmax", "mse")
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
@@ -54,3 +55,31 @@ class DistillationStatistics(dict):
         lines = ["Knowledge distillation statistics"]
         lines += [f"  {key:<12}: {value}" for key, value in self.items()]
         return "\n".join(lines)
+
+
+def check_pairs(student: list[tuple], teacher: list[tuple]) -> int:
+    """How many output tensors to compare, given their shapes in order: the teacher's
+    (eval mode) count; a student with more (a training-mode auxiliary head) is compared
+    on its first ones.
+
+    Raises:
+        ValueError: If the student has fewer, or a pair's shapes differ.
+    """
+    n = len(teacher)
+    if len(student) < n or any(a != b for a, b in zip(student, teacher, strict=False)):
+        raise ValueError(
+            f"distillation compares the model's outputs in training mode (the student: "
+            f"{student}) with those in eval mode (the teacher: {teacher}), in order, and "
+            "they do not match. Return the same tensors in both modes."
+        )
+    return n
+
+
+def check_classes(shape: tuple, axis: int) -> None:
+    """Refuse a softmax over an axis of one entry (or none): it is constant."""
+    if len(shape) < 2 or shape[axis] == 1:
+        raise ValueError(
+            f"softmax distillation needs a class axis (axis {axis}) of 2 or more entries: "
+            f"the model returns a tensor of shape {shape}, whose softmax is constant. Use "
+            '"type": "mse" for such outputs.'
+        )

@@ -227,10 +227,11 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
     frontend.check(model, config)
     data = frontend.init_data(config) if compression_state is None else None
     if compression_state is None:
+        paths = {algo["algorithm"]: path for path, algo in config.algorithms_with_paths()}
         for name, params in zip(names, settings, strict=True):
             check = getattr(frontend.controllers[name], "check_data", None)
             if check is not None:  # refuse before the model is touched
-                check(params, data)
+                check(params, data, paths.get(name, ""))
     captured = frontend.capture(model, config)
     check_unmatched(config, captured.graph.scope_names())
     before = frontend.snapshot(model)
@@ -247,8 +248,11 @@ def _start(frontend: Frontend, model: Any, names: list[str], settings: list[Any]
            captured: Captured, config: Config, compression_state: dict[str, Any] | None,
            ) -> CompressionController:  # fmt: skip
     """Build the controllers and put the initial (or resumed) compression on ``model``."""
-    children = [frontend.controllers[n](model, p, captured, frontend)
-                for n, p in zip(names, settings, strict=True)]  # fmt: skip
+    # a teacher is the model as given: its copy is taken before any quantizer is put in
+    built = {}
+    for i in sorted(range(len(names)), key=lambda i: names[i] != "knowledge_distillation"):
+        built[i] = frontend.controllers[names[i]](model, settings[i], captured, frontend)
+    children = [built[i] for i in range(len(names))]
     ctrl = children[0] if len(children) == 1 else CompositeCompressionController(
         children, frontend)  # fmt: skip
     data, args = frontend.init_data(config), frontend.registered_args(config)

@@ -41,7 +41,12 @@ import keras
 import tensorflow as tf
 
 from ..core.compression import CompressionController, CompressionStage
-from ..core.distillation import DistillationStatistics, KnowledgeDistillationParams
+from ..core.distillation import (
+    DistillationStatistics,
+    KnowledgeDistillationParams,
+    check_classes,
+    check_pairs,
+)
 from .controller import export_model, reset_traced_functions
 from .shrink import plain_copy
 
@@ -76,13 +81,17 @@ def _tensors(value: Any) -> list[Any]:
 
 def distillation_loss(student: Any, teacher: Any, kind: str, temperature: float) -> tf.Tensor:
     """Distance between two outputs: ``"mse"``, or ``"softmax"`` (``T^2`` KL over the last
-    axis, the classes, averaged over the other positions), in float32."""
+    axis, the classes, averaged over the other positions), in float32. The outputs'
+    tensors are paired in order (:func:`~filterprune.core.distillation.check_pairs`)."""
+    student, teacher = _tensors(student), _tensors(teacher)
+    n = check_pairs([tuple(t.shape) for t in student], [tuple(t.shape) for t in teacher])
     total = tf.constant(0.0)
-    for s, t in zip(_tensors(student), _tensors(teacher), strict=True):
+    for s, t in zip(student[:n], teacher, strict=True):
         s, t = tf.cast(s, tf.float32), tf.stop_gradient(tf.cast(t, tf.float32))
         if kind == "mse":
             total += tf.reduce_mean(tf.square(s - t))
             continue
+        check_classes(tuple(s.shape), -1)
         log_s = tf.nn.log_softmax(s / temperature, axis=-1)
         log_t = tf.nn.log_softmax(t / temperature, axis=-1)
         rows = tf.cast(tf.size(s) // tf.shape(s)[-1], tf.float32)

@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.compression import CompressionController, CompressionStage
-from ..core.distillation import DistillationStatistics, KnowledgeDistillationParams
+from ..core.distillation import (
+    DistillationStatistics,
+    KnowledgeDistillationParams,
+    check_classes,
+    check_pairs,
+)
 from ._copy import copy_model
 
 __all__ = ["KnowledgeDistillationController", "distillation_loss"]
@@ -64,16 +69,20 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 
 def distillation_loss(student: Any, teacher: Any, kind: str, temperature: float) -> torch.Tensor:
-    """Distance between two outputs: ``"mse"``, or ``"softmax"`` (``T^2`` KL over the last
-    axis, the classes)."""
+    """Distance between two outputs: ``"mse"``, or ``"softmax"`` (``T^2`` KL over axis 1,
+    the classes, as in ``F.cross_entropy``: a segmentation map's per pixel). The outputs'
+    tensors are paired in order (:func:`~filterprune.core.distillation.check_pairs`)."""
+    student, teacher = _tensors(student), _tensors(teacher)
+    n = check_pairs([tuple(t.shape) for t in student], [tuple(t.shape) for t in teacher])
     total = None
-    for s, t in zip(_tensors(student), _tensors(teacher), strict=True):
+    for s, t in zip(student[:n], teacher, strict=True):
         t = t.detach().to(s.dtype)
         if kind == "mse":
             term = F.mse_loss(s, t)
         else:
-            log_s = F.log_softmax(s / temperature, dim=-1).flatten(0, -2)
-            log_t = F.log_softmax(t / temperature, dim=-1).flatten(0, -2)
+            check_classes(tuple(s.shape), 1)
+            log_s = F.log_softmax(s / temperature, dim=1).movedim(1, -1).flatten(0, -2)
+            log_t = F.log_softmax(t / temperature, dim=1).movedim(1, -1).flatten(0, -2)
             term = F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
             term = term * temperature**2
         total = term if total is None else total + term
@@ -108,18 +117,20 @@ class KnowledgeDistillationController(CompressionController):
             ref = next(self.model.parameters(), None)
             return torch.zeros((), device=ref.device if ref is not None else None)
         args, kwargs, output = last
-        self._follow_device(args)
+        self._follow_student()
         with torch.no_grad():
             taught = self.teacher(*args, **kwargs)
         kd = distillation_loss(output, taught, self.params.type, self.params.temperature)
         return self.params.scale * kd
 
-    def _follow_device(self, args: tuple) -> None:
-        """Keep the teacher on the device the student was moved to after creation."""
-        device = next((t.device for t in _tensors(args)), None)
-        ref = next(self.teacher.parameters(), None)
-        if device is not None and ref is not None and ref.device != device:
-            self.teacher.to(device)
+    def _follow_student(self) -> None:
+        """Keep the teacher on the device and in the dtype the student was moved to after
+        creation (``model.cuda()``, ``model.double()``)."""
+        mine = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        ref = next((p for p in self.teacher.parameters() if p.is_floating_point()), None)
+        if mine is not None and ref is not None and (mine.device, mine.dtype) != (
+                ref.device, ref.dtype):  # fmt: skip
+            self.teacher.to(device=mine.device, dtype=mine.dtype)
 
     def compression_stage(self) -> CompressionStage:
         """Always on: distillation does not hold back the other algorithms' stage."""
