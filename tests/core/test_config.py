@@ -201,13 +201,17 @@ def test_schema_defaults_match_dataclass_defaults():
         ({**BASE, "compression": [{"algorithm": "quantization",
                                    "initializer": {"range": {"type": "max"}}}]},
          r"`compression\[0\]\.initializer\.range\.type` must be one of 'min_max', "
-         r"'mean_min_max', 'percentile'\."),
+         r"'mean_min_max', 'percentile', 'mean_percentile'\."),
         ({**BASE, "compression": [{"algorithm": "quantization", "pruning_init": 0.1}]},
          r"Unknown key `compression\[0\]\.pruning_init`"),
         (with_pruning({"zero_grad": True}),
          r"Unknown key `compression\[0\]\.params\.zero_grad`\..* always get zero gradients"),
         ({**BASE, "compression": [{"algorithm": "quantization", "scope_overrides": {}}]},
          r"Unknown key `compression\[0\]\.scope_overrides`\..* leave layers in float with"),
+        ({**BASE, "compression": [{"algorithm": "quantization",
+                                   "initializer": {"range": [{"type": "min_max"}]}}]},
+         r"`compression\[0\]\.initializer\.range` must be an object\..* Per-scope ranges .* "
+         r"give one object"),
     ],
 )
 def test_invalid_config_messages(config, message):
@@ -292,6 +296,15 @@ def test_from_json_invalid_json_reports_line_and_column(tmp_path):
     path.write_text('{\n  "input_info": {"sample_size": [1, 3 8]}\n}\n')
     with pytest.raises(ConfigError, match=r"Config file '.*bad\.json' is not valid JSON: "
                        r"Expecting ',' delimiter at line 2, column 39\."):
+        Config.from_json(path)
+
+
+def test_from_json_refuses_a_key_given_twice(tmp_path):
+    """The second ``input_info`` won silently."""
+    path = tmp_path / "twice.json"
+    path.write_text('{"input_info": {"sample_size": [1, 3, 8, 8]},\n'
+                    ' "input_info": {"sample_size": [1, 3, 16, 16]}}')  # fmt: skip
+    with pytest.raises(ConfigError, match=r"'.*twice\.json' has the key `input_info` twice"):
         Config.from_json(path)
 
 

@@ -542,3 +542,9 @@ def test_nncf_keys_without_effect_and_a_near_miss_are_said(caplog):
                  "`ignored_scopes`?", "`compression[0].params.save_ranking_coeffs_path` is "
                  "not applied: it needs `params.interlayer_ranking_type` 'learned_ranking'"):
         assert said in caplog.text  # fmt: skip
+
+
+def test_ranges_without_data_name_the_entrys_key():
+    with pytest.raises(ConfigError, match=r"^`compression\[1\]\.initializer\.range\."
+                       r"num_init_samples` must be 0 when no data is registered"):
+        create_compressed_model(_net(), _config(data=False))

@@ -336,6 +336,13 @@ _NNCF_ONLY = {
 }
 
 
+# NNCF keys that also took a list of per-scope objects
+_NNCF_LISTS = {
+    "range": " Per-scope ranges (a list with `target_scopes`) are not supported: give one "
+             "object; its settings apply to every quantizer.",
+}
+
+
 def _unknown_key(error: ValidationError, where: str) -> str:
     allowed = list(error.schema.get("properties", {}))
     unknown = [k for k in error.instance if k not in allowed]
@@ -363,6 +370,8 @@ def _message(error: ValidationError, where: str) -> str:
     path = list(error.absolute_path)
     name = leaf_name(path) if path else (where.rsplit(".", 1)[-1] or "config")
     hint = did_you_mean(error.instance, error.schema.get("enum", ()))
+    if isinstance(error.instance, list) and error.schema.get("type") == "object":
+        hint = _NNCF_LISTS.get(name, hint)
     return _must_be(key_path(path, where), describe(error.schema), name, error.instance, hint)
 
 

@@ -59,6 +59,19 @@ INPUT_TYPES = {
 """``input_info.type`` names (the old system's, and NumPy's) -> NumPy dtype names."""
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 class Config(dict):
     """A validated configuration dict (alias ``NNCFConfig``).
 
@@ -120,7 +133,12 @@ class Config(dict):
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"Config file '{path}' cannot be read: {exc}.") from None
         try:
-            data = json.loads(strip_comments(text))
+            data = json.loads(strip_comments(text), object_pairs_hook=_unique_keys)
+        except _DuplicateKey as exc:
+            raise ConfigError(
+                f"Config file '{path}' has the key `{exc.args[0]}` twice in one object (a JSON "
+                "reader would keep the last one silently): remove one."
+            ) from None
         except json.JSONDecodeError as exc:
             raise ConfigError(
                 f"Config file '{path}' is not valid JSON: {exc.msg} "
@@ -143,11 +161,11 @@ class Config(dict):
         validate(dict(self), config_schema(with_algorithms=False))
         check_scope_patterns(top, nested=False)
         self._check_unique_algorithms()
-        for path, algo in self._algorithms_with_paths():
+        for path, algo in self.algorithms_with_paths():
             ALGORITHMS[algo["algorithm"]].check_entry(self, algo, path)
         self.validated = True
 
-    def _algorithms_with_paths(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def algorithms_with_paths(self) -> Iterator[tuple[str, dict[str, Any]]]:
         section = self.get("compression")
         if isinstance(section, Mapping):
             yield "compression", section
@@ -156,7 +174,7 @@ class Config(dict):
 
     def _check_unique_algorithms(self) -> None:
         seen: dict[str, str] = {}
-        for path, algo in self._algorithms_with_paths():
+        for path, algo in self.algorithms_with_paths():
             name = algo["algorithm"]
             if name in seen:
                 raise ConfigError(
@@ -167,7 +185,7 @@ class Config(dict):
 
     def algorithms(self) -> list[dict[str, Any]]:
         """The algorithm dicts of ``compression``, in application order."""
-        return [algo for _, algo in self._algorithms_with_paths()]
+        return [algo for _, algo in self.algorithms_with_paths()]
 
     def get_algorithm(self, name: str) -> dict[str, Any] | None:
         """The dict of algorithm ``name`` (e.g. ``"filter_pruning"``), or ``None``."""

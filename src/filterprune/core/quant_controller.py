@@ -79,14 +79,15 @@ class QuantizationControllerBase(CompressionController):
         return [s for s in self.specs if s.kind == "activation"]
 
     @classmethod
-    def check_data(cls, params: Any, data: Any) -> None:
-        """Refuse, before the model is touched, ranges that need data when none is there.
+    def check_data(cls, params: Any, data: Any, where: str = "") -> None:
+        """Refuse, before the model is touched, ranges that need data when none is there
+        (``where``: the entry's key path, ``compression[1]``).
 
         Raises:
             ConfigError: If ``num_init_samples`` asks for data and ``data`` is None.
         """
         if data is None and params.num_init_samples > 0:
-            raise missing_data_error(params.num_init_samples)
+            raise missing_data_error(params.num_init_samples, params.key("num_init_samples", where))
 
     def check_init_data(self, data: Any) -> bool:
         """Whether activation ranges are to be collected from ``data`` now.
@@ -269,10 +270,11 @@ def _inferred_differences(spec: QuantizerSpec, saved: dict[str, Any]) -> list[tu
     return out
 
 
-def missing_data_error(num_init_samples: int) -> ConfigError:
+def missing_data_error(num_init_samples: int,
+                       key: str = "initializer.range.num_init_samples") -> ConfigError:  # fmt: skip
     """The error for activation ranges that need data when none is registered."""
     return ConfigError(
-        "`initializer.range.num_init_samples` must be 0 when no data is registered: "
+        f"`{key}` must be 0 when no data is registered: "
         "activation ranges are computed from data. Call "
         "register_default_init_args(config, train_loader) before "
         "create_compressed_model, or set num_init_samples to 0 to take them from the "
