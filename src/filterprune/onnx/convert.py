@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -25,6 +26,9 @@ _NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
        onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
        onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
        onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}  # fmt: skip
+
+
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 
 
 def random_inputs(model: onnx.ModelProto, batch: int = 1, seed: int = 0,
@@ -339,7 +343,50 @@ def _verify(old: onnx.ModelProto, new: onnx.ModelProto, tolerance: float,
     """Run both models in onnxruntime on the same random input (:func:`reference_run`);
     see :func:`compare_outputs`."""
     feeds, before = reference_run(old)
+    if not all(np.isfinite(y).all() for y in before):
+        bad = [i.name for i in old.graph.initializer if i.data_type in _FLOATS
+               and not np.isfinite(onnx.numpy_helper.to_array(i)).all()]  # fmt: skip
+        raise ConversionError(
+            "The input model's own outputs are NaN or infinite on random inputs, so the "
+            "conversion cannot be checked"
+            + (f": its weights {', '.join(bad[:5])} hold NaN or infinite values (a diverged "
+               "training run?)." if bad else ".")
+            + " Pass verify=False (--no-verify) to convert it unchecked."
+        )
     after = run_onnxruntime(new, feeds)
-    report.max_rel_diff, note = compare_outputs(old, before, after, tolerance)
+    try:
+        report.max_rel_diff, note = compare_outputs(old, before, after, tolerance)
+    except ConversionError:
+        if not any(n.op_type == "QuantizeLinear" for n in old.graph.node):
+            raise
+        # a narrower layer sums in another order: activations near a rounding boundary
+        # round the other way, and in a deep network the steps add up. The cut itself is
+        # checked with the activations' Q/DQ pairs taken out of both models.
+        exact = max_rel_diff(run_onnxruntime(activations_in_float(old), feeds),
+                             run_onnxruntime(activations_in_float(new), feeds))  # fmt: skip
+        if exact > tolerance:
+            raise
+        report.max_rel_diff = max_rel_diff(before, after)
+        note = (f"outputs differ by {report.max_rel_diff:.3g} (relative): quantized "
+                "activations crossed rounding boundaries, as layers cut sum in another "
+                "order; with the activations' quantize/dequantize pairs taken out of both "
+                f"models they agree to {exact:.2g}")  # fmt: skip
     if note:
         report.notes.append(note)
+
+
+def activations_in_float(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose activations skip their QuantizeLinear/DequantizeLinear
+    pairs (each DequantizeLinear of a computed tensor passes its QuantizeLinear's input);
+    weights stay quantized."""
+    model = copy.deepcopy(model)
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        q = made_by.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in consts:
+            node.op_type, node.domain = "Identity", ""
+            node.input[:] = [q.input[0]]
+            del node.attribute[:]
+    return model
