@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx_helpers import export, seed_torch, zero  # noqa: F401 - autouse fixture
 from onnx import numpy_helper
+from onnx_helpers import export, seed_torch, zero  # noqa: F401 - autouse fixture
 from torch import nn
 
 from filterprune.errors import ConversionError
