@@ -196,14 +196,14 @@ def test_zero_filter_converter_on_the_keras_onnx_export(pruned, tmp_path):
 
 def test_onnx_export_of_captured_constants_grouped_conv_and_gelu(tmp_path):
     """A Normalization layer's statistics stay constants (not extra inputs); the grouped
-    convolution Keras compiles with XLA and the exact GELU (Erfc) both convert."""
+    convolution Keras compiles with XLA, the exact GELU (Erfc) and CELU (Expm1) convert."""
     pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")
     keras.utils.set_random_seed(0)
     inp = keras.Input((16, 16, 4), name="image")
     x = keras.layers.Normalization(mean=0.5, variance=2.0)(inp)
     x = keras.layers.Conv2D(8, 3, groups=2, padding="same")(x)
-    x = keras.layers.Activation("gelu")(x)
+    x = keras.layers.Activation("celu")(keras.layers.Activation("gelu")(x))
     model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
     ctrl, model = create_compressed_model(model, make_config(sample=(1, 16, 16, 4)))
     ctrl.export_model(str(tmp_path / "m.onnx"))
@@ -265,3 +265,21 @@ def test_export_refuses_a_suffix_naming_another_format(pruned, tmp_path, name, s
     assert list(tmp_path.iterdir()) == []
     ctrl.export_model(str(tmp_path / "m.graph"), save_format="frozen_graph")  # said explicitly
     assert (tmp_path / "m.graph").stat().st_size > 0
+
+
+@pytest.mark.parametrize("shrink", [False, True])
+def test_onnx_export_of_a_grouped_conv3d_runs(tmp_path, shrink):
+    """tf2onnx wrote a Conv3D in 4 groups with ``group`` 1: ONNX Runtime refused the file."""
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 6, 4))
+    x = keras.layers.Conv3D(16, 3, padding="same", name="c1")(inp)
+    x = keras.layers.Conv3D(16, 3, padding="same", groups=4, name="g1")(x)
+    model = keras.Model(inp, keras.layers.Conv3D(3, 1, name="head")(x))
+    ctrl, model = create_compressed_model(randomize_bn(model), make_config(
+        (1, 6, 6, 6, 4), pruning_init=0.5, prune_first_conv=True))
+    ctrl.export_model(str(tmp_path / "m.onnx"), shrink=shrink)
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 6, 4)).astype("float32")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    _close(sess.run(None, {sess.get_inputs()[0].name: x})[0], model(x, training=False).numpy())

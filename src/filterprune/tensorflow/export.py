@@ -149,6 +149,7 @@ def _onnx(model: Any, path: str) -> None:
         ) from err
     _plain_input_names(proto)
     _name_outputs(proto, _output_names(model, frozen))
+    _conv_groups(proto)
     try:  # the full check infers shapes too: tf2onnx writes negative ConvTranspose pads
         onnx.checker.check_model(proto, full_check=True)  # that ONNX Runtime refuses
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
@@ -158,6 +159,29 @@ def _onnx(model: Any, path: str) -> None:
             "(save_format='saved_model')."
         ) from err
     onnx.save(proto, path)
+
+
+def _conv_groups(proto: Any) -> None:
+    """Set each Conv's ``group`` from its input and kernel channels: tf2onnx 1.16 writes
+    a grouped Conv3D with ``group`` 1, which ONNX Runtime refuses."""
+    import onnx
+
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in onnx.shape_inference.infer_shapes(proto).graph.value_info}  # fmt: skip
+    shapes.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+                   for v in proto.graph.input})  # fmt: skip
+    kernels = {i.name: list(i.dims) for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type != "Conv" or node.input[1] not in kernels:
+            continue
+        shape, per_group = shapes.get(node.input[0]), kernels[node.input[1]][1]
+        if not shape or len(shape) < 2 or not shape[1] or shape[1] % per_group:
+            continue
+        group = next((a for a in node.attribute if a.name == "group"), None)
+        if group is None:
+            node.attribute.append(onnx.helper.make_attribute("group", shape[1] // per_group))
+        else:
+            group.i = shape[1] // per_group
 
 
 def _plain_input_names(proto: Any) -> None:
