@@ -548,3 +548,38 @@ def test_ranges_without_data_name_the_entrys_key():
     with pytest.raises(ConfigError, match=r"^`compression\[1\]\.initializer\.range\."
                        r"num_init_samples` must be 0 when no data is registered"):
         create_compressed_model(_net(), _config(data=False))
+
+
+class _Dead(nn.Module):
+    """``gate`` feeds a ReLU that is never positive."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.gate = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.c2, self.c3 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(4, 8, 1)
+        with torch.no_grad():
+            self.gate.bias.fill_(-100.0)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        return self.c2(x) + self.c3(torch.relu(self.gate(x)))
+
+
+def test_a_dead_activation_gets_the_smallest_range(tmp_path, caplog):
+    """A tensor of zeros left its quantizer without a range for good: export_model
+    refused, speaking of num_init_samples 0."""
+    caplog.set_level("WARNING", logger="filterprune")
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 16, 16]}, "compression": [
+        {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 4}}}]})
+    data = [(torch.randn(2, 3, 16, 16), torch.zeros(2)) for _ in range(2)]
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(_Dead(), register_default_init_args(config, data))
+    assert ctrl.quantizers["activation:relu_1"].initialized
+    assert "activation:relu_1 saw only zeros in the init data" in caplog.text
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    x = torch.randn(2, 3, 16, 16)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(out - ref).max() <= np.abs(ref).max() / 100  # a step of the 8-bit output

@@ -112,13 +112,20 @@ class QuantizationControllerBase(CompressionController):
                               p.min_percentile, p.max_percentile)  # fmt: skip
 
     def collected_states(self, collectors: dict[str, RangeCollector]) -> dict[str, QuantizerState]:
-        """States from finished collectors; a tensor never seen stays uninitialised."""
+        """States from finished collectors; a tensor never seen stays uninitialised, and
+        one that was only zeros (a dead activation) gets the smallest range."""
         specs = {s.key: s for s in self.specs}
         out = {}
         for key, rc in collectors.items():
             got = rc.range()
+            if got is None and rc.zeros is not None:
+                got = rc.zeros
+                log.warning("quantizer %s saw only zeros in the init data (an activation that "
+                            "is never positive?): it gets the smallest range, and values it "
+                            "meets later are clipped to it", key)  # fmt: skip
             if got is None:
-                log.warning("quantizer %s saw no non-zero value; its range is not set", key)
+                log.warning("quantizer %s saw no value in the init data (a branch the samples "
+                            "did not take); its range is not set", key)  # fmt: skip
                 continue
             out[key] = quant_params(*got, specs[key].settings)
             warn_signed(specs[key], out[key], self._sign_said)

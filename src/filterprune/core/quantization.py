@@ -383,6 +383,7 @@ class RangeCollector:
         self.channel_axis = channel_axis
         self.percentiles = (min_percentile, max_percentile)
         self.batches = 0  # live batches
+        self.zeros: tuple[np.ndarray, np.ndarray] | None = None  # the range of only zeros
         self._low: np.ndarray | None = None
         self._high: np.ndarray | None = None
         self._pending: tuple[np.ndarray, np.ndarray] | None = None
@@ -392,7 +393,11 @@ class RangeCollector:
         """Add a tensor of the current batch (any shape; the channel axis as given).
         Tensors met in one batch (a layer called twice shares one quantizer) count as
         one range over them all, once :meth:`end_batch` closes the batch."""
-        rows = self._live(self._rows(np.asarray(x, np.float32)))
+        rows = self._rows(np.asarray(x, np.float32))
+        if rows.size and self.zeros is None:
+            zero = np.zeros(rows.shape[0] if self.per_channel else ())
+            self.zeros = zero, zero
+        rows = self._live(rows)
         if rows is None:
             return
         if self.range_type == "percentile":
