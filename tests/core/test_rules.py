@@ -11,6 +11,7 @@ from filterprune.core.selection import (
     AT_LEAST_ONE,
     EQUAL_GROUPS,
     UNBALANCED,
+    WHOLE_CELLS,
     select,
     select_group,
     select_required,
@@ -243,6 +244,15 @@ def test_grouped_convs_with_unequal_cells_keep_the_same_fraction_of_each():
     assert chosen.reason is None and kept.sum() == 6
     assert kept.reshape(3, 4).sum(1).tolist() == [2, 2, 2]
     assert kept.reshape(2, 6).sum(1).tolist() == [3, 3]
+
+
+def test_blocks_of_one_channel_each_keep_the_group_whole_and_say_why():
+    """GroupNorm(3, 12) cut by whole groups before a conv in 3 groups: three channel units,
+    each its own block. The group was kept with no reason given."""
+    grp = Group(0, np.arange(3), ["c1"], blocks=[np.arange(3).reshape(3, 1)])
+    chosen = select(grp, np.array([3.0, 1.0, 2.0]), 1)
+    assert chosen.keep.all() and chosen.reason == WHOLE_CELLS
+    assert chosen.added == {1: WHOLE_CELLS, 2: WHOLE_CELLS}
 
 
 def test_select_grows_blocks_by_positions_when_a_channel_fills_several():

@@ -26,13 +26,15 @@ from .analysis import Group
 
 __all__ = ["keep_count", "unit_multiple", "too_narrow", "select", "select_group", "select_required",
            "Selection", "MAX_GROUP_LEVEL", "AT_LEAST_ONE", "EQUAL_GROUPS",
-           "UNBALANCED"]  # fmt: skip
+           "UNBALANCED", "WHOLE_CELLS"]  # fmt: skip
 
 MAX_GROUP_LEVEL = 0.9  # no group loses more than 90% of its filters
 AT_LEAST_ONE = "every layer keeps at least one channel"
 EQUAL_GROUPS = "grouped convolution keeps equal groups"
 UNBALANCED = ("its grouped convolutions cannot keep equal groups with fewer channels, "
               "so the group is kept whole")  # fmt: skip
+WHOLE_CELLS = ("its grouped convolutions and group norms split it into blocks that must "
+               "each keep a share, and each block is one unit, so the group is kept whole")
 _ROUNDS = 8  # growing one block can unbalance another; give up after this many passes
 
 
@@ -167,6 +169,9 @@ def select(group: Group, scores: np.ndarray, n_keep: int) -> Selection:
         keep = np.zeros(group.size, dtype=bool)
         for cell in cells:
             keep[cell[_top(scores[cell], cell.size // unit * share)]] = True
+        if keep.all() and n_keep < group.size:  # one unit a cell: none can go
+            return Selection(keep, {int(p): WHOLE_CELLS for p in np.flatnonzero(~top)},
+                             WHOLE_CELLS)  # fmt: skip
         return _finish(group, top, keep, True, {})
     keep = top.copy()
     return _finish(group, top, keep, _grow(group, keep, scores), {})

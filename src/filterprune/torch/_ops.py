@@ -29,6 +29,8 @@ IDENTITY_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
     nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout, nn.RReLU, nn.Hardshrink, nn.Softshrink, nn.Tanhshrink, nn.Softsign,
+    nn.LogSigmoid, nn.Threshold,
 )  # fmt: skip
 # ops over the last 1, 2 or 3 axes (``None``: every axis after the channels)
 SPATIAL_MODULES: dict[type[nn.Module], int | None] = {
@@ -239,6 +241,7 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     nn.LayerNorm: _layernorm,
     nn.GroupNorm: _groupnorm,
     nn.Softmax: _softmax,
+    nn.Softmin: _softmax,
     nn.LogSoftmax: _softmax,
     nn.Flatten: _flatten,
     nn.PixelShuffle: _pixel_shuffle,
