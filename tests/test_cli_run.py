@@ -134,6 +134,15 @@ def test_interrupted_run_resumes_to_the_same_result(run_dir, images, config_file
     assert main(["prune", "--resume", str(cut)]) == 0  # done: nothing to do
 
 
+def test_a_run_shorter_than_the_schedule_says_so(images, config_file, tmp_path, caplog):
+    """A run ending before the schedule's target finished with no word of it."""
+    caplog.set_level("WARNING", logger="filterprune")
+    assert main(["prune", TINY, "--data", str(images), "--config", str(config_file),
+                 "--epochs", "1", "--out", str(tmp_path / "short"), *RUN_ARGS]) == 0
+    assert "reaches its target level 0.5 at epoch 2, but the run has 1: its last epoch " \
+        "prunes at 0.2" in caplog.text  # fmt: skip
+
+
 def test_a_model_with_dropout_resumes_to_the_same_result(images, config_file, tmp_path,
                                                         monkeypatch):  # fmt: skip
     import filterprune.torch.finetune as finetune

@@ -3,6 +3,7 @@
 import gzip
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +112,18 @@ def test_reader_imports_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_limited_image_folder_draws_from_every_class(tmp_path):
+    """``--train-limit`` took the first images of a folder listed class by class: one
+    class, and an accuracy of 1.0 that meant nothing."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cli_helpers import write_image_folder
+    from filterprune.datasets.image_folder import open_data
+
+    root = write_image_folder(tmp_path / "data", train=12, val=4)
+    data = open_data(str(root), [1, 3, 16, 16], train_limit=9, val_limit=6)
+    labels = [int(y) for _, y in data.train.dataset] + [int(y) for _, y in data.val.dataset]
+    assert len(labels) == 15 and set(labels[:9]) == {0, 1, 2} and len(set(labels[9:])) > 1
+    again = open_data(str(root), [1, 3, 16, 16], train_limit=9, val_limit=6)
+    assert data.train.dataset.indices == again.train.dataset.indices  # seeded

@@ -326,6 +326,20 @@ class Scheduler:
             return 0.0
         return self.schedule.level(epoch - self.num_init_steps)
 
+    def short_of_target(self, epochs: int) -> str | None:
+        """What to say when ``epochs`` epochs (0 to ``epochs - 1``) end before the
+        schedule reaches its target; ``None`` when they do not."""
+        last = self.level_at(epochs - 1)
+        if last >= self.target_level - 1e-9:
+            return None
+        reached = next(e for e in range(epochs, self.freeze_epoch + 1)
+                       if self.level_at(e) >= self.target_level - 1e-9)  # fmt: skip
+        what = "FLOPs level" if self.prune_flops else "level"
+        return (f"the pruning schedule reaches its target {what} {self.target_level:g} at epoch "
+                f"{reached + 1}, but the run has {epochs}: its last epoch prunes at "
+                f"{last:.3g}. Give at least {reached + 1} epochs, or fewer `pruning_steps` / "
+                "`num_init_steps`.")
+
     def epoch_step(self, next_epoch: int | None = None) -> None:
         """Advance to ``next_epoch`` (default: the next one) and update the masks;
         nothing while :attr:`held` (the training loop's callbacks step it too)."""

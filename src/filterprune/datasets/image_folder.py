@@ -59,8 +59,8 @@ def open_data(data: str, sample_size: list[int] | None, *, batch_size: int = 64,
         sample_size: The model's input shape ``[1, C, H, W]``: images are resized to
             ``H x W`` and given ``C`` channels (1: grey, 3: RGB). Default: 28x28 grey
             for Fashion-MNIST, 224x224 RGB for a folder.
-        train_limit: Use only the first this many training images.
-        val_limit: Use only the first this many validation images.
+        train_limit: Use only this many training images, drawn at random (``seed``).
+        val_limit: Use only this many validation images, drawn likewise.
 
     Raises:
         UsageError: For a folder without ``train/`` and ``val/`` class folders, class
@@ -70,7 +70,7 @@ def open_data(data: str, sample_size: list[int] | None, *, batch_size: int = 64,
         train, val, classes, size = _fashion_mnist(sample_size)
     else:
         train, val, classes, size = _image_folder(Path(data), sample_size)
-    train, val = _limited(train, train_limit), _limited(val, val_limit)
+    train, val = _limited(train, train_limit, seed), _limited(val, val_limit, seed)
     generator = torch.Generator().manual_seed(seed)
     return Data(
         train=DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator,
@@ -80,10 +80,13 @@ def open_data(data: str, sample_size: list[int] | None, *, batch_size: int = 64,
     )  # fmt: skip
 
 
-def _limited(dataset: Dataset, limit: int | None) -> Dataset:
+def _limited(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """``limit`` samples drawn at random (seeded), in their order: an image folder lists
+    its classes one after another, so the first ones would be one class."""
     if limit is None or limit >= len(dataset):
         return dataset
-    return Subset(dataset, range(limit))
+    picked = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, sorted(picked[:limit].tolist()))
 
 
 def _fashion_mnist(sample_size: list[int] | None):

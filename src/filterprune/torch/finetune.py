@@ -21,6 +21,7 @@ run. A config with ``accuracy_aware_training`` searches the level instead
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,10 @@ def _train(folder: Path, run: dict[str, Any], ckpt: dict[str, Any] | None, data:
           f"{len(data.train.dataset)} training and {len(data.val.dataset)} validation images, "
           f"{len(data.classes)} classes")  # fmt: skip
     loop = _Loop(folder, settings, data, device, ctrl, model, optimizer, schedule, amp)
+    short = loop.pruning.scheduler.short_of_target(settings["epochs"]) \
+        if loop.pruning is not None and not searched else None  # fmt: skip
+    if short:
+        logging.getLogger("filterprune").warning("filter_pruning: %s", short)
     notes = []
     if searched:
         from .finetune_aa import run_accuracy_aware
