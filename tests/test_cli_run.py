@@ -263,3 +263,26 @@ def test_a_slowdown_reads_as_slower():
     from filterprune.report.page import _speed
 
     assert _speed(2.0, 1.6) == "1.25x faster" and _speed(1.0, 1.1) == "1.10x slower"
+
+
+def test_a_quantized_runs_load_snippet_rebuilds_its_model(images, tmp_path, monkeypatch):
+    """The snippet loaded model_stripped.pt into the plain architecture, which refuses a
+    quantized strip's state."""
+    config = tmp_path / "q.json"
+    config.write_text(json.dumps({"input_info": {"sample_size": [1, 3, 16, 16]}, "compression": [
+        {"algorithm": "filter_pruning", "pruning_init": 0.5,
+         "params": {"schedule": "baseline", "filters_multiple_of": 1}},
+        {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 8}}}]}))
+    out = tmp_path / "q"
+    assert main(["prune", TINY, "--data", str(images), "--config", str(config), "--epochs", "1",
+                 "--out", str(out), *RUN_ARGS]) == 0  # fmt: skip
+    snippet = json.loads((out / "summary.json").read_text())["load"]
+    assert "resize_to_state_dict" not in snippet
+    monkeypatch.chdir(out)
+    scope = {}
+    exec(snippet, scope)  # noqa: S102 - the snippet the report shows, as a user runs it
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        ours = scope["model"](x).numpy()
+    theirs = scope["session"].run(None, {scope["session"].get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(ours - theirs).max() <= np.abs(theirs).max() / 50  # a step or two of int8

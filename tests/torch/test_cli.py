@@ -98,3 +98,22 @@ def test_one_shot_with_quantization_says_to_fine_tune(tmp_path, capsys):
     assert main(["prune", MODEL, "--config", str(config), "-o", str(out)]) == 2
     assert "one-shot pruning (-o, no training) cannot quantize" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_report_of_a_quantized_checkpoint_counts_the_weight_ranges(tmp_path, capsys):
+    """Weight quantizers take their ranges from the weights in a forward: without one,
+    a trained checkpoint's were said not to be set."""
+    config = dict(make_config(prune_first_conv=True))
+    config["compression"] = [config["compression"], {
+        "algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}}]
+    ctrl, model = create_compressed_model(SmallNet(), config)
+    model(torch.randn(2, 3, 32, 32))  # a training step's forward sets every range
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": model.state_dict(),
+                "compression_state": ctrl.get_compression_state()}, ckpt)  # fmt: skip
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps(config))
+    assert main(["report", MODEL, "--config", str(path), "--checkpoint", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    total = len(ctrl.get("quantization").quantizers)
+    assert f"{total} of {total}" in out and "not initialised" not in out

@@ -84,6 +84,11 @@ def run_checkpoint_report(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.input, [1, 3, 224, 224])
     ctrl, model = compress_quietly(model, config, ckpt["compression_state"])
     model.load_state_dict(ckpt["state_dict"])
+    from .fake_quant import lazy_ranges_paused
+    from .frontend import sample_inputs
+
+    with torch.no_grad(), lazy_ranges_paused(model):  # weight quantizers read their ranges
+        model.eval()(*sample_inputs(config, model))  # from the weights in a forward
     stats = ctrl.statistics()
     print(stats)
     pruning = pruning_child(ctrl)

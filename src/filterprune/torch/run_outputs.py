@@ -75,8 +75,10 @@ def _latency(folder: Path, settings: dict[str, Any], notes: list[str]) -> dict[s
             "runs": [rows[0].runs, rows[1].runs], "flops": [rows[0].flops, rows[1].flops]}
 
 
-def load_snippet(settings: dict[str, Any], classes: int) -> str:
-    """Python that rebuilds the pruned model from ``model_stripped.pt``."""
+def load_snippet(settings: dict[str, Any], classes: int, quantized: bool = False) -> str:
+    """Python that rebuilds the pruned model from ``model_stripped.pt``; a quantized one
+    from the checkpoint and the run's config (a plain architecture cannot hold its
+    quantizers)."""
     from ..cli_models import parse_spec
 
     spec = parse_spec(settings["model"])
@@ -91,10 +93,19 @@ def load_snippet(settings: dict[str, Any], classes: int) -> str:
         build = f"from {module} import {attr}\nmodel = {attr}()"
     else:
         build = f"model = ...  # build the architecture of {spec.text}"
-    return (f"import torch\n{build}\n"
-            "from filterprune.torch import resize_to_state_dict\n"
-            "state = torch.load('model_stripped.pt', weights_only=True)\n"
-            "model = resize_to_state_dict(model, state).eval()\n\n"
+    if quantized:
+        load = ("import json\nfrom filterprune.torch import create_compressed_model\n"
+                "checkpoint = torch.load('checkpoint.pt', weights_only=True)\n"
+                "config = json.load(open('run.json'))['config']\n"
+                "ctrl, model = create_compressed_model(\n"
+                "    model, config, compression_state=checkpoint['compression_state'])\n"
+                "model.load_state_dict(checkpoint['state_dict'])\n"
+                "model = ctrl.strip().eval()  # quantizers at the trained ranges\n\n")
+    else:
+        load = ("from filterprune.torch import resize_to_state_dict\n"
+                "state = torch.load('model_stripped.pt', weights_only=True)\n"
+                "model = resize_to_state_dict(model, state).eval()\n\n")
+    return (f"import torch\n{build}\n{load}"
             "# or, without torch:\nimport onnxruntime\n"
             "session = onnxruntime.InferenceSession(\n"
             '    "model.onnx", providers=["CPUExecutionProvider"])')
@@ -132,7 +143,8 @@ def finish(folder: Path, run: dict[str, Any], ctrl: Any, model: nn.Module, data:
         "unpruned": [[list(p), why] for p, why in stats.unpruned] if stats else [],
         "level": float(pruning.pruning_level) if pruning is not None else None,
         "algorithms": [c.name for c in getattr(ctrl, "child_ctrls", [ctrl])],
-        "load": load_snippet(settings, len(data.classes)),
+        "load": load_snippet(settings, len(data.classes), any(
+            c.name == "quantization" for c in getattr(ctrl, "child_ctrls", [ctrl]))),
     }  # fmt: skip
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
     run.update(status="done", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
