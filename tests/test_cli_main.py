@@ -112,3 +112,15 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141  # 128 + SIGPIPE, as shell tools end
     assert "BrokenPipe" not in err and "Traceback" not in err
+
+
+def test_a_reader_that_leaves_early_does_not_stop_the_files(tmp_path):
+    """`prune ... -o F | head -1` ended at its first line: F was not written."""
+    out, onnx_out = tmp_path / "p.pt", tmp_path / "p.onnx"
+    command = [sys.executable, "-m", "filterprune", "prune", "torchvision:resnet18",
+               "--input-size", "1,3,32,32", "-o", str(out), "--onnx", str(onnx_out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err
+    assert out.stat().st_size > 0 and onnx_out.stat().st_size > 0

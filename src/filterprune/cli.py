@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -244,13 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or argparse's own usage error (code 2)
         return int(done.code or 0) if not isinstance(done.code, str) else 2
+    stdout, sys.stdout = sys.stdout, _ReaderMayLeave(sys.stdout)
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        return 141 if sys.stdout.left else code  # 128 + SIGPIPE, as shell tools end
     except KeyboardInterrupt:
         return _error("interrupted." + getattr(args, "interrupt_hint", ""), 130)
-    except BrokenPipeError:  # the reader left (`| head`): no traceback, as a shell tool
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        return 141  # 128 + SIGPIPE
     except Exception as err:  # noqa: BLE001 - every error ends as one sentence and an exit code
         if args.traceback or os.environ.get("FILTERPRUNE_TRACEBACK"):
             raise
@@ -258,6 +258,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _error(f"{_describe(err)} (add --traceback for details)"
                           if not isinstance(err, RunFailed) else str(err), 1)  # fmt: skip
         return _error(str(err))
+    finally:
+        sys.stdout = stdout
+
+
+class _ReaderMayLeave:
+    """Standard output whose reader may leave (`| head`): what follows goes nowhere and
+    the command runs on, so the files it writes are still written."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.left = stream, False
+
+    def write(self, text: str) -> int:
+        return self._quietly(self.stream.write, text) or len(text)
+
+    def flush(self) -> None:
+        self._quietly(self.stream.flush)
+
+    def _quietly(self, call: Any, *args: Any) -> Any:
+        if self.left:
+            return None
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            self.left = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())  # none at exit
+            return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def _describe(err: BaseException) -> str:
