@@ -19,9 +19,9 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .cli_common import RunFailed, check_output_path, non_negative, non_negative_int, positive_int
 from .errors import FilterPruneError
