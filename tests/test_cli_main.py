@@ -61,6 +61,8 @@ def test_failures_exit_1_without_a_traceback(monkeypatch, capsys):
                    "(add --traceback for details)\n")  # fmt: skip
     with pytest.raises(RuntimeError, match="out of memory"):
         main(["--traceback", "convert", "m.onnx", "-o", "o.onnx"])
+    with pytest.raises(RuntimeError, match="out of memory"):  # where the hint puts it: last
+        main(["convert", "m.onnx", "-o", "o.onnx", "--traceback"])
 
     def read_only(args):
         raise PermissionError("read-only file system")
@@ -124,3 +126,45 @@ def test_a_reader_that_leaves_early_does_not_stop_the_files(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141 and "Traceback" not in err
     assert out.stat().st_size > 0 and onnx_out.stat().st_size > 0
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("m.pt2", "a torch.export program"), ("m.h5", "a Keras 2 HDF5 file"),
+    ("m.xml", "an OpenVINO IR"), ("saved", "a TensorFlow SavedModel"),
+    ("scripted.pt", "a TorchScript file"),
+])  # fmt: skip
+def test_model_files_the_commands_cannot_read_are_named(name, says, tmp_path, capsys,
+                                                        monkeypatch):  # fmt: skip
+    """They were told to be a torchvision name, or a truncated torch.save file."""
+    import torch
+
+    path = tmp_path / name
+    if name == "saved":
+        path.mkdir()
+        (path / "saved_model.pb").write_bytes(b"")
+    elif name == "scripted.pt":
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    else:
+        path.write_bytes(b"x")
+    assert main(["analyze", str(path)]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_pickled_model_finds_its_class_next_to_the_user(tmp_path, monkeypatch, capsys):
+    """The console script does not put the working folder on the path as `python -m` does:
+    unpickling a class from ./nets.py failed with a bare ModuleNotFoundError."""
+    (tmp_path / "nets.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a, self.b = torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1)\n"
+        "    def forward(self, x):\n"
+        "        return self.b(torch.relu(self.a(x)))\n")
+    code = ("import sys, torch; sys.path.insert(0, '.'); import nets; "
+            "torch.save(nets.Net(), 'net.pt')")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=120)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert main(["analyze", "net.pt", "--trusted", "--input-size", "1,3,8,8"]) == 0
+    assert "groups" in capsys.readouterr().out.lower()

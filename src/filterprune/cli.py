@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         add(p)
+        p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)  # also after the command, as errors suggest
         p.set_defaults(run=run)
     return parser
 
@@ -245,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or argparse's own usage error (code 2)
         return int(done.code or 0) if not isinstance(done.code, str) else 2
+    if os.getcwd() not in sys.path:  # modules next to the user, as `python -m` finds them
+        sys.path.append(os.getcwd())
     stdout, sys.stdout = sys.stdout, _ReaderMayLeave(sys.stdout)
     try:
         code = int(args.run(args))

@@ -56,6 +56,22 @@ class ModelSpec:
         return {"keras": "keras", "onnx": "onnx"}.get(self.kind, "torch")
 
 
+_SAVED_MODEL = ("a TensorFlow SavedModel, whose layers cannot be cut. Give the .keras file "
+                "(model.save('m.keras')), or convert it to ONNX (tf2onnx) and use convert.")
+# model files the commands cannot read, and the way in
+_FOREIGN = {
+    ".pt2": "a torch.export program, whose graph is fixed and cannot be cut. Give the "
+            "nn.Module (module:factory, with --weights for its state_dict).",
+    ".h5": "a Keras 2 HDF5 file. Load it with Keras 3 and save it as .keras.",
+    ".hdf5": "a Keras 2 HDF5 file. Load it with Keras 3 and save it as .keras.",
+    ".pb": _SAVED_MODEL,
+    ".tflite": "a TensorFlow Lite file, whose layers cannot be cut. Give the model it was "
+               "made from (.keras).",
+    ".xml": "an OpenVINO IR, whose layers cannot be cut here. Give the model it was made "
+            "from, or zero filters in an ONNX file and `filterprune convert --to openvino`.",
+}
+
+
 def parse_spec(text: str) -> ModelSpec:
     """Classify a MODEL argument (nothing is loaded or imported).
 
@@ -65,6 +81,12 @@ def parse_spec(text: str) -> ModelSpec:
     if not text.strip():
         raise UsageError("MODEL must name a model, e.g. torchvision:resnet50. Received: ''.")
     lower = text.lower()
+    path = Path(text)
+    kind = next((k for suffix, k in _FOREIGN.items() if lower.endswith(suffix)), None)
+    if kind is None and path.is_dir() and (path / "saved_model.pb").is_file():
+        kind = _SAVED_MODEL
+    if kind is not None and (path.exists() or ":" not in text):
+        raise UsageError(f"MODEL {text} is {kind}")
     for suffix, kind in ((".keras", "keras"), (".onnx", "onnx"), *[(s, "pickle")
                                                                   for s in PICKLE_SUFFIXES]):
         if lower.endswith(suffix):
@@ -239,9 +261,28 @@ def torch_load(path: str, *, trusted: bool = False, what: str = "--weights") -> 
                              f"containers. {_TRUST_HINT}") from None
         raise UsageError(f"{what} {path} is not a readable torch.save file ({err}).") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
+        if _torchscript(file):
+            raise UsageError(f"{what} {path} is a TorchScript file (torch.jit.save), whose "
+                             "layers cannot be cut. Give the nn.Module (module:factory, with "
+                             "--weights for its state_dict).") from None
         raise UsageError(
             f"{what} {path} could not be read: it is truncated or not a torch.save file "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}).") from None
+    except ModuleNotFoundError as err:  # unpickling a class from a module not on the path
+        raise UsageError(f"{what} {path} needs the module {err.name!r} that defines its "
+                         "classes. Run from the folder that holds it, or put that folder on "
+                         "PYTHONPATH.") from None
+
+
+def _torchscript(file: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(file) as z:
+            return any(n.endswith(("/constants.pkl", "/code/")) or "/code/" in n
+                       for n in z.namelist())  # fmt: skip
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _state_dict_of(data: Any, path: str) -> dict[str, Any]:
