@@ -313,6 +313,16 @@ def load_weights(model: Any, path: str, *, trusted: bool = False) -> None:
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if shapes and not missing and not unexpected and all(
+            len(own[k].shape) == len(state[k].shape)
+            and all(a <= b for a, b in zip(state[k].shape, own[k].shape, strict=True))
+            for k in shapes):  # fmt: skip
+        from .torch import resize_to_state_dict
+
+        resize_to_state_dict(model, state)  # a pruned model's (strip, prune -o)
+        print(f"--weights {path}: {len(shapes)} tensors narrower than MODEL's; read as a "
+              "pruned model (resize_to_state_dict)")
+        return
     if missing or unexpected or shapes:
         parts = [f"{label} {keys[:4]}{' ...' if len(keys) > 4 else ''}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("other shape", shapes))

@@ -117,3 +117,19 @@ def test_report_of_a_quantized_checkpoint_counts_the_weight_ranges(tmp_path, cap
     out = capsys.readouterr().out
     total = len(ctrl.get("quantization").quantizers)
     assert f"{total} of {total}" in out and "not initialised" not in out
+
+
+def test_a_pruned_state_dict_is_read_into_the_architecture(tmp_path, capsys):
+    """`prune -o pruned.pt` could not be given back as --weights: 'other shape'."""
+    torch.manual_seed(0)
+    config = tmp_path / "prune.json"
+    config.write_text(json.dumps(dict(make_config(prune_first_conv=True))))
+    out = tmp_path / "pruned.pt"
+    assert main(["prune", MODEL, "--config", str(config), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["analyze", MODEL, "--input", "1,3,32,32", "--weights", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "read as a pruned model" in text
+    small = torch.load(out)["b.weight"].shape[0]
+    row = next(line for line in text.splitlines() if line.endswith("b, se2"))
+    assert small < 24 and row.split()[1] == str(small)  # the group's filters: the pruned
