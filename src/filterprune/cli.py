@@ -186,6 +186,12 @@ def run_bench(args: argparse.Namespace) -> int:
     for p in paths:
         if not Path(p).is_file():
             return _error(f"no such model file: {p!r}.")
+        if p.endswith(".xml") and args.runtime != "openvino":
+            return _error(f"{p!r} is an OpenVINO IR: add --runtime openvino.")
+    if args.threads > (os.cpu_count() or args.threads):
+        print(f"filterprune: warning: --threads {args.threads} is more than this machine's "
+              f"{os.cpu_count()} CPUs; the timings measure the threads' contention.",
+              file=sys.stderr)  # fmt: skip
     check_output_path("--json", args.json)
     rows = benchmark(dict(zip(labels, paths, strict=True)), runtime=args.runtime,
                      batches=args.batch, threads=args.threads, warmup=args.warmup,

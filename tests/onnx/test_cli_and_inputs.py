@@ -244,8 +244,30 @@ def test_bench_cli(masked, tmp_path, runtime, batches, capsys):
     assert [(r["label"], r["batch"]) for r in rows] == [
         (label, b) for b in batches for label in ("masked", "small")]
     assert rows[1]["flops_ratio"] > 1.0 and "speed-up" in capsys.readouterr().out
+    assert {r["precision"] for r in rows} == {"f32"}
     assert main(["bench", masked, str(tmp_path / "nope.onnx")]) == 2
     assert os.path.exists(js)
+
+
+def test_bench_names_whole_labels_precision_and_what_does_not_fit(masked, tmp_path, capsys):
+    """Labels were cut to 14 characters (two files read alike), an IR under ONNX Runtime was
+    'not an ONNX model', a thread count past the machine's passed silently, and an int8 row
+    was ranked against a float one with nothing said."""
+    from filterprune.onnx.bench import BenchRow, format_table
+
+    rows = [BenchRow("small_model_pruned_30", "onnxruntime", 1, 1, 3, 2.0, 2.1, 500, 10),
+            BenchRow("small_model_pruned_50", "onnxruntime", 1, 1, 3, 1.0, 1.1, 1000, 5,
+                     precision="int8")]  # fmt: skip
+    table = format_table(rows)
+    assert "small_model_pruned_30" in table and "small_model_pruned_50" in table
+    assert " int8 " in table and "different precisions" in table
+    ir = tmp_path / "m.xml"
+    ir.write_text("<net/>")
+    assert main(["bench", masked, str(ir)]) == 2
+    assert "is an OpenVINO IR: add --runtime openvino" in capsys.readouterr().err
+    fast = ["--seconds", "0", "--warmup", "0", "--runs", "1", "--turn-seconds", "0"]
+    assert main(["bench", masked, masked, "--threads", str(os.cpu_count() + 1), *fast]) == 0
+    assert "more than this machine's" in capsys.readouterr().err
 
 
 def test_analysis_failure_leaves_the_model_unchanged(masked, monkeypatch):

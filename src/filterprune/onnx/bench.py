@@ -48,6 +48,9 @@ class BenchRow:
     speedup: float = 1.0  # baseline median / this median
     flops_ratio: float = 1.0  # baseline FLOPs / this FLOPs
     of_flops_ratio: float = 1.0  # speedup / flops_ratio
+    # "f32", or "int8" where the model's quantize/dequantize pairs run as int8 kernels;
+    # OpenVINO is held to f32 (it would pick bf16 on CPUs that have it)
+    precision: str = "f32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,6 +172,7 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
     if any(int(b) < 1 for b in batches) or int(threads) < 1:
         raise ValueError(f"`batches` and `threads` must be >= 1. Received: {batches}, {threads}.")
     flops = {label: model_flops(m) for label, m in models.items()}
+    precision = {label: _precision(m) for label, m in models.items()}
     rows: list[BenchRow] = []
     for batch in map(int, batches):
         try:
@@ -187,17 +191,28 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
                     times[label] += _turn(model, runtime, batch, int(threads), warmup,
                                           turn_seconds)  # fmt: skip
                 bar.update(1)
-        rows += _rows(times, flops, runtime, batch, int(threads))
+        rows += _rows(times, flops, precision, runtime, batch, int(threads))
     return rows
 
 
-def _rows(times, flops, runtime, batch, threads) -> list[BenchRow]:
+def _precision(model: Any) -> str:
+    """``int8`` for a model with quantize/dequantize pairs (FakeQuantize in an IR)."""
+    if _is_openvino(model):
+        from .openvino import read_openvino
+
+        kinds = {op.get_type_name() for op in read_openvino(model).get_ops()}
+        return "int8" if "FakeQuantize" in kinds else "f32"
+    kinds = {n.op_type for n in load_model(model).graph.node}
+    return "int8" if {"QuantizeLinear", "DequantizeLinear"} & kinds else "f32"
+
+
+def _rows(times, flops, precision, runtime, batch, threads) -> list[BenchRow]:
     out = []
     for label, t in times.items():
         ms = np.asarray(t) * 1e3
         out.append(BenchRow(label, runtime, batch, threads, len(t), float(np.median(ms)),
                             float(np.percentile(ms, 90)), batch * 1e3 / float(ms.mean()),
-                            flops[label]))  # fmt: skip
+                            flops[label], precision=precision[label]))  # fmt: skip
     base = out[0]
     for row in out:
         row.speedup = base.median_ms / row.median_ms
@@ -207,14 +222,18 @@ def _rows(times, flops, runtime, batch, threads) -> list[BenchRow]:
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:
-    """A plain-text table of ``rows``."""
-    head = (f"{'model':<14} {'runtime':<11} {'batch':>5} {'thr':>3} {'median ms':>10} "
-            f"{'p90 ms':>8} {'samples/s':>10} {'speed-up':>8} {'FLOPs x':>8} "
-            f"{'of FLOPs':>8}")  # fmt: skip
+    """A plain-text table of ``rows``, with a note where their precisions differ."""
+    w = max([5, *(len(r.label) for r in rows)])
+    head = (f"{'model':<{w}} {'runtime':<11} {'prec':<4} {'batch':>5} {'thr':>3} "
+            f"{'median ms':>10} {'p90 ms':>8} {'samples/s':>10} {'speed-up':>8} "
+            f"{'FLOPs x':>8} {'of FLOPs':>8}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.label[:14]:<14} {r.runtime:<11} {r.batch:>5} {r.threads:>3} "
-                     f"{r.median_ms:>10.2f} {r.p90_ms:>8.2f} {r.throughput:>10.1f} "
-                     f"{r.speedup:>7.2f}x {r.flops_ratio:>7.2f}x "
+        lines.append(f"{r.label:<{w}} {r.runtime:<11} {r.precision:<4} {r.batch:>5} "
+                     f"{r.threads:>3} {r.median_ms:>10.2f} {r.p90_ms:>8.2f} "
+                     f"{r.throughput:>10.1f} {r.speedup:>7.2f}x {r.flops_ratio:>7.2f}x "
                      f"{r.of_flops_ratio:>8.2f}")  # fmt: skip
+    if len({r.precision for r in rows}) > 1:
+        lines.append("note: the rows run at different precisions, so their speed-up is "
+                     "the cut's and int8 kernels' together, and 'of FLOPs' is not the cut's.")
     return "\n".join(lines)
