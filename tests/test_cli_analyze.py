@@ -216,3 +216,24 @@ def test_crafted_model_file_runs_nothing(tmp_path, capsys):
     assert main(["prune", TINY, *SMALL, "--weights", str(evil), "-o", str(tmp_path / "o.pt")]) == 2
     assert "add --trusted" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "o.pt").exists()
+
+
+def test_the_level_sweep_keeps_its_keys_where_a_level_cannot_be_reached():
+    """Unreachable rows of ``analyze --json`` lacked ``filters_kept`` and ``filters``."""
+    from types import SimpleNamespace
+
+    from filterprune.cli_analyze import sweep
+    from filterprune.errors import ConfigError
+
+    class Ctrl:
+        def set_pruning_level(self, level):
+            if level > 0.5:
+                raise ConfigError("cannot be reached")
+
+        def statistics(self):
+            return SimpleNamespace(flops_kept=0.5, params_kept=0.5, current_filters=8,
+                                   full_filters=16)  # fmt: skip
+
+    rows = sweep(Ctrl())
+    assert rows[-1]["flops_kept"] is None and rows[0]["filters_kept"] == 8
+    assert all(row.keys() == rows[0].keys() for row in rows)

@@ -155,7 +155,8 @@ def sweep(ctrl: Any) -> list[dict[str, Any]]:
         try:
             ctrl.set_pruning_level(level)
         except ConfigError:
-            rows.append({"level": level, "flops_kept": None, "params_kept": None})
+            rows.append({"level": level, "flops_kept": None, "params_kept": None,
+                         "filters_kept": None, "filters": None})  # fmt: skip
             continue
         stats = ctrl.statistics()
         rows.append({"level": level, "flops_kept": stats.flops_kept,
