@@ -459,3 +459,11 @@ def test_a_layer_its_config_cannot_rebuild_is_said_at_creation(caplog):
     create_compressed_model(keras.Model(inp, layers.Conv2D(4, 1)(x)), make_config((1, 8, 8, 3)))
     assert "these cannot be: __no_kwargs (_NoKwargs: Error when deserializing" in caplog.text
     assert "Give their __init__ **kwargs passed to super().__init__()" in caplog.text
+
+
+def test_one_prelu_slope_for_every_entry_leaves_the_channels_free():
+    """``shared_axes=[1, 2, 3]``: one slope in all, held before with the others."""
+    inp = keras.Input((32, 32, 3))
+    x = layers.PReLU(shared_axes=[1, 2, 3], name="p")(conv(16, "a")(inp))
+    _, small, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
+    assert "a" not in held and small.get_layer("a").filters < 16

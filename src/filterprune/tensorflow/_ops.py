@@ -192,14 +192,21 @@ def _batchnorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step
 
 
 def _prelu(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    """A slope per channel (last axis) follows the channels; one slope for every entry is
+    the same for each. Other slopes may lie along channels first or along space: the
+    layer does not say which, so they stay whole."""
     shape = _var_shapes(layer)["alpha"]  # the input's shape less the batch, shared axes 1
+    if math.prod(shape) == 1:
+        return [Step("identity", {}, LayerInfo(name, "activation",
+                                               {"alpha": (shape, (None,) * len(shape))}))]
     if shape[-1] == ins[0][-1]:  # channels last: a slope per channel (and position, unshared)
         roles = (None,) * (len(shape) - 1) + ("channel",)
         info = LayerInfo(name, "batchnorm", {"alpha": (shape, roles)})
         return [Step("batchnorm", {"num_features": shape[-1], "channel_axis": -1}, info,
                      variables=("alpha",))]  # fmt: skip
     info = LayerInfo(name, "opaque", {"alpha": (shape, (None,) * len(shape))})
-    return [Step("stop", {"reason": "PReLU whose slope's last axis is not the channels"}, info)]
+    return [Step("stop", {"reason": "PReLU whose slope's last axis is not the channels "
+                                    "(channels first, or shared over the channels)"}, info)]
 
 
 def _layernorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
