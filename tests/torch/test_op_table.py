@@ -64,6 +64,9 @@ APART = {
         2, 2, keepdim=True)[0] * y.argmax(3, keepdim=True).float(),
     "sort, topk, cummax": lambda y: y.sort(2)[0] + F.pad(y.topk(3, dim=3)[0], (0, 13))
     + y.cummax(3)[0] - torch.max(y, y.flip(3)),
+    # attentive statistics pooling: a mean repeated along time by a length read in forward
+    "repeat by a size read in forward": lambda y: y + y.mean(2, keepdim=True).repeat(
+        1, 1, y.shape[2], 1) * y.tile((1, 1, 1, y.size(3) // 16)),
     "activation modules": nn.Sequential(
         nn.RReLU(), nn.Hardshrink(0.1), nn.Softshrink(0.1), nn.Tanhshrink(), nn.Softsign(),
         nn.LogSigmoid(), nn.Threshold(0.1, 0.0), nn.FeatureAlphaDropout(), nn.Softmin(2)),
@@ -85,6 +88,8 @@ ACROSS = {
     "sort over the channels": lambda y: y.sort(1).values,
     "topk over the channels": lambda y: torch.cat([y.topk(8, 1)[0], y[:, 8:]], 1),
     "Softmin module over the channels": nn.Softmin(1),
+    "repeat channels by a size read in forward": lambda y: y[:, :8].repeat(
+        1, y.shape[1] // 8, 1, 1),
 }
 
 

@@ -567,8 +567,20 @@ def _expand(s, node, ins):
 
 @register_rule("tile")
 def _tile(s, node, ins):
+    """``np.tile`` by ``reps``; a count computed in forward (``None``, its size read from
+    the output) is fine along an axis without channels."""
     x = _tensor(s, ins[0], node)
-    return s.canonical(np.tile(_full(s, x, _shape(s, node)), node.attrs["reps"]))
+    full = _full(s, x, _shape(s, node))
+    reps = list(node.attrs["reps"])
+    full = full.reshape((1,) * (len(reps) - full.ndim) + full.shape)
+    reps = [1] * (full.ndim - len(reps)) + reps
+    ids = _pad(x, full.ndim)
+    for a, r in enumerate(reps):
+        if r is None:
+            if _varies(ids, a):
+                raise RuleError("repeats channels by a count computed in forward")
+            reps[a] = node.shape[a] // full.shape[a]
+    return s.canonical(np.tile(full, reps))
 
 
 @register_rule("concat")

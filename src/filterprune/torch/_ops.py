@@ -502,9 +502,7 @@ def _tile(node: fx.Node, shapes) -> Spec:
     reps = _arg(node, 1, "dims")
     if len(node.args) > 2 or isinstance(reps, int):  # ``x.tile(1, 2)``
         reps = list(node.args[1:])
-    if not all(isinstance(r, int) for r in reps):
-        return "stop", {"reason": "tile with computed sizes"}
-    return "tile", {"reps": list(reps)}
+    return "tile", {"reps": [r if isinstance(r, int) else None for r in reps]}
 
 
 def _pixel_shuffle_call(node: fx.Node, shapes) -> Spec:
@@ -589,9 +587,7 @@ def _repeat(node: fx.Node, shapes) -> Spec:
     reps = node.args[1:]
     if len(reps) == 1 and isinstance(reps[0], (list, tuple)):
         reps = reps[0]
-    if not all(isinstance(r, int) for r in reps):
-        return "stop", {"reason": "repeat with computed sizes"}
-    return "tile", {"reps": list(reps)}
+    return "tile", {"reps": [r if isinstance(r, int) else None for r in reps]}
 
 
 _ACT_FUNCS = [
