@@ -92,6 +92,22 @@ def test_report_page_renders_in_chromium(run_dir, tmp_path):
         "http-equiv", "")  # self-contained: nothing to fetch
 
 
+def test_the_report_states_the_learning_rate_used(run_dir):
+    """A run without --lr showed 'lr default', not the rate the optimizer used."""
+    assert "(the optimizer's default)" in (run_dir / "report.md").read_text()
+
+
+def test_a_model_with_more_logits_than_classes_is_warned_about(caplog):
+    from types import SimpleNamespace
+
+    from filterprune.torch.finetune import _check_outputs
+
+    caplog.set_level("WARNING", logger="filterprune")
+    data = SimpleNamespace(sample_size=[1, 3, 16, 16], classes=["a", "b"])
+    _check_outputs(tiny_cnn(), data, "cli_helpers:tiny_cnn")  # 3 logits, 2 classes
+    assert "gives 3 logits for the 2 classes" in caplog.text
+
+
 def test_report_markdown_points_at_its_charts(run_dir):
     text = (run_dir / "report.md").read_text()
     links = [line.split("](")[1].rstrip(")") for line in text.splitlines()

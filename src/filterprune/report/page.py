@@ -70,11 +70,15 @@ def _epochs_table(history: list[dict[str, Any]]) -> Block:
     return ("table", header, rows)
 
 
-def _settings(run: dict[str, Any]) -> Block:
+def _settings(run: dict[str, Any], history: list[dict[str, Any]]) -> Block:
     s = run["settings"]
     keys = ["model", "data", "epochs", "optimizer", "lr", "weight_decay", "batch_size", "device",
             "seed", "weights", "train_limit", "val_limit"]  # fmt: skip
     rows = [[k, "default" if s.get(k) is None else str(s[k])] for k in keys if k in s]
+    used = next((h["lr"] for h in history if h.get("lr")), None)  # the first epoch's
+    for row in rows:
+        if row == ["lr", "default"] and used is not None:
+            row[1] = f"{used:.2e} (the optimizer's default)"
     return ("table", ["setting", "value"], rows)
 
 
@@ -104,7 +108,7 @@ def blocks(data: dict[str, Any], charts: list[str], name: str) -> tuple[str, lis
                 for p, why in summary["unpruned"]]  # fmt: skip
         out.append(("table", ["layers", "reason"], rows))
     out += [("h2", "Config"), ("pre", json.dumps(run["config"], indent=2)),
-            ("h2", "Settings"), _settings(run)]  # fmt: skip
+            ("h2", "Settings"), _settings(run, history)]  # fmt: skip
     if summary:
         out += [("h2", "How to load the result"),
                 ("p", f"The files are in the run folder {name}: model_stripped.pt (state_dict "

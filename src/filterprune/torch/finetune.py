@@ -174,6 +174,12 @@ def _check_outputs(model: nn.Module, data: Data, what: str) -> None:
             f"MODEL {what} must give one logit per class: shape (batch, >= "
             f"{len(data.classes)}) for the {len(data.classes)} classes of the data. Received: "
             f"{got}. Give a model with {len(data.classes)} outputs.")
+    if out.shape[1] > len(data.classes):
+        logging.getLogger("filterprune").warning(
+            "MODEL %s gives %d logits for the %d classes of the data: the loss and accuracy "
+            "take them all, so predicting one of the other %d counts as wrong. Give a model "
+            "with %d outputs.", what, out.shape[1], len(data.classes),
+            out.shape[1] - len(data.classes), len(data.classes))
 
 
 def _data(settings: dict[str, Any], config: Config) -> Data:
