@@ -279,8 +279,7 @@ def _torchscript(file: Path) -> bool:
 
     try:
         with zipfile.ZipFile(file) as z:
-            return any(n.endswith(("/constants.pkl", "/code/")) or "/code/" in n
-                       for n in z.namelist())  # fmt: skip
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
 

@@ -332,8 +332,8 @@ class Scheduler:
         last = self.level_at(epochs - 1)
         if last >= self.target_level - 1e-9:
             return None
-        reached = next(e for e in range(epochs, self.freeze_epoch + 1)
-                       if self.level_at(e) >= self.target_level - 1e-9)  # fmt: skip
+        reached = next((e for e in range(epochs, self.freeze_epoch + 1)
+                        if self.level_at(e) >= self.target_level - 1e-9), self.freeze_epoch)
         what = "FLOPs level" if self.prune_flops else "level"
         return (f"the pruning schedule reaches its target {what} {self.target_level:g} at epoch "
                 f"{reached + 1}, but the run has {epochs}: its last epoch prunes at "
