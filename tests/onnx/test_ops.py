@@ -562,3 +562,24 @@ def test_a_constant_pad_of_the_channels_keeps_only_the_ones_it_adds(tmp_path):
     s = layer(report, "/b/")
     assert (s.removed, s.kept_zero) == (2, 1) and "channels it adds" in s.reason
     assert weight_shape(new, "/c/") == (4, 14, 1, 1)
+
+
+def test_a_split_of_shape_arithmetic_is_left_to_itself(tmp_path):
+    """A Split of a Shape (fixed-batch tf2onnx files) failed the rewrite with a KeyError."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(8, 3, 3, 3))
+    w1[[1, 5]] = 0
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Shape", ["r"], ["s"]),
+        helper.make_node("Split", ["s", "sp"], ["s1", "s2"], axis=0),
+        helper.make_node("Concat", ["s1", "s2"], ["s3"], axis=0),
+        helper.make_node("Reshape", ["r", "s3"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w2"], ["y"]),
+    ]
+    weights = {"w1": w1, "w2": rng.normal(size=(4, 8, 1, 1)),
+               "sp": np.array([2, 2], dtype=np.int64)}  # fmt: skip
+    path = save_graph(tmp_path, nodes, weights, [2, 3, 8, 8], [2, 4, 8, 8])
+    new, report = convert(path, torch.zeros(2, 3, 8, 8))
+    assert not report.notes and layer(report, "a").removed == 2

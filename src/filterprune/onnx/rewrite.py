@@ -152,6 +152,8 @@ class _Writer:
 
     def split(self, ni: int, node: onnx.NodeProto) -> None:
         outs = [o for o in node.output]
+        if outs[0] not in self.cap.graph.nodes:  # shape arithmetic, which holds no channels
+            return
         rank = len(self.cap.graph.nodes[outs[0]].shape)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % rank
         sizes = [self.piece_size(o, axis) for o in outs]
