@@ -91,3 +91,16 @@ def test_quantized_outputs_moved_by_rounding_are_checked_with_activations_in_flo
     kinds = [n.op_type for n in activations_in_float(old).graph.node]
     weights = [i for i in old.graph.initializer if i.name.endswith("weight")]
     assert kinds.count("DequantizeLinear") == len(weights) and "Identity" in kinds
+
+
+def test_runtime_warnings_stay_out_of_the_users_log(tmp_path, capfd):
+    """ONNX Runtime printed coloured warnings (an output declared with another batch) into
+    redirected logs."""
+    from onnx import helper
+    from onnx_helpers import save_graph
+
+    w = np.random.default_rng(0).normal(size=(4, 3, 1, 1))
+    path = save_graph(tmp_path, [helper.make_node("Conv", ["x", "w"], ["y"])], {"w": w},
+                      [2, 3, 4, 4], [1, 4, 4, 4])  # fmt: skip
+    run_onnxruntime(onnx.load(path), {"x": np.ones((2, 3, 4, 4), np.float32)})
+    assert "onnxruntime" not in capfd.readouterr().err  # "[W:onnxruntime:, graph.cc ..."

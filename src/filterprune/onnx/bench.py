@@ -122,6 +122,7 @@ def _session(model: Any, runtime: str, batch: int, threads: int) -> Callable[[],
     from .convert import random_inputs
 
     opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: its warnings come coloured into users' logs
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # the default, stated

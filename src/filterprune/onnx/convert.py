@@ -92,6 +92,7 @@ def run_onnxruntime(
         model = load_model(model)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # errors only: its warnings come coloured into users' logs
     # Basic optimizations only: no fusion of QuantizeLinear/DequantizeLinear pairs into int8
     # kernels. On x86 CPUs without VNNI those add pairs of u8 x s8 products in 16 bits with
     # saturation, so a model's result would depend on the CPU and on where its zero
