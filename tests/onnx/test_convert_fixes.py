@@ -169,6 +169,26 @@ def test_unknown_shapes_after_contrib_ops_are_a_reason_not_a_failure(tmp_path, y
     assert layer(report, "h").kept_zero == 2 and "com.microsoft.QuantizeLinear" in str(report)
 
 
+def test_a_conv_whose_channels_are_unknown_is_not_cut(tmp_path):
+    """After an op shape inference cannot see through, the output's declared symbolic
+    channels read as 1: the last conv lost 5 of its 6 filters, none of them zero."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w1", (8, 4, 3, 3)), ("w2", (6, 8, 3, 3)))]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1] * 4, name="conv1"),
+             helper.make_node("QuickGelu", ["a"], ["g"], domain="com.microsoft", alpha=1.7),
+             helper.make_node("Conv", ["g", "w2"], ["y"], pads=[1] * 4, name="conv2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, ["n", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", 1, ["n", "c", "h", "w"])],
+                              inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    new, report = remove_zero_filters(model, verify=False)
+    assert all(s.removed == 0 for s in report.layers)
+    assert [i for i in new.graph.initializer if i.name.startswith("w2")][0].dims[0] == 6
+
+
 # -- 5: quantized-operator and onnxruntime-optimized files -----------------------------------
 def _qlinear_model(tmp_path):
     """One QLinearConv: its weights live inside the op."""
@@ -262,3 +282,28 @@ def test_contrib_qdq_files_are_told_to_use_the_standard_ops():
     assert fix.startswith("quantize with the standard Q/DQ ops") and "QDQ format" not in fix
     assert "graph optimizations" in foreign_fix(["com.microsoft.Gelu"])
     assert "QuantFormat.QDQ" in foreign_fix(["com.microsoft.QLinearConv"])
+
+
+def test_a_block_quantized_weight_leaves_the_rest_analysed(tmp_path):
+    """A DequantizeLinear with ``block_size`` (opset 21) was read as per-channel: the whole
+    analysis failed on a broadcast, and no layer was looked at."""
+    rng = np.random.default_rng(0)
+    scale = np.full((8, 2, 3, 3), 0.01, np.float32)
+    consts = {"wq": rng.integers(-100, 100, (8, 4, 3, 3)).astype(np.int8), "ws": scale,
+              "wz": np.zeros_like(scale, np.int8), "w2": rng.standard_normal((6, 8, 1, 1)),
+              "w3": rng.standard_normal((4, 6, 1, 1))}  # fmt: skip
+    consts["w2"][[2, 4]] = 0
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w1"], axis=1,
+                              block_size=2),
+             helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1] * 4, name="conv1"),
+             helper.make_node("Conv", ["a", "w2"], ["b"], name="conv2"),
+             helper.make_node("Conv", ["b", "w3"], ["y"], name="conv3")]  # fmt: skip
+    inits = [numpy_helper.from_array(v if v.dtype != np.float64 else v.astype(np.float32), k)
+             for k, v in consts.items()]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", 1, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    new, report = remove_zero_filters(model)
+    assert not [n for n in report.notes if "analysis failed" in n], report.notes
+    assert layer(report, "conv2").removed == 2

@@ -124,6 +124,9 @@ def _conv(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
         return "weight scales per filter of a group (each serves one filter in every group)"
     if len(p.node.input) > 2 and p.node.input[2] and p.add("B", 2, ("out",)) is None:
         return "bias is not a constant"
+    out = v.out_shapes[0] if v.out_shapes else None
+    if not isinstance(out, tuple) or len(out) < 2 or out[1] != cout:
+        return "output shape is unknown"  # after an op shape inference does not know
     spatial = v.in_shapes[0] if transposed else v.out_shapes[0]
     attrs = {"in_channels": cin, "out_channels": cout, "groups": groups, "channel_axis": 1,
              "positions": positions(spatial, 2)}  # fmt: skip

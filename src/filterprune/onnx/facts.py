@@ -301,9 +301,10 @@ class _Folder:
                 if node.op_type == "QuantizeLinear":
                     self.q_nodes[outs[0]] = idx  # a float weight quantized in the graph
                 continue
+            blocked = any(a.name == "block_size" and a.i for a in node.attribute)
             if node.op_type == "DequantizeLinear" and node.input[0] in self.consts and \
-                    all(i in self.consts for i in node.input[1:] if i):  # fmt: skip
-                self.dq_nodes[outs[0]] = idx
+                    all(i in self.consts for i in node.input[1:] if i) and not blocked:
+                self.dq_nodes[outs[0]] = idx  # (blocked scales: not read as a weight)
 
     def fold(self, node: onnx.NodeProto) -> bool:
         """Evaluate ``node`` if its inputs are known constants; True if it was folded."""
