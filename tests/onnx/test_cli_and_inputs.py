@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -336,3 +337,34 @@ def test_a_folder_where_the_ir_bin_goes_is_named(masked, tmp_path, capsys):
     (tmp_path / "o.bin").mkdir()
     assert main(["convert", masked, "-o", str(tmp_path / "o.xml")]) == 2
     assert f"Cannot write {tmp_path / 'o.bin'}: it is a folder" in capsys.readouterr().err
+
+
+def test_a_float16_file_openvino_rounds_otherwise_is_told_the_tolerance(tmp_path, capsys):
+    """OpenVINO runs float16 a few 1e-4 off onnxruntime: the IR was refused at the default
+    tolerance with no word of ``--tolerance``."""
+    pytest.importorskip("openvino")
+
+    class SE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+            self.f1, self.f2 = nn.Linear(16, 8), nn.Linear(8, 16)
+            self.c2, self.fc = nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 5)
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.c1(x)))
+            w = torch.sigmoid(self.f2(torch.relu(self.f1(y.mean((2, 3))))))[:, :, None, None]
+            return self.fc(torch.relu(self.c2(y * w)).amax((2, 3)))
+
+    torch.manual_seed(0)
+    m = SE().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+    zero(m.c1, [0, 1, 2, 3])
+    path = export(m.half(), torch.randn(1, 3, 16, 16).half(), tmp_path / "h.onnx")
+    xml = str(tmp_path / "h.xml")
+    assert main(["convert", path, "--to", "openvino", "-o", xml]) == 2
+    told = re.search(r"a --tolerance of ([0-9.e-]+) takes", capsys.readouterr().err)
+    assert told is not None
+    assert main(["convert", path, "--to", "openvino", "-o", xml, "--tolerance", told[1]]) == 0

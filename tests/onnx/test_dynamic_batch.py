@@ -15,7 +15,7 @@ from onnx_helpers import (
 )
 from torch import nn
 
-from filterprune.onnx import _batch
+from filterprune.onnx import _batch, remove_zero_filters
 
 
 def _flatten_chain(tmp_path):
@@ -180,3 +180,25 @@ def test_expand_to_a_computed_shape_keeps_the_channels(tmp_path):
     _, report = convert(path, torch.zeros(2, 3, 4, 4))
     assert report.removed == 0
     assert "its shape is computed in the file" in str(report)
+
+
+def test_a_dynamic_length_the_model_cannot_run_at_1_is_checked_at_another(tmp_path):
+    """A text CNN's valid convolution cannot run a sequence of length 1, the size the
+    check gave every dynamic dimension: convert failed with a bare onnxruntime error."""
+
+    class TextCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.c = nn.Embedding(50, 16), nn.Conv1d(16, 24, 3)
+            self.fc = nn.Linear(24, 4)
+
+        def forward(self, tok):
+            return self.fc(torch.relu(self.c(self.emb(tok).transpose(1, 2))).amax(2))
+
+    m = TextCNN().eval()
+    zero(m.c, list(range(8)))
+    tok = torch.randint(0, 50, (2, 20))
+    path = export(m, tok, tmp_path / "t.onnx", input_names=["tok"],
+                  dynamic_axes={"tok": {0: "n", 1: "s"}})  # fmt: skip
+    new, report = remove_zero_filters(path)  # checked inside, at length 32
+    assert layer(report, "/c/").removed == 8
