@@ -583,3 +583,22 @@ def test_a_split_of_shape_arithmetic_is_left_to_itself(tmp_path):
     path = save_graph(tmp_path, nodes, weights, [2, 3, 8, 8], [2, 4, 8, 8])
     new, report = convert(path, torch.zeros(2, 3, 8, 8))
     assert not report.notes and layer(report, "a").removed == 2
+
+
+def test_native_group_norm_loses_whole_zero_groups(tmp_path):
+    """GroupNormalization (opset 21, a scale and bias per channel): a group whose filters,
+    scale and bias are zero goes, and ``num_groups`` drops with it. Held before, as 'its
+    statistics span channels'."""
+    rng = np.random.default_rng(0)
+    w1, scale, bias = rng.normal(size=(12, 3, 3, 3)), rng.normal(size=12) + 1, rng.normal(size=12)
+    w1[4:8] = scale[4:8] = bias[4:8] = 0  # the second of three groups
+    weights = {"w1": w1, "w2": rng.normal(size=(4, 12, 1, 1)), "scale": scale, "bias": bias}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="c1"),
+             helper.make_node("GroupNormalization", ["a", "scale", "bias"], ["g"], num_groups=3),
+             helper.make_node("Relu", ["g"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="c2")]  # fmt: skip
+    path = save_graph(tmp_path, nodes, weights, [1, 3, 8, 8], [1, 4, 8, 8], opset=21)
+    new, report = convert(path, torch.randn(1, 3, 8, 8))
+    assert layer(report, "c1").removed == 4 and weight_shape(new, "c2") == (4, 8, 1, 1)
+    gn = next(n for n in new.graph.node if n.op_type == "GroupNormalization")
+    assert next(a.i for a in gn.attribute if a.name == "num_groups") == 2

@@ -125,7 +125,7 @@ def _conv(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
     if len(p.node.input) > 2 and p.node.input[2] and p.add("B", 2, ("out",)) is None:
         return "bias is not a constant"
     out = v.out_shapes[0] if v.out_shapes else None
-    if not isinstance(out, tuple) or len(out) < 2 or out[1] != cout:
+    if isinstance(out, tuple) and len(out) > 1 and out[1] != cout:  # a symbolic declared one
         return "output shape is unknown"  # after an op shape inference does not know
     spatial = v.in_shapes[0] if transposed else v.out_shapes[0]
     attrs = {"in_channels": cin, "out_channels": cout, "groups": groups, "channel_axis": 1,
@@ -250,9 +250,20 @@ def _norm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
     return LayerInfo(name, "batchnorm", p.info), attrs
 
 
+def _groupnorm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
+    """GroupNormalization (opset 21): a scale and bias per channel. A group whose input is
+    all zero normalises to zero, so its output is the bias."""
+    for i, key in ((1, "scale"), (2, "B")):
+        if p.add(key, i, ("channel",)) is None:
+            return f"GroupNormalization {key} is not a constant"
+    p.arrays["mult"], p.arrays["shift"] = p.arrays["scale"], p.arrays["B"]
+    return LayerInfo(name, "batchnorm", p.info), attrs
+
+
 _BUILDERS = {"Conv": _conv, "ConvTranspose": _conv, "Gemm": _gemm, "MatMul": _matmul,
              "BatchNormalization": _norm, "InstanceNormalization": _norm,
-             "QuantizeLinear": _norm, "DequantizeLinear": _norm}  # fmt: skip
+             "QuantizeLinear": _norm, "DequantizeLinear": _norm,
+             "GroupNormalization": _groupnorm}  # fmt: skip
 
 
 def build_layer(facts: ModelFacts, idx: int, node: onnx.NodeProto, view: NodeView,

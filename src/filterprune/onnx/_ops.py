@@ -225,6 +225,15 @@ def _layernorm(v: NodeView) -> Spec:
     return "layernorm", {"normalized_ndim": rank - _axis(v, -1)}
 
 
+def _groupnorm(v: NodeView) -> Spec:
+    """Whole groups may go (the rewrite lowers ``num_groups``) where the scale and bias are
+    per channel (opset 21); per group (opset 18), the groups stay whole."""
+    if v.opset < 21:
+        return _stop("GroupNormalization with a scale per group (opset 18)")
+    return "groupnorm", {"groups": int(v.attr("num_groups", 1)), "channel_axis": 1,
+                         "rewritable": True}
+
+
 def _spatial(v: NodeView) -> Spec:
     """Pooling or resizing over every axis after the channels: channels there stay whole."""
     return "along", {"dims": list(range(2, v.rank or 0))}
@@ -286,7 +295,7 @@ OPS: dict[str, OpSpec] = {
     "BatchNormalization": OpSpec("batchnorm", zero="layer"),
     "InstanceNormalization": OpSpec("batchnorm", zero="layer"),
     "LayerNormalization": OpSpec(_layernorm, zero="none"),
-    "GroupNormalization": OpSpec("groupnorm", zero="none"),
+    "GroupNormalization": OpSpec(_groupnorm, (0,), zero="layer"),
     "Conv": OpSpec("conv", zero="layer"),
     "ConvTranspose": OpSpec("conv", zero="layer"),
     "Gemm": OpSpec("linear", zero="layer"),

@@ -58,9 +58,29 @@ def infer_shapes(model: onnx.ModelProto, batch: int | None = None) -> Shapes:
                 dims[0].Clear()
                 dims[0].dim_value = batch
         del skeleton.graph.value_info[:]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
-    except Exception:  # noqa: BLE001 - partial shapes are still useful; unknown ones block
-        inferred = model
-    g = inferred.graph
+    for _ in range(4):  # again while an op onnx does not infer gets its input's shape
+        try:
+            inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+        except Exception:  # noqa: BLE001 - partial shapes are still useful; unknown ones block
+            inferred = model
+        g = inferred.graph
+        known = {v.name: v for v in [*g.input, *g.value_info, *g.output]}
+        given = [_like(known[n.input[0]], n.output[0]) for n in g.node
+                 if n.op_type in _SAME_SHAPE and n.input[0] in known
+                 and (n.output[0] not in known or _dims(known[n.output[0]].type) is None)]
+        if not given:
+            break
+        skeleton.graph.value_info.extend(given)
     return {v.name: _dims(v.type) for v in [*g.input, *g.value_info, *g.output]}
+
+
+# ops whose output has their input's shape, which onnx's inference may not know
+# (GroupNormalization at opset 21 in onnx 1.17)
+_SAME_SHAPE = {"GroupNormalization"}
+
+
+def _like(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(value)
+    out.name = name
+    return out

@@ -168,6 +168,15 @@ class _Writer:
         else:
             target.attribute.append(onnx.helper.make_attribute("split", sizes))
 
+    def group_norm(self, ni: int, node: onnx.NodeProto) -> None:
+        """Whole groups went: as many fewer ``num_groups`` (each keeps its width)."""
+        changed = self._changed(node.output[0])
+        if changed is None:
+            return
+        (old, new), attr = (changed[0][1], changed[1][1]), next(
+            a for a in self.nodes[ni].attribute if a.name == "num_groups")  # fmt: skip
+        attr.i = new // (old // attr.i)
+
     def slice_(self, ni: int, node: onnx.NodeProto) -> None:
         """A Slice read as one piece of a split: move its bounds past removed channels."""
         core = self.cap.graph.nodes.get(f"{node.name or node.output[0]}#outputs")
@@ -243,7 +252,8 @@ class _Writer:
 
 
 _SHAPE_FIXES = {"Reshape": _Writer.reshape, "Split": _Writer.split, "Resize": _Writer.resize,
-                "Expand": _Writer.expand, "Slice": _Writer.slice_}  # fmt: skip
+                "Expand": _Writer.expand, "Slice": _Writer.slice_,
+                "GroupNormalization": _Writer.group_norm}  # fmt: skip
 
 
 def rewrite(cap: Captured, decision: Decision) -> onnx.ModelProto:

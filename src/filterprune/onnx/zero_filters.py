@@ -112,7 +112,7 @@ class _Zeros:
         uses = self.state.uses.get(node.layer or "", {})
         if node.op in ("conv", "linear") and "in" in uses and "out" in uses:
             return self.layer(node)
-        if node.op == "batchnorm" and "channel" in uses:
+        if node.op in ("batchnorm", "groupnorm") and "channel" in uses:
             return self.per_channel(node)
         if node.op in ("input", "stop", "param") or mode == "none":
             return self.all_roots(node.name)
