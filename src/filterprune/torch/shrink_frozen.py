@@ -87,6 +87,9 @@ def shrink_in_place(model: torch.nn.Module, keeps: dict, layers: dict,
     swaps = {id(old): (getattr(owner, attr), old, roles, keep, groups)
              for owner, attr, old, roles, keep, groups in cuts
              if getattr(owner, attr) is not old}  # fmt: skip
+    for new, old, roles, keep, groups in swaps.values():  # a step still to come uses them
+        if old.grad is not None:  # (gradients accumulated across the epoch's end)
+            new.grad = _laid_out(_cut(old.grad, roles, keep, groups), new)
     for optimizer in optimizers:
         _rebind(optimizer, swaps)
     _state_like_parameters(optimizers)
