@@ -462,3 +462,17 @@ def test_filter_counts_are_the_layers_filters():
     stats, small = ctrl.statistics(), ctrl.strip()
     assert stats.full_filters == 32
     assert stats.current_filters == small.a.out_channels + small.b.out_channels == 16
+
+
+def test_a_masked_model_compiles_whole_in_training():
+    """The masked BatchNorm's training forward read its statistics in a comprehension with
+    an assignment expression, which torch.compile cannot trace: fullgraph=True failed, and
+    without it the graph broke at every BatchNorm."""
+    from torch_helpers import SmallNet, make_config, randomize_bn
+
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(randomize_bn(SmallNet()), make_config(pruning_init=0.5))
+    compiled = torch.compile(model.train(), backend="eager", fullgraph=True)
+    x = torch.randn(2, 3, 32, 32)
+    compiled(x).sum().backward()
+    torch._dynamo.reset()

@@ -221,8 +221,9 @@ class FakeQuantize(nn.Module):
                 f"Received: bits={self.spec.settings.bits} for {self.spec.key}."
             )
         qmin, qmax = self.quant_min, self.quant_max
-        if scale.dtype == torch.float64:  # a model moved to float64: the ops take float32
-            scale = scale.float()
+        scale = scale.float()  # a model moved to another dtype: the ops take float32 scales
+        if x.dtype in (torch.float16, torch.bfloat16):  # and no half-precision input
+            return self._fake_quantize(x.float(), scale, zero_point).to(x.dtype)
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
         return torch.fake_quantize_per_channel_affine(x, scale, zero_point, self.axis, qmin, qmax)

@@ -140,10 +140,14 @@ class _MaskedChannels(_MaskState):
 def pruned_statistics(module: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of a masked BatchNorm's running statistics (``{}`` for a layer without them or
     without a channel mask)."""
+    saved: dict[str, torch.Tensor] = {}
     if module._buffers.get("channel_mask") is None:
-        return {}
-    return {k: b.clone() for k in ("running_mean", "running_var")
-            if (b := module._buffers.get(k)) is not None}  # fmt: skip
+        return saved
+    for key in ("running_mean", "running_var"):  # a loop: torch.compile traces it whole
+        buffer = module._buffers.get(key)
+        if buffer is not None:
+            saved[key] = buffer.clone()
+    return saved
 
 
 def restore_pruned_statistics(module: nn.Module, saved: dict[str, torch.Tensor]) -> None:
