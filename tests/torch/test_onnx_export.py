@@ -229,3 +229,18 @@ def test_a_channels_last_model_exports_as_a_contiguous_one(tmp_path):
         ctrl.export_model(path)
         removed.append(remove_zero_filters(path)[1].removed)
     assert removed[0] == removed[1] > 0
+
+
+def test_an_export_inside_autocast_writes_the_models_arithmetic(tmp_path):
+    """Under torch.autocast the file got bfloat16 casts into its convs: ONNX Runtime
+    refused it (INVALID_GRAPH)."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(randomize_bn(SmallNet()), make_config())
+    path = tmp_path / "m.onnx"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ctrl.export_model(str(path))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    _, (out,) = run_onnx(path, x)
+    assert abs(out - ref.numpy()).max() <= 1e-4 * float(ref.abs().max())

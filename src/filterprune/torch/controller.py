@@ -202,7 +202,10 @@ def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
     model = fold_batchnorms(ctrl.strip(shrink=shrink).eval(), ctrl.captured.graph)
     # a channels_last model exports its pooling as strided gathers that convert cannot cut
     model = model.to(memory_format=torch.contiguous_format)
-    export_onnx(model, ctrl.captured.sample, save_path, input_names, output_names)
+    # in an autocast block the exporter would write its casts (bfloat16 into a Conv, which
+    # ONNX Runtime refuses): the file holds the model's own arithmetic
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        export_onnx(model, ctrl.captured.sample, save_path, input_names, output_names)
 
 
 def _check_ranges_set(model: nn.Module) -> None:
