@@ -476,3 +476,33 @@ def test_a_masked_model_compiles_whole_in_training():
     x = torch.randn(2, 3, 32, 32)
     compiled(x).sum().backward()
     torch._dynamo.reset()
+
+
+def test_a_compiled_wrapper_is_refused_with_the_way_round():
+    """torch.fx could not read the wrapper; torch.export's capture then fixed the batch
+    size of the export and missed where a quantizer goes, with nothing said."""
+    from torch_helpers import SmallNet, make_config
+
+    from filterprune.errors import AnalysisError
+
+    with pytest.raises(AnalysisError, match=r"torch.compile wrapper\. Compress the model "
+                       r"itself \(model._orig_mod\)"):
+        create_compressed_model(torch.compile(SmallNet()), make_config())
+
+
+def test_layers_replaced_after_compression_are_refused():
+    """SyncBatchNorm.convert_sync_batchnorm after create_compressed_model (the usual DDP
+    set-up) dropped every BatchNorm's mask and an activation quantizer's hook, silently."""
+    from torch_helpers import SmallNet, make_config
+
+    from filterprune.errors import AnalysisError
+
+    config = dict(make_config(pruning_init=0.5))
+    config["compression"] = [config["compression"], {
+        "algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}}]
+    ctrl, model = create_compressed_model(SmallNet(), config)
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for call in (ctrl.distributed, ctrl.strip):
+        with pytest.raises(AnalysisError, match=r"Layer 'bn0' of the model is now a "
+                           r"SyncBatchNorm.*before create_compressed_model"):
+            call()

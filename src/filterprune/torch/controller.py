@@ -17,6 +17,7 @@ from ..core.controller import CompressionStage, PruningControllerBase, analysis_
 from ..core.finite import Probe
 from ..core.pruner import Plan
 from ..core.workflow import Captured
+from ..errors import AnalysisError
 from . import onnx_export
 from ._copy import bake_weights
 from .fake_quant import FakeQuantize
@@ -141,6 +142,7 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
     def distributed(self) -> None:
         """Call under DDP (torchrun) before training: masks are then taken from rank 0,
         the current ones at once (each rank planned them from its own weights)."""
+        check_layers_in_place(self)
         self._distributed = True
         if self._ddp() and not self.shrunk:
             self._install(self._sync(self.plan))
@@ -179,6 +181,28 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
                      shrink: bool = False) -> None:  # fmt: skip
         """Export to ONNX with pruned filters zeroed (``shrink=True``: removed)."""
         export_model(self, save_path, save_format, input_names, output_names, shrink)
+
+
+def check_layers_in_place(ctrl: Any) -> None:
+    """Refuse a model whose layers were replaced after compression (as
+    ``SyncBatchNorm.convert_sync_batchnorm`` replaces every BatchNorm): the masks and
+    quantizers stayed on the old ones, and the model computed without them.
+
+    Raises:
+        AnalysisError: Naming the first replaced layer and the order that works.
+    """
+    for child in getattr(ctrl, "child_ctrls", [ctrl]):
+        refs = getattr(getattr(child, "captured", None), "refs", {})
+        modules = dict(child.model.named_modules())
+        moved = [n for n, m in refs.items() if n in modules and modules[n] is not m
+                 and isinstance(m, nn.Module)]  # fmt: skip
+        if moved:
+            raise AnalysisError(
+                f"Layer {moved[0]!r} of the model is now a {type(modules[moved[0]]).__name__}, "
+                "put there after create_compressed_model (as "
+                "SyncBatchNorm.convert_sync_batchnorm does): its masks and quantizers stayed "
+                "on the layer it replaced. Replace layers before create_compressed_model."
+            )
 
 
 def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",

@@ -22,7 +22,7 @@ from ._copy import copy_model
 from ._init_args import InitArgs, adapt_batchnorm
 from ._snapshot import restore, snapshot
 from .capture import capture
-from .controller import FilterPruningController, export_model
+from .controller import FilterPruningController, check_layers_in_place, export_model
 from .distillation import KnowledgeDistillationController
 from .fake_quant import FakeQuantize
 from .finite import cut_probe
@@ -170,6 +170,14 @@ class TorchFrontend(Frontend):
                    "knowledge_distillation": KnowledgeDistillationController}  # fmt: skip
 
     def check(self, model: nn.Module, config: Config) -> None:
+        compiled = [n or type(model).__name__ for n, m in model.named_modules()
+                    if hasattr(m, "_orig_mod") and hasattr(m, "dynamo_ctx")]  # fmt: skip
+        if compiled:  # its wrapper hides the module from torch.fx; torch.export's capture
+            raise AnalysisError(  # then fixes the batch size and misses quantizer places
+                f"Module {compiled[0]!r} is a torch.compile wrapper. Compress the model "
+                "itself (model._orig_mod), then compile the model create_compressed_model "
+                "returns (or call model.compile() in place). The model is unchanged."
+            )
         scripted = [n or type(model).__name__ for n, m in model.named_modules()
                     if isinstance(m, torch.jit.ScriptModule)]  # fmt: skip
         if scripted:
@@ -237,6 +245,7 @@ class TorchFrontend(Frontend):
         restore(snapshot)
 
     def strip(self, ctrl: Any, do_copy: bool = True, **kwargs: Any) -> nn.Module:
+        check_layers_in_place(ctrl)
         model = copy_model(ctrl.model) if do_copy else ctrl.model
         return ctrl.strip_model(model, **kwargs)
 

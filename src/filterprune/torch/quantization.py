@@ -27,7 +27,7 @@ from ..core.quantization import QuantizerSpec, QuantizerState
 from ..core.workflow import Captured
 from ..progress import progress
 from ._init_args import model_inputs
-from .controller import export_model
+from .controller import check_layers_in_place, export_model
 from .fake_quant import FakeQuantize, QuantizeInput, QuantizeOutput
 from .masks import add_weight_quantizer, masked_param, quantized_class
 
@@ -117,6 +117,7 @@ class QuantizationController(QuantizationControllerBase):
         """Call under DDP (torchrun) before training: every rank takes rank 0's quantizer
         ranges (each rank initialised them on its own data; DDP copies the buffers but
         not the integer range each quantizer keeps, so the ranks computed apart)."""
+        check_layers_in_place(self)
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()):
             return
