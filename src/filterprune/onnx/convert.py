@@ -66,26 +66,24 @@ def reference_run(model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], list[n
     or 32 or 224 where the model cannot run 1 (a text model's valid convolutions).
     """
     sizes = (1, 32, 224)  # of other symbolic dimensions: 1, unless the model cannot run it
-    for size in sizes:
+    dynamic = any(not d.HasField("dim_value") for v in model.graph.input
+                  for d in v.type.tensor_type.shape.dim[1:])  # fmt: skip
+    error: Exception | None = None
+    for size in sizes if dynamic else sizes[:1]:
         feeds = random_inputs(model, batch=size, leading=2)
         single = random_inputs(model, batch=size, leading=1)
-        try:
-            if all(a.shape == b.shape for a, b in zip(feeds.values(), single.values(),
-                                                        strict=True)):  # fmt: skip
-                return single, run_onnxruntime(model, single)
+        same = all(a.shape == b.shape for a, b in zip(feeds.values(), single.values(),
+                                                       strict=True))  # fmt: skip
+        for chosen in [single] if same else [feeds, single]:  # two samples, else one
             try:
-                return feeds, run_onnxruntime(model, feeds)
-            except Exception:  # noqa: BLE001  (any runtime failure: the graph holds one sample)
-                return single, run_onnxruntime(model, single)
-        except Exception as err:  # noqa: BLE001  (the runtime refuses this size)
-            if not any(d.dim_param or not d.HasField("dim_value") for v in model.graph.input
-                       for d in v.type.tensor_type.shape.dim[1:]) or size == sizes[-1]:
-                raise ConversionError(
-                    f"onnxruntime cannot run the model on random inputs (dynamic dimensions "
-                    f"tried at {', '.join(map(str, sizes))}) to check the conversion: {err} "
-                    "Convert with --no-verify (verify=False) to skip the check."
-                ) from err
-    raise AssertionError("unreachable")
+                return chosen, run_onnxruntime(model, chosen)
+            except Exception as err:  # noqa: BLE001  (the runtime refuses these inputs)
+                error = err
+    raise ConversionError(
+        f"onnxruntime cannot run the model on random inputs to check the conversion"
+        f"{' (dynamic dimensions tried at 1, 32 and 224)' if dynamic else ''}: {error} "
+        "Convert with --no-verify (verify=False) to skip the check."
+    ) from error
 
 
 def run_onnxruntime(
