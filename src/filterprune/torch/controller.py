@@ -193,6 +193,8 @@ def check_layers_in_place(ctrl: Any) -> None:
     """
     for child in getattr(ctrl, "child_ctrls", [ctrl]):
         refs = getattr(getattr(child, "captured", None), "refs", {})
+        if not refs:  # an algorithm of the user's own that put nothing on layers
+            continue
         modules = dict(child.model.named_modules())
         moved = [n for n, m in refs.items() if n in modules and modules[n] is not m
                  and isinstance(m, nn.Module)]  # fmt: skip
