@@ -338,6 +338,15 @@ class CompositeCompressionController(CompressionController):
         for c in takers:
             c.register_optimizer(optimizer)
 
+    def register_copy(self, copy: Any) -> None:
+        """Hand a copy of the model (an EMA's) to every child that cuts the model."""
+        takers = [c for c in self.child_ctrls if hasattr(c, "register_copy")]
+        if not takers:
+            raise AttributeError("register_copy: no algorithm of this controller cuts the model "
+                                 f"(algorithms: {[c.name for c in self.child_ctrls]}).")
+        for c in takers:
+            c.register_copy(copy)
+
     def _kept_channels(self, node: str, axis: int) -> Any:
         """What a pruning child keeps of a tensor (``None``: none cuts it), for the children
         that strip per-channel state of tensors (quantizer ranges)."""

@@ -11,7 +11,10 @@ so the user registers it once::
 
 At the cut, every registered optimizer's parameter groups are rebound to the new
 parameters and their per-parameter state (momentum, Adam moments) is cut the same way,
-so training continues without a restart. ``ctrl.shrunk`` tells the cut happened. Saved
+so training continues without a restart. A copy of the model made after
+``create_compressed_model`` (an EMA's averaged model) keeps the old shapes; register it
+too (``ctrl.register_copy(ema.module)``) and it is cut alike. ``ctrl.shrunk`` tells the
+cut happened. Saved
 states remember it: resuming cuts the new model at once, so a shrunk ``state_dict``
 loads. ``params.shrunk_memory_format: "channels_last"`` lays the cut model out channels
 last (its convs train faster on CPUs); a model whose forward cannot run so stays
@@ -173,6 +176,27 @@ class ShrinkWhenFrozen(PruningControllerBase):
                 )
         self.__dict__.setdefault("optimizers", []).append(optimizer)
 
+    def register_copy(self, copy: torch.nn.Module) -> None:
+        """Have a copy of the model made after compression (an EMA's averaged model:
+        ``AveragedModel(model).module``, timm's ``ModelEmaV3(model).module``) cut with it
+        (``shrink_when_frozen``), so averaging goes on between tensors of one shape.
+
+        Raises:
+            ConfigError: ``copy`` does not have the model's masked layers.
+        """
+        names = {n for n, m in self.model.named_modules() if is_masked(m)}
+        found = {n for n, m in copy.named_modules() if is_masked(m)}
+        if not names <= found:
+            raise ConfigError(
+                f"register_copy: the {type(copy).__name__} given lacks the model's masked "
+                f"layers (e.g. {sorted(names - found)[0]!r}). Pass a copy made after "
+                "create_compressed_model, by its module: ctrl.register_copy(ema.module)."
+            )
+        if self.shrunk:
+            raise ConfigError("register_copy: the model is cut already (shrink_when_frozen); "
+                              "copy the cut model instead.")  # fmt: skip
+        self.__dict__.setdefault("copies", []).append(weakref.ref(copy))
+
     def freeze(self) -> None:
         cut = self.params.shrink_when_frozen and not self.shrunk and self._cuttable()
         if cut:
@@ -225,8 +249,10 @@ class ShrinkWhenFrozen(PruningControllerBase):
         if not optimizers and not resumed:  # (a resumed run registers its optimizer after)
             log.warning("shrink_when_frozen: no optimizer registered with ctrl."
                         "register_optimizer(); rebuild yours from model.parameters()")
-        replaced = shrink_in_place(self.model, self.keeps(), self.analysis.graph.layers,
-                                   optimizers)  # fmt: skip
+        keeps, layers = self.keeps(), self.analysis.graph.layers
+        replaced = shrink_in_place(self.model, keeps, layers, optimizers)
+        for copy in filter(None, (ref() for ref in self.__dict__.get("copies", []))):
+            shrink_in_place(copy, keeps, layers, [])
         # what a stale optimizer would hold (by identity: tensors compare elementwise)
         self._replaced = {id(p): weakref.ref(p) for p in replaced}
         self.shrunk = True
@@ -234,6 +260,9 @@ class ShrinkWhenFrozen(PruningControllerBase):
             self.taylor.remove()
         if self.params.shrunk_memory_format == "channels_last":
             failure = _to_channels_last(self.model, self.sample, optimizers)
+            for copy in filter(None, (ref() for ref in self.__dict__.get("copies", []))):
+                copy.to(memory_format=torch.contiguous_format if failure else
+                        torch.channels_last)  # fmt: skip
             if failure:
                 log.warning("shrunk_memory_format: the cut model's forward fails in the "
                             "channels_last layout, so it stays contiguous (%s)", failure)
