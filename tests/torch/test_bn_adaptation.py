@@ -235,3 +235,21 @@ def test_a_model_of_two_inputs_takes_them_from_the_batch_s_inputs():
     ctrl, model = create_compressed_model(model, register_default_init_args(config, data))
     assert not torch.equal(model.bn.running_mean, before)
     assert ctrl.statistics().quantization.ranges_initialized
+
+
+def test_an_outer_autocast_block_does_not_change_statistics_or_ranges():
+    """Created inside the user's bfloat16 autocast, BatchNorm statistics and quantizer
+    ranges came from bfloat16 convs (1e-3 off the model's own float32)."""
+    torch.manual_seed(1)
+    batches = _batches(4, 4)
+    buffers = []
+    for outer in (False, True):
+        config = make_config(pruning_init=0.3)
+        config["compression"] = [config["compression"], {"algorithm": "quantization"}]
+        config = register_default_init_args(config, batches)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=outer):
+            _, model = create_compressed_model(_net(), config)
+        buffers.append(dict(model.named_buffers()))
+    assert any("quantizer" in k for k in buffers[0])
+    for key, value in buffers[0].items():
+        assert torch.equal(buffers[1][key], value), key

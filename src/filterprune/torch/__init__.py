@@ -16,7 +16,7 @@ from torch import nn
 from ..core import workflow
 from ..core.compression import CompositeCompressionController
 from ..core.config import Config
-from ._init_args import register_default_init_args
+from ._init_args import own_arithmetic, register_default_init_args
 from .accuracy_aware import create_accuracy_aware_training_loop
 from .controller import CompressionStage, FilterPruningController
 from .frontend import TorchFrontend
@@ -52,7 +52,8 @@ def create_compressed_model(model: nn.Module, config: Config | dict,
     Raises:
         ConfigError: For an invalid config or one this frontend cannot run.
     """
-    return workflow.create_compressed_model(TorchFrontend(), model, config, compression_state)
+    with own_arithmetic():  # BatchNorm statistics and ranges of the model as deployed
+        return workflow.create_compressed_model(TorchFrontend(), model, config, compression_state)
 
 
 def analyze_model(model: nn.Module, config: Config | dict, level: float | None = None) -> Any:

@@ -3,6 +3,7 @@ validation data and functions of a LeGR search."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,14 @@ def model_inputs(batch: Any, device: Any) -> tuple[torch.Tensor, ...]:
     return tuple(t.to(device) for t in (x if isinstance(x, (list, tuple)) else (x,)))
 
 
+@contextlib.contextmanager
+def own_arithmetic():
+    """Turn off an autocast block the caller holds: statistics, ranges and exported files
+    come from the model's own dtype, as it is deployed."""
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        yield
+
+
 def adapt_batchnorm(model: nn.Module, loader: Any, num_samples: int) -> None:
     """Re-estimate BatchNorm running statistics on ``num_samples`` training samples.
 
@@ -108,7 +117,8 @@ def adapt_batchnorm(model: nn.Module, loader: Any, num_samples: int) -> None:
     model.train()
     seen, done, size = 0, 0, None  # samples and batches run; the size of the batch running
     try:
-        with torch.no_grad(), progress(total=num_samples, desc="BN adaptation") as bar:
+        with torch.no_grad(), own_arithmetic(), progress(total=num_samples,
+                                                         desc="BN adaptation") as bar:
             for batch in batches:
                 inputs = model_inputs(batch, device)
                 size = int(inputs[0].shape[0]) if inputs[0].dim() else 1

@@ -20,6 +20,7 @@ from ..core.workflow import Captured
 from ..errors import AnalysisError
 from . import onnx_export
 from ._copy import bake_weights
+from ._init_args import own_arithmetic
 from .fake_quant import FakeQuantize
 from .fold import fold_batchnorms
 from .legr import ranking_trials
@@ -229,8 +230,8 @@ def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
     # a channels_last model exports its pooling as strided gathers that convert cannot cut
     model = model.to(memory_format=torch.contiguous_format)
     # in an autocast block the exporter would write its casts (bfloat16 into a Conv, which
-    # ONNX Runtime refuses): the file holds the model's own arithmetic
-    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+    # ONNX Runtime refuses)
+    with own_arithmetic():
         export_onnx(model, ctrl.captured.sample, save_path, input_names, output_names)
 
 
