@@ -602,3 +602,36 @@ def test_native_group_norm_loses_whole_zero_groups(tmp_path):
     assert layer(report, "c1").removed == 4 and weight_shape(new, "c2") == (4, 8, 1, 1)
     gn = next(n for n in new.graph.node if n.op_type == "GroupNormalization")
     assert next(a.i for a in gn.attribute if a.name == "num_groups") == 2
+
+
+@pytest.mark.parametrize(("const_shape", "removed"), [((12, 1, 1), 4), ((1, 12, 1, 1), 4),
+                                                      ((12,), 0)])  # fmt: skip
+def test_a_group_norm_written_as_a_chain_loses_whole_zero_groups(tmp_path, const_shape, removed):
+    """Below opset 21 exporters write GroupNorm as Reshape / InstanceNormalization / Reshape /
+    Mul / Add; read as one op, a zero group goes and the chain is written back with its new
+    sizes. A (12,) constant broadcasts over the width (12 too), not the channels: held."""
+    rng = np.random.default_rng(0)
+    w1, scale, bias = rng.normal(size=(12, 3, 3, 3)), rng.normal(size=12) + 1, rng.normal(size=12)
+    w1[4:8] = scale[4:8] = bias[4:8] = 0  # the second of three groups
+    weights = {"w1": w1, "w2": rng.normal(size=(4, 12, 1, 1)), "target": np.array([0, 3, -1]),
+               "ones": np.ones(3), "zeros": np.zeros(3), "scale": scale.reshape(const_shape),
+               "bias": bias.reshape(const_shape)}  # fmt: skip
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="c1"),
+             helper.make_node("Reshape", ["a", "target"], ["r"]),
+             helper.make_node("InstanceNormalization", ["r", "ones", "zeros"], ["n"]),
+             helper.make_node("Shape", ["a"], ["s"]),
+             helper.make_node("Reshape", ["n", "s"], ["b"]),
+             helper.make_node("Mul", ["scale", "b"], ["m"]),
+             helper.make_node("Add", ["m", "bias"], ["g"]),
+             helper.make_node("Relu", ["g"], ["z"]),
+             helper.make_node("Conv", ["z", "w2"], ["y"], name="c2")]  # fmt: skip
+    path = save_graph(tmp_path, nodes, weights, [1, 3, 8, 12], [1, 4, 8, 12])
+    new, report = convert(path, torch.randn(1, 3, 8, 12))
+    assert layer(report, "c1").removed == removed
+    assert new.opset_import[0].version == 17
+    assert "GroupNormalization" not in {n.op_type for n in new.graph.node}
+    if removed:
+        assert weight_shape(new, "c2") == (4, 8, 1, 1)
+        inits = {i.name: numpy_helper.to_array(i) for i in new.graph.initializer}
+        target = next(n for n in new.graph.node if n.op_type == "Reshape").input[1]
+        assert list(inits[target]) == [0, 2, -1]

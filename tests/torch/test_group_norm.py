@@ -137,3 +137,17 @@ def test_global_ranking_counts_the_filters_a_group_stands_for():
     small, _ = prune(Net(), all_weights=True, filters_multiple_of=1)
     kept = small.c1.out_channels + small.c3.out_channels  # of 64 filters, 32 go
     assert small.c1.out_channels < 32 and 32 - 8 < kept <= 32  # a group of 8 may overshoot
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_convert_cuts_the_groups_of_an_export_below_opset_21(exporter):
+    """Both exporters write GroupNorm as Reshape / InstanceNormalization / Reshape / Mul /
+    Add below opset 21: read node by node, every channel was kept."""
+    from filterprune.testing.convert import check_convert
+
+    row = check_convert(Net(), 16, exporter=exporter)
+    assert row["exporter"] == exporter
+    assert row["same_weights"] and row["kept_zero"] == 0, row
+    assert row["rel_diff"] < 1e-5, row
+    assert row["flops_kept"] == pytest.approx(row["strip_flops_kept"], rel=1e-6), row
+    assert row["flops_kept"] < 0.8, row

@@ -227,8 +227,12 @@ def _layernorm(v: NodeView) -> Spec:
 
 def _groupnorm(v: NodeView) -> Spec:
     """Whole groups may go (the rewrite lowers ``num_groups``) where the scale and bias are
-    per channel (opset 21); per group (opset 18), the groups stay whole."""
-    if v.opset < 21:
+    per channel (opset 21, or a chain read as one, see :mod:`._group_norm`); per group
+    (opset 18), the groups stay whole."""
+    scale, shape = v.const(1), v.in_shapes[0] if v.in_shapes else None
+    per_channel = scale is not None and isinstance(shape, tuple) and len(shape) > 1 and (
+        scale.size == shape[1])  # (opset 18 with one channel a group means the same)
+    if v.opset < 21 and not per_channel:
         return _stop("GroupNormalization with a scale per group (opset 18)")
     return "groupnorm", {"groups": int(v.attr("num_groups", 1)), "channel_axis": 1,
                          "rewritable": True}

@@ -17,6 +17,7 @@ import onnx
 
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured as CoreCaptured
+from ._group_norm import fuse
 from ._layers import build_layer
 from ._ops import OPS, ZERO_CHECKS, NodeView, Spec
 from ._shapes import opset_of
@@ -56,6 +57,7 @@ class Captured(CoreCaptured):
     dynamic: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     opset: int = 17
+    fused: dict[str, dict] = field(default_factory=dict)  # see ._group_norm
 
 
 class _Emitter:
@@ -245,9 +247,18 @@ class _Emitter:
 
 def capture(model: onnx.ModelProto) -> Captured:
     """Build the core graph of ``model`` (a checked ``ModelProto``; a quantized weight
-    read by several layers is first given one copy per layer, :func:`own_weights`)."""
-    model = own_weights(model)
-    e = _Emitter(read_facts(model))
+    read by several layers is first given one copy per layer, :func:`own_weights`, and a
+    GroupNorm written as a chain of ops is read as one, :func:`._group_norm.fuse`)."""
+    own = own_weights(model)
+    model, fused = fuse(own)
+    facts = read_facts(model)
+    astray = [name for name, f in fused.items()  # a constant that broadcasts elsewhere
+              if len(facts.shape(f["chain"][0].input[0]) or ()) != f["trailing"] + 2]
+    if astray:
+        model, fused = fuse(own, skip=astray)
+        facts = read_facts(model)
+    e = _Emitter(facts)
+    e.cap.fused = fused
     for v in model.graph.input:
         if v.name not in e.facts.consts:
             e.graph.add(Node(v.name, "input", shape=e.facts.shape(v.name)))

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from ..core.weights import slice_weight
 from ..errors import ConversionError
+from ._group_norm import unfuse
 from .capture import Captured
 from .facts import has_subgraph, subgraph_inputs
 from .zero_filters import Decision
@@ -262,4 +263,5 @@ def rewrite(cap: Captured, decision: Decision) -> onnx.ModelProto:
     w.layers()
     w.shapes()
     w.prune_dead()
+    unfuse(w.model, cap.fused)
     return w.model
