@@ -635,3 +635,33 @@ def test_a_group_norm_written_as_a_chain_loses_whole_zero_groups(tmp_path, const
         inits = {i.name: numpy_helper.to_array(i) for i in new.graph.initializer}
         target = next(n for n in new.graph.node if n.op_type == "Reshape").input[1]
         assert list(inits[target]) == [0, 2, -1]
+
+
+NEWER_OPS = {  # name: (nodes making "b" from "a", opset, extra weights, removed)
+    "swish": ([helper.make_node("Swish", ["a"], ["b"], alpha=0.7)], 24, {}, 2),
+    "rms_norm_over_width": ([helper.make_node("RMSNormalization", ["a", "s"], ["b"])], 23,
+                            {"s": np.linspace(0.5, 1.5, 8)}, 2),
+    "rms_norm_over_channels": ([helper.make_node("RMSNormalization", ["a", "s3"], ["b"],
+                                                 axis=1)], 23, {"s3": np.ones((8, 8, 8))}, 0),
+    "center_crop_pad": ([helper.make_node("CenterCropPad", ["a", "hw"], ["b"], axes=[2, 3])],
+                        18, {"hw": np.array([6, 10])}, 2),
+    "center_crop_pad_channels": ([helper.make_node("CenterCropPad", ["a", "chw"], ["b"])], 18,
+                                 {"chw": np.array([1, 8, 6, 10])}, 0),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", NEWER_OPS)
+def test_newer_ops_pass_zero_channels_or_hold_the_ones_they_mix(tmp_path, name):
+    """Swish (24), RMSNormalization (23) and CenterCropPad (18) were unknown ops: every
+    channel around them was held."""
+    op_nodes, opset, extra, removed = NEWER_OPS[name]
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(8, 3, 3, 3))
+    w1[2:4] = 0
+    weights = {"w1": w1, "w2": rng.normal(size=(4, 8, 1, 1)), **extra}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="c1"),
+             *op_nodes, helper.make_node("Conv", ["b", "w2"], ["y"], name="c2")]  # fmt: skip
+    out = [1, 4, 6, 10] if "crop" in name else [1, 4, 8, 8]
+    path = save_graph(tmp_path, nodes, weights, [1, 3, 8, 8], out, opset=opset)
+    new, report = convert(path, torch.randn(1, 3, 8, 8))
+    assert layer(report, "c1").removed == removed

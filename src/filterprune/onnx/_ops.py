@@ -243,6 +243,13 @@ def _spatial(v: NodeView) -> Spec:
     return "along", {"dims": list(range(2, v.rank or 0))}
 
 
+def _crop_pad(v: NodeView) -> Spec:
+    """CenterCropPad over ``axes`` (all by default): channels on those axes stay whole."""
+    rank = v.rank or 0
+    axes = v.attr("axes", list(range(rank)))
+    return "along", {"dims": sorted({int(a) % rank for a in axes} if rank else set())}
+
+
 def _resize(v: NodeView) -> Spec:
     if v.opset >= 11 and len(v.node.input) > 3 and v.node.input[3] and v.const(3) is None:
         return _stop("Resize sizes are not constants")
@@ -265,13 +272,13 @@ _KEEP_ID = [
     "Relu", "LeakyRelu", "Tanh", "HardSwish", "Elu", "Selu", "Celu", "Softsign", "Erf", "Abs",
     "Neg", "Sqrt", "Sin", "Identity", "Dropout", "Cast", "Mish", "Gelu", "Floor", "Ceil",
     "Round", "Sign", "ThresholdedRelu", "Relu6", "CastLike", "Asin", "Atan", "Sinh", "Tan",
-    "Asinh", "Atanh",
+    "Asinh", "Atanh", "Swish",
 ]  # fmt: skip
 _SPATIAL = ["MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
             "GlobalLpPool", "Upsample"]  # fmt: skip
 _NONZERO_ID = [
     "Sigmoid", "HardSigmoid", "Softplus", "Exp", "Cos", "Reciprocal", "Log", "Not", "Cosh",
-    "Acos", "IsNaN", "IsInf", "Shrink",
+    "Acos", "IsNaN", "IsInf", "Shrink", "Acosh",
 ]  # fmt: skip
 
 OPS: dict[str, OpSpec] = {
@@ -299,6 +306,7 @@ OPS: dict[str, OpSpec] = {
     "BatchNormalization": OpSpec("batchnorm", zero="layer"),
     "InstanceNormalization": OpSpec("batchnorm", zero="layer"),
     "LayerNormalization": OpSpec(_layernorm, zero="none"),
+    "RMSNormalization": OpSpec(_layernorm),  # no mean taken: a zero channel stays zero
     "GroupNormalization": OpSpec(_groupnorm, (0,), zero="layer"),
     "Conv": OpSpec("conv", zero="layer"),
     "ConvTranspose": OpSpec("conv", zero="layer"),
@@ -326,6 +334,7 @@ OPS: dict[str, OpSpec] = {
     "DepthToSpace": OpSpec(_depth_space),
     "SpaceToDepth": OpSpec(_depth_space),
     "Pad": OpSpec(_pad, zero="pad"),
+    "CenterCropPad": OpSpec(_crop_pad),
     "Shape": OpSpec("noop", ()),
     "Size": OpSpec("noop", ()),
 }
