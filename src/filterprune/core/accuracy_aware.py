@@ -17,8 +17,10 @@ and the next try goes higher; one that does not is dropped and the next goes low
 starting from the best weights so far. The step starts at ``initial_compression_rate_step``
 and halves once a good and a bad level are known, until it is below
 ``minimal_compression_rate_step`` or ``maximal_total_epochs`` are spent. The model ends
-with the best weights and masks found. Levels are the pruning algorithm's: fractions of
-FLOPs under ``pruning_flops_target``, else of filters per group.
+with the best weights and masks found, held at that level: a schedule step after the loop
+leaves it (``ctrl.scheduler.held = False`` lets the schedule move it again). Levels are the
+pruning algorithm's: fractions of FLOPs under ``pruning_flops_target``, else of filters per
+group.
 
 The frontends' ``create_accuracy_aware_training_loop(config, ctrl)`` supply how to copy
 and restore the model's weights.
@@ -275,6 +277,9 @@ class AdaptiveCompressionLevelLoop:
         self.ctrl.load_state(best.state)
         self.restore(model, best.weights)
         self.best_level, self.best_accuracy = best.level, best.accuracy
+        # the level found stays: training on with the schedule's steps (Keras's compression
+        # callbacks in fit) moved it to the schedule's target, past the bound
+        self.pruning.scheduler.held = True
         if best.level <= 0:
             log.warning(
                 "accuracy-aware: no pruning level above 0 kept the accuracy at the minimal "
