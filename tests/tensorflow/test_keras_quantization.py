@@ -235,7 +235,7 @@ def test_frozen_graph_has_fake_quant_ops_and_matches(trained, tmp_path):
     graph_def.ParseFromString(path.read_bytes())
     ops = [n.op for n in graph_def.node]
     assert ops.count("FakeQuantWithMinMaxVars") >= 11
-    assert ops.count("FakeQuantWithMinMaxVarsPerChannel") == 9
+    assert ops.count("FakeQuantWithMinMaxVarsPerChannel") == 11  # every weight, depthwise too
     with tf.Graph().as_default() as graph:
         tf.compat.v1.import_graph_def(graph_def, name="")
         with tf.compat.v1.Session(graph=graph) as sess:
@@ -614,3 +614,47 @@ def test_mixed_float16_strips_equal_and_reloads(tmp_path):
     small.save(tmp_path / "m.keras")
     back = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_array_equal(np.asarray(back(data), "float32"), ref)
+
+
+def test_depthwise_kernels_are_quantized_per_channel_as_in_pytorch():
+    """A depthwise kernel ``(kh, kw, channels, 1)`` has no "out" axis; it was quantized per
+    tensor, so a channel 20x wider than the rest left them 15 integers (0.12 of their
+    range in rounding)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(inp)
+    x = layers.SeparableConv2D(6, 3, padding="same", name="sep")(x)
+    x = layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw2")(x)  # two axes: per tensor
+    model = keras.Model(inp, x)
+    kernel = np.random.default_rng(0).normal(0, 0.3, (3, 3, 4, 1)).astype("float32")
+    kernel[:, :, 0] *= 20
+    model.get_layer("dw").set_weights([kernel])
+    x = np.random.default_rng(1).normal(size=(8, 8, 8, 4)).astype("float32")
+    config = _config(QUANT, register=False, sample=(1, 8, 8, 4))
+    config = register_default_init_args(config, tf.data.Dataset.from_tensor_slices(x).batch(4))
+    ctrl, _ = create_compressed_model(model, config)
+    states = ctrl.quantizer_states()
+    np.testing.assert_allclose(states["weight:dw"].scale, np.abs(kernel).max((0, 1, 3)) / 127,
+                               rtol=1e-5)  # fmt: skip
+    assert states["weight:sep/depthwise"].scale.shape == (4,)
+    assert states["weight:dw2"].scale.shape == ()
+
+
+def test_per_tensor_weights_export_as_qdq_pairs(tmp_path):
+    """tf2onnx folded a per-tensor fake quant of a weight into float values: no
+    DequantizeLinear, so convert stored no int8 weight and runtimes ran float convs."""
+    pytest.importorskip("tf2onnx")
+    import onnx
+
+    from filterprune.onnx import weight_integers
+
+    quant = {**QUANT, "weights": {"per_channel": False}}
+    ctrl, model = create_compressed_model(_fresh(), _config(quant))
+    ctrl.export_model(str(tmp_path / "model.onnx"))
+    kernels = [w for w in model.weights if w.path.endswith("kernel") and "quant" not in w.path]
+    stored = weight_integers(onnx.load(str(tmp_path / "model.onnx")))
+    assert len(stored) == len(kernels) >= 8
+    x = regression_data(3, 4)[0]
+    out = _run_onnx(tmp_path / "model.onnx", x, tmp_path / "optimized.onnx")
+    ref = model(x, training=False).numpy()
+    assert float(np.abs(out - ref).max()) <= _onnx_step_bound(ctrl, model)

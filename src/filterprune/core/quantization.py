@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -156,12 +157,23 @@ def _weight_spec(info: LayerInfo, settings: QuantizerSettings) -> QuantizerSpec 
     if info.weight is None or info.weight not in info.params:
         return None
     shape, roles = info.params[info.weight]
+    if "out" not in roles and _one_filter_per_input(shape, roles, info.groups):
+        roles = tuple("out" if r == "in" else r for r in roles)  # Keras depthwise kernels
     if "out" not in roles or info.transposed and info.groups > 1:
         # a grouped transposed conv's "out" axis is per group: no axis holds every filter
         return QuantizerSpec("weight", info.name, _per_tensor(settings))
     axis = roles.index("out")
     return QuantizerSpec("weight", info.name, settings, channel_axis=axis,
                          num_channels=int(shape[axis]))  # fmt: skip
+
+
+def _one_filter_per_input(shape: tuple, roles: tuple, groups: int) -> bool:
+    """A depthwise kernel laid out ``(..., in, multiplier)`` with multiplier 1: its "in"
+    axis holds every filter."""
+    if "in" not in roles or groups <= 1:
+        return False
+    axis = roles.index("in")
+    return int(shape[axis]) == groups and math.prod(shape[axis + 1:]) == 1
 
 
 def _per_tensor(settings: QuantizerSettings) -> QuantizerSettings:

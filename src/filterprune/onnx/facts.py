@@ -28,13 +28,28 @@ from onnx import numpy_helper
 from ._batch import BatchShapes, evaluate_at_batch
 from ._shapes import Shapes, infer_shapes, opset_of
 
-__all__ = ["ModelFacts", "read_facts", "attrs_of", "has_subgraph", "subgraph_inputs"]
+__all__ = ["ModelFacts", "read_facts", "attrs_of", "has_subgraph", "subgraph_inputs",
+           "unit_axes_perm"]
 
 _NO_FOLD = {"DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
             "RandomUniformLike", "Multinomial", "Bernoulli"}  # fmt: skip
 
 
-_VIEWS = ("Transpose", "Unsqueeze", "Squeeze", "Identity")
+_VIEWS = ("Transpose", "Unsqueeze", "Squeeze", "Identity", "Reshape")
+
+
+def unit_axes_perm(before: tuple[int, ...] | None, after: tuple[int, ...]) -> tuple | None:
+    """The permutation a Reshape from ``before`` to ``after`` is, where it only moves axes of
+    size 1 (tf2onnx lays out a depthwise kernel so: ``(3, 3, 16, 1) -> (3, 3, 1, 16)``):
+    the other axes, and the axes of size 1, keep their order. None otherwise."""
+    if not before or len(before) != len(after) or any(d < 1 for d in after):
+        return None
+    big = [[i for i, d in enumerate(shape) if d != 1] for shape in (before, after)]
+    if [before[i] for i in big[0]] != [after[i] for i in big[1]]:
+        return None
+    ones = iter(i for i, d in enumerate(before) if d == 1)
+    bigs = iter(big[0])
+    return tuple(next(bigs) if d != 1 else next(ones) for d in after)
 
 
 def attrs_of(node: onnx.NodeProto) -> dict[str, Any]:
@@ -203,6 +218,15 @@ class ModelFacts:
             if node is None or node.op_type not in _VIEWS or self.readers(node.input[0]) != 1:
                 return None
             a = attrs_of(node)
+            if node.op_type == "Reshape":  # moving axes of size 1 only: read as a Transpose
+                target = self._consts.get(node.input[1])
+                perm = None if target is None else unit_axes_perm(
+                    self.shape(node.input[0]), tuple(int(d) for d in target))  # fmt: skip
+                if perm is None:
+                    return None
+                steps.insert(0, ("Transpose", perm))
+                name = node.input[0]
+                continue
             if node.op_type == "Transpose":
                 rank = len(self.shape(node.input[0]) or ())
                 arg = tuple(int(x) for x in a.get("perm", range(rank)[::-1]))

@@ -33,14 +33,19 @@ def store_int8_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
     skip = _transposed_with_zero_points(graph, inits)
-    keep, count = [], 0
+    keep, count, stored = [], 0, set()
     for node in graph.node:
         value = None if node.output[0] in skip else _computed(node, inits)
         if value is None:
+            value = _laid_out(node, inits, stored)  # tf2onnx: Q -> Reshape -> Transpose -> DQ
+        if value is None:
             keep.append(node)
             continue
-        graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
-        count += 1
+        tensor = numpy_helper.from_array(value, node.output[0])
+        graph.initializer.append(tensor)
+        inits[node.output[0]] = tensor
+        stored.add(node.output[0])
+        count += node.op_type == "QuantizeLinear"
     if count:
         del graph.node[:]
         graph.node.extend(keep)
@@ -113,6 +118,30 @@ def _computed(node: onnx.NodeProto, inits: dict) -> np.ndarray | None:
     low, high = _RANGES[zero.dtype]
     q = np.rint(x / scale) + zero.astype(np.float32)
     return np.clip(q, low, high).astype(zero.dtype)
+
+
+def _laid_out(node: onnx.NodeProto, inits: dict, stored: set[str]) -> np.ndarray | None:
+    """A Transpose, Reshape, Squeeze or Unsqueeze of integers computed here (with constant
+    arguments), computed too, so the DequantizeLinear after it reads them directly."""
+    if node.op_type not in ("Transpose", "Reshape", "Squeeze", "Unsqueeze") or (
+            node.input[0] not in stored) or not all(n in inits for n in node.input if n):
+        return None  # fmt: skip
+    x = numpy_helper.to_array(inits[node.input[0]])
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    arg = numpy_helper.to_array(inits[node.input[1]]) if len(node.input) > 1 and \
+        node.input[1] else None  # fmt: skip
+    if node.op_type == "Transpose":
+        return np.transpose(x, attrs.get("perm"))
+    if node.op_type == "Reshape":
+        if attrs.get("allowzero", 0) or arg is None:
+            return None
+        return x.reshape([x.shape[i] if d == 0 else int(d) for i, d in enumerate(arg)])
+    axes = attrs.get("axes", arg)
+    if axes is None:
+        return np.squeeze(x) if node.op_type == "Squeeze" else None
+    axes = tuple(int(a) for a in np.ravel(axes))
+    return np.squeeze(x, axes) if node.op_type == "Squeeze" else np.expand_dims(
+        x, tuple(a % (x.ndim + len(axes)) for a in axes))  # fmt: skip
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:

@@ -20,7 +20,7 @@ from ..core.weights import slice_weight
 from ..errors import ConversionError
 from ._group_norm import unfuse
 from .capture import Captured
-from .facts import has_subgraph, subgraph_inputs
+from .facts import has_subgraph, subgraph_inputs, unit_axes_perm
 from .zero_filters import Decision
 
 __all__ = ["rewrite"]
@@ -128,6 +128,8 @@ class _Writer:
         return old, new
 
     def reshape(self, ni: int, node: onnx.NodeProto) -> None:
+        if self._weight_reshape(ni, node):  # in a quantized weight's layout
+            return
         changed = self._changed(node.output[0])
         if changed is None:
             return
@@ -138,6 +140,18 @@ class _Writer:
             if o != n and entries[a] != -1:
                 entries[a] = n
         self.set_input(ni, 1, np.array(entries, dtype=np.int64))
+
+    def _weight_reshape(self, ni: int, node: onnx.NodeProto) -> bool:
+        """Whether ``node`` moves axes of size 1 of a quantized weight it reads (through
+        Q/DQ); if so, it takes the weight's new sizes."""
+        old, new = (_stored_shape(m, node.input[0]) for m in (self.cap.model, self.model))
+        target = self.cap.consts.get(node.input[1])
+        perm = unit_axes_perm(old, tuple(int(d) for d in target)) if target is not None else None
+        if perm is None or new is None:
+            return False
+        if new != old:
+            self.set_input(ni, 1, np.array([new[p] for p in perm], dtype=np.int64))
+        return True
 
     def piece_size(self, name: str, axis: int) -> int:
         """A split piece's new size along ``axis``. A piece one channel wide carries its
@@ -250,6 +264,17 @@ class _Writer:
             del g.input[:]
             g.input.extend(inputs)
         del g.value_info[:]
+
+
+def _stored_shape(model: onnx.ModelProto, name: str) -> tuple[int, ...] | None:
+    """The shape of the initializer that ``name`` passes on unchanged (through Identity,
+    QuantizeLinear, DequantizeLinear), or None."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    while name in producers and producers[name].op_type in (
+            "Identity", "QuantizeLinear", "DequantizeLinear"):  # fmt: skip
+        name = producers[name].input[0]
+    init = next((i for i in model.graph.initializer if i.name == name), None)
+    return tuple(init.dims) if init is not None else None
 
 
 _SHAPE_FIXES = {"Reshape": _Writer.reshape, "Split": _Writer.split, "Resize": _Writer.resize,

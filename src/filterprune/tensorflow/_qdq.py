@@ -7,7 +7,8 @@ which symmetric weights use. The same grid is TensorFlow's
 ``QuantizeAndDequantizeV4`` (signed, narrow range, zero point 0, ``axis`` for per
 channel), which tf2onnx writes as int8 (uint8 when unsigned) QDQ pairs along ``axis``.
 So every per-channel or narrow-range fake quant whose grid has zero point 0 is
-rewritten into it; asymmetric per-channel ranges have no such form and are refused.
+rewritten into it; asymmetric per-channel ranges have no such form and are refused. A
+per-tensor fake quant of a weight is rewritten too: tf2onnx folds it into float values.
 """
 
 from __future__ import annotations
@@ -58,10 +59,26 @@ def _grid(node: Any, low: np.ndarray, high: np.ndarray) -> str | None:
     return "signed" if np.allclose(low * qmax, high * qmin, rtol=1e-5, atol=0) else None
 
 
-def _rewritten(node: Any) -> bool:
+def _needs_rewrite(node: Any) -> bool:
     """Fake quants tf2onnx cannot convert as they are: per channel, or narrow range."""
     return node.op in _FAKE_QUANT and (node.op.endswith("PerChannel")
                                        or node.attr["narrow_range"].b)  # fmt: skip
+
+
+def _rewritten(node: Any, graph_def: Any, nodes: dict[str, Any]) -> bool:
+    """Those, and a fake quant of a constant (a weight) on a grid with zero point 0, which
+    tf2onnx would fold into float values (an asymmetric one is left to that)."""
+    return _needs_rewrite(node) or node.op in _FAKE_QUANT and _of_constant(node, nodes) and (
+        _grid(node, _const_value(graph_def, node.input[1]),
+              _const_value(graph_def, node.input[2])) is not None)  # fmt: skip
+
+
+def _of_constant(node: Any, nodes: dict[str, Any]) -> bool:
+    """Whether ``node``'s input is a constant laid out (Identity, Transpose, Reshape)."""
+    source = nodes.get(node.input[0].split(":")[0])
+    while source is not None and source.op in ("Identity", "Transpose", "Reshape"):
+        source = nodes.get(source.input[0].split(":")[0])
+    return source is not None and source.op == "Const"
 
 
 def check_onnx_quantizers(graph_def: Any) -> None:
@@ -80,7 +97,7 @@ def check_onnx_quantizers(graph_def: Any) -> None:
                 f"ONNX export needs 8-bit quantizers (QuantizeLinear is int8/uint8). "
                 f"Received: num_bits={bits} at {node.name!r}."
             )
-        if _rewritten(node) and _grid(node, _const_value(graph_def, node.input[1]),
+        if _needs_rewrite(node) and _grid(node, _const_value(graph_def, node.input[1]),
                                       _const_value(graph_def, node.input[2])) is None:
             raise ValueError(
                 "ONNX export writes per-channel quantizers with zero point 0, so they must "
@@ -96,8 +113,9 @@ def weight_qdq(graph_def: Any, graph: Any) -> Any:
     check_onnx_quantizers(graph_def)
     out = tf.compat.v1.GraphDef()
     out.CopyFrom(graph_def)
+    nodes = {n.name: n for n in out.node}
     for node in list(out.node):
-        if not _rewritten(node):
+        if not _rewritten(node, out, nodes):
             continue
         low = _const_value(out, node.input[1]).astype("float32")
         high = _const_value(out, node.input[2]).astype("float32")
