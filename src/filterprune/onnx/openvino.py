@@ -120,7 +120,7 @@ def run_openvino(model: Any, feeds: dict[str, np.ndarray], threads: int = 1) -> 
 def check_openvino(original: Any, ov_model: Any, tolerance: float,
                    converted: Any = None) -> tuple[str, str | None]:  # fmt: skip
     """Compare a converted model in OpenVINO with the input model; returns a note and a
-    warning (``None`` unless OpenVINO runs wide int8 weights off the model's arithmetic).
+    warning (``None`` unless OpenVINO runs int8 off the model's arithmetic).
 
     The reference is onnxruntime's run of the input model (Q/DQ unfused: the arithmetic
     the model defines), also for a quantized model (QuantizeLinear nodes) whose int8
@@ -129,7 +129,9 @@ def check_openvino(original: Any, ov_model: Any, tolerance: float,
     weights are compared with OpenVINO's run of ``converted``, the ONNX model the IR was
     read from: x86 int8 kernels without VNNI saturate them, and then OpenVINO and the
     model's arithmetic differ by more than a step (the cut itself is checked in
-    onnxruntime, without int8 fusion, before this).
+    onnxruntime, without int8 fusion, before this). Where OpenVINO runs the input model
+    itself a little off onnxruntime (its int8 arithmetic, up to ``_INT8_DRIFT``), the IR is
+    compared with OpenVINO's run of the input model, with a warning.
 
     Raises:
         ConversionError: The outputs differ by more than ``tolerance`` (relative), or
@@ -148,6 +150,8 @@ def check_openvino(original: Any, ov_model: Any, tolerance: float,
         diff, within_step = compare_outputs(proto, ref, out, tolerance, what="OpenVINO model")
     except ConversionError as err:
         itself = _input_model_off(proto, feeds, exact, tolerance)
+        if itself and quantized and max_rel_diff(exact, out) <= _INT8_DRIFT:
+            return _drifting(proto, feeds, out, tolerance, itself)
         if itself:
             raise ConversionError(f"{itself} Nothing was written; write ONNX instead (--to "
                                   "onnx), or check the IR on your data with --no-verify.") from err
@@ -171,6 +175,25 @@ def check_openvino(original: Any, ov_model: Any, tolerance: float,
             "OpenVINO running an op wrongly: check the IR's accuracy on your data."
         )
     return note, None
+
+
+# OpenVINO's int8 arithmetic of a quantized model (an Add of two quantized tensors) moves
+# activations by a step here and there: about 1e-2 of the outputs seen; an op it runs wrongly
+# moved them by 0.97 (OpenVINO 2025, per-channel activation scales before a Gemm)
+_INT8_DRIFT = 0.05
+
+
+def _drifting(proto: Any, feeds: Any, out: Any, tolerance: float,
+              itself: str) -> tuple[str, str]:  # fmt: skip
+    """The IR checked against OpenVINO's own run of the input model, where OpenVINO's int8
+    arithmetic drifts from onnxruntime's by a little (the cut was checked in onnxruntime)."""
+    from .convert import compare_outputs
+
+    own = run_openvino(read_openvino(proto), feeds)
+    diff, within_step = compare_outputs(proto, own, out, tolerance, what="OpenVINO model")
+    note = f"OpenVINO outputs vs the input model in OpenVINO: {within_step or f'{diff:.2e}'}"
+    return note, (f"{itself} Its int8 arithmetic moves activations by a quantization step "
+                  "here and there; check the IR's accuracy on your data. The IR is written.")
 
 
 def _input_model_off(proto: Any, feeds: Any, exact: Any, tolerance: float) -> str:

@@ -73,7 +73,9 @@ class QuantizationController(QuantizationControllerBase):
         """Activation ranges from ``num_init_samples`` samples of the registered loader.
 
         The model runs in eval mode with activation quantizers recording instead of
-        rounding; channels that are all zero (pruned) are left out of the ranges.
+        rounding and weight quantizers passing the weights through (the float model's
+        ranges, as Keras and NNCF take them); channels that are all zero (pruned) are left
+        out of the ranges.
 
         Raises:
             ConfigError: If ranges need data and none was registered.
@@ -85,12 +87,17 @@ class QuantizationController(QuantizationControllerBase):
             q = self.quantizers[spec.key]
             collectors[spec.key] = shared.setdefault(id(q), self.range_collector(spec))
             q.collector = collectors[spec.key]
+        paused = [q for q in self.quantizers.values() if q.spec.kind == "weight" and q.enabled]
+        for q in paused:
+            q.enabled = False
         try:
             self._run(data, self.params.num_init_samples,
                       after=lambda: [rc.end_batch() for rc in shared.values()])  # fmt: skip
         finally:
             for spec in self.activation_specs:
                 self.quantizers[spec.key].collector = None
+            for q in paused:
+                q.enabled = True
         self.set_quantizer_states(self.collected_states(collectors))
 
     def _run(self, data: Any, num_samples: int, after: Any = None) -> None:
