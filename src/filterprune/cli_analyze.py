@@ -254,7 +254,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     full = data["statistics"]
     header = (f"MODEL {spec.text} ({frontend.name}), input {size}: "
               f"{full['full_flops'] / 1e9:.3f} GFLOPs in conv/linear layers, "
-              f"{full['full_params'] / 1e6:.3f}M parameters in them")  # fmt: skip
+              f"{full['full_params'] / 1e6:.3f}M parameters in layers with weights")  # fmt: skip
     print(format_summary(data, header))
     if args.json:
         data.update(model=spec.text, framework=frontend.name, input_size=size)

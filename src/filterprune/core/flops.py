@@ -47,9 +47,10 @@ def kept_elements(
 
 
 def _layer_params(info: LayerInfo, keep: dict[str, np.ndarray]) -> int:
-    return sum(
-        kept_elements(shape, roles, keep, info.groups) for shape, roles in info.params.values()
-    )
+    """A weight's quantizer scales and zero points (``W:scale``, as an ONNX file holds
+    them) are not parameters: a quantized file counts as its float model does."""
+    return sum(kept_elements(shape, roles, keep, info.groups)
+               for key, (shape, roles) in info.params.items() if ":" not in key)  # fmt: skip
 
 
 def count_params(graph: Graph, keeps: Keeps | None = None) -> int:
