@@ -490,6 +490,26 @@ def test_a_compiled_wrapper_is_refused_with_the_way_round():
         create_compressed_model(torch.compile(SmallNet()), make_config())
 
 
+@pytest.mark.parametrize("prepare", ["prepare_qat", "prepare"])
+def test_a_model_prepared_by_torch_ao_quantization_is_refused(prepare):
+    """Pruning said the model had no layer with filters (its QAT convs), quantization that
+    the scopes left out every layer, and the export failed after a long graph dump."""
+    from torch.ao import quantization as tq
+    from torch_helpers import SmallNet, make_config
+
+    from filterprune.errors import AnalysisError
+
+    model = SmallNet().train(prepare == "prepare_qat")
+    model.qconfig = tq.get_default_qat_qconfig("x86") if prepare == "prepare_qat" else \
+        tq.get_default_qconfig("x86")  # fmt: skip
+    model = getattr(tq, prepare)(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(AnalysisError, match=r"torch.ao.quantization observer or fake "
+                       r"quantizer .* Pass the float model"):  # fmt: skip
+        create_compressed_model(model, make_config())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_layers_replaced_after_compression_are_refused():
     """SyncBatchNorm.convert_sync_batchnorm after create_compressed_model (the usual DDP
     set-up) dropped every BatchNorm's mask and an activation quantizer's hook, silently."""

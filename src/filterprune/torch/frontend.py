@@ -161,6 +161,9 @@ def _as_arguments(model: nn.Module, infos: list[dict[str, Any]], tensors: list[t
     return tuple(args)
 
 
+_AO_QUANT = (torch.ao.quantization.ObserverBase, torch.ao.quantization.FakeQuantizeBase)
+
+
 class TorchFrontend(Frontend):
     """Reads ``nn.Module`` s with torch.fx; one controller class per algorithm."""
 
@@ -185,6 +188,15 @@ class TorchFrontend(Frontend):
                 f"Module {scripted[0]!r} is a TorchScript module (torch.jit.script or trace): "
                 "its layers cannot be masked or cut. Compress the plain nn.Module, then "
                 "script the model ctrl.strip() returns. The model is unchanged."
+            )
+        prepared = [n or type(model).__name__ for n, m in model.named_modules()
+                    if isinstance(m, _AO_QUANT)]  # fmt: skip
+        if prepared:  # its observers read as ops without channel rules, its QAT convs as
+            raise AnalysisError(  # no layers, and its export fails
+                f"Module {prepared[0]!r} is a torch.ao.quantization observer or fake quantizer "
+                "(the model went through prepare, prepare_qat or prepare_fx): its layers "
+                "cannot be masked or cut. Pass the float model, with a `quantization` entry "
+                "in the config for quantization-aware training. The model is unchanged."
             )
         done = [n or type(model).__name__ for n, m in model.named_modules()
                 if is_masked(m) or isinstance(m, FakeQuantize)]  # fmt: skip
