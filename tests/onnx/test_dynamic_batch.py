@@ -202,3 +202,25 @@ def test_a_dynamic_length_the_model_cannot_run_at_1_is_checked_at_another(tmp_pa
                   dynamic_axes={"tok": {0: "n", 1: "s"}})  # fmt: skip
     new, report = remove_zero_filters(path)  # checked inside, at length 32
     assert layer(report, "/c/").removed == 8
+
+
+def test_a_stack_of_branches_summed_with_a_dynamic_batch_loses_zero_filters(tmp_path):
+    """``torch.stack([a, b], 0).sum(0)`` exports Unsqueeze + Concat + ReduceSum: the
+    Unsqueeze was held as a reshape of a dynamic batch, though it moves no element."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.head(torch.relu(torch.stack([self.a(x), self.b(x)], 0).sum(0)))
+
+    net = Net()
+    zero(net.a, [1, 6])
+    zero(net.b, [1, 6])
+    path = export(net, torch.randn(1, 3, 8, 8), tmp_path / "m.onnx", input_names=["x"],
+                  dynamic_axes={"x": {0: "n"}})  # fmt: skip
+    new, report = convert(path, torch.randn(3, 3, 8, 8))
+    assert layer(report, "/a/").removed == 2 and weight_shape(new, "head") == (4, 6, 1, 1)

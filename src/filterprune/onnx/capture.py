@@ -146,7 +146,8 @@ class _Emitter:
         label = node.op_type
         if kind != "split" and shapes[0] is None:
             kind, attrs = "stop", {"reason": "output shape is unknown"}
-        if kind in _SHAPE_KINDS and any(self.facts.symbolic(t) for t in [*node.input, *outs]):
+        if kind in _SHAPE_KINDS and not _unit_axes(node) and any(
+                self.facts.symbolic(t) for t in [*node.input, *outs]):  # fmt: skip
             kind, attrs = "stop", {"reason": "reshapes a tensor with dynamic dimensions"}
         if kind == "split":
             self.emit_split(node, inputs, shapes, (kind, attrs), layer, mode)
@@ -243,6 +244,13 @@ class _Emitter:
         self.cap.arrays[name] = built.arrays
         self.cap.layer_node[name] = idx
         return name, kind, built.attrs
+
+
+def _unit_axes(node: onnx.NodeProto) -> bool:
+    """An Unsqueeze, or a Squeeze of given axes: it moves no element, whatever size a
+    dynamic dimension has (a Squeeze of every unit axis may squeeze one read as 1)."""
+    return node.op_type == "Unsqueeze" or node.op_type == "Squeeze" and (
+        "axes" in attrs_of(node) or len(node.input) > 1 and bool(node.input[1]))
 
 
 def capture(model: onnx.ModelProto) -> Captured:
