@@ -237,3 +237,38 @@ def test_the_level_sweep_keeps_its_keys_where_a_level_cannot_be_reached():
     rows = sweep(Ctrl())
     assert rows[-1]["flops_kept"] is None and rows[0]["filters_kept"] == 8
     assert all(row.keys() == rows[0].keys() for row in rows)
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_weights_of_a_compressed_model_are_read_with_their_masks(tmp_path, capsys, quantized):
+    """The README's checkpoint, ``{"state_dict": model.state_dict(), ...}`` of a compressed
+    model, was refused for its ``_mask`` keys; read raw, its pruned filters would be back."""
+    from filterprune.cli_models import load_weights
+    from filterprune.testing.zoo import nondegenerate
+    from filterprune.torch import create_compressed_model, register_default_init_args
+    from filterprune.torch.masks import masked_param
+
+    algos = [{"algorithm": "filter_pruning", "pruning_init": 0.5,
+              "params": {"prune_first_conv": True, "filters_multiple_of": 1}}]  # fmt: skip
+    if quantized:
+        algos.append({"algorithm": "quantization"})
+    config = {"input_info": {"sample_size": [1, 3, 16, 16]}, "compression": algos}
+    data = [(torch.randn(4, 3, 16, 16), torch.zeros(4)) for _ in range(2)]
+    ctrl, model = create_compressed_model(nondegenerate(tiny_cnn()),
+                                          register_default_init_args(config, data))  # fmt: skip
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": model.state_dict(),
+                "compression_state": ctrl.get_compression_state()}, path)  # fmt: skip
+    fresh = tiny_cnn().eval()
+    load_weights(fresh, str(path))
+    said = capsys.readouterr().out
+    assert "masks applied" in said and ("quantizer ranges left out" in said) == quantized
+    mine = dict(fresh.named_modules())
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):  # what the masks read
+            torch.testing.assert_close(mine[name].weight, masked_param(module, "weight"))
+    if not quantized:  # (a quantized model's own output is rounded)
+        x = torch.randn(2, 3, 16, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(fresh(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    assert main(["analyze", TINY, *SMALL, "--weights", str(path)]) == 0

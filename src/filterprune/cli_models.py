@@ -302,6 +302,35 @@ def _state_dict_of(data: Any, path: str) -> dict[str, Any]:
                      f"or a dict with one under 'state_dict'. Received: {got}.")
 
 
+def _masks_applied(state: dict[str, Any], own: dict[str, Any], path: str) -> dict[str, Any]:
+    """A compressed model's state_dict (``model.state_dict()`` after
+    create_compressed_model) with its masks applied as ``strip`` bakes them: a
+    ``<param>_mask`` zeroes the pruned entries of ``<param>`` (stored unmasked), a
+    ``channel_mask`` a norm's pruned channels (statistics 0 and 1); masks and quantizer
+    ranges then go."""
+    masks = [k for k in state if k.endswith("_mask") and k not in own]
+    if not masks:
+        return state
+    out = dict(state)
+    for key in masks:
+        mask = out.pop(key) != 0
+        owner, _, name = key[: -len("_mask")].rpartition(".")
+        names = ("weight", "bias", "running_mean") if name == "channel" else (name,)
+        for tensor in (f"{owner}.{n}" if owner else n for n in names):
+            if tensor in out:
+                out[tensor] = out[tensor].masked_fill(~mask, 0)
+        var = f"{owner}.running_var" if owner else "running_var"
+        if name == "channel" and var in out:
+            out[var] = out[var].masked_fill(~mask, 1)
+    quantizers = [k for k in out if k not in own and "_quantizer." in k]
+    for key in quantizers:
+        del out[key]
+    print(f"--weights {path}: a compressed model's state_dict; its {len(masks)} masks applied "
+          "(pruned filters read as zero)" + (", its quantizer ranges left out" if quantizers
+                                             else ""))  # fmt: skip
+    return out
+
+
 def load_weights(model: Any, path: str, *, trusted: bool = False) -> None:
     """Load the state_dict in ``path`` into ``model``, naming what does not fit."""
     state = _state_dict_of(torch_load(path, trusted=trusted), path)
@@ -309,6 +338,7 @@ def load_weights(model: Any, path: str, *, trusted: bool = False) -> None:
     if all(k.startswith("module.") for k in state) and not any(k.startswith("module.")
                                                                for k in own):
         state = {k[len("module."):]: v for k, v in state.items()}  # saved from DDP
+    state = _masks_applied(state, own, path)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]

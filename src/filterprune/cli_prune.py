@@ -69,8 +69,10 @@ def add_prune(p: argparse.ArgumentParser) -> None:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="auto: cuda when present (then with bfloat16 mixed precision)")
     run.add_argument("--seed", type=seed_arg, default=0)
-    run.add_argument("--train-limit", type=positive_int, help="use the first N training images")
-    run.add_argument("--val-limit", type=positive_int, help="use the first N validation images")
+    run.add_argument("--train-limit", type=positive_int,
+                     help="use N training images, a seeded random subset")
+    run.add_argument("--val-limit", type=positive_int,
+                     help="use N validation images, a seeded random subset")
     run.add_argument("--log", choices=("none", "tensorboard"), default="none",
                      help="also log scalars to RUN_DIR/tensorboard")  # fmt: skip
     run.add_argument("--bench-threads", type=positive_int, default=1,
