@@ -526,3 +526,31 @@ def test_layers_replaced_after_compression_are_refused():
         with pytest.raises(AnalysisError, match=r"Layer 'bn0' of the model is now a "
                            r"SyncBatchNorm.*before create_compressed_model"):
             call()
+
+
+class _Routed(nn.Module):
+    """A ModuleDict picked by an attribute (torch.fx) or by a forward argument (a
+    Python branch torch.fx cannot trace: torch.export's capture)."""
+
+    def __init__(self, by_argument):
+        super().__init__()
+        self.by_argument = by_argument
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.paths = nn.ModuleDict({"a": nn.Conv2d(16, 24, 3, padding=1),
+                                    "b": nn.Conv2d(16, 24, 1)})  # fmt: skip
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x, key="b"):
+        if not self.by_argument:
+            key = "b"
+        return self.head(self.paths[key](torch.relu(self.stem(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("by_argument", [False, True])
+def test_modules_the_traced_forward_never_runs_are_named(by_argument):
+    """The stem was cut for route b, and the stripped model failed on route a, with
+    nothing said (paths.a appeared nowhere)."""
+    config = make_config((1, 3, 8, 8), pruning_init=0.5, prune_first_conv=True)
+    with pytest.warns(UserWarning, match=r"paths\.a did not run in the captured forward"):
+        ctrl, _ = create_compressed_model(_Routed(by_argument), config)
+    assert any("paths.a did not run" in note for note in ctrl.analysis.graph.notes)

@@ -430,8 +430,8 @@ def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph) -> 
     whole. A model that cannot be traced in train mode is left as it was."""
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
-    idle = [name for name, m in model.named_modules()
-            if any(True for _ in m.parameters(recurse=False))
+    idle = [name for name, m in model.named_modules()  # (the model itself runs: name "")
+            if name and any(True for _ in m.parameters(recurse=False))
             and not any(t == name or t.startswith(f"{name}.") or name.startswith(f"{t}.")
                         for t in called | used)]  # fmt: skip
     if not idle:
@@ -445,6 +445,9 @@ def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph) -> 
         return
     finally:
         model.train(was_training)
+    ran = {n.target for n in train.nodes if n.op in ("call_module", "get_attr")}
+    say_never_run([n for n in idle if not any(
+        t == n or t.startswith(f"{n}.") or n.startswith(f"{t}.") for t in ran)], graph)
     for node in train.nodes:
         if node.op == "call_module" and node.target not in called:
             sources = _called_before(node, called)
@@ -453,6 +456,22 @@ def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph) -> 
             if inputs:
                 graph.add(Node(f"{node.name}#training", "stop", inputs, label=node.target,
                                attrs={"reason": "runs only in training and reads these channels"}))
+
+
+def say_never_run(names: list[str], graph: Graph) -> None:
+    """Name the modules with parameters the captured forward never ran (another key of a
+    ModuleDict, a branch on a forward argument or on data): what they read is not seen, so
+    its channels may be cut under them, and the stripped model then fails there."""
+    if not names:
+        return
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    text = (f"{shown} did not run in the captured forward on the sample input (another "
+            "ModuleDict key, a branch on a forward argument or on data): the channels they "
+            "read are not seen and may be cut under them, and ctrl.strip()'s model then fails "
+            "there. Add the layers feeding them to ignored_scopes, or give an input_info "
+            "sample that runs them")  # fmt: skip
+    graph.notes.append(text)
+    warnings.warn(text, stacklevel=4)
 
 
 def _called_before(node: fx.Node, called: set[str]) -> set[str]:

@@ -31,7 +31,7 @@ from ..errors import AnalysisError
 from ._aten import ATEN_RULES
 from ._layers import COMPUTED, functional_node, split_sizes
 from ._ops import FUNCTIONAL
-from .capture import add_unseen_params
+from .capture import add_unseen_params, say_never_run
 
 __all__ = ["capture_export", "export_program"]
 
@@ -103,24 +103,15 @@ def _draft_notes(program: Any) -> list[str]:
 
 
 def _say_idle(model: nn.Module, graph: Any) -> None:
-    """Name the layers the captured forward never ran: what they read is not seen, so its
-    channels may be cut under them (the stripped model then fails on inputs that take
-    their branch)."""
+    """Name the layers the captured forward never ran (:func:`.capture.say_never_run`)."""
     used = {i for n in graph for i in n.inputs}  # every parameter is a placeholder, read or not
     read = {n.attrs.get("target") for n in graph if n.op == "param" and n.name in used}
     called = {k for k, info in graph.layers.items() if info.kind not in BARE_KINDS}
-    idle = [name for name, m in model.named_modules()
-            if name not in called and any(True for _ in m.parameters(recurse=False))
-            and not any(f"{name}.{p}" in read for p, _ in m.named_parameters(recurse=False))]
-    if not idle:
-        return
-    shown = ", ".join(idle[:8]) + (", ..." if len(idle) > 8 else "")
-    text = (f"{shown} did not run in the captured (eval-mode) forward on the sample input "
-            "(another branch of a data-dependent choice, or training-only code): the channels "
-            "they read are not seen and may be cut under them. Add the layers feeding them "
-            "to ignored_scopes, or give an input_info sample that runs them")  # fmt: skip
-    graph.notes.append(text)
-    warnings.warn(text, stacklevel=3)
+    say_never_run([name for name, m in model.named_modules()
+                   if name and name not in called
+                   and any(True for _ in m.parameters(recurse=False))
+                   and not any(f"{name}.{p}" in read
+                               for p, _ in m.named_parameters(recurse=False))], graph)  # fmt: skip
 
 
 def _file_names(report: Any) -> dict[int, str]:
@@ -150,8 +141,7 @@ def capture_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captu
     graph.notes.append("captured with torch.export (non-strict)"
                        + (", data-dependent branches as they ran on input_info" if notes else ""))
     graph.notes.extend(notes)
-    if notes:
-        _say_idle(model, graph)
+    _say_idle(model, graph)
     modules = builder.modules
     refs = {name: modules[name] for name in graph.layers if name in modules}
     return Captured(graph, sample=tuple(example), refs=refs,
