@@ -468,3 +468,17 @@ def test_core_imports_no_framework():
 def test_top_level_keeps_training_script_settings():
     config = Config.from_dict({**BASE, "model": "resnet50", "batch_size": 256, "epochs": 90})
     assert config["model"] == "resnet50"
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"mode": "adaptive_compression_levle"}, r"`accuracy_aware_training.mode` must be one of"),
+    ({"mode": "adaptive_compression_level", "params": {"patience_epoch": 3}},
+     r"Unknown key `accuracy_aware_training.params.patience_epoch`"),
+])  # fmt: skip
+def test_the_accuracy_aware_section_is_checked_with_the_rest(section, message):
+    """A misspelt key or mode passed from_dict and create_compressed_model and was only
+    refused when the loop was made, after the model was prepared."""
+    config = {"input_info": {"sample_size": [1, 3, 8, 8]},
+              "compression": {"algorithm": "filter_pruning"}, "accuracy_aware_training": section}
+    with pytest.raises(ConfigError, match=message):
+        Config.from_dict(config)

@@ -163,6 +163,10 @@ class Config(dict):
         self._check_unique_algorithms()
         for path, algo in self.algorithms_with_paths():
             ALGORITHMS[algo["algorithm"]].check_entry(self, algo, path)
+        if "accuracy_aware_training" in self:  # its keys and mode, not only when a loop is made
+            from .accuracy_aware import AccuracyAwareParams
+
+            AccuracyAwareParams.from_config(self)
         self.validated = True
 
     def algorithms_with_paths(self) -> Iterator[tuple[str, dict[str, Any]]]:
