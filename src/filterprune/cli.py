@@ -159,13 +159,14 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_ints, default=[1], help="batch sizes, e.g. 1,8")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="intra-op threads (default 1)")  # fmt: skip
-    p.add_argument("--seconds", type=non_negative, default=10.0, help="time per batch size")
+    p.add_argument("--seconds", type=non_negative, default=10.0,
+                   help="time per batch size (default 10)")  # fmt: skip
     p.add_argument("--warmup", type=non_negative_int, default=3,
-                   help="untimed runs each time a model loads")  # fmt: skip
+                   help="untimed runs each time a model loads (default 3)")  # fmt: skip
     p.add_argument("--runs", type=positive_int, default=20,
-                   help="at least this many timed runs")  # fmt: skip
+                   help="at least this many timed runs (default 20)")  # fmt: skip
     p.add_argument("--turn-seconds", type=non_negative, default=1.0,
-                   help="timed seconds per turn")  # fmt: skip
+                   help="timed seconds per turn (default 1)")  # fmt: skip
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
     p.epilog = """examples:
   filterprune bench dense.onnx pruned.onnx                    # onnxruntime, batch 1, 1 thread

@@ -60,15 +60,16 @@ def add_prune(p: argparse.ArgumentParser) -> None:
     run.add_argument("--epochs", type=positive_int, help="epochs of fine-tuning")
     run.add_argument("--out", metavar="RUN_DIR", help="new folder for the run's files")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    run.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
+    run.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw",
+                     help="(default adamw)")
     run.add_argument("--lr", type=non_negative, help="peak learning rate of the cosine "
                      "schedule (default 0.01 for sgd, 0.001 for adamw)")  # fmt: skip
-    run.add_argument("--weight-decay", type=non_negative, default=1e-4)
-    run.add_argument("--batch-size", type=positive_int, default=64)
+    run.add_argument("--weight-decay", type=non_negative, default=1e-4, help="(default 1e-4)")
+    run.add_argument("--batch-size", type=positive_int, default=64, help="(default 64)")
     run.add_argument("--workers", type=non_negative_int, default=0, help="data loader workers")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="auto: cuda when present (then with bfloat16 mixed precision)")
-    run.add_argument("--seed", type=seed_arg, default=0)
+    run.add_argument("--seed", type=seed_arg, default=0, help="(default 0)")
     run.add_argument("--train-limit", type=positive_int,
                      help="use N training images, a seeded random subset")
     run.add_argument("--val-limit", type=positive_int,
