@@ -366,3 +366,49 @@ def test_values_over_the_points_are_cut_through(capture):
     ctrl, model = create_compressed_model(nondegenerate(PointMax()), make_config(
         (1, 3, 10), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 10), tol=1e-5)
+
+
+class _CondConv(nn.Module):
+    """A conv whose weight is a routed sum of ``experts`` (CondConv)."""
+
+    def __init__(self, experts):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.experts = nn.Parameter(torch.randn(experts, 24, 16, 3, 3) * 0.1)
+        self.route = nn.Linear(16, experts)
+        self.head = nn.Conv2d(24, 10, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        r = torch.sigmoid(self.route(x.mean((2, 3))))[0]
+        w = (r.view(-1, 1, 1, 1, 1) * self.experts).sum(0)
+        return self.head(F.conv2d(x, w, padding=1))
+
+
+class _Hyper(nn.Module):
+    """A conv whose weight another module makes (a hypernetwork), in the model's own forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.z = nn.Parameter(torch.randn(8))
+        self.gen = nn.Linear(8, 24 * 16 * 3 * 3)
+        self.head = nn.Conv2d(24, 10, 1)
+
+    def forward(self, x):
+        w = self.gen(self.z).view(24, 16, 3, 3)
+        return self.head(F.conv2d(torch.relu(self.stem(x)), w, padding=1))
+
+
+@pytest.mark.parametrize("build", [lambda: _CondConv(1), lambda: _CondConv(6), _Hyper])
+def test_a_conv_on_a_weight_computed_in_forward_counts_that_weight(build):
+    """CondConv counted every expert's weights at every position (FLOPs grew with their
+    number) and its routing Linear twice; the hypernetwork's conv was not counted."""
+    model = build()
+    ctrl, _ = create_compressed_model(model, make_config((1, 3, 8, 8), pruning_init=0.0))
+    stats = ctrl.statistics()
+    conv = 2 * 64 * 24 * 16 * 9  # the computed conv at 8x8
+    layers = 2 * 64 * (16 * 3 * 9 + 10 * 24) + (2 * 16 * model.route.out_features
+                                                  if hasattr(model, "route") else 2 * 8 * 3456)
+    assert stats.full_flops == conv + layers
+    assert stats.full_params == sum(p.numel() for p in model.parameters())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import Graph, LayerInfo
+from .graph import Graph
 
 __all__ = ["kept_elements", "count_params", "count_flops", "layer_flops"]
 
@@ -46,19 +46,24 @@ def kept_elements(
     return total
 
 
-def _layer_params(info: LayerInfo, keep: dict[str, np.ndarray]) -> int:
-    """A weight's quantizer scales and zero points (``W:scale``, as an ONNX file holds
-    them) are not parameters: a quantized file counts as its float model does."""
-    return sum(kept_elements(shape, roles, keep, info.groups)
-               for key, (shape, roles) in info.params.items() if ":" not in key)  # fmt: skip
-
-
 def count_params(graph: Graph, keeps: Keeps | None = None) -> int:
-    """Parameters of every layer in ``graph.layers`` (all of them if ``keeps`` is None);
-    a ``buffer`` layer (a constant cut with the channels) is not a parameter."""
+    """Parameters of every layer in ``graph.layers`` (all of them if ``keeps`` is None),
+    each tensor once: an ``opaque`` layer lists its module's parameters, some of which a
+    layer inside it owns (a routing Linear in a CondConv), and that layer's count stands.
+    A ``buffer`` layer (a constant cut with the channels) is not a parameter, nor is a
+    weight's quantizer scale or zero point (``W:scale``, as an ONNX file holds them)."""
     keeps = keeps or {}
-    return sum(_layer_params(info, keeps.get(name, {})) for name, info in graph.layers.items()
-               if info.kind != "buffer")  # fmt: skip
+    seen: set[str] = set()
+    total = 0
+    for name, info in sorted(graph.layers.items(), key=lambda kv: kv[1].kind == "opaque"):
+        if info.kind == "buffer":
+            continue
+        for key, (shape, roles) in info.params.items():
+            full = f"{name}.{key}" if key else name
+            if ":" not in key and full not in seen:
+                seen.add(full)
+                total += kept_elements(shape, roles, keeps.get(name, {}), info.groups)
+    return total
 
 
 def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
@@ -67,6 +72,11 @@ def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
     out: dict[str, int] = {}
     for node in graph:
         info = graph.layers.get(node.layer or "")
+        if "weight_elems" in node.attrs:  # a conv or linear op on a weight computed in forward
+            key = node.layer or node.name
+            flops = 2 * int(node.attrs["positions"]) * int(node.attrs["weight_elems"])
+            out[key] = out.get(key, 0) + flops
+            continue
         if info is not None and info.kind == "opaque" and "positions" in node.attrs:
             # a module without channel rules (attention): its matrices, never cut
             elems = sum(int(np.prod(shape)) for shape, _ in info.params.values() if len(shape) > 1)

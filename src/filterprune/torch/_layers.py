@@ -64,14 +64,18 @@ def _positions(spec: Functional, shape: Any) -> int | None:
 
 
 def _opaque(reason: str, context: str | None, modules: dict[str, nn.Module], graph_layers: dict,
-            positions: int | None, reads: list[str] | None = None) -> Parts:  # fmt: skip
+            positions: int | None, reads: list[str] | None = None,
+            weight_elems: int | None = None) -> Parts:  # fmt: skip
     """A stop that still counts the parameters (and, for a conv or linear op, the FLOPs)
     of the module it runs in; ``reads``: other layers whose weights it reads (core
-    ``reads_layers``: they stay whole too)."""
+    ``reads_layers``: they stay whole too); ``weight_elems``: the size of a weight computed
+    in forward, which the op's FLOPs count instead of the module's parameters."""
     module = modules.get(context or "")
     attrs: dict[str, Any] = {"reason": reason}
     if reads:
         attrs["reads_layers"] = reads
+    if weight_elems is not None and positions is not None:
+        attrs.update(positions=positions, weight_elems=weight_elems)
     if not context or module is None or not plain_params(module):
         return Parts("stop", attrs)
     graph_layers.setdefault(context, LayerInfo(context, "opaque", plain_params(module)))
@@ -101,13 +105,24 @@ def functional_node(node: fx.Node, label: str, shape: Any, graph: Graph,
         if isinstance(value, fx.Node):
             params[slot] = resolve(value)
     in_shape = graph[data.name].shape if data is not None else None
+    weight = arg_of(node, spec.params["weight"]) if "weight" in spec.params else None
     parts = _parts(
         spec, label, params, modules, in_shape, shape,
         call=(lambda: rule(node, in_shape or ())) if rule else None,
         context=module_path(node), graph_layers=graph.layers,
+        computed_elems=_elements(weight) if params.get("weight") == COMPUTED else None,
     )  # fmt: skip
     return Node(node.name, parts.kind, [data.name] if data is not None else [], shape,
                 layer=parts.layer, attrs=parts.attrs, label=label)  # fmt: skip
+
+
+def _elements(value: Any) -> int | None:
+    """The number of elements of a traced tensor (fx's shape propagation, or torch.export's
+    fake value), or None."""
+    meta = getattr(value, "meta", {})
+    found = meta.get("tensor_meta") or meta.get("val")
+    shape = getattr(found, "shape", None)
+    return math.prod(int(d) for d in shape) if shape is not None else None
 
 
 def split_sizes(attrs: dict[str, Any], shapes: list[tuple[int, ...]]) -> list[int]:
@@ -138,7 +153,7 @@ def module_path(node: Any) -> str | None:
 def _parts(spec: Functional, label: str, params: dict[str, str],
                      modules: dict[str, nn.Module], in_shape: Any, out_shape: Any,
                      call: Callable[[], tuple[str, dict]] | None, context: str | None,
-                     graph_layers: dict) -> Parts:  # fmt: skip
+                     graph_layers: dict, computed_elems: int | None = None) -> Parts:  # fmt: skip
     """The node parts of a function call that computes a layer.
 
     Args:
@@ -152,13 +167,15 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
             parameters (``F.layer_norm`` without affine); ``None`` where there is none.
         context: Path of the module the call runs in (for the FLOPs of a stopped layer).
         graph_layers: The graph's layer table; the layer's facts are added to it.
+        computed_elems: The size of a weight computed in forward (its FLOPs).
     """
     weighted = not spec.per_channel
     positions = _positions(spec, out_shape) if weighted else None
     computed = [slot for slot, name in params.items() if name == COMPUTED]
     if computed:
         why = f"{label} reads a {computed[0]} computed in forward, not a parameter"
-        return _opaque(why, context, modules, graph_layers, positions)
+        return _opaque(why, context, modules, graph_layers, positions,
+                       weight_elems=computed_elems)  # fmt: skip
     if not params:
         if _own_norm(spec, context, modules):
             build = module_rule(modules[context])[1]
