@@ -55,6 +55,23 @@ def test_report_prints_statistics_and_plots(tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_report_of_a_checkpoint_that_does_not_fit_says_what_to_give(tmp_path, capsys):
+    """Without --config the state was refused with "Set pruning_init=0.1" (no file to set it
+    in); a run's checkpoint with a resized classifier failed with a bare RuntimeError."""
+    ctrl, model = create_compressed_model(SmallNet(), make_config(pruning_init=0.1))
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": model.state_dict(),
+                "compression_state": ctrl.get_compression_state()}, ckpt)  # fmt: skip
+    assert main(["report", MODEL, "--checkpoint", str(ckpt), "--input-size", "1,3,32,32"]) == 2
+    assert "Give that config with --config" in capsys.readouterr().err
+    state = dict(model.state_dict(), **{"fc2.weight": torch.zeros(3, 64)})
+    torch.save({"state_dict": state, "compression_state": ctrl.get_compression_state()}, ckpt)
+    config = tmp_path / "prune.json"
+    config.write_text(json.dumps(dict(make_config(pruning_init=0.1))))
+    assert main(["report", MODEL, "--config", str(config), "--checkpoint", str(ckpt)]) == 2
+    assert "report the run folder: filterprune report RUN_DIR" in capsys.readouterr().err
+
+
 def test_unknown_model_is_a_clear_error(capsys):
     assert main(["analyze", "resnet5O"]) == 2
     assert "torchvision model name or 'module:factory'" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from .._atomic import atomic_write, atomic_write_bytes
 from ..cli_analyze import dtype_error
 from ..cli_common import UsageError, load_config, pruning_child, quiet_capture
 from ..cli_models import load_torch_model, load_weights, parse_spec, torch_load
-from ..errors import AnalysisError
+from ..errors import AnalysisError, ConfigError
 
 __all__ = ["load_model", "run_one_shot", "run_checkpoint_report", "compress_quietly"]
 
@@ -82,8 +82,21 @@ def run_checkpoint_report(args: argparse.Namespace) -> int:
             f"(as saved in the README's checkpoint example). Received: {got}.")
     model = load_model(args.target, trusted=args.trusted)
     config = load_config(args.config, args.input, [1, 3, 224, 224])
-    ctrl, model = compress_quietly(model, config, ckpt["compression_state"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        ctrl, model = compress_quietly(model, config, ckpt["compression_state"])
+    except ConfigError as err:
+        if args.config:
+            raise
+        raise UsageError(f"--checkpoint {args.checkpoint} was saved under a config other than "
+                         f"the default one: {err} Give that config with --config.") from None
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise UsageError(
+            f"--checkpoint {args.checkpoint}'s state_dict does not fit MODEL "
+            f"({str(err).splitlines()[-1].strip()}). For a `prune --data` run's checkpoint "
+            "(its classifier sized to the data), report the run folder: filterprune report "
+            "RUN_DIR.") from None
     from .fake_quant import lazy_ranges_paused
     from .frontend import sample_inputs
 
