@@ -70,8 +70,11 @@ def test_input_size_sets_an_onnx_files_dynamic_dimensions(tmp_path, capsys):
     torch.onnx.export(Crop().eval(), (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
                       input_names=["x"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})  # fmt: skip
     flags = ["--prune-first-conv", "--level", "0.5"]
-    assert main(["analyze", str(path), *flags]) == 0  # dynamic: read at size 1
-    assert "Slice bounds are not constants" in capsys.readouterr().out
+    assert main(["analyze", str(path), *flags]) == 0  # dynamic: read at size 1, and said so
+    out = capsys.readouterr().out
+    assert "Slice bounds are not constants" in out
+    assert "note: input 'x' is ?x3x?x?: its dynamic dimensions are read at 1" in out
+    assert "--input-size 1,3,H,W" in out
     assert main(["analyze", str(path), "--input-size", "1,3,32,48", *flags]) == 0
     text = capsys.readouterr().out
     assert "(ONNX), input 1x3x32x48" in text and "Slice" not in text

@@ -80,9 +80,12 @@ def _open(spec: ModelSpec, args: argparse.Namespace) -> tuple[Any, Any, list[int
         raise UsageError(f"--weights applies to PyTorch models. Received: MODEL {spec.text}, "
                          "which holds its own weights.")
     if spec.framework == "onnx":
-        from .onnx.dry_run import OnnxFrontend, input_shape, with_input_shape
+        from .onnx.dry_run import OnnxFrontend, dynamic_note, input_shape, with_input_shape
 
         if not args.input:
+            note = dynamic_note(spec.text)
+            if note:
+                print(note)
             return spec.text, OnnxFrontend(), input_shape(spec.text)
         try:  # sets the file's dynamic dimensions (a fixed one must match)
             return with_input_shape(spec.text, args.input), OnnxFrontend(), args.input

@@ -53,6 +53,20 @@ def input_shape(model: Any) -> list[int]:
     return [d or 1 for d in _dims(value)] if value is not None else []
 
 
+def dynamic_note(model: Any) -> str:
+    """A note where the first input has dynamic dimensions after the batch (read at 1,
+    which makes FLOPs and sizes those of a 1x1 input), else ''."""
+    value = _first_input(load_model(model))
+    dims = _dims(value) if value is not None else []
+    if None not in dims[1:]:
+        return ""
+    names = [d.dim_param or f"d{i}" for i, d in enumerate(value.type.tensor_type.shape.dim)]
+    fixed = ",".join(["1", *(str(d) if d else names[i].upper() for i, d in enumerate(dims)
+                             if i)])  # fmt: skip
+    return (f"note: input {value.name!r} is {_show(dims)}: its dynamic dimensions are read at 1, "
+            f"FLOPs too; give them with --input-size {fixed} (your sizes)")
+
+
 def with_input_shape(model: Any, shape: list[int]) -> onnx.ModelProto:
     """A copy of ``model`` whose first input has ``shape``: its dynamic dimensions set,
     so that sizes, FLOPs and shape-dependent ops are read at that size.
