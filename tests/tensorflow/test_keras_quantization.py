@@ -493,6 +493,14 @@ def _depthwise():
     return keras.Model(inp, layers.Conv2D(4, 1, name="head")(x))
 
 
+def _depthwise_1d():
+    inp = keras.Input((32, 3))
+    x = layers.Conv1D(16, 3, padding="same", activation="relu", name="a")(inp)
+    x = layers.DepthwiseConv1D(3, padding="same", activation="relu", name="dw")(x)
+    x = layers.SeparableConv1D(16, 3, padding="same", activation="relu", name="sep")(x)
+    return keras.Model(inp, layers.Conv1D(4, 1, name="head")(x))
+
+
 def _group_norm():
     inp = keras.Input((16, 16, 3))
     x = layers.GroupNormalization(groups=4, name="gn")(layers.Conv2D(16, 3, name="a")(inp))
@@ -502,6 +510,7 @@ def _group_norm():
 
 @pytest.mark.parametrize(("build", "shape", "removed"), [
     (_conv1d, (32, 3), 8), (_transposed, (16, 16, 3), 8), (_depthwise, (16, 16, 3), 16),
+    (_depthwise_1d, (32, 3), 16),  # a per-channel kernel laid out by two Reshapes
     (_group_norm, (16, 16, 3), 16),  # tf2onnx writes the statistics out: reduce, subtract
 ])  # fmt: skip
 def test_convert_cuts_an_int8_export_as_much_as_a_float_one(build, shape, removed, tmp_path):
@@ -640,7 +649,7 @@ def test_depthwise_kernels_are_quantized_per_channel_as_in_pytorch():
     assert states["weight:dw2"].scale.shape == ()
 
 
-def test_per_tensor_weights_export_as_qdq_pairs(tmp_path):
+def test_per_tensor_weights_export_as_qdq_pairs(tmp_path, caplog):
     """tf2onnx folded a per-tensor fake quant of a weight into float values: no
     DequantizeLinear, so convert stored no int8 weight and runtimes ran float convs."""
     pytest.importorskip("tf2onnx")
@@ -654,7 +663,15 @@ def test_per_tensor_weights_export_as_qdq_pairs(tmp_path):
     kernels = [w for w in model.weights if w.path.endswith("kernel") and "quant" not in w.path]
     stored = weight_integers(onnx.load(str(tmp_path / "model.onnx")))
     assert len(stored) == len(kernels) >= 8
+    assert "asymmetric range" not in caplog.text
     x = regression_data(3, 4)[0]
     out = _run_onnx(tmp_path / "model.onnx", x, tmp_path / "optimized.onnx")
     ref = model(x, training=False).numpy()
     assert float(np.abs(out - ref).max()) <= _onnx_step_bound(ctrl, model)
+    # asymmetric per tensor has no QDQ form for weights: they go as floats, and it is said
+    quant = {**QUANT, "weights": {"per_channel": False, "mode": "asymmetric"}}
+    ctrl, _ = create_compressed_model(_fresh(), _config(quant))
+    caplog.set_level("WARNING", logger="filterprune")
+    ctrl.export_model(str(tmp_path / "asym.onnx"))
+    floats = len(kernels) - len(weight_integers(onnx.load(str(tmp_path / "asym.onnx"))))
+    assert floats > 0 and f"{floats} weight quantizer(s) with an asymmetric range" in caplog.text

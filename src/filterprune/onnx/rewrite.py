@@ -143,8 +143,8 @@ class _Writer:
 
     def _weight_reshape(self, ni: int, node: onnx.NodeProto) -> bool:
         """Whether ``node`` moves axes of size 1 of a quantized weight it reads (through
-        Q/DQ); if so, it takes the weight's new sizes."""
-        old, new = (_stored_shape(m, node.input[0]) for m in (self.cap.model, self.model))
+        Q/DQ and layout ops); if so, it takes the weight's new sizes."""
+        old, new = (_view_shape(m, node.input[0]) for m in (self.cap.model, self.model))
         target = self.cap.consts.get(node.input[1])
         perm = unit_axes_perm(old, tuple(int(d) for d in target)) if target is not None else None
         if perm is None or new is None:
@@ -266,15 +266,44 @@ class _Writer:
         del g.value_info[:]
 
 
-def _stored_shape(model: onnx.ModelProto, name: str) -> tuple[int, ...] | None:
-    """The shape of the initializer that ``name`` passes on unchanged (through Identity,
-    QuantizeLinear, DequantizeLinear), or None."""
+def _view_shape(model: onnx.ModelProto, name: str) -> tuple[int, ...] | None:
+    """The shape of ``name`` where it lays out a stored weight: an initializer seen
+    through Identity, QuantizeLinear, DequantizeLinear, Transpose, Unsqueeze, Squeeze and
+    Reshape of constant arguments (tf2onnx's depthwise kernels); None otherwise."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    while name in producers and producers[name].op_type in (
-            "Identity", "QuantizeLinear", "DequantizeLinear"):  # fmt: skip
-        name = producers[name].input[0]
-    init = next((i for i in model.graph.initializer if i.name == name), None)
-    return tuple(init.dims) if init is not None else None
+    inits = {i.name: i for i in model.graph.initializer}
+
+    def const(arg: str) -> list[int] | None:
+        found = inits.get(arg)
+        return [int(v) for v in numpy_helper.to_array(found).ravel()] if found else None
+
+    def shape(tensor: str) -> tuple[int, ...] | None:
+        if tensor in inits:
+            return tuple(inits[tensor].dims)
+        node = producers.get(tensor)
+        if node is None:
+            return None
+        before = shape(node.input[0])
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if before is None or node.op_type in ("Identity", "QuantizeLinear", "DequantizeLinear"):
+            return before
+        if node.op_type == "Transpose":
+            return tuple(before[p] for p in attrs.get("perm", range(len(before))[::-1]))
+        arg = const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        if node.op_type == "Reshape" and arg is not None and -1 not in arg:
+            return tuple(before[i] if d == 0 else d for i, d in enumerate(arg))
+        axes = attrs.get("axes", arg)
+        if node.op_type == "Unsqueeze" and axes is not None:
+            out = list(before)
+            for a in sorted(a % (len(before) + len(axes)) for a in axes):
+                out.insert(a, 1)
+            return tuple(out)
+        if node.op_type == "Squeeze" and axes is not None:
+            return tuple(d for i, d in enumerate(before) if i not in {a % len(before)
+                                                                       for a in axes})
+        return None
+
+    return shape(name)
 
 
 _SHAPE_FIXES = {"Reshape": _Writer.reshape, "Split": _Writer.split, "Resize": _Writer.resize,

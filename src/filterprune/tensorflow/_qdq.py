@@ -13,12 +13,15 @@ per-tensor fake quant of a weight is rewritten too: tf2onnx folds it into float 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 __all__ = ["check_onnx_quantizers", "weight_qdq"]
+
+log = logging.getLogger("filterprune")
 
 _FAKE_QUANT = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel")
 
@@ -114,6 +117,13 @@ def weight_qdq(graph_def: Any, graph: Any) -> Any:
     out = tf.compat.v1.GraphDef()
     out.CopyFrom(graph_def)
     nodes = {n.name: n for n in out.node}
+    folded = [n.name for n in out.node if n.op in _FAKE_QUANT and _of_constant(n, nodes)
+              and not _rewritten(n, out, nodes)]  # fmt: skip
+    if folded:
+        log.warning("ONNX export: %d weight quantizer(s) with an asymmetric range (e.g. %r) are "
+                    "written as their fake-quantized float values, which runtimes run in "
+                    "float; `weights.mode: symmetric` gives int8 weights.", len(folded),
+                    folded[0])  # fmt: skip
     for node in list(out.node):
         if not _rewritten(node, out, nodes):
             continue
