@@ -139,13 +139,15 @@ def test_global_ranking_counts_the_filters_a_group_stands_for():
     assert small.c1.out_channels < 32 and 32 - 8 < kept <= 32  # a group of 8 may overshoot
 
 
+@pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
-def test_convert_cuts_the_groups_of_an_export_below_opset_21(exporter):
+def test_convert_cuts_the_groups_of_an_export_below_opset_21(exporter, affine):
     """Both exporters write GroupNorm as Reshape / InstanceNormalization / Reshape / Mul /
-    Add below opset 21: read node by node, every channel was kept."""
+    Add below opset 21: read node by node, every channel was kept. Without affine the
+    TorchScript exporter multiplies by a scalar 1: the channel count comes from the conv."""
     from filterprune.testing.convert import check_convert
 
-    row = check_convert(Net(), 16, exporter=exporter)
+    row = check_convert(Net(affine=affine), 16, exporter=exporter)
     assert row["exporter"] == exporter
     assert row["same_weights"] and row["kept_zero"] == 0, row
     assert row["rel_diff"] < 1e-5, row

@@ -31,6 +31,7 @@ class _Chain:
     scale: np.ndarray  # per channel
     bias: np.ndarray
     shapes: dict[str, tuple[int, ...]]  # "Mul" / "Add": the constant's shape
+    trailing: int = -1  # axes after the channels, where no constant tells (affine=False)
 
 
 def _consts(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
@@ -76,13 +77,49 @@ def _chain(start: onnx.NodeProto, readers: dict, consts: dict) -> _Chain | None:
         nodes.append(node)
         values[op], out = value, node.output[0]
         trailing.add(_per_channel(value))
-    if not values or len(trailing) > 1 or len({v.size for v in values.values()}) > 1:
-        return None  # no per-channel constant tells the channel count
+    if not values:  # affine=False: the channel count comes from the input's shape
+        return _Chain(nodes, groups, scale[:0], scale[:0], {})
+    if len(trailing) > 1 or len({v.size for v in values.values()}) > 1:
+        return None
     like = next(iter(values.values()))
     ones = np.ones(like.size, like.dtype)
     return _Chain(nodes, groups, values.get("Mul", ones).reshape(-1),
                   values.get("Add", ones * 0).reshape(-1),
                   {op: v.shape for op, v in values.items()})  # fmt: skip
+
+
+def _sized(model: onnx.ModelProto, chains: list[_Chain]) -> list[_Chain]:
+    """``chains``, those without a per-channel constant (affine=False) given their
+    channel count from the inferred shape of their input (left out where unknown)."""
+    if all(c.shapes for c in chains):
+        return chains
+    graph = onnx.shape_inference.infer_shapes(model, data_prop=True).graph  # (Shape -> Reshape)
+    dims = {v.name: [d.dim_value if d.HasField("dim_value") else 0
+                     for d in v.type.tensor_type.shape.dim]
+            for v in [*graph.input, *graph.value_info, *graph.output]}  # fmt: skip
+    producers = {o: n for n in graph.node for o in n.output}
+    weights = {i.name: tuple(i.dims) for i in graph.initializer}
+    out = []
+    for chain in chains:
+        x = chain.nodes[0].input[0]
+        shape = dims.get(x) or _conv_output(producers.get(x), weights)
+        if not chain.shapes:
+            if len(shape) < 3 or not shape[1] or shape[1] % chain.groups:
+                continue
+            chain.scale = np.ones(shape[1], chain.scale.dtype)
+            chain.bias = np.zeros(shape[1], chain.scale.dtype)
+            chain.trailing = len(shape) - 2
+        out.append(chain)
+    return out
+
+
+def _conv_output(node: onnx.NodeProto | None, weights: dict) -> list[int]:
+    """``[0, channels, 0, ...]`` for the output of a Conv of a constant weight, where shape
+    inference does not reach (after a Reshape to a computed shape); else []."""
+    if node is None or node.op_type != "Conv" or node.input[1] not in weights:
+        return []
+    w = weights[node.input[1]]
+    return [0, w[0], *[0] * (len(w) - 2)]
 
 
 def _only_reader(name: str, readers: dict, op: str) -> onnx.NodeProto | None:
@@ -109,6 +146,7 @@ def fuse(model: onnx.ModelProto, skip: Collection[str] = ()
               and c.nodes[-1].output[0] not in skip]  # fmt: skip
     if not chains:
         return model, {}
+    chains = _sized(model, chains)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     drop = {id(n) for c in chains for n in c.nodes[1:]}
@@ -130,10 +168,11 @@ def fuse(model: onnx.ModelProto, skip: Collection[str] = ()
         nodes.append(onnx.helper.make_node(
             "GroupNormalization", [n.input[0], scale, bias], [name], name=chain.nodes[1].name,
             num_groups=chain.groups, epsilon=eps))  # fmt: skip
+        trailing = (_per_channel(chain.scale.reshape(next(iter(chain.shapes.values()))))
+                    if chain.shapes else chain.trailing)  # fmt: skip
         fused[name] = {"chain": [onnx.NodeProto.FromString(c.SerializeToString())
                                  for c in chain.nodes], "shapes": chain.shapes,
-                       "trailing": _per_channel(chain.scale.reshape(chain.shapes[
-                           next(iter(chain.shapes))]))}  # fmt: skip
+                       "trailing": trailing}  # fmt: skip
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out, fused
