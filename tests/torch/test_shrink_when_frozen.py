@@ -249,6 +249,8 @@ def test_a_registered_ema_copy_is_cut_with_the_model():
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.5))
         with pytest.raises(ConfigError, match=r"ctrl.register_copy\(ema.module\)"):
             ctrl.register_copy(ema)
+        with pytest.raises(ConfigError, match="not the model itself"):
+            ctrl.register_copy(model)
         ctrl.register_copy(ema.module)
         for _ in range(4):
             ctrl.scheduler.epoch_step()

@@ -468,8 +468,8 @@ def say_never_run(names: list[str], graph: Graph) -> None:
     text = (f"{shown} did not run in the captured forward on the sample input (another "
             "ModuleDict key, a branch on a forward argument or on data): the channels they "
             "read are not seen and may be cut under them, and ctrl.strip()'s model then fails "
-            "there. Add the layers feeding them to ignored_scopes, or give an input_info "
-            "sample that runs them")  # fmt: skip
+            "if they run. Add the layers feeding them to ignored_scopes, or give an "
+            "input_info sample that runs them")  # fmt: skip
     graph.notes.append(text)
     warnings.warn(text, stacklevel=4)
 

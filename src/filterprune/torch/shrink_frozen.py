@@ -184,6 +184,9 @@ class ShrinkWhenFrozen(PruningControllerBase):
         Raises:
             ConfigError: ``copy`` does not have the model's masked layers.
         """
+        if copy is self.model:
+            raise ConfigError("register_copy: pass a copy of the model (an EMA's "
+                              "`ema.module`), not the model itself, which is cut anyway.")
         names = {n for n, m in self.model.named_modules() if is_masked(m)}
         found = {n for n, m in copy.named_modules() if is_masked(m)}
         if not names <= found:
