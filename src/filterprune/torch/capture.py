@@ -466,7 +466,8 @@ def say_never_run(names: list[str], graph: Graph) -> None:
         return
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     text = (f"{shown} did not run in the captured forward on the sample input (another "
-            "ModuleDict key, a branch on a forward argument or on data): the channels they "
+            "ModuleDict key, a branch on a forward argument or on data, training-only "
+            "code): the channels they "
             "read are not seen and may be cut under them, and ctrl.strip()'s model then fails "
             "if they run. Add the layers feeding them to ignored_scopes, or give an "
             "input_info sample that runs them")  # fmt: skip
