@@ -144,9 +144,13 @@ class _Writer:
     def _weight_reshape(self, ni: int, node: onnx.NodeProto) -> bool:
         """Whether ``node`` moves axes of size 1 of a quantized weight it reads (through
         Q/DQ and layout ops); if so, it takes the weight's new sizes."""
-        old, new = (_view_shape(m, node.input[0]) for m in (self.cap.model, self.model))
         target = self.cap.consts.get(node.input[1])
-        perm = unit_axes_perm(old, tuple(int(d) for d in target)) if target is not None else None
+        made_by = self.cap.node_index.get(node.input[0])
+        if target is None or made_by is not None and (
+                self.cap.model.graph.node[made_by].op_type not in _LAYOUT):  # fmt: skip
+            return False  # an activation's Reshape: no walk over the graph
+        old, new = (_view_shape(m, node.input[0]) for m in (self.cap.model, self.model))
+        perm = unit_axes_perm(old, tuple(int(d) for d in target))
         if perm is None or new is None:
             return False
         if new != old:
@@ -266,6 +270,10 @@ class _Writer:
         del g.value_info[:]
 
 
+_LAYOUT = ("Identity", "QuantizeLinear", "DequantizeLinear", "Transpose", "Unsqueeze",
+           "Squeeze", "Reshape")
+
+
 def _view_shape(model: onnx.ModelProto, name: str) -> tuple[int, ...] | None:
     """The shape of ``name`` where it lays out a stored weight: an initializer seen
     through Identity, QuantizeLinear, DequantizeLinear, Transpose, Unsqueeze, Squeeze and
@@ -281,7 +289,7 @@ def _view_shape(model: onnx.ModelProto, name: str) -> tuple[int, ...] | None:
         if tensor in inits:
             return tuple(inits[tensor].dims)
         node = producers.get(tensor)
-        if node is None:
+        if node is None or node.op_type not in _LAYOUT or not node.input:
             return None
         before = shape(node.input[0])
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
