@@ -374,17 +374,13 @@ def test_openvino_check_runs_the_masked_model_when_its_weights_fit(fix, tmp_path
 
 
 def test_openvino_drifting_a_little_on_int8_arithmetic_writes_the_ir_with_a_warning(
-        tmp_path, monkeypatch):  # fmt: skip
+        qat, monkeypatch):  # fmt: skip
     """OpenVINO's int8 Add moved QNet's outputs 0.9% off onnxruntime's arithmetic, over
     one output step: convert refused the IR as if OpenVINO ran an op wrongly."""
     pytest.importorskip("openvino")
     import filterprune.onnx.openvino as fov
 
-    torch.manual_seed(0)
-    ctrl, _ = create_compressed_model(randomize_bn(QNet()), _qat_config(overflow_fix="enable"))
-    path = str(tmp_path / "m.onnx")
-    ctrl.export_model(path)
-    new, _ = remove_zero_filters(path)
+    path, new, _ = qat
     run = fov.run_openvino
     monkeypatch.setattr(fov, "run_openvino", lambda m, feeds, **k: [
         y + 0.02 * np.abs(y).max() for y in run(m, feeds)])  # fmt: skip
@@ -394,19 +390,14 @@ def test_openvino_drifting_a_little_on_int8_arithmetic_writes_the_ir_with_a_warn
     assert "The IR is written" in warning
 
 
-
-def test_openvino_running_the_input_model_itself_off_is_blamed_on_openvino(tmp_path, monkeypatch):
+def test_openvino_running_the_input_model_itself_off_is_blamed_on_openvino(qat, monkeypatch):
     """OpenVINO 2026.4 runs onnxruntime's per-channel MatMul QDQ files 0.97 off, cut or not;
     the error blamed the conversion ("please report this model")."""
     pytest.importorskip("openvino")
     import filterprune.onnx.openvino as fov
     from filterprune.errors import ConversionError
 
-    torch.manual_seed(0)
-    ctrl, _ = create_compressed_model(randomize_bn(QNet()), _qat_config(overflow_fix="enable"))
-    path = str(tmp_path / "m.onnx")
-    ctrl.export_model(path)
-    new, _ = remove_zero_filters(path)
+    path, new, _ = qat
     run = fov.run_openvino
     monkeypatch.setattr(fov, "run_openvino", lambda m, feeds, **k: [2 * y for y in run(m, feeds)])
     with pytest.raises(ConversionError, match=r"OpenVINO runs the input model itself [01][.\d]* "
