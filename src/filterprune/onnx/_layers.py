@@ -17,7 +17,7 @@ import onnx
 
 from ..core.graph import LayerInfo
 from ._ops import NodeView, positions
-from .facts import ModelFacts
+from .facts import ModelFacts, laid_out
 
 __all__ = ["Built", "build_layer"]
 
@@ -172,12 +172,7 @@ def _matmul(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
 def _viewed(value: np.ndarray, steps: list[tuple[str, tuple[int, ...]]]) -> np.ndarray:
     """``value`` through the layout ``steps`` of :meth:`ModelFacts.weight_view`."""
     for op, arg in steps:
-        if op == "Transpose":
-            value = np.transpose(value, arg)
-        elif op == "Unsqueeze":
-            value = np.expand_dims(value, tuple(a % (value.ndim + len(arg)) for a in arg))
-        elif op == "Squeeze":
-            value = np.squeeze(value, tuple(a % value.ndim for a in arg))
+        value = laid_out(value, op, arg)
     return value
 
 

@@ -29,13 +29,46 @@ from ._batch import BatchShapes, evaluate_at_batch
 from ._shapes import Shapes, infer_shapes, opset_of
 
 __all__ = ["ModelFacts", "read_facts", "attrs_of", "has_subgraph", "subgraph_inputs",
-           "unit_axes_perm"]
+           "unit_axes_perm", "laid_out", "layout_arg", "LAYOUT_OPS"]
 
 _NO_FOLD = {"DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
             "RandomUniformLike", "Multinomial", "Bernoulli"}  # fmt: skip
 
 
 _VIEWS = ("Transpose", "Unsqueeze", "Squeeze", "Identity", "Reshape")
+
+
+LAYOUT_OPS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze")
+
+
+def layout_arg(node: onnx.NodeProto, consts: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The argument of layout op ``node``: a Transpose's ``perm``, a Reshape's target, the
+    axes of a Squeeze/Unsqueeze (attribute or constant input); None where not given."""
+    attrs = attrs_of(node)
+    if node.op_type == "Transpose":
+        return tuple(int(a) for a in attrs["perm"]) if "perm" in attrs else None
+    value = attrs.get("axes")
+    if value is None and len(node.input) > 1 and node.input[1]:
+        value = consts.get(node.input[1])
+        value = numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
+    return None if value is None else tuple(int(a) for a in np.ravel(value))
+
+
+def laid_out(value: np.ndarray, op: str, arg: tuple[int, ...] | None) -> np.ndarray | None:
+    """``value`` through layout op ``op`` with argument ``arg`` (:func:`layout_arg`), as
+    ONNX defines it; None for what this does not read (a Reshape of ``allowzero``)."""
+    if op == "Identity":
+        return value
+    if op == "Transpose":
+        return np.transpose(value, arg)
+    if op == "Reshape":
+        return None if arg is None else value.reshape(
+            [value.shape[i] if d == 0 else d for i, d in enumerate(arg)])  # fmt: skip
+    if op == "Squeeze":
+        return np.squeeze(value, None if arg is None else tuple(a % value.ndim for a in arg))
+    if op == "Unsqueeze" and arg is not None:
+        return np.expand_dims(value, tuple(a % (value.ndim + len(arg)) for a in arg))
+    return None
 
 
 def unit_axes_perm(before: tuple[int, ...] | None, after: tuple[int, ...]) -> tuple | None:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .facts import subgraph_inputs
+from .facts import LAYOUT_OPS, attrs_of, laid_out, layout_arg, subgraph_inputs
 
 __all__ = ["store_int8_weights", "weight_integers"]
 
@@ -121,27 +121,13 @@ def _computed(node: onnx.NodeProto, inits: dict) -> np.ndarray | None:
 
 
 def _laid_out(node: onnx.NodeProto, inits: dict, stored: set[str]) -> np.ndarray | None:
-    """A Transpose, Reshape, Squeeze or Unsqueeze of integers computed here (with constant
-    arguments), computed too, so the DequantizeLinear after it reads them directly."""
-    if node.op_type not in ("Transpose", "Reshape", "Squeeze", "Unsqueeze") or (
-            node.input[0] not in stored) or not all(n in inits for n in node.input if n):
-        return None  # fmt: skip
+    """A layout op (Transpose, Reshape, ...) of integers computed here, with constant
+    arguments, computed too, so the DequantizeLinear after it reads them directly."""
+    if node.op_type not in LAYOUT_OPS or node.input[0] not in stored or not all(
+            n in inits for n in node.input if n) or attrs_of(node).get("allowzero"):  # fmt: skip
+        return None
     x = numpy_helper.to_array(inits[node.input[0]])
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    arg = numpy_helper.to_array(inits[node.input[1]]) if len(node.input) > 1 and \
-        node.input[1] else None  # fmt: skip
-    if node.op_type == "Transpose":
-        return np.transpose(x, attrs.get("perm"))
-    if node.op_type == "Reshape":
-        if attrs.get("allowzero", 0) or arg is None:
-            return None
-        return x.reshape([x.shape[i] if d == 0 else int(d) for i, d in enumerate(arg)])
-    axes = attrs.get("axes", arg)
-    if axes is None:
-        return np.squeeze(x) if node.op_type == "Squeeze" else None
-    axes = tuple(int(a) for a in np.ravel(axes))
-    return np.squeeze(x, axes) if node.op_type == "Squeeze" else np.expand_dims(
-        x, tuple(a % (x.ndim + len(axes)) for a in axes))  # fmt: skip
+    return laid_out(x, node.op_type, layout_arg(node, inits))
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:

@@ -20,7 +20,7 @@ from ..core.weights import slice_weight
 from ..errors import ConversionError
 from ._group_norm import unfuse
 from .capture import Captured
-from .facts import has_subgraph, subgraph_inputs, unit_axes_perm
+from .facts import LAYOUT_OPS, has_subgraph, laid_out, layout_arg, subgraph_inputs, unit_axes_perm
 from .zero_filters import Decision
 
 __all__ = ["rewrite"]
@@ -270,48 +270,29 @@ class _Writer:
         del g.value_info[:]
 
 
-_LAYOUT = ("Identity", "QuantizeLinear", "DequantizeLinear", "Transpose", "Unsqueeze",
-           "Squeeze", "Reshape")
+_LAYOUT = ("QuantizeLinear", "DequantizeLinear", *LAYOUT_OPS)
 
 
 def _view_shape(model: onnx.ModelProto, name: str) -> tuple[int, ...] | None:
     """The shape of ``name`` where it lays out a stored weight: an initializer seen
-    through Identity, QuantizeLinear, DequantizeLinear, Transpose, Unsqueeze, Squeeze and
-    Reshape of constant arguments (tf2onnx's depthwise kernels); None otherwise."""
+    through Q/DQ and layout ops of constant arguments (tf2onnx's depthwise kernels); None
+    otherwise."""
     producers = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name: i for i in model.graph.initializer}
-
-    def const(arg: str) -> list[int] | None:
-        found = inits.get(arg)
-        return [int(v) for v in numpy_helper.to_array(found).ravel()] if found else None
-
-    def shape(tensor: str) -> tuple[int, ...] | None:
-        if tensor in inits:
-            return tuple(inits[tensor].dims)
-        node = producers.get(tensor)
+    chain = []
+    while name not in inits:
+        node = producers.get(name)
         if node is None or node.op_type not in _LAYOUT or not node.input:
             return None
-        before = shape(node.input[0])
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if before is None or node.op_type in ("Identity", "QuantizeLinear", "DequantizeLinear"):
-            return before
-        if node.op_type == "Transpose":
-            return tuple(before[p] for p in attrs.get("perm", range(len(before))[::-1]))
-        arg = const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-        if node.op_type == "Reshape" and arg is not None and -1 not in arg:
-            return tuple(before[i] if d == 0 else d for i, d in enumerate(arg))
-        axes = attrs.get("axes", arg)
-        if node.op_type == "Unsqueeze" and axes is not None:
-            out = list(before)
-            for a in sorted(a % (len(before) + len(axes)) for a in axes):
-                out.insert(a, 1)
-            return tuple(out)
-        if node.op_type == "Squeeze" and axes is not None:
-            return tuple(d for i, d in enumerate(before) if i not in {a % len(before)
-                                                                       for a in axes})
-        return None
-
-    return shape(name)
+        chain.append(node)
+        name = node.input[0]
+    value = np.empty(tuple(inits[name].dims), dtype=bool)  # laid out for its shape only
+    for node in reversed(chain):
+        if node.op_type in LAYOUT_OPS:
+            value = laid_out(value, node.op_type, layout_arg(node, inits))
+            if value is None:
+                return None
+    return value.shape
 
 
 _SHAPE_FIXES = {"Reshape": _Writer.reshape, "Split": _Writer.split, "Resize": _Writer.resize,
