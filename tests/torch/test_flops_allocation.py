@@ -55,6 +55,19 @@ def test_least_important_blocks_go_first():
     assert all(o.kept > weak.kept for o in others)
 
 
+def test_slightly_low_group_is_not_stripped():
+    """One filter 1.3x the rest puts a group's normalised scores all below the others'
+    (about 0.75 against 0.95): no reason to strip it. Its blocks past the uniform level
+    that reaches the target count double, so it keeps that level's 16 of 32 (it kept 8)."""
+    model = ResNet20()
+    with torch.no_grad():
+        model.layers[4].conv1.weight[0].mul_(1.3)
+    ctrl, _ = compressed(model, 0.5, filter_importance="L2")
+    assert 0.5 <= 1 - ctrl.statistics().flops_kept <= 0.52
+    by_name = {s.name: s for s in ctrl.statistics().layers}
+    assert by_name["layers.4.conv1"].kept >= 16
+
+
 def test_mobilenet_flops_target_lands_in_window():
     ctrl, model = compressed(MobileNetV2Small(), 0.5)
     assert 0.5 <= 1 - ctrl.statistics().flops_kept <= 0.52

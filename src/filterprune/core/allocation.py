@@ -8,7 +8,11 @@ first) are removed across all groups in order of their mean importance, normalis
 group so groups of different scale compare, until the target is met. A group whose
 next block would overshoot the target by more than ``tolerance`` stops there while the
 others go on; when no group can land inside the window, the block that overshoots least
-is taken.
+is taken. Under :meth:`~filterprune.core.pruner.Pruner.plan_for_flops`, a block that takes a
+group below the uniform level that reaches the target counts twice its score
+(``floor``): a group goes further than its neighbours for filters clearly less
+important than the ones it would spare elsewhere, not for small differences of
+normalised scores (where only the blocks as they score land in the window, those).
 
 With LeGR coefficients (:mod:`~filterprune.core.legr_coeffs`), a group's normalised
 scores become ``alpha * score + kappa`` before blocks are compared across groups, and
@@ -35,6 +39,7 @@ from .selection import MAX_GROUP_LEVEL, Selection, keep_count, select, unit_mult
 __all__ = ["allocate_for_flops", "allocate_for_filters", "keep_steps", "TOLERANCE"]
 
 TOLERANCE = 0.02  # a FLOPs target is met within [target, target + TOLERANCE] when possible
+PAST_FLOOR = 2.0  # a block below the floor goes first only if it scores under half the others
 Coeffs = dict[int, tuple[float, float]]  # group id -> (alpha, kappa) of a learned ranking
 Kept = dict[int, np.ndarray]
 
@@ -82,7 +87,8 @@ class _Allocation:
     """Kept counts per group and the share removed (``measure``) by the resulting selections."""
 
     def __init__(self, pruner, scores: dict[int, np.ndarray], measure: Callable[[Kept], float],
-                 coeffs: Coeffs | None, start: dict[int, int] | None = None) -> None:  # fmt: skip
+                 coeffs: Coeffs | None, start: dict[int, int] | None = None,
+                 floor: dict[int, int] | None = None) -> None:  # fmt: skip
         self.measure = measure
         coeffs = coeffs or {}
         self.groups = {g.id: _GroupSteps.build(g, scores[g.id], pruner.multiple_of,
@@ -91,6 +97,10 @@ class _Allocation:
         for gid, count in (start or {}).items():  # the largest step keeping at least count
             steps = self.groups[gid].steps
             self.groups[gid].at = max(i for i, c in enumerate(steps) if c >= count or i == 0)
+        for gid, count in (floor or {}).items():  # blocks below count score more
+            gs = self.groups[gid]
+            gs.block_scores = [b + abs(b) * (PAST_FLOOR - 1) if gs.steps[k + 1] < count else b
+                               for k, b in enumerate(gs.block_scores)]  # fmt: skip
         self.chosen: dict[int, Selection] = {gid: self._select(gid) for gid in self.groups}
 
     def _select(self, gid: int, at: int | None = None) -> Selection:
@@ -112,7 +122,8 @@ class _Allocation:
 
 def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
                        tolerance: float = TOLERANCE, coeffs: Coeffs | None = None,
-                       start: dict[int, int] | None = None):  # fmt: skip
+                       start: dict[int, int] | None = None,
+                       floor: dict[int, int] | None = None):  # fmt: skip
     """Kept channels per group removing at least ``removed`` of the FLOPs.
 
     Args:
@@ -126,6 +137,9 @@ def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
             when blocks of different groups are compared; none: the identity.
         start: Kept count per group id to start from (a uniform level just short of
             the target, say); none: every group whole.
+        floor: Kept count per group id below which a block's score counts
+            :data:`PAST_FLOOR` times (the uniform level that reaches the target, say);
+            none: every block as it scores.
 
     Returns:
         ``(kept, reasons)``: boolean keep vector and selection reason per group id.
@@ -134,7 +148,7 @@ def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
     def flops_removed(kept: Kept) -> float:
         return 1.0 - pruner.analysis_flops(kept) / max(pruner.full_flops, 1)
 
-    alloc = _Allocation(pruner, scores, flops_removed, coeffs, start)
+    alloc = _Allocation(pruner, scores, flops_removed, coeffs, start, floor)
     return _allocate(alloc, removed, tolerance)
 
 
