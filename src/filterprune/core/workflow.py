@@ -34,7 +34,7 @@ from .compression import CompositeCompressionController, CompressionController
 from .config import Config
 from .controller import PruningControllerBase, analysis_options, pruning_params
 from .finite import Probe, hold_nonfinite
-from .params import ALGORITHMS
+from .params import ALGORITHMS, section_schema
 from .schema import config_schema
 from .scopes import check_unmatched
 from .signals import unsupported
@@ -155,6 +155,22 @@ _NOT_APPLIED = {
 }  # fmt: skip
 
 
+def _others_initializer_keys(algorithm: Any, initializer: Any) -> dict[str, str]:
+    """Keys of ``initializer`` that only other algorithms read (entries share NNCF's one
+    initializer schema; ``range`` in a ``filter_pruning`` entry, say), with the entry
+    that reads each."""
+    cls = ALGORITHMS.get(algorithm) if isinstance(algorithm, str) else None
+    if cls is None or not isinstance(initializer, Mapping):
+        return {}
+
+    def keys(algo) -> dict:
+        return section_schema(algo())["properties"].get("initializer", {}).get("properties", {})
+
+    readers = {key: name for name, other in ALGORITHMS.items() if other is not cls
+               for key in keys(other)}  # fmt: skip
+    return {key: readers[key] for key in initializer if key in readers and key not in keys(cls)}
+
+
 def _say_ignored(config: Config) -> None:
     """Warn about keys kept for NNCF configs that change nothing here, and about an
     unknown top-level key that is a near miss of a known one (the top level accepts
@@ -169,6 +185,9 @@ def _say_ignored(config: Config) -> None:
             log.warning("Unknown top-level key `%s` is not read.%s", key, hint)
     for i, entry in enumerate(config.algorithms()):
         initializer = entry.get("initializer")
+        for key, reader in _others_initializer_keys(entry.get("algorithm"), initializer).items():
+            log.warning("`compression[%d].initializer.%s` is not read by `%s`: move it to the "
+                        "`%s` entry.", i, key, entry.get("algorithm"), reader)
         if isinstance(initializer, Mapping) and "precision" in initializer:
             log.warning(
                 "`compression[%d].initializer.precision` is accepted for NNCF configs but not "
