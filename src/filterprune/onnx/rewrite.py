@@ -169,12 +169,20 @@ class _Writer:
             return 0
         return shape[axis]
 
+    def _loses_channels(self, name: str) -> bool:
+        value = self.decision.analysis.state.values.get(name)
+        return isinstance(value, np.ndarray) and value.size > 0 and not self.lookup(value).all()
+
     def split(self, ni: int, node: onnx.NodeProto) -> None:
         outs = [o for o in node.output]
         if outs[0] not in self.cap.graph.nodes:  # shape arithmetic, which holds no channels
             return
-        rank = len(self.cap.graph.nodes[outs[0]].shape)
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % rank
+        shape = self.cap.graph.nodes[outs[0]].shape
+        if shape is None:  # rank unknown (Mask R-CNN's per-image split of box deltas)
+            if any(self._loses_channels(o) for o in outs):
+                raise ValueError(f"Split {node.name!r} loses channels but its shape is unknown")
+            return
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % len(shape)
         sizes = [self.piece_size(o, axis) for o in outs]
         if sizes == [self.cap.graph.nodes[o].shape[axis] for o in outs]:
             return
