@@ -41,6 +41,17 @@ def test_bare_torchvision_names_still_work(capsys):
     assert capsys.readouterr().out.replace("torchvision:", "") == bare
 
 
+
+def test_torchvision_segmenters_download_no_backbone(capsys, monkeypatch):
+    """``weights=None`` alone still fetched lraspp's ImageNet backbone (URLError offline)."""
+    def no_download(*args, **kwargs):
+        raise AssertionError("nothing may download")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    assert main(["analyze", "torchvision:lraspp_mobilenet_v3_large", "--input-size",
+                 "1,3,64,64"]) == 0  # fmt: skip
+    assert "MODEL torchvision:lraspp_mobilenet_v3_large" in capsys.readouterr().out
+
 def test_analyze_an_onnx_file(tmp_path, capsys):
     path = tmp_path / "tiny.onnx"
     torch.onnx.export(tiny_cnn().eval(), (torch.zeros(1, 3, 16, 16),), str(path), dynamo=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +143,10 @@ def _torchvision(spec: ModelSpec, num_classes: int | None) -> Any:
             f"MODEL must be a torchvision model name or 'module:factory'. Received: "
             f"{spec.text!r}. Known torchvision names include: {', '.join(close[:8])}, ...")
     extra = {"num_classes": num_classes} if num_classes else {}
-    return torchvision.models.get_model(spec.name, weights=None, **extra)
+    builder = torchvision.models.get_model_builder(spec.name)
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        extra["weights_backbone"] = None  # segmenters and detectors: nothing downloads
+    return builder(weights=None, **extra)
 
 
 def _timm(spec: ModelSpec, num_classes: int | None) -> Any:
