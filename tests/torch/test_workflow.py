@@ -170,9 +170,20 @@ def test_flops_target_is_met(small_net, all_weights):
 
 
 def test_unreachable_flops_target_names_best_value(small_net):
-    with pytest.raises(ConfigError, match=r"cannot be reached.*Set pruning_flops_target <= 0\.\d+"):
+    with pytest.raises(ConfigError, match=r"cannot be reached.*Set pruning_flops_target <= 0\.\d+"
+                       r".*`prune_first_conv` true.*lower `filters_multiple_of` \(now 8"):
         config = make_config(pruning_init=0.95, pruning_flops_target=0.95)
         create_compressed_model(small_net, config)
+
+
+def test_unreachable_flops_target_names_only_settings_not_in_place(small_net):
+    """It suggested prune_first_conv and prune_downsample_convs when both were on already."""
+    config = make_config(pruning_init=0.999, pruning_flops_target=0.999, prune_first_conv=True,
+                         prune_downsample_convs=True, filters_multiple_of=1)  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        create_compressed_model(small_net, config)
+    assert "prune_first_conv" not in str(err.value) and "filters_multiple_of" not in str(err.value)
+    assert "see `filterprune analyze`" in str(err.value)
 
 
 def test_batchnorm_adaptation_runs_on_registered_loader(small_net):

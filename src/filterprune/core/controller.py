@@ -268,9 +268,22 @@ class PruningControllerBase(CompressionController):
             f"model: with at most {MAX_GROUP_LEVEL:.0%} of each prunable group's filters "
             f"removed, at most {removable:.4f} of the FLOPs go, so the smallest fraction of "
             f"the FLOPs that can remain is {1 - removable:.4f}. Set pruning_flops_target <= "
-            f"{removable:.4f}, or let more layers be pruned (prune_first_conv, "
-            f"prune_downsample_convs, ignored_scopes). Received: pruning_flops_target={target}."
+            f"{removable:.4f}, or {self._more_prunable()}. Received: "
+            f"pruning_flops_target={target}."
         )
+
+    def _more_prunable(self) -> str:
+        """The settings, of those in place, whose change would let more be pruned."""
+        p = self.params
+        ways = [f"`{name}` true" for name, on in (("prune_first_conv", p.prune_first_conv),
+                ("prune_downsample_convs", p.prune_downsample_convs)) if not on]  # fmt: skip
+        if p.filters_multiple_of > 1:
+            ways.append(f"a lower `filters_multiple_of` (now {p.filters_multiple_of}: groups "
+                        "of no more filters stay whole, the others keep multiples of it)")
+        if p.ignored_scopes:
+            ways.append("fewer `ignored_scopes`")
+        return "let more be pruned: " + ", ".join(ways) if ways else (
+            "see `filterprune analyze` for what is left whole and why")  # fmt: skip
 
     @property
     def bn_adaptation_samples(self) -> int:
