@@ -224,3 +224,40 @@ def test_a_stack_of_branches_summed_with_a_dynamic_batch_loses_zero_filters(tmp_
                   dynamic_axes={"x": {0: "n"}})  # fmt: skip
     new, report = convert(path, torch.randn(3, 3, 8, 8))
     assert layer(report, "/a/").removed == 2 and weight_shape(new, "head") == (4, 6, 1, 1)
+
+
+def test_gathernd_over_static_spatial_axes_passes_channels(tmp_path):
+    """The current torch exporter writes an adaptive pool whose bins do not divide the map
+    (PSPNet's) as Transpose -> GatherND over (H, W): the channels after them pass whole.
+    The GatherND was an unknown op, then held for the dynamic batch it carries along."""
+    rng = np.random.default_rng(0)
+    w = {"wa": rng.normal(size=(8, 4, 3, 3)), "ba": rng.normal(size=8),
+         "wb": rng.normal(size=(5, 8, 1, 1)),
+         "idx": np.array([[0, 1], [5, -1], [2, 3]], dtype=np.int64),
+         "axes": np.array([3], dtype=np.int64)}  # fmt: skip
+    w["wa"][[1, 4, 6]] = w["ba"][[1, 4, 6]] = 0
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["h"]),
+             helper.make_node("Transpose", ["h"], ["t"], perm=[2, 3, 0, 1]),  # H, W, N, C
+             helper.make_node("GatherND", ["t", "idx"], ["g"]),  # 3 points, N, C
+             helper.make_node("Transpose", ["g"], ["p"], perm=[1, 2, 0]),  # N, C, 3 points
+             helper.make_node("Unsqueeze", ["p", "axes"], ["u"]),
+             helper.make_node("Conv", ["u", "wb"], ["y"], name="b")]  # fmt: skip
+    new, report = convert(save_graph(tmp_path, nodes, w, ["N", 4, 6, 6], ["N", 5, 3, 1]),
+                          np.zeros((2, 4, 6, 6)))
+    assert layer(report, "a").removed == 3
+    assert weight_shape(new, "b") == (5, 5, 1, 1)
+
+
+def test_gathernd_picking_channels_keeps_them(tmp_path):
+    rng = np.random.default_rng(0)
+    w = {"wa": rng.normal(size=(8, 4, 3, 3)), "ba": rng.normal(size=8),
+         "idx": np.array([[0, 0], [0, 2], [0, 7]], dtype=np.int64)}  # (batch, channel) pairs
+    w["wa"][[1, 4, 6]] = w["ba"][[1, 4, 6]] = 0
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["h"]),
+             helper.make_node("GatherND", ["h", "idx"], ["y"])]  # fmt: skip
+    _, report = convert(save_graph(tmp_path, nodes, w, [1, 4, 6, 6], [3, 6, 6]),
+                        np.zeros((1, 4, 6, 6)))
+    assert layer(report, "a").removed == 0 and layer(report, "a").kept_zero == 3
+    assert "GatherND picks its entries by index" in str(report)

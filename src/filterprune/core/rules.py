@@ -677,7 +677,8 @@ def _index(s, node, ins):
     picked = marker[node.attrs["index"]]
     varying = [a for a in range(full.ndim) if x.ndim > 0 and _varies(_pad(x, full.ndim), a)]
     if any(a in varying for a in node.attrs.get("computed_axes", ())):
-        raise RuleError("slices channels at bounds computed in forward")
+        raise RuleError(node.attrs.get("computed_reason",
+                                       "slices channels at bounds computed in forward"))
     for axis in varying:
         kept = np.unique(np.unravel_index(picked.ravel(), full.shape)[axis])
         if kept.size != full.shape[axis]:

@@ -213,6 +213,19 @@ def _gather(v: NodeView) -> Spec:
     return "index", {"index": tuple(index)}
 
 
+def _gather_nd(v: NodeView) -> Spec:
+    """GatherND with constant indices over the leading axes (how the exporter writes an
+    adaptive pool whose bins do not divide the map): the axes after them pass whole."""
+    idx = v.const(1)
+    if idx is None or v.rank is None or idx.ndim < 1 or int(v.attr("batch_dims", 0)):
+        return _stop("GatherND with computed indices or batch_dims")
+    size = np.asarray(v.in_shapes[0][: idx.shape[-1]])
+    idx = np.where(idx < 0, idx + size, idx)  # negative indices count from the end
+    index = tuple(idx[..., j].tolist() for j in range(idx.shape[-1]))
+    return "index", {"index": index, "computed_axes": tuple(range(idx.shape[-1])),
+                     "computed_reason": "GatherND picks its entries by index"}
+
+
 def _tile(v: NodeView) -> Spec:
     reps = v.const(1)
     if reps is None:
@@ -324,6 +337,7 @@ OPS: dict[str, OpSpec] = {
     "Tile": OpSpec(_tile),
     "Slice": OpSpec(_slice),
     "Gather": OpSpec(_gather),
+    "GatherND": OpSpec(_gather_nd),
     **{op: OpSpec(_reduce) for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
                                       "ReduceL1", "ReduceL2", "ReduceProd", "ReduceSumSquare")},
     "ReduceLogSumExp": OpSpec(_reduce, zero="none"),

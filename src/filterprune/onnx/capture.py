@@ -135,6 +135,13 @@ class _Emitter:
             mode = "none"  # a per-tensor Q/DQ whose zero points do not match
         self.emit(idx, node, inputs, (kind, attrs), layer, mode)
 
+    def _static_gather(self, node: onnx.NodeProto) -> bool:
+        """A GatherND of constant indices over static axes: the axes after them, dynamic
+        or not, pass whole."""
+        idx = self.facts.const(node.input[1]) if node.op_type == "GatherND" else None
+        return idx is not None and idx.ndim > 0 and not self.facts.symbolic(
+            node.input[0], slice(0, idx.shape[-1]))  # fmt: skip
+
     def emit(self, idx: int, node: onnx.NodeProto, inputs: list[str], spec: Spec,
              layer: str | None, mode: str) -> None:  # fmt: skip
         """Add the core node(s) for ``node``: rule ``spec``, zeros passing as ``mode``."""
@@ -146,7 +153,7 @@ class _Emitter:
         label = node.op_type
         if kind != "split" and shapes[0] is None:
             kind, attrs = "stop", {"reason": "output shape is unknown"}
-        if kind in _SHAPE_KINDS and not _unit_axes(node) and any(
+        if kind in _SHAPE_KINDS and not _unit_axes(node) and not self._static_gather(node) and any(
                 self.facts.symbolic(t) for t in [*node.input, *outs]):  # fmt: skip
             kind, attrs = "stop", {"reason": "reshapes a tensor with dynamic dimensions"}
         if kind == "split":

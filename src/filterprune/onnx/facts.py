@@ -184,10 +184,11 @@ class ModelFacts:
             dims = (1 if first is None else first, *dims[1:])
         return tuple(1 if d is None else int(d) for d in dims)
 
-    def symbolic(self, name: str) -> bool:
-        """Whether tensor ``name`` has a symbolic dimension past the leading one."""
+    def symbolic(self, name: str, axes: slice = slice(1, None)) -> bool:
+        """Whether tensor ``name`` has a symbolic dimension among ``axes`` (past the
+        leading one by default)."""
         dims = self._static.get(name)
-        return dims is not None and any(d is None for d in dims[1:])
+        return dims is not None and any(d is None for d in dims[axes])
 
     def const(self, name: str) -> np.ndarray | None:
         """The value of a constant tensor (as stored), or None."""
