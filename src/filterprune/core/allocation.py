@@ -5,14 +5,18 @@ block size in every group at once, so the FLOPs removed jump (a 16/32/64-wide ne
 from 0.67 to 0.25 of its FLOPs with nothing between). Here each group keeps its own
 count instead: blocks of ``multiple_of`` channels (a group's lowest-scoring channels
 first) are removed across all groups in order of their mean importance, normalised per
-group so groups of different scale compare, until the target is met. A group whose
+group by the group's mean (one strong filter does not lower the rest of its group) so
+groups of different scale compare, until the target is met. A group whose
 next block would overshoot the target by more than ``tolerance`` stops there while the
 others go on; when no group can land inside the window, the block that overshoots least
-is taken. Under :meth:`~filterprune.core.pruner.Pruner.plan_for_flops`, a block that takes a
-group below the uniform level that reaches the target counts twice its score
-(``floor``): a group goes further than its neighbours for filters clearly less
-important than the ones it would spare elsewhere, not for small differences of
-normalised scores (where only the blocks as they score land in the window, those).
+is taken.
+
+Under :meth:`~filterprune.core.pruner.Pruner.plan_for_flops`, a block that takes a group
+below the uniform level that reaches the schedule's target counts twice its score
+(``floor``, ``past_floor``): a group goes further than the others for filters clearly
+less important than the ones it would spare elsewhere, not for small differences of
+normalised scores. Where that cannot land in the window, lower weights are tried, down
+to 1 (the blocks as they score).
 
 With LeGR coefficients (:mod:`~filterprune.core.legr_coeffs`), a group's normalised
 scores become ``alpha * score + kappa`` before blocks are compared across groups, and
@@ -36,10 +40,14 @@ from .analysis import Group
 from .importance import normalize
 from .selection import MAX_GROUP_LEVEL, Selection, keep_count, select, unit_multiple
 
-__all__ = ["allocate_for_flops", "allocate_for_filters", "keep_steps", "TOLERANCE"]
+__all__ = ["allocate_for_flops", "allocate_for_filters", "keep_steps", "EPS", "PAST_FLOOR",
+           "TOLERANCE"]
 
 TOLERANCE = 0.02  # a FLOPs target is met within [target, target + TOLERANCE] when possible
-PAST_FLOOR = 2.0  # a block below the floor goes first only if it scores under half the others
+EPS = 1e-9  # float slack in share comparisons: keeping 32 of 40 removes 0.19999999999999996
+# Weights of a block's score below a group's floor, tried in turn until the blocks land in
+# the window: under 2, a block there goes first only if it scores under half the others.
+PAST_FLOOR = (2.0, 1.5, 1.25, 1.0)
 Coeffs = dict[int, tuple[float, float]]  # group id -> (alpha, kappa) of a learned ranking
 Kept = dict[int, np.ndarray]
 
@@ -73,8 +81,8 @@ class _GroupSteps:
     def build(cls, group: Group, scores: np.ndarray, multiple_of: int,
               coeff: tuple[float, float] = (1.0, 0.0)) -> _GroupSteps:  # fmt: skip
         steps = keep_steps(group.size, unit_multiple(group, multiple_of))
-        alpha, kappa = coeff
-        ascending = np.sort(alpha * normalize(scores) + kappa)  # alpha > 0: same order
+        alpha, kappa = coeff  # by the mean: one strong filter does not lower its group
+        ascending = np.sort(alpha * normalize(scores, by="mean") + kappa)  # alpha > 0: same order
         blocks = [float(ascending[group.size - a : group.size - b].mean())
                   for a, b in zip(steps, steps[1:], strict=False)]  # fmt: skip
         return cls(group, scores, steps, blocks)
@@ -88,7 +96,7 @@ class _Allocation:
 
     def __init__(self, pruner, scores: dict[int, np.ndarray], measure: Callable[[Kept], float],
                  coeffs: Coeffs | None, start: dict[int, int] | None = None,
-                 floor: dict[int, int] | None = None) -> None:  # fmt: skip
+                 floor: dict[int, int] | None = None, past_floor: float = 1.0) -> None:  # fmt: skip
         self.measure = measure
         coeffs = coeffs or {}
         self.groups = {g.id: _GroupSteps.build(g, scores[g.id], pruner.multiple_of,
@@ -99,7 +107,7 @@ class _Allocation:
             self.groups[gid].at = max(i for i, c in enumerate(steps) if c >= count or i == 0)
         for gid, count in (floor or {}).items():  # blocks below count score more
             gs = self.groups[gid]
-            gs.block_scores = [b + abs(b) * (PAST_FLOOR - 1) if gs.steps[k + 1] < count else b
+            gs.block_scores = [b + abs(b) * (past_floor - 1) if gs.steps[k + 1] < count else b
                                for k, b in enumerate(gs.block_scores)]  # fmt: skip
         self.chosen: dict[int, Selection] = {gid: self._select(gid) for gid in self.groups}
 
@@ -123,7 +131,8 @@ class _Allocation:
 def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
                        tolerance: float = TOLERANCE, coeffs: Coeffs | None = None,
                        start: dict[int, int] | None = None,
-                       floor: dict[int, int] | None = None):  # fmt: skip
+                       floor: dict[int, int] | None = None,
+                       past_floor: float = PAST_FLOOR[0]):  # fmt: skip
     """Kept channels per group removing at least ``removed`` of the FLOPs.
 
     Args:
@@ -138,8 +147,9 @@ def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
         start: Kept count per group id to start from (a uniform level just short of
             the target, say); none: every group whole.
         floor: Kept count per group id below which a block's score counts
-            :data:`PAST_FLOOR` times (the uniform level that reaches the target, say);
+            ``past_floor`` times (the uniform level that reaches the target, say);
             none: every block as it scores.
+        past_floor: That weight.
 
     Returns:
         ``(kept, reasons)``: boolean keep vector and selection reason per group id.
@@ -148,7 +158,7 @@ def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
     def flops_removed(kept: Kept) -> float:
         return 1.0 - pruner.analysis_flops(kept) / max(pruner.full_flops, 1)
 
-    alloc = _Allocation(pruner, scores, flops_removed, coeffs, start, floor)
+    alloc = _Allocation(pruner, scores, flops_removed, coeffs, start, floor, past_floor)
     return _allocate(alloc, removed, tolerance)
 
 
@@ -178,11 +188,11 @@ def _allocate(alloc: _Allocation, removed: float, tolerance: float):
     while heap and not reached:
         _, gid = heapq.heappop(heap)
         frac, trial = alloc.removed_if(gid)
-        if frac > removed + tolerance:
+        if frac > removed + tolerance + EPS:
             too_coarse.append(gid)  # removing more elsewhere only makes it overshoot more
             continue
         alloc.take(gid, trial)
-        reached = frac >= removed
+        reached = frac >= removed - EPS
         score = alloc.groups[gid].next_score()
         if score is not None:
             heapq.heappush(heap, (score, gid))

@@ -308,7 +308,8 @@ class PruningControllerBase(CompressionController):
             raise ValueError(f"`level` must be a float in [0, 1). Received: level={level}.")
         scores = self._scores()
         if self.params.prune_flops:
-            plan = self.pruner.plan_for_flops(float(level), scores, self.ranking_coeffs)
+            plan = self.pruner.plan_for_flops(float(level), scores, self.ranking_coeffs,
+                                              final=self.params.pruning_flops_target)
         else:
             plan = self.pruner.plan(float(level), scores, self.ranking_coeffs)
         plan = self._sync(plan)

@@ -177,19 +177,23 @@ def filter_importance(weight: np.ndarray, kind: str, axis: int = 0) -> np.ndarra
     return np.asarray(fn(_as_filters(weight, axis)), dtype=np.float64)
 
 
-def normalize(scores: np.ndarray) -> np.ndarray:
-    """Scores divided by their largest magnitude, for ranking across tensors.
+def normalize(scores: np.ndarray, by: str = "max") -> np.ndarray:
+    """Scores divided by their largest magnitude (``by="mean"``: their mean magnitude),
+    for ranking across tensors. By the mean, one strong filter does not lower the rest.
 
     All-zero (or empty) input gives zeros (or an empty array) rather than NaN.
 
     Example:
         >>> normalize(np.array([1.0, 4.0, 2.0])).tolist(), normalize(np.zeros(2)).tolist()
         ([0.25, 1.0, 0.5], [0.0, 0.0])
+        >>> normalize(np.array([1.0, 4.0, 1.0]), by="mean").tolist()
+        [0.5, 2.0, 0.5]
     """
     array = np.asarray(scores, dtype=np.float64)
     if array.size == 0:
         return array.copy()
-    peak = float(np.max(np.abs(array)))
+    magnitude = np.abs(array)
+    peak = float(np.max(magnitude) if by == "max" else np.mean(magnitude))
     if peak == 0.0:
         return np.zeros_like(array)
     return array / peak

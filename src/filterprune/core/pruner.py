@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
-from .allocation import TOLERANCE, Coeffs, allocate_for_filters, allocate_for_flops
+from .allocation import EPS, PAST_FLOOR, TOLERANCE, Coeffs, allocate_for_filters, allocate_for_flops
 from .analysis import Analysis, Group
 from .flops import count_flops, count_params
 from .importance import filter_importance, normalize
@@ -164,26 +164,27 @@ class Pruner:
         return 1.0 - self.flops(best) / max(self.full_flops, 1)
 
     def plan_for_flops(self, removed: float, scores: dict[int, np.ndarray],
-                       coeffs: Coeffs | None = None) -> Plan:  # fmt: skip
+                       coeffs: Coeffs | None = None,
+                       final: float | None = None) -> Plan:  # fmt: skip
         """A plan removing at least ``removed`` of the FLOPs.
 
-        The smallest uniform level that removes at least ``removed``, when it lands in
-        ``[removed, removed + 0.02]``; where it overshoots (one level moves every group of
-        a width at once):
-
-        - per group with ``multiple_of`` > 1, or with LeGR ``coeffs`` (``(alpha, kappa)``
+        - Per group with ``multiple_of`` > 1, or with LeGR ``coeffs`` (``(alpha, kappa)``
           per group id), groups take their own levels: blocks of ``multiple_of`` filters
           go from every group whole, the least important first across groups
-          (:mod:`~filterprune.core.allocation`). Without ``coeffs``, a block that takes
-          a group past that uniform level counts twice its score, unless only the
-          blocks as they score land in the window;
-        - otherwise (global ranking, or no rounding), from the level just short of it,
-          the least important channels across groups go until the target is met.
+          (:mod:`~filterprune.core.allocation`), until the result lands in
+          ``[removed, removed + 0.02]`` where the blocks allow. Without ``coeffs``, a
+          block that takes a group below the uniform level that removes ``final`` (the
+          schedule's last target; ``removed`` when none) counts :data:`PAST_FLOOR`
+          times its score, the first of those weights that lands in the window.
+        - Otherwise (global ranking, or no rounding): the smallest uniform level that
+          removes at least ``removed``; where that level overshoots the window, the level
+          just short of it with the least important channels across groups removed on
+          top until the target is met.
         """
         if removed <= 0:
             return self.plan(0.0, scores, coeffs)
         reachable = self.reachable_flops(scores)
-        if reachable + 1e-9 < removed:
+        if reachable + EPS < removed:
             raise ConfigError(
                 f"A FLOPs level of {removed} (`pruning_flops_target`, or a level the schedule "
                 f"passes on the way) cannot be reached: removing at most {MAX_GROUP_LEVEL:.0%} "
@@ -192,34 +193,45 @@ class Pruner:
             )
         if coeffs is not None:
             return Plan(removed, *allocate_for_flops(self, removed, scores, coeffs=coeffs))
+        if self.multiple_of > 1 and not self.global_ranking:
+            return self._blocks_for_flops(removed, scores, max(removed, final or 0.0))
+        short, plan = self._uniform_for_flops(removed, scores)
+        if self._removed(plan.kept) <= removed + TOLERANCE:
+            return plan
+        # One level steps past the window (every group of a width moves at once; globally, a
+        # group that keeps equal counts per block moves by a block): from the level just
+        # short of it, single channels go, the least important first.
+        start = {gid: int(keep.sum()) for gid, keep in short.kept.items()}
+        return Plan(removed, *allocate_for_flops(self, removed, scores, start=start))
+
+    def _uniform_for_flops(self, removed: float, scores) -> tuple[Plan, Plan]:
+        """The uniform plans just short of ``removed`` and the smallest reaching it."""
         lo, hi = 0.0, MAX_GROUP_LEVEL
         for _ in range(20):
             mid = (lo + hi) / 2
-            if 1.0 - self.flops(self.plan(mid, scores)) / self.full_flops >= removed:
+            if self._removed(self.plan(mid, scores).kept) >= removed - EPS:
                 hi = mid
             else:
                 lo = mid
         plan = self.plan(hi, scores)
         plan.level = removed
-        if 1.0 - self.flops(plan) / self.full_flops <= removed + TOLERANCE:
-            return plan
-        if self.multiple_of > 1 and not self.global_ranking:
-            # Blocks from every group whole. A block moves a group far, so blocks past the
-            # level that reaches the target count double: else a group whose scores all
-            # sit a little low can lose most of its filters (a Keras demo run cut its head
-            # to 16 of 128 and kept 0.42 accuracy after the cut, against 0.59). Where that
-            # misses the window, the blocks as they score.
-            floor = {gid: int(keep.sum()) for gid, keep in plan.kept.items()}
-            even = allocate_for_flops(self, removed, scores, floor=floor)
-            if self._removed(even[0]) <= removed + TOLERANCE:
-                return Plan(removed, *even)
-            free = allocate_for_flops(self, removed, scores)
-            best = min((even, free), key=lambda a: (self._removed(a[0]) < removed,
-                                                    abs(self._removed(a[0]) - removed)))
-            return Plan(removed, *best)
-        # One level steps past the window (every group of a width moves at once; globally, a
-        # group that keeps equal counts per block moves by a block): from the level just
-        # short of it, single channels go, the least important first.
-        short = self.plan(lo, scores)
-        start = {gid: int(keep.sum()) for gid, keep in short.kept.items()}
-        return Plan(removed, *allocate_for_flops(self, removed, scores, start=start))
+        return self.plan(lo, scores), plan
+
+    def _blocks_for_flops(self, removed: float, scores, final: float) -> Plan:
+        """Blocks across groups (see :meth:`plan_for_flops`). A block moves a group far:
+        as they score, a group whose scores all sit a little low (one strong filter
+        lowers the rest, normalised by the largest) loses most of its filters. A Keras
+        demo run cut its head to 16 of 128, and kept 0.42 accuracy after the cut against
+        0.59 with the head at the uniform level."""
+        floor = {gid: int(keep.sum())
+                 for gid, keep in self._uniform_for_flops(final, scores)[1].kept.items()}
+        tries = []
+        for weight in PAST_FLOOR:  # the first weight whose blocks land in the window
+            kept, reasons = allocate_for_flops(self, removed, scores, floor=floor,
+                                               past_floor=weight)  # fmt: skip
+            share = self._removed(kept)
+            if removed - EPS <= share <= removed + TOLERANCE:
+                return Plan(removed, kept, reasons)
+            tries.append((share < removed - EPS, abs(share - removed), kept, reasons))
+        _, _, kept, reasons = min(tries, key=lambda t: t[:2])
+        return Plan(removed, kept, reasons)
