@@ -219,10 +219,10 @@ class Pruner:
 
     def _blocks_for_flops(self, removed: float, scores, final: float) -> Plan:
         """Blocks across groups (see :meth:`plan_for_flops`). A block moves a group far:
-        as they score, a group whose scores all sit a little low (one strong filter
-        lowers the rest, normalised by the largest) loses most of its filters. A Keras
-        demo run cut its head to 16 of 128, and kept 0.42 accuracy after the cut against
-        0.59 with the head at the uniform level."""
+        as they score, a group whose scores all sit a little below the others' loses
+        most of its filters. A Keras demo run cut its head to 16 of 128 (scores divided
+        by their largest then) and kept 0.42 accuracy after the cut, against 0.59 with
+        the head at the uniform level."""
         floor = {gid: int(keep.sum())
                  for gid, keep in self._uniform_for_flops(final, scores)[1].kept.items()}
         tries = []

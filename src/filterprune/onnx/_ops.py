@@ -216,10 +216,11 @@ def _gather(v: NodeView) -> Spec:
 def _gather_nd(v: NodeView) -> Spec:
     """GatherND with constant indices over the leading axes (how the exporter writes an
     adaptive pool whose bins do not divide the map): the axes after them pass whole."""
-    idx = v.const(1)
-    if idx is None or v.rank is None or idx.ndim < 1 or int(v.attr("batch_dims", 0)):
+    idx, shape = v.const(1), v.in_shapes[0] if v.in_shapes else None
+    if idx is None or idx.ndim < 1 or shape is None or len(shape) < idx.shape[-1] or int(
+            v.attr("batch_dims", 0)):  # fmt: skip
         return _stop("GatherND with computed indices or batch_dims")
-    size = np.asarray(v.in_shapes[0][: idx.shape[-1]])
+    size = np.asarray(shape[: idx.shape[-1]])
     idx = np.where(idx < 0, idx + size, idx)  # negative indices count from the end
     index = tuple(idx[..., j].tolist() for j in range(idx.shape[-1]))
     return "index", {"index": index, "computed_axes": tuple(range(idx.shape[-1])),
