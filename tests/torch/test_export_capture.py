@@ -116,6 +116,13 @@ def test_export_failure_reports_both_captures():
     with pytest.raises(AnalysisError, match=both) as info:
         capture(Opaque().eval(), (torch.zeros(1, 3, 8, 8),))
     assert "\n" not in str(info.value) and "torch.fx.wrap" not in str(info.value)
+    assert "filterprune.testing.detectors" not in str(info.value)
+    # a torchvision detector's failure (a plain Mask R-CNN pastes its masks with sizes known
+    # only at run time) points at the wrappers that capture
+    Opaque.__module__ = "torchvision.models.detection.mask_rcnn"
+    with pytest.raises(AnalysisError, match=r"filterprune.testing.detectors wraps .*"
+                       r"masks_unpasted \(Mask R-CNN"):
+        capture(Opaque().eval(), (torch.zeros(1, 3, 8, 8),))
 
 
 def test_a_model_that_fails_on_the_sample_is_refused_with_its_input():

@@ -129,6 +129,15 @@ def _say_unregistered(model: nn.Module) -> None:
             "not saved, not pruned). Use nn.ModuleList / nn.ModuleDict.", stacklevel=3)
 
 
+def _detector_hint(model: nn.Module) -> str:
+    """Where to look when a torchvision detector's post-processing defeats both captures."""
+    if not type(model).__module__.startswith("torchvision.models.detection"):
+        return ""
+    return (" For torchvision detectors, filterprune.testing.detectors wraps the parts that "
+            "capture: HeadTensors (RetinaNet, FCOS), RCNNTensors (two-stage R-CNNs) and "
+            "masks_unpasted (Mask R-CNN's masks as its head predicts them).")
+
+
 def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     """Read ``model`` on ``example`` inputs into the core :class:`Graph`.
 
@@ -153,8 +162,8 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
         try:
             captured = capture_export(model, example)
         except AnalysisError as err:
-            raise AnalysisError(
-                f"{_first_sentence(fx_error)} torch.export failed too: {err}") from err
+            raise AnalysisError(f"{_first_sentence(fx_error)} torch.export failed too: "
+                                f"{err}{_detector_hint(model)}") from err
         captured.graph.notes.insert(0, f"torch.fx could not trace it ({_first_line(fx_error)}); "
                                        "captured with torch.export")  # fmt: skip
         warnings.warn(
