@@ -23,7 +23,12 @@ side by side (`benchmarks/accuracy/walltime.py` measures it that way).
 Ours (`benchmarks/accuracy/contenders.py`):
 
 - `ours-default`: the seed's defaults (geometric median, exponential schedule, two steps,
-  kept counts in multiples of 8).
+  kept counts in multiples of 8, blocks of 8 allocated across groups). Since 2026-12-05 the
+  allocation divides each group's scores by their mean and counts double a block that takes
+  a group past the uniform level reaching the target. Rows of the committed grid (baseline
+  0.9243; `ours-oneshot`'s too) ran the allocation before (scores divided by their
+  largest, blocks as they score), which the shipped-baseline grid keeps as
+  `ours-default-maxnorm` (commit fc1b6ec), run beside the new rows.
 - `ours-best`: the committed recipe `fmnist_recipe.json`: masks chosen once before
   fine-tuning by `coupled_L2` (a channel scored by its filters, the scale and shift of
   its BatchNorm and its readers' input columns, each tensor's share relative to that
