@@ -155,10 +155,7 @@ def allocate_for_flops(pruner, removed: float, scores: dict[int, np.ndarray],
         ``(kept, reasons)``: boolean keep vector and selection reason per group id.
     """
 
-    def flops_removed(kept: Kept) -> float:
-        return 1.0 - pruner.analysis_flops(kept) / max(pruner.full_flops, 1)
-
-    alloc = _Allocation(pruner, scores, flops_removed, coeffs, start, floor, past_floor)
+    alloc = _Allocation(pruner, scores, pruner.flops_removed, coeffs, start, floor, past_floor)
     return _allocate(alloc, removed, tolerance)
 
 

@@ -152,7 +152,8 @@ class Pruner:
         """FLOPs with ``kept`` channels per group id (groups not named stay whole)."""
         return count_flops(self.analysis.graph, self.analysis.keeps(kept))
 
-    def _removed(self, kept: dict[int, np.ndarray]) -> float:
+    def flops_removed(self, kept: dict[int, np.ndarray]) -> float:
+        """Share of the FLOPs that ``kept`` channels per group id remove."""
         return 1.0 - self.analysis_flops(kept) / max(self.full_flops, 1)
 
     def params(self, plan: Plan) -> int:
@@ -196,7 +197,7 @@ class Pruner:
         if self.multiple_of > 1 and not self.global_ranking:
             return self._blocks_for_flops(removed, scores, max(removed, final or 0.0))
         short, plan = self._uniform_for_flops(removed, scores)
-        if self._removed(plan.kept) <= removed + TOLERANCE:
+        if self.flops_removed(plan.kept) <= removed + TOLERANCE:
             return plan
         # One level steps past the window (every group of a width moves at once; globally, a
         # group that keeps equal counts per block moves by a block): from the level just
@@ -209,7 +210,7 @@ class Pruner:
         lo, hi = 0.0, MAX_GROUP_LEVEL
         for _ in range(20):
             mid = (lo + hi) / 2
-            if self._removed(self.plan(mid, scores).kept) >= removed - EPS:
+            if self.flops_removed(self.plan(mid, scores).kept) >= removed - EPS:
                 hi = mid
             else:
                 lo = mid
@@ -229,7 +230,7 @@ class Pruner:
         for weight in PAST_FLOOR:  # the first weight whose blocks land in the window
             kept, reasons = allocate_for_flops(self, removed, scores, floor=floor,
                                                past_floor=weight)  # fmt: skip
-            share = self._removed(kept)
+            share = self.flops_removed(kept)
             if removed - EPS <= share <= removed + TOLERANCE:
                 return Plan(removed, kept, reasons)
             tries.append((share < removed - EPS, abs(share - removed), kept, reasons))

@@ -135,12 +135,17 @@ class _Emitter:
             mode = "none"  # a per-tensor Q/DQ whose zero points do not match
         self.emit(idx, node, inputs, (kind, attrs), layer, mode)
 
-    def _static_gather(self, node: onnx.NodeProto) -> bool:
-        """A GatherND of constant indices over static axes: the axes after them, dynamic
-        or not, pass whole."""
-        idx = self.facts.const(node.input[1]) if node.op_type == "GatherND" else None
-        return idx is not None and idx.ndim > 0 and not self.facts.symbolic(
-            node.input[0], slice(0, idx.shape[-1]))  # fmt: skip
+    def _size_free(self, node: onnx.NodeProto) -> bool:
+        """Whether ``node`` moves elements the same whatever size a dynamic dimension has:
+        an Unsqueeze, a Squeeze of given axes (one of every unit axis may squeeze an axis
+        read as 1), or a GatherND of constant indices over static axes (the axes after
+        them pass whole)."""
+        if node.op_type == "GatherND":
+            idx = self.facts.const(node.input[1])
+            return idx is not None and idx.ndim > 0 and not self.facts.symbolic(
+                node.input[0], slice(0, idx.shape[-1]))  # fmt: skip
+        return node.op_type == "Unsqueeze" or node.op_type == "Squeeze" and (
+            "axes" in attrs_of(node) or len(node.input) > 1 and bool(node.input[1]))
 
     def emit(self, idx: int, node: onnx.NodeProto, inputs: list[str], spec: Spec,
              layer: str | None, mode: str) -> None:  # fmt: skip
@@ -153,7 +158,7 @@ class _Emitter:
         label = node.op_type
         if kind != "split" and shapes[0] is None:
             kind, attrs = "stop", {"reason": "output shape is unknown"}
-        if kind in _SHAPE_KINDS and not _unit_axes(node) and not self._static_gather(node) and any(
+        if kind in _SHAPE_KINDS and not self._size_free(node) and any(
                 self.facts.symbolic(t) for t in [*node.input, *outs]):  # fmt: skip
             kind, attrs = "stop", {"reason": "reshapes a tensor with dynamic dimensions"}
         if kind == "split":
@@ -251,13 +256,6 @@ class _Emitter:
         self.cap.arrays[name] = built.arrays
         self.cap.layer_node[name] = idx
         return name, kind, built.attrs
-
-
-def _unit_axes(node: onnx.NodeProto) -> bool:
-    """An Unsqueeze, or a Squeeze of given axes: it moves no element, whatever size a
-    dynamic dimension has (a Squeeze of every unit axis may squeeze one read as 1)."""
-    return node.op_type == "Unsqueeze" or node.op_type == "Squeeze" and (
-        "axes" in attrs_of(node) or len(node.input) > 1 and bool(node.input[1]))
 
 
 def capture(model: onnx.ModelProto) -> Captured:
