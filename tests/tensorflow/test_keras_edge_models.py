@@ -183,6 +183,8 @@ SPATIAL_OPS = {
         x, axis=1, keepdims=True), "float32") + ops.cast(ops.argsort(x, axis=1), "float32"),
     "top_k over the height": lambda x: ops.moveaxis(ops.top_k(ops.moveaxis(x, 1, -1), 32)[0],
                                                     -1, 1),
+    # a cut by whole pairs leaves each slice its own channels
+    "every other channel": lambda x: ops.concatenate([x[..., ::2] * 2, x[..., 1::2]], -1),
 }
 CHANNEL_OPS = {
     "argmax over the channels": lambda x: x * ops.cast(ops.argmax(x, axis=-1, keepdims=True),

@@ -10,7 +10,7 @@ from torch import nn
 from torch_helpers import assert_strip_equal, make_config
 
 from filterprune.testing.zoo import nondegenerate
-from filterprune.torch import create_compressed_model
+from filterprune.torch import create_compressed_model, resize_to_state_dict
 
 
 class Between(nn.Module):
@@ -455,3 +455,72 @@ def test_a_weight_broadcast_by_indexing_is_cut_like_a_view_of_it():
     assert "a" not in held and small.fn.b.shape == (8,)
     small, held = prune(IndexedScale(pick=True))
     assert "a" in held and small.fn.b.shape == (16,)
+
+
+class Picked(nn.Module):
+    """``a`` (16 filters) -> channels picked by ``pick`` -> ``b`` reading ``width`` of them."""
+
+    def __init__(self, pick, width):
+        super().__init__()
+        self.a, self.b, self.pick = cbr(3, 16), cbr(width, 16), pick
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.b(self.pick(self.a(x))).mean((2, 3)))
+
+
+PICKS = {  # pick, width read by b, whether a is cut
+    "every other channel": (lambda y: torch.cat([y[:, ::2] * 2, y[:, 1::2]], 1), 16, True),
+    "every fourth, from the second, Ellipsis": (lambda y: y[..., 1::4, :, :], 4, True),
+    "every other, stop past the last block": (lambda y: y[:, 1:99:2], 8, True),
+    "tensor_split in equal sections": (lambda y: _gated(torch.tensor_split(y, 2, dim=1)), 16,
+                                       True),
+    "every other but the last block": (lambda y: y[:, :13:2], 7, False),
+    "every third (16 is no multiple of 3)": (lambda y: y[:, ::3], 6, False),
+    "a step of 2 from the third channel": (lambda y: y[:, 2::2], 7, False),
+    "tensor_split at given indices": (lambda y: torch.cat(torch.tensor_split(y, [4], 1), 1),
+                                      16, False),
+}
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize(("pick", "width", "cut"), PICKS.values(), ids=PICKS.keys())
+def test_strided_channel_slices_cut_whole_blocks_and_other_picks_hold(pick, width, cut, export):
+    fn = (lambda y: pick(list(y.chunk(1, 1))[0])) if export else pick
+    small, held = prune(None, Picked(fn, width))
+    assert ("a.0" not in held) == cut
+    assert small.a[0].out_channels == (8 if cut else 16)
+    if cut:  # b reads what the slices leave of a, in blocks of the step
+        assert small.b[0].in_channels == width // 2
+
+
+@pytest.mark.parametrize("sizes", [(16, 1), (1, 16, 1)], ids=["(16, 1)", "(1, 16, 1)"])
+def test_an_unflatten_module_is_cut_through_and_its_size_follows(sizes):
+    small, held = prune(nn.Sequential(nn.Unflatten(1, sizes), nn.Flatten(1, len(sizes))))
+    assert "a" not in held and small.a.out_channels == 8
+    assert -1 in small.fn[0].unflattened_size
+
+
+class Generator(nn.Module):
+    """A DCGAN-style generator: a Linear to 32 maps of 4x4, unflattened by a module."""
+
+    def __init__(self, dim=1):
+        super().__init__()
+        self.fc, self.bn = nn.Linear(16, 32 * 16), nn.BatchNorm2d(32)
+        self.unflatten = nn.Unflatten(dim, (32, 4, 4))
+        self.up = nn.ConvTranspose2d(32, 3, 4, 2, 1)
+
+    def forward(self, z):
+        return self.up(torch.relu(self.bn(self.unflatten(self.fc(z)))))
+
+
+def test_a_generator_unflattening_a_linear_cuts_it_by_whole_maps():
+    model = nondegenerate(Generator())
+    config = make_config((2, 16), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(model, config)
+    small = assert_strip_equal(ctrl, model, torch.randn(3, 16), tol=1e-5)
+    assert small.fc.out_features == 16 * 16 and small.bn.num_features == 16
+    assert small.unflatten.unflattened_size == (-1, 4, 4)
+    fresh = nondegenerate(Generator())
+    resize_to_state_dict(fresh, small.state_dict())
+    torch.testing.assert_close(fresh.eval()(torch.ones(2, 16)), small(torch.ones(2, 16)))

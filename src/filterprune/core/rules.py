@@ -661,7 +661,8 @@ def _getitem(s, node, ins):
 
 @register_rule("index")
 def _index(s, node, ins):
-    """Basic tensor indexing (slices, ints, None, Ellipsis) that leaves channels whole.
+    """Basic tensor indexing (slices, ints, None, Ellipsis) that leaves channels whole,
+    or takes every ``step``-th channel (see :func:`_tie_strided`).
 
     ``computed_axes``: axes sliced at bounds computed in forward (the index holds the
     length they took); channels there stay whole, as the bounds would not follow a cut.
@@ -679,11 +680,39 @@ def _index(s, node, ins):
     if any(a in varying for a in node.attrs.get("computed_axes", ())):
         raise RuleError(node.attrs.get("computed_reason",
                                        "slices channels at bounds computed in forward"))
+    parts = _axis_parts(node.attrs["index"], full.ndim)
     for axis in varying:
         kept = np.unique(np.unravel_index(picked.ravel(), full.shape)[axis])
         if kept.size != full.shape[axis]:
-            raise RuleError("indexes into channels")
-    return compress(full[node.attrs["index"]])
+            _tie_strided(s, full, axis, parts[axis] if parts else None)
+    return compress(s.uf.roots(full)[node.attrs["index"]])
+
+
+def _axis_parts(index: Any, ndim: int) -> list[Any] | None:
+    """The slice each axis takes, for an index of slices and at most one Ellipsis;
+    ``None`` for any other index (ints, lists, None)."""
+    parts = list(index) if isinstance(index, tuple) else [index]
+    if parts.count(Ellipsis) > 1 or not all(p is Ellipsis or isinstance(p, slice) for p in parts):
+        return None
+    if Ellipsis in parts:
+        at = parts.index(Ellipsis)
+        parts[at : at + 1] = [slice(None)] * (ndim - len(parts) + 1)
+    return parts + [slice(None)] * (ndim - len(parts))
+
+
+def _tie_strided(s: Propagation, full: np.ndarray, axis: int, part: Any) -> None:
+    """A slice ``start::step`` over every block of ``step`` channels (``x[:, 1::2]``)
+    takes the same member of each block. Cut by whole blocks, the smaller tensor's slice
+    takes exactly the kept ones, whatever the code's bounds: each block's channels are
+    tied. Any other pick of channels (a list, a range inside the axis) is held."""
+    size = full.shape[axis]
+    start, stop, step = part.indices(size) if isinstance(part, slice) else (0, 0, 0)
+    if step < 2 or size % step or start >= step or stop < size - step + start + 1:
+        raise RuleError("indexes into channels")
+    blocks = np.moveaxis(full, axis, -1).reshape(*full.shape[:axis], *full.shape[axis + 1 :],
+                                                 size // step, step)  # fmt: skip
+    for member in range(1, step):
+        s.uf.union_arrays(blocks[..., 0], blocks[..., member])
 
 
 @register_rule("reduce")

@@ -92,7 +92,7 @@ def _stack(node: fx.Node, shape) -> Spec:
 
 def _split(node: fx.Node, shape) -> Spec:
     args = named_args(node)
-    equal = node.target is aten.chunk.default
+    equal = node.target in (aten.chunk.default, aten.tensor_split.sections)
     return "split", {"axis": int(args.get("dim", 0)), "equal": equal}
 
 
@@ -296,7 +296,8 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("t.default"), _t),
     (_ops("cat.default", "concat.default", "concatenate.default"), _cat),
     (_ops("stack.default"), _stack),
-    (_ops("split.Tensor", "split_with_sizes.default", "chunk.default"), _split),
+    (_ops("split.Tensor", "split_with_sizes.default", "chunk.default", "tensor_split.sections",
+          "tensor_split.indices"), _split),
     (_ops("unbind.int"), _unbind),
     (_ops("mean.dim", "mean.default", "sum.dim_IntList", "sum.default", "amax.default",
           "amin.default", "max.dim", "min.dim", "var.correction", "std.correction",

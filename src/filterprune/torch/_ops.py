@@ -233,6 +233,23 @@ def _flatten(m: nn.Flatten, name: str, in_shape, out_shape) -> tuple[Spec, Layer
     return ("reshape", {}), LayerInfo(name, "reshape")
 
 
+def unflatten_free(m: nn.Unflatten) -> int | None:
+    """The entry of ``m.unflattened_size`` a strip writes as -1 (the first above one, where
+    a channel count sits, ``(256, 7, 7)`` after a Linear); ``None`` with a -1 already."""
+    sizes = list(m.unflattened_size)
+    if -1 in sizes:
+        return None
+    return next((i for i, n in enumerate(sizes) if n > 1), None)
+
+
+def _unflatten(m: nn.Unflatten, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    """Sizes held by the module, not written in code: the strip rewrites one of them, so
+    channels may lie there; the other literal axes stay (their entries go together)."""
+    dim, free = m.dim % len(in_shape), unflatten_free(m)
+    fixed = [dim + i for i, n in enumerate(m.unflattened_size) if n != -1 and i != free]
+    return ("reshape", {"fixed_dims": fixed}), LayerInfo(name, "unflatten")
+
+
 MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     **{t: _conv for t in _CONV + _CONV_T},
     nn.Linear: _linear,
@@ -244,6 +261,7 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     nn.Softmin: _softmax,
     nn.LogSoftmax: _softmax,
     nn.Flatten: _flatten,
+    nn.Unflatten: _unflatten,
     nn.PixelShuffle: _pixel_shuffle,
     nn.PixelUnshuffle: _pixel_shuffle,
     nn.ChannelShuffle: _channel_shuffle,
@@ -419,6 +437,13 @@ def _split(node: fx.Node, shapes) -> Spec:
 
 def _chunk(node: fx.Node, shapes) -> Spec:
     return "split", {"axis": int(_arg(node, 2, "dim", 0)), "equal": True}
+
+
+def _tensor_split(node: fx.Node, shapes) -> Spec:
+    """``tensor_split(n)`` cuts like ``chunk(n)`` (equal pieces where the size divides);
+    split points given as indices are fixed in code."""
+    sections = _arg(node, 1, "sections", _arg(node, 1, "indices"))
+    return "split", {"axis": int(_arg(node, 2, "dim", 0)), "equal": isinstance(sections, int)}
 
 
 def _unbind(node: fx.Node, shapes) -> Spec:
@@ -665,6 +690,7 @@ CALL_RULES: dict[Any, Call] = {
     "transpose": _transpose, torch.transpose: _transpose,
     torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat, torch.stack: _stack,
     "split": _split, torch.split: _split, "chunk": _chunk, torch.chunk: _chunk,
+    "tensor_split": _tensor_split, torch.tensor_split: _tensor_split,
     "unbind": _unbind, torch.unbind: _unbind,
     "mean": _reduce, torch.mean: _reduce, "sum": _reduce, torch.sum: _reduce,
     "amax": _reduce, torch.amax: _reduce, "norm": _norm, torch.norm: _norm,

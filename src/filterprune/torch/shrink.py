@@ -11,6 +11,7 @@ from torch import nn
 from ..core.graph import BARE_KINDS, LayerInfo
 from ..core.weights import groups_left, slice_weight
 from ..errors import AnalysisError
+from ._ops import unflatten_free
 
 __all__ = ["shrink_model", "resize_to_state_dict"]
 
@@ -137,6 +138,9 @@ def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.M
             _shrink_layer(model, name, info, keep)
             if info.kind in ("conv", "linear"):
                 _cut_quantizers(model.get_submodule(name), keep)
+    for module in model.modules():
+        if isinstance(module, nn.Unflatten):
+            _sync_attributes(module)
     return model
 
 
@@ -219,6 +223,11 @@ def _sync_attributes(module: nn.Module) -> None:
         module.num_parameters = module.weight.numel()
     elif isinstance(module, nn.GroupNorm) and module.weight is not None:
         _regroup(module, module.weight.shape[0])
+    elif isinstance(module, nn.Unflatten) and unflatten_free(module) is not None:
+        # its channel count follows the cut input (the analysis keeps the other sizes)
+        sizes = list(module.unflattened_size)
+        sizes[unflatten_free(module)] = -1
+        module.unflattened_size = tuple(sizes)
 
 
 def _regroup(module: nn.GroupNorm, channels: int) -> None:
