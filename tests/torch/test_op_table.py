@@ -50,6 +50,12 @@ APART = {
     "zeros_like, full_like": lambda y: torch.where(y > 0, y, torch.zeros_like(y))
     + torch.full_like(y, 0.5) * y + torch.ones_like(y),
     "split in halves of the width read": lambda y: _gated(torch.split(y, y.shape[1] // 2, 1)),
+    # bounds that fall on the same of k equal parts at any width: pieces of a chunk(k)
+    "slice at half the width read": lambda y: torch.cat(
+        [y[:, : y.shape[1] // 2], y[:, y.shape[1] // 2 :] * 2], 1),
+    "slice at quarters of a width read once": lambda y: (lambda c: torch.cat(
+        [y[:, c // 4 : c // 2], y[:, -(c // 4) :], y[:, : c // 4] * 2, y[:, c // 2 : -(c // 4)]],
+        1))(y.size(1)),
     "rounding": lambda y: torch.floor(y * 4) / 4 + y.round() + y.sign() + y.clip(-1, 1)
     + y.clamp_min(0) + torch.reciprocal(y.abs() + 1),
     "einsum: a product": lambda y: torch.einsum("bchw,bchw->bchw", y, y.sigmoid()),
@@ -80,8 +86,10 @@ ACROSS = {
     "normalize over the channels": lambda y: F.normalize(y.sigmoid(), dim=1),
     "split at a width read less a number": lambda y: torch.cat(
         y.split(y.size(1) - 4, 1)[::-1], 1),
-    "slice channels at a computed bound": lambda y: torch.cat(
-        [y[:, : y.shape[1] // 2], y[:, y.shape[1] // 2 :] * 2], 1),
+    "slice channels at the width read less a number": lambda y: torch.cat(
+        [y[:, : y.shape[1] - 4], y[:, y.shape[1] - 4 :] * 2], 1),
+    "slice at half the width read, used as a number too": lambda y: torch.cat(
+        [y[:, : y.shape[1] // 2] * (y.shape[1] // 2), y[:, y.shape[1] // 2 :]], 1),
     "einsum over the channels": lambda y: y * torch.einsum("bchw,bchw->bhw", y, y)[:, None],
     "einsum mixing the channels": lambda y: torch.einsum("bchw,bdhw->bchw", y, y.sigmoid()),
     "max over the channels": lambda y: y * torch.max(y, 1, keepdim=True)[0],

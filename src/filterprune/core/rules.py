@@ -665,7 +665,9 @@ def _index(s, node, ins):
     or takes every ``step``-th channel (see :func:`_tie_strided`).
 
     ``computed_axes``: axes sliced at bounds computed in forward (the index holds the
-    length they took); channels there stay whole, as the bounds would not follow a cut.
+    length they took); channels there stay whole, as the bounds would not follow a cut,
+    except on the axis of ``equal_parts`` ``(axis, k)``: bounds on the same of ``k`` equal
+    parts at any width (``x[:, : x.shape[1] // 2]``), so it is tied as ``chunk(k)`` is.
     """
     index = node.attrs["index"]
     parts = index if isinstance(index, tuple) else (index,)
@@ -677,7 +679,15 @@ def _index(s, node, ins):
     marker = np.arange(full.size).reshape(full.shape)
     picked = marker[node.attrs["index"]]
     varying = [a for a in range(full.ndim) if x.ndim > 0 and _varies(_pad(x, full.ndim), a)]
-    if any(a in varying for a in node.attrs.get("computed_axes", ())):
+    computed = list(node.attrs.get("computed_axes", ()))
+    if "equal_parts" in node.attrs and node.attrs["equal_parts"][0] in varying:
+        axis, pieces = node.attrs["equal_parts"]
+        computed = [a for a in computed if a != axis]
+        rows = np.moveaxis(full, axis, 0).reshape(pieces, -1)
+        for row in rows[1:]:
+            s.uf.union_arrays(rows[0], row)
+        varying.remove(axis)  # the slice keeps whole parts: nothing to check below
+    if any(a in varying for a in computed):
         raise RuleError(node.attrs.get("computed_reason",
                                        "slices channels at bounds computed in forward"))
     parts = _axis_parts(node.attrs["index"], full.ndim)

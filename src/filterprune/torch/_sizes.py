@@ -13,6 +13,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx
 
@@ -35,6 +36,9 @@ class SizeReads:
             the element count, so such an axis follows the cut like a ``-1``.
         even_splits: Splits into ``k`` equal pieces of whatever width the tensor has
             (``torch.split(x, x.shape[1] // k, 1)``), like ``chunk``.
+        even_slices: A slice ``x[:, : x.shape[1] // 2]`` -> ``(axis, k)``: its bounds,
+            computed from the width it slices, fall on the same ``k`` equal parts at every
+            width a cut by equal parts leaves, so it is a piece of a ``chunk(k)``.
     """
 
     reads: dict[fx.Node, tuple[fx.Node, tuple[int, ...]]] = field(default_factory=dict)
@@ -42,6 +46,7 @@ class SizeReads:
     numbers: set[fx.Node] = field(default_factory=set)
     free: dict[fx.Node, set[int]] = field(default_factory=dict)
     even_splits: set[fx.Node] = field(default_factory=set)
+    even_slices: dict[fx.Node, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, graph: fx.Graph) -> SizeReads:
@@ -77,6 +82,11 @@ class SizeReads:
             if size is not None:
                 found.even_splits.add(node)
                 sized.setdefault(size, set()).add(node)
+            piece = _even_slice(node, found.reads)
+            if piece is not None:
+                found.even_slices[node] = piece[:2]
+                for bound in piece[2]:
+                    sized.setdefault(bound, set()).add(node)
         for value in found.reads:
             unpacked = {u for u in value.users if u in found.reads}  # ``b, c = x.shape[:2]``
             rest = set(value.users) - direct.get(value, set()) - unpacked
@@ -127,6 +137,64 @@ def _even_split_size(node: fx.Node, reads: dict) -> fx.Node | None:
     if read is None or read[0] is not node.args[0] or not ndim or read[1] != (dim % ndim,):
         return None
     return size
+
+
+def _even_slice(node: fx.Node, reads: dict) -> tuple[int, int, list[fx.Node]] | None:
+    """``(axis, k, bound nodes)`` of a getitem whose one computed slice is a piece of
+    ``chunk(k)`` of its tensor along ``axis`` (see :attr:`SizeReads.even_slices`)."""
+    if node.target is not operator.getitem or not isinstance(node.args[0], fx.Node):
+        return None
+    ndim, items = _ndim(node.args[0]), node.args[1]
+    items = items if isinstance(items, tuple) else (items,)
+    if not ndim or not all(isinstance(it, slice) for it in items):
+        return None
+    computed = [(axis, it) for axis, it in enumerate(items)
+                if any(isinstance(v, fx.Node) for v in (it.start, it.stop, it.step))]  # fmt: skip
+    if len(computed) != 1 or computed[0][1].step not in (None, 1):
+        return None
+    axis, cut = computed[0]
+    width = int(node.args[0].meta["tensor_meta"].shape[axis])
+    start = (lambda w: 0) if cut.start is None else _bound(cut.start, node.args[0], axis, reads)
+    stop = (lambda w: w) if cut.stop is None else _bound(cut.stop, node.args[0], axis, reads)
+    if start is None or stop is None or not width:
+        return None
+
+    def at(w: int) -> tuple[int, int]:
+        return slice(start(w), stop(w)).indices(w)[:2]
+
+    k = width // int(np.gcd.reduce([width, *at(width)]))
+    try:  # at every width a cut into k equal parts leaves, the bounds fall on the same parts
+        if k == width or not all(
+                np.array_equal(np.multiply(at(k * n), width), np.multiply(at(width), k * n))
+                for n in range(1, width // k + 1)):  # fmt: skip
+            return None
+    except ZeroDivisionError:
+        return None
+    return axis, k, [v for v in (cut.start, cut.stop) if isinstance(v, fx.Node)]
+
+
+_ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub)
+
+
+def _bound(value: Any, tensor: fx.Node, axis: int, reads: dict):
+    """``value`` (a slice bound) as a function of ``tensor``'s width along ``axis``, for
+    integer arithmetic on that width read in forward; None for anything else."""
+    if isinstance(value, int):
+        return lambda width: value
+    if not isinstance(value, fx.Node):
+        return None
+    if reads.get(value) == (tensor, (axis,)):
+        return lambda width: width
+    if value.op == "call_function" and value.target is operator.neg and len(value.args) == 1:
+        inner = _bound(value.args[0], tensor, axis, reads)
+        return None if inner is None else (lambda width: -inner(width))
+    op = value.target if value.op == "call_function" else None
+    if op not in _ARITHMETIC or len(value.args) != 2 or value.kwargs:
+        return None
+    left, right = (_bound(a, tensor, axis, reads) for a in value.args)
+    if left is None or right is None:
+        return None
+    return lambda width: op(left(width), right(width))
 
 
 _REARRANGE = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "contiguous",

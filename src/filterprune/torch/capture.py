@@ -239,6 +239,8 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
             _size_attrs(converted, sizes.ties.get(node, []), sizes.free.get(node, set()), graph)
         if converted.op == "split" and node in sizes.even_splits:
             converted.attrs = {**converted.attrs, "equal": True}
+        if converted.op == "index" and node in sizes.even_slices:
+            converted.attrs = {**converted.attrs, "equal_parts": sizes.even_slices[node]}
         graph.add(converted)
     _hold_training_reads(model, gm, graph)
     add_unseen_params(model, graph)
