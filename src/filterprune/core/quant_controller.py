@@ -26,6 +26,7 @@ from .quantization import (
     QuantizerState,
     RangeCollector,
     collect_quantization_statistics,
+    float_layers,
     place_quantizers,
     quant_params,
     tensor_range,
@@ -55,7 +56,13 @@ class QuantizationControllerBase(CompressionController):
     def __init__(self, params: Any, graph: Graph) -> None:
         self.params = params
         self.specs: list[QuantizerSpec] = place_quantizers(graph, params)
+        self.left_in_float = float_layers(graph)
         self._sign_said: set[str] = set()  # quantizers said to fall back to signed
+        if self.left_in_float:
+            log.warning("quantization: %d layer(s) keep float weights, no quantizer inside "
+                        "them: %s. statistics() lists them.", len(self.left_in_float),
+                        ", ".join(f"{n} ({why})" for n, why in self.left_in_float[:5])
+                        + (" ..." if len(self.left_in_float) > 5 else ""))  # fmt: skip
         if not self.specs:
             log.warning("quantization: no quantizer placed (ignored_scopes or target_scopes "
                         "leave out every layer); the model stays in float.")  # fmt: skip
@@ -151,7 +158,8 @@ class QuantizationControllerBase(CompressionController):
 
     def statistics(self, quickly_collected_only: bool = False) -> QuantizationStatistics:
         """Bits, number of quantizers, ranges initialised and a per-quantizer table."""
-        return collect_quantization_statistics(self.specs, self.quantizer_states(), self.params)
+        return collect_quantization_statistics(self.specs, self.quantizer_states(), self.params,
+                                               self.left_in_float)  # fmt: skip
 
     # -- state -----------------------------------------------------------------------------
     def get_compression_state(self) -> dict[str, Any]:

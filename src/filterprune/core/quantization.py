@@ -35,6 +35,7 @@ from .graph import Graph, LayerInfo, Node
 from .scopes import ScopeMatcher
 
 __all__ = [
+    "float_layers",
     "QuantizerSettings",
     "QuantizerSpec",
     "QuantizerState",
@@ -243,6 +244,15 @@ def place_quantizers(graph: Graph, params: Any) -> list[QuantizerSpec]:
     acts = [_activation_spec(graph, t, c, a_settings)
             for t, c in sorted(readers.items(), key=lambda kv: order[kv[0]])]  # fmt: skip
     return [*weights.values(), *acts]
+
+
+def float_layers(graph: Graph) -> list[tuple[str, str]]:
+    """``(layer, reason)`` for each layer whose matrices stay float: one the frontend
+    cannot see into (a custom Keras layer, attention), so no quantizer is placed in it."""
+    reasons = {n.layer: n.attrs.get("reason", "") for n in graph if n.op == "stop" and n.layer}
+    return [(name, reasons.get(name) or "no channel rule for it")
+            for name, info in graph.layers.items()
+            if info.kind == "opaque" and any(len(shape) > 1 for shape, _ in info.params.values())]
 
 
 # -- range math -----------------------------------------------------------------------------
@@ -528,6 +538,7 @@ class QuantizationStatistics:
     weight_bits: int
     activation_bits: int
     quantizers: list[QuantizerStat] = field(default_factory=list)
+    left_in_float: list[tuple[str, str]] = field(default_factory=list)
 
     def _count(self, kind: str) -> int:
         return sum(q.key.startswith(kind + ":") for q in self.quantizers)
@@ -576,13 +587,18 @@ class QuantizationStatistics:
             lines.append(f"  {q.key:<44} {q.bits:>4} {q.mode[:4]:<5} "
                          f"{'s' if q.signed else 'u':<4} {'ch' if q.per_channel else 't':<4} "
                          f"{rng:>21}")  # fmt: skip
+        if self.left_in_float:
+            lines += ["", "  left in float (no quantizer inside):"]
+            lines += [f"    {name}: {why}" for name, why in self.left_in_float]
         return "\n".join(lines)
 
 
 def collect_quantization_statistics(specs: Iterable[QuantizerSpec],
-                                    states: Mapping[str, QuantizerState],
-                                    params: Any) -> QuantizationStatistics:  # fmt: skip
-    """Statistics of ``specs`` with their current ``states`` (by :attr:`QuantizerSpec.key`)."""
+                                    states: Mapping[str, QuantizerState], params: Any,
+                                    left_in_float: list[tuple[str, str]] | None = None,
+                                    ) -> QuantizationStatistics:  # fmt: skip
+    """Statistics of ``specs`` with their current ``states`` (by :attr:`QuantizerSpec.key`)
+    and the layers left in float (:func:`float_layers`)."""
     rows = []
     for spec in specs:
         state = states[spec.key]
@@ -593,4 +609,4 @@ def collect_quantization_statistics(specs: Iterable[QuantizerSpec],
             float(np.min(low)) if low.size else 0.0, float(np.max(high)) if high.size else 0.0,
         ))  # fmt: skip
     w, a = settings_for(params)
-    return QuantizationStatistics(w.bits, a.bits, rows)
+    return QuantizationStatistics(w.bits, a.bits, rows, list(left_in_float or []))

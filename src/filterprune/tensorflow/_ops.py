@@ -379,20 +379,27 @@ def _application_layers() -> dict[type, Callable[..., list[Step]]]:
 LAYER_RULES.update(_application_layers())
 
 
-def layer_steps(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
-    """The steps of one layer call; unknown layers stop, with their weights counted whole."""
+def layer_steps(layer: Any, name: str, ins: list[Shape], outs: list[Shape]) -> list[Step]:
+    """The steps of one layer call; unknown layers stop, with their weights counted whole
+    (their matrices at the positions of the first output, as for a module torch cannot
+    see into)."""
     cls = type(layer).__dict__.get("_filterprune_base", type(layer))  # a masked layer's own class
     build = LAYER_RULES.get(cls)
     lora = getattr(layer, "lora_enabled", False)  # its kernel is a sum of three variables
-    if build is not None and not lora:
-        return build(layer, name, ins, out)
+    if build is not None and not lora and len(outs) == 1:
+        return build(layer, name, ins, outs[0])
     label = cls.__name__
     params = {}
-    for i, v in enumerate(layer.weights):
-        params[f"{i}:{v.name}"] = (tuple(int(d) for d in v.shape), (None,) * len(v.shape))
+    for i, v in enumerate(layer.weights):  # no ":" in a key: that marks a quantizer's scale
+        params[f"{i}.{v.name}"] = (tuple(int(d) for d in v.shape), (None,) * len(v.shape))
     info = LayerInfo(name, "opaque", params) if params else None
     reason = f"{label} has LoRA enabled" if lora else f"no channel rule for layer {label}"
-    return [Step("stop", {"reason": reason}, info)]
+    if len(outs) > 1:
+        reason += " (it has several outputs)"
+    attrs = {"reason": reason}
+    if info is not None and len(outs[0]) > 2:
+        attrs["positions"] = math.prod(outs[0][1:-1])  # channels last
+    return [Step("stop", attrs, info)]
 
 
 # -- keras.ops operations ----------------------------------------------------------------

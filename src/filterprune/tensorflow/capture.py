@@ -181,8 +181,7 @@ class _Walker:
                 return
         name = f"{prefix}{op.name}"
         if isinstance(op, keras.Layer):
-            steps = layer_steps(op, name, in_shapes, outs[0]) if len(outs) == 1 else [
-                Step("stop", {"reason": f"{type(op).__name__} has several outputs"})]
+            steps = layer_steps(op, name, in_shapes, outs)
         else:
             steps = op_steps(op, list(node.arguments.args), in_shapes,
                              outs[0] if len(outs) == 1 else outs)  # fmt: skip

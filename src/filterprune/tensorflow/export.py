@@ -103,14 +103,18 @@ def _frozen(model: Any) -> Any:
 
 @contextlib.contextmanager
 def _quiet_tf() -> Iterator[None]:
-    """Hide the deprecation notices that TF1 graph utilities log on every call."""
-    tf_log = tf.get_logger()
-    level = tf_log.level
-    tf_log.setLevel("ERROR")
+    """Hide the deprecation notices that TF1 graph utilities log on every call, and the
+    tracebacks tf2onnx logs when one of its optional graph optimizers does not apply (it
+    goes on without it; the file is checked after)."""
+    loggers = [tf.get_logger(), logging.getLogger("tf2onnx.optimizer")]
+    levels = [one.level for one in loggers]
+    for one in loggers:
+        one.setLevel("ERROR")
     try:
         yield
     finally:
-        tf_log.setLevel(level)
+        for one, level in zip(loggers, levels, strict=True):
+            one.setLevel(level)
 
 
 def _frozen_graph(model: Any, path: str) -> None:

@@ -150,20 +150,28 @@ def _say_unrebuildable(model: Any) -> None:
     from .capture import _inner_functional
     from .shrink import rebuilt
 
+    def rebuilt_one_by_one(functional: Any) -> Any:
+        """The layers a strip rebuilds from their configs: a nested functional model's
+        layers, not a custom layer's own sublayers (it is rebuilt whole)."""
+        for layer in functional.layers:
+            inner = _inner_functional(layer) if isinstance(layer, keras.Model) else None
+            if inner is not None:
+                yield from rebuilt_one_by_one(inner)
+            elif not isinstance(layer, keras.layers.InputLayer):
+                yield layer
+
     failed = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.InputLayer) or (
-                isinstance(layer, keras.Model) and _inner_functional(layer) is not None):
-            continue  # a nested functional model is rebuilt layer by layer
+    for layer in rebuilt_one_by_one(model):
         try:
             with warnings.catch_warnings():  # Keras's notes on rebuilding a Lambda: at strip
                 warnings.simplefilter("ignore")
                 rebuilt(layer)
         except Exception as err:  # noqa: BLE001 - any failure is the one strip() would meet
-            why = (str(err).splitlines() or [""])[0][:120]
+            why = (str(err.__cause__ or err).strip().splitlines() or [""])[-1][:160]
             failed.append(f"{layer.name} ({type(layer).__name__}: {why})")
     if failed:
         log.warning("strip() and export_model rebuild every layer from its config, and these "
                     "cannot be: %s. Give their __init__ **kwargs passed to super().__init__(), "
-                    "and a get_config() that returns every argument __init__ needs.",
+                    "and a get_config() that returns every argument __init__ needs (a nested "
+                    "model nothing in which is cut is rebuilt whole by its own from_config).",
                     "; ".join(failed))  # fmt: skip

@@ -152,7 +152,7 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
     def clone(layer: Any) -> Any:
         if isinstance(layer, keras.Model) and id(layer) in cap.nested:  # rebuilt nested
             inputs = _nested_inputs(layer, cap, analysis, kept) if shrink else None
-            return keras.models.clone_model(layer, input_tensors=inputs, clone_function=clone)
+            return _nested_clone(layer, pairs, set(overrides) | set(weights), clone, inputs)
         new = rebuilt(layer, overrides.get(id(layer), {}))
         pairs.append((layer, new))
         return new
@@ -167,6 +167,30 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
                     "before filter_pruning. List filter_pruning first in `compression` to "
                     "cut them.")  # fmt: skip
     return new_model
+
+
+def _nested_clone(model: Any, pairs: list[tuple[Any, Any]], cut: set[int], clone: Any,
+                  inputs: Any = None) -> Any:  # fmt: skip
+    """``model`` (nested) rebuilt layer by layer; where one of its layers cannot be and
+    nothing in it is cut, masked or quantized, rebuilt whole by its own ``from_config``
+    as Keras' save and load rebuild it (a library model whose layers write configs their
+    ``__init__`` refuses, keras_hub's MiT)."""
+    start = len(pairs)
+    try:
+        return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
+    except AnalysisError:
+        inner = model._flatten_layers(include_self=True, recursive=True)
+        if inputs is not None or any(id(layer) in cut or is_masked(layer) or any(
+                k.startswith("_fp_") for k in vars(layer)) for layer in inner):  # fmt: skip
+            raise
+        del pairs[start:]
+        try:
+            new = type(model).from_config(model.get_config())
+            new.set_weights(model.get_weights())
+        except Exception:  # noqa: BLE001 - the layer's own error says more
+            raise AnalysisError(f"{type(model).__name__} {model.name!r} cannot be rebuilt "
+                                "whole either (its from_config failed)") from None
+        return new
 
 
 def copy_weights(pairs: list[tuple[Any, Any]],
@@ -224,7 +248,15 @@ def rebuilt(operation: Any, changes: dict[str, Any] | None = None) -> Any:
         if "mask" in config:
             config["mask"] = operation.mask
         return cls(**config)
-    return cls.from_config(config)
+    try:
+        return cls.from_config(config)
+    except (TypeError, ValueError) as err:
+        last = str(err).strip().splitlines()[-1][:300]
+        raise AnalysisError(
+            f"{cls.__name__} {operation.name!r} cannot be rebuilt from its get_config() "
+            f"({last}). A strip rebuilds each layer from its class and config: give its "
+            "__init__ every key its get_config() writes. The model is unchanged."
+        ) from err
 
 
 def plain_copy(model: Any) -> Any:
@@ -234,7 +266,7 @@ def plain_copy(model: Any) -> Any:
 
     def clone(layer: Any) -> Any:
         if isinstance(layer, keras.Model):  # rebuilt nested, its layers one by one
-            return keras.models.clone_model(layer, clone_function=clone)
+            return _nested_clone(layer, pairs, set(), clone)
         new = rebuilt(layer)
         pairs.append((layer, new))
         return new

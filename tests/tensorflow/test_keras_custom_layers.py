@@ -1,0 +1,143 @@
+"""Layer subclasses the analysis cannot see into (a user's block, keras_hub's): held whole,
+yet counted, listed, left usable, and stripped."""
+
+import numpy as np
+import pytest
+from keras_helpers import assert_strip_equal, compression_config, keras, layers, make_config
+
+from filterprune.errors import AnalysisError
+from filterprune.tensorflow import create_compressed_model
+
+
+class Block(keras.layers.Layer):
+    """Two convs and a residual add; the ``Add`` builds on the first real call only."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.c1 = layers.Conv2D(filters, 3, padding="same", activation="relu")
+        self.c2 = layers.Conv2D(filters, 3, padding="same")
+        self.add = layers.Add()
+
+    def build(self, input_shape):
+        self.c1.build(input_shape)
+        self.c2.build(input_shape[:-1] + (self.filters,))
+
+    def call(self, x):
+        return self.add([x, self.c2(self.c1(x))])
+
+    def compute_output_shape(self, shape):
+        return shape
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+class TwoHeads(keras.layers.Layer):
+    """A layer with two outputs."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.a, self.b = layers.Conv2D(16, 3, padding="same"), layers.Conv2D(16, 1)
+
+    def call(self, x):
+        return self.a(x), self.b(x)
+
+
+def redrawn(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        v.assign(rng.normal(0, 0.3, v.shape).astype(v.dtype))
+    return model
+
+
+def net(middle, side=16):
+    inp = keras.Input((side, side, 3))
+    x = layers.Conv2D(16, 3, padding="same", name="c1")(inp)
+    x = layers.Conv2D(16, 3, padding="same", name="c2")(x)
+    x = middle(layers.Conv2D(16, 1, name="c3")(x))
+    if isinstance(x, (list, tuple)):
+        x = layers.Add()(list(x))
+    out = layers.Dense(4, name="head")(layers.GlobalAveragePooling2D()(x))
+    return redrawn(keras.Model(inp, out))
+
+
+X = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("middle", [Block, TwoHeads], ids=["one output", "two outputs"])
+def test_a_custom_layer_is_held_counted_and_listed(middle):
+    model = net(middle(16, name="block") if middle is Block else middle(name="block"))
+    full = model.count_params()
+    ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3)))
+    small = assert_strip_equal(ctrl, model, X, tol=1e-5)
+    stats = ctrl.statistics()
+    held = {p: r for producers, r in stats.unpruned for p in producers}
+    assert "no channel rule for layer" in held["block"] and "c3" in held
+    assert small.count_params() < full  # c2 is cut
+    assert (stats.current_params, stats.full_params) == (small.count_params(), full)
+    inner = sum(2 * 256 * int(np.prod(w.shape)) for w in model.get_layer("block").weights
+                if len(w.shape) > 1)  # its kernels at its 16x16 output positions
+    assert stats.full_flops >= inner + 2 * 256 * int(np.prod(model.get_layer("c2").kernel.shape))
+
+
+def test_a_sublayer_built_on_the_first_call_stays_usable():
+    model = net(Block(16, name="block"))  # never called: the Add is not built
+    assert not model.get_layer("block").add.built
+    ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3)))
+    assert model(X, training=False).shape == (2, 4)  # the analysis built it; it still runs
+
+
+def test_quantization_lists_a_custom_layer_left_in_float(caplog):
+    caplog.set_level("WARNING", logger="filterprune")
+    model = net(Block(16, name="block"), side=32)
+    config = compression_config({"algorithm": "quantization"})
+    ctrl, model = create_compressed_model(model, config)
+    stats = ctrl.statistics()
+    assert [name for name, _ in stats.left_in_float] == ["block"]
+    assert "left in float" in str(stats) and "1 layer(s) keep float weights" in caplog.text
+
+
+class Fragile(keras.layers.Layer):
+    """A layer whose config has a key its ``__init__`` refuses (as some library layers)."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.conv = units, layers.Conv2D(units, 1)
+
+    def call(self, x):
+        return self.conv(x)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "inner": {"units": self.units}}
+
+
+class Backbone(keras.Model):
+    """A functional model rebuilt by its own constructor (keras_hub's backbones)."""
+
+    def __init__(self, units=8, **kwargs):
+        inp = keras.Input((16, 16, 3))
+        out = Fragile(units)(layers.Conv2D(units, 3, padding="same")(inp))
+        super().__init__(inp, out, **kwargs)
+        self.units = units
+
+    def get_config(self):
+        return {"units": self.units, "name": self.name}
+
+
+def test_a_nested_model_nothing_in_which_is_cut_strips_whole_by_its_own_config():
+    inp = keras.Input((16, 16, 3))
+    x = layers.Conv2D(16, 3, padding="same", name="c")(Backbone(name="backbone")(inp))
+    x = layers.Conv2D(16, 3, padding="same", name="d")(x)
+    model = redrawn(keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(x))))
+    ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3)))
+    small = assert_strip_equal(ctrl, model, X, tol=1e-5)
+    assert small.get_layer("c").filters == 8
+
+
+def test_a_layer_that_cannot_be_rebuilt_is_named():
+    model = net(Fragile(16, name="fragile"))
+    ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3)))
+    with pytest.raises(AnalysisError, match="Fragile 'fragile' cannot be rebuilt from its "
+                                            "get_config.*inner"):
+        ctrl.strip()
