@@ -532,3 +532,53 @@ def test_a_generator_unflattening_a_linear_cuts_it_by_whole_maps():
     fresh = nondegenerate(Generator())
     resize_to_state_dict(fresh, small.state_dict())
     torch.testing.assert_close(fresh.eval()(torch.ones(2, 16)), small(torch.ones(2, 16)))
+
+
+class PaddedConv(nn.Conv2d):
+    """A conv that pads its input in its own forward before ``F.conv2d`` ("same" padding
+    fixed for one input size, as EfficientNet ports write it)."""
+
+    def __init__(self, cin, cout):
+        super().__init__(cin, cout, 3, stride=2)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+
+    def forward(self, x):
+        return F.conv2d(self.pad(x), self.weight, self.bias, self.stride)
+
+
+def test_a_conv_that_prepares_its_input_in_its_own_forward_keeps_that_forward():
+    """Fed its padded input, the conv agreed with nn.Conv2d's forward, so it was masked
+    and ran without its padding: 15x15 maps where the model makes 16x16."""
+    model = nondegenerate(nn.Sequential(cbr(3, 16), PaddedConv(16, 16), nn.ReLU(),
+                                        nn.Conv2d(16, 4, 1)))  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    ref = model.eval()(x)
+    config = make_config((1, 3, 32, 32), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(model, config)
+    assert type(model[1]) is PaddedConv
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "runs its own forward" in held["1"]
+    small = assert_strip_equal(ctrl, model, x, tol=1e-5)
+    assert small(x).shape == ref.shape
+
+
+class DroppedOut(nn.Module):
+    """conv -> an in-place or feature dropout -> conv, iterated so that torch.export captures."""
+
+    def __init__(self, drop):
+        super().__init__()
+        self.a, self.drop, self.b = cbr(3, 16), drop, cbr(16, 16)
+
+    def forward(self, x):
+        y = list(self.a(x).chunk(1, 1))[0].clone()  # not a view: dropped out in place
+        return self.b(self.drop(y))
+
+
+@pytest.mark.parametrize("drop", [nn.Dropout2d(inplace=True), nn.FeatureAlphaDropout(),
+                                  nn.FeatureAlphaDropout(inplace=True),
+                                  nn.Dropout3d(inplace=True)],
+                         ids=["Dropout2d_", "FeatureAlphaDropout", "FeatureAlphaDropout_",
+                              "Dropout3d_"])  # fmt: skip
+def test_dropouts_in_an_exported_graph_are_cut_through(drop):
+    small, held = prune(None, DroppedOut(drop))
+    assert "a.0" not in held and small.a[0].out_channels == 8

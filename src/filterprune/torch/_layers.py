@@ -111,6 +111,7 @@ def functional_node(node: fx.Node, label: str, shape: Any, graph: Graph,
         call=(lambda: rule(node, in_shape or ())) if rule else None,
         context=module_path(node), graph_layers=graph.layers,
         computed_elems=_elements(weight) if params.get("weight") == COMPUTED else None,
+        data_path=module_path(data) if data is not None else None,
     )  # fmt: skip
     return Node(node.name, parts.kind, [data.name] if data is not None else [], shape,
                 layer=parts.layer, attrs=parts.attrs, label=label)  # fmt: skip
@@ -153,7 +154,8 @@ def module_path(node: Any) -> str | None:
 def _parts(spec: Functional, label: str, params: dict[str, str],
                      modules: dict[str, nn.Module], in_shape: Any, out_shape: Any,
                      call: Callable[[], tuple[str, dict]] | None, context: str | None,
-                     graph_layers: dict, computed_elems: int | None = None) -> Parts:  # fmt: skip
+                     graph_layers: dict, computed_elems: int | None = None,
+                     data_path: str | None = None) -> Parts:  # fmt: skip
     """The node parts of a function call that computes a layer.
 
     Args:
@@ -168,6 +170,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         context: Path of the module the call runs in (for the FLOPs of a stopped layer).
         graph_layers: The graph's layer table; the layer's facts are added to it.
         computed_elems: The size of a weight computed in forward (its FLOPs).
+        data_path: Path of the module the activation was computed in.
     """
     weighted = not spec.per_channel
     positions = _positions(spec, out_shape) if weighted else None
@@ -200,7 +203,8 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         why = f"{label} reads parameters of {type(module).__name__} {owner}: no channel rule"
         return _opaque(why, owner, modules, graph_layers, positions)
     cls, build = found
-    if weighted and not _same_forward(module, cls, in_shape):
+    inside = data_path is not None and (data_path + ".").startswith(owner + ".")
+    if weighted and not _same_forward(module, cls, in_shape, inside):
         why = (f"{type(module).__name__} {owner} runs its own forward around {label}; "
                "masks follow only the forward of its torch class")  # fmt: skip
         return _opaque(why, owner, modules, graph_layers, positions)
@@ -225,16 +229,20 @@ def _own_norm(spec: Functional, context: str | None, modules: dict[str, nn.Modul
     return nn.GroupNorm in spec.forms and isinstance(module, nn.GroupNorm)
 
 
-def _same_forward(module: nn.Module, cls: type[nn.Module], in_shape: Any) -> bool:
+def _same_forward(module: nn.Module, cls: type[nn.Module], in_shape: Any,
+                  inside: bool = False) -> bool:  # fmt: skip
     """Whether ``module`` computes what the forward of its torch class ``cls`` computes.
 
     Masks replace a conv or linear layer's forward with the torch class's one, so a
     subclass with its own forward is only cut where both agree: checked on a random
     input (timm's ``Linear`` agrees; a ``Conv2dSame`` that pads, or a weight-standardising
-    conv, does not).
+    conv, does not). ``inside``: the call's input was computed in the module's own forward
+    (a static padding before ``F.conv2d``), which the probe, fed that input, would miss.
     """
     if type(module).forward is cls.forward:
         return True
+    if inside:
+        return False
     outs = probe_forwards(module, in_shape, type(module).forward, cls.forward)
     if outs is None:
         return False

@@ -167,11 +167,12 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
         captured.graph.notes.insert(0, f"torch.fx could not trace it ({_first_line(fx_error)}); "
                                        "captured with torch.export")  # fmt: skip
         warnings.warn(
-            f"{_first_line(fx_error)}; captured with torch.export, which fixes Python "
-            "branches on sizes to the sample input's: a forward that branches on a channel "
-            "count (`if x.shape[1] > 8`) takes the sample's branch in the analysis, and may "
-            "take another once cut. Compare ctrl.strip() with the masked model on your "
-            "inputs.", stacklevel=3)  # fmt: skip
+            f"{_first_line(fx_error)}; captured with torch.export, which fixes sizes read "
+            "in forward to the sample input's: a forward that branches on a channel count "
+            "(`if x.shape[1] > 8`) takes the sample's branch in the analysis, and a channel "
+            "count used as a number (`x * x.shape[1] ** -0.5`, `view(b, c, h, w)` with `c` "
+            "read from another tensor) is a constant to it, which a cut may change. Compare "
+            "ctrl.strip() with the masked model on your inputs.", stacklevel=3)  # fmt: skip
         return captured
 
 
