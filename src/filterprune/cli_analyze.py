@@ -171,8 +171,10 @@ def sweep(ctrl: Any) -> list[dict[str, Any]]:
 def summarize(ctrl: Any) -> dict[str, Any]:
     """The JSON-able result of ``analyze``: groups, plan, statistics and the level sweep."""
     from .core.flops import layer_flops
+    from .core.stats import whole_layers
 
     analysis, plan = ctrl.analysis, ctrl.plan
+    producers = {p for g in analysis.groups for p in g.producers}
     stats = ctrl.statistics()
     groups = [{"id": g.id, "size": g.size, "producers": g.producers, "reason": g.reason}
               for g in analysis.groups]  # fmt: skip
@@ -187,6 +189,9 @@ def summarize(ctrl: Any) -> dict[str, Any]:
         "layer_flops_share": {name: f / full for name, f in flops.items()},
         "prunable_layers": sorted(prunable),
         "kept_whole": {str(k): v for k, v in plan.reasons.items()},
+        "whole_layers": [{"layer": names[0], "reason": why,
+                          "flops_share": flops.get(names[0], 0) / full}
+                         for names, why in whole_layers(analysis.graph, producers)],
         "plan": plan.to_dict(analysis),
         "statistics": stats.to_dict(),
         "level": plan.level,
@@ -213,12 +218,15 @@ def format_summary(data: dict[str, Any], header: str) -> str:
                      f"{share[str(g['id'])]:>6.1%}  {status:<26} {head}")  # fmt: skip
     left = [(g, g["reason"]) for g in data["groups"] if g["reason"]]
     left += [(data["groups"][int(k)], v) for k, v in data["kept_whole"].items()]
-    if left:
+    if left or data["whole_layers"]:
         lines += ["", "What is left whole, and why:"]
         for g, why in left:
             names = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
             lines.append(f"  group {g['id']} ({names}, {share[str(g['id'])]:.1%} of the "
                          f"FLOPs): {why}")  # fmt: skip
+        for w in data["whole_layers"]:  # in no group: an op without a rule runs in them
+            lines.append(f"  layer {w['layer']} ({w['flops_share']:.1%} of the FLOPs): "
+                         f"{w['reason']}")  # fmt: skip
     what = ("the fraction of the FLOPs removed" if data["flops_target"]
             else "the fraction of filters removed from each prunable group")  # fmt: skip
     lines += ["", f"What each level leaves (level = {what}):",

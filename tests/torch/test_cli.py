@@ -150,3 +150,20 @@ def test_a_pruned_state_dict_is_read_into_the_architecture(tmp_path, capsys):
     small = torch.load(out)["b.weight"].shape[0]
     row = next(line for line in text.splitlines() if line.endswith("b, se2"))
     assert small < 24 and row.split()[1] == str(small)  # the group's filters: the pruned
+
+
+def test_analyze_names_a_layer_in_no_group_and_why(capsys, tmp_path):
+    """A conv whose weight is standardised in forward is no group's member: analyze said
+    nothing of it, though statistics listed it."""
+    (tmp_path / "wsnet.py").write_text(
+        "import torch\nfrom torch import nn\nimport torch.nn.functional as F\n"
+        "class WSConv(nn.Conv2d):\n"
+        "    def forward(self, x):\n"
+        "        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True))\n"
+        "        return F.conv2d(x, w, self.bias, self.stride, self.padding)\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), WSConv(8, 8, 3), nn.ReLU(),\n"
+        "                         nn.Conv2d(8, 4, 1))\n")  # fmt: skip
+    assert main(["analyze", f"{tmp_path / 'wsnet.py'}:build", "--input", "1,3,16,16"]) == 0
+    text = capsys.readouterr().out
+    assert "layer 2 (" in text and "reads a weight computed in forward" in text

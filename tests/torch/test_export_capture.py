@@ -234,3 +234,40 @@ def test_layers_in_a_plain_list_are_named():
     """They were read as foreign tensors ("lifted_tensor_0"), and export failed."""
     with pytest.warns(UserWarning, match=r"^blocks holds layers in a plain list or dict"):
         capture(PlainList().eval(), (torch.zeros(1, 3, 8, 8),))
+
+
+class SizeUsed(nn.Module):
+    """A channel count read in forward, used as a number (``scale``) or to view another
+    tensor (``view``); iterating a chunk makes torch.fx fail, so torch.export captures,
+    and to it the count is a constant."""
+
+    def __init__(self, use):
+        super().__init__()
+        self.stem, self.a, self.b = cbs(3, 16), cbs(16, 16), cbs(16, 16)
+        self.head, self.use = nn.Conv2d(16, 4, 1), use
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = list(self.a(x).chunk(1, 1))[0]
+        if self.use == "scale":
+            y = y * y.shape[1] ** -0.5
+        else:  # the attention output viewed to the width of the block's input
+            b, c, h, w = y.shape
+            y = self.b(y).flatten(2).view(b, c, h, w)
+        return self.head(y + x)
+
+
+@pytest.mark.parametrize("use", ["scale", "view"])
+def test_a_size_torch_export_fixes_holds_the_channels_a_strip_would_change(use):
+    """The cut of those channels was planned: stripped, the model scaled by another
+    number (0.14 off) or failed in its view."""
+    model = nondegenerate(SizeUsed(use))
+    config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        ctrl, model = create_compressed_model(model, config)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "cut and stripped, the model computes other than the masked model" in held["a.0"]
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    assert small.a[0].out_channels == 16
+    if use == "view":  # b reads a's channels and is cut on its own
+        assert small.b[0].out_channels == 16 and "b.0" in held

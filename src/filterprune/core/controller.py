@@ -32,7 +32,7 @@ from .allocation import TOLERANCE
 from .analysis import Analysis, AnalysisOptions
 from .compression import STATE_VERSION, CompressionController, CompressionStage
 from .coupled import coupled_layers, coupled_scores
-from .finite import Probe, hold_nonfinite
+from .finite import Probe, hold_nonfinite, hold_unstripped
 from .legr import learn_ranking
 from .legr_coeffs import Coeffs, coeffs_from_json, coeffs_to_json, identity, load_coeffs
 from .params import FilterPruningParams
@@ -178,10 +178,18 @@ class PruningControllerBase(CompressionController):
         on this controller's model; here none."""
         return contextlib.nullcontext(None)
 
+    def _strip_probe(self) -> contextlib.AbstractContextManager[Probe | None]:
+        """The frontend's strip probe (:meth:`~filterprune.core.workflow.Frontend.strip_probe`)
+        on this controller's model; here none."""
+        return contextlib.nullcontext(None)
+
     def _hold_nonfinite(self) -> None:
-        """Keep whole the groups whose cut makes the model non-finite (:mod:`.finite`)."""
+        """Keep whole the groups whose cut makes the model non-finite, or that a strip would
+        not cut as the masks do (:mod:`.finite`)."""
         with self._cut_probe() as finite:
             hold_nonfinite(self.analysis, finite)
+        with self._strip_probe() as same:
+            hold_unstripped(self.analysis, same)
 
     def _sync(self, plan: Plan) -> Plan:
         """The plan every data-parallel worker uses (here: ``plan`` itself)."""

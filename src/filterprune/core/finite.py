@@ -18,8 +18,8 @@ import numpy as np
 
 from .analysis import Analysis, Group
 
-__all__ = ["NONFINITE", "SKIPPED", "Probe", "probe_cut", "nonfinite_groups", "hold_nonfinite",
-           "verdict"]
+__all__ = ["NONFINITE", "SKIPPED", "UNSTRIPPED", "Probe", "probe_cut", "nonfinite_groups",
+           "hold_nonfinite", "hold_unstripped", "verdict"]
 
 Probe = Callable[[Sequence[Group]], bool]  # finite(groups): the output stays finite with them cut
 
@@ -27,6 +27,9 @@ SKIPPED = ("filter_pruning: no check for cuts that make the model non-finite: it
            "not finite (or its forward fails) on random inputs of the example input's shapes")
 NONFINITE = ("cutting it makes the forward or its gradients non-finite (a division by, or "
              "log of, a channel the mask zeroes)")  # fmt: skip
+UNSTRIPPED = ("cut and stripped, the model computes other than the masked model (or fails): "
+              "a size read in forward that the capture could not see, such as a channel "
+              "count used as a number or in a view")  # fmt: skip
 
 
 def probe_cut(groups: Sequence[Group]) -> dict[int, np.ndarray]:
@@ -48,6 +51,16 @@ def hold_nonfinite(analysis: Analysis, finite: Probe | None) -> None:
         return
     for group in nonfinite_groups(analysis.prunable_groups, finite):
         group.reason = NONFINITE
+
+
+def hold_unstripped(analysis: Analysis, same: Probe | None) -> None:
+    """Keep whole (with :data:`UNSTRIPPED` as the reason) the prunable groups whose cut,
+    stripped, does not compute what the masked model computes; ``same`` is a frontend's
+    probe for captures that cannot see sizes read in forward (``None``: no check)."""
+    if same is None:
+        return
+    for group in nonfinite_groups(analysis.prunable_groups, same):
+        group.reason = UNSTRIPPED
 
 
 def verdict(uncut: tuple[bool, bool] | None, cut: tuple[bool, bool] | None) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 from .analysis import Analysis
 from .flops import layer_flops
 
-__all__ = ["LayerStat", "PruningStatistics", "collect_statistics"]
+__all__ = ["LayerStat", "PruningStatistics", "collect_statistics", "whole_layers"]
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def collect_statistics(
     full_filters, current_filters = sum(s.filters for s in layers), sum(s.kept for s in layers)
     unpruned = [(g.producers, g.reason or "") for g in analysis.groups if not g.prunable]
     unpruned += [(analysis.groups[gid].producers, why) for gid, why in (reasons or {}).items()]
-    unpruned += _whole_layers(analysis.graph, {p for g in analysis.groups for p in g.producers})
+    unpruned += whole_layers(analysis.graph, {p for g in analysis.groups for p in g.producers})
     return PruningStatistics(
         full_flops=full_flops,
         current_flops=sum(layer_flops(analysis.graph, keeps).values()),
@@ -116,7 +116,7 @@ def collect_statistics(
     )
 
 
-def _whole_layers(graph, producers: set[str]) -> list[tuple[list[str], str]]:
+def whole_layers(graph, producers: set[str]) -> list[tuple[list[str], str]]:
     """Weighted layers an op without a rule runs in or reads (an LSTM, a hooked conv, a
     model's own parameter passed to ``F.conv2d``, a deformable conv's weight): whole, with
     the stop's reason (they are no group's ``producers``, so groups do not list them)."""

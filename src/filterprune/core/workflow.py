@@ -33,7 +33,7 @@ from .analysis import Analysis, analyze
 from .compression import CompositeCompressionController, CompressionController
 from .config import Config
 from .controller import PruningControllerBase, analysis_options, pruning_params
-from .finite import Probe, hold_nonfinite
+from .finite import Probe, hold_nonfinite, hold_unstripped
 from .params import ALGORITHMS, section_schema
 from .schema import config_schema
 from .scopes import check_unmatched
@@ -114,6 +114,15 @@ class Frontend:
         (``params``: the pruning settings); ``None`` where the frontend cannot run the
         model (the default) or the uncut model is not finite. On exit ``model`` is as it
         was (``dry_run`` relies on it)."""
+        return contextlib.nullcontext(None)
+
+    def strip_probe(self, model: Any, captured: Captured, analysis: Analysis,
+                    params: Any) -> contextlib.AbstractContextManager[Probe | None]:  # fmt: skip
+        """Yield ``same(groups)``: whether a copy of ``model`` stripped of
+        :func:`~filterprune.core.finite.probe_cut` of ``groups`` computes what ``model``
+        with those masks computes, for a capture that cannot see sizes read in forward;
+        ``None`` where there is no need or no way (the default). On exit ``model`` is as
+        it was."""
         return contextlib.nullcontext(None)
 
     def finish(self, model: Any) -> None:
@@ -325,6 +334,8 @@ def dry_run(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
     # the groups create_compressed_model keeps whole for a non-finite cut
     with frontend.cut_probe(model, captured, analysis, params) as finite:
         hold_nonfinite(analysis, finite)
+    with frontend.strip_probe(model, captured, analysis, params) as same:
+        hold_unstripped(analysis, same)
     weights = frontend.read_weights(captured, analysis.state.producers)
     ctrl = DryPruningController(params, analysis, weights,
                                 lambda layers: frontend.read_params(captured, layers))

@@ -127,6 +127,9 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
     def _cut_probe(self) -> contextlib.AbstractContextManager[Probe | None]:
         return self.frontend.cut_probe(self.model, self.captured, self.analysis, self.params)
 
+    def _strip_probe(self) -> contextlib.AbstractContextManager[Probe | None]:
+        return self.frontend.strip_probe(self.model, self.captured, self.analysis, self.params)
+
     def _install(self, plan: Plan) -> None:
         super()._install(plan)
         apply_masks(self.model, self.keeps(), self.analysis.graph.layers,

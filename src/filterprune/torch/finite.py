@@ -1,8 +1,10 @@
-"""The PyTorch side of the finite-cut probe (:mod:`filterprune.core.finite`)."""
+"""The PyTorch side of the finite-cut probe and of the strip probe
+(:mod:`filterprune.core.finite`)."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -18,8 +20,9 @@ from ._copy import detach_computed_weights
 from ._snapshot import restore, snapshot
 from .fake_quant import lazy_ranges_paused
 from .masks import apply_masks
+from .shrink import shrink_model
 
-__all__ = ["cut_probe"]
+__all__ = ["cut_probe", "strip_probe"]
 
 log = logging.getLogger("filterprune")
 Checked = tuple[bool, bool] | None  # (forward finite, gradients finite); None: it failed
@@ -50,6 +53,62 @@ def cut_probe(model: nn.Module, sample: Any, analysis: Analysis,
     finally:
         restore(before)
         detach_computed_weights(model)  # left with gradients by the probe's backward
+
+
+@contextlib.contextmanager
+def strip_probe(model: nn.Module, sample: Any, analysis: Analysis,
+                params: FilterPruningParams) -> Iterator[Probe | None]:  # fmt: skip
+    """``same(groups)`` on ``model``: a copy stripped of the probe's cut of ``groups``
+    against ``model`` with those masks, on a seeded input of ``sample``'s shapes (float
+    outputs within 1e-3 of their largest magnitude). A capture that fixes sizes read in
+    forward (torch.export) misses a channel count used as a number (``x.shape[1] ** -0.5``)
+    or in a view: only the stripped model computes with it cut. Afterwards the model is as
+    it was."""
+    before = snapshot(model)
+    try:
+        with lazy_ranges_paused(model):
+            inputs, _ = _finite_inputs(model, sample)
+            if inputs is None:
+                yield None
+                return
+            layers, bn = analysis.graph.layers, params.prune_batch_norms
+
+            def same(groups: Sequence[Group]) -> bool:
+                keeps = analysis.keeps(probe_cut(groups))
+                restore(before)
+                try:
+                    small = shrink_model(copy.deepcopy(model), keeps, layers)
+                    apply_masks(model, keeps, layers, bn=bn)
+                    return _close(_outputs(model, inputs), _outputs(small, inputs))
+                except Exception:  # noqa: BLE001 - a strip or forward that fails: not the same
+                    return False
+
+            yield same
+    finally:
+        restore(before)
+
+
+def _outputs(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
+    training = model.training
+    devices = [p.device.index or 0 for p in list(model.parameters())[:1] if p.device.type == "cuda"]
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            return [t for t in pytree.tree_leaves(model(*inputs))
+                    if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
+    finally:
+        model.train(training)
+
+
+def _close(ref: list[torch.Tensor], got: list[torch.Tensor]) -> bool:
+    if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got, strict=True)):
+        return False
+    for a, b in zip(ref, got, strict=True):
+        scale = float(a.abs().max()) if a.numel() else 0.0
+        if a.numel() and float((a - b).abs().max()) > 1e-3 * max(scale, 1e-6):
+            return False
+    return True
 
 
 def _finite_inputs(model: nn.Module, sample: Any) -> tuple[Any, Checked]:

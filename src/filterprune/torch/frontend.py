@@ -25,7 +25,7 @@ from .capture import capture
 from .controller import FilterPruningController, check_layers_in_place, export_model
 from .distillation import KnowledgeDistillationController
 from .fake_quant import FakeQuantize
-from .finite import cut_probe
+from .finite import cut_probe, strip_probe
 from .masks import is_masked
 from .quantization import QuantizationController
 
@@ -249,6 +249,13 @@ class TorchFrontend(Frontend):
                   params: FilterPruningParams,
                   ) -> contextlib.AbstractContextManager[Probe | None]:  # fmt: skip
         return cut_probe(model, captured.sample, analysis, params)
+
+    def strip_probe(self, model: nn.Module, captured: Captured, analysis: Analysis,
+                    params: FilterPruningParams,
+                    ) -> contextlib.AbstractContextManager[Probe | None]:  # fmt: skip
+        if captured.extra.get("capture") == "torch.fx":  # fx sees the sizes read in forward
+            return contextlib.nullcontext(None)
+        return strip_probe(model, captured.sample, analysis, params)
 
     def snapshot(self, model: nn.Module) -> Any:
         return snapshot(model)
