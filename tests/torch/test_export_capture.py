@@ -271,3 +271,33 @@ def test_a_size_torch_export_fixes_holds_the_channels_a_strip_would_change(use):
     assert small.a[0].out_channels == 16
     if use == "view":  # b reads a's channels and is cut on its own
         assert small.b[0].out_channels == 16 and "b.0" in held
+
+
+class GroupedExported(nn.Module):
+    """A grouped conv and a frozen BatchNorm (torchvision's detection backbones) behind a
+    chunk that torch.fx cannot iterate."""
+
+    def __init__(self):
+        from torchvision.ops import FrozenBatchNorm2d
+
+        super().__init__()
+        self.stem, self.a = cbs(3, 16), nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.frozen = FrozenBatchNorm2d(16)
+        self.grouped, self.head = nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = list(self.stem(x).chunk(1, 1))[0]
+        return self.head(torch.relu(self.grouped(torch.relu(self.frozen(self.a(y))))))
+
+
+def test_grouped_convs_and_frozen_batchnorms_are_cut_under_torch_export():
+    """The strip probe cut each group to one channel, which a grouped conv cannot keep (its
+    groups equal): it held every group before one; a frozen BatchNorm's scale, computed
+    from its buffers in forward, held the conv before it."""
+    model = nondegenerate(GroupedExported())
+    config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        ctrl, model = create_compressed_model(model, config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    assert small.a.out_channels == 8 and small.frozen.weight.numel() == 8
+    assert small.grouped.in_channels == 8 and small.grouped.out_channels == 8

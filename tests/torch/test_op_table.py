@@ -486,6 +486,8 @@ PICKS = {  # pick, width read by b, whether a is cut
     "every other but the last block": (lambda y: y[:, :13:2], 7, False),
     "every third (16 is no multiple of 3)": (lambda y: y[:, ::3], 6, False),
     "a step of 2 from the third channel": (lambda y: y[:, 2::2], 7, False),
+    # counted from the end: channel 1 of 16, channel 0 of 8 once cut
+    "every other from the fifteenth last": (lambda y: y[:, -15::2], 8, False),
     "tensor_split at given indices": (lambda y: torch.cat(torch.tensor_split(y, [4], 1), 1),
                                       16, False),
 }

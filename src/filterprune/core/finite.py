@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .analysis import Analysis, Group
+from .selection import select
 
 __all__ = ["NONFINITE", "SKIPPED", "UNSTRIPPED", "Probe", "probe_cut", "nonfinite_groups",
            "hold_nonfinite", "hold_unstripped", "verdict"]
@@ -34,13 +35,9 @@ UNSTRIPPED = ("cut and stripped, the model computes other than the masked model 
 
 def probe_cut(groups: Sequence[Group]) -> dict[int, np.ndarray]:
     """Kept channels per group for a probe: each group cut to its first channel, as deep
-    as any level cuts (every group keeps at least one)."""
-    kept = {}
-    for group in groups:
-        keep = np.zeros(group.size, dtype=bool)
-        keep[0] = True
-        kept[group.id] = keep
-    return kept
+    as any level cuts (every group keeps at least one), and as many more as its grouped
+    convolutions need to keep equal groups (a cut a strip can make)."""
+    return {g.id: select(g, -np.arange(g.size, dtype=float), 1).keep for g in groups}
 
 
 def hold_nonfinite(analysis: Analysis, finite: Probe | None) -> None:

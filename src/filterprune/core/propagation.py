@@ -32,12 +32,15 @@ class Param:
 
     ``axes``: for a weight reshaped on its way (``gamma.view(1, -1, 1, 1)``), the axis of
     the stored weight each axis comes from (``None`` for an inserted size-1 axis);
-    ``None`` when the shape is the stored one.
+    ``None`` when the shape is the stored one. ``also``: other weights of the same shape
+    this one is computed with entry by entry (a frozen BatchNorm's
+    ``weight * (running_var + eps).rsqrt()``), cut along the same channels.
     """
 
     name: str
     shape: tuple[int, ...]
     axes: tuple[int | None, ...] | None = None
+    also: tuple[Param, ...] = ()
 
     def source_axis(self, axis: int) -> int | None:
         """The stored weight's axis behind ``axis`` of this view of it."""

@@ -53,7 +53,8 @@ def _tensor(s: Propagation, value: Any, node: Node) -> np.ndarray:
         return value
     if isinstance(value, Param):
         reason = f"weight {value.name} is read by {node.label or node.op}"
-        s.hold_param(value.name, reason)
+        for param in (value, *value.also):
+            s.hold_param(param.name, reason)
         return s.opaque(reason)
     raise RuleError("expects a tensor input")
 
@@ -156,7 +157,7 @@ def _elementwise(s, node, ins, shapes=None):
     """
     arrays = [v for v in ins if isinstance(v, np.ndarray)]
     if not arrays:
-        raise RuleError("no tensor operand")
+        return _params_combined(ins, node)
     spread = _spread(s, node, ins, shapes)
     if spread and len(spread) < len(arrays):
         for ids in spread:
@@ -171,6 +172,17 @@ def _elementwise(s, node, ins, shapes=None):
         if isinstance(value, Param):
             _follow_param(s, node, value, out)
     return out
+
+
+def _params_combined(ins: list, node: Node) -> Param:
+    """Weights of one shape combined entry by entry (a frozen BatchNorm's scale and shift
+    computed from its buffers in forward): one weight standing for all, cut alike."""
+    params = [v for v in ins if isinstance(v, Param)]
+    if not params or any(p.shape != node.shape for p in params):
+        raise RuleError("no tensor operand")
+    first, rest = params[0], params[1:]
+    also = [*first.also, *(q for p in rest for q in (p, *p.also))]
+    return Param(first.name, first.shape, first.axes, tuple(dict.fromkeys(also)))
 
 
 def _spread(s: Propagation, node: Node, ins: list, shapes: list | None = None) -> list[np.ndarray]:
@@ -228,6 +240,8 @@ def _follow_param(s: Propagation, node: Node, param: Param, ids: np.ndarray) -> 
                 continue
             source = param.source_axis(axis - (ndim - len(param.shape)))
             s.use(param.name, f"axis{source}", line, node.name)
+    for other in param.also:  # computed into it entry by entry: cut alike
+        _follow_param(s, node, other, ids)
 
 
 def einsum_subscripts(equation: str, ranks: list[int]) -> tuple[list[str], str]:
@@ -539,6 +553,8 @@ def _reshape_param(param: Param, node: Node) -> Param:
     stays that weight; a view that moves its entries, or fixes its size in code, does not."""
     if not isinstance(node.shape, tuple):
         raise RuleError("output shape is unknown")
+    if param.also:
+        raise RuleError(f"reshapes weight {param.name} computed with others")
     src = [i for i, n in enumerate(param.shape) if n > 1]
     dst = [i for i, n in enumerate(node.shape) if n > 1]
     if [param.shape[i] for i in src] != [node.shape[i] for i in dst]:
@@ -717,7 +733,9 @@ def _tie_strided(s: Propagation, full: np.ndarray, axis: int, part: Any) -> None
     tied. Any other pick of channels (a list, a range inside the axis) is held."""
     size = full.shape[axis]
     start, stop, step = part.indices(size) if isinstance(part, slice) else (0, 0, 0)
-    if step < 2 or size % step or start >= step or stop < size - step + start + 1:
+    # a start counted from the end (``-15::2``) is another channel once the axis is cut
+    from_end = isinstance(part, slice) and part.start is not None and part.start < 0
+    if step < 2 or size % step or start >= step or stop < size - step + start + 1 or from_end:
         raise RuleError("indexes into channels")
     blocks = np.moveaxis(full, axis, -1).reshape(*full.shape[:axis], *full.shape[axis + 1 :],
                                                  size // step, step)  # fmt: skip
@@ -755,6 +773,37 @@ def _each_output(node, ids: np.ndarray) -> Any:
     """``ids`` for each output of an op that returns several tensors of one layout
     (``max(x, dim)``: values and indices; ``sort``, ``topk``)."""
     return tuple(ids for _ in node.shape) if isinstance(node.shape, list) else ids
+
+
+@register_rule("put")
+def _put(s, node, ins):
+    """``x[indices] = values`` (``index_put``), the indices over the first ``indexed``
+    axes: each value lands on the same channels of ``x`` (the axes after the indexed
+    ones line up), so both are tied. ``x`` made in forward with one value everywhere
+    (``torch.zeros``, attribute ``fill`` of its node) is cut with the values; the index
+    tensors' own channels stay whole."""
+    names = node.inputs
+    at = {name: i for i, name in enumerate(names)}
+    first = node.attrs["indexed"]
+    target, values = ins[at[node.attrs["self"]]], ins[at[node.attrs["values"]]]
+    for name, value in zip(names, ins, strict=True):
+        if name not in (node.attrs["self"], node.attrs["values"]):
+            _tensor(s, value, node)
+            if isinstance(value, np.ndarray):
+                s.block(value, f"{node.label or node.op}: index positions")
+    ndim = len(node.shape)
+    v = _pad(_tensor(s, values, node), 1 + ndim - first)
+    if _varies(v, 0):
+        raise RuleError("values' channels lie along the indexed axis")
+    out = v.reshape((1,) * first + v.shape[1:])
+    if isinstance(target, Param):
+        if not s.graph[node.attrs["self"]].attrs.get("fill"):
+            _tensor(s, target, node)  # a weight or buffer written into: whole
+            raise RuleError(f"writes into {target.name}, which cannot be cut")
+        return s.canonical(out)
+    t = _pad(_tensor(s, target, node), ndim)
+    s.uf.union_arrays(t, out)
+    return s.canonical(np.broadcast_arrays(t, out)[0])
 
 
 @register_rule("sample")

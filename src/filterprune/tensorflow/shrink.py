@@ -250,8 +250,8 @@ def rebuilt(operation: Any, changes: dict[str, Any] | None = None) -> Any:
         return cls(**config)
     try:
         return cls.from_config(config)
-    except (TypeError, ValueError) as err:
-        last = str(err).strip().splitlines()[-1][:300]
+    except Exception as err:  # noqa: BLE001 - whatever a layer's own code raises
+        last = (str(err).strip().splitlines() or [""])[-1][:300] or type(err).__name__
         raise AnalysisError(
             f"{cls.__name__} {operation.name!r} cannot be rebuilt from its get_config() "
             f"({last}). A strip rebuilds each layer from its class and config: give its "

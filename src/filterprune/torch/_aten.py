@@ -200,6 +200,17 @@ def _grid_sample(node: fx.Node, shape) -> Spec:
     return "sample", {}
 
 
+def _index_put(node: fx.Node, shape) -> Spec:
+    """``x[i, j] = v``: index tensors over the leading axes only (``None`` for an axis
+    not indexed, before one that is, is not read: the channels stay)."""
+    args = named_args(node)
+    indices = list(args["indices"])
+    if any(i is None for i in indices):
+        return "stop", {"reason": "index_put with an axis not indexed before one that is"}
+    return "put", {"self": args["self"].name, "values": args["values"].name,
+                   "indexed": len(indices)}  # fmt: skip
+
+
 def _channel_shuffle(node: fx.Node, shape) -> Spec:
     return "channel_shuffle", {"groups": int(named_args(node)["groups"])}
 
@@ -210,6 +221,21 @@ def _ops(*names: str) -> list[Any]:
     for name in names:
         packet, _, overload = name.partition(".")
         op = getattr(getattr(aten, packet, None), overload or "default", None)
+        if op is not None:
+            found.append(op)
+    return found
+
+
+def _torchvision_ops(*names: str) -> list[Any]:
+    """torchvision's operators (``torch.ops.torchvision.roi_align``) where it is installed."""
+    try:
+        import torchvision  # noqa: F401 - registers torch.ops.torchvision
+    except ImportError:
+        return []
+    found = []
+    for name in names:
+        packet, _, overload = name.partition(".")
+        op = getattr(getattr(torch.ops.torchvision, packet, None), overload, None)
         if op is not None:
             found.append(op)
     return found
@@ -328,6 +354,9 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("channel_shuffle.default", "native_channel_shuffle.default"), _channel_shuffle),
     (_ops("glu.default"), _glu),
     (_ops("grid_sampler.default", "grid_sampler_2d.default", "grid_sampler_3d.default"),
+     _grid_sample),
+    (_ops("index_put.default", "index_put_.default"), _index_put),
+    (_torchvision_ops("roi_align.default", "roi_pool.default", "ps_roi_align.default"),
      _grid_sample),
     (_ops("einsum.default"), _einsum),
 ])  # fmt: skip

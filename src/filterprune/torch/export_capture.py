@@ -36,6 +36,10 @@ from .capture import add_unseen_params, say_never_run
 __all__ = ["capture_export", "export_program"]
 
 _TENSOR_INPUTS = ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")
+# tensors made in forward with one value everywhere: cut with what is written into them
+_FILLS = tuple(getattr(getattr(torch.ops.aten, name), overload)
+               for name, overload in (("zeros", "default"), ("ones", "default"),
+                                      ("empty", "memory_format"), ("full", "default")))
 
 
 @contextlib.contextmanager
@@ -148,11 +152,23 @@ def capture_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captu
                     extra={"program": program, "capture": "torch.export"})  # fmt: skip
 
 
-def _shape(value: Any) -> Any:
+# kinds whose rule reads no size of an axis known only at run time (a batch of regions,
+# RoIAlign per level of a feature pyramid): such an axis is taken as 1 for them
+_DYNAMIC_SAFE = ("identity", "sample", "put")
+
+
+def _dynamic(value: Any) -> bool:
+    """Whether a fake tensor has an axis whose size is known only at run time."""
+    return isinstance(value, torch.Tensor) and not all(isinstance(d, int) for d in value.shape)
+
+
+def _shape(value: Any, dynamic: bool = False) -> Any:
     """Static shape of a fake tensor; a list for several; ``None`` for the rest or for a
-    size only known at run time (data-dependent)."""
+    size only known at run time (data-dependent), which ``dynamic`` takes as 1."""
     if isinstance(value, torch.Tensor):
         dims = tuple(value.shape)
+        if dynamic:
+            return tuple(d if isinstance(d, int) else 1 for d in dims)
         return tuple(int(d) for d in dims) if all(isinstance(d, int) for d in dims) else None
     if isinstance(value, (list, tuple)) and value and all(map(torch.is_tensor, value)):
         shapes = [_shape(v) for v in value]
@@ -206,9 +222,12 @@ class _Builder:
                         attrs={"reason": f"no channel rule for {node.op} {label}"})  # fmt: skip
         if shape is None and not _holds_tensors(node.meta.get("val")):
             return Node(node.name, "noop", inputs, label=label)  # sizes, asserts, flags
+        dynamic = _dynamic(node.meta.get("val"))
+        if dynamic and node.target in ATEN_RULES:
+            shape = _shape(node.meta.get("val"), dynamic=True)
         if shape is None:
             return Node(node.name, "stop", inputs, label=label,
-                        attrs={"reason": f"{label}: a size known only at run time"})  # fmt: skip
+                        attrs={"reason": "a size known only at run time"})  # fmt: skip
         if node.target is operator.getitem:
             return self._getitem(node, inputs, shape)
         if node.target in FUNCTIONAL:
@@ -216,11 +235,14 @@ class _Builder:
         build = ATEN_RULES.get(node.target)
         if build is None:
             if not inputs:  # a tensor made in forward (zeros, arange): a constant
-                return Node(node.name, "param", shape=shape, attrs={"target": node.name})
+                return Node(node.name, "param", shape=shape,
+                            attrs={"target": node.name, "fill": node.target in _FILLS})
             return Node(node.name, "stop", inputs, shape, label=label,
                         attrs={"reason": f"no channel rule for {label}"})  # fmt: skip
         in_shape = self.graph[inputs[0]].shape if inputs else None
         kind, attrs = build(node, in_shape if isinstance(in_shape, tuple) else ())
+        if dynamic and kind not in _DYNAMIC_SAFE:
+            kind, attrs = "stop", {"reason": "a size known only at run time"}
         if kind == "split":
             attrs["sizes"] = split_sizes(attrs, shape)
         return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
