@@ -584,3 +584,8 @@ class DroppedOut(nn.Module):
 def test_dropouts_in_an_exported_graph_are_cut_through(drop):
     small, held = prune(None, DroppedOut(drop))
     assert "a.0" not in held and small.a[0].out_channels == 8
+
+
+def test_an_equal_split_into_pieces_the_width_does_not_divide_says_so():
+    small, held = prune(None, Picked(lambda y: torch.cat(torch.tensor_split(y, 3, 1), 1), 16))
+    assert "splits 16 channels into unequal pieces (6/5/5)" in held["a.0"]

@@ -653,6 +653,9 @@ def _split(s, node, ins):
             rows = line.reshape(len(sizes), -1)
             for row in rows[1:]:
                 s.uf.union_arrays(rows[0], row)
+        elif node.attrs.get("equal") and not node.attrs.get("free"):
+            raise RuleError(f"splits {in_shape[axis]} channels into unequal pieces "
+                            f"({'/'.join(map(str, sizes))}), which a cut would not keep")
         elif not node.attrs.get("free"):
             raise RuleError("split sizes are fixed in code")
     shape = list(ids.shape)
