@@ -301,3 +301,37 @@ def test_grouped_convs_and_frozen_batchnorms_are_cut_under_torch_export():
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
     assert small.a.out_channels == 8 and small.frozen.weight.numel() == 8
     assert small.grouped.in_channels == 8 and small.grouped.out_channels == 8
+
+
+class Cached(nn.Module):
+    """Keeps a tensor of its forward (RAFT's correlation pyramid), and scales a branch
+    whose BatchNorm starts at zero (``zero_init_residual``) by a channel count."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = cbs(3, 16), cbs(16, 16), cbs(16, 16)
+        self.res_bn = nn.BatchNorm2d(16)
+        self.head, self.cache = nn.Conv2d(16, 4, 1), None
+
+    def forward(self, x):
+        y = list(self.a(self.stem(x)).chunk(1, 1))[0]
+        self.cache = y * 2
+        r = self.res_bn(self.b(y)) * y.shape[1] ** -0.5
+        return self.head(y + r)
+
+
+def test_the_strip_check_copies_a_model_that_keeps_forward_tensors_and_redraws_weights():
+    """A kept non-leaf tensor made the check's deepcopy fail, which held every group; a
+    zero gamma hid the branch that reads the count, which was then cut: 0.05 off once
+    trained."""
+    model = nondegenerate(Cached())
+    nn.init.zeros_(model.res_bn.weight)
+    config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        ctrl, model = create_compressed_model(model, config)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "cut and stripped" in held["a.0"] and "stem.0" not in held
+    with torch.no_grad():
+        model.res_bn.weight.fill_(1.0)  # trained away from zero
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    assert small.stem[0].out_channels == 8

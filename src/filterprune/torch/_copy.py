@@ -61,9 +61,34 @@ def detach_computed_weights(model: nn.Module) -> None:
 
 
 def copy_model(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy(model)``, also after a training step of a weight-normed model."""
+    """``copy.deepcopy(model)``, also after a training step of a weight-normed model, and
+    of one that keeps tensors of its last forward (RAFT's correlation pyramid): those are
+    copied detached, as deepcopy refuses a tensor that is not a graph leaf."""
     detach_computed_weights(model)
-    return copy.deepcopy(model)
+    return copy.deepcopy(model, _detached(model))
+
+
+def _detached(model: nn.Module) -> dict[int, torch.Tensor]:
+    """A deepcopy memo: each non-leaf tensor a module holds as an attribute (or in a list,
+    tuple or dict there) -> a detached copy of it."""
+    memo: dict[int, torch.Tensor] = {}
+
+    def visit(value: object, depth: int) -> None:
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            if value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+        elif depth < 3 and isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v, depth + 1)
+        elif depth < 3 and isinstance(value, dict):
+            for v in value.values():
+                visit(v, depth + 1)
+
+    for module in model.modules():
+        for key, value in vars(module).items():
+            if key not in ("_parameters", "_modules"):
+                visit(value, 0)
+    return memo
 
 
 def bake_weights(modules: Iterable[nn.Module]) -> dict[nn.Parameter, list[nn.Parameter]]:
