@@ -335,3 +335,32 @@ def test_the_strip_check_copies_a_model_that_keeps_forward_tensors_and_redraws_w
         model.res_bn.weight.fill_(1.0)  # trained away from zero
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
     assert small.stem[0].out_channels == 8
+
+
+class Scattered(nn.Module):
+    """Rows written into a tensor of zeros made in forward (torchvision's RoI pooler),
+    its width read from the rows (``follows``) or written in code."""
+
+    def __init__(self, follows):
+        super().__init__()
+        self.stem, self.a, self.head = cbs(3, 16), cbs(16, 16), nn.Conv2d(16, 4, 1)
+        self.follows = follows
+
+    def forward(self, x):
+        y = list(self.a(self.stem(x)).chunk(1, 1))[0]
+        rows = torch.arange(y.shape[0]) * 2
+        out = torch.zeros(y.shape[0] * 2, y.shape[1] if self.follows else 16, *y.shape[2:])
+        out[rows] = y
+        return self.head(out)
+
+
+@pytest.mark.parametrize("follows", [True, False], ids=["width read", "width in code"])
+def test_rows_written_into_zeros_made_in_forward_are_cut_when_the_zeros_follow(follows):
+    model = nondegenerate(Scattered(follows))
+    config = make_config((2, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        ctrl, model = create_compressed_model(model, config)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8), tol=1e-5)
+    assert small.a[0].out_channels == (8 if follows else 16)
+    assert ("a.0" in held) != follows and (follows or "cut and stripped" in held["a.0"])

@@ -787,6 +787,8 @@ def _put(s, node, ins):
     tensors' own channels stay whole."""
     names = node.inputs
     at = {name: i for i, name in enumerate(names)}
+    if node.attrs["self"] not in at or node.attrs["values"] not in at:
+        raise RuleError("writes a value the capture did not read")
     first = node.attrs["indexed"]
     target, values = ins[at[node.attrs["self"]]], ins[at[node.attrs["values"]]]
     for name, value in zip(names, ins, strict=True):
@@ -795,7 +797,10 @@ def _put(s, node, ins):
             if isinstance(value, np.ndarray):
                 s.block(value, f"{node.label or node.op}: index positions")
     ndim = len(node.shape)
-    v = _pad(_tensor(s, values, node), 1 + ndim - first)
+    v = _tensor(s, values, node)
+    if v.ndim > 1 + ndim - first:
+        raise RuleError("index tensors of several axes")
+    v = _pad(v, 1 + ndim - first)
     if _varies(v, 0):
         raise RuleError("values' channels lie along the indexed axis")
     out = v.reshape((1,) * first + v.shape[1:])

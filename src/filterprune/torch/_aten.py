@@ -207,6 +207,10 @@ def _index_put(node: fx.Node, shape) -> Spec:
     indices = list(args["indices"])
     if any(i is None for i in indices):
         return "stop", {"reason": "index_put with an axis not indexed before one that is"}
+    vals = [i.meta.get("val") for i in indices if isinstance(i, fx.Node)]
+    if len(vals) != len(indices) or any(v is None or v.dtype == torch.bool or v.dim() != 1
+                                        for v in vals):  # fmt: skip
+        return "stop", {"reason": "index_put with a mask or multi-axis index tensors"}
     return "put", {"self": args["self"].name, "values": args["values"].name,
                    "indexed": len(indices)}  # fmt: skip
 
