@@ -364,3 +364,29 @@ def test_rows_written_into_zeros_made_in_forward_are_cut_when_the_zeros_follow(f
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8), tol=1e-5)
     assert small.a[0].out_channels == (8 if follows else 16)
     assert ("a.0" in held) != follows and (follows or "cut and stripped" in held["a.0"])
+
+
+class RunTimeCount(nn.Module):
+    """Positions picked by ``nonzero`` (a count known only at run time), then the third of
+    them by a literal index, beside an ordinary conv chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = cbs(3, 16), cbs(16, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = list(self.a(x).chunk(1, 1))[0]
+        keep = torch.nonzero(y[:, 0].flatten() > -1e9).squeeze(1)
+        picked = y.flatten(2).index_select(2, keep)
+        return self.head(self.b(y)) + picked.mean() + keep[2].float()
+
+
+def test_a_literal_index_along_a_run_time_axis_is_held_not_a_crash():
+    """The run-time axis was taken as 1 for the rules that allow it; a select at index 2
+    of the tensor then failed the analysis with an IndexError."""
+    model = nondegenerate(RunTimeCount())
+    config = make_config((1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        ctrl, model = create_compressed_model(model, config)
+    small = assert_strip_equal(ctrl, model, torch.randn(1, 3, 8, 8), tol=1e-5)
+    assert small.b[0].out_channels == 8

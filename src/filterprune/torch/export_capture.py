@@ -190,6 +190,7 @@ class _Builder:
         self.modules = dict(model.named_modules())
         self.tensors: dict[str, str] = {}  # placeholder -> parameter, buffer or constant name
         self.user_outputs: list[str] = []
+        self.dynamic: set[str] = set()  # nodes with an axis known only at run time, as 1
         for spec in program.graph_signature.input_specs:
             if spec.kind.name in _TENSOR_INPUTS and spec.target is not None:
                 self.tensors[spec.arg.name] = spec.target
@@ -241,8 +242,11 @@ class _Builder:
                         attrs={"reason": f"no channel rule for {label}"})  # fmt: skip
         in_shape = self.graph[inputs[0]].shape if inputs else None
         kind, attrs = build(node, in_shape if isinstance(in_shape, tuple) else ())
-        if dynamic and kind not in _DYNAMIC_SAFE:
+        if kind not in _DYNAMIC_SAFE and (dynamic or self.dynamic.intersection(inputs)):
             kind, attrs = "stop", {"reason": "a size known only at run time"}
+            shape = None if dynamic else shape  # no rule reads the 1 standing in for it
+        if dynamic:
+            self.dynamic.add(node.name)
         if kind == "split":
             attrs["sizes"] = split_sizes(attrs, shape)
         return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
