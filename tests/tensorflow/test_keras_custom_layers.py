@@ -125,14 +125,23 @@ class Backbone(keras.Model):
         return {"units": self.units, "name": self.name}
 
 
-def test_a_nested_model_nothing_in_which_is_cut_strips_whole_by_its_own_config():
+@pytest.mark.parametrize("fed", [False, True], ids=["fed the input", "fed a cut conv"])
+def test_a_nested_model_its_layers_cannot_rebuild_is_kept_whole_and_rebuilt_so(fed):
+    """A strip rebuilt it layer by layer and failed on ``Fragile``; it is now one layer,
+    rebuilt by its own from_config, and a conv feeding it keeps its filters."""
     inp = keras.Input((16, 16, 3))
-    x = layers.Conv2D(16, 3, padding="same", name="c")(Backbone(name="backbone")(inp))
+    x = layers.Conv2D(3, 3, padding="same", name="feed")(inp) if fed else inp
+    x = layers.Conv2D(16, 3, padding="same", name="c")(Backbone(name="backbone")(x))
     x = layers.Conv2D(16, 3, padding="same", name="d")(x)
     model = redrawn(keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(x))))
-    ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3)))
+    ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3),
+                                                             prune_first_conv=True))
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "nested model backbone is kept whole: its layer" in held["backbone"]
     small = assert_strip_equal(ctrl, model, X, tol=1e-5)
     assert small.get_layer("c").filters == 8
+    if fed:
+        assert small.get_layer("feed").filters == 3
 
 
 def test_a_layer_that_cannot_be_rebuilt_is_named():

@@ -21,6 +21,7 @@ from ..core.graph import Graph, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError, ConfigError
 from ._ops import Step, layer_steps, op_steps
+from ._rebuild import rebuilt_whole
 
 __all__ = ["Capture", "LayerRef", "capture", "functional_of", "input_shapes"]
 
@@ -173,15 +174,18 @@ class _Walker:
         ins = [self.tensors[id(t)] for t in node.input_tensors]
         in_shapes = [self.shapes[id(t)] for t in node.input_tensors]
         outs = self.out_shapes(node)
-        if isinstance(op, keras.Model):
-            inner = _inner_functional(op)
-            if inner is not None:
+        whole = None
+        if isinstance(op, keras.Model) and _inner_functional(op) is not None:
+            whole = rebuilt_whole(op)
+            if whole is None:
                 self.cap.nested.setdefault(id(op), ins)
-                self.nested(inner, node, f"{prefix}{op.name}/")
+                self.nested(_inner_functional(op), node, f"{prefix}{op.name}/")
                 return
         name = f"{prefix}{op.name}"
         if isinstance(op, keras.Layer):
             steps = layer_steps(op, name, in_shapes, outs)
+            if whole is not None:  # one layer: a strip rebuilds it by its own from_config
+                steps[0].attrs["reason"] = f"nested model {op.name} is kept whole: {whole}"
         else:
             steps = op_steps(op, list(node.arguments.args), in_shapes,
                              outs[0] if len(outs) == 1 else outs)  # fmt: skip

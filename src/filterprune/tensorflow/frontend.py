@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import types
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -147,31 +146,15 @@ def _save_saying(model: Any, *args: Any, **kwargs: Any) -> Any:
 def _say_unrebuildable(model: Any) -> None:
     """Warn now about layers their own config cannot rebuild: ``strip()`` and
     ``export_model`` rebuild every layer, and would fail with Keras's error after training."""
-    from .capture import _inner_functional
-    from .shrink import rebuilt
-
-    def rebuilt_one_by_one(functional: Any) -> Any:
-        """The layers a strip rebuilds from their configs: a nested functional model's
-        layers, not a custom layer's own sublayers (it is rebuilt whole)."""
-        for layer in functional.layers:
-            inner = _inner_functional(layer) if isinstance(layer, keras.Model) else None
-            if inner is not None:
-                yield from rebuilt_one_by_one(inner)
-            elif not isinstance(layer, keras.layers.InputLayer):
-                yield layer
+    from ._rebuild import cannot_rebuild, one_by_one
 
     failed = []
-    for layer in rebuilt_one_by_one(model):
-        try:
-            with warnings.catch_warnings():  # Keras's notes on rebuilding a Lambda: at strip
-                warnings.simplefilter("ignore")
-                rebuilt(layer)
-        except Exception as err:  # noqa: BLE001 - any failure is the one strip() would meet
-            why = (str(err.__cause__ or err).strip().splitlines() or [""])[-1][:160]
+    for layer in one_by_one(model):
+        why = cannot_rebuild(layer)
+        if why is not None:
             failed.append(f"{layer.name} ({type(layer).__name__}: {why})")
     if failed:
         log.warning("strip() and export_model rebuild every layer from its config, and these "
                     "cannot be: %s. Give their __init__ **kwargs passed to super().__init__(), "
-                    "and a get_config() that returns every argument __init__ needs (a nested "
-                    "model nothing in which is cut is rebuilt whole by its own from_config).",
+                    "and a get_config() that returns every argument __init__ needs.",
                     "; ".join(failed))  # fmt: skip
