@@ -63,10 +63,9 @@ def strip_probe(model: nn.Module, sample: Any, analysis: Analysis,
     shapes (float outputs within 1e-4 of their largest magnitude, or 1e-7 in float64).
     A capture that fixes sizes read in forward (torch.export) misses a channel count used
     as a number (``x.shape[1] ** -0.5``) or in a view: only the stripped copy computes
-    with it cut.
-    The copies' weights are redrawn (:func:`~filterprune.testing.zoo.nondegenerate`), so
-    a zero-initialised gamma or a 1e-6 layer scale hides no branch; ``model`` itself is
-    not touched."""
+    with it cut. The copies' weights are redrawn
+    (:func:`~filterprune.testing.zoo.nondegenerate`), so a zero-initialised gamma or a
+    1e-6 layer scale hides no branch; ``model`` itself is not touched."""
     from ..testing.zoo import nondegenerate
 
     try:
