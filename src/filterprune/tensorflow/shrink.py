@@ -4,7 +4,8 @@ The model is rebuilt with ``keras.models.clone_model``: every layer is made agai
 its own class and ``get_config()``, with ``filters``/``units`` lowered to the kept
 count (and a ``Reshape`` target rewritten), then given its sliced weights. The result
 holds only stock Keras layers, so it saves and reloads as ``.keras`` without any
-filterprune object. Nested models are rebuilt nested.
+filterprune object. Nested models are rebuilt nested, or whole by their own
+``from_config`` where a layer of theirs cannot be rebuilt (:mod:`._rebuild`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..core.graph import LayerInfo
 from ..core.weights import groups_left, slice_weight
 from ..errors import AnalysisError
 from ._inputs import as_model_inputs
+from ._rebuild import rebuilt_whole
 from .capture import Capture
 from .masks import base_class, is_masked, masked_weights
 
@@ -152,7 +154,7 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
     def clone(layer: Any) -> Any:
         if isinstance(layer, keras.Model) and id(layer) in cap.nested:  # rebuilt nested
             inputs = _nested_inputs(layer, cap, analysis, kept) if shrink else None
-            return _nested_clone(layer, pairs, set(overrides) | set(weights), clone, inputs)
+            return keras.models.clone_model(layer, input_tensors=inputs, clone_function=clone)
         new = rebuilt(layer, overrides.get(id(layer), {}))
         pairs.append((layer, new))
         return new
@@ -167,30 +169,6 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
                     "before filter_pruning. List filter_pruning first in `compression` to "
                     "cut them.")  # fmt: skip
     return new_model
-
-
-def _nested_clone(model: Any, pairs: list[tuple[Any, Any]], cut: set[int], clone: Any,
-                  inputs: Any = None) -> Any:  # fmt: skip
-    """``model`` (nested) rebuilt layer by layer; where one of its layers cannot be and
-    nothing in it is cut, masked or quantized, rebuilt whole by its own ``from_config``
-    as Keras' save and load rebuild it (a library model whose layers write configs their
-    ``__init__`` refuses, keras_hub's MiT)."""
-    start = len(pairs)
-    try:
-        return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
-    except AnalysisError:
-        inner = model._flatten_layers(include_self=True, recursive=True)
-        if inputs is not None or any(id(layer) in cut or is_masked(layer) or any(
-                k.startswith("_fp_") for k in vars(layer)) for layer in inner):  # fmt: skip
-            raise
-        del pairs[start:]
-        try:
-            new = type(model).from_config(model.get_config())
-            new.set_weights(model.get_weights())
-        except Exception:  # noqa: BLE001 - the layer's own error says more
-            raise AnalysisError(f"{type(model).__name__} {model.name!r} cannot be rebuilt "
-                                "whole either (its from_config failed)") from None
-        return new
 
 
 def copy_weights(pairs: list[tuple[Any, Any]],
@@ -265,8 +243,8 @@ def plain_copy(model: Any) -> Any:
     pairs: list[tuple[Any, Any]] = []
 
     def clone(layer: Any) -> Any:
-        if isinstance(layer, keras.Model):  # rebuilt nested, its layers one by one
-            return _nested_clone(layer, pairs, set(), clone)
+        if isinstance(layer, keras.Model) and rebuilt_whole(layer) is None:
+            return keras.models.clone_model(layer, clone_function=clone)  # layer by layer
         new = rebuilt(layer)
         pairs.append((layer, new))
         return new

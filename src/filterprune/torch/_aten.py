@@ -219,12 +219,12 @@ def _channel_shuffle(node: fx.Node, shape) -> Spec:
     return "channel_shuffle", {"groups": int(named_args(node)["groups"])}
 
 
-def _ops(*names: str) -> list[Any]:
-    """The overloads ``"relu.default"`` ... that this torch build has."""
+def _ops(*names: str, namespace: Any = aten) -> list[Any]:
+    """The overloads ``"relu.default"`` ... that this torch build (or ``namespace``) has."""
     found = []
     for name in names:
         packet, _, overload = name.partition(".")
-        op = getattr(getattr(aten, packet, None), overload or "default", None)
+        op = getattr(getattr(namespace, packet, None), overload or "default", None)
         if op is not None:
             found.append(op)
     return found
@@ -236,13 +236,7 @@ def _torchvision_ops(*names: str) -> list[Any]:
         import torchvision  # noqa: F401 - registers torch.ops.torchvision
     except ImportError:
         return []
-    found = []
-    for name in names:
-        packet, _, overload = name.partition(".")
-        op = getattr(getattr(torch.ops.torchvision, packet, None), overload, None)
-        if op is not None:
-            found.append(op)
-    return found
+    return _ops(*names, namespace=torch.ops.torchvision)
 
 
 _IDENTITY = _ops(

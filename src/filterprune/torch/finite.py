@@ -126,12 +126,14 @@ def _finite_outputs(model: nn.Module, inputs: Any) -> bool:
         return False
 
 
-def _outputs(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
+def _outputs(model: nn.Module, inputs: Any, grad: bool = False) -> list[torch.Tensor]:
+    """The float outputs of ``model(*inputs)`` in eval mode, seeded, the caller's random
+    state and training flag kept; ``grad``: recorded for a backward."""
     training = model.training
     devices = [p.device.index or 0 for p in list(model.parameters())[:1] if p.device.type == "cuda"]
     model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with torch.set_grad_enabled(grad), torch.random.fork_rng(devices=devices):
             torch.manual_seed(0)
             return [t for t in pytree.tree_leaves(model(*inputs))
                     if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
@@ -178,21 +180,13 @@ def _finite(model: nn.Module, inputs: Any) -> Checked:
     """Whether the float outputs of ``model(*inputs)`` and the gradients of their sum are
     finite, in eval mode and with the caller's random state kept (``.grad`` is not
     written); ``None`` where the forward fails."""
-    training = model.training
     params = [p for p in model.parameters() if p.requires_grad]
-    devices = [p.device.index or 0 for p in params[:1] if p.device.type == "cuda"]
-    model.eval()
     try:
-        with torch.enable_grad(), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(0)
-            leaves = [t for t in pytree.tree_leaves(model(*inputs))
-                      if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
-            forward = all(bool(torch.isfinite(t).all()) for t in leaves)
-            total = sum((t.sum() for t in leaves if t.requires_grad), torch.zeros(()))
-            found = torch.autograd.grad(total.float(), params, allow_unused=True) if (
-                forward and total.requires_grad) else []  # fmt: skip
+        leaves = _outputs(model, inputs, grad=True)
+        forward = all(bool(torch.isfinite(t).all()) for t in leaves)
+        total = sum((t.sum() for t in leaves if t.requires_grad), torch.zeros(()))
+        found = torch.autograd.grad(total.float(), params, allow_unused=True) if (
+            forward and total.requires_grad) else []  # fmt: skip
     except Exception:  # noqa: BLE001 - a model that needs more than its example input
         return None
-    finally:
-        model.train(training)
     return forward, all(bool(torch.isfinite(g).all()) for g in found if g is not None)
