@@ -18,15 +18,16 @@ from torch import nn
 from filterprune.onnx import _batch, remove_zero_filters
 
 
-def _flatten_chain(tmp_path):
+def _flatten_chain(tmp_path, allowzero=0, rest=128):
     """x -> Conv a (2 zero filters) -> Relu -> Reshape(x, [N, 128]) -> MatMul w1
     (2 zero columns) -> Relu -> MatMul w2; the target is built as tf2onnx's Flatten
-    does: ``Concat(Shape(h)[0:1], [128])``."""
+    does: ``Concat(Shape(h)[0:1], [128])``. The current torch exporter sets
+    ``allowzero`` on every Reshape."""
     rng = np.random.default_rng(0)
     w = {"wa": rng.normal(size=(8, 3, 3, 3)), "ba": rng.normal(size=8),
          "w1": rng.normal(size=(128, 6)), "w2": rng.normal(size=(6, 5)),
          "zero": np.array([0], dtype=np.int64), "one": np.array([1], dtype=np.int64),
-         "rest": np.array([128], dtype=np.int64)}  # fmt: skip
+         "rest": np.array([rest], dtype=np.int64)}  # fmt: skip
     w["wa"][[2, 5]] = w["ba"][[2, 5]] = 0
     w["w1"][:, [1, 4]] = 0
     nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
@@ -34,15 +35,16 @@ def _flatten_chain(tmp_path):
              helper.make_node("Shape", ["h"], ["s"]),
              helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
              helper.make_node("Concat", ["n", "rest"], ["target"], axis=0),
-             helper.make_node("Reshape", ["h", "target"], ["flat"]),
+             helper.make_node("Reshape", ["h", "target"], ["flat"], allowzero=allowzero),
              helper.make_node("MatMul", ["flat", "w1"], ["m1"], name="fc1"),
              helper.make_node("Relu", ["m1"], ["r1"]),
              helper.make_node("MatMul", ["r1", "w2"], ["y"], name="fc2")]  # fmt: skip
     return save_graph(tmp_path, nodes, w, ["N", 3, 4, 4], ["N", 5])
 
 
-def test_computed_flatten_target_is_rewritten(tmp_path):
-    new, report = convert(_flatten_chain(tmp_path), np.zeros((3, 3, 4, 4)))
+@pytest.mark.parametrize("allowzero", [0, 1])
+def test_computed_flatten_target_is_rewritten(allowzero, tmp_path):
+    new, report = convert(_flatten_chain(tmp_path, allowzero), np.zeros((3, 3, 4, 4)))
     assert layer(report, "a").removed == 2 and layer(report, "fc1").removed == 2
     assert weight_shape(new, "fc1") == (96, 4) and weight_shape(new, "fc2") == (4, 5)
     assert not any(n.op_type == "Shape" for n in new.graph.node)  # a constant target now
@@ -52,10 +54,21 @@ def test_unreadable_target_keeps_channels_and_outputs(tmp_path, monkeypatch):
     """When the target cannot be read, the flattened channels stay, and what follows the
     reshape is still judged by its real values (it used to look all-zero)."""
     monkeypatch.setattr(_batch, "batch_free_target", lambda *args: None)
-    new, report = convert(_flatten_chain(tmp_path), np.zeros((3, 3, 4, 4)))
+    new, report = convert(_flatten_chain(tmp_path, allowzero=1), np.zeros((3, 3, 4, 4)))
     assert layer(report, "a").removed == 0 and layer(report, "a").kept_zero == 2
+    assert layer(report, "a").reason == "Reshape: reshape to a shape computed in the graph"
     assert layer(report, "fc1").removed == 2
     assert weight_shape(new, "fc1") == (128, 4) and weight_shape(new, "fc2") == (4, 5)
+
+
+def test_a_batch_copy_is_not_written_where_0_means_empty(tmp_path):
+    """``Concat(Shape(h)[0:1], [-1])`` is rewritten as ``[0, -1]`` (0 copies the batch),
+    but not under ``allowzero``, where 0 is an empty axis: that target stays computed."""
+    new, report = convert(_flatten_chain(tmp_path, 0, -1), np.zeros((3, 3, 4, 4)))
+    assert layer(report, "a").removed == 2
+    new, report = convert(_flatten_chain(tmp_path, 1, -1), np.zeros((3, 3, 4, 4)))
+    assert layer(report, "a").removed == 0 and layer(report, "fc1").removed == 2
+    assert layer(report, "a").reason == "Reshape: reshapes a tensor with dynamic dimensions"
 
 
 @pytest.mark.parametrize("view", ["size0_minus1", "size0_literal"])

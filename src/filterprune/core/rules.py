@@ -472,6 +472,7 @@ def _channel_shuffle(s, node, ins):
 def _reshape(s, node, ins):
     """view/reshape/flatten. ``fixed_dims``: output axes whose size is a literal in code.
 
+    ``why``: the reason given where that holds channels, if not a literal in code.
     ``rewritable``: the frontend rewrites the literal of one axis when the model is cut
     (a Keras ``Reshape`` rebuilt from its config), so if every axis holding channels is
     literal, the last of them stays free and the others are pinned.
@@ -499,7 +500,8 @@ def _reshape(s, node, ins):
     if not pinned:
         return out
     if len(pinned) == len(varying):  # the input stays whole; a tied size's source with it
-        reason = f"{node.label or node.op}: reshape fixes the channel count in code"
+        why = node.attrs.get("why", "reshape fixes the channel count in code")
+        reason = f"{node.label or node.op}: {why}"
         s.block(x, reason)
         return s.opaque(reason)
     for axis in pinned:  # a literal axis cannot shrink: its entries live or die together

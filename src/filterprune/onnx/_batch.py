@@ -110,10 +110,15 @@ def batch_free_target(node: onnx.NodeProto, producer: Mapping[str, onnx.NodeProt
         one[i] = -1
         return one
     dims = static.get(node.input[0]) or ()
-    if i < len(dims) and dims[i] is None:
+    if i < len(dims) and dims[i] is None and not _allowzero(node):
         one[i] = 0  # Reshape copies the input's (batch) dimension for a 0 entry
         return one
     return None
+
+
+def _allowzero(node: onnx.NodeProto) -> bool:
+    """Whether a 0 in Reshape ``node``'s target means a 0-sized axis, not a copy."""
+    return any(a.name == "allowzero" and a.i for a in node.attribute)
 
 
 class BatchShapes:

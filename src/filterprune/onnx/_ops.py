@@ -101,11 +101,12 @@ def _reshape(v: NodeView) -> Spec:
     # allowzero (the current torch exporter sets it for every view) only changes what a
     # 0 in the target means
     target = v.const(1)
-    if v.opset >= 14 and v.attr("allowzero", 0) and (target is None or not np.all(target)):
-        return _stop("Reshape with allowzero")
-    if v.const(1) is None:  # a computed shape cannot be rewritten: channels must stay
+    if target is None:  # a computed shape cannot be rewritten: channels must stay
         out = v.out_shapes[0]
-        return "reshape", {"fixed_dims": list(range(len(out))) if isinstance(out, tuple) else []}
+        return "reshape", {"fixed_dims": list(range(len(out))) if isinstance(out, tuple) else [],
+                           "why": "reshape to a shape computed in the graph"}  # fmt: skip
+    if v.opset >= 14 and v.attr("allowzero", 0) and not np.all(target):
+        return _stop("Reshape with allowzero and a 0 in its target")
     return "reshape", {}
 
 

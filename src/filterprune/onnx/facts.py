@@ -417,7 +417,7 @@ class _Folder:
         """Read a Reshape target computed from the dynamic batch size as a constant."""
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] in self.consts:
             return False
-        if self.readers.get(node.input[1]) != 1 or attrs_of(node).get("allowzero", 0):
+        if self.readers.get(node.input[1]) != 1:
             return False
         value = self.batch.free_target(node, self.consts, self.static)
         if value is not None:
