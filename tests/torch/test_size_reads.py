@@ -105,6 +105,50 @@ class Resize(nn.Module):
         return y.view(y.size(0), -1).view_as(x)
 
 
+class BuiltSizeSE(nn.Module):
+    """A gate reshaped by a size list built in forward: ``[b, c] + [1] * (x.ndim - 2)``
+    (MONAI's SE layers), or a slice of the shape plus a tuple."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.fc, self.form = nn.Linear(32, 32), form
+
+    def forward(self, x):
+        b, c = x.shape[:2]
+        y = torch.sigmoid(self.fc(x.mean((2, 3))))
+        if self.form == "list":
+            return x * y.view([b, c] + [1] * (x.ndim - 2))
+        if self.form == "shape_slice":
+            return x * y.view(x.shape[:2] + (1, 1))
+        return x * y.view([b] + [c] + (x.dim() - 2) * [1])
+
+
+class BuiltSizeOther(nn.Module):
+    """The same list, ``c`` read from another tensor than the one reshaped: the reshaped
+    axis follows that tensor, so both are cut alike."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32, 32)
+
+    def forward(self, x):
+        y = torch.sigmoid(self.fc(x.mean((2, 3))))
+        return x * y.view([x.shape[0], y.shape[1]] + [1] * (x.ndim - 2))
+
+
+@pytest.mark.parametrize("form", ["list", "shape_slice", "nested"])
+def test_a_size_list_built_in_forward_is_read_item_by_item(form):
+    ctrl, held = prune(Head(BuiltSizeSE(form)))
+    assert "b.0" not in held and "body.fc" not in held
+    small = ctrl.strip()
+    assert small.b[0].out_channels == small.body.fc.out_features < 32
+
+
+def test_a_size_list_read_from_another_tensor_ties_it():
+    ctrl, held = prune(Head(BuiltSizeOther()))
+    assert "b.0" not in held and "body.fc" not in held
+
+
 def prune(model, size=16):
     nondegenerate(model)
     config = make_config((1, 3, size, size), prune_first_conv=True, prune_downsample_convs=True)

@@ -19,6 +19,7 @@ from torch import fx, nn
 
 from ..core.graph import LayerInfo
 from ._copy import computed_weights
+from ._sizes import reshape_sizes
 
 __all__ = ["MODULE_RULES", "CALL_RULES", "IDENTITY_MODULES", "LEAF_MODULES", "FUNCTIONAL",
            "Functional", "module_rule", "probe_forwards"]
@@ -375,11 +376,7 @@ def _clamp(node: fx.Node, shapes) -> Spec:
 def _reshape(node: fx.Node, shapes) -> Spec:
     """Literal sizes are ``fixed_dims``; so is a size computed in forward, unless the
     capture ties it to the axis it was read from (:mod:`._sizes`)."""
-    args = node.args[1:]
-    if len(args) == 1 and isinstance(args[0], (list, tuple)):
-        args = args[0]
-    if "shape" in node.kwargs:
-        args = node.kwargs["shape"]
+    args = reshape_sizes(node)
     fixed = [i for i, a in enumerate(args)
              if isinstance(a, int) and a != -1 or isinstance(a, fx.Node)]  # fmt: skip
     meta = node.meta.get("tensor_meta")

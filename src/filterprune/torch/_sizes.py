@@ -58,18 +58,17 @@ class SizeReads:
         for node in graph.nodes:
             if node.op not in ("call_method", "call_function") or node.target not in RESHAPES:
                 continue
-            sizes = reshape_sizes(node)
-            whole = found.reads.get(sizes[0]) if len(sizes) == 1 else None
-            if whole is not None and len(whole[1]) == _ndim(node) > 1:  # ``y.view(x.shape)``
-                found.ties[node] = [(axis, whole[0], axis) for axis in whole[1]]
-                direct.setdefault(sizes[0], set()).add(node)
+            sizes = reshape_sizes(node, found.reads)
+            if len(sizes) != _ndim(node):
                 continue
             free = {}
             for axis, arg in enumerate(sizes):
-                read = found.reads.get(arg) if isinstance(arg, fx.Node) else None
-                if read is not None and len(read[1]) == 1:
-                    found.ties.setdefault(node, []).append((axis, read[0], read[1][0]))
-                    direct.setdefault(arg, set()).add(node)
+                value, index = arg if isinstance(arg, tuple) else (arg, 0)
+                read = found.reads.get(value) if isinstance(value, fx.Node) else None
+                if read is not None and (isinstance(arg, tuple) or len(read[1]) == 1):
+                    found.ties.setdefault(node, []).append((axis, read[0], read[1][index]))
+                    builders = size_builders(node, found.reads)
+                    direct.setdefault(value, set()).update({node, *builders})
                 elif isinstance(arg, fx.Node) and not foreign_size(arg, node.args[0]):
                     free[axis] = arg
             if len(free) == 1:  # two computed axes (``view(b, g, c // g)`` with ``g`` read
@@ -235,14 +234,68 @@ def _sizes_freely(node: fx.Node, value: fx.Node, sized: dict[fx.Node, set[fx.Nod
     return bool(node.users) and all(_sizes_freely(u, node, sized) for u in node.users)
 
 
-def reshape_sizes(node: fx.Node) -> list[Any]:
-    """The size arguments of ``view``/``reshape``, one per output axis."""
-    args = list(node.args[1:])
-    if len(args) == 1 and isinstance(args[0], (list, tuple)):
-        args = list(args[0])
-    if "shape" in node.kwargs:
-        args = list(node.kwargs["shape"])
-    return args
+def reshape_sizes(node: fx.Node, reads: dict | None = None) -> list[Any]:
+    """The size arguments of ``view``/``reshape``, one per output axis. A list built in
+    forward (``[b, c] + [1] * (x.ndim - 2)``) is spelled out where its length is known;
+    with ``reads``, so is a shape read as a whole (``x.shape[:2] + (1, 1)``), each of its
+    axes as ``(read node, position)``."""
+    args = [node.kwargs["shape"]] if "shape" in node.kwargs else list(node.args[1:])
+    spelled = _spelled(args[0], reads or {}) if len(args) == 1 else None
+    return args if spelled is None else spelled
+
+
+def size_builders(node: fx.Node, reads: dict) -> set[fx.Node]:
+    """The nodes that build a reshape's size list in forward (``+`` and ``*`` of lists)."""
+    args = [node.kwargs["shape"]] if "shape" in node.kwargs else list(node.args[1:])
+    found, stack = set(), args[:1] if len(args) == 1 else []
+    while stack:
+        value = stack.pop()
+        if isinstance(value, fx.Node) and value.target in (operator.add, operator.mul) \
+                and _spelled(value, reads) is not None:  # fmt: skip
+            found.add(value)
+            stack.extend(value.args)
+    return found
+
+
+def _spelled(value: Any, reads: dict) -> list[Any] | None:
+    """The items of a list or tuple, of a shape in ``reads``, or of one built of those by
+    ``+`` and ``*`` with a count known at capture (``x.ndim - 2``); None for anything else."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if not isinstance(value, fx.Node):
+        return None
+    if value in reads and len(reads[value][1]) > 1:
+        return [(value, i) for i in range(len(reads[value][1]))]
+    if value.op != "call_function" or len(value.args) != 2:
+        return None
+    left, right = value.args
+    if value.target is operator.add:
+        parts = _spelled(left, reads), _spelled(right, reads)
+        return None if None in parts else parts[0] + parts[1]
+    if value.target is operator.mul:
+        items, count = (_spelled(left, reads), _static_int(right))
+        if items is None:
+            items, count = _spelled(right, reads), _static_int(left)
+        return None if items is None or count is None else items * count
+    return None
+
+
+def _static_int(value: Any) -> int | None:
+    """An int computed in forward from tensors' ranks only (``x.ndim - 2``), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, fx.Node) or value.op not in ("call_function", "call_method"):
+        return None
+    rank = value.target is getattr and value.args[1:] == ("ndim",) \
+        or value.op == "call_method" and value.target in ("dim", "ndimension")  # fmt: skip
+    if rank:
+        return _ndim(value.args[0]) or None
+    if value.target in _ARITHMETIC and len(value.args) == 2 and not value.kwargs:
+        left, right = (_static_int(a) for a in value.args)
+        if left is not None and right is not None and (right or value.target is not
+                                                        operator.floordiv):  # fmt: skip
+            return value.target(left, right)
+    return None
 
 
 def _whole_shape_of(node: fx.Node) -> fx.Node | None:
