@@ -586,6 +586,33 @@ def test_dropouts_in_an_exported_graph_are_cut_through(drop):
     assert "a.0" not in held and small.a[0].out_channels == 8
 
 
+class Exported(nn.Module):
+    """conv -> ``fn`` -> conv, iterated so that torch.export captures it."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.a, self.fn, self.b = cbr(3, 16), fn, cbr(16, 16)
+
+    def forward(self, x):
+        return self.b(self.fn(list(self.a(x).chunk(1, 1))[0].clone()))
+
+
+IN_PLACE = {
+    "relu6_": lambda y: y * F.relu6(y + 3, inplace=True) / 6,  # a hard swish
+    "selu_": lambda y: F.selu(y, inplace=True), "celu_": lambda y: F.celu(y, inplace=True),
+    "threshold_": lambda y: F.threshold(y, 0.1, 0.0, inplace=True),
+    "rrelu_": lambda y: F.rrelu(y, training=False, inplace=True),
+    "abs_": lambda y: y.abs_(), "exp_": lambda y: y.mul(0.1).exp_(),
+    "addcmul_": lambda y: y.addcmul_(y, y, value=0.5), "lerp_": lambda y: y.lerp_(-y, 0.3),
+}
+
+
+@pytest.mark.parametrize("fn", IN_PLACE.values(), ids=IN_PLACE.keys())
+def test_in_place_forms_in_an_exported_graph_are_cut_through(fn):
+    small, held = prune(None, Exported(fn))
+    assert "a.0" not in held and small.a[0].out_channels == 8
+
+
 def test_an_equal_split_into_pieces_the_width_does_not_divide_says_so():
     small, held = prune(None, Picked(lambda y: torch.cat(torch.tensor_split(y, 3, 1), 1), 16))
     assert "splits 16 channels into unequal pieces (6/5/5)" in held["a.0"]

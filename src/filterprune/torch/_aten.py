@@ -219,14 +219,17 @@ def _channel_shuffle(node: fx.Node, shape) -> Spec:
     return "channel_shuffle", {"groups": int(named_args(node)["groups"])}
 
 
-def _ops(*names: str, namespace: Any = aten) -> list[Any]:
-    """The overloads ``"relu.default"`` ... that this torch build (or ``namespace``) has."""
+def _ops(*names: str, namespace: Any = aten, inplace: bool = False) -> list[Any]:
+    """The overloads ``"relu.default"`` ... that this torch build (or ``namespace``) has;
+    with ``inplace``, each one's in-place form too (``relu6_.default``), whose output's
+    channels are its input's as well."""
     found = []
     for name in names:
         packet, _, overload = name.partition(".")
-        op = getattr(getattr(namespace, packet, None), overload or "default", None)
-        if op is not None:
-            found.append(op)
+        for variant in (packet, f"{packet}_") if inplace else (packet,):
+            op = getattr(getattr(namespace, variant, None), overload or "default", None)
+            if op is not None and op not in found:
+                found.append(op)
     return found
 
 
@@ -262,7 +265,11 @@ _IDENTITY = _ops(
     "mul_.Scalar", "ge.Scalar", "gt.Scalar", "le.Scalar", "lt.Scalar", "eq.Scalar",
     "ne.Scalar", "remainder.Scalar", "floor_divide.Scalar", "fill_.Scalar",
     "zeros_like.default", "ones_like.default", "full_like.default", "empty_like.default",
-    "rand_like.default", "randn_like.default",
+    "rand_like.default", "randn_like.default", "threshold.default", "rrelu.default",
+    "rrelu_with_noise.default", "hardshrink.default", "softshrink.default", "trunc.default",
+    "frac.default", "tan.default", "sinh.default", "cosh.default", "asinh.default",
+    "exp2.default", "log10.default", "sgn.default",
+    inplace=True,
 )  # fmt: skip
 _ELEMENTWISE = _ops(
     "add.Tensor", "add_.Tensor", "sub.Tensor", "sub_.Tensor", "mul.Tensor", "mul_.Tensor",
@@ -276,6 +283,7 @@ _ELEMENTWISE = _ops(
     "clamp_max.Tensor", "clip.Tensor", "expand_as.default", "lerp.Tensor", "where.ScalarOther",
     "where.ScalarSelf", "fmax.default", "fmin.default", "hypot.default", "logaddexp.default",
     "addcdiv.default", "logical_xor.default",
+    inplace=True,
 )  # fmt: skip
 
 
