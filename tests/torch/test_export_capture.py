@@ -1,5 +1,6 @@
 """Capture that does not give up: torch.export where torch.fx cannot trace."""
 
+import pickle
 import random
 
 import pytest
@@ -108,11 +109,11 @@ def test_export_failure_reports_both_captures():
             super().__init__()
             self.conv = nn.Conv2d(3, 4, 1)
 
-        def forward(self, x):
-            return torch.from_numpy(self.conv(x).detach().numpy() * 2)
+        def forward(self, x):  # a pickle round trip: no capture reads through it
+            return torch.from_numpy(pickle.loads(pickle.dumps(self.conv(x).detach().numpy())))
 
     both = ("torch.fx could not trace Opaque: .*\\. torch.export failed too: torch.export "
-            "could not capture Opaque: .*; draft_export: ")  # each cause, in one line
+            "could not capture Opaque: .*; draft_export: .*; strict: ")  # each, in one line
     with pytest.raises(AnalysisError, match=both) as info:
         capture(Opaque().eval(), (torch.zeros(1, 3, 8, 8),))
     assert "\n" not in str(info.value) and "torch.fx.wrap" not in str(info.value)
@@ -123,6 +124,47 @@ def test_export_failure_reports_both_captures():
     with pytest.raises(AnalysisError, match=r"filterprune.testing.detectors wraps .*"
                        r"masks_unpasted \(Mask R-CNN"):
         capture(Opaque().eval(), (torch.zeros(1, 3, 8, 8),))
+
+
+class OptionA(nn.Module):
+    """A shortcut pooled by a layer made in forward and widened with zeros whose count is
+    computed from the width (ResNet's option A, as MONAI writes it: ``.data``, ``*shape``)."""
+
+    def __init__(self, pad_in_forward=True):
+        super().__init__()
+        self.stem, self.conv = cbs(3, 16, 3), cbs(16, 32, 3)
+        self.head, self.pad_in_forward = nn.Conv2d(32, 4, 1), pad_in_forward
+
+    def forward(self, x):
+        x = self.stem(x)
+        out = nn.AvgPool2d(1, 1)(x)
+        if self.pad_in_forward:
+            zeros = torch.zeros(out.size(0), 32 - out.size(1), *out.shape[2:])
+            out = torch.cat([out.data, zeros], dim=1)
+        return self.head(self.conv(x) + out) if self.pad_in_forward else self.head(self.conv(out))
+
+
+def test_the_strict_capture_takes_what_the_others_cannot_and_the_strip_check_holds_a_pad():
+    """torch.fx cannot iterate ``*out.shape[2:]``, the non-strict capture refuses ``.data``;
+    the strict one captures, with the zeros' width a constant. A cut of the stem changes
+    that width and moves the stem's channels: held, where a check keeping the first
+    channels saw them in place and passed."""
+    torch.manual_seed(0)
+    config = make_config((1, 3, 8, 8), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(OptionA()), config)
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert held["stem.0"].startswith("cut and stripped, the model computes other")
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+
+
+def test_a_layer_made_in_forward_is_traced_through_by_torch_fx():
+    torch.manual_seed(0)
+    config = make_config((1, 3, 8, 8), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(OptionA(pad_in_forward=False)), config)
+    assert ctrl.captured.extra["capture"] == "torch.fx"
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    assert small.stem[0].out_channels == 8
 
 
 def test_a_model_that_fails_on_the_sample_is_refused_with_its_input():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch_helpers import SmallNet, make_config, randomize_bn, run_onnx
 
+from filterprune import NNCFConfig
 from filterprune.onnx import remove_zero_filters, save_model
 from filterprune.torch import create_compressed_model, onnx_export
 from filterprune.torch.onnx_export import export_onnx
@@ -152,11 +153,95 @@ class FixedBatch(nn.Module):
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_a_model_that_fixes_its_batch_exports_with_the_example_batch(tmp_path, exporter, caplog):
+    """The TorchScript exporter wrote a free batch axis here that ran only at batch 1."""
     net, x = FixedBatch().eval(), torch.randn(1, 3, 8, 8)
     with caplog.at_level(logging.INFO, logger="filterprune"):
         export_onnx(net, (x,), str(tmp_path / "m.onnx"), exporter=exporter)
     with torch.no_grad():
         np.testing.assert_allclose(_run(tmp_path / "m.onnx", x), net(x), atol=1e-5)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[0] == 1
+    assert "batch axis cannot be left free" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+class ReadsValues(nn.Module):
+    """A forward whose Python code reads its input's values (a pose decoder's refinement)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        heat = self.conv(x)
+        scores, where = heat.flatten(2).max(2)
+        out = scores.clone()
+        for b in range(heat.shape[0]):
+            for k in range(heat.shape[1]):
+                i = int(where[b, k])  # traced as a constant
+                out[b, k] = out[b, k] + heat[b, k].flatten()[(i + 1) % heat[b, k].numel()]
+        return out
+
+
+def test_a_file_traced_for_the_examples_values_only_is_said(tmp_path, caplog):
+    torch.manual_seed(0)
+    caplog.set_level("WARNING", logger="filterprune")
+    net, x = ReadsValues().eval(), torch.zeros(1, 3, 8, 8)
+    export_onnx(net, (x,), str(tmp_path / "m.onnx"), exporter="torchscript")
+    assert "computes other values than the model on a new input" in caplog.text
+    assert "traced it for the example input only: Converting a tensor to a Python integer" \
+        in caplog.text  # fmt: skip
+    caplog.clear()  # the current exporter writes the reads as graph ops: the same values
+    export_onnx(net, (x,), str(tmp_path / "d.onnx"))
+    assert not caplog.records
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(tmp_path / "d.onnx", x), net(x), atol=1e-5)
+
+
+class FreeBatch(FixedBatch):
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_a_file_that_fails_at_another_batch_is_said(tmp_path, caplog, monkeypatch):
+    """An exporter that writes a graph running at batch 1 only under a free batch axis
+    (here FixedBatch's, for a model that runs at any batch): the warning says how the
+    file fails."""
+    caplog.set_level("WARNING", logger="filterprune")
+    real, fixed = onnx_export._legacy, FixedBatch().eval()
+
+    def free_axis_always(model, args, tmp, names, axes=None):
+        real(fixed, args, tmp, {"input_names": ["x"], "output_names": ["y"]},
+             {"x": {0: "batch"}, "y": {0: "batch"}})  # fmt: skip
+
+    monkeypatch.setattr(onnx_export, "_legacy", free_axis_always)
+    net = FreeBatch().eval()
+    net.load_state_dict(fixed.state_dict())
+    export_onnx(net, (torch.randn(1, 3, 8, 8),), str(tmp_path / "m.onnx"),
+                exporter="torchscript")  # fmt: skip
+    assert "fails in ONNX Runtime on an input of shape [2, 3, 8, 8]" in caplog.text
+
+
+def test_a_quantized_model_whose_roundings_flip_exports_without_a_warning(tmp_path, caplog):
+    """Activations near a rounding boundary round the other way in the file's order of
+    sums: compared with the activations in float, it is the model."""
+    import torchvision
+
+    from filterprune.testing.zoo import nondegenerate
+
+    torch.manual_seed(0)
+    caplog.set_level("INFO", logger="filterprune")
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 64, 64]},
+                                   "compression": [
+        {"algorithm": "filter_pruning", "pruning_init": 0.5},
+        {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}}]})
+    ctrl, model = create_compressed_model(nondegenerate(torchvision.models.resnet18(
+        num_classes=10)), config)  # fmt: skip
+    model.eval()(torch.rand(2, 3, 64, 64))
+    ctrl.export_model(str(tmp_path / "q.onnx"))
+    assert "batch axis cannot be left free" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 class _DictOut(nn.Module):

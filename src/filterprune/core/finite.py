@@ -33,13 +33,15 @@ UNSTRIPPED = ("cut and stripped, the model computes other than the masked model 
               "count used as a number or in a view")  # fmt: skip
 
 
-def probe_cut(groups: Sequence[Group],
-              n_keep: Callable[[Group], int] | None = None) -> dict[int, np.ndarray]:  # fmt: skip
+def probe_cut(groups: Sequence[Group], n_keep: Callable[[Group], int] | None = None,
+              last: bool = False) -> dict[int, np.ndarray]:  # fmt: skip
     """Kept channels per group for a probe: each group cut to its first channel, as deep
     as any level cuts (every group keeps at least one), or to its first ``n_keep(group)``,
     and as many more as its grouped convolutions need to keep equal groups (a cut a strip
-    can make)."""
-    return {g.id: select(g, -np.arange(g.size, dtype=float), n_keep(g) if n_keep else 1).keep
+    can make). ``last``: its last channels instead, so that every kept channel moves in a
+    strip (a kept prefix sits where it sat, and a cut that misplaces channels passes)."""
+    order = np.arange if last else (lambda n, dtype: -np.arange(n, dtype=dtype))
+    return {g.id: select(g, order(g.size, dtype=float), n_keep(g) if n_keep else 1).keep
             for g in groups}  # fmt: skip
 
 

@@ -79,6 +79,16 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return type(m) in LEAF_MODULES or super().is_leaf_module(m, module_qualified_name)
 
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        """A layer made in forward (``nn.AvgPool2d(1, 2)(x)``) is no submodule; without
+        weights its ops are traced as if written in place."""
+        try:
+            self.path_of_module(m)
+        except NameError:
+            if next(m.parameters(), None) is None and next(m.buffers(), None) is None:
+                return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
 
 def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
     was_training = model.training

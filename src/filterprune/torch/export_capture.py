@@ -43,14 +43,15 @@ _FILLS = tuple(getattr(getattr(torch.ops.aten, name), overload)
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """torch.export logs every guard and specialisation, and prints the graph of a failed
     attempt; the notes say what matters."""
     logger = logging.getLogger("torch")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):  # fmt: skip
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -59,7 +60,8 @@ def _quiet() -> Iterator[None]:
 
 def export_program(model: nn.Module, example: tuple[torch.Tensor, ...]):
     """``(ExportedProgram, notes)``: torch.export (non-strict) of ``model`` in eval mode;
-    where it fails, ``draft_export``, with a note per data-dependent place it specialised.
+    where it fails, ``draft_export``, with a note per data-dependent place it specialised;
+    where that fails too, the strict torch.export.
 
     Raises:
         AnalysisError: When neither can capture the model.
@@ -67,17 +69,22 @@ def export_program(model: nn.Module, example: tuple[torch.Tensor, ...]):
     was_training = model.training
     model.eval()  # the inference path, as fx captures it
     try:
-        with _quiet():
+        with quiet():
             try:
                 return torch.export.export(model, tuple(example), strict=False), []
             except Exception as err:  # noqa: BLE001 - any failure: try the lenient capture
                 first = err
             try:
                 program = torch.export.draft_export(model, tuple(example))
-            except Exception as err:  # noqa: BLE001 - reported with the first failure
-                raise AnalysisError(f"torch.export could not capture {type(model).__name__}: "
-                                    f"{_first_line(first)}; draft_export: {_first_line(err)}"
-                                    ) from err  # fmt: skip
+            except Exception as err:  # noqa: BLE001 - the strict capture reads Python
+                draft = err  # (``x.data``, layers made in forward) the others cannot
+                try:
+                    return torch.export.export(model, tuple(example), strict=True), []
+                except Exception as strict:  # noqa: BLE001 - reported with the others
+                    raise AnalysisError(
+                        f"torch.export could not capture {type(model).__name__}: "
+                        f"{_first_line(first)}; draft_export: {_first_line(draft)}; "
+                        f"strict: {_first_line(strict)}") from strict  # fmt: skip
         return program, _draft_notes(program)
     finally:
         model.train(was_training)
@@ -85,7 +92,7 @@ def export_program(model: nn.Module, example: tuple[torch.Tensor, ...]):
 
 def _first_line(err: Exception) -> str:
     lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+    return f"{type(err).__name__}: {lines[0][:400]}" if lines else type(err).__name__
 
 
 def _draft_notes(program: Any) -> list[str]:

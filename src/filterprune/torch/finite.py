@@ -86,7 +86,7 @@ def strip_probe(model: nn.Module, sample: Any, analysis: Analysis,
 
     def same(groups: Sequence[Group]) -> bool:
         keeps = analysis.keeps(probe_cut(groups, lambda g: keep_count(
-            g.size, MAX_GROUP_LEVEL, params.filters_multiple_of)))
+            g.size, MAX_GROUP_LEVEL, params.filters_multiple_of), last=True))
         masked = copy_model(base)
         apply_masks(masked, keeps, layers, bn=bn)
         try:

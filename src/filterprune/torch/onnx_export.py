@@ -11,12 +11,16 @@ The batch axis of every input and output is left free, so a file exported with a
 1-sample example runs at any batch size; a model whose code fixes its batch size (the
 capture cannot leave it free) is exported with the example's batch, and a log message
 says so.
+
+Each file is then run in ONNX Runtime on a new input (two samples where its batch is
+free) and compared with the model: a forward whose Python code reads values of its input
+(a loop over ``int(x[i])``) is traced for the example only, and a file that computes
+something else, or does not run, is said in a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import re
 import warnings
@@ -28,6 +32,7 @@ from torch import nn
 
 from .._atomic import atomic_write, check_writable
 from ._tree import leaves, path_name
+from .onnx_check import compare_file
 
 __all__ = ["export_onnx", "EXPORTERS"]
 
@@ -139,9 +144,50 @@ def _keyed_names(leaves_: list[tuple[tuple, Any]]) -> list[str] | None:
 
 
 def _write(path: str, write, name: str) -> str:
-    atomic_write(path, write, suffix=".onnx")
+    """Write with ``write(tmp)`` (which returns what the file computes differently from
+    the model, or None), then warn where it does."""
+    problems: list[str | None] = []
+
+    def write_checked(tmp: str) -> None:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", torch.jit.TracerWarning)
+            problems.append(write(tmp))
+        traced = [str(w.message) for w in seen if issubclass(w.category, torch.jit.TracerWarning)]
+        if problems[-1] and traced:
+            log.warning("The ONNX file %s %s. The TorchScript exporter traced it for the "
+                        "example input only: %s Write such a step of forward with tensor ops "
+                        "(torch.where, gather), or leave it out of the exported model.",
+                        path, problems[-1], _sentence(traced[0]))  # fmt: skip
+        elif problems[-1]:
+            log.warning("The ONNX file %s %s. A step of forward that depends on the input's "
+                        "values or batch size is the likely cause; do not deploy the file "
+                        "unchecked.", path, problems[-1])  # fmt: skip
+
+    atomic_write(path, write_checked, suffix=".onnx")
     log.info("Exported %s with the %s ONNX exporter.", path, name)
     return name
+
+
+def _free_then_fixed(model: nn.Module, args: tuple, tmp: str, free, fixed) -> str | None:
+    """Export with ``free(tmp)`` (a free batch axis); where that fails, or the file does
+    not compute what the model does at another batch, with ``fixed(tmp)`` (the example's
+    batch). Returns :func:`compare_file` of the file written."""
+    try:
+        free(tmp)
+        problem = compare_file(model, args, tmp)
+        if problem is None:
+            return None
+        reason = f"the file {problem}"
+    except Exception as err:  # noqa: BLE001 - the model fixes its batch size somewhere
+        reason = _short(err)
+    log.info("The batch axis cannot be left free (%s); exporting with the example's "
+             "batch size.", reason)  # fmt: skip
+    fixed(tmp)
+    return compare_file(model, args, tmp)
+
+
+def _sentence(text: str) -> str:
+    return text.strip().split(". ")[0].rstrip(".") + "."
 
 
 _FAKE_QUANT_OPS = ("fake_quantize_per_tensor_affine_cachemask",
@@ -170,16 +216,16 @@ def _fake_quant_meta(x: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.T
     return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
 
 
-def _dynamo(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> None:
+def _dynamo(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> str | None:
     """The current exporter, with a free batch axis where the model allows one."""
     _fake_quant_shapes()
     free = tuple({0: torch.export.Dim.DYNAMIC} if _batched(a) else None for a in args)
-    try:
-        _dynamo_once(model, args, tmp, names, free)
-    except Exception as err:  # noqa: BLE001 - the model fixes its batch size somewhere
-        log.info("The batch axis cannot be left free (%s); exporting with the example's "
-                 "batch size.", _short(err))  # fmt: skip
-        _dynamo_once(model, args, tmp, names, None)
+    # from two samples: torch.export takes an axis of size 1 for a constant, and a graph
+    # captured from one sample could declare a free batch yet run only at 1
+    twice = tuple(torch.cat([a, a]) if _batched(a) else a for a in args)
+    return _free_then_fixed(model, args, tmp,
+                            lambda t: _dynamo_once(model, twice, t, names, free),
+                            lambda t: _dynamo_once(model, args, t, names, None))  # fmt: skip
 
 
 def _dynamo_once(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
@@ -188,10 +234,10 @@ def _dynamo_once(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
     gemma4_vit); such a file is written again without the optimiser."""
     import onnx
 
+    from .export_capture import quiet  # its progress, guards and a failed graph
+
     for optimize in (True, False):
-        quiet = io.StringIO()  # the exporter prints its progress
-        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(quiet):
-            warnings.simplefilter("ignore")
+        with quiet(), torch.no_grad():
             torch.onnx.export(model, args, tmp, dynamo=True, external_data=False, verbose=False,
                               optimize=optimize, dynamic_shapes=dynamic, **names)  # fmt: skip
         try:
@@ -208,7 +254,8 @@ def _batched(arg: Any) -> bool:
     return isinstance(arg, torch.Tensor) and arg.dim() > 0
 
 
-def _legacy_any_batch(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> None:
+def _legacy_any_batch(model: nn.Module, args: tuple, tmp: str,
+                      names: dict[str, Any]) -> str | None:  # fmt: skip
     """The TorchScript exporter with named free batch axes, or the example's batch where
     the traced graph does not run at another batch size."""
     inputs = names["input_names"] or [f"input_{i}" for i in range(len(args))]
@@ -218,18 +265,16 @@ def _legacy_any_batch(model: nn.Module, args: tuple, tmp: str, names: dict[str, 
     outs = names["output_names"] or [f"output_{i}" for i in range(count)]
     axes = {n: {0: "batch"} for n, a in zip(inputs, args, strict=False) if _batched(a)}
     axes.update({n: {0: "batch"} for n in outs})
-    try:
-        _legacy(model, args, tmp, {"input_names": inputs, "output_names": outs}, axes)
-    except Exception as err:  # noqa: BLE001 - e.g. nested outputs the names do not fit
-        log.info("The batch axis cannot be left free (%s); exporting with the example's "
-                 "batch size.", _short(err))  # fmt: skip
-        _legacy(model, args, tmp, names)
+    named = {"input_names": inputs, "output_names": outs}
+    return _free_then_fixed(model, args, tmp, lambda t: _legacy(model, args, t, named, axes),
+                            lambda t: _legacy(model, args, t, names))  # fmt: skip
 
 
 def _legacy(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
             axes: dict[str, Any] | None = None) -> None:  # fmt: skip
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
+        warnings.simplefilter("always", torch.jit.TracerWarning)  # read by _write
         torch.onnx.export(model, args, tmp, dynamo=False, opset_version=LEGACY_OPSET,
                           dynamic_axes=axes, **names)  # fmt: skip
 
