@@ -192,15 +192,27 @@ def _chain(n):
     return Group(0, np.arange(100, 100 + n), ["c"], blocks=blocks)
 
 
-def test_select_keeps_a_group_whole_with_a_reason_when_blocks_stay_uneven():
+def test_select_keeps_a_group_whole_with_a_reason_when_blocks_stay_uneven(monkeypatch):
     scores = -np.arange(10, dtype=float)  # channel 0 first
+    chosen = select(_chain(10), scores, 1)  # one-channel cells: each keeps its one
+    assert chosen.keep.all() and chosen.reason == WHOLE_CELLS
+    monkeypatch.setattr(selection, "_cells", lambda group: None)  # the greedy balancing
     chosen = select(_chain(10), scores, 1)  # 9 links need 9 passes; 8 are allowed
     assert chosen.reason == UNBALANCED
     assert chosen.keep.all() and chosen.added == {k: UNBALANCED for k in range(1, 10)}
     assert select_group(_chain(10), scores, 1).all()
-    short = select(_chain(9), -np.arange(9, dtype=float), 1)  # 8 links: balanced in time
-    assert short.reason is None and short.keep.all()
-    assert short.added == {k: EQUAL_GROUPS for k in range(1, 9)}
+    short = select(_chain(9), -np.arange(9, dtype=float), 1)  # 8 links: balanced in time,
+    assert short.reason == UNBALANCED and short.keep.all()  # but every channel kept: said
+
+
+def test_a_grouped_conv_reading_part_of_a_group_balances_by_cells():
+    """A grouped conv (2 groups) reads channels 0-3 of a group of 8 (half of a concat):
+    channels 4-7 are a part of their own; keeping half keeps one in each row of it. The
+    greedy balancing kept all 8 here, with no reason given."""
+    grp = Group(0, np.arange(8), ["c"], blocks=[np.array([[0, 1], [2, 3]]),
+                                               np.array([[4, 5, 6, 7], [0, 1, 2, 3]])])
+    chosen = select(grp, np.array([8, 7, 6, 5, 4, 3, 2, 1], dtype=float), 4)
+    assert chosen.reason is None and chosen.keep.tolist() == [1, 0, 1, 0, 1, 1, 0, 0]
 
 
 def test_select_says_which_channels_the_blocks_added():

@@ -89,21 +89,22 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
 
 def _cells(group: Group) -> list[np.ndarray] | None:
     """The cells of the blocks' common refinement (channels that share a block in every
-    constraint), if each constraint cleanly partitions the group's channels (grouped
-    convolutions in a row with 2 and 4 groups: 4 cells; with 3 and 2: cells of 4, 2, 2, 4
-    channels)."""
+    constraint), if each constraint cleanly partitions the channels it reads into equal
+    rows (grouped convolutions in a row with 2 and 4 groups: 4 cells; with 3 and 2: cells
+    of 4, 2, 2, 4 channels). Channels a constraint does not read are one more part of it
+    (a grouped conv reading half of a concatenation)."""
     label = np.zeros(group.size, dtype=np.int64)
     for b in group.blocks:
         rows = [np.unique(r[r >= 0]) for r in b]
         if len({r.size for r in rows}) != 1:
             return None
         stacked = np.stack(rows)
-        if np.unique(stacked).size != stacked.size or stacked.size != group.size:
+        if np.unique(stacked).size != stacked.size:
             return None
-        which = np.empty(group.size, dtype=np.int64)
+        which = np.full(group.size, len(rows), dtype=np.int64)
         for i, row in enumerate(stacked):
             which[row] = i
-        label = np.unique(label * len(rows) + which, return_inverse=True)[1]
+        label = np.unique(label * (len(rows) + 1) + which, return_inverse=True)[1]
     return [np.flatnonzero(label == c) for c in range(int(label.max()) + 1)]
 
 
@@ -174,7 +175,8 @@ def select(group: Group, scores: np.ndarray, n_keep: int) -> Selection:
                              WHOLE_CELLS)  # fmt: skip
         return _finish(group, top, keep, True, {})
     keep = top.copy()
-    return _finish(group, top, keep, _grow(group, keep, scores), {})
+    balanced = _grow(group, keep, scores)  # keeping every channel is no cut: said so
+    return _finish(group, top, keep, balanced and not (keep.all() and n_keep < group.size), {})
 
 
 def select_group(group: Group, scores: np.ndarray, n_keep: int) -> np.ndarray:
