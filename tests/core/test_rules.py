@@ -433,3 +433,17 @@ def test_a_group_no_wider_than_the_multiple_says_why_it_stays_whole():
     assert [a.groups[gid].producers for gid in narrow] == [["c1"]]
     assert "filters_multiple_of=8" in next(iter(narrow.values()))
     assert selection.too_narrow(a.prunable_groups, 1) == {}
+
+
+def test_a_group_cut_in_units_of_several_filters_says_what_a_multiple_takes():
+    """5 units of 3 filters (a grouped conv's): a multiple of 8 filters takes 8 units, 24
+    filters; "15 filters, no more than filters_multiple_of=8" read as a contradiction."""
+    grp = Group(0, np.arange(5), ["c"])
+    grp.width = 3
+    assert selection.too_narrow([grp], 8) == {0: (
+        "15 filters, cut in units of 3: a multiple of filters_multiple_of=8 takes 8 units "
+        "(24 filters), so rounding up keeps them all")}  # fmt: skip
+    grp = Group(0, np.arange(4), ["c"])
+    grp.width = 2  # 4 units of 2 make one multiple of 8
+    assert selection.too_narrow([grp], 8) == {0: (
+        "8 filters, no more than filters_multiple_of=8: rounding up keeps them all")}

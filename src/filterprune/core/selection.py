@@ -74,9 +74,19 @@ def unit_multiple(group: Group, multiple_of: int) -> int:
 def too_narrow(groups: list[Group], multiple_of: int) -> dict[int, str]:
     """Why each group that rounding to ``multiple_of`` filters keeps whole at every level
     is left whole: it has no more filters than one multiple."""
-    return {g.id: (f"{g.size * g.width} filters, no more than filters_multiple_of="
-                   f"{multiple_of}: rounding up keeps them all")
-            for g in groups if multiple_of > 1 and unit_multiple(g, multiple_of) >= g.size}
+    return {g.id: _narrow(g, multiple_of) for g in groups
+            if multiple_of > 1 and unit_multiple(g, multiple_of) >= g.size}
+
+
+def _narrow(group: Group, multiple_of: int) -> str:
+    if group.width == 1 or multiple_of % group.width == 0:
+        return (f"{group.size * group.width} filters, no more than filters_multiple_of="
+                f"{multiple_of}: rounding up keeps them all")  # fmt: skip
+    # channels cut in units of several filters: a multiple of them is more than one of 8
+    unit = unit_multiple(group, multiple_of)
+    return (f"{group.size * group.width} filters, cut in units of {group.width}: a multiple "
+            f"of filters_multiple_of={multiple_of} takes {unit} units ({unit * group.width} "
+            "filters), so rounding up keeps them all")  # fmt: skip
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
