@@ -52,6 +52,12 @@ def test_compression_state_restores_into_a_live_controller(tmp_path):
     assert ctrl2.plan.to_dict(ctrl2.analysis) == ctrl.plan.to_dict(ctrl.analysis)
 
 
+def test_a_misspelt_state_keyword_is_refused():
+    """``compresion_state=`` started a fresh run without a word."""
+    with pytest.raises(TypeError, match="Did you mean `compression_state`"):
+        create_compressed_model(_fresh(), _config(), compresion_state={})
+
+
 def test_state_from_another_model_is_rejected():
     ctrl, _ = create_compressed_model(_fresh(), _config())
     inp = keras.Input((32, 32, 3))

@@ -565,3 +565,16 @@ def test_modules_the_traced_forward_never_runs_are_named(by_argument):
     with pytest.warns(UserWarning, match=r"paths\.a did not run in the captured forward"):
         ctrl, _ = create_compressed_model(_Routed(by_argument), config)
     assert any("paths.a did not run" in note for note in ctrl.analysis.graph.notes)
+
+
+def test_a_misspelt_keyword_is_refused_and_nncf_ones_are_said(caplog):
+    """``compresion_state=`` started a fresh run without a word; NNCF's own keywords are
+    accepted, and one that is not used is said."""
+    caplog.set_level("WARNING", logger="filterprune")
+    config = make_config((1, 3, 32, 32))
+    with pytest.raises(TypeError, match="'compresion_state'. Did you mean `compression_state`"):
+        create_compressed_model(SmallNet(), config, compresion_state={})
+    create_compressed_model(SmallNet(), config, dump_graphs=False, wrap_inputs_fn=None)
+    assert not caplog.records
+    create_compressed_model(SmallNet(), config, dummy_forward_fn=lambda model: model)
+    assert "`dummy_forward_fn` is not used: the model is run on inputs made from" in caplog.text

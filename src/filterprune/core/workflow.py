@@ -227,6 +227,24 @@ def _check_algorithms(frontend: Frontend, config: Config) -> list[str]:
     return names
 
 
+def check_nncf_keywords(given: Mapping[str, Any], accepted: Mapping[str, str]) -> None:
+    """Refuse keywords of ``create_compressed_model`` other than NNCF's own (``accepted``:
+    name -> what this library does instead), and warn where one given is not used. A
+    misspelt ``compression_state`` used to start a fresh run without a word.
+
+    Raises:
+        TypeError: Naming the keyword, and the closest one accepted.
+    """
+    names = ["compression_state", *accepted]
+    for key, value in given.items():
+        if key not in accepted:
+            raise TypeError(f"create_compressed_model() got an unexpected keyword argument "
+                            f"{key!r}.{did_you_mean(key, names)} It takes "
+                            f"{', '.join(names)}.")  # fmt: skip
+        if value is not None and accepted[key]:
+            log.warning("create_compressed_model: `%s` is not used: %s.", key, accepted[key])
+
+
 def create_compressed_model(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
                             compression_state: dict[str, Any] | None = None,
                             ) -> tuple[CompressionController, Any]:  # fmt: skip

@@ -48,7 +48,7 @@ __all__ = [
 
 def create_compressed_model(model: Any, config: Config | dict,
                             compression_state: dict[str, Any] | None = None,
-                            **_: Any) -> tuple[Any, Any]:  # fmt: skip
+                            **nncf_keywords: Any) -> tuple[Any, Any]:  # fmt: skip
     """Prepare a Keras model for the algorithms of ``config`` (pruning, quantization,
     knowledge distillation).
 
@@ -70,6 +70,7 @@ def create_compressed_model(model: Any, config: Config | dict,
         AnalysisError: For a subclassed model or an unbuilt Sequential.
         RuntimeError: If Keras runs on a backend other than TensorFlow.
     """
+    workflow.check_nncf_keywords(nncf_keywords, {})  # a misspelt compression_state: refused
     return workflow.create_compressed_model(KerasFrontend(), model, config, compression_state)
 
 

@@ -35,15 +35,26 @@ __all__ = [
 ]
 
 
+_NNCF_KEYWORDS = {
+    "dummy_forward_fn": "the model is run on inputs made from `input_info` (give a "
+                        "`keyword` per entry for named arguments)",
+    "wrap_inputs_fn": "inputs are not wrapped", "wrap_outputs_fn": "outputs are not wrapped",
+    "dump_graphs": "",  # NNCF's debug output: nothing to dump, nothing to say
+}
+
+
 def create_compressed_model(model: nn.Module, config: Config | dict,
                             compression_state: dict[str, Any] | None = None,
-                            **_: Any) -> tuple[Any, nn.Module]:  # fmt: skip
+                            **nncf_keywords: Any) -> tuple[Any, nn.Module]:  # fmt: skip
     """Prepare ``model`` for the algorithms of ``config`` (pruning, quantization).
 
     Args:
         model: The model to compress; it is modified in place and returned.
         config: A :class:`~filterprune.Config` (``NNCFConfig``) or a plain dict.
         compression_state: ``ctrl.get_compression_state()`` from a checkpoint, to resume.
+        nncf_keywords: NNCF's ``dummy_forward_fn``, ``wrap_inputs_fn``,
+            ``wrap_outputs_fn`` and ``dump_graphs`` are accepted for its scripts, and a
+            warning says where one given is not used; any other keyword is a TypeError.
 
     Returns:
         ``(compression_ctrl, model)``: the algorithm's controller, or a
@@ -52,6 +63,7 @@ def create_compressed_model(model: nn.Module, config: Config | dict,
     Raises:
         ConfigError: For an invalid config or one this frontend cannot run.
     """
+    workflow.check_nncf_keywords(nncf_keywords, _NNCF_KEYWORDS)
     with own_arithmetic():  # BatchNorm statistics and ranges of the model as deployed
         return workflow.create_compressed_model(TorchFrontend(), model, config, compression_state)
 

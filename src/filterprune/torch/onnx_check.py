@@ -34,6 +34,8 @@ def compare_file(model: nn.Module, args: tuple, path: str, tol: float = 1e-4) ->
     A quantized model that differs is compared again with its activations in float on
     both sides (Q/DQ pairs, quantizers): summed in another order, a value near a rounding
     boundary rounds the other way, and in a deep network such steps add up past ``tol``.
+    Its weights, quantized after BatchNorm folding, can flip a step too: that comparison
+    allows 1e-3 (a file traced for the example's values differs by 1e-2 and more).
     """
     try:
         import onnx
@@ -56,7 +58,8 @@ def compare_file(model: nn.Module, args: tuple, path: str, tol: float = 1e-4) ->
     problem = _differs(model, new_args, proto, feeds, tol)
     if problem and "fails" not in problem and _quantized(proto):
         with _activations_in_float(model):
-            problem = _differs(model, new_args, activations_in_float(proto), feeds, tol)
+            problem = _differs(model, new_args, activations_in_float(proto), feeds,
+                               max(tol, 1e-3))  # fmt: skip
     return problem
 
 

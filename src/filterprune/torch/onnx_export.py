@@ -170,13 +170,13 @@ def _write(path: str, write, name: str) -> str:
 
 def _free_then_fixed(model: nn.Module, args: tuple, tmp: str, free, fixed) -> str | None:
     """Export with ``free(tmp)`` (a free batch axis); where that fails, or the file does
-    not compute what the model does at another batch, with ``fixed(tmp)`` (the example's
-    batch). Returns :func:`compare_file` of the file written."""
+    not run at another batch (or returns another shape), with ``fixed(tmp)`` (the
+    example's batch). Returns :func:`compare_file` of the file written."""
     try:
         free(tmp)
         problem = compare_file(model, args, tmp)
-        if problem is None:
-            return None
+        if problem is None or not problem.startswith(("fails", "returns shape")):
+            return problem  # values: a fixed batch would not compute them otherwise
         reason = f"the file {problem}"
     except Exception as err:  # noqa: BLE001 - the model fixes its batch size somewhere
         reason = _short(err)
