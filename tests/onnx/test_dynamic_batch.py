@@ -1,6 +1,7 @@
 """Reshape targets computed from a dynamic batch size (exports with a dynamic batch axis)."""
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from onnx import helper
@@ -274,3 +275,46 @@ def test_gathernd_picking_channels_keeps_them(tmp_path):
                         np.zeros((1, 4, 6, 6)))
     assert layer(report, "a").removed == 0 and layer(report, "a").kept_zero == 3
     assert "GatherND picks its entries by index" in str(report)
+
+
+class _InitialState(nn.Module):
+    """An LSTM-style gate whose state starts as ``fill_like(w)`` (DIA-Net): exported with a
+    free batch as ``Expand(value, Shape(w))``, its width read from ``w`` at run time."""
+
+    def __init__(self, fill):
+        super().__init__()
+        self.conv, self.fill = nn.Conv2d(3, 16, 3, padding=1), fill
+        self.fc_x, self.fc_h, self.out = nn.Linear(16, 16), nn.Linear(16, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        w = y.mean((2, 3))
+        h = self.fill(w)
+        return self.out(y * torch.sigmoid(self.fc_x(w) + self.fc_h(h))[:, :, None, None])
+
+
+@pytest.mark.parametrize("fill", [torch.zeros_like, torch.ones_like], ids=["zeros", "ones"])
+def test_a_fill_in_the_shape_of_a_cut_tensor_is_cut_with_it(fill, tmp_path):
+    """It was taken for shape arithmetic: the tensor's channels were cut and the Linear
+    reading the fill was not, and ONNX Runtime refused the converted file."""
+    m = _InitialState(fill).eval()
+    zero(m.conv, [1, 4, 6])
+    zero(m.fc_x, None, [1, 4, 6])
+    zero(m.fc_h, None, [1, 4, 6])  # a ones fill's columns are read: zero in a masked export
+    path = export(m, torch.randn(2, 3, 8, 8), tmp_path / "m.onnx", input_names=["x"],
+                  dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    assert any(n.op_type in ("Expand", "ConstantOfShape") for n in onnx.load(path).graph.node)
+    new, report = convert(path, torch.zeros(3, 3, 8, 8))
+    assert layer(report, "conv").removed == 3
+    assert weight_shape(new, "fc_h") == (13, 13)  # its rows gate the cut channels: cut too
+
+
+def test_a_ones_fill_read_by_live_columns_keeps_its_channels(tmp_path):
+    """Its channels are ones: a reader whose columns for them are not zero needs them."""
+    m = _InitialState(torch.ones_like).eval()
+    zero(m.conv, [1, 4, 6])
+    zero(m.fc_x, None, [1, 4, 6])
+    path = export(m, torch.randn(2, 3, 8, 8), tmp_path / "m.onnx", input_names=["x"],
+                  dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    new, report = convert(path, torch.zeros(3, 3, 8, 8))  # checks the outputs agree
+    assert layer(report, "conv").removed == 0

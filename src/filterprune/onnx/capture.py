@@ -94,6 +94,11 @@ class _Emitter:
         self.track_sizes(node)
         if not outs or self.facts.folded(node) or self.facts.dq_node(outs[0]) is not None:
             return  # a constant, or a quantized weight (part of the layer that reads it)
+        like = self.filled_like(node)
+        if like is not None:  # zeros_like(t): t's channels, cut with t's by its Shape
+            self.emit(idx, node, [self.operand(like[0])], ("identity", {}), None,
+                      "zero" if like[1] else "none")  # fmt: skip
+            return
         spec = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         picks = range(len(node.input)) if spec is None or spec.tensors is None else spec.tensors
         names = [node.input[i] for i in picks if i < len(node.input) and node.input[i]]
@@ -134,6 +139,29 @@ class _Emitter:
         if kind == "identity" and node.op_type in _QDQ and not self.facts.keeps_zero(node).all():
             mode = "none"  # a per-tensor Q/DQ whose zero points do not match
         self.emit(idx, node, inputs, (kind, attrs), layer, mode)
+
+    def filled_like(self, node: onnx.NodeProto) -> tuple[str, bool] | None:
+        """``(t, all zero)`` for a tensor of one value in the shape of ``t`` (``Expand`` of
+        a one-value constant, or ``ConstantOfShape``, to ``Shape(t)``: torch's
+        ``zeros_like``), else None. Its width is read from ``t`` when the model runs."""
+        if node.domain not in ("", "ai.onnx") or not node.input:
+            return None
+        if node.op_type == "Expand" and len(node.input) == 2:
+            value, shape = self.facts.const(node.input[0]), node.input[1]
+        elif node.op_type == "ConstantOfShape":
+            attr = attrs_of(node).get("value")
+            value = np.zeros(1) if attr is None else onnx.numpy_helper.to_array(attr)
+            shape = node.input[0]
+        else:
+            return None
+        source = self.facts.producer(shape)
+        if value is None or np.size(value) != 1 or source is None or source.op_type != "Shape":
+            return None
+        attrs = attrs_of(source)
+        if attrs.get("start", 0) != 0 or attrs.get("end") is not None:
+            return None
+        like = source.input[0]
+        return (like, not np.any(value)) if like in self.graph.nodes else None
 
     def _size_free(self, node: onnx.NodeProto) -> bool:
         """Whether ``node`` moves elements the same whatever size a dynamic dimension has:

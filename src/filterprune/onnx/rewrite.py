@@ -242,8 +242,8 @@ class _Writer:
 
     def expand(self, ni: int, node: onnx.NodeProto) -> None:
         changed = self._changed(node.output[0])
-        if changed is None:
-            return
+        if changed is None or node.input[1] not in self.cap.consts:
+            return  # a shape read in the file (Shape of the tensor it fills like) follows
         shape = [int(s) for s in self.cap.consts[node.input[1]]]
         offset = len(changed[1]) - len(shape)
         for a, (o, n) in enumerate(zip(*changed, strict=True)):

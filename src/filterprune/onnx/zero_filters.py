@@ -116,6 +116,8 @@ class _Zeros:
             return self.per_channel(node)
         if node.op in ("input", "stop", "param") or mode == "none":
             return self.all_roots(node.name)
+        if mode == "zero":  # zeros of another tensor's shape
+            return _EMPTY
         if mode == "keep":
             arrays = [self._in(i) for i in ins]
             out = np.unique(np.concatenate(arrays)) if arrays else _EMPTY
