@@ -103,6 +103,8 @@ def parse_spec(text: str) -> ModelSpec:
 
 
 # -- torch models --------------------------------------------------------------------------
+_KIND_NAMES = {"onnx": "an ONNX", "keras": "a Keras"}
+
 def load_torch_model(spec: ModelSpec, *, trusted: bool = False, num_classes: int | None = None,
                      built: Any = None) -> Any:  # fmt: skip
     """Build the ``nn.Module`` a torch spec names, checked by :func:`check_torch_model`.
@@ -115,8 +117,11 @@ def load_torch_model(spec: ModelSpec, *, trusted: bool = False, num_classes: int
     builders = {"torchvision": _torchvision, "timm": _timm, "factory": _factory,
                 "pickle": lambda s, n: _pickled(s, trusted)}  # fmt: skip
     if spec.kind not in builders:
-        raise UsageError(f"MODEL {spec.text} is a {spec.kind} file; this command needs a "
-                         "PyTorch model (torchvision:NAME, timm:NAME, module:factory).")
+        hint = " (for an ONNX file's layers and zero filters: `filterprune convert " \
+               f"{spec.text} -o OUT --report`)" if spec.kind == "onnx" else ""  # fmt: skip
+        raise UsageError(f"MODEL {spec.text} is {_KIND_NAMES.get(spec.kind, spec.kind)} file; "
+                         "this command needs a PyTorch model (torchvision:NAME, timm:NAME, "
+                         f"module:factory).{hint}")  # fmt: skip
     model = built if built is not None else builders[spec.kind](spec, num_classes)
     check_torch_model(model, spec.text)
     return model

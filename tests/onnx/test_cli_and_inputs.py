@@ -368,3 +368,33 @@ def test_a_float16_file_openvino_rounds_otherwise_is_told_the_tolerance(tmp_path
     told = re.search(r"a --tolerance of ([0-9.e-]+) takes", capsys.readouterr().err)
     assert told is not None
     assert main(["convert", path, "--to", "openvino", "-o", xml, "--tolerance", told[1]]) == 0
+
+
+def test_bench_refuses_a_fixed_batch_and_says_when_models_differ(tmp_path, caplog, capsys):
+    """A file fixed at batch 1 timed at batch 2 failed inside ONNX Runtime (a Reshape's
+    raw error); two unrelated models were ranked with nothing said."""
+    from filterprune.onnx.bench import benchmark
+
+    caplog.set_level("WARNING", logger="filterprune")
+    fixed, other = str(tmp_path / "fixed.onnx"), str(tmp_path / "other.onnx")
+
+    class Flat(Net):
+        def forward(self, x):
+            return super().forward(x).reshape(1, 4)  # the batch written in the graph
+
+    torch.onnx.export(Flat().eval(), (torch.randn(1, 3, 8, 8),), fixed, dynamo=False)
+    torch.onnx.export(Net().eval(), (torch.randn(1, 3, 12, 12),), other, dynamo=False)
+    with pytest.raises(ConversionError, match=r"fixed batch of 1 .* Give --batch 1"):
+        benchmark({"fixed": fixed}, batches=(2,), seconds=0, min_runs=1)
+    rows = benchmark({"a": fixed, "b": other}, seconds=0, min_runs=1, warmup=0,
+                     turn_seconds=0)  # fmt: skip
+    assert "b has inputs [(3, 12, 12)] where the baseline a has [(3, 8, 8)]" in caplog.text
+    assert rows[0].throughput == pytest.approx(1e3 / rows[0].median_ms)  # one statistic
+
+
+def test_an_openvino_ir_given_to_convert_is_named(tmp_path, capsys):
+    """It said "Wire format was corrupt"."""
+    ir = tmp_path / "small.xml"
+    ir.write_text('<?xml version="1.0"?><net name="m" version="11"><layers/></net>')
+    assert main(["convert", str(ir), "-o", str(tmp_path / "o.onnx")]) == 2
+    assert "is an OpenVINO IR; this reads ONNX" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from torch_helpers import SmallNet, make_config
 
@@ -167,3 +168,13 @@ def test_analyze_names_a_layer_in_no_group_and_why(capsys, tmp_path):
     assert main(["analyze", f"{tmp_path / 'wsnet.py'}:build", "--input", "1,3,16,16"]) == 0
     text = capsys.readouterr().out
     assert "layer 2 (" in text and "reads a weight computed in forward" in text
+
+
+def test_an_onnx_file_given_where_a_torch_model_is_needed_points_at_convert():
+    """`report m.onnx --checkpoint ...` said "is a onnx file", with no way forward."""
+    from filterprune.cli_common import UsageError
+    from filterprune.cli_models import ModelSpec, load_torch_model
+
+    with pytest.raises(UsageError, match=r"m.onnx is an ONNX file; .*`filterprune convert "
+                                         r"m.onnx -o OUT --report`"):
+        load_torch_model(ModelSpec("onnx", "m.onnx", "m.onnx"))

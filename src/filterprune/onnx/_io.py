@@ -37,6 +37,11 @@ def load_model(model: Any) -> onnx.ModelProto:
     path = Path(model)
     if not path.is_file():
         raise ConversionError(f"No such ONNX file: {str(path)!r}.")
+    if path.suffix.lower() in (".xml", ".bin"):  # OpenVINO IR: it is what convert writes
+        raise ConversionError(
+            f"{str(path)!r} is an OpenVINO IR; this reads ONNX. Give the .onnx file it was "
+            "converted from (ctrl.export_model writes one)."
+        )
     try:
         proto = onnx.load(str(path))
     except Exception as err:  # noqa: BLE001 - protobuf raises several types for bad bytes

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ from ._io import load_model
 __all__ = ["BenchRow", "benchmark", "format_table", "model_flops"]
 
 RUNTIMES = ("onnxruntime", "openvino")
+log = logging.getLogger("filterprune")
 
 
 @dataclass
@@ -43,7 +45,7 @@ class BenchRow:
     runs: int
     median_ms: float
     p90_ms: float
-    throughput: float  # samples per second (batch / mean latency)
+    throughput: float  # samples per second at the median latency (batch / median)
     flops: int
     speedup: float = 1.0  # baseline median / this median
     flops_ratio: float = 1.0  # baseline FLOPs / this FLOPs
@@ -172,6 +174,8 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
         raise ValueError("`models` must name at least one model. Received: models={}.")
     if any(int(b) < 1 for b in batches) or int(threads) < 1:
         raise ValueError(f"`batches` and `threads` must be >= 1. Received: {batches}, {threads}.")
+    shapes = {label: _io_shapes(m) for label, m in models.items()}
+    _check_comparable(shapes)
     flops = {label: model_flops(m) for label, m in models.items()}
     precision = {label: _precision(m) for label, m in models.items()}
     rows: list[BenchRow] = []
@@ -182,7 +186,7 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
                 _session(model, runtime, batch, int(threads))()
         except Exception as err:  # noqa: BLE001 - the runtime rejects the model or batch size
             message = f"{runtime} could not run the models at batch {batch}: {err}"
-            raise ConversionError(message) from err
+            raise ConversionError(_fixed_batch(shapes, batch) or message) from err
         times: dict[str, list[float]] = {label: [] for label in prepared}
         start = time.perf_counter()
         with progress(desc=f"bench batch {batch}") as bar:
@@ -194,6 +198,49 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
                 bar.update(1)
         rows += _rows(times, flops, precision, runtime, batch, int(threads))
     return rows
+
+
+def _io_shapes(model: Any) -> tuple[list[tuple], list[tuple]]:
+    """The shapes of ``model``'s inputs and outputs, None for a dimension not fixed."""
+    if _is_openvino(model):
+        from .openvino import read_openvino
+
+        m = read_openvino(model)
+        return tuple([tuple(d.get_length() if d.is_static else None
+                            for d in p.get_partial_shape()) for p in ports]
+                     for ports in (m.inputs, m.outputs))  # fmt: skip
+    graph = load_model(model).graph
+    inits = {i.name for i in graph.initializer}
+    return tuple([tuple(d.dim_value if d.HasField("dim_value") else None
+                        for d in v.type.tensor_type.shape.dim) for v in values]
+                 for values in ([i for i in graph.input if i.name not in inits], graph.output))
+
+
+def _check_comparable(shapes: Mapping[str, tuple[list[tuple], list[tuple]]]) -> None:
+    """Warn where a model takes or returns other shapes than the baseline (past the batch):
+    its speed-up would compare different work."""
+    labels = list(shapes)
+    base = [[s[1:] for s in side] for side in shapes[labels[0]]]
+    for label in labels[1:]:
+        mine = [[s[1:] for s in side] for side in shapes[label]]
+        for side, name in ((0, "inputs"), (1, "outputs")):
+            if mine[side] != base[side]:
+                log.warning("bench: %s has %s %s where the baseline %s has %s (past the batch "
+                            "axis): its speed-up compares different work.", label, name,
+                            mine[side], labels[0], base[side])  # fmt: skip
+
+
+def _fixed_batch(shapes: Mapping[str, tuple[list[tuple], list[tuple]]], batch: int) -> str:
+    """Why a model exported with another fixed batch fails at ``batch`` (a Reshape to a
+    size written for its batch), or an empty string."""
+    for label, (inputs, _) in shapes.items():
+        fixed = {s[0] for s in inputs if s and s[0] is not None}
+        if fixed and fixed != {batch}:
+            return (f"{label} was exported with a fixed batch of {min(fixed)} (its inputs "
+                    f"{[list(s) for s in inputs]}), and does not run at batch {batch}. Give "
+                    f"--batch {min(fixed)} (batches={min(fixed)}), or export the model with "
+                    "a free batch axis.")  # fmt: skip
+    return ""
 
 
 def _precision(model: Any) -> str:
@@ -212,7 +259,7 @@ def _rows(times, flops, precision, runtime, batch, threads) -> list[BenchRow]:
     for label, t in times.items():
         ms = np.asarray(t) * 1e3
         out.append(BenchRow(label, runtime, batch, threads, len(t), float(np.median(ms)),
-                            float(np.percentile(ms, 90)), batch * 1e3 / float(ms.mean()),
+                            float(np.percentile(ms, 90)), batch * 1e3 / float(np.median(ms)),
                             flops[label], precision=precision[label]))  # fmt: skip
     base = out[0]
     for row in out:
