@@ -447,3 +447,12 @@ def test_a_group_cut_in_units_of_several_filters_says_what_a_multiple_takes():
     grp.width = 2  # 4 units of 2 make one multiple of 8
     assert selection.too_narrow([grp], 8) == {0: (
         "8 filters, no more than filters_multiple_of=8: rounding up keeps them all")}
+
+
+def test_a_channel_filling_two_positions_of_a_partial_row_is_balanced_by_positions():
+    """A grouped conv reads channels 0-5, 2 and 5 twice each: cells would count channels,
+    not positions, and left rows of 2 and 1."""
+    grp = Group(0, np.arange(12), ["c"], blocks=[np.array([[0, 1, 2, 2], [3, 4, 5, 5]])])
+    scores = np.array([0, 0, 9, 9, 0, 0, 9, 9, 9, 9, 9, 9], dtype=float)
+    chosen = select(grp, scores, 4)
+    assert chosen.reason is None and selection._balanced(grp, chosen.keep)

@@ -398,3 +398,11 @@ def test_an_openvino_ir_given_to_convert_is_named(tmp_path, capsys):
     ir.write_text('<?xml version="1.0"?><net name="m" version="11"><layers/></net>')
     assert main(["convert", str(ir), "-o", str(tmp_path / "o.onnx")]) == 2
     assert "is an OpenVINO IR; this reads ONNX" in capsys.readouterr().err
+
+
+def test_bench_reads_a_fixed_batch_from_batched_inputs_only():
+    """A second input of shape [4] read as "a fixed batch of 4"."""
+    from filterprune.onnx.bench import _fixed_batch
+
+    assert _fixed_batch({"m": ([(None, 3, 8, 8), (4,)], [])}, 2) == ""
+    assert "fixed batch of 1" in _fixed_batch({"m": ([(1, 3, 8, 8), (4,)], [])}, 2)

@@ -3,6 +3,7 @@
 import logging
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -343,3 +344,39 @@ def test_values_that_differ_keep_the_free_batch(tmp_path, caplog, monkeypatch):
     assert not isinstance(sess.get_inputs()[0].shape[0], int)
     assert "batch axis cannot be left free" not in caplog.text
     assert "computes other values than the model on a new input" in caplog.text
+
+
+class _MaskedLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.masked_fill(y < 0, float("-inf"))
+
+
+class _Bf16Inside(nn.Module):
+    """Computes in bfloat16, which ONNX Runtime's CPU convolution does not run."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1).bfloat16()
+
+    def forward(self, x):
+        return self.conv(x.bfloat16()).float()
+
+
+def test_the_file_check_follows_the_models_arithmetic(tmp_path, caplog):
+    """Half precision rounds at 1e-3 and -inf minus -inf is NaN: both warned, wrongly. A
+    file the runtime refuses at any batch keeps its free batch (a fixed one fails alike)."""
+    caplog.set_level("WARNING", logger="filterprune")
+    torch.manual_seed(0)
+    export_onnx(randomize_bn(SmallNet()).eval().half(), (torch.rand(1, 3, 32, 32).half(),),
+                str(tmp_path / "h.onnx"))  # fmt: skip
+    export_onnx(_MaskedLogits().eval(), (torch.randn(1, 3, 8, 8),), str(tmp_path / "i.onnx"))
+    assert not caplog.records
+    export_onnx(_Bf16Inside().eval(), (torch.randn(1, 3, 8, 8),), str(tmp_path / "b.onnx"))
+    assert "fails in ONNX Runtime" in caplog.text
+    dim = onnx.load(str(tmp_path / "b.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param and not dim.dim_value

@@ -120,6 +120,8 @@ class BuiltSizeSE(nn.Module):
             return x * y.view([b, c] + [1] * (x.ndim - 2))
         if self.form == "shape_slice":
             return x * y.view(x.shape[:2] + (1, 1))
+        if self.form == "one_axis_slice":  # a tuple of one size, then a -1
+            return x * y.reshape(y.shape[:1] + (-1, 1, 1))
         return x * y.view([b] + [c] + (x.dim() - 2) * [1])
 
 
@@ -136,7 +138,27 @@ class BuiltSizeOther(nn.Module):
         return x * y.view([x.shape[0], y.shape[1]] + [1] * (x.ndim - 2))
 
 
-@pytest.mark.parametrize("form", ["list", "shape_slice", "nested"])
+class SharedSize(nn.Module):
+    """The size list built for the gate's view also sizes a new tensor: a number there."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.u, self.proj = nn.Linear(32, 32), nn.Conv2d(32, 32, 1), nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        size = x.shape[:2] + (1, 1)
+        y = torch.sigmoid(self.fc(x.mean((2, 3)))).view(size)
+        return x * y + self.proj(self.u(x) + torch.ones(size))  # ones sized by x, added to u
+
+
+def test_a_size_list_that_also_sizes_a_new_tensor_keeps_its_channels():
+    """The list's builder was taken as the view's own: the group was cut, and the stripped
+    model failed (ones of the old width added to the cut tensor)."""
+    _, held = prune(Head(SharedSize()))  # strip == masked
+    assert "b.0" in held
+
+
+@pytest.mark.parametrize("form", ["list", "shape_slice", "one_axis_slice", "nested"])
 def test_a_size_list_built_in_forward_is_read_item_by_item(form):
     ctrl, held = prune(Head(BuiltSizeSE(form)))
     assert "b.0" not in held and "body.fc" not in held

@@ -106,8 +106,8 @@ def _cells(group: Group) -> list[np.ndarray] | None:
     label = np.zeros(group.size, dtype=np.int64)
     for b in group.blocks:
         rows = [np.unique(r[r >= 0]) for r in b]
-        if len({r.size for r in rows}) != 1:
-            return None
+        if len({r.size for r in rows}) != 1 or sum(r.size for r in rows) != np.sum(b >= 0):
+            return None  # unequal rows, or a channel filling several positions of one
         stacked = np.stack(rows)
         if np.unique(stacked).size != stacked.size:
             return None

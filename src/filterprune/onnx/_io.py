@@ -37,7 +37,7 @@ def load_model(model: Any) -> onnx.ModelProto:
     path = Path(model)
     if not path.is_file():
         raise ConversionError(f"No such ONNX file: {str(path)!r}.")
-    if path.suffix.lower() in (".xml", ".bin"):  # OpenVINO IR: it is what convert writes
+    if path.suffix.lower() == ".xml":  # OpenVINO IR: it is what convert writes
         raise ConversionError(
             f"{str(path)!r} is an OpenVINO IR; this reads ONNX. Give the .onnx file it was "
             "converted from (ctrl.export_model writes one)."

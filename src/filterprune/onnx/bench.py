@@ -72,7 +72,7 @@ def model_flops(model: Any) -> int:
 
 def _is_openvino(model: Any) -> bool:
     if isinstance(model, (str, os.PathLike)):
-        return str(model).endswith(".xml")
+        return str(model).lower().endswith(".xml")
     return type(model).__module__.startswith("openvino")
 
 
@@ -234,7 +234,7 @@ def _fixed_batch(shapes: Mapping[str, tuple[list[tuple], list[tuple]]], batch: i
     """Why a model exported with another fixed batch fails at ``batch`` (a Reshape to a
     size written for its batch), or an empty string."""
     for label, (inputs, _) in shapes.items():
-        fixed = {s[0] for s in inputs if s and s[0] is not None}
+        fixed = {s[0] for s in inputs if len(s) > 1 and s[0] is not None}  # a batch axis
         if fixed and fixed != {batch}:
             return (f"{label} was exported with a fixed batch of {min(fixed)} (its inputs "
                     f"{[list(s) for s in inputs]}), and does not run at batch {batch}. Give "

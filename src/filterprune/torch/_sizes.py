@@ -33,7 +33,8 @@ class SizeReads:
         numbers: Read value nodes used other than as a reshape's size argument.
         free: A reshape node -> output axes whose size is computed from sizes of the
             reshaped tensor itself (``x.view(n, g, c // g, h, w)``): the reshape keeps
-            the element count, so such an axis follows the cut like a ``-1``.
+            the element count, so such an axis follows the cut like a ``-1``; and its
+            ``-1`` axes.
         even_splits: Splits into ``k`` equal pieces of whatever width the tensor has
             (``torch.split(x, x.shape[1] // k, 1)``), like ``chunk``.
         even_slices: A slice ``x[:, : x.shape[1] // 2]`` -> ``(axis, k)``: its bounds,
@@ -68,14 +69,20 @@ class SizeReads:
                 if read is not None and (isinstance(arg, tuple) or len(read[1]) == 1):
                     found.ties.setdefault(node, []).append((axis, read[0], read[1][index]))
                     builders = size_builders(node, found.reads)
-                    direct.setdefault(value, set()).update({node, *builders})
+                    if all(set(b.users) <= {node, *builders} for b in builders):
+                        direct.setdefault(value, set()).update({node, *builders})
+                    # else the list sizes a new tensor too: the read stays a number
                 elif isinstance(arg, fx.Node) and not foreign_size(arg, node.args[0]):
                     free[axis] = arg
-            if len(free) == 1:  # two computed axes (``view(b, g, c // g)`` with ``g`` read
-                # too) would both move with a cut: the reshape keeps the count, not the layout
+            minus = {axis for axis, arg in enumerate(sizes) if type(arg) is int and arg == -1}
+            if len(free) == 1 and not minus:  # two moving axes (``view(b, g, c // g)`` with
+                # ``g`` read too, or a -1 beside) would both follow a cut: the reshape keeps
+                # the count, not the layout
                 found.free[node] = set(free)
                 for arg in free.values():
                     sized.setdefault(arg, set()).add(node)
+            if minus:  # a -1 in a list built in forward, which the op table read as computed
+                found.free.setdefault(node, set()).update(minus)
         for node in graph.nodes:
             size = _even_split_size(node, found.reads)
             if size is not None:
@@ -264,7 +271,7 @@ def _spelled(value: Any, reads: dict) -> list[Any] | None:
         return list(value)
     if not isinstance(value, fx.Node):
         return None
-    if value in reads and len(reads[value][1]) > 1:
+    if value in reads and (len(reads[value][1]) > 1 or _shape_slice(value)):
         return [(value, i) for i in range(len(reads[value][1]))]
     if value.op != "call_function" or len(value.args) != 2:
         return None
@@ -278,6 +285,12 @@ def _spelled(value: Any, reads: dict) -> list[Any] | None:
             items, count = _spelled(right, reads), _static_int(left)
         return None if items is None or count is None else items * count
     return None
+
+
+def _shape_slice(value: fx.Node) -> bool:
+    """Whether ``value`` is a shape or a slice of one (a tuple, even of one size)."""
+    return _whole_shape_of(value) is not None or value.target is operator.getitem \
+        and isinstance(value.args[1], slice)  # fmt: skip
 
 
 def _static_int(value: Any) -> int | None:

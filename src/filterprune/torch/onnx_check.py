@@ -14,20 +14,25 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..testing.zoo import relative_diff
 from ._tree import leaves
 from .fake_quant import FakeQuantize
 
 __all__ = ["compare_file"]
 
 
-def compare_file(model: nn.Module, args: tuple, path: str, tol: float = 1e-4) -> str | None:
+def compare_file(model: nn.Module, args: tuple, path: str, tol: float = 1e-4,
+                 same_batch: bool = False) -> str | None:  # fmt: skip
     """Run the ONNX file at ``path`` and ``model`` on a new input like ``args`` (two
     samples where the file's batch is free): None where they agree within ``tol``
     relative to the largest output, else what differs, as a phrase ("fails in ONNX
-    Runtime ..."). Not checked (None) without onnxruntime, where the file's inputs or
+    Runtime ..."). ``same_batch``: at the example's batch. ``tol`` widens to the
+    arithmetic of the model (half precision, TF32 on CUDA). Not checked (None) without
+    onnxruntime, where the file's inputs or
     outputs do not pair with the model's tensors one to one, or where the model itself
     fails on the new input (and the file does not).
 
@@ -49,8 +54,10 @@ def compare_file(model: nn.Module, args: tuple, path: str, tol: float = 1e-4) ->
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if len(inputs) != len(tensors) or any(a.dtype == torch.bfloat16 for a in tensors):
         return None  # numpy has no bfloat16
-    free = any(i.type.tensor_type.shape.dim[:1] and i.type.tensor_type.shape.dim[0].dim_param
-               for i in inputs)  # fmt: skip
+    free = not same_batch and any(i.type.tensor_type.shape.dim[:1]
+                                  and i.type.tensor_type.shape.dim[0].dim_param
+                                  for i in inputs)  # fmt: skip
+    tol = max(tol, _arithmetic_tol(model))
     generator = torch.Generator().manual_seed(1)
     fresh = {id(a): _fresh(a, 2 if free and a.dim() else None, generator) for a in tensors}
     new_args = tuple(fresh.get(id(a), a) for a in args)
@@ -84,14 +91,25 @@ def _differs(model: nn.Module, args: tuple, proto: Any, feeds: dict, tol: float)
     if out is None or len(got) != len(expected):
         return None
     for ref, out in zip(expected, got, strict=True):
-        ref = ref.detach().float().cpu().numpy()
-        if ref.shape != out.shape:
+        ref = ref.detach().cpu()
+        if tuple(ref.shape) != out.shape:
             return f"returns shape {list(out.shape)} where the model returns {list(ref.shape)}"
-        diff = float(abs(ref - out).max()) / max(float(abs(ref).max()), 1e-12) if ref.size else 0.0
+        diff = relative_diff(ref, torch.from_numpy(np.asarray(out)).to(ref.dtype))
         if not diff <= tol:
             return f"computes other values than the model on a new input (max relative " \
                    f"difference {diff:.2g})"  # fmt: skip
     return None
+
+
+def _arithmetic_tol(model: nn.Module) -> float:
+    """The difference the model's own arithmetic allows: float16 or bfloat16 weights round
+    at about 1e-3, as do convolutions in TF32 on CUDA (PyTorch's default for cuDNN)."""
+    params = list(model.parameters())
+    if any(p.dtype in (torch.float16, torch.bfloat16) for p in params):
+        return 1e-2
+    if any(p.is_cuda for p in params) and torch.backends.cudnn.allow_tf32:
+        return 2e-3
+    return 0.0
 
 
 def _quantized(proto: Any) -> bool:

@@ -160,8 +160,8 @@ def _write(path: str, write, name: str) -> str:
                         path, problems[-1], _sentence(traced[0]))  # fmt: skip
         elif problems[-1]:
             log.warning("The ONNX file %s %s. A step of forward that depends on the input's "
-                        "values or batch size is the likely cause; do not deploy the file "
-                        "unchecked.", path, problems[-1])  # fmt: skip
+                        "values or batch size, or draws random numbers, is the likely cause; "
+                        "do not deploy the file unchecked.", path, problems[-1])  # fmt: skip
 
     atomic_write(path, write_checked, suffix=".onnx")
     log.info("Exported %s with the %s ONNX exporter.", path, name)
@@ -175,8 +175,9 @@ def _free_then_fixed(model: nn.Module, args: tuple, tmp: str, free, fixed) -> st
     try:
         free(tmp)
         problem = compare_file(model, args, tmp)
-        if problem is None or not problem.startswith(("fails", "returns shape")):
-            return problem  # values: a fixed batch would not compute them otherwise
+        if problem is None or not problem.startswith(("fails", "returns shape")) \
+                or compare_file(model, args, tmp, same_batch=True):  # fmt: skip
+            return problem  # not the batch's doing: a fixed batch would not mend it
         reason = f"the file {problem}"
     except Exception as err:  # noqa: BLE001 - the model fixes its batch size somewhere
         reason = _short(err)
