@@ -82,7 +82,7 @@ def _narrow(group: Group, multiple_of: int) -> str:
     if group.width == 1 or multiple_of % group.width == 0:
         return (f"{group.size * group.width} filters, no more than filters_multiple_of="
                 f"{multiple_of}: rounding up keeps them all")  # fmt: skip
-    # channels cut in units of several filters: a multiple of them is more than one of 8
+    # channels cut in units of several filters: one multiple of filters takes many units
     unit = unit_multiple(group, multiple_of)
     return (f"{group.size * group.width} filters, cut in units of {group.width}: a multiple "
             f"of filters_multiple_of={multiple_of} takes {unit} units ({unit * group.width} "

@@ -32,9 +32,8 @@ def compare_file(model: nn.Module, args: tuple, path: str, tol: float = 1e-4,
     relative to the largest output, else what differs, as a phrase ("fails in ONNX
     Runtime ..."). ``same_batch``: at the example's batch. ``tol`` widens to the
     arithmetic of the model (half precision, TF32 on CUDA). Not checked (None) without
-    onnxruntime, where the file's inputs or
-    outputs do not pair with the model's tensors one to one, or where the model itself
-    fails on the new input (and the file does not).
+    onnxruntime, where the file's inputs or outputs do not pair with the model's tensors
+    one to one, or where the model itself fails on the new input (and the file does not).
 
     A quantized model that differs is compared again with its activations in float on
     both sides (Q/DQ pairs, quantizers): summed in another order, a value near a rounding
@@ -90,11 +89,11 @@ def _differs(model: nn.Module, args: tuple, proto: Any, feeds: dict, tol: float)
     expected = [t for _, t in leaves(out) if isinstance(t, torch.Tensor)]
     if out is None or len(got) != len(expected):
         return None
-    for ref, out in zip(expected, got, strict=True):
+    for ref, value in zip(expected, got, strict=True):
         ref = ref.detach().cpu()
-        if tuple(ref.shape) != out.shape:
-            return f"returns shape {list(out.shape)} where the model returns {list(ref.shape)}"
-        diff = relative_diff(ref, torch.from_numpy(np.asarray(out)).to(ref.dtype))
+        if tuple(ref.shape) != value.shape:
+            return f"returns shape {list(value.shape)} where the model returns {list(ref.shape)}"
+        diff = relative_diff(ref, torch.from_numpy(np.asarray(value)).to(ref.dtype))
         if not diff <= tol:
             return f"computes other values than the model on a new input (max relative " \
                    f"difference {diff:.2g})"  # fmt: skip
