@@ -160,15 +160,11 @@ def test_a_size_list_that_also_sizes_a_new_tensor_keeps_its_channels():
 
 @pytest.mark.parametrize("form", ["list", "shape_slice", "one_axis_slice", "nested"])
 def test_a_size_list_built_in_forward_is_read_item_by_item(form):
-    ctrl, held = prune(Head(BuiltSizeSE(form)))
-    assert "b.0" not in held and "body.fc" not in held
-    small = ctrl.strip()
-    assert small.b[0].out_channels == small.body.fc.out_features < 32
+    assert_cut_with_b(BuiltSizeSE(form), "fc")
 
 
 def test_a_size_list_read_from_another_tensor_ties_it():
-    ctrl, held = prune(Head(BuiltSizeOther()))
-    assert "b.0" not in held and "body.fc" not in held
+    assert_cut_with_b(BuiltSizeOther(), "fc")
 
 
 def prune(model, size=16):
@@ -181,23 +177,27 @@ def prune(model, size=16):
     return ctrl, held
 
 
+def assert_cut_with_b(body, name):
+    """``body``'s layer ``name`` and the conv before it are cut, to the same width."""
+    ctrl, held = prune(Head(body))
+    assert "b.0" not in held and f"body.{name}" not in held
+    small = ctrl.strip()
+    layer = small.get_submodule(f"body.{name}")
+    width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    assert small.b[0].out_channels == width < 32
+
+
 def test_squeeze_excitation_with_sizes_read_from_its_input_is_cut():
     _, held = prune(Head(SELayer(32)))
     assert "b.0" not in held and "body.fc.0" not in held and "body.fc.2" not in held
 
 
 def test_a_reshape_sized_by_another_tensor_ties_both_groups():
-    ctrl, held = prune(Head(TokenMix()))
-    assert "b.0" not in held and "body.lin" not in held
-    plan = ctrl.strip()
-    assert plan.b[0].out_channels == plan.body.lin.out_features < 32
+    assert_cut_with_b(TokenMix(), "lin")
 
 
 def test_a_view_to_another_tensors_whole_shape_ties_every_axis():
-    ctrl, held = prune(Head(ViewAsShape()))
-    assert "b.0" not in held and "body.conv" not in held
-    small = ctrl.strip()
-    assert small.b[0].out_channels == small.body.conv.out_channels < 32
+    assert_cut_with_b(ViewAsShape(), "conv")
 
 
 def test_a_reshape_with_two_computed_channel_axes_keeps_them_whole():

@@ -7,7 +7,7 @@ from typing import Any
 
 import onnx
 
-__all__ = ["Shapes", "infer_shapes", "opset_of"]
+__all__ = ["Shapes", "infer_shapes", "opset_of", "type_dims"]
 
 Shapes = dict[str, tuple[Any, ...] | None]  # tensor name -> dims, None for a symbolic one
 
@@ -20,7 +20,8 @@ def opset_of(model: onnx.ModelProto) -> int:
     return 1
 
 
-def _dims(t: onnx.TypeProto) -> tuple[Any, ...] | None:
+def type_dims(t: onnx.TypeProto) -> tuple[Any, ...] | None:
+    """A tensor type's dimensions, None where symbolic; None for no shape at all."""
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return None
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim)
@@ -67,11 +68,11 @@ def infer_shapes(model: onnx.ModelProto, batch: int | None = None) -> Shapes:
         known = {v.name: v for v in [*g.input, *g.value_info, *g.output]}
         given = [_like(known[n.input[0]], n.output[0]) for n in g.node
                  if n.op_type in _SAME_SHAPE and n.input[0] in known
-                 and (n.output[0] not in known or _dims(known[n.output[0]].type) is None)]
+                 and (n.output[0] not in known or type_dims(known[n.output[0]].type) is None)]
         if not given:
             break
         skeleton.graph.value_info.extend(given)
-    return {v.name: _dims(v.type) for v in [*g.input, *g.value_info, *g.output]}
+    return {v.name: type_dims(v.type) for v in [*g.input, *g.value_info, *g.output]}
 
 
 # ops whose output has their input's shape, which onnx's inference may not know

@@ -29,6 +29,7 @@ import onnx
 from ..errors import ConversionError
 from ..progress import progress
 from ._io import load_model
+from ._shapes import type_dims
 
 __all__ = ["BenchRow", "benchmark", "format_table", "model_flops"]
 
@@ -211,8 +212,7 @@ def _io_shapes(model: Any) -> tuple[list[tuple], list[tuple]]:
                      for ports in (m.inputs, m.outputs))  # fmt: skip
     graph = load_model(model).graph
     inits = {i.name for i in graph.initializer}
-    return tuple([tuple(d.dim_value if d.HasField("dim_value") else None
-                        for d in v.type.tensor_type.shape.dim) for v in values]
+    return tuple([type_dims(v.type) or () for v in values]
                  for values in ([i for i in graph.input if i.name not in inits], graph.output))
 
 

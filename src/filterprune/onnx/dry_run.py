@@ -20,6 +20,7 @@ import onnx
 from ..core.config import Config
 from ..core.workflow import Frontend
 from ._io import load_model
+from ._shapes import type_dims
 from .capture import Captured, capture
 
 __all__ = ["OnnxFrontend", "input_shape", "with_input_shape"]
@@ -103,8 +104,7 @@ def _first_input(proto: onnx.ModelProto) -> Any:
 
 def _dims(value: Any) -> list[int | None]:
     """A graph input's dimensions, None where symbolic."""
-    return [d.dim_value if d.HasField("dim_value") else None
-            for d in value.type.tensor_type.shape.dim]  # fmt: skip
+    return list(type_dims(value.type) or ())
 
 
 def _show(dims: list[int | None]) -> str:
