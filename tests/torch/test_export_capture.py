@@ -432,3 +432,30 @@ def test_a_literal_index_along_a_run_time_axis_is_held_not_a_crash():
         ctrl, model = create_compressed_model(model, config)
     small = assert_strip_equal(ctrl, model, torch.randn(1, 3, 8, 8), tol=1e-5)
     assert small.b[0].out_channels == 8
+
+
+class NormedScale(nn.Module):
+    """A channel count used as a number behind a GroupNorm of 4 groups of 8: the group is
+    cut by whole norm groups, 4 units, each already a multiple of 8 filters."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = cbs(3, 16), nn.Conv2d(16, 32, 3, padding=1)
+        self.norm, self.head = nn.GroupNorm(4, 32), nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        y = list(torch.relu(self.norm(self.conv(self.stem(x)))).chunk(1, 1))[0]
+        return self.head(y * y.shape[1] ** -0.5)
+
+
+def test_the_strip_check_cuts_a_group_counted_in_units_of_several_filters():
+    """The check kept all 4 units (no more than one multiple of 8, it read) and saw
+    nothing; the plan then cut 2, and the stripped model scaled by another number."""
+    model = nondegenerate(NormedScale())
+    config = make_config((1, 3, 16, 16), pruning_init=0.5)
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        ctrl, model = create_compressed_model(model, config)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "cut and stripped, the model computes other than the masked model" in held["conv"]
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    assert small.conv.out_channels == 32

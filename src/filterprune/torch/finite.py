@@ -15,7 +15,7 @@ from torch.utils import _pytree as pytree
 from ..core.analysis import Analysis, Group
 from ..core.finite import SKIPPED, Probe, probe_cut, verdict
 from ..core.params import FilterPruningParams
-from ..core.selection import MAX_GROUP_LEVEL, keep_count
+from ..core.selection import MAX_GROUP_LEVEL, keep_count, unit_multiple
 from ._copy import copy_model, detach_computed_weights
 from ._snapshot import restore, snapshot
 from .fake_quant import lazy_ranges_paused
@@ -85,8 +85,10 @@ def strip_probe(model: nn.Module, sample: Any, analysis: Analysis,
     layers, bn = analysis.graph.layers, params.prune_batch_norms
 
     def same(groups: Sequence[Group]) -> bool:
+        # counted in each group's units, as a plan counts them (a GroupNorm group's 4 units
+        # of 8 filters are not "no more than one multiple of 8")
         keeps = analysis.keeps(probe_cut(groups, lambda g: keep_count(
-            g.size, MAX_GROUP_LEVEL, params.filters_multiple_of), last=True))
+            g.size, MAX_GROUP_LEVEL, unit_multiple(g, params.filters_multiple_of)), last=True))
         masked = copy_model(base)
         apply_masks(masked, keeps, layers, bn=bn)
         try:
