@@ -91,7 +91,7 @@ class _Rebuild:
         self.states = states
         self.pairs: list[tuple[Any, Any]] = []
         self.paths: dict[int, str] = {}  # id(new operation) -> path
-        self.fake_quants: dict[str, Any] = {}
+        self.fake_quants: dict[tuple[str, str], Any] = {}  # (key, container path) -> layer
         self.quantized: dict[tuple[str, int], Any] = {}
 
     def model(self, model: Any, prefix: str) -> Any:
@@ -104,16 +104,24 @@ class _Rebuild:
     def sequential(self, model: Any, prefix: str) -> Any:
         kt = model.inputs[0]
         layers: list[Any] = [keras.Input(batch_shape=kt.shape, dtype=kt.dtype)]
+        made: dict[int, list[Any]] = {}  # a layer listed twice is called twice: rebuilt once
         for layer in model.layers:
-            spec = self.inputs.get(prefix + layer.name, {}).get(0)
-            if spec is not None:
-                channels = None  # what the (maybe cut) layer reads there
-                if spec.settings.per_channel and spec.channel_axis is not None:
-                    channels = layer.input.shape[spec.channel_axis]
-                layers.append(self.fake_quant(spec, layer.dtype_policy, shared=False,
-                                              channels=channels))  # fmt: skip
-            layers.append(self.layer(layer, prefix))
+            if id(layer) not in made:
+                made[id(layer)] = self._sequential_layer(layer, prefix)
+            layers.extend(made[id(layer)])
         return keras.Sequential(layers, name=model.name)
+
+    def _sequential_layer(self, layer: Any, prefix: str) -> list[Any]:
+        """``layer`` rebuilt, after the quantizer of its input if it has one."""
+        out = []
+        spec = self.inputs.get(prefix + layer.name, {}).get(0)
+        if spec is not None:
+            channels = None  # what the (maybe cut) layer reads there
+            if spec.settings.per_channel and spec.channel_axis is not None:
+                channels = layer.input.shape[spec.channel_axis]
+            out.append(self.fake_quant(spec, layer.dtype_policy, shared=False,
+                                       channels=channels))  # fmt: skip
+        return out + [self.layer(layer, prefix)]
 
     def layer(self, op: Any, prefix: str) -> Any:
         path = prefix + op.name
@@ -142,14 +150,16 @@ class _Rebuild:
         return QuantizedWeights(new, specs, ranges)
 
     def fake_quant(self, spec: QuantizerSpec, policy: Any, shared: bool = True,
-                   channels: int | None = None) -> Any:  # fmt: skip
+                   channels: int | None = None, scope: str = "") -> Any:  # fmt: skip
         """The layer quantizing ``spec``'s tensor for a reader of dtype ``policy`` (the
         training model quantizes what the reader casts its input to: float16 under
         mixed_float16); ``shared=False``: a new one with the same range (a Sequential owns
         its layers: one also called outside it would not reload). Per-channel ranges of a
         tensor that lost channels (``channels`` left) keep those of the kept ones."""
-        if spec.key in self.fake_quants and shared:
-            return self.fake_quants[spec.key]
+        # shared within one container only: a layer owned by a nested model and by the
+        # outer one does not reload from .keras
+        if (spec.key, scope) in self.fake_quants and shared:
+            return self.fake_quants[(spec.key, scope)]
         low, high = self.states[spec.key].range()
         axis = spec.channel_axis if spec.settings.per_channel else None
         if axis is not None and channels is not None and channels != np.size(low):
@@ -157,7 +167,7 @@ class _Rebuild:
         layer = FakeQuant(spec.settings.bits, False, axis, low, high,
                           name=_safe(f"{spec.target}_quant"), dtype=policy)  # fmt: skip
         if shared:
-            self.fake_quants[spec.key] = layer
+            self.fake_quants[(spec.key, scope)] = layer
         return layer
 
     def _cut(self, spec: QuantizerSpec, axis: int, channels: int, low: Any, high: Any) -> Any:
@@ -172,13 +182,14 @@ class _Rebuild:
             )
         return np.asarray(low)[keep], np.asarray(high)[keep]
 
-    def _quantize(self, spec: QuantizerSpec, x: Any, policy: Any) -> Any:
+    def _quantize(self, spec: QuantizerSpec, x: Any, policy: Any, scope: str = "") -> Any:
         key = (spec.key, id(x))
         if key not in self.quantized:
             channels = None
             if spec.settings.per_channel and spec.channel_axis is not None:
                 channels = x.shape[spec.channel_axis]
-            self.quantized[key] = self.fake_quant(spec, policy, channels=channels)(x)
+            self.quantized[key] = self.fake_quant(spec, policy, channels=channels,
+                                                  scope=scope)(x)
         return self.quantized[key]
 
     def call(self, op: Any, *args: Any, **kwargs: Any) -> Any:
@@ -186,7 +197,8 @@ class _Rebuild:
         specs = self.inputs.get(path, {})
         if specs:
             policy = getattr(op, "dtype_policy", None)  # a keras.ops call has none
-            table = {i: (lambda x, s=s: self._quantize(s, x, policy))
+            scope = path.rpartition("/")[0]
+            table = {i: (lambda x, s=s: self._quantize(s, x, policy, scope))
                      for i, s in specs.items()}  # fmt: skip
             args, kwargs = transform_inputs(table, args, kwargs)
         return op(*args, **kwargs)
