@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
 from torch_helpers import assert_strip_equal, make_config
 
+from filterprune import NNCFConfig
 from filterprune.core.analysis import AnalysisOptions, analyze
 from filterprune.testing.zoo import nondegenerate
 from filterprune.torch import create_compressed_model
@@ -38,7 +40,7 @@ class PlainConv(nn.Conv2d):
 
 
 class PaddedConv(nn.Conv2d):
-    """Pads in its own forward (timm's Conv2dSame): masks cannot follow it."""
+    """Pads in its own forward (timm's Conv2dSame): masks run that forward."""
 
     def forward(self, x):
         return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)
@@ -103,18 +105,40 @@ def test_both_captures_give_the_same_groups():
 @pytest.mark.parametrize(
     ("middle", "reason"),
     [
-        (PaddedConv(16, 16, 3), "PaddedConv mid runs its own forward around conv2d; masks "
-                                "follow only the forward of its torch class"),
-        (StandardizedConv(16, 16, 3), "conv2d reads a weight computed in forward, not a parameter"),
+        # a parametrized subclass: masks could not shadow the weight in its own forward
+        (weight_norm(PaddedConv(16, 16, 3)),
+         "ParametrizedPaddedConv: no channel rule for module ParametrizedPaddedConv"),
+        (StandardizedConv(16, 16, 3),
+         "conv2d: conv2d reads a weight computed in forward, not a parameter"),
     ],
 )  # fmt: skip
 def test_a_layer_masks_cannot_follow_stays_whole_with_the_reason(middle, reason):
     torch.manual_seed(0)
-    assert _groups(capture_fx, Net(middle))[("stem",)] == (16, f"conv2d: {reason}")
+    assert _groups(capture_fx, Net(middle))[("stem",)] == (16, reason)
     net = nondegenerate(Net(middle))
     ctrl, model = create_compressed_model(net, make_config((1, 3, 16, 16)))
-    assert (["stem"], f"conv2d: {reason}") in ctrl.statistics().unpruned
+    assert (["stem"], reason) in ctrl.statistics().unpruned
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_a_subclass_with_its_own_forward_is_cut_and_quantized_in_that_forward(quantize):
+    """Its masks (and weight quantizer) are read by its own forward: the padding stays."""
+    torch.manual_seed(0)
+    net = nondegenerate(Net(PaddedConv(16, 16, 3)))
+    x = torch.randn(2, 3, 16, 16)
+    ref = net.eval()(x)
+    extra = [{"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}}]
+    config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    if quantize:
+        config = NNCFConfig.from_dict({**config, "compression": [config["compression"], *extra]})
+    ctrl, model = create_compressed_model(net, config)
+    assert "mid" not in {p for producers, _ in ctrl.statistics().unpruned for p in producers}
+    if quantize:
+        assert model.mid.weight_quantizer is not None
+    small = assert_strip_equal(ctrl, model, x, tol=1e-5)
+    assert isinstance(small.mid, PaddedConv) and small.mid.out_channels == 8
+    assert small(x).shape == ref.shape
 
 
 def test_same_forward_subclass_is_cut():

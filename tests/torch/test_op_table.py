@@ -548,19 +548,23 @@ class PaddedConv(nn.Conv2d):
         return F.conv2d(self.pad(x), self.weight, self.bias, self.stride)
 
 
-def test_a_conv_that_prepares_its_input_in_its_own_forward_keeps_that_forward():
-    """Fed its padded input, the conv agreed with nn.Conv2d's forward, so it was masked
-    and ran without its padding: 15x15 maps where the model makes 16x16."""
+def test_a_conv_that_prepares_its_input_in_its_own_forward_is_cut_and_keeps_that_forward():
+    """Masks run the conv's own forward on its masked weight (they ran nn.Conv2d's, so
+    it was held: efficientnet_pytorch pruned nothing). Fed its padded input, the conv
+    agreed with nn.Conv2d's forward, so an early check let masks drop its padding: 15x15
+    maps where the model makes 16x16."""
     model = nondegenerate(nn.Sequential(cbr(3, 16), PaddedConv(16, 16), nn.ReLU(),
                                         nn.Conv2d(16, 4, 1)))  # fmt: skip
     x = torch.randn(2, 3, 32, 32)
     ref = model.eval()(x)
-    config = make_config((1, 3, 32, 32), prune_first_conv=True, filters_multiple_of=1)
+    config = make_config((1, 3, 32, 32), prune_first_conv=True, filters_multiple_of=1,
+                         prune_downsample_convs=True)
     ctrl, model = create_compressed_model(model, config)
-    assert type(model[1]) is PaddedConv
-    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
-    assert "runs its own forward" in held["1"]
+    assert isinstance(model[1], PaddedConv) and model[1].weight_mask.sum() < model[1].weight.numel()
+    held = {p for producers, _ in ctrl.statistics().unpruned for p in producers}
+    assert "1" not in held and "0.0" not in held
     small = assert_strip_equal(ctrl, model, x, tol=1e-5)
+    assert type(small[1]) is PaddedConv and small[1].out_channels == 8
     assert small(x).shape == ref.shape
 
 

@@ -25,6 +25,7 @@ from torch import fx, nn
 
 from ..core.graph import Graph, LayerInfo, Node
 from ._ops import FUNCTIONAL, Functional, module_rule, probe_forwards
+from .masks import keeps_own_forward
 
 __all__ = ["functional_node", "plain_params", "owner_of", "module_path", "split_sizes",
            "COMPUTED"]
@@ -204,9 +205,11 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         return _opaque(why, owner, modules, graph_layers, positions)
     cls, build = found
     inside = data_path is not None and (data_path + ".").startswith(owner + ".")
-    if weighted and not _same_forward(module, cls, in_shape, inside):
-        why = (f"{type(module).__name__} {owner} runs its own forward around {label}; "
-               "masks follow only the forward of its torch class")  # fmt: skip
+    if weighted and not keeps_own_forward(type(module)) \
+            and not _same_forward(module, cls, in_shape, inside):  # fmt: skip
+        why = (f"{type(module).__name__} {owner} runs its own forward around {label} and a "
+               "parametrization computes its weight; masks follow only the forward of its "
+               "torch class there")  # fmt: skip
         return _opaque(why, owner, modules, graph_layers, positions)
     return _built(build, module, owner, in_shape, out_shape, context, graph_layers)
 
@@ -233,11 +236,11 @@ def _same_forward(module: nn.Module, cls: type[nn.Module], in_shape: Any,
                   inside: bool = False) -> bool:  # fmt: skip
     """Whether ``module`` computes what the forward of its torch class ``cls`` computes.
 
-    Masks replace a conv or linear layer's forward with the torch class's one, so a
-    subclass with its own forward is only cut where both agree: checked on a random
-    input (timm's ``Linear`` agrees; a ``Conv2dSame`` that pads, or a weight-standardising
-    conv, does not). ``inside``: the call's input was computed in the module's own forward
-    (a static padding before ``F.conv2d``), which the probe, fed that input, would miss.
+    Masks run a subclass's own forward (:func:`~filterprune.torch.masks.keeps_own_forward`)
+    except where a parametrization computes its weight: there they run the torch class's
+    forward, so such a subclass is only cut where both agree, checked on a random input.
+    ``inside``: the call's input was computed in the module's own forward (a static
+    padding before ``F.conv2d``), which the probe, fed that input, would miss.
     """
     if type(module).forward is cls.forward:
         return True

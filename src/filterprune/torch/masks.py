@@ -26,7 +26,7 @@ from ..core.weights import weight_mask
 from ..errors import ConfigError
 
 __all__ = ["apply_masks", "remove_masks", "is_masked", "add_weight_quantizer", "masked_param",
-           "quantized_class", "pruned_statistics", "restore_pruned_statistics"]
+           "quantized_class", "keeps_own_forward", "pruned_statistics", "restore_pruned_statistics"]
 
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CONV_T_FN = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d,
@@ -121,6 +121,28 @@ class _MaskedLinear(_MaskState):
         return F.linear(x, _m(self, "weight"), _m(self, "bias"))
 
 
+class _MaskedOwnForward(_MaskState):
+    """A conv or linear layer whose class runs its own forward around the torch one (a
+    padding before ``F.conv2d``: efficientnet_pytorch's ``Conv2dStaticSamePadding``,
+    timm's ``Conv2dSame``): that forward runs, reading the masked (and quantized) weights,
+    which shadow the parameters in the instance's ``__dict__`` for the call."""
+
+    def forward(self, *args, **kwargs):
+        names = [n[: -len("_mask")] for n, b in self._buffers.items()
+                 if n.endswith("_mask") and b is not None]  # fmt: skip
+        names += [n[: -len("_quantizer")] for n in self._modules if n.endswith("_quantizer")]
+        values = {n: _m(self, n) for n in dict.fromkeys(names)}
+        state = vars(self)
+        saved = {n: state[n] for n in values if n in state}  # a weight-norm hook's weight
+        state.update(values)
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            for n in values:
+                state.pop(n, None)
+            state.update(saved)
+
+
 class _MaskedChannels(_MaskState):
     """Per-channel layers (BatchNorm, PReLU): the output of a pruned channel is zero, and a
     BatchNorm keeps the running statistics a pruned channel had when it was pruned (its
@@ -169,7 +191,9 @@ _SWAPPED: dict[tuple[type, str], type] = {}
 def _masked_class(cls: type, prefix: str = "Masked") -> type:
     """The swapped class of ``cls``; ``prefix`` only names it (same forward)."""
     if (cls, prefix) not in _SWAPPED:
-        if issubclass(cls, _CONV_T):
+        if keeps_own_forward(cls):
+            mixin = _MaskedOwnForward
+        elif issubclass(cls, _CONV_T):
             mixin = _MaskedConvT
         elif issubclass(cls, nn.modules.conv._ConvNd):
             mixin = _MaskedConv
@@ -180,6 +204,18 @@ def _masked_class(cls: type, prefix: str = "Masked") -> type:
         _SWAPPED[cls, prefix] = type(f"{prefix}{cls.__name__}", (mixin, cls),
                                      {"_filterprune_base": cls, "_filterprune_prefix": prefix})
     return _SWAPPED[cls, prefix]
+
+
+def keeps_own_forward(cls: type) -> bool:
+    """Whether masks run the forward of a conv or linear class ``cls`` that is not its
+    torch class's own (else they run the torch class's forward). Not where a
+    parametrization computes the weight: a class property the masked value cannot
+    shadow."""
+    if not issubclass(cls, (nn.modules.conv._ConvNd, nn.Linear)):
+        return False
+    base = next(c for c in cls.__mro__ if c.__module__.startswith("torch.nn.modules"))
+    return cls.forward is not base.forward and not any(
+        isinstance(getattr(cls, n, None), property) for n in ("weight", "bias"))
 
 
 def quantized_class(module: nn.Module) -> type:
