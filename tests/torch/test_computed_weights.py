@@ -82,6 +82,19 @@ def test_normed_layers_are_pruned_and_stripped_to_plain_layers(kind, quantize):
         model.train()(x)
 
 
+@pytest.mark.parametrize("kind", WRAPS)
+def test_statistics_count_a_computed_weight_once_as_the_stripped_model_does(kind):
+    """The parameters a weight is computed from (``weight_orig``, ``weight_v``,
+    ``parametrizations.weight.original``) were counted again as uncut layers: 0.63 of the
+    parameters kept where the stripped model keeps 0.27."""
+    plain = sum(p.numel() for p in Net(lambda m: m).parameters())
+    ctrl, model = create_compressed_model(net(kind), config())
+    stats = ctrl.statistics()
+    small = ctrl.strip()
+    assert stats.full_params == plain
+    assert stats.current_params == sum(p.numel() for p in small.parameters())
+
+
 @pytest.mark.parametrize("kind", ["weight_norm", "parametrized spectral_norm"])
 def test_export_holds_plain_weights_that_convert_removes(kind, tmp_path):
     ctrl, model = create_compressed_model(net(kind), config())

@@ -459,3 +459,37 @@ def test_the_strip_check_cuts_a_group_counted_in_units_of_several_filters():
     assert "cut and stripped, the model computes other than the masked model" in held["conv"]
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
     assert small.conv.out_channels == 32
+
+
+class SlicedBlocks(nn.Module):
+    """Blocks run as ``self.blocks[1:]`` around one shared activation module (diffusers'
+    ``get_activation``): torch.export then names their modules
+    ``blocks.slice(1, None, None).0``."""
+
+    def __init__(self):
+        super().__init__()
+        act = nn.SiLU()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(16, 32, 3, padding=1),
+                                                  nn.GroupNorm(8, 32), act,
+                                                  nn.Conv2d(32, 16, 3, padding=1))
+                                    for _ in range(3))  # fmt: skip
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = list(self.stem(x).chunk(1, 1))[0]
+        for block in self.blocks[1:]:
+            x = x + block(x)
+        return self.head(self.blocks[0](x))
+
+
+def test_the_modules_of_a_sliced_module_list_keep_their_names_under_torch_export():
+    """Their GroupNorms read as another module's code passing a count, and were held
+    ("group count is fixed in code")."""
+    model = nondegenerate(SlicedBlocks())
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        ctrl, model = create_compressed_model(model, make_config((1, 3, 16, 16)))
+    held = {p for producers, _ in ctrl.statistics().unpruned for p in producers}
+    assert not held & {"blocks.0.0", "blocks.1.0", "blocks.2.0"}
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    assert [small.blocks[i][1].num_groups for i in range(3)] == [4, 4, 4]

@@ -16,6 +16,7 @@ per-channel layer (BatchNorm, PReLU) may run any forward.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,7 +150,23 @@ def module_path(node: Any) -> str | None:
     if not stack:
         return None
     path = list(stack.values())[-1][0]
-    return path.removeprefix("L['self'].") if isinstance(path, str) else None
+    return _unslice(path.removeprefix("L['self'].")) if isinstance(path, str) else None
+
+
+_SLICE = re.compile(r"\.slice\((None|\d+), (None|-?\d+), (None|\d+)\)\.(\d+)")
+
+
+def _unslice(path: str) -> str:
+    """``blocks.slice(1, None, None).0`` -> ``blocks.1``: torch.export names a module of a
+    sliced ``ModuleList`` (``for blk in self.blocks[1:]``) after the slice when the model
+    shares a module (diffusers' activations), where ``named_modules`` has its index."""
+    def index(m: re.Match) -> str:
+        start, step = int(m[1]) if m[1] != "None" else 0, int(m[3]) if m[3] != "None" else 1
+        return f".{start + int(m[4]) * step}"
+
+    while (found := _SLICE.search(path)) is not None:
+        path = path[:found.start()] + index(found) + path[found.end():]
+    return path
 
 
 def _parts(spec: Functional, label: str, params: dict[str, str],

@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.nn.utils import parametrize
 
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
-from ._copy import NORM_HOOKS
+from ._copy import NORM_HOOKS, computed_weights
 from ._layers import COMPUTED, functional_node, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, module_rule
 from ._sizes import SizeReads
@@ -519,6 +520,18 @@ def add_unseen_params(model: nn.Module, graph: Graph) -> None:
     in the state_dict (``resize_to_state_dict`` resizes from it)."""
     owned = {f"{layer}.{p}" if p else layer for layer, info in graph.layers.items()
              for p in info.params}  # fmt: skip
+    # the parameters a layer's computed weight (weight_norm, spectral_norm, a
+    # parametrization) is made from: the layer lists that weight, and a strip writes it in
+    modules = dict(model.named_modules())
+    for layer in list(graph.layers):
+        module = modules.get(layer)
+        if module is None:
+            continue
+        for attr, sources in computed_weights(module).items():
+            owned.update(f"{layer}.{src}" for src in sources)
+            if parametrize.is_parametrized(module, attr):
+                owned.update(f"{layer}.parametrizations.{attr}.{n}"
+                             for n, _ in module.parametrizations[attr].named_parameters())
     read = {n.attrs.get("target") for n in graph if n.op == "param"}
     saved = set(model.state_dict(keep_vars=True))
     # a layer's own buffers (a functional BatchNorm's statistics) are cut with the layer
