@@ -269,6 +269,25 @@ def test_dict_outputs_are_named_by_their_keys(tmp_path, exporter):
 
 
 
+class _SameNames(_DictOut):
+    def forward(self, sample):  # diffusers' UNets: forward(sample) returns .sample
+        return {"sample": self.cls(self.stem(sample).relu())}
+
+
+def test_an_output_key_that_names_an_input_is_written_under_output(tmp_path, caplog):
+    """The current exporter refused the file ("'sample' has been used as output names
+    multiple times"), and the TorchScript fallback fails on some models (UNet1D)."""
+    caplog.set_level("WARNING", logger="filterprune")
+    torch.manual_seed(0)
+    model, x = _SameNames().eval(), torch.randn(1, 3, 16, 16)
+    assert export_onnx(model, (x,), str(tmp_path / "m.onnx")) == "dynamo"
+    assert not caplog.records
+    names, (sample,) = run_onnx(tmp_path / "m.onnx", x)
+    assert names == ["output/sample"]
+    with torch.no_grad():
+        np.testing.assert_allclose(sample, model(x)["sample"].numpy(), atol=1e-5)
+
+
 class _WithCount(_DictOut):
     def forward(self, x):
         return {**super().forward(x), "count": 3, "kind": "boxes"}

@@ -21,6 +21,7 @@ something else, or does not run, is said in a warning.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import re
 import warnings
@@ -63,7 +64,9 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
     check_writable(path)  # before any export: an I/O error is not the exporter's
     args = tuple(sample)
     found, opaque = _outputs(model, args)
-    names = {"input_names": input_names, "output_names": output_names or _keyed_names(found)}
+    taken = input_names or _argument_names(model, len(args))
+    names = {"input_names": input_names,
+             "output_names": output_names or _keyed_names(found, taken)}  # fmt: skip
     with _tensor_outputs(model, found, opaque):
         fastpath = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(False)  # the fused attention op has no ONNX form
@@ -133,14 +136,28 @@ def _tensor_outputs(model: nn.Module, leaves_: list[tuple[tuple, Any]], opaque: 
         handle.remove()
 
 
-def _keyed_names(leaves_: list[tuple[tuple, Any]]) -> list[str] | None:
+def _keyed_names(leaves_: list[tuple[tuple, Any]], inputs: Sequence[str] = ()) -> list[str] | None:
     """Output names from the keys of a dict (or the fields of a dataclass) the model
-    returns (``scores``, ``aux/boxes``); ``None`` (the exporter's names) otherwise."""
+    returns (``scores``, ``aux/boxes``); ``None`` (the exporter's names) otherwise. A key
+    that names an input too (diffusers' ``forward(sample)`` returns ``.sample``) is written
+    ``output/sample``: a file cannot hold two values of one name."""
     paths = [path for path, leaf in leaves_ if isinstance(leaf, torch.Tensor)]
     if not any(isinstance(k, str) for path in paths for k in path):
         return None
     names = [path_name(path) for path in paths]
+    names = [f"output/{name}" if name in inputs else name for name in names]
     return names if len(set(names)) == len(names) else None
+
+
+def _argument_names(model: nn.Module, count: int) -> list[str]:
+    """The names of the first ``count`` arguments of ``model``'s forward, which the
+    exporters give its inputs."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a forward without a signature
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                 p.VAR_POSITIONAL)][:count]  # fmt: skip
 
 
 def _write(path: str, write, name: str) -> str:
