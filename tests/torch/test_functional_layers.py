@@ -141,6 +141,16 @@ def test_a_subclass_with_its_own_forward_is_cut_and_quantized_in_that_forward(qu
     assert small(x).shape == ref.shape
 
 
+def test_a_model_of_layers_no_rule_reads_says_why_nothing_is_pruned(caplog):
+    """The warning named only the head's group ("feeds a model output")."""
+    caplog.set_level("WARNING", logger="filterprune")
+    model = nn.Sequential(StandardizedConv(3, 16, 3), nn.ReLU(), StandardizedConv(16, 16, 3),
+                          nn.ReLU(), nn.Conv2d(16, 4, 1))  # fmt: skip
+    create_compressed_model(model, make_config((1, 3, 16, 16), prune_first_conv=True))
+    assert ("nothing can be pruned, every group is left whole (conv2d reads a weight computed "
+            "in forward, not a parameter; feeds a model output)") in caplog.text
+
+
 def test_same_forward_subclass_is_cut():
     """A subclass whose own forward computes what its torch class computes is cut."""
 

@@ -42,7 +42,7 @@ from .scopes import ScopeMatcher, warn_filterless
 from .selection import MAX_GROUP_LEVEL, too_narrow
 from .signals import importance_source, unsupported
 from .state import auto_renamed, check_pruning_state, check_same_schedule, check_taylor_state
-from .stats import PruningStatistics, collect_statistics
+from .stats import PruningStatistics, collect_statistics, whole_layers
 
 log = logging.getLogger("filterprune")
 
@@ -70,8 +70,11 @@ def analysis_options(params: FilterPruningParams) -> AnalysisOptions:
     )
 
 def _why_whole(analysis: Analysis) -> str:
-    """The distinct reasons groups are left whole, most common first (for one log line)."""
+    """The distinct reasons groups and layers are left whole, most common first (for one
+    log line): a layer no rule reads is no group's, and may be all there is."""
     reasons = [g.reason for g in analysis.groups if g.reason]
+    producers = {p for g in analysis.groups for p in g.producers}
+    reasons += [why for _, why in whole_layers(analysis.graph, producers)]
     if not reasons:
         return "the model has no layer with filters"
     kinds = sorted(dict.fromkeys(reasons), key=lambda r: -reasons.count(r))  # ties: first seen
