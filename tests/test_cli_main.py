@@ -105,6 +105,20 @@ def test_report_options_of_checkpoints_need_checkpoint(tmp_path, capsys):
     assert "go with --checkpoint" in capsys.readouterr().err
 
 
+def test_warnings_made_while_the_model_is_compressed_reach_stderr(tmp_path):
+    """They were printed into the sink that hides tracing's own printout: a misspelt
+    config key went unsaid, and the run went on without what the user asked for."""
+    config = tmp_path / "c.json"
+    config.write_text('{"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": '
+                      '{"algorithm": "filter_pruning", "pruning_init": 0.5}, '
+                      '"accuracy_aware_trainig": {}}')  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "filterprune", "analyze", "torchvision:resnet18",
+                           "--config", str(config)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert ("Unknown top-level key `accuracy_aware_trainig` is not read. Did you mean "
+            "`accuracy_aware_training`?") in done.stderr
+
+
 def test_a_reader_that_leaves_early_ends_the_command_quietly():
     """`filterprune ... | head` ended with a BrokenPipeError message and exit code 1."""
     command = [sys.executable, "-m", "filterprune", "analyze", "torchvision:resnet18",

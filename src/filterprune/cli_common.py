@@ -10,6 +10,9 @@ import argparse
 import contextlib
 import io
 import json
+import logging
+import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,10 +110,28 @@ def check_output_path(option: str, path: str | None) -> None:
 @contextlib.contextmanager
 def quiet_capture() -> Iterator[None]:
     """Hide what tracing prints on its own (torch.fx's ShapeProp prints a traceback
-    before re-raising): our error message says what failed and how to fix it."""
+    before re-raising): our error message says what failed and how to fix it. Warnings
+    (Python's and this package's log records) still reach the real stderr: they were
+    printed into the sink, and a misspelt config key went unsaid."""
+    err, shown = sys.stderr, warnings.showwarning
+    log = logging.getLogger("filterprune")
+    handler = None if log.hasHandlers() else logging.StreamHandler(err)  # else the user's
+    if handler is not None:
+        handler.setLevel(logging.WARNING)
+        log.addHandler(handler)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        shown(message, category, filename, lineno, err if file is None else file, line)
+
+    warnings.showwarning = show
     sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        yield
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        warnings.showwarning = shown
+        if handler is not None:
+            log.removeHandler(handler)
 
 
 def pruning_child(ctrl: Any) -> Any:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from core_fixtures import PRUNE, DictFrontend, Net, Pruning, _config
 
+from filterprune import NNCFConfig
 from filterprune.core.compression import CompressionStage
 from filterprune.core.config import FilterPruningParams
 from filterprune.core.workflow import create_compressed_model, dry_run
@@ -263,3 +264,33 @@ def test_nothing_prunable_is_not_fully_compressed(caplog):
     both["ignored_scopes"] = ["c1", "c2"]
     ctrl, _ = create_compressed_model(DictFrontend(data="d"), Net(), both)
     assert ctrl.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED  # quant done only
+
+
+@pytest.mark.parametrize("run", [
+    lambda config: create_compressed_model(DictFrontend(), Net(), config),
+    lambda config: dry_run(DictFrontend(), Net(), config),
+])  # fmt: skip
+def test_a_config_edited_after_loading_is_checked_again(run):
+    """``config[...] = value`` after from_dict or from_json (NNCF scripts set targets from
+    their arguments) was read unchecked: a misspelt key did nothing, and a target of 1.5
+    failed two epochs later with a TypeError."""
+    config = NNCFConfig.from_dict(_config(PRUNE))
+    params = config["compression"][0]["params"]
+    params["pruning_targt"] = 0.8
+    with pytest.raises(ConfigError, match="pruning_targt"):
+        run(config)
+    del params["pruning_targt"]
+    params["pruning_target"] = 1.5
+    with pytest.raises(ConfigError, match="pruning_target"):
+        run(config)
+
+
+def test_misspelt_top_level_keys_get_a_hint(caplog):
+    config = _config(PRUNE)
+    config["accuracy_aware_trainig"] = {"mode": "adaptive_compression_level"}
+    config["Ignored_Scopes"] = ["c1"]
+    with caplog.at_level(logging.WARNING, logger="filterprune"):
+        create_compressed_model(DictFrontend(), Net(), config)
+    assert ("Unknown top-level key `accuracy_aware_trainig` is not read. Did you mean "
+            "`accuracy_aware_training`?") in caplog.text
+    assert "`Ignored_Scopes` is not read. Did you mean `ignored_scopes`?" in caplog.text

@@ -311,3 +311,39 @@ def test_an_unreachable_level_is_not_validated_again_and_no_level_is_said(caplog
     loop, *_ = run(aat, cliff=0.0)  # no level above 0 holds
     assert loop.best_level == 0.0
     assert "no pruning level above 0 kept the accuracy" in caplog.text
+
+
+def test_a_resumed_search_follows_the_bound_of_its_config(caplog):
+    """The saved bound won: a search resumed with a tighter one returned a level past
+    the cliff, below the new bound, without a word."""
+    caplog.set_level("WARNING", logger="filterprune")
+    loose = {"maximal_absolute_accuracy_degradation": 0.45, "initial_training_phase_epochs": 1,
+             "patience_epochs": 1, "maximal_total_epochs": 5}  # fmt: skip
+    model = net()
+    model(torch.zeros(1, 1, 12, 12))
+    ctrl, model = create_compressed_model(model, config(loose))
+    loop = create_accuracy_aware_training_loop(config(loose), ctrl)
+    harness = Harness(ctrl)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    saved = []
+
+    def save(lp):
+        saved.append((copy.deepcopy(lp.get_state()), copy.deepcopy(ctrl.get_compression_state()),
+                      _copy(model)))  # fmt: skip
+
+    loop.run(model, harness.train, harness.validate, lambda: (optimizer, None), epoch_end_fn=save)
+    assert loop.best_level > harness.cliff  # the loose bound takes a level past the cliff
+    state, ctrl_state, weights = saved[-1]
+    tight = {**loose, "maximal_absolute_accuracy_degradation": 0.05, "maximal_total_epochs": 12}
+    model2 = net()
+    model2(torch.zeros(1, 1, 12, 12))
+    ctrl2, model2 = create_compressed_model(model2, config(tight), compression_state=ctrl_state)
+    model2.load_state_dict(weights)
+    loop2 = create_accuracy_aware_training_loop(config(tight), ctrl2)
+    loop2.load_state(state)
+    assert "the saved search used the bound 0.4500; this config gives 0.8500" in caplog.text
+    harness2 = Harness(ctrl2)
+    harness2.epochs = len(saved)
+    optimizer2 = torch.optim.SGD(model2.parameters(), lr=0.1)
+    loop2.run(model2, harness2.train, harness2.validate, lambda: (optimizer2, None))
+    assert loop2.best_level <= harness.cliff and loop2.best_accuracy >= 0.85

@@ -300,9 +300,9 @@ def did_you_mean(value: Any, choices: Iterable[Any], cutoff: float = 0.6) -> str
     empty string."""
     if not isinstance(value, str):
         return ""
-    strings = [c for c in choices if isinstance(c, str)]
-    close = difflib.get_close_matches(value, strings, n=1, cutoff=cutoff)
-    return f" Did you mean `{close[0]}`?" if close else ""
+    lowered = {c.lower(): c for c in choices if isinstance(c, str)}  # `Ignored_Scopes` too
+    close = difflib.get_close_matches(value.lower(), list(lowered), n=1, cutoff=cutoff)
+    return f" Did you mean `{lowered[close[0]]}`?" if close else ""
 
 
 def _must_be(key: str, expected: str, name: str, value: Any, hint: str = "") -> str:

@@ -310,12 +310,21 @@ class AdaptiveCompressionLevelLoop:
         self.epoch = int(state["epoch"])
         self.history = [(int(e), float(lv), float(a)) for e, lv, a in state["history"]]
         self.uncompressed_accuracy = float(state["uncompressed_accuracy"])
-        self.minimal_accuracy = float(state["minimal_accuracy"])
+        # the bound is the config's: a resumed search may have been given another one
+        self.minimal_accuracy = self.params.minimal_accuracy(self.uncompressed_accuracy)
+        if abs(self.minimal_accuracy - float(state["minimal_accuracy"])) > 1e-12:
+            log.warning("accuracy-aware: the saved search used the bound %.4f; this config "
+                        "gives %.4f, which the search now follows.",
+                        float(state["minimal_accuracy"]), self.minimal_accuracy)
         at = state["position"]
         self._at = _Position(**at) if at is not None else None
         best = state["best"]
         self._best = _Best(best["level"], best["accuracy"], state["best_weights"],
                            best["compression_state"])  # fmt: skip
+        if self._best.weights is not None and not self._best.accuracy >= self.minimal_accuracy:
+            self._best = _Best()  # its level no longer holds the bound
+            if self._at is not None:
+                self._at.good = None
 
     # -- steps -----------------------------------------------------------------------------
     def _uncompressed(self, model: Any) -> float:

@@ -187,7 +187,7 @@ def _say_ignored(config: Config) -> None:
     for key, why in _NOT_APPLIED.items():
         if key in config and not (key == "target_device" and config[key] == "ANY"):
             log.warning("`%s` is accepted for NNCF configs but not applied: %s.", key, why)
-    known = set(config_schema(with_algorithms=False)["properties"])
+    known = set(config_schema(with_algorithms=False)["properties"]) | {"accuracy_aware_training"}
     for key in config:
         hint = "" if key in known else did_you_mean(key, known, cutoff=0.9)
         if hint:  # only near misses: other keys are the training script's own
@@ -266,7 +266,10 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
             ``validate_scopes`` is false), an algorithm the frontend lacks, or a state that
             does not fit (the message names the key and what differs).
     """
-    config = config if isinstance(config, Config) else Config.from_dict(config)
+    if isinstance(config, Config):
+        config.validate()  # the dict may have been edited since from_dict/from_json
+    else:
+        config = Config.from_dict(config)
     names = _check_algorithms(frontend, config)
     _say_ignored(config)
     settings = [algorithm_params(config, n, frontend.name) for n in names]
@@ -343,7 +346,11 @@ def dry_run(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
     Returns:
         A controller whose ``analysis``, ``plan`` and ``statistics()`` describe the result.
     """
-    config = config if isinstance(config, Config) else Config.from_dict(config)
+    if isinstance(config, Config):
+        config.validate()  # the dict may have been edited since from_dict/from_json
+    else:
+        config = Config.from_dict(config)
+    _say_ignored(config)
     params = pruning_params(config, frontend.name)
     frontend.check(model, config)
     captured = frontend.capture(model, config)
