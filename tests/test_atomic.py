@@ -1,5 +1,6 @@
 """The package's atomic writer: old files survive failures, no temporaries are left."""
 
+import errno
 import os
 import signal
 import stat
@@ -112,6 +113,22 @@ def test_failure_midway_keeps_the_old_file_and_removes_the_temporary(tmp_path):
         atomic_write(target, broken)
     assert target.read_text() == "old content"
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_a_full_disk_names_the_target(tmp_path):
+    """The error named no file (a temporary's write failed)."""
+    target = tmp_path / "m.onnx"
+    target.write_text("old content")
+
+    def full(tmp):
+        Path(tmp).write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=rf"^\[Errno {errno.ENOSPC}\] Cannot write {target}: No "
+                       "space left on device. Nothing was written there; free some space"):
+        atomic_write(target, full)
+    assert target.read_text() == "old content"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 
 def test_interrupt_midway_removes_the_temporary(tmp_path):

@@ -43,12 +43,14 @@ __all__ = [
     "atomic_write_text",
     "atomic_dir",
     "check_writable",
+    "NO_SPACE",
     "move_into_place",
     "remove_stale",
     "staging_dir",
 ]
 
 PathLike = str | os.PathLike
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, a file size limit, a quota
 log = logging.getLogger("filterprune")
 # Tells this host's temporaries from those of others writing to a shared folder.
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
@@ -75,6 +77,11 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], None], suffix: str = 
     try:
         write_fn(tmp)
         move_into_place(tmp, target)
+    except OSError as err:
+        if err.errno not in NO_SPACE:
+            raise
+        raise type(err)(err.errno, f"Cannot write {target}: {err.strerror}. Nothing was "
+                        "written there; free some space or choose another folder") from err
     finally:
         _remove(tmp)
 

@@ -294,3 +294,10 @@ def test_misspelt_top_level_keys_get_a_hint(caplog):
     assert ("Unknown top-level key `accuracy_aware_trainig` is not read. Did you mean "
             "`accuracy_aware_training`?") in caplog.text
     assert "`Ignored_Scopes` is not read. Did you mean `ignored_scopes`?" in caplog.text
+
+
+def test_prune_batch_norms_off_is_said_to_change_nothing(caplog):
+    config = _config({**PRUNE, "params": {**PRUNE["params"], "prune_batch_norms": False}})
+    with caplog.at_level(logging.WARNING, logger="filterprune"):
+        create_compressed_model(DictFrontend(), Net(), config)
+    assert "`compression[0].params.prune_batch_norms: false` changes nothing" in caplog.text

@@ -48,6 +48,13 @@ def test_an_empty_dataset_is_refused_at_registration():
         register_default_init_args(make_config(), [])
 
 
+def test_a_misspelt_keyword_is_refused():
+    """``val_datset=`` was taken and dropped."""
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'val_datset'\. Did you "
+                       r"mean `val_dataset`\?"):
+        register_default_init_args(make_config(), _images(4)[0], val_datset=[1])
+
+
 def test_an_exhausted_iterator_is_refused_in_create_compressed_model(resnet):
     batches = iter(_images(4, 4))
     list(batches)

@@ -133,6 +133,13 @@ def test_batchnorm_adaptation_runs_on_registered_dataset(resnet):
     assert resnet.get_layer("bna").momentum == 0.99  # restored
 
 
+def test_what_is_not_a_model_is_named():
+    """A layer, or a model's weights, failed with an AttributeError inside."""
+    for value, says in ((layers.Conv2D(4, 3), "Conv2D"), ([np.zeros(3)], "list")):
+        with pytest.raises(TypeError, match=f"must be a keras.Model .*Received: a {says}\\."):
+            create_compressed_model(value, make_config(sample=(1, 8, 8, 3)))
+
+
 def test_subclassed_model_is_a_clear_error():
     class Net(keras.Model):
         def __init__(self):

@@ -70,6 +70,17 @@ def test_a_loader_of_length_zero_is_refused_at_registration():
         register_default_init_args(make_config(), [])
 
 
+def test_a_misspelt_keyword_is_refused_and_nncfs_own_are_said_unused(caplog):
+    """``train_step_fn=`` was taken and dropped: LeGR's candidates went untrained."""
+    caplog.set_level("WARNING", logger="filterprune")
+    loader = [torch.randn(2, 3, 32, 32)]
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'train_step_fn'\. Did "
+                       r"you mean `train_steps_fn`\?"):
+        register_default_init_args(make_config(), loader, train_step_fn=lambda *a: None)
+    register_default_init_args(make_config(), loader, criterion_fn=lambda *a: 0)
+    assert "register_default_init_args: `criterion_fn` is not used" in caplog.text
+
+
 class WithHead(nn.Module):
     """SmallNet's BatchNorms, then a BatchNorm1d over features: one sample is one value."""
 

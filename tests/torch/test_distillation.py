@@ -203,3 +203,14 @@ def test_the_teacher_follows_the_students_dtype():
     model.double().train()
     model(torch.randn(2, 1, 28, 28, dtype=torch.float64))
     assert ctrl.loss().dtype == torch.float64
+
+
+def test_a_combined_strip_refuses_a_misspelt_keyword():
+    """``strip(shrnk=False)`` returned the cut model, where a single controller refuses."""
+    ctrl, _ = create_compressed_model(net(), config({"type": "mse"}))
+    with pytest.raises(TypeError, match="shrnk"):
+        ctrl.strip(shrnk=False)
+    with pytest.raises(TypeError, match="do_cpy"):
+        ctrl.strip(do_cpy=False)
+    numel = [sum(p.numel() for p in m.parameters()) for m in (ctrl.strip(shrink=False), net())]
+    assert numel[0] == numel[1]

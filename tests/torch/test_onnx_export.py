@@ -1,5 +1,6 @@
 """ONNX export: the current exporter by default, the TorchScript one as fallback."""
 
+import errno
 import logging
 
 import numpy as np
@@ -286,6 +287,24 @@ def test_an_output_key_that_names_an_input_is_written_under_output(tmp_path, cap
     assert names == ["output/sample"]
     with torch.no_grad():
         np.testing.assert_allclose(sample, model(x)["sample"].numpy(), atol=1e-5)
+
+
+def test_a_full_disk_is_said_with_the_file_and_no_other_exporter_is_tried(tmp_path, monkeypatch):
+    """The TorchScript exporter was tried after the current one met a full disk, and the
+    error named no file."""
+
+    def full(model, args, tmp, names):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def other(*args):
+        raise AssertionError("the TorchScript exporter was tried")
+
+    monkeypatch.setattr(onnx_export, "_dynamo", full)
+    monkeypatch.setattr(onnx_export, "_legacy_any_batch", other)
+    path = tmp_path / "m.onnx"
+    with pytest.raises(OSError, match=f"Cannot write {path}: No space left on device"):
+        export_onnx(_DictOut().eval(), (torch.randn(1, 3, 16, 16),), str(path))
+    assert not path.exists()
 
 
 class _WithCount(_DictOut):

@@ -1,5 +1,7 @@
 """The PyTorch workflow of the reference, end to end, on small models."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -578,3 +580,14 @@ def test_a_misspelt_keyword_is_refused_and_nncf_ones_are_said(caplog):
     assert not caplog.records
     create_compressed_model(SmallNet(), config, dummy_forward_fn=lambda model: model)
     assert "`dummy_forward_fn` is not used: the model is run on inputs made from" in caplog.text
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ({"conv.weight": torch.zeros(1)}, "a dict (a state_dict or a checkpoint?)"),
+    (nn.Conv2d, "the class Conv2d (not an instance of it)"),
+    (lambda x: x, "a function"),
+])  # fmt: skip
+def test_what_is_not_a_module_is_named(value, says):
+    """A state_dict or a checkpoint passed as the model failed in named_modules."""
+    with pytest.raises(TypeError, match=rf"a torch\.nn\.Module\. Received: {re.escape(says)}"):
+        create_compressed_model(value, make_config((1, 3, 8, 8)))

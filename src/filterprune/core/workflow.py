@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -193,6 +193,11 @@ def _say_ignored(config: Config) -> None:
         if hint:  # only near misses: other keys are the training script's own
             log.warning("Unknown top-level key `%s` is not read.%s", key, hint)
     for i, entry in enumerate(config.algorithms()):
+        if entry.get("algorithm") == "filter_pruning" \
+                and (entry.get("params") or {}).get("prune_batch_norms") is False:  # fmt: skip
+            log.warning("`compression[%d].params.prune_batch_norms: false` changes nothing "
+                        "the model computes: the layers reading a pruned channel read it "
+                        "as zero, and the strip cuts its BatchNorm channel either way.", i)
         initializer = entry.get("initializer")
         for key, reader in _others_initializer_keys(entry.get("algorithm"), initializer).items():
             log.warning("`compression[%d].initializer.%s` is not read by `%s`: move it to the "
@@ -227,22 +232,25 @@ def _check_algorithms(frontend: Frontend, config: Config) -> list[str]:
     return names
 
 
-def check_nncf_keywords(given: Mapping[str, Any], accepted: Mapping[str, str]) -> None:
-    """Refuse keywords of ``create_compressed_model`` other than NNCF's own (``accepted``:
+def check_nncf_keywords(given: Mapping[str, Any], accepted: Mapping[str, str],
+                        function: str = "create_compressed_model",
+                        own: Sequence[str] = ("compression_state",)) -> None:  # fmt: skip
+    """Refuse keywords of ``function`` other than its ``own`` and NNCF's (``accepted``:
     name -> what this library does instead), and warn where one given is not used. A
-    misspelt ``compression_state`` used to start a fresh run without a word.
+    misspelt ``compression_state`` used to start a fresh run without a word, and a
+    misspelt ``train_steps_fn`` left LeGR's candidates untrained.
 
     Raises:
         TypeError: Naming the keyword, and the closest one accepted.
     """
-    names = ["compression_state", *accepted]
+    names = [*own, *accepted]
     for key, value in given.items():
         if key not in accepted:
-            raise TypeError(f"create_compressed_model() got an unexpected keyword argument "
+            raise TypeError(f"{function}() got an unexpected keyword argument "
                             f"{key!r}.{did_you_mean(key, names)} It takes "
                             f"{', '.join(names)}.")  # fmt: skip
         if value is not None and accepted[key]:
-            log.warning("create_compressed_model: `%s` is not used: %s.", key, accepted[key])
+            log.warning("%s: `%s` is not used: %s.", function, key, accepted[key])
 
 
 def create_compressed_model(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],

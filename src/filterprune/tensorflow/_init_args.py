@@ -20,6 +20,7 @@ from .._batches import (
     nonempty_batches,
 )
 from ..core.config import Config
+from ..core.workflow import check_nncf_keywords
 from ..progress import progress
 from .masks import pruned_channels
 
@@ -48,7 +49,7 @@ def _check_not_empty(dataset: Any, key: str, *purpose: str) -> None:
 def register_default_init_args(config: Config, dataset: Any, batch_size: int | None = None, *,
                                val_dataset: Any = None, validate_fn: Any = None,
                                train_steps_fn: Any = None, legr_train_optimizer: Any = None,
-                               **_: Any) -> Config:  # fmt: skip
+                               **nncf_keywords: Any) -> Config:  # fmt: skip
     """Attach ``dataset`` (and LeGR's search inputs) to ``config`` for initialisation.
 
     Args:
@@ -75,8 +76,13 @@ def register_default_init_args(config: Config, dataset: Any, batch_size: int | N
     Raises:
         ConfigError: If ``dataset`` or ``val_dataset`` has length 0 (a dataset of unknown
             length is checked when it is read, before any statistic changes).
-        TypeError: If ``validate_fn`` or ``train_steps_fn`` is given but not callable.
+        TypeError: If ``validate_fn`` or ``train_steps_fn`` is given but not callable, or
+            for a keyword NNCF's function did not take either.
     """
+    check_nncf_keywords(nncf_keywords, {"device": "Keras places the model itself"},
+                        "register_default_init_args",
+                        ("batch_size", "val_dataset", "validate_fn", "train_steps_fn",
+                         "legr_train_optimizer"))  # fmt: skip
     _check_not_empty(dataset, "dataset")
     if val_dataset is not None:
         _check_not_empty(val_dataset, "val_dataset", "the LeGR search")

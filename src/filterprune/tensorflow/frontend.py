@@ -43,6 +43,12 @@ class KerasFrontend(Frontend):
                    "knowledge_distillation": KnowledgeDistillationController}  # fmt: skip
 
     def check(self, model: Any, config: Config) -> None:
+        if not isinstance(model, keras.Model):
+            raise TypeError(
+                "The model must be a keras.Model (Functional or Sequential). Received: a "
+                f"{type(model).__name__}. Build or load the model (keras.models.load_model), "
+                "and pass it."
+            )
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
                 "filterprune.tensorflow needs the Keras 'tensorflow' backend. Received: "
@@ -114,8 +120,8 @@ class KerasFrontend(Frontend):
         reset_traced_functions(model)
         _say_on_save(model)
 
-    def strip(self, ctrl: Any, **kwargs: Any) -> Any:
-        model = ctrl.strip_model(ctrl.model, **kwargs)
+    def strip(self, ctrl: Any, shrink: bool = True) -> Any:
+        model = ctrl.strip_model(ctrl.model, shrink=shrink)
         # never the training model itself (knowledge distillation alone rebuilds nothing)
         return plain_copy(model) if model is ctrl.model else model
 

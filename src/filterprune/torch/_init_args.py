@@ -18,10 +18,21 @@ from .._batches import (
     nonempty_batches,  # fmt: skip
 )
 from ..core.config import Config
+from ..core.workflow import check_nncf_keywords
 from ..progress import progress
 from .masks import pruned_statistics, restore_pruned_statistics
 
 __all__ = ["InitArgs", "register_default_init_args", "adapt_batchnorm", "model_inputs"]
+
+
+# NNCF's other arguments: name -> why they are not used
+_NNCF_KEYWORDS = {
+    "criterion_fn": "the loss is the training loop's own",
+    "autoq_eval_fn": "there is no mixed-precision search",
+    "model_eval_fn": "there is no accuracy-driven quantization search",
+    "distributed_callbacks": "distributed() takes the process group",
+    "execution_parameters": "initialisation runs on the model's device",
+}  # fmt: skip
 
 
 @dataclass
@@ -40,7 +51,8 @@ class InitArgs:
 def register_default_init_args(config: Config, train_loader: Any, criterion: Any = None,
                                device: str | None = None, *, val_loader: Any = None,
                                validate_fn: Any = None, train_steps_fn: Any = None,
-                               legr_train_optimizer: Any = None, **_: Any) -> Config:  # fmt: skip
+                               legr_train_optimizer: Any = None, **nncf_keywords: Any,
+                               ) -> Config:  # fmt: skip
     """Attach ``train_loader`` (and LeGR's search inputs) to ``config`` for initialisation.
 
     Args:
@@ -64,8 +76,12 @@ def register_default_init_args(config: Config, train_loader: Any, criterion: Any
     Raises:
         ConfigError: If ``train_loader`` or ``val_loader`` has length 0 (one without a length
             is checked when it is read).
-        TypeError: If ``validate_fn`` or ``train_steps_fn`` is given but not callable.
+        TypeError: If ``validate_fn`` or ``train_steps_fn`` is given but not callable, or
+            for a keyword NNCF's function did not take either.
     """
+    check_nncf_keywords(nncf_keywords, _NNCF_KEYWORDS, "register_default_init_args",
+                        ("criterion", "device", "val_loader", "validate_fn", "train_steps_fn",
+                         "legr_train_optimizer"))  # fmt: skip
     check_not_empty(train_loader, "data_loader")
     if val_loader is not None:
         check_not_empty(val_loader, "val_loader", "the LeGR search")

@@ -164,6 +164,15 @@ def _as_arguments(model: nn.Module, infos: list[dict[str, Any]], tensors: list[t
 _AO_QUANT = (torch.ao.quantization.ObserverBase, torch.ao.quantization.FakeQuantizeBase)
 
 
+def _described(value: object) -> str:
+    """What was passed instead of a model, in a few words."""
+    if isinstance(value, dict):
+        return "a dict (a state_dict or a checkpoint?)"
+    if isinstance(value, type):
+        return f"the class {value.__name__} (not an instance of it)"
+    return f"a {type(value).__name__}"
+
+
 class TorchFrontend(Frontend):
     """Reads ``nn.Module`` s with torch.fx; one controller class per algorithm."""
 
@@ -173,6 +182,12 @@ class TorchFrontend(Frontend):
                    "knowledge_distillation": KnowledgeDistillationController}  # fmt: skip
 
     def check(self, model: nn.Module, config: Config) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                "The model must be a torch.nn.Module. Received: "
+                f"{_described(model)}. Build the model, load its weights "
+                "(model.load_state_dict(...)), and pass the model."
+            )
         compiled = [n or type(model).__name__ for n, m in model.named_modules()
                     if hasattr(m, "_orig_mod") and hasattr(m, "dynamo_ctx")]  # fmt: skip
         if compiled:  # its wrapper hides the module from torch.fx; torch.export's capture
@@ -263,10 +278,10 @@ class TorchFrontend(Frontend):
     def restore(self, model: nn.Module, snapshot: Any) -> None:
         restore(snapshot)
 
-    def strip(self, ctrl: Any, do_copy: bool = True, **kwargs: Any) -> nn.Module:
+    def strip(self, ctrl: Any, shrink: bool = True, do_copy: bool = True) -> nn.Module:
         check_layers_in_place(ctrl)
         model = copy_model(ctrl.model) if do_copy else ctrl.model
-        return ctrl.strip_model(model, **kwargs)
+        return ctrl.strip_model(model, shrink=shrink)
 
     def export_model(self, ctrl: Any, save_path: str, *args: Any, **kwargs: Any) -> None:
         export_model(ctrl, save_path, *args, **kwargs)

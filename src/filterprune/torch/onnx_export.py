@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._atomic import atomic_write, check_writable
+from .._atomic import NO_SPACE, atomic_write, check_writable
 from ._tree import leaves, path_name
 from .onnx_check import compare_file
 
@@ -77,8 +77,8 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
             try:
                 return _write(path, lambda tmp: _dynamo(model, args, tmp, names), "dynamo")
             except Exception as err:  # noqa: BLE001 - any failure of the new exporter falls back
-                if exporter == "dynamo":
-                    raise
+                if exporter == "dynamo" or isinstance(err, OSError) and err.errno in NO_SPACE:
+                    raise  # a full disk fails the other exporter too
                 log.warning("The current ONNX exporter (dynamo=True) failed (%s); exporting with "
                             "the TorchScript exporter instead.", _short(err))  # fmt: skip
                 return _write(path, lambda tmp: _legacy_any_batch(model, args, tmp, names),
