@@ -145,6 +145,31 @@ def test_concat_then_split(tmp_path):
     assert weight_shape(new, "c1") == (2, 4, 1, 1) and weight_shape(new, "c2") == (2, 6, 1, 1)
 
 
+@pytest.mark.parametrize("twice", ["cat", "split-cat"])
+def test_a_tensor_concatenated_with_itself_is_cut(tmp_path, twice):
+    """Its operands were read once each, so the Concat's layout did not match its output
+    and the producer was kept whole."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8 if twice == "cat" else 16, 1)
+            self.d, self.e = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            if twice == "cat":
+                y = self.a(x)
+                return self.e(torch.cat([y, y], 1))
+            p, q = torch.split(self.a(x), [8, 8], dim=1)  # p's zero filter: d reads it alone
+            return self.e(self.d(p) + torch.cat([q, q], 1))
+
+    m = Net()
+    zero(m.a, [1])
+    x = torch.randn(1, 3, 6, 6)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "/a/").removed == 1
+
+
 def test_chunk_exported_as_slice(tmp_path):
     """torch.chunk becomes Slice ops with computed bounds: the bounds are rewritten."""
 

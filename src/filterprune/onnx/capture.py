@@ -131,7 +131,8 @@ class _Emitter:
             layer, kind, attrs = self.layer(idx, node, view, kind, attrs)
             if layer is None:  # whole: every computed operand it reads stays whole too
                 inputs = list(dict.fromkeys(n for n in node.input if n in self.graph.nodes))
-        if kind in ("elementwise", "einsum"):  # keep operand order (PRelu, Div, Einsum)
+        # every operand in order: PRelu, Div, Einsum; a tensor concatenated with itself
+        if kind in ("elementwise", "einsum", "concat", "stack"):
             inputs = [self.operand(n) for n in names]
         mode = spec.zero if spec else "none"
         if mode in ZERO_CHECKS:
