@@ -307,6 +307,9 @@ class ModelFacts:
         return self._readers.get(name, 0)
 
 
+_MAX_FOLDS = 8  # rounds of folding and shape inference (each round makes more known)
+
+
 class _Folder:
     """The mutable work behind :func:`read_facts`: folds constants, infers shapes."""
 
@@ -331,22 +334,30 @@ class _Folder:
         self.consts_at_fold: dict[str, np.ndarray] = {}
 
     def prefold(self) -> None:
-        """Fold constants, then infer shapes again with them known (computed Pad widths...)."""
+        """Fold constants, then infer shapes again with them known (computed Pad widths...);
+        again while that makes more known: a Reshape target read from the shape of another
+        computed reshape (tf2onnx's UpSampling2D at opset 13) is known only then."""
         initial = set(self.consts)
-        folded = [n for n in self.model.graph.node if self.fold(n)]
-        folded += [n for n in self.model.graph.node if self.fixed_target(n)]
         self.consts_at_fold = dict(self.consts)
-        if not folded:
-            return
-        self.shape_model = m = onnx.ModelProto()
-        m.CopyFrom(self.model)
-        keep = [n for n in m.graph.node if not all(o in self.consts for o in n.output if o)]
-        del m.graph.node[:]
-        m.graph.node.extend(keep)
-        for name, value in self.consts.items():
-            if name not in initial and value.dtype != object:
-                m.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-        self.static = infer_shapes(m)
+        for _ in range(_MAX_FOLDS):
+            known = len(self.consts)
+            for node in self.model.graph.node:
+                self.fold(node)
+            for node in self.model.graph.node:
+                self.fixed_target(node)
+            if len(self.consts) == known:
+                return
+            self.consts_at_fold = dict(self.consts)
+            self.shape_model = m = onnx.ModelProto()
+            m.CopyFrom(self.model)
+            keep = [n for n in m.graph.node if not all(o in self.consts for o in n.output if o)]
+            del m.graph.node[:]
+            m.graph.node.extend(keep)
+            for name, value in self.consts.items():
+                if name not in initial and value.dtype != object:
+                    m.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+            self.static = infer_shapes(m)
+            self.batch = BatchShapes(m, self.producer, self.opset)  # its targets now known
 
     def refold(self) -> None:
         """Fold again with the new shapes (a Shape of a tensor now known), in graph order;
