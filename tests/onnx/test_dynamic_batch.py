@@ -70,6 +70,25 @@ def test_a_target_read_from_another_computed_reshape_is_known(tmp_path):
     assert layer(report, "a").removed == 1 and weight_shape(new, "b") == (16, 7, 3, 3)
 
 
+def test_layers_left_out_of_the_flops_are_named(tmp_path):
+    """After an op of another domain the file gives no shapes: b's FLOPs were left out
+    without a word."""
+    rng = np.random.default_rng(0)
+    w = {"wa": rng.normal(size=(8, 3, 3, 3)), "wb": rng.normal(size=(8, 8, 3, 3)),
+         "wc": rng.normal(size=(4, 8, 1, 1))}  # fmt: skip
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="a", pads=[1, 1, 1, 1]),
+             helper.make_node("Mystery", ["a"], ["r"], domain="my.ops"),
+             helper.make_node("Conv", ["r", "wb"], ["b"], name="b", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b", "wc"], ["y"], name="c")]
+    path = save_graph(tmp_path, nodes, w, [1, 3, 4, 4], [1, 4, 4, 4])
+    model = onnx.load(path)
+    model.opset_import.append(helper.make_opsetid("my.ops", 1))
+    _, report = remove_zero_filters(model, verify=False)
+    assert report.flops_before == 2 * 16 * (8 * 27 + 4 * 8)
+    assert ("FLOPs leave out 1 layer(s) whose output shape the file does not give (b)"
+            in " ".join(report.notes))
+
+
 @pytest.mark.parametrize("allowzero", [0, 1])
 def test_computed_flatten_target_is_rewritten(allowzero, tmp_path):
     new, report = convert(_flatten_chain(tmp_path, allowzero), np.zeros((3, 3, 4, 4)))

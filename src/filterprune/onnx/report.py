@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..core.flops import count_flops, count_params
+from ..core.flops import count_flops, count_params, layer_flops
 from ._ops import foreign_fix, foreign_ops
 from .capture import Captured
 from .zero_filters import Decision
@@ -115,8 +115,21 @@ def build_report(cap: Captured, decision: Decision) -> ConversionReport:
     return ConversionReport(
         flops_before=count_flops(graph), flops_after=count_flops(graph, keeps),
         params_before=count_params(graph), params_after=count_params(graph, keeps),
-        layers=layers, notes=[*cap.notes, *_foreign_note(cap)],
+        layers=layers, notes=[*cap.notes, *_foreign_note(cap), *_uncounted_note(cap)],
     )  # fmt: skip
+
+
+def _uncounted_note(cap: Captured) -> list[str]:
+    """Which conv and linear layers the FLOPs leave out: their output shapes are
+    unknown (a shape computed from the values the file reads), so positions are too."""
+    counted = layer_flops(cap.graph)
+    missing = [name for name, info in cap.graph.layers.items()
+               if info.kind in ("conv", "linear") and name not in counted]  # fmt: skip
+    if not missing:
+        return []
+    named = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return [f"FLOPs leave out {len(missing)} layer(s) whose output shape the file does not "
+            f"give ({named}): FLOPs before and after count the rest"]
 
 
 def _op_type(cap: Captured, layer: str) -> str:
