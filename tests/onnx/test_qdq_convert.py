@@ -611,3 +611,34 @@ def test_a_quantized_file_counts_the_parameters_of_its_float_model(qat):
             bias = node.input[2] if len(node.input) > 2 else ""
             expected += values[weight].size + (values[bias].size if bias else 0)
     assert report.params_before == expected
+
+
+@pytest.mark.parametrize("per_axis", [False, True])
+@pytest.mark.parametrize("op", ["Mul", "Add"])
+def test_a_quantized_constant_an_elementwise_op_reads_is_cut(op, per_axis, tmp_path):
+    """quantize_static quantizes a Mul or Add operand (a layer scale, an unfolded
+    BatchNorm) too: it read as "a quantized constant read by a non-weighted op" and every
+    zero filter of the conv before it was kept; the float file lost them."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
+    w[[1, 6]] = 0
+    k = rng.integers(-100, 100, size=(8, 1, 1)).astype(np.int8)
+    if op == "Add":
+        k[[1, 6]] = 0  # an Add keeps a zero channel zero only where it adds zero
+    scale = (rng.uniform(0.01, 0.02, size=8) if per_axis else np.array(0.02)).astype(np.float32)
+    dq = helper.make_node("DequantizeLinear", ["k", "k_scale"], ["kf"], axis=0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="a", pads=[1, 1, 1, 1]), dq,
+             helper.make_node(op, ["a", "kf"], ["m"]),
+             helper.make_node("Conv", ["m", "w2"], ["y"], name="b")]
+    inits = [numpy_helper.from_array(v, n) for n, v in (
+        ("w", w), ("k", k), ("k_scale", scale),
+        ("w2", rng.normal(size=(4, 8, 1, 1)).astype(np.float32)))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", 1, [1, 4, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    new, report = remove_zero_filters(model)
+    assert report.removed == 2 and report.max_rel_diff < 1e-6
+    ints = {i.name: numpy_helper.to_array(i) for i in new.graph.initializer}
+    dq_new = next(n for n in new.graph.node if n.op_type == "DequantizeLinear")
+    assert ints[dq_new.input[0]].shape == (6, 1, 1) and ints[dq_new.input[0]].dtype == np.int8
+    assert ints[dq_new.input[1]].shape == ((6,) if per_axis else ())

@@ -45,6 +45,7 @@ class Captured(CoreCaptured):
         node_index: Core node -> index of the ONNX node that computes it.
         dynamic: Names of inputs with a symbolic batch axis (analysed with batch 1).
         notes: Things the user should know (dynamic shapes, folded subgraphs).
+        dq_params: A constant read through its own DequantizeLinear -> that node's index.
     """
 
     model: onnx.ModelProto | None = None
@@ -58,6 +59,7 @@ class Captured(CoreCaptured):
     notes: list[str] = field(default_factory=list)
     opset: int = 17
     fused: dict[str, dict] = field(default_factory=dict)  # see ._group_norm
+    dq_params: dict[str, int] = field(default_factory=dict)  # param -> its DequantizeLinear
 
 
 class _Emitter:
@@ -77,6 +79,12 @@ class _Emitter:
         if name in self.graph.nodes:
             return name
         value = self.facts.const(name)
+        d = self.facts.dq_node(name)
+        if value is None and d is not None and self._own_dq(d):
+            # a quantized constant (quantize_static's Mul/Add operand): read dequantized,
+            # cut as its integers (and per-axis scales) by the rewrite
+            value = self.cap.consts[name] = self.facts.value(name)
+            self.cap.dq_params[name] = d
         if value is not None:
             shape = tuple(value.shape)
             self.graph.add(Node(name, "param", shape=shape, attrs={"target": name}))
@@ -87,6 +95,12 @@ class _Emitter:
             if self.facts.dq_node(name) is not None else "a value the converter cannot follow"
         self.graph.add(Node(name, "stop", shape=self.facts.shape(name), attrs={"reason": reason}))
         return name
+
+    def _own_dq(self, idx: int) -> bool:
+        """Whether DequantizeLinear ``idx`` reads integers stored for it alone (not a float
+        quantized in the graph, nor a tensor another node reads too)."""
+        source = self.facts.node(idx).input[0]
+        return self.facts.q_node(source) is None and self.facts.readers(source) == 1
 
     # -- nodes -------------------------------------------------------------------------------
     def add_node(self, idx: int, node: onnx.NodeProto) -> None:

@@ -90,6 +90,9 @@ class _Writer:
                     a.i = groups
 
     def param(self, name: str, keep: dict[str, np.ndarray]) -> None:
+        if name in self.cap.dq_params:
+            self.quantized_param(self.cap.dq_params[name], keep)
+            return
         value = self.cap.consts[name]
         roles = tuple(f"axis{i}" for i in range(value.ndim))
         sliced = slice_weight(value, roles, keep)
@@ -99,6 +102,20 @@ class _Writer:
                 for ii, inp in enumerate(self.nodes[ni].input):
                     if inp == name:
                         self.set_input(ni, ii, sliced)
+
+    def quantized_param(self, ni: int, keep: dict[str, np.ndarray]) -> None:
+        """Cut a constant read through DequantizeLinear ``ni``: its integers, and its scale
+        and zero point where they run along a cut axis."""
+        node = self.nodes[ni]
+        ints = self.original(ni, 0)
+        self.set_input(ni, 0, slice_weight(ints, tuple(f"axis{i}" for i in range(ints.ndim)), keep))
+        if self.original(ni, 1).size <= 1:
+            return
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % ints.ndim
+        kept = keep.get(f"axis{axis}")
+        for ii in (1, 2):
+            if kept is not None and ii < len(node.input) and node.input[ii]:
+                self.set_input(ni, ii, self.original(ni, ii)[kept])
 
     # -- shape constants ----------------------------------------------------------------------
     def new_shape(self, name: str) -> tuple[int, ...] | None:
