@@ -112,7 +112,7 @@ def test_not_onnx_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
 
 
 
-def test_a_missing_external_data_file_is_named(tmp_path):
+def test_a_missing_or_short_external_data_file_is_named(tmp_path):
     """It was called "not an ONNX model: it could not be parsed"."""
     from onnx import helper, numpy_helper
 
@@ -123,6 +123,11 @@ def test_a_missing_external_data_file_is_named(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data",
               size_threshold=0)  # fmt: skip
+    data = (tmp_path / "m.data").read_bytes()
+    (tmp_path / "m.data").write_bytes(data[:100])
+    with pytest.raises(ConversionError, match=r"keeps weights in external data files, and one "
+                       r"is shorter than the model says .*Copy the data files"):  # fmt: skip
+        remove_zero_filters(str(tmp_path / "m.onnx"))
     (tmp_path / "m.data").unlink()
     with pytest.raises(ConversionError, match=r"keeps weights in external data files, and one "
                        r"is missing .*m\.data.*Put the data files beside the model"):  # fmt: skip

@@ -50,6 +50,12 @@ def load_model(model: Any) -> onnx.ModelProto:
                 f"{str(path)!r} keeps weights in external data files, and one is missing "
                 f"({err}). Put the data files beside the model, as when it was saved."
             ) from err
+        if "External data" in str(err):  # parsed; a data file is shorter than it says
+            raise ConversionError(
+                f"{str(path)!r} keeps weights in external data files, and one is shorter than "
+                f"the model says ({err}): it was cut off in a copy or download. Copy the data "
+                "files beside the model again."
+            ) from err
         raise ConversionError(
             f"{str(path)!r} is not an ONNX model: it could not be parsed ({err}). "
             "Expected a file written by onnx.save or torch.onnx.export."
