@@ -30,6 +30,8 @@ def check_not_empty(data: Any, key: str,
     Raises:
         ConfigError: If ``len(data)`` is 0 (data without a length is checked when read).
     """
+    if data is None:
+        raise ConfigError(f"`{key}` must hold the batches for {purpose}. Received: None.")
     try:
         size = len(data)
     except TypeError:  # a generator, an iterable dataset: checked on first use

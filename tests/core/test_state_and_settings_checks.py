@@ -301,3 +301,11 @@ def test_prune_batch_norms_off_is_said_to_change_nothing(caplog):
     with caplog.at_level(logging.WARNING, logger="filterprune"):
         create_compressed_model(DictFrontend(), Net(), config)
     assert "`compression[0].params.prune_batch_norms: false` changes nothing" in caplog.text
+
+
+def test_a_temperature_of_the_mse_type_is_said_unread(caplog):
+    config = _config(PRUNE, {"algorithm": "knowledge_distillation", "type": "mse",
+                             "temperature": 4})  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="filterprune"):
+        dry_run(DictFrontend(), Net(), config)
+    assert "`compression[1].temperature` is not read by type 'mse'" in caplog.text

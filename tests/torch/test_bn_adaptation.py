@@ -70,6 +70,12 @@ def test_a_loader_of_length_zero_is_refused_at_registration():
         register_default_init_args(make_config(), [])
 
 
+def test_no_loader_is_refused_at_registration():
+    with pytest.raises(ConfigError, match=r"^`data_loader` must hold the batches for .* "
+                       r"Received: None\."):
+        register_default_init_args(make_config(), None)
+
+
 def test_a_misspelt_keyword_is_refused_and_nncfs_own_are_said_unused(caplog):
     """``train_step_fn=`` was taken and dropped: LeGR's candidates went untrained."""
     caplog.set_level("WARNING", logger="filterprune")

@@ -591,3 +591,11 @@ def test_what_is_not_a_module_is_named(value, says):
     """A state_dict or a checkpoint passed as the model failed in named_modules."""
     with pytest.raises(TypeError, match=rf"a torch\.nn\.Module\. Received: {re.escape(says)}"):
         create_compressed_model(value, make_config((1, 3, 8, 8)))
+
+
+def test_a_data_parallel_wrapper_is_refused_with_what_to_pass(small_net):
+    """It was captured through torch.export with layer names under "module.", which no
+    saved state or scope pattern of the plain model matched."""
+    with pytest.raises(AnalysisError, match=r"wrapped in DataParallel\. Compress the model "
+                       r"itself \(model\.module\)"):
+        create_compressed_model(nn.DataParallel(small_net), make_config((1, 3, 32, 32)))

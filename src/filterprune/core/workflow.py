@@ -198,6 +198,10 @@ def _say_ignored(config: Config) -> None:
             log.warning("`compression[%d].params.prune_batch_norms: false` changes nothing "
                         "the model computes: the layers reading a pruned channel read it "
                         "as zero, and the strip cuts its BatchNorm channel either way.", i)
+        if entry.get("algorithm") == "knowledge_distillation" and entry.get("type") == "mse" \
+                and "temperature" in entry:  # fmt: skip
+            log.warning("`compression[%d].temperature` is not read by type 'mse': it softens "
+                        "the 'softmax' type only.", i)
         initializer = entry.get("initializer")
         for key, reader in _others_initializer_keys(entry.get("algorithm"), initializer).items():
             log.warning("`compression[%d].initializer.%s` is not read by `%s`: move it to the "

@@ -188,6 +188,12 @@ class TorchFrontend(Frontend):
                 f"{_described(model)}. Build the model, load its weights "
                 "(model.load_state_dict(...)), and pass the model."
             )
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            raise AnalysisError(  # its layers' names carry "module.": no state or scope fits
+                f"The model is wrapped in {type(model).__name__}. Compress the model itself "
+                "(model.module), then wrap the model create_compressed_model returns. The "
+                "model is unchanged."
+            )
         compiled = [n or type(model).__name__ for n, m in model.named_modules()
                     if hasattr(m, "_orig_mod") and hasattr(m, "dynamo_ctx")]  # fmt: skip
         if compiled:  # its wrapper hides the module from torch.fx; torch.export's capture
