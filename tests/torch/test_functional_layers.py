@@ -151,6 +151,35 @@ def test_a_model_of_layers_no_rule_reads_says_why_nothing_is_pruned(caplog):
             "in forward, not a parameter; feeds a model output)") in caplog.text
 
 
+def test_threads_running_a_layer_with_its_own_forward_read_its_own_masked_weights():
+    """The masked weights shadowed the parameters in the instance's __dict__: a thread
+    could read another's, or leave one behind for the strip to copy."""
+    import threading
+
+    torch.manual_seed(0)
+    net = nondegenerate(Net(PaddedConv(16, 16, 3)))
+    config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(net, config)
+    model.eval()
+    xs = [torch.randn(2, 3, 16, 16) for _ in range(8)]
+    with torch.no_grad():
+        serial = [model(x) for x in xs]
+        got = {}
+
+        def run(i):
+            for _ in range(20):
+                got[i] = model(xs[i])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert all(torch.equal(got[i], serial[i]) for i in range(len(xs)))
+    assert "weight" not in vars(model.mid) and type(model.mid.weight) is nn.Parameter
+    assert_strip_equal(ctrl, model, xs[0], tol=1e-5)
+
+
 def test_same_forward_subclass_is_cut():
     """A subclass whose own forward computes what its torch class computes is cut."""
 

@@ -15,6 +15,7 @@ exactly zero in the quantized weight.
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -41,17 +42,21 @@ def _keep(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def masked_param(module: nn.Module, name: str) -> torch.Tensor | None:
     """Parameter ``name`` of ``module`` with its mask applied (before any quantizer)."""
-    p = getattr(module, name, None)
-    if p is None:
-        return None
+    return _masked(module, name, getattr(module, name, None))
+
+
+def _masked(module: nn.Module, name: str, p: torch.Tensor | None) -> torch.Tensor | None:
     mask = module._buffers.get(f"{name}_mask")
-    return p if mask is None else _keep(p, mask)
+    return p if mask is None or p is None else _keep(p, mask)
+
+
+def _quantized(module: nn.Module, name: str, p: torch.Tensor | None) -> torch.Tensor | None:
+    quantizer = module._modules.get(f"{name}_quantizer")
+    return p if quantizer is None or p is None else quantizer(p)
 
 
 def _m(module: nn.Module, name: str) -> torch.Tensor | None:
-    p = masked_param(module, name)
-    quantizer = module._modules.get(f"{name}_quantizer")
-    return p if quantizer is None or p is None else quantizer(p)
+    return _quantized(module, name, masked_param(module, name))
 
 
 class _MaskState:
@@ -121,26 +126,51 @@ class _MaskedLinear(_MaskState):
         return F.linear(x, _m(self, "weight"), _m(self, "bias"))
 
 
+_RUNNING = threading.local()  # per thread: id of each own-forward layer in its forward
+
+
+def _running() -> dict[int, int]:
+    if not hasattr(_RUNNING, "ids"):
+        _RUNNING.ids = {}
+    return _RUNNING.ids
+
+
 class _MaskedOwnForward(_MaskState):
     """A conv or linear layer whose class runs its own forward around the torch one (a
     padding before ``F.conv2d``: efficientnet_pytorch's ``Conv2dStaticSamePadding``,
-    timm's ``Conv2dSame``): that forward runs, reading the masked (and quantized) weights,
-    which shadow the parameters in the instance's ``__dict__`` for the call."""
+    timm's ``Conv2dSame``): that forward runs, and while it does, in its thread, the
+    class's ``weight`` and ``bias`` properties read masked (and quantized)."""
 
     def forward(self, *args, **kwargs):
-        names = [n[: -len("_mask")] for n, b in self._buffers.items()
-                 if n.endswith("_mask") and b is not None]  # fmt: skip
-        names += [n[: -len("_quantizer")] for n in self._modules if n.endswith("_quantizer")]
-        values = {n: _m(self, n) for n in dict.fromkeys(names)}
-        state = vars(self)
-        saved = {n: state[n] for n in values if n in state}  # a weight-norm hook's weight
-        state.update(values)
+        running, key = _running(), id(self)
+        running[key] = running.get(key, 0) + 1
         try:
             return super().forward(*args, **kwargs)
         finally:
-            for n in values:
-                state.pop(n, None)
-            state.update(saved)
+            running[key] -= 1
+            if not running[key]:
+                del running[key]
+
+
+def _shadowing(name: str) -> property:
+    """``name`` as the forward of a :class:`_MaskedOwnForward` layer reads it: masked and
+    quantized inside that forward (in that thread only), as stored elsewhere. A value set
+    as a plain attribute (a weight-norm hook's computed weight) lives in the instance's
+    ``__dict__``, as it would without the property."""
+
+    def get(self):
+        raw = self.__dict__[name] if name in self.__dict__ else nn.Module.__getattr__(self, name)
+        if id(self) not in _running():
+            return raw
+        return _quantized(self, name, _masked(self, name, raw))
+
+    def put(self, value):
+        self.__dict__[name] = value
+
+    def drop(self):
+        del self.__dict__[name]
+
+    return property(get, put, drop)
 
 
 class _MaskedChannels(_MaskState):
@@ -201,8 +231,10 @@ def _masked_class(cls: type, prefix: str = "Masked") -> type:
             mixin = _MaskedLinear
         else:
             mixin = _MaskedChannels
-        _SWAPPED[cls, prefix] = type(f"{prefix}{cls.__name__}", (mixin, cls),
-                                     {"_filterprune_base": cls, "_filterprune_prefix": prefix})
+        attrs = {"_filterprune_base": cls, "_filterprune_prefix": prefix}
+        if mixin is _MaskedOwnForward:
+            attrs.update({n: _shadowing(n) for n in ("weight", "bias")})
+        _SWAPPED[cls, prefix] = type(f"{prefix}{cls.__name__}", (mixin, cls), attrs)
     return _SWAPPED[cls, prefix]
 
 
