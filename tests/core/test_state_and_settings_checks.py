@@ -309,3 +309,14 @@ def test_a_temperature_of_the_mse_type_is_said_unread(caplog):
     with caplog.at_level(logging.WARNING, logger="filterprune"):
         dry_run(DictFrontend(), Net(), config)
     assert "`compression[1].temperature` is not read by type 'mse'" in caplog.text
+
+
+def test_sizes_set_from_arrays_and_shapes_after_loading_are_read_as_lists():
+    """The config checked again refused them (a tuple, a NumPy integer); they ran before."""
+    config = NNCFConfig.from_dict(_config(PRUNE))
+    config["input_info"]["sample_size"] = (1, np.int64(3), 4, 4)
+    create_compressed_model(DictFrontend(), Net(), config)
+    assert config["input_info"]["sample_size"] == [1, 3, 4, 4]
+    assert type(config["input_info"]["sample_size"][1]) is int
+    config["input_info"]["sample_size"] = np.array([1, 3, 4, 4])
+    dry_run(DictFrontend(), Net(), config)

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError
 from . import schema
 from ._jsonc import strip_comments
@@ -156,6 +158,7 @@ class Config(dict):
             ConfigError: Naming the key path, what is expected and what was received.
         """
         self.validated = False
+        _plain_in_place(self)
         top = {k: v for k, v in self.items() if k != "compression"}
         check_finite(top)
         validate(dict(self), config_schema(with_algorithms=False))
@@ -256,3 +259,17 @@ def __getattr__(name: str) -> Any:
     if name in schema.__all__:
         return getattr(schema, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _plain_in_place(container: dict | list) -> None:
+    """Write ``container``'s values as JSON holds them: a tuple (``x.shape``, a
+    ``torch.Size``) as a list, a NumPy number as a Python one (a script sets sizes from
+    arrays and tensors). Dicts and lists are changed in place: a script may hold them."""
+    for key, value in list(container.items() if isinstance(container, dict)
+                           else enumerate(container)):  # fmt: skip
+        if isinstance(value, tuple):
+            value = container[key] = list(value)
+        elif isinstance(value, (np.generic, np.ndarray)):
+            container[key] = value.tolist()
+        if isinstance(value, (dict, list)):
+            _plain_in_place(value)
