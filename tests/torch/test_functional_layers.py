@@ -46,6 +46,14 @@ class PaddedConv(nn.Conv2d):
         return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)
 
 
+class OnesPaddedConv(nn.Conv2d):
+    """Pads with ones in its own forward: a pruned input channel reads ones at the border,
+    so only masks applied inside this forward give what the stripped layer gives."""
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), value=1.0), self.weight, self.bias)
+
+
 class StandardizedConv(nn.Conv2d):
     """Standardises its weight in forward (timm's StdConv2d): the weight is computed."""
 
@@ -125,7 +133,7 @@ def test_a_layer_masks_cannot_follow_stays_whole_with_the_reason(middle, reason)
 def test_a_subclass_with_its_own_forward_is_cut_and_quantized_in_that_forward(quantize):
     """Its masks (and weight quantizer) are read by its own forward: the padding stays."""
     torch.manual_seed(0)
-    net = nondegenerate(Net(PaddedConv(16, 16, 3)))
+    net = nondegenerate(Net(OnesPaddedConv(16, 16, 3)))
     x = torch.randn(2, 3, 16, 16)
     ref = net.eval()(x)
     extra = [{"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}}]
@@ -137,7 +145,7 @@ def test_a_subclass_with_its_own_forward_is_cut_and_quantized_in_that_forward(qu
     if quantize:
         assert model.mid.weight_quantizer is not None
     small = assert_strip_equal(ctrl, model, x, tol=1e-5)
-    assert isinstance(small.mid, PaddedConv) and small.mid.out_channels == 8
+    assert isinstance(small.mid, OnesPaddedConv) and small.mid.out_channels == 8
     assert small(x).shape == ref.shape
 
 
@@ -157,7 +165,7 @@ def test_threads_running_a_layer_with_its_own_forward_read_its_own_masked_weight
     import threading
 
     torch.manual_seed(0)
-    net = nondegenerate(Net(PaddedConv(16, 16, 3)))
+    net = nondegenerate(Net(OnesPaddedConv(16, 16, 3)))
     config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
     ctrl, model = create_compressed_model(net, config)
     model.eval()
