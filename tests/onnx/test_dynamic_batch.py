@@ -89,6 +89,29 @@ def test_layers_left_out_of_the_flops_are_named(tmp_path):
             in " ".join(report.notes))
 
 
+def test_layers_counted_at_a_free_size_of_1_are_named(tmp_path):
+    """A free batch folded into an upsampling reshape leaves e's spatial size computed at
+    run time: its FLOPs were counted at 1x1 without a word (64 where it takes 9216)."""
+
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.e = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            n, c, h, w = y.shape
+            z = y.reshape(n, c, h, 1, w, 1).expand(n, c, h, 2, w, 2)
+            t = z.shape
+            return self.e(z.reshape(t[0], t[1], t[2] * t[3], t[4] * t[5]))
+
+    path = export(Up(), torch.randn(1, 3, 6, 6), tmp_path / "m.onnx", input_names=["x"],
+                  dynamic_axes={"x": {0: "N"}})
+    _, report = remove_zero_filters(path, verify=False)
+    assert ("FLOPs count 1 layer(s) at size 1 along output dimensions the file computes at "
+            "run time (/e/Conv)") in report.notes
+
+
 @pytest.mark.parametrize("allowzero", [0, 1])
 def test_computed_flatten_target_is_rewritten(allowzero, tmp_path):
     new, report = convert(_flatten_chain(tmp_path, allowzero), np.zeros((3, 3, 4, 4)))

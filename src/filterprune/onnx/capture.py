@@ -60,6 +60,7 @@ class Captured(CoreCaptured):
     opset: int = 17
     fused: dict[str, dict] = field(default_factory=dict)  # see ._group_norm
     dq_params: dict[str, int] = field(default_factory=dict)  # param -> its DequantizeLinear
+    sized_at_one: list[str] = field(default_factory=list)  # layers counted at free sizes 1
 
 
 class _Emitter:
@@ -208,6 +209,9 @@ class _Emitter:
             self.emit_split(node, inputs, shapes, (kind, attrs), layer, mode)
             return
         self.graph.add(Node(outs[0], kind, inputs, shapes[0], layer, attrs, label))
+        if kind in ("conv", "linear") and self.facts.symbolic(outs[0]) \
+                and not any(self.facts.symbolic(i) for i in self.facts.dynamic):  # fmt: skip
+            self.cap.sized_at_one.append(layer or outs[0])  # a free size made in the file
         self.cap.zero[outs[0]] = mode if kind != "stop" else "none"
         for o, shape in zip(outs[1:], shapes[1:], strict=True):
             self.graph.add(Node(o, "stop", [outs[0]], shape, label=label,

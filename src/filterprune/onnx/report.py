@@ -120,16 +120,24 @@ def build_report(cap: Captured, decision: Decision) -> ConversionReport:
 
 
 def _uncounted_note(cap: Captured) -> list[str]:
-    """Which conv and linear layers the FLOPs leave out: their output shapes are
-    unknown (a shape computed from the values the file reads), so positions are too."""
+    """Which conv and linear layers the FLOPs leave out (their output shapes unknown), and
+    which they count at size 1 along a dimension computed at run time (a free batch
+    folded into an upsampling reshape)."""
     counted = layer_flops(cap.graph)
     missing = [name for name, info in cap.graph.layers.items()
                if info.kind in ("conv", "linear") and name not in counted]  # fmt: skip
-    if not missing:
-        return []
-    named = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    return [f"FLOPs leave out {len(missing)} layer(s) whose output shape the file does not "
-            f"give ({named}): FLOPs before and after count the rest"]
+    notes = []
+    if missing:
+        notes.append(f"FLOPs leave out {len(missing)} layer(s) whose output shape the file "
+                     f"does not give ({_named(missing)}): FLOPs before and after count the rest")
+    if cap.sized_at_one:
+        notes.append(f"FLOPs count {len(cap.sized_at_one)} layer(s) at size 1 along output "
+                     f"dimensions the file computes at run time ({_named(cap.sized_at_one)})")
+    return notes
+
+
+def _named(layers: list[str]) -> str:
+    return ", ".join(layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
 
 
 def _op_type(cap: Captured, layer: str) -> str:
