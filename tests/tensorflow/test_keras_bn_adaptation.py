@@ -48,6 +48,14 @@ def test_an_empty_dataset_is_refused_at_registration():
         register_default_init_args(make_config(), [])
 
 
+def test_nncfs_keyword_names_are_taken():
+    """NNCF's TF samples pass nncf_config= and data_loader=: they failed with missing
+    positional arguments."""
+    config = register_default_init_args(nncf_config=make_config(), data_loader=_images(4)[0],
+                                        batch_size=2)  # fmt: skip
+    assert config._extra_structs
+
+
 def test_a_misspelt_keyword_is_refused():
     """``val_datset=`` was taken and dropped."""
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'val_datset'\. Did you "

@@ -70,6 +70,15 @@ def test_a_loader_of_length_zero_is_refused_at_registration():
         register_default_init_args(make_config(), [])
 
 
+def test_nncfs_keyword_names_are_taken():
+    """NNCF's samples pass nncf_config=: it failed with a missing positional argument."""
+    loader = [torch.randn(2, 3, 32, 32)]
+    config = register_default_init_args(nncf_config=make_config(), train_loader=loader)
+    assert config._extra_structs  # registered
+    with pytest.raises(TypeError, match="needs the config"):
+        register_default_init_args(train_loader=loader)
+
+
 def test_no_loader_is_refused_at_registration():
     with pytest.raises(ConfigError, match=r"^`data_loader` must hold the batches for .* "
                        r"Received: None\."):

@@ -257,6 +257,21 @@ def check_nncf_keywords(given: Mapping[str, Any], accepted: Mapping[str, str],
             log.warning("%s: `%s` is not used: %s.", function, key, accepted[key])
 
 
+def nncf_config_argument(config: Any, given: dict[str, Any]) -> Any:
+    """``config``, or NNCF's keyword for it (``nncf_config=``, as NNCF's samples pass it),
+    taken out of ``given``.
+
+    Raises:
+        TypeError: If neither is given.
+    """
+    if config is None:
+        config = given.pop("nncf_config", None)
+    if config is None:
+        raise TypeError("register_default_init_args() needs the config: pass it first (or as "
+                        "`config=`, or NNCF's `nncf_config=`).")
+    return config
+
+
 def create_compressed_model(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
                             compression_state: dict[str, Any] | None = None,
                             ) -> tuple[CompressionController, Any]:  # fmt: skip

@@ -20,7 +20,7 @@ from .._batches import (
     nonempty_batches,
 )
 from ..core.config import Config
-from ..core.workflow import check_nncf_keywords
+from ..core.workflow import check_nncf_keywords, nncf_config_argument
 from ..progress import progress
 from .masks import pruned_channels
 
@@ -46,7 +46,8 @@ def _check_not_empty(dataset: Any, key: str, *purpose: str) -> None:
         check_not_empty([], key, *purpose)
 
 
-def register_default_init_args(config: Config, dataset: Any, batch_size: int | None = None, *,
+def register_default_init_args(config: Config | None = None, dataset: Any = None,
+                               batch_size: int | None = None, *,
                                val_dataset: Any = None, validate_fn: Any = None,
                                train_steps_fn: Any = None, legr_train_optimizer: Any = None,
                                **nncf_keywords: Any) -> Config:  # fmt: skip
@@ -79,6 +80,9 @@ def register_default_init_args(config: Config, dataset: Any, batch_size: int | N
         TypeError: If ``validate_fn`` or ``train_steps_fn`` is given but not callable, or
             for a keyword NNCF's function did not take either.
     """
+    config = nncf_config_argument(config, nncf_keywords)
+    if dataset is None:  # NNCF's name of it
+        dataset = nncf_keywords.pop("data_loader", None)
     check_nncf_keywords(nncf_keywords, {"device": "Keras places the model itself"},
                         "register_default_init_args",
                         ("batch_size", "val_dataset", "validate_fn", "train_steps_fn",

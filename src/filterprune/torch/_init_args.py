@@ -18,7 +18,7 @@ from .._batches import (
     nonempty_batches,  # fmt: skip
 )
 from ..core.config import Config
-from ..core.workflow import check_nncf_keywords
+from ..core.workflow import check_nncf_keywords, nncf_config_argument
 from ..progress import progress
 from .masks import pruned_statistics, restore_pruned_statistics
 
@@ -48,7 +48,8 @@ class InitArgs:
     legr_train_optimizer: Any = None
 
 
-def register_default_init_args(config: Config, train_loader: Any, criterion: Any = None,
+def register_default_init_args(config: Config | None = None, train_loader: Any = None,
+                               criterion: Any = None,
                                device: str | None = None, *, val_loader: Any = None,
                                validate_fn: Any = None, train_steps_fn: Any = None,
                                legr_train_optimizer: Any = None, **nncf_keywords: Any,
@@ -79,6 +80,7 @@ def register_default_init_args(config: Config, train_loader: Any, criterion: Any
         TypeError: If ``validate_fn`` or ``train_steps_fn`` is given but not callable, or
             for a keyword NNCF's function did not take either.
     """
+    config = nncf_config_argument(config, nncf_keywords)
     check_nncf_keywords(nncf_keywords, _NNCF_KEYWORDS, "register_default_init_args",
                         ("criterion", "device", "val_loader", "validate_fn", "train_steps_fn",
                          "legr_train_optimizer"))  # fmt: skip
