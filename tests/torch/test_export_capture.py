@@ -466,7 +466,7 @@ class SlicedBlocks(nn.Module):
     ``get_activation``): torch.export then names their modules
     ``blocks.slice(1, None, None).0``."""
 
-    def __init__(self):
+    def __init__(self, pick):
         super().__init__()
         act = nn.SiLU()
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
@@ -474,19 +474,21 @@ class SlicedBlocks(nn.Module):
                                                   nn.GroupNorm(8, 32), act,
                                                   nn.Conv2d(32, 16, 3, padding=1))
                                     for _ in range(3))  # fmt: skip
-        self.head = nn.Conv2d(16, 4, 1)
+        self.head, self.pick = nn.Conv2d(16, 4, 1), pick
 
     def forward(self, x):
         x = list(self.stem(x).chunk(1, 1))[0]
-        for block in self.blocks[1:]:
+        for block in self.pick(self.blocks):
             x = x + block(x)
         return self.head(self.blocks[0](x))
 
 
-def test_the_modules_of_a_sliced_module_list_keep_their_names_under_torch_export():
+@pytest.mark.parametrize("pick", [lambda b: b[1:], lambda b: b[-2:], lambda b: b[::-1][:2],
+                                  lambda b: b[:][-2:]], ids=["1:", "-2:", "::-1,:2", ":,-2:"])
+def test_the_modules_of_a_sliced_module_list_keep_their_names_under_torch_export(pick):
     """Their GroupNorms read as another module's code passing a count, and were held
     ("group count is fixed in code")."""
-    model = nondegenerate(SlicedBlocks())
+    model = nondegenerate(SlicedBlocks(pick))
     with pytest.warns(UserWarning, match="captured with torch.export"):
         ctrl, model = create_compressed_model(model, make_config((1, 3, 16, 16)))
     held = {p for producers, _ in ctrl.statistics().unpruned for p in producers}

@@ -111,9 +111,9 @@ def functional_node(node: fx.Node, label: str, shape: Any, graph: Graph,
     parts = _parts(
         spec, label, params, modules, in_shape, shape,
         call=(lambda: rule(node, in_shape or ())) if rule else None,
-        context=module_path(node), graph_layers=graph.layers,
+        context=module_path(node, modules), graph_layers=graph.layers,
         computed_elems=_elements(weight) if params.get("weight") == COMPUTED else None,
-        data_path=module_path(data) if data is not None else None,
+        data_path=module_path(data, modules) if data is not None else None,
     )  # fmt: skip
     return Node(node.name, parts.kind, [data.name] if data is not None else [], shape,
                 layer=parts.layer, attrs=parts.attrs, label=label)  # fmt: skip
@@ -144,28 +144,34 @@ def arg_of(node: fx.Node, where: tuple[int, str]) -> Any:
     return node.kwargs.get(keyword)
 
 
-def module_path(node: Any) -> str | None:
+def module_path(node: Any, modules: dict[str, nn.Module]) -> str | None:
     """Path of the innermost module a traced or exported op ran in (its metadata)."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return None
     path = list(stack.values())[-1][0]
-    return _unslice(path.removeprefix("L['self'].")) if isinstance(path, str) else None
+    return _unslice(path.removeprefix("L['self']."), modules) if isinstance(path, str) else None
 
 
-_SLICE = re.compile(r"\.slice\((None|\d+), (None|-?\d+), (None|\d+)\)\.(\d+)")
+_SLICES = re.compile(r"((?:\.slice\((?:None|-?\d+), (?:None|-?\d+), (?:None|-?\d+)\))+)\.(\d+)")
+_ARGS = re.compile(r"slice\((None|-?\d+), (None|-?\d+), (None|-?\d+)\)")
 
 
-def _unslice(path: str) -> str:
+def _unslice(path: str, modules: dict[str, nn.Module]) -> str:
     """``blocks.slice(1, None, None).0`` -> ``blocks.1``: torch.export names a module of a
-    sliced ``ModuleList`` (``for blk in self.blocks[1:]``) after the slice when the model
-    shares a module (diffusers' activations), where ``named_modules`` has its index."""
-    def index(m: re.Match) -> str:
-        start, step = int(m[1]) if m[1] != "None" else 0, int(m[3]) if m[3] != "None" else 1
-        return f".{start + int(m[4]) * step}"
-
-    while (found := _SLICE.search(path)) is not None:
-        path = path[:found.start()] + index(found) + path[found.end():]
+    sliced ``ModuleList`` (``for blk in self.blocks[-2:]``) after the slices when the model
+    shares a module (diffusers' activations), where ``named_modules`` has its index; read
+    against the list's length. A path it cannot read stays as it is."""
+    while (found := _SLICES.search(path)) is not None:
+        container = modules.get(path[: found.start()])
+        if container is None or not hasattr(container, "__len__"):
+            return path
+        picked = range(len(container))
+        for args in _ARGS.findall(found[1]):
+            picked = picked[slice(*(None if a == "None" else int(a) for a in args))]
+        if int(found[2]) >= len(picked):
+            return path
+        path = f"{path[: found.start()]}.{picked[int(found[2])]}{path[found.end():]}"
     return path
 
 
