@@ -307,6 +307,22 @@ def test_a_full_disk_is_said_with_the_file_and_no_other_exporter_is_tried(tmp_pa
     assert not path.exists()
 
 
+class _StarArgs(_DictOut):
+    def forward(self, *args):  # the current exporter names the inputs args_0, args_1
+        return {"args_1": self.cls(self.stem(args[0] + args[1]).relu())}
+
+
+def test_an_output_key_that_names_a_star_argument_is_written_under_output(tmp_path, caplog):
+    """``args_1`` clashed with the current exporter's name of the second input: it failed
+    and the TorchScript exporter wrote the file instead."""
+    caplog.set_level("WARNING", logger="filterprune")
+    torch.manual_seed(0)
+    model, x = _StarArgs().eval(), torch.randn(1, 3, 16, 16)
+    assert export_onnx(model, (x, x), str(tmp_path / "m.onnx")) == "dynamo"
+    assert not caplog.records
+    assert [o.name for o in onnx.load(tmp_path / "m.onnx").graph.output] == ["output/args_1"]
+
+
 class _WithCount(_DictOut):
     def forward(self, x):
         return {**super().forward(x), "count": 3, "kind": "boxes"}

@@ -150,14 +150,20 @@ def _keyed_names(leaves_: list[tuple[tuple, Any]], inputs: Sequence[str] = ()) -
 
 
 def _argument_names(model: nn.Module, count: int) -> list[str]:
-    """The names of the first ``count`` arguments of ``model``'s forward, which the
-    exporters give its inputs."""
+    """The names the exporters give the first ``count`` inputs of ``model``'s forward:
+    its arguments' names, and ``args_0``, ``args_1``... for those ``*args`` takes."""
     try:
         params = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError):  # a forward without a signature
         return []
-    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
-                                                 p.VAR_POSITIONAL)][:count]  # fmt: skip
+    names = []
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        elif p.kind == p.VAR_POSITIONAL:
+            names += [p.name, *(f"{p.name}_{i}" for i in range(count - len(names)))]
+            break
+    return names[: count + 1]
 
 
 def _write(path: str, write, name: str) -> str:
