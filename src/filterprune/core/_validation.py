@@ -25,6 +25,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "MISSING",
+    "listed",
     "Fragment",
     "setting",
     "nested",
@@ -293,6 +294,13 @@ def describe(schema: Mapping[str, Any]) -> str:
                 word += " of " + " or ".join(_plural(w) for w in item_words)
         words.append(word)
     return " or ".join(words) if words else "valid"
+
+
+def listed(names: Sequence[str], shown: int = 5) -> str:
+    """``a, b, c, d, e and 2 more``: the first ``shown`` names of a list, for one message."""
+    names = list(names)
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def did_you_mean(value: Any, choices: Iterable[Any], cutoff: float = 0.6) -> str:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import ConfigError
+from ._validation import listed
 from .graph import Graph
 
 log = logging.getLogger("filterprune")
@@ -120,10 +121,6 @@ def batchnorm_scales(graph: Graph, layers: list[str],
 _SAID: set[tuple[str, ...]] = set()
 
 
-def _names(names: tuple[str, ...]) -> str:
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-
 def taylor_scores(
     totals: dict[str, np.ndarray | None], weights: Callable[[], dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
@@ -147,7 +144,7 @@ def taylor_scores(
         log.warning(
             "taylor importance: no gradient has reached %s, so every layer is ranked by the "
             "L1 norm of its weights. Each prunable layer must take part in the loss with its "
-            "weight trainable, or be left out (`ignored_scopes`).", _names(missing))
+            "weight trainable, or be left out (`ignored_scopes`).", listed(missing))
     read = weights()
     return {name: np.abs(read[name]).reshape(read[name].shape[0], -1).sum(1)[:, None]
             for name in totals}  # fmt: skip

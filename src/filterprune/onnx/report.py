@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..core._validation import listed
 from ..core.flops import count_flops, count_params, layer_flops
 from ._ops import foreign_fix, foreign_ops
 from .capture import Captured
@@ -129,15 +130,11 @@ def _uncounted_note(cap: Captured) -> list[str]:
     notes = []
     if missing:
         notes.append(f"FLOPs leave out {len(missing)} layer(s) whose output shape the file "
-                     f"does not give ({_named(missing)}): FLOPs before and after count the rest")
+                     f"does not give ({listed(missing)}): FLOPs before and after count the rest")
     if cap.sized_at_one:
         notes.append(f"FLOPs count {len(cap.sized_at_one)} layer(s) at size 1 along output "
-                     f"dimensions the file computes at run time ({_named(cap.sized_at_one)})")
+                     f"dimensions the file computes at run time ({listed(cap.sized_at_one)})")
     return notes
-
-
-def _named(layers: list[str]) -> str:
-    return ", ".join(layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
 
 
 def _op_type(cap: Captured, layer: str) -> str:

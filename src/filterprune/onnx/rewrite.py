@@ -109,13 +109,12 @@ class _Writer:
         node = self.nodes[ni]
         ints = self.original(ni, 0)
         self.set_input(ni, 0, slice_weight(ints, tuple(f"axis{i}" for i in range(ints.ndim)), keep))
-        if self.original(ni, 1).size <= 1:
-            return
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % ints.ndim
-        kept = keep.get(f"axis{axis}")
-        for ii in (1, 2):
-            if kept is not None and ii < len(node.input) and node.input[ii]:
-                self.set_input(ni, ii, self.original(ni, ii)[kept])
+        if self.original(ni, 1).size <= 1 or f"axis{axis}" not in keep:
+            return
+        for ii in (1, 2):  # one entry per channel of that axis
+            if ii < len(node.input) and node.input[ii]:
+                self.set_input(ni, ii, slice_weight(self.original(ni, ii), (f"axis{axis}",), keep))
 
     # -- shape constants ----------------------------------------------------------------------
     def new_shape(self, name: str) -> tuple[int, ...] | None:
