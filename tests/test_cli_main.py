@@ -95,6 +95,15 @@ def test_output_path_under_a_file_names_the_option(tmp_path, capsys):
     assert "`--json` must be in a folder" in capsys.readouterr().err
 
 
+def test_one_shot_onnx_output_must_be_named_onnx(tmp_path, capsys):
+    """It was written as ONNX whatever its name, after the whole prune had run."""
+    out = tmp_path / "o.txt"
+    assert main(["prune", "resnet18", "-o", str(tmp_path / "o.pt"), "--onnx", str(out)]) == 2
+    assert f"`--onnx` writes ONNX: its name must end in .onnx. Received: --onnx {out}" \
+        in capsys.readouterr().err  # fmt: skip
+    assert not out.exists()
+
+
 def test_prune_without_model_or_resume(capsys):
     assert main(["prune"]) == 2
     assert "MODEL is required (or --resume RUN_DIR)" in capsys.readouterr().err

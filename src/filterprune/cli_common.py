@@ -87,15 +87,19 @@ def seed_arg(text: str) -> int:
     return _number(text, int, 0, "an integer in [0, 4294967295]", high=2**32 - 1)
 
 
-def check_output_path(option: str, path: str | None) -> None:
+def check_output_path(option: str, path: str | None, suffix: str | None = None) -> None:
     """Refuse an output path whose folder cannot hold it, before any work is done.
 
-    A missing folder is fine (the writers create it); a folder that is a file, or an
-    output that is an existing folder, is a usage error naming the option.
+    A missing folder is fine (the writers create it); a folder that is a file, an
+    output that is an existing folder, or a name without ``suffix`` (where the format is
+    fixed) is a usage error naming the option.
     """
     if not path:
         return
     target = Path(path)
+    if suffix and target.suffix.lower() != suffix:
+        raise UsageError(f"`{option}` writes {suffix[1:].upper()}: its name must end in "
+                         f"{suffix}. Received: {option} {path}.")
     if target.is_dir():
         raise UsageError(f"`{option}` must be a file path. Received: {option} {path}, which "
                          "is a folder. Name a file inside it.")

@@ -110,7 +110,7 @@ def run_prune(args: argparse.Namespace) -> int:
         return _new_run(args)
     if args.output:
         check_output_path("-o", args.output)
-        check_output_path("--onnx", args.onnx)
+        check_output_path("--onnx", args.onnx, ".onnx")
         from .torch.cli import run_one_shot
 
         return run_one_shot(args)

@@ -163,6 +163,30 @@ def test_a_single_algorithm_config_refuses_a_composite_state():
         _resume(ctrl.get_compression_state())
 
 
+def test_a_composite_config_names_its_algorithms_for_a_single_state():
+    """It said "must be 'composite': the config runs composite", which a user who gave
+    two `compression` entries does not recognise."""
+    single, _ = create_compressed_model(DictFrontend(data="d"), Net(), _config(PRUNE))
+    both = _config(PRUNE, {"algorithm": "quantization"})
+    with pytest.raises(ConfigError, match=(
+            r"^`compression_state\.algorithm` must be 'composite': the config runs "
+            r"filter_pruning and quantization, saved as one state\. Received: "
+            r"algorithm='filter_pruning' \(a state of filter_pruning alone: give the config "
+            r"that one `compression` entry, or start without the state\)\.$")):
+        create_compressed_model(DictFrontend(), Net(), both, single.get_compression_state())
+
+
+def test_a_flops_target_state_resumed_with_a_level_target_says_what_to_set():
+    """It said "Set pruning_target=None": the saved run had no level target at all."""
+    flops = copy.deepcopy(PRUNE)
+    flops["params"].pop("pruning_target")
+    flops["params"]["pruning_flops_target"] = 0.5
+    with pytest.raises(ConfigError, match=r"`params\.pruning_target` must be unset, as when "
+                       r"the state was saved.*Remove pruning_target and set "
+                       r"pruning_flops_target=0\.5 to resume"):
+        _resume(_saved(_config(flops)))
+
+
 def test_keys_a_frontend_controller_adds_are_allowed_for_it_only():
     class Shrinking(Pruning):
         def get_compression_state(self):

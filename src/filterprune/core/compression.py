@@ -289,7 +289,7 @@ class CompositeCompressionController(CompressionController):
         """Each child's part of ``state``, checked: header, one part per child, none extra."""
         if state is None:
             return [None] * len(self.child_ctrls)
-        check_state_header(state, self.name, self.state_where)
+        check_state_header(state, self.name, self.state_where, self._names())
         children = state.get("children")
         if not isinstance(children, list):
             raise ConfigError(

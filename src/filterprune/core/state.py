@@ -82,13 +82,15 @@ PRUNING_STATE = obj(
 """The schema of a filter pruning state (``get_compression_state`` of its controller)."""
 
 
-def check_state_header(state: Any, algorithm: str, where: str = "compression_state") -> None:
+def check_state_header(state: Any, algorithm: str, where: str = "compression_state",
+                       runs: Sequence[str] = ()) -> None:  # fmt: skip
     """Check that ``state`` is a dict of this version saved by an ``algorithm`` controller.
 
     Args:
         state: The state as loaded.
         algorithm: The ``algorithm`` the state must name (``"composite"`` for several).
         where: Key path of ``state`` in messages (a composite child's includes its index).
+        runs: The algorithms of a composite config, named in messages.
 
     Raises:
         ConfigError: Naming what is missing or different.
@@ -118,8 +120,12 @@ def check_state_header(state: Any, algorithm: str, where: str = "compression_sta
             names = [c.get("algorithm") for c in children if isinstance(c, Mapping)]
             held = (f" (it holds {', '.join(map(str, names))}: give the config the same "
                     "`compression` entries, in that order)")  # fmt: skip
+        config = " and ".join(runs) + ", saved as one state" if runs else algorithm
+        if runs and state.get("algorithm") in runs:  # one algorithm's state alone
+            held = (f" (a state of {state['algorithm']} alone: give the config that one "
+                    "`compression` entry, or start without the state)")  # fmt: skip
         raise ConfigError(
-            f"`{where}.algorithm` must be {algorithm!r}: the config runs {algorithm}. "
+            f"`{where}.algorithm` must be {algorithm!r}: the config runs {config}. "
             f"Received: algorithm={got}{held}."
         )
 
@@ -195,12 +201,19 @@ def check_same_schedule(state: Mapping[str, Any], params: Any,
         why = "follows the schedule it started (a lower level would bring pruned channels " \
               "back)" if key in SCHEDULE_KEYS else "keeps choosing channels as it started " \
               "(another choice at the next level would bring pruned channels back)"  # fmt: skip
+        if saved[key] is None:  # the saved run set another target (a FLOPs target)
+            want, fix = "unset", f"Remove {key}"
+            other = [k for k in SCHEDULE_KEYS if k in configured and saved.get(k) is not None
+                     and configured[k] != saved[k]]  # fmt: skip
+            fix += "".join(f" and set {k}={short_repr(saved[k])}" for k in other[:1])
+        else:
+            want = short_repr(saved[key])
+            fix = f"Set {key}={want}"
         raise ConfigError(
-            f"`{params.key(key)}` must be {short_repr(saved[key])}, as when the state was "
-            f"saved: a resumed run {why}. Set {key}={short_repr(saved[key])} to resume, or "
-            f"start a new run without compression_state for the new setting. Received: "
-            f"`{where}.params.{key}`={short_repr(saved[key])}, configured "
-            f"{key}={short_repr(configured[key])}."
+            f"`{params.key(key)}` must be {want}, as when the state was saved: a resumed "
+            f"run {why}. {fix} to resume, or start a new run without compression_state for "
+            f"the new setting. Received: `{where}.params.{key}`={short_repr(saved[key])}, "
+            f"configured {key}={short_repr(configured[key])}."
         )
 
 
