@@ -6,7 +6,8 @@ mask or quantizer is put in place) as the teacher, frozen and always called with
 records its inputs and outputs. ``ctrl.loss()`` then calls the teacher on the same
 inputs and returns ``scale`` times the distance between the two outputs, as in the
 PyTorch frontend. Outputs may be tensors or nested lists and dicts of them; every
-floating tensor pair counts. Each recorded call's term is taken once: a second
+floating tensor pair counts. Only the last training call before ``ctrl.loss()`` is
+distilled, as in PyTorch. Each recorded call's term is taken once: a second
 ``ctrl.loss()`` (or one in another traced function) returns zero.
 
 ``model.fit`` needs no change: the tapped model's ``compute_loss`` (which ``fit``'s

@@ -6,7 +6,9 @@ forward: each training-mode forward records its inputs and outputs. ``ctrl.loss(
 runs the teacher on the same inputs and returns ``scale`` times the distance between the
 two outputs, so the training loop's ``loss = task_loss + ctrl.loss()`` distils with no
 other change. Outputs may be tensors or (nested) tuples, lists and dicts of them; every
-floating tensor pair counts.
+floating tensor pair counts. Only the last training forward before ``ctrl.loss()`` is
+distilled: a step with two forwards (two views) calls it after each, and a forward whose
+loss never calls it leaves nothing behind.
 
 Example::
 
