@@ -82,6 +82,35 @@ def test_normed_layers_are_pruned_and_stripped_to_plain_layers(kind, quantize):
         model.train()(x)
 
 
+class Branchy(Net):
+    """The same net with a data-dependent branch: torch.fx cannot trace it, torch.export
+    records the weight's computation as ops."""
+
+    def forward(self, x):
+        if x.abs().mean() > 1e-3:  # true on the sample and on real inputs
+            x = x * 1.0
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(("kind", "quantize"), [(k, False) for k in WRAPS] + [
+    ("weight_norm", True), ("parametrized spectral_norm", True)])  # fmt: skip
+def test_normed_layers_captured_by_torch_export_are_pruned_as_by_fx(kind, quantize):
+    """Export reads the weight as computed in forward: every normed layer and its
+    producers were held ("reads a weight computed in forward"), so nothing was cut."""
+    torch.manual_seed(0)
+    branchy = nondegenerate(Branchy(WRAPS[kind]))
+    branchy.eval()(torch.randn(2, 3, 16, 16))
+    ctrl, model = create_compressed_model(branchy, config(quantize))
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    held = {p for producers, _ in ctrl.statistics().unpruned for p in producers}
+    assert not held & {"a", "b", "up", "c"}, ctrl.statistics().unpruned
+    assert not any("never" in note for note in ctrl.captured.graph.notes)
+    reference, _ = create_compressed_model(net(kind), config(quantize))
+    assert ctrl.statistics().flops_kept == pytest.approx(reference.statistics().flops_kept)
+    small = assert_strip_equal(ctrl, model, torch.randn(4, 3, 16, 16), tol=1e-5)
+    assert small.a.out_channels == 8 and type(small.a.weight) is nn.Parameter
+
+
 @pytest.mark.parametrize("kind", WRAPS)
 def test_statistics_count_a_computed_weight_once_as_the_stripped_model_does(kind):
     """The parameters a weight is computed from (``weight_orig``, ``weight_v``,

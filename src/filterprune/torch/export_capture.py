@@ -24,12 +24,14 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 from ..core.graph import BARE_KINDS, Graph, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._aten import ATEN_RULES
-from ._layers import COMPUTED, functional_node, split_sizes
+from ._copy import computed_weights
+from ._layers import COMPUTED, arg_of, functional_node, split_sizes
 from ._ops import FUNCTIONAL
 from .capture import add_unseen_params, say_never_run
 
@@ -189,6 +191,23 @@ def _holds_tensors(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
+def _weight_sources(model: nn.Module) -> dict[str, str]:
+    """Each parameter or buffer a computed weight is made from -> that weight's name
+    (``conv.weight_v`` -> ``conv.weight``)."""
+    out = {}
+    for path, module in model.named_modules():
+        prefix = f"{path}." if path else ""
+        for attr, own in computed_weights(module).items():
+            # and the buffers a legacy hook keeps beside them (spectral_norm's weight_u)
+            own += tuple(n for n in module._buffers if n.startswith(f"{attr}_"))
+            out.update({f"{prefix}{name}": f"{prefix}{attr}" for name in own})
+            if parametrize.is_parametrized(module, attr):
+                inner = module.parametrizations[attr]
+                out.update({f"{prefix}parametrizations.{attr}.{name}": f"{prefix}{attr}"
+                            for name, _ in [*inner.named_parameters(), *inner.named_buffers()]})
+    return out
+
+
 class _Builder:
     """Adds one core node per node of an exported graph."""
 
@@ -198,12 +217,16 @@ class _Builder:
         self.tensors: dict[str, str] = {}  # placeholder -> parameter, buffer or constant name
         self.user_outputs: list[str] = []
         self.dynamic: set[str] = set()  # nodes with an axis known only at run time, as 1
+        self.sources = _weight_sources(model)
+        self.computed: dict[str, str] = {}  # a computed weight -> the layer attribute it is
+        self.weight_ops: dict[str, fx.Node] = {}  # the ops computing them
         for spec in program.graph_signature.input_specs:
             if spec.kind.name in _TENSOR_INPUTS and spec.target is not None:
                 self.tensors[spec.arg.name] = spec.target
         for spec in program.graph_signature.output_specs:
             if spec.kind.name == "USER_OUTPUT" and hasattr(spec.arg, "name"):
                 self.user_outputs.append(spec.arg.name)
+        self._find_computed_weights(program.graph)
 
     def add(self, node: fx.Node) -> None:
         if node.op == "output":
@@ -220,6 +243,8 @@ class _Builder:
         shape = _shape(node.meta.get("val"))
         inputs = self._inputs(node)
         label = str(node.target).removeprefix("aten.").removesuffix(".default")
+        if node.name in self.weight_ops:  # read as the layer's weight: nothing to check
+            return Node(node.name, "noop", inputs, label=label)
         if node.op == "placeholder":
             if node.name in self.tensors:
                 return Node(node.name, "param", shape=shape,
@@ -266,6 +291,33 @@ class _Builder:
                     attrs={"reason": "indexes a value that is not a tuple of tensors"})  # fmt: skip
 
     def _functional(self, node: fx.Node, label: str, shape: Any) -> Node:
-        return functional_node(node, label, shape, self.graph, self.modules,
-                               lambda value: self.tensors.get(value.name, COMPUTED),
+        return functional_node(node, label, shape, self.graph, self.modules, self._resolve,
                                ATEN_RULES.get(node.target))  # fmt: skip
+
+    def _resolve(self, value: fx.Node) -> str:
+        return self.tensors.get(value.name) or self.computed.get(value.name, COMPUTED)
+
+    def _find_computed_weights(self, graph: fx.Graph) -> None:
+        """Weights that ``weight_norm``, ``spectral_norm`` or a parametrization computes
+        from one layer's parameters (export records the computation): the layer reads
+        them as its attribute ``conv.weight``, as torch.fx sees it, and the ops computing
+        them become no-ops (they would hold the parameters they read)."""
+        for node in graph.nodes:
+            spec = FUNCTIONAL.get(node.target) if node.op == "call_function" else None
+            for where in (spec.params.values() if spec else ()):
+                value = arg_of(node, where)
+                if not isinstance(value, fx.Node) or value.name in self.tensors:
+                    continue
+                ops, leaves, todo = {}, set(), [value]
+                while todo and len(ops) < 64:  # a norm's computation is a few ops
+                    n = todo.pop()
+                    if n.op == "placeholder":
+                        leaves.add(self.tensors.get(n.name))
+                    elif n.name not in ops:
+                        ops[n.name] = n
+                        todo.extend(n.all_input_nodes)
+                owners = {self.sources.get(leaf) for leaf in leaves}
+                private = all(u.name in ops or u is node for n in ops.values() for u in n.users)
+                if not todo and len(owners) == 1 and None not in owners and private:
+                    self.computed[value.name] = owners.pop()
+                    self.weight_ops.update(ops)

@@ -16,7 +16,7 @@ from ..core.analysis import Analysis, Group
 from ..core.finite import SKIPPED, Probe, probe_cut, verdict
 from ..core.params import FilterPruningParams
 from ..core.selection import MAX_GROUP_LEVEL, keep_count, unit_multiple
-from ._copy import copy_model, detach_computed_weights
+from ._copy import bake_weights, copy_model, detach_computed_weights
 from ._snapshot import restore, snapshot
 from .fake_quant import lazy_ranges_paused
 from .masks import apply_masks
@@ -96,7 +96,9 @@ def strip_probe(model: nn.Module, sample: Any, analysis: Analysis,
         except Exception:  # noqa: BLE001 - the masked model fails too: not the strip's doing
             return True
         try:
-            small = shrink_model(copy_model(base), keeps, layers)
+            small = copy_model(base)
+            bake_weights(small.modules())  # as strip() does: weight_norm written in
+            small = shrink_model(small, keeps, layers)
             got = _outputs(small, inputs)
         except Exception:  # noqa: BLE001 - a strip or stripped forward that fails
             return False
