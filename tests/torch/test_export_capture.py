@@ -92,6 +92,35 @@ def test_data_dependent_branch_is_taken_and_said_in_statistics():
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
 
 
+class Pointwise(nn.Module):
+    """Elementwise ATen ops the table does not list: torch tags them pointwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = cbs(3, 16), cbs(16, 16, 3), nn.Conv2d(16, 4, 1)
+        self.tau = nn.Parameter(torch.full((1, 16, 1, 1), -0.5))  # kornia's TLU
+
+    def forward(self, x):
+        if x.mean() > -1:  # torch.fx cannot trace it
+            x = x * 1.0
+        y = torch.max(self.a(x), self.tau)
+        z = torch.fmod(self.b(y), 1.5) + torch.copysign(y, -y).float_power(2).float()
+        z.xlogy_(torch.sigmoid(z) + 1)
+        return self.head(torch.min(z, y))
+
+
+def test_pointwise_aten_ops_without_a_table_entry_are_elementwise():
+    """``max.other`` (``torch.max(x, tau)``), ``fmod``, ``copysign``, ``float_power`` and
+    ``xlogy_`` had no rule: every group through them was held under torch.export."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(Pointwise()),
+                                          make_config((1, 3, 16, 16), prune_first_conv=True))
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    held = [(p, why) for p, why in ctrl.statistics().unpruned if why != "feeds a model output"]
+    assert not held and ctrl.statistics().flops_kept < 0.8
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_fx_and_export_captures_give_the_same_groups(seed):
     """One core graph either way (without channel shuffles: an exported view has literal

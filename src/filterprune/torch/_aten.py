@@ -18,7 +18,7 @@ from torch import fx
 
 from ._ops import pad_spec, spatial_spec
 
-__all__ = ["ATEN_RULES", "named_args"]
+__all__ = ["ATEN_RULES", "aten_rule", "named_args"]
 
 Spec = tuple[str, dict[str, Any]]
 aten = torch.ops.aten
@@ -366,3 +366,18 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
      _grid_sample),
     (_ops("einsum.default"), _einsum),
 ])  # fmt: skip
+
+
+def aten_rule(op: Any) -> Callable[[fx.Node, Any], Spec] | None:
+    """The rule of an ATen op: its entry in :data:`ATEN_RULES`, else the elementwise rule
+    for an op torch tags pointwise that returns one tensor (``max.other``, ``fmod``,
+    ``xlogy``: each output entry reads the same entry of each broadcast input)."""
+    found = ATEN_RULES.get(op)
+    if found is not None or torch.Tag.pointwise not in getattr(op, "tags", ()):
+        return found
+    schema = op._schema
+    one = len(schema.returns) == 1 and str(schema.returns[0].type) == "Tensor"
+    # in place (``xlogy_``) writes its first input, as the rule reads it; ``out=`` forms
+    # write another tensor (export does not record them)
+    in_place = schema.name.endswith("_") and "out" not in op._overloadname
+    return _elementwise if one and (in_place or not schema.is_mutable) else None

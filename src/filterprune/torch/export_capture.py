@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from ..core.graph import BARE_KINDS, Graph, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
-from ._aten import ATEN_RULES
+from ._aten import aten_rule
 from ._copy import computed_weights
 from ._layers import COMPUTED, arg_of, functional_node, split_sizes
 from ._ops import FUNCTIONAL
@@ -256,7 +256,7 @@ class _Builder:
         if shape is None and not _holds_tensors(node.meta.get("val")):
             return Node(node.name, "noop", inputs, label=label)  # sizes, asserts, flags
         dynamic = _dynamic(node.meta.get("val"))
-        if dynamic and node.target in ATEN_RULES:
+        if dynamic and aten_rule(node.target) is not None:
             shape = _shape(node.meta.get("val"), dynamic=True)
         if shape is None:
             return Node(node.name, "stop", inputs, label=label,
@@ -265,7 +265,7 @@ class _Builder:
             return self._getitem(node, inputs, shape)
         if node.target in FUNCTIONAL:
             return self._functional(node, label, shape)
-        build = ATEN_RULES.get(node.target)
+        build = aten_rule(node.target)
         if build is None:
             if not inputs:  # a tensor made in forward (zeros, arange): a constant
                 return Node(node.name, "param", shape=shape,
@@ -292,7 +292,7 @@ class _Builder:
 
     def _functional(self, node: fx.Node, label: str, shape: Any) -> Node:
         return functional_node(node, label, shape, self.graph, self.modules, self._resolve,
-                               ATEN_RULES.get(node.target))  # fmt: skip
+                               aten_rule(node.target))  # fmt: skip
 
     def _resolve(self, value: fx.Node) -> str:
         return self.tensors.get(value.name) or self.computed.get(value.name, COMPUTED)
