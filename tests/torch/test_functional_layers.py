@@ -483,3 +483,45 @@ def test_a_conv_on_a_weight_computed_in_forward_counts_that_weight(build):
                                                   if hasattr(model, "route") else 2 * 8 * 3456)
     assert stats.full_flops == conv + layers
     assert stats.full_params == sum(p.numel() for p in model.parameters())
+
+
+class _FilterBank(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self._filters = nn.Parameter(torch.randn(16, 1, 8))
+
+    def filters(self):
+        return self._filters
+
+
+class _LearnedFrontEnd(nn.Module):
+    """Audio models' learned filterbank (asteroid's Encoder): the first conv is a
+    function on another module's parameter, which no rule reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.fb = _FilterBank()
+        self.a, self.b = nn.Conv1d(16, 32, 3, padding=1), nn.Conv1d(32, 32, 3, padding=1)
+        self.head = nn.Conv1d(32, 4, 1)
+
+    def forward(self, x):
+        h = F.relu(F.conv1d(x, self.fb.filters(), stride=4))
+        h = F.relu(self.a(h))
+        return self.head(h + F.relu(self.b(h)))
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_convs_after_a_conv_no_rule_reads_are_not_first_ones(capture):
+    """The conv after the filterbank was held as the "first convolution" with the
+    residual stream it feeds, and the filterbank's FLOPs were not counted."""
+    torch.manual_seed(0)
+    model = nondegenerate(_LearnedFrontEnd())
+    sample = (torch.zeros(1, 1, 400),)
+    default = AnalysisOptions()  # prune_first_conv off
+    groups = {tuple(g.producers): g.reason for g in analyze(capture(model, sample).graph,
+                                                             default).groups}  # fmt: skip
+    assert groups[("a", "b")] is None
+    ctrl, pruned = create_compressed_model(model, make_config((1, 1, 400), pruning_init=0.5))
+    stats = ctrl.statistics()
+    assert stats.full_flops == 2 * 99 * (16 * 8 + 32 * 16 * 3 + 32 * 32 * 3 + 4 * 32)  # 99 steps
+    assert_strip_equal(ctrl, pruned, torch.randn(2, 1, 400))

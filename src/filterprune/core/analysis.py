@@ -227,7 +227,8 @@ def _attach_constraint(groups, root_group, constraint: np.ndarray) -> None:
 
 
 def _first_layers(graph: Graph) -> set[str]:
-    """Layers reached from a model input without passing another conv or linear layer."""
+    """Layers reached from a model input without passing another conv or linear layer,
+    or an op no rule reads that computes one (``F.conv1d(x, filterbank.filters())``)."""
     free: dict[str, bool] = {}
     first: set[str] = set()
     for node in graph:
@@ -237,8 +238,19 @@ def _first_layers(graph: Graph) -> set[str]:
                 first.add(node.layer)
             free[node.name] = False
         else:
-            free[node.name] = reached
+            free[node.name] = reached and not (node.op == "stop" and _weighted(graph, node))
     return first
+
+
+def _weighted(graph: Graph, node: Any) -> bool:
+    """Whether a stop multiplies by a weight: a conv or linear op no rule reads (attribute
+    ``weighted``: on a weight computed in forward, or another module's), or a layer no
+    rule reads that holds a matrix or kernel (two axes or more longer than 1, unlike a
+    per-channel scale)."""
+    info = graph.layers.get(node.layer) if node.layer else None
+    return node.attrs.get("weighted", False) or (info is not None and info.kind == "opaque"
+                                                 and any(sum(n > 1 for n in shape) >= 2
+                                                         for shape, _ in info.params.values()))
 
 
 def _reason(group: Group, uf: UnionFind, graph: Graph, options, first: set[str]) -> str | None:

@@ -72,7 +72,7 @@ def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
     out: dict[str, int] = {}
     for node in graph:
         info = graph.layers.get(node.layer or "")
-        if "weight_elems" in node.attrs:  # a conv or linear op on a weight computed in forward
+        if "weight_elems" in node.attrs:  # a conv or linear op no rule reads (its weight computed)
             key = node.layer or node.name
             flops = 2 * int(node.attrs["positions"]) * int(node.attrs["weight_elems"])
             out[key] = out.get(key, 0) + flops

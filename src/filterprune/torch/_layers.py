@@ -70,10 +70,13 @@ def _opaque(reason: str, context: str | None, modules: dict[str, nn.Module], gra
             weight_elems: int | None = None) -> Parts:  # fmt: skip
     """A stop that still counts the parameters (and, for a conv or linear op, the FLOPs)
     of the module it runs in; ``reads``: other layers whose weights it reads (core
-    ``reads_layers``: they stay whole too); ``weight_elems``: the size of a weight computed
-    in forward, which the op's FLOPs count instead of the module's parameters."""
+    ``reads_layers``: they stay whole too); ``weight_elems``: the size of the weight a conv
+    or linear op reads (computed in forward, or another module's), which its FLOPs count
+    instead of the module's parameters."""
     module = modules.get(context or "")
     attrs: dict[str, Any] = {"reason": reason}
+    if positions is not None:  # a conv or linear op: later layers are not first ones
+        attrs["weighted"] = True
     if reads:
         attrs["reads_layers"] = reads
     if weight_elems is not None and positions is not None:
@@ -112,7 +115,7 @@ def functional_node(node: fx.Node, label: str, shape: Any, graph: Graph,
         spec, label, params, modules, in_shape, shape,
         call=(lambda: rule(node, in_shape or ())) if rule else None,
         context=module_path(node, modules), graph_layers=graph.layers,
-        computed_elems=_elements(weight) if params.get("weight") == COMPUTED else None,
+        weight_elems=_elements(weight) if isinstance(weight, fx.Node) else None,
         data_path=module_path(data, modules) if data is not None else None,
     )  # fmt: skip
     return Node(node.name, parts.kind, [data.name] if data is not None else [], shape,
@@ -178,7 +181,7 @@ def _unslice(path: str, modules: dict[str, nn.Module]) -> str:
 def _parts(spec: Functional, label: str, params: dict[str, str],
                      modules: dict[str, nn.Module], in_shape: Any, out_shape: Any,
                      call: Callable[[], tuple[str, dict]] | None, context: str | None,
-                     graph_layers: dict, computed_elems: int | None = None,
+                     graph_layers: dict, weight_elems: int | None = None,
                      data_path: str | None = None) -> Parts:  # fmt: skip
     """The node parts of a function call that computes a layer.
 
@@ -193,7 +196,8 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
             parameters (``F.layer_norm`` without affine); ``None`` where there is none.
         context: Path of the module the call runs in (for the FLOPs of a stopped layer).
         graph_layers: The graph's layer table; the layer's facts are added to it.
-        computed_elems: The size of a weight computed in forward (its FLOPs).
+        weight_elems: The size of the weight passed (the FLOPs of a call that reads one
+            computed in forward, or another layer's).
         data_path: Path of the module the activation was computed in.
     """
     weighted = not spec.per_channel
@@ -202,7 +206,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
     if computed:
         why = f"{label} reads a {computed[0]} computed in forward, not a parameter"
         return _opaque(why, context, modules, graph_layers, positions,
-                       weight_elems=computed_elems)  # fmt: skip
+                       weight_elems=weight_elems)  # fmt: skip
     if not params:
         if _own_norm(spec, context, modules):
             build = module_rule(modules[context])[1]
@@ -218,7 +222,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         why = f"{label} reads parameters that are not one layer's ({', '.join(params.values())})"
         # a parameter of the model itself (owner "") is its own layer in the graph
         reads = sorted({owner_of(name)[0] or name for name in params.values()} - {context or ""})
-        return _opaque(why, context, modules, graph_layers, positions, reads)
+        return _opaque(why, context, modules, graph_layers, positions, reads, weight_elems)
     if found is None or found[0] not in spec.forms:
         if call is not None and not weighted:  # LayerNorm, GroupNorm: nothing to cut or mask
             kind, attrs = call()
