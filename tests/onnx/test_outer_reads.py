@@ -102,6 +102,23 @@ def test_a_channel_count_used_as_a_value_keeps_the_channels(tmp_path):
     assert report.removed == 2
 
 
+def test_two_sizes_of_one_tensor_read_as_values_by_one_op(tmp_path):
+    """``Where(y > 0, C, H)`` with C and H both read from y's shape (an If of the
+    TorchScript exporter reads several): the analysis failed with "Duplicate node name"."""
+    weights = {**_weights(), "one": np.array([1], np.int64), "two": np.array([2], np.int64)}
+    nodes = [_conv("x", "w1", "y1"), helper.make_node("Shape", ["y1"], ["s"])]
+    for axis, index in (("c", "one"), ("h", "two")):
+        nodes += [helper.make_node("Gather", ["s", index], [axis], axis=0),
+                  helper.make_node("Cast", [axis], [f"{axis}f"], to=TensorProto.FLOAT)]
+    weights["zero"] = np.zeros((), np.float32)
+    nodes += [helper.make_node("Greater", ["y1", "zero"], ["pos"]),
+              helper.make_node("Where", ["pos", "cf", "hf"], ["y2"]),
+              helper.make_node("Mul", ["y1", "y2"], ["y3"]), _conv("y3", "w2", "y")]
+    new, report = remove_zero_filters(_save(tmp_path, nodes, weights, [_x()]), verify=False)
+    assert report.removed == 0
+    assert "reads its size as a value" in report.layers[0].reason
+
+
 def _whole_weighted(tmp_path, case):
     """A conv b with zero filters read by a weighted op that stays whole: as a Gemm's
     bias, or on the right of a MatMul with a constant on the left."""

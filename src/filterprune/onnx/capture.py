@@ -277,14 +277,17 @@ class _Emitter:
                 and self.facts.const(n) is None]  # fmt: skip
         if not real:
             return
+        read: dict[str, set[int]] = {}  # two operands may read one tensor's sizes (an If's)
         for name in names:
             for tensor, axes in self.sizes.get(name, {}).items():
-                if tensor in self.graph.nodes and axes:
-                    self.graph.add(Node(f"{node.name or node.output[0]}#size:{tensor}", "size",
-                                        [tensor], self.facts.shape(tensor),
-                                        attrs={"dims": sorted(axes),
-                                               "reason": f"{node.op_type} reads its size as a "
-                                                         "value"}))  # fmt: skip
+                read.setdefault(tensor, set()).update(axes)
+        for tensor, axes in read.items():
+            if tensor in self.graph.nodes and axes:
+                self.graph.add(Node(f"{node.name or node.output[0]}#size:{tensor}", "size",
+                                    [tensor], self.facts.shape(tensor),
+                                    attrs={"dims": sorted(axes),
+                                           "reason": f"{node.op_type} reads its size as a "
+                                                     "value"}))  # fmt: skip
         for o in node.output:  # held once: what it computes is data, not a size
             self.sizes.pop(o, None)
 
