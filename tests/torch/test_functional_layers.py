@@ -525,3 +525,77 @@ def test_convs_after_a_conv_no_rule_reads_are_not_first_ones(capture):
     stats = ctrl.statistics()
     assert stats.full_flops == 2 * 99 * (16 * 8 + 32 * 16 * 3 + 32 * 32 * 3 + 4 * 32)  # 99 steps
     assert_strip_equal(ctrl, pruned, torch.randn(2, 1, 400))
+
+
+class _AttentionPool(nn.Module):
+    """CLIP's AttentionPool2d in one call: ``F.multi_head_attention_forward`` returns a
+    tuple with None in it (no weights asked for)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 64, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(17, 64))
+        self.q, self.k, self.v, self.c = (nn.Linear(64, 64) for _ in range(4))
+
+    def forward(self, x):
+        x = F.relu(self.b(F.relu(self.a(x)))).flatten(2).permute(2, 0, 1)
+        x = torch.cat([x.mean(0, keepdim=True), x]) + self.pos[:, None, :]
+        out, _ = F.multi_head_attention_forward(
+            x[:1], x, x, 64, 4, None, torch.cat([self.q.bias, self.k.bias, self.v.bias]),
+            None, None, False, 0.0, self.c.weight, self.c.bias, training=False,
+            need_weights=False, use_separate_proj_weight=True, q_proj_weight=self.q.weight,
+            k_proj_weight=self.k.weight, v_proj_weight=self.v.weight)
+        return out.squeeze(0)
+
+
+def test_a_function_returning_a_tuple_with_none_keeps_its_inputs_whole():
+    """It was a no-op to the fx capture: b's channels were cut under attention, whose
+    stripped model failed ("expecting embedding dimension of 64, but got 32"), and its
+    projections' FLOPs were not counted."""
+    torch.manual_seed(0)
+    model = nondegenerate(_AttentionPool())
+    ctrl, pruned = create_compressed_model(model, make_config(
+        (1, 3, 4, 4), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    stats = ctrl.statistics()
+    assert [p for p, why in stats.unpruned if "multi_head_attention_forward" in why][0] == ["b"]
+    convs = 2 * 16 * (16 * 3 * 9 + 64 * 16 * 9)
+    assert stats.full_flops == convs + 2 * 17 * 4 * 64 * 64  # matrices per token of x
+    assert_strip_equal(ctrl, pruned, torch.randn(2, 3, 4, 4))
+
+
+class _Recurrent(nn.Module):
+    """A CRNN whose forward torch.fx cannot trace (``branch``): export records aten.lstm."""
+
+    def __init__(self, branch):
+        super().__init__()
+        self.branch = branch
+        self.c1, self.c2 = nn.Conv1d(8, 32, 3, padding=1), nn.Conv1d(32, 32, 3, padding=1)
+        self.rnn = nn.LSTM(32, 64, num_layers=2, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(128, 5)
+
+    def forward(self, x):
+        if self.branch and x.abs().mean() > 1e-3:
+            x = x * 1.0
+        h = F.relu(self.c2(F.relu(self.c1(x))))
+        return self.fc(self.rnn(h.transpose(1, 2))[0])
+
+
+def test_an_lstm_under_torch_export_counts_its_flops_and_stays_float_under_qat(caplog):
+    """Under torch.export its FLOPs were left out (0.575 of the FLOPs kept reported where
+    the stripped model keeps 0.903) and quantization did not list it as left in float."""
+    caplog.set_level("WARNING", logger="filterprune")
+    sample = (1, 8, 40)
+    config = make_config(sample, pruning_init=0.5, prune_first_conv=True)
+    config["compression"] = [config["compression"],
+                             {"algorithm": "quantization",
+                              "initializer": {"range": {"num_init_samples": 0}}}]  # fmt: skip
+    stats = {}
+    for branch in (False, True):
+        torch.manual_seed(0)
+        ctrl, _ = create_compressed_model(nondegenerate(_Recurrent(branch)), config)
+        stats[branch] = ctrl.statistics()
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    assert stats[True].filter_pruning.full_flops == stats[False].filter_pruning.full_flops
+    assert stats[True].filter_pruning.flops_kept == stats[False].filter_pruning.flops_kept
+    floats = [name for name, _ in stats[True].quantization.left_in_float]
+    assert floats == [name for name, _ in stats[False].quantization.left_in_float] == ["rnn"]

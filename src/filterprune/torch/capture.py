@@ -32,7 +32,7 @@ from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._copy import NORM_HOOKS, computed_weights
-from ._layers import COMPUTED, functional_node, plain_params, split_sizes
+from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, module_rule
 from ._sizes import SizeReads
 
@@ -310,11 +310,15 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         # whole; its matrices count once per input token
         in_shape = graph[inputs[0]].shape if inputs else None
         return _no_rule(node, modules[node.target], inputs, None, in_shape, graph)
+    label = getattr(node.target, "__name__", str(node.target))
+    if shape is None and _holds_tensors(node.meta.get("tensor_meta")):
+        # a function returning a tuple with None in it (``F.multi_head_attention_forward``)
+        # or a nested one: no rule reads it, so its inputs stay whole
+        return no_rule_stop(node.name, inputs, None, label, graph, modules, node)
     if shape is None:
         return Node(node.name, "noop", inputs, label=str(node.target))
     if node.op == "call_module":
         return _module_node(node, modules[node.target], inputs, shape, graph)
-    label = getattr(node.target, "__name__", str(node.target))
     if node.target is operator.getitem:
         return _getitem(node, inputs, shape, graph)
     src = node.args[0] if node.target is getattr else None
@@ -326,8 +330,7 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return _functional(node, label, shape, modules, graph, tensors)
     builder = CALL_RULES.get(node.target)
     if builder is None:
-        return Node(node.name, "stop", inputs, shape, label=label,
-                    attrs={"reason": f"no channel rule for {label}"})  # fmt: skip
+        return no_rule_stop(node.name, inputs, shape, label, graph, modules, node)
     in_shape = graph[inputs[0]].shape if inputs else None
     try:
         kind, attrs = builder(node, in_shape if isinstance(in_shape, tuple) else ())
@@ -434,6 +437,37 @@ def _basic_index(index: Any, in_shape, out_shape) -> tuple[Any, list[int]] | Non
         in_axis += 0 if it is None else spans[i]
         out_axis += 0 if isinstance(it, int) else spans[i]
     return (tuple(new) if isinstance(index, tuple) else new[0]), axes
+
+
+def _holds_tensors(meta: Any) -> bool:
+    if isinstance(meta, TensorMetadata):  # a named tuple itself
+        return True
+    if isinstance(meta, (list, tuple, dict)):
+        return any(_holds_tensors(m) for m in (meta.values() if isinstance(meta, dict) else meta))
+    return False
+
+
+def no_rule_stop(name: str, inputs: list[str], shape: Any, label: str, graph: Graph,
+                 modules: dict[str, nn.Module], node: fx.Node) -> Node:  # fmt: skip
+    """A call no rule reads: a stop whose inputs stay whole. Matrices it reads (an LSTM's,
+    attention's projections) count once per token of its largest input; where they are
+    all the module's it runs in, that module is an opaque layer, listed as left in float
+    by quantization (torch.fx calls such a module whole: see :func:`_no_rule`)."""
+    attrs: dict[str, Any] = {"reason": f"no channel rule for {label}"}
+    params = [graph[i] for i in inputs if graph[i].op == "param" and not graph[i].attrs.get(
+        "fill") and sum(n > 1 for n in graph[i].shape or ()) >= 2]  # a matrix, not a scale
+    if not params:
+        return Node(name, "stop", inputs, shape, label=label, attrs=attrs)
+    data = [graph[i].shape for i in inputs if graph[i].op != "param"]
+    attrs["positions"] = max((_tokens(s, graph) for s in data), default=1)
+    context = module_path(node, modules)
+    module = modules.get(context or "")
+    if context and module is not None and all(
+            p.attrs.get("target", "").startswith(f"{context}.") for p in params):  # fmt: skip
+        graph.layers.setdefault(context, LayerInfo(context, "opaque", plain_params(module)))
+        return Node(name, "stop", inputs, shape, layer=context, label=label, attrs=attrs)
+    attrs["weight_elems"] = sum(math.prod(p.shape) for p in params)
+    return Node(name, "stop", inputs, shape, label=label, attrs=attrs)
 
 
 def _tokens(shape, graph: Graph) -> int:

@@ -33,7 +33,7 @@ from ._aten import aten_rule
 from ._copy import computed_weights
 from ._layers import COMPUTED, arg_of, functional_node, split_sizes
 from ._ops import FUNCTIONAL
-from .capture import add_unseen_params, say_never_run
+from .capture import add_unseen_params, no_rule_stop, say_never_run
 
 __all__ = ["capture_export", "export_program"]
 
@@ -270,8 +270,7 @@ class _Builder:
             if not inputs:  # a tensor made in forward (zeros, arange): a constant
                 return Node(node.name, "param", shape=shape,
                             attrs={"target": node.name, "fill": node.target in _FILLS})
-            return Node(node.name, "stop", inputs, shape, label=label,
-                        attrs={"reason": f"no channel rule for {label}"})  # fmt: skip
+            return no_rule_stop(node.name, inputs, shape, label, self.graph, self.modules, node)
         in_shape = self.graph[inputs[0]].shape if inputs else None
         kind, attrs = build(node, in_shape if isinstance(in_shape, tuple) else ())
         if kind not in _DYNAMIC_SAFE and (dynamic or self.dynamic.intersection(inputs)):
