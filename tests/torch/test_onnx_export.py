@@ -129,6 +129,58 @@ def test_an_invalid_optimised_graph_is_exported_again_unoptimised(tmp_path, capl
         np.testing.assert_allclose(_run(tmp_path / "m.onnx", x), net(x), atol=1e-4)
 
 
+class Ratio(nn.Module):
+    """kornia's LiteMLA ratio ``a / (b + eps)``, with ``b`` exactly 0 on some channels (a
+    pruned filter): the current exporter's optimiser drops ``+ 1e-15`` and the file
+    computes inf where the model is finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        with torch.no_grad():
+            self.b.weight[:2] = 0
+            self.b.bias[:2] = -1.0
+
+    def forward(self, x):
+        return self.a(x) / (torch.relu(self.b(x)) + 1e-15) * 1e-15
+
+
+def test_an_optimised_graph_that_computes_other_values_is_exported_unoptimised(tmp_path,
+                                                                               caplog):
+    """The file returned inf on every input with a warning blaming the model's forward."""
+    torch.manual_seed(0)
+    net, x = Ratio().eval(), torch.randn(1, 3, 4, 4)
+    with caplog.at_level(logging.INFO, logger="filterprune"):
+        assert export_onnx(net, (x,), str(tmp_path / "m.onnx")) == "dynamo"
+    assert "optimised ONNX graph computes other values than the model" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    x = torch.randn(2, 3, 4, 4)
+    got = _run(tmp_path / "m.onnx", x)
+    assert np.isfinite(got).all()
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_torchscript_file_is_kept_where_only_it_computes_what_the_model_does(
+        tmp_path, caplog, monkeypatch):  # fmt: skip
+    def wrong(model, args, tmp, names):
+        onnx_export._legacy_any_batch(model, args, tmp, names)
+        return "computes other values than the model on a new input (max relative difference 1)"
+
+    monkeypatch.setattr(onnx_export, "_dynamo", wrong)
+    net, x = SmallNet().eval(), torch.randn(1, 3, 32, 32)
+    with caplog.at_level(logging.INFO, logger="filterprune"):
+        assert export_onnx(net, (x,), str(tmp_path / "m.onnx")) == "torchscript"
+    assert "the TorchScript exporter's computes what the model does" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not list(tmp_path.glob("*.torchscript.onnx"))  # its temporary file is gone
+    monkeypatch.setattr(onnx_export, "_legacy_any_batch", lambda *a: "computes other values")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="filterprune"):
+        assert export_onnx(net, (x,), str(tmp_path / "m.onnx")) == "dynamo"  # both wrong
+    assert "do not deploy the file unchecked" in caplog.text
+
+
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_exported_file_runs_at_any_batch_size(tmp_path, exporter):
     """A file exported from a 1-sample example runs at batch 5 (flatten -> linear)."""

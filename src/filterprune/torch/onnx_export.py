@@ -23,9 +23,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -75,7 +76,9 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
                 return _write(path, lambda tmp: _legacy_any_batch(model, args, tmp, names),
                               "torchscript")
             try:
-                return _write(path, lambda tmp: _dynamo(model, args, tmp, names), "dynamo")
+                if exporter == "dynamo":
+                    return _write(path, lambda tmp: _dynamo(model, args, tmp, names), "dynamo")
+                return _write_auto(path, model, args, names)
             except Exception as err:  # noqa: BLE001 - any failure of the new exporter falls back
                 if exporter == "dynamo" or isinstance(err, OSError) and err.errno in NO_SPACE:
                     raise  # a full disk fails the other exporter too
@@ -166,9 +169,10 @@ def _argument_names(model: nn.Module, count: int) -> list[str]:
     return names[: count + 1]
 
 
-def _write(path: str, write, name: str) -> str:
+def _write(path: str, write, name: str | Callable[[], str]) -> str:
     """Write with ``write(tmp)`` (which returns what the file computes differently from
-    the model, or None), then warn where it does."""
+    the model, or None), then warn where it does. ``name``: the exporter, or what says
+    which one wrote the file once it is written."""
     problems: list[str | None] = []
 
     def write_checked(tmp: str) -> None:
@@ -187,8 +191,36 @@ def _write(path: str, write, name: str) -> str:
                         "do not deploy the file unchecked.", path, problems[-1])  # fmt: skip
 
     atomic_write(path, write_checked, suffix=".onnx")
+    name = name() if callable(name) else name
     log.info("Exported %s with the %s ONNX exporter.", path, name)
     return name
+
+
+def _write_auto(path: str, model: nn.Module, args: tuple, names: dict[str, Any]) -> str:
+    """The current exporter's file, or the TorchScript exporter's where only that one
+    computes what the model does."""
+    used = ["dynamo"]
+
+    def write(tmp: str) -> str | None:
+        problem = _dynamo(model, args, tmp, names)
+        if problem is None:
+            return None
+        other = tmp + ".torchscript.onnx"
+        try:
+            if _legacy_any_batch(model, args, other, names) is not None:
+                return problem
+            os.replace(other, tmp)
+        except Exception:  # noqa: BLE001 - the current exporter's file and its warning stand
+            return problem
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(other)
+        log.info("The current ONNX exporter's file %s; the TorchScript exporter's computes "
+                 "what the model does, and is written instead.", problem)  # fmt: skip
+        used[0] = "torchscript"
+        return None
+
+    return _write(path, write, lambda: used[0])
 
 
 def _free_then_fixed(model: nn.Module, args: tuple, tmp: str, free, fixed) -> str | None:
@@ -241,26 +273,35 @@ def _fake_quant_meta(x: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.T
 
 
 def _dynamo(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> str | None:
-    """The current exporter, with a free batch axis where the model allows one."""
+    """The current exporter, with a free batch axis where the model allows one; written
+    again without its graph optimiser where the file computes other values (it drops
+    ``+ 1e-15`` from ``a / (b + eps)``, and a pruned ``b`` of 0 then gives NaN)."""
     _fake_quant_shapes()
     free = tuple({0: torch.export.Dim.DYNAMIC} if _batched(a) else None for a in args)
     # from two samples: torch.export takes an axis of size 1 for a constant, and a graph
     # captured from one sample could declare a free batch yet run only at 1
     twice = tuple(torch.cat([a, a]) if _batched(a) else a for a in args)
-    return _free_then_fixed(model, args, tmp,
-                            lambda t: _dynamo_once(model, twice, t, names, free),
-                            lambda t: _dynamo_once(model, args, t, names, None))  # fmt: skip
+    problem = None
+    for optimize in (True, False):
+        if optimize is False:
+            log.info("The optimised ONNX graph %s; exporting it unoptimised.", problem)
+        problem = _free_then_fixed(
+            model, args, tmp, lambda t, o=optimize: _dynamo_once(model, twice, t, names, free, o),
+            lambda t, o=optimize: _dynamo_once(model, args, t, names, None, o))  # fmt: skip
+        if not (problem or "").startswith("computes other values"):
+            break
+    return problem
 
 
 def _dynamo_once(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
-                 dynamic: tuple | None) -> None:  # fmt: skip
+                 dynamic: tuple | None, optimize_first: bool = True) -> None:  # fmt: skip
     """Its graph optimiser has written graphs that read a value no node makes (timm's
     gemma4_vit); such a file is written again without the optimiser."""
     import onnx
 
     from .export_capture import quiet  # its progress, guards and a failed graph
 
-    for optimize in (True, False):
+    for optimize in (True, False) if optimize_first else (False,):
         with quiet(), torch.no_grad():
             torch.onnx.export(model, args, tmp, dynamo=True, external_data=False, verbose=False,
                               optimize=optimize, dynamic_shapes=dynamic, **names)  # fmt: skip
