@@ -599,3 +599,54 @@ def test_an_lstm_under_torch_export_counts_its_flops_and_stays_float_under_qat(c
     assert stats[True].filter_pruning.flops_kept == stats[False].filter_pruning.flops_kept
     floats = [name for name, _ in stats[True].quantization.left_in_float]
     assert floats == [name for name, _ in stats[False].quantization.left_in_float] == ["rnn"]
+
+
+class _ComplexConv(nn.Module):
+    """A complex conv as speech enhancement nets write it (DCUNet, DCCRN): real and
+    imaginary parts by two convs, stacked into a complex tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Conv2d(2, 8, 3, padding=1)
+        self.re, self.im = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        h = F.relu(self.pre(x))
+        z = torch.view_as_complex(torch.stack([self.re(h), self.im(h)], -1))
+        z = z * torch.sigmoid(z.abs())
+        y = self.head(z.real) + self.head(z.imag)
+        return torch.fmod(y, 3.0) + torch.special.erfcx(y.abs())  # pointwise, no table entry
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_complex_views_and_pointwise_functions_keep_channels(capture):
+    """view_as_complex, .real and .imag held every group (DCUNet: all 20 convs), and so
+    did any pointwise function without an entry (torch.fmod, torch.special.erfcx)."""
+    model = nondegenerate(_ComplexConv())
+    groups = {tuple(g.producers): g.reason for g in analyze(capture(
+        model.eval(), (torch.zeros(1, 2, 8, 8),)).graph, OPTIONS).groups}  # fmt: skip
+    assert groups[("re", "im")] is None and groups[("pre",)] is None
+
+
+def test_complex_views_strip_equal():
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(_ComplexConv()), make_config(
+        (1, 2, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    assert ctrl.statistics().flops_kept < 0.6
+    assert_strip_equal(ctrl, model, torch.randn(2, 2, 8, 8))
+
+
+def test_a_full_min_or_max_under_torch_export_says_it_reduces_over_channels():
+    class MinMax(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 2, 1)
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            return self.head((h - torch.min(h)) / torch.max(h))
+
+    cap = capture_export(MinMax().eval(), (torch.zeros(1, 3, 8, 8),))
+    groups = {tuple(g.producers): g.reason for g in analyze(cap.graph, OPTIONS).groups}
+    assert groups[("a",)] == "min: reduces over channels"

@@ -111,6 +111,12 @@ def _reduce(node: fx.Node, shape) -> Spec:
     return "reduce", {"dims": list(dims), "keepdim": bool(args.get("keepdim", False))}
 
 
+def _complex_view(node: fx.Node, shape) -> Spec:
+    """The last axis (real and imaginary parts) becomes the dtype: dropped as a reduction
+    over it would drop it."""
+    return "reduce", {"dims": [-1], "keepdim": False}
+
+
 def _kthvalue(node: fx.Node, shape) -> Spec:
     args = named_args(node)  # over the last axis by default
     return "reduce", {"dims": [int(args.get("dim", -1))], "keepdim": bool(args.get("keepdim",
@@ -337,7 +343,9 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
           "var_mean.correction", "logsumexp.default", "linalg_vector_norm.default",
           "var.dim", "std.dim", "prod.dim_int",
           "norm.ScalarOpt_dim", "median.dim", "nanmedian.dim", "argmax.default",
-          "argmin.default"), _reduce),
+          "argmin.default", "max.default", "min.default", "median.default"), _reduce),
+    (_ops("view_as_complex.default"), _complex_view),
+    (_ops("real.default", "imag.default"), _identity),
     (_ops("kthvalue.default"), _kthvalue),
     (_ops("sort.default", "sort.stable", "topk.default", "cummax.default", "cummin.default"),
      _along),

@@ -21,7 +21,7 @@ from ..core.graph import LayerInfo
 from ._copy import computed_weights
 from ._sizes import reshape_sizes
 
-__all__ = ["MODULE_RULES", "CALL_RULES", "IDENTITY_MODULES", "LEAF_MODULES", "FUNCTIONAL",
+__all__ = ["MODULE_RULES", "CALL_RULES", "call_rule", "IDENTITY_MODULES", "LEAF_MODULES", "FUNCTIONAL",
            "Functional", "module_rule", "probe_forwards"]
 
 Spec = tuple[str, dict[str, Any]]
@@ -721,3 +721,36 @@ CALL_RULES: dict[Any, Call] = {
     F.channel_shuffle: _channel_shuffle_call, torch.channel_shuffle: _channel_shuffle_call,
     F.glu: _glu, F.grid_sample: _grid_sample, torch.einsum: _einsum,
 }  # fmt: skip
+
+
+def _complex_view(node: fx.Node, shapes) -> Spec:
+    """``view_as_complex``: the last axis (real and imaginary parts) becomes the dtype, as
+    a reduction over it would drop it; channels on other axes pass."""
+    return "reduce", {"dims": [-1], "keepdim": False}
+
+
+CALL_RULES[torch.view_as_complex] = _complex_view
+
+
+def call_rule(target: Any) -> Call | None:
+    """The rule of a torch function or Tensor method: its :data:`CALL_RULES` entry, else
+    the elementwise rule where every ATen overload of its name is one torch tags
+    pointwise and returns one tensor (``torch.fmod``, ``x.xlogy(y)``, ``torch.special.
+    erfcx``: each output entry reads the same entry of each broadcast input)."""
+    found = CALL_RULES.get(target)
+    if found is not None:
+        return found
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    torch_own = getattr(torch, name, None) is target or getattr(
+        torch.special, name.removeprefix("special_"), None) is target  # ``special_erfcx``
+    return _elementwise if (isinstance(target, str) or torch_own) and _all_pointwise(name) \
+        else None  # fmt: skip
+
+
+def _all_pointwise(name: str) -> bool:
+    packet = getattr(torch.ops.aten, name, None)
+    overloads = [getattr(packet, o) for o in getattr(packet, "overloads", list)()]
+    overloads = [op for op in overloads if "out" not in op._overloadname]
+    return bool(overloads) and all(
+        torch.Tag.pointwise in op.tags and len(op._schema.returns) == 1
+        and str(op._schema.returns[0].type) == "Tensor" for op in overloads)  # fmt: skip

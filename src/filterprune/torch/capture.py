@@ -33,7 +33,7 @@ from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._copy import NORM_HOOKS, computed_weights
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
-from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, module_rule
+from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
 
 __all__ = ["capture", "capture_fx"]
@@ -328,7 +328,9 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return Node(node.name, "getitem", inputs[:1], shape, attrs={"index": index})
     if node.op == "call_function" and node.target in FUNCTIONAL:
         return _functional(node, label, shape, modules, graph, tensors)
-    builder = CALL_RULES.get(node.target)
+    if node.target is getattr and node.args[1] in ("real", "imag"):  # of a complex tensor
+        return Node(node.name, "identity", inputs[:1], shape, label=f"getattr {node.args[1]}")
+    builder = call_rule(node.target)
     if builder is None:
         return no_rule_stop(node.name, inputs, shape, label, graph, modules, node)
     in_shape = graph[inputs[0]].shape if inputs else None
