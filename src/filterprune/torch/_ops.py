@@ -21,8 +21,8 @@ from ..core.graph import LayerInfo
 from ._copy import computed_weights
 from ._sizes import reshape_sizes
 
-__all__ = ["MODULE_RULES", "CALL_RULES", "call_rule", "IDENTITY_MODULES", "LEAF_MODULES", "FUNCTIONAL",
-           "Functional", "module_rule", "probe_forwards"]
+__all__ = ["MODULE_RULES", "CALL_RULES", "call_rule", "IDENTITY_MODULES", "LEAF_MODULES",
+           "FUNCTIONAL", "Functional", "module_rule", "probe_forwards"]
 
 Spec = tuple[str, dict[str, Any]]
 
