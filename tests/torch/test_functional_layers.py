@@ -650,3 +650,30 @@ def test_a_full_min_or_max_under_torch_export_says_it_reduces_over_channels():
     cap = capture_export(MinMax().eval(), (torch.zeros(1, 3, 8, 8),))
     groups = {tuple(g.producers): g.reason for g in analyze(cap.graph, OPTIONS).groups}
     assert groups[("a",)] == "min: reduces over channels"
+
+
+class _MixingBlock(nn.Module):
+    """A block whose forward calls a function no rule reads on its own matrix, beside a
+    child conv the capture reads as a layer of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, x):
+        y = torch.tensordot(self.conv(x).permute(0, 2, 3, 1), self.w, dims=1)
+        return y.permute(0, 3, 1, 2)
+
+
+def test_a_call_no_rule_reads_counts_its_matrix_once_beside_the_modules_children():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), _MixingBlock(),
+                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    torch.manual_seed(0)
+    ctrl, pruned = create_compressed_model(nondegenerate(model), make_config(
+        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    stats = ctrl.statistics()
+    assert stats.full_params == sum(p.numel() for p in model.parameters())
+    assert stats.full_flops == 2 * 64 * (8 * 27 + 8 * 72 + 8 * 8 + 16 * 72 + 4 * 16)
+    small = assert_strip_equal(ctrl, pruned, torch.randn(2, 3, 8, 8))
+    assert stats.current_params == sum(p.numel() for p in small.parameters())

@@ -452,9 +452,9 @@ def _holds_tensors(meta: Any) -> bool:
 def no_rule_stop(name: str, inputs: list[str], shape: Any, label: str, graph: Graph,
                  modules: dict[str, nn.Module], node: fx.Node) -> Node:  # fmt: skip
     """A call no rule reads: a stop whose inputs stay whole. Matrices it reads (an LSTM's,
-    attention's projections) count once per token of its largest input; where they are
-    all the module's it runs in, that module is an opaque layer, listed as left in float
-    by quantization (torch.fx calls such a module whole: see :func:`_no_rule`)."""
+    attention's projections) count once per token of its largest input; where it reads
+    every parameter of the module it runs in, that module is an opaque layer, listed as
+    left in float by quantization (torch.fx calls such a module whole: :func:`_no_rule`)."""
     attrs: dict[str, Any] = {"reason": f"no channel rule for {label}"}
     params = [graph[i] for i in inputs if graph[i].op == "param" and not graph[i].attrs.get(
         "fill") and sum(n > 1 for n in graph[i].shape or ()) >= 2]  # a matrix, not a scale
@@ -464,8 +464,11 @@ def no_rule_stop(name: str, inputs: list[str], shape: Any, label: str, graph: Gr
     attrs["positions"] = max((_tokens(s, graph) for s in data), default=1)
     context = module_path(node, modules)
     module = modules.get(context or "")
+    read = {graph[i].attrs.get("target") for i in inputs if graph[i].op == "param"}
+    # the module's own call (an LSTM's), reading every parameter it has, children's too
     if context and module is not None and all(
-            p.attrs.get("target", "").startswith(f"{context}.") for p in params):  # fmt: skip
+            p.attrs.get("target", "").startswith(f"{context}.") for p in params) and all(
+            f"{context}.{n}" in read for n, _ in module.named_parameters()):  # fmt: skip
         graph.layers.setdefault(context, LayerInfo(context, "opaque", plain_params(module)))
         return Node(name, "stop", inputs, shape, layer=context, label=label, attrs=attrs)
     attrs["weight_elems"] = sum(math.prod(p.shape) for p in params)
