@@ -410,9 +410,12 @@ class Deformable(nn.Module):
 def test_a_deformable_convs_own_filters_are_listed_whole():
     ctrl, _ = create_compressed_model(Deformable(), make_config((1, 3, 16, 16),
                                                                 prune_first_conv=True))
-    whole = dict((tuple(p), r) for p, r in ctrl.statistics().unpruned)
-    assert whole[("d.weight",)] == "no channel rule for torchvision.deform_conv2d"
+    stats = ctrl.statistics()
+    whole = dict((tuple(p), r) for p, r in stats.unpruned)
+    assert whole[("d",)] == "no channel rule for torchvision.deform_conv2d"
     assert {("c1",), ("off",)} <= whole.keys()
+    # its weight counts once per output position, as a conv's (the offsets' sampling aside)
+    assert stats.full_flops == 2 * 256 * (16 * 27 + 18 * 144 + 16 * 144 + 4 * 16)
 
 
 class PointMax(nn.Module):
@@ -525,6 +528,33 @@ def test_convs_after_a_conv_no_rule_reads_are_not_first_ones(capture):
     stats = ctrl.statistics()
     assert stats.full_flops == 2 * 99 * (16 * 8 + 32 * 16 * 3 + 32 * 32 * 3 + 4 * 32)  # 99 steps
     assert_strip_equal(ctrl, pruned, torch.randn(2, 1, 400))
+
+
+class _FixedFrontEnd(nn.Module):
+    """A fixed filter in a buffer before the stem (a blur, a colour-space matrix)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.register_buffer("blur", torch.ones(3, 1, 5, 5) / 25)
+        self.register_buffer("yuv", torch.tensor([[0.299, 0.587, 0.114], [-0.147, -0.289, 0.436],
+                                                  [0.615, -0.515, -0.1]]))  # fmt: skip
+        self.stem, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        if self.kind == "blur":
+            x = F.conv2d(x, self.blur, padding=2, groups=3)
+        else:
+            x = F.conv2d(x, self.yuv[:, :, None, None])
+        return self.head(F.relu(self.stem(x)))
+
+
+@pytest.mark.parametrize("kind", ["blur", "yuv"])
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_a_fixed_filter_before_the_stem_leaves_it_the_first_convolution(capture, kind):
+    cap = capture(_FixedFrontEnd(kind).eval(), (torch.zeros(1, 3, 8, 8),))
+    groups = {tuple(g.producers): g.reason for g in analyze(cap.graph, AnalysisOptions()).groups}
+    assert groups[("stem",)] == "first convolution (prune_first_conv is off)"
 
 
 class _AttentionPool(nn.Module):

@@ -233,7 +233,7 @@ def _first_layers(graph: Graph) -> set[str]:
     first: set[str] = set()
     for node in graph:
         reached = node.op == "input" or any(free.get(i, False) for i in node.inputs)
-        if node.op in ("conv", "linear"):
+        if node.op in ("conv", "linear", "recurrent"):
             if reached and node.layer:
                 first.add(node.layer)
             free[node.name] = False

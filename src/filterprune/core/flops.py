@@ -82,6 +82,11 @@ def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
             elems = sum(int(np.prod(shape)) for shape, _ in info.params.values() if len(shape) > 1)
             out[node.layer] = out.get(node.layer, 0) + 2 * int(node.attrs["positions"]) * elems
             continue
+        if node.op == "recurrent" and info is not None:  # every matrix at every step
+            elems = sum(kept_elements(shape, roles, keeps.get(node.layer, {}), info.groups)
+                        for shape, roles in info.params.values() if len(shape) > 1)
+            out[node.layer] = out.get(node.layer, 0) + 2 * int(node.attrs["positions"]) * elems
+            continue
         if node.op not in ("conv", "linear") or info is None:
             continue
         shape, roles = info.params[info.weight]

@@ -248,11 +248,14 @@ def place_quantizers(graph: Graph, params: Any) -> list[QuantizerSpec]:
 
 def float_layers(graph: Graph) -> list[tuple[str, str]]:
     """``(layer, reason)`` for each layer whose matrices stay float: one the frontend
-    cannot see into (a custom Keras layer, attention), so no quantizer is placed in it."""
+    cannot see into (a custom Keras layer, attention), or a recurrent one, so no
+    quantizer is placed in it."""
     reasons = {n.layer: n.attrs.get("reason", "") for n in graph if n.op == "stop" and n.layer}
+    reasons.update({n.layer: "a recurrent layer" for n in graph if n.op == "recurrent"})
     return [(name, reasons.get(name) or "no channel rule for it")
             for name, info in graph.layers.items()
-            if info.kind == "opaque" and any(len(shape) > 1 for shape, _ in info.params.values())]
+            if info.kind in ("opaque", "recurrent")
+            and any(len(shape) > 1 for shape, _ in info.params.values())]
 
 
 # -- range math -----------------------------------------------------------------------------

@@ -370,6 +370,21 @@ def _linear(s, node, ins):
     return out
 
 
+@register_rule("recurrent")
+def _recurrent(s, node, ins):
+    """An RNN, LSTM or GRU reads the features of its input (the last axis) with its input
+    weights, as a linear layer does: the producers before it are cut with those columns.
+    Its outputs (the hidden state) and the initial states it is given stay whole."""
+    x = _tensor(s, ins[0], node)
+    xin = _read_along(s, x, node.attrs["ndim"], -1, node.attrs["in_features"], node)
+    s.use(node.layer, "in", xin, node.name)
+    reason = f"{node.label or node.op}: the recurrent state"
+    for state in ins[1:]:
+        if isinstance(state, (np.ndarray, tuple)):
+            s.block(state, reason)
+    return s.opaque(reason)
+
+
 @register_rule("batchnorm")
 def _batchnorm(s, node, ins):
     """Per-channel affine or statistics: the layer follows its input's channels."""

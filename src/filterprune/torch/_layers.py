@@ -67,15 +67,16 @@ def _positions(spec: Functional, shape: Any) -> int | None:
 
 def _opaque(reason: str, context: str | None, modules: dict[str, nn.Module], graph_layers: dict,
             positions: int | None, reads: list[str] | None = None,
-            weight_elems: int | None = None) -> Parts:  # fmt: skip
+            weight_elems: int | None = None, learned: bool = True) -> Parts:  # fmt: skip
     """A stop that still counts the parameters (and, for a conv or linear op, the FLOPs)
     of the module it runs in; ``reads``: other layers whose weights it reads (core
     ``reads_layers``: they stay whole too); ``weight_elems``: the size of the weight a conv
     or linear op reads (computed in forward, or another module's), which its FLOPs count
-    instead of the module's parameters."""
+    instead of the module's parameters; ``learned``: that weight is trained (not a fixed
+    filter in a buffer), so the layers after the op are not first ones."""
     module = modules.get(context or "")
     attrs: dict[str, Any] = {"reason": reason}
-    if positions is not None:  # a conv or linear op: later layers are not first ones
+    if positions is not None and learned:  # a conv or linear op: later layers are not first
         attrs["weighted"] = True
     if reads:
         attrs["reads_layers"] = reads
@@ -116,10 +117,28 @@ def functional_node(node: fx.Node, label: str, shape: Any, graph: Graph,
         call=(lambda: rule(node, in_shape or ())) if rule else None,
         context=module_path(node, modules), graph_layers=graph.layers,
         weight_elems=_elements(weight) if isinstance(weight, fx.Node) else None,
+        learned=isinstance(weight, fx.Node) and _from_parameters(weight, resolve, modules),
         data_path=module_path(data, modules) if data is not None else None,
     )  # fmt: skip
     return Node(node.name, parts.kind, [data.name] if data is not None else [], shape,
                 layer=parts.layer, attrs=parts.attrs, label=label)  # fmt: skip
+
+
+def _from_parameters(value: fx.Node, resolve: Callable[[fx.Node], str],
+                     modules: dict[str, nn.Module]) -> bool:  # fmt: skip
+    """Whether a weight is, or is computed from, a parameter: trained, not a fixed blur
+    or colour matrix kept in a buffer."""
+    todo, seen = [value], set()
+    while todo and len(seen) < 64:
+        n = todo.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        owner, attr = owner_of(resolve(n))
+        if owner in modules and attr in modules[owner]._parameters:
+            return True
+        todo.extend(n.all_input_nodes)
+    return bool(todo)  # too far to tell: taken as trained
 
 
 def _elements(value: Any) -> int | None:
@@ -181,7 +200,7 @@ def _unslice(path: str, modules: dict[str, nn.Module]) -> str:
 def _parts(spec: Functional, label: str, params: dict[str, str],
                      modules: dict[str, nn.Module], in_shape: Any, out_shape: Any,
                      call: Callable[[], tuple[str, dict]] | None, context: str | None,
-                     graph_layers: dict, weight_elems: int | None = None,
+                     graph_layers: dict, weight_elems: int | None = None, learned: bool = True,
                      data_path: str | None = None) -> Parts:  # fmt: skip
     """The node parts of a function call that computes a layer.
 
@@ -198,6 +217,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         graph_layers: The graph's layer table; the layer's facts are added to it.
         weight_elems: The size of the weight passed (the FLOPs of a call that reads one
             computed in forward, or another layer's).
+        learned: That weight is, or is computed from, a parameter.
         data_path: Path of the module the activation was computed in.
     """
     weighted = not spec.per_channel
@@ -206,7 +226,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
     if computed:
         why = f"{label} reads a {computed[0]} computed in forward, not a parameter"
         return _opaque(why, context, modules, graph_layers, positions,
-                       weight_elems=weight_elems)  # fmt: skip
+                       weight_elems=weight_elems, learned=learned)  # fmt: skip
     if not params:
         if _own_norm(spec, context, modules):
             build = module_rule(modules[context])[1]
@@ -222,7 +242,8 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         why = f"{label} reads parameters that are not one layer's ({', '.join(params.values())})"
         # a parameter of the model itself (owner "") is its own layer in the graph
         reads = sorted({owner_of(name)[0] or name for name in params.values()} - {context or ""})
-        return _opaque(why, context, modules, graph_layers, positions, reads, weight_elems)
+        return _opaque(why, context, modules, graph_layers, positions, reads, weight_elems,
+                       learned)  # fmt: skip
     if found is None or found[0] not in spec.forms:
         if call is not None and not weighted:  # LayerNorm, GroupNorm: nothing to cut or mask
             kind, attrs = call()

@@ -22,7 +22,7 @@ from ._copy import computed_weights
 from ._sizes import reshape_sizes
 
 __all__ = ["MODULE_RULES", "CALL_RULES", "call_rule", "IDENTITY_MODULES", "LEAF_MODULES",
-           "FUNCTIONAL", "Functional", "module_rule", "probe_forwards"]
+           "FUNCTIONAL", "Functional", "module_rule", "probe_forwards", "recurrent_node"]
 
 Spec = tuple[str, dict[str, Any]]
 
@@ -754,3 +754,26 @@ def _all_pointwise(name: str) -> bool:
     return bool(overloads) and all(
         torch.Tag.pointwise in op.tags and len(op._schema.returns) == 1
         and str(op._schema.returns[0].type) == "Tensor" for op in overloads)  # fmt: skip
+
+
+def recurrent_node(layer: str, module: nn.Module, in_shape: Any,
+                   graph: Any) -> tuple[str, dict[str, Any]] | None:  # fmt: skip
+    """``(kind, attrs)`` of an RNN, LSTM or GRU ``layer`` called on a tensor of
+    ``in_shape`` (not a packed sequence), its facts added to ``graph.layers``: its first
+    layer's input weights lose the columns of cut input features."""
+    if not isinstance(module, nn.RNNBase) or not isinstance(in_shape, tuple) or not in_shape:
+        return None
+    params = {n: (tuple(p.shape), _recurrent_roles(n, p))
+              for n, p in module.named_parameters(recurse=False)}  # fmt: skip
+    graph.layers.setdefault(layer, LayerInfo(layer, "recurrent", params))
+    batch = next((n.shape[0] for n in graph if n.op == "input" and n.shape), 1)
+    tokens = max(1, math.prod(in_shape[:-1]) // max(1, int(batch)))
+    return "recurrent", {"ndim": len(in_shape), "in_features": module.input_size,
+                         "positions": tokens}  # fmt: skip
+
+
+def _recurrent_roles(name: str, p: torch.Tensor) -> tuple[str | None, ...]:
+    """The input weights of the first layer read the input's features (their columns)."""
+    if name in ("weight_ih_l0", "weight_ih_l0_reverse"):
+        return (None, "in")
+    return (None,) * p.dim()

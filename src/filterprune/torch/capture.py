@@ -33,7 +33,7 @@ from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._copy import NORM_HOOKS, computed_weights
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
-from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
+from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule, recurrent_node
 from ._sizes import SizeReads
 
 __all__ = ["capture", "capture_fx"]
@@ -304,6 +304,20 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return Node(node.name, "param", shape=shape, attrs={"target": node.target})
     if _is_record(node):  # its tensors are the model's outputs
         return Node(node.name, "noop", inputs, label=getattr(node.target, "__name__", "record"))
+    if node.op == "call_module" and isinstance(modules[node.target],
+                                               parametrize.ParametrizationList):  # fmt: skip
+        # a parametrized weight read outside its layer's forward (``layer.weight``): the
+        # layer stays whole, as a cut of it would not follow there
+        owner = node.target.rpartition(".parametrizations.")[0]
+        return Node(node.name, "stop", inputs, shape, label="parametrization",
+                    attrs={"reason": f"reads the weight of {owner} outside its forward",
+                           "reads_layers": [owner]})  # fmt: skip
+    if node.op == "call_module" and inputs and not _user_hooks(modules[node.target]):
+        in_shape = graph[inputs[0]].shape
+        found = recurrent_node(node.target, modules[node.target], in_shape, graph)
+        if found is not None:  # an LSTM: its input features are cut with its columns
+            return Node(node.name, found[0], inputs, None, layer=node.target,
+                        attrs=found[1], label=type(modules[node.target]).__name__)
     if shape is None and node.op == "call_module":
         # a module returning a tuple with None in it (attention without weights) or a
         # nested one (an LSTM's ``out, (h, c)``): no rule reads it, so its inputs stay
@@ -452,7 +466,8 @@ def _holds_tensors(meta: Any) -> bool:
 def no_rule_stop(name: str, inputs: list[str], shape: Any, label: str, graph: Graph,
                  modules: dict[str, nn.Module], node: fx.Node) -> Node:  # fmt: skip
     """A call no rule reads: a stop whose inputs stay whole. Matrices it reads (an LSTM's,
-    attention's projections) count once per token of its largest input; where it reads
+    attention's projections) count once per token of its largest input, kernels once per
+    output position of a channels-first conv (a deformable conv's); where it reads
     every parameter of the module it runs in, that module is an opaque layer, listed as
     left in float by quantization (torch.fx calls such a module whole: :func:`_no_rule`)."""
     attrs: dict[str, Any] = {"reason": f"no channel rule for {label}"}
@@ -461,7 +476,10 @@ def no_rule_stop(name: str, inputs: list[str], shape: Any, label: str, graph: Gr
     if not params:
         return Node(name, "stop", inputs, shape, label=label, attrs=attrs)
     data = [graph[i].shape for i in inputs if graph[i].op != "param"]
-    attrs["positions"] = max((_tokens(s, graph) for s in data), default=1)
+    if any(len(p.shape) > 2 for p in params) and isinstance(shape, tuple) and len(shape) > 2:
+        attrs["positions"] = math.prod(shape[2:])  # a kernel: a conv's output positions
+    else:  # matrices: once per token (the axes before the last)
+        attrs["positions"] = max((_tokens(s, graph) for s in data), default=1)
     context = module_path(node, modules)
     module = modules.get(context or "")
     read = {graph[i].attrs.get("target") for i in inputs if graph[i].op == "param"}

@@ -31,13 +31,14 @@ from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._aten import aten_rule
 from ._copy import computed_weights
-from ._layers import COMPUTED, arg_of, functional_node, split_sizes
-from ._ops import FUNCTIONAL
+from ._layers import COMPUTED, arg_of, functional_node, module_path, split_sizes
+from ._ops import FUNCTIONAL, recurrent_node
 from .capture import add_unseen_params, no_rule_stop, say_never_run
 
 __all__ = ["capture_export", "export_program"]
 
 _TENSOR_INPUTS = ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")
+_RECURRENT = tuple(getattr(torch.ops.aten, n) for n in ("lstm", "gru", "rnn_tanh", "rnn_relu"))
 # tensors made in forward with one value everywhere: cut with what is written into them
 _FILLS = tuple(getattr(getattr(torch.ops.aten, name), overload)
                for name, overload in (("zeros", "default"), ("ones", "default"),
@@ -265,6 +266,9 @@ class _Builder:
             return self._getitem(node, inputs, shape)
         if node.target in FUNCTIONAL:
             return self._functional(node, label, shape)
+        found = self._recurrent(node, inputs)
+        if found is not None:
+            return found
         build = aten_rule(node.target)
         if build is None:
             if not inputs:  # a tensor made in forward (zeros, arange): a constant
@@ -281,6 +285,22 @@ class _Builder:
         if kind == "split":
             attrs["sizes"] = split_sizes(attrs, shape)
         return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
+
+    def _recurrent(self, node: fx.Node, inputs: list[str]) -> Node | None:
+        """An RNN, LSTM or GRU module's own call (``aten.lstm`` reading every parameter
+        it has): a recurrent layer, as torch.fx sees the module call."""
+        if getattr(node.target, "_overloadpacket", None) not in _RECURRENT or not inputs:
+            return None
+        layer = module_path(node, self.modules)
+        module = self.modules.get(layer or "")
+        read = {self.graph[i].attrs.get("target") for i in inputs}
+        if module is None or any(f"{layer}.{n}" not in read for n, _ in module.named_parameters()):
+            return None
+        found = recurrent_node(layer, module, self.graph[inputs[0]].shape, self.graph)
+        if found is None:
+            return None
+        return Node(node.name, found[0], inputs, None, layer=layer, attrs=found[1],
+                    label=type(module).__name__)  # fmt: skip
 
     def _getitem(self, node: fx.Node, inputs: list[str], shape: Any) -> Node:
         index = node.args[1]

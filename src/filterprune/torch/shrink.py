@@ -15,7 +15,8 @@ from ._ops import unflatten_free
 
 __all__ = ["shrink_model", "resize_to_state_dict"]
 
-_CUT = ("conv", "linear", "batchnorm", *BARE_KINDS)  # layer kinds whose tensors lose channels
+# layer kinds whose tensors lose channels
+_CUT = ("conv", "linear", "batchnorm", "recurrent", *BARE_KINDS)
 
 
 def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -215,6 +216,9 @@ def _sync_attributes(module: nn.Module) -> None:
         module.in_channels = w.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.RNNBase):
+        module.input_size = module.weight_ih_l0.shape[1]
+        module._init_flat_weights()  # it runs on a list of its tensors: the new ones
     elif isinstance(module, nn.modules.batchnorm._NormBase):
         ref = module.weight if module.weight is not None else module.running_mean
         if ref is not None:
