@@ -707,3 +707,25 @@ def test_a_call_no_rule_reads_counts_its_matrix_once_beside_the_modules_children
     assert stats.full_flops == 2 * 64 * (8 * 27 + 8 * 72 + 8 * 8 + 16 * 72 + 4 * 16)
     small = assert_strip_equal(ctrl, pruned, torch.randn(2, 3, 8, 8))
     assert stats.current_params == sum(p.numel() for p in small.parameters())
+
+
+class _InPlace(nn.Module):
+    """In-place forms torch leaves without the pointwise tag its functional forms have."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = (nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 1),
+                                     nn.Conv2d(16, 4, 1))  # fmt: skip
+
+    def forward(self, x):
+        y = self.a(x)
+        z = self.b(y)
+        z.copysign_(y)
+        return self.head(z.heaviside_(torch.sigmoid(y)) + z)
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_in_place_forms_of_pointwise_ops_are_elementwise(capture):
+    cap = capture(_InPlace().eval(), (torch.zeros(1, 3, 8, 8),))
+    groups = {tuple(g.producers): g.reason for g in analyze(cap.graph, OPTIONS).groups}
+    assert groups[("a", "b")] is None

@@ -381,7 +381,7 @@ def aten_rule(op: Any) -> Callable[[fx.Node, Any], Spec] | None:
     for an op torch tags pointwise that returns one tensor (``max.other``, ``fmod``,
     ``xlogy``: each output entry reads the same entry of each broadcast input)."""
     found = ATEN_RULES.get(op)
-    if found is not None or torch.Tag.pointwise not in getattr(op, "tags", ()):
+    if found is not None or not _pointwise(op):
         return found
     schema = op._schema
     one = len(schema.returns) == 1 and str(schema.returns[0].type) == "Tensor"
@@ -389,3 +389,14 @@ def aten_rule(op: Any) -> Callable[[fx.Node, Any], Spec] | None:
     # write another tensor (export does not record them)
     in_place = schema.name.endswith("_") and "out" not in op._overloadname
     return _elementwise if one and (in_place or not schema.is_mutable) else None
+
+
+def _pointwise(op: Any) -> bool:
+    """Tagged pointwise, or the in-place form (``copysign_``, which torch leaves
+    untagged) of an op that is."""
+    if torch.Tag.pointwise in getattr(op, "tags", ()):
+        return True
+    name = getattr(getattr(op, "_schema", None), "name", "").removeprefix("aten::")
+    functional = getattr(getattr(torch.ops.aten, name[:-1], None), op._overloadname, None) \
+        if name.endswith("_") else None  # fmt: skip
+    return functional is not None and torch.Tag.pointwise in functional.tags

@@ -740,6 +740,10 @@ def call_rule(target: Any) -> Call | None:
     found = CALL_RULES.get(target)
     if found is not None:
         return found
+    if isinstance(target, str) and target.endswith("_") and not target.endswith("__"):
+        found = CALL_RULES.get(target[:-1])  # ``x.copysign_(y)`` as ``x.copysign(y)``
+        if found in (_identity, _elementwise):
+            return found
     name = target if isinstance(target, str) else getattr(target, "__name__", "")
     torch_own = getattr(torch, name, None) is target or getattr(
         torch.special, name.removeprefix("special_"), None) is target  # ``special_erfcx``
@@ -748,7 +752,10 @@ def call_rule(target: Any) -> Call | None:
 
 
 def _all_pointwise(name: str) -> bool:
-    packet = getattr(torch.ops.aten, name, None)
+    """Every ATen overload of ``name`` is pointwise and returns one tensor; an in-place
+    name (``copysign_``, which torch leaves untagged) is read as its functional one's."""
+    packet = getattr(torch.ops.aten, name.removesuffix("_") if name.endswith("_") and not
+                     name.endswith("__") else name, None)  # fmt: skip
     overloads = [getattr(packet, o) for o in getattr(packet, "overloads", list)()]
     overloads = [op for op in overloads if "out" not in op._overloadname]
     return bool(overloads) and all(

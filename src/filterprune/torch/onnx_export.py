@@ -207,8 +207,10 @@ def _write_auto(path: str, model: nn.Module, args: tuple, names: dict[str, Any])
             return None
         other = tmp + ".torchscript.onnx"
         try:
-            if _legacy_any_batch(model, args, other, names) is not None:
-                return problem
+            with warnings.catch_warnings(record=True):  # a file not kept: not its warnings
+                warnings.simplefilter("always")
+                if _legacy_any_batch(model, args, other, names) is not None:
+                    return problem
             os.replace(other, tmp)
         except Exception:  # noqa: BLE001 - the current exporter's file and its warning stand
             return problem
@@ -281,16 +283,25 @@ def _dynamo(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> s
     # from two samples: torch.export takes an axis of size 1 for a constant, and a graph
     # captured from one sample could declare a free batch yet run only at 1
     twice = tuple(torch.cat([a, a]) if _batched(a) else a for a in args)
-    problem = None
-    for optimize in (True, False):
-        if optimize is False:
-            log.info("The optimised ONNX graph %s; exporting it unoptimised.", problem)
-        problem = _free_then_fixed(
-            model, args, tmp, lambda t, o=optimize: _dynamo_once(model, twice, t, names, free, o),
-            lambda t, o=optimize: _dynamo_once(model, args, t, names, None, o))  # fmt: skip
-        if not (problem or "").startswith("computes other values"):
-            break
-    return problem
+    problem = _free_then_fixed(
+        model, args, tmp, lambda t: _dynamo_once(model, twice, t, names, free),
+        lambda t: _dynamo_once(model, args, t, names, None))  # fmt: skip
+    if not (problem or "").startswith("computes other values"):
+        return problem
+    log.info("The optimised ONNX graph %s; trying it unoptimised.", problem)
+    plain = tmp + ".plain.onnx"
+    try:
+        if _free_then_fixed(
+                model, args, plain, lambda t: _dynamo_once(model, twice, t, names, free, False),
+                lambda t: _dynamo_once(model, args, t, names, None, False)) is None:  # fmt: skip
+            os.replace(plain, tmp)
+            return None
+    except Exception:  # noqa: BLE001 - the optimised file and what it computes stand
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(plain)
+    return problem  # no better unoptimised: the optimised file is kept
 
 
 def _dynamo_once(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
