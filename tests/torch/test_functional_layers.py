@@ -589,7 +589,7 @@ def test_a_function_returning_a_tuple_with_none_keeps_its_inputs_whole():
     stats = ctrl.statistics()
     assert [p for p, why in stats.unpruned if "multi_head_attention_forward" in why][0] == ["b"]
     convs = 2 * 16 * (16 * 3 * 9 + 64 * 16 * 9)
-    assert stats.full_flops == convs + 2 * 17 * 4 * 64 * 64  # matrices per token of x
+    assert stats.full_flops == convs + 2 * 1 * 4 * 64 * 64  # per token of the query x[:1]
     assert_strip_equal(ctrl, pruned, torch.randn(2, 3, 4, 4))
 
 

@@ -466,7 +466,7 @@ def _holds_tensors(meta: Any) -> bool:
 def no_rule_stop(name: str, inputs: list[str], shape: Any, label: str, graph: Graph,
                  modules: dict[str, nn.Module], node: fx.Node) -> Node:  # fmt: skip
     """A call no rule reads: a stop whose inputs stay whole. Matrices it reads (an LSTM's,
-    attention's projections) count once per token of its largest input, kernels once per
+    attention's projections) count once per token of its first input, kernels once per
     output position of a channels-first conv (a deformable conv's); where it reads
     every parameter of the module it runs in, that module is an opaque layer, listed as
     left in float by quantization (torch.fx calls such a module whole: :func:`_no_rule`)."""
@@ -478,8 +478,8 @@ def no_rule_stop(name: str, inputs: list[str], shape: Any, label: str, graph: Gr
     data = [graph[i].shape for i in inputs if graph[i].op != "param"]
     if any(len(p.shape) > 2 for p in params) and isinstance(shape, tuple) and len(shape) > 2:
         attrs["positions"] = math.prod(shape[2:])  # a kernel: a conv's output positions
-    else:  # matrices: once per token (the axes before the last)
-        attrs["positions"] = max((_tokens(s, graph) for s in data), default=1)
+    else:  # matrices: once per token (the axes before the last) of its first input
+        attrs["positions"] = _tokens(data[0], graph) if data else 1
     context = module_path(node, modules)
     module = modules.get(context or "")
     read = {graph[i].attrs.get("target") for i in inputs if graph[i].op == "param"}
