@@ -568,6 +568,35 @@ def test_grid_sample_removes_rows_and_keeps_the_coordinates(tmp_path):
     assert weight_shape(new, "flow") == (2, 3, 3, 3)
 
 
+class RoiHead(nn.Module):
+    """A Mask R-CNN-like head: conv1's features pooled in fixed boxes by RoIAlign."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.register_buffer("boxes", torch.tensor([[0, 0.0, 0.0, 6.0, 6.0],
+                                                    [0, 2.0, 1.0, 7.0, 7.0]]))  # fmt: skip
+
+    def forward(self, x):
+        from torchvision.ops import roi_align
+
+        return self.conv2(roi_align(self.conv1(x), self.boxes, (4, 4), 1.0, 2, True))
+
+
+def test_roi_align_removes_the_zero_filters_of_the_features_it_pools(tmp_path):
+    """They were kept ("RoiAlign: unsupported op"): convert reported 0.792 of the FLOPs
+    kept where the PyTorch strip keeps 0.423."""
+    from filterprune.torch.onnx_export import export_onnx
+
+    m = RoiHead().eval()
+    zero(m.conv1, [1, 4, 6])
+    x = torch.randn(1, 3, 8, 8)
+    assert export_onnx(m, (x,), str(tmp_path / "m.onnx")) == "dynamo"
+    new, report = convert(str(tmp_path / "m.onnx"), x)  # the current exporter's names
+    assert layer(report, "node_conv2d").removed == 3
+    assert weight_shape(new, "node_conv2d_1") == (4, 5, 3, 3)
+
+
 def test_a_constant_pad_of_the_channels_keeps_only_the_ones_it_adds(tmp_path):
     """Option-A shortcut: the stream's zero channels go through the pad; a zero filter of
     ``b`` where the pad adds a channel stays, as the pad's widths are constants."""

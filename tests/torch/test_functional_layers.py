@@ -729,3 +729,57 @@ def test_in_place_forms_of_pointwise_ops_are_elementwise(capture):
     cap = capture(_InPlace().eval(), (torch.zeros(1, 3, 8, 8),))
     groups = {tuple(g.producers): g.reason for g in analyze(cap.graph, OPTIONS).groups}
     assert groups[("a", "b")] is None
+
+
+class _PositionAttention(nn.Module):
+    """DANet's position attention (also non-local blocks, GCNet): the value path through
+    a product with the attention map, written with ``form``."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.q, self.k, self.v = nn.Conv2d(16, 8, 1), nn.Conv2d(16, 8, 1), nn.Conv2d(16, 16, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.stem(x))
+        b, c, h, w = y.shape
+        q, k = self.q(y).flatten(2).transpose(1, 2), self.k(y).flatten(2)
+        v = self.v(y).flatten(2)
+        if self.form == "einsum":
+            att = torch.softmax(torch.einsum("bij,bjk->bik", q, k), -1)
+            out = torch.einsum("bcn,bmn->bcm", v, att)
+        elif self.form == "bmm":
+            att = torch.softmax(torch.bmm(q, k), -1)
+            out = torch.bmm(v, att.permute(0, 2, 1))
+        else:
+            att = torch.softmax(q @ k, -1)
+            out = torch.matmul(v, att.transpose(1, 2))
+        return self.head(out.view(b, c, h, w) + y)
+
+
+@pytest.mark.parametrize("form", ["bmm", "matmul"])
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_batched_matrix_products_are_read_as_their_einsum(capture, form):
+    """bmm and matmul held every group ("no channel rule for bmm")."""
+    sample = (torch.zeros(1, 3, 6, 6),)
+
+    def groups(f):
+        cap = capture(_PositionAttention(f).eval(), sample)
+        return {tuple(g.producers): (g.reason or "").split(": ")[-1]
+                for g in analyze(cap.graph, OPTIONS).groups}  # fmt: skip
+
+    found = groups(form)
+    assert found == groups("einsum")
+    if capture is capture_fx:  # export reads the view's channel count as a literal
+        assert found[("stem", "v")] == ""
+
+
+def test_a_batched_matrix_product_strips_equal():
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(_PositionAttention("matmul")),
+                                          make_config((1, 3, 6, 6), prune_first_conv=True,
+                                                      filters_multiple_of=1))  # fmt: skip
+    assert ctrl.statistics().flops_kept < 0.7
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 6, 6))

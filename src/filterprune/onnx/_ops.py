@@ -303,6 +303,8 @@ OPS: dict[str, OpSpec] = {
     "Clip": OpSpec("identity", zero="clip"),
     "Resize": OpSpec(_resize),
     "GridSample": OpSpec("sample", None),
+    "RoiAlign": OpSpec("sample", None),  # its features' channels pass; the boxes stay
+    "MaxRoiPool": OpSpec("sample", None),
     "QuantizeLinear": OpSpec(_qdq),
     "DequantizeLinear": OpSpec(_qdq),
     "Add": OpSpec("elementwise", None, "all"),

@@ -317,6 +317,17 @@ def _einsum(node: fx.Node, shape) -> Spec:
     return "einsum", {"equation": args["equation"], "operands": [t.name for t in args["tensors"]]}
 
 
+def _matmul(node: fx.Node, shape) -> Spec:
+    """``mm``, ``bmm``, ``matmul``: the einsum ``...ij,...jk->...ik`` (batch axes
+    broadcast); a vector operand is not read."""
+    a, b = node.args[:2]
+    ranks = [getattr(n.meta.get("val"), "ndim", 0) if isinstance(n, fx.Node) else 0
+             for n in (a, b)]  # fmt: skip
+    if min(ranks) < 2:
+        return "stop", {"reason": "a product with a vector"}
+    return "einsum", {"equation": "...ij,...jk->...ik", "operands": [a.name, b.name]}
+
+
 def _table(pairs: list[tuple[list[Any], Callable[..., Spec]]]) -> dict[Any, Callable]:
     return {op: build for ops, build in pairs for op in ops}
 
@@ -373,6 +384,7 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_torchvision_ops("roi_align.default", "roi_pool.default", "ps_roi_align.default"),
      _grid_sample),
     (_ops("einsum.default"), _einsum),
+    (_ops("mm.default", "bmm.default", "matmul.default"), _matmul),
 ])  # fmt: skip
 
 

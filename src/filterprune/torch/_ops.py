@@ -588,6 +588,17 @@ def _einsum(node: fx.Node, shapes) -> Spec:
     return "einsum", {"equation": node.args[0], "operands": [o.name for o in operands]}
 
 
+def _matmul(node: fx.Node, shapes) -> Spec:
+    """``a @ b``, ``torch.matmul``, ``torch.bmm``: the einsum ``...ij,...jk->...ik``
+    (batch axes broadcast); a vector operand is not read."""
+    a, b = node.args[:2]
+    ranks = [len(getattr(n.meta.get("tensor_meta"), "shape", ())) if isinstance(n, fx.Node)
+             else 0 for n in (a, b)]  # fmt: skip
+    if min(ranks) < 2:
+        raise ValueError("a product with a vector: not read")
+    return "einsum", {"equation": "...ij,...jk->...ik", "operands": [a.name, b.name]}
+
+
 def _layer_norm(node: fx.Node, shapes) -> Spec:
     normalized = _arg(node, 1, "normalized_shape")
     if isinstance(normalized, int):
@@ -720,6 +731,7 @@ CALL_RULES: dict[Any, Call] = {
     F.pixel_unshuffle: _pixel_shuffle_call, torch.pixel_unshuffle: _pixel_shuffle_call,
     F.channel_shuffle: _channel_shuffle_call, torch.channel_shuffle: _channel_shuffle_call,
     F.glu: _glu, F.grid_sample: _grid_sample, torch.einsum: _einsum,
+    **{f: _matmul for f in (operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm")},
 }  # fmt: skip
 
 
