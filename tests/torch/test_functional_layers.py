@@ -783,3 +783,54 @@ def test_a_batched_matrix_product_strips_equal():
                                                       filters_multiple_of=1))  # fmt: skip
     assert ctrl.statistics().flops_kept < 0.7
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 6, 6))
+
+
+class _RoiHead(nn.Module):
+    """A conv head on ``k`` boxes pooled by RoIAlign: it runs once per box."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+        boxes = [[0, i % 4, i % 3, 8 - i % 2, 8] for i in range(k)]
+        self.register_buffer("boxes", torch.tensor(boxes, dtype=torch.float32))
+
+    def forward(self, x):
+        from torchvision.ops import roi_align
+
+        return self.head(roi_align(F.relu(self.stem(x)), self.boxes, (4, 4), 1.0, 2, True))
+
+
+@pytest.mark.parametrize("k", [2, 16])
+def test_a_layer_after_roi_align_counts_once_per_box(k):
+    """It was counted once per image whatever the number of boxes (FLOPs kept 0.3725
+    reported where the stripped model keeps 0.2549 at 128 boxes)."""
+    ctrl, _ = create_compressed_model(_RoiHead(k), make_config((1, 3, 8, 8)))
+    assert ctrl.statistics().full_flops == 2 * 64 * 16 * 27 + k * 2 * 16 * 8 * 16 * 9
+
+
+class _TokenMatrix(nn.Module):
+    """A weight matrix applied by ``@`` to tokens (a hand-written projection)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(16, 24))
+
+    def forward(self, x):
+        return F.relu(self.stem(x)).flatten(2).transpose(1, 2) @ self.w
+
+
+class _TokenMatrixBranch(_TokenMatrix):
+    def forward(self, x):
+        if x.abs().mean() > -1:  # torch.fx cannot trace it
+            x = x * 1.0
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("build", [_TokenMatrix, _TokenMatrixBranch])
+def test_a_weight_matrix_in_a_product_counts_once_per_token(build):
+    """Read as an einsum, its FLOPs were left out."""
+    ctrl, _ = create_compressed_model(build(), make_config((2, 3, 4, 4), prune_first_conv=True))
+    assert ctrl.captured.extra["capture"] == ("torch.fx" if build is _TokenMatrix
+                                              else "torch.export")  # fmt: skip
+    assert ctrl.statistics().full_flops == 2 * 16 * (16 * 27 + 16 * 24)

@@ -50,9 +50,7 @@ def test_convs_before_a_recurrent_layer_are_cut_with_its_input_columns(rnn, batc
     assert [p for p, _ in stats.unpruned] == [["fc"]]
     small = assert_strip_equal(ctrl, pruned, torch.randn(3, 8, 20))
     assert small.rnn.input_size == 16 and small.rnn.weight_ih_l0_reverse.shape[1] == 16
-    # every matrix at each of the 20 steps; a Linear counts the axes after the first as
-    # positions (time-major, its 20 steps are not seen: 1)
-    fc = 2 * 5 * 32 * (20 if batch_first else 1)
+    fc = 2 * 5 * 32 * 20  # every matrix at each of the 20 steps, time-major too
     convs = 2 * 20 * (32 * 8 * 3 + 32 * 32 * 3)
     assert stats.full_flops == convs + 2 * 20 * _matrices(model.rnn) + fc
     kept = 2 * 20 * (16 * 8 * 3 + 16 * 16 * 3 + _matrices(small.rnn)) + fc
@@ -81,3 +79,18 @@ def test_quantized_crnn_leaves_the_lstm_float_and_exports_cut(tmp_path):
     x = torch.randn(2, 8, 20)
     with torch.no_grad():  # within a rounding step of the 8-bit activations
         np.testing.assert_allclose(run_onnx(path, x)[1][0], model.eval()(x).numpy(), atol=1e-2)
+
+
+def test_a_time_major_model_counts_every_step_at_any_sample_batch():
+    """With a sample batch of 2 and 21 steps the time-major Linear counted 2 positions
+    per sample, not 21."""
+
+    class TimeMajor(CRNN):
+        def forward(self, x):
+            h = F.relu(self.c2(F.relu(self.c1(x)))).permute(2, 0, 1)
+            return self.fc(self.rnn(h)[0])
+
+    model = TimeMajor(nn.GRU, batch_first=False)
+    ctrl, _ = create_compressed_model(model, make_config((2, 8, 21)))
+    convs = 2 * 21 * (32 * 8 * 3 + 32 * 32 * 3)
+    assert ctrl.statistics().full_flops == convs + 2 * 21 * (_matrices(model.rnn) + 5 * 32)

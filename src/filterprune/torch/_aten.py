@@ -324,7 +324,7 @@ def _matmul(node: fx.Node, shape) -> Spec:
     ranks = [getattr(n.meta.get("val"), "ndim", 0) if isinstance(n, fx.Node) else 0
              for n in (a, b)]  # fmt: skip
     if min(ranks) < 2:
-        return "stop", {"reason": "a product with a vector"}
+        return "stop", {"reason": "a product with a vector: its channels stay whole"}
     return "einsum", {"equation": "...ij,...jk->...ik", "operands": [a.name, b.name]}
 
 

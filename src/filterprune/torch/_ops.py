@@ -595,7 +595,7 @@ def _matmul(node: fx.Node, shapes) -> Spec:
     ranks = [len(getattr(n.meta.get("tensor_meta"), "shape", ())) if isinstance(n, fx.Node)
              else 0 for n in (a, b)]  # fmt: skip
     if min(ranks) < 2:
-        raise ValueError("a product with a vector: not read")
+        return "stop", {"reason": "a product with a vector: its channels stay whole"}
     return "einsum", {"equation": "...ij,...jk->...ik", "operands": [a.name, b.name]}
 
 

@@ -256,6 +256,7 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
         graph.add(converted)
     _hold_training_reads(model, gm, graph)
     add_unseen_params(model, graph)
+    count_rows(graph)
     graph.notes.append("captured with torch.fx")
     refs = {name: modules[name] for name in graph.layers if name in modules}
     return Captured(graph, sample=tuple(example), refs=refs,
@@ -568,6 +569,48 @@ def _called_before(node: fx.Node, called: set[str]) -> set[str]:
         else:
             todo.extend(n.all_input_nodes)
     return found
+
+
+def count_rows(graph: Graph) -> None:
+    """Positions per model sample where the first axis is not the batch: a conv or linear
+    layer on ``k`` rows per sample (RoIAlign's boxes, frames folded into the batch, a
+    time-major sequence) counts ``k`` times, and a product with a weight matrix
+    (``x @ w``, an einsum) counts the weight once per row of its output."""
+    batch = next((n.shape[0] for n in graph if n.op == "input" and isinstance(n.shape, tuple)
+                  and n.shape and isinstance(n.shape[0], int)), 1) or 1  # fmt: skip
+    for node in graph:
+        info = graph.layers.get(node.layer or "")
+        if node.op == "einsum" and isinstance(node.shape, tuple):
+            _count_product(graph, node, batch)
+        if node.op not in ("conv", "linear") or info is None or not isinstance(node.shape, tuple):
+            continue
+        weight = info.params.get(info.weight or "", ((),))[0]
+        batched = len(node.shape) == len(weight) if node.op == "conv" else len(node.shape) > 1
+        if batched and node.shape[0] != batch:
+            rows = int(node.attrs.get("positions", 1)) * node.shape[0] / batch
+            node.attrs = {**node.attrs, "positions": max(1, round(rows))}
+
+
+def _count_product(graph: Graph, node: Node, batch: int) -> None:
+    """An einsum or matrix product with a weight matrix: the weight counts once per entry
+    of the output along the axes it does not hold itself."""
+    from ..core.rules import einsum_subscripts
+
+    names = node.attrs.get("operands", node.inputs)
+    shapes = [graph[n].shape for n in names]
+    weights = [i for i, n in enumerate(names) if graph[n].op == "param"
+               and sum(d > 1 for d in shapes[i] or ()) >= 2]  # fmt: skip
+    if not weights or not all(isinstance(s, tuple) for s in shapes):
+        return
+    try:
+        subs, out = einsum_subscripts(node.attrs["equation"], [len(s) for s in shapes])
+    except Exception:  # noqa: BLE001 - the rule says what it cannot read
+        return
+    w = weights[0]
+    held = math.prod(node.shape[out.index(c)] for c in subs[w] if c in out)
+    rows = math.prod(node.shape) / max(1, held) / batch
+    node.attrs = {**node.attrs, "positions": max(1, round(rows)),
+                  "weight_elems": math.prod(shapes[w])}  # fmt: skip
 
 
 def add_unseen_params(model: nn.Module, graph: Graph) -> None:

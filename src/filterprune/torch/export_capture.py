@@ -33,7 +33,7 @@ from ._aten import aten_rule
 from ._copy import computed_weights
 from ._layers import COMPUTED, arg_of, functional_node, module_path, split_sizes
 from ._ops import FUNCTIONAL, recurrent_node
-from .capture import add_unseen_params, no_rule_stop, say_never_run
+from .capture import add_unseen_params, count_rows, no_rule_stop, say_never_run
 
 __all__ = ["capture_export", "export_program"]
 
@@ -151,6 +151,7 @@ def capture_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captu
     for node in program.graph.nodes:
         builder.add(node)
     add_unseen_params(model, builder.graph)
+    count_rows(builder.graph)
     graph = builder.graph
     graph.notes.append("captured with torch.export (non-strict)"
                        + (", data-dependent branches as they ran on input_info" if notes else ""))
