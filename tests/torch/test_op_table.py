@@ -413,10 +413,11 @@ class ConvLSTM(nn.Module):
         return self.head(out[-1] + h[-1])
 
 
-def test_a_module_returning_a_nested_value_keeps_its_inputs_whole():
-    small, held = prune(None, ConvLSTM())  # strip == masked, and the LSTM reads 16 still
-    assert held["a"] == "LSTM: no channel rule for module LSTM"
-    assert small.a.out_channels == 16
+def test_an_lstm_returning_a_nested_value_is_cut_at_its_input_columns():
+    """It was held ("no channel rule for module LSTM"); its outputs ``out, (h, c)`` stay
+    whole, and its input features are cut with its input weights' columns."""
+    small, held = prune(None, ConvLSTM())  # strip == masked
+    assert "a" not in held and small.a.out_channels == 8 and small.rnn.input_size == 8
 
 
 def test_a_softmax_over_stacked_branches_is_cut_through():
