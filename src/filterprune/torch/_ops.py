@@ -22,7 +22,7 @@ from ._copy import computed_weights
 from ._sizes import reshape_sizes
 
 __all__ = ["MODULE_RULES", "CALL_RULES", "call_rule", "IDENTITY_MODULES", "LEAF_MODULES",
-           "FUNCTIONAL", "Functional", "module_rule", "probe_forwards", "recurrent_node"]
+           "FUNCTIONAL", "Functional", "module_rule", "probe_forwards"]
 
 Spec = tuple[str, dict[str, Any]]
 
@@ -588,6 +588,12 @@ def _einsum(node: fx.Node, shapes) -> Spec:
     return "einsum", {"equation": node.args[0], "operands": [o.name for o in operands]}
 
 
+def _complex_view(node: fx.Node, shapes) -> Spec:
+    """``view_as_complex``: the last axis (real and imaginary parts) becomes the dtype, as
+    a reduction over it would drop it; channels on other axes pass."""
+    return "reduce", {"dims": [-1], "keepdim": False}
+
+
 def _matmul(node: fx.Node, shapes) -> Spec:
     """``a @ b``, ``torch.matmul``, ``torch.bmm``: the einsum ``...ij,...jk->...ik``
     (batch axes broadcast); a vector operand is not read."""
@@ -732,16 +738,9 @@ CALL_RULES: dict[Any, Call] = {
     F.channel_shuffle: _channel_shuffle_call, torch.channel_shuffle: _channel_shuffle_call,
     F.glu: _glu, F.grid_sample: _grid_sample, torch.einsum: _einsum,
     **{f: _matmul for f in (operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm")},
+    torch.view_as_complex: _complex_view,
 }  # fmt: skip
 
-
-def _complex_view(node: fx.Node, shapes) -> Spec:
-    """``view_as_complex``: the last axis (real and imaginary parts) becomes the dtype, as
-    a reduction over it would drop it; channels on other axes pass."""
-    return "reduce", {"dims": [-1], "keepdim": False}
-
-
-CALL_RULES[torch.view_as_complex] = _complex_view
 
 
 def call_rule(target: Any) -> Call | None:
@@ -753,9 +752,8 @@ def call_rule(target: Any) -> Call | None:
     if found is not None:
         return found
     if isinstance(target, str) and target.endswith("_") and not target.endswith("__"):
-        found = CALL_RULES.get(target[:-1])  # ``x.copysign_(y)`` as ``x.copysign(y)``
-        if found in (_identity, _elementwise):
-            return found
+        found = call_rule(target[:-1])  # ``x.copysign_(y)`` as ``x.copysign(y)``
+        return found if found in (_identity, _elementwise) else None
     name = target if isinstance(target, str) else getattr(target, "__name__", "")
     torch_own = getattr(torch, name, None) is target or getattr(
         torch.special, name.removeprefix("special_"), None) is target  # ``special_erfcx``
@@ -764,35 +762,10 @@ def call_rule(target: Any) -> Call | None:
 
 
 def _all_pointwise(name: str) -> bool:
-    """Every ATen overload of ``name`` is pointwise and returns one tensor; an in-place
-    name (``copysign_``, which torch leaves untagged) is read as its functional one's."""
-    packet = getattr(torch.ops.aten, name.removesuffix("_") if name.endswith("_") and not
-                     name.endswith("__") else name, None)  # fmt: skip
+    """Every ATen overload of ``name`` is pointwise and returns one tensor."""
+    packet = getattr(torch.ops.aten, name, None)
     overloads = [getattr(packet, o) for o in getattr(packet, "overloads", list)()]
     overloads = [op for op in overloads if "out" not in op._overloadname]
     return bool(overloads) and all(
         torch.Tag.pointwise in op.tags and len(op._schema.returns) == 1
         and str(op._schema.returns[0].type) == "Tensor" for op in overloads)  # fmt: skip
-
-
-def recurrent_node(layer: str, module: nn.Module, in_shape: Any,
-                   graph: Any) -> tuple[str, dict[str, Any]] | None:  # fmt: skip
-    """``(kind, attrs)`` of an RNN, LSTM or GRU ``layer`` called on a tensor of
-    ``in_shape`` (not a packed sequence), its facts added to ``graph.layers``: its first
-    layer's input weights lose the columns of cut input features."""
-    if not isinstance(module, nn.RNNBase) or not isinstance(in_shape, tuple) or not in_shape:
-        return None
-    params = {n: (tuple(p.shape), _recurrent_roles(n, p))
-              for n, p in module.named_parameters(recurse=False)}  # fmt: skip
-    graph.layers.setdefault(layer, LayerInfo(layer, "recurrent", params))
-    batch = next((n.shape[0] for n in graph if n.op == "input" and n.shape), 1)
-    tokens = max(1, math.prod(in_shape[:-1]) // max(1, int(batch)))
-    return "recurrent", {"ndim": len(in_shape), "in_features": module.input_size,
-                         "positions": tokens}  # fmt: skip
-
-
-def _recurrent_roles(name: str, p: torch.Tensor) -> tuple[str | None, ...]:
-    """The input weights of the first layer read the input's features (their columns)."""
-    if name in ("weight_ih_l0", "weight_ih_l0_reverse"):
-        return (None, "in")
-    return (None,) * p.dim()

@@ -33,7 +33,7 @@ from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._copy import NORM_HOOKS, computed_weights
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
-from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule, recurrent_node
+from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
 
 __all__ = ["capture", "capture_fx"]
@@ -500,8 +500,34 @@ def _tokens(shape, graph: Graph) -> int:
     first = shape[0] if isinstance(shape, list) and shape else shape
     if not isinstance(first, tuple) or len(first) < 2:
         return 1
-    batch = next((n.shape[0] for n in graph if n.op == "input" and n.shape), 1)
-    return max(1, math.prod(first[:-1]) // max(1, int(batch)))
+    return max(1, math.prod(first[:-1]) // _sample_batch(graph))
+
+
+def _sample_batch(graph: Graph) -> int:
+    """The batch of the model's (first) input in the capture."""
+    return next((int(n.shape[0]) for n in graph if n.op == "input" and isinstance(n.shape, tuple)
+                 and n.shape and isinstance(n.shape[0], int)), 1) or 1  # fmt: skip
+
+
+def recurrent_node(layer: str, module: nn.Module, in_shape: Any,
+                   graph: Graph) -> tuple[str, dict[str, Any]] | None:  # fmt: skip
+    """``(kind, attrs)`` of an RNN, LSTM or GRU ``layer`` called on a tensor of
+    ``in_shape`` (not a packed sequence), its facts added to ``graph.layers``: its first
+    layer's input weights lose the columns of cut input features."""
+    if not isinstance(module, nn.RNNBase) or not isinstance(in_shape, tuple) or not in_shape:
+        return None
+    params = {n: (tuple(p.shape), _recurrent_roles(n, p))
+              for n, p in module.named_parameters(recurse=False)}  # fmt: skip
+    graph.layers.setdefault(layer, LayerInfo(layer, "recurrent", params))
+    return "recurrent", {"ndim": len(in_shape), "in_features": module.input_size,
+                         "positions": _tokens(in_shape, graph)}  # fmt: skip
+
+
+def _recurrent_roles(name: str, p: torch.Tensor) -> tuple[str | None, ...]:
+    """The input weights of the first layer read the input's features (their columns)."""
+    if name in ("weight_ih_l0", "weight_ih_l0_reverse"):
+        return (None, "in")
+    return (None,) * p.dim()
 
 
 def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph) -> None:
@@ -576,8 +602,7 @@ def count_rows(graph: Graph) -> None:
     layer on ``k`` rows per sample (RoIAlign's boxes, frames folded into the batch, a
     time-major sequence) counts ``k`` times, and a product with a weight matrix
     (``x @ w``, an einsum) counts the weight once per row of its output."""
-    batch = next((n.shape[0] for n in graph if n.op == "input" and isinstance(n.shape, tuple)
-                  and n.shape and isinstance(n.shape[0], int)), 1) or 1  # fmt: skip
+    batch = _sample_batch(graph)
     for node in graph:
         info = graph.layers.get(node.layer or "")
         if node.op == "einsum" and isinstance(node.shape, tuple):

@@ -32,8 +32,8 @@ from ..errors import AnalysisError
 from ._aten import aten_rule
 from ._copy import computed_weights
 from ._layers import COMPUTED, arg_of, functional_node, module_path, split_sizes
-from ._ops import FUNCTIONAL, recurrent_node
-from .capture import add_unseen_params, count_rows, no_rule_stop, say_never_run
+from ._ops import FUNCTIONAL
+from .capture import add_unseen_params, count_rows, no_rule_stop, recurrent_node, say_never_run
 
 __all__ = ["capture_export", "export_program"]
 
