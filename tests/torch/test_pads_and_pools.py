@@ -126,3 +126,61 @@ def test_a_pad_of_features_cuts_the_layer_before_it():
 
     small, held = prune(Features(), shape=(2, 8))
     assert small.fc1.out_features == 8 and small.fc2.in_features == 12
+
+
+class SegNetLike(nn.Module):
+    """SegNet's decoder: each unpool places its input by the indices of the encoder pool
+    of the same channels, so its input (``d2``'s filters) and the pooled ones (``e1``'s)
+    are tied. ``functional``: written with ``F.max_pool2d`` / ``F.max_unpool2d``; the
+    output size is the whole shape of the pooled tensor, of which an unpool reads the
+    last two axes."""
+
+    def __init__(self, functional=False, export=False):
+        super().__init__()
+        self.e1, self.e2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.b1, self.b2 = nn.BatchNorm2d(16), nn.BatchNorm2d(32)
+        self.pool, self.unpool = nn.MaxPool2d(2, 2, return_indices=True), nn.MaxUnpool2d(2, 2)
+        self.d2, self.d1 = nn.Conv2d(32, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 5, 1)
+        self.functional, self.export = functional, export
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.e1(x)))
+        size = x.size()
+        if self.functional:
+            x, i1 = F.max_pool2d(x, 2, 2, return_indices=True)
+        else:
+            x, i1 = self.pool(x)
+        x, i2 = self.pool(torch.relu(self.b2(self.e2(x))))
+        x = torch.relu(self.d2(self.unpool(x, i2)))
+        if self.functional:
+            x = F.max_unpool2d(x, i1, 2, 2, output_size=size)
+        else:
+            x = self.unpool(x, i1, output_size=size)
+        if self.export:  # torch.fx cannot iterate a chunk: torch.export captures
+            x = list(x.chunk(1, 1))[0]
+        return self.head(torch.relu(self.d1(x)))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("functional", [False, True], ids=["module", "function"])
+def test_an_unpool_ties_its_input_to_the_pool_that_wrote_its_indices(functional, export):
+    small, held = prune(SegNetLike(functional, export))
+    assert set(held) == {"head"}
+    assert small.e1.out_channels == small.d2.out_channels < 16 and small.e2.out_channels < 32
+
+
+def test_an_output_size_read_of_a_whole_shape_leaves_its_channels_free():
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.down = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, 2, 1)
+            self.up, self.head = nn.ConvTranspose2d(32, 16, 3, 2, 1), nn.Conv2d(32, 4, 1)
+
+        def forward(self, x):
+            skip = torch.relu(self.a(x))
+            y = self.up(torch.relu(self.down(skip)), output_size=skip.size())
+            return self.head(torch.cat([y, skip], 1))
+
+    small, held = prune(Up(), shape=(2, 3, 15, 15))
+    assert "a" not in held and small.a.out_channels < 16 and small.up.out_channels < 16

@@ -879,11 +879,18 @@ def _pad_rule(s, node, ins):
 @register_rule("along")
 def _along(s, node, ins):
     """Ops acting along one axis (softmax, cumsum, roll, sort): fine unless it holds
-    channels."""
-    x = _tensor(s, ins[0], node)
+    channels. The inputs at positions ``tied`` (an unpool's indices, which a pool of the
+    same channels wrote) have the first one's layout and are tied to it."""
     ndim = len(node.shape[0] if isinstance(node.shape, list) else node.shape)
-    ids = _pad(x, ndim)
-    for d in node.attrs["dims"]:
-        if _varies(ids, d % ndim):
+    operands = [_pad(_tensor(s, ins[i], node), ndim) for i in (0, *node.attrs.get("tied", ()))]
+    for ids in operands:
+        if any(_varies(ids, d % ndim) for d in node.attrs["dims"]):
             raise RuleError("acts across channels")
-    return _each_output(node, ids)
+    ids = operands[0]
+    for other in operands[1:]:
+        try:
+            ids = np.broadcast_arrays(ids, other)[0]
+        except ValueError:
+            raise RuleError(f"its inputs' layouts differ: {ids.shape}, {other.shape}") from None
+        s.uf.union_arrays(ids, other)
+    return _each_output(node, s.canonical(ids) if len(operands) > 1 else ids)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from ._ops import pad_spec, spatial_spec
+from ._ops import pad_spec, spatial_spec, unpool_spec
 
 __all__ = ["ATEN_RULES", "aten_rule", "named_args"]
 
@@ -312,6 +312,10 @@ def _spatial(node: fx.Node, shape) -> Spec:
     return spatial_spec(axes, len(shape[0] if isinstance(shape, list) else shape))
 
 
+def _unpool(node: fx.Node, shape) -> Spec:
+    return unpool_spec(int(re.search(r"(\d)d", node.target.name()).group(1)))
+
+
 def _einsum(node: fx.Node, shape) -> Spec:
     args = named_args(node)
     return "einsum", {"equation": args["equation"], "operands": [t.name for t in args["tensors"]]}
@@ -335,6 +339,7 @@ def _table(pairs: list[tuple[list[Any], Callable[..., Spec]]]) -> dict[Any, Call
 ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_IDENTITY, _identity),
     (_SPATIAL, _spatial),
+    (_ops("max_unpool2d.default", "max_unpool3d.default"), _unpool),
     (_ELEMENTWISE, _elementwise),
     (_ops("view.default", "reshape.default", "_unsafe_view.default"), _reshape),
     (_ops("view_as.default", "reshape_as.default"), _reshape_as),

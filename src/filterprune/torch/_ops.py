@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from ..core.graph import LayerInfo
 from ._copy import computed_weights
-from ._sizes import reshape_sizes
+from ._sizes import UNPOOL_FUNCS, UNPOOL_MODULES, reshape_sizes
 
 __all__ = ["MODULE_RULES", "CALL_RULES", "call_rule", "IDENTITY_MODULES", "LEAF_MODULES",
            "FUNCTIONAL", "Functional", "module_rule", "probe_forwards"]
@@ -225,6 +225,16 @@ def _spatial_module(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec,
     return spatial_spec(axes, len(in_shape)), LayerInfo(name, "activation")
 
 
+def unpool_spec(axes: int) -> Spec:
+    """A max unpool over its last ``axes`` axes: its input and indices (written by a pool
+    of the same channels; the input at position 1) are tied channel by channel."""
+    return "along", {"dims": list(range(-axes, 0)), "tied": [1]}
+
+
+def _unpool_module(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    return unpool_spec(UNPOOL_MODULES[type(m)]), LayerInfo(name, "activation")
+
+
 def _pad_module(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
     mode = next(_PAD[c] for c in type(m).__mro__ if c in _PAD)
     return pad_spec(list(m.padding), len(out_shape), mode), LayerInfo(name, "activation")
@@ -270,6 +280,7 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     **{t: _simple("identity") for t in IDENTITY_MODULES},
     **{t: _pad_module for t in _PAD},
     **{t: _spatial_module for t in SPATIAL_MODULES},
+    **{t: _unpool_module for t in UNPOOL_MODULES},
 }
 LEAF_MODULES: tuple[type[nn.Module], ...] = ()  # traced as one call, outside torch.nn
 
@@ -657,7 +668,11 @@ _SPATIAL_FUNCS = {
     F.avg_pool3d: 3, F.lp_pool1d: 1, F.lp_pool2d: 2, F.adaptive_avg_pool1d: 1,
     F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3, F.adaptive_max_pool1d: 1,
     F.adaptive_max_pool2d: 2, F.adaptive_max_pool3d: 3, F.interpolate: None,
+    F.max_pool1d_with_indices: 1, F.max_pool2d_with_indices: 2, F.max_pool3d_with_indices: 3,
+    F.adaptive_max_pool1d_with_indices: 1, F.adaptive_max_pool2d_with_indices: 2,
+    F.adaptive_max_pool3d_with_indices: 3,
 }  # fmt: skip
+
 
 
 def _spatial(axes: int | None) -> Call:
@@ -665,6 +680,10 @@ def _spatial(axes: int | None) -> Call:
         return spatial_spec(axes, len(shapes[0] if isinstance(shapes, list) else shapes))
 
     return spec
+
+
+def _unpool(axes: int) -> Call:
+    return lambda node, shapes: unpool_spec(axes)
 
 
 _EW = [
@@ -693,6 +712,7 @@ except ImportError:  # torchvision is optional
 CALL_RULES: dict[Any, Call] = {
     **{f: _identity for f in _ACT_FUNCS},
     **{f: _spatial(axes) for f, axes in _SPATIAL_FUNCS.items()},
+    **{f: _unpool(axes) for f, axes in UNPOOL_FUNCS.items()},
     **{m: _identity for m in _ACT_METHODS},
     **{f: _elementwise for f in _EW},
     **{m: _elementwise for m in _EW_METHODS},

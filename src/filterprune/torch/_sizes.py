@@ -15,12 +15,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import fx
+import torch.nn.functional as F
+from torch import fx, nn
 
 __all__ = ["SizeReads", "RESHAPES"]
 
 RESHAPES = {"view", "reshape", torch.reshape}
 """Calls whose size arguments may be tied to the axes they were read from."""
+UNPOOL_FUNCS = {F.max_unpool1d: 1, F.max_unpool2d: 2, F.max_unpool3d: 3}
+UNPOOL_MODULES = {nn.MaxUnpool1d: 1, nn.MaxUnpool2d: 2, nn.MaxUnpool3d: 3}
+_OUTPUT_SIZE = {  # a call -> (the last axes it reads of its ``output_size``, its position)
+    **{f: (k, 5) for f, k in UNPOOL_FUNCS.items()},
+    **{m: (k, 2) for m, k in UNPOOL_MODULES.items()},
+    nn.ConvTranspose1d: (1, 1), nn.ConvTranspose2d: (2, 1), nn.ConvTranspose3d: (3, 1),
+}
 
 
 @dataclass
@@ -110,13 +118,17 @@ class SizeReads:
         whole = _whole_shape_of(node)
         if whole is not None:
             ndim = _ndim(whole)
+            used: set[int] = set()  # axes the users of the whole shape read
             for user in node.users:
                 index = user.args[1] if user.target is operator.getitem else None
                 axes = _axes(index, ndim)
-                if axes is None:  # the whole shape is used: every axis is read
-                    self.reads[node] = (whole, tuple(range(ndim)))
+                if axes is None:  # the whole shape is used: every axis is read, or the
+                    # last ones only by an unpool taking it as its output size
+                    used.update(_output_size_axes(user, node, ndim) or range(ndim))
                 else:
                     self.reads[user] = (whole, axes)
+            if used:
+                self.reads[node] = (whole, tuple(sorted(used)))
             return
         if node.op == "call_method" and node.target == "size":
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
@@ -319,6 +331,21 @@ def _whole_shape_of(node: fx.Node) -> fx.Node | None:
             and "dim" not in node.kwargs:  # fmt: skip
         return node.args[0]
     return None
+
+
+def _output_size_axes(user: fx.Node, size: fx.Node, ndim: int) -> tuple[int, ...] | None:
+    """The axes an unpool or a transposed conv reads of ``size`` given as its output size
+    (``unpool(x, i, output_size=skip.size())``): the last ones; else None."""
+    fn = user.target
+    if user.op == "call_module":
+        fn = type(user.graph.owning_module.get_submodule(user.target))
+    elif user.op != "call_function":
+        return None
+    if fn not in _OUTPUT_SIZE:
+        return None
+    axes, at = _OUTPUT_SIZE[fn]
+    given = user.args[at] if len(user.args) > at else user.kwargs.get("output_size")
+    return tuple(range(ndim - axes, ndim)) if given is size else None
 
 
 def _ndim(node: Any) -> int:

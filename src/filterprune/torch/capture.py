@@ -388,7 +388,8 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
         return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
     if info.params or info.kind in ("conv", "linear", "batchnorm"):
         graph.layers.setdefault(name, info)
-    return Node(node.name, kind, inputs[:1], shape, layer=name, attrs=attrs, label=label)
+    read = inputs[:1 + len(attrs.get("tied", ()))]  # an unpool's indices too
+    return Node(node.name, kind, read, shape, layer=name, attrs=attrs, label=label)
 
 
 def _no_rule(node: fx.Node, module: nn.Module, inputs: list[str], shape: Any, tokens_of: Any,
