@@ -169,6 +169,20 @@ def _matmul(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
     return _linear_info(p, v, name)
 
 
+def _recurrent(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
+    """LSTM, GRU, RNN: the input weights ``W`` (directions, gates * hidden, input) read
+    the features of ``X`` (steps, batch, input; batch first with ``layout`` 1) with their
+    columns. ``R`` counts at every step too and is never cut; biases multiply nothing."""
+    x = v.in_shapes[0]
+    if not isinstance(x, tuple) or len(x) != 3:
+        return "input shape is unknown"
+    if p.add("W", 1, (None, None, "in")) is None or p.add("R", 2, (None,) * 3) is None:
+        return "weights are not constants"
+    attrs = {"ndim": 3, "in_features": int(p.arrays["W"].shape[2]),
+             "positions": max(1, x[0] * x[1] // p.facts.batch)}  # fmt: skip
+    return LayerInfo(name, "recurrent", p.info, weight="W"), attrs
+
+
 def _viewed(value: np.ndarray, steps: list[tuple[str, tuple[int, ...]]]) -> np.ndarray:
     """``value`` through the layout ``steps`` of :meth:`ModelFacts.weight_view`."""
     for op, arg in steps:
@@ -258,7 +272,8 @@ def _groupnorm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
 _BUILDERS = {"Conv": _conv, "ConvTranspose": _conv, "Gemm": _gemm, "MatMul": _matmul,
              "BatchNormalization": _norm, "InstanceNormalization": _norm,
              "QuantizeLinear": _norm, "DequantizeLinear": _norm,
-             "GroupNormalization": _groupnorm}  # fmt: skip
+             "GroupNormalization": _groupnorm, "LSTM": _recurrent, "GRU": _recurrent,
+             "RNN": _recurrent}  # fmt: skip
 
 
 def build_layer(facts: ModelFacts, idx: int, node: onnx.NodeProto, view: NodeView,
@@ -268,7 +283,8 @@ def build_layer(facts: ModelFacts, idx: int, node: onnx.NodeProto, view: NodeVie
     Args:
         facts: Shapes and constants of the model.
         idx: The node's index in graph order.
-        node: A Conv, ConvTranspose, Gemm, MatMul, normalization or per-channel Q/DQ.
+        node: A Conv, ConvTranspose, Gemm, MatMul, normalization, per-channel Q/DQ or
+            recurrent layer.
         view: What the op table read about the node.
         attrs: The core attributes the op table gave it.
         name: The layer's name (unique in the graph).

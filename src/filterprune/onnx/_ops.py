@@ -11,6 +11,9 @@ provably zero channel passes through the op:
   operands are (Add), where any is (Mul), where the first is (Div, PRelu);
 - ``branches``: Where, zero where both values are, whatever the condition;
 - ``layer``: decided from the layer's weights (Conv, Gemm, BatchNormalization).
+
+A recurrent layer (LSTM, GRU, RNN) reads its input's features with the columns of its
+input weights ``W``; its outputs stay whole.
 """
 
 from __future__ import annotations
@@ -328,6 +331,10 @@ OPS: dict[str, OpSpec] = {
     "Conv": OpSpec("conv", zero="layer"),
     "ConvTranspose": OpSpec("conv", zero="layer"),
     "Gemm": OpSpec("linear", zero="layer"),
+    # X and the initial states (the weights are the layer's); the outputs stay whole
+    "LSTM": OpSpec("recurrent", (0, 5, 6), zero="none"),
+    "GRU": OpSpec("recurrent", (0, 5), zero="none"),
+    "RNN": OpSpec("recurrent", (0, 5), zero="none"),
     "MatMul": OpSpec("linear", zero="layer"),
     "Concat": OpSpec(_concat, None),
     "Split": OpSpec(_split),

@@ -26,7 +26,7 @@ from .facts import ModelFacts, attrs_of, has_subgraph, read_facts, subgraph_inpu
 __all__ = ["Captured", "capture", "opset_of"]
 
 _SHAPE_KINDS = {"reshape", "split", "index", "tile", "expand"}
-_WEIGHTED = ("conv", "linear", "batchnorm", "groupnorm")
+_WEIGHTED = ("conv", "linear", "batchnorm", "groupnorm", "recurrent")
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 

@@ -114,6 +114,10 @@ class _Zeros:
             return self.layer(node)
         if node.op in ("batchnorm", "groupnorm") and "channel" in uses:
             return self.per_channel(node)
+        if node.op == "recurrent" and "in" in uses:
+            w = self.cap.arrays[node.layer]["W"] != 0  # (directions, gates * hidden, input)
+            self.read(node, w.reshape(-1, w.shape[-1]).any(axis=0))
+            return self.all_roots(node.name)
         if node.op in ("input", "stop", "param") or mode == "none":
             return self.all_roots(node.name)
         if mode == "zero":  # zeros of another tensor's shape
@@ -228,15 +232,21 @@ class _Zeros:
         in_nz = np.isin(in_roots, self._in(node.inputs[0]))
         cols = in_nz.reshape(groups, cin_g)[np.arange(cout) // cout_g]
         out_nz = (w & cols).any(axis=1) | _bias_nz(cap, layer, cout)
-        col_used = w.reshape(groups, cout_g, cin_g).any(axis=1).reshape(cin)
         if groups > 1 and cin_g > 1:  # not depthwise: output i is not made from input i
             for r in np.intersect1d(in_roots, out_roots).tolist():
                 self.tied.setdefault(r, layer)
+        self.read(node, w.reshape(groups, cout_g, cin_g).any(axis=1).reshape(cin))
+        return np.unique(out_roots[out_nz])
+
+    def read(self, node: Node, col_used: np.ndarray) -> None:
+        """The input channels ``node``'s layer reads with nonzero weights (``col_used``)
+        that may be nonzero: they are needed."""
+        in_roots = self.uf.roots(self.state.uses[node.layer]["in"].ids)
+        in_nz = np.isin(in_roots, self._in(node.inputs[0]))
         needed = np.unique(in_roots[in_nz & col_used])
         self.needed.append(needed)
         for r in needed.tolist():
-            self.reader.setdefault(r, layer)
-        return np.unique(out_roots[out_nz])
+            self.reader.setdefault(r, node.layer)
 
 
 def _zero_rows(cap: Captured, analysis: Analysis, zeros: _Zeros) -> dict[str, np.ndarray]:
