@@ -180,6 +180,39 @@ def test_pixel_and_channel_shuffles_are_cut_through(kind, module, export):
     assert small.up.out_channels * rows == small.b[0].in_channels * per
 
 
+class Unfolded(nn.Module):
+    """``a`` -> ``unfold`` (each channel as its 9 kernel positions) -> ``fold`` back, or an
+    involution (a kernel per position, from a conv, weighting each channel's positions)
+    -> ``b``; ``module``: ``nn.Unfold`` / ``nn.Fold``, else the functions."""
+
+    def __init__(self, fold, module, export=False):
+        super().__init__()
+        self.a, self.k, self.b = cbr(3, 16), nn.Conv2d(16, 9, 1), cbr(16, 16)
+        self.unfold, self.fold = nn.Unfold(3, padding=1), nn.Fold((16, 16), 3, padding=1)
+        self.head, self.folds, self.module, self.export = nn.Linear(16, 5), fold, module, export
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        u = self.unfold(y) if self.module else F.unfold(y, 3, padding=1)
+        if self.folds:
+            y = self.fold(u) if self.module else F.fold(u, (h, w), 3, padding=1)
+        else:
+            y = (u.view(n, c, 9, h, w) * self.k(y).unsqueeze(1)).sum(2)
+        if self.export:
+            y = list(y.chunk(1, 1))[0]
+        return self.head(self.b(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("fold", "export"), [(True, False), (True, True), (False, False)],
+                         ids=["fold-fx", "fold-export", "involution-fx"])  # fmt: skip
+@pytest.mark.parametrize("module", [True, False], ids=["module", "function"])
+def test_unfold_and_fold_are_cut_through(fold, module, export):
+    """Held before ("no channel rule for unfold")."""
+    small, held = prune(lambda y: y, Unfolded(fold, module, export))
+    assert not held.keys() & {"a.0", "b.0"} and small.a[0].out_channels < 16
+
+
 ODD_FORMS = {
     "tile (varargs)": lambda y: y.tile(1, 1, 2, 1)[:, :, :16],
     "swapaxes (keywords)": lambda y: torch.swapaxes(y, axis0=1, axis1=3).relu().swapaxes(1, 3),

@@ -442,20 +442,22 @@ def _pixel_shuffle(s, node, ins):
     ONNX's DCR order: ``c``, ``c + C``, ... ``c + (n-1)*C``) spread over a patch, so those
     are tied and go together. ``inverse`` (space to depth): each input channel becomes
     ``n`` output channels (consecutive; ``strided``: ``C`` apart), all read as that
-    channel. The op reads its channel count from its input, so a cut needs no rewrite."""
+    channel. ``per`` gives ``n`` where the patch is not ``r`` wide on every spatial axis
+    (``unfold``, ``fold``: a kernel's positions, the output's spatial axes flattened).
+    The op reads its channel count from its input, so a cut needs no rewrite."""
     x = _tensor(s, ins[0], node)
     in_shape = _shape(s, node)
     ndim, axis = len(in_shape), node.attrs.get("channel_axis", 1)
-    per = int(node.attrs["factor"]) ** (ndim - 2)
+    per = int(node.attrs.get("per") or int(node.attrs["factor"]) ** (ndim - 2))
     strided = bool(node.attrs.get("strided"))
     line = _channels(x, ndim, axis, in_shape[axis])
     if node.attrs.get("inverse"):
         out = np.tile(line, per) if strided else np.repeat(line, per)
-        return s.canonical(_place(out, ndim, axis))
+        return s.canonical(_place(out, len(node.shape), axis))
     rows = line.reshape(per, -1).T if strided else line.reshape(-1, per)
     for column in rows.T[1:]:
         s.uf.union_arrays(rows[:, 0], column)
-    return s.canonical(_place(rows[:, 0].copy(), ndim, axis))
+    return s.canonical(_place(rows[:, 0].copy(), len(node.shape), axis))
 
 
 @register_rule("glu")

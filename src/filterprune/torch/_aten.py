@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from ._ops import pad_spec, spatial_spec, unpool_spec
+from ._ops import pad_spec, spatial_spec, unfold_spec, unpool_spec
 
 __all__ = ["ATEN_RULES", "aten_rule", "named_args"]
 
@@ -312,6 +312,11 @@ def _spatial(node: fx.Node, shape) -> Spec:
     return spatial_spec(axes, len(shape[0] if isinstance(shape, list) else shape))
 
 
+def _unfold(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    return unfold_spec("output_size" not in args, args["kernel_size"], len(shape))
+
+
 def _unpool(node: fx.Node, shape) -> Spec:
     return unpool_spec(int(re.search(r"(\d)d", node.target.name()).group(1)))
 
@@ -381,6 +386,7 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("layer_norm.default"), _layer_norm),
     (_ops("group_norm.default"), _group_norm),
     (_ops("pixel_shuffle.default", "pixel_unshuffle.default"), _pixel_shuffle),
+    (_ops("im2col.default", "col2im.default"), _unfold),
     (_ops("channel_shuffle.default", "native_channel_shuffle.default"), _channel_shuffle),
     (_ops("glu.default"), _glu),
     (_ops("grid_sampler.default", "grid_sampler_2d.default", "grid_sampler_3d.default"),

@@ -124,6 +124,20 @@ def _pixel_shuffle(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, 
     return spec, LayerInfo(name, "activation", {})
 
 
+def unfold_spec(inverse: bool, kernel_size: Any, ndim: int) -> Spec:
+    """``unfold`` (im2col): each channel becomes its ``k * k`` kernel positions,
+    consecutive rows; ``fold`` (``inverse`` False here): those rows summed back into it."""
+    per = math.prod(kernel_size) if isinstance(kernel_size, (tuple, list)) else kernel_size ** 2
+    axis = 1 if ndim == (4 if inverse else 3) else 0  # batched, or not
+    return "pixel_shuffle", {"factor": 1, "per": int(per), "inverse": inverse,
+                             "channel_axis": axis}  # fmt: skip
+
+
+def _unfold_module(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    spec = unfold_spec(isinstance(m, nn.Unfold), m.kernel_size, len(in_shape))
+    return spec, LayerInfo(name, "activation", {})
+
+
 def _channel_shuffle(m: nn.ChannelShuffle, name: str, in_shape,
                      out_shape) -> tuple[Spec, LayerInfo]:  # fmt: skip
     return ("channel_shuffle", {"groups": m.groups}), LayerInfo(name, "activation", {})
@@ -275,6 +289,8 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     nn.Unflatten: _unflatten,
     nn.PixelShuffle: _pixel_shuffle,
     nn.PixelUnshuffle: _pixel_shuffle,
+    nn.Unfold: _unfold_module,
+    nn.Fold: _unfold_module,
     nn.ChannelShuffle: _channel_shuffle,
     nn.GLU: _glu_module,
     **{t: _simple("identity") for t in IDENTITY_MODULES},
@@ -544,6 +560,12 @@ def _pixel_shuffle_call(node: fx.Node, shapes) -> Spec:
     return "pixel_shuffle", {"factor": int(factor), "inverse": inverse}
 
 
+def _unfold_call(node: fx.Node, shapes) -> Spec:
+    inverse = node.target is F.unfold
+    ndim = len(shapes[0] if isinstance(shapes, list) else shapes)
+    return unfold_spec(inverse, _arg(node, 1 if inverse else 2, "kernel_size"), ndim)
+
+
 def _glu(node: fx.Node, shapes) -> Spec:
     return "glu", {"axis": int(_arg(node, 1, "dim", -1))}
 
@@ -755,6 +777,7 @@ CALL_RULES: dict[Any, Call] = {
                            torch.clip_)},
     F.pixel_shuffle: _pixel_shuffle_call, torch.pixel_shuffle: _pixel_shuffle_call,
     F.pixel_unshuffle: _pixel_shuffle_call, torch.pixel_unshuffle: _pixel_shuffle_call,
+    F.unfold: _unfold_call, F.fold: _unfold_call,
     F.channel_shuffle: _channel_shuffle_call, torch.channel_shuffle: _channel_shuffle_call,
     F.glu: _glu, F.grid_sample: _grid_sample, torch.einsum: _einsum,
     **{f: _matmul for f in (operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm")},
