@@ -94,3 +94,51 @@ def test_a_time_major_model_counts_every_step_at_any_sample_batch():
     ctrl, _ = create_compressed_model(model, make_config((2, 8, 21)))
     convs = 2 * 21 * (32 * 8 * 3 + 32 * 32 * 3)
     assert ctrl.statistics().full_flops == convs + 2 * 21 * (_matrices(model.rnn) + 5 * 32)
+
+
+class Captioner(nn.Module):
+    """Pooled conv features read by a recurrent cell at each of 3 steps (image
+    captioning, attention OCR decoders); the first state is ``new_zeros`` of the features,
+    which take nothing but their dtype and device from them."""
+
+    def __init__(self, cell, export):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.cell, self.fc, self.export = cell(32, 24), nn.Linear(24, 7), export
+        self.lstm = cell is nn.LSTMCell  # a traced call's result is no tuple to torch.fx
+
+    def forward(self, x):
+        f = F.relu(self.c2(F.relu(self.c1(x)))).mean((2, 3))
+        if self.export and x.abs().mean() > 1e-3:  # torch.fx cannot trace it
+            f = f * 1.0
+        h = f.new_zeros(f.shape[0], 24)
+        state = (h, torch.zeros_like(h)) if self.lstm else h
+        outs = []
+        for _ in range(3):
+            state = self.cell(f, state)
+            outs.append(self.fc(state[0] if self.lstm else state))
+        return torch.stack(outs, 1)
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("cell", [nn.LSTMCell, nn.GRUCell, nn.RNNCell])
+def test_convs_before_a_recurrent_cell_are_cut_with_its_input_columns(cell, export):
+    """They were held ("no channel rule for lstm_cell", "new_zeros")."""
+    torch.manual_seed(0)
+    model = nondegenerate(Captioner(cell, export))
+    ctrl, pruned = create_compressed_model(model, make_config(
+        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    assert ctrl.captured.extra.get("capture", "torch.fx") == ("torch.export" if export
+                                                              else "torch.fx")  # fmt: skip
+    stats = ctrl.statistics()
+    assert [p for p, _ in stats.unpruned] == [["fc"]]
+    small = assert_strip_equal(ctrl, pruned, torch.randn(3, 3, 8, 8))
+    assert small.cell.input_size == small.c2.out_channels == 16
+    convs = 2 * 64 * (16 * 3 * 9 + 32 * 16 * 9)
+    assert stats.full_flops == convs + 3 * 2 * (_matrices(model.cell) + 7 * 24)
+    kept = 2 * 64 * (8 * 3 * 9 + 16 * 8 * 9) + 3 * 2 * (_matrices(small.cell) + 7 * 24)
+    assert stats.current_flops == kept
+    fresh = resize_to_state_dict(Captioner(cell, export), small.state_dict()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), small(x))

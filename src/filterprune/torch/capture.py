@@ -293,6 +293,7 @@ def _size_attrs(node: Node, ties: list[tuple[int, fx.Node, int]], free: set[int]
 
 
 _TUPLE_FIELDS = {"values": 0, "indices": 1}  # of max/min/sort/topk results
+_NEW_FILLED = ("new_zeros", "new_ones", "new_full", "new_empty")
 
 
 def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
@@ -317,7 +318,7 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         in_shape = graph[inputs[0]].shape
         found = recurrent_node(node.target, modules[node.target], in_shape, graph)
         if found is not None:  # an LSTM: its input features are cut with its columns
-            return Node(node.name, found[0], inputs, None, layer=node.target,
+            return Node(node.name, found[0], inputs, shape, layer=node.target,
                         attrs=found[1], label=type(modules[node.target]).__name__)
     if shape is None and node.op == "call_module":
         # a module returning a tuple with None in it (attention without weights) or a
@@ -345,6 +346,10 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return _functional(node, label, shape, modules, graph, tensors)
     if node.target is getattr and node.args[1] in ("real", "imag"):  # of a complex tensor
         return Node(node.name, "identity", inputs[:1], shape, label=f"getattr {node.args[1]}")
+    if node.op == "call_method" and node.target in _NEW_FILLED:
+        # ``x.new_zeros(n, 24)``: x gives its dtype and device only (sizes read from it
+        # are size nodes of their own); a tensor made in forward, as torch.export sees it
+        return Node(node.name, "param", shape=shape, attrs={"target": node.name, "fill": True})
     builder = call_rule(node.target)
     if builder is None:
         return no_rule_stop(node.name, inputs, shape, label, graph, modules, node)
@@ -512,10 +517,12 @@ def _sample_batch(graph: Graph) -> int:
 
 def recurrent_node(layer: str, module: nn.Module, in_shape: Any,
                    graph: Graph) -> tuple[str, dict[str, Any]] | None:  # fmt: skip
-    """``(kind, attrs)`` of an RNN, LSTM or GRU ``layer`` called on a tensor of
-    ``in_shape`` (not a packed sequence), its facts added to ``graph.layers``: its first
-    layer's input weights lose the columns of cut input features."""
-    if not isinstance(module, nn.RNNBase) or not isinstance(in_shape, tuple) or not in_shape:
+    """``(kind, attrs)`` of an RNN, LSTM or GRU ``layer`` (or one step of it, a cell)
+    called on a tensor of ``in_shape`` (not a packed sequence), its facts added to
+    ``graph.layers``: its first layer's input weights lose the columns of cut input
+    features."""
+    if not isinstance(module, (nn.RNNBase, nn.RNNCellBase)) or not isinstance(
+            in_shape, tuple) or not in_shape:  # fmt: skip
         return None
     params = {n: (tuple(p.shape), _recurrent_roles(n, p))
               for n, p in module.named_parameters(recurse=False)}  # fmt: skip
@@ -526,7 +533,7 @@ def recurrent_node(layer: str, module: nn.Module, in_shape: Any,
 
 def _recurrent_roles(name: str, p: torch.Tensor) -> tuple[str | None, ...]:
     """The input weights of the first layer read the input's features (their columns)."""
-    if name in ("weight_ih_l0", "weight_ih_l0_reverse"):
+    if name in ("weight_ih_l0", "weight_ih_l0_reverse", "weight_ih"):  # a cell's: weight_ih
         return (None, "in")
     return (None,) * p.dim()
 

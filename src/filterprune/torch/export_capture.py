@@ -38,11 +38,17 @@ from .capture import add_unseen_params, count_rows, no_rule_stop, recurrent_node
 __all__ = ["capture_export", "export_program"]
 
 _TENSOR_INPUTS = ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")
-_RECURRENT = tuple(getattr(torch.ops.aten, n) for n in ("lstm", "gru", "rnn_tanh", "rnn_relu"))
-# tensors made in forward with one value everywhere: cut with what is written into them
+_RECURRENT = tuple(getattr(torch.ops.aten, n) for n in (
+    "lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell",
+    "rnn_relu_cell"))  # fmt: skip
+# tensors made in forward with one value everywhere: cut with what is written into them;
+# ``x.new_zeros(...)`` reads only the dtype and device of x
+_NEW_FILLS = tuple(getattr(torch.ops.aten, name).default
+                   for name in ("new_zeros", "new_ones", "new_empty", "new_full"))
 _FILLS = tuple(getattr(getattr(torch.ops.aten, name), overload)
                for name, overload in (("zeros", "default"), ("ones", "default"),
-                                      ("empty", "memory_format"), ("full", "default")))
+                                      ("empty", "memory_format"), ("full", "default"))) \
+    + _NEW_FILLS  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -267,12 +273,12 @@ class _Builder:
             return self._getitem(node, inputs, shape)
         if node.target in FUNCTIONAL:
             return self._functional(node, label, shape)
-        found = self._recurrent(node, inputs)
+        found = self._recurrent(node, inputs, shape)
         if found is not None:
             return found
         build = aten_rule(node.target)
         if build is None:
-            if not inputs:  # a tensor made in forward (zeros, arange): a constant
+            if not inputs or node.target in _NEW_FILLS:  # made in forward (zeros, arange)
                 return Node(node.name, "param", shape=shape,
                             attrs={"target": node.name, "fill": node.target in _FILLS})
             return no_rule_stop(node.name, inputs, shape, label, self.graph, self.modules, node)
@@ -287,9 +293,10 @@ class _Builder:
             attrs["sizes"] = split_sizes(attrs, shape)
         return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
 
-    def _recurrent(self, node: fx.Node, inputs: list[str]) -> Node | None:
+    def _recurrent(self, node: fx.Node, inputs: list[str], shape: Any) -> Node | None:
         """An RNN, LSTM or GRU module's own call (``aten.lstm`` reading every parameter
-        it has): a recurrent layer, as torch.fx sees the module call."""
+        it has), or a cell's (``aten.lstm_cell``): a recurrent layer, as torch.fx sees the
+        module call."""
         if getattr(node.target, "_overloadpacket", None) not in _RECURRENT or not inputs:
             return None
         layer = module_path(node, self.modules)
@@ -300,7 +307,7 @@ class _Builder:
         found = recurrent_node(layer, module, self.graph[inputs[0]].shape, self.graph)
         if found is None:
             return None
-        return Node(node.name, found[0], inputs, None, layer=layer, attrs=found[1],
+        return Node(node.name, found[0], inputs, shape, layer=layer, attrs=found[1],
                     label=type(module).__name__)  # fmt: skip
 
     def _getitem(self, node: fx.Node, inputs: list[str], shape: Any) -> Node:

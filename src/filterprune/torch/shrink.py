@@ -216,6 +216,8 @@ def _sync_attributes(module: nn.Module) -> None:
         module.in_channels = w.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.RNNCellBase):
+        module.input_size = module.weight_ih.shape[1]
     elif isinstance(module, nn.RNNBase):
         module.input_size = module.weight_ih_l0.shape[1]
         module._init_flat_weights()  # it runs on a list of its tensors: the new ones
