@@ -105,3 +105,22 @@ def test_reshape_as_models_strip_equal():
     ctrl, model = create_compressed_model(nondegenerate(Tokens()), config)
     assert ctrl.statistics().flops_kept < 0.8
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+
+
+def test_a_tensor_made_in_forward_is_named_as_one_where_it_holds_channels():
+    """ENet pads its shortcut with ``torch.zeros`` channels: held, the reason said
+    "weight zeros is read by cat" of a tensor that is no weight."""
+
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(12, 4, 1)
+            self.c = nn.Conv2d(3, 12, 3, padding=1)
+
+        def forward(self, x):
+            y = torch.cat([self.a(x), torch.zeros(2, 4, 8, 8)], 1)
+            return self.b(y + self.c(x))
+
+    graph = capture_export(Padded(), (torch.randn(2, 3, 8, 8),)).graph
+    held = {g.reason for g in analyze(graph, AnalysisOptions(prune_first_conv=True)).groups}
+    assert "tensor zeros made in forward is read by cat" in held

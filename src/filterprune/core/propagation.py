@@ -34,13 +34,20 @@ class Param:
     the stored weight each axis comes from (``None`` for an inserted size-1 axis);
     ``None`` when the shape is the stored one. ``also``: other weights of the same shape
     this one is computed with entry by entry (a frozen BatchNorm's
-    ``weight * (running_var + eps).rsqrt()``), cut along the same channels.
+    ``weight * (running_var + eps).rsqrt()``), cut along the same channels. ``made``: a
+    tensor the forward makes (``torch.zeros(...)``), not a weight of the model.
     """
 
     name: str
     shape: tuple[int, ...]
     axes: tuple[int | None, ...] | None = None
     also: tuple[Param, ...] = ()
+    made: bool = False
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``weight gamma``, ``tensor zeros_1 made in forward``."""
+        return f"tensor {self.name} made in forward" if self.made else f"weight {self.name}"
 
     def source_axis(self, axis: int) -> int | None:
         """The stored weight's axis behind ``axis`` of this view of it."""

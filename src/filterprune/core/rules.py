@@ -52,7 +52,7 @@ def _tensor(s: Propagation, value: Any, node: Node) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, Param):
-        reason = f"weight {value.name} is read by {node.label or node.op}"
+        reason = f"{value.label} is read by {node.label or node.op}"
         for param in (value, *value.also):
             s.hold_param(param.name, reason)
         return s.opaque(reason)
@@ -106,7 +106,8 @@ def _input(s, node, ins):
 
 @register_rule("param")
 def _param(s, node, ins):
-    return Param(node.attrs.get("target", node.name), tuple(node.shape or ()))
+    return Param(node.attrs.get("target", node.name), tuple(node.shape or ()),
+                 made=bool(node.attrs.get("made")))
 
 
 @register_rule("noop")
@@ -182,7 +183,7 @@ def _params_combined(ins: list, node: Node) -> Param:
         raise RuleError("no tensor operand")
     first, rest = params[0], params[1:]
     also = [*first.also, *(q for p in rest for q in (p, *p.also))]
-    return Param(first.name, first.shape, first.axes, tuple(dict.fromkeys(also)))
+    return Param(first.name, first.shape, first.axes, tuple(dict.fromkeys(also)), first.made)
 
 
 def _spread(s: Propagation, node: Node, ins: list, shapes: list | None = None) -> list[np.ndarray]:
@@ -294,11 +295,11 @@ def _einsum(s, node, ins):
         placed_shapes.append(tuple(shape[sub.index(c)] if c in sub else 1 for c in out))
         if isinstance(value, Param):
             if summed:
-                s.hold_param(value.name, f"weight {value.name} is summed over by {where}")
-                placed.append(s.opaque(f"{where} sums over weight {value.name}"))
+                s.hold_param(value.name, f"{value.label} is summed over by {where}")
+                placed.append(s.opaque(f"{where} sums over {value.label}"))
                 continue
             axes = tuple(value.source_axis(sub.index(c)) if c in sub else None for c in out)
-            placed.append(Param(value.name, placed_shapes[-1], axes))
+            placed.append(Param(value.name, placed_shapes[-1], axes, made=value.made))
             continue
         ids = _pad(_tensor(s, value, node), len(sub))
         if any(_varies(ids, a) for a in summed):
@@ -573,18 +574,18 @@ def _reshape_param(param: Param, node: Node) -> Param:
     if not isinstance(node.shape, tuple):
         raise RuleError("output shape is unknown")
     if param.also:
-        raise RuleError(f"reshapes weight {param.name} computed with others")
+        raise RuleError(f"reshapes {param.label} computed with others")
     src = [i for i, n in enumerate(param.shape) if n > 1]
     dst = [i for i, n in enumerate(node.shape) if n > 1]
     if [param.shape[i] for i in src] != [node.shape[i] for i in dst]:
-        raise RuleError(f"reshape moves the entries of weight {param.name}")
+        raise RuleError(f"reshape moves the entries of {param.label}")
     fixed = {a % len(node.shape) for a in node.attrs.get("fixed_dims", ())}
     if fixed & set(dst):
-        raise RuleError(f"reshape fixes the size of weight {param.name} in code")
+        raise RuleError(f"reshape fixes the size of {param.label} in code")
     axes: list[int | None] = [None] * len(node.shape)
     for i, j in zip(src, dst, strict=True):
         axes[j] = param.source_axis(i)
-    return Param(param.name, tuple(node.shape), tuple(axes))
+    return Param(param.name, tuple(node.shape), tuple(axes), made=param.made)
 
 
 @register_rule("permute")

@@ -349,7 +349,8 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
     if node.op == "call_method" and node.target in _NEW_FILLED:
         # ``x.new_zeros(n, 24)``: x gives its dtype and device only (sizes read from it
         # are size nodes of their own); a tensor made in forward, as torch.export sees it
-        return Node(node.name, "param", shape=shape, attrs={"target": node.name, "fill": True})
+        return Node(node.name, "param", shape=shape,
+                    attrs={"target": node.name, "fill": True, "made": True})  # fmt: skip
     builder = call_rule(node.target)
     if builder is None:
         return no_rule_stop(node.name, inputs, shape, label, graph, modules, node)

@@ -279,8 +279,8 @@ class _Builder:
         build = aten_rule(node.target)
         if build is None:
             if not inputs or node.target in _NEW_FILLS:  # made in forward (zeros, arange)
-                return Node(node.name, "param", shape=shape,
-                            attrs={"target": node.name, "fill": node.target in _FILLS})
+                return Node(node.name, "param", shape=shape, attrs={
+                    "target": node.name, "fill": node.target in _FILLS, "made": True})
             return no_rule_stop(node.name, inputs, shape, label, self.graph, self.modules, node)
         in_shape = self.graph[inputs[0]].shape if inputs else None
         kind, attrs = build(node, in_shape if isinstance(in_shape, tuple) else ())
