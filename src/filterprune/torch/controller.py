@@ -132,8 +132,10 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
 
     def _install(self, plan: Plan) -> None:
         super()._install(plan)
-        apply_masks(self.model, self.keeps(), self.analysis.graph.layers,
-                    bn=self.params.prune_batch_norms)  # fmt: skip
+        # a registered copy (an EMA's module) takes the same masks
+        for model in (self.model, *filter(None, (r() for r in self.__dict__.get("copies", [])))):
+            apply_masks(model, self.keeps(), self.analysis.graph.layers,
+                        bn=self.params.prune_batch_norms)  # fmt: skip
 
     def _sync(self, plan: Plan) -> Plan:
         """Under DDP every rank takes rank 0's plan, so masks are identical everywhere."""

@@ -34,10 +34,17 @@ _CONV_T_FN = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv
               nn.ConvTranspose3d: F.conv_transpose3d}  # fmt: skip
 
 
+def live(mask: torch.Tensor) -> torch.Tensor:
+    """The entries ``mask`` keeps: its ones, to within rounding. An EMA that averages every
+    entry of a state_dict (timm's) makes a mask the model has just cleared 0.999...: that
+    filter is pruned in the EMA at once, as it is in the model."""
+    return mask > 1 - 4 * torch.finfo(mask.dtype).eps
+
+
 def _keep(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``value`` where ``mask`` is non-zero, else exactly 0: unlike ``value * mask``, a NaN
-    or infinity in a pruned entry reads as 0, as it does once the entry is removed."""
-    return torch.where(mask != 0, value, torch.zeros((), dtype=value.dtype, device=value.device))
+    """``value`` where ``mask`` keeps it, else exactly 0: unlike ``value * mask``, a NaN or
+    infinity in a pruned entry reads as 0, as it does once the entry is removed."""
+    return torch.where(live(mask), value, torch.zeros((), dtype=value.dtype, device=value.device))
 
 
 def masked_param(module: nn.Module, name: str) -> torch.Tensor | None:
@@ -206,13 +213,13 @@ def restore_pruned_statistics(module: nn.Module, saved: dict[str, torch.Tensor])
     """Put ``saved`` back in the pruned channels of ``module`` (the live ones keep theirs)."""
     if not saved:
         return
-    live = module._buffers["channel_mask"] != 0
+    kept = live(module._buffers["channel_mask"])
     with torch.no_grad():
         for key, old in saved.items():
             # through .data: training-mode BatchNorm saves the running statistics for its
             # backward without reading them, and a tracked write would fail that backward
             buffer = module._buffers[key].data
-            buffer.copy_(torch.where(live, buffer, old))
+            buffer.copy_(torch.where(kept, buffer, old))
 
 
 _SWAPPED: dict[tuple[type, str], type] = {}
@@ -350,4 +357,4 @@ def _bake(module: nn.Module, name: str, mask: torch.Tensor, shared: set[int]) ->
             p.copy_(_keep(p, mask))
     if name == "channel" and getattr(module, "running_var", None) is not None:
         module.running_mean.copy_(_keep(module.running_mean, mask))
-        module.running_var.copy_(torch.where(mask != 0, module.running_var, 1.0))
+        module.running_var.copy_(torch.where(live(mask), module.running_var, 1.0))

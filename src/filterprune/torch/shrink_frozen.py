@@ -178,8 +178,9 @@ class ShrinkWhenFrozen(PruningControllerBase):
 
     def register_copy(self, copy: torch.nn.Module) -> None:
         """Have a copy of the model made after compression (an EMA's averaged model:
-        ``AveragedModel(model).module``, timm's ``ModelEmaV3(model).module``) cut with it
-        (``shrink_when_frozen``), so averaging goes on between tensors of one shape.
+        ``AveragedModel(model).module``, timm's ``ModelEmaV3(model).module``) take the
+        model's masks whenever they change, and be cut with it (``shrink_when_frozen``), so
+        averaging goes on between tensors of one shape.
 
         Raises:
             ConfigError: ``copy`` does not have the model's masked layers.
