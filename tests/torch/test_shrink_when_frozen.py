@@ -1,6 +1,7 @@
 """``params.shrink_when_frozen``: fine-tuning goes on in the physically smaller model."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -234,6 +235,17 @@ def test_gradients_waiting_for_a_step_are_cut_with_their_parameters():
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
 
 
+def _epochs(ctrl, model, optimizer, x, y, update_ema, epochs=4):
+    """One training step per epoch on ``(x, y)``, the EMA updated after each."""
+    for _ in range(epochs):
+        ctrl.scheduler.epoch_step()
+        model.train()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        update_ema()
+
+
 def test_a_registered_ema_copy_is_cut_with_the_model():
     """An EMA made after compression kept the old shapes, and its next update failed at
     the cut (16 vs 7). Registered, it is cut alike and averages what the masked run does."""
@@ -252,13 +264,7 @@ def test_a_registered_ema_copy_is_cut_with_the_model():
         with pytest.raises(ConfigError, match="not the model itself"):
             ctrl.register_copy(model)
         ctrl.register_copy(ema.module)
-        for _ in range(4):
-            ctrl.scheduler.epoch_step()
-            model.train()
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            ema.update_parameters(model)
+        _epochs(ctrl, model, optimizer, x, y, functools.partial(ema.update_parameters, model))
         assert ctrl.shrunk == shrink
         if shrink:
             assert ema.module.layers[8].conv1.weight.shape == model.layers[8].conv1.weight.shape
@@ -282,13 +288,8 @@ def _train_with_ema(register):
     if register:
         ctrl.register_copy(ema)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(4):
-        ctrl.scheduler.epoch_step()
-        model.train()
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        _average_every_entry(ema, model, 0.999)
+    update = functools.partial(_average_every_entry, ema, model, 0.999)
+    _epochs(ctrl, model, optimizer, x, y, update)
     return ctrl, model, ema.eval(), x
 
 
