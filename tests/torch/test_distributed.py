@@ -218,3 +218,46 @@ def test_taylor_totals_are_summed_over_ranks(tmp_path):
         np.testing.assert_array_equal(out["a"], np.full((3, 1), 3.0))
         np.testing.assert_array_equal(out["b"], np.ones((2, 1)))  # rank 1 had none yet
         assert out["c"] is None
+
+
+def _shrink_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import logging
+
+    from torch_helpers import SmallNet, make_config
+
+    from filterprune.torch import create_compressed_model
+
+    with _in_group(rank, world, port):
+        torch.manual_seed(0)
+        config = make_config(pruning_init=0.5, schedule="baseline", prune_first_conv=True,
+                             shrink_when_frozen=True)  # fmt: skip
+        ctrl, model = create_compressed_model(SmallNet(), config)
+        ctrl.distributed()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        ctrl.register_optimizer(optimizer)
+        said = []
+        handler = logging.Handler()
+        handler.emit = lambda record: said.append(record.getMessage())
+        logging.getLogger("filterprune").addHandler(handler)
+        g = torch.Generator().manual_seed(rank)  # each rank its own batches
+        for _ in range(2):
+            ctrl.scheduler.epoch_step()  # the baseline schedule freezes at once
+            optimizer.zero_grad()
+            ddp(torch.randn(2, 3, 32, 32, generator=g)).square().mean().backward()
+            optimizer.step()
+        weights = {n: p.detach() for n, p in model.named_parameters()}  # (BN's statistics
+        # are each rank's own)
+        torch.save({"shrunk": ctrl.shrunk, "said": said, "weights": weights},
+                   os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
+
+
+def test_shrink_when_frozen_under_ddp_leaves_the_model_masked(tmp_path):
+    """Cut in place, the model's new parameters were not DDP's: its next forward failed
+    (or, with find_unused_parameters, the ranks drifted apart: 0.13 after two epochs)."""
+    mp.spawn(_shrink_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert not r0["shrunk"] and not r1["shrunk"]
+    assert any("DistributedDataParallel" in m for m in r0["said"])
+    for k in r0["weights"]:
+        torch.testing.assert_close(r0["weights"][k], r1["weights"][k], rtol=0, atol=0)

@@ -155,7 +155,7 @@ class ShrinkWhenFrozen(PruningControllerBase):
 
     supports_shrink_when_frozen = True
     shrunk = False
-    _said_computed = _said_state = False  # why the cut was skipped, said once
+    _said_computed = _said_state = _said_ddp = False  # why the cut was skipped, said once
 
     def register_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Have ``optimizer`` follow the model when it is cut (``shrink_when_frozen``).
@@ -211,9 +211,20 @@ class ShrinkWhenFrozen(PruningControllerBase):
 
     def _cuttable(self) -> bool:
         """Whether the cut keeps training what the masked model trains: not when nothing
-        is pruned, nor when a pruned layer computes its weight (spectral_norm, weight_norm,
-        a parametrization), which the cut would write in as a plain weight (said once)."""
+        is pruned, nor under DDP, nor when a pruned layer computes its weight
+        (spectral_norm, weight_norm, a parametrization), which the cut would write in as a
+        plain weight (said once)."""
         if all(keep.all() for keep in self.plan.kept.values()):
+            return False
+        if self._ddp():  # DistributedDataParallel keeps the parameters it was given
+            if not self._said_ddp:
+                self._said_ddp = True
+                log.warning(
+                    "shrink_when_frozen: the model runs under DistributedDataParallel "
+                    "(distributed() was called), whose wrapper keeps the parameters it was "
+                    "built with: cut in place, their gradients would no longer be all-reduced "
+                    "(or DDP fails in its next forward). The model stays masked; "
+                    "ctrl.strip() cuts it for deployment.")  # fmt: skip
             return False
         computed = [n for n, m in self.model.named_modules()
                     if is_masked(m) and computed_weights(m)]  # fmt: skip
