@@ -191,11 +191,13 @@ def test_strip_equals_compressed_model_in_eval(shrink, net):
         assert small.stem.out_channels < model.stem.out_channels
 
 
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-5), (torch.bfloat16, 5e-2),
-                                            (torch.float16, 1e-2)])  # fmt: skip
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-5), (torch.bfloat16, 0),
+                                            (torch.float16, 0)])  # fmt: skip
 def test_a_model_moved_to_another_dtype_strips_alike(dtype, tol):
-    """In half precision the strip's forward failed: fake quantization takes float32 (the
-    tolerance is the dtype's rounding of a narrower sum)."""
+    """In half precision the strip's forward failed: fake quantization takes float32. Its
+    weight scales were then rounded to the dtype, so the stripped (frozen) quantizers put
+    the weights on another grid than the training ones, which follow the weight in float32:
+    0.0084 relative off in bfloat16, 0.0068 in float16."""
     ctrl, model = create_compressed_model(_net(), _config())
     model.to(dtype).eval()
     small = ctrl.strip().eval()

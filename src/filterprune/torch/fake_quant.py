@@ -144,6 +144,16 @@ class FakeQuantize(nn.Module):
         self.initialized = state.initialized
         self._write_meta()
 
+    def _apply(self, fn, recurse=True):
+        # a model moved to float16/bfloat16 keeps float32 scales: a rounded scale would put a
+        # frozen (stripped, exported) weight quantizer on another grid than the training
+        # model's, whose weight quantizer uses the float32 scale it computes each forward
+        before = self.scale
+        out = super()._apply(fn, recurse)
+        if self.scale.dtype != before.dtype and self.scale.is_floating_point():
+            self.scale = before.to(device=self.scale.device)
+        return out
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("scale", "zero_point"):  # a stripped model's scales may be cut
             saved = state_dict.get(prefix + name)
