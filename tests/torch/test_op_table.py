@@ -73,6 +73,9 @@ APART = {
     # attentive statistics pooling: a mean repeated along time by a length read in forward
     "repeat by a size read in forward": lambda y: y + y.mean(2, keepdim=True).repeat(
         1, 1, y.shape[2], 1) * y.tile((1, 1, 1, y.size(3) // 16)),
+    # statistics over the height and width: held before, its weight counted as a matrix
+    "RMSNorm over space": nn.RMSNorm([16, 16]),
+    "rms_norm over space": lambda y: F.rms_norm(y, (16, 16)),
     "activation modules": nn.Sequential(
         nn.RReLU(), nn.Hardshrink(0.1), nn.Softshrink(0.1), nn.Tanhshrink(), nn.Softsign(),
         nn.LogSigmoid(), nn.Threshold(0.1, 0.0), nn.FeatureAlphaDropout(), nn.Softmin(2)),
@@ -96,9 +99,17 @@ ACROSS = {
     "sort over the channels": lambda y: y.sort(1).values,
     "topk over the channels": lambda y: torch.cat([y.topk(8, 1)[0], y[:, 8:]], 1),
     "Softmin module over the channels": nn.Softmin(1),
+    "RMSNorm over the channels": lambda y: _channels_last(y, nn.RMSNorm(16)),
+    # torch's implicit dim of a 4-d tensor is 1 (it was read as the last)
+    "Softmax module without a dim": nn.Softmax(),
+    "LogSoftmax module without a dim": nn.LogSoftmax(),
     "repeat channels by a size read in forward": lambda y: y[:, :8].repeat(
         1, y.shape[1] // 8, 1, 1),
 }
+
+
+def _channels_last(y, fn):
+    return fn(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 def _gated(halves):
@@ -325,6 +336,27 @@ def test_grid_sample_passes_the_channels_and_keeps_the_coordinates_whole():
     assert "a" not in held and small.a.out_channels == 8
     assert held["fn.flow"] == "grid_sample: sampling coordinates"
     assert small.fn.flow.out_channels == 2
+
+
+class Transformer(nn.Module):
+    """A spatial transformer: a localisation net gives the affine map, the features are
+    sampled on its grid, sized by their whole shape (of which it reads no channel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = nn.Linear(16, 6)
+
+    def forward(self, y):
+        theta = self.loc(y.mean((2, 3))).view(-1, 2, 3)
+        return F.grid_sample(y, F.affine_grid(theta, y.size(), align_corners=False),
+                             align_corners=False)  # fmt: skip
+
+
+def test_affine_grid_reads_no_channel_of_the_size_it_is_given():
+    """Under torch.fx the features were held: "relu's size along axis 0, 1, 2, 3 is read
+    in forward and used as a number (affine_grid)"."""
+    small, held = prune(Transformer())
+    assert "a" not in held and small.a.out_channels == 8
 
 
 class EinsumWeights(nn.Module):

@@ -383,7 +383,7 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("repeat.default"), _repeat),
     (_ops("slice.Tensor", "narrow.default"), _slice),
     (_ops("select.int"), _select),
-    (_ops("layer_norm.default"), _layer_norm),
+    (_ops("layer_norm.default", "rms_norm.default"), _layer_norm),
     (_ops("group_norm.default"), _group_norm),
     (_ops("pixel_shuffle.default", "pixel_unshuffle.default"), _pixel_shuffle),
     (_ops("im2col.default", "col2im.default"), _unfold),

@@ -147,7 +147,8 @@ def _glu_module(m: nn.GLU, name: str, in_shape, out_shape) -> tuple[Spec, LayerI
     return ("glu", {"axis": m.dim}), LayerInfo(name, "activation", {})
 
 
-def _layernorm(m: nn.LayerNorm, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+def _layernorm(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    """LayerNorm, RMSNorm: statistics over the last ``len(normalized_shape)`` axes."""
     spec = ("layernorm", {"normalized_ndim": len(m.normalized_shape)})
     return spec, LayerInfo(name, "layernorm", _params(m, {}))
 
@@ -224,7 +225,9 @@ def _simple(kind: str, **attrs: Any) -> Callable[..., tuple[Spec, LayerInfo]]:
 
 
 def _softmax(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
-    dim = m.dim if m.dim is not None else -1
+    dim = m.dim
+    if dim is None:  # torch's implicit choice (_get_softmax_dim): 0 for 0-, 1- and 3-D, else 1
+        dim = 0 if len(in_shape) in (0, 1, 3) else 1
     return ("along", {"dims": [dim]}), LayerInfo(name, "activation")
 
 
@@ -281,6 +284,7 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     **{t: _batchnorm for t in _BN + _IN},
     nn.PReLU: _prelu,
     nn.LayerNorm: _layernorm,
+    nn.RMSNorm: _layernorm,
     nn.GroupNorm: _groupnorm,
     nn.Softmax: _softmax,
     nn.Softmin: _softmax,
@@ -354,6 +358,7 @@ FUNCTIONAL: dict[Any, Functional] = {
     F.batch_norm: Functional(_BN, params=_STATS_FIRST, per_channel=True),
     F.instance_norm: Functional(_IN, params=_STATS_FIRST, per_channel=True),
     F.layer_norm: Functional((nn.LayerNorm,), params=_NORM_WB, per_channel=True),
+    F.rms_norm: Functional((nn.RMSNorm,), params={"weight": (2, "weight")}, per_channel=True),
     F.group_norm: Functional((nn.GroupNorm,), params=_NORM_WB, per_channel=True),
     F.prelu: Functional((nn.PReLU,), params={"weight": (1, "weight")}, per_channel=True),
     F.embedding: Functional((nn.Embedding,), params={"weight": (1, "weight")}),
@@ -368,6 +373,8 @@ FUNCTIONAL: dict[Any, Functional] = {
     _aten.batch_norm.default: Functional(_BN, params=_WEIGHTS_FIRST, per_channel=True),
     _aten.instance_norm.default: Functional(_IN, params=_WEIGHTS_FIRST, per_channel=True),
     _aten.layer_norm.default: Functional((nn.LayerNorm,), params=_NORM_WB, per_channel=True),
+    _aten.rms_norm.default: Functional((nn.RMSNorm,), params={"weight": (2, "weight")},
+                                       per_channel=True),
     _aten.group_norm.default: Functional((nn.GroupNorm,), params=_NORM_WB, per_channel=True),
     _aten.prelu.default: Functional((nn.PReLU,), params={"weight": (1, "weight")},
                                     per_channel=True),
@@ -761,7 +768,8 @@ CALL_RULES: dict[Any, Call] = {
     F.normalize: _normalize,
     F.softmax: _along_dim, "softmax": _along_dim, F.log_softmax: _along_dim,
     "log_softmax": _along_dim, torch.softmax: _along_dim, torch.cumsum: _along_dim,
-    torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm, F.group_norm: _group_norm,
+    torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm, F.rms_norm: _layer_norm,
+    F.group_norm: _group_norm,
     "expand": _expand, "expand_as": _elementwise, "repeat": _repeat,
     "amin": _reduce, torch.amin: _reduce, "prod": _reduce, torch.prod: _reduce,
     "logsumexp": _reduce, torch.logsumexp: _reduce, "var": _var_std, torch.var: _var_std,

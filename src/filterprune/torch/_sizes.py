@@ -24,10 +24,19 @@ RESHAPES = {"view", "reshape", torch.reshape}
 """Calls whose size arguments may be tied to the axes they were read from."""
 UNPOOL_FUNCS = {F.max_unpool1d: 1, F.max_unpool2d: 2, F.max_unpool3d: 3}
 UNPOOL_MODULES = {nn.MaxUnpool1d: 1, nn.MaxUnpool2d: 2, nn.MaxUnpool3d: 3}
-_OUTPUT_SIZE = {  # a call -> (the last axes it reads of its ``output_size``, its position)
-    **{f: (k, 5) for f, k in UNPOOL_FUNCS.items()},
-    **{m: (k, 2) for m, k in UNPOOL_MODULES.items()},
-    nn.ConvTranspose1d: (1, 1), nn.ConvTranspose2d: (2, 1), nn.ConvTranspose3d: (3, 1),
+
+
+def _last(k: int):
+    return lambda ndim: tuple(range(ndim - k, ndim))
+
+
+_OUTPUT_SIZE = {  # a call -> (position, keyword of a whole size it takes, the axes it reads)
+    **{f: (5, "output_size", _last(k)) for f, k in UNPOOL_FUNCS.items()},
+    **{m: (2, "output_size", _last(k)) for m, k in UNPOOL_MODULES.items()},
+    nn.ConvTranspose1d: (1, "output_size", _last(1)),
+    nn.ConvTranspose2d: (1, "output_size", _last(2)),
+    nn.ConvTranspose3d: (1, "output_size", _last(3)),
+    F.affine_grid: (1, "size", lambda ndim: (0, *range(2, ndim))),  # all but the channels
 }
 
 
@@ -334,8 +343,9 @@ def _whole_shape_of(node: fx.Node) -> fx.Node | None:
 
 
 def _output_size_axes(user: fx.Node, size: fx.Node, ndim: int) -> tuple[int, ...] | None:
-    """The axes an unpool or a transposed conv reads of ``size`` given as its output size
-    (``unpool(x, i, output_size=skip.size())``): the last ones; else None."""
+    """The axes a call reads of ``size``, a whole shape it is given as an output size
+    (``unpool(x, i, output_size=skip.size())``: the last ones; ``affine_grid(theta,
+    x.size())``: all but the channels); else None."""
     fn = user.target
     if user.op == "call_module":
         fn = type(user.graph.owning_module.get_submodule(user.target))
@@ -343,9 +353,9 @@ def _output_size_axes(user: fx.Node, size: fx.Node, ndim: int) -> tuple[int, ...
         return None
     if fn not in _OUTPUT_SIZE:
         return None
-    axes, at = _OUTPUT_SIZE[fn]
-    given = user.args[at] if len(user.args) > at else user.kwargs.get("output_size")
-    return tuple(range(ndim - axes, ndim)) if given is size else None
+    at, key, axes = _OUTPUT_SIZE[fn]
+    given = user.args[at] if len(user.args) > at else user.kwargs.get(key)
+    return axes(ndim) if given is size else None
 
 
 def _ndim(node: Any) -> int:
