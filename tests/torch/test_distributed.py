@@ -261,3 +261,51 @@ def test_shrink_when_frozen_under_ddp_leaves_the_model_masked(tmp_path):
     assert any("DistributedDataParallel" in m for m in r0["said"])
     for k in r0["weights"]:
         torch.testing.assert_close(r0["weights"][k], r1["weights"][k], rtol=0, atol=0)
+
+
+def _accuracy_aware_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    from torch import nn
+
+    from filterprune import NNCFConfig
+    from filterprune.torch import create_accuracy_aware_training_loop, create_compressed_model
+
+    with _in_group(rank, world, port):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(1024, 4))  # fmt: skip
+        config = NNCFConfig.from_dict({
+            "input_info": {"sample_size": [1, 1, 8, 8]},
+            "compression": {"algorithm": "filter_pruning", "pruning_init": 0.1,
+                            "params": {"prune_first_conv": True, "filters_multiple_of": 1}},
+            "accuracy_aware_training": {"mode": "adaptive_compression_level", "params": {
+                "maximal_absolute_accuracy_degradation": 0.05,
+                "initial_training_phase_epochs": 1, "patience_epochs": 1,
+                "maximal_total_epochs": 6}}})  # fmt: skip
+        ctrl, model = create_compressed_model(net, config)
+        ctrl.distributed()
+        ddp = nn.parallel.DistributedDataParallel(model)
+
+        def train(ctrl, model, epoch, optimizer, lr_scheduler):
+            optimizer.zero_grad()
+            ddp(torch.randn(4, 1, 8, 8)).square().mean().backward()
+            optimizer.step()
+
+        def validate(model, epoch):  # each rank its own shard: rank 1's drops sooner
+            return 0.9 if ctrl.pruning_level <= (0.6 if rank == 0 else 0.35) else 0.5
+
+        loop = create_accuracy_aware_training_loop(config, ctrl)
+        loop.run(model, train_epoch_fn=train, validate_fn=validate,
+                 configure_optimizers_fn=lambda: (torch.optim.SGD(model.parameters(), 0.01),
+                                                  None))  # fmt: skip
+        torch.save({"best": loop.best_level, "level": ctrl.pruning_level},
+                   os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
+
+
+def test_the_accuracy_aware_loop_goes_by_rank0s_accuracy(tmp_path):
+    """A validate_fn returning each rank's own accuracy made the ranks search apart: the
+    collectives of their level changes met, and gloo aborted the job."""
+    mp.spawn(_accuracy_aware_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
+             join=True)  # fmt: skip
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert r0 == r1 and r0["best"] > 0.35

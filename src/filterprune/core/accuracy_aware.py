@@ -208,6 +208,8 @@ class AdaptiveCompressionLevelLoop:
         params: The resolved section.
         ctrl: The controller of ``create_compressed_model`` (composite or pruning).
         snapshot: ``model -> copy of its weights``; ``restore``: ``(model, copy) -> None``.
+        agree: ``accuracy -> the one every process goes by`` (under DDP: rank 0's, so the
+            ranks search alike whatever each one's ``validate_fn`` returns).
 
     Attributes:
         history: ``(epoch, level, accuracy)`` of every validation.
@@ -220,6 +222,7 @@ class AdaptiveCompressionLevelLoop:
     ctrl: Any
     snapshot: Callable[[Any], Any]
     restore: Callable[[Any, Any], None]
+    agree: Callable[[float], float] = lambda accuracy: accuracy
     history: list[tuple[int, float, float]] = field(default_factory=list)
     uncompressed_accuracy: float = float("nan")
     minimal_accuracy: float = float("nan")
@@ -236,6 +239,9 @@ class AdaptiveCompressionLevelLoop:
         self._at: _Position | None = None  # set when the search starts
         self._continued = False  # load_state() was called
         self._epoch_end: Callable[[Any], None] = lambda _loop: None
+
+    def _validate(self, model: Any) -> float:
+        return self.agree(_score(self._validate_fn(model, epoch=self.epoch)))
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, model: Any, train_epoch_fn: Callable, validate_fn: Callable,
@@ -332,7 +338,7 @@ class AdaptiveCompressionLevelLoop:
             return self.params.uncompressed_model_accuracy
         state, weights = self.ctrl.get_compression_state(), self.snapshot(model)
         self.pruning.set_pruning_level(0.0)
-        accuracy = _score(self._validate_fn(model, epoch=self.epoch))
+        accuracy = self._validate(model)
         self.ctrl.load_state(state)
         self.restore(model, weights)  # the BatchNorm statistics of these masks, not level 0's
         return accuracy
@@ -356,7 +362,7 @@ class AdaptiveCompressionLevelLoop:
         """Validate, fine-tuning up to ``patience_epochs`` while below the bound."""
         at = self._at
         while True:
-            accuracy = _score(self._validate_fn(model, epoch=self.epoch))
+            accuracy = self._validate(model)
             self.history.append((self.epoch, at.level, accuracy))
             if accuracy >= self.minimal_accuracy:
                 return True, accuracy
@@ -412,5 +418,5 @@ class AdaptiveCompressionLevelLoop:
     def _fallback(self, model: Any) -> _Best:
         """No level met the bound within the budget: the uncompressed masks."""
         self.pruning.set_pruning_level(0.0)
-        accuracy = _score(self._validate_fn(model, epoch=self.epoch))
+        accuracy = self._validate(model)
         return _Best(0.0, accuracy, self.snapshot(model), self.ctrl.get_compression_state())
