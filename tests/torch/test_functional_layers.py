@@ -407,13 +407,15 @@ class Deformable(nn.Module):
         return self.head(F.relu(self.d(y, self.off(y))))
 
 
-def test_a_deformable_convs_own_filters_are_listed_whole():
+def test_a_deformable_conv_is_cut_and_its_offsets_listed_whole():
+    """Its filters and input were held ("no channel rule for torchvision.deform_conv2d");
+    see test_deform_conv.py."""
     ctrl, _ = create_compressed_model(Deformable(), make_config((1, 3, 16, 16),
                                                                 prune_first_conv=True))
     stats = ctrl.statistics()
     whole = dict((tuple(p), r) for p, r in stats.unpruned)
-    assert whole[("d",)] == "no channel rule for torchvision.deform_conv2d"
-    assert {("c1",), ("off",)} <= whole.keys()
+    assert whole[("off",)] == "DeformConv2d: the sampling offsets and mask of a deformable conv"
+    assert not {("c1",), ("d",)} & whole.keys()
     # its weight counts once per output position, as a conv's (the offsets' sampling aside)
     assert stats.full_flops == 2 * 256 * (16 * 27 + 18 * 144 + 16 * 144 + 4 * 16)
 

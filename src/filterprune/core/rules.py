@@ -331,8 +331,13 @@ def _read_along(s: Propagation, x: np.ndarray, ndim: int, axis: int, width: int,
 
 @register_rule("conv")
 def _conv(s, node, ins):
+    """A conv (transposed too) on its first input; ``held``: why the others it reads (a
+    deformable conv's offsets) stay whole."""
     x = _tensor(s, ins[0], node)
     a = node.attrs
+    for other in ins[1:]:
+        if isinstance(other, (np.ndarray, tuple)):
+            s.block(other, f"{node.label or node.op}: {a.get('held', 'read whole')}")
     ndim, axis = len(node.shape), a.get("channel_axis", 1)
     cin, cout, groups = a["in_channels"], a["out_channels"], a.get("groups", 1)
     xin = _read_along(s, x, ndim, axis, cin, node)

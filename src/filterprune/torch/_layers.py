@@ -120,8 +120,13 @@ def functional_node(node: fx.Node, label: str, shape: Any, graph: Graph,
         learned=isinstance(weight, fx.Node) and _from_parameters(weight, resolve, modules),
         data_path=module_path(data, modules) if data is not None else None,
     )  # fmt: skip
-    return Node(node.name, parts.kind, [data.name] if data is not None else [], shape,
-                layer=parts.layer, attrs=parts.attrs, label=label)  # fmt: skip
+    inputs = [data.name] if data is not None else []
+    for where in spec.held:  # other tensors read whole: a stop's, or a conv's ``held``
+        value = arg_of(node, where)
+        if isinstance(value, fx.Node) and value.name in graph.nodes and inputs:
+            inputs.append(value.name)
+    return Node(node.name, parts.kind, inputs, shape, layer=parts.layer, attrs=parts.attrs,
+                label=label)  # fmt: skip
 
 
 def _from_parameters(value: fx.Node, resolve: Callable[[fx.Node], str],

@@ -87,6 +87,20 @@ def _conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo
     return ("conv", attrs), info
 
 
+OFFSETS = "the sampling offsets and mask of a deformable conv"
+
+
+def _deform_conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    """torchvision's DeformConv2d: a conv that reads its input at offset positions; the
+    offsets and mask it is given stay whole (core attribute ``held``)."""
+    params = _params(m, {"weight": ("out", "in", None, None), "bias": ("out",)})
+    attrs = {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups,
+             "channel_axis": 1, "positions": math.prod(out_shape[2:]), "held": OFFSETS}
+    info = LayerInfo(name, "conv", params, groups=m.groups, stride=max(m.stride),
+                     weight="weight")  # fmt: skip
+    return ("conv", attrs), info
+
+
 def _linear(m: nn.Linear, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
     params = _params(m, {"weight": ("out", "in"), "bias": ("out",)})
     attrs = {
@@ -305,12 +319,13 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
 LEAF_MODULES: tuple[type[nn.Module], ...] = ()  # traced as one call, outside torch.nn
 
 try:  # torchvision is optional
-    from torchvision.ops import FrozenBatchNorm2d
+    from torchvision.ops import DeformConv2d, FrozenBatchNorm2d
 
     MODULE_RULES[FrozenBatchNorm2d] = _frozen_batchnorm
-    LEAF_MODULES += (FrozenBatchNorm2d,)
+    MODULE_RULES[DeformConv2d] = _deform_conv
+    LEAF_MODULES += (FrozenBatchNorm2d, DeformConv2d)
 except ImportError:
-    pass
+    DeformConv2d = None
 
 
 def module_rule(module: nn.Module) -> tuple[type[nn.Module], Callable] | None:
@@ -334,12 +349,15 @@ class Functional:
             that passes it (``"weight": (1, "weight")``).
         per_channel: The layer only scales or normalises channels (BatchNorm, PReLU), so
             masks may wrap any forward of it; a conv or linear layer needs its own forward.
+        held: ``(position, keyword)`` of other tensors it reads, which stay whole (a
+            deformable conv's offsets and mask).
     """
 
     forms: tuple[type[nn.Module], ...]
     data: tuple[int, str] = (0, "input")
     params: dict[str, tuple[int, str]] = field(default_factory=dict)
     per_channel: bool = False
+    held: tuple[tuple[int, str], ...] = ()
 
 
 _WB = {"weight": (1, "weight"), "bias": (2, "bias")}
@@ -381,6 +399,10 @@ FUNCTIONAL: dict[Any, Functional] = {
     _aten.embedding.default: Functional((nn.Embedding,), data=(1, "indices"),
                                         params={"weight": (0, "weight")}),
 }  # fmt: skip
+if DeformConv2d is not None and hasattr(torch.ops.torchvision, "deform_conv2d"):
+    FUNCTIONAL[torch.ops.torchvision.deform_conv2d.default] = Functional(
+        (DeformConv2d,), params={"weight": (1, "weight"), "bias": (4, "bias")},
+        held=((2, "offset"), (3, "mask")))  # fmt: skip
 
 # -- functions and tensor methods ------------------------------------------------------------
 Call = Callable[[fx.Node, Any], Spec]

@@ -394,7 +394,8 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
         return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
     if info.params or info.kind in ("conv", "linear", "batchnorm"):
         graph.layers.setdefault(name, info)
-    read = inputs[:1 + len(attrs.get("tied", ()))]  # an unpool's indices too
+    # an unpool's indices too; every input of a layer that keeps some whole (``held``)
+    read = inputs if "held" in attrs else inputs[:1 + len(attrs.get("tied", ()))]
     return Node(node.name, kind, read, shape, layer=name, attrs=attrs, label=label)
 
 

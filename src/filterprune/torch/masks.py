@@ -15,6 +15,7 @@ exactly zero in the quantized weight.
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 
@@ -133,6 +134,15 @@ class _MaskedLinear(_MaskState):
         return F.linear(x, _m(self, "weight"), _m(self, "bias"))
 
 
+class _MaskedDeformConv(_MaskState):
+    def forward(self, input, offset, mask=None):
+        from torchvision.ops import deform_conv2d
+
+        return deform_conv2d(input, offset, _m(self, "weight"), _m(self, "bias"),
+                             stride=self.stride, padding=self.padding, dilation=self.dilation,
+                             mask=mask)  # fmt: skip
+
+
 _RUNNING = threading.local()  # per thread: id of each own-forward layer in its forward
 
 
@@ -236,6 +246,8 @@ def _masked_class(cls: type, prefix: str = "Masked") -> type:
             mixin = _MaskedConv
         elif issubclass(cls, nn.Linear):
             mixin = _MaskedLinear
+        elif is_deform_conv(cls):
+            mixin = _MaskedDeformConv
         else:
             mixin = _MaskedChannels
         attrs = {"_filterprune_base": cls, "_filterprune_prefix": prefix}
@@ -243,6 +255,12 @@ def _masked_class(cls: type, prefix: str = "Masked") -> type:
             attrs.update({n: _shadowing(n) for n in ("weight", "bias")})
         _SWAPPED[cls, prefix] = type(f"{prefix}{cls.__name__}", (mixin, cls), attrs)
     return _SWAPPED[cls, prefix]
+
+
+def is_deform_conv(cls: type) -> bool:
+    """torchvision's DeformConv2d (torchvision is optional; imported only if loaded)."""
+    ops = sys.modules.get("torchvision.ops")
+    return ops is not None and issubclass(cls, ops.DeformConv2d)
 
 
 def keeps_own_forward(cls: type) -> bool:

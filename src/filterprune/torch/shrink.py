@@ -12,6 +12,7 @@ from ..core.graph import BARE_KINDS, LayerInfo
 from ..core.weights import groups_left, slice_weight
 from ..errors import AnalysisError
 from ._ops import unflatten_free
+from .masks import is_deform_conv
 
 __all__ = ["shrink_model", "resize_to_state_dict"]
 
@@ -207,7 +208,7 @@ def _sync_attributes(module: nn.Module) -> None:
         if module.groups > 1 and module.groups == module.in_channels:
             module.groups = w.shape[0]  # depthwise: one group per remaining channel
         module.in_channels, module.out_channels = w.shape[0], w.shape[1] * module.groups
-    elif isinstance(module, nn.modules.conv._ConvNd):
+    elif isinstance(module, nn.modules.conv._ConvNd) or is_deform_conv(type(module)):
         w = module.weight
         if module.groups > 1 and module.groups == module.in_channels and w.shape[1] == 1:
             mult = module.out_channels // module.in_channels

@@ -1,0 +1,58 @@
+"""torchvision's DeformConv2d (DCNv1 and v2, as detection heads and backbones use it): a
+conv whose input and filters are cut as any conv's; the offsets and mask it reads stay
+whole. Under torch.fx it is traced as one call; under torch.export it is the
+``torchvision::deform_conv2d`` op."""
+
+import pytest
+import torch
+from torch import nn
+from torch_helpers import assert_strip_equal, make_config, run_onnx
+
+from filterprune.testing.zoo import nondegenerate
+from filterprune.torch import create_compressed_model
+
+DeformConv2d = pytest.importorskip("torchvision.ops").DeformConv2d
+
+
+class Deformable(nn.Module):
+    def __init__(self, modulated, export):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.offset = nn.Conv2d(16, 27 if modulated else 18, 3, padding=1)
+        self.dcn, self.bn = DeformConv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.head, self.modulated, self.export = nn.Conv2d(32, 4, 1), modulated, export
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.export:  # torch.fx cannot iterate a chunk: torch.export captures
+            y = list(y.chunk(1, 1))[0]
+        o = self.offset(y)
+        if self.modulated:
+            y = self.dcn(y, o[:, :18], torch.sigmoid(o[:, 18:]))
+        else:
+            y = self.dcn(y, o)
+        return self.head(torch.relu(self.bn(y)))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("modulated", [False, True], ids=["v1", "v2"])
+def test_a_deformable_conv_is_cut_and_its_offsets_stay_whole(modulated, export, tmp_path):
+    """It was held with everything it reads ("no channel rule for
+    torchvision.deform_conv2d"); the model stayed uncompressed."""
+    torch.manual_seed(0)
+    model = nondegenerate(Deformable(modulated, export))
+    ctrl, model = create_compressed_model(model, make_config(
+        (1, 3, 12, 12), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    assert ctrl.captured.extra["capture"] == ("torch.export" if export else "torch.fx")
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 12, 12), tol=1e-5)
+    assert small.a[0].out_channels == small.dcn.in_channels == 8
+    assert small.dcn.out_channels == 16 and small.offset.out_channels == (27 if modulated else 18)
+    stats = ctrl.statistics()
+    convs = 8 * 3 + (27 if modulated else 18) * 8 + 16 * 8  # the kept 3x3 weights / 9
+    assert stats.current_flops == 2 * 144 * (9 * convs + 4 * 16)
+    path = tmp_path / "m.onnx"
+    ctrl.export_model(str(path))
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(run_onnx(path, x)[1][0]), model(x),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
