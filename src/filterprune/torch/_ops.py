@@ -87,7 +87,7 @@ def _conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo
     return ("conv", attrs), info
 
 
-OFFSETS = "the sampling offsets and mask of a deformable conv"
+_OFFSETS = "the sampling offsets and mask of a deformable conv"
 
 
 def _deform_conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
@@ -95,7 +95,7 @@ def _deform_conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, La
     offsets and mask it is given stay whole (core attribute ``held``)."""
     params = _params(m, {"weight": ("out", "in", None, None), "bias": ("out",)})
     attrs = {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups,
-             "channel_axis": 1, "positions": math.prod(out_shape[2:]), "held": OFFSETS}
+             "channel_axis": 1, "positions": math.prod(out_shape[2:]), "held": _OFFSETS}
     info = LayerInfo(name, "conv", params, groups=m.groups, stride=max(m.stride),
                      weight="weight")  # fmt: skip
     return ("conv", attrs), info
@@ -723,7 +723,6 @@ _SPATIAL_FUNCS = {
     F.adaptive_max_pool1d_with_indices: 1, F.adaptive_max_pool2d_with_indices: 2,
     F.adaptive_max_pool3d_with_indices: 3,
 }  # fmt: skip
-
 
 
 def _spatial(axes: int | None) -> Call:
