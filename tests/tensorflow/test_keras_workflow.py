@@ -175,3 +175,51 @@ def test_an_already_masked_model_can_be_compressed_again(resnet, images):
     assert ctrl2.plan.to_dict(ctrl2.analysis) == ctrl.plan.to_dict(ctrl.analysis)
     assert ctrl2.statistics().unpruned == ctrl.statistics().unpruned
     assert_strip_equal(ctrl2, model2, images)
+
+
+def test_masked_layers_keep_their_own_call_signatures(resnet, images):
+    """Every masked class reported the call signature of the last one swapped, so
+    keras.models.clone_model failed ("unexpected keyword argument 'mask'")."""
+    import inspect
+
+    ctrl, model = create_compressed_model(resnet, make_config())
+    for layer in model.layers:
+        base = getattr(type(layer), "_filterprune_base", None)
+        if base is not None:
+            assert inspect.signature(type(layer).call) == inspect.signature(base.call)
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    assert clone(images).shape == model(images).shape
+
+
+def _fit(model, ctrl, optimizer, epochs=2, initial_epoch=0):
+    model.compile(optimizer=optimizer, loss="mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 32, 32, 3)), rng.normal(size=(16, 10))
+    model.fit(x, y, batch_size=8, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
+              callbacks=create_compression_callbacks(ctrl))  # fmt: skip
+    return model
+
+
+def test_adafactor_at_its_default_epsilon_is_said_to_make_pruned_weights_nan(resnet, caplog):
+    """Its second moment of a kernel entry between two pruned channels rounds to 0: every
+    weight of those layers was NaN after the first epoch, the loss printed as usual."""
+    caplog.set_level("WARNING", logger="filterprune")
+    ctrl, model = create_compressed_model(resnet, make_config(pruning_init=0.5))
+    _fit(model, ctrl, keras.optimizers.Adafactor(learning_rate=0.1))
+    assert "epsilon_1=1e-30 makes a pruned layer's weights NaN" in caplog.text
+    assert not all(np.isfinite(w).all() for w in model.get_weights())
+    caplog.clear()
+    keras.utils.set_random_seed(0)
+    ctrl, model = create_compressed_model(small_resnet(), make_config(pruning_init=0.5))
+    _fit(model, ctrl, keras.optimizers.Adafactor(learning_rate=0.1, epsilon_1=1e-15))
+    assert "NaN" not in caplog.text and all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_fit_from_a_later_epoch_with_a_fresh_schedule_is_said(resnet, caplog):
+    """keras.callbacks.BackupAndRestore restores the weights and the epoch, not the
+    compression state: past the freeze the masks were chosen anew (6.5e-2 off)."""
+    caplog.set_level("WARNING", logger="filterprune")
+    ctrl, model = create_compressed_model(resnet, make_config(pruning_init=0.1))
+    _fit(model, ctrl, keras.optimizers.SGD(0.01), epochs=4, initial_epoch=3)
+    assert "fit starts at epoch 3 but the compression schedule is at epoch 0" in caplog.text

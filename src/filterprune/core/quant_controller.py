@@ -52,6 +52,7 @@ class QuantizationControllerBase(CompressionController):
     """
 
     name = "quantization"
+    first_batch_ranges = True  # ``num_init_samples: 0`` takes activation ranges from it
 
     def __init__(self, params: Any, graph: Graph) -> None:
         self.params = params
@@ -94,7 +95,8 @@ class QuantizationControllerBase(CompressionController):
             ConfigError: If ``num_init_samples`` asks for data and ``data`` is None.
         """
         if data is None and params.num_init_samples > 0:
-            raise missing_data_error(params.num_init_samples, params.key("num_init_samples", where))
+            raise missing_data_error(params.num_init_samples, params.key("num_init_samples", where),
+                                     cls.first_batch_ranges)  # fmt: skip
 
     def check_init_data(self, data: Any) -> bool:
         """Whether activation ranges are to be collected from ``data`` now.
@@ -109,7 +111,7 @@ class QuantizationControllerBase(CompressionController):
         if n == 0 or not self.activation_specs:
             return False
         if data is None:
-            raise missing_data_error(n)
+            raise missing_data_error(n, first_batch=self.first_batch_ranges)
         return True
 
     def range_collector(self, spec: QuantizerSpec) -> RangeCollector:
@@ -285,13 +287,15 @@ def _inferred_differences(spec: QuantizerSpec, saved: dict[str, Any]) -> list[tu
     return out
 
 
-def missing_data_error(num_init_samples: int,
-                       key: str = "initializer.range.num_init_samples") -> ConfigError:  # fmt: skip
-    """The error for activation ranges that need data when none is registered."""
+def missing_data_error(num_init_samples: int, key: str = "initializer.range.num_init_samples",
+                       first_batch: bool = True) -> ConfigError:  # fmt: skip
+    """The error for activation ranges that need data when none is registered
+    (``first_batch``: the frontend can take them from the first training batch instead)."""
+    other = ", or set num_init_samples to 0 to take them from the first batch the model " \
+        "sees" if first_batch else " (the Keras frontend takes them from that data only)"
     return ConfigError(
-        f"`{key}` must be 0 when no data is registered: "
-        "activation ranges are computed from data. Call "
-        "register_default_init_args(config, train_loader) before "
-        "create_compressed_model, or set num_init_samples to 0 to take them from the "
-        f"first batch the model sees. Received: num_init_samples={num_init_samples}, no data."
+        f"`{key}` asks for {num_init_samples} samples and no data is registered: activation "
+        "ranges are computed from data. Call register_default_init_args(config, "
+        f"train_loader) before create_compressed_model{other}. "
+        f"Received: num_init_samples={num_init_samples}, no data."
     )

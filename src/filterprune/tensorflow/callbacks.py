@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import keras
@@ -24,6 +25,8 @@ __all__ = [
     "TFCompressionStateLoader",
     "create_compression_callbacks",
 ]
+
+log = logging.getLogger("filterprune")
 
 
 class CompressionCallback(keras.callbacks.Callback):
@@ -49,10 +52,27 @@ class CompressionCallback(keras.callbacks.Callback):
         self.ctrl = ctrl
         self.log_dir = log_dir
         self._writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
+        self._said_jump = self._said_optimizer = False
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if _pruning(self.ctrl) is not None and not self._said_optimizer:
+            self._said_optimizer = _check_optimizer(getattr(self.model, "optimizer", None))
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         scheduler = self.ctrl.scheduler
-        epoch = max(int(epoch), scheduler.current_epoch + 1)
+        expected = scheduler.current_epoch + 1
+        if int(epoch) > expected and not self._said_jump:
+            # a fresh controller asked for a later epoch: fit(initial_epoch=...) or Keras'
+            # BackupAndRestore, which restores weights and epoch but not the compression state
+            self._said_jump = True
+            log.warning(
+                "fit starts at epoch %d but the compression schedule is at epoch %d: the "
+                "masks are chosen now from the current weights, not restored from the run "
+                "being continued (past the freeze epoch they will differ). Resume with the "
+                "compression state (TFCompressionState / create_compressed_model(..., "
+                "compression_state=...)); keras.callbacks.BackupAndRestore does not save it.",
+                int(epoch), expected)
+        epoch = max(int(epoch), expected)
         scheduler.epoch_step(epoch)
         if self._writer is not None:
             self._log(epoch)
@@ -81,6 +101,20 @@ class CompressionCallback(keras.callbacks.Callback):
             tf.summary.write("compression/statistics", tf.constant(f"```\n{stats}\n```"),
                              metadata=_metadata("text", summary_pb2.DATA_CLASS_TENSOR))
         self._writer.flush()
+
+
+def _check_optimizer(optimizer: Any) -> bool:
+    """Say (and return whether) Keras's Adafactor will turn the pruned layers' weights into
+    NaN: a kernel entry both of whose channels are pruned has zero gradient on its row and
+    column, and at the default ``epsilon_1`` its factored second moment rounds to 0 (0/0)."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+    if not isinstance(optimizer, keras.optimizers.Adafactor) or optimizer.epsilon_1 >= 1e-20:
+        return False
+    log.warning(
+        "Adafactor with epsilon_1=%g makes a pruned layer's weights NaN (a kernel entry "
+        "between two pruned channels has zero gradient, and its second moment rounds to "
+        "0). Pass keras.optimizers.Adafactor(epsilon_1=1e-15).", optimizer.epsilon_1)
+    return True
 
 
 def _pruning(ctrl: Any) -> Any:

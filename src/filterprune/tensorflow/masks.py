@@ -140,7 +140,12 @@ def transform_inputs(table: Mapping[int, Any], args: tuple, kwargs: dict) -> tup
 
 def _masked_class(cls: type) -> type:
     if cls not in _SWAPPED:
-        call = functools.wraps(cls.call)(_masked_call)  # keeps the signature Keras inspects
+        def call(self, *args: Any, **kwargs: Any) -> Any:
+            return _masked_call(self, *args, **kwargs)
+
+        # a function of its own per class: functools.wraps mutates its argument, and on the
+        # shared _masked_call every class reported the last swapped class's signature
+        call = functools.wraps(cls.call)(call)  # keeps the signature Keras inspects
         _SWAPPED[cls] = type(cls.__name__, (cls,), {
             "call": call, "_filterprune_base": cls, "__module__": cls.__module__,
             "__qualname__": f"Masked{cls.__qualname__}",

@@ -120,6 +120,8 @@ class QuantizationController(QuantizationControllerBase):
         quantizers: Key (``weight:<layer>``, ``activation:<node>``) -> quantizer.
     """
 
+    first_batch_ranges = False  # a traced fit step cannot set them
+
     def __init__(self, model: Any, params: Any, captured: Capture, frontend: Any) -> None:
         super().__init__(params, captured.graph)
         self.model = model
