@@ -101,13 +101,32 @@ def test_a_group_count_fixed_in_code_or_one_group_keeps_the_channels(build):
     assert small.c1.out_channels == 32
 
 
-def test_the_torch_export_capture_cuts_groups_alike(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise capture_module._TraceError("torch.fx refused")
+def _refuse_fx(*args, **kwargs):
+    raise capture_module._TraceError("torch.fx refused")
 
-    monkeypatch.setattr(capture_module, "capture_fx", refuse)
+
+def test_the_torch_export_capture_cuts_groups_alike(monkeypatch):
+    monkeypatch.setattr(capture_module, "capture_fx", _refuse_fx)
     small, _ = prune(Net(), filters_multiple_of=1)
     assert (small.g1.num_groups, small.g1.num_channels) == (2, 16)
+
+
+def test_an_instance_norm_without_parameters_is_given_its_new_width(monkeypatch):
+    """torch.export records its call without the module's parameters: the stripped module
+    kept num_features=16, and torch warned at every forward."""
+
+    class Instance(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.n1 = nn.Conv2d(3, 16, 3, padding=1), nn.InstanceNorm2d(16)
+            self.head = nn.Conv2d(16, 5, 1)
+
+        def forward(self, x):
+            return self.head(F.relu(self.n1(self.c1(x))))
+
+    monkeypatch.setattr(capture_module, "capture_fx", _refuse_fx)
+    small, _ = prune(Instance(), filters_multiple_of=1)
+    assert small.c1.out_channels == small.n1.num_features == 8
 
 
 class DropsAfter(nn.GroupNorm):

@@ -73,6 +73,9 @@ APART = {
     # attentive statistics pooling: a mean repeated along time by a length read in forward
     "repeat by a size read in forward": lambda y: y + y.mean(2, keepdim=True).repeat(
         1, 1, y.shape[2], 1) * y.tile((1, 1, 1, y.size(3) // 16)),
+    # a time stretch (WaveRNN's Stretch2d): held before, as a call without a rule
+    "repeat_interleave along the width": lambda y: y.repeat_interleave(2, dim=-1)
+    + y.repeat_interleave(1, 2).repeat(1, 1, 1, 2),
     # statistics over the height and width: held before, its weight counted as a matrix
     "RMSNorm over space": nn.RMSNorm([16, 16]),
     "rms_norm over space": lambda y: F.rms_norm(y, (16, 16)),
@@ -100,6 +103,7 @@ ACROSS = {
     "topk over the channels": lambda y: torch.cat([y.topk(8, 1)[0], y[:, 8:]], 1),
     "Softmin module over the channels": nn.Softmin(1),
     "RMSNorm over the channels": lambda y: _channels_last(y, nn.RMSNorm(16)),
+    "repeat_interleave over the channels": lambda y: y.repeat_interleave(2, dim=1)[:, 1::2],
     # torch's implicit dim of a 4-d tensor is 1 (it was read as the last)
     "Softmax module without a dim": nn.Softmax(),
     "LogSoftmax module without a dim": nn.LogSoftmax(),

@@ -166,6 +166,14 @@ def _repeat(node: fx.Node, shape) -> Spec:
     return "tile", {"reps": list(named_args(node)["repeats"])}
 
 
+def _repeat_interleave(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    repeats, dim = args.get("repeats"), args.get("dim")
+    if not isinstance(repeats, int) or dim is None:
+        return "stop", {"reason": "repeat_interleave by a tensor or of the flattened tensor"}
+    return ("identity", {}) if repeats == 1 else ("along", {"dims": [_dim(dim, len(shape))]})
+
+
 def _slice(node: fx.Node, shape) -> Spec:
     args = named_args(node)
     dim = _dim(args.get("dim", 0), len(shape))
@@ -381,6 +389,7 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
           "replication_pad2d.default"), _pad),
     (_ops("expand.default"), _expand),
     (_ops("repeat.default"), _repeat),
+    (_ops("repeat_interleave.self_int"), _repeat_interleave),
     (_ops("slice.Tensor", "narrow.default"), _slice),
     (_ops("select.int"), _select),
     (_ops("layer_norm.default", "rms_norm.default"), _layer_norm),

@@ -279,10 +279,16 @@ def _built(build: Callable, module: nn.Module, owner: str, in_shape: Any, out_sh
 
 
 def _own_norm(spec: Functional, context: str | None, modules: dict[str, nn.Module]) -> bool:
-    """Whether a call without parameters is the forward of a GroupNorm without affine
-    parameters (torch.export records it so): that module is the layer, its count cut."""
+    """Whether a call without parameters is the forward of a GroupNorm or InstanceNorm
+    without affine parameters (torch.export records it so): that module is the layer, its
+    count cut."""
     module = modules.get(context or "")
-    return nn.GroupNorm in spec.forms and isinstance(module, nn.GroupNorm)
+    if nn.GroupNorm in spec.forms and isinstance(module, nn.GroupNorm):
+        return True
+    # an InstanceNorm without affine parameters or running statistics: its num_features
+    # follows the cut (else the stripped module keeps the dense count, and torch warns)
+    return nn.InstanceNorm2d in spec.forms and isinstance(
+        module, nn.modules.instancenorm._InstanceNorm)  # fmt: skip
 
 
 def _same_forward(module: nn.Module, cls: type[nn.Module], in_shape: Any,

@@ -610,6 +610,15 @@ def _along_dim(node: fx.Node, shapes) -> Spec:
     return "along", {"dims": [int(dim)]}
 
 
+def _repeat_interleave(node: fx.Node, shapes) -> Spec:
+    """Each entry repeated ``repeats`` times along ``dim``: channels stay apart along any
+    other axis; once each (``repeats`` 1, WaveRNN's Stretch2d) it is the identity."""
+    repeats, dim = _arg(node, 1, "repeats"), _arg(node, 2, "dim")
+    if not isinstance(repeats, int) or dim is None:
+        return "stop", {"reason": "repeat_interleave by a tensor or of the flattened tensor"}
+    return ("identity", {}) if repeats == 1 else ("along", {"dims": [int(dim)]})
+
+
 def _normalize(node: fx.Node, shapes) -> Spec:
     """The p-norm along ``dim`` spans it: a pruned channel there need not reach it as zero
     (a sigmoid or an added constant on the way), and the stripped model's norm omits it."""
@@ -801,6 +810,7 @@ CALL_RULES: dict[Any, Call] = {
     "swapaxes": _transpose, torch.swapaxes: _transpose, "swapdims": _transpose,
     torch.swapdims: _transpose, "t": _t, torch.t: _t, "narrow": _narrow, torch.narrow: _narrow,
     "tile": _tile, torch.tile: _tile,
+    "repeat_interleave": _repeat_interleave, torch.repeat_interleave: _repeat_interleave,
     **{f: _clamp for f in (torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, "clamp",
                            "clamp_", "clip", "clip_", "clamp_min", "clamp_max", torch.clamp_,
                            torch.clip_)},
