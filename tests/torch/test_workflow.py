@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch_helpers import SmallNet, assert_strip_equal, make_config
 
-from filterprune import ConfigError
+from filterprune import ConfigError, NNCFConfig
 from filterprune.errors import AnalysisError
 from filterprune.torch import CompressionStage, create_compressed_model, resize_to_state_dict
 
@@ -322,6 +322,26 @@ def test_a_sample_size_the_model_refuses_prints_no_traceback(capfd):
     assert "Traceback" not in captured.err + captured.out
 
 
+def test_a_sample_the_model_refuses_for_its_values_is_named_with_its_filler():
+    """It said "failed on a zero input" of an input of ones, and to change its size."""
+
+    class Lengths(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(1, 4, 3)
+
+        def forward(self, x):
+            if bool((x > 0.5).any()):
+                raise ValueError("a length longer than the sequence")
+            return self.conv(x)
+
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 8], "filler": "ones"},
+                                   "compression": {"algorithm": "filter_pruning"}})  # fmt: skip
+    with pytest.raises(AnalysisError, match=r"failed on an input of ones of shape \[\(1, 1, 8\)\]"
+                       r".*`filler`.*wrapper"):  # fmt: skip
+        create_compressed_model(Lengths(), config)
+
+
 def test_ignored_scope_on_a_layer_without_filters_warns(small_net, caplog):
     caplog.set_level("WARNING", logger="filterprune")  # a CLI test may raise it
     config = make_config(prune_first_conv=True, extra={"ignored_scopes": ["{re}.*bn.*"]})
@@ -441,7 +461,6 @@ def test_resizing_a_parametrized_model_says_to_remove_its_parametrizations(small
 def test_entries_asking_for_different_bn_adaptation_counts_are_told(caplog):
     """A 0 in the pruning entry alone was silently overridden by the quantization
     entry's default 2000."""
-    from filterprune import NNCFConfig
 
     caplog.set_level("WARNING", logger="filterprune")
     none = {"batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}

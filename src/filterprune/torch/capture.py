@@ -108,11 +108,9 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 ShapeProp(gm).propagate(*example)
         except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
-            shapes = [tuple(t.shape) for t in example]
             raise _TraceError(
-                f"{type(model).__name__} failed on a zero input of shape {shapes} "
-                f"(from `input_info.sample_size`): {err.__cause__ or err}. Give a sample_size "
-                "the model accepts."
+                f"{type(model).__name__} failed on {_sample_words(example)}: "
+                f"{err.__cause__ or err}. {_SAMPLE_FIX}"
             ) from err
     finally:
         model.train(was_training)
@@ -197,6 +195,22 @@ def _first_line(err: Exception) -> str:
     return str(err).split(". Make the forward")[0].splitlines()[0][:200]
 
 
+_SAMPLE_FIX = ("Give a sample_size and `filler` the model accepts; an input it reads as "
+               "numbers (sequence lengths) is best made in a wrapper's forward.")
+
+
+def _sample_words(example: tuple[Any, ...]) -> str:
+    """``a zero input of shape [(1, 3, 8, 8)] (from `input_info`)``: what the model was given."""
+    tensors = [t for t in example if torch.is_tensor(t)]
+    if tensors and not any(bool(t.any()) for t in tensors):
+        kind = "a zero input"
+    elif tensors and all(bool((t == 1).all()) for t in tensors):
+        kind = "an input of ones"
+    else:
+        kind = "the sample input"
+    return f"{kind} of shape {[tuple(t.shape) for t in tensors]} (from `input_info`)"
+
+
 def _check_runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> None:
     """Refuse an input the model itself fails on, before trying another capture."""
     was_training = model.training
@@ -205,18 +219,15 @@ def _check_runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> None:
         with torch.no_grad():
             model(*example)
     except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
-        shapes = [tuple(t.shape) for t in example]
         given = {t.dtype for t in example if torch.is_tensor(t) and t.is_floating_point()}
         own = {p.dtype for p in model.parameters() if p.is_floating_point()}
-        fix = "Give a sample_size the model accepts."
+        fix = _SAMPLE_FIX
         if given and own and not given & own:  # a float64 or bfloat16 model, float32 input
             kind = str(sorted(own, key=str)[0]).removeprefix("torch.")
             fix = (f"The model's parameters are {kind}: set `input_info.type` to {kind!r} "
                    "(or give a sample_size the model accepts).")
         raise AnalysisError(
-            f"{type(model).__name__} failed on a zero input of shape {shapes} (from "
-            f"`input_info.sample_size`): {err}. {fix}"
-        ) from err
+            f"{type(model).__name__} failed on {_sample_words(example)}: {err}. {fix}") from err
     finally:
         model.train(was_training)
 
