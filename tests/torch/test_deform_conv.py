@@ -56,3 +56,32 @@ def test_a_deformable_conv_is_cut_and_its_offsets_stay_whole(modulated, export, 
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(run_onnx(path, x)[1][0]), model(x),
                                    rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+class OffsetGroups(nn.Module):
+    """Two offset groups, each for a block of 8 input channels (its offsets from x)."""
+
+    def __init__(self, export):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.offset = nn.Conv2d(3, 2 * 18, 3, padding=1)
+        self.dcn, self.head = DeformConv2d(16, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.export = export
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.export:
+            y = list(y.chunk(1, 1))[0]
+        return self.head(self.dcn(y, self.offset(x) * 3))
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+def test_each_offset_group_keeps_as_many_input_channels(export):
+    """Cut 5 and 7, a kept channel of the second block was sampled at the first group's
+    offsets after strip: 0.31 relative off the masked model, nothing said."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(OffsetGroups(export)), make_config(
+        (1, 3, 12, 12), pruning_init=0.3, prune_first_conv=True, filters_multiple_of=1))
+    kept = ctrl.keeps()["dcn"]["in"]
+    assert kept[:8].sum() == kept[8:].sum() < 8
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 12, 12), tol=1e-5)

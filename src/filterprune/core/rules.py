@@ -332,7 +332,9 @@ def _read_along(s: Propagation, x: np.ndarray, ndim: int, axis: int, width: int,
 @register_rule("conv")
 def _conv(s, node, ins):
     """A conv (transposed too) on its first input; ``held``: why the others it reads (a
-    deformable conv's offsets) stay whole."""
+    deformable conv's offsets) stay whole. ``offset_block``: the offset channels per offset
+    group, each group for a block of consecutive input channels: the blocks keep equal
+    counts, as a grouped conv's."""
     x = _tensor(s, ins[0], node)
     a = node.attrs
     for other in ins[1:]:
@@ -341,6 +343,10 @@ def _conv(s, node, ins):
     ndim, axis = len(node.shape), a.get("channel_axis", 1)
     cin, cout, groups = a["in_channels"], a["out_channels"], a.get("groups", 1)
     xin = _read_along(s, x, ndim, axis, cin, node)
+    if "offset_block" in a and len(ins) > 1:
+        offset_groups = _shape(s, node, 1)[axis] // int(a["offset_block"])
+        if offset_groups > 1:
+            s.require_equal_blocks(xin.reshape(offset_groups, -1))
     layer = node.layer
     s.use(layer, "in", xin, node.name)
     if groups == 1:

@@ -92,10 +92,12 @@ _OFFSETS = "the sampling offsets and mask of a deformable conv"
 
 def _deform_conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
     """torchvision's DeformConv2d: a conv that reads its input at offset positions; the
-    offsets and mask it is given stay whole (core attribute ``held``)."""
+    offsets and mask it is given stay whole (core attribute ``held``). Its offsets come in
+    groups of ``offset_block`` channels, one per block of consecutive input channels."""
     params = _params(m, {"weight": ("out", "in", None, None), "bias": ("out",)})
     attrs = {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups,
-             "channel_axis": 1, "positions": math.prod(out_shape[2:]), "held": _OFFSETS}
+             "channel_axis": 1, "positions": math.prod(out_shape[2:]), "held": _OFFSETS,
+             "offset_block": 2 * math.prod(m.kernel_size)}  # fmt: skip
     info = LayerInfo(name, "conv", params, groups=m.groups, stride=max(m.stride),
                      weight="weight")  # fmt: skip
     return ("conv", attrs), info
