@@ -208,8 +208,9 @@ class AdaptiveCompressionLevelLoop:
         params: The resolved section.
         ctrl: The controller of ``create_compressed_model`` (composite or pruning).
         snapshot: ``model -> copy of its weights``; ``restore``: ``(model, copy) -> None``.
-        agree: ``accuracy -> the one every process goes by`` (under DDP: rank 0's, so the
-            ranks search alike whatever each one's ``validate_fn`` returns).
+        agree: ``(pruning controller, accuracy) -> the accuracy every process goes by``
+            (under DDP: rank 0's, so the ranks search alike whatever each one's
+            ``validate_fn`` returns).
 
     Attributes:
         history: ``(epoch, level, accuracy)`` of every validation.
@@ -222,7 +223,7 @@ class AdaptiveCompressionLevelLoop:
     ctrl: Any
     snapshot: Callable[[Any], Any]
     restore: Callable[[Any, Any], None]
-    agree: Callable[[float], float] = lambda accuracy: accuracy
+    agree: Callable[[Any, float], float] = lambda pruning, accuracy: accuracy
     history: list[tuple[int, float, float]] = field(default_factory=list)
     uncompressed_accuracy: float = float("nan")
     minimal_accuracy: float = float("nan")
@@ -241,7 +242,7 @@ class AdaptiveCompressionLevelLoop:
         self._epoch_end: Callable[[Any], None] = lambda _loop: None
 
     def _validate(self, model: Any) -> float:
-        return self.agree(_score(self._validate_fn(model, epoch=self.epoch)))
+        return self.agree(self.pruning, _score(self._validate_fn(model, epoch=self.epoch)))
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, model: Any, train_epoch_fn: Callable, validate_fn: Callable,

@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -43,16 +42,13 @@ def create_accuracy_aware_training_loop(config: Any, ctrl: Any) -> AdaptiveCompr
         ConfigError: If the section is missing or invalid, or ``ctrl`` runs no pruning.
     """
     params = AccuracyAwareParams.from_config(config)
-    return AdaptiveCompressionLevelLoop(params, ctrl, _snapshot, _restore,
-                                        functools.partial(_rank0s, ctrl))  # fmt: skip
+    return AdaptiveCompressionLevelLoop(params, ctrl, _snapshot, _restore, _rank0s)
 
 
-def _rank0s(ctrl: Any, accuracy: float) -> float:
+def _rank0s(pruning: Any, accuracy: float) -> float:
     """Rank 0's accuracy under DDP (``distributed()``): a rank that validated on its own
     share of the data would otherwise search apart, and the collectives of the level
     changes would meet other ranks' (gloo aborts the job)."""
-    pruning = next((c for c in getattr(ctrl, "child_ctrls", [ctrl])
-                    if c.name == "filter_pruning"), ctrl)  # fmt: skip
     if not pruning._ddp():
         return accuracy
     box = [accuracy]

@@ -304,7 +304,7 @@ def _size_attrs(node: Node, ties: list[tuple[int, fx.Node, int]], free: set[int]
 
 
 _TUPLE_FIELDS = {"values": 0, "indices": 1}  # of max/min/sort/topk results
-_NEW_FILLED = ("new_zeros", "new_ones", "new_full", "new_empty")
+NEW_FILLED = ("new_zeros", "new_ones", "new_full", "new_empty")  # x gives dtype, device
 
 
 def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
@@ -357,7 +357,7 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return _functional(node, label, shape, modules, graph, tensors)
     if node.target is getattr and node.args[1] in ("real", "imag"):  # of a complex tensor
         return Node(node.name, "identity", inputs[:1], shape, label=f"getattr {node.args[1]}")
-    if node.op == "call_method" and node.target in _NEW_FILLED:
+    if node.op == "call_method" and node.target in NEW_FILLED:
         # ``x.new_zeros(n, 24)``: x gives its dtype and device only (sizes read from it
         # are size nodes of their own); a tensor made in forward, as torch.export sees it
         return Node(node.name, "param", shape=shape,

@@ -33,7 +33,14 @@ from ._aten import aten_rule
 from ._copy import computed_weights
 from ._layers import COMPUTED, arg_of, functional_node, module_path, split_sizes
 from ._ops import FUNCTIONAL
-from .capture import add_unseen_params, count_rows, no_rule_stop, recurrent_node, say_never_run
+from .capture import (
+    NEW_FILLED,
+    add_unseen_params,
+    count_rows,
+    no_rule_stop,
+    recurrent_node,
+    say_never_run,
+)
 
 __all__ = ["capture_export", "export_program"]
 
@@ -43,8 +50,7 @@ _RECURRENT = tuple(getattr(torch.ops.aten, n) for n in (
     "rnn_relu_cell"))  # fmt: skip
 # tensors made in forward with one value everywhere: cut with what is written into them;
 # ``x.new_zeros(...)`` reads only the dtype and device of x
-_NEW_FILLS = tuple(getattr(torch.ops.aten, name).default
-                   for name in ("new_zeros", "new_ones", "new_empty", "new_full"))
+_NEW_FILLS = tuple(getattr(torch.ops.aten, name).default for name in NEW_FILLED)
 _FILLS = tuple(getattr(getattr(torch.ops.aten, name), overload)
                for name, overload in (("zeros", "default"), ("ones", "default"),
                                       ("empty", "memory_format"), ("full", "default"))) \

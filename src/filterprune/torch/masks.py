@@ -15,7 +15,6 @@ exactly zero in the quantized weight.
 
 from __future__ import annotations
 
-import sys
 import threading
 import warnings
 
@@ -26,6 +25,11 @@ from torch import nn
 
 from ..core.weights import weight_mask
 from ..errors import ConfigError
+
+try:  # torchvision is optional
+    from torchvision.ops import DeformConv2d, deform_conv2d
+except ImportError:
+    DeformConv2d = deform_conv2d = None
 
 __all__ = ["apply_masks", "remove_masks", "is_masked", "add_weight_quantizer", "masked_param",
            "quantized_class", "keeps_own_forward", "pruned_statistics", "restore_pruned_statistics"]
@@ -136,8 +140,6 @@ class _MaskedLinear(_MaskState):
 
 class _MaskedDeformConv(_MaskState):
     def forward(self, input, offset, mask=None):
-        from torchvision.ops import deform_conv2d
-
         return deform_conv2d(input, offset, _m(self, "weight"), _m(self, "bias"),
                              stride=self.stride, padding=self.padding, dilation=self.dilation,
                              mask=mask)  # fmt: skip
@@ -258,9 +260,8 @@ def _masked_class(cls: type, prefix: str = "Masked") -> type:
 
 
 def is_deform_conv(cls: type) -> bool:
-    """torchvision's DeformConv2d (torchvision is optional; imported only if loaded)."""
-    ops = sys.modules.get("torchvision.ops")
-    return ops is not None and issubclass(cls, ops.DeformConv2d)
+    """torchvision's DeformConv2d (torchvision is optional)."""
+    return DeformConv2d is not None and issubclass(cls, DeformConv2d)
 
 
 def keeps_own_forward(cls: type) -> bool:
