@@ -35,6 +35,7 @@ from ._copy import NORM_HOOKS, computed_weights
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
+from ._transformer import TRACED_THROUGH, tracing_layers
 
 __all__ = ["capture", "capture_fx"]
 
@@ -75,10 +76,17 @@ def _operands(node: fx.Node) -> list[fx.Node]:
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, with the layers of other packages that have a rule as leaves."""
+    """torch.fx's tracer, with the layers of other packages that have a rule as leaves,
+    and torch.nn's transformer layers read through (:mod:`._transformer`)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if type(m) in TRACED_THROUGH:
+            return False
         return type(m) in LEAF_MODULES or super().is_leaf_module(m, module_qualified_name)
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        with tracing_layers():
+            return super().trace(root, concrete_args)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         """A layer made in forward (``nn.AvgPool2d(1, 2)(x)``) is no submodule; without

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..core.weights import weight_mask
 from ..errors import ConfigError
+from ._transformer import guard_fast_paths
 
 try:  # torchvision is optional
     from torchvision.ops import DeformConv2d, deform_conv2d
@@ -316,6 +317,7 @@ def apply_masks(model: nn.Module, layer_keeps: dict, layer_infos: dict, bn: bool
         for pname, (shape, roles) in info.params.items():
             mask = weight_mask(shape, roles, keep, info.groups)
             _set_buffer(module, f"{pname}_mask", mask)
+    guard_fast_paths(model, is_masked)
 
 
 def _set_buffer(module: nn.Module, name: str, value: np.ndarray | None) -> None:
@@ -352,6 +354,7 @@ def remove_masks(model: nn.Module, bake: bool) -> None:
         # a layer whose weight is quantized keeps the forward that applies the quantizer
         base = type(module)._filterprune_base
         module.__class__ = quantized_class(module) if _has_quantizer(module) else base
+    guard_fast_paths(model, is_masked)
 
 
 def _shared_parameters(model: nn.Module) -> set[int]:

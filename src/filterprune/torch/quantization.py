@@ -27,9 +27,10 @@ from ..core.quantization import QuantizerSpec, QuantizerState
 from ..core.workflow import Captured
 from ..progress import progress
 from ._init_args import model_inputs
+from ._transformer import guard_fast_paths
 from .controller import check_layers_in_place, export_model
 from .fake_quant import FakeQuantize, QuantizeInput, QuantizeOutput
-from .masks import add_weight_quantizer, masked_param, quantized_class
+from .masks import add_weight_quantizer, is_masked, masked_param, quantized_class
 
 __all__ = ["QuantizationController", "install_quantizers", "set_quantizers_enabled"]
 
@@ -161,6 +162,7 @@ class QuantizationController(QuantizationControllerBase):
                 module.__class__ = quantized_class(module)
             if isinstance(module, FakeQuantize):
                 module.collector = None
+        guard_fast_paths(model, is_masked)
         return model
 
     def strip(self, do_copy: bool = True, **kwargs: Any) -> nn.Module:
@@ -204,6 +206,7 @@ def install_quantizers(
             continue
         quantizers[spec.key] = q
         placed.append(spec)
+    guard_fast_paths(model, is_masked)
     return quantizers, placed
 
 
