@@ -9,7 +9,8 @@ group by the group's mean (one strong filter does not lower the rest of its grou
 groups of different scale compare, until the target is met. A group whose
 next block would overshoot the target by more than ``tolerance`` stops there while the
 others go on; when no group can land inside the window, the block that overshoots least
-is taken.
+is taken. Past the window, blocks are given back while the target stays met, and with a
+few coarse groups other counts of the same blocks are searched (:func:`_settle`).
 
 Under :meth:`~filterprune.core.pruner.Pruner.plan_for_flops`, a block that takes a group
 below the uniform level that reaches the schedule's target counts twice its score
@@ -198,6 +199,74 @@ def _allocate(alloc: _Allocation, removed: float, tolerance: float):
         trials = [(*alloc.removed_if(gid), gid) for gid in too_coarse]
         _, trial, gid = min(trials, key=lambda t: t[0])
         alloc.take(gid, trial)
+    _settle(alloc, removed, tolerance)
     kept = {gid: c.keep for gid, c in alloc.chosen.items()}
     reasons = {gid: c.reason for gid, c in alloc.chosen.items() if c.reason}
     return kept, reasons
+
+
+def _measure(alloc: _Allocation) -> float:
+    return alloc.measure({g: c.keep for g, c in alloc.chosen.items()})
+
+
+def _give_back(alloc: _Allocation, removed: float, tolerance: float) -> None:
+    """Past the window, put blocks back while the target stays met, the most important
+    block first. (:func:`_allocate` only takes blocks, so a group cut early may hold a
+    share that a later, larger block of another group made unnecessary.)"""
+    while _measure(alloc) > removed + tolerance + EPS:
+        best = None
+        for gid, gs in alloc.groups.items():
+            if gs.at == 0:
+                continue
+            back = alloc._select(gid, gs.at - 1)
+            kept = {g: c.keep for g, c in alloc.chosen.items()}
+            kept[gid] = back.keep
+            score = gs.block_scores[gs.at - 1]
+            if alloc.measure(kept) >= removed - EPS and (best is None or score > best[0]):
+                best = (score, gid, back)
+        if best is None:
+            return
+        _, gid, back = best
+        alloc.groups[gid].at -= 1
+        alloc.chosen[gid] = back
+
+
+def _settle(alloc: _Allocation, removed: float, tolerance: float) -> None:
+    """Land in the window where the blocks taken overshot it: blocks given back
+    (:func:`_give_back`), then, while still past it, one more block of some group and
+    blocks given back, where that lands closer to the target (never under it). The
+    search stops after about four times the FLOPs counts the blocks took (a handful of
+    coarse groups need few; with many groups the blocks are fine and land in the window)."""
+    _give_back(alloc, removed, tolerance)
+    measure, calls = alloc.measure, 0
+
+    def counted(kept: Kept) -> float:
+        nonlocal calls
+        calls += 1
+        return measure(kept)
+
+    budget = max(200, 4 * sum(len(gs.steps) for gs in alloc.groups.values()))
+    alloc.measure = counted
+    try:
+        while calls < budget:
+            now = _measure(alloc)
+            if now <= removed + tolerance + EPS:
+                return
+            saved = {g: (gs.at, alloc.chosen[g]) for g, gs in alloc.groups.items()}
+            best = None
+            for gid, gs in alloc.groups.items():
+                if gs.next_score() is None:
+                    continue
+                alloc.take(gid, alloc._select(gid, gs.at + 1))
+                _give_back(alloc, removed, tolerance)
+                share = _measure(alloc)
+                if removed - EPS <= share < now - EPS and (best is None or share < best[0]):
+                    best = (share, {g: (s.at, alloc.chosen[g]) for g, s in alloc.groups.items()})
+                for g, (at, chosen) in saved.items():
+                    alloc.groups[g].at, alloc.chosen[g] = at, chosen
+            if best is None:
+                return
+            for g, (at, chosen) in best[1].items():
+                alloc.groups[g].at, alloc.chosen[g] = at, chosen
+    finally:
+        alloc.measure = measure

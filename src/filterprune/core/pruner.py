@@ -182,7 +182,9 @@ class Pruner:
           just short of it with the least important channels across groups removed on
           top until the target is met.
         """
-        if removed <= 0:
+        if removed <= 0 or not self.analysis.prunable_groups:
+            # nothing prunable: the controller logged why at creation and lets every
+            # level keep all the FLOPs (``_check_flops_target``); do not fail mid-run
             return self.plan(0.0, scores, coeffs)
         reachable = self.reachable_flops(scores)
         if reachable + EPS < removed:
