@@ -115,6 +115,41 @@ def test_pools_and_pads_mixing_channels_keep_them_whole(fn):
     assert "a" in held and small.a.out_channels == 16
 
 
+class Recogniser(nn.Module):
+    """A text recogniser's head: the width becomes the sequence, the height is pooled away
+    with the channels on axis 2, which ``AdaptiveAvgPool2d((None, 1))`` keeps."""
+
+    def __init__(self, how, branch=False):
+        super().__init__()
+        self.how, self.branch = how, branch
+        self.a, self.pool = nn.Conv2d(3, 16, 3, padding=1), nn.AdaptiveAvgPool2d((None, 1))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        if self.branch and x.abs().mean() > 1e-3:  # torch.fx cannot trace it
+            x = x * 1.0
+        f = torch.relu(self.a(x)).permute(0, 3, 1, 2)  # (n, w, c, h)
+        if self.how == "module":
+            f = self.pool(f)
+        elif self.how == "function":
+            f = F.adaptive_max_pool2d(f, (None, 1))
+        else:  # a number: the pool makes 16 bins whatever the channels
+            f = F.adaptive_avg_pool2d(f, (16, 1))
+        return self.fc(f.squeeze(3))
+
+
+@pytest.mark.parametrize("branch", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("how", ["module", "function", "literal"])
+def test_an_adaptive_pool_that_keeps_the_channel_axis_cuts_through(how, branch):
+    """Held before: "AdaptiveAvgPool2d: acts across channels", as if it pooled axis 2. A
+    literal size stays whole: cut, it would make 16 bins of 8 channels."""
+    small, held = prune(Recogniser(how, branch), (2, 3, 8, 12))
+    if how == "literal":
+        assert "a" in held and small.a.out_channels == 16
+    else:
+        assert "a" not in held and small.a.out_channels == 8 and small.fc.in_features == 8
+
+
 def test_a_pad_of_features_cuts_the_layer_before_it():
     class Features(nn.Module):
         def __init__(self):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from ._ops import pad_spec, spatial_spec, unfold_spec, unpool_spec
+from ._ops import adaptive_spec, pad_spec, spatial_spec, unfold_spec, unpool_spec
 
 __all__ = ["ATEN_RULES", "aten_rule", "named_args"]
 
@@ -317,6 +317,15 @@ _SPATIAL = _ops(
 
 def _spatial(node: fx.Node, shape) -> Spec:
     axes = int(re.search(r"(\d)d", node.target.name()).group(1))
+    if "adaptive" in node.target.name():  # the sizes are numbers here, None or not: an
+        # axis kept at its size is taken as free, and the strip probe of an exported
+        # capture holds the cut where the number was written in the code
+        val = node.meta.get("val")
+        out = getattr(val[0] if isinstance(val, (list, tuple)) else val, "shape", None)
+        in_shape = shape[0] if isinstance(shape, list) else shape
+        kept = [out is not None and len(out) == len(in_shape) and out[d] == in_shape[d]
+                for d in range(len(in_shape) - axes, len(in_shape))]
+        return adaptive_spec(axes, len(in_shape), kept)
     return spatial_spec(axes, len(shape[0] if isinstance(shape, list) else shape))
 
 

@@ -40,6 +40,8 @@ SPATIAL_MODULES: dict[type[nn.Module], int | None] = {
     nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3, nn.AdaptiveMaxPool1d: 1,
     nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3, nn.Upsample: None,
 }  # fmt: skip
+_ADAPTIVE_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 _PAD = {nn.ZeroPad1d: "constant", nn.ZeroPad2d: "constant", nn.ZeroPad3d: "constant",
         nn.ConstantPad1d: "constant", nn.ConstantPad2d: "constant", nn.ConstantPad3d: "constant",
         nn.ReflectionPad1d: "reflect", nn.ReflectionPad2d: "reflect",
@@ -253,8 +255,29 @@ def spatial_spec(axes: int | None, ndim: int) -> Spec:
     return "along", {"dims": list(range(-(ndim - 2 if axes is None else axes), 0))}
 
 
+def adaptive_spec(axes: int, ndim: int, kept: list[bool]) -> Spec:
+    """An adaptive pool over its last ``axes`` axes, less those whose size it keeps
+    (``kept``, one per pooled axis): each position there is a bin of its own
+    (``AdaptiveAvgPool2d((None, 1))`` in text recognisers, after a permute that puts the
+    channels on axis 2). Only a size the pool takes from its input keeps an axis: a
+    literal equal to it today would be another count once the channels are cut."""
+    kind, attrs = spatial_spec(axes, ndim)
+    dims = [d for d, keep in zip(attrs["dims"], kept, strict=False) if not keep]
+    return (kind, {"dims": dims}) if dims else ("identity", {})
+
+
+def free_sizes(output_size: Any, axes: int) -> list[bool]:
+    """Which of the ``axes`` pooled axes an adaptive pool's ``output_size`` leaves at the
+    input's size (``None``)."""
+    sizes = list(output_size) if isinstance(output_size, (tuple, list)) else [output_size] * axes
+    return [size is None for size in sizes[-axes:]]
+
+
 def _spatial_module(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
     axes = next(SPATIAL_MODULES[c] for c in type(m).__mro__ if c in SPATIAL_MODULES)
+    if isinstance(m, _ADAPTIVE_MODULES):
+        kept = free_sizes(m.output_size, axes)
+        return adaptive_spec(axes, len(in_shape), kept), LayerInfo(name, "activation")
     return spatial_spec(axes, len(in_shape)), LayerInfo(name, "activation")
 
 
@@ -743,6 +766,15 @@ def _spatial(axes: int | None) -> Call:
     return spec
 
 
+def _adaptive(axes: int) -> Call:
+    def spec(node: fx.Node, shapes) -> Spec:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        ndim = len(shapes[0] if isinstance(shapes, list) else shapes)
+        return adaptive_spec(axes, ndim, free_sizes(size, axes))
+
+    return spec
+
+
 def _unpool(axes: int) -> Call:
     return lambda node, shapes: unpool_spec(axes)
 
@@ -773,6 +805,8 @@ except ImportError:  # torchvision is optional
 CALL_RULES: dict[Any, Call] = {
     **{f: _identity for f in _ACT_FUNCS},
     **{f: _spatial(axes) for f, axes in _SPATIAL_FUNCS.items()},
+    **{f: _adaptive(axes) for f, axes in _SPATIAL_FUNCS.items()
+       if f.__name__.startswith("adaptive")},
     **{f: _unpool(axes) for f, axes in UNPOOL_FUNCS.items()},
     **{m: _identity for m in _ACT_METHODS},
     **{f: _elementwise for f in _EW},
