@@ -205,6 +205,32 @@ def test_a_reshape_with_two_computed_channel_axes_keeps_them_whole():
     assert "b.0" in held
 
 
+class Merged(nn.Module):
+    """Channels and height merged with a ``-1`` beside (doctr's CRNN: ``c, h, w =
+    x.shape[1:]; reshape(x, (-1, h * c, w))``), or per-channel rows (``-1`` = batch times
+    channels), each read back to the map's shape."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+
+    def forward(self, x):
+        c, h, w = x.shape[1:]
+        if self.form == "crnn":
+            return torch.reshape(x, (-1, h * c, w)).view_as(x)
+        if self.form == "flat":
+            return x.reshape(-1, c * h * w).view_as(x) * 2
+        return torch.softmax(x.reshape(-1, h * w), -1).view_as(x)  # per-channel rows
+
+
+@pytest.mark.parametrize("form", ["crnn", "flat", "rows"])
+def test_a_merge_of_the_tensors_own_sizes_beside_a_minus_one_is_cut(form):
+    """Held before ("reshape fixes the channel count in code"): the -1 could take the
+    cut as well as the merged axis. It is the one axis the others leave, the batch."""
+    _, held = prune(Head(Merged(form)))
+    assert "b.0" not in held
+
+
 def test_a_width_used_as_a_number_keeps_its_channels_whole():
     _, held = prune(Head(ScaleByWidth()))
     assert "read in forward and used as a number" in held["b.0"]

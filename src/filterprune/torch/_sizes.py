@@ -92,13 +92,16 @@ class SizeReads:
                 elif isinstance(arg, fx.Node) and not foreign_size(arg, node.args[0]):
                     free[axis] = arg
             minus = {axis for axis, arg in enumerate(sizes) if type(arg) is int and arg == -1}
-            if len(free) == 1 and not minus:  # two moving axes (``view(b, g, c // g)`` with
-                # ``g`` read too, or a -1 beside) would both follow a cut: the reshape keeps
-                # the count, not the layout
+            settled = _settled_minus(node, sizes, free, minus, found)
+            if len(free) == 1 and (not minus or settled):  # two moving axes (``view(b, g,
+                # c // g)`` with ``g`` read too, or a -1 beside) would both follow a cut:
+                # the reshape keeps the count, not the layout
                 found.free[node] = set(free)
                 for arg in free.values():
                     sized.setdefault(arg, set()).add(node)
-            if minus:  # a -1 in a list built in forward, which the op table read as computed
+            if settled:
+                found.ties.setdefault(node, []).append(settled)
+            elif minus:  # a -1 in a list built in forward, which the op table read as computed
                 found.free.setdefault(node, set()).update(minus)
         for node in graph.nodes:
             size = _even_split_size(node, found.reads)
@@ -227,6 +230,41 @@ def _bound(value: Any, tensor: fx.Node, axis: int, reads: dict):
 _REARRANGE = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "contiguous",
               "clone", "squeeze", "unsqueeze", torch.reshape, torch.flatten, torch.permute,
               torch.transpose, torch.squeeze, torch.unsqueeze}  # fmt: skip
+
+
+def _settled_minus(node: fx.Node, sizes: list, free: dict, minus: set[int],
+                   found: SizeReads) -> tuple[int, fx.Node, int] | None:  # fmt: skip
+    """``(output axis, tensor, axis)`` for a ``-1`` that is one axis of the reshaped tensor
+    (``x.reshape(-1, h * c, w)`` with ``c, h, w = x.shape[1:]``: the batch): the one free
+    size multiplies reads of that tensor's own axes, the other sizes read the rest of its
+    axes but one, and the ``-1`` is that one, at any width. Else None."""
+    tensor = node.args[0]
+    if len(free) != 1 or len(minus) != 1 or not isinstance(tensor, fx.Node):
+        return None
+    merged = _merged_axes(next(iter(free.values())), tensor, found.reads)
+    ties = found.ties.get(node, [])
+    if merged is None or any(t is not tensor for _, t, _ in ties):
+        return None
+    read = {axis for _, _, axis in ties}
+    left = set(range(_ndim(tensor) or 0)) - merged - read
+    if len(left) != 1 or merged & read or len(free) + len(ties) + 1 != len(sizes):
+        return None
+    return next(iter(minus)), tensor, left.pop()
+
+
+def _merged_axes(size: Any, tensor: Any, reads: dict) -> set[int] | None:
+    """The axes of ``tensor`` whose sizes, read in forward and multiplied, make ``size``
+    (``h * c`` of ``c, h, w = x.shape[1:]``), or None."""
+    if not isinstance(size, fx.Node):
+        return None
+    read = reads.get(size)
+    if read is not None:
+        return set(read[1]) if read[0] is tensor and len(read[1]) == 1 else None
+    if size.op == "call_function" and size.target is operator.mul and len(size.args) == 2:
+        a, b = (_merged_axes(arg, tensor, reads) for arg in size.args)
+        if a is not None and b is not None and not a & b:
+            return a | b
+    return None
 
 
 def foreign_size(size: fx.Node, tensor: Any) -> bool:
