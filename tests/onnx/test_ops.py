@@ -379,6 +379,36 @@ def test_einsum_passes_the_channels_it_keeps(tmp_path):
     assert layer(report, "/a/").removed == 2 and weight_shape(new, "/b/") == (4, 6, 1, 1)
 
 
+class _Tokens(nn.Module):
+    """Tokens through an einsum with a weight matrix, then an LSTM."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 16, 4, stride=4)
+        self.w = nn.Parameter(torch.randn(16, 32))
+        self.lstm = nn.LSTM(32, 24, batch_first=True)
+
+    def forward(self, x):
+        t = self.c(x).flatten(2).transpose(1, 2)  # 4 tokens of 16
+        return self.lstm(torch.einsum("btc,cd->btd", t, self.w).relu())[0]
+
+
+def test_einsum_weights_and_recurrent_biases_count_as_in_the_torch_model(tmp_path):
+    """The file counted no FLOPs for the einsum's weight (tf2onnx writes Keras'
+    EinsumDense so) and no parameters for the LSTM's biases ``B``."""
+    from filterprune.core.flops import count_flops, count_params
+    from filterprune.torch.capture import capture as capture_torch
+
+    m, x = _Tokens().eval(), torch.randn(1, 3, 8, 8)
+    want = capture_torch(m, (x,)).graph
+    graph = capture(load_model(export(m, x, tmp_path / "m.onnx"))).graph
+    assert count_flops(graph) == count_flops(want) == 2 * 4 * (
+        3 * 16 * 16 + 16 * 32 + 4 * 24 * (32 + 24))  # fmt: skip
+    lstm = next(i for i in graph.layers.values() if i.kind == "recurrent")
+    assert lstm.params["B"][0] == (1, 2 * 4 * 24)
+    assert count_params(graph) - 2 * 24 == count_params(want)  # + its zero initial states
+
+
 def test_grouped_conv_that_widens_loses_zero_inputs_by_group(tmp_path):
     m = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, groups=2), nn.ReLU(),
                       nn.Conv2d(16, 2, 1))  # fmt: skip
@@ -434,6 +464,21 @@ def test_grouped_conv_transpose_loses_a_filter_per_group(groups, cout, tmp_path)
     assert weight_shape(new, "/up/") == (8, per - 1, 2, 2)
     up = next(n for n in new.graph.node if n.op_type == "ConvTranspose")
     assert next(a.i for a in up.attribute if a.name == "group") == groups
+
+
+@pytest.mark.parametrize(("groups", "cout"), [(1, 16), (4, 16), (8, 8)])
+def test_analyze_reads_a_conv_transpose_weight_filters_first(groups, cout, tmp_path):
+    """`filterprune analyze` scores filters from (out, in/groups, ...) weights, as the
+    PyTorch frontend reads them. A grouped one failed: (out/groups, in, ...) read as is."""
+    from filterprune.onnx.dry_run import OnnxFrontend
+
+    m = _UpNet(groups, cout)
+    path = export(m, torch.randn(1, 3, 6, 6), tmp_path / "m.onnx")
+    captured = OnnxFrontend().capture(path, None)
+    name = next(n for n, i in captured.graph.layers.items() if i.transposed)
+    w = m.up.weight.detach()
+    want = w.unflatten(0, (groups, -1)).transpose(1, 2).flatten(0, 1).numpy()
+    np.testing.assert_array_equal(OnnxFrontend().read_weights(captured, [name])[name], want)
 
 
 @pytest.mark.parametrize("cout", [8, 16])

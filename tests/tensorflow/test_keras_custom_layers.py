@@ -150,3 +150,15 @@ def test_a_layer_that_cannot_be_rebuilt_is_named():
     with pytest.raises(AnalysisError, match="Fragile 'fragile' cannot be rebuilt from its "
                                             "get_config.*inner"):
         ctrl.strip()
+
+
+def test_attention_counts_its_projections_not_its_per_head_biases():
+    """MultiHeadAttention keeps its query, key and value biases as (heads, key_dim): they
+    were counted as matrices (3072 FLOPs more here)."""
+    tokens, dim, heads, key_dim = 16, 32, 4, 8
+    inp = keras.Input((tokens, dim))
+    y = layers.MultiHeadAttention(heads, key_dim, name="mha")(inp, inp)
+    model = keras.Model(inp, layers.Dense(5, name="head")(layers.GlobalAveragePooling1D()(y)))
+    ctrl, _ = create_compressed_model(model, make_config((1, tokens, dim)))
+    projections = 2 * tokens * (3 * dim * heads * key_dim + heads * key_dim * dim)
+    assert ctrl.statistics().full_flops == projections + 2 * dim * 5

@@ -85,3 +85,40 @@ def test_each_offset_group_keeps_as_many_input_channels(export):
     kept = ctrl.keeps()["dcn"]["in"]
     assert kept[:8].sum() == kept[8:].sum() < 8
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 12, 12), tol=1e-5)
+
+
+class _Pack(nn.Module):
+    """basicsr's DCNv2Pack: deform_conv2d called on the module's own weight (no channel
+    rule: one opaque layer), with an offset conv of its own inside."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(c, c, 3, 3) * 0.1)
+        self.bias = nn.Parameter(torch.zeros(c))
+        self.conv_offset = nn.Conv2d(c, 27, 3, padding=1)
+
+    def forward(self, x, feat):
+        from torchvision.ops import deform_conv2d
+
+        o1, o2, mask = torch.chunk(self.conv_offset(feat), 3, dim=1)
+        return deform_conv2d(x, torch.cat((o1, o2), 1), self.weight, self.bias,
+                             padding=(1, 1), mask=torch.sigmoid(mask))  # fmt: skip
+
+
+def test_a_layer_inside_an_opaque_one_counts_its_flops_once():
+    """The offset conv's FLOPs counted twice: as its own layer and among the opaque
+    module's matrices (5,824,512 FLOPs in all here, of 3,833,856)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.feat = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 3, padding=1)
+            self.dcn, self.head = _Pack(16), nn.Conv2d(16, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.head(self.dcn(self.stem(x), self.feat(x)))
+
+    ctrl, _ = create_compressed_model(Net(), make_config((1, 3, 16, 16)))
+    positions = 16 * 16
+    convs = 2 * positions * 9 * (16 * 3 + 16 * 3 + 27 * 16 + 3 * 16)
+    assert ctrl.statistics().full_flops == convs + 2 * positions * 9 * 16 * 16

@@ -221,8 +221,9 @@ def test_a_failed_fx_trace_leaves_no_proxy_in_the_model():
     model = CachesOnFirstCall().eval()
     captured = capture(model, (torch.zeros(1, 3, 8, 8),))
     assert captured.extra["capture"] == "torch.export"
-    assert model.scale == 1.0
+    assert model.scale is None  # as given: the capture's runs leave nothing behind
     assert model(torch.ones(2, 3, 8, 8)).shape == (2, 8, 8, 8)
+    assert model.scale == 1.0
 
 
 class Sampled(nn.Module):
@@ -524,3 +525,44 @@ def test_the_modules_of_a_sliced_module_list_keep_their_names_under_torch_export
     assert not held & {"blocks.0.0", "blocks.1.0", "blocks.2.0"}
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
     assert [small.blocks[i][1].num_groups for i in range(3)] == [4, 4, 4]
+
+
+class _Mirror(nn.Module):
+    """BasicVSR++'s flag: set when the clip reads the same backwards (zeros do), and
+    never reset; the backward branch then reuses the forward one."""
+
+    def __init__(self):
+        super().__init__()
+        self.is_mirror_extended = False
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Conv2d(32, 3, 3, padding=1)
+
+    def forward(self, clip):  # (n, t, c, h, w)
+        first, second = torch.chunk(clip, 2, dim=1)
+        if torch.norm(first - second.flip(1)) == 0:
+            self.is_mirror_extended = True
+        x = clip.flatten(0, 1)
+        fwd = self.a(x)
+        bwd = fwd.flip(0) if self.is_mirror_extended else self.b(x.flip(0))
+        return self.head(torch.cat([fwd, bwd], 1))
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_runs_on_the_sample_input_leave_no_flag_on_the_model(quantize):
+    """The zero sample set the flag (torch.fx fails, so the model runs for real), and the
+    model given back computed 0.9 relative off the model as given, unpruned."""
+    torch.manual_seed(0)
+    model = nondegenerate(_Mirror()).eval()
+    x = torch.randn(1, 2, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    config = make_config((1, 2, 3, 8, 8), pruning_init=0.0)
+    if quantize:
+        config["compression"] = [config["compression"], {
+            "algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}}]
+    with pytest.warns(UserWarning, match="torch.fx could not trace"):
+        ctrl, model = create_compressed_model(model, config)
+    assert model.is_mirror_extended is False
+    if not quantize:
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(x), ref)

@@ -8,11 +8,14 @@ the positions the frontend gives it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .graph import Graph
+from .graph import Graph, Node
+from .rules import einsum_subscripts
 
-__all__ = ["kept_elements", "count_params", "count_flops", "layer_flops"]
+__all__ = ["kept_elements", "count_params", "count_flops", "layer_flops", "count_product"]
 
 Keeps = dict[str, dict[str, np.ndarray]]
 
@@ -78,13 +81,18 @@ def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
             out[key] = out.get(key, 0) + flops
             continue
         if info is not None and info.kind == "opaque" and "positions" in node.attrs:
-            # a module without channel rules (attention): its matrices, never cut
-            elems = sum(int(np.prod(shape)) for shape, _ in info.params.values() if len(shape) > 1)
+            # a module without channel rules (attention): its matrices, never cut; those a
+            # layer inside it owns (a DCN's offset conv, a CondConv's routing) count there
+            inner = tuple(f"{n}." for n in graph.layers if n.startswith(f"{node.layer}."))
+            elems = sum(int(np.prod(shape)) for key, (shape, _) in info.params.items()
+                        if len(shape) > 1 and not _is_bias(key)
+                        and not f"{node.layer}.{key}".startswith(inner))  # fmt: skip
             out[node.layer] = out.get(node.layer, 0) + 2 * int(node.attrs["positions"]) * elems
             continue
         if node.op == "recurrent" and info is not None:  # every matrix at every step
             elems = sum(kept_elements(shape, roles, keeps.get(node.layer, {}), info.groups)
-                        for shape, roles in info.params.values() if len(shape) > 1)
+                        for key, (shape, roles) in info.params.items()
+                        if len(shape) > 1 and not _is_bias(key))  # fmt: skip
             out[node.layer] = out.get(node.layer, 0) + 2 * int(node.attrs["positions"]) * elems
             continue
         if node.op not in ("conv", "linear") or info is None:
@@ -95,5 +103,33 @@ def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
     return out
 
 
+def _is_bias(key: str) -> bool:
+    """A bias (``B`` in ONNX, ``(directions, gates * hidden)`` in a recurrent layer; per
+    head in Keras' attention): added, not multiplied, so no FLOPs of a matrix."""
+    last = key.replace("/", ".").rsplit(".", 1)[-1]
+    return last == "B" or last.endswith("bias")
+
+
 def count_flops(graph: Graph, keeps: Keeps | None = None) -> int:
     return sum(layer_flops(graph, keeps).values())
+
+
+def count_product(graph: Graph, node: Node, batch: int) -> None:
+    """Give an ``einsum`` node (a matrix product too) with a weight matrix operand the
+    FLOPs of that weight: once per entry of the output along the axes it does not hold
+    itself, per sample of ``batch``."""
+    names = node.attrs.get("operands", node.inputs)
+    shapes = [graph[n].shape for n in names]
+    weights = [i for i, n in enumerate(names) if graph[n].op == "param"
+               and sum(d > 1 for d in shapes[i] or ()) >= 2]  # fmt: skip
+    if not weights or not all(isinstance(s, tuple) for s in shapes):
+        return
+    try:
+        subs, out = einsum_subscripts(node.attrs["equation"], [len(s) for s in shapes])
+    except Exception:  # noqa: BLE001 - the rule says what it cannot read
+        return
+    w = weights[0]
+    held = math.prod(node.shape[out.index(c)] for c in subs[w] if c in out)
+    rows = math.prod(node.shape) / max(1, held) / batch
+    node.attrs = {**node.attrs, "positions": max(1, round(rows)),
+                  "weight_elems": math.prod(shapes[w])}  # fmt: skip

@@ -178,6 +178,8 @@ def _recurrent(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
         return "input shape is unknown"
     if p.add("W", 1, (None, None, "in")) is None or p.add("R", 2, (None,) * 3) is None:
         return "weights are not constants"
+    if len(p.node.input) > 3 and p.node.input[3] and p.add("B", 3, (None, None)) is None:
+        return "biases are not constants"
     attrs = {"ndim": 3, "in_features": int(p.arrays["W"].shape[2]),
              "positions": max(1, x[0] * x[1] // p.facts.batch)}  # fmt: skip
     return LayerInfo(name, "recurrent", p.info, weight="W"), attrs

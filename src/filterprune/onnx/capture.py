@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..core.flops import count_product
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured as CoreCaptured
 from ._group_norm import fuse
@@ -329,6 +330,9 @@ def capture(model: onnx.ModelProto) -> Captured:
     for idx, node in enumerate(model.graph.node):
         e.add_node(idx, node)
     e.graph.outputs = [o.name for o in model.graph.output if o.name in e.graph.nodes]
+    for n in e.graph:  # an Einsum with a constant weight (tf2onnx writes EinsumDense so)
+        if n.op == "einsum" and isinstance(n.shape, tuple):
+            count_product(e.graph, n, facts.batch)
     if e.cap.dynamic:
         e.cap.notes.append(
             f"inputs {', '.join(e.cap.dynamic)} have dynamic dimensions: analysed at size 1 "

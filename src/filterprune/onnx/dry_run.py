@@ -39,8 +39,12 @@ class OnnxFrontend(Frontend):
         for layer in layers:
             info = captured.graph.layers[layer]
             _, roles = info.params[info.weight]
-            weight = captured.arrays[layer][info.weight]
-            out[layer] = np.moveaxis(weight, roles.index("out"), 0)
+            weight = np.moveaxis(captured.arrays[layer][info.weight], roles.index("out"), 0)
+            if info.transposed and info.groups > 1:  # (out/g, in, ...) -> (out, in/g, ...)
+                g = info.groups
+                weight = weight.reshape(weight.shape[0], g, -1, *weight.shape[2:])
+                weight = weight.swapaxes(0, 1).reshape(-1, weight.shape[2], *weight.shape[3:])
+            out[layer] = weight
         return out
 
     def read_params(self, captured: Captured,

@@ -9,12 +9,14 @@ its parameter, buffer, child and hook tables, and a copy of every buffer's value
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["restore", "snapshot"]
+__all__ = ["restore", "snapshot", "attributes_kept"]
 
 _TABLES = ("_parameters", "_modules", "_forward_hooks", "_forward_pre_hooks")
 
@@ -45,3 +47,24 @@ def restore(snap: list[tuple[Any, ...]]) -> None:
                 if buffer is not None:
                     buffer.copy_(value)
                 module._buffers[key] = buffer
+
+
+_TORCH_OWN = frozenset(vars(nn.Module()))  # its tables and flags: the rest is the class's
+
+
+@contextlib.contextmanager
+def attributes_kept(model: nn.Module) -> Iterator[None]:
+    """Runs of ``model`` on a made-up input (the capture's, a probe's) leave no plain
+    attribute behind: a forward that sets a flag from its input (BasicVSR++ sets
+    ``is_mirror_extended`` on a clip that reads the same backwards, as zeros do) would
+    otherwise compute otherwise on every real input after."""
+    saved = {m: {k: v for k, v in vars(m).items() if k not in _TORCH_OWN}
+             for m in model.modules()}  # fmt: skip
+    try:
+        yield
+    finally:
+        for module, before in saved.items():
+            now = vars(module)
+            for key in [k for k in now if k not in before and k not in _TORCH_OWN]:
+                del now[key]
+            now.update((k, v) for k, v in before.items() if now.get(k) is not v)

@@ -28,6 +28,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.nn.utils import parametrize
 
+from ..core.flops import count_product
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
@@ -35,6 +36,7 @@ from ._copy import NORM_HOOKS, computed_weights
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
+from ._snapshot import attributes_kept
 from ._transformer import TRACED_THROUGH, tracing_layers
 
 __all__ = ["capture", "capture_fx"]
@@ -170,6 +172,11 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
         AnalysisError: When neither capture can read the model, or it fails on ``example``.
     """
     _say_unregistered(model)
+    with attributes_kept(model):
+        return _capture(model, example)
+
+
+def _capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     try:
         return capture_fx(model, example)
     except _TraceError as fx_error:
@@ -635,7 +642,7 @@ def count_rows(graph: Graph) -> None:
     for node in graph:
         info = graph.layers.get(node.layer or "")
         if node.op == "einsum" and isinstance(node.shape, tuple):
-            _count_product(graph, node, batch)
+            count_product(graph, node, batch)
         if node.op not in ("conv", "linear") or info is None or not isinstance(node.shape, tuple):
             continue
         weight = info.params.get(info.weight or "", ((),))[0]
@@ -643,28 +650,6 @@ def count_rows(graph: Graph) -> None:
         if batched and node.shape[0] != batch:
             rows = int(node.attrs.get("positions", 1)) * node.shape[0] / batch
             node.attrs = {**node.attrs, "positions": max(1, round(rows))}
-
-
-def _count_product(graph: Graph, node: Node, batch: int) -> None:
-    """An einsum or matrix product with a weight matrix: the weight counts once per entry
-    of the output along the axes it does not hold itself."""
-    from ..core.rules import einsum_subscripts
-
-    names = node.attrs.get("operands", node.inputs)
-    shapes = [graph[n].shape for n in names]
-    weights = [i for i, n in enumerate(names) if graph[n].op == "param"
-               and sum(d > 1 for d in shapes[i] or ()) >= 2]  # fmt: skip
-    if not weights or not all(isinstance(s, tuple) for s in shapes):
-        return
-    try:
-        subs, out = einsum_subscripts(node.attrs["equation"], [len(s) for s in shapes])
-    except Exception:  # noqa: BLE001 - the rule says what it cannot read
-        return
-    w = weights[0]
-    held = math.prod(node.shape[out.index(c)] for c in subs[w] if c in out)
-    rows = math.prod(node.shape) / max(1, held) / batch
-    node.attrs = {**node.attrs, "positions": max(1, round(rows)),
-                  "weight_elems": math.prod(shapes[w])}  # fmt: skip
 
 
 def add_unseen_params(model: nn.Module, graph: Graph) -> None:

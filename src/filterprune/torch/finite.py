@@ -17,7 +17,7 @@ from ..core.finite import SKIPPED, Probe, probe_cut, verdict
 from ..core.params import FilterPruningParams
 from ..core.selection import MAX_GROUP_LEVEL, keep_count, unit_multiple
 from ._copy import bake_weights, copy_model, detach_computed_weights
-from ._snapshot import restore, snapshot
+from ._snapshot import attributes_kept, restore, snapshot
 from .fake_quant import lazy_ranges_paused
 from .masks import apply_masks
 from .shrink import shrink_model
@@ -37,7 +37,8 @@ def cut_probe(model: nn.Module, sample: Any, analysis: Analysis,
     finite. Afterwards the model is as it was (classes, buffers, hooks)."""
     before = snapshot(model)
     try:
-        with lazy_ranges_paused(model):  # the first training batch still sets their ranges
+        # the first training batch still sets their ranges; the probe's inputs, no flag
+        with lazy_ranges_paused(model), attributes_kept(model):
             inputs, uncut = _finite_inputs(model, sample)
             if inputs is None:
                 log.info(SKIPPED)
