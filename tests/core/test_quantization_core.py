@@ -106,6 +106,15 @@ def test_placement_scopes_per_group():
     assert [k for k in specs if k.startswith("activation:")] == ["activation:flat"]
 
 
+def test_idle_layers_get_no_quantizer_and_are_listed_in_float():
+    """A layer whose own forward never runs (the frontend finds it) reads no quantizer."""
+    idle = {"c2": "its forward never runs"}
+    specs = _by_key(place_quantizers(_net(), _params(), idle))
+    assert "weight:c2" not in specs
+    assert specs["activation:relu"].consumers == ("c3",)
+    assert quantization.float_layers(_net(), idle) == [("c2", "its forward never runs")]
+
+
 def test_per_channel_activations_fall_back_to_per_tensor_without_a_channel_axis():
     specs = _by_key(place_quantizers(_net(), _params(activations={"per_channel": True})))
     assert specs["activation:relu"].settings.per_channel

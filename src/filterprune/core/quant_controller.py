@@ -12,6 +12,7 @@ framework.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -54,10 +55,10 @@ class QuantizationControllerBase(CompressionController):
     name = "quantization"
     first_batch_ranges = True  # ``num_init_samples: 0`` takes activation ranges from it
 
-    def __init__(self, params: Any, graph: Graph) -> None:
+    def __init__(self, params: Any, graph: Graph, idle: Mapping[str, str] | None = None) -> None:
         self.params = params
-        self.specs: list[QuantizerSpec] = place_quantizers(graph, params)
-        self.left_in_float = float_layers(graph)
+        self.specs: list[QuantizerSpec] = place_quantizers(graph, params, idle)
+        self.left_in_float = float_layers(graph, idle)
         self._sign_said: set[str] = set()  # quantizers said to fall back to signed
         if self.left_in_float:
             log.warning("quantization: %d layer(s) keep float weights, no quantizer inside "

@@ -207,7 +207,8 @@ def _activation_spec(graph: Graph, tensor: str, consumers: list[str],
                          int(shape[axis]) if axis is not None else None)  # fmt: skip
 
 
-def place_quantizers(graph: Graph, params: Any) -> list[QuantizerSpec]:
+def place_quantizers(graph: Graph, params: Any,
+                     idle: Mapping[str, str] | None = None) -> list[QuantizerSpec]:  # fmt: skip
     """Weight and activation quantizers for ``graph`` under ``quantization`` params.
 
     ``overflow_fix`` gives weight quantizers ``half_range``: every one (``enable``), the
@@ -218,9 +219,13 @@ def place_quantizers(graph: Graph, params: Any) -> list[QuantizerSpec]:
     allowed by the activations' scopes (a layer by its name, a functional op by its
     node name).
 
+    ``idle`` layers (layer -> why) get none: the frontend found that their own forward,
+    which would apply a quantizer, never runs (another module reads their weight).
+
     Returns:
         Weight quantizers in layer order, then activation quantizers in graph order.
     """
+    idle = idle or {}
     w_settings, a_settings = settings_for(params)
     fix = params.overflow_fix
     w_scope = ScopeMatcher(params.weights.ignored_scopes, params.weights.target_scopes)
@@ -229,6 +234,8 @@ def place_quantizers(graph: Graph, params: Any) -> list[QuantizerSpec]:
     readers: dict[str, list[str]] = {}
     for node in graph:
         info = _layer(graph, node)
+        if info is not None and info.name in idle:
+            continue
         if info is not None and info.name not in weights and w_scope.allows(info.name):
             half = fix == "enable" or (fix == "first_layer_only" and not weights)
             spec = _weight_spec(info, replace(w_settings, half_range=half))
@@ -246,15 +253,17 @@ def place_quantizers(graph: Graph, params: Any) -> list[QuantizerSpec]:
     return [*weights.values(), *acts]
 
 
-def float_layers(graph: Graph) -> list[tuple[str, str]]:
+def float_layers(graph: Graph, idle: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     """``(layer, reason)`` for each layer whose matrices stay float: one the frontend
-    cannot see into (a custom Keras layer, attention), or a recurrent one, so no
-    quantizer is placed in it."""
+    cannot see into (a custom Keras layer, attention), a recurrent one, or an ``idle``
+    one (see :func:`place_quantizers`), so no quantizer is placed in it."""
+    idle = idle or {}
     reasons = {n.layer: n.attrs.get("reason", "") for n in graph if n.op == "stop" and n.layer}
     reasons.update({n.layer: "a recurrent layer" for n in graph if n.op == "recurrent"})
+    reasons.update(idle)
     return [(name, reasons.get(name) or "no channel rule for it")
             for name, info in graph.layers.items()
-            if info.kind in ("opaque", "recurrent")
+            if (info.kind in ("opaque", "recurrent") or name in idle)
             and any(len(shape) > 1 for shape, _ in info.params.values())]
 
 

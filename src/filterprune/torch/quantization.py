@@ -27,6 +27,7 @@ from ..core.quantization import QuantizerSpec, QuantizerState
 from ..core.workflow import Captured
 from ..progress import progress
 from ._init_args import model_inputs
+from ._snapshot import attributes_kept, restore, snapshot
 from ._transformer import guard_fast_paths
 from .controller import check_layers_in_place, export_model
 from .fake_quant import FakeQuantize, QuantizeInput, QuantizeOutput
@@ -49,7 +50,7 @@ class QuantizationController(QuantizationControllerBase):
         self.model = model
         self.captured = captured
         self.frontend = frontend
-        super().__init__(params, captured.graph)
+        super().__init__(params, captured.graph, idle_layers(model, captured))
         lazy = params.num_init_samples == 0
         self.quantizers, self.specs = install_quantizers(model, captured, self.specs, lazy)
 
@@ -175,6 +176,40 @@ class QuantizationController(QuantizationControllerBase):
                      output_names: list[str] | None = None) -> None:  # fmt: skip
         """Export to ONNX with QuantizeLinear/DequantizeLinear pairs."""
         export_model(self, save_path, save_format, input_names, output_names)
+
+
+def idle_layers(model: nn.Module, captured: Captured) -> dict[str, str]:
+    """Layers of the graph whose module is never called when ``model`` runs its sample
+    input (eval mode, no grad: how it is validated), each with why: other code reads
+    their weight itself (``nn.MultiheadAttention`` reads ``out_proj.weight``; a forward
+    calls ``F.conv2d(x, self.conv.weight)``). A quantizer applies in the module's forward
+    and would never run there, while statistics called the layer quantized."""
+    layers = {name: captured.refs[name] for name in captured.graph.layers
+              if isinstance(captured.refs.get(name), nn.Module)}  # fmt: skip
+    if not layers or not captured.sample:
+        return {}
+    called: set[str] = set()
+    before = snapshot(model)
+    for name, module in layers.items():
+        module.register_forward_pre_hook(lambda *_, name=name: called.add(name))
+    try:
+        model.eval()
+        with torch.no_grad(), attributes_kept(model):
+            model(*captured.sample)
+    except Exception as err:  # noqa: BLE001 - the capture ran it; say so and go on
+        log.info("quantization: the sample input did not run (%s); every layer is taken "
+                 "as called", err)
+        return {}
+    finally:
+        restore(before)
+    modules = dict(model.named_modules())
+    idle = {}
+    for name in layers.keys() - called:
+        parent = name.rpartition(".")[0]
+        who = f"{type(modules[parent]).__name__} {parent}" if parent else "the model's forward"
+        idle[name] = (f"its forward never runs: {who} reads its weight itself, where a "
+                      "quantizer on it would not apply")
+    return idle
 
 
 def install_quantizers(
