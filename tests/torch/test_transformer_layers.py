@@ -125,3 +125,48 @@ def test_quantized_hybrid_quantizes_the_feed_forward_layers_and_exports(tmp_path
     sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
+
+
+class Causal(nn.Module):
+    """A causal mask made in forward for one stack; a layer after it without one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.proj = nn.Conv2d(3, 24, 3, padding=1), nn.Linear(24, 32)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(
+            32, 4, dim_feedforward=64, batch_first=True), 2)  # fmt: skip
+        self.last = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        t = self.proj(torch.relu(self.conv(x)).flatten(2).transpose(1, 2))
+        mask = nn.Transformer.generate_square_subsequent_mask(t.size(1))
+        return self.head(self.last(self.enc(t, mask=mask, is_causal=True)).mean(1))
+
+
+def test_a_stack_given_a_mask_made_in_forward_is_read_by_torch_export():
+    """torch's checks of a traced mask branch on it, so torch.fx cannot read the stack
+    through: torch.export reads the model, and every feed-forward width is cut."""
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="torch.fx could not trace"):
+        ctrl, pruned = create_compressed_model(nondegenerate(Causal()), make_config(
+            (2, 3, 8, 8), filters_multiple_of=1, prune_first_conv=True))  # fmt: skip
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    kept = {s.name: s.kept for s in ctrl.statistics().layers}
+    assert kept == {"conv": 12, "enc.layers.0.linear1": 32, "enc.layers.1.linear1": 32,
+                    "last.linear1": 32}  # fmt: skip
+    assert_strip_equal(ctrl, pruned, torch.randn(3, 3, 8, 8), tol=1e-5)
+
+
+def test_where_torch_export_fails_too_the_stack_is_one_call_to_torch_fx():
+    """The fallback when torch.export cannot read the model either: the stack given the
+    mask is one call, left whole with the reason, and the trace goes on."""
+    from filterprune.core.analysis import AnalysisOptions, analyze
+    from filterprune.torch.capture import capture_fx
+
+    captured = capture_fx(Causal().eval(), (torch.zeros(2, 3, 8, 8),), whole_on_failure=True)
+    analysis = analyze(captured.graph, AnalysisOptions(prune_first_conv=True))
+    reasons = [g.reason for g in analysis.groups if not g.prunable]
+    assert any("TransformerEncoder's code branches on a value of the trace" in r
+               for r in reasons)  # fmt: skip
+    assert {p for g in analysis.prunable_groups for p in g.producers} >= {"conv", "last.linear1"}

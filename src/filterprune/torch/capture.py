@@ -77,13 +77,21 @@ def _operands(node: fx.Node) -> list[fx.Node]:
     return list(dict.fromkeys(found))
 
 
+_WHOLE = "filterprune_whole"  # node meta: why a layer read through is one call
+
+
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, with the layers of other packages that have a rule as leaves,
     and torch.nn's transformer layers read through (:mod:`._transformer`)."""
 
+    def __init__(self, whole_on_failure: bool = False) -> None:
+        super().__init__()
+        self.whole_on_failure = whole_on_failure
+        self.whole: set[nn.Module] = set()  # transformer layers read as one call
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if type(m) in TRACED_THROUGH:
-            return False
+            return m in self.whole
         return type(m) in LEAF_MODULES or super().is_leaf_module(m, module_qualified_name)
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
@@ -98,16 +106,39 @@ class _Tracer(fx.Tracer):
         except NameError:
             if next(m.parameters(), None) is None and next(m.buffers(), None) is None:
                 return forward(*args, **kwargs)
+        if type(m) in TRACED_THROUGH and self.whole_on_failure and m not in self.whole:
+            return self._through(m, forward, args, kwargs)
         return super().call_module(m, forward, args, kwargs)
 
+    def _through(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        """A transformer layer read through; one whose code branches on a traced value (a
+        mask given to it) is read as one call instead, its channels whole, and the trace
+        goes on (where torch.export could not read the model either)."""
+        count, stack, calls = len(self.graph.nodes), dict(self.module_stack), dict(self.num_calls)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:  # noqa: BLE001 - TraceError, or torch's checks refusing a proxy
+            for node in reversed(list(self.graph.nodes)[count:]):
+                self.graph.erase_node(node)
+            self.module_stack.clear()
+            self.module_stack.update(stack)
+            self.num_calls.clear()
+            self.num_calls.update(calls)
+            self.whole.add(m)
+            proxy = super().call_module(m, forward, args, kwargs)
+            proxy.node.meta[_WHOLE] = (f"{type(m).__name__}'s code branches on a value of the "
+                                       "trace (a mask given to it): read as one call")  # fmt: skip
+            return proxy
 
-def trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
+
+def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
+          whole_on_failure: bool = False) -> fx.GraphModule:  # fmt: skip
     was_training = model.training
     model.eval()  # trace the inference path (no stochastic depth, no aux heads)
     attributes = {m: dict(vars(m)) for m in model.modules()}
     try:
         try:
-            gm = fx.GraphModule(model, _Tracer().trace(model))
+            gm = fx.GraphModule(model, _Tracer(whole_on_failure).trace(model))
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
             _restore_attributes(attributes)
             raise _TraceError(
@@ -186,6 +217,10 @@ def _capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
         try:
             captured = capture_export(model, example)
         except AnalysisError as err:
+            try:  # a transformer layer given a traced mask: read as one call, by fx
+                return capture_fx(model, example, whole_on_failure=True)
+            except _TraceError:
+                pass
             raise AnalysisError(f"{_first_sentence(fx_error)} torch.export failed too: "
                                 f"{err}{_detector_hint(model)}") from err
         captured.graph.notes.insert(0, f"torch.fx could not trace it ({_first_line(fx_error)}); "
@@ -258,9 +293,11 @@ def _restore_attributes(saved: dict[nn.Module, dict[str, Any]]) -> None:
         now.update((k, v) for k, v in before.items() if now.get(k) is not v)
 
 
-def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
-    """Trace ``model`` with torch.fx on ``example`` inputs and build the core graph."""
-    gm = trace(model, example)
+def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
+               whole_on_failure: bool = False) -> Captured:  # fmt: skip
+    """Trace ``model`` with torch.fx on ``example`` inputs and build the core graph
+    (``whole_on_failure``: a transformer layer that cannot be read through is one call)."""
+    gm = trace(model, example, whole_on_failure)
     graph = Graph()
     modules = dict(model.named_modules())
     tensors = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
@@ -280,7 +317,7 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
         if converted.op == "index" and node in sizes.even_slices:
             converted.attrs = {**converted.attrs, "equal_parts": sizes.even_slices[node]}
         graph.add(converted)
-    _hold_training_reads(model, gm, graph)
+    _hold_training_reads(model, gm, graph, whole_on_failure)
     add_unseen_params(model, graph)
     count_rows(graph)
     graph.notes.append("captured with torch.fx")
@@ -432,7 +469,7 @@ def _no_rule(node: fx.Node, module: nn.Module, inputs: list[str], shape: Any, to
     name, label = node.target, type(module).__name__
     graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
     reason = f"{label} {name} has a forward hook, which the trace does not see" \
-        if _user_hooks(module) else f"no channel rule for module {label}"
+        if _user_hooks(module) else node.meta.get(_WHOLE, f"no channel rule for module {label}")
     attrs = {"reason": reason,
              "positions": _tokens(tokens_of, graph)}  # fmt: skip
     return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
@@ -566,7 +603,8 @@ def _recurrent_roles(name: str, p: torch.Tensor) -> tuple[str | None, ...]:
     return (None,) * p.dim()
 
 
-def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph) -> None:
+def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph,
+                         whole_on_failure: bool = False) -> None:  # fmt: skip
     """Modules only the training forward calls (GoogLeNet's and Inception's aux heads):
     the graph is traced in eval mode, so the channels they read would be cut under them.
     Traced once more in train mode, the layers whose outputs reach such a module stay
@@ -582,7 +620,7 @@ def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph) -> 
     was_training, attributes = model.training, {m: dict(vars(m)) for m in model.modules()}
     model.train()
     try:
-        train = _Tracer().trace(model)
+        train = _Tracer(whole_on_failure).trace(model)
     except Exception:  # noqa: BLE001 - e.g. a detector that needs targets to train
         _restore_attributes(attributes)
         return
