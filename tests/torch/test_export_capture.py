@@ -566,3 +566,22 @@ def test_runs_on_the_sample_input_leave_no_flag_on_the_model(quantize):
     if not quantize:
         with torch.no_grad():
             torch.testing.assert_close(model.eval()(x), ref)
+
+
+def test_lazy_layers_keep_the_sizes_their_first_call_set():
+    """The capture's runs are undone, but not a lazy layer's first call: its sizes are
+    set for good (they were put back to 0)."""
+
+    class Lazy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.LazyConv2d(16, 3), nn.LazyLinear(4)
+            self.mid = nn.Conv2d(16, 16, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.mid(torch.relu(self.conv(x)))).mean((2, 3)))
+
+    ctrl, model = create_compressed_model(Lazy(), make_config((1, 3, 12, 12)))
+    assert (model.conv.in_channels, model.fc.in_features) == (3, 16)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 12, 12))
+    assert small.conv.in_channels == 3 and small.fc.in_features == small.mid.out_channels

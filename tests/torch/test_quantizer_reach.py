@@ -71,3 +71,19 @@ def test_attention_output_projection_is_not_called_quantized():
     assert "MultiheadAttention attn reads its weight itself" in floats["attn.out_proj"]
     assert not hasattr(model.attn.out_proj, "weight_quantizer")
     assert hasattr(model.conv, "weight_quantizer") and hasattr(model.head, "weight_quantizer")
+
+
+def test_a_layer_called_by_its_forward_method_is_quantized():
+    """``self.fc.forward(x)`` passes by no hook: it was taken as never run."""
+
+    class ForwardCall(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc.forward(torch.relu(self.conv(x)).mean((2, 3)))
+
+    ctrl, model = create_compressed_model(ForwardCall(), _config((2, 3, 8, 8)))
+    assert ctrl.statistics().left_in_float == []
+    assert hasattr(model.fc, "weight_quantizer") and "forward" not in vars(model.fc)

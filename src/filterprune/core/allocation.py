@@ -212,23 +212,32 @@ def _measure(alloc: _Allocation) -> float:
 def _give_back(alloc: _Allocation, removed: float, tolerance: float) -> None:
     """Past the window, put blocks back while the target stays met, the most important
     block first. (:func:`_allocate` only takes blocks, so a group cut early may hold a
-    share that a later, larger block of another group made unnecessary.)"""
-    while _measure(alloc) > removed + tolerance + EPS:
-        best = None
-        for gid, gs in alloc.groups.items():
-            if gs.at == 0:
-                continue
-            back = alloc._select(gid, gs.at - 1)
-            kept = {g: c.keep for g, c in alloc.chosen.items()}
-            kept[gid] = back.keep
-            score = gs.block_scores[gs.at - 1]
-            if alloc.measure(kept) >= removed - EPS and (best is None or score > best[0]):
-                best = (score, gid, back)
-        if best is None:
-            return
-        _, gid, back = best
-        alloc.groups[gid].at -= 1
+    share that a later, larger block of another group made unnecessary.) A block that
+    cannot go back now never can (each one given back lowers the share), so each group's
+    last block is tried once: about one FLOPs count per block."""
+    if _measure(alloc) <= removed + tolerance + EPS:
+        return
+    heap = [(-gs.block_scores[gs.at - 1], gid) for gid, gs in alloc.groups.items() if gs.at]
+    heapq.heapify(heap)
+    while heap:
+        _, gid = heapq.heappop(heap)
+        gs = alloc.groups[gid]
+        back = alloc._select(gid, gs.at - 1)
+        kept = {g: c.keep for g, c in alloc.chosen.items()}
+        kept[gid] = back.keep
+        share = alloc.measure(kept)
+        if share < removed - EPS:
+            continue
+        gs.at -= 1
         alloc.chosen[gid] = back
+        if share <= removed + tolerance + EPS:
+            return
+        if gs.at:
+            heapq.heappush(heap, (-gs.block_scores[gs.at - 1], gid))
+
+
+class _Budget(Exception):
+    """The FLOPs counts :func:`_settle` may spend are spent."""
 
 
 def _settle(alloc: _Allocation, removed: float, tolerance: float) -> None:
@@ -237,18 +246,21 @@ def _settle(alloc: _Allocation, removed: float, tolerance: float) -> None:
     blocks given back, where that lands closer to the target (never under it). The
     search stops after about four times the FLOPs counts the blocks took (a handful of
     coarse groups need few; with many groups the blocks are fine and land in the window)."""
-    _give_back(alloc, removed, tolerance)
     measure, calls = alloc.measure, 0
+    budget = max(200, 4 * sum(len(gs.steps) for gs in alloc.groups.values()))
 
     def counted(kept: Kept) -> float:
         nonlocal calls
         calls += 1
+        if calls > budget:
+            raise _Budget
         return measure(kept)
 
-    budget = max(200, 4 * sum(len(gs.steps) for gs in alloc.groups.values()))
     alloc.measure = counted
+    best: tuple[float, dict] | None = None
     try:
-        while calls < budget:
+        _give_back(alloc, removed, tolerance)
+        while True:
             now = _measure(alloc)
             if now <= removed + tolerance + EPS:
                 return
@@ -258,14 +270,22 @@ def _settle(alloc: _Allocation, removed: float, tolerance: float) -> None:
                 if gs.next_score() is None:
                     continue
                 alloc.take(gid, alloc._select(gid, gs.at + 1))
-                _give_back(alloc, removed, tolerance)
-                share = _measure(alloc)
-                if removed - EPS <= share < now - EPS and (best is None or share < best[0]):
-                    best = (share, {g: (s.at, alloc.chosen[g]) for g, s in alloc.groups.items()})
-                for g, (at, chosen) in saved.items():
-                    alloc.groups[g].at, alloc.chosen[g] = at, chosen
+                try:
+                    _give_back(alloc, removed, tolerance)
+                    share = _measure(alloc)
+                    if removed - EPS <= share < now - EPS and (best is None or share < best[0]):
+                        best = (share, {g: (s.at, alloc.chosen[g])
+                                        for g, s in alloc.groups.items()})  # fmt: skip
+                finally:
+                    for g, (at, chosen) in saved.items():
+                        alloc.groups[g].at, alloc.chosen[g] = at, chosen
             if best is None:
                 return
+            for g, (at, chosen) in best[1].items():
+                alloc.groups[g].at, alloc.chosen[g] = at, chosen
+            best = None
+    except _Budget:  # the best found so far stands, if it lands closer
+        if best is not None:
             for g, (at, chosen) in best[1].items():
                 alloc.groups[g].at, alloc.chosen[g] = at, chosen
     finally:

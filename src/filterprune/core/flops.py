@@ -92,7 +92,7 @@ def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
         if node.op == "recurrent" and info is not None:  # every matrix at every step
             elems = sum(kept_elements(shape, roles, keeps.get(node.layer, {}), info.groups)
                         for key, (shape, roles) in info.params.items()
-                        if len(shape) > 1 and not _is_bias(key))  # fmt: skip
+                        if len(shape) > 1 and not _is_bias(key, recurrent=True))  # fmt: skip
             out[node.layer] = out.get(node.layer, 0) + 2 * int(node.attrs["positions"]) * elems
             continue
         if node.op not in ("conv", "linear") or info is None:
@@ -103,11 +103,11 @@ def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
     return out
 
 
-def _is_bias(key: str) -> bool:
-    """A bias (``B`` in ONNX, ``(directions, gates * hidden)`` in a recurrent layer; per
-    head in Keras' attention): added, not multiplied, so no FLOPs of a matrix."""
+def _is_bias(key: str, recurrent: bool = False) -> bool:
+    """A bias (per head in Keras' attention; ``B``, ``(directions, gates * hidden)``, in an
+    ONNX recurrent layer): added, not multiplied, so no FLOPs of a matrix."""
     last = key.replace("/", ".").rsplit(".", 1)[-1]
-    return last == "B" or last.endswith("bias")
+    return last.endswith("bias") or recurrent and last == "B"
 
 
 def count_flops(graph: Graph, keeps: Keeps | None = None) -> int:

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
-__all__ = ["restore", "snapshot", "attributes_kept"]
+__all__ = ["restore", "snapshot", "attributes_kept", "plain_attributes", "put_back"]
 
 _TABLES = ("_parameters", "_modules", "_forward_hooks", "_forward_pre_hooks")
 
@@ -52,19 +53,30 @@ def restore(snap: list[tuple[Any, ...]]) -> None:
 _TORCH_OWN = frozenset(vars(nn.Module()))  # its tables and flags: the rest is the class's
 
 
+def plain_attributes(model: nn.Module) -> dict[nn.Module, dict[str, Any]]:
+    """Each module's attributes that are not torch's own tables (a flag, a cache), but a
+    lazy module's: its first call sets its sizes for good."""
+    return {m: {k: v for k, v in vars(m).items() if k not in _TORCH_OWN}
+            for m in model.modules() if not isinstance(m, LazyModuleMixin)}  # fmt: skip
+
+
+def put_back(saved: dict[nn.Module, dict[str, Any]]) -> None:
+    """Give each module of ``saved`` those attributes again, dropping any set since."""
+    for module, before in saved.items():
+        now = vars(module)
+        for key in [k for k in now if k not in before and k not in _TORCH_OWN]:
+            del now[key]
+        now.update((k, v) for k, v in before.items() if now.get(k) is not v)
+
+
 @contextlib.contextmanager
 def attributes_kept(model: nn.Module) -> Iterator[None]:
     """Runs of ``model`` on a made-up input (the capture's, a probe's) leave no plain
     attribute behind: a forward that sets a flag from its input (BasicVSR++ sets
     ``is_mirror_extended`` on a clip that reads the same backwards, as zeros do) would
     otherwise compute otherwise on every real input after."""
-    saved = {m: {k: v for k, v in vars(m).items() if k not in _TORCH_OWN}
-             for m in model.modules()}  # fmt: skip
+    saved = plain_attributes(model)
     try:
         yield
     finally:
-        for module, before in saved.items():
-            now = vars(module)
-            for key in [k for k in now if k not in before and k not in _TORCH_OWN]:
-                del now[key]
-            now.update((k, v) for k, v in before.items() if now.get(k) is not v)
+        put_back(saved)

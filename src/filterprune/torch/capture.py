@@ -36,7 +36,7 @@ from ._copy import NORM_HOOKS, computed_weights
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
-from ._snapshot import attributes_kept
+from ._snapshot import attributes_kept, plain_attributes, put_back
 from ._transformer import TRACED_THROUGH, tracing_layers
 
 __all__ = ["capture", "capture_fx"]
@@ -135,12 +135,13 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
           whole_on_failure: bool = False) -> fx.GraphModule:  # fmt: skip
     was_training = model.training
     model.eval()  # trace the inference path (no stochastic depth, no aux heads)
-    attributes = {m: dict(vars(m)) for m in model.modules()}
+    attributes = plain_attributes(model)
     try:
         try:
             gm = fx.GraphModule(model, _Tracer(whole_on_failure).trace(model))
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
-            _restore_attributes(attributes)
+            put_back(attributes)  # a module caching from its first call (torchvision's
+            # MultiScaleRoIAlign keeps its scales) would keep proxies for the next capture
             raise _TraceError(
                 f"torch.fx could not trace {type(model).__name__}: {err}. Make the forward free "
                 "of data-dependent Python control flow, or wrap such code with torch.fx.wrap."
@@ -280,17 +281,6 @@ def _check_runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> None:
             f"{type(model).__name__} failed on {_sample_words(example)}: {err}. {fix}") from err
     finally:
         model.train(was_training)
-
-
-def _restore_attributes(saved: dict[nn.Module, dict[str, Any]]) -> None:
-    """Put back what a failed trace set on modules: a module that caches values from its
-    first call (torchvision's ``MultiScaleRoIAlign`` keeps its scales) would otherwise
-    keep proxies, and the model would fail when run for real."""
-    for module, before in saved.items():
-        now = vars(module)
-        for key in [k for k in now if k not in before]:
-            del now[key]
-        now.update((k, v) for k, v in before.items() if now.get(k) is not v)
 
 
 def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
@@ -617,12 +607,12 @@ def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph,
                         for t in called | used)]  # fmt: skip
     if not idle:
         return
-    was_training, attributes = model.training, {m: dict(vars(m)) for m in model.modules()}
+    was_training, attributes = model.training, plain_attributes(model)
     model.train()
     try:
         train = _Tracer(whole_on_failure).trace(model)
     except Exception:  # noqa: BLE001 - e.g. a detector that needs targets to train
-        _restore_attributes(attributes)
+        put_back(attributes)
         return
     finally:
         model.train(was_training)

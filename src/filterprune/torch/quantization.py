@@ -190,12 +190,16 @@ def idle_layers(model: nn.Module, captured: Captured) -> dict[str, str]:
         return {}
     called: set[str] = set()
     before = snapshot(model)
-    for name, module in layers.items():
-        module.register_forward_pre_hook(lambda *_, name=name: called.add(name))
     try:
-        model.eval()
-        with torch.no_grad(), attributes_kept(model):
-            model(*captured.sample)
+        with attributes_kept(model):  # the recorders set below go with the rest
+            for name, module in layers.items():
+                # a hook keeps torch's fused transformer kernel off (it skips the layers);
+                # the forward records a call that passes by __call__ (``fc.forward(x)``)
+                module.register_forward_pre_hook(lambda *_, name=name: called.add(name))
+                module.forward = _recorded(module.forward, name, called)
+            model.eval()
+            with torch.no_grad():
+                model(*captured.sample)
     except Exception as err:  # noqa: BLE001 - the capture ran it; say so and go on
         log.info("quantization: the sample input did not run (%s); every layer is taken "
                  "as called", err)
@@ -210,6 +214,14 @@ def idle_layers(model: nn.Module, captured: Captured) -> dict[str, str]:
         idle[name] = (f"its forward never runs: {who} reads its weight itself, where a "
                       "quantizer on it would not apply")
     return idle
+
+
+def _recorded(forward: Any, name: str, called: set[str]) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        called.add(name)
+        return forward(*args, **kwargs)
+
+    return run
 
 
 def install_quantizers(
