@@ -112,6 +112,24 @@ def test_statistics_report_flops_params_levels_and_reasons(small_net):
     assert "FLOPs" in text and "left unpruned" in text and "fc2: feeds a model output" in text
 
 
+def test_a_grouped_conv_following_a_held_group_is_listed_with_it():
+    """Its filters follow the first conv's channels, so it stays whole with them; it was
+    in neither the layer table nor "left unpruned"."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.g = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, groups=4)
+            self.c = nn.Conv2d(32, 16, 1)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.g(torch.relu(self.stem(x)))))
+
+    ctrl, _ = create_compressed_model(Net(), make_config((1, 3, 16, 16)))
+    held = {tuple(p): r for p, r in ctrl.statistics().unpruned}
+    assert held[("stem", "g")] == "first convolution (prune_first_conv is off)"
+
+
 def test_structural_switches_open_first_and_downsample_convs(small_net):
     ctrl, _ = create_compressed_model(
         small_net, make_config(prune_first_conv=True, prune_downsample_convs=True)

@@ -98,7 +98,9 @@ def collect_statistics(
     # filters of the layers, not channel units of the groups (a group coupling channels
     # in pairs, or several layers adding into one stream, is not one filter per unit)
     full_filters, current_filters = sum(s.filters for s in layers), sum(s.kept for s in layers)
-    unpruned = [(g.producers, g.reason or "") for g in analysis.groups if not g.prunable]
+    followers = _followers(analysis)
+    unpruned = [(g.producers + followers.get(g.id, []), g.reason or "")
+                for g in analysis.groups if not g.prunable]  # fmt: skip
     unpruned += [(analysis.groups[gid].producers, why) for gid, why in (reasons or {}).items()]
     unpruned += whole_layers(analysis.graph, {p for g in analysis.groups for p in g.producers})
     return PruningStatistics(
@@ -114,6 +116,24 @@ def collect_statistics(
         unpruned=unpruned,
         notes=list(analysis.graph.notes),
     )
+
+
+def _followers(analysis: Analysis) -> dict[int, list[str]]:
+    """Group id -> the layers whose filters follow held groups' channels without making
+    them (a grouped or depthwise conv after the first conv): whole with them, listed
+    with the first of them."""
+    producers = {p for g in analysis.groups for p in g.producers}
+    out: dict[int, list[str]] = {}
+    for layer, roles in analysis.layer_roots().items():
+        if layer in producers or "out" not in roles or not roles["out"].size:
+            continue
+        found = [analysis.root_group.get(int(r)) for r in roles["out"]]
+        if None in found:
+            continue
+        ids = list(dict.fromkeys(f[0] for f in found))
+        if not any(analysis.groups[i].prunable for i in ids):
+            out.setdefault(ids[0], []).append(layer)
+    return out
 
 
 def whole_layers(graph, producers: set[str]) -> list[tuple[list[str], str]]:
