@@ -231,6 +231,28 @@ def test_a_merge_of_the_tensors_own_sizes_beside_a_minus_one_is_cut(form):
     assert "b.0" not in held
 
 
+def test_a_size_read_from_the_input_does_not_make_a_first_convolution():
+    """``F.interpolate(y, size=x.shape[2:])`` reads the input's size, not its values: the
+    conv after it was held as a "first convolution" (Uformer-style nets stayed whole)."""
+
+    class Upsampled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 16, 3, 2, 1), nn.Conv2d(16, 16, 3, padding=1)
+            self.c3, self.head = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 1, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.c2(torch.relu(self.c1(x))))
+            y = F.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=False)
+            return self.head(torch.relu(self.c3(y)))
+
+    model = nondegenerate(Upsampled())
+    ctrl, model = create_compressed_model(model, make_config((1, 3, 16, 16), filters_multiple_of=1))
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "c3" not in held and held["c1"] == "first convolution (prune_first_conv is off)"
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+
+
 def test_a_width_used_as_a_number_keeps_its_channels_whole():
     _, held = prune(Head(ScaleByWidth()))
     assert "read in forward and used as a number" in held["b.0"]

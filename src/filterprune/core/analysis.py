@@ -232,7 +232,11 @@ def _first_layers(graph: Graph) -> set[str]:
     free: dict[str, bool] = {}
     first: set[str] = set()
     for node in graph:
-        reached = node.op == "input" or any(free.get(i, False) for i in node.inputs)
+        # only values flow: a size read from the input (``x.shape[2:]``: shape None) and a
+        # reshape's size sources (``tied_dims``, inputs after the first) carry none
+        data = node.inputs[:1] if node.op == "reshape" else node.inputs
+        reached = node.op == "input" or any(free.get(i, False) for i in data
+                                            if graph[i].shape is not None)
         if node.op in ("conv", "linear", "recurrent"):
             if reached and node.layer:
                 first.add(node.layer)
