@@ -354,6 +354,18 @@ def _matmul(node: fx.Node, shape) -> Spec:
     return "einsum", {"equation": "...ij,...jk->...ik", "operands": [a.name, b.name]}
 
 
+def _fft(node: fx.Node, shape) -> Spec:
+    """``fft_*``: each channel transformed alone unless the channel axis is transformed
+    (``fftn``/``rfftn`` without ``dim`` transform every axis)."""
+    schema = getattr(node.target, "_schema", None)
+    default = next((a.default_value for a in getattr(schema, "arguments", ()) if a.name == "dim"),
+                   None)  # fmt: skip
+    dims = named_args(node).get("dim", default)
+    if dims is None:
+        return "stop", {"reason": "an FFT over every axis, channels included"}
+    return "along", {"dims": [dims] if isinstance(dims, int) else list(dims)}
+
+
 def _table(pairs: list[tuple[list[Any], Callable[..., Spec]]]) -> dict[Any, Callable]:
     return {op: build for ops, build in pairs for op in ops}
 
@@ -384,6 +396,10 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
           "argmin.default", "max.default", "min.default", "median.default"), _reduce),
     (_ops("view_as_complex.default"), _complex_view),
     (_ops("real.default", "imag.default"), _identity),
+    (_ops(*(f"fft_{k}.default" for k in ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft", "fft2",
+                                          "ifft2", "rfft2", "irfft2", "fftn", "ifftn", "rfftn",
+                                          "irfftn"))), _fft),
+    (_ops("complex.default"), _elementwise),
     (_ops("kthvalue.default"), _kthvalue),
     (_ops("sort.default", "sort.stable", "topk.default", "cummax.default", "cummin.default"),
      _along),

@@ -690,6 +690,17 @@ def _complex_view(node: fx.Node, shapes) -> Spec:
     return "reduce", {"dims": [-1], "keepdim": False}
 
 
+def _fft(dim_pos: int, default: Any) -> Call:
+    """``torch.fft.*``: each channel transformed alone unless the channel axis is among the
+    transformed ones (``fftn``/``rfftn`` without ``dim`` transform every axis)."""
+    def rule(node: fx.Node, shapes) -> Spec:
+        dim = _arg(node, dim_pos, "dim", default)
+        if dim is None:
+            return "stop", {"reason": "an FFT over every axis, channels included"}
+        return "along", {"dims": [dim] if isinstance(dim, int) else list(dim)}
+    return rule
+
+
 def _matmul(node: fx.Node, shapes) -> Spec:
     """``a @ b``, ``torch.matmul``, ``torch.bmm``: the einsum ``...ij,...jk->...ik``
     (batch axes broadcast); a vector operand is not read."""
@@ -856,7 +867,13 @@ CALL_RULES: dict[Any, Call] = {
     F.channel_shuffle: _channel_shuffle_call, torch.channel_shuffle: _channel_shuffle_call,
     F.glu: _glu, F.grid_sample: _grid_sample, torch.einsum: _einsum,
     **{f: _matmul for f in (operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm")},
-    torch.view_as_complex: _complex_view,
+    torch.view_as_complex: _complex_view, torch.complex: _elementwise,
+    **{f: _fft(2, -1) for f in (torch.fft.fft, torch.fft.ifft, torch.fft.rfft, torch.fft.irfft,
+                                torch.fft.hfft, torch.fft.ihfft)},
+    **{f: _fft(2, (-2, -1)) for f in (torch.fft.fft2, torch.fft.ifft2, torch.fft.rfft2,
+                                      torch.fft.irfft2)},
+    **{f: _fft(2, None) for f in (torch.fft.fftn, torch.fft.ifftn, torch.fft.rfftn,
+                                  torch.fft.irfftn)},
 }  # fmt: skip
 
 
