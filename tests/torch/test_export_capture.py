@@ -585,3 +585,26 @@ def test_lazy_layers_keep_the_sizes_their_first_call_set():
     assert (model.conv.in_channels, model.fc.in_features) == (3, 16)
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 12, 12))
     assert small.conv.in_channels == 3 and small.fc.in_features == small.mid.out_channels
+
+
+class _State(nn.Module):
+    """A recurrent state argument left None on the first call (RVM's decoder)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(9, 4, 1)
+
+    def forward(self, x, h=None):
+        if h is None:
+            h = torch.zeros_like(x[:, :1])
+        return self.b(torch.cat([torch.relu(self.a(x)), h], 1))
+
+
+def test_a_trace_that_takes_another_branch_than_the_model_does_not_blame_the_input():
+    """The model runs on the sample; torch.fx's trace read ``h`` as given. The warning
+    said the model failed on the input and to change it (cut mid-word: "an input it r")."""
+    with pytest.warns(UserWarning, match="which the model itself runs: the trace took another"
+                                         " branch") as said:  # fmt: skip
+        ctrl, _ = create_compressed_model(_State(), make_config((1, 3, 8, 8)))
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    assert not any("Give a sample_size" in str(w.message) for w in said)

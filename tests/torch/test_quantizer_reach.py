@@ -87,3 +87,31 @@ def test_a_layer_called_by_its_forward_method_is_quantized():
     ctrl, model = create_compressed_model(ForwardCall(), _config((2, 3, 8, 8)))
     assert ctrl.statistics().left_in_float == []
     assert hasattr(model.fc, "weight_quantizer") and "forward" not in vars(model.fc)
+
+
+def test_an_activation_of_only_zeros_takes_the_smallest_range_from_the_first_batch(
+        tmp_path, caplog):  # fmt: skip
+    """With ranges from the first batch, a dead ReLU (a squeeze cut to one filter whose
+    output is never positive) never got one: export refused "no range yet" after any
+    number of batches, where ranges from init data give it the smallest range."""
+
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 3, 3, padding=1)
+            self.squeeze, self.excite = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            gate = torch.sigmoid(self.excite(torch.relu(self.squeeze(x.mean((2, 3), True)))))
+            return self.head(x * gate)
+
+    torch.manual_seed(0)
+    model = Gate()
+    with torch.no_grad():
+        model.squeeze.bias.fill_(-100.0)  # its ReLU is dead for every input
+    caplog.set_level("WARNING", logger="filterprune")
+    ctrl, model = create_compressed_model(model, _config((1, 3, 16, 16)))
+    model.train()(torch.randn(4, 3, 16, 16))
+    assert "saw only zeros in its first batch" in caplog.text
+    ctrl.export_model(str(tmp_path / "m.onnx"))

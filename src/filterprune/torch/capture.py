@@ -150,6 +150,13 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 ShapeProp(gm).propagate(*example)
         except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
+            if _runs(model, example):  # the trace took another path than the model does
+                raise _TraceError(
+                    f"torch.fx's trace of {type(model).__name__} fails on "
+                    f"{_sample_words(example)}, which the model itself runs: the trace took "
+                    "another branch (an argument left None, a test of a value). "
+                    f"{err.__cause__ or err}"
+                ) from err
             raise _TraceError(
                 f"{type(model).__name__} failed on {_sample_words(example)}: "
                 f"{err.__cause__ or err}. {_SAMPLE_FIX}"
@@ -243,7 +250,19 @@ def _first_sentence(err: Exception) -> str:
 
 
 def _first_line(err: Exception) -> str:
-    return str(err).split(". Make the forward")[0].splitlines()[0][:200]
+    """The error's first line, without the tracer's advice, cut at a word past 200."""
+    line = str(err).split(". Make the forward")[0].splitlines()[0]
+    return line if len(line) <= 200 else line[:200].rsplit(" ", 1)[0] + " ..."
+
+
+def _runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> bool:
+    """Whether ``model`` runs on ``example`` in eval mode (its attributes put back)."""
+    try:
+        with torch.no_grad(), attributes_kept(model):
+            model(*example)
+    except Exception:  # noqa: BLE001 - the caller reports the trace's failure
+        return False
+    return True
 
 
 _SAMPLE_FIX = ("Give a sample_size and `filler` the model accepts; an input it reads as "

@@ -13,6 +13,7 @@ own. An activation quantizer keeps the range set from data (or, with
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,8 @@ from ..core.quantization import (
     warn_signed,
 )
 from ..errors import ConfigError
+
+log = logging.getLogger("filterprune")
 
 __all__ = ["FakeQuantize", "QuantizeInput", "QuantizeOutput", "follow_range", "lazy_ranges_paused"]
 
@@ -221,6 +224,11 @@ class FakeQuantize(nn.Module):
         rc = RangeCollector("min_max", self.axis is not None, self.spec.channel_axis)
         rc.update(x.detach().float().cpu().numpy())
         got = rc.range()
+        if got is None and rc.zeros is not None:  # as ranges from init data do
+            got = rc.zeros
+            log.warning("quantizer %s saw only zeros in its first batch (an activation that "
+                        "is never positive?): it gets the smallest range, and values it meets "
+                        "later are clipped to it", self.spec.key)  # fmt: skip
         if got is not None:
             self.set_state(quant_params(*got, self.spec.settings))
 
