@@ -162,3 +162,11 @@ def test_attention_counts_its_projections_not_its_per_head_biases():
     ctrl, _ = create_compressed_model(model, make_config((1, tokens, dim)))
     projections = 2 * tokens * (3 * dim * heads * key_dim + heads * key_dim * dim)
     assert ctrl.statistics().full_flops == projections + 2 * dim * 5
+
+
+def test_an_embedding_counts_no_flops():
+    """A lookup was counted as a matrix product at every token (320,000 FLOPs here)."""
+    inp = keras.Input((10,), dtype="int32")
+    out = layers.Dense(4, name="head")(layers.Embedding(1000, 16, name="emb")(inp))
+    ctrl, _ = create_compressed_model(keras.Model(inp, out), make_config((1, 10)))
+    assert ctrl.statistics().full_flops == 2 * 10 * 16 * 4

@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch_helpers import SmallNet, assert_strip_equal, make_config
 
@@ -291,6 +292,31 @@ def test_attention_module_flops_are_counted():
     graph = capture(Net().eval(), (torch.zeros(1, 5, 8),)).graph
     tokens = 5  # every projection runs once per token
     assert count_flops(graph) == 2 * tokens * (8 * 16 + 3 * 16 * 16 + 16 * 16 + 16 * 4)
+
+
+@pytest.mark.parametrize("form", ["module", "function", "export", "gather"])
+def test_lookups_in_a_table_count_no_flops(form):
+    """An embedding (and a relative-position bias gathered from a table under
+    torch.export) was counted as a matrix product at every token: 320,000 FLOPs here
+    for a lookup."""
+    from filterprune.core.flops import count_flops
+    from filterprune.torch.capture import capture
+    from filterprune.torch.export_capture import capture_export
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(1000, 16), nn.Linear(16, 4)
+            self.table = nn.Parameter(torch.randn(4, 10, 16))
+
+        def forward(self, t):
+            if form == "gather":
+                return self.fc(self.table[:, t[0] % 10].sum(0) + self.emb(t))
+            return self.fc(F.embedding(t, self.emb.weight) if form == "function" else self.emb(t))
+
+    x = (torch.zeros(1, 10, dtype=torch.long),)
+    read = capture_export if form in ("export", "gather") else capture
+    assert count_flops(read(Net().eval(), x).graph) == 2 * 10 * 16 * 4
 
 
 def test_a_scripted_submodule_is_refused_clearly():

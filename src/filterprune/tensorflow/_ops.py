@@ -397,7 +397,8 @@ def layer_steps(layer: Any, name: str, ins: list[Shape], outs: list[Shape]) -> l
     if len(outs) > 1:
         reason += " (it has several outputs)"
     attrs = {"reason": reason}
-    if info is not None and len(outs[0]) > 2:
+    # an Embedding looks its rows up and multiplies nothing: no FLOPs of a matrix
+    if info is not None and len(outs[0]) > 2 and not isinstance(layer, keras.layers.Embedding):
         attrs["positions"] = math.prod(outs[0][1:-1])  # channels last
     return [Step("stop", attrs, info)]
 

@@ -471,6 +471,12 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     return Node(node.name, kind, read, shape, layer=name, attrs=attrs, label=label)
 
 
+# lookups read entries of a table and multiply nothing: no FLOPs of a matrix
+_LOOKUP_MODULES = (nn.Embedding, nn.EmbeddingBag)
+_LOOKUPS = {"embedding", "embedding_bag", "_embedding_bag", "index", "gather", "index_select",
+            "take", "take_along_dim"}  # fmt: skip
+
+
 def _no_rule(node: fx.Node, module: nn.Module, inputs: list[str], shape: Any, tokens_of: Any,
              graph: Graph) -> Node:  # fmt: skip
     """A module no rule reads: a stop whose inputs stay whole, its parameters counted
@@ -479,8 +485,9 @@ def _no_rule(node: fx.Node, module: nn.Module, inputs: list[str], shape: Any, to
     graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
     reason = f"{label} {name} has a forward hook, which the trace does not see" \
         if _user_hooks(module) else node.meta.get(_WHOLE, f"no channel rule for module {label}")
-    attrs = {"reason": reason,
-             "positions": _tokens(tokens_of, graph)}  # fmt: skip
+    attrs = {"reason": reason}
+    if not isinstance(module, _LOOKUP_MODULES):
+        attrs["positions"] = _tokens(tokens_of, graph)
     return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
 
 
@@ -554,7 +561,7 @@ def no_rule_stop(name: str, inputs: list[str], shape: Any, label: str, graph: Gr
     attrs: dict[str, Any] = {"reason": f"no channel rule for {label}"}
     params = [graph[i] for i in inputs if graph[i].op == "param" and not graph[i].attrs.get(
         "fill") and sum(n > 1 for n in graph[i].shape or ()) >= 2]  # a matrix, not a scale
-    if not params:
+    if not params or label.split(".")[0] in _LOOKUPS:
         return Node(name, "stop", inputs, shape, label=label, attrs=attrs)
     data = [graph[i].shape for i in inputs if graph[i].op != "param"]
     if any(len(p.shape) > 2 for p in params) and isinstance(shape, tuple) and len(shape) > 2:
