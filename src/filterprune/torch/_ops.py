@@ -698,6 +698,7 @@ def _fft(dim_pos: int, default: Any) -> Call:
         if dim is None:
             return "stop", {"reason": "an FFT over every axis, channels included"}
         return "along", {"dims": [dim] if isinstance(dim, int) else list(dim)}
+
     return rule
 
 

@@ -256,11 +256,11 @@ def _first_line(err: Exception) -> str:
 
 
 def _runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> bool:
-    """Whether ``model`` runs on ``example`` in eval mode (its attributes put back)."""
+    """Whether ``model`` runs on ``example`` (:func:`_check_runs`, attributes put back)."""
     try:
-        with torch.no_grad(), attributes_kept(model):
-            model(*example)
-    except Exception:  # noqa: BLE001 - the caller reports the trace's failure
+        with attributes_kept(model):
+            _check_runs(model, example)
+    except AnalysisError:
         return False
     return True
 
