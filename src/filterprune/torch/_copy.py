@@ -122,7 +122,8 @@ def bake_weights(modules: Iterable[nn.Module]) -> dict[nn.Parameter, list[nn.Par
             module.train(training)
         if swapped is not None:  # the same forward over the plain class
             prefix = masked_class.__name__[: -len(swapped.__name__)]
-            module.__class__ = _masked_class(type(module), prefix)
+            module.__class__ = _masked_class(type(module), prefix,
+                                             masked_class._filterprune_channels)  # fmt: skip
         baked.update({module._parameters[name]: sources for name, sources in before.items()})
     return baked
 

@@ -5,7 +5,12 @@
 records every convolution, use the same parameters as the module forms
 ``nn.BatchNorm2d`` and ``nn.Conv2d``, so they get the same rule, keyed to the module
 that owns those parameters (the layer name is the module path, as for a module call).
-Both captures (torch.fx and torch.export) go through :func:`functional_parts`.
+Both captures (torch.fx and torch.export) go through :func:`functional_node`.
+
+A module of the user's own that passes its own ``weight`` (and ``bias``) to such a
+function in its forward (``F.conv2d(x, self.weight, self.bias, self.stride)``) is that
+layer too, built from the call's arguments: the masks then run its own forward, reading
+its parameters masked (see :func:`~filterprune.torch.masks.keeps_own_forward`).
 
 A layer is only cut where the masks can follow it: the masks wrap the owning module's
 forward, so a convolution or linear layer must run the forward of its torch class
@@ -25,7 +30,18 @@ import torch
 from torch import fx, nn
 
 from ..core.graph import Graph, LayerInfo, Node
-from ._ops import FUNCTIONAL, Functional, module_rule, probe_forwards
+from ._copy import computed_weights
+from ._ops import (
+    FUNCTIONAL,
+    Functional,
+    channels_layer,
+    conv_layer,
+    deform_layer,
+    layer_form,
+    linear_layer,
+    module_rule,
+    probe_forwards,
+)
 from .masks import keeps_own_forward
 
 __all__ = ["functional_node", "plain_params", "owner_of", "module_path", "split_sizes",
@@ -112,9 +128,11 @@ def functional_node(node: fx.Node, label: str, shape: Any, graph: Graph,
             params[slot] = resolve(value)
     in_shape = graph[data.name].shape if data is not None else None
     weight = arg_of(node, spec.params["weight"]) if "weight" in spec.params else None
+    options = {key: arg_of(node, where) for key, where in spec.options.items()}
     parts = _parts(
         spec, label, params, modules, in_shape, shape,
         call=(lambda: rule(node, in_shape or ())) if rule else None,
+        options={key: value for key, value in options.items() if value is not None},
         context=module_path(node, modules), graph_layers=graph.layers,
         weight_elems=_elements(weight) if isinstance(weight, fx.Node) else None,
         learned=isinstance(weight, fx.Node) and _from_parameters(weight, resolve, modules),
@@ -203,10 +221,11 @@ def _unslice(path: str, modules: dict[str, nn.Module]) -> str:
 
 
 def _parts(spec: Functional, label: str, params: dict[str, str],
-                     modules: dict[str, nn.Module], in_shape: Any, out_shape: Any,
-                     call: Callable[[], tuple[str, dict]] | None, context: str | None,
-                     graph_layers: dict, weight_elems: int | None = None, learned: bool = True,
-                     data_path: str | None = None) -> Parts:  # fmt: skip
+           modules: dict[str, nn.Module], in_shape: Any, out_shape: Any,
+           call: Callable[[], tuple[str, dict]] | None, context: str | None,
+           graph_layers: dict, weight_elems: int | None = None, learned: bool = True,
+           data_path: str | None = None,
+           options: dict[str, Any] | None = None) -> Parts:  # fmt: skip
     """The node parts of a function call that computes a layer.
 
     Args:
@@ -224,6 +243,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
             computed in forward, or another layer's).
         learned: That weight is, or is computed from, a parameter.
         data_path: Path of the module the activation was computed in.
+        options: A convolution's ``stride`` and ``groups`` as the call passes them.
     """
     weighted = not spec.per_channel
     positions = _positions(spec, out_shape) if weighted else None
@@ -249,6 +269,12 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         reads = sorted({owner_of(name)[0] or name for name in params.values()} - {context or ""})
         return _opaque(why, context, modules, graph_layers, positions, reads, weight_elems,
                        learned)  # fmt: skip
+    if found is None and owner == context:
+        own = _own_layer(spec, label, module, owner, params, in_shape, out_shape, options or {})
+        if isinstance(own, str):
+            return _opaque(own, owner, modules, graph_layers, positions)
+        if own is not None:
+            return _built(own, module, owner, in_shape, out_shape, context, graph_layers)
     if found is None or found[0] not in spec.forms:
         if call is not None and not weighted:  # LayerNorm, GroupNorm: nothing to cut or mask
             kind, attrs = call()
@@ -265,6 +291,52 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
                "torch class there")  # fmt: skip
         return _opaque(why, owner, modules, graph_layers, positions)
     return _built(build, module, owner, in_shape, out_shape, context, graph_layers)
+
+
+def _own_layer(spec: Functional, label: str, module: nn.Module, owner: str,
+               params: dict[str, str], in_shape: Any, out_shape: Any,
+               options: dict[str, Any]) -> Callable | str | None:  # fmt: skip
+    """The builder of the layer a module of the user's own computes by passing its own
+    parameters (``params``: slot -> dotted name) to a layer function in its forward; a
+    reason where that layer cannot be cut; ``None`` where the function has no such form
+    (a LayerNorm's or GroupNorm's statistics span channels: the usual path reads it)."""
+    names = {owner_of(name)[1] for name in params.values()}
+    kind = type(module).__name__
+    shadowed = sorted(n for n in names if isinstance(getattr(type(module), n, None), property))
+    if shadowed:
+        return (f"{label} reads {kind} {owner}'s {shadowed[0]}, a property of its class, "
+                "which the masks cannot shadow")  # fmt: skip
+    form = layer_form(spec.forms)
+    if form is None or not isinstance(in_shape, tuple) or not isinstance(out_shape, tuple) \
+            or len(in_shape) < 2:  # fmt: skip
+        return None
+    if form == "channels":
+        count = in_shape[1]
+        if any(p.shape != (count,) for n, p in module.named_parameters(recurse=False)
+               if n in names):  # fmt: skip
+            return None  # one PReLU slope for every channel
+        return lambda m, name, *_: channels_layer(m, name, count, names)
+    weights = computed_weights(module)
+    if any(n not in module._parameters and n not in weights for n in names):
+        return None  # a buffer: a fixed filter, not a learned layer
+    shape = tuple(module.weight.shape)
+    if form == "linear":
+        return lambda m, name, i, o: linear_layer(m, name, o, (shape[1], shape[0]), names)
+    groups, stride = options.get("groups", 1), options.get("stride", 1)
+    strides = list(stride) if isinstance(stride, (tuple, list)) else [stride]
+    strides += [options["stride_w"]] if "stride_w" in options else []  # deform_conv2d's
+    if not all(isinstance(v, int) for v in [groups, *strides]):
+        return f"{label} in {kind} {owner} with a stride or group count computed in forward"
+    stride = max(strides)
+    transposed = form == "transposed"
+    cin, cout = (shape[0], shape[1] * groups) if transposed else (shape[1] * groups, shape[0])
+    if groups > 1 and groups == cin:
+        return (f"{label} in {kind} {owner} is depthwise (groups={groups}), a group count "
+                "its own code passes, which a cut would change")  # fmt: skip
+    if form == "deform":
+        return lambda m, name, i, o: deform_layer(m, name, o, (cin, cout), groups, stride, names)
+    return lambda m, name, i, o: conv_layer(m, name, i, o, (cin, cout), groups, stride,
+                                            transposed, names)  # fmt: skip
 
 
 def _built(build: Callable, module: nn.Module, owner: str, in_shape: Any, out_shape: Any,

@@ -56,10 +56,12 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _IN = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
-def _params(m: nn.Module, roles: dict[str, tuple[str | None, ...]]) -> dict:
+def _params(m: nn.Module, roles: dict[str, tuple[str | None, ...]],
+            only: set[str] | None = None) -> dict:  # fmt: skip
     """Parameter name -> (shape, roles). A weight computed from other parameters
     (``weight_norm``, ``spectral_norm``, a parametrization) is listed as the weight, and
-    the parameters it is computed from are not: a strip writes it in (:mod:`._copy`)."""
+    the parameters it is computed from are not: a strip writes it in (:mod:`._copy`).
+    ``only``: list only these (the ones a call passes; the module's others are its own)."""
     computed = computed_weights(m)
     sources = {n for names in computed.values() for n in names}
     out = {}
@@ -69,22 +71,33 @@ def _params(m: nn.Module, roles: dict[str, tuple[str | None, ...]]) -> dict:
     for name in computed:
         value = getattr(m, name)
         out[name] = (tuple(value.shape), roles.get(name, (None,) * value.dim()))
+    if only is not None:
+        out = {n: v for n, v in out.items() if n in only}
     ordered = {n: out[n] for n in roles if n in out}  # the weight first, as declared
     return {**ordered, **{n: v for n, v in out.items() if n not in ordered}}
 
 
 def _conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
+    return conv_layer(m, name, in_shape, out_shape, channels=(m.in_channels, m.out_channels),
+                      groups=m.groups, stride=max(m.stride), transposed=isinstance(m, _CONV_T))
+
+
+def conv_layer(m: nn.Module, name: str, in_shape, out_shape, channels: tuple[int, int],
+               groups: int, stride: int, transposed: bool,
+               only: set[str] | None = None) -> tuple[Spec, LayerInfo]:  # fmt: skip
+    """A convolution by ``m``'s ``weight`` and ``bias``: a torch conv, or a module that
+    passes them to ``F.conv2d`` in its own forward (``only``: the parameters it passes).
+    ``channels``: (in, out)."""
     nk = m.weight.dim() - 2
-    transposed = isinstance(m, _CONV_T)
     w_roles = ("in", "out") if transposed else ("out", "in")
-    params = _params(m, {"weight": w_roles + (None,) * nk, "bias": ("out",)})
+    params = _params(m, {"weight": w_roles + (None,) * nk, "bias": ("out",)}, only)
     spatial = in_shape[2:] if transposed else out_shape[2:]
     attrs = {
-        "in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups,
+        "in_channels": channels[0], "out_channels": channels[1], "groups": groups,
         "channel_axis": 1, "positions": math.prod(spatial),
     }  # fmt: skip
-    stride = 1 if transposed else max(m.stride)  # a transposed conv's stride upsamples
-    info = LayerInfo(name, "conv", params, groups=m.groups, stride=stride, weight="weight",
+    stride = 1 if transposed else stride  # a transposed conv's stride upsamples
+    info = LayerInfo(name, "conv", params, groups=groups, stride=stride, weight="weight",
                      transposed=transposed)  # fmt: skip
     return ("conv", attrs), info
 
@@ -93,30 +106,50 @@ _OFFSETS = "the sampling offsets and mask of a deformable conv"
 
 
 def _deform_conv(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
-    """torchvision's DeformConv2d: a conv that reads its input at offset positions; the
+    return deform_layer(m, name, out_shape, (m.in_channels, m.out_channels), m.groups,
+                        max(m.stride))  # fmt: skip
+
+
+def deform_layer(m: nn.Module, name: str, out_shape, channels: tuple[int, int], groups: int,
+                 stride: int, only: set[str] | None = None) -> tuple[Spec, LayerInfo]:  # fmt: skip
+    """torchvision's DeformConv2d, or a module passing its own ``weight`` to
+    ``deform_conv2d``: a conv that reads its input at offset positions; the
     offsets and mask it is given stay whole (core attribute ``held``). Its offsets come in
     groups of ``offset_block`` channels, one per block of consecutive input channels."""
-    params = _params(m, {"weight": ("out", "in", None, None), "bias": ("out",)})
-    attrs = {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups,
+    params = _params(m, {"weight": ("out", "in", None, None), "bias": ("out",)}, only)
+    attrs = {"in_channels": channels[0], "out_channels": channels[1], "groups": groups,
              "channel_axis": 1, "positions": math.prod(out_shape[2:]), "held": _OFFSETS,
-             "offset_block": 2 * math.prod(m.kernel_size)}  # fmt: skip
-    info = LayerInfo(name, "conv", params, groups=m.groups, stride=max(m.stride),
-                     weight="weight")  # fmt: skip
+             "offset_block": 2 * math.prod(m.weight.shape[2:])}  # fmt: skip
+    info = LayerInfo(name, "conv", params, groups=groups, stride=stride, weight="weight")
     return ("conv", attrs), info
 
 
 def _linear(m: nn.Linear, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
-    params = _params(m, {"weight": ("out", "in"), "bias": ("out",)})
+    return linear_layer(m, name, out_shape, (m.in_features, m.out_features))
+
+
+def linear_layer(m: nn.Module, name: str, out_shape, features: tuple[int, int],
+                 only: set[str] | None = None) -> tuple[Spec, LayerInfo]:  # fmt: skip
+    """A linear layer by ``m``'s ``weight`` and ``bias`` (see :func:`conv_layer`);
+    ``features``: (in, out)."""
+    params = _params(m, {"weight": ("out", "in"), "bias": ("out",)}, only)
     attrs = {
-        "in_features": m.in_features, "out_features": m.out_features,
+        "in_features": features[0], "out_features": features[1],
         "positions": math.prod(out_shape[1:-1]),
     }  # fmt: skip
     return ("linear", attrs), LayerInfo(name, "linear", params, weight="weight")
 
 
 def _batchnorm(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
-    params = _params(m, {"weight": ("channel",), "bias": ("channel",)})
-    attrs = {"num_features": m.num_features, "channel_axis": 1}
+    return channels_layer(m, name, m.num_features)
+
+
+def channels_layer(m: nn.Module, name: str, count: int,
+                   only: set[str] | None = None) -> tuple[Spec, LayerInfo]:  # fmt: skip
+    """A layer that scales or normalises each of ``count`` channels on its own by ``m``'s
+    ``weight`` and ``bias`` (BatchNorm, a module passing its own to ``F.batch_norm``)."""
+    params = _params(m, {"weight": ("channel",), "bias": ("channel",)}, only)
+    attrs = {"num_features": count, "channel_axis": 1}
     return ("batchnorm", attrs), LayerInfo(name, "batchnorm", params)
 
 
@@ -376,6 +409,8 @@ class Functional:
             masks may wrap any forward of it; a conv or linear layer needs its own forward.
         held: ``(position, keyword)`` of other tensors it reads, which stay whole (a
             deformable conv's offsets and mask).
+        options: ``(position, keyword)`` of a convolution's ``stride`` and ``groups``,
+            which a module passing its own parameters sets in the call.
     """
 
     forms: tuple[type[nn.Module], ...]
@@ -383,9 +418,29 @@ class Functional:
     params: dict[str, tuple[int, str]] = field(default_factory=dict)
     per_channel: bool = False
     held: tuple[tuple[int, str], ...] = ()
+    options: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+def layer_form(forms: tuple[type[nn.Module], ...]) -> str | None:
+    """What the layers ``forms`` compute, read for a module that passes its own
+    parameters to their function: ``conv``, ``transposed``, ``linear``, ``channels`` (each
+    channel on its own: BatchNorm, InstanceNorm, PReLU) or ``None`` (a norm whose
+    statistics span channels, an embedding)."""
+    if forms == _CONV:
+        return "conv"
+    if forms == _CONV_T:
+        return "transposed"
+    if forms == (nn.Linear,):
+        return "linear"
+    if forms in (_BN, _IN, (nn.PReLU,)):
+        return "channels"
+    if DeformConv2d is not None and forms == (DeformConv2d,):
+        return "deform"
+    return None
 
 
 _WB = {"weight": (1, "weight"), "bias": (2, "bias")}
+_CONV_OPTIONS = {"stride": (3, "stride"), "groups": (6, "groups")}  # the same in convT
 _NORM_WB = {"weight": (2, "weight"), "bias": (3, "bias")}
 _STATS_FIRST = {"running_mean": (1, "running_mean"), "running_var": (2, "running_var"),
                 "weight": (3, "weight"), "bias": (4, "bias")}  # fmt: skip
@@ -394,8 +449,9 @@ _WEIGHTS_FIRST = {"weight": (1, "weight"), "bias": (2, "bias"), "running_mean": 
 _aten = torch.ops.aten
 
 FUNCTIONAL: dict[Any, Functional] = {
-    **{f: Functional(_CONV, params=_WB) for f in (F.conv1d, F.conv2d, F.conv3d)},
-    **{f: Functional(_CONV_T, params=_WB)
+    **{f: Functional(_CONV, params=_WB, options=_CONV_OPTIONS)
+       for f in (F.conv1d, F.conv2d, F.conv3d)},
+    **{f: Functional(_CONV_T, params=_WB, options=_CONV_OPTIONS)
        for f in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)},
     F.linear: Functional((nn.Linear,), params=_WB),
     F.batch_norm: Functional(_BN, params=_STATS_FIRST, per_channel=True),
@@ -406,10 +462,10 @@ FUNCTIONAL: dict[Any, Functional] = {
     F.prelu: Functional((nn.PReLU,), params={"weight": (1, "weight")}, per_channel=True),
     F.embedding: Functional((nn.Embedding,), params={"weight": (1, "weight")}),
     # the same layers as torch.export records them (ATen overloads, their argument order)
-    **{op: Functional(_CONV, params=_WB) for op in (
+    **{op: Functional(_CONV, params=_WB, options=_CONV_OPTIONS) for op in (
         _aten.conv1d.default, _aten.conv2d.default, _aten.conv3d.default,
         _aten.conv1d.padding, _aten.conv2d.padding, _aten.conv3d.padding)},
-    **{op: Functional(_CONV_T, params=_WB) for op in (
+    **{op: Functional(_CONV_T, params=_WB, options=_CONV_OPTIONS) for op in (
         _aten.conv_transpose1d.default, _aten.conv_transpose2d.input,
         _aten.conv_transpose3d.input)},
     _aten.linear.default: Functional((nn.Linear,), params=_WB),
@@ -427,7 +483,9 @@ FUNCTIONAL: dict[Any, Functional] = {
 if DeformConv2d is not None and hasattr(torch.ops.torchvision, "deform_conv2d"):
     FUNCTIONAL[torch.ops.torchvision.deform_conv2d.default] = Functional(
         (DeformConv2d,), params={"weight": (1, "weight"), "bias": (4, "bias")},
-        held=((2, "offset"), (3, "mask")))  # fmt: skip
+        held=((2, "offset"), (3, "mask")),
+        options={"stride": (5, "stride_h"), "stride_w": (6, "stride_w"),
+                 "groups": (11, "n_weight_grps")})  # fmt: skip
 
 # -- functions and tensor methods ------------------------------------------------------------
 Call = Callable[[fx.Node, Any], Spec]

@@ -46,6 +46,8 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     return (
         isinstance(q, FakeQuantize) and q.axis is not None and q.frozen
         and isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_var is not None
+        # a torch conv: a module of the user's own may not pass a bias the fold adds
+        and isinstance(conv, nn.modules.conv._ConvNd)
         and not isinstance(conv, nn.modules.conv._ConvTransposeNd)
         and "input_quantizer" not in bn._modules and not conv._forward_hooks
         and not any(k.endswith("_mask") for k in [*conv._buffers, *bn._buffers])

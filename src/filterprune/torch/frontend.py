@@ -236,10 +236,10 @@ class TorchFrontend(Frontend):
     def read_weights(self, captured: Captured, layers: Iterable[str]) -> dict[str, np.ndarray]:
         out = {}
         for layer in layers:
-            module = captured.refs[layer]
+            module, info = captured.refs[layer], captured.graph.layers[layer]
             w = module.weight.detach()
-            if isinstance(module, nn.modules.conv._ConvTransposeNd):  # (in, out/g, ...)
-                g = module.groups  # filters first: (out, in/g, ...), group by group
+            if info.transposed:  # (in, out/g, ...)
+                g = info.groups  # filters first: (out, in/g, ...), group by group
                 w = w.unflatten(0, (g, -1)).transpose(1, 2).flatten(0, 1)
             out[layer] = w.float().cpu().numpy()
         return out

@@ -82,8 +82,8 @@ class _MaskState:
         # the swapped class is made at run time, so pickle cannot find it by name: rebuild
         # it from the layer's own class (torch.save of a whole model, multiprocessing)
         cls = type(self)
-        return _unpickle_swapped, (cls._filterprune_base, cls._filterprune_prefix), \
-            self.__getstate__()  # fmt: skip
+        return _unpickle_swapped, (cls._filterprune_base, cls._filterprune_prefix,
+                                   cls._filterprune_channels), self.__getstate__()  # fmt: skip
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, mask in self._buffers.items():
@@ -93,10 +93,10 @@ class _MaskState:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _unpickle_swapped(base: type, prefix: str) -> nn.Module:
+def _unpickle_swapped(base: type, prefix: str, channels: bool | None = None) -> nn.Module:
     """An empty instance of the swapped class of ``base`` (pickle then sets its state)."""
     module = base.__new__(base)
-    module.__class__ = _masked_class(base, prefix)
+    module.__class__ = _masked_class(base, prefix, channels)
     return module
 
 
@@ -158,8 +158,10 @@ def _running() -> dict[int, int]:
 class _MaskedOwnForward(_MaskState):
     """A conv or linear layer whose class runs its own forward around the torch one (a
     padding before ``F.conv2d``: efficientnet_pytorch's ``Conv2dStaticSamePadding``,
-    timm's ``Conv2dSame``): that forward runs, and while it does, in its thread, the
-    class's ``weight`` and ``bias`` properties read masked (and quantized)."""
+    timm's ``Conv2dSame``), or a module of the user's own that passes its own ``weight``
+    and ``bias`` to ``F.conv2d`` or ``F.linear``: that forward runs, and while it does, in
+    its thread, the class's ``weight`` and ``bias`` properties read masked (and
+    quantized)."""
 
     def forward(self, *args, **kwargs):
         running, key = _running(), id(self)
@@ -199,12 +201,12 @@ class _MaskedChannels(_MaskState):
     input is zero, which would drive them to 0 and 0, and a channel that comes back at a
     lower level, as in accuracy-aware training, would be divided by ``sqrt(eps)``)."""
 
-    def forward(self, x):
+    def forward(self, x, *args, **kwargs):
         mask = self._buffers.get("channel_mask")
         if mask is None:
-            return super().forward(x)
+            return super().forward(x, *args, **kwargs)
         saved = pruned_statistics(self) if self.training else {}
-        out = super().forward(x)
+        out = super().forward(x, *args, **kwargs)
         restore_pruned_statistics(self, saved)
         return _keep(out, mask.view((1, -1) + (1,) * (out.dim() - 2)))
 
@@ -235,13 +237,25 @@ def restore_pruned_statistics(module: nn.Module, saved: dict[str, torch.Tensor])
             buffer.copy_(torch.where(kept, buffer, old))
 
 
-_SWAPPED: dict[tuple[type, str], type] = {}
+_SWAPPED: dict[tuple[type, str, bool], type] = {}
+# torch layers that scale or normalise each channel on its own (their rule is "batchnorm")
+_CHANNEL_LAYERS: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.PReLU, nn.GroupNorm)
+if DeformConv2d is not None:
+    from torchvision.ops import FrozenBatchNorm2d
+
+    _CHANNEL_LAYERS += (FrozenBatchNorm2d,)
 
 
-def _masked_class(cls: type, prefix: str = "Masked") -> type:
-    """The swapped class of ``cls``; ``prefix`` only names it (same forward)."""
-    if (cls, prefix) not in _SWAPPED:
-        if keeps_own_forward(cls):
+def _masked_class(cls: type, prefix: str = "Masked", channels: bool | None = None) -> type:
+    """The swapped class of ``cls``; ``prefix`` only names it (same forward). ``channels``:
+    the layer scales or normalises each channel on its own (a BatchNorm, or a module of the
+    user's own passing its parameters to ``F.batch_norm``); ``None``: as ``cls`` says."""
+    if channels is None:
+        channels = issubclass(cls, _CHANNEL_LAYERS)
+    if (cls, prefix, channels) not in _SWAPPED:
+        if channels:
+            mixin = _MaskedChannels
+        elif keeps_own_forward(cls) or not _torch_layer(cls):
             mixin = _MaskedOwnForward
         elif issubclass(cls, _CONV_T):
             mixin = _MaskedConvT
@@ -249,15 +263,19 @@ def _masked_class(cls: type, prefix: str = "Masked") -> type:
             mixin = _MaskedConv
         elif issubclass(cls, nn.Linear):
             mixin = _MaskedLinear
-        elif is_deform_conv(cls):
-            mixin = _MaskedDeformConv
         else:
-            mixin = _MaskedChannels
-        attrs = {"_filterprune_base": cls, "_filterprune_prefix": prefix}
+            mixin = _MaskedDeformConv
+        attrs = {"_filterprune_base": cls, "_filterprune_prefix": prefix,
+                 "_filterprune_channels": channels}  # fmt: skip
         if mixin is _MaskedOwnForward:
             attrs.update({n: _shadowing(n) for n in ("weight", "bias")})
-        _SWAPPED[cls, prefix] = type(f"{prefix}{cls.__name__}", (mixin, cls), attrs)
-    return _SWAPPED[cls, prefix]
+        _SWAPPED[cls, prefix, channels] = type(f"{prefix}{cls.__name__}", (mixin, cls), attrs)
+    return _SWAPPED[cls, prefix, channels]
+
+
+def _torch_layer(cls: type) -> bool:
+    """A conv, linear or deformable conv class (a module of the user's own is not)."""
+    return issubclass(cls, (nn.modules.conv._ConvNd, nn.Linear)) or is_deform_conv(cls)
 
 
 def is_deform_conv(cls: type) -> bool:
@@ -279,7 +297,9 @@ def keeps_own_forward(cls: type) -> bool:
 
 def quantized_class(module: nn.Module) -> type:
     """The class a layer with a weight quantizer (and maybe masks) runs as."""
-    return _masked_class(getattr(type(module), "_filterprune_base", type(module)), "Quantized")
+    cls = type(module)
+    return _masked_class(getattr(cls, "_filterprune_base", cls), "Quantized",
+                         getattr(cls, "_filterprune_channels", None))  # fmt: skip
 
 
 def add_weight_quantizer(module: nn.Module, quantizer: nn.Module) -> None:
@@ -309,7 +329,7 @@ def apply_masks(model: nn.Module, layer_keeps: dict, layer_infos: dict, bn: bool
         if info.kind == "batchnorm" and not bn:
             keep = {}
         if not is_masked(module):
-            module.__class__ = _masked_class(type(module))
+            module.__class__ = _masked_class(type(module), channels=info.kind == "batchnorm")
         if info.kind == "batchnorm":
             vec = keep.get("channel")
             _set_buffer(module, "channel_mask", None if vec is None else vec.astype(np.float32))

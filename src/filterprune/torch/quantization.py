@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ..core.graph import Graph
 from ..core.params import QuantizationParams
 from ..core.quant_controller import QuantizationControllerBase
 from ..core.quantization import QuantizerSpec, QuantizerState
@@ -235,7 +236,7 @@ def install_quantizers(
         float (logged).
     """
     gm: fx.GraphModule | None = captured.extra.get("gm")
-    sites = _FxSites(model, gm) if gm is not None else _LayerSites(captured)
+    sites = _FxSites(model, gm, captured.graph) if gm is not None else _LayerSites(captured)
     quantizers, placed, hooked = {}, [], {}
     for spec in specs:
         if spec.kind == "weight":
@@ -259,9 +260,12 @@ def install_quantizers(
 
 class _FxSites:
     """Where a tensor of a torch.fx graph can be quantized: the module that alone makes
-    it (called once), or the modules that read it."""
+    it (called once), or the modules that read it. A module of the user's own that passes
+    its weight to ``F.conv2d`` reads it as its input (a zero padding before the call
+    rounds the same either side)."""
 
-    def __init__(self, model: nn.Module, gm: fx.GraphModule) -> None:
+    def __init__(self, model: nn.Module, gm: fx.GraphModule, graph: Graph) -> None:
+        self.graph = graph
         self.nodes = {n.name: n for n in gm.graph.nodes}
         self.calls: dict[str, int] = {}
         for n in gm.graph.nodes:
@@ -275,8 +279,13 @@ class _FxSites:
         return self.modules[node.target] if once else None
 
     def readers(self, spec: QuantizerSpec) -> list[nn.Module]:
-        return [self.modules[self.nodes[c].target] for c in spec.consumers
-                if self.nodes[c].op == "call_module"]  # fmt: skip
+        found = []
+        for c in spec.consumers:
+            if self.nodes[c].op == "call_module":
+                found.append(self.modules[self.nodes[c].target])
+            elif c in self.graph.nodes and self.graph[c].layer in self.modules:
+                found.append(self.modules[self.graph[c].layer])
+        return found
 
 
 class _LayerSites:

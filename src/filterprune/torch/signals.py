@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.autograd.graph import register_multi_grad_hook
 
+from ..core.graph import LayerInfo
 from ..core.signals import batchnorm_scales, taylor_batchnorm, taylor_scores
 from .masks import masked_param
 
@@ -32,8 +33,15 @@ def _trainable(weight: Any) -> bool:
     return isinstance(weight, nn.Parameter) and weight.requires_grad
 
 
-def _filter_axis(module: nn.Module) -> int:
+def _filter_axis(info: LayerInfo | None, module: nn.Module) -> int:
+    if info is not None:  # a module of the user's own passing its weight to a conv
+        return 1 if info.transposed else 0
     return 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
+
+
+def _output_axis(info: LayerInfo | None, module: nn.Module) -> int:
+    linear = info.kind == "linear" if info is not None else isinstance(module, nn.Linear)
+    return -1 if linear else 1
 
 
 class TaylorAccumulator:
@@ -43,10 +51,14 @@ class TaylorAccumulator:
         modules: Layer name -> module whose ``weight`` is hooked: ``(sum g*w)^2``.
         batchnorms: Layer name -> the BatchNorm parameters (scale, then shift) hooked in
             place of that layer's weight: ``(sum over them of g*p)^2`` per channel.
+        infos: Layer name -> its facts (whether a conv is transposed); without them, the
+            module's class tells.
     """
 
     def __init__(self, modules: dict[str, nn.Module],
-                 batchnorms: dict[str, list[nn.Parameter]] | None = None) -> None:  # fmt: skip
+                 batchnorms: dict[str, list[nn.Parameter]] | None = None,
+                 infos: dict[str, LayerInfo] | None = None) -> None:  # fmt: skip
+        self.infos = infos or {}
         self.totals: dict[str, torch.Tensor] = {}
         self.passes: dict[str, int] = {}  # backward passes that reached each layer
         self._handles = []
@@ -56,7 +68,7 @@ class TaylorAccumulator:
                 params = batchnorms[name]
                 hook = register_multi_grad_hook(params, self._params_hook(name, params))
             elif _trainable(module._parameters.get("weight")) and (
-                    _filter_axis(module) == 0 or getattr(module, "groups", 1) == 1):  # fmt: skip
+                    self._axis(name, module) == 0 or self._groups(name, module) == 1):  # fmt: skip
                 hook = module.weight.register_hook(self._weight_hook(name, module))
             else:  # computed in each forward (weight_norm), frozen, or out/groups per row
                 # (a grouped transposed conv): read from the output
@@ -76,8 +88,15 @@ class TaylorAccumulator:
             self.totals[name] = score.clone()
         self.passes[name] = self.passes.get(name, 0) + 1
 
+    def _axis(self, name: str, module: nn.Module) -> int:
+        return _filter_axis(self.infos.get(name), module)
+
+    def _groups(self, name: str, module: nn.Module) -> int:
+        info = self.infos.get(name)
+        return info.groups if info is not None else getattr(module, "groups", 1)
+
     def _weight_hook(self, name: str, module: nn.Module):
-        axis = _filter_axis(module)
+        axis = self._axis(name, module)
 
         def add(grad: torch.Tensor) -> None:
             with torch.no_grad():
@@ -88,7 +107,7 @@ class TaylorAccumulator:
     def _output_hook(self, name: str, module: nn.Module):
         """The same sum from the layer's output ``y = w * x + b``, linear in each filter's
         weight: ``sum over w of g_w * w`` is ``sum over y of g_y * (y - b)``."""
-        axis = -1 if isinstance(module, nn.Linear) else 1
+        axis = _output_axis(self.infos.get(name), module)
 
         def forward(layer: nn.Module, inputs: Any, out: torch.Tensor) -> None:
             if not out.requires_grad:
@@ -163,8 +182,10 @@ def taylor_accumulator(ctrl: Any) -> TaylorAccumulator:
     acc = getattr(ctrl, "taylor", None)
     if acc is None:
         refs, layers = ctrl.captured.refs, ranked_layers(ctrl)
+        infos = ctrl.analysis.graph.layers
         acc = ctrl.taylor = TaylorAccumulator({name: refs[name] for name in layers},
-                                              _batchnorm_params(ctrl, layers))  # fmt: skip
+                                              _batchnorm_params(ctrl, layers),
+                                              {name: infos[name] for name in layers})  # fmt: skip
     return acc
 
 
