@@ -170,3 +170,45 @@ def test_an_embedding_counts_no_flops():
     out = layers.Dense(4, name="head")(layers.Embedding(1000, 16, name="emb")(inp))
     ctrl, _ = create_compressed_model(keras.Model(inp, out), make_config((1, 10)))
     assert ctrl.statistics().full_flops == 2 * 10 * 16 * 4
+
+
+@pytest.mark.parametrize("sequences", [True, False])
+@pytest.mark.parametrize("kind", ["lstm", "bidirectional", "convlstm"])
+def test_a_recurrent_layer_counts_every_step_also_when_it_returns_the_last(kind, sequences):
+    """Returning the last step only, an LSTM counted no FLOPs and a ConvLSTM2D one step."""
+    steps, features, units = 5, 3, 4
+    if kind == "convlstm":
+        inp = keras.Input((steps, 6, 6, features))
+        rnn = layers.ConvLSTM2D(units, 3, padding="valid", return_sequences=sequences)
+        per_step = 4 * 4 * 9 * (features + units) * 4 * units  # 4x4 output pixels
+    else:
+        inp = keras.Input((steps, features))
+        rnn = layers.LSTM(units, return_sequences=sequences)
+        per_step = 4 * units * (features + units)
+        if kind == "bidirectional":
+            rnn, per_step = layers.Bidirectional(rnn), 2 * per_step
+    model = keras.Model(inp, rnn(inp))
+    ctrl, _ = create_compressed_model(model, make_config((1, *inp.shape[1:])))
+    assert ctrl.statistics().full_flops == 2 * steps * per_step
+
+
+class SincLike(keras.layers.Layer):
+    """Builds its kernel from 1-D cutoffs in call (SincNet's first layer)."""
+
+    def build(self, shape):
+        self.low = self.add_weight(shape=(8,), initializer="ones")
+
+    def call(self, x):
+        t = keras.ops.arange(-3.0, 4.0)[:, None, None]
+        return keras.ops.conv(x, keras.ops.sin(t * self.low), padding="same")
+
+    def compute_output_shape(self, shape):
+        return shape[:-1] + (8,)
+
+
+def test_a_layer_of_one_dimensional_weights_run_whole_is_listed():
+    inp = keras.Input((32, 1))
+    x = layers.Conv1D(8, 3, name="conv")(SincLike(name="sinc")(inp))
+    model = keras.Model(inp, layers.Dense(2, name="head")(layers.GlobalAveragePooling1D()(x)))
+    ctrl, _ = create_compressed_model(model, make_config((1, 32, 1)))
+    assert (["sinc"], "no channel rule for layer SincLike") in ctrl.statistics().unpruned

@@ -149,7 +149,10 @@ def whole_layers(graph, producers: set[str]) -> list[tuple[list[str], str]]:
         params = [graph[i].attrs.get("target") for i in node.inputs if graph[i].op == "param"]
         for layer in [*runs_in, *node.attrs.get("reads_layers", ()), *params]:
             info = graph.layers.get(layer)
+            # a layer run whole is listed with any weights (a SincNet layer builds its
+            # kernel from 1-D cutoffs); one read whole, with a matrix
             if layer not in producers and info is not None and any(
-                    len(shape) >= 2 for shape, _ in info.params.values()):  # fmt: skip
+                    len(shape) >= (1 if layer in runs_in else 2)
+                    for shape, _ in info.params.values()):  # fmt: skip
                 out.setdefault(layer, node.attrs.get("reason", "no channel rule"))
     return [([layer], reason) for layer, reason in out.items()]

@@ -398,9 +398,18 @@ def layer_steps(layer: Any, name: str, ins: list[Shape], outs: list[Shape]) -> l
         reason += " (it has several outputs)"
     attrs = {"reason": reason}
     # an Embedding looks its rows up and multiplies nothing: no FLOPs of a matrix
-    if info is not None and len(outs[0]) > 2 and not isinstance(layer, keras.layers.Embedding):
+    if info is not None and isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+        attrs["positions"] = _recurrent_positions(layer, ins[0], outs[0])
+    elif info is not None and len(outs[0]) > 2 and not isinstance(layer, keras.layers.Embedding):
         attrs["positions"] = math.prod(outs[0][1:-1])  # channels last
     return [Step("stop", attrs, info)]
+
+
+def _recurrent_positions(layer: Any, x: Shape, out: Shape) -> int:
+    """Where a recurrent layer applies its matrices: at every step of its input (axis 1),
+    and at every pixel of a step for a ConvLSTM, also when it returns the last step only."""
+    pixels = out[2:-1] if getattr(layer, "return_sequences", False) else out[1:-1]
+    return int(x[1]) * math.prod(pixels) if len(x) > 2 else 1
 
 
 # -- keras.ops operations ----------------------------------------------------------------
