@@ -2,6 +2,7 @@
 
 import pickle
 import random
+import warnings
 
 import pytest
 import torch
@@ -588,6 +589,20 @@ def test_lazy_layers_keep_the_sizes_their_first_call_set():
 
 
 class _State(nn.Module):
+    """A forward that tests its input's type (frames as a list, or one tensor): torch.fx's
+    proxy is no tensor, so the trace takes the list's branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            x = torch.stack(x, 1).flatten(1, 2)
+        return self.b(torch.relu(self.a(x)))
+
+
+class _Recurrent(nn.Module):
     """A recurrent state argument left None on the first call (RVM's decoder)."""
 
     def __init__(self):
@@ -598,6 +613,19 @@ class _State(nn.Module):
         if h is None:
             h = torch.zeros_like(x[:, :1])
         return self.b(torch.cat([torch.relu(self.a(x)), h], 1))
+
+
+def test_an_argument_the_sample_leaves_none_is_traced_as_none():
+    """torch.fx read ``h`` as an input, took the branch of a given state, failed on the
+    sample, and torch.export captured the model (with its warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ctrl, model = create_compressed_model(_Recurrent(), make_config((1, 3, 8, 8)))
+    assert ctrl.captured.extra["capture"] == "torch.fx"
+    x, h = torch.randn(2, 3, 8, 8), torch.randn(2, 1, 8, 8)
+    small = assert_strip_equal(ctrl, model, x)
+    with torch.no_grad():  # a state given at run time: the same channels
+        torch.testing.assert_close(small(x, h), model(x, h), rtol=1e-5, atol=1e-6)
 
 
 def test_a_trace_that_takes_another_branch_than_the_model_does_not_blame_the_input():

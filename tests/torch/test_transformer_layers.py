@@ -40,8 +40,9 @@ class Hybrid(nn.Module):
 
 
 class Padded(Hybrid):
-    """A padding mask as an argument (torch.fx reads it as a traced tensor: torch.export
-    captures the model)."""
+    """A padding mask as an argument, left None by the sample: torch.fx traces with it
+    fixed at None (it was a traced input, which the encoder's checks branch on, and
+    torch.export captured the model)."""
 
     def forward(self, x, pad=None):
         return self.run(x, pad)
@@ -88,10 +89,12 @@ def test_a_padding_mask_runs_the_masked_encoder_as_the_stripped_one():
     on nested tensors: the masked layers must still read masked weights there."""
     torch.manual_seed(0)
     model = nondegenerate(Padded())
-    with pytest.warns(UserWarning, match="torch.fx could not trace"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "torch.fx could not trace"
         ctrl, pruned = create_compressed_model(model, make_config(
             (2, 3, 8, 8), filters_multiple_of=1))  # fmt: skip
     assert len(ctrl.statistics().layers) == 3
+    assert ctrl.statistics().notes == ["captured with torch.fx"]
     x, pad = torch.randn(2, 3, 8, 8), torch.zeros(2, 64, dtype=torch.bool)
     pad[:, 40:] = True
     small = ctrl.strip().eval()

@@ -17,6 +17,7 @@ Functions that compute a layer from parameters (``F.batch_norm`` in timm's
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 import operator
@@ -138,7 +139,8 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
     attributes = plain_attributes(model)
     try:
         try:
-            gm = fx.GraphModule(model, _Tracer(whole_on_failure).trace(model))
+            tracer = _Tracer(whole_on_failure)
+            gm = fx.GraphModule(model, tracer.trace(model, _fixed_arguments(model, example)))
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
             put_back(attributes)  # a module caching from its first call (torchvision's
             # MultiScaleRoIAlign keeps its scales) would keep proxies for the next capture
@@ -164,6 +166,24 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
     finally:
         model.train(was_training)
     return gm
+
+
+def _fixed_arguments(model: nn.Module, example: tuple[Any, ...]) -> dict[str, Any] | None:
+    """``forward``'s arguments the sample leaves at a plain value (``mask=None``,
+    ``return_features=False``, by default or given so): torch.fx traces with them fixed, as
+    the model runs on the sample, instead of as inputs its code would branch on."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward without a signature
+        return None
+    fixed = {}
+    for i, p in enumerate(params):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        value = example[i] if i < len(example) and p.kind is not p.KEYWORD_ONLY else p.default
+        if value is None or isinstance(value, (bool, int, float, str)):
+            fixed[p.name] = value
+    return fixed or None
 
 
 def _say_unregistered(model: nn.Module) -> None:
@@ -326,7 +346,7 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
         if converted.op == "index" and node in sizes.even_slices:
             converted.attrs = {**converted.attrs, "equal_parts": sizes.even_slices[node]}
         graph.add(converted)
-    _hold_training_reads(model, gm, graph, whole_on_failure)
+    _hold_training_reads(model, gm, graph, _fixed_arguments(model, example), whole_on_failure)
     add_unseen_params(model, graph)
     count_rows(graph)
     graph.notes.append("captured with torch.fx")
@@ -620,6 +640,7 @@ def _recurrent_roles(name: str, p: torch.Tensor) -> tuple[str | None, ...]:
 
 
 def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph,
+                         fixed: dict[str, Any] | None = None,
                          whole_on_failure: bool = False) -> None:  # fmt: skip
     """Modules only the training forward calls (GoogLeNet's and Inception's aux heads):
     the graph is traced in eval mode, so the channels they read would be cut under them.
@@ -636,7 +657,7 @@ def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph,
     was_training, attributes = model.training, plain_attributes(model)
     model.train()
     try:
-        train = _Tracer(whole_on_failure).trace(model)
+        train = _Tracer(whole_on_failure).trace(model, fixed)
     except Exception:  # noqa: BLE001 - e.g. a detector that needs targets to train
         put_back(attributes)
         return
