@@ -133,6 +133,7 @@ def functional_node(node: fx.Node, label: str, shape: Any, graph: Graph,
         spec, label, params, modules, in_shape, shape,
         call=(lambda: rule(node, in_shape or ())) if rule else None,
         options={key: value for key, value in options.items() if value is not None},
+        readers=tuple(module_path(u, modules) for u in node.users),
         context=module_path(node, modules), graph_layers=graph.layers,
         weight_elems=_elements(weight) if isinstance(weight, fx.Node) else None,
         learned=isinstance(weight, fx.Node) and _from_parameters(weight, resolve, modules),
@@ -224,8 +225,8 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
            modules: dict[str, nn.Module], in_shape: Any, out_shape: Any,
            call: Callable[[], tuple[str, dict]] | None, context: str | None,
            graph_layers: dict, weight_elems: int | None = None, learned: bool = True,
-           data_path: str | None = None,
-           options: dict[str, Any] | None = None) -> Parts:  # fmt: skip
+           data_path: str | None = None, options: dict[str, Any] | None = None,
+           readers: tuple[str | None, ...] = ()) -> Parts:  # fmt: skip
     """The node parts of a function call that computes a layer.
 
     Args:
@@ -244,6 +245,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         learned: That weight is, or is computed from, a parameter.
         data_path: Path of the module the activation was computed in.
         options: A convolution's ``stride`` and ``groups`` as the call passes them.
+        readers: Paths of the modules the ops reading the result run in.
     """
     weighted = not spec.per_channel
     positions = _positions(spec, out_shape) if weighted else None
@@ -270,20 +272,24 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         return _opaque(why, context, modules, graph_layers, positions, reads, weight_elems,
                        learned)  # fmt: skip
     if found is None and owner == context:
-        own = _own_layer(spec, label, module, owner, params, in_shape, out_shape, options or {})
+        alone = not _within(data_path, owner) and not any(_within(p, owner) for p in readers)
+        own = _own_layer(spec, label, module, owner, params, in_shape, out_shape, options or {},
+                         alone)  # fmt: skip
         if isinstance(own, str):
-            return _opaque(own, owner, modules, graph_layers, positions)
+            return _opaque(own, owner, modules, graph_layers, positions, weight_elems=weight_elems)
         if own is not None:
-            return _built(own, module, owner, in_shape, out_shape, context, graph_layers)
+            return _own_parts(own, label, module, owner, in_shape, out_shape, graph_layers,
+                              positions, weight_elems, modules)  # fmt: skip
     if found is None or found[0] not in spec.forms:
         if call is not None and not weighted:  # LayerNorm, GroupNorm: nothing to cut or mask
             kind, attrs = call()
             graph_layers.setdefault(owner, LayerInfo(owner, kind, plain_params(module)))
             return Parts(kind, attrs, layer=owner)
         why = f"{label} reads parameters of {type(module).__name__} {owner}: no channel rule"
-        return _opaque(why, owner, modules, graph_layers, positions)
+        # counted by the weight it reads: the owner may be another call's layer already
+        return _opaque(why, owner, modules, graph_layers, positions, weight_elems=weight_elems)
     cls, build = found
-    inside = data_path is not None and (data_path + ".").startswith(owner + ".")
+    inside = _within(data_path, owner)
     if weighted and not keeps_own_forward(type(module)) \
             and not _same_forward(module, cls, in_shape, inside):  # fmt: skip
         why = (f"{type(module).__name__} {owner} runs its own forward around {label} and a "
@@ -293,13 +299,35 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
     return _built(build, module, owner, in_shape, out_shape, context, graph_layers)
 
 
+def _within(path: str | None, owner: str) -> bool:
+    return path is not None and (path + ".").startswith(owner + ".")
+
+
+def _own_parts(build: Callable, label: str, module: nn.Module, owner: str, in_shape: Any,
+               out_shape: Any, graph_layers: dict, positions: int | None,
+               weight_elems: int | None, modules: dict[str, nn.Module]) -> Parts:  # fmt: skip
+    """The parts of an own layer's call; a call that reads the weight as another layer than
+    an earlier call of the module did (a conv, then a transposed conv: a tied autoencoder)
+    stops, and so keeps that layer whole."""
+    (kind, attrs), info = build(module, owner, in_shape, out_shape)
+    known = graph_layers.get(owner)
+    if known is not None and (known.kind, known.transposed, known.groups, known.params) != (
+            info.kind, info.transposed, info.groups, info.params):  # fmt: skip
+        why = (f"{label} reads {type(module).__name__} {owner}'s parameters as another layer "
+               "than its other call does")  # fmt: skip
+        return _opaque(why, owner, modules, graph_layers, positions, weight_elems=weight_elems)
+    return _built(build, module, owner, in_shape, out_shape, owner, graph_layers)
+
+
 def _own_layer(spec: Functional, label: str, module: nn.Module, owner: str,
                params: dict[str, str], in_shape: Any, out_shape: Any,
-               options: dict[str, Any]) -> Callable | str | None:  # fmt: skip
+               options: dict[str, Any], alone: bool) -> Callable | str | None:  # fmt: skip
     """The builder of the layer a module of the user's own computes by passing its own
     parameters (``params``: slot -> dotted name) to a layer function in its forward; a
     reason where that layer cannot be cut; ``None`` where the function has no such form
-    (a LayerNorm's or GroupNorm's statistics span channels: the usual path reads it)."""
+    (a LayerNorm's or GroupNorm's statistics span channels: the usual path reads it).
+    ``alone``: the call reads the module's input and gives its output (nothing else in
+    its forward), as a per-channel layer must, whose masks zero channels of its output."""
     names = {owner_of(name)[1] for name in params.values()}
     kind = type(module).__name__
     shadowed = sorted(n for n in names if isinstance(getattr(type(module), n, None), property))
@@ -311,6 +339,9 @@ def _own_layer(spec: Functional, label: str, module: nn.Module, owner: str,
             or len(in_shape) < 2:  # fmt: skip
         return None
     if form == "channels":
+        if not alone:  # its masks zero axis 1 of the module's output, not of the call's
+            return (f"{label} in {kind} {owner}, which computes more around it in its "
+                    "forward")  # fmt: skip
         count = in_shape[1]
         if any(p.shape != (count,) for n, p in module.named_parameters(recurse=False)
                if n in names):  # fmt: skip

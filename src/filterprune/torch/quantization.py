@@ -28,6 +28,8 @@ from ..core.quantization import QuantizerSpec, QuantizerState
 from ..core.workflow import Captured
 from ..progress import progress
 from ._init_args import model_inputs
+from ._layers import module_path
+from ._ops import module_rule
 from ._snapshot import attributes_kept, restore, snapshot
 from ._transformer import guard_fast_paths
 from .controller import check_layers_in_place, export_model
@@ -236,7 +238,8 @@ def install_quantizers(
         float (logged).
     """
     gm: fx.GraphModule | None = captured.extra.get("gm")
-    sites = _FxSites(model, gm, captured.graph) if gm is not None else _LayerSites(captured)
+    sites = _FxSites(model, gm, captured.graph) if gm is not None else _LayerSites(model,
+                                                                                  captured)
     quantizers, placed, hooked = {}, [], {}
     for spec in specs:
         if spec.kind == "weight":
@@ -258,11 +261,48 @@ def install_quantizers(
     return quantizers, placed
 
 
+def _own_reader(nodes: dict[str, fx.Node], graph: Graph, modules: dict[str, nn.Module],
+                consumer: str, target: str) -> nn.Module | None:  # fmt: skip
+    """The module of the user's own whose call of ``F.conv2d`` (or another layer function)
+    is ``consumer``, where tensor ``target`` is that module's one tensor input, or a zero
+    padding of it in its forward (which rounds the same either side): its input quantizer
+    rounds ``target`` then. ``None`` otherwise (a forward taking ``skip, x``)."""
+    owner = graph[consumer].layer if consumer in graph.nodes else None
+    node = nodes.get(target)
+    if owner not in modules or node is None:
+        return None
+
+    def inside(n: fx.Node) -> bool:
+        path = module_path(n, modules)
+        return path is not None and (path + ".").startswith(owner + ".")
+
+    if inside(node):
+        if not _zero_pad(node) or not isinstance(node.args[0], fx.Node) or inside(node.args[0]):
+            return None
+        node = node.args[0]
+    tensors = {a for n in nodes.values() if inside(n) for a in n.all_input_nodes
+               if not inside(a) and a.name in graph.nodes and graph[a.name].op != "param"}
+    return modules[owner] if tensors == {node} else None
+
+
+_PADS = (torch.nn.functional.pad, torch._C._nn.pad, torch.ops.aten.pad.default,
+         torch.ops.aten.constant_pad_nd.default)  # fmt: skip
+
+
+def _zero_pad(node: fx.Node) -> bool:
+    if node.target not in _PADS:
+        return False
+    if node.target is torch.ops.aten.constant_pad_nd.default:
+        return node.kwargs.get("value", node.args[2] if len(node.args) > 2 else 0) == 0
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+    return mode == "constant" and value in (None, 0)
+
+
 class _FxSites:
     """Where a tensor of a torch.fx graph can be quantized: the module that alone makes
-    it (called once), or the modules that read it. A module of the user's own that passes
-    its weight to ``F.conv2d`` reads it as its input (a zero padding before the call
-    rounds the same either side)."""
+    it (called once), or the modules that read it (see :func:`_own_reader` for a module
+    of the user's own that passes its weight to ``F.conv2d``)."""
 
     def __init__(self, model: nn.Module, gm: fx.GraphModule, graph: Graph) -> None:
         self.graph = graph
@@ -283,9 +323,9 @@ class _FxSites:
         for c in spec.consumers:
             if self.nodes[c].op == "call_module":
                 found.append(self.modules[self.nodes[c].target])
-            elif c in self.graph.nodes and self.graph[c].layer in self.modules:
-                found.append(self.modules[self.graph[c].layer])
-        return found
+            else:
+                found.append(_own_reader(self.nodes, self.graph, self.modules, c, spec.target))
+        return [m for m in found if m is not None]
 
 
 class _LayerSites:
@@ -293,16 +333,23 @@ class _LayerSites:
     tensor is quantized as the input of the layers that read it (one no layer reads, a
     model output, stays float)."""
 
-    def __init__(self, captured: Captured) -> None:
+    def __init__(self, model: nn.Module, captured: Captured) -> None:
         self.captured = captured
+        self.modules = dict(model.named_modules())
+        program = captured.extra.get("program")
+        self.nodes = {n.name: n for n in program.graph.nodes} if program is not None else {}
 
     def maker(self, spec: QuantizerSpec) -> None:
         return None
 
     def readers(self, spec: QuantizerSpec) -> list[nn.Module]:
         graph, refs = self.captured.graph, self.captured.refs
-        layers = [graph[c].layer for c in spec.consumers if c in graph.nodes]
-        found = (refs.get(n) for n in layers if n)
+        found = []
+        for c in spec.consumers:
+            module = refs.get(graph[c].layer or "") if c in graph.nodes else None
+            if module is not None and module_rule(module) is None:  # the user's own
+                module = _own_reader(self.nodes, graph, self.modules, c, spec.target)
+            found.append(module)
         return list({id(m): m for m in found if m is not None}.values())
 
 
