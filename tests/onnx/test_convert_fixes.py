@@ -12,7 +12,9 @@ from onnx_helpers import (
     convert,
     export,
     layer,
+    save_graph,
     seed_torch,  # noqa: F401 - autouse fixture
+    weight_shape,
     zero,
 )
 from torch import nn
@@ -334,3 +336,25 @@ def test_a_block_quantized_weight_leaves_the_rest_analysed(tmp_path):
     new, report = remove_zero_filters(model)
     assert not [n for n in report.notes if "analysis failed" in n], report.notes
     assert layer(report, "conv2").removed == 2
+
+
+def test_a_conv_bias_built_from_the_weight_shape_is_cut(tmp_path):
+    """The current torch exporter, unoptimised, gives a conv without bias one built in the
+    graph: ``Expand(CastLike(0, x), Shape(W)[0:1])``. Its conv was held ("bias is not a
+    constant"), so `filterprune convert` removed nothing from the library's own export."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((8, 4, 3, 3))
+    w1[[1, 4, 6]] = 0
+    weights = {"w1": w1, "w2": rng.standard_normal((6, 8, 3, 3)), "zero": np.zeros(()),
+               "start": np.array([0]), "end": np.array([1])}  # fmt: skip
+    nodes = [helper.make_node("Shape", ["w1"], ["s"]),
+             helper.make_node("Slice", ["s", "start", "end"], ["n"]),
+             helper.make_node("CastLike", ["zero", "x"], ["z"]),
+             helper.make_node("Expand", ["z", "n"], ["b1"]),
+             helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1] * 4, name="conv1"),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1] * 4, name="conv2")]
+    path = save_graph(tmp_path, nodes, weights, [1, 4, 8, 8], [1, 6, 8, 8])
+    new, report = convert(path, torch.zeros(1, 4, 8, 8))
+    assert layer(report, "conv1").removed == 3
+    assert weight_shape(new, "conv2") == (6, 5, 3, 3)

@@ -7,7 +7,7 @@ from typing import Any
 
 import onnx
 
-__all__ = ["Shapes", "infer_shapes", "opset_of", "type_dims"]
+__all__ = ["Shapes", "infer_shapes", "infer_elem_types", "opset_of", "type_dims"]
 
 Shapes = dict[str, tuple[Any, ...] | None]  # tensor name -> dims, None for a symbolic one
 
@@ -73,6 +73,19 @@ def infer_shapes(model: onnx.ModelProto, batch: int | None = None) -> Shapes:
             break
         skeleton.graph.value_info.extend(given)
     return {v.name: type_dims(v.type) for v in [*g.input, *g.value_info, *g.output]}
+
+
+def infer_elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Each tensor's element type (``onnx.TensorProto`` enum) where inference knows it."""
+    try:
+        g = onnx.shape_inference.infer_shapes(_skeleton(model)).graph
+    except Exception:  # noqa: BLE001 - the types the model itself declares
+        g = model.graph
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    for v in [*g.input, *g.value_info, *g.output]:
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+            types[v.name] = v.type.tensor_type.elem_type
+    return types
 
 
 # ops whose output has their input's shape, which onnx's inference may not know

@@ -26,7 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from ._batch import BatchShapes, evaluate_at_batch
-from ._shapes import Shapes, infer_shapes, opset_of
+from ._shapes import Shapes, infer_elem_types, infer_shapes, opset_of
 
 __all__ = ["ModelFacts", "read_facts", "attrs_of", "has_subgraph", "subgraph_inputs",
            "unit_axes_perm", "laid_out", "layout_arg", "LAYOUT_OPS"]
@@ -332,6 +332,7 @@ class _Folder:
         self.dq_nodes: dict[str, int] = {}  # output of a DequantizeLinear of constants
         self.q_nodes: dict[str, int] = {}  # output of a QuantizeLinear of constants
         self.consts_at_fold: dict[str, np.ndarray] = {}
+        self.elem_types: dict[str, int] | None = None  # read when a CastLike needs them
 
     def prefold(self) -> None:
         """Fold constants, then infer shapes again with them known (computed Pad widths...);
@@ -387,6 +388,8 @@ class _Folder:
             return False
         if node.op_type in ("Shape", "Size"):
             return self._fold_shape(node)
+        if node.op_type == "CastLike" and node.input[0] in self.consts:
+            return self._cast_like(node)
         ins = [i for i in node.input if i]
         if node.op_type in _NO_FOLD or not ins or node.domain not in ("", "ai.onnx"):
             return False
@@ -395,7 +398,9 @@ class _Folder:
         return self._evaluate(node)
 
     def _fold_shape(self, node: onnx.NodeProto) -> bool:
-        dims = self.static.get(node.input[0])
+        value = self.consts.get(node.input[0])  # a constant's own shape (an initializer
+        # that is no graph input has none in the inferred shapes)
+        dims = tuple(np.shape(value)) if value is not None else self.static.get(node.input[0])
         if dims is None or any(d is None for d in dims):
             return False
         if node.op_type == "Size":
@@ -404,6 +409,19 @@ class _Folder:
         a = attrs_of(node)
         start, end = a.get("start", 0), a.get("end", len(dims))
         self.consts[node.output[0]] = np.array(dims[slice(start, end)], dtype=np.int64)
+        return True
+
+    def _cast_like(self, node: onnx.NodeProto) -> bool:
+        """A constant cast to the type of a computed tensor, which gives only its type (the
+        current exporter writes a conv without bias as one given ``Expand`` of a zero
+        ``CastLike`` the input: a constant, so the conv is cut)."""
+        if self.elem_types is None:
+            self.elem_types = infer_elem_types(self.model)
+        elem = self.elem_types.get(node.input[1])
+        if not elem:
+            return False
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        self.consts[node.output[0]] = np.asarray(self.consts[node.input[0]]).astype(dtype)
         return True
 
     def _evaluate(self, node: onnx.NodeProto) -> bool:
