@@ -53,6 +53,11 @@ APART = {
     # bounds that fall on the same of k equal parts at any width: pieces of a chunk(k)
     "slice at half the width read": lambda y: torch.cat(
         [y[:, : y.shape[1] // 2], y[:, y.shape[1] // 2 :] * 2], 1),
+    # FasterNet's partial conv: sizes computed from the width, on its quarters
+    "split at a quarter of the width read": lambda y: _swapped(
+        torch.split(y, [y.shape[1] // 4, y.shape[1] - y.shape[1] // 4], 1)),
+    "tensor_split at a quarter of the width read": lambda y: _swapped(
+        torch.tensor_split(y, [y.shape[1] // 4], 1)),
     "slice at quarters of a width read once": lambda y: (lambda c: torch.cat(
         [y[:, c // 4 : c // 2], y[:, -(c // 4) :], y[:, : c // 4] * 2, y[:, c // 2 : -(c // 4)]],
         1))(y.size(1)),
@@ -92,6 +97,8 @@ ACROSS = {
     "normalize over the channels": lambda y: F.normalize(y.sigmoid(), dim=1),
     "split at a width read less a number": lambda y: torch.cat(
         y.split(y.size(1) - 4, 1)[::-1], 1),
+    "split at sizes computed off the equal parts": lambda y: _swapped(torch.split(
+        y, [y.shape[1] // 2 + 1, y.shape[1] // 2 - 1], 1)),
     "slice channels at the width read less a number": lambda y: torch.cat(
         [y[:, : y.shape[1] - 4], y[:, y.shape[1] - 4 :] * 2], 1),
     "slice at half the width read, used as a number too": lambda y: torch.cat(
@@ -114,6 +121,10 @@ ACROSS = {
 
 def _channels_last(y, fn):
     return fn(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _swapped(pieces):
+    return torch.cat([pieces[1], pieces[0] * 2], 1)
 
 
 def _gated(halves):
@@ -690,3 +701,9 @@ def test_in_place_forms_in_an_exported_graph_are_cut_through(fn):
 def test_an_equal_split_into_pieces_the_width_does_not_divide_says_so():
     small, held = prune(None, Picked(lambda y: torch.cat(torch.tensor_split(y, 3, 1), 1), 16))
     assert "splits 16 channels into unequal pieces (6/5/5)" in held["a.0"]
+
+
+def test_a_split_at_sizes_computed_off_the_equal_parts_says_so():
+    """It said "split sizes are fixed in code", which they are not."""
+    _, held = prune(ACROSS["split at sizes computed off the equal parts"])
+    assert held["a"].endswith("split sizes computed in forward, which would not follow a cut")

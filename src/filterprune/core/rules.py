@@ -584,8 +584,6 @@ def _reshape_param(param: Param, node: Node) -> Param:
     stays that weight; a view that moves its entries, or fixes its size in code, does not."""
     if not isinstance(node.shape, tuple):
         raise RuleError("output shape is unknown")
-    if param.also:
-        raise RuleError(f"reshapes {param.label} computed with others")
     src = [i for i, n in enumerate(param.shape) if n > 1]
     dst = [i for i, n in enumerate(node.shape) if n > 1]
     if [param.shape[i] for i in src] != [node.shape[i] for i in dst]:
@@ -596,7 +594,9 @@ def _reshape_param(param: Param, node: Node) -> Param:
     axes: list[int | None] = [None] * len(node.shape)
     for i, j in zip(src, dst, strict=True):
         axes[j] = param.source_axis(i)
-    return Param(param.name, tuple(node.shape), tuple(axes), made=param.made)
+    # weights combined entry by entry (one shape): the same view of each, cut alike
+    also = tuple(_reshape_param(p, node) for p in param.also)
+    return Param(param.name, tuple(node.shape), tuple(axes), also, made=param.made)
 
 
 @register_rule("permute")
@@ -668,7 +668,10 @@ def _stack(s, node, ins):
 def _split(s, node, ins):
     """split/chunk/unbind along ``axis`` into ``sizes``; ``equal``: sizes follow the width.
 
-    ``free``: the frontend rewrites the sizes (ONNX ``Split``), so any channels may go.
+    ``free``: the frontend rewrites the sizes (ONNX ``Split``), so any channels may go;
+    ``equal_parts`` ``(axis, k)``: sizes computed in forward on ``k`` equal parts of the
+    width at any width (``[c, x.shape[1] - c]`` with ``c = x.shape[1] // 4``), tied as
+    ``chunk(k)`` is.
     """
     x = _tensor(s, ins[0], node)
     in_shape = _shape(s, node)
@@ -678,7 +681,11 @@ def _split(s, node, ins):
     ids = _pad(x, ndim)
     if _varies(ids, axis):
         line = _channels(ids, ndim, axis, in_shape[axis])
-        if node.attrs.get("equal") and len(set(sizes)) == 1:
+        if "equal_parts" in node.attrs:  # sizes computed from the width, on k equal parts
+            rows = line.reshape(int(node.attrs["equal_parts"][1]), -1)
+            for row in rows[1:]:
+                s.uf.union_arrays(rows[0], row)
+        elif node.attrs.get("equal") and len(set(sizes)) == 1:
             # Equal chunks must stay equal: tie position i of every chunk together, so
             # whatever is cut, each chunk loses the same positions.
             rows = line.reshape(len(sizes), -1)
@@ -688,7 +695,7 @@ def _split(s, node, ins):
             raise RuleError(f"splits {in_shape[axis]} channels into unequal pieces "
                             f"({'/'.join(map(str, sizes))}), which a cut would not keep")
         elif not node.attrs.get("free"):
-            raise RuleError("split sizes are fixed in code")
+            raise RuleError(node.attrs.get("reason", "split sizes are fixed in code"))
     shape = list(ids.shape)
     shape[axis] = in_shape[axis]
     full = np.broadcast_to(ids, shape)

@@ -566,9 +566,18 @@ def _stack(node: fx.Node, shapes) -> Spec:
     return "stack", {"axis": int(_arg(node, 1, "dim", 0))}
 
 
+_COMPUTED_SIZES = "split sizes computed in forward, which would not follow a cut"
+
+
 def _split(node: fx.Node, shapes) -> Spec:
     dim = int(_arg(node, 2, "dim", 0))
-    return "split", {"axis": dim, "equal": False}
+    return "split", {"axis": dim, "equal": False, **_computed_sizes(_arg(node, 1, ""))}
+
+
+def _computed_sizes(sizes: Any) -> dict[str, str]:
+    """The reason a split whose sizes are computed in forward (not on equal parts) holds."""
+    values = sizes if isinstance(sizes, (list, tuple)) else [sizes]
+    return {"reason": _COMPUTED_SIZES} if any(isinstance(v, fx.Node) for v in values) else {}
 
 
 def _chunk(node: fx.Node, shapes) -> Spec:
@@ -579,7 +588,8 @@ def _tensor_split(node: fx.Node, shapes) -> Spec:
     """``tensor_split(n)`` cuts like ``chunk(n)`` (equal pieces where the size divides);
     split points given as indices are fixed in code."""
     sections = _arg(node, 1, "sections", _arg(node, 1, "indices"))
-    return "split", {"axis": int(_arg(node, 2, "dim", 0)), "equal": isinstance(sections, int)}
+    return "split", {"axis": int(_arg(node, 2, "dim", 0)), "equal": isinstance(sections, int),
+                     **_computed_sizes(sections)}  # fmt: skip
 
 
 def _unbind(node: fx.Node, shapes) -> Spec:

@@ -10,6 +10,7 @@ whole. Reads of axes without channels (batch, spatial) cost nothing either way.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,8 @@ class SizeReads:
             (``torch.split(x, x.shape[1] // k, 1)``), like ``chunk``.
         even_slices: A slice ``x[:, : x.shape[1] // 2]`` -> ``(axis, k)``: its bounds,
             computed from the width it slices, fall on the same ``k`` equal parts at every
-            width a cut by equal parts leaves, so it is a piece of a ``chunk(k)``.
+            width a cut by equal parts leaves, so it is a piece of a ``chunk(k)``; the
+            same for a split whose sizes are so computed (its pieces are whole parts).
     """
 
     reads: dict[fx.Node, tuple[fx.Node, tuple[int, ...]]] = field(default_factory=dict)
@@ -108,7 +110,7 @@ class SizeReads:
             if size is not None:
                 found.even_splits.add(node)
                 sized.setdefault(size, set()).add(node)
-            piece = _even_slice(node, found.reads)
+            piece = _even_slice(node, found.reads) or _parted_split(node, found.reads)
             if piece is not None:
                 found.even_slices[node] = piece[:2]
                 for bound in piece[2]:
@@ -192,15 +194,60 @@ def _even_slice(node: fx.Node, reads: dict) -> tuple[int, int, list[fx.Node]] | 
     def at(w: int) -> tuple[int, int]:
         return slice(start(w), stop(w)).indices(w)[:2]
 
+    k = _equal_parts(at, width)
+    if k is None:
+        return None
+    return axis, k, [v for v in (cut.start, cut.stop) if isinstance(v, fx.Node)]
+
+
+def _parted_split(node: fx.Node, reads: dict) -> tuple[int, int, list[fx.Node]] | None:
+    """``(axis, k, size nodes)`` of ``torch.split(x, [c, x.shape[1] - c], 1)`` (or
+    ``tensor_split(x, [c], 1)``) with ``c = x.shape[1] // 4``: sizes computed from the
+    width it splits whose bounds fall on the same ``k`` equal parts at every width a cut
+    by equal parts leaves (FasterNet's partial conv), so each piece is whole parts of a
+    ``chunk(k)``."""
+    splits = ("split", torch.split, "tensor_split", torch.tensor_split)
+    if node.op not in ("call_method", "call_function") or node.target not in splits:
+        return None
+    indices = node.target in ("tensor_split", torch.tensor_split)  # split points, not sizes
+    tensor = node.args[0]
+    sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get(
+        "indices" if indices else "split_size_or_sections")  # fmt: skip
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    ndim = _ndim(tensor) if isinstance(tensor, fx.Node) else 0
+    if not isinstance(sizes, (list, tuple)) or not isinstance(dim, int) or not ndim \
+            or not any(isinstance(v, fx.Node) for v in sizes):  # fmt: skip
+        return None
+    axis = dim % ndim
+    widths = [_bound(v, tensor, axis, reads) for v in sizes]
+    if any(w is None for w in widths):
+        return None
+
+    def at(w: int) -> list[int]:
+        if indices:
+            return [int(f(w)) for f in widths] + [w]
+        return [int(b) for b in np.cumsum([f(w) for f in widths])]
+
+    width = int(tensor.meta["tensor_meta"].shape[axis])
+    k = _equal_parts(at, width) if width else None
+    if k is None or at(width)[-1] != width:
+        return None
+    return axis, k, [v for v in sizes if isinstance(v, fx.Node)]
+
+
+def _equal_parts(at: Callable[[int], Any], width: int) -> int | None:
+    """The ``k`` of the ``k`` equal parts of a width that bounds ``at(width)`` computed from
+    it fall on, at that width and at every width a cut by equal parts leaves; None where
+    they do not (or only on single channels, which no cut keeps)."""
     k = width // int(np.gcd.reduce([width, *at(width)]))
-    try:  # at every width a cut into k equal parts leaves, the bounds fall on the same parts
+    try:
         if k == width or not all(
                 np.array_equal(np.multiply(at(k * n), width), np.multiply(at(width), k * n))
                 for n in range(1, width // k + 1)):  # fmt: skip
             return None
     except ZeroDivisionError:
         return None
-    return axis, k, [v for v in (cut.start, cut.stop) if isinstance(v, fx.Node)]
+    return k
 
 
 _ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub)

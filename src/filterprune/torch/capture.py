@@ -87,6 +87,9 @@ class _Tracer(fx.Tracer):
 
     def __init__(self, whole_on_failure: bool = False) -> None:
         super().__init__()
+        # a buffer is read as the model's tensor, not a constant of the trace: per-channel
+        # maths on buffers (a DETR or detectron2 FrozenBatchNorm2d) is cut with the buffers
+        self.proxy_buffer_attributes = True
         self.whole_on_failure = whole_on_failure
         self.whole: set[nn.Module] = set()  # transformer layers read as one call
 
@@ -343,7 +346,7 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
             _size_attrs(converted, sizes.ties.get(node, []), sizes.free.get(node, set()), graph)
         if converted.op == "split" and node in sizes.even_splits:
             converted.attrs = {**converted.attrs, "equal": True}
-        if converted.op == "index" and node in sizes.even_slices:
+        if converted.op in ("index", "split") and node in sizes.even_slices:
             converted.attrs = {**converted.attrs, "equal_parts": sizes.even_slices[node]}
         graph.add(converted)
     _hold_training_reads(model, gm, graph, _fixed_arguments(model, example), whole_on_failure)
