@@ -178,6 +178,20 @@ def _dense(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
     return steps + _activation_steps(layer, -1, out)
 
 
+def _recurrent(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    """An LSTM, GRU or SimpleRNN over a sequence of features (``(batch, steps, features)``):
+    the layers before it are cut with the rows of its input kernel, as with a PyTorch
+    ``nn.LSTM``; its state and outputs stay whole (and in float)."""
+    shapes = _var_shapes(layer)
+    if len(ins[0]) != 3 or "kernel" not in shapes:
+        return [Step("stop", {"reason": f"{type(layer).__name__} over this input"})]
+    params = {k: (v, ("in", None) if k == "kernel" else (None,) * len(v))
+              for k, v in shapes.items()}  # fmt: skip
+    info = LayerInfo(name, "recurrent", params)
+    attrs = {"ndim": 3, "in_features": ins[0][-1], "positions": ins[0][1]}
+    return [Step("recurrent", attrs, info, variables=("kernel",))]
+
+
 def _batchnorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
     axis = layer.axis if isinstance(layer.axis, int) else list(layer.axis)
     if isinstance(axis, list):
@@ -337,6 +351,7 @@ LAYER_RULES: dict[type, Callable[..., list[Step]]] = {
     **{t: _depthwise for t in _names("DepthwiseConv1D DepthwiseConv2D")},
     **{t: _separable for t in _names("SeparableConv1D SeparableConv2D")},
     layers.Dense: _dense,
+    **{t: _recurrent for t in _names("LSTM GRU SimpleRNN")},
     layers.BatchNormalization: _batchnorm,
     layers.PReLU: _prelu,
     layers.LayerNormalization: _layernorm,
