@@ -426,3 +426,35 @@ def test_an_own_conv_reading_its_second_argument_leaves_its_input_float():
     _, model = create_compressed_model(nondegenerate(TwoInputs()), config)
     assert "input_quantizer" not in model.blk._modules
     assert model.blk.weight_quantizer is not None
+
+
+class CastConv(nn.Module):
+    """Casts its parameters to the input's type (mixed precision code)."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3))
+        self.bias = nn.Parameter(torch.randn(cout))
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight.to(x.dtype), self.bias.type_as(x), 1, 1)
+
+
+class CastLinear(nn.Linear):
+    def forward(self, x):
+        return F.linear(x, self.weight.contiguous().float(), self.bias.to(x))
+
+
+def test_a_weight_cast_to_the_input_type_is_that_weight():
+    """``self.weight.to(x.dtype)`` read as a weight computed in forward: the layer stayed
+    whole, and so did the conv before it."""
+    torch.manual_seed(0)
+    net = nondegenerate(nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), CastConv(16, 16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), CastLinear(16, 32), nn.ReLU(), nn.Linear(32, 4)))
+    ctrl, model = create_compressed_model(net, _config())
+    stats = ctrl.statistics()
+    assert {row.name for row in stats.layers} == {"0", "2", "6"}
+    x = torch.randn(SAMPLE)
+    with torch.no_grad():
+        assert _rel(model.eval()(x), ctrl.strip().eval()(x)) < 1e-5

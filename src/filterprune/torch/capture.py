@@ -514,10 +514,17 @@ def _no_rule(node: fx.Node, module: nn.Module, inputs: list[str], shape: Any, to
     return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
 
 
+# methods that change a tensor's type, device or memory layout, not its values' channels
+_CASTS = {"to", "type", "type_as", "contiguous", "float", "half", "double", "bfloat16"}
+
+
 def _functional(node: fx.Node, label: str, shape, modules, graph: Graph, tensors) -> Node:
     """A function computing a layer from parameters (``F.batch_norm`` on ``bn.weight``)."""
 
     def resolve(value: fx.Node) -> str:
+        while value.op == "call_method" and value.target in _CASTS and isinstance(
+                value.args[0], fx.Node):  # ``self.weight.to(x.dtype)``: the weight itself
+            value = value.args[0]
         is_tensor = value.op == "get_attr" and value.target in tensors
         return value.target if is_tensor else COMPUTED
 
