@@ -458,3 +458,24 @@ def test_a_weight_cast_to_the_input_type_is_that_weight():
     x = torch.randn(SAMPLE)
     with torch.no_grad():
         assert _rel(model.eval()(x), ctrl.strip().eval()(x)) < 1e-5
+
+
+class OneSlope(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor([0.25]))
+
+    def forward(self, x):
+        return F.prelu(x, self.weight)
+
+
+def test_an_own_prelu_of_one_slope_passes_the_channels():
+    """It held the conv before it ("no channel rule")."""
+    torch.manual_seed(0)
+    net = nondegenerate(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), OneSlope(),
+                                      nn.Conv2d(16, 4, 1)))  # fmt: skip
+    ctrl, model = create_compressed_model(net, _config())
+    assert [row.name for row in ctrl.statistics().layers] == ["0"]
+    x = torch.randn(SAMPLE)
+    with torch.no_grad():
+        assert _rel(model.eval()(x), ctrl.strip().eval()(x)) < 1e-5

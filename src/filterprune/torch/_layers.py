@@ -41,6 +41,7 @@ from ._ops import (
     linear_layer,
     module_rule,
     probe_forwards,
+    scalar_layer,
 )
 from .masks import keeps_own_forward
 
@@ -339,13 +340,15 @@ def _own_layer(spec: Functional, label: str, module: nn.Module, owner: str,
             or len(in_shape) < 2:  # fmt: skip
         return None
     if form == "channels":
+        count = in_shape[1]
+        shapes = [tuple(p.shape) for n, p in module.named_parameters(recurse=False) if n in names]
+        if shapes and count > 1 and all(math.prod(s) == 1 for s in shapes):
+            return lambda m, name, *_: scalar_layer(m, name, names)  # one PReLU slope
         if not alone:  # its masks zero axis 1 of the module's output, not of the call's
             return (f"{label} in {kind} {owner}, which computes more around it in its "
                     "forward")  # fmt: skip
-        count = in_shape[1]
-        if any(p.shape != (count,) for n, p in module.named_parameters(recurse=False)
-               if n in names):  # fmt: skip
-            return None  # one PReLU slope for every channel
+        if any(s != (count,) for s in shapes):
+            return None
         return lambda m, name, *_: channels_layer(m, name, count, names)
     weights = computed_weights(module)
     if any(n not in module._parameters and n not in weights for n in names):

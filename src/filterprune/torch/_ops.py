@@ -144,6 +144,12 @@ def _batchnorm(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spec, Laye
     return channels_layer(m, name, m.num_features)
 
 
+def scalar_layer(m: nn.Module, name: str,
+                 only: set[str] | None = None) -> tuple[Spec, LayerInfo]:  # fmt: skip
+    """An activation with one learned number for every channel (a PReLU of one slope)."""
+    return ("identity", {}), LayerInfo(name, "activation", _params(m, {}, only))
+
+
 def channels_layer(m: nn.Module, name: str, count: int,
                    only: set[str] | None = None) -> tuple[Spec, LayerInfo]:  # fmt: skip
     """A layer that scales or normalises each of ``count`` channels on its own by ``m``'s
@@ -162,7 +168,7 @@ def _frozen_batchnorm(m: nn.Module, name: str, in_shape, out_shape) -> tuple[Spe
 
 def _prelu(m: nn.PReLU, name: str, in_shape, out_shape) -> tuple[Spec, LayerInfo]:
     if m.num_parameters == 1:
-        return ("identity", {}), LayerInfo(name, "activation", _params(m, {}))
+        return scalar_layer(m, name)
     params = _params(m, {"weight": ("channel",)})
     spec = ("batchnorm", {"num_features": m.num_parameters, "channel_axis": 1})
     return spec, LayerInfo(name, "batchnorm", params)
