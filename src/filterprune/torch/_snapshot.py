@@ -74,9 +74,19 @@ def attributes_kept(model: nn.Module) -> Iterator[None]:
     """Runs of ``model`` on a made-up input (the capture's, a probe's) leave no plain
     attribute behind: a forward that sets a flag from its input (BasicVSR++ sets
     ``is_mirror_extended`` on a clip that reads the same backwards, as zeros do) would
-    otherwise compute otherwise on every real input after."""
+    otherwise compute otherwise on every real input after. Nor a buffer's value: a step
+    count or a cache a forward writes is as it was."""
     saved = plain_attributes(model)
+    buffers = {m: {k: (b, None if b is None else b.detach().clone())
+                   for k, b in m._buffers.items()}
+               for m in model.modules() if not isinstance(m, LazyModuleMixin)}  # fmt: skip
     try:
         yield
     finally:
         put_back(saved)
+        with torch.no_grad():
+            for module, table in buffers.items():
+                for key, (buffer, value) in table.items():
+                    if buffer is not None and buffer.shape == value.shape:
+                        buffer.copy_(value)
+                    module._buffers[key] = buffer

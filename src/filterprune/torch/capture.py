@@ -85,11 +85,11 @@ class _Tracer(fx.Tracer):
     """torch.fx's tracer, with the layers of other packages that have a rule as leaves,
     and torch.nn's transformer layers read through (:mod:`._transformer`)."""
 
-    def __init__(self, whole_on_failure: bool = False) -> None:
+    def __init__(self, whole_on_failure: bool = False, buffers: bool = True) -> None:
         super().__init__()
         # a buffer is read as the model's tensor, not a constant of the trace: per-channel
         # maths on buffers (a DETR or detectron2 FrozenBatchNorm2d) is cut with the buffers
-        self.proxy_buffer_attributes = True
+        self.proxy_buffer_attributes = buffers
         self.whole_on_failure = whole_on_failure
         self.whole: set[nn.Module] = set()  # transformer layers read as one call
 
@@ -142,8 +142,8 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
     attributes = plain_attributes(model)
     try:
         try:
-            tracer = _Tracer(whole_on_failure)
-            gm = fx.GraphModule(model, tracer.trace(model, _fixed_arguments(model, example)))
+            fixed = _fixed_arguments(model, example)
+            gm = fx.GraphModule(model, _traced(model, fixed, whole_on_failure, attributes))
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
             put_back(attributes)  # a module caching from its first call (torchvision's
             # MultiScaleRoIAlign keeps its scales) would keep proxies for the next capture
@@ -169,6 +169,36 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
     finally:
         model.train(was_training)
     return gm
+
+
+def _traced(model: nn.Module, fixed: dict[str, Any] | None, whole_on_failure: bool,
+            attributes: Any) -> fx.Graph:  # fmt: skip
+    """``model``'s fx graph, its buffers read as the model's tensors; where its forward
+    reads one as a Python value (``if self.steps > 0``, ``int(self.n)``), traced again with
+    buffers as constants of the trace (per-channel maths on them then holds its channels),
+    rather than by torch.export. A buffer the forward assigns (``self.cache = x``, a step
+    count) gets its tensor back: the trace leaves a proxy in it."""
+    buffers = {m: dict(m._buffers) for m in model.modules()}
+    try:
+        try:
+            return _Tracer(whole_on_failure).trace(model, fixed)
+        except Exception as err:  # noqa: BLE001 - the first failure is the one to report
+            put_back(attributes)
+            _put_back_buffers(buffers)
+            try:
+                return _Tracer(whole_on_failure, buffers=False).trace(model, fixed)
+            except Exception:  # noqa: BLE001
+                raise err from None
+    finally:
+        _put_back_buffers(buffers)
+
+
+def _put_back_buffers(saved: dict[nn.Module, dict[str, Any]]) -> None:
+    for module, before in saved.items():
+        if module._buffers.keys() != before.keys() or any(
+                module._buffers[k] is not v for k, v in before.items()):  # fmt: skip
+            module._buffers.clear()
+            module._buffers.update(before)
 
 
 def _fixed_arguments(model: nn.Module, example: tuple[Any, ...]) -> dict[str, Any] | None:
@@ -667,7 +697,7 @@ def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph,
     was_training, attributes = model.training, plain_attributes(model)
     model.train()
     try:
-        train = _Tracer(whole_on_failure).trace(model, fixed)
+        train = _traced(model, fixed, whole_on_failure, attributes)
     except Exception:  # noqa: BLE001 - e.g. a detector that needs targets to train
         put_back(attributes)
         return
