@@ -836,3 +836,31 @@ def test_a_weight_matrix_in_a_product_counts_once_per_token(build):
     assert ctrl.captured.extra["capture"] == ("torch.fx" if build is _TokenMatrix
                                               else "torch.export")  # fmt: skip
     assert ctrl.statistics().full_flops == 2 * 16 * (16 * 27 + 16 * 24)
+
+
+class SequenceFirst(nn.Module):
+    """Tokens laid out (sequence, batch, features) for attention and for a product with
+    a bare parameter; ``size_read``: a forward torch.fx cannot trace (torch.export)."""
+
+    def __init__(self, size_read):
+        super().__init__()
+        self.conv, self.size_read = nn.Conv2d(3, 16, 3, padding=1), size_read
+        self.attn = nn.MultiheadAttention(16, 2)
+        self.w = nn.Parameter(torch.randn(8, 16))
+
+    def forward(self, x):
+        t = self.conv(x).flatten(2).permute(2, 0, 1)  # (36, B, 16)
+        if self.size_read:
+            t = t * (1.0 + 0.0 * int(x.shape[1]))
+        return F.linear(self.attn(t, t, t, need_weights=False)[0], self.w)
+
+
+@pytest.mark.parametrize("size_read", [False, True], ids=["fx", "export"])
+def test_matrices_over_sequence_first_tokens_count_every_token(size_read):
+    """An opaque call's matrices counted once per sample there, not once per token (under
+    torch.export the attention's input projection too)."""
+    ctrl, _ = create_compressed_model(SequenceFirst(size_read), make_config((2, 3, 6, 6)))
+    tokens = 36
+    conv = 2 * tokens * 16 * 3 * 9
+    attention = 2 * tokens * (3 * 16 * 16 + 16 * 16)  # in_proj and out_proj
+    assert ctrl.statistics().full_flops == conv + attention + 2 * tokens * 16 * 8

@@ -99,6 +99,8 @@ def _opaque(reason: str, context: str | None, modules: dict[str, nn.Module], gra
         attrs["reads_layers"] = reads
     if weight_elems is not None and positions is not None:
         attrs.update(positions=positions, weight_elems=weight_elems)
+    if positions is not None:  # per row of the first axis: count_rows scales it to the batch
+        attrs["axis0_rows"] = True
     if not context or module is None or not plain_params(module):
         return Parts("stop", attrs)
     graph_layers.setdefault(context, LayerInfo(context, "opaque", plain_params(module)))

@@ -758,6 +758,11 @@ def count_rows(graph: Graph) -> None:
         info = graph.layers.get(node.layer or "")
         if node.op == "einsum" and isinstance(node.shape, tuple):
             count_product(graph, node, batch)
+        if node.attrs.get("axis0_rows") and isinstance(node.shape, tuple) and len(node.shape) > 1:
+            if node.shape[0] != batch and "positions" in node.attrs:
+                rows = int(node.attrs["positions"]) * node.shape[0] / batch
+                node.attrs = {**node.attrs, "positions": max(1, round(rows))}
+            continue
         if node.op not in ("conv", "linear") or info is None or not isinstance(node.shape, tuple):
             continue
         weight = info.params.get(info.weight or "", ((),))[0]
