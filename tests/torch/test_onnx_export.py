@@ -13,6 +13,7 @@ from torch_helpers import SmallNet, make_config, randomize_bn, run_onnx
 
 from filterprune import NNCFConfig
 from filterprune.onnx import remove_zero_filters, save_model
+from filterprune.testing.zoo import nondegenerate
 from filterprune.torch import create_compressed_model, onnx_export
 from filterprune.torch.onnx_export import export_onnx
 
@@ -486,3 +487,28 @@ def test_the_file_check_follows_the_models_arithmetic(tmp_path, caplog):
     assert "fails in ONNX Runtime" in caplog.text
     dim = onnx.load(str(tmp_path / "b.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
     assert dim.dim_param and not dim.dim_value
+
+
+class Saturated(nn.Module):
+    """A sigmoid far below zero: outputs about 1e-23, rounded in full by either runtime."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 1, 3, padding=1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.b(torch.relu(self.a(x))) - 57.0)
+
+
+def test_outputs_too_small_to_compare_raise_no_alarm(tmp_path, caplog):
+    """The check said the file "computes other values" (relative difference 1) and not to
+    deploy it: 1e-23 against 2e-23."""
+    caplog.set_level("WARNING", logger="filterprune")
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(Saturated().eval()), make_config(
+        (1, 3, 16, 16), prune_first_conv=True))  # fmt: skip
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    assert "computes other values" not in caplog.text
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert float(model.eval()(x).abs().max()) < 1e-20

@@ -92,10 +92,10 @@ def flat_tensors(value: Any) -> list:
     return []
 
 
-def relative_diff(ref: Any, out: Any) -> float:
+def relative_diff(ref: Any, out: Any, floor: float = 0.0) -> float:
     """Largest difference over every output tensor, relative to that tensor's largest
-    value; ``inf`` where the outputs differ in number or shape, or in where they are not
-    finite (a NaN in either counts as a difference)."""
+    value (or ``floor``, if larger); ``inf`` where the outputs differ in number or shape,
+    or in where they are not finite (a NaN in either counts as a difference)."""
     refs, outs = flat_tensors(ref), flat_tensors(out)
     if len(refs) != len(outs) or any(a.shape != b.shape for a, b in zip(refs, outs, strict=True)):
         return float("inf")
@@ -110,7 +110,7 @@ def relative_diff(ref: Any, out: Any) -> float:
             a, b = a[finite], b[finite]
             if not a.numel():
                 continue
-            scale = float(a.abs().max()) or 1.0
+            scale = max(float(a.abs().max()), floor) or 1.0
             worst = max(worst, float((a - b).abs().max()) / scale)
         elif a.numel() and not bool((a == b).all()):
             return float("inf")
