@@ -66,3 +66,28 @@ def test_a_frozen_batchnorm_of_buffers_is_cut_with_its_buffers(combine_first):
     assert ctrl.statistics().unpruned == [(["3"], "feeds a model output")]
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
     assert small[0].out_channels == 8 and small[1].running_var.shape == (8,)
+
+
+class MatrixGain(nn.Module):
+    """A per-channel gain reduced from a matrix buffer and a vector: held, as the matrix is
+    read across its rows."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("m", torch.rand(n, n))
+        self.register_buffer("g", torch.rand(n) + 0.5)
+
+    def forward(self, x):
+        return x * (self.m * self.g.view(1, -1)).sum(1).view(1, -1, 1, 1)
+
+
+def test_weights_of_other_shapes_combined_say_so():
+    """The reason read "mul: no tensor operand" where the mul has two."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), MatrixGain(16), nn.ReLU(),
+                          nn.Conv2d(16, 4, 1))  # fmt: skip
+    config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(model, config)
+    reasons = dict((p[0], r) for p, r in ctrl.statistics().unpruned)
+    assert reasons["0"] == ("mul: combines weight 1.m and weight 1.g of other shapes ((16, 16) "
+                            "and (1, 16))")  # fmt: skip

@@ -179,8 +179,11 @@ def _params_combined(ins: list, node: Node) -> Param:
     """Weights of one shape combined entry by entry (a frozen BatchNorm's scale and shift
     computed from its buffers in forward): one weight standing for all, cut alike."""
     params = [v for v in ins if isinstance(v, Param)]
-    if not params or any(p.shape != node.shape for p in params):
+    if not params:
         raise RuleError("no tensor operand")
+    if any(p.shape != node.shape for p in params):  # a weight broadcast over another
+        raise RuleError(f"combines {' and '.join(p.label for p in params)} of other shapes "
+                        f"({' and '.join(str(p.shape) for p in params)})")
     first, rest = params[0], params[1:]
     also = [*first.also, *(q for p in rest for q in (p, *p.also))]
     return Param(first.name, first.shape, first.axes, tuple(dict.fromkeys(also)), first.made)
