@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_helpers import make_config
+from torch_helpers import assert_strip_equal, make_config
 
 from filterprune import NNCFConfig
 from filterprune.testing.zoo import nondegenerate
@@ -341,10 +341,7 @@ def test_an_own_norm_that_computes_around_its_call_stays_whole(width):
                                                            filters_multiple_of=1))  # fmt: skip
     assert (["l1"], "batch_norm: batch_norm in TokenBatchNorm bn, which computes more around "
             "it in its forward") in ctrl.statistics().unpruned  # fmt: skip
-    x = torch.randn(2, 3, 4, 4)
-    with torch.no_grad():
-        masked = model.eval()(x)
-        assert _rel(masked, ctrl.strip().eval()(x)) < 1e-5
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 4, 4), tol=1e-5)
 
 
 class Tied(nn.Module):
@@ -392,9 +389,7 @@ def test_a_weight_read_as_two_layers_stays_whole():
     reason = ("conv_transpose2d: conv_transpose2d reads TiedAutoencoder 2's parameters as "
               "another layer than its other call does")  # fmt: skip
     assert (["0"], reason) in ctrl.statistics().unpruned
-    x = torch.randn(SAMPLE)
-    with torch.no_grad():
-        assert _rel(model.eval()(x), ctrl.strip().eval()(x)) < 1e-5
+    assert_strip_equal(ctrl, model, torch.randn(SAMPLE), tol=1e-5)
 
 
 class SecondInput(nn.Module):
@@ -455,9 +450,7 @@ def test_a_weight_cast_to_the_input_type_is_that_weight():
     ctrl, model = create_compressed_model(net, _config())
     stats = ctrl.statistics()
     assert {row.name for row in stats.layers} == {"0", "2", "6"}
-    x = torch.randn(SAMPLE)
-    with torch.no_grad():
-        assert _rel(model.eval()(x), ctrl.strip().eval()(x)) < 1e-5
+    assert_strip_equal(ctrl, model, torch.randn(SAMPLE), tol=1e-5)
 
 
 class OneSlope(nn.Module):
@@ -476,6 +469,4 @@ def test_an_own_prelu_of_one_slope_passes_the_channels():
                                       nn.Conv2d(16, 4, 1)))  # fmt: skip
     ctrl, model = create_compressed_model(net, _config())
     assert [row.name for row in ctrl.statistics().layers] == ["0"]
-    x = torch.randn(SAMPLE)
-    with torch.no_grad():
-        assert _rel(model.eval()(x), ctrl.strip().eval()(x)) < 1e-5
+    assert_strip_equal(ctrl, model, torch.randn(SAMPLE), tol=1e-5)
