@@ -45,7 +45,7 @@ from ._ops import (
 )
 from .masks import keeps_own_forward
 
-__all__ = ["functional_node", "plain_params", "owner_of", "module_path", "split_sizes",
+__all__ = ["functional_node", "plain_params", "owner_of", "module_path", "split_sizes", "within",
            "COMPUTED"]
 
 COMPUTED = "<computed>"  # an argument that is a tensor computed in forward, not a parameter
@@ -275,7 +275,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         return _opaque(why, context, modules, graph_layers, positions, reads, weight_elems,
                        learned)  # fmt: skip
     if found is None and owner == context:
-        alone = not _within(data_path, owner) and not any(_within(p, owner) for p in readers)
+        alone = not within(data_path, owner) and not any(within(p, owner) for p in readers)
         own = _own_layer(spec, label, module, owner, params, in_shape, out_shape, options or {},
                          alone)  # fmt: skip
         if isinstance(own, str):
@@ -292,7 +292,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         # counted by the weight it reads: the owner may be another call's layer already
         return _opaque(why, owner, modules, graph_layers, positions, weight_elems=weight_elems)
     cls, build = found
-    inside = _within(data_path, owner)
+    inside = within(data_path, owner)
     if weighted and not keeps_own_forward(type(module)) \
             and not _same_forward(module, cls, in_shape, inside):  # fmt: skip
         why = (f"{type(module).__name__} {owner} runs its own forward around {label} and a "
@@ -302,7 +302,8 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
     return _built(build, module, owner, in_shape, out_shape, context, graph_layers)
 
 
-def _within(path: str | None, owner: str) -> bool:
+def within(path: str | None, owner: str) -> bool:
+    """Whether module path ``path`` is ``owner`` or inside it."""
     return path is not None and (path + ".").startswith(owner + ".")
 
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-__all__ = ["restore", "snapshot", "attributes_kept", "plain_attributes", "put_back"]
+__all__ = ["restore", "snapshot", "attributes_kept", "plain_attributes", "put_back",
+           "saved_buffers", "put_back_buffers"]
 
 _TABLES = ("_parameters", "_modules", "_forward_hooks", "_forward_pre_hooks")
 
@@ -76,17 +77,35 @@ def attributes_kept(model: nn.Module) -> Iterator[None]:
     ``is_mirror_extended`` on a clip that reads the same backwards, as zeros do) would
     otherwise compute otherwise on every real input after. Nor a buffer's value: a step
     count or a cache a forward writes is as it was."""
-    saved = plain_attributes(model)
-    buffers = {m: {k: (b, None if b is None else b.detach().clone())
-                   for k, b in m._buffers.items()}
-               for m in model.modules() if not isinstance(m, LazyModuleMixin)}  # fmt: skip
+    saved, buffers = plain_attributes(model), saved_buffers(model)
     try:
         yield
     finally:
         put_back(saved)
-        with torch.no_grad():
-            for module, table in buffers.items():
-                for key, (buffer, value) in table.items():
-                    if buffer is not None and buffer.shape == value.shape:
-                        buffer.copy_(value)
-                    module._buffers[key] = buffer
+        put_back_buffers(buffers)
+
+
+Buffers = dict[nn.Module, dict[str, tuple[Any, Any]]]
+
+
+def saved_buffers(model: nn.Module) -> Buffers:
+    """Each module's buffer table, with a copy of each value (none of a lazy module's,
+    which its first call sets for good)."""
+    return {m: {k: (b, None if b is None or isinstance(m, LazyModuleMixin)
+                    else b.detach().clone()) for k, b in m._buffers.items()}
+            for m in model.modules()}  # fmt: skip
+
+
+def put_back_buffers(saved: Buffers) -> None:
+    """Give each module the buffers of ``saved`` and their values: a forward that assigns
+    one (``self.cache = x``) or counts one up, run on a made-up input or traced (which
+    leaves a proxy in it), changes neither."""
+    with torch.no_grad():
+        for module, table in saved.items():
+            if module._buffers.keys() != table.keys() or any(
+                    module._buffers[k] is not b for k, (b, _) in table.items()):  # fmt: skip
+                module._buffers.clear()
+                module._buffers.update((k, b) for k, (b, _) in table.items())
+            for buffer, value in table.values():
+                if value is not None and buffer.shape == value.shape:
+                    buffer.copy_(value)

@@ -37,7 +37,7 @@ from ._copy import NORM_HOOKS, computed_weights
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
-from ._snapshot import attributes_kept, plain_attributes, put_back
+from ._snapshot import attributes_kept, plain_attributes, put_back, put_back_buffers, saved_buffers
 from ._transformer import TRACED_THROUGH, tracing_layers
 
 __all__ = ["capture", "capture_fx"]
@@ -178,27 +178,19 @@ def _traced(model: nn.Module, fixed: dict[str, Any] | None, whole_on_failure: bo
     buffers as constants of the trace (per-channel maths on them then holds its channels),
     rather than by torch.export. A buffer the forward assigns (``self.cache = x``, a step
     count) gets its tensor back: the trace leaves a proxy in it."""
-    buffers = {m: dict(m._buffers) for m in model.modules()}
+    buffers = saved_buffers(model)
     try:
         try:
             return _Tracer(whole_on_failure).trace(model, fixed)
         except Exception as err:  # noqa: BLE001 - the first failure is the one to report
             put_back(attributes)
-            _put_back_buffers(buffers)
+            put_back_buffers(buffers)
             try:
                 return _Tracer(whole_on_failure, buffers=False).trace(model, fixed)
             except Exception:  # noqa: BLE001
                 raise err from None
     finally:
-        _put_back_buffers(buffers)
-
-
-def _put_back_buffers(saved: dict[nn.Module, dict[str, Any]]) -> None:
-    for module, before in saved.items():
-        if module._buffers.keys() != before.keys() or any(
-                module._buffers[k] is not v for k, v in before.items()):  # fmt: skip
-            module._buffers.clear()
-            module._buffers.update(before)
+        put_back_buffers(buffers)
 
 
 def _fixed_arguments(model: nn.Module, example: tuple[Any, ...]) -> dict[str, Any] | None:

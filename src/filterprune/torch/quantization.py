@@ -28,7 +28,7 @@ from ..core.quantization import QuantizerSpec, QuantizerState
 from ..core.workflow import Captured
 from ..progress import progress
 from ._init_args import model_inputs
-from ._layers import module_path
+from ._layers import module_path, within
 from ._ops import module_rule
 from ._snapshot import attributes_kept, restore, snapshot
 from ._transformer import guard_fast_paths
@@ -273,8 +273,7 @@ def _own_reader(nodes: dict[str, fx.Node], graph: Graph, modules: dict[str, nn.M
         return None
 
     def inside(n: fx.Node) -> bool:
-        path = module_path(n, modules)
-        return path is not None and (path + ".").startswith(owner + ".")
+        return within(module_path(n, modules), owner)
 
     if inside(node):
         if not _zero_pad(node) or not isinstance(node.args[0], fx.Node) or inside(node.args[0]):
