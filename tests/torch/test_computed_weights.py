@@ -196,3 +196,26 @@ def test_a_normed_weight_read_outside_its_layer_keeps_the_layer_whole():
     assert ["mid"] in [p for p, _ in stats.unpruned]
     assert stats.full_flops == 2 * 256 * (8 * 27 + 16 * 72 + 4 * 16)
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-6)
+
+
+class OwnConv(nn.Module):
+    """A conv of the user's own: its weight passed to ``F.conv2d`` in its forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(16, 16, 3, 3))
+        self.bias = nn.Parameter(torch.randn(16))
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.weight, self.bias, padding=1)
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "parametrized weight_norm"])
+def test_a_normed_own_conv_counts_the_flops_of_its_conv_only(kind):
+    """The norm's maths on the weight counted as a conv of the weight (41,472 FLOPs
+    more per sample), and its gain ``g`` as a matrix (8,192 more)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), WRAPS[kind](OwnConv()),
+                          nn.ReLU(), nn.Conv2d(16, 4, 1))  # fmt: skip
+    ctrl, _ = create_compressed_model(nondegenerate(model), config())
+    assert ctrl.statistics().full_flops == 2 * 256 * (16 * 27 + 16 * 144 + 4 * 16)

@@ -85,7 +85,7 @@ def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
             # layer inside it owns (a DCN's offset conv, a CondConv's routing) count there
             inner = tuple(f"{n}." for n in graph.layers if n.startswith(f"{node.layer}."))
             elems = sum(int(np.prod(shape)) for key, (shape, _) in info.params.items()
-                        if len(shape) > 1 and not _is_bias(key)
+                        if _is_matrix(shape) and not _is_bias(key)
                         and not f"{node.layer}.{key}".startswith(inner))  # fmt: skip
             out[node.layer] = out.get(node.layer, 0) + 2 * int(node.attrs["positions"]) * elems
             continue
@@ -101,6 +101,12 @@ def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:
         elems = kept_elements(shape, roles, keeps.get(node.layer, {}), info.groups)
         out[node.layer] = out.get(node.layer, 0) + 2 * int(node.attrs.get("positions", 1)) * elems
     return out
+
+
+def _is_matrix(shape: tuple[int, ...]) -> bool:
+    """A matrix or kernel: two axes, or more with two of them longer than 1; a gain shaped
+    to broadcast, ``(C, 1, 1)`` or a weight norm's ``(C, 1, 1, 1)``, multiplies no rows."""
+    return len(shape) == 2 or sum(d > 1 for d in shape) >= 2
 
 
 def _is_bias(key: str, recurrent: bool = False) -> bool:

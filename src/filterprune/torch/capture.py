@@ -613,7 +613,8 @@ def no_rule_stop(name: str, inputs: list[str], shape: Any, label: str, graph: Gr
     attrs: dict[str, Any] = {"reason": f"no channel rule for {label}"}
     params = [graph[i] for i in inputs if graph[i].op == "param" and not graph[i].attrs.get(
         "fill") and sum(n > 1 for n in graph[i].shape or ()) >= 2]  # a matrix, not a scale
-    if not params or label.split(".")[0] in _LOOKUPS:
+    if not params or label.split(".")[0] in _LOOKUPS or not _reads_input(inputs, graph):
+        # no data in it (an old-style weight norm's ``_weight_norm(v, g)``): weight maths
         return Node(name, "stop", inputs, shape, label=label, attrs=attrs)
     data = [graph[i].shape for i in inputs if graph[i].op != "param"]
     if any(len(p.shape) > 2 for p in params) and isinstance(shape, tuple) and len(shape) > 2:
@@ -631,6 +632,20 @@ def no_rule_stop(name: str, inputs: list[str], shape: Any, label: str, graph: Gr
         return Node(name, "stop", inputs, shape, layer=context, label=label, attrs=attrs)
     attrs["weight_elems"] = sum(math.prod(p.shape) for p in params)
     return Node(name, "stop", inputs, shape, label=label, attrs=attrs)
+
+
+def _reads_input(names: list[str], graph: Graph) -> bool:
+    """Whether a model input reaches any of the nodes ``names``."""
+    todo, seen = list(names), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if graph[name].op == "input":
+            return True
+        todo.extend(graph[name].inputs)
+    return False
 
 
 def _tokens(shape, graph: Graph) -> int:
