@@ -726,8 +726,9 @@ def _index(s, node, ins):
 
     ``computed_axes``: axes sliced at bounds computed in forward (the index holds the
     length they took); channels there stay whole, as the bounds would not follow a cut,
-    except on the axis of ``equal_parts`` ``(axis, k)``: bounds on the same of ``k`` equal
-    parts at any width (``x[:, : x.shape[1] // 2]``), so it is tied as ``chunk(k)`` is.
+    except on the axes of ``equal_parts`` ``[(axis, k), ...]``: bounds on the same of ``k``
+    equal parts at any width (``x[:, : x.shape[1] // 2]``), or written in code that the
+    frontend rewrites at a cut (Keras' ``h[..., :16]`` of 32), so tied as ``chunk(k)`` is.
     """
     index = node.attrs["index"]
     parts = index if isinstance(index, tuple) else (index,)
@@ -740,8 +741,9 @@ def _index(s, node, ins):
     picked = marker[node.attrs["index"]]
     varying = [a for a in range(full.ndim) if x.ndim > 0 and _varies(_pad(x, full.ndim), a)]
     computed = list(node.attrs.get("computed_axes", ()))
-    if "equal_parts" in node.attrs and node.attrs["equal_parts"][0] in varying:
-        axis, pieces = node.attrs["equal_parts"]
+    for axis, pieces in node.attrs.get("equal_parts", ()):
+        if axis not in varying:
+            continue
         computed = [a for a in computed if a != axis]
         rows = np.moveaxis(full, axis, 0).reshape(pieces, -1)
         for row in rows[1:]:

@@ -20,6 +20,7 @@ import numpy as np
 from keras import activations, layers
 
 from ..core.graph import LayerInfo
+from ._slices import equal_parts
 
 __all__ = ["Step", "LAYER_RULES", "IDENTITY_LAYERS", "layer_steps", "op_steps"]
 
@@ -531,5 +532,6 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
         return [Step("einsum", {"equation": op.subscripts})]
     if name == "GetItem" and len(args) > 1:
         key = tuple(args[1]) if isinstance(args[1], list) else args[1]
-        return [Step("index", {"index": key})]
+        parts = equal_parts(key, ins[0])  # bounds the strip rewrites (``h[..., :16]``)
+        return [Step("index", {"index": key, **({"equal_parts": parts} if parts else {})})]
     return [Step("stop", {"reason": f"no channel rule for keras.ops {name}"})]

@@ -2,10 +2,11 @@
 
 The model is rebuilt with ``keras.models.clone_model``: every layer is made again from
 its own class and ``get_config()``, with ``filters``/``units`` lowered to the kept
-count (and a ``Reshape`` target rewritten), then given its sliced weights. The result
-holds only stock Keras layers, so it saves and reloads as ``.keras`` without any
-filterprune object. Nested models are rebuilt nested, or whole by their own
-``from_config`` where a layer of theirs cannot be rebuilt (:mod:`._rebuild`).
+count (a ``Reshape`` target and the bounds of a slice written as numbers rewritten),
+then given its sliced weights. The result holds only stock Keras layers, so it saves
+and reloads as ``.keras`` without any filterprune object. Nested models are rebuilt
+nested, or whole by their own ``from_config`` where a layer of theirs cannot be rebuilt
+(:mod:`._rebuild`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..core.weights import groups_left, slice_weight
 from ..errors import AnalysisError
 from ._inputs import as_model_inputs
 from ._rebuild import rebuilt_whole
+from ._slices import scaled_key
 from .capture import Capture
 from .masks import base_class, is_masked, masked_weights
 
@@ -109,6 +111,27 @@ def _reshape_targets(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarra
     return out
 
 
+def _slice_keys(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray]) -> dict:
+    """New keys of the slices written as numbers (``h[..., :16]``) whose channels were
+    cut, by the ``GetItem`` operation's id."""
+    out: dict[int, Any] = {}
+    for node in cap.graph:
+        op = cap.calls.get(node.name, (None,))[0]
+        if node.op != "index" or "equal_parts" not in node.attrs or op is None:
+            continue
+        source = cap.graph[node.inputs[0]]
+        counts = _kept_extent(analysis, source, kept)
+        if counts is None:
+            continue
+        key = scaled_key(node.attrs["index"], source.shape, counts)
+        if out.setdefault(id(op), key) != key:
+            raise AnalysisError(
+                f"The slice {op.name!r} is called on tensors cut differently, so one "
+                "rebuilt slice cannot take both. Add the layers before it to ignored_scopes."
+            )  # fmt: skip
+    return out
+
+
 def _nested_inputs(model: Any, cap: Capture, analysis: Analysis, kept) -> Any:
     """New inputs of a nested model whose input channels were cut (``None``: unchanged)."""
     names = cap.nested.get(id(model))
@@ -147,8 +170,9 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
         overrides, weights = _cut_layers(cap, keeps)
         for key, change in _reshape_targets(cap, analysis, kept).items():
             overrides.setdefault(key, {}).update(change)
+        keys = _slice_keys(cap, analysis, kept)
     else:
-        overrides, weights = {}, {}
+        overrides, weights, keys = {}, {}, {}
     pairs: list[tuple[Any, Any]] = []
 
     def clone(layer: Any) -> Any:
@@ -157,6 +181,9 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
             return keras.models.clone_model(layer, input_tensors=inputs, clone_function=clone)
         new = rebuilt(layer, overrides.get(id(layer), {}))
         pairs.append((layer, new))
+        key = keys.get(id(layer))
+        if key is not None:  # a slice: called with its scaled key instead of the old one
+            return lambda x, *_: new(x, key)
         return new
 
     with _own_code():

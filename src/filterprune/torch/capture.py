@@ -368,8 +368,10 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
             _size_attrs(converted, sizes.ties.get(node, []), sizes.free.get(node, set()), graph)
         if converted.op == "split" and node in sizes.even_splits:
             converted.attrs = {**converted.attrs, "equal": True}
-        if converted.op in ("index", "split") and node in sizes.even_slices:
+        if converted.op == "split" and node in sizes.even_slices:
             converted.attrs = {**converted.attrs, "equal_parts": sizes.even_slices[node]}
+        if converted.op == "index" and node in sizes.even_slices:  # on one axis of several
+            converted.attrs = {**converted.attrs, "equal_parts": [sizes.even_slices[node]]}
         graph.add(converted)
     _hold_training_reads(model, gm, graph, _fixed_arguments(model, example), whole_on_failure)
     add_unseen_params(model, graph)
