@@ -1,5 +1,8 @@
 """Keras slices written as numbers over the channels (``h[..., :16]``): cut where the
-bounds fall on equal parts of the width, the stripped model's bounds rewritten.
+bounds fall on equal parts of the width, the stripped model's bounds rewritten. ``Lambda``
+layers read through: their ``keras.ops`` calls are cut through as the same ops in the model
+would be; a slice in one is cut only where its code computes the bounds from the width, as
+the rebuilt Lambda runs the same code at the cut width.
 
 Every weight and BatchNorm statistic is redrawn before comparing, so no branch hides
 behind a zero.
@@ -7,6 +10,7 @@ behind a zero.
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras_helpers import assert_strip_equal, keras, layers, make_config, randomize_bn
 
 from filterprune.tensorflow import create_compressed_model
@@ -18,6 +22,30 @@ GATES = {
     "halves from the end": lambda h: ops.tanh(h[:, :, :, :-16]) * ops.sigmoid(h[..., -16:]),
     "quarters": lambda h: ops.concatenate([h[..., 8:24] * 2, h[..., :8], h[..., 24:]], -1),
     "cropped halves": lambda h: h[:, 1:-1, 1:-1, :16] + h[:, 2:, 2:, 16:],
+}
+
+
+def _side(h):
+    return layers.Conv2D(32, 1, name="side")(h)
+
+
+THROUGH = {
+    "a residual scale": lambda h: layers.Lambda(lambda t: t * 0.1)(h),
+    "two inputs": lambda h: layers.Lambda(lambda t: t[0] + 0.2 * t[1])([h, _side(h)]),
+    "arguments": lambda h: layers.Lambda(lambda t, s: ops.relu(t) * s, arguments={"s": 0.5})(h),
+    "two outputs": lambda h: layers.Add()(layers.Lambda(lambda t: [t * 2, t + 1])(h)),
+    "halves from the width": lambda h: layers.Lambda(lambda t: ops.tanh(
+        t[..., : t.shape[-1] // 2]) * ops.sigmoid(t[..., t.shape[-1] // 2 :]))(h),  # fmt: skip
+}
+HELD = {
+    "halves written as numbers": (lambda h: layers.Lambda(
+        lambda t: ops.tanh(t[..., :16]) * ops.sigmoid(t[..., 16:]), name="gate")(h),
+        "GetItem in Lambda gate: indexes into channels"),  # fmt: skip
+    "a TensorFlow function": (lambda h: layers.Lambda(lambda t: tf.nn.relu6(t))(h),
+                              "no channel rule for layer Lambda"),  # fmt: skip
+    "a mean over the channels": (lambda h: layers.Lambda(
+        lambda t: t - ops.mean(t, axis=-1, keepdims=True), name="centre")(h),
+        "Mean in Lambda centre: reduces over channels"),  # fmt: skip
 }
 
 
@@ -40,16 +68,19 @@ def _prune(model):
     return ctrl, model, x, held
 
 
-@pytest.mark.parametrize("gate", GATES.values(), ids=GATES)
-def test_a_slice_on_equal_parts_is_cut_and_its_bounds_follow(gate, tmp_path):
-    """Such a slice held the conv before it ("indexes into channels")."""
+@pytest.mark.parametrize("gate", [*GATES.values(), *THROUGH.values()], ids=[*GATES, *THROUGH])
+def test_slices_on_equal_parts_and_lambdas_of_keras_ops_are_cut_through(gate, tmp_path):
+    """Such a slice held the conv before it ("indexes into channels"), and so did every
+    Lambda ("no channel rule for layer Lambda")."""
     ctrl, model, x, held = _prune(_model(gate))
     assert "a" not in held, held
+    assert ctrl.statistics().flops_kept < 0.6
     small = assert_strip_equal(ctrl, model, x, tol=1e-5)
     assert small.get_layer("a").filters < 32
-    small.save(tmp_path / "small.keras")
-    again = keras.models.load_model(tmp_path / "small.keras")
-    np.testing.assert_allclose(again(x), small(x), rtol=0, atol=1e-6)
+    if gate in GATES.values():  # a Lambda reading `ops` loses it in a file (Keras' own)
+        small.save(tmp_path / "small.keras")
+        again = keras.models.load_model(tmp_path / "small.keras")
+        np.testing.assert_allclose(again(x), small(x), rtol=0, atol=1e-6)
 
 
 def test_a_slice_cut_as_a_split_is_counted_as_the_split():
@@ -74,3 +105,18 @@ def test_a_slice_of_single_channels_keeps_them_whole():
     ctrl, model, x, held = _prune(_model(lambda h: ops.concatenate([h[..., 3:], h], -1)))
     assert held["a"].endswith("indexes into channels")
     assert_strip_equal(ctrl, model, x, tol=1e-5)
+
+
+@pytest.mark.parametrize(("body", "reason"), HELD.values(), ids=HELD)
+def test_a_lambda_that_mixes_channels_or_fixes_them_in_code_keeps_them_whole(body, reason):
+    ctrl, model, x, held = _prune(_model(body))
+    assert held["a"].endswith(reason), held
+    assert assert_strip_equal(ctrl, model, x, tol=1e-5).get_layer("a").filters == 32
+
+
+def test_a_lambda_is_counted_as_its_ops_written_in_the_model():
+    ops_in_model = _prune(_model(lambda h: h * 0.1 + ops.relu(h)))[0].statistics()
+    in_lambda = _prune(_model(lambda h: layers.Lambda(lambda t: t * 0.1 + ops.relu(t))(
+        h)))[0].statistics()  # fmt: skip
+    assert in_lambda.flops_kept == ops_in_model.flops_kept
+    assert in_lambda.current_params == ops_in_model.current_params

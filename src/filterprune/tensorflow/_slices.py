@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["equal_parts", "scaled_key"]
+__all__ = ["bounds", "equal_parts", "scaled_key"]
 
 
 def _positions(key: Any, ndim: int) -> dict[int, int] | None:
@@ -25,6 +25,15 @@ def _positions(key: Any, ndim: int) -> dict[int, int] | None:
     out = {axis: axis for axis in range(at)}
     out.update({ndim - after + i: at + (Ellipsis in parts) + i for i in range(after)})
     return out
+
+
+def bounds(key: Any, axis: int, shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """``(start, stop)`` that ``key`` takes on ``axis`` of a tensor of ``shape``."""
+    positions = _positions(key, len(shape))
+    if positions is None or axis not in positions:
+        return None
+    part = (list(key) if isinstance(key, tuple) else [key])[positions[axis]]
+    return part.indices(shape[axis])[:2]
 
 
 def equal_parts(key: Any, shape: tuple[Any, ...]) -> list[list[int]]:

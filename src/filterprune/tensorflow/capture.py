@@ -20,6 +20,7 @@ import numpy as np
 from ..core.graph import Graph, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError, ConfigError
+from ._lambda import lambda_graph
 from ._ops import Step, layer_steps, op_steps
 from ._rebuild import rebuilt_whole
 
@@ -51,6 +52,8 @@ class Capture(Captured):
         layouts: Per input, ``"as given"`` or ``"NCHW->NHWC"`` (how input_info was read).
         calls: Core node name -> the Keras layer or ``keras.ops`` operation it came from and
             the core names of that call's tensor inputs (quantizers go on those inputs).
+        lambdas: ``id`` of each ``Lambda`` read through (its ops are nodes of the graph) ->
+            the Lambda and the core nodes of its outputs (first call).
     """
 
     reshapes: dict[str, Any] = field(default_factory=dict)
@@ -58,6 +61,7 @@ class Capture(Captured):
     input_shapes: list[Shape] = field(default_factory=list)
     layouts: list[str] = field(default_factory=list)
     calls: dict[str, tuple[Any, list[str]]] = field(default_factory=dict)
+    lambdas: dict[int, tuple[Any, list[str]]] = field(default_factory=dict)
 
 
 def functional_of(model: Any) -> Any:
@@ -140,6 +144,8 @@ class _Walker:
         self.shapes: dict[int, Shape] = {}
         self.calls: dict[str, int] = {}
         self.layer_names: dict[tuple[int, int], str] = {}  # (id(layer), step) -> core layer
+        self.owner: tuple[Any, list[str]] | None = None  # the Lambda being read, its inputs
+        self.follows: dict[int, set[int]] = {}  # its slices' axes whose bounds follow widths
 
     def unique(self, name: str) -> str:
         n = self.calls.get(name, 0)
@@ -181,6 +187,15 @@ class _Walker:
                 self.cap.nested.setdefault(id(op), ins)
                 self.nested(_inner_functional(op), node, f"{prefix}{op.name}/")
                 return
+        found = lambda_graph(op, node, self.shapes) if self.owner is None else None
+        if found is not None:  # its keras.ops, read as a nested model's layers are
+            self.owner, self.follows = (op, ins), found[1]
+            try:
+                self.nested(found[0], node, f"{prefix}{op.name}/")
+            finally:
+                self.owner, self.follows = None, {}
+            self.cap.lambdas.setdefault(id(op), (op, [self.tensors[id(t)] for t in node.outputs]))
+            return
         name = f"{prefix}{op.name}"
         if isinstance(op, keras.Layer):
             steps = layer_steps(op, name, in_shapes, outs)
@@ -204,6 +219,8 @@ class _Walker:
         graph = self.cap.graph
         node_name = self.unique(name)
         label = type(op).__name__
+        if self.owner is not None:
+            label = f"{label} in Lambda {self.owner[0].name}"
         current = ins
         for i, step in enumerate(steps):
             last = i == len(steps) - 1
@@ -220,9 +237,15 @@ class _Walker:
                 graph.add(Node(f"{core}/constant{k}", "param", [], const,
                                attrs={"target": f"{core}'s constant"}))  # fmt: skip
                 current = [*current, f"{core}/constant{k}"]
-            graph.add(Node(core, step.kind, list(current), shape, layer=layer,
-                           attrs=dict(step.attrs), label=label))  # fmt: skip
-            self.cap.calls[core] = (op, ins)
+            attrs = dict(step.attrs)
+            if self.owner is not None and "equal_parts" in attrs:
+                # a Lambda's slice: cut only where its code computes the bounds from the
+                # width (no strip rewrites a number written in it)
+                follows = self.follows.get(id(op), set())
+                attrs["equal_parts"] = [p for p in attrs["equal_parts"] if p[0] in follows]
+            graph.add(Node(core, step.kind, list(current), shape, layer=layer, attrs=attrs,
+                           label=label))  # fmt: skip
+            self.cap.calls[core] = self.owner or (op, ins)
             if step.kind == "reshape" and isinstance(op, keras.layers.Reshape):
                 self.cap.reshapes[core] = op
             current = [core]

@@ -117,7 +117,8 @@ def _slice_keys(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray]) -
     out: dict[int, Any] = {}
     for node in cap.graph:
         op = cap.calls.get(node.name, (None,))[0]
-        if node.op != "index" or "equal_parts" not in node.attrs or op is None:
+        if node.op != "index" or not node.attrs.get("equal_parts") \
+                or type(op).__name__ != "GetItem":  # a Lambda's slice computes its own  # fmt: skip
             continue
         source = cap.graph[node.inputs[0]]
         counts = _kept_extent(analysis, source, kept)
@@ -129,6 +130,20 @@ def _slice_keys(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray]) -
                 f"The slice {op.name!r} is called on tensors cut differently, so one "
                 "rebuilt slice cannot take both. Add the layers before it to ignored_scopes."
             )  # fmt: skip
+    return out
+
+
+def _lambda_shapes(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray]) -> dict:
+    """The ``output_shape`` a Lambda read through was given, at the cut widths."""
+    out: dict[int, dict[str, Any]] = {}
+    for key, (layer, names) in cap.lambdas.items():
+        given = layer._output_shape
+        if not isinstance(given, (tuple, list)) or len(names) != 1:
+            continue  # inferred, or computed by a function of the input shape
+        counts = _kept_extent(analysis, cap.graph[names[0]], kept)
+        if counts is not None:
+            new = tuple(d if d is None else c for d, c in zip(given, counts[1:], strict=True))
+            out[key] = {"output_shape": new}
     return out
 
 
@@ -171,6 +186,8 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
         for key, change in _reshape_targets(cap, analysis, kept).items():
             overrides.setdefault(key, {}).update(change)
         keys = _slice_keys(cap, analysis, kept)
+        for key, change in _lambda_shapes(cap, analysis, kept).items():
+            overrides.setdefault(key, {}).update(change)
     else:
         overrides, weights, keys = {}, {}, {}
     pairs: list[tuple[Any, Any]] = []
@@ -248,7 +265,7 @@ def rebuilt(operation: Any, changes: dict[str, Any] | None = None) -> Any:
     if isinstance(operation, keras.layers.Lambda):
         # its live functions: rebuilt from bytecode they lose the module names they read
         config.update(function=operation.function, arguments=operation.arguments)
-        if "output_shape" in config:
+        if "output_shape" in config and "output_shape" not in (changes or {}):
             config["output_shape"] = operation._output_shape
         if "mask" in config:
             config["mask"] = operation.mask
