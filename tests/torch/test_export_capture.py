@@ -1,5 +1,8 @@
 """Capture that does not give up: torch.export where torch.fx cannot trace."""
 
+import collections
+import copy
+import functools
 import pickle
 import random
 import warnings
@@ -586,6 +589,50 @@ def test_lazy_layers_keep_the_sizes_their_first_call_set():
     assert (model.conv.in_channels, model.fc.in_features) == (3, 16)
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 12, 12))
     assert small.conv.in_channels == 3 and small.fc.in_features == small.mid.out_channels
+
+
+class _Collector:
+    """timm's feature hooks: the outputs of stages, kept by the device of the input
+    until the forward takes them."""
+
+    def __init__(self):
+        self.outputs = collections.defaultdict(dict)
+
+    def collect(self, name, module, args, out):
+        self.outputs[out.device][name] = out
+
+
+class _Features(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        self.stage = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(16, 4, 1)
+        self.collector = _Collector()
+        for name in ("stem", "stage"):
+            getattr(self, name).register_forward_hook(functools.partial(self.collector.collect,
+                                                                          name))  # fmt: skip
+
+    def forward(self, x):
+        self.stage(self.stem(x))
+        found, self.collector.outputs[x.device] = self.collector.outputs[x.device], {}
+        return self.head(found["stage"]), found["stem"]
+
+
+def test_a_trace_leaves_no_proxy_in_what_the_model_holds():
+    """The trace left proxies as keys of the collector's dict: copying the model, and so
+    strip() and export, failed ("'node' not in new_dict during proxy unpickling")."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(_Features()), make_config((1, 3, 8, 8)))
+    assert list(model.collector.outputs) == [] or all(
+        isinstance(k, torch.device) for k in model.collector.outputs)  # fmt: skip
+    copy.deepcopy(model)
+    x = torch.randn(2, 3, 8, 8)
+    small = ctrl.strip().eval()
+    with torch.no_grad():
+        for got, ref in zip(small(x), model.eval()(x), strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert small.stem[0].out_channels == 16 > small.stage[0].out_channels  # a model output
 
 
 class _State(nn.Module):

@@ -526,6 +526,20 @@ def test_a_layer_with_a_forward_hook_of_its_own_is_left_whole(where):
     assert small.fn.out_channels == 16 and small.a.out_channels == 16
 
 
+def test_a_hook_from_a_module_named_like_the_package_is_the_users():
+    """A hook defined in ``filterprune_tools`` was taken for one of the package's own:
+    the conv was cut under its flip of the channels (0.128 relative off)."""
+
+    def hook(module, args, out):
+        return out.flip(1)
+
+    hook.__module__ = "filterprune_tools"
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    conv.register_forward_hook(hook)
+    small, held = prune(conv)
+    assert held["fn"] == "Conv2d fn has a forward hook, which the trace does not see"
+
+
 class IndexedScale(nn.Module):
     """A scale per channel broadcast by indexing, and one indexed into (held)."""
 

@@ -472,6 +472,26 @@ def test_batchnorm_folding_keeps_outputs_and_lets_onnxruntime_run_int8(tmp_path)
     assert ops.count("QLinearConv") == 2  # conv1, conv2; the stem's ReLU also feeds the add
 
 
+@pytest.mark.parametrize("hook", ["pre-hook", "hook"])
+def test_a_batchnorm_with_a_hook_of_the_users_is_not_folded(hook):
+    """A hook registered after the capture moved to the Identity the fold puts in the
+    BatchNorm's place: a pre-hook's clamp then ran on the folded output (ONNX 0.61
+    relative off the model), and a hook reading ``running_mean`` failed the export."""
+    ctrl, model = create_compressed_model(_net(ResBlockNet), _config())
+    _train(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.02), 1, seed=3)
+    if hook == "pre-hook":
+        model.bn2.register_forward_pre_hook(lambda m, args: (args[0].clamp(-0.5, 0.5),))
+    else:
+        model.bn2.register_forward_hook(lambda m, args, out: out - m.running_mean.view(
+            1, -1, 1, 1))  # fmt: skip
+    small = ctrl.strip().eval()
+    folded = fold_batchnorms(copy.deepcopy(small), ctrl.captured.graph)
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.bn2, nn.BatchNorm2d)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), small(x), rtol=0, atol=1e-5)
+
+
 def test_mixed_preset_makes_activations_asymmetric(monkeypatch):
     from filterprune.core.params import QuantizationParams
 

@@ -24,9 +24,21 @@ from torch.nn.utils.weight_norm import WeightNorm
 from .masks import _masked_class
 
 __all__ = ["detach_computed_weights", "copy_model", "computed_weights", "bake_weights",
-           "NORM_HOOKS"]
+           "NORM_HOOKS", "user_hooks"]
 
 NORM_HOOKS = (WeightNorm, SpectralNorm)  # the legacy weight-norm forward pre-hooks
+
+
+def user_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward or forward pre-hooks of the caller's (weight norms
+    and this package's own hooks are known)."""
+    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    return any(not isinstance(h, NORM_HOOKS) and not _ours(h) for h in hooks)
+
+
+def _ours(hook) -> bool:
+    name = getattr(hook, "__module__", None) or type(hook).__module__
+    return name == "filterprune" or name.startswith("filterprune.")  # not filterprune_tools
 
 
 def _hooks(module: nn.Module) -> list:

@@ -10,6 +10,8 @@ its parameter, buffer, child and hook tables, and a copy of every buffer's value
 from __future__ import annotations
 
 import contextlib
+import functools
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,20 +56,67 @@ def restore(snap: list[tuple[Any, ...]]) -> None:
 _TORCH_OWN = frozenset(vars(nn.Module()))  # its tables and flags: the rest is the class's
 
 
-def plain_attributes(model: nn.Module) -> dict[nn.Module, dict[str, Any]]:
+Attributes = tuple[dict[nn.Module, dict[str, Any]], list[tuple[Any, Any]]]
+
+
+def plain_attributes(model: nn.Module) -> Attributes:
     """Each module's attributes that are not torch's own tables (a flag, a cache), but a
-    lazy module's: its first call sets its sizes for good."""
-    return {m: {k: v for k, v in vars(m).items() if k not in _TORCH_OWN}
-            for m in model.modules() if not isinstance(m, LazyModuleMixin)}  # fmt: skip
+    lazy module's: its first call sets its sizes for good; and a shallow copy of each
+    dict, list and plain object's attributes they hold, a few levels down (timm's
+    feature hooks keep a dict their hooks fill in forward, keyed by the input's device:
+    a trace leaves proxies in it, which no copy of the model survives)."""
+    attrs = {m: {k: v for k, v in vars(m).items() if k not in _TORCH_OWN}
+             for m in model.modules() if not isinstance(m, LazyModuleMixin)}  # fmt: skip
+    contents: list[tuple[Any, Any]] = []
+    seen: set[int] = set()
+    for values in attrs.values():
+        for value in values.values():
+            _contents(value, 3, seen, contents)
+    return attrs, contents
 
 
-def put_back(saved: dict[nn.Module, dict[str, Any]]) -> None:
-    """Give each module of ``saved`` those attributes again, dropping any set since."""
-    for module, before in saved.items():
+def _contents(value: Any, depth: int, seen: set[int], out: list[tuple[Any, Any]]) -> None:
+    """Append ``(container, shallow copy)`` for ``value`` and what it holds, ``depth``
+    levels down: dicts, lists and the attributes of plain objects (not modules, tensors,
+    classes or functions)."""
+    if depth == 0 or id(value) in seen:
+        return
+    if isinstance(value, dict):
+        table = value
+    elif isinstance(value, list):
+        table = None
+    elif hasattr(value, "__dict__") and type(value).__module__ != "builtins" and not isinstance(
+            value, (nn.Module, torch.Tensor, type, types.FunctionType, types.MethodType,
+                    types.ModuleType, functools.partial)):  # fmt: skip
+        table = vars(value)
+    else:
+        return
+    seen.add(id(value))
+    held = list(value) if table is None else dict(table)
+    out.append((value if table is None else table, held))
+    if len(held) <= 1000:  # a big table is put back, not searched
+        for item in held if table is None else held.values():
+            _contents(item, depth - 1, seen, out)
+
+
+def put_back(saved: Attributes) -> None:
+    """Give each module of ``saved`` those attributes again, dropping any set since, and
+    each container its entries."""
+    attrs, contents = saved
+    for module, before in attrs.items():
         now = vars(module)
         for key in [k for k in now if k not in before and k not in _TORCH_OWN]:
             del now[key]
         now.update((k, v) for k, v in before.items() if now.get(k) is not v)
+    for container, held in contents:
+        if isinstance(container, list):
+            if len(container) != len(held) or any(
+                    a is not b for a, b in zip(container, held, strict=True)):  # fmt: skip
+                container[:] = held
+        elif container.keys() != held.keys() or any(
+                container[k] is not v for k, v in held.items()):  # fmt: skip
+            container.clear()
+            container.update(held)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from ..core.flops import count_product
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
-from ._copy import NORM_HOOKS, computed_weights
+from ._copy import computed_weights, user_hooks
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
@@ -433,7 +433,7 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return Node(node.name, "stop", inputs, shape, label="parametrization",
                     attrs={"reason": f"reads the weight of {owner} outside its forward",
                            "reads_layers": [owner]})  # fmt: skip
-    if node.op == "call_module" and inputs and not _user_hooks(modules[node.target]):
+    if node.op == "call_module" and inputs and not user_hooks(modules[node.target]):
         in_shape = graph[inputs[0]].shape
         found = recurrent_node(node.target, modules[node.target], in_shape, graph)
         if found is not None:  # an LSTM: its input features are cut with its columns
@@ -488,21 +488,12 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
     return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
 
 
-def _user_hooks(module: nn.Module) -> bool:
-    """Whether ``module`` has forward hooks of the caller's: torch.fx records the call
-    without them, so what they compute is not seen (weight norms and this package's own
-    hooks are known)."""
-    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
-    return any(not isinstance(h, NORM_HOOKS) and not
-               (getattr(h, "__module__", None) or type(h).__module__).startswith("filterprune")
-               for h in hooks)  # fmt: skip
-
-
 def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     name = node.target
     label = type(module).__name__
     found = module_rule(module)  # a parametrized layer's class derives from the layer's
-    if found is None or type(module).forward is not found[0].forward or _user_hooks(module):
+    # torch.fx records the call without the user's hooks: what they compute is not seen
+    if found is None or type(module).forward is not found[0].forward or user_hooks(module):
         return _no_rule(node, module, inputs, shape, shape, graph)
     in_shape = graph[inputs[0]].shape if inputs else None
     (kind, attrs), info = found[1](module, name, in_shape, shape)
@@ -531,7 +522,7 @@ def _no_rule(node: fx.Node, module: nn.Module, inputs: list[str], shape: Any, to
     name, label = node.target, type(module).__name__
     graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
     reason = f"{label} {name} has a forward hook, which the trace does not see" \
-        if _user_hooks(module) else node.meta.get(_WHOLE, f"no channel rule for module {label}")
+        if user_hooks(module) else node.meta.get(_WHOLE, f"no channel rule for module {label}")
     attrs = {"reason": reason}
     if not isinstance(module, _LOOKUP_MODULES):
         attrs["positions"] = _tokens(tokens_of, graph)

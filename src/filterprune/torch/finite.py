@@ -59,6 +59,15 @@ def cut_probe(model: nn.Module, sample: Any, analysis: Analysis,
 @contextlib.contextmanager
 def strip_probe(model: nn.Module, sample: Any, analysis: Analysis,
                 params: FilterPruningParams) -> Iterator[Probe | None]:  # fmt: skip
+    """:func:`_strip_probe`, which leaves no trace on ``model``: a copy's hook that closes
+    over an object of the model's (a collector of features) writes into it."""
+    with attributes_kept(model), _strip_probe(model, sample, analysis, params) as same:
+        yield same
+
+
+@contextlib.contextmanager
+def _strip_probe(model: nn.Module, sample: Any, analysis: Analysis,
+                 params: FilterPruningParams) -> Iterator[Probe | None]:  # fmt: skip
     """``same(groups)``: copies of ``model`` with the deepest cut of ``groups`` a plan can
     make, one masked and one stripped, compute the same on a seeded input of ``sample``'s
     shapes (float outputs within 1e-4 of their largest magnitude, or 1e-7 in float64).

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core.graph import Graph
+from ._copy import user_hooks
 from .fake_quant import FakeQuantize
 
 __all__ = ["fold_batchnorms"]
@@ -50,6 +51,9 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
         and isinstance(conv, nn.modules.conv._ConvNd)
         and not isinstance(conv, nn.modules.conv._ConvTransposeNd)
         and "input_quantizer" not in bn._modules and not conv._forward_hooks
+        # a hook of the user's on the BatchNorm (registered after the capture) would run
+        # on the folded conv's output, or read attributes the Identity has not
+        and not user_hooks(bn)
         and not any(k.endswith("_mask") for k in [*conv._buffers, *bn._buffers])
     )  # fmt: skip
 
