@@ -3,6 +3,8 @@ the channel axis they keep the channels whole. Pixel and channel shuffles are cu
 with the channels they move together tied. Each case sits between two conv-BN stages;
 every parameter and statistic is redrawn before comparing."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -511,19 +513,92 @@ def _select(u):
     return (u * u.mean((3, 4), keepdim=True).softmax(1)).sum(1)
 
 
-@pytest.mark.parametrize("where", ["after", "before"])
-def test_a_layer_with_a_forward_hook_of_its_own_is_left_whole(where):
-    """torch.fx records the call without its hooks: a hook rolling the channels was cut
-    through (0.27 relative off); a pre-hook scaling 16 channels crashed the stripped model."""
+def _roll(module, args, out):
+    return torch.roll(out, 1, 1)
+
+
+def _scale(module, args):
+    return (args[0] * torch.linspace(0.5, 2.0, 16).view(1, -1, 1, 1),)
+
+
+def _branch(module, args, out):
+    return out * 2 if float(out.mean()) > 0 else out
+
+
+def _double(module, args):
+    return (args[0] * 2,)
+
+
+UNSEEN = "Conv2d fn has a forward hook, which the trace does not see"
+HOOKS = {  # (pre-hooks, hooks) -> (layer held, its reason)
+    "rolls the output": ([], [_roll], "fn", "roll: acts across channels"),
+    "scales the input by channel": (
+        [_scale], [], "a", "mul reads _tensor_constant0, which cannot be cut"),  # fmt: skip
+    "branches on a value": ([], [_branch], "fn", UNSEEN),
+    "doubles, then branches on a value": ([_double], [_branch], "fn", UNSEEN),
+}
+
+
+@pytest.mark.parametrize(("pre", "post", "layer", "reason"), HOOKS.values(), ids=HOOKS)
+def test_the_hooks_of_a_layer_are_traced_around_its_call(pre, post, layer, reason):
+    """torch.fx records a layer's call without its hooks: a hook rolling the channels was
+    cut through (0.27 relative off); a pre-hook scaling 16 channels crashed the stripped
+    model. Held whole then, they are now read as ops around the call; a hook that cannot
+    run on the trace's values keeps the layer whole."""
     conv = nn.Conv2d(16, 16, 3, padding=1)
-    if where == "after":
-        conv.register_forward_hook(lambda m, args, out: torch.roll(out, 1, 1))
-    else:
-        scale = torch.linspace(0.5, 2.0, 16).view(1, -1, 1, 1)
-        conv.register_forward_pre_hook(lambda m, args: (args[0] * scale,))
+    for hook in pre:
+        conv.register_forward_pre_hook(hook)
+    for hook in post:
+        conv.register_forward_hook(hook)
     small, held = prune(conv)
-    assert held["fn"] == "Conv2d fn has a forward hook, which the trace does not see"
-    assert small.fn.out_channels == 16 and small.a.out_channels == 16
+    assert held[layer] == reason
+
+
+KEPT = []  # what a hook keeps, named as a global
+
+
+class _Keeper:
+    def __init__(self):
+        self.kept = []
+
+    def __call__(self, module, args, out):
+        self.kept.append(out)
+
+
+def _keepers():
+    kept = []
+    keeper = _Keeper()
+    return {"in a closure": (lambda m, args, out: kept.append(out), kept),
+            "in a global": (lambda m, args, out: KEPT.append(out), KEPT),
+            "in the hook object": (keeper, keeper.kept)}  # fmt: skip
+
+
+@pytest.mark.parametrize("where", _keepers())
+def test_a_hook_that_keeps_the_output_leaves_the_layer_free(where):
+    """timm's feature hooks, a distillation tap: the layer was held ("has a forward hook,
+    which the trace does not see"). What the hook keeps is as it was before the capture
+    (the trace's proxies and the probes' maps are not left in it)."""
+    hook, kept = _keepers()[where]
+    KEPT.clear()
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    conv.register_forward_hook(hook)
+    model = nondegenerate(Between(conv))
+    ctrl, model = create_compressed_model(model, make_config(
+        (1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    assert kept == []
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    assert small.fn.out_channels == small.a.out_channels == 8
+
+
+def test_a_hook_that_pools_is_traced_once():
+    """The trace wrote the hook around the call and its run applied the hook again, so the
+    trace's outputs were not the model's: a needless fall-back to torch.export."""
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    conv.register_forward_hook(lambda m, args, out: F.avg_pool2d(out, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "captured with torch.export"
+        small, held = prune(conv)
+    assert "fn" not in held and small.fn.out_channels == 8
 
 
 def test_a_hook_from_a_module_named_like_the_package_is_the_users():
@@ -537,7 +612,7 @@ def test_a_hook_from_a_module_named_like_the_package_is_the_users():
     conv = nn.Conv2d(16, 16, 3, padding=1)
     conv.register_forward_hook(hook)
     small, held = prune(conv)
-    assert held["fn"] == "Conv2d fn has a forward hook, which the trace does not see"
+    assert held["fn"] == "flip: acts across channels"
 
 
 class IndexedScale(nn.Module):

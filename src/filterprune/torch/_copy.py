@@ -24,7 +24,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 from .masks import _masked_class
 
 __all__ = ["detach_computed_weights", "copy_model", "computed_weights", "bake_weights",
-           "NORM_HOOKS", "user_hooks"]
+           "NORM_HOOKS", "is_users", "user_hooks"]
 
 NORM_HOOKS = (WeightNorm, SpectralNorm)  # the legacy weight-norm forward pre-hooks
 
@@ -33,12 +33,14 @@ def user_hooks(module: nn.Module) -> bool:
     """Whether ``module`` has forward or forward pre-hooks of the caller's (weight norms
     and this package's own hooks are known)."""
     hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
-    return any(not isinstance(h, NORM_HOOKS) and not _ours(h) for h in hooks)
+    return any(is_users(h) for h in hooks)
 
 
-def _ours(hook) -> bool:
+def is_users(hook) -> bool:
+    """Whether a module hook is the caller's: not a weight norm's nor this package's."""
     name = getattr(hook, "__module__", None) or type(hook).__module__
-    return name == "filterprune" or name.startswith("filterprune.")  # not filterprune_tools
+    ours = name == "filterprune" or name.startswith("filterprune.")  # not filterprune_tools
+    return not ours and not isinstance(hook, NORM_HOOKS)
 
 
 def _hooks(module: nn.Module) -> list:

@@ -72,7 +72,27 @@ def plain_attributes(model: nn.Module) -> Attributes:
     for values in attrs.values():
         for value in values.values():
             _contents(value, 3, seen, contents)
+    for module in attrs:  # what hooks write to: their closures' and bound objects' tables
+        for hook in [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]:
+            for value in _hook_roots(hook):
+                _contents(value, 3, seen, contents)
     return attrs, contents
+
+
+def _hook_roots(hook: Any) -> list[Any]:
+    """The objects a hook holds: its closure's values and the globals it names, the object
+    of a bound method, a partial's arguments, an object called as the hook."""
+    if isinstance(hook, functools.partial):
+        return [*_hook_roots(hook.func), *hook.args, *hook.keywords.values()]
+    if not isinstance(hook, (types.FunctionType, types.MethodType)):
+        return [hook]  # an object called as the hook: its own attributes
+    roots = [getattr(hook, "__self__", None)]
+    for cell in getattr(hook, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            roots.append(cell.cell_contents)
+    code, space = getattr(hook, "__code__", None), getattr(hook, "__globals__", {})
+    roots += [space[n] for n in (code.co_names if code else ()) if n in space]  # a global list
+    return [r for r in roots if r is not None]
 
 
 def _contents(value: Any, depth: int, seen: set[int], out: list[tuple[Any, Any]]) -> None:
@@ -85,10 +105,13 @@ def _contents(value: Any, depth: int, seen: set[int], out: list[tuple[Any, Any]]
         table = value
     elif isinstance(value, list):
         table = None
-    elif hasattr(value, "__dict__") and type(value).__module__ != "builtins" and not isinstance(
+    elif type(value).__module__ != "builtins" and not isinstance(
             value, (nn.Module, torch.Tensor, type, types.FunctionType, types.MethodType,
                     types.ModuleType, functools.partial)):  # fmt: skip
-        table = vars(value)
+        try:
+            table = vars(value)
+        except Exception:  # noqa: BLE001 - no __dict__ (slots), or a __getattr__ that raises
+            return
     else:
         return
     seen.add(id(value))

@@ -33,12 +33,13 @@ from ..core.flops import count_product
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
-from ._copy import computed_weights, user_hooks
+from ._copy import computed_weights, is_users, user_hooks
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
 from ._snapshot import attributes_kept, plain_attributes, put_back, put_back_buffers, saved_buffers
 from ._transformer import TRACED_THROUGH, tracing_layers
+from ._tree import leaves
 
 __all__ = ["capture", "capture_fx"]
 
@@ -79,6 +80,7 @@ def _operands(node: fx.Node) -> list[fx.Node]:
 
 
 _WHOLE = "filterprune_whole"  # node meta: why a layer read through is one call
+_HOOKED = "filterprune_hooked"  # node meta: the user's hooks of the module traced around it
 
 
 class _Tracer(fx.Tracer):
@@ -112,27 +114,66 @@ class _Tracer(fx.Tracer):
                 return forward(*args, **kwargs)
         if type(m) in TRACED_THROUGH and self.whole_on_failure and m not in self.whole:
             return self._through(m, forward, args, kwargs)
+        if user_hooks(m) and self.is_leaf_module(m, self.path_of_module(m)):
+            return self._hooked(m, forward, args, kwargs)
         return super().call_module(m, forward, args, kwargs)
+
+    def _hooked(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        """A layer with hooks of the user's: torch.fx records its call alone, so its
+        pre-hooks and hooks are traced around the call, as ops written in place (a hook
+        that keeps a feature map, or scales it). One that fails on the trace's values
+        leaves the call as it was: the layer then stays whole, with the reason."""
+
+        def around(given: Any, named: Any) -> Any:  # the call's own: a failure leaves them
+            for key, hook in m._forward_pre_hooks.items():
+                if not is_users(hook):
+                    continue
+                if key in m._forward_pre_hooks_with_kwargs:
+                    given, named = hook(m, given, named) or (given, named)
+                    continue
+                found = hook(m, given)
+                if found is not None:
+                    given = found if isinstance(found, tuple) else (found,)
+            out = fx.Tracer.call_module(self, m, forward, given, named)
+            out.node.meta[_HOOKED] = True
+            for key, hook in m._forward_hooks.items():
+                if is_users(hook):
+                    found = hook(m, given, named, out) if key in m._forward_hooks_with_kwargs \
+                        else hook(m, given, out)  # fmt: skip
+                    out = out if found is None else found
+            return out
+
+        done, out = self._or_undone(lambda: around(args, kwargs))
+        return out if done else super().call_module(m, forward, args, kwargs)
 
     def _through(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         """A transformer layer read through; one whose code branches on a traced value (a
         mask given to it) is read as one call instead, its channels whole, and the trace
         goes on (where torch.export could not read the model either)."""
+        done, out = self._or_undone(lambda: fx.Tracer.call_module(self, m, forward, args, kwargs))
+        if done:
+            return out
+        self.whole.add(m)
+        proxy = super().call_module(m, forward, args, kwargs)
+        proxy.node.meta[_WHOLE] = (f"{type(m).__name__}'s code branches on a value of the "
+                                   "trace (a mask given to it): read as one call")  # fmt: skip
+        return proxy
+
+    def _or_undone(self, attempt: Any) -> tuple[bool, Any]:
+        """``(True, attempt())``, or ``(False, None)`` with the graph and the tracer's
+        module records as they were where it raises (TraceError, or torch's checks
+        refusing a proxy)."""
         count, stack, calls = len(self.graph.nodes), dict(self.module_stack), dict(self.num_calls)
         try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:  # noqa: BLE001 - TraceError, or torch's checks refusing a proxy
+            return True, attempt()
+        except Exception:  # noqa: BLE001 - any failure: the caller reads the call whole
             for node in reversed(list(self.graph.nodes)[count:]):
                 self.graph.erase_node(node)
             self.module_stack.clear()
             self.module_stack.update(stack)
             self.num_calls.clear()
             self.num_calls.update(calls)
-            self.whole.add(m)
-            proxy = super().call_module(m, forward, args, kwargs)
-            proxy.node.meta[_WHOLE] = (f"{type(m).__name__}'s code branches on a value of the "
-                                       "trace (a mask given to it): read as one call")  # fmt: skip
-            return proxy
+            return False, None
 
 
 def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
@@ -152,8 +193,8 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
                 "of data-dependent Python control flow, or wrap such code with torch.fx.wrap."
             ) from err
         try:  # ShapeProp prints the traceback of a failing node: our error says it once
-            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-                ShapeProp(gm).propagate(*example)
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), _traced_hooks_off(gm):
+                traced = ShapeProp(gm).propagate(*example)
         except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
             if _runs(model, example):  # the trace took another path than the model does
                 raise _TraceError(
@@ -166,9 +207,51 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
                 f"{type(model).__name__} failed on {_sample_words(example)}: "
                 f"{err.__cause__ or err}. {_SAMPLE_FIX}"
             ) from err
+        _same_outputs(model, example, traced)
     finally:
         model.train(was_training)
     return gm
+
+
+@contextlib.contextmanager
+def _traced_hooks_off(gm: fx.GraphModule) -> Any:
+    """The user's hooks of the modules whose calls the trace wrote them around
+    (:meth:`_Tracer._hooked`) off while ``gm`` runs: they would apply twice."""
+    saved = []
+    for node in gm.graph.nodes:
+        if node.meta.get(_HOOKED):
+            module = gm.get_submodule(node.target)
+            for table in (module._forward_hooks, module._forward_pre_hooks):
+                saved.append((table, dict(table)))
+                for key in [k for k, hook in table.items() if is_users(hook)]:
+                    del table[key]
+    try:
+        yield
+    finally:
+        for table, entries in saved:
+            table.clear()
+            table.update(entries)
+
+
+def _shapes(outputs: Any) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for _, t in leaves(outputs) if torch.is_tensor(t)]
+
+
+def _same_outputs(model: nn.Module, example: tuple[Any, ...], traced: Any) -> None:
+    """Refuse a trace whose outputs are not the model's: a forward returning what its hooks
+    kept in a table keyed by the input's device (timm's feature hooks) reads another key
+    in the trace, where each ``x.device`` is a new value, and returns no feature map."""
+    try:
+        with attributes_kept(model), torch.no_grad():
+            real = _shapes(model(*example))
+    except Exception:  # noqa: BLE001 - a model that refuses the sample (a hook on batch sizes)
+        return
+    if real != _shapes(traced):
+        raise _TraceError(
+            f"torch.fx's trace of {type(model).__name__} returns tensors of shapes "
+            f"{_shapes(traced)[:4]}, where the model returns {real[:4]}: its forward "
+            "computes its outputs by means the trace does not follow (state its hooks keep)."
+        )
 
 
 def _traced(model: nn.Module, fixed: dict[str, Any] | None, whole_on_failure: bool,
@@ -433,7 +516,7 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return Node(node.name, "stop", inputs, shape, label="parametrization",
                     attrs={"reason": f"reads the weight of {owner} outside its forward",
                            "reads_layers": [owner]})  # fmt: skip
-    if node.op == "call_module" and inputs and not user_hooks(modules[node.target]):
+    if node.op == "call_module" and inputs and not _unseen_hooks(node, modules[node.target]):
         in_shape = graph[inputs[0]].shape
         found = recurrent_node(node.target, modules[node.target], in_shape, graph)
         if found is not None:  # an LSTM: its input features are cut with its columns
@@ -488,12 +571,18 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
     return Node(node.name, kind, inputs, shape, attrs=attrs, label=label)
 
 
+def _unseen_hooks(node: fx.Node, module: nn.Module) -> bool:
+    """Whether the user's hooks of a call's module were left out of the trace (torch.fx
+    records a call without them; :meth:`_Tracer._hooked` traces those it can)."""
+    return user_hooks(module) and not node.meta.get(_HOOKED)
+
+
 def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     name = node.target
     label = type(module).__name__
     found = module_rule(module)  # a parametrized layer's class derives from the layer's
-    # torch.fx records the call without the user's hooks: what they compute is not seen
-    if found is None or type(module).forward is not found[0].forward or user_hooks(module):
+    if found is None or type(module).forward is not found[0].forward or _unseen_hooks(node,
+                                                                                     module):
         return _no_rule(node, module, inputs, shape, shape, graph)
     in_shape = graph[inputs[0]].shape if inputs else None
     (kind, attrs), info = found[1](module, name, in_shape, shape)
@@ -522,7 +611,8 @@ def _no_rule(node: fx.Node, module: nn.Module, inputs: list[str], shape: Any, to
     name, label = node.target, type(module).__name__
     graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
     reason = f"{label} {name} has a forward hook, which the trace does not see" \
-        if user_hooks(module) else node.meta.get(_WHOLE, f"no channel rule for module {label}")
+        if _unseen_hooks(node, module) else node.meta.get(
+            _WHOLE, f"no channel rule for module {label}")  # fmt: skip
     attrs = {"reason": reason}
     if not isinstance(module, _LOOKUP_MODULES):
         attrs["positions"] = _tokens(tokens_of, graph)
