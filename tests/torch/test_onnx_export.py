@@ -376,6 +376,19 @@ def test_an_output_key_that_names_a_star_argument_is_written_under_output(tmp_pa
     assert [o.name for o in onnx.load(tmp_path / "m.onnx").graph.output] == ["output/args_1"]
 
 
+def test_star_arguments_keep_a_free_batch_axis(tmp_path):
+    """``forward(self, *views)``: torch.export wants the batch axes of the views nested
+    under ``*views``, and refused them flat, so the file took batch 1 for good and ONNX
+    Runtime refused batch 2."""
+    torch.manual_seed(0)
+    model, x = _StarArgs().eval(), torch.randn(2, 3, 16, 16)
+    assert export_onnx(model, (x[:1], x[:1]), str(tmp_path / "m.onnx")) == "dynamo"
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {i.name: x.numpy() for i in sess.get_inputs()})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(x, x)["args_1"].numpy(), atol=1e-5)
+
+
 class _WithCount(_DictOut):
     def forward(self, x):
         return {**super().forward(x), "count": 3, "kind": "boxes"}

@@ -279,7 +279,8 @@ def _dynamo(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any]) -> s
     again without its graph optimiser where the file computes other values (it drops
     ``+ 1e-15`` from ``a / (b + eps)``, and a pruned ``b`` of 0 then gives NaN)."""
     _fake_quant_shapes()
-    free = tuple({0: torch.export.Dim.DYNAMIC} if _batched(a) else None for a in args)
+    free = _nest_var_positional(
+        model, tuple({0: torch.export.Dim.DYNAMIC} if _batched(a) else None for a in args))
     # from two samples: torch.export takes an axis of size 1 for a constant, and a graph
     # captured from one sample could declare a free batch yet run only at 1
     twice = tuple(torch.cat([a, a]) if _batched(a) else a for a in args)
@@ -324,6 +325,19 @@ def _dynamo_once(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
                 raise
             log.info("The optimised ONNX graph is invalid (%s); exporting it unoptimised.",
                      _short(err))  # fmt: skip
+
+
+def _nest_var_positional(model: nn.Module, specs: tuple) -> tuple:
+    """``specs`` laid out as torch.export reads ``dynamic_shapes``: the arguments a
+    ``forward(self, a, *views)`` gathers into ``*views`` become one tuple entry."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return specs
+    for i, p in enumerate(params):
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            return (*specs[:i], tuple(specs[i:]))
+    return specs
 
 
 def _batched(arg: Any) -> bool:
