@@ -4,6 +4,7 @@ validation data and functions of a LeGR search."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,12 +95,37 @@ def register_default_init_args(config: Config | None = None, train_loader: Any =
     return config
 
 
-def model_inputs(batch: Any, device: Any) -> tuple[torch.Tensor, ...]:
+def model_inputs(batch: Any, device: Any, model: nn.Module | None = None) -> tuple[Any, ...]:
     """``forward``'s positional inputs in ``batch``, on ``device``: the inputs of an
     ``(inputs, targets)`` batch (:func:`batch_inputs`), several when they are a tuple
-    or list (``((image, depth), target)`` for a model with two inputs)."""
-    x = batch_inputs(batch)
-    return tuple(t.to(device) for t in (x if isinstance(x, (list, tuple)) else (x,)))
+    or list (``((image, depth), target)`` for a model with two inputs), or the entries of
+    a dict batch that name ``model.forward``'s arguments (:func:`_named`)."""
+    x = _named(batch, model) if isinstance(batch, dict) and model is not None else None
+    if x is None:
+        x = batch_inputs(batch)
+    return tuple(t.to(device) if torch.is_tensor(t) else t
+                 for t in (x if isinstance(x, (list, tuple)) else (x,)))  # fmt: skip
+
+
+def _named(batch: dict, model: nn.Module) -> tuple[Any, ...] | None:
+    """The arguments of ``model.forward`` a dict batch names, in order up to the last one
+    named, defaults between (``{"rgb", "depth", "label"}`` for ``forward(rgb, depth=None)``
+    gives ``(rgb, depth)``); None where it does not name the first, or skips one without a
+    default."""
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+    except (TypeError, ValueError):
+        return None
+    named = [i for i, p in enumerate(params) if p.name in batch]
+    if not params or not named or named[0] != 0:
+        return None
+    out = []
+    for p in params[: named[-1] + 1]:
+        if p.name not in batch and p.default is p.empty:
+            return None
+        out.append(batch[p.name] if p.name in batch else p.default)
+    return tuple(out)
 
 
 @contextlib.contextmanager
@@ -138,7 +164,7 @@ def adapt_batchnorm(model: nn.Module, loader: Any, num_samples: int) -> None:
         with torch.no_grad(), own_arithmetic(), progress(total=num_samples,
                                                          desc="BN adaptation") as bar:
             for batch in batches:
-                inputs = model_inputs(batch, device)
+                inputs = model_inputs(batch, device, model)
                 size = int(inputs[0].shape[0]) if inputs[0].dim() else 1
                 model(*inputs)
                 bar.update(size)

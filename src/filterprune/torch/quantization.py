@@ -114,7 +114,7 @@ class QuantizationController(QuantizationControllerBase):
         try:
             with torch.no_grad(), progress(total=num_samples, desc="Quantizer ranges") as bar:
                 for batch in data:
-                    inputs = model_inputs(batch, device)
+                    inputs = model_inputs(batch, device, self.model)
                     self.model(*inputs)
                     if after is not None:
                         after()
