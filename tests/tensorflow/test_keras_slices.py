@@ -38,11 +38,19 @@ THROUGH = {
         t[..., : t.shape[-1] // 2]) * ops.sigmoid(t[..., t.shape[-1] // 2 :]))(h),  # fmt: skip
 }
 HELD = {
-    "halves written as numbers": (lambda h: layers.Lambda(
+    "halves written as numbers, which fail at other widths": (lambda h: layers.Lambda(
         lambda t: ops.tanh(t[..., :16]) * ops.sigmoid(t[..., 16:]), name="gate")(h),
-        "GetItem in Lambda gate: indexes into channels"),  # fmt: skip
+        "no channel rule for layer Lambda"),  # fmt: skip
+    "a crop written as a number": (lambda h: layers.Lambda(
+        lambda t: ops.concatenate([t[..., :16], t], -1), name="crop")(h),
+        "GetItem in Lambda crop: indexes into channels"),  # fmt: skip
     "a TensorFlow function": (lambda h: layers.Lambda(lambda t: tf.nn.relu6(t))(h),
                               "no channel rule for layer Lambda"),  # fmt: skip
+    "a number read from the width": (lambda h: layers.Lambda(
+        lambda t: t / float(t.shape[-1]))(h), "no channel rule for layer Lambda"),  # fmt: skip
+    "two outputs of given shapes": (lambda h: layers.Add()(layers.Lambda(
+        lambda t: [t * 2, t + 1], output_shape=[(16, 16, 32)] * 2)(h)),
+        "no channel rule for layer Lambda (it has several outputs)"),  # fmt: skip
     "a mean over the channels": (lambda h: layers.Lambda(
         lambda t: t - ops.mean(t, axis=-1, keepdims=True), name="centre")(h),
         "Mean in Lambda centre: reduces over channels"),  # fmt: skip

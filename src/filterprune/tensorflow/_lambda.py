@@ -4,7 +4,8 @@ graph of its ``keras.ops`` calls, which the capture reads as a nested model's la
 The strip rebuilds the Lambda with the same function, which then runs at the cut widths.
 Numbers written in it stay as written, so a slice in it is cut only where the function
 computes its bounds from the width: called again at twice the sizes, it slices at twice
-the bounds.
+the bounds. A function that takes any other number from the sizes (``t / t.shape[-1]``)
+would compute otherwise at a cut width: it stays one opaque layer.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 
 from ._slices import bounds, equal_parts
 
@@ -27,12 +29,49 @@ def lambda_graph(op: Any, node: Any, shapes: dict[int, Shape]) -> tuple[Any, dic
     (TensorFlow functions fail on symbolic tensors) or makes layers with weights."""
     if not isinstance(op, keras.layers.Lambda) or len(node.arguments.args) != 1:
         return None
+    if isinstance(op._output_shape, (tuple, list)) and (
+            len(node.outputs) > 1 or len(op._inbound_nodes) > 1):  # fmt: skip
+        return None  # a shape given for one output of one call: the strip writes it once
     given = node.arguments.args[0]
     inner = _traced(op, given, lambda t: shapes[id(t)])
     if inner is None or any(isinstance(o, keras.Layer) and o.weights for o in inner.operations):
         return None
     wider = _traced(op, given, lambda t: (shapes[id(t)][0], *(2 * d for d in shapes[id(t)][1:])))
+    if wider is None or _numbers(inner) != _numbers(wider):
+        return None  # a number read from the sizes (``t / t.shape[-1]``): not at a cut width
     return inner, _following(inner, wider)
+
+
+def _nodes(functional: Any) -> list[Any]:
+    return [node for depth in sorted(functional._nodes_by_depth, reverse=True)
+            for node in functional._nodes_by_depth[depth]]  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as something ``==`` compares (a tensor by its shape)."""
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return value
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, np.ndarray) or np.isscalar(value):
+        return ("array", np.shape(value), np.asarray(value).tolist())
+    shape = getattr(value, "shape", None)  # a constant tensor made from the sizes
+    return type(value).__name__, None if shape is None else tuple(shape)
+
+
+def _numbers(functional: Any) -> list[Any]:
+    """Every number each op of ``functional`` is called or made with (not its slices'
+    bounds: :func:`_following` compares those)."""
+    out = []
+    for node in _nodes(functional):
+        op = node.operation
+        if node.is_input or type(op).__name__ == "GetItem":
+            continue
+        leaves = [v for v in keras.tree.flatten((node.arguments.args, node.arguments.kwargs))
+                  if not isinstance(v, keras.KerasTensor)]  # fmt: skip
+        made = {k: v for k, v in vars(op).items() if not k.startswith("_") and k != "name"}
+        out.append((type(op).__name__, _plain(leaves), _plain(sorted(made.items()))))
+    return out
 
 
 def _traced(op: Any, given: Any, shape_of) -> Any:
@@ -50,20 +89,17 @@ def _traced(op: Any, given: Any, shape_of) -> Any:
 def _slices(functional: Any) -> list[tuple[Any, Any, Shape]]:
     """``(operation, key, input shape)`` of each slice, in graph order."""
     out = []
-    for depth in sorted(functional._nodes_by_depth, reverse=True):
-        for node in functional._nodes_by_depth[depth]:
-            args = node.arguments.args
-            if type(node.operation).__name__ == "GetItem" and len(args) > 1:
-                key = tuple(args[1]) if isinstance(args[1], list) else args[1]
-                out.append((node.operation, key, tuple(args[0].shape)))
+    for node in _nodes(functional):
+        args = node.arguments.args
+        if type(node.operation).__name__ == "GetItem" and len(args) > 1:
+            key = tuple(args[1]) if isinstance(args[1], list) else args[1]
+            out.append((node.operation, key, tuple(args[0].shape)))
     return out
 
 
 def _following(inner: Any, wider: Any) -> dict[int, set[int]]:
     """Per slice of ``inner``, the axes on which ``wider`` (the same function at twice the
     sizes) slices at twice the bounds."""
-    if wider is None:
-        return {}
     first_slices, second_slices = _slices(inner), _slices(wider)
     if len(first_slices) != len(second_slices):
         return {}
