@@ -128,3 +128,47 @@ def test_a_lambda_is_counted_as_its_ops_written_in_the_model():
         h)))[0].statistics()  # fmt: skip
     assert in_lambda.flops_kept == ops_in_model.flops_kept
     assert in_lambda.current_params == ops_in_model.current_params
+
+
+def _two_calls(inner):
+    """``inner`` called on two convs; ``c`` feeds an output too, so it stays whole while
+    ``a`` is cut."""
+    inp = keras.Input((16, 16, 3))
+    a = layers.Conv2D(32, 3, padding="same", name="a")(inp)
+    c = layers.Conv2D(32, 3, padding="same", name="c")(inp)
+    y = layers.Conv2D(8, 1, name="b")(layers.Concatenate()([inner(a), inner(c)]))
+    model = keras.Model(inp, [layers.Conv2D(4, 1, name="head")(y), c])
+    rng = np.random.default_rng(0)
+    for v in model.weights:
+        v.assign(rng.normal(0, 0.3, v.shape).astype(v.dtype))
+    return model
+
+
+def _nested(fn):
+    i = keras.Input((None, None, 32))
+    return keras.Model(i, fn(i), name="inner")
+
+
+def test_a_model_without_weights_called_on_tensors_cut_otherwise_strips():
+    """Rebuilt at its first call's widths, it refused the other call's tensor."""
+    config = make_config((1, 16, 16, 3), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(_two_calls(_nested(ops.relu)), config)
+    x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype("float32")
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "a" not in held and held["c"] == "feeds a model output"
+    small = ctrl.strip()
+    for got, ref in zip(small(x), model(x), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+
+
+def test_a_slice_called_on_two_tensors_keeps_their_channels():
+    """One rebuilt slice takes one width: a nested gate called on a cut tensor and on a
+    whole one failed at strip."""
+    gate = _nested(lambda i: ops.tanh(i[..., :16]) * ops.sigmoid(i[..., 16:]))
+    config = make_config((1, 16, 16, 3), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(_two_calls(gate), config)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert held["a"] == "GetItem: indexes into channels"
+    x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype("float32")
+    for got, ref in zip(ctrl.strip()(x), model(x), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)

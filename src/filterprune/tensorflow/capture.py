@@ -146,6 +146,7 @@ class _Walker:
         self.layer_names: dict[tuple[int, int], str] = {}  # (id(layer), step) -> core layer
         self.owner: tuple[Any, list[str]] | None = None  # the Lambda being read, its inputs
         self.follows: dict[int, set[int]] = {}  # its slices' axes whose bounds follow widths
+        self.sliced: dict[int, str] = {}  # id of a slice the strip rewrites -> its first node
 
     def unique(self, name: str) -> str:
         n = self.calls.get(name, 0)
@@ -243,6 +244,12 @@ class _Walker:
                 # width (no strip rewrites a number written in it)
                 follows = self.follows.get(id(op), set())
                 attrs["equal_parts"] = [p for p in attrs["equal_parts"] if p[0] in follows]
+            elif attrs.get("equal_parts"):
+                first = self.sliced.setdefault(id(op), core)
+                if first != core:  # a nested model's slice called again: one rebuilt slice
+                    # takes one width, and each call's tensor may be cut otherwise
+                    attrs.pop("equal_parts")
+                    graph[first].attrs.pop("equal_parts", None)
             graph.add(Node(core, step.kind, list(current), shape, layer=layer, attrs=attrs,
                            label=label))  # fmt: skip
             self.cap.calls[core] = self.owner or (op, ins)

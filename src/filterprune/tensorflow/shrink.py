@@ -148,7 +148,8 @@ def _lambda_shapes(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray]
 
 
 def _nested_inputs(model: Any, cap: Capture, analysis: Analysis, kept) -> Any:
-    """New inputs of a nested model whose input channels were cut (``None``: unchanged)."""
+    """New inputs of a nested model whose input channels were cut (``None``: unchanged);
+    one without weights takes any width there (its calls may be cut otherwise)."""
     names = cap.nested.get(id(model))
     if names is None:
         return None
@@ -158,7 +159,9 @@ def _nested_inputs(model: Any, cap: Capture, analysis: Analysis, kept) -> Any:
         shape = list(kt.shape)
         if counts is not None:
             changed = True
-            shape = [d if d is None or i == 0 else counts[i] for i, d in enumerate(shape)]
+            cut = [c if model.weights else None for c in counts]
+            shape = [d if d is None or i == 0 or c == d else cut[i]
+                     for i, (d, c) in enumerate(zip(shape, counts, strict=True))]  # fmt: skip
         tensors.append(keras.Input(batch_shape=tuple(shape), dtype=kt.dtype))
     if not changed:
         return None
