@@ -713,3 +713,37 @@ def test_a_trace_that_takes_another_branch_than_the_model_does_not_blame_the_inp
         ctrl, _ = create_compressed_model(_State(), make_config((1, 3, 8, 8)))
     assert ctrl.captured.extra["capture"] == "torch.export"
     assert not any("Give a sample_size" in str(w.message) for w in said)
+
+
+class _Momentum(nn.Module):
+    """MoCo: a key encoder updated in forward from the query encoder's parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.query = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1))
+        self.key = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1))
+        self.key.load_state_dict(self.query.state_dict())
+
+    def forward(self, x):
+        with torch.no_grad():
+            for q, k in zip(self.query.parameters(), self.key.parameters(), strict=True):
+                k.data = k.data * 0.99 + q.data * 0.01
+        return self.query(x) - self.key(x)
+
+
+def test_a_forward_that_writes_parameters_is_said():
+    """The two encoders were cut each on its own without a word; after training their
+    masks differ and the stripped update mixed unrelated filters (4.7e-2 relative off)."""
+    with pytest.warns(UserWarning, match=r"_Momentum's forward writes its parameters "
+                                         r"\(key\.0\.weight, key\.0\.bias, key\.2\.weight "
+                                         r"and 1 more\)"):  # fmt: skip
+        create_compressed_model(_Momentum(), make_config((1, 3, 8, 8)))
+
+
+def test_a_nan_in_a_weight_is_no_write(recwarn):
+    """A NaN's sum is never equal to itself: every model with one was said to write it."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    with torch.no_grad():
+        model[0].weight[3] = float("nan")
+    create_compressed_model(model, make_config((1, 3, 8, 8)))
+    assert not [w for w in recwarn if "writes its parameters" in str(w.message)]

@@ -340,7 +340,38 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     """
     _say_unregistered(model)
     with attributes_kept(model):
-        return _capture(model, example)
+        captured = _capture(model, example)
+    _say_written_parameters(model, example)
+    return captured
+
+
+def _say_written_parameters(model: nn.Module, example: tuple[Any, ...]) -> None:
+    """Warn where a forward writes parameters: a momentum encoder updated from the online
+    one (MoCo's ``pk.data = m * pk + (1 - m) * pq``, a BYOL target). The two encoders
+    are cut each on its own, and no mask or cut follows such a write."""
+    params = {n: p for n, p in model.named_parameters()
+              if not isinstance(p, nn.parameter.UninitializedParameter)}  # fmt: skip
+
+    def marks() -> dict[str, tuple[int, float]]:
+        return {n: (p.data_ptr(), float(p.detach().double().nansum())) for n, p in params.items()}
+
+    before, was_training = marks(), model.training
+    try:
+        with attributes_kept(model), torch.no_grad():
+            model.eval()(*example)
+    except Exception:  # noqa: BLE001 - it ran in the capture; a probe's failure says nothing
+        return
+    finally:
+        model.train(was_training)
+    written = [n for n, mark in marks().items() if mark != before[n]]
+    if written:
+        more = f" and {len(written) - 3} more" if len(written) > 3 else ""
+        warnings.warn(
+            f"{type(model).__name__}'s forward writes its parameters ({', '.join(written[:3])}"
+            f"{more}): a momentum or EMA copy updated from other parameters. Masks and cuts do "
+            "not follow such a write: each copy is cut on its own, and after strip() the "
+            "update mixes filters that do not correspond. Prune the online model alone and "
+            "make the copy from it.", stacklevel=3)  # fmt: skip
 
 
 def _capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
