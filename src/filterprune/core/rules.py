@@ -18,7 +18,8 @@ import numpy as np
 from .graph import Node
 from .propagation import Param, Propagation, RuleError, compress
 
-__all__ = ["register_rule", "get_rule", "list_rules", "RULES", "einsum_subscripts"]
+__all__ = ["register_rule", "get_rule", "list_rules", "RULES", "einsum_subscripts",
+           "axis_parts"]
 
 Rule = Callable[[Propagation, Node, list[Any]], Any]
 RULES: dict[str, Rule] = {}
@@ -752,7 +753,7 @@ def _index(s, node, ins):
     if any(a in varying for a in computed):
         raise RuleError(node.attrs.get("computed_reason",
                                        "slices channels at bounds computed in forward"))
-    parts = _axis_parts(node.attrs["index"], full.ndim)
+    parts = axis_parts(node.attrs["index"], full.ndim)
     for axis in varying:
         kept = np.unique(np.unravel_index(picked.ravel(), full.shape)[axis])
         if kept.size != full.shape[axis]:
@@ -760,7 +761,7 @@ def _index(s, node, ins):
     return compress(s.uf.roots(full)[node.attrs["index"]])
 
 
-def _axis_parts(index: Any, ndim: int) -> list[Any] | None:
+def axis_parts(index: Any, ndim: int) -> list[Any] | None:
     """The slice each axis takes, for an index of slices and at most one Ellipsis;
     ``None`` for any other index (ints, lists, None)."""
     parts = list(index) if isinstance(index, tuple) else [index]

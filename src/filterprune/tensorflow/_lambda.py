@@ -86,7 +86,7 @@ def _traced(op: Any, given: Any, shape_of) -> Any:
         return None
 
 
-def _slices(functional: Any) -> list[tuple[Any, Any, Shape]]:
+def _getitems(functional: Any) -> list[tuple[Any, Any, Shape]]:
     """``(operation, key, input shape)`` of each slice, in graph order."""
     out = []
     for node in _nodes(functional):
@@ -100,7 +100,7 @@ def _slices(functional: Any) -> list[tuple[Any, Any, Shape]]:
 def _following(inner: Any, wider: Any) -> dict[int, set[int]]:
     """Per slice of ``inner``, the axes on which ``wider`` (the same function at twice the
     sizes) slices at twice the bounds."""
-    first_slices, second_slices = _slices(inner), _slices(wider)
+    first_slices, second_slices = _getitems(inner), _getitems(wider)
     if len(first_slices) != len(second_slices):
         return {}
     out: dict[int, set[int]] = {}

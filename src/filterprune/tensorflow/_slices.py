@@ -11,41 +11,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..core.rules import axis_parts
+
 __all__ = ["bounds", "equal_parts", "scaled_key"]
-
-
-def _positions(key: Any, ndim: int) -> dict[int, int] | None:
-    """Input axis -> position in ``key`` of its slice, for a key of slices and at most one
-    Ellipsis; None for any other key (ints and ``None`` move the axes)."""
-    parts = list(key) if isinstance(key, tuple) else [key]
-    if parts.count(Ellipsis) > 1 or not all(p is Ellipsis or isinstance(p, slice) for p in parts):
-        return None
-    at = parts.index(Ellipsis) if Ellipsis in parts else len(parts)
-    after = len(parts) - at - (Ellipsis in parts)
-    out = {axis: axis for axis in range(at)}
-    out.update({ndim - after + i: at + (Ellipsis in parts) + i for i in range(after)})
-    return out
 
 
 def bounds(key: Any, axis: int, shape: tuple[int, ...]) -> tuple[int, int] | None:
     """``(start, stop)`` that ``key`` takes on ``axis`` of a tensor of ``shape``."""
-    positions = _positions(key, len(shape))
-    if positions is None or axis not in positions:
-        return None
-    part = (list(key) if isinstance(key, tuple) else [key])[positions[axis]]
-    return part.indices(shape[axis])[:2]
+    parts = axis_parts(key, len(shape))
+    return None if parts is None else parts[axis].indices(shape[axis])[:2]
 
 
 def equal_parts(key: Any, shape: tuple[Any, ...]) -> list[list[int]]:
     """``[axis, k]`` for each axis ``key`` slices (step 1) on whole parts of ``k`` equal
     parts of its size (``k`` below the size: single channels are no part a cut keeps)."""
-    positions = _positions(key, len(shape))
-    if positions is None:
-        return []
-    parts = list(key) if isinstance(key, tuple) else [key]
     out = []
-    for axis, at in positions.items():
-        size, part = shape[axis], parts[at]
+    for axis, part in enumerate(axis_parts(key, len(shape)) or ()):
+        size = shape[axis]
         if not isinstance(size, int) or part.step not in (None, 1):
             continue
         start, stop, _ = part.indices(size)
@@ -57,18 +39,12 @@ def equal_parts(key: Any, shape: tuple[Any, ...]) -> list[list[int]]:
     return out
 
 
-def scaled_key(key: Any, shape: tuple[int, ...], kept: list[int]) -> Any:
-    """``key`` with the bounds on each axis scaled from its size in ``shape`` to its kept
-    size (a cut by equal parts keeps the same share of every part)."""
-    positions = _positions(key, len(shape))
-    parts = list(key) if isinstance(key, tuple) else [key]
-    for axis, at in (positions or {}).items():
-        if kept[axis] == shape[axis]:
-            continue
-        part = parts[at]
+def scaled_key(key: Any, shape: tuple[int, ...], kept: list[int]) -> tuple[slice, ...]:
+    """``key`` as one slice per axis, its bounds scaled from each axis' size in ``shape``
+    to its kept size (a cut by equal parts keeps the same share of every part)."""
 
-        def scale(bound, full=shape[axis], now=kept[axis]):
-            return None if bound is None else bound * now // full
+    def scale(bound: int | None, full: int, now: int) -> int | None:
+        return None if bound is None else bound * now // full
 
-        parts[at] = slice(scale(part.start), scale(part.stop), part.step)
-    return tuple(parts) if isinstance(key, tuple) else parts[0]
+    return tuple(slice(scale(p.start, full, now), scale(p.stop, full, now), p.step)
+                 for p, full, now in zip(axis_parts(key, len(shape)), shape, kept, strict=True))

@@ -113,7 +113,8 @@ def _reshape_targets(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarra
 
 def _slice_keys(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray]) -> dict:
     """New keys of the slices written as numbers (``h[..., :16]``) whose channels were
-    cut, by the ``GetItem`` operation's id."""
+    cut, by the ``GetItem`` operation's id (one called more than once has no
+    ``equal_parts``: the capture keeps its channels whole)."""
     out: dict[int, Any] = {}
     for node in cap.graph:
         op = cap.calls.get(node.name, (None,))[0]
@@ -122,14 +123,8 @@ def _slice_keys(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray]) -
             continue
         source = cap.graph[node.inputs[0]]
         counts = _kept_extent(analysis, source, kept)
-        if counts is None:
-            continue
-        key = scaled_key(node.attrs["index"], source.shape, counts)
-        if out.setdefault(id(op), key) != key:
-            raise AnalysisError(
-                f"The slice {op.name!r} is called on tensors cut differently, so one "
-                "rebuilt slice cannot take both. Add the layers before it to ignored_scopes."
-            )  # fmt: skip
+        if counts is not None:
+            out[id(op)] = scaled_key(node.attrs["index"], source.shape, counts)
     return out
 
 
@@ -159,8 +154,7 @@ def _nested_inputs(model: Any, cap: Capture, analysis: Analysis, kept) -> Any:
         shape = list(kt.shape)
         if counts is not None:
             changed = True
-            cut = [c if model.weights else None for c in counts]
-            shape = [d if d is None or i == 0 or c == d else cut[i]
+            shape = [d if d is None or i == 0 or c == d else c if model.weights else None
                      for i, (d, c) in enumerate(zip(shape, counts, strict=True))]  # fmt: skip
         tensors.append(keras.Input(batch_shape=tuple(shape), dtype=kt.dtype))
     if not changed:
