@@ -615,6 +615,36 @@ def test_a_hook_from_a_module_named_like_the_package_is_the_users():
     assert held["fn"] == "flip: acts across channels"
 
 
+def _conv_roll(module, args, out):
+    return torch.roll(out, 1, 1) if isinstance(module, nn.Conv2d) else None
+
+
+GLOBAL_KEPT = []
+_UNSEEN_GLOBAL = "runs a global forward hook (register_module_forward_hook), which the trace " \
+    "does not see"  # fmt: skip
+GLOBAL = {  # a global hook -> the layers held, with their reason
+    "rolls every conv's output": (_conv_roll, {"a": "roll: acts across channels",
+                                               "fn": "roll: acts across channels"}),
+    "keeps every output": (lambda m, args, out: GLOBAL_KEPT.append(out), {}),
+    "branches on a value": (_branch, {k: f"Conv2d {k} {_UNSEEN_GLOBAL}" for k in ("a", "fn")}),
+}
+
+
+@pytest.mark.parametrize(("hook", "held"), GLOBAL.values(), ids=GLOBAL)
+def test_global_hooks_are_traced_around_every_call(hook, held):
+    """torch.fx records a layer's call without the hooks every module runs: a global
+    hook rolling the convs' channels was cut through (0.84 relative off)."""
+    GLOBAL_KEPT.clear()
+    handle = nn.modules.module.register_module_forward_hook(hook)
+    try:
+        small, found = prune(nn.Conv2d(16, 16, 3, padding=1))
+    finally:
+        handle.remove()
+    assert {k: found[k] for k in ("a", "fn") if k in found} == held
+    assert all(not isinstance(t, torch.fx.Proxy) for t in GLOBAL_KEPT)
+    assert (small.fn.out_channels == 16) == ("fn" in held)
+
+
 class IndexedScale(nn.Module):
     """A scale per channel broadcast by indexing, and one indexed into (held)."""
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
@@ -24,16 +25,34 @@ from torch.nn.utils.weight_norm import WeightNorm
 from .masks import _masked_class
 
 __all__ = ["detach_computed_weights", "copy_model", "computed_weights", "bake_weights",
-           "NORM_HOOKS", "is_users", "user_hooks"]
+           "NORM_HOOKS", "forward_hooks", "global_hooks", "is_users", "user_hooks"]
 
 NORM_HOOKS = (WeightNorm, SpectralNorm)  # the legacy weight-norm forward pre-hooks
 
 
+def global_hooks() -> tuple[dict, dict]:
+    """torch's tables of the forward pre-hooks and hooks every module call runs
+    (``register_module_forward_pre_hook``, ``register_module_forward_hook``)."""
+    return _torch_module._global_forward_pre_hooks, _torch_module._global_forward_hooks
+
+
+def forward_hooks(module: nn.Module) -> tuple[list, list]:
+    """The ``(id, hook, with_kwargs)`` of the forward pre-hooks and of the forward hooks a
+    call of ``module`` runs, in torch's order: the global ones first."""
+    before, after = global_hooks()
+    pre = [(k, h, k in module._forward_pre_hooks_with_kwargs)
+           for k, h in [*before.items(), *module._forward_pre_hooks.items()]]  # fmt: skip
+    kwargs = {**_torch_module._global_forward_hooks_with_kwargs,
+              **module._forward_hooks_with_kwargs}  # fmt: skip
+    post = [(k, h, k in kwargs) for k, h in [*after.items(), *module._forward_hooks.items()]]
+    return pre, post
+
+
 def user_hooks(module: nn.Module) -> bool:
-    """Whether ``module`` has forward or forward pre-hooks of the caller's (weight norms
-    and this package's own hooks are known)."""
-    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
-    return any(is_users(h) for h in hooks)
+    """Whether a call of ``module`` runs forward or forward pre-hooks of the caller's, its
+    own or global ones (weight norms and this package's own hooks are known)."""
+    pre, post = forward_hooks(module)
+    return any(is_users(h) for _, h, _ in pre + post)
 
 
 def is_users(hook) -> bool:

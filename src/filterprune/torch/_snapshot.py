@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from ._copy import global_hooks
+
 __all__ = ["restore", "snapshot", "attributes_kept", "plain_attributes", "put_back",
            "saved_buffers", "put_back_buffers"]
 
@@ -72,10 +74,12 @@ def plain_attributes(model: nn.Module) -> Attributes:
     for values in attrs.values():
         for value in values.values():
             _contents(value, 3, seen, contents)
+    hooks = [h for table in global_hooks() for h in table.values()]
     for module in attrs:  # what hooks write to: their closures' and bound objects' tables
-        for hook in [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]:
-            for value in _hook_roots(hook):
-                _contents(value, 3, seen, contents)
+        hooks += [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    for hook in hooks:
+        for value in _hook_roots(hook):
+            _contents(value, 3, seen, contents)
     return attrs, contents
 
 

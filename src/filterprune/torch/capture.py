@@ -33,7 +33,7 @@ from ..core.flops import count_product
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
-from ._copy import computed_weights, is_users, user_hooks
+from ._copy import computed_weights, forward_hooks, global_hooks, is_users, user_hooks
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
@@ -125,10 +125,11 @@ class _Tracer(fx.Tracer):
         leaves the call as it was: the layer then stays whole, with the reason."""
 
         def around(given: Any, named: Any) -> Any:  # the call's own: a failure leaves them
-            for key, hook in m._forward_pre_hooks.items():
+            pre, post = forward_hooks(m)
+            for _, hook, with_kwargs in pre:
                 if not is_users(hook):
                     continue
-                if key in m._forward_pre_hooks_with_kwargs:
+                if with_kwargs:
                     given, named = hook(m, given, named) or (given, named)
                     continue
                 found = hook(m, given)
@@ -136,10 +137,9 @@ class _Tracer(fx.Tracer):
                     given = found if isinstance(found, tuple) else (found,)
             out = fx.Tracer.call_module(self, m, forward, given, named)
             out.node.meta[_HOOKED] = True
-            for key, hook in m._forward_hooks.items():
+            for _, hook, with_kwargs in post:
                 if is_users(hook):
-                    found = hook(m, given, named, out) if key in m._forward_hooks_with_kwargs \
-                        else hook(m, given, out)  # fmt: skip
+                    found = hook(m, given, named, out) if with_kwargs else hook(m, given, out)
                     out = out if found is None else found
             return out
 
@@ -216,21 +216,30 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
 @contextlib.contextmanager
 def _traced_hooks_off(gm: fx.GraphModule) -> Any:
     """The user's hooks of the modules whose calls the trace wrote them around
-    (:meth:`_Tracer._hooked`) off while ``gm`` runs: they would apply twice."""
-    saved = []
-    for node in gm.graph.nodes:
-        if node.meta.get(_HOOKED):
-            module = gm.get_submodule(node.target)
-            for table in (module._forward_hooks, module._forward_pre_hooks):
-                saved.append((table, dict(table)))
-                for key in [k for k, hook in table.items() if is_users(hook)]:
-                    del table[key]
+    (:meth:`_Tracer._hooked`) off while ``gm`` runs: they would apply twice. Global hooks
+    stay on for the other calls."""
+    hooked = {gm.get_submodule(n.target) for n in gm.graph.nodes if n.meta.get(_HOOKED)}
+    tables = [t for m in hooked for t in (m._forward_hooks, m._forward_pre_hooks)]
+    saved = [(table, dict(table)) for table in [*tables, *global_hooks()]]
+    for table in tables:
+        for key in [k for k, hook in table.items() if is_users(hook)]:
+            del table[key]
+    for table in global_hooks():
+        for key, hook in [(k, h) for k, h in table.items() if is_users(h)]:
+            table[key] = _except_in(hooked, hook)
     try:
         yield
     finally:
         for table, entries in saved:
             table.clear()
             table.update(entries)
+
+
+def _except_in(hooked: set[nn.Module], hook: Any) -> Any:
+    def run(module: nn.Module, *rest: Any) -> Any:
+        return None if module in hooked else hook(module, *rest)
+
+    return run
 
 
 def _shapes(outputs: Any) -> list[tuple[int, ...]]:
@@ -608,6 +617,12 @@ def _unseen_hooks(node: fx.Node, module: nn.Module) -> bool:
     return user_hooks(module) and not node.meta.get(_HOOKED)
 
 
+def _hook_words(module: nn.Module) -> str:
+    own = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    return "has a forward hook" if any(is_users(h) for h in own) else \
+        "runs a global forward hook (register_module_forward_hook)"  # fmt: skip
+
+
 def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     name = node.target
     label = type(module).__name__
@@ -641,7 +656,7 @@ def _no_rule(node: fx.Node, module: nn.Module, inputs: list[str], shape: Any, to
     (its matrices once per token of ``tokens_of``, :func:`_tokens`)."""
     name, label = node.target, type(module).__name__
     graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
-    reason = f"{label} {name} has a forward hook, which the trace does not see" \
+    reason = f"{label} {name} {_hook_words(module)}, which the trace does not see" \
         if _unseen_hooks(node, module) else node.meta.get(
             _WHOLE, f"no channel rule for module {label}")  # fmt: skip
     attrs = {"reason": reason}
