@@ -645,6 +645,37 @@ def test_global_hooks_are_traced_around_every_call(hook, held):
     assert (small.fn.out_channels == 16) == ("fn" in held)
 
 
+class Gamma(nn.Module):
+    """A scale applied by a hook."""
+
+    def __init__(self):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.rand(1, 16, 1, 1) + 0.5)
+
+    def forward(self, x):
+        return x
+
+
+def _gamma_hooks(gamma):
+    param = gamma.gamma
+    return {"its module's, read through the call": (lambda m, args, out: out * m.gamma, False),
+            "in its closure": (lambda m, args, out: out * param, True),
+            "its module's, in its closure": (lambda m, args, out: out * gamma.gamma, True)}
+
+
+@pytest.mark.parametrize("where", _gamma_hooks(Gamma()))
+def test_a_tensor_a_hook_holds_in_its_closure_is_not_cut(where):
+    """A copy of the model shares the hook's function, so the stripped model's hook read
+    the masked model's parameter: cut with the channels, it crashed the stripped model."""
+    gamma = Gamma()
+    hook, held = _gamma_hooks(gamma)[where]
+    gamma.register_forward_hook(hook)
+    small, found = prune(gamma)
+    assert ("a" in found) == held and small.fn.gamma.shape[1] == (16 if held else 8)
+    if held:
+        assert found["a"] == "mul reads fn.gamma (held by a hook's closure), which cannot be cut"
+
+
 class IndexedScale(nn.Module):
     """A scale per channel broadcast by indexing, and one indexed into (held)."""
 

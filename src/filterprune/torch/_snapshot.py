@@ -22,7 +22,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from ._copy import global_hooks
 
 __all__ = ["restore", "snapshot", "attributes_kept", "plain_attributes", "put_back",
-           "saved_buffers", "put_back_buffers"]
+           "held_by_hooks", "saved_buffers", "put_back_buffers"]
 
 _TABLES = ("_parameters", "_modules", "_forward_hooks", "_forward_pre_hooks")
 
@@ -90,13 +90,45 @@ def _hook_roots(hook: Any) -> list[Any]:
         return [*_hook_roots(hook.func), *hook.args, *hook.keywords.values()]
     if not isinstance(hook, (types.FunctionType, types.MethodType)):
         return [hook]  # an object called as the hook: its own attributes
-    roots = [getattr(hook, "__self__", None)]
-    for cell in getattr(hook, "__closure__", None) or ():
+    roots = [getattr(hook, "__self__", None), *_function_roots(hook)]
+    return [r for r in roots if r is not None]
+
+
+def _function_roots(fn: Any) -> list[Any]:
+    """What a function reaches without arguments: its closure's values, the globals it
+    names (a global list)."""
+    fn = getattr(fn, "__func__", fn)
+    roots = []
+    for cell in getattr(fn, "__closure__", None) or ():
         with contextlib.suppress(ValueError):  # an empty cell
             roots.append(cell.cell_contents)
-    code, space = getattr(hook, "__code__", None), getattr(hook, "__globals__", {})
-    roots += [space[n] for n in (code.co_names if code else ()) if n in space]  # a global list
-    return [r for r in roots if r is not None]
+    code, space = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    return roots + [space[n] for n in (code.co_names if code else ()) if n in space]
+
+
+def held_by_hooks(model: nn.Module) -> set[str]:
+    """The names of the parameters and buffers of ``model`` that a hook holds in its
+    closure or globals, itself or as its module's own. A copy of the model
+    shares such a function, so the copy's hook reads the original's tensor: one the
+    strip cuts would no longer fit the stripped model."""
+    names = {id(t): n for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    owned = {id(m): m for m in model.modules()}
+    hooks = [h for table in global_hooks() for h in table.values()]
+    for module in model.modules():
+        hooks += [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    held = set()
+    for hook in hooks:
+        fn = hook.func if isinstance(hook, functools.partial) else hook
+        if not isinstance(fn, (types.FunctionType, types.MethodType)):
+            continue  # an object called as the hook is copied with the model
+        for root in _function_roots(fn):
+            if id(root) in owned:  # its own tensors: the model's are named through it
+                tensors = [*root.parameters(recurse=False), *root.buffers(recurse=False)]
+            else:
+                tensors = root.values() if isinstance(root, dict) else \
+                    root if isinstance(root, (list, tuple)) else [root]  # fmt: skip
+            held |= {names[id(t)] for t in tensors if id(t) in names}
+    return held
 
 
 def _contents(value: Any, depth: int, seen: set[int], out: list[tuple[Any, Any]]) -> None:

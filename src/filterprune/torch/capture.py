@@ -37,7 +37,14 @@ from ._copy import computed_weights, forward_hooks, global_hooks, is_users, user
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
-from ._snapshot import attributes_kept, plain_attributes, put_back, put_back_buffers, saved_buffers
+from ._snapshot import (
+    attributes_kept,
+    held_by_hooks,
+    plain_attributes,
+    put_back,
+    put_back_buffers,
+    saved_buffers,
+)
 from ._transformer import TRACED_THROUGH, tracing_layers
 from ._tree import leaves
 
@@ -478,7 +485,7 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
     graph = Graph()
     modules = dict(model.named_modules())
     tensors = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-    sizes = SizeReads.of(gm.graph)
+    sizes, held = SizeReads.of(gm.graph), held_by_hooks(model)
     for node in gm.graph.nodes:
         if node.op == "output":
             graph.outputs = [n.name for n in _returned(node) if n.name in graph.nodes]
@@ -487,6 +494,8 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
             graph.add(_size_node(node, sizes, graph))
             continue
         converted = _convert(node, modules, graph, tensors)
+        if converted.op == "param" and node.target in held:  # a copy's hook reads the original
+            converted.attrs = {"target": f"{node.target} (held by a hook's closure)"}
         if converted.op == "reshape":
             _size_attrs(converted, sizes.ties.get(node, []), sizes.free.get(node, set()), graph)
         if converted.op == "split" and node in sizes.even_splits:
