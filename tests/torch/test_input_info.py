@@ -146,3 +146,35 @@ def test_a_keyword_only_argument_is_refused_with_what_to_do():
     with pytest.raises(ConfigError, match=r"keyword='image', a keyword-only argument \(after "
                        r"`\*`\); remove the `\*`"):  # fmt: skip
         sample_inputs(_config([{"sample_size": [1, 3], "keyword": "image"}]), _KeywordOnly())
+
+
+class _BatchForward(nn.Module):
+    """``forward(self, batch)`` reading a dict of tensors, or one tensor where said."""
+
+    def __init__(self, annotated=False):
+        super().__init__()
+        self.conv, self.head, self.annotated = nn.Conv2d(3, 8, 3), nn.Linear(8, 2), annotated
+
+    def forward(self, batch):
+        x = batch[:, :, 0] if self.annotated else batch["image"]
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def _tensor_forward(self, batch: torch.Tensor):
+    return _BatchForward.forward(self, batch)
+
+
+@pytest.mark.parametrize("annotated", [False, True])
+def test_a_forward_taking_a_container_is_told_to_wrap(annotated):
+    """It failed with torch's "too many indices for tensor of dimension 4" alone."""
+    from filterprune.errors import AnalysisError
+
+    model = _BatchForward(annotated)
+    if annotated:  # said to take a tensor: no word of containers
+        model.forward = _tensor_forward.__get__(model)
+    config = {"input_info": {"sample_size": [1, 3, 16, 16]},
+              "compression": [{"algorithm": "filter_pruning"}]}
+    with pytest.raises(AnalysisError) as info:
+        create_compressed_model(model, config)
+    wrap = "if `forward(batch)` takes a dict or tuple of tensors, prune a wrapper"
+    assert (wrap in str(info.value)) != annotated

@@ -212,7 +212,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
                 ) from err
             raise _TraceError(
                 f"{type(model).__name__} failed on {_sample_words(example)}: "
-                f"{err.__cause__ or err}. {_SAMPLE_FIX}"
+                f"{err.__cause__ or err}. {_sample_fix(model)}"
             ) from err
         _same_outputs(model, example, traced)
     finally:
@@ -444,6 +444,22 @@ _SAMPLE_FIX = ("Give a sample_size and `filler` the model accepts; an input it r
                "numbers (sequence lengths) is best made in a wrapper's forward.")
 
 
+def _sample_fix(model: nn.Module) -> str:
+    """:data:`_SAMPLE_FIX`, and for a ``forward(self, batch)`` (one argument, not said to
+    be a tensor) how to give it a container of tensors."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return _SAMPLE_FIX
+    if len(params) != 1 or params[0].kind not in (params[0].POSITIONAL_ONLY,
+                                                  params[0].POSITIONAL_OR_KEYWORD) or \
+            params[0].annotation in (torch.Tensor, "torch.Tensor", "Tensor"):  # fmt: skip
+        return _SAMPLE_FIX
+    return (f"{_SAMPLE_FIX} `input_info` gives tensors, one per argument: if "
+            f"`forward({params[0].name})` takes a dict or tuple of tensors, prune a wrapper "
+            "whose forward takes each tensor as an argument and builds the container.")
+
+
 def _sample_words(example: tuple[Any, ...]) -> str:
     """``a zero input of shape [(1, 3, 8, 8)] (from `input_info`)``: what the model was given."""
     tensors = [t for t in example if torch.is_tensor(t)]
@@ -466,7 +482,7 @@ def _check_runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> None:
     except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
         given = {t.dtype for t in example if torch.is_tensor(t) and t.is_floating_point()}
         own = {p.dtype for p in model.parameters() if p.is_floating_point()}
-        fix = _SAMPLE_FIX
+        fix = _sample_fix(model)
         if given and own and not given & own:  # a float64 or bfloat16 model, float32 input
             kind = str(sorted(own, key=str)[0]).removeprefix("torch.")
             fix = (f"The model's parameters are {kind}: set `input_info.type` to {kind!r} "
