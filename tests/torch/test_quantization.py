@@ -441,11 +441,16 @@ def test_percentile_ranges_are_narrower_than_min_max():
     assert ranges["percentile"][key] < ranges["min_max"][key]
 
 
-def test_export_of_fewer_bits_is_refused(tmp_path):
+def test_export_of_fewer_bits_is_refused(tmp_path, caplog):
+    """Refused before any exporter runs: the first one failed with a warning of its own,
+    and the message named no key."""
+    caplog.set_level("WARNING", logger="filterprune")
     quant = {"weights": {"bits": 4}}
     ctrl, _ = create_compressed_model(_net(), _config(quant, pruning=False))
-    with pytest.raises(ConfigError, match="`bits` must be 8 to export.*bits=4"):
+    with pytest.raises(ConfigError, match=r"`weights\.bits` of the `quantization` entry must "
+                       r"be 8 to export.*bits=4"):  # fmt: skip
         ctrl.export_model(str(tmp_path / "m.onnx"))
+    assert "exporter" not in caplog.text and not (tmp_path / "m.onnx").exists()
 
 
 def test_batchnorm_folding_keeps_outputs_and_lets_onnxruntime_run_int8(tmp_path):
@@ -527,6 +532,47 @@ def test_per_channel_activation_scales_are_cut_with_the_layer_that_reads_them():
     with torch.no_grad():
         ref = model(x)
         torch.testing.assert_close(small(x), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_per_channel_activations_quantize_both_operands_of_an_add(tmp_path):
+    """A per-channel spec sat only on readers' inputs: the add's operand ``bn2`` (read by
+    no module) was left in float, with an INFO line alone (per tensor it is quantized)."""
+    counts = {}
+    for per_channel in (False, True):
+        ctrl, model = create_compressed_model(_net(ResBlockNet), _config(
+            {"activations": {"per_channel": per_channel}}))  # fmt: skip
+        counts[per_channel] = ctrl.statistics().quantization.num_activation_quantizers
+    q = model.bn2.output_quantizer
+    assert counts[True] == counts[False] and q.axis == 1 and q.scale.shape == (16,)
+    _train(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.02), 2, seed=3)
+    model.eval()
+    small = ctrl.strip().eval()
+    assert small.bn2.output_quantizer.scale.shape == (small.bn2.num_features,) != (16,)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(small(x), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    path = tmp_path / "m.onnx"
+    ctrl.export_model(str(path))
+    out = run_onnxruntime(str(path), {onnx.load(str(path)).graph.input[0].name: x[:1].numpy()})
+    assert np.abs(out[0] - ref[:1].numpy()).max() <= float(ref.abs().max()) / 127
+
+
+def test_per_channel_output_quantizers_are_cut_when_the_model_shrinks_in_place():
+    config = _config({"activations": {"per_channel": True}})
+    config["compression"][0]["params"].update(pruning_steps=1, shrink_when_frozen=True)
+    ctrl, model = create_compressed_model(_net(ResBlockNet), config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02)
+    ctrl.register_optimizer(optimizer)
+    _train(ctrl, model, optimizer, 1, seed=3)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = model.eval()(x)
+        ctrl.scheduler.epoch_step()  # the cut
+        assert ctrl.get("filter_pruning").shrunk
+        out = model(x)
+    assert model.bn2.output_quantizer.scale.shape == (model.bn2.num_features,) != (16,)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 class SharedConvNet(nn.Module):

@@ -26,7 +26,7 @@ from .fold import fold_batchnorms
 from .legr import ranking_trials
 from .masks import apply_masks, is_masked, remove_masks
 from .reconstruct import Recording, reconstruct, record
-from .shrink import shrink_model
+from .shrink import cut_output_quantizers, shrink_model
 from .shrink_frozen import ShrinkWhenFrozen
 from .signals import taylor_accumulator, torch_signal
 
@@ -178,6 +178,7 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
             return model
         remove_masks(model, bake=False)
         small = shrink_model(model, self.keeps(), self.analysis.graph.layers)
+        cut_output_quantizers(small, self.kept_channels)
         if model is self.model:  # strip(do_copy=False): the training model is cut now
             self.shrunk = True
         return small
@@ -231,6 +232,7 @@ def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
             "`filterprune convert` on it; for a PyTorch file, torch.save(ctrl.strip(), ...))."
         )
     _check_ranges_set(ctrl.model)
+    _check_eight_bits(ctrl.model)
     model = fold_batchnorms(ctrl.strip(shrink=shrink).eval(), ctrl.captured.graph)
     # a channels_last model exports its pooling as strided gathers that convert cannot cut
     model = model.to(memory_format=torch.contiguous_format)
@@ -252,6 +254,20 @@ def _check_ranges_set(model: nn.Module) -> None:
             " 0 they take it from the first batch the model sees. Run a batch through the "
             "model (a training step or an evaluation) before export_model, or give init data "
             "with register_default_init_args. Nothing was written."
+        )
+
+
+def _check_eight_bits(model: nn.Module) -> None:
+    """Refuse quantizers of other widths before any exporter runs: QuantizeLinear holds
+    8-bit integers (uint8 or int8)."""
+    found = {m.spec.kind: m.spec.settings.bits for m in model.modules()
+             if isinstance(m, FakeQuantize) and m.spec.settings.bits != 8}  # fmt: skip
+    if found:
+        kind, bits = next(iter(found.items()))
+        raise ConfigError(
+            f"`{kind}s.bits` of the `quantization` entry must be 8 to export "
+            f"QuantizeLinear/DequantizeLinear pairs to ONNX. Received: bits={bits}. Train "
+            "with 8 bits to export, or keep the model in PyTorch. Nothing was written."
         )
 
 

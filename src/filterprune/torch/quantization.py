@@ -245,7 +245,7 @@ def install_quantizers(
         if spec.kind == "weight":
             q = _weight_quantizer(captured.refs.get(spec.target), spec)
         else:
-            maker = sites.maker(spec) if not spec.settings.per_channel else None
+            maker = sites.maker(spec)
             if maker is not None:
                 q = FakeQuantize(spec, lazy)
                 maker.add_module("output_quantizer", q)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,11 +124,24 @@ def _shrink_layer(model: nn.Module, name: str, info: LayerInfo, keep: dict) -> N
 
 
 def _cut_quantizers(module: nn.Module, keep: dict[str, np.ndarray]) -> None:
-    """Per-channel quantizers attached to a layer keep the scales of its kept channels."""
-    for child in module.children():
+    """Per-channel quantizers of a layer's weight and input keep the scales of its kept
+    channels (its output's: :func:`cut_output_quantizers`)."""
+    for name, child in module.named_children():
         role = getattr(child, "channel_role", None)
-        if role in keep:
+        if role in keep and name != "output_quantizer":
             child.select_channels(np.flatnonzero(keep[role]))
+
+
+def cut_output_quantizers(model: nn.Module, kept_channels: Any) -> None:
+    """Per-channel quantizers of a module's output (an add's operand) keep the scales of
+    the channels the plan keeps of that tensor (``kept_channels(node, axis)``)."""
+    for module in model.modules():
+        q = module._modules.get("output_quantizer")
+        if getattr(q, "axis", None) is None:
+            continue
+        keep = kept_channels(q.spec.target, q.axis)
+        if keep is not None and not keep.all() and len(keep) == q.scale.shape[0]:
+            q.select_channels(np.flatnonzero(keep))
 
 
 def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.Module:

@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from ._copy import bake_weights, computed_weights
 from .fake_quant import lazy_ranges_paused
 from .masks import is_masked, remove_masks
-from .shrink import _CUT, _cut, _laid_out, _tensors, shrink_model
+from .shrink import _CUT, _cut, _laid_out, _tensors, cut_output_quantizers, shrink_model
 
 __all__ = ["ShrinkWhenFrozen", "shrink_in_place"]
 
@@ -266,8 +266,10 @@ class ShrinkWhenFrozen(PruningControllerBase):
                         "register_optimizer(); rebuild yours from model.parameters()")
         keeps, layers = self.keeps(), self.analysis.graph.layers
         replaced = shrink_in_place(self.model, keeps, layers, optimizers)
+        cut_output_quantizers(self.model, self.kept_channels)
         for copy in filter(None, (ref() for ref in self.__dict__.get("copies", []))):
             shrink_in_place(copy, keeps, layers, [])
+            cut_output_quantizers(copy, self.kept_channels)
         # what a stale optimizer would hold (by identity: tensors compare elementwise)
         self._replaced = {id(p): weakref.ref(p) for p in replaced}
         self.shrunk = True
