@@ -209,6 +209,10 @@ def test_schema_defaults_match_dataclass_defaults():
         ({**BASE, "compression": [{"algorithm": "quantization", "scope_overrides": {}}]},
          r"Unknown key `compression\[0\]\.scope_overrides`\..* leave layers in float with"),
         ({**BASE, "compression": [{"algorithm": "quantization",
+                                   "activations": {"signedness_to_force": True}}]},
+         r"Unknown key `compression\[0\]\.activations\.signedness_to_force`\..* It is "
+         r"`signed` here"),
+        ({**BASE, "compression": [{"algorithm": "quantization",
                                    "initializer": {"range": [{"type": "min_max"}]}}]},
          r"`compression\[0\]\.initializer\.range` must be an object\..* Per-scope ranges .* "
          r"give one object"),

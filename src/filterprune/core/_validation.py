@@ -341,6 +341,8 @@ _NNCF_ONLY = {
                        "float with `ignored_scopes`.",
     "compression_lr_multiplier": " Compression adds no trainable parameters to scale: drop "
                                  "the key.",
+    "signedness_to_force": " It is `signed` here: true for a signed range, false for an "
+                           "unsigned one.",
 }
 
 
