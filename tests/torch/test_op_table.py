@@ -36,6 +36,9 @@ APART = {
     "swapaxes": lambda y: y.swapaxes(1, 3).sigmoid().swapaxes(1, 3),
     "narrow (spatial)": lambda y: F.pad(y.narrow(2, 1, 14), (0, 0, 1, 1)),
     "tile": lambda y: y.tile((1, 1, 2, 1))[:, :, :16],
+    # AdaIN's and instance norm's statistics, computed in one call
+    "var_mean, std_mean": lambda y: (y - torch.var_mean(y, (2, 3), keepdim=True)[1]) / (
+        torch.std_mean(y, dim=(2, 3), keepdim=True)[0] + 1e-3),
     "amin, logsumexp": lambda y: y - y.amin((2, 3), keepdim=True) + y.logsumexp(3, keepdim=True),
     "prod": lambda y: y * y.abs().add(1).log().prod(2, keepdim=True),
     "cumsum": lambda y: y.sigmoid().cumsum(3),
@@ -92,6 +95,7 @@ APART = {
 }
 ACROSS = {
     "flip (channels)": lambda y: y.flip(1),
+    "var_mean (channels)": lambda y: y * torch.var_mean(y, 1, keepdim=True)[0],
     "cumsum (channels)": lambda y: y.cumsum(1),
     "softmin (channels)": lambda y: F.softmin(y, dim=1) * y,
     "narrow (channels)": lambda y: torch.cat([y.narrow(1, 0, 8), y.narrow(1, 8, 8) * 2], 1),
