@@ -680,6 +680,45 @@ def test_a_tensor_a_hook_holds_in_its_closure_is_not_cut(where):
         assert found["a"] == "mul reads fn.gamma (held by a hook's closure), which cannot be cut"
 
 
+class Noise(nn.Module):
+    """StyleGAN's noise injection: one map per sample scaled per channel; the map made in
+    forward (seeded: masked and stripped models draw the same), or computed."""
+
+    def __init__(self, made=True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, 16, 1, 1))
+        self.g = None if made else nn.Conv2d(16, 1, 3, padding=1)
+
+    def forward(self, y):
+        if self.g is not None:
+            return y + self.weight * torch.sigmoid(self.g(y))
+        seed = torch.Generator().manual_seed(0)
+        return y + self.weight * torch.randn(y.shape[0], 1, y.shape[2], y.shape[3], generator=seed)
+
+
+class _Opaque(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y):
+        return y.roll(1, 1)
+
+
+@pytest.mark.parametrize("made", [True, False])
+def test_a_weight_per_channel_over_a_one_channel_map_is_cut(made):
+    """The map's one id was tied to every channel it met: "its channels are all tied
+    together (one channel class)" held the conv before it (FLOPs kept 1.0)."""
+    small, held = prune(Noise(made))
+    assert "a" not in held and small.fn.weight.shape[1] == small.a.out_channels == 8
+
+
+def test_a_weight_per_channel_over_an_opaque_ops_channels_stays_whole():
+    class Scaled(Noise):
+        def forward(self, y):
+            return y + self.weight * _Opaque.apply(y)
+
+    small, held = prune(Scaled())
+    assert "a" in held and small.fn.weight.shape[1] == 16
+
+
 class IndexedScale(nn.Module):
     """A scale per channel broadcast by indexing, and one indexed into (held)."""
 

@@ -158,8 +158,11 @@ def _elementwise(s, node, ins, shapes=None):
     output).
     """
     arrays = [v for v in ins if isinstance(v, np.ndarray)]
+    params = [v for v in ins if isinstance(v, Param)]
     if not arrays:
-        return _params_combined(ins, node)
+        spread = _weight_spread(s, node, ins, None) if any(
+            p.shape != node.shape for p in params) else None  # fmt: skip
+        return spread if spread is not None else _params_combined(ins, node)
     spread = _spread(s, node, ins, shapes)
     if spread and len(spread) < len(arrays):
         for ids in spread:
@@ -170,10 +173,46 @@ def _elementwise(s, node, ins, shapes=None):
         s.uf.union_arrays(out, other)
         out = np.broadcast_arrays(out, other)[0]
     out = s.canonical(out)
-    for value in ins:
-        if isinstance(value, Param):
-            _follow_param(s, node, value, out)
+    if params and out.size == 1:  # one channel, or none, met by a weight per channel
+        spread = _weight_spread(s, node, ins, out)
+        if spread is not None:
+            return spread
+    for value in params:
+        _follow_param(s, node, value, out)
     return out
+
+
+def _weight_spread(s: Propagation, node: Node, ins: list,
+                   single: np.ndarray | None) -> np.ndarray | None:  # fmt: skip
+    """Channels new to an elementwise ``node``: the weights among its operands vary along
+    one axis, where every tensor operand is one wide (a noise map of one channel scaled
+    per channel, ``w * noise``, the noise made in forward or computed). The weights are
+    cut along it; the tensor operands (of ``single`` id) meet every channel alike and
+    stay whole. ``None`` where the weights vary along no axis or several, or a tensor
+    operand is wider along it (an opaque op's output has one id for all its channels)."""
+    if not isinstance(node.shape, tuple) or len(ins) != len(node.inputs):
+        return None
+    ndim, axes = len(node.shape), set()
+    params = [v for v in ins if isinstance(v, Param)]
+    for param in (q for p in params for q in (p, *p.also)):
+        if not param.made and param.name in s.graph.layers and len(param.shape) <= ndim:
+            shape = (1,) * (ndim - len(param.shape)) + param.shape
+            axes |= {a for a, size in enumerate(shape) if size > 1}
+    if len(axes) != 1:
+        return None
+    axis = axes.pop()
+    for value, name in zip(ins, node.inputs, strict=True):
+        shape = s.graph[name].shape
+        if isinstance(value, np.ndarray) and not (
+                isinstance(shape, tuple) and len(shape) <= ndim
+                and ((1,) * (ndim - len(shape)) + shape)[axis] == 1):  # fmt: skip
+            return None
+    fresh = s.fresh(ndim, axis, node.shape[axis])
+    if single is not None:
+        s.block(single, f"{node.label or node.op}: broadcast over a weight's channels")
+    for param in params:
+        _follow_param(s, node, param, fresh)
+    return fresh
 
 
 def _params_combined(ins: list, node: Node) -> Param:
