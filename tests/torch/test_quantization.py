@@ -8,6 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch_helpers import SmallNet, checkpoint_and_resume, randomize_bn, train_steps
 
@@ -573,6 +574,29 @@ def test_per_channel_output_quantizers_are_cut_when_the_model_shrinks_in_place()
         out = model(x)
     assert model.bn2.output_quantizer.scale.shape == (model.bn2.num_features,) != (16,)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+class FunctionalAdd(nn.Module):
+    """An add of two operands that functional ops alone make and read."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.c1(x)
+        return self.fc((F.relu(h) + torch.sigmoid(h).mul(2)).mean((2, 3)))
+
+
+def test_tensors_no_module_makes_or_reads_are_listed_as_float():
+    """They were said in an INFO line alone: statistics() listed every quantizer placed."""
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": SAMPLE},
+                                   "compression": [{"algorithm": "quantization"}]})  # fmt: skip
+    ctrl, _ = create_compressed_model(FunctionalAdd(), register_default_init_args(
+        config, _loader()))  # fmt: skip
+    floats = dict(ctrl.statistics().left_in_float)
+    assert floats.keys() == {"activation:relu", "activation:mul"}
+    assert "no module makes or reads it" in str(ctrl.statistics())
 
 
 class SharedConvNet(nn.Module):

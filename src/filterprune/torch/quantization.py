@@ -55,7 +55,11 @@ class QuantizationController(QuantizationControllerBase):
         self.frontend = frontend
         super().__init__(params, captured.graph, idle_layers(model, captured))
         lazy = params.num_init_samples == 0
-        self.quantizers, self.specs = install_quantizers(model, captured, self.specs, lazy)
+        asked = self.specs
+        self.quantizers, self.specs = install_quantizers(model, captured, asked, lazy)
+        self.left_in_float += [  # a tensor only functional ops make and read: no hook site
+            (s.key, "no module makes or reads it (functional ops alone)")
+            for s in asked if s not in self.specs]  # fmt: skip
 
     # -- workflow hooks --------------------------------------------------------------------
     def start(self, compression_state: dict[str, Any] | None) -> bool:
