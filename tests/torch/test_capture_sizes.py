@@ -124,3 +124,41 @@ def test_a_tensor_made_in_forward_is_named_as_one_where_it_holds_channels():
     graph = capture_export(Padded(), (torch.randn(2, 3, 8, 8),)).graph
     held = {g.reason for g in analyze(graph, AnalysisOptions(prune_first_conv=True)).groups}
     assert "tensor zeros made in forward is read by cat" in held
+
+
+class TemporalShift(nn.Module):
+    """TSM: frames folded into the batch, an eighth of the channels shifted back in time
+    and an eighth forward (``c`` read from the input, sliced on the view's axis 2)."""
+
+    def __init__(self, frames=4, view=True):
+        super().__init__()
+        self.frames, self.view = frames, view
+        self.c0, self.c1 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 4, 1)
+
+    def shift(self, x):
+        nt, c, h, w = x.size()
+        fold = c // 8
+        if not self.view:  # no frames: only the bounds on eighths
+            return torch.cat([x[:, :fold] * 2, x[:, fold : 2 * fold] * 3, x[:, 2 * fold :]], 1)
+        x = x.view(nt // self.frames, self.frames, c, h, w)
+        back = torch.cat([x[:, 1:, :fold], torch.zeros_like(x[:, :1, :fold])], 1)
+        ahead = torch.cat([torch.zeros_like(x[:, :1, fold : 2 * fold]),
+                           x[:, :-1, fold : 2 * fold]], 1)  # fmt: skip
+        return torch.cat([back, ahead, x[:, :, 2 * fold :]], 2).view(nt, c, h, w)
+
+    def forward(self, x):
+        x = self.c0(x)
+        return self.c2(torch.relu(self.c1(self.shift(x))) + x)
+
+
+@pytest.mark.parametrize("view", [True, False])
+def test_a_temporal_shift_of_eighths_is_cut_by_eighths(view):
+    """Held whole before: the bounds ``2 * (c // 8)`` of 16 channels fall on quarters at
+    that width, which the check took for their parts (at width 4 ``c // 8`` is 0), and
+    ``c`` read from the input did not count as the width of the view's axis 2."""
+    torch.manual_seed(0)
+    config = make_config((8, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(nondegenerate(TemporalShift(view=view)), config)
+    small = assert_strip_equal(ctrl, model, torch.randn(8, 3, 16, 16), tol=1e-5)
+    assert small.c0.out_channels == small.c1.out_channels == 8

@@ -110,7 +110,8 @@ class SizeReads:
             if size is not None:
                 found.even_splits.add(node)
                 sized.setdefault(size, set()).add(node)
-            piece = _even_slice(node, found.reads) or _parted_split(node, found.reads)
+            piece = _even_slice(node, found.reads, found.ties) \
+                or _parted_split(node, found.reads, found.ties)  # fmt: skip
             if piece is not None:
                 found.even_slices[node] = piece[:2]
                 for bound in piece[2]:
@@ -171,7 +172,8 @@ def _even_split_size(node: fx.Node, reads: dict) -> fx.Node | None:
     return size
 
 
-def _even_slice(node: fx.Node, reads: dict) -> tuple[int, int, list[fx.Node]] | None:
+def _even_slice(node: fx.Node, reads: dict,
+                ties: dict | None = None) -> tuple[int, int, list[fx.Node]] | None:
     """``(axis, k, bound nodes)`` of a getitem whose one computed slice is a piece of
     ``chunk(k)`` of its tensor along ``axis`` (see :attr:`SizeReads.even_slices`)."""
     if node.target is not operator.getitem or not isinstance(node.args[0], fx.Node):
@@ -186,8 +188,9 @@ def _even_slice(node: fx.Node, reads: dict) -> tuple[int, int, list[fx.Node]] | 
         return None
     axis, cut = computed[0]
     width = int(node.args[0].meta["tensor_meta"].shape[axis])
-    start = (lambda w: 0) if cut.start is None else _bound(cut.start, node.args[0], axis, reads)
-    stop = (lambda w: w) if cut.stop is None else _bound(cut.stop, node.args[0], axis, reads)
+    same = _same_width(node.args[0], axis, ties or {})
+    start = (lambda w: 0) if cut.start is None else _bound(cut.start, same, reads)
+    stop = (lambda w: w) if cut.stop is None else _bound(cut.stop, same, reads)
     if start is None or stop is None or not width:
         return None
 
@@ -200,7 +203,8 @@ def _even_slice(node: fx.Node, reads: dict) -> tuple[int, int, list[fx.Node]] | 
     return axis, k, [v for v in (cut.start, cut.stop) if isinstance(v, fx.Node)]
 
 
-def _parted_split(node: fx.Node, reads: dict) -> tuple[int, int, list[fx.Node]] | None:
+def _parted_split(node: fx.Node, reads: dict,
+                  ties: dict | None = None) -> tuple[int, int, list[fx.Node]] | None:
     """``(axis, k, size nodes)`` of ``torch.split(x, [c, x.shape[1] - c], 1)`` (or
     ``tensor_split(x, [c], 1)``) with ``c = x.shape[1] // 4``: sizes computed from the
     width it splits whose bounds fall on the same ``k`` equal parts at every width a cut
@@ -219,7 +223,8 @@ def _parted_split(node: fx.Node, reads: dict) -> tuple[int, int, list[fx.Node]] 
             or not any(isinstance(v, fx.Node) for v in sizes):  # fmt: skip
         return None
     axis = dim % ndim
-    widths = [_bound(v, tensor, axis, reads) for v in sizes]
+    same = _same_width(tensor, axis, ties or {})
+    widths = [_bound(v, same, reads) for v in sizes]
     if any(w is None for w in widths):
         return None
 
@@ -239,36 +244,51 @@ def _equal_parts(at: Callable[[int], Any], width: int) -> int | None:
     """The ``k`` of the ``k`` equal parts of a width that bounds ``at(width)`` computed from
     it fall on, at that width and at every width a cut by equal parts leaves; None where
     they do not (or only on single channels, which no cut keeps)."""
-    k = width // int(np.gcd.reduce([width, *at(width)]))
-    try:
-        if k == width or not all(
-                np.array_equal(np.multiply(at(k * n), width), np.multiply(at(width), k * n))
-                for n in range(1, width // k + 1)):  # fmt: skip
-            return None
-    except ZeroDivisionError:
-        return None
-    return k
+    base = width // int(np.gcd.reduce([width, *at(width)]))
+    # the bounds' gcd gives the coarsest parts they fall on at this width; the parts they
+    # fall on at every width may be finer (``x[:, 2 * (c // 8):]`` has bounds 4 and 16 of
+    # 16, parts of 4, but falls on eighths): try each finer part count that divides the width
+    for k in range(base, width, base):
+        if width % k:
+            continue
+        try:
+            if all(np.array_equal(np.multiply(at(k * n), width), np.multiply(at(width), k * n))
+                   for n in range(1, width // k + 1)):  # fmt: skip
+                return k
+        except ZeroDivisionError:
+            continue
+    return None
 
 
 _ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub)
 
 
-def _bound(value: Any, tensor: fx.Node, axis: int, reads: dict):
-    """``value`` (a slice bound) as a function of ``tensor``'s width along ``axis``, for
-    integer arithmetic on that width read in forward; None for anything else."""
+def _same_width(tensor: fx.Node, axis: int, ties: dict) -> set:
+    """``(tensor, (axis,))`` and the reads of axes a reshape tied it to: ``c`` of
+    ``nt, c, h, w = x.size()`` is the width of axis 2 of ``x.view(n, t, c, h, w)`` (TSM)."""
+    same = {(tensor, (axis,))}
+    for out_axis, source, source_axis in ties.get(tensor, ()):
+        if out_axis == axis:
+            same.add((source, (source_axis,)))
+    return same
+
+
+def _bound(value: Any, same: set, reads: dict):
+    """``value`` (a slice bound) as a function of a tensor's width along an axis (reads in
+    ``same``), for integer arithmetic on that width read in forward; None for anything else."""
     if isinstance(value, int):
         return lambda width: value
     if not isinstance(value, fx.Node):
         return None
-    if reads.get(value) == (tensor, (axis,)):
+    if reads.get(value) in same:
         return lambda width: width
     if value.op == "call_function" and value.target is operator.neg and len(value.args) == 1:
-        inner = _bound(value.args[0], tensor, axis, reads)
+        inner = _bound(value.args[0], same, reads)
         return None if inner is None else (lambda width: -inner(width))
     op = value.target if value.op == "call_function" else None
     if op not in _ARITHMETIC or len(value.args) != 2 or value.kwargs:
         return None
-    left, right = (_bound(a, tensor, axis, reads) for a in value.args)
+    left, right = (_bound(a, same, reads) for a in value.args)
     if left is None or right is None:
         return None
     return lambda width: op(left(width), right(width))
