@@ -15,6 +15,10 @@ from filterprune.testing.zoo import nondegenerate
 from filterprune.torch import create_compressed_model, resize_to_state_dict
 
 
+def _reversed(y):
+    return torch.arange(y.shape[2] * y.shape[3] - 1, -1, -1)
+
+
 class Between(nn.Module):
     def __init__(self, fn):
         super().__init__()
@@ -36,6 +40,13 @@ APART = {
     "swapaxes": lambda y: y.swapaxes(1, 3).sigmoid().swapaxes(1, 3),
     "narrow (spatial)": lambda y: F.pad(y.narrow(2, 1, 14), (0, 0, 1, 1)),
     "tile": lambda y: y.tile((1, 1, 2, 1))[:, :, :16],
+    # positions picked by index tensors (PointNet++, DGCNN): the channels pass through
+    "index tensor on a spatial axis": lambda y: y.flatten(2)[:, :, _reversed(y)].view_as(y),
+    "index_select on a spatial axis": lambda y: y.index_select(3, torch.arange(15, -1, -1)),
+    "points picked, channels last": lambda y: y.flatten(2).transpose(1, 2)[
+        torch.arange(y.shape[0])[:, None], _reversed(y)[None]].transpose(1, 2).view_as(y),
+    "points picked around the channels": lambda y: y.flatten(2)[
+        torch.arange(y.shape[0])[:, None], :, _reversed(y)[None]].transpose(1, 2).view_as(y),
     # AdaIN's and instance norm's statistics, computed in one call
     "var_mean, std_mean": lambda y: (y - torch.var_mean(y, (2, 3), keepdim=True)[1]) / (
         torch.std_mean(y, dim=(2, 3), keepdim=True)[0] + 1e-3),
@@ -95,6 +106,7 @@ APART = {
 }
 ACROSS = {
     "flip (channels)": lambda y: y.flip(1),
+    "index tensor on the channels": lambda y: y[:, torch.arange(15, -1, -1)],
     "var_mean (channels)": lambda y: y * torch.var_mean(y, 1, keepdim=True)[0],
     "cumsum (channels)": lambda y: y.cumsum(1),
     "softmin (channels)": lambda y: F.softmin(y, dim=1) * y,
@@ -717,6 +729,26 @@ def test_a_weight_per_channel_over_an_opaque_ops_channels_stays_whole():
 
     small, held = prune(Scaled())
     assert "a" in held and small.fn.weight.shape[1] == 16
+
+
+class _Exported(Between):
+    """A test of the input's value, which torch.fx cannot trace: torch.export reads it."""
+
+    def forward(self, x):
+        if x.abs().mean() > 1e-3:
+            x = x * 1.0
+        return super().forward(x)
+
+
+GATHERS = [k for k in APART if "index" in k or "picked" in k]
+
+
+@pytest.mark.parametrize("name", GATHERS)
+def test_positions_picked_by_index_tensors_are_cut_under_torch_export(name):
+    """``index.Tensor`` and ``index_select`` had no rule: PointNet++ held its convs."""
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        small, held = prune(None, _Exported(APART[name]))
+    assert "a" not in held and small.a.out_channels == 8
 
 
 class IndexedScale(nn.Module):

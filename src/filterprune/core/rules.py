@@ -942,6 +942,37 @@ def _pad_rule(s, node, ins):
     return ids
 
 
+@register_rule("gather")
+def _gather(s, node, ins):
+    """Entries picked along the ``picked`` axes by index tensors (the inputs after the
+    first; a constant index is none): ``x[:, :, idx]``, ``index_select``, PointNet++'s
+    ``points[batch, idx]``. The other axes pass through where indexing puts them: in
+    place around adjacent picked axes, else after the index's own axes. Channels on a
+    picked axis stay whole; an index tensor is read as values, its channels whole."""
+    src = s.graph[node.inputs[0]].shape
+    if not isinstance(src, tuple) or not isinstance(node.shape, tuple):
+        raise RuleError("indexes a tensor of unknown shape")
+    x = _pad(_tensor(s, ins[0], node), len(src))
+    picked = sorted({a % len(src) for a in node.attrs["picked"]})
+    if not picked or any(_varies(x, a) for a in picked):
+        raise RuleError("indexes into channels")
+    for value in ins[1:]:
+        if isinstance(value, np.ndarray):
+            s.block(value, f"{node.label or node.op}: its indices")
+    rest = [a for a in range(len(src)) if a not in picked]
+    width = len(node.shape) - len(rest)  # the axes of the broadcast index
+    if width < 0:
+        raise RuleError("indexes more axes than it reads")
+    if picked == list(range(picked[0], picked[-1] + 1)):
+        places = [a if a < picked[0] else a - len(picked) + width for a in rest]
+    else:
+        places = [width + i for i in range(len(rest))]
+    shape = [1] * len(node.shape)
+    for axis, place in zip(rest, places, strict=True):
+        shape[place] = x.shape[axis]
+    return x.reshape(shape)
+
+
 @register_rule("along")
 def _along(s, node, ins):
     """Ops acting along one axis (softmax, cumsum, roll, sort): fine unless it holds

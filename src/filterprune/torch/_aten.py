@@ -229,6 +229,21 @@ def _index_put(node: fx.Node, shape) -> Spec:
                    "indexed": len(indices)}  # fmt: skip
 
 
+def _index(node: fx.Node, shape) -> Spec:
+    """``x[None, None, idx]`` (``index.Tensor``; None for an axis not indexed) and
+    ``index_select``: entries picked along the indexed axes (integer index tensors), the
+    other axes pass through (core rule ``gather``)."""
+    args = named_args(node)
+    if "dim" in args:
+        return "gather", {"picked": [int(args["dim"])]}
+    picked = [axis for axis, i in enumerate(args["indices"]) if i is not None]
+    vals = [i.meta.get("val") for i in args["indices"] if isinstance(i, fx.Node)]
+    if len(vals) != len(picked) or any(v is None or v.dtype == torch.bool
+                                       or v.is_floating_point() for v in vals):  # fmt: skip
+        return "stop", {"reason": "index with a mask"}
+    return "gather", {"picked": picked}
+
+
 def _channel_shuffle(node: fx.Node, shape) -> Spec:
     return "channel_shuffle", {"groups": int(named_args(node)["groups"])}
 
@@ -426,6 +441,7 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("grid_sampler.default", "grid_sampler_2d.default", "grid_sampler_3d.default"),
      _grid_sample),
     (_ops("index_put.default", "index_put_.default"), _index_put),
+    (_ops("index.Tensor", "index_select.default"), _index),
     (_torchvision_ops("roi_align.default", "roi_pool.default", "ps_roi_align.default"),
      _grid_sample),
     (_ops("einsum.default"), _einsum),

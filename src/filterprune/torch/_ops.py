@@ -635,6 +635,11 @@ def _along_at(dim_at: int) -> Call:
     return build
 
 
+def _index_select(node: fx.Node, shapes) -> Spec:
+    """``x.index_select(dim, idx)``: entries picked along ``dim``, the other axes pass."""
+    return "gather", {"picked": [int(_arg(node, 1, "dim"))]}
+
+
 def _kthvalue(node: fx.Node, shapes) -> Spec:
     dim = int(_arg(node, 2, "dim", -1))  # over the last axis by default, not every axis
     return "reduce", {"dims": [dim], "keepdim": bool(_arg(node, 3, "keepdim", False))}
@@ -926,7 +931,8 @@ CALL_RULES: dict[Any, Call] = {
     "amin": _reduce, torch.amin: _reduce, "prod": _reduce, torch.prod: _reduce,
     "logsumexp": _reduce, torch.logsumexp: _reduce, "var": _var_std, torch.var: _var_std,
     "std": _var_std, torch.std: _var_std, torch.var_mean: _var_std, torch.std_mean: _var_std,
-    "flip": _flip, torch.flip: _flip,
+    "flip": _flip, torch.flip: _flip, "index_select": _index_select,
+    torch.index_select: _index_select,
     "cumsum": _along_dim, "cumprod": _along_dim, torch.cumprod: _along_dim,
     torch.logcumsumexp: _along_dim, F.softmin: _along_dim, "roll": _roll,
     "movedim": _movedim, torch.movedim: _movedim, "moveaxis": _movedim, torch.moveaxis: _movedim,

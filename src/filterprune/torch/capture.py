@@ -714,11 +714,39 @@ def _getitem(node: fx.Node, inputs, shape, graph: Graph) -> Node:
             return Node(node.name, "getitem", [src.name], shape, attrs={"index": index})
     basic = _basic_index(index, graph[src.name].shape, shape)
     if basic is None:
+        picked = _picked_axes(index, graph[src.name].shape)
+        if picked is not None:  # core rule ``gather``: the other axes pass through
+            return Node(node.name, "gather", inputs, shape, label="getitem",
+                        attrs={"picked": picked})  # fmt: skip
         return Node(node.name, "stop", inputs, shape, label="getitem",
                     attrs={"reason": "advanced indexing"})  # fmt: skip
     idx, computed = basic
     attrs = {"index": idx, "computed_axes": computed} if computed else {"index": idx}
     return Node(node.name, "index", [src.name], shape, attrs=attrs, label="getitem")
+
+
+def _picked_axes(index: Any, in_shape: Any) -> list[int] | None:
+    """The axes an index of full slices and integer index tensors (or lists) picks along
+    (``x[b, idx]``, ``x[:, :, idx]``); None for any other index (a mask, a partial slice,
+    an int or None beside an index tensor)."""
+    items = index if isinstance(index, tuple) else (index,)
+    if not isinstance(in_shape, tuple) or sum(it is Ellipsis for it in items) > 1:
+        return None
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items = (*items[:at], *[slice(None)] * (len(in_shape) - len(items) + 1),
+                 *items[at + 1:])  # fmt: skip
+    picked = []
+    for axis, it in enumerate(items):
+        if isinstance(it, slice) and it == slice(None):
+            continue
+        meta = it.meta.get("tensor_meta") if isinstance(it, fx.Node) else None
+        ints = isinstance(it, (list, tuple)) and it and all(type(v) is int for v in it)
+        if not ints and not (isinstance(meta, TensorMetadata) and not meta.dtype.is_floating_point
+                             and meta.dtype != torch.bool):  # fmt: skip
+            return None
+        picked.append(axis)
+    return picked if picked and len(items) <= len(in_shape) else None
 
 
 def _basic_index(index: Any, in_shape, out_shape) -> tuple[Any, list[int]] | None:
