@@ -207,6 +207,28 @@ def test_unreachable_flops_target_names_only_settings_not_in_place(small_net):
     assert "see `filterprune analyze`" in str(err.value)
 
 
+class _RolledStem(torch.nn.Module):
+    """A stem whose channels a roll holds, whatever prune_first_conv says."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = torch.nn.Conv2d(3, 16, 3), torch.nn.Conv2d(16, 16, 3, stride=2)
+        self.mid, self.head = torch.nn.Conv2d(16, 16, 3), torch.nn.Conv2d(16, 16, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(torch.roll(self.stem(x), 1, 1)))
+        return self.head(torch.relu(self.mid(x)))
+
+
+def test_unreachable_flops_target_names_only_settings_that_would_free_a_group():
+    """It suggested prune_first_conv and prune_downsample_convs for groups a roll holds."""
+    config = make_config(pruning_init=0.9, pruning_flops_target=0.9, filters_multiple_of=1)
+    with pytest.raises(ConfigError) as err:
+        create_compressed_model(_RolledStem(), config)
+    assert "prune_first_conv" not in str(err.value)
+    assert "`prune_downsample_convs` true" in str(err.value)
+
+
 def test_batchnorm_adaptation_runs_on_registered_loader(small_net):
     from filterprune.torch import register_default_init_args
 

@@ -286,8 +286,9 @@ class PruningControllerBase(CompressionController):
     def _more_prunable(self) -> str:
         """The settings, of those in place, whose change would let more be pruned."""
         p = self.params
-        ways = [f"`{name}` true" for name, on in (("prune_first_conv", p.prune_first_conv),
-                ("prune_downsample_convs", p.prune_downsample_convs)) if not on]  # fmt: skip
+        held = " ".join(g.reason for g in self.analysis.groups if g.reason)
+        ways = [f"`{name}` true" for name in ("prune_first_conv", "prune_downsample_convs")
+                if f"({name} is off)" in held]  # only where a group is held for it
         if p.filters_multiple_of > 1:
             ways.append(f"a lower `filters_multiple_of` (now {p.filters_multiple_of}: groups "
                         "of no more filters stay whole, the others keep multiples of it)")
