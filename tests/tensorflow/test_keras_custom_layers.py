@@ -152,6 +152,37 @@ def test_a_layer_that_cannot_be_rebuilt_is_named():
         ctrl.strip()
 
 
+class Scaled(keras.layers.Layer):
+    """A layer whose ``get_config()`` leaves out ``scale``: rebuilt, it scales by 1."""
+
+    def __init__(self, units=16, scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.scale = units, scale
+        self.conv = layers.Conv2D(units, 3, padding="same")
+
+    def build(self, shape):
+        self.conv.build(shape)
+
+    def call(self, x):
+        return self.conv(x) * self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_a_layer_its_config_rebuilds_otherwise_is_refused_at_strip(caplog):
+    """The strip rebuilt it with ``scale=1.0``: the stripped model and the exported file
+    were 0.67 relative off the masked model, with no word."""
+    caplog.set_level("WARNING", logger="filterprune")
+    model = redrawn(net(Scaled(16, scale=3.0, name="scaled")))
+    ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3)))
+    assert "scaled (Scaled: Scaled 'scaled' rebuilt from its config computes otherwise" \
+        in caplog.text  # fmt: skip
+    with pytest.raises(AnalysisError, match=r"'scaled' rebuilt from its config computes "
+                                            r"otherwise \(0\.67 relative\)"):  # fmt: skip
+        ctrl.strip()
+
+
 def test_attention_counts_its_projections_not_its_per_head_biases():
     """MultiHeadAttention keeps its query, key and value biases as (heads, key_dim): they
     were counted as matrices (3072 FLOPs more here)."""

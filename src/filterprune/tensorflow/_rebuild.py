@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import keras
+import numpy as np
 
-__all__ = ["cannot_rebuild", "one_by_one", "rebuilt_whole"]
+__all__ = ["cannot_rebuild", "computes_otherwise", "one_by_one", "rebuilt_whole"]
 
 
 def cannot_rebuild(layer: Any) -> str | None:
@@ -29,7 +30,37 @@ def cannot_rebuild(layer: Any) -> str | None:
             rebuilt(layer)
     except Exception as err:  # noqa: BLE001 - any failure is the one strip() would meet
         text = str(err.__cause__ or err).strip().splitlines()
-        return (text[-1][:160] if text else "") or type(err).__name__
+        last = text[-1].split(". A strip rebuilds")[0] if text else ""  # our own: its why
+        return last[:160] or type(err).__name__
+    return None
+
+
+def computes_otherwise(layer: Any, copy: Any) -> str | None:
+    """Why ``copy``, a layer of the user's own rebuilt from ``layer``'s config, does not
+    compute what ``layer`` computes with its weights (a ``get_config()`` that leaves out an
+    argument with a default), or None. Stock Keras layers are trusted; a layer called
+    more than once, on several inputs or on sizes left free is not run alone."""
+    try:
+        shape = tuple(layer.input.shape)
+    except (AttributeError, ValueError):  # several calls, or several inputs
+        return None
+    if any(d is None for d in shape[1:]):
+        return None
+    x = np.random.default_rng(0).normal(size=(1, *shape[1:])).astype("float32")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            copy.build(shape)
+            copy.set_weights(layer.get_weights())
+            ref = keras.ops.convert_to_numpy(layer(x, training=False))
+            out = keras.ops.convert_to_numpy(copy(x, training=False))
+    except Exception:  # noqa: BLE001 - not to be judged alone (several outputs, ints)
+        return None
+    if out.shape != ref.shape:
+        return f"rebuilt from its config gives shape {out.shape}, not {ref.shape}"
+    diff = float(np.abs(out - ref).max() / max(float(np.abs(ref).max()), 1e-12))
+    if diff > 1e-5:
+        return f"rebuilt from its config computes otherwise ({diff:.2g} relative)"
     return None
 
 

@@ -24,7 +24,7 @@ from ..core.graph import LayerInfo
 from ..core.weights import groups_left, slice_weight
 from ..errors import AnalysisError
 from ._inputs import as_model_inputs
-from ._rebuild import rebuilt_whole
+from ._rebuild import computes_otherwise, rebuilt_whole
 from ._slices import scaled_key
 from .capture import Capture
 from .masks import base_class, is_masked, masked_weights
@@ -268,7 +268,7 @@ def rebuilt(operation: Any, changes: dict[str, Any] | None = None) -> Any:
             config["mask"] = operation.mask
         return cls(**config)
     try:
-        return cls.from_config(config)
+        new = cls.from_config(config)
     except Exception as err:  # noqa: BLE001 - whatever a layer's own code raises
         last = (str(err).strip().splitlines() or [""])[-1][:300] or type(err).__name__
         raise AnalysisError(
@@ -276,6 +276,15 @@ def rebuilt(operation: Any, changes: dict[str, Any] | None = None) -> Any:
             f"({last}). A strip rebuilds each layer from its class and config: give its "
             "__init__ every key its get_config() writes. The model is unchanged."
         ) from err
+    own = not cls.__module__.startswith(("keras", "filterprune")) and not is_masked(operation)
+    why = computes_otherwise(operation, new) if own and not changes else None
+    if why is not None:
+        raise AnalysisError(
+            f"{cls.__name__} {operation.name!r} {why}. A strip rebuilds each layer from its "
+            "class and config: give its get_config() every argument its __init__ takes. "
+            "The model is unchanged."
+        )
+    return new
 
 
 def plain_copy(model: Any) -> Any:
