@@ -219,6 +219,18 @@ def test_ops_that_keep_each_channel_apart_are_cut_through(fn):
     assert "a" not in held and "c" not in held
 
 
+@pytest.mark.parametrize("axis", [1, 3], ids=["rows", "channels"])
+def test_take_by_computed_indices_passes_the_other_axes(axis):
+    """Indices computed in the model (a PointNet's neighbours) had no rule: "no channel
+    rule for keras.ops Take" held the conv. Picking channels keeps them whole."""
+    inp = keras.Input((32, 32, 3))
+    order = ops.argsort(ops.mean(inp, axis=(0, 2, 3)))  # 32 rows, sorted by the input
+    x = conv(32 if axis == 3 else 16, "a")(inp)
+    x = ops.take(x, order, axis=axis)[..., :16] if axis == 3 else ops.take(x, order, axis=1)
+    _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
+    assert ("a" in held) == (axis == 3) and "c" not in held
+
+
 def test_a_cumsum_across_the_channels_keeps_them_whole():
     inp = keras.Input((32, 32, 3))
     y = ops.cumsum(conv(18, "b")(inp), axis=-1)

@@ -486,6 +486,8 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
     if name in ("Repeat", "Take") and op.axis is not None and not any(
             hasattr(a, "_keras_history") for a in args[1:]):  # fmt: skip
         return [Step("along", {"dims": [int(op.axis)]})]  # constant repeats or indices
+    if name == "Take" and op.axis is not None:  # indices computed: the other axes pass
+        return [Step("gather", {"picked": [int(op.axis)]})]
     if name == "Pad":
         widths = np.broadcast_to(np.asarray(op.pad_width), (ndim, 2)).tolist()
         return [Step("pad", {"widths": widths, "mode": op.mode})]
