@@ -57,6 +57,8 @@ ZERO_PRESERVING = {
     "clip": Lambda(lambda x: torch.clamp(x, -1.0, 2.0)),
     "mul_self": Lambda(lambda x: x * x),
     "add_self": Lambda(lambda x: x + torch.relu(x)),
+    # positions picked out of order (a point net's neighbours): the channels pass
+    "gather_positions": Lambda(lambda x: x.flatten(2)[:, :, torch.arange(63, -1, -1)].view_as(x)),
 }
 
 
@@ -69,6 +71,15 @@ def test_zero_preserving_op_removes_rows(name, tmp_path):
     new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
     assert layer(report, "conv1").removed == 3
     assert weight_shape(new, "conv2") == (4, 5, 3, 3)
+
+
+def test_channels_picked_out_of_order_stay(tmp_path):
+    """A Gather that reorders the channels moves them: their zero filters stay."""
+    m = Chain(Lambda(lambda x: x[:, torch.arange(7, -1, -1)]))
+    zero(m.conv1, [1, 4, 6])
+    x = torch.randn(1, 3, 8, 8)
+    new, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "conv1").removed == 0
 
 
 @pytest.mark.parametrize("fn", [torch.sigmoid, lambda x: x + 1.0, lambda x: torch.clamp(x, 0.5, 2)])

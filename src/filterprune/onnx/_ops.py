@@ -206,12 +206,15 @@ def _slice(v: NodeView) -> Spec:
 
 
 def _gather(v: NodeView) -> Spec:
-    idx = v.const(1)
-    if idx is None or v.rank is None or idx.ndim > 1:
-        return _stop("Gather with computed or multi-dimensional indices")
-    axis = _axis(v, 0)
-    if idx.ndim == 1 and np.any(np.diff(idx % v.in_shapes[0][axis]) <= 0):
-        return _stop("Gather that reorders")  # a permutation would cover channels yet move them
+    """Constant indices in order are a slice (channels picked too); others, computed or
+    reordering (points picked by their neighbours), pick entries along the axis while the
+    other axes pass (core rule ``gather``: an axis holding channels stays whole)."""
+    if v.rank is None:
+        return _stop("Gather of a tensor of unknown rank")
+    idx, axis = v.const(1), _axis(v, 0)
+    if idx is None or idx.ndim > 1 or (idx.ndim == 1 and np.any(
+            np.diff(idx % v.in_shapes[0][axis]) <= 0)):  # fmt: skip
+        return "gather", {"picked": [axis]}
     index: list[Any] = [slice(None)] * v.rank
     index[axis] = int(idx) if idx.ndim == 0 else [int(i) for i in idx]
     return "index", {"index": tuple(index)}
