@@ -229,6 +229,28 @@ def test_unreachable_flops_target_names_only_settings_that_would_free_a_group():
     assert "`prune_downsample_convs` true" in str(err.value)
 
 
+class _FiLM(torch.nn.Module):
+    """A conv stream scaled and shifted by a Linear of a second input."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.film = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Linear(4, 32)
+        self.c2, self.head = torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.Conv2d(16, 2, 1)
+
+    def forward(self, x, z):
+        g, b = self.film(z)[:, :, None, None].chunk(2, 1)
+        return self.head(torch.relu(self.c2(torch.relu(self.c1(x))) * g + b))
+
+
+def test_a_linear_reading_a_model_input_is_named_as_such():
+    """Its group was held as a "first convolution"."""
+    config = {"input_info": [{"sample_size": [1, 3, 8, 8]}, {"sample_size": [1, 4]}],
+              "compression": {"algorithm": "filter_pruning", "pruning_init": 0.5}}
+    ctrl, _ = create_compressed_model(_FiLM(), config)
+    held = dict((tuple(p), r) for p, r in ctrl.statistics().unpruned)
+    assert held[("film", "c2")] == "linear layer film reads a model input (prune_first_conv is off)"
+
+
 def test_batchnorm_adaptation_runs_on_registered_loader(small_net):
     from filterprune.torch import register_default_init_args
 

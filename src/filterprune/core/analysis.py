@@ -265,6 +265,8 @@ def _reason(group: Group, uf: UnionFind, graph: Graph, options, first: set[str])
     for layer in group.producers:
         info = graph.layers.get(layer)
         if layer in first and not options.prune_first_conv:
+            if info is not None and info.kind != "conv":  # a Linear on a second input (FiLM)
+                return f"{info.kind} layer {layer} reads a model input (prune_first_conv is off)"
             return "first convolution (prune_first_conv is off)"
         if info and info.stride > 1 and not options.prune_downsample_convs:
             return f"downsampling convolution {layer} (prune_downsample_convs is off)"
