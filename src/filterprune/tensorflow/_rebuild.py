@@ -39,7 +39,8 @@ def computes_otherwise(layer: Any, copy: Any) -> str | None:
     """Why ``copy``, a layer of the user's own rebuilt from ``layer``'s config, does not
     compute what ``layer`` computes with its weights (a ``get_config()`` that leaves out an
     argument with a default), or None. Stock Keras layers are trusted; a layer called
-    more than once, on several inputs or on sizes left free is not run alone."""
+    more than once, on several inputs or on sizes left free, or that computes otherwise
+    from call to call (noise at inference), is not judged."""
     try:
         shape = tuple(layer.input.shape)
     except (AttributeError, ValueError):  # several calls, or several inputs
@@ -53,8 +54,11 @@ def computes_otherwise(layer: Any, copy: Any) -> str | None:
             copy.build(shape)
             copy.set_weights(layer.get_weights())
             ref = keras.ops.convert_to_numpy(layer(x, training=False))
+            again = keras.ops.convert_to_numpy(layer(x, training=False))
             out = keras.ops.convert_to_numpy(copy(x, training=False))
     except Exception:  # noqa: BLE001 - not to be judged alone (several outputs, ints)
+        return None
+    if not np.array_equal(ref, again):  # it draws noise at inference: no one call to match
         return None
     if out.shape != ref.shape:
         return f"rebuilt from its config gives shape {out.shape}, not {ref.shape}"
