@@ -3,6 +3,7 @@ the channel axis they keep the channels whole. Pixel and channel shuffles are cu
 with the channels they move together tied. Each case sits between two conv-BN stages;
 every parameter and statistic is redrawn before comparing."""
 
+import re
 import warnings
 
 import pytest
@@ -659,6 +660,44 @@ def test_global_hooks_are_traced_around_every_call(hook, held):
     assert {k: found[k] for k in ("a", "fn") if k in found} == held
     assert all(not isinstance(t, torch.fx.Proxy) for t in GLOBAL_KEPT)
     assert (small.fn.out_channels == 16) == ("fn" in held)
+
+
+def _by_exact_class(module, args, out):
+    return out * 1.5 if type(module) is nn.BatchNorm2d else None
+
+
+@pytest.mark.parametrize(("hook", "said"), [
+    (_by_exact_class, "on the masked model, whose layers take classes of their own"),
+    (None, "on a copy of the model, as strip() and export_model make")])  # fmt: skip
+def test_a_global_hook_that_tells_layers_apart_otherwise_than_by_isinstance_is_said(hook, said):
+    """A hook keyed on ``type(m) is nn.BatchNorm2d`` stopped firing once masking swapped the
+    class (dense vs masked 0.54, masked vs stripped 1.15), and one keyed on ``m is net.b``
+    fires on no copy: with no word."""
+    model = nondegenerate(Between(nn.Identity()))
+    if hook is None:
+        def hook(module, args, out):
+            return out * 1.5 if module is model.bnb else None
+    handle = nn.modules.module.register_module_forward_hook(hook)
+    try:
+        with pytest.warns(UserWarning, match="A global module hook .* computes otherwise "
+                          + re.escape(said)):  # fmt: skip
+            create_compressed_model(model, make_config((1, 3, 16, 16)))
+    finally:
+        handle.remove()
+
+
+class _ReadsABias(Between):
+    def forward(self, x):
+        y = self.bna(self.a(x))
+        return self.head(torch.relu(self.b(y) + self.bna.bias.view(1, -1, 1, 1)).mean((2, 3)))
+
+
+def test_a_layers_parameter_read_as_a_value_keeps_its_layer_whole():
+    """The add was held, but the BatchNorm whose bias it reads was cut with its conv: the
+    stripped model failed (16 against 8)."""
+    small, held = prune(None, _ReadsABias(nn.Identity()))
+    assert held["a"] == held["b"] == "add reads bna.bias, which cannot be cut"
+    assert small.bna.num_features == 16
 
 
 class Gamma(nn.Module):

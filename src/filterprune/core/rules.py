@@ -280,7 +280,9 @@ def _follow_param(s: Propagation, node: Node, param: Param, ids: np.ndarray) -> 
         if size > 1 and _varies(ids, axis):
             line = _channels(ids, ndim, axis, size)
             if param.name not in s.graph.layers:
-                s.block(line, f"{node.label or node.op} reads {param.name}, which cannot be cut")
+                reason = f"{node.label or node.op} reads {param.name}, which cannot be cut"
+                s.block(line, reason)
+                s.hold_param(param.name, reason)  # a layer's own (``bn.bias`` read as a value)
                 continue
             source = param.source_axis(axis - (ndim - len(param.shape)))
             s.use(param.name, f"axis{source}", line, node.name)

@@ -33,7 +33,7 @@ from ..core.flops import count_product
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
-from ._copy import computed_weights, forward_hooks, global_hooks, is_users, user_hooks
+from ._copy import computed_weights, copy_model, forward_hooks, global_hooks, is_users, user_hooks
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
@@ -47,6 +47,7 @@ from ._snapshot import (
 )
 from ._transformer import TRACED_THROUGH, tracing_layers
 from ._tree import leaves
+from .masks import apply_masks
 
 __all__ = ["capture", "capture_fx"]
 
@@ -358,7 +359,54 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     with attributes_kept(model):
         captured = _capture(model, example)
     _say_written_parameters(model, example)
+    _say_global_hooks(model, example, captured.graph.layers)
     return captured
+
+
+def _say_global_hooks(model: nn.Module, example: tuple[Any, ...], layers: dict) -> None:
+    """Warn where a global module hook computes otherwise on a copy of the model (it tells
+    modules by identity: strip() and export_model work on a copy) or on its masked layers
+    (it tells them by exact class: masking swaps the class). The capture traced the hook
+    on the model as it is."""
+    if not any(is_users(h) for table in global_hooks() for h in table.values()):
+        return
+    was_training = model.training
+    try:
+        with attributes_kept(model), torch.no_grad():
+            ref = model.eval()(*example)
+            copy = copy_model(model).eval()
+            same = copy(*example)
+            apply_masks(copy, {name: {} for name in layers}, layers)  # every mask all ones
+            masked = copy(*example)
+    except Exception:  # noqa: BLE001 - it ran in the capture; a probe's failure says nothing
+        return
+    finally:
+        model.train(was_training)
+    found = []
+    for what, a, b in (("a copy of the model, as strip() and export_model make (it tells "
+                        "modules by identity)", ref, same),
+                       ("the masked model, whose layers take classes of their own, "
+                        "MaskedConv2d and the like (it tells layers by exact class)", same,
+                        masked)):  # fmt: skip
+        diff = _relative(a, b)
+        if diff > 1e-5:
+            found.append(f"on {what}: {diff:.2g} relative")
+    if found:
+        warnings.warn(
+            "A global module hook (register_module_forward_hook) computes otherwise "
+            f"{'; and '.join(found)}. Register it on the modules themselves "
+            "(module.register_forward_hook), or tell layers with isinstance.", stacklevel=3)
+
+
+def _relative(a: Any, b: Any) -> float:
+    """The largest difference of the tensors of two outputs, relative to the first's."""
+    worst = 0.0
+    for (_, x), (_, y) in zip(leaves(a), leaves(b), strict=False):
+        if torch.is_tensor(x) and torch.is_tensor(y) and x.shape == y.shape \
+                and x.is_floating_point():  # fmt: skip
+            scale = float(x.abs().max()) if x.numel() else 0.0
+            worst = max(worst, float((x - y).abs().max()) / max(scale, 1e-12) if x.numel() else 0)
+    return worst
 
 
 def _say_written_parameters(model: nn.Module, example: tuple[Any, ...]) -> None:
