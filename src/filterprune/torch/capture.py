@@ -33,6 +33,7 @@ from ..core.flops import count_product
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
+from ..testing.zoo import relative_diff
 from ._copy import computed_weights, copy_model, forward_hooks, global_hooks, is_users, user_hooks
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
@@ -388,7 +389,7 @@ def _say_global_hooks(model: nn.Module, example: tuple[Any, ...], layers: dict) 
                        ("the masked model, whose layers take classes of their own, "
                         "MaskedConv2d and the like (it tells layers by exact class)", same,
                         masked)):  # fmt: skip
-        diff = _relative(a, b)
+        diff = relative_diff(a, b)
         if diff > 1e-5:
             found.append(f"on {what}: {diff:.2g} relative")
     if found:
@@ -396,17 +397,6 @@ def _say_global_hooks(model: nn.Module, example: tuple[Any, ...], layers: dict) 
             "A global module hook (register_module_forward_hook) computes otherwise "
             f"{'; and '.join(found)}. Register it on the modules themselves "
             "(module.register_forward_hook), or tell layers with isinstance.", stacklevel=3)
-
-
-def _relative(a: Any, b: Any) -> float:
-    """The largest difference of the tensors of two outputs, relative to the first's."""
-    worst = 0.0
-    for (_, x), (_, y) in zip(leaves(a), leaves(b), strict=False):
-        if torch.is_tensor(x) and torch.is_tensor(y) and x.shape == y.shape \
-                and x.is_floating_point():  # fmt: skip
-            scale = float(x.abs().max()) if x.numel() else 0.0
-            worst = max(worst, float((x - y).abs().max()) / max(scale, 1e-12) if x.numel() else 0)
-    return worst
 
 
 def _say_written_parameters(model: nn.Module, example: tuple[Any, ...]) -> None:
