@@ -779,6 +779,36 @@ def _index(s, node, ins):
         return _reshape_param(ins[0], node)  # ``b[None, :, None, None]``: a view of it
     x = _tensor(s, ins[0], node)
     full = _full(s, x, _shape(s, node))
+    _follow_bounds(s, node, x, full)
+    return compress(s.uf.roots(full)[node.attrs["index"]])
+
+
+@register_rule("write")
+def _write(s, node, ins):
+    """``x[index] = value`` into a tensor ``x`` made in forward, as a new tensor (the
+    frontend makes later reads of ``x`` read the write). The value lands on the positions
+    the index picks, so its channels are tied there position by position to those of
+    ``x``; channels the index leaves out pass. Bounds on channel axes as for ``index``
+    (``out[:, :fold] = ...`` with ``fold = c // 8``: cut by eighths)."""
+    if isinstance(ins[0], Param):  # ``torch.zeros(n, 64, h, w)``: its sizes are the code's
+        _tensor(s, ins[0], node)
+        raise RuleError(f"writes into {ins[0].label}, whose sizes a cut would not change")
+    x = _tensor(s, ins[0], node)
+    full = _full(s, x, _shape(s, node))
+    picked = _follow_bounds(s, node, x, full)
+    if len(ins) > 1:
+        value = _tensor(s, ins[1], node)
+        if value.ndim > picked.ndim:
+            raise RuleError("writes a value of more axes than the place it fills")
+        s.uf.union_arrays(full.ravel()[picked], _pad(value, picked.ndim))
+    return s.canonical(full)
+
+
+def _follow_bounds(s: Propagation, node: Node, x: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """The positions of ``full`` that ``node``'s index picks. A cut must keep them where
+    the code's bounds fall at the cut width: channels sliced at bounds computed in
+    forward are held, except on ``equal_parts`` axes (their parts tied); other partial
+    picks of channels are ``start::step`` picks (see :func:`_tie_strided`)."""
     marker = np.arange(full.size).reshape(full.shape)
     picked = marker[node.attrs["index"]]
     varying = [a for a in range(full.ndim) if x.ndim > 0 and _varies(_pad(x, full.ndim), a)]
@@ -799,7 +829,7 @@ def _index(s, node, ins):
         kept = np.unique(np.unravel_index(picked.ravel(), full.shape)[axis])
         if kept.size != full.shape[axis]:
             _tie_strided(s, full, axis, parts[axis] if parts else None)
-    return compress(s.uf.roots(full)[node.attrs["index"]])
+    return picked
 
 
 def axis_parts(index: Any, ndim: int) -> list[Any] | None:

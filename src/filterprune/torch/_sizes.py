@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ._writes import shaped_like, written
+
 __all__ = ["SizeReads", "RESHAPES"]
 
 RESHAPES = {"view", "reshape", torch.reshape}
@@ -174,9 +176,10 @@ def _even_split_size(node: fx.Node, reads: dict) -> fx.Node | None:
 
 def _even_slice(node: fx.Node, reads: dict,
                 ties: dict | None = None) -> tuple[int, int, list[fx.Node]] | None:
-    """``(axis, k, bound nodes)`` of a getitem whose one computed slice is a piece of
-    ``chunk(k)`` of its tensor along ``axis`` (see :attr:`SizeReads.even_slices`)."""
-    if node.target is not operator.getitem or not isinstance(node.args[0], fx.Node):
+    """``(axis, k, bound nodes)`` of a getitem (or a write, :func:`written`) whose one
+    computed slice is a piece of ``chunk(k)`` of its tensor along ``axis`` (see
+    :attr:`SizeReads.even_slices`)."""
+    if node.target not in (operator.getitem, written) or not isinstance(node.args[0], fx.Node):
         return None
     ndim, items = _ndim(node.args[0]), node.args[1]
     items = items if isinstance(items, tuple) else (items,)
@@ -265,11 +268,15 @@ _ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub)
 
 def _same_width(tensor: fx.Node, axis: int, ties: dict) -> set:
     """``(tensor, (axis,))`` and the reads of axes a reshape tied it to: ``c`` of
-    ``nt, c, h, w = x.size()`` is the width of axis 2 of ``x.view(n, t, c, h, w)`` (TSM)."""
+    ``nt, c, h, w = x.size()`` is the width of axis 2 of ``x.view(n, t, c, h, w)`` (TSM),
+    and of a tensor of its shape made from it (``torch.zeros_like``, a write into that)."""
     same = {(tensor, (axis,))}
     for out_axis, source, source_axis in ties.get(tensor, ()):
         if out_axis == axis:
             same.add((source, (source_axis,)))
+    source = shaped_like(tensor)
+    if source is not None:
+        same |= _same_width(source, axis, ties)
     return same
 
 

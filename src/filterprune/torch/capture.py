@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import TensorMetadata
 from torch.nn.utils import parametrize
 
 from ..core.flops import count_product
@@ -48,6 +48,7 @@ from ._snapshot import (
 )
 from ._transformer import TRACED_THROUGH, tracing_layers
 from ._tree import leaves
+from ._writes import WritableProxy, WriteShapes, write_spec, written
 from .masks import apply_masks
 
 __all__ = ["capture", "capture_fx"]
@@ -108,6 +109,9 @@ class _Tracer(fx.Tracer):
         if type(m) in TRACED_THROUGH:
             return m in self.whole
         return type(m) in LEAF_MODULES or super().is_leaf_module(m, module_qualified_name)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return WritableProxy(node, self)  # a write into a tensor made in forward is read
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
         with tracing_layers():
@@ -203,7 +207,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
             ) from err
         try:  # ShapeProp prints the traceback of a failing node: our error says it once
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), _traced_hooks_off(gm):
-                traced = ShapeProp(gm).propagate(*example)
+                traced = WriteShapes(gm).propagate(*example)
         except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
             if _runs(model, example):  # the trace took another path than the model does
                 raise _TraceError(
@@ -556,7 +560,7 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
             converted.attrs = {**converted.attrs, "equal": True}
         if converted.op == "split" and node in sizes.even_slices:
             converted.attrs = {**converted.attrs, "equal_parts": sizes.even_slices[node]}
-        if converted.op == "index" and node in sizes.even_slices:  # on one axis of several
+        if converted.op in ("index", "write") and node in sizes.even_slices:  # on one axis
             converted.attrs = {**converted.attrs, "equal_parts": [sizes.even_slices[node]]}
         graph.add(converted)
     _hold_training_reads(model, gm, graph, _fixed_arguments(model, example), whole_on_failure)
@@ -642,6 +646,12 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return _module_node(node, modules[node.target], inputs, shape, graph)
     if node.target is operator.getitem:
         return _getitem(node, inputs, shape, graph)
+    if node.target is written:  # ``out[:, :fold] = x[:, 1:, :fold]``: its index as it ran
+        dst, value = node.args[0], node.args[2]
+        names = [dst.name] + ([value.name] if isinstance(value, fx.Node)
+                              and value.name in graph.nodes else [])  # fmt: skip
+        kind, attrs = write_spec(node, graph[dst.name].shape)
+        return Node(node.name, kind, names, shape, attrs=attrs, label="setitem")
     src = node.args[0] if node.target is getattr else None
     if isinstance(src, fx.Node) and src.name in graph.nodes and isinstance(
             graph[src.name].shape, list) and node.args[1] in _TUPLE_FIELDS:  # fmt: skip
