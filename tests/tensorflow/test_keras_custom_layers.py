@@ -3,7 +3,15 @@ yet counted, listed, left usable, and stripped."""
 
 import numpy as np
 import pytest
-from keras_helpers import assert_strip_equal, compression_config, keras, layers, make_config
+from keras_helpers import (
+    assert_strip_equal,
+    compression_config,
+    keras,
+    layers,
+    make_config,
+    randomize_bn,
+    regression_data,
+)
 
 from filterprune.errors import AnalysisError
 from filterprune.tensorflow import create_compressed_model
@@ -268,3 +276,103 @@ def test_a_layer_of_one_dimensional_weights_run_whole_is_listed():
     model = keras.Model(inp, layers.Dense(2, name="head")(layers.GlobalAveragePooling1D()(x)))
     ctrl, _ = create_compressed_model(model, make_config((1, 32, 1)))
     assert (["sinc"], "no channel rule for layer SincLike") in ctrl.statistics().unpruned
+
+
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: whole samples dropped in training, nothing at inference."""
+
+    def __init__(self, rate=0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.draws = rate, keras.random.SeedGenerator(1)
+
+    def call(self, x, training=None):
+        if not training:
+            return x
+        shape = (keras.ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        keep = keras.ops.cast(keras.random.uniform(shape, seed=self.draws) > self.rate, x.dtype)
+        return x * keep / (1 - self.rate)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+class Mish(keras.layers.Layer):
+    def call(self, x):
+        return x * keras.ops.tanh(keras.ops.softplus(x))
+
+
+class ChannelMean(keras.layers.Layer):
+    """Mixes channels: the rule of the ops in its ``call`` holds them."""
+
+    def call(self, x):
+        return x - keras.ops.mean(x, axis=-1, keepdims=True)
+
+
+class AlwaysDropped(keras.layers.Layer):
+    """Its training path, which the graph fixes (``training=True``): noise per channel."""
+
+    def call(self, x, training=None):
+        if not training:
+            return x
+        return x * keras.random.uniform((1, 1, 1, x.shape[-1]), seed=3)
+
+
+def residual_net(act, drop, training=None, side=16):
+    inp = keras.Input((side, side, 3))
+    x = layers.Conv2D(16, 3, padding="same", name="stem")(inp)
+    for i in range(2):
+        y = act(name=f"act{i}")(layers.BatchNormalization(name=f"bn{i}")(
+            layers.Conv2D(16, 3, padding="same", name=f"a{i}")(x)))  # fmt: skip
+        y = layers.Conv2D(16, 3, padding="same", name=f"b{i}")(y)
+        y = drop(name=f"drop{i}")(y) if training is None else \
+            drop(name=f"drop{i}")(y, training=training)  # fmt: skip
+        x = layers.Add()([x, y])
+    out = layers.Dense(4, name="head")(layers.GlobalAveragePooling2D()(x))
+    return randomize_bn(redrawn(keras.Model(inp, out)))
+
+
+def test_a_layer_of_the_users_without_weights_is_read_through(tmp_path):
+    """A DropPath held the whole residual stream ("no channel rule for layer DropPath"),
+    a custom activation the convs around it: FLOPs kept 1.0 with the stem cut too."""
+    model = residual_net(Mish, DropPath)
+    ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3),
+                                                             prune_first_conv=True))
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert set(held) == {"head"}, held
+    assert ctrl.statistics().flops_kept < 0.3
+    small = assert_strip_equal(ctrl, model, X, tol=1e-5)
+    assert small.get_layer("stem").filters == small.get_layer("a0").filters == 8
+    assert isinstance(small.get_layer("drop0"), DropPath)
+
+
+@pytest.mark.parametrize(("act", "drop", "training", "reason"), [
+    (ChannelMean, DropPath, None, "Mean in ChannelMean act0: reduces over channels"),
+    (Mish, AlwaysDropped, True, "no channel rule for layer AlwaysDropped"),
+], ids=["mixes channels", "training path fixed in the graph"])  # fmt: skip
+def test_a_layer_of_the_users_computing_across_channels_keeps_them(act, drop, training, reason):
+    model = residual_net(act, drop, training)
+    ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3),
+                                                             prune_first_conv=True))
+    held = [r for _, r in ctrl.statistics().unpruned]
+    assert any(reason in r for r in held), held
+    assert_strip_equal(ctrl, model, X, tol=1e-5)
+
+
+def test_a_read_through_layer_quantizes_and_exports(tmp_path):
+    pytest.importorskip("tf2onnx")
+    import onnx
+
+    from filterprune.onnx import run_onnxruntime
+
+    prune = {"algorithm": "filter_pruning", "pruning_init": 0.5,
+             "params": {"prune_first_conv": True}}  # fmt: skip
+    config = compression_config(prune, {"algorithm": "quantization"})
+    ctrl, model = create_compressed_model(residual_net(Mish, DropPath, side=32), config)
+    x = regression_data(1, n=2)[0]
+    ref = model(x, training=False).numpy()
+    path = tmp_path / "model.onnx"
+    ctrl.export_model(str(path), shrink=True)
+    proto = onnx.load(str(path))
+    out = run_onnxruntime(proto, {proto.graph.input[0].name: x})[0]
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-4
+    assert ctrl.strip().get_layer("stem").layer.filters == 8

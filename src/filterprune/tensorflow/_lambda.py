@@ -1,7 +1,10 @@
 """A Keras ``Lambda`` read through: its function called on symbolic inputs gives the
-graph of its ``keras.ops`` calls, which the capture reads as a nested model's layers.
+graph of its ``keras.ops`` calls, which the capture reads as a nested model's layers. So
+is a layer class of the user's own without weights or sublayers (a DropPath, a custom
+activation): its ``call`` at inference (``training`` as the model's graph gives it).
 
-The strip rebuilds the Lambda with the same function, which then runs at the cut widths.
+The strip rebuilds the Lambda with the same function (the layer from its config), which
+then runs at the cut widths.
 Numbers written in it stay as written, so a slice in it is cut only where the function
 computes its bounds from the width: called again at twice the sizes, it slices at twice
 the bounds. A function that takes any other number from the sizes (``t / t.shape[-1]``)
@@ -10,6 +13,7 @@ would compute otherwise at a cut width: it stays one opaque layer.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import keras
@@ -27,19 +31,39 @@ def lambda_graph(op: Any, node: Any, shapes: dict[int, Shape]) -> tuple[Any, dic
     is called on, and per slice in it (by ``id``) the axes whose bounds follow the width;
     None for anything else, and for a function that is not only ``keras.ops`` calls
     (TensorFlow functions fail on symbolic tensors) or makes layers with weights."""
-    if not isinstance(op, keras.layers.Lambda) or len(node.arguments.args) != 1:
+    function = _function(op, node)
+    if function is None:
         return None
-    if isinstance(op._output_shape, (tuple, list)) and (
+    if isinstance(getattr(op, "_output_shape", None), (tuple, list)) and (
             len(node.outputs) > 1 or len(op._inbound_nodes) > 1):  # fmt: skip
         return None  # a shape given for one output of one call: the strip writes it once
     given = node.arguments.args[0]
-    inner = _traced(op, given, lambda t: shapes[id(t)])
+    inner = _traced(function, given, lambda t: shapes[id(t)])
     if inner is None or any(isinstance(o, keras.Layer) and o.weights for o in inner.operations):
         return None
-    wider = _traced(op, given, lambda t: (shapes[id(t)][0], *(2 * d for d in shapes[id(t)][1:])))
+    wider = _traced(function, given,
+                    lambda t: (shapes[id(t)][0], *(2 * d for d in shapes[id(t)][1:])))
     if wider is None or _numbers(inner) != _numbers(wider):
         return None  # a number read from the sizes (``t / t.shape[-1]``): not at a cut width
     return inner, _following(inner, wider)
+
+
+def _function(op: Any, node: Any) -> Any:
+    """What ``op`` computes from its one tensor argument, for a Lambda or a layer of the
+    user's own without weights or sublayers (called as the graph calls it, ``training``
+    False unless given there); None for anything else."""
+    if len(node.arguments.args) != 1:
+        return None
+    if isinstance(op, keras.layers.Lambda):
+        return lambda t: op.function(t, **op.arguments)
+    own = isinstance(op, keras.Layer) and not isinstance(op, keras.Model) \
+        and not type(op).__module__.startswith(("keras", "filterprune"))  # fmt: skip
+    if not own or op.weights or list(op._flatten_layers(include_self=False)):
+        return None
+    kwargs = dict(node.arguments.kwargs)
+    if "training" in inspect.signature(op.call).parameters:
+        kwargs.setdefault("training", False)
+    return lambda t: op.call(t, **kwargs)
 
 
 def _nodes(functional: Any) -> list[Any]:
@@ -74,13 +98,13 @@ def _numbers(functional: Any) -> list[Any]:
     return out
 
 
-def _traced(op: Any, given: Any, shape_of) -> Any:
+def _traced(function: Any, given: Any, shape_of) -> Any:
     from keras.src.models.functional import Functional
 
     try:
         fresh = keras.tree.map_structure(
             lambda t: keras.Input(batch_shape=shape_of(t), dtype=t.dtype), given)  # fmt: skip
-        out = op.function(fresh, **op.arguments)
+        out = function(fresh)
         return Functional(keras.tree.flatten(fresh), keras.tree.flatten(out))
     except Exception:  # noqa: BLE001 - whatever the user's function raises
         return None

@@ -52,8 +52,9 @@ class Capture(Captured):
         layouts: Per input, ``"as given"`` or ``"NCHW->NHWC"`` (how input_info was read).
         calls: Core node name -> the Keras layer or ``keras.ops`` operation it came from and
             the core names of that call's tensor inputs (quantizers go on those inputs).
-        lambdas: ``id`` of each ``Lambda`` read through (its ops are nodes of the graph) ->
-            the Lambda and the core nodes of its outputs (first call).
+        lambdas: ``id`` of each ``Lambda`` (or layer of the user's) read through (its ops
+            are nodes of the graph) -> the layer and the core nodes of its outputs (first
+            call).
     """
 
     reshapes: dict[str, Any] = field(default_factory=dict)
@@ -144,7 +145,7 @@ class _Walker:
         self.shapes: dict[int, Shape] = {}
         self.calls: dict[str, int] = {}
         self.layer_names: dict[tuple[int, int], str] = {}  # (id(layer), step) -> core layer
-        self.owner: tuple[Any, list[str]] | None = None  # the Lambda being read, its inputs
+        self.owner: tuple[Any, list[str]] | None = None  # the layer being read, its inputs
         self.follows: dict[int, set[int]] = {}  # its slices' axes whose bounds follow widths
         self.sliced: dict[int, str] = {}  # id of a slice the strip rewrites -> its first node
 
@@ -221,7 +222,7 @@ class _Walker:
         node_name = self.unique(name)
         label = type(op).__name__
         if self.owner is not None:
-            label = f"{label} in Lambda {self.owner[0].name}"
+            label = f"{label} in {type(self.owner[0]).__name__} {self.owner[0].name}"
         current = ins
         for i, step in enumerate(steps):
             last = i == len(steps) - 1

@@ -132,7 +132,7 @@ def _lambda_shapes(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray]
     """The ``output_shape`` a Lambda read through was given, at the cut widths."""
     out: dict[int, dict[str, Any]] = {}
     for key, (layer, names) in cap.lambdas.items():
-        given = layer._output_shape
+        given = getattr(layer, "_output_shape", None)  # a layer of the user's: its own
         if not isinstance(given, (tuple, list)) or len(names) != 1:
             continue  # inferred, or computed by a function of the input shape
         counts = _kept_extent(analysis, cap.graph[names[0]], kept)
