@@ -210,7 +210,15 @@ def _rows_and_a_number(x):
     return out
 
 
-@pytest.mark.parametrize("write", [_swap_halves, _odd_even, _rows_and_a_number])
+def _sizes_and_a_constant(x):  # numbers: no channels of their own (held before)
+    out = x.clone()
+    out[:, :, 0, 0] = x.shape[2]
+    out[..., 1, 1] = torch.tensor(2.0)
+    return out
+
+
+@pytest.mark.parametrize("write", [_swap_halves, _odd_even, _rows_and_a_number,
+                                   _sizes_and_a_constant])
 def test_a_write_into_a_tensor_made_in_forward_is_cut_where_its_bounds_follow(write):
     torch.manual_seed(0)
     config = make_config((2, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)

@@ -295,6 +295,34 @@ def test_layers_the_samples_branch_never_runs_are_named():
     assert any("c.0, c.1 did not run" in n for n in ctrl.statistics().notes)
 
 
+class TypeTest(nn.Module):
+    """A branch torch.fx takes otherwise: a proxy is no ``torch.Tensor``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = cbs(3, 16), cbs(16, 16, 3), cbs(16, 16, 3)
+        self.side, self.head = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        z = self.b(y)
+        if isinstance(z, torch.Tensor):
+            z = z + self.side(y)
+        return self.head(self.c(z))
+
+
+def test_a_trace_that_skips_a_layer_the_model_runs_is_left_to_torch_export():
+    """torch.fx skipped ``side``: its input channels were cut under it (the note said it
+    did not run), and the stripped model failed (16 channels expected, 8 given)."""
+    with pytest.raises(Exception, match="skips side, which the model runs"):
+        capture_fx(TypeTest().eval(), (torch.zeros(1, 3, 16, 16),))
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(TypeTest()), make_config((1, 3, 16, 16)))
+    assert "captured with torch.export (non-strict)" in ctrl.statistics().notes
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    assert small.side.out_channels == small.b[0].out_channels == 8  # added: cut together
+
+
 class PlainList(nn.Module):
     def __init__(self):
         super().__init__()

@@ -10,6 +10,7 @@ frontend's table, or one rule here for a new kind of channel behaviour.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -796,8 +797,11 @@ def _write(s, node, ins):
     x = _tensor(s, ins[0], node)
     full = _full(s, x, _shape(s, node))
     picked = _follow_bounds(s, node, x, full)
-    if len(ins) > 1:
-        value = _tensor(s, ins[1], node)
+    value = ins[1] if len(ins) > 1 else None
+    if isinstance(value, Param) and math.prod(value.shape) == 1:
+        value = None  # one number (``torch.tensor(2.0)``); a size read is None already
+    if value is not None:
+        value = _tensor(s, value, node)
         if value.ndim > picked.ndim:
             raise RuleError("writes a value of more axes than the place it fills")
         s.uf.union_arrays(full.ravel()[picked], _pad(value, picked.ndim))

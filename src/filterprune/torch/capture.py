@@ -220,7 +220,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
                 f"{type(model).__name__} failed on {_sample_words(example)}: "
                 f"{err.__cause__ or err}. {_sample_fix(model)}"
             ) from err
-        _same_outputs(model, example, traced)
+        _same_outputs(model, example, traced, gm)
     finally:
         model.train(was_training)
     return gm
@@ -259,20 +259,40 @@ def _shapes(outputs: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for _, t in leaves(outputs) if torch.is_tensor(t)]
 
 
-def _same_outputs(model: nn.Module, example: tuple[Any, ...], traced: Any) -> None:
+def _same_outputs(model: nn.Module, example: tuple[Any, ...], traced: Any,
+                  gm: fx.GraphModule) -> None:  # fmt: skip
     """Refuse a trace whose outputs are not the model's: a forward returning what its hooks
     kept in a table keyed by the input's device (timm's feature hooks) reads another key
-    in the trace, where each ``x.device`` is a new value, and returns no feature map."""
+    in the trace, where each ``x.device`` is a new value, and returns no feature map. And
+    one that skips a layer the model runs on the sample: a test the trace answers
+    otherwise (``isinstance(t, torch.Tensor)`` is False for a proxy) would let the cut
+    change channels that layer reads unseen."""
+    ran: set[str] = set()
+    handles = [m.register_forward_pre_hook(lambda _m, _a, name=name: ran.add(name))
+               for name, m in model.named_modules()
+               if name and next(m.parameters(recurse=False), None) is not None]  # fmt: skip
     try:
         with attributes_kept(model), torch.no_grad():
             real = _shapes(model(*example))
     except Exception:  # noqa: BLE001 - a model that refuses the sample (a hook on batch sizes)
         return
+    finally:
+        for handle in handles:
+            handle.remove()
     if real != _shapes(traced):
         raise _TraceError(
             f"torch.fx's trace of {type(model).__name__} returns tensors of shapes "
             f"{_shapes(traced)[:4]}, where the model returns {real[:4]}: its forward "
             "computes its outputs by means the trace does not follow (state its hooks keep)."
+        )
+    seen = {n.target for n in gm.graph.nodes if n.op in ("call_module", "get_attr")}
+    skipped = sorted(name for name in ran if not any(
+        t == name or t.startswith(f"{name}.") or name.startswith(f"{t}.") for t in seen))
+    if skipped:
+        raise _TraceError(
+            f"torch.fx's trace of {type(model).__name__} skips {', '.join(skipped[:4])}, "
+            f"which the model runs on {_sample_words(example)}: its forward tests something "
+            "the trace answers otherwise (`isinstance(t, torch.Tensor)`, a tensor's value)."
         )
 
 
