@@ -217,8 +217,16 @@ def _sizes_and_a_constant(x):  # numbers: no channels of their own (held before)
     return out
 
 
+def _ellipsis_halves(x):  # bounds behind an Ellipsis: held before, read or written
+    c = x.shape[1]
+    out = torch.zeros_like(x)
+    out[..., : c // 2, :, :] = x[..., c // 2 :, :, :]
+    out[..., c // 2 :, :, :] = x[:, : c // 2]
+    return out
+
+
 @pytest.mark.parametrize("write", [_swap_halves, _odd_even, _rows_and_a_number,
-                                   _sizes_and_a_constant])
+                                   _sizes_and_a_constant, _ellipsis_halves])
 def test_a_write_into_a_tensor_made_in_forward_is_cut_where_its_bounds_follow(write):
     torch.manual_seed(0)
     config = make_config((2, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..core.rules import axis_parts
 from ._writes import shaped_like, written
 
 __all__ = ["SizeReads", "RESHAPES"]
@@ -181,9 +182,9 @@ def _even_slice(node: fx.Node, reads: dict,
     :attr:`SizeReads.even_slices`)."""
     if node.target not in (operator.getitem, written) or not isinstance(node.args[0], fx.Node):
         return None
-    ndim, items = _ndim(node.args[0]), node.args[1]
-    items = items if isinstance(items, tuple) else (items,)
-    if not ndim or not all(isinstance(it, slice) for it in items):
+    ndim = _ndim(node.args[0])
+    items = axis_parts(node.args[1], ndim) if ndim else None  # ``x[..., :c // 2, :, :]``
+    if items is None:
         return None
     computed = [(axis, it) for axis, it in enumerate(items)
                 if any(isinstance(v, fx.Node) for v in (it.start, it.stop, it.step))]  # fmt: skip
