@@ -7,7 +7,7 @@ from torch import nn
 from torch_helpers import assert_strip_equal, make_config
 
 from filterprune.core.analysis import AnalysisOptions, analyze
-from filterprune.testing.zoo import nondegenerate
+from filterprune.testing.zoo import nondegenerate, relative_diff
 from filterprune.torch import create_compressed_model
 from filterprune.torch.capture import capture_fx
 from filterprune.torch.export_capture import capture_export
@@ -291,3 +291,66 @@ def test_a_write_into_a_tensor_read_or_viewed_before_is_left_to_torch_export(wri
     ctrl, model = create_compressed_model(nondegenerate(Written(write)), config)
     assert "captured with torch.export (non-strict)" in ctrl.statistics().notes
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+
+
+class TimeToChannels(nn.Module):
+    """SlowFast's lateral fold: ``c * a`` and ``t // a`` both follow what they read, so a
+    cut would not keep the layout; a literal 16 is written in code."""
+
+    def __init__(self, literal):
+        super().__init__()
+        self.literal = literal
+        self.c0, self.c1 = nn.Conv3d(3, 8, 1), nn.Conv3d(16, 8, 1)
+
+    def forward(self, x):
+        v = self.c0(x)
+        b, c, t, h, w = v.shape
+        return self.c1(v.reshape(b, 16 if self.literal else c * 2, t // 2, h, w))
+
+
+@pytest.mark.parametrize(("literal", "why"), [
+    (False, "reshape computes a channel count in forward that a cut would not follow"),
+    (True, "reshape fixes the channel count in code"),
+])  # fmt: skip
+def test_a_channel_count_computed_in_forward_is_not_said_to_be_written_in_code(literal, why):
+    """Both said "fixes the channel count in code"."""
+    graph = capture_fx(TimeToChannels(literal), (torch.zeros(1, 3, 4, 8, 8),)).graph
+    held = {g.reason for g in analyze(graph, AnalysisOptions(prune_first_conv=True)).groups}
+    assert f"reshape: {why}" in held
+
+
+class TimeChannel(nn.Module):
+    """A Neural ODE's ``ConcatConv2d``: time as one more channel, made of a slice's shape;
+    with ``noise``, StyleGAN's noise drawn at the shape of one channel."""
+
+    def __init__(self, noise=False):
+        super().__init__()
+        self.noise = noise
+        self.c0, self.c1 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(17, 16, 3, padding=1)
+        self.c2, self.w = nn.Conv2d(16, 4, 1), nn.Parameter(torch.ones(1, 16, 1, 1))
+
+    def forward(self, x):
+        h = self.c0(x)
+        if self.noise:
+            t = torch.randn_like(h[:, :1])
+            h = h + self.w * t
+        else:
+            t = torch.ones_like(h[:, :1, :, :]) * 0.5
+        return self.c2(torch.relu(self.c1(torch.cat([t, h], 1))) + h)
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_a_tensor_made_of_a_slices_shape_leaves_the_sliced_channels_free(noise):
+    """The slice ``h[:, :1]`` held ``c0`` ("getitem: indexes into channels"), though only
+    its shape is read: FLOPs kept 0.86 on a Neural ODE block."""
+    config = make_config((2, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(nondegenerate(TimeChannel(noise)), config)
+    small = ctrl.strip().eval()
+    x = torch.randn(2, 3, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        ref = model(x)
+        torch.manual_seed(1)
+        assert relative_diff(small(x), ref) < 1e-5
+    assert small.c0.out_channels == 8 and small.c1.in_channels == 9  # time stays one channel

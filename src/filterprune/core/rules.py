@@ -548,6 +548,8 @@ def _reshape(s, node, ins):
     """view/reshape/flatten. ``fixed_dims``: output axes whose size is a literal in code.
 
     ``why``: the reason given where that holds channels, if not a literal in code.
+    ``computed_dims``: axes whose size is computed in forward; one that holds channels,
+    and that the frontend neither tied nor freed, is said to be computed, not literal.
     ``rewritable``: the frontend rewrites the literal of one axis when the model is cut
     (a Keras ``Reshape`` rebuilt from its config), so if every axis holding channels is
     literal, the last of them stays free and the others are pinned.
@@ -575,7 +577,10 @@ def _reshape(s, node, ins):
     if not pinned:
         return out
     if len(pinned) == len(varying):  # the input stays whole; a tied size's source with it
-        why = node.attrs.get("why", "reshape fixes the channel count in code")
+        computed = set(node.attrs.get("computed_dims", ())) & set(pinned)
+        why = node.attrs.get("why", "reshape computes a channel count in forward that a cut "
+                             "would not follow" if computed else  # ``view(b, c * a, t // a)``
+                             "reshape fixes the channel count in code")  # fmt: skip
         reason = f"{node.label or node.op}: {why}"
         s.block(x, reason)
         return s.opaque(reason)
@@ -767,6 +772,8 @@ def _index(s, node, ins):
     """Basic tensor indexing (slices, ints, None, Ellipsis) that leaves channels whole,
     or takes every ``step``-th channel (see :func:`_tie_strided`).
 
+    ``shape_only``: only the slice's shape is read (``torch.ones_like(x[:, :1])``); where
+    its channels could not be followed, the result has channels of its own, kept whole.
     ``computed_axes``: axes sliced at bounds computed in forward (the index holds the
     length they took); channels there stay whole, as the bounds would not follow a cut,
     except on the axes of ``equal_parts`` ``[(axis, k), ...]``: bounds on the same of ``k``
@@ -780,7 +787,14 @@ def _index(s, node, ins):
         return _reshape_param(ins[0], node)  # ``b[None, :, None, None]``: a view of it
     x = _tensor(s, ins[0], node)
     full = _full(s, x, _shape(s, node))
-    _follow_bounds(s, node, x, full)
+    try:
+        _follow_bounds(s, node, x, full)
+    except RuleError as err:
+        if not node.attrs.get("shape_only"):
+            raise
+        # only its shape is read (``ones_like(x[:, :1])``): a tensor made at the sizes the
+        # code writes, whose channels are its own and stay whole
+        return s.opaque(f"{node.label or node.op} {err} for a tensor made of its shape")
     return compress(s.uf.roots(full)[node.attrs["index"]])
 
 

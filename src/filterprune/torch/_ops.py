@@ -528,7 +528,9 @@ def _reshape(node: fx.Node, shapes) -> Spec:
     if len(args) == 1 and isinstance(args[0], fx.Node) and meta is not None:
         fixed = list(range(len(meta.shape)))  # one computed shape (``x.shape``): every axis
     if node.target in ("view", "reshape", torch.reshape):
-        return "reshape", {"fixed_dims": fixed}
+        computed = [i for i, a in enumerate(args) if isinstance(a, fx.Node)]
+        return "reshape", {"fixed_dims": fixed, **({"computed_dims": computed} if computed
+                                                   and len(args) > 1 else {})}  # fmt: skip
     if node.target in ("unflatten", torch.unflatten):
         return "reshape", {"fixed_dims": _unflatten_fixed(node, len(shapes))}
     return "reshape", {}

@@ -48,7 +48,7 @@ from ._snapshot import (
 )
 from ._transformer import TRACED_THROUGH, tracing_layers
 from ._tree import leaves
-from ._writes import WritableProxy, WriteShapes, write_spec, written
+from ._writes import SHAPED_AS, WritableProxy, WriteShapes, write_spec, written
 from .masks import apply_masks
 
 __all__ = ["capture", "capture_fx"]
@@ -580,6 +580,9 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
             converted.attrs = {**converted.attrs, "equal": True}
         if converted.op == "split" and node in sizes.even_slices:
             converted.attrs = {**converted.attrs, "equal_parts": sizes.even_slices[node]}
+        if converted.op == "index" and node.users and all(
+                u.target in SHAPED_AS for u in node.users):  # fmt: skip
+            converted.attrs = {**converted.attrs, "shape_only": True}  # ``ones_like(x[:, :1])``
         if converted.op in ("index", "write") and node in sizes.even_slices:  # on one axis
             converted.attrs = {**converted.attrs, "equal_parts": [sizes.even_slices[node]]}
         graph.add(converted)
