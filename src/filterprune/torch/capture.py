@@ -35,6 +35,7 @@ from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ..testing.zoo import relative_diff
 from ._copy import computed_weights, copy_model, forward_hooks, global_hooks, is_users, user_hooks
+from ._eager_reads import training_sources
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
@@ -586,7 +587,7 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
         if converted.op in ("index", "write") and node in sizes.even_slices:  # on one axis
             converted.attrs = {**converted.attrs, "equal_parts": [sizes.even_slices[node]]}
         graph.add(converted)
-    _hold_training_reads(model, gm, graph, _fixed_arguments(model, example), whole_on_failure)
+    _hold_training_reads(model, gm, graph, example, whole_on_failure)
     add_unseen_params(model, graph)
     count_rows(graph)
     graph.notes.append("captured with torch.fx")
@@ -940,12 +941,12 @@ def _recurrent_roles(name: str, p: torch.Tensor) -> tuple[str | None, ...]:
 
 
 def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph,
-                         fixed: dict[str, Any] | None = None,
-                         whole_on_failure: bool = False) -> None:  # fmt: skip
+                         example: tuple[Any, ...], whole_on_failure: bool = False) -> None:
     """Modules only the training forward calls (GoogLeNet's and Inception's aux heads):
     the graph is traced in eval mode, so the channels they read would be cut under them.
     Traced once more in train mode, the layers whose outputs reach such a module stay
-    whole. A model that cannot be traced in train mode is left as it was."""
+    whole. A model that cannot be traced in train mode is run once in it, and those
+    layers are found on autograd's graph (:mod:`._eager_reads`)."""
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     idle = [name for name, m in model.named_modules()  # (the model itself runs: name "")
@@ -957,23 +958,29 @@ def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph,
     was_training, attributes = model.training, plain_attributes(model)
     model.train()
     try:
-        train = _traced(model, fixed, whole_on_failure, attributes)
-    except Exception:  # noqa: BLE001 - e.g. a detector that needs targets to train
+        train = _traced(model, _fixed_arguments(model, example), whole_on_failure, attributes)
+    except Exception:  # noqa: BLE001 - DARTS's drop_path, a detector that needs targets
         put_back(attributes)
-        return
+        train = None
     finally:
         model.train(was_training)
-    ran = {n.target for n in train.nodes if n.op in ("call_module", "get_attr")}
-    say_never_run([n for n in idle if not any(
-        t == n or t.startswith(f"{n}.") or n.startswith(f"{t}.") for t in ran)], graph)
-    for node in train.nodes:
-        if node.op == "call_module" and node.target not in called:
-            sources = _called_before(node, called)
-            inputs = [n.name for n in gm.graph.nodes
-                      if n.op == "call_module" and n.target in sources]  # fmt: skip
-            if inputs:
-                graph.add(Node(f"{node.name}#training", "stop", inputs, label=node.target,
-                               attrs={"reason": "runs only in training and reads these channels"}))
+    if train is None:
+        found = training_sources(model, example, idle, called)
+        if found is None:  # a forward that needs targets to train: they stay unseen
+            say_never_run(idle, graph)
+            return
+        say_never_run([n for n in idle if n not in found], graph)
+    else:
+        ran = {n.target for n in train.nodes if n.op in ("call_module", "get_attr")}
+        say_never_run([n for n in idle if not any(
+            t == n or t.startswith(f"{n}.") or n.startswith(f"{t}.") for t in ran)], graph)
+        found = {node.target: _called_before(node, called) for node in train.nodes
+                 if node.op == "call_module" and node.target not in called}  # fmt: skip
+    for name, sources in found.items():
+        inputs = [n.name for n in gm.graph.nodes if n.op == "call_module" and n.target in sources]
+        if inputs:
+            graph.add(Node(f"{name}#training", "stop", inputs, label=name,
+                           attrs={"reason": "runs only in training and reads these channels"}))
 
 
 def say_never_run(names: list[str], graph: Graph) -> None:
