@@ -478,6 +478,9 @@ def test_top_level_keeps_training_script_settings():
     ({"mode": "adaptive_compression_levle"}, r"`accuracy_aware_training.mode` must be one of"),
     ({"mode": "adaptive_compression_level", "params": {"patience_epoch": 3}},
      r"Unknown key `accuracy_aware_training.params.patience_epoch`"),
+    ({"mode": "adaptive_compression_level",  # a percent: over 100 no drop is too large
+      "params": {"maximal_relative_accuracy_degradation": 150}},
+     r"`accuracy_aware_training.params.maximal_relative_accuracy_degradation` must be"),
 ])  # fmt: skip
 def test_the_accuracy_aware_section_is_checked_with_the_rest(section, message):
     """A misspelt key or mode passed from_dict and create_compressed_model and was only

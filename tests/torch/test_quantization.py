@@ -626,19 +626,22 @@ def test_a_layer_reading_two_tensors_shares_one_input_range():
 
 
 def test_nncf_keys_without_effect_and_a_near_miss_are_said(caplog):
-    """Accepted, changed nothing, and said nothing: ``target_device``, ``log_dir``, LeGR
+    """Accepted, changed nothing, and said nothing: ``target_device``, ``hw_config_type``,
+    ``log_dir``, LeGR
     keys under unweighted ranking, a quantization ``initializer.range`` in the pruning
     entry; a top-level ``ignored_scope`` was silently unread."""
     caplog.set_level("WARNING", logger="filterprune")
     config = _config({})
-    config.update(target_device="VPU", log_dir="runs", ignored_scope=["stem"])
+    config.update(target_device="VPU", log_dir="runs", ignored_scope=["stem"],
+                  hw_config_type="cpu")
     config["compression"][0]["params"]["save_ranking_coeffs_path"] = "coeffs.json"
     config["compression"][0]["initializer"] = {"range": {"num_init_samples": 8}}
     create_compressed_model(_net(), config)
     for said in ("`target_device` is accepted for NNCF configs but not applied",
                  "`compression[0].initializer.range` is not read by `filter_pruning`: move it "
                  "to the `quantization` entry",
-                 "`log_dir` is accepted", "`ignored_scope` is not read. Did you mean "
+                 "`log_dir` is accepted", "`hw_config_type` is accepted",
+                 "`ignored_scope` is not read. Did you mean "
                  "`ignored_scopes`?", "`compression[0].params.save_ranking_coeffs_path` is "
                  "not applied: it needs `params.interlayer_ranking_type` 'learned_ranking'"):
         assert said in caplog.text  # fmt: skip

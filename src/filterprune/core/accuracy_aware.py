@@ -54,8 +54,8 @@ class AccuracyAwareParams(Settings):
 
     mode: str = setting("mode", enum(["adaptive_compression_level"]),
                         "adaptive_compression_level")  # fmt: skip
-    maximal_relative_accuracy_degradation: float | None = setting(
-        "params.maximal_relative_accuracy_degradation", _NONNEG)
+    maximal_relative_accuracy_degradation: float | None = setting(  # percent: over 100
+        "params.maximal_relative_accuracy_degradation", {**_NONNEG, "maximum": 100})  # no bound
     maximal_absolute_accuracy_degradation: float | None = setting(
         "params.maximal_absolute_accuracy_degradation", _NONNEG)
     initial_training_phase_epochs: int = setting(

@@ -157,6 +157,8 @@ def algorithm_params(config: Config, name: str, frontend: str) -> Any:
 _NOT_APPLIED = {
     "target_device": "quantizers follow the `quantization` entry's settings, whatever the "
                      "device",
+    "hw_config_type": "quantizers follow the `quantization` entry's settings, whatever the "
+                      "device",
     "log_dir": "nothing is logged to files; statistics() gives the numbers",
     "disable_shape_matching": "the model is captured from its code, not matched by shapes",
     "export_to_onnx_standard_ops": "ONNX files always use standard QuantizeLinear/"
