@@ -719,6 +719,9 @@ def _stack(s, node, ins):
 def _split(s, node, ins):
     """split/chunk/unbind along ``axis`` into ``sizes``; ``equal``: sizes follow the width.
 
+    ``same_width`` ``[input, axis]``: sizes computed from that input's width along ``axis``
+    (equal to the split axis's): the two are tied position by position, so a cut keeps
+    them equal.
     ``free``: the frontend rewrites the sizes (ONNX ``Split``), so any channels may go;
     ``equal_parts`` ``(axis, k)``: sizes computed in forward on ``k`` equal parts of the
     width at any width (``[c, x.shape[1] - c]`` with ``c = x.shape[1] // 4``), tied as
@@ -730,6 +733,12 @@ def _split(s, node, ins):
     axis = node.attrs["axis"] % ndim
     sizes = list(node.attrs["sizes"])
     ids = _pad(x, ndim)
+    if "same_width" in node.attrs:
+        at, other_axis = node.attrs["same_width"]
+        other_shape = _shape(s, node, at)
+        other = _pad(_tensor(s, ins[at], node), len(other_shape))
+        s.uf.union_arrays(_channels(ids, ndim, axis, in_shape[axis]), _channels(
+            other, len(other_shape), other_axis, other_shape[other_axis]))  # fmt: skip
     if _varies(ids, axis):
         line = _channels(ids, ndim, axis, in_shape[axis])
         if "equal_parts" in node.attrs:  # sizes computed from the width, on k equal parts

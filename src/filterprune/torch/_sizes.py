@@ -58,6 +58,10 @@ class SizeReads:
             ``-1`` axes.
         even_splits: Splits into ``k`` equal pieces of whatever width the tensor has
             (``torch.split(x, x.shape[1] // k, 1)``), like ``chunk``.
+        width_of: An even split whose width is read from another tensor of that width
+            (ResNeSt's ``torch.split(atten, rchannel // radix, 1)`` with ``rchannel``
+            read from ``x``) -> ``(that tensor, axis read)``: the core ties the two
+            axes position by position, so a cut keeps their widths equal.
         even_slices: A slice ``x[:, : x.shape[1] // 2]`` -> ``(axis, k)``: its bounds,
             computed from the width it slices, fall on the same ``k`` equal parts at every
             width a cut by equal parts leaves, so it is a piece of a ``chunk(k)``; the
@@ -69,6 +73,7 @@ class SizeReads:
     numbers: set[fx.Node] = field(default_factory=set)
     free: dict[fx.Node, set[int]] = field(default_factory=dict)
     even_splits: set[fx.Node] = field(default_factory=set)
+    width_of: dict[fx.Node, tuple[fx.Node, int]] = field(default_factory=dict)
     even_slices: dict[fx.Node, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
@@ -113,6 +118,9 @@ class SizeReads:
             if size is not None:
                 found.even_splits.add(node)
                 sized.setdefault(size, set()).add(node)
+                tensor, axes = found.reads[size.args[0]]
+                if tensor is not node.args[0]:
+                    found.width_of[node] = (tensor, axes[0])
             piece = _even_slice(node, found.reads, found.ties) \
                 or _parted_split(node, found.reads, found.ties)  # fmt: skip
             if piece is not None:
@@ -159,7 +167,8 @@ class SizeReads:
 
 def _even_split_size(node: fx.Node, reads: dict) -> fx.Node | None:
     """The size node of ``x.split(x.shape[d] // k, d)``: a width read from the split
-    tensor itself along the split axis, divided by a number in code."""
+    tensor itself along the split axis (or from another tensor of that width, see
+    :attr:`SizeReads.width_of`), divided by a number in code."""
     if node.op not in ("call_method", "call_function") or node.target not in ("split",
                                                                               torch.split):
         return None
@@ -170,9 +179,17 @@ def _even_split_size(node: fx.Node, reads: dict) -> fx.Node | None:
         return None
     read = reads.get(size.args[0])
     ndim = _ndim(node.args[0])
-    if read is None or read[0] is not node.args[0] or not ndim or read[1] != (dim % ndim,):
+    if read is None or not ndim or len(read[1]) != 1:
         return None
-    return size
+    if read[0] is node.args[0]:
+        return size if read[1] == (dim % ndim,) else None
+    other, mine = _width(read[0], read[1][0]), _width(node.args[0], dim % ndim)
+    return size if other is not None and other == mine else None
+
+
+def _width(tensor: fx.Node, axis: int) -> int | None:
+    meta = tensor.meta.get("tensor_meta")
+    return int(meta.shape[axis]) if meta is not None and hasattr(meta, "shape") else None
 
 
 def _even_slice(node: fx.Node, reads: dict,

@@ -579,6 +579,10 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
             _size_attrs(converted, sizes.ties.get(node, []), sizes.free.get(node, set()), graph)
         if converted.op == "split" and node in sizes.even_splits:
             converted.attrs = {**converted.attrs, "equal": True}
+            other, axis = sizes.width_of.get(node, (None, 0))
+            if other is not None and other.name in graph.nodes:  # ResNeSt's split attention
+                converted.inputs = [*converted.inputs, other.name]
+                converted.attrs["same_width"] = [len(converted.inputs) - 1, axis]
         if converted.op == "split" and node in sizes.even_slices:
             converted.attrs = {**converted.attrs, "equal_parts": sizes.even_slices[node]}
         if converted.op == "index" and node.users and all(
