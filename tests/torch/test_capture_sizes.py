@@ -394,3 +394,29 @@ def test_a_split_at_a_width_read_from_a_tensor_of_that_width_is_even():
     held = {r for _, r in ctrl.statistics().unpruned}
     assert any("split sizes computed in forward" in r for r in held), held
     assert assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16)).conv.out_channels == 32
+
+
+class WideMade(nn.Module):
+    """A tensor made of the shape of ``h[:, :12]`` (or ``h[:, 1:]``): at a cut width the
+    slice, and so the made tensor, is narrower."""
+
+    def __init__(self, drop_first):
+        super().__init__()
+        self.drop_first = drop_first
+        self.c0 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c1 = nn.Conv2d(31 if drop_first else 28, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        h = self.c0(x)
+        made = torch.full_like(h[:, 1:], 0.2) if self.drop_first else torch.ones_like(h[:, :12])
+        return self.c2(torch.relu(self.c1(torch.cat([made, h], 1))))
+
+
+@pytest.mark.parametrize("drop_first", [False, True])
+def test_a_tensor_made_of_a_slice_a_cut_would_narrow_holds_the_sliced_channels(drop_first):
+    """Cut, and the stripped model failed: "expected input to have 20 channels"."""
+    torch.manual_seed(0)
+    config = make_config((2, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(nondegenerate(WideMade(drop_first)), config)
+    assert assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16)).c0.out_channels == 16

@@ -48,6 +48,11 @@ APART = {
         torch.arange(y.shape[0])[:, None], _reversed(y)[None]].transpose(1, 2).view_as(y),
     "points picked around the channels": lambda y: y.flatten(2)[
         torch.arange(y.shape[0])[:, None], :, _reversed(y)[None]].transpose(1, 2).view_as(y),
+    # torch.gather with the index expanded to the width read in forward (point clouds)
+    "torch.gather, expanded to the width read": lambda y: torch.gather(
+        y.flatten(2), 2, _reversed(y)[None, None].expand(y.shape[0], y.size(1), -1)).view_as(y),
+    "take_along_dim, broadcast": lambda y: torch.take_along_dim(
+        y.flatten(2), _reversed(y)[None, None], dim=2).view_as(y),
     # AdaIN's and instance norm's statistics, computed in one call
     "var_mean, std_mean": lambda y: (y - torch.var_mean(y, (2, 3), keepdim=True)[1]) / (
         torch.std_mean(y, dim=(2, 3), keepdim=True)[0] + 1e-3),
@@ -108,6 +113,9 @@ APART = {
 ACROSS = {
     "flip (channels)": lambda y: y.flip(1),
     "index tensor on the channels": lambda y: y[:, torch.arange(15, -1, -1)],
+    "gather along the channels": lambda y: torch.gather(y, 1, y.argsort(1)),
+    "torch.gather, as wide as the channels in code": lambda y: torch.gather(
+        y.flatten(2), 2, _reversed(y)[None, None].expand(y.shape[0], 16, -1)).view_as(y),
     "var_mean (channels)": lambda y: y * torch.var_mean(y, 1, keepdim=True)[0],
     "cumsum (channels)": lambda y: y.cumsum(1),
     "softmin (channels)": lambda y: F.softmin(y, dim=1) * y,

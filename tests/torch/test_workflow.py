@@ -390,14 +390,16 @@ class _AuxHead(nn.Module):
         return (out, self.aux(f)) if self.training else out
 
 
-@pytest.mark.parametrize("dropped", [False, True])
-def test_what_a_training_only_head_reads_stays_whole(dropped):
+@pytest.mark.parametrize(("dropped", "frozen"), [(False, False), (True, False), (True, True)])
+def test_what_a_training_only_head_reads_stays_whole(dropped, frozen):
     """The eval-mode trace does not see the aux head: c1 was cut under it, and the
     stripped model failed in train mode ("expected input to have 16 channels"). Where
-    the train-mode trace failed too (DARTS), it still was, with no word."""
+    the train-mode trace failed too (DARTS), it still was, with no word; also where the
+    layer before it is frozen (its output had no autograd history)."""
     torch.manual_seed(0)
-    ctrl, model = create_compressed_model(_AuxHead(dropped), make_config((1, 3, 16, 16),
-                                                                         prune_first_conv=True))
+    net = _AuxHead(dropped)
+    net.c1.requires_grad_(not frozen)
+    ctrl, model = create_compressed_model(net, make_config((1, 3, 16, 16), prune_first_conv=True))
     held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
     assert held["c1"] == "aux: runs only in training and reads these channels"
     small = ctrl.strip()

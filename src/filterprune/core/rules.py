@@ -659,8 +659,26 @@ def _permute(s, node, ins):
 
 @register_rule("expand")
 def _expand(s, node, ins):
-    x = _tensor(s, ins[0], node)
-    return compress(np.broadcast_to(_pad(x, len(node.shape)), node.shape))
+    """Broadcast to ``node.shape``. ``tied_dims`` ``[axis, input, source_axis]``: the size
+    of ``axis`` is read in forward from that input (``idx.expand(-1, x.size(1), -1)``): the
+    result's entries along it are that input's channels, one by one."""
+    x = _pad(_tensor(s, ins[0], node), len(node.shape))
+    out, placed = np.broadcast_to(x, node.shape), False
+    for axis, at, source_axis in node.attrs.get("tied_dims", ()):
+        source_shape = _shape(s, node, at)
+        source = ins[at]
+        if not isinstance(source, np.ndarray) or source_shape[source_axis] != node.shape[axis] \
+                or not _varies(_pad(source, len(source_shape)), source_axis):  # fmt: skip
+            continue  # a size without channels (the batch): a number, as written
+        line = _channels(_pad(source, len(source_shape)), len(source_shape), source_axis,
+                         source_shape[source_axis])  # fmt: skip
+        if _varies(x, axis):  # already that wide: the same channels
+            s.uf.union_arrays(_channels(x, len(node.shape), axis, node.shape[axis]), line)
+        elif placed or any(_varies(x, a) for a in range(len(node.shape))):
+            raise RuleError("expands a tensor with channels to a width read in forward")
+        else:
+            out, placed = np.broadcast_to(_place(line, len(node.shape), axis), node.shape), True
+    return s.canonical(out)
 
 
 @register_rule("tile")
@@ -799,12 +817,39 @@ def _index(s, node, ins):
     try:
         _follow_bounds(s, node, x, full)
     except RuleError as err:
-        if not node.attrs.get("shape_only"):
+        if not node.attrs.get("shape_only") or not _same_extent(node, x, full.shape):
             raise
-        # only its shape is read (``ones_like(x[:, :1])``): a tensor made at the sizes the
-        # code writes, whose channels are its own and stay whole
+        # only its shape is read (``ones_like(x[:, :1])``), the same at any cut width: a
+        # tensor made at that shape, whose channels are its own and stay whole
         return s.opaque(f"{node.label or node.op} {err} for a tensor made of its shape")
     return compress(s.uf.roots(full)[node.attrs["index"]])
+
+
+def _same_extent(node: Node, x: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Whether ``node``'s index takes as many entries as it does now at every width the
+    axes with channels may be cut to (``[:, :1]``, ``[:, -1:]``, ``[:, 0]``: one, where
+    ``[:, :12]`` takes fewer below 12), its bounds written in code."""
+    items = node.attrs["index"] if isinstance(node.attrs["index"], tuple) else \
+        (node.attrs["index"],)  # fmt: skip
+    if node.attrs.get("computed_axes") or sum(it is Ellipsis for it in items) > 1:
+        return False
+    at = [i for i, it in enumerate(items) if it is Ellipsis]
+    if at:
+        spread = len(shape) - sum(it is not None for it in items) + 1
+        items = (*items[: at[0]], *[slice(None)] * spread, *items[at[0] + 1 :])
+    axis = 0
+    for it in items:
+        if it is None:
+            continue
+        width = shape[axis]
+        if _varies(_pad(x, len(shape)), axis):
+            if isinstance(it, int) and it not in (0, -1):
+                return False
+            if isinstance(it, slice) and len({len(range(*it.indices(w)))
+                                              for w in range(1, width + 1)}) > 1:  # fmt: skip
+                return False
+        axis += 1
+    return True
 
 
 @register_rule("write")
@@ -1030,6 +1075,36 @@ def _gather(s, node, ins):
     for axis, place in zip(rest, places, strict=True):
         shape[place] = x.shape[axis]
     return x.reshape(shape)
+
+
+@register_rule("take_along")
+def _take_along(s, node, ins):
+    """``torch.gather(x, axis, index)`` / ``take_along_dim``: each output entry reads ``x``
+    at the same position on every other axis (broadcast), at the index's entry along
+    ``axis``. Channels on the other axes pass, tied to the index's where it has its own
+    (an index expanded to ``x``'s width, read in forward); channels along ``axis``, or
+    an index narrower than ``x`` where it varies, stay whole."""
+    axis = node.attrs["axis"] % len(node.shape)
+    x_shape, index_shape = _shape(s, node, 0), _shape(s, node, 1)
+    x = _pad(_tensor(s, ins[0], node), len(node.shape))
+    if _varies(x, axis):
+        raise RuleError("gathers along channels")
+    if any(_varies(x, a) and x_shape[a] != node.shape[a] for a in range(len(node.shape))):
+        raise RuleError("gathers a part of the channels")
+    shape = list(node.shape)
+    shape[axis] = 1
+    out = np.broadcast_to(x, shape)
+    index = _pad(_tensor(s, ins[1], node), len(index_shape)) if len(ins) > 1 else None
+    if index is not None and _varies(index, axis):  # its channels become positions
+        s.block(index, f"{node.label or node.op}: its indices")
+        index = None
+    for a in range(len(node.shape)):  # an index as wide as x there, at a width fixed in code
+        if a != axis and _varies(x, a) and index_shape[a] > 1 and (
+                index is None or not _varies(index, a)):  # fmt: skip
+            raise RuleError("its index is as wide as the channels at a width fixed in code")
+    if index is not None and index.size > 1:  # its own channels are x's, position by position
+        s.uf.union_arrays(index, out)
+    return s.canonical(np.broadcast_to(out, node.shape))
 
 
 @register_rule("along")

@@ -21,10 +21,11 @@ def training_sources(model: nn.Module, example: tuple[Any, ...], idle: list[str]
                      called: set[str]) -> dict[str, set[str]] | None:  # fmt: skip
     """For each module of ``idle`` that one training forward on ``example`` runs, the
     modules of ``called`` whose outputs reach its inputs (the nearest on each path);
-    None where that forward fails, or where a frozen weight would leave a layer's output
-    without autograd history, so its sources are unknown."""
-    if any(not p.requires_grad for p in model.parameters()):
-        return None
+    None where that forward fails, or where a reader's input has no autograd history
+    (made under ``torch.no_grad()``), so its sources are unknown. The inputs require
+    gradients, so frozen layers' outputs have a history too."""
+    example = tuple(t.detach().clone().requires_grad_() if torch.is_tensor(t)
+                    and t.is_floating_point() else t for t in example)  # fmt: skip
     modules = dict(model.named_modules())
     made: dict[Any, str] = {}  # grad_fn of a called module's output -> the module
     reads: dict[str, list[Any]] = {}
@@ -56,6 +57,9 @@ def training_sources(model: nn.Module, example: tuple[Any, ...], idle: list[str]
             model.train(was_training)
             for handle in handles:
                 handle.remove()
+    if any(t.grad_fn is None and not t.requires_grad and t.is_floating_point()
+           for tensors in reads.values() for t in tensors):  # fmt: skip
+        return None
     return {name: _nearest([t.grad_fn for t in tensors], made) for name, tensors in reads.items()}
 
 

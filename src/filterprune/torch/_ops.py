@@ -642,6 +642,16 @@ def _index_select(node: fx.Node, shapes) -> Spec:
     return "gather", {"picked": [int(_arg(node, 1, "dim"))]}
 
 
+def _take_along(dim_at: int) -> Call:
+    """``torch.gather(x, dim, index)`` (``dim`` second), ``take_along_dim(x, index, dim)``
+    (third): entries read along ``dim`` at the index's positions."""
+
+    def build(node: fx.Node, shapes) -> Spec:
+        return "take_along", {"axis": int(_arg(node, dim_at, "dim"))}
+
+    return build
+
+
 def _kthvalue(node: fx.Node, shapes) -> Spec:
     dim = int(_arg(node, 2, "dim", -1))  # over the last axis by default, not every axis
     return "reduce", {"dims": [dim], "keepdim": bool(_arg(node, 3, "keepdim", False))}
@@ -930,6 +940,8 @@ CALL_RULES: dict[Any, Call] = {
     torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm, F.rms_norm: _layer_norm,
     F.group_norm: _group_norm,
     "expand": _expand, "expand_as": _elementwise, "repeat": _repeat,
+    torch.gather: _take_along(1), "gather": _take_along(1),
+    torch.take_along_dim: _take_along(2), "take_along_dim": _take_along(2),
     "amin": _reduce, torch.amin: _reduce, "prod": _reduce, torch.prod: _reduce,
     "logsumexp": _reduce, torch.logsumexp: _reduce, "var": _var_std, torch.var: _var_std,
     "std": _var_std, torch.std: _var_std, torch.var_mean: _var_std, torch.std_mean: _var_std,

@@ -84,6 +84,8 @@ class SizeReads:
         direct: dict[fx.Node, set[fx.Node]] = {}
         sized: dict[fx.Node, set[fx.Node]] = {}  # a size node -> reshapes it sizes freely
         for node in graph.nodes:
+            if node.op == "call_method" and node.target == "expand":
+                found._expand_ties(node, direct)
             if node.op not in ("call_method", "call_function") or node.target not in RESHAPES:
                 continue
             sizes = reshape_sizes(node, found.reads)
@@ -133,6 +135,20 @@ class SizeReads:
             if not all(_sizes_freely(u, value, sized) for u in rest):
                 found.numbers.add(value)
         return found
+
+    def _expand_ties(self, node: fx.Node, direct: dict[fx.Node, set[fx.Node]]) -> None:
+        """``idx.unsqueeze(1).expand(-1, x.size(1), -1)``: an axis expanded to a size read
+        in forward is tied to the axis read (an index as wide as ``x``'s channels)."""
+        sizes = reshape_sizes(node, self.reads)
+        if any(isinstance(a, (list, tuple)) for a in node.args[1:]) or \
+                len(sizes) != _ndim(node):  # fmt: skip
+            return
+        for axis, arg in enumerate(sizes):
+            value, index = arg if isinstance(arg, tuple) else (arg, 0)
+            read = self.reads.get(value) if isinstance(value, fx.Node) else None
+            if read is not None and (isinstance(arg, tuple) or len(read[1]) == 1):
+                self.ties.setdefault(node, []).append((axis, read[0], read[1][index]))
+                direct.setdefault(value, set()).add(node)
 
     def _read(self, node: fx.Node) -> None:
         if node.target is operator.getitem and node.args[0] in self.reads \

@@ -287,14 +287,32 @@ def _same_outputs(model: nn.Module, example: tuple[Any, ...], traced: Any,
             "computes its outputs by means the trace does not follow (state its hooks keep)."
         )
     seen = {n.target for n in gm.graph.nodes if n.op in ("call_module", "get_attr")}
+    read = {id(p) for t in seen for p in _tensors_at(gm, t)}  # a tensor two modules share
+    modules = dict(model.named_modules())  # is read under one name
     skipped = sorted(name for name in ran if not any(
-        t == name or t.startswith(f"{name}.") or name.startswith(f"{t}.") for t in seen))
+        t == name or t.startswith(f"{name}.") or name.startswith(f"{t}.") for t in seen)
+        and not all(id(p) in read for p in modules[name].parameters(recurse=False)))
     if skipped:
         raise _TraceError(
             f"torch.fx's trace of {type(model).__name__} skips {', '.join(skipped[:4])}, "
             f"which the model runs on {_sample_words(example)}: its forward tests something "
             "the trace answers otherwise (`isinstance(t, torch.Tensor)`, a tensor's value)."
         )
+
+
+def _tensors_at(gm: fx.GraphModule, target: str) -> list[Any]:
+    """The parameters and buffers of the module or tensor at ``target`` in ``gm``."""
+    try:
+        found = gm.get_submodule(target)
+    except AttributeError:
+        owner, _, attr = target.rpartition(".")
+        try:
+            found = getattr(gm.get_submodule(owner), attr)
+        except AttributeError:
+            return []
+    if isinstance(found, nn.Module):
+        return [*found.parameters(), *found.buffers()]
+    return [found] if torch.is_tensor(found) else []
 
 
 def _traced(model: nn.Module, fixed: dict[str, Any] | None, whole_on_failure: bool,
@@ -575,7 +593,7 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
         converted = _convert(node, modules, graph, tensors)
         if converted.op == "param" and node.target in held:  # a copy's hook reads the original
             converted.attrs = {"target": f"{node.target} (held by a hook's closure)"}
-        if converted.op == "reshape":
+        if converted.op in ("reshape", "expand"):
             _size_attrs(converted, sizes.ties.get(node, []), sizes.free.get(node, set()), graph)
         if converted.op == "split" and node in sizes.even_splits:
             converted.attrs = {**converted.attrs, "equal": True}
