@@ -310,14 +310,14 @@ class TimeToChannels(nn.Module):
 
 
 @pytest.mark.parametrize(("literal", "why"), [
-    (False, "reshape computes a channel count in forward that a cut would not follow"),
+    (False, "reshape sizes computed in forward that a cut would not keep"),
     (True, "reshape fixes the channel count in code"),
 ])  # fmt: skip
 def test_a_channel_count_computed_in_forward_is_not_said_to_be_written_in_code(literal, why):
     """Both said "fixes the channel count in code"."""
     graph = capture_fx(TimeToChannels(literal), (torch.zeros(1, 3, 4, 8, 8),)).graph
     held = {g.reason for g in analyze(graph, AnalysisOptions(prune_first_conv=True)).groups}
-    assert f"reshape: {why}" in held
+    assert any(r.startswith(f"reshape: {why}") for r in held), held
 
 
 class TimeChannel(nn.Module):

@@ -578,8 +578,9 @@ def _reshape(s, node, ins):
         return out
     if len(pinned) == len(varying):  # the input stays whole; a tied size's source with it
         computed = set(node.attrs.get("computed_dims", ())) & set(pinned)
-        why = node.attrs.get("why", "reshape computes a channel count in forward that a cut "
-                             "would not follow" if computed else  # ``view(b, c * a, t // a)``
+        why = node.attrs.get("why", "reshape sizes computed in forward that a cut would not "
+                             "keep (another axis folded into the channels, or a size read "
+                             "from another tensor)" if computed else  # ``view(b, c * a, t // a)``
                              "reshape fixes the channel count in code")  # fmt: skip
         reason = f"{node.label or node.op}: {why}"
         s.block(x, reason)
