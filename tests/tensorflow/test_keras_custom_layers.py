@@ -317,6 +317,20 @@ class AlwaysDropped(keras.layers.Layer):
         return x * keras.random.uniform((1, 1, 1, x.shape[-1]), seed=3)
 
 
+class TrainingMean(keras.layers.Layer):
+    """Nothing at inference; in training, the mean over the channels taken out."""
+
+    def call(self, x, training=None):
+        return x - keras.ops.mean(x, axis=-1, keepdims=True) if training else x
+
+
+class WidthBranch(keras.layers.Layer):
+    """A branch on the width: at a cut width it takes the other one."""
+
+    def call(self, x):
+        return x * 2.0 if x.shape[-1] > 8 else x
+
+
 def residual_net(act, drop, training=None, side=16):
     inp = keras.Input((side, side, 3))
     x = layers.Conv2D(16, 3, padding="same", name="stem")(inp)
@@ -348,7 +362,10 @@ def test_a_layer_of_the_users_without_weights_is_read_through(tmp_path):
 @pytest.mark.parametrize(("act", "drop", "training", "reason"), [
     (ChannelMean, DropPath, None, "Mean in ChannelMean act0: reduces over channels"),
     (Mish, AlwaysDropped, True, "no channel rule for layer AlwaysDropped"),
-], ids=["mixes channels", "training path fixed in the graph"])  # fmt: skip
+    (Mish, TrainingMean, None, "no channel rule for layer TrainingMean"),
+    (WidthBranch, DropPath, None, "no channel rule for layer WidthBranch"),
+], ids=["mixes channels", "training path fixed in the graph", "mixes them in training",
+        "branches on the width"])  # fmt: skip
 def test_a_layer_of_the_users_computing_across_channels_keeps_them(act, drop, training, reason):
     model = residual_net(act, drop, training)
     ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3),

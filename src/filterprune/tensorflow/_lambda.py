@@ -14,11 +14,13 @@ would compute otherwise at a cut width: it stays one opaque layer.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import keras
 import numpy as np
 
+from ._ops import op_steps
 from ._slices import bounds, equal_parts
 
 __all__ = ["lambda_graph"]
@@ -43,9 +45,40 @@ def lambda_graph(op: Any, node: Any, shapes: dict[int, Shape]) -> tuple[Any, dic
         return None
     wider = _traced(function, given,
                     lambda t: (shapes[id(t)][0], *(2 * d for d in shapes[id(t)][1:])))
-    if wider is None or _numbers(inner) != _numbers(wider):
-        return None  # a number read from the sizes (``t / t.shape[-1]``): not at a cut width
+    narrower = _traced(function, given,
+                       lambda t: (shapes[id(t)][0], *(max(1, d // 2) for d in shapes[id(t)][1:])))
+    if wider is None or narrower is None or not _numbers(inner) == _numbers(wider) \
+            == _numbers(narrower):  # fmt: skip
+        return None  # a number read from the sizes (``t / t.shape[-1]``), a branch on them
+    if not _trains_apart(op, node, given, shapes):
+        return None
     return inner, _following(inner, wider)
+
+
+def _trains_apart(op: Any, node: Any, given: Any, shapes: dict[int, Shape]) -> bool:
+    """Whether a layer of the user's, read at inference, acts on each entry alone in
+    training too (``training=True``, where the graph leaves it to the caller): each op of
+    that call keeps entries apart, and each number it is made with is one value per sample
+    (DropPath's mask). A Lambda, or a layer with one path, has nothing more to check."""
+    if isinstance(op, keras.layers.Lambda) or "training" in node.arguments.kwargs \
+            or "training" not in inspect.signature(op.call).parameters:  # fmt: skip
+        return True
+    kwargs = {**node.arguments.kwargs, "training": True}
+    graph = _traced(lambda t: op.call(t, **kwargs), given, lambda t: shapes[id(t)])
+    if graph is None:
+        return False
+    for n in _nodes(graph):
+        if n.is_input:
+            continue
+        if isinstance(n.operation, keras.Layer) and n.operation.weights:
+            return False
+        args = list(n.arguments.args)
+        ins = [tuple(t.shape) for t in n.input_tensors]
+        steps = op_steps(n.operation, args, ins, tuple(n.outputs[0].shape))
+        if any(st.kind not in ("identity", "elementwise") or any(
+                math.prod(c[1:]) > 1 for c in st.constants) for st in steps):  # fmt: skip
+            return False
+    return True
 
 
 def _function(op: Any, node: Any) -> Any:
