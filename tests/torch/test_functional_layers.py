@@ -326,6 +326,29 @@ def test_a_per_channel_buffer_strips_equal_and_is_no_parameter():
 
 
 
+class ChannelChoice(nn.Module):
+    """A flag per channel kept as a bool buffer: each channel from one of two convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 3, padding=1), \
+            nn.Conv2d(16, 8, 1)  # fmt: skip
+        self.register_buffer("choice", torch.arange(16) % 3 == 0)
+
+    def forward(self, x):
+        return self.c(torch.where(self.choice.view(1, -1, 1, 1), self.a(x), self.b(x)))
+
+
+def test_a_bool_buffer_per_channel_is_cut_with_its_channels():
+    """It was held ("where reads choice, which cannot be cut")."""
+    torch.manual_seed(0)
+    config = make_config((1, 3, 16, 16), prune_first_conv=True)
+    ctrl, model = create_compressed_model(nondegenerate(ChannelChoice()), config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))
+    assert small.choice.shape == (8,) and small.choice.dtype == torch.bool
+    assert small.a.out_channels == small.b.out_channels == 8
+
+
 class _Gain(nn.Module):
     def __init__(self, gain, kind):
         super().__init__()

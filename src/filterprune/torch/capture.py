@@ -1082,9 +1082,11 @@ def add_unseen_params(model: nn.Module, graph: Graph) -> None:
                              for n, _ in module.parametrizations[attr].named_parameters())
     read = {n.attrs.get("target") for n in graph if n.op == "param"}
     saved = set(model.state_dict(keep_vars=True))
-    # a layer's own buffers (a functional BatchNorm's statistics) are cut with the layer
-    buffers = [(n, b) for n, b in model.named_buffers() if n in read and b.is_floating_point()
-               and n in saved and n.rpartition(".")[0] not in graph.layers]  # fmt: skip
+    # a layer's own buffers (a functional BatchNorm's statistics) are cut with the layer;
+    # a mask of flags per channel (``torch.where(mask, y, z)``) is cut as values are
+    buffers = [(n, b) for n, b in model.named_buffers() if n in read and n in saved
+               and (b.is_floating_point() or b.dtype == torch.bool)
+               and n.rpartition(".")[0] not in graph.layers]  # fmt: skip
     kinds = {name: "buffer" for name, _ in buffers}  # cut like a parameter, not counted
     for name, p in [*model.named_parameters(), *buffers]:
         if name in owned or any(name.startswith(f"{layer}.") for layer in graph.layers
