@@ -420,3 +420,26 @@ def test_a_tensor_made_of_a_slice_a_cut_would_narrow_holds_the_sliced_channels(d
     config = make_config((2, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
     ctrl, model = create_compressed_model(nondegenerate(WideMade(drop_first)), config)
     assert assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16)).c0.out_channels == 16
+
+
+class ExpandedToAWeight(nn.Module):
+    """A one-channel map expanded to the width of a weight read in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.g, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 1, 1), \
+            nn.Conv2d(16, 4, 1)  # fmt: skip
+        self.w = nn.Parameter(torch.rand(16) + 0.5)
+
+    def forward(self, x):
+        h = self.a(x) * self.w.view(1, -1, 1, 1)
+        return self.b(h + self.g(x).expand(-1, self.w.size(0), -1, -1))
+
+
+def test_an_axis_expanded_to_a_weights_width_keeps_the_weight_whole():
+    """The weight's size sizes the expand: a cut of the weight would not follow there."""
+    torch.manual_seed(0)
+    config = make_config((2, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(nondegenerate(ExpandedToAWeight()), config)
+    assert "expand reads the size of w" in {r for _, r in ctrl.statistics().unpruned}
+    assert assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8)).a.out_channels == 16

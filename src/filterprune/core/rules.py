@@ -668,6 +668,10 @@ def _expand(s, node, ins):
     for axis, at, source_axis in node.attrs.get("tied_dims", ()):
         source_shape = _shape(s, node, at)
         source = ins[at]
+        if isinstance(source, Param):  # a weight's size: a cut of it would not follow here
+            s.hold_param(source.name, f"{node.label or 'expand'} reads the size of "
+                                      f"{source.name}")  # fmt: skip
+            continue
         if not isinstance(source, np.ndarray) or source_shape[source_axis] != node.shape[axis] \
                 or not _varies(_pad(source, len(source_shape)), source_axis):  # fmt: skip
             continue  # a size without channels (the batch): a number, as written

@@ -20,6 +20,7 @@ from torch import fx, nn
 from ..core.graph import LayerInfo
 from ._copy import computed_weights
 from ._sizes import UNPOOL_FUNCS, UNPOOL_MODULES, reshape_sizes
+from ._writes import SHAPED_AS
 
 __all__ = ["MODULE_RULES", "CALL_RULES", "call_rule", "IDENTITY_MODULES", "LEAF_MODULES",
            "FUNCTIONAL", "Functional", "module_rule", "probe_forwards"]
@@ -840,8 +841,7 @@ _ACT_FUNCS = [
     torch.sin, torch.cos, torch.erf, torch.floor, torch.ceil, torch.round,
     torch.nan_to_num, torch.logit, torch.atan, operator.abs,
     # a new tensor of the input's shape: its channels are the input's
-    torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like,
-    torch.randn_like,
+    *SHAPED_AS,
 ]
 _ACT_METHODS = [
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "neg",

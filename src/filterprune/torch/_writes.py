@@ -19,13 +19,12 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 __all__ = ["SHAPED_AS", "WritableProxy", "WriteShapes", "shaped_like", "written", "write_spec"]
 
-# a tensor of another's shape: its channels are that tensor's (``x.new_zeros(n, c)`` and
-# ``torch.zeros`` take sizes of the code's; writes into them are left to torch.export)
-_MADE = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.clone,
-         "clone"}  # fmt: skip
 SHAPED_AS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like,
              torch.rand_like, torch.randn_like, torch.randint_like}
 """Calls that read only their first argument's shape (and dtype, device)."""
+# a tensor of another's shape: its channels are that tensor's (``x.new_zeros(n, c)`` and
+# ``torch.zeros`` take sizes of the code's; writes into them are left to torch.export)
+_MADE = SHAPED_AS | {torch.clone, "clone"}
 _INDEX = "filterprune_index"  # node meta: a write's index as it ran on the sample
 
 
