@@ -1,7 +1,9 @@
 """BatchNorm adaptation is all or nothing (issue 13, item 3)."""
 
 import copy
+import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -279,3 +281,39 @@ def test_an_outer_autocast_block_does_not_change_statistics_or_ranges():
     assert any("quantizer" in k for k in buffers[0])
     for key, value in buffers[0].items():
         assert torch.equal(buffers[1][key], value), key
+
+
+class _Drawing(torch.utils.data.Dataset):
+    """A dataset whose transform draws from Python's, NumPy's and torch's random state."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        scale = random.random() + np.random.rand() + float(torch.rand(()))
+        return torch.randn(3, 32, 32) * scale, 0
+
+
+def _random_states():
+    return random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state().clone()
+
+
+def test_creation_and_mask_changes_keep_the_callers_random_state():
+    """BatchNorm adaptation and quantizer ranges iterate the user's shuffled loader: its
+    sampler and transforms drew from the global random states, so the training after a
+    fresh start saw other batches than after a resume (which reads no data)."""
+    config = make_config(pruning_init=0.2, pruning_target=0.5, pruning_steps=2,
+                         bn_adaptation_after_mask_change=True)
+    config["compression"] = [config["compression"], {"algorithm": "quantization"}]
+    loader = torch.utils.data.DataLoader(_Drawing(), batch_size=4, shuffle=True)
+    config, net = register_default_init_args(config, loader), _net()
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    before = _random_states()
+    ctrl, _ = create_compressed_model(net, config)
+    for _ in range(3):  # masks change, BatchNorm statistics re-estimated
+        ctrl.scheduler.epoch_step()
+    after = _random_states()
+    assert before[0] == after[0]
+    assert np.array_equal(before[1], after[1]) and torch.equal(before[2], after[2])

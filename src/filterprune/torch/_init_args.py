@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,7 +26,8 @@ from ..core.workflow import check_nncf_keywords, nncf_config_argument
 from ..progress import progress
 from .masks import pruned_statistics, restore_pruned_statistics
 
-__all__ = ["InitArgs", "register_default_init_args", "adapt_batchnorm", "model_inputs"]
+__all__ = ["InitArgs", "register_default_init_args", "adapt_batchnorm", "model_inputs",
+           "random_state_kept"]
 
 
 # NNCF's other arguments: name -> why they are not used
@@ -136,6 +140,21 @@ def own_arithmetic():
         yield
 
 
+@contextlib.contextmanager
+def random_state_kept(model: nn.Module) -> Iterator[None]:
+    """Put back the caller's random state (torch's, on the CPU and the model's GPUs, Python's
+    and NumPy's) after a pass over their data: its sampler, workers' seeds and transforms
+    draw from it, and a run should go on as one resumed from a checkpoint does."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    kept = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(kept[0])
+        np.random.set_state(kept[1])
+
+
 def adapt_batchnorm(model: nn.Module, loader: Any, num_samples: int) -> None:
     """Re-estimate BatchNorm running statistics on ``num_samples`` training samples.
 
@@ -147,8 +166,12 @@ def adapt_batchnorm(model: nn.Module, loader: Any, num_samples: int) -> None:
             message names the batch and the cause).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or num_samples <= 0:
-        return
+    if bns and num_samples > 0:
+        with random_state_kept(model):
+            _adapt(model, bns, loader, num_samples)
+
+
+def _adapt(model: nn.Module, bns: list[nn.Module], loader: Any, num_samples: int) -> None:
     batches = nonempty_batches(loader, "data_loader")
     saved = [(m, m.momentum, {k: b.clone() for k, b in m._buffers.items() if b is not None})
              for m in bns]  # fmt: skip

@@ -22,6 +22,7 @@ import torch
 
 from ..core.legr import run_candidate, search_inputs
 from ..core.pruner import Plan
+from ._init_args import random_state_kept
 from ._snapshot import restore, snapshot
 
 __all__ = ["ranking_trials"]
@@ -49,10 +50,6 @@ class _Undo:
         self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
 
 
-def _cuda_devices(model: torch.nn.Module) -> list[int]:
-    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-
-
 @contextlib.contextmanager
 def ranking_trials(ctrl: Any) -> Iterator[Callable[[Plan], float]]:
     """Yield ``trial(plan) -> reward`` for :func:`~filterprune.core.legr.learn_ranking`.
@@ -74,5 +71,5 @@ def ranking_trials(ctrl: Any) -> Iterator[Callable[[Plan], float]]:
         finally:
             undo()
 
-    with torch.random.fork_rng(devices=_cuda_devices(ctrl.model)):
+    with random_state_kept(ctrl.model):
         yield trial

@@ -27,7 +27,7 @@ from ..core.quant_controller import QuantizationControllerBase
 from ..core.quantization import QuantizerSpec, QuantizerState
 from ..core.workflow import Captured
 from ..progress import progress
-from ._init_args import model_inputs
+from ._init_args import model_inputs, random_state_kept
 from ._layers import module_path, within
 from ._ops import module_rule
 from ._snapshot import attributes_kept, restore, snapshot
@@ -116,7 +116,8 @@ class QuantizationController(QuantizationControllerBase):
         self.model.eval()
         seen = 0
         try:
-            with torch.no_grad(), progress(total=num_samples, desc="Quantizer ranges") as bar:
+            with torch.no_grad(), random_state_kept(self.model), progress(
+                    total=num_samples, desc="Quantizer ranges") as bar:
                 for batch in data:
                     inputs = model_inputs(batch, device, self.model)
                     self.model(*inputs)

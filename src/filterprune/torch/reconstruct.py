@@ -52,6 +52,7 @@ from ..core.reconstruction import (
     solve_checked,
 )
 from ..progress import progress
+from ._init_args import random_state_kept
 from .fake_quant import lazy_ranges_paused
 from .masks import _shared_parameters
 
@@ -90,7 +91,8 @@ def record(model: nn.Module, data: Any, num_samples: int, seed: int = 0) -> Reco
     model.eval()
     try:
         with torch.no_grad(), lazy_ranges_paused(model):
-            rec = Recording(_take(data, num_samples, next(model.parameters()).device))
+            with random_state_kept(model):
+                rec = Recording(_take(data, num_samples, next(model.parameters()).device))
             images = sum(len(x) for x in rec.inputs)
             layers = _layers(model)
             calls: dict[str, int] = {}
