@@ -16,6 +16,7 @@ from filterprune.core.selection import (
     select_group,
     select_required,
 )
+from filterprune.core.unionfind import UnionFind
 
 OPEN = AnalysisOptions(prune_first_conv=True, prune_downsample_convs=True)
 
@@ -456,3 +457,24 @@ def test_a_channel_filling_two_positions_of_a_partial_row_is_balanced_by_positio
     scores = np.array([0, 0, 9, 9, 0, 0, 9, 9, 9, 9, 9, 9], dtype=float)
     chosen = select(grp, scores, 4)
     assert chosen.reason is None and selection._balanced(grp, chosen.keep)
+
+
+def test_a_weak_reason_gives_way_to_a_strong_one_where_sets_meet():
+    uf = UnionFind()
+    a, b, c, d, e, f = (int(i) for i in uf.new(6))
+    uf.block(np.array([a]), "weight read whole", weak=True)
+    uf.block(np.array([b]), "indexes into channels")
+    uf.union(a, b)  # the older root keeps its place, not its weak reason
+    assert uf.reason(b) == "indexes into channels"
+    uf.block(np.array([c]), "broadcast", weak=True)
+    uf.union_arrays(np.array([c]), np.array([a]))
+    assert uf.reason(c) == "indexes into channels"
+    uf.block(np.array([d]), "first", weak=True)
+    uf.block(np.array([e]), "second", weak=True)
+    uf.union_arrays(np.array([e]), np.array([d]))
+    assert uf.reason(e) == "first"  # among weak ones, the first given
+    uf.block(np.array([d]), "strong")
+    assert uf.reason(e) == "strong"
+    uf.block(np.array([f]), "kept")
+    uf.block(np.array([f]), "later")
+    assert uf.reason(f) == "kept"

@@ -362,9 +362,9 @@ class SplitAttention(nn.Module):
     split at ``rchannel // radix``, ``rchannel`` read from ``x``, not from the attention.
     With ``other``, the width is read from a tensor of another width."""
 
-    def __init__(self, other=False):
+    def __init__(self, other=False, summed=False):
         super().__init__()
-        self.other = other
+        self.other, self.summed = other, summed
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
         self.conv = nn.Conv2d(16, 32, 3, padding=1, groups=2, bias=False)
         self.fc1, self.fc2 = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 32, 1)
@@ -374,11 +374,14 @@ class SplitAttention(nn.Module):
         x = torch.relu(self.conv(torch.relu(self.stem(x))))
         batch, rchannel = x.shape[:2]
         splits = torch.split(x, rchannel // 2, dim=1)
-        gap = torch.relu(self.fc1(F.adaptive_avg_pool2d(splits[0] + splits[1], 1)))
+        joined = sum(splits) if self.summed else splits[0] + splits[1]
+        gap = torch.relu(self.fc1(F.adaptive_avg_pool2d(joined, 1)))
         att = self.fc2(gap).view(batch, 1, 2, -1).transpose(1, 2)
         att = F.softmax(att, dim=1).reshape(batch, -1).view(batch, -1, 1, 1)
         width = gap.shape[1] * 4 if self.other else rchannel  # 32 either way at this size
         atts = torch.split(att, width // 2, dim=1)
+        if self.summed:  # as the reference code: the pieces iterated
+            return self.head(sum(a * s for a, s in zip(atts, splits, strict=True)))
         return self.head(atts[0] * splits[0] + atts[1] * splits[1])
 
 
@@ -394,6 +397,104 @@ def test_a_split_at_a_width_read_from_a_tensor_of_that_width_is_even():
     held = {r for _, r in ctrl.statistics().unpruned}
     assert any("split sizes computed in forward" in r for r in held), held
     assert assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16)).conv.out_channels == 32
+
+
+def test_iterated_pieces_are_read_as_many_as_the_sample_has():
+    """torch.fx refuses to iterate a proxy (``sum(splits)``, ``zip(atts, splits)``), and
+    torch.export fixes ``rchannel // 2``: ResNeSt's reference code was held (FLOPs kept
+    0.52)."""
+    torch.manual_seed(0)
+    config = make_config((2, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(nondegenerate(SplitAttention(summed=True)), config)
+    assert ctrl.statistics().notes == ["captured with torch.fx"]
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    assert small.conv.out_channels == small.fc2.out_channels == 16
+
+
+def _shuffle(x, groups):
+    b, c, h, w = x.data.size()  # as code written for old torch reads it
+    x = x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous()
+    return x.view(b, -1, h, w)
+
+
+class PartialChannels(nn.Module):
+    """PC-DARTS's mixed op: a quarter of the channels through candidate ops weighted by
+    a softmax of the architecture weights (``zip(weights, ops)``), joined to the rest and
+    shuffled."""
+
+    def __init__(self, over_channels=False):
+        super().__init__()
+        self.over_channels = over_channels
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.ops = nn.ModuleList([nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1),
+                                  nn.Identity()])  # fmt: skip
+        self.alphas = nn.Parameter(torch.randn(3))
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        weights = F.softmax(self.alphas, 0)
+        x = torch.relu(self.stem(x))
+        c = x.shape[1]
+        part, rest = x[:, : c // 4], x[:, c // 4 :]
+        mixed = sum(w * op(part) for w, op in zip(weights, self.ops, strict=True))
+        out = self.head(_shuffle(torch.cat([mixed, rest], 1), 4))
+        if self.over_channels:  # each channel an item: an index into them holds them
+            out = out + sum(x[:, :4].transpose(0, 1)).unsqueeze(1)
+        return out
+
+
+def test_items_iterated_in_forward_are_cut_along_other_axes_and_hold_channels():
+    """PC-DARTS's mixed op was held: torch.fx could not iterate ``zip(weights, ops)``, and
+    under torch.export the bounds ``c // 4`` were fixed (FLOPs kept 0.80)."""
+    torch.manual_seed(0)
+    config = make_config((2, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(nondegenerate(PartialChannels()), config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    assert small.stem.out_channels == 8 and small.ops[0].out_channels == 2
+    ctrl, model = create_compressed_model(nondegenerate(PartialChannels(True)), config)
+    held = {name: r for names, r in ctrl.statistics().unpruned for name in names}
+    assert held["stem"] == "getitem: indexes into channels", held
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+
+
+class Iterated(nn.Module):
+    """A value iterated or measured with ``len()`` in forward, in other forms."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.form == "len":
+            parts = torch.split(h, h.shape[1] // 2, 1)
+            return self.b(torch.cat([parts[i] for i in range(len(parts))][::-1], 1))
+        if self.form == "star":
+            return self.b(h.view(*h.shape))
+        return self.b(torch.stack([sample.flip(-1) for sample in h]))  # over the batch
+
+
+@pytest.mark.parametrize("form", ["len", "star", "batch"])
+def test_lengths_and_items_of_the_sample_are_read(form):
+    """torch.fx refused each (``len`` of a proxy, iterating one); torch.export then held
+    ``a``'s filters: the sizes it fixes are numbers in code."""
+    torch.manual_seed(0)
+    config = make_config((2, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(nondegenerate(Iterated(form)), config)
+    assert ctrl.statistics().notes == ["captured with torch.fx"]
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8), tol=1e-5)
+    assert small.a.out_channels == 8
+
+
+def test_a_weight_read_whole_gives_way_to_the_reason_of_what_it_meets():
+    """Under torch.export (``c // 4`` fixed), the ops' group was said to be held because
+    "weight alphas is read by softmax.int": the weight's scalars met the fixed slice's
+    tensor first. The slice is the reason."""
+    graph = capture_export(PartialChannels().eval(), (torch.randn(2, 3, 16, 16),)).graph
+    groups = {tuple(g.producers): g.reason for g in analyze(graph, AnalysisOptions(
+        prune_first_conv=True)).groups}  # fmt: skip
+    assert groups[("ops.0", "ops.1")] == "slice.Tensor: indexes into channels", groups
 
 
 class WideMade(nn.Module):

@@ -83,15 +83,16 @@ class Propagation:
         shape[axis] = n
         return self.uf.new(n).reshape(shape)
 
-    def opaque(self, reason: str) -> np.ndarray:
-        """One blocked id for a whole tensor whose channels we cannot follow."""
+    def opaque(self, reason: str, weak: bool = False) -> np.ndarray:
+        """One blocked id for a whole tensor whose channels we cannot follow (``weak``: a
+        reason that gives way to any other where the sets meet)."""
         ids = self.uf.new(1).reshape(())
-        self.uf.block(ids, reason)
+        self.uf.block(ids, reason, weak)
         return ids
 
-    def block(self, ids: Any, reason: str) -> None:
+    def block(self, ids: Any, reason: str, weak: bool = False) -> None:
         for arr in _arrays(ids):
-            self.uf.block(arr, reason)
+            self.uf.block(arr, reason, weak)
 
     def hold_layer(self, layer: str, reason: str) -> None:
         """Keep every channel set ``layer`` reads or writes whole (an op without a rule

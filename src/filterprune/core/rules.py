@@ -57,7 +57,7 @@ def _tensor(s: Propagation, value: Any, node: Node) -> np.ndarray:
         reason = f"{value.label} is read by {node.label or node.op}"
         for param in (value, *value.also):
             s.hold_param(param.name, reason)
-        return s.opaque(reason)
+        return s.opaque(reason, weak=True)  # the weight is held; what it meets may say more
     raise RuleError("expects a tensor input")
 
 
@@ -167,7 +167,8 @@ def _elementwise(s, node, ins, shapes=None):
     spread = _spread(s, node, ins, shapes)
     if spread and len(spread) < len(arrays):
         for ids in spread:
-            s.block(ids, f"{node.label or node.op}: broadcast over another operand's channels")
+            s.block(ids, f"{node.label or node.op}: broadcast over another operand's channels",
+                    weak=True)  # a fact of the narrow operand: what it meets may say more
         arrays = [a for a in arrays if all(a is not b for b in spread)]
     out = arrays[0]
     for other in arrays[1:]:

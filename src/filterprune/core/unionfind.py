@@ -10,6 +10,9 @@ __all__ = ["UnionFind"]
 class UnionFind:
     """Disjoint sets of channel ids; each set may carry a 'blocked' reason.
 
+    A weak reason (a value computed from weights, whose channels are not followed) gives
+    way to a strong one when their sets meet: it says why only where nothing else does.
+
     Example:
         >>> uf = UnionFind()
         >>> a = uf.new(3)
@@ -22,6 +25,7 @@ class UnionFind:
         self._parent = np.zeros(1024, dtype=np.int64)
         self._size = 0
         self.reasons: dict[int, str] = {}
+        self.weak: set[int] = set()  # roots whose reason is weak
 
     def __len__(self) -> int:
         return self._size
@@ -68,9 +72,20 @@ class UnionFind:
         if rb < ra:  # keep the older id as root: deterministic, and reasons stay put
             ra, rb = rb, ra
         self._parent[rb] = ra
-        reason = self.reasons.pop(rb, None)
-        if reason is not None and ra not in self.reasons:
-            self.reasons[ra] = reason
+        self._take_reason(rb, ra)
+
+    def _take_reason(self, old: int, root: int) -> None:
+        """Move ``old``'s reason (it joined ``root``'s set) to ``root``."""
+        reason, weak = self.reasons.pop(old, None), old in self.weak
+        self.weak.discard(old)
+        if reason is not None:
+            self._give(root, reason, weak)
+
+    def _give(self, root: int, reason: str, weak: bool) -> None:
+        """``root``'s reason, unless it has one already that is as strong."""
+        if root not in self.reasons or root in self.weak and not weak:
+            self.reasons[root] = reason
+            (self.weak.add if weak else self.weak.discard)(root)
 
     def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
         """Union ``a`` and ``b`` position by position (numpy broadcasting), vectorised.
@@ -96,8 +111,7 @@ class UnionFind:
 
     def _move_reasons(self) -> None:
         for old in [r for r in self.reasons if self._parent[r] != r]:
-            reason = self.reasons.pop(old)
-            self.reasons.setdefault(self.find(old), reason)
+            self._take_reason(old, self.find(old))
 
     def union_all(self, ids: np.ndarray) -> None:
         """Put every id of ``ids`` in one set."""
@@ -106,11 +120,12 @@ class UnionFind:
         for other in flat[1:]:
             self.union(int(flat[0]), int(other))
 
-    def block(self, ids: np.ndarray, reason: str) -> None:
-        """Mark the sets of ``ids`` as not prunable, keeping the first reason given."""
+    def block(self, ids: np.ndarray, reason: str, weak: bool = False) -> None:
+        """Mark the sets of ``ids`` as not prunable, keeping the first reason given (a
+        strong one replaces a weak one)."""
         for root in np.unique(self.roots(np.asarray(ids).ravel())):
-            if root >= 0 and int(root) not in self.reasons:
-                self.reasons[int(root)] = reason
+            if root >= 0:
+                self._give(int(root), reason, weak)
 
     def reason(self, x: int) -> str | None:
         return self.reasons.get(self.find(x))

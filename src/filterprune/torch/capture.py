@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx._symbolic_trace import _maybe_revert_all_patches as _trace_patches_off
 from torch.fx.passes.shape_prop import TensorMetadata
 from torch.nn.utils import parametrize
 
@@ -90,6 +91,28 @@ def _operands(node: fx.Node) -> list[fx.Node]:
     return list(dict.fromkeys(found))
 
 
+class _Proxy(WritableProxy):
+    """The capture's proxy: ``len()`` of a sequence the forward made (the pieces of a
+    split) is their count on the sample. A tensor's length stays refused: a channel count
+    taken as a number would be fixed in the graph."""
+
+    def __len__(self) -> int:
+        return _length(self)
+
+    def __getattr__(self, name: str) -> fx.proxy.Attribute:
+        return _Attribute(self, name)  # ``x.shape`` too: ``x.view(*x.shape)`` takes its len
+
+
+class _Attribute(fx.proxy.Attribute):
+    def __len__(self) -> int:
+        return _length(self)
+
+
+def _length(proxy: fx.Proxy) -> int:
+    count = proxy.tracer.length(proxy.node, tensors=False)
+    return fx.Proxy.__len__(proxy) if count is None else count
+
+
 _WHOLE = "filterprune_whole"  # node meta: why a layer read through is one call
 _HOOKED = "filterprune_hooked"  # node meta: the user's hooks of the module traced around it
 
@@ -98,8 +121,10 @@ class _Tracer(fx.Tracer):
     """torch.fx's tracer, with the layers of other packages that have a rule as leaves,
     and torch.nn's transformer layers read through (:mod:`._transformer`)."""
 
-    def __init__(self, whole_on_failure: bool = False, buffers: bool = True) -> None:
+    def __init__(self, whole_on_failure: bool = False, buffers: bool = True,
+                 example: tuple[Any, ...] | None = None) -> None:  # fmt: skip
         super().__init__()
+        self.example = example  # the sample: how many items a value iterated in forward has
         # a buffer is read as the model's tensor, not a constant of the trace: per-channel
         # maths on buffers (a DETR or detectron2 FrozenBatchNorm2d) is cut with the buffers
         self.proxy_buffer_attributes = buffers
@@ -112,7 +137,43 @@ class _Tracer(fx.Tracer):
         return type(m) in LEAF_MODULES or super().is_leaf_module(m, module_qualified_name)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
-        return WritableProxy(node, self)  # a write into a tensor made in forward is read
+        return _Proxy(node, self)  # a write into a tensor made in forward is read
+
+    def iter(self, obj: fx.Proxy) -> Any:
+        """A value iterated in forward (``sum(torch.split(x, c // r, 1))``, ``zip(weights,
+        ops)``), which torch.fx refuses: its items, as many as it holds on the sample. An
+        item of a tensor is an index into its first axis, which the rules read as any
+        other (an index into channels holds them)."""
+        count = self.length(obj.node, tensors=True)
+        if count is None:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(count)])
+
+    def length(self, node: fx.Node, tensors: bool) -> int | None:
+        """How many items ``node``'s value holds on the sample: the trace so far run up to
+        it (model state, random state and hooks as for any run of ours); ``None`` where it
+        fails or the value is no sequence (no tensor unless ``tensors``)."""
+        graph, env = fx.Graph(), {}
+        for n in self.graph.nodes:
+            env[n] = graph.node_copy(n, env.__getitem__)
+            if n is node:
+                break
+        if self.example is None or node not in env:
+            return None
+        graph.output(env[node])
+        try:
+            with _trace_patches_off():  # the trace's patched attribute reads and calls
+                gm = fx.GraphModule(self.root, graph)
+                devices = [p.device.index or 0 for p in list(self.root.parameters())[:1]
+                           if p.device.type == "cuda"]  # fmt: skip
+                with torch.no_grad(), attributes_kept(self.root), \
+                        torch.random.fork_rng(devices=devices), _traced_hooks_off(gm):
+                    value = gm(*self.example)
+        except Exception:  # noqa: BLE001 - torch.fx's own refusal is said instead
+            return None
+        if isinstance(value, (tuple, list)):
+            return len(value)
+        return int(value.shape[0]) if tensors and torch.is_tensor(value) and value.dim() else None
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
         with tracing_layers():
@@ -197,8 +258,8 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
     attributes = plain_attributes(model)
     try:
         try:
-            fixed = _fixed_arguments(model, example)
-            gm = fx.GraphModule(model, _traced(model, fixed, whole_on_failure, attributes))
+            gm = fx.GraphModule(model, _traced(model, example, whole_on_failure, attributes))
+            _data_read_as_itself(gm.graph)
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
             put_back(attributes)  # a module caching from its first call (torchvision's
             # MultiScaleRoIAlign keeps its scales) would keep proxies for the next capture
@@ -225,6 +286,15 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
     finally:
         model.train(was_training)
     return gm
+
+
+def _data_read_as_itself(graph: fx.Graph) -> None:
+    """``x.data`` is ``x`` to the analysis: sizes read from it (``b, c, h, w =
+    x.data.size()`` in channel shuffles written for old torch) are ``x``'s own."""
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is getattr and node.args[1:] == ("data",):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
 
 
 @contextlib.contextmanager
@@ -315,22 +385,22 @@ def _tensors_at(gm: fx.GraphModule, target: str) -> list[Any]:
     return [found] if torch.is_tensor(found) else []
 
 
-def _traced(model: nn.Module, fixed: dict[str, Any] | None, whole_on_failure: bool,
+def _traced(model: nn.Module, example: tuple[Any, ...], whole_on_failure: bool,
             attributes: Any) -> fx.Graph:  # fmt: skip
     """``model``'s fx graph, its buffers read as the model's tensors; where its forward
     reads one as a Python value (``if self.steps > 0``, ``int(self.n)``), traced again with
     buffers as constants of the trace (per-channel maths on them then holds its channels),
     rather than by torch.export. A buffer the forward assigns (``self.cache = x``, a step
     count) gets its tensor back: the trace leaves a proxy in it."""
-    buffers = saved_buffers(model)
+    buffers, fixed = saved_buffers(model), _fixed_arguments(model, example)
     try:
         try:
-            return _Tracer(whole_on_failure).trace(model, fixed)
+            return _Tracer(whole_on_failure, example=example).trace(model, fixed)
         except Exception as err:  # noqa: BLE001 - the first failure is the one to report
             put_back(attributes)
             put_back_buffers(buffers)
             try:
-                return _Tracer(whole_on_failure, buffers=False).trace(model, fixed)
+                return _Tracer(whole_on_failure, False, example).trace(model, fixed)
             except Exception:  # noqa: BLE001
                 raise err from None
     finally:
@@ -980,7 +1050,7 @@ def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph,
     was_training, attributes = model.training, plain_attributes(model)
     model.train()
     try:
-        train = _traced(model, _fixed_arguments(model, example), whole_on_failure, attributes)
+        train = _traced(model, example, whole_on_failure, attributes)
     except Exception:  # noqa: BLE001 - DARTS's drop_path, a detector that needs targets
         put_back(attributes)
         train = None
