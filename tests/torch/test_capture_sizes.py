@@ -487,6 +487,68 @@ def test_lengths_and_items_of_the_sample_are_read(form):
     assert small.a.out_channels == 8
 
 
+class Tested(nn.Module):
+    """A forward that tests sizes, or takes them as Python numbers (smp's and Hugging
+    Face's models check their input's sizes so)."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        if x.shape[-1] % 4 != 0 or x.dtype != torch.float32:
+            raise ValueError("the width must be a multiple of 4")
+        h = torch.relu(self.a(x))
+        if self.form == "odd":
+            h = h[..., :-1] if h.shape[-1] % 2 else h
+        elif self.form == "resized":
+            h = F.interpolate(h, size=(int(h.shape[2] * 1.5), int(h.shape[3] * 1.5)))
+        elif self.form == "wide":
+            h = h * 2 if h.shape[1] > 12 else h
+        elif self.form == "int":
+            h = h / int(h.shape[1])
+        elif self.form == "float":
+            h = h * float(h.shape[1]) ** -0.5
+        return self.b(h)
+
+
+@pytest.mark.parametrize("form, cut", [("odd", True), ("resized", True), ("wide", False),
+                                       ("int", False), ("float", False)])
+def test_tests_and_numbers_of_sizes_are_read_on_the_sample(form, cut):
+    """torch.fx refuses ``if`` on a proxy and ``int()`` of one; torch.export then fixed
+    every size, a channel count taken as a number too (with a warning). A test or number
+    of sizes is now the sample's, and a channel count read for it stays whole."""
+    torch.manual_seed(0)
+    config = make_config((2, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(nondegenerate(Tested(form)), config)
+    assert ctrl.statistics().notes == ["captured with torch.fx"]
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8), tol=1e-5)
+    assert small.a.out_channels == (8 if cut else 16)
+    if not cut:
+        held = {name: r for names, r in ctrl.statistics().unpruned for name in names}
+        assert "is read in forward and used as a number" in held["a"], held
+
+
+class Valued(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h * 2 if torch.nonzero(h > 0.5).shape[0] > 40 else h)
+
+
+def test_a_test_the_sample_and_other_values_answer_otherwise_is_refused():
+    """A count of ``nonzero`` is a size the values set: zeros and random values answer
+    the test otherwise, so torch.fx's refusal stands."""
+    torch.manual_seed(0)
+    config = make_config((2, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, _ = create_compressed_model(nondegenerate(Valued()), config)
+    assert "symbolically traced variables" in ctrl.statistics().notes[0]
+
+
 def test_a_weight_read_whole_gives_way_to_the_reason_of_what_it_meets():
     """Under torch.export (``c // 4`` fixed), the ops' group was said to be held because
     "weight alphas is read by softmax.int": the weight's scalars met the fixed slice's

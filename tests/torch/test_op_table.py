@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_helpers import assert_strip_equal, make_config
+from torch_helpers import assert_strip_equal, make_config, untraced
 
 from filterprune.testing.zoo import nondegenerate
 from filterprune.torch import create_compressed_model, resize_to_state_dict
@@ -194,7 +194,7 @@ class Rearranged(nn.Module):
     """``a`` -> ``up`` -> a channel rearrangement -> ``b``. ``kind``: ``shuffle``
     (depth to space by 2), ``unshuffle`` (space to depth by 2) or ``channels`` (channel
     shuffle in 4 groups); ``module``: as its ``nn`` module, else as a function;
-    ``export``: iterate a chunk, which torch.fx cannot trace (torch.export captures)."""
+    ``export``: read a tensor's length, which torch.fx refuses (torch.export captures)."""
 
     def __init__(self, kind, module, export=False):
         super().__init__()
@@ -209,7 +209,7 @@ class Rearranged(nn.Module):
     def forward(self, x):
         y = self.up(self.a(x))
         if self.export:
-            y = list(y.chunk(1, 1))[0]
+            y = untraced(y)
         if self.op is not None:
             y = self.op(y)
         elif self.kind == "shuffle":
@@ -253,7 +253,7 @@ class Unfolded(nn.Module):
         else:
             y = (u.view(n, c, 9, h, w) * self.k(y).unsqueeze(1)).sum(2)
         if self.export:
-            y = list(y.chunk(1, 1))[0]
+            y = untraced(y)
         return self.head(self.b(y).mean((2, 3)))
 
 
@@ -321,7 +321,7 @@ class TwoBranch(nn.Module):
     def forward(self, x):
         a, b = self.a(x), self.b(x)
         if self.export:
-            a = list(a.chunk(1, 1))[0]
+            a = untraced(a)
         return self.head(self.c(self.fn(a, b)).mean((2, 3)))
 
 
@@ -849,7 +849,7 @@ PICKS = {  # pick, width read by b, whether a is cut
 @pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
 @pytest.mark.parametrize(("pick", "width", "cut"), PICKS.values(), ids=PICKS.keys())
 def test_strided_channel_slices_cut_whole_blocks_and_other_picks_hold(pick, width, cut, export):
-    fn = (lambda y: pick(list(y.chunk(1, 1))[0])) if export else pick
+    fn = (lambda y: pick(untraced(y))) if export else pick
     small, held = prune(None, Picked(fn, width))
     assert ("a.0" not in held) == cut
     assert small.a[0].out_channels == (8 if cut else 16)
@@ -929,7 +929,7 @@ class DroppedOut(nn.Module):
         self.a, self.drop, self.b = cbr(3, 16), drop, cbr(16, 16)
 
     def forward(self, x):
-        y = list(self.a(x).chunk(1, 1))[0].clone()  # not a view: dropped out in place
+        y = untraced(self.a(x)).clone()  # not a view: dropped out in place
         return self.b(self.drop(y))
 
 
@@ -951,7 +951,7 @@ class Exported(nn.Module):
         self.a, self.fn, self.b = cbr(3, 16), fn, cbr(16, 16)
 
     def forward(self, x):
-        return self.b(self.fn(list(self.a(x).chunk(1, 1))[0].clone()))
+        return self.b(self.fn(untraced(self.a(x)).clone()))
 
 
 IN_PLACE = {

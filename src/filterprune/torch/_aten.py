@@ -48,7 +48,12 @@ def _reshape(node: fx.Node, shape) -> Spec:
     every size but ``-1`` counts as fixed in code (safe: channels there stay)."""
     args = named_args(node)
     size = args.get("size", args.get("shape"))
-    return "reshape", {"fixed_dims": [i for i, a in enumerate(size) if a != -1]}
+    return "reshape", {"fixed_dims": [i for i, a in enumerate(size) if a != -1], "why": _FIXED}
+
+
+# what a held reshape says: the code may read its sizes from the tensor, torch.export fixed them
+_FIXED = ("reshape sizes are numbers in the torch.export graph (read in forward or written "
+          "in code; see the capture notes for why torch.fx could not trace the model)")
 
 
 def _reshape_as(node: fx.Node, shape) -> Spec:
@@ -62,7 +67,8 @@ def _free_reshape(node: fx.Node, shape) -> Spec:
 def _unflatten(node: fx.Node, shape) -> Spec:
     args = named_args(node)
     dim = _dim(args["dim"], len(shape))
-    return "reshape", {"fixed_dims": [dim + i for i, a in enumerate(args["sizes"]) if a != -1]}
+    return "reshape", {"fixed_dims": [dim + i for i, a in enumerate(args["sizes"]) if a != -1],
+                       "why": _FIXED}
 
 
 def _permute(node: fx.Node, shape) -> Spec:

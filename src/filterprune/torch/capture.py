@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx._symbolic_trace import _maybe_revert_all_patches as _trace_patches_off
 from torch.fx.passes.shape_prop import TensorMetadata
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from ..core.flops import count_product
@@ -38,6 +38,7 @@ from ..testing.zoo import relative_diff
 from ._copy import computed_weights, copy_model, forward_hooks, global_hooks, is_users, user_hooks
 from ._eager_reads import training_sources
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
+from ._on_sample import HOOKED, settled, traced_hooks_off
 from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
 from ._snapshot import (
@@ -99,13 +100,20 @@ class _Proxy(WritableProxy):
     def __len__(self) -> int:
         return _length(self)
 
+    # no ``__index__``: torch's argument parser tries it to tell a list of ints, and a
+    # proxy refusing it is what sends ``tensor_split(x, [c // 4])`` to the proxy's call
+    def __int__(self) -> int:
+        return _number(self, int)
+
+    def __float__(self) -> float:
+        return _number(self, float)
+
     def __getattr__(self, name: str) -> fx.proxy.Attribute:
         return _Attribute(self, name)  # ``x.shape`` too: ``x.view(*x.shape)`` takes its len
 
 
 class _Attribute(fx.proxy.Attribute):
-    def __len__(self) -> int:
-        return _length(self)
+    __len__, __int__, __float__ = _Proxy.__len__, _Proxy.__int__, _Proxy.__float__
 
 
 def _length(proxy: fx.Proxy) -> int:
@@ -113,8 +121,19 @@ def _length(proxy: fx.Proxy) -> int:
     return fx.Proxy.__len__(proxy) if count is None else count
 
 
+def _number(proxy: fx.Proxy, kind: Any) -> Any:
+    """``kind(proxy)`` for a number computed from sizes only (``int(h.shape[-1] * 1.5)``),
+    on the sample. The call is also recorded, so the sizes it reads are used as a number
+    in the graph: a channel count taken so stays whole."""
+    number = settled(proxy.tracer, proxy.node, kind, sizes=True)
+    if number is None:
+        raise TypeError(f"{kind.__name__}() of a traced value that is not computed from "
+                        "sizes alone")  # fmt: skip
+    proxy.tracer.create_proxy("call_function", kind, (proxy,), {})
+    return number
+
+
 _WHOLE = "filterprune_whole"  # node meta: why a layer read through is one call
-_HOOKED = "filterprune_hooked"  # node meta: the user's hooks of the module traced around it
 
 
 class _Tracer(fx.Tracer):
@@ -145,35 +164,28 @@ class _Tracer(fx.Tracer):
         item of a tensor is an index into its first axis, which the rules read as any
         other (an index into channels holds them)."""
         count = self.length(obj.node, tensors=True)
-        if count is None:
-            return super().iter(obj)
-        return iter([obj[i] for i in range(count)])
+        return super().iter(obj) if count is None else iter([obj[i] for i in range(count)])
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """A test of sizes only (``if h % 2``, ``if x.shape[1] != self.channels: raise``),
+        which torch.fx refuses: its answer on the sample. The sizes it reads are size
+        reads of the graph, so a channel count tested stays whole; a test of a value
+        stays refused."""
+        answer = settled(self, obj.node, bool, sizes=True)
+        if answer is None:
+            return super().to_bool(obj)
+        self.create_proxy("call_function", bool, (obj,), {})  # its sizes are used as a number
+        return answer
 
     def length(self, node: fx.Node, tensors: bool) -> int | None:
-        """How many items ``node``'s value holds on the sample: the trace so far run up to
-        it (model state, random state and hooks as for any run of ours); ``None`` where it
-        fails or the value is no sequence (no tensor unless ``tensors``)."""
-        graph, env = fx.Graph(), {}
-        for n in self.graph.nodes:
-            env[n] = graph.node_copy(n, env.__getitem__)
-            if n is node:
-                break
-        if self.example is None or node not in env:
-            return None
-        graph.output(env[node])
-        try:
-            with _trace_patches_off():  # the trace's patched attribute reads and calls
-                gm = fx.GraphModule(self.root, graph)
-                devices = [p.device.index or 0 for p in list(self.root.parameters())[:1]
-                           if p.device.type == "cuda"]  # fmt: skip
-                with torch.no_grad(), attributes_kept(self.root), \
-                        torch.random.fork_rng(devices=devices), _traced_hooks_off(gm):
-                    value = gm(*self.example)
-        except Exception:  # noqa: BLE001 - torch.fx's own refusal is said instead
-            return None
-        if isinstance(value, (tuple, list)):
-            return len(value)
-        return int(value.shape[0]) if tensors and torch.is_tensor(value) and value.dim() else None
+        """How many items ``node``'s value holds on the sample; ``None`` where it cannot
+        be run or is no sequence (no tensor unless ``tensors``)."""
+        def count(value: Any) -> int | None:
+            if isinstance(value, (tuple, list)):
+                return len(value)
+            return len(value) if tensors and torch.is_tensor(value) and value.dim() else None
+
+        return settled(self, node, count, sizes=False)
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
         with tracing_layers():
@@ -211,7 +223,7 @@ class _Tracer(fx.Tracer):
                 if found is not None:
                     given = found if isinstance(found, tuple) else (found,)
             out = fx.Tracer.call_module(self, m, forward, given, named)
-            out.node.meta[_HOOKED] = True
+            out.node.meta[HOOKED] = True
             for _, hook, with_kwargs in post:
                 if is_users(hook):
                     found = hook(m, given, named, out) if with_kwargs else hook(m, given, out)
@@ -255,20 +267,21 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
           whole_on_failure: bool = False) -> fx.GraphModule:  # fmt: skip
     was_training = model.training
     model.eval()  # trace the inference path (no stochastic depth, no aux heads)
+    _lazy_sizes_set(model, example)
     attributes = plain_attributes(model)
     try:
         try:
             gm = fx.GraphModule(model, _traced(model, example, whole_on_failure, attributes))
             _data_read_as_itself(gm.graph)
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
-            put_back(attributes)  # a module caching from its first call (torchvision's
-            # MultiScaleRoIAlign keeps its scales) would keep proxies for the next capture
             raise _TraceError(
                 f"torch.fx could not trace {type(model).__name__}: {err}. Make the forward free "
                 "of data-dependent Python control flow, or wrap such code with torch.fx.wrap."
             ) from err
+        finally:  # a module caching from its first call (torchvision's MultiScaleRoIAlign
+            put_back(attributes)  # keeps its scales) would keep proxies in the model
         try:  # ShapeProp prints the traceback of a failing node: our error says it once
-            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), _traced_hooks_off(gm):
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), traced_hooks_off(gm):
                 traced = WriteShapes(gm).propagate(*example)
         except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
             if _runs(model, example):  # the trace took another path than the model does
@@ -288,6 +301,16 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
     return gm
 
 
+def _lazy_sizes_set(model: nn.Module, example: tuple[Any, ...]) -> None:
+    """Run a model with lazy layers once on the sample: their first call sets their sizes
+    for good, from real tensors (a trace would set them from its proxies)."""
+    if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()
+           for m in model.modules()):  # fmt: skip
+        with contextlib.suppress(Exception), torch.no_grad(), attributes_kept(model), \
+                torch.random.fork_rng(devices=[]):  # fmt: skip
+            model(*example)  # one that fails is said by the capture
+
+
 def _data_read_as_itself(graph: fx.Graph) -> None:
     """``x.data`` is ``x`` to the analysis: sizes read from it (``b, c, h, w =
     x.data.size()`` in channel shuffles written for old torch) are ``x``'s own."""
@@ -295,35 +318,6 @@ def _data_read_as_itself(graph: fx.Graph) -> None:
         if node.op == "call_function" and node.target is getattr and node.args[1:] == ("data",):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
-
-
-@contextlib.contextmanager
-def _traced_hooks_off(gm: fx.GraphModule) -> Any:
-    """The user's hooks of the modules whose calls the trace wrote them around
-    (:meth:`_Tracer._hooked`) off while ``gm`` runs: they would apply twice. Global hooks
-    stay on for the other calls."""
-    hooked = {gm.get_submodule(n.target) for n in gm.graph.nodes if n.meta.get(_HOOKED)}
-    tables = [t for m in hooked for t in (m._forward_hooks, m._forward_pre_hooks)]
-    saved = [(table, dict(table)) for table in [*tables, *global_hooks()]]
-    for table in tables:
-        for key in [k for k, hook in table.items() if is_users(hook)]:
-            del table[key]
-    for table in global_hooks():
-        for key, hook in [(k, h) for k, h in table.items() if is_users(h)]:
-            table[key] = _except_in(hooked, hook)
-    try:
-        yield
-    finally:
-        for table, entries in saved:
-            table.clear()
-            table.update(entries)
-
-
-def _except_in(hooked: set[nn.Module], hook: Any) -> Any:
-    def run(module: nn.Module, *rest: Any) -> Any:
-        return None if module in hooked else hook(module, *rest)
-
-    return run
 
 
 def _shapes(outputs: Any) -> list[tuple[int, ...]]:
@@ -803,7 +797,7 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
 def _unseen_hooks(node: fx.Node, module: nn.Module) -> bool:
     """Whether the user's hooks of a call's module were left out of the trace (torch.fx
     records a call without them; :meth:`_Tracer._hooked` traces those it can)."""
-    return user_hooks(module) and not node.meta.get(_HOOKED)
+    return user_hooks(module) and not node.meta.get(HOOKED)
 
 
 def _hook_words(module: nn.Module) -> str:
