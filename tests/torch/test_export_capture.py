@@ -778,3 +778,28 @@ def test_a_nan_in_a_weight_is_no_write(recwarn):
         model[0].weight[3] = float("nan")
     create_compressed_model(model, make_config((1, 3, 8, 8)))
     assert not [w for w in recwarn if "writes its parameters" in str(w.message)]
+
+
+@torch.fx.wrap
+def _doubled(x):  # marked so torch.fx reads it as one call
+    return x * 2 if x.shape[1] > 0 else x
+
+
+class Wrapped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.b(_doubled(torch.relu(self.a(x))))
+
+
+def test_a_function_marked_for_torch_fx_without_a_rule_is_read_by_torch_export():
+    """torch.fx read it as one call, which held ``a`` ("no channel rule for _doubled"); a
+    two-stage torchvision detector's RoI pooler held the whole feature pyramid so."""
+    torch.manual_seed(0)
+    config = make_config((1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    with pytest.warns(UserWarning, match="reads _doubled as one call"):
+        ctrl, model = create_compressed_model(nondegenerate(Wrapped()), config)
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    assert assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8)).a.out_channels == 8

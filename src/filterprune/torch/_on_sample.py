@@ -35,9 +35,19 @@ def settled(tracer: Any, node: fx.Node, measure: Any, sizes: bool) -> Any:
     """``measure`` of ``node``'s value where the sample and a second input of its sizes
     give the same (and, with ``sizes``, the value is computed from sizes alone); else
     ``None``."""
+    if getattr(tracer, "sampling", False) or any(
+            isinstance(b, fx.Proxy) for b in tracer.root.buffers()):  # fmt: skip
+        return None  # asked while running (a buffer the trace wrote a proxy into)
     found = []
-    for example in (tracer.example, _other_values(tracer.example)):
-        values = _values(tracer, node, example)
+    if not hasattr(tracer, "sampled"):  # values found so far, per input: each run goes on
+        tracer.sampled = ({}, {})  # from them, so a trace's many questions cost one run
+    for example, known in zip((tracer.example, _other_values(tracer.example)), tracer.sampled,
+                              strict=True):  # fmt: skip
+        tracer.sampling = True
+        try:
+            values = _values(tracer, node, example, known)
+        finally:
+            tracer.sampling = False
         if values is None or sizes and not _sizes_only(node, values):
             return None
         try:
@@ -58,10 +68,11 @@ def _other_values(example: Any) -> Any:
     return None if example is None else pytree.tree_map(other, example)
 
 
-def _values(tracer: Any, node: fx.Node, example: Any) -> dict[fx.Node, Any] | None:
+def _values(tracer: Any, node: fx.Node, example: Any,
+            known: dict[fx.Node, Any]) -> dict[fx.Node, Any] | None:  # fmt: skip
     """The values of ``node`` and of the nodes traced before it on ``example``, with the
     model's state, the random state and the user's hooks as for any run of ours; ``None``
-    where that run fails."""
+    where that run fails. ``known``: values of nodes found before (added to)."""
     graph, copies = fx.Graph(), {}
     model = tracer.root
     try:
@@ -79,10 +90,12 @@ def _values(tracer: Any, node: fx.Node, example: Any) -> dict[fx.Node, Any] | No
             run = fx.Interpreter(gm, garbage_collect_values=False)
             with torch.no_grad(), attributes_kept(model), \
                     torch.random.fork_rng(devices=devices), traced_hooks_off(gm):  # fmt: skip
-                run.run(*example)
+                run.run(*example, initial_env={c: known[n] for n, c in copies.items()
+                                               if n in known})  # fmt: skip
     except Exception:  # noqa: BLE001 - e.g. a node not in the graph yet (a lazy layer's
         return None  # sizes read in its pre-hook): torch.fx's own refusal is said instead
-    return {n: run.env[copy] for n, copy in copies.items() if copy in run.env}
+    known.update((n, run.env[copy]) for n, copy in copies.items() if copy in run.env)
+    return known
 
 
 def _sizes_only(node: fx.Node, values: dict[fx.Node, Any]) -> bool:

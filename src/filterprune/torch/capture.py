@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx._symbolic_trace import _wrapped_fns_to_patch
 from torch.fx.passes.shape_prop import TensorMetadata
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
@@ -273,6 +274,8 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
         try:
             gm = fx.GraphModule(model, _traced(model, example, whole_on_failure, attributes))
             _data_read_as_itself(gm.graph)
+            if not whole_on_failure:
+                _refuse_unread_wrapped(gm.graph)
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
             raise _TraceError(
                 f"torch.fx could not trace {type(model).__name__}: {err}. Make the forward free "
@@ -299,6 +302,19 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
     finally:
         model.train(was_training)
     return gm
+
+
+def _refuse_unread_wrapped(graph: fx.Graph) -> None:
+    """Refuse a trace with a call of a function marked ``torch.fx.wrap`` that no rule reads
+    (torchvision's multi-scale RoI pooler): to torch.fx it is one call, which keeps the
+    channels of its tensors whole; torch.export reads its ops."""
+    wrapped = {id(found.get(name)) for (_, name), found in _wrapped_fns_to_patch.items()}
+    for node in graph.nodes:
+        if node.op == "call_function" and id(node.target) in wrapped \
+                and not getattr(node.target, "__module__", "").startswith("torch.fx") \
+                and node.target not in FUNCTIONAL and call_rule(node.target) is None:  # fmt: skip
+            raise _TraceError(f"torch.fx reads {node.target.__name__} as one call "
+                              "(torch.fx.wrap), which no channel rule reads")
 
 
 def _lazy_sizes_set(model: nn.Module, example: tuple[Any, ...]) -> None:
