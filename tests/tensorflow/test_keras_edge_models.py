@@ -162,6 +162,8 @@ def test_comparisons_where_and_stack_follow_channels():
 SPATIAL_OPS = {
     "pad": lambda x: ops.pad(x, [[0, 0], [1, 1], [2, 0], [0, 0]], mode="reflect"),
     "resize": lambda x: ops.image.resize(x, (20, 24)),
+    "crop and pad images": lambda x: ops.image.pad_images(ops.image.crop_images(
+        x, 1, 0, target_height=31, target_width=32), 0, 1, target_height=31, target_width=33),
     "pools": lambda x: ops.max_pool(ops.average_pool(x, 2, 2), 3, 1, padding="same"),
     "adaptive pool": lambda x: layers.AdaptiveAveragePooling2D((8, 8))(x),
     "flip, roll, cumsum": lambda x: ops.cumsum(ops.roll(ops.flip(x, axis=1), 3, axis=2), axis=1),

@@ -172,3 +172,58 @@ def test_a_slice_called_on_two_tensors_keeps_their_channels():
     x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype("float32")
     for got, ref in zip(ctrl.strip()(x), model(x), strict=True):
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+
+
+def _squeeze_excite(h):  # MIRNet's channel attention as keras.io writes it
+    g = ops.reshape(layers.GlobalAveragePooling2D()(h), (-1, 1, 1, 32))
+    g = layers.Conv2D(32, 1, activation="sigmoid")(layers.Conv2D(8, 1, activation="relu")(g))
+    return h * g
+
+
+def _tokens(h):  # a tokenizer written with the token count and the width in code
+    t = layers.Dense(32)(ops.reshape(h, (-1, 256, 32)))
+    return ops.reshape(t, (-1, 16, 16, 32))
+
+
+def _shifted(h):  # ShiftViT's shift: quarters split at points written in code
+    parts = ops.split(h, [8, 16, 24], axis=-1)
+    return ops.concatenate([ops.roll(parts[0], 1, 1), parts[2], parts[1], parts[3] * 2], -1)
+
+
+@pytest.mark.parametrize("gate", [_squeeze_excite, _tokens, _shifted],
+                         ids=["gate", "tokens", "split"])  # fmt: skip
+def test_a_keras_ops_reshape_is_rewritten_as_a_reshape_layer_is(gate, tmp_path):
+    """``ops.reshape(g, (-1, 1, 1, 32))`` held the conv before it ("reshape fixes the
+    channel count in code"), where ``layers.Reshape((1, 1, 32))`` was cut; so did
+    ``ops.split(h, [8, 16, 24])`` ("split sizes are fixed in code"), where the same
+    bounds as slices were cut."""
+    ctrl, model, x, held = _prune(_model(gate))
+    assert "a" not in held, held
+    small = assert_strip_equal(ctrl, model, x, tol=1e-5)
+    assert small.get_layer("a").filters == 16
+    small.save(tmp_path / "small.keras")
+    again = keras.models.load_model(tmp_path / "small.keras")
+    np.testing.assert_allclose(again(x), small(x), rtol=0, atol=1e-6)
+
+
+def test_a_reshape_in_a_lambda_keeps_the_count_its_code_writes():
+    gate = lambda h: layers.Lambda(lambda t: ops.reshape(t, (-1, 16, 16, 32)) * 2)(h)  # noqa: E731
+    ctrl, model, x, held = _prune(_model(gate))
+    assert "a" in held  # the Lambda's code is not rewritten
+    assert assert_strip_equal(ctrl, model, x, tol=1e-5).get_layer("a").filters == 32
+
+
+def test_a_reshape_layer_called_on_two_tensors_keeps_their_channels():
+    """One rebuilt layer takes one target shape: with the second call's tensor left whole
+    (``side`` ignored), the strip wrote the first call's cut width and the stripped model
+    failed on the second call."""
+    shared = layers.Reshape((16, 16, 32))
+    gate = lambda h: ops.concatenate(  # noqa: E731
+        [shared(h), shared(layers.Conv2D(32, 1, name="side")(h))], -1)
+    config = make_config((1, 16, 16, 3), prune_first_conv=True, filters_multiple_of=1,
+                         extra={"ignored_scopes": ["side"]})  # fmt: skip
+    ctrl, model = create_compressed_model(_model(gate), config)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "reshape fixes the channel count in code" in held["a"], held
+    x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype("float32")
+    assert_strip_equal(ctrl, model, x, tol=1e-5)

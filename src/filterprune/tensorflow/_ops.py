@@ -470,7 +470,7 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
     ndim = len(ins[0]) if ins else 0
     if name in _OP_IDENTITY:
         return [Step("identity")]
-    if name in ("MaxPool", "AveragePool", "Resize"):
+    if name in ("MaxPool", "AveragePool", "Resize", "CropImages", "PadImages"):
         return [_spatial_step(getattr(op, "data_format", None), ndim)]
     if name in _OP_ELEMENTWISE:
         constants = [np.shape(_numpy(a)) for a in args

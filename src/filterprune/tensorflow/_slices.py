@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.rules import axis_parts
 
-__all__ = ["bounds", "equal_parts", "scaled_key"]
+__all__ = ["bounds", "equal_parts", "scaled_key", "split_parts"]
 
 
 def bounds(key: Any, axis: int, shape: tuple[int, ...]) -> tuple[int, int] | None:
@@ -48,3 +48,13 @@ def scaled_key(key: Any, shape: tuple[int, ...], kept: list[int]) -> tuple[slice
 
     return tuple(slice(scale(p.start, full, now), scale(p.stop, full, now), p.step)
                  for p, full, now in zip(axis_parts(key, len(shape)), shape, kept, strict=True))
+
+
+def split_parts(points: Any, size: Any) -> int | None:
+    """The ``k`` of the ``k`` equal parts of ``size`` that split points written in code
+    fall on (``ops.split(h, [8, 16])`` of 32: quarters), below the size; else None."""
+    if not isinstance(points, (list, tuple)) or not isinstance(size, int) or not points \
+            or not all(type(p) is int and 0 <= p <= size for p in points):  # fmt: skip
+        return None
+    k = size // math.gcd(size, *points)
+    return k if k < size else None

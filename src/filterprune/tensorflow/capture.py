@@ -23,6 +23,7 @@ from ..errors import AnalysisError, ConfigError
 from ._lambda import lambda_graph
 from ._ops import Step, layer_steps, op_steps
 from ._rebuild import rebuilt_whole
+from ._slices import split_parts
 
 __all__ = ["Capture", "LayerRef", "capture", "functional_of", "input_shapes"]
 
@@ -46,7 +47,10 @@ class Capture(Captured):
         sample: Arrays of ``input_shapes`` (the model's own layout), zeros here; the
             frontend fills them as ``input_info.filler`` says.
         refs: Core layer name -> Keras layer and variable names (masks and cuts use it).
-        reshapes: Core node name -> the ``Reshape`` layer it came from (cut rewrites it).
+        reshapes: Core node name -> the ``Reshape`` layer or ``keras.ops.reshape`` it came
+            from (cut rewrites it).
+        splits: Core node name -> the ``keras.ops.split`` at points written in code on
+            equal parts (cut scales them).
         nested: ``id`` of a nested model -> the core nodes feeding its inputs (first call).
         input_shapes: One sample shape per model input, in the model's own layout.
         layouts: Per input, ``"as given"`` or ``"NCHW->NHWC"`` (how input_info was read).
@@ -58,6 +62,7 @@ class Capture(Captured):
     """
 
     reshapes: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, Any] = field(default_factory=dict)
     nested: dict[int, list[str]] = field(default_factory=dict)
     input_shapes: list[Shape] = field(default_factory=list)
     layouts: list[str] = field(default_factory=list)
@@ -206,6 +211,13 @@ class _Walker:
         else:
             steps = op_steps(op, list(node.arguments.args), in_shapes,
                              outs[0] if len(outs) == 1 else outs)  # fmt: skip
+            if type(op).__name__ == "Reshape" and steps[0].kind == "reshape":
+                steps[0].attrs["rewritable"] = True  # the strip rewrites its ``newshape``
+            if type(op).__name__ == "Split" and steps[0].kind == "split":
+                axis = int(op.axis) % len(in_shapes[0])
+                k = split_parts(op.indices_or_sections, in_shapes[0][axis])
+                if k is not None:  # points in code on equal parts: the strip scales them
+                    steps[0].attrs["equal_parts"] = (axis, k)
         self.emit(node, op, name, steps, ins, outs)
 
     def nested(self, inner: Any, node: Any, prefix: str) -> None:
@@ -245,17 +257,21 @@ class _Walker:
                 # width (no strip rewrites a number written in it)
                 follows = self.follows.get(id(op), set())
                 attrs["equal_parts"] = [p for p in attrs["equal_parts"] if p[0] in follows]
-            elif attrs.get("equal_parts"):
+            elif attrs.get("equal_parts") or step.kind == "reshape" and attrs.get("rewritable"):
                 first = self.sliced.setdefault(id(op), core)
-                if first != core:  # a nested model's slice called again: one rebuilt slice
-                    # takes one width, and each call's tensor may be cut otherwise
-                    attrs.pop("equal_parts")
-                    graph[first].attrs.pop("equal_parts", None)
+                if first != core:  # a slice, split or reshape called again (a shared
+                    # layer, a nested model's): one rebuilt op takes one size, and each
+                    # call's tensor may be cut otherwise
+                    for key in ("equal_parts", "rewritable"):
+                        attrs.pop(key, None)
+                        graph[first].attrs.pop(key, None)
             graph.add(Node(core, step.kind, list(current), shape, layer=layer, attrs=attrs,
                            label=label))  # fmt: skip
             self.cap.calls[core] = self.owner or (op, ins)
-            if step.kind == "reshape" and isinstance(op, keras.layers.Reshape):
+            if step.kind == "reshape" and attrs.get("rewritable"):
                 self.cap.reshapes[core] = op
+            if step.kind == "split" and attrs.get("equal_parts") and self.owner is None:
+                self.cap.splits[core] = op
             current = [core]
         if len(outs) == 1:
             self.tensors[id(node.outputs[0])] = current[0]

@@ -21,6 +21,7 @@ from ..errors import AnalysisError, ConfigError
 from ._init_args import TFInitArgs, adapt_batchnorm
 from ._inputs import ordered_infos, samples
 from ._snapshot import restore, snapshot
+from ._traced import say_traced_before
 from .capture import capture, functional_of
 from .controller import FilterPruningController, export_model, reset_traced_functions
 from .distillation import KnowledgeDistillationController
@@ -69,6 +70,7 @@ class KerasFrontend(Frontend):
                 "model as it was before create_compressed_model, or the training model "
                 "create_compressed_model returned. The model is unchanged."
             )
+        say_traced_before(model)
 
     def capture(self, model: Any, config: Config) -> Captured:
         infos = [info for _, info in ordered_infos(functional_of(model), config)]

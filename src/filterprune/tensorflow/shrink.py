@@ -101,13 +101,35 @@ def _kept_extent(analysis: Analysis, node: Any, kept: dict[int, np.ndarray]) -> 
 
 
 def _reshape_targets(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray]) -> dict:
-    """New ``target_shape`` of every ``Reshape`` whose channels were cut."""
+    """New sizes of every ``Reshape`` whose channels were cut: a layer's ``target_shape``
+    (the batch left out), a ``keras.ops.reshape``'s ``newshape`` (the batch as written)."""
     out: dict[int, dict[str, Any]] = {}
     for node_name, layer in cap.reshapes.items():
         counts = _kept_extent(analysis, cap.graph[node_name], kept)
-        if counts is not None:
+        if counts is None or not cap.graph[node_name].attrs.get("rewritable"):
+            continue  # (a reshape called again keeps its channels)
+        if isinstance(layer, keras.layers.Reshape):
             target = [d if d == -1 else counts[i + 1] for i, d in enumerate(layer.target_shape)]
             out[id(layer)] = {"target_shape": tuple(target)}
+        else:
+            new = [d if d == -1 or i == 0 else counts[i] for i, d in enumerate(layer.newshape)]
+            out[id(layer)] = {"newshape": tuple(new)}
+    return out
+
+
+def _split_points(cap: Capture, analysis: Analysis, kept: dict[int, np.ndarray]) -> dict:
+    """New points of every ``keras.ops.split`` at points on equal parts whose channels
+    were cut: each scaled to the kept width (the parts lose alike)."""
+    out: dict[int, dict[str, Any]] = {}
+    for node_name, op in cap.splits.items():
+        if "equal_parts" not in cap.graph[node_name].attrs:  # called again: held
+            continue
+        source = cap.graph[cap.graph[node_name].inputs[0]]
+        counts = _kept_extent(analysis, source, kept)
+        if counts is not None:
+            axis, full = cap.graph[node_name].attrs["axis"], source.shape
+            points = [p * counts[axis] // full[axis] for p in op.indices_or_sections]
+            out[id(op)] = {"indices_or_sections": points}
     return out
 
 
@@ -180,7 +202,8 @@ def strip_model(model: Any, cap: Capture, analysis: Analysis, kept: dict[int, np
     """
     if shrink:
         overrides, weights = _cut_layers(cap, keeps)
-        for key, change in _reshape_targets(cap, analysis, kept).items():
+        for key, change in [*_reshape_targets(cap, analysis, kept).items(),
+                            *_split_points(cap, analysis, kept).items()]:
             overrides.setdefault(key, {}).update(change)
         keys = _slice_keys(cap, analysis, kept)
         for key, change in _lambda_shapes(cap, analysis, kept).items():
