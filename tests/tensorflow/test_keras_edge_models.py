@@ -65,7 +65,9 @@ def test_an_activation_not_known_to_act_channel_by_channel_keeps_its_channels():
     x = conv(16, "c1", activation=ops.relu)(inp)  # not keras.activations.relu: tried
     x = conv(16, "c2", activation=chan_softmax)(x)
     x = layers.Activation("sparsemax", name="act")(conv(16, "c3")(x))
-    _, _, held = prune(keras.Model(inp, head(conv(16, "c4", activation="gelu")(x))))
+    x = conv(16, "c5", activation="softmax")(conv(16, "c4", activation="gelu")(x))
+    _, _, held = prune(keras.Model(inp, head(x)))
+    assert held["c5"] == "Conv2D activation softmax: acts across channels"  # said "Conv2D: ..."
     assert "activation chan_softmax is not known" in held["c2"]
     assert "activation sparsemax is not known" in held["c3"]
     assert "c1" not in held and "c4" not in held
@@ -477,7 +479,28 @@ def test_a_layer_its_config_cannot_rebuild_is_said_at_creation(caplog):
     create_compressed_model(keras.Model(inp, layers.Conv2D(4, 1)(x)), make_config((1, 8, 8, 3)))
     assert "these cannot be: __no_kwargs (_NoKwargs: Exception encountered: _NoKwargs." \
            "__init__() got an unexpected keyword argument 'trainable')" in caplog.text
-    assert "Give their __init__ **kwargs passed to super().__init__()" in caplog.text
+    assert "Give layers of your own an __init__ taking **kwargs passed to" in caplog.text
+
+
+class _Orthogonal(keras.regularizers.Regularizer):  # not registered: no config rebuilds it
+    def __call__(self, w):
+        return 0.001 * ops.sum(ops.square(w))
+
+    def get_config(self):
+        return {}
+
+
+def test_a_stock_layer_with_an_unregistered_regularizer_is_told_to_register_it(caplog):
+    """The warning cut Keras' cause at 160 characters (before the class's name, or the
+    word "register"), and told the user to give a stock Dense an __init__ of its own."""
+    caplog.set_level("WARNING", logger="filterprune")
+    inp = keras.Input((8, 8, 3))
+    x = layers.Dense(8, kernel_regularizer=_Orthogonal())(layers.Conv2D(8, 3)(inp))
+    create_compressed_model(keras.Model(inp, layers.Conv2D(4, 1)(x)), make_config((1, 8, 8, 3)))
+    assert "Could not interpret regularizer identifier: {'module': 'test_keras_edge_models'" \
+        ", 'class_name': '_Orthogonal'" in caplog.text
+    assert "Register the classes named with @keras" in caplog.text
+    assert "__init__" not in caplog.text
 
 
 def test_one_prelu_slope_for_every_entry_leaves_the_channels_free():

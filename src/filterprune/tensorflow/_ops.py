@@ -40,6 +40,7 @@ class Step:
         variables: Keras variable names this step's layer owns (for masks and cuts).
         constants: Shapes of the constant operands of a ``keras.ops`` call (each a core
             ``param`` no layer owns: the channels it varies along stay whole).
+        label: Added to the call's label in reasons (``"activation softmax"``).
     """
 
     kind: str
@@ -49,6 +50,7 @@ class Step:
     suffix: str = ""
     variables: tuple[str, ...] = ()
     constants: tuple[tuple[int, ...], ...] = ()
+    label: str = ""
 
 
 def _names(cls_names: str) -> tuple[type, ...]:
@@ -101,7 +103,7 @@ def _activation_steps(layer: Any, axis: int, out: Shape) -> list[Step]:
     if fn is None or any(fn is f for f in _ELEMENTWISE):
         return []
     if any(fn is f for f in _ALONG_AXIS):
-        return [Step("along", {"dims": [len(out) - 1]})]
+        return [Step("along", {"dims": [len(out) - 1]}, label=f"activation {fn.__name__}")]
     if _per_channel(fn, out, axis % len(out)):  # tf.nn.relu, keras.ops.silu, the user's own
         return []
     label = getattr(fn, "__name__", type(fn).__name__)

@@ -31,7 +31,8 @@ def cannot_rebuild(layer: Any) -> str | None:
     except Exception as err:  # noqa: BLE001 - any failure is the one strip() would meet
         text = str(err.__cause__ or err).strip().splitlines()
         last = text[-1].split(". A strip rebuilds")[0] if text else ""  # our own: its why
-        return last[:160] or type(err).__name__
+        return (last if len(last) <= 300 else last[:300].rsplit(" ", 1)[0] + " ...") \
+            or type(err).__name__  # fmt: skip
     return None
 
 

@@ -266,7 +266,7 @@ class _Walker:
                         attrs.pop(key, None)
                         graph[first].attrs.pop(key, None)
             graph.add(Node(core, step.kind, list(current), shape, layer=layer, attrs=attrs,
-                           label=label))  # fmt: skip
+                           label=f"{label} {step.label}" if step.label else label))  # fmt: skip
             self.cap.calls[core] = self.owner or (op, ins)
             if step.kind == "reshape" and attrs.get("rewritable"):
                 self.cap.reshapes[core] = op

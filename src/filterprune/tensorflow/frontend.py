@@ -156,13 +156,21 @@ def _say_unrebuildable(model: Any) -> None:
     ``export_model`` rebuild every layer, and would fail with Keras's error after training."""
     from ._rebuild import cannot_rebuild, one_by_one
 
-    failed = []
+    failed, advice = [], {}
     for layer in one_by_one(model):
         why = cannot_rebuild(layer)
-        if why is not None:
-            failed.append(f"{layer.name} ({type(layer).__name__}: {why})")
+        if why is None:
+            continue
+        failed.append(f"{layer.name} ({type(layer).__name__}: {why})")
+        if any(w in why for w in ("register", "Cannot deserialize", "Could not interpret")):
+            # a regularizer, an initializer or a constraint of the user's
+            advice[0] = ("Register the classes named with "
+                         "@keras.saving.register_keras_serializable()")  # fmt: skip
+        if not type(layer).__module__.startswith("keras"):
+            advice[1] = ("give layers of your own an __init__ taking **kwargs passed to "
+                         "super().__init__(), and a get_config() that returns every argument "
+                         "__init__ needs")  # fmt: skip
     if failed:
+        said = "; ".join(advice[k] for k in sorted(advice)) or "See the causes"
         log.warning("strip() and export_model rebuild every layer from its config, and these "
-                    "cannot be: %s. Give their __init__ **kwargs passed to super().__init__(), "
-                    "and a get_config() that returns every argument __init__ needs.",
-                    "; ".join(failed))  # fmt: skip
+                    "cannot be: %s. %s.", "; ".join(failed), said[0].upper() + said[1:])
