@@ -1,6 +1,8 @@
 """Sizes computed in forward: free when they follow the tensor they reshape, tied to the
 axis they were read from when they size a reshape axis directly, fixed otherwise."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -547,6 +549,48 @@ def test_a_test_the_sample_and_other_values_answer_otherwise_is_refused():
     config = make_config((2, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
     ctrl, _ = create_compressed_model(nondegenerate(Valued()), config)
     assert "symbolically traced variables" in ctrl.statistics().notes[0]
+
+
+class Reviewed(nn.Module):
+    """Forms the review of the sample's answers found: ``tolist`` (a count of channels as a
+    list's length), ``nonzero`` (a test of a size values set), ``sqrt`` (``math.sqrt`` of a
+    size, which torch.fx wraps itself), ``kernel`` (a weight's kernel size tested)."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 3, padding=1)
+        self.c = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.form == "tolist":
+            return self.b(h) / len(h[0].mean((1, 2)).tolist())
+        if self.form == "nonzero":
+            return self.b(h) if torch.nonzero(x > 5).shape[0] > 0 else self.c(h)
+        if self.form == "sqrt":
+            return self.b(h) / math.sqrt(h.size(1))
+        k = self.b.weight.shape[-1]
+        return self.b(F.pad(h, [1, 1, 1, 1]) if k > 1 else h)[..., 1:-1, 1:-1]
+
+
+@pytest.mark.parametrize("form, capture, kept", [
+    ("tolist", "torch.export", 16), ("nonzero", "torch.export", 8), ("sqrt", "torch.fx", 16),
+    ("kernel", "torch.fx", 8)])  # fmt: skip
+def test_answers_that_read_values_or_channels_are_refused_and_kernel_sizes_cut_nothing(
+        form, capture, kept):  # fmt: skip
+    """``tolist``'s length was answered and baked: stripped 1.0 off. The ``nonzero`` test
+    was answered alike by both inputs and baked without the note torch.export gives.
+    ``math.sqrt`` counted as a function of the user's marked for torch.fx, which sent the
+    model to torch.export; a test of ``b``'s kernel size held ``a`` and ``b``."""
+    torch.manual_seed(0)
+    config = make_config((2, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(nondegenerate(Reviewed(form)), config)
+    assert ctrl.captured.extra["capture"] == capture
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8), tol=1e-5)
+    assert small.a.out_channels == kept
+    if form == "nonzero":
+        assert any("data-dependent branches" in n for n in ctrl.statistics().notes)
 
 
 def test_a_weight_read_whole_gives_way_to_the_reason_of_what_it_meets():

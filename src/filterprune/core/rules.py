@@ -126,12 +126,29 @@ def _size(s, node, ins):
     reason = node.attrs.get("reason", "its size is read in forward")
     value = ins[0] if ins else None
     if isinstance(value, Param):
-        s.hold_param(value.name, reason)
+        if _reads_channels(s, value, node):  # a kernel's size (``w.shape[-1]``) cuts nothing
+            s.hold_param(value.name, reason)
     elif isinstance(value, np.ndarray):
         shape = _shape(s, node)
         dims = [d % len(shape) for d in node.attrs.get("dims", range(len(shape)))]
         s.read_size(_pad(value, len(shape)), dims, reason)
     return None
+
+
+def _reads_channels(s: Propagation, param: Param, node: Node) -> bool:
+    """Whether a size read of ``param`` along ``node``'s ``dims`` may read an axis a cut
+    changes: one of its layer's channel roles, or any axis of a weight of no layer."""
+    layer, _, key = param.name.rpartition(".")
+    info = s.graph.layers.get(layer)
+    if info is None or key not in info.params:
+        return True
+    roles = info.params[key][1]
+    ndim = len(param.shape)
+    for dim in node.attrs.get("dims", range(ndim)):
+        source = param.source_axis(dim % ndim) if ndim else None
+        if source is None or source >= len(roles) or roles[source] is not None:
+            return True
+    return False
 
 
 @register_rule("identity")

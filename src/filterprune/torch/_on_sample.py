@@ -11,6 +11,7 @@ otherwise on other inputs.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,7 +101,8 @@ def _values(tracer: Any, node: fx.Node, example: Any,
 
 def _sizes_only(node: fx.Node, values: dict[fx.Node, Any]) -> bool:
     """Whether ``node`` is computed from sizes read in forward alone (or a dtype, a
-    device), no tensor's values."""
+    device), no tensor's values; sizes of a tensor whose shape values set (``nonzero``'s,
+    a boolean mask's pick) are values."""
     stack, seen = [node], set()
     while stack:
         n = stack.pop()
@@ -110,11 +112,37 @@ def _sizes_only(node: fx.Node, values: dict[fx.Node, Any]) -> bool:
         if n.op == "call_function" and n.target is getattr and n.args[1:2] in (
                 (a,) for a in _SIZE_ATTRIBUTES) or n.op == "call_method" and \
                 n.target in _SIZE_METHODS:  # fmt: skip
+            if isinstance(n.args[0], fx.Node) and _value_shaped(n.args[0], values):
+                return False
             continue
         if n not in values or any(torch.is_tensor(v) for v in pytree.tree_leaves(values[n])):
             return False
         fx.node.map_arg((n.args, n.kwargs), lambda a: stack.append(a) or a)
     return True
+
+
+_VALUE_SHAPED = {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive",
+                 "bincount", "repeat_interleave", "nonzero_static"}  # fmt: skip
+
+
+def _value_shaped(node: fx.Node, values: dict[fx.Node, Any]) -> bool:
+    """Whether ``node``'s shape may follow tensors' values: it or a tensor before it comes
+    from an op whose output size counts values, or picks by a boolean mask."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen or n.op not in ("call_function", "call_method", "call_module"):
+            continue
+        seen.add(n)
+        name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+        if name in _VALUE_SHAPED or name == "where" and len(n.args) == 1:
+            return True
+        if n.target is operator.getitem and any(
+                torch.is_tensor(values.get(a)) and values[a].dtype == torch.bool
+                for a in n.all_input_nodes[1:]):  # fmt: skip
+            return True  # ``x[mask]``
+        stack.extend(n.all_input_nodes)
+    return False
 
 
 @contextlib.contextmanager

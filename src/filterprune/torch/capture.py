@@ -181,12 +181,16 @@ class _Tracer(fx.Tracer):
     def length(self, node: fx.Node, tensors: bool) -> int | None:
         """How many items ``node``'s value holds on the sample; ``None`` where it cannot
         be run or is no sequence (no tensor unless ``tensors``)."""
-        def count(value: Any) -> int | None:
-            if isinstance(value, (tuple, list)):
+        def pieces(value: Any) -> int | None:  # the graph's ops say how many
+            if isinstance(value, (tuple, list)) and all(torch.is_tensor(v) for v in value):
                 return len(value)
             return len(value) if tensors and torch.is_tensor(value) and value.dim() else None
 
-        return settled(self, node, count, sizes=False)
+        def numbers(value: Any) -> int | None:  # a shape's: from sizes only (not tolist())
+            return len(value) if isinstance(value, (tuple, list)) else None
+
+        found = settled(self, node, pieces, sizes=False)
+        return found if found is not None else settled(self, node, numbers, sizes=True)
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
         with tracing_layers():
@@ -279,7 +283,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
             raise _TraceError(
                 f"torch.fx could not trace {type(model).__name__}: {err}. Make the forward free "
-                "of data-dependent Python control flow, or wrap such code with torch.fx.wrap."
+                "of Python control flow on tensors' values."
             ) from err
         finally:  # a module caching from its first call (torchvision's MultiScaleRoIAlign
             put_back(attributes)  # keeps its scales) would keep proxies in the model
@@ -311,7 +315,8 @@ def _refuse_unread_wrapped(graph: fx.Graph) -> None:
     wrapped = {id(found.get(name)) for (_, name), found in _wrapped_fns_to_patch.items()}
     for node in graph.nodes:
         if node.op == "call_function" and id(node.target) in wrapped \
-                and not getattr(node.target, "__module__", "").startswith("torch.fx") \
+                and not (getattr(node.target, "__module__", None) or "builtins").startswith(
+                    ("torch.fx", "math", "builtins")) \
                 and node.target not in FUNCTIONAL and call_rule(node.target) is None:  # fmt: skip
             raise _TraceError(f"torch.fx reads {node.target.__name__} as one call "
                               "(torch.fx.wrap), which no channel rule reads")
