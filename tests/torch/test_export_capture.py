@@ -794,12 +794,13 @@ class Wrapped(nn.Module):
         return self.b(_doubled(torch.relu(self.a(x))))
 
 
-def test_a_function_marked_for_torch_fx_without_a_rule_is_read_by_torch_export():
-    """torch.fx read it as one call, which held ``a`` ("no channel rule for _doubled"); a
-    two-stage torchvision detector's RoI pooler held the whole feature pyramid so."""
+def test_a_function_marked_for_torch_fx_stays_one_call_that_holds_its_channels():
+    """A function the user marked stays one call of the fx graph (answering its size test
+    on the sample does not reach into it): ``a`` feeds it and stays whole."""
     torch.manual_seed(0)
     config = make_config((1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
-    with pytest.warns(UserWarning, match="reads _doubled as one call"):
-        ctrl, model = create_compressed_model(nondegenerate(Wrapped()), config)
-    assert ctrl.captured.extra["capture"] == "torch.export"
-    assert assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8)).a.out_channels == 8
+    ctrl, model = create_compressed_model(nondegenerate(Wrapped()), config)
+    assert ctrl.captured.extra["capture"] == "torch.fx"
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert held["a"] == "_doubled: no channel rule for _doubled"
+    assert assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8)).a.out_channels == 16

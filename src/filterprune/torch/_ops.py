@@ -392,6 +392,17 @@ try:  # torchvision is optional
 except ImportError:
     DeformConv2d = None
 
+EXPORT_READS: set[Callable] = set()
+"""Functions torch.fx reads as one call (marked ``torch.fx.wrap``) whose channels
+torch.export follows through their ops: a model calling one on its features is captured
+by torch.export (torchvision's multi-scale RoI pooler, whose levels' channels pass)."""
+try:
+    from torchvision.ops import poolers as _poolers
+
+    EXPORT_READS |= {_poolers._filter_input, _poolers._multiscale_roi_align}
+except (ImportError, AttributeError):
+    pass
+
 
 def module_rule(module: nn.Module) -> tuple[type[nn.Module], Callable] | None:
     """The torch layer class ``module`` derives from and its builder (a subclass such as

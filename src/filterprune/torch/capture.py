@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx._symbolic_trace import _wrapped_fns_to_patch
 from torch.fx.passes.shape_prop import TensorMetadata
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
@@ -40,7 +39,7 @@ from ._copy import computed_weights, copy_model, forward_hooks, global_hooks, is
 from ._eager_reads import training_sources
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._on_sample import HOOKED, settled, traced_hooks_off
-from ._ops import CALL_RULES, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
+from ._ops import CALL_RULES, EXPORT_READS, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
 from ._snapshot import (
     attributes_kept,
@@ -309,17 +308,21 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
 
 
 def _refuse_unread_wrapped(graph: fx.Graph) -> None:
-    """Refuse a trace with a call of a function marked ``torch.fx.wrap`` that no rule reads
-    (torchvision's multi-scale RoI pooler): to torch.fx it is one call, which keeps the
-    channels of its tensors whole; torch.export reads its ops."""
-    wrapped = {id(found.get(name)) for (_, name), found in _wrapped_fns_to_patch.items()}
+    """Refuse a trace that calls, on the model's features, another library's operator no
+    rule reads (torchvision's ``deform_conv2d``, reached through its Python function), or a
+    function of :data:`EXPORT_READS`: to torch.fx it is one call, which keeps the channels
+    of its tensors whole; torch.export reads its ops."""
+    fed: set[fx.Node] = set()  # nodes the model's inputs reach (features, not weights)
     for node in graph.nodes:
-        if node.op == "call_function" and id(node.target) in wrapped \
-                and not (getattr(node.target, "__module__", None) or "builtins").startswith(
-                    ("torch.fx", "math", "builtins")) \
-                and node.target not in FUNCTIONAL and call_rule(node.target) is None:  # fmt: skip
-            raise _TraceError(f"torch.fx reads {node.target.__name__} as one call "
-                              "(torch.fx.wrap), which no channel rule reads")
+        if node.op == "placeholder" or any(n in fed for n in node.all_input_nodes):
+            fed.add(node)
+        if node not in fed or node.op != "call_function":
+            continue
+        operator_call = isinstance(node.target, torch._ops.OpOverloadPacket) \
+            and node.target not in FUNCTIONAL and call_rule(node.target) is None  # fmt: skip
+        if operator_call or node.target in EXPORT_READS:
+            raise _TraceError(f"torch.fx reads {getattr(node.target, '__name__', node.target)} "
+                              "as one call, which no channel rule reads")  # fmt: skip
 
 
 def _lazy_sizes_set(model: nn.Module, example: tuple[Any, ...]) -> None:
