@@ -94,8 +94,9 @@ def _operands(node: fx.Node) -> list[fx.Node]:
 
 class _Proxy(WritableProxy):
     """The capture's proxy: ``len()`` of a sequence the forward made (the pieces of a
-    split) is their count on the sample. A tensor's length stays refused: a channel count
-    taken as a number would be fixed in the graph."""
+    split, a shape) and ``int()``/``float()`` of sizes are answered on the sample
+    (:mod:`._on_sample`). A tensor's length stays refused: a channel count taken as a
+    number would be fixed in the graph."""
 
     def __len__(self) -> int:
         return _length(self)
@@ -143,7 +144,7 @@ class _Tracer(fx.Tracer):
     def __init__(self, whole_on_failure: bool = False, buffers: bool = True,
                  example: tuple[Any, ...] | None = None) -> None:  # fmt: skip
         super().__init__()
-        self.example = example  # the sample: how many items a value iterated in forward has
+        self.example = example  # the sample: what the trace asks of a value is answered on it
         # a buffer is read as the model's tensor, not a constant of the trace: per-channel
         # maths on buffers (a DETR or detectron2 FrozenBatchNorm2d) is cut with the buffers
         self.proxy_buffer_attributes = buffers
@@ -278,7 +279,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
             gm = fx.GraphModule(model, _traced(model, example, whole_on_failure, attributes))
             _data_read_as_itself(gm.graph)
             if not whole_on_failure:
-                _refuse_unread_wrapped(gm.graph)
+                _refuse_unread_calls(gm.graph)
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
             raise _TraceError(
                 f"torch.fx could not trace {type(model).__name__}: {err}. Make the forward free "
@@ -307,7 +308,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
     return gm
 
 
-def _refuse_unread_wrapped(graph: fx.Graph) -> None:
+def _refuse_unread_calls(graph: fx.Graph) -> None:
     """Refuse a trace that calls, on the model's features, another library's operator no
     rule reads (torchvision's ``deform_conv2d``, reached through its Python function), or a
     function of :data:`EXPORT_READS`: to torch.fx it is one call, which keeps the channels
