@@ -222,6 +222,30 @@ class CachesOnFirstCall(nn.Module):
         return torch.stack([row * self.scale for row in (untraced(y) if self.fails else y)])
 
 
+class ScalesOnFirstCall(nn.Module):
+    """The cache of ``CachesOnFirstCall`` on a forward torch.fx traces to the end."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.scale = nn.Conv2d(3, 8, 3, padding=1), None
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.scale is None:
+            self.scale = y.shape[-1] / x.shape[-1]
+        return y * self.scale
+
+
+def test_a_successful_fx_trace_leaves_no_proxy_in_a_cache():
+    """The trace's proxy stayed in ``scale``: the model returned proxies, and neither
+    capture could read it ("torch.fx's trace ... returns tensors of shapes [(1, 8, 8, 8)],
+    where the model returns []")."""
+    model = ScalesOnFirstCall().eval()
+    assert capture(model, (torch.zeros(1, 3, 8, 8),)).extra["capture"] == "torch.fx"
+    assert model.scale is None
+    assert model(torch.ones(2, 3, 8, 8)).shape == (2, 8, 8, 8) and model.scale == 1.0
+
+
 @pytest.mark.parametrize("fails", [True, False])
 def test_an_fx_trace_leaves_no_proxy_in_the_model(fails):
     """Where torch.fx traced, the cache kept its proxy: the model then failed."""
