@@ -21,6 +21,7 @@ from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.utils import _pytree as pytree
 
 from ._copy import global_hooks, is_users
+from ._init_args import random_state_kept
 from ._snapshot import attributes_kept
 
 __all__ = ["HOOKED", "settled", "traced_hooks_off"]
@@ -84,13 +85,11 @@ def _values(tracer: Any, node: fx.Node, example: Any,
         if example is None or node not in copies:
             return None
         graph.output(copies[node])
-        devices = [p.device.index or 0 for p in list(model.parameters())[:1]
-                   if p.device.type == "cuda"]  # fmt: skip
         with _maybe_revert_all_patches():  # the trace's patched attribute reads and calls
             gm = fx.GraphModule(model, graph)
             run = fx.Interpreter(gm, garbage_collect_values=False)
-            with torch.no_grad(), attributes_kept(model), \
-                    torch.random.fork_rng(devices=devices), traced_hooks_off(gm):  # fmt: skip
+            with torch.no_grad(), attributes_kept(model), random_state_kept(model), \
+                    traced_hooks_off(gm):  # fmt: skip
                 run.run(*example, initial_env={c: known[n] for n, c in copies.items()
                                                if n in known})  # fmt: skip
     except Exception:  # noqa: BLE001 - e.g. a node not in the graph yet (a lazy layer's

@@ -37,6 +37,7 @@ from ..errors import AnalysisError
 from ..testing.zoo import relative_diff
 from ._copy import computed_weights, copy_model, forward_hooks, global_hooks, is_users, user_hooks
 from ._eager_reads import training_sources
+from ._init_args import random_state_kept
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
 from ._on_sample import HOOKED, settled, traced_hooks_off
 from ._ops import CALL_RULES, EXPORT_READS, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
@@ -332,7 +333,7 @@ def _lazy_sizes_set(model: nn.Module, example: tuple[Any, ...]) -> None:
     if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()
            for m in model.modules()):  # fmt: skip
         with contextlib.suppress(Exception), torch.no_grad(), attributes_kept(model), \
-                torch.random.fork_rng(devices=[]):  # fmt: skip
+                random_state_kept(model):  # fmt: skip
             model(*example)  # one that fails is said by the capture
 
 
