@@ -2,6 +2,7 @@
 axis they were read from when they size a reshape axis directly, fixed otherwise."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -651,3 +652,48 @@ def test_an_axis_expanded_to_a_weights_width_keeps_the_weight_whole():
     ctrl, model = create_compressed_model(nondegenerate(ExpandedToAWeight()), config)
     assert "expand reads the size of w" in {r for _, r in ctrl.statistics().unpruned}
     assert assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8)).a.out_channels == 16
+
+
+class Compared(nn.Module):
+    """Sizes tested for equality: a residual block that projects its input where the
+    widths differ (``if out.shape[1] != x.shape[1]``), a U-Net that resizes where the
+    shapes differ (``x.shape != skip.shape``)."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form, wide = form, 32 if form == "wide" else 16
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, wide, 3, padding=1)
+        self.proj, self.c = nn.Conv2d(16, wide, 1), nn.Conv2d(wide, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        out = self.b(h)
+        if self.form in ("channels", "wide") and out.shape[1] != h.shape[1]:
+            h = self.proj(h)
+        elif self.form == "shapes" and not out.size() == h.size():
+            h = F.interpolate(self.proj(h), size=out.shape[2:])
+        elif self.form == "assert":
+            torch._assert(out.shape[1:] == h.shape[1:], "the block keeps its width")
+        elif self.form == "spatial" and out.shape[1] == out.shape[2]:  # 16 on the sample
+            out = out * 2
+        return self.c(torch.relu(out + h))
+
+
+@pytest.mark.parametrize("form, kept", [("channels", 8), ("shapes", 8), ("assert", 8),
+                                        ("wide", 16), ("spatial", 16)])  # fmt: skip
+def test_sizes_tested_for_equality_are_tied_and_unequal_ones_held(form, kept):
+    """Both channel counts compared were held as numbers. Counts equal on the sample now
+    stay equal (tied), so the test answers the same after a cut; counts that differ, or a
+    count compared with a spatial size, could be made equal by a cut and stay whole."""
+    torch.manual_seed(0)
+    config = make_config((2, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the projection that does not run on the sample
+        ctrl, model = create_compressed_model(nondegenerate(Compared(form)), config)
+    assert ctrl.captured.extra["capture"] == "torch.fx"
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    assert small.a.out_channels == kept
+    assert small.b.out_channels == small.a.out_channels * (2 if form == "wide" else 1)
+    if form in ("wide", "spatial"):
+        held = {name: r for names, r in ctrl.statistics().unpruned for name in names}
+        assert "a cut could change the answer" in held["a"], held

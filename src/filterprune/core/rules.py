@@ -122,29 +122,55 @@ def _noop(s, node, ins):
 def _size(s, node, ins):
     """A tensor's size along ``dims`` read in forward and used as a number (a scale, a
     branch, a new tensor's shape): channels on those axes stay whole, since a cut would
-    change the number. Sizes that only reshape are the reshape's ``tied_dims``."""
+    change the number. Sizes that only reshape are the reshape's ``tied_dims``. With
+    ``equal_dims``, a second input's sizes along them are tested for equality with the
+    first's (:func:`_equal_sizes`)."""
     reason = node.attrs.get("reason", "its size is read in forward")
-    value = ins[0] if ins else None
-    if isinstance(value, Param):
-        if _reads_channels(s, value, node):  # a kernel's size (``w.shape[-1]``) cuts nothing
-            s.hold_param(value.name, reason)
-    elif isinstance(value, np.ndarray):
-        shape = _shape(s, node)
-        dims = [d % len(shape) for d in node.attrs.get("dims", range(len(shape)))]
-        s.read_size(_pad(value, len(shape)), dims, reason)
+    if "equal_dims" in node.attrs and all(isinstance(v, np.ndarray) for v in ins):
+        return _equal_sizes(s, node, ins, reason)
+    read = (node.attrs.get("dims"), node.attrs.get("equal_dims"))
+    for at, (value, dims) in enumerate(zip(ins, read, strict=False)):  # one input, or two
+        if isinstance(value, Param):
+            if _reads_channels(s, value, dims):  # a kernel's size (``w.shape[-1]``) cuts nothing
+                s.hold_param(value.name, reason)
+        elif isinstance(value, np.ndarray):
+            shape = _shape(s, node, at)
+            dims = [d % len(shape) for d in (range(len(shape)) if dims is None else dims)]
+            s.read_size(_pad(value, len(shape)), dims, reason)
     return None
 
 
-def _reads_channels(s: Propagation, param: Param, node: Node) -> bool:
-    """Whether a size read of ``param`` along ``node``'s ``dims`` may read an axis a cut
-    changes: one of its layer's channel roles, or any axis of a weight of no layer."""
+def _equal_sizes(s: Propagation, node: Node, ins: list, reason: str) -> None:
+    """Two tensors' sizes tested for equality in forward (``equal_dims`` of the second
+    input against ``dims`` of the first): channel axes of equal widths are tied position
+    by position, so a cut keeps the test's answer; a channel axis compared with one of
+    another width, or with an axis no cut changes, stays whole."""
+    shapes = [_shape(s, node, i) for i in range(2)]
+    ids = [_pad(x, len(shape)) for x, shape in zip(ins, shapes, strict=True)]
+    for pair in zip(node.attrs["dims"], node.attrs["equal_dims"], strict=True):
+        axes = [d % len(shape) for d, shape in zip(pair, shapes, strict=True)]
+        varies = [_varies(i, a) for i, a in zip(ids, axes, strict=True)]
+        widths = [shape[a] for shape, a in zip(shapes, axes, strict=True)]
+        if all(varies) and widths[0] == widths[1]:
+            s.uf.union_arrays(*(_channels(i, len(shape), a, w) for i, shape, a, w in zip(
+                ids, shapes, axes, widths, strict=True)))  # fmt: skip
+            continue
+        for i, a, cut in zip(ids, axes, varies, strict=True):
+            if cut:
+                s.read_size(i, [a], f"{reason} ({widths[0]} against {widths[1]} on the "
+                            "sample: a cut could change the answer)")
+
+
+def _reads_channels(s: Propagation, param: Param, dims: list[int] | None) -> bool:
+    """Whether a size read of ``param`` along ``dims`` (all where None) may read an axis a
+    cut changes: one of its layer's channel roles, or any axis of a weight of no layer."""
     layer, _, key = param.name.rpartition(".")
     info = s.graph.layers.get(layer)
     if info is None or key not in info.params:
         return True
     roles = info.params[key][1]
     ndim = len(param.shape)
-    for dim in node.attrs.get("dims", range(ndim)):
+    for dim in range(ndim) if dims is None else dims:
         source = param.source_axis(dim % ndim) if ndim else None
         if source is None or source >= len(roles) or roles[source] is not None:
             return True

@@ -66,6 +66,10 @@ class SizeReads:
             computed from the width it slices, fall on the same ``k`` equal parts at every
             width a cut by equal parts leaves, so it is a piece of a ``chunk(k)``; the
             same for a split whose sizes are so computed (its pieces are whole parts).
+        compared: A test of two sizes for equality (``if out.shape[1] != x.shape[1]``, a
+            U-Net's ``x.shape != skip.shape``) -> the two reads: the core ties the axes
+            equal on the sample, so the test answers the same at any cut; the others stay
+            whole. The reads are no numbers for it.
     """
 
     reads: dict[fx.Node, tuple[fx.Node, tuple[int, ...]]] = field(default_factory=dict)
@@ -75,6 +79,8 @@ class SizeReads:
     even_splits: set[fx.Node] = field(default_factory=set)
     width_of: dict[fx.Node, tuple[fx.Node, int]] = field(default_factory=dict)
     even_slices: dict[fx.Node, tuple[int, int]] = field(default_factory=dict)
+    compared: dict[fx.Node, tuple[tuple[fx.Node, tuple[int, ...]], ...]] = field(
+        default_factory=dict)
 
     @classmethod
     def of(cls, graph: fx.Graph) -> SizeReads:
@@ -129,9 +135,13 @@ class SizeReads:
                 found.even_slices[node] = piece[:2]
                 for bound in piece[2]:
                     sized.setdefault(bound, set()).add(node)
+        for node in graph.nodes:
+            pair = _compared(node, found.reads)
+            if pair is not None:
+                found.compared[node] = pair
         for value in found.reads:
             unpacked = {u for u in value.users if u in found.reads}  # ``b, c = x.shape[:2]``
-            rest = set(value.users) - direct.get(value, set()) - unpacked
+            rest = set(value.users) - direct.get(value, set()) - unpacked - set(found.compared)
             if not all(_sizes_freely(u, value, sized) for u in rest):
                 found.numbers.add(value)
         return found
@@ -179,6 +189,23 @@ class SizeReads:
                 self.reads[node] = (node.args[0], (dim % ndim if ndim else dim,))
         elif node.op in ("call_method", "call_function") and node.target in ("numel", torch.numel):
             self.reads[node] = (node.args[0], tuple(range(_ndim(node.args[0]))))
+
+
+_TESTS = (bool, torch._assert)  # what a comparison may only be for: a branch, an assert
+
+
+def _compared(node: fx.Node, reads: dict) -> tuple[tuple[fx.Node, tuple[int, ...]], ...] | None:
+    """The two reads ``node`` tests for equality (``==``, ``!=``) where both are sizes read
+    of as many axes and the answer is only tested; else None."""
+    if node.op != "call_function" or node.target not in (operator.eq, operator.ne) or \
+            len(node.args) != 2 or node.kwargs:  # fmt: skip
+        return None
+    pair = tuple(reads.get(a) if isinstance(a, fx.Node) else None for a in node.args)
+    if None in pair or len(pair[0][1]) != len(pair[1][1]):
+        return None
+    if not node.users or any(u.target not in _TESTS for u in node.users):
+        return None
+    return pair
 
 
 def _even_split_size(node: fx.Node, reads: dict) -> fx.Node | None:

@@ -680,6 +680,9 @@ def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
         if node in sizes.numbers:
             graph.add(_size_node(node, sizes, graph))
             continue
+        if node in sizes.compared:
+            graph.add(_compared_node(node, sizes.compared[node], graph))
+            continue
         converted = _convert(node, modules, graph, tensors)
         if converted.op == "param" and node.target in held:  # a copy's hook reads the original
             converted.attrs = {"target": f"{node.target} (held by a hook's closure)"}
@@ -717,6 +720,19 @@ def _size_node(node: fx.Node, sizes: SizeReads, graph: Graph) -> Node:
     inputs = [tensor.name] if tensor.name in graph.nodes else []
     return Node(node.name, "size", inputs, attrs={"dims": list(axes), "reason": reason},
                 label="size")  # fmt: skip
+
+
+def _compared_node(node: fx.Node, pair: tuple, graph: Graph) -> Node:
+    """Two sizes tested for equality: axes equal on the sample are tied (core rule
+    ``size``'s ``equal_dims``), so the test answers the same at any cut."""
+    (a, dims), (b, _) = pair
+    reason = f"{a.name}'s size along axis {', '.join(map(str, dims))} is compared with " \
+             f"{b.name}'s in forward"  # fmt: skip
+    present = [(t, list(d)) for t, d in pair if t.name in graph.nodes]
+    attrs = {"dims": present[0][1] if present else [], "reason": reason}
+    if len(present) == 2:
+        attrs["equal_dims"] = present[1][1]
+    return Node(node.name, "size", [t.name for t, _ in present], attrs=attrs, label="size")
 
 
 def _size_attrs(node: Node, ties: list[tuple[int, fx.Node, int]], free: set[int],
