@@ -96,6 +96,23 @@ def test_fit_with_callbacks_advances_schedule_and_logs_to_tensorboard(resnet, tm
     assert_strip_equal(ctrl, model, x[:2].astype("float32"))
 
 
+@pytest.mark.parametrize("stepped", [False, True])
+def test_a_strip_of_a_schedule_never_stepped_says_so_once(resnet, caplog, stepped):
+    """A loop of the user's own without ``fit``'s callbacks or the scheduler's calls left
+    the model at ``pruning_init`` without a word."""
+    ctrl, _ = create_compressed_model(
+        resnet, make_config(pruning_init=0.1, pruning_target=0.5, pruning_steps=3))
+    if stepped:
+        ctrl.scheduler.epoch_step()
+    caplog.clear()
+    ctrl.strip()
+    ctrl.strip()
+    said = [r.getMessage() for r in caplog.records if "never stepped" in r.getMessage()]
+    assert len(said) == (0 if stepped else 1), said
+    if said:
+        assert "create_compression_callbacks(ctrl)" in said[0]
+
+
 def test_loss_is_zero_and_stage_follows_level(resnet):
     ctrl, _ = create_compressed_model(
         resnet, make_config(pruning_init=0.0, pruning_target=0.5, pruning_steps=3))

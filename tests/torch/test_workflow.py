@@ -98,6 +98,23 @@ def test_schedule_raises_level_each_epoch_then_freezes(small_net):
     assert ctrl.frozen
 
 
+@pytest.mark.parametrize("stepped", [False, True])
+def test_a_strip_of_a_schedule_never_stepped_says_so_once(small_net, caplog, stepped):
+    """A loop of the user's own that never calls the scheduler left the model at
+    ``pruning_init`` without a word."""
+    ctrl, _ = create_compressed_model(
+        small_net, make_config(pruning_init=0.1, pruning_target=0.5, pruning_steps=3))
+    if stepped:
+        ctrl.scheduler.epoch_step()
+    caplog.clear()
+    ctrl.strip()
+    ctrl.strip()
+    said = [r.getMessage() for r in caplog.records if "never stepped" in r.getMessage()]
+    assert len(said) == (0 if stepped else 1), said
+    if said:
+        assert "ctrl.scheduler.epoch_step()" in said[0] and "0.5" in said[0]
+
+
 def test_statistics_report_flops_params_levels_and_reasons(small_net):
     ctrl, _ = create_compressed_model(small_net, make_config())
     st = ctrl.statistics()

@@ -125,6 +125,7 @@ class PruningControllerBase(CompressionController):
         self._deferring = False  # inside a scheduler step: BatchNorm waits for its end
         self._bn_stale = False
         self._overshoot_said = False
+        self._unstepped_said = False
         self._recording: Any = None  # outputs before a mask change, refit at the step's end
         self._before_change: Plan | None = None  # the masks to put back if that refit fails
         self.scheduler = Scheduler(params, self._scheduled_level, self.freeze,
@@ -361,6 +362,22 @@ class PruningControllerBase(CompressionController):
                  "(`ignored_scopes`)")  # fmt: skip
         log.warning("filter_pruning: `pruning_flops_target` %.3g is passed: %.3f of the FLOPs "
                     "are removed, the least the prunable groups allow %s.", level, removed, steps)
+
+    def say_if_unstepped(self) -> None:
+        """Warn once, at a strip or an export, where the schedule goes further than
+        ``pruning_init`` but its scheduler was never stepped (a training loop of the user's
+        own without its calls): the model is cut at ``pruning_init`` only."""
+        s, p = self.scheduler, self.params
+        if self._unstepped_said or s.held or s.current_epoch >= 0 or s.current_step >= 0 or \
+                s.target_level <= p.pruning_init + 1e-9 or \
+                abs(self.pruning_level - p.pruning_init) > 1e-9:  # a level set by hand
+            return  # fmt: skip
+        self._unstepped_said = True
+        log.warning("filter_pruning: the scheduler was never stepped, so the model is cut at "
+                    "`pruning_init` %.3g, not on the way to the target %.3g. In a training loop "
+                    "of your own, call ctrl.scheduler.epoch_step() at the start of every epoch "
+                    "and ctrl.scheduler.step() at every batch (Keras fit: pass "
+                    "create_compression_callbacks(ctrl)).", p.pruning_init, s.target_level)
 
     def _scheduled_level(self, level: float) -> None:
         """The scheduler's ``set_pruning_level``: BatchNorm is re-estimated once the epoch

@@ -150,6 +150,7 @@ class FilterPruningController(PruningControllerBase):
         return self.frontend.strip(self, shrink=shrink)
 
     def strip_model(self, model: Any, shrink: bool = True, **_: Any) -> Any:
+        self.say_if_unstepped()
         return strip_model(model, self.capture, self.analysis, self.plan.kept,
                            self.keeps(), shrink=shrink)  # fmt: skip
 

@@ -170,6 +170,7 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
         return self.frontend.strip(self, do_copy=do_copy, shrink=shrink)
 
     def strip_model(self, model: nn.Module, shrink: bool = True, **_: Any) -> nn.Module:
+        self.say_if_unstepped()
         if self.shrunk:  # cut already (shrink_when_frozen)
             return model
         bake_weights(m for m in model.modules() if is_masked(m))  # weight_norm: written in
