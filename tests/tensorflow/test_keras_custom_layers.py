@@ -361,9 +361,9 @@ def test_a_layer_of_the_users_without_weights_is_read_through(tmp_path):
 
 @pytest.mark.parametrize(("act", "drop", "training", "reason"), [
     (ChannelMean, DropPath, None, "Mean in ChannelMean act0: reduces over channels"),
-    (Mish, AlwaysDropped, True, "no channel rule for layer AlwaysDropped"),
-    (Mish, TrainingMean, None, "no channel rule for layer TrainingMean"),
-    (WidthBranch, DropPath, None, "no channel rule for layer WidthBranch"),
+    (Mish, AlwaysDropped, True, "AlwaysDropped: takes numbers from its input's sizes"),
+    (Mish, TrainingMean, None, "TrainingMean: mixes entries in training"),
+    (WidthBranch, DropPath, None, "WidthBranch: takes numbers from its input's sizes"),
 ], ids=["mixes channels", "training path fixed in the graph", "mixes them in training",
         "branches on the width"])  # fmt: skip
 def test_a_layer_of_the_users_computing_across_channels_keeps_them(act, drop, training, reason):

@@ -153,7 +153,9 @@ def test_unknown_layer_is_left_unpruned_with_a_reason(images=None):
     model = keras.Model(inp, layers.Conv2D(4, 1, name="c4")(x))
     ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3)))
     reasons = {tuple(p): r for p, r in ctrl.statistics().unpruned}
-    assert reasons[("c2",)] == "Odd: no channel rule for layer Odd"
+    assert reasons[("c2",)] == (  # a TensorFlow function: no keras.ops graph to read
+        "Odd: fails on symbolic Keras tensors (ValueError: A KerasTensor cannot be used as "
+        "input to a TensorFlow function): written with keras.ops only, it can be read and cut")
     assert {s.name for s in ctrl.statistics().layers} == {"c3"}
     x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
     assert_strip_equal(ctrl, model, x)

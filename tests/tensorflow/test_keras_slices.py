@@ -37,20 +37,36 @@ THROUGH = {
     "halves from the width": lambda h: layers.Lambda(lambda t: ops.tanh(
         t[..., : t.shape[-1] // 2]) * ops.sigmoid(t[..., t.shape[-1] // 2 :]))(h),  # fmt: skip
 }
+class DepthToSpace(layers.Layer):
+    """keras.io's super-resolution example's layer: a reshape to a count it computes."""
+
+    def call(self, t):
+        batch, height, width, depth = ops.shape(t)
+        t = ops.reshape(t, [batch, height, width, 2, 2, depth // 4])
+        t = ops.transpose(t, [0, 1, 3, 2, 4, 5])
+        return ops.reshape(t, [batch, height * 2, width * 2, depth // 4])
+
+
+_SIZES = "takes numbers from its input's sizes (a reshape to a count it computes, a " \
+    "branch, a scale), which a cut would change"  # fmt: skip
 HELD = {
     "halves written as numbers, which fail at other widths": (lambda h: layers.Lambda(
         lambda t: ops.tanh(t[..., :16]) * ops.sigmoid(t[..., 16:]), name="gate")(h),
-        "no channel rule for layer Lambda"),  # fmt: skip
+        "numbers written in it do not follow a cut"),  # fmt: skip
     "a crop written as a number": (lambda h: layers.Lambda(
         lambda t: ops.concatenate([t[..., :16], t], -1), name="crop")(h),
         "GetItem in Lambda crop: indexes into channels"),  # fmt: skip
     "a TensorFlow function": (lambda h: layers.Lambda(lambda t: tf.nn.relu6(t))(h),
-                              "no channel rule for layer Lambda"),  # fmt: skip
+                              "written with keras.ops only, it can be read and cut"),
     "a number read from the width": (lambda h: layers.Lambda(
-        lambda t: t / float(t.shape[-1]))(h), "no channel rule for layer Lambda"),  # fmt: skip
+        lambda t: t / float(t.shape[-1]))(h), _SIZES),
+    "a constant tensor made from the width": (lambda h: layers.Lambda(
+        lambda t: t / ops.cast(ops.shape(t)[-1], "float32"))(h), _SIZES),
+    "a layer of one's own reshaping to a count it computes": (
+        lambda h: DepthToSpace()(h), _SIZES),
     "two outputs of given shapes": (lambda h: layers.Add()(layers.Lambda(
         lambda t: [t * 2, t + 1], output_shape=[(16, 16, 32)] * 2)(h)),
-        "no channel rule for layer Lambda (it has several outputs)"),  # fmt: skip
+        "is given one output_shape for several outputs or calls"),  # fmt: skip
     "a mean over the channels": (lambda h: layers.Lambda(
         lambda t: t - ops.mean(t, axis=-1, keepdims=True), name="centre")(h),
         "Mean in Lambda centre: reduces over channels"),  # fmt: skip

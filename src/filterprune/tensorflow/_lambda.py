@@ -28,31 +28,43 @@ __all__ = ["lambda_graph"]
 Shape = tuple[int, ...]
 
 
-def lambda_graph(op: Any, node: Any, shapes: dict[int, Shape]) -> tuple[Any, dict] | None:
+def lambda_graph(op: Any, node: Any, shapes: dict[int, Shape]) -> tuple[Any, dict] | str | None:
     """The Functional model of the Lambda ``op``'s function at the sizes of the tensors it
     is called on, and per slice in it (by ``id``) the axes whose bounds follow the width;
-    None for anything else, and for a function that is not only ``keras.ops`` calls
-    (TensorFlow functions fail on symbolic tensors) or makes layers with weights."""
+    None for anything else; for a Lambda (or a layer of the user's) that cannot be read
+    through, why: a function that is not only ``keras.ops`` calls (TensorFlow functions
+    fail on symbolic tensors), makes layers with weights, or takes numbers from sizes."""
     function = _function(op, node)
     if function is None:
         return None
     if isinstance(getattr(op, "_output_shape", None), (tuple, list)) and (
             len(node.outputs) > 1 or len(op._inbound_nodes) > 1):  # fmt: skip
-        return None  # a shape given for one output of one call: the strip writes it once
+        return "is given one output_shape for several outputs or calls"
     given = node.arguments.args[0]
     inner = _traced(function, given, lambda t: shapes[id(t)])
-    if inner is None or any(isinstance(o, keras.Layer) and o.weights for o in inner.operations):
-        return None
+    if isinstance(inner, Exception):
+        return (f"fails on symbolic Keras tensors ({_said(inner)}): written with keras.ops "
+                "only, it can be read and cut")
+    if any(isinstance(o, keras.Layer) and o.weights for o in inner.operations):
+        return "makes layers with weights in its call"
     wider = _traced(function, given,
                     lambda t: (shapes[id(t)][0], *(2 * d for d in shapes[id(t)][1:])))
     narrower = _traced(function, given,
                        lambda t: (shapes[id(t)][0], *(max(1, d // 2) for d in shapes[id(t)][1:])))
-    if wider is None or narrower is None or not _numbers(inner) == _numbers(wider) \
-            == _numbers(narrower):  # fmt: skip
-        return None  # a number read from the sizes (``t / t.shape[-1]``), a branch on them
+    failed = next((t for t in (wider, narrower) if isinstance(t, Exception)), None)
+    if failed is not None:
+        return f"fails at other sizes ({_said(failed)}): numbers written in it do not follow a cut"
+    if not _numbers(inner) == _numbers(wider) == _numbers(narrower):
+        return ("takes numbers from its input's sizes (a reshape to a count it computes, a "
+                "branch, a scale), which a cut would change")
     if not _trains_apart(op, node, given, shapes):
-        return None
+        return "mixes entries in training (not as it runs at inference)"
     return inner, _following(inner, wider)
+
+
+def _said(err: Exception) -> str:
+    """The first sentence of what ``err`` says."""
+    return f"{type(err).__name__}: {str(err).strip().split('. ')[0][:120]}"
 
 
 def _trains_apart(op: Any, node: Any, given: Any, shapes: dict[int, Shape]) -> bool:
@@ -65,7 +77,7 @@ def _trains_apart(op: Any, node: Any, given: Any, shapes: dict[int, Shape]) -> b
         return True
     kwargs = {**node.arguments.kwargs, "training": True}
     graph = _traced(lambda t: op.call(t, **kwargs), given, lambda t: shapes[id(t)])
-    if graph is None:
+    if isinstance(graph, Exception):
         return False
     for n in _nodes(graph):
         if n.is_input:
@@ -112,7 +124,13 @@ def _plain(value: Any) -> Any:
         return tuple(_plain(v) for v in value)
     if isinstance(value, np.ndarray) or np.isscalar(value):
         return ("array", np.shape(value), np.asarray(value).tolist())
-    shape = getattr(value, "shape", None)  # a constant tensor made from the sizes
+    if not isinstance(value, keras.KerasTensor):  # a constant made from the sizes
+        try:  # (``t / ops.cast(ops.shape(t)[-1], "float32")``): by its values
+            found = np.asarray(keras.ops.convert_to_numpy(value))
+            return "tensor", found.shape, found.dtype.str, found.tobytes()
+        except Exception:  # noqa: BLE001 - not a tensor of the backend's
+            pass
+    shape = getattr(value, "shape", None)
     return type(value).__name__, None if shape is None else tuple(shape)
 
 
@@ -132,6 +150,8 @@ def _numbers(functional: Any) -> list[Any]:
 
 
 def _traced(function: Any, given: Any, shape_of) -> Any:
+    """``function`` called on inputs of the sizes ``shape_of`` gives, as a Functional
+    model; what it raised where it fails."""
     from keras.src.models.functional import Functional
 
     try:
@@ -139,8 +159,8 @@ def _traced(function: Any, given: Any, shape_of) -> Any:
             lambda t: keras.Input(batch_shape=shape_of(t), dtype=t.dtype), given)  # fmt: skip
         out = function(fresh)
         return Functional(keras.tree.flatten(fresh), keras.tree.flatten(out))
-    except Exception:  # noqa: BLE001 - whatever the user's function raises
-        return None
+    except Exception as err:  # noqa: BLE001 - whatever the user's function raises
+        return err
 
 
 def _getitems(functional: Any) -> list[tuple[Any, Any, Shape]]:

@@ -195,7 +195,7 @@ class _Walker:
                 self.nested(_inner_functional(op), node, f"{prefix}{op.name}/")
                 return
         found = lambda_graph(op, node, self.shapes) if self.owner is None else None
-        if found is not None:  # its keras.ops, read as a nested model's layers are
+        if isinstance(found, tuple):  # its keras.ops, read as a nested model's layers are
             self.owner, self.follows = (op, ins), found[1]
             try:
                 self.nested(found[0], node, f"{prefix}{op.name}/")
@@ -206,6 +206,8 @@ class _Walker:
         name = f"{prefix}{op.name}"
         if isinstance(op, keras.Layer):
             steps = layer_steps(op, name, in_shapes, outs)
+            if isinstance(found, str) and steps[0].kind == "stop":  # why not read through
+                steps[0].attrs["reason"] = found
             if whole is not None:  # one layer: a strip rebuilds it by its own from_config
                 steps[0].attrs["reason"] = f"nested model {op.name} is kept whole: {whole}"
         else:
