@@ -117,7 +117,8 @@ def _nodes(functional: Any) -> list[Any]:
 
 
 def _plain(value: Any) -> Any:
-    """``value`` as something ``==`` compares (a tensor by its shape)."""
+    """``value`` as something ``==`` compares (a symbolic tensor by its shape, a constant
+    one by its values)."""
     if isinstance(value, (bool, int, float, str, type(None))):
         return value
     if isinstance(value, (tuple, list)):
@@ -127,9 +128,10 @@ def _plain(value: Any) -> Any:
     if not isinstance(value, keras.KerasTensor):  # a constant made from the sizes
         try:  # (``t / ops.cast(ops.shape(t)[-1], "float32")``): by its values
             found = np.asarray(keras.ops.convert_to_numpy(value))
-            return "tensor", found.shape, found.dtype.str, found.tobytes()
         except Exception:  # noqa: BLE001 - not a tensor of the backend's
-            pass
+            found = None
+        if found is not None and found.dtype.kind in "biuf":
+            return "tensor", found.shape, found.dtype.str, found.tobytes()
     shape = getattr(value, "shape", None)
     return type(value).__name__, None if shape is None else tuple(shape)
 
