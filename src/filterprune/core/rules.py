@@ -990,6 +990,8 @@ def _reduce(s, node, ins):
     (``torch.stack(paths, 1).sum(1)``) adds those tensors: their channels are tied
     position by position, as for an elementwise add.
     """
+    if isinstance(ins[0], Param) and node.attrs.get("pairs"):
+        return _paired_param(ins[0], node)
     x = _tensor(s, ins[0], node)
     shape = _shape(s, node)
     ndim = len(shape)
@@ -1006,6 +1008,17 @@ def _reduce(s, node, ins):
     if not node.attrs.get("keepdim", False):
         ids = ids.reshape([n for a, n in enumerate(ids.shape) if a not in dims])
     return _each_output(node, ids)
+
+
+def _paired_param(param: Param, node: Node) -> Param:
+    """A weight whose last axis of two entries is read as one value (``view_as_complex``:
+    real and imaginary parts): that weight, each entry cut with its pair."""
+    ndim = len(param.shape)
+    if not ndim or param.shape[-1] != 2 or tuple(node.shape or ()) != param.shape[:-1]:
+        raise RuleError(f"reads {param.label} as pairs of a shape it does not have")
+    axes = tuple(param.source_axis(i) for i in range(ndim - 1))
+    also = tuple(_paired_param(p, node) for p in param.also)
+    return Param(param.name, param.shape[:-1], axes, also, made=param.made)
 
 
 def _each_output(node, ids: np.ndarray) -> Any:

@@ -789,8 +789,22 @@ def _einsum(node: fx.Node, shapes) -> Spec:
 
 def _complex_view(node: fx.Node, shapes) -> Spec:
     """``view_as_complex``: the last axis (real and imaginary parts) becomes the dtype, as
-    a reduction over it would drop it; channels on other axes pass."""
-    return "reduce", {"dims": [-1], "keepdim": False}
+    a reduction over it would drop it; channels on other axes pass, and a weight so read
+    (GFNet's filter stored as ``(h, w, dim, 2)``) stays that weight."""
+    return "reduce", {"dims": [-1], "keepdim": False, "pairs": True}
+
+
+def _real_view(node: fx.Node, shapes) -> Spec:
+    """``view_as_real``: a new last axis of the real and imaginary parts, as stacking the
+    two would give; channels on other axes pass."""
+    return "stack", {"axis": -1}
+
+
+def _fft_shift(node: fx.Node, shapes) -> Spec:
+    """``fftshift``/``ifftshift``: a roll by half along ``dim``, every axis by default."""
+    dim = _arg(node, 1, "dim")
+    dims = range(len(shapes)) if dim is None else [dim] if isinstance(dim, int) else dim
+    return "along", {"dims": list(dims)}
 
 
 def _fft(dim_pos: int, default: Any) -> Call:
@@ -975,6 +989,12 @@ CALL_RULES: dict[Any, Call] = {
     F.glu: _glu, F.grid_sample: _grid_sample, torch.einsum: _einsum,
     **{f: _matmul for f in (operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm")},
     torch.view_as_complex: _complex_view, torch.complex: _elementwise,
+    torch.view_as_real: _real_view, "view_as_real": _real_view, torch.polar: _elementwise,
+    **{f: _identity for f in (torch.angle, "angle", torch.conj, "conj", torch.resolve_conj,
+                              "resolve_conj", torch.real, torch.imag)},
+    torch.fft.fftshift: _fft_shift, torch.fft.ifftshift: _fft_shift,
+    **{f: _fft(2, (-2, -1)) for f in (torch.fft.hfft2, torch.fft.ihfft2)},
+    **{f: _fft(2, None) for f in (torch.fft.hfftn, torch.fft.ihfftn)},
     **{f: _fft(2, -1) for f in (torch.fft.fft, torch.fft.ifft, torch.fft.rfft, torch.fft.irfft,
                                 torch.fft.hfft, torch.fft.ihfft)},
     **{f: _fft(2, (-2, -1)) for f in (torch.fft.fft2, torch.fft.ifft2, torch.fft.rfft2,

@@ -200,6 +200,10 @@ class _Tracer(fx.Tracer):
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         """A layer made in forward (``nn.AvgPool2d(1, 2)(x)``) is no submodule; without
         weights its ops are traced as if written in place."""
+        if not any(isinstance(v, fx.Proxy) for _, v in leaves((args, kwargs))) and \
+                not user_hooks(m) and not [*m.parameters(), *m.buffers()]:  # fmt: skip
+            return forward(*args, **kwargs)  # a layer without weights on constants gives a
+            # constant (LaMa's FFC calls ``nn.Identity()`` on the int 0 of an empty branch)
         try:
             self.path_of_module(m)
         except NameError:
@@ -532,6 +536,11 @@ def _say_global_hooks(model: nn.Module, example: tuple[Any, ...], layers: dict) 
             "(module.register_forward_hook), or tell layers with isinstance.", stacklevel=3)
 
 
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """``t``, a complex one as its real and imaginary parts (both count)."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
 def _say_written_parameters(model: nn.Module, example: tuple[Any, ...]) -> None:
     """Warn where a forward writes parameters: a momentum encoder updated from the online
     one (MoCo's ``pk.data = m * pk + (1 - m) * pq``, a BYOL target). The two encoders
@@ -540,7 +549,8 @@ def _say_written_parameters(model: nn.Module, example: tuple[Any, ...]) -> None:
               if not isinstance(p, nn.parameter.UninitializedParameter)}  # fmt: skip
 
     def marks() -> dict[str, tuple[int, float]]:
-        return {n: (p.data_ptr(), float(p.detach().double().nansum())) for n, p in params.items()}
+        return {n: (p.data_ptr(), float(_real(p.detach()).double().nansum()))
+                for n, p in params.items()}  # fmt: skip
 
     before, was_training = marks(), model.training
     try:
