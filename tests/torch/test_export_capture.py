@@ -828,3 +828,20 @@ def test_a_function_marked_for_torch_fx_stays_one_call_that_holds_its_channels()
     held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
     assert held["a"] == "_doubled: no channel rule for _doubled"
     assert assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8)).a.out_channels == 16
+
+
+def test_a_python_function_in_an_exported_graph_is_named_without_its_address():
+    """``torch.vmap`` in forward: torch.export records functorch's Python functions, and
+    the reason read "no channel rule for <function _add_batch_dim at 0x7f...>"."""
+    class Mapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.inner = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            h = torch.relu(self.stem(x))
+            return torch.vmap(lambda t: self.inner(t.unsqueeze(0)).squeeze(0))(h)
+
+    ctrl, _ = create_compressed_model(Mapped(), make_config((2, 3, 8, 8)))
+    reasons = " ".join(r for _, r in ctrl.statistics().unpruned)
+    assert "no channel rule for _add_batch_dim" in reasons and "0x" not in reasons, reasons

@@ -256,7 +256,9 @@ class _Builder:
     def _convert(self, node: fx.Node) -> Node:
         shape = _shape(node.meta.get("val"))
         inputs = self._inputs(node)
-        label = str(node.target).removeprefix("aten.").removesuffix(".default")
+        label = str(node.target).removeprefix("aten.").removesuffix(".default") \
+            if isinstance(node.target, torch._ops.OpOverload) else getattr(
+                node.target, "__name__", str(node.target))  # a function: not its address
         if node.name in self.weight_ops:  # read as the layer's weight: nothing to check
             return Node(node.name, "noop", inputs, label=label)
         if node.op == "placeholder":
