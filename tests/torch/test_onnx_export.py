@@ -525,3 +525,28 @@ def test_outputs_too_small_to_compare_raise_no_alarm(tmp_path, caplog):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert float(model.eval()(x).abs().max()) < 1e-20
+
+
+class _ComplexMix(nn.Module):
+    """FNO's spectral conv: an einsum of complex values, which neither exporter writes."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4, 3, 3, dtype=torch.cfloat))
+
+    def forward(self, x):
+        spectrum = torch.fft.rfft2(x)[:, :, :3, :3]
+        return torch.fft.irfft2(torch.einsum("bixy,ioxy->boxy", spectrum, self.w), s=(8, 8))
+
+
+def test_where_both_exporters_fail_each_cause_is_said_in_one_line(tmp_path):
+    """The current exporter's cause (under its "Exception summary") was cut at its first
+    line, "Failed to convert ... Next steps:", and the TorchScript exporter's error, which
+    named the FFT the current exporter writes, came with a dump of the whole graph."""
+    path = tmp_path / "m.onnx"
+    with pytest.raises(RuntimeError, match="Neither ONNX exporter could write") as info:
+        export_onnx(_ComplexMix().eval(), (torch.randn(1, 4, 8, 8),), str(path))
+    said = str(info.value)
+    assert "No ONNX function found for <OpOverload(op='aten.einsum'" in said, said
+    assert "the TorchScript exporter with" in said and len(said) < 1000, said
+    assert not path.exists()

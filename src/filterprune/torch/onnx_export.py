@@ -84,8 +84,16 @@ def export_onnx(model: nn.Module, sample: Sequence[torch.Tensor], path: str,
                     raise  # a full disk fails the other exporter too
                 log.warning("The current ONNX exporter (dynamo=True) failed (%s); exporting with "
                             "the TorchScript exporter instead.", _short(err))  # fmt: skip
-                return _write(path, lambda tmp: _legacy_any_batch(model, args, tmp, names),
-                              "torchscript")
+                try:
+                    return _write(path, lambda tmp: _legacy_any_batch(model, args, tmp, names),
+                                  "torchscript")
+                except Exception as legacy:  # noqa: BLE001 - both causes, each in one line
+                    if isinstance(legacy, OSError):
+                        raise
+                    raise RuntimeError(
+                        f"Neither ONNX exporter could write {path}: the current exporter "
+                        f"(dynamo=True) failed with {_short(err)}; the TorchScript exporter "
+                        f"with {_short(legacy)}") from legacy  # fmt: skip
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
 
@@ -370,5 +378,11 @@ def _legacy(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
 
 
 def _short(err: Exception) -> str:
+    """The line of ``err`` that says why: the current exporter's first line is its step
+    ("Failed to convert ... step 3/3"), the cause is under its "Exception summary"."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()  # no terminal colours
-    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
+    lines = [line.strip() for line in text if line.strip()]
+    if "## Exception summary" in lines[:-1]:
+        cause = lines[lines.index("## Exception summary") + 1]
+        return re.sub(r"^<class '(?:[\w.]*\.)?(\w+)'>", r"\1", cause)[:300]
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
