@@ -183,3 +183,4 @@ def test_a_complex_weight_is_cut_and_read_without_a_casting_warning():
     assert not [w for w in said if "imaginary part" in str(w.message)]
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
     assert tuple(small.complex_weight.shape) == (16, 9, 8)
+

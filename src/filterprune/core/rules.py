@@ -946,11 +946,31 @@ def _follow_bounds(s: Propagation, node: Node, x: np.ndarray, full: np.ndarray) 
         raise RuleError(node.attrs.get("computed_reason",
                                        "slices channels at bounds computed in forward"))
     parts = axis_parts(node.attrs["index"], full.ndim)
+    items = _items(node.attrs["index"], full.ndim)
     for axis in varying:
         kept = np.unique(np.unravel_index(picked.ravel(), full.shape)[axis])
-        if kept.size != full.shape[axis]:
-            _tie_strided(s, full, axis, parts[axis] if parts else None)
+        if kept.size == full.shape[axis]:
+            continue
+        if isinstance(items[axis], int) and len(varying) > 1:
+            # one entry of each block of channels laid along ``axis`` (the real part of
+            # channel pairs, ``h.view(b, c // 2, 2, ...)[:, :, 0]``): each block's entries
+            # are tied, so a cut keeps whole blocks and the pick the same entry of each
+            s.uf.union_arrays(np.broadcast_to(np.take(full, [0], axis=axis), full.shape), full)
+            continue
+        _tie_strided(s, full, axis, parts[axis] if parts else None)
     return picked
+
+
+def _items(index: Any, ndim: int) -> list[Any]:
+    """What ``index`` takes along each of ``ndim`` input axes (new axes left out); an
+    index of more than one Ellipsis gives ``slice(None)`` everywhere (nothing known)."""
+    items = [it for it in (index if isinstance(index, tuple) else (index,)) if it is not None]
+    if items.count(Ellipsis) > 1:
+        return [slice(None)] * ndim
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items[at : at + 1] = [slice(None)] * (ndim - len(items) + 1)
+    return items + [slice(None)] * (ndim - len(items))
 
 
 def axis_parts(index: Any, ndim: int) -> list[Any] | None:

@@ -155,6 +155,20 @@ def _cumsum(v: NodeView) -> Spec:
     return "along", {"dims": [int(axis)]}
 
 
+def _dft(v: NodeView) -> Spec:
+    """A DFT along ``axis`` (an attribute before opset 20, an input after): the entries of
+    the other axes are transformed each alone, but for the last, their real and
+    imaginary parts."""
+    if v.opset < 20:
+        axis = v.attr("axis", 1)
+    else:
+        given = len(v.node.input) > 2 and v.node.input[2]
+        axis = v.const(2) if given else -2
+        if axis is None:
+            return _stop("DFT axis is not a constant")
+    return "along", {"dims": [int(axis), -1]}
+
+
 def _pad(v: NodeView) -> Spec:
     pads = v.attr("pads") if v.opset < 11 else v.const(1)
     if pads is None or v.rank is None:
@@ -359,6 +373,7 @@ OPS: dict[str, OpSpec] = {
     "LogSoftmax": OpSpec(_softmax, zero="none"),
     "Hardmax": OpSpec(_softmax, zero="none"),
     "CumSum": OpSpec(_cumsum),
+    "DFT": OpSpec(_dft),
     "DepthToSpace": OpSpec(_depth_space),
     "SpaceToDepth": OpSpec(_depth_space),
     "Pad": OpSpec(_pad, zero="pad"),
