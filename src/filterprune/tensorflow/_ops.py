@@ -20,6 +20,7 @@ import numpy as np
 from keras import activations, layers
 
 from ..core.graph import LayerInfo
+from ..core.rules import einsum_subscripts
 from ._slices import equal_parts
 
 __all__ = ["Step", "LAYER_RULES", "IDENTITY_LAYERS", "layer_steps", "op_steps"]
@@ -466,6 +467,23 @@ def _moved(source: Any, destination: Any, ndim: int) -> list[int]:
     return perm
 
 
+def _counted(step: Step, equation: str, operands: list[Any], out: Shape) -> Step:
+    """``step`` with the FLOPs of a product whose weight is a constant operand (one with
+    two axes longer than 1): its elements once per output entry along the axes it does
+    not hold itself, per sample."""
+    shapes = [tuple(np.shape(a)) if not hasattr(a, "_keras_history") else tuple(a.shape)
+              for a in operands]  # fmt: skip
+    weights = [i for i, (a, shape) in enumerate(zip(operands, shapes, strict=True))
+               if not hasattr(a, "_keras_history") and sum(d > 1 for d in shape) >= 2]
+    if not weights or not out or not out[0]:
+        return step
+    subs, letters = einsum_subscripts(equation, [len(shape) for shape in shapes])
+    held = math.prod(out[letters.index(c)] for c in subs[weights[0]] if c in letters)
+    step.attrs.update(positions=max(1, round(math.prod(out) / held / out[0])),
+                      weight_elems=math.prod(shapes[weights[0]]))
+    return step
+
+
 def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]:
     """The steps of one ``keras.ops`` operation (no weights)."""
     name = type(op).__name__
@@ -532,8 +550,18 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
         return [Step("along", {"dims": [-1]})]
     if name == "Einsum":
         if not all(hasattr(a, "_keras_history") for a in args):
-            return [Step("stop", {"reason": "keras.ops einsum with a constant operand"})]
+            return [_counted(Step("stop", {"reason": "keras.ops einsum with a constant "
+                                           "operand"}), op.subscripts, args, out)]  # fmt: skip
         return [Step("einsum", {"equation": op.subscripts})]
+    if name == "Matmul" and not all(hasattr(a, "_keras_history") for a in args[:2]):
+        return [_counted(Step("stop", {"reason": "keras.ops matmul with a constant operand"}),
+                         "...ij,...jk->...ik", args[:2], out)]  # fmt: skip
+    if name in ("Conv", "DepthwiseConv", "SeparableConv"):  # a kernel given as a tensor
+        kernels = args[1:3] if name == "SeparableConv" else args[1:2]
+        spatial = out[1:-1] if getattr(op, "data_format", None) != "channels_first" else out[2:]
+        return [Step("stop", {"reason": f"no channel rule for keras.ops {name}",
+                              "positions": math.prod(spatial),
+                              "weight_elems": sum(math.prod(k.shape) for k in kernels)})]
     if name == "GetItem" and len(args) > 1:
         key = tuple(args[1]) if isinstance(args[1], list) else args[1]
         parts = equal_parts(key, ins[0])  # bounds the strip rewrites (``h[..., :16]``)
