@@ -159,3 +159,23 @@ def test_dict_inputs_without_keywords_are_told_their_order():
                        r"entry the `keyword` of its input"):  # fmt: skip
         create_compressed_model(model, config([{"sample_size": [1, 8, 8, 3]},
                                                {"sample_size": [1, 8, 8, 1]}]))  # fmt: skip
+
+
+def test_two_views_joined_and_split_on_the_batch_axis_are_cut():
+    """SimCLR and Siamese nets run both views through one backbone joined on the batch
+    axis, then ``ops.split(h, 2, axis=0)``: the split's pieces were given the sample's
+    batch, not half the joined one's, and held the backbone ("Split: channel layout does
+    not match its output shape")."""
+    ops = keras.ops
+    a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
+    h = ops.concatenate([a, b], axis=0)
+    h = layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same", name="conv")(h))
+    first, second = ops.split(layers.GlobalAveragePooling2D()(layers.ReLU()(h)), 2, axis=0)
+    out = layers.Dense(4, name="head")(ops.concatenate([first, second * 2], axis=-1))
+    model = randomize_bn(keras.Model([a, b], out))
+    infos = [{"sample_size": [2, 8, 8, 3]}, {"sample_size": [2, 8, 8, 3]}]
+    ctrl, model = create_compressed_model(model, config(infos, prune_first_conv=True))
+    x = [np.random.default_rng(i).normal(size=(2, 8, 8, 3)).astype("float32") for i in (1, 2)]
+    small = ctrl.strip()
+    np.testing.assert_allclose(small(x), model(x, training=False), rtol=0, atol=1e-5)
+    assert small.get_layer("conv").filters == 8
