@@ -482,6 +482,31 @@ def test_a_layer_its_config_cannot_rebuild_is_said_at_creation(caplog):
     assert "Give layers of your own an __init__ taking **kwargs passed to" in caplog.text
 
 
+class _Applied(layers.Layer):
+    """A layer of the user's own taking a function: Keras's default get_config refuses."""
+
+    def __init__(self, fn=None, **kwargs):
+        super().__init__(**kwargs)
+        self.fn = fn
+
+    def call(self, x):
+        return self.fn(x)
+
+
+def test_a_layer_without_a_config_of_its_own_is_said_so(caplog):
+    """Its warning quoted Keras's source ("apply (Apply:         return config)") and
+    strip() said "a keras.ops call with an array argument has none"."""
+    caplog.set_level("WARNING", logger="filterprune")
+    inp = keras.Input((8, 8, 3))
+    x = _Applied(lambda t: t * 2, name="applied")(layers.Conv2D(8, 3, padding="same")(inp))
+    ctrl, _ = create_compressed_model(keras.Model(inp, layers.Conv2D(4, 1)(x)),
+                                      make_config((1, 8, 8, 3)))  # fmt: skip
+    assert "applied (_Applied: it has no get_config() of its own, and Keras's refuses an " \
+           "__init__ with arguments it cannot put in a config)" in caplog.text, caplog.text
+    with pytest.raises(AnalysisError, match="Give it a get_config"):
+        ctrl.strip()
+
+
 class _Orthogonal(keras.regularizers.Regularizer):  # not registered: no config rebuilds it
     def __call__(self, w):
         return 0.001 * ops.sum(ops.square(w))

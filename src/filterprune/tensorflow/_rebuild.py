@@ -17,6 +17,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from ..errors import AnalysisError
+
 __all__ = ["cannot_rebuild", "computes_otherwise", "one_by_one", "rebuilt_whole"]
 
 
@@ -29,6 +31,9 @@ def cannot_rebuild(layer: Any) -> str | None:
             warnings.simplefilter("ignore")
             rebuilt(layer)
     except Exception as err:  # noqa: BLE001 - any failure is the one strip() would meet
+        if isinstance(err, AnalysisError) and isinstance(err.__cause__, NotImplementedError):
+            return str(err).split(": ", 1)[-1].split(". ")[0]  # Keras's get_config refused:
+            # its message is code; ours says why in its first sentence after the name
         text = str(err.__cause__ or err).strip().splitlines()
         last = text[-1].split(". A strip rebuilds")[0] if text else ""  # our own: its why
         return (last if len(last) <= 300 else last[:300].rsplit(" ", 1)[0] + " ...") \

@@ -267,11 +267,17 @@ def config_of(operation: Any) -> dict[str, Any]:
     try:
         config = operation.get_config()
     except NotImplementedError as err:
+        what = f"{type(operation).__name__} {operation.name!r} cannot be rebuilt"
+        if isinstance(operation, keras.Layer):  # Keras's default get_config refused
+            raise AnalysisError(
+                f"{what}: it has no get_config() of its own, and Keras's refuses an __init__ "
+                "with arguments it cannot put in a config. Give it a get_config() that "
+                "returns every argument __init__ needs (and register what they name). The "
+                "model is unchanged.") from err  # fmt: skip
         raise AnalysisError(
-            f"{type(operation).__name__} {operation.name!r} cannot be rebuilt: Keras has no "
-            "config for it (a keras.ops call with an array argument has none). Wrap the call "
-            "in a Layer subclass with get_config(). The model is unchanged."
-        ) from err
+            f"{what}: Keras has no config for it (a keras.ops call with an array argument "
+            "has none). Wrap the call in a Layer subclass with get_config(). The model is "
+            "unchanged.") from err  # fmt: skip
     if callable(getattr(operation, "activation", None)) and "activation" in config:
         config["activation"] = operation.activation  # a lambda has no name to find it by
     return config
