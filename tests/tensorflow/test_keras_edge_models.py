@@ -534,3 +534,26 @@ def test_one_prelu_slope_for_every_entry_leaves_the_channels_free():
     x = layers.PReLU(shared_axes=[1, 2, 3], name="p")(conv(16, "a")(inp))
     _, small, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
     assert "a" not in held and small.get_layer("a").filters < 16
+
+
+ARRANGED = {
+    "hstack": lambda h: ops.hstack([h, h * 0.5]),
+    "rot90": lambda h: ops.rot90(h, 1, axes=(1, 2)),
+    "sorted by its argsort": lambda h: ops.take_along_axis(h, ops.argsort(h, axis=1), axis=1),
+    "channels flipped": lambda h: ops.flip(h, axis=-1) + h,
+    "a spatial slice": lambda h: ops.slice(h, (0, 2, 2, 0), (2, 28, 28, 16)),
+}
+
+
+@pytest.mark.parametrize("body", ARRANGED.values(), ids=ARRANGED)
+def test_keras_ops_that_move_entries_keep_channels_apart(body):
+    """Each held the conv before it ("no channel rule for keras.ops Hstack", Rot90,
+    TakeAlongAxis; Flip "acts across channels"); a spatial ``ops.slice`` is cut but its
+    shape writes the channel count, which stays whole with that reason."""
+    inp = keras.Input((32, 32, 3))
+    y = body(layers.ReLU()(conv(16, "c1")(inp)))
+    ctrl, small, held = prune(keras.Model(inp, head(conv(16, "c2")(y))))
+    if body is ARRANGED["a spatial slice"]:
+        assert "its shape is written in code" in held["c1"], held
+    else:
+        assert "c1" not in held and small.get_layer("c1").filters == 8, held

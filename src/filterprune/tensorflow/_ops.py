@@ -496,6 +496,13 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
         constants = [np.shape(_numpy(a)) for a in args
                      if a is not None and not hasattr(a, "_keras_history")]  # fmt: skip
         return [Step("elementwise", constants=tuple(c for c in constants if np.prod(c) > 1))]
+    if name == "Flip":  # the entries in reverse, as ``h[..., ::-1]`` takes them
+        axes = range(ndim) if op.axis is None else _op_axis_list(op.axis, ndim)
+        flipped = {a % ndim for a in axes}
+        index = tuple(slice(None, None, -1) if a in flipped else slice(None) for a in range(ndim))
+        return [Step("index", {"index": index})]
+    if name == "TakeAlongAxis" and op.axis is not None:  # sorted by an argsort of its own
+        return [Step("take_along", {"axis": int(op.axis)})]
     if name in ("Softmax", "LogSoftmax"):
         return [Step("along", {"dims": _op_axis_list(op.axis, ndim)})]
     if name in _OP_ALONG:
@@ -536,6 +543,16 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
         return [Step("permute", {"perm": perm})]
     if name == "Concatenate":
         return [Step("concat", {"axis": int(op.axis)})]
+    if name in ("Hstack", "Vstack"):  # numpy's: along axis 1 (0 for vectors), along axis 0
+        return [Step("concat", {"axis": int(name == "Hstack" and ndim > 1)})]
+    if name == "Rot90":
+        return [Step("along", {"dims": [int(a) for a in op.axes]})]
+    if name == "Slice" and len(args) > 1 and not hasattr(args[1], "_keras_history"):
+        start = [int(i) for i in np.asarray(_numpy(args[1])).reshape(-1)]
+        index = tuple(slice(b, b + int(n)) for b, n in zip(start, op.shape, strict=True))
+        return [Step("index", {"index": index, "computed_axes": list(range(1, ndim)),
+                               "computed_reason": "keras.ops slice of channels: its shape is "
+                                                  "written in code"})]  # fmt: skip
     if name == "Stack":
         return [Step("stack", {"axis": int(op.axis)})]
     if name == "Split":
