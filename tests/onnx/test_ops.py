@@ -57,6 +57,9 @@ ZERO_PRESERVING = {
     "clip": Lambda(lambda x: torch.clamp(x, -1.0, 2.0)),
     "mul_self": Lambda(lambda x: x * x),
     "add_self": Lambda(lambda x: x + torch.relu(x)),
+    # a Slice of negative steps (``flip``): the channels in reverse, which the rewrite keeps
+    "flip_channels": Lambda(lambda x: x.flip(1)),
+    "flip_spatial": Lambda(lambda x: x.flip(-1)),
     # positions picked out of order (a point net's neighbours): the channels pass
     "gather_positions": Lambda(lambda x: x.flatten(2)[:, :, torch.arange(63, -1, -1)].view_as(x)),
 }

@@ -201,8 +201,6 @@ def _slice(v: NodeView) -> Spec:
             return _stop("Slice bounds are not constants")
     axes = list(range(len(starts))) if axes is None else [int(a) % v.rank for a in axes]
     steps = [1] * len(axes) if steps is None else [int(s) for s in steps]
-    if any(s < 0 for s in steps):
-        return _stop("reversing Slice")
     index: list[Any] = [slice(None)] * v.rank
     for a, b, e, st in zip(axes, starts, ends, steps, strict=True):
         index[a] = slice(int(max(b, -(2**62))), int(min(e, 2**62)), st)
