@@ -52,7 +52,7 @@ _SIZES = "takes numbers from its input's sizes (a reshape to a count it computes
 HELD = {
     "halves written as numbers, which fail at other widths": (lambda h: layers.Lambda(
         lambda t: ops.tanh(t[..., :16]) * ops.sigmoid(t[..., 16:]), name="gate")(h),
-        "numbers written in it do not follow a cut"),  # fmt: skip
+        "so whether its numbers follow a cut cannot be checked"),  # fmt: skip
     "a crop written as a number": (lambda h: layers.Lambda(
         lambda t: ops.concatenate([t[..., :16], t], -1), name="crop")(h),
         "GetItem in Lambda crop: indexes into channels"),  # fmt: skip
@@ -105,6 +105,15 @@ def test_slices_on_equal_parts_and_lambdas_of_keras_ops_are_cut_through(gate, tm
         small.save(tmp_path / "small.keras")
         again = keras.models.load_model(tmp_path / "small.keras")
         np.testing.assert_allclose(again(x), small(x), rtol=0, atol=1e-6)
+
+
+def test_a_lambda_drawing_a_random_number_is_read_through():
+    """Its number differs from call to call, which the check that a Lambda takes no
+    number from its input's sizes read as one: it was held ("takes numbers from its
+    input's sizes")."""
+    gate = lambda h: layers.Lambda(lambda t: t * keras.random.uniform(()) + t)(h)  # noqa: E731
+    ctrl, _, _, held = _prune(_model(gate))
+    assert "a" not in held and ctrl.statistics().flops_kept < 0.6, held
 
 
 def test_a_slice_cut_as_a_split_is_counted_as_the_split():

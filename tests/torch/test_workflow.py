@@ -99,14 +99,20 @@ def test_schedule_raises_level_each_epoch_then_freezes(small_net):
     assert ctrl.frozen
 
 
-@pytest.mark.parametrize("stepped", [False, True])
+@pytest.mark.parametrize("stepped", ["never", "epoch_step", "step only", "level by hand"])
 def test_a_strip_of_a_schedule_never_stepped_says_so_once(small_net, caplog, stepped):
-    """A loop of the user's own that never calls the scheduler left the model at
-    ``pruning_init`` without a word."""
+    """A loop of the user's own that never calls ``epoch_step()`` (``step()`` alone moves
+    no level) left the model at ``pruning_init`` without a word; a level set by hand is
+    the user's."""
     ctrl, _ = create_compressed_model(
         small_net, make_config(pruning_init=0.1, pruning_target=0.5, pruning_steps=3))
-    if stepped:
+    if stepped == "epoch_step":
         ctrl.scheduler.epoch_step()
+    elif stepped == "step only":
+        ctrl.scheduler.step()
+    elif stepped == "level by hand":
+        ctrl.set_pruning_level(0.1)
+    stepped = stepped in ("epoch_step", "level by hand")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="filterprune"):  # whatever set it before
         ctrl.strip()

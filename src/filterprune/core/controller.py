@@ -126,6 +126,7 @@ class PruningControllerBase(CompressionController):
         self._bn_stale = False
         self._overshoot_said = False
         self._unstepped_said = False
+        self._set_by_hand = False  # set_pruning_level called by the user
         self._recording: Any = None  # outputs before a mask change, refit at the step's end
         self._before_change: Plan | None = None  # the masks to put back if that refit fails
         self.scheduler = Scheduler(params, self._scheduled_level, self.freeze,
@@ -319,6 +320,7 @@ class PruningControllerBase(CompressionController):
         """
         if not 0.0 <= float(level) < 1.0:
             raise ValueError(f"`level` must be a float in [0, 1). Received: level={level}.")
+        self._set_by_hand |= not (self._starting or self._deferring)
         scores = self._scores()
         if self.params.prune_flops:
             plan = self.pruner.plan_for_flops(float(level), scores, self.ranking_coeffs,
@@ -368,10 +370,9 @@ class PruningControllerBase(CompressionController):
         ``pruning_init`` but its scheduler was never stepped (a training loop of the user's
         own without its calls): the model is cut at ``pruning_init`` only."""
         s, p = self.scheduler, self.params
-        if self._unstepped_said or s.held or s.current_epoch >= 0 or s.current_step >= 0 or \
-                s.target_level <= p.pruning_init + 1e-9 or \
-                abs(self.pruning_level - p.pruning_init) > 1e-9:  # a level set by hand
-            return  # fmt: skip
+        if self._unstepped_said or self._set_by_hand or s.held or s.current_epoch >= 0 or \
+                s.target_level <= p.pruning_init + 1e-9:  # fmt: skip
+            return  # (``step()`` alone moves no level: only ``epoch_step()`` does)
         self._unstepped_said = True
         log.warning("filter_pruning: the scheduler was never stepped, so the model is cut at "
                     "`pruning_init` %.3g, not on the way to the target %.3g. In a training loop "

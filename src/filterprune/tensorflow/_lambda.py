@@ -53,8 +53,12 @@ def lambda_graph(op: Any, node: Any, shapes: dict[int, Shape]) -> tuple[Any, dic
                        lambda t: (shapes[id(t)][0], *(max(1, d // 2) for d in shapes[id(t)][1:])))
     failed = next((t for t in (wider, narrower) if isinstance(t, Exception)), None)
     if failed is not None:
-        return f"fails at other sizes ({_said(failed)}): numbers written in it do not follow a cut"
-    if not _numbers(inner) == _numbers(wider) == _numbers(narrower):
+        return (f"fails at other input sizes ({_said(failed)}), so whether its numbers "
+                "follow a cut cannot be checked")
+    again = _traced(function, given, lambda t: shapes[id(t)])  # constants drawn at random
+    by_value = not isinstance(again, Exception) and _numbers(inner) == _numbers(again)
+    if not _numbers(inner, by_value) == _numbers(wider, by_value) == _numbers(
+            narrower, by_value):  # fmt: skip
         return ("takes numbers from its input's sizes (a reshape to a count it computes, a "
                 "branch, a scale), which a cut would change")
     if not _trains_apart(op, node, given, shapes):
@@ -116,16 +120,16 @@ def _nodes(functional: Any) -> list[Any]:
             for node in functional._nodes_by_depth[depth]]  # fmt: skip
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, by_value: bool = True) -> Any:
     """``value`` as something ``==`` compares (a symbolic tensor by its shape, a constant
     one by its values)."""
     if isinstance(value, (bool, int, float, str, type(None))):
         return value
     if isinstance(value, (tuple, list)):
-        return tuple(_plain(v) for v in value)
+        return tuple(_plain(v, by_value) for v in value)
     if isinstance(value, np.ndarray) or np.isscalar(value):
         return ("array", np.shape(value), np.asarray(value).tolist())
-    if not isinstance(value, keras.KerasTensor):  # a constant made from the sizes
+    if by_value and not isinstance(value, keras.KerasTensor):  # a constant made from sizes
         try:  # (``t / ops.cast(ops.shape(t)[-1], "float32")``): by its values
             found = np.asarray(keras.ops.convert_to_numpy(value))
         except Exception:  # noqa: BLE001 - not a tensor of the backend's
@@ -136,9 +140,10 @@ def _plain(value: Any) -> Any:
     return type(value).__name__, None if shape is None else tuple(shape)
 
 
-def _numbers(functional: Any) -> list[Any]:
+def _numbers(functional: Any, by_value: bool = True) -> list[Any]:
     """Every number each op of ``functional`` is called or made with (not its slices'
-    bounds: :func:`_following` compares those)."""
+    bounds: :func:`_following` compares those); constant tensors by their values, or
+    (``by_value`` False: they are drawn at random) by their shapes."""
     out = []
     for node in _nodes(functional):
         op = node.operation
@@ -147,7 +152,8 @@ def _numbers(functional: Any) -> list[Any]:
         leaves = [v for v in keras.tree.flatten((node.arguments.args, node.arguments.kwargs))
                   if not isinstance(v, keras.KerasTensor)]  # fmt: skip
         made = {k: v for k, v in vars(op).items() if not k.startswith("_") and k != "name"}
-        out.append((type(op).__name__, _plain(leaves), _plain(sorted(made.items()))))
+        out.append((type(op).__name__, _plain(leaves, by_value),
+                    _plain(sorted(made.items()), by_value)))  # fmt: skip
     return out
 
 
