@@ -477,7 +477,10 @@ def _counted(step: Step, equation: str, operands: list[Any], out: Shape) -> Step
                if not hasattr(a, "_keras_history") and sum(d > 1 for d in shape) >= 2]
     if not weights or not out or not out[0]:
         return step
-    subs, letters = einsum_subscripts(equation, [len(shape) for shape in shapes])
+    try:
+        subs, letters = einsum_subscripts(equation, [len(shape) for shape in shapes])
+    except Exception:  # noqa: BLE001 - an equation the rule cannot read: no FLOPs said
+        return step
     held = math.prod(out[letters.index(c)] for c in subs[weights[0]] if c in letters)
     step.attrs.update(positions=max(1, round(math.prod(out) / held / out[0])),
                       weight_elems=math.prod(shapes[weights[0]]))
