@@ -170,7 +170,8 @@ class _Walker:
         """The output shapes of ``node`` at the sample's sizes. A layer keeps its input's
         batch; a ``keras.ops`` call may change it (two views joined on the batch axis,
         ``ops.split(h, 2, axis=0)``), so it is computed."""
-        given = [self.shapes[id(t)][0] for t in node.input_tensors[:1]]
+        given = [shape[0] for shape in (self.shapes[id(t)] for t in node.input_tensors[:1])
+                 if shape]  # fmt: skip
         batch = given[0] if given and isinstance(node.operation, keras.Layer) else None
         shapes = [tuple(batch if d is None and i == 0 else d for i, d in enumerate(t.shape))
                   for t in node.outputs]  # fmt: skip
