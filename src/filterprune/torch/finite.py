@@ -65,12 +65,18 @@ def strip_probe(model: nn.Module, sample: Any, analysis: Analysis,
         yield same
 
 
+# the deepest cut, and half: a test of sizes that answers otherwise at one width alone
+# (``if out.shape[1] != x.shape[1]`` of 32 against 16) flips at a cut by half
+_PROBED_LEVELS = (MAX_GROUP_LEVEL, 0.5)
+
+
 @contextlib.contextmanager
 def _strip_probe(model: nn.Module, sample: Any, analysis: Analysis,
                  params: FilterPruningParams) -> Iterator[Probe | None]:  # fmt: skip
     """``same(groups)``: copies of ``model`` with the deepest cut of ``groups`` a plan can
-    make, one masked and one stripped, compute the same on a seeded input of ``sample``'s
-    shapes (float outputs within 1e-4 of their largest magnitude, or 1e-7 in float64).
+    make, and with half of each cut, one masked and one stripped, compute the same on a
+    seeded input of ``sample``'s shapes (float outputs within 1e-4 of their largest
+    magnitude, or 1e-7 in float64).
     A capture that fixes sizes read in forward (torch.export) misses a channel count used
     as a number (``x.shape[1] ** -0.5``) or in a view: only the stripped copy computes
     with it cut. The copies' weights are redrawn
@@ -95,10 +101,13 @@ def _strip_probe(model: nn.Module, sample: Any, analysis: Analysis,
     layers, bn = analysis.graph.layers, params.prune_batch_norms
 
     def same(groups: Sequence[Group]) -> bool:
+        return all(same_at(groups, level) for level in _PROBED_LEVELS)
+
+    def same_at(groups: Sequence[Group], level: float) -> bool:
         # counted in each group's units, as a plan counts them (a GroupNorm group's 4 units
         # of 8 filters are not "no more than one multiple of 8")
         keeps = analysis.keeps(probe_cut(groups, lambda g: keep_count(
-            g.size, MAX_GROUP_LEVEL, unit_multiple(g, params.filters_multiple_of)), last=True))
+            g.size, level, unit_multiple(g, params.filters_multiple_of)), last=True))
         masked = copy_model(base)
         apply_masks(masked, keeps, layers, bn=bn)
         try:
