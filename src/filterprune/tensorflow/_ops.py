@@ -577,11 +577,13 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
         return [_counted(Step("stop", {"reason": "keras.ops matmul with a constant operand"}),
                          "...ij,...jk->...ik", args[:2], out)]  # fmt: skip
     if name in ("Conv", "DepthwiseConv", "SeparableConv"):  # a kernel given as a tensor
-        kernels = args[1:3] if name == "SeparableConv" else args[1:2]
+        kernels = [tuple(k.shape) for k in (args[1:3] if name == "SeparableConv" else args[1:2])]
         spatial = out[1:-1] if getattr(op, "data_format", None) != "channels_first" else out[2:]
-        return [Step("stop", {"reason": f"no channel rule for keras.ops {name}",
-                              "positions": math.prod(spatial),
-                              "weight_elems": sum(math.prod(k.shape) for k in kernels)})]
+        step = Step("stop", {"reason": f"no channel rule for keras.ops {name}"})
+        if kernels and all(isinstance(d, int) for k in kernels for d in k):  # sizes known
+            step.attrs.update(positions=math.prod(spatial),
+                              weight_elems=sum(math.prod(k) for k in kernels))
+        return [step]
     if name == "GetItem" and len(args) > 1:
         key = tuple(args[1]) if isinstance(args[1], list) else args[1]
         parts = equal_parts(key, ins[0])  # bounds the strip rewrites (``h[..., :16]``)
