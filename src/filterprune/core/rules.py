@@ -882,14 +882,7 @@ def _same_extent(node: Node, x: np.ndarray, shape: tuple[int, ...]) -> bool:
         (node.attrs["index"],)  # fmt: skip
     if node.attrs.get("computed_axes") or sum(it is Ellipsis for it in items) > 1:
         return False
-    at = [i for i, it in enumerate(items) if it is Ellipsis]
-    if at:
-        spread = len(shape) - sum(it is not None for it in items) + 1
-        items = (*items[: at[0]], *[slice(None)] * spread, *items[at[0] + 1 :])
-    axis = 0
-    for it in items:
-        if it is None:
-            continue
+    for axis, it in enumerate(_items(items, len(shape))):
         width = shape[axis]
         if _varies(_pad(x, len(shape)), axis):
             if isinstance(it, int) and it not in (0, -1):
@@ -897,7 +890,6 @@ def _same_extent(node: Node, x: np.ndarray, shape: tuple[int, ...]) -> bool:
             if isinstance(it, slice) and len({len(range(*it.indices(w)))
                                               for w in range(1, width + 1)}) > 1:  # fmt: skip
                 return False
-        axis += 1
     return True
 
 
@@ -979,10 +971,7 @@ def axis_parts(index: Any, ndim: int) -> list[Any] | None:
     parts = list(index) if isinstance(index, tuple) else [index]
     if parts.count(Ellipsis) > 1 or not all(p is Ellipsis or isinstance(p, slice) for p in parts):
         return None
-    if Ellipsis in parts:
-        at = parts.index(Ellipsis)
-        parts[at : at + 1] = [slice(None)] * (ndim - len(parts) + 1)
-    return parts + [slice(None)] * (ndim - len(parts))
+    return _items(index, ndim)
 
 
 def _tie_strided(s: Propagation, full: np.ndarray, axis: int, part: Any) -> None:
