@@ -476,13 +476,15 @@ class Iterated(nn.Module):
             return self.b(torch.cat([parts[i] for i in range(len(parts))][::-1], 1))
         if self.form == "star":
             return self.b(h.view(*h.shape))
+        if self.form == "steps":  # a loop over time steps folded into the first axis
+            return self.b(torch.stack([h[t] * 0.5**t for t in range(h.shape[0])]))
         return self.b(torch.stack([sample.flip(-1) for sample in h]))  # over the batch
 
 
-@pytest.mark.parametrize("form", ["len", "star", "batch"])
+@pytest.mark.parametrize("form", ["len", "star", "batch", "steps"])
 def test_lengths_and_items_of_the_sample_are_read(form):
-    """torch.fx refused each (``len`` of a proxy, iterating one); torch.export then held
-    ``a``'s filters: the sizes it fixes are numbers in code."""
+    """torch.fx refused each (``len`` of a proxy, iterating one, ``range`` of a size);
+    torch.export then held ``a``'s filters: the sizes it fixes are numbers in code."""
     torch.manual_seed(0)
     config = make_config((2, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
     ctrl, model = create_compressed_model(nondegenerate(Iterated(form)), config)
@@ -514,11 +516,13 @@ class Tested(nn.Module):
             h = h / int(h.shape[1])
         elif self.form == "float":
             h = h * float(h.shape[1]) ** -0.5
+        elif self.form == "range":
+            h = h + sum(range(1, h.shape[1], 4))
         return self.b(h)
 
 
 @pytest.mark.parametrize("form, cut", [("odd", True), ("resized", True), ("wide", False),
-                                       ("int", False), ("float", False)])
+                                       ("int", False), ("float", False), ("range", False)])
 def test_tests_and_numbers_of_sizes_are_read_on_the_sample(form, cut):
     """torch.fx refuses ``if`` on a proxy and ``int()`` of one; torch.export then fixed
     every size, a channel count taken as a number too (with a warning). A test or number

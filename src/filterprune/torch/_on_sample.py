@@ -24,7 +24,7 @@ from ._copy import global_hooks, is_users
 from ._init_args import random_state_kept
 from ._snapshot import attributes_kept
 
-__all__ = ["HOOKED", "settled", "traced_hooks_off"]
+__all__ = ["HOOKED", "settled", "sized_range", "traced_hooks_off"]
 
 HOOKED = "filterprune_hooked"  # node meta: the user's hooks of the module traced around it
 
@@ -142,6 +142,31 @@ def _value_shaped(node: fx.Node, values: dict[fx.Node, Any]) -> bool:
             return True  # ``x[mask]``
         stack.extend(n.all_input_nodes)
     return False
+
+
+@contextlib.contextmanager
+def sized_range(root: nn.Module) -> Iterator[None]:
+    """``range(x.shape[0])`` in the forwards of ``root``'s modules (a loop over time
+    steps) answered on the sample while the trace runs: ``range`` asks a size for an
+    index, which the capture's proxy refuses (a list of sizes given to a torch op would
+    lose its proxies). The size is read as ``int()`` reads it, so its axis stays whole."""
+    def ranged(*bounds: Any) -> range:
+        return range(*(int(b) if isinstance(b, fx.Proxy) else b for b in bounds))
+
+    spaces = {id(g): g for m in (root.modules() if isinstance(root, nn.Module) else ())
+              if (g := getattr(getattr(m, "forward", None), "__globals__", None)) is not None
+              and g.get("range", range) is range}  # fmt: skip
+    owned = {key for key, g in spaces.items() if "range" in g}
+    for g in spaces.values():
+        g["range"] = ranged
+    try:
+        yield
+    finally:
+        for key, g in spaces.items():
+            if key in owned:
+                g["range"] = range
+            else:
+                g.pop("range", None)
 
 
 @contextlib.contextmanager

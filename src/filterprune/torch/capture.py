@@ -39,7 +39,7 @@ from ._copy import computed_weights, copy_model, forward_hooks, global_hooks, is
 from ._eager_reads import training_sources
 from ._init_args import random_state_kept
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
-from ._on_sample import HOOKED, settled, traced_hooks_off
+from ._on_sample import HOOKED, settled, sized_range, traced_hooks_off
 from ._ops import CALL_RULES, EXPORT_READS, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
 from ._snapshot import (
@@ -194,7 +194,7 @@ class _Tracer(fx.Tracer):
         return found if found is not None else settled(self, node, numbers, sizes=True)
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
-        with tracing_layers():
+        with tracing_layers(), sized_range(root):
             return super().trace(root, concrete_args)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
