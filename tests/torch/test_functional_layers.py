@@ -98,8 +98,10 @@ def test_functional_batchnorm_conv_prelu_linear_are_layers(capture):
     assert kinds == {"stem": "conv", "bn": "batchnorm", "mid": "conv", "bn2": "batchnorm",
                      "expand": "conv", "act": "batchnorm", "fc": "linear"}  # fmt: skip
     groups = _groups(capture, Net())
+    # fc's own outputs feed the output; its weight read outside its forward holds them too
+    outside = "linear: reads Linear fc's parameters outside its forward, where masks do not act"
     assert groups == {("stem",): (16, None), ("mid",): (16, None), ("expand",): (32, None),
-                      ("fc",): (10, "feeds a model output")}  # fmt: skip
+                      ("fc",): (10, outside)}  # fmt: skip
 
 
 def test_both_captures_give_the_same_groups():
@@ -228,10 +230,66 @@ def test_a_parameter_read_by_two_ops_ties_them():
             y2 = self.shared(self.b(x))
             return self.head(torch.cat([y1, y2], 1))
 
+    outside = ("conv2d: reads PlainConv shared's parameters outside its forward, where "
+               "masks do not act")  # its masks would zero y2's filters only
     for capture in CAPTURES:
         groups = _groups(capture, Twice())
         assert groups[("a", "b")] == (8, None), groups  # both feed the shared weight's columns
-        assert groups[("shared",)] == (16, None)
+        assert groups[("shared",)] == (16, outside)
+    torch.manual_seed(0)
+    config = make_config((2, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(nondegenerate(Twice()), config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    assert (small.a.out_channels, small.shared.out_channels) == (4, 16)
+
+
+class Outside(nn.Module):
+    """A parent's forward passes its children's weights to their functions: the
+    children's forwards, where masks act, never run."""
+
+    def __init__(self, bn: bool):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(16) if bn else nn.PReLU(16)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        h = F.conv2d(x, self.c1.weight, self.c1.bias, padding=1)
+        h = self.b1(h) if isinstance(self.b1, nn.BatchNorm2d) else F.prelu(h, self.b1.weight)
+        return self.head(torch.relu(self.c2(h)))
+
+
+def _convs_as_functions(net: nn.Module) -> torch.fx.GraphModule:
+    """A user's fx pass: each conv's call becomes ``F.conv2d`` on its ``get_attr``s."""
+    gm = torch.fx.symbolic_trace(net)
+    for node in list(gm.graph.nodes):
+        conv = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(conv, nn.Conv2d):
+            with gm.graph.inserting_before(node):
+                w = gm.graph.get_attr(f"{node.target}.weight")
+                b = gm.graph.get_attr(f"{node.target}.bias")
+                node.replace_all_uses_with(gm.graph.call_function(
+                    F.conv2d, (node.args[0], w, b, conv.stride, conv.padding)))
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
+
+
+@pytest.mark.parametrize("build", ["bn", "prelu", "graph module"])
+def test_a_layer_whose_parameters_a_parent_reads_keeps_its_filters(build):
+    """c1's filters were cut, and its masks never ran: stripped vs masked 0.06 off. Its
+    inputs may still be cut; a PReLU read so maps a cut (zero) channel to zero."""
+    torch.manual_seed(0)
+    net = nondegenerate(Outside(bn=build != "prelu"))
+    if build == "graph module":
+        net = _convs_as_functions(net)
+    config = make_config((2, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(net, config)
+    held = {name: r for names, r in ctrl.statistics().unpruned for name in names}
+    graph = build == "graph module"  # c2's call made F.conv2d too (c1 is a plain Module)
+    assert "outside its forward, where masks do not act" in held["c2" if graph else "c1"], held
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    assert (small.c1.weight.shape[0], small.c2.weight.shape[0]) == (16, 16 if graph else 8)
 
 
 def test_embedding_weight_is_counted_and_stays():

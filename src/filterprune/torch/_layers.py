@@ -299,7 +299,11 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
                "parametrization computes its weight; masks follow only the forward of its "
                "torch class there")  # fmt: skip
         return _opaque(why, owner, modules, graph_layers, positions)
-    return _built(build, module, owner, in_shape, out_shape, context, graph_layers)
+    parts = _built(build, module, owner, in_shape, out_shape, context, graph_layers)
+    if not within(context or "", owner) and not spec.zero_kept:  # masks act in its forward
+        parts.attrs["out_held"] = (f"reads {type(module).__name__} {owner}'s parameters "
+                                   "outside its forward, where masks do not act")  # fmt: skip
+    return parts
 
 
 def within(path: str | None, owner: str) -> bool:
