@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 from torch_helpers import assert_strip_equal, classify_steps
 
 from filterprune import NNCFConfig
@@ -219,3 +220,37 @@ def test_a_normed_own_conv_counts_the_flops_of_its_conv_only(kind):
                           nn.ReLU(), nn.Conv2d(16, 4, 1))  # fmt: skip
     ctrl, _ = create_compressed_model(nondegenerate(model), config())
     assert ctrl.statistics().full_flops == 2 * 256 * (16 * 27 + 16 * 144 + 4 * 16)
+
+
+def _plain_net() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+
+@pytest.mark.parametrize("form", ["torch prune", "weight buffer"])
+def test_a_layer_whose_weight_is_no_parameter_counts_its_conv_flops(form):
+    """Held, such a conv counted its parameters once per row of its output (C*H rows,
+    2.80M FLOPs for the net's 5.60M), or nothing (a weight buffer). A weight that
+    torch.nn.utils.prune computes stays whole, as its mask buffer is named as the filter
+    masks' own, and the reason says what to do."""
+    torch.manual_seed(0)
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [2, 3, 32, 32]}, "compression": {
+        "algorithm": "filter_pruning", "pruning_init": 0.5,
+        "params": {"filters_multiple_of": 1, "prune_first_conv": True}}})  # fmt: skip
+    plain, net = _plain_net(), _plain_net()
+    for layer in (net[0], net[2]):
+        if form == "torch prune":
+            torch_prune.l1_unstructured(layer, "weight", amount=0.3)
+        else:
+            weight = layer.weight.detach().clone()
+            del layer.weight
+            layer.register_buffer("weight", weight)
+    full = create_compressed_model(plain, config)[0].statistics().full_flops
+    ctrl, model = create_compressed_model(net, config)
+    stats = ctrl.statistics()
+    assert stats.full_flops == full == 2 * 1024 * (3 * 16 * 9 + 16 * 16 * 9) + 2 * 16 * 4
+    held = {name: r for names, r in stats.unpruned for name in names}
+    words = "torch.nn.utils.prune.remove" if form == "torch prune" else "has no weight parameter"
+    assert words in held["0"], held
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 32, 32))

@@ -29,6 +29,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
+from torch.nn.utils.prune import BasePruningMethod
 
 from ..core.flops import count_product
 from ..core.graph import Graph, LayerInfo, Node
@@ -869,14 +870,27 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     (kind, attrs), info = found[1](module, name, in_shape, shape)
     if info.weight is not None and info.weight not in info.params:  # a weight buffer
         graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
-        attrs = {"reason": f"{label} {name} has no weight parameter",
-                 "positions": _tokens(shape, graph)}  # fmt: skip
+        weight = getattr(module, info.weight, None)  # a fixed filter: what it multiplies
+        attrs = {"reason": _no_weight_words(module, label, name),
+                 "positions": attrs.get("positions", _tokens(shape, graph))}  # fmt: skip
+        if torch.is_tensor(weight):
+            attrs["weight_elems"] = weight.numel()
         return Node(node.name, "stop", inputs, shape, layer=name, label=label, attrs=attrs)
     if info.params or info.kind in ("conv", "linear", "batchnorm"):
         graph.layers.setdefault(name, info)
     # an unpool's indices too; every input of a layer that keeps some whole (``held``)
     read = inputs if "held" in attrs else inputs[:1 + len(attrs.get("tied", ()))]
     return Node(node.name, kind, read, shape, layer=name, attrs=attrs, label=label)
+
+
+def _no_weight_words(module: nn.Module, label: str, name: str) -> str:
+    """Why a conv or linear layer whose weight is no parameter stays whole."""
+    if any(isinstance(h, BasePruningMethod) for h in module._forward_pre_hooks.values()):
+        # its mask buffer is named as the masks' own (``weight_mask``)
+        return (f"{label} {name}'s weight is computed by torch.nn.utils.prune, whose mask "
+                "buffer the filter masks would replace: make that pruning permanent first "
+                "(torch.nn.utils.prune.remove(module, 'weight'))")  # fmt: skip
+    return f"{label} {name} has no weight parameter"
 
 
 # lookups read entries of a table and multiply nothing: no FLOPs of a matrix
