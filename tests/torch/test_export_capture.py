@@ -5,6 +5,7 @@ import copy
 import functools
 import pickle
 import random
+import types
 import warnings
 
 import pytest
@@ -881,3 +882,37 @@ def test_a_test_of_sizes_that_a_cut_by_half_flips_is_held_under_torch_export():
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
     held = {name: r for names, r in ctrl.statistics().unpruned for name in names}
     assert small.c2.out_channels == 32 and held["c2"] == UNSTRIPPED, held
+
+
+class _Shared(nn.Module):
+    """One extractor under two names (stable-baselines3's ``features_extractor`` and
+    ``pi_features_extractor``); the policy keeps its last action distribution, an object
+    holding the logits, as a plain attribute."""
+
+    def __init__(self, through_alias: bool):
+        super().__init__()
+        self.features = nn.Sequential(cbs(4, 16), cbs(16, 16))
+        self.pi_features = self.features
+        self.head, self.through_alias = nn.Conv2d(16, 6, 1), through_alias
+        self.last = types.SimpleNamespace(distribution=None)
+
+    def forward(self, x):
+        extractor = self.pi_features if self.through_alias else self.features
+        logits = self.head(untraced(extractor(x))).mean((2, 3))
+        self.last.distribution = torch.distributions.Categorical(logits=logits)
+        return logits
+
+
+@pytest.mark.parametrize("through_alias", [False, True])
+def test_a_module_under_two_names_is_one_layer_under_torch_export(through_alias):
+    """torch.export named the parameters by one name and the module by the other: every
+    conv was held ("reads parameters that are not one layer's") or said not to run. The
+    logits kept in an object made the strip check's copy fail at creation."""
+    model = nondegenerate(_Shared(through_alias))
+    model(torch.randn(2, 4, 8, 8))  # a policy that has acted keeps a distribution
+    config = make_config((2, 4, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        ctrl, model = create_compressed_model(model, config)
+    assert {p for producers, _ in ctrl.statistics().unpruned for p in producers} == {"head"}
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 4, 8, 8), tol=1e-5)
+    assert small.pi_features[0][0].out_channels == 8

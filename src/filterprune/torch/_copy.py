@@ -103,7 +103,8 @@ def copy_model(model: nn.Module) -> nn.Module:
 
 def _detached(model: nn.Module) -> dict[int, torch.Tensor]:
     """A deepcopy memo: each non-leaf tensor a module holds as an attribute (or in a list,
-    tuple or dict there) -> a detached copy of it."""
+    tuple or dict there, or in an object's attributes: a policy's last action
+    distribution) -> a detached copy of it."""
     memo: dict[int, torch.Tensor] = {}
 
     def visit(value: object, depth: int) -> None:
@@ -115,6 +116,9 @@ def _detached(model: nn.Module) -> dict[int, torch.Tensor]:
                 visit(v, depth + 1)
         elif depth < 3 and isinstance(value, dict):
             for v in value.values():
+                visit(v, depth + 1)
+        elif depth < 3 and not isinstance(value, (nn.Module, type)) and hasattr(value, "__dict__"):
+            for v in vars(value).values():
                 visit(v, depth + 1)
 
     for module in model.modules():

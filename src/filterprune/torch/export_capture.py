@@ -159,6 +159,7 @@ def capture_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captu
         ``ExportedProgram`` as ``extra["program"]``.
     """
     program, notes = export_program(model, example)
+    _first_paths(model, program.graph)
     builder = _Builder(model, program)
     for node in program.graph.nodes:
         builder.add(node)
@@ -205,6 +206,28 @@ def _holds_tensors(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
+def _first_names(named: list[tuple[str, Any]]) -> dict[str, str]:
+    """Each later name of an object named twice -> its first name."""
+    first: dict[int, str] = {}
+    return {name: first[id(v)] for name, v in named if first.setdefault(id(v), name) != name}
+
+
+def _first_paths(model: nn.Module, graph: fx.Graph) -> None:
+    """Module paths in ``graph``'s records named as ``named_modules`` names them: torch.export
+    names a module registered twice (stable-baselines3's shared feature extractor) by the
+    name the forward reached it through, and its parameters by another."""
+    first = _first_names(list(model.named_modules(remove_duplicate=False)))
+    if not first:
+        return
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        for key, (path, kind) in list((stack or {}).items()):
+            if isinstance(path, str):
+                head = "L['self']." if path.startswith("L['self'].") else ""
+                stack[key] = (head + first.get(path.removeprefix(head), path.removeprefix(head)),
+                              kind)  # fmt: skip
+
+
 def _weight_sources(model: nn.Module) -> dict[str, str]:
     """Each parameter or buffer a computed weight is made from -> that weight's name
     (``conv.weight_v`` -> ``conv.weight``)."""
@@ -234,9 +257,11 @@ class _Builder:
         self.sources = _weight_sources(model)
         self.computed: dict[str, str] = {}  # a computed weight -> the layer attribute it is
         self.weight_ops: dict[str, fx.Node] = {}  # the ops computing them
+        first = _first_names([*model.named_parameters(remove_duplicate=False),
+                              *model.named_buffers(remove_duplicate=False)])  # fmt: skip
         for spec in program.graph_signature.input_specs:
             if spec.kind.name in _TENSOR_INPUTS and spec.target is not None:
-                self.tensors[spec.arg.name] = spec.target
+                self.tensors[spec.arg.name] = first.get(spec.target, spec.target)
         for spec in program.graph_signature.output_specs:
             if spec.kind.name == "USER_OUTPUT" and hasattr(spec.arg, "name"):
                 self.user_outputs.append(spec.arg.name)
