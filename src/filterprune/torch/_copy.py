@@ -13,7 +13,10 @@ a cut of the parameters it is computed from would change the norm it is divided 
 from __future__ import annotations
 
 import copy
+import functools
+import types
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +28,8 @@ from torch.nn.utils.weight_norm import WeightNorm
 from .masks import _masked_class
 
 __all__ = ["detach_computed_weights", "copy_model", "computed_weights", "bake_weights",
-           "NORM_HOOKS", "forward_hooks", "global_hooks", "is_users", "user_hooks"]
+           "NORM_HOOKS", "forward_hooks", "global_hooks", "is_users", "object_attributes",
+           "user_hooks"]
 
 NORM_HOOKS = (WeightNorm, SpectralNorm)  # the legacy weight-norm forward pre-hooks
 
@@ -101,6 +105,19 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, _detached(model))
 
 
+def object_attributes(value: Any) -> dict | None:
+    """The attributes of a plain object; ``None`` for a module, tensor, class, function or
+    builtin, and for one without a ``__dict__`` (slots) or whose ``__getattr__`` raises."""
+    if type(value).__module__ == "builtins" or isinstance(
+            value, (nn.Module, torch.Tensor, type, types.FunctionType, types.MethodType,
+                    types.ModuleType, functools.partial)):  # fmt: skip
+        return None
+    try:
+        return vars(value)
+    except Exception:  # noqa: BLE001 - no __dict__ (slots), or a __getattr__ that raises
+        return None
+
+
 def _detached(model: nn.Module) -> dict[int, torch.Tensor]:
     """A deepcopy memo: each non-leaf tensor a module holds as an attribute (or in a list,
     tuple or dict there, or in an object's attributes: a policy's last action
@@ -117,8 +134,9 @@ def _detached(model: nn.Module) -> dict[int, torch.Tensor]:
         elif depth < 3 and isinstance(value, dict):
             for v in value.values():
                 visit(v, depth + 1)
-        elif depth < 3 and not isinstance(value, (nn.Module, type)) and hasattr(value, "__dict__"):
-            for v in vars(value).values():
+        elif depth < 3 and not isinstance(value, nn.Module) and (
+                attributes := object_attributes(value)) is not None:  # fmt: skip
+            for v in attributes.values():
                 visit(v, depth + 1)
 
     for module in model.modules():

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from ._copy import global_hooks
+from ._copy import global_hooks, object_attributes
 
 __all__ = ["restore", "snapshot", "attributes_kept", "plain_attributes", "put_back",
            "held_by_hooks", "saved_buffers", "put_back_buffers"]
@@ -141,14 +141,7 @@ def _contents(value: Any, depth: int, seen: set[int], out: list[tuple[Any, Any]]
         table = value
     elif isinstance(value, list):
         table = None
-    elif type(value).__module__ != "builtins" and not isinstance(
-            value, (nn.Module, torch.Tensor, type, types.FunctionType, types.MethodType,
-                    types.ModuleType, functools.partial)):  # fmt: skip
-        try:
-            table = vars(value)
-        except Exception:  # noqa: BLE001 - no __dict__ (slots), or a __getattr__ that raises
-            return
-    else:
+    elif (table := object_attributes(value)) is None:
         return
     seen.add(id(value))
     held = list(value) if table is None else dict(table)
