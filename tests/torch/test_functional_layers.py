@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
-from torch_helpers import assert_strip_equal, make_config
+from torch_helpers import assert_strip_equal, make_config, untraced
 
 from filterprune import NNCFConfig
 from filterprune.core.analysis import AnalysisOptions, analyze
@@ -945,3 +945,35 @@ def test_matrices_over_sequence_first_tokens_count_every_token(size_read):
     conv = 2 * tokens * 16 * 3 * 9
     attention = 2 * tokens * (3 * 16 * 16 + 16 * 16)  # in_proj and out_proj
     assert ctrl.statistics().full_flops == conv + attention + 2 * tokens * 16 * 8
+
+
+class StepsNorm(nn.BatchNorm2d):
+    """Normalises a sequence (T, N, C, H, W) as one batch (spikingjelly's multi-step
+    BatchNorm2d): its output holds the channels on axis 2."""
+
+    def forward(self, x):
+        y = super().forward(x.flatten(0, 1))
+        return y.view(*x.shape[:2], *y.shape[1:])
+
+
+class Steps(nn.Module):
+    def __init__(self, exported: bool):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(2, 16, 3, padding=1), StepsNorm(16)
+        self.head, self.exported = nn.Linear(16, 4), exported
+
+    def forward(self, x):
+        h = self.conv(x).view(3, x.shape[0] // 3, 16, *x.shape[2:])
+        h = untraced(h) if self.exported else h
+        return self.head(torch.relu(self.norm(h)).mean((3, 4)))
+
+
+@pytest.mark.parametrize("exported", [False, True])
+def test_a_norm_reshaping_around_its_call_in_its_own_forward_stays_whole(exported):
+    """Its masks were applied to axis 1 of its output: the masked forward crashed."""
+    torch.manual_seed(0)
+    net = nondegenerate(Steps(exported))
+    ctrl, model = create_compressed_model(net, make_config((6, 2, 8, 8), prune_first_conv=True))
+    held = {name: r for names, r in ctrl.statistics().unpruned for name in names}
+    assert "computes what it passes to batch_norm in its own forward" in held["norm"], held
+    assert_strip_equal(ctrl, model, torch.randn(6, 2, 8, 8))

@@ -293,6 +293,10 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         return _opaque(why, owner, modules, graph_layers, positions, weight_elems=weight_elems)
     cls, build = found
     inside = within(data_path, owner)
+    if not weighted and inside and type(module).forward is not cls.forward:
+        why = (f"{type(module).__name__} {owner} computes what it passes to {label} in its "
+               "own forward (a reshape around it); masks zero axis 1 of its output")  # fmt: skip
+        return _opaque(why, owner, modules, graph_layers, positions)
     if weighted and not keeps_own_forward(type(module)) \
             and not _same_forward(module, cls, in_shape, inside):  # fmt: skip
         why = (f"{type(module).__name__} {owner} runs its own forward around {label} and a "
