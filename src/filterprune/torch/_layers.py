@@ -43,7 +43,7 @@ from ._ops import (
     probe_forwards,
     scalar_layer,
 )
-from .masks import keeps_own_forward
+from .masks import keeps_own_forward, masks_channels
 
 __all__ = ["functional_node", "plain_params", "owner_of", "module_path", "split_sizes", "within",
            "COMPUTED"]
@@ -293,7 +293,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         return _opaque(why, owner, modules, graph_layers, positions, weight_elems=weight_elems)
     cls, build = found
     inside = within(data_path, owner)
-    if not weighted and inside and type(module).forward is not cls.forward:
+    if masks_channels(type(module)) and inside and type(module).forward is not cls.forward:
         why = (f"{type(module).__name__} {owner} computes what it passes to {label} in its "
                "own forward (a reshape around it); masks zero axis 1 of its output")  # fmt: skip
         return _opaque(why, owner, modules, graph_layers, positions)

@@ -33,7 +33,8 @@ except ImportError:
     DeformConv2d = deform_conv2d = None
 
 __all__ = ["apply_masks", "remove_masks", "is_masked", "add_weight_quantizer", "masked_param",
-           "quantized_class", "keeps_own_forward", "pruned_statistics", "restore_pruned_statistics"]
+           "quantized_class", "keeps_own_forward", "masks_channels", "pruned_statistics",
+           "restore_pruned_statistics"]
 
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CONV_T_FN = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d,
@@ -271,6 +272,12 @@ def _masked_class(cls: type, prefix: str = "Masked", channels: bool | None = Non
             attrs.update({n: _shadowing(n) for n in ("weight", "bias")})
         _SWAPPED[cls, prefix, channels] = type(f"{prefix}{cls.__name__}", (mixin, cls), attrs)
     return _SWAPPED[cls, prefix, channels]
+
+
+def masks_channels(cls: type) -> bool:
+    """Whether the masks of a ``cls`` layer zero axis 1 of its output (a BatchNorm,
+    PReLU or GroupNorm, whatever its own forward computes around the torch one)."""
+    return issubclass(cls, _CHANNEL_LAYERS)
 
 
 def _torch_layer(cls: type) -> bool:
