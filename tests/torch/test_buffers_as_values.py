@@ -2,6 +2,7 @@
 Python value, or assigns one, is still traced by torch.fx and keeps its tensors."""
 
 import io
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -50,3 +51,47 @@ def test_a_buffer_assigned_in_forward_keeps_its_tensor():
     assert type(net._buffers["step"]) is torch.Tensor and int(net.step) == 3
     torch.save(model.state_dict(), io.BytesIO())
     model.train()(torch.randn(2, 3, 8, 8))
+
+
+class Neuron(nn.Module):
+    """A leaky integrate-and-fire neuron keeping its membrane as a plain attribute across
+    calls (streaming inference), made on the first call."""
+
+    def __init__(self):
+        super().__init__()
+        self.mem = None
+
+    def forward(self, x):
+        self.mem = x if self.mem is None else self.mem * 0.5 + x
+        spikes = (self.mem > 0.5).float()
+        self.mem = self.mem * (1 - spikes)
+        return spikes + 0.1 * self.mem
+
+
+class Spiking(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(2, 16, 3, padding=1), Neuron()
+        self.c2, self.n2 = nn.Conv2d(16, 16, 3, padding=1), Neuron()
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.n2(self.c2(self.n1(self.c1(x)))).mean((2, 3)))
+
+
+def test_state_a_forward_keeps_across_calls_starts_over_in_the_stripped_model(caplog):
+    """The strip copied the masked model's 16-channel membrane into a model cut to 8: its
+    next call crashed. It starts from the value it had at creation, with a warning."""
+    torch.manual_seed(0)
+    config = make_config((2, 2, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(Spiking().eval(), config)
+    x = torch.randn(2, 2, 8, 8)
+    with torch.no_grad():
+        model(x), model(x)  # a stream's state
+    with caplog.at_level(logging.WARNING, logger="filterprune"):
+        small = ctrl.strip()
+    assert "n1.mem, n2.mem held tensors that the forward kept" in caplog.text
+    assert small.n1.mem is None and model.n1.mem is not None
+    model.n1.mem = model.n2.mem = None  # the user's reset between streams
+    assert_strip_equal(ctrl, model, x)
+    assert small.c1.out_channels == 8

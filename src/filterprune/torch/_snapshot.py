@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import types
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -210,3 +211,39 @@ def put_back_buffers(saved: Buffers) -> None:
             for buffer, value in table.values():
                 if value is not None and buffer.shape == value.shape:
                     buffer.copy_(value)
+
+
+# each module's plain attributes at creation: a plain value, or what else it was
+_AT_CREATION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PLAIN, _TENSOR, _OTHER = (type(None), bool, int, float), object(), object()
+
+
+def note_state(model: nn.Module) -> None:
+    """Note ``model``'s plain attributes now (at creation), for :func:`state_reset`."""
+    for module in model.modules():
+        _AT_CREATION[module] = {
+            k: v if isinstance(v, _PLAIN) else _TENSOR if torch.is_tensor(v) else _OTHER
+            for k, v in vars(module).items() if k not in _TORCH_OWN}  # fmt: skip
+
+
+def state_reset(model: nn.Module, copy: nn.Module) -> list[str]:
+    """Give ``copy``'s modules (a copy of ``model``) the value each plain attribute had
+    when ``model`` was created (``None``, a number, or none), where it holds a tensor now:
+    state a forward keeps across calls (a spiking neuron's membrane) is not cut with the
+    channels, and a forward starts from that value. Returns the attributes' names."""
+    names = []
+    for (path, module), copied in zip(model.named_modules(), copy.modules(), strict=True):
+        before = _AT_CREATION.get(module)
+        if before is None:
+            continue
+        for key, value in list(vars(copied).items()):
+            was = before.get(key)
+            if key in _TORCH_OWN or not torch.is_tensor(value) or was in (_TENSOR, _OTHER) \
+                    or isinstance(value, nn.Parameter):  # fmt: skip
+                continue
+            if key in before:
+                vars(copied)[key] = was
+            else:
+                del vars(copied)[key]
+            names.append(f"{path}.{key}" if path else key)
+    return names

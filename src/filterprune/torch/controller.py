@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from ..errors import AnalysisError
 from . import onnx_export
 from ._copy import bake_weights
 from ._init_args import own_arithmetic
+from ._snapshot import state_reset
 from .fake_quant import FakeQuantize
 from .fold import fold_batchnorms
 from .legr import ranking_trials
@@ -29,6 +31,8 @@ from .reconstruct import Recording, reconstruct, record
 from .shrink import cut_output_quantizers, shrink_model
 from .shrink_frozen import ShrinkWhenFrozen
 from .signals import taylor_accumulator, torch_signal
+
+log = logging.getLogger("filterprune")
 
 __all__ = ["FilterPruningController", "CompressionStage", "export_model", "export_onnx"]
 
@@ -178,6 +182,7 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
             remove_masks(model, bake=True)
             return model
         remove_masks(model, bake=False)
+        _say_state_reset(state_reset(self.model, model))
         small = shrink_model(model, self.keeps(), self.analysis.graph.layers)
         cut_output_quantizers(small, self.kept_channels)
         if model is self.model:  # strip(do_copy=False): the training model is cut now
@@ -189,6 +194,15 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
                      shrink: bool = False) -> None:  # fmt: skip
         """Export to ONNX with pruned filters zeroed (``shrink=True``: removed)."""
         export_model(self, save_path, save_format, input_names, output_names, shrink)
+
+
+def _say_state_reset(names: list[str]) -> None:
+    if names:
+        log.warning("strip: %s held tensors that the forward kept on the model after its "
+                    "creation (state across calls, as a spiking neuron's membrane). Their "
+                    "channels are not cut, so the stripped model starts from the values they "
+                    "had at creation; reset the model's state before comparing.",
+                    ", ".join(names))  # fmt: skip
 
 
 def check_layers_in_place(ctrl: Any) -> None:

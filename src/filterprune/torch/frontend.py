@@ -20,7 +20,7 @@ from ..core.workflow import Captured, Frontend
 from ..errors import AnalysisError, ConfigError
 from ._copy import copy_model
 from ._init_args import InitArgs, adapt_batchnorm
-from ._snapshot import restore, snapshot
+from ._snapshot import note_state, restore, snapshot
 from .capture import capture
 from .controller import FilterPruningController, check_layers_in_place, export_model
 from .distillation import KnowledgeDistillationController
@@ -280,6 +280,9 @@ class TorchFrontend(Frontend):
 
     def snapshot(self, model: nn.Module) -> Any:
         return snapshot(model)
+
+    def finish(self, model: nn.Module) -> None:
+        note_state(model)  # a strip starts the state a forward keeps from these values
 
     def restore(self, model: nn.Module, snapshot: Any) -> None:
         restore(snapshot)
