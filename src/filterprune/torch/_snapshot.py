@@ -231,10 +231,10 @@ def state_reset(model: nn.Module, copy: nn.Module) -> list[str]:
     when ``model`` was created (``None``, a number, or none), where it holds a tensor now:
     state a forward keeps across calls (a spiking neuron's membrane) is not cut with the
     channels, and a forward starts from that value. Returns the attributes' names."""
-    names = []
-    for (path, module), copied in zip(model.named_modules(), copy.modules(), strict=True):
-        before = _AT_CREATION.get(module)
-        if before is None:
+    names, copies = [], dict(copy.named_modules())
+    for path, module in model.named_modules():
+        before, copied = _AT_CREATION.get(module), copies.get(path)
+        if before is None or copied is None:  # (a parametrization the strip wrote in)
             continue
         for key, value in list(vars(copied).items()):
             was = before.get(key)
