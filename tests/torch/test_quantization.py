@@ -2,6 +2,7 @@
 
 import copy
 import json
+import logging
 
 import numpy as np
 import onnx
@@ -745,3 +746,38 @@ def test_dict_batches_give_the_model_every_input_they_name():
         with torch.no_grad():
             outputs.append(model.eval()(*x))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+class _Unrolled(nn.Module):
+    """A layer called at each of four time steps on a growing input (a loop of an
+    unrolled or spiking net): nothing reaches ``c2`` above zero at the first step."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        out = 0
+        for t in range(4):
+            h = torch.relu(self.c2(torch.relu(self.c1(x)) * t * 4))
+            out = out + self.head(h.mean((2, 3)))
+        return out
+
+
+def test_a_range_from_the_first_batch_covers_every_call_of_that_pass(caplog):
+    """It was the first call's alone: c2's input got the smallest range (zeros, with a
+    warning) and every later step was clipped to it."""
+    config = _config({"initializer": {"range": {"num_init_samples": 0}}}, pruning=False,
+                     data=False)  # fmt: skip
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(_Unrolled().eval(), config)
+    x = torch.rand(2, *SAMPLE[1:])
+    with caplog.at_level(logging.WARNING, logger="filterprune"), torch.no_grad():
+        model(x)
+        model(x * 4)  # a later batch's wider input is clipped, as ranges set from data are
+    top = float((torch.relu(model.c1(x)) * 12).max())
+    quantizer = model.c2.input_quantizer
+    assert float(quantizer.scale) * quantizer.quant_max == pytest.approx(top, rel=0.01)
+    assert "saw only zeros" not in caplog.text
+    assert not model._forward_hooks  # every range is set: nothing more to watch

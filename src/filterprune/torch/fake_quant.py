@@ -35,7 +35,8 @@ from ..errors import ConfigError
 
 log = logging.getLogger("filterprune")
 
-__all__ = ["FakeQuantize", "QuantizeInput", "QuantizeOutput", "follow_range", "lazy_ranges_paused"]
+__all__ = ["FakeQuantize", "FirstPassEnd", "QuantizeInput", "QuantizeOutput", "follow_range",
+           "lazy_ranges_paused"]
 
 _ONNX_RANGES = ((0, 255), (-128, 127))
 _TINY = 1e-12
@@ -83,7 +84,8 @@ class FakeQuantize(nn.Module):
 
     Args:
         spec: The core's :class:`~filterprune.core.quantization.QuantizerSpec`.
-        lazy: Activations only: take the range from the first batch seen.
+        lazy: Activations only: take the range from the first batch seen (every call of
+            the model's first pass, :class:`FirstPassEnd`).
 
     Attributes:
         scale, zero_point: Buffers (0-d per tensor, 1-d per channel).
@@ -111,6 +113,7 @@ class FakeQuantize(nn.Module):
         self._meta_written: tuple = ()
         self._write_meta()
         self.collector: RangeCollector | None = None
+        self.first: RangeCollector | None = None  # lazy: the calls of the first model pass
         self._signed: bool | None = None  # a weight's integer range, once decided
 
     @property
@@ -214,23 +217,32 @@ class FakeQuantize(nn.Module):
             return x
         if self.follows_weight:
             return self._fake_quantize(x, *self.follow(x))
-        if not self.initialized:
-            if not self.lazy:
-                return x
-            self._init_from(x)
+        if not self.initialized and not self.lazy:
+            return x
+        if not self.initialized or self.first is not None:
+            self._widen(x)
         return self._fake_quantize(x, self.scale, self.zero_point)
 
-    def _init_from(self, x: torch.Tensor) -> None:
-        rc = RangeCollector("min_max", self.axis is not None, self.spec.channel_axis)
+    def _widen(self, x: torch.Tensor) -> None:
+        """The range of every call in the model's first pass so far (a layer called at
+        each time step of a loop sees its widest input at the last one)."""
+        if self.first is None:
+            self.first = RangeCollector("min_max", self.axis is not None, self.spec.channel_axis)
+        rc = self.first
         rc.update(x.detach().float().cpu().numpy())
         got = rc.range()
-        if got is None and rc.zeros is not None:  # as ranges from init data do
+        if got is None:  # as ranges from init data do: only zeros so far
             got = rc.zeros
+        if got is not None:
+            self.set_state(quant_params(*got, self.spec.settings))
+
+    def end_first_pass(self) -> None:
+        """The model's first pass is over: the range stays as its calls set it."""
+        if self.first is not None and self.first.range() is None and self.first.zeros is not None:
             log.warning("quantizer %s saw only zeros in its first batch (an activation that "
                         "is never positive?): it gets the smallest range, and values it meets "
                         "later are clipped to it", self.spec.key)  # fmt: skip
-        if got is not None:
-            self.set_state(quant_params(*got, self.spec.settings))
+        self.first = None
 
     def _fake_quantize(self, x, scale, zero_point) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export() and (self.quant_min, self.quant_max) not in _ONNX_RANGES:
@@ -245,6 +257,21 @@ class FakeQuantize(nn.Module):
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
         return torch.fake_quantize_per_channel_affine(x, scale, zero_point, self.axis, qmin, qmax)
+
+
+class FirstPassEnd:
+    """Forward hook on the model: its first pass that set a lazy quantizer's range is over
+    (the ranges then cover every call of that pass). Removes itself once all are set."""
+
+    def __init__(self, quantizers: list[FakeQuantize]) -> None:
+        self.quantizers = quantizers
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
+        for q in self.quantizers:
+            q.end_first_pass()
+        if all(q.initialized for q in self.quantizers):  # (a copy's hook leaves the copy)
+            for key in [k for k, h in module._forward_hooks.items() if h is self]:
+                del module._forward_hooks[key]
 
 
 class QuantizeInput:
