@@ -396,6 +396,17 @@ def test_a_scripted_submodule_is_refused_clearly():
         create_compressed_model(model, make_config((1, 3, 16, 16)))
 
 
+@pytest.mark.parametrize("form", ["module", "unflatten"])
+def test_a_module_torch_export_made_is_refused_clearly(form):
+    """ep.module() failed in eval() ("Calling eval() is not supported yet"); an unflattened
+    one was created, and then no strip or export could copy it."""
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    program = torch.export.export(net, (torch.zeros(1, 3, 16, 16),))
+    model = program.module() if form == "module" else torch.export.unflatten(program)
+    with pytest.raises(AnalysisError, match="is a module torch.export made .*Compress the nn"):
+        create_compressed_model(model, make_config((1, 3, 16, 16)))
+
+
 class _AuxHead(nn.Module):
     """An aux head only the training forward calls (GoogLeNet, Inception v3); with
     ``dropped``, DARTS's drop path in training, which torch.fx cannot trace (a tensor

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.export._unlift import _StatefulGraphModule
+from torch.export.unflatten import UnflattenedModule
 
 from ..core._validation import one_of
 from ..core.analysis import Analysis
@@ -162,6 +164,8 @@ def _as_arguments(model: nn.Module, infos: list[dict[str, Any]], tensors: list[t
 
 
 _AO_QUANT = (torch.ao.quantization.ObserverBase, torch.ao.quantization.FakeQuantizeBase)
+# what ExportedProgram.module() and torch.export.unflatten give
+_EXPORTED = (_StatefulGraphModule, UnflattenedModule)
 
 
 def _described(value: object) -> str:
@@ -201,6 +205,15 @@ class TorchFrontend(Frontend):
                 f"Module {compiled[0]!r} is a torch.compile wrapper. Compress the model "
                 "itself (model._orig_mod), then compile the model create_compressed_model "
                 "returns (or call model.compile() in place). The model is unchanged."
+            )
+        exported = [n or type(model).__name__ for n, m in model.named_modules()
+                    if isinstance(m, _EXPORTED)]  # fmt: skip
+        if exported:  # aten calls on lifted weights: no layer to mask; torch cannot copy it
+            raise AnalysisError(
+                f"Module {exported[0]!r} is a module torch.export made (ep.module() or "
+                "torch.export.unflatten(ep)): its layers cannot be masked, cut or copied. "
+                "Compress the nn.Module you exported, then export the model ctrl.strip() "
+                "returns. The model is unchanged."
             )
         scripted = [n or type(model).__name__ for n, m in model.named_modules()
                     if isinstance(m, torch.jit.ScriptModule)]  # fmt: skip
