@@ -52,6 +52,17 @@ class TwoHeads(keras.layers.Layer):
         return self.a(x), self.b(x)
 
 
+class Mixing(keras.layers.Layer):
+    """Mixes channels with a weight named as a SavedModel's variables are (``kernel:0``,
+    what a TFSMLayer holds)."""
+
+    def build(self, input_shape):
+        self.k = self.add_weight(shape=(input_shape[-1], 16), name="kernel:0")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.k)
+
+
 def redrawn(model, seed=0):
     rng = np.random.default_rng(seed)
     for v in model.weights:
@@ -73,8 +84,10 @@ def net(middle, side=16):
 X = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype("float32")
 
 
-@pytest.mark.parametrize("middle", [Block, TwoHeads], ids=["one output", "two outputs"])
+@pytest.mark.parametrize("middle", [Block, TwoHeads, Mixing],
+                         ids=["one output", "two outputs", "saved variables"])
 def test_a_custom_layer_is_held_counted_and_listed(middle):
+    """A weight named with a ":" (a SavedModel's) was left out of the totals."""
     model = net(middle(16, name="block") if middle is Block else middle(name="block"))
     full = model.count_params()
     ctrl, model = create_compressed_model(model, make_config((1, 16, 16, 3)))

@@ -410,7 +410,8 @@ def layer_steps(layer: Any, name: str, ins: list[Shape], outs: list[Shape]) -> l
     label = cls.__name__
     params = {}
     for i, v in enumerate(layer.weights):  # no ":" in a key: that marks a quantizer's scale
-        params[f"{i}.{v.name}"] = (tuple(int(d) for d in v.shape), (None,) * len(v.shape))
+        key = f"{i}.{v.name}".replace(":", "_")  # (a SavedModel's variables are "kernel:0")
+        params[key] = (tuple(int(d) for d in v.shape), (None,) * len(v.shape))
     info = LayerInfo(name, "opaque", params) if params else None
     reason = f"{label} has LoRA enabled" if lora else f"no channel rule for layer {label}"
     if len(outs) > 1:
