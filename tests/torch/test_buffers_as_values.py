@@ -95,3 +95,27 @@ def test_state_a_forward_keeps_across_calls_starts_over_in_the_stripped_model(ca
     model.n1.mem = model.n2.mem = None  # the user's reset between streams
     assert_strip_equal(ctrl, model, x)
     assert small.c1.out_channels == 8
+
+
+class ScaledGain(nn.Module):
+    """A gain per channel and position times one number (a decay, as a spiking neuron
+    keeps in a buffer), computed in forward."""
+
+    def __init__(self, channels, side):
+        super().__init__()
+        self.register_buffer("alpha", torch.tensor(0.7))
+        self.register_buffer("gain", torch.rand(channels, side, side) + 0.5)
+
+    def forward(self, x):
+        return x * (self.alpha * self.gain)
+
+
+def test_a_weight_times_one_number_is_cut_with_its_channels():
+    """Held before: "combines weight alpha and weight gain of other shapes (() and
+    (16, 8, 8))"."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), ScaledGain(16, 8), nn.ReLU(),
+                        nn.Conv2d(16, 4, 1))
+    ctrl, model = create_compressed_model(net, make_config((2, 3, 8, 8), prune_first_conv=True))
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    assert small[0].out_channels == 8 and small[1].gain.shape == (8, 8, 8)

@@ -266,6 +266,8 @@ def _params_combined(ins: list, node: Node) -> Param:
     params = [v for v in ins if isinstance(v, Param)]
     if not params:
         raise RuleError("no tensor operand")
+    # one number (a neuron's decay) scales every entry alike: it has nothing to cut
+    params = [p for p in params if math.prod(p.shape) > 1] or params[:1]
     if any(p.shape != node.shape for p in params):  # a weight broadcast over another
         raise RuleError(f"combines {' and '.join(p.label for p in params)} of other shapes "
                         f"({' and '.join(str(p.shape) for p in params)})")
