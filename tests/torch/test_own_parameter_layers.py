@@ -258,6 +258,30 @@ def test_an_own_depthwise_conv_stays_whole_with_the_reason():
     assert small[2].weight.shape == (16, 1, 3, 3)
 
 
+class NoisyLinear(nn.Module):
+    """NoisyNet's layer in eval mode: its means, named ``weight_mu`` and ``bias_mu``."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.weight_mu = nn.Parameter(torch.randn(cout, cin) * 0.3)
+        self.bias_mu = nn.Parameter(torch.randn(cout) * 0.1)
+
+    def forward(self, x):
+        return F.linear(x, self.weight_mu, self.bias_mu)
+
+
+def test_an_own_layer_with_parameters_named_otherwise_says_so():
+    """The reason read "reads parameters that are not one layer's (n.weight_mu, ...)"."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), NoisyLinear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    ctrl, model = create_compressed_model(net, _config())
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert held["4"] == ("linear reads NoisyLinear 4's weight_mu, bias_mu as its weight, bias: "
+                         "masks follow parameters named so only")  # fmt: skip
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+
+
 class OwnDeform(nn.Module):
     """basicsr's DCNv2Pack: offsets and mask from a conv of another feature map."""
 

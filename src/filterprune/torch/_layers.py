@@ -270,6 +270,10 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
     found = module_rule(module) if module is not None else None
     if owners or not named or module is None:
         why = f"{label} reads parameters that are not one layer's ({', '.join(params.values())})"
+        if not owners and owner and module is not None:  # by other names (NoisyNet's mu)
+            why = (f"{label} reads {type(module).__name__} {owner}'s "
+                   f"{', '.join(owner_of(n)[1] for n in params.values())} as its "
+                   f"{', '.join(params)}: masks follow parameters named so only")  # fmt: skip
         # a parameter of the model itself (owner "") is its own layer in the graph
         reads = sorted({owner_of(name)[0] or name for name in params.values()} - {context or ""})
         return _opaque(why, context, modules, graph_layers, positions, reads, weight_elems,
