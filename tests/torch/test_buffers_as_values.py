@@ -4,6 +4,7 @@ Python value, or assigns one, is still traced by torch.fx and keeps its tensors.
 import io
 import logging
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,45 +55,63 @@ def test_a_buffer_assigned_in_forward_keeps_its_tensor():
 
 
 class Neuron(nn.Module):
-    """A leaky integrate-and-fire neuron keeping its membrane as a plain attribute across
-    calls (streaming inference), made on the first call."""
+    """A leaky integrate-and-fire neuron keeping its membrane across calls (streaming
+    inference), made on the first call: a plain attribute, a pair, a buffer registered
+    as None, or entries of a list; and a temperature the user sets after creation."""
 
-    def __init__(self):
+    def __init__(self, form):
         super().__init__()
-        self.mem = None
+        self.form, self.temperature = form, 1.0
+        if form == "buffer":
+            self.register_buffer("mem", None)
+        else:
+            self.mem = [] if form == "list" else None
 
     def forward(self, x):
-        self.mem = x if self.mem is None else self.mem * 0.5 + x
-        spikes = (self.mem > 0.5).float()
-        self.mem = self.mem * (1 - spikes)
-        return spikes + 0.1 * self.mem
+        last = self.mem[-1] if self.form == "list" and self.mem else (
+            self.mem[0] if self.form == "pair" and self.mem is not None else self.mem)
+        mem = x if last is None or self.form == "list" and not self.mem else last * 0.5 + x
+        spikes = (mem > 0.5).float()
+        mem = mem * (1 - spikes)
+        if self.form == "list":
+            self.mem.append(mem)
+        else:
+            self.mem = (mem, spikes) if self.form == "pair" else mem
+        return (spikes + 0.1 * mem) * self.temperature
 
 
 class Spiking(nn.Module):
-    def __init__(self):
+    def __init__(self, form):
         super().__init__()
-        self.c1, self.n1 = nn.Conv2d(2, 16, 3, padding=1), Neuron()
-        self.c2, self.n2 = nn.Conv2d(16, 16, 3, padding=1), Neuron()
+        self.c1, self.n1 = nn.Conv2d(2, 16, 3, padding=1), Neuron(form)
+        self.c2, self.n2 = nn.Conv2d(16, 16, 3, padding=1), Neuron(form)
         self.head = nn.Linear(16, 4)
 
     def forward(self, x):
         return self.head(self.n2(self.c2(self.n1(self.c1(x)))).mean((2, 3)))
 
 
-def test_state_a_forward_keeps_across_calls_starts_over_in_the_stripped_model(caplog):
+@pytest.mark.parametrize("form", ["attribute", "pair", "buffer", "list"])
+def test_state_a_forward_keeps_across_calls_starts_over_in_the_stripped_model(form, caplog):
     """The strip copied the masked model's 16-channel membrane into a model cut to 8: its
-    next call crashed. It starts from the value it had at creation, with a warning."""
+    next call crashed. It starts from the value it had at creation, with a warning; a
+    tensor the user set (a temperature, no channels) stays."""
     torch.manual_seed(0)
     config = make_config((2, 2, 8, 8), prune_first_conv=True, filters_multiple_of=1)
-    ctrl, model = create_compressed_model(Spiking().eval(), config)
+    ctrl, model = create_compressed_model(Spiking(form).eval(), config)
     x = torch.randn(2, 2, 8, 8)
+    model.n2.temperature = torch.tensor(0.5)
     with torch.no_grad():
         model(x), model(x)  # a stream's state
     with caplog.at_level(logging.WARNING, logger="filterprune"):
         small = ctrl.strip()
-    assert "n1.mem, n2.mem held tensors that the forward kept" in caplog.text
-    assert small.n1.mem is None and model.n1.mem is not None
-    model.n1.mem = model.n2.mem = None  # the user's reset between streams
+    assert "strip: n1.mem, n2.mem held tensors as wide as channels the strip cuts" in caplog.text
+    assert small.n1.mem == ([] if form == "list" else None)
+    assert float(small.n2.temperature) == 0.5
+    with torch.no_grad():
+        small(x)  # runs
+    for neuron in (model.n1, model.n2):  # the user's reset between streams
+        neuron.mem = [] if form == "list" else None
     assert_strip_equal(ctrl, model, x)
     assert small.c1.out_channels == 8
 

@@ -550,3 +550,34 @@ def test_where_both_exporters_fail_each_cause_is_said_in_one_line(tmp_path):
     assert "No ONNX function found for <OpOverload(op='aten.einsum'" in said, said
     assert "the TorchScript exporter with" in said and len(said) < 1000, said
     assert not path.exists()
+
+
+class _Streaming(nn.Module):
+    """A causal conv keeping its last frame across calls (streaming audio), made on the
+    first call: a fresh stream pads with ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv1d(4, 16, 2), nn.Conv1d(16, 16, 1)
+        self.head, self.cache = nn.Conv1d(16, 3, 1), None
+
+    def forward(self, x):
+        past = torch.ones_like(x[..., :1]) if self.cache is None else self.cache
+        self.cache = x[..., -1:]
+        return self.head(torch.relu(self.b(torch.relu(self.a(torch.cat([past, x], -1))))))
+
+
+def test_an_export_starts_from_the_state_the_model_has(tmp_path):
+    """The export's own runs of the model left a stream's state in it, which the file then
+    held as constants: 0.14 off a fresh stream."""
+    torch.manual_seed(0)
+    config = make_config((2, 4, 16), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(nondegenerate(_Streaming()).eval(), config)
+    path = str(tmp_path / "stream.onnx")
+    ctrl.export_model(path, shrink=True)
+    assert model.cache is None
+    x = torch.randn(2, 4, 16)
+    with torch.no_grad():
+        expected = model(x)
+    got = run_onnx(path, x)[1][0]
+    assert np.abs(got - expected.numpy()).max() <= 1e-5 * np.abs(expected.numpy()).max()

@@ -213,37 +213,66 @@ def put_back_buffers(saved: Buffers) -> None:
                     buffer.copy_(value)
 
 
-# each module's plain attributes at creation: a plain value, or what else it was
+# each module's plain attributes at creation: a plain value, or what else it was; and its
+# buffers registered as None (filled by a forward)
 _AT_CREATION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_PLAIN, _TENSOR, _OTHER = (type(None), bool, int, float), object(), object()
+_PLAIN, _HELD, _NONE_BUFFER = (type(None), bool, int, float), object(), object()
 
 
 def note_state(model: nn.Module) -> None:
     """Note ``model``'s plain attributes now (at creation), for :func:`state_reset`."""
     for module in model.modules():
-        _AT_CREATION[module] = {
-            k: v if isinstance(v, _PLAIN) else _TENSOR if torch.is_tensor(v) else _OTHER
-            for k, v in vars(module).items() if k not in _TORCH_OWN}  # fmt: skip
+        found = {k: v if isinstance(v, _PLAIN) else _Empty(type(v)) if _empty(v) else _HELD
+                 for k, v in vars(module).items() if k not in _TORCH_OWN}  # fmt: skip
+        found.update({("buffer", k): _NONE_BUFFER for k, b in module._buffers.items()
+                      if b is None})  # fmt: skip
+        _AT_CREATION[module] = found
 
 
-def state_reset(model: nn.Module, copy: nn.Module) -> list[str]:
-    """Give ``copy``'s modules (a copy of ``model``) the value each plain attribute had
-    when ``model`` was created (``None``, a number, or none), where it holds a tensor now:
-    state a forward keeps across calls (a spiking neuron's membrane) is not cut with the
-    channels, and a forward starts from that value. Returns the attributes' names."""
+def state_reset(model: nn.Module, copy: nn.Module, widths: set[int]) -> list[str]:
+    """Give ``copy``'s modules (a copy of ``model``) the value each plain attribute, or
+    buffer registered as None, had when ``model`` was created (``None``, a number, an empty
+    list, or none), where it holds tensors now that carry a width the strip cuts (``widths``):
+    state a forward keeps across calls (a spiking neuron's membrane, a stream's cache) is
+    not cut with the channels, and a forward starts from that value. Returns the names."""
     names, copies = [], dict(copy.named_modules())
     for path, module in model.named_modules():
         before, copied = _AT_CREATION.get(module), copies.get(path)
         if before is None or copied is None:  # (a parametrization the strip wrote in)
             continue
+        prefix = f"{path}." if path else ""
         for key, value in list(vars(copied).items()):
-            was = before.get(key)
-            if key in _TORCH_OWN or not torch.is_tensor(value) or was in (_TENSOR, _OTHER) \
-                    or isinstance(value, nn.Parameter):  # fmt: skip
+            if key in _TORCH_OWN or before.get(key) is _HELD or not _carries(value, widths):
                 continue
             if key in before:
-                vars(copied)[key] = was
+                was = before[key]
+                vars(copied)[key] = was.kind() if isinstance(was, _Empty) else was
             else:
                 del vars(copied)[key]
-            names.append(f"{path}.{key}" if path else key)
+            names.append(prefix + key)
+        for key, value in copied._buffers.items():
+            if before.get(("buffer", key)) is _NONE_BUFFER and _carries(value, widths):
+                copied._buffers[key] = None
+                names.append(prefix + key)
     return names
+
+
+class _Empty:
+    """An empty list, tuple or dict at creation (a memory bank a forward fills)."""
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+
+
+def _empty(value: Any) -> bool:
+    return type(value) in (list, tuple, dict) and not value
+
+
+def _carries(value: Any, widths: set[int]) -> bool:
+    """Whether ``value`` holds a tensor (maybe in a tuple or list) with an axis of a width
+    in ``widths``."""
+    if isinstance(value, (tuple, list, dict)):
+        return any(_carries(v, widths) for v in (value.values() if isinstance(value, dict)
+                                                  else value))  # fmt: skip
+    return torch.is_tensor(value) and not isinstance(value, nn.Parameter) and any(
+        d in widths for d in value.shape)  # fmt: skip

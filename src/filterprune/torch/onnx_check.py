@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..testing.zoo import relative_diff
+from ._snapshot import attributes_kept
 from ._tree import leaves
 from .fake_quant import FakeQuantize
 
@@ -77,7 +78,7 @@ def _differs(model: nn.Module, args: tuple, proto: Any, feeds: dict, tol: float)
 
     was_training = model.training
     try:
-        with torch.no_grad():
+        with torch.no_grad(), attributes_kept(model):  # a stream's state: as the export's
             out = model.eval()(*args)
     except Exception:  # noqa: BLE001 - the model runs only on inputs like the example
         out = None  # then only whether the file runs is known

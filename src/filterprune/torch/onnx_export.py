@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .._atomic import NO_SPACE, atomic_write, check_writable
+from ._snapshot import attributes_kept  # every run starts from the state the model had
 from ._tree import leaves, path_name
 from .onnx_check import compare_file
 
@@ -104,7 +105,7 @@ def _outputs(model: nn.Module, args: tuple) -> tuple[list[tuple[tuple, Any]], bo
     dicts with string keys)."""
     was_training = model.training
     try:
-        with torch.no_grad():
+        with torch.no_grad(), attributes_kept(model):
             out = model.eval()(*args)
     finally:
         model.train(was_training)
@@ -322,7 +323,7 @@ def _dynamo_once(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
     from .export_capture import quiet  # its progress, guards and a failed graph
 
     for optimize in (True, False) if optimize_first else (False,):
-        with quiet(), torch.no_grad():
+        with quiet(), torch.no_grad(), attributes_kept(model):
             torch.onnx.export(model, args, tmp, dynamo=True, external_data=False, verbose=False,
                               optimize=optimize, dynamic_shapes=dynamic, **names)  # fmt: skip
         try:
@@ -357,7 +358,7 @@ def _legacy_any_batch(model: nn.Module, args: tuple, tmp: str,
     """The TorchScript exporter with named free batch axes, or the example's batch where
     the traced graph does not run at another batch size."""
     inputs = names["input_names"] or [f"input_{i}" for i in range(len(args))]
-    with torch.no_grad():
+    with torch.no_grad(), attributes_kept(model):
         outputs = model(*args)
     count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
     outs = names["output_names"] or [f"output_{i}" for i in range(count)]
@@ -370,7 +371,7 @@ def _legacy_any_batch(model: nn.Module, args: tuple, tmp: str,
 
 def _legacy(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
             axes: dict[str, Any] | None = None) -> None:  # fmt: skip
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), attributes_kept(model):
         warnings.simplefilter("ignore")
         warnings.simplefilter("always", torch.jit.TracerWarning)  # read by _write
         torch.onnx.export(model, args, tmp, dynamo=False, opset_version=LEGACY_OPSET,
