@@ -138,3 +138,29 @@ def test_a_weight_times_one_number_is_cut_with_its_channels():
     ctrl, model = create_compressed_model(net, make_config((2, 3, 8, 8), prune_first_conv=True))
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
     assert small[0].out_channels == 8 and small[1].gain.shape == (8, 8, 8)
+
+
+class CachedConv(nn.Module):
+    """A causal conv whose past frames sit in a buffer, widened to the input's channels
+    read in forward (streaming audio)."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv1d(cin, cout, 3)
+        self.register_buffer("cache", torch.rand(1, cin, 2))
+
+    def forward(self, x):
+        return self.conv(torch.cat([self.cache.expand(x.shape[0], x.shape[1], 2), x], -1))
+
+
+def test_a_buffer_widened_to_a_width_read_in_forward_holds_those_channels():
+    """The widened buffer was taken for the input's channels, and the conv before it was
+    cut under the whole buffer: the stripped model crashed."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(4, 16, 1), nn.ReLU(), CachedConv(16, 16), nn.ReLU(),
+                        nn.Conv1d(16, 3, 1))  # fmt: skip
+    ctrl, model = create_compressed_model(net, make_config((2, 4, 8), prune_first_conv=True))
+    held = {name: r for names, r in ctrl.statistics().unpruned for name in names}
+    assert held["0"] == "weight 2.cache is read by expand"
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 4, 8))
+    assert small[2].conv.out_channels == 8

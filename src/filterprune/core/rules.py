@@ -711,6 +711,8 @@ def _expand(s, node, ins):
     result's entries along it are that input's channels, one by one."""
     x = _pad(_tensor(s, ins[0], node), len(node.shape))
     out, placed = np.broadcast_to(x, node.shape), False
+    first = _shape(s, node, 0)
+    wide = (1,) * (len(node.shape) - len(first)) + first  # the input's own sizes
     for axis, at, source_axis in node.attrs.get("tied_dims", ()):
         source_shape = _shape(s, node, at)
         source = ins[at]
@@ -723,7 +725,8 @@ def _expand(s, node, ins):
             continue  # a size without channels (the batch): a number, as written
         line = _channels(_pad(source, len(source_shape)), len(source_shape), source_axis,
                          source_shape[source_axis])  # fmt: skip
-        if _varies(x, axis):  # already that wide: the same channels
+        if _varies(x, axis) or wide[axis] > 1:  # already that wide: the same channels (a
+            # weight read whole holds them: its width would not follow a cut)
             s.uf.union_arrays(_channels(x, len(node.shape), axis, node.shape[axis]), line)
         elif placed or any(_varies(x, a) for a in range(len(node.shape))):
             raise RuleError("expands a tensor with channels to a width read in forward")
