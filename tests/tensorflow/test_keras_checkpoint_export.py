@@ -232,6 +232,21 @@ def test_an_onnx_file_onnxruntime_would_refuse_is_not_written(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.parametrize("suffix", ["onnx", "pb"])
+def test_a_model_writing_variables_in_its_call_names_them_at_a_frozen_export(suffix, tmp_path):
+    """A stateful LSTM failed with tf's "Input 0 of node .../AssignVariableOp was passed
+    float ... incompatible with expected resource"."""
+    inp = keras.Input((6, 4), batch_size=2)
+    x = keras.layers.Conv1D(8, 3, padding="same", name="c")(inp)
+    x = keras.layers.LSTM(4, stateful=True, name="memory")(x)
+    model = keras.Model(inp, keras.layers.Dense(2)(x))
+    ctrl, _ = create_compressed_model(model, make_config(sample=(2, 6, 4)))
+    with pytest.raises(ValueError, match="writes variables in its call \\(memory: .*SavedModel"):
+        ctrl.export_model(str(tmp_path / f"m.{suffix}"))
+    assert not (tmp_path / f"m.{suffix}").exists()
+    ctrl.export_model(str(tmp_path / "saved"))  # a SavedModel holds them
+
+
 def test_export_rejects_unknown_format_and_bad_suffix(pruned, tmp_path):
     ctrl, _, _ = pruned
     with pytest.raises(ValueError, match=r"must be one of .*Received: save_format='h5'"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,10 +96,36 @@ def _frozen(model: Any) -> Any:
 
     serve, _ = serving_function(model)
     concrete = serve.get_concrete_function()
+    _refuse_writes(concrete, {layer.name for layer in model._flatten_layers()})
     with _quiet_tf():
         frozen = convert_variables_to_constants_v2(concrete)
     frozen.output_structure = concrete.structured_outputs  # freezing flattens it
     return frozen
+
+
+_WRITES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
+
+
+def _refuse_writes(concrete: Any, names: set[str]) -> None:
+    """A model whose call writes variables (a stateful RNN, a layer keeping a stream's
+    state) has no frozen form: its variables become constants.
+
+    Raises:
+        ValueError: Naming the layers that write, and what to export instead.
+    """
+    ops = [op.name for op in concrete.graph.get_operations() if op.type in _WRITES]
+    for fn in getattr(concrete.graph, "_functions", {}).values():  # a loop body's writes
+        ops += [n.name for n in fn.definition.node_def if n.op in _WRITES]
+    if ops:
+        scopes = {name.split("/")[1] if "/" in name else name for name in ops}
+        # tf names a layer's scope ``memory_1`` on a second trace: the layer is ``memory``
+        layers = sorted({s if s in names else re.sub(r"_\d+$", "", s) for s in scopes})
+        raise ValueError(
+            f"The model writes variables in its call ({', '.join(layers)}: a stateful "
+            "recurrent layer, or a layer keeping state across calls), which a frozen graph "
+            "(.pb) or an ONNX file cannot hold. Export a SavedModel (a path without "
+            "those suffixes), or build the model without that state for export."
+        )
 
 
 @contextlib.contextmanager
