@@ -125,10 +125,27 @@ class KerasFrontend(Frontend):
     def strip(self, ctrl: Any, shrink: bool = True) -> Any:
         model = ctrl.strip_model(ctrl.model, shrink=shrink)
         # never the training model itself (knowledge distillation alone rebuilds nothing)
-        return plain_copy(model) if model is ctrl.model else model
+        small = plain_copy(model) if model is ctrl.model else model
+        _carry_states(ctrl.model, small)
+        return small
 
     def export_model(self, ctrl: Any, save_path: str, *args: Any, **kwargs: Any) -> None:
         export_model(ctrl, save_path, *args, **kwargs)
+
+
+def _carry_states(model: Any, small: Any) -> None:
+    """The states of stateful recurrent layers (kept whole) go on in ``small``, as a
+    layer's weights do: rebuilt from its config, it started its stream over."""
+    twins = {layer.name: layer for layer in small._flatten_layers()}
+    for layer in model._flatten_layers():
+        twin = twins.get(layer.name)
+        if not getattr(layer, "stateful", False) or twin is None:
+            continue
+        for state, other in zip(getattr(layer, "states", None) or (),
+                                getattr(twin, "states", None) or (), strict=False):  # fmt: skip
+            if state is not None and other is not None and tuple(state.shape) == tuple(
+                    other.shape):  # fmt: skip
+                other.assign(state)
 
 
 def _say_on_save(model: Any) -> None:
