@@ -558,7 +558,8 @@ UNSEEN = "Conv2d fn has a forward hook, which the trace does not see"
 HOOKS = {  # (pre-hooks, hooks) -> (layer held, its reason)
     "rolls the output": ([], [_roll], "fn", "roll: acts across channels"),
     "scales the input by channel": (
-        [_scale], [], "a", "mul reads _tensor_constant0, which cannot be cut"),  # fmt: skip
+        [_scale], [], "a", "mul reads _tensor_constant0, a tensor made in forward from no "
+        "parameter or buffer (a constant, or a plain tensor attribute), which cannot be cut"),
     "branches on a value": ([], [_branch], "fn", UNSEEN),
     "doubles, then branches on a value": ([_double], [_branch], "fn", UNSEEN),
 }

@@ -775,7 +775,10 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
     if node.op == "placeholder":
         return Node(node.name, "input", shape=shape)
     if node.op == "get_attr":
-        return Node(node.name, "param", shape=shape, attrs={"target": node.target})
+        target = node.target if not node.target.startswith("_tensor_constant") else (
+            f"{node.target}, a tensor made in forward from no parameter or buffer (a "
+            "constant, or a plain tensor attribute)")  # fx's name for a value  # fmt: skip
+        return Node(node.name, "param", shape=shape, attrs={"target": target})
     if _is_record(node):  # its tensors are the model's outputs
         return Node(node.name, "noop", inputs, label=getattr(node.target, "__name__", "record"))
     if node.op == "call_module" and isinstance(modules[node.target],
