@@ -477,7 +477,9 @@ class Iterated(nn.Module):
         if self.form == "star":
             return self.b(h.view(*h.shape))
         if self.form == "steps":  # a loop over time steps folded into the first axis
-            return self.b(torch.stack([h[t] * 0.5**t for t in range(h.shape[0])]))
+            steps = range(h.shape[0])
+            assert isinstance(steps, range)  # still a range to the forward
+            return self.b(torch.stack([h[t] * 0.5**t for t in steps]))
         return self.b(torch.stack([sample.flip(-1) for sample in h]))  # over the batch
 
 

@@ -144,21 +144,33 @@ def _value_shaped(node: fx.Node, values: dict[fx.Node, Any]) -> bool:
     return False
 
 
+class _RangeOfSizes(type):
+    """``range`` as the trace's forwards see it: a call answers a traced size on the
+    sample, and ``isinstance(v, range)`` still holds for a range."""
+
+    def __call__(cls, *bounds: Any) -> range:
+        return range(*(int(b) if isinstance(b, fx.Proxy) else b for b in bounds))
+
+    def __instancecheck__(cls, value: Any) -> bool:
+        return isinstance(value, range)
+
+
+class _SizedRange(metaclass=_RangeOfSizes):
+    pass
+
+
 @contextlib.contextmanager
 def sized_range(root: nn.Module) -> Iterator[None]:
     """``range(x.shape[0])`` in the forwards of ``root``'s modules (a loop over time
     steps) answered on the sample while the trace runs: ``range`` asks a size for an
     index, which the capture's proxy refuses (a list of sizes given to a torch op would
     lose its proxies). The size is read as ``int()`` reads it, so its axis stays whole."""
-    def ranged(*bounds: Any) -> range:
-        return range(*(int(b) if isinstance(b, fx.Proxy) else b for b in bounds))
-
     spaces = {id(g): g for m in (root.modules() if isinstance(root, nn.Module) else ())
               if (g := getattr(getattr(m, "forward", None), "__globals__", None)) is not None
               and g.get("range", range) is range}  # fmt: skip
     owned = {key for key, g in spaces.items() if "range" in g}
     for g in spaces.values():
-        g["range"] = ranged
+        g["range"] = _SizedRange
     try:
         yield
     finally:
