@@ -780,4 +780,20 @@ def test_a_range_from_the_first_batch_covers_every_call_of_that_pass(caplog):
     quantizer = model.c2.input_quantizer
     assert float(quantizer.scale) * quantizer.quant_max == pytest.approx(top, rel=0.01)
     assert "saw only zeros" not in caplog.text
-    assert not model._forward_hooks  # every range is set: nothing more to watch
+    assert not model._forward_hooks and not model._forward_pre_hooks  # all set: none watch
+
+
+def test_a_range_set_outside_a_pass_of_the_model_stays_as_its_first_call_set_it():
+    """A model used through another method never ended its first pass: the range widened
+    with every batch (0.032, 0.064, 0.097 ...), and an input gave other outputs after a
+    wider one."""
+    config = _config({"initializer": {"range": {"num_init_samples": 0}}}, pruning=False,
+                     data=False)  # fmt: skip
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(_Unrolled().eval(), config)
+    x = torch.rand(2, *SAMPLE[1:])
+    with torch.no_grad():
+        model.c2(torch.relu(model.c1(x)))  # another entry point than forward
+        scale = float(model.c2.input_quantizer.scale)
+        model.c2(torch.relu(model.c1(x * 4)))
+    assert float(model.c2.input_quantizer.scale) == scale

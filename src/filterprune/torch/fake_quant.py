@@ -35,7 +35,7 @@ from ..errors import ConfigError
 
 log = logging.getLogger("filterprune")
 
-__all__ = ["FakeQuantize", "FirstPassEnd", "QuantizeInput", "QuantizeOutput", "follow_range",
+__all__ = ["FakeQuantize", "FirstPass", "QuantizeInput", "QuantizeOutput", "follow_range",
            "lazy_ranges_paused"]
 
 _ONNX_RANGES = ((0, 255), (-128, 127))
@@ -85,7 +85,7 @@ class FakeQuantize(nn.Module):
     Args:
         spec: The core's :class:`~filterprune.core.quantization.QuantizerSpec`.
         lazy: Activations only: take the range from the first batch seen (every call of
-            the model's first pass, :class:`FirstPassEnd`).
+            the model's first pass, :class:`FirstPass`).
 
     Attributes:
         scale, zero_point: Buffers (0-d per tensor, 1-d per channel).
@@ -114,6 +114,7 @@ class FakeQuantize(nn.Module):
         self._write_meta()
         self.collector: RangeCollector | None = None
         self.first: RangeCollector | None = None  # lazy: the calls of the first model pass
+        self.widening = False  # in that pass: its later calls widen the range
         self._signed: bool | None = None  # a weight's integer range, once decided
 
     @property
@@ -219,7 +220,7 @@ class FakeQuantize(nn.Module):
             return self._fake_quantize(x, *self.follow(x))
         if not self.initialized and not self.lazy:
             return x
-        if not self.initialized or self.first is not None:
+        if not self.initialized or self.first is not None and self.widening:
             self._widen(x)
         return self._fake_quantize(x, self.scale, self.zero_point)
 
@@ -242,7 +243,7 @@ class FakeQuantize(nn.Module):
             log.warning("quantizer %s saw only zeros in its first batch (an activation that "
                         "is never positive?): it gets the smallest range, and values it meets "
                         "later are clipped to it", self.spec.key)  # fmt: skip
-        self.first = None
+        self.first, self.widening = None, False
 
     def _fake_quantize(self, x, scale, zero_point) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export() and (self.quant_min, self.quant_max) not in _ONNX_RANGES:
@@ -259,19 +260,26 @@ class FakeQuantize(nn.Module):
         return torch.fake_quantize_per_channel_affine(x, scale, zero_point, self.axis, qmin, qmax)
 
 
-class FirstPassEnd:
-    """Forward hook on the model: its first pass that set a lazy quantizer's range is over
-    (the ranges then cover every call of that pass). Removes itself once all are set."""
+class FirstPass:
+    """Forward pre-hook and hook on the model: a lazy quantizer whose range is not set yet
+    widens it over every call of the model's pass that sets it (a layer a loop calls at
+    each step); a call outside a pass of the model (another method of it) sets it alone,
+    as before. Removes itself once every range is set."""
 
     def __init__(self, quantizers: list[FakeQuantize]) -> None:
         self.quantizers = quantizers
 
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def start(self, module: nn.Module, args: tuple) -> None:
+        for q in self.quantizers:
+            q.widening = not q.initialized
+
+    def end(self, module: nn.Module, args: tuple, output: Any) -> None:
         for q in self.quantizers:
             q.end_first_pass()
-        if all(q.initialized for q in self.quantizers):  # (a copy's hook leaves the copy)
-            for key in [k for k, h in module._forward_hooks.items() if h is self]:
-                del module._forward_hooks[key]
+        if all(q.initialized for q in self.quantizers):  # (a copy's hooks leave the copy)
+            for table in (module._forward_pre_hooks, module._forward_hooks):
+                for key in [k for k, h in table.items() if getattr(h, "__self__", None) is self]:
+                    del table[key]
 
 
 class QuantizeInput:

@@ -33,7 +33,7 @@ from ._ops import module_rule
 from ._snapshot import attributes_kept, restore, snapshot
 from ._transformer import guard_fast_paths
 from .controller import check_layers_in_place, export_model
-from .fake_quant import FakeQuantize, FirstPassEnd, QuantizeInput, QuantizeOutput
+from .fake_quant import FakeQuantize, FirstPass, QuantizeInput, QuantizeOutput
 from .masks import add_weight_quantizer, is_masked, masked_param, quantized_class
 
 __all__ = ["QuantizationController", "install_quantizers", "set_quantizers_enabled"]
@@ -265,7 +265,9 @@ def install_quantizers(
     guard_fast_paths(model, is_masked)
     waiting = list({id(q): q for q in quantizers.values() if q.lazy}.values())
     if waiting:  # a lazy range covers every call of the model's first pass
-        model.register_forward_hook(FirstPassEnd(waiting))
+        window = FirstPass(waiting)
+        model.register_forward_pre_hook(window.start)
+        model.register_forward_hook(window.end)
     return quantizers, placed
 
 
