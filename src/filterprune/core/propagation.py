@@ -212,9 +212,9 @@ def _run(state: Propagation, rules: dict[str, Callable[..., Any]], node: Node, i
         try:
             out = rule(state, node, ins)
             if _check(out, node.shape):
-                made = state.uses.get(node.layer or "", {}).get("out")
-                if "out_held" in node.attrs and made is not None:  # its filters stay
-                    state.block(made.ids, f"{what}: {node.attrs['out_held']}")
+                read = state.uses.get(node.layer or "", {}).get("in")
+                if "in_held" in node.attrs and read is not None:  # what it reads stays
+                    state.block(read.ids, f"{what}: {node.attrs['in_held']}")
                 return out
             reason = f"{what}: channel layout does not match its output shape"
         except RuleError as err:

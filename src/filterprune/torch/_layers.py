@@ -308,9 +308,11 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
                "torch class there")  # fmt: skip
         return _opaque(why, owner, modules, graph_layers, positions)
     parts = _built(build, module, owner, in_shape, out_shape, context, graph_layers)
-    if not within(context or "", owner) and not spec.zero_kept:  # masks act in its forward
-        parts.attrs["out_held"] = (f"reads {type(module).__name__} {owner}'s parameters "
-                                   "outside its forward, where masks do not act")  # fmt: skip
+    if weighted and not within(context or "", owner):  # its masks act in its forward only:
+        # a cut input may read what is no longer zero there (a sigmoid of a cut channel);
+        # its own filters are zeroed by what reads them, as any layer's
+        parts.attrs["in_held"] = (f"reads {type(module).__name__} {owner}'s parameters "
+                                  "outside its forward, where masks do not act")  # fmt: skip
     return parts
 
 

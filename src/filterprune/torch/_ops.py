@@ -429,8 +429,6 @@ class Functional:
             deformable conv's offsets and mask).
         options: ``(position, keyword)`` of a convolution's ``stride`` and ``groups``,
             which a module passing its own parameters sets in the call.
-        zero_kept: A zero channel stays zero (PReLU): called outside its layer's forward,
-            where masks do not act, a cut channel still gives zero.
     """
 
     forms: tuple[type[nn.Module], ...]
@@ -438,7 +436,6 @@ class Functional:
     params: dict[str, tuple[int, str]] = field(default_factory=dict)
     per_channel: bool = False
     held: tuple[tuple[int, str], ...] = ()
-    zero_kept: bool = False
     options: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
@@ -480,8 +477,7 @@ FUNCTIONAL: dict[Any, Functional] = {
     F.layer_norm: Functional((nn.LayerNorm,), params=_NORM_WB, per_channel=True),
     F.rms_norm: Functional((nn.RMSNorm,), params={"weight": (2, "weight")}, per_channel=True),
     F.group_norm: Functional((nn.GroupNorm,), params=_NORM_WB, per_channel=True),
-    F.prelu: Functional((nn.PReLU,), params={"weight": (1, "weight")}, per_channel=True,
-                        zero_kept=True),
+    F.prelu: Functional((nn.PReLU,), params={"weight": (1, "weight")}, per_channel=True),
     F.embedding: Functional((nn.Embedding,), params={"weight": (1, "weight")}),
     # the same layers as torch.export records them (ATen overloads, their argument order)
     **{op: Functional(_CONV, params=_WB, options=_CONV_OPTIONS) for op in (
@@ -498,7 +494,7 @@ FUNCTIONAL: dict[Any, Functional] = {
                                        per_channel=True),
     _aten.group_norm.default: Functional((nn.GroupNorm,), params=_NORM_WB, per_channel=True),
     _aten.prelu.default: Functional((nn.PReLU,), params={"weight": (1, "weight")},
-                                    per_channel=True, zero_kept=True),
+                                    per_channel=True),
     _aten.embedding.default: Functional((nn.Embedding,), data=(1, "indices"),
                                         params={"weight": (0, "weight")}),
 }  # fmt: skip
