@@ -979,3 +979,21 @@ def test_a_norm_reshaping_around_its_call_in_its_own_forward_stays_whole(exporte
     held = {name: r for names, r in ctrl.statistics().unpruned for name in names}
     assert "computes what it passes to batch_norm in its own forward" in held["norm"], held
     assert_strip_equal(ctrl, model, torch.randn(6, 2, 8, 8))
+
+
+class CastNorm(nn.GroupNorm):
+    """Normalises in float32 (diffusion UNets' GroupNorm32): what it passes is computed in
+    its forward, and it computes what GroupNorm computes."""
+
+    def forward(self, x):
+        return super().forward(x.float().contiguous()).type(x.dtype)
+
+
+def test_a_norm_computing_what_its_torch_class_does_around_its_call_is_cut():
+    """Held with a "reshape around it" reason once any op ran before the call."""
+    torch.manual_seed(0)
+    net = nondegenerate(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), CastNorm(4, 16),
+                                      nn.ReLU(), nn.Conv2d(16, 4, 1)))  # fmt: skip
+    ctrl, model = create_compressed_model(net, make_config((2, 3, 8, 8), prune_first_conv=True))
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    assert small[0].out_channels == 8 and small[1].num_groups == 2

@@ -297,9 +297,10 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         return _opaque(why, owner, modules, graph_layers, positions, weight_elems=weight_elems)
     cls, build = found
     inside = within(data_path, owner)
-    if masks_channels(type(module)) and inside and type(module).forward is not cls.forward:
+    if masks_channels(type(module)) and inside and not _same_forward(module, cls, in_shape):
         why = (f"{type(module).__name__} {owner} computes what it passes to {label} in its "
-               "own forward (a reshape around it); masks zero axis 1 of its output")  # fmt: skip
+               f"own forward, and not what {cls.__name__} computes (a reshape around it?); "
+               "masks zero axis 1 of its output")  # fmt: skip
         return _opaque(why, owner, modules, graph_layers, positions)
     if weighted and not keeps_own_forward(type(module)) \
             and not _same_forward(module, cls, in_shape, inside):  # fmt: skip

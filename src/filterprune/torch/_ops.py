@@ -870,7 +870,8 @@ _ACT_FUNCS = [
 ]
 _ACT_METHODS = [
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "neg",
-    "contiguous", "clone", "float", "half", "to", "type_as", "detach", "hardswish", "sqrt",
+    "contiguous", "clone", "float", "half", "to", "type", "type_as", "detach", "hardswish",
+    "sqrt",
     "sqrt_", "rsqrt", "log", "log1p", "log2", "expm1", "exp_", "tanh_", "abs_", "neg_",
     "square", "reciprocal", "sign", "sin", "cos", "erf", "floor", "ceil", "round",
     "nan_to_num", "logit", "double", "bfloat16", "cpu",
