@@ -105,7 +105,7 @@ def test_state_a_forward_keeps_across_calls_starts_over_in_the_stripped_model(fo
         model(x), model(x)  # a stream's state
     with caplog.at_level(logging.WARNING, logger="filterprune"):
         small = ctrl.strip()
-    assert "strip: n1.mem, n2.mem held tensors as wide as channels the strip cuts" in caplog.text
+    assert "strip: n1.mem, n2.mem held tensors the forward keeps across calls" in caplog.text
     assert small.n1.mem == ([] if form == "list" else None)
     assert float(small.n2.temperature) == 0.5
     with torch.no_grad():

@@ -156,20 +156,31 @@ def put_back(saved: Attributes) -> None:
     """Give each module of ``saved`` those attributes again, dropping any set since, and
     each container its entries."""
     attrs, contents = saved
+    changed = {id(c) for c, held in contents if _changed(c, held)}
     for module, before in attrs.items():
         now = vars(module)
+        _WRITTEN.setdefault(module, set()).update(
+            k for k, v in now.items() if k not in _TORCH_OWN and (
+                k not in before or v is not before[k] or id(v) in changed))  # fmt: skip
         for key in [k for k in now if k not in before and k not in _TORCH_OWN]:
             del now[key]
         now.update((k, v) for k, v in before.items() if now.get(k) is not v)
     for container, held in contents:
+        if id(container) not in changed:
+            continue
         if isinstance(container, list):
-            if len(container) != len(held) or any(
-                    a is not b for a, b in zip(container, held, strict=True)):  # fmt: skip
-                container[:] = held
-        elif container.keys() != held.keys() or any(
-                container[k] is not v for k, v in held.items()):  # fmt: skip
+            container[:] = held
+        else:
             container.clear()
             container.update(held)
+
+
+def _changed(container: Any, held: Any) -> bool:
+    if isinstance(container, list):
+        return len(container) != len(held) or any(
+            a is not b for a, b in zip(container, held, strict=True))  # fmt: skip
+    return container.keys() != held.keys() or any(
+        container[k] is not v for k, v in held.items())  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -204,6 +215,9 @@ def put_back_buffers(saved: Buffers) -> None:
     leaves a proxy in it), changes neither."""
     with torch.no_grad():
         for module, table in saved.items():
+            _WRITTEN.setdefault(module, set()).update(
+                ("buffer", k) for k, b in module._buffers.items()
+                if k not in table or b is not table[k][0])  # fmt: skip
             if module._buffers.keys() != table.keys() or any(
                     module._buffers[k] is not b for k, (b, _) in table.items()):  # fmt: skip
                 module._buffers.clear()
@@ -216,6 +230,9 @@ def put_back_buffers(saved: Buffers) -> None:
 # each module's plain attributes at creation: a plain value, or what else it was; and its
 # buffers registered as None (filled by a forward)
 _AT_CREATION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# what a run of the model on a made-up input wrote (put back after): the attributes and
+# buffers its forward sets
+_WRITTEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PLAIN, _HELD, _NONE_BUFFER = (type(None), bool, int, float), object(), object()
 
 
@@ -229,20 +246,22 @@ def note_state(model: nn.Module) -> None:
         _AT_CREATION[module] = found
 
 
-def state_reset(model: nn.Module, copy: nn.Module, widths: set[int]) -> list[str]:
-    """Give ``copy``'s modules (a copy of ``model``) the value each plain attribute, or
-    buffer registered as None, had when ``model`` was created (``None``, a number, an empty
-    list, or none), where it holds tensors now that carry a width the strip cuts (``widths``):
+def state_reset(model: nn.Module, copy: nn.Module) -> list[str]:
+    """Give ``copy``'s modules (a copy of ``model``) the value each attribute its forward
+    writes (seen in the capture's runs), or buffer registered as None, had when ``model``
+    was created (``None``, a number, an empty list, or none), where it holds tensors now:
     state a forward keeps across calls (a spiking neuron's membrane, a stream's cache) is
-    not cut with the channels, and a forward starts from that value. Returns the names."""
+    not cut with the channels, and a forward starts from that value. What the user set is
+    left. Returns the names."""
     names, copies = [], dict(copy.named_modules())
     for path, module in model.named_modules():
         before, copied = _AT_CREATION.get(module), copies.get(path)
-        if before is None or copied is None:  # (a parametrization the strip wrote in)
+        written = _WRITTEN.get(module, set())
+        if before is None or copied is None or not written:  # (a parametrization gone)
             continue
         prefix = f"{path}." if path else ""
         for key, value in list(vars(copied).items()):
-            if key in _TORCH_OWN or before.get(key) is _HELD or not _carries(value, widths):
+            if key not in written or before.get(key) is _HELD or not _holds_tensors(value):
                 continue
             if key in before:
                 was = before[key]
@@ -251,7 +270,8 @@ def state_reset(model: nn.Module, copy: nn.Module, widths: set[int]) -> list[str
                 del vars(copied)[key]
             names.append(prefix + key)
         for key, value in copied._buffers.items():
-            if before.get(("buffer", key)) is _NONE_BUFFER and _carries(value, widths):
+            if ("buffer", key) in written and before.get(("buffer", key)) is _NONE_BUFFER \
+                    and value is not None:  # fmt: skip
                 copied._buffers[key] = None
                 names.append(prefix + key)
     return names
@@ -268,11 +288,8 @@ def _empty(value: Any) -> bool:
     return type(value) in (list, tuple, dict) and not value
 
 
-def _carries(value: Any, widths: set[int]) -> bool:
-    """Whether ``value`` holds a tensor (maybe in a tuple or list) with an axis of a width
-    in ``widths``."""
+def _holds_tensors(value: Any) -> bool:
+    """Whether ``value`` is a tensor (not a parameter), or a tuple, list or dict of some."""
     if isinstance(value, (tuple, list, dict)):
-        return any(_carries(v, widths) for v in (value.values() if isinstance(value, dict)
-                                                  else value))  # fmt: skip
-    return torch.is_tensor(value) and not isinstance(value, nn.Parameter) and any(
-        d in widths for d in value.shape)  # fmt: skip
+        return any(map(_holds_tensors, value.values() if isinstance(value, dict) else value))
+    return torch.is_tensor(value) and not isinstance(value, nn.Parameter)
