@@ -23,7 +23,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from ._copy import global_hooks, object_attributes
 
 __all__ = ["restore", "snapshot", "attributes_kept", "plain_attributes", "put_back",
-           "held_by_hooks", "saved_buffers", "put_back_buffers"]
+           "held_by_hooks", "saved_buffers", "put_back_buffers", "note_state", "state_reset"]
 
 _TABLES = ("_parameters", "_modules", "_forward_hooks", "_forward_pre_hooks")
 

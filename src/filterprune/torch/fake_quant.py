@@ -97,6 +97,11 @@ class FakeQuantize(nn.Module):
         enabled: False passes values through (to compare with float).
     """
 
+    # lazy: the calls of the model's first pass, and whether one is running (class
+    # defaults: a quantizer pickled before these existed reads them too)
+    first: RangeCollector | None = None
+    widening = False
+
     def __init__(self, spec: QuantizerSpec, lazy: bool = False) -> None:
         super().__init__()
         self.spec = spec
@@ -113,8 +118,6 @@ class FakeQuantize(nn.Module):
         self._meta_written: tuple = ()
         self._write_meta()
         self.collector: RangeCollector | None = None
-        self.first: RangeCollector | None = None  # lazy: the calls of the first model pass
-        self.widening = False  # in that pass: its later calls widen the range
         self._signed: bool | None = None  # a weight's integer range, once decided
 
     @property
