@@ -105,7 +105,7 @@ def test_state_a_forward_keeps_across_calls_starts_over_in_the_stripped_model(fo
         model(x), model(x)  # a stream's state
     with caplog.at_level(logging.WARNING, logger="filterprune"):
         small = ctrl.strip()
-    assert "strip: n1.mem, n2.mem held tensors the forward keeps across calls" in caplog.text
+    assert "strip: n1.mem, n2.mem are state the forward keeps across calls" in caplog.text
     assert small.n1.mem == ([] if form == "list" else None)
     assert float(small.n2.temperature) == 0.5
     with torch.no_grad():
@@ -164,3 +164,42 @@ def test_a_buffer_widened_to_a_width_read_in_forward_holds_those_channels():
     assert held["0"] == "weight 2.cache is read by expand"
     small = assert_strip_equal(ctrl, model, torch.randn(2, 4, 8))
     assert small[2].conv.out_channels == 8
+
+
+class Warmed(nn.Module):
+    """Computes a reference once, behind a flag, and a per-channel mean in training only."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+        self.warm, self.stat = False, None
+
+    def forward(self, x):
+        y = torch.relu(self.c1(x))
+        if not self.warm:
+            self.ref, self.warm = y.detach().mean(), True
+        if self.training:
+            self.stat = y.detach().mean((0, 2, 3))
+        elif self.stat is not None:
+            y = y - self.stat.view(1, -1, 1, 1)
+        return self.head(torch.relu(self.c2(y / self.ref)).mean((2, 3)))
+
+
+def test_a_flag_written_beside_state_starts_over_with_it_and_training_state_too(caplog):
+    """The strip reset the reference but not its flag: the stripped model never computed
+    it again (0.67 off). A per-channel mean written in training only, which the capture's
+    runs never write, crashed the stripped model (8 against 16)."""
+    torch.manual_seed(0)
+    config = make_config((2, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(Warmed(), config)
+    x = torch.randn(2, 3, 8, 8)
+    model.train()
+    model(x).sum().backward()
+    model.eval()
+    with caplog.at_level(logging.WARNING, logger="filterprune"):
+        small = ctrl.strip().eval()
+    assert "strip: warm, stat, ref are state the forward keeps" in caplog.text
+    assert (small.warm, small.stat) == (False, None)
+    model.warm, model.stat = False, None  # the user's reset
+    assert_strip_equal(ctrl, model, x)

@@ -246,35 +246,45 @@ def note_state(model: nn.Module) -> None:
         _AT_CREATION[module] = found
 
 
-def state_reset(model: nn.Module, copy: nn.Module) -> list[str]:
-    """Give ``copy``'s modules (a copy of ``model``) the value each attribute its forward
-    writes (seen in the capture's runs), or buffer registered as None, had when ``model``
-    was created (``None``, a number, an empty list, or none), where it holds tensors now:
-    state a forward keeps across calls (a spiking neuron's membrane, a stream's cache) is
-    not cut with the channels, and a forward starts from that value. What the user set is
-    left. Returns the names."""
-    names, copies = [], dict(copy.named_modules())
+def state_reset(model: nn.Module, copy: nn.Module, widths: set[int]) -> list[str]:
+    """Start ``copy`` (a copy of ``model``) as a fresh stream, where it holds state a
+    forward keeps across calls (a spiking neuron's membrane, a stream's cache, a ConvLSTM's
+    pair) that is not cut with the channels: every attribute its forwards write (seen in
+    the capture's runs), flags beside tensors, and buffers registered as None, get the
+    value they had when ``model`` was created (``None``, a number, an empty list, or none);
+    so does a tensor set since whose axis 1 is a width the strip cuts (``widths``: state
+    written in training only). What the user set otherwise stays. Returns the names, or
+    nothing where no such state holds a tensor."""
+    resets, copies, tensors = [], dict(copy.named_modules()), False
     for path, module in model.named_modules():
         before, copied = _AT_CREATION.get(module), copies.get(path)
-        written = _WRITTEN.get(module, set())
-        if before is None or copied is None or not written:  # (a parametrization gone)
+        if before is None or copied is None:  # (a parametrization the strip wrote in)
             continue
-        prefix = f"{path}." if path else ""
-        for key, value in list(vars(copied).items()):
-            if key not in written or before.get(key) is _HELD or not _holds_tensors(value):
-                continue
-            if key in before:
-                was = before[key]
-                vars(copied)[key] = was.kind() if isinstance(was, _Empty) else was
-            else:
-                del vars(copied)[key]
-            names.append(prefix + key)
+        written = _WRITTEN.get(module, set())
+        for key, value in vars(copied).items():
+            if key in _TORCH_OWN or before.get(key) is _HELD:
+                continue  # (a tensor or an object at creation: no value to go back to)
+            if key in written or _holds_tensors(value, widths):
+                resets.append((copied, path, key))
+                tensors |= _holds_tensors(value)
         for key, value in copied._buffers.items():
-            if ("buffer", key) in written and before.get(("buffer", key)) is _NONE_BUFFER \
-                    and value is not None:  # fmt: skip
-                copied._buffers[key] = None
-                names.append(prefix + key)
-    return names
+            if before.get(("buffer", key)) is _NONE_BUFFER and value is not None and (
+                    ("buffer", key) in written or _holds_tensors(value, widths)):  # fmt: skip
+                resets.append((copied, path, ("buffer", key)))
+                tensors = True
+    if not tensors:
+        return []
+    for copied, path, key in resets:
+        before = _AT_CREATION[model.get_submodule(path)]
+        if isinstance(key, tuple):
+            copied._buffers[key[1]] = None
+        elif key in before:
+            was = before[key]
+            vars(copied)[key] = was.kind() if isinstance(was, _Empty) else was
+        else:
+            del vars(copied)[key]
+    return [f"{path}.{key[-1] if isinstance(key, tuple) else key}".lstrip(".")
+            for _, path, key in resets]
 
 
 class _Empty:
@@ -288,8 +298,12 @@ def _empty(value: Any) -> bool:
     return type(value) in (list, tuple, dict) and not value
 
 
-def _holds_tensors(value: Any) -> bool:
-    """Whether ``value`` is a tensor (not a parameter), or a tuple, list or dict of some."""
+def _holds_tensors(value: Any, widths: set[int] | None = None) -> bool:
+    """Whether ``value`` is a tensor (not a parameter), or a tuple, list or dict of some;
+    with ``widths``, one whose axis 1 (axis 0 of a vector) is one of them."""
     if isinstance(value, (tuple, list, dict)):
-        return any(map(_holds_tensors, value.values() if isinstance(value, dict) else value))
-    return torch.is_tensor(value) and not isinstance(value, nn.Parameter)
+        items = value.values() if isinstance(value, dict) else value
+        return any(_holds_tensors(v, widths) for v in items)
+    if not torch.is_tensor(value) or isinstance(value, nn.Parameter):
+        return False
+    return widths is None or value.dim() > 0 and value.shape[min(1, value.dim() - 1)] in widths

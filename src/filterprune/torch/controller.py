@@ -182,8 +182,10 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
             remove_masks(model, bake=True)
             return model
         remove_masks(model, bake=False)
-        _say_state_reset(state_reset(self.model, model))
-        small = shrink_model(model, self.keeps(), self.analysis.graph.layers)
+        keeps = self.keeps()
+        cut = {len(k) for roles in keeps.values() for k in roles.values() if not k.all()}
+        _say_state_reset(state_reset(self.model, model, cut))
+        small = shrink_model(model, keeps, self.analysis.graph.layers)
         cut_output_quantizers(small, self.kept_channels)
         if model is self.model:  # strip(do_copy=False): the training model is cut now
             self.shrunk = True
@@ -198,10 +200,10 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
 
 def _say_state_reset(names: list[str]) -> None:
     if names:
-        log.warning("strip: %s held tensors the forward keeps across calls (state, as a "
-                    "stream's cache or a spiking neuron's membrane), which the strip does not "
-                    "cut: the stripped model starts from the values they had at creation. "
-                    "Reset the model's state before comparing.", ", ".join(names))  # fmt: skip
+        log.warning("strip: %s are state the forward keeps across calls (a stream's cache, "
+                    "a spiking neuron's membrane, their flags), which the strip does not cut: "
+                    "the stripped model starts from the values they had at creation. Reset "
+                    "the model's state before comparing.", ", ".join(names))  # fmt: skip
 
 
 def check_layers_in_place(ctrl: Any) -> None:
