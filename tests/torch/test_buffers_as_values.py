@@ -161,7 +161,7 @@ def test_a_buffer_widened_to_a_width_read_in_forward_holds_those_channels():
                         nn.Conv1d(16, 3, 1))  # fmt: skip
     ctrl, model = create_compressed_model(net, make_config((2, 4, 8), prune_first_conv=True))
     held = {name: r for names, r in ctrl.statistics().unpruned for name in names}
-    assert held["0"] == "weight 2.cache is read by expand"
+    assert held["0"] == "buffer 2.cache is read by expand"
     small = assert_strip_equal(ctrl, model, torch.randn(2, 4, 8))
     assert small[2].conv.out_channels == 8
 

@@ -89,5 +89,5 @@ def test_weights_of_other_shapes_combined_say_so():
     config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
     ctrl, model = create_compressed_model(model, config)
     reasons = dict((p[0], r) for p, r in ctrl.statistics().unpruned)
-    assert reasons["0"] == ("mul: combines weight 1.m and weight 1.g of other shapes ((16, 16) "
+    assert reasons["0"] == ("mul: combines buffer 1.m and buffer 1.g of other shapes ((16, 16) "
                             "and (1, 16))")  # fmt: skip

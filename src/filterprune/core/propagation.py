@@ -36,6 +36,7 @@ class Param:
     this one is computed with entry by entry (a frozen BatchNorm's
     ``weight * (running_var + eps).rsqrt()``), cut along the same channels. ``made``: a
     tensor the forward makes (``torch.zeros(...)``), not a weight of the model.
+    ``buffer``: a buffer of the model (a running statistic, a stream's cache).
     """
 
     name: str
@@ -43,11 +44,15 @@ class Param:
     axes: tuple[int | None, ...] | None = None
     also: tuple[Param, ...] = ()
     made: bool = False
+    buffer: bool = False
 
     @property
     def label(self) -> str:
-        """How messages name it: ``weight gamma``, ``tensor zeros_1 made in forward``."""
-        return f"tensor {self.name} made in forward" if self.made else f"weight {self.name}"
+        """How messages name it: ``weight gamma``, ``buffer cache``, ``tensor zeros_1 made
+        in forward``."""
+        if self.made:
+            return f"tensor {self.name} made in forward"
+        return f"{'buffer' if self.buffer else 'weight'} {self.name}"
 
     def source_axis(self, axis: int) -> int | None:
         """The stored weight's axis behind ``axis`` of this view of it."""

@@ -108,8 +108,10 @@ def _input(s, node, ins):
 
 @register_rule("param")
 def _param(s, node, ins):
-    return Param(node.attrs.get("target", node.name), tuple(node.shape or ()),
-                 made=bool(node.attrs.get("made")))
+    target = node.attrs.get("target", node.name)
+    info = s.graph.layers.get(target)
+    return Param(target, tuple(node.shape or ()), made=bool(node.attrs.get("made")),
+                 buffer=info is not None and info.kind == "buffer")
 
 
 @register_rule("noop")
@@ -273,7 +275,8 @@ def _params_combined(ins: list, node: Node) -> Param:
                         f"({' and '.join(str(p.shape) for p in params)})")
     first, rest = params[0], params[1:]
     also = [*first.also, *(q for p in rest for q in (p, *p.also))]
-    return Param(first.name, first.shape, first.axes, tuple(dict.fromkeys(also)), first.made)
+    return Param(first.name, first.shape, first.axes, tuple(dict.fromkeys(also)), first.made,
+                 first.buffer)
 
 
 def _spread(s: Propagation, node: Node, ins: list, shapes: list | None = None) -> list[np.ndarray]:
@@ -391,7 +394,8 @@ def _einsum(s, node, ins):
                 placed.append(s.opaque(f"{where} sums over {value.label}"))
                 continue
             axes = tuple(value.source_axis(sub.index(c)) if c in sub else None for c in out)
-            placed.append(Param(value.name, placed_shapes[-1], axes, made=value.made))
+            placed.append(Param(value.name, placed_shapes[-1], axes, made=value.made,
+                                buffer=value.buffer))
             continue
         ids = _pad(_tensor(s, value, node), len(sub))
         if any(_varies(ids, a) for a in summed):
@@ -694,7 +698,8 @@ def _reshape_param(param: Param, node: Node) -> Param:
         axes[j] = param.source_axis(i)
     # weights combined entry by entry (one shape): the same view of each, cut alike
     also = tuple(_reshape_param(p, node) for p in param.also)
-    return Param(param.name, tuple(node.shape), tuple(axes), also, made=param.made)
+    return Param(param.name, tuple(node.shape), tuple(axes), also, made=param.made,
+                 buffer=param.buffer)
 
 
 @register_rule("permute")
@@ -1032,7 +1037,8 @@ def _paired_param(param: Param, node: Node) -> Param:
         raise RuleError(f"reads {param.label} as pairs of a shape it does not have")
     axes = tuple(param.source_axis(i) for i in range(ndim - 1))
     also = tuple(_paired_param(p, node) for p in param.also)
-    return Param(param.name, param.shape[:-1], axes, also, made=param.made)
+    return Param(param.name, param.shape[:-1], axes, also, made=param.made,
+                 buffer=param.buffer)
 
 
 def _each_output(node, ids: np.ndarray) -> Any:
