@@ -255,27 +255,26 @@ def state_reset(model: nn.Module, copy: nn.Module, widths: set[int]) -> list[str
     so does a tensor set since whose axis 1 is a width the strip cuts (``widths``: state
     written in training only). What the user set otherwise stays. Returns the names, or
     nothing where no such state holds a tensor."""
-    resets, copies, tensors = [], dict(copy.named_modules()), False
+    resets, copies, tensors = [], dict(copy.named_modules()), False  # (copy, before, key)
     for path, module in model.named_modules():
         before, copied = _AT_CREATION.get(module), copies.get(path)
         if before is None or copied is None:  # (a parametrization the strip wrote in)
             continue
-        written = _WRITTEN.get(module, set())
+        written, prefix = _WRITTEN.get(module, set()), f"{path}." if path else ""
         for key, value in vars(copied).items():
             if key in _TORCH_OWN or before.get(key) is _HELD:
                 continue  # (a tensor or an object at creation: no value to go back to)
             if key in written or _holds_tensors(value, widths):
-                resets.append((copied, path, key))
+                resets.append((copied, before, key, prefix + key))
                 tensors |= _holds_tensors(value)
         for key, value in copied._buffers.items():
             if before.get(("buffer", key)) is _NONE_BUFFER and value is not None and (
                     ("buffer", key) in written or _holds_tensors(value, widths)):  # fmt: skip
-                resets.append((copied, path, ("buffer", key)))
+                resets.append((copied, before, ("buffer", key), prefix + key))
                 tensors = True
     if not tensors:
         return []
-    for copied, path, key in resets:
-        before = _AT_CREATION[model.get_submodule(path)]
+    for copied, before, key, _ in resets:
         if isinstance(key, tuple):
             copied._buffers[key[1]] = None
         elif key in before:
@@ -283,8 +282,7 @@ def state_reset(model: nn.Module, copy: nn.Module, widths: set[int]) -> list[str
             vars(copied)[key] = was.kind() if isinstance(was, _Empty) else was
         else:
             del vars(copied)[key]
-    return [f"{path}.{key[-1] if isinstance(key, tuple) else key}".lstrip(".")
-            for _, path, key in resets]
+    return [name for *_, name in resets]
 
 
 class _Empty:
