@@ -160,6 +160,24 @@ def test_export_failure_reports_both_captures():
         capture(Opaque().eval(), (torch.zeros(1, 3, 8, 8),))
 
 
+def test_a_returned_distribution_is_named_with_what_to_return():
+    class Policy(nn.Module):  # an RL policy head returning its action distribution
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 4)
+
+        def forward(self, x):
+            logits = self.fc(self.conv(x).mean((2, 3)))
+            return {"value": logits.sum(1), "pi": torch.distributions.Categorical(logits=logits)}
+
+    policy = Policy().train()
+    with pytest.raises(AnalysisError, match=r"^Policy returns a torch.distributions.categorical"
+                       r".Categorical at pi, which neither capture reads: return the tensors "
+                       r"it is made from \(a distribution's logits"):
+        capture(policy, (torch.zeros(2, 3, 8, 8),))
+    assert policy.training  # the probe put the mode back
+
+
 class OptionA(nn.Module):
     """A shortcut pooled by a layer made in forward and widened with zeros whose count is
     computed from the width (ResNet's option A, as MONAI writes it: ``.data``, ``*shape``)."""

@@ -35,8 +35,20 @@ from ..core.flops import count_product
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured
 from ..errors import AnalysisError
-from ..testing.zoo import relative_diff
-from ._copy import computed_weights, copy_model, forward_hooks, global_hooks, is_users, user_hooks
+from ._advice import (
+    check_runs,
+    detector_hint,
+    first_line,
+    first_sentence,
+    output_hint,
+    runs,
+    sample_fix,
+    sample_words,
+    say_global_hooks,
+    say_unregistered,
+    say_written_parameters,
+)
+from ._copy import computed_weights, forward_hooks, is_users, user_hooks
 from ._eager_reads import training_sources
 from ._init_args import random_state_kept
 from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
@@ -54,7 +66,6 @@ from ._snapshot import (
 from ._transformer import TRACED_THROUGH, tracing_layers
 from ._tree import leaves
 from ._writes import SHAPED_AS, WritableProxy, WriteShapes, write_spec, written
-from .masks import apply_masks
 
 __all__ = ["capture", "capture_fx"]
 
@@ -297,16 +308,16 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), traced_hooks_off(gm):
                 traced = WriteShapes(gm).propagate(*example)
         except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
-            if _runs(model, example):  # the trace took another path than the model does
+            if runs(model, example):  # the trace took another path than the model does
                 raise _TraceError(
                     f"torch.fx's trace of {type(model).__name__} fails on "
-                    f"{_sample_words(example)}, which the model itself runs: the trace took "
+                    f"{sample_words(example)}, which the model itself runs: the trace took "
                     "another branch (an argument left None, a test of a value). "
                     f"{err.__cause__ or err}"
                 ) from err
             raise _TraceError(
-                f"{type(model).__name__} failed on {_sample_words(example)}: "
-                f"{err.__cause__ or err}. {_sample_fix(model)}"
+                f"{type(model).__name__} failed on {sample_words(example)}: "
+                f"{err.__cause__ or err}. {sample_fix(model)}"
             ) from err
         _same_outputs(model, example, traced, gm)
     finally:
@@ -390,7 +401,7 @@ def _same_outputs(model: nn.Module, example: tuple[Any, ...], traced: Any,
     if skipped:
         raise _TraceError(
             f"torch.fx's trace of {type(model).__name__} skips {', '.join(skipped[:4])}, "
-            f"which the model runs on {_sample_words(example)}: its forward tests something "
+            f"which the model runs on {sample_words(example)}: its forward tests something "
             "the trace answers otherwise (`isinstance(t, torch.Tensor)`, a tensor's value)."
         )
 
@@ -450,36 +461,6 @@ def _fixed_arguments(model: nn.Module, example: tuple[Any, ...]) -> dict[str, An
     return fixed or None
 
 
-def _say_unregistered(model: nn.Module) -> None:
-    """Warn about layers kept in a plain list, tuple or dict attribute: they are no
-    submodules (not in ``parameters()``, ``state_dict()`` or ``.to()``), so they cannot be
-    masked, and the layers around them read as foreign tensors."""
-    found, internal = [], set(vars(nn.Module()))  # _modules, _parameters...: torch's own
-    registered = {id(m) for m in model.modules()}  # a list of references to them is fine
-    for name, module in model.named_modules():
-        for attr, value in vars(module).items():
-            if attr in internal:
-                continue
-            items = value.values() if isinstance(value, dict) else value \
-                if isinstance(value, (list, tuple)) else ()  # fmt: skip
-            if any(isinstance(v, nn.Module) and id(v) not in registered for v in items):
-                found.append(f"{name}.{attr}" if name else attr)
-    if found:
-        warnings.warn(
-            f"{', '.join(found[:5])} holds layers in a plain list or dict: they are not "
-            "registered submodules (not trained by an optimizer over model.parameters(), "
-            "not saved, not pruned). Use nn.ModuleList / nn.ModuleDict.", stacklevel=3)
-
-
-def _detector_hint(model: nn.Module) -> str:
-    """Where to look when a torchvision detector's post-processing defeats both captures."""
-    if not type(model).__module__.startswith("torchvision.models.detection"):
-        return ""
-    return (" For torchvision detectors, filterprune.testing.detectors wraps the parts that "
-            "capture: HeadTensors (RetinaNet, FCOS), RCNNTensors (two-stage R-CNNs) and "
-            "masks_unpasted (Mask R-CNN's masks as its head predicts them).")
-
-
 def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     """Read ``model`` on ``example`` inputs into the core :class:`Graph`.
 
@@ -494,89 +475,19 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     Raises:
         AnalysisError: When neither capture can read the model, or it fails on ``example``.
     """
-    _say_unregistered(model)
+    say_unregistered(model)
     with attributes_kept(model):
         captured = _capture(model, example)
-    _say_written_parameters(model, example)
-    _say_global_hooks(model, example, captured.graph.layers)
+    say_written_parameters(model, example)
+    say_global_hooks(model, example, captured.graph.layers)
     return captured
-
-
-def _say_global_hooks(model: nn.Module, example: tuple[Any, ...], layers: dict) -> None:
-    """Warn where a global module hook computes otherwise on a copy of the model (it tells
-    modules by identity: strip() and export_model work on a copy) or on its masked layers
-    (it tells them by exact class: masking swaps the class). The capture traced the hook
-    on the model as it is."""
-    if not any(is_users(h) for table in global_hooks() for h in table.values()):
-        return
-    was_training = model.training
-    try:
-        with attributes_kept(model), torch.no_grad():
-            ref = model.eval()(*example)
-            copy = copy_model(model).eval()
-            same = copy(*example)
-            apply_masks(copy, {name: {} for name in layers}, layers)  # every mask all ones
-            masked = copy(*example)
-    except Exception:  # noqa: BLE001 - it ran in the capture; a probe's failure says nothing
-        return
-    finally:
-        model.train(was_training)
-    found = []
-    for what, a, b in (("a copy of the model, as strip() and export_model make (it tells "
-                        "modules by identity)", ref, same),
-                       ("the masked model, whose layers take classes of their own, "
-                        "MaskedConv2d and the like (it tells layers by exact class)", same,
-                        masked)):  # fmt: skip
-        diff = relative_diff(a, b)
-        if diff > 1e-5:
-            found.append(f"on {what}: {diff:.2g} relative")
-    if found:
-        warnings.warn(
-            "A global module hook (register_module_forward_hook) computes otherwise "
-            f"{'; and '.join(found)}. Register it on the modules themselves "
-            "(module.register_forward_hook), or tell layers with isinstance.", stacklevel=3)
-
-
-def _real(t: torch.Tensor) -> torch.Tensor:
-    """``t``, a complex one as its real and imaginary parts (both count)."""
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
-def _say_written_parameters(model: nn.Module, example: tuple[Any, ...]) -> None:
-    """Warn where a forward writes parameters: a momentum encoder updated from the online
-    one (MoCo's ``pk.data = m * pk + (1 - m) * pq``, a BYOL target). The two encoders
-    are cut each on its own, and no mask or cut follows such a write."""
-    params = {n: p for n, p in model.named_parameters()
-              if not isinstance(p, nn.parameter.UninitializedParameter)}  # fmt: skip
-
-    def marks() -> dict[str, tuple[int, float]]:
-        return {n: (p.data_ptr(), float(_real(p.detach()).double().nansum()))
-                for n, p in params.items()}  # fmt: skip
-
-    before, was_training = marks(), model.training
-    try:
-        with attributes_kept(model), torch.no_grad():
-            model.eval()(*example)
-    except Exception:  # noqa: BLE001 - it ran in the capture; a probe's failure says nothing
-        return
-    finally:
-        model.train(was_training)
-    written = [n for n, mark in marks().items() if mark != before[n]]
-    if written:
-        more = f" and {len(written) - 3} more" if len(written) > 3 else ""
-        warnings.warn(
-            f"{type(model).__name__}'s forward writes its parameters ({', '.join(written[:3])}"
-            f"{more}): a momentum or EMA copy updated from other parameters. Masks and cuts do "
-            "not follow such a write: each copy is cut on its own, and after strip() the "
-            "update mixes filters that do not correspond. Prune the online model alone and "
-            "make the copy from it.", stacklevel=3)  # fmt: skip
 
 
 def _capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     try:
         return capture_fx(model, example)
     except _TraceError as fx_error:
-        _check_runs(model, example)
+        check_runs(model, example)
         from .export_capture import capture_export
 
         try:
@@ -586,93 +497,18 @@ def _capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
                 return capture_fx(model, example, whole_on_failure=True)
             except _TraceError:
                 pass
-            raise AnalysisError(f"{_first_sentence(fx_error)} torch.export failed too: "
-                                f"{err}{_detector_hint(model)}") from err
-        captured.graph.notes.insert(0, f"torch.fx could not trace it ({_first_line(fx_error)}); "
+            raise AnalysisError(f"{output_hint(model, example)}{first_sentence(fx_error)} "
+                                f"torch.export failed too: {err}{detector_hint(model)}") from err
+        captured.graph.notes.insert(0, f"torch.fx could not trace it ({first_line(fx_error)}); "
                                        "captured with torch.export")  # fmt: skip
         warnings.warn(
-            f"{_first_line(fx_error)}; captured with torch.export, which fixes sizes read "
+            f"{first_line(fx_error)}; captured with torch.export, which fixes sizes read "
             "in forward to the sample input's: a forward that branches on a channel count "
             "(`if x.shape[1] > 8`) takes the sample's branch in the analysis, and a channel "
             "count used as a number (`x * x.shape[1] ** -0.5`, `view(b, c, h, w)` with `c` "
             "read from another tensor) is a constant to it, which a cut may change. Compare "
             "ctrl.strip() with the masked model on your inputs.", stacklevel=3)  # fmt: skip
         return captured
-
-
-def _first_sentence(err: Exception) -> str:
-    """The cause of an fx failure without the tracer's advice, so the export's fits beside it."""
-    text = str(err).splitlines()[0]
-    return text.split(". ")[0].rstrip(".") + "."
-
-
-def _first_line(err: Exception) -> str:
-    """The error's first line, without the tracer's advice, cut at a word past 200."""
-    line = str(err).split(". Make the forward")[0].splitlines()[0]
-    return line if len(line) <= 200 else line[:200].rsplit(" ", 1)[0] + " ..."
-
-
-def _runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> bool:
-    """Whether ``model`` runs on ``example`` (:func:`_check_runs`, attributes put back)."""
-    try:
-        with attributes_kept(model):
-            _check_runs(model, example)
-    except AnalysisError:
-        return False
-    return True
-
-
-_SAMPLE_FIX = ("Give a sample_size and `filler` the model accepts; an input it reads as "
-               "numbers (sequence lengths) is best made in a wrapper's forward.")
-
-
-def _sample_fix(model: nn.Module) -> str:
-    """:data:`_SAMPLE_FIX`, and for a ``forward(self, batch)`` (one argument, not said to
-    be a tensor) how to give it a container of tensors."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return _SAMPLE_FIX
-    if len(params) != 1 or params[0].kind not in (params[0].POSITIONAL_ONLY,
-                                                  params[0].POSITIONAL_OR_KEYWORD) or \
-            params[0].annotation in (torch.Tensor, "torch.Tensor", "Tensor"):  # fmt: skip
-        return _SAMPLE_FIX
-    return (f"{_SAMPLE_FIX} `input_info` gives tensors, one per argument: if "
-            f"`forward({params[0].name})` takes a dict or tuple of tensors, prune a wrapper "
-            "whose forward takes each tensor as an argument and builds the container.")
-
-
-def _sample_words(example: tuple[Any, ...]) -> str:
-    """``a zero input of shape [(1, 3, 8, 8)] (from `input_info`)``: what the model was given."""
-    tensors = [t for t in example if torch.is_tensor(t)]
-    if tensors and not any(bool(t.any()) for t in tensors):
-        kind = "a zero input"
-    elif tensors and all(bool((t == 1).all()) for t in tensors):
-        kind = "an input of ones"
-    else:
-        kind = "the sample input"
-    return f"{kind} of shape {[tuple(t.shape) for t in tensors]} (from `input_info`)"
-
-
-def _check_runs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> None:
-    """Refuse an input the model itself fails on, before trying another capture."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*example)
-    except Exception as err:  # noqa: BLE001 - reported with the input shape that failed
-        given = {t.dtype for t in example if torch.is_tensor(t) and t.is_floating_point()}
-        own = {p.dtype for p in model.parameters() if p.is_floating_point()}
-        fix = _sample_fix(model)
-        if given and own and not given & own:  # a float64 or bfloat16 model, float32 input
-            kind = str(sorted(own, key=str)[0]).removeprefix("torch.")
-            fix = (f"The model's parameters are {kind}: set `input_info.type` to {kind!r} "
-                   "(or give a sample_size the model accepts).")
-        raise AnalysisError(
-            f"{type(model).__name__} failed on {_sample_words(example)}: {err}. {fix}") from err
-    finally:
-        model.train(was_training)
 
 
 def capture_fx(model: nn.Module, example: tuple[torch.Tensor, ...],
