@@ -499,6 +499,36 @@ def test_a_batchnorm_with_a_hook_of_the_users_is_not_folded(hook):
         torch.testing.assert_close(folded(x), small(x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm", "old weight_norm"])
+def test_a_conv_whose_weight_is_computed_is_not_folded(norm, tmp_path):
+    """weight_norm or spectral_norm computes the conv's weight in forward: the fold had no
+    parameter to scale and the export failed (an attribute 'weight' already exists)."""
+    wrap = {"weight_norm": nn.utils.parametrizations.weight_norm,
+            "spectral_norm": nn.utils.parametrizations.spectral_norm,
+            "old weight_norm": nn.utils.weight_norm}[norm]  # fmt: skip
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = wrap(nn.Conv2d(3, 16, 3, padding=1)), nn.BatchNorm2d(16)
+            self.head = nn.Conv2d(16, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.bn(self.conv(x)))).mean((2, 3))
+
+    ctrl, model = create_compressed_model(_net(Net), _config(pruning=False))
+    small = ctrl.strip().eval()
+    folded = fold_batchnorms(copy.deepcopy(small), ctrl.captured.graph)
+    assert isinstance(folded.bn, nn.BatchNorm2d)
+    x = torch.randn(4, 3, 32, 32)
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    with torch.no_grad():
+        ref = small(x)
+    out = run_onnxruntime(str(tmp_path / "m.onnx"), {"x": x.numpy()})[0]
+    step = float(ref.abs().max()) / 127  # at most a rounding tie's step apart
+    assert np.abs(out - ref.numpy()).max() <= step
+
+
 def test_mixed_preset_makes_activations_asymmetric(monkeypatch):
     from filterprune.core.params import QuantizationParams
 

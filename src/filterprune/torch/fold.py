@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..core.graph import Graph
-from ._copy import user_hooks
+from ._copy import computed_weights, user_hooks
 from .fake_quant import FakeQuantize
 
 __all__ = ["fold_batchnorms"]
@@ -55,6 +55,8 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
         # on the folded conv's output, or read attributes the Identity has not
         and not user_hooks(bn)
         and not any(k.endswith("_mask") for k in [*conv._buffers, *bn._buffers])
+        # a weight computed in forward (weight_norm, spectral_norm) has no parameter to scale
+        and "weight" not in computed_weights(conv)
     )  # fmt: skip
 
 
