@@ -93,12 +93,34 @@ def test_a_groupnorm_without_affine_is_cut_too():
     assert (small.g1.num_groups, small.g1.num_channels) == (2, 16)
 
 
-@pytest.mark.parametrize(
-    "build", [lambda: Net(FixedCount), lambda: ConvNorm(borrowed=True), lambda: ConvNorm(1)])
-def test_a_group_count_fixed_in_code_or_one_group_keeps_the_channels(build):
+class OwnNorm(nn.Module):
+    """A module of the user's own (no GroupNorm) passing its parameters and a count."""
+
+    def __init__(self, groups, channels, affine=True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
+
+    def forward(self, x):
+        return F.group_norm(x, 4, self.weight, self.bias, 1e-5)
+
+
+FIXED = "group_norm: group count is fixed in code (4); an nn.GroupNorm's count is lowered"
+
+
+@pytest.mark.parametrize("build, why", [
+    (lambda: Net(FixedCount), FIXED), (lambda: ConvNorm(borrowed=True), FIXED),
+    (lambda: ConvNorm(1), "statistics span channels"), (lambda: Net(OwnNorm), FIXED),
+    (lambda: Net(OwnNorm, affine=False), FIXED)])
+def test_a_group_count_fixed_in_code_or_one_group_keeps_the_channels(build, why, monkeypatch):
+    """A count written in code was read as one group ("statistics span channels") where a
+    module of the user's own passed it; either capture says what it is."""
     small, held = prune(build())
-    assert "statistics span channels" in held["c1"] or "count is fixed in code" in held["c1"]
-    assert small.c1.out_channels == 32
+    assert why in held["c1"] and small.c1.out_channels == 32
+    monkeypatch.setattr(capture_module, "capture_fx", _refuse_fx)
+    with pytest.warns(UserWarning, match="captured with torch.export"):
+        small, held = prune(build())
+    assert why in held["c1"] and small.c1.out_channels == 32
 
 
 def _refuse_fx(*args, **kwargs):

@@ -529,7 +529,9 @@ def _groupnorm(s, node, ins):
     x = _tensor(s, ins[0], node)
     groups = int(node.attrs.get("groups", 1))
     if groups <= 1 or not node.attrs.get("rewritable"):
-        why = "statistics span channels" if groups <= 1 else "group count is fixed in code"
+        why = "statistics span channels" if groups <= 1 else (
+            f"group count is fixed in code ({groups}); an nn.GroupNorm's count is lowered "
+            "with the cut")
         s.block(x, f"{node.label or 'GroupNorm'}: {why}")
         return x
     ndim = len(node.shape)

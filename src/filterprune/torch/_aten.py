@@ -202,7 +202,8 @@ def _layer_norm(node: fx.Node, shape) -> Spec:
 
 
 def _group_norm(node: fx.Node, shape) -> Spec:
-    return "groupnorm", {}
+    groups = named_args(node).get("num_groups")
+    return "groupnorm", {"groups": groups} if isinstance(groups, int) else {}
 
 
 def _pixel_shuffle(node: fx.Node, shape) -> Spec:

@@ -840,7 +840,8 @@ def _layer_norm(node: fx.Node, shapes) -> Spec:
 
 
 def _group_norm(node: fx.Node, shapes) -> Spec:
-    return "groupnorm", {}
+    groups = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_groups")
+    return "groupnorm", {"groups": groups} if isinstance(groups, int) else {}
 
 
 def _expand(node: fx.Node, shapes) -> Spec:
