@@ -136,6 +136,10 @@ ACROSS = {
     "sort over the channels": lambda y: y.sort(1).values,
     "topk over the channels": lambda y: torch.cat([y.topk(8, 1)[0], y[:, 8:]], 1),
     "Softmin module over the channels": nn.Softmin(1),
+    # each channel divided by a sum over its neighbours: a cut changes the ones kept
+    "LocalResponseNorm": nn.LocalResponseNorm(3),
+    "CrossMapLRN2d": nn.CrossMapLRN2d(3),
+    "local_response_norm": lambda y: F.local_response_norm(y, 5, k=0.5),
     "RMSNorm over the channels": lambda y: _channels_last(y, nn.RMSNorm(16)),
     "repeat_interleave over the channels": lambda y: y.repeat_interleave(2, dim=1)[:, 1::2],
     # torch's implicit dim of a 4-d tensor is 1 (it was read as the last)
@@ -183,6 +187,15 @@ def test_ops_that_keep_each_channel_apart_are_cut_through(fn):
 def test_ops_across_the_channels_keep_them_whole(fn):
     small, held = prune(fn)
     assert "a" in held and small.a.out_channels == 16 and small.b.out_channels == 8
+
+
+@pytest.mark.parametrize("fn, name", [
+    (nn.LocalResponseNorm(3), "LocalResponseNorm"), (nn.CrossMapLRN2d(3), "CrossMapLRN2d"),
+    (lambda y: F.local_response_norm(y, 3), "local_response_norm")])
+def test_a_local_response_norm_says_it_acts_across_channels(fn, name):
+    """It was held as an op without a rule (the function: as torch.export's reshapes)."""
+    _, held = prune(fn)
+    assert held["a"] == f"{name}: acts across channels"
 
 
 def cbr(cin, cout):

@@ -365,6 +365,8 @@ MODULE_RULES: dict[type[nn.Module], Callable[..., tuple[Spec, LayerInfo]]] = {
     nn.LayerNorm: _layernorm,
     nn.RMSNorm: _layernorm,
     nn.GroupNorm: _groupnorm,
+    nn.LocalResponseNorm: _simple("along", dims=[1]),  # each channel over its neighbours
+    nn.CrossMapLRN2d: _simple("along", dims=[1]),
     nn.Softmax: _softmax,
     nn.Softmin: _softmax,
     nn.LogSoftmax: _softmax,
@@ -966,6 +968,7 @@ CALL_RULES: dict[Any, Call] = {
     "log_softmax": _along_dim, torch.softmax: _along_dim, torch.cumsum: _along_dim,
     torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm, F.rms_norm: _layer_norm,
     F.group_norm: _group_norm,
+    F.local_response_norm: lambda node, shapes: ("along", {"dims": [1]}),  # over neighbours
     "expand": _expand, "expand_as": _elementwise, "repeat": _repeat,
     torch.gather: _take_along(1), "gather": _take_along(1),
     torch.take_along_dim: _take_along(2), "take_along_dim": _take_along(2),
