@@ -83,11 +83,12 @@ class FakeQuant(keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         shape = () if self.axis is None else (int(input_shape[self.axis]),)
-        # float32 under mixed_float16 too: a range rounded to float16 moves the grid
+        # float32 under mixed_float16 and a float16 layer's policy too: a range rounded to
+        # float16 moves the grid
         self.min = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="min",
-                                   autocast=False)  # fmt: skip
+                                   autocast=False, dtype="float32")  # fmt: skip
         self.max = self.add_weight(shape=shape, initializer="ones", trainable=False, name="max",
-                                   autocast=False)  # fmt: skip
+                                   autocast=False, dtype="float32")  # fmt: skip
         low, high = self._init
         if low is not None:
             self.min.assign(np.broadcast_to(np.asarray(low, "float32"), shape))
@@ -136,9 +137,9 @@ class QuantizedWeights(keras.layers.Wrapper):
             variable = _variable(self.layer, name)
             shape = () if axis is None else (int(variable.shape[axis]),)
             low = self.add_weight(shape=shape, initializer="zeros", trainable=False,
-                                  name=f"{name}_min", autocast=False)  # fmt: skip
+                                  name=f"{name}_min", autocast=False, dtype="float32")  # fmt: skip
             high = self.add_weight(shape=shape, initializer="ones", trainable=False,
-                                   name=f"{name}_max", autocast=False)  # fmt: skip
+                                   name=f"{name}_max", autocast=False, dtype="float32")  # fmt: skip
             if name in self._init:
                 low.assign(np.broadcast_to(np.asarray(self._init[name][0], "float32"), shape))
                 high.assign(np.broadcast_to(np.asarray(self._init[name][1], "float32"), shape))
