@@ -46,7 +46,7 @@ from ._ops import (
 from .masks import keeps_own_forward, masks_channels
 
 __all__ = ["functional_node", "plain_params", "owner_of", "module_path", "split_sizes", "within",
-           "COMPUTED"]
+           "instance_forward_words", "COMPUTED"]
 
 COMPUTED = "<computed>"  # an argument that is a tensor computed in forward, not a parameter
 
@@ -296,6 +296,9 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         # counted by the weight it reads: the owner may be another call's layer already
         return _opaque(why, owner, modules, graph_layers, positions, weight_elems=weight_elems)
     cls, build = found
+    if "forward" in vars(module):
+        return _opaque(instance_forward_words(module, owner), owner, modules, graph_layers,
+                       positions)  # fmt: skip
     inside = within(data_path, owner)
     if masks_channels(type(module)) and inside and not _same_forward(module, cls, in_shape):
         why = (f"{type(module).__name__} {owner} computes what it passes to {label} in its "
@@ -315,6 +318,12 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         parts.attrs["in_held"] = (f"reads {type(module).__name__} {owner}'s parameters "
                                   "outside its forward, where masks do not act")  # fmt: skip
     return parts
+
+
+def instance_forward_words(module: nn.Module, name: str) -> str:
+    """Why a layer whose forward is set on the instance stays whole."""
+    return (f"{type(module).__name__} {name}'s forward is set on the instance ({name}.forward "
+            "= ...): masks and quantizers act in its class's forward, which that goes around")
 
 
 def within(path: str | None, owner: str) -> bool:

@@ -51,7 +51,14 @@ from ._advice import (
 from ._copy import computed_weights, forward_hooks, is_users, user_hooks
 from ._eager_reads import training_sources
 from ._init_args import random_state_kept
-from ._layers import COMPUTED, functional_node, module_path, plain_params, split_sizes
+from ._layers import (
+    COMPUTED,
+    functional_node,
+    instance_forward_words,
+    module_path,
+    plain_params,
+    split_sizes,
+)
 from ._on_sample import HOOKED, settled, sized_range, traced_hooks_off
 from ._ops import CALL_RULES, EXPORT_READS, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
 from ._sizes import SizeReads
@@ -705,6 +712,9 @@ def _module_node(node, module, inputs, shape, graph: Graph) -> Node:
     if found is None or type(module).forward is not found[0].forward or _unseen_hooks(node,
                                                                                      module):
         return _no_rule(node, module, inputs, shape, shape, graph)
+    if "forward" in vars(module):
+        return _no_rule(node, module, inputs, shape, shape, graph, instance_forward_words(
+            module, name))  # fmt: skip
     in_shape = graph[inputs[0]].shape if inputs else None
     (kind, attrs), info = found[1](module, name, in_shape, shape)
     if info.weight is not None and info.weight not in info.params:  # a weight buffer
@@ -739,14 +749,14 @@ _LOOKUPS = {"embedding", "embedding_bag", "_embedding_bag", "index", "gather", "
 
 
 def _no_rule(node: fx.Node, module: nn.Module, inputs: list[str], shape: Any, tokens_of: Any,
-             graph: Graph) -> Node:  # fmt: skip
+             graph: Graph, reason: str | None = None) -> Node:  # fmt: skip
     """A module no rule reads: a stop whose inputs stay whole, its parameters counted
     (its matrices once per token of ``tokens_of``, :func:`_tokens`)."""
     name, label = node.target, type(module).__name__
     graph.layers.setdefault(name, LayerInfo(name, "opaque", plain_params(module)))
-    reason = f"{label} {name} {_hook_words(module)}, which the trace does not see" \
-        if _unseen_hooks(node, module) else node.meta.get(
-            _WHOLE, f"no channel rule for module {label}")  # fmt: skip
+    reason = reason or (f"{label} {name} {_hook_words(module)}, which the trace does not see"
+                        if _unseen_hooks(node, module) else node.meta.get(
+                            _WHOLE, f"no channel rule for module {label}"))  # fmt: skip
     attrs = {"reason": reason}
     if not isinstance(module, _LOOKUP_MODULES):
         attrs["positions"] = _tokens(tokens_of, graph)

@@ -1,0 +1,92 @@
+"""A forward set on a module instance (``m.forward = wrap(m.forward)``), as
+mixed-precision code runs a model or one layer under autocast. Masks and quantizers
+swap a layer's class, whose forward such a function goes around: the layer stays whole.
+A copy of the model (strip, export) shares the function, which would call the original
+model: the copy's calls its own modules."""
+
+import functools
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_helpers import assert_strip_equal, make_config, run_onnx
+
+import filterprune.torch.capture as capture_module
+from filterprune.testing.zoo import nondegenerate
+from filterprune.torch import create_compressed_model
+
+
+class Net(nn.Module):
+    """No norm after ``c1``: a cut channel it did not zero reaches ``c2``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.b2, self.fc = nn.BatchNorm2d(32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.b2(self.c2(torch.tanh(self.c1(x)) + 0.5)))
+        return self.fc(x.mean((2, 3)))
+
+
+def in_float32(forward, autocast=False):
+    """A wrapper as mixed-precision code writes it: a closure over the bound forward."""
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        if not autocast:
+            return forward(*args, **kwargs).float()
+        with torch.autocast("cpu", enabled=False):
+            return forward(*args, **kwargs).float()
+
+    return run
+
+
+def _own_forward(self, x):
+    return F.conv2d(x, self.weight, self.bias, padding=1)
+
+
+def _prune(model, export=False, monkeypatch=None):
+    if export:
+        monkeypatch.setattr(capture_module, "capture_fx", _refuse)
+    config = make_config((2, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    return create_compressed_model(nondegenerate(model), config)
+
+
+def _refuse(*args, **kwargs):
+    raise capture_module._TraceError("torch.fx refused")
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+@pytest.mark.parametrize("how", ["closure", "method"])
+def test_a_layer_whose_forward_is_set_on_the_instance_stays_whole(how, export, monkeypatch):
+    """It was cut and ran unmasked: 0 of 16 channels zero, and the strip failed."""
+    model = Net()
+    model.c1.forward = in_float32(model.c1.forward) if how == "closure" else \
+        types.MethodType(_own_forward, model.c1)  # fmt: skip
+    ctrl, model = _prune(model, export, monkeypatch)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert held["c1"].startswith("Conv2d c1's forward is set on the instance (c1.forward = ")
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    assert small.c1.out_channels == 16 and small.c2.out_channels < 32
+
+
+def test_a_copy_of_a_model_whose_forward_is_wrapped_calls_its_own_modules(tmp_path):
+    """The stripped copy's forward called the original, masked model: equal outputs, from
+    the wrong model, and an export of that model."""
+    model = Net()
+    model.forward = in_float32(model.forward, autocast=True)
+    ctrl, model = _prune(model)
+    x = torch.randn(2, 3, 16, 16)
+    small = assert_strip_equal(ctrl, model, x, tol=1e-5)
+    calls = []
+    for module in model.modules():
+        module.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        ref = small(x)
+    ctrl.export_model(str(tmp_path / "m.onnx"), shrink=True)
+    assert small.c1.out_channels < 16 and not calls
+    torch.testing.assert_close(torch.from_numpy(run_onnx(tmp_path / "m.onnx", x)[1][0]), ref,
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
