@@ -59,8 +59,9 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", action="store_true", help="print what was removed and kept")
     p.add_argument("--report-json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the output equality check")
-    p.add_argument("--tolerance", type=non_negative, default=1e-4,
-                   help="allowed relative output difference (default 1e-4)")  # fmt: skip
+    p.add_argument("--tolerance", type=non_negative, default=None,
+                   help="allowed relative output difference (default 1e-4; 1e-2 for a model "
+                        "computing in float16 or bfloat16)")  # fmt: skip
     p.epilog = """examples:
   filterprune convert masked.onnx -o pruned.onnx --report     # remove zero filters
   filterprune convert masked.onnx --to openvino -o pruned.xml # ... as OpenVINO IR
@@ -128,10 +129,12 @@ def _convert_path_clash(args: argparse.Namespace) -> str:
 
 
 def _write_openvino(model, args: argparse.Namespace, report) -> None:
+    from .onnx.convert import default_tolerance
     from .onnx.openvino import check_openvino, read_openvino, save_openvino
 
     def check(xml: str) -> None:  # the IR as written, read back
-        note, warning = check_openvino(args.model, xml, args.tolerance, model)
+        tolerance = default_tolerance(model) if args.tolerance is None else args.tolerance
+        note, warning = check_openvino(args.model, xml, tolerance, model)
         report.notes.append(note)
         if warning:
             report.notes.append(f"warning: {warning}")

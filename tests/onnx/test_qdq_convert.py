@@ -145,6 +145,33 @@ def test_weights_laid_out_after_dq_or_read_twice_are_cut_like_float_ones(net, re
     assert got == [removed, removed]
 
 
+@pytest.mark.parametrize("quantized", [False, True])
+def test_a_float16_export_is_cut_and_checked_at_float16_rounding(quantized, tmp_path):
+    """Its quantized weights reach each conv through a Cast to float16: no layer was found
+    ("no zero filters found"); a float one was refused, 3.5e-4 off at 1e-4 by float16's
+    rounding of sums in another order."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 8, 3, padding=1))  # fmt: skip
+    compression = [{"algorithm": "filter_pruning", "pruning_init": 0.5,
+                    "params": {"filters_multiple_of": 1, "prune_first_conv": True}}]
+    if quantized:
+        compression.append({"algorithm": "quantization",
+                            "initializer": {"range": {"num_init_samples": 0}}})
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [2, 3, 16, 16], "type": "half"},
+                                   "compression": compression})  # fmt: skip
+    ctrl, model = create_compressed_model(model.half().eval(), config)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 16, 16).half())  # the ranges' first batch
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    new, report = remove_zero_filters(str(tmp_path / "m.onnx"))  # checks outputs agree
+    assert report.removed == 24 and report.flops_kept < 0.4
+    if not quantized:  # a tolerance given is kept (a quantized one may differ by a step)
+        with pytest.raises(ConversionError, match="more than tolerance=1e-05"):
+            remove_zero_filters(str(tmp_path / "m.onnx"), tolerance=1e-5)
+
+
 def _inits(model):
     """Initializers by name, and what Identity nodes pass on of them (shared zero points)."""
     values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}

@@ -35,7 +35,9 @@ _NO_FOLD = {"DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLi
             "RandomUniformLike", "Multinomial", "Bernoulli"}  # fmt: skip
 
 
-_VIEWS = ("Transpose", "Unsqueeze", "Squeeze", "Identity", "Reshape")
+_VIEWS = ("Transpose", "Unsqueeze", "Squeeze", "Identity", "Reshape", "Cast")
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16}  # fmt: skip
 
 
 LAYOUT_OPS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze")
@@ -57,7 +59,7 @@ def layout_arg(node: onnx.NodeProto, consts: Mapping[str, Any]) -> tuple[int, ..
 def laid_out(value: np.ndarray, op: str, arg: tuple[int, ...] | None) -> np.ndarray | None:
     """``value`` through layout op ``op`` with argument ``arg`` (:func:`layout_arg`), as
     ONNX defines it; None for what this does not read (a Reshape of ``allowzero``)."""
-    if op == "Identity":
+    if op in ("Identity", "Cast"):  # a cast between float types: the value, rounded
         return value
     if op == "Transpose":
         return np.transpose(value, arg)
@@ -243,8 +245,9 @@ class ModelFacts:
 
     def weight_view(self, name: str) -> tuple[str, list[tuple[str, tuple[int, ...]]]] | None:
         """``(dq, steps)`` when ``name`` is a DequantizeLinear output ``dq`` of constants
-        seen through layout ops (Transpose, Unsqueeze, Squeeze, Identity: how exporters
-        lay out a quantized weight), each with constant arguments and read once; the steps
+        seen through layout ops (Transpose, Unsqueeze, Squeeze, Identity, and a Cast to
+        float16: how exporters lay out a quantized weight), each with constant arguments
+        and read once; the steps
         in order from ``dq``. None otherwise."""
         steps: list[tuple[str, tuple[int, ...]]] = []
         while name not in self._dq:
@@ -261,6 +264,8 @@ class ModelFacts:
                 steps.insert(0, ("Transpose", perm))
                 name = node.input[0]
                 continue
+            if node.op_type == "Cast" and a.get("to") not in _FLOAT_TYPES:
+                return None  # a weight cast to float16 computes in it: zeros stay zeros
             if node.op_type == "Transpose":
                 rank = len(self.shape(node.input[0]) or ())
                 arg = tuple(int(x) for x in a.get("perm", range(rank)[::-1]))
