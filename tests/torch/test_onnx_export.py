@@ -502,6 +502,44 @@ def test_the_file_check_follows_the_models_arithmetic(tmp_path, caplog):
     assert dim.dim_param and not dim.dim_value
 
 
+def _cast_after_creation(dtype):
+    torch.manual_seed(0)
+    net = nondegenerate(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16),
+                                      nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1)))  # fmt: skip
+    ctrl, model = create_compressed_model(net, make_config((2, 3, 16, 16), prune_first_conv=True,
+                                                           filters_multiple_of=1))  # fmt: skip
+    return ctrl, model.eval().to(dtype)
+
+
+def test_a_model_cast_after_creation_exports_in_its_type(tmp_path, caplog):
+    """The export fed input_info's float32 sample to a model the user made float16 (torch's
+    "Input type (float) and bias type (c10::Half)"); a float64 one's file, which ONNX
+    Runtime cannot run, was blamed on a forward reading its input's values."""
+    caplog.set_level("WARNING", logger="filterprune")
+    ctrl, model = _cast_after_creation(torch.float16)
+    ctrl.export_model(str(tmp_path / "h.onnx"))
+    x = torch.randn(2, 3, 16, 16).half()
+    with torch.no_grad():
+        ref = model(x).float()
+    out = torch.from_numpy(run_onnx(tmp_path / "h.onnx", x)[1][0]).float()
+    assert float((out - ref).abs().max()) <= 1e-2 * float(ref.abs().max())
+    assert not caplog.records
+    ctrl, model = _cast_after_creation(torch.float64)
+    ctrl.export_model(str(tmp_path / "d.onnx"))
+    assert "ONNX Runtime has no kernel for an op of the file in its type" in caplog.text
+    assert "depends on the input's values" not in caplog.text
+
+
+def test_a_bfloat16_model_is_refused_before_export(tmp_path):
+    """Its file failed the ONNX checker and ONNX Runtime, with a note of the exporters'
+    fallback only."""
+    ctrl, model = _cast_after_creation(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"parameters are bfloat16 \(0.weight, 0.bias, 1.weight, "
+                       r"\.\.\.\).*model.float\(\) before export_model"):
+        ctrl.export_model(str(tmp_path / "b.onnx"))
+    assert not (tmp_path / "b.onnx").exists()
+
+
 class Saturated(nn.Module):
     """A sigmoid far below zero: outputs about 1e-23, rounded in full by either runtime."""
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from ..core.analysis import analyze
 from ..core.config import ConfigError, FilterPruningParams
@@ -249,13 +250,35 @@ def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
         )
     _check_ranges_set(ctrl.model)
     _check_eight_bits(ctrl.model)
+    _check_not_bfloat16(ctrl.model)
     model = fold_batchnorms(ctrl.strip(shrink=shrink).eval(), ctrl.captured.graph)
     # a channels_last model exports its pooling as strided gathers that convert cannot cut
     model = model.to(memory_format=torch.contiguous_format)
     # in an autocast block the exporter would write its casts (bfloat16 into a Conv, which
     # ONNX Runtime refuses)
     with own_arithmetic():
-        export_onnx(model, ctrl.captured.sample, save_path, input_names, output_names)
+        export_onnx(model, _sample_like(ctrl.captured.sample, model), save_path, input_names,
+                    output_names)  # fmt: skip
+
+
+def _sample_like(sample: Any, model: nn.Module) -> Any:
+    """``input_info``'s sample on the model's device, its floating tensors in the model's
+    floating type where the user cast the model after creation (``model.half()``)."""
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    if not params:
+        return sample
+    device, kinds = params[0].device, {p.dtype for p in params}
+    floats = {t.dtype for t in pytree.tree_leaves(sample)
+              if torch.is_tensor(t) and t.is_floating_point()}  # fmt: skip
+    cast = len(kinds) == 1 and not floats & kinds  # (a float64 head in a float32 model: as is)
+
+    def like(t: Any) -> Any:
+        if not torch.is_tensor(t):
+            return t
+        t = t.to(device)
+        return t.to(params[0].dtype) if cast and t.is_floating_point() else t
+
+    return pytree.tree_map(like, sample)
 
 
 def _check_ranges_set(model: nn.Module) -> None:
@@ -271,6 +294,18 @@ def _check_ranges_set(model: nn.Module) -> None:
             "model (a training step or an evaluation) before export_model, or give init data "
             "with register_default_init_args. Nothing was written."
         )
+
+
+def _check_not_bfloat16(model: nn.Module) -> None:
+    """Refuse bfloat16 weights: the operator sets the exporters write have no bfloat16
+    convolution (the file fails the ONNX checker), and ONNX Runtime runs none."""
+    found = [n for n, p in model.named_parameters() if p.dtype == torch.bfloat16]
+    if found:
+        raise ValueError(
+            f"The model's parameters are bfloat16 ({', '.join(found[:3])}"
+            f"{', ...' if len(found) > 3 else ''}), which ONNX convolutions and ONNX Runtime "
+            "do not take. Export it in float32: model.float() before export_model (a runtime "
+            "may still compute in bfloat16 where the hardware has it). Nothing was written.")
 
 
 def _check_eight_bits(model: nn.Module) -> None:

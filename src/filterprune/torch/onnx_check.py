@@ -88,7 +88,9 @@ def _differs(model: nn.Module, args: tuple, proto: Any, feeds: dict, tol: float)
         got = run_onnxruntime(proto, feeds)
     except Exception as err:  # noqa: BLE001 - the runtime's own error, said in the warning
         shapes = ", ".join(str(list(v.shape)) for v in feeds.values())
-        message = re.sub(r"\s+", " ", str(err)).strip()[-160:]
+        message = re.sub(r"\s+", " ", str(err)).strip()
+        if len(message) > 160:  # its end names the op; cut at a word
+            message = "... " + message[-160:].split(" ", 1)[-1]
         return f"fails in ONNX Runtime on an input of shape {shapes} ({message})"
     expected = [t for _, t in leaves(out) if isinstance(t, torch.Tensor)]
     if out is None or len(got) != len(expected):

@@ -194,6 +194,11 @@ def _write(path: str, write, name: str | Callable[[], str]) -> str:
                         "example input only: %s Write such a step of forward with tensor ops "
                         "(torch.where, gather), or leave it out of the exported model.",
                         path, problems[-1], _sentence(traced[0]))  # fmt: skip
+        elif problems[-1] and "NOT_IMPLEMENTED" in problems[-1]:
+            log.warning("The ONNX file %s %s. ONNX Runtime has no kernel for an op of the file "
+                        "in its type (a float64 or bfloat16 convolution, for one), so the file "
+                        "is written unchecked; export the model in float32 (model.float()) to "
+                        "run it there.", path, problems[-1])  # fmt: skip
         elif problems[-1]:
             log.warning("The ONNX file %s %s. A step of forward that depends on the input's "
                         "values or batch size, or draws random numbers, is the likely cause; "
