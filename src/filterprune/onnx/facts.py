@@ -246,9 +246,8 @@ class ModelFacts:
     def weight_view(self, name: str) -> tuple[str, list[tuple[str, tuple[int, ...]]]] | None:
         """``(dq, steps)`` when ``name`` is a DequantizeLinear output ``dq`` of constants
         seen through layout ops (Transpose, Unsqueeze, Squeeze, Identity, and a Cast to
-        float16: how exporters lay out a quantized weight), each with constant arguments
-        and read once; the steps
-        in order from ``dq``. None otherwise."""
+        another float type: how exporters lay out a quantized weight), each with constant
+        arguments and read once; the steps in order from ``dq``. None otherwise."""
         steps: list[tuple[str, tuple[int, ...]]] = []
         while name not in self._dq:
             node = self._producer.get(name)
@@ -265,7 +264,7 @@ class ModelFacts:
                 name = node.input[0]
                 continue
             if node.op_type == "Cast" and a.get("to") not in _FLOAT_TYPES:
-                return None  # a weight cast to float16 computes in it: zeros stay zeros
+                return None  # to integers: other values (to float16: zeros stay zeros)
             if node.op_type == "Transpose":
                 rank = len(self.shape(node.input[0]) or ())
                 arg = tuple(int(x) for x in a.get("perm", range(rank)[::-1]))

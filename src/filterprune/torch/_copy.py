@@ -134,12 +134,13 @@ def _translated(value: Any, twin: dict[int, Any], depth: int) -> Any:
         return value
     if isinstance(value, types.MethodType):
         func, owner = (_translated(v, twin, depth - 1) for v in (value.__func__, value.__self__))
-        return value if (func, owner) == (value.__func__, value.__self__) else \
-            types.MethodType(func, owner)  # fmt: skip
+        same = func is value.__func__ and owner is value.__self__
+        return value if same else types.MethodType(func, owner)
     if isinstance(value, functools.partial):
-        func = _translated(value.func, twin, depth - 1)
-        args = [_translated(a, twin, depth - 1) for a in value.args]
-        return functools.partial(func, *args, **value.keywords)
+        return functools.partial(_translated(value.func, twin, depth - 1),
+                                 *(_translated(a, twin, depth - 1) for a in value.args),
+                                 **{k: _translated(v, twin, depth - 1)
+                                    for k, v in value.keywords.items()})  # fmt: skip
     if not isinstance(value, types.FunctionType) or not value.__closure__:
         return value
     cells, changed = [], False
