@@ -278,6 +278,10 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         reads = sorted({owner_of(name)[0] or name for name in params.values()} - {context or ""})
         return _opaque(why, context, modules, graph_layers, positions, reads, weight_elems,
                        learned)  # fmt: skip
+    if "forward" in vars(module):  # a module's own layer too: masks shadow its weight in
+        # its class's forward only
+        return _opaque(instance_forward_words(module, owner), owner, modules, graph_layers,
+                       positions)  # fmt: skip
     if found is None and owner == context:
         alone = not within(data_path, owner) and not any(within(p, owner) for p in readers)
         own = _own_layer(spec, label, module, owner, params, in_shape, out_shape, options or {},
@@ -296,9 +300,6 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         # counted by the weight it reads: the owner may be another call's layer already
         return _opaque(why, owner, modules, graph_layers, positions, weight_elems=weight_elems)
     cls, build = found
-    if "forward" in vars(module):
-        return _opaque(instance_forward_words(module, owner), owner, modules, graph_layers,
-                       positions)  # fmt: skip
     inside = within(data_path, owner)
     if masks_channels(type(module)) and inside and not _same_forward(module, cls, in_shape):
         why = (f"{type(module).__name__} {owner} computes what it passes to {label} in its "
