@@ -41,6 +41,8 @@ APART = {
     "swapaxes": lambda y: y.swapaxes(1, 3).sigmoid().swapaxes(1, 3),
     "narrow (spatial)": lambda y: F.pad(y.narrow(2, 1, 14), (0, 0, 1, 1)),
     "tile": lambda y: y.tile((1, 1, 2, 1))[:, :, :16],
+    # numpy's names, which torch's functions and tensor methods take too
+    "mean with axis, keepdims": lambda y: y * torch.mean(y, axis=(2, 3), keepdims=True),
     # positions picked by index tensors (PointNet++, DGCNN): the channels pass through
     "index tensor on a spatial axis": lambda y: y.flatten(2)[:, :, _reversed(y)].view_as(y),
     "index_select on a spatial axis": lambda y: y.index_select(3, torch.arange(15, -1, -1)),
@@ -136,6 +138,9 @@ ACROSS = {
     "sort over the channels": lambda y: y.sort(1).values,
     "topk over the channels": lambda y: torch.cat([y.topk(8, 1)[0], y[:, 8:]], 1),
     "Softmin module over the channels": nn.Softmin(1),
+    "softmax with axis": lambda y: y.softmax(axis=1) * y,
+    "sort with axis": lambda y: torch.sort(y, axis=1)[0],
+    "cumprod with axis": lambda y: torch.cumprod(torch.sigmoid(y), axis=1),
     # each channel divided by a sum over its neighbours: a cut changes the ones kept
     "LocalResponseNorm": nn.LocalResponseNorm(3),
     "CrossMapLRN2d": nn.CrossMapLRN2d(3),
@@ -196,6 +201,25 @@ def test_a_local_response_norm_says_it_acts_across_channels(fn, name):
     """It was held as an op without a rule (the function: as torch.export's reshapes)."""
     _, held = prune(fn)
     assert held["a"] == f"{name}: acts across channels"
+
+
+class CatAxis(nn.Module):
+    """Two convs joined by ``torch.cat(..., axis=1)``: read as the default ``dim`` (0),
+    the analysis failed in numpy ("shape mismatch")."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 32, 3, padding=1)
+        self.c, self.head = nn.Conv2d(48, 32, 3, padding=1), nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = F.relu(torch.cat([self.a(x), self.b(x)], axis=1))
+        return self.head(F.relu(self.c(h)).mean((2, 3)))
+
+
+def test_a_cat_along_axis_1_cuts_both_inputs():
+    small, held = prune(None, CatAxis())
+    assert small.a.out_channels == 8 and small.b.out_channels == 16 and not {"a", "b"} & held.keys()
 
 
 def cbr(cin, cout):

@@ -21,6 +21,7 @@ import inspect
 import io
 import math
 import operator
+import types
 import warnings
 from typing import Any
 
@@ -302,6 +303,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
         try:
             gm = fx.GraphModule(model, _traced(model, example, whole_on_failure, attributes))
             _data_read_as_itself(gm.graph)
+            _numpy_names_read(gm.graph)
             if not whole_on_failure:
                 _refuse_unread_calls(gm.graph)
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
@@ -367,6 +369,21 @@ def _data_read_as_itself(graph: fx.Graph) -> None:
         if node.op == "call_function" and node.target is getattr and node.args[1:] == ("data",):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
+
+
+# numpy's names for arguments that torch's C functions and tensor methods take too
+_NUMPY_NAMES = {"axis": "dim", "keepdims": "keepdim"}
+
+
+def _numpy_names_read(graph: fx.Graph) -> None:
+    """``h.softmax(axis=1)`` is ``h.softmax(dim=1)`` to torch and to the rules, which
+    read torch's names (read as the default ``dim``, it was cut across channels)."""
+    for node in graph.nodes:
+        builtin = node.op == "call_method" or node.op == "call_function" and isinstance(
+            node.target, types.BuiltinFunctionType)  # fmt: skip
+        if builtin and any(k in _NUMPY_NAMES and _NUMPY_NAMES[k] not in node.kwargs
+                           for k in node.kwargs):  # fmt: skip
+            node.kwargs = {_NUMPY_NAMES.get(k, k): v for k, v in node.kwargs.items()}
 
 
 def _shapes(outputs: Any) -> list[tuple[int, ...]]:
