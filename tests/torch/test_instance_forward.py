@@ -7,6 +7,7 @@ model: the copy's calls its own modules."""
 import functools
 import types
 
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -109,3 +110,78 @@ def test_a_copy_of_a_model_whose_forward_is_wrapped_calls_its_own_modules(tmp_pa
     assert small.c1.out_channels < 16 and not calls, calls
     torch.testing.assert_close(torch.from_numpy(run_onnx(tmp_path / "m.onnx", x)[1][0]), ref,
                                rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+class Wrapper:
+    """A callable object as the forward: deepcopy copies it, bound to the copy already."""
+
+    def __init__(self, forward):
+        self.forward = forward
+
+    def __call__(self, *args):
+        return self.forward(*args)
+
+
+def _run_with_stem(layers, model, x):
+    for layer in layers:
+        x = layer(x)
+    return model.fc(F.relu(model.b2(model.c2(torch.tanh(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("how", ["object", "partial over a list", "closure over a list"])
+def test_what_a_copy_made_its_own_stays_so(how):
+    """A callable object or a partial deepcopy had bound to the copy was replaced by the
+    original's: the stripped model ran the original (five of its modules), and a
+    distillation teacher was the student. A closure over the model and a list of its
+    layers was rebound in part: the strip failed (16 channels against 8)."""
+    model = Net()
+    if how == "object":
+        model.forward = Wrapper(model.forward)
+    elif how == "partial over a list":
+        model.forward = functools.partial(_run_with_stem, [model.stem, torch.sigmoid, model.c1],
+                                          model)  # fmt: skip
+    else:
+        layers, owner = [model.stem, torch.sigmoid, model.c1], model
+        model.forward = lambda x: _run_with_stem(layers, owner, x)
+    ctrl, model = _prune(model)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
+    calls = []
+    for module in model.modules():
+        module.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        small(torch.randn(2, 3, 16, 16))
+    assert not calls and small.stem.out_channels < 16
+
+
+_GLOBAL_MODEL = []
+
+
+def _through_a_global(x):
+    return _GLOBAL_MODEL[0].fc(torch.zeros(x.shape[0], 32)) + Net.forward(_GLOBAL_MODEL[0], x)
+
+
+def test_a_forward_reaching_the_model_through_a_global_is_said():
+    model = Net()
+    _GLOBAL_MODEL[:] = [model]
+    model.forward = _through_a_global
+    ctrl, model = _prune(model)
+    with pytest.warns(UserWarning, match=r"Net.forward, set on the instance, reaches the "
+                      r"original model's .* the copy strip\(\) and export_model make would run "
+                      r"the original"):  # fmt: skip
+        ctrl.strip()
+    _GLOBAL_MODEL.clear()
+
+
+def test_a_wrapper_keeps_the_signature_it_was_given(tmp_path):
+    """accelerate's form, update_wrapper(partial(hook, module), old forward): the copy's
+    lost ``__wrapped__``, so the ONNX input was named args_0, not x."""
+    model = Net()
+
+    def hooked(module, *args, **kwargs):
+        return module._old_forward(*args, **kwargs)
+
+    model._old_forward = model.forward
+    model.forward = functools.update_wrapper(functools.partial(hooked, model), model.forward)
+    ctrl, model = _prune(model)
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    assert [i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.input] == ["x"]

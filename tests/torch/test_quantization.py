@@ -529,6 +529,44 @@ def test_a_conv_whose_weight_is_computed_is_not_folded(norm, tmp_path):
     assert np.abs(out - ref.numpy()).max() <= step
 
 
+class _NoBiasConv(nn.Conv2d):
+    """Its own forward leaves out the bias: one the fold adds would be lost."""
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, None, self.stride, self.padding)
+
+
+class _ConvBN(nn.Module):
+    def __init__(self, conv=nn.Conv2d):
+        super().__init__()
+        self.conv, self.bn = conv(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.head = nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x)))).mean((2, 3))
+
+
+@pytest.mark.parametrize("case", ["own forward", "called by reference"])
+def test_a_conv_or_batchnorm_the_fold_cannot_see_called_is_not_folded(case, tmp_path):
+    """A conv subclass whose forward drops the bias (the file was 0.28 off the model), and a
+    forward set on the instance that calls the BatchNorm it holds (the fold's Identity did
+    not stop it: the BatchNorm ran twice, 0.08 off)."""
+    model = _net(lambda: _ConvBN(_NoBiasConv if case == "own forward" else nn.Conv2d))
+    if case == "called by reference":
+        conv, bn, head = model.conv, model.bn, model.head
+        model.forward = lambda x: head(torch.relu(bn(conv(x)))).mean((2, 3))
+    ctrl, model = create_compressed_model(model, _config(pruning=False))
+    small = ctrl.strip().eval()
+    assert isinstance(fold_batchnorms(ctrl.strip().eval(), ctrl.captured.graph).bn,
+                      nn.BatchNorm2d)  # fmt: skip
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = small(x)
+    out = run_onnxruntime(str(tmp_path / "m.onnx"), {"x": x.numpy()})[0]
+    assert np.abs(out - ref.numpy()).max() <= float(ref.abs().max()) / 127
+
+
 def test_mixed_preset_makes_activations_asymmetric(monkeypatch):
     from filterprune.core.params import QuantizationParams
 

@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
+from ._forwards import rebind_forwards
 from .masks import _masked_class
 
 __all__ = ["detach_computed_weights", "copy_model", "computed_weights", "bake_weights",
@@ -103,64 +104,8 @@ def copy_model(model: nn.Module) -> nn.Module:
     copied detached, as deepcopy refuses a tensor that is not a graph leaf."""
     detach_computed_weights(model)
     duplicate = copy.deepcopy(model, _detached(model))
-    _rebind_forwards(model, duplicate)
+    rebind_forwards(model, duplicate)
     return duplicate
-
-
-def _rebind_forwards(model: nn.Module, duplicate: nn.Module) -> None:
-    """A forward set on a module instance (``m.forward = wrap(m.forward)``, as
-    mixed-precision code runs a model or layer under autocast) is a function deepcopy
-    shares: the copy's would call the original model. It gets one whose closure holds the
-    copy's modules, tensors and bound methods instead."""
-    twin = {id(a): b for (_, a), (_, b) in zip(model.named_modules(remove_duplicate=False),
-                                               duplicate.named_modules(remove_duplicate=False),
-                                               strict=True)}  # fmt: skip
-    for named in ("named_parameters", "named_buffers"):
-        twin.update({id(a): b for (_, a), (_, b) in zip(getattr(model, named)(),
-                                                        getattr(duplicate, named)(),
-                                                        strict=True)})  # fmt: skip
-    for module in model.modules():
-        forward = vars(module).get("forward")
-        if forward is not None:
-            vars(twin[id(module)])["forward"] = _translated(forward, twin, 4)
-
-
-def _translated(value: Any, twin: dict[int, Any], depth: int) -> Any:
-    """``value`` with what it reaches of the original model (through closures, bound
-    methods and partials, ``depth`` levels down) replaced by the copy's."""
-    if id(value) in twin:
-        return twin[id(value)]
-    if depth == 0:
-        return value
-    if isinstance(value, types.MethodType):
-        func, owner = (_translated(v, twin, depth - 1) for v in (value.__func__, value.__self__))
-        same = func is value.__func__ and owner is value.__self__
-        return value if same else types.MethodType(func, owner)
-    if isinstance(value, functools.partial):
-        return functools.partial(_translated(value.func, twin, depth - 1),
-                                 *(_translated(a, twin, depth - 1) for a in value.args),
-                                 **{k: _translated(v, twin, depth - 1)
-                                    for k, v in value.keywords.items()})  # fmt: skip
-    if not isinstance(value, types.FunctionType) or not value.__closure__:
-        return value
-    cells, changed = [], False
-    for cell in value.__closure__:
-        try:
-            content = cell.cell_contents
-        except ValueError:  # an empty cell
-            cells.append(cell)
-            continue
-        new = _translated(content, twin, depth - 1)
-        changed |= new is not content
-        cells.append(types.CellType(new) if new is not content else cell)
-    if not changed:
-        return value
-    out = types.FunctionType(value.__code__, value.__globals__, value.__name__,
-                             value.__defaults__, tuple(cells))  # fmt: skip
-    out.__kwdefaults__, out.__dict__ = value.__kwdefaults__, dict(vars(value))
-    if "__wrapped__" in vars(out):  # functools.wraps: signature() reads it
-        out.__wrapped__ = _translated(value.__wrapped__, twin, depth - 1)
-    return out
 
 
 def object_attributes(value: Any) -> dict | None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..core.graph import Graph
 from ._copy import computed_weights, user_hooks
+from ._forwards import reached_modules
 from .fake_quant import FakeQuantize
 
 __all__ = ["fold_batchnorms"]
@@ -49,7 +50,7 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
         and isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_var is not None
         # a torch conv: a module of the user's own may not pass a bias the fold adds
         and isinstance(conv, nn.modules.conv._ConvNd)
-        and not isinstance(conv, nn.modules.conv._ConvTransposeNd)
+        and not isinstance(conv, nn.modules.conv._ConvTransposeNd) and _torch_forward(conv)
         and "input_quantizer" not in bn._modules and not conv._forward_hooks
         # a hook of the user's on the BatchNorm (registered after the capture) would run
         # on the folded conv's output, or read attributes the Identity has not
@@ -58,6 +59,14 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
         # a weight computed in forward (weight_norm, spectral_norm) has no parameter to scale
         and "weight" not in computed_weights(conv)
     )  # fmt: skip
+
+
+def _torch_forward(conv: nn.Module) -> bool:
+    """Whether the conv's class (under the masked and quantized ones) runs torch's forward:
+    a subclass's own may leave out the bias the fold adds."""
+    cls = getattr(type(conv), "_filterprune_base", type(conv))
+    torch_cls = next(c for c in cls.__mro__ if c.__module__.startswith("torch.nn.modules"))
+    return cls.forward is torch_cls.forward
 
 
 def _fold(conv: nn.Module, bn: nn.Module) -> None:
@@ -88,10 +97,15 @@ def fold_batchnorms(model: nn.Module, graph: Graph) -> nn.Module:
     """Fold each eval-mode BatchNorm into the per-channel quantized conv that alone feeds
     it (``model`` in place, stripped: frozen quantizers, no masks)."""
     modules = dict(model.named_modules())
+    # a forward set on an instance may call either by reference, not by attribute: the
+    # Identity put in the BatchNorm's place would not stop it
+    called = set().union(*(reached_modules(vars(m)["forward"]) for m in modules.values()
+                           if "forward" in vars(m)))  # fmt: skip
     with torch.no_grad():
         for conv_name, bn_name in _pairs(graph):
             conv, bn = modules.get(conv_name), modules.get(bn_name)
-            if conv is None or bn is None or not _foldable(conv, bn):
+            if conv is None or bn is None or not _foldable(conv, bn) or \
+                    {id(conv), id(bn)} & called:  # fmt: skip
                 continue
             _fold(conv, bn)
             _replace_with_identity(model, bn_name, bn)
