@@ -34,7 +34,7 @@ from filterprune.onnx import (
     store_int8_weights,
     weight_integers,
 )
-from filterprune.onnx.convert import _output_steps, _verify
+from filterprune.onnx.convert import _output_steps, _verify, default_tolerance
 from filterprune.onnx.int8 import ORT_INT8, int8_layers, onnxruntime_ops
 from filterprune.onnx.report import ConversionReport
 from filterprune.torch import create_compressed_model, register_default_init_args
@@ -170,6 +170,58 @@ def test_a_float16_export_is_cut_and_checked_at_float16_rounding(quantized, tmp_
     if not quantized:  # a tolerance given is kept (a quantized one may differ by a step)
         with pytest.raises(ConversionError, match="more than tolerance=1e-05"):
             remove_zero_filters(str(tmp_path / "m.onnx"), tolerance=1e-5)
+
+
+def _cast_graph(two_readers=False, side_cast=False):
+    """x -> Conv(w1: int8 -> DequantizeLinear -> Cast to float16, 3 zero filters) -> Relu
+    -> Conv(w2) -> out; ``two_readers``: a second Conv reads the Cast too; ``side_cast``:
+    all float32, with a value rounded through float16 beside the convs."""
+    rng = np.random.default_rng(0)
+    half = not side_cast
+    kind = onnx.TensorProto.FLOAT16 if half else onnx.TensorProto.FLOAT
+    w1 = rng.integers(-100, 100, (8, 3, 3, 3)).astype(np.int8)
+    w1[[1, 4, 6]] = 0
+    w2 = rng.integers(-100, 100, (4, 8, 3, 3)).astype(np.int8)
+    inits = [numpy_helper.from_array(w1, "w1_q"), numpy_helper.from_array(w2, "w2_q"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "s")]  # fmt: skip
+    nodes = [helper.make_node("DequantizeLinear", ["w1_q", "s"], ["w1_dq"]),
+             helper.make_node("DequantizeLinear", ["w2_q", "s"], ["w2_dq"])]  # fmt: skip
+    if half:
+        nodes += [helper.make_node("Cast", [f"{w}_dq"], [f"{w}_c"], to=kind) for w in ("w1", "w2")]
+    else:
+        nodes += [helper.make_node("Identity", [f"{w}_dq"], [f"{w}_c"]) for w in ("w1", "w2")]
+    nodes += [helper.make_node("Conv", ["x", "w1_c"], ["y1"], pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["y1"], ["r1"]),
+              helper.make_node("Conv", ["r1", "w2_c"], ["out"], pads=[1, 1, 1, 1])]  # fmt: skip
+    outs = [helper.make_tensor_value_info("out", kind, [2, 4, 8, 8])]
+    if two_readers:
+        nodes.append(helper.make_node("Conv", ["x", "w1_c"], ["out2"], pads=[1, 1, 1, 1]))
+        outs.append(helper.make_tensor_value_info("out2", kind, [2, 8, 8, 8]))
+    if side_cast:
+        nodes += [helper.make_node("Cast", ["x"], ["xh"], to=onnx.TensorProto.FLOAT16),
+                  helper.make_node("Cast", ["xh"], ["xf"], to=onnx.TensorProto.FLOAT),
+                  helper.make_node("ReduceMean", ["xf"], ["side"], keepdims=0)]  # fmt: skip
+        outs.append(helper.make_tensor_value_info("side", kind, []))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", kind, [2, 3, 8, 8])],
+                              outs, inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_cast_weight_two_convs_read_stays_whole():
+    """Read as one layer's view, the first conv's cut broke the second: the rewritten
+    model failed onnx.checker ((5) vs (8))."""
+    assert remove_zero_filters(_cast_graph())[1].removed == 3
+    _, report = remove_zero_filters(_cast_graph(two_readers=True))  # checks outputs equal
+    assert report.removed == 0
+
+
+def test_the_default_tolerance_follows_what_the_layers_sum_in():
+    """A float32 model that rounds one value through float16 beside its convs was checked
+    at float16's 1e-2."""
+    assert default_tolerance(_cast_graph()) == 1e-2
+    assert default_tolerance(_cast_graph(side_cast=True)) == 1e-4
 
 
 def _inits(model):

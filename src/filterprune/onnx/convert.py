@@ -149,14 +149,23 @@ def _check(new: onnx.ModelProto, old: onnx.ModelProto) -> None:
         raise ConversionError(f"The rewritten model fails onnx.checker: {err}") from err
 
 
+_SUMS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
 def default_tolerance(model: onnx.ModelProto) -> float:
-    """1e-4 relative; 1e-2 where the model computes in float16 or bfloat16 (weights or
-    casts of that type), whose rounding a narrower layer's other order of sums shows."""
+    """1e-4 relative; 1e-2 where a layer sums in float16 or bfloat16 (a weight, input or
+    cast of that type reaches a Conv, Gemm or MatMul directly or through a
+    DequantizeLinear), whose rounding a narrower layer's other order of sums shows."""
     half = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
-    if any(i.data_type in half for i in model.graph.initializer) or any(
-            n.op_type == "Cast" and attrs_of(n).get("to") in half for n in model.graph.node):
-        return 1e-2
-    return 1e-4
+    names = {i.name for i in model.graph.initializer if i.data_type in half}
+    names |= {i.name for i in model.graph.input if i.type.tensor_type.elem_type in half}
+    for node in model.graph.node:  # in graph order: a cast's output, or passed on
+        if node.op_type == "Cast" and attrs_of(node).get("to") in half or \
+                node.op_type in ("Identity", "DequantizeLinear", "Transpose", "Reshape") \
+                and node.input and node.input[0] in names:  # fmt: skip
+            names.update(node.output)
+    layers = [n for n in model.graph.node if n.op_type in _SUMS]
+    return 1e-2 if any(name in names for n in layers for name in n.input[:2]) else 1e-4
 
 
 def remove_zero_filters(

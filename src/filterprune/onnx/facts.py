@@ -249,6 +249,8 @@ class ModelFacts:
         another float type: how exporters lay out a quantized weight), each with constant
         arguments and read once; the steps in order from ``dq``. None otherwise."""
         steps: list[tuple[str, tuple[int, ...]]] = []
+        if name not in self._dq and self.readers(name) != 1:  # a view two layers read
+            return None
         while name not in self._dq:
             node = self._producer.get(name)
             if node is None or node.op_type not in _VIEWS or self.readers(node.input[0]) != 1:

@@ -502,6 +502,8 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     say_unregistered(model)
     with attributes_kept(model):
         captured = _capture(model, example)
+    # what the sample was made for: an export after model.half() casts it alike
+    captured.extra["dtypes"] = {p.dtype for p in model.parameters() if p.is_floating_point()}
     say_written_parameters(model, example)
     say_global_hooks(model, example, captured.graph.layers)
     return captured

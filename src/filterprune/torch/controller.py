@@ -257,28 +257,28 @@ def export_model(ctrl: Any, save_path: str, save_format: str = "onnx",
     # in an autocast block the exporter would write its casts (bfloat16 into a Conv, which
     # ONNX Runtime refuses)
     with own_arithmetic():
-        export_onnx(model, _sample_like(ctrl.captured.sample, model), save_path, input_names,
+        export_onnx(model, _sample_like(ctrl.captured, model), save_path, input_names,
                     output_names)  # fmt: skip
 
 
-def _sample_like(sample: Any, model: nn.Module) -> Any:
-    """``input_info``'s sample on the model's device, its floating tensors in the model's
-    floating type where the user cast the model after creation (``model.half()``)."""
+def _sample_like(captured: Captured, model: nn.Module) -> Any:
+    """``input_info``'s sample on the model's device; where the user cast the model after
+    creation (``model.half()``), its tensors of the model's old type in the new one (a
+    float64 input the model takes on purpose stays)."""
     params = [p for p in model.parameters() if p.is_floating_point()]
     if not params:
-        return sample
-    device, kinds = params[0].device, {p.dtype for p in params}
-    floats = {t.dtype for t in pytree.tree_leaves(sample)
-              if torch.is_tensor(t) and t.is_floating_point()}  # fmt: skip
-    cast = len(kinds) == 1 and not floats & kinds  # (a float64 head in a float32 model: as is)
+        return captured.sample
+    was, now = captured.extra.get("dtypes", set()), {p.dtype for p in params}
+    cast = len(was) == len(now) == 1 and was != now
+    old, new = (next(iter(was)), next(iter(now))) if cast else (None, None)
 
     def like(t: Any) -> Any:
         if not torch.is_tensor(t):
             return t
-        t = t.to(device)
-        return t.to(params[0].dtype) if cast and t.is_floating_point() else t
+        t = t.to(params[0].device)
+        return t.to(new) if t.dtype == old else t
 
-    return pytree.tree_map(like, sample)
+    return pytree.tree_map(like, captured.sample)
 
 
 def _check_ranges_set(model: nn.Module) -> None:
