@@ -222,6 +222,35 @@ def test_a_cat_along_axis_1_cuts_both_inputs():
     assert small.a.out_channels == 8 and small.b.out_channels == 16 and not {"a", "b"} & held.keys()
 
 
+class Routed(nn.Module):
+    """Each sample to one of two experts (index_select, then index_add back): on the
+    sample input of zeros one expert gets no sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.router = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 2)
+        self.experts = nn.ModuleList(cbr(16, 16) for _ in range(2))
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        gate, pick = self.router(h.mean((2, 3))).softmax(1).max(1)
+        out = torch.zeros_like(h)
+        for e, expert in enumerate(self.experts):
+            idx = (pick == e).nonzero(as_tuple=True)[0]
+            weight = gate.index_select(0, idx).view(-1, 1, 1, 1)
+            out = out.index_add(0, idx, expert(h.index_select(0, idx)) * weight)
+        return self.head((h + out).mean((2, 3)))
+
+
+def test_an_expert_no_sample_reaches_is_held_like_the_others():
+    """Its empty batch carried no channels to the op that holds them: it was cut, and the
+    stripped model failed once a sample reached it."""
+    small, held = prune(None, Routed())
+    assert {"experts.0.0", "experts.1.0"} <= held.keys()
+    assert [e[0].out_channels for e in small.experts] == [16, 16]
+
+
 def cbr(cin, cout):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU())  # fmt: skip

@@ -10,6 +10,8 @@ into a 'blocked' set with a reason instead of an exception.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,10 +189,29 @@ def _check(value: Any, shape: Any) -> bool:
     return True
 
 
+def _batch_of_one(graph: Graph) -> Graph:
+    """``graph`` with an empty batch read as a batch of one: what a routing picks for an
+    expert no sample chose (``x.index_select(0, idx)`` with no index) keeps its channels,
+    which an empty layout would not carry to what holds them."""
+
+    def one(shape: Any) -> Any:
+        if isinstance(shape, list):
+            return [one(s) for s in shape]
+        if isinstance(shape, tuple) and len(shape) > 1 and shape[0] == 0:
+            return (1, *shape[1:])
+        return shape
+
+    if not any(one(n.shape) != n.shape for n in graph):
+        return graph
+    view = copy.copy(graph)
+    view.nodes = {n.name: dataclasses.replace(n, shape=one(n.shape)) for n in graph}
+    return view
+
+
 def propagate(graph: Graph, rules: dict[str, Callable[..., Any]]) -> Propagation:
     """Run every node's rule in order and block what reaches the model outputs."""
-    state = Propagation(graph)
-    for node in graph:
+    state = Propagation(_batch_of_one(graph))
+    for node in state.graph:
         ins = [state.values.get(name) for name in node.inputs]
         state.values[node.name] = _run(state, rules, node, ins)
     for name in graph.outputs:
