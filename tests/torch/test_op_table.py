@@ -41,6 +41,9 @@ APART = {
     "swapaxes": lambda y: y.swapaxes(1, 3).sigmoid().swapaxes(1, 3),
     "narrow (spatial)": lambda y: F.pad(y.narrow(2, 1, 14), (0, 0, 1, 1)),
     "tile": lambda y: y.tile((1, 1, 2, 1))[:, :, :16],
+    # in place where nothing else reads the tensor (SKNet's reference code)
+    "unsqueeze_": lambda y: torch.relu(y).unsqueeze_(1).sum(1) + y,
+    "transpose_ twice": lambda y: torch.sigmoid(y).transpose_(1, 3).transpose_(1, 3),
     # numpy's names, which torch's functions and tensor methods take too
     "mean with axis, keepdims": lambda y: y * torch.mean(y, axis=(2, 3), keepdims=True),
     # positions picked by index tensors (PointNet++, DGCNN): the channels pass through

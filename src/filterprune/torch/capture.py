@@ -304,6 +304,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
             gm = fx.GraphModule(model, _traced(model, example, whole_on_failure, attributes))
             _data_read_as_itself(gm.graph)
             _numpy_names_read(gm.graph)
+            _in_place_read_as_out_of_place(gm.graph)
             if not whole_on_failure:
                 _refuse_unread_calls(gm.graph)
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
@@ -384,6 +385,19 @@ def _numpy_names_read(graph: fx.Graph) -> None:
         if builtin and any(k in _NUMPY_NAMES and _NUMPY_NAMES[k] not in node.kwargs
                            for k in node.kwargs):  # fmt: skip
             node.kwargs = {_NUMPY_NAMES.get(k, k): v for k, v in node.kwargs.items()}
+
+
+# methods that change a tensor's shape in place, not its values
+_SHAPED_IN_PLACE = ("unsqueeze_", "squeeze_", "transpose_", "t_", "swapaxes_", "swapdims_")
+
+
+def _in_place_read_as_out_of_place(graph: fx.Graph) -> None:
+    """``conv(x).unsqueeze_(1)`` (SKNet's reference code) is ``unsqueeze(1)`` where nothing
+    else reads the tensor it changes: the out-of-place method's rule reads it."""
+    for node in graph.nodes:
+        if node.op == "call_method" and node.target in _SHAPED_IN_PLACE and isinstance(
+                node.args[0], fx.Node) and len(node.args[0].users) == 1:  # fmt: skip
+            node.target = node.target[:-1]
 
 
 def _shapes(outputs: Any) -> list[tuple[int, ...]]:
