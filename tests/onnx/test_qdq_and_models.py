@@ -110,3 +110,41 @@ def test_mobilenet_v2_masked_export(tmp_path):
     new, report = convert(path, torch.zeros(1, 3, 32, 32))
     assert report.flops_kept == pytest.approx(ctrl.statistics().flops_kept, rel=1e-6)
     assert report.flops_kept < 0.5
+
+
+class _CondConv(nn.Module):
+    """Kernels mixed per sample, then one conv over the batch folded into its groups."""
+
+    def __init__(self, channels=16, kernels=4):
+        super().__init__()
+        self.route = nn.Linear(channels, kernels)
+        self.bank = nn.Parameter(torch.randn(kernels, channels * channels * 9) * 0.06)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        weight = (torch.sigmoid(self.route(x.mean((2, 3)))) @ self.bank).view(b * c, c, 3, 3)
+        return nn.functional.conv2d(x.reshape(1, b * c, h, w), weight, padding=1,
+                                    groups=b).view(b, c, h, w)  # fmt: skip
+
+
+class _CondNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.cc, self.c3 = nn.Conv2d(3, 16, 3, padding=1), _CondConv(), nn.Conv2d(
+            16, 16, 3, padding=1)  # fmt: skip
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.cc(torch.relu(self.c1(x))))
+        return self.head(torch.relu(self.c3(x)).mean((2, 3)))
+
+
+def test_a_conv_whose_weight_is_computed_counts_its_flops_as_in_pytorch(tmp_path):
+    """convert left it out of both totals (0.54 kept against PyTorch's 0.76); its weight
+    holds the whole batch's kernels, counted once per sample."""
+    model = randomize_bn(_CondNet())
+    ctrl, model = create_compressed_model(model, make_config(sample=(2, 3, 16, 16)))
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    _, report = convert(str(tmp_path / "m.onnx"), torch.zeros(2, 3, 16, 16))
+    assert report.flops_kept == pytest.approx(ctrl.statistics().flops_kept, rel=1e-6)
+    assert report.flops_before == ctrl.statistics().full_flops

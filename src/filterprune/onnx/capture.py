@@ -9,6 +9,7 @@ with a reference to where each parameter lives so the rewrite can slice it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured as CoreCaptured
 from ._group_norm import fuse
 from ._layers import build_layer
-from ._ops import OPS, ZERO_CHECKS, NodeView, Spec
+from ._ops import OPS, ZERO_CHECKS, NodeView, Spec, positions
 from ._shapes import opset_of
 from .facts import ModelFacts, attrs_of, has_subgraph, read_facts, subgraph_inputs
 
@@ -293,6 +294,21 @@ class _Emitter:
             self.sizes.pop(o, None)
 
     # -- layers ------------------------------------------------------------------------------
+    def _op_flops(self, node: onnx.NodeProto, view: NodeView) -> dict[str, int]:
+        """What a Conv that stays whole (its weight computed: CondConv's mixed kernels)
+        still computes: its FLOPs, as a layer's (``weight_elems`` per output position)."""
+        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
+            return {}
+        elems = _weight_elements(self.facts.shape(node.input[1]))
+        spatial = view.in_shapes[0] if node.op_type == "ConvTranspose" else \
+            view.out_shapes[0] if view.out_shapes else None  # fmt: skip
+        if elems is None or not isinstance(spatial, tuple) or not spatial:
+            return {}
+        # per sample of the model: a batch folded into its groups (B*out filters, batch 1)
+        # counts once for all samples
+        per_sample = max(1, elems * spatial[0] // max(1, self.facts.batch))
+        return {"positions": positions(spatial, 2), "weight_elems": per_sample}
+
     def layer(self, idx: int, node: onnx.NodeProto, view: NodeView, kind: str,
               attrs: dict[str, Any]) -> tuple[str | None, str, dict[str, Any]]:  # fmt: skip
         """Register weighted ``node`` as a layer; a ``stop`` with the reason if it cannot be."""
@@ -301,12 +317,16 @@ class _Emitter:
             name += "'"
         built = build_layer(self.facts, idx, node, view, attrs, name)
         if isinstance(built, str):
-            return None, "stop", {"reason": built}
+            return None, "stop", {"reason": built, **self._op_flops(node, view)}
         self.graph.layers[name] = built.info
         self.cap.refs[name] = built.refs
         self.cap.arrays[name] = built.arrays
         self.cap.layer_node[name] = idx
         return name, kind, built.attrs
+
+
+def _weight_elements(shape: Any) -> int | None:
+    return math.prod(shape) if isinstance(shape, tuple) and shape else None
 
 
 def capture(model: onnx.ModelProto) -> Captured:
