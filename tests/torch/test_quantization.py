@@ -567,6 +567,33 @@ def test_a_conv_or_batchnorm_the_fold_cannot_see_called_is_not_folded(case, tmp_
     assert np.abs(out - ref.numpy()).max() <= float(ref.abs().max()) / 127
 
 
+@pytest.mark.parametrize("decay", [0.9999, 0.997])
+def test_an_ema_averaging_every_buffer_keeps_the_quantizers(decay):
+    """timm's ModelEmaV2 averages every state_dict entry, integers too: copied into int32
+    buffers, a zero point of -116 became -115 and quant_max 127 became 126 (0.02 off,
+    also in the model after loading the EMA's state_dict)."""
+    quant = {"activations": {"mode": "asymmetric"}}
+    ctrl, model = create_compressed_model(_net(), _config(quant))
+    model.eval()
+    ema = copy.deepcopy(model)
+    x = torch.rand(8, 3, 32, 32) * 3 - 0.2
+    for _ in range(3):  # timm's update, the model unchanged
+        with torch.no_grad():
+            for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+                e.copy_(e * decay + (1 - decay) * m)
+    step = lambda ref: float(ref.abs().max()) / 127  # noqa: E731 - a scale 1 ulp off may tie
+    with torch.no_grad():
+        ref = model(x)
+        assert float((ema(x) - ref).abs().max()) <= step(ref)
+        model.load_state_dict(ema.state_dict())
+        assert float((model(x) - ref).abs().max()) <= step(ref)
+    pairs = [(a, b) for a, b in zip(ema.modules(), model.modules(), strict=True)
+             if isinstance(a, FakeQuantize)]  # fmt: skip
+    assert pairs and all(np.array_equal(a.state().zero_point, b.state().zero_point) and
+                         (a.quant_min, a.quant_max) == (b.quant_min, b.quant_max) in
+                         ((-128, 127), (0, 255)) for a, b in pairs)  # fmt: skip
+
+
 def test_mixed_preset_makes_activations_asymmetric(monkeypatch):
     from filterprune.core.params import QuantizationParams
 
