@@ -175,6 +175,37 @@ def test_a_composite_controller_hands_the_optimizer_on():
     assert all(id(p) in params for g in optimizer.param_groups for p in g["params"])
 
 
+class _Wrapping(torch.optim.Optimizer):
+    """Lookahead's or SAM's form: it shares its base optimizer's groups and steps it; the
+    base keeps the per-parameter state."""
+
+    def __init__(self, base):
+        self.base = base
+        super().__init__(base.param_groups, base.defaults)
+        self.param_groups = base.param_groups
+
+    def step(self, closure=None):
+        return self.base.step(closure)
+
+
+def test_a_wrapped_optimizers_state_is_cut_with_the_model():
+    """Only the registered optimizer's own state was cut: its base's Adam moments of
+    every cut parameter were lost (steps restarted at 0) and the uncut ones kept alive."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(randomize_bn(SmallNet()), _frozen_config())
+    optimizer = _Wrapping(torch.optim.Adam(model.parameters(), lr=1e-3))
+    ctrl.register_optimizer(optimizer)
+    for _ in range(3):
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        optimizer.step()
+        ctrl.scheduler.epoch_step()
+    assert ctrl.shrunk
+    params = list(model.parameters())
+    assert len(optimizer.base.state) == len(params)
+    assert all(optimizer.base.state[p]["exp_avg"].shape == p.shape and
+               int(optimizer.base.state[p]["step"]) == 3 for p in params)  # fmt: skip
+
+
 def _frozen_config():
     return make_config(pruning_init=0.2, pruning_target=0.5, pruning_steps=1,
                        prune_first_conv=True, shrink_when_frozen=True)  # fmt: skip

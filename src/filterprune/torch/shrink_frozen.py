@@ -72,6 +72,20 @@ def _rebind(optimizer: torch.optim.Optimizer, swaps: dict[int, tuple]) -> None:
         }
 
 
+def _with_inner(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optimizer]:
+    """``optimizers`` and those they wrap (Lookahead's or SAM's base optimizer, held as an
+    attribute): each keeps state of its own per parameter."""
+    out: list[torch.optim.Optimizer] = []
+    todo = list(optimizers)
+    while todo:
+        opt = todo.pop(0)
+        if any(opt is o for o in out):
+            continue
+        out.append(opt)
+        todo += [v for v in vars(opt).values() if isinstance(v, torch.optim.Optimizer)]
+    return out
+
+
 def shrink_in_place(model: torch.nn.Module, keeps: dict, layers: dict,
                     optimizers: list[torch.optim.Optimizer]) -> list[torch.Tensor]:  # fmt: skip
     """Cut ``model``'s pruned channels in place and rebind ``optimizers`` to the new
@@ -81,6 +95,7 @@ def shrink_in_place(model: torch.nn.Module, keeps: dict, layers: dict,
     Returns:
         The parameters the cut replaced.
     """
+    optimizers = _with_inner(optimizers)
     baked = bake_weights([m for m in model.modules() if is_masked(m)])
     for optimizer in optimizers:
         _replace_sources(optimizer, baked)
