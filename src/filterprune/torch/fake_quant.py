@@ -262,7 +262,8 @@ class FakeQuantize(nn.Module):
         self._write_meta()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._read_meta_if_written()
+        if not torch.is_grad_enabled():  # an EMA's evaluation; not each training step,
+            self._read_meta_if_written()  # where DDP rewrites the buffers (a host read)
         if self.collector is not None:
             self.collector.update(x.detach().float().cpu().numpy())
             return x
