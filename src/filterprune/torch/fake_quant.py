@@ -79,12 +79,6 @@ def follow_range(w: torch.Tensor, spec: QuantizerSpec, signed: bool) -> tuple[to
     return scale.float().reshape(shape), zero_point.int().reshape(shape)
 
 
-def _tracing() -> bool:
-    """Whether an exporter or compiler traces the forward (no host reads, no new state)."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or \
-        torch.onnx.is_in_onnx_export()  # fmt: skip
-
-
 class FakeQuantize(nn.Module):
     """Quantize-dequantize of one tensor, as placed by the core.
 
@@ -114,12 +108,8 @@ class FakeQuantize(nn.Module):
         state = QuantizerState.empty(spec.settings, spec.num_channels)
         self.register_buffer("scale", torch.from_numpy(state.scale))
         # integers kept as floats, read rounded: an EMA that averages every buffer (timm's
-        # ModelEmaV2) writes 126.9999 for 127, which an integer buffer truncated to 126;
-        # forward reads them as integers from a buffer of its own (a constant to exporters)
+        # ModelEmaV2) writes 126.9999 for 127, which an integer buffer truncated to 126
         self.register_buffer("zero_point", torch.from_numpy(state.zero_point.astype(np.float32)))
-        self.register_buffer("zero_point_int", torch.from_numpy(state.zero_point),
-                             persistent=False)  # fmt: skip
-        self._zp_mark = self._mark(self.zero_point)
         self.quant_min, self.quant_max = state.quant_min, state.quant_max
         self.initialized = False
         self.lazy = lazy
@@ -153,26 +143,15 @@ class FakeQuantize(nn.Module):
 
     # -- state -----------------------------------------------------------------------------
     def state(self) -> QuantizerState:
-        self._read_meta_if_written()
         return QuantizerState(self.scale.detach().cpu().numpy().copy(),
                               self._zero_point().detach().cpu().numpy().copy(),
                               self.quant_min, self.quant_max, self.initialized)  # fmt: skip
 
-    @staticmethod
-    def _mark(t: torch.Tensor) -> tuple[int, int]:
-        return t.data_ptr(), t._version
-
     def _zero_point(self) -> torch.Tensor:
-        """The zero point as integers, rounded again where it was written from outside
-        (not while an exporter traces: this module's own writes keep it in step)."""
-        if not _tracing() and self._mark(self.zero_point) != getattr(self, "_zp_mark", None):
-            self._sync_zero_point()
-        return self.zero_point_int
-
-    def _sync_zero_point(self) -> None:
-        with torch.no_grad():
-            self.zero_point_int = self.zero_point.round().to(torch.int32)
-        self._zp_mark = self._mark(self.zero_point)
+        """The zero point as integers (a quantizer pickled before it was kept as floats
+        holds integers)."""
+        zp = self.zero_point
+        return (zp.round() if zp.is_floating_point() else zp).to(torch.int32)
 
     def set_state(self, state: QuantizerState) -> None:
         with torch.no_grad():
@@ -182,7 +161,6 @@ class FakeQuantize(nn.Module):
         self.quant_min, self.quant_max = state.quant_min, state.quant_max
         self.initialized = state.initialized
         self._write_meta()
-        self._sync_zero_point()
 
     def _apply(self, fn, recurse=True):
         # a model moved to float16/bfloat16 keeps float32 scales: a rounded scale would put a
@@ -201,21 +179,10 @@ class FakeQuantize(nn.Module):
             if saved is not None and saved.shape != mine.shape:
                 setattr(self, name, torch.empty(saved.shape, dtype=mine.dtype, device=mine.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._read_meta()
-        self._sync_zero_point()
-
-    def _read_meta(self) -> None:
         qmin, qmax, initialized, frozen = (round(v) for v in self.meta.tolist())
         self.quant_min, self.quant_max = qmin, qmax
         self.initialized, self.frozen = bool(initialized), bool(frozen)
         self._meta_written = (qmin, qmax, int(initialized), int(frozen))
-        self._meta_version = self.meta._version
-
-    def _read_meta_if_written(self) -> None:
-        """Take the flags and range an outside write put in ``meta`` (an EMA's copy or
-        average of the model's buffers, a ``load_state_dict`` of its own)."""
-        if not _tracing() and self.meta._version != getattr(self, "_meta_version", None):
-            self._read_meta()
 
     def _write_meta(self) -> None:
         """Mirror the integer range and flags into the ``meta`` buffer (for state_dict)."""
@@ -223,7 +190,6 @@ class FakeQuantize(nn.Module):
         if values != self._meta_written:
             self.meta.copy_(torch.tensor(values, dtype=self.meta.dtype))
             self._meta_written = values
-        self._meta_version = self.meta._version
 
     def select_channels(self, index: np.ndarray) -> None:
         """Keep the per-channel scales of channels ``index`` (the layer was cut)."""
@@ -232,7 +198,6 @@ class FakeQuantize(nn.Module):
         idx = torch.as_tensor(index, dtype=torch.long, device=self.scale.device)
         self.scale = self.scale.index_select(0, idx).contiguous()
         self.zero_point = self.zero_point.index_select(0, idx).contiguous()
-        self._sync_zero_point()
 
     # -- forward ---------------------------------------------------------------------------
     def follow(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,9 +210,6 @@ class FakeQuantize(nn.Module):
         with torch.no_grad():
             self.scale.copy_(scale)
             self.zero_point.copy_(zero_point)
-            self.zero_point_int.copy_(zero_point)
-        if not _tracing():
-            self._zp_mark = self._mark(self.zero_point)
         self.quant_min, self.quant_max = quant_limits(self.spec.settings.bits, signed)
         if not self.initialized:
             warn_signed(self.spec, self.state())
@@ -262,8 +224,6 @@ class FakeQuantize(nn.Module):
         self._write_meta()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():  # an EMA's evaluation; not each training step,
-            self._read_meta_if_written()  # where DDP rewrites the buffers (a host read)
         if self.collector is not None:
             self.collector.update(x.detach().float().cpu().numpy())
             return x
