@@ -594,6 +594,20 @@ def test_an_ema_averaging_every_buffer_keeps_the_quantizers(decay):
                          ((-128, 127), (0, 255)) for a, b in pairs)  # fmt: skip
 
 
+def test_a_quantizer_pickled_with_integer_zero_points_runs_alike():
+    """Saved by torch.save(model) before zero points were kept as floats."""
+    quant = {"activations": {"mode": "asymmetric"}}
+    ctrl, model = create_compressed_model(_net(), _config(quant))
+    x = torch.rand(4, 3, 32, 32) * 3 - 0.2
+    with torch.no_grad():
+        ref = model.eval()(x)
+        for q in model.modules():
+            if isinstance(q, FakeQuantize):
+                q.zero_point, q.meta = q.zero_point.int(), q.meta.int()
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+        model.train()(x)  # weight quantizers follow their weights into integer buffers
+
+
 def test_mixed_preset_makes_activations_asymmetric(monkeypatch):
     from filterprune.core.params import QuantizationParams
 
