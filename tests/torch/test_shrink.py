@@ -100,3 +100,39 @@ def test_uneven_counts_per_group_are_an_analysis_error():
     keep_out = np.ones(8, bool)
     with pytest.raises(AnalysisError, match=r"^0: cannot cut 'weight': .*same number of channels"):
         shrink_model(model, {"0": {"out": keep_out, "in": keep_in}}, infos)
+
+
+class _PixelMaskedConv(nn.Conv2d):
+    """PixelCNN's masked conv as CompressAI writes it: a buffer shaped as the weight,
+    multiplied into the weight in place at each forward."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("mask", torch.ones_like(self.weight.data))
+        h, w = self.mask.shape[2:]
+        self.mask[:, :, h // 2, w // 2:] = 0
+        self.mask[:, :, h // 2 + 1:] = 0
+
+    def forward(self, x):
+        self.weight.data *= self.mask
+        return super().forward(x)
+
+
+class _ContextModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ga, self.ctx = nn.Conv2d(3, 16, 3, padding=1), _PixelMaskedConv(16, 32, 5, padding=2)
+        self.ep = nn.Conv2d(32, 8, 1)
+
+    def forward(self, x):
+        return self.ep(torch.nn.functional.leaky_relu(self.ctx(torch.round(self.ga(x)))))
+
+
+def test_a_buffer_shaped_as_the_weight_is_cut_with_it():
+    """The strip cut the masked conv's weight but not its mask: the stripped model failed
+    (8 against 16)."""
+    torch.manual_seed(0)
+    config = make_config((2, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(_ContextModel(), config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16) * 3, tol=1e-5)
+    assert small.ctx.mask.shape == small.ctx.weight.shape == (16, 8, 5, 5)

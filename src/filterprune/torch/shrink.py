@@ -80,8 +80,9 @@ def _gather(tensor: torch.Tensor, axes: list[int], kept: np.ndarray) -> torch.Te
 def _tensors(model: nn.Module, name: str, info: LayerInfo, keep: dict[str, np.ndarray]):
     """``(owner, attribute, roles)`` for every tensor of layer ``name`` that may lose entries.
 
-    Parameters take their roles from ``info``; a 1-D buffer as long as the ``"channel"``
-    keep vector (BatchNorm's running statistics) is cut along it too.
+    Parameters take their roles from ``info``; a buffer shaped as the weight takes the
+    weight's, and a 1-D buffer as long as the ``"channel"`` keep vector (BatchNorm's
+    running statistics) is cut along it too.
     """
     if info.kind in BARE_KINDS:  # a bare tensor: ``name`` is its own dotted name
         owner_name, _, attr = name.rpartition(".")
@@ -90,6 +91,13 @@ def _tensors(model: nn.Module, name: str, info: LayerInfo, keep: dict[str, np.nd
     module = model.get_submodule(name)
     for pname, (_, roles) in info.params.items():
         yield module, pname, roles
+    if info.kind in ("conv", "linear") and info.weight in info.params:
+        # a buffer shaped as the weight (PixelCNN's mask) is cut alike; the shape before
+        # the cut, as the weight is replaced while this runs
+        shape, roles = info.params[info.weight]
+        for bname, buf in list(module._buffers.items()):
+            if buf is not None and buf.dim() > 1 and tuple(buf.shape) == tuple(shape):
+                yield module, bname, roles
     channels = keep.get("channel")
     if channels is None:
         return
