@@ -8,6 +8,7 @@ instead; what stays out of reach (a global, a deeper wrapper) is said.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 import warnings
@@ -16,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["rebind_forwards", "reached_modules"]
+__all__ = ["function_roots", "rebind_forwards", "reached_modules"]
 
 _DEPTH = 8  # wrappers of wrappers: how far a closure is followed
 
@@ -98,6 +99,18 @@ def _translated(value: Any, twin: dict[int, Any], depth: int) -> Any:
     return out
 
 
+def function_roots(fn: Any) -> list[Any]:
+    """What a function reaches without arguments: its closure's values, the globals it
+    names (a global list)."""
+    fn = getattr(fn, "__func__", fn)
+    roots = []
+    for cell in getattr(fn, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            roots.append(cell.cell_contents)
+    code, space = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    return roots + [space[n] for n in (code.co_names if code else ()) if n in space]
+
+
 def reached_modules(value: Any) -> set[int]:
     """The ids of the modules a forward reaches: through closures, bound methods,
     partials, containers, the attributes of plain objects and the globals its code
@@ -128,14 +141,7 @@ def _walk(value: Any, depth: int, seen: set[int]) -> Iterator[Any]:
     elif isinstance(value, dict):
         children = list(value.values())
     elif isinstance(value, types.FunctionType):
-        for cell in value.__closure__ or ():
-            try:
-                children.append(cell.cell_contents)
-            except ValueError:
-                pass
-        space = value.__globals__
-        children += [space[n] for n in value.__code__.co_names if n in space]
-        children += list(vars(value).values())
+        children = [*function_roots(value), *vars(value).values()]
     else:
         from ._copy import object_attributes
 

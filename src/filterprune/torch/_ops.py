@@ -842,7 +842,7 @@ def _layer_norm(node: fx.Node, shapes) -> Spec:
 
 
 def _group_norm(node: fx.Node, shapes) -> Spec:
-    groups = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_groups")
+    groups = _arg(node, 1, "num_groups")
     return "groupnorm", {"groups": groups} if isinstance(groups, int) else {}
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from ._copy import global_hooks, object_attributes
+from ._forwards import function_roots
 
 __all__ = ["restore", "snapshot", "attributes_kept", "plain_attributes", "put_back",
            "held_by_hooks", "saved_buffers", "put_back_buffers", "note_state", "state_reset"]
@@ -91,20 +92,8 @@ def _hook_roots(hook: Any) -> list[Any]:
         return [*_hook_roots(hook.func), *hook.args, *hook.keywords.values()]
     if not isinstance(hook, (types.FunctionType, types.MethodType)):
         return [hook]  # an object called as the hook: its own attributes
-    roots = [getattr(hook, "__self__", None), *_function_roots(hook)]
+    roots = [getattr(hook, "__self__", None), *function_roots(hook)]
     return [r for r in roots if r is not None]
-
-
-def _function_roots(fn: Any) -> list[Any]:
-    """What a function reaches without arguments: its closure's values, the globals it
-    names (a global list)."""
-    fn = getattr(fn, "__func__", fn)
-    roots = []
-    for cell in getattr(fn, "__closure__", None) or ():
-        with contextlib.suppress(ValueError):  # an empty cell
-            roots.append(cell.cell_contents)
-    code, space = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
-    return roots + [space[n] for n in (code.co_names if code else ()) if n in space]
 
 
 def held_by_hooks(model: nn.Module) -> set[str]:
@@ -122,7 +111,7 @@ def held_by_hooks(model: nn.Module) -> set[str]:
         fn = hook.func if isinstance(hook, functools.partial) else hook
         if not isinstance(fn, (types.FunctionType, types.MethodType)):
             continue  # an object called as the hook is copied with the model
-        for root in _function_roots(fn):
+        for root in function_roots(fn):
             if id(root) in owned:  # its own tensors: the model's are named through it
                 tensors = [*root.parameters(recurse=False), *root.buffers(recurse=False)]
             else:

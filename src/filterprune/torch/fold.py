@@ -16,6 +16,7 @@ from ..core.graph import Graph
 from ._copy import computed_weights, user_hooks
 from ._forwards import reached_modules
 from .fake_quant import FakeQuantize
+from .masks import overrides_forward
 
 __all__ = ["fold_batchnorms"]
 
@@ -48,9 +49,11 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     return (
         isinstance(q, FakeQuantize) and q.axis is not None and q.frozen
         and isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_var is not None
-        # a torch conv: a module of the user's own may not pass a bias the fold adds
+        # a torch conv running torch's forward (under the masked and quantized class): a
+        # module or subclass of the user's own may not pass a bias the fold adds
         and isinstance(conv, nn.modules.conv._ConvNd)
-        and not isinstance(conv, nn.modules.conv._ConvTransposeNd) and _torch_forward(conv)
+        and not isinstance(conv, nn.modules.conv._ConvTransposeNd)
+        and not overrides_forward(getattr(type(conv), "_filterprune_base", type(conv)))
         and "input_quantizer" not in bn._modules and not conv._forward_hooks
         # a hook of the user's on the BatchNorm (registered after the capture) would run
         # on the folded conv's output, or read attributes the Identity has not
@@ -59,14 +62,6 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
         # a weight computed in forward (weight_norm, spectral_norm) has no parameter to scale
         and "weight" not in computed_weights(conv)
     )  # fmt: skip
-
-
-def _torch_forward(conv: nn.Module) -> bool:
-    """Whether the conv's class (under the masked and quantized ones) runs torch's forward:
-    a subclass's own may leave out the bias the fold adds."""
-    cls = getattr(type(conv), "_filterprune_base", type(conv))
-    torch_cls = next(c for c in cls.__mro__ if c.__module__.startswith("torch.nn.modules"))
-    return cls.forward is torch_cls.forward
 
 
 def _fold(conv: nn.Module, bn: nn.Module) -> None:

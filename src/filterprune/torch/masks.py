@@ -297,9 +297,14 @@ def keeps_own_forward(cls: type) -> bool:
     shadow."""
     if not issubclass(cls, (nn.modules.conv._ConvNd, nn.Linear)):
         return False
-    base = next(c for c in cls.__mro__ if c.__module__.startswith("torch.nn.modules"))
-    return cls.forward is not base.forward and not any(
+    return overrides_forward(cls) and not any(
         isinstance(getattr(cls, n, None), property) for n in ("weight", "bias"))
+
+
+def overrides_forward(cls: type) -> bool:
+    """Whether a subclass of a torch layer runs a forward of its own."""
+    base = next(c for c in cls.__mro__ if c.__module__.startswith("torch.nn.modules"))
+    return cls.forward is not base.forward
 
 
 def quantized_class(module: nn.Module) -> type:
