@@ -752,6 +752,98 @@ def test_complex_views_strip_equal():
     assert_strip_equal(ctrl, model, torch.randn(2, 2, 8, 8))
 
 
+class _SpecialFunctions(nn.Module):
+    """Pointwise functions torch gives a Python-number overload (``erfc``, ``lgamma``) or
+    writes as composites without a tag (``special.ndtr``, ``special.expit``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        h = torch.erfc(self.a(x)) + torch.special.ndtr(self.a(x))
+        h = self.b(torch.lgamma(h.abs() + 1) * torch.special.expit(h))
+        return self.head(torch.special.softmax(h, -1))  # over width: each channel alone
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_pointwise_functions_with_number_overloads_or_composites_keep_channels(capture):
+    """erfc, lgamma, special.ndtr and special.expit had no rule: both groups were held."""
+    model = nondegenerate(_SpecialFunctions())
+    groups = {tuple(g.producers): g.reason for g in analyze(capture(
+        model.eval(), (torch.zeros(1, 3, 8, 8),)).graph, OPTIONS).groups}  # fmt: skip
+    assert groups[("a",)] is None and groups[("b",)] is None
+
+
+def test_pointwise_functions_with_number_overloads_or_composites_strip_equal():
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(_SpecialFunctions()), make_config(
+        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    assert ctrl.statistics().flops_kept < 0.6
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+
+
+class _ConvExperts(nn.Module):
+    """A mixture of conv experts: each sample routed to one expert, whose rows of the
+    batch ``index_add_`` writes back into a tensor of zeros (``dim``: 0; ``dim`` 1 or 2:
+    each expert writes every other channel or column, at indices fixed in code)."""
+
+    def __init__(self, dim=0, out_of_place=False):
+        super().__init__()
+        self.dim, self.out_of_place = dim, out_of_place
+        self.stem, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.experts = nn.ModuleList(nn.Sequential(
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 16, 3, padding=1))
+            for _ in range(2))  # fmt: skip
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        route = (x.mean((1, 2, 3)) > 0).long()
+        out = torch.zeros_like(h)
+        for i, expert in enumerate(self.experts):
+            if self.dim:
+                idx = torch.arange(4) * 2 + i
+                out.index_add_(self.dim, idx, expert(h).index_select(self.dim, idx))
+                continue
+            idx = torch.nonzero(route == i).squeeze(-1)
+            if self.out_of_place:
+                out = torch.index_add(out, 0, idx, expert(h[idx]), alpha=0.5)
+            else:
+                out.index_add_(0, idx, expert(h[idx]))
+        return self.head(out + h)
+
+
+@pytest.mark.parametrize("capture, dim", [(capture_fx, 0), (capture_fx, 2),
+                                          (capture_export, 2)])  # fmt: skip
+def test_rows_added_back_by_index_add_tie_the_experts_to_the_stem(capture, dim):
+    """index_add had no rule: the stem and each expert's last conv were held. (torch.export
+    holds experts whose batch size is known only at run time, so it gets indices fixed in
+    code.)"""
+    model = nondegenerate(_ConvExperts(dim))
+    groups = {tuple(g.producers): g.reason for g in analyze(capture(
+        model.eval(), (torch.randn(4, 3, 8, 8),)).graph, OPTIONS).groups}  # fmt: skip
+    assert groups[("stem", "experts.0.2", "experts.1.2")] is None
+
+
+@pytest.mark.parametrize("model", [_ConvExperts(), _ConvExperts(out_of_place=True),
+                                   _ConvExperts(dim=2)],
+                         ids=["in place", "out of place", "along the width"])  # fmt: skip
+def test_index_add_experts_strip_equal(model):
+    torch.manual_seed(0)
+    ctrl, compressed = create_compressed_model(nondegenerate(model), make_config(
+        (4, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    assert ctrl.statistics().flops_kept < 0.3
+    assert_strip_equal(ctrl, compressed, torch.randn(6, 3, 8, 8))
+
+
+def test_index_add_along_the_channels_holds_them():
+    groups = {tuple(g.producers): g.reason for g in analyze(capture_fx(
+        nondegenerate(_ConvExperts(dim=1)).eval(), (torch.randn(4, 3, 8, 8),)).graph,
+        OPTIONS).groups}  # fmt: skip
+    assert groups[("stem",)] == "index_add_: writes along channels"
+
+
 def test_a_full_min_or_max_under_torch_export_says_it_reduces_over_channels():
     class MinMax(nn.Module):
         def __init__(self):

@@ -1052,15 +1052,16 @@ def _each_output(node, ids: np.ndarray) -> Any:
 @register_rule("put")
 def _put(s, node, ins):
     """``x[indices] = values`` (``index_put``), the indices over the first ``indexed``
-    axes: each value lands on the same channels of ``x`` (the axes after the indexed
-    ones line up), so both are tied. ``x`` made in forward with one value everywhere
+    axes, or ``x.index_add(axis, index, values)`` (values of x's rank, another length on
+    ``axis``): each value lands on the same channels of ``x`` (the axes not indexed line
+    up), so both are tied. ``x`` made in forward with one value everywhere
     (``torch.zeros``, attribute ``fill`` of its node) is cut with the values; the index
     tensors' own channels stay whole."""
     names = node.inputs
     at = {name: i for i, name in enumerate(names)}
     if node.attrs["self"] not in at or node.attrs["values"] not in at:
         raise RuleError("writes a value the capture did not read")
-    first = node.attrs["indexed"]
+    first = node.attrs.get("indexed", 0)
     target, values = ins[at[node.attrs["self"]]], ins[at[node.attrs["values"]]]
     for name, value in zip(names, ins, strict=True):
         if name not in (node.attrs["self"], node.attrs["values"]):
@@ -1069,18 +1070,28 @@ def _put(s, node, ins):
                 s.block(value, f"{node.label or node.op}: index positions")
     ndim = len(node.shape)
     v = _tensor(s, values, node)
-    if v.ndim > 1 + ndim - first:
-        raise RuleError("index tensors of several axes")
-    v = _pad(v, 1 + ndim - first)
-    if _varies(v, 0):
-        raise RuleError("values' channels lie along the indexed axis")
-    out = v.reshape((1,) * first + v.shape[1:])
+    if node.attrs.get("axis") is not None:  # ``index_add``: values shaped as x but on axis
+        axis = node.attrs["axis"] % ndim
+        v = _pad(v, ndim)
+        if _varies(v, axis):
+            raise RuleError("values' channels lie along the indexed axis")
+        out = np.take(v, [0], axis=axis)
+    else:
+        if v.ndim > 1 + ndim - first:
+            raise RuleError("index tensors of several axes")
+        v = _pad(v, 1 + ndim - first)
+        if _varies(v, 0):
+            raise RuleError("values' channels lie along the indexed axis")
+        out = v.reshape((1,) * first + v.shape[1:])
+        axis = None
     if isinstance(target, Param):
         if not s.graph[node.attrs["self"]].attrs.get("fill"):
             _tensor(s, target, node)  # a weight or buffer written into: whole
             raise RuleError(f"writes into {target.name}, which cannot be cut")
         return s.canonical(out)
     t = _pad(_tensor(s, target, node), ndim)
+    if axis is not None and _varies(t, axis):
+        raise RuleError("writes along channels")
     s.uf.union_arrays(t, out)
     return s.canonical(np.broadcast_arrays(t, out)[0])
 

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import fx
 
-from ._ops import adaptive_spec, pad_spec, spatial_spec, unfold_spec, unpool_spec
+from ._ops import (
+    adaptive_spec,
+    decomposes_pointwise,
+    pad_spec,
+    spatial_spec,
+    unfold_spec,
+    unpool_spec,
+)
 
 __all__ = ["ATEN_RULES", "aten_rule", "named_args"]
 
@@ -236,6 +243,14 @@ def _index_put(node: fx.Node, shape) -> Spec:
                    "indexed": len(indices)}  # fmt: skip
 
 
+def _index_add(node: fx.Node, shape) -> Spec:
+    """``index_add``, ``index_copy``, ``index_reduce``: ``source`` rows land in ``self``
+    along ``dim``, the other axes line up."""
+    args = named_args(node)
+    return "put", {"self": args["self"].name, "values": args["source"].name,
+                   "axis": int(args["dim"])}  # fmt: skip
+
+
 def _index(node: fx.Node, shape) -> Spec:
     """``x[None, None, idx]`` (``index.Tensor``; None for an axis not indexed) and
     ``index_select``: entries picked along the indexed axes (integer index tensors), the
@@ -412,7 +427,8 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("unbind.int"), _unbind),
     (_ops("mean.dim", "mean.default", "sum.dim_IntList", "sum.default", "amax.default",
           "amin.default", "max.dim", "min.dim", "var.correction", "std.correction",
-          "var_mean.correction", "logsumexp.default", "linalg_vector_norm.default",
+          "var_mean.correction", "logsumexp.default", "special_logsumexp.default",
+          "linalg_vector_norm.default",
           "var.dim", "std.dim", "prod.dim_int",
           "norm.ScalarOpt_dim", "median.dim", "nanmedian.dim", "argmax.default",
           "argmin.default", "max.default", "min.default", "median.default"), _reduce),
@@ -426,7 +442,8 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("sort.default", "sort.stable", "topk.default", "cummax.default", "cummin.default"),
      _along),
     (_ops("softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default",
-          "cumsum.default", "cumprod.default", "logcumsumexp.default"), _along),
+          "special_softmax.default", "special_log_softmax.default", "cumsum.default",
+          "cumprod.default", "logcumsumexp.default"), _along),
     (_ops("roll.default"), _roll),
     (_ops("flip.default"), _flip),
     (_ops("movedim.int"), _movedim),
@@ -448,6 +465,8 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("grid_sampler.default", "grid_sampler_2d.default", "grid_sampler_3d.default"),
      _grid_sample),
     (_ops("index_put.default", "index_put_.default"), _index_put),
+    (_ops("index_add.default", "index_add_.default", "index_copy.default",
+          "index_copy_.default", "index_reduce.default", "index_reduce_.default"), _index_add),
     (_ops("index.Tensor", "index_select.default"), _index),
     (_torchvision_ops("roi_align.default", "roi_pool.default", "ps_roi_align.default"),
      _grid_sample),
@@ -472,9 +491,9 @@ def aten_rule(op: Any) -> Callable[[fx.Node, Any], Spec] | None:
 
 
 def _pointwise(op: Any) -> bool:
-    """Tagged pointwise, or the in-place form (``copysign_``, which torch leaves
-    untagged) of an op that is."""
-    if torch.Tag.pointwise in getattr(op, "tags", ()):
+    """Tagged pointwise, a composite of pointwise ops (``special_ndtr``), or the in-place
+    form (``copysign_``, which torch leaves untagged) of an op that is."""
+    if torch.Tag.pointwise in getattr(op, "tags", ()) or decomposes_pointwise(op):
         return True
     name = getattr(getattr(op, "_schema", None), "name", "").removeprefix("aten::")
     functional = getattr(getattr(torch.ops.aten, name[:-1], None), op._overloadname, None) \

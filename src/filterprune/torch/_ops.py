@@ -7,6 +7,7 @@ methods map to a builder that reads their call arguments.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..core.graph import LayerInfo
 from ._copy import computed_weights
@@ -656,6 +658,17 @@ def _index_select(node: fx.Node, shapes) -> Spec:
     return "gather", {"picked": [int(_arg(node, 1, "dim"))]}
 
 
+def _index_add(node: fx.Node, shapes) -> Spec:
+    """``x.index_add(dim, index, source)``, ``index_copy``, ``index_reduce``: rows of
+    ``source`` land in ``x`` at ``index`` along ``dim`` (a mixture of experts adds each
+    expert's rows of the batch back); the other axes line up (core rule ``put``)."""
+    source = _arg(node, 3, "source")
+    if not isinstance(source, fx.Node):
+        raise TypeError("a source the trace did not record")
+    return "put", {"self": node.args[0].name, "values": source.name,
+                   "axis": int(_arg(node, 1, "dim"))}  # fmt: skip
+
+
 def _take_along(dim_at: int) -> Call:
     """``torch.gather(x, dim, index)`` (``dim`` second), ``take_along_dim(x, index, dim)``
     (third): entries read along ``dim`` at the index's positions."""
@@ -966,6 +979,8 @@ CALL_RULES: dict[Any, Call] = {
     F.normalize: _normalize,
     F.softmax: _along_dim, "softmax": _along_dim, F.log_softmax: _along_dim,
     "log_softmax": _along_dim, torch.softmax: _along_dim, torch.cumsum: _along_dim,
+    torch.log_softmax: _along_dim, torch.special.softmax: _along_dim,
+    torch.special.log_softmax: _along_dim, torch.special.logsumexp: _reduce,
     torch.roll: _roll, F.pad: _pad, F.layer_norm: _layer_norm, F.rms_norm: _layer_norm,
     F.group_norm: _group_norm,
     F.local_response_norm: lambda node, shapes: ("along", {"dims": [1]}),  # over neighbours
@@ -976,6 +991,9 @@ CALL_RULES: dict[Any, Call] = {
     "logsumexp": _reduce, torch.logsumexp: _reduce, "var": _var_std, torch.var: _var_std,
     "std": _var_std, torch.std: _var_std, torch.var_mean: _var_std, torch.std_mean: _var_std,
     "flip": _flip, torch.flip: _flip, "index_select": _index_select,
+    **dict.fromkeys(("index_add", "index_add_", torch.index_add, "index_copy", "index_copy_",
+                     torch.index_copy, "index_reduce", "index_reduce_", torch.index_reduce),
+                    _index_add),
     torch.index_select: _index_select,
     "cumsum": _along_dim, "cumprod": _along_dim, torch.cumprod: _along_dim,
     torch.logcumsumexp: _along_dim, F.softmin: _along_dim, "roll": _roll,
@@ -1028,11 +1046,40 @@ def call_rule(target: Any) -> Call | None:
         else None  # fmt: skip
 
 
+@functools.cache
 def _all_pointwise(name: str) -> bool:
-    """Every ATen overload of ``name`` is pointwise and returns one tensor."""
+    """Every ATen overload of ``name`` that takes a tensor is pointwise and returns one
+    tensor (``erfc.Scalar`` takes a Python number and returns one)."""
     packet = getattr(torch.ops.aten, name, None)
     overloads = [getattr(packet, o) for o in getattr(packet, "overloads", list)()]
-    overloads = [op for op in overloads if "out" not in op._overloadname]
+    overloads = [op for op in overloads if "out" not in op._overloadname and any(
+        str(a.type).startswith("Tensor") for a in op._schema.arguments)]
     return bool(overloads) and all(
-        torch.Tag.pointwise in op.tags and len(op._schema.returns) == 1
-        and str(op._schema.returns[0].type) == "Tensor" for op in overloads)  # fmt: skip
+        len(op._schema.returns) == 1 and str(op._schema.returns[0].type) == "Tensor"
+        and (torch.Tag.pointwise in op.tags or decomposes_pointwise(op))
+        for op in overloads)  # fmt: skip
+
+
+@functools.cache
+def decomposes_pointwise(op: Any) -> bool:
+    """An untagged composite (``special_ndtr``, ``special_expit``) is pointwise when every
+    op it runs on a small tensor is tagged pointwise; a softmax or a sum is not."""
+    composite = isinstance(op, torch._ops.OpOverload) and \
+        torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd")
+    if not composite:
+        return False  # a kernel of its own: only its tag tells
+    samples = {"int": 1, "SymInt": 1, "float": 0.5, "Scalar": 1, "bool": False}
+    args = []
+    for a in op._schema.arguments:
+        kind = str(a.type)
+        if a.kwarg_only or a.has_default_value() or kind.endswith("?"):
+            break
+        if kind != "Tensor" and kind not in samples:
+            return False
+        args.append(torch.rand(3) + 0.5 if kind == "Tensor" else samples[kind])
+    try:
+        graph = make_fx(op)(*args).graph
+    except Exception:  # noqa: BLE001 - any failure reads as not pointwise (safe: held)
+        return False
+    ran = [n.target for n in graph.nodes if n.op == "call_function"]
+    return bool(ran) and all(torch.Tag.pointwise in getattr(t, "tags", ()) for t in ran)

@@ -391,13 +391,24 @@ def _numpy_names_read(graph: fx.Graph) -> None:
 _SHAPED_IN_PLACE = ("unsqueeze_", "squeeze_", "transpose_", "t_", "swapaxes_", "swapdims_")
 
 
+# methods that write rows of another tensor into theirs in place
+_WRITES_IN_PLACE = ("index_add_", "index_copy_", "index_reduce_")
+
+
 def _in_place_read_as_out_of_place(graph: fx.Graph) -> None:
     """``conv(x).unsqueeze_(1)`` (SKNet's reference code) is ``unsqueeze(1)`` where nothing
-    else reads the tensor it changes: the out-of-place method's rule reads it."""
+    else reads the tensor it changes: the out-of-place method's rule reads it. After
+    ``out.index_add_(0, idx, y)`` (a mixture of experts), reads of ``out`` read the write,
+    as they do at run time (the trace keeps reading the tensor before it)."""
+    order = {node: i for i, node in enumerate(graph.nodes)}
     for node in graph.nodes:
-        if node.op == "call_method" and node.target in _SHAPED_IN_PLACE and isinstance(
-                node.args[0], fx.Node) and len(node.args[0].users) == 1:  # fmt: skip
+        if node.op != "call_method" or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        if node.target in _SHAPED_IN_PLACE and len(node.args[0].users) == 1:
             node.target = node.target[:-1]
+        elif node.target in _WRITES_IN_PLACE:
+            for user in [u for u in node.args[0].users if order[u] > order[node]]:
+                user.replace_input_with(node.args[0], node)
 
 
 def _shapes(outputs: Any) -> list[tuple[int, ...]]:
