@@ -4,6 +4,7 @@ Every model here is read by both captures (torch.fx and torch.export): the group
 be the same, and so must the outcome.
 """
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -842,6 +843,48 @@ def test_index_add_along_the_channels_holds_them():
         nondegenerate(_ConvExperts(dim=1)).eval(), (torch.randn(4, 3, 8, 8),)).graph,
         OPTIONS).groups}  # fmt: skip
     assert groups[("stem",)] == "index_add_: writes along channels"
+
+
+class _MaskedConv(nn.Conv2d):
+    """CompressAI's context model: its weight masked in forward, in place."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        mask = torch.ones_like(self.weight)
+        mask[:, :, 2, 2:], mask[:, :, 3:] = 0, 0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        self.weight.data *= self.mask
+        return super().forward(x)
+
+
+class _MaskedContext(nn.Module):
+    """A learned codec's order as CompressAI writes it: its entropy bottleneck permutes by
+    numpy ints, its context model masks its weight in forward (``weight.data *= mask``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.analysis, self.params = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(32, 16, 1)
+        self.context = _MaskedConv(16, 32, 5, padding=2)
+
+    def forward(self, x):
+        y = self.analysis(x)
+        perm = np.arange(len(y.shape))
+        perm[0], perm[1] = perm[1], perm[0]
+        y = torch.round(y.permute(*perm).contiguous()).permute(*np.argsort(perm))
+        return self.params(self.context(y))
+
+
+def test_permute_by_numpy_ints_is_traced():
+    """torch.fx refuses numpy ints, and torch.export a write into ``.data``: creation
+    failed."""
+    assert capture_fx(nondegenerate(_MaskedContext()).eval(), (torch.zeros(1, 3, 8, 8),))
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(_MaskedContext()), make_config(
+        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    assert ctrl.statistics().flops_kept < 0.3
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
 
 
 def test_a_full_min_or_max_under_torch_export_says_it_reduces_over_channels():

@@ -25,6 +25,7 @@ import types
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
@@ -179,6 +180,11 @@ class _Tracer(fx.Tracer):
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)  # a write into a tensor made in forward is read
+
+    def create_arg(self, a: Any) -> Any:
+        """A numpy number (CompressAI's ``x.permute(*np.arange(4))``), which torch.fx
+        refuses, as the Python number torch reads it as."""
+        return super().create_arg(a.item() if isinstance(a, np.generic) else a)
 
     def iter(self, obj: fx.Proxy) -> Any:
         """A value iterated in forward (``sum(torch.split(x, c // r, 1))``, ``zip(weights,
