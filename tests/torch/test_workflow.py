@@ -449,6 +449,36 @@ def test_what_a_training_only_head_reads_stays_whole(dropped, frozen):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+class _ReidNet(nn.Module):
+    """A re-ID net: its classifier runs in every mode, its logits returned in training
+    only (the embedding in eval)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.emb = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        feat = self.emb(torch.relu(self.c1(x))).mean((2, 3))
+        logits = self.fc(feat)
+        return logits if self.training else feat
+
+
+def test_a_classifier_whose_logits_only_training_returns_keeps_its_classes():
+    """Its outputs reached nothing in the eval trace: half its classes were cut (masked:
+    5 logits of 10 zero in training; stripped: 5 classes)."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(_ReidNet(), make_config(
+        (1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert held["fc"].startswith("its output reaches no output of the captured forward")
+    small = ctrl.strip()
+    assert small.fc.out_features == 10 and small.c1.out_channels == 8
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(small.train()(x), model.train()(x), rtol=1e-5, atol=1e-6)
+
+
 def test_a_sample_size_the_model_refuses_prints_no_traceback(capfd):
     """torch.fx's ShapeProp printed its traceback before our one-sentence error."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 14 * 14, 4))

@@ -208,6 +208,19 @@ def _batch_of_one(graph: Graph) -> Graph:
     return view
 
 
+def _unread_layers(graph: Graph) -> list[str]:
+    """Layers whose outputs reach no output of the graph: a re-ID net's classifier, run in
+    every mode and returned in training only. Cut as if nothing read them, training
+    would return fewer classes."""
+    live, todo = set(), list(graph.outputs)
+    while todo:
+        name = todo.pop()
+        if name not in live and name in graph.nodes:
+            live.add(name)
+            todo.extend(graph[name].inputs)
+    return [n.name for n in graph if n.layer is not None and n.name not in live]
+
+
 def propagate(graph: Graph, rules: dict[str, Callable[..., Any]]) -> Propagation:
     """Run every node's rule in order and block what reaches the model outputs."""
     state = Propagation(_batch_of_one(graph))
@@ -219,6 +232,9 @@ def propagate(graph: Graph, rules: dict[str, Callable[..., Any]]) -> Propagation
         if isinstance(value, Param):
             continue
         state.block(value, "feeds a model output")
+    for name in _unread_layers(graph):
+        state.block(state.values.get(name), "its output reaches no output of the captured "
+                    "forward (a model may return it in training only)")
     for ids, dims, reason in state.sizes:
         roots = compress(state.uf.roots(ids))
         if any(roots.shape[d] > 1 for d in dims):
