@@ -258,6 +258,35 @@ def test_an_expert_no_sample_reaches_is_cut_like_the_others():
     assert [e[0].out_channels for e in small.experts] == [8, 8] and small.stem.out_channels == 8
 
 
+class GroupedShuffled(nn.Module):
+    """A grouped 1x1 conv, a channel shuffle, a grouped 3x3 conv (ShuffleNet v1's unit):
+    each channel of the first conv's cut units fills one position in each of its groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.g1 = nn.Sequential(nn.Conv2d(16, 32, 1, groups=4, bias=False), nn.BatchNorm2d(32))
+        self.g2 = nn.Sequential(nn.Conv2d(32, 16, 3, padding=1, groups=4, bias=False),
+                                nn.BatchNorm2d(16))  # fmt: skip
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.g1(torch.relu(self.stem(x))))
+        b, c, h, w = y.shape
+        y = y.view(b, 4, c // 4, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.head(torch.relu(self.g2(y)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grouped_convs_around_a_shuffle_are_cut_whatever_the_weights(seed):
+    """The first conv's groups read every unit alike and the second's read each unit at
+    four positions: no equal cut was found, and the group was cut or held as the top
+    scores fell (two seeds of six), held as "cannot keep equal groups"."""
+    torch.manual_seed(seed)
+    small, held = prune(None, GroupedShuffled())
+    assert small.g1[0].out_channels == 16 and "g1.0" not in held
+
+
 def cbr(cin, cout):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU())  # fmt: skip

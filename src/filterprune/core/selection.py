@@ -102,12 +102,16 @@ def _cells(group: Group) -> list[np.ndarray] | None:
     constraint), if each constraint cleanly partitions the channels it reads into equal
     rows (grouped convolutions in a row with 2 and 4 groups: 4 cells; with 3 and 2: cells
     of 4, 2, 2, 4 channels). Channels a constraint does not read are one more part of it
-    (a grouped conv reading half of a concatenation)."""
+    (a grouped conv reading half of a concatenation). A channel may fill as many
+    positions as every other (a channel shuffle after a grouped conv, before another)."""
     label = np.zeros(group.size, dtype=np.int64)
     for b in group.blocks:
         rows = [np.unique(r[r >= 0]) for r in b]
-        if len({r.size for r in rows}) != 1 or sum(r.size for r in rows) != np.sum(b >= 0):
-            return None  # unequal rows, or a channel filling several positions of one
+        if all(np.array_equal(r, rows[0]) for r in rows[1:]) and np.all(b >= 0):
+            continue  # every row reads the same channels: any cut keeps the rows equal
+        times = np.unique(b[b >= 0], return_counts=True)[1]
+        if len({r.size for r in rows}) != 1 or len(set(times.tolist())) > 1:
+            return None  # unequal rows, or channels filling unequal numbers of positions
         stacked = np.stack(rows)
         if np.unique(stacked).size != stacked.size:
             return None
