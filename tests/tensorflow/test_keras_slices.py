@@ -55,7 +55,7 @@ HELD = {
         "so whether its numbers follow a cut cannot be checked"),  # fmt: skip
     "a crop written as a number": (lambda h: layers.Lambda(
         lambda t: ops.concatenate([t[..., :16], t], -1), name="crop")(h),
-        "GetItem in Lambda crop: indexes into channels"),  # fmt: skip
+        "GetItem in Lambda crop: indexes into channels 0:16 of 32"),  # fmt: skip
     "a TensorFlow function": (lambda h: layers.Lambda(lambda t: tf.nn.relu6(t))(h),
                               "written with keras.ops only, it can be read and cut"),
     "a number read from the width": (lambda h: layers.Lambda(
@@ -136,7 +136,7 @@ def test_a_slice_of_pairs_of_channels_is_cut_by_whole_pairs():
 
 def test_a_slice_of_single_channels_keeps_them_whole():
     ctrl, model, x, held = _prune(_model(lambda h: ops.concatenate([h[..., 3:], h], -1)))
-    assert held["a"].endswith("indexes into channels")
+    assert held["a"].endswith("indexes into channels 3:32 of 32")
     assert_strip_equal(ctrl, model, x, tol=1e-5)
 
 
@@ -193,7 +193,7 @@ def test_a_slice_called_on_two_tensors_keeps_their_channels():
     config = make_config((1, 16, 16, 3), prune_first_conv=True, filters_multiple_of=1)
     ctrl, model = create_compressed_model(_two_calls(gate), config)
     held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
-    assert held["a"] == "GetItem: indexes into channels"
+    assert held["a"] == "GetItem: indexes into channels 16:32 of 32"
     x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype("float32")
     for got, ref in zip(ctrl.strip()(x), model(x), strict=True):
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)

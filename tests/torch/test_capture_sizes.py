@@ -457,7 +457,7 @@ def test_items_iterated_in_forward_are_cut_along_other_axes_and_hold_channels():
     assert small.stem.out_channels == 8 and small.ops[0].out_channels == 2
     ctrl, model = create_compressed_model(nondegenerate(PartialChannels(True)), config)
     held = {name: r for names, r in ctrl.statistics().unpruned for name in names}
-    assert held["stem"] == "getitem: indexes into channels", held
+    assert held["stem"] == "getitem: indexes into channels 0:4 of 16", held
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16), tol=1e-5)
 
 
@@ -608,7 +608,7 @@ def test_a_weight_read_whole_gives_way_to_the_reason_of_what_it_meets():
     graph = capture_export(PartialChannels().eval(), (torch.randn(2, 3, 16, 16),)).graph
     groups = {tuple(g.producers): g.reason for g in analyze(graph, AnalysisOptions(
         prune_first_conv=True)).groups}  # fmt: skip
-    assert groups[("ops.0", "ops.1")] == "slice.Tensor: indexes into channels", groups
+    assert groups[("ops.0", "ops.1")] == "slice.Tensor: indexes into channels 0:4 of 16", groups
 
 
 class WideMade(nn.Module):

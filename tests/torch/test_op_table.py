@@ -287,6 +287,26 @@ def test_grouped_convs_around_a_shuffle_are_cut_whatever_the_weights(seed):
     assert small.g1[0].out_channels == 16 and "g1.0" not in held
 
 
+class PaddedShortcut(nn.Module):
+    """PyramidNet's shortcut: zero channels padded to the block's width, read in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = cbr(3, 8), cbr(8, 16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = self.a(x)
+        out = self.b(h)
+        out = out + F.pad(h, (0, 0, 0, 0, 0, out.size(1) - h.size(1)))
+        return self.head(out.mean((2, 3)))
+
+
+def test_a_shortcut_padded_by_a_width_read_in_forward_says_how_to_cut_it():
+    small, held = prune(None, PaddedShortcut())
+    assert held["a.0"] == ("pad: pads channels by widths computed in forward (a width written "
+                           "as a number lets the channels it pads be cut)")  # fmt: skip
+
+
 def cbr(cin, cout):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU())  # fmt: skip

@@ -996,7 +996,10 @@ def _tie_strided(s: Propagation, full: np.ndarray, axis: int, part: Any) -> None
     # a start counted from the end (``-15::2``) is another channel once the axis is cut
     from_end = isinstance(part, slice) and part.start is not None and part.start < 0
     if step < 2 or size % step or start >= step or stop < size - step + start + 1 or from_end:
-        raise RuleError("indexes into channels")
+        if not isinstance(part, slice):
+            raise RuleError("indexes into channels")
+        taken = f"{start}:{stop}" + (f":{step}" if step > 1 else "")
+        raise RuleError(f"indexes into channels {taken} of {size}")
     blocks = np.moveaxis(full, axis, -1).reshape(*full.shape[:axis], *full.shape[axis + 1 :],
                                                  size // step, step)  # fmt: skip
     for member in range(1, step):
@@ -1125,7 +1128,8 @@ def _pad_rule(s, node, ins):
         if (before, after) == (0, 0) or not _varies(ids, axis):
             continue
         if before is None or after is None:
-            raise RuleError("pads channels by widths computed in forward")
+            raise RuleError("pads channels by widths computed in forward (a width written "
+                            "as a number lets the channels it pads be cut)")
         if node.attrs.get("mode", "constant") != "constant" or before < 0 or after < 0:
             raise RuleError("pads across channels")
         added = s.fresh(ndim, axis, before + after)
