@@ -157,12 +157,15 @@ def _gemm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
     return _linear_info(p, v, name)
 
 
+COMPUTED_PRODUCT = "MatMul of two computed tensors"  # attention's: read as an einsum
+
+
 def _matmul(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
     if p.get(0) is not None:
         return "MatMul with a constant on the left"
     w = p.get(1)
     if w is None:
-        return "MatMul of two computed tensors"
+        return COMPUTED_PRODUCT
     if w.ndim != 2 or (v.rank or 0) < 2:
         return "MatMul with a weight that is not 2-D"
     p.add("W", 1, ("in", "out"))

@@ -20,8 +20,8 @@ from ..core.flops import count_product
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured as CoreCaptured
 from ._group_norm import fuse
-from ._layers import build_layer
-from ._ops import OPS, ZERO_CHECKS, NodeView, Spec, positions
+from ._layers import COMPUTED_PRODUCT, build_layer
+from ._ops import OPS, ZERO_CHECKS, NodeView, OpSpec, Spec, positions
 from ._shapes import opset_of
 from .facts import ModelFacts, attrs_of, has_subgraph, read_facts, subgraph_inputs
 
@@ -146,7 +146,9 @@ class _Emitter:
         layer = None
         if kind in _WEIGHTED:
             layer, kind, attrs = self.layer(idx, node, view, kind, attrs)
-            if layer is None:  # whole: every computed operand it reads stays whole too
+            if kind == "einsum":  # a product of two computed tensors: zero rows stay zero
+                spec, names = OpSpec("einsum", None, "keep"), list(node.input[:2])
+            elif layer is None:  # whole: every computed operand it reads stays whole too
                 inputs = list(dict.fromkeys(n for n in node.input if n in self.graph.nodes))
         # every operand in order: PRelu, Div, Einsum; a tensor concatenated with itself
         if kind in ("elementwise", "einsum", "concat", "stack"):
@@ -316,6 +318,9 @@ class _Emitter:
         while name in self.graph.layers:
             name += "'"
         built = build_layer(self.facts, idx, node, view, attrs, name)
+        if built == COMPUTED_PRODUCT and all(len(s or ()) >= 2 for s in view.in_shapes[:2]):
+            # attention's product (``v @ softmax(q @ k)``): each operand's channels pass
+            return None, "einsum", {"equation": "...ij,...jk->...ik"}
         if isinstance(built, str):
             return None, "stop", {"reason": built, **self._op_flops(node, view)}
         self.graph.layers[name] = built.info
