@@ -218,6 +218,21 @@ def test_a_stripped_quantized_model_is_not_compressed_again(trained):
     _close(small(x, training=False).numpy(), ref)
 
 
+@pytest.mark.parametrize("second", [[PRUNE], [PRUNE, QUANT]], ids=["prune", "prune+quant"])
+def test_a_compressed_training_model_is_not_compressed_afresh(second):
+    """A quantization-only model was pruned by a second controller: its strip dropped the
+    quantizers (3.6e-3 off the model) and the first's strip was not cut; two pruning
+    controllers drove one model's masks (0.33 off after the first's step)."""
+    from filterprune import AnalysisError
+
+    _, model = create_compressed_model(_fresh(), _config(QUANT))
+    x = regression_data(3, 4)[0]
+    ref = model(x, training=False).numpy()
+    with pytest.raises(AnalysisError, match="already carries filterprune masks or quantizers"):
+        create_compressed_model(model, _config(*second))
+    _close(model(x, training=False).numpy(), ref, tol=0)
+
+
 def test_init_args_registered_on_a_plain_dict_config():
     dataset = tf.data.Dataset.from_tensor_slices(regression_data(0)[0]).batch(8)
     plain = {"input_info": {"sample_size": [1, 32, 32, 3]}, "compression": [PRUNE, QUANT]}

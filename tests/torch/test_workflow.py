@@ -479,6 +479,27 @@ def test_a_classifier_whose_logits_only_training_returns_keeps_its_classes():
         torch.testing.assert_close(small.train()(x), model.train()(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("quantized", [False, True])
+def test_a_controller_that_stripped_in_place_refuses_a_model_compressed_again(quantized):
+    """Its strip() returned a copy of the second controller's masked model, uncut."""
+    torch.manual_seed(0)
+    quant = [{"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}}]
+    config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    first = NNCFConfig.from_dict({**config, "compression": [config["compression"], *(
+        quant if quantized else [])]})  # fmt: skip
+    ctrl, model = create_compressed_model(SmallNet(), first)
+    small = ctrl.strip(do_copy=False)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(ctrl.strip()(x), small(x))  # untouched since: still a copy
+    if quantized:  # its frozen quantizers: deployed, not a run to resume
+        with pytest.raises(AnalysisError, match="is a quantizer of a stripped model"):
+            create_compressed_model(small, config)
+        return
+    create_compressed_model(small, config)
+    with pytest.raises(AnalysisError, match="stripped its model in place"):
+        ctrl.strip()
+
+
 def test_a_sample_size_the_model_refuses_prints_no_traceback(capfd):
     """torch.fx's ShapeProp printed its traceback before our one-sentence error."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 14 * 14, 4))

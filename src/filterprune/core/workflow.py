@@ -74,8 +74,9 @@ class Frontend:
     name: ClassVar[str] = "frontend"
     controllers: ClassVar[dict[str, type]] = {}
 
-    def check(self, model: Any, config: Config) -> None:
-        """Refuse a model or config this frontend cannot run (raise our errors)."""
+    def check(self, model: Any, config: Config, fresh: bool = True) -> None:
+        """Refuse a model or config this frontend cannot run (raise our errors); ``fresh``:
+        compression starts on it (not resumed, not only analysed)."""
 
     def capture(self, model: Any, config: Config) -> Captured:
         """Read ``model`` into the core graph on ``config``'s ``input_info``."""
@@ -302,7 +303,7 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
     names = _check_algorithms(frontend, config)
     _say_ignored(config)
     settings = [algorithm_params(config, n, frontend.name) for n in names]
-    frontend.check(model, config)
+    frontend.check(model, config, fresh=compression_state is None)
     data = frontend.init_data(config) if compression_state is None else None
     if compression_state is None:
         paths = {algo["algorithm"]: path for path, algo in config.algorithms_with_paths()}
@@ -381,7 +382,7 @@ def dry_run(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
         config = Config.from_dict(config)
     _say_ignored(config)
     params = pruning_params(config, frontend.name)
-    frontend.check(model, config)
+    frontend.check(model, config, fresh=False)
     captured = frontend.capture(model, config)
     check_unmatched(config, captured.graph.scope_names())
     analysis = analyze(captured.graph, analysis_options(params))

@@ -27,6 +27,7 @@ from .controller import FilterPruningController, export_model, reset_traced_func
 from .distillation import KnowledgeDistillationController
 from .fake_quant import FakeQuant, QuantizedWeights
 from .finite import cut_probe
+from .masks import is_masked
 from .quantization import QuantizationController
 from .shrink import plain_copy
 
@@ -43,7 +44,7 @@ class KerasFrontend(Frontend):
                    "quantization": QuantizationController,
                    "knowledge_distillation": KnowledgeDistillationController}  # fmt: skip
 
-    def check(self, model: Any, config: Config) -> None:
+    def check(self, model: Any, config: Config, fresh: bool = True) -> None:
         if not isinstance(model, keras.Model):
             raise TypeError(
                 "The model must be a keras.Model (Functional or Sequential). Received: a "
@@ -63,12 +64,21 @@ class KerasFrontend(Frontend):
             )
         layers = model._flatten_layers(include_self=True, recursive=True)
         done = [layer.name for layer in layers if isinstance(layer, (FakeQuant, QuantizedWeights))]
-        if done:  # (a training model's masks and quantizers are read through, not these)
+        if done:
             raise AnalysisError(
                 f"Layer {done[0]!r} is a quantizer of a stripped model (ctrl.strip()): its "
                 "layers are frozen for deployment and cannot be compressed again. Pass the "
-                "model as it was before create_compressed_model, or the training model "
-                "create_compressed_model returned. The model is unchanged."
+                "model as it was before create_compressed_model. The model is unchanged."
+            )
+        carried = [layer.name for layer in layers if is_masked(layer)]
+        if carried and fresh:  # two controllers would drive its masks and quantizers (one
+            # resumed on the model it compressed takes them over)
+            raise AnalysisError(
+                f"Layer {carried[0]!r} already carries filterprune masks or quantizers: the "
+                "model was compressed before. Pass the model as it was before "
+                "create_compressed_model, or, to prune a pruned model again, its stripped "
+                "model (ctrl.strip()); to resume a run, build a fresh model and pass "
+                "compression_state=ctrl.get_compression_state(). The model is unchanged."
             )
         say_traced_before(model)
 

@@ -185,7 +185,7 @@ class TorchFrontend(Frontend):
                    "quantization": QuantizationController,
                    "knowledge_distillation": KnowledgeDistillationController}  # fmt: skip
 
-    def check(self, model: nn.Module, config: Config) -> None:
+    def check(self, model: nn.Module, config: Config, fresh: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 "The model must be a torch.nn.Module. Received: "
@@ -232,8 +232,14 @@ class TorchFrontend(Frontend):
                 "cannot be masked or cut. Pass the float model, with a `quantization` entry "
                 "in the config for quantization-aware training. The model is unchanged."
             )
-        done = [n or type(model).__name__ for n, m in model.named_modules()
-                if is_masked(m) or isinstance(m, FakeQuantize)]  # fmt: skip
+        frozen = [n for n, m in model.named_modules() if isinstance(m, FakeQuantize) and m.frozen]
+        if frozen:
+            raise AnalysisError(
+                f"Module {frozen[0]!r} is a quantizer of a stripped model (ctrl.strip()): its "
+                "layers are frozen for deployment and cannot be compressed again. Pass the "
+                "model as it was before create_compressed_model. The model is unchanged."
+            )
+        done = _compressed_modules(model)
         if done:  # its masks would be read as ops of the model, and nothing found to prune
             raise AnalysisError(
                 f"Module {done[0]!r} already carries filterprune masks or quantizers: the "
@@ -302,10 +308,27 @@ class TorchFrontend(Frontend):
 
     def strip(self, ctrl: Any, shrink: bool = True, do_copy: bool = True) -> nn.Module:
         check_layers_in_place(ctrl)
+        left = getattr(ctrl, "left_after_strip", None)  # quantizers a deployed model keeps
+        found = _compressed_modules(ctrl.model) if left is not None else []
+        again = [name for name in found if name not in left]
+        if again:
+            raise AnalysisError(
+                f"This controller stripped its model in place (strip(do_copy=False)), and "
+                f"the model was compressed again since: module {again[0]!r} carries another "
+                "controller's masks or quantizers. Strip it with the controller "
+                "create_compressed_model returned last."
+            )
         model = copy_model(ctrl.model) if do_copy else ctrl.model
-        return ctrl.strip_model(model, shrink=shrink)
+        small = ctrl.strip_model(model, shrink=shrink)
+        if not do_copy:
+            ctrl.left_after_strip = set(_compressed_modules(ctrl.model))
+        return small
 
     def export_model(self, ctrl: Any, save_path: str, *args: Any, **kwargs: Any) -> None:
         export_model(ctrl, save_path, *args, **kwargs)
 
 
+def _compressed_modules(model: nn.Module) -> list[str]:
+    """Names of the modules carrying filterprune masks or quantizers."""
+    return [n or type(model).__name__ for n, m in model.named_modules()
+            if is_masked(m) or isinstance(m, FakeQuantize)]  # fmt: skip
