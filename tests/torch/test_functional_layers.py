@@ -838,6 +838,40 @@ def test_index_add_experts_strip_equal(model):
     assert_strip_equal(ctrl, compressed, torch.randn(6, 3, 8, 8))
 
 
+class _PillarScatter(nn.Module):
+    """PointPillars' scatter: each pillar's features written into a canvas of cells,
+    ``canvas[:, idx] = features.t()``; ``made``: the canvas at sizes read in forward, else
+    at sizes written in code."""
+
+    def __init__(self, made=True):
+        super().__init__()
+        self.made = made
+        self.pfn, self.conv = nn.Linear(4, 32), nn.Conv2d(32, 8, 3, padding=1)
+
+    def forward(self, points, cells):
+        f = torch.relu(self.pfn(points))
+        canvas = f.new_zeros(f.shape[1], 64) if self.made else torch.zeros(32, 64)
+        canvas[:, cells] = f.t()
+        return self.conv(canvas.reshape(1, -1, 8, 8))
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["sizes read", "sizes in code"])
+def test_pillars_scattered_into_a_canvas_strip_equal(made):
+    """Cut with the canvas it writes into (held as "an axis not indexed before one that
+    is"); a canvas of sizes written in code holds them (the stripped model failed:
+    "value tensor of shape [16, 10] cannot be broadcast to ... [32, 10]")."""
+    torch.manual_seed(0)
+    params = {"filters_multiple_of": 1, "prune_first_conv": True, "prune_linear": True}
+    inputs = [{"sample_size": [10, 4]}, {"sample_size": [10], "type": "long", "filler": "random"}]
+    config = NNCFConfig.from_dict({"input_info": inputs, "compression": {
+        "algorithm": "filter_pruning", "pruning_init": 0.5, "params": params}})  # fmt: skip
+    ctrl, model = create_compressed_model(nondegenerate(_PillarScatter(made)), config)
+    assert (ctrl.statistics().flops_kept < 0.6) is made
+    points, cells = torch.randn(10, 4), torch.randperm(64)[:10]
+    with torch.no_grad():
+        torch.testing.assert_close(ctrl.strip()(points, cells), model.eval()(points, cells))
+
+
 def test_index_add_along_the_channels_holds_them():
     groups = {tuple(g.producers): g.reason for g in analyze(capture_fx(
         nondegenerate(_ConvExperts(dim=1)).eval(), (torch.randn(4, 3, 8, 8),)).graph,

@@ -229,12 +229,18 @@ def _grid_sample(node: fx.Node, shape) -> Spec:
 
 
 def _index_put(node: fx.Node, shape) -> Spec:
-    """``x[i, j] = v``: index tensors over the leading axes only (``None`` for an axis
-    not indexed, before one that is, is not read: the channels stay)."""
+    """``x[i, j] = v``: index tensors over the leading axes, or one index tensor after
+    axes not indexed (PointPillars' ``canvas[:, idx] = pillars``: core ``put`` along that
+    axis); other mixes of ``None`` and index tensors are not read (the channels stay)."""
     args = named_args(node)
     indices = list(args["indices"])
     if any(i is None for i in indices):
-        return "stop", {"reason": "index_put with an axis not indexed before one that is"}
+        at = [k for k, i in enumerate(indices) if i is not None]
+        val = indices[at[0]].meta.get("val") if len(at) == 1 and isinstance(
+            indices[at[0]], fx.Node) else None  # fmt: skip
+        if val is None or val.dtype == torch.bool or val.dim() != 1:
+            return "stop", {"reason": "index_put with an axis not indexed before one that is"}
+        return "put", {"self": args["self"].name, "values": args["values"].name, "axis": at[0]}
     vals = [i.meta.get("val") for i in indices if isinstance(i, fx.Node)]
     if len(vals) != len(indices) or any(v is None or v.dtype == torch.bool or v.dim() != 1
                                         for v in vals):  # fmt: skip
