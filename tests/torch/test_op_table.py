@@ -114,9 +114,18 @@ APART = {
     "activation modules": nn.Sequential(
         nn.RReLU(), nn.Hardshrink(0.1), nn.Softshrink(0.1), nn.Tanhshrink(), nn.Softsign(),
         nn.LogSigmoid(), nn.Threshold(0.1, 0.0), nn.FeatureAlphaDropout(), nn.Softmin(2)),
+    "expand to sizes read in forward": lambda y: y + y.mean((2, 3), keepdim=True).expand(
+        y.size(0), y.size(1), y.size(2), -1) * y.expand(-1, -1, y.shape[2], -1),
+    # each had no rule: other names, a tensor method as a function, a 3-d pool
+    "divide, multiply, subtract, rsub, detach": lambda y: torch.rsub(torch.subtract(
+        torch.multiply(torch.divide(y, 2.0), y), 1.0), 0.5) + torch.detach(y),
+    "torch.max_pool2d, lp_pool3d": lambda y: torch.max_pool2d(y, 3, 1, 1) + F.lp_pool3d(
+        y.unsqueeze(2).repeat(1, 1, 2, 1, 1), 2, (2, 1, 1)).squeeze(2),
 }
 ACROSS = {
     "flip (channels)": lambda y: y.flip(1),
+    # the stripped model failed: "expanded size (16) must match the existing size (8)"
+    "expand with the channel count written in code": lambda y: y.expand(-1, 16, -1, -1),
     "index tensor on the channels": lambda y: y[:, torch.arange(15, -1, -1)],
     "gather along the channels": lambda y: torch.gather(y, 1, y.argsort(1)),
     "torch.gather, as wide as the channels in code": lambda y: torch.gather(

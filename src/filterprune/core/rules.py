@@ -715,8 +715,11 @@ def _permute(s, node, ins):
 def _expand(s, node, ins):
     """Broadcast to ``node.shape``. ``tied_dims`` ``[axis, input, source_axis]``: the size
     of ``axis`` is read in forward from that input (``idx.expand(-1, x.size(1), -1)``): the
-    result's entries along it are that input's channels, one by one."""
+    result's entries along it are that input's channels, one by one. ``fixed_dims``: axes
+    whose size is written in code, where channels cannot be cut."""
     x = _pad(_tensor(s, ins[0], node), len(node.shape))
+    if any(_varies(x, a) for a in node.attrs.get("fixed_dims", ())):
+        raise RuleError("expand fixes the channel count in code")
     out, placed = np.broadcast_to(x, node.shape), False
     first = _shape(s, node, 0)
     wide = (1,) * (len(node.shape) - len(first)) + first  # the input's own sizes

@@ -39,7 +39,7 @@ IDENTITY_MODULES: tuple[type[nn.Module], ...] = (
 # ops over the last 1, 2 or 3 axes (``None``: every axis after the channels)
 SPATIAL_MODULES: dict[type[nn.Module], int | None] = {
     nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2,
-    nn.AvgPool3d: 3, nn.LPPool1d: 1, nn.LPPool2d: 2, nn.AdaptiveAvgPool1d: 1,
+    nn.AvgPool3d: 3, nn.LPPool1d: 1, nn.LPPool2d: 2, nn.LPPool3d: 3, nn.AdaptiveAvgPool1d: 1,
     nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3, nn.AdaptiveMaxPool1d: 1,
     nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3, nn.Upsample: None,
 }  # fmt: skip
@@ -860,7 +860,11 @@ def _group_norm(node: fx.Node, shapes) -> Spec:
 
 
 def _expand(node: fx.Node, shapes) -> Spec:
-    return "expand", {}
+    """``x.expand(*sizes)``: a size written in code (not -1) or computed in forward is in
+    ``fixed_dims``, unless the capture ties it to the axis it was read from."""
+    sizes = reshape_sizes(node)
+    return "expand", {"fixed_dims": [i for i, a in enumerate(sizes) if isinstance(
+        a, int) and a != -1 or isinstance(a, fx.Node)]}  # fmt: skip
 
 
 def _repeat(node: fx.Node, shapes) -> Spec:
@@ -880,7 +884,7 @@ _ACT_FUNCS = [
     torch.sqrt, torch.rsqrt, torch.log,
     torch.log1p, torch.log2, torch.expm1, torch.square, torch.reciprocal, torch.sign,
     torch.sin, torch.cos, torch.erf, torch.floor, torch.ceil, torch.round,
-    torch.nan_to_num, torch.logit, torch.atan, operator.abs,
+    torch.nan_to_num, torch.logit, torch.atan, operator.abs, torch.detach,
     # a new tensor of the input's shape: its channels are the input's
     *SHAPED_AS,
 ]
@@ -895,12 +899,14 @@ _ACT_METHODS = [
 ]  # fmt: skip
 _SPATIAL_FUNCS = {
     F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2,
-    F.avg_pool3d: 3, F.lp_pool1d: 1, F.lp_pool2d: 2, F.adaptive_avg_pool1d: 1,
+    F.avg_pool3d: 3, F.lp_pool1d: 1, F.lp_pool2d: 2, F.lp_pool3d: 3, F.adaptive_avg_pool1d: 1,
     F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3, F.adaptive_max_pool1d: 1,
     F.adaptive_max_pool2d: 2, F.adaptive_max_pool3d: 3, F.interpolate: None,
     F.max_pool1d_with_indices: 1, F.max_pool2d_with_indices: 2, F.max_pool3d_with_indices: 3,
     F.adaptive_max_pool1d_with_indices: 1, F.adaptive_max_pool2d_with_indices: 2,
     F.adaptive_max_pool3d_with_indices: 3,
+    torch.max_pool1d: 1, torch.max_pool2d: 2, torch.max_pool3d: 3, torch.avg_pool1d: 1,
+    torch.adaptive_avg_pool1d: 1,
 }  # fmt: skip
 
 
@@ -932,7 +938,7 @@ _EW = [
     torch.true_divide, torch.floor_divide, operator.floordiv, torch.remainder, operator.mod,
     torch.fmod, torch.atan2, torch.hypot, torch.fmax, torch.fmin, torch.lerp, torch.addcmul,
     torch.addcdiv, torch.logical_and, torch.logical_or, torch.logical_xor, operator.and_,
-    operator.or_, torch.logaddexp, torch.copysign, torch.masked_fill,
+    operator.or_, torch.logaddexp, torch.copysign, torch.masked_fill, torch.rsub,
 ]
 _EW_METHODS = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum",
                "pow", "gt", "ge", "lt", "le", "eq", "ne", "where", "true_divide", "floor_divide",
@@ -1068,17 +1074,22 @@ def decomposes_pointwise(op: Any) -> bool:
         torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd")
     if not composite:
         return False  # a kernel of its own: only its tag tells
-    samples = {"int": 1, "SymInt": 1, "float": 0.5, "Scalar": 1, "bool": False}
-    args = []
+    samples = {"int": 1, "SymInt": 1, "float": 0.5, "number": 1, "bool": False}
+    args, kwargs = [], {}
     for a in op._schema.arguments:
         kind = str(a.type)
-        if a.kwarg_only or a.has_default_value() or kind.endswith("?"):
-            break
-        if kind != "Tensor" and kind not in samples:
+        if a.has_default_value():
+            continue
+        if kind.startswith("Optional"):  # given as None (``rounding_mode``)
+            kwargs[a.name] = None
+        elif kind != "Tensor" and kind not in samples:
             return False
-        args.append(torch.rand(3) + 0.5 if kind == "Tensor" else samples[kind])
+        elif a.kwarg_only:
+            kwargs[a.name] = samples.get(kind)
+        else:
+            args.append(torch.rand(3) + 0.5 if kind == "Tensor" else samples[kind])
     try:
-        graph = make_fx(op)(*args).graph
+        graph = make_fx(lambda *xs: op(*xs, **kwargs))(*args).graph
     except Exception:  # noqa: BLE001 - any failure reads as not pointwise (safe: held)
         return False
     ran = [n.target for n in graph.nodes if n.op == "call_function"]
