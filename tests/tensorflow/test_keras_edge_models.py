@@ -191,6 +191,14 @@ SPATIAL_OPS = {
                                                     -1, 1),
     # a cut by whole pairs leaves each slice its own channels
     "every other channel": lambda x: ops.concatenate([x[..., ::2] * 2, x[..., 1::2]], -1),
+    # each had no channel rule
+    "inverse trigonometry, erfinv, sinc": lambda x: ops.arcsin(ops.tanh(x) * 0.9) + ops.sinc(
+        x) + ops.arctanh(ops.tanh(x) * 0.5) + ops.erfinv(ops.tanh(x) * 0.5),
+    "fliplr, flipud, diff": lambda x: ops.fliplr(ops.flipud(x)) + ops.pad(
+        ops.diff(x, axis=2), [[0, 0], [0, 0], [0, 1], [0, 0]]),
+    "median, ptp, nanmean over the positions": lambda x: x * ops.median(
+        x, axis=(1, 2), keepdims=True) + ops.ptp(x, axis=1, keepdims=True) + ops.nanmean(
+        x, axis=(1, 2), keepdims=True),
 }
 CHANNEL_OPS = {
     "argmax over the channels": lambda x: x * ops.cast(ops.argmax(x, axis=-1, keepdims=True),
@@ -213,6 +221,35 @@ def test_the_same_ops_over_the_channels_keep_them_whole(fn):
     x = fn(conv(16, "a")(inp))
     _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
     assert "a" in held and "c" not in held
+
+
+def test_a_dropout_noise_shape_written_with_the_width_follows_the_cut():
+    """The stripped model kept ``noise_shape`` (None, 1, 1, 16): it failed in training
+    ("mask [2,1,1,16] vs [2,32,32,8]")."""
+    inp = keras.Input((32, 32, 3))
+    x = layers.Dropout(0.3, noise_shape=(None, 1, 1, 16), seed=1)(conv(16, "a")(inp))
+    _, small, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
+    assert "a" not in held and small.get_layer("a").filters == 8
+    x = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype("float32")
+    assert small(x, training=True).shape == (2, 32, 32, 8)
+
+
+def test_a_keras_layer_its_config_cannot_rebuild_is_named_with_a_fix_for_it():
+    """RandomShear's config holds factors its __init__ refuses: the message told the user
+    to fix the layer's __init__, as for a layer of their own."""
+    inp = keras.Input((32, 32, 3))
+    x = layers.RandomShear(0.2, 0.2)(conv(16, "a")(inp))
+    ctrl, _ = create_compressed_model(keras.Model(inp, head(conv(16, "c")(x))), make_config())
+    with pytest.raises(AnalysisError, match="Keras's own config does not rebuild this layer"):
+        ctrl.strip()
+
+
+def test_an_rms_norm_over_the_channels_says_so():
+    """It said "no channel rule for layer RMSNormalization"."""
+    inp = keras.Input((32, 32, 3))
+    x = layers.RMSNormalization(name="rms")(conv(16, "a")(inp))
+    _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
+    assert held["a"] == "RMSNormalization normalises over these channels"
 
 
 @pytest.mark.parametrize("fn", SPATIAL_OPS.values(), ids=SPATIAL_OPS)

@@ -73,6 +73,17 @@ HELD = {
 }
 
 
+def test_a_reshape_in_a_lambda_to_a_channel_count_written_as_a_number_holds_it():
+    """It was cut, and the strip failed (the next conv's "weight shape ... is not compatible"):
+    a -1 takes up the change at other sizes, and the 32 runs as written."""
+    pool = layers.Lambda(lambda t: ops.reshape(ops.mean(t, axis=(1, 2)), (-1, 1, 1, 32)),
+                         name="pool")  # fmt: skip
+    config = make_config((2, 16, 16, 3), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, _ = create_compressed_model(_model(pool), config)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert held["a"] == "Reshape in Lambda pool: reshape fixes the channel count in code"
+
+
 def _model(gate):
     inp = keras.Input((16, 16, 3))
     h = layers.BatchNormalization()(layers.Conv2D(32, 3, padding="same", name="a")(inp))

@@ -359,6 +359,7 @@ LAYER_RULES: dict[type, Callable[..., list[Step]]] = {
     layers.BatchNormalization: _batchnorm,
     layers.PReLU: _prelu,
     layers.LayerNormalization: _layernorm,
+    layers.RMSNormalization: _layernorm,
     layers.GroupNormalization: _groupnorm,
     layers.UnitNormalization: _unit_norm,
     layers.Softmax: _softmax,
@@ -440,7 +441,8 @@ _OP_IDENTITY = set(
     "Celu HardShrink HardTanh LogSigmoid SoftShrink SparsePlus SparseSigmoid Squareplus "
     "TanhShrink Threshold Cbrt Cosh Sinh Tan Arctan Arcsinh Exp2 Expm1 Log1p Log2 Log10 "
     "Rsqrt Erfc Trunc Fabs NanToNum Copy Isnan Isinf Isfinite Signbit "
-    "ZerosLike OnesLike FullLike EmptyLike".split()
+    "Arcsin Arccos Arccosh Arctanh Erfinv Sinc Deg2rad Rad2deg Conj Conjugate Real Imag "
+    "Angle ZerosLike OnesLike FullLike EmptyLike".split()
 )  # each channel on its own: per-entry maps, new tensors of the input's shape
 _OP_ELEMENTWISE = set(
     "Add Subtract Multiply Divide TrueDivide Maximum Minimum Power FloorDivide Mod Where "
@@ -449,7 +451,11 @@ _OP_ELEMENTWISE = set(
 )
 # op.axis; Normalize's p-norm spans its axis: a pruned channel there need not reach it
 # as zero (a sigmoid or an added constant on the way), and the stripped model's omits it
-_OP_ALONG = set("Flip Roll Cumsum Cumprod Sort Argsort Sparsemax Normalize".split())
+_OP_ALONG = set("Flip Roll Cumsum Cumprod Sort Argsort Sparsemax Normalize Diff".split())
+_OP_REDUCE = set(
+    "Mean Sum Max Min Amax Amin Var Std Prod Argmax Argmin Logsumexp Moments Median Ptp "
+    "Quantile Nanmean Nansum Nanmax Nanmin Nanprod Nanstd Nanvar All Any".split()
+)  # Moments: mean and variance; Quantile of one q (several add an axis in front)
 
 
 def _op_axis_list(axis: Any, ndim: int) -> list[int]:
@@ -500,8 +506,9 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
         constants = [np.shape(_numpy(a)) for a in args
                      if a is not None and not hasattr(a, "_keras_history")]  # fmt: skip
         return [Step("elementwise", constants=tuple(c for c in constants if np.prod(c) > 1))]
-    if name == "Flip":  # the entries in reverse, as ``h[..., ::-1]`` takes them
-        axes = range(ndim) if op.axis is None else _op_axis_list(op.axis, ndim)
+    if name in ("Flip", "Fliplr", "Flipud"):  # the entries in reverse, as ``h[..., ::-1]``
+        axis = {"Fliplr": 1, "Flipud": 0}.get(name, getattr(op, "axis", None))
+        axes = range(ndim) if axis is None else _op_axis_list(axis, ndim)
         flipped = {a % ndim for a in axes}
         index = tuple(slice(None, None, -1) if a in flipped else slice(None) for a in range(ndim))
         return [Step("index", {"index": index})]
@@ -562,8 +569,9 @@ def op_steps(op: Any, args: list[Any], ins: list[Shape], out: Any) -> list[Step]
     if name == "Split":
         return [Step("split", {"axis": int(op.axis), "sizes": [s[op.axis] for s in out],
                                "equal": isinstance(op.indices_or_sections, int)})]  # fmt: skip
-    if name in ("Mean", "Sum", "Max", "Min", "Amax", "Amin", "Var", "Std", "Prod", "Argmax",
-                "Argmin", "Logsumexp", "Moments"):  # Moments: mean and variance
+    one_q = name != "Quantile" or len(args) > 1 and not hasattr(args[1], "_keras_history") \
+        and np.ndim(_numpy(args[1])) == 0  # fmt: skip
+    if name in _OP_REDUCE and one_q:
         axis = op.axes if name == "Moments" else op.axis
         return [Step("reduce", {"dims": _op_axis_list(axis, ndim),
                                 "keepdim": bool(getattr(op, "keepdims", False))})]  # fmt: skip

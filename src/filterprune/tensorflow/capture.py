@@ -219,7 +219,8 @@ class _Walker:
         else:
             steps = op_steps(op, list(node.arguments.args), in_shapes,
                              outs[0] if len(outs) == 1 else outs)  # fmt: skip
-            if type(op).__name__ == "Reshape" and steps[0].kind == "reshape":
+            if type(op).__name__ == "Reshape" and steps[0].kind == "reshape" \
+                    and self.owner is None:  # (in a Lambda, its numbers run as written)
                 steps[0].attrs["rewritable"] = True  # the strip rewrites its ``newshape``
             if type(op).__name__ == "Split" and steps[0].kind == "split":
                 axis = int(op.axis) % len(in_shapes[0])

@@ -288,6 +288,10 @@ def rebuilt(operation: Any, changes: dict[str, Any] | None = None) -> Any:
     made to it (no weights yet)."""
     config = {**config_of(operation), **(changes or {})}
     cls = base_class(operation)
+    if isinstance(operation, keras.layers.Dropout) and config.get("noise_shape"):
+        # a size written in it (``(None, 1, 1, 16)``) is the input's, read at each call
+        config["noise_shape"] = tuple(None if d is not None and d > 1 else d
+                                      for d in config["noise_shape"])  # fmt: skip
     if isinstance(operation, keras.layers.Lambda):
         # its live functions: rebuilt from bytecode they lose the module names they read
         config.update(function=operation.function, arguments=operation.arguments)
@@ -300,10 +304,14 @@ def rebuilt(operation: Any, changes: dict[str, Any] | None = None) -> Any:
         new = cls.from_config(config)
     except Exception as err:  # noqa: BLE001 - whatever a layer's own code raises
         last = (str(err).strip().splitlines() or [""])[-1][:300] or type(err).__name__
+        fix = "give its __init__ every key its get_config() writes"
+        if cls.__module__.startswith("keras"):  # (RandomShear's config gives other factors)
+            fix = ("Keras's own config does not rebuild this layer (keras.models.clone_model "
+                   "fails alike): run it outside the model, in the input pipeline")
         raise AnalysisError(
             f"{cls.__name__} {operation.name!r} cannot be rebuilt from its get_config() "
-            f"({last}). A strip rebuilds each layer from its class and config: give its "
-            "__init__ every key its get_config() writes. The model is unchanged."
+            f"({last}). A strip rebuilds each layer from its class and config: {fix}. The "
+            "model is unchanged."
         ) from err
     own = not cls.__module__.startswith(("keras", "filterprune")) and not is_masked(operation)
     why = computes_otherwise(operation, new) if own and not changes else None
