@@ -121,6 +121,9 @@ APART = {
         torch.multiply(torch.divide(y, 2.0), y), 1.0), 0.5) + torch.detach(y),
     "torch.max_pool2d, lp_pool3d": lambda y: torch.max_pool2d(y, 3, 1, 1) + F.lp_pool3d(
         y.unsqueeze(2).repeat(1, 1, 2, 1, 1), 2, (2, 1, 1)).squeeze(2),
+    # the pieces passed whole, not as a list: "cat: expects a tensor input"
+    "cat of a split, stack of an unbind": lambda y: torch.cat(y.split(4, 2), 2) + torch.stack(
+        y.unbind(3), 3) + torch.cat(y.chunk(2, 1), 1),
 }
 ACROSS = {
     "flip (channels)": lambda y: y.flip(1),

@@ -763,19 +763,27 @@ def _tile(s, node, ins):
     return s.canonical(np.tile(full, reps))
 
 
+def _sequence(s: Propagation, node: Node, ins: list) -> tuple[list, list]:
+    """The tensors a concat or stack joins and their shapes: its inputs, or the pieces of
+    its one input that is a sequence (``torch.cat(x.split(4, 2), 2)``)."""
+    whole = s.graph[node.inputs[0]].shape if len(ins) == 1 else None
+    if isinstance(ins[0], tuple) and isinstance(whole, list) and len(whole) == len(ins[0]):
+        return list(ins[0]), whole
+    return ins, [_shape(s, node, i) for i in range(len(ins))]
+
+
 @register_rule("concat")
 def _concat(s, node, ins):
     ndim = len(node.shape)
     axis = node.attrs["axis"] % ndim
+    ins, shapes = _sequence(s, node, ins)
     parts = [_pad(_tensor(s, v, node), ndim) for v in ins]
     if not any(_varies(p, axis) for p in parts):
         return _elementwise(s, node, parts)
     target = [max(p.shape[a] for p in parts) for a in range(ndim)]
     pieces = []
-    for i, p in enumerate(parts):
-        shape = list(target)
-        shape[axis] = _shape(s, node, i)[axis]
-        pieces.append(np.broadcast_to(p, shape))
+    for p, shape in zip(parts, shapes, strict=True):
+        pieces.append(np.broadcast_to(p, [*target[:axis], shape[axis], *target[axis + 1 :]]))
     return s.canonical(np.concatenate(pieces, axis=axis))
 
 
@@ -788,8 +796,7 @@ def _stack(s, node, ins):
     ndim = len(node.shape)
     axis = node.attrs["axis"] % ndim
     parts = []
-    for i, value in enumerate(ins):
-        shape = list(_shape(s, node, i))
+    for value, shape in zip(*_sequence(s, node, ins), strict=True):
         parts.append(np.broadcast_to(_pad(_tensor(s, value, node), len(shape)), shape))
     for part in parts[1:]:
         if part.shape == parts[0].shape:
