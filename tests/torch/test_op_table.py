@@ -121,6 +121,11 @@ APART = {
         torch.multiply(torch.divide(y, 2.0), y), 1.0), 0.5) + torch.detach(y),
     "torch.max_pool2d, lp_pool3d": lambda y: torch.max_pool2d(y, 3, 1, 1) + F.lp_pool3d(
         y.unsqueeze(2).repeat(1, 1, 2, 1, 1), 2, (2, 1, 1)).squeeze(2),
+    # each had no rule
+    "diff, rot90, logcumsumexp, nanmean, count_nonzero, vector_norm, mT": lambda y: F.pad(
+        torch.diff(y, dim=2), (0, 0, 0, 1)) + torch.rot90(y, 1, (2, 3)) + y.logcumsumexp(3)
+    + y.nanmean((2, 3), keepdim=True) + torch.count_nonzero(y > 0, (2, 3))[..., None, None]
+    + torch.linalg.vector_norm(y, 2, (2, 3), True) + y.mT @ y,
     # the pieces passed whole, not as a list: "cat: expects a tensor input"
     "cat of a split, stack of an unbind": lambda y: torch.cat(y.split(4, 2), 2) + torch.stack(
         y.unbind(3), 3) + torch.cat(y.chunk(2, 1), 1),

@@ -746,6 +746,17 @@ def _channel_shuffle_call(node: fx.Node, shapes) -> Spec:
     return "channel_shuffle", {"groups": int(_arg(node, 1, "groups"))}
 
 
+def _diff(node: fx.Node, shapes) -> Spec:
+    """``torch.diff(x, n, dim)``: neighbours along ``dim`` (default the last) subtracted."""
+    if _arg(node, 3, "prepend") is not None or _arg(node, 4, "append") is not None:
+        return "stop", {"reason": "diff with a tensor prepended or appended"}
+    return "along", {"dims": [int(_arg(node, 2, "dim", -1))]}
+
+
+def _rot90(node: fx.Node, shapes) -> Spec:
+    return "along", {"dims": [int(d) for d in _arg(node, 2, "dims", (0, 1))]}
+
+
 def _along_dim(node: fx.Node, shapes) -> Spec:
     dim = _arg(node, 1, "dim", -1)
     if dim is None:  # softmax without dim: torch picks one by rank
@@ -997,6 +1008,10 @@ CALL_RULES: dict[Any, Call] = {
     "logsumexp": _reduce, torch.logsumexp: _reduce, "var": _var_std, torch.var: _var_std,
     "std": _var_std, torch.std: _var_std, torch.var_mean: _var_std, torch.std_mean: _var_std,
     "flip": _flip, torch.flip: _flip, "index_select": _index_select,
+    **dict.fromkeys(("nanmean", torch.nanmean, "nansum", torch.nansum), _reduce),
+    "count_nonzero": _reduce_at(1, 2), torch.count_nonzero: _reduce_at(1, 2),  # no keepdim
+    torch.linalg.vector_norm: _norm, "logcumsumexp": _along_dim, torch.logcumsumexp: _along_dim,
+    "diff": _diff, torch.diff: _diff, "rot90": _rot90, torch.rot90: _rot90,
     **dict.fromkeys(("index_add", "index_add_", torch.index_add, "index_copy", "index_copy_",
                      torch.index_copy, "index_reduce", "index_reduce_", torch.index_reduce),
                     _index_add),

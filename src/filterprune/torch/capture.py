@@ -720,6 +720,10 @@ def _convert(node: fx.Node, modules: dict[str, nn.Module], graph: Graph,
         return _functional(node, label, shape, modules, graph, tensors)
     if node.target is getattr and node.args[1] in ("real", "imag"):  # of a complex tensor
         return Node(node.name, "identity", inputs[:1], shape, label=f"getattr {node.args[1]}")
+    if node.target is getattr and node.args[1] in ("mT", "mH") and shape:  # the last two
+        perm = [*range(len(shape) - 2), len(shape) - 1, len(shape) - 2]  # axes swapped
+        return Node(node.name, "permute", inputs[:1], shape, attrs={"perm": perm},
+                    label=f"getattr {node.args[1]}")  # fmt: skip
     if node.op == "call_method" and node.target in NEW_FILLED:
         # ``x.new_zeros(n, 24)``: x gives its dtype and device only (sizes read from it
         # are size nodes of their own); a tensor made in forward, as torch.export sees it
