@@ -101,6 +101,55 @@ def test_zero_rows_of_an_attention_product_are_removed(tmp_path):
     assert weight_shape(new, "conv2") == (4, 5, 3, 3)
 
 
+class Heads(nn.Module):
+    """Attention over two heads, each a slice of the value's features (B, heads, N, d)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.q = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 8)
+        self.v, self.out = nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        b, n, _ = t.shape
+        q = self.q(t).view(b, n, 2, 4).transpose(1, 2)
+        v = self.v(t).view(b, n, 2, 8).transpose(1, 2)
+        a = torch.softmax(q @ q.transpose(-1, -2), -1)
+        return self.out((a @ v).transpose(1, 2).reshape(b, n, 16))
+
+
+def test_zero_rows_of_one_attention_head_stay(tmp_path):
+    """The value's second head was cut alone, the weights keeping both: the file failed in
+    onnxruntime (a raw error, not ConversionError), or unchecked ran wrong."""
+    m = Heads()
+    zero(m.v, list(range(8, 16)))
+    zero(m.out, None, list(range(8, 16)))
+    x = torch.randn(1, 3, 4, 4)
+    _, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "v").removed == 0
+
+
+def test_a_rewrite_onnxruntime_refuses_is_a_conversion_error(tmp_path, monkeypatch):
+    from filterprune.errors import ConversionError
+    from filterprune.onnx import convert as converting
+
+    m = Chain(nn.ReLU())
+    zero(m.conv1, [1, 4])
+    x = torch.randn(1, 3, 8, 8)
+    runs = []
+
+    def failing(model, feeds):
+        runs.append(model)
+        if len(runs) > 1:  # the rewritten model
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad shape")
+        return real(model, feeds)
+
+    real = converting.run_onnxruntime
+    monkeypatch.setattr(converting, "run_onnxruntime", failing)
+    with pytest.raises(ConversionError, match="fails in onnxruntime .*INVALID_ARGUMENT"):
+        converting.remove_zero_filters(export(m, x, tmp_path / "m.onnx"))
+
+
 def test_channels_picked_out_of_order_stay(tmp_path):
     """A Gather that reorders the channels moves them: their zero filters stay."""
     m = Chain(Lambda(lambda x: x[:, torch.arange(7, -1, -1)]))

@@ -244,12 +244,19 @@ def test_a_keras_layer_its_config_cannot_rebuild_is_named_with_a_fix_for_it():
         ctrl.strip()
 
 
-def test_an_rms_norm_over_the_channels_says_so():
-    """It said "no channel rule for layer RMSNormalization"."""
-    inp = keras.Input((32, 32, 3))
-    x = layers.RMSNormalization(name="rms")(conv(16, "a")(inp))
-    _, _, held = prune(keras.Model(inp, head(conv(16, "c")(x))))
-    assert held["a"] == "RMSNormalization normalises over these channels"
+@pytest.mark.parametrize("axis", [-1, (1, 2)])
+def test_an_rms_norm_holds_the_channels_its_scale_meets(axis):
+    """It said "no channel rule for layer RMSNormalization". Keras multiplies its scale
+    against the last axes whatever the axis: over height and width it runs where the width
+    is the channel count, and a cut would break it."""
+    inp = keras.Input((16, 16, 3))
+    x = layers.RMSNormalization(axis=axis, name="rms")(conv(16, "a")(inp))
+    model = keras.Model(inp, head(conv(16, "c")(x)))
+    ctrl, _ = create_compressed_model(model, make_config((1, 16, 16, 3), prune_first_conv=True))
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert held["a"] == ("RMSNormalization normalises over these channels" if axis == -1 else
+                         "RMSNormalization: Keras scales the last axes whatever its axis, "
+                         "so its scale meets the channels")  # fmt: skip
 
 
 @pytest.mark.parametrize("fn", SPATIAL_OPS.values(), ids=SPATIAL_OPS)

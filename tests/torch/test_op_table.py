@@ -134,6 +134,7 @@ ACROSS = {
     "flip (channels)": lambda y: y.flip(1),
     # the stripped model failed: "expanded size (16) must match the existing size (8)"
     "expand with the channel count written in code": lambda y: y.expand(-1, 16, -1, -1),
+    "expand by keyword": lambda y: y.expand(size=(-1, 16, -1, -1)),
     "index tensor on the channels": lambda y: y[:, torch.arange(15, -1, -1)],
     "gather along the channels": lambda y: torch.gather(y, 1, y.argsort(1)),
     "torch.gather, as wide as the channels in code": lambda y: torch.gather(
@@ -322,6 +323,27 @@ def test_a_shortcut_padded_by_a_width_read_in_forward_says_how_to_cut_it():
     small, held = prune(None, PaddedShortcut())
     assert held["a.0"] == ("pad: pads channels by widths computed in forward (a width written "
                            "as a number lets the channels it pads be cut)")  # fmt: skip
+
+
+class RepeatedGrouped(nn.Module):
+    """A tensor repeated three times, read by a conv of 2 groups: each group reads every
+    channel, some twice (its rows hold the same channels, not as often)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.g = cbr(3, 16), nn.Conv2d(48, 8, 3, padding=1, groups=2)
+        self.bn, self.head = nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.g(self.a(x).repeat(1, 3, 1, 1)))))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_grouped_conv_reading_channels_unequally_often_keeps_equal_groups(seed):
+    """Read as a block that constrains nothing (its rows hold the same channels), the cut
+    left the groups unequal and the strip failed ("kept per row [11, 13]")."""
+    torch.manual_seed(seed)
+    prune(None, RepeatedGrouped())
 
 
 def cbr(cin, cout):

@@ -372,7 +372,9 @@ def _einsum(s, node, ins):
     """``einsum``: an index the output keeps passes its channels, and operands that share
     it are tied there (as an elementwise product); an index summed over mixes the
     channels along it, so those stay whole, and a weight summed over is held.
-    ``operands``: the input each operand is (an operand may appear twice)."""
+    ``operands``: the input each operand is (an operand may appear twice);
+    ``batch_whole``: channels on the batch axes of a matrix product (all but the output's
+    last two) stay whole (an ONNX rewrite cannot cut one operand's heads alone)."""
     names = node.attrs.get("operands", node.inputs)
     if any(n not in node.inputs for n in names):
         raise RuleError("an einsum operand is not a tensor of the graph")
@@ -384,8 +386,12 @@ def _einsum(s, node, ins):
     if any(len(set(t)) < len(t) for t in [*subs, out]):
         raise RuleError("einsum with a repeated index (a diagonal)")
     where = node.label or node.op
+    batch = set(out[:-2]) if node.attrs.get("batch_whole") else set()
     placed, placed_shapes = [], []
     for value, sub, shape in zip(values, subs, shapes, strict=True):
+        if isinstance(value, np.ndarray) and any(
+                _varies(_pad(value, len(sub)), a) for a, c in enumerate(sub) if c in batch):
+            raise RuleError("a product batched over channels (attention heads)")
         summed = [a for a, c in enumerate(sub) if c not in out and shape[a] > 1]
         placed_shapes.append(tuple(shape[sub.index(c)] if c in sub else 1 for c in out))
         if isinstance(value, Param):

@@ -107,8 +107,8 @@ def _cells(group: Group) -> list[np.ndarray] | None:
     label = np.zeros(group.size, dtype=np.int64)
     for b in group.blocks:
         rows = [np.unique(r[r >= 0]) for r in b]
-        if all(np.array_equal(r, rows[0]) for r in rows[1:]) and np.all(b >= 0):
-            continue  # every row reads the same channels: any cut keeps the rows equal
+        if np.all(b >= 0) and all(np.array_equal(np.sort(r), np.sort(b[0])) for r in b[1:]):
+            continue  # every row reads the same channels as often: any cut keeps them equal
         times = np.unique(b[b >= 0], return_counts=True)[1]
         if len({r.size for r in rows}) != 1 or len(set(times.tolist())) > 1:
             return None  # unequal rows, or channels filling unequal numbers of positions

@@ -320,7 +320,7 @@ class _Emitter:
         built = build_layer(self.facts, idx, node, view, attrs, name)
         if built == COMPUTED_PRODUCT and all(len(s or ()) >= 2 for s in view.in_shapes[:2]):
             # attention's product (``v @ softmax(q @ k)``): each operand's channels pass
-            return None, "einsum", {"equation": "...ij,...jk->...ik"}
+            return None, "einsum", {"equation": "...ij,...jk->...ik", "batch_whole": True}
         if isinstance(built, str):
             return None, "stop", {"reason": built, **self._op_flops(node, view)}
         self.graph.layers[name] = built.info

@@ -388,7 +388,14 @@ def _verify(old: onnx.ModelProto, new: onnx.ModelProto, tolerance: float,
                "training run?)." if bad else ".")
             + " Pass verify=False (--no-verify) to convert it unchecked."
         )
-    after = run_onnxruntime(new, feeds)
+    try:
+        after = run_onnxruntime(new, feeds)
+    except Exception as err:  # noqa: BLE001 - onnxruntime's own errors: the rewrite is wrong
+        said = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise ConversionError(
+            f"The rewritten model fails in onnxruntime ({said}): a cut this converter does "
+            "not follow through some op. Nothing was written; please report the model."
+        ) from err
     try:
         report.max_rel_diff, note = compare_outputs(old, before, after, tolerance)
     except ConversionError:

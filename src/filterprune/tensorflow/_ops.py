@@ -236,6 +236,16 @@ def _layernorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step
     return [Step("layernorm", {"axes": axes}, info)]
 
 
+def _rms_norm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    """Keras multiplies its ``scale`` against the input's last axes whatever ``axis`` is
+    (over height and width it runs only where the width equals the channel count)."""
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if len(ins[0]) - 1 not in {a % len(ins[0]) for a in axes}:
+        return [Step("stop", {"reason": "Keras scales the last axes whatever its axis, so "
+                                        "its scale meets the channels"})]
+    return _layernorm(layer, name, ins, out)
+
+
 def _groupnorm(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
     """Whole groups may go; the cut lowers ``groups`` in the rebuilt layer's config."""
     shapes = _var_shapes(layer)
@@ -359,7 +369,7 @@ LAYER_RULES: dict[type, Callable[..., list[Step]]] = {
     layers.BatchNormalization: _batchnorm,
     layers.PReLU: _prelu,
     layers.LayerNormalization: _layernorm,
-    layers.RMSNormalization: _layernorm,
+    layers.RMSNormalization: _rms_norm,
     layers.GroupNormalization: _groupnorm,
     layers.UnitNormalization: _unit_norm,
     layers.Softmax: _softmax,

@@ -873,7 +873,13 @@ def _group_norm(node: fx.Node, shapes) -> Spec:
 def _expand(node: fx.Node, shapes) -> Spec:
     """``x.expand(*sizes)``: a size written in code (not -1) or computed in forward is in
     ``fixed_dims``, unless the capture ties it to the axis it was read from."""
-    sizes = reshape_sizes(node)
+    given = node.kwargs.get("size")  # ``x.expand(size=(-1, 16, -1, -1))``
+    if given is None:
+        sizes = reshape_sizes(node)
+    elif isinstance(given, (list, tuple)):
+        sizes = list(given)
+    else:  # one shape computed in forward: every axis, unless tied to where it was read
+        sizes = [given] * len(getattr(node.meta.get("tensor_meta"), "shape", ()))
     return "expand", {"fixed_dims": [i for i, a in enumerate(sizes) if isinstance(
         a, int) and a != -1 or isinstance(a, fx.Node)]}  # fmt: skip
 

@@ -310,7 +310,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...],
             gm = fx.GraphModule(model, _traced(model, example, whole_on_failure, attributes))
             _data_read_as_itself(gm.graph)
             _numpy_names_read(gm.graph)
-            _in_place_read_as_out_of_place(gm.graph)
+            _in_place_calls_read(gm.graph)
             if not whole_on_failure:
                 _refuse_unread_calls(gm.graph)
         except Exception as err:  # noqa: BLE001 - any tracing failure is reported the same way
@@ -401,7 +401,7 @@ _SHAPED_IN_PLACE = ("unsqueeze_", "squeeze_", "transpose_", "t_", "swapaxes_", "
 _WRITES_IN_PLACE = ("index_add_", "index_copy_", "index_reduce_")
 
 
-def _in_place_read_as_out_of_place(graph: fx.Graph) -> None:
+def _in_place_calls_read(graph: fx.Graph) -> None:
     """``conv(x).unsqueeze_(1)`` (SKNet's reference code) is ``unsqueeze(1)`` where nothing
     else reads the tensor it changes: the out-of-place method's rule reads it. After
     ``out.index_add_(0, idx, y)`` (a mixture of experts), reads of ``out`` read the write,

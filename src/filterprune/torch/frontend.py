@@ -186,6 +186,8 @@ class TorchFrontend(Frontend):
                    "knowledge_distillation": KnowledgeDistillationController}  # fmt: skip
 
     def check(self, model: nn.Module, config: Config, fresh: bool = True) -> None:
+        # ``fresh`` unread: a compressed model is refused even to resume (a fresh one is
+        # built for that), as its masks would be read as ops of the model
         if not isinstance(model, nn.Module):
             raise TypeError(
                 "The model must be a torch.nn.Module. Received: "
