@@ -125,7 +125,7 @@ APART = {
     "diff, rot90, logcumsumexp, nanmean, count_nonzero, vector_norm, mT": lambda y: F.pad(
         torch.diff(y, dim=2), (0, 0, 0, 1)) + torch.rot90(y, 1, (2, 3)) + y.logcumsumexp(3)
     + y.nanmean((2, 3), keepdim=True) + torch.count_nonzero(y > 0, (2, 3))[..., None, None]
-    + torch.linalg.vector_norm(y, 2, (2, 3), True) + y.mT @ y,
+    + torch.linalg.vector_norm(y, 2, (2, 3), True) + y.mT @ y + y.tril() + torch.triu(y, 1),
     # the pieces passed whole, not as a list: "cat: expects a tensor input"
     "cat of a split, stack of an unbind": lambda y: torch.cat(y.split(4, 2), 2) + torch.stack(
         y.unbind(3), 3) + torch.cat(y.chunk(2, 1), 1),

@@ -1018,6 +1018,8 @@ CALL_RULES: dict[Any, Call] = {
     "count_nonzero": _reduce_at(1, 2), torch.count_nonzero: _reduce_at(1, 2),  # no keepdim
     torch.linalg.vector_norm: _norm, "logcumsumexp": _along_dim, torch.logcumsumexp: _along_dim,
     "diff": _diff, torch.diff: _diff, "rot90": _rot90, torch.rot90: _rot90,
+    **dict.fromkeys(("tril", "triu", torch.tril, torch.triu),  # over the last two axes
+                    lambda node, shapes: ("along", {"dims": [-2, -1]})),
     **dict.fromkeys(("index_add", "index_add_", torch.index_add, "index_copy", "index_copy_",
                      torch.index_copy, "index_reduce", "index_reduce_", torch.index_reduce),
                     _index_add),
