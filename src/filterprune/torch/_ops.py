@@ -1016,7 +1016,7 @@ CALL_RULES: dict[Any, Call] = {
     "flip": _flip, torch.flip: _flip, "index_select": _index_select,
     **dict.fromkeys(("nanmean", torch.nanmean, "nansum", torch.nansum), _reduce),
     "count_nonzero": _reduce_at(1, 2), torch.count_nonzero: _reduce_at(1, 2),  # no keepdim
-    torch.linalg.vector_norm: _norm, "logcumsumexp": _along_dim, torch.logcumsumexp: _along_dim,
+    torch.linalg.vector_norm: _norm, "logcumsumexp": _along_dim,
     "diff": _diff, torch.diff: _diff, "rot90": _rot90, torch.rot90: _rot90,
     **dict.fromkeys(("tril", "triu", torch.tril, torch.triu),  # over the last two axes
                     lambda node, shapes: ("along", {"dims": [-2, -1]})),
