@@ -233,6 +233,41 @@ def test_a_compressed_training_model_is_not_compressed_afresh(second):
     _close(model(x, training=False).numpy(), ref, tol=0)
 
 
+def test_a_quantized_grouped_conv3d_exports_a_file_onnx_runtime_runs(tmp_path):
+    """Its weight comes from a DequantizeLinear, so the group count tf2onnx writes as 1
+    was not set: ONNX Runtime refused the file ("kernel channels: 8 group: 1")."""
+    from filterprune.tensorflow import register_default_init_args
+
+    ort = pytest.importorskip("onnxruntime")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 6, 4))
+    x = keras.layers.Conv3D(16, 3, padding="same", groups=2, name="g")(
+        keras.layers.Conv3D(16, 3, padding="same", name="c")(inp))  # fmt: skip
+    model = keras.Model(inp, keras.layers.Conv3D(3, 1, name="head")(x))
+    x = np.random.default_rng(0).normal(size=(16, 6, 6, 6, 4)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices(x).batch(8)
+    config = _config(PRUNE, QUANT, register=False, sample=(1, 6, 6, 6, 4))
+    config = register_default_init_args(config, data)
+    ctrl, model = create_compressed_model(model, config)
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x[:2]})[0]
+    _close(got, ctrl.strip()(x[:2], training=False).numpy(), tol=2e-2)
+
+
+def test_an_onnx_file_tf2onnx_converts_otherwise_is_warned_about(tmp_path, caplog):
+    """tf2onnx 1.17 drops a channels-first 1-d transposed conv's "same" crop (34 steps
+    for 32): the file was written without a word."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 32))
+    out = keras.layers.Conv1DTranspose(8, 3, padding="same", data_format="channels_first")(inp)
+    ctrl, _ = create_compressed_model(keras.Model(inp, out), _config(
+        {**PRUNE, "pruning_init": 0.0}, register=False, sample=(2, 8, 32)))  # fmt: skip
+    caplog.set_level("WARNING", logger="filterprune")
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    assert "returns shape [2, 8, 34] where the model returns [2, 8, 32]" in caplog.text
+
+
 def test_init_args_registered_on_a_plain_dict_config():
     dataset = tf.data.Dataset.from_tensor_slices(regression_data(0)[0]).batch(8)
     plain = {"input_info": {"sample_size": [1, 32, 32, 3]}, "compression": [PRUNE, QUANT]}

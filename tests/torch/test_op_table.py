@@ -346,6 +346,15 @@ def test_a_grouped_conv_reading_channels_unequally_often_keeps_equal_groups(seed
     prune(None, RepeatedGrouped())
 
 
+def test_a_grouped_conv_on_the_model_input_says_why_it_stays_whole():
+    """Its filters follow the input's channels, one per group: it was listed nowhere."""
+    model = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1, groups=3), nn.ReLU(),
+                          nn.Conv2d(12, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(16, 5))  # fmt: skip
+    _, held = prune(None, model)
+    assert held["0"].startswith("its filters follow channels no layer makes (the model input")
+
+
 def cbr(cin, cout):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU())  # fmt: skip

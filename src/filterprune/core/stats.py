@@ -98,9 +98,10 @@ def collect_statistics(
     # filters of the layers, not channel units of the groups (a group coupling channels
     # in pairs, or several layers adding into one stream, is not one filter per unit)
     full_filters, current_filters = sum(s.filters for s in layers), sum(s.kept for s in layers)
-    followers = _followers(analysis)
+    followers, unmade = _followers(analysis)
     unpruned = [(g.producers + followers.get(g.id, []), g.reason or "")
                 for g in analysis.groups if not g.prunable]  # fmt: skip
+    unpruned += [([layer], _UNMADE) for layer in unmade]
     unpruned += [(analysis.groups[gid].producers, why) for gid, why in (reasons or {}).items()]
     unpruned += whole_layers(analysis.graph, {p for g in analysis.groups for p in g.producers})
     return PruningStatistics(
@@ -118,22 +119,29 @@ def collect_statistics(
     )
 
 
-def _followers(analysis: Analysis) -> dict[int, list[str]]:
+_UNMADE = ("its filters follow channels no layer makes (the model input: a conv with one "
+           "input channel per group), which stay whole")
+
+
+def _followers(analysis: Analysis) -> tuple[dict[int, list[str]], list[str]]:
     """Group id -> the layers whose filters follow held groups' channels without making
     them (a grouped or depthwise conv after the first conv): whole with them, listed
-    with the first of them."""
+    with the first of them; and the layers whose filters follow channels of no group
+    (a depthwise conv on the model input)."""
     producers = {p for g in analysis.groups for p in g.producers}
     out: dict[int, list[str]] = {}
+    unmade = []
     for layer, roles in analysis.layer_roots().items():
         if layer in producers or "out" not in roles or not roles["out"].size:
             continue
         found = [analysis.root_group.get(int(r)) for r in roles["out"]]
         if None in found:
+            unmade.append(layer)
             continue
         ids = list(dict.fromkeys(f[0] for f in found))
         if not any(analysis.groups[i].prunable for i in ids):
             out.setdefault(ids[0], []).append(layer)
-    return out
+    return out, unmade
 
 
 def whole_layers(graph, producers: set[str]) -> list[tuple[list[str], str]]:

@@ -189,7 +189,51 @@ def _onnx(model: Any, path: str) -> None:
             f"{str(err).splitlines()[0]}. Nothing was written; export a SavedModel instead "
             "(save_format='saved_model')."
         ) from err
+    problem = _differs(model, proto)
+    if problem:
+        log.warning("The ONNX file of %r %s: tf2onnx %s converted an op otherwise than Keras "
+                    "computes it. Do not deploy it unchecked; a SavedModel "
+                    "(save_format='saved_model') computes as the model does.", model.name,
+                    problem, tf2onnx.__version__)  # fmt: skip
     onnx.save(proto, path)
+
+
+def _differs(model: Any, proto: Any) -> str | None:
+    """What the file computes otherwise than ``model`` on a random input (batch 2), as a
+    phrase; None where they agree within 1e-4 relative to the largest output (5e-2 for a
+    quantized file, whose roundings may flip; 1e-2 for a model not computing in float32),
+    or where the check cannot pair inputs and outputs (sizes or dtypes it cannot draw)."""
+    import numpy as np
+
+    from ..onnx.convert import run_onnxruntime
+
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    shapes = [(2, *t.shape[1:]) for t in model.inputs]
+    if len(inputs) != len(shapes) or any(None in s for s in shapes) or any(
+            t.dtype != "float32" for t in model.inputs):  # fmt: skip
+        return None
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=s).astype("float32") for s in shapes]
+    expected = [np.asarray(y) for y in keras.tree.flatten(model(xs if len(xs) > 1 else xs[0],
+                                                                training=False))]  # fmt: skip
+    try:
+        got = run_onnxruntime(proto, {i.name: x for i, x in zip(inputs, xs, strict=True)})
+    except Exception as err:  # noqa: BLE001 - the runtime's own error, said in the warning
+        said = str(err).strip().splitlines()[0][:200]
+        # no CPU kernel (a float16 conv): the file may run elsewhere, and cannot be checked
+        return None if "NOT_IMPLEMENTED" in said else f"fails in ONNX Runtime ({said})"
+    if len(got) != len(expected):
+        return None
+    quantized = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    tol = 5e-2 if quantized else 1e-4 if model.dtype_policy.compute_dtype == "float32" else 1e-2
+    for ref, value in zip(expected, got, strict=True):
+        if ref.shape != value.shape:
+            return f"returns shape {list(value.shape)} where the model returns {list(ref.shape)}"
+        diff = float(np.abs(ref - value).max() / max(float(np.abs(ref).max()), 1e-12))
+        if diff > tol:
+            return f"computes other values than the model (max relative difference {diff:.2g})"
+    return None
 
 
 def _conv_groups(proto: Any) -> None:
@@ -201,11 +245,12 @@ def _conv_groups(proto: Any) -> None:
               for v in onnx.shape_inference.infer_shapes(proto).graph.value_info}  # fmt: skip
     shapes.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
                    for v in proto.graph.input})  # fmt: skip
-    kernels = {i.name: list(i.dims) for i in proto.graph.initializer}
+    shapes.update({i.name: list(i.dims) for i in proto.graph.initializer})
     for node in proto.graph.node:
-        if node.op_type != "Conv" or node.input[1] not in kernels:
+        kernel = shapes.get(node.input[1]) if node.op_type == "Conv" else None
+        if not kernel or len(kernel) < 2 or not kernel[1]:  # (a quantized one: its Q/DQ's)
             continue
-        shape, per_group = shapes.get(node.input[0]), kernels[node.input[1]][1]
+        shape, per_group = shapes.get(node.input[0]), kernel[1]
         if not shape or len(shape) < 2 or not shape[1] or shape[1] % per_group:
             continue
         group = next((a for a in node.attribute if a.name == "group"), None)
