@@ -129,6 +129,17 @@ def test_zero_rows_of_one_attention_head_stay(tmp_path):
     assert layer(report, "v").removed == 0
 
 
+def test_a_product_over_the_channels_both_operands_carry_is_cut(tmp_path):
+    """Each channel's own product of its rows (``y @ y.mT``): both operands carry the
+    channels on the batch axis, so they are cut alike (kept whole for one review step)."""
+    m = Chain(Lambda(lambda y: torch.relu(y) @ torch.relu(y).transpose(-1, -2)))
+    zero(m.conv1, [1, 4])
+    zero(m.conv2, None, [1, 4])
+    x = torch.randn(1, 3, 8, 8)
+    _, report = convert(export(m, x, tmp_path / "m.onnx"), x)
+    assert layer(report, "conv1").removed == 2
+
+
 def test_a_rewrite_onnxruntime_refuses_is_a_conversion_error(tmp_path, monkeypatch):
     from filterprune.errors import ConversionError
     from filterprune.onnx import convert as converting

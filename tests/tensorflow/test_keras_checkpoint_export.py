@@ -304,3 +304,43 @@ def test_onnx_export_of_a_grouped_conv3d_runs(tmp_path, shrink):
     x = np.random.default_rng(0).normal(size=(2, 6, 6, 6, 4)).astype("float32")
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     _close(sess.run(None, {sess.get_inputs()[0].name: x})[0], model(x, training=False).numpy())
+
+
+def _two_inputs_by_unsorted_keys():
+    ib, ia = keras.Input((8, 8, 3), name="b"), keras.Input((8, 8, 3), name="a")
+    x = keras.layers.Conv2D(8, 3, name="c")(keras.layers.Concatenate()([ib, ia * 2.0]))
+    return keras.Model({"b": ib, "a": ia}, keras.layers.Dense(2)(x))
+
+
+def _batch_of_one():
+    inp = keras.Input((8, 8, 3), batch_size=1)
+    x = keras.ops.reshape(keras.layers.Conv2D(8, 3, name="c")(inp), (1, -1))
+    return keras.Model(inp, keras.layers.Dense(2)(x))
+
+
+def _with_a_mask():
+    inp = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(8, 3, name="c")(inp)
+    return keras.Model(inp, [y, keras.ops.greater(y, 0.0)])
+
+
+@pytest.mark.parametrize("build", [_two_inputs_by_unsorted_keys, _batch_of_one, _with_a_mask],
+                         ids=["dict inputs", "batch of one", "bool output"])  # fmt: skip
+def test_the_onnx_check_of_a_keras_export_runs_the_model_as_it_takes_inputs(build, tmp_path,
+                                                                            caplog):  # fmt: skip
+    """The check of the written file called the model with a list (dict inputs), with a
+    batch of two (a batch fixed at one) and subtracted its bool outputs: each export
+    failed."""
+    pytest.importorskip("tf2onnx")
+    keras.utils.set_random_seed(0)
+    model = build()
+    sizes = [[1, *t.shape[1:]] for t in model.inputs]
+    config = make_config(sizes[0], pruning_init=0.0)
+    if len(sizes) > 1:
+        config["input_info"] = [{"sample_size": s, "keyword": t.name}
+                                for s, t in zip(sizes, model.inputs, strict=True)]  # fmt: skip
+    ctrl, _ = create_compressed_model(model, config)
+    caplog.set_level("WARNING", logger="filterprune")
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+    assert "The ONNX file of" not in caplog.text

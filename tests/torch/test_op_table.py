@@ -355,6 +355,25 @@ def test_a_grouped_conv_on_the_model_input_says_why_it_stays_whole():
     assert held["0"].startswith("its filters follow channels no layer makes (the model input")
 
 
+class InputBeside(nn.Module):
+    """A depthwise conv over the input concatenated with a conv of it: cut where the conv's
+    channels are."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.dw = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(11, 11, 3, padding=1, groups=11)
+        self.head = nn.Linear(11, 5)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.dw(torch.cat([x, self.c(x)], 1))).mean((2, 3)))
+
+
+def test_a_depthwise_conv_partly_over_the_input_is_not_said_to_stay_whole():
+    """Its input channels marked it whole in the statistics, though it was cut 11 to 7."""
+    small, held = prune(None, InputBeside())
+    assert small.dw.out_channels == 7 and "dw" not in held
+
+
 def cbr(cin, cout):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU())  # fmt: skip

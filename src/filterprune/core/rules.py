@@ -386,12 +386,10 @@ def _einsum(s, node, ins):
     if any(len(set(t)) < len(t) for t in [*subs, out]):
         raise RuleError("einsum with a repeated index (a diagonal)")
     where = node.label or node.op
-    batch = set(out[:-2]) if node.attrs.get("batch_whole") else set()
+    if node.attrs.get("batch_whole"):
+        _batch_channels_on_both(values, subs, shapes, set(out[:-2]))
     placed, placed_shapes = [], []
     for value, sub, shape in zip(values, subs, shapes, strict=True):
-        if isinstance(value, np.ndarray) and any(
-                _varies(_pad(value, len(sub)), a) for a, c in enumerate(sub) if c in batch):
-            raise RuleError("a product batched over channels (attention heads)")
         summed = [a for a, c in enumerate(sub) if c not in out and shape[a] > 1]
         placed_shapes.append(tuple(shape[sub.index(c)] if c in sub else 1 for c in out))
         if isinstance(value, Param):
@@ -414,6 +412,19 @@ def _einsum(s, node, ins):
         placed.append(ids.reshape([ids.shape[sorted(kept, key=out.index).index(c)]
                                    if c in kept else 1 for c in out]))  # fmt: skip
     return _elementwise(s, node, placed, placed_shapes)
+
+
+def _batch_channels_on_both(values: list, subs: list, shapes: list, batch: set) -> None:
+    """Refuse channels on a batch axis of a matrix product where another operand is as
+    wide there without them (one attention head of the value cut, the weights keeping
+    both); operands that both carry channels there are tied as an elementwise product's."""
+    for c in batch:
+        carried = [isinstance(v, np.ndarray) and _varies(_pad(v, len(sub)), sub.index(c))
+                   for v, sub, shape in zip(values, subs, shapes, strict=True)
+                   if c in sub and shape[sub.index(c)] > 1]  # fmt: skip
+        if any(carried) and not all(carried):
+            raise RuleError("a product batched over channels one operand does not carry "
+                            "(attention heads)")
 
 
 # -- weighted layers ---------------------------------------------------------------------

@@ -136,7 +136,8 @@ def _followers(analysis: Analysis) -> tuple[dict[int, list[str]], list[str]]:
             continue
         found = [analysis.root_group.get(int(r)) for r in roles["out"]]
         if None in found:
-            unmade.append(layer)
+            if all(f is None for f in found):  # (some of a concat with the input: cut)
+                unmade.append(layer)
             continue
         ids = list(dict.fromkeys(f[0] for f in found))
         if not any(analysis.groups[i].prunable for i in ids):
