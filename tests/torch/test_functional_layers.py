@@ -735,24 +735,6 @@ class _ComplexConv(nn.Module):
         return torch.fmod(y, 3.0) + torch.special.erfcx(y.abs())  # pointwise, no table entry
 
 
-@pytest.mark.parametrize("capture", CAPTURES)
-def test_complex_views_and_pointwise_functions_keep_channels(capture):
-    """view_as_complex, .real and .imag held every group (DCUNet: all 20 convs), and so
-    did any pointwise function without an entry (torch.fmod, torch.special.erfcx)."""
-    model = nondegenerate(_ComplexConv())
-    groups = {tuple(g.producers): g.reason for g in analyze(capture(
-        model.eval(), (torch.zeros(1, 2, 8, 8),)).graph, OPTIONS).groups}  # fmt: skip
-    assert groups[("re", "im")] is None and groups[("pre",)] is None
-
-
-def test_complex_views_strip_equal():
-    torch.manual_seed(0)
-    ctrl, model = create_compressed_model(nondegenerate(_ComplexConv()), make_config(
-        (1, 2, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
-    assert ctrl.statistics().flops_kept < 0.6
-    assert_strip_equal(ctrl, model, torch.randn(2, 2, 8, 8))
-
-
 class _SpecialFunctions(nn.Module):
     """Pointwise functions torch gives a Python-number overload (``erfc``, ``lgamma``) or
     writes as composites without a tag (``special.ndtr``, ``special.expit``)."""
@@ -768,21 +750,34 @@ class _SpecialFunctions(nn.Module):
         return self.head(torch.special.softmax(h, -1))  # over width: each channel alone
 
 
+# model, its input channels, the groups the rules read through
+POINTWISE = {
+    # view_as_complex, .real and .imag held every group (DCUNet: all 20 convs), and so did
+    # any pointwise function without an entry (torch.fmod, torch.special.erfcx)
+    "complex views": (_ComplexConv, 2, [("re", "im"), ("pre",)]),
+    # erfc, lgamma, special.ndtr and special.expit had no rule: both groups were held
+    "number overloads, composites": (_SpecialFunctions, 3, [("a",), ("b",)]),
+}
+
+
 @pytest.mark.parametrize("capture", CAPTURES)
-def test_pointwise_functions_with_number_overloads_or_composites_keep_channels(capture):
-    """erfc, lgamma, special.ndtr and special.expit had no rule: both groups were held."""
-    model = nondegenerate(_SpecialFunctions())
+@pytest.mark.parametrize("case", POINTWISE.values(), ids=POINTWISE)
+def test_complex_views_and_pointwise_functions_keep_channels(capture, case):
+    build, channels, kept = case
+    model = nondegenerate(build())
     groups = {tuple(g.producers): g.reason for g in analyze(capture(
-        model.eval(), (torch.zeros(1, 3, 8, 8),)).graph, OPTIONS).groups}  # fmt: skip
-    assert groups[("a",)] is None and groups[("b",)] is None
+        model.eval(), (torch.zeros(1, channels, 8, 8),)).graph, OPTIONS).groups}  # fmt: skip
+    assert all(groups[producers] is None for producers in kept)
 
 
-def test_pointwise_functions_with_number_overloads_or_composites_strip_equal():
+@pytest.mark.parametrize("case", POINTWISE.values(), ids=POINTWISE)
+def test_complex_views_and_pointwise_functions_strip_equal(case):
+    build, channels, _ = case
     torch.manual_seed(0)
-    ctrl, model = create_compressed_model(nondegenerate(_SpecialFunctions()), make_config(
-        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    ctrl, model = create_compressed_model(nondegenerate(build()), make_config(
+        (1, channels, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
     assert ctrl.statistics().flops_kept < 0.6
-    assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    assert_strip_equal(ctrl, model, torch.randn(2, channels, 8, 8))
 
 
 class _ConvExperts(nn.Module):
