@@ -934,3 +934,36 @@ def test_a_module_under_two_names_is_one_layer_under_torch_export(through_alias)
     assert {p for producers, _ in ctrl.statistics().unpruned for p in producers} == {"head"}
     small = assert_strip_equal(ctrl, model, torch.randn(2, 4, 8, 8), tol=1e-5)
     assert small.pi_features[0][0].out_channels == 8
+
+
+class ContextBlocks(nn.Module):
+    """EfficientViT's attention runs in float32 under ``autocast(enabled=False)``; a block
+    under ``no_grad`` inside it. torch.export keeps each block as one call."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = cbs(3, 16), cbs(16, 16, 3), cbs(16, 16, 3)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(untraced(x))
+        with torch.autocast(device_type="cpu", enabled=False):
+            z = self.b(y.float())
+            with torch.no_grad():
+                w = self.c(z)
+        return self.head(y + z + w)
+
+
+def test_context_blocks_are_read_op_by_op():
+    torch.manual_seed(0)
+    net = nondegenerate(ContextBlocks())
+    config = make_config((1, 3, 16, 16), filters_multiple_of=1, prune_first_conv=True)
+    ctrl, model = create_compressed_model(net, config)
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    stats = ctrl.statistics()
+    assert set(ctrl.analysis.state.producers) >= {"a.0", "b.0", "c.0"}
+    convs = sum(16 * 16 * m.out_channels * m.in_channels * m.kernel_size[0] ** 2
+                for m in net.modules() if isinstance(m, nn.Conv2d))  # fmt: skip
+    assert stats.full_flops >= convs  # the blocks' convs are counted
+    assert stats.flops_kept < 0.5
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16))

@@ -31,6 +31,7 @@ from ..core.workflow import Captured
 from ..errors import AnalysisError
 from ._aten import aten_rule
 from ._copy import computed_weights
+from ._hops import inline_context_blocks
 from ._layers import COMPUTED, arg_of, functional_node, module_path, split_sizes
 from ._ops import FUNCTIONAL
 from .capture import (
@@ -159,6 +160,7 @@ def capture_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captu
         ``ExportedProgram`` as ``extra["program"]``.
     """
     program, notes = export_program(model, example)
+    inline_context_blocks(program.graph_module)
     _first_paths(model, program.graph)
     builder = _Builder(model, program)
     for node in program.graph.nodes:
@@ -262,9 +264,10 @@ class _Builder:
         for spec in program.graph_signature.input_specs:
             if spec.kind.name in _TENSOR_INPUTS and spec.target is not None:
                 self.tensors[spec.arg.name] = first.get(spec.target, spec.target)
-        for spec in program.graph_signature.output_specs:
-            if spec.kind.name == "USER_OUTPUT" and hasattr(spec.arg, "name"):
-                self.user_outputs.append(spec.arg.name)
+        values = next(n for n in program.graph.nodes if n.op == "output").args[0]
+        for spec, value in zip(program.graph_signature.output_specs, values, strict=True):
+            if spec.kind.name == "USER_OUTPUT" and isinstance(value, fx.Node):
+                self.user_outputs.append(value.name)  # by position: a block inlined renames
         self._find_computed_weights(program.graph)
 
     def add(self, node: fx.Node) -> None:
