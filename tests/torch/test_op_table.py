@@ -126,6 +126,11 @@ APART = {
         torch.diff(y, dim=2), (0, 0, 0, 1)) + torch.rot90(y, 1, (2, 3)) + y.logcumsumexp(3)
     + y.nanmean((2, 3), keepdim=True) + torch.count_nonzero(y > 0, (2, 3))[..., None, None]
     + torch.linalg.vector_norm(y, 2, (2, 3), True) + y.mT @ y + y.tril() + torch.triu(y, 1),
+    "quantile, renorm, matrix_norm, linalg.norm, trapezoid": lambda y: y * torch.quantile(
+        y.flatten(2), 0.7, 2)[..., None, None] + torch.renorm(y, 2, 1, 1.0)
+    + torch.linalg.matrix_norm(y, keepdim=True) + torch.linalg.norm(y, dim=(2, 3))[..., None, None]
+    + torch.trapezoid(y, dim=3)[..., None]
+    + F.pad(torch.cumulative_trapezoid(y, dx=0.5, dim=2), (0, 0, 0, 1)),
     # the pieces passed whole, not as a list: "cat: expects a tensor input"
     "cat of a split, stack of an unbind": lambda y: torch.cat(y.split(4, 2), 2) + torch.stack(
         y.unbind(3), 3) + torch.cat(y.chunk(2, 1), 1),
@@ -171,6 +176,8 @@ ACROSS = {
     # torch's implicit dim of a 4-d tensor is 1 (it was read as the last)
     "Softmax module without a dim": nn.Softmax(),
     "LogSoftmax module without a dim": nn.LogSoftmax(),
+    "quantile over the channels": lambda y: y * y.quantile(0.5, 1, keepdim=True),
+    "renorm of each sample": lambda y: torch.renorm(y, 2, 0, 1.0),
     "repeat channels by a size read in forward": lambda y: y[:, :8].repeat(
         1, y.shape[1] // 8, 1, 1),
 }
@@ -1169,3 +1176,9 @@ def test_a_split_at_sizes_computed_off_the_equal_parts_says_so():
     """It said "split sizes are fixed in code", which they are not."""
     _, held = prune(ACROSS["split at sizes computed off the equal parts"])
     assert held["a"].endswith("split sizes computed in forward, which would not follow a cut")
+
+
+def test_reductions_within_each_channel_are_cut_on_the_export_path_too():
+    fn = APART["quantile, renorm, matrix_norm, linalg.norm, trapezoid"]
+    small, held = prune(lambda y: fn(untraced(y)))
+    assert "a" not in held and small.a.out_channels == 8

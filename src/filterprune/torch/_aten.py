@@ -124,6 +124,18 @@ def _reduce(node: fx.Node, shape) -> Spec:
     return "reduce", {"dims": list(dims), "keepdim": bool(args.get("keepdim", False))}
 
 
+def _matrix_norm(node: fx.Node, shape) -> Spec:
+    args = named_args(node)
+    return "reduce", {"dims": list(args.get("dim", (-2, -1))),
+                      "keepdim": bool(args.get("keepdim", False))}  # fmt: skip
+
+
+def _renorm(node: fx.Node, shape) -> Spec:
+    """Each slice along ``dim`` scaled by its norm over every other axis."""
+    dim = int(named_args(node)["dim"]) % len(shape)
+    return "along", {"dims": [a for a in range(len(shape)) if a != dim]}
+
+
 def _complex_view(node: fx.Node, shape) -> Spec:
     """The last axis (real and imaginary parts) becomes the dtype: dropped as a reduction
     over it would drop it."""
@@ -437,7 +449,14 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
           "linalg_vector_norm.default",
           "var.dim", "std.dim", "prod.dim_int",
           "norm.ScalarOpt_dim", "median.dim", "nanmedian.dim", "argmax.default",
-          "argmin.default", "max.default", "min.default", "median.default"), _reduce),
+          "argmin.default", "max.default", "min.default", "median.default",
+          "quantile.scalar", "nanquantile.scalar", "linalg_norm.default",
+          "linalg_norm.ord_str"), _reduce),
+    (_ops("linalg_matrix_norm.default", "linalg_matrix_norm.str_ord"), _matrix_norm),
+    (_ops("renorm.default"), _renorm),
+    (_ops("trapezoid.dx"), lambda node, shape: ("reduce", {
+        "dims": [int(named_args(node).get("dim", -1))], "keepdim": False})),
+    (_ops("cumulative_trapezoid.dx"), _along),
     (_ops("view_as_complex.default"), _complex_view),
     (_ops("real.default", "imag.default"), _identity),
     (_ops(*(f"fft_{k}.default" for k in ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft", "fft2",

@@ -689,6 +689,35 @@ _norm = _reduce_at(2, 3)  # ``x.norm(p, dim, keepdim)``
 _var_std = _reduce_at(1, 3)  # ``x.var(dim, unbiased, keepdim)``
 
 
+def _quantile(node: fx.Node, shapes) -> Spec:
+    """``torch.quantile(x, q, dim, keepdim)``: one level reduces over ``dim``; a tensor of
+    levels adds an axis in front, which no rule places."""
+    if isinstance(_arg(node, 1, "q"), fx.Node):
+        return "stop", {"reason": "quantiles at a tensor of levels"}
+    return _reduce_at(2, 3)(node, shapes)
+
+
+def _matrix_norm(node: fx.Node, shapes) -> Spec:
+    dims = _arg(node, 2, "dim", (-2, -1))
+    return "reduce", {"dims": list(dims), "keepdim": bool(_arg(node, 3, "keepdim", False))}
+
+
+def _renorm(node: fx.Node, shapes) -> Spec:
+    """``torch.renorm(x, p, dim, maxnorm)``: each slice along ``dim`` scaled by its own
+    norm, taken over every other axis."""
+    dim = int(_arg(node, 2, "dim")) % len(shapes)
+    return "along", {"dims": [a for a in range(len(shapes)) if a != dim]}
+
+
+def _trapezoid(node: fx.Node, shapes) -> Spec:
+    """``torch.trapezoid(y, x, dim=...)``: a weighted sum along ``dim``; sample points
+    given as a tensor are a second operand no rule ties."""
+    if isinstance(_arg(node, 1, "x"), fx.Node):
+        return "stop", {"reason": "trapezoid over sample points given as a tensor"}
+    kind = "along" if "cumulative" in getattr(node.target, "__name__", "") else "reduce"
+    return kind, {"dims": [int(node.kwargs.get("dim", -1))], "keepdim": False}
+
+
 def _flip(node: fx.Node, shapes) -> Spec:
     dims = _arg(node, 1, "dims")
     if len(node.args) > 2:  # ``x.flip(2, 3)``
@@ -1017,6 +1046,10 @@ CALL_RULES: dict[Any, Call] = {
     **dict.fromkeys(("nanmean", torch.nanmean, "nansum", torch.nansum), _reduce),
     "count_nonzero": _reduce_at(1, 2), torch.count_nonzero: _reduce_at(1, 2),  # no keepdim
     torch.linalg.vector_norm: _norm, "logcumsumexp": _along_dim,
+    **dict.fromkeys((torch.quantile, "quantile", torch.nanquantile, "nanquantile"), _quantile),
+    torch.linalg.norm: _norm, torch.linalg.matrix_norm: _matrix_norm,
+    **dict.fromkeys((torch.renorm, "renorm"), _renorm),
+    **dict.fromkeys((torch.trapezoid, torch.trapz, torch.cumulative_trapezoid), _trapezoid),
     "diff": _diff, torch.diff: _diff, "rot90": _rot90, torch.rot90: _rot90,
     **dict.fromkeys(("tril", "triu", torch.tril, torch.triu),  # over the last two axes
                     lambda node, shapes: ("along", {"dims": [-2, -1]})),
