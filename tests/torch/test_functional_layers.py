@@ -916,6 +916,40 @@ def test_permute_by_numpy_ints_is_traced():
     assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
 
 
+class _ParentMask(nn.Module):
+    """The mask on the model, written into a child conv's weight in forward."""
+
+    def __init__(self, groups):
+        super().__init__()
+        self.a, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.context = nn.Conv2d(16, 16, 5, padding=2, groups=groups)
+        mask = torch.ones_like(self.context.weight)
+        mask[:, :, 2, 2:], mask[:, :, 3:] = 0, 0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        self.context.weight.data *= self.mask
+        return self.head(F.relu(self.context(F.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("groups", [1, 16, 4])
+def test_a_mask_written_into_a_child_weight_is_cut_with_it(groups):
+    """The mask was not cut: the stripped model failed ("The size of tensor a (8) must
+    match the size of tensor b (16)")."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(_ParentMask(groups)), make_config(
+        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    if groups == 4:  # its weight holds 4 of the 16 input channels: the mask is not cut so
+        assert held["context"] == "mul: writes buffer mask into weight context.weight, " \
+            "which cannot be cut with it"
+        assert small.mask.shape == (16, 4, 5, 5)
+    else:
+        assert "context" not in held and small.mask.shape == small.context.weight.shape
+        assert small.context.out_channels == 8
+
+
 def test_a_full_min_or_max_under_torch_export_says_it_reduces_over_channels():
     class MinMax(nn.Module):
         def __init__(self):

@@ -221,12 +221,41 @@ def _unread_layers(graph: Graph) -> list[str]:
     return [n.name for n in graph if n.layer is not None and n.name not in live]
 
 
+def _written_back(state: Propagation) -> None:
+    """Weights combined entry by entry with a layer's weight and never read after
+    (``conv.weight.data *= self.mask``, written back in place): cut along that layer's
+    channels as its weight is, or the layer stays whole where they cannot be."""
+    graph = state.graph
+    read = {i for n in graph for i in n.inputs} | set(graph.outputs)
+    for node in graph:
+        value = state.values.get(node.name)
+        if node.name in read or not isinstance(value, Param) or not value.also:
+            continue
+        layer, _, local = value.name.rpartition(".")
+        info = graph.layers.get(layer)
+        roles = info.params.get(local, ((), ()))[1] if info is not None else ()
+        for axis, role in enumerate(roles):
+            use = state.uses.get(layer, {}).get(role) if role else None
+            if use is None or value.shape[axis] == 1:  # a depthwise conv's one input
+                continue
+            for other in value.also:
+                if other.name.startswith(f"{layer}.") and other.shape == value.shape:
+                    continue  # the layer's own, shaped as its weight: cut alike (a mask)
+                if (other.name in graph.layers and other.shape == value.shape
+                        and use.ids.size == value.shape[axis]):  # fmt: skip
+                    state.use(other.name, f"axis{axis}", use.ids, node.name)
+                else:
+                    state.hold_layer(layer, f"{node.label or node.op}: writes {other.label} "
+                                            f"into {value.label}, which cannot be cut with it")
+
+
 def propagate(graph: Graph, rules: dict[str, Callable[..., Any]]) -> Propagation:
     """Run every node's rule in order and block what reaches the model outputs."""
     state = Propagation(_batch_of_one(graph))
     for node in state.graph:
         ins = [state.values.get(name) for name in node.inputs]
         state.values[node.name] = _run(state, rules, node, ins)
+    _written_back(state)
     for name in graph.outputs:
         value = state.values.get(name)
         if isinstance(value, Param):
