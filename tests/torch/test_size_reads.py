@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_helpers import assert_strip_equal, make_config
+from torch_helpers import assert_strip_equal, make_config, untraced
 
 from filterprune.testing.zoo import nondegenerate
 from filterprune.torch import create_compressed_model
@@ -315,6 +315,19 @@ def test_a_weight_read_with_another_modules_bias_keeps_its_layer_whole():
     """One call reads enc's weight and the model's own bias: enc stays whole too."""
     _, held = prune(TiedWithOwnBias())  # the stripped decoder would read 16 rows of 8
     assert "reads parameters that are not one layer's (enc.weight, bias)" in held["enc"]
+
+
+@pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
+def test_a_transposed_conv_on_another_layers_weight_counts_its_input_positions(export):
+    """Counted at its output positions, stride 2 gave 4 times its FLOPs."""
+    net = TiedWithOwnBias()
+    if export:
+        net.forward = lambda x, f=net.forward: f(untraced(x))
+    ctrl, _ = prune(net)
+    stats = ctrl.statistics()
+    enc = net.enc.weight.numel() * 8 * 8  # at 8 x 8: enc's outputs, the decoder's inputs
+    mid = net.mid[0].weight.numel() * 8 * 8
+    assert stats.full_flops == 2 * (enc + mid + enc)
 
 
 def test_a_weight_normed_conv_is_cut_and_stripped_to_a_plain_conv():

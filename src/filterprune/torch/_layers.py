@@ -72,11 +72,13 @@ def owner_of(name: str) -> tuple[str, str]:
     return owner, attr
 
 
-def _positions(spec: Functional, shape: Any) -> int | None:
-    """Output positions per sample a conv or linear weight is applied at (``None``: an
-    embedding, which multiplies nothing)."""
+def _positions(spec: Functional, in_shape: Any, out_shape: Any) -> int | None:
+    """Positions per sample a conv or linear weight is applied at: the output's, the
+    input's for a transposed conv (``None``: an embedding, which multiplies nothing)."""
     if nn.Embedding in spec.forms:
         return None
+    transposed = any(issubclass(f, nn.modules.conv._ConvTransposeNd) for f in spec.forms)
+    shape = in_shape if transposed else out_shape
     if not isinstance(shape, tuple) or len(shape) < 2:
         return 1
     return math.prod(shape[1:-1] if nn.Linear in spec.forms else shape[2:])
@@ -251,7 +253,7 @@ def _parts(spec: Functional, label: str, params: dict[str, str],
         readers: Paths of the modules the ops reading the result run in.
     """
     weighted = not spec.per_channel
-    positions = _positions(spec, out_shape) if weighted else None
+    positions = _positions(spec, in_shape, out_shape) if weighted else None
     computed = [slot for slot, name in params.items() if name == COMPUTED]
     if computed:
         why = f"{label} reads a {computed[0]} computed in forward, not a parameter"
