@@ -317,13 +317,17 @@ def test_a_weight_read_with_another_modules_bias_keeps_its_layer_whole():
     assert "reads parameters that are not one layer's (enc.weight, bias)" in held["enc"]
 
 
+class _TiedUntraced(TiedWithOwnBias):
+    def forward(self, x):
+        return super().forward(untraced(x))
+
+
 @pytest.mark.parametrize("export", [False, True], ids=["fx", "export"])
 def test_a_transposed_conv_on_another_layers_weight_counts_its_input_positions(export):
     """Counted at its output positions, stride 2 gave 4 times its FLOPs."""
-    net = TiedWithOwnBias()
-    if export:
-        net.forward = lambda x, f=net.forward: f(untraced(x))
+    net = (_TiedUntraced if export else TiedWithOwnBias)()
     ctrl, _ = prune(net)
+    assert ctrl.captured.extra["capture"] == ("torch.export" if export else "torch.fx")
     stats = ctrl.statistics()
     enc = net.enc.weight.numel() * 8 * 8  # at 8 x 8: enc's outputs, the decoder's inputs
     mid = net.mid[0].weight.numel() * 8 * 8
