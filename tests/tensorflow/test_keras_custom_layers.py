@@ -406,3 +406,26 @@ def test_a_read_through_layer_quantizes_and_exports(tmp_path):
     out = run_onnxruntime(proto, {proto.graph.input[0].name: x})[0]
     assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-4
     assert ctrl.strip().get_layer("stem").layer.filters == 8
+
+
+class Tied(keras.layers.Layer):
+    """Runs another layer's kernel (tied weights): Keras lists it among its weights."""
+
+    def __init__(self, conv, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = conv
+
+    def call(self, x):
+        return keras.ops.conv(x, self.conv.kernel, padding="same")
+
+
+def test_a_kernel_a_custom_layer_reads_of_another_layer_is_counted_once():
+    """It was counted under both layers (11,011 of a model of 6,387 parameters)."""
+    inp = keras.Input((16, 16, 3))
+    conv = layers.Conv2D(16, 3, padding="same", name="conv")
+    x = conv(layers.Conv2D(16, 3, padding="same", name="stem")(inp))
+    x = Tied(conv, name="tied")(layers.ReLU()(x))
+    model = redrawn(keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(x))))
+    full = model.count_params()
+    ctrl, _ = create_compressed_model(model, make_config((1, 16, 16, 3)))
+    assert ctrl.statistics().full_params == full

@@ -136,3 +136,38 @@ def test_a_buffer_shaped_as_the_weight_is_cut_with_it():
     ctrl, model = create_compressed_model(_ContextModel(), config)
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 16, 16) * 3, tol=1e-5)
     assert small.ctx.mask.shape == small.ctx.weight.shape == (16, 8, 5, 5)
+
+
+class TiedConvs(nn.Module):
+    """One weight held by two convs: in a row (cut along other channels at each) or side
+    by side on one input into one sum (cut alike)."""
+
+    def __init__(self, side_by_side: bool):
+        super().__init__()
+        self.side_by_side = side_by_side
+        self.stem, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.c1, self.c2 = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.c2.weight = self.c1.weight
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        if self.side_by_side:
+            return self.head(torch.relu(self.c1(y) + self.c2(y)))
+        return self.head(torch.relu(self.c2(torch.relu(self.c1(y)))))
+
+
+@pytest.mark.parametrize("side_by_side", [False, True])
+def test_a_weight_two_convs_hold_is_counted_once_and_stays_tied_where_cut_alike(side_by_side):
+    """It was counted once per conv (the dense model's count too), and the strip untied it
+    even where both cut it alike."""
+    torch.manual_seed(0)
+    dense = randomize_bn(TiedConvs(side_by_side))
+    own = sum(p.numel() for p in dense.parameters())
+    config = make_config((1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(dense, config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    stats = ctrl.statistics()
+    assert stats.full_params == own
+    assert stats.current_params == sum(p.numel() for p in small.parameters())
+    assert (small.c1.weight is small.c2.weight) == side_by_side
+    assert small.c1.out_channels == 8

@@ -57,16 +57,36 @@ def count_params(graph: Graph, keeps: Keeps | None = None) -> int:
     weight's quantizer scale or zero point (``W:scale``, as an ONNX file holds them)."""
     keeps = keeps or {}
     seen: set[str] = set()
+    counted: dict[str, list[tuple]] = {}  # a tied tensor -> the cuts of it counted
+    tied = {n: group[0] for group in getattr(graph, "shared", ()) for n in group}
     total = 0
     for name, info in sorted(graph.layers.items(), key=lambda kv: kv[1].kind == "opaque"):
         if info.kind == "buffer":
             continue
         for key, (shape, roles) in info.params.items():
             full = f"{name}.{key}" if key else name
-            if ":" not in key and full not in seen:
-                seen.add(full)
-                total += kept_elements(shape, roles, keeps.get(name, {}), info.groups)
+            if ":" in key or full in seen:
+                continue
+            seen.add(full)
+            keep = keeps.get(name, {})
+            if full in tied:  # one tensor: counted once per distinct cut of it
+                cut = _cut_of(roles, keep, info.groups)
+                if any(_same_cut(cut, other) for other in counted.get(tied[full], ())):
+                    continue
+                counted.setdefault(tied[full], []).append(cut)
+            total += kept_elements(shape, roles, keep, info.groups)
     return total
+
+
+def _cut_of(roles: tuple, keep: dict[str, np.ndarray], groups: int) -> tuple:
+    return groups, [keep.get(r) if r else None for r in roles]
+
+
+def _same_cut(a: tuple, b: tuple) -> bool:
+    """Whether two holders of one tensor keep the same entries of it."""
+    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(
+        (x is None and y is None) or (x is not None and y is not None and np.array_equal(x, y))
+        for x, y in zip(a[1], b[1], strict=True))  # fmt: skip
 
 
 def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:

@@ -84,6 +84,8 @@ class Graph:
 
     ``notes`` hold what the frontend's capture wants a user to know (which capture ran,
     data-dependent branches taken as they ran on the sample); statistics list them.
+    ``shared``: parameter names (``layer.param``) that are one tensor, one tuple per tensor
+    (a weight tied between two convs): counted once where both keep the same entries.
     """
 
     def __init__(self) -> None:
@@ -91,6 +93,7 @@ class Graph:
         self.outputs: list[str] = []
         self.layers: dict[str, LayerInfo] = {}
         self.notes: list[str] = []
+        self.shared: list[tuple[str, ...]] = []
 
     def add(self, node: Node) -> Node:
         """Append ``node``; its inputs must already be in the graph."""

@@ -318,5 +318,21 @@ def capture(model: Any, sizes: list[list[int]]) -> Capture:
         walker.shapes[id(kt)] = shape
     walker.walk(functional, "")
     cap.graph.outputs = list(dict.fromkeys(walker.tensors[id(t)] for t in functional.outputs))
+    cap.graph.shared = _shared_variables(cap)
     cap.sample = [np.zeros(shape, "float32") for shape in shapes]
     return cap
+
+
+def _shared_variables(cap: Capture) -> list[tuple[str, ...]]:
+    """The layers' variables that are one (a layer of the user's reading another layer's
+    kernel lists it among its own weights)."""
+    holders: dict[int, list[str]] = {}
+    for name, info in cap.graph.layers.items():
+        ref = cap.refs.get(name)
+        keys = {} if ref is None else {
+            k: v for i, v in enumerate(ref.layer.weights)
+            for k in (v.name, f"{i}.{v.name}".replace(":", "_"))}  # an opaque layer's form too
+        for key in info.params:
+            if key in keys:
+                holders.setdefault(id(keys[key]), []).append(f"{name}.{key}")
+    return [tuple(names) for names in holders.values() if len(names) > 1]

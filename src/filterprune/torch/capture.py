@@ -1128,3 +1128,16 @@ def add_unseen_params(model: nn.Module, graph: Graph) -> None:
         roles = tuple(f"axis{i}" for i in range(p.dim()))
         kind = kinds.get(name, "param")
         graph.layers[name] = LayerInfo(name, kind, {"": (tuple(p.shape), roles)})
+    graph.shared = _shared_params(modules, graph)
+
+
+def _shared_params(modules: dict[str, nn.Module], graph: Graph) -> list[tuple[str, ...]]:
+    """The layers' parameters that are one tensor (``c2.weight = c1.weight``)."""
+    holders: dict[int, list[str]] = {}
+    for layer, info in graph.layers.items():
+        module = modules.get(layer)
+        for key in info.params if module is not None else ():
+            value = module._parameters.get(key)
+            if value is not None:
+                holders.setdefault(id(value), []).append(f"{layer}.{key}")
+    return [tuple(names) for names in holders.values() if len(names) > 1]

@@ -153,7 +153,9 @@ def cut_output_quantizers(model: nn.Module, kept_channels: Any) -> None:
 
 
 def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.Module:
-    """Cut every layer of ``model`` (in place) down to its kept channels."""
+    """Cut every layer of ``model`` (in place) down to its kept channels. A parameter
+    several modules hold stays one tensor where each keeps the same entries of it."""
+    tied = _tied(model)
     with torch.no_grad():
         for name, keep in layer_keeps.items():
             info = layer_infos.get(name)
@@ -165,7 +167,22 @@ def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.M
     for module in model.modules():
         if isinstance(module, nn.Unflatten):
             _sync_attributes(module)
+    for holders in tied:
+        values = [m._parameters[k] for m, k in holders]
+        if all(v.shape == values[0].shape and torch.equal(v, values[0]) for v in values):
+            for module, key in holders:
+                module._parameters[key] = values[0]
     return model
+
+
+def _tied(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """``(module, name)`` of each parameter held under several names, one list per tensor."""
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for key, value in module._parameters.items():
+            if value is not None:
+                holders.setdefault(id(value), []).append((module, key))
+    return [h for h in holders.values() if len(h) > 1]
 
 
 def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
