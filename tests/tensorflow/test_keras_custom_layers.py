@@ -429,3 +429,14 @@ def test_a_kernel_a_custom_layer_reads_of_another_layer_is_counted_once():
     full = model.count_params()
     ctrl, _ = create_compressed_model(model, make_config((1, 16, 16, 3)))
     assert ctrl.statistics().full_params == full
+
+
+def test_a_layer_given_another_layer_says_its_rebuild_unties_them():
+    inp = keras.Input((16, 16, 3))
+    conv = layers.Conv2D(16, 3, padding="same", name="conv")
+    x = Tied(conv, name="tied")(layers.ReLU()(conv(layers.Conv2D(16, 3, name="stem")(inp))))
+    model = keras.Model(inp, layers.Dense(4)(layers.GlobalAveragePooling2D()(x)))
+    ctrl, _ = create_compressed_model(model, make_config((1, 16, 16, 3)))
+    with pytest.raises(AnalysisError, match="It is given layer 'conv': rebuilt from its "
+                       "config, it holds a copy of that layer's weights, no longer tied"):
+        ctrl.strip()

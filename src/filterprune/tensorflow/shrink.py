@@ -12,6 +12,7 @@ nested, or whole by their own ``from_config`` where a layer of theirs cannot be 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -272,8 +273,8 @@ def config_of(operation: Any) -> dict[str, Any]:
             raise AnalysisError(
                 f"{what}: it has no get_config() of its own, and Keras's refuses an __init__ "
                 "with arguments it cannot put in a config. Give it a get_config() that "
-                "returns every argument __init__ needs (and register what they name). The "
-                "model is unchanged.") from err  # fmt: skip
+                "returns every argument __init__ needs (and register what they name)."
+                f"{_given_layers(operation)} The model is unchanged.") from err  # fmt: skip
         raise AnalysisError(
             f"{what}: Keras has no config for it (a keras.ops call with an array argument "
             "has none). Wrap the call in a Layer subclass with get_config(). The model is "
@@ -281,6 +282,20 @@ def config_of(operation: Any) -> dict[str, Any]:
     if callable(getattr(operation, "activation", None)) and "activation" in config:
         config["activation"] = operation.activation  # a lambda has no name to find it by
     return config
+
+
+def _given_layers(layer: Any) -> str:
+    """What a layer given other layers (tied weights) should know of its rebuild."""
+    try:
+        names = inspect.signature(type(layer).__init__).parameters
+    except (TypeError, ValueError):
+        return ""
+    given = [n for n in names if isinstance(getattr(layer, n, None), keras.Layer)]
+    if not given:
+        return ""
+    return (f" It is given layer {', '.join(repr(getattr(layer, n).name) for n in given)}: "
+            "rebuilt from its config, it holds a copy of that layer's weights, no longer "
+            "tied to it (the stripped model computes the same).")
 
 
 def rebuilt(operation: Any, changes: dict[str, Any] | None = None) -> Any:
