@@ -1,7 +1,11 @@
 """The PyTorch workflow of the reference, end to end, on small models."""
 
+import importlib.util
 import logging
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -805,3 +809,14 @@ def test_a_data_parallel_wrapper_is_refused_with_what_to_pass(small_net):
     with pytest.raises(AnalysisError, match=r"wrapped in DataParallel\. Compress the model "
                        r"itself \(model\.module\)"):
         create_compressed_model(nn.DataParallel(small_net), make_config((1, 3, 32, 32)))
+
+
+def test_the_torch_frontend_imported_after_tensorflow_does_not_crash_python():
+    """Triton loaded after TensorFlow segfaults, and torchvision loads it."""
+    pytest.importorskip("tensorflow")
+    code = "import filterprune.tensorflow, filterprune.torch, torchvision; print('ran')"
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0 and "ran" in done.stdout, done.stderr[-2000:]
+    if importlib.util.find_spec("triton") is not None:
+        assert "filterprune.torch hides Triton in this process" in done.stderr

@@ -16,6 +16,7 @@ from torch import nn
 from ..core import workflow
 from ..core.compression import CompositeCompressionController
 from ..core.config import Config
+from . import _triton  # noqa: F401 - before torchvision: hides Triton after TensorFlow
 from ._init_args import own_arithmetic, register_default_init_args
 from .accuracy_aware import create_accuracy_aware_training_loop
 from .controller import CompressionStage, FilterPruningController
