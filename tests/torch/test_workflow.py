@@ -1,5 +1,6 @@
 """The PyTorch workflow of the reference, end to end, on small models."""
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -15,8 +16,15 @@ from torch import nn
 from torch_helpers import SmallNet, assert_strip_equal, make_config
 
 from filterprune import ConfigError, NNCFConfig
+from filterprune.core.compression import CompressionController
+from filterprune.core.params import ALGORITHMS, Settings
 from filterprune.errors import AnalysisError
-from filterprune.torch import CompressionStage, create_compressed_model, resize_to_state_dict
+from filterprune.torch import (
+    CompressionStage,
+    TorchFrontend,
+    create_compressed_model,
+    resize_to_state_dict,
+)
 
 
 def test_masked_equals_stripped_and_is_smaller(small_net):
@@ -820,3 +828,40 @@ def test_the_torch_frontend_imported_after_tensorflow_does_not_crash_python():
     assert done.returncode == 0 and "ran" in done.stdout, done.stderr[-2000:]
     if importlib.util.find_spec("triton") is not None:
         assert "filterprune.torch hides Triton in this process" in done.stderr
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _NoiseParams(Settings):
+    ALGORITHM = "test_noise"
+
+
+class _NoiseController(CompressionController):
+    """A user's algorithm as docs/architecture.md writes one: ``strip_model`` only."""
+
+    name = "test_noise"
+
+    def __init__(self, model, params, captured, frontend):
+        self.model, self.params, self.captured = model, params, captured
+
+    def loss(self):
+        return sum(p.square().sum() for p in self.model.parameters()) * 1e-4
+
+    def strip_model(self, model, **kwargs):
+        model.stripped_by = self.name
+        return model
+
+
+@pytest.mark.parametrize("with_pruning", [False, True])
+def test_an_algorithm_of_the_users_strips_and_exports_alone_or_beside_others(
+        with_pruning, monkeypatch, tmp_path):  # fmt: skip
+    """Alone, its controller was returned bare: no ``strip``, no ``export_model``."""
+    monkeypatch.setitem(ALGORITHMS, "test_noise", _NoiseParams)
+    monkeypatch.setitem(TorchFrontend.controllers, "test_noise", _NoiseController)
+    entries = [{"algorithm": "filter_pruning", "pruning_init": 0.5}] if with_pruning else []
+    config = NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]},
+                                   "compression": [*entries, {"algorithm": "test_noise"}]})
+    ctrl, model = create_compressed_model(SmallNet(), config)
+    assert ctrl.get("test_noise").loss().item() > 0
+    assert ctrl.strip().stripped_by == "test_noise"
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    assert (tmp_path / "m.onnx").exists()

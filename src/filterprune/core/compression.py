@@ -289,6 +289,9 @@ class CompositeCompressionController(CompressionController):
         """Each child's part of ``state``, checked: header, one part per child, none extra."""
         if state is None:
             return [None] * len(self.child_ctrls)
+        if len(self.child_ctrls) == 1 and isinstance(state, Mapping) \
+                and state.get("algorithm") == self._names()[0]:  # fmt: skip
+            return [state]  # saved while one algorithm was its own controller
         check_state_header(state, self.name, self.state_where, self._names())
         children = state.get("children")
         if not isinstance(children, list):
