@@ -1,9 +1,10 @@
 """ONNX frontend: remove zero filters from exported models, write ONNX or OpenVINO IR.
 
-Example:
-    >>> from filterprune.onnx import remove_zero_filters, save_model  # doctest: +SKIP
-    >>> small, report = remove_zero_filters("masked.onnx")
-    >>> save_model(small, "pruned.onnx"); print(report)
+Example::
+
+    from filterprune.onnx import remove_zero_filters, save_model
+    small, report = remove_zero_filters("masked.onnx")
+    save_model(small, "pruned.onnx"); print(report)
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ being timed. The first model is the baseline: each row reports its speed-up over
 it, its FLOPs ratio, and how much of the FLOPs ratio the speed-up achieves
 (1.0: latency fell exactly as FLOPs did).
 
-Example:
-    >>> rows = benchmark({"dense": "d.onnx", "pruned": "p.onnx"}, batches=(1, 8))  # doctest: +SKIP
-    >>> print(format_table(rows))
+Example::
+
+    rows = benchmark({"dense": "d.onnx", "pruned": "p.onnx"}, batches=(1, 8))
+    print(format_table(rows))
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Needs the ``openvino`` package (``pip install filterprune[openvino]``).
 
-Example:
-    >>> small, report = remove_zero_filters("masked.onnx")  # doctest: +SKIP
-    >>> save_openvino(small, "pruned.xml")
+Example::
+
+    small, report = remove_zero_filters("masked.onnx")
+    save_openvino(small, "pruned.xml")
 """
 
 from __future__ import annotations

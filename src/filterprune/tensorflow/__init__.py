@@ -4,12 +4,13 @@ Functional and Sequential ``keras.Model`` s are read into the framework-free cor
 graph; masks go on the model in place; ``strip()`` gives a physically smaller model of
 stock Keras layers.
 
-Example:
-    >>> from filterprune import NNCFConfig  # doctest: +SKIP
-    >>> from filterprune.tensorflow import create_compressed_model, create_compression_callbacks
-    >>> ctrl, model = create_compressed_model(model, NNCFConfig.from_dict({...}))
-    >>> model.fit(data, epochs=10, callbacks=create_compression_callbacks(ctrl, log_dir="logs"))
-    >>> small = ctrl.strip(); small.save("pruned.keras")
+Example::
+
+    from filterprune import NNCFConfig
+    from filterprune.tensorflow import create_compressed_model, create_compression_callbacks
+    ctrl, model = create_compressed_model(model, NNCFConfig.from_dict({...}))
+    model.fit(data, epochs=10, callbacks=create_compression_callbacks(ctrl, log_dir="logs"))
+    small = ctrl.strip(); small.save("pruned.keras")
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Keras callbacks and checkpoint objects of the compression workflow.
 
-Example:
-    >>> callbacks = create_compression_callbacks(ctrl, log_dir="logs")  # doctest: +SKIP
-    >>> checkpoint = tf.train.Checkpoint(model=model,
-    ...                                  compression_state=TFCompressionState(ctrl))
-    >>> callbacks.append(CheckpointManagerCallback(checkpoint, "ckpt"))
-    >>> model.fit(dataset, epochs=10, callbacks=callbacks)
+Example::
+
+    callbacks = create_compression_callbacks(ctrl, log_dir="logs")
+    checkpoint = tf.train.Checkpoint(model=model,
+                                     compression_state=TFCompressionState(ctrl))
+    callbacks.append(CheckpointManagerCallback(checkpoint, "ckpt"))
+    model.fit(dataset, epochs=10, callbacks=callbacks)
 """
 
 from __future__ import annotations
@@ -216,10 +217,11 @@ class TFCompressionState(tf.train.experimental.PythonState):
 class TFCompressionStateLoader(tf.train.experimental.PythonState):
     """Reads a saved compression state back, for ``create_compressed_model(..., state)``.
 
-    Example:
-        >>> checkpoint = tf.train.Checkpoint(compression_state=TFCompressionStateLoader())
-        >>> checkpoint.restore(path).expect_partial()  # doctest: +SKIP
-        >>> state = checkpoint.compression_state.state  # doctest: +SKIP
+    Example::
+
+        checkpoint = tf.train.Checkpoint(compression_state=TFCompressionStateLoader())
+        checkpoint.restore(path).expect_partial()
+        state = checkpoint.compression_state.state
     """
 
     def __init__(self) -> None:

@@ -1,10 +1,11 @@
 """PyTorch frontend: the NNCF-style workflow with physical removal of pruned filters.
 
-Example:
-    >>> from filterprune import NNCFConfig  # doctest: +SKIP
-    >>> from filterprune.torch import create_compressed_model
-    >>> ctrl, model = create_compressed_model(model, NNCFConfig.from_dict({...}))
-    >>> ctrl.scheduler.epoch_step(); ...; small = ctrl.strip()
+Example::
+
+    from filterprune import NNCFConfig
+    from filterprune.torch import create_compressed_model
+    ctrl, model = create_compressed_model(model, NNCFConfig.from_dict({...}))
+    ctrl.scheduler.epoch_step(); ...; small = ctrl.strip()
 """
 
 from __future__ import annotations
