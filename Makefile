@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-keras test test-slow data chromium lint bench-zoo bench-timm bench-detection \
-	bench-speed bench-deploy bench-int8 bench-fmnist-int8 bench-keras-overflow \
+	bench-speed bench-depth bench-deploy bench-int8 bench-fmnist-int8 bench-keras-overflow \
 	bench-accuracy-peers-setup clean
 
 $(STAMP): pyproject.toml requirements-test.txt constraints.txt
@@ -46,6 +46,9 @@ bench-detection: $(STAMP)
 
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/analysis_speed.py
+
+bench-depth: $(STAMP)
+	$(BIN)/python benchmarks/depth_scaling.py
 
 bench-deploy: $(STAMP)
 	$(BIN)/python benchmarks/deploy.py

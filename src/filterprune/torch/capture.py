@@ -23,6 +23,7 @@ import math
 import operator
 import types
 import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -450,9 +451,9 @@ def _same_outputs(model: nn.Module, example: tuple[Any, ...], traced: Any,
     seen = {n.target for n in gm.graph.nodes if n.op in ("call_module", "get_attr")}
     read = {id(p) for t in seen for p in _tensors_at(gm, t)}  # a tensor two modules share
     modules = dict(model.named_modules())  # is read under one name
-    skipped = sorted(name for name in ran if not any(
-        t == name or t.startswith(f"{name}.") or name.startswith(f"{t}.") for t in seen)
-        and not all(id(p) in read for p in modules[name].parameters(recurse=False)))
+    traced = _covered_by(seen)
+    skipped = sorted(name for name in ran if not traced(name)
+                     and not all(id(p) in read for p in modules[name].parameters(recurse=False)))
     if skipped:
         raise _TraceError(
             f"torch.fx's trace of {type(model).__name__} skips {', '.join(skipped[:4])}, "
@@ -995,6 +996,20 @@ def _recurrent_roles(name: str, p: torch.Tensor) -> tuple[str | None, ...]:
     return (None,) * p.dim()
 
 
+def _covered_by(targets: Iterable[str]) -> Callable[[str], bool]:
+    """Whether a module path is one of ``targets`` (dotted paths), holds one, or lies inside
+    one; in time linear in the paths, for models of thousands of modules."""
+    targets = set(targets)
+    holders = targets | {t[:i] for t in targets for i, c in enumerate(t) if c == "."}
+
+    def covered(name: str) -> bool:
+        parts = name.split(".")
+        return name in holders or any(".".join(parts[:k]) in targets
+                                      for k in range(1, len(parts)))  # fmt: skip
+
+    return covered
+
+
 def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph,
                          example: tuple[Any, ...], whole_on_failure: bool = False) -> None:
     """Modules only the training forward calls (GoogLeNet's and Inception's aux heads):
@@ -1003,11 +1018,9 @@ def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph,
     whole. A model that cannot be traced in train mode is run once in it, and those
     layers are found on autograd's graph (:mod:`._eager_reads`)."""
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
-    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    traced = _covered_by(called | {n.target for n in gm.graph.nodes if n.op == "get_attr"})
     idle = [name for name, m in model.named_modules()  # (the model itself runs: name "")
-            if name and any(True for _ in m.parameters(recurse=False))
-            and not any(t == name or t.startswith(f"{name}.") or name.startswith(f"{t}.")
-                        for t in called | used)]  # fmt: skip
+            if name and any(True for _ in m.parameters(recurse=False)) and not traced(name)]
     if not idle:
         return
     was_training, attributes = model.training, plain_attributes(model)
@@ -1027,8 +1040,8 @@ def _hold_training_reads(model: nn.Module, gm: fx.GraphModule, graph: Graph,
         say_never_run([n for n in idle if n not in found], graph)
     else:
         ran = {n.target for n in train.nodes if n.op in ("call_module", "get_attr")}
-        say_never_run([n for n in idle if not any(
-            t == n or t.startswith(f"{n}.") or n.startswith(f"{t}.") for t in ran)], graph)
+        ran_in_training = _covered_by(ran)
+        say_never_run([n for n in idle if not ran_in_training(n)], graph)
         found = {node.target: _called_before(node, called) for node in train.nodes
                  if node.op == "call_module" and node.target not in called}  # fmt: skip
     for name, sources in found.items():
