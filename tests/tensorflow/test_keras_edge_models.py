@@ -601,3 +601,18 @@ def test_keras_ops_that_move_entries_keep_channels_apart(body):
         assert "its shape is written in code" in held["c1"], held
     else:
         assert "c1" not in held and small.get_layer("c1").filters == 8, held
+
+
+def test_keras_applications_layer_scale_is_cut_with_its_channels():
+    """ConvNeXt's LayerScale had no rule: the branch before it stayed whole."""
+    from keras.src.applications.convnext import LayerScale
+
+    inp = keras.Input((32, 32, 3))
+    x = layers.BatchNormalization()(conv(16, "stem")(inp))
+    h = layers.Conv2D(16, 1, name="branch")(layers.ReLU()(conv(32, "expand")(x)))
+    x = layers.Add()([x, LayerScale(0.5, 16, name="scale")(h)])
+    ctrl, small, held = prune(keras.Model(inp, head(x)))
+    assert not held.keys() & {"stem", "expand", "branch", "scale"}
+    scale = small.get_layer("scale")
+    assert scale.projection_dim == small.get_layer("stem").filters < 16
+    assert tuple(scale.weights[0].shape) == (scale.projection_dim,)

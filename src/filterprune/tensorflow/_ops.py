@@ -397,13 +397,26 @@ def _scaled_add(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Ste
     return [Step("stop", {"reason": "CustomScaleLayer with a per-channel scale"})]
 
 
+def _layer_scale(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
+    """ConvNeXt's ``LayerScale``: ``x * gamma``, one ``gamma`` per channel (the last axis;
+    ``projection_dim`` of them)."""
+    (gamma,) = layer.weights  # unnamed: Keras calls it "variable"
+    shape = tuple(int(d) for d in gamma.shape)
+    if shape != (ins[0][-1],):
+        return [Step("stop", {"reason": f"LayerScale of {shape} over an input {ins[0]}"})]
+    info = LayerInfo(name, "batchnorm", {gamma.name: (shape, ("channel",))})
+    return [Step("batchnorm", {"num_features": shape[0], "channel_axis": -1}, info,
+                 variables=(gamma.name,))]  # fmt: skip
+
+
 def _application_layers() -> dict[type, Callable[..., list[Step]]]:
     """Layers that keras.applications define for themselves (absent in other versions)."""
     try:
+        from keras.src.applications.convnext import LayerScale
         from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
     except ImportError:
         return {}
-    return {CustomScaleLayer: _scaled_add}
+    return {CustomScaleLayer: _scaled_add, LayerScale: _layer_scale}
 
 
 LAYER_RULES.update(_application_layers())

@@ -75,6 +75,8 @@ def _config_changes(layer: Any, info: LayerInfo, keep: dict[str, np.ndarray]) ->
             changes["units"] = int(out.sum())
     groups = int(config.get("groups", 1))
     channels = keep.get("channel")
+    if channels is not None and "projection_dim" in config:  # ConvNeXt's LayerScale
+        changes["projection_dim"] = int(channels.sum())
     if isinstance(layer, keras.layers.GroupNormalization) and channels is not None:
         changes["groups"] = groups_left(layer.name, int(channels.sum()), channels.size, groups)
     inp = keep.get("in")
