@@ -295,3 +295,15 @@ def test_a_tf_function_traced_before_creation_is_said():
     assert not np.allclose(evaluate(x).numpy(), model(x, training=False).numpy())
     np.testing.assert_allclose(tf.function(lambda t: model(t, training=False))(x).numpy(),
                                model(x, training=False).numpy(), atol=1e-6)  # fmt: skip
+
+
+def test_a_clone_of_a_compressed_model_says_it_has_no_masks(monkeypatch):
+    """keras.models.clone_model makes the masked layers again from their class and config,
+    without masks: the clone computed as the dense model without a word."""
+    from filterprune.tensorflow import masks
+
+    monkeypatch.setattr(masks, "_COPIES_SAID", [])
+    ctrl, model = create_compressed_model(conv_bn_net(), make_config((1, 16, 16, 3)))
+    clone = keras.models.clone_model(model)
+    with pytest.warns(UserWarning, match="is a copy of a layer filterprune compresses"):
+        clone(np.zeros((1, 16, 16, 3), "float32"))

@@ -23,6 +23,7 @@ the ``call`` it traced.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 _SWAPPED: dict[type, type] = {}
+_COPIES_SAID: list[str] = []
 _MASKED_KINDS = ("conv", "linear", "batchnorm")
 
 
@@ -59,6 +61,8 @@ def _masked_call(self, *args: Any, **kwargs: Any) -> Any:
     """``call`` with transformed inputs and masked (then transformed) variables; the
     original variables are put back afterwards."""
     state = self.__dict__
+    if not any(key.startswith("_fp_") for key in state):  # made by its class, not by us
+        _say_copy(self)
     if state.get("_fp_input_transforms"):
         args, kwargs = transform_inputs(state["_fp_input_transforms"], args, kwargs)
     channel = state.get("_fp_channel_mask")
@@ -81,6 +85,21 @@ def _masked_call(self, *args: Any, **kwargs: Any) -> Any:
         shape[axis] = -1
         out = _masked(out, ops.reshape(mask, shape))
     return out
+
+
+def _say_copy(layer: Any) -> None:
+    """Warn, once a process (a cloned model has many such layers), of a layer of a masked
+    class that no mask was put on: ``keras.models.clone_model`` made it."""
+    layer.__dict__["_fp_copy"] = True
+    if _COPIES_SAID:
+        return
+    _COPIES_SAID.append(layer.name)
+    warnings.warn(
+        f"Layer {layer.name!r} (and any like it) is a copy of a layer filterprune compresses "
+        "(made with keras.models.clone_model or from_config): a copy has no masks or "
+        "quantizers and computes as the uncompressed layer. Copy the compressed model with "
+        "ctrl.strip(), or copy the model before create_compressed_model.",
+        UserWarning, stacklevel=3)  # fmt: skip
 
 
 def _statistics(layer: Any) -> list[tuple[Any, Any]]:
