@@ -79,20 +79,19 @@ def test_unpruned_student_matches_teacher():
     model(torch.randn(4, 1, 28, 28))
     # train-mode BN uses batch statistics, the teacher its running ones: a small gap only
     assert ctrl.loss().item() < 1.0
-    assert ctrl.get("knowledge_distillation").name == "knowledge_distillation"
+    assert ctrl.name == "knowledge_distillation"
 
 
 def test_distillation_alone_strips_exports_and_resumes(tmp_path):
-    """Alone, it was its own controller, without ``strip`` or ``export_model``."""
+    """Alone, its controller had no ``strip`` or ``export_model``."""
     ctrl, model = create_compressed_model(net(), config({"type": "mse"}, pruning=False))
     small = ctrl.strip()
     assert not small._forward_hooks and model._forward_hooks
     ctrl.export_model(str(tmp_path / "student.onnx"))
     assert (tmp_path / "student.onnx").stat().st_size > 0
-    for state in (ctrl.get_compression_state(),  # and as one algorithm saved it before
-                  ctrl.get("knowledge_distillation").get_compression_state()):
-        resumed, _ = create_compressed_model(net(), config({"type": "mse"}, pruning=False), state)
-        assert resumed.get("knowledge_distillation").params.type == "mse"
+    state = ctrl.get_compression_state()
+    resumed, _ = create_compressed_model(net(), config({"type": "mse"}, pruning=False), state)
+    assert resumed.params.type == "mse"
 
 
 def test_strip_drops_the_tap_and_training_reduces_the_gap():
@@ -184,13 +183,13 @@ def _kd(model, kind="softmax", x=None):
         next(model.parameters()).mul_(1.5)  # the student moves off the teacher
     model.train()
     out = model(torch.randn(3, 1, 6, 6) if x is None else x)
-    return ctrl.get("knowledge_distillation"), out
+    return ctrl, out
 
 
 def test_softmax_distillation_is_over_the_class_axis():
     """Over axis 1, per pixel, as ``F.cross_entropy``; it was over the width."""
     x = torch.randn(3, 1, 6, 6)
-    ctrl, out = _kd(_Heads(), x=x)
+    ctrl, out = _kd(_Heads(), x=x)  # the only entry: ctrl is distillation's
     with torch.no_grad():
         ref = ctrl.teacher(x)
     flat = lambda t: t.movedim(1, -1).reshape(-1, 5)  # noqa: E731 - one row a pixel

@@ -950,6 +950,43 @@ def test_a_mask_written_into_a_child_weight_is_cut_with_it(groups):
         assert small.context.out_channels == 8
 
 
+class _WrittenFrom(nn.Module):
+    """A weight written in place from another conv's weight, or from a mask read
+    transposed."""
+
+    def __init__(self, source):
+        super().__init__()
+        self.source = source
+        self.a, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.c, self.c2 = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 1)
+        self.register_buffer("mask", (torch.rand(16, 16, generator=torch.Generator(
+            ).manual_seed(0)) > 0.4).float())  # fmt: skip
+
+    def forward(self, x):
+        if self.source == "other conv":
+            self.c.weight.data *= self.c2.weight.data.sign().abs()
+        else:
+            self.c.weight.data *= self.mask.t()[..., None, None]
+        y = F.relu(self.c(F.relu(self.a(x))))
+        return self.head(F.relu(self.c2(y)))
+
+
+@pytest.mark.parametrize("source", ["other conv", "transposed mask"])
+def test_a_weight_written_from_another_tensor_is_cut_with_it(source):
+    """From another conv's weight, the stripped model failed ("The size of tensor a (16)
+    must match the size of tensor b (8)"); through a transposed view of a mask too (the
+    mask held, the conv cut): the conv now stays whole."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(_WrittenFrom(source)), make_config(
+        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    if source == "other conv":
+        assert small.c.weight.shape == small.c2.weight.shape == (8, 8, 1, 1)
+    else:
+        held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+        assert held["c"] == "mul: writes into weight c.weight values that cannot be cut with it"
+
+
 def test_a_full_min_or_max_under_torch_export_says_it_reduces_over_channels():
     class MinMax(nn.Module):
         def __init__(self):

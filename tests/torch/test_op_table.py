@@ -129,7 +129,7 @@ APART = {
     "quantile, renorm, matrix_norm, linalg.norm, trapezoid": lambda y: y * torch.quantile(
         y.flatten(2), 0.7, 2)[..., None, None] + torch.renorm(y, 2, 1, 1.0)
     + torch.linalg.matrix_norm(y, keepdim=True) + torch.linalg.norm(y, dim=(2, 3))[..., None, None]
-    + torch.trapezoid(y, dim=3)[..., None]
+    + torch.trapezoid(y, dim=3)[..., None] + torch.trapz(y, dim=2)[..., None, :]
     + F.pad(torch.cumulative_trapezoid(y, dx=0.5, dim=2), (0, 0, 0, 1)),
     # the pieces passed whole, not as a list: "cat: expects a tensor input"
     "cat of a split, stack of an unbind": lambda y: torch.cat(y.split(4, 2), 2) + torch.stack(

@@ -171,3 +171,34 @@ def test_a_weight_two_convs_hold_is_counted_once_and_stays_tied_where_cut_alike(
     assert stats.current_params == sum(p.numel() for p in small.parameters())
     assert (small.c1.weight is small.c2.weight) == side_by_side
     assert small.c1.out_channels == 8
+
+
+class ThreeHolders(nn.Module):
+    """One weight held by three convs: two side by side (cut alike), one after them; and a
+    bias, zero at first, held by two convs that cut it differently."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.c1, self.c2, self.c3 = (nn.Conv2d(16, 16, 3, padding=1) for _ in range(3))
+        self.c2.weight = self.c3.weight = self.c1.weight
+        self.a, self.b = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 1)
+        self.b.bias = self.a.bias
+        nn.init.zeros_(self.a.bias)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        y = torch.relu(self.c1(torch.relu(self.c2(y) + self.c3(y))))
+        return self.head(torch.relu(self.b(torch.relu(self.a(y)))))
+
+
+def test_a_weight_three_convs_hold_stays_tied_where_cut_alike_and_counts_as_held():
+    """The strip tied all holders or none (by value: a zero bias cut differently was tied),
+    while the count took one tensor per distinct cut."""
+    torch.manual_seed(0)
+    config = make_config((1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1)
+    ctrl, model = create_compressed_model(randomize_bn(ThreeHolders()), config)
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    assert small.c2.weight is small.c3.weight and small.c1.weight is not small.c2.weight
+    assert small.a.bias is not small.b.bias
+    assert ctrl.statistics().current_params == sum(p.numel() for p in small.parameters())

@@ -865,3 +865,7 @@ def test_an_algorithm_of_the_users_strips_and_exports_alone_or_beside_others(
     assert ctrl.strip().stripped_by == "test_noise"
     ctrl.export_model(str(tmp_path / "m.onnx"))
     assert (tmp_path / "m.onnx").exists()
+    if not with_pruning:  # a state of another algorithm names this one, not the composite
+        state = {**ctrl.get("test_noise").get_compression_state(), "algorithm": "quantization"}
+        with pytest.raises(ConfigError, match="must be 'test_noise'"):
+            create_compressed_model(SmallNet(), config, state)

@@ -290,7 +290,8 @@ class CompositeCompressionController(CompressionController):
         if state is None:
             return [None] * len(self.child_ctrls)
         if len(self.child_ctrls) == 1 and isinstance(state, Mapping) \
-                and state.get("algorithm") == self._names()[0]:  # fmt: skip
+                and state.get("algorithm") != self.name:  # fmt: skip
+            check_state_header(state, self._names()[0], self.state_where)
             return [state]  # saved while one algorithm was its own controller
         check_state_header(state, self.name, self.state_where, self._names())
         children = state.get("children")

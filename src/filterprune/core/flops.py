@@ -70,23 +70,20 @@ def count_params(graph: Graph, keeps: Keeps | None = None) -> int:
             seen.add(full)
             keep = keeps.get(name, {})
             if full in tied:  # one tensor: counted once per distinct cut of it
-                cut = _cut_of(roles, keep, info.groups)
-                if any(_same_cut(cut, other) for other in counted.get(tied[full], ())):
+                cut = cut_signature(roles, keep, info.groups)
+                if cut in counted.setdefault(tied[full], []):
                     continue
-                counted.setdefault(tied[full], []).append(cut)
+                counted[tied[full]].append(cut)
             total += kept_elements(shape, roles, keep, info.groups)
     return total
 
 
-def _cut_of(roles: tuple, keep: dict[str, np.ndarray], groups: int) -> tuple:
-    return groups, [keep.get(r) if r else None for r in roles]
-
-
-def _same_cut(a: tuple, b: tuple) -> bool:
-    """Whether two holders of one tensor keep the same entries of it."""
-    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(
-        (x is None and y is None) or (x is not None and y is not None and np.array_equal(x, y))
-        for x, y in zip(a[1], b[1], strict=True))  # fmt: skip
+def cut_signature(roles: tuple, keep: dict[str, np.ndarray], groups: int = 1) -> tuple | None:
+    """What a cut keeps of a tensor with axis ``roles``: equal for two holders of one tensor
+    exactly where they keep the same entries of it (``None``: nothing cut)."""
+    kept = [keep.get(r) if r else None for r in roles]
+    parts = tuple(None if v is None or v.all() else v.tobytes() for v in kept)
+    return None if all(p is None for p in parts) else (groups, parts)
 
 
 def layer_flops(graph: Graph, keeps: Keeps | None = None) -> dict[str, int]:

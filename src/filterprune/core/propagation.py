@@ -224,29 +224,69 @@ def _unread_layers(graph: Graph) -> list[str]:
 def _written_back(state: Propagation) -> None:
     """Weights combined entry by entry with a layer's weight and never read after
     (``conv.weight.data *= self.mask``, written back in place): cut along that layer's
-    channels as its weight is, or the layer stays whole where they cannot be."""
+    channels as its weight is, or the layer and theirs stay whole where they cannot be."""
     graph = state.graph
     read = {i for n in graph for i in n.inputs} | set(graph.outputs)
     for node in graph:
         value = state.values.get(node.name)
-        if node.name in read or not isinstance(value, Param) or not value.also:
+        if node.name in read:
             continue
-        layer, _, local = value.name.rpartition(".")
-        info = graph.layers.get(layer)
-        roles = info.params.get(local, ((), ()))[1] if info is not None else ()
-        for axis, role in enumerate(roles):
-            use = state.uses.get(layer, {}).get(role) if role else None
-            if use is None or value.shape[axis] == 1:  # a depthwise conv's one input
-                continue
-            for other in value.also:
-                if other.name.startswith(f"{layer}.") and other.shape == value.shape:
-                    continue  # the layer's own, shaped as its weight: cut alike (a mask)
-                if (other.name in graph.layers and other.shape == value.shape
-                        and use.ids.size == value.shape[axis]):  # fmt: skip
-                    state.use(other.name, f"axis{axis}", use.ids, node.name)
-                else:
-                    state.hold_layer(layer, f"{node.label or node.op}: writes {other.label} "
-                                            f"into {value.label}, which cannot be cut with it")
+        first = state.values.get(node.inputs[0]) if node.inputs else None
+        if not isinstance(value, Param) and isinstance(first, Param) \
+                and _owner(graph, first) is not None:  # fmt: skip
+            # a layer's weight changed in place by values no rule follows (a mask viewed)
+            state.hold_param(first.name, f"{node.label or node.op}: writes into "
+                                         f"{first.label} values that cannot be cut with it")
+            continue
+        if not isinstance(value, Param) or not value.also:
+            continue
+        layer = _owner(graph, value)
+        if layer is None:  # written into a tensor made in forward: no weight changes
+            continue
+        roles = graph.layers[layer[0]].params[layer[1]][1] if value.axes is None else ()
+        uses = {a: state.uses.get(layer[0], {}).get(r) for a, r in enumerate(roles) if r}
+        for other in value.also:
+            if other.name.startswith(f"{layer[0]}.") and other.shape == value.shape \
+                    and layer[1] != "":  # fmt: skip
+                continue  # the layer's own, shaped as its weight: cut alike (a mask)
+            if value.axes is not None or not _tie_written(state, node, value, other, uses):
+                reason = (f"{node.label or node.op}: writes {other.label} into {value.label}, "
+                          "which cannot be cut with it")
+                for param in (value, other):
+                    state.hold_param(param.name, reason)
+
+
+def _owner(graph: Graph, param: Param) -> tuple[str, str] | None:
+    """``(layer, parameter key)`` of a weight (``""``: a bare weight, its own layer)."""
+    if param.name in graph.layers:
+        return param.name, ""
+    layer, _, key = param.name.rpartition(".")
+    info = graph.layers.get(layer)
+    return (layer, key) if info is not None and key in info.params else None
+
+
+def _tie_written(state: Propagation, node: Node, value: Param, other: Param,
+                 uses: dict[int, LayerUse | None]) -> bool:  # fmt: skip
+    """Cut ``other`` along ``value``'s layer's channels, axis by axis; False where it
+    cannot be (another shape, a view of it, a grouped weight's partial axis)."""
+    owner = _owner(state.graph, other)
+    if owner is None or other.shape != value.shape:
+        return False
+    roles = state.graph.layers[owner[0]].params[owner[1]][1]
+    for axis, use in uses.items():
+        if use is None or value.shape[axis] == 1:  # a depthwise conv's one input
+            continue
+        source = other.source_axis(axis)
+        if source is None or use.ids.size != value.shape[axis]:
+            return False
+        if owner[1] == "":  # a bare weight: cut along the axis it is read on
+            state.use(owner[0], f"axis{source}", use.ids, node.name)
+            continue
+        theirs = state.uses.get(owner[0], {}).get(roles[source]) if roles[source] else None
+        if theirs is None or theirs.ids.size != use.ids.size:
+            return False
+        state.uf.union_arrays(theirs.ids, use.ids)  # another layer's weight: cut alike
+    return True
 
 
 def propagate(graph: Graph, rules: dict[str, Callable[..., Any]]) -> Propagation:

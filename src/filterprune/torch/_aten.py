@@ -454,7 +454,7 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
           "linalg_norm.ord_str"), _reduce),
     (_ops("linalg_matrix_norm.default", "linalg_matrix_norm.str_ord"), _matrix_norm),
     (_ops("renorm.default"), _renorm),
-    (_ops("trapezoid.dx"), lambda node, shape: ("reduce", {
+    (_ops("trapezoid.dx", "trapz.dx"), lambda node, shape: ("reduce", {
         "dims": [int(named_args(node).get("dim", -1))], "keepdim": False})),
     (_ops("cumulative_trapezoid.dx"), _along),
     (_ops("view_as_complex.default"), _complex_view),

@@ -142,6 +142,14 @@ class KnowledgeDistillationController(CompressionController):
         return DistillationStatistics(type=self.params.type, temperature=self.params.temperature,
                                       scale=self.params.scale)  # fmt: skip
 
+    def strip(self, shrink: bool = True, do_copy: bool = True) -> nn.Module:
+        """The model without the tap (the training model keeps it)."""
+        return self.frontend.strip(self, shrink=shrink, do_copy=do_copy)
+
+    def export_model(self, save_path: str, *args: Any, **kwargs: Any) -> None:
+        """Export the stripped model (see the pruning controller's ``export_model``)."""
+        self.frontend.export_model(self, save_path, *args, **kwargs)
+
     def strip_model(self, model: nn.Module, **_: Any) -> nn.Module:
         """Drop the forward tap from the copy being deployed."""
         model._forward_hooks.pop(self._handle.id, None)

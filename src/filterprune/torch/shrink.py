@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.flops import cut_signature
 from ..core.graph import BARE_KINDS, LayerInfo
 from ..core.weights import groups_left, slice_weight
 from ..errors import AnalysisError
@@ -154,8 +155,8 @@ def cut_output_quantizers(model: nn.Module, kept_channels: Any) -> None:
 
 def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.Module:
     """Cut every layer of ``model`` (in place) down to its kept channels. A parameter
-    several modules hold stays one tensor where each keeps the same entries of it."""
-    tied = _tied(model)
+    several modules hold stays one tensor among those that keep the same entries of it."""
+    tied = _tied(model, layer_keeps, layer_infos)
     with torch.no_grad():
         for name, keep in layer_keeps.items():
             info = layer_infos.get(name)
@@ -167,21 +168,29 @@ def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.M
     for module in model.modules():
         if isinstance(module, nn.Unflatten):
             _sync_attributes(module)
-    for holders in tied:
-        values = [m._parameters[k] for m, k in holders]
-        if all(v.shape == values[0].shape and torch.equal(v, values[0]) for v in values):
-            for module, key in holders:
-                module._parameters[key] = values[0]
+    for holders in tied:  # each list: holders of one tensor that cut it alike
+        first = holders[0][0]._parameters[holders[0][1]]
+        for module, key in holders[1:]:
+            module._parameters[key] = first
     return model
 
 
-def _tied(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
-    """``(module, name)`` of each parameter held under several names, one list per tensor."""
-    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+def _tied(model: nn.Module, keeps: dict, infos: dict) -> list[list[tuple[nn.Module, str]]]:
+    """``(module, name)`` of the holders of each parameter held under several names, one
+    list per tensor and cut of it (:func:`~filterprune.core.flops.cut_signature`)."""
+    modules = dict(model.named_modules())
+    layers = {id(modules[n]): n for n, info in infos.items()
+              if n in modules and info.kind not in BARE_KINDS}  # fmt: skip
+    holders: dict[tuple, list[tuple[nn.Module, str]]] = {}
     for module in model.modules():
         for key, value in module._parameters.items():
-            if value is not None:
-                holders.setdefault(id(value), []).append((module, key))
+            if value is None:
+                continue
+            name = layers.get(id(module))
+            roles = infos[name].params.get(key, ((), ()))[1] if name is not None else ()
+            cut = cut_signature(roles, keeps.get(name, {}), infos[name].groups) \
+                if name is not None else None  # fmt: skip
+            holders.setdefault((id(value), cut), []).append((module, key))
     return [h for h in holders.values() if len(h) > 1]
 
 
