@@ -234,6 +234,19 @@ def test_unreachable_flops_target_names_best_value(small_net):
         create_compressed_model(small_net, config)
 
 
+def test_the_bound_an_unreachable_flops_target_names_is_reachable(small_net):
+    """It was rounded to nearest, so the value it named could be refused in turn; with
+    target_scopes limiting the cut it did not name them."""
+    only_b = {"target_scopes": ["fc1"]}
+    config = make_config(pruning_init=0.95, pruning_flops_target=0.95, extra=only_b)
+    with pytest.raises(ConfigError, match="more `target_scopes`") as err:
+        create_compressed_model(small_net, config)
+    bound = float(re.search(r"pruning_flops_target <= (0\.\d+)", str(err.value))[1])
+    config = make_config(pruning_init=bound, pruning_flops_target=bound, extra=only_b)
+    ctrl, _ = create_compressed_model(small_net, config)
+    assert 1 - ctrl.statistics().flops_kept >= bound
+
+
 def test_unreachable_flops_target_names_only_settings_not_in_place(small_net):
     """It suggested prune_first_conv and prune_downsample_convs when both were on already."""
     config = make_config(pruning_init=0.999, pruning_flops_target=0.999, prune_first_conv=True,

@@ -276,12 +276,13 @@ class PruningControllerBase(CompressionController):
         removable = self.pruner.reachable_flops(self._scores())
         if removable + 1e-9 >= target:
             return
+        most = np.floor(removable * 1e4) / 1e4  # rounded down: a target it names is met
         raise ConfigError(
             f"`{self.params.key('pruning_flops_target')}`={target} cannot be reached on this "
             f"model: with at most {MAX_GROUP_LEVEL:.0%} of each prunable group's filters "
-            f"removed, at most {removable:.4f} of the FLOPs go, so the smallest fraction of "
-            f"the FLOPs that can remain is {1 - removable:.4f}. Set pruning_flops_target <= "
-            f"{removable:.4f}, or {self._more_prunable()}. Received: "
+            f"removed, at most {most:.4f} of the FLOPs go, so the smallest fraction of "
+            f"the FLOPs that can remain is {1 - most:.4f}. Set pruning_flops_target <= "
+            f"{most:.4f}, or {self._more_prunable()}. Received: "
             f"pruning_flops_target={target}."
         )
 
@@ -296,6 +297,8 @@ class PruningControllerBase(CompressionController):
                         "of no more filters stay whole, the others keep multiples of it)")
         if p.ignored_scopes:
             ways.append("fewer `ignored_scopes`")
+        if p.target_scopes:
+            ways.append("more `target_scopes`")
         return "let more be pruned: " + ", ".join(ways) if ways else (
             "see `filterprune analyze` for what is left whole and why")  # fmt: skip
 
