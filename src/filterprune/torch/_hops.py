@@ -28,14 +28,15 @@ def inline_context_blocks(gm: fx.GraphModule) -> None:
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in ops:
             continue
-        owner = next(a for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr")
+        owner = next((a for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr"),
+                     None)  # fmt: skip
+        if owner is None or any(u.target is not operator.getitem for u in node.users):
+            continue  # another form: left one call, which holds its tensors with a reason
         sub = getattr(gm, owner.target)
         inline_context_blocks(sub)
         operands = node.args[node.args.index(owner) + 1:]
         values = _copy_body(gm, sub, operands, node)
         for user in list(node.users):
-            if user.target is not operator.getitem:
-                raise ValueError(f"{node.name}'s result read by {user.format_node()}")
             user.replace_all_uses_with(values[user.args[1]])
             gm.graph.erase_node(user)
         gm.graph.erase_node(node)

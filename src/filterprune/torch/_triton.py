@@ -10,7 +10,7 @@ import importlib.util
 import sys
 import warnings
 
-__all__ = ["hide_triton_after_tensorflow"]  # run on import, before torchvision loads
+__all__ = ["hide_triton_after_tensorflow"]
 
 
 def hide_triton_after_tensorflow() -> None:
@@ -26,4 +26,4 @@ def hide_triton_after_tensorflow() -> None:
         "frameworks in separate processes.", RuntimeWarning, stacklevel=3)
 
 
-hide_triton_after_tensorflow()
+hide_triton_after_tensorflow()  # on import: filterprune.torch imports this before torchvision
