@@ -311,6 +311,8 @@ def test_contrib_qdq_files_are_told_to_use_the_standard_ops():
     assert fix.startswith("quantize with the standard Q/DQ ops") and "QDQ format" not in fix
     assert "graph optimizations" in foreign_fix(["com.microsoft.Gelu"])
     assert "QuantFormat.QDQ" in foreign_fix(["com.microsoft.QLinearConv"])
+    dynamic = foreign_fix(["ConvInteger", "MatMulInteger"])  # quantize_dynamic's, no data
+    assert dynamic == "convert the float model, then quantize_dynamic the converted file"
 
 
 def test_a_block_quantized_weight_leaves_the_rest_analysed(tmp_path):

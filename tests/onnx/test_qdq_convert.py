@@ -527,6 +527,38 @@ def test_onnxruntime_quantize_static_per_channel(tmp_path):
     assert new_ops["QLinearConv"] == old_ops["QLinearConv"] >= 6 and new_ops["QGemm"] == 2
 
 
+def test_zero_filters_of_a_float_batchnorm_in_a_qdq_file_are_reported(tmp_path):
+    """ONNX Runtime leaves an unfolded BatchNormalization in float between Q/DQ pairs: its
+    zeroed filters were removed, but reported as none (0 zero, 0 kept for 3 zeroed)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.items = iter([{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+                               for _ in range(4)])  # fmt: skip
+
+        def get_next(self):
+            return next(self.items, None)
+
+    torch.manual_seed(0)
+    net = randomize_bn(nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 8, 1), nn.Flatten(), nn.Linear(8 * 16 * 16, 4))).eval()  # fmt: skip
+    for bn, rows in ((net[1], [0, 3, 7]), (net[4], [0, 3])):  # channel 7 reaches a live shift
+        bn.weight.data[rows], bn.bias.data[rows] = 0, 0
+    path, qdq = tmp_path / "f32.onnx", tmp_path / "qdq.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False,
+                      do_constant_folding=False, input_names=["x"])  # fmt: skip
+    quantize_static(str(path), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    for file in (path, qdq):
+        _, report = remove_zero_filters(str(file))
+        stem = report.layers[0]
+        assert (stem.zero_filters, stem.removed, stem.kept_zero) == (3, 2, 1), file.name
+        assert "reads it with nonzero weights" in stem.reason
+
+
 # -- zero points: a pruned channel is zero only where Q and DQ agree -------------------------
 def _qdq_graph(tmp_path, q_zp, dq_zp, act_zps=(0, 0), per_channel_act=False):
     """x -> conv1 (float W -> Q -> DQ, filters 1 and 2 zero) -> Relu -> Q -> DQ -> conv2."""

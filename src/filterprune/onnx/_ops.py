@@ -402,9 +402,11 @@ def foreign_fix(ops: list[str]) -> str:
     """What to do about the ``ops`` of :func:`foreign_ops`, for the kinds found."""
     types = {op.rsplit(".", 1)[-1]: "." in op for op in ops}  # op type -> com.microsoft
     fixes = []
-    if any(t in _QOPERATOR for t in types):
+    if any(t in _QOPERATOR[:2] for t in types):
         fixes.append("re-quantize the float model in QDQ format (onnxruntime "
                      "quantize_static(quant_format=QuantFormat.QDQ))")
+    if any(t in _QOPERATOR[2:] for t in types):  # quantize_dynamic's: no calibration data
+        fixes.append("convert the float model, then quantize_dynamic the converted file")
     if any(ms and t in _QDQ_TYPES for t, ms in types.items()):
         fixes.append("quantize with the standard Q/DQ ops (quantize_static with "
                      "extra_options={'UseQDQContribOps': False}; opset 21 for 16-bit "

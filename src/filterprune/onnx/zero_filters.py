@@ -34,6 +34,7 @@ from .capture import Captured
 __all__ = ["Decision", "find_removable"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
 _OPTIONS = AnalysisOptions(prune_first_conv=True, prune_downsample_convs=True, prune_linear=True)
 
 
@@ -148,13 +149,20 @@ class _Zeros:
     def note_killed(self, node: Node, dead: np.ndarray) -> None:
         """Filters of the layer feeding ``node`` alone whose output ``node`` zeroes: zero
         filters in effect (the report counts them)."""
-        source = self.cap.graph[node.inputs[0]]
+        graph = self.cap.graph
+        source = graph[node.inputs[0]]
+        while source.layer not in self.state.producers and source.label in _QDQ \
+                and source.inputs and self._readers(source.name) == 1:  # fmt: skip
+            source = graph[source.inputs[0]]  # a QDQ file quantizes what the layer writes
         if not dead.size or source.layer not in self.state.producers:
             return
-        if sum(source.name in n.inputs for n in self.cap.graph) != 1:
+        if self._readers(source.name) != 1:
             return  # another op reads the filter's output as it is
         out_roots = self.uf.roots(self.state.uses[source.layer]["out"].ids)
         self.killed[source.layer] = np.isin(out_roots, dead)
+
+    def _readers(self, name: str) -> int:
+        return sum(name in n.inputs for n in self.cap.graph)
 
     def _fresh(self, node: Node) -> np.ndarray:
         """Roots of ``node``'s output that none of its inputs carries (a reshape to a
