@@ -232,8 +232,8 @@ def _written_back(state: Propagation) -> None:
         if node.name in read:
             continue
         first = state.values.get(node.inputs[0]) if node.inputs else None
-        if not isinstance(value, Param) and isinstance(first, Param) \
-                and _owner(graph, first) is not None:  # fmt: skip
+        if node.op in ("elementwise", "identity") and not isinstance(value, Param) \
+                and isinstance(first, Param) and _owner(graph, first) is not None:  # fmt: skip
             # a layer's weight changed in place by values no rule follows (a mask viewed)
             state.hold_param(first.name, f"{node.label or node.op}: writes into "
                                          f"{first.label} values that cannot be cut with it")
