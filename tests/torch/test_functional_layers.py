@@ -965,22 +965,24 @@ class _WrittenFrom(nn.Module):
     def forward(self, x):
         if self.source == "other conv":
             self.c.weight.data *= self.c2.weight.data.sign().abs()
+        elif self.source == "copy":
+            self.c.weight.data.copy_(self.c2.weight.data * 0.5)
         else:
             self.c.weight.data *= self.mask.t()[..., None, None]
         y = F.relu(self.c(F.relu(self.a(x))))
         return self.head(F.relu(self.c2(y)))
 
 
-@pytest.mark.parametrize("source", ["other conv", "transposed mask"])
+@pytest.mark.parametrize("source", ["other conv", "copy", "transposed mask"])
 def test_a_weight_written_from_another_tensor_is_cut_with_it(source):
     """From another conv's weight, the stripped model failed ("The size of tensor a (16)
-    must match the size of tensor b (8)"); through a transposed view of a mask too (the
-    mask held, the conv cut): the conv now stays whole."""
+    must match the size of tensor b (8)"), and ``copy_`` had no rule; through a transposed
+    view of a mask, the mask was held and the conv cut: the conv now stays whole."""
     torch.manual_seed(0)
     ctrl, model = create_compressed_model(nondegenerate(_WrittenFrom(source)), make_config(
         (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
-    if source == "other conv":
+    if source in ("other conv", "copy"):
         assert small.c.weight.shape == small.c2.weight.shape == (8, 8, 1, 1)
     else:
         held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}

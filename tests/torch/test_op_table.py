@@ -126,6 +126,7 @@ APART = {
         torch.diff(y, dim=2), (0, 0, 0, 1)) + torch.rot90(y, 1, (2, 3)) + y.logcumsumexp(3)
     + y.nanmean((2, 3), keepdim=True) + torch.count_nonzero(y > 0, (2, 3))[..., None, None]
     + torch.linalg.vector_norm(y, 2, (2, 3), True) + y.mT @ y + y.tril() + torch.triu(y, 1),
+    "copy_ into a tensor of the same shape": lambda y: torch.empty_like(y).copy_(y * 2) + y,
     "quantile, renorm, matrix_norm, linalg.norm, trapezoid": lambda y: y * torch.quantile(
         y.flatten(2), 0.7, 2)[..., None, None] + torch.renorm(y, 2, 1, 1.0)
     + torch.linalg.matrix_norm(y, keepdim=True) + torch.linalg.norm(y, dim=(2, 3))[..., None, None]

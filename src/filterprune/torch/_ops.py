@@ -1037,6 +1037,7 @@ CALL_RULES: dict[Any, Call] = {
     F.group_norm: _group_norm,
     F.local_response_norm: lambda node, shapes: ("along", {"dims": [1]}),  # over neighbours
     "expand": _expand, "expand_as": _elementwise, "repeat": _repeat,
+    "copy_": _elementwise,  # ``x.copy_(y)``: y's entries, broadcast to x's positions
     torch.gather: _take_along(1), "gather": _take_along(1),
     torch.take_along_dim: _take_along(2), "take_along_dim": _take_along(2),
     "amin": _reduce, torch.amin: _reduce, "prod": _reduce, torch.prod: _reduce,
