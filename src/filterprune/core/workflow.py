@@ -332,8 +332,8 @@ def _start(frontend: Frontend, model: Any, names: list[str], settings: list[Any]
     for i in sorted(range(len(names)), key=lambda i: names[i] != "knowledge_distillation"):
         built[i] = frontend.controllers[names[i]](model, settings[i], captured, frontend)
     children = [built[i] for i in range(len(names))]
-    # one algorithm is its own controller where it strips and exports on its own (a
-    # distillation or a user's algorithm, with ``strip_model`` only, goes in the composite)
+    # one algorithm is its own controller where it strips and exports on its own; a user's
+    # algorithm with ``strip_model`` only goes in the composite, which the frontend strips
     alone = len(children) == 1 and (callable(getattr(children[0], "strip", None))
                                     or type(frontend).strip is Frontend.strip)  # fmt: skip
     ctrl = children[0] if alone else CompositeCompressionController(children, frontend)
