@@ -174,8 +174,9 @@ def test_a_weight_two_convs_hold_is_counted_once_and_stays_tied_where_cut_alike(
 
 
 class ThreeHolders(nn.Module):
-    """One weight held by three convs: two side by side (cut alike), one after them; and a
-    bias, zero at first, held by two convs that cut it differently."""
+    """One weight held by three convs: two side by side (cut alike), one after them; a
+    bias, zero at first, held by two convs that cut it differently; the head's weight also
+    held by a module that is no layer."""
 
     def __init__(self):
         super().__init__()
@@ -185,6 +186,8 @@ class ThreeHolders(nn.Module):
         self.a, self.b = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 1)
         self.b.bias = self.a.bias
         nn.init.zeros_(self.a.bias)
+        self.extra = nn.Module()  # no layer: a regularizer keeping the weights it decays
+        self.extra.w = self.head.weight
 
     def forward(self, x):
         y = torch.relu(self.stem(x))
@@ -201,4 +204,5 @@ def test_a_weight_three_convs_hold_stays_tied_where_cut_alike_and_counts_as_held
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
     assert small.c2.weight is small.c3.weight and small.c1.weight is not small.c2.weight
     assert small.a.bias is not small.b.bias
+    assert small.extra.w is small.head.weight  # it kept the whole weight
     assert ctrl.statistics().current_params == sum(p.numel() for p in small.parameters())

@@ -177,21 +177,30 @@ def shrink_model(model: nn.Module, layer_keeps: dict, layer_infos: dict) -> nn.M
 
 def _tied(model: nn.Module, keeps: dict, infos: dict) -> list[list[tuple[nn.Module, str]]]:
     """``(module, name)`` of the holders of each parameter held under several names, one
-    list per tensor and cut of it (:func:`~filterprune.core.flops.cut_signature`)."""
+    list per tensor and cut of it (:func:`~filterprune.core.flops.cut_signature`), the
+    layer holders first. A module that is no layer (one keeping a list of weights) holds
+    what the layers cut, where they all cut it alike."""
     modules = dict(model.named_modules())
     layers = {id(modules[n]): n for n, info in infos.items()
               if n in modules and info.kind not in BARE_KINDS}  # fmt: skip
-    holders: dict[tuple, list[tuple[nn.Module, str]]] = {}
+    tensors: dict[int, dict[Any, list[tuple[nn.Module, str]]]] = {}
     for module in model.modules():
         for key, value in module._parameters.items():
             if value is None:
                 continue
             name = layers.get(id(module))
-            roles = infos[name].params.get(key, ((), ()))[1] if name is not None else ()
-            cut = cut_signature(roles, keeps.get(name, {}), infos[name].groups) \
-                if name is not None else None  # fmt: skip
-            holders.setdefault((id(value), cut), []).append((module, key))
-    return [h for h in holders.values() if len(h) > 1]
+            cut = "free" if name is None else cut_signature(
+                infos[name].params.get(key, ((), ()))[1], keeps.get(name, {}), infos[name].groups)
+            tensors.setdefault(id(value), {}).setdefault(cut, []).append((module, key))
+    out = []
+    for cuts in tensors.values():
+        free = cuts.pop("free", [])
+        if cuts and len(cuts) == 1:
+            next(iter(cuts.values())).extend(free)
+        else:
+            cuts["free"] = free
+        out += [h for h in cuts.values() if len(h) > 1]
+    return out
 
 
 def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
