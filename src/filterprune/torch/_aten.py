@@ -9,6 +9,7 @@ that reach it, with its name as the reason. Adding an op is one entry.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -114,20 +115,14 @@ def _unbind(node: fx.Node, shape) -> Spec:
                      "squeeze": True}  # fmt: skip
 
 
-def _reduce(node: fx.Node, shape) -> Spec:
+def _reduce(node: fx.Node, shape, default: tuple[int, ...] | None = None) -> Spec:
     args = named_args(node)
-    dims = args.get("dim")
+    dims = args.get("dim", default)
     if dims is None or dims == []:
         dims = list(range(len(shape)))
     elif isinstance(dims, int):
         dims = [dims]
     return "reduce", {"dims": list(dims), "keepdim": bool(args.get("keepdim", False))}
-
-
-def _matrix_norm(node: fx.Node, shape) -> Spec:
-    args = named_args(node)
-    return "reduce", {"dims": list(args.get("dim", (-2, -1))),
-                      "keepdim": bool(args.get("keepdim", False))}  # fmt: skip
 
 
 def _renorm(node: fx.Node, shape) -> Spec:
@@ -452,7 +447,8 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
           "argmin.default", "max.default", "min.default", "median.default",
           "quantile.scalar", "nanquantile.scalar", "linalg_norm.default",
           "linalg_norm.ord_str"), _reduce),
-    (_ops("linalg_matrix_norm.default", "linalg_matrix_norm.str_ord"), _matrix_norm),
+    (_ops("linalg_matrix_norm.default", "linalg_matrix_norm.str_ord"),
+     functools.partial(_reduce, default=(-2, -1))),
     (_ops("renorm.default"), _renorm),
     (_ops("trapezoid.dx", "trapz.dx"), lambda node, shape: ("reduce", {
         "dims": [int(named_args(node).get("dim", -1))], "keepdim": False})),

@@ -620,12 +620,12 @@ def _unbind(node: fx.Node, shapes) -> Spec:
     return "split", {"axis": int(_arg(node, 1, "dim", 0)), "equal": False, "squeeze": True}
 
 
-def _reduce_at(dim_at: int, keepdim_at: int) -> Call:
-    """A reduction over ``dim`` (every axis without one) whose ``dim`` and ``keepdim``
-    are positional arguments ``dim_at`` and ``keepdim_at``."""
+def _reduce_at(dim_at: int, keepdim_at: int, default: tuple[int, ...] | None = None) -> Call:
+    """A reduction over ``dim`` (``default``, or every axis, without one) whose ``dim`` and
+    ``keepdim`` are positional arguments ``dim_at`` and ``keepdim_at``."""
 
     def build(node: fx.Node, shapes) -> Spec:
-        dims = _arg(node, dim_at, "dim")
+        dims = _arg(node, dim_at, "dim", default)
         if dims is None:
             dims = list(range(len(shapes)))
         dims = [dims] if isinstance(dims, int) else list(dims)
@@ -695,11 +695,6 @@ def _quantile(node: fx.Node, shapes) -> Spec:
     if isinstance(_arg(node, 1, "q"), fx.Node):
         return "stop", {"reason": "quantiles at a tensor of levels"}
     return _reduce_at(2, 3)(node, shapes)
-
-
-def _matrix_norm(node: fx.Node, shapes) -> Spec:
-    dims = _arg(node, 2, "dim", (-2, -1))
-    return "reduce", {"dims": list(dims), "keepdim": bool(_arg(node, 3, "keepdim", False))}
 
 
 def _renorm(node: fx.Node, shapes) -> Spec:
@@ -1048,7 +1043,7 @@ CALL_RULES: dict[Any, Call] = {
     "count_nonzero": _reduce_at(1, 2), torch.count_nonzero: _reduce_at(1, 2),  # no keepdim
     torch.linalg.vector_norm: _norm, "logcumsumexp": _along_dim,
     **dict.fromkeys((torch.quantile, "quantile", torch.nanquantile, "nanquantile"), _quantile),
-    torch.linalg.norm: _norm, torch.linalg.matrix_norm: _matrix_norm,
+    torch.linalg.norm: _norm, torch.linalg.matrix_norm: _reduce_at(2, 3, (-2, -1)),
     **dict.fromkeys((torch.renorm, "renorm"), _renorm),
     **dict.fromkeys((torch.trapezoid, torch.trapz, torch.cumulative_trapezoid), _trapezoid),
     "diff": _diff, torch.diff: _diff, "rot90": _rot90, torch.rot90: _rot90,
