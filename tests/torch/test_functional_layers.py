@@ -989,6 +989,65 @@ def test_a_weight_written_from_another_tensor_is_cut_with_it(source):
         assert held["c"] == "mul: writes into weight c.weight values that cannot be cut with it"
 
 
+class _GatedFilters(nn.Module):
+    """A gate per filter written into a conv's weight in forward, in place or assigned to
+    ``.data`` (which no trace records)."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.a, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.c = nn.Conv2d(16, 16, 3, padding=1)
+        self.register_buffer("gate", (torch.rand(16, 1, 1, 1, generator=torch.Generator(
+            ).manual_seed(0)) > 0.3).float())  # fmt: skip
+
+    def forward(self, x):
+        w = self.c.weight.data
+        if self.form == "assigned where":
+            self.c.weight.data = torch.where(self.gate.bool(), w, torch.zeros_like(w))
+        elif self.form == "in place":
+            self.c.weight.data *= self.gate
+        else:
+            self.c.weight.data.mul_(self.gate.view(1, -1, 1, 1))  # over its inputs
+        return self.head(F.relu(self.c(F.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("form", ["assigned where", "in place", "over its inputs"])
+def test_a_gate_per_filter_written_into_a_weight_is_cut_with_it(form):
+    """Assigned, the conv was cut and the gate not: the stripped model failed ("The size
+    of tensor a (16) must match the size of tensor b (8)"); in place, a gate broadcast over
+    the weight held every conv ("mul reads c.weight, which cannot be cut")."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(_GatedFilters(form)), make_config(
+        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    assert ctrl.statistics().flops_kept < 0.5
+    axis = 1 if form == "over its inputs" else 0  # the gate is stored (16, 1, 1, 1)
+    assert small.gate.shape[0] == small.c.weight.shape[axis] == 8
+
+
+class _CombinedScale(nn.Module):
+    """A scale per channel computed from two weights, read by an einsum."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.g, self.h = nn.Parameter(torch.rand(16) + 0.5), nn.Parameter(torch.rand(16) + 0.5)
+
+    def forward(self, x):
+        return self.head(torch.einsum("bchw,c->bchw", F.relu(self.a(x)), self.g * self.h))
+
+
+def test_weights_combined_and_read_by_an_einsum_are_cut_alike():
+    """The einsum cut the first weight only: the stripped model failed ("The size of
+    tensor a (8) must match the size of tensor b (16)")."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(_CombinedScale()), make_config(
+        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
+    assert small.g.shape == small.h.shape == (8,)
+
+
 def test_a_full_min_or_max_under_torch_export_says_it_reduces_over_channels():
     class MinMax(nn.Module):
         def __init__(self):

@@ -74,6 +74,8 @@ APART = {
         y[:, :, : y.size(2) - 1, ..., : y.shape[-1] - 2], (1, 1, 0, 1)),
     "pad to a skip's size (U-Net)": lambda y: y + _pad_to(
         F.interpolate(F.max_pool2d(y, 2), scale_factor=2.0)[:, :, :-1, :-1], y),
+    "casts to bool and integers": lambda y: y * (y > 0).bool().float() + y.long().float()
+    + y.int().double().float(),
     "zeros_like, full_like": lambda y: torch.where(y > 0, y, torch.zeros_like(y))
     + torch.full_like(y, 0.5) * y + torch.ones_like(y),
     "split in halves of the width read": lambda y: _gated(torch.split(y, y.shape[1] // 2, 1)),

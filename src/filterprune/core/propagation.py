@@ -231,12 +231,14 @@ def _written_back(state: Propagation) -> None:
         value = state.values.get(node.name)
         if node.name in read:
             continue
-        first = state.values.get(node.inputs[0]) if node.inputs else None
-        if node.op in ("elementwise", "identity") and not isinstance(value, Param) \
-                and isinstance(first, Param) and _owner(graph, first) is not None:  # fmt: skip
-            # a layer's weight changed in place by values no rule follows (a mask viewed)
-            state.hold_param(first.name, f"{node.label or node.op}: writes into "
-                                         f"{first.label} values that cannot be cut with it")
+        weights = [v for v in map(state.values.get, node.inputs) if isinstance(v, Param)
+                   and v.shape == node.shape and _owner(graph, v) is not None]  # fmt: skip
+        if node.op in ("elementwise", "identity") and not isinstance(value, Param) and weights:
+            # a layer's weight changed by values no rule follows (a mask viewed), written
+            # in place or assigned (``w.data = torch.where(...)``, which no trace records)
+            state.hold_param(weights[0].name, f"{node.label or node.op}: writes into "
+                                              f"{weights[0].label} values that cannot be cut "
+                                              "with it")  # fmt: skip
             continue
         if not isinstance(value, Param) or not value.also:
             continue
@@ -277,7 +279,9 @@ def _tie_written(state: Propagation, node: Node, value: Param, other: Param,
         if use is None or value.shape[axis] == 1:  # a depthwise conv's one input
             continue
         source = other.source_axis(axis)
-        if source is None or use.ids.size != value.shape[axis]:
+        if source is None:  # broadcast along it (a gate per filter): nothing to cut
+            continue
+        if use.ids.size != value.shape[axis]:
             return False
         if owner[1] == "":  # a bare weight: cut along the axis it is read on
             state.use(owner[0], f"axis{source}", use.ids, node.name)

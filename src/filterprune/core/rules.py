@@ -205,9 +205,9 @@ def _elementwise(s, node, ins, shapes=None):
     """
     arrays = [v for v in ins if isinstance(v, np.ndarray)]
     params = [v for v in ins if isinstance(v, Param)]
-    if not arrays:
-        spread = _weight_spread(s, node, ins, None) if any(
-            p.shape != node.shape for p in params) else None  # fmt: skip
+    if not arrays:  # weights alone: one of the node's shape stands for all
+        spread = None if any(p.shape == node.shape for p in params) else _weight_spread(
+            s, node, ins, None)  # fmt: skip
         return spread if spread is not None else _params_combined(ins, node)
     spread = _spread(s, node, ins, shapes)
     if spread and len(spread) < len(arrays):
@@ -270,13 +270,28 @@ def _params_combined(ins: list, node: Node) -> Param:
         raise RuleError("no tensor operand")
     # one number (a neuron's decay) scales every entry alike: it has nothing to cut
     params = [p for p in params if math.prod(p.shape) > 1] or params[:1]
-    if any(p.shape != node.shape for p in params):  # a weight broadcast over another
+    full = [p for p in params if p.shape == node.shape]
+    if not full or not all(_broadcasts(p.shape, node.shape) for p in params):
         raise RuleError(f"combines {' and '.join(p.label for p in params)} of other shapes "
                         f"({' and '.join(str(p.shape) for p in params)})")
-    first, rest = params[0], params[1:]
+    # one of the node's shape stands for all; one broadcast over it (a gate per filter,
+    # ``w * g.view(-1, 1, 1, 1)``) is cut along the axes it is not one wide on
+    first, rest = full[0], [_broadcast_param(p, node.shape) for p in params if p != full[0]]
     also = [*first.also, *(q for p in rest for q in (p, *p.also))]
     return Param(first.name, first.shape, first.axes, tuple(dict.fromkeys(also)), first.made,
                  first.buffer)
+
+
+def _broadcast_param(param: Param, shape: tuple[int, ...]) -> Param:
+    """``param`` seen at the ``shape`` it broadcasts to: an axis it is one wide on and
+    spreads over has no source axis (None), so nothing is cut along it."""
+    if param.shape == shape:
+        return param
+    pad = len(shape) - len(param.shape)
+    axes = tuple(None if a < pad or param.shape[a - pad] < size else
+                 param.source_axis(a - pad) for a, size in enumerate(shape))  # fmt: skip
+    also = tuple(_broadcast_param(p, shape) for p in param.also)
+    return Param(param.name, shape, axes, also, made=param.made, buffer=param.buffer)
 
 
 def _spread(s: Propagation, node: Node, ins: list, shapes: list | None = None) -> list[np.ndarray]:
@@ -335,7 +350,8 @@ def _follow_param(s: Propagation, node: Node, param: Param, ids: np.ndarray) -> 
                 s.hold_param(param.name, reason)  # a layer's own (``bn.bias`` read as a value)
                 continue
             source = param.source_axis(axis - (ndim - len(param.shape)))
-            s.use(param.name, f"axis{source}", line, node.name)
+            if source is not None:  # None: broadcast along it, nothing to cut
+                s.use(param.name, f"axis{source}", line, node.name)
     for other in param.also:  # computed into it entry by entry: cut alike
         _follow_param(s, node, other, ids)
 
@@ -367,6 +383,14 @@ def einsum_subscripts(equation: str, ranks: list[int]) -> tuple[list[str], str]:
     return subs, ell + "".join(once)
 
 
+def _placed_param(param: Param, sub: str, out: str, shape: tuple[int, ...]) -> Param:
+    """A weight read by an einsum as ``sub``, laid out as the output ``out``; the weights
+    computed into it entry by entry with it, cut alike."""
+    axes = tuple(param.source_axis(sub.index(c)) if c in sub else None for c in out)
+    also = tuple(_placed_param(p, sub, out, shape) for p in param.also)
+    return Param(param.name, shape, axes, also, made=param.made, buffer=param.buffer)
+
+
 @register_rule("einsum")
 def _einsum(s, node, ins):
     """``einsum``: an index the output keeps passes its channels, and operands that share
@@ -394,12 +418,11 @@ def _einsum(s, node, ins):
         placed_shapes.append(tuple(shape[sub.index(c)] if c in sub else 1 for c in out))
         if isinstance(value, Param):
             if summed:
-                s.hold_param(value.name, f"{value.label} is summed over by {where}")
+                for param in (value, *value.also):
+                    s.hold_param(param.name, f"{value.label} is summed over by {where}")
                 placed.append(s.opaque(f"{where} sums over {value.label}"))
                 continue
-            axes = tuple(value.source_axis(sub.index(c)) if c in sub else None for c in out)
-            placed.append(Param(value.name, placed_shapes[-1], axes, made=value.made,
-                                buffer=value.buffer))
+            placed.append(_placed_param(value, sub, out, placed_shapes[-1]))
             continue
         ids = _pad(_tensor(s, value, node), len(sub))
         if any(_varies(ids, a) for a in summed):

@@ -935,7 +935,8 @@ _ACT_METHODS = [
     "sqrt",
     "sqrt_", "rsqrt", "log", "log1p", "log2", "expm1", "exp_", "tanh_", "abs_", "neg_",
     "square", "reciprocal", "sign", "sin", "cos", "erf", "floor", "ceil", "round",
-    "nan_to_num", "logit", "double", "bfloat16", "cpu",
+    "nan_to_num", "logit", "double", "bfloat16", "bool", "long", "int", "short", "byte",
+    "char", "cpu",
     "cuda", "requires_grad_",
 ]  # fmt: skip
 _SPATIAL_FUNCS = {
