@@ -32,6 +32,9 @@ def graph(bn_params=("weight", "bias"), also=None, bn_input="conv"):
     (("weight", "bias"), ["weight", "bias"]),  # PyTorch names
     (("gamma", "beta"), ["gamma", "beta"]),  # Keras names
     (("gamma",), ["gamma"]),  # Keras, center=False: no shift
+    # no scale: the frontend reads the term from the BatchNorm's output
+    (("beta",), []),  # Keras, scale=False
+    ((), []),  # PyTorch, affine=False
 ])  # fmt: skip
 def test_batchnorm_right_after_scores(params, expected):
     assert taylor_batchnorm(graph(params), "conv") == ("bn", expected)
@@ -43,6 +46,5 @@ def test_other_readers_leave_the_weight_scoring(also):
     assert taylor_batchnorm(graph(also=also), "conv") is None
 
 
-def test_no_batchnorm_or_no_scale_leaves_the_weight_scoring():
-    assert taylor_batchnorm(graph(bn_params=("beta",)), "conv") is None  # scale=False
+def test_no_batchnorm_leaves_the_weight_scoring():
     assert taylor_batchnorm(graph(bn_input="x"), "conv") is None  # the BatchNorm reads x

@@ -3,6 +3,7 @@ BatchNorm's ``gamma`` and ``beta``, ``(g_gamma * gamma + g_beta * beta)^2`` per 
 summed over steps (the conv's own ``sum g*w`` is rounding noise there)."""
 
 import numpy as np
+import pytest
 from keras_helpers import conv_bn_net, keras, make_config, randomize_bn, tf
 
 from filterprune.tensorflow import create_compressed_model
@@ -105,13 +106,49 @@ def test_fit_drops_channels_silenced_after_the_batchnorm():
     assert kept_out(ctrl) == LIVE
 
 
-def test_a_frozen_batchnorm_leaves_the_weight_scoring():
-    """A frozen Keras BatchNorm runs in inference mode and gets no gradient: the conv's
-    ``(sum g*w)^2`` scores, as without a BatchNorm."""
-    frozen = net()
-    frozen.get_layer("bn").trainable = False
-    expected = by_hand(frozen, [("mid", "kernel", (0, 1, 2))])
-    model = net()
-    model.get_layer("bn").trainable = False  # before the controller looks
-    np.testing.assert_allclose(taylor(model).taylor.totals["mid"].numpy(), expected, rtol=1e-4,
-                               atol=1e-6 * expected.max())  # fmt: skip
+def on_output(model, training):
+    """The totals of ``mid`` as ``(sum g_y * y)^2`` over the BatchNorm's output ``y``."""
+    stem, mid, bn, head = (model.get_layer(n) for n in ("stem", "mid", "bn", "head"))
+    total = np.zeros(16)
+    for x, y in batches():
+        with tf.GradientTape() as tape:
+            out = bn(mid(stem(x)), training=training)
+            pred = tf.reduce_mean(head(tf.nn.relu(out)), axis=(1, 2))
+            loss = tf.reduce_mean(tf.square(pred - y))
+        grad = tape.gradient(loss, out)
+        total += np.square((grad.numpy().astype(np.float64) * out.numpy()).sum(axis=(0, 1, 2)))
+    return total
+
+
+def without_scale(center):
+    """``conv_bn_net`` with a BatchNorm of no ``gamma`` (the Keras docs' form before a
+    ReLU), with or without ``beta``."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inp)
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="mid")(x)
+    bn = keras.layers.BatchNormalization(scale=False, center=center, epsilon=1e-5, name="bn")
+    x = keras.layers.Conv2D(4, 1, name="head")(keras.layers.ReLU()(bn(x)))
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
+    if center:
+        bn.beta.assign(np.random.default_rng(0).normal(0, 0.3, 16).astype("float32"))
+    return model
+
+
+@pytest.mark.parametrize("case", ["frozen", "scale=False", "no scale or center"])
+def test_a_batchnorm_without_a_trainable_scale_scores_on_its_output(case):
+    """No gradient gives the BatchNorm's term there: the conv's ``sum g*w`` scored, which
+    a training-mode BatchNorm makes rounding noise. Its output's ``(sum g*y)^2`` scores
+    now (a frozen one runs in inference mode)."""
+
+    def model():
+        if case != "frozen":
+            return without_scale(center=case == "scale=False")
+        built = net()
+        built.get_layer("bn").trainable = False  # before the controller looks
+        return built
+
+    expected = on_output(model(), training=case != "frozen")
+    totals = taylor(model()).taylor.totals["mid"].numpy()
+    assert expected.min() > 1e-6 * expected.max()
+    np.testing.assert_allclose(totals, expected, rtol=1e-4, atol=1e-6 * expected.max())

@@ -3,6 +3,7 @@ shift, ``(g_gamma * gamma + g_beta * beta)^2`` per channel, summed over steps; a
 without one keeps ``(sum over a filter of g * w)^2``."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch_helpers import make_config
@@ -133,11 +134,37 @@ def test_without_batchnorm_the_weight_scores():
                                atol=1e-6 * expected.max())  # fmt: skip
 
 
-def test_a_frozen_batchnorm_leaves_the_weight_scoring():
-    """No gradient reaches a frozen BatchNorm's parameters: the weight's hook scores (in
-    inference mode the BatchNorm is affine, so ``sum g*w`` is no noise)."""
-    model = net()
-    model.bn.requires_grad_(False)  # before the controller looks
-    expected = by_hand(net(), on_batchnorm=False, frozen_bn=True)
-    np.testing.assert_allclose(taylor(model, frozen_bn=True).taylor.scores("mid")[:, 0], expected,
-                               rtol=1e-4, atol=1e-6 * expected.max())  # fmt: skip
+def on_output(model, frozen_bn):
+    """The totals of ``mid`` as ``sum g_y * y`` over the BatchNorm's output, in float64."""
+    train_mode(model, frozen_bn)
+    total = np.zeros(16)
+    for x, y in batches():
+        out = model.bn(model.mid(model.stem(x)))
+        out.retain_grad()
+        ((model.head(torch.relu(out)).mean(dim=(2, 3)) - y) ** 2).mean().backward()
+        total += (out.grad * out).sum(dim=(0, 2, 3)).detach().double().numpy() ** 2
+    return total
+
+
+@pytest.mark.parametrize("mode", ["frozen, inference mode", "frozen, training mode",
+                                  "affine off"])  # fmt: skip
+def test_a_batchnorm_without_gradients_scores_on_its_output(mode):
+    """No gradient reaches the BatchNorm's parameters: the weight's ``sum g*w`` scored,
+    which a training-mode BatchNorm makes rounding noise (about 1e-14 against 1e-4 for
+    the other layers; the ranking changed with the batch order). Its output's
+    ``sum g*y`` scores now, the same term its parameters give when they train."""
+
+    def model():
+        built = net()
+        if mode == "affine off":
+            built.bn = nn.BatchNorm2d(16, affine=False)
+        built.bn.requires_grad_(False)  # before the controller looks
+        return built
+
+    frozen = mode == "frozen, inference mode"
+    expected = on_output(model(), frozen)
+    scores = taylor(model(), frozen_bn=frozen).taylor.scores("mid")[:, 0]
+    assert expected.min() > 1e-6 * expected.max()
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6 * expected.max())
+    if mode == "frozen, training mode":  # what the trainable BatchNorm's parameters give
+        np.testing.assert_allclose(scores, by_hand(net()), rtol=1e-4)

@@ -6,13 +6,15 @@ criteria need a signal the model holds elsewhere:
 * ``taylor`` (first-order Taylor, Molchanov et al. 2019): a per-filter score summed
   over training steps; the frontend hooks the gradients and hands the totals over as a
   ``(filters, 1)`` matrix. Each step adds ``(sum over a filter of gradient x weight)^2``,
-  except where a trainable BatchNorm is the only reader of the layer's output
+  except where a BatchNorm is the only reader of the layer's output
   (:func:`taylor_batchnorm`): there it adds ``(g_gamma * gamma + g_beta * beta)^2``
   per channel (the BatchNorm's scale and shift with their gradients), as the paper
   does. Why: in training mode a BatchNorm makes its input's scale irrelevant, so the
   layer's ``sum g*w`` is zero up to rounding and would rank noise; the BatchNorm's
   term is the first-order change of the loss when the channel's output is zeroed
-  (``sum dL/dz * z`` over the batch).
+  (``sum dL/dz * z`` over the batch). Where the BatchNorm's scale and shift get no
+  gradient (affine off, frozen, Keras's ``scale=False``), the frontend reads that sum
+  from its output ``z``.
 * ``bn_scale`` (network slimming, Liu et al. 2017): ``|gamma|`` of the BatchNorm right
   after the layer; the frontend hands ``gamma`` over as ``(filters, 1)``.
 * ``coupled_L2`` (group magnitude, Fang et al. 2023): every parameter that holds the
@@ -80,24 +82,28 @@ def following_batchnorm(graph: Graph, layer: str) -> tuple[str, str] | None:
 
 
 def taylor_batchnorm(graph: Graph, layer: str) -> tuple[str, list[str]] | None:
-    """The BatchNorm whose parameters' gradients give ``layer``'s ``taylor`` score.
+    """The BatchNorm that gives ``layer``'s ``taylor`` score.
 
     Returns:
-        ``(batchnorm layer, [scale, shift])`` (no shift where it has none) when the
-        BatchNorm right after ``layer`` is the only reader of its output; else ``None``
-        and the weight's ``sum g*w`` scores the filters (where the output also goes
-        elsewhere, the filters' scale matters there).
+        ``(batchnorm layer, [scale, shift])`` when a BatchNorm layer right after
+        ``layer`` is the only reader of its output (no shift where it has none; neither
+        where it has no scale, as a shift's term alone is not the channel's); else
+        ``None`` and the weight's ``sum g*w`` scores the filters (where the output also
+        goes elsewhere, the filters' scale matters there). Where the parameters listed
+        are not all trainable, or none is, the frontend sums ``g * y`` over the
+        BatchNorm's output ``y``: the same term, ``g_gamma * gamma + g_beta * beta``.
     """
-    found = following_batchnorm(graph, layer)
-    if found is None:
-        return None
-    bn, scale = found
     calls = _calls(graph, layer)
     readers = {(n.op, n.layer) for n in graph if calls.intersection(n.inputs)}
-    if readers != {("batchnorm", bn)} or calls.intersection(graph.outputs):
+    if len(readers) != 1 or calls.intersection(graph.outputs):
         return None
-    shift = [p for p in _SHIFTS if p in graph.layers[bn].params]
-    return bn, [scale, *shift[:1]]
+    op, bn = readers.pop()
+    info = graph.layers.get(bn or "")
+    if op != "batchnorm" or info is None or info.kind != "batchnorm":
+        return None
+    scale = [p for p in _SCALES if p in info.params]
+    shift = [p for p in _SHIFTS if p in info.params] if scale else []
+    return bn, [*scale[:1], *shift[:1]]
 
 
 def batchnorm_scales(graph: Graph, layers: list[str],

@@ -14,7 +14,8 @@ model computes exactly what the cut model computes.
 Other algorithms use the same swapped ``call``: a *weight transform* runs on a weight
 after its mask (quantization fake-quantizes the masked kernel, so pruned filters stay
 exactly zero), a *weight tap* sees the masked weight before any transform (the
-``taylor`` importance reads its gradient there) and an *input transform* runs on one
+``taylor`` importance reads its gradient there; an *output tap* the masked output, where
+no weight gives it) and an *input transform* runs on one
 tensor input before the layer (or ``keras.ops`` operation) sees it. Like masks,
 transforms and taps must be in place before the first trace: a ``tf.function`` keeps
 the ``call`` it traced.
@@ -46,6 +47,7 @@ __all__ = [
     "pruned_channels",
     "recreate_masks",
     "set_input_transform",
+    "set_output_tap",
     "set_weight_tap",
     "set_weight_transform",
     "transform_inputs",
@@ -84,7 +86,8 @@ def _masked_call(self, *args: Any, **kwargs: Any) -> Any:
         shape = [1] * len(out.shape)
         shape[axis] = -1
         out = _masked(out, ops.reshape(mask, shape))
-    return out
+    tap = state.get("_fp_output_tap")
+    return out if tap is None else tap(out)
 
 
 def _say_copy(layer: Any) -> None:
@@ -242,6 +245,14 @@ def set_weight_tap(layer: Any, variables: tuple[str, ...], tap: Any) -> None:
     attrs = tuple(_attr_of(layer, _variable(layer, name)) for name in variables)
     _swap(layer)
     layer.__dict__.setdefault("_fp_weight_taps", {})[attrs] = tap
+
+
+def set_output_tap(layer: Any, tap: Any) -> None:
+    """Make ``layer``'s call return ``tap(output)``, after its channel mask: an identity
+    that exists for its gradient (the ``taylor`` importance of a BatchNorm without a
+    trainable scale)."""
+    _swap(layer)
+    layer.__dict__["_fp_output_tap"] = tap
 
 
 def set_input_transform(operation: Any, index: int, transform: Any) -> None:

@@ -3,12 +3,13 @@
 :class:`TaylorAccumulator` puts a *weight tap* (see :mod:`~filterprune.tensorflow.masks`)
 on each producer's main weight: an identity whose gradient function adds
 ``(sum over a filter of gradient x weight)^2`` to a per-filter total (Molchanov et al.
-2019), the Keras counterpart of the PyTorch gradient hook. A producer with a trainable
+2019), the Keras counterpart of the PyTorch gradient hook. A producer with a
 BatchNorm right after it (see :func:`~filterprune.core.signals.taylor_batchnorm`) is
 scored there instead: one tap on the BatchNorm's ``gamma`` and ``beta`` adds
-``(g_gamma * gamma + g_beta * beta)^2`` per channel. The taps sit on the masked weight
-and BatchNorms zero their pruned channels, so pruned filters stop gaining, as in
-PyTorch. The totals are non-trainable ``tf.Variable`` s created with the controller,
+``(g_gamma * gamma + g_beta * beta)^2`` per channel (where they do not train, as with
+``scale=False``, a tap on its output ``y`` adds the same term, ``(sum g * y)^2``). The
+taps sit on the masked weight and BatchNorms zero their pruned channels, so pruned
+filters stop gaining, as in PyTorch. The totals are non-trainable ``tf.Variable`` s created with the controller,
 before ``model.fit`` traces its step, so every traced step adds to them; a
 ``tf.GradientTape`` loop works the same way. Before any gradient has reached them the
 weights' L1 norm stands in. They travel in the compression state (:meth:`~TaylorAccumulator.state`,
@@ -28,23 +29,28 @@ import numpy as np
 import tensorflow as tf
 
 from ..core.signals import batchnorm_scales, taylor_batchnorm, taylor_scores
-from .masks import set_weight_tap
+from .masks import set_output_tap, set_weight_tap
 
 __all__ = ["TaylorAccumulator", "keras_signal", "ranked_layers"]
 
 
-def _tap_target(captured: Any, name: str) -> tuple[Any, list[str], list[list[int]], int]:
+def _tap_target(captured: Any, name: str) -> tuple[Any, list[str] | None, Any, int]:
     """``(keras layer, variable names, axes summed per variable, filters)`` of the tap
-    that scores producer ``name``: its following trainable BatchNorm, else its weight."""
+    that scores producer ``name``: its following BatchNorm's scale and shift where they
+    train, else that BatchNorm's output (variables None, the channel axis for the axes),
+    else its weight."""
+    info = captured.graph.layers[name]
+    shape, roles = info.params[info.weight]
+    axis = roles.index("out")
     found = taylor_batchnorm(captured.graph, name)
     if found is not None:
         bn = captured.refs[found[0]].layer
         tapped = [v for v in bn.weights if v.name in found[1]]
-        if bn.trainable and len(tapped) == len(found[1]) and all(v.trainable for v in tapped):
+        if found[1] and bn.trainable and len(tapped) == len(found[1]) \
+                and all(v.trainable for v in tapped):  # fmt: skip
             return bn, found[1], [[] for _ in found[1]], int(tapped[0].shape[0])
-    info = captured.graph.layers[name]
-    shape, roles = info.params[info.weight]
-    axis = roles.index("out")
+        # no gradient gives the term there (``scale=False``, frozen): read the output
+        return bn, None, bn.axis, shape[axis]
     others = [a for a in range(len(shape)) if a != axis]
     return captured.refs[name].layer, [info.weight], [others], shape[axis]
 
@@ -67,7 +73,10 @@ class TaylorAccumulator:
         for name in layers:
             layer, variables, axes, filters = _tap_target(captured, name)
             self._make_variables(name, np.zeros(filters, "float32"), 0)
-            set_weight_tap(layer, tuple(variables), self._tap(name, axes))
+            if variables is None:
+                set_output_tap(layer, self._output_tap(name, axes))
+            else:
+                set_weight_tap(layer, tuple(variables), self._tap(name, axes))
 
     def _make_variables(self, name: str, total: np.ndarray, passes: int) -> None:
         once = tf.VariableAggregation.ONLY_FIRST_REPLICA  # one replica's gradients, as masks
@@ -101,6 +110,17 @@ class TaylorAccumulator:
         def tap(*values: Any) -> list[Any]:
             # tensors in: a variable read inside the custom gradient would need its own
             return identity(*(tf.convert_to_tensor(v) for v in values))
+
+        return tap
+
+    def _output_tap(self, name: str, axis: int) -> Any:
+        """Identity of a BatchNorm's output ``y``; its gradient adds ``(sum g*y)^2`` per
+        channel (``axis``): the term its scale and shift give where they train."""
+
+        def tap(out: Any) -> Any:
+            channel = axis % len(out.shape)
+            summed = [a for a in range(len(out.shape)) if a != channel]
+            return self._tap(name, [summed])(out)[0]
 
         return tap
 

@@ -4,7 +4,8 @@
 ``(sum over a filter of gradient x weight)^2`` to a per-filter total (Molchanov et al.
 2019). A producer with a trainable BatchNorm right after it (see
 :func:`~filterprune.core.signals.taylor_batchnorm`) is scored on that BatchNorm instead:
-one hook on its scale and shift adds ``(g_gamma * gamma + g_beta * beta)^2`` per channel.
+one hook on its scale and shift adds ``(g_gamma * gamma + g_beta * beta)^2`` per channel;
+one without trainable ones (``affine=False``, frozen) is hooked on its output instead.
 Masked filters (and masked BatchNorm channels) get zero gradient, so once pruned they
 stop gaining. Before any backward pass (the masks put in place at creation) the totals
 are empty and the weight's L1 norm stands in, so ``pruning_init`` > 0 still picks
@@ -50,13 +51,14 @@ class TaylorAccumulator:
     Args:
         modules: Layer name -> module whose ``weight`` is hooked: ``(sum g*w)^2``.
         batchnorms: Layer name -> the BatchNorm parameters (scale, then shift) hooked in
-            place of that layer's weight: ``(sum over them of g*p)^2`` per channel.
+            place of that layer's weight: ``(sum over them of g*p)^2`` per channel; or the
+            BatchNorm module itself, hooked on its output ``y``: ``(sum g * y)^2``.
         infos: Layer name -> its facts (whether a conv is transposed); without them, the
             module's class tells.
     """
 
     def __init__(self, modules: dict[str, nn.Module],
-                 batchnorms: dict[str, list[nn.Parameter]] | None = None,
+                 batchnorms: dict[str, list[nn.Parameter] | nn.Module] | None = None,
                  infos: dict[str, LayerInfo] | None = None) -> None:  # fmt: skip
         self.infos = infos or {}
         self.totals: dict[str, torch.Tensor] = {}
@@ -64,9 +66,11 @@ class TaylorAccumulator:
         self._handles = []
         batchnorms = batchnorms or {}
         for name, module in modules.items():
-            if name in batchnorms:
-                params = batchnorms[name]
-                hook = register_multi_grad_hook(params, self._params_hook(name, params))
+            found = batchnorms.get(name)
+            if isinstance(found, nn.Module):  # its scale gets no gradient: read the output
+                hook = found.register_forward_hook(self._output_hook(name, found, False))
+            elif found is not None:
+                hook = register_multi_grad_hook(found, self._params_hook(name, found))
             elif _trainable(module._parameters.get("weight")) and (
                     self._axis(name, module) == 0 or self._groups(name, module) == 1):  # fmt: skip
                 hook = module.weight.register_hook(self._weight_hook(name, module))
@@ -104,15 +108,17 @@ class TaylorAccumulator:
 
         return add
 
-    def _output_hook(self, name: str, module: nn.Module):
+    def _output_hook(self, name: str, module: nn.Module, less_bias: bool = True):
         """The same sum from the layer's output ``y = w * x + b``, linear in each filter's
-        weight: ``sum over w of g_w * w`` is ``sum over y of g_y * (y - b)``."""
+        weight: ``sum over w of g_w * w`` is ``sum over y of g_y * (y - b)``. A
+        BatchNorm's (``less_bias`` false) is ``sum g_y * y``, its parameters' term
+        ``g_gamma * gamma + g_beta * beta``: the loss's change when the channel goes."""
         axis = _output_axis(self.infos.get(name), module)
 
         def forward(layer: nn.Module, inputs: Any, out: torch.Tensor) -> None:
             if not out.requires_grad:
                 return
-            bias = masked_param(layer, "bias")
+            bias = masked_param(layer, "bias") if less_bias else None
             shape = [1] * out.dim()
             shape[axis] = -1
             part = out.detach() - (0 if bias is None else bias.detach().view(shape))
@@ -158,17 +164,20 @@ class TaylorAccumulator:
         self._handles = []
 
 
-def _batchnorm_params(ctrl: Any, layers: list[str]) -> dict[str, list[nn.Parameter]]:
-    """Per producer scored on its BatchNorm, that BatchNorm's scale and shift (trainable
-    ones only: a frozen BatchNorm gets no gradient)."""
-    out = {}
+def _batchnorm_params(ctrl: Any, layers: list[str]) -> dict[str, list[nn.Parameter] | nn.Module]:
+    """Per producer scored on its BatchNorm, that BatchNorm's scale and shift; the module
+    where they are not all trainable (``affine=False``, frozen): in training mode it makes
+    the producer's filters scale-invariant, so their ``sum g*w`` is rounding noise."""
+    out: dict[str, list[nn.Parameter] | nn.Module] = {}
     for name in layers:
         found = taylor_batchnorm(ctrl.analysis.graph, name)
         if found is None:
             continue
-        params = [getattr(ctrl.captured.refs[found[0]], p, None) for p in found[1]]
-        if all(isinstance(p, nn.Parameter) and p.requires_grad for p in params):
-            out[name] = params
+        module = ctrl.captured.refs[found[0]]
+        params = [getattr(module, p, None) for p in found[1]]
+        trainable = params and all(isinstance(p, nn.Parameter) and p.requires_grad
+                                   for p in params)  # fmt: skip
+        out[name] = params if trainable else module
     return out
 
 
