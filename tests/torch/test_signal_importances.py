@@ -161,7 +161,7 @@ def test_taylor_scores_a_frozen_layer_from_its_output(caplog):
     caplog.set_level("WARNING", logger="filterprune")
     model = resnet()
     model.layers[1].conv1.requires_grad_(False)
-    model.layers[1].bn1.requires_grad_(False)  # no trainable BatchNorm to score it on
+    model.layers[1].bn1.requires_grad_(False)  # scored on the BatchNorm's output
     ctrl, model = create_compressed_model(model, config("taylor", pruning_init=0.0))
     model.train()
     gradients_only(model, ctrl)
@@ -171,3 +171,20 @@ def test_taylor_scores_a_frozen_layer_from_its_output(caplog):
     ctrl.taylor.totals.pop("layers.2.conv1")  # as if no backward pass reached it
     ctrl.set_pruning_level(0.5)
     assert "no gradient has reached layers.2.conv1, so every layer" in caplog.text
+
+
+def test_taylor_with_gradients_all_zero_ranks_by_l1_and_says_so(caplog):
+    """A loss scaled by 0 left every total 0: every filter tied and the first ones were
+    kept in every layer, without a word."""
+    caplog.set_level("WARNING", logger="filterprune")
+    ctrl, model = create_compressed_model(resnet(), config("taylor", pruning_init=0.0))
+    model.train()
+    for _ in range(2):
+        model.zero_grad()
+        (model(torch.randn(4, 1, 28, 28)).sum() * 0.0).backward()
+    assert ctrl.taylor.passes["layers.1.conv1"] == 2
+    ctrl.set_pruning_level(0.5)
+    l1, _ = create_compressed_model(resnet(), config("L1", pruning_init=0.5))
+    layer = "layers.1.conv1"
+    assert kept_out(ctrl, layer).tolist() == kept_out(l1, layer).tolist() != list(range(8))
+    assert "every gradient that reached" in caplog.text and "was zero" in caplog.text

@@ -130,7 +130,8 @@ _SAID: set[tuple[str, ...]] = set()
 def taylor_scores(
     totals: dict[str, np.ndarray | None], weights: Callable[[], dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
-    """The accumulated Taylor totals, or the weights' L1 norms while some layer has none.
+    """The accumulated Taylor totals, or the weights' L1 norms while some layer has none
+    (or only zeros: every gradient that reached it was zero).
 
     Before the first backward pass (the masks put in place at creation) there are no
     gradients yet; the L1 norm stands in for every layer, so ``pruning_init`` > 0 still
@@ -140,17 +141,26 @@ def taylor_scores(
         totals: Layer -> its ``(filters, 1)`` totals, or ``None`` before any backward pass.
         weights: Reads each producer's weight, filters on axis 0 (called only when needed).
     """
-    if all(t is not None for t in totals.values()):
-        return totals
     missing = tuple(name for name, t in totals.items() if t is None)
+    # zero totals after backward passes: a loss that does not depend on the layer (or
+    # scaled by 0) ranks every filter alike, which would keep the first ones
+    zero = tuple(name for name, t in totals.items() if t is not None and not np.any(t))
+    if not missing and not zero:
+        return totals
     if len(missing) == len(totals):
         log.info("taylor importance: no gradients yet, the weights' L1 norm stands in")
-    elif missing not in _SAID:  # said once: the ranking runs at every level change
+    elif missing and missing not in _SAID:  # said once: the ranking runs at every level change
         _SAID.add(missing)
         log.warning(
             "taylor importance: no gradient has reached %s, so every layer is ranked by the "
             "L1 norm of its weights. Each prunable layer must take part in the loss with its "
             "weight trainable, or be left out (`ignored_scopes`).", listed(missing))
+    elif zero and ("zero", *zero) not in _SAID:
+        _SAID.add(("zero", *zero))
+        log.warning(
+            "taylor importance: every gradient that reached %s so far was zero, so every "
+            "layer is ranked by the L1 norm of its weights. Check that the loss the "
+            "backward pass runs on depends on the model's output.", listed(zero))
     read = weights()
     return {name: np.abs(read[name]).reshape(read[name].shape[0], -1).sum(1)[:, None]
             for name in totals}  # fmt: skip

@@ -9,11 +9,12 @@ scored there instead: one tap on the BatchNorm's ``gamma`` and ``beta`` adds
 ``(g_gamma * gamma + g_beta * beta)^2`` per channel (where they do not train, as with
 ``scale=False``, a tap on its output ``y`` adds the same term, ``(sum g * y)^2``). The
 taps sit on the masked weight and BatchNorms zero their pruned channels, so pruned
-filters stop gaining, as in PyTorch. The totals are non-trainable ``tf.Variable`` s created with the controller,
-before ``model.fit`` traces its step, so every traced step adds to them; a
-``tf.GradientTape`` loop works the same way. Before any gradient has reached them the
-weights' L1 norm stands in. They travel in the compression state (:meth:`~TaylorAccumulator.state`,
-:meth:`~TaylorAccumulator.load`), so a resumed run ranks as the uninterrupted one.
+filters stop gaining, as in PyTorch. The totals are non-trainable ``tf.Variable`` s
+created with the controller, before ``model.fit`` traces its step, so every traced step
+adds to them; a ``tf.GradientTape`` loop works the same way. Before any gradient has
+reached them the weights' L1 norm stands in. They travel in the compression state
+(:meth:`~TaylorAccumulator.state`, :meth:`~TaylorAccumulator.load`), so a resumed run
+ranks as the uninterrupted one.
 
 ``bn_scale`` reads the ``gamma`` of the ``BatchNormalization`` right after each pruned
 layer.
