@@ -148,3 +148,22 @@ def test_a_dry_run_holds_the_same_groups_and_leaves_the_model_as_it_was():
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("importance", ["L2", "geometric_median", "coupled_L2"])
+def test_a_filter_holding_nan_or_inf_goes_first(value, importance, caplog):
+    """One NaN made every geometric-median score NaN (the first filters were kept, the
+    NaN one among them: the masked model was NaN); under L2 an inf filter was kept."""
+    caplog.set_level("WARNING", logger="filterprune")
+    torch.manual_seed(0)
+    model = nondegenerate(Chain())
+    with torch.no_grad():
+        model.convs[1].weight[5, 0, 0, 0] = value
+    assert not torch.isfinite(model.eval()(torch.randn(2, 3, 8, 8))).all()
+    ctrl, model = create_compressed_model(model, make_config(
+        (1, 3, 8, 8), filters_multiple_of=1, filter_importance=importance))  # fmt: skip
+    kept = ctrl.keeps()["convs.1"]["out"]
+    assert not kept[5] and kept.sum() == 8
+    assert torch.isfinite(model.eval()(torch.randn(2, 3, 8, 8))).all()
+    assert "1 filter(s) of convs.1 hold NaN or inf" in caplog.text

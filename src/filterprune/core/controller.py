@@ -171,7 +171,10 @@ class PruningControllerBase(CompressionController):
         """Each prunable group's channel scores under ``filter_importance``."""
         if importance_source(self.params.filter_importance) == "params":
             layers = coupled_layers(self.analysis)
-            return coupled_scores(self.analysis, self._params(layers))
+            scores = coupled_scores(self.analysis, self._params(layers))
+            for group in self.analysis.prunable_groups:
+                self.pruner.nonfinite_last(group, scores[group.id])
+            return scores
         return self.pruner.scores(self._importance_inputs())
 
     def _install(self, plan: Plan) -> None:

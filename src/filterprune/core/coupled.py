@@ -78,5 +78,6 @@ def _member_share(array: np.ndarray, axis: int, roots: list[int], where: dict,
             share.setdefault(gid, np.zeros_like(totals[gid]))[index] += value
             seen.setdefault(gid, np.zeros(totals[gid].shape, dtype=bool))[index] = True
     touched = np.concatenate([share[g][seen[g]] for g in share]) if share else np.zeros(0)
+    touched = touched[np.isfinite(touched)]  # a NaN slice scores NaN, not all the others
     mean = touched.mean() if touched.size else 0.0
     return {g: v / mean if mean > 0 else np.zeros_like(v) for g, v in share.items()}

@@ -7,6 +7,7 @@ the resulting FLOPs and parameter counts. Nothing here touches a framework.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from .importance import filter_importance, normalize
 from .selection import MAX_GROUP_LEVEL, keep_count, select, unit_multiple
 
 __all__ = ["Pruner", "Plan"]
+
+log = logging.getLogger("filterprune")
 
 Keeps = dict[str, dict[str, np.ndarray]]
 
@@ -81,6 +84,7 @@ class Pruner:
         self.importance = importance
         self.global_ranking = global_ranking
         self.multiple_of = 1 if global_ranking else multiple_of
+        self._said: set[int] = set()  # groups warned of non-finite filters
         self.full_flops = count_flops(analysis.graph)
         self.full_params = count_params(analysis.graph)
 
@@ -90,19 +94,41 @@ class Pruner:
         uf = self.analysis.state.uf
         out: dict[int, np.ndarray] = {}
         for group in self.analysis.prunable_groups:
-            total = np.zeros(group.size)
+            total, bad = np.zeros(group.size), np.zeros(group.size, dtype=bool)
             lookup = {int(r): i for i, r in enumerate(group.roots)}
             for layer in group.producers:
-                s = filter_importance(np.asarray(weights[layer], dtype=np.float64), self.importance)
+                weight = np.asarray(weights[layer], dtype=np.float64)
+                finite = np.isfinite(weight.reshape(len(weight), -1)).all(axis=1)
+                if not finite.all():  # scored as zero rows: one NaN would spoil every
+                    weight = np.where(np.isfinite(weight), weight, 0.0)  # median distance
+                s = filter_importance(weight, self.importance)
                 if self.global_ranking:
                     s = normalize(s)
                 roots = uf.roots(self.analysis.state.uses[layer]["out"].ids)
                 idx = np.array([lookup.get(int(r), -1) for r in roots])
                 np.add.at(total, idx[idx >= 0], s[idx >= 0])
+                bad[idx[(idx >= 0) & ~finite]] = True
             # ranked across groups per filter: a channel standing for several (a GroupNorm
             # group) is not worth more for it
             out[group.id] = total / group.width if self.global_ranking else total
+            self.nonfinite_last(group, out[group.id], bad)
         return out
+
+    def nonfinite_last(self, group: Group, scores: np.ndarray, bad: np.ndarray | None = None,
+                       ) -> None:  # fmt: skip
+        """Rank ``group``'s channels whose filters hold NaN or inf (``bad``) or whose
+        scores are not finite below every other, in place: such a filter poisons every
+        output it reaches, so it goes first. Warned once per group."""
+        bad = ~np.isfinite(scores) if bad is None else bad | ~np.isfinite(scores)
+        if not bad.any():
+            return
+        scores[bad] = np.min(scores[~bad], initial=0.0) - 1.0
+        if group.id not in self._said:
+            self._said.add(group.id)
+            log.warning(
+                "filter_pruning: %d filter(s) of %s hold NaN or inf (training diverged, or "
+                "the weights were loaded so?): they rank below every other and go first.",
+                int(bad.sum()), ", ".join(group.producers[:3]))
 
     # -- plans -----------------------------------------------------------------------------
     def plan(self, level: float, scores: dict[int, np.ndarray],
