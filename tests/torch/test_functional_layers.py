@@ -1293,3 +1293,50 @@ def test_a_norm_computing_what_its_torch_class_does_around_its_call_is_cut():
     ctrl, model = create_compressed_model(net, make_config((2, 3, 8, 8), prune_first_conv=True))
     small = assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))
     assert small[0].out_channels == 8 and small[1].num_groups == 2
+
+
+class _ReversedGradient(torch.autograd.Function):
+    """A gradient-reversal layer (domain-adversarial training) as reference code writes
+    it: ``x.view_as(x)`` forward, the gradient negated."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+class _DomainHeads(nn.Module):
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.cls, self.dom = nn.Linear(16, 5), nn.Linear(16, 2)
+
+    def forward(self, x):
+        f = F.relu(self.b(F.relu(self.a(x)))).mean((2, 3))
+        g = _ReversedGradient.apply(f) if self.form == "function" else f.view_as(f)
+        return self.cls(f), self.dom(g)
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+@pytest.mark.parametrize("form", ["view_as itself", "function"])
+def test_a_tensor_viewed_as_itself_is_cut_through(capture, form):
+    """``f.view_as(f)`` held the convs before it ("reshape_as reads its sizes from a
+    tensor whose channels are not followed")."""
+    cap = capture(_DomainHeads(form).eval(), (torch.zeros(1, 3, 8, 8),))
+    groups = {tuple(g.producers): g.reason for g in analyze(cap.graph, OPTIONS).groups}
+    assert groups[("b",)] is None
+
+
+def test_a_gradient_reversal_layer_strips_equal():
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(_DomainHeads("function")), make_config(
+        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    assert ctrl.statistics().flops_kept < 0.35
+    x = torch.randn(2, 3, 8, 8)
+    masked, stripped = model.eval()(x), ctrl.strip().eval()(x)
+    for a, b in zip(masked, stripped, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -21,6 +21,7 @@ from ._ops import (
     adaptive_spec,
     decomposes_pointwise,
     pad_spec,
+    reshape_as_spec,
     spatial_spec,
     unfold_spec,
     unpool_spec,
@@ -63,9 +64,6 @@ def _reshape(node: fx.Node, shape) -> Spec:
 _FIXED = ("reshape sizes are numbers in the torch.export graph (read in forward or written "
           "in code; see the capture notes for why torch.fx could not trace the model)")
 
-
-def _reshape_as(node: fx.Node, shape) -> Spec:
-    return "reshape_as", {}
 
 
 def _free_reshape(node: fx.Node, shape) -> Spec:
@@ -426,7 +424,7 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("max_unpool2d.default", "max_unpool3d.default"), _unpool),
     (_ELEMENTWISE, _elementwise),
     (_ops("view.default", "reshape.default", "_unsafe_view.default"), _reshape),
-    (_ops("view_as.default", "reshape_as.default"), _reshape_as),
+    (_ops("view_as.default", "reshape_as.default"), reshape_as_spec),
     (_ops("flatten.using_ints", "squeeze.default", "squeeze.dim", "squeeze.dims",
           "unsqueeze.default", "unsqueeze_.default", "squeeze_.dim"), _free_reshape),
     (_ops("unflatten.int"), _unflatten),

@@ -558,8 +558,11 @@ def _unflatten_fixed(node: fx.Node, ndim: int) -> list[int]:
     return [dim + i for i, a in enumerate(sizes) if isinstance(a, int) and a != -1]
 
 
-def _reshape_as(node: fx.Node, shapes) -> Spec:
-    return "reshape_as", {}
+def reshape_as_spec(node: fx.Node, shapes: Any = None) -> Spec:
+    """``x.view_as(y)``; ``x.view_as(x)`` (a gradient-reversal layer's forward, for a
+    new tensor autograd tells apart) is ``x`` itself."""
+    other = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+    return ("identity", {}) if other is node.args[0] else ("reshape_as", {})
 
 
 def _permute(node: fx.Node, shapes) -> Spec:
@@ -1005,7 +1008,7 @@ CALL_RULES: dict[Any, Call] = {
     **{f: _elementwise for f in _EW},
     **{m: _elementwise for m in _EW_METHODS},
     "view": _reshape, "reshape": _reshape, torch.reshape: _reshape,
-    "view_as": _reshape_as, "reshape_as": _reshape_as,
+    "view_as": reshape_as_spec, "reshape_as": reshape_as_spec,
     "flatten": _reshape, torch.flatten: _reshape, "unflatten": _reshape, torch.unflatten: _reshape,
     "squeeze": _reshape, torch.squeeze: _reshape, "unsqueeze": _reshape, torch.unsqueeze: _reshape,
     "permute": _permute, torch.permute: _permute,
