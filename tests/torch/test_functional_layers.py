@@ -1340,3 +1340,33 @@ def test_a_gradient_reversal_layer_strips_equal():
     masked, stripped = model.eval()(x), ctrl.strip().eval()(x)
     for a, b in zip(masked, stripped, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+class _InPlaceResidual(nn.Module):
+    """A residual added, or a gate multiplied, in place by a method whose result is not
+    kept: later reads of the tensor read the write."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.gate, self.head = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.form == "add_":
+            y.add_(self.b(F.relu(y)))
+        else:
+            y.mul_(torch.sigmoid(self.gate(x)))
+        return self.head(F.relu(y))
+
+
+@pytest.mark.parametrize("form", ["add_", "mul_"])
+def test_a_tensor_written_in_place_by_a_method_is_read_with_the_write(form):
+    """The conv whose output the method wrote in was held as reaching no output (0.84 of
+    the FLOPs kept for the residual, 0.50 for the gate; 0.27 written out of place)."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(_InPlaceResidual(form)), make_config(
+        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    assert ctrl.statistics().unpruned == [(["head"], "feeds a model output")]
+    assert_strip_equal(ctrl, model, torch.randn(2, 3, 8, 8))

@@ -404,16 +404,20 @@ _WRITES_IN_PLACE = ("index_add_", "index_copy_", "index_reduce_")
 
 def _in_place_calls_read(graph: fx.Graph) -> None:
     """``conv(x).unsqueeze_(1)`` (SKNet's reference code) is ``unsqueeze(1)`` where nothing
-    else reads the tensor it changes: the out-of-place method's rule reads it. After
-    ``out.index_add_(0, idx, y)`` (a mixture of experts), reads of ``out`` read the write,
-    as they do at run time (the trace keeps reading the tensor before it)."""
+    else reads the tensor it changes: the out-of-place method's rule reads it. After an
+    in-place write, ``out.index_add_(0, idx, y)`` (a mixture of experts) or ``a.add_(b)``
+    (a residual), reads of ``out`` read the write, as they do at run time (the trace keeps
+    reading the tensor before it: ``b``'s conv reached no output). Writes into weights
+    are left to the analysis (it ties a mask written into one to its layer)."""
     order = {node: i for i, node in enumerate(graph.nodes)}
     for node in graph.nodes:
         if node.op != "call_method" or not node.args or not isinstance(node.args[0], fx.Node):
             continue
-        if node.target in _SHAPED_IN_PLACE and len(node.args[0].users) == 1:
-            node.target = node.target[:-1]
-        elif node.target in _WRITES_IN_PLACE:
+        if node.target in _SHAPED_IN_PLACE:
+            if len(node.args[0].users) == 1:
+                node.target = node.target[:-1]
+        elif node.target in _WRITES_IN_PLACE or node.target.endswith("_") \
+                and not node.target.startswith("_") and node.args[0].op != "get_attr":  # fmt: skip
             for user in [u for u in node.args[0].users if order[u] > order[node]]:
                 user.replace_input_with(node.args[0], node)
 
