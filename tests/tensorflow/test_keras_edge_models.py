@@ -616,3 +616,24 @@ def test_keras_applications_layer_scale_is_cut_with_its_channels():
     scale = small.get_layer("scale")
     assert scale.projection_dim == small.get_layer("stem").filters < 16
     assert tuple(scale.weights[0].shape) == (scale.projection_dim,)
+
+
+class _RematActivation(layers.Layer):
+    """A weightless layer of the user's own recomputing its function in the backward pass
+    (``keras.remat``, Keras's memory saver)."""
+
+    def call(self, x):
+        return keras.remat(lambda t: ops.relu(t) * 2.0)(x)
+
+
+def test_a_layer_using_keras_remat_is_read_through():
+    """TensorFlow's recompute wrapper refuses symbolic tensors: the conv before it was held
+    and told to write the layer "with keras.ops only", which it was."""
+    inp = keras.Input((32, 32, 3))
+    x = _RematActivation()(conv(16, "a")(inp))
+    ctrl, small, held = prune(keras.Model(inp, head(conv(16, "b")(x))))
+    assert set(held) == {"head"}
+    assert small.get_layer("a").filters == 8
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    small.compile(optimizer="sgd", loss="mse")
+    small.fit(x, small(x).numpy() + 1.0, epochs=1, verbose=0)  # recomputes in training

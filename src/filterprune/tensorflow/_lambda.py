@@ -13,8 +13,10 @@ would compute otherwise at a cut width: it stays one opaque layer.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -165,10 +167,25 @@ def _traced(function: Any, given: Any, shape_of) -> Any:
     try:
         fresh = keras.tree.map_structure(
             lambda t: keras.Input(batch_shape=shape_of(t), dtype=t.dtype), given)  # fmt: skip
-        out = function(fresh)
+        with _remat_read_through():
+            out = function(fresh)
         return Functional(keras.tree.flatten(fresh), keras.tree.flatten(out))
     except Exception as err:  # noqa: BLE001 - whatever the user's function raises
         return err
+
+
+@contextlib.contextmanager
+def _remat_read_through() -> Iterator[None]:
+    """``keras.remat(f)`` read as ``f``: TensorFlow's recompute wrapper behind it refuses
+    symbolic tensors, and recomputing in the backward pass changes no value."""
+    from keras.src import backend
+
+    remat = backend.core.remat
+    backend.core.remat = lambda f: f
+    try:
+        yield
+    finally:
+        backend.core.remat = remat
 
 
 def _getitems(functional: Any) -> list[tuple[Any, Any, Shape]]:
