@@ -730,8 +730,13 @@ def test_a_compiled_wrapper_is_refused_with_the_way_round():
     from filterprune.errors import AnalysisError
 
     with pytest.raises(AnalysisError, match=r"torch.compile wrapper\. Compress the model "
-                       r"itself \(model._orig_mod\)"):
+                       r"uncompiled \(model._orig_mod\)"):
         create_compressed_model(torch.compile(SmallNet()), make_config())
+    model = SmallNet()
+    model.b = torch.compile(model.b)  # a submodule: the root has no _orig_mod
+    with pytest.raises(AnalysisError, match=r"Module 'b' is a torch.compile wrapper\. "
+                       r"Compress the model uncompiled \(model.b = model.b._orig_mod\)"):
+        create_compressed_model(model, make_config())
 
 
 @pytest.mark.parametrize("prepare", ["prepare_qat", "prepare"])

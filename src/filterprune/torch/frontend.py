@@ -200,13 +200,16 @@ class TorchFrontend(Frontend):
                 "(model.module), then wrap the model create_compressed_model returns. The "
                 "model is unchanged."
             )
-        compiled = [n or type(model).__name__ for n, m in model.named_modules()
+        compiled = [n for n, m in model.named_modules()
                     if hasattr(m, "_orig_mod") and hasattr(m, "dynamo_ctx")]  # fmt: skip
         if compiled:  # its wrapper hides the module from torch.fx; torch.export's capture
-            raise AnalysisError(  # then fixes the batch size and misses quantizer places
-                f"Module {compiled[0]!r} is a torch.compile wrapper. Compress the model "
-                "itself (model._orig_mod), then compile the model create_compressed_model "
-                "returns (or call model.compile() in place). The model is unchanged."
+            name = compiled[0]  # then fixes the batch size and misses quantizer places
+            unwrap = f"model.{name} = model.{name}._orig_mod" if name else "model._orig_mod"
+            raise AnalysisError(
+                f"Module {name or type(model).__name__!r} is a torch.compile wrapper. Compress "
+                f"the model uncompiled ({unwrap}), then compile the model "
+                "create_compressed_model returns (or call model.compile() in place). The "
+                "model is unchanged."
             )
         exported = [n or type(model).__name__ for n, m in model.named_modules()
                     if isinstance(m, _EXPORTED)]  # fmt: skip
