@@ -232,6 +232,23 @@ def test_an_onnx_file_onnxruntime_would_refuse_is_not_written(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_an_onnx_export_of_a_bfloat16_model_says_which_policy_exports(tmp_path):
+    """ONNX convolutions take no bfloat16: the refusal named only a SavedModel."""
+    pytest.importorskip("tf2onnx")
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        inp = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(8, 3, padding="same")(inp)
+        model = keras.Model(inp, keras.layers.Conv2D(4, 1)(x))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    ctrl, _ = create_compressed_model(model, make_config(sample=(1, 8, 8, 3)))
+    with pytest.raises(RuntimeError, match="compute in bfloat16, which ONNX convolutions do "
+                       "not take: for an ONNX file, build the model again under the 'float32'"):
+        ctrl.export_model(str(tmp_path / "m.onnx"))
+    assert not (tmp_path / "m.onnx").exists()
+
+
 @pytest.mark.parametrize("suffix", ["onnx", "pb"])
 def test_a_model_writing_variables_in_its_call_names_them_at_a_frozen_export(suffix, tmp_path):
     """A stateful LSTM failed with tf's "Input 0 of node .../AssignVariableOp was passed

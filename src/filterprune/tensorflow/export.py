@@ -184,10 +184,15 @@ def _onnx(model: Any, path: str) -> None:
     try:  # the full check infers shapes too: tf2onnx writes negative ConvTranspose pads
         onnx.checker.check_model(proto, full_check=True)  # that ONNX Runtime refuses
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        bf16 = any(getattr(layer, "compute_dtype", None) == "bfloat16"
+                   for layer in model._flatten_layers(include_self=False))  # fmt: skip
         raise RuntimeError(
             f"tf2onnx {tf2onnx.__version__} wrote an invalid ONNX model for {model.name!r}: "
             f"{str(err).splitlines()[0]}. Nothing was written; export a SavedModel instead "
-            "(save_format='saved_model')."
+            "(save_format='saved_model')"
+            + (". Its layers compute in bfloat16, which ONNX convolutions do not take: for "
+               "an ONNX file, build the model again under the 'float32' or 'mixed_float16' "
+               "policy and load these weights into it" if bf16 else "") + "."
         ) from err
     problem = _differs(model, proto)
     if problem:
