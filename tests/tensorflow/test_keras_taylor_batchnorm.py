@@ -152,3 +152,21 @@ def test_a_batchnorm_without_a_trainable_scale_scores_on_its_output(case):
     totals = taylor(model()).taylor.totals["mid"].numpy()
     assert expected.min() > 1e-6 * expected.max()
     np.testing.assert_allclose(totals, expected, rtol=1e-4, atol=1e-6 * expected.max())
+
+
+def test_a_loss_scale_does_not_weigh_the_steps():
+    """The taps saw gradients of the scaled loss: each step counted by its scale squared
+    (2^20 times at a scale of 1024, and a dynamic scale that grows weighed the later
+    steps more; under mixed_float16 fit wraps the optimizer so)."""
+
+    def totals(optimizer):
+        ctrl, model = create_compressed_model(net(), config("taylor"))
+        model.compile(optimizer=optimizer, loss="mse")
+        x, y = (np.concatenate(parts) for parts in zip(*batches(), strict=True))
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        return ctrl.taylor.totals["mid"].numpy()
+
+    plain = totals(keras.optimizers.SGD(0.0))
+    scaled = totals(keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.0), initial_scale=1024.0, dynamic_growth_steps=1))  # fmt: skip
+    np.testing.assert_allclose(scaled, plain, rtol=1e-4)

@@ -168,3 +168,35 @@ def test_a_batchnorm_without_gradients_scores_on_its_output(mode):
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6 * expected.max())
     if mode == "frozen, training mode":  # what the trainable BatchNorm's parameters give
         np.testing.assert_allclose(scores, by_hand(net()), rtol=1e-4)
+
+
+@pytest.mark.parametrize("with_quantization", [False, True])
+def test_a_grad_scaler_handed_over_does_not_weigh_the_steps(with_quantization):
+    """The hooks saw gradients of the scaled loss: each step counted by its scale squared,
+    and a scale that grows weighed the later steps more (the masks changed)."""
+
+    def totals(scaler):
+        cfg = config("taylor", 0.0)
+        if with_quantization:
+            cfg["compression"] = [cfg["compression"], {
+                "algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0}}}]
+        ctrl, model = create_compressed_model(net(), cfg)
+        if scaler is not None:
+            ctrl.set_grad_scaler(scaler)
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        for x, y in batches(3):
+            optimizer.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            if scaler is None:
+                loss.backward()
+                continue
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        pruning = ctrl.get("filter_pruning") if with_quantization else ctrl
+        return pruning.taylor.scores("mid")[:, 0]
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1)
+    np.testing.assert_allclose(totals(scaler), totals(None), rtol=1e-4)
+    assert scaler.get_scale() > 1024.0  # it grew

@@ -240,6 +240,12 @@ class CompositeCompressionController(CompressionController):
                         shown, max(counts.values()))  # fmt: skip
         return max(counts.values())
 
+    def set_grad_scaler(self, scaler: Any) -> None:
+        """Hand a mixed-precision loss scaler to the algorithms that read gradients."""
+        for c in self.child_ctrls:
+            if hasattr(c, "set_grad_scaler"):
+                c.set_grad_scaler(scaler)
+
     def loss(self) -> Any:
         total = self.child_ctrls[0].loss()
         for c in self.child_ctrls[1:]:

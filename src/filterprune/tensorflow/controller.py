@@ -67,7 +67,7 @@ class FilterPruningController(PruningControllerBase):
         self.maskable = maskable_layers(self.analysis)
         self.taylor = None
         if importance_source(params.filter_importance) == "gradient":  # before any trace
-            self.taylor = TaylorAccumulator(captured, ranked_layers(self))
+            self.taylor = TaylorAccumulator(captured, ranked_layers(self), model)
 
     # -- hooks -----------------------------------------------------------------------------
     def _weights(self) -> dict[str, np.ndarray]:

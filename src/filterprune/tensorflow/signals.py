@@ -62,13 +62,17 @@ class TaylorAccumulator:
     Args:
         captured: The model's capture (layer refs and the core graph's layer infos).
         layers: Core names of the producers scored (their weight or BatchNorm is tapped).
+        model: The model whose optimizer scales the loss (a ``LossScaleOptimizer`` under
+            ``mixed_float16``): each step's gradients are divided by that scale, which
+            changes during training and would weigh each step by its square.
 
     Attributes:
         totals: Layer -> ``tf.Variable`` of its per-filter totals.
         passes: Layer -> ``tf.Variable`` counting the backward passes that reached it.
     """
 
-    def __init__(self, captured: Any, layers: list[str]) -> None:
+    def __init__(self, captured: Any, layers: list[str], model: Any = None) -> None:
+        self.model = model
         self.totals: dict[str, tf.Variable] = {}
         self.passes: dict[str, tf.Variable] = {}
         for name in layers:
@@ -99,10 +103,11 @@ class TaylorAccumulator:
                     tf.reduce_sum(tf.cast(g * w, tf.float32), axis=axis)
                     for g, w, axis in zip(upstream, weights, axes, strict=True)
                 ])  # fmt: skip
-                score = tf.square(per_filter)  # a skipped mixed-precision step adds nothing
-                score = tf.where(tf.reduce_all(tf.math.is_finite(score)), score, 0.0)
-                updates = [self.totals[name].assign_add(score),
-                           self.passes[name].assign_add(1)]  # fmt: skip
+                score = tf.square(per_filter / self._loss_scale())
+                # a skipped mixed-precision step (an overflow) adds nothing
+                finite = tf.reduce_all(tf.math.is_finite(score))
+                updates = [self.totals[name].assign_add(tf.where(finite, score, 0.0)),
+                           self.passes[name].assign_add(tf.cast(finite, tf.int64))]  # fmt: skip
                 with tf.control_dependencies(updates):
                     return [tf.identity(g) for g in upstream]
 
@@ -113,6 +118,13 @@ class TaylorAccumulator:
             return identity(*(tf.convert_to_tensor(v) for v in values))
 
         return tap
+
+    def _loss_scale(self) -> Any:
+        """The scale the model's optimizer puts on the loss now (1 without one)."""
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None or not hasattr(optimizer, "scale_loss"):
+            return 1.0
+        return tf.cast(optimizer.scale_loss(1.0), tf.float32)
 
     def _output_tap(self, name: str, axis: int) -> Any:
         """Identity of a BatchNorm's output ``y``; its gradient adds ``(sum g*y)^2`` per

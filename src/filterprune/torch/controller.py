@@ -18,6 +18,7 @@ from ..core.config import ConfigError, FilterPruningParams
 from ..core.controller import CompressionStage, PruningControllerBase, analysis_options
 from ..core.finite import Probe
 from ..core.pruner import Plan
+from ..core.signals import importance_source
 from ..core.workflow import Captured
 from ..errors import AnalysisError
 from . import onnx_export
@@ -157,6 +158,14 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
         self._distributed = True
         if self._ddp() and not self.shrunk:
             self._install(self._sync(self.plan))
+
+    def set_grad_scaler(self, scaler: Any) -> None:
+        """With ``filter_importance: taylor`` and a ``torch.amp.GradScaler``: the Taylor
+        hooks see gradients of the scaled loss, so each step would count by the square of
+        the scale it ran at (which grows, and halves after an overflow); its scale is
+        divided out. Other importances read no gradient: nothing to do."""
+        if importance_source(self.params.filter_importance) == "gradient" and not self.shrunk:
+            taylor_accumulator(self).grad_scaler = scaler
 
     def loss(self) -> torch.Tensor:
         """Filter pruning adds no regulariser: a zero tensor on the model's device."""

@@ -61,6 +61,7 @@ class TaylorAccumulator:
                  batchnorms: dict[str, list[nn.Parameter] | nn.Module] | None = None,
                  infos: dict[str, LayerInfo] | None = None) -> None:  # fmt: skip
         self.infos = infos or {}
+        self.grad_scaler: Any = None  # a torch.amp.GradScaler whose scale is divided out
         self.totals: dict[str, torch.Tensor] = {}
         self.passes: dict[str, int] = {}  # backward passes that reached each layer
         self._handles = []
@@ -80,7 +81,11 @@ class TaylorAccumulator:
             self._handles.append(hook)
 
     def _add(self, name: str, per_filter: torch.Tensor) -> None:
-        score = per_filter.float().pow(2)
+        per_filter = per_filter.float()
+        if self.grad_scaler is not None:  # its scale as a tensor: no wait for the GPU
+            per_filter = per_filter / self.grad_scaler.scale(
+                torch.ones((), device=per_filter.device))  # fmt: skip
+        score = per_filter.pow(2)
         # a pass with an inf or NaN (a step a mixed-precision GradScaler skips) adds
         # nothing: it would leave the totals non-finite for good (no sync: a GPU runs on)
         score = torch.where(torch.isfinite(score).all(), score, torch.zeros_like(score))
