@@ -48,3 +48,27 @@ def test_other_readers_leave_the_weight_scoring(also):
 
 def test_no_batchnorm_leaves_the_weight_scoring():
     assert taylor_batchnorm(graph(bn_input="x"), "conv") is None  # the BatchNorm reads x
+
+
+PARAMS = ("weight", "bias")
+
+
+def test_a_batchnorm_after_channel_wise_ops_scores():
+    """conv -> ReLU -> BatchNorm: in training mode the BatchNorm makes the conv's filters
+    scale-invariant all the same (the weight's ``sum g*w`` was near zero, 4e-7 against
+    1e-2 for the BatchNorm's term)."""
+    g = Graph()
+    g.add(Node("x", "input", shape=(1, 3, 8, 8)))
+    roles = ("out", "in", None, None)
+    g.layers["conv"] = LayerInfo("conv", "conv", {"weight": ((4, 3, 3, 3), roles)}, weight="weight")
+    g.add(Node("conv", "conv", ["x"], (1, 4, 8, 8), layer="conv",
+               attrs={"groups": 1, "in_channels": 3, "out_channels": 4}))  # fmt: skip
+    g.add(Node("relu", "identity", ["conv"], (1, 4, 8, 8)))
+    g.add(Node("pool", "identity", ["relu"], (1, 4, 4, 4)))
+    g.layers["bn"] = LayerInfo("bn", "batchnorm", {p: ((4,), ("channel",)) for p in PARAMS})
+    g.add(Node("bn", "batchnorm", ["pool"], (1, 4, 4, 4), layer="bn", attrs={"channel_axis": 1}))
+    g.outputs = ["bn"]
+    assert taylor_batchnorm(g, "conv") == ("bn", ["weight", "bias"])
+    g.add(Node("twice", "elementwise", ["relu", "relu"], (1, 4, 8, 8)))  # another reader
+    g.outputs.append("twice")
+    assert taylor_batchnorm(g, "conv") is None

@@ -107,3 +107,37 @@ def test_accuracy_aware_loop_resumes_after_any_epoch():
         assert loop2.best_level == loop.best_level and ctrl2.pruning_level == ctrl.pruning_level
         for a, b in zip(model.get_weights(), model2.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_accuracy_aware_loop_driven_by_fit_says_no_false_resume(caplog):
+    """Each epoch a fit with the compression callbacks, as the module shows: from the
+    third on the callbacks warned "fit starts at epoch N but the compression schedule is at
+    epoch 1" (the held schedule stays at its epoch), and the statistics showed the
+    schedule's level, not the one the loop left the masks at."""
+    from filterprune.tensorflow import (
+        create_accuracy_aware_training_loop,
+        create_compression_callbacks,  # fmt: skip
+    )
+
+    caplog.set_level("WARNING", logger="filterprune")
+    keras.utils.set_random_seed(0)
+    config = aa_config(patience_epochs=1, maximal_total_epochs=6)
+    ctrl, model = create_compressed_model(conv_bn_net(), config)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 16, 16, 3)).astype("float32"), rng.normal(size=(8, 4))
+
+    epochs = []
+
+    def train(ctrl, model, epoch, optimizer, lr_scheduler):
+        epochs.append(epoch)
+        model.fit(x, y, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                  callbacks=create_compression_callbacks(ctrl))  # fmt: skip
+
+    loop = create_accuracy_aware_training_loop(config, ctrl)
+    loop.run(model, train_epoch_fn=train,
+             validate_fn=lambda model, epoch: 0.9 if ctrl.pruning_level <= 0.55 else 0.2)
+    assert len(epochs) >= 3
+    assert "fit starts at epoch" not in caplog.text
+    assert ctrl.pruning_level == loop.best_level > 0.3
+    assert f"pruning level     : {loop.best_level:.3f}" in str(ctrl.statistics())

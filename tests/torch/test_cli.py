@@ -39,7 +39,7 @@ def test_prune_writes_a_shrunk_state_dict_and_onnx(tmp_path, capsys):
     assert (tmp_path / "pruned.onnx").stat().st_size > 0
     capsys.readouterr()
     assert main([*args, "--level", "0.25"]) == 0
-    assert "scheduler level   : 0.250 (target 0.500)" in capsys.readouterr().out
+    assert "pruning level     : 0.250 (target 0.500)" in capsys.readouterr().out
 
 
 def test_report_prints_statistics_and_plots(tmp_path, capsys):

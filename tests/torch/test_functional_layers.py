@@ -1007,9 +1007,25 @@ class _GatedFilters(nn.Module):
             self.c.weight.data = torch.where(self.gate.bool(), w, torch.zeros_like(w))
         elif self.form == "in place":
             self.c.weight.data *= self.gate
+        elif self.form == "softmax over the filters, scaled":  # mixes them: no cut follows
+            self.c.weight.data = w * torch.softmax(self.gate.flatten(), 0).view(-1, 1, 1, 1) * 16
         else:
             self.c.weight.data.mul_(self.gate.view(1, -1, 1, 1))  # over its inputs
         return self.head(F.relu(self.c(F.relu(self.a(x)))))
+
+
+def test_a_weight_written_from_values_no_cut_follows_is_held():
+    """Two ops after the weight, the write was not seen: the conv was cut and the stripped
+    model failed ("The size of tensor a (8) must match the size of tensor b (16)")."""
+    torch.manual_seed(0)
+    model = nondegenerate(_GatedFilters("softmax over the filters, scaled"))
+    ctrl, model = create_compressed_model(model, make_config(
+        (1, 3, 8, 8), prune_first_conv=True, filters_multiple_of=1))  # fmt: skip
+    x = torch.randn(2, 3, 8, 8)
+    small = ctrl.strip().eval()  # each forward writes the weight: both from the same one
+    torch.testing.assert_close(small(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert held["c"] == "mul: writes into weight c.weight values that cannot be cut with it"
 
 
 @pytest.mark.parametrize("form", ["assigned where", "in place", "over its inputs"])

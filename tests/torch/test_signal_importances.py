@@ -187,4 +187,4 @@ def test_taylor_with_gradients_all_zero_ranks_by_l1_and_says_so(caplog):
     l1, _ = create_compressed_model(resnet(), config("L1", pruning_init=0.5))
     layer = "layers.1.conv1"
     assert kept_out(ctrl, layer).tolist() == kept_out(l1, layer).tolist() != list(range(8))
-    assert "every gradient that reached" in caplog.text and "was zero" in caplog.text
+    assert "every gradient that reached" in caplog.text and "was zero or not finite" in caplog.text

@@ -200,3 +200,30 @@ def test_a_grad_scaler_handed_over_does_not_weigh_the_steps(with_quantization):
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1)
     np.testing.assert_allclose(totals(scaler), totals(None), rtol=1e-4)
     assert scaler.get_scale() > 1024.0  # it grew
+
+
+@pytest.mark.parametrize("mode", ["affine off", "frozen conv, no BatchNorm"])
+def test_the_stripped_model_and_copies_carry_no_taylor_hook(mode):
+    """The output hook went with the stripped copy: its first backward pass added 8
+    channels to the 16 of the totals ("The size of tensor a (16) must match the size of
+    tensor b (8)"), and torch.save could not pickle it. A deep copy of the masked model
+    added its steps to the controller's totals."""
+    import copy
+    import io
+
+    model = net(bn=mode == "affine off")
+    if mode == "affine off":
+        model.bn = nn.BatchNorm2d(16, affine=False)
+    else:
+        model.mid.requires_grad_(False)  # scored from its output
+    ctrl, model = create_compressed_model(model, config("taylor", 0.5))
+    model.train()
+    x, y = batches(1)[0]
+    loss(model, x, y).backward()
+    before = ctrl.taylor.scores("mid").copy()
+    twin = copy.deepcopy(model)
+    loss(twin, x, y).backward()
+    np.testing.assert_array_equal(ctrl.taylor.scores("mid"), before)
+    small = ctrl.strip()
+    loss(small.train(), x, y).backward()
+    torch.save(small, io.BytesIO())

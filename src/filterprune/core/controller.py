@@ -470,7 +470,8 @@ class PruningControllerBase(CompressionController):
             self.analysis, self.keeps(),
             full_flops=self.pruner.full_flops, full_params=self.pruner.full_params,
             current_params=self.pruner.params(self.plan),
-            current_level=self.scheduler.current_level, target_level=self.scheduler.target_level,
+            # the masks' level: a loop that sets it itself (accuracy-aware) holds the schedule
+            current_level=self.pruning_level, target_level=self.scheduler.target_level,
             reasons={**too_narrow(self.analysis.prunable_groups, self.pruner.multiple_of),
                      **self.plan.reasons},
         )  # fmt: skip

@@ -231,9 +231,9 @@ def _written_back(state: Propagation) -> None:
         value = state.values.get(node.name)
         if node.name in read:
             continue
-        weights = [v for v in map(state.values.get, node.inputs) if isinstance(v, Param)
-                   and v.shape == node.shape and _owner(graph, v) is not None]  # fmt: skip
-        if node.op in ("elementwise", "identity") and not isinstance(value, Param) and weights:
+        weights = _weights_behind(state, node) if node.op in ("elementwise", "identity") \
+            and not isinstance(value, Param) else []  # fmt: skip
+        if weights:
             # a layer's weight changed by values no rule follows (a mask viewed), written
             # in place or assigned (``w.data = torch.where(...)``, which no trace records)
             state.hold_param(weights[0].name, f"{node.label or node.op}: writes into "
@@ -256,6 +256,23 @@ def _written_back(state: Propagation) -> None:
                           "which cannot be cut with it")
                 for param in (value, other):
                     state.hold_param(param.name, reason)
+
+
+def _weights_behind(state: Propagation, node: Node) -> list[Param]:
+    """Layer weights of ``node``'s shape that the elementwise ops ending at ``node`` read
+    (``w * softmax(g).view(-1, 1, 1, 1) * n``): what a write of its result changes."""
+    graph, found, todo, seen = state.graph, [], [node], set()
+    while todo:
+        for name in todo.pop().inputs:
+            value, source = state.values.get(name), graph[name]
+            if isinstance(value, Param):
+                if value.shape == node.shape and _owner(graph, value) is not None:
+                    found.append(value)
+            elif source.op in ("elementwise", "identity") and source.shape == node.shape \
+                    and name not in seen:  # fmt: skip
+                seen.add(name)
+                todo.append(source)
+    return found
 
 
 def _owner(graph: Graph, param: Param) -> tuple[str, str] | None:

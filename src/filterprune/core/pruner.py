@@ -127,7 +127,8 @@ class Pruner:
             self._said.add(group.id)
             log.warning(
                 "filter_pruning: %d filter(s) of %s hold NaN or inf (training diverged, or "
-                "the weights were loaded so?): they rank below every other and go first.",
+                "the weights were loaded so?): they rank below the others, the first of "
+                "their layer to go.",
                 int(bad.sum()), ", ".join(group.producers[:3]))
 
     # -- plans -----------------------------------------------------------------------------

@@ -85,17 +85,26 @@ def taylor_batchnorm(graph: Graph, layer: str) -> tuple[str, list[str]] | None:
     """The BatchNorm that gives ``layer``'s ``taylor`` score.
 
     Returns:
-        ``(batchnorm layer, [scale, shift])`` when a BatchNorm layer right after
-        ``layer`` is the only reader of its output (no shift where it has none; neither
+        ``(batchnorm layer, [scale, shift])`` when a BatchNorm layer after ``layer``
+        (right after it, or after channel-wise ops such as a ReLU) is the only reader of
+        its output (no shift where it has none; neither
         where it has no scale, as a shift's term alone is not the channel's); else
         ``None`` and the weight's ``sum g*w`` scores the filters (where the output also
         goes elsewhere, the filters' scale matters there). Where the parameters listed
         are not all trainable, or none is, the frontend sums ``g * y`` over the
         BatchNorm's output ``y``: the same term, ``g_gamma * gamma + g_beta * beta``.
     """
-    calls = _calls(graph, layer)
-    readers = {(n.op, n.layer) for n in graph if calls.intersection(n.inputs)}
-    if len(readers) != 1 or calls.intersection(graph.outputs):
+    at = _calls(graph, layer)
+    while True:
+        nodes = [n for n in graph if at.intersection(n.inputs)]
+        if at.intersection(graph.outputs):
+            return None
+        if nodes and all(n.op == "identity" and len(n.inputs) == 1 for n in nodes):
+            at = {n.name for n in nodes}  # an activation or pooling on the way (conv-ReLU-BN)
+            continue
+        break
+    readers = {(n.op, n.layer) for n in nodes}
+    if len(readers) != 1:
         return None
     op, bn = readers.pop()
     info = graph.layers.get(bn or "")
@@ -158,9 +167,10 @@ def taylor_scores(
     elif zero and ("zero", *zero) not in _SAID:
         _SAID.add(("zero", *zero))
         log.warning(
-            "taylor importance: every gradient that reached %s so far was zero, so every "
-            "layer is ranked by the L1 norm of its weights. Check that the loss the "
-            "backward pass runs on depends on the model's output.", listed(zero))
+            "taylor importance: every gradient that reached %s so far was zero or not "
+            "finite, so every layer is ranked by the L1 norm of its weights. Check that the "
+            "loss the backward pass runs on is finite and depends on the model's output.",
+            listed(zero))
     read = weights()
     return {name: np.abs(read[name]).reshape(read[name].shape[0], -1).sum(1)[:, None]
             for name in totals}  # fmt: skip

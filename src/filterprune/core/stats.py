@@ -55,7 +55,7 @@ class PruningStatistics:
     def __str__(self) -> str:
         lines = [
             "Filter pruning statistics",
-            f"  scheduler level   : {self.current_level:.3f} (target {self.target_level:.3f})",
+            f"  pruning level     : {self.current_level:.3f} (target {self.target_level:.3f})",
             f"  FLOPs             : {self.current_flops / 1e6:,.2f}M of "
             f"{self.full_flops / 1e6:,.2f}M ({self.flops_kept:.1%} kept)",
             f"  parameters        : {self.current_params:,} of {self.full_params:,} "

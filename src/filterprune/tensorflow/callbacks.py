@@ -62,7 +62,9 @@ class CompressionCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         scheduler = self.ctrl.scheduler
         expected = scheduler.current_epoch + 1
-        if int(epoch) > expected and not self._said_jump:
+        # a held schedule (the accuracy-aware loop sets the level) stays at its epoch
+        if int(epoch) > expected and not getattr(scheduler, "held", False) \
+                and not self._said_jump:  # fmt: skip
             # a fresh controller asked for a later epoch: fit(initial_epoch=...) or Keras'
             # BackupAndRestore, which restores weights and epoch but not the compression state
             self._said_jump = True

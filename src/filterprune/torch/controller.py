@@ -32,7 +32,7 @@ from .masks import apply_masks, is_masked, remove_masks
 from .reconstruct import Recording, reconstruct, record
 from .shrink import cut_output_quantizers, shrink_model
 from .shrink_frozen import ShrinkWhenFrozen
-from .signals import taylor_accumulator, torch_signal
+from .signals import drop_taylor_hooks, taylor_accumulator, torch_signal
 
 log = logging.getLogger("filterprune")
 
@@ -185,6 +185,7 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
 
     def strip_model(self, model: nn.Module, shrink: bool = True, **_: Any) -> nn.Module:
         self.say_if_unstepped()
+        drop_taylor_hooks(model)
         if self.shrunk:  # cut already (shrink_when_frozen)
             return model
         bake_weights(m for m in model.modules() if is_masked(m))  # weight_norm: written in

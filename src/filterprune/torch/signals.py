@@ -27,7 +27,7 @@ from ..core.graph import LayerInfo
 from ..core.signals import batchnorm_scales, taylor_batchnorm, taylor_scores
 from .masks import masked_param
 
-__all__ = ["TaylorAccumulator", "taylor_accumulator", "torch_signal"]
+__all__ = ["TaylorAccumulator", "drop_taylor_hooks", "taylor_accumulator", "torch_signal"]
 
 
 def _trainable(weight: Any) -> bool:
@@ -121,7 +121,7 @@ class TaylorAccumulator:
         axis = _output_axis(self.infos.get(name), module)
 
         def forward(layer: nn.Module, inputs: Any, out: torch.Tensor) -> None:
-            if not out.requires_grad:
+            if not out.requires_grad or layer is not module:  # a copy's (deepcopy keeps it)
                 return
             bias = masked_param(layer, "bias") if less_bias else None
             shape = [1] * out.dim()
@@ -134,6 +134,7 @@ class TaylorAccumulator:
 
             out.register_hook(add)
 
+        forward.filterprune_taylor = True  # what drop_taylor_hooks takes off a copy
         return forward
 
     def _params_hook(self, name: str, params: list[nn.Parameter]):
@@ -167,6 +168,15 @@ class TaylorAccumulator:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+def drop_taylor_hooks(model: nn.Module) -> None:
+    """Take the Taylor forward hooks off ``model``'s modules: a copy of the masked model
+    (what strip cuts) keeps them, and they would not pickle (``torch.save``)."""
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "filterprune_taylor", False):
+                del module._forward_hooks[key]
 
 
 def _batchnorm_params(ctrl: Any, layers: list[str]) -> dict[str, list[nn.Parameter] | nn.Module]:
