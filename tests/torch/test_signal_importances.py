@@ -50,6 +50,18 @@ def test_bn_scale_without_batchnorm_is_refused():
         create_compressed_model(net, config("bn_scale", pruning_init=0.5))
 
 
+def test_bn_scale_after_a_frozen_batchnorm_says_it_has_no_scale_to_read():
+    """torchvision's FrozenBatchNorm2d (detection backbones) holds its scale as a buffer:
+    the refusal said the layers had no BatchNorm."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    net = nn.Sequential(nn.Conv2d(1, 16, 3), FrozenBatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 4, 1))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"1 have none \(0\); the BatchNorm after 1 of them has "
+                       r"no scale parameter \(a FrozenBatchNorm2d holds it as a fixed buffer"):
+        create_compressed_model(net, config("bn_scale", pruning_init=0.5, prune_first_conv=True))
+
+
 def gradients_only(model, ctrl, steps=3):
     """Training steps at learning rate 0: gradients flow, weights stay."""
     classify_steps(model, ctrl, torch.optim.SGD(model.parameters(), lr=0.0), steps)

@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -128,7 +128,10 @@ def batchnorm_scales(graph: Graph, layers: list[str],
     found = {name: following_batchnorm(graph, name) for name in layers}
     missing = [name for name, bn in found.items() if bn is None]
     if missing:
-        raise missing_batchnorm(missing)
+        unscaled = [name for name in missing if any(
+            n.op == "batchnorm" and n.inputs and n.inputs[0] in _calls(graph, name)
+            for n in graph)]  # fmt: skip
+        raise missing_batchnorm(missing, unscaled)
     return {name: np.asarray(read(*bn), dtype=np.float64).reshape(-1, 1)
             for name, bn in found.items()}  # fmt: skip
 
@@ -186,11 +189,17 @@ def unsupported(importance: str, where: str) -> ConfigError:
     )
 
 
-def missing_batchnorm(layers: list[str]) -> ConfigError:
-    """The error for ``bn_scale`` on producers with no BatchNorm right after them."""
+def missing_batchnorm(layers: list[str], unscaled: Sequence[str] = ()) -> ConfigError:
+    """The error for ``bn_scale`` on producers with no BatchNorm right after them, or whose
+    BatchNorm has no scale parameter (``unscaled``, among ``layers``)."""
     shown = ", ".join(layers[:5]) + (", ..." if len(layers) > 5 else "")
+    why = f"{len(layers)} have none ({shown})"
+    if unscaled:
+        why += (f"; the BatchNorm after {len(unscaled)} of them has no scale parameter (a "
+                "FrozenBatchNorm2d holds it as a fixed buffer, Keras's scale=False has none), "
+                "so network slimming has nothing to read")
     return ConfigError(
         "`filter_importance`='bn_scale' needs a BatchNorm with a scale right after every "
-        f"pruned layer; {len(layers)} have none ({shown}). Exclude them with "
-        "`ignored_scopes` or use another importance. Received: filter_importance='bn_scale'."
+        f"pruned layer; {why}. Exclude them with `ignored_scopes` or use another importance "
+        "(L2, taylor). Received: filter_importance='bn_scale'."
     )
