@@ -227,3 +227,23 @@ def test_the_stripped_model_and_copies_carry_no_taylor_hook(mode):
     small = ctrl.strip()
     loss(small.train(), x, y).backward()
     torch.save(small, io.BytesIO())
+
+
+class ReluFirst(Net):
+    """mid conv -> ReLU -> BatchNorm: the BatchNorm still makes the filters' scale moot."""
+
+    def forward(self, x):
+        return self.head(self.bn(torch.relu(self.mid(self.stem(x))))).mean(dim=(2, 3))
+
+
+def test_a_batchnorm_after_a_relu_scores_the_conv():
+    """The conv was scored on its weight's ``sum g*w``, near zero (4e-7 against 1e-2)."""
+
+    def model():
+        built = net()
+        built.__class__ = ReluFirst
+        return built
+
+    expected = by_hand(model())
+    np.testing.assert_allclose(taylor(model()).taylor.scores("mid")[:, 0], expected, rtol=1e-4,
+                               atol=1e-6 * expected.max())  # fmt: skip
