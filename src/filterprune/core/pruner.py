@@ -114,8 +114,8 @@ class Pruner:
             self.nonfinite_last(group, out[group.id], bad)
         return out
 
-    def nonfinite_last(self, group: Group, scores: np.ndarray, bad: np.ndarray | None = None,
-                       ) -> None:  # fmt: skip
+    def nonfinite_last(self, group: Group, scores: np.ndarray,
+                       bad: np.ndarray | None = None) -> None:  # fmt: skip
         """Rank ``group``'s channels whose filters hold NaN or inf (``bad``) or whose
         scores are not finite below every other, in place: such a filter poisons every
         output it reaches, so it goes first. Warned once per group."""

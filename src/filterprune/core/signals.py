@@ -87,12 +87,12 @@ def taylor_batchnorm(graph: Graph, layer: str) -> tuple[str, list[str]] | None:
     Returns:
         ``(batchnorm layer, [scale, shift])`` when a BatchNorm layer after ``layer``
         (right after it, or after channel-wise ops such as a ReLU) is the only reader of
-        its output (no shift where it has none; neither
-        where it has no scale, as a shift's term alone is not the channel's); else
-        ``None`` and the weight's ``sum g*w`` scores the filters (where the output also
-        goes elsewhere, the filters' scale matters there). Where the parameters listed
-        are not all trainable, or none is, the frontend sums ``g * y`` over the
-        BatchNorm's output ``y``: the same term, ``g_gamma * gamma + g_beta * beta``.
+        its output; no shift where it has none, neither where it has no scale (a shift's
+        term alone is not the channel's). Else ``None``, and the weight's ``sum g*w``
+        scores the filters (where the output also goes elsewhere, the filters' scale
+        matters there). Where the parameters listed are not all trainable, or none is,
+        the frontend sums ``g * y`` over the BatchNorm's output ``y``: the same term,
+        ``g_gamma * gamma + g_beta * beta``.
     """
     at = _calls(graph, layer)
     while True:

@@ -65,7 +65,6 @@ _FIXED = ("reshape sizes are numbers in the torch.export graph (read in forward 
           "in code; see the capture notes for why torch.fx could not trace the model)")
 
 
-
 def _free_reshape(node: fx.Node, shape) -> Spec:
     return "reshape", {}
 
