@@ -182,3 +182,32 @@ def test_bad_coefficients_file_is_a_clear_error(chain, tmp_path):
     with pytest.raises(ConfigError, match=r"c.json: ranking_coeffs` must name each prunable group"
                        r".*without coefficients: 'c2', 'c3'"):
         create_compressed_model(copy.deepcopy(chain), config(load_ranking_coeffs_path=str(path)))
+
+
+@pytest.mark.parametrize("init_samples", [0, 8])
+def test_search_with_quantization_leaves_the_quantizers_as_they_were(chain, tmp_path,
+                                                                    init_samples):  # fmt: skip
+    """A trial's first batch set the lazy activation ranges (``num_init_samples: 0``) and
+    the undo put the scales back but not the flags: the quantizers stayed "set" at the
+    default scale 1.0 for good. Ranges set before the search were right, but their state
+    read "not set" (a checkpoint would say so). The searched model's state now equals
+    the one built from its coefficients without a search."""
+
+    def quantized(**params):
+        cfg = config(**params)
+        cfg["compression"] = [cfg["compression"], {
+            "algorithm": "quantization", "initializer": {
+                "range": {"num_init_samples": init_samples},
+                "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}}]
+        return cfg
+
+    path = tmp_path / "coeffs.json"
+    _, searched = create_compressed_model(copy.deepcopy(chain), quantized(
+        save_ranking_coeffs_path=str(path)))  # fmt: skip
+    _, loaded = create_compressed_model(copy.deepcopy(chain), quantized(
+        validate_fn=fail, load_ranking_coeffs_path=str(path)))  # fmt: skip
+    want = loaded.state_dict()
+    for key, value in searched.state_dict().items():
+        assert torch.equal(value, want[key]), key
+    x = batches(1, seed=5)[0][0]
+    torch.testing.assert_close(searched.eval()(x), loaded.eval()(x), rtol=0, atol=0)

@@ -33,6 +33,9 @@ def snapshot(model: nn.Module) -> list[tuple[Any, ...]]:
     """Each module with what :func:`restore` needs."""
     out = []
     for module in model.modules():
+        sync = getattr(module, "sync_buffers", None)
+        if callable(sync):  # a buffer that mirrors Python state (a quantizer's flags)
+            sync()
         tables = {name: dict(getattr(module, name)) for name in _TABLES}
         buffers = {k: (b, None if b is None else b.detach().clone())
                    for k, b in module._buffers.items()}  # fmt: skip
@@ -41,7 +44,9 @@ def snapshot(model: nn.Module) -> list[tuple[Any, ...]]:
 
 
 def restore(snap: list[tuple[Any, ...]]) -> None:
-    """Give every module of ``snap`` its class, tables and buffer values back."""
+    """Give every module of ``snap`` its class, tables and buffer values back; a module
+    with a ``buffers_restored()`` method is told (its buffers may mirror attributes; its
+    ``sync_buffers()`` ran before the snapshot)."""
     with torch.no_grad():
         for module, cls, training, tables, buffers in snap:
             module.__class__ = cls
@@ -55,6 +60,9 @@ def restore(snap: list[tuple[Any, ...]]) -> None:
                 if buffer is not None:
                     buffer.copy_(value)
                 module._buffers[key] = buffer
+            restored = getattr(module, "buffers_restored", None)
+            if callable(restored):  # the Python state they mirror, as they hold it
+                restored()
 
 
 _TORCH_OWN = frozenset(vars(nn.Module()))  # its tables and flags: the rest is the class's

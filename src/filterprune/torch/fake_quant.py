@@ -179,10 +179,22 @@ class FakeQuantize(nn.Module):
             if saved is not None and saved.shape != mine.shape:
                 setattr(self, name, torch.empty(saved.shape, dtype=mine.dtype, device=mine.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.buffers_restored()
+
+    def sync_buffers(self) -> None:
+        """Before a snapshot of the buffers: ``meta`` as the flags are now."""
+        self._write_meta()
+
+    def buffers_restored(self) -> None:
+        """After the buffers are put back as a snapshot took them (a LeGR trial undone):
+        the flags as ``meta`` holds them. A range a trial's batch set goes with it, and
+        the next first pass sets it again."""
         qmin, qmax, initialized, frozen = (round(v) for v in self.meta.tolist())
         self.quant_min, self.quant_max = qmin, qmax
         self.initialized, self.frozen = bool(initialized), bool(frozen)
         self._meta_written = (qmin, qmax, int(initialized), int(frozen))
+        if not self.initialized:
+            self.first = None
 
     def _write_meta(self) -> None:
         """Mirror the integer range and flags into the ``meta`` buffer (for state_dict)."""
