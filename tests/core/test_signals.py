@@ -1,9 +1,9 @@
-"""Which BatchNorm scores a layer under ``taylor`` (:func:`taylor_batchnorm`)."""
+"""Which BatchNorms score a layer under ``taylor`` (:func:`taylor_batchnorms`)."""
 
 import pytest
 
 from filterprune.core.graph import Graph, LayerInfo, Node
-from filterprune.core.signals import taylor_batchnorm
+from filterprune.core.signals import taylor_batchnorms
 
 
 def graph(bn_params=("weight", "bias"), also=None, bn_input="conv"):
@@ -37,17 +37,17 @@ def graph(bn_params=("weight", "bias"), also=None, bn_input="conv"):
     ((), []),  # PyTorch, affine=False
 ])  # fmt: skip
 def test_batchnorm_right_after_scores(params, expected):
-    assert taylor_batchnorm(graph(params), "conv") == ("bn", expected)
+    assert taylor_batchnorms(graph(params), "conv") == [("bn", expected, 0)]
 
 
 @pytest.mark.parametrize("also", ["add", "output"])
 def test_other_readers_leave_the_weight_scoring(also):
     """The output also goes elsewhere, where the filter's scale matters."""
-    assert taylor_batchnorm(graph(also=also), "conv") is None
+    assert taylor_batchnorms(graph(also=also), "conv") is None
 
 
 def test_no_batchnorm_leaves_the_weight_scoring():
-    assert taylor_batchnorm(graph(bn_input="x"), "conv") is None  # the BatchNorm reads x
+    assert taylor_batchnorms(graph(bn_input="x"), "conv") is None  # the BatchNorm reads x
 
 
 PARAMS = ("weight", "bias")
@@ -68,7 +68,33 @@ def test_a_batchnorm_after_channel_wise_ops_scores():
     g.layers["bn"] = LayerInfo("bn", "batchnorm", {p: ((4,), ("channel",)) for p in PARAMS})
     g.add(Node("bn", "batchnorm", ["pool"], (1, 4, 4, 4), layer="bn", attrs={"channel_axis": 1}))
     g.outputs = ["bn"]
-    assert taylor_batchnorm(g, "conv") == ("bn", ["weight", "bias"])
+    assert taylor_batchnorms(g, "conv") == [("bn", ["weight", "bias"], 0)]
     g.add(Node("twice", "elementwise", ["relu", "relu"], (1, 4, 8, 8)))  # another reader
     g.outputs.append("twice")
-    assert taylor_batchnorm(g, "conv") is None
+    assert taylor_batchnorms(g, "conv") is None
+
+
+def test_batchnorms_reading_a_layer_through_concatenations_score_it():
+    """A DenseNet's layer is read by the BatchNorm of each layer after it, inside a
+    concatenation; the weight's ``sum g*w`` was near zero there (2e-12 against 1e-3)."""
+    g = Graph()
+    g.add(Node("x", "input", shape=(1, 8, 8, 8)))
+    roles = ("out", "in", None, None)
+    for name in ("a", "b"):
+        g.layers[name] = LayerInfo(name, "conv", {"weight": ((4, 8, 1, 1), roles)}, weight="weight")
+        g.add(Node(name, "conv", ["x"], (1, 4, 8, 8), layer=name,
+                   attrs={"groups": 1, "in_channels": 8, "out_channels": 4}))  # fmt: skip
+    g.add(Node("ab", "concat", ["a", "b"], (1, 8, 8, 8), attrs={"axis": 1}))
+    g.add(Node("xba", "concat", ["x", "b", "a"], (1, 16, 8, 8), attrs={"axis": -3}))
+    for name, source, width in (("bn1", "ab", 8), ("bn2", "xba", 16)):
+        g.layers[name] = LayerInfo(name, "batchnorm", {p: ((width,), ("channel",))
+                                                       for p in PARAMS})  # fmt: skip
+        g.add(Node(name, "batchnorm", [source], (1, width, 8, 8), layer=name,
+                   attrs={"channel_axis": 1}))  # fmt: skip
+    g.outputs = ["bn1", "bn2"]
+    assert sorted(taylor_batchnorms(g, "b")) == [("bn1", list(PARAMS), 4),
+                                                 ("bn2", list(PARAMS), 8)]  # fmt: skip
+    assert sorted(taylor_batchnorms(g, "a")) == [("bn1", list(PARAMS), 0),
+                                                 ("bn2", list(PARAMS), 12)]  # fmt: skip
+    g.outputs.append("ab")  # the concatenation is an output too: not every path is normed
+    assert taylor_batchnorms(g, "a") is None

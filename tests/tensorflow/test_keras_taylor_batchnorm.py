@@ -170,3 +170,71 @@ def test_a_loss_scale_does_not_weigh_the_steps():
     scaled = totals(keras.optimizers.LossScaleOptimizer(
         keras.optimizers.SGD(0.0), initial_scale=1024.0, dynamic_growth_steps=1))  # fmt: skip
     np.testing.assert_allclose(scaled, plain, rtol=1e-4)
+
+
+def dense_block():
+    """A DenseNet block: ``c1`` is read by ``bn1`` and ``bn2``, each inside a
+    concatenation, ``c2`` by ``bn2``."""
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inp = keras.Input((16, 16, 3))
+    x0 = layers.ReLU()(layers.BatchNormalization(name="bn0")(layers.Conv2D(8, 3, padding="same",
+                                                                           name="stem")(inp)))
+    y1 = layers.Conv2D(4, 3, padding="same", name="c1")(x0)
+    bn1 = layers.BatchNormalization(epsilon=1e-5, name="bn1")
+    y2 = layers.Conv2D(4, 3, padding="same", name="c2")(layers.ReLU()(bn1(
+        layers.Concatenate()([x0, y1]))))  # fmt: skip
+    bn2 = layers.BatchNormalization(epsilon=1e-5, name="bn2")
+    out = layers.ReLU()(bn2(layers.Concatenate()([x0, y1, y2])))
+    model = keras.Model(inp, layers.GlobalAveragePooling2D()(layers.Conv2D(4, 1, name="head")(out)))
+    return randomize_bn(model)
+
+
+def test_batchnorms_reading_a_layer_inside_concatenations_score_it():
+    """The convs of a DenseNet block were scored on their weights' ``sum g*w``, which
+    the BatchNorms after them make rounding noise."""
+    cfg = make_config((1, 16, 16, 3), filter_importance="taylor", schedule="baseline",
+                      pruning_init=0.0, prune_first_conv=True)  # fmt: skip
+    ctrl, model = create_compressed_model(dense_block(), cfg)
+    reference = dense_block()
+    expected = {"c1": np.zeros(4), "c2": np.zeros(4)}
+    for x, y in batches():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
+        tape.gradient(loss, model.trainable_weights)
+        bns = [reference.get_layer(n) for n in ("bn1", "bn2")]
+        watched = [v for bn in bns for v in (bn.gamma, bn.beta)]
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(reference(x, training=True) - y))
+        grads = [g.numpy().astype(np.float64) for g in tape.gradient(loss, watched)]
+        terms = [grads[2 * i] * bn.gamma.numpy() + grads[2 * i + 1] * bn.beta.numpy()
+                 for i, bn in enumerate(bns)]  # fmt: skip
+        expected["c1"] += terms[0][8:12] ** 2 + terms[1][8:12] ** 2
+        expected["c2"] += terms[1][12:16] ** 2
+    for name, want in expected.items():
+        np.testing.assert_allclose(ctrl.taylor.totals[name].numpy(), want, rtol=1e-3,
+                                   atol=1e-6 * want.max())  # fmt: skip
+
+
+def test_a_gradient_tape_loop_names_the_optimizer_that_scaled_its_loss():
+    """The model's optimizer's scale was divided out of a loop that scaled with none (its
+    totals came out 2^-20 of fit's), or with an optimizer of its own."""
+
+    def totals(loop_scale):
+        ctrl, model = create_compressed_model(net(), config("taylor"))
+        model.compile(optimizer=keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.0), initial_scale=1024.0), loss="mse")  # fmt: skip
+        own = keras.optimizers.SGD(0.0)
+        if loop_scale is not None:
+            own = keras.optimizers.LossScaleOptimizer(own, initial_scale=loop_scale)
+            own.build(model.trainable_weights)
+        ctrl.set_grad_scaler(own)
+        for x, y in batches():
+            with tf.GradientTape() as tape:
+                loss = own.scale_loss(tf.reduce_mean(tf.square(model(x, training=True) - y)))
+            tape.gradient(loss, model.trainable_weights)
+        return ctrl.taylor.totals["mid"].numpy()
+
+    plain = taylor(net()).taylor.totals["mid"].numpy()
+    np.testing.assert_allclose(totals(None), plain, rtol=1e-4)
+    np.testing.assert_allclose(totals(64.0), plain, rtol=1e-4)

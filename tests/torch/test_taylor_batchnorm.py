@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch_helpers import make_config
+from torch_helpers import make_config, randomize_bn
 
 from filterprune.torch import create_compressed_model
 
@@ -247,3 +247,49 @@ def test_a_batchnorm_after_a_relu_scores_the_conv():
     expected = by_hand(model())
     np.testing.assert_allclose(taylor(model()).taylor.scores("mid")[:, 0], expected, rtol=1e-4,
                                atol=1e-6 * expected.max())  # fmt: skip
+
+
+class Dense(nn.Module):
+    """A DenseNet block: ``c1`` is read by ``bn1`` and ``bn2``, each inside a concatenation,
+    ``c2`` by ``bn2``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c1, self.bn1 = nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(12)
+        self.c2, self.bn2 = nn.Conv2d(12, 4, 3, padding=1), nn.BatchNorm2d(16)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x0 = torch.relu(self.bn0(self.stem(x)))
+        y1 = self.c1(x0)
+        y2 = self.c2(torch.relu(self.bn1(torch.cat([x0, y1], 1))))
+        out = torch.relu(self.bn2(torch.cat([x0, y1, y2], 1)))
+        return self.head(out).mean(dim=(2, 3))
+
+
+def test_batchnorms_reading_a_layer_inside_concatenations_score_it():
+    """The convs of a DenseNet block were scored on their weights' ``sum g*w``, which
+    the BatchNorms after them make about 1e-14 against 1e-3."""
+
+    def model():
+        torch.manual_seed(0)
+        return randomize_bn(Dense())
+
+    cfg = make_config((1, 3, 12, 12), filter_importance="taylor", schedule="baseline",
+                      pruning_init=0.0, prune_first_conv=True)  # fmt: skip
+    ctrl, compressed = create_compressed_model(model(), cfg)
+    compressed.train()
+    dense = model().train()
+    expected = {"c1": np.zeros(4), "c2": np.zeros(4)}
+    for x, y in batches():
+        for m in (compressed, dense):
+            m.zero_grad()
+            loss(m, x, y).backward()
+        terms = {bn: (bn.weight.grad * bn.weight + bn.bias.grad * bn.bias).detach().double().numpy()
+                 for bn in (dense.bn1, dense.bn2)}  # fmt: skip
+        expected["c1"] += terms[dense.bn1][8:12] ** 2 + terms[dense.bn2][8:12] ** 2
+        expected["c2"] += terms[dense.bn2][12:16] ** 2
+    for name, want in expected.items():
+        np.testing.assert_allclose(ctrl.taylor.scores(name)[:, 0], want, rtol=1e-4,
+                                   atol=1e-6 * want.max())  # fmt: skip

@@ -7,7 +7,7 @@ criteria need a signal the model holds elsewhere:
   over training steps; the frontend hooks the gradients and hands the totals over as a
   ``(filters, 1)`` matrix. Each step adds ``(sum over a filter of gradient x weight)^2``,
   except where a BatchNorm is the only reader of the layer's output
-  (:func:`taylor_batchnorm`): there it adds ``(g_gamma * gamma + g_beta * beta)^2``
+  (:func:`taylor_batchnorms`): there it adds ``(g_gamma * gamma + g_beta * beta)^2``
   per channel (the BatchNorm's scale and shift with their gradients), as the paper
   does. Why: in training mode a BatchNorm makes its input's scale irrelevant, so the
   layer's ``sum g*w`` is zero up to rounding and would rank noise; the BatchNorm's
@@ -43,7 +43,7 @@ from .graph import Graph
 log = logging.getLogger("filterprune")
 
 __all__ = ["SOURCES", "importance_source", "following_batchnorm", "batchnorm_scales",
-           "taylor_batchnorm", "taylor_scores", "unsupported", "missing_batchnorm"]  # fmt: skip
+           "taylor_batchnorms", "taylor_scores", "unsupported", "missing_batchnorm"]  # fmt: skip
 
 SOURCES = {"taylor": "gradient", "bn_scale": "bn_scale", "coupled_L2": "params"}
 """Importance name -> the signal it scores (criteria not listed score the weight)."""
@@ -81,38 +81,63 @@ def following_batchnorm(graph: Graph, layer: str) -> tuple[str, str] | None:
     return None
 
 
-def taylor_batchnorm(graph: Graph, layer: str) -> tuple[str, list[str]] | None:
-    """The BatchNorm that gives ``layer``'s ``taylor`` score.
+def taylor_batchnorms(graph: Graph, layer: str) -> list[tuple[str, list[str], int]] | None:
+    """The BatchNorms that give ``layer``'s ``taylor`` score.
 
     Returns:
-        ``(batchnorm layer, [scale, shift])`` when a BatchNorm layer after ``layer``
-        (right after it, or after channel-wise ops such as a ReLU) is the only reader of
-        its output; no shift where it has none, neither where it has no scale (a shift's
-        term alone is not the channel's). Else ``None``, and the weight's ``sum g*w``
-        scores the filters (where the output also goes elsewhere, the filters' scale
-        matters there). Where the parameters listed are not all trainable, or none is,
-        the frontend sums ``g * y`` over the BatchNorm's output ``y``: the same term,
-        ``g_gamma * gamma + g_beta * beta``.
+        ``(batchnorm layer, [scale, shift], offset)`` for each BatchNorm that reads
+        ``layer``'s output, its filter ``i`` as channel ``offset + i``: right after it,
+        after channel-wise ops (a ReLU, a pooling) or inside concatenations along the
+        channels (a DenseNet's layers each read those before), where nothing else reads
+        it. No shift where the BatchNorm has none, neither where it has no scale (a
+        shift's term alone is not the channel's). Else ``None``, and the weight's
+        ``sum g*w`` scores the filters (where the output also goes elsewhere, the filters'
+        scale matters there). Where the parameters listed are not all trainable, or none
+        is, the frontend sums ``g * y`` over the BatchNorm's output ``y``: the same term,
+        ``g_gamma * gamma + g_beta * beta``. Each BatchNorm's term is squared on its own.
     """
-    at = _calls(graph, layer)
-    while True:
-        nodes = [n for n in graph if at.intersection(n.inputs)]
-        if at.intersection(graph.outputs):
-            return None
-        if nodes and all(n.op == "identity" and len(n.inputs) == 1 for n in nodes):
-            at = {n.name for n in nodes}  # an activation or pooling on the way (conv-ReLU-BN)
+    readers: dict[str, list] = {}
+    for node in graph:
+        for name in dict.fromkeys(node.inputs):
+            readers.setdefault(name, []).append(node)
+    # (tensor, offset of the filters in it, axes that must be the channels', axes that
+    # must not: a concatenation's, a pooling's)
+    todo = [(call, 0, (), ()) for call in _calls(graph, layer)]
+    seen, found = set(), []
+    while todo:
+        name, offset, axes, mixed = todo.pop()
+        if name in graph.outputs or not readers.get(name):
+            return None  # a model output, or read by nothing: not every path is normed
+        if (name, offset) in seen:
             continue
-        break
-    readers = {(n.op, n.layer) for n in nodes}
-    if len(readers) != 1:
-        return None
-    op, bn = readers.pop()
-    info = graph.layers.get(bn or "")
-    if op != "batchnorm" or info is None or info.kind != "batchnorm":
-        return None
-    scale = [p for p in _SCALES if p in info.params]
-    shift = [p for p in _SHIFTS if p in info.params] if scale else []
-    return bn, [*scale[:1], *shift[:1]]
+        seen.add((name, offset))
+        for node in readers[name]:
+            if node.op == "identity" and len(node.inputs) == 1:
+                todo.append((node.name, offset, axes, mixed))
+            elif node.op == "along" and len(node.inputs) == 1 and isinstance(node.shape, tuple):
+                dims = tuple(d % len(node.shape) for d in node.attrs.get("dims", ()))
+                todo.append((node.name, offset, axes, (*mixed, *dims)))  # a pooling
+            elif node.op == "concat" and isinstance(node.shape, tuple):
+                axis = node.attrs["axis"] % len(node.shape)
+                sizes = [graph[i].shape for i in node.inputs]
+                if not all(isinstance(size, tuple) for size in sizes):
+                    return None
+                for k, i in enumerate(node.inputs):
+                    if i == name:
+                        before = sum(size[axis] for size in sizes[:k])
+                        todo.append((node.name, offset + before, (*axes, axis), mixed))
+            elif node.op == "batchnorm" and node.inputs[0] == name:
+                info = graph.layers.get(node.layer or "")
+                channel = node.attrs.get("channel_axis", 1) % max(len(node.shape or ()), 1)
+                if info is None or info.kind != "batchnorm" or channel in mixed \
+                        or any(a != channel for a in axes):  # fmt: skip
+                    return None
+                scale = [p for p in _SCALES if p in info.params]
+                shift = [p for p in _SHIFTS if p in info.params] if scale else []
+                found.append((info.name, [*scale[:1], *shift[:1]], offset))
+            else:
+                return None
+    return found or None
 
 
 def batchnorm_scales(graph: Graph, layers: list[str],

@@ -69,6 +69,14 @@ class FilterPruningController(PruningControllerBase):
         if importance_source(params.filter_importance) == "gradient":  # before any trace
             self.taylor = TaylorAccumulator(captured, ranked_layers(self), model)
 
+    def set_grad_scaler(self, optimizer: Any) -> None:
+        """With ``filter_importance: taylor``, in a ``GradientTape`` loop: the optimizer
+        whose ``scale_loss`` the loop's loss went through (or an optimizer that scales
+        nothing), whose scale is divided out of each step. ``fit`` needs none: the model's
+        optimizer's is (the ``LossScaleOptimizer`` it uses under ``mixed_float16``)."""
+        if self.taylor is not None:
+            self.taylor.loss_scaler = optimizer
+
     # -- hooks -----------------------------------------------------------------------------
     def _weights(self) -> dict[str, np.ndarray]:
         return self.frontend.read_weights(self.captured, self.analysis.state.producers)

@@ -4,7 +4,7 @@
 on each producer's main weight: an identity whose gradient function adds
 ``(sum over a filter of gradient x weight)^2`` to a per-filter total (Molchanov et al.
 2019), the Keras counterpart of the PyTorch gradient hook. A producer with a
-BatchNorm right after it (see :func:`~filterprune.core.signals.taylor_batchnorm`) is
+BatchNorm reading it (see :func:`~filterprune.core.signals.taylor_batchnorms`) is
 scored there instead: one tap on the BatchNorm's ``gamma`` and ``beta`` adds
 ``(g_gamma * gamma + g_beta * beta)^2`` per channel (where they do not train, as with
 ``scale=False``, a tap on its output ``y`` adds the same term, ``(sum g * y)^2``). The
@@ -29,31 +29,37 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ..core.signals import batchnorm_scales, taylor_batchnorm, taylor_scores
+from ..core.signals import batchnorm_scales, taylor_batchnorms, taylor_scores
 from .masks import set_output_tap, set_weight_tap
 
 __all__ = ["TaylorAccumulator", "keras_signal", "ranked_layers"]
 
 
-def _tap_target(captured: Any, name: str) -> tuple[Any, list[str] | None, Any, int]:
-    """``(keras layer, variable names, axes summed per variable, filters)`` of the tap
-    that scores producer ``name``: its following BatchNorm's scale and shift where they
-    train, else that BatchNorm's output (variables None, the channel axis for the axes),
-    else its weight."""
-    info = captured.graph.layers[name]
-    shape, roles = info.params[info.weight]
-    axis = roles.index("out")
-    found = taylor_batchnorm(captured.graph, name)
-    if found is not None:
-        bn = captured.refs[found[0]].layer
-        tapped = [v for v in bn.weights if v.name in found[1]]
-        if found[1] and bn.trainable and len(tapped) == len(found[1]) \
+Consumer = tuple[str, int, int]  # (layer, offset of its filters in the tapped channels, count)
+
+
+def _tap_targets(captured: Any, name: str) -> list[tuple[Any, tuple[str, ...] | None, Any, int]]:
+    """``(keras layer, variable names, axes summed per variable, offset)`` of each tap
+    that scores producer ``name``, its filters at ``offset`` among the channels tapped: the
+    BatchNorms that read it (:func:`~filterprune.core.signals.taylor_batchnorms`), on their
+    scale and shift where they train, else on their output (variables None, the channel
+    axis for the axes); else its weight."""
+    found = taylor_batchnorms(captured.graph, name)
+    if found is None:
+        info = captured.graph.layers[name]
+        shape, roles = info.params[info.weight]
+        others = [a for a in range(len(shape)) if a != roles.index("out")]
+        return [(captured.refs[name].layer, (info.weight,), [others], 0)]
+    out = []
+    for bn_name, names, offset in found:
+        bn = captured.refs[bn_name].layer
+        tapped = [v for v in bn.weights if v.name in names]
+        if names and bn.trainable and len(tapped) == len(names) \
                 and all(v.trainable for v in tapped):  # fmt: skip
-            return bn, found[1], [[] for _ in found[1]], int(tapped[0].shape[0])
-        # no gradient gives the term there (``scale=False``, frozen): read the output
-        return bn, None, bn.axis, shape[axis]
-    others = [a for a in range(len(shape)) if a != axis]
-    return captured.refs[name].layer, [info.weight], [others], shape[axis]
+            out.append((bn, tuple(names), [[] for _ in names], offset))
+        else:  # no gradient gives the term there (``scale=False``, frozen): the output
+            out.append((bn, None, bn.axis, offset))
+    return out
 
 
 class TaylorAccumulator:
@@ -64,7 +70,8 @@ class TaylorAccumulator:
         layers: Core names of the producers scored (their weight or BatchNorm is tapped).
         model: The model whose optimizer scales the loss (a ``LossScaleOptimizer`` under
             ``mixed_float16``): each step's gradients are divided by that scale, which
-            changes during training and would weigh each step by its square.
+            changes during training and would weigh each step by its square. A loop that
+            scales with another optimizer (or none) sets :attr:`loss_scaler`.
 
     Attributes:
         totals: Layer -> ``tf.Variable`` of its per-filter totals.
@@ -73,15 +80,23 @@ class TaylorAccumulator:
 
     def __init__(self, captured: Any, layers: list[str], model: Any = None) -> None:
         self.model = model
+        self.loss_scaler: Any = None  # what scales the loss, where not the model's optimizer
         self.totals: dict[str, tf.Variable] = {}
         self.passes: dict[str, tf.Variable] = {}
+        taps: dict[tuple, tuple[Any, Any, Any, list[Consumer]]] = {}  # one per BatchNorm
         for name in layers:
-            layer, variables, axes, filters = _tap_target(captured, name)
+            info = captured.graph.layers[name]
+            shape, roles = info.params[info.weight]
+            filters = shape[roles.index("out")]
             self._make_variables(name, np.zeros(filters, "float32"), 0)
+            for layer, variables, axes, offset in _tap_targets(captured, name):
+                taps.setdefault((id(layer), variables), (layer, variables, axes, []))[3].append(
+                    (name, offset, filters))  # fmt: skip
+        for layer, variables, axes, consumers in taps.values():
             if variables is None:
-                set_output_tap(layer, self._output_tap(name, axes))
+                set_output_tap(layer, self._output_tap(consumers, axes))
             else:
-                set_weight_tap(layer, tuple(variables), self._tap(name, axes))
+                set_weight_tap(layer, variables, self._tap(consumers, axes))
 
     def _make_variables(self, name: str, total: np.ndarray, passes: int) -> None:
         once = tf.VariableAggregation.ONLY_FIRST_REPLICA  # one replica's gradients, as masks
@@ -92,22 +107,26 @@ class TaylorAccumulator:
             self.passes[name] = tf.Variable(passes, trainable=False, dtype=tf.int64,
                                             aggregation=once, name=f"{safe}_taylor_passes")
 
-    def _tap(self, name: str, axes: list[list[int]]) -> Any:
-        """Identity of the tapped values; its gradient adds ``(sum of g*w)^2`` per filter,
-        summing each value over its ``axes`` and the values together."""
+    def _tap(self, consumers: list[Consumer], axes: list[list[int]]) -> Any:
+        """Identity of the tapped values; its gradient adds ``(sum of g*w)^2`` per channel
+        to each consumer's slice of them, summing each value over its ``axes`` and the
+        values together."""
 
         @tf.custom_gradient
         def identity(*weights: Any) -> Any:
             def gradient(*upstream: Any) -> Any:
-                per_filter = tf.add_n([
+                per_channel = tf.add_n([
                     tf.reduce_sum(tf.cast(g * w, tf.float32), axis=axis)
                     for g, w, axis in zip(upstream, weights, axes, strict=True)
                 ])  # fmt: skip
-                score = tf.square(per_filter / self._loss_scale())
+                score = tf.square(per_channel / self._loss_scale())
                 # a skipped mixed-precision step (an overflow) adds nothing
                 finite = tf.reduce_all(tf.math.is_finite(score))
-                updates = [self.totals[name].assign_add(tf.where(finite, score, 0.0)),
-                           self.passes[name].assign_add(tf.cast(finite, tf.int64))]  # fmt: skip
+                score = tf.where(finite, score, 0.0)
+                updates = []
+                for name, offset, filters in consumers:
+                    updates += [self.totals[name].assign_add(score[offset:offset + filters]),
+                                self.passes[name].assign_add(tf.cast(finite, tf.int64))]
                 with tf.control_dependencies(updates):
                     return [tf.identity(g) for g in upstream]
 
@@ -120,20 +139,21 @@ class TaylorAccumulator:
         return tap
 
     def _loss_scale(self) -> Any:
-        """The scale the model's optimizer puts on the loss now (1 without one)."""
-        optimizer = getattr(self.model, "optimizer", None)
+        """The scale the loss carries now: that of :attr:`loss_scaler` (a loop's own
+        optimizer), else of the model's optimizer, as ``fit`` applies it (1 without one)."""
+        optimizer = self.loss_scaler or getattr(self.model, "optimizer", None)
         if optimizer is None or not hasattr(optimizer, "scale_loss"):
             return 1.0
         return tf.cast(optimizer.scale_loss(1.0), tf.float32)
 
-    def _output_tap(self, name: str, axis: int) -> Any:
+    def _output_tap(self, consumers: list[Consumer], axis: int) -> Any:
         """Identity of a BatchNorm's output ``y``; its gradient adds ``(sum g*y)^2`` per
         channel (``axis``): the term its scale and shift give where they train."""
 
         def tap(out: Any) -> Any:
             channel = axis % len(out.shape)
             summed = [a for a in range(len(out.shape)) if a != channel]
-            return self._tap(name, [summed])(out)[0]
+            return self._tap(consumers, [summed])(out)[0]
 
         return tap
 

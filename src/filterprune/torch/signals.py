@@ -3,7 +3,7 @@
 :class:`TaylorAccumulator` hooks each producer's weight: every backward pass adds
 ``(sum over a filter of gradient x weight)^2`` to a per-filter total (Molchanov et al.
 2019). A producer with a trainable BatchNorm right after it (see
-:func:`~filterprune.core.signals.taylor_batchnorm`) is scored on that BatchNorm instead:
+:func:`~filterprune.core.signals.taylor_batchnorms`) is scored on that BatchNorm instead:
 one hook on its scale and shift adds ``(g_gamma * gamma + g_beta * beta)^2`` per channel;
 one without trainable ones (``affine=False``, frozen) is hooked on its output instead.
 Masked filters (and masked BatchNorm channels) get zero gradient, so once pruned they
@@ -24,10 +24,14 @@ from torch import nn
 from torch.autograd.graph import register_multi_grad_hook
 
 from ..core.graph import LayerInfo
-from ..core.signals import batchnorm_scales, taylor_batchnorm, taylor_scores
+from ..core.signals import batchnorm_scales, taylor_batchnorms, taylor_scores
 from .masks import masked_param
 
 __all__ = ["TaylorAccumulator", "drop_taylor_hooks", "taylor_accumulator", "torch_signal"]
+
+
+Target = list[nn.Parameter] | nn.Module  # a BatchNorm's scale and shift, or the BatchNorm
+Consumer = tuple[str, int, int | None]  # (layer, offset of its filters, their count)
 
 
 def _trainable(weight: Any) -> bool:
@@ -50,34 +54,43 @@ class TaylorAccumulator:
 
     Args:
         modules: Layer name -> module whose ``weight`` is hooked: ``(sum g*w)^2``.
-        batchnorms: Layer name -> the BatchNorm parameters (scale, then shift) hooked in
-            place of that layer's weight: ``(sum over them of g*p)^2`` per channel; or the
-            BatchNorm module itself, hooked on its output ``y``: ``(sum g * y)^2``.
+        batchnorms: Layer name -> the BatchNorms hooked in place of that layer's weight,
+            with the offset and count of its filters among their channels: each one's
+            parameters (scale, then shift), ``(sum over them of g*p)^2`` per channel; or the module
+            itself, hooked on its output ``y``: ``(sum g * y)^2``. One hook per BatchNorm
+            serves every layer it reads.
         infos: Layer name -> its facts (whether a conv is transposed); without them, the
             module's class tells.
     """
 
     def __init__(self, modules: dict[str, nn.Module],
-                 batchnorms: dict[str, list[nn.Parameter] | nn.Module] | None = None,
+                 batchnorms: dict[str, list[tuple[Target, int, int]]] | None = None,
                  infos: dict[str, LayerInfo] | None = None) -> None:  # fmt: skip
         self.infos = infos or {}
         self.grad_scaler: Any = None  # a torch.amp.GradScaler whose scale is divided out
         self.totals: dict[str, torch.Tensor] = {}
         self.passes: dict[str, int] = {}  # backward passes that reached each layer
         self._handles = []
-        batchnorms = batchnorms or {}
+        readers: dict[int, tuple[Target, list[Consumer]]] = {}  # one hook per BatchNorm
         for name, module in modules.items():
-            found = batchnorms.get(name)
-            if isinstance(found, nn.Module):  # its scale gets no gradient: read the output
-                hook = found.register_forward_hook(self._output_hook(name, found, False))
-            elif found is not None:
-                hook = register_multi_grad_hook(found, self._params_hook(name, found))
-            elif _trainable(module._parameters.get("weight")) and (
+            found = (batchnorms or {}).get(name)
+            if found:
+                for target, offset, filters in found:
+                    key = id(target) if isinstance(target, nn.Module) else id(target[0])
+                    readers.setdefault(key, (target, []))[1].append((name, offset, filters))
+                continue
+            if _trainable(module._parameters.get("weight")) and (
                     self._axis(name, module) == 0 or self._groups(name, module) == 1):  # fmt: skip
                 hook = module.weight.register_hook(self._weight_hook(name, module))
             else:  # computed in each forward (weight_norm), frozen, or out/groups per row
                 # (a grouped transposed conv): read from the output
                 hook = module.register_forward_hook(self._output_hook(name, module))
+            self._handles.append(hook)
+        for target, consumers in readers.values():
+            if isinstance(target, nn.Module):  # its scale gets no gradient: read the output
+                hook = target.register_forward_hook(self._batchnorm_hook(target, consumers))
+            else:
+                hook = register_multi_grad_hook(target, self._params_hook(target, consumers))
             self._handles.append(hook)
 
     def _add(self, name: str, per_filter: torch.Tensor) -> None:
@@ -113,38 +126,57 @@ class TaylorAccumulator:
 
         return add
 
-    def _output_hook(self, name: str, module: nn.Module, less_bias: bool = True):
+    def _output_hook(self, name: str, module: nn.Module):
         """The same sum from the layer's output ``y = w * x + b``, linear in each filter's
-        weight: ``sum over w of g_w * w`` is ``sum over y of g_y * (y - b)``. A
-        BatchNorm's (``less_bias`` false) is ``sum g_y * y``, its parameters' term
-        ``g_gamma * gamma + g_beta * beta``: the loss's change when the channel goes."""
+        weight: ``sum over w of g_w * w`` is ``sum over y of g_y * (y - b)``."""
         axis = _output_axis(self.infos.get(name), module)
+
+        def per_channel(layer: nn.Module, out: torch.Tensor) -> torch.Tensor:
+            bias = masked_param(layer, "bias")
+            shape = [1] * out.dim()
+            shape[axis] = -1
+            return out - (0 if bias is None else bias.detach().view(shape))
+
+        return self._forward_hook(module, axis, per_channel, [(name, 0, None)])
+
+    def _batchnorm_hook(self, module: nn.Module, consumers: list[Consumer]):
+        """A BatchNorm's ``sum g_y * y`` over its output: its parameters' term
+        ``g_gamma * gamma + g_beta * beta``, the loss's change when the channel goes."""
+        return self._forward_hook(module, 1, lambda layer, out: out, consumers)
+
+    def _forward_hook(self, module: nn.Module, axis: int, part: Any,
+                      consumers: list[Consumer]):  # fmt: skip
+        """A forward hook on ``module`` whose output's gradient adds ``sum g * part`` per
+        channel (``axis``) to each consumer's slice of them."""
 
         def forward(layer: nn.Module, inputs: Any, out: torch.Tensor) -> None:
             if not out.requires_grad or layer is not module:  # a copy's (deepcopy keeps it)
                 return
-            bias = masked_param(layer, "bias") if less_bias else None
-            shape = [1] * out.dim()
-            shape[axis] = -1
-            part = out.detach() - (0 if bias is None else bias.detach().view(shape))
+            values = part(layer, out.detach())
 
             def add(grad: torch.Tensor) -> None:
                 with torch.no_grad():
-                    self._add(name, (grad * part).transpose(0, axis).flatten(1).sum(1))
+                    self._share((grad * values).transpose(0, axis).flatten(1).sum(1), consumers)
 
             out.register_hook(add)
 
         forward.filterprune_taylor = True  # what drop_taylor_hooks takes off a copy
         return forward
 
-    def _params_hook(self, name: str, params: list[nn.Parameter]):
+    def _params_hook(self, params: list[nn.Parameter], consumers: list[Consumer]):
         def add(grads: Sequence[torch.Tensor | None]) -> None:
             with torch.no_grad():
                 terms = [g * p for g, p in zip(grads, params, strict=True) if g is not None]
                 if terms:  # a pass that reached neither parameter adds nothing
-                    self._add(name, torch.stack(terms).sum(0))
+                    self._share(torch.stack(terms).sum(0), consumers)
 
         return add
+
+    def _share(self, per_channel: torch.Tensor, consumers: list[Consumer]) -> None:
+        """Add to each consumer ``(layer, offset, filters)`` its filters' channels."""
+        for name, offset, filters in consumers:
+            end = None if filters is None else offset + filters
+            self._add(name, per_channel[offset:end])
 
     def scores(self, name: str) -> np.ndarray | None:
         """The totals of layer ``name`` as ``(filters, 1)``; None before any backward pass."""
@@ -179,20 +211,20 @@ def drop_taylor_hooks(model: nn.Module) -> None:
                 del module._forward_hooks[key]
 
 
-def _batchnorm_params(ctrl: Any, layers: list[str]) -> dict[str, list[nn.Parameter] | nn.Module]:
-    """Per producer scored on its BatchNorm, that BatchNorm's scale and shift; the module
-    where they are not all trainable (``affine=False``, frozen): in training mode it makes
-    the producer's filters scale-invariant, so their ``sum g*w`` is rounding noise."""
-    out: dict[str, list[nn.Parameter] | nn.Module] = {}
+def _batchnorm_params(ctrl: Any, layers: list[str]) -> dict[str, list[tuple[Target, int, int]]]:
+    """Per producer scored on its BatchNorms, each one's scale and shift with the offset
+    and count of the producer's filters among its channels; the module where they are not
+    all trainable (``affine=False``, frozen): in training mode it makes the producer's
+    filters scale-invariant, so their ``sum g*w`` is rounding noise."""
+    out: dict[str, list[tuple[Target, int, int]]] = {}
     for name in layers:
-        found = taylor_batchnorm(ctrl.analysis.graph, name)
-        if found is None:
-            continue
-        module = ctrl.captured.refs[found[0]]
-        params = [getattr(module, p, None) for p in found[1]]
-        trainable = params and all(isinstance(p, nn.Parameter) and p.requires_grad
-                                   for p in params)  # fmt: skip
-        out[name] = params if trainable else module
+        filters = int(ctrl.analysis.state.uses[name]["out"].ids.size)
+        for bn, names, offset in taylor_batchnorms(ctrl.analysis.graph, name) or ():
+            module = ctrl.captured.refs[bn]
+            params = [getattr(module, p, None) for p in names]
+            trainable = params and all(isinstance(p, nn.Parameter) and p.requires_grad
+                                       for p in params)  # fmt: skip
+            out.setdefault(name, []).append((params if trainable else module, offset, filters))
     return out
 
 
