@@ -96,5 +96,9 @@ def test_batchnorms_reading_a_layer_through_concatenations_score_it():
                                                  ("bn2", list(PARAMS), 8)]  # fmt: skip
     assert sorted(taylor_batchnorms(g, "a")) == [("bn1", list(PARAMS), 0),
                                                  ("bn2", list(PARAMS), 12)]  # fmt: skip
+    g.add(Node("bn1_again", "batchnorm", ["xba"], (1, 8, 8, 8), layer="bn1",
+               attrs={"channel_axis": 1}))  # fmt: skip
+    assert taylor_batchnorms(g, "b") is None  # bn1 called twice: its hook sees both calls
+    g.nodes.pop("bn1_again")
     g.outputs.append("ab")  # the concatenation is an output too: not every path is normed
     assert taylor_batchnorms(g, "a") is None

@@ -95,11 +95,15 @@ def taylor_batchnorms(graph: Graph, layer: str) -> list[tuple[str, list[str], in
         scale matters there). Where the parameters listed are not all trainable, or none
         is, the frontend sums ``g * y`` over the BatchNorm's output ``y``: the same term,
         ``g_gamma * gamma + g_beta * beta``. Each BatchNorm's term is squared on its own.
+        A BatchNorm called more than once gives ``None``: its hook sees every call.
     """
     readers: dict[str, list] = {}
+    calls: dict[str, int] = {}  # per BatchNorm layer: its calls
     for node in graph:
         for name in dict.fromkeys(node.inputs):
             readers.setdefault(name, []).append(node)
+        if node.op == "batchnorm":
+            calls[node.layer] = calls.get(node.layer, 0) + 1
     # (tensor, offset of the filters in it, axes that must be the channels', axes that
     # must not: a concatenation's, a pooling's)
     todo = [(call, 0, (), ()) for call in _calls(graph, layer)]
@@ -130,8 +134,8 @@ def taylor_batchnorms(graph: Graph, layer: str) -> list[tuple[str, list[str], in
                 info = graph.layers.get(node.layer or "")
                 channel = node.attrs.get("channel_axis", 1) % max(len(node.shape or ()), 1)
                 if info is None or info.kind != "batchnorm" or channel in mixed \
-                        or any(a != channel for a in axes):  # fmt: skip
-                    return None
+                        or any(a != channel for a in axes) or calls[node.layer] > 1:  # fmt: skip
+                    return None  # (a BatchNorm called twice: its hook sees both calls)
                 scale = [p for p in _SCALES if p in info.params]
                 shift = [p for p in _SHIFTS if p in info.params] if scale else []
                 found.append((info.name, [*scale[:1], *shift[:1]], offset))

@@ -73,7 +73,8 @@ class FilterPruningController(PruningControllerBase):
         """With ``filter_importance: taylor``, in a ``GradientTape`` loop: the optimizer
         whose ``scale_loss`` the loop's loss went through (or an optimizer that scales
         nothing), whose scale is divided out of each step. ``fit`` needs none: the model's
-        optimizer's is (the ``LossScaleOptimizer`` it uses under ``mixed_float16``)."""
+        optimizer's is (the ``LossScaleOptimizer`` it uses under ``mixed_float16``); give
+        ``None`` before a ``fit`` that follows such a loop."""
         if self.taylor is not None:
             self.taylor.loss_scaler = optimizer
 

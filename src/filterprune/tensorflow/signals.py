@@ -75,12 +75,13 @@ class TaylorAccumulator:
 
     Attributes:
         totals: Layer -> ``tf.Variable`` of its per-filter totals.
-        passes: Layer -> ``tf.Variable`` counting the backward passes that reached it.
+        passes: Layer -> ``tf.Variable`` counting the taps' gradient calls that reached
+            it (one per backward pass, per BatchNorm call reading it).
     """
 
     def __init__(self, captured: Any, layers: list[str], model: Any = None) -> None:
         self.model = model
-        self.loss_scaler: Any = None  # what scales the loss, where not the model's optimizer
+        self.loss_scaler: Any = None  # what scales the loss; None: the model's optimizer
         self.totals: dict[str, tf.Variable] = {}
         self.passes: dict[str, tf.Variable] = {}
         taps: dict[tuple, tuple[Any, Any, Any, list[Consumer]]] = {}  # one per BatchNorm

@@ -69,7 +69,8 @@ class TaylorAccumulator:
         self.infos = infos or {}
         self.grad_scaler: Any = None  # a torch.amp.GradScaler whose scale is divided out
         self.totals: dict[str, torch.Tensor] = {}
-        self.passes: dict[str, int] = {}  # backward passes that reached each layer
+        self.passes: dict[str, int] = {}  # hook calls that reached each layer (one per
+        # BatchNorm reading it, per backward pass)
         self._handles = []
         readers: dict[int, tuple[Target, list[Consumer]]] = {}  # one hook per BatchNorm
         for name, module in modules.items():
