@@ -118,7 +118,8 @@ def taylor_batchnorms(graph: Graph, layer: str) -> list[tuple[str, list[str], in
         for node in readers[name]:
             if node.op == "identity" and len(node.inputs) == 1:
                 todo.append((node.name, offset, axes, mixed))
-            elif node.op == "along" and len(node.inputs) == 1 and isinstance(node.shape, tuple):
+            elif node.op == "along" and len(node.inputs) == 1 and isinstance(node.shape, tuple) \
+                    and len(node.shape) == len(graph[name].shape or ()):  # fmt: skip
                 dims = tuple(d % len(node.shape) for d in node.attrs.get("dims", ()))
                 todo.append((node.name, offset, axes, (*mixed, *dims)))  # a pooling
             elif node.op == "concat" and isinstance(node.shape, tuple):
