@@ -2,9 +2,9 @@
 
 :class:`TaylorAccumulator` hooks each producer's weight: every backward pass adds
 ``(sum over a filter of gradient x weight)^2`` to a per-filter total (Molchanov et al.
-2019). A producer with a trainable BatchNorm right after it (see
-:func:`~filterprune.core.signals.taylor_batchnorms`) is scored on that BatchNorm instead:
-one hook on its scale and shift adds ``(g_gamma * gamma + g_beta * beta)^2`` per channel;
+2019). A producer that BatchNorms read (see
+:func:`~filterprune.core.signals.taylor_batchnorms`) is scored on them instead: one hook
+on each one's scale and shift adds ``(g_gamma * gamma + g_beta * beta)^2`` per channel;
 one without trainable ones (``affine=False``, frozen) is hooked on its output instead.
 Masked filters (and masked BatchNorm channels) get zero gradient, so once pruned they
 stop gaining. Before any backward pass (the masks put in place at creation) the totals
@@ -56,9 +56,9 @@ class TaylorAccumulator:
         modules: Layer name -> module whose ``weight`` is hooked: ``(sum g*w)^2``.
         batchnorms: Layer name -> the BatchNorms hooked in place of that layer's weight,
             with the offset and count of its filters among their channels: each one's
-            parameters (scale, then shift), ``(sum over them of g*p)^2`` per channel; or the module
-            itself, hooked on its output ``y``: ``(sum g * y)^2``. One hook per BatchNorm
-            serves every layer it reads.
+            parameters (scale, then shift), ``(sum over them of g*p)^2`` per channel; or
+            the module itself, hooked on its output ``y``: ``(sum g * y)^2``. One hook per
+            BatchNorm serves every layer it reads.
         infos: Layer name -> its facts (whether a conv is transposed); without them, the
             module's class tells.
     """
