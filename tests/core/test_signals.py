@@ -104,3 +104,23 @@ def test_batchnorms_reading_a_layer_through_concatenations_score_it():
     g.nodes.pop("bn1_again")
     g.outputs.append("ab")  # the concatenation is an output too: not every path is normed
     assert taylor_batchnorms(g, "a") is None
+
+
+def test_layers_summed_before_a_batchnorm_each_take_its_term():
+    """``bn(a(x) + b(x))``: the add ties both convs' filters, cut together, and the
+    BatchNorm's term is the channel's (their weights' ``sum g*w`` cancel out)."""
+    g = Graph()
+    g.add(Node("x", "input", shape=(1, 8, 8, 8)))
+    for name in ("a", "b"):
+        add_conv(g, name, "x", 8, 4)
+    g.add(Node("sum", "elementwise", ["a", "b"], (1, 4, 8, 8)))
+    g.add(Node("x_gate", "input", shape=(1, 1, 8, 8)))
+    g.add(Node("gated", "elementwise", ["sum", "x_gate"], (1, 4, 8, 8)))
+    add_batchnorm(g, "bn", "gated", 4)
+    g.outputs = ["bn"]
+    for name in ("a", "b"):
+        assert taylor_batchnorms(g, name) == [("bn", list(PARAMS), 0)]
+    g.add(Node("wide", "elementwise", ["a", "x"], (1, 8, 8, 8)))  # a broadcast over x
+    add_batchnorm(g, "bn_wide", "wide", 8)
+    g.outputs.append("bn_wide")
+    assert taylor_batchnorms(g, "a") is None and taylor_batchnorms(g, "b") is not None

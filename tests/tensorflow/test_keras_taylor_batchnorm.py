@@ -238,3 +238,38 @@ def test_a_gradient_tape_loop_names_the_optimizer_that_scaled_its_loss():
     plain = taylor(net()).taylor.totals["mid"].numpy()
     np.testing.assert_allclose(totals(None), plain, rtol=1e-4)
     np.testing.assert_allclose(totals(64.0), plain, rtol=1e-4)
+
+
+def sum_first():
+    """``bn(a(x) + b(x))``, as in a pre-activation ResNet's next block."""
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inp = keras.Input((16, 16, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inp)
+    added = layers.Add()([layers.Conv2D(6, 3, padding="same", name="a")(x),
+                          layers.Conv2D(6, 1, name="b")(x)])  # fmt: skip
+    out = layers.ReLU()(layers.BatchNormalization(epsilon=1e-5, name="bn")(added))
+    model = keras.Model(inp, layers.GlobalAveragePooling2D()(layers.Conv2D(4, 1, name="head")(out)))
+    return randomize_bn(model)
+
+
+def test_layers_added_before_a_batchnorm_take_its_term():
+    """Both convs were scored on their weights' ``sum g*w``, which cancel between them:
+    each now takes the BatchNorm's term."""
+    ctrl, model = create_compressed_model(sum_first(), config("taylor"))
+    reference = sum_first()
+    expected = np.zeros(6)
+    for x, y in batches():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
+        tape.gradient(loss, model.trainable_weights)
+        bn = reference.get_layer("bn")
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(reference(x, training=True) - y))
+        g_gamma, g_beta = (g.numpy().astype(np.float64)
+                           for g in tape.gradient(loss, [bn.gamma, bn.beta]))  # fmt: skip
+        expected += (g_gamma * bn.gamma.numpy() + g_beta * bn.beta.numpy()) ** 2
+    for name in ("a", "b"):
+        assert ctrl.taylor.totals[name].shape == expected.shape
+        np.testing.assert_allclose(ctrl.taylor.totals[name].numpy(), expected, rtol=1e-3,
+                                   atol=1e-6 * expected.max())  # fmt: skip

@@ -293,3 +293,44 @@ def test_batchnorms_reading_a_layer_inside_concatenations_score_it():
     for name, want in expected.items():
         np.testing.assert_allclose(ctrl.taylor.scores(name)[:, 0], want, rtol=1e-4,
                                    atol=1e-6 * want.max())  # fmt: skip
+
+
+class SumFirst(nn.Module):
+    """``bn(a(x) + b(x))``, as in a pre-activation ResNet's next block."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 6, 3, padding=1), nn.Conv2d(8, 6, 1)
+        self.bn, self.head = nn.BatchNorm2d(6), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(torch.relu(self.bn(self.a(x) + self.b(x)))).mean(dim=(2, 3))
+
+
+def test_layers_added_before_a_batchnorm_take_its_term():
+    """Both convs were scored on their weights' ``sum g*w``, which cancel between them
+    (the BatchNorm undoes the sum's scale): each now takes the BatchNorm's term."""
+
+    def model():
+        torch.manual_seed(0)
+        return randomize_bn(SumFirst())
+
+    ctrl, compressed = create_compressed_model(model(), config("taylor", 0.0))
+    compressed.train()
+    dense = model().train()
+    expected, cancel = np.zeros(6), 0.0
+    for x, y in batches():
+        for m in (compressed, dense):
+            m.zero_grad()
+            loss(m, x, y).backward()
+        bn = dense.bn
+        term = bn.weight.grad * bn.weight + bn.bias.grad * bn.bias
+        expected += term.detach().double().numpy() ** 2
+        cancel += sum((c.weight.grad * c.weight).sum(dim=(1, 2, 3)) + c.bias.grad * c.bias
+                      for c in (dense.a, dense.b)).abs().max().item()  # fmt: skip
+    assert cancel < 1e-3 * expected.max() ** 0.5  # float32 rounding
+    for name in ("a", "b"):
+        np.testing.assert_allclose(ctrl.taylor.scores(name)[:, 0], expected, rtol=1e-4,
+                                   atol=1e-6 * expected.max())  # fmt: skip

@@ -87,15 +87,18 @@ def taylor_batchnorms(graph: Graph, layer: str) -> list[tuple[str, list[str], in
     Returns:
         ``(batchnorm layer, [scale, shift], offset)`` for each BatchNorm that reads
         ``layer``'s output, its filter ``i`` as channel ``offset + i``: right after it,
-        after channel-wise ops (a ReLU, a pooling) or inside concatenations along the
-        channels (a DenseNet's layers each read those before), where nothing else reads
-        it. No shift where the BatchNorm has none, neither where it has no scale (a
-        shift's term alone is not the channel's). Else ``None``, and the weight's
-        ``sum g*w`` scores the filters (where the output also goes elsewhere, the filters'
-        scale matters there). Where the parameters listed are not all trainable, or none
-        is, the frontend sums ``g * y`` over the BatchNorm's output ``y``: the same term,
-        ``g_gamma * gamma + g_beta * beta``. Each BatchNorm's term is squared on its own.
-        A BatchNorm called more than once gives ``None``: its hook sees every call.
+        after channel-wise ops (a ReLU, a pooling), sums and products of one shape (a
+        residual add before the BatchNorm: the layers added are cut together, so each
+        takes the BatchNorm's term, where their ``sum g*w`` cancel) or inside
+        concatenations along the channels (a DenseNet's layers each read those before),
+        where nothing else reads it. No shift where the BatchNorm has none, neither where
+        it has no scale (a shift's term alone is not the channel's). Else ``None``, and
+        the weight's ``sum g*w`` scores the filters (where the output also goes
+        elsewhere, the filters' scale matters there). Where the parameters listed are not
+        all trainable, or none is, the frontend sums ``g * y`` over the BatchNorm's output
+        ``y``: the same term, ``g_gamma * gamma + g_beta * beta``. Each BatchNorm's term
+        is squared on its own. A BatchNorm called more than once gives ``None``: its hook
+        sees every call.
     """
     readers: dict[str, list] = {}
     calls: dict[str, int] = {}  # per BatchNorm layer: its calls
@@ -122,6 +125,11 @@ def taylor_batchnorms(graph: Graph, layer: str) -> list[tuple[str, list[str], in
                     and len(node.shape) == len(graph[name].shape or ()):  # fmt: skip
                 dims = tuple(d % len(node.shape) for d in node.attrs.get("dims", ()))
                 todo.append((node.name, offset, axes, (*mixed, *dims)))  # a pooling
+            elif node.op == "elementwise" and node.shape is not None \
+                    and node.shape == graph[name].shape:  # fmt: skip
+                # a sum or product of the group's channels (a residual add before the
+                # BatchNorm, a gate): the cut removes the BatchNorm's channel all the same
+                todo.append((node.name, offset, axes, mixed))
             elif node.op == "concat" and isinstance(node.shape, tuple):
                 axis = node.attrs["axis"] % len(node.shape)
                 sizes = [graph[i].shape for i in node.inputs]
