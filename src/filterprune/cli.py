@@ -23,7 +23,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli_common import RunFailed, check_output_path, non_negative, non_negative_int, positive_int
+from .cli_common import (
+    RunFailed,
+    check_output_path,
+    non_negative,
+    non_negative_int,
+    positive_int,
+    shape_arg,
+)
 from .errors import FilterPruneError
 
 __all__ = ["main", "register_subcommand", "SUBCOMMANDS"]
@@ -170,9 +177,13 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
                    help="at least this many timed runs (default 20)")  # fmt: skip
     p.add_argument("--turn-seconds", type=non_negative, default=1.0,
                    help="timed seconds per turn (default 1)")  # fmt: skip
+    p.add_argument("--input-size", "--input", dest="input", type=shape_arg, metavar="SHAPE",
+                   help="the first input's shape, e.g. 1,3,224,224, where the files leave "
+                        "sizes past the batch free (its batch is replaced by --batch)")  # fmt: skip
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
     p.epilog = """examples:
   filterprune bench dense.onnx pruned.onnx                    # onnxruntime, batch 1, 1 thread
+  filterprune bench dense.onnx pruned.onnx --input-size 1,3,224,224   # files with free sizes
   filterprune bench dense.xml pruned.xml --runtime openvino --batch 1,8 --threads 2
   filterprune bench dense.onnx a.onnx b.onnx --seconds 30 --json bench.json
 """
@@ -200,7 +211,7 @@ def run_bench(args: argparse.Namespace) -> int:
     rows = benchmark(dict(zip(labels, paths, strict=True)), runtime=args.runtime,
                      batches=args.batch, threads=args.threads, warmup=args.warmup,
                      min_runs=args.runs, seconds=args.seconds,
-                     turn_seconds=args.turn_seconds)  # fmt: skip
+                     turn_seconds=args.turn_seconds, input_size=args.input)  # fmt: skip
     print(format_table(rows))
     if args.json:
         text = json.dumps([r.to_dict() for r in rows], indent=2)

@@ -413,3 +413,47 @@ def test_bench_reads_a_fixed_batch_from_batched_inputs_only():
 
     assert _fixed_batch({"m": ([(None, 3, 8, 8), (4,)], [])}, 2) == ""
     assert "fixed batch of 1" in _fixed_batch({"m": ([(1, 3, 8, 8), (4,)], [])}, 2)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_bench_asks_for_the_sizes_a_file_leaves_free(tmp_path, runtime, capsys):
+    """A file with free height and width was fed 1x1 images at batch 1 (8x8 at batch 8),
+    its FLOPs counted at 1x1: a wrong speed-up, nothing said (OpenVINO failed)."""
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    from filterprune.onnx.bench import benchmark, model_flops
+
+    free, fixed = str(tmp_path / "free.onnx"), str(tmp_path / "fixed.onnx")
+    torch.onnx.export(Net().eval(), (torch.randn(1, 3, 12, 12),), free, dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})  # fmt: skip
+    torch.onnx.export(Net().eval(), (torch.randn(1, 3, 12, 12),), fixed, dynamo=False)
+    fast = {"runtime": runtime, "seconds": 0, "min_runs": 1, "warmup": 0, "turn_seconds": 0}
+    with pytest.raises(ConversionError, match=r"free's input 'x' is bx3xhxw: its sizes past "
+                       r"the batch axis are free.*--input-size 1,3,H,W"):  # fmt: skip
+        benchmark({"free": free, "fixed": fixed}, **fast)
+    rows = benchmark({"free": free, "fixed": fixed}, batches=(2,), input_size=(1, 3, 12, 12),
+                     **fast)  # fmt: skip
+    assert [r.inputs for r in rows] == ["x 2x3x12x12", "input.1 2x3x12x12"]
+    assert rows[0].flops == rows[1].flops == model_flops(fixed) > 2 * 8 * 8 * 9 * 144
+    with pytest.raises(ConversionError, match=r"size 1 is fixed at 3"):
+        benchmark({"free": free}, input_size=(1, 4, 12, 12), **fast)
+    assert main(["bench", free, fixed, "--input-size", "1,3,12,12", "--runtime", runtime,
+                 "--seconds", "0", "--runs", "1", "--turn-seconds", "0"]) == 0  # fmt: skip
+    assert "batch 1 feeds x 1x3x12x12" in capsys.readouterr().out
+
+
+def test_bench_leaves_an_input_without_a_batch_axis_as_it_is(tmp_path):
+    """A second input of shape [8] was fed as [batch] (at batch 2 a broadcast error)."""
+    from filterprune.onnx.bench import benchmark
+
+    class Scaled(Net):
+        def forward(self, x, scale):
+            return super().forward(x) * scale[:4]
+
+    path = str(tmp_path / "scaled.onnx")
+    torch.onnx.export(Scaled().eval(), (torch.randn(1, 3, 8, 8), torch.ones(8)), path,
+                      dynamo=False, input_names=["x", "scale"],
+                      dynamic_axes={"x": {0: "b"}})  # fmt: skip
+    rows = benchmark({"a": path}, batches=(1, 2), seconds=0, min_runs=1, warmup=0,
+                     turn_seconds=0)  # fmt: skip
+    assert [r.inputs for r in rows] == ["x 1x3x8x8, scale 8", "x 2x3x8x8, scale 8"]

@@ -55,13 +55,18 @@ class BenchRow:
     # "f32", or "int8" where the model's quantize/dequantize pairs run as int8 kernels;
     # OpenVINO is held to f32 (it would pick bf16 on CPUs that have it)
     precision: str = "f32"
+    inputs: str = ""  # each input's name and the shape fed, e.g. "x 8x3x224x224"
+    runtime_version: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def model_flops(model: Any) -> int:
-    """FLOPs per sample of the conv/linear layers (core count for ONNX, OpenVINO's for IR)."""
+def model_flops(model: Any, shapes: Mapping[str, Sequence[int]] | None = None) -> int:
+    """FLOPs per sample of the conv/linear layers (core count for ONNX, OpenVINO's for IR),
+    at ``shapes`` (input name -> shape at batch 1) where the file leaves sizes free."""
+    if shapes is not None:
+        model = _prepared(model, "openvino" if _is_openvino(model) else "onnxruntime", shapes)
     if _is_openvino(model):
         from .openvino import ov_flops, read_openvino
 
@@ -78,34 +83,104 @@ def _is_openvino(model: Any) -> bool:
     return type(model).__module__.startswith("openvino")
 
 
-def _with_batch(proto: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    for v in [*out.graph.input, *out.graph.output]:
-        dims = v.type.tensor_type.shape.dim
-        if dims:
-            dims[0].Clear()
-            dims[0].dim_value = batch
-    del out.graph.value_info[:]
+def _inputs(model: Any) -> list[tuple[str, list[int | str | None]]]:
+    """Each input's name and dimensions: a number where fixed, else its symbol (or None)."""
+    if _is_openvino(model):
+        from .openvino import read_openvino
+
+        return [(p.get_any_name(), [d.get_length() if d.is_static else None
+                                    for d in p.get_partial_shape()])
+                for p in read_openvino(model).inputs]  # fmt: skip
+    graph = load_model(model).graph
+    inits = {i.name for i in graph.initializer}
+    return [(v.name, [d.dim_value if d.HasField("dim_value") else d.dim_param or None
+                      for d in v.type.tensor_type.shape.dim])
+            for v in graph.input if v.name not in inits]  # fmt: skip
+
+
+def _show(dims: Sequence[Any]) -> str:
+    return "x".join(str(d) if d is not None else "?" for d in dims) or "a scalar"
+
+
+def feed_shapes(model: Any, batch: int, input_size: Sequence[int] | None = None,
+                label: str = "the model") -> dict[str, list[int]]:  # fmt: skip
+    """The shape each input of ``model`` is fed at ``batch``.
+
+    The first axis is the batch where it is free; where no input's is, it is in inputs of
+    two or more axes whose first axis is the first input's (a file exported at a fixed
+    batch). Other free sizes: the first input's from ``input_size`` (its batch ignored),
+    another input's where its symbol is one of those.
+
+    Raises:
+        ConversionError: A size is free and not given, or ``input_size`` does not fit.
+    """
+    inputs = _inputs(model)
+    if not inputs:
+        return {}
+    first_name, first = inputs[0]
+    fixed_batch = all(dims and isinstance(dims[0], int) for _, dims in inputs)
+    given: dict[Any, int] = {}
+    if input_size is not None:
+        clash = [i for i, (d, n) in enumerate(zip(first, input_size, strict=False))
+                 if i and
+                 isinstance(d, int) and d != n]  # fmt: skip
+        if len(input_size) != len(first) or clash:
+            why = (f"size {clash[0]} is fixed at {first[clash[0]]}" if clash
+                   else f"it has {len(first)} sizes")  # fmt: skip
+            raise ConversionError(
+                f"--input-size {','.join(map(str, input_size))} does not fit {label}'s input "
+                f"{first_name!r}, which is {_show(first)}: {why}. Give a shape of "
+                f"{len(first)} sizes that keeps the file's fixed ones.")  # fmt: skip
+        given = {d: n for d, n in zip(first[1:], input_size[1:], strict=True) if isinstance(d, str)}
+    out: dict[str, list[int]] = {}
+    for k, (name, dims) in enumerate(inputs):
+        shape = []
+        for i, d in enumerate(dims):
+            if i == 0 and (not isinstance(d, int) or (
+                    fixed_batch and len(dims) > 1 and d == first[0])):  # fmt: skip
+                shape.append(batch)
+            elif isinstance(d, int):
+                shape.append(d)
+            elif k == 0 and input_size is not None:
+                shape.append(int(input_size[i]))
+            elif d in given:
+                shape.append(given[d])
+            else:
+                sizes = ",".join(["1", *(str(n) if isinstance(n, int) else str(n or "N").upper()
+                                         for n in first[1:])])  # fmt: skip
+                fix = (f"give them with --input-size {sizes} (your sizes; `input_size=` in "
+                       "Python)" if k == 0 else "export the model with those sizes fixed")
+                raise ConversionError(
+                    f"{label}'s input {name!r} is {_show(dims)}: its sizes past the batch axis "
+                    f"are free, and the times and FLOPs depend on them; {fix}.")  # fmt: skip
+        out[name] = shape
     return out
 
 
-def _prepared(model: Any, runtime: str, batch: int) -> Any:
-    """``model`` read once and fixed to ``batch``: ONNX bytes, or an ``openvino.Model``."""
+def _prepared(model: Any, runtime: str, shapes: Mapping[str, Sequence[int]]) -> Any:
+    """``model`` read once with its inputs fixed to ``shapes``: ONNX bytes, or an
+    ``openvino.Model``."""
     if runtime == "openvino":
         import openvino as ov
 
         from .openvino import read_openvino
 
         m = read_openvino(model)
-        shapes = {}
-        for port in m.inputs:  # the batch axis set, the others as the model has them
-            shape = port.get_partial_shape()
-            shapes[port.get_any_name()] = ov.PartialShape(
-                [ov.Dimension(batch), *(shape[i] for i in range(1, len(shape)))])
-        m.reshape(shapes)
+        m.reshape({port.get_any_name(): ov.PartialShape(list(shapes[port.get_any_name()]))
+                   for port in m.inputs})  # fmt: skip
         return m
-    return _with_batch(load_model(model), batch).SerializeToString()
+    proto = onnx.ModelProto()
+    proto.CopyFrom(load_model(model))
+    for v in proto.graph.input:
+        if v.name in shapes:
+            for d, n in zip(v.type.tensor_type.shape.dim, shapes[v.name], strict=True):
+                d.Clear()
+                d.dim_value = int(n)
+    for v in proto.graph.output:  # inferred again by the runtime
+        for d in v.type.tensor_type.shape.dim:
+            d.Clear()
+    del proto.graph.value_info[:]
+    return proto.SerializeToString()
 
 
 def _session(model: Any, runtime: str, batch: int, threads: int) -> Callable[[], Any]:
@@ -117,7 +192,7 @@ def _session(model: Any, runtime: str, batch: int, threads: int) -> Callable[[],
         compiled = ov.Core().compile_model(model, "CPU", {
             "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
-        feeds = [rng.standard_normal(list(p.get_shape())).astype(np.float32)
+        feeds = [_random(rng, list(p.get_shape()), p.get_element_type().to_dtype())
                  for p in compiled.inputs]  # fmt: skip
         request = compiled.create_infer_request()
         return lambda: request.infer(feeds)
@@ -133,6 +208,13 @@ def _session(model: Any, runtime: str, batch: int, threads: int) -> Callable[[],
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     feeds = random_inputs(onnx.load_from_string(model), batch)
     return lambda: sess.run(None, feeds)
+
+
+def _random(rng: np.random.Generator, shape: list[int], dtype: Any) -> np.ndarray:
+    """Normal values for a float input, zeros for an integer or bool one (indices)."""
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    return np.zeros(shape, dtype=dtype)
 
 
 def _turn(model: Any, runtime: str, batch: int, threads: int, warmup: int,
@@ -154,8 +236,8 @@ def _turn(model: Any, runtime: str, batch: int, threads: int, warmup: int,
 
 def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
               batches: Sequence[int] = (1,), threads: int = 1, warmup: int = 3,
-              min_runs: int = 20, seconds: float = 10.0,
-              turn_seconds: float = 1.0) -> list[BenchRow]:  # fmt: skip
+              min_runs: int = 20, seconds: float = 10.0, turn_seconds: float = 1.0,
+              input_size: Sequence[int] | None = None) -> list[BenchRow]:  # fmt: skip
     """Time every model in ``models`` (label -> ONNX/IR path, proto or openvino.Model).
 
     Args:
@@ -166,6 +248,8 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
         min_runs: At least this many timed runs per model.
         seconds: Stop after this long (per batch size) once ``min_runs`` are done.
         turn_seconds: Timed seconds per model per turn.
+        input_size: The first input's shape (its batch is replaced by each of
+            ``batches``), for files that leave sizes past the batch free.
 
     Returns:
         One :class:`BenchRow` per model and batch size, the first model as baseline.
@@ -178,12 +262,16 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
         raise ValueError(f"`batches` and `threads` must be >= 1. Received: {batches}, {threads}.")
     shapes = {label: _io_shapes(m) for label, m in models.items()}
     _check_comparable(shapes)
-    flops = {label: model_flops(m) for label, m in models.items()}
+    feeds = {(label, b): feed_shapes(m, b, input_size, label)
+             for b in (1, *map(int, batches)) for label, m in models.items()}  # fmt: skip
+    flops = {label: model_flops(m, feeds[label, 1]) for label, m in models.items()}
     precision = {label: _precision(m) for label, m in models.items()}
+    version = _runtime_version(runtime)
     rows: list[BenchRow] = []
     for batch in map(int, batches):
         try:
-            prepared = {label: _prepared(m, runtime, batch) for label, m in models.items()}
+            prepared = {label: _prepared(m, runtime, feeds[label, batch])
+                        for label, m in models.items()}  # fmt: skip
             for model in prepared.values():  # fail early, before any timing
                 _session(model, runtime, batch, int(threads))()
         except Exception as err:  # noqa: BLE001 - the runtime rejects the model or batch size
@@ -198,8 +286,23 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
                     times[label] += _turn(model, runtime, batch, int(threads), warmup,
                                           turn_seconds)  # fmt: skip
                 bar.update(1)
-        rows += _rows(times, flops, precision, runtime, batch, int(threads))
+        batch_rows = _rows(times, flops, precision, runtime, batch, int(threads))
+        for row in batch_rows:
+            row.inputs = ", ".join(f"{name} {_show(shape)}"
+                                   for name, shape in feeds[row.label, batch].items())  # fmt: skip
+            row.runtime_version = version
+        rows += batch_rows
     return rows
+
+
+def _runtime_version(runtime: str) -> str:
+    if runtime == "openvino":
+        import openvino as ov
+
+        return ov.get_version()
+    import onnxruntime as ort
+
+    return ort.__version__
 
 
 def _io_shapes(model: Any) -> tuple[list[tuple], list[tuple]]:
@@ -282,6 +385,8 @@ def format_table(rows: Sequence[BenchRow]) -> str:
                      f"{r.threads:>3} {r.median_ms:>10.2f} {r.p90_ms:>8.2f} "
                      f"{r.throughput:>10.1f} {r.speedup:>7.2f}x {r.flops_ratio:>7.2f}x "
                      f"{r.of_flops_ratio:>8.2f}")  # fmt: skip
+    shown = dict.fromkeys((r.batch, r.inputs) for r in rows if r.inputs)
+    lines += [f"batch {batch} feeds {inputs}" for batch, inputs in shown]
     if len({r.precision for r in rows}) > 1:
         lines.append("note: the rows run at different precisions, so their speed-up is "
                      "the cut's and int8 kernels' together, and 'of FLOPs' is not the cut's.")
