@@ -121,9 +121,8 @@ def feed_shapes(model: Any, batch: int, input_size: Sequence[int] | None = None,
     fixed_batch = all(dims and isinstance(dims[0], int) for _, dims in inputs)
     given: dict[Any, int] = {}
     if input_size is not None:
-        clash = [i for i, (d, n) in enumerate(zip(first, input_size, strict=False))
-                 if i and
-                 isinstance(d, int) and d != n]  # fmt: skip
+        pairs = enumerate(zip(first, input_size, strict=False))
+        clash = [i for i, (d, n) in pairs if i and isinstance(d, int) and d != n]
         if len(input_size) != len(first) or clash:
             why = (f"size {clash[0]} is fixed at {first[clash[0]]}" if clash
                    else f"it has {len(first)} sizes")  # fmt: skip
