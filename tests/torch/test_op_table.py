@@ -365,6 +365,27 @@ def test_a_grouped_conv_on_the_model_input_says_why_it_stays_whole():
     assert held["0"].startswith("its filters follow channels no layer makes (the model input")
 
 
+class FixedSplit(nn.Module):
+    """InceptionNeXt's mixer: a split at sizes fixed in ``__init__``, depthwise convs on
+    the parts."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.dw = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        a, b = torch.split(self.stem(x), (12, 4), dim=1)
+        return self.head(torch.cat([a, self.dw(b)], 1))
+
+
+def test_a_depthwise_conv_after_a_split_fixed_in_code_names_the_split():
+    """It was said to follow "the model input"."""
+    _, held = prune(None, FixedSplit())
+    assert held["stem"] == "split: split sizes are fixed in code"
+    assert "those come out of split, which holds them apart" in held["dw"]
+
+
 class InputBeside(nn.Module):
     """A depthwise conv over the input concatenated with a conv of it: cut where the conv's
     channels are."""

@@ -101,7 +101,7 @@ def collect_statistics(
     followers, unmade = _followers(analysis)
     unpruned = [(g.producers + followers.get(g.id, []), g.reason or "")
                 for g in analysis.groups if not g.prunable]  # fmt: skip
-    unpruned += [([layer], _UNMADE) for layer in unmade]
+    unpruned += [([layer], _unmade(analysis.graph, layer)) for layer in unmade]
     unpruned += [(analysis.groups[gid].producers, why) for gid, why in (reasons or {}).items()]
     unpruned += whole_layers(analysis.graph, {p for g in analysis.groups for p in g.producers})
     return PruningStatistics(
@@ -121,6 +121,22 @@ def collect_statistics(
 
 _UNMADE = ("its filters follow channels no layer makes (the model input: a conv with one "
            "input channel per group), which stay whole")
+_ON_THROUGH = ("identity", "along", "getitem")  # ops that pass channels on as they are
+
+
+def _unmade(graph, layer: str) -> str:
+    """Why ``layer``, whose filters follow channels of no group, stays whole: they come
+    from the model input, or from an op that holds them apart from the layer making them
+    (a split at sizes fixed in code)."""
+    node = next((n for n in graph if n.layer == layer and n.inputs), None)
+    source = graph[node.inputs[0]] if node is not None else None
+    while source is not None and source.op in _ON_THROUGH and len(source.inputs) == 1:
+        source = graph[source.inputs[0]]
+    if source is None or source.op == "input":
+        return _UNMADE
+    return (f"its filters follow its input's channels (a conv with one input channel per "
+            f"group); those come out of {source.label or source.op}, which holds them apart "
+            "from the layer that makes them (see that layer's reason), so they stay whole")
 
 
 def _followers(analysis: Analysis) -> tuple[dict[int, list[str]], list[str]]:
