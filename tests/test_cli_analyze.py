@@ -286,3 +286,41 @@ def test_weights_of_a_compressed_model_are_read_with_their_masks(tmp_path, capsy
         with torch.no_grad():
             torch.testing.assert_close(fresh(x), model.eval()(x), rtol=1e-4, atol=1e-5)
     assert main(["analyze", TINY, *SMALL, "--weights", str(path)]) == 0
+
+
+HELD_TIED = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)  # follows the stem's channels
+        self.c3 = nn.Conv2d(8, 16, 3, padding=1)
+        self.v = nn.Parameter(torch.randn(1, 16, 1, 1))
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        y = self.c3(torch.relu(self.dw(self.stem(x))))
+        y = y + torch.fft.fft(self.v, dim=1).real  # ties c3's 16 channels into one unit
+        return self.fc(y.mean((2, 3)))
+'''
+
+
+def test_the_table_counts_filters_and_names_the_layers_that_follow(tmp_path, capsys):
+    """The "filters" column showed a group's channel units (1 for c3's 16 filters tied by
+    an FFT), and a depthwise conv held with the first conv was in no row."""
+    (tmp_path / "held_tied.py").write_text(HELD_TIED)
+    out = tmp_path / "a.json"
+    assert main(["analyze", f"{tmp_path / 'held_tied.py'}:Net", *SMALL, "--json",
+                 str(out)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    rows = [line.split() for line in text.splitlines() if "left whole  " in line]
+    assert rows[0][:3] == ["0", "8", "2"] and rows[0][-2:] == ["stem,", "dw"]
+    assert rows[1][:3] == ["1", "16", "1"] and rows[1][-1] == "c3"
+    assert "group 0 (stem, dw, " in text
+    groups = {g["producers"][0]: g for g in json.loads(out.read_text())["groups"]}
+    assert (groups["c3"]["size"], groups["c3"]["filters"]) == (1, 16)
+    assert groups["stem"]["followers"] == ["dw"]

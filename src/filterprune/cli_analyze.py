@@ -176,8 +176,12 @@ def summarize(ctrl: Any) -> dict[str, Any]:
     analysis, plan = ctrl.analysis, ctrl.plan
     producers = {p for g in analysis.groups for p in g.producers}
     stats = ctrl.statistics()
-    groups = [{"id": g.id, "size": g.size, "producers": g.producers, "reason": g.reason}
-              for g in analysis.groups]  # fmt: skip
+    # size: channel units (cut whole); filters: of each producer; followers: layers
+    # whose filters follow the channels (depthwise convs), cut or kept whole with them
+    followers = analysis.followers()
+    groups = [{"id": g.id, "size": g.size, "filters": analysis.filters(g), "width": g.width,
+               "producers": g.producers, "followers": followers.get(g.id, []),
+               "reason": g.reason} for g in analysis.groups]  # fmt: skip
     flops = layer_flops(analysis.graph)
     pruned_all = layer_flops(analysis.graph, analysis.keeps(
         {g.id: np.zeros(g.size, dtype=bool) for g in analysis.prunable_groups}))
@@ -208,20 +212,21 @@ def format_summary(data: dict[str, Any], header: str) -> str:
     lines = [header, "",
              f"{'group':>5} {'filters':>7} {'members':>7} {'FLOPs':>6}  {'status':<26} layers"]
     for g in data["groups"]:
-        members = g["producers"]
+        members = g["producers"] + g["followers"]
         head = ", ".join(members[:2]) + (f" (+{len(members) - 2})" if len(members) > 2 else "")
         why = data["kept_whole"].get(str(g["id"]))
-        status = (f"prunable, keeps {kept.get(tuple(members), g['size'])}" if not g["reason"]
-                  else "left whole")  # fmt: skip
+        units = kept.get(tuple(g["producers"]), g["size"])
+        status = f"prunable, keeps {units * g['width']}" if not g["reason"] else "left whole"
         status = "kept whole by selection" if why else status
-        lines.append(f"{g['id']:>5} {g['size']:>7} {len(members):>7} "
+        lines.append(f"{g['id']:>5} {g['filters']:>7} {len(members):>7} "
                      f"{share[str(g['id'])]:>6.1%}  {status:<26} {head}")  # fmt: skip
     left = [(g, g["reason"]) for g in data["groups"] if g["reason"]]
     left += [(data["groups"][int(k)], v) for k, v in data["kept_whole"].items()]
     if left or data["whole_layers"]:
         lines += ["", "What is left whole, and why:"]
         for g, why in left:
-            names = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
+            members = g["producers"] + g["followers"]
+            names = ", ".join(members[:3]) + (" ..." if len(members) > 3 else "")
             lines.append(f"  group {g['id']} ({names}, {share[str(g['id'])]:.1%} of the "
                          f"FLOPs): {why}")  # fmt: skip
         for w in data["whole_layers"]:  # in no group: an op without a rule runs in them

@@ -100,8 +100,10 @@ def test_analyze_and_prune_agree_on_groups_and_flops(tmp_path, capsys):
     ctrl, _ = create_compressed_model(model.eval(), cfg)
     ctrl.set_pruning_level(0.4)
     stats = ctrl.statistics()
-    groups = [{"id": g.id, "size": g.size, "producers": g.producers, "reason": g.reason}
-              for g in ctrl.analysis.groups]  # fmt: skip
+    followers = ctrl.analysis.followers()
+    groups = [{"id": g.id, "size": g.size, "filters": ctrl.analysis.filters(g), "width": g.width,
+               "producers": g.producers, "followers": followers.get(g.id, []),
+               "reason": g.reason} for g in ctrl.analysis.groups]  # fmt: skip
     assert analysis["groups"] == groups
     assert any(g["reason"] and "ignored_scopes" in g["reason"] for g in groups)
     assert analysis["statistics"]["current_flops"] == stats.current_flops
@@ -149,7 +151,7 @@ def test_a_pruned_state_dict_is_read_into_the_architecture(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "read as a pruned model" in text
     small = torch.load(out)["b.weight"].shape[0]
-    row = next(line for line in text.splitlines() if line.endswith("b, se2"))
+    row = next(line for line in text.splitlines() if line.endswith("b, se2 (+1)"))  # +dw
     assert small < 24 and row.split()[1] == str(small)  # the group's filters: the pruned
 
 

@@ -99,6 +99,26 @@ class Analysis:
             for layer, roles in self.state.uses.items()
         }
 
+    def filters(self, group: Group) -> int:
+        """Filters each producer of ``group`` has in it (the most of any): the group's
+        ``size`` counts its channel units, fewer where channels are tied together."""
+        uf, ids = self.state.uf, self.state.uses
+        return max((int(np.isin(uf.roots(ids[p]["out"].ids), group.roots).sum())
+                    for p in group.producers), default=0)  # fmt: skip
+
+    def followers(self) -> dict[int, list[str]]:
+        """Group id -> the layers that are none of its producers whose filters follow its
+        channels (a depthwise or grouped conv after a producer): cut or whole with it."""
+        producers = {p for g in self.groups for p in g.producers}
+        out: dict[int, list[str]] = {}
+        for layer, roles in self.layer_roots().items():
+            if layer in producers or "out" not in roles:
+                continue
+            found = (self.root_group.get(int(r)) for r in roles["out"])
+            for gid in dict.fromkeys(f[0] for f in found if f is not None):
+                out.setdefault(gid, []).append(layer)
+        return out
+
     def kept_lookup(self, kept: dict[int, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
         """A function telling, for an array of channel ids, whether each is kept.
 
