@@ -68,6 +68,12 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
         if self.shrunk:
             return  # a cut model ranks no more (its hooks are gone)
         acc = taylor_accumulator(self)  # hooked now: the next backward pass counts
+        dist = torch.distributed
+        if saved is not None and dist.is_available() and dist.is_initialized() \
+                and dist.get_rank() > 0:  # fmt: skip
+            # every rank loads rank 0's checkpoint; the ranks' totals are summed
+            saved = {name: ([0.0] * len(values), passes)
+                     for name, (values, passes) in saved.items()}  # fmt: skip
         if saved is not None:
             acc.load(saved)
 
@@ -146,10 +152,29 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
     def _sync(self, plan: Plan) -> Plan:
         """Under DDP every rank takes rank 0's plan, so masks are identical everywhere."""
         if not self._ddp():
+            self._warn_not_distributed()
             return plan
         box = [plan.to_dict(self.analysis)]
         torch.distributed.broadcast_object_list(box, src=0)
         return Plan.from_dict(box[0], self.analysis)
+
+    def _warn_not_distributed(self) -> None:
+        """Once, where masks change under a process group of several ranks without
+        :meth:`distributed`: each rank plans its own (DDP copies rank 0's mask buffers
+        over them), so another rank's ``strip()`` and export would not match its model."""
+        dist = torch.distributed
+        if self._starting or self._distributed or self.__dict__.get("_said_not_distributed") \
+                or not (dist.is_available() and dist.is_initialized()) \
+                or dist.get_world_size() < 2:  # fmt: skip
+            return
+        self._said_not_distributed = True
+        log.warning(
+            "filter pruning: the masks changed in a process group of %d ranks, but "
+            "ctrl.distributed() was not called: each rank plans its own masks from its own "
+            "weights and gradients (DDP copies rank 0's mask buffers over them), so strip() "
+            "and export on the other ranks do not match the model they train. Call "
+            "ctrl.distributed() after create_compressed_model under DDP.",
+            dist.get_world_size())  # fmt: skip
 
     def distributed(self) -> None:
         """Call under DDP (torchrun) before training: masks are then taken from rank 0,
