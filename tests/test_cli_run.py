@@ -281,6 +281,13 @@ def test_a_slowdown_reads_as_slower():
     assert _speed(2.0, 1.6) == "1.25x faster" and _speed(1.0, 1.1) == "1.10x slower"
 
 
+def test_file_sizes_read_in_binary_units():
+    """115,183 bytes read "112.5 KB" (a KB is 1,000 bytes)."""
+    from filterprune.report.page import _size
+
+    assert (_size(115_183), _size(900), _size(3 * 2**20)) == ("112.5 KiB", "900 B", "3.0 MiB")
+
+
 def test_a_quantized_runs_load_snippet_rebuilds_its_model(images, tmp_path, monkeypatch):
     """The snippet loaded model_stripped.pt into the plain architecture, which refuses a
     quantized strip's state."""
