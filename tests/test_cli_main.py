@@ -95,6 +95,23 @@ def test_output_path_under_a_file_names_the_option(tmp_path, capsys):
     assert "`--json` must be in a folder" in capsys.readouterr().err
 
 
+def test_an_output_folder_that_refuses_files_is_named_before_the_work(tmp_path, capsys,
+                                                                      monkeypatch):  # fmt: skip
+    """``--json /proc/b.json`` failed only after the whole benchmark had run."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")  # not read: the path is checked first
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    assert main(["bench", str(model), str(model), "--json", str(tmp_path / "b.json")]) == 2
+    assert (f"`--json` must be in a folder this process can write. Received: --json "
+            f"{tmp_path}/b.json, but {tmp_path} refuses a new file (Permission denied)"
+            in capsys.readouterr().err)  # fmt: skip
+
+
 def test_one_shot_onnx_output_must_be_named_onnx(tmp_path, capsys):
     """It was written as ONNX whatever its name, after the whole prune had run."""
     out = tmp_path / "o.txt"

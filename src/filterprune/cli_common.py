@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +109,13 @@ def check_output_path(option: str, path: str | None, suffix: str | None = None) 
             if not parent.is_dir():
                 raise UsageError(f"`{option}` must be in a folder. Received: {option} {path}, "
                                  f"but {parent} is a file. Choose another path.")
+            try:  # a trial file: permission bits do not tell for root or for /proc
+                with tempfile.TemporaryFile(dir=parent):
+                    pass
+            except OSError as err:
+                raise UsageError(f"`{option}` must be in a folder this process can write. "
+                                 f"Received: {option} {path}, but {parent} refuses a new file "
+                                 f"({err.strerror}). Choose another path.") from None
             return
 
 
