@@ -68,12 +68,6 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
         if self.shrunk:
             return  # a cut model ranks no more (its hooks are gone)
         acc = taylor_accumulator(self)  # hooked now: the next backward pass counts
-        dist = torch.distributed
-        if saved is not None and dist.is_available() and dist.is_initialized() \
-                and dist.get_rank() > 0:  # fmt: skip
-            # every rank loads rank 0's checkpoint; the ranks' totals are summed
-            saved = {name: ([0.0] * len(values), passes)
-                     for name, (values, passes) in saved.items()}  # fmt: skip
         if saved is not None:
             acc.load(saved)
 
@@ -170,10 +164,11 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
         self._said_not_distributed = True
         log.warning(
             "filter pruning: the masks changed in a process group of %d ranks, but "
-            "ctrl.distributed() was not called: each rank plans its own masks from its own "
-            "weights and gradients (DDP copies rank 0's mask buffers over them), so strip() "
-            "and export on the other ranks do not match the model they train. Call "
-            "ctrl.distributed() after create_compressed_model under DDP.",
+            "ctrl.distributed() was not called. Under DistributedDataParallel each rank then "
+            "plans its own masks from its own weights and gradients while DDP copies rank "
+            "0's mask buffers over them, so strip() and export on the other ranks do not "
+            "match the model they train: call ctrl.distributed() after "
+            "create_compressed_model (ranks that each train a model of their own need not).",
             dist.get_world_size())  # fmt: skip
 
     def distributed(self) -> None:
