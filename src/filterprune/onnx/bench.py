@@ -124,13 +124,15 @@ def feed_shapes(model: Any, batch: int, input_size: Sequence[int] | None = None,
         pairs = enumerate(zip(first, input_size, strict=False))
         clash = [i for i, (d, n) in pairs if i and isinstance(d, int) and d != n]
         if len(input_size) != len(first) or clash:
-            why = (f"size {clash[0]} is fixed at {first[clash[0]]}" if clash
-                   else f"it has {len(first)} sizes")  # fmt: skip
+            why = (f"it has {len(first)} sizes" if len(input_size) != len(first)
+                   else f"size {clash[0]} is fixed at {first[clash[0]]}")  # fmt: skip
             raise ConversionError(
                 f"--input-size {','.join(map(str, input_size))} does not fit {label}'s input "
                 f"{first_name!r}, which is {_show(first)}: {why}. Give a shape of "
                 f"{len(first)} sizes that keeps the file's fixed ones.")  # fmt: skip
         given = {d: n for d, n in zip(first[1:], input_size[1:], strict=True) if isinstance(d, str)}
+    if isinstance(first[0], str):  # the batch's symbol, wherever another input has it
+        given[first[0]] = batch
     out: dict[str, list[int]] = {}
     for k, (name, dims) in enumerate(inputs):
         shape = []
@@ -262,8 +264,11 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
     shapes = {label: _io_shapes(m) for label, m in models.items()}
     _check_comparable(shapes)
     feeds = {(label, b): feed_shapes(m, b, input_size, label)
-             for b in (1, *map(int, batches)) for label, m in models.items()}  # fmt: skip
-    flops = {label: model_flops(m, feeds[label, 1]) for label, m in models.items()}
+             for b in map(int, batches) for label, m in models.items()}  # fmt: skip
+    flops = {}
+    for label, m in models.items():  # per sample, at the file's batch where it fixes one
+        own = shapes[label][0][0][0] if shapes[label][0] and shapes[label][0][0] else None
+        flops[label] = model_flops(m, feed_shapes(m, own or 1, input_size, label))
     precision = {label: _precision(m) for label, m in models.items()}
     version = _runtime_version(runtime)
     rows: list[BenchRow] = []
