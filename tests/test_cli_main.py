@@ -121,6 +121,39 @@ def test_one_shot_onnx_output_must_be_named_onnx(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_one_shot_outputs_never_overwrite_its_inputs_or_each_other(tmp_path, capsys):
+    """``-o w.pt --weights w.pt`` replaced the dense weights, ``-o cfg.json`` the config,
+    and ``-o x.onnx --onnx x.onnx`` the state_dict: each exited 0."""
+    weights, config = tmp_path / "w.pt", tmp_path / "cfg.json"
+    weights.write_bytes(b"dense")
+    config.write_text("{}")
+    cases = [
+        (["--weights", str(weights), "-o", str(weights)],
+         f"`-o` would overwrite --weights {weights}"),
+        (["--config", str(config), "-o", str(config)], f"`-o` would overwrite --config {config}"),
+        (["-o", str(tmp_path / "x.onnx"), "--onnx", str(tmp_path / "x.onnx")],
+         f"`--onnx` would overwrite -o {tmp_path / 'x.onnx'}"),
+    ]  # fmt: skip
+    for flags, message in cases:
+        assert main(["prune", "resnet18", *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert weights.read_bytes() == b"dense" and config.read_text() == "{}"
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_a_run_folder_that_cannot_be_one_is_named(where, tmp_path, capsys):
+    """``--out afile`` said "already exists and is not empty. Continue that run with
+    --resume afile"; ``--out afile/run`` failed with "[Errno 20] Not a directory"."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    out = afile if where == "file" else afile / "run"
+    assert main(["prune", "resnet18", "--data", str(tmp_path), "--epochs", "1", "--out",
+                 str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert (f"`--out` must be a folder. Received: --out {out}, which is a file" in err
+            if where == "file" else f"but {afile} is a file. Choose another path." in err)
+
+
 def test_prune_without_model_or_resume(capsys):
     assert main(["prune"]) == 2
     assert "MODEL is required (or --resume RUN_DIR)" in capsys.readouterr().err

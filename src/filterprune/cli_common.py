@@ -14,7 +14,7 @@ import logging
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,12 @@ def check_output_path(option: str, path: str | None, suffix: str | None = None) 
     if target.is_dir():
         raise UsageError(f"`{option}` must be a file path. Received: {option} {path}, which "
                          "is a folder. Name a file inside it.")
-    for parent in target.parents:
+    _check_parents(option, path, target.parents)
+
+
+def _check_parents(option: str, path: str, parents: Iterable[Path]) -> None:
+    """The nearest of ``parents`` that exists must be a folder that takes new files."""
+    for parent in parents:
         if parent.exists():
             if not parent.is_dir():
                 raise UsageError(f"`{option}` must be in a folder. Received: {option} {path}, "
@@ -117,6 +122,33 @@ def check_output_path(option: str, path: str | None, suffix: str | None = None) 
                                  f"Received: {option} {path}, but {parent} refuses a new file "
                                  f"({err.strerror}). Choose another path.") from None
             return
+
+
+def check_output_folder(option: str, path: str) -> None:
+    """Refuse a run folder that is a file or sits where no folder can be made, before
+    any work; an existing folder is the caller's to judge (empty, or a run to resume)."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"`{option}` must be a folder. Received: {option} {path}, which is a "
+                         "file. Name a new folder.")  # fmt: skip
+    _check_parents(option, path, [target, *target.parents])
+
+
+def check_distinct_paths(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
+    """Refuse an output path that is an input's, or another output's, before any work:
+    a typo must never cost a file (``-o w.pt`` with ``--weights w.pt``)."""
+    seen: dict[Path, str] = {}
+    for option, path in inputs.items():
+        if path:
+            seen.setdefault(Path(path).resolve(), f"{option} {path}")
+    for option, path in outputs.items():
+        if not path:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise UsageError(f"`{option}` would overwrite {seen[resolved]}. Received: {option} "
+                             f"{path}. Name another file.")  # fmt: skip
+        seen[resolved] = f"{option} {path}"
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ from pathlib import Path
 from .cli_analyze import TORCH_MODEL_HELP
 from .cli_common import (
     UsageError,
+    check_distinct_paths,
+    check_output_folder,
     check_output_path,
     level_arg,
     load_config,
@@ -111,6 +113,10 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.output:
         check_output_path("-o", args.output)
         check_output_path("--onnx", args.onnx, ".onnx")
+        model_file = args.model.rsplit(":", 1)[0] if ".py:" in args.model else args.model
+        check_distinct_paths({"-o": args.output, "--onnx": args.onnx},
+                             {"MODEL": model_file if Path(model_file).is_file() else None,
+                              "--weights": args.weights, "--config": args.config})  # fmt: skip
         from .torch.cli import run_one_shot
 
         return run_one_shot(args)
@@ -144,6 +150,7 @@ def _new_run(args: argparse.Namespace) -> int:
         raise UsageError(f"prune fine-tunes PyTorch models; MODEL {spec.text} is a "
                          f"{spec.kind} file. Use the Python API (filterprune.tensorflow) for "
                          "Keras, or `filterprune convert` for an ONNX export with zero filters.")
+    check_output_folder("--out", args.out)
     if args.data != "fashion-mnist" and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data} is not a folder. Give an ImageFolder root with "
                          "train/ and val/, or 'fashion-mnist'.")  # fmt: skip
