@@ -313,6 +313,19 @@ def test_only_temporaries_of_dead_processes_of_this_host_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, k in names.items() if k)
 
 
+@pytestmark_posix
+def test_a_long_legal_name_is_written_and_its_killed_temporaries_found(tmp_path):
+    """A 231-byte name (255 allowed) failed: "File name too long", the temporary's name
+    being some 30 bytes longer."""
+    name = "z" * 250 + ".onnx"
+    atomic_write_text(tmp_path / name, "x")
+    assert (tmp_path / name).read_text() == "x"
+    _killed_writer(tmp_path, f"atomic_write({name!r}, slow, suffix='.onnx')")
+    assert len(list(tmp_path.iterdir())) == 2
+    atomic_write_text(tmp_path / name, "y")
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
 def test_temporary_names_carry_the_process_and_host(tmp_path):
     seen = []
     atomic_write(tmp_path / "a.txt", lambda tmp: seen.append(Path(tmp).name))

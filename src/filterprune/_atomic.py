@@ -212,7 +212,7 @@ def remove_stale(target: PathLike) -> list[str]:
     """
     target = Path(target)
     pattern = re.compile(
-        rf"\.{re.escape(target.name)}\.(\d+)-({_HOST})\.[a-z0-9_]{{8}}(?:\.\w+)?"
+        rf"\.{re.escape(_short(target.name))}\.(\d+)-({_HOST})\.[a-z0-9_]{{8}}(?:\.\w+)?"
     )
     try:
         entries = os.listdir(target.parent)
@@ -232,7 +232,14 @@ def remove_stale(target: PathLike) -> list[str]:
 
 
 def _prefix(target: Path) -> str:
-    return f".{target.name}.{os.getpid()}-{_HOST}."
+    return f".{_short(target.name)}.{os.getpid()}-{_HOST}."
+
+
+def _short(name: str, limit: int = 200) -> str:
+    """``name`` cut to ``limit`` bytes: a temporary's name adds up to about 45 to it, and
+    file systems refuse names past 255 (a legal 231-byte output name failed)."""
+    raw = name.encode()
+    return name if len(raw) <= limit else raw[:limit].decode(errors="ignore")
 
 
 def _gone(pid: int) -> bool:
