@@ -1,6 +1,7 @@
 """Fashion-MNIST reader: shapes, dtypes, labels, balance and error messages."""
 
 import gzip
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,21 @@ def test_a_limited_image_folder_draws_from_every_class(tmp_path):
     assert len(labels) == 15 and set(labels[:9]) == {0, 1, 2} and len(set(labels[9:])) > 1
     again = open_data(str(root), [1, 3, 16, 16], train_limit=9, val_limit=6)
     assert data.train.dataset.indices == again.train.dataset.indices  # seeded
+
+
+def test_an_image_that_cannot_be_read_is_named():
+    """A truncated PNG said "image file is truncated" and nothing of which file."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cli_helpers import write_image_folder
+    from filterprune.datasets.image_folder import open_data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_image_folder(Path(tmp) / "data", train=2, val=1)
+        bad = root / "train" / "red" / "1.png"
+        bad.write_bytes(bad.read_bytes()[:60])
+        data = open_data(str(root), [1, 3, 16, 16], batch_size=8)
+        with pytest.raises(OSError, match=rf"^{re.escape(str(bad))} cannot be read as an "
+                           r"image \(.*\); remove or replace it$"):  # fmt: skip
+            next(iter(data.train))

@@ -128,7 +128,8 @@ def _image_folder(root: Path, sample_size: list[int] | None):
                 f"class (the ImageFolder layout), or be 'fashion-mnist'. Missing or empty: "
                 f"{folder}.")
         try:
-            found[split] = datasets.ImageFolder(str(folder), transform=pipeline)
+            found[split] = datasets.ImageFolder(str(folder), transform=pipeline,
+                                                loader=_load_image)  # fmt: skip
         except (FileNotFoundError, OSError) as err:
             raise UsageError(f"--data {folder}: {err}. Each class folder needs images "
                              "(.png, .jpg, ...).") from None
@@ -137,6 +138,18 @@ def _image_folder(root: Path, sample_size: list[int] | None):
             f"--data {root}: train/ and val/ must have the same class folders. Received: "
             f"train {found['train'].classes}, val {found['val'].classes}.")
     return found["train"], found["val"], list(found["train"].classes), size
+
+
+def _load_image(path: str):
+    """The image at ``path`` (as torchvision's loader reads it); an unreadable one is
+    named, so the error says which file to remove or replace."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except OSError as err:
+        raise OSError(f"{path} cannot be read as an image ({err}); remove or replace "
+                      "it") from err  # fmt: skip
 
 
 def _rgb(image):
