@@ -126,7 +126,7 @@ def resume_run(run_dir: str, epochs: int | None) -> Path:
     run = read_run(run_dir)
     ckpt = None
     if (folder / CHECKPOINT).is_file():
-        ckpt = torch_load(str(folder / CHECKPOINT), what="checkpoint")
+        ckpt = _checkpoint(folder / CHECKPOINT)
     done = ckpt["epoch"] if ckpt else 0
     if epochs is not None:
         if epochs < done:
@@ -144,6 +144,25 @@ def resume_run(run_dir: str, epochs: int | None) -> Path:
     _write_json(folder / RUN_FILE, run)
     _train(folder, run, ckpt, *prepared)
     return folder
+
+
+_CHECKPOINT_KEYS = ("epoch", "state_dict", "compression_state", "optimizer", "lr_schedule",
+                    "history")
+
+
+def _checkpoint(path: Path) -> dict[str, Any]:
+    """The run's checkpoint, refused by name where it is not one this command wrote."""
+    try:
+        ckpt = torch_load(str(path), what="checkpoint")
+    except UsageError as err:
+        raise UsageError(f"{err} Move {path} away to restart the run from epoch 0 (its "
+                         "settings kept), or start a new run.") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UsageError(f"{path} is not a checkpoint of `filterprune prune` (it lacks "
+                         f"{', '.join(missing)}). Put back the run's own checkpoint.pt, or "
+                         "move it away to restart the run from epoch 0.")  # fmt: skip
+    return ckpt
 
 
 # -- the run -------------------------------------------------------------------------------
