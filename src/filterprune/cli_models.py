@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -414,6 +415,11 @@ def load_keras_model(spec: ModelSpec, trusted: bool = False) -> Any:
     except ImportError:
         raise UsageError(f"MODEL {spec.text} is a Keras file; reading it needs TensorFlow "
                          "and Keras: pip install tensorflow-cpu.") from None
+    if spec.text.endswith(".keras") and Path(spec.text).is_file() \
+            and not zipfile.is_zipfile(spec.text):  # Keras says "File not found" for it
+        raise UsageError(f"MODEL {spec.text} is not a .keras archive (a zip file): it is "
+                         "truncated or of another format. Save the model again with "
+                         "model.save('name.keras').")  # fmt: skip
     try:
         return keras.saving.load_model(spec.text, compile=False, safe_mode=not trusted)
     except Exception as err:  # noqa: BLE001 - Keras raises many types for bad files

@@ -22,6 +22,16 @@ def test_analyze_a_keras_file(tmp_path, capsys):
     assert ("torch" in sys.modules) == torch_loaded  # a Keras model never imports torch
 
 
+def test_a_truncated_keras_file_is_said_to_be_one(tmp_path, capsys):
+    """Keras said "File not found" of a file that is there."""
+    path = tmp_path / "resnet.keras"
+    small_resnet().save(path)
+    path.write_bytes(path.read_bytes()[:500])
+    assert main(["analyze", str(path)]) == 2
+    assert f"MODEL {path} is not a .keras archive (a zip file): it is truncated" \
+        in capsys.readouterr().err  # fmt: skip
+
+
 def test_keras_lambda_layers_need_trusted(tmp_path, capsys):
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(8, 3)(inputs)
