@@ -150,6 +150,31 @@ def test_interrupted_run_resumes_to_the_same_result(run_dir, images, config_file
     assert main(["prune", "--resume", str(cut)]) == 0  # done: nothing to do
 
 
+def test_a_terminated_run_says_how_to_resume(images, config_file, tmp_path, monkeypatch,
+                                             capsys):  # fmt: skip
+    """SIGTERM (a job scheduler's stop) ended the process at once: exit -15, no word."""
+    import os
+    import signal
+
+    import filterprune.torch.finetune as finetune
+
+    real_epoch = finetune._Loop.epoch
+
+    def term_in_epoch_2(self, epoch):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(finetune._Loop, "epoch", term_in_epoch_2)
+    before = signal.getsignal(signal.SIGTERM)
+    cut = tmp_path / "cut"
+    args = ["--data", str(images), "--config", str(config_file), "--epochs", "2", *RUN_ARGS]
+    assert main(["prune", TINY, *args, "--out", str(cut)]) == 143
+    assert f"interrupted. Continue with --resume {cut}." in capsys.readouterr().err
+    assert torch.load(cut / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_a_run_shorter_than_the_schedule_says_so(images, config_file, tmp_path, caplog):
     """A run ending before the schedule's target finished with no word of it."""
     caplog.set_level("WARNING", logger="filterprune")

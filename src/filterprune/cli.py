@@ -10,7 +10,8 @@ its arguments to an ``argparse`` sub-parser, one runs it and returns the exit co
     filterprune bench dense.onnx pruned.onnx --runtime openvino --batch 1,8 --threads 2
 
 Exit codes: 0 success, 2 bad usage (an argument, file or config to fix: the message
-names it and the fix), 1 a run that failed for another reason, 130 interrupted.
+names it and the fix), 1 a run that failed for another reason, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -271,11 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.getcwd() not in sys.path:  # modules next to the user, as `python -m` finds them
         sys.path.append(os.getcwd())
     stdout, sys.stdout = sys.stdout, _ReaderMayLeave(sys.stdout)
+    term = _on_sigterm()
     try:
         code = int(args.run(args))
         return 141 if sys.stdout.left else code  # 128 + SIGPIPE, as shell tools end
-    except KeyboardInterrupt:
-        return _error("interrupted." + getattr(args, "interrupt_hint", ""), 130)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a job scheduler's stop)
+        code = 143 if isinstance(stop, _Terminated) else 130
+        return _error("interrupted." + getattr(args, "interrupt_hint", ""), code)
     except Exception as err:  # noqa: BLE001 - every error ends as one sentence and an exit code
         if args.traceback or os.environ.get("FILTERPRUNE_TRACEBACK"):
             raise
@@ -285,6 +289,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(err))
     finally:
         sys.stdout = stdout
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command runs: writes in progress are undone as for
+    Ctrl-C (no half-written file), and a run says how to resume."""
+
+
+def _on_sigterm() -> Any:
+    """Raise :class:`_Terminated` on SIGTERM while a command runs; returns the handler
+    it replaced (None where none can be set: off the main thread)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        return None
 
 
 class _ReaderMayLeave:
