@@ -354,3 +354,16 @@ def test_a_target_that_cannot_be_written_is_named_before_any_work(tmp_path):
     with pytest.raises(OSError, match=f"Cannot write {blocker}/m.onnx: .*Choose a folder"):
         atomic_write(blocker / "m.onnx", lambda tmp: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_torch_files_written_twice_alike_are_equal_bytes(tmp_path):
+    """torch.save named the archive's root folder after the temporary's random name."""
+    import torch
+
+    from filterprune._atomic import atomic_torch_save
+
+    state = {"w": torch.arange(6.0)}
+    for name in ("a.pt", "b.pt"):
+        atomic_torch_save(tmp_path / name, state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a.pt")["w"], state["w"])

@@ -36,8 +36,10 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "atomic_torch_save",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -125,6 +127,19 @@ def _reserve(target: Path, suffix: str) -> str:
                         "you can write to") from err  # fmt: skip
     os.close(fd)
     return tmp
+
+
+def atomic_torch_save(path: PathLike, obj: Any) -> None:
+    """``torch.save(obj, path)`` atomically. Written through a file object: given a path,
+    torch names the archive's root folder after the file, here the temporary's random
+    name, so equal results would not give equal files."""
+    import torch
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, save)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from filterprune._atomic import atomic_write
+from filterprune._atomic import atomic_torch_save
 from filterprune.datasets import load_fashion_mnist
 
 __all__ = [
@@ -477,7 +477,7 @@ def baseline(
     accuracy, seconds = _train_baseline(model, config, verbose)
     payload = {"state_dict": model.state_dict(), "accuracy": accuracy,
                "train_seconds": seconds, "config": config}  # fmt: skip
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_torch_save(path, payload)
     if verbose:
         print(f"baseline: saved {path}")
     return BaselineResult(model, accuracy, path, False, seconds)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._atomic import atomic_write, atomic_write_bytes
+from .._atomic import atomic_torch_save, atomic_write_bytes
 from ..cli_analyze import dtype_error
 from ..cli_common import UsageError, load_config, pruning_child, quiet_capture
 from ..cli_models import load_torch_model, load_weights, parse_spec, torch_load
@@ -64,7 +64,7 @@ def run_one_shot(args: argparse.Namespace) -> int:
         pruning.scheduler.current_level = pruning.pruning_level  # what statistics show
     print(ctrl.statistics())
     small = ctrl.strip().eval()
-    atomic_write(args.output, lambda tmp: torch.save(small.state_dict(), tmp))
+    atomic_torch_save(args.output, small.state_dict())
     print(f"\nwrote {args.output} (rebuild with filterprune.torch.resize_to_state_dict)")
     if args.onnx:
         export_onnx(small, ctrl.captured.sample, args.onnx)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._atomic import atomic_write, atomic_write_text
+from .._atomic import atomic_torch_save, atomic_write_text
 from ..cli_common import RunFailed, UsageError, pruning_child
 from ..cli_models import load_torch_model, load_weights, parse_spec, torch_load
 from ..core.config import Config
@@ -375,7 +375,7 @@ class _Loop:
                  "optimizer": self.optimizer.state_dict(),
                  "lr_schedule": self.schedule.state_dict(), "history": history,
                  **extra}  # fmt: skip
-        atomic_write(self.folder / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        atomic_torch_save(self.folder / CHECKPOINT, state)
         _write_json(self.folder / HISTORY, history)
 
 

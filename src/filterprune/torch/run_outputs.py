@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._atomic import atomic_write, atomic_write_text
+from .._atomic import atomic_torch_save, atomic_write_text
 from ..cli_common import pruning_child
 from ..datasets.image_folder import Data
 from ..examples._training import evaluate
@@ -123,7 +123,7 @@ def finish(folder: Path, run: dict[str, Any], ctrl: Any, model: nn.Module, data:
     small = ctrl.strip().eval()
     accuracy = evaluate(small, OnDevice(data.val, device))
     state = {k: v.cpu() for k, v in small.state_dict().items()}
-    atomic_write(folder / "model_stripped.pt", lambda tmp: torch.save(state, tmp))
+    atomic_torch_save(folder / "model_stripped.pt", state)
     ctrl.export_model(str(folder / "model_zeroed.onnx"))
     converted = _convert(folder / "model_zeroed.onnx", folder / "model.onnx", notes)
     latency = _latency(folder, settings, notes) if converted else {}
