@@ -20,6 +20,7 @@ from onnx_helpers import (
     make_config,
     randomize_bn,
     run,
+    save_graph,
     seed_torch,  # noqa: F401 - autouse fixture
 )
 from torch import nn
@@ -753,3 +754,32 @@ def test_a_quantized_constant_an_elementwise_op_reads_is_cut(op, per_axis, tmp_p
     dq_new = next(n for n in new.graph.node if n.op_type == "DequantizeLinear")
     assert ints[dq_new.input[0]].shape == (6, 1, 1) and ints[dq_new.input[0]].dtype == np.int8
     assert ints[dq_new.input[1]].shape == ((6,) if per_axis else ())
+
+
+def test_bench_labels_a_qdq_file_by_what_the_runtime_runs_in_int8(qat):
+    """Any file with quantize/dequantize pairs was labelled int8, though ONNX Runtime ran
+    every layer of a Keras export in float (0 of 10 fused)."""
+    from filterprune.onnx.bench import benchmark, format_table
+
+    path, new, _ = qat
+    counts = int8_layers(path, runtimes=("onnxruntime",))["onnxruntime"]
+    low, total = counts["int8"], counts["int8"] + counts["float"]
+    rows = benchmark({"qdq": path}, seconds=0, min_runs=1, warmup=0, turn_seconds=0)
+    assert rows[0].int8_layers == f"{low}/{total}" and 0 < low
+    assert rows[0].precision == ("int8" if low == total else "mixed")
+    note = f"onnxruntime runs {total - low} of its {total} conv/linear layers in float"
+    assert (note in format_table(rows)) == (low < total)
+
+
+def test_bench_labels_pairs_around_no_layer_f32(tmp_path):
+    """A Q/DQ pair after a float conv: the runtime runs no layer in int8."""
+    from filterprune.onnx.bench import benchmark, format_table
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["c", "s"], ["q"]),  # uint8, zero point 0
+             helper.make_node("DequantizeLinear", ["q", "s"], ["y"])]  # fmt: skip
+    weights = {"w": np.ones((4, 3, 3, 3)), "s": np.array(0.1)}
+    path = save_graph(tmp_path, nodes, weights, ["N", 3, 8, 8], ["N", 4, 8, 8])
+    rows = benchmark({"m": path}, seconds=0, min_runs=1, warmup=0, turn_seconds=0)
+    assert (rows[0].precision, rows[0].int8_layers) == ("f32", "0/1")
+    assert "onnxruntime runs 1 of its 1 conv/linear layers in float" in format_table(rows)

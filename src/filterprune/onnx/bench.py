@@ -52,9 +52,11 @@ class BenchRow:
     speedup: float = 1.0  # baseline median / this median
     flops_ratio: float = 1.0  # baseline FLOPs / this FLOPs
     of_flops_ratio: float = 1.0  # speedup / flops_ratio
-    # "f32", or "int8" where the model's quantize/dequantize pairs run as int8 kernels;
-    # OpenVINO is held to f32 (it would pick bf16 on CPUs that have it)
+    # "f32"; for a model with quantize/dequantize pairs, "int8" where the runtime runs
+    # every conv/linear layer in int8, "mixed" where some, "f32" where none (the pairs
+    # only round). OpenVINO is held to f32 (it would pick bf16 on CPUs that have it)
     precision: str = "f32"
+    int8_layers: str = ""  # "k/n": conv/linear layers the runtime runs in int8, of all
     inputs: str = ""  # each input's name and the shape fed, e.g. "x 8x3x224x224"
     runtime_version: str = ""
 
@@ -269,7 +271,8 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
     for label, m in models.items():  # per sample, at the file's batch where it fixes one
         own = shapes[label][0][0][0] if shapes[label][0] and shapes[label][0][0] else None
         flops[label] = model_flops(m, feed_shapes(m, own or 1, input_size, label))
-    precision = {label: _precision(m) for label, m in models.items()}
+    precision = {label: _precision(m, runtime, feed_shapes(m, 1, input_size, label))
+                 for label, m in models.items()}  # fmt: skip
     version = _runtime_version(runtime)
     rows: list[BenchRow] = []
     for batch in map(int, batches):
@@ -351,15 +354,26 @@ def _fixed_batch(shapes: Mapping[str, tuple[list[tuple], list[tuple]]], batch: i
     return ""
 
 
-def _precision(model: Any) -> str:
-    """``int8`` for a model with quantize/dequantize pairs (FakeQuantize in an IR)."""
+def _precision(model: Any, runtime: str, shapes: Mapping[str, Sequence[int]]) -> tuple[str, str]:
+    """``(precision, int8 layers)`` of ``model`` as ``runtime`` runs it: a quantize/dequantize
+    pair (FakeQuantize in an IR) says where values are rounded, the runtime decides which
+    layers become int8 kernels (:func:`~filterprune.onnx.int8.int8_layers`)."""
     if _is_openvino(model):
         from .openvino import read_openvino
 
         kinds = {op.get_type_name() for op in read_openvino(model).get_ops()}
-        return "int8" if "FakeQuantize" in kinds else "f32"
-    kinds = {n.op_type for n in load_model(model).graph.node}
-    return "int8" if {"QuantizeLinear", "DequantizeLinear"} & kinds else "f32"
+        quantized = "FakeQuantize" in kinds
+    else:
+        kinds = {n.op_type for n in load_model(model).graph.node}
+        quantized = bool({"QuantizeLinear", "DequantizeLinear"} & kinds)
+    if not quantized:
+        return "f32", ""
+    from .int8 import int8_layers
+
+    counts = int8_layers(_prepared(model, runtime, shapes), (runtime,))[runtime]
+    low, total = counts["int8"], counts["int8"] + counts["float"]
+    label = "int8" if total and low == total else "f32" if low == 0 else "mixed"
+    return label, f"{low}/{total}"
 
 
 def _rows(times, flops, precision, runtime, batch, threads) -> list[BenchRow]:
@@ -368,7 +382,8 @@ def _rows(times, flops, precision, runtime, batch, threads) -> list[BenchRow]:
         ms = np.asarray(t) * 1e3
         out.append(BenchRow(label, runtime, batch, threads, len(t), float(np.median(ms)),
                             float(np.percentile(ms, 90)), batch * 1e3 / float(np.median(ms)),
-                            flops[label], precision=precision[label]))  # fmt: skip
+                            flops[label], precision=precision[label][0],
+                            int8_layers=precision[label][1]))  # fmt: skip
     base = out[0]
     for row in out:
         row.speedup = base.median_ms / row.median_ms
@@ -380,17 +395,24 @@ def _rows(times, flops, precision, runtime, batch, threads) -> list[BenchRow]:
 def format_table(rows: Sequence[BenchRow]) -> str:
     """A plain-text table of ``rows``, with a note where their precisions differ."""
     w = max([5, *(len(r.label) for r in rows)])
-    head = (f"{'model':<{w}} {'runtime':<11} {'prec':<4} {'batch':>5} {'thr':>3} "
+    head = (f"{'model':<{w}} {'runtime':<11} {'prec':<5} {'batch':>5} {'thr':>3} "
             f"{'median ms':>10} {'p90 ms':>8} {'samples/s':>10} {'speed-up':>8} "
             f"{'FLOPs x':>8} {'of FLOPs':>8}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.label:<{w}} {r.runtime:<11} {r.precision:<4} {r.batch:>5} "
+        lines.append(f"{r.label:<{w}} {r.runtime:<11} {r.precision:<5} {r.batch:>5} "
                      f"{r.threads:>3} {r.median_ms:>10.2f} {r.p90_ms:>8.2f} "
                      f"{r.throughput:>10.1f} {r.speedup:>7.2f}x {r.flops_ratio:>7.2f}x "
                      f"{r.of_flops_ratio:>8.2f}")  # fmt: skip
     shown = dict.fromkeys((r.batch, r.inputs) for r in rows if r.inputs)
     lines += [f"batch {batch} feeds {inputs}" for batch, inputs in shown]
+    for r in dict((r.label, r) for r in rows if r.int8_layers).values():
+        low, total = map(int, r.int8_layers.split("/"))
+        if low < total:
+            lines.append(f"note: {r.label} has quantize/dequantize pairs, but {r.runtime} runs "
+                         f"{total - low} of its {total} conv/linear layers in float (the "
+                         "pairs only round there; filterprune.onnx.int8.int8_layers counts "
+                         "them).")  # fmt: skip
     if len({r.precision for r in rows}) > 1:
         lines.append("note: the rows run at different precisions, so their speed-up is "
                      "the cut's and int8 kernels' together, and 'of FLOPs' is not the cut's.")
