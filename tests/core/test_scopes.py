@@ -121,6 +121,44 @@ def test_nncf_regexes_are_searched_in_the_module_path(regex, matched):
     assert [n for n in LAYERS if not ScopeMatcher(ignored=regex).allows(n)] == matched
 
 
+BLOCKS = ["features.1.conv.0", "features.2.conv.0", "features.2.conv.2", "features.12.conv.2"]
+TYPES = {"": "MobileNetV2", "features": "Sequential", "features.1": "InvertedResidual",
+         "features.2": "InvertedResidual", "features.12": "InvertedResidual",
+         **{f"{b}.conv": "Sequential" for b in ("features.1", "features.2", "features.12")},
+         **{n: "NNCFConv2d" for n in BLOCKS}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("regex", "matched"),
+    [
+        (r"{re}.*InvertedResidual\[2\].*", BLOCKS[1:3]),  # was item 2 of every block
+        (r"{re}MobileNetV2/Sequential\[features\]/InvertedResidual\[12\]/.*", BLOCKS[3:]),
+        (r"{re}.*NNCFConv2d\[2\]/conv2d_0", [BLOCKS[2], BLOCKS[3]]),
+        (r"{re}.*Sequential\[conv\]/NNCFConv2d\[0\].*", BLOCKS[:2]),
+    ],
+)
+def test_nncf_regexes_by_class_are_searched_in_the_scopes_with_classes(regex, matched):
+    """NNCF's scopes carry each module's class: ``{re}.*InvertedResidual\[2\].*`` names
+    one block, and was read as ``.*\[2\].*`` (18 of mobilenet_v2's 53 layers)."""
+    assert [n for n in BLOCKS if not ScopeMatcher(ignored=regex, types=TYPES).allows(n)] \
+        == matched  # fmt: skip
+    check_unmatched({"ignored_scopes": [regex]}, BLOCKS, TYPES)
+
+
+def test_an_nncf_scope_of_an_operation_inside_a_module_picks_no_layer(caplog):
+    """``.../InvertedResidual[3]/__add___0`` names the block's residual add: it was read as
+    the whole block, whose convs were then neither pruned nor quantized."""
+    scope = "MobileNetV2/Sequential[features]/InvertedResidual[2]/__add___0"
+    assert all(ScopeMatcher(ignored=scope, types=TYPES).allows(n) for n in BLOCKS)
+    caplog.set_level("WARNING", logger="filterprune")
+    said = check_unmatched({"ignored_scopes": [scope]}, BLOCKS, TYPES)
+    assert said and "names the operation '__add___0' inside module 'features.2', not a " \
+        "layer" in said[0] and said[0] in caplog.text  # fmt: skip
+    layer_op = "MobileNetV2/Sequential[features]/InvertedResidual[2]/Sequential[conv]/" \
+        "NNCFConv2d[0]/conv2d_0"  # fmt: skip
+    assert not ScopeMatcher(ignored=layer_op, types=TYPES).allows(BLOCKS[1])
+
+
 def test_unmatched_plain_scope_is_an_error_with_close_names():
     config = {"ignored_scopes": ["fc", "layer1.0.conv3"]}
     with pytest.raises(ConfigError, match=(

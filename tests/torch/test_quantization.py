@@ -399,6 +399,37 @@ def test_ignored_scopes_are_respected():
     assert "weight:fc2" not in keys and "weight:fc1" in keys
 
 
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seq = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                                 nn.Conv2d(8, 8, 3, padding=1))  # fmt: skip
+
+    def forward(self, x):
+        return x + self.seq(x)
+
+
+class _Blocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(_Block(), _Block())
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_an_nncf_regex_naming_a_block_by_its_class_picks_that_block():
+    """``{re}.*_Block\[1\].*`` was read as ``.*\[1\].*``: item 1 of every Sequential,
+    ``blocks.0.seq.1`` too, left in float with nothing said."""
+    ctrl, model = create_compressed_model(_net(_Blocks), _config(
+        {"ignored_scopes": [r"{re}.*_Block\[1\].*"]}, pruning=False))  # fmt: skip
+    floats = sorted(n for n, m in model.named_modules()
+                    if type(m) is nn.Conv2d and "weight_quantizer" not in m._modules)  # fmt: skip
+    assert floats == ["blocks.1.seq.1", "blocks.1.seq.2"]
+
+
 def test_scopes_that_leave_out_every_layer_are_logged(caplog):
     with caplog.at_level("WARNING", logger="filterprune"):
         create_compressed_model(_net(), _config({"ignored_scopes": ["{re}.*"]}, pruning=False))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -59,9 +59,11 @@ def pruning_params(config: Any, frontend: str = "") -> FilterPruningParams:
     return FilterPruningParams.from_config(config)
 
 
-def analysis_options(params: FilterPruningParams) -> AnalysisOptions:
-    """The structural switches and scopes of ``params`` as analysis options."""
-    scopes = ScopeMatcher(params.ignored_scopes, params.target_scopes)
+def analysis_options(params: FilterPruningParams,
+                     types: Mapping[str, str] | None = None) -> AnalysisOptions:  # fmt: skip
+    """The structural switches and scopes of ``params`` as analysis options (``types``:
+    the graph's ``scope_types``)."""
+    scopes = ScopeMatcher(params.ignored_scopes, params.target_scopes, types)
     return AnalysisOptions(
         prune_first_conv=params.prune_first_conv,
         prune_downsample_convs=params.prune_downsample_convs,
@@ -112,7 +114,7 @@ class PruningControllerBase(CompressionController):
         self.params = params
         self.analysis = analysis
         warn_filterless(params.ignored_scopes, analysis.graph.scope_names(),
-                        analysis.state.producers)  # fmt: skip
+                        analysis.state.producers, analysis.graph.scope_types)  # fmt: skip
         self.pruner = Pruner(analysis, importance=params.filter_importance,
                              global_ranking=params.all_weights,
                              multiple_of=params.filters_multiple_of)  # fmt: skip

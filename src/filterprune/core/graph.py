@@ -94,6 +94,9 @@ class Graph:
         self.layers: dict[str, LayerInfo] = {}
         self.notes: list[str] = []
         self.shared: list[tuple[str, ...]] = []
+        # module path -> its class as NNCF's scopes name it ("" for the model): NNCF
+        # ``{re}`` scopes may pick layers by class (``.*InvertedResidual\[2\].*``)
+        self.scope_types: dict[str, str] = {}
 
     def add(self, node: Node) -> Node:
         """Append ``node``; its inputs must already be in the graph."""

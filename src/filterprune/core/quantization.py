@@ -228,8 +228,10 @@ def place_quantizers(graph: Graph, params: Any,
     idle = idle or {}
     w_settings, a_settings = settings_for(params)
     fix = params.overflow_fix
-    w_scope = ScopeMatcher(params.weights.ignored_scopes, params.weights.target_scopes)
-    a_scope = ScopeMatcher(params.activations.ignored_scopes, params.activations.target_scopes)
+    types = graph.scope_types
+    w_scope = ScopeMatcher(params.weights.ignored_scopes, params.weights.target_scopes, types)
+    a_scope = ScopeMatcher(params.activations.ignored_scopes, params.activations.target_scopes,
+                           types)  # fmt: skip
     weights: dict[str, QuantizerSpec] = {}
     readers: dict[str, list[str]] = {}
     for node in graph:

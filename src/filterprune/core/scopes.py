@@ -7,10 +7,13 @@ A pattern is one of:
   ``re.search`` is never used: a regex written for a substring search (``{re}conv``) matches
   nothing, and :func:`check_unmatched` reports it with that hint.
 * an NNCF scope (``ResNet/Sequential[layer1]/NNCFConv2d[conv1]/conv2d_0``): read as the module
-  path its bracketed names spell (``layer1.conv1``); a ``{re}`` pattern written for such scopes
-  (one with ``\\[``) is searched, as NNCF did, in the layer's path written the same way
-  (``[layer1]/[conv1]``): type names are dropped, a leading model class becomes ``^`` and a
-  trailing op name (``/conv2d_0``) becomes ``$``.
+  path its bracketed names spell (``layer1.conv1``); one that ends in an operation other
+  than a layer's own (``.../InvertedResidual[3]/__add___0``, a residual add) names no layer;
+  a ``{re}`` pattern written for such scopes (one with ``\\[``) is searched, as NNCF did,
+  in the layer's NNCF scope where the frontend knows the module classes
+  (``Graph.scope_types``: ``ResNet/Sequential[layer1]/NNCFConv2d[conv1]``), else in its path
+  written the same way without them (``[layer1]/[conv1]``: type names dropped, a leading
+  model class read as ``^``); a trailing op name (``/conv2d_0``) becomes ``$``.
 * anything else: the exact layer name, or a prefix ending at a path boundary (``.`` or ``/``),
   so ``layer1`` matches ``layer1`` and ``layer1.0.conv1`` but not ``layer10.conv1``.
 
@@ -155,13 +158,15 @@ def nncf_scope_name(pattern: str) -> str | None:
     return ".".join(_NNCF_PART.findall(pattern))
 
 
-def _nncf_regex(body: str) -> re.Pattern[str] | None:
-    """A ``{re}`` body written for NNCF scopes, rewritten for :func:`_nncf_path`."""
+def _nncf_regex(body: str, typed: bool = False) -> re.Pattern[str] | None:
+    """A ``{re}`` body written for NNCF scopes, rewritten for :func:`_nncf_path`: the
+    trailing op name becomes ``$``; without ``typed`` (no classes known), the class
+    names go and a leading model class becomes ``^``."""
     if "\\[" not in body:
         return None
-    # NNCF scopes start with the model's class and end with an op name: anchors here
-    body = _TYPE_BEFORE_BRACKET.sub("", body)
-    body = _MODEL_CLASS.sub("^", body, count=1)
+    if not typed:
+        body = _TYPE_BEFORE_BRACKET.sub("", body)
+        body = _MODEL_CLASS.sub("^", body, count=1)
     body = _TRAILING_OP.sub("$", body, count=1)
     try:
         return re.compile(body)
@@ -169,9 +174,25 @@ def _nncf_regex(body: str) -> re.Pattern[str] | None:
         return None
 
 
-def _nncf_path(name: str) -> str:
-    """``layer1.0.conv1`` -> ``[layer1]/[0]/[conv1]`` (an NNCF scope without type names)."""
-    return "/".join(f"[{part}]" for part in name.split("."))
+def _nncf_path(name: str, types: Mapping[str, str] | None = None) -> str | None:
+    """``layer1.0.conv1`` -> ``[layer1]/[0]/[conv1]``; with ``types`` (module path ->
+    class), the NNCF scope ``ResNet/Sequential[layer1]/BasicBlock[0]/NNCFConv2d[conv1]``,
+    or None where a module on the path has no class there."""
+    parts = name.split(".")
+    if types is None:
+        return "/".join(f"[{part}]" for part in parts)
+    classes = [types.get(".".join(parts[: i + 1])) for i in range(len(parts))]
+    if "" not in types or None in classes:
+        return None
+    return "/".join([types[""], *(f"{c}[{p}]" for c, p in zip(classes, parts, strict=True))])
+
+
+def nncf_op(pattern: str) -> str | None:
+    """The operation an NNCF scope ends with (``conv2d_0``, ``__add___0``), or None."""
+    if _NNCF_SCOPE.fullmatch(pattern) is None:
+        return None
+    last = pattern.rsplit("/", 1)[-1]
+    return None if "[" in last else last
 
 
 _NNCF_PART = re.compile(r"\[([^/\[\]]+)\]")
@@ -179,6 +200,9 @@ _NNCF_SCOPE = re.compile(r"[^/\[\]]+(?:/[^/\[\]]*\[[^/\[\]]+\])+(?:/[^/\[\]]+)?"
 _TYPE_BEFORE_BRACKET = re.compile(r"[A-Za-z_]\w*(?=\\\[)")
 _MODEL_CLASS = re.compile(r"^\^?[A-Za-z_]\w*/")
 _TRAILING_OP = re.compile(r"/[A-Za-z_]\w*_\d+\$?$")
+# the op of a layer's own call in an NNCF scope (``conv2d_0``, ``linear_1``, ``batch_norm_0``)
+_LAYER_OP = re.compile(r"(conv(_transpose)?\d?d?|linear|matmul|addmm|batch_norm|layer_norm|"
+                       r"group_norm|instance_norm|embedding(_bag)?|deform_conv2d)_\d+")
 
 
 class _Pattern:
@@ -194,10 +218,19 @@ class _Pattern:
         self.text = text
         self.regex = compile_pattern(text, key)
         self.nncf = None if self.regex is None else _nncf_regex(self.regex.pattern)
+        self.typed = None if self.regex is None else _nncf_regex(self.regex.pattern, True)
         self.name = None if self.regex is not None else nncf_scope_name(text) or text
+        op = None if self.regex is not None else nncf_op(text)
+        # an NNCF scope of an op inside a module (its residual ``__add___0``): no layer
+        self.op = op if op is not None and _LAYER_OP.fullmatch(op) is None else None
 
-    def matches(self, name: str) -> bool:
+    def matches(self, name: str, types: Mapping[str, str] | None = None) -> bool:
+        if self.op is not None:
+            return False
         if self.nncf is not None:
+            typed = _nncf_path(name, types) if types else None
+            if typed is not None:  # NNCF's scope with its classes: searched as NNCF did
+                return self.typed.search(typed) is not None
             return self.nncf.search(_nncf_path(name)) is not None
         if self.regex is not None:
             return self.regex.fullmatch(name) is not None
@@ -222,7 +255,8 @@ class _Pattern:
         return f"{text} Close layer names: {', '.join(map(repr, close)) or 'none'}."
 
 
-def check_unmatched(config: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+def check_unmatched(config: Mapping[str, Any], names: Iterable[str],
+                    types: Mapping[str, str] | None = None) -> list[str]:  # fmt: skip
     """Report the scope patterns of ``config`` that match none of the layer ``names``.
 
     A pattern that matches nothing protects nothing: a misspelt ``ignored_scopes`` entry
@@ -233,6 +267,7 @@ def check_unmatched(config: Mapping[str, Any], names: Iterable[str]) -> list[str
     Args:
         config: The validated config (top-level scopes and every ``compression`` entry).
         names: Every layer and op name of the captured model.
+        types: Module path -> class (``Graph.scope_types``), for NNCF scopes by class.
 
     Returns:
         The messages of the unmatched patterns that were only logged as warnings.
@@ -254,7 +289,16 @@ def check_unmatched(config: Mapping[str, Any], names: Iterable[str]) -> list[str
     for section_dict, where, nested, strict in sections:
         for path, text in iter_scope_patterns(section_dict, where, nested):
             pattern = _Pattern(text, path)
-            if any(pattern.matches(n) for n in names):
+            if pattern.op is not None:  # NNCF accepted it: said, not refused
+                message = (f"`{path}` names the operation {pattern.op!r} inside module "
+                           f"{pattern.name!r}, not a layer: scopes here pick layers (their "
+                           "filters and weight quantizers), so it changes nothing. NNCF "
+                           "used it for that operation's activation quantizer alone; name "
+                           f"a layer to leave it alone. Received: {text!r}.")  # fmt: skip
+                log.warning("%s", message)
+                warned.append(message)
+                continue
+            if any(pattern.matches(n, types) for n in names):
                 continue
             message = pattern.unmatched(path, names)
             if strict:
@@ -264,8 +308,8 @@ def check_unmatched(config: Mapping[str, Any], names: Iterable[str]) -> list[str
     return warned
 
 
-def warn_filterless(ignored: Iterable[str], names: Iterable[str],
-                    producers: Iterable[str]) -> list[str]:  # fmt: skip
+def warn_filterless(ignored: Iterable[str], names: Iterable[str], producers: Iterable[str],
+                    types: Mapping[str, str] | None = None) -> list[str]:  # fmt: skip
     """Warn about ``ignored_scopes`` patterns of filter pruning that match only layers
     without filters (a BatchNorm, an activation): pruning keeps whole only the layers
     that make channels, so the filters feeding such a layer are still pruned.
@@ -277,7 +321,7 @@ def warn_filterless(ignored: Iterable[str], names: Iterable[str],
     warned = []
     for text in normalize_scopes(ignored):
         pattern = _Pattern(text, "ignored_scopes")
-        hits = [n for n in names if pattern.matches(n)]
+        hits = [n for n in names if pattern.matches(n, types)]
         if not hits or any(n in producers for n in hits):
             continue
         shown = ", ".join(hits[:3]) + (", ..." if len(hits) > 3 else "")
@@ -297,6 +341,7 @@ class ScopeMatcher:
         ignored: Deny list. A layer matching any pattern is left alone.
         target: Allow list. If non-empty, only layers matching a pattern are considered;
             an empty or missing list allows every layer.
+        types: Module path -> class (``Graph.scope_types``), for NNCF scopes by class.
 
     Raises:
         ConfigError: If a pattern is empty or an invalid regular expression.
@@ -306,7 +351,9 @@ class ScopeMatcher:
         self,
         ignored: str | Iterable[str] | None = None,
         target: str | Iterable[str] | None = None,
+        types: Mapping[str, str] | None = None,
     ) -> None:
+        self.types = types
         self.ignored = normalize_scopes(ignored)
         self.target = normalize_scopes(target)
         self._ignored = [_Pattern(p, f"ignored_scopes[{i}]") for i, p in enumerate(self.ignored)]
@@ -322,9 +369,9 @@ class ScopeMatcher:
         reports the ignored pattern.
         """
         for pattern in self._ignored:
-            if pattern.matches(name):
+            if pattern.matches(name, self.types):
                 return f"in ignored_scopes ({pattern.text!r})"
-        if self._target and not any(p.matches(name) for p in self._target):
+        if self._target and not any(p.matches(name, self.types) for p in self._target):
             return "not in target_scopes"
         return None
 
@@ -341,5 +388,5 @@ class ScopeMatcher:
         return [
             p.text
             for p in (*self._ignored, *self._target)
-            if not any(p.matches(n) for n in names)
+            if not any(p.matches(n, self.types) for n in names)
         ]

@@ -312,7 +312,7 @@ def create_compressed_model(frontend: Frontend, model: Any, config: Config | Map
             if check is not None:  # refuse before the model is touched
                 check(params, data, paths.get(name, ""))
     captured = frontend.capture(model, config)
-    check_unmatched(config, captured.graph.scope_names())
+    check_unmatched(config, captured.graph.scope_names(), captured.graph.scope_types)
     before = frontend.snapshot(model)
     try:
         ctrl = _start(frontend, model, names, settings, captured, config, compression_state)
@@ -387,8 +387,8 @@ def dry_run(frontend: Frontend, model: Any, config: Config | Mapping[str, Any],
     params = pruning_params(config, frontend.name)
     frontend.check(model, config, fresh=False)
     captured = frontend.capture(model, config)
-    check_unmatched(config, captured.graph.scope_names())
-    analysis = analyze(captured.graph, analysis_options(params))
+    check_unmatched(config, captured.graph.scope_names(), captured.graph.scope_types)
+    analysis = analyze(captured.graph, analysis_options(params, captured.graph.scope_types))
     # the groups create_compressed_model keeps whole for a non-finite cut
     with frontend.cut_probe(model, captured, analysis, params) as finite:
         hold_nonfinite(analysis, finite)

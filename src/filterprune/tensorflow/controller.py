@@ -63,7 +63,8 @@ class FilterPruningController(PruningControllerBase):
         self.capture = self.captured = captured
         self.frontend = frontend
         self._strategy: tf.distribute.Strategy | None = None
-        super().__init__(params, analyze(captured.graph, analysis_options(params)))
+        options = analysis_options(params, captured.graph.scope_types)
+        super().__init__(params, analyze(captured.graph, options))
         self.maskable = maskable_layers(self.analysis)
         self.taylor = None
         if importance_source(params.filter_importance) == "gradient":  # before any trace

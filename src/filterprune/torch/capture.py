@@ -538,11 +538,28 @@ def capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:
     say_unregistered(model)
     with attributes_kept(model):
         captured = _capture(model, example)
+    captured.graph.scope_types = nncf_scope_types(model)
     # what the sample was made for: an export after model.half() casts it alike
     captured.extra["dtypes"] = {p.dtype for p in model.parameters() if p.is_floating_point()}
     say_written_parameters(model, example)
     say_global_hooks(model, example, captured.graph.layers)
     return captured
+
+
+# the layers NNCF wrapped, named so in its scopes (``NNCFConv2d[conv1]``)
+_NNCF_WRAPPED = {"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+                 "ConvTranspose3d", "Linear", "Embedding", "EmbeddingBag", "BatchNorm1d",
+                 "BatchNorm2d", "BatchNorm3d", "GroupNorm", "LayerNorm"}  # fmt: skip
+
+
+def nncf_scope_types(model: nn.Module) -> dict[str, str]:
+    """Module path -> class as NNCF's scopes name it, ``""`` for the model itself."""
+    out = {}
+    for name, module in model.named_modules():
+        cls = type(module).__name__
+        out[name] = f"NNCF{cls}" if cls in _NNCF_WRAPPED and type(module).__module__.startswith(
+            "torch.nn") else cls  # fmt: skip
+    return out
 
 
 def _capture(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captured:

@@ -52,7 +52,8 @@ class FilterPruningController(ShrinkWhenFrozen, PruningControllerBase):
         self.frontend = frontend
         self.sample = captured.sample
         self._distributed = False
-        super().__init__(params, analyze(captured.graph, analysis_options(params)))
+        options = analysis_options(params, captured.graph.scope_types)
+        super().__init__(params, analyze(captured.graph, options))
 
     def _weights(self) -> dict[str, np.ndarray]:
         return self.frontend.read_weights(self.captured, self.analysis.state.producers)
