@@ -420,14 +420,20 @@ class _Blocks(nn.Module):
         return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
+SCOPE = r"{re}.*_Block\[1\].*"
+
+
 def test_an_nncf_regex_naming_a_block_by_its_class_picks_that_block():
     """``{re}.*_Block\[1\].*`` was read as ``.*\[1\].*``: item 1 of every Sequential,
     ``blocks.0.seq.1`` too, left in float with nothing said."""
-    ctrl, model = create_compressed_model(_net(_Blocks), _config(
-        {"ignored_scopes": [r"{re}.*_Block\[1\].*"]}, pruning=False))  # fmt: skip
+    ctrl, model = create_compressed_model(_net(_Blocks), _config({"ignored_scopes": [SCOPE]},
+                                                                 pruning=False))  # fmt: skip
     floats = sorted(n for n, m in model.named_modules()
                     if type(m) is nn.Conv2d and "weight_quantizer" not in m._modules)  # fmt: skip
     assert floats == ["blocks.1.seq.1", "blocks.1.seq.2"]
+    listed = dict(ctrl.statistics().left_in_float)  # they were listed nowhere
+    assert listed["blocks.1.seq.1"] == f"in ignored_scopes ({SCOPE!r})"
+    assert "blocks.1.seq.2" in listed and "blocks.0.seq.1" not in listed
 
 
 def test_scopes_that_leave_out_every_layer_are_logged(caplog):

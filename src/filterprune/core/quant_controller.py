@@ -58,13 +58,14 @@ class QuantizationControllerBase(CompressionController):
     def __init__(self, params: Any, graph: Graph, idle: Mapping[str, str] | None = None) -> None:
         self.params = params
         self.specs: list[QuantizerSpec] = place_quantizers(graph, params, idle)
-        self.left_in_float = float_layers(graph, idle)
+        unseen = float_layers(graph, idle)  # said now; those the scopes leave out, listed
+        self.left_in_float = float_layers(graph, idle, params)
         self._sign_said: set[str] = set()  # quantizers said to fall back to signed
-        if self.left_in_float:
+        if unseen:
             log.warning("quantization: %d layer(s) keep float weights, no quantizer inside "
-                        "them: %s. statistics() lists them.", len(self.left_in_float),
-                        ", ".join(f"{n} ({why})" for n, why in self.left_in_float[:5])
-                        + (" ..." if len(self.left_in_float) > 5 else ""))  # fmt: skip
+                        "them: %s. statistics() lists them.", len(unseen),
+                        ", ".join(f"{n} ({why})" for n, why in unseen[:5])
+                        + (" ..." if len(unseen) > 5 else ""))  # fmt: skip
         if not self.specs:
             log.warning("quantization: no quantizer placed (ignored_scopes or target_scopes "
                         "leave out every layer); the model stays in float.")  # fmt: skip

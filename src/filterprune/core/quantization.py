@@ -255,18 +255,27 @@ def place_quantizers(graph: Graph, params: Any,
     return [*weights.values(), *acts]
 
 
-def float_layers(graph: Graph, idle: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+def float_layers(graph: Graph, idle: Mapping[str, str] | None = None,
+                 params: Any = None) -> list[tuple[str, str]]:  # fmt: skip
     """``(layer, reason)`` for each layer whose matrices stay float: one the frontend
-    cannot see into (a custom Keras layer, attention), a recurrent one, or an ``idle``
-    one (see :func:`place_quantizers`), so no quantizer is placed in it."""
+    cannot see into (a custom Keras layer, attention), a recurrent one, an ``idle``
+    one (see :func:`place_quantizers`), or, given the quantization ``params``, one their
+    weights' scopes leave out, so no quantizer is placed in it."""
     idle = idle or {}
     reasons = {n.layer: n.attrs.get("reason", "") for n in graph if n.op == "stop" and n.layer}
     reasons.update({n.layer: "a recurrent layer" for n in graph if n.op == "recurrent"})
     reasons.update(idle)
-    return [(name, reasons.get(name) or "no channel rule for it")
-            for name, info in graph.layers.items()
-            if (info.kind in ("opaque", "recurrent") or name in idle)
-            and any(len(shape) > 1 for shape, _ in info.params.values())]
+    out = [(name, reasons.get(name) or "no channel rule for it")
+           for name, info in graph.layers.items()
+           if (info.kind in ("opaque", "recurrent") or name in idle)
+           and any(len(shape) > 1 for shape, _ in info.params.values())]
+    if params is not None:
+        scope = ScopeMatcher(params.weights.ignored_scopes, params.weights.target_scopes,
+                             graph.scope_types)  # fmt: skip
+        out += [(name, why) for name, info in graph.layers.items()
+                if info.kind in LAYER_KINDS and name not in idle
+                and (why := scope.reason(name)) is not None]  # fmt: skip
+    return out
 
 
 # -- range math -----------------------------------------------------------------------------
