@@ -780,7 +780,7 @@ def test_nncf_keys_without_effect_and_a_near_miss_are_said(caplog):
     caplog.set_level("WARNING", logger="filterprune")
     config = _config({})
     config.update(target_device="VPU", log_dir="runs", ignored_scope=["stem"],
-                  hw_config_type="cpu")
+                  hw_config_type="cpu", compression_lr_multiplier=10)
     config["compression"][0]["params"]["save_ranking_coeffs_path"] = "coeffs.json"
     config["compression"][0]["initializer"] = {"range": {"num_init_samples": 8}}
     create_compressed_model(_net(), config)
@@ -788,6 +788,7 @@ def test_nncf_keys_without_effect_and_a_near_miss_are_said(caplog):
                  "`compression[0].initializer.range` is not read by `filter_pruning`: move it "
                  "to the `quantization` entry",
                  "`log_dir` is accepted", "`hw_config_type` is accepted",
+                 "`compression_lr_multiplier` is accepted for NNCF configs but not applied",
                  "`ignored_scope` is not read. Did you mean "
                  "`ignored_scopes`?", "`compression[0].params.save_ranking_coeffs_path` is "
                  "not applied: it needs `params.interlayer_ranking_type` 'learned_ranking'"):

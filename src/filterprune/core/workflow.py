@@ -164,6 +164,8 @@ _NOT_APPLIED = {
     "disable_shape_matching": "the model is captured from its code, not matched by shapes",
     "export_to_onnx_standard_ops": "ONNX files always use standard QuantizeLinear/"
                                    "DequantizeLinear",
+    "compression_lr_multiplier": "compression adds no trainable parameters to scale (in a "
+                                 "`compression` entry the key is refused)",
 }  # fmt: skip
 
 
