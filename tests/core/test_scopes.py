@@ -135,6 +135,7 @@ TYPES = {"": "MobileNetV2", "features": "Sequential", "features.1": "InvertedRes
         (r"{re}MobileNetV2/Sequential\[features\]/InvertedResidual\[12\]/.*", BLOCKS[3:]),
         (r"{re}.*NNCFConv2d\[2\]/conv2d_0", [BLOCKS[2], BLOCKS[3]]),
         (r"{re}.*Sequential\[conv\]/NNCFConv2d\[0\].*", BLOCKS[:2]),
+        (r"{re}.*NNCFConv2d.*", BLOCKS),  # by class alone: it matched nothing
     ],
 )
 def test_nncf_regexes_by_class_are_searched_in_the_scopes_with_classes(regex, matched):

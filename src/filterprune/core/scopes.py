@@ -219,6 +219,8 @@ class _Pattern:
         self.regex = compile_pattern(text, key)
         self.nncf = None if self.regex is None else _nncf_regex(self.regex.pattern)
         self.typed = None if self.regex is None else _nncf_regex(self.regex.pattern, True)
+        if self.typed is None and self.regex is not None and "NNCF" in self.regex.pattern:
+            self.typed = self.regex  # by NNCF's class alone: ``{re}.*NNCFLinear.*``
         self.name = None if self.regex is not None else nncf_scope_name(text) or text
         op = None if self.regex is not None else nncf_op(text)
         # an NNCF scope of an op inside a module (its residual ``__add___0``): no layer
@@ -227,10 +229,11 @@ class _Pattern:
     def matches(self, name: str, types: Mapping[str, str] | None = None) -> bool:
         if self.op is not None:
             return False
-        if self.nncf is not None:
+        if self.typed is not None:
             typed = _nncf_path(name, types) if types else None
             if typed is not None:  # NNCF's scope with its classes: searched as NNCF did
                 return self.typed.search(typed) is not None
+        if self.nncf is not None:
             return self.nncf.search(_nncf_path(name)) is not None
         if self.regex is not None:
             return self.regex.fullmatch(name) is not None
