@@ -267,12 +267,12 @@ def benchmark(models: Mapping[str, Any], *, runtime: str = "onnxruntime",
     _check_comparable(shapes)
     feeds = {(label, b): feed_shapes(m, b, input_size, label)
              for b in map(int, batches) for label, m in models.items()}  # fmt: skip
-    flops = {}
-    for label, m in models.items():  # per sample, at the file's batch where it fixes one
+    flops, precision = {}, {}
+    for label, m in models.items():  # at the file's batch where it fixes one
         own = shapes[label][0][0][0] if shapes[label][0] and shapes[label][0][0] else None
-        flops[label] = model_flops(m, feed_shapes(m, own or 1, input_size, label))
-    precision = {label: _precision(m, runtime, feed_shapes(m, 1, input_size, label))
-                 for label, m in models.items()}  # fmt: skip
+        at_own = feed_shapes(m, own or 1, input_size, label)
+        flops[label] = model_flops(m, at_own)  # per sample
+        precision[label] = _precision(m, runtime, at_own)
     version = _runtime_version(runtime)
     rows: list[BenchRow] = []
     for batch in map(int, batches):
