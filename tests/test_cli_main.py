@@ -1,5 +1,6 @@
 """The command line as a whole: help with examples, exit codes, ``python -m filterprune``."""
 
+import os
 import subprocess
 import sys
 
@@ -241,3 +242,23 @@ def test_a_pickled_model_finds_its_class_next_to_the_user(tmp_path, monkeypatch,
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     assert main(["analyze", "net.pt", "--trusted", "--input-size", "1,3,8,8"]) == 0
     assert "groups" in capsys.readouterr().out.lower()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked children: POSIX only")
+def test_a_forked_helper_ends_on_sigterm_as_it_would_without_the_cli():
+    """OpenVINO's telemetry forks a process and terminates it: under the CLI's handler each
+    printed a traceback ending in _Terminated (exit 1 instead of -15)."""
+    import multiprocessing
+    import signal
+    import time
+
+    before = cli._on_sigterm()
+    try:
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+        child.start()
+        time.sleep(0.2)
+        child.terminate()
+        child.join(10)
+        assert child.exitcode == -signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -301,8 +301,13 @@ class _Terminated(KeyboardInterrupt):
 def _on_sigterm() -> Any:
     """Raise :class:`_Terminated` on SIGTERM while a command runs; returns the handler
     it replaced (None where none can be set: off the main thread)."""
+    pid = os.getpid()
 
     def stop(signum: int, frame: Any) -> None:
+        if os.getpid() != pid:  # a forked helper (a runtime's telemetry) ends as it would
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         raise _Terminated()
 
     try:

@@ -136,6 +136,7 @@ TYPES = {"": "MobileNetV2", "features": "Sequential", "features.1": "InvertedRes
         (r"{re}.*NNCFConv2d\[2\]/conv2d_0", [BLOCKS[2], BLOCKS[3]]),
         (r"{re}.*Sequential\[conv\]/NNCFConv2d\[0\].*", BLOCKS[:2]),
         (r"{re}.*NNCFConv2d.*", BLOCKS),  # by class alone: it matched nothing
+        (r"{re}.*NNCFConv2d.*/conv2d_0", BLOCKS),
     ],
 )
 def test_nncf_regexes_by_class_are_searched_in_the_scopes_with_classes(regex, matched):
@@ -158,6 +159,10 @@ def test_an_nncf_scope_of_an_operation_inside_a_module_picks_no_layer(caplog):
     layer_op = "MobileNetV2/Sequential[features]/InvertedResidual[2]/Sequential[conv]/" \
         "NNCFConv2d[0]/conv2d_0"  # fmt: skip
     assert not ScopeMatcher(ignored=layer_op, types=TYPES).allows(BLOCKS[1])
+    # as a target it selects nothing: an error, not "it changes nothing"
+    with pytest.raises(ConfigError, match=r"names the operation '__add___0' inside module "
+                       r"'features.2', not a layer, so it selects none"):  # fmt: skip
+        check_unmatched({"target_scopes": [scope]}, BLOCKS, TYPES)
 
 
 def test_unmatched_plain_scope_is_an_error_with_close_names():

@@ -220,7 +220,8 @@ class _Pattern:
         self.nncf = None if self.regex is None else _nncf_regex(self.regex.pattern)
         self.typed = None if self.regex is None else _nncf_regex(self.regex.pattern, True)
         if self.typed is None and self.regex is not None and "NNCF" in self.regex.pattern:
-            self.typed = self.regex  # by NNCF's class alone: ``{re}.*NNCFLinear.*``
+            # by NNCF's class alone: ``{re}.*NNCFLinear.*``, ``{re}.*NNCFLinear.*/linear_0``
+            self.typed = re.compile(_TRAILING_OP.sub("$", self.regex.pattern, count=1))
         self.name = None if self.regex is not None else nncf_scope_name(text) or text
         op = None if self.regex is not None else nncf_op(text)
         # an NNCF scope of an op inside a module (its residual ``__add___0``): no layer
@@ -244,6 +245,10 @@ class _Pattern:
     def unmatched(self, key: str, names: list[str]) -> str:
         """The message for this pattern (at config key ``key``) matching none of ``names``."""
         leaf = key.rsplit(".", 1)[-1]
+        if self.op is not None:
+            return (f"`{key}` must match a layer of the model. Received: {leaf}={self.text!r}, "
+                    f"which names the operation {self.op!r} inside module {self.name!r}, not "
+                    "a layer, so it selects none. Name the layers to compress.")  # fmt: skip
         read = f" (read as layer {self.name!r})" if self.name not in (None, self.text) else ""
         text = (f"`{key}` must match a layer of the model. Received: {leaf}={self.text!r}"
                 f"{read}, which matches none.")  # fmt: skip
@@ -292,7 +297,7 @@ def check_unmatched(config: Mapping[str, Any], names: Iterable[str],
     for section_dict, where, nested, strict in sections:
         for path, text in iter_scope_patterns(section_dict, where, nested):
             pattern = _Pattern(text, path)
-            if pattern.op is not None:  # NNCF accepted it: said, not refused
+            if pattern.op is not None and "target_scopes" not in path:  # said, not refused
                 message = (f"`{path}` names the operation {pattern.op!r} inside module "
                            f"{pattern.name!r}, not a layer: scopes here pick layers (their "
                            "filters and weight quantizers), so it changes nothing. NNCF "
