@@ -300,7 +300,7 @@ def test_cuda_run_uses_mixed_precision(images, config_file, tmp_path, capsys):
     assert "training on cuda (bfloat16 mixed precision)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("bad", ["foreign", "truncated"])
+@pytest.mark.parametrize("bad", ["foreign", "truncated", "zeros"])
 def test_a_checkpoint_that_is_not_the_runs_says_how_to_go_on(bad, run_dir, tmp_path, capsys):
     """Another torch.save dict gave "KeyError: 'epoch'"; a truncated one said so with no
     way forward."""
@@ -311,11 +311,15 @@ def test_a_checkpoint_that_is_not_the_runs_says_how_to_go_on(bad, run_dir, tmp_p
     ckpt = folder / "checkpoint.pt"
     if bad == "foreign":
         torch.save({"model": {}}, ckpt)
-    else:
+    elif bad == "truncated":
         ckpt.write_bytes(ckpt.read_bytes()[:100])
+    else:  # it was said to hold objects beyond tensors: "add --trusted"
+        ckpt.write_bytes(bytes(100))
     assert main(["prune", "--resume", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert "away to restart the run from epoch 0" in err
+    assert "away to restart the run from epoch 0" in err and "--trusted" not in err
+    if bad == "zeros":
+        assert "it is truncated or not a torch.save file (Unsupported operand 0)" in err
     if bad == "foreign":
         assert f"{ckpt} is not a checkpoint of `filterprune prune` (it lacks epoch," in err
 

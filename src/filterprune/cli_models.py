@@ -266,10 +266,16 @@ def torch_load(path: str, *, trusted: bool = False, what: str = "--weights") -> 
     try:
         return torch.load(file, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as err:
-        if not trusted and "weights_only" in str(err).lower().replace(" ", "_"):
+        text = str(err).lower()
+        if not trusted and "weights_only" in text.replace(" ", "_") and (
+                "global" in text or "unsupported operand" not in text):  # fmt: skip
+            # (a class to unpickle; "Unsupported operand" is a file of other bytes)
             raise UsageError(f"{what} {path} holds objects beyond tensors and plain "
                              f"containers. {_TRUST_HINT}") from None
-        raise UsageError(f"{what} {path} is not a readable torch.save file ({err}).") from None
+        why = next((line.strip() for line in str(err).splitlines()
+                    if "unsupported operand" in line.lower()), str(err))  # fmt: skip
+        raise UsageError(f"{what} {path} could not be read: it is truncated or not a "
+                         f"torch.save file ({why}).") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         if _torchscript(file):
             raise UsageError(f"{what} {path} is a TorchScript file (torch.jit.save), whose "
