@@ -245,7 +245,7 @@ def _print_report(report: dict, stats: Any) -> None:
     print(f"Result (Fashion-MNIST test set, {report['test_images']:,} images, Keras)")
     print(f"  accuracy      : FP32 baseline {report['baseline_accuracy']:.4f} | pruned FP32 "
           f"{report['pruned_accuracy']:.4f} | pruned INT8 {report['pruned_int8_accuracy']:.4f}"
-          + (f" (ONNX Runtime int8 {onnx:.4f})" if onnx is not None else ""))  # fmt: skip
+          + (f" (ONNX file in ONNX Runtime {onnx:.4f})" if onnx is not None else ""))  # fmt: skip
     print(f"  FLOPs kept    : {stats.flops_kept:.3f} ({stats.current_flops / 1e6:.2f}M "
           f"of {stats.full_flops / 1e6:.2f}M)")  # fmt: skip
     print(f"  params kept   : {report['params_kept']:.3f} ({report['pruned_params']:,} of "
