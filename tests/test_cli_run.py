@@ -300,6 +300,24 @@ def test_cuda_run_uses_mixed_precision(images, config_file, tmp_path, capsys):
     assert "training on cuda (bfloat16 mixed precision)" in capsys.readouterr().out
 
 
+def test_a_run_stopped_after_its_summary_is_finished_by_resume(run_dir, tmp_path, capsys):
+    """Stopped between summary.json and run.json, the run stayed "training" with no report,
+    and --resume said only that nothing was left to resume."""
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    run = json.loads((folder / "run.json").read_text())
+    run["status"] = "training"
+    (folder / "run.json").write_text(json.dumps(run))
+    for page in ("report.html", "report.md"):
+        (folder / page).unlink()
+    assert main(["prune", "--resume", str(folder)]) == 0
+    assert "the run was stopped after its summary; wrote report.html" in capsys.readouterr().out
+    assert json.loads((folder / "run.json").read_text())["status"] == "done"
+    assert (folder / "report.html").is_file() and (folder / "report.md").is_file()
+
+
 @pytest.mark.parametrize("bad", ["foreign", "truncated", "zeros"])
 def test_a_checkpoint_that_is_not_the_runs_says_how_to_go_on(bad, run_dir, tmp_path, capsys):
     """Another torch.save dict gave "KeyError: 'epoch'"; a truncated one said so with no
