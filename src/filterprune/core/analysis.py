@@ -106,16 +106,24 @@ class Analysis:
         return max((int(np.isin(uf.roots(ids[p]["out"].ids), group.roots).sum())
                     for p in group.producers), default=0)  # fmt: skip
 
-    def followers(self) -> dict[int, list[str]]:
-        """Group id -> the layers that are none of its producers whose filters follow its
-        channels (a depthwise or grouped conv after a producer): cut or whole with it."""
+    def followed(self) -> dict[str, list[int | None]]:
+        """Per layer that is no group's producer and has filters (a depthwise or grouped
+        conv after a producer): the group of each of its filters, ``None`` for a filter
+        that follows channels of no group (the model input's)."""
         producers = {p for g in self.groups for p in g.producers}
-        out: dict[int, list[str]] = {}
+        out = {}
         for layer, roles in self.layer_roots().items():
-            if layer in producers or "out" not in roles:
-                continue
-            found = (self.root_group.get(int(r)) for r in roles["out"])
-            for gid in dict.fromkeys(f[0] for f in found if f is not None):
+            if layer not in producers and "out" in roles and roles["out"].size:
+                found = (self.root_group.get(int(r)) for r in roles["out"])
+                out[layer] = [None if f is None else f[0] for f in found]
+        return out
+
+    def followers(self) -> dict[int, list[str]]:
+        """Group id -> the layers of :meth:`followed` whose filters follow its channels:
+        cut or kept whole with it."""
+        out: dict[int, list[str]] = {}
+        for layer, ids in self.followed().items():
+            for gid in dict.fromkeys(i for i in ids if i is not None):
                 out.setdefault(gid, []).append(layer)
         return out
 

@@ -144,18 +144,14 @@ def _followers(analysis: Analysis) -> tuple[dict[int, list[str]], list[str]]:
     them (a grouped or depthwise conv after the first conv): whole with them, listed
     with the first of them; and the layers whose filters follow channels of no group
     (a depthwise conv on the model input)."""
-    producers = {p for g in analysis.groups for p in g.producers}
     out: dict[int, list[str]] = {}
     unmade = []
-    for layer, roles in analysis.layer_roots().items():
-        if layer in producers or "out" not in roles or not roles["out"].size:
-            continue
-        found = [analysis.root_group.get(int(r)) for r in roles["out"]]
+    for layer, found in analysis.followed().items():
         if None in found:
             if all(f is None for f in found):  # (some of a concat with the input: cut)
                 unmade.append(layer)
             continue
-        ids = list(dict.fromkeys(f[0] for f in found))
+        ids = list(dict.fromkeys(found))
         if not any(analysis.groups[i].prunable for i in ids):
             out.setdefault(ids[0], []).append(layer)
     return out, unmade
