@@ -136,11 +136,9 @@ def resume_run(run_dir: str, epochs: int | None) -> Path:
     searched = "accuracy_aware_training" in run["config"]  # may end before --epochs
     if (done >= run["settings"]["epochs"] or searched) and (folder / "summary.json").is_file():
         if run.get("status") != "done":  # stopped between summary.json and the report
-            from ..report import write_report
+            from .run_outputs import close_run
 
-            run.update(status="done", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-            _write_json(folder / RUN_FILE, run)
-            html, _ = write_report(folder)
+            html, _ = close_run(folder, run)
             print(f"{run_dir}: the run was stopped after its summary; wrote {html.name}.")
         print(f"{run_dir}: all {done} epochs are done; nothing to resume. "
               f"See `filterprune report {run_dir}`.")

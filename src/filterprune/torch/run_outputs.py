@@ -116,7 +116,6 @@ def finish(folder: Path, run: dict[str, Any], ctrl: Any, model: nn.Module, data:
            notes: list[str] | None = None) -> None:  # fmt: skip
     """Write the pruned model in every form, measure it, and write the report (``notes``:
     lines for the summary)."""
-    from ..report import write_report
 
     notes = list(notes or [])
     settings = run["settings"]
@@ -147,14 +146,21 @@ def finish(folder: Path, run: dict[str, Any], ctrl: Any, model: nn.Module, data:
             c.name == "quantization" for c in getattr(ctrl, "child_ctrls", [ctrl]))),
     }  # fmt: skip
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
-    run.update(status="done", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-    atomic_write_text(folder / RUN_FILE, json.dumps(run, indent=2))
     print(_summary_text(summary))
     for note in notes:
         print(f"note: {note}")
-    html, md = write_report(folder)
+    html, md = close_run(folder, run)
     print(f"wrote {folder}/model_stripped.pt, model_zeroed.onnx, model.onnx, {html.name}, "
           f"{md.name}")
+
+
+def close_run(folder: Path, run: dict[str, Any]) -> tuple[Path, Path]:
+    """Mark the run done (after its summary.json) and write its report pages."""
+    from ..report import write_report
+
+    run.update(status="done", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    atomic_write_text(folder / RUN_FILE, json.dumps(run, indent=2))
+    return write_report(folder)
 
 
 def _summary_text(s: dict[str, Any]) -> str:
