@@ -343,6 +343,37 @@ def test_onnx_export_has_qdq_pairs_that_onnxruntime_runs_as_int8(trained, tmp_pa
     assert "QLinearConv" in optimized  # ONNX Runtime runs the convolutions in int8
 
 
+def test_conv_batchnorm_blocks_run_as_int8_kernels_in_onnx_runtime(tmp_path):
+    """tf2onnx writes each BatchNorm as Mul and Add after its conv, between the conv and
+    the next QuantizeLinear: the export folds them into the conv, so ONNX Runtime runs
+    each conv followed by a QuantizeLinear as an int8 kernel, and the file computes as the
+    model."""
+    pytest.importorskip("tf2onnx")
+    from filterprune.onnx.int8 import int8_layers
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 3))
+    x = inp
+    for i in range(3):
+        x = layers.Conv2D(8 * (i + 1), 3, padding="same", use_bias=i == 1, name=f"c{i}")(x)
+        x = layers.ReLU()(layers.BatchNormalization(name=f"bn{i}")(x))
+    x = layers.Conv2D(4, 1, name="head")(layers.MaxPooling2D()(x))
+    model = randomize_bn(keras.Model(inp, layers.GlobalAveragePooling2D()(x)), seed=1)
+    for i in (0, 2):  # negative scales too: their filters' integers change sign
+        bn = model.get_layer(f"bn{i}")
+        bn.gamma.assign(bn.gamma * np.where(np.arange(bn.gamma.shape[0]) % 3 == 0, -1, 1))
+    ctrl, compressed = create_compressed_model(model, _config({**PRUNE, "pruning_init": 0.5},
+                                                              QUANT))  # fmt: skip
+    x = np.random.default_rng(2).normal(size=(4, 32, 32, 3)).astype("float32")
+    ref = compressed(x, training=False).numpy()
+    ctrl.export_model(str(tmp_path / "m.onnx"), shrink=True)
+    counts = int8_layers(str(tmp_path / "m.onnx"))
+    assert counts["onnxruntime"] == {"int8": 3, "float": 1}  # the head has no Q after it
+    assert counts["openvino"] == {"int8": 4, "float": 0}
+    out = _run_onnx(tmp_path / "m.onnx", x)
+    assert (np.abs(out - ref) <= 1e-5 * np.abs(ref).max()).mean() >= 0.99  # rounding ties
+
+
 def _weight_peaks(proto):
     from filterprune.onnx import weight_integers
 
