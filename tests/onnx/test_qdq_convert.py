@@ -783,3 +783,44 @@ def test_bench_labels_pairs_around_no_layer_f32(tmp_path):
     rows = benchmark({"m": path}, seconds=0, min_runs=1, warmup=0, turn_seconds=0)
     assert (rows[0].precision, rows[0].int8_layers) == ("f32", "0/1")
     assert "onnxruntime runs 1 of its 1 conv/linear layers in float" in format_table(rows)
+
+
+def test_int8_weights_laid_out_after_their_dq_are_laid_out_as_integers():
+    """tf2onnx writes a Keras depthwise kernel as DQ -> Reshape -> Transpose -> Conv (in
+    context, OpenVINO ran such convs in float32 once their weights were stored as integers:
+    tests/tensorflow). The integers are laid out instead, the DequantizeLinear's axis
+    following the filters, and the file computes the same."""
+    c, rng = 8, np.random.default_rng(0)
+    w = rng.normal(size=(3, 3, 1, c)).astype(np.float32)  # (kh, kw, in, multiplier)
+    inits = [numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array((np.abs(w).max((0, 1, 2)) / 127).astype(np.float32), "s"),
+             numpy_helper.from_array(np.zeros(c, np.int8), "z"),
+             numpy_helper.from_array(np.array([3, 3, c, 1], np.int64), "shape"),
+             numpy_helper.from_array(np.float32(0.05), "xs"),
+             numpy_helper.from_array(np.uint8(128), "xz"),
+             numpy_helper.from_array(np.float32(0.03), "ys"),
+             numpy_helper.from_array(np.uint8(0), "yz")]  # fmt: skip
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"], axis=3),
+             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"], axis=3),
+             helper.make_node("Reshape", ["wd", "shape"], ["wr"]),
+             helper.make_node("Transpose", ["wr"], ["wt"], perm=[2, 3, 0, 1]),
+             helper.make_node("Conv", ["xd", "wt"], ["c"], group=c, pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "ys", "yz"], ["rq"]),
+             helper.make_node("DequantizeLinear", ["rq", "ys", "yz"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, c, 8, 8])],
+                              [helper.make_tensor_value_info("y", 1, [1, c, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    stored, count = store_int8_weights(model)
+    assert count == 1
+    onnx.checker.check_model(stored, full_check=True)
+    made = {o: n for n in stored.graph.node for o in n.output}
+    conv = next(n for n in stored.graph.node if n.op_type == "Conv")
+    assert made[conv.input[1]].op_type == "DequantizeLinear"
+    assert not {"Reshape", "Transpose"} & {n.op_type for n in stored.graph.node}
+    x = rng.normal(size=(1, c, 8, 8)).astype(np.float32)
+    before, after = run_onnxruntime(model, {"x": x})[0], run_onnxruntime(stored, {"x": x})[0]
+    assert np.abs(before).max() > 0.5
+    np.testing.assert_array_equal(before, after)

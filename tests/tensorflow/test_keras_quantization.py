@@ -343,6 +343,25 @@ def test_onnx_export_has_qdq_pairs_that_onnxruntime_runs_as_int8(trained, tmp_pa
     assert "QLinearConv" in optimized  # ONNX Runtime runs the convolutions in int8
 
 
+def test_convert_keeps_every_layer_the_runtimes_ran_in_int8(trained, tmp_path):
+    """The conversion stores the weights as integers: OpenVINO ran 2 of the 11 layers
+    (a depthwise conv whose kernel tf2onnx lays out after its DequantizeLinear, and the
+    squeeze-excitation conv after it) in float32 then, where it ran them in int8 in the
+    export."""
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("openvino")
+    from filterprune.onnx import remove_zero_filters
+    from filterprune.onnx.int8 import int8_layers
+
+    ctrl, _, _, _, _ = trained
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    small, report = remove_zero_filters(str(tmp_path / "m.onnx"))
+    assert report.removed > 0
+    before, after = int8_layers(str(tmp_path / "m.onnx")), int8_layers(small)
+    assert after == before
+    assert before["openvino"] == {"int8": 10, "float": 1}  # the separable conv's pointwise
+
+
 def test_conv_batchnorm_blocks_run_as_int8_kernels_in_onnx_runtime(tmp_path):
     """tf2onnx writes each BatchNorm as Mul and Add after its conv, between the conv and
     the next QuantizeLinear: the export folds them into the conv, so ONNX Runtime runs

@@ -48,9 +48,74 @@ def store_int8_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         count += node.op_type == "QuantizeLinear"
     if count:
         del graph.node[:]
-        graph.node.extend(keep)
+        graph.node.extend(_layout_before_dequantize(keep, inits, graph))
         _drop_unused(graph)
     return out, count
+
+
+def _layout_before_dequantize(nodes: list, inits: dict, graph: onnx.GraphProto) -> list:
+    """``nodes`` with each layout op after the DequantizeLinear of 8-bit integers (tf2onnx:
+    ``DQ -> Reshape -> Transpose -> Conv`` for a depthwise kernel) computed on the
+    integers, so the DequantizeLinear feeds its layer: OpenVINO (2025) runs such a layer in
+    float32 when its integer weights are laid out after the DequantizeLinear."""
+    made = {o: n for n in nodes for o in n.output}
+    users: dict[str, list] = {}
+    for node in nodes:
+        for name in [*node.input, *subgraph_inputs(node)]:
+            users.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    dropped = set()
+    for node in nodes:
+        dq = made.get(node.input[0]) if node.op_type in LAYOUT_OPS else None
+        if dq is None or dq.op_type != "DequantizeLinear" or len(users[dq.output[0]]) != 1 or (
+                dq.output[0] in outputs):  # fmt: skip
+            continue
+        moved = _moved(dq, node, inits)
+        if moved is None:
+            continue
+        value, axis = moved
+        name = f"{node.output[0]}_integers"
+        tensor = numpy_helper.from_array(value, name)
+        graph.initializer.append(tensor)
+        inits[name] = tensor
+        dq.input[0] = name
+        del dq.output[:]
+        dq.output.append(node.output[0])
+        made[node.output[0]] = dq
+        attrs = [a for a in dq.attribute if a.name != "axis"]
+        del dq.attribute[:]
+        dq.attribute.extend(attrs + [onnx.helper.make_attribute("axis", axis)])
+        dropped.add(id(node))
+    return [n for n in nodes if id(n) not in dropped]
+
+
+def _moved(dq: onnx.NodeProto, node: onnx.NodeProto, inits: dict) -> tuple | None:
+    """The integers ``dq`` reads laid out by ``node``, and the axis its per-channel scales
+    lie along then; None where the arguments are not constants or a channel is split."""
+    args = [n for n in [*dq.input, *node.input[1:]] if n]
+    if not all(n in inits for n in args) or attrs_of(node).get("allowzero"):
+        return None
+    value = numpy_helper.to_array(inits[dq.input[0]])
+    scale = numpy_helper.to_array(inits[dq.input[1]])
+    if value.dtype not in _RANGES or attrs_of(dq).get("block_size", 0):
+        return None
+    arg = layout_arg(node, inits)
+    laid = laid_out(value, node.op_type, arg)
+    if laid is None:
+        return None
+    if scale.ndim == 0:  # one scale: no axis to follow
+        return laid, 0
+    axis = attrs_of(dq).get("axis", 1) % value.ndim
+    index = np.arange(value.shape[axis]).reshape([-1 if i == axis else 1
+                                                  for i in range(value.ndim)])  # fmt: skip
+    index = laid_out(np.broadcast_to(index, value.shape), node.op_type, arg)
+    for new in range(index.ndim):
+        along = np.arange(index.shape[new]).reshape([-1 if i == new else 1
+                                                     for i in range(index.ndim)])  # fmt: skip
+        if index.shape[new] == value.shape[axis] and np.array_equal(index, np.broadcast_to(
+                along, index.shape)):  # fmt: skip
+            return laid, new
+    return None
 
 
 def _transposed_with_zero_points(graph: onnx.GraphProto, inits: dict) -> set[str]:
