@@ -174,6 +174,13 @@ class _Zeros:
     def _in(self, name: str) -> np.ndarray:
         return self.nz.get(name, _EMPTY)
 
+    def _read_nz(self, node: Node, roots: np.ndarray) -> np.ndarray:
+        """Per channel ``node``'s layer reads (``roots``): may it be nonzero. A root its
+        input does not carry (the one set a layer reads when the channels vary along
+        other axes, a depth-to-space before it) says nothing of the values: nonzero."""
+        x = node.inputs[0]
+        return np.isin(roots, self._in(x)) | ~np.isin(roots, self.all_roots(x))
+
     def elementwise(self, node: Node, mode: str, ins: list[str]) -> np.ndarray:
         params = [i for i in node.inputs if self.cap.graph[i].op == "param"]
         if mode == "branches":  # Where: zero where both branches are, whatever the condition
@@ -237,7 +244,7 @@ class _Zeros:
         cout, cin = out_roots.size, in_roots.size
         groups = int(node.attrs.get("groups", 1)) if node.op == "conv" else 1
         cin_g, cout_g = cin // groups, cout // groups
-        in_nz = np.isin(in_roots, self._in(node.inputs[0]))
+        in_nz = self._read_nz(node, in_roots)
         cols = in_nz.reshape(groups, cin_g)[np.arange(cout) // cout_g]
         out_nz = (w & cols).any(axis=1) | _bias_nz(cap, layer, cout)
         if groups > 1 and cin_g > 1:  # not depthwise: output i is not made from input i
@@ -250,7 +257,7 @@ class _Zeros:
         """The input channels ``node``'s layer reads with nonzero weights (``col_used``)
         that may be nonzero: they are needed."""
         in_roots = self.uf.roots(self.state.uses[node.layer]["in"].ids)
-        in_nz = np.isin(in_roots, self._in(node.inputs[0]))
+        in_nz = self._read_nz(node, in_roots)
         needed = np.unique(in_roots[in_nz & col_used])
         self.needed.append(needed)
         for r in needed.tolist():
