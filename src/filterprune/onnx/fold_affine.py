@@ -7,7 +7,9 @@ QuantizeLinear: ONNX Runtime then runs it in float. ``Conv(x, w) * s + b`` is
 ``DQ'(sign(s) q)`` with scales ``scale * |s|``: the same integers up to sign, so the
 folded file computes what the unfolded one does (up to float rounding) and the Conv
 meets its QuantizeLinear. A Conv is left as it is where the integers do not come back
-exactly (a -128 in a filter whose ``s`` is negative, which has no positive in int8).
+exactly (a -128 in a filter whose ``s`` is negative, which has no positive in int8), where
+its input is not dequantized (no int8 kernel to gain), or where the bias would not fit
+ONNX Runtime's int32 bias (a tiny ``s``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from .int8_weights import _drop_unused
 __all__ = ["fold_channel_affine"]
 
 _RANGES = {np.dtype("int8"): (-128, 127), np.dtype("uint8"): (0, 255)}
+# ONNX Runtime quantizes a fused Conv's float bias to int32 at the input's scale times the
+# weights': a tiny BatchNorm gamma makes that scale tiny and the bias saturate (0.4 off)
+_BIAS_STEPS = 2.0**30
 
 
 def fold_channel_affine(model: onnx.ModelProto) -> int:
@@ -69,8 +74,11 @@ def _fold(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict) -> bool:
     add = affine[-1][1] if affine[-1][0].op_type == "Add" else np.zeros(channels, np.float32)
     if not (np.all(np.isfinite(mul)) and np.all(np.isfinite(add))):
         return False
-    new_scale = np.where(mul == 0, scale, scale * np.abs(mul)).astype(np.float32)
-    new_weight = (deq * mul.reshape(-1, *[1] * (deq.ndim - 1))).astype(np.float32)
+    with np.errstate(over="ignore"):
+        new_scale = np.where(mul == 0, scale, scale * np.abs(mul)).astype(np.float32)
+        new_weight = (deq * mul.reshape(-1, *[1] * (deq.ndim - 1))).astype(np.float32)
+    if not (np.all(np.isfinite(new_scale)) and np.all(np.isfinite(new_weight))):
+        return False
     if not _integers_kept(new_weight, new_scale, zero, deq, scale, mul):
         return False
     bias = np.zeros(channels, np.float32)
@@ -78,10 +86,28 @@ def _fold(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict) -> bool:
         if conv.input[2] not in inits:
             return False  # a bias made at run time (or dequantized): left as it is
         bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float32)
-    _rewrite(graph, conv, inits, (new_weight, new_scale, zero), bias * mul + add, end)
+    bias = bias * mul + add
+    x_scale = _input_scale(conv, made, inits)
+    with np.errstate(over="ignore", divide="ignore"):
+        steps = np.abs(bias) / (x_scale * new_scale) if x_scale else np.inf
+    if not np.all(steps < _BIAS_STEPS):
+        return False
+    _rewrite(graph, conv, inits, (new_weight, new_scale, zero), bias, end)
     for node in [node for node, _ in affine] + chain:
         graph.node.remove(node)
     return True
+
+
+def _input_scale(conv, made, inits) -> float | None:
+    """The scale of the DequantizeLinear of one scale the Conv reads (through layout ops,
+    which ONNX Runtime moves it across), else None."""
+    dq = made.get(conv.input[0])
+    while dq is not None and dq.op_type in LAYOUT_OPS:
+        dq = made.get(dq.input[0])
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in inits:
+        return None
+    scale = numpy_helper.to_array(inits[dq.input[1]])
+    return float(scale.reshape(())) if scale.size == 1 and scale.reshape(()) > 0 else None
 
 
 def _dequantized_weight(conv, made, users, inits, outputs):
