@@ -159,7 +159,8 @@ def test_teacher_is_the_dense_model_not_the_student():
 
 
 def test_composes_with_pruning_and_quantization(tmp_path):
-    """Statistics hold every part, the loss is their sum, the state resumes."""
+    """Statistics hold every part, the loss is their sum, the state resumes (with the
+    run's teacher only: a model of other weights at creation is refused)."""
     cfg = config({"type": "softmax", "temperature": 2.0}, PRUNE, QUANT, register=True)
     model, x = net(), images(5, 8)
     dense = model(x, training=False).numpy().astype(np.float64)
@@ -184,9 +185,15 @@ def test_composes_with_pruning_and_quantization(tmp_path):
     state = loader.compression_state.state
     assert [c["algorithm"] for c in state["children"]] == [
         "filter_pruning", "quantization", "knowledge_distillation"]
+    other = net()
+    other.get_layer("fc2").kernel.assign(other.get_layer("fc2").kernel * 0.5)
+    with pytest.raises(ValueError, match="load the weights the run started from"):
+        create_compressed_model(other, cfg, state)  # its copy would teach: not the run's
     resumed, model2 = create_compressed_model(net(), cfg, state)
     tf.train.Checkpoint(model=model2).restore(path).expect_partial()
     assert resumed.get("knowledge_distillation").params.temperature == 2.0
+    model(x, training=True), model2(x, training=True)
+    assert float(ctrl.loss()) == float(resumed.loss())  # the same teacher goes on
     kept, kept2 = ctrl.get("filter_pruning").plan.kept, resumed.get("filter_pruning").plan.kept
     assert kept.keys() == kept2.keys() and all(np.array_equal(kept[g], kept2[g]) for g in kept)
     small = ctrl.strip()  # pruned filters cut, quantizers kept, no tap

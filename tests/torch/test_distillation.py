@@ -226,3 +226,29 @@ def test_a_combined_strip_refuses_a_misspelt_keyword():
         ctrl.strip(do_cpy=False)
     numel = [sum(p.numel() for p in m.parameters()) for m in (ctrl.strip(shrink=False), net())]
     assert numel[0] == numel[1]
+
+
+def test_a_resume_goes_on_with_the_runs_teacher_or_is_refused():
+    """The teacher is a copy of the model given at creation: a resume from a fresh model
+    distilled from that one (the loss 0.0168 against 0.0060 uninterrupted), unsaid. The
+    state carries the teacher's fingerprint; a resume with the dense weights loaded before
+    creation, and the checkpoint's after, goes on as the run would have."""
+    ctrl, model = create_compressed_model(net(), config({"type": "softmax", "temperature": 4}))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(8, 1, 28, 28)
+    model.train()
+    for _ in range(2):
+        model(x)
+        loss = ctrl.loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    state, weights = ctrl.get_compression_state(), copy.deepcopy(model.state_dict())
+    fresh = ResNet20()  # torch's own init: not the run's dense weights
+    with pytest.raises(ConfigError, match="load the weights the run started from"):
+        create_compressed_model(fresh, config({"type": "softmax", "temperature": 4}), state)
+    resumed_ctrl, resumed = create_compressed_model(
+        net(), config({"type": "softmax", "temperature": 4}), state)  # fmt: skip
+    resumed.load_state_dict(weights)
+    model(x), resumed.train()(x)
+    assert torch.equal(ctrl.loss(), resumed_ctrl.loss())

@@ -15,13 +15,20 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+
+from ..errors import ConfigError
 from ._validation import enum, setting
+from .compression import CompressionController
 from .params import ALGORITHMS, Settings
 
 __all__ = ["KnowledgeDistillationParams", "KD_TYPES", "DistillationStatistics", "check_pairs",
-           "check_classes"]
+           "check_classes", "TeacherState", "fingerprint"]
 
 KD_TYPES = ("softmax", "mse")
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
@@ -83,3 +90,41 @@ def check_classes(shape: tuple, axis: int) -> None:
             f"the model returns a tensor of shape {shape}, whose softmax is constant. Use "
             '"type": "mse" for such outputs.'
         )
+
+
+def fingerprint(arrays: Iterable[np.ndarray]) -> str:
+    """A short hash of ``arrays`` (dtype, shape and values, in order)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+class TeacherState(CompressionController):
+    """A distillation controller's state: its teacher's fingerprint. The teacher is a copy
+    of the model at creation, so a resume from a fresh model would go on with another
+    teacher; the fingerprint refuses that. Subclasses set ``teacher_print`` at creation."""
+
+    teacher_print: str = ""
+
+    def get_compression_state(self) -> dict[str, Any]:
+        return {**super().get_compression_state(), "teacher": self.teacher_print}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Refuse a state saved with another teacher (states without one are taken).
+
+        Raises:
+            ConfigError: If the saved teacher's fingerprint is not this one's.
+        """
+        saved = state.get("teacher")
+        if saved is not None and saved != self.teacher_print:
+            raise ConfigError(
+                "knowledge_distillation: the teacher is a copy of the model given to "
+                "create_compressed_model, and this one differs from the teacher of the run "
+                f"that saved the state (fingerprint {self.teacher_print}, saved {saved}). "
+                "To resume, load the weights the run started from (the dense model, not the "
+                "checkpoint's) into the model before create_compressed_model, then the "
+                "checkpoint's weights after it."
+            )

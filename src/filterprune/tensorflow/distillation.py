@@ -41,12 +41,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from ..core.compression import CompressionController, CompressionStage
+from ..core.compression import CompressionStage
 from ..core.distillation import (
     DistillationStatistics,
     KnowledgeDistillationParams,
+    TeacherState,
     check_classes,
     check_pairs,
+    fingerprint,
 )
 from .controller import export_model, reset_traced_functions
 from .shrink import plain_copy
@@ -128,7 +130,7 @@ def _install_tap(model: Any, tap: _Tap, loss: Any) -> None:
     model.__dict__["compute_loss"] = distilled_loss
 
 
-class KnowledgeDistillationController(CompressionController):
+class KnowledgeDistillationController(TeacherState):
     """The ``knowledge_distillation`` algorithm on a Keras model.
 
     Created by :func:`filterprune.tensorflow.create_compressed_model`; not built directly.
@@ -144,6 +146,7 @@ class KnowledgeDistillationController(CompressionController):
                  frontend: Any) -> None:  # fmt: skip
         self.model, self.params, self.captured, self.frontend = model, params, captured, frontend
         self.teacher = self._frozen(model)
+        self.teacher_print = fingerprint(w.numpy() for w in self.teacher.weights)
         self._tap = _Tap()
         _install_tap(model, self._tap, self.loss)
 

@@ -27,12 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.compression import CompressionController, CompressionStage
+from ..core.compression import CompressionStage
 from ..core.distillation import (
     DistillationStatistics,
     KnowledgeDistillationParams,
+    TeacherState,
     check_classes,
     check_pairs,
+    fingerprint,
 )
 from ._copy import copy_model
 
@@ -91,7 +93,7 @@ def distillation_loss(student: Any, teacher: Any, kind: str, temperature: float)
     return total if total is not None else torch.zeros(())
 
 
-class KnowledgeDistillationController(CompressionController):
+class KnowledgeDistillationController(TeacherState):
     """The ``knowledge_distillation`` algorithm on a PyTorch model.
 
     Created by :func:`filterprune.torch.create_compressed_model`; not built directly.
@@ -108,6 +110,8 @@ class KnowledgeDistillationController(CompressionController):
         self.teacher = copy_model(model).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self.teacher_print = fingerprint(t.detach().cpu().numpy()
+                                         for t in self.teacher.state_dict().values())  # fmt: skip
         self._tap = _Tap()
         self._handle = model.register_forward_hook(self._tap, with_kwargs=True)
 
