@@ -1206,3 +1206,34 @@ def test_reductions_within_each_channel_are_cut_on_the_export_path_too():
     fn = APART["quantile, renorm, matrix_norm, linalg.norm, trapezoid"]
     small, held = prune(lambda y: fn(untraced(y)))
     assert "a" not in held and small.a.out_channels == 8
+
+
+class JoinedTwice(nn.Module):
+    """One tensor joined twice: ``cat([y, z, y])`` or ``stack([y, y])`` flattened."""
+
+    def __init__(self, stacked):
+        super().__init__()
+        self.stacked = stacked
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.c, self.head = nn.Conv2d(32 if stacked else 40, 16, 3, padding=1), nn.Linear(16, 5)
+
+    def forward(self, x):
+        y, z = F.relu(self.a(x)), F.relu(self.b(x))
+        h = torch.stack([y, y], 2).flatten(1, 2) if self.stacked else torch.cat([y, z, y], 1)
+        return self.head(F.relu(self.c(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_a_tensor_joined_twice_is_cut_in_both_places(stacked):
+    """The capture names each input once: the join saw one 16-channel part where it
+    writes 32 or 40, and held ``a`` with "channel layout does not match its output"."""
+    from filterprune.core.analysis import AnalysisOptions, analyze
+    from filterprune.torch.export_capture import capture_export
+
+    small, held = prune(None, JoinedTwice(stacked))
+    assert "a" not in held and small.a.out_channels == 8
+    assert small.c.in_channels == (16 if stacked else 20)
+    cap = capture_export(JoinedTwice(stacked).eval(), (torch.zeros(1, 3, 16, 16),))
+    options = AnalysisOptions(prune_first_conv=True)
+    groups = {tuple(g.producers): g for g in analyze(cap.graph, options).groups}
+    assert groups[("a",)].reason is None and groups[("a",)].size == 16

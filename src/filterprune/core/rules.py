@@ -804,11 +804,15 @@ def _tile(s, node, ins):
 
 
 def _sequence(s: Propagation, node: Node, ins: list) -> tuple[list, list]:
-    """The tensors a concat or stack joins and their shapes: its inputs, or the pieces of
-    its one input that is a sequence (``torch.cat(x.split(4, 2), 2)``)."""
+    """The tensors a concat or stack joins and their shapes: its inputs, the pieces of
+    its one input that is a sequence (``torch.cat(x.split(4, 2), 2)``), or its inputs in
+    the order ``parts`` names them (a tensor joined twice is one input)."""
     whole = s.graph[node.inputs[0]].shape if len(ins) == 1 else None
     if isinstance(ins[0], tuple) and isinstance(whole, list) and len(whole) == len(ins[0]):
         return list(ins[0]), whole
+    order = [node.inputs.index(p) for p in node.attrs.get("parts", ()) if p in node.inputs]
+    if order and len(order) == len(node.attrs["parts"]):
+        return [ins[i] for i in order], [_shape(s, node, i) for i in order]
     return ins, [_shape(s, node, i) for i in range(len(ins))]
 
 

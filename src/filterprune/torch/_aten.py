@@ -20,6 +20,7 @@ from torch import fx
 from ._ops import (
     adaptive_spec,
     decomposes_pointwise,
+    joined_parts,
     pad_spec,
     reshape_as_spec,
     spatial_spec,
@@ -94,11 +95,13 @@ def _t(node: fx.Node, shape) -> Spec:
 
 
 def _cat(node: fx.Node, shape) -> Spec:
-    return "concat", {"axis": int(named_args(node).get("dim", 0))}
+    args = named_args(node)
+    return "concat", {"axis": int(args.get("dim", 0)), **joined_parts(args.get("tensors"))}
 
 
 def _stack(node: fx.Node, shape) -> Spec:
-    return "stack", {"axis": int(named_args(node).get("dim", 0))}
+    args = named_args(node)
+    return "stack", {"axis": int(args.get("dim", 0)), **joined_parts(args.get("tensors"))}
 
 
 def _split(node: fx.Node, shape) -> Spec:

@@ -586,11 +586,21 @@ def _transpose(node: fx.Node, shapes) -> Spec:
 
 
 def _cat(node: fx.Node, shapes) -> Spec:
-    return "concat", {"axis": int(_arg(node, 1, "dim", 0))}
+    return "concat", {"axis": int(_arg(node, 1, "dim", 0)),
+                      **joined_parts(_arg(node, 0, "tensors"))}  # fmt: skip
 
 
 def _stack(node: fx.Node, shapes) -> Spec:
-    return "stack", {"axis": int(_arg(node, 1, "dim", 0))}
+    return "stack", {"axis": int(_arg(node, 1, "dim", 0)),
+                     **joined_parts(_arg(node, 0, "tensors"))}  # fmt: skip
+
+
+def joined_parts(tensors: Any) -> dict[str, list[str]]:
+    """``parts``: the tensors a cat or stack joins, by name, where one comes twice
+    (``torch.cat([y, y])``): the node's inputs name each tensor once."""
+    names = [t.name for t in tensors] if isinstance(tensors, (list, tuple)) and all(
+        isinstance(t, fx.Node) for t in tensors) else []  # fmt: skip
+    return {"parts": names} if len(set(names)) < len(names) else {}
 
 
 _COMPUTED_SIZES = "split sizes computed in forward, which would not follow a cut"
