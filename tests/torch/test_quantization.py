@@ -944,3 +944,26 @@ def test_a_range_set_outside_a_pass_of_the_model_stays_as_its_first_call_set_it(
         scale = float(model.c2.input_quantizer.scale)
         model.c2(torch.relu(model.c1(x * 4)))
     assert float(model.c2.input_quantizer.scale) == scale
+
+
+@pytest.mark.parametrize("quant", [{}, {"weights": {"per_channel": False}}])
+def test_compiled_quantized_model_runs_any_batch_as_eager(quant):
+    """The per-tensor fake-quant op with tensor scales has no kernel for symbolic shapes:
+    torch.compile(fullgraph=True) failed at a second batch size. Compiled, the quantizers
+    use the ops' arithmetic in plain ops: outputs and gradients equal eager's."""
+    ctrl, model = create_compressed_model(_net(ResBlockNet), _config(quant))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+    try:
+        for batch in (8, 3):
+            x = torch.randn(batch, 3, 32, 32) * 3  # some values beyond the ranges
+            for run in (model, compiled):
+                model.zero_grad()
+                out = run(x)
+                out.square().sum().backward()
+                if run is model:
+                    ref, grads = out, [p.grad.clone() for p in model.parameters()]
+            assert torch.equal(out, ref)
+            for p, g in zip(model.parameters(), grads, strict=True):
+                torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+    finally:
+        torch._dynamo.reset()
