@@ -105,7 +105,7 @@ def _loaded_mask(key: str, loaded: torch.Tensor, mask: torch.Tensor) -> torch.Te
     loaded = loaded.detach()
     if loaded.shape != mask.shape or torch.equal(loaded.to(mask), mask):
         return loaded  # a shape error is load_state_dict's own to report
-    if not bool(((loaded == 0) | (loaded == 1)).all()) and not _contradicts(loaded, mask):
+    if not bool(((loaded == 0) | (loaded == 1)).all()):
         warnings.warn(  # said once: every masked layer of the state_dict would repeat it
             "The state_dict's pruning masks are not 0/1 (averaged, as by an EMA or "
             "AveragedModel): the model keeps its own masks; only the weights were loaded. "
@@ -118,13 +118,6 @@ def _loaded_mask(key: str, loaded: torch.Tensor, mask: torch.Tensor) -> torch.Te
         "config, compression_state=<the state saved with it>) before load_state_dict, or "
         "load only the weights: drop the keys ending in '_mask' and pass strict=False."
     )
-
-
-def _contradicts(averaged: torch.Tensor, mask: torch.Tensor) -> bool:
-    """Whether averaged masks (an EMA's) had a filter the model prunes kept at every step
-    (1), or one it keeps pruned at every step (0): saved at another pruning level."""
-    averaged, kept = averaged.to(mask), mask != 0
-    return bool(((averaged >= 1 - 1e-6) & ~kept).any() or ((averaged <= 1e-6) & kept).any())
 
 
 class _MaskedConv(_MaskState):
