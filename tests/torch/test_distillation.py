@@ -252,3 +252,41 @@ def test_a_resume_goes_on_with_the_runs_teacher_or_is_refused():
     resumed.load_state_dict(weights)
     model(x), resumed.train()(x)
     assert torch.equal(ctrl.loss(), resumed_ctrl.loss())
+
+
+class _Tagged(torch.nn.Conv2d):
+    """A layer whose state_dict holds a non-tensor (``get_extra_state``)."""
+
+    def get_extra_state(self):
+        return {"version": 2}
+
+    def set_extra_state(self, state):
+        pass
+
+
+@pytest.mark.parametrize("case", ["bfloat16", "extra_state"])
+def test_the_teachers_fingerprint_takes_any_state_dict(case):
+    """NumPy has no bfloat16, and a state_dict may hold a non-tensor: creation failed."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), _Tagged(8, 8, 3),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 10))  # fmt: skip
+    cfg = config({"type": "mse"})
+    if case == "bfloat16":
+        model = model.to(torch.bfloat16)
+        cfg["input_info"]["type"] = "bfloat16"
+    ctrl, _ = create_compressed_model(copy.deepcopy(model), cfg)
+    state = ctrl.get_compression_state()
+    create_compressed_model(copy.deepcopy(model), cfg, state)  # resumes
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] += 1
+    with pytest.raises(ConfigError, match="differs from the teacher"):
+        create_compressed_model(model, cfg, state)
+
+
+def test_a_state_without_the_teachers_fingerprint_is_taken_with_a_warning(caplog):
+    ctrl, _ = create_compressed_model(net(), config({"type": "mse"}))
+    state = copy.deepcopy(ctrl.get_compression_state())
+    del state["children"][1]["teacher"]  # as saved before states kept it
+    with caplog.at_level("WARNING", logger="filterprune"):
+        create_compressed_model(ResNet20(), config({"type": "mse"}), state)
+    assert "no teacher's fingerprint" in caplog.text

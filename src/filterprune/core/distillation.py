@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ class KnowledgeDistillationParams(Settings):
 
 
 ALGORITHMS[KnowledgeDistillationParams.ALGORITHM] = KnowledgeDistillationParams
+log = logging.getLogger("filterprune")
 
 
 class DistillationStatistics(dict):
@@ -113,13 +115,19 @@ class TeacherState(CompressionController):
         return {**super().get_compression_state(), "teacher": self.teacher_print}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Refuse a state saved with another teacher (states without one are taken).
+        """Refuse a state saved with another teacher (states without one are taken, with a
+        warning).
 
         Raises:
             ConfigError: If the saved teacher's fingerprint is not this one's.
         """
         saved = state.get("teacher")
-        if saved is not None and saved != self.teacher_print:
+        if saved is None:
+            log.warning("knowledge_distillation: the state holds no teacher's fingerprint (it "
+                        "was saved before states kept one), so the teacher is not checked: it is "
+                        "a copy of the model given to create_compressed_model, which must hold "
+                        "the weights the run started from.")
+        elif saved != self.teacher_print:
             raise ConfigError(
                 "knowledge_distillation: the teacher is a copy of the model given to "
                 "create_compressed_model, and this one differs from the teacher of the run "

@@ -93,6 +93,13 @@ def distillation_loss(student: Any, teacher: Any, kind: str, temperature: float)
     return total if total is not None else torch.zeros(())
 
 
+def _bytes(tensor: torch.Tensor) -> Any:
+    """The tensor's bytes as a NumPy array (NumPy has no bfloat16), its shape and dtype
+    with them."""
+    raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return raw.reshape(*tensor.shape, -1) if tensor.dim() else raw
+
+
 class KnowledgeDistillationController(TeacherState):
     """The ``knowledge_distillation`` algorithm on a PyTorch model.
 
@@ -110,8 +117,8 @@ class KnowledgeDistillationController(TeacherState):
         self.teacher = copy_model(model).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.teacher_print = fingerprint(t.detach().cpu().numpy()
-                                         for t in self.teacher.state_dict().values())  # fmt: skip
+        self.teacher_print = fingerprint(_bytes(t) for t in self.teacher.state_dict().values()
+                                         if isinstance(t, torch.Tensor))  # fmt: skip
         self._tap = _Tap()
         self._handle = model.register_forward_hook(self._tap, with_kwargs=True)
 
