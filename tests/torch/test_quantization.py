@@ -967,3 +967,15 @@ def test_compiled_quantized_model_runs_any_batch_as_eager(quant):
                 torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
     finally:
         torch._dynamo.reset()
+
+
+def test_torch_export_of_a_quantized_model_keeps_the_fake_quant_ops():
+    """Under torch.export the plain-op form for torch.compile is not used: tools lowering
+    the program look for the quantizers' ops."""
+    ctrl, model = create_compressed_model(_net(ResBlockNet), _config())
+    x = torch.randn(2, 3, 32, 32)
+    program = torch.export.export(model.eval(), (x,))
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert sum("fake_quantize_per_tensor" in t for t in targets) == 5  # the activations
+    assert sum("fake_quantize_per_channel" in t for t in targets) == 4  # the weights
+    assert torch.equal(program.module()(x), model(x))

@@ -280,7 +280,8 @@ class FakeQuantize(nn.Module):
         scale = scale.float()  # a model moved to another dtype: the ops take float32 scales
         if x.dtype in (torch.float16, torch.bfloat16):  # and no half-precision input
             return self._fake_quantize(x.float(), scale, zero_point).to(x.dtype)
-        if torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
+        if torch.compiler.is_compiling() and not (torch.compiler.is_exporting()
+                                                  or torch.onnx.is_in_onnx_export()):
             return _traceable_fake_quantize(x, scale, zero_point, self.axis, qmin, qmax)
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
@@ -290,7 +291,8 @@ class FakeQuantize(nn.Module):
 def _traceable_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                              axis: int | None, qmin: int, qmax: int) -> torch.Tensor:  # fmt: skip
     """The fake-quant ops' arithmetic (``nearbyint(x * (1 / scale)) + zero_point``, clamped;
-    gradients passed inside the range) in plain ops, for ``torch.compile``: the per-tensor
+    gradients passed inside the range) in plain ops, for ``torch.compile`` (``torch.export``
+    keeps the ops, which tools lowering a program look for): the per-tensor
     op with tensor scales has no kernel for symbolic shapes, so a compiled model failed
     at a second batch size with ``fullgraph=True`` (and broke its graph at each quantizer
     without)."""
