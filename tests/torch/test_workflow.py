@@ -722,6 +722,21 @@ def test_a_masked_model_compiles_whole_in_training():
     torch._dynamo.reset()
 
 
+def test_a_model_compiled_in_place_is_refused_with_the_way_round():
+    """Creation's passes reached dynamo's recompile limit, after which the model ran
+    uncompiled, unsaid."""
+    from torch_helpers import SmallNet, make_config
+
+    from filterprune.errors import AnalysisError
+
+    model = SmallNet()
+    model.compile(backend="eager")
+    with pytest.raises(AnalysisError, match=r"compiled in place \(\.compile\(\)\)"):
+        create_compressed_model(model, make_config())
+    model._compiled_call_impl = None
+    create_compressed_model(model, make_config())  # unchanged: it compresses once uncompiled
+
+
 def test_a_compiled_wrapper_is_refused_with_the_way_round():
     """torch.fx could not read the wrapper; torch.export's capture then fixed the batch
     size of the export and missed where a quantizer goes, with nothing said."""

@@ -211,6 +211,16 @@ class TorchFrontend(Frontend):
                 "create_compressed_model returns (or call model.compile() in place). The "
                 "model is unchanged."
             )
+        in_place = [n for n, m in model.named_modules()
+                    if getattr(m, "_compiled_call_impl", None) is not None]  # fmt: skip
+        if in_place:  # creation's passes pass the recompile limit: it then runs uncompiled
+            raise AnalysisError(
+                f"Module {in_place[0] or type(model).__name__!r} was compiled in place "
+                "(.compile()) before create_compressed_model, whose passes over the model "
+                "would leave it running uncompiled. Compress a model not compiled, then call "
+                "model.compile() on the model create_compressed_model returns. The model is "
+                "unchanged."
+            )
         exported = [n or type(model).__name__ for n, m in model.named_modules()
                     if isinstance(m, _EXPORTED)]  # fmt: skip
         if exported:  # aten calls on lifted weights: no layer to mask; torch cannot copy it
