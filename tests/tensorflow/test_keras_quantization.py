@@ -840,3 +840,24 @@ def test_per_tensor_weights_export_as_qdq_pairs(tmp_path, caplog):
     ctrl.export_model(str(tmp_path / "asym.onnx"))
     floats = len(kernels) - len(weight_integers(onnx.load(str(tmp_path / "asym.onnx"))))
     assert floats > 0 and f"{floats} weight quantizer(s) with an asymmetric range" in caplog.text
+
+
+def test_an_ir_openvino_runs_far_off_is_not_written(tmp_path, capsys):
+    """OpenVINO runs a LayerNorm after a quantized conv (as tf2onnx writes it) to zeros:
+    the IR was written, exit 0, with a warning; beyond what saturating int8 kernels move
+    (0.35), nothing is written."""
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("openvino")
+    from filterprune.cli import main
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 3))
+    x = layers.ReLU()(layers.LayerNormalization()(layers.Conv2D(16, 3, padding="same")(inp)))
+    x = layers.ReLU()(layers.Conv2D(16, 3, padding="same")(x))
+    model = keras.Model(inp, layers.Dense(10)(layers.GlobalAveragePooling2D()(x)))
+    ctrl, _ = create_compressed_model(model, _config(QUANT))
+    ctrl.export_model(str(tmp_path / "m.onnx"))
+    assert main(["convert", str(tmp_path / "m.onnx"), "--to", "openvino",
+                 "-o", str(tmp_path / "m.xml")]) == 2  # fmt: skip
+    assert "Nothing was written" in capsys.readouterr().err
+    assert not list(tmp_path.glob("m.xml")) and not list(tmp_path.glob("m.bin"))
