@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from .facts import LAYOUT_OPS, attrs_of, laid_out, layout_arg, subgraph_inputs
-from .int8_weights import _drop_unused
+from .int8_weights import drop_unused
 
 __all__ = ["fold_channel_affine"]
 
@@ -42,7 +42,7 @@ def fold_channel_affine(model: onnx.ModelProto) -> int:
     for conv in [n for n in graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]:
         folded += _fold(graph, conv, inits)
     if folded:
-        _drop_unused(graph)
+        drop_unused(graph)
     return folded
 
 

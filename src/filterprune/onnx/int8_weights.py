@@ -49,15 +49,15 @@ def store_int8_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     if count:
         del graph.node[:]
         graph.node.extend(_layout_before_dequantize(keep, inits, graph))
-        _drop_unused(graph)
+        drop_unused(graph)
     return out, count
 
 
 def _layout_before_dequantize(nodes: list, inits: dict, graph: onnx.GraphProto) -> list:
     """``nodes`` with each layout op after the DequantizeLinear of 8-bit integers (tf2onnx:
     ``DQ -> Reshape -> Transpose -> Conv`` for a depthwise kernel) computed on the
-    integers, so the DequantizeLinear feeds its layer: OpenVINO (2025) runs such a layer in
-    float32 when its integer weights are laid out after the DequantizeLinear."""
+    integers, so the DequantizeLinear feeds its layer: OpenVINO (2026.4) ran such layers in
+    float32 when their integer weights were laid out after the DequantizeLinear."""
     made = {o: n for n in nodes for o in n.output}
     users: dict[str, list] = {}
     for node in nodes:
@@ -195,7 +195,7 @@ def _laid_out(node: onnx.NodeProto, inits: dict, stored: set[str]) -> np.ndarray
     return laid_out(x, node.op_type, layout_arg(node, inits))
 
 
-def _drop_unused(graph: onnx.GraphProto) -> None:
+def drop_unused(graph: onnx.GraphProto) -> None:
     """Remove initializers that no node, subgraph or graph output reads any more."""
     used = {o.name for o in graph.output}
     for node in graph.node:

@@ -94,10 +94,10 @@ def distillation_loss(student: Any, teacher: Any, kind: str, temperature: float)
 
 
 def _bytes(tensor: torch.Tensor) -> Any:
-    """The tensor's bytes as a NumPy array (NumPy has no bfloat16), its shape and dtype
-    with them."""
+    """The tensor's bytes as a NumPy array of its shape and one more axis, each element's
+    bytes (NumPy has no bfloat16)."""
     raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return raw.reshape(*tensor.shape, -1) if tensor.dim() else raw
+    return raw.reshape(*tensor.shape, tensor.element_size())
 
 
 class KnowledgeDistillationController(TeacherState):
