@@ -32,6 +32,21 @@ def kl_by_hand(student, teacher, t):
     return (p_t * (p_t.log() - torch.log_softmax(student / t, dim=1))).sum(1).mean() * t * t
 
 
+def _distil(ctrl, model, x, steps):
+    """``steps`` SGD steps on the distillation term alone; its values."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        model(x)
+        loss = ctrl.loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.mark.parametrize("kind", ["softmax", "mse"])
 def test_loss_is_distance_to_the_dense_teacher(kind):
     model = net()
@@ -96,17 +111,7 @@ def test_distillation_alone_strips_exports_and_resumes(tmp_path):
 
 def test_strip_drops_the_tap_and_training_reduces_the_gap():
     ctrl, model = create_compressed_model(net(), config({"type": "mse"}))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    x = torch.randn(16, 1, 28, 28)
-    model.train()
-    losses = []
-    for _ in range(5):
-        model(x)
-        loss = ctrl.loss()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _distil(ctrl, model, torch.randn(16, 1, 28, 28), steps=5)
     assert losses[-1] < losses[0]
     small = ctrl.strip()
     assert not small._forward_hooks and model._forward_hooks  # the training model keeps it
@@ -234,15 +239,8 @@ def test_a_resume_goes_on_with_the_runs_teacher_or_is_refused():
     state carries the teacher's fingerprint; a resume with the dense weights loaded before
     creation, and the checkpoint's after, goes on as the run would have."""
     ctrl, model = create_compressed_model(net(), config({"type": "softmax", "temperature": 4}))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x = torch.randn(8, 1, 28, 28)
-    model.train()
-    for _ in range(2):
-        model(x)
-        loss = ctrl.loss()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _distil(ctrl, model, x, steps=2)
     state, weights = ctrl.get_compression_state(), copy.deepcopy(model.state_dict())
     fresh = ResNet20()  # torch's own init: not the run's dense weights
     with pytest.raises(ConfigError, match="load the weights the run started from"):
