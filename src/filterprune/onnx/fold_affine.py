@@ -19,11 +19,10 @@ import onnx
 from onnx import numpy_helper
 
 from .facts import LAYOUT_OPS, attrs_of, laid_out, layout_arg, subgraph_inputs
-from .int8_weights import drop_unused
+from .int8_weights import RANGES, computed_quantize, drop_unused
 
 __all__ = ["fold_channel_affine"]
 
-_RANGES = {np.dtype("int8"): (-128, 127), np.dtype("uint8"): (0, 255)}
 # ONNX Runtime quantizes a fused Conv's float bias to int32 at the input's scale times the
 # weights': a tiny BatchNorm gamma makes that scale tiny and the bias saturate (0.4 off)
 _BIAS_STEPS = 2.0**30
@@ -155,23 +154,13 @@ def _dequantized_weight(conv, made, users, inits, outputs):
 
 def _integers(name, made, users, inits):
     """The integers a DequantizeLinear reads: an 8-bit initializer, or the
-    QuantizeLinear of a float initializer computed as the operator defines it."""
+    QuantizeLinear of a float initializer (read by nothing else), computed."""
     if name in inits:
         value = numpy_helper.to_array(inits[name])
-        return value if value.dtype in _RANGES else None
+        return value if value.dtype in RANGES else None
     q = made.get(name)
-    if q is None or q.op_type != "QuantizeLinear" or len(users.get(name, [])) != 1:
-        return None
-    args = [n for n in q.input if n]
-    if len(args) < 3 or not all(n in inits for n in args) or attrs_of(q).get("block_size", 0):
-        return None
-    x, scale, zero = (numpy_helper.to_array(inits[n]) for n in args)
-    if zero.dtype not in _RANGES or x.dtype != np.float32:
-        return None
-    axis = attrs_of(q).get("axis", 1)
-    scale, zero = (_along(v, axis, x.ndim) for v in (scale, zero))
-    low, high = _RANGES[zero.dtype]
-    return np.clip(np.rint(x / scale) + zero.astype(np.float32), low, high).astype(zero.dtype)
+    return computed_quantize(q, inits) if q is not None and len(users.get(name, [])) == 1 \
+        else None  # fmt: skip
 
 
 def _along(value: np.ndarray, axis: int, ndim: int) -> np.ndarray:
@@ -202,7 +191,7 @@ def _integers_kept(new_weight, new_scale, zero, deq, scale, mul) -> bool:
     """Whether quantizing the folded weight gives the old integers (less the zero point)
     times the sign of ``mul``, saturation included."""
     shape = (-1, *[1] * (deq.ndim - 1))
-    low, high = _RANGES[zero.dtype]
+    low, high = RANGES[zero.dtype]
     offset = zero.astype(np.float32).reshape(shape)
     old = np.rint(deq / scale.reshape(shape))
     new = np.clip(np.rint(new_weight / new_scale.reshape(shape)) + offset, low, high) - offset

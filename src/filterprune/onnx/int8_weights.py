@@ -17,7 +17,7 @@ from .facts import LAYOUT_OPS, attrs_of, laid_out, layout_arg, subgraph_inputs
 
 __all__ = ["store_int8_weights", "weight_integers"]
 
-_RANGES = {np.dtype("int8"): (-128, 127), np.dtype("uint8"): (0, 255)}
+RANGES = {np.dtype("int8"): (-128, 127), np.dtype("uint8"): (0, 255)}
 
 
 def store_int8_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -35,7 +35,7 @@ def store_int8_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     skip = _transposed_with_zero_points(graph, inits)
     keep, count, stored = [], 0, set()
     for node in graph.node:
-        value = None if node.output[0] in skip else _computed(node, inits)
+        value = None if node.output[0] in skip else computed_quantize(node, inits)
         if value is None:
             value = _laid_out(node, inits, stored)  # tf2onnx: Q -> Reshape -> Transpose -> DQ
         if value is None:
@@ -97,7 +97,7 @@ def _moved(dq: onnx.NodeProto, node: onnx.NodeProto, inits: dict) -> tuple | Non
         return None
     value = numpy_helper.to_array(inits[dq.input[0]])
     scale = numpy_helper.to_array(inits[dq.input[1]])
-    if value.dtype not in _RANGES or attrs_of(dq).get("block_size", 0):
+    if value.dtype not in RANGES or attrs_of(dq).get("block_size", 0):
         return None
     arg = layout_arg(node, inits)
     laid = laid_out(value, node.op_type, arg)
@@ -150,7 +150,7 @@ def weight_integers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     for node in stored.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             value = numpy_helper.to_array(inits[node.input[0]])
-            if value.dtype in _RANGES:
+            if value.dtype in RANGES:
                 out[node.output[0]] = value
     return out
 
@@ -162,7 +162,7 @@ def wide_int8_weights(model: onnx.ModelProto) -> int:
                for v in weight_integers(model).values())  # fmt: skip
 
 
-def _computed(node: onnx.NodeProto, inits: dict) -> np.ndarray | None:
+def computed_quantize(node: onnx.NodeProto, inits: dict) -> np.ndarray | None:
     """The output of a QuantizeLinear whose inputs are all initializers, else ``None``."""
     if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx"):
         return None
@@ -173,14 +173,14 @@ def _computed(node: onnx.NodeProto, inits: dict) -> np.ndarray | None:
     if attrs.get("block_size", 0):
         return None
     x, scale, zero = (numpy_helper.to_array(inits[n]) for n in names[:3])
-    if zero.dtype not in _RANGES or x.dtype != np.float32 or scale.dtype != np.float32:
+    if zero.dtype not in RANGES or x.dtype != np.float32 or scale.dtype != np.float32:
         return None
     if scale.ndim == 1 and scale.size > 1:
         axis = attrs.get("axis", 1) % x.ndim
         shape = [1] * x.ndim
         shape[axis] = -1
         scale, zero = scale.reshape(shape), zero.reshape(shape)
-    low, high = _RANGES[zero.dtype]
+    low, high = RANGES[zero.dtype]
     q = np.rint(x / scale) + zero.astype(np.float32)
     return np.clip(q, low, high).astype(zero.dtype)
 
