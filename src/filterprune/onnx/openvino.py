@@ -154,8 +154,7 @@ def check_openvino(original: Any, ov_model: Any, tolerance: float,
         if itself and quantized and max_rel_diff(exact, out) <= _INT8_DRIFT:
             return _drifting(proto, feeds, out, tolerance, itself)
         if itself:
-            raise ConversionError(f"{itself} Nothing was written; write ONNX instead (--to "
-                                  "onnx), or check the IR on your data with --no-verify.") from err
+            raise _not_written(itself) from err
         raise
     against = ("the input model converted, in OpenVINO (int8 weights beyond +-64; the cut "
                "was checked in onnxruntime)" if wide else "the input model in onnxruntime")
@@ -167,8 +166,7 @@ def check_openvino(original: Any, ov_model: Any, tolerance: float,
     except ConversionError as err:
         itself = _input_model_off(proto, feeds, exact, tolerance)
         if itself and max_rel_diff(exact, out) > _FAR_OFF:
-            raise ConversionError(f"{itself} Nothing was written; write ONNX instead (--to "
-                                  "onnx), or check the IR on your data with --no-verify.") from err
+            raise _not_written(itself) from err
         if itself:
             return note, f"{itself} The IR is written."
         return note, (
@@ -179,6 +177,11 @@ def check_openvino(original: Any, ov_model: Any, tolerance: float,
             "OpenVINO running an op wrongly: check the IR's accuracy on your data."
         )
     return note, None
+
+
+def _not_written(itself: str) -> ConversionError:
+    return ConversionError(f"{itself} Nothing was written; write ONNX instead (--to onnx), or "
+                           "check the IR on your data with --no-verify.")
 
 
 # OpenVINO's int8 arithmetic of a quantized model (an Add of two quantized tensors) moves
