@@ -979,3 +979,21 @@ def test_torch_export_of_a_quantized_model_keeps_the_fake_quant_ops():
     assert sum("fake_quantize_per_tensor" in t for t in targets) == 5  # the activations
     assert sum("fake_quantize_per_channel" in t for t in targets) == 4  # the weights
     assert torch.equal(program.module()(x), model(x))
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_the_training_model_exports_with_torch_onnx_export(tmp_path, per_channel):
+    """``torch.onnx.export(model, ...)`` (the current exporter) on the model in training,
+    whose weight quantizers take their range from the weight at every forward."""
+    quant = {"weights": {"per_channel": per_channel}}
+    ctrl, model = create_compressed_model(_net(ResBlockNet), _config(quant))
+    ctrl.scheduler.epoch_step(3)  # filters cut: dead channels in the ranges
+    assert _pruned_rows(model)
+    path = str(tmp_path / "live.onnx")
+    torch.onnx.export(model.eval(), (torch.randn(1, 3, 32, 32),), path, dynamo=True)
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert ops.count("QuantizeLinear") == 9, ops
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        got = run_onnxruntime(path, {"x": x.numpy()})[0]
+        np.testing.assert_allclose(got, model(x), atol=1e-5)

@@ -46,8 +46,8 @@ def _fill_dead(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, tor
     """Zero-width channels take the widest live range, or [-1, 1] (as the core does)."""
     dead = (high - low) <= _TINY
     any_live = (~dead).any()
-    fill_low = torch.where(any_live, torch.where(dead, math.inf, low).amin(), -1.0)
-    fill_high = torch.where(any_live, torch.where(dead, -math.inf, high).amax(), 1.0)
+    fill_low = torch.where(any_live, torch.where(dead, math.inf, low).amin(0), -1.0)
+    fill_high = torch.where(any_live, torch.where(dead, -math.inf, high).amax(0), 1.0)
     return torch.where(dead, fill_low, low), torch.where(dead, fill_high, high)
 
 
@@ -64,8 +64,8 @@ def follow_range(w: torch.Tensor, spec: QuantizerSpec, signed: bool) -> tuple[to
     low, high = rows.amin(1).double(), rows.amax(1).double()  # extremes are exact in any dtype
     if not spec.settings.per_channel:
         live = (rows != 0).any(1)
-        low = torch.where(live, low, math.inf).amin().clamp(max=0)
-        high = torch.where(live, high, -math.inf).amax().clamp(min=0)
+        low = torch.where(live, low, math.inf).amin(0).clamp(max=0)
+        high = torch.where(live, high, -math.inf).amax(0).clamp(min=0)
     low, high = _fill_dead(low.clamp(max=0).reshape(-1), high.clamp(min=0).reshape(-1))
     qmin, qmax = used_limits(spec.settings, signed)
     if spec.settings.mode == "symmetric":
