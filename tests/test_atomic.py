@@ -367,3 +367,17 @@ def test_torch_files_written_twice_alike_are_equal_bytes(tmp_path):
         atomic_torch_save(tmp_path / name, state)
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
     assert torch.equal(torch.load(tmp_path / "a.pt")["w"], state["w"])
+
+
+def test_the_check_of_a_missing_folder_makes_none(tmp_path):
+    """The check made the folders, so a run refused after it left them empty behind."""
+    from filterprune._atomic import check_writable
+
+    check_writable(tmp_path / "out" / "deep" / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(NotADirectoryError, match=f"Cannot write {blocker}/a/m.onnx: .*is a file"):
+        check_writable(blocker / "a" / "m.onnx")
+    atomic_write_text(tmp_path / "out" / "deep" / "m.txt", "x")  # the write makes them
+    assert (tmp_path / "out" / "deep" / "m.txt").read_text() == "x"

@@ -109,8 +109,23 @@ def check_writable(path: PathLike) -> None:
             message names ``path`` (not a temporary name).
     """
     target = Path(path)
-    if not _special(target):
-        _remove(_reserve(_resolved(target), ".tmp"))
+    if _special(target):
+        return
+    target = _resolved(target)
+    if target.parent.is_dir():
+        _remove(_reserve(target, ".tmp"))
+        return
+    # the folder is made by the write, not by the check: a run refused later leaves none
+    ancestor = next(p for p in target.parents if p.exists() or p == p.parent)
+    try:
+        if not ancestor.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{ancestor} is a file, not a folder")
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=ancestor)
+    except OSError as err:
+        raise type(err)(err.errno, f"Cannot write {target}: {err.strerror}. Choose a folder "
+                        "you can write to") from err  # fmt: skip
+    os.close(fd)
+    _remove(tmp)
 
 
 def _reserve(target: Path, suffix: str) -> str:
