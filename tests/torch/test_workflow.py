@@ -111,6 +111,29 @@ def test_schedule_raises_level_each_epoch_then_freezes(small_net):
     assert ctrl.frozen
 
 
+@pytest.mark.parametrize("shrink", [False, True])
+def test_freeze_by_hand_stops_the_schedule(small_net, shrink):
+    """``ctrl.freeze()`` set a flag nothing read: the next epoch step changed the masks
+    (and with ``shrink_when_frozen`` raised on the cut model)."""
+    ctrl, model = create_compressed_model(small_net, make_config(
+        pruning_init=0.0, pruning_target=0.5, pruning_steps=5, shrink_when_frozen=shrink))
+    for _ in range(2):
+        ctrl.scheduler.epoch_step()
+    level, kept = ctrl.pruning_level, {k: v.copy() for k, v in ctrl.plan.kept.items()}
+    ctrl.freeze()
+    ctrl.scheduler.epoch_step()
+    assert ctrl.pruning_level == level and ctrl.scheduler.frozen
+    assert all(np.array_equal(kept[k], v) for k, v in ctrl.plan.kept.items())
+    assert ctrl.get_compression_state()["scheduler"]["frozen"]
+    if shrink:
+        with pytest.raises(ConfigError, match=r"freeze\(False\): the model is cut"):
+            ctrl.freeze(False)
+        return
+    ctrl.freeze(False)  # the schedule goes on
+    ctrl.scheduler.epoch_step()
+    assert ctrl.pruning_level > level and not ctrl.frozen
+
+
 @pytest.mark.parametrize("stepped", ["never", "epoch_step", "step only", "level by hand"])
 def test_a_strip_of_a_schedule_never_stepped_says_so_once(small_net, caplog, stepped):
     """A loop of the user's own that never calls ``epoch_step()`` (``step()`` alone moves

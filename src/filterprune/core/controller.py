@@ -436,9 +436,11 @@ class PruningControllerBase(CompressionController):
         """Re-estimate BatchNorm statistics for the masks just put in place."""
         self.frontend.adapt_batchnorm(self.model, self.init_data, self.bn_adaptation_samples)
 
-    def freeze(self) -> None:
-        """Stop the scheduler from changing masks."""
-        self.frozen = True
+    def freeze(self, freeze: bool = True) -> None:
+        """Stop the scheduler from changing masks (``False``: let it change them again,
+        until its own freeze epoch). :meth:`set_pruning_level` still sets them."""
+        self.frozen = bool(freeze)
+        self.scheduler.frozen = self.frozen
 
     def keeps(self) -> dict[str, dict[str, np.ndarray]]:
         """Boolean keep vectors per layer and role for the masks in place."""

@@ -216,11 +216,14 @@ class ShrinkWhenFrozen(PruningControllerBase):
                               "copy the cut model instead.")  # fmt: skip
         self.__dict__.setdefault("copies", []).append(weakref.ref(copy))
 
-    def freeze(self) -> None:
-        cut = self.params.shrink_when_frozen and not self.shrunk and self._cuttable()
+    def freeze(self, freeze: bool = True) -> None:
+        if not freeze and self.shrunk:
+            raise ConfigError("freeze(False): the model is cut (by shrink_when_frozen, or "
+                              "strip(do_copy=False)), so its masks cannot change again.")
+        cut = freeze and self.params.shrink_when_frozen and not self.shrunk and self._cuttable()
         if cut:
             self._refit_pending()  # on the masked model: a failure can put the masks back
-        super().freeze()
+        super().freeze(freeze)
         if cut:
             self._shrink()
 
