@@ -10,6 +10,7 @@ from keras_helpers import (
     keras,
     layers,
     make_config,
+    randomize_bn,
     small_resnet,
     tf,
 )
@@ -268,6 +269,47 @@ def test_fit_from_a_later_epoch_with_a_fresh_schedule_is_said(resnet, caplog):
     ctrl, model = create_compressed_model(resnet, make_config(pruning_init=0.1))
     _fit(model, ctrl, keras.optimizers.SGD(0.01), epochs=4, initial_epoch=3)
     assert "fit starts at epoch 3 but the compression schedule is at epoch 0" in caplog.text
+
+
+def test_a_fit_resumed_from_inside_an_epoch_runs_that_epoch_again(tmp_path):
+    """A checkpoint saved every few batches holds a state from inside an epoch; the
+    resumed ``fit(initial_epoch=2)`` ran its schedule one epoch ahead (0.6 for 0.457)."""
+
+    class Record(keras.callbacks.Callback):
+        def __init__(self, ctrl, seen, save_at=None):
+            super().__init__()
+            self.ctrl, self.seen, self.save_at, self.batches = ctrl, seen, save_at, 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen.append((epoch, round(self.ctrl.pruning_level, 4)))
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
+            if self.batches == self.save_at:  # inside epoch 2
+                self.saved = (self.ctrl.get_compression_state(), self.model.get_weights())
+                self.model.stop_training = True
+
+    x = np.random.default_rng(0).normal(size=(16, 32, 32, 3))
+    y = np.random.default_rng(1).normal(size=(16, 10))
+    config = make_config(pruning_init=0.0, pruning_target=0.6, pruning_steps=4)
+
+    def run(state=None, weights=None, initial_epoch=0, save_at=None):
+        keras.utils.set_random_seed(0)
+        ctrl, model = create_compressed_model(randomize_bn(small_resnet()), config, state)
+        if weights is not None:
+            model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        seen = []
+        record = Record(ctrl, seen, save_at)
+        model.fit(x, y, batch_size=8, epochs=5, initial_epoch=initial_epoch, verbose=0,
+                  shuffle=False, callbacks=create_compression_callbacks(ctrl) + [record])
+        return seen, record
+
+    uninterrupted, _ = run()
+    _, stopped = run(save_at=5)
+    resumed, _ = run(*stopped.saved, initial_epoch=2)
+    assert resumed == uninterrupted[2:]
+    assert uninterrupted[2][1] < uninterrupted[3][1]  # epoch 2 is still on the way
 
 
 def test_a_tf_function_traced_before_creation_is_said():

@@ -319,6 +319,7 @@ class Scheduler:
         self.current_level = self.initial_level
         self.frozen = False
         self.held = False  # set by a loop that sets the level itself (accuracy-aware)
+        self.ended_epoch = -1  # the last epoch a Keras fit ended (end_epoch)
 
     def level_at(self, epoch: int) -> float:
         """The scheduled level for ``epoch`` (0 during the warm-up)."""
@@ -363,6 +364,16 @@ class Scheduler:
         if self._settle is not None:
             self._settle()
 
+    def end_epoch(self) -> None:
+        """Mark the current epoch done, so a state saved before the mark is known to be
+        from inside it (a resumed Keras fit runs that epoch again: :attr:`in_progress`)."""
+        self.ended_epoch = self.current_epoch
+
+    @property
+    def in_progress(self) -> bool:
+        """Whether the current epoch began and did not end (see :meth:`end_epoch`)."""
+        return self.ended_epoch < self.current_epoch
+
     def step(self, next_step: int | None = None) -> None:
         """Advance the iteration counter; pruning does nothing per iteration."""
         self.current_step = self.current_step + 1 if next_step is None else int(next_step)
@@ -374,6 +385,7 @@ class Scheduler:
             "current_step": self.current_step,
             "current_level": self.current_level,
             "frozen": self.frozen,
+            "ended_epoch": self.ended_epoch,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -393,4 +405,5 @@ class Scheduler:
         self.current_step = int(state["current_step"])
         self.current_level = float(state["current_level"])
         self.frozen = bool(state["frozen"])
+        self.ended_epoch = int(state.get("ended_epoch", self.current_epoch))  # older states
 

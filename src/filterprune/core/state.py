@@ -53,6 +53,7 @@ PRUNING_STATE = obj(
                 "current_step": integer(-1),
                 "current_level": fraction(),
                 "frozen": boolean(),
+                "ended_epoch": integer(-1),  # absent in states written before it
             },
             required=["current_epoch", "current_step", "current_level", "frozen"],
         ),

@@ -36,7 +36,8 @@ class CompressionCallback(keras.callbacks.Callback):
     At the start of each epoch the scheduler moves to that epoch (``epoch_step``), which
     recomputes the pruning masks and the weight quantizers' ranges; each batch calls
     ``step()``. The epoch is ``max(epoch, last + 1)``, so ``fit(initial_epoch=...)`` after
-    a resume and repeated ``fit(epochs=1)`` calls both advance the schedule. With
+    a resume and repeated ``fit(epochs=1)`` calls both advance the schedule; a state saved
+    inside an epoch (a checkpoint every few batches) runs that epoch again. With
     ``log_dir``, levels, FLOPs, parameters and per-layer levels go to TensorBoard
     (``tf.summary``) at every epoch; ``logs`` gain ``pruning_level`` and ``flops_kept``
     when filter pruning runs. Events are written with ``tf.summary.write``
@@ -75,7 +76,10 @@ class CompressionCallback(keras.callbacks.Callback):
                 "compression state (TFCompressionState / create_compressed_model(..., "
                 "compression_state=...)); keras.callbacks.BackupAndRestore does not save it.",
                 int(epoch), expected)
-        epoch = max(int(epoch), expected)
+        # a state saved inside the epoch fit starts (a checkpoint every few batches) runs
+        # that epoch again; otherwise the schedule never goes back (fit(epochs=1) calls)
+        again = int(epoch) == scheduler.current_epoch and getattr(scheduler, "in_progress", 0)
+        epoch = int(epoch) if again else max(int(epoch), expected)
         scheduler.epoch_step(epoch)
         if self._writer is not None:
             self._log(epoch)
@@ -84,6 +88,8 @@ class CompressionCallback(keras.callbacks.Callback):
         self.ctrl.scheduler.step()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if hasattr(self.ctrl.scheduler, "end_epoch"):
+            self.ctrl.scheduler.end_epoch()
         pruning = _pruning(self.ctrl)
         if logs is not None and pruning is not None:
             logs["pruning_level"] = float(pruning.pruning_level)
