@@ -997,3 +997,52 @@ def test_the_training_model_exports_with_torch_onnx_export(tmp_path, per_channel
     with torch.no_grad():
         got = run_onnxruntime(path, {"x": x.numpy()})[0]
         np.testing.assert_allclose(got, model(x), atol=1e-5)
+
+
+class _ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))))
+
+
+def _unsigned_weights():
+    """A conv whose weights are all >= 0 at creation, quantized with ``signed: false``."""
+    net = _net(_ConvBN)
+    with torch.no_grad():
+        net.conv.weight.abs_()
+        net.bn.weight.copy_(torch.linspace(0.5, 1.5, 8) * torch.tensor([1.0, -1.0] * 4))
+    return create_compressed_model(net, _config({"weights": {"signed": False}}, pruning=False))
+
+
+def test_unsigned_weights_turned_negative_are_quantized_signed(caplog):
+    """The sign was decided once: weights a step drove below 0 were all rounded to 0
+    (0.099 off), with no word; the core falls back to signed, as Keras does."""
+    ctrl, model = _unsigned_weights()
+    q = model.conv.weight_quantizer
+    assert q.quant_min == 0
+    with torch.no_grad():
+        model.conv.weight.sub_(0.1)
+    w = model.conv.weight.detach()
+    assert (w < 0).sum() > 20
+    with caplog.at_level(logging.WARNING, logger="filterprune"):
+        got = _m(model.conv, "weight")  # the weight the conv runs with
+    assert q.quant_min == -128
+    assert (got - w).abs().max() <= q.scale.max() / 2 + 1e-7
+    assert "`weights.signed` is false, but weight:conv has negative values" in caplog.text
+
+
+def test_a_negative_gamma_is_not_folded_into_unsigned_weights(tmp_path):
+    """The fold turned a channel negative on an unsigned grid: the exported file was 0.60
+    off the model, and the export's own check compared it with the folded model."""
+    ctrl, model = _unsigned_weights()
+    path = str(tmp_path / "u.onnx")
+    ctrl.export_model(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = ctrl.strip().eval()(x).numpy()
+    np.testing.assert_allclose(run_onnxruntime(path, {"x": x.numpy()})[0], ref, atol=1e-5)

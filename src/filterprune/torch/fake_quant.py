@@ -214,8 +214,10 @@ class FakeQuantize(nn.Module):
     # -- forward ---------------------------------------------------------------------------
     def follow(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Set the range from weight ``w``; returns the new ``(scale, zero_point)``."""
-        signed = self._signed
-        if signed is None:  # decided once (no host sync per step): see quant_params
+        signed, was = self._signed, self._signed
+        if not signed:  # once signed, always (no host sync per step): see quant_params
+            # unsigned is checked at every range: a weight trained, or a BatchNorm with a
+            # negative gamma folded in, below 0 would clip to 0
             signed = self.spec.settings.signed is not False or bool((w < 0).any())
             self._signed = signed
         scale, zero_point = follow_range(w, self.spec, signed)
@@ -223,7 +225,7 @@ class FakeQuantize(nn.Module):
             self.scale.copy_(scale)
             self.zero_point.copy_(zero_point)
         self.quant_min, self.quant_max = quant_limits(self.spec.settings.bits, signed)
-        if not self.initialized:
+        if not self.initialized or signed != was:
             warn_signed(self.spec, self.state())
         self.initialized = True
         self._write_meta()

@@ -4,7 +4,8 @@ ONNX Runtime runs a QDQ conv as int8 only when a QuantizeLinear follows it; a
 BatchNormalization in between keeps it in float, and ONNX Runtime cannot fold that
 BatchNorm itself once the conv's weight comes out of a DequantizeLinear. Folding in torch
 first is exact in eval mode for per-channel weights: ``Q(w * f)`` with the scale times
-``|f|`` is ``f * Q(w)``.
+``|f|`` is ``f * Q(w)`` (on a signed grid; an unsigned one is folded only where no ``f`` is
+negative).
 """
 
 from __future__ import annotations
@@ -61,13 +62,20 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
         and not any(k.endswith("_mask") for k in [*conv._buffers, *bn._buffers])
         # a weight computed in forward (weight_norm, spectral_norm) has no parameter to scale
         and "weight" not in computed_weights(conv)
+        # an unsigned grid holds no negative weight: a negative gamma would turn its
+        # channel signed, at half the resolution the model was trained with
+        and (q.quant_min < 0 or not (_factor(bn) < 0).any())
     )  # fmt: skip
 
 
-def _fold(conv: nn.Module, bn: nn.Module) -> None:
+def _factor(bn: nn.Module) -> torch.Tensor:
+    """What the BatchNorm multiplies each channel by."""
     f = bn.running_var.add(bn.eps).rsqrt()
-    if bn.weight is not None:
-        f = f * bn.weight
+    return f * bn.weight if bn.weight is not None else f
+
+
+def _fold(conv: nn.Module, bn: nn.Module) -> None:
+    f = _factor(bn)
     shift = -bn.running_mean * f + (bn.bias if bn.bias is not None else 0.0)
     if conv.bias is not None:
         shift = shift + conv.bias * f
