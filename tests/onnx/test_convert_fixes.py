@@ -398,3 +398,39 @@ def test_a_conv_reading_channels_spread_over_positions_loses_only_its_zero_filte
     model = DepthToSpace(bias, norm).eval()
     _, report = convert(export(model, X, tmp_path / "m.onnx"), X)
     assert layer(report, "c2").removed == 4
+
+
+@pytest.mark.parametrize("held", ["transA", "bias rows", "constant on the left"])
+def test_a_product_left_whole_is_counted(tmp_path, held):
+    """A Gemm or MatMul left whole dropped out of the FLOPs (kept 0.500 for 0.688); a Gemm
+    out of the parameters and the zero-filter count too."""
+    rng = np.random.default_rng(0)
+    w0, c0 = rng.normal(size=(12, 8)), rng.normal(size=8)
+    w0[:, :4] = c0[:4] = 0  # 4 filters to remove
+    w1, c1 = rng.normal(size=(12, 6)), rng.normal(size=6)
+    w1[:, [1, 4]] = c1[[1, 4]] = 0  # 2 zero filters of the product left whole
+    weights = {"w0": w0, "c0": c0, "w2": rng.normal(size=(8, 3)), "w1": w1, "c1": c1}
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Transpose", ["f"], ["ft"], perm=[1, 0]),
+             helper.make_node("Gemm", ["f", "w0", "c0"], ["g0"], name="g0"),
+             helper.make_node("Relu", ["g0"], ["r0"]),
+             helper.make_node("MatMul", ["r0", "w2"], ["y0"], name="g2")]  # fmt: skip
+    if held == "transA":
+        nodes.append(helper.make_node("Gemm", ["ft", "w1", "c1"], ["y1"], name="g1", transA=1))
+    elif held == "bias rows":
+        weights["c1"] = np.tile(c1, (2, 1))
+        nodes.append(helper.make_node("Gemm", ["f", "w1", "c1"], ["y1"], name="g1"))
+    else:  # (6, 12) @ (12, 2), the product's output transposed back
+        del weights["c1"]
+        weights["w1"] = w1.T.copy()
+        nodes += [helper.make_node("MatMul", ["w1", "ft"], ["y1t"], name="g1"),
+                  helper.make_node("Transpose", ["y1t"], ["y1"], perm=[1, 0])]
+    nodes.append(helper.make_node("Concat", ["y0", "y1"], ["y"], axis=1))
+    _, report = remove_zero_filters(save_graph(tmp_path, nodes, weights, [2, 3, 2, 2], [2, 9]))
+    assert report.removed == 4
+    # per sample, 2 x the weight elements: g0 192 -> 96, g2 48 -> 24, g1 144 whole
+    assert (report.flops_before, report.flops_after) == (384, 264)
+    held_params = 72 + {"transA": 6, "bias rows": 12, "constant on the left": 0}[held]
+    assert (report.params_before, report.params_after) == (128 + held_params, 64 + held_params)
+    if held != "constant on the left":  # listed, with its zero filters
+        assert layer(report, "g1").zero_filters == 2

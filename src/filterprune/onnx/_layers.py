@@ -19,7 +19,7 @@ from ..core.graph import LayerInfo
 from ._ops import NodeView, positions
 from .facts import ModelFacts, laid_out
 
-__all__ = ["Built", "build_layer"]
+__all__ = ["Built", "build_layer", "held_layer"]
 
 Ref = tuple[int, int]
 Roles = tuple[str | None, ...]
@@ -144,7 +144,7 @@ def _gemm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
         return "weights are not constants"
     roles = ("out", "in") if v.attr("transB", 0) else ("in", "out")
     p.add("W", 1, roles)
-    cout = w.shape[roles.index("out")]
+    cout = w.shape[roles.index("out")] if "out" in roles else None
     if len(p.node.input) > 2 and p.node.input[2]:
         c = p.facts.value(p.node.input[2])
         if c is None:
@@ -302,3 +302,39 @@ def build_layer(facts: ModelFacts, idx: int, node: onnx.NodeProto, view: NodeVie
         return f"parameter {p.shared} is shared with another op"
     info, attrs = built
     return Built(info, p.refs, p.arrays, attrs)
+
+
+def held_layer(facts: ModelFacts, idx: int, node: onnx.NodeProto, name: str) -> Built | None:
+    """A Conv or Gemm left whole whose weight is a constant, as a layer that is counted
+    (its parameters; its zero filters in the report) and never cut: no refs."""
+    p = _Params(facts, idx, node)
+    op = node.op_type
+    if op in ("Conv", "ConvTranspose"):
+        w = p.get(1)
+        if w is None or w.ndim < 3:
+            return None
+        roles = ("in", "out") if op == "ConvTranspose" else ("out", "in")
+        if op == "ConvTranspose" and _attr(node, "group") > 1:
+            roles = ("in", None)  # its second axis holds one filter of every group
+        roles += (None,) * (w.ndim - 2)
+    elif op == "Gemm":
+        w = p.get(1)
+        if w is None or w.ndim != 2:
+            return None
+        roles = ("out", "in") if _attr(node, "transB") else ("in", "out")
+    else:  # a MatMul's constant operand is counted as a parameter of its own
+        return None
+    p.add("W", 1, roles)
+    cout = w.shape[roles.index("out")] if "out" in roles else None
+    b = p.get(2) if len(node.input) > 2 and node.input[2] else None
+    if b is not None:  # the output per filter when its weights are all zero
+        b = np.asarray(b, dtype=np.float64)
+        p.arrays["B"] = b
+        p.info["B"] = (b.shape, tuple("out" if a == b.ndim - 1 and n == cout else None
+                                      for a, n in enumerate(b.shape)))  # fmt: skip
+    kind = "conv" if op.startswith("Conv") else "linear"
+    return Built(LayerInfo(name, kind, p.info, weight="W"), {}, p.arrays, {})
+
+
+def _attr(node: onnx.NodeProto, key: str) -> int:
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == key), 0)

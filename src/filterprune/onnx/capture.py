@@ -20,7 +20,7 @@ from ..core.flops import count_product
 from ..core.graph import Graph, LayerInfo, Node
 from ..core.workflow import Captured as CoreCaptured
 from ._group_norm import fuse
-from ._layers import COMPUTED_PRODUCT, build_layer
+from ._layers import COMPUTED_PRODUCT, build_layer, held_layer
 from ._ops import OPS, ZERO_CHECKS, NodeView, OpSpec, Spec, positions
 from ._shapes import opset_of
 from .facts import ModelFacts, attrs_of, has_subgraph, read_facts, subgraph_inputs
@@ -148,7 +148,7 @@ class _Emitter:
             layer, kind, attrs = self.layer(idx, node, view, kind, attrs)
             if kind == "einsum":  # a product of two computed tensors: zero rows stay zero
                 spec, names = OpSpec("einsum", None, "keep"), list(node.input[:2])
-            elif layer is None:  # whole: every computed operand it reads stays whole too
+            elif kind == "stop":  # whole: every computed operand it reads stays whole too
                 inputs = list(dict.fromkeys(n for n in node.input if n in self.graph.nodes))
         # every operand in order: PRelu, Div, Einsum; a tensor concatenated with itself
         if kind in ("elementwise", "einsum", "concat", "stack"):
@@ -297,8 +297,11 @@ class _Emitter:
 
     # -- layers ------------------------------------------------------------------------------
     def _op_flops(self, node: onnx.NodeProto, view: NodeView) -> dict[str, int]:
-        """What a Conv that stays whole (its weight computed: CondConv's mixed kernels)
-        still computes: its FLOPs, as a layer's (``weight_elems`` per output position)."""
+        """What a Conv, Gemm or MatMul that stays whole (its weight computed: CondConv's
+        mixed kernels; a Gemm with ``transA``) still computes: its FLOPs, as a layer's
+        (``weight_elems`` per output position)."""
+        if node.op_type in ("Gemm", "MatMul") and len(node.input) >= 2:
+            return self._product_flops(node, view)
         if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
             return {}
         elems = _weight_elements(self.facts.shape(node.input[1]))
@@ -311,6 +314,21 @@ class _Emitter:
         per_sample = max(1, elems * spatial[0] // max(1, self.facts.batch))
         return {"positions": positions(spatial, 2), "weight_elems": per_sample}
 
+    def _product_flops(self, node: onnx.NodeProto, view: NodeView) -> dict[str, int]:
+        """A matrix product's: the 2-D operand counted as the weight (the constant one,
+        else the second) times the output positions it is applied at."""
+        left = node.op_type == "MatMul" and self.facts.value(node.input[0]) is not None \
+            and self.facts.value(node.input[1]) is None  # fmt: skip
+        w = self.facts.shape(node.input[0 if left else 1])
+        out = view.out_shapes[0] if view.out_shapes else None
+        if not isinstance(w, tuple) or len(w) != 2 or not isinstance(out, tuple) or not out \
+                or not all(isinstance(d, int) for d in (*w, *out)):  # fmt: skip
+            return {}
+        trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+        width = w[0] if left or trans_b else w[1]  # the weight's axis the output keeps
+        rows = math.prod(out) // max(1, width)
+        return {"positions": max(1, rows // max(1, self.facts.batch)), "weight_elems": w[0] * w[1]}
+
     def layer(self, idx: int, node: onnx.NodeProto, view: NodeView, kind: str,
               attrs: dict[str, Any]) -> tuple[str | None, str, dict[str, Any]]:  # fmt: skip
         """Register weighted ``node`` as a layer; a ``stop`` with the reason if it cannot be."""
@@ -322,7 +340,13 @@ class _Emitter:
             # attention's product (``v @ softmax(q @ k)``): each operand's channels pass
             return None, "einsum", {"equation": "...ij,...jk->...ik", "batch_whole": True}
         if isinstance(built, str):
-            return None, "stop", {"reason": built, **self._op_flops(node, view)}
+            held = held_layer(self.facts, idx, node, name)
+            if held is not None:  # counted, and its zero filters reported
+                self.graph.layers[name] = held.info
+                self.cap.arrays[name] = held.arrays
+                self.cap.layer_node[name] = idx
+            return name if held else None, "stop", {"reason": built,
+                                                   **self._op_flops(node, view)}
         self.graph.layers[name] = built.info
         self.cap.refs[name] = built.refs
         self.cap.arrays[name] = built.arrays

@@ -157,8 +157,13 @@ def _whole_layers(cap: Captured, producers: set[str]) -> list[LayerReport]:
         out = roles.index("out")
         zero = ~np.moveaxis(w, out, 0).reshape(w.shape[out], -1).any(axis=1)
         bias = cap.arrays[layer].get("B")
-        if bias is not None and bias.size == zero.size:  # a constant output is no zero filter
-            zero &= bias.reshape(-1) == 0
+        if bias is not None:  # a constant output is no zero filter
+            b_roles = info.params["B"][1]
+            if "out" in b_roles:
+                b_out = b_roles.index("out")
+                zero &= ~np.moveaxis(bias, b_out, 0).reshape(bias.shape[b_out], -1).any(axis=1)
+            elif bias.any():  # one value, or rows, added to every filter
+                zero[:] = False
         op = _op_type(cap, layer)
         why = f"{op}: {reasons[layer] or 'left whole'}" if zero.any() else ""
         rows.append(LayerReport(layer, op, int(w.shape[out]), 0, int(zero.sum()),
