@@ -20,11 +20,11 @@ def seed_torch():
 
 
 def export(model: nn.Module, x: torch.Tensor, path, **kwargs) -> str:
-    """TorchScript export at opset 17, as ``ctrl.export_model`` does."""
+    """TorchScript export, at opset 17 unless ``opset_version`` says otherwise."""
+    kwargs.setdefault("opset_version", 17)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, opset_version=17,
-                          **kwargs)  # fmt: skip
+        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, **kwargs)
     return str(path)
 
 

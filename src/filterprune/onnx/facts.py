@@ -339,6 +339,9 @@ class _Folder:
         self.q_nodes: dict[str, int] = {}  # output of a QuantizeLinear of constants
         self.consts_at_fold: dict[str, np.ndarray] = {}
         self.elem_types: dict[str, int] | None = None  # read when a CastLike needs them
+        # a Shape with some dims free (a dynamic batch): the others, read by a Gather or a
+        # Slice (torch.chunk's bounds at opset 11 read the channel count so)
+        self.partial: dict[str, np.ndarray] = {}
 
     def prefold(self) -> None:
         """Fold constants, then infer shapes again with them known (computed Pad widths...);
@@ -394,6 +397,8 @@ class _Folder:
             return False
         if node.op_type in ("Shape", "Size"):
             return self._fold_shape(node)
+        if node.op_type in ("Gather", "Slice") and node.input[0] in self.partial:
+            return self._pick_known(node)
         if node.op_type == "CastLike" and node.input[0] in self.consts:
             return self._cast_like(node)
         ins = [i for i in node.input if i]
@@ -407,14 +412,45 @@ class _Folder:
         value = self.consts.get(node.input[0])  # a constant's own shape (an initializer
         # that is no graph input has none in the inferred shapes)
         dims = tuple(np.shape(value)) if value is not None else self.static.get(node.input[0])
-        if dims is None or any(d is None for d in dims):
+        if dims is None:
+            return False
+        a = attrs_of(node)
+        picked = dims[slice(a.get("start", 0), a.get("end", len(dims)))]
+        if node.op_type == "Shape" and None in picked:
+            self.partial[node.output[0]] = np.array(picked, dtype=object)
+        if any(d is None for d in dims):
             return False
         if node.op_type == "Size":
             self.consts[node.output[0]] = np.array(math.prod(dims), np.int64)
             return True
-        a = attrs_of(node)
-        start, end = a.get("start", 0), a.get("end", len(dims))
-        self.consts[node.output[0]] = np.array(dims[slice(start, end)], dtype=np.int64)
+        self.consts[node.output[0]] = np.array(picked, dtype=np.int64)
+        return True
+
+    def _pick_known(self, node: onnx.NodeProto) -> bool:
+        """A Gather or Slice of constant indices from a partly known shape: a constant
+        where it picks known dims only."""
+        dims, a = self.partial[node.input[0]], attrs_of(node)
+        rest = [self.consts.get(i) for i in node.input[1:] if i]
+        if any(r is None for r in rest):
+            return False
+        if node.op_type == "Gather":
+            if a.get("axis", 0) not in (0, -1):
+                return False
+            index = np.asarray(rest[0], dtype=np.int64)
+            if np.any((index >= len(dims)) | (index < -len(dims))):
+                return False
+            picked = dims[index]
+        else:
+            bounds = [np.asarray(r).reshape(-1) for r in rest] if rest else [  # opset < 10
+                np.asarray(a.get(k, [0]), dtype=np.int64) for k in ("starts", "ends", "axes")]
+            if any(b.size != 1 for b in bounds) or (len(bounds) > 2 and bounds[2][0] not in
+                                                    (0, -1)):  # fmt: skip
+                return False
+            step = int(bounds[3][0]) if len(bounds) > 3 else 1
+            picked = dims[int(bounds[0][0]):int(bounds[1][0]):step]  # clamped as ONNX does
+        if any(d is None for d in np.ravel(picked)):
+            return False
+        self.consts[node.output[0]] = np.asarray(picked, dtype=np.int64)
         return True
 
     def _cast_like(self, node: onnx.NodeProto) -> bool:
