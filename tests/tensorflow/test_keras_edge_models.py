@@ -74,6 +74,39 @@ def test_an_activation_not_known_to_act_channel_by_channel_keeps_its_channels():
 
 
 @keras.saving.register_keras_serializable(package="filterprune_tests")
+def half_relu(t):
+    """relu on the first 8 channels, tanh on the rest: each channel alone, by position."""
+    return ops.concatenate([ops.relu(t[..., :8]), ops.tanh(t[..., 8:])], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="filterprune_tests")
+def softmax_axis1(t):
+    return ops.softmax(t, axis=1)
+
+
+def test_activations_by_position_or_over_another_axis_keep_their_channels():
+    """The test tried one slice of channels on the last axis: an activation treating
+    channels by position passed (0.72 relative off once cut), and so did an Activation
+    layer mixing axis 1, where channels first put the channels (0.33 off)."""
+    inp = keras.Input((32, 32, 3))
+    x = conv(16, "c1", activation=half_relu)(inp)
+    x = layers.Activation(half_relu, name="act")(conv(16, "c2")(x))
+    _, _, held = prune(keras.Model(inp, head(x)))
+    assert "activation half_relu is not known" in held["c1"]
+    assert "activation half_relu is not known" in held["c2"]
+    inp = keras.Input((3, 32, 32))
+    kw = {"padding": "same", "data_format": "channels_first"}
+    x = layers.Activation(softmax_axis1)(layers.Conv2D(16, 3, name="c1", **kw)(inp))
+    x = layers.Conv2D(4, 1, name="head", **kw)(x)
+    config = make_config(sample=(1, 3, 32, 32), prune_first_conv=True)
+    ctrl, model = create_compressed_model(redrawn(keras.Model(inp, x)), config)
+    assert_strip_equal(ctrl, model, np.random.default_rng(1).normal(size=(2, 3, 32, 32)),
+                       tol=1e-5)  # fmt: skip
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "activation softmax_axis1 is not known" in held["c1"]
+
+
+@keras.saving.register_keras_serializable(package="filterprune_tests")
 def softmax_axis2(t):
     return ops.softmax(t, axis=2)
 

@@ -77,35 +77,43 @@ _ELEMENTWISE = [getattr(activations, n) for n in (
 _ALONG_AXIS = [activations.softmax, activations.log_softmax]
 
 
-def _per_channel(fn: Callable, shape: Shape, axis: int) -> bool:
-    """Whether ``fn`` maps each channel on its own, tried on a random tensor of the
-    layer's output ``shape`` (batch 2): its output has that shape, and a slice of the
-    channels along ``axis`` comes out the same alone as with the others."""
+def _per_channel(fn: Callable, shape: Shape, axes: list[int]) -> bool:
+    """Whether ``fn`` maps each entry along every axis of ``axes`` alone, alike at every
+    position: tried on a random tensor of the layer's output ``shape`` (batch 2), its
+    output has that shape, and all but the first entry along an axis, in reverse order,
+    come out as the same entries of the whole output (a function mixing the axis, or one
+    that treats entries by position, differs)."""
     shape = (2, *shape[1:])
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
-    part = [slice(None)] * len(shape)
-    part[axis] = slice(1, min(3, shape[axis]))
-    part = tuple(part)
     try:
-        y, alone = np.asarray(fn(x)), np.asarray(fn(x[part]))
+        y = np.asarray(fn(x))
+        if y.shape != x.shape:
+            return False
+        for axis in axes:
+            picked = np.arange(shape[axis] - 1, 0, -1)
+            if picked.size and not np.allclose(np.asarray(fn(x.take(picked, axis))),
+                                               y.take(picked, axis), rtol=1e-6, atol=1e-6,
+                                               equal_nan=True):  # fmt: skip
+                return False
     except Exception:  # noqa: BLE001 - a function that fails on a plain array: not known
         return False
-    return y.shape == x.shape and np.allclose(alone, y[part], rtol=1e-6, atol=1e-6,
-                                              equal_nan=True)  # fmt: skip
+    return True
 
 
-def _activation_steps(layer: Any, axis: int, out: Shape) -> list[Step]:
+def _activation_steps(layer: Any, axis: int | None, out: Shape) -> list[Step]:
     """The step of a layer's ``activation`` on its output (of shape ``out``, channels on
-    ``axis``): none for Keras' elementwise ones or one that :func:`_per_channel` finds
-    maps each channel alone (``tf.nn.relu``), ``along`` the last axis for softmax (the
-    channels, unless channels first); any other (``glu`` halves the axis, ``sparsemax``)
-    stops."""
+    ``axis``; ``None``: on any axis): none for Keras' elementwise ones or one that
+    :func:`_per_channel` finds maps each channel alone (``tf.nn.relu``), ``along`` the last
+    axis for softmax (the channels, unless channels first); any other (``glu`` halves the
+    axis, ``sparsemax``) stops."""
     fn = getattr(layer, "activation", None)
     if fn is None or any(fn is f for f in _ELEMENTWISE):
         return []
     if any(fn is f for f in _ALONG_AXIS):
         return [Step("along", {"dims": [len(out) - 1]}, label=f"activation {fn.__name__}")]
-    if _per_channel(fn, out, axis % len(out)):  # tf.nn.relu, keras.ops.silu, the user's own
+    # an Activation layer (axis None) may see its channels on any axis
+    axes = range(1, len(out)) if axis is None else [axis % len(out)]
+    if _per_channel(fn, out, list(axes)):  # tf.nn.relu, keras.ops.silu, the user's own
         return []
     label = getattr(fn, "__name__", type(fn).__name__)
     return [Step("stop", {"reason": f"activation {label} is not known to act on each channel "
@@ -271,7 +279,7 @@ def _spatial_layer(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[
 
 
 def _activation(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
-    return _activation_steps(layer, -1, out) or [Step("identity")]
+    return _activation_steps(layer, None, out) or [Step("identity")]
 
 
 def _softmax(layer: Any, name: str, ins: list[Shape], out: Shape) -> list[Step]:
