@@ -434,3 +434,23 @@ def test_a_product_left_whole_is_counted(tmp_path, held):
     assert (report.params_before, report.params_after) == (128 + held_params, 64 + held_params)
     if held != "constant on the left":  # listed, with its zero filters
         assert layer(report, "g1").zero_filters == 2
+
+
+@pytest.mark.parametrize("opset", [7, 9])
+def test_a_slice_with_attribute_bounds_is_one_piece_of_a_split(tmp_path, opset):
+    """Before opset 10 a Slice's bounds are attributes: it held every channel ("indexes
+    into channels 4:10 of 10") where opset 10 cut 6."""
+    rng = np.random.default_rng(0)
+    w = {"wa": rng.normal(size=(10, 3, 3, 3)), "ba": rng.normal(size=10),
+         "wb": rng.normal(size=(5, 6, 1, 1)), "bb": rng.normal(size=5)}  # fmt: skip
+    w["wa"][[1, 5, 8]] = w["ba"][[1, 5, 8]] = 0  # one before the slice, two inside it
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Slice", ["r"], ["s"], starts=[4], ends=[10], axes=[1]),
+             helper.make_node("Conv", ["s", "wb", "bb"], ["y"])]  # fmt: skip
+    path = save_graph(tmp_path, nodes, w, [1, 3, 6, 6], [1, 5, 6, 6], opset=opset)
+    new, report = convert(path, torch.zeros(1, 3, 6, 6))
+    assert report.removed == 6  # channels 0 to 3, which nothing reads, and 5 and 8
+    slice_ = next(n for n in new.graph.node if n.op_type == "Slice")
+    assert {a.name: list(a.ints) for a in slice_.attribute} == {
+        "starts": [0], "ends": [4], "axes": [1]}

@@ -207,7 +207,7 @@ def _slice(v: NodeView) -> Spec:
     shape = v.in_shapes[0]
     cuts = [(a, *index[a].indices(shape[a])) for a in range(v.rank)
             if index[a].indices(shape[a]) != (0, shape[a], 1)]  # fmt: skip
-    if v.opset >= 10 and len(cuts) == 1 and cuts[0][3] == 1 and cuts[0][2] > cuts[0][1]:
+    if len(cuts) == 1 and cuts[0][3] == 1 and cuts[0][2] > cuts[0][1]:
         # one contiguous cut (torch.chunk exports this way): the middle piece of a split
         # whose bounds the rewrite moves, so channels on both sides may go
         a, b, e, _ = cuts[0]

@@ -235,6 +235,14 @@ class _Writer:
         if keep.shape[axis] == 1:
             return
         line = keep.any(axis=tuple(d for d in range(rank) if d != axis))
+        if len(node.input) < 2:  # opset < 10: the bounds are attributes
+            attrs = {a.name: a for a in self.nodes[ni].attribute}
+            axes = list(attrs["axes"].ints) if "axes" in attrs else list(
+                range(len(attrs["starts"].ints)))  # fmt: skip
+            i = [a % rank for a in axes].index(axis)
+            attrs["starts"].ints[i], attrs["ends"].ints[i] = int(line[:b].sum()), int(
+                line[:e].sum())  # fmt: skip
+            return
         starts = np.array(self.cap.consts[node.input[1]], dtype=np.int64)
         ends = np.array(self.cap.consts[node.input[2]], dtype=np.int64)
         axes = list(range(starts.size))
