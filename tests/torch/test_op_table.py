@@ -137,6 +137,9 @@ APART = {
     # the pieces passed whole, not as a list: "cat: expects a tensor input"
     "cat of a split, stack of an unbind": lambda y: torch.cat(y.split(4, 2), 2) + torch.stack(
         y.unbind(3), 3) + torch.cat(y.chunk(2, 1), 1),
+    # "getitem: expects a tensor input" for a slice of the tuple
+    "slices of a chunk's tuple": lambda y: torch.cat(y.chunk(4, 1)[::-1], 1) + torch.cat(
+        [*y.chunk(4, 1)[1:], y.chunk(4, 1)[0] * 2], 1),
 }
 ACROSS = {
     "flip (channels)": lambda y: y.flip(1),

@@ -900,13 +900,15 @@ def _split(s, node, ins):
 
 @register_rule("getitem")
 def _getitem(s, node, ins):
-    """Pick one output of a multi-output op."""
+    """Pick one output of a multi-output op, or several (``index`` a list: a slice of the
+    tuple, ``x.chunk(4, 1)[::-1]``)."""
     value = ins[0]
     if isinstance(value, np.ndarray):
         return value  # an opaque id stands for every output
     if not isinstance(value, tuple):
         raise RuleError("indexes a value that is not a tuple")
-    return value[node.attrs["index"]]
+    index = node.attrs["index"]
+    return tuple(value[i] for i in index) if isinstance(index, list) else value[index]
 
 
 @register_rule("index")

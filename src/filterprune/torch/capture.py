@@ -858,9 +858,13 @@ def _functional(node: fx.Node, label: str, shape, modules, graph: Graph, tensors
 
 def _getitem(node: fx.Node, inputs, shape, graph: Graph) -> Node:
     src, index = node.args[0], node.args[1]
-    if isinstance(graph[src.name].shape, list) or graph[src.name].op == "stop":
+    held = graph[src.name].shape
+    if isinstance(held, list) or graph[src.name].op == "stop":
         if isinstance(index, int):
             return Node(node.name, "getitem", [src.name], shape, attrs={"index": index})
+        if isinstance(index, slice) and isinstance(held, list):  # x.chunk(4, 1)[1:]
+            picked = list(range(len(held)))[index]
+            return Node(node.name, "getitem", [src.name], shape, attrs={"index": picked})
     basic = _basic_index(index, graph[src.name].shape, shape)
     if basic is None:
         picked = _picked_axes(index, graph[src.name].shape)
