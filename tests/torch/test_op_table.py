@@ -137,6 +137,12 @@ APART = {
     # the pieces passed whole, not as a list: "cat: expects a tensor input"
     "cat of a split, stack of an unbind": lambda y: torch.cat(y.split(4, 2), 2) + torch.stack(
         y.unbind(3), 3) + torch.cat(y.chunk(2, 1), 1),
+    # under torch.export: no rule for var_mean.dim or movedim.intlist; narrow from the end
+    # read as an empty slice
+    "var_mean, movedim of lists, narrow from the end, under torch.export": lambda y: (
+        untraced(y) - torch.var_mean(y, (2, 3), keepdim=True)[1]
+        + torch.movedim(y, [1, 2], [3, 1]).movedim([3, 1], [1, 2])
+        + F.pad(torch.narrow(y, 2, -4, 4), (0, 0, 0, 12))),
     # "getitem: expects a tensor input" for a slice of the tuple
     "slices of a chunk's tuple": lambda y: torch.cat(y.chunk(4, 1)[::-1], 1) + torch.cat(
         [*y.chunk(4, 1)[1:], y.chunk(4, 1)[0] * 2], 1),

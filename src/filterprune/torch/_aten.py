@@ -153,10 +153,14 @@ def _flip(node: fx.Node, shape) -> Spec:
 
 def _movedim(node: fx.Node, shape) -> Spec:
     args, ndim = named_args(node), len(shape)
-    src, dst = _dim(args["source"], ndim), _dim(args["destination"], ndim)
-    perm = [d for d in range(ndim) if d != src]
-    perm.insert(dst, src)
-    return "permute", {"perm": perm}
+    src, dst = args["source"], args["destination"]
+    src, dst = ([src], [dst]) if isinstance(src, int) else (list(src), list(dst))
+    src, dst = [_dim(d, ndim) for d in src], [_dim(d, ndim) for d in dst]
+    perm: list[int | None] = [None] * ndim
+    for s, d in zip(src, dst, strict=True):
+        perm[d] = s
+    rest = iter(d for d in range(ndim) if d not in src)
+    return "permute", {"perm": [next(rest) if p is None else p for p in perm]}
 
 
 def _tile(node: fx.Node, shape) -> Spec:
@@ -199,6 +203,7 @@ def _slice(node: fx.Node, shape) -> Spec:
     dim = _dim(args.get("dim", 0), len(shape))
     if node.target is aten.narrow.default:
         start = int(args["start"])
+        start = start + shape[dim] if start < 0 else start  # from the end, as torch counts
         cut = slice(start, start + int(args["length"]))
     else:
         cut = slice(args.get("start"), args.get("end"), args.get("step", 1))
@@ -440,7 +445,8 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
     (_ops("unbind.int"), _unbind),
     (_ops("mean.dim", "mean.default", "sum.dim_IntList", "sum.default", "amax.default",
           "amin.default", "max.dim", "min.dim", "var.correction", "std.correction",
-          "var_mean.correction", "logsumexp.default", "special_logsumexp.default",
+          "var_mean.correction", "var_mean.dim", "std_mean.correction", "std_mean.dim",
+          "logsumexp.default", "special_logsumexp.default",
           "linalg_vector_norm.default",
           "var.dim", "std.dim", "prod.dim_int",
           "norm.ScalarOpt_dim", "median.dim", "nanmedian.dim", "argmax.default",
@@ -467,7 +473,7 @@ ATEN_RULES: dict[Any, Callable[[fx.Node, Any], Spec]] = _table([
           "cumprod.default", "logcumsumexp.default"), _along),
     (_ops("roll.default"), _roll),
     (_ops("flip.default"), _flip),
-    (_ops("movedim.int"), _movedim),
+    (_ops("movedim.int", "movedim.intlist"), _movedim),
     (_ops("tile.default"), _tile),
     (_ops("pad.default", "constant_pad_nd.default", "reflection_pad1d.default",
           "reflection_pad2d.default", "replication_pad1d.default",
