@@ -376,3 +376,52 @@ def test_a_quantized_runs_load_snippet_rebuilds_its_model(images, tmp_path, monk
         ours = scope["model"](x).numpy()
     theirs = scope["session"].run(None, {scope["session"].get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(ours - theirs).max() <= np.abs(theirs).max() / 50  # a step or two of int8
+
+
+def test_a_finished_run_resumed_for_more_epochs_trains_them(
+        run_dir, images, config_file, tmp_path, monkeypatch, capsys):  # fmt: skip
+    """The added epochs trained at the learning rate 0 the finished cosine ended at; a stop
+    in them left the earlier finish's summary.json, and the next --resume called the run
+    done with the files of two epochs."""
+    import shutil
+
+    import filterprune.torch.finetune as finetune
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    real_epoch = finetune._Loop.epoch
+
+    def stop_in_epoch_3(self, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(finetune._Loop, "epoch", stop_in_epoch_3)
+    assert main(["prune", "--resume", str(folder), "--epochs", "3"]) == 130
+    assert not (folder / "summary.json").exists()
+    monkeypatch.setattr(finetune._Loop, "epoch", real_epoch)
+    assert main(["prune", "--resume", str(folder)]) == 0
+    assert "resuming" in capsys.readouterr().out
+    whole = tmp_path / "whole"  # three epochs from the start
+    assert main(["prune", TINY, "--data", str(images), "--config", str(config_file),
+                 "--epochs", "3", "--out", str(whole), *RUN_ARGS]) == 0  # fmt: skip
+    lrs = [[h["lr"] for h in json.loads((f / "history.json").read_text())]
+           for f in (folder, whole)]  # fmt: skip
+    assert lrs[0][3] > 0 and lrs[0][3] == pytest.approx(lrs[1][3])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["level"] == pytest.approx(0.5)
+
+
+def test_a_run_stopped_while_writing_its_report_is_finished_by_resume(run_dir, tmp_path,
+                                                                      capsys):  # fmt: skip
+    """Marked done before its report was written: --resume said only that nothing was
+    left to resume."""
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    for page in ("report.html", "report.md"):
+        (folder / page).unlink()
+    assert main(["prune", "--resume", str(folder)]) == 0
+    assert "wrote report.html" in capsys.readouterr().out
+    assert (folder / "report.html").is_file() and (folder / "report.md").is_file()

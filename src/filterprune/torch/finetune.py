@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,10 @@ def resume_run(run_dir: str, epochs: int | None) -> Path:
                              f"trained. Give --epochs {done} or more.")
         run["settings"]["epochs"] = epochs
     searched = "accuracy_aware_training" in run["config"]  # may end before --epochs
-    if (done >= run["settings"]["epochs"] or searched) and (folder / "summary.json").is_file():
-        if run.get("status") != "done":  # stopped between summary.json and the report
+    summary = folder / "summary.json"
+    if (done >= run["settings"]["epochs"] or searched) and summary.is_file():
+        if run.get("status") != "done" or not (folder / "report.html").is_file():
+            # stopped between summary.json and the report, or while writing the report
             from .run_outputs import close_run
 
             html, _ = close_run(folder, run)
@@ -144,6 +147,8 @@ def resume_run(run_dir: str, epochs: int | None) -> Path:
               f"See `filterprune report {run_dir}`.")
         return folder
     print(f"resuming {run_dir} after epoch {done} of {run['settings']['epochs']}")
+    # a summary of an earlier finish (a longer --epochs now) would mark the run done
+    summary.unlink(missing_ok=True)
     run["status"] = "training"
     prepared = _prepare(run)
     _write_json(folder / RUN_FILE, run)
@@ -224,6 +229,21 @@ def _optimizer(settings: dict[str, Any], model: nn.Module, steps: int):
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
 
 
+def _stretch(schedule: Any, optimizer: torch.optim.Optimizer, steps: int) -> None:
+    """Lay the cosine over ``steps`` (a longer ``--epochs`` on resume), at the rate it gives
+    where the run is: the scheduler steps from the rate it holds, which a finished run's
+    cosine left at 0 (the added epochs trained at 0)."""
+    if schedule.T_max == max(1, steps):
+        return
+    schedule.T_max = max(1, steps)
+    done = min(schedule.last_epoch, schedule.T_max)
+    lrs = [schedule.eta_min + (base - schedule.eta_min) * (1 + math.cos(math.pi * done /
+           schedule.T_max)) / 2 for base in schedule.base_lrs]  # fmt: skip
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    schedule._last_lr = lrs  # what get_last_lr() reports
+
+
 def _compress(model: nn.Module, config: Config, data: Data, state: Any, device: torch.device):
     from . import register_default_init_args
     from .cli import compress_quietly
@@ -282,7 +302,7 @@ def _train(folder: Path, run: dict[str, Any], ckpt: dict[str, Any] | None, data:
     if ckpt and not searched:  # the search makes its optimizers (and loads this into one)
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["lr_schedule"])
-        schedule.T_max = max(1, steps)  # a longer --epochs on resume stretches the cosine
+        _stretch(schedule, optimizer, steps)
     amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
     print(f"training on {device} ({'bfloat16 mixed precision' if amp else 'float32'}), "
           f"{len(data.train.dataset)} training and {len(data.val.dataset)} validation images, "
