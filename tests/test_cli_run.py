@@ -368,6 +368,8 @@ def test_a_quantized_runs_load_snippet_rebuilds_its_model(images, tmp_path, monk
                  "--out", str(out), *RUN_ARGS]) == 0  # fmt: skip
     snippet = json.loads((out / "summary.json").read_text())["load"]
     assert "resize_to_state_dict" not in snippet
+    # its text said "state_dict with the pruned filters removed" of model_stripped.pt
+    assert "which resize_to_state_dict does not load" in (out / "report.md").read_text()
     monkeypatch.chdir(out)
     scope = {}
     exec(snippet, scope)  # noqa: S102 - the snippet the report shows, as a user runs it

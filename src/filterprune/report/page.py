@@ -110,10 +110,15 @@ def blocks(data: dict[str, Any], charts: list[str], name: str) -> tuple[str, lis
     out += [("h2", "Config"), ("pre", json.dumps(run["config"], indent=2)),
             ("h2", "Settings"), _settings(run, history)]  # fmt: skip
     if summary:
+        quantized = "quantization" in (summary.get("algorithms") or [])
+        stripped = ("state_dict of the stripped model with its quantizers, which "
+                    "resize_to_state_dict does not load: the code below rebuilds the model from "
+                    "checkpoint.pt" if quantized else "state_dict with the pruned filters "
+                    "removed")  # fmt: skip
         out += [("h2", "How to load the result"),
-                ("p", f"The files are in the run folder {name}: model_stripped.pt (state_dict "
-                      "with the pruned filters removed), model.onnx (ONNX, filters removed), "
-                      "model_zeroed.onnx (ONNX, original shapes, pruned filters zero)."),
+                ("p", f"The files are in the run folder {name}: model_stripped.pt ({stripped}), "
+                      "model.onnx (ONNX, filters removed), model_zeroed.onnx (ONNX, original "
+                      "shapes, pruned filters zero)."),
                 ("pre", summary["load"])]  # fmt: skip
     return title, out
 
