@@ -249,8 +249,10 @@ def test_bench_cli(masked, tmp_path, runtime, batches, capsys):
     rows = json.loads(js.read_text())
     assert [(r["label"], r["batch"]) for r in rows] == [
         (label, b) for b in batches for label in ("masked", "small")]
-    assert rows[1]["flops_ratio"] > 1.0 and "speed-up" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert rows[1]["flops_ratio"] > 1.0 and "speed-up" in out
     assert {r["precision"] for r in rows} == {"f32"}
+    assert f"measured with {runtime} {rows[0]['runtime_version']}" in out  # the JSON's only
     assert main(["bench", masked, str(tmp_path / "nope.onnx")]) == 2
     assert os.path.exists(js)
 

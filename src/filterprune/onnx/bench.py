@@ -406,6 +406,10 @@ def format_table(rows: Sequence[BenchRow]) -> str:
                      f"{r.of_flops_ratio:>8.2f}")  # fmt: skip
     shown = dict.fromkeys((r.batch, r.inputs) for r in rows if r.inputs)
     lines += [f"batch {batch} feeds {inputs}" for batch, inputs in shown]
+    versions = dict.fromkeys(f"{r.runtime} {r.runtime_version}" for r in rows
+                             if r.runtime_version)  # fmt: skip
+    if versions:
+        lines.append(f"measured with {', '.join(versions)}")
     for r in dict((r.label, r) for r in rows if r.int8_layers).values():
         low, total = map(int, r.int8_layers.split("/"))
         if low < total:
