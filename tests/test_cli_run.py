@@ -84,7 +84,7 @@ def test_report_page_renders_in_chromium(run_dir, tmp_path):
     for heading in ("Before and after", "Training", "Filters kept per layer", "Config",
                     "How to load the result"):  # fmt: skip
         assert heading in page.text
-    assert "latency (onnxruntime, CPU, batch 1, 1 thread; median)" in page.text
+    assert "latency (onnxruntime f32, CPU, batch 1, 1 thread; median)" in page.text
     assert len(page.images) == 3 and page.images_loaded
     assert all(i["width"] >= 300 for i in page.images)
     html = (run_dir / "report.html").read_text()
@@ -369,7 +369,9 @@ def test_a_quantized_runs_load_snippet_rebuilds_its_model(images, tmp_path, monk
     snippet = json.loads((out / "summary.json").read_text())["load"]
     assert "resize_to_state_dict" not in snippet
     # its text said "state_dict with the pruned filters removed" of model_stripped.pt
-    assert "which resize_to_state_dict does not load" in (out / "report.md").read_text()
+    page = (out / "report.md").read_text()
+    assert "which resize_to_state_dict does not load" in page
+    assert "latency (onnxruntime f32 -> " in page  # a QDQ file after an f32 one: said
     monkeypatch.chdir(out)
     scope = {}
     exec(snippet, scope)  # noqa: S102 - the snippet the report shows, as a user runs it

@@ -45,10 +45,20 @@ def _before_after(summary: dict[str, Any]) -> Block:
     lat = summary.get("latency")
     if lat:
         threads = f"{lat['threads']} thread{'s' if lat['threads'] > 1 else ''}"
-        rows.append([f"latency (onnxruntime, CPU, batch 1, {threads}; median)",
+        rows.append([f"latency (onnxruntime{precision_label(lat)}, CPU, batch 1, {threads}; "
+                     "median)",
                      f"{lat['before_ms']:.3f} ms", f"{lat['after_ms']:.3f} ms",
                      _speed(lat["before_ms"], lat["after_ms"])])  # fmt: skip
     return ("table", ["", "before (dense)", "after (pruned)", "change"], rows)
+
+
+def precision_label(latency: dict[str, Any]) -> str:
+    """`` f32``, or `` f32 -> int8`` where the two models run at different precisions (the
+    change is then not the cut's alone); empty for a summary written before it was kept."""
+    before, after = latency.get("precision") or ("", "")
+    if not before:
+        return ""
+    return f" {before}" if before == after else f" {before} -> {after}"
 
 
 def _speed(before: float, after: float) -> str:

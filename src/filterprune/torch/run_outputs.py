@@ -72,7 +72,8 @@ def _latency(folder: Path, settings: dict[str, Any], notes: list[str]) -> dict[s
         return {}
     return {"runtime": "onnxruntime", "threads": threads, "batch": 1,
             "before_ms": rows[0].median_ms, "after_ms": rows[1].median_ms,
-            "runs": [rows[0].runs, rows[1].runs], "flops": [rows[0].flops, rows[1].flops]}
+            "runs": [rows[0].runs, rows[1].runs], "flops": [rows[0].flops, rows[1].flops],
+            "precision": [rows[0].precision, rows[1].precision]}
 
 
 def load_snippet(settings: dict[str, Any], classes: int, quantized: bool = False) -> str:
@@ -174,7 +175,9 @@ def _summary_text(s: dict[str, Any]) -> str:
                      f"({params[1] / params[0]:.3f} kept)")  # fmt: skip
     lat = s["latency"]
     if lat:
-        lines.append(f"latency (onnxruntime, batch 1, {lat['threads']} thread"
+        from ..report.page import precision_label
+
+        lines.append(f"latency (onnxruntime{precision_label(lat)}, batch 1, {lat['threads']} thread"
                      f"{'s' if lat['threads'] > 1 else ''}) {lat['before_ms']:.3f} ms -> "
                      f"{lat['after_ms']:.3f} ms ({lat['before_ms'] / lat['after_ms']:.2f}x)")
     return "\n".join(lines)
