@@ -999,23 +999,12 @@ def test_the_training_model_exports_with_torch_onnx_export(tmp_path, per_channel
         np.testing.assert_allclose(got, model(x), atol=1e-5)
 
 
-class _ConvBN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.head = nn.Conv2d(8, 4, 1)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.bn(self.conv(x))))
-
-
 def _unsigned_weights():
     """A conv whose weights are all >= 0 at creation, quantized with ``signed: false``."""
     net = _net(_ConvBN)
     with torch.no_grad():
         net.conv.weight.abs_()
-        net.bn.weight.copy_(torch.linspace(0.5, 1.5, 8) * torch.tensor([1.0, -1.0] * 4))
+        net.bn.weight.copy_(torch.linspace(0.5, 1.5, 16) * torch.tensor([1.0, -1.0] * 8))
     return create_compressed_model(net, _config({"weights": {"signed": False}}, pruning=False))
 
 
