@@ -151,6 +151,14 @@ def test_a_slice_of_single_channels_keeps_them_whole():
     assert_strip_equal(ctrl, model, x, tol=1e-5)
 
 
+def test_a_negative_stride_over_the_channels_is_named_as_written():
+    """``h[..., ::-2]`` was said to index "channels 31:-1 of 32", its step left out."""
+    ctrl, model, x, held = _prune(_model(lambda h: ops.concatenate([h[..., ::-2], h[..., 1::2]],
+                                                                    -1)))  # fmt: skip
+    assert held["a"].endswith("indexes into channels ::-2 of 32")
+    assert_strip_equal(ctrl, model, x, tol=1e-5)
+
+
 @pytest.mark.parametrize(("body", "reason"), HELD.values(), ids=HELD)
 def test_a_lambda_that_mixes_channels_or_fixes_them_in_code_keeps_them_whole(body, reason):
     ctrl, model, x, held = _prune(_model(body))

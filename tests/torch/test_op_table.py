@@ -1246,3 +1246,4 @@ def test_a_tensor_joined_twice_is_cut_in_both_places(stacked):
     options = AnalysisOptions(prune_first_conv=True)
     groups = {tuple(g.producers): g for g in analyze(cap.graph, options).groups}
     assert groups[("a",)].reason is None and groups[("a",)].size == 16
+

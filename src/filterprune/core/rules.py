@@ -1054,7 +1054,8 @@ def _tie_strided(s: Propagation, full: np.ndarray, axis: int, part: Any) -> None
     if step < 2 or size % step or start >= step or stop < size - step + start + 1 or from_end:
         if not isinstance(part, slice):
             raise RuleError("indexes into channels")
-        taken = f"{start}:{stop}" + (f":{step}" if step > 1 else "")
+        taken = f"{start}:{stop}" + (f":{step}" if step > 1 else "") if step > 0 else ":".join(
+            "" if v is None else str(v) for v in (part.start, part.stop, part.step))  # ::-2
         raise RuleError(f"indexes into channels {taken} of {size}")
     blocks = np.moveaxis(full, axis, -1).reshape(*full.shape[:axis], *full.shape[axis + 1 :],
                                                  size // step, step)  # fmt: skip
