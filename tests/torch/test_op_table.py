@@ -1247,3 +1247,23 @@ def test_a_tensor_joined_twice_is_cut_in_both_places(stacked):
     groups = {tuple(g.producers): g for g in analyze(cap.graph, options).groups}
     assert groups[("a",)].reason is None and groups[("a",)].size == 16
 
+
+
+class _AddOut(Between):
+    def __init__(self):
+        super().__init__(None)
+        self.c, self.bnc = nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16)
+
+    def forward(self, x):
+        y = self.bna(self.a(x))
+        torch.add(y, self.bnc(self.c(y)), out=y)  # later reads of y read the sum
+        return self.head(torch.relu(self.bnb(self.b(y))).mean((2, 3)))
+
+
+def test_an_out_argument_is_read_as_the_tensor_it_writes():
+    """``torch.add(y, z, out=y)``: reads of y after it read y unwritten, so z's conv
+    "reaches no output of the captured forward" and was held, and y's with it."""
+    with torch.no_grad():
+        small, held = prune(None, _AddOut())
+    assert "a" not in held and "c" not in held, held
+    assert small.c.out_channels == 8

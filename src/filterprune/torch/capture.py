@@ -407,10 +407,15 @@ def _in_place_calls_read(graph: fx.Graph) -> None:
     else reads the tensor it changes: the out-of-place method's rule reads it. After an
     in-place write, ``out.index_add_(0, idx, y)`` (a mixture of experts) or ``a.add_(b)``
     (a residual), reads of ``out`` read the write, as they do at run time (the trace keeps
-    reading the tensor before it: ``b``'s conv reached no output). Writes into weights
-    are left to the analysis (it ties a mask written into one to its layer)."""
+    reading the tensor before it: ``b``'s conv reached no output); so do reads of the
+    tensor an ``out=`` argument names. Writes into weights are left to the analysis (it
+    ties a mask written into one to its layer)."""
     order = {node: i for i, node in enumerate(graph.nodes)}
     for node in graph.nodes:
+        out = node.kwargs.get("out") if node.op in ("call_function", "call_method") else None
+        if isinstance(out, fx.Node) and out.op != "get_attr":  # torch.add(x, b, out=x)
+            for user in [u for u in out.users if order[u] > order[node]]:
+                user.replace_input_with(out, node)
         if node.op != "call_method" or not node.args or not isinstance(node.args[0], fx.Node):
             continue
         if node.target in _SHAPED_IN_PLACE:
