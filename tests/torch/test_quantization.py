@@ -1025,6 +1025,24 @@ def test_unsigned_weights_turned_negative_are_quantized_signed(caplog):
     assert "`weights.signed` is false, but weight:conv has negative values" in caplog.text
 
 
+def test_unsigned_weights_export_and_compile_whole():
+    """The sign check, read off the weight's values at every range, failed torch.export
+    and torch.compile(fullgraph=True) ("data-dependent expression"): a traced graph keeps
+    the sign decided so far."""
+    ctrl, model = _unsigned_weights()
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(torch.export.export(model, (x,)).module()(x), ref)
+        try:
+            torch.testing.assert_close(torch.compile(model, backend="eager", fullgraph=True)(x),
+                                       ref)  # fmt: skip
+        finally:
+            torch._dynamo.reset()
+    assert model.conv.weight_quantizer.quant_min == 0
+
+
 def test_a_negative_gamma_is_not_folded_into_unsigned_weights(tmp_path):
     """The fold turned a channel negative on an unsigned grid: the exported file was 0.60
     off the model, and the export's own check compared it with the folded model."""

@@ -215,9 +215,10 @@ class FakeQuantize(nn.Module):
     def follow(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Set the range from weight ``w``; returns the new ``(scale, zero_point)``."""
         signed, was = self._signed, self._signed
-        if not signed:  # once signed, always (no host sync per step): see quant_params
-            # unsigned is checked at every range: a weight trained, or a BatchNorm with a
-            # negative gamma folded in, below 0 would clip to 0
+        if signed is None or not signed and not _tracing():  # once signed, always
+            # unsigned is checked at every eager range (a host sync, for `signed: false`
+            # alone): a weight trained, or a BatchNorm with a negative gamma folded in, below
+            # 0 would clip to 0. A graph being traced keeps the sign decided so far.
             signed = self.spec.settings.signed is not False or bool((w < 0).any())
             self._signed = signed
         scale, zero_point = follow_range(w, self.spec, signed)
@@ -288,6 +289,13 @@ class FakeQuantize(nn.Module):
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
         return torch.fake_quantize_per_channel_affine(x, scale, zero_point, self.axis, qmin, qmax)
+
+
+def _tracing() -> bool:
+    """Whether a graph is being captured (torch.compile, torch.export, an ONNX export),
+    where a decision read off a value cannot be made."""
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())  # fmt: skip
 
 
 def _traceable_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
