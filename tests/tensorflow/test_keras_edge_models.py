@@ -118,6 +118,19 @@ def _sequence_model(activation, name="c1"):
     return keras.Model(inp, layers.Conv1D(4, 1, name="head")(x))
 
 
+def test_sparsemax_on_a_dense_keeps_its_units():
+    """Tried on all but the first unit alone, sparsemax on a batch of two passed by chance
+    and the Dense was cut (0.25 off)."""
+    inp = keras.Input((16,))
+    x = layers.Dense(16, name="d", activation="sparsemax")(inp)
+    model = keras.Model(inp, layers.Dense(4, name="head")(x))
+    config = make_config(sample=(1, 16))
+    ctrl, model = create_compressed_model(redrawn(model), config)
+    assert_strip_equal(ctrl, model, np.random.default_rng(1).normal(size=(8, 16)), tol=1e-5)
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert "activation sparsemax is not known" in held["d"]
+
+
 def test_an_activation_over_the_channels_of_a_sequence_keeps_them_whole():
     """The activation is tried at the layer's own rank, sliced along its channels (axis
     2 of a Conv1D's or Dense's output): 0.21 relative off once cut before."""
