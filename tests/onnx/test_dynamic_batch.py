@@ -422,3 +422,23 @@ def test_split_bounds_read_from_a_shape_with_a_free_batch_are_known(tmp_path, op
     _, got = convert(free, torch.randn(3, 3, 8, 8))
     assert got.removed == want.removed == 3
     assert got.flops_kept == pytest.approx(want.flops_kept)
+
+
+@pytest.mark.parametrize(("op", "extra", "want"), [
+    ("Gather", {}, [8]),
+    ("Slice", {"axes": ""}, [6, 4, 8]),  # steps -1, axes left empty: read by position
+])
+def test_known_dims_of_a_shape_with_a_free_batch_are_picked(op, extra, want):
+    from filterprune.onnx.facts import read_facts
+
+    consts = {"i": [1], "st": [3], "en": [0], "sp": [-1]}
+    ins = ["s", "i"] if op == "Gather" else ["s", "st", "en", extra["axes"], "sp"]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("Shape", ["y"], ["s"]),
+             helper.make_node(op, ins, ["picked"])]  # fmt: skip
+    inits = [onnx.numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")] + [
+        onnx.numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, ["N", 3, 4, 6])],
+                              [helper.make_tensor_value_info("picked", 7, [None])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert read_facts(model).value("picked").tolist() == want

@@ -430,7 +430,8 @@ class _Folder:
         """A Gather or Slice of constant indices from a partly known shape: a constant
         where it picks known dims only."""
         dims, a = self.partial[node.input[0]], attrs_of(node)
-        rest = [self.consts.get(i) for i in node.input[1:] if i]
+        # by position: an optional input left empty (a Slice's axes) keeps its place
+        rest = [self.consts.get(i) if i else np.array([0]) for i in node.input[1:]]
         if any(r is None for r in rest):
             return False
         if node.op_type == "Gather":
