@@ -1023,6 +1023,17 @@ def test_unsigned_weights_turned_negative_are_quantized_signed(caplog):
     assert q.quant_min == -128
     assert (got - w).abs().max() <= q.scale.max() / 2 + 1e-7
     assert "`weights.signed` is false, but weight:conv has negative values" in caplog.text
+    state = (ctrl.get_compression_state(), model.state_dict())
+    with torch.no_grad():
+        model.conv.weight.abs_()  # all >= 0 again: the uninterrupted run stays signed
+    _m(model.conv, "weight")
+    config = _config({"weights": {"signed": False}}, pruning=False)
+    _, resumed = create_compressed_model(_net(_ConvBN), config, state[0])
+    resumed.load_state_dict(state[1])
+    with torch.no_grad():
+        resumed.conv.weight.abs_()
+    _m(resumed.conv, "weight")
+    assert resumed.conv.weight_quantizer.quant_min == q.quant_min == -128
 
 
 def test_unsigned_weights_export_and_compile_whole():

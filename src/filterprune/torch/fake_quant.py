@@ -193,6 +193,8 @@ class FakeQuantize(nn.Module):
         self.quant_min, self.quant_max = qmin, qmax
         self.initialized, self.frozen = bool(initialized), bool(frozen)
         self._meta_written = (qmin, qmax, int(initialized), int(frozen))
+        if self.spec.kind == "weight":  # a weight turned signed stays so on resume
+            self._signed = qmin < 0 if self.initialized else None
         if not self.initialized:
             self.first = None
 
