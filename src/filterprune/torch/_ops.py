@@ -753,7 +753,11 @@ def _narrow(node: fx.Node, shapes) -> Spec:
     start, length = int(_arg(node, 2, "start")), int(_arg(node, 3, "length"))
     if start < 0:
         start += shapes[dim]
-    return "index", {"index": (slice(None),) * dim + (slice(start, start + length),)}
+    # its length is exact (a slice's end is clamped): over all the channels it fails on
+    # fewer, so channels there stay whole
+    return "index", {"index": (slice(None),) * dim + (slice(start, start + length),),
+                     "computed_axes": [dim], "computed_reason": "narrow takes a length "
+                     "written in code"}  # fmt: skip
 
 
 def _tile(node: fx.Node, shapes) -> Spec:
