@@ -53,3 +53,17 @@ def test_compress_without_quantization_trains_a_pruning_only_controller(cache):
     assert not hasattr(ctrl, "child_ctrls")
     assert ctrl.shrunk  # masks froze at once and the model was cut
     assert 0.48 <= ctrl.statistics().flops_kept <= 0.5
+
+
+def test_a_test_limit_keeps_the_shipped_baseline(tmp_path, monkeypatch, capsys):
+    """--test-limit limits the evaluation; it was part of the baseline's cache key, so the
+    shipped baseline missed and two epochs of training ran instead."""
+    from filterprune.examples import _training
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the baseline was trained again")
+
+    monkeypatch.setattr(_training, "_train_baseline", trained)
+    args = demo_arguments("", ["--test-limit", "256", "--cache", str(tmp_path)], **demo.DEFAULTS)
+    demo.load_baseline(args)
+    assert "baseline: shipped" in capsys.readouterr().out
