@@ -324,3 +324,12 @@ def test_the_table_counts_filters_and_names_the_layers_that_follow(tmp_path, cap
     groups = {g["producers"][0]: g for g in json.loads(out.read_text())["groups"]}
     assert (groups["c3"]["size"], groups["c3"]["filters"]) == (1, 16)
     assert groups["stem"]["followers"] == ["dw"]
+
+
+def test_a_model_failing_on_the_default_size_is_told_to_give_one(capsys):
+    """The error named `input_info`, which the user never gave: analyze's own default."""
+    assert main(["analyze", "filterprune.examples._training:SmallCNN"]) == 2
+    err = capsys.readouterr().err
+    assert "No input size was given, so analyze tried its default 1,3,224,224" in err
+    assert main(["analyze", "filterprune.examples._training:SmallCNN",
+                 "--input-size", "1,1,28,28"]) == 0  # fmt: skip

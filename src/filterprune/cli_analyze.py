@@ -255,6 +255,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     """Print (and optionally write) what pruning would do to MODEL."""
     from ._atomic import atomic_write_bytes, atomic_write_text
     from .core.config import Config
+    from .errors import AnalysisError
 
     check_output_path("--json", args.json)
     check_output_path("--plot", args.plot)
@@ -264,7 +265,16 @@ def run_analyze(args: argparse.Namespace) -> int:
     config = Config.from_dict(with_switches(config, {
         "prune_first_conv": args.prune_first_conv,
         "prune_downsample_convs": args.prune_downsample_convs}))  # fmt: skip
-    ctrl = dry_run_quietly(frontend, model, config, args.level, spec.text)
+    try:
+        ctrl = dry_run_quietly(frontend, model, config, args.level, spec.text)
+    except AnalysisError as err:
+        if args.input or config.get("input_info", {}).get("sample_size") != fallback or \
+                "(from `input_info`)" not in str(err):  # fmt: skip
+            raise
+        size = ",".join(map(str, fallback))
+        raise UsageError(f"{err} No input size was given, so analyze tried its default "
+                         f"{size}: give the model's as --input-size N,C,H,W, or as "
+                         "`input_info` in --config.") from err
     data = summarize(ctrl)
     size = "x".join(map(str, config.sample_sizes()[0])) if config.sample_sizes() else "?"
     full = data["statistics"]
