@@ -1270,3 +1270,19 @@ def test_an_out_argument_is_read_as_the_tensor_it_writes():
         small, held = prune(None, _AddOut())
     assert "a" not in held and "c" not in held, held
     assert small.c.out_channels == 8
+
+
+class _ViewWrite(_AddOut):
+    def forward(self, x):
+        y = self.bna(self.a(x))
+        y.transpose(1, 2).add_(self.bnc(self.c(y)).transpose(1, 2))  # changes y
+        return self.head(torch.relu(self.bnb(self.b(y))).mean((2, 3)))
+
+
+def test_an_op_in_place_on_a_view_says_so():
+    """The write changes y through the view, which the trace does not follow: c's conv
+    was held as reaching no output of the forward."""
+    with torch.no_grad():
+        _, held = prune(None, _ViewWrite())
+    assert held["a"] == held["c"] == ("view_written_in_place: an op in place on a view of "
+                                      "these channels, which the analysis does not follow")

@@ -1012,7 +1012,17 @@ try:  # torchvision wraps stochastic depth as one traced call: channel-wise in a
 except ImportError:  # torchvision is optional
     pass
 
+def view_written_in_place(base: Any, write: Any) -> Any:
+    """``base`` after ``write``, an op in place on a view of it (``x.transpose(1, 2)
+    .add_(y)``): the capture's marker where later code reads ``base`` (the write is in
+    it already)."""
+    return base
+
+
 CALL_RULES: dict[Any, Call] = {
+    view_written_in_place: lambda node, shapes: (
+        "stop", {"reason": "an op in place on a view of these channels, which the analysis "
+                           "does not follow"}),
     **{f: _identity for f in _ACT_FUNCS},
     **{f: _spatial(axes) for f, axes in _SPATIAL_FUNCS.items()},
     **{f: _adaptive(axes) for f, axes in _SPATIAL_FUNCS.items()

@@ -63,7 +63,15 @@ from ._layers import (
     split_sizes,
 )
 from ._on_sample import HOOKED, settled, sized_range, traced_hooks_off
-from ._ops import CALL_RULES, EXPORT_READS, FUNCTIONAL, LEAF_MODULES, call_rule, module_rule
+from ._ops import (
+    CALL_RULES,
+    EXPORT_READS,
+    FUNCTIONAL,
+    LEAF_MODULES,
+    call_rule,
+    module_rule,
+    view_written_in_place,
+)
 from ._sizes import SizeReads
 from ._snapshot import (
     attributes_kept,
@@ -425,6 +433,34 @@ def _in_place_calls_read(graph: fx.Graph) -> None:
                 and not node.target.startswith("_") and node.args[0].op != "get_attr":  # fmt: skip
             for user in [u for u in node.args[0].users if order[u] > order[node]]:
                 user.replace_input_with(node.args[0], node)
+            _mark_write_through_view(graph, node, order)
+
+
+# views a write in place on reaches the tensor they view (a copy, from ``reshape``, does not:
+# held all the same)
+_VIEWS = {"transpose", "permute", "view", "view_as", "reshape", "unsqueeze", "squeeze",
+          "flatten", "unflatten", "detach", "narrow", "select", "expand", "expand_as", "t",
+          "movedim", "moveaxis", "swapaxes", "swapdims", "diagonal", "unfold", "as_strided"}
+
+
+def _mark_write_through_view(graph: fx.Graph, node: fx.Node, order: dict[fx.Node, float]) -> None:
+    """``x.transpose(1, 2).add_(y)`` changes ``x``, which the trace does not see: later
+    reads of ``x`` read a marker that holds its channels and the write's, with that reason
+    (they were said to reach no output)."""
+    view = node.args[0]
+    name = view.target if view.op == "call_method" else getattr(view.target, "__name__", "")
+    if view.op not in ("call_method", "call_function") or name not in _VIEWS or \
+            not view.args or not isinstance(view.args[0], fx.Node):  # fmt: skip
+        return
+    base = view.args[0]
+    later = [u for u in base.users if order.get(u, -1) > order[node]]
+    if not later:
+        return
+    with graph.inserting_after(node):
+        marker = graph.call_function(view_written_in_place, (base, node))
+    order[marker] = order[node] + 0.5
+    for user in later:
+        user.replace_input_with(base, marker)
 
 
 def _shapes(outputs: Any) -> list[tuple[int, ...]]:
