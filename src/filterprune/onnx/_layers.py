@@ -144,7 +144,7 @@ def _gemm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
         return "weights are not constants"
     roles = ("out", "in") if v.attr("transB", 0) else ("in", "out")
     p.add("W", 1, roles)
-    cout = w.shape[roles.index("out")] if "out" in roles else None
+    cout = w.shape[roles.index("out")]
     if len(p.node.input) > 2 and p.node.input[2]:
         c = p.facts.value(p.node.input[2])
         if c is None:

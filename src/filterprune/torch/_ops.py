@@ -1012,6 +1012,7 @@ try:  # torchvision wraps stochastic depth as one traced call: channel-wise in a
 except ImportError:  # torchvision is optional
     pass
 
+
 def view_written_in_place(base: Any, write: Any) -> Any:
     """``base`` after ``write``, an op in place on a view of it (``x.transpose(1, 2)
     .add_(y)``): the capture's marker where later code reads ``base`` (the write is in
