@@ -28,6 +28,16 @@ def _pool_net():
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(4)).eval()
 
 
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_the_free_batch_axis_is_named_batch(tmp_path, exporter):
+    """The current exporter wrote its own symbol (``s77``), which readers of the file show."""
+    path = str(tmp_path / "m.onnx")
+    export_onnx(SmallNet().eval(), (torch.randn(1, 3, 32, 32),), path, exporter=exporter)
+    graph = onnx.load(path).graph
+    for v in (*graph.input, *graph.output):
+        assert v.type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
 def test_current_exporter_is_the_default_and_exports_what_torchscript_refuses(tmp_path, caplog):
     net, x = _pool_net(), torch.randn(1, 3, 7, 7)
     with caplog.at_level(logging.INFO, logger="filterprune"):

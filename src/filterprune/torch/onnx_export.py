@@ -333,12 +333,36 @@ def _dynamo_once(model: nn.Module, args: tuple, tmp: str, names: dict[str, Any],
                               optimize=optimize, dynamic_shapes=dynamic, **names)  # fmt: skip
         try:
             onnx.checker.check_model(tmp, full_check=True)
+            if dynamic is not None:
+                _name_batch(tmp)
             return
         except onnx.checker.ValidationError as err:
             if not optimize:
                 raise
             log.info("The optimised ONNX graph is invalid (%s); exporting it unoptimised.",
                      _short(err))  # fmt: skip
+
+
+def _name_batch(path: str) -> None:
+    """Name the free batch axis ``batch``, as the TorchScript exporter does: the current
+    one writes its own symbol (``s77``), which a reader of the file (Netron, an error
+    naming the input's shape) shows."""
+    import onnx
+
+    proto = onnx.load(path)
+    values = [v for v in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info)
+              if v.type.HasField("tensor_type")]  # fmt: skip
+    first = {v.type.tensor_type.shape.dim[0].dim_param for v in proto.graph.input
+             if v.type.HasField("tensor_type") and v.type.tensor_type.shape.dim}  # fmt: skip
+    used = {d.dim_param for v in values for d in v.type.tensor_type.shape.dim}
+    if len(first) != 1 or "" in first or "batch" in used:
+        return
+    symbol = re.compile(rf"\b{re.escape(first.pop())}\b")
+    for v in values:
+        for d in v.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.dim_param = symbol.sub("batch", d.dim_param)
+    onnx.save(proto, path)
 
 
 def _nest_var_positional(model: nn.Module, specs: tuple) -> tuple:
