@@ -218,7 +218,9 @@ def _unread_layers(graph: Graph) -> list[str]:
         if name not in live and name in graph.nodes:
             live.add(name)
             todo.extend(graph[name].inputs)
-    return [n.name for n in graph if n.layer is not None and n.name not in live]
+    # a layer without weights (timm DLA's nn.Identity "project", whose result an inner
+    # tree computes again) only reads its input: that its output goes unread cuts nothing
+    return [n.name for n in graph if n.layer in graph.layers and n.name not in live]
 
 
 def _written_back(state: Propagation) -> None:
