@@ -1,5 +1,6 @@
 """``filterprune prune --data ... --out RUN_DIR`` and ``filterprune report RUN_DIR``."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -16,6 +17,29 @@ from filterprune.torch import resize_to_state_dict
 OUTPUTS = ["checkpoint.pt", "dense.onnx", "history.json", "model.onnx", "model_stripped.pt",
            "model_zeroed.onnx", "report.html", "report.md", "report_files", "run.json",
            "summary.json"]  # fmt: skip
+
+
+def _ctrl_c():
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stopped_in_epoch(monkeypatch, epoch, stop=_ctrl_c):
+    """Inside the block, a run calls ``stop()`` (a Ctrl-C) as its epoch ``epoch`` begins."""
+    import filterprune.torch.finetune as finetune
+
+    real = finetune._Loop.epoch
+
+    def stopping(self, number):
+        if number == epoch:
+            stop()
+        return real(self, number)
+
+    monkeypatch.setattr(finetune._Loop, "epoch", stopping)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(finetune._Loop, "epoch", real)
 
 
 @pytest.fixture(scope="module")
@@ -120,24 +144,14 @@ def test_report_markdown_points_at_its_charts(run_dir):
 
 def test_interrupted_run_resumes_to_the_same_result(run_dir, images, config_file, tmp_path,
                                                     monkeypatch, capsys):  # fmt: skip
-    import filterprune.torch.finetune as finetune
-
     # the arguments of the run_dir fixture: that run is the uninterrupted one
     args = ["--data", str(images), "--config", str(config_file), "--epochs", "2", *RUN_ARGS]
-    real_epoch = finetune._Loop.epoch
-
-    def stop_in_epoch_2(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(finetune._Loop, "epoch", stop_in_epoch_2)
     cut = tmp_path / "cut"
-    assert main(["prune", TINY, *args, "--out", str(cut)]) == 130
+    with _stopped_in_epoch(monkeypatch, 2):
+        assert main(["prune", TINY, *args, "--out", str(cut)]) == 130
     assert f"interrupted. Continue with --resume {cut}." in capsys.readouterr().err
     assert torch.load(cut / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not (cut / "summary.json").exists()
-    monkeypatch.setattr(finetune._Loop, "epoch", real_epoch)
     assert main(["report", str(cut)]) == 0  # a report of the epochs so far
     assert "in progress: 1 of 2 epochs done" in (cut / "report.md").read_text()
     assert main(["prune", "--resume", str(cut)]) == 0
@@ -156,20 +170,11 @@ def test_a_terminated_run_says_how_to_resume(images, config_file, tmp_path, monk
     import os
     import signal
 
-    import filterprune.torch.finetune as finetune
-
-    real_epoch = finetune._Loop.epoch
-
-    def term_in_epoch_2(self, epoch):
-        if epoch == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(finetune._Loop, "epoch", term_in_epoch_2)
     before = signal.getsignal(signal.SIGTERM)
     cut = tmp_path / "cut"
     args = ["--data", str(images), "--config", str(config_file), "--epochs", "2", *RUN_ARGS]
-    assert main(["prune", TINY, *args, "--out", str(cut)]) == 143
+    with _stopped_in_epoch(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM)):
+        assert main(["prune", TINY, *args, "--out", str(cut)]) == 143
     assert f"interrupted. Continue with --resume {cut}." in capsys.readouterr().err
     assert torch.load(cut / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert signal.getsignal(signal.SIGTERM) == before
@@ -186,21 +191,11 @@ def test_a_run_shorter_than_the_schedule_says_so(images, config_file, tmp_path, 
 
 def test_a_model_with_dropout_resumes_to_the_same_result(images, config_file, tmp_path,
                                                         monkeypatch):  # fmt: skip
-    import filterprune.torch.finetune as finetune
-
     args = ["cli_helpers:tiny_cnn_dropout", "--data", str(images), "--config",
             str(config_file), "--epochs", "2", *RUN_ARGS]  # fmt: skip
     assert main(["prune", *args, "--out", str(tmp_path / "whole")]) == 0
-    real_epoch = finetune._Loop.epoch
-
-    def stop_in_epoch_2(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(finetune._Loop, "epoch", stop_in_epoch_2)
-    assert main(["prune", *args, "--out", str(tmp_path / "cut")]) == 130
-    monkeypatch.setattr(finetune._Loop, "epoch", real_epoch)
+    with _stopped_in_epoch(monkeypatch, 2):
+        assert main(["prune", *args, "--out", str(tmp_path / "cut")]) == 130
     assert main(["prune", "--resume", str(tmp_path / "cut")]) == 0
     whole = torch.load(tmp_path / "whole" / "model_stripped.pt", weights_only=True)
     resumed = torch.load(tmp_path / "cut" / "model_stripped.pt", weights_only=True)
@@ -389,21 +384,11 @@ def test_a_finished_run_resumed_for_more_epochs_trains_them(
     done with the files of two epochs."""
     import shutil
 
-    import filterprune.torch.finetune as finetune
-
     folder = tmp_path / "run"
     shutil.copytree(run_dir, folder)
-    real_epoch = finetune._Loop.epoch
-
-    def stop_in_epoch_3(self, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(finetune._Loop, "epoch", stop_in_epoch_3)
-    assert main(["prune", "--resume", str(folder), "--epochs", "3"]) == 130
+    with _stopped_in_epoch(monkeypatch, 3):
+        assert main(["prune", "--resume", str(folder), "--epochs", "3"]) == 130
     assert not (folder / "summary.json").exists()
-    monkeypatch.setattr(finetune._Loop, "epoch", real_epoch)
     assert main(["prune", "--resume", str(folder)]) == 0
     assert "resuming" in capsys.readouterr().out
     whole = tmp_path / "whole"  # three epochs from the start
