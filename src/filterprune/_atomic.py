@@ -109,34 +109,26 @@ def check_writable(path: PathLike) -> None:
             message names ``path`` (not a temporary name).
     """
     target = Path(path)
-    if _special(target):
-        return
-    target = _resolved(target)
-    if target.parent.is_dir():
-        _remove(_reserve(target, ".tmp"))
-        return
-    # the folder is made by the write, not by the check: a run refused later leaves none
-    ancestor = next(p for p in target.parents if p.exists() or p == p.parent)
-    try:
-        if not ancestor.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, f"{ancestor} is a file, not a folder")
-        fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=ancestor)
-    except OSError as err:
-        raise type(err)(err.errno, f"Cannot write {target}: {err.strerror}. Choose a folder "
-                        "you can write to") from err  # fmt: skip
-    os.close(fd)
-    _remove(tmp)
+    if not _special(target):
+        # the folder is made by the write, not by the check: a run refused later leaves none
+        _remove(_reserve(_resolved(target), ".tmp", make_folder=False))
 
 
-def _reserve(target: Path, suffix: str) -> str:
-    """An empty temporary file beside ``target`` (its folder made when missing)."""
+def _reserve(target: Path, suffix: str, make_folder: bool = True) -> str:
+    """An empty temporary file beside ``target`` (its folder made when missing; without
+    ``make_folder``, in the nearest folder that exists)."""
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"Cannot write {target}: it is a folder. Give "
                                 "a file name")  # fmt: skip
+    folder = target.parent if make_folder else next(
+        p for p in target.parents if p.exists() or p == p.parent)  # fmt: skip
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(target)
-        fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=suffix, dir=target.parent)
+        if make_folder:
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale(target)
+        elif not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a file, not a folder")
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=suffix, dir=folder)
     except OSError as err:
         raise type(err)(err.errno, f"Cannot write {target}: {err.strerror}. Choose a folder "
                         "you can write to") from err  # fmt: skip
