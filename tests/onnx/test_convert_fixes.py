@@ -400,7 +400,7 @@ def test_a_conv_reading_channels_spread_over_positions_loses_only_its_zero_filte
     assert layer(report, "c2").removed == 4
 
 
-@pytest.mark.parametrize("held", ["transA", "bias rows", "constant on the left"])
+@pytest.mark.parametrize("held", ["transA", "transA, beta 0", "constant on the left"])
 def test_a_product_left_whole_is_counted(tmp_path, held):
     """A Gemm or MatMul left whole dropped out of the FLOPs (kept 0.500 for 0.688); a Gemm
     out of the parameters and the zero-filter count too."""
@@ -417,9 +417,10 @@ def test_a_product_left_whole_is_counted(tmp_path, held):
              helper.make_node("MatMul", ["r0", "w2"], ["y0"], name="g2")]  # fmt: skip
     if held == "transA":
         nodes.append(helper.make_node("Gemm", ["ft", "w1", "c1"], ["y1"], name="g1", transA=1))
-    elif held == "bias rows":
-        weights["c1"] = np.tile(c1, (2, 1))
-        nodes.append(helper.make_node("Gemm", ["f", "w1", "c1"], ["y1"], name="g1"))
+    elif held == "transA, beta 0":  # C adds nothing: its filters 1 and 4 are zero all the same
+        weights["c1"] = rng.normal(size=6)
+        nodes.append(helper.make_node("Gemm", ["ft", "w1", "c1"], ["y1"], name="g1", transA=1,
+                                      beta=0.0))  # fmt: skip
     else:  # (6, 12) @ (12, 2), the product's output transposed back
         del weights["c1"]
         weights["w1"] = w1.T.copy()
@@ -430,10 +431,33 @@ def test_a_product_left_whole_is_counted(tmp_path, held):
     assert report.removed == 4
     # per sample, 2 x the weight elements: g0 192 -> 96, g2 48 -> 24, g1 144 whole
     assert (report.flops_before, report.flops_after) == (384, 264)
-    held_params = 72 + {"transA": 6, "bias rows": 12, "constant on the left": 0}[held]
+    held_params = 72 + {"transA": 6, "transA, beta 0": 6, "constant on the left": 0}[held]
     assert (report.params_before, report.params_after) == (128 + held_params, 64 + held_params)
     if held != "constant on the left":  # listed, with its zero filters
         assert layer(report, "g1").zero_filters == 2
+
+
+@pytest.mark.parametrize("bias", ["rows", "rows alike", "beta 0"])
+def test_a_gemm_with_bias_rows_or_beta_0_loses_its_zero_filters(tmp_path, bias):
+    """C with a row per sample was held ("bias C varies over rows"); with ``beta`` 0 a
+    nonzero C hid the zero filters. Both are cut along C's columns."""
+    rng = np.random.default_rng(0)
+    w0, w1 = rng.normal(size=(12, 8)), rng.normal(size=(8, 3))
+    w0[:, [1, 4, 6]] = 0
+    c0 = rng.normal(size=(2, 8)) if bias == "rows" else np.tile(rng.normal(size=8), (2, 1))
+    c0[:, [1, 4, 6]] = 0 if bias != "beta 0" else c0[:, [1, 4, 6]]
+    beta = 0.0 if bias == "beta 0" else 0.5
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Gemm", ["f", "w0", "c0"], ["g0"], name="g0", beta=beta),
+             helper.make_node("Tanh", ["g0"], ["t"]),
+             helper.make_node("Gemm", ["t", "w1"], ["y"], name="g1")]  # fmt: skip
+    weights = {"w0": w0, "c0": c0, "w1": w1}
+    path = save_graph(tmp_path, nodes, weights, [2, 3, 2, 2], [2, 3])
+    new, report = convert(path, torch.zeros(2, 3, 2, 2))
+    assert (layer(report, "g0").removed, layer(report, "g0").reason) == (3, "")
+    assert weight_shape(new, "g0") == (12, 5) and weight_shape(new, "g1") == (5, 3)
+    c = next(i for i in new.graph.initializer if i.name == new.graph.node[1].input[2])
+    assert tuple(c.dims) == (2, 5)
 
 
 @pytest.mark.parametrize("opset", [7, 9])

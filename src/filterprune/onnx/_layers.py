@@ -151,9 +151,9 @@ def _gemm(p: _Params, v: NodeView, attrs: dict[str, Any], name: str):
             return "Gemm bias C is not a constant"
         c_roles = tuple("out" if (a == c.ndim - 1 and n == cout and n > 1) else None
                         for a, n in enumerate(c.shape))  # fmt: skip
-        if c.ndim == 2 and c.shape[0] > 1:
-            return "Gemm bias C varies over rows"
-        p.add("B", 2, c_roles)
+        p.add("B", 2, c_roles)  # rows of C (one per sample) are cut along their columns
+        if v.attr("beta", 1.0) == 0:
+            p.arrays["B"] = np.zeros_like(p.arrays["B"])  # C adds nothing
     return _linear_info(p, v, name)
 
 
@@ -329,6 +329,8 @@ def held_layer(facts: ModelFacts, idx: int, node: onnx.NodeProto, name: str) -> 
     b = p.get(2) if len(node.input) > 2 and node.input[2] else None
     if b is not None:  # the output per filter when its weights are all zero
         b = np.asarray(b, dtype=np.float64)
+        if op == "Gemm" and any(a.name == "beta" and a.f == 0 for a in node.attribute):
+            b = np.zeros_like(b)
         p.arrays["B"] = b
         p.info["B"] = (b.shape, tuple("out" if a == b.ndim - 1 and n == cout else None
                                       for a, n in enumerate(b.shape)))  # fmt: skip

@@ -10,7 +10,7 @@ from ..core._validation import listed
 from ..core.flops import count_flops, count_params, layer_flops
 from ._ops import foreign_fix, foreign_ops
 from .capture import Captured
-from .zero_filters import Decision
+from .zero_filters import Decision, out_nonzero
 
 __all__ = ["LayerReport", "ConversionReport", "build_report"]
 
@@ -158,12 +158,7 @@ def _whole_layers(cap: Captured, producers: set[str]) -> list[LayerReport]:
         zero = ~np.moveaxis(w, out, 0).reshape(w.shape[out], -1).any(axis=1)
         bias = cap.arrays[layer].get("B")
         if bias is not None:  # a constant output is no zero filter
-            b_roles = info.params["B"][1]
-            if "out" in b_roles:
-                b_out = b_roles.index("out")
-                zero &= ~np.moveaxis(bias, b_out, 0).reshape(bias.shape[b_out], -1).any(axis=1)
-            elif bias.any():  # one value, or rows, added to every filter
-                zero[:] = False
+            zero &= ~out_nonzero(bias, info.params["B"][1], zero.size)
         op = _op_type(cap, layer)
         why = f"{op}: {reasons[layer] or 'left whole'}" if zero.any() else ""
         rows.append(LayerReport(layer, op, int(w.shape[out]), 0, int(zero.sum()),

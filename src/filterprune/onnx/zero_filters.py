@@ -82,7 +82,16 @@ def _bias_nz(cap: Captured, layer: str, cout: int) -> np.ndarray:
     b = cap.arrays[layer].get("B")
     if b is None:
         return np.zeros(cout, dtype=bool)
-    return (b.reshape(-1) != 0) if b.size == cout else np.full(cout, bool(np.any(b)))
+    return out_nonzero(b, cap.graph.layers[layer].params["B"][1], cout)
+
+
+def out_nonzero(value: np.ndarray, roles: tuple[str | None, ...], cout: int) -> np.ndarray:
+    """Bool (cout,): where ``value`` (a bias; Gemm's C may hold a row per sample) is
+    nonzero for each output channel; a value without an ``out`` axis adds to all."""
+    if "out" not in roles:
+        return np.full(cout, bool(np.any(value)))
+    o = roles.index("out")
+    return np.moveaxis(value != 0, o, 0).reshape(value.shape[o], -1).any(axis=1)
 
 
 class _Zeros:
