@@ -312,6 +312,37 @@ def test_a_fit_resumed_from_inside_an_epoch_runs_that_epoch_again(tmp_path):
     assert uninterrupted[2][1] < uninterrupted[3][1]  # epoch 2 is still on the way
 
 
+def test_a_checkpoint_listed_before_the_compression_callback_saves_an_ended_epoch():
+    """Keras calls ``on_epoch_end`` in list order: a checkpoint listed first saved its
+    state before the epoch was marked ended, and each ``fit(epochs=1)`` from it ran that
+    epoch again: levels 0, 0, 0 where one ``fit(epochs=3)`` reaches 0, 0.37, 0.6."""
+
+    class Save(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.state = ctrl.get_compression_state()
+
+    x = np.random.default_rng(0).normal(size=(16, 32, 32, 3))
+    y = np.random.default_rng(1).normal(size=(16, 10))
+    config = make_config(pruning_init=0.0, pruning_target=0.6, pruning_steps=3)
+    levels, state = [], None
+    for _ in range(3):  # one fit(epochs=1) per process, each resumed from the last save
+        ctrl, model = create_compressed_model(small_resnet(), config, state)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        save = Save()
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[save] + create_compression_callbacks(ctrl))  # fmt: skip
+        levels.append(round(ctrl.pruning_level, 4))
+        state = save.state
+    ctrl, model = create_compressed_model(small_resnet(), config)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    seen = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: uninterrupted.append(round(ctrl.pruning_level, 4)))
+    uninterrupted = []
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0,
+              callbacks=create_compression_callbacks(ctrl) + [seen])  # fmt: skip
+    assert levels == uninterrupted == [0.0, 0.3675, 0.6]
+
+
 def test_a_tf_function_traced_before_creation_is_said():
     """A step of the user's traced on the model before create_compressed_model keeps the
     dense model's graph: its output was 1.24 off the masked model's, with no word. Keras'

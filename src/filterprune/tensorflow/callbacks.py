@@ -87,9 +87,15 @@ class CompressionCallback(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self.ctrl.scheduler.step()
 
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # the epoch ends with its last batch: a checkpoint listed before this callback
+        # saves at on_epoch_end before ours runs (Keras calls them in list order)
+        steps = (self.params or {}).get("steps")
+        if steps and int(batch) + 1 >= steps:
+            self._end_epoch()
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if hasattr(self.ctrl.scheduler, "end_epoch"):
-            self.ctrl.scheduler.end_epoch()
+        self._end_epoch()
         pruning = _pruning(self.ctrl)
         if logs is not None and pruning is not None:
             logs["pruning_level"] = float(pruning.pruning_level)
@@ -98,6 +104,10 @@ class CompressionCallback(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._writer is not None:
             self._writer.flush()
+
+    def _end_epoch(self) -> None:
+        if hasattr(self.ctrl.scheduler, "end_epoch"):
+            self.ctrl.scheduler.end_epoch()
 
     def _log(self, epoch: int) -> None:
         stats = self.ctrl.statistics()
