@@ -12,6 +12,10 @@ def test_one_algorithm_gives_its_own_controller():
     ctrl, model = create_compressed_model(DictFrontend(), Net(), _config(PRUNE))
     assert isinstance(ctrl, Pruning)
     assert model.masks["c1"]["out"].sum() == 8
+    assert ctrl.get("filter_pruning") is ctrl  # as a composite's child: one code for both
+    with pytest.raises(KeyError, match=r"No 'quantization' controller here. Algorithms: "
+                                       r"\['filter_pruning'\]"):  # fmt: skip
+        ctrl.get("quantization")
 
 
 def test_composite_runs_children_in_list_order_and_sums_losses():

@@ -106,6 +106,17 @@ class CompressionController:
         """Samples to re-estimate BatchNorm statistics with when :meth:`start` asks."""
         return 0
 
+    def get(self, name: str) -> CompressionController:
+        """This controller if it runs algorithm ``name``, as a composite returns its child
+        of that name: code written for several algorithms runs on one.
+
+        Raises:
+            KeyError: If it runs another algorithm; the message names the one it runs.
+        """
+        if name == self.name:
+            return self
+        raise KeyError(f"No {name!r} controller here. Algorithms: {[self.name]}.")
+
     # -- training --------------------------------------------------------------------------
     def loss(self) -> Any:
         """The algorithm's term of the training loss."""
