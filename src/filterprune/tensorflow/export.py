@@ -182,8 +182,10 @@ def _onnx(model: Any, path: str) -> None:
     _name_outputs(proto, _output_names(model, frozen))
     _conv_groups(proto)
     from ..onnx.fold_affine import fold_channel_affine
+    from ..onnx.quantize_pad import quantize_before_pad
 
     fold_channel_affine(proto)  # BatchNorms as Mul and Add: ONNX Runtime fuses int8 then
+    quantize_before_pad(proto)  # and a conv before a ZeroPadding2D
     try:  # the full check infers shapes too: tf2onnx writes negative ConvTranspose pads
         onnx.checker.check_model(proto, full_check=True)  # that ONNX Runtime refuses
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
