@@ -97,8 +97,12 @@ def test_the_schedule_stops_at_a_strip_in_place():
     ctrl.scheduler.epoch_step()
     small = ctrl.strip(do_copy=False)
     assert small is model and ctrl.get_compression_state()["shrunk"]
+    before = ctrl.scheduler.get_state()
     with pytest.raises(ConfigError, match="cannot change once the model is cut"):
         ctrl.scheduler.epoch_step()
+    # the refused step moves nothing: it went to epoch 1 at 0.368, the model staying at 0.2
+    assert ctrl.scheduler.get_state() == before
+    assert ctrl.get_compression_state()["scheduler"]["current_level"] == ctrl.pruning_level
 
 
 def test_a_refused_composite_state_leaves_the_cut_model_as_it_was():

@@ -351,13 +351,18 @@ class Scheduler:
                              f"epoch). Received: next_epoch={next_epoch!r}.")
         if self.held:
             return
+        before = self.current_epoch, self.current_level
         self.current_epoch = self.current_epoch + 1 if next_epoch is None else int(next_epoch)
         if not self.frozen:
             level = self.level_at(self.current_epoch)
             warm_up = self.current_epoch < self.num_init_steps
             if not (warm_up and level == self.current_level):
                 self.current_level = level
-                self._apply_level(level)
+                try:
+                    self._apply_level(level)
+                except BaseException:  # a refused level (a model cut in place) moves nothing
+                    self.current_epoch, self.current_level = before
+                    raise
         if self.current_epoch >= self.freeze_epoch:
             self._freeze()
             self.frozen = True
