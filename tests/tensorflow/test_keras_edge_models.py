@@ -500,6 +500,20 @@ def test_depth_to_space_and_back_are_cut_through(up):
 
 
 
+def test_a_lambda_shuffling_depth_whose_half_width_is_no_multiple_is_cut():
+    """12 channels into ``depth_to_space(t, 2)`` in a Lambda: read again at half the sizes
+    (6, no multiple of 4) it failed, and the conv was held as "fails at other input
+    sizes"; a cut by whole blocks of 4 was possible."""
+    inp = keras.Input((32, 32, 3))
+    y = layers.BatchNormalization()(conv(12, "c1")(inp))
+    y = layers.Lambda(lambda t: ops.depth_to_space(t, 2))(y)
+    y = layers.BatchNormalization()(conv(16, "c2")(layers.ReLU()(y)))
+    ctrl, small, held = prune(keras.Model(inp, head(y)))
+    assert "c1" not in held
+    c1 = small.get_layer("c1").filters
+    assert c1 in (4, 8) and small.get_layer("c2").kernel.shape[2] == c1 // 4
+
+
 def test_a_glu_over_the_channels_ties_its_halves():
     inp = keras.Input((32, 32, 3))
     y = ops.glu(layers.BatchNormalization()(conv(32, "c1")(inp)), axis=-1)

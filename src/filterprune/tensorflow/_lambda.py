@@ -51,8 +51,11 @@ def lambda_graph(op: Any, node: Any, shapes: dict[int, Shape]) -> tuple[Any, dic
         return "makes layers with weights in its call"
     wider = _traced(function, given,
                     lambda t: (shapes[id(t)][0], *(2 * d for d in shapes[id(t)][1:])))
-    narrower = _traced(function, given,
-                       lambda t: (shapes[id(t)][0], *(max(1, d // 2) for d in shapes[id(t)][1:])))
+    for num, den in _NARROWER:  # a size that must stay a multiple (depth_to_space's 12
+        narrower = _traced(function, given, lambda t, num=num, den=den: (  # at half is 6)
+            shapes[id(t)][0], *(max(1, d * num // den) for d in shapes[id(t)][1:])))
+        if not isinstance(narrower, Exception):
+            break
     failed = next((t for t in (wider, narrower) if isinstance(t, Exception)), None)
     if failed is not None:
         return (f"fails at other input sizes ({_said(failed)}), so whether its numbers "
@@ -66,6 +69,9 @@ def lambda_graph(op: Any, node: Any, shapes: dict[int, Shape]) -> tuple[Any, dic
     if not _trains_apart(op, node, given, shapes):
         return "mixes entries in training (not as it runs at inference)"
     return inner, _following(inner, wider)
+
+
+_NARROWER = ((1, 2), (2, 3), (1, 3), (3, 4), (1, 4))  # fractions of every size tried
 
 
 def _said(err: Exception) -> str:
