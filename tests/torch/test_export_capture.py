@@ -302,6 +302,44 @@ def test_grid_sample_passes_channels_under_torch_export():
     assert small.a[0].out_channels == 8
 
 
+class CostVolume(nn.Module):
+    """A stereo net's cost volume, filled by item assignment into a tensor of computed
+    sizes (torch.fx refuses ``torch.zeros`` of traced sizes: torch.export captures it)."""
+
+    def __init__(self, c=8, disparities=3):
+        super().__init__()
+        self.feat, self.side = cbs(3, c, 3), nn.Conv2d(c, 4, 1)
+        self.cost = nn.Sequential(nn.Conv3d(2 * c, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 1, 1))
+        self.disparities = disparities
+
+    def forward(self, left, right):
+        a, b = self.feat(left), self.feat(right)
+        n, c, h, w = a.shape
+        cost = torch.zeros(n, 2 * c, self.disparities, h, w)
+        for i in range(self.disparities):
+            cost[:, :c, i, :, i:] = a[:, :, :, i:]
+            cost[:, c:, i, :, i:] = b[:, :, :, : w - i]
+        return torch.cat([self.cost(cost).mean(2), self.side(a)], 1)
+
+
+def test_a_write_through_a_view_under_torch_export_holds_with_its_reason():
+    """``copy_`` into a view of ``cost``, whose later reads name ``cost`` alone: the
+    features were held as reaching no output (they feed ``side`` too)."""
+    torch.manual_seed(0)
+    config = make_config((1, 3, 16, 16), prune_first_conv=True, filters_multiple_of=1)
+    config["input_info"] = [{"sample_size": [1, 3, 16, 16]}] * 2
+    ctrl, model = create_compressed_model(nondegenerate(CostVolume()), config)
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert held["feat.0"] == ("write into a view: an op in place on a view of these "
+                              "channels, which the analysis does not follow")  # fmt: skip
+    model.eval()
+    x = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ctrl.strip().eval()(*x), model(*x))
+    assert ctrl.strip().cost[0].out_channels == 4
+
+
 class InPlace(nn.Module):
     def __init__(self):
         super().__init__()

@@ -1020,10 +1020,10 @@ def view_written_in_place(base: Any, write: Any) -> Any:
     return base
 
 
+VIEW_WRITE = "an op in place on a view of these channels, which the analysis does not follow"
+
 CALL_RULES: dict[Any, Call] = {
-    view_written_in_place: lambda node, shapes: (
-        "stop", {"reason": "an op in place on a view of these channels, which the analysis "
-                           "does not follow"}),
+    view_written_in_place: lambda node, shapes: ("stop", {"reason": VIEW_WRITE}),
     **{f: _identity for f in _ACT_FUNCS},
     **{f: _spatial(axes) for f, axes in _SPATIAL_FUNCS.items()},
     **{f: _adaptive(axes) for f, axes in _SPATIAL_FUNCS.items()

@@ -33,7 +33,7 @@ from ._aten import aten_rule
 from ._copy import computed_weights
 from ._hops import inline_context_blocks
 from ._layers import COMPUTED, arg_of, functional_node, module_path, split_sizes
-from ._ops import FUNCTIONAL
+from ._ops import FUNCTIONAL, VIEW_WRITE
 from .capture import (
     NEW_FILLED,
     add_unseen_params,
@@ -183,6 +183,24 @@ def capture_export(model: nn.Module, example: tuple[torch.Tensor, ...]) -> Captu
 _DYNAMIC_SAFE = ("identity", "sample", "put")
 
 
+def _written_base(node: fx.Node) -> fx.Node | None:
+    """The tensor an op in place writes into through views (``copy_`` into ``slice`` of
+    ``select`` of it); None for any other node."""
+    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    alias = schema.arguments[0].alias_info if schema is not None and schema.arguments else None
+    if alias is None or not alias.is_write or not node.args or \
+            not isinstance(node.args[0], fx.Node):  # fmt: skip
+        return None
+    view, base = node.args[0], None
+    while view.op == "call_function" and view.args and isinstance(view.args[0], fx.Node):
+        returns = getattr(view.target, "_schema", None)
+        returns = returns.returns if returns is not None else ()
+        if not returns or returns[0].alias_info is None or returns[0].alias_info.is_write:
+            break
+        base = view = view.args[0]
+    return base
+
+
 def _dynamic(value: Any) -> bool:
     """Whether a fake tensor has an axis whose size is known only at run time."""
     return isinstance(value, torch.Tensor) and not all(isinstance(d, int) for d in value.shape)
@@ -259,6 +277,7 @@ class _Builder:
         self.sources = _weight_sources(model)
         self.computed: dict[str, str] = {}  # a computed weight -> the layer attribute it is
         self.weight_ops: dict[str, fx.Node] = {}  # the ops computing them
+        self.written: dict[str, str] = {}  # a tensor written through a view -> its marker
         first = _first_names([*model.named_parameters(remove_duplicate=False),
                               *model.named_buffers(remove_duplicate=False)])  # fmt: skip
         for spec in program.graph_signature.input_specs:
@@ -272,9 +291,20 @@ class _Builder:
 
     def add(self, node: fx.Node) -> None:
         if node.op == "output":
-            self.graph.outputs = [n for n in self.user_outputs if n in self.graph.nodes]
+            outputs = [self.written.get(n, n) for n in self.user_outputs]
+            self.graph.outputs = [n for n in outputs if n in self.graph.nodes]
             return
-        self.graph.add(self._convert(node))
+        core = self._convert(node)
+        core.inputs = [self.written.get(name, name) for name in core.inputs]
+        self.graph.add(core)
+        base = _written_base(node)
+        if base is not None and base.name in self.graph.nodes:
+            # ``cost[:, :c, i] = x``: a copy_ into a view of ``cost``, which later reads of
+            # ``cost`` do not name; they read a marker holding both (else: reaches no output)
+            name, before = f"{node.name}_into_{base.name}", self.written.get(base.name, base.name)
+            self.graph.add(Node(name, "stop", [before, node.name], self.graph[before].shape,
+                                label="write into a view", attrs={"reason": VIEW_WRITE}))
+            self.written[base.name] = name
 
     def _inputs(self, node: fx.Node) -> list[str]:
         found: list[fx.Node] = []
