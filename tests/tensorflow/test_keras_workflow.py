@@ -343,6 +343,46 @@ def test_a_checkpoint_listed_before_the_compression_callback_saves_an_ended_epoc
     assert levels == uninterrupted == [0.0, 0.3675, 0.6]
 
 
+def test_a_fit_interrupted_in_validation_runs_that_epoch_again_after_backup_and_restore(
+        tmp_path):  # fmt: skip
+    """The epoch's last batch ran, its ``on_epoch_end`` did not (Keras' BackupAndRestore
+    saved epoch 1's weights): the fit called again must run epoch 2's level again, not
+    epoch 3's (that run ended 0.036 off the uninterrupted one)."""
+
+    class Interrupt(keras.callbacks.Callback):
+        armed, epoch = True, -1
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_test_begin(self, logs=None):
+            if self.armed and self.epoch == 2:
+                Interrupt.armed = False
+                raise KeyboardInterrupt
+
+    x = np.random.default_rng(0).normal(size=(16, 32, 32, 3))
+    y = np.random.default_rng(1).normal(size=(16, 10))
+    config = make_config(pruning_init=0.1, pruning_target=0.6, pruning_steps=4)
+    runs = []
+    for interrupted in (False, True):
+        keras.utils.set_random_seed(0)
+        ctrl, model = create_compressed_model(small_resnet(), config)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        levels = []
+        seen = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs, c=ctrl, at=levels:
+                                              at.append(round(c.pruning_level, 4)))  # fmt: skip
+        callbacks = create_compression_callbacks(ctrl) + [seen]
+        if interrupted:
+            callbacks += [keras.callbacks.BackupAndRestore(str(tmp_path)), Interrupt()]
+            with pytest.raises(KeyboardInterrupt):
+                model.fit(x, y, batch_size=8, epochs=4, verbose=0, validation_data=(x, y),
+                          shuffle=False, callbacks=callbacks)  # fmt: skip
+        model.fit(x, y, batch_size=8, epochs=4, verbose=0, validation_data=(x, y),
+                  shuffle=False, callbacks=callbacks)  # fmt: skip
+        runs.append(levels)
+    assert runs[1] == runs[0][:3] + runs[0][2:]  # epoch 2 began twice, at its own level
+
+
 def test_a_tf_function_traced_before_creation_is_said():
     """A step of the user's traced on the model before create_compressed_model keeps the
     dense model's graph: its output was 1.24 off the masked model's, with no word. Keras'

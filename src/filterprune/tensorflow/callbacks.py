@@ -88,14 +88,15 @@ class CompressionCallback(keras.callbacks.Callback):
         self.ctrl.scheduler.step()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        # the epoch ends with its last batch: a checkpoint listed before this callback
-        # saves at on_epoch_end before ours runs (Keras calls them in list order)
+        # a checkpoint listed before this callback saves at on_epoch_end before ours runs
+        # (Keras calls them in list order): its state counts the epoch as ended from here
         steps = (self.params or {}).get("steps")
-        if steps and int(batch) + 1 >= steps:
-            self._end_epoch()
+        if steps and int(batch) + 1 >= steps and hasattr(self.ctrl.scheduler, "end_batches"):
+            self.ctrl.scheduler.end_batches()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._end_epoch()
+        if hasattr(self.ctrl.scheduler, "end_epoch"):
+            self.ctrl.scheduler.end_epoch()
         pruning = _pruning(self.ctrl)
         if logs is not None and pruning is not None:
             logs["pruning_level"] = float(pruning.pruning_level)
@@ -104,10 +105,6 @@ class CompressionCallback(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._writer is not None:
             self._writer.flush()
-
-    def _end_epoch(self) -> None:
-        if hasattr(self.ctrl.scheduler, "end_epoch"):
-            self.ctrl.scheduler.end_epoch()
 
     def _log(self, epoch: int) -> None:
         stats = self.ctrl.statistics()
