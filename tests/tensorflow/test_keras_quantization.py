@@ -561,6 +561,11 @@ def test_sequential_matmul_and_nested_models_strip_equal(build, shape, counts):
     assert isinstance(small, keras.Sequential) == isinstance(model, keras.Sequential)
     assert sum(isinstance(lay, QuantizedWeights) for lay in small._flatten_layers()) == counts[0]
     _close(small(x[:4]).numpy(), model(x[:4], training=False).numpy())
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    small = ctrl.strip()  # compiled as the model is (a Sequential came back uncompiled)
+    y = np.zeros_like(model(x, training=False))
+    np.testing.assert_allclose(small.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0),
+                               rtol=1e-4)  # fmt: skip
 
 
 def _shared_twice():
