@@ -37,7 +37,9 @@ class CompressionCallback(keras.callbacks.Callback):
     recomputes the pruning masks and the weight quantizers' ranges; each batch calls
     ``step()``. The epoch is ``max(epoch, last + 1)``, so ``fit(initial_epoch=...)`` after
     a resume and repeated ``fit(epochs=1)`` calls both advance the schedule; a state saved
-    inside an epoch (a checkpoint every few batches) runs that epoch again. With
+    inside an epoch (a checkpoint every few batches) runs that epoch again, one saved
+    after its last batch does not (a checkpoint listed before this callback saves at
+    ``on_epoch_end`` before it runs). With
     ``log_dir``, levels, FLOPs, parameters and per-layer levels go to TensorBoard
     (``tf.summary``) at every epoch; ``logs`` gain ``pruning_level`` and ``flops_kept``
     when filter pruning runs. Events are written with ``tf.summary.write``
