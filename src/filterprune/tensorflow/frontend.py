@@ -18,6 +18,7 @@ from ..core.params import FilterPruningParams
 from ..core.weights import filters_first
 from ..core.workflow import Captured, Frontend
 from ..errors import AnalysisError, ConfigError
+from ._compile import compile_like, uncompiled
 from ._init_args import TFInitArgs, adapt_batchnorm
 from ._inputs import ordered_infos, samples
 from ._snapshot import restore, snapshot
@@ -133,9 +134,11 @@ class KerasFrontend(Frontend):
         _say_on_save(model)
 
     def strip(self, ctrl: Any, shrink: bool = True) -> Any:
-        model = ctrl.strip_model(ctrl.model, shrink=shrink)
-        # never the training model itself (knowledge distillation alone rebuilds nothing)
-        small = plain_copy(model) if model is ctrl.model else model
+        with uncompiled(ctrl.model):  # compiled below, from the objects themselves
+            model = ctrl.strip_model(ctrl.model, shrink=shrink)
+            # never the training model itself (knowledge distillation alone rebuilds nothing)
+            small = plain_copy(model) if model is ctrl.model else model
+        compile_like(small, ctrl.model)
         _carry_states(ctrl.model, small)
         return small
 

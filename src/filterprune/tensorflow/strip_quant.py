@@ -109,10 +109,7 @@ class _Rebuild:
             if id(layer) not in made:
                 made[id(layer)] = self._sequential_layer(layer, prefix)
             layers.extend(made[id(layer)])
-        new = keras.Sequential(layers, name=model.name, trainable=model.trainable)
-        if model.compiled:  # as clone_model does for the functional models
-            new.compile_from_config(model.get_compile_config())
-        return new
+        return keras.Sequential(layers, name=model.name, trainable=model.trainable)
 
     def _sequential_layer(self, layer: Any, prefix: str) -> list[Any]:
         """``layer`` rebuilt, after the quantizer of its input if it has one."""
