@@ -347,7 +347,8 @@ def test_a_fit_interrupted_in_validation_runs_that_epoch_again_after_backup_and_
         tmp_path):  # fmt: skip
     """The epoch's last batch ran, its ``on_epoch_end`` did not (Keras' BackupAndRestore
     saved epoch 1's weights): the fit called again must run epoch 2's level again, not
-    epoch 3's (that run ended 0.036 off the uninterrupted one)."""
+    epoch 3's (that run ended 0.036 off the uninterrupted one), and a state saved inside
+    it must say epoch 2 has not ended (it said so, from the first try's last batch)."""
 
     class Interrupt(keras.callbacks.Callback):
         armed, epoch = True, -1
@@ -369,8 +370,11 @@ def test_a_fit_interrupted_in_validation_runs_that_epoch_again_after_backup_and_
         ctrl, model = create_compressed_model(small_resnet(), config)
         model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
         levels = []
-        seen = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs, c=ctrl, at=levels:
-                                              at.append(round(c.pruning_level, 4)))  # fmt: skip
+        seen = keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs, c=ctrl, at=levels: at.append(
+                round(c.pruning_level, 4)),
+            on_train_batch_end=lambda batch, logs, c=ctrl, at=levels: at.append(  # inside:
+                c.get_compression_state()["scheduler"]["ended_epoch"]))  # not ended  # fmt: skip
         callbacks = create_compression_callbacks(ctrl) + [seen]
         if interrupted:
             callbacks += [keras.callbacks.BackupAndRestore(str(tmp_path)), Interrupt()]
@@ -380,7 +384,8 @@ def test_a_fit_interrupted_in_validation_runs_that_epoch_again_after_backup_and_
         model.fit(x, y, batch_size=8, epochs=4, verbose=0, validation_data=(x, y),
                   shuffle=False, callbacks=callbacks)  # fmt: skip
         runs.append(levels)
-    assert runs[1] == runs[0][:3] + runs[0][2:]  # epoch 2 began twice, at its own level
+    # epoch 2 ran twice, at its own level, its states ending epoch 1 until its last batch
+    assert runs[0][:3] == [0.1, -1, 0] and runs[1] == runs[0][:9] + runs[0][6:]
 
 
 def test_a_tf_function_traced_before_creation_is_said():

@@ -350,6 +350,7 @@ class Scheduler:
                 and float(next_epoch).is_integer() and next_epoch >= 0):  # fmt: skip
             raise ValueError(f"`next_epoch` must be an integer >= 0 (or None for the next "
                              f"epoch). Received: next_epoch={next_epoch!r}.")
+        self.batches_ended = -1  # a state saved in this epoch is from inside it
         if self.held:
             return
         before = self.current_epoch, self.current_level
