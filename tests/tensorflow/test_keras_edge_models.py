@@ -500,15 +500,21 @@ def test_depth_to_space_and_back_are_cut_through(up):
 
 
 
-def test_a_lambda_shuffling_depth_whose_half_width_is_no_multiple_is_cut():
+@pytest.mark.parametrize("scale", [False, True])
+def test_a_lambda_shuffling_depth_whose_half_width_is_no_multiple_is_cut(scale):
     """12 channels into ``depth_to_space(t, 2)`` in a Lambda: read again at half the sizes
     (6, no multiple of 4) it failed, and the conv was held as "fails at other input
-    sizes"; a cut by whole blocks of 4 was possible."""
+    sizes"; a cut by whole blocks of 4 was possible. One dividing by ``min(c, 8)`` takes
+    a number from its sizes: read at 8 only it passed, and a cut to 4 computed otherwise."""
     inp = keras.Input((32, 32, 3))
     y = layers.BatchNormalization()(conv(12, "c1")(inp))
-    y = layers.Lambda(lambda t: ops.depth_to_space(t, 2))(y)
+    y = layers.Lambda(lambda t: ops.depth_to_space(t, 2) / (min(t.shape[-1], 8) if scale
+                                                             else 1))(y)  # fmt: skip
     y = layers.BatchNormalization()(conv(16, "c2")(layers.ReLU()(y)))
     ctrl, small, held = prune(keras.Model(inp, head(y)))
+    if scale:
+        assert held["c1"].startswith("Lambda: takes numbers from its input's sizes")
+        return
     assert "c1" not in held
     c1 = small.get_layer("c1").filters
     assert c1 in (4, 8) and small.get_layer("c2").kernel.shape[2] == c1 // 4
