@@ -395,7 +395,27 @@ def test_a_depthwise_conv_after_a_split_fixed_in_code_names_the_split():
     """It was said to follow "the model input"."""
     _, held = prune(None, FixedSplit())
     assert held["stem"] == "split: split sizes are fixed in code"
-    assert "those come out of split, which holds them apart" in held["dw"]
+    assert held["dw"].endswith("which stay whole: split: split sizes are fixed in code")
+
+
+class FlippedGroups(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.g = nn.Conv2d(16, 16, 1, groups=4)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.g(self.stem(x).flip(1))))
+
+
+def test_a_grouped_conv_after_held_channels_names_what_holds_them():
+    """It was said to have one input channel per group (it has 4) and to follow channels
+    the BatchNorm held (the flip does)."""
+    _, held = prune(None, FlippedGroups())
+    assert held["g"] == ("its filters follow its input's channels (a depthwise conv, or a "
+                         "grouped conv as wide as its input), which stay whole: flip: acts "
+                         "across channels")  # fmt: skip
 
 
 class InputBeside(nn.Module):

@@ -24,6 +24,7 @@ __all__ = ["register_rule", "get_rule", "list_rules", "RULES", "einsum_subscript
 
 Rule = Callable[[Propagation, Node, list[Any]], Any]
 RULES: dict[str, Rule] = {}
+INPUT_REASON = "model input"  # why a model input's channels stay whole
 
 
 def register_rule(name: str) -> Callable[[Rule], Rule]:
@@ -103,7 +104,7 @@ def _full(s: Propagation, ids: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
 # -- sources and pass-through ------------------------------------------------------------
 @register_rule("input")
 def _input(s, node, ins):
-    return s.opaque("model input")
+    return s.opaque(INPUT_REASON)
 
 
 @register_rule("param")

@@ -8,6 +8,7 @@ import numpy as np
 
 from .analysis import Analysis
 from .flops import layer_flops
+from .rules import INPUT_REASON
 
 __all__ = ["LayerStat", "PruningStatistics", "collect_statistics", "whole_layers"]
 
@@ -101,7 +102,7 @@ def collect_statistics(
     followers, unmade = _followers(analysis)
     unpruned = [(g.producers + followers.get(g.id, []), g.reason or "")
                 for g in analysis.groups if not g.prunable]  # fmt: skip
-    unpruned += [([layer], _unmade(analysis.graph, layer)) for layer in unmade]
+    unpruned += [([layer], _unmade(analysis, layer)) for layer in unmade]
     unpruned += [(analysis.groups[gid].producers, why) for gid, why in (reasons or {}).items()]
     unpruned += whole_layers(analysis.graph, {p for g in analysis.groups for p in g.producers})
     return PruningStatistics(
@@ -119,24 +120,22 @@ def collect_statistics(
     )
 
 
-_UNMADE = ("its filters follow channels no layer makes (the model input: a conv with one "
-           "input channel per group), which stay whole")
-_ON_THROUGH = ("identity", "along", "getitem")  # ops that pass channels on as they are
+_UNMADE = ("its filters follow channels no layer makes (the model input: a depthwise "
+           "conv, or a grouped conv as wide as its input), which stay whole")
 
 
-def _unmade(graph, layer: str) -> str:
+def _unmade(analysis: Analysis, layer: str) -> str:
     """Why ``layer``, whose filters follow channels of no group, stays whole: they come
-    from the model input, or from an op that holds them apart from the layer making them
-    (a split at sizes fixed in code)."""
-    node = next((n for n in graph if n.layer == layer and n.inputs), None)
-    source = graph[node.inputs[0]] if node is not None else None
-    while source is not None and source.op in _ON_THROUGH and len(source.inputs) == 1:
-        source = graph[source.inputs[0]]
-    if source is None or source.op == "input":
+    from the model input, or an op holds them apart from the layer making them (a flip
+    over the channels): that op's reason."""
+    uf = analysis.state.uf
+    ins = analysis.state.uses.get(layer, {}).get("in")
+    roots = [] if ins is None else dict.fromkeys(uf.find(int(r)) for r in ins.ids.ravel())
+    why = next((uf.reasons[r] for r in roots if uf.reasons.get(r)), None)
+    if why in (None, INPUT_REASON):
         return _UNMADE
-    return (f"its filters follow its input's channels (a conv with one input channel per "
-            f"group); those come out of {source.label or source.op}, which holds them apart "
-            "from the layer that makes them (see that layer's reason), so they stay whole")
+    return ("its filters follow its input's channels (a depthwise conv, or a grouped conv as "
+            f"wide as its input), which stay whole: {why}")
 
 
 def _followers(analysis: Analysis) -> tuple[dict[int, list[str]], list[str]]:
