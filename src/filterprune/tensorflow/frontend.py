@@ -163,10 +163,12 @@ def _carry_states(model: Any, small: Any) -> None:
 
 def _say_on_save(model: Any) -> None:
     """Warn once when the training model is saved whole (``model.save``, a
-    ``ModelCheckpoint``): masks and quantizers are not in the file by design, so loading
-    it gives the dense model. Bound to the model, so a copy of it says so for itself."""
-    if "save" not in model.__dict__:
-        object.__setattr__(model, "save", types.MethodType(_save_saying, model))
+    ``ModelCheckpoint``) or copied from its config (``pickle``, ``copy.deepcopy``,
+    ``to_json``): masks and quantizers are not in the file or the config by design, so
+    the result is the dense model. Bound to the model, so a copy says so for itself."""
+    for name, method in (("save", _save_saying), ("get_config", _config_saying)):
+        if name not in model.__dict__:
+            object.__setattr__(model, name, types.MethodType(method, model))
 
 
 def _save_saying(model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -179,6 +181,16 @@ def _save_saying(model: Any, *args: Any, **kwargs: Any) -> Any:
             "deploy, use ctrl.export_model(...) or ctrl.strip().save(...)."
         )
     return type(model).save(model, *args, **kwargs)
+
+
+def _config_saying(model: Any) -> Any:
+    if not model.__dict__.get("_fp_save_said"):  # once, with model.save's warning
+        object.__setattr__(model, "_fp_save_said", True)
+        log.warning(
+            "The compressed model's config (read by pickle, copy.deepcopy, to_json and "
+            "saving) has no masks or quantizers: a model made from it computes as the dense "
+            "model. Copy it with ctrl.strip(); to resume, save ctrl.get_compression_state().")
+    return type(model).get_config(model)
 
 
 def _say_unrebuildable(model: Any) -> None:
