@@ -37,9 +37,9 @@ class CompressionCallback(keras.callbacks.Callback):
     recomputes the pruning masks and the weight quantizers' ranges; each batch calls
     ``step()``. The epoch is ``max(epoch, last + 1)``, so ``fit(initial_epoch=...)`` after
     a resume and repeated ``fit(epochs=1)`` calls both advance the schedule; a state saved
-    inside an epoch (a checkpoint every few batches) runs that epoch again, one saved
-    after its last batch does not (a checkpoint listed before this callback saves at
-    ``on_epoch_end`` before it runs). With
+    inside an epoch (a checkpoint every few batches, or one listed before this callback,
+    which saves at ``on_epoch_end`` before this callback ends the epoch) runs that epoch
+    again where fit runs it again (Keras' own epoch count). With
     ``log_dir``, levels, FLOPs, parameters and per-layer levels go to TensorBoard
     (``tf.summary``) at every epoch; ``logs`` gain ``pruning_level`` and ``flops_kept``
     when filter pruning runs. Events are written with ``tf.summary.write``
@@ -81,20 +81,20 @@ class CompressionCallback(keras.callbacks.Callback):
         # a state saved inside the epoch fit starts (a checkpoint every few batches) runs
         # that epoch again; otherwise the schedule never goes back (fit(epochs=1) calls)
         again = int(epoch) == scheduler.current_epoch and getattr(scheduler, "in_progress", 0)
-        epoch = int(epoch) if again else max(int(epoch), expected)
+        asked, epoch = int(epoch), int(epoch) if again else max(int(epoch), expected)
+        if 0 < asked < epoch and not getattr(scheduler, "held", False) and not self._said_jump:
+            self._said_jump = True  # fit(initial_epoch=...) before the state's epoch
+            log.warning(
+                "fit starts at epoch %d but the compression schedule goes on at its epoch "
+                "%d (it never goes back), so the two count epochs apart from here. Resume "
+                "fit and the compression state from the same checkpoint, with "
+                "initial_epoch=%d.", asked, epoch, epoch)  # fmt: skip
         scheduler.epoch_step(epoch)
         if self._writer is not None:
             self._log(epoch)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self.ctrl.scheduler.step()
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        # a checkpoint listed before this callback saves at on_epoch_end before ours runs
-        # (Keras calls them in list order): its state counts the epoch as ended from here
-        steps = (self.params or {}).get("steps")
-        if steps and int(batch) + 1 >= steps and hasattr(self.ctrl.scheduler, "end_batches"):
-            self.ctrl.scheduler.end_batches()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if hasattr(self.ctrl.scheduler, "end_epoch"):
