@@ -15,6 +15,7 @@ from keras_helpers import (
 
 from filterprune import ConfigError
 from filterprune.tensorflow import (
+    CheckpointManagerCallback,
     TFCompressionState,
     create_compressed_model,
 )
@@ -28,6 +29,19 @@ def _config():
 def _fresh():
     keras.utils.set_random_seed(0)
     return randomize_bn(small_resnet(dropout=0.0))  # dropout's RNG is not checkpointed
+
+
+@pytest.mark.parametrize("per_call", [1, 2, 3])
+def test_a_checkpoint_every_n_batches_counts_batches_not_calls(tmp_path, per_call):
+    """With steps_per_execution a callback sees one call per few batches: a checkpoint
+    every 4 batches of 12 saved once at 2 per call (after batch 8), never at 3."""
+    ctrl, model = create_compressed_model(_fresh(), _config())
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=per_call)
+    x, y = regression_data(0)
+    checkpoint = tf.train.Checkpoint(model=model, compression_state=TFCompressionState(ctrl))
+    saver = CheckpointManagerCallback(checkpoint, str(tmp_path), save_freq=4)
+    model.fit(x[:12], y[:12], batch_size=1, epochs=1, verbose=0, callbacks=[saver])
+    assert len(saver.manager.checkpoints) == 3
 
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):

@@ -203,11 +203,18 @@ class CheckpointManagerCallback(keras.callbacks.Callback):
             )
         self.manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep)
         self.save_freq = save_freq
-        self._batches = 0
+        self._batches = 0  # since the last save
+        self._last = -1  # the epoch's last batch seen
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._last = -1
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._batches += 1
-        if isinstance(self.save_freq, int) and self._batches % self.save_freq == 0:
+        # ``batch`` is the last of the call: steps_per_execution runs several per call
+        self._batches += int(batch) - self._last
+        self._last = int(batch)
+        if isinstance(self.save_freq, int) and self._batches >= self.save_freq:
+            self._batches %= self.save_freq  # at the first call past each multiple
             self.manager.save()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
