@@ -340,6 +340,27 @@ def test_a_write_through_a_view_under_torch_export_holds_with_its_reason():
     assert ctrl.strip().cost[0].out_channels == 4
 
 
+class RowFilled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = cbs(3, 16, 3), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x).clone()
+        y[:, :, 0] = 1.0  # torch.export: fill_ on a view of y
+        return self.head(y + torch.zeros(y.shape[0], 1, 1, 1))  # sizes torch.fx refuses
+
+
+def test_a_fill_of_a_view_under_torch_export_is_held_as_a_write_into_a_view():
+    """It was held as "fill_.Tensor: no channel rule for fill_.Tensor"."""
+    torch.manual_seed(0)
+    ctrl, model = create_compressed_model(nondegenerate(RowFilled()),
+                                          make_config((1, 3, 16, 16), prune_first_conv=True))
+    assert ctrl.captured.extra["capture"] == "torch.export"
+    held = {p: r for producers, r in ctrl.statistics().unpruned for p in producers}
+    assert held["a.0"].startswith("write into a view: an op in place on a view")
+
+
 class InPlace(nn.Module):
     def __init__(self):
         super().__init__()

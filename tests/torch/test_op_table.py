@@ -40,6 +40,9 @@ APART = {
     "movedim": lambda y: torch.movedim(y, 1, -1).relu().movedim(-1, 1),
     "swapaxes": lambda y: y.swapaxes(1, 3).sigmoid().swapaxes(1, 3),
     "narrow (spatial)": lambda y: F.pad(y.narrow(2, 1, 14), (0, 0, 1, 1)),
+    # held as "select: no channel rule for select"
+    "select (spatial), from the end too": lambda y: y + y.select(2, 0)[:, :, None]
+    + torch.select(y, -1, -1)[..., None],
     "tile": lambda y: y.tile((1, 1, 2, 1))[:, :, :16],
     # in place where nothing else reads the tensor (SKNet's reference code)
     "unsqueeze_": lambda y: torch.relu(y).unsqueeze_(1).sum(1) + y,
@@ -160,6 +163,7 @@ ACROSS = {
     "cumsum (channels)": lambda y: y.cumsum(1),
     "softmin (channels)": lambda y: F.softmin(y, dim=1) * y,
     "narrow (channels)": lambda y: torch.cat([y.narrow(1, 0, 8), y.narrow(1, 8, 8) * 2], 1),
+    "select (channels)": lambda y: y * y.select(1, 3)[:, None],
     # its exact length failed on the stripped model ("start (0) + length (16) exceeds")
     "narrow over all the channels": lambda y: torch.narrow(y, 1, 0, 16) + torch.narrow(
         y, -3, -16, 16),

@@ -351,7 +351,7 @@ _ELEMENTWISE = _ops(
     "atan2.default", "masked_fill.Scalar", "clamp.Tensor", "clamp_min.Tensor",
     "clamp_max.Tensor", "clip.Tensor", "expand_as.default", "lerp.Tensor", "where.ScalarOther",
     "where.ScalarSelf", "fmax.default", "fmin.default", "hypot.default", "logaddexp.default",
-    "addcdiv.default", "logical_xor.default",
+    "addcdiv.default", "logical_xor.default", "fill.Tensor",
     inplace=True,
 )  # fmt: skip
 

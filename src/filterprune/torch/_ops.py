@@ -760,6 +760,14 @@ def _narrow(node: fx.Node, shapes) -> Spec:
                      "written in code"}  # fmt: skip
 
 
+def _select(node: fx.Node, shapes) -> Spec:
+    """``x.select(dim, i)``: ``x[:, ..., i]`` with ``i`` at ``dim``, which drops that axis."""
+    dim, index = int(_arg(node, 1, "dim")) % len(shapes), _arg(node, 2, "index")
+    if type(index) is not int:
+        return "stop", {"reason": "select at an index computed in forward"}
+    return "index", {"index": (slice(None),) * dim + (index % shapes[dim],)}
+
+
 def _tile(node: fx.Node, shapes) -> Spec:
     reps = _arg(node, 1, "dims")
     if len(node.args) > 2 or isinstance(reps, int):  # ``x.tile(1, 2)``
@@ -1087,6 +1095,7 @@ CALL_RULES: dict[Any, Call] = {
     "movedim": _movedim, torch.movedim: _movedim, "moveaxis": _movedim, torch.moveaxis: _movedim,
     "swapaxes": _transpose, torch.swapaxes: _transpose, "swapdims": _transpose,
     torch.swapdims: _transpose, "t": _t, torch.t: _t, "narrow": _narrow, torch.narrow: _narrow,
+    "select": _select, torch.select: _select,
     "tile": _tile, torch.tile: _tile,
     "repeat_interleave": _repeat_interleave, torch.repeat_interleave: _repeat_interleave,
     **{f: _clamp for f in (torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, "clamp",
