@@ -163,10 +163,11 @@ def _carry_states(model: Any, small: Any) -> None:
 
 def _say_on_save(model: Any) -> None:
     """Warn once when the training model is saved whole (``model.save``, a
-    ``ModelCheckpoint``) or copied from its config (``pickle``, ``copy.deepcopy``,
-    ``to_json``): masks and quantizers are not in the file or the config by design, so
-    the result is the dense model. Bound to the model, so a copy says so for itself."""
-    for name, method in (("save", _save_saying), ("get_config", _config_saying)):
+    ``ModelCheckpoint``), and once when it is copied (``pickle``, ``copy.deepcopy``, both
+    through ``__reduce_ex__``, which they read from the object): masks and quantizers are
+    not in the file by design, so the result is the dense model. Bound to the model, so
+    a copy says so for itself. (TensorBoard reads ``to_json``: not said.)"""
+    for name, method in (("save", _save_saying), ("__reduce_ex__", _copy_saying)):
         if name not in model.__dict__:
             object.__setattr__(model, name, types.MethodType(method, model))
 
@@ -183,14 +184,14 @@ def _save_saying(model: Any, *args: Any, **kwargs: Any) -> Any:
     return type(model).save(model, *args, **kwargs)
 
 
-def _config_saying(model: Any) -> Any:
-    if not model.__dict__.get("_fp_save_said"):  # once, with model.save's warning
-        object.__setattr__(model, "_fp_save_said", True)
+def _copy_saying(model: Any, protocol: int) -> Any:
+    if not model.__dict__.get("_fp_copy_said"):
+        object.__setattr__(model, "_fp_copy_said", True)
         log.warning(
-            "The compressed model's config (read by pickle, copy.deepcopy, to_json and "
-            "saving) has no masks or quantizers: a model made from it computes as the dense "
-            "model. Copy it with ctrl.strip(); to resume, save ctrl.get_compression_state().")
-    return type(model).get_config(model)
+            "A copy of the compressed model (pickle, copy.deepcopy) is made from its saved "
+            "file, which has no masks or quantizers: the copy computes as the dense model. "
+            "Copy it with ctrl.strip(); to resume, save ctrl.get_compression_state().")
+    return type(model).__reduce_ex__(model, protocol)
 
 
 def _say_unrebuildable(model: Any) -> None:
