@@ -247,7 +247,7 @@ def test_state_round_trip():
     state = json.loads(json.dumps(scheduler.get_state()))
     assert state == {"current_epoch": 2, "current_step": 6,
                      "current_level": scheduler.current_level, "frozen": False,
-                     "ended_epoch": -1}
+                     "ended_epoch": -1, "batches_ended": -1}
     restored, rec = make(pruning_init=0.1, pruning_target=0.4, pruning_steps=5)
     restored.load_state(state)
     assert rec.events == []  # loading does not touch masks

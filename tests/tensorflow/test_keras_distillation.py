@@ -98,6 +98,17 @@ def test_unpruned_student_matches_the_teacher_in_inference_mode():
     assert float(ctrl.loss()) > 0.0  # BatchNorm: batch statistics against running ones
 
 
+def test_distillation_alone_runs_with_the_compression_callbacks():
+    """Its controller has no schedule: the callbacks failed at the first epoch
+    ("'_NoSchedule' object has no attribute 'current_epoch'")."""
+    ctrl, model = create_compressed_model(net(), config({"type": "mse"}))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    x, y = regression_data(3, n=8)
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+                        callbacks=create_compression_callbacks(ctrl))  # fmt: skip
+    assert len(history.history["loss"]) == 2
+
+
 def test_fit_adds_the_term_to_the_compiled_loss():
     """One ``fit`` step at learning rate 0 reports task loss + scale x distillation."""
     model = net()

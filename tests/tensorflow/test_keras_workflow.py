@@ -274,14 +274,15 @@ def test_fit_from_a_later_epoch_with_a_fresh_schedule_is_said(resnet, caplog):
 def test_fit_from_an_earlier_epoch_than_the_state_is_said(resnet, caplog):
     """A state at epoch 2 and ``fit(initial_epoch=1)`` (a weights checkpoint older than the
     compression state's): the schedule ran epochs 3 and 4 for fit's 1 and 2, without a
-    word. ``fit(epochs=1)`` calls (fit's epoch 0 each time) are not said."""
+    word. Repeated fits from fit's epoch 0 are not said (their later epochs were)."""
     caplog.set_level("WARNING", logger="filterprune")
     ctrl, model = create_compressed_model(resnet, make_config(pruning_init=0.1))
     _fit(model, ctrl, keras.optimizers.SGD(0.01), epochs=1)
     _fit(model, ctrl, keras.optimizers.SGD(0.01), epochs=1)
+    _fit(model, ctrl, keras.optimizers.SGD(0.01), epochs=2)  # its epoch 1 is the schedule's 3
     assert "fit starts at epoch" not in caplog.text
     _fit(model, ctrl, keras.optimizers.SGD(0.01), epochs=3, initial_epoch=1)
-    assert ("fit starts at epoch 1 but the compression schedule goes on at its epoch 2 (it "
+    assert ("fit starts at epoch 1 but the compression schedule goes on at its epoch 4 (it "
             "never goes back)") in caplog.text  # fmt: skip
 
 
@@ -324,6 +325,38 @@ def test_a_fit_resumed_from_inside_an_epoch_runs_that_epoch_again(tmp_path):
     resumed, _ = run(*stopped.saved, initial_epoch=2)
     assert resumed == uninterrupted[2:]
     assert uninterrupted[2][1] < uninterrupted[3][1]  # epoch 2 is still on the way
+
+
+def test_fit_epochs_1_from_a_checkpoint_listed_before_the_compression_callback_goes_on():
+    """Keras calls ``on_epoch_end`` in list order: a checkpoint listed first saved its
+    state before the epoch was marked ended, and each ``fit(epochs=1)`` from it ran that
+    epoch again, for good: levels 0, 0, 0 where one ``fit(epochs=3)`` reaches 0, 0.37,
+    0.6."""
+
+    class Save(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.state = ctrl.get_compression_state()
+
+    x = np.random.default_rng(0).normal(size=(16, 32, 32, 3))
+    y = np.random.default_rng(1).normal(size=(16, 10))
+    config = make_config(pruning_init=0.0, pruning_target=0.6, pruning_steps=3)
+    levels, state = [], None
+    for _ in range(3):  # one fit(epochs=1) per process, each resumed from the last save
+        ctrl, model = create_compressed_model(small_resnet(), config, state)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        save = Save()
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[save] + create_compression_callbacks(ctrl))  # fmt: skip
+        levels.append(round(ctrl.pruning_level, 4))
+        state = save.state
+    ctrl, model = create_compressed_model(small_resnet(), config)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    seen = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: uninterrupted.append(round(ctrl.pruning_level, 4)))
+    uninterrupted = []
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0,
+              callbacks=create_compression_callbacks(ctrl) + [seen])  # fmt: skip
+    assert levels == uninterrupted == [0.0, 0.3675, 0.6]
 
 
 def test_a_fit_interrupted_in_validation_runs_that_epoch_again_after_backup_and_restore(

@@ -320,6 +320,7 @@ class Scheduler:
         self.frozen = False
         self.held = False  # set by a loop that sets the level itself (accuracy-aware)
         self.ended_epoch = -1  # the last epoch a Keras fit ended (end_epoch)
+        self.batches_ended = -1  # the last epoch whose batches all ran (end_batches)
 
     def level_at(self, epoch: int) -> float:
         """The scheduled level for ``epoch`` (0 during the warm-up)."""
@@ -349,6 +350,7 @@ class Scheduler:
                 and float(next_epoch).is_integer() and next_epoch >= 0):  # fmt: skip
             raise ValueError(f"`next_epoch` must be an integer >= 0 (or None for the next "
                              f"epoch). Received: next_epoch={next_epoch!r}.")
+        self.batches_ended = -1
         if self.held:
             return
         before = self.current_epoch, self.current_level
@@ -374,6 +376,10 @@ class Scheduler:
         from inside it (a resumed Keras fit runs that epoch again: :attr:`in_progress`)."""
         self.ended_epoch = self.current_epoch
 
+    def end_batches(self) -> None:
+        """Mark the current epoch's batches all run (its end is :meth:`end_epoch`)."""
+        self.batches_ended = self.current_epoch
+
     @property
     def in_progress(self) -> bool:
         """Whether the current epoch began and did not end (see :meth:`end_epoch`)."""
@@ -391,6 +397,7 @@ class Scheduler:
             "current_level": self.current_level,
             "frozen": self.frozen,
             "ended_epoch": self.ended_epoch,
+            "batches_ended": self.batches_ended,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -411,4 +418,5 @@ class Scheduler:
         self.current_level = float(state["current_level"])
         self.frozen = bool(state["frozen"])
         self.ended_epoch = int(state.get("ended_epoch", self.current_epoch))  # older states
+        self.batches_ended = int(state.get("batches_ended", -1))
 

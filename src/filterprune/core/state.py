@@ -54,6 +54,7 @@ PRUNING_STATE = obj(
                 "current_level": fraction(),
                 "frozen": boolean(),
                 "ended_epoch": integer(-1),  # absent in states written before it
+                "batches_ended": integer(-1),  # likewise
             },
             required=["current_epoch", "current_step", "current_level", "frozen"],
         ),

@@ -57,13 +57,19 @@ class CompressionCallback(keras.callbacks.Callback):
         self.log_dir = log_dir
         self._writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
         self._said_jump = self._said_optimizer = False
+        self._first = True  # the next epoch is a fit's first
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        self._first = True
         if _pruning(self.ctrl) is not None and not self._said_optimizer:
             self._said_optimizer = _check_optimizer(getattr(self.model, "optimizer", None))
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         scheduler = self.ctrl.scheduler
+        first, self._first = self._first, False
+        if not hasattr(scheduler, "current_epoch"):  # no schedule (distillation alone)
+            scheduler.epoch_step(int(epoch))
+            return
         expected = scheduler.current_epoch + 1
         # a held schedule (the accuracy-aware loop sets the level) stays at its epoch
         if int(epoch) > expected and not getattr(scheduler, "held", False) \
@@ -79,10 +85,14 @@ class CompressionCallback(keras.callbacks.Callback):
                 "compression_state=...)); keras.callbacks.BackupAndRestore does not save it.",
                 int(epoch), expected)
         # a state saved inside the epoch fit starts (a checkpoint every few batches) runs
-        # that epoch again; otherwise the schedule never goes back (fit(epochs=1) calls)
-        again = int(epoch) == scheduler.current_epoch and getattr(scheduler, "in_progress", 0)
+        # that epoch again; otherwise the schedule never goes back (fit(epochs=1) calls).
+        # fit's epoch 0 after a state whose batches all ran (a checkpoint listed before
+        # this callback) is a new fit, not that epoch again: it would never end otherwise
+        again = int(epoch) == scheduler.current_epoch and getattr(scheduler, "in_progress", 0) \
+            and not (int(epoch) == 0 and getattr(scheduler, "batches_ended", -1) == 0)
         asked, epoch = int(epoch), int(epoch) if again else max(int(epoch), expected)
-        if 0 < asked < epoch and not getattr(scheduler, "held", False) and not self._said_jump:
+        if first and 0 < asked < epoch and not getattr(scheduler, "held", False) \
+                and not self._said_jump:  # fmt: skip
             self._said_jump = True  # fit(initial_epoch=...) before the state's epoch
             log.warning(
                 "fit starts at epoch %d but the compression schedule goes on at its epoch "
@@ -95,6 +105,11 @@ class CompressionCallback(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self.ctrl.scheduler.step()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        steps = (self.params or {}).get("steps")
+        if steps and int(batch) + 1 >= steps and hasattr(self.ctrl.scheduler, "end_batches"):
+            self.ctrl.scheduler.end_batches()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if hasattr(self.ctrl.scheduler, "end_epoch"):
