@@ -359,11 +359,13 @@ def test_fit_epochs_1_from_a_checkpoint_listed_before_the_compression_callback_g
     assert levels == uninterrupted == [0.0, 0.3675, 0.6]
 
 
+@pytest.mark.parametrize("at", [0, 2])
 def test_a_fit_interrupted_in_validation_runs_that_epoch_again_after_backup_and_restore(
-        tmp_path):  # fmt: skip
+        tmp_path, at):  # fmt: skip
     """The epoch's last batch ran, its ``on_epoch_end`` did not (Keras' BackupAndRestore
-    saved epoch 1's weights): the fit called again runs epoch 2's level again, as Keras
-    runs epoch 2 again, and a state saved inside it says epoch 2 has not ended."""
+    saved the weights before it): the fit called again runs that epoch's level again, as
+    Keras runs it again (at epoch 0 it ran epoch 1's), and a state saved inside it says
+    it has not ended."""
 
     class Interrupt(keras.callbacks.Callback):
         armed, epoch = True, -1
@@ -372,7 +374,7 @@ def test_a_fit_interrupted_in_validation_runs_that_epoch_again_after_backup_and_
             self.epoch = epoch
 
         def on_test_begin(self, logs=None):
-            if self.armed and self.epoch == 2:
+            if self.armed and self.epoch == at:
                 Interrupt.armed = False
                 raise KeyboardInterrupt
 
@@ -399,8 +401,9 @@ def test_a_fit_interrupted_in_validation_runs_that_epoch_again_after_backup_and_
         model.fit(x, y, batch_size=8, epochs=4, verbose=0, validation_data=(x, y),
                   shuffle=False, callbacks=callbacks)  # fmt: skip
         runs.append(levels)
-    # epoch 2 ran twice, at its own level, its states ending epoch 1 (ended at its end)
-    assert runs[0][:6] == [0.1, -1, -1, 0.3132, 0, 0] and runs[1] == runs[0][:9] + runs[0][6:]
+    # the epoch ran twice, at its own level, its states ending the one before
+    assert runs[0][:6] == [0.1, -1, -1, 0.3132, 0, 0]
+    assert runs[1] == runs[0][:3 * at + 3] + runs[0][3 * at:]
 
 
 def test_a_tf_function_traced_before_creation_is_said():

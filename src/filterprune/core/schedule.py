@@ -321,6 +321,7 @@ class Scheduler:
         self.held = False  # set by a loop that sets the level itself (accuracy-aware)
         self.ended_epoch = -1  # the last epoch a Keras fit ended (end_epoch)
         self.batches_ended = -1  # the last epoch whose batches all ran (end_batches)
+        self.loaded = False  # the epoch's state came from load_state (a new process)
 
     def level_at(self, epoch: int) -> float:
         """The scheduled level for ``epoch`` (0 during the warm-up)."""
@@ -350,7 +351,7 @@ class Scheduler:
                 and float(next_epoch).is_integer() and next_epoch >= 0):  # fmt: skip
             raise ValueError(f"`next_epoch` must be an integer >= 0 (or None for the next "
                              f"epoch). Received: next_epoch={next_epoch!r}.")
-        self.batches_ended = -1
+        self.batches_ended, self.loaded = -1, False
         if self.held:
             return
         before = self.current_epoch, self.current_level
@@ -419,4 +420,5 @@ class Scheduler:
         self.frozen = bool(state["frozen"])
         self.ended_epoch = int(state.get("ended_epoch", self.current_epoch))  # older states
         self.batches_ended = int(state.get("batches_ended", -1))
+        self.loaded = True
 

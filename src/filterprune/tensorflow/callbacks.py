@@ -86,10 +86,13 @@ class CompressionCallback(keras.callbacks.Callback):
                 int(epoch), expected)
         # a state saved inside the epoch fit starts (a checkpoint every few batches) runs
         # that epoch again; otherwise the schedule never goes back (fit(epochs=1) calls).
-        # fit's epoch 0 after a state whose batches all ran (a checkpoint listed before
-        # this callback) is a new fit, not that epoch again: it would never end otherwise
+        # fit's epoch 0 from a loaded state whose batches all ran (saved by a checkpoint
+        # listed before this callback) is a new fit, not that epoch again: fit(epochs=1)
+        # runs would stay at epoch 0 for good. In the same process it is fit again after
+        # an interruption (in validation): that epoch again, as BackupAndRestore runs it
         again = int(epoch) == scheduler.current_epoch and getattr(scheduler, "in_progress", 0) \
-            and not (int(epoch) == 0 and getattr(scheduler, "batches_ended", -1) == 0)
+            and not (int(epoch) == 0 and getattr(scheduler, "batches_ended", -1) == 0
+                     and getattr(scheduler, "loaded", False))  # fmt: skip
         asked, epoch = int(epoch), int(epoch) if again else max(int(epoch), expected)
         if first and 0 < asked < epoch and not getattr(scheduler, "held", False) \
                 and not self._said_jump:  # fmt: skip
