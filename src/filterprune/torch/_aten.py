@@ -21,6 +21,7 @@ from ._ops import (
     adaptive_spec,
     decomposes_pointwise,
     joined_parts,
+    movedim_spec,
     pad_spec,
     reshape_as_spec,
     spatial_spec,
@@ -152,15 +153,8 @@ def _flip(node: fx.Node, shape) -> Spec:
 
 
 def _movedim(node: fx.Node, shape) -> Spec:
-    args, ndim = named_args(node), len(shape)
-    src, dst = args["source"], args["destination"]
-    src, dst = ([src], [dst]) if isinstance(src, int) else (list(src), list(dst))
-    src, dst = [_dim(d, ndim) for d in src], [_dim(d, ndim) for d in dst]
-    perm: list[int | None] = [None] * ndim
-    for s, d in zip(src, dst, strict=True):
-        perm[d] = s
-    rest = iter(d for d in range(ndim) if d not in src)
-    return "permute", {"perm": [next(rest) if p is None else p for p in perm]}
+    args = named_args(node)
+    return movedim_spec(args["source"], args["destination"], len(shape))
 
 
 def _tile(node: fx.Node, shape) -> Spec:

@@ -733,15 +733,18 @@ def _flip(node: fx.Node, shapes) -> Spec:
     return "along", {"dims": [dims] if isinstance(dims, int) else list(dims)}
 
 
-def _movedim(node: fx.Node, shapes) -> Spec:
-    ndim = len(shapes)
-    src, dst = _arg(node, 1, "source"), _arg(node, 2, "destination")
+def movedim_spec(src: Any, dst: Any, ndim: int) -> Spec:
+    """``movedim(x, source, destination)`` (ints or lists) as a permutation."""
     src = [src] if isinstance(src, int) else list(src)
     dst = [dst] if isinstance(dst, int) else list(dst)
     src, dst = [int(d) % ndim for d in src], [int(d) % ndim for d in dst]
     rest = iter(d for d in range(ndim) if d not in src)
     moved = dict(zip(dst, src, strict=True))
     return "permute", {"perm": [moved[i] if i in moved else next(rest) for i in range(ndim)]}
+
+
+def _movedim(node: fx.Node, shapes) -> Spec:
+    return movedim_spec(_arg(node, 1, "source"), _arg(node, 2, "destination"), len(shapes))
 
 
 def _t(node: fx.Node, shapes) -> Spec:
