@@ -329,7 +329,7 @@ def held_layer(facts: ModelFacts, idx: int, node: onnx.NodeProto, name: str) -> 
     b = p.get(2) if len(node.input) > 2 and node.input[2] else None
     if b is not None:  # the output per filter when its weights are all zero
         b = np.asarray(b, dtype=np.float64)
-        if op == "Gemm" and any(a.name == "beta" and a.f == 0 for a in node.attribute):
+        if op == "Gemm" and _attr(node, "beta", 1.0) == 0:  # C adds nothing
             b = np.zeros_like(b)
         p.arrays["B"] = b
         p.info["B"] = (b.shape, tuple("out" if a == b.ndim - 1 and n == cout else None
@@ -338,5 +338,6 @@ def held_layer(facts: ModelFacts, idx: int, node: onnx.NodeProto, name: str) -> 
     return Built(LayerInfo(name, kind, p.info, weight="W"), {}, p.arrays, {})
 
 
-def _attr(node: onnx.NodeProto, key: str) -> int:
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == key), 0)
+def _attr(node: onnx.NodeProto, key: str, default: Any = 0) -> Any:
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == key),
+                default)  # fmt: skip
